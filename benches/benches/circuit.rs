@@ -1,0 +1,199 @@
+//! Circuit benchmarks (onion-circuit).
+//!
+//! * `circuit/relay_crypto_floor`: the relay crypto one DATA cell needs on its way from the
+//!   exit to the client through three hops (exit originates, middle and guard add a layer,
+//!   the client removes three and recognises the cell): the most the four parties could
+//!   carry on one core if they did nothing but crypto.
+//! * `circuit/e2e_3hop`: the in-memory network of onion-circuit's `sim` module: client,
+//!   guard, middle, exit and web server on real channels (cells encoded to bytes and parsed
+//!   back), circuits and streams with SENDME flow control, fetching 4 MB. Key generation is
+//!   outside the timing; link and circuit handshakes are inside.
+//!
+//! After criterion's runs, a short summary prints the end-to-end rate as a share of the
+//! crypto floor (measured again in the same process, so the ratio holds on a noisy machine)
+//! and the heap held by an idle 3-hop circuit and an idle stream (counting allocator).
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use onion_circuit::sim::{Sim, SimConfig};
+use onion_crypto::tor1::{ClientCircuitCrypto, Tor1ClientHop, Tor1RelayCrypto, TOR1_KEY_LEN};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const FETCH: u64 = 4_000_000;
+
+struct Floor {
+    client: ClientCircuitCrypto,
+    relays: Vec<Tor1RelayCrypto>,
+    cell: [u8; 509],
+}
+
+impl Floor {
+    fn new() -> Floor {
+        let mut client = ClientCircuitCrypto::new();
+        let mut relays = Vec::new();
+        for h in 0..3u8 {
+            let keys: Vec<u8> = (0..TOR1_KEY_LEN as u8).map(|i| i ^ (h * 31)).collect();
+            client.add_hop(Tor1ClientHop::from_key_material(&keys).expect("keys"));
+            relays.push(Tor1RelayCrypto::from_key_material(&keys).expect("keys"));
+        }
+        let mut cell = [0u8; 509];
+        cell[0] = 2; // DATA
+        cell[10] = 0xf2; // length 498
+        cell[9] = 0x01;
+        Floor {
+            client,
+            relays,
+            cell,
+        }
+    }
+
+    /// One cell from the exit to the client.
+    fn one(&mut self) -> usize {
+        let mut c = self.cell;
+        c[1] = 0;
+        c[2] = 0;
+        self.relays[2].originate_inbound(&mut c);
+        self.relays[1].encrypt_inbound(&mut c);
+        self.relays[0].encrypt_inbound(&mut c);
+        self.client.decrypt_inbound(&mut c).unwrap_or(0)
+    }
+}
+
+fn sim_config() -> SimConfig {
+    SimConfig {
+        seed: 7,
+        response_len: FETCH,
+        story: false,
+        ..SimConfig::default()
+    }
+}
+
+/// Time one fetch (keys made beforehand).
+fn one_fetch() -> Duration {
+    let mut sim = Sim::new(sim_config()).expect("setup");
+    let t = Instant::now();
+    sim.run_to_end().expect("run");
+    let d = t.elapsed();
+    assert_eq!(sim.report().body.len() as u64, FETCH);
+    d
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit");
+    g.throughput(Throughput::Bytes(498));
+    let mut floor = Floor::new();
+    g.bench_function("relay_crypto_floor", |b| b.iter(|| black_box(floor.one())));
+    g.throughput(Throughput::Bytes(FETCH));
+    g.sample_size(10);
+    g.bench_function("e2e_3hop", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| one_fetch()).sum())
+    });
+    g.finish();
+}
+
+fn floor_batch(floor: &mut Floor, cells: u32) -> Duration {
+    let t = Instant::now();
+    for _ in 0..cells {
+        black_box(floor.one());
+    }
+    t.elapsed()
+}
+
+fn fetch_of(n: u64) -> Duration {
+    let mut sim = Sim::new(SimConfig {
+        response_len: n,
+        ..sim_config()
+    })
+    .expect("setup");
+    let t = Instant::now();
+    sim.run_to_end().expect("run");
+    t.elapsed()
+}
+
+fn summary() {
+    // Interleave the measurements and keep the best of each, so that a noisy machine (other
+    // processes) affects both sides alike.
+    let mut floor = Floor::new();
+    let (mut best_floor, mut best_big, mut best_small) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    let cells = 20_000u32;
+    for _ in 0..5 {
+        best_floor = best_floor.min(floor_batch(&mut floor, cells));
+        best_big = best_big.min(fetch_of(FETCH));
+        best_small = best_small.min(fetch_of(1_000));
+    }
+    let mbs = |bytes: f64, d: Duration| bytes / d.as_secs_f64().max(1e-9) / 1e6;
+    let floor_rate = mbs(f64::from(cells) * 498.0, best_floor);
+    let e2e_rate = mbs(FETCH as f64, best_big);
+    let steady = mbs((FETCH - 1_000) as f64, best_big.saturating_sub(best_small));
+    println!(
+        "circuit summary: relay crypto floor {floor_rate:.1} MB/s of payload; end-to-end 3-hop in-memory fetch of {FETCH} B: {e2e_rate:.1} MB/s including channel and circuit set-up ({:.0}% of the floor), {steady:.1} MB/s steady-state transfer ({:.0}% of the floor); set-up alone {:.2} ms",
+        100.0 * e2e_rate / floor_rate,
+        100.0 * steady / floor_rate,
+        best_small.as_secs_f64() * 1e3,
+    );
+    heap_summary();
+}
+
+/// Bytes freed by dropping `x`: the heap it held.
+fn heap_of<T>(x: T) -> isize {
+    let reg = Region::new(GLOBAL);
+    drop(x);
+    let c = reg.change();
+    c.bytes_deallocated as isize - c.bytes_allocated as isize
+}
+
+fn heap_summary() {
+    use onion_cell::relaymsg::BeginFlags;
+    use onion_circuit::circuit::HandshakeKind;
+    use onion_circuit::relay::RelayEvent;
+    use onion_circuit::sim::wired::Wired;
+    let build = || {
+        let mut w = Wired::new(1, HandshakeKind::NtorV3, true, 3).expect("create");
+        w.build().expect("build");
+        w
+    };
+    let w = build();
+    let circ = heap_of(w.client);
+    let mut w = build();
+    let now = w.now;
+    w.client
+        .begin("www.example.com", 80, BeginFlags::default(), now)
+        .expect("begin");
+    w.run();
+    let es = w
+        .relay_events
+        .iter()
+        .find_map(|(_, e)| match e {
+            RelayEvent::Begin { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .expect("begin");
+    w.hops[2].connected(es, None).expect("connected");
+    w.run();
+    let with_stream = heap_of(w.client);
+    println!(
+        "circuit summary: heap of an idle 3-hop client circuit {circ} B (of which {} B are onion-crypto's three tor1 hop states), of an idle stream {} B",
+        3 * std::mem::size_of::<Tor1ClientHop>(),
+        with_stream - circ
+    );
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    summary();
+}

@@ -1,0 +1,115 @@
+//! Fuzz the guard state machine (onion-dir `guard`, guard-spec §4) with arbitrary event
+//! sequences on a small network, checking its invariants after every event.
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use libfuzzer_sys::fuzz_target;
+use onion_dir::guard::{GuardCircId, GuardMgr, GuardParams, GuardUsage};
+use onion_dir::netview::{
+    BandwidthWeights, NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity,
+};
+use onion_dir::path::PathConfig;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+fn view(mask: u64) -> NetView {
+    let flags = RelayFlags::RUNNING
+        | RelayFlags::VALID
+        | RelayFlags::FAST
+        | RelayFlags::STABLE
+        | RelayFlags::GUARD
+        | RelayFlags::V2DIR;
+    let recs = (0..40u8)
+        .filter(|i| mask & (1 << i) == 0)
+        .map(|i| RelayRecord {
+            nickname: format!("g{i}"),
+            rsa_id: RsaIdentity([i; 20]),
+            ipv4: Some(SocketAddrV4::new(Ipv4Addr::new(10, i % 16, 0, i), 9001)),
+            flags,
+            bandwidth: u32::from(i) * 10,
+            family: vec![RsaIdentity([i ^ 1; 20])],
+            ..Default::default()
+        })
+        .collect();
+    NetView::from_records(recs, BandwidthWeights::default()).expect("view")
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut rng = ChaCha20Rng::seed_from_u64(data.len() as u64);
+    let params = GuardParams {
+        min_filtered_sample: 5,
+        max_sample_size: 12,
+        ..GuardParams::default()
+    };
+    let n_primary = params.n_primary;
+    let mut mgr = GuardMgr::new(params);
+    let mut v = view(0);
+    let mut now: u64 = 1_800_000_000;
+    let mut circs: Vec<GuardCircId> = Vec::new();
+    mgr.update_consensus(&v, now, &mut rng);
+    for chunk in data.chunks(3).take(500) {
+        let (op, a, b) = (
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        );
+        match op % 8 {
+            0 | 1 => {
+                let usage = if a & 1 == 0 {
+                    GuardUsage::Data
+                } else {
+                    GuardUsage::Dir
+                };
+                let avoid = [RelayIdx(u32::from(b) % v.len().max(1) as u32)];
+                let avoid = if a & 2 == 0 { &avoid[..0] } else { &avoid[..] };
+                if let Ok(p) = mgr.select(&v, usage, avoid, &PathConfig::default(), now, &mut rng) {
+                    assert!(mgr.sampled().iter().any(|g| g.rsa_id == p.guard));
+                    circs.push(p.circ);
+                }
+            }
+            2 => {
+                if let Some(&c) = circs.get(usize::from(a)) {
+                    let _ = mgr.circuit_succeeded(c, now, &mut rng);
+                }
+            }
+            3 => {
+                if !circs.is_empty() {
+                    let c = circs.remove(usize::from(a) % circs.len());
+                    let _ = mgr.circuit_failed(c, now);
+                }
+            }
+            4 => {
+                if !circs.is_empty() {
+                    let c = circs.remove(usize::from(a) % circs.len());
+                    let _ = mgr.circuit_closed(c, now);
+                }
+            }
+            5 => {
+                now += u64::from(a) * u64::from(b) * 60;
+                mgr.handle_timeout(now);
+            }
+            6 => {
+                now += u64::from(a) * 86_400;
+                v = view(u64::from(b) * 0x0101_0101 & 0xff_ffff_ffff);
+                mgr.update_consensus(&v, now, &mut rng);
+            }
+            _ => {
+                let text = mgr.to_state_string();
+                let m2 = GuardMgr::from_state_str(mgr.params().clone(), &text).expect("state");
+                assert_eq!(m2.to_state_string(), text);
+            }
+        }
+        while mgr.poll_event().is_some() {}
+        // Invariants (guard-spec §4.1-4.4).
+        assert!(mgr.primary().len() <= n_primary);
+        for id in mgr.primary().iter().chain(mgr.confirmed()) {
+            assert!(mgr.sampled().iter().any(|g| g.rsa_id == *id));
+        }
+        let mut ids: Vec<_> = mgr.sampled().iter().map(|g| g.rsa_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), mgr.sampled().len());
+        assert!(mgr.sampled().len() <= 12);
+    }
+});

@@ -1,0 +1,1306 @@
+//! The client side of a circuit (tor-spec §5 "Circuit management", §5.5 "Routing relay
+//! cells", §6 "Application connections and stream management", §7.3–7.4 flow control).
+//!
+//! A [`Circuit`] is built one hop at a time: [`Circuit::create`] gives the CREATE2 (ntor or
+//! ntor-v3) or CREATE_FAST message for the first hop; every later hop is added with
+//! [`Circuit::extend`], which sends EXTEND2 in a RELAY_EARLY cell to the current last hop.
+//! Each completed hop adds a tor1 layer ([`onion_crypto::tor1`]); outgoing relay cells are
+//! encrypted for the hop they address, incoming ones are attributed to the hop that
+//! recognises them.
+//!
+//! The machine does no I/O, reads no clock and owns no RNG. The embedding (normally through a
+//! channel, which adds the circuit id) runs this loop:
+//!
+//! ```text
+//! loop {
+//!     // inputs, in any order, each with the current time:
+//!     circ.handle_cell(now, msg_from_channel)?;   // CREATED2, RELAY, DESTROY, ...
+//!     circ.handle_timeout(now);                   // when poll_timeout() is reached
+//!     circ.begin(..) / circ.send(..) / circ.extend(..)  // user commands
+//!     // then drain every output before sleeping:
+//!     while let Some(msg) = circ.poll_cell(&mut rng) { channel.queue(circ_id, msg) }
+//!     while let Some(ev) = circ.poll_event() { handle(ev) }
+//!     sleep_until(circ.poll_timeout());
+//! }
+//! ```
+//!
+//! Fatal protocol errors (a cell recognised by no hop, a bad SENDME digest, a window overrun,
+//! a bad handshake reply, a build timeout) close the circuit: a DESTROY (reason NONE, as an OP
+//! must use, tor-spec §5.4) is queued, every stream ends, and [`CircEvent::Closed`] reports the
+//! error. Nothing here panics on peer input.
+
+pub mod error;
+#[cfg(test)]
+mod inbound_tests;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use onion_cell::chancell::{ChanMsg, Create2, DestroyReason, HandshakeType, RelayPayload};
+use onion_cell::linkspec::LinkSpec;
+use onion_cell::relay::{RelayCell, StreamId as CellStreamId, RELAY_HEADER_LEN};
+use onion_cell::relaymsg::{
+    Begin, BeginFlags, End, EndReason, Extend2, RelayCmd, RelayMsg, Resolve, ResolvedAnswer,
+    Sendme, MAX_RELAY_DATA_LEN,
+};
+use onion_crypto::fast::{FastClient, FastClientPending};
+use onion_crypto::keys::NtorOnionKey;
+use onion_crypto::ntor::{NtorClient, NtorClientPending};
+use onion_crypto::ntor_v3::{NtorV3Client, NtorV3ClientPending, CIRCUIT_EXTEND_VERIFICATION};
+use onion_crypto::tor1::{self, CellBody, ClientCircuitCrypto, ClientLayer, Tor1ClientHop};
+use onion_crypto::{Ed25519Identity, KeyGenerator, RsaIdentity};
+use rand_core::CryptoRngCore;
+
+pub use self::error::{CircError, Unexpected};
+use crate::flow::{CircRecvWindow, CircSendWindow, FlowStats, SendmeTag, SENDME_DIGEST_LEN};
+use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
+use crate::Instant;
+
+/// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
+pub const MAX_RELAY_EARLY: u8 = 8;
+
+/// Tunables of a client circuit.
+#[derive(Debug, Clone)]
+pub struct CircConfig {
+    /// How long one hop may take to answer CREATE2/CREATE_FAST/EXTEND2 before the circuit is
+    /// abandoned (C tor adapts its build timeout; 60 s is its ceiling before it has data).
+    pub build_timeout: Duration,
+    /// How long a BEGIN / BEGIN_DIR / RESOLVE may wait for its answer (C tor's
+    /// "CircuitStreamTimeout" default is 10 s for the first attempt; we use 60 s, the SOCKS
+    /// timeout, since we do not retry on another circuit ourselves).
+    pub stream_timeout: Duration,
+    /// Accept unauthenticated (version 0) circuit SENDMEs (consensus parameter
+    /// `sendme_accept_min_version` = 0). Off by default: current relays send version 1.
+    pub accept_sendme_v0: bool,
+    /// Accept RELAY_BEGIN from the last hop, reported as [`CircEvent::IncomingStream`] and
+    /// answered with [`Circuit::accept_stream`] or [`Circuit::reject_stream`]. An onion
+    /// service sets this on a rendezvous circuit once the client's virtual hop is added
+    /// (rend-spec-v3 §4.2: the client opens streams to the service). Off by default: a client
+    /// drops BEGIN, as C tor does.
+    pub accept_inbound_streams: bool,
+}
+
+impl Default for CircConfig {
+    fn default() -> Self {
+        CircConfig {
+            build_timeout: Duration::from_secs(60),
+            stream_timeout: Duration::from_secs(60),
+            accept_sendme_v0: false,
+            accept_inbound_streams: false,
+        }
+    }
+}
+
+/// Which handshake creates the first hop (tor-spec §5.1, §5.1.4, §5.1.5; proposal 332).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeKind {
+    /// CREATE2 with ntor (type 2).
+    Ntor,
+    /// CREATE2 with ntor-v3 (type 3); needs the relay's ed25519 identity.
+    NtorV3,
+    /// CREATE_FAST (no public-key crypto; only safe on a channel whose TLS authenticated the
+    /// relay, and it marks us as a client to the relay).
+    CreateFast,
+}
+
+/// What a client must know of a relay to make it a hop: identities, onion key and addresses
+/// (from its microdescriptor and consensus entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopTarget {
+    /// SHA-1 of the relay's RSA identity key (link specifier type 2, ntor NODEID).
+    pub rsa_id: RsaIdentity,
+    /// The relay's ed25519 identity (link specifier type 3, ntor-v3 ID), if known.
+    pub ed_id: Option<Ed25519Identity>,
+    /// The relay's current ntor onion key.
+    pub ntor_key: NtorOnionKey,
+    /// Its ORPorts (IPv4 first; link specifiers 0 and 1).
+    pub addrs: Vec<SocketAddr>,
+    /// Whether it accepts ntor-v3 (protocol "Relay=4"); EXTEND2 then uses type 3.
+    pub ntor_v3: bool,
+}
+
+impl HopTarget {
+    /// The link specifiers naming this relay in an EXTEND2, in the order the spec recommends
+    /// (tor-spec §5.1.2: `[00]`, `[02]`, `[03]`, `[01]`).
+    pub fn link_specs(&self) -> Vec<LinkSpec<'static>> {
+        let mut v = Vec::with_capacity(4);
+        if let Some(SocketAddr::V4(a)) = self.addrs.iter().find(|a| a.is_ipv4()) {
+            v.push(LinkSpec::OrPortV4(*a));
+        }
+        v.push(LinkSpec::RsaId(self.rsa_id.0));
+        if let Some(ed) = &self.ed_id {
+            v.push(LinkSpec::Ed25519Id(ed.0));
+        }
+        if let Some(SocketAddr::V6(a)) = self.addrs.iter().find(|a| a.is_ipv6()) {
+            v.push(LinkSpec::OrPortV6(*a));
+        }
+        v
+    }
+}
+
+/// Something that happened on the circuit, for the embedding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircEvent {
+    /// A hop completed its handshake; the circuit now has `hops` hops.
+    HopAdded {
+        /// Number of hops now.
+        hops: usize,
+    },
+    /// The exit accepted a BEGIN / BEGIN_DIR (RELAY_CONNECTED, tor-spec §6.2).
+    StreamConnected {
+        /// The stream.
+        stream: StreamId,
+        /// The address the exit connected to and its TTL, if it said.
+        addr: Option<(IpAddr, u32)>,
+    },
+    /// Bytes arrived on a stream (one RELAY_DATA cell's worth).
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The stream ended: RELAY_END from the other edge, our connect timeout, or the circuit
+    /// going away (reason DESTROY).
+    StreamEnded {
+        /// The stream.
+        stream: StreamId,
+        /// Why (the peer's reason, or TIMEOUT / DESTROY for local causes).
+        reason: EndReason,
+    },
+    /// The answers to a RESOLVE (RELAY_RESOLVED, tor-spec §6.4).
+    Resolved {
+        /// The stream id the RESOLVE used.
+        stream: StreamId,
+        /// The answers.
+        answers: Vec<ResolvedAnswer<'static>>,
+    },
+    /// A relay message the circuit does not handle itself (onion-service messages and the
+    /// like), from `hop`.
+    Msg {
+        /// The hop that sent it.
+        hop: usize,
+        /// Its stream id (0 for circuit-level messages).
+        stream: u16,
+        /// The message (boxed: it is rare and large, and events should stay small).
+        msg: Box<RelayMsg<'static>>,
+    },
+    /// A hop cut the circuit after itself (RELAY_TRUNCATED, tor-spec §5.4); `hops` remain.
+    Truncated {
+        /// Hops left.
+        hops: usize,
+        /// The reason given.
+        reason: DestroyReason,
+    },
+    /// The last hop asked us to open a stream (RELAY_BEGIN, tor-spec §6.2), with
+    /// [`CircConfig::accept_inbound_streams`] set. Answer with [`Circuit::accept_stream`] or
+    /// [`Circuit::reject_stream`]; DATA may already arrive on it meanwhile.
+    IncomingStream {
+        /// The stream id the peer chose.
+        stream: StreamId,
+        /// The requested host: empty when an onion-service client connects to a service
+        /// (C tor sends `":PORT"` there, rend-spec-v3 §4.2).
+        host: String,
+        /// The requested port.
+        port: u16,
+    },
+    /// The circuit is closed. `error` is `None` when the peer sent DESTROY or the user
+    /// closed it, and says what went wrong otherwise.
+    Closed {
+        /// The DESTROY reason received, if the peer destroyed it.
+        remote_reason: Option<DestroyReason>,
+        /// The local error that closed it, if any.
+        error: Option<CircError>,
+    },
+}
+
+enum PendingHandshake {
+    Ntor(NtorClientPending),
+    NtorV3(NtorV3ClientPending),
+    Fast(FastClientPending),
+}
+
+struct Pending {
+    handshake: PendingHandshake,
+    deadline: Instant,
+}
+
+/// Per-hop flow-control state (the crypto lives in [`ClientCircuitCrypto`]).
+#[derive(Debug)]
+struct HopFlow {
+    send: CircSendWindow,
+    recv: CircRecvWindow,
+    /// The hop's `KH` (tor-spec §5.2.2: the DIGEST_LEN bytes after the tor1 keys; for
+    /// CREATE_FAST the KH of its reply), `None` for a virtual hop.
+    kh: Option<HopKh>,
+}
+
+/// A hop's `KH`, zeroized on drop and never printed.
+struct HopKh([u8; KH_LEN]);
+
+impl core::fmt::Debug for HopKh {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HopKh(..)")
+    }
+}
+
+impl Drop for HopKh {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// Length of a hop's `KH` (DIGEST_LEN).
+pub const KH_LEN: usize = 20;
+
+/// A relay cell waiting for [`Circuit::poll_cell`]: plaintext header and message, padding and
+/// digest still to be added.
+struct Queued {
+    hop: u8,
+    early: bool,
+    /// This DATA cell is the one whose digest the hop's next SENDME will carry.
+    sendme_trigger: bool,
+    /// Built by the caller ([`Circuit::send_raw`]): keep its padding bytes as they are.
+    raw: bool,
+    body: Box<CellBody>,
+}
+
+/// A client circuit: its hops' crypto and windows, its streams, and its output queues.
+pub struct Circuit {
+    config: CircConfig,
+    crypto: ClientCircuitCrypto,
+    hops: Vec<HopFlow>,
+    pending: Option<Pending>,
+    streams: StreamMap,
+    /// Non-relay cells to send (CREATE2, CREATE_FAST, DESTROY), before any relay cell.
+    chan_out: Option<ChanMsg<'static>>,
+    relay_out: VecDeque<Queued>,
+    events: VecDeque<CircEvent>,
+    relay_early_left: u8,
+    closed: bool,
+    stats: FlowStats,
+}
+
+impl core::fmt::Debug for Circuit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Circuit")
+            .field("hops", &self.hops.len())
+            .field("extending", &self.pending.is_some())
+            .field("streams", &self.streams.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A zero-filling RNG, used only while encoding into a body whose padding is overwritten with
+/// real randomness at [`Circuit::poll_cell`].
+struct ZeroPad;
+impl rand_core::RngCore for ZeroPad {
+    fn next_u32(&mut self) -> u32 {
+        0
+    }
+    fn next_u64(&mut self) -> u64 {
+        0
+    }
+    fn fill_bytes(&mut self, d: &mut [u8]) {
+        d.fill(0)
+    }
+    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), rand_core::Error> {
+        d.fill(0);
+        Ok(())
+    }
+}
+
+/// Encode `msg` on `stream` into a fresh plaintext body (padding left zero).
+pub(crate) fn encode_body(
+    stream: u16,
+    msg: &RelayMsg<'_>,
+    what: &'static str,
+) -> Result<Box<CellBody>, CircError> {
+    let mut body = Box::new([0u8; tor1::CELL_BODY_LEN]);
+    RelayCell::new(CellStreamId(stream), msg.clone())
+        .encode_into(&mut body, &mut ZeroPad)
+        .map_err(|err| CircError::Encode { what, err })?;
+    Ok(body)
+}
+
+/// A DATA body for `stream` carrying `data` (at most 498 bytes), without going through
+/// [`RelayMsg`] (no intermediate copy).
+pub(crate) fn data_body(stream: u16, data: &[u8]) -> Box<CellBody> {
+    let mut body = Box::new([0u8; tor1::CELL_BODY_LEN]);
+    let n = data.len().min(MAX_RELAY_DATA_LEN);
+    body[0] = RelayCmd::DATA.0;
+    body[3..5].copy_from_slice(&stream.to_be_bytes());
+    body[9..11].copy_from_slice(&(n as u16).to_be_bytes());
+    body[RELAY_HEADER_LEN..RELAY_HEADER_LEN + n].copy_from_slice(&data[..n]);
+    body
+}
+
+/// Fill the padding of a plaintext body (tor-spec §6.1: four zero bytes, then random bytes).
+pub(crate) fn pad_body(body: &mut CellBody, rng: &mut impl CryptoRngCore) {
+    let len = usize::from(u16::from_be_bytes([body[9], body[10]])).min(MAX_RELAY_DATA_LEN);
+    let start = RELAY_HEADER_LEN + len;
+    let zeros_end = (start + 4).min(tor1::CELL_BODY_LEN);
+    body[start..zeros_end].fill(0);
+    if zeros_end < tor1::CELL_BODY_LEN {
+        rng.fill_bytes(&mut body[zeros_end..]);
+    }
+}
+
+fn hop_from_keys(keys: &KeyGenerator) -> Result<Tor1ClientHop, CircError> {
+    let material = keys
+        .expand(tor1::TOR1_KEY_LEN)
+        .map_err(|e| CircError::Handshake {
+            hop: 0,
+            err: onion_crypto::HandshakeError::Kdf(e),
+        })?;
+    Tor1ClientHop::from_key_material(&material)
+        .map_err(|_| CircError::HandshakeUnsupported("tor1 key material"))
+}
+
+/// The empty ntor-v3 extension list (N_EXTENSIONS = 0, proposal 332 "circuit parameters").
+const NTOR_V3_NO_EXTENSIONS: &[u8] = &[0];
+
+impl Circuit {
+    /// Start a circuit at `first`: returns the circuit and the CREATE2 / CREATE_FAST message
+    /// to send on the channel (tor-spec §5.1, §5.3 steps 4–5).
+    pub fn create(
+        config: CircConfig,
+        first: &HopTarget,
+        kind: HandshakeKind,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Circuit, ChanMsg<'static>), CircError> {
+        let (handshake, msg) = match kind {
+            HandshakeKind::Ntor => {
+                let (p, skin) = NtorClient::start(rng, &first.rsa_id, &first.ntor_key);
+                let msg = ChanMsg::Create2(Create2 {
+                    handshake_type: HandshakeType::NTOR,
+                    hdata: skin.to_vec().into(),
+                });
+                (PendingHandshake::Ntor(p), msg)
+            }
+            HandshakeKind::NtorV3 => {
+                let ed = first.ed_id.as_ref().ok_or(CircError::HandshakeUnsupported(
+                    "ntor-v3 needs an ed25519 id",
+                ))?;
+                let (p, skin) = NtorV3Client::start(
+                    rng,
+                    ed,
+                    &first.ntor_key,
+                    NTOR_V3_NO_EXTENSIONS,
+                    CIRCUIT_EXTEND_VERIFICATION,
+                );
+                let msg = ChanMsg::Create2(Create2 {
+                    handshake_type: HandshakeType::NTOR_V3,
+                    hdata: skin.into(),
+                });
+                (PendingHandshake::NtorV3(p), msg)
+            }
+            HandshakeKind::CreateFast => {
+                let (p, x) = FastClient::start(rng);
+                (PendingHandshake::Fast(p), ChanMsg::CreateFast(x))
+            }
+        };
+        let circ = Circuit {
+            crypto: ClientCircuitCrypto::new(),
+            hops: Vec::new(),
+            pending: Some(Pending {
+                handshake,
+                deadline: now + config.build_timeout,
+            }),
+            streams: StreamMap::new(),
+            chan_out: None,
+            relay_out: VecDeque::new(),
+            events: VecDeque::new(),
+            relay_early_left: MAX_RELAY_EARLY,
+            closed: false,
+            stats: FlowStats::default(),
+            config,
+        };
+        Ok((circ, msg))
+    }
+
+    /// Flow-control counters (DATA cells and SENDMEs each way).
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// The `KH` of hop `hop` from its circuit handshake (tor-spec §5.2.2), which an onion
+    /// service's ESTABLISH_INTRO must MAC (rend-spec-v3 §3.1.1: the last hop's KH). `None`
+    /// for a virtual hop or a hop that does not exist.
+    pub fn hop_kh(&self, hop: usize) -> Option<&[u8; KH_LEN]> {
+        self.hops.get(hop)?.kh.as_ref().map(|k| &k.0)
+    }
+
+    /// RELAY_BEGIN from `hop` (`body` is the decrypted cell): with
+    /// [`CircConfig::accept_inbound_streams`] and from the last hop, a new stream reported as
+    /// [`CircEvent::IncomingStream`]; otherwise dropped (tor-spec §6.1). A malformed BEGIN
+    /// or one on stream 0 is a protocol violation.
+    fn incoming_begin(&mut self, hop: usize, body: &CellBody) -> Result<(), CircError> {
+        let bad = CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::BEGIN));
+        if !self.config.accept_inbound_streams || hop + 1 != self.hops.len() {
+            return Ok(());
+        }
+        let id = StreamId::new(u16::from_be_bytes([body[3], body[4]])).ok_or(bad.clone())?;
+        let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
+        let data = body
+            .get(RELAY_HEADER_LEN..RELAY_HEADER_LEN + len.min(MAX_RELAY_DATA_LEN))
+            .ok_or(bad.clone())?;
+        let addrport = data.split(|b| *b == 0).next().unwrap_or_default();
+        let (host, port) = core::str::from_utf8(addrport)
+            .ok()
+            .and_then(|s| s.rsplit_once(':'))
+            .ok_or(bad.clone())?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or(bad)?;
+        if self.streams.get(id).is_some() {
+            // A BEGIN reusing a live stream id: drop it rather than disturb that stream.
+            return Ok(());
+        }
+        self.streams
+            .insert(Stream::new(id, hop as u8, StreamState::Open));
+        self.events.push_back(CircEvent::IncomingStream {
+            stream: id,
+            host: host.to_owned(),
+            port,
+        });
+        Ok(())
+    }
+
+    /// Turn [`CircConfig::accept_inbound_streams`] on or off, e.g. on a circuit to a
+    /// rendezvous point once the client's virtual hop is added (rend-spec-v3 §4.2).
+    pub fn set_accept_inbound_streams(&mut self, on: bool) {
+        self.config.accept_inbound_streams = on;
+    }
+
+    /// Accept an incoming stream: RELAY_CONNECTED (tor-spec §6.2; an onion service sends it
+    /// with an empty body, as C tor does). Data may be sent on it from now on.
+    pub fn accept_stream(&mut self, stream: StreamId) -> Result<(), CircError> {
+        self.check_open()?;
+        let hop = self
+            .streams
+            .get(stream)
+            .filter(|s| s.state == StreamState::Open)
+            .ok_or(CircError::NoSuchStream(stream))?
+            .hop;
+        let body = encode_body(
+            stream.get(),
+            &RelayMsg::Connected(onion_cell::relaymsg::Connected { addr: None }),
+            "CONNECTED",
+        )?;
+        self.queue_relay(usize::from(hop), body);
+        Ok(())
+    }
+
+    /// Refuse an incoming stream: RELAY_END with `reason` (tor-spec §6.3; e.g.
+    /// CONNECTREFUSED, or EXITPOLICY for a port the service does not serve); it is forgotten.
+    pub fn reject_stream(&mut self, stream: StreamId, reason: EndReason) -> Result<(), CircError> {
+        self.check_open()?;
+        let s = self
+            .streams
+            .remove(stream)
+            .ok_or(CircError::NoSuchStream(stream))?;
+        let body = encode_body(stream.get(), &RelayMsg::End(End::new(reason)), "END")?;
+        self.queue_relay(usize::from(s.hop), body);
+        Ok(())
+    }
+
+    /// Number of completed hops.
+    pub fn n_hops(&self) -> usize {
+        self.hops.len()
+    }
+
+    /// Whether the circuit is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a hop is being added.
+    pub fn is_extending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Number of streams tracked (open, connecting, or half-closed).
+    pub fn n_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Extend the circuit by `target`: EXTEND2 (ntor-v3 if `target.ntor_v3`, else ntor) in a
+    /// RELAY_EARLY cell to the current last hop (tor-spec §5.1.2, §5.3, §5.6).
+    pub fn extend(
+        &mut self,
+        target: &HopTarget,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), CircError> {
+        self.check_open()?;
+        if self.pending.is_some() {
+            return Err(CircError::ExtendInProgress);
+        }
+        let last = self
+            .hops
+            .len()
+            .checked_sub(1)
+            .ok_or(CircError::NoSuchHop { hop: 0, hops: 0 })?;
+        if self.relay_early_left == 0 {
+            return Err(CircError::RelayEarlyExhausted);
+        }
+        let (handshake, htype, hdata) = match (&target.ed_id, target.ntor_v3) {
+            (Some(ed), true) => {
+                let (p, skin) = NtorV3Client::start(
+                    rng,
+                    ed,
+                    &target.ntor_key,
+                    NTOR_V3_NO_EXTENSIONS,
+                    CIRCUIT_EXTEND_VERIFICATION,
+                );
+                (PendingHandshake::NtorV3(p), HandshakeType::NTOR_V3, skin)
+            }
+            _ => {
+                let (p, skin) = NtorClient::start(rng, &target.rsa_id, &target.ntor_key);
+                (
+                    PendingHandshake::Ntor(p),
+                    HandshakeType::NTOR,
+                    skin.to_vec(),
+                )
+            }
+        };
+        let msg = RelayMsg::Extend2(Extend2 {
+            linkspecs: target.link_specs(),
+            handshake_type: htype,
+            hdata: hdata.into(),
+        });
+        let body = encode_body(0, &msg, "EXTEND2")?;
+        self.relay_early_left -= 1;
+        self.relay_out.push_back(Queued {
+            hop: last as u8,
+            early: true,
+            sendme_trigger: false,
+            raw: false,
+            body,
+        });
+        self.pending = Some(Pending {
+            handshake,
+            deadline: now + self.config.build_timeout,
+        });
+        Ok(())
+    }
+
+    /// Add a hop whose keys were agreed out of band (the onion-service "virtual hop" of
+    /// rend-spec-v3, whose layer uses AES-256 and SHA3-256).
+    pub fn add_virtual_hop(&mut self, layer: Box<dyn ClientLayer>) -> Result<(), CircError> {
+        self.check_open()?;
+        if self.pending.is_some() {
+            return Err(CircError::ExtendInProgress);
+        }
+        self.crypto.add_boxed_hop(layer);
+        self.hops.push(HopFlow {
+            send: CircSendWindow::new(self.config.accept_sendme_v0),
+            recv: CircRecvWindow::default(),
+            kh: None,
+        });
+        self.events.push_back(CircEvent::HopAdded {
+            hops: self.hops.len(),
+        });
+        Ok(())
+    }
+
+    /// Ask the last hop to connect to `host:port` (RELAY_BEGIN, tor-spec §6.2).
+    pub fn begin(
+        &mut self,
+        host: &str,
+        port: u16,
+        flags: BeginFlags,
+        now: Instant,
+    ) -> Result<StreamId, CircError> {
+        let msg = RelayMsg::Begin(Begin {
+            host: host.to_ascii_lowercase().into(),
+            port,
+            flags,
+        });
+        self.open_stream(msg, now, false)
+    }
+
+    /// Open a directory stream to the last hop (RELAY_BEGIN_DIR, tor-spec §6.2.1).
+    pub fn begin_dir(&mut self, now: Instant) -> Result<StreamId, CircError> {
+        self.open_stream(RelayMsg::BeginDir, now, false)
+    }
+
+    /// Ask the last hop to resolve `name` (RELAY_RESOLVE, tor-spec §6.4). The answer comes
+    /// as [`CircEvent::Resolved`] with the returned id.
+    pub fn resolve(&mut self, name: &str, now: Instant) -> Result<StreamId, CircError> {
+        let msg = RelayMsg::Resolve(Resolve {
+            query: name.to_owned().into(),
+        });
+        self.open_stream(msg, now, true)
+    }
+
+    fn open_stream(
+        &mut self,
+        msg: RelayMsg<'_>,
+        now: Instant,
+        resolve: bool,
+    ) -> Result<StreamId, CircError> {
+        self.check_open()?;
+        let hop = self
+            .hops
+            .len()
+            .checked_sub(1)
+            .ok_or(CircError::NoSuchHop { hop: 0, hops: 0 })?;
+        let id = self.streams.alloc_id().ok_or(CircError::TooManyStreams)?;
+        let body = encode_body(id.get(), &msg, "stream request")?;
+        let deadline = Some(now + self.config.stream_timeout);
+        let state = if resolve {
+            StreamState::Resolving { deadline }
+        } else {
+            StreamState::Connecting { deadline }
+        };
+        self.streams.insert(Stream::new(id, hop as u8, state));
+        self.queue_relay(hop, body);
+        Ok(id)
+    }
+
+    /// How many bytes [`Circuit::send`] would accept on `stream` now (stream and circuit
+    /// windows of its hop, tor-spec §7.3–7.4).
+    pub fn send_capacity(&self, stream: StreamId) -> usize {
+        let Some(s) = self.streams.get(stream) else {
+            return 0;
+        };
+        if s.state != StreamState::Open || self.closed {
+            return 0;
+        }
+        let circ = self
+            .hops
+            .get(usize::from(s.hop))
+            .map_or(0, |h| h.send.available());
+        usize::from(circ.min(s.send.available())) * MAX_RELAY_DATA_LEN
+    }
+
+    /// Queue `data` on an open stream as RELAY_DATA cells of up to 498 bytes. Returns how many
+    /// bytes were taken: no more than the stream and circuit package windows allow (tor-spec
+    /// §7.3: "sends no more RELAY_DATA cells until receiving a RELAY_SENDME").
+    pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, CircError> {
+        self.check_open()?;
+        let s = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| s.state == StreamState::Open)
+            .ok_or(CircError::NoSuchStream(stream))?;
+        let hop = usize::from(s.hop);
+        let Some(flow) = self.hops.get_mut(hop) else {
+            return Err(CircError::NoSuchStream(stream));
+        };
+        let mut taken = 0;
+        while taken < data.len() {
+            if s.send.available() == 0 {
+                break;
+            }
+            let n = (data.len() - taken).min(flow.send.next_data_len());
+            let chunk = &data[taken..taken + n];
+            let Some(trigger) = flow.send.take() else {
+                break;
+            };
+            s.send.take();
+            self.stats.data_cells_sent += 1;
+            self.relay_out.push_back(Queued {
+                hop: hop as u8,
+                early: false,
+                sendme_trigger: trigger,
+                raw: false,
+                body: data_body(stream.get(), chunk),
+            });
+            taken += chunk.len();
+        }
+        Ok(taken)
+    }
+
+    /// Close a stream: send RELAY_END (reason MISC, the only reason an OP should send, tor-spec
+    /// §6.3) and keep it half-closed until the other edge's END arrives.
+    pub fn close_stream(&mut self, stream: StreamId) -> Result<(), CircError> {
+        self.check_open()?;
+        let s = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| !s.is_half_closed())
+            .ok_or(CircError::NoSuchStream(stream))?;
+        let hop = usize::from(s.hop);
+        if matches!(s.state, StreamState::Resolving { .. }) {
+            // No stream exists at the exit for a RESOLVE (tor-spec §6.4): just forget it.
+            self.streams.remove(stream);
+            return Ok(());
+        }
+        s.half_close();
+        let body = encode_body(
+            stream.get(),
+            &RelayMsg::End(End::new(EndReason::MISC)),
+            "END",
+        )?;
+        self.queue_relay(hop, body);
+        Ok(())
+    }
+
+    /// Send an arbitrary relay message to `hop` (for onion-service messages such as
+    /// ESTABLISH_INTRO, or DROP padding). DATA must go through [`Circuit::send`].
+    pub fn send_msg(
+        &mut self,
+        hop: usize,
+        stream: u16,
+        msg: &RelayMsg<'_>,
+    ) -> Result<(), CircError> {
+        self.check_open()?;
+        if hop >= self.hops.len() {
+            return Err(CircError::NoSuchHop {
+                hop,
+                hops: self.hops.len(),
+            });
+        }
+        if msg.cmd() == RelayCmd::DATA {
+            return Err(CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::DATA)));
+        }
+        let body = encode_body(stream, msg, "relay message")?;
+        self.queue_relay(hop, body);
+        Ok(())
+    }
+
+    /// Send a relay cell body built by the caller to `hop` (for tests, fuzzing and padding
+    /// experiments): the circuit sets `recognized` and the digest and encrypts it, nothing
+    /// else. A malformed header makes the hop close the circuit, as it should. Flow control
+    /// is not applied: a DATA cell sent this way can overrun the hop's window.
+    pub fn send_raw(
+        &mut self,
+        hop: usize,
+        mut body: Box<CellBody>,
+        early: bool,
+    ) -> Result<(), CircError> {
+        self.check_open()?;
+        if hop >= self.hops.len() {
+            return Err(CircError::NoSuchHop {
+                hop,
+                hops: self.hops.len(),
+            });
+        }
+        if early {
+            if self.relay_early_left == 0 {
+                return Err(CircError::RelayEarlyExhausted);
+            }
+            self.relay_early_left -= 1;
+        }
+        body[1..3].fill(0);
+        body[5..9].fill(0);
+        self.relay_out.push_back(Queued {
+            hop: hop as u8,
+            early,
+            sendme_trigger: false,
+            raw: true,
+            body,
+        });
+        Ok(())
+    }
+
+    /// Ask hop `hop` to cut the circuit after itself (RELAY_TRUNCATE, tor-spec §5.4). Hops
+    /// beyond it are dropped when RELAY_TRUNCATED arrives.
+    pub fn truncate(&mut self, hop: usize) -> Result<(), CircError> {
+        self.check_open()?;
+        if hop >= self.hops.len() {
+            return Err(CircError::NoSuchHop {
+                hop,
+                hops: self.hops.len(),
+            });
+        }
+        let body = encode_body(0, &RelayMsg::Truncate, "TRUNCATE")?;
+        self.queue_relay(hop, body);
+        Ok(())
+    }
+
+    /// Tear the circuit down: queue DESTROY (reason NONE, tor-spec §5.4) and end every stream.
+    pub fn destroy(&mut self) {
+        if !self.closed {
+            self.close(None, None);
+        }
+    }
+
+    fn check_open(&self) -> Result<(), CircError> {
+        if self.closed {
+            Err(CircError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn queue_relay(&mut self, hop: usize, body: Box<CellBody>) {
+        self.relay_out.push_back(Queued {
+            hop: hop as u8,
+            early: false,
+            sendme_trigger: false,
+            raw: false,
+            body,
+        });
+    }
+
+    /// Close: drop queued relay cells, queue DESTROY (unless the peer destroyed it), end
+    /// streams, report.
+    fn close(&mut self, remote_reason: Option<DestroyReason>, error: Option<CircError>) {
+        self.closed = true;
+        self.pending = None;
+        self.relay_out.clear();
+        self.relay_out.shrink_to_fit();
+        if remote_reason.is_none() {
+            self.chan_out = Some(ChanMsg::Destroy(DestroyReason::NONE));
+        }
+        let ids: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|s| !s.is_half_closed())
+            .map(|s| s.id)
+            .collect();
+        for stream in ids {
+            self.events.push_back(CircEvent::StreamEnded {
+                stream,
+                reason: EndReason::DESTROY,
+            });
+        }
+        self.streams = StreamMap::new();
+        self.events.push_back(CircEvent::Closed {
+            remote_reason,
+            error,
+        });
+    }
+
+    fn fail(&mut self, err: CircError) -> Result<(), CircError> {
+        if !self.closed {
+            self.close(None, Some(err.clone()));
+        }
+        Err(err)
+    }
+
+    /// Handle a cell the channel delivered for this circuit.
+    ///
+    /// An error is fatal: the circuit is closed (DESTROY queued, [`CircEvent::Closed`]).
+    pub fn handle_cell(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), CircError> {
+        let _ = now;
+        if self.closed {
+            // tor-spec §5.4: after DESTROY, ignore everything for the circuit.
+            return Ok(());
+        }
+        match msg {
+            ChanMsg::Created2(c) => self.handle_created(&c.hdata, false),
+            ChanMsg::CreatedFast { y, kh } => {
+                let mut reply = [0u8; 40];
+                reply[..20].copy_from_slice(&y);
+                reply[20..].copy_from_slice(&kh);
+                self.handle_created(&reply, true)
+            }
+            ChanMsg::Relay(p) => self.handle_relay(p),
+            ChanMsg::RelayEarly(_) => {
+                self.fail(CircError::Unexpected(Unexpected::InboundRelayEarly))
+            }
+            ChanMsg::Destroy(reason) => {
+                self.close(Some(reason), None);
+                Ok(())
+            }
+            ChanMsg::Padding | ChanMsg::Vpadding { .. } => Ok(()),
+            other => self.fail(CircError::Unexpected(Unexpected::ChanCell(other.cmd()))),
+        }
+    }
+
+    fn handle_created(&mut self, reply: &[u8], fast: bool) -> Result<(), CircError> {
+        let cmd = if fast {
+            onion_cell::ChanCmd::CREATED_FAST
+        } else {
+            onion_cell::ChanCmd::CREATED2
+        };
+        if !self.hops.is_empty() {
+            return self.fail(CircError::Unexpected(Unexpected::ChanCell(cmd)));
+        }
+        match &self.pending {
+            Some(Pending {
+                handshake: PendingHandshake::Fast(_),
+                ..
+            }) if fast => {}
+            Some(Pending {
+                handshake: PendingHandshake::Ntor(_) | PendingHandshake::NtorV3(_),
+                ..
+            }) if !fast => {}
+            _ => return self.fail(CircError::Unexpected(Unexpected::ChanCell(cmd))),
+        }
+        self.finish_handshake(reply)
+    }
+
+    /// Complete the pending handshake with `reply` and add the hop.
+    fn finish_handshake(&mut self, reply: &[u8]) -> Result<(), CircError> {
+        let hop = self.hops.len();
+        let Some(pending) = self.pending.take() else {
+            return self.fail(CircError::Unexpected(Unexpected::RelayMsg(
+                RelayCmd::EXTENDED2,
+            )));
+        };
+        let fast = matches!(pending.handshake, PendingHandshake::Fast(_));
+        let keys = match pending.handshake {
+            PendingHandshake::Ntor(p) => p.finish(reply),
+            PendingHandshake::NtorV3(p) => p.finish(reply).map(|(_msg, keys)| keys),
+            PendingHandshake::Fast(p) => p.finish(reply),
+        };
+        let keys = match keys {
+            Ok(k) => k,
+            Err(err) => return self.fail(CircError::Handshake { hop, err }),
+        };
+        let layer = match hop_from_keys(&keys) {
+            Ok(l) => l,
+            Err(e) => return self.fail(e),
+        };
+        let mut kh = HopKh([0; KH_LEN]);
+        if fast {
+            // CREATED_FAST carries KH itself (tor-spec §5.1.5: Y | KH).
+            match reply.get(20..20 + KH_LEN) {
+                Some(k) => kh.0.copy_from_slice(k),
+                None => return self.fail(CircError::HandshakeUnsupported("CREATED_FAST length")),
+            }
+        } else {
+            match keys.expand(tor1::TOR1_KEY_LEN + KH_LEN) {
+                Ok(m) => kh.0.copy_from_slice(&m[tor1::TOR1_KEY_LEN..]),
+                Err(e) => {
+                    return self.fail(CircError::Handshake {
+                        hop,
+                        err: onion_crypto::HandshakeError::Kdf(e),
+                    })
+                }
+            }
+        }
+        self.crypto.add_hop(layer);
+        self.hops.push(HopFlow {
+            send: CircSendWindow::new(self.config.accept_sendme_v0),
+            recv: CircRecvWindow::default(),
+            kh: Some(kh),
+        });
+        self.events.push_back(CircEvent::HopAdded {
+            hops: self.hops.len(),
+        });
+        Ok(())
+    }
+
+    fn handle_relay(&mut self, payload: RelayPayload<'_>) -> Result<(), CircError> {
+        // The channel hands over an owned body: decrypt it in place, no copy.
+        let mut body = payload.into_box();
+        let hop = match self.crypto.decrypt_inbound(&mut body) {
+            Ok(h) => h,
+            Err(_) => return self.fail(CircError::NotRecognized),
+        };
+        if body[0] == RelayCmd::BEGIN.0 {
+            // Decoded here, not by RelayCell: an onion-service client's BEGIN has an empty
+            // host, which RELAY_BEGIN to an exit must not have.
+            return match self.incoming_begin(hop, &body) {
+                Ok(()) => Ok(()),
+                Err(e) => self.fail(e),
+            };
+        }
+        let cell = match RelayCell::decode(&body) {
+            Ok(c) => c,
+            Err(err) => return self.fail(CircError::Malformed { hop, err }),
+        };
+        let stream = cell.stream_id.0;
+        let r = self.dispatch(hop, stream, cell.msg);
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn dispatch(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
+        let unexpected = |m: &RelayMsg<'_>| CircError::Unexpected(Unexpected::RelayMsg(m.cmd()));
+        match msg {
+            RelayMsg::Data(d) => {
+                // Circuit-level window first: it counts DATA on every stream, known or not.
+                let flow = self.hops.get_mut(hop).ok_or(CircError::NotRecognized)?;
+                let due = flow
+                    .recv
+                    .take()
+                    .map_err(|err| CircError::Flow { hop, err })?;
+                if due {
+                    self.queue_circ_sendme(hop)?;
+                }
+                let Some(id) = StreamId::new(stream) else {
+                    return Err(unexpected(&RelayMsg::Data(d)));
+                };
+                let Some(s) = self
+                    .streams
+                    .get_mut(id)
+                    .filter(|s| usize::from(s.hop) == hop)
+                else {
+                    // tor-spec §6.2: DATA for an unrecognised stream is dropped.
+                    return Ok(());
+                };
+                if s.on_data()? == Admit::Process {
+                    self.stats.data_cells_received += 1;
+                    self.events.push_back(CircEvent::Data {
+                        stream: id,
+                        data: d.into_bytes(),
+                    });
+                }
+                Ok(())
+            }
+            RelayMsg::Sendme(sm) => {
+                if stream == 0 {
+                    let flow = self.hops.get_mut(hop).ok_or(CircError::NotRecognized)?;
+                    let tag = match &sm.tag {
+                        Some(t) => SendmeTag::V1(t),
+                        None => SendmeTag::V0,
+                    };
+                    flow.send
+                        .handle_sendme(tag)
+                        .map_err(|err| CircError::Flow { hop, err })?;
+                    self.stats.circ_sendmes_received += 1;
+                    Ok(())
+                } else {
+                    let Some(s) = StreamId::new(stream).and_then(|id| self.streams.get_mut(id))
+                    else {
+                        return Ok(());
+                    };
+                    if s.on_sendme()? == Admit::Process {
+                        self.stats.stream_sendmes_received += 1;
+                    }
+                    Ok(())
+                }
+            }
+            RelayMsg::Connected(c) => {
+                let Some(id) = StreamId::new(stream) else {
+                    return Err(unexpected(&RelayMsg::Connected(c)));
+                };
+                let Some(s) = self.streams.get_mut(id) else {
+                    return Ok(());
+                };
+                if s.on_connected()? == Admit::Process {
+                    self.events.push_back(CircEvent::StreamConnected {
+                        stream: id,
+                        addr: c.addr,
+                    });
+                }
+                Ok(())
+            }
+            RelayMsg::End(end) => {
+                let Some(id) = StreamId::new(stream) else {
+                    return Err(unexpected(&RelayMsg::End(end)));
+                };
+                if let Some(s) = self.streams.remove(id) {
+                    if !s.is_half_closed() {
+                        self.events.push_back(CircEvent::StreamEnded {
+                            stream: id,
+                            reason: end.reason,
+                        });
+                    }
+                    self.streams.shrink();
+                }
+                Ok(())
+            }
+            RelayMsg::Resolved(r) => {
+                let Some(id) = StreamId::new(stream) else {
+                    return Err(unexpected(&RelayMsg::Resolved(r)));
+                };
+                match self.streams.get(id).map(|s| s.state) {
+                    Some(StreamState::Resolving { .. }) => {
+                        self.streams.remove(id);
+                        self.events.push_back(CircEvent::Resolved {
+                            stream: id,
+                            answers: r.answers.into_iter().map(own_answer).collect(),
+                        });
+                        Ok(())
+                    }
+                    Some(_) => Err(unexpected(&RelayMsg::Resolved(r))),
+                    None => Ok(()),
+                }
+            }
+            RelayMsg::Extended2(e) => {
+                if hop + 1 != self.hops.len() || self.pending.is_none() {
+                    return Err(unexpected(&RelayMsg::Extended2(e)));
+                }
+                let hdata = e.hdata.into_owned();
+                self.finish_handshake(&hdata)
+            }
+            RelayMsg::Truncated(reason) => {
+                let keep = hop + 1;
+                self.crypto.truncate(keep);
+                self.hops.truncate(keep);
+                self.relay_out.retain(|q| usize::from(q.hop) < keep);
+                self.pending = None;
+                let gone: Vec<StreamId> = self
+                    .streams
+                    .iter()
+                    .filter(|s| usize::from(s.hop) >= keep)
+                    .map(|s| s.id)
+                    .collect();
+                for id in gone {
+                    if let Some(s) = self.streams.remove(id) {
+                        if !s.is_half_closed() {
+                            self.events.push_back(CircEvent::StreamEnded {
+                                stream: id,
+                                reason: EndReason::DESTROY,
+                            });
+                        }
+                    }
+                }
+                self.events
+                    .push_back(CircEvent::Truncated { hops: keep, reason });
+                Ok(())
+            }
+            RelayMsg::Drop => Ok(()),
+            // Forward-only commands have no business arriving at the client; tor-spec §6.1
+            // says an ununderstood recognised cell is dropped, and C tor drops these too.
+            RelayMsg::Begin(_)
+            | RelayMsg::BeginDir
+            | RelayMsg::Resolve(_)
+            | RelayMsg::Extend(_)
+            | RelayMsg::Extend2(_)
+            | RelayMsg::Truncate
+            | RelayMsg::Extended(_) => Ok(()),
+            RelayMsg::Unknown { .. } => Ok(()),
+            other => {
+                self.events.push_back(CircEvent::Msg {
+                    hop,
+                    stream,
+                    msg: Box::new(other.into_owned()),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Queue an authenticated circuit SENDME to `hop`, carrying the digest of the DATA cell
+    /// just received (tor-spec §7.3.1).
+    fn queue_circ_sendme(&mut self, hop: usize) -> Result<(), CircError> {
+        let mut tag = [0u8; SENDME_DIGEST_LEN];
+        if let Some(d) = self.crypto.last_received_digest(hop) {
+            let n = d.len().min(SENDME_DIGEST_LEN);
+            tag[..n].copy_from_slice(&d[..n]);
+        }
+        let body = encode_body(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }), "SENDME")?;
+        self.stats.circ_sendmes_sent += 1;
+        self.queue_relay(hop, body);
+        Ok(())
+    }
+
+    /// Handle the passing of time: build timeout and stream connect/resolve timeouts.
+    ///
+    /// Returns the error when the build timeout closed the circuit.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), CircError> {
+        if self.closed {
+            return Ok(());
+        }
+        if let Some(p) = &self.pending {
+            if p.deadline <= now {
+                let hop = self.hops.len();
+                return self.fail(CircError::BuildTimeout { hop });
+            }
+        }
+        for id in self.streams.expire(now) {
+            self.events.push_back(CircEvent::StreamEnded {
+                stream: id,
+                reason: EndReason::TIMEOUT,
+            });
+        }
+        Ok(())
+    }
+
+    /// When [`Circuit::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let build = self.pending.as_ref().map(|p| p.deadline);
+        match (build, self.streams.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next cell to send on the channel: DESTROY first, then relay cells in order, each
+    /// padded, digested for its hop and encrypted (tor-spec §5.5.2.1, §6.1).
+    pub fn poll_cell(&mut self, rng: &mut impl CryptoRngCore) -> Option<ChanMsg<'static>> {
+        if let Some(m) = self.chan_out.take() {
+            return Some(m);
+        }
+        let (q, hop) = loop {
+            let mut q = self.relay_out.pop_front()?;
+            if self.relay_out.is_empty() && self.relay_out.capacity() > 64 {
+                self.relay_out.shrink_to_fit();
+            }
+            if !q.raw {
+                pad_body(&mut q.body, rng);
+            }
+            let hop = usize::from(q.hop);
+            // A hop that went away (TRUNCATED) after the cell was queued: drop the cell.
+            if self.crypto.encrypt_outbound(&mut q.body, hop).is_ok() {
+                break (q, hop);
+            }
+        };
+        if q.sendme_trigger {
+            if let (Some(d), Some(flow)) =
+                (self.crypto.last_sent_digest(hop), self.hops.get_mut(hop))
+            {
+                let mut tag = [0u8; SENDME_DIGEST_LEN];
+                let n = d.len().min(SENDME_DIGEST_LEN);
+                tag[..n].copy_from_slice(&d[..n]);
+                flow.send.record_digest(tag);
+            }
+        }
+        let payload = RelayPayload::Owned(q.body);
+        Some(if q.early {
+            ChanMsg::RelayEarly(payload)
+        } else {
+            ChanMsg::Relay(payload)
+        })
+    }
+
+    /// Whether cells are waiting for [`Circuit::poll_cell`].
+    pub fn has_output(&self) -> bool {
+        self.chan_out.is_some() || !self.relay_out.is_empty()
+    }
+
+    /// The next event for the embedding.
+    ///
+    /// Handing out a [`CircEvent::Data`] counts as the application taking the bytes: that is
+    /// when stream SENDMEs are queued (tor-spec §7.4), so an embedding that stops polling
+    /// stops the exit's stream after 500 cells.
+    pub fn poll_event(&mut self) -> Option<CircEvent> {
+        let e = self.events.pop_front();
+        match &e {
+            Some(CircEvent::Data { stream, .. }) => self.delivered(*stream),
+            None if self.events.capacity() > 64 => self.events.shrink_to_fit(),
+            _ => {}
+        }
+        e
+    }
+
+    fn delivered(&mut self, stream: StreamId) {
+        let Some(s) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let hop = usize::from(s.hop);
+        for _ in 0..s.on_delivered() {
+            if let Ok(body) = encode_body(
+                stream.get(),
+                &RelayMsg::Sendme(Sendme { tag: None }),
+                "SENDME",
+            ) {
+                self.stats.stream_sendmes_sent += 1;
+                self.queue_relay(hop, body);
+            }
+        }
+    }
+}
+
+fn own_answer(a: ResolvedAnswer<'_>) -> ResolvedAnswer<'static> {
+    use onion_cell::relaymsg::ResolvedValue as V;
+    let value = match a.value {
+        V::Hostname(h) => V::Hostname(h.into_owned().into()),
+        V::Ip(ip) => V::Ip(ip),
+        V::TransientError(e) => V::TransientError(e.into_owned().into()),
+        V::NontransientError(e) => V::NontransientError(e.into_owned().into()),
+        V::Unknown { answer_type, value } => V::Unknown {
+            answer_type,
+            value: value.into_owned().into(),
+        },
+    };
+    ResolvedAnswer { value, ttl: a.ttl }
+}

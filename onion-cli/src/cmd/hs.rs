@@ -1,0 +1,286 @@
+//! `onion hs`: onion-service tools (rend-spec-v3), output as JSON.
+//!
+//! - `onion hs address --public-key FILE|HEX`: the v3 address of an identity key, given as
+//!   64 hex characters, C tor's `hs_ed25519_public_key` file, or a file of 32 raw bytes or hex.
+//! - `onion hs descriptor decrypt --address ADDR FILE [--client-key FILE] [--now UNIX]
+//!   [--period-length MIN] [--period NUM]`: verify and decrypt a v3 descriptor, and print its
+//!   fields and introduction points. The time period (needed to bind the descriptor to the
+//!   address) is searched near `--now` with `--period-length` (default 1440 minutes; 8 in a
+//!   20-second-voting test network) unless `--period` is given; if no period matches, the blinded
+//!   key of the signing certificate is used and `time_period` is `null`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use onion_hs::desc::{HsDescriptor, OuterDescriptor};
+use onion_hs::keys::{parse_client_auth_key, HsIdKey};
+use onion_hs::time::{TimePeriod, TimePeriodConfig};
+use onion_hs::OnionAddress;
+use serde_json::{json, Value};
+
+const USAGE: &str = "usage: onion hs address --public-key FILE|HEX
+       onion hs descriptor decrypt --address ADDR FILE [--client-key FILE] [--now UNIX] [--period-length MIN] [--period NUM]";
+
+/// Run the subcommand.
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["address", rest @ ..] => address(rest),
+        ["descriptor", "decrypt", rest @ ..] => decrypt(rest),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s.trim()).ok()?.try_into().ok()
+}
+
+fn read_public_key(arg: &str) -> Result<[u8; 32], String> {
+    if let Some(k) = parse_hex32(arg) {
+        return Ok(k);
+    }
+    let data = std::fs::read(arg).map_err(|e| format!("--public-key {arg}: {e}"))?;
+    if let Ok(k) = HsIdKey::from_tor_file(&data) {
+        return Ok(*k.as_bytes());
+    }
+    if let Ok(k) = <[u8; 32]>::try_from(data.as_slice()) {
+        return Ok(k);
+    }
+    std::str::from_utf8(&data)
+        .ok()
+        .and_then(parse_hex32)
+        .ok_or_else(|| {
+            format!("--public-key {arg}: not a tor key file, 32 raw bytes, or 64 hex characters")
+        })
+}
+
+fn address(args: &[&str]) -> Result<(), String> {
+    let out = address_json(args)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn address_json(args: &[&str]) -> Result<Value, String> {
+    let key = match args {
+        ["--public-key", k] => read_public_key(k)?,
+        _ => return Err(USAGE.to_string()),
+    };
+    let addr = OnionAddress::from_public_key(key);
+    let valid_point = addr.identity_key().map_err(|e| e.to_string());
+    let out = json!({
+        "address": addr.to_string(),
+        "public_key_hex": hex::encode(key),
+        "valid_ed25519_point": valid_point.is_ok(),
+        "key_error": valid_point.err(),
+    });
+    Ok(out)
+}
+
+fn decrypt(args: &[&str]) -> Result<(), String> {
+    let out = decrypt_json(args)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn decrypt_json(args: &[&str]) -> Result<Value, String> {
+    let mut addr = None;
+    let mut file = None;
+    let mut client_key = None;
+    let mut now = None;
+    let mut period_len: u32 = 1440;
+    let mut period_num = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .copied()
+                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match *a {
+            "--address" => addr = Some(value()?),
+            "--client-key" => client_key = Some(value()?),
+            "--now" => now = Some(value()?.parse::<u64>().map_err(|e| format!("--now: {e}"))?),
+            "--period-length" => {
+                period_len = value()?
+                    .parse()
+                    .map_err(|e| format!("--period-length: {e}"))?
+            }
+            "--period" => {
+                period_num = Some(
+                    value()?
+                        .parse::<u64>()
+                        .map_err(|e| format!("--period: {e}"))?,
+                )
+            }
+            f if !f.starts_with("--") && file.is_none() => file = Some(f),
+            other => return Err(format!("unexpected argument {other:?}; {USAGE}")),
+        }
+    }
+    let (Some(addr), Some(file)) = (addr, file) else {
+        return Err(USAGE.to_string());
+    };
+    let addr = OnionAddress::parse(addr).map_err(|e| format!("--address: {e}"))?;
+    let id = addr.identity_key().map_err(|e| format!("--address: {e}"))?;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let sk = match client_key {
+        Some(path) => {
+            let t = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let (sk, for_addr) =
+                parse_client_auth_key(&t).map_err(|e| format!("--client-key {path}: {e}"))?;
+            if for_addr.is_some_and(|a| a != addr) {
+                return Err(format!(
+                    "--client-key {path}: key file is for another address"
+                ));
+            }
+            Some(sk)
+        }
+        None => None,
+    };
+    let now = match now {
+        Some(n) => n,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs(),
+    };
+    let outer = OuterDescriptor::parse(&text).map_err(|e| format!("{file}: {e}"))?;
+    let claimed = outer
+        .claimed_blinded_key()
+        .map_err(|e| format!("{file}: {e}"))?;
+    // Find the time period whose blinded key is the one in the descriptor.
+    let period = match period_num {
+        Some(n) => Some(TimePeriod::new(n, period_len, 0)),
+        None => {
+            let cfg = TimePeriodConfig::new(period_len, 0, 3600).map_err(|e| e.to_string())?;
+            let here = cfg.period_at(now).num();
+            (here.saturating_sub(4)..=here.saturating_add(4))
+                .map(|n| TimePeriod::new(n, period_len, 0))
+                .find(|p| id.blind(*p) == claimed)
+        }
+    };
+    let expected = period.map(|p| id.blind(p));
+    let verified = outer
+        .verify(expected.as_ref(), now)
+        .map_err(|e| format!("{file}: {e}"))?;
+    let hs = verified
+        .decrypt(&id, sk.as_ref(), now)
+        .map_err(|e| format!("{file}: {e}"))?;
+    Ok(to_json(&addr, period, &hs))
+}
+
+fn to_json(addr: &OnionAddress, period: Option<TimePeriod>, hs: &HsDescriptor) -> Value {
+    let ips: Vec<Value> = hs
+        .second_layer
+        .intro_points
+        .iter()
+        .map(|ip| {
+            let ls: Vec<Value> = ip
+                .link_specifiers
+                .iter()
+                .map(|l| {
+                    let mut v = json!({"type": l.ty, "value_hex": hex::encode(&l.body)});
+                    if let Some(a) = l.as_ipv4() {
+                        v["address"] = json!(a.ip().to_string());
+                        v["port"] = json!(a.port());
+                    } else if let Some(a) = l.as_ipv6() {
+                        v["address"] = json!(a.ip().to_string());
+                        v["port"] = json!(a.port());
+                    } else if let Some(id) = l.as_rsa_id() {
+                        v["rsa_id_hex"] = json!(hex::encode_upper(id));
+                    }
+                    v
+                })
+                .collect();
+            json!({
+                "link_specifiers": ls,
+                "onion_key_ntor_hex": hex::encode(ip.onion_key_ntor),
+                "auth_key_hex": hex::encode(ip.auth_key()),
+                "enc_key_ntor_hex": hex::encode(ip.enc_key_ntor),
+                "enc_key_cert_key_hex": hex::encode(ip.enc_key_cert.certified_key),
+                "certs_expiry_hours": ip.auth_key_cert.expiry_hours,
+            })
+        })
+        .collect();
+    json!({
+        "address": addr.to_string(),
+        "time_period": period.map(|p| json!({"num": p.num(), "length_minutes": p.length_minutes()})),
+        "blinded_key_hex": hex::encode(hs.blinded_key),
+        "signing_key_hex": hex::encode(hs.signing_key),
+        "signing_cert_expiry_hours": hs.signing_cert_expiry_hours,
+        "lifetime_minutes": hs.lifetime_minutes,
+        "revision_counter": hs.revision_counter,
+        "desc_auth_type": hs.first_layer.auth_type,
+        "auth_client_lines": hs.first_layer.auth_clients.len(),
+        "create2_formats": hs.second_layer.create2_formats,
+        "intro_auth_required": hs.second_layer.intro_auth_required,
+        "single_onion_service": hs.second_layer.single_onion_service,
+        "other_lines": hs.second_layer.other_lines,
+        "introduction_points": ips,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-hs/testdata");
+    const ADDR: &str = "skn4u3felenupawmdh43qijues5x5gc3jwgutk7miqfyptywyp6dm2ad.onion";
+
+    #[test]
+    fn address_from_tor_key_file_and_hex() {
+        let f = format!("{DIR}/hs.hs_ed25519_public_key");
+        let v = address_json(&["--public-key", &f]).unwrap();
+        assert_eq!(v["address"], ADDR);
+        assert_eq!(v["valid_ed25519_point"], true);
+        let hex = v["public_key_hex"].as_str().unwrap().to_string();
+        assert_eq!(
+            address_json(&["--public-key", &hex]).unwrap()["address"],
+            ADDR
+        );
+        assert!(address_json(&["--public-key", "/nonexistent"]).is_err());
+        assert!(address_json(&[]).is_err());
+    }
+
+    #[test]
+    fn decrypt_real_descriptors() {
+        for (file, period) in [
+            ("hs-descriptor.client-fetched", 3_740_454u64),
+            ("hs-descriptor.service", 3_740_453),
+        ] {
+            let f = format!("{DIR}/{file}");
+            let v = decrypt_json(&[
+                "--address",
+                ADDR,
+                &f,
+                "--period-length",
+                "8",
+                "--now",
+                "1795418409",
+            ])
+            .unwrap();
+            assert_eq!(v["time_period"]["num"], period);
+            assert_eq!(v["introduction_points"].as_array().unwrap().len(), 3);
+            assert_eq!(v["create2_formats"], serde_json::json!([2]));
+        }
+        // Another address: a clear error.
+        let f = format!("{DIR}/hs-descriptor.service");
+        let e = decrypt_json(&[
+            "--address",
+            "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkenl5sid",
+            &f,
+            "--now",
+            "1795418409",
+        ])
+        .unwrap_err();
+        assert!(e.contains("MAC mismatch"), "{e}");
+    }
+}

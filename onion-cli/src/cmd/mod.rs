@@ -1,0 +1,12 @@
+//! One module per `onion` subcommand.
+
+pub mod bootstrap;
+pub mod cell;
+pub mod consensus;
+pub mod get;
+pub mod handshake;
+pub mod hs;
+pub mod path;
+pub mod serve;
+pub mod sim;
+pub mod socks;

@@ -1,0 +1,228 @@
+//! `onion serve --target 127.0.0.1:PORT --key-dir DIR [--port VIRTPORT] [--authorities FILE]
+//! [--data-dir DIR] [--timeout SECS]`: host a v3 onion service whose streams to VIRTPORT
+//! (default 80) are forwarded to the local TCP port, as C tor's
+//! `HiddenServicePort VIRTPORT 127.0.0.1:PORT`.
+//!
+//! The identity key is read from, or created in, DIR in C tor's formats
+//! (`hs_ed25519_secret_key`, `hs_ed25519_public_key`, `hostname`), so a C tor service
+//! directory can be served by onion and back. The address is the first line on stdout;
+//! progress goes to stderr. The target must accept connections at startup. Runs until
+//! killed (or until every introduction circuit closed).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use onion_hs::service::{HsService, HsServiceConfig};
+use onion_hs::ExpandedKeypair;
+use rand_core::OsRng;
+
+use super::get::NetOptions;
+use crate::net::client::Client;
+use crate::net::path;
+use crate::net::service::Service;
+
+const USAGE: &str = "usage: onion serve --target ADDR:PORT --key-dir DIR [--port VIRTPORT] \
+                     [--authorities FILE] [--data-dir DIR] [--timeout SECS]";
+
+const SECRET_FILE: &str = "hs_ed25519_secret_key";
+const SECRET_HEADER: &[u8; 32] = b"== ed25519v1-secret: type0 ==\0\0\0";
+const PUBLIC_HEADER: &[u8; 32] = b"== ed25519v1-public: type0 ==\0\0\0";
+
+/// Run the subcommand.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (mut target, mut key_dir, mut port) = (None, None, 80u16);
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match a.as_str() {
+            "--target" => {
+                let v = value()?;
+                let t: SocketAddr = v
+                    .parse()
+                    .map_err(|_| format!("--target {v:?}: not an ADDR:PORT"))?;
+                if t.port() == 0 {
+                    return Err(format!("--target {v:?}: port 0"));
+                }
+                target = Some(t);
+            }
+            "--key-dir" => key_dir = Some(value()?.clone()),
+            "--port" => {
+                let v = value()?;
+                port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("--port {v:?}: not a port number"))?;
+            }
+            _ => rest.push(a.clone()),
+        }
+    }
+    let (Some(target), Some(key_dir)) = (target, key_dir) else {
+        return Err(USAGE.into());
+    };
+    let (opts, rest) = NetOptions::parse(&rest, USAGE)?;
+    if !rest.is_empty() {
+        return Err(USAGE.into());
+    }
+    let identity = load_or_create_key(Path::new(&key_dir))?;
+    // A target that is not listening is almost surely a typo: say so now, not per stream.
+    TcpStream::connect_timeout(&target, Duration::from_secs(5))
+        .map_err(|e| format!("--target {target}: {e}"))?;
+    let hs = HsService::new(identity, HsServiceConfig::default());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", hs.address())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    drop(out);
+
+    let mut client = Client::new();
+    let dir = opts.bootstrap(&mut client)?;
+    let testing = path::is_testing_network(&opts.auths);
+    let config = path::path_config(&opts.auths);
+    let mut service = Service::new(hs, dir, config, testing, target, port);
+    service.establish_intro_points(&mut client)?;
+    let republish = service.publish(&mut client)?;
+    eprintln!("onion: service published; forwarding port {port} to {target}");
+    service.serve(&mut client, republish, &|c| opts.bootstrap(c))
+}
+
+/// The identity key in `dir` (C tor's `hs_ed25519_secret_key`), or a new one written there
+/// with `hs_ed25519_public_key` and `hostname` (the directory is created with mode 0700).
+fn load_or_create_key(dir: &Path) -> Result<ExpandedKeypair, String> {
+    let d = dir.display();
+    let file = dir.join(SECRET_FILE);
+    match std::fs::read(&file) {
+        Ok(data) => {
+            return ExpandedKeypair::from_tor_file(&data)
+                .map_err(|e| format!("{}: {e}", file.display()))
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {e}", file.display()))
+        }
+        Err(_) => {}
+    }
+    create_private_dir(dir).map_err(|e| format!("--key-dir {d}: {e}"))?;
+    let key = ExpandedKeypair::generate(&mut OsRng);
+    let mut secret = SECRET_HEADER.to_vec();
+    secret.extend_from_slice(&zeroize::Zeroizing::new(key.to_expanded_bytes())[..]);
+    let mut public = PUBLIC_HEADER.to_vec();
+    public.extend_from_slice(key.public_bytes());
+    let hostname = format!("{}\n", key.id_key().address());
+    let r = write_private(&file, &secret)
+        .and_then(|_| write_private(&dir.join("hs_ed25519_public_key"), &public))
+        .and_then(|_| write_private(&dir.join("hostname"), hostname.as_bytes()));
+    zeroize::Zeroize::zeroize(&mut secret);
+    r.map_err(|e| format!("--key-dir {d}: {e}"))?;
+    eprintln!("onion: new onion-service key written to {d}");
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Write a new file readable by its owner only (never overwriting one).
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)?.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("onion-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn key_is_created_then_loaded_in_tor_format() {
+        let d = tmp("key");
+        let k1 = load_or_create_key(&d).unwrap();
+        let secret = std::fs::read(d.join(SECRET_FILE)).unwrap();
+        assert_eq!(secret.len(), 96);
+        assert_eq!(&secret[..32], SECRET_HEADER);
+        let public = std::fs::read(d.join("hs_ed25519_public_key")).unwrap();
+        assert_eq!(&public[32..], k1.public_bytes());
+        let host = std::fs::read_to_string(d.join("hostname")).unwrap();
+        assert_eq!(host.trim(), k1.id_key().address().to_string());
+        let k2 = load_or_create_key(&d).unwrap();
+        assert_eq!(k1.public_bytes(), k2.public_bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.join(SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_key_file_and_bad_arguments_are_one_line_errors() {
+        let d = tmp("bad");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(SECRET_FILE), b"garbage").unwrap();
+        let e = load_or_create_key(&d).err().unwrap();
+        assert!(e.contains(SECRET_FILE) && !e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port().to_string();
+        drop(closed);
+        let key_dir = tmp("target");
+        let e = run(&args(&[
+            "--target",
+            &format!("127.0.0.1:{closed_port}"),
+            "--key-dir",
+            key_dir.to_str().unwrap(),
+        ]))
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("--target 127.0.0.1:") && !e.contains('\n'),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&key_dir);
+        for bad in [
+            args(&["--key-dir", "/tmp/x"]),
+            args(&["--target", "nonsense", "--key-dir", "/tmp/x"]),
+            args(&["--target", "127.0.0.1:0", "--key-dir", "/tmp/x"]),
+            args(&[
+                "--target",
+                "127.0.0.1:80",
+                "--key-dir",
+                "/tmp/x",
+                "--port",
+                "0",
+            ]),
+            args(&["--target", "127.0.0.1:80", "--key-dir", "/proc/nope/x"]),
+        ] {
+            let e = run(&bad).err().unwrap();
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}

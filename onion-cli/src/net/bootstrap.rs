@@ -1,0 +1,520 @@
+//! Bootstrap: from a list of directory authorities to a verified view of the network
+//! (dir-spec §5 "Client operation", §4 "Directory cache operation" for the URLs).
+//!
+//! 1. A channel to an authority's ORPort (it must prove the RSA identity of its
+//!    `DirAuthority` line), a one-hop CREATE_FAST circuit, and BEGIN_DIR streams on it
+//!    (tor-spec §6.2.1): no directory traffic leaves the Tor protocol.
+//! 2. The consensus of the mode's flavour (`/tor/status-vote/current/consensus[-microdesc]/
+//!    F1+F2+...`, dir-spec §5.1: the suffix names the configured authorities), and the key
+//!    certificates of the authorities that signed it (`/tor/keys/fp/A+B+...`). Each
+//!    certificate must verify; the consensus must carry valid signatures from more than half
+//!    of the configured v3 authorities (dir-spec §3.4.1).
+//! 3. The relays' descriptors, in batches: microdescriptors by digest (`/tor/micro/d/...`,
+//!    at most 92 a request, dir-spec §5.2; each is kept only if its SHA-256 is the digest of
+//!    a consensus `m` line), or server descriptors by digest (`/tor/server/d/...`, 96 a
+//!    request), each checked against its own signatures.
+//!
+//! Two modes share this one code path ([`DirMode`]). Microdescriptors are C tor's default
+//! and the default on the public network. The full-descriptor mode (`UseMicrodescriptors 0`)
+//! is the default on a testing network: a descriptor carries the complete exit policy, so
+//! exits of a private network (which accept only 127.0.0.0/8, a policy no microdescriptor
+//! summary can express: it reads `reject 1-65535`) are usable. Documents are kept in the data
+//! directory and reused while the consensus is fresh; they are verified again on every use.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use onion_circuit::channel::PeerIds;
+use onion_circuit::circuit::{HandshakeKind, HopTarget};
+use onion_circuit::Instant;
+use onion_crypto::keys::NtorOnionKey;
+use onion_dir::authcert::{self, AuthCert};
+use onion_dir::consensus::{self, Consensus, Flavor};
+use onion_dir::http::DirRequest;
+use onion_dir::microdesc;
+use onion_dir::netview::NetView;
+use onion_dir::routerdesc::{self, RouterDesc};
+use onion_dir::{MdDigest, RsaIdentity, Timestamp};
+
+use super::authority::DirAuthority;
+use super::cache::Cache;
+use super::client::{Client, Target};
+use super::http;
+use super::path;
+
+/// Upper bounds on directory responses (the public ns consensus is ~3 MB).
+const MAX_CONSENSUS: usize = 16 << 20;
+const MAX_CERTS: usize = 1 << 20;
+const MAX_DESCS: usize = 32 << 20;
+/// Bytes of each authority fingerprint in the consensus URL suffix (C tor sends 3).
+const FP_PREFIX_BYTES: usize = 3;
+
+/// Which descriptors a client uses (dir-spec §5: C tor's `UseMicrodescriptors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirMode {
+    /// The microdescriptor consensus and microdescriptors (C tor's default): small, but exit
+    /// policies are only port summaries.
+    Micro,
+    /// The `ns` consensus and server descriptors, with complete exit policies.
+    Full,
+}
+
+impl DirMode {
+    /// Parse a `--dir-mode` value (`micro` or `full`).
+    pub fn parse(s: &str) -> Result<DirMode, String> {
+        match s {
+            "micro" => Ok(DirMode::Micro),
+            "full" => Ok(DirMode::Full),
+            _ => Err(format!("--dir-mode {s:?}: expected micro or full")),
+        }
+    }
+
+    /// The default for a network: full descriptors on a testing network (every authority on
+    /// a loopback or private address; its exits' 127.0.0.0/8 policies need them),
+    /// microdescriptors otherwise.
+    pub fn default_for(auths: &[DirAuthority]) -> DirMode {
+        match path::is_testing_network(auths) {
+            true => DirMode::Full,
+            false => DirMode::Micro,
+        }
+    }
+
+    /// The mode's name, as `--dir-mode` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DirMode::Micro => "micro",
+            DirMode::Full => "full",
+        }
+    }
+
+    fn flavor(self) -> Flavor {
+        match self {
+            DirMode::Micro => Flavor::Microdesc,
+            DirMode::Full => Flavor::Ns,
+        }
+    }
+
+    /// Data-directory file names: consensus, certificates, descriptors (C tor's names).
+    fn files(self) -> [&'static str; 3] {
+        match self {
+            DirMode::Micro => [
+                "cached-microdesc-consensus",
+                "cached-certs",
+                "cached-microdescs",
+            ],
+            DirMode::Full => ["cached-consensus", "cached-certs", "cached-descriptors"],
+        }
+    }
+
+    fn descs_name(self) -> &'static str {
+        match self {
+            DirMode::Micro => "microdescriptors",
+            DirMode::Full => "server descriptors",
+        }
+    }
+}
+
+/// A verified directory: the documents and the path-selection view built from them.
+pub struct Directory {
+    /// The consensus text (verified).
+    pub consensus: String,
+    /// Relays usable for paths: in the consensus and with a verified descriptor.
+    pub view: NetView,
+    /// How it was obtained, for reports.
+    pub summary: Summary,
+}
+
+/// Figures of one bootstrap (for progress and `onion bootstrap`).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The mode used.
+    pub mode: DirMode,
+    /// Relays listed in the consensus.
+    pub relays: usize,
+    /// Valid signatures of configured authorities on the consensus.
+    pub signatures_valid: usize,
+    /// Valid signatures needed (more than half of the configured authorities).
+    pub signatures_needed: usize,
+    /// Descriptors held that the consensus names (by digest) and that verified.
+    pub descriptors: usize,
+    /// The consensus' valid-after time.
+    pub valid_after: String,
+    /// Whether the documents came from the data directory.
+    pub cached: bool,
+}
+
+/// Progress reporting on stderr ("bootstrap NN%: ...").
+pub fn progress(pct: u8, what: &str) {
+    eprintln!("onion: bootstrap {pct:>3}%: {what}");
+}
+
+/// Bootstrap from `auths` in `mode`, reusing fresh documents from `cache`.
+pub fn bootstrap(
+    client: &mut Client,
+    auths: &[DirAuthority],
+    mode: DirMode,
+    cache: Option<&Cache>,
+    deadline: Instant,
+) -> Result<Directory, String> {
+    let now = SystemTime::now();
+    let v3: Vec<RsaIdentity> = auths
+        .iter()
+        .filter_map(|a| a.v3ident.map(RsaIdentity))
+        .collect();
+    let mut dir = DirCircuit::None;
+    let files = mode.files();
+
+    let cached = cache.and_then(|c| {
+        Some((
+            c.get_fresh(files[0], now)?,
+            c.get_fresh(files[1], now)?,
+            c.get_fresh(files[2], now)?,
+        ))
+    });
+    let from_cache = cached.is_some();
+    let (cons_text, certs_text, descs_text) = match cached {
+        Some(docs) => {
+            progress(10, "using cached directory documents");
+            docs
+        }
+        None => {
+            progress(5, &format!("directory mode: {}", mode.name()));
+            let cons_path = DirRequest::consensus(mode.flavor(), &v3, FP_PREFIX_BYTES).path;
+            let cons_text = match dir.get_raw(client, auths, &cons_path, MAX_CONSENSUS, deadline)? {
+                Ok(body) => body,
+                // dir-spec §5.1: with the authority suffix, a directory answers 404 when its
+                // consensus lacks signatures from a majority of the named authorities.
+                Err((404, reason)) => {
+                    return Err(format!(
+                        "consensus failed verification: the directory has none signed by a \
+                         majority of the configured authorities (HTTP 404 {reason})"
+                    ))
+                }
+                Err((status, reason)) => {
+                    return Err(format!(
+                        "directory request {cons_path}: HTTP {status} {reason}"
+                    ))
+                }
+            };
+            progress(40, "consensus received");
+            let unverified = consensus::parse(&cons_text)
+                .map_err(|e| format!("consensus does not parse: {e}"))?;
+            let signers: Vec<String> = unverified
+                .peek()
+                .signatures
+                .iter()
+                .filter(|s| v3.contains(&s.identity))
+                .map(|s| s.identity.to_string())
+                .collect();
+            if signers.is_empty() {
+                return Err("consensus is signed by none of the configured authorities".into());
+            }
+            let path = format!("/tor/keys/fp/{}", signers.join("+"));
+            let certs_text = dir.get(client, auths, &path, MAX_CERTS, deadline)?;
+            progress(50, "authority key certificates received");
+            let relays = &unverified.peek().relays;
+            let requests = match mode {
+                DirMode::Micro => DirRequest::microdescs(
+                    &relays
+                        .iter()
+                        .filter_map(|r| r.md_digest)
+                        .collect::<Vec<_>>(),
+                ),
+                DirMode::Full => DirRequest::server_descriptors(
+                    &relays
+                        .iter()
+                        .filter_map(|r| r.descriptor_digest)
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            let mut descs_text = String::new();
+            for (i, req) in requests.iter().enumerate() {
+                descs_text.push_str(&dir.get(client, auths, &req.path, MAX_DESCS, deadline)?);
+                progress(
+                    (50 + 40 * (i + 1) / requests.len().max(1)) as u8,
+                    &format!(
+                        "{} of {} requests for {}",
+                        i + 1,
+                        requests.len(),
+                        mode.descs_name()
+                    ),
+                );
+            }
+            (cons_text, certs_text, descs_text)
+        }
+    };
+    dir.close(client);
+
+    let ts = Timestamp::from(now);
+    let certs: Vec<AuthCert> = authcert::parse_many(&certs_text)
+        .map_err(|e| format!("authority certificates do not parse: {e}"))?
+        .into_iter()
+        .filter_map(|c| c.verify(ts).ok())
+        .filter(|c| v3.contains(&c.fingerprint))
+        .collect();
+    let unverified =
+        consensus::parse(&cons_text).map_err(|e| format!("consensus does not parse: {e}"))?;
+    let report = unverified.check_signatures(&v3, &certs, ts);
+    let signatures = (report.verified.len(), report.needed);
+    let cons: Consensus<'_> = unverified
+        .verify(&v3, &certs, ts)
+        .map_err(|e| format!("consensus failed verification: {e}"))?;
+    if cons.flavor != mode.flavor() {
+        return Err(format!(
+            "consensus has flavour {}, expected {}",
+            cons.flavor.name(),
+            mode.flavor().name()
+        ));
+    }
+    if !cons.is_fresh(ts) && Timestamp::from(now) > cons.valid_until {
+        return Err(format!(
+            "consensus is no longer valid (valid-until {})",
+            cons.valid_until
+        ));
+    }
+    progress(
+        90,
+        &format!(
+            "consensus verified ({} authority signatures valid, {} needed; {} relays)",
+            signatures.0,
+            signatures.1,
+            cons.relays.len()
+        ),
+    );
+    let (view, descriptors) = match mode {
+        DirMode::Micro => {
+            let mds = microdesc::parse_many(&descs_text)
+                .map_err(|e| format!("microdescriptors do not parse: {e}"))?;
+            // A microdescriptor is authenticated by its digest alone (dir-spec §3.3): it
+            // counts only if a verified `m` line names its SHA-256.
+            let wanted: HashSet<MdDigest> =
+                cons.relays.iter().filter_map(|r| r.md_digest).collect();
+            let matched = mds.iter().filter(|m| wanted.contains(&m.digest)).count();
+            let view = NetView::from_microdescs(&cons, &mds);
+            (view, matched)
+        }
+        DirMode::Full => {
+            let descs: Vec<RouterDesc<'_>> = routerdesc::parse_many(&descs_text)
+                .map_err(|e| format!("server descriptors do not parse: {e}"))?
+                .into_iter()
+                .filter_map(|d| d.verify(ts).ok())
+                .collect();
+            let n = descs.len();
+            (NetView::from_router_descs(&cons, &descs), n)
+        }
+    };
+    let view = view.map_err(|e| format!("network view: {e}"))?;
+    if view.is_empty() {
+        return Err("no relay with a valid descriptor in the consensus".into());
+    }
+    let fresh_until = SystemTime::from(cons.fresh_until);
+    if let (Some(c), false) = (cache, from_cache) {
+        let stored = c
+            .put(files[0], &cons_text, fresh_until)
+            .and_then(|_| c.put(files[1], &certs_text, fresh_until))
+            .and_then(|_| c.put(files[2], &descs_text, fresh_until));
+        if let Err(e) = stored {
+            eprintln!("onion: warning: cannot write the data directory: {e}");
+        }
+    }
+    progress(
+        100,
+        &format!(
+            "{} relays usable, {} {}",
+            view.len(),
+            descriptors,
+            mode.descs_name()
+        ),
+    );
+    let summary = Summary {
+        mode,
+        relays: cons.relays.len(),
+        signatures_valid: signatures.0,
+        signatures_needed: signatures.1,
+        descriptors,
+        valid_after: cons.valid_after.to_string(),
+        cached: from_cache,
+    };
+    Ok(Directory {
+        consensus: cons_text.clone(),
+        view,
+        summary,
+    })
+}
+
+/// The one-hop directory circuit, made on first use.
+enum DirCircuit {
+    None,
+    Open { circ: usize, name: String },
+}
+
+impl DirCircuit {
+    /// GET `path` over a BEGIN_DIR stream; the body if the status is 200.
+    fn get(
+        &mut self,
+        client: &mut Client,
+        auths: &[DirAuthority],
+        path: &str,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<String, String> {
+        let result = self.get_raw(client, auths, path, max, deadline)?;
+        result.map_err(|(status, reason)| {
+            let name = match self {
+                DirCircuit::Open { name, .. } => name.as_str(),
+                DirCircuit::None => "",
+            };
+            format!("directory request {path} to {name}: HTTP {status} {reason}")
+        })
+    }
+
+    /// GET `path` over a BEGIN_DIR stream: `Ok(body)` if the status is 200, else
+    /// `Err((status, reason))`; the outer error is a transport or framing failure.
+    fn get_raw(
+        &mut self,
+        client: &mut Client,
+        auths: &[DirAuthority],
+        path: &str,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<Result<String, (u16, String)>, String> {
+        if let DirCircuit::None = self {
+            *self = open_dir_circuit(client, auths, deadline)?;
+        }
+        let DirCircuit::Open { circ, name } = self else {
+            return Err("no directory circuit".into());
+        };
+        let ctx = |e: String| format!("directory request {path} to {name}: {e}");
+        let stream = client.begin(*circ, Target::Dir, deadline).map_err(ctx)?;
+        let raw = client
+            .fetch(
+                *circ,
+                stream,
+                &http::get_request("127.0.0.1", path),
+                max,
+                deadline,
+                |_| {},
+            )
+            .map_err(ctx)?;
+        let resp = http::parse_response(&raw, true).map_err(|e| ctx(e.to_string()))?;
+        if resp.status != 200 {
+            return Ok(Err((resp.status, resp.reason)));
+        }
+        if resp
+            .header("content-encoding")
+            .is_some_and(|e| e != "identity")
+        {
+            return Err(ctx("unexpected content encoding".into()));
+        }
+        String::from_utf8(resp.body)
+            .map(Ok)
+            .map_err(|_| ctx("body is not UTF-8".into()))
+    }
+
+    fn close(&mut self, client: &mut Client) {
+        if let DirCircuit::Open { circ, .. } = self {
+            client.destroy(*circ);
+        }
+        *self = DirCircuit::None;
+    }
+}
+
+/// Try the authorities (from a random start) until one gives a one-hop circuit.
+fn open_dir_circuit(
+    client: &mut Client,
+    auths: &[DirAuthority],
+    deadline: Instant,
+) -> Result<DirCircuit, String> {
+    let candidates: Vec<&DirAuthority> = auths
+        .iter()
+        .filter(|a| a.v3ident.is_some() && a.or_port.is_some())
+        .collect();
+    if candidates.is_empty() {
+        return Err("no authority with an ORPort (`orport=`) in the list".into());
+    }
+    let mut start = [0u8; 1];
+    let _ = getrandom_byte(&mut start);
+    let mut errors = Vec::new();
+    for i in 0..candidates.len() {
+        let a = candidates[(usize::from(start[0]) + i) % candidates.len()];
+        let Some(addr) = a.or_addr() else { continue };
+        // Each attempt gets a share of the remaining time, so one dead authority cannot
+        // eat the whole budget.
+        let left = client.clock.until(deadline);
+        let attempt =
+            client.deadline(left / u32::try_from(candidates.len() - i).unwrap_or(1).max(1));
+        progress(
+            5,
+            &format!("connecting to authority {} at {addr}", a.name()),
+        );
+        match one_hop(client, a, addr, attempt) {
+            Ok(circ) => {
+                progress(
+                    10,
+                    &format!("directory circuit to {} built (CREATE_FAST)", a.name()),
+                );
+                return Ok(DirCircuit::Open {
+                    circ,
+                    name: a.name(),
+                });
+            }
+            Err(e) => {
+                eprintln!("onion: authority {}: {e}", a.name());
+                errors.push(format!("{}: {e}", a.name()));
+            }
+        }
+    }
+    Err(format!(
+        "no directory authority reachable ({})",
+        errors.join("; ")
+    ))
+}
+
+fn one_hop(
+    client: &mut Client,
+    a: &DirAuthority,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<usize, String> {
+    let rsa = onion_crypto::RsaIdentity(a.fingerprint);
+    let link = client.connect(addr, PeerIds::rsa_only(rsa), deadline)?;
+    // CREATE_FAST needs no onion key: the TLS channel already authenticated the relay.
+    let target = HopTarget {
+        rsa_id: rsa,
+        ed_id: None,
+        ntor_key: NtorOnionKey([0; 32]),
+        addrs: vec![addr],
+        ntor_v3: false,
+    };
+    client.create(link, &target, HandshakeKind::CreateFast, deadline)
+}
+
+fn getrandom_byte(buf: &mut [u8]) -> Result<(), rand_core::Error> {
+    use rand_core::RngCore;
+    rand_core::OsRng.try_fill_bytes(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::authority;
+
+    #[test]
+    fn dir_mode_parse_and_defaults() {
+        assert_eq!(DirMode::parse("micro"), Ok(DirMode::Micro));
+        assert_eq!(DirMode::parse("full"), Ok(DirMode::Full));
+        assert!(DirMode::parse("ns").unwrap_err().contains("micro or full"));
+        let public = authority::parse_list(authority::PUBLIC_AUTHORITIES).unwrap();
+        assert_eq!(DirMode::default_for(&public), DirMode::Micro);
+        let private = authority::parse_list(
+            "DirAuthority auth0 orport=5000 no-v2 \
+             v3ident=0123456789ABCDEF0123456789ABCDEF01234567 127.0.0.1:7000 \
+             89ABCDEF0123456789ABCDEF0123456789ABCDEF\n",
+        )
+        .unwrap();
+        assert_eq!(DirMode::default_for(&private), DirMode::Full);
+        assert_eq!(DirMode::Micro.flavor(), Flavor::Microdesc);
+        assert_eq!(DirMode::Full.files()[0], "cached-consensus");
+    }
+}

@@ -1,0 +1,139 @@
+//! Inputs for the event loop: one reader thread per socket, one queue into the loop.
+//!
+//! All protocol state (TLS sessions, channels, circuits, streams) lives in the loop's thread.
+//! Reader threads only `read()` and forward what they got, so the loop can wait on a single
+//! queue with a timeout (the earliest `poll_timeout()` of its machines) instead of polling
+//! sockets. The queue is bounded: a reader that gets ahead of the loop blocks, so a fast
+//! peer cannot make us buffer without limit.
+
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+/// Identifies one watched socket.
+pub type ConnId = u64;
+
+/// Something that happened on a socket.
+#[derive(Debug)]
+pub enum Input {
+    /// Bytes read from a socket.
+    Bytes(ConnId, Vec<u8>),
+    /// The socket reached end of stream (`None`) or failed.
+    Closed(ConnId, Option<io::Error>),
+    /// A listener accepted a connection.
+    Accepted(TcpStream),
+}
+
+/// How many inputs may wait in the queue before readers block.
+const QUEUE: usize = 256;
+/// Size of one read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// The loop's single source of inputs.
+pub struct Inbox {
+    tx: SyncSender<Input>,
+    rx: Receiver<Input>,
+    next_id: ConnId,
+}
+
+impl Inbox {
+    /// An empty inbox.
+    pub fn new() -> Inbox {
+        let (tx, rx) = sync_channel(QUEUE);
+        Inbox { tx, rx, next_id: 1 }
+    }
+
+    /// Start reading `sock` on its own thread; its inputs carry the returned id.
+    pub fn watch(&mut self, mut sock: TcpStream) -> ConnId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; READ_SIZE];
+            loop {
+                let input = match sock.read(&mut buf) {
+                    Ok(0) => Input::Closed(id, None),
+                    Ok(n) => Input::Bytes(id, buf[..n].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Input::Closed(id, Some(e)),
+                };
+                let last = matches!(input, Input::Closed(..));
+                if tx.send(input).is_err() || last {
+                    return;
+                }
+            }
+        });
+        id
+    }
+
+    /// Accept connections on `listener` on its own thread.
+    pub fn listen(&self, listener: TcpListener) {
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                if tx.send(Input::Accepted(s)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The next input, waiting at most `timeout` (forever if `None`); `None` on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Input> {
+        match timeout {
+            Some(t) => match self.rx.recv_timeout(t) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+            },
+            // The inbox holds a sender itself, so this cannot disconnect.
+            None => self.rx.recv().ok(),
+        }
+    }
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_and_eof_arrive_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut inbox = Inbox::new();
+        let id = inbox.watch(s);
+        c.write_all(b"hello").unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        loop {
+            match inbox.wait(Some(Duration::from_secs(5))) {
+                Some(Input::Bytes(i, b)) if i == id => got.extend(b),
+                Some(Input::Closed(i, None)) if i == id => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, b"hello");
+        assert!(inbox.wait(Some(Duration::from_millis(10))).is_none());
+    }
+
+    #[test]
+    fn accepts() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let inbox = Inbox::new();
+        inbox.listen(l);
+        let _c = TcpStream::connect(addr).unwrap();
+        assert!(matches!(
+            inbox.wait(Some(Duration::from_secs(5))),
+            Some(Input::Accepted(_))
+        ));
+    }
+}

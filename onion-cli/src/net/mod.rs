@@ -1,0 +1,73 @@
+//! The real-network embedding: drives the sans-IO crates over TCP + TLS.
+//!
+//! This is the worked example for anyone embedding onion. The crates never touch a socket, a
+//! clock or an RNG; this module supplies all three with nothing but `std::net`, threads and
+//! `rustls`:
+//!
+//! - [`tls`]: TLS to relays with Tor's certificate rules (self-signed link certificates; the
+//!   relay's identity is proven by the CERTS cell over the certificate's SHA-256 digest).
+//! - [`event`]: one event loop thread owns every state machine; one small thread per socket
+//!   only reads, and sends what it read to the loop over a channel. The loop is:
+//!
+//! ```text
+//! loop {
+//!     feed every input that arrived (bytes, EOF, a new SOCKS client) into the machines
+//!     drain each machine's poll_transmit / poll_event until None; write, act on events
+//!     wait for the next input, at most until the earliest poll_timeout(); on timeout,
+//!     call handle_timeout(now)
+//! }
+//! ```
+//!
+//! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, the public
+//!   network's list included.
+//! - [`cache`]: directory documents kept in the data directory while fresh.
+//! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
+
+pub mod authority;
+pub mod bootstrap;
+pub mod cache;
+pub mod client;
+pub mod event;
+pub mod http;
+pub mod link;
+pub mod onion;
+pub mod path;
+pub mod service;
+pub mod socks;
+pub mod tls;
+
+use std::time::Duration;
+
+/// The monotonic clock handed to the state machines: nanoseconds since the clock was made.
+///
+/// The machines take `onion_circuit::Instant` (`now`) on every input and return deadlines in
+/// the same unit from `poll_timeout`; this is the only place that reads the OS clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock whose origin is now.
+    pub fn new() -> Clock {
+        Clock {
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    /// The current time, for the state machines.
+    pub fn now(&self) -> onion_circuit::Instant {
+        onion_circuit::Instant::from_duration(self.origin.elapsed())
+    }
+
+    /// How long until `deadline` (zero if it has passed).
+    pub fn until(&self, deadline: onion_circuit::Instant) -> Duration {
+        deadline.saturating_duration_since(self.now())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}

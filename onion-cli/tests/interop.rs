@@ -1,0 +1,538 @@
+//! Interop with the reference implementation: the `onion` binary against a private C tor
+//! network on 127.0.0.1 (started once for this test binary by `support::network`; see
+//! the README's "Against real Tor"). Every test is skipped, with a notice, when `tor` is not
+//! installed; in CI (`.ci/run`) it always is.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{network, onion, run_bounded};
+
+/// Test 1: a link handshake with every C tor relay of the network negotiates link protocol
+/// version 5 and verifies the relay's RSA and ed25519 identities (tor-spec §4).
+#[test]
+fn link_handshake_with_every_relay() {
+    let Some(net) = network() else { return };
+    assert_eq!(net.relays.len(), 8, "3 authorities + 2 exits + 3 middles");
+    for r in &net.relays {
+        let (st, out, err) = run_bounded(
+            onion()
+                .args(["handshake", &r.or_addr, "--rsa-id", &r.fingerprint])
+                .args(["--ed-id", &r.ed25519]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert!(
+            st.success(),
+            "{}: onion handshake failed: {err}",
+            r.nickname
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {out}", r.nickname));
+        assert_eq!(v["link_version"], 5, "{}: {v}", r.nickname);
+        assert_eq!(v["rsa_id"], r.fingerprint.as_str(), "{}", r.nickname);
+        assert_eq!(v["ed_id"], r.ed25519.as_str(), "{}", r.nickname);
+        assert_eq!(v["rsa_verified"], true, "{}", r.nickname);
+        assert_eq!(v["ed_verified"], true, "{}", r.nickname);
+    }
+}
+
+/// Test 1, negative side: a relay that is not who we expect is refused with a clear
+/// one-line error, and quickly.
+#[test]
+fn link_handshake_refuses_the_wrong_identity() {
+    let Some(net) = network() else { return };
+    let r = net.relay("relay0");
+    let other = net.relay("relay1");
+    let (st, out, err) = run_bounded(
+        onion().args(["handshake", &r.or_addr, "--rsa-id", &other.fingerprint]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!st.success(), "accepted the wrong RSA identity: {out}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    let (st, _, err) = run_bounded(
+        onion()
+            .args(["handshake", &r.or_addr, "--rsa-id", &r.fingerprint])
+            .args(["--ed-id", &other.ed25519]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!st.success(), "accepted the wrong ed25519 identity");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+}
+
+/// The `r` lines' identities (base64) of a consensus document, sorted.
+fn consensus_identities(text: &str) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("r "))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A fresh data directory inside the network's directory.
+fn data_dir(net: &support::TorNet, name: &str) -> std::path::PathBuf {
+    let d = net.dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn get(
+    net: &support::TorNet,
+    url: &str,
+    data_dir: &std::path::Path,
+    timeout_s: u64,
+) -> (std::process::ExitStatus, String, String) {
+    run_bounded(
+        onion()
+            .args(["get", url, "--authorities"])
+            .arg(&net.authorities_file)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--timeout", &timeout_s.to_string()]),
+        Duration::from_secs(timeout_s + 30),
+    )
+    .unwrap()
+}
+
+/// Test 2 and 3: bootstrap from the private authorities (the consensus verifies; its relays
+/// are the ones C tor's own client has), then `onion get` of the local page through a C tor
+/// exit; a second run reuses the cached documents.
+#[test]
+fn bootstrap_and_get_through_an_exit() {
+    let Some(net) = network() else { return };
+    let dd = data_dir(net, "onion-get");
+    let (st, out, err) = get(net, &net.http_url, &dd, 90);
+    assert!(st.success(), "onion get failed: {err}");
+    assert_eq!(out, net.http_body, "body differs; stderr: {err}");
+    assert!(
+        err.contains("consensus verified (3 authority signatures valid, 2 needed"),
+        "{err}"
+    );
+    assert!(err.contains("circuit built:"), "{err}");
+    // Our verified consensus lists the same relays as C tor's client's.
+    let ours = std::fs::read_to_string(dd.join("cached-consensus")).unwrap();
+    let theirs = std::fs::read_to_string(net.client_datadir.join("cached-consensus")).unwrap();
+    let valid_after = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("valid-after "))
+            .map(str::to_string)
+    };
+    eprintln!(
+        "ours: {:?}, C tor client's: {:?}",
+        valid_after(&ours),
+        valid_after(&theirs)
+    );
+    let (a, b) = (consensus_identities(&ours), consensus_identities(&theirs));
+    assert_eq!(a.len(), net.relays.len(), "{a:?}");
+    assert_eq!(a, b, "relay lists differ");
+    // A second run uses the cached documents and still works.
+    let (st, out, err) = get(net, &net.http_url, &dd, 60);
+    assert!(st.success(), "second onion get failed: {err}");
+    assert_eq!(out, net.http_body);
+    assert!(err.contains("using cached directory documents"), "{err}");
+}
+
+/// Test 2, microdescriptor mode (`--dir-mode micro`, the public network's default): the
+/// microdesc-flavour consensus from the private authorities verifies with their fetched key
+/// certificates, every relay's microdescriptor arrives and matches its `m` line's digest, and
+/// the relays are the ones C tor's own client lists.
+#[test]
+fn bootstrap_with_microdescriptors() {
+    let Some(net) = network() else { return };
+    let dd = data_dir(net, "onion-bootstrap-micro");
+    let run = || {
+        run_bounded(
+            onion()
+                .args(["bootstrap", "--dir-mode", "micro", "--authorities"])
+                .arg(&net.authorities_file)
+                .arg("--data-dir")
+                .arg(&dd)
+                .args(["--timeout", "60"]),
+            Duration::from_secs(90),
+        )
+        .unwrap()
+    };
+    let (st, out, err) = run();
+    assert!(st.success(), "onion bootstrap failed: {err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON summary");
+    let n = net.relays.len() as u64;
+    assert_eq!(j["mode"], "micro", "{j}");
+    assert_eq!(j["cached"], false, "{j}");
+    assert_eq!(j["signatures_valid"], 3, "{j}");
+    assert_eq!(j["signatures_needed"], 2, "{j}");
+    assert_eq!(j["relays"], n, "{j}");
+    assert_eq!(
+        j["descriptors"], n,
+        "every microdescriptor matched: {j}\n{err}"
+    );
+    assert_eq!(j["usable_relays"], n, "{j}");
+    assert!(err.contains("directory mode: micro"), "{err}");
+    assert!(err.contains("microdescriptors"), "{err}");
+    // Our verified microdesc consensus lists the same relays as C tor's client's consensus.
+    let ours = std::fs::read_to_string(dd.join("cached-microdesc-consensus")).unwrap();
+    assert!(ours.contains("network-status-version 3 microdesc"));
+    assert_eq!(
+        ours.lines().filter(|l| l.starts_with("m ")).count() as u64,
+        n
+    );
+    let theirs = std::fs::read_to_string(net.client_datadir.join("cached-microdesc-consensus"))
+        .or_else(|_| std::fs::read_to_string(net.client_datadir.join("cached-consensus")))
+        .unwrap();
+    assert_eq!(consensus_identities(&ours), consensus_identities(&theirs));
+    // A second run verifies the cached documents again and reports the same figures.
+    let (st, out, err) = run();
+    assert!(st.success(), "second onion bootstrap failed: {err}");
+    let k: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON summary");
+    assert_eq!(k["cached"], true, "{k}");
+    assert_eq!(k["descriptors"], n, "{k}");
+    assert_eq!(k["usable_relays"], n, "{k}");
+    // With microdescriptors no exit's summary allows 127.0.0.1 (`reject 1-65535`): without an
+    // explicit exit `onion get` finds no path and says so in one line; naming the exit (by
+    // fingerprint) fetches the page through it.
+    let micro_get = |extra: &[&str]| {
+        run_bounded(
+            onion()
+                .args(["get", &net.http_url, "--dir-mode", "micro", "--authorities"])
+                .arg(&net.authorities_file)
+                .arg("--data-dir")
+                .arg(&dd)
+                .args(["--timeout", "60"])
+                .args(extra),
+            Duration::from_secs(90),
+        )
+        .unwrap()
+    };
+    let (st, _, err) = micro_get(&[]);
+    assert!(
+        !st.success(),
+        "a micro-mode client found an exit for 127.0.0.1: {err}"
+    );
+    assert!(
+        err.trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("no path to 127.0.0.1"),
+        "{err}"
+    );
+    let exit = net
+        .relays
+        .iter()
+        .find(|r| r.role == "exit")
+        .expect("an exit");
+    // A young network's exit may refuse a stream (END MISC) while it does not yet know the
+    // previous hop as a relay; make the request again, as a user would, at most 3 times.
+    let mut attempt = 0;
+    let (st, out, err) = loop {
+        attempt += 1;
+        let r = micro_get(&["--exit", &exit.fingerprint]);
+        if r.0.success() || attempt >= 3 {
+            break r;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        st.success(),
+        "onion get --exit {} failed: {err}",
+        exit.nickname
+    );
+    assert_eq!(out, net.http_body, "body differs; stderr: {err}");
+    assert!(err.contains(&format!("-> {}", exit.nickname)), "{err}");
+}
+
+/// Test 3, large body: 5 MiB through an exit, byte for byte (stream and circuit SENDMEs
+/// from a real C tor exit, about 10 000 cells).
+#[test]
+fn get_a_5_mib_body() {
+    let Some(net) = network() else { return };
+    let mut body = Vec::with_capacity(5 << 20);
+    let mut x: u32 = 0x9e37_79b9;
+    while body.len() < 5 << 20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(net.http_root.join("big.bin"), &body).unwrap();
+    let url = format!("{}big.bin", net.http_url);
+    let dd = data_dir(net, "onion-get-big");
+    let (st, out, err) = support::run_bounded_bytes(
+        onion()
+            .args(["get", &url, "--authorities"])
+            .arg(&net.authorities_file)
+            .arg("--data-dir")
+            .arg(&dd)
+            .args(["--timeout", "120"]),
+        Duration::from_secs(150),
+    )
+    .unwrap();
+    assert!(st.success(), "onion get failed: {err}");
+    assert_eq!(out.len(), body.len(), "{err}");
+    assert!(out == body, "5 MiB body differs");
+}
+
+/// Asserts a failed run with exactly one line on stderr, and returns that line.
+fn one_line_failure(args: &[&str], limit: Duration) -> String {
+    let t = std::time::Instant::now();
+    let (st, _, err) = run_bounded(onion().args(args), limit + Duration::from_secs(10)).unwrap();
+    assert!(!st.success(), "{args:?} succeeded");
+    assert!(t.elapsed() <= limit, "{args:?} took {:?}", t.elapsed());
+    let last = err.trim().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("onion: error: "), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    last
+}
+
+/// Bad input at the CLI: a one-line error and a non-zero exit, never a panic or a hang.
+/// (No network needed.)
+#[test]
+fn bad_input_gives_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("onion-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let quick = Duration::from_secs(5);
+    for (args, want) in [
+        (vec!["get", "ftp://example.com/"], "malformed URL"),
+        (vec!["get", "http://"], "malformed URL"),
+        (vec!["get", "http://exa mple.com/"], "malformed URL"),
+        (vec!["get", "http://127.0.0.1:99999/"], "malformed URL"),
+        (vec!["get", "http://abcdef.onion/"], "bad onion address"),
+        (
+            vec![
+                "get",
+                "http://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.onion/",
+            ],
+            "bad onion address",
+        ),
+        (
+            vec!["get", "http://x/", "--authorities", "/nonexistent/file"],
+            "--authorities",
+        ),
+        (vec!["get", "http://x/", "--bogus"], "unknown option"),
+        (
+            vec!["handshake", "not-an-address", "--rsa-id", "00"],
+            "bad address",
+        ),
+        (
+            vec!["handshake", "127.0.0.1:1", "--rsa-id", "zz"],
+            "--rsa-id",
+        ),
+    ] {
+        let line = one_line_failure(&args, quick);
+        assert!(line.contains(want), "{args:?}: {line}");
+    }
+    // A malformed authority list names the line.
+    let bad = dir.join("bad-authorities.txt");
+    std::fs::write(&bad, "# ok\nDirAuthority a orport=1 127.0.0.1:1 XYZ\n").unwrap();
+    let line = one_line_failure(
+        &["get", "http://x/", "--authorities", bad.to_str().unwrap()],
+        quick,
+    );
+    assert!(line.contains("line 2"), "{line}");
+    // An unreachable authority: a clear error within the timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable = dir.join("unreachable.txt");
+    std::fs::write(
+        &unreachable,
+        format!(
+            "DirAuthority gone orport={port} v3ident=329F4451BAA808E78DF40D2F286080779AD22095 \
+             127.0.0.1:{port} A07048407BC479AA3FDD636ABF78594D2378FAF6\n"
+        ),
+    )
+    .unwrap();
+    let line = one_line_failure(
+        &[
+            "get",
+            "http://127.0.0.1/",
+            "--authorities",
+            unreachable.to_str().unwrap(),
+            "--timeout",
+            "5",
+        ],
+        Duration::from_secs(8),
+    );
+    assert!(line.contains("no directory authority reachable"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consensus that fails verification (the list names other v3 identities for two of
+/// the three authorities, so only one valid signature remains of the two needed) is
+/// refused with a one-line error.
+#[test]
+fn consensus_failing_verification_is_refused() {
+    let Some(net) = network() else { return };
+    let mut lines = net.dirauthority_lines.clone();
+    for l in lines.iter_mut().skip(1) {
+        let start = l.find("v3ident=").unwrap() + "v3ident=".len();
+        l.replace_range(
+            start..start + 40,
+            "0123456789ABCDEF0123456789ABCDEF01234567",
+        );
+    }
+    let file = net.dir.join("wrong-v3idents.txt");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let line = one_line_failure(
+        &[
+            "get",
+            &net.http_url,
+            "--authorities",
+            file.to_str().unwrap(),
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(line.contains("consensus failed verification"), "{line}");
+}
+
+/// Test 4: `onion socks` as curl's SOCKS5 proxy (`--socks5-hostname`): the same page, twice
+/// (the second stream reuses the circuit).
+#[test]
+fn socks_proxy_with_curl() {
+    let Some(net) = network() else { return };
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let auths = net.authorities_file.to_str().unwrap();
+    let mut d = support::Daemon::start(&["socks", "--listen", &listen, "--authorities", auths]);
+    d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
+    let mut retries = 0;
+    for _ in 0..2 {
+        let ((st, body, err), failed) = support::curl_socks_retrying(port, &net.http_url, 60, 3);
+        retries += failed;
+        assert!(st.success(), "curl failed: {err}\nonion:\n{}", d.stderr());
+        assert_eq!(String::from_utf8_lossy(&body), net.http_body);
+    }
+    // Both requests share one circuit (a refused stream may cost a new one).
+    let built = d.stderr().matches("circuit built").count();
+    assert!(built >= 1 && built <= 1 + retries, "{}", d.stderr());
+}
+
+/// Test 5: `onion get http://<C tor onion service>.onion/`: descriptor from the HSDirs,
+/// rendezvous, introduction and hs-ntor with C tor's service; the page arrives.
+#[test]
+fn get_from_a_c_tor_onion_service() {
+    let Some(net) = network() else { return };
+    net.wait_onion().unwrap();
+    let url = format!("http://{}/", net.onion_hostname);
+    let dd = data_dir(net, "onion-get-hs");
+    // The service re-uploads its descriptor at each new time period (8 minutes here); an
+    // HSDir may briefly lack it, so allow a second try.
+    let mut last = String::new();
+    for _ in 0..2 {
+        let (st, out, err) = get(net, &url, &dd, 90);
+        if st.success() {
+            assert_eq!(out, net.http_body, "{err}");
+            assert!(err.contains("rendezvous complete"), "{err}");
+            return;
+        }
+        last = err;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    panic!("onion get of the onion service failed: {last}");
+}
+
+/// `SIGNAL NEWNYM` to C tor's client (its control port, cookie authentication): it forgets
+/// which HSDirs it already asked for a descriptor, as `tornet wait --onion` does.
+fn newnym(net: &support::TorNet) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let state = std::fs::read_to_string(net.dir.join("state.json")).map_err(|e| e.to_string())?;
+    let state: serde_json::Value = serde_json::from_str(&state).map_err(|e| e.to_string())?;
+    let port = state["nodes"]["client"]["controlport"]
+        .as_u64()
+        .ok_or("no client control port in state.json")?;
+    let cookie =
+        std::fs::read(net.client_datadir.join("control_auth_cookie")).map_err(|e| e.to_string())?;
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port as u16)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let hex: String = cookie.iter().map(|b| format!("{b:02x}")).collect();
+    write!(s, "AUTHENTICATE {hex}\r\nSIGNAL NEWNYM\r\nQUIT\r\n").map_err(|e| e.to_string())?;
+    let mut r = std::io::BufReader::new(s);
+    for _ in 0..2 {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if !line.starts_with("250") {
+            return Err(format!("control port: {line}"));
+        }
+    }
+    Ok(())
+}
+
+/// Test 6: `onion serve` hosts an onion service (introduction points, descriptors on the
+/// HSDirs); C tor's client fetches `http://<our address>.onion/` with curl through its
+/// SocksPort (introduction, rendezvous, hs-ntor and a stream spliced to the local page).
+#[test]
+fn c_tor_client_fetches_from_onion_serve() {
+    let Some(net) = network() else { return };
+    let keys = data_dir(net, "onion-serve-keys");
+    let target = format!("127.0.0.1:{}", net.http_port);
+    let auths = net.authorities_file.to_str().unwrap();
+    let mut d = support::Daemon::start(&[
+        "serve",
+        "--target",
+        &target,
+        "--key-dir",
+        keys.to_str().unwrap(),
+        "--authorities",
+        auths,
+    ]);
+    d.wait_for("service published", Duration::from_secs(150));
+    let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
+    let url = format!("http://{}/", host.trim());
+    // The C tor client may have to ask again after an HSDir said "not found" (NEWNYM makes
+    // it forget that); bounded overall.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (st, body, err) = support::curl_socks(net.socks_port, &url, 60);
+        if st.success() && body == net.http_body.as_bytes() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "C tor's client did not reach {url} after {attempt} attempts: {err}\nonion:\n{}",
+                support::last_lines(&d.stderr(), 30)
+            );
+        }
+        eprintln!("attempt {attempt}: curl: {}", err.trim());
+        let _ = newnym(net);
+        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
+    }
+    assert!(
+        d.stderr().contains("rendezvous with a client"),
+        "{}",
+        d.stderr()
+    );
+    // A 2 MiB body: ~4200 DATA cells from the service, paced by the C tor client's circuit
+    // and stream SENDMEs on the virtual hop.
+    let big: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(net.http_root.join("serve-big.bin"), &big).unwrap();
+    let (st, body, err) = support::curl_socks(net.socks_port, &format!("{url}serve-big.bin"), 90);
+    assert!(
+        st.success(),
+        "curl of 2 MiB failed: {err}\nonion:\n{}",
+        d.stderr()
+    );
+    assert!(
+        body == big,
+        "2 MiB body differs ({} bytes received)",
+        body.len()
+    );
+    eprintln!(
+        "onion serve, after {attempt} fetch attempt(s):\n{}",
+        d.stderr()
+    );
+}

@@ -1,0 +1,52 @@
+//! Tor directory documents and path selection (dir-spec, path-spec, guard-spec).
+//!
+//! Part of onion, a sans-IO Tor stack: nothing here opens a socket, reads a clock or draws from
+//! a global random number generator. Time and randomness are parameters.
+//!
+//! # Documents (dir-spec)
+//!
+//! | spec | module |
+//! |---|---|
+//! | §1.2 meta-format: items, objects, multiplicity | [`netdoc`] (zero-copy tokenizer, limits) |
+//! | §1.3 signatures; RSA PKCS#1 v1.5 over a bare digest | [`sig`] (on onion-crypto) |
+//! | §2.1.1 server descriptors (ed25519 certs via `onion_crypto::cert`) | [`routerdesc`] |
+//! | §2.1.1 / §3.8.2 exit policies and summaries | [`policy`] |
+//! | §3.1 authority key certificates | [`authcert`] |
+//! | §3.3 microdescriptors | [`microdesc`] |
+//! | §3.4.1, §3.9 consensus (ns and microdesc), quorum, §5.1 freshness | [`consensus`] |
+//! | §4.3, §5, §6 directory HTTP requests and responses | [`http`] |
+//!
+//! Parsed documents borrow from their text. Signed documents come out of the
+//! parser as `Unverified*` types; only verification (or an explicit
+//! `assume_verified`) yields the usable type:
+//!
+//! ```no_run
+//! # fn f(text: &str, certs: &[onion_dir::authcert::AuthCert], auths: &[onion_dir::RsaIdentity]) -> Result<(), onion_dir::Error> {
+//! use onion_dir::{consensus, Timestamp};
+//! let now = Timestamp::from(std::time::SystemTime::UNIX_EPOCH); // the caller's clock
+//! let c = consensus::parse(text)?.verify(auths, certs, now)?;
+//! assert!(c.freshness(now) != consensus::Freshness::Expired);
+//! # Ok(()) }
+//! ```
+
+pub mod guard;
+pub mod netview;
+pub mod path;
+
+pub mod authcert;
+pub mod consensus;
+mod encode;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod microdesc;
+pub mod netdoc;
+pub mod policy;
+pub mod routerdesc;
+pub mod sig;
+pub mod synth;
+pub mod time;
+
+pub use error::{Error, ErrorKind, HttpError, ParseError, VerifyError};
+pub use ids::{Ed25519Identity, MdDigest, Protocols, RelayFlags, RsaIdentity};
+pub use time::Timestamp;

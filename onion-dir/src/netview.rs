@@ -1,0 +1,1109 @@
+//! A compact view of the network, prepared for fast path selection (path-spec §2.2, §5.1).
+//!
+//! A [`NetView`] holds one [`RelayRecord`] per usable relay (a relay is usable only when we
+//! have the descriptor that carries its keys, family and exit policy: a microdescriptor, or a
+//! server descriptor in full-descriptor mode), the consensus `bandwidth-weights`
+//! ([`BandwidthWeights`], dir-spec §3.4.1 "bandwidth-weights", path-spec §2.2), and tables
+//! precomputed once so that one weighted choice is a binary search:
+//!
+//! * for each [`WeightRole`] (guard, middle, exit, directory) the relays that may ever take that
+//!   role, with the cumulative sums of their weighted bandwidth;
+//! * for each relay, the relays that are in its family *mutually* (dir-spec §2.1.1 "family": two
+//!   relays are in the same family only if each lists the other), as sorted indices;
+//! * for each relay, its IPv4 /16 and IPv6 /32 prefix (path-spec §2.2).
+//!
+//! The view can be built from plain records ([`NetView::from_records`], for tests, simulations
+//! and embedders with their own document store) and from parsed directory documents (see the
+//! constructors in this crate's document modules).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddrV4, SocketAddrV6};
+
+use rand_core::CryptoRngCore;
+
+use crate::consensus::{Consensus, RouterStatus};
+use crate::ids::{Ed25519Identity, MdDigest};
+pub use crate::ids::{RelayFlags, RsaIdentity};
+use crate::microdesc::Microdesc;
+use crate::policy::{AddrPattern, ExitPolicy, PolicySummary, PortRange};
+use crate::routerdesc::RouterDesc;
+
+/// The most relays a view accepts. Ten times today's network is about 70,000; this bound
+/// keeps every weight sum far from `u64` overflow (see [`MAX_RELAY_WEIGHT`]).
+pub const MAX_RELAYS: usize = 1 << 20;
+
+/// The largest weighted bandwidth one relay may contribute to a position, so that the sum over
+/// [`MAX_RELAYS`] relays always fits in a `u64`.
+pub const MAX_RELAY_WEIGHT: u64 = 1 << 43;
+
+/// The most family entries kept per relay (dir-spec §2.1.1 sets no bound; real families have
+/// under 100 members, and a longer list only costs the lister).
+pub const MAX_FAMILY_ENTRIES: usize = 1024;
+
+/// The most exit policy rules kept per relay in full-descriptor mode.
+pub const MAX_POLICY_RULES: usize = 4096;
+
+/// A set of ports as sorted, disjoint, non-adjacent inclusive ranges.
+///
+/// This is the form of a microdescriptor's `p`/`p6` policy summary (dir-spec §3.3 "p"), after
+/// turning a `reject` list into the complementary `accept` list.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    /// No port.
+    pub fn none() -> Self {
+        Self { ranges: Vec::new() }
+    }
+
+    /// Every port 1-65535.
+    pub fn all() -> Self {
+        Self {
+            ranges: vec![(1, 65535)],
+        }
+    }
+
+    /// The set made of the given inclusive ranges (in any order, possibly overlapping; a range
+    /// with `lo > hi` is ignored).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        let mut v: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
+        v.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
+        for (lo, hi) in v {
+            match out.last_mut() {
+                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => {
+                    last.1 = last.1.max(hi);
+                }
+                _ => out.push((lo, hi)),
+            }
+        }
+        Self { ranges: out }
+    }
+
+    /// The ports of a policy summary: `accept` lists the allowed ports, `reject` the refused
+    /// ones (dir-spec §3.3 "p": the summary says what the relay does for "most addresses").
+    pub fn from_summary(accept: bool, ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        let listed = Self::from_ranges(ranges);
+        if accept {
+            listed
+        } else {
+            listed.complement()
+        }
+    }
+
+    /// The ports a parsed consensus or microdescriptor summary allows.
+    pub fn from_policy_summary(s: &PolicySummary) -> Self {
+        Self::from_summary(s.accept, s.ranges.iter().map(|r| (r.lo, r.hi)))
+    }
+
+    /// The ports in 1-65535 that are not in this set.
+    #[must_use]
+    pub fn complement(&self) -> Self {
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        let mut next: u32 = 1;
+        for &(lo, hi) in &self.ranges {
+            if u32::from(lo) > next {
+                out.push((next as u16, lo - 1));
+            }
+            next = u32::from(hi) + 1;
+        }
+        if next <= 65535 {
+            out.push((next as u16, 65535));
+        }
+        Self { ranges: out }
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        let i = self.ranges.partition_point(|&(_, hi)| hi < port);
+        self.ranges.get(i).is_some_and(|&(lo, _)| lo <= port)
+    }
+
+    /// Whether the set is empty (the relay exits to no port).
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+}
+
+/// Whether an address pattern covers every address of one family (`v6` or IPv4).
+fn covers_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
+    match p {
+        AddrPattern::Any => !v6_only || v6,
+        AddrPattern::Any4 => !v6,
+        AddrPattern::Any6 => v6,
+        AddrPattern::V4(_, bits) => !v6 && *bits == 0,
+        AddrPattern::V6(_, bits) => v6 && *bits == 0,
+    }
+}
+
+/// Whether an address pattern covers some address of one family.
+fn touches_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
+    match p {
+        AddrPattern::Any => !v6_only || v6,
+        AddrPattern::Any4 | AddrPattern::V4(..) => !v6,
+        AddrPattern::Any6 | AddrPattern::V6(..) => v6,
+    }
+}
+
+/// What a relay lets a client exit to.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RelayPolicy {
+    /// The microdescriptor summaries (dir-spec §3.3 "p" and "p6"): the ports the relay allows
+    /// to "most addresses", for IPv4 and IPv6. A missing `p6` is an empty set.
+    Summary {
+        /// Ports allowed to most IPv4 addresses.
+        v4: PortSet,
+        /// Ports allowed to most IPv6 addresses.
+        v6: PortSet,
+    },
+    /// A full policy from a server descriptor (dir-spec §2.1.3), first matching rule wins.
+    /// Needed on private networks whose exits allow only `127.0.0.0/8`, which a summary
+    /// cannot express. `ipv6_policy` is the descriptor's `ipv6-policy` summary, if any.
+    Full {
+        /// The descriptor's `accept`/`reject` rules, in order.
+        rules: ExitPolicy,
+        /// Ports allowed to most IPv6 addresses (dir-spec §2.1.1 "ipv6-policy").
+        ipv6_policy: PortSet,
+    },
+}
+
+impl Default for RelayPolicy {
+    fn default() -> Self {
+        RelayPolicy::Summary {
+            v4: PortSet::none(),
+            v6: PortSet::none(),
+        }
+    }
+}
+
+/// Where a client wants to exit to (path-spec §2.2.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExitTarget {
+    /// A port at an address not yet known (a hostname): the relay must "might support" it.
+    Port(u16),
+    /// A known address and port.
+    Addr(IpAddr, u16),
+}
+
+impl RelayPolicy {
+    /// Whether the policy allows exiting to some port at all (path-spec §1.1: exits avoid
+    /// relays whose policy is "reject *:*").
+    pub fn allows_some_port(&self) -> bool {
+        match self {
+            RelayPolicy::Summary { v4, v6 } => !v4.is_empty() || !v6.is_empty(),
+            RelayPolicy::Full { rules, ipv6_policy } => {
+                if !ipv6_policy.is_empty() {
+                    return true;
+                }
+                for r in &rules.rules {
+                    if r.accept && touches_family(&r.addr, r.v6_only, false) {
+                        return true;
+                    }
+                    if !r.accept
+                        && covers_family(&r.addr, r.v6_only, false)
+                        && r.ports == PortRange::ALL
+                    {
+                        return false;
+                    }
+                }
+                // No rule matched everything: the implicit default accepts (dir-spec §2.1.3).
+                true
+            }
+        }
+    }
+
+    /// Whether the relay allows (or, for an unknown address, "might support") `target`
+    /// (path-spec §2.2.1).
+    pub fn allows(&self, target: ExitTarget) -> bool {
+        match (self, target) {
+            (RelayPolicy::Summary { v4, .. }, ExitTarget::Port(p)) => v4.contains(p),
+            (RelayPolicy::Summary { v4, v6 }, ExitTarget::Addr(a, p)) => {
+                if a.is_ipv6() {
+                    v6.contains(p)
+                } else {
+                    v4.contains(p)
+                }
+            }
+            (RelayPolicy::Full { rules, .. }, ExitTarget::Port(p)) => might_support(rules, p),
+            (RelayPolicy::Full { rules, ipv6_policy }, ExitTarget::Addr(a, p)) => {
+                if a.is_ipv6()
+                    && !rules
+                        .rules
+                        .iter()
+                        .any(|r| touches_family(&r.addr, r.v6_only, true))
+                {
+                    return ipv6_policy.contains(p);
+                }
+                rules.allows(a, p)
+            }
+        }
+    }
+}
+
+/// path-spec §2.2.1: with an unknown address, a relay "might support" a port if a clause that
+/// accepts some connections to that port precedes every clause rejecting all of them. With no
+/// matching clause the policy's implicit default is to accept (dir-spec §2.1.3).
+fn might_support(rules: &ExitPolicy, port: u16) -> bool {
+    if port == 0 {
+        return false;
+    }
+    for r in &rules.rules {
+        if !r.ports.contains(port) || !touches_family(&r.addr, r.v6_only, false) {
+            continue;
+        }
+        if r.accept {
+            return true;
+        }
+        if covers_family(&r.addr, r.v6_only, false) {
+            return false;
+        }
+    }
+    true
+}
+
+/// One relay as path selection sees it: identities, addresses, flags, consensus weight,
+/// declared family and exit policy.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RelayRecord {
+    /// The relay's nickname (dir-spec §3.4.1 "r").
+    pub nickname: String,
+    /// RSA identity fingerprint.
+    pub rsa_id: RsaIdentity,
+    /// Ed25519 identity, when known (microdescriptor `id ed25519`).
+    pub ed_id: Option<[u8; 32]>,
+    /// The curve25519 key for the ntor handshake (`ntor-onion-key`), when known.
+    pub ntor_onion_key: Option<[u8; 32]>,
+    /// IPv4 address and ORPort (consensus `r` line).
+    pub ipv4: Option<SocketAddrV4>,
+    /// IPv6 address and ORPort (consensus `a` line).
+    pub ipv6: Option<SocketAddrV6>,
+    /// Consensus flags.
+    pub flags: RelayFlags,
+    /// Consensus `w Bandwidth=` value (path-spec §1.2), in the consensus' arbitrary unit.
+    pub bandwidth: u32,
+    /// The fingerprints the relay lists in its `family` line (a [`NetView`] keeps them
+    /// sorted and deduplicated).
+    pub family: Vec<RsaIdentity>,
+    /// The exit policy.
+    pub policy: RelayPolicy,
+}
+
+impl Default for RelayRecord {
+    /// An empty record (all-zero identity, no addresses, no flags, no exits): a base for
+    /// `..Default::default()` in tests and synthetic networks.
+    fn default() -> Self {
+        RelayRecord {
+            nickname: String::new(),
+            rsa_id: RsaIdentity([0; 20]),
+            ed_id: None,
+            ntor_onion_key: None,
+            ipv4: None,
+            ipv6: None,
+            flags: RelayFlags::empty(),
+            bandwidth: 0,
+            family: Vec::new(),
+            policy: RelayPolicy::default(),
+        }
+    }
+}
+
+/// The `bandwidth-weights` of a consensus (dir-spec §3.4.1 footer, path-spec §2.2), with the
+/// `bwweightscale` they are expressed in.
+///
+/// Missing or malformed weights take the value 10000 (path-spec §2.2); negative ones are
+/// treated as 0.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(missing_docs)] // the field names are the spec's keywords, documented on the type.
+pub struct BandwidthWeights {
+    pub wgg: u32,
+    pub wgm: u32,
+    pub wgd: u32,
+    pub wmg: u32,
+    pub wmm: u32,
+    pub wme: u32,
+    pub wmd: u32,
+    pub weg: u32,
+    pub wem: u32,
+    pub wee: u32,
+    pub wed: u32,
+    pub wgb: u32,
+    pub wmb: u32,
+    pub web: u32,
+    pub wdb: u32,
+    pub wbg: u32,
+    pub wbm: u32,
+    pub wbe: u32,
+    pub wbd: u32,
+    /// The `bwweightscale` consensus parameter (param-spec; default 10000, at least 1).
+    pub scale: u32,
+}
+
+impl Default for BandwidthWeights {
+    fn default() -> Self {
+        Self::uniform(10000)
+    }
+}
+
+impl BandwidthWeights {
+    /// Every weight equal to `scale`: plain bandwidth weighting.
+    pub fn uniform(scale: u32) -> Self {
+        let w = scale.max(1);
+        Self {
+            wgg: w,
+            wgm: w,
+            wgd: w,
+            wmg: w,
+            wmm: w,
+            wme: w,
+            wmd: w,
+            weg: w,
+            wem: w,
+            wee: w,
+            wed: w,
+            wgb: w,
+            wmb: w,
+            web: w,
+            wdb: w,
+            wbg: w,
+            wbm: w,
+            wbe: w,
+            wbd: w,
+            scale: w,
+        }
+    }
+
+    /// Build from the `Key=Value` pairs of a `bandwidth-weights` line and the `bwweightscale`
+    /// parameter (`None` for the default 10000). Unknown keys are ignored.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, i64)>,
+        bwweightscale: Option<i64>,
+    ) -> Self {
+        let scale = bwweightscale
+            .filter(|s| (1..=i64::from(i32::MAX)).contains(s))
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(10000);
+        let mut w = Self::uniform(10000);
+        w.scale = scale;
+        for (k, v) in pairs {
+            let v = u32::try_from(v.clamp(0, i64::from(i32::MAX))).unwrap_or(0);
+            let slot = match k {
+                "Wgg" => &mut w.wgg,
+                "Wgm" => &mut w.wgm,
+                "Wgd" => &mut w.wgd,
+                "Wmg" => &mut w.wmg,
+                "Wmm" => &mut w.wmm,
+                "Wme" => &mut w.wme,
+                "Wmd" => &mut w.wmd,
+                "Weg" => &mut w.weg,
+                "Wem" => &mut w.wem,
+                "Wee" => &mut w.wee,
+                "Wed" => &mut w.wed,
+                "Wgb" => &mut w.wgb,
+                "Wmb" => &mut w.wmb,
+                "Web" => &mut w.web,
+                "Wdb" => &mut w.wdb,
+                "Wbg" => &mut w.wbg,
+                "Wbm" => &mut w.wbm,
+                "Wbe" => &mut w.wbe,
+                "Wbd" => &mut w.wbd,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        w
+    }
+
+    /// Parse the text after `bandwidth-weights` (`Wbd=0 Wbe=0 ...`). Malformed pairs are
+    /// skipped, so their weights keep the default (path-spec §2.2).
+    pub fn parse_line(line: &str, bwweightscale: Option<i64>) -> Self {
+        Self::from_pairs(
+            line.split_ascii_whitespace().filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k, v.parse::<i64>().ok()?))
+            }),
+            bwweightscale,
+        )
+    }
+
+    /// The weighted bandwidth of a relay with `flags` and `bandwidth` in `role`, following
+    /// path-spec §2.2 and dir-spec §3.8.3: the weight class is Guard+Exit (`d`), Guard (`g`),
+    /// Exit (`e`) or neither (`m`), where a `BadExit` relay counts as no exit; for middle and
+    /// exit positions a directory cache (`V2Dir`) is further scaled by the `W?b` weight.
+    /// Guards never take a weight for the exit class (an Exit-only relay has weight 0 as a
+    /// guard).
+    pub fn relay_weight(&self, role: WeightRole, flags: RelayFlags, bandwidth: u32) -> u64 {
+        let is_exit = flags.contains(RelayFlags::EXIT) && !flags.contains(RelayFlags::BAD_EXIT);
+        let is_guard = flags.contains(RelayFlags::GUARD);
+        let is_dir = flags.contains(RelayFlags::V2DIR);
+        let (wg, wm, we, wd, b) = match role {
+            WeightRole::Guard => (self.wgg, self.wgm, 0, self.wgd, None),
+            WeightRole::Middle => (self.wmg, self.wmm, self.wme, self.wmd, Some(())),
+            WeightRole::Exit => (self.weg, self.wem, self.wee, self.wed, Some(())),
+            WeightRole::Dir => (self.wbg, self.wbm, self.wbe, self.wbd, None),
+        };
+        let (w, wb) = match (is_guard, is_exit) {
+            (true, true) => (wd, self.wdb),
+            (true, false) => (wg, self.wgb),
+            (false, true) => (we, self.web),
+            (false, false) => (wm, self.wmb),
+        };
+        let wb = if is_dir && b.is_some() {
+            wb
+        } else {
+            self.scale
+        };
+        let scale = u128::from(self.scale.max(1));
+        let v = u128::from(bandwidth) * u128::from(w) * u128::from(wb) / scale;
+        u64::try_from(v.min(u128::from(MAX_RELAY_WEIGHT))).unwrap_or(MAX_RELAY_WEIGHT)
+    }
+}
+
+/// The position a relay is weighted for (path-spec §2.2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum WeightRole {
+    /// First hop (`Wg?`).
+    Guard,
+    /// Middle hops, and the last hop of internal circuits (`Wm?`).
+    Middle,
+    /// Last hop of exit circuits (`We?`).
+    Exit,
+    /// One-hop directory fetches (`Wb?`).
+    Dir,
+}
+
+impl WeightRole {
+    /// All roles, in table order.
+    pub const ALL: [WeightRole; 4] = [
+        WeightRole::Guard,
+        WeightRole::Middle,
+        WeightRole::Exit,
+        WeightRole::Dir,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            WeightRole::Guard => 0,
+            WeightRole::Middle => 1,
+            WeightRole::Exit => 2,
+            WeightRole::Dir => 3,
+        }
+    }
+
+    /// Flags a relay needs to be considered for this role at all. Every role needs `Running`
+    /// and `Valid` (path-spec §2.2); guards need `Guard` (path-spec §5), directory hops need
+    /// `V2Dir`.
+    pub fn required_flags(self) -> RelayFlags {
+        let base = RelayFlags::RUNNING | RelayFlags::VALID;
+        match self {
+            WeightRole::Guard => base | RelayFlags::GUARD,
+            WeightRole::Middle | WeightRole::Exit => base,
+            WeightRole::Dir => base | RelayFlags::V2DIR,
+        }
+    }
+
+    /// Flags that exclude a relay from this role: `BadExit` for exits (path-spec §2.2.1) and
+    /// `MiddleOnly` for every position but the middle.
+    pub fn forbidden_flags(self) -> RelayFlags {
+        match self {
+            WeightRole::Middle => RelayFlags::empty(),
+            WeightRole::Exit => RelayFlags::BAD_EXIT | RelayFlags::MIDDLE_ONLY,
+            WeightRole::Guard | WeightRole::Dir => RelayFlags::MIDDLE_ONLY,
+        }
+    }
+}
+
+/// The index of a relay in a [`NetView`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct RelayIdx(pub u32);
+
+impl RelayIdx {
+    /// As a `usize`, for indexing.
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Why a network view could not be built.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetViewError {
+    /// More than [`MAX_RELAYS`] relays.
+    #[error("too many relays: {0} (at most {MAX_RELAYS})")]
+    TooManyRelays(usize),
+    /// Two records share an RSA identity.
+    #[error("relay {0} is listed twice")]
+    DuplicateRelay(RsaIdentity),
+    /// A family line is longer than [`MAX_FAMILY_ENTRIES`].
+    #[error("relay {0}: family has more than {MAX_FAMILY_ENTRIES} entries")]
+    FamilyTooLong(RsaIdentity),
+    /// An exit policy is longer than [`MAX_POLICY_RULES`].
+    #[error("relay {0}: exit policy has more than {MAX_POLICY_RULES} rules")]
+    PolicyTooLong(RsaIdentity),
+}
+
+/// The per-relay data that path selection reads in its inner loop, kept small and contiguous.
+#[derive(Clone, Copy, Debug)]
+struct Hot {
+    flags: RelayFlags,
+    /// IPv4 /16 prefix plus one (0: no IPv4 address).
+    net16: u32,
+    /// IPv6 /32 prefix, when there is an IPv6 address.
+    net32: Option<u32>,
+    /// Range of this relay's mutual family in `NetView::family`.
+    fam_start: u32,
+    fam_len: u32,
+    /// Whether the exit policy allows some port.
+    exits: bool,
+}
+
+/// The relays eligible for one role and the running sum of their weights.
+#[derive(Clone, Debug, Default)]
+struct RoleTable {
+    /// `cum[i]` = sum of the weights of `members[0..=i]`.
+    cum: Vec<u64>,
+    members: Vec<u32>,
+}
+
+impl RoleTable {
+    fn total(&self) -> u64 {
+        self.cum.last().copied().unwrap_or(0)
+    }
+
+    fn weight_at(&self, i: usize) -> u64 {
+        let hi = self.cum.get(i).copied().unwrap_or(0);
+        let lo = i
+            .checked_sub(1)
+            .and_then(|j| self.cum.get(j))
+            .copied()
+            .unwrap_or(0);
+        hi - lo
+    }
+
+    /// One member, drawn with probability proportional to its weight (uniformly when every
+    /// weight is zero, as C tor does).
+    fn sample(&self, rng: &mut impl CryptoRngCore) -> Option<u32> {
+        let total = self.total();
+        if total == 0 {
+            let n = u64::try_from(self.members.len()).ok()?;
+            if n == 0 {
+                return None;
+            }
+            let i = usize::try_from(uniform_below(rng, n)).ok()?;
+            return self.members.get(i).copied();
+        }
+        let r = uniform_below(rng, total);
+        let pos = self.cum.partition_point(|&c| c <= r);
+        self.members.get(pos).copied()
+    }
+}
+
+/// A uniform integer in `0..n` (`n > 0`), by rejection of the biased zone of `next_u64`.
+///
+/// The loop is bounded: after 64 rejections (probability below 2^-64) the residual bias of a
+/// plain modulo is accepted.
+pub fn uniform_below(rng: &mut impl CryptoRngCore, n: u64) -> u64 {
+    if n <= 1 {
+        return 0;
+    }
+    let zone = (u64::MAX / n) * n;
+    let mut x = rng.next_u64();
+    for _ in 0..64 {
+        if x < zone {
+            break;
+        }
+        x = rng.next_u64();
+    }
+    x % n
+}
+
+/// The network as path selection sees it. See the [module documentation](self).
+#[derive(Clone, Debug)]
+pub struct NetView {
+    relays: Vec<RelayRecord>,
+    hot: Vec<Hot>,
+    family: Vec<u32>,
+    by_rsa: HashMap<RsaIdentity, u32>,
+    weights: BandwidthWeights,
+    tables: [RoleTable; 4],
+}
+
+impl NetView {
+    /// Build a view from relay records and the consensus weights.
+    ///
+    /// Families are resolved here: relay B counts as A's family only if A lists B and B lists
+    /// A, and both are in the view (dir-spec §2.1.1).
+    pub fn from_records(
+        records: Vec<RelayRecord>,
+        weights: BandwidthWeights,
+    ) -> Result<Self, NetViewError> {
+        if records.len() > MAX_RELAYS {
+            return Err(NetViewError::TooManyRelays(records.len()));
+        }
+        let mut by_rsa = HashMap::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if r.family.len() > MAX_FAMILY_ENTRIES {
+                return Err(NetViewError::FamilyTooLong(r.rsa_id));
+            }
+            if let RelayPolicy::Full { rules, .. } = &r.policy {
+                if rules.rules.len() > MAX_POLICY_RULES {
+                    return Err(NetViewError::PolicyTooLong(r.rsa_id));
+                }
+            }
+            // `i < MAX_RELAYS` fits in u32.
+            if by_rsa.insert(r.rsa_id, i as u32).is_some() {
+                return Err(NetViewError::DuplicateRelay(r.rsa_id));
+            }
+        }
+        // Each declared family sorted, for the "does B list A" check.
+        let mut records = records;
+        for r in &mut records {
+            r.family.sort_unstable();
+            r.family.dedup();
+        }
+        let mut family = Vec::new();
+        let mut hot = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let start = family.len();
+            let mut mine: Vec<u32> = r
+                .family
+                .iter()
+                .filter_map(|id| by_rsa.get(id).copied())
+                .filter(|&j| j as usize != i)
+                .filter(|&j| {
+                    records
+                        .get(j as usize)
+                        .is_some_and(|g| g.family.binary_search(&r.rsa_id).is_ok())
+                })
+                .collect();
+            mine.sort_unstable();
+            mine.dedup();
+            family.extend_from_slice(&mine);
+            let net16 = r.ipv4.map_or(0, |a| (u32::from(*a.ip()) >> 16) + 1);
+            let net32 = r.ipv6.map(|a| (u128::from(*a.ip()) >> 96) as u32);
+            hot.push(Hot {
+                flags: r.flags,
+                net16,
+                net32,
+                // Bounded: at most MAX_RELAYS * MAX_FAMILY_ENTRIES = 2^30 entries.
+                fam_start: start as u32,
+                fam_len: mine.len() as u32,
+                exits: r.policy.allows_some_port(),
+            });
+        }
+        let mut tables: [RoleTable; 4] = Default::default();
+        for role in WeightRole::ALL {
+            let t = &mut tables[role.index()];
+            let mut sum: u64 = 0;
+            for (i, (r, h)) in records.iter().zip(&hot).enumerate() {
+                if !role_eligible(role, h) {
+                    continue;
+                }
+                sum = sum.saturating_add(weights.relay_weight(role, r.flags, r.bandwidth));
+                t.cum.push(sum);
+                t.members.push(i as u32);
+            }
+        }
+        Ok(Self {
+            relays: records,
+            hot,
+            family,
+            by_rsa,
+            weights,
+            tables,
+        })
+    }
+
+    /// Every relay in the view.
+    pub fn relays(&self) -> &[RelayRecord] {
+        &self.relays
+    }
+
+    /// Number of relays.
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Whether the view has no relay.
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+
+    /// The relay at `idx`.
+    pub fn relay(&self, idx: RelayIdx) -> Option<&RelayRecord> {
+        self.relays.get(idx.get())
+    }
+
+    /// The relay with this RSA identity.
+    pub fn by_rsa_id(&self, id: &RsaIdentity) -> Option<RelayIdx> {
+        self.by_rsa.get(id).map(|&i| RelayIdx(i))
+    }
+
+    /// The relay with this nickname (the first one, if several share it).
+    pub fn by_nickname(&self, nick: &str) -> Option<RelayIdx> {
+        self.relays
+            .iter()
+            .position(|r| r.nickname == nick)
+            .map(|i| RelayIdx(i as u32))
+    }
+
+    /// The consensus weights the view uses.
+    pub fn weights(&self) -> &BandwidthWeights {
+        &self.weights
+    }
+
+    /// Whether `idx` may ever take `role` (flags and, for exits, a policy that allows some
+    /// port). Per-circuit requirements (Fast, Stable, the port) come on top.
+    pub fn eligible(&self, idx: RelayIdx, role: WeightRole) -> bool {
+        self.hot
+            .get(idx.get())
+            .is_some_and(|h| role_eligible(role, h))
+    }
+
+    /// The weight of `idx` in `role` (0 when not eligible).
+    pub fn role_weight(&self, idx: RelayIdx, role: WeightRole) -> u64 {
+        match self.relays.get(idx.get()) {
+            Some(r) if self.eligible(idx, role) => {
+                self.weights.relay_weight(role, r.flags, r.bandwidth)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The sum of the weights of all relays eligible for `role`.
+    pub fn total_weight(&self, role: WeightRole) -> u64 {
+        self.tables[role.index()].total()
+    }
+
+    /// The relays eligible for `role`, with their weights.
+    pub fn role_members(&self, role: WeightRole) -> impl Iterator<Item = (RelayIdx, u64)> + '_ {
+        let t = &self.tables[role.index()];
+        t.members
+            .iter()
+            .enumerate()
+            .map(move |(i, &m)| (RelayIdx(m), t.weight_at(i)))
+    }
+
+    /// The flags of `idx`.
+    pub fn flags(&self, idx: RelayIdx) -> RelayFlags {
+        self.hot
+            .get(idx.get())
+            .map_or(RelayFlags::empty(), |h| h.flags)
+    }
+
+    /// The relays in `idx`'s family (mutually listed), sorted.
+    pub fn family_of(&self, idx: RelayIdx) -> &[u32] {
+        self.hot
+            .get(idx.get())
+            .and_then(|h| {
+                let s = h.fam_start as usize;
+                self.family.get(s..s + h.fam_len as usize)
+            })
+            .unwrap_or(&[])
+    }
+
+    /// Whether `a` and `b` are in the same family (each lists the other; dir-spec §2.1.1).
+    pub fn same_family(&self, a: RelayIdx, b: RelayIdx) -> bool {
+        self.family_of(a).binary_search(&b.0).is_ok()
+    }
+
+    /// Whether `a` and `b` share an IPv4 /16 or an IPv6 /32 (path-spec §2.2).
+    pub fn same_subnet(&self, a: RelayIdx, b: RelayIdx) -> bool {
+        match (self.hot.get(a.get()), self.hot.get(b.get())) {
+            (Some(x), Some(y)) => {
+                (x.net16 != 0 && x.net16 == y.net16) || (x.net32.is_some() && x.net32 == y.net32)
+            }
+            _ => false,
+        }
+    }
+
+    /// One relay drawn from `role`'s table by weight, before any per-circuit filter.
+    pub(crate) fn sample_role(
+        &self,
+        role: WeightRole,
+        rng: &mut impl CryptoRngCore,
+    ) -> Option<u32> {
+        self.tables[role.index()].sample(rng)
+    }
+
+    /// The members of `role`'s table with their weights, for the exact (linear) fallback.
+    pub(crate) fn table(&self, role: WeightRole) -> (&[u64], &[u32]) {
+        let t = &self.tables[role.index()];
+        (&t.cum, &t.members)
+    }
+}
+
+/// The consensus `bandwidth-weights` and `bwweightscale` (dir-spec §3.4.1, param-spec).
+pub fn consensus_weights(cons: &Consensus<'_>) -> BandwidthWeights {
+    BandwidthWeights::from_pairs(
+        cons.bandwidth_weights
+            .entries
+            .iter()
+            .map(|(k, v)| (*k, i64::from(*v))),
+        cons.params.get("bwweightscale").map(i64::from),
+    )
+}
+
+/// The fingerprint members of a `family` line (dir-spec §2.1.1: `$HEX`, `$HEX=nick`,
+/// `$HEX~nick`; bare nicknames are ignored, as C tor does for path selection), at most
+/// one more than [`MAX_FAMILY_ENTRIES`] so that an overlong list is refused. Decoded here
+/// with the identity type's own allocation-free hex parser: this runs for every
+/// member of every family on each new consensus.
+fn family_ids(line: &str) -> Vec<RsaIdentity> {
+    line.split_ascii_whitespace()
+        .filter_map(|m| {
+            let m = m.strip_prefix('$')?;
+            if m.len() > 40 && !matches!(m.as_bytes().get(40), Some(b'=') | Some(b'~')) {
+                return None;
+            }
+            RsaIdentity::from_hex(m.get(..40)?).ok()
+        })
+        .take(MAX_FAMILY_ENTRIES + 1)
+        .collect()
+}
+
+/// The record of a consensus entry, with no descriptor data yet.
+fn base_record(rs: &RouterStatus<'_>) -> RelayRecord {
+    RelayRecord {
+        nickname: rs.nickname.to_string(),
+        rsa_id: rs.identity,
+        ed_id: None,
+        ntor_onion_key: None,
+        ipv4: Some(SocketAddrV4::new(rs.address, rs.or_port)),
+        ipv6: rs.ipv6,
+        flags: rs.flags,
+        bandwidth: rs.weight(),
+        family: Vec::new(),
+        policy: RelayPolicy::default(),
+    }
+}
+
+/// The record of a consensus entry completed by its descriptor (micro or full): keys,
+/// family, exit policy, and the descriptor's IPv6 address when the consensus has none.
+fn described_record(
+    rs: &RouterStatus<'_>,
+    ed_id: Option<Ed25519Identity>,
+    ntor_onion_key: [u8; 32],
+    ipv6: Option<SocketAddrV6>,
+    family: &str,
+    policy: RelayPolicy,
+) -> RelayRecord {
+    let mut r = base_record(rs);
+    r.ed_id = ed_id.map(|e| e.0);
+    r.ntor_onion_key = Some(ntor_onion_key);
+    if r.ipv6.is_none() {
+        r.ipv6 = ipv6;
+    }
+    r.family = family_ids(family);
+    r.policy = policy;
+    r
+}
+
+impl NetView {
+    /// The view of a microdescriptor-flavour consensus and the microdescriptors we hold: a
+    /// relay is included only when its `m` line's microdescriptor is in `mds` (dir-spec
+    /// §3.3; guard-spec §4.12: no circuit goes through a relay without its descriptor). The
+    /// microdescriptor gives the keys, family and `p`/`p6` summaries.
+    ///
+    /// The consensus should have been verified; this does not check signatures.
+    pub fn from_microdescs(
+        cons: &Consensus<'_>,
+        mds: &[Microdesc<'_>],
+    ) -> Result<Self, NetViewError> {
+        let by_digest: HashMap<MdDigest, &Microdesc<'_>> =
+            mds.iter().map(|m| (m.digest, m)).collect();
+        let records = cons
+            .relays
+            .iter()
+            .filter_map(|rs| {
+                let md = by_digest.get(&rs.md_digest?)?;
+                Some(described_record(
+                    rs,
+                    md.ed25519_id,
+                    md.ntor_onion_key,
+                    md.ipv6,
+                    md.family.0,
+                    RelayPolicy::Summary {
+                        v4: PortSet::from_policy_summary(&md.ipv4_policy),
+                        v6: PortSet::from_policy_summary(&md.ipv6_policy),
+                    },
+                ))
+            })
+            .collect();
+        Self::from_records(records, consensus_weights(cons))
+    }
+
+    /// The full-descriptor view: an `ns`-flavour consensus and the server descriptors we hold
+    /// (dir-spec §2.1). A relay is included when a descriptor with the digest of its `r` line
+    /// is present, or, failing that, the newest descriptor with its identity. The descriptor
+    /// gives the keys, family and the full exit policy, which private networks need (their
+    /// exits allow only `127.0.0.0/8`, which no port summary expresses).
+    ///
+    /// The descriptors should have been verified; this does not check signatures.
+    pub fn from_router_descs(
+        cons: &Consensus<'_>,
+        descs: &[RouterDesc<'_>],
+    ) -> Result<Self, NetViewError> {
+        let by_digest: HashMap<[u8; 20], &RouterDesc<'_>> =
+            descs.iter().map(|d| (d.digest, d)).collect();
+        let mut newest: HashMap<RsaIdentity, &RouterDesc<'_>> = HashMap::new();
+        for d in descs {
+            let e = newest.entry(d.fingerprint).or_insert(d);
+            if d.published > e.published {
+                *e = d;
+            }
+        }
+        let records = cons
+            .relays
+            .iter()
+            .filter_map(|rs| {
+                let d = rs
+                    .descriptor_digest
+                    .and_then(|dg| by_digest.get(&dg).copied())
+                    .filter(|d| d.fingerprint == rs.identity)
+                    .or_else(|| newest.get(&rs.identity).copied())?;
+                Some(described_record(
+                    rs,
+                    d.master_key,
+                    d.ntor_onion_key,
+                    d.ipv6,
+                    d.family.0,
+                    RelayPolicy::Full {
+                        rules: d.exit_policy.clone(),
+                        ipv6_policy: PortSet::from_policy_summary(&d.ipv6_policy),
+                    },
+                ))
+            })
+            .collect();
+        Self::from_records(records, consensus_weights(cons))
+    }
+
+    /// A view of every relay of a consensus alone, without descriptors: no keys, no family,
+    /// and the exit policy taken from the `ns` flavour's `p` summaries (a microdesc-flavour
+    /// consensus has none, so its relays exit nowhere).
+    ///
+    /// For simulations, research and benchmarks on the whole network; a client needs the
+    /// descriptors ([`NetView::from_microdescs`]) to build circuits.
+    pub fn from_consensus_only(cons: &Consensus<'_>) -> Result<Self, NetViewError> {
+        let records = cons
+            .relays
+            .iter()
+            .map(|rs| {
+                let mut r = base_record(rs);
+                if let Some(p) = &rs.policy {
+                    r.policy = RelayPolicy::Summary {
+                        v4: PortSet::from_policy_summary(p),
+                        v6: PortSet::none(),
+                    };
+                }
+                r
+            })
+            .collect();
+        Self::from_records(records, consensus_weights(cons))
+    }
+}
+
+fn role_eligible(role: WeightRole, h: &Hot) -> bool {
+    h.flags.contains(role.required_flags())
+        && h.flags.0 & role.forbidden_flags().0 == 0
+        && (role != WeightRole::Exit || h.exits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portset_summary_complement() {
+        let s = PortSet::from_summary(false, [(22, 25), (80, 80)]);
+        assert!(s.contains(1));
+        assert!(s.contains(21));
+        assert!(!s.contains(22));
+        assert!(!s.contains(25));
+        assert!(s.contains(26));
+        assert!(!s.contains(80));
+        assert!(s.contains(65535));
+        assert_eq!(s.ranges(), &[(1, 21), (26, 79), (81, 65535)]);
+        assert!(PortSet::from_summary(false, [(1, 65535)]).is_empty());
+        assert_eq!(
+            PortSet::from_ranges([(5, 9), (1, 4), (9, 12)]).ranges(),
+            &[(1, 12)]
+        );
+    }
+
+    #[test]
+    fn full_policy_might_support() {
+        let rules = |lines: &[(&str, &str)]| ExitPolicy {
+            rules: lines
+                .iter()
+                .map(|(k, v)| crate::policy::PolicyRule::parse(k, v).unwrap())
+                .collect(),
+        };
+        let p = RelayPolicy::Full {
+            rules: rules(&[("accept", "127.0.0.0/8:*"), ("reject", "*:*")]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(p.allows_some_port());
+        assert!(p.allows(ExitTarget::Port(80)));
+        assert!(p.allows(ExitTarget::Addr("127.0.0.1".parse().unwrap(), 80)));
+        assert!(!p.allows(ExitTarget::Addr("8.8.8.8".parse().unwrap(), 80)));
+        assert!(!p.allows(ExitTarget::Addr("::1".parse().unwrap(), 80)));
+        let reject_all = RelayPolicy::Full {
+            rules: rules(&[("reject", "*:*")]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(!reject_all.allows_some_port());
+        assert!(!reject_all.allows(ExitTarget::Port(443)));
+        let partial = RelayPolicy::Full {
+            rules: rules(&[
+                ("reject", "10.0.0.0/8:*"),
+                ("accept", "*:443"),
+                ("reject", "*:*"),
+            ]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(partial.allows(ExitTarget::Port(443)));
+        assert!(!partial.allows(ExitTarget::Port(80)));
+        assert!(!partial.allows(ExitTarget::Addr("10.1.1.1".parse().unwrap(), 443)));
+    }
+
+    #[test]
+    fn family_line_members() {
+        let a = "A07048407BC479AA3FDD636ABF78594D2378FAF6";
+        let b = "3e95d3b4c2a798d03c13808585dbd79a253b69fe";
+        let line = format!("${a} nick ${b}=x $123 ${a}~y ${a}z ${b}");
+        let ids = family_ids(&line);
+        let ra = RsaIdentity::from_hex(a).unwrap();
+        let rb = RsaIdentity::from_hex(b).unwrap();
+        assert_eq!(ids, vec![ra, rb, ra, rb]);
+        let long: String = (0..2000).map(|_| format!("${a} ")).collect();
+        assert_eq!(family_ids(&long).len(), MAX_FAMILY_ENTRIES + 1);
+    }
+
+    #[test]
+    fn weights_by_class() {
+        let w = BandwidthWeights::parse_line(
+            "Wbd=0 Wbe=0 Wbg=389 Wbm=10000 Wdb=10000 Web=10000 Wed=10000 Wee=10000 Weg=10000 \
+             Wem=10000 Wgb=10000 Wgd=0 Wgg=9611 Wgm=9611 Wmb=10000 Wmd=0 Wme=0 Wmg=389 Wmm=10000",
+            None,
+        );
+        let g = RelayFlags::GUARD | RelayFlags::RUNNING | RelayFlags::VALID;
+        let e = RelayFlags::EXIT | RelayFlags::RUNNING | RelayFlags::VALID;
+        let d = g | e;
+        assert_eq!(w.relay_weight(WeightRole::Guard, g, 100), 961_100);
+        assert_eq!(w.relay_weight(WeightRole::Middle, g, 100), 38_900);
+        assert_eq!(w.relay_weight(WeightRole::Guard, e, 100), 0);
+        assert_eq!(w.relay_weight(WeightRole::Guard, d, 100), 0);
+        assert_eq!(w.relay_weight(WeightRole::Exit, d, 100), 1_000_000);
+        assert_eq!(w.relay_weight(WeightRole::Middle, e, 100), 0);
+        // BadExit makes an Exit-flagged relay weigh as a plain middle.
+        let bad = e | RelayFlags::BAD_EXIT;
+        assert_eq!(w.relay_weight(WeightRole::Middle, bad, 100), 1_000_000);
+    }
+}

@@ -1,0 +1,264 @@
+//! The client side of an onion-service connection (rend-spec-v3 §2.2.4.1, §3.2, §4), as a
+//! sans-IO state machine over message bodies.
+//!
+//! The embedder owns the circuits (`onion-circuit`) and the HSDir fetches; this machine tells
+//! it what to fetch from whom, what to send, and checks what comes back:
+//!
+//! ```text
+//! let mut c = HsClient::new(addr)?;
+//! let sel = shared_random.client_fetch(&cfg, consensus_valid_after);
+//! for hsdir in c.hsdirs_to_fetch(&relays, &sel, &params) {      // try in order until one works
+//!     let text = fetch(hsdir, c.blinded_key(sel.period))?;      // GET /tor/hs/3/<blinded b64>
+//!     if c.handle_descriptor(&text, sel.period, client_key, now).is_ok() { break; }
+//! }
+//! let est = c.establish_rendezvous(rng)?;          // send ESTABLISH_RENDEZVOUS on a rend circuit
+//! c.handle_rendezvous_established()?;              // on RENDEZVOUS_ESTABLISHED
+//! let (ip, body) = c.introduce(rng, rp_onion_key, rp_link_specs)?; // INTRODUCE1 via intro point `ip`
+//! c.handle_introduce_ack(&ack)?;                   // on INTRODUCE_ACK (error: try the next one)
+//! let keys = c.handle_rendezvous2(&body)?;         // on RENDEZVOUS2: add keys.client_layer()
+//! ```
+
+use rand_core::CryptoRngCore;
+use x25519_dalek::StaticSecret;
+
+use crate::desc::{DescError, HsDescriptor, IntroPointDesc};
+use crate::keys::{HsBlindedKey, HsIdKey, KeyError, Subcredential};
+use crate::linkspec::LinkSpec;
+use crate::msg::{
+    Extension, Introduce, IntroduceAck, IntroducePlaintext, MsgError, ONION_KEY_TYPE_NTOR,
+    REND_COOKIE_LEN,
+};
+use crate::ntor::{HsNtorClient, HsRendKeys, NtorError};
+use crate::ring::{HashRing, HsDirParams, HsDirRelay, RingSelector};
+use crate::time::TimePeriod;
+use crate::OnionAddress;
+
+/// Client failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address's key is not a usable point.
+    #[error("onion address key: {0}")]
+    Key(#[from] KeyError),
+    /// The descriptor failed.
+    #[error("descriptor: {0}")]
+    Desc(#[from] DescError),
+    /// A message failed.
+    #[error(transparent)]
+    Msg(#[from] MsgError),
+    /// hs-ntor failed (e.g. the service's AUTH does not match).
+    #[error(transparent)]
+    Ntor(#[from] NtorError),
+    /// A call that does not fit the current state.
+    #[error("{0} in the wrong state")]
+    WrongState(&'static str),
+    /// The descriptor lists no usable introduction point.
+    #[error("no introduction point left to try")]
+    NoIntroPoints,
+    /// INTRODUCE_ACK reported a failure.
+    #[error("introduction point refused: status {0}")]
+    IntroduceRefused(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    NeedDescriptor,
+    HaveDescriptor,
+    RendPending,
+    RendReady,
+    Introduced,
+    Done,
+}
+
+/// One connection attempt to one onion service.
+pub struct HsClient {
+    addr: OnionAddress,
+    id: HsIdKey,
+    stage: Stage,
+    desc: Option<HsDescriptor>,
+    subcred: Option<Subcredential>,
+    /// Introduction points not yet tried, in descriptor order.
+    untried: Vec<usize>,
+    current_ip: Option<usize>,
+    cookie: [u8; REND_COOKIE_LEN],
+    ntor: Option<HsNtorClient>,
+}
+
+impl HsClient {
+    /// Start a connection to `addr`.
+    pub fn new(addr: OnionAddress) -> Result<Self, ClientError> {
+        Ok(HsClient {
+            id: addr.identity_key()?,
+            addr,
+            stage: Stage::NeedDescriptor,
+            desc: None,
+            subcred: None,
+            untried: Vec::new(),
+            current_ip: None,
+            cookie: [0; REND_COOKIE_LEN],
+            ntor: None,
+        })
+    }
+
+    /// The address.
+    pub fn address(&self) -> &OnionAddress {
+        &self.addr
+    }
+
+    /// The blinded key to fetch for a period (`/tor/hs/3/<base64 blinded key>`).
+    pub fn blinded_key(&self, period: TimePeriod) -> HsBlindedKey {
+        self.id.blind(period)
+    }
+
+    /// The HSDir URL path of the descriptor for `period` (rend-spec-v3 §2.2.6):
+    /// `/tor/hs/3/<base64 blinded key>`, fetched over a BEGIN_DIR stream.
+    pub fn fetch_path(&self, period: TimePeriod) -> String {
+        format!(
+            "/tor/hs/3/{}",
+            crate::util::b64_pad(self.blinded_key(period).as_bytes())
+        )
+    }
+
+    /// The HSDirs to fetch from (positions in `relays`), in the order to try them:
+    /// `hsdir_spread_fetch` per replica (rend-spec-v3 §2.2.3). The spec has clients choose at
+    /// random among them; shuffle the result with the embedder's RNG if wanted.
+    pub fn hsdirs_to_fetch(
+        &self,
+        relays: &[HsDirRelay],
+        sel: &RingSelector,
+        params: &HsDirParams,
+    ) -> Vec<usize> {
+        HashRing::new(relays, &sel.srv, sel.period).responsible(
+            &self.blinded_key(sel.period),
+            params.n_replicas,
+            params.spread_fetch,
+        )
+    }
+
+    /// A descriptor fetched for `period`: verify, decrypt, keep.
+    pub fn handle_descriptor(
+        &mut self,
+        text: &str,
+        period: TimePeriod,
+        client_key: Option<&StaticSecret>,
+        now_unix: u64,
+    ) -> Result<(), ClientError> {
+        if self.stage != Stage::NeedDescriptor {
+            return Err(ClientError::WrongState("handle_descriptor"));
+        }
+        let d = crate::desc::decode(text, &self.id, Some(period), client_key, now_unix)?;
+        if d.second_layer.intro_points.is_empty() {
+            return Err(ClientError::NoIntroPoints);
+        }
+        let blinded = self.blinded_key(period);
+        self.subcred = Some(blinded.subcredential(&self.id.credential()));
+        self.untried = (0..d.second_layer.intro_points.len()).collect();
+        self.desc = Some(d);
+        self.stage = Stage::HaveDescriptor;
+        Ok(())
+    }
+
+    /// The decoded descriptor, once fetched.
+    pub fn descriptor(&self) -> Option<&HsDescriptor> {
+        self.desc.as_ref()
+    }
+
+    /// Pick a fresh rendezvous cookie: the ESTABLISH_RENDEZVOUS body to send to the
+    /// rendezvous point of the embedder's choice.
+    pub fn establish_rendezvous(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Vec<u8>, ClientError> {
+        if self.stage != Stage::HaveDescriptor {
+            return Err(ClientError::WrongState("establish_rendezvous"));
+        }
+        rng.fill_bytes(&mut self.cookie);
+        self.stage = Stage::RendPending;
+        Ok(self.cookie.to_vec())
+    }
+
+    /// RENDEZVOUS_ESTABLISHED arrived.
+    pub fn handle_rendezvous_established(&mut self) -> Result<(), ClientError> {
+        if self.stage != Stage::RendPending {
+            return Err(ClientError::WrongState("handle_rendezvous_established"));
+        }
+        self.stage = Stage::RendReady;
+        Ok(())
+    }
+
+    /// Build INTRODUCE1 for the next untried introduction point. `rp_onion_key` and
+    /// `rp_link_specs` describe the rendezvous point. Returns the introduction point to build
+    /// a circuit to, and the body to send there.
+    pub fn introduce(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        rp_onion_key: &[u8; 32],
+        rp_link_specs: Vec<LinkSpec>,
+    ) -> Result<(IntroPointDesc, Vec<u8>), ClientError> {
+        if self.stage != Stage::RendReady && self.stage != Stage::Introduced {
+            return Err(ClientError::WrongState("introduce"));
+        }
+        let (desc, subcred) = match (&self.desc, &self.subcred) {
+            (Some(d), Some(s)) => (d, s),
+            _ => return Err(ClientError::WrongState("introduce")),
+        };
+        if self.untried.is_empty() {
+            return Err(ClientError::NoIntroPoints);
+        }
+        let idx = self.untried.remove(0);
+        let ip = desc
+            .second_layer
+            .intro_points
+            .get(idx)
+            .ok_or(ClientError::NoIntroPoints)?
+            .clone();
+        let pt = IntroducePlaintext {
+            rend_cookie: self.cookie,
+            // Congestion control request (prop324 ext type 01), as C tor 0.4.7+ sends it when
+            // the descriptor's flow-control line allows; an empty extension is harmless.
+            extensions: vec![Extension {
+                ty: 1,
+                body: vec![],
+            }],
+            onion_key_type: ONION_KEY_TYPE_NTOR,
+            onion_key: rp_onion_key.to_vec(),
+            link_specifiers: rp_link_specs,
+        };
+        let (body, ntor) =
+            Introduce::build_client(rng, ip.auth_key(), &ip.enc_key_ntor, subcred, &[], &pt)?;
+        self.ntor = Some(ntor);
+        self.current_ip = Some(idx);
+        self.stage = Stage::Introduced;
+        Ok((ip, body))
+    }
+
+    /// INTRODUCE_ACK from the introduction point. On failure, call [`HsClient::introduce`]
+    /// again for the next introduction point.
+    pub fn handle_introduce_ack(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        if self.stage != Stage::Introduced {
+            return Err(ClientError::WrongState("handle_introduce_ack"));
+        }
+        let ack = IntroduceAck::parse(body)?;
+        if ack.status != 0 {
+            return Err(ClientError::IntroduceRefused(ack.status));
+        }
+        Ok(())
+    }
+
+    /// RENDEZVOUS2 on the rendezvous circuit: finish hs-ntor and return the keys of the
+    /// virtual hop ([`HsRendKeys::client_layer`]).
+    pub fn handle_rendezvous2(&mut self, body: &[u8]) -> Result<HsRendKeys, ClientError> {
+        if self.stage != Stage::Introduced {
+            return Err(ClientError::WrongState("handle_rendezvous2"));
+        }
+        let info = crate::msg::parse_rendezvous2(body)?;
+        let ntor = self
+            .ntor
+            .as_ref()
+            .ok_or(ClientError::WrongState("handle_rendezvous2"))?;
+        let keys = ntor.finish(&info)?;
+        self.ntor = None;
+        self.stage = Stage::Done;
+        Ok(keys)
+    }
+}

@@ -1,0 +1,50 @@
+//! Tor v3 onion services (rend-spec-v3).
+//!
+//! Part of onion, a sans-IO Tor stack: nothing here opens a socket, reads a clock or draws from
+//! a global random number generator. Time (Unix seconds) and randomness
+//! (`&mut impl rand_core::CryptoRngCore`) are parameters.
+//!
+//! | rend-spec-v3 section | module |
+//! |---|---|
+//! | §0.3 building blocks (H, KDF, MAC, STREAM) | [`ops`] |
+//! | §0.4 link specifiers | [`linkspec`] |
+//! | §6 \[ONIONADDRESS\] | [`address`] |
+//! | §2.1 \[SUBCRED\], App. A.2 \[KEYBLIND\] | [`keys`] |
+//! | §2.2.1 \[TIME-PERIODS\] | [`time`] |
+//! | §2.2.3 \[HASHRING\], §2.2.4 \[FETCHUPLOADDESC\], §2.3.1 | [`ring`] |
+//! | cert-spec §2.1 (types 08, 09, 0B) | [`cert`] |
+//! | §2.4 \[DESC-OUTER\], §2.5 \[HS-DESC-ENC\], client auth | [`desc`] |
+//! | §3.3.2 \[NTOR-WITH-EXTRA-DATA\], §4.2.1 key expansion | [`ntor`] |
+//! | §3.1–§4.2 message bodies | [`msg`] (and [`cellmsg`] to onion-cell's `RelayMsg`) |
+//! | §3.1, §3.2, §4.1, §4.2 at the relays (intro point, rendezvous point) | [`relay`] |
+//! | client: §2.2.4.1, §3.2, §4 | [`client`] |
+//! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
+//! | §2–§4 end to end in an in-memory network (HSDir, intro and rendezvous points) | [`sim`] |
+//!
+//! The client and service machines work on message bodies; the embedder owns the circuits
+//! (`onion-circuit`), sends what they return and feeds back what arrives.
+
+pub mod address;
+pub mod cellmsg;
+pub mod cert;
+pub mod client;
+pub mod desc;
+pub mod keys;
+pub mod linkspec;
+pub mod msg;
+pub mod ntor;
+pub mod ops;
+pub mod relay;
+pub mod ring;
+pub mod service;
+pub mod sim;
+pub mod time;
+mod util;
+
+pub use address::{AddressError, OnionAddress};
+pub use keys::{
+    Credential, ExpandedKeypair, HsBlindedKey, HsBlindedKeypair, HsIdKey, Subcredential,
+};
+pub use time::{TimePeriod, TimePeriodConfig};
+/// Re-exported: client authorization keys are `x25519_dalek::StaticSecret`.
+pub use x25519_dalek;

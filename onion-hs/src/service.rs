@@ -1,0 +1,345 @@
+//! The service side (rend-spec-v3 §2.2.4.2, §3.1, §3.3, §4.2), as a sans-IO state machine over
+//! message bodies: introduction points and their keys, ESTABLISH_INTRO, descriptors for the
+//! two upload slots and the HSDirs to upload them to, INTRODUCE2 with a replay cache, and the
+//! RENDEZVOUS1 reply with the keys of the virtual hop.
+//!
+//! ```text
+//! let mut s = HsService::new(identity, HsServiceConfig::default());
+//! let ip = s.add_intro_point(rng, relay_link_specs, relay_onion_key)?;  // build a circuit to it
+//! let body = s.establish_intro(ip, &circuit_kh)?;         // ESTABLISH_INTRO on that circuit
+//! s.handle_intro_established(ip)?;                        // INTRO_ESTABLISHED
+//! for slot in shared_random.service_upload(&cfg, valid_after) {  // on each new consensus
+//!     let text = s.build_descriptor(rng, slot.period, now)?;
+//!     for hsdir in s.hsdirs_to_upload(&relays, &slot, &params) { upload(hsdir, &text) }
+//! }
+//! let req = s.handle_introduce2(rng, ip, &body)?;  // INTRODUCE2: replay-checked, decrypted
+//! // build a circuit to req.link_specifiers / req.onion_key, send req.rendezvous1 there,
+//! // then add req.keys.service_layer() as its last hop and serve streams.
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+
+use rand_core::CryptoRngCore;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+
+use crate::desc::{BuildIntroPoint, ClientAuthConfig, DescError, DescriptorBuilder};
+use crate::keys::{ExpandedKeypair, Subcredential};
+use crate::linkspec::LinkSpec;
+use crate::msg::{EstablishIntro, Extension, Introduce, MsgError, Rendezvous1, REND_COOKIE_LEN};
+use crate::ntor::{self, HsRendKeys, NtorError};
+use crate::ops::sha3_256;
+use crate::ring::{HashRing, HsDirParams, HsDirRelay, RingSelector};
+use crate::time::TimePeriod;
+
+/// The HSDir URL path descriptors are POSTed to (rend-spec-v3 §2.2.6).
+pub const UPLOAD_PATH: &str = "/tor/hs/3/publish";
+
+/// Service failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// No such introduction point.
+    #[error("no introduction point {0}")]
+    NoSuchIntroPoint(usize),
+    /// A message failed (including a bad INTRODUCE2 MAC).
+    #[error(transparent)]
+    Msg(#[from] MsgError),
+    /// hs-ntor failed.
+    #[error(transparent)]
+    Ntor(#[from] NtorError),
+    /// Building a descriptor failed.
+    #[error(transparent)]
+    Desc(#[from] DescError),
+    /// This INTRODUCE2 (or its rendezvous cookie) was seen before: dropped silently.
+    #[error("INTRODUCE2 replay")]
+    Replay,
+    /// INTRODUCE2 whose AUTH_KEY is not this introduction point's.
+    #[error("INTRODUCE2 for another introduction point")]
+    WrongIntroPoint,
+    /// The onion key type of the rendezvous point is not ntor.
+    #[error("rendezvous point onion key type {0} unsupported")]
+    UnsupportedOnionKey(u8),
+    /// The intro point is not established yet.
+    #[error("introduction point {0} is not established")]
+    NotEstablished(usize),
+}
+
+/// Service configuration.
+#[derive(Debug, Clone)]
+pub struct HsServiceConfig {
+    /// Certificate lifetime in hours (C tor: 54, covering the descriptor's periods).
+    pub cert_lifetime_hours: u32,
+    /// `descriptor-lifetime` (minutes).
+    pub desc_lifetime_minutes: u16,
+    /// Client authorization (None: open service).
+    pub client_auth: Option<ClientAuthConfig>,
+    /// Replay cache bound (entries); the oldest entries are forgotten first.
+    pub replay_cache_size: usize,
+}
+
+impl Default for HsServiceConfig {
+    fn default() -> Self {
+        HsServiceConfig {
+            cert_lifetime_hours: 54,
+            desc_lifetime_minutes: 180,
+            client_auth: None,
+            replay_cache_size: 16_384,
+        }
+    }
+}
+
+/// One of the service's introduction points.
+pub struct ServiceIntroPoint {
+    /// The intro relay's link specifiers (published in the descriptor).
+    pub link_specifiers: Vec<LinkSpec>,
+    /// The intro relay's ntor onion key.
+    pub onion_key: [u8; 32],
+    auth: ExpandedKeypair,
+    enc: StaticSecret,
+    established: bool,
+}
+
+impl ServiceIntroPoint {
+    /// `KP_hs_ipt_sid`.
+    pub fn auth_key(&self) -> &[u8; 32] {
+        self.auth.public_bytes()
+    }
+    /// Whether INTRO_ESTABLISHED arrived.
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+}
+
+/// A client's request, decrypted from INTRODUCE2: where to meet it, and what to send.
+pub struct RendezvousRequest {
+    /// Link specifiers of the rendezvous point (extend to it verbatim).
+    pub link_specifiers: Vec<LinkSpec>,
+    /// Its ntor onion key.
+    pub onion_key: [u8; 32],
+    /// The RENDEZVOUS1 body to send on the circuit to it.
+    pub rendezvous1: Vec<u8>,
+    /// Keys of the virtual hop ([`HsRendKeys::service_layer`]).
+    pub keys: HsRendKeys,
+    /// The extensions the client sent (e.g. congestion control request).
+    pub extensions: Vec<Extension>,
+}
+
+/// An onion service.
+pub struct HsService {
+    identity: ExpandedKeypair,
+    config: HsServiceConfig,
+    intro_points: Vec<ServiceIntroPoint>,
+    /// Subcredentials of the periods we published descriptors for (INTRODUCE2 may use any).
+    subcreds: VecDeque<(TimePeriod, Subcredential)>,
+    replay: HashSet<[u8; 32]>,
+    replay_order: VecDeque<[u8; 32]>,
+    revision: u64,
+}
+
+impl HsService {
+    /// A service with identity key pair `identity`.
+    pub fn new(identity: ExpandedKeypair, config: HsServiceConfig) -> Self {
+        HsService {
+            identity,
+            config,
+            intro_points: Vec::new(),
+            subcreds: VecDeque::new(),
+            replay: HashSet::new(),
+            replay_order: VecDeque::new(),
+            revision: 0,
+        }
+    }
+
+    /// The onion address.
+    pub fn address(&self) -> crate::OnionAddress {
+        self.identity.id_key().address()
+    }
+
+    /// Choose a relay as introduction point: fresh auth and encryption keys for it.
+    pub fn add_intro_point(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        link_specifiers: Vec<LinkSpec>,
+        onion_key: [u8; 32],
+    ) -> usize {
+        let auth = ExpandedKeypair::generate(rng);
+        let mut e = [0u8; 32];
+        rng.fill_bytes(&mut e);
+        let enc = StaticSecret::from(e);
+        self.intro_points.push(ServiceIntroPoint {
+            link_specifiers,
+            onion_key,
+            auth,
+            enc,
+            established: false,
+        });
+        self.intro_points.len() - 1
+    }
+
+    /// The introduction points.
+    pub fn intro_points(&self) -> &[ServiceIntroPoint] {
+        &self.intro_points
+    }
+
+    fn ip(&self, i: usize) -> Result<&ServiceIntroPoint, ServiceError> {
+        self.intro_points
+            .get(i)
+            .ok_or(ServiceError::NoSuchIntroPoint(i))
+    }
+
+    /// ESTABLISH_INTRO for intro point `i` on a circuit with handshake key `circuit_kh`.
+    pub fn establish_intro(&self, i: usize, circuit_kh: &[u8]) -> Result<Vec<u8>, ServiceError> {
+        let ip = self.ip(i)?;
+        Ok(EstablishIntro::build(&ip.auth, vec![], circuit_kh)?.1)
+    }
+
+    /// INTRO_ESTABLISHED arrived for intro point `i`.
+    pub fn handle_intro_established(&mut self, i: usize) -> Result<(), ServiceError> {
+        let ip = self
+            .intro_points
+            .get_mut(i)
+            .ok_or(ServiceError::NoSuchIntroPoint(i))?;
+        ip.established = true;
+        Ok(())
+    }
+
+    /// Build the descriptor for `period` with the established introduction points, with a
+    /// fresh descriptor signing key and a revision counter that only grows.
+    pub fn build_descriptor(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        period: TimePeriod,
+        now_unix: u64,
+    ) -> Result<String, ServiceError> {
+        let blinded = self.identity.blind(period);
+        let cred = self.identity.id_key().credential();
+        let subcred = blinded.public().subcredential(&cred);
+        if !self.subcreds.iter().any(|(p, _)| *p == period) {
+            self.subcreds.push_back((period, subcred));
+            while self.subcreds.len() > 3 {
+                self.subcreds.pop_front();
+            }
+        }
+        // Revision counters must grow across rebuilds (rend-spec-v3 §2.4); seconds since the
+        // epoch, or one more than last time if the clock stood still.
+        self.revision = now_unix.max(self.revision.saturating_add(1));
+        let signing = ExpandedKeypair::generate(rng);
+        let ips = self
+            .intro_points
+            .iter()
+            .filter(|ip| ip.established)
+            .map(|ip| BuildIntroPoint {
+                link_specifiers: ip.link_specifiers.clone(),
+                onion_key_ntor: ip.onion_key,
+                auth_key: *ip.auth.public_bytes(),
+                enc_key_ntor: XPublic::from(&ip.enc).to_bytes(),
+            })
+            .collect();
+        let b = DescriptorBuilder {
+            blinded: &blinded,
+            credential: cred,
+            signing_key: &signing,
+            cert_expiry_hours: u32::try_from(now_unix / 3600)
+                .unwrap_or(u32::MAX)
+                .saturating_add(self.config.cert_lifetime_hours),
+            revision_counter: self.revision,
+            lifetime_minutes: self.config.desc_lifetime_minutes,
+            create2_formats: vec![2],
+            intro_auth_required: None,
+            single_onion_service: false,
+            other_lines: vec![],
+            intro_points: ips,
+            client_auth: self.config.client_auth.clone(),
+        };
+        Ok(b.build(rng)?)
+    }
+
+    /// The HSDirs (positions in `relays`) to upload the descriptor of `sel` to:
+    /// `hsdir_spread_store` per replica.
+    pub fn hsdirs_to_upload(
+        &self,
+        relays: &[HsDirRelay],
+        sel: &RingSelector,
+        params: &HsDirParams,
+    ) -> Vec<usize> {
+        HashRing::new(relays, &sel.srv, sel.period).responsible(
+            &self.identity.id_key().blind(sel.period),
+            params.n_replicas,
+            params.spread_store,
+        )
+    }
+
+    fn remember(&mut self, tag: [u8; 32]) -> bool {
+        if !self.replay.insert(tag) {
+            return false;
+        }
+        self.replay_order.push_back(tag);
+        while self.replay_order.len() > self.config.replay_cache_size {
+            if let Some(old) = self.replay_order.pop_front() {
+                self.replay.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// INTRODUCE2 on intro point `i`'s circuit: check it is not a replay, decrypt it with one
+    /// of the published periods' subcredentials, and complete hs-ntor.
+    pub fn handle_introduce2(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        i: usize,
+        body: &[u8],
+    ) -> Result<RendezvousRequest, ServiceError> {
+        let ip = self.ip(i)?;
+        if !ip.established {
+            return Err(ServiceError::NotEstablished(i));
+        }
+        let m = Introduce::parse(body)?;
+        if !crate::ops::ct_eq(&m.auth_key, ip.auth.public_bytes()) {
+            return Err(ServiceError::WrongIntroPoint);
+        }
+        let mut last = MsgError::BadMac;
+        let mut found = None;
+        for (_, sc) in self.subcreds.iter().rev() {
+            match m.decrypt(&ip.enc, sc) {
+                Ok(pt) => {
+                    found = Some(pt);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let pt = found.ok_or(ServiceError::Msg(last))?;
+        if pt.onion_key_type != crate::msg::ONION_KEY_TYPE_NTOR {
+            return Err(ServiceError::UnsupportedOnionKey(pt.onion_key_type));
+        }
+        let onion_key: [u8; 32] = pt
+            .onion_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServiceError::UnsupportedOnionKey(pt.onion_key_type))?;
+        // Replays: the same encrypted section, or the same rendezvous cookie.
+        let tag_body = sha3_256(&[b"intro", &m.client_pk, &m.encrypted]);
+        let tag_cookie = sha3_256(&[b"cookie", &pt.rend_cookie]);
+        if self.replay.contains(&tag_body) || self.replay.contains(&tag_cookie) {
+            return Err(ServiceError::Replay);
+        }
+        self.remember(tag_body);
+        self.remember(tag_cookie);
+        let ip = self.ip(i)?;
+        let (info, keys) =
+            ntor::service_finish(rng, &ip.enc, ip.auth.public_bytes(), &m.client_pk)?;
+        let rend_cookie: [u8; REND_COOKIE_LEN] = pt.rend_cookie;
+        Ok(RendezvousRequest {
+            link_specifiers: pt.link_specifiers,
+            onion_key,
+            rendezvous1: Rendezvous1 {
+                rend_cookie,
+                handshake_info: info,
+            }
+            .encode(),
+            keys,
+            extensions: pt.extensions,
+        })
+    }
+}
