@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::net::authority::{self, DirAuthority};
 use crate::net::bootstrap::{self, DirMode, Directory};
 use crate::net::cache::Cache;
-use crate::net::client::{Client, Target};
+use crate::net::client::{Client, Retry, Target};
 use crate::net::http::{self, Url};
 use crate::net::path;
 
@@ -163,48 +163,52 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "rendezvous circuit",
         );
     }
-    if let Some(exit) = &exit {
-        let (circ, hops) = explicit_exit_circuit(&mut client, &dir, &config, exit, deadline)?;
-        eprintln!("onion: circuit built: {}", hops.join(" -> "));
-        let stream = client
-            .begin(circ, Target::Exit(&url.host, url.port), deadline)
-            .map_err(|e| format!("{}:{} via {exit}: {e}", url.host, url.port))?;
-        eprintln!("onion: stream open to {}:{}", url.host, url.port);
-        return fetch_and_print(
-            &mut client,
-            circ,
-            stream,
-            &url,
-            deadline,
-            &hops.join(" -> "),
-        );
-    }
     let mut avoid = Vec::new();
     let mut attempt = 0;
     let (circ, hops, stream) = loop {
         attempt += 1;
-        let (circ, hops) = path::exit_circuit_retrying(
-            &mut client,
-            &dir,
-            &config,
-            &url.host,
-            url.port,
-            &mut avoid,
-            deadline,
-        )?;
-        match client.begin(circ, Target::Exit(&url.host, url.port), deadline) {
-            Ok(stream) => break (circ, hops, stream),
-            // As C tor does, a stream the exit refused is retried once more on a new circuit
-            // through another exit (tor-spec §6.3: EXITPOLICY, MISC, RESOURCELIMIT, ...).
-            Err(e) if attempt < path::ATTEMPTS && e.starts_with("stream refused") => {
-                eprintln!("onion: {}:{}: {e}; trying another exit", url.host, url.port);
-                client.destroy(circ);
-                if let Some(exit) = hops.last().and_then(|n| dir.view.by_nickname(n)) {
-                    avoid.extend(dir.view.relay(exit).map(|r| r.rsa_id));
-                }
+        let (circ, hops) = match &exit {
+            Some(exit) => {
+                let c = explicit_exit_circuit(&mut client, &dir, &config, exit, deadline)?;
+                eprintln!("onion: circuit built: {}", c.1.join(" -> "));
+                c
             }
-            Err(e) => return Err(format!("{}:{}: {e}", url.host, url.port)),
+            None => path::exit_circuit_retrying(
+                &mut client,
+                &dir,
+                &config,
+                &url.host,
+                url.port,
+                &mut avoid,
+                deadline,
+            )?,
+        };
+        let refused = match client.begin(circ, Target::Exit(&url.host, url.port), deadline) {
+            Ok(stream) => break (circ, hops, stream),
+            Err(e) => e,
+        };
+        let via = hops.join(" -> ");
+        let retry = match refused.retry() {
+            // A named exit is kept: only the rest of the path changes.
+            Retry::OtherExit if exit.is_some() => Retry::NewCircuit,
+            r => r,
+        };
+        if attempt >= path::ATTEMPTS || retry == Retry::No {
+            return Err(format!("{}:{} via {via}: {refused}", url.host, url.port));
         }
+        eprintln!(
+            "onion: {}:{}: {refused} (via {via}); trying a new circuit",
+            url.host, url.port
+        );
+        client.destroy(circ);
+        if retry == Retry::OtherExit {
+            if let Some(exit) = hops.last().and_then(|n| dir.view.by_nickname(n)) {
+                avoid.extend(dir.view.relay(exit).map(|r| r.rsa_id));
+            }
+        }
+        // A refusal such as MISC ("unknown relay") can be an exit whose consensus lags
+        // behind ours; a short pause gives it time, as C tor's retry after a new circuit does.
+        std::thread::sleep(Duration::from_secs(attempt as u64));
     };
     eprintln!("onion: stream open to {}:{}", url.host, url.port);
     fetch_and_print(

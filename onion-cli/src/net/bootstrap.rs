@@ -386,7 +386,9 @@ impl DirCircuit {
             return Err("no directory circuit".into());
         };
         let ctx = |e: String| format!("directory request {path} to {name}: {e}");
-        let stream = client.begin(*circ, Target::Dir, deadline).map_err(ctx)?;
+        let stream = client
+            .begin(*circ, Target::Dir, deadline)
+            .map_err(|e| ctx(e.into()))?;
         let raw = client
             .fetch(
                 *circ,

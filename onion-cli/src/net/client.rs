@@ -36,6 +36,10 @@ pub struct Circ {
     pub events: VecDeque<CircEvent>,
     /// Why it can no longer be used, once it cannot.
     pub dead: Option<String>,
+    /// Leave the circuit's events in the machine: an application that cannot take more data
+    /// sets it, so no stream SENDME goes out for data it has not taken (tor-spec §7.4) and
+    /// the exit stops. A closed circuit then shows as `circ.is_closed()`, not as `dead`.
+    pub hold: bool,
 }
 
 /// What a stream to open is for.
@@ -141,6 +145,7 @@ impl Client {
             circ,
             events: VecDeque::new(),
             dead: None,
+            hold: false,
         });
         let c = self.circs.len() - 1;
         self.wait_hops(c, 1, deadline)?;
@@ -180,14 +185,18 @@ impl Client {
         c: usize,
         target: Target<'_>,
         deadline: Instant,
-    ) -> Result<StreamId, String> {
+    ) -> Result<StreamId, BeginError> {
         let now = self.clock.now();
-        let circ = &mut self.circs.get_mut(c).ok_or("no such circuit")?.circ;
+        let circ = &mut self
+            .circs
+            .get_mut(c)
+            .ok_or_else(|| BeginError::Failed("no such circuit".into()))?
+            .circ;
         let s = match target {
             Target::Exit(host, port) => circ.begin(host, port, BeginFlags(0), now),
             Target::Dir => circ.begin_dir(now),
         }
-        .map_err(|e| format!("begin: {e}"))?;
+        .map_err(|e| BeginError::Failed(format!("begin: {e}")))?;
         loop {
             let ev = self.take_event(c, |e| match e {
                 CircEvent::StreamConnected { stream, .. } => *stream == s,
@@ -196,13 +205,13 @@ impl Client {
             });
             match ev {
                 Some(CircEvent::StreamEnded { reason, .. }) => {
-                    return Err(format!("stream refused: {}", end_reason(reason)))
+                    return Err(BeginError::Refused(reason))
                 }
                 Some(_) => return Ok(s),
-                None => self.check_alive(c)?,
+                None => self.check_alive(c).map_err(BeginError::Failed)?,
             }
             self.step(deadline)
-                .map_err(|e| format!("opening stream: {e}"))?;
+                .map_err(|e| BeginError::Failed(format!("opening stream: {e}")))?;
         }
     }
 
@@ -416,6 +425,9 @@ impl Client {
                     c.dead = Some(format!("channel refused a cell: {e}"));
                 }
             }
+            if c.hold {
+                continue;
+            }
             while let Some(ev) = c.circ.poll_event() {
                 if let CircEvent::Closed { .. } = ev {
                     c.dead.get_or_insert_with(|| closed_reason(&ev));
@@ -452,6 +464,65 @@ pub fn closed_reason(ev: &CircEvent) -> String {
         ),
         CircEvent::Closed { error: Some(e), .. } => format!("circuit closed: {e}"),
         _ => "circuit closed".into(),
+    }
+}
+
+/// Why [`Client::begin`] gave no open stream.
+#[derive(Debug, Clone)]
+pub enum BeginError {
+    /// The far end answered with END before CONNECTED.
+    Refused(EndReason),
+    /// The request could not be sent, or the circuit failed while waiting.
+    Failed(String),
+}
+
+/// What a client does after an exit refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Give up: the refusal would be the same anywhere.
+    No,
+    /// Try again on a new circuit; the exit may be chosen again.
+    NewCircuit,
+    /// Try again on a new circuit through another exit.
+    OtherExit,
+}
+
+impl BeginError {
+    /// C tor's client rule for an END before CONNECTED (tor-spec §6.3; C tor's
+    /// `connection_ap_process_end_not_open`): an exit-policy refusal, an exit out of
+    /// resources or hibernating rule that exit out; RESOLVEFAILED, TIMEOUT, MISC and NOROUTE
+    /// are retried on a fresh circuit (MISC is what an exit answers when it does not yet know
+    /// the previous hop as a relay, a matter of the middle hop, not of the exit). Everything
+    /// else, and a failed circuit, ends the attempt.
+    pub fn retry(&self) -> Retry {
+        match self {
+            BeginError::Refused(r) => match *r {
+                EndReason::EXITPOLICY | EndReason::RESOURCELIMIT | EndReason::HIBERNATING => {
+                    Retry::OtherExit
+                }
+                EndReason::RESOLVEFAILED
+                | EndReason::TIMEOUT
+                | EndReason::MISC
+                | EndReason::NOROUTE => Retry::NewCircuit,
+                _ => Retry::No,
+            },
+            BeginError::Failed(_) => Retry::No,
+        }
+    }
+}
+
+impl std::fmt::Display for BeginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BeginError::Refused(r) => write!(f, "stream refused: {}", end_reason(*r)),
+            BeginError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<BeginError> for String {
+    fn from(e: BeginError) -> String {
+        e.to_string()
     }
 }
 

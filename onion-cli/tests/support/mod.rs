@@ -195,10 +195,11 @@ impl TorNet {
         })
     }
 
-    /// Wait until every relay and C tor's client hold a consensus (each flavour they keep)
-    /// listing every relay. Until then a relay may not know its neighbours: an exit refuses
-    /// streams from a previous hop missing from its consensus ("open a stream from unknown
-    /// relay", END reason MISC), and C tor's client's relay list is incomplete.
+    /// Wait until every relay and C tor's client hold a consensus (each flavour they keep,
+    /// and at least one) listing every relay. Until then a relay may not know its neighbours:
+    /// an exit refuses streams from a previous hop missing from its consensus ("open a stream
+    /// from unknown relay", END reason MISC; an exit with no consensus yet refuses them all),
+    /// and C tor's client's relay list is incomplete.
     fn wait_for_settled_consensus(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut dirs: Vec<PathBuf> = self.relays.iter().map(|r| r.datadir.clone()).collect();
@@ -206,14 +207,18 @@ impl TorNet {
         loop {
             let lagging: Vec<String> = dirs
                 .iter()
-                .flat_map(|d| {
-                    ["cached-consensus", "cached-microdesc-consensus"]
-                        .iter()
-                        .filter_map(move |f| {
-                            let text = std::fs::read_to_string(d.join(f)).ok()?;
-                            let n = text.lines().filter(|l| l.starts_with("r ")).count();
-                            (n < self.relays.len()).then(|| format!("{}/{f}: {n}", d.display()))
-                        })
+                .filter_map(|d| {
+                    let counts: Vec<(&str, usize)> =
+                        ["cached-consensus", "cached-microdesc-consensus"]
+                            .into_iter()
+                            .filter_map(|f| {
+                                let text = std::fs::read_to_string(d.join(f)).ok()?;
+                                Some((f, text.lines().filter(|l| l.starts_with("r ")).count()))
+                            })
+                            .collect();
+                    let settled =
+                        !counts.is_empty() && counts.iter().all(|&(_, n)| n >= self.relays.len());
+                    (!settled).then(|| format!("{}: {counts:?}", d.display()))
                 })
                 .collect();
             if lagging.is_empty() {
