@@ -178,8 +178,53 @@ pub fn server(
     r
 }
 
+/// The head both ntor and ntor-v3 onion skins start with: the relay's identity (20 bytes of
+/// RSA digest for ntor, the 32-byte ed25519 key for ntor-v3), the KEYID `B` naming one of
+/// its onion keys, and the client's ephemeral key `X`. Both checks are computed in constant
+/// time and only read (by the caller) after every secret-dependent step is done.
+pub(crate) struct SkinHead {
+    /// The identity in the skin equals ours.
+    pub id_ok: Choice,
+    /// `B` named one of our keys.
+    pub found: Choice,
+    /// The secret of that key (zero if none matched).
+    pub b_secret: Zeroizing<[u8; 32]>,
+    /// `B` as sent.
+    pub pub_b: [u8; 32],
+    /// `X` as sent.
+    pub pub_x: [u8; 32],
+}
+
+impl SkinHead {
+    /// Split `msg` (at least `my_id.len() + 64` bytes, checked by the caller) for the relay
+    /// `my_id` holding `keys`.
+    pub(crate) fn parse(
+        my_id: &[u8],
+        keys: &[NtorSecretKey],
+        msg: &[u8],
+    ) -> Result<SkinHead, HandshakeError> {
+        if keys.is_empty() {
+            return Err(HandshakeError::NoOnionKeys);
+        }
+        let n = my_id.len();
+        let id_ok = my_id.ct_eq(&msg[..n]);
+        let (b_secret, found) = select_key(keys, &msg[n..n + 32]);
+        let mut pub_b = [0u8; 32];
+        pub_b.copy_from_slice(&msg[n..n + 32]);
+        let mut pub_x = [0u8; 32];
+        pub_x.copy_from_slice(&msg[n + 32..n + 64]);
+        Ok(SkinHead {
+            id_ok,
+            found,
+            b_secret,
+            pub_b,
+            pub_x,
+        })
+    }
+}
+
 /// Constant-time selection of the secret key whose public part equals `want`.
-pub(crate) fn select_key(keys: &[NtorSecretKey], want: &[u8]) -> (Zeroizing<[u8; 32]>, Choice) {
+fn select_key(keys: &[NtorSecretKey], want: &[u8]) -> (Zeroizing<[u8; 32]>, Choice) {
     let mut sel = Zeroizing::new([0u8; 32]);
     let mut found = Choice::from(0);
     for k in keys {
@@ -206,16 +251,13 @@ pub(crate) fn server_with_secret(
             got: msg.len(),
         });
     }
-    if keys.is_empty() {
-        return Err(HandshakeError::NoOnionKeys);
-    }
-    let id_ok = my_id.as_bytes().ct_eq(&msg[..20]);
-    let (b_secret, found) = select_key(keys, &msg[20..52]);
-    let mut pub_b = [0u8; 32];
-    pub_b.copy_from_slice(&msg[20..52]);
-    let mut pub_x = [0u8; 32];
-    pub_x.copy_from_slice(&msg[52..84]);
-
+    let SkinHead {
+        id_ok,
+        found,
+        b_secret,
+        pub_b,
+        pub_x,
+    } = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
     let pub_y = x25519_base(&y);
     let xy = x25519(&y, &pub_x);
     let xb = x25519(&b_secret, &pub_x);

@@ -25,7 +25,7 @@ use crate::kdf::{encap_len, KeyGenerator};
 use crate::keys::{
     contributory, x25519, x25519_base, Ed25519Identity, NtorOnionKey, NtorSecretKey,
 };
-use crate::ntor::select_key;
+use crate::ntor::SkinHead;
 use crate::tor1::Aes256Ctr;
 
 const PROTOID: &[u8] = b"ntor3-curve25519-sha3_256-1";
@@ -319,15 +319,13 @@ impl NtorV3Server {
                 got: msg.len(),
             });
         }
-        if keys.is_empty() {
-            return Err(HandshakeError::NoOnionKeys);
-        }
-        let id_ok = my_id.as_bytes().ct_eq(&msg[..32]);
-        let (b_secret, found) = select_key(keys, &msg[32..64]);
-        let mut pub_b = [0u8; 32];
-        pub_b.copy_from_slice(&msg[32..64]);
-        let mut pub_x = [0u8; 32];
-        pub_x.copy_from_slice(&msg[64..96]);
+        let SkinHead {
+            id_ok,
+            found,
+            b_secret,
+            pub_b,
+            pub_x,
+        } = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
         let mac_at = msg.len() - 32;
         let xb = x25519(&b_secret, &pub_x);
         let contributory = contributory(&xb);

@@ -148,10 +148,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(addr) = onion {
         let testing = path::is_testing_network(&opts.auths);
         let circ = crate::net::onion::connect(&mut client, &dir, &config, testing, addr, deadline)?;
+        // Only the port names the target: the service maps it to its own (rend-spec-v3
+        // §1.1), so the host is left empty (":80"), as C tor's client sends it.
         let stream = client
-            // C tor sends an empty host to a service (":80"); the service looks only at the
-            // port. onion-cell does not encode an empty host, so the address is sent.
-            .begin(circ, Target::Exit(&url.host, url.port), deadline)
+            .begin(circ, Target::Exit("", url.port), deadline)
             .map_err(|e| format!("{}:{}: {e}", url.host, url.port))?;
         eprintln!("onion: stream open to {}:{}", url.host, url.port);
         return fetch_and_print(
