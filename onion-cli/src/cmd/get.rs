@@ -25,7 +25,7 @@ use crate::net::path;
 
 const USAGE: &str =
     "usage: onion get URL [--authorities FILE] [--data-dir DIR] [--timeout SECS] [--dir-mode micro|full] \
-     [--exit FINGERPRINT|NICKNAME]";
+     [--exit FINGERPRINT|NICKNAME] [--client-key FILE]";
 
 /// The largest response `onion get` keeps.
 const MAX_RESPONSE: usize = 256 << 20;
@@ -115,6 +115,7 @@ impl NetOptions {
 /// Run the subcommand.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut exit: Option<String> = None;
+    let mut client_key: Option<String> = None;
     let mut own = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -123,6 +124,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 exit = Some(
                     it.next()
                         .ok_or_else(|| format!("--exit needs a value; {USAGE}"))?
+                        .clone(),
+                )
+            }
+            // A client-authorization key (C tor's `ClientOnionAuthDir/*.auth_private`) for
+            // an onion service that encrypts its descriptor to its clients.
+            "--client-key" => {
+                client_key = Some(
+                    it.next()
+                        .ok_or_else(|| format!("--client-key needs a value; {USAGE}"))?
                         .clone(),
                 )
             }
@@ -141,13 +151,34 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ),
         false => None,
     };
+    let client_key = match (&client_key, &onion) {
+        (None, _) => None,
+        (Some(path), None) => return Err(format!("--client-key {path}: only for .onion URLs")),
+        (Some(path), Some(addr)) => {
+            let t = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let (sk, for_addr) = onion_hs::keys::parse_client_auth_key(&t)
+                .map_err(|e| format!("--client-key {path}: {e}"))?;
+            if for_addr.is_some_and(|a| a != *addr) {
+                return Err(format!("--client-key {path}: key file is for another address"));
+            }
+            Some(sk)
+        }
+    };
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
     let config = path::path_config(&opts.auths);
     let deadline = client.deadline(opts.timeout);
     if let Some(addr) = onion {
         let testing = path::is_testing_network(&opts.auths);
-        let circ = crate::net::onion::connect(&mut client, &dir, &config, testing, addr, deadline)?;
+        let circ = crate::net::onion::connect(
+            &mut client,
+            &dir,
+            &config,
+            testing,
+            addr,
+            client_key.as_ref(),
+            deadline,
+        )?;
         // Only the port names the target: the service maps it to its own (rend-spec-v3
         // §1.1), so the host is left empty (":80"), as C tor's client sends it.
         let stream = client

@@ -36,13 +36,15 @@ use super::path;
 const MAX_DESC: usize = 64 * 1024;
 
 /// Open a circuit to the onion service `addr`; returns the rendezvous circuit, ready for
-/// streams.
+/// streams. `client_key` decrypts a descriptor encrypted to authorized clients
+/// (rend-spec-v3 §2.5.1.2).
 pub fn connect(
     client: &mut Client,
     dir: &Directory,
     config: &onion_dir::path::PathConfig,
     testing: bool,
     addr: OnionAddress,
+    client_key: Option<&onion_hs::x25519_dalek::StaticSecret>,
     deadline: Instant,
 ) -> Result<usize, String> {
     let cons = consensus::parse(&dir.consensus)
@@ -105,7 +107,7 @@ pub fn connect(
             .map(|r| r.nickname.clone())
             .unwrap_or_default();
         let r = fetch_desc(client, dir, &selector, &opts, idx, &url, deadline).and_then(|text| {
-            hs.handle_descriptor(&text, sel.period, None, now_unix)
+            hs.handle_descriptor(&text, sel.period, client_key, now_unix)
                 .map_err(|e| e.to_string())
         });
         match r {
