@@ -30,6 +30,12 @@ fn address(c: &mut Criterion) {
     c.bench_function("hs/baseline_sha3_256_48B", |b| {
         b.iter(|| onion_hs::ops::sha3_256(&[black_box(&input)]))
     });
+    let mut state = [0u64; 25];
+    c.bench_function("hs/baseline_keccak_f1600", |b| {
+        b.iter(|| {
+            keccak::f1600(black_box(&mut state));
+        })
+    });
     let a = OnionAddress::parse(s).unwrap();
     c.bench_function("hs/address_format", |b| {
         b.iter(|| {

@@ -11,7 +11,6 @@ use core::fmt;
 use core::str::FromStr;
 
 use crate::keys::{HsIdKey, KeyError};
-use crate::ops::sha3_256;
 
 /// Number of base32 characters of a v3 address, without the `.onion` suffix.
 pub const ADDRESS_LEN: usize = 56;
@@ -69,9 +68,38 @@ pub struct OnionAddress {
     key: [u8; 32],
 }
 
+/// Lanes (64-bit words) in the Keccak-f\[1600\] state.
+const KECCAK_LANES: usize = 25;
+/// SHA3-256's rate in bytes (FIPS 202 §6.1: 1600 − 2·256 bits).
+const SHA3_256_RATE: usize = 136;
+
+/// `CHECKSUM = H(".onion checksum" | PUBKEY | VERSION)[:2]` (rend-spec-v3 §6), with
+/// H = SHA3-256 (§0.3).
+///
+/// The input is 15 + 32 + 1 = 48 bytes, less than SHA3-256's 136-byte rate, so the hash is
+/// exactly one Keccak-f\[1600\] permutation of the padded block: absorb the six input lanes,
+/// apply the SHA3 domain/padding bits by hand (FIPS 202 §B.2: `0x06` after the message, `0x80`
+/// in the last byte of the rate), permute once, and read the first two output bytes from the
+/// low end of lane 0 (lanes are little-endian). This skips the generic sponge's buffering,
+/// which cost more than the permutation itself; `checksum_matches_sha3_crate` in the tests
+/// checks it against the `sha3` crate.
 fn checksum(key: &[u8; 32]) -> [u8; 2] {
-    let h = sha3_256(&[CHECKSUM_CONST, key, &[VERSION]]);
-    [h[0], h[1]]
+    let mut block = [0u8; 48];
+    block[..15].copy_from_slice(CHECKSUM_CONST);
+    block[15..47].copy_from_slice(key);
+    block[47] = VERSION;
+    let mut state = [0u64; KECCAK_LANES];
+    for (lane, bytes) in state.iter_mut().zip(block.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        *lane = u64::from_le_bytes(b);
+    }
+    // Padding: byte 48 (lane 6, byte 0) gets 0x06; byte 135 (lane 16, byte 7) gets 0x80.
+    state[48 / 8] ^= 0x06;
+    state[(SHA3_256_RATE - 1) / 8] ^= 0x80 << 56;
+    keccak::f1600(&mut state);
+    let out = state[0].to_le_bytes();
+    [out[0], out[1]]
 }
 
 impl OnionAddress {
@@ -197,6 +225,53 @@ impl FromStr for OnionAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn checksum_reference(key: &[u8; 32]) -> [u8; 2] {
+        use sha3::Digest;
+        let h = sha3::Sha3_256::new()
+            .chain_update(CHECKSUM_CONST)
+            .chain_update(key)
+            .chain_update([VERSION])
+            .finalize();
+        [h[0], h[1]]
+    }
+
+    proptest! {
+        /// The hand-padded one-block Keccak equals the `sha3` crate's SHA3-256.
+        #[test]
+        fn checksum_matches_sha3_crate(key in any::<[u8; 32]>()) {
+            prop_assert_eq!(checksum(&key), checksum_reference(&key));
+        }
+
+        /// Any key's address encodes and parses back; flipping the checksum is detected.
+        #[test]
+        fn encode_parse_round_trip(key in any::<[u8; 32]>()) {
+            let a = OnionAddress::from_public_key(key);
+            let text = a.encode();
+            prop_assert_eq!(OnionAddress::parse(&text), Ok(a));
+            let mut raw = data_encoding::BASE32_NOPAD.decode(text.to_uppercase().as_bytes()).unwrap();
+            raw[33] ^= 1;
+            let bad = data_encoding::BASE32_NOPAD.encode(&raw).to_lowercase();
+            prop_assert_eq!(OnionAddress::parse(&bad), Err(AddressError::BadChecksum));
+        }
+    }
+
+    #[test]
+    fn checksum_known_answer() {
+        // Python's hashlib.sha3_256(b".onion checksum" + key + b"\x03")[:2] and base32.
+        let zero = OnionAddress::from_public_key([0; 32]);
+        assert_eq!(checksum(&[0; 32]), [0xcd, 0x0e]);
+        assert_eq!(
+            zero.encode(),
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaam2dqd"
+        );
+        let mut k = [0u8; 32];
+        k.iter_mut().zip(0u8..).for_each(|(b, i)| *b = i);
+        assert_eq!(checksum(&k), [0xb5, 0x10]);
+        let a = "aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dyp3kead";
+        assert_eq!(OnionAddress::parse(a), Ok(OnionAddress::from_public_key(k)));
+    }
 
     #[test]
     fn suffix_and_subdomains() {
