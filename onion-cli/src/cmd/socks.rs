@@ -3,46 +3,142 @@
 //! a SOCKS5 proxy over the stack, as C tor's SocksPort (CONNECT with a host name or an
 //! address; names are resolved by the exit), for curl (`--socks5-hostname`) and browsers.
 //!
-//! One thread runs everything: the [`Client`] loop plus the SOCKS connections, whose sockets
-//! are read by the same inbox. Streams share a circuit per destination port until it dies;
-//! then the next request builds a new one, avoiding relays that failed. Building a circuit
-//! blocks the loop for its duration (bytes from other clients wait in the inbox), which keeps
-//! this example short.
+//! One thread runs every state machine: the [`Client`] loop plus the SOCKS connections. It
+//! never blocks on a SOCKS client: each client socket is a [`Pipe`], whose own threads read
+//! only what the loop granted and write from a buffer the loop fills.
+//!
+//! - **Client to exit.** The loop grants a client no more bytes than its stream and circuit
+//!   package windows can send (tor-spec §7.3–7.4, [`OPEN_READ_AHEAD`] at most), so a fast
+//!   uploader is held back by TCP.
+//! - **Exit to client.** When a client's output buffer reaches [`OUT_HIGH`], the loop stops
+//!   taking its circuit's events ([`Circ::hold`](crate::net::client::Circ)); no stream SENDME
+//!   goes out for data not taken, so the exit stops after its stream window (500 cells,
+//!   tor-spec §7.4). `onion-circuit` queues events per circuit, not per stream, so this holds
+//!   every stream of that circuit until the buffer drains to [`OUT_LOW`]: a client that
+//!   stops reading for [`STALL`] while other streams share its circuit is disconnected
+//!   rather than let it stall them. Its buffer is bounded by [`OUT_HIGH`] plus what the
+//!   circuit had already handed out (at most one stream window).
+//! - **Refused streams** (END before CONNECTED) are retried as C tor's client does
+//!   ([`BeginError::retry`]), up to [`ATTEMPTS`] attempts, before the SOCKS reply is sent: the
+//!   circuit is no longer used for new streams, and an exit that refused by policy or for
+//!   lack of resources is avoided for that request. A stream that gets no answer within
+//!   [`CONNECT_TIMEOUT`], or whose circuit dies while it waits, is retried the same way.
+//!   The final reply code maps the last END reason ([`socks_code`]).
+//!
+//! Streams share a circuit per destination port until it dies or is retired; then the next
+//! request builds a new one, avoiding relays that failed. Building a circuit blocks the loop
+//! for its duration (bytes for other clients wait in their circuits), which keeps this
+//! example short.
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use onion_cell::relaymsg::{BeginFlags, EndReason};
 use onion_circuit::circuit::CircEvent;
 use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
+use onion_dir::RsaIdentity;
 
 use crate::cmd::get::NetOptions;
-use crate::net::client::{end_reason, Client};
-use crate::net::event::{ConnId, Input};
+use crate::net::client::{BeginError, Client, Retry};
+use crate::net::event::Input;
 use crate::net::path;
+use crate::net::pipe::Pipe;
 use crate::net::socks::{self, Target};
 
 const USAGE: &str = "usage: onion socks --listen ADDR:PORT [--authorities FILE] [--data-dir DIR] \
      [--timeout SECS] [--dir-mode micro|full]";
 
-/// How long a write to a SOCKS client may block.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A client's output buffer at which its circuit is held (about one stream window).
+const OUT_HIGH: usize = 256 * 1024;
+/// The level at which a held circuit is released.
+const OUT_LOW: usize = 64 * 1024;
+/// How many bytes of an open stream may be read ahead of the circuit, at most (the
+/// windows usually allow less).
+const OPEN_READ_AHEAD: usize = 32 * 1024;
+/// How many bytes a client may send before its stream is open (greeting, request and
+/// optimistic data; a request is at most 262 bytes).
+const HANDSHAKE_READ: usize = 1024;
+/// Attempts at opening one stream (C tor retries a refused stream a bounded number of times).
+const ATTEMPTS: usize = 3;
+/// How long a stream may wait for CONNECTED before it is retried elsewhere (C tor waits
+/// 10 to 15 s before it tries another circuit).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client may hold a circuit shared with other streams without reading.
+const STALL: Duration = Duration::from_secs(20);
+
+/// Where one CONNECT request stands in its attempts.
+struct Request {
+    target: Target,
+    /// Attempts made so far (the one under way included).
+    attempt: usize,
+    /// Exits that refused this request by policy or for lack of resources.
+    avoid: Vec<RsaIdentity>,
+}
 
 enum State {
     Greeting,
     Request,
-    Connecting { circ: usize, stream: StreamId },
-    Open { circ: usize, stream: StreamId },
+    /// The next attempt starts at `at`.
+    Waiting {
+        req: Request,
+        at: Instant,
+    },
+    /// BEGIN sent at `since`.
+    Connecting {
+        circ: usize,
+        stream: StreamId,
+        req: Request,
+        since: Instant,
+    },
+    Open {
+        circ: usize,
+        stream: StreamId,
+    },
 }
 
 struct Conn {
-    id: ConnId,
-    sock: TcpStream,
+    pipe: Pipe,
+    /// Bytes received and not yet parsed (greeting, request).
     buf: Vec<u8>,
-    /// Bytes from the application the circuit has not taken yet (flow control).
+    /// Bytes from the application the circuit has not taken yet.
     up: Vec<u8>,
+    /// Read credit granted and not yet arrived.
+    in_flight: usize,
     state: State,
+    /// The application closed its side: end the stream once `up` is sent.
+    eof: bool,
+    /// Its output buffer is full: since when, and how much had been written then.
+    blocked: Option<(Instant, u64)>,
+}
+
+impl Conn {
+    fn circ(&self) -> Option<usize> {
+        match self.state {
+            State::Connecting { circ, .. } | State::Open { circ, .. } => Some(circ),
+            _ => None,
+        }
+    }
+
+    fn stream(&self) -> Option<(usize, StreamId)> {
+        match self.state {
+            State::Connecting { circ, stream, .. } | State::Open { circ, stream } => {
+                Some((circ, stream))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An exit circuit the proxy made.
+struct PoolCirc {
+    circ: usize,
+    /// The destination port it was built for.
+    port: u16,
+    /// Its exit relay.
+    exit: Option<RsaIdentity>,
+    /// Whether new streams may use it (C tor retires a circuit on which a stream was refused).
+    usable: bool,
 }
 
 /// Run the subcommand (until killed).
@@ -77,243 +173,611 @@ pub fn run(args: &[String]) -> Result<(), String> {
         pool: Vec::new(),
         avoid: Vec::new(),
     };
+    let build = |c: &mut Client, host: &str, port: u16, avoid: &mut Vec<RsaIdentity>| {
+        let deadline = c.deadline(opts.timeout);
+        let (circ, hops) =
+            path::exit_circuit_retrying(c, &dir, &config, host, port, avoid, deadline)?;
+        let exit = hops
+            .last()
+            .and_then(|n| dir.view.by_nickname(n))
+            .and_then(|i| dir.view.relay(i))
+            .map(|r| r.rsa_id);
+        Ok((circ, exit))
+    };
     loop {
-        let _ = client.step(client.deadline(Duration::from_secs(3600)));
+        let wake = proxy
+            .next_wake()
+            .unwrap_or_else(|| client.deadline(Duration::from_secs(3600)));
+        let _ = client.step(wake);
         while let Some(input) = client.take_other() {
-            proxy.input(&mut client, input, &|c, host, port, avoid| {
-                let deadline = c.deadline(opts.timeout);
-                path::exit_circuit_retrying(c, &dir, &config, host, port, avoid, deadline)
-            });
+            proxy.input(&mut client, input, &build);
         }
         proxy.circuit_events(&mut client);
+        proxy.timers(&mut client, &build);
+        proxy.pump(&mut client);
+        let _ = client.flush();
     }
 }
 
-/// Builds an exit circuit for `host:port`, avoiding (and adding to) the given relays.
+/// Builds an exit circuit for `host:port`, avoiding (and adding to) the given relays;
+/// returns the circuit and its exit.
 type Build<'a> = dyn Fn(
         &mut Client,
         &str,
         u16,
-        &mut Vec<onion_dir::RsaIdentity>,
-    ) -> Result<(usize, Vec<String>), String>
+        &mut Vec<RsaIdentity>,
+    ) -> Result<(usize, Option<RsaIdentity>), String>
     + 'a;
 
 struct Proxy {
     conns: Vec<Conn>,
-    /// Live exit circuits, with the port they were built for.
-    pool: Vec<(u16, usize)>,
+    pool: Vec<PoolCirc>,
     /// Relays that failed while building circuits: later paths leave them out.
-    avoid: Vec<onion_dir::RsaIdentity>,
+    avoid: Vec<RsaIdentity>,
+}
+
+/// Whether circuit `c` can still carry cells.
+fn alive(client: &Client, c: usize) -> bool {
+    client
+        .circs
+        .get(c)
+        .is_some_and(|c| c.dead.is_none() && !c.circ.is_closed())
 }
 
 impl Proxy {
+    fn find(&self, id: u64) -> Option<usize> {
+        self.conns.iter().position(|c| c.pipe.id() == id)
+    }
+
     fn input(&mut self, client: &mut Client, input: Input, build: &Build<'_>) {
         match input {
             Input::Accepted(sock) => {
                 let _ = sock.set_nodelay(true);
-                let _ = sock.set_write_timeout(Some(WRITE_TIMEOUT));
-                if let Ok(reader) = sock.try_clone() {
-                    let id = client.inbox().watch(reader);
-                    self.conns.push(Conn {
-                        id,
-                        sock,
+                let (id, tx) = client.inbox().sender();
+                match Pipe::start(sock, id, tx) {
+                    Ok(pipe) => self.conns.push(Conn {
+                        pipe,
                         buf: Vec::new(),
                         up: Vec::new(),
+                        in_flight: 0,
                         state: State::Greeting,
-                    });
+                        eof: false,
+                        blocked: None,
+                    }),
+                    Err(e) => eprintln!("onion: SOCKS client: {e}"),
                 }
             }
+            // An empty read is the writer's wake-up: its buffer drained (see `pump`).
+            Input::Bytes(_, data) if data.is_empty() => {}
             Input::Bytes(id, data) => {
-                let Some(i) = self.conns.iter().position(|c| c.id == id) else {
-                    return;
-                };
-                self.conns[i].buf.extend_from_slice(&data);
-                if let Err(e) = self.advance(client, i, build) {
-                    eprintln!("onion: SOCKS client: {e}");
-                    self.close(client, i);
+                let Some(i) = self.find(id) else { return };
+                let c = &mut self.conns[i];
+                c.in_flight = c.in_flight.saturating_sub(data.len());
+                match c.state {
+                    State::Greeting | State::Request => {
+                        c.buf.extend_from_slice(&data);
+                        if let Err(e) = self.handshake(client, i, build) {
+                            eprintln!("onion: SOCKS client: {e}");
+                        }
+                    }
+                    _ => c.up.extend_from_slice(&data),
                 }
             }
-            Input::Closed(id, _) => {
-                if let Some(i) = self.conns.iter().position(|c| c.id == id) {
-                    self.close(client, i);
+            Input::Closed(id, err) => {
+                let Some(i) = self.find(id) else { return };
+                let c = &mut self.conns[i];
+                match (&c.state, err) {
+                    (State::Open { .. }, None) => c.eof = true,
+                    _ => self.abort(client, i),
                 }
             }
         }
     }
 
-    /// Move connection `i` along with the bytes it has sent.
-    fn advance(&mut self, client: &mut Client, i: usize, build: &Build<'_>) -> Result<(), String> {
+    /// Remove connection `i`, ending its stream.
+    fn take(&mut self, client: &mut Client, i: usize) -> Conn {
+        let c = self.conns.swap_remove(i);
+        if let Some((circ, stream)) = c.stream() {
+            if let Some(cc) = client.circs.get_mut(circ) {
+                let _ = cc.circ.close_stream(stream);
+            }
+        }
+        c
+    }
+
+    /// Close connection `i` at once.
+    fn abort(&mut self, client: &mut Client, i: usize) {
+        self.take(client, i).pipe.abort();
+    }
+
+    /// Send SOCKS reply `code` (a failure) to connection `i`, then close it.
+    fn fail(&mut self, client: &mut Client, i: usize, code: u8) {
+        let c = self.take(client, i);
+        c.pipe.push(&socks::reply(code));
+        c.pipe.finish();
+    }
+
+    /// Parse the greeting and request of connection `i`; start the request.
+    fn handshake(
+        &mut self,
+        client: &mut Client,
+        i: usize,
+        build: &Build<'_>,
+    ) -> Result<(), String> {
         let c = &mut self.conns[i];
         if let State::Greeting = c.state {
             match socks::parse_greeting(&c.buf) {
                 Ok(None) => return Ok(()),
                 Ok(Some(n)) => {
                     c.buf.drain(..n);
-                    write(&mut c.sock, &socks::NO_AUTH)?;
+                    c.pipe.push(&socks::NO_AUTH);
                     c.state = State::Request;
                 }
                 Err(e) => {
-                    let _ = write(&mut c.sock, &socks::NO_METHOD);
+                    let c = self.take(client, i);
+                    c.pipe.push(&socks::NO_METHOD);
+                    c.pipe.finish();
                     return Err(e.to_string());
                 }
             }
         }
-        if let State::Request = c.state {
-            let (n, target) = match socks::parse_request(&c.buf) {
-                Ok(None) => return Ok(()),
-                Ok(Some(r)) => r,
-                Err(e) => {
-                    let _ = write(&mut c.sock, &socks::reply(e.reply.unwrap_or(1)));
-                    return Err(e.to_string());
-                }
-            };
-            c.buf.drain(..n);
-            let (circ, stream) = match self.begin(client, &target, build) {
-                Ok(cs) => cs,
-                Err(e) => {
-                    let _ = write(&mut self.conns[i].sock, &socks::reply(1));
-                    return Err(format!("{}:{}: {e}", target.host, target.port));
-                }
-            };
-            let c = &mut self.conns[i];
-            c.state = State::Connecting { circ, stream };
-        }
-        let c = &mut self.conns[i];
-        let rest = std::mem::take(&mut c.buf);
-        c.up.extend_from_slice(&rest);
-        self.push_up(client, i)
-    }
-
-    /// A stream to `target` on a pooled circuit, or on a new one.
-    fn begin(
-        &mut self,
-        client: &mut Client,
-        target: &Target,
-        build: &Build<'_>,
-    ) -> Result<(usize, StreamId), String> {
-        self.pool
-            .retain(|&(_, c)| client.circs.get(c).is_some_and(|c| c.dead.is_none()));
-        let circ = match self.pool.iter().find(|(p, _)| *p == target.port) {
-            Some(&(_, c)) => c,
-            None => {
-                let (c, _) = build(client, &target.host, target.port, &mut self.avoid)?;
-                self.pool.push((target.port, c));
-                c
+        let (n, target) = match socks::parse_request(&c.buf) {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => r,
+            Err(e) => {
+                self.fail(client, i, e.reply.unwrap_or(1));
+                return Err(e.to_string());
             }
         };
-        let now = client.clock.now();
-        let stream = client.circs[circ]
-            .circ
-            .begin(&target.host, target.port, BeginFlags(0), now)
-            .map_err(|e| format!("begin: {e}"))?;
-        Ok((circ, stream))
-    }
-
-    /// Hand the application's pending bytes to the circuit, as far as windows allow.
-    fn push_up(&mut self, client: &mut Client, i: usize) -> Result<(), String> {
         let c = &mut self.conns[i];
-        if let State::Open { circ, stream } = c.state {
-            if !c.up.is_empty() {
-                let n = client.circs[circ]
-                    .circ
-                    .send(stream, &c.up)
-                    .map_err(|e| format!("send: {e}"))?;
-                c.up.drain(..n);
-            }
-        }
+        c.buf.drain(..n);
+        c.up = std::mem::take(&mut c.buf);
+        let req = Request {
+            target,
+            attempt: 0,
+            avoid: Vec::new(),
+        };
+        self.attempt(client, i, req, build);
         Ok(())
     }
 
-    fn close(&mut self, client: &mut Client, i: usize) {
-        let c = self.conns.swap_remove(i);
-        if let State::Open { circ, stream } | State::Connecting { circ, stream } = c.state {
-            if let Some(cc) = client.circs.get_mut(circ) {
-                let _ = cc.circ.close_stream(stream);
+    /// Start the next attempt of connection `i`'s request: a stream on a pooled circuit or
+    /// on a new one.
+    fn attempt(&mut self, client: &mut Client, i: usize, mut req: Request, build: &Build<'_>) {
+        req.attempt += 1;
+        let (host, port) = (req.target.host.clone(), req.target.port);
+        let found = self.pool.iter().find(|p| {
+            p.usable
+                && p.port == port
+                && alive(client, p.circ)
+                && !client.circs[p.circ].hold
+                && !p.exit.is_some_and(|e| req.avoid.contains(&e))
+        });
+        let circ = match found {
+            Some(p) => p.circ,
+            None => {
+                let mut avoid = self.avoid.clone();
+                avoid.extend(req.avoid.iter().copied());
+                let built = build(client, &host, port, &mut avoid);
+                for r in avoid {
+                    if !self.avoid.contains(&r) && !req.avoid.contains(&r) {
+                        self.avoid.push(r);
+                    }
+                }
+                match built {
+                    Ok((circ, exit)) => {
+                        self.pool.push(PoolCirc {
+                            circ,
+                            port,
+                            exit,
+                            usable: true,
+                        });
+                        circ
+                    }
+                    Err(e) => {
+                        // Other clients' inputs wait in the client while it builds, so `i`
+                        // still names this connection.
+                        eprintln!("onion: SOCKS stream: {host}:{port}: {e}");
+                        self.fail(client, i, 1);
+                        return;
+                    }
+                }
+            }
+        };
+        let now = client.clock.now();
+        let begun = client.circs[circ]
+            .circ
+            .begin(&host, port, BeginFlags(0), now);
+        match begun {
+            Ok(stream) => {
+                self.conns[i].state = State::Connecting {
+                    circ,
+                    stream,
+                    req,
+                    since: now,
+                };
+            }
+            Err(e) => {
+                // Out of stream ids, or the circuit just closed: retire it, try another.
+                eprintln!("onion: SOCKS stream: {host}:{port}: begin: {e}");
+                self.retire(circ);
+                if req.attempt < ATTEMPTS {
+                    self.conns[i].state = State::Waiting { req, at: now };
+                } else {
+                    self.fail(client, i, 1);
+                }
             }
         }
-        let _ = c.sock.shutdown(Shutdown::Both);
     }
 
-    /// Route circuit events to the SOCKS connections; close those whose circuit died.
+    /// No new stream goes on circuit `c` any more.
+    fn retire(&mut self, c: usize) {
+        for p in self.pool.iter_mut().filter(|p| p.circ == c) {
+            p.usable = false;
+        }
+    }
+
+    /// Connection `i`'s stream was refused (or given up) for `reason` while connecting:
+    /// retry it as C tor's client would, or send the final reply.
+    fn refused(&mut self, client: &mut Client, i: usize, reason: EndReason) {
+        let State::Connecting { circ, req, .. } =
+            std::mem::replace(&mut self.conns[i].state, State::Greeting)
+        else {
+            return;
+        };
+        let err = BeginError::Refused(reason);
+        self.retry_or_reply(client, i, circ, req, reason, err.retry(), &err.to_string());
+    }
+
+    /// Retry connection `i`'s request `req` (its attempt on `circ` ended for `reason`) as
+    /// `retry` says, or send the final reply if it says no or the attempts are spent.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_or_reply(
+        &mut self,
+        client: &mut Client,
+        i: usize,
+        circ: usize,
+        req: Request,
+        reason: EndReason,
+        retry: Retry,
+        err: &str,
+    ) {
+        let now = client.clock.now();
+        let target = format!("{}:{}", req.target.host, req.target.port);
+        if retry == Retry::No || req.attempt >= ATTEMPTS {
+            eprintln!(
+                "onion: SOCKS stream: {target}: {err} (attempt {})",
+                req.attempt
+            );
+            self.fail(client, i, socks_code(reason));
+            return;
+        }
+        eprintln!(
+            "onion: SOCKS stream: {target}: {err} (attempt {}); trying a new circuit",
+            req.attempt
+        );
+        self.retire(circ);
+        let mut req = req;
+        let delay = match retry {
+            Retry::OtherExit => {
+                let exit = self
+                    .pool
+                    .iter()
+                    .find(|p| p.circ == circ)
+                    .and_then(|p| p.exit);
+                req.avoid.extend(exit);
+                Duration::ZERO
+            }
+            // An exit that answered MISC may not know our middle relay yet (its consensus
+            // lags behind ours): give it a moment, as `onion get` does.
+            _ => Duration::from_secs(req.attempt as u64),
+        };
+        self.conns[i].state = State::Waiting {
+            req,
+            at: now + delay,
+        };
+    }
+
+    /// Route circuit events to the connections; handle circuits that died.
     fn circuit_events(&mut self, client: &mut Client) {
-        let circs: Vec<usize> = self.pool.iter().map(|&(_, c)| c).collect();
+        let circs: Vec<usize> = self.pool.iter().map(|p| p.circ).collect();
         for circ in circs {
             while let Some(ev) = client.circs[circ].events.pop_front() {
-                let (stream, ev) = match ev {
-                    CircEvent::StreamConnected { stream, .. }
-                    | CircEvent::Data { stream, .. }
-                    | CircEvent::StreamEnded { stream, .. } => (stream, ev),
-                    _ => continue,
-                };
-                let Some(i) = self.conns.iter().position(|c| match c.state {
-                    State::Connecting {
-                        circ: cc,
-                        stream: s,
-                    }
-                    | State::Open {
-                        circ: cc,
-                        stream: s,
-                    } => cc == circ && s == stream,
-                    _ => false,
-                }) else {
+                let (CircEvent::StreamConnected { stream, .. }
+                | CircEvent::Data { stream, .. }
+                | CircEvent::StreamEnded { stream, .. }) = ev
+                else {
                     continue;
                 };
-                let ok = match ev {
+                let Some(i) = self
+                    .conns
+                    .iter()
+                    .position(|c| c.stream() == Some((circ, stream)))
+                else {
+                    continue;
+                };
+                let c = &mut self.conns[i];
+                match ev {
                     CircEvent::StreamConnected { .. } => {
-                        self.conns[i].state = State::Open { circ, stream };
-                        write(&mut self.conns[i].sock, &socks::reply(0))
-                            .and_then(|_| self.push_up(client, i))
+                        c.state = State::Open { circ, stream };
+                        c.pipe.push(&socks::reply(0));
                     }
-                    CircEvent::Data { data, .. } => write(&mut self.conns[i].sock, &data),
+                    CircEvent::Data { data, .. } => c.pipe.push(&data),
                     CircEvent::StreamEnded { reason, .. } => {
-                        if let State::Connecting { .. } = self.conns[i].state {
-                            let _ =
-                                write(&mut self.conns[i].sock, &socks::reply(socks_code(reason)));
-                            Err(format!("stream refused: {}", end_reason(reason)))
+                        if let State::Connecting { .. } = c.state {
+                            self.refused(client, i, reason);
                         } else {
-                            Err(String::new())
+                            // The exit's END: the stream is gone; flush what came, then close.
+                            let c = self.conns.swap_remove(i);
+                            c.pipe.finish();
                         }
                     }
-                    _ => Ok(()),
-                };
-                if let Err(e) = ok {
-                    if !e.is_empty() {
-                        eprintln!("onion: SOCKS stream: {e}");
-                    }
-                    self.close(client, i);
+                    _ => {}
                 }
             }
-            if let Some(why) = client.circs[circ].dead.clone() {
-                eprintln!("onion: circuit lost: {why}");
-                while let Some(i) = self.conns.iter().position(|c| {
-                    matches!(c.state, State::Connecting { circ: cc, .. } | State::Open { circ: cc, .. } if cc == circ)
-                }) {
-                    if let State::Connecting { .. } = self.conns[i].state {
-                        let _ = write(&mut self.conns[i].sock, &socks::reply(1));
-                    }
-                    self.close(client, i);
+            if alive(client, circ) {
+                continue;
+            }
+            let cc = &mut client.circs[circ];
+            cc.hold = false;
+            let why = cc.dead.clone().unwrap_or_else(|| "circuit closed".into());
+            eprintln!("onion: circuit lost: {why}");
+            self.pool.retain(|p| p.circ != circ);
+            while let Some(i) = self.conns.iter().position(|c| c.circ() == Some(circ)) {
+                let c = &mut self.conns[i];
+                if let State::Connecting { req, .. } =
+                    std::mem::replace(&mut c.state, State::Greeting)
+                {
+                    // Nothing was sent on the stream yet: the request can go on a new
+                    // circuit (C tor would fail it; a browser user prefers the page).
+                    self.retry_or_reply(
+                        client,
+                        i,
+                        circ,
+                        req,
+                        EndReason::DESTROY,
+                        Retry::NewCircuit,
+                        &why,
+                    );
+                } else {
+                    self.abort(client, i);
                 }
             }
         }
-        for i in 0..self.conns.len() {
-            // A failure here is a dead circuit, reported when its death is noticed above.
-            let _ = self.push_up(client, i);
+    }
+
+    /// Retries that are due, streams that waited too long, clients that stopped reading.
+    fn timers(&mut self, client: &mut Client, build: &Build<'_>) {
+        let now = client.clock.now();
+        let mut i = 0;
+        while i < self.conns.len() {
+            let c = &mut self.conns[i];
+            match &c.state {
+                State::Waiting { at, .. } if *at <= now => {
+                    let State::Waiting { req, .. } =
+                        std::mem::replace(&mut c.state, State::Greeting)
+                    else {
+                        unreachable!()
+                    };
+                    self.attempt(client, i, req, build);
+                    // It may have failed and been removed: look at index `i` again.
+                    continue;
+                }
+                State::Connecting {
+                    circ,
+                    stream,
+                    since,
+                    ..
+                } if *since + CONNECT_TIMEOUT <= now => {
+                    let (circ, stream) = (*circ, *stream);
+                    if client.circs[circ].hold {
+                        // Its CONNECTED may be waiting behind a client that does not read
+                        // (bounded by STALL): wait for the circuit first.
+                        if let State::Connecting { since, .. } = &mut c.state {
+                            *since = now;
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    let _ = client.circs[circ].circ.close_stream(stream);
+                    self.refused(client, i, EndReason::TIMEOUT);
+                    i = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            if let (Some((t, w)), Some(circ)) = (c.blocked, c.circ()) {
+                let written = c.pipe.written();
+                if written != w {
+                    c.blocked = Some((now, written));
+                } else if t + STALL <= now {
+                    if self.shared(circ) {
+                        eprintln!(
+                            "onion: SOCKS client read nothing for {STALL:?} while holding a \
+                             circuit other streams use: closed"
+                        );
+                        self.abort(client, i);
+                        continue;
+                    }
+                    // Alone on its circuit it stalls nobody: look again later.
+                    self.conns[i].blocked = Some((now, written));
+                }
+            }
+            i += 1;
         }
-        let _ = client.flush();
+    }
+
+    /// Whether more than one connection uses circuit `circ`.
+    fn shared(&self, circ: usize) -> bool {
+        self.conns
+            .iter()
+            .filter(|c| c.circ() == Some(circ))
+            .nth(1)
+            .is_some()
+    }
+
+    /// Move bytes both ways as far as windows and buffers allow; hold or release circuits;
+    /// destroy retired circuits nobody uses.
+    fn pump(&mut self, client: &mut Client) {
+        let now = client.clock.now();
+        let mut i = 0;
+        while i < self.conns.len() {
+            let c = &mut self.conns[i];
+            let mut capacity = 0;
+            if let State::Open { circ, stream } = c.state {
+                if !c.up.is_empty() && alive(client, circ) {
+                    if let Ok(n) = client.circs[circ].circ.send(stream, &c.up) {
+                        c.up.drain(..n);
+                    }
+                }
+                if c.eof && c.up.is_empty() {
+                    // As C tor: the application's EOF ends the stream.
+                    let c = self.take(client, i);
+                    c.pipe.finish();
+                    continue;
+                }
+                capacity = client.circs[circ].circ.send_capacity(stream);
+            }
+            let want = match c.state {
+                State::Open { .. } => capacity.min(OPEN_READ_AHEAD),
+                _ => HANDSHAKE_READ,
+            };
+            let g = read_grant(want, c.buf.len() + c.up.len(), c.in_flight);
+            c.pipe.grant(g);
+            c.in_flight += g;
+            let queued = c.pipe.queued();
+            c.blocked = next_blocked(c.blocked, queued, now, c.pipe.written());
+            if c.blocked.is_some() {
+                c.pipe.wake_below(OUT_LOW);
+            }
+            i += 1;
+        }
+        for p in &self.pool {
+            let hold = alive(client, p.circ)
+                && self
+                    .conns
+                    .iter()
+                    .any(|c| c.blocked.is_some() && c.circ() == Some(p.circ));
+            client.circs[p.circ].hold = hold;
+        }
+        let conns = &self.conns;
+        self.pool.retain(|p| {
+            let idle = !p.usable && !conns.iter().any(|c| c.circ() == Some(p.circ));
+            if idle {
+                client.destroy(p.circ);
+            }
+            !idle
+        });
+    }
+
+    /// When the loop must wake up even if nothing arrives.
+    fn next_wake(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .filter_map(|c| match &c.state {
+                State::Waiting { at, .. } => Some(*at),
+                State::Connecting { since, .. } => Some(*since + CONNECT_TIMEOUT),
+                _ => c.blocked.map(|(t, _)| t + STALL),
+            })
+            .min()
     }
 }
 
-/// RFC 1928 reply code for a RELAY_END reason (tor-spec §6.3), as C tor's SocksPort maps it.
+/// How many more bytes to let a client send: what `want` allows beyond the bytes it already
+/// sent that wait here (`buffered`) and the credit it has not used yet (`in_flight`).
+fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
+    want.saturating_sub(buffered.saturating_add(in_flight))
+}
+
+/// Whether a client's output is blocked now: it becomes so at [`OUT_HIGH`] queued bytes
+/// (remembering when, and how much had been written, to tell a stalled reader) and stays so
+/// until the queue drains to [`OUT_LOW`] (hysteresis, so that a circuit is not held and
+/// released on every cell).
+fn next_blocked(
+    blocked: Option<(Instant, u64)>,
+    queued: usize,
+    now: Instant,
+    written: u64,
+) -> Option<(Instant, u64)> {
+    match blocked {
+        None if queued >= OUT_HIGH => Some((now, written)),
+        Some(_) if queued <= OUT_LOW => None,
+        b => b,
+    }
+}
+
+/// RFC 1928 reply code for the RELAY_END reason (tor-spec §6.3) that finally refused a
+/// stream: the closest meaning RFC 1928 §6 offers, as C tor's SocksPort reports them.
 fn socks_code(reason: EndReason) -> u8 {
     match reason {
+        // "connection not allowed by ruleset"
         EndReason::EXITPOLICY => 2,
+        // "Network unreachable": the exit has no route to the destination.
+        EndReason::NOROUTE => 3,
+        // "Host unreachable": the name did not resolve.
         EndReason::RESOLVEFAILED => 4,
+        // "Connection refused"
         EndReason::CONNECTREFUSED => 5,
+        // "TTL expired": the exit (or we) gave up waiting.
         EndReason::TIMEOUT => 6,
+        // "general SOCKS server failure"
         _ => 1,
     }
 }
 
-fn write(sock: &mut TcpStream, data: &[u8]) -> Result<(), String> {
-    sock.write_all(data).map_err(|e| format!("write: {e}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_never_exceed_what_the_windows_allow() {
+        // Nothing buffered, nothing granted yet: the whole allowance.
+        assert_eq!(read_grant(OPEN_READ_AHEAD, 0, 0), OPEN_READ_AHEAD);
+        // Credit not used yet counts against the allowance.
+        assert_eq!(read_grant(4980, 0, 4000), 980);
+        assert_eq!(read_grant(4980, 1000, 3980), 0);
+        // Windows closed (capacity 0): nothing more is read, whatever waits.
+        assert_eq!(read_grant(0, 0, 0), 0);
+        assert_eq!(read_grant(0, 500, 100), 0);
+        // More buffered than now allowed (the window shrank): no negative grant.
+        assert_eq!(read_grant(498, 10_000, 0), 0);
+        assert_eq!(read_grant(usize::MAX, usize::MAX, usize::MAX), 0);
+    }
+
+    #[test]
+    fn blocking_has_hysteresis() {
+        let t0 = Instant::from_duration(Duration::from_secs(1));
+        let t1 = Instant::from_duration(Duration::from_secs(2));
+        assert_eq!(next_blocked(None, OUT_HIGH - 1, t0, 0), None);
+        let b = next_blocked(None, OUT_HIGH, t0, 7);
+        assert_eq!(b, Some((t0, 7)));
+        // Still blocked between the marks, and the start is kept (stall detection).
+        assert_eq!(next_blocked(b, OUT_LOW + 1, t1, 9), Some((t0, 7)));
+        assert_eq!(next_blocked(b, OUT_HIGH * 4, t1, 9), Some((t0, 7)));
+        // Released once drained to the low mark.
+        assert_eq!(next_blocked(b, OUT_LOW, t1, 9), None);
+        assert_eq!(next_blocked(None, OUT_LOW, t1, 9), None);
+    }
+
+    #[test]
+    fn final_reply_codes() {
+        assert_eq!(socks_code(EndReason::EXITPOLICY), 2);
+        assert_eq!(socks_code(EndReason::NOROUTE), 3);
+        assert_eq!(socks_code(EndReason::RESOLVEFAILED), 4);
+        assert_eq!(socks_code(EndReason::CONNECTREFUSED), 5);
+        assert_eq!(socks_code(EndReason::TIMEOUT), 6);
+        assert_eq!(socks_code(EndReason::MISC), 1);
+        assert_eq!(socks_code(EndReason::DESTROY), 1);
+        assert_eq!(socks_code(EndReason::RESOURCELIMIT), 1);
+    }
+
+    #[test]
+    fn bounds_are_consistent() {
+        // The hold must release below the mark that set it, and the buffer bound must cover
+        // at least one stream window (500 cells of 498 bytes) so that a reading client keeps
+        // the exit busy.
+        const { assert!(OUT_LOW < OUT_HIGH) };
+        const { assert!(OUT_HIGH >= 500 * 498) };
+        const { assert!(HANDSHAKE_READ >= 2 + 255 + 4 + 1 + 255 + 2) };
+    }
 }

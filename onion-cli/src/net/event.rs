@@ -67,6 +67,14 @@ impl Inbox {
         id
     }
 
+    /// A fresh id and a sender into this inbox, for a socket the embedding reads on its own
+    /// terms (the SOCKS proxy reads a client only as fast as its circuit can take the bytes).
+    pub fn sender(&mut self) -> (ConnId, SyncSender<Input>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        (id, self.tx.clone())
+    }
+
     /// Accept connections on `listener` on its own thread.
     pub fn listen(&self, listener: TcpListener) {
         let tx = self.tx.clone();

@@ -32,6 +32,7 @@ pub mod http;
 pub mod link;
 pub mod onion;
 pub mod path;
+pub mod pipe;
 pub mod service;
 pub mod socks;
 pub mod tls;
