@@ -1,0 +1,266 @@
+//! The exit service of a relay: BEGIN to the web server over simulated TCP, and RESOLVE
+//! (tor-spec §6.2, §6.4), for the [`Edge`] slot of a relay.
+//!
+//! The exit resolves [`WEB_HOST`] to [`WEB_ADDR`] with its (simulated) DNS and accepts only
+//! port 80 there (its exit policy). A TCP connection is two [`Pipe`]s with the network's link
+//! latency and bandwidth; it opens one round trip after the BEGIN. The web server writes only
+//! as much as the circuit's windows let the exit package (TCP back-pressure), so a large
+//! response exercises SENDME flow control end to end.
+
+use std::net::IpAddr;
+
+use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
+
+use super::net::{Edge, Pipe, RelayCx};
+use super::web::WebConn;
+use super::{WEB_ADDR, WEB_HOST};
+use crate::relay::RelayEvent;
+use crate::stream::StreamId;
+use crate::Instant;
+
+/// The party name the web server's story lines and what it saw go under.
+pub const WEB: &str = "web";
+
+/// An exit's TCP connection to the web server.
+struct Tcp {
+    circ: usize,
+    stream: StreamId,
+    web: WebConn,
+    connect_at: Option<Instant>,
+    to_web: Pipe,
+    to_exit: Pipe,
+    /// Bytes arrived at the exit but not yet packaged (windows closed).
+    exit_buf: Vec<u8>,
+    in_flight: usize,
+    closed: bool,
+}
+
+/// The exit service of one relay, with its connections to the web server.
+pub struct Exit {
+    /// Seed of the web server's response bodies.
+    seed: u64,
+    tcps: Vec<Tcp>,
+}
+
+impl core::fmt::Debug for Exit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Exit")
+            .field("connections", &self.tcps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exit {
+    /// An exit whose web server answers with bodies drawn from `seed`.
+    pub fn new(seed: u64) -> Exit {
+        Exit {
+            seed,
+            tcps: Vec::new(),
+        }
+    }
+
+    fn close_matching(&mut self, circ: usize, stream: Option<StreamId>) {
+        for t in &mut self.tcps {
+            if t.circ == circ && stream.map_or(true, |s| s == t.stream) {
+                t.closed = true;
+            }
+        }
+    }
+
+    fn begin(
+        &mut self,
+        cx: &mut RelayCx<'_>,
+        circ: usize,
+        stream: StreamId,
+        host: &str,
+        port: u16,
+    ) {
+        cx.saw(format!("{host}:{port}"));
+        cx.say(format!("stream {stream}: BEGIN {host}:{port}"));
+        let ip = if host.eq_ignore_ascii_case(WEB_HOST) {
+            Some(IpAddr::V4(WEB_ADDR))
+        } else {
+            host.parse::<IpAddr>().ok()
+        };
+        let verdict = if ip.is_none() {
+            Some(EndReason::RESOLVEFAILED)
+        } else if ip != Some(IpAddr::V4(WEB_ADDR)) || port != 80 {
+            Some(EndReason::CONNECTREFUSED)
+        } else {
+            None
+        };
+        if let Some(reason) = verdict {
+            if let Some(c) = cx.circ(circ) {
+                let _ = c.end_stream(stream, reason);
+            }
+            cx.say(format!("stream {stream}: refused ({reason:?})"));
+            return;
+        }
+        cx.saw(format!("{WEB_ADDR}:80"));
+        let me = cx.addr().ip().to_string();
+        cx.other_saw(WEB, me);
+        cx.say(format!(
+            "stream {stream}: resolved {host} to {WEB_ADDR}; exit policy accepts port {port}; connecting"
+        ));
+        let (latency, _) = cx.link();
+        self.tcps.push(Tcp {
+            circ,
+            stream,
+            web: WebConn::new(self.seed),
+            connect_at: Some(cx.now() + latency * 2),
+            to_web: Pipe::default(),
+            to_exit: Pipe::default(),
+            exit_buf: Vec::new(),
+            in_flight: 0,
+            closed: false,
+        });
+    }
+
+    fn tcp_connected(&mut self, cx: &mut RelayCx<'_>, ti: usize) {
+        let (i, stream) = (self.tcps[ti].circ, self.tcps[ti].stream);
+        let from = cx.addr().ip();
+        cx.log(WEB, format!("accepted a TCP connection from {from}"));
+        if let Some(c) = cx.circ(i) {
+            let _ = c.connected(stream, Some((IpAddr::V4(WEB_ADDR), 300)));
+            cx.say(format!(
+                "stream {stream}: connected to {WEB_ADDR}:80, CONNECTED sent"
+            ));
+        }
+    }
+}
+
+impl Edge for Exit {
+    fn on_event(
+        &mut self,
+        cx: &mut RelayCx<'_>,
+        circ: usize,
+        ev: RelayEvent,
+    ) -> Option<RelayEvent> {
+        match ev {
+            RelayEvent::Begin {
+                stream, host, port, ..
+            } => self.begin(cx, circ, stream, &host, port),
+            RelayEvent::Resolve { stream, query } => {
+                let value = if query.eq_ignore_ascii_case(WEB_HOST) {
+                    ResolvedValue::Ip(IpAddr::V4(WEB_ADDR))
+                } else {
+                    ResolvedValue::NontransientError(b"Error resolving hostname".to_vec().into())
+                };
+                if let Some(c) = cx.circ(circ) {
+                    let _ = c.resolved(stream, vec![ResolvedAnswer { value, ttl: 300 }]);
+                }
+                cx.say(format!("RESOLVE {query} answered"));
+            }
+            RelayEvent::Data { stream, data } => {
+                let (lat, bw) = cx.link();
+                let now = cx.now();
+                match self
+                    .tcps
+                    .iter_mut()
+                    .find(|t| t.circ == circ && t.stream == stream && !t.closed)
+                {
+                    Some(t) => t.to_web.push(now, data.to_vec(), lat, bw),
+                    None => return Some(RelayEvent::Data { stream, data }),
+                }
+            }
+            RelayEvent::StreamEnded { stream, reason } => {
+                self.close_matching(circ, Some(stream));
+                return Some(RelayEvent::StreamEnded { stream, reason });
+            }
+            RelayEvent::Closed { error } => {
+                self.close_matching(circ, None);
+                return Some(RelayEvent::Closed { error });
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn step(&mut self, cx: &mut RelayCx<'_>) -> bool {
+        let mut moved = false;
+        let now = cx.now();
+        let (lat, bw) = cx.link();
+        for ti in 0..self.tcps.len() {
+            let t = &mut self.tcps[ti];
+            if t.closed || t.connect_at.is_some() {
+                continue;
+            }
+            let Some(c) = cx.circ(t.circ) else {
+                t.closed = true;
+                continue;
+            };
+            // Package what arrived at the exit.
+            if !t.exit_buf.is_empty() {
+                if let Ok(n) = c.send(t.stream, &t.exit_buf) {
+                    if n > 0 {
+                        moved = true;
+                        t.exit_buf.drain(..n);
+                    }
+                }
+            }
+            // The web server writes as much as the exit will take (TCP back-pressure).
+            let room = c
+                .send_capacity(t.stream)
+                .saturating_sub(t.exit_buf.len() + t.in_flight);
+            if room > 0 {
+                let chunk = t.web.poll_output(room.min(256 * 1024));
+                if !chunk.is_empty() {
+                    moved = true;
+                    t.in_flight += chunk.len();
+                    t.to_exit.push(now, chunk, lat, bw);
+                }
+            }
+            if t.web.is_done()
+                && t.in_flight == 0
+                && t.exit_buf.is_empty()
+                && t.to_exit.q.is_empty()
+            {
+                t.closed = true;
+                let stream = t.stream;
+                let _ = c.end_stream(stream, EndReason::DONE);
+                moved = true;
+                cx.log(WEB, "response sent, closing the connection");
+                cx.say(format!(
+                    "stream {stream}: web server closed, RELAY_END (DONE) sent"
+                ));
+            }
+        }
+        moved
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        self.tcps
+            .iter()
+            .flat_map(|t| [t.connect_at, t.to_web.next_at(), t.to_exit.next_at()])
+            .flatten()
+            .min()
+    }
+
+    fn deliver_due(&mut self, cx: &mut RelayCx<'_>) {
+        let now = cx.now();
+        for ti in 0..self.tcps.len() {
+            if self.tcps[ti].connect_at.is_some_and(|t| t <= now) {
+                self.tcps[ti].connect_at = None;
+                self.tcp_connected(cx, ti);
+            }
+            while let Some(bytes) = self.tcps[ti].to_web.pop_due(now) {
+                if let Some(line) = self.tcps[ti].web.handle_input(&bytes) {
+                    let from = cx.addr().ip();
+                    cx.log(WEB, format!("request from {from}: \"{line}\""));
+                }
+            }
+            while let Some(bytes) = self.tcps[ti].to_exit.pop_due(now) {
+                let t = &mut self.tcps[ti];
+                t.in_flight = t.in_flight.saturating_sub(bytes.len());
+                // Package straight from the arriving chunk when nothing is waiting before it.
+                let mut used = 0;
+                if t.exit_buf.is_empty() && !t.closed {
+                    if let Some(c) = cx.circ(t.circ) {
+                        used = c.send(t.stream, &bytes).unwrap_or(0);
+                    }
+                }
+                t.exit_buf.extend_from_slice(&bytes[used..]);
+            }
+        }
+    }
+}
