@@ -48,8 +48,11 @@ pub enum StreamState {
     /// CONNECTED seen: DATA flows both ways.
     Open,
     /// We sent END; the peer may still have cells in flight (tor-spec §6.3): we accept at most
-    /// what it was allowed to send, then forget the stream when its END arrives.
+    /// what it was allowed to send, then forget the stream when its END arrives or at
+    /// `until`, whichever comes first.
     HalfClosed {
+        /// When the stream is forgotten even without the peer's END (`None`: only then).
+        until: Option<Instant>,
         /// DATA cells the peer may still send (our deliver window when we closed).
         data_left: u16,
         /// Stream SENDMEs the peer may still send (cells of ours it has not acknowledged / 50).
@@ -130,11 +133,13 @@ impl Stream {
         matches!(self.state, StreamState::HalfClosed { .. })
     }
 
-    /// Move to half-closed after sending END, remembering what the peer may still send.
-    pub fn half_close(&mut self) {
+    /// Move to half-closed after sending END, remembering what the peer may still send, until
+    /// `until` at the latest.
+    pub fn half_close(&mut self, until: Option<Instant>) {
         let connected_pending = matches!(self.state, StreamState::Connecting { .. });
         let outstanding = STREAM_WINDOW_START.saturating_sub(self.send.available());
         self.state = StreamState::HalfClosed {
+            until,
             data_left: self.recv.available(),
             sendmes_left: outstanding.div_ceil(crate::flow::STREAM_WINDOW_INCREMENT),
             connected_pending,
@@ -213,11 +218,13 @@ impl Stream {
         }
     }
 
-    /// The connect or resolve deadline, if one is running.
+    /// The connect or resolve deadline, or the end of the half-closed window, if one is
+    /// running.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             StreamState::Connecting { deadline } | StreamState::Resolving { deadline } => deadline,
-            _ => None,
+            StreamState::HalfClosed { until, .. } => until,
+            StreamState::Open => None,
         }
     }
 }
@@ -304,21 +311,24 @@ impl StreamMap {
         self.streams.iter_mut()
     }
 
-    /// The earliest connect/resolve deadline of any stream.
+    /// The earliest connect/resolve deadline or half-closed expiry of any stream.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.streams.iter().filter_map(Stream::deadline).min()
     }
 
-    /// Remove and return the ids of streams whose deadline has passed at `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<StreamId> {
+    /// Remove and return the streams whose deadline ([`Stream::deadline`]) has passed at
+    /// `now`: connect/resolve attempts that timed out, and half-closed streams whose window
+    /// ended (their ids become free).
+    pub fn expire(&mut self, now: Instant) -> Vec<Stream> {
         let mut gone = Vec::new();
-        self.streams.retain(|s| match s.deadline() {
-            Some(d) if d <= now => {
-                gone.push(s.id);
-                false
+        let mut i = 0;
+        while i < self.streams.len() {
+            if self.streams[i].deadline().is_some_and(|d| d <= now) {
+                gone.push(self.streams.swap_remove(i));
+            } else {
+                i += 1;
             }
-            _ => true,
-        });
+        }
         gone
     }
 
@@ -361,7 +371,7 @@ mod tests {
         for _ in 0..10 {
             s.on_data().expect("ok");
         }
-        s.half_close();
+        s.half_close(None);
         assert!(s.is_half_closed());
         for _ in 0..490 {
             assert_eq!(s.on_data().expect("ok"), Admit::DropQuietly);
@@ -381,7 +391,7 @@ mod tests {
     fn connected_after_close_while_connecting_is_tolerated_once() {
         let mut s = Stream::new(sid(4), 0, StreamState::Connecting { deadline: None });
         assert_eq!(s.on_data(), Err(StreamError::DataBeforeConnected(sid(4))));
-        s.half_close();
+        s.half_close(None);
         assert_eq!(s.on_connected(), Ok(Admit::DropQuietly));
         assert!(s.on_connected().is_err());
     }
@@ -406,10 +416,37 @@ mod tests {
         ));
         m.insert(Stream::new(sid(3), 0, StreamState::Open));
         assert_eq!(m.next_deadline(), Some(t(5)));
-        assert_eq!(m.expire(t(7)), vec![sid(2)]);
-        assert_eq!(m.expire(t(10)), vec![sid(1)]);
+        let ids = |v: Vec<Stream>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(m.expire(t(7))), vec![sid(2)]);
+        assert_eq!(ids(m.expire(t(10))), vec![sid(1)]);
         assert_eq!(m.len(), 1);
         assert_eq!(m.next_deadline(), None);
+    }
+
+    /// A half-closed stream is kept until its window ends, then forgotten: its id can be
+    /// used again.
+    #[test]
+    fn half_closed_expiry_frees_the_id() {
+        let t = |n| Instant::from_nanos(n);
+        let mut m = StreamMap::new();
+        let mut s = Stream::new(sid(7), 2, StreamState::Open);
+        s.half_close(Some(t(100)));
+        assert!(m.insert(s));
+        assert_eq!(m.next_deadline(), Some(t(100)));
+        assert!(m.expire(t(99)).is_empty());
+        assert!(
+            !m.insert(Stream::new(sid(7), 2, StreamState::Open)),
+            "id still in use"
+        );
+        let gone = m.expire(t(100));
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].is_half_closed());
+        assert!(m.is_empty());
+        assert_eq!(m.next_deadline(), None);
+        assert!(
+            m.insert(Stream::new(sid(7), 2, StreamState::Open)),
+            "id free again"
+        );
     }
 
     proptest! {
@@ -435,7 +472,7 @@ mod tests {
                     0 => s.on_data().map(|_| ()),
                     1 => s.on_sendme().map(|_| ()),
                     2 => s.on_connected().map(|_| ()),
-                    _ => { s.half_close(); Ok(()) }
+                    _ => { s.half_close(None); Ok(()) }
                 };
             }
         }

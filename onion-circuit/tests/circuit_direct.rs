@@ -52,6 +52,8 @@ struct Net {
     relay_events: Vec<(usize, RelayEvent)>,
     /// Hop index that silently drops every cell it gets (a relay that never answers).
     mute: Option<usize>,
+    /// RELAY_EARLY cells the client sent.
+    early_sent: usize,
 }
 
 impl Net {
@@ -76,6 +78,7 @@ impl Net {
             client_events: Vec::new(),
             relay_events: Vec::new(),
             mute: None,
+            early_sent: 0,
         };
         net.deliver_forward(0, create);
         net
@@ -117,6 +120,9 @@ impl Net {
             let mut moved = false;
             while let Some(m) = self.client.poll_cell(&mut self.rng) {
                 moved = true;
+                if matches!(m, ChanMsg::RelayEarly(_)) {
+                    self.early_sent += 1;
+                }
                 self.deliver_forward(0, m);
             }
             while let Some(e) = self.client.poll_event() {
@@ -697,8 +703,15 @@ fn relay_that_never_answers_times_out() {
         .extend(&t, net.now, &mut net.rng)
         .expect("extend");
     net.run();
-    let deadline = net.client.poll_timeout().expect("build timeout armed");
-    assert_eq!(deadline, net.now + Duration::from_secs(60));
+    // The idle check (CircConfig::idle_after) also runs meanwhile; it is not fatal.
+    let build_deadline = net.now + Duration::from_secs(60);
+    let mut deadline = net.client.poll_timeout().expect("a timer armed");
+    while deadline < build_deadline {
+        assert_eq!(net.client.handle_timeout(deadline), Ok(()));
+        assert!(!net.client.is_closed());
+        deadline = net.client.poll_timeout().expect("build timeout armed");
+    }
+    assert_eq!(deadline, build_deadline);
     assert_eq!(
         net.client.handle_timeout(net.now + Duration::from_secs(59)),
         Ok(())
@@ -723,14 +736,30 @@ fn stream_connect_timeout() {
         .begin("slow.example", 80, BeginFlags::default(), net.now)
         .expect("begin");
     net.run();
-    let t = net.client.poll_timeout().expect("stream timeout armed");
-    net.now = t;
-    net.client.handle_timeout(t).expect("not fatal");
-    assert!(net.client.poll_event().is_some_and(|e| e
-        == CircEvent::StreamEnded {
+    let start = net.now;
+    let ended = loop {
+        let t = net.client.poll_timeout().expect("stream timeout armed");
+        net.now = t;
+        net.client.handle_timeout(t).expect("not fatal");
+        if let Some(e) = net.client.poll_event() {
+            break e;
+        }
+    };
+    assert_eq!(
+        ended,
+        CircEvent::StreamEnded {
             stream: cs,
             reason: EndReason::TIMEOUT
-        }));
+        }
+    );
+    assert_eq!(net.now, start + Duration::from_secs(60));
+    // Only the idle check is left, and it stops once the circuit is compacted.
+    for _ in 0..2 {
+        if let Some(t) = net.client.poll_timeout() {
+            net.client.handle_timeout(t).expect("not fatal");
+        }
+    }
+    assert!(net.client.is_compact());
     assert_eq!(net.client.poll_timeout(), None);
 }
 
@@ -800,4 +829,95 @@ fn raw_data_beyond_the_window_at_the_exit() {
         let _ = net.hops[0].handle_from_client(net.now, m);
     }
     assert!(net.hops[0].is_closed(), "stream window overrun at the exit");
+}
+
+/// tor-spec §5.6: EXTEND2 goes in RELAY_EARLY, and so do the first few other cells beyond
+/// the guard (concealing the circuit length), keeping two for later extensions; cells to the
+/// first hop never do; and the client never sends more than 8.
+#[test]
+fn client_relay_early_budget() {
+    use onion_circuit::circuit::{MAX_RELAY_EARLY, RELAY_EARLY_RESERVED_FOR_EXTEND};
+    // A one-hop (directory) circuit: nothing is ever RELAY_EARLY.
+    let mut net = Net::new(30, HandshakeKind::Ntor, false, 1);
+    net.build();
+    net.client.begin_dir(net.now).expect("begin_dir");
+    net.run();
+    assert_eq!(net.early_sent, 0);
+
+    // Three hops: two EXTEND2s, then the BEGIN and the first DATA cells, up to the reserve.
+    let mut net = Net::new(31, HandshakeKind::Ntor, false, 3);
+    net.build();
+    assert_eq!(net.early_sent, 2);
+    let cs = net
+        .client
+        .begin("x.example", 80, BeginFlags::default(), net.now)
+        .expect("begin");
+    net.run();
+    assert_eq!(net.early_sent, 3, "the BEGIN went as RELAY_EARLY");
+    let es = sid(&net.relay_events);
+    net.hops[2].connected(es, None).expect("connected");
+    net.run();
+    net.client.send(cs, &[7u8; 20 * 498]).expect("send");
+    net.run();
+    let cap = usize::from(MAX_RELAY_EARLY - RELAY_EARLY_RESERVED_FOR_EXTEND);
+    assert_eq!(net.early_sent, cap);
+    assert!(!net.hops.iter().any(RelayCircuit::is_closed));
+    let got: usize = net
+        .relay_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            RelayEvent::Data { data, .. } => Some(data.len()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(got, 20 * 498, "RELAY_EARLY DATA delivered like RELAY");
+
+    // Nine hops: eight EXTEND2s use the whole budget; a ninth extension is refused, and
+    // later cells go as plain RELAY cells.
+    let mut net = Net::new(32, HandshakeKind::Ntor, false, 10);
+    net.run();
+    for i in 1..9 {
+        let t = net.relays[i].target.clone();
+        net.client
+            .extend(&t, net.now, &mut net.rng)
+            .expect("extend");
+        net.run();
+    }
+    assert_eq!(net.client.n_hops(), 9);
+    assert_eq!(net.early_sent, usize::from(MAX_RELAY_EARLY));
+    let t = net.relays[9].target.clone();
+    assert_eq!(
+        net.client.extend(&t, net.now, &mut net.rng),
+        Err(CircError::RelayEarlyExhausted)
+    );
+    net.client.begin_dir(net.now).expect("begin_dir");
+    net.run();
+    assert_eq!(net.early_sent, usize::from(MAX_RELAY_EARLY));
+    assert!(!net.hops.iter().any(RelayCircuit::is_closed));
+}
+
+/// tor-spec §5.6: a relay closes a circuit on which it receives more than 8 RELAY_EARLY
+/// cells (ours would never send them: they are forged from RELAY cells here).
+#[test]
+fn relay_closes_the_circuit_after_eight_relay_early() {
+    use onion_cell::relaymsg::RelayMsg;
+    let mut net = Net::new(33, HandshakeKind::Ntor, false, 1);
+    net.build();
+    for i in 0..9 {
+        net.client.send_msg(0, 0, &RelayMsg::Drop).expect("drop");
+        let Some(ChanMsg::Relay(p)) = net.client.poll_cell(&mut net.rng) else {
+            panic!("a RELAY cell")
+        };
+        let r = net.hops[0].handle_from_client(net.now, ChanMsg::RelayEarly(p));
+        if i < 8 {
+            assert_eq!(r, Ok(()), "RELAY_EARLY {i}");
+            assert!(!net.hops[0].is_closed());
+        } else {
+            assert!(r.is_err());
+            assert!(net.hops[0].is_closed());
+        }
+    }
+    // The relay sent DESTROY toward the client.
+    net.run();
+    assert!(net.client.is_closed());
 }

@@ -29,7 +29,9 @@ use core::marker::PhantomData;
 use aes::{Aes128, Aes128Enc, Aes256, Aes256Enc};
 use cipher::consts::U16;
 use cipher::typenum::Unsigned;
-use cipher::{Block, BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit, ParBlocks};
+use cipher::{
+    Block, BlockBackend, BlockClosure, BlockEncrypt, BlockSizeUser, KeyInit, KeySizeUser, ParBlocks,
+};
 use digest::{Digest, Output};
 use sha1::Sha1;
 use sha3::Sha3_256;
@@ -66,21 +68,56 @@ pub trait CellCipher {
     fn from_key(key: &[u8]) -> Self;
     /// XOR the next [`CELL_BODY_LEN`] keystream bytes into `cell` (encrypt = decrypt).
     fn apply(&mut self, cell: &mut CellBody);
+    /// Drop whatever can be recomputed from the key (an expanded key schedule), to save
+    /// memory while the circuit is idle; the next [`CellCipher::apply`] rebuilds it. The
+    /// keystream position is kept, so this never changes the output.
+    fn compact(&mut self) {}
 }
 
 /// AES-CTR as tor uses it for relay cells (tor-spec 0.3: 128-bit big-endian counter, IV
 /// zero), kept as small as possible because every hop of every circuit holds two.
 ///
-/// Only the encrypting key schedule is stored, plus the number of keystream bytes used so
+/// Only the encrypting key schedule is kept, plus the number of keystream bytes used so
 /// far; there is no buffered keystream block: the partial block a cell ends in is
-/// recomputed by the next cell (one extra block encryption out of 33). The key schedule
-/// is zeroized on drop (aes `zeroize` feature).
-#[derive(Clone)]
-pub struct CellCtr<B> {
-    cipher: B,
+/// recomputed by the next cell (one extra block encryption out of 33).
+///
+/// The expanded key schedule is boxed and can be dropped with [`CellCipher::compact`]
+/// while the circuit is idle: the aes crate's runtime-dispatched schedule is 704 bytes for
+/// AES-128 (the size of its software fallback, even when AES-NI is used), whereas the raw
+/// key and the keystream position are 24. The next cell expands the key again (about
+/// 50 ns), so an idle circuit costs little memory and a busy one pays nothing per cell.
+/// The raw key and the schedule are zeroized on drop (aes `zeroize` feature for the
+/// latter).
+pub struct CellCtr<B: KeySizeUser> {
+    key: cipher::Key<B>,
+    cipher: Option<Box<B>>,
     /// Keystream bytes consumed: block index `offset / 16`, position `offset % 16`. A u64
     /// cannot wrap in practice (2^64 bytes on one circuit).
     offset: u64,
+}
+
+impl<B: KeySizeUser + Clone> Clone for CellCtr<B> {
+    fn clone(&self) -> Self {
+        CellCtr {
+            key: self.key.clone(),
+            cipher: self.cipher.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+impl<B: KeySizeUser> Drop for CellCtr<B> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.key.as_mut_slice());
+    }
+}
+
+impl<B: KeySizeUser> CellCtr<B> {
+    /// Whether the key schedule is currently expanded (the cipher was used since the last
+    /// [`CellCipher::compact`]).
+    pub fn is_expanded(&self) -> bool {
+        self.cipher.is_some()
+    }
 }
 
 /// One cell's worth of CTR keystream, run inside the block cipher's backend so that the
@@ -157,20 +194,29 @@ where
     const KEY_LEN: usize = <B as cipher::KeySizeUser>::KeySize::USIZE;
 
     fn from_key(key: &[u8]) -> Self {
+        let key = cipher::Key::<B>::clone_from_slice(key);
         CellCtr {
-            cipher: B::new(cipher::Key::<B>::from_slice(key)),
+            cipher: Some(Box::new(B::new(&key))),
+            key,
             offset: 0,
         }
     }
 
     #[inline]
     fn apply(&mut self, cell: &mut CellBody) {
-        self.cipher.encrypt_with_backend(CellKeystream {
+        let key = &self.key;
+        let cipher = self.cipher.get_or_insert_with(|| Box::new(B::new(key)));
+        cipher.encrypt_with_backend(CellKeystream {
             cell,
             ctr: u128::from(self.offset / 16),
             start: (self.offset % 16) as usize,
         });
         self.offset = self.offset.wrapping_add(CELL_BODY_LEN as u64);
+    }
+
+    fn compact(&mut self) {
+        // Dropping the box zeroizes the schedule (aes `zeroize` feature).
+        self.cipher = None;
     }
 }
 
@@ -206,6 +252,11 @@ where
     #[inline]
     fn apply(&mut self, cell: &mut CellBody) {
         self.cipher.apply(cell);
+    }
+
+    /// See [`CellCipher::compact`].
+    fn compact(&mut self) {
+        self.cipher.compact();
     }
 
     /// Originate: zero `recognized` and the digest field, feed the body to the running
@@ -328,6 +379,9 @@ pub trait ClientLayer: Send {
     fn last_sent_digest(&self) -> &[u8];
     /// Full running digest after the last cell received from this hop.
     fn last_received_digest(&self) -> &[u8];
+    /// Free the memory that the next cell can rebuild (expanded key schedules) while the
+    /// circuit is idle; see [`CellCipher::compact`]. Never changes any output.
+    fn compact(&mut self) {}
 }
 
 impl<C, D> ClientLayer for ClientHop<C, D>
@@ -354,6 +408,10 @@ where
     }
     fn last_received_digest(&self) -> &[u8] {
         &self.back.last
+    }
+    fn compact(&mut self) {
+        self.fwd.compact();
+        self.back.compact();
     }
 }
 
@@ -389,6 +447,14 @@ impl ClientCircuitCrypto {
     /// Drop hops from `n` on (after TRUNCATED).
     pub fn truncate(&mut self, n: usize) {
         self.hops.truncate(n);
+    }
+    /// Free every hop's expanded key schedules while the circuit is idle
+    /// ([`ClientLayer::compact`]); the next cell through a hop rebuilds its own.
+    pub fn compact(&mut self) {
+        for h in &mut self.hops {
+            h.compact();
+        }
+        self.hops.shrink_to_fit();
     }
 
     /// Encrypt a relay cell body for hop `hop` (0-based): set the digest with that hop's
@@ -492,6 +558,13 @@ where
     pub fn last_sent_digest(&self) -> &[u8] {
         &self.back.last
     }
+
+    /// Free the expanded key schedules while the circuit is idle ([`CellCipher::compact`]);
+    /// the next cell rebuilds them.
+    pub fn compact(&mut self) {
+        self.fwd.compact();
+        self.back.compact();
+    }
 }
 
 /// A tor1 hop, client side (AES-128-CTR + SHA-1).
@@ -534,27 +607,52 @@ mod tests {
         }
     }
 
+    /// Compacting (dropping the expanded key schedule) between cells never changes the
+    /// keystream, whatever the position within a block.
+    #[test]
+    fn compact_keeps_the_keystream() {
+        let key = [5u8; 16];
+        let mut reference = Aes128Ctr::new(&key.into(), &[0u8; 16].into());
+        let mut ours = CellCtr::<Aes128Enc>::from_key(&key);
+        for i in 0..40u8 {
+            if i % 3 == 1 {
+                ours.compact();
+                assert!(!ours.is_expanded());
+            }
+            let mut a = [i; CELL_BODY_LEN];
+            let mut b = a;
+            reference.apply_keystream(&mut a);
+            ours.apply(&mut b);
+            assert!(ours.is_expanded());
+            assert_eq!(a, b, "cell {i}");
+        }
+    }
+
     /// Per-hop state sizes (issue 4: an idle circuit's heap is mostly these). The AES key
     /// schedule is the aes crate's runtime-dispatched encrypt-only one, whose size is that
-    /// of its software (fixsliced) fallback: 704 bytes for AES-128 on 64-bit targets.
+    /// of its software (fixsliced) fallback: 704 bytes for AES-128 on 64-bit targets. It is
+    /// boxed, so a hop's own size is what it keeps while compacted (raw keys, positions,
+    /// SHA-1 states and last digests).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn state_sizes_do_not_grow() {
         eprintln!(
-            "CellCtr {} CryptState {} Tor1ClientHop {} HsClientHop {}",
+            "CellCtr {} (+ {} boxed while expanded) CryptState {} Tor1ClientHop {} HsClientHop {}",
             size_of::<CellCtr<Aes128Enc>>(),
+            size_of::<Aes128Enc>(),
             size_of::<CryptState<CellCtr<Aes128Enc>, Sha1>>(),
             size_of::<Tor1ClientHop>(),
             size_of::<HsClientHop>()
         );
-        assert!(size_of::<CellCtr<Aes128Enc>>() <= size_of::<Aes128Enc>() + 16);
-        assert!(size_of::<CryptState<CellCtr<Aes128Enc>, Sha1>>() <= 848);
+        assert!(size_of::<CellCtr<Aes128Enc>>() <= 32);
+        assert!(size_of::<Aes128Enc>() <= 704);
+        assert!(size_of::<CryptState<CellCtr<Aes128Enc>, Sha1>>() <= 168);
         assert!(
-            size_of::<Tor1ClientHop>() <= 1696,
+            size_of::<Tor1ClientHop>() <= 336,
             "{}",
             size_of::<Tor1ClientHop>()
         );
-        assert!(size_of::<Tor1RelayCrypto>() <= 1696);
+        assert!(size_of::<Tor1RelayCrypto>() <= 336);
         assert!(
             size_of::<HsClientHop>() <= 2720,
             "{}",

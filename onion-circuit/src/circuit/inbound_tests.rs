@@ -85,7 +85,7 @@ fn create_fast_kh_is_the_reply_kh() {
 }
 
 /// A one-hop circuit (as the service's circuit to the rendezvous point) and the relay.
-fn one_hop(accept: bool) -> (Circuit, RelayCircuit, ChaCha20Rng) {
+pub(super) fn one_hop(accept: bool) -> (Circuit, RelayCircuit, ChaCha20Rng) {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let (keys, target) = relay(&mut rng);
     let config = CircConfig {
@@ -107,7 +107,7 @@ fn one_hop(accept: bool) -> (Circuit, RelayCircuit, ChaCha20Rng) {
 }
 
 /// Send a raw relay message from the relay to the client circuit.
-fn from_relay(
+pub(super) fn from_relay(
     c: &mut Circuit,
     r: &mut RelayCircuit,
     rng: &mut ChaCha20Rng,
@@ -130,7 +130,7 @@ fn from_relay(
     }
 }
 
-fn events(c: &mut Circuit) -> Vec<CircEvent> {
+pub(super) fn events(c: &mut Circuit) -> Vec<CircEvent> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 

@@ -31,6 +31,8 @@
 
 pub mod error;
 #[cfg(test)]
+mod half_closed_tests;
+#[cfg(test)]
 mod inbound_tests;
 
 use std::collections::VecDeque;
@@ -61,6 +63,14 @@ use crate::Instant;
 /// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
 pub const MAX_RELAY_EARLY: u8 = 8;
 
+/// RELAY_EARLY cells kept for later EXTEND2s: other cells to hops beyond the first use
+/// RELAY_EARLY only while more than this many are left (tor-spec §5.6: "Clients SHOULD send
+/// the first ~8 RELAY cells that are not targeted at the first hop of any circuit as
+/// RELAY_EARLY cells too, in order to partially conceal the circuit length"; EXTEND2 MUST
+/// use one, so a circuit that is used before being extended further, as an onion-service
+/// circuit may be, keeps enough for two more hops).
+pub const RELAY_EARLY_RESERVED_FOR_EXTEND: u8 = 2;
+
 /// Tunables of a client circuit.
 #[derive(Debug, Clone)]
 pub struct CircConfig {
@@ -80,6 +90,18 @@ pub struct CircConfig {
     /// (rend-spec-v3 §4.2: the client opens streams to the service). Off by default: a client
     /// drops BEGIN, as C tor does.
     pub accept_inbound_streams: bool,
+    /// How long a stream we ended (RELAY_END sent) stays half-closed, absorbing the cells
+    /// the other edge may still have in flight (tor-spec §6.3; C tor too keeps such streams
+    /// only for a bounded time). When it expires the stream id is forgotten and may be
+    /// reused; later cells for it are treated as cells for an unknown stream (DATA dropped,
+    /// tor-spec §6.2.1).
+    pub half_closed_timeout: Duration,
+    /// After this long without any cell through the circuit's crypto, the hops' expanded
+    /// AES key schedules are freed (2 × 704 bytes per hop) and only the raw keys kept; the
+    /// next cell rebuilds them (about 50 ns per direction and hop). The check runs from
+    /// [`Circuit::handle_timeout`], so the schedules are dropped between one and two periods
+    /// after the last cell. `None` keeps them expanded for the circuit's whole life.
+    pub idle_after: Option<Duration>,
 }
 
 impl Default for CircConfig {
@@ -89,6 +111,8 @@ impl Default for CircConfig {
             stream_timeout: Duration::from_secs(60),
             accept_sendme_v0: false,
             accept_inbound_streams: false,
+            half_closed_timeout: Duration::from_secs(60),
+            idle_after: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -282,6 +306,15 @@ pub struct Circuit {
     relay_early_left: u8,
     closed: bool,
     stats: FlowStats,
+    /// The latest `now` any input carried (for commands that take no time, such as
+    /// [`Circuit::close_stream`], and for cells sent from [`Circuit::poll_cell`]).
+    last_now: Instant,
+    /// A cell went through the crypto since the last idle check.
+    used: bool,
+    /// The hops' key schedules are freed ([`CircConfig::idle_after`]).
+    compacted: bool,
+    /// When to check next whether the circuit has been idle for a whole period.
+    idle_check: Option<Instant>,
 }
 
 impl core::fmt::Debug for Circuit {
@@ -419,6 +452,10 @@ impl Circuit {
             relay_early_left: MAX_RELAY_EARLY,
             closed: false,
             stats: FlowStats::default(),
+            last_now: now,
+            used: false,
+            compacted: false,
+            idle_check: None,
             config,
         };
         Ok((circ, msg))
@@ -537,6 +574,7 @@ impl Circuit {
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), CircError> {
         self.check_open()?;
+        self.see(now);
         if self.pending.is_some() {
             return Err(CircError::ExtendInProgress);
         }
@@ -645,6 +683,7 @@ impl Circuit {
         resolve: bool,
     ) -> Result<StreamId, CircError> {
         self.check_open()?;
+        self.see(now);
         let hop = self
             .hops
             .len()
@@ -718,7 +757,12 @@ impl Circuit {
     }
 
     /// Close a stream: send RELAY_END (reason MISC, the only reason an OP should send, tor-spec
-    /// §6.3) and keep it half-closed until the other edge's END arrives.
+    /// §6.3) and keep it half-closed until the other edge's END arrives or
+    /// [`CircConfig::half_closed_timeout`] passes, whichever comes first. Meanwhile the cells
+    /// the exit may still have sent (up to our deliver window of DATA, the SENDMEs it owes,
+    /// a CONNECTED) are absorbed, more than that closes the circuit, and the id is not
+    /// reused. The window starts at the latest `now` the circuit was given (this call takes
+    /// none; the embedding's loop gives one with every cell and timeout).
     pub fn close_stream(&mut self, stream: StreamId) -> Result<(), CircError> {
         self.check_open()?;
         let s = self
@@ -732,7 +776,7 @@ impl Circuit {
             self.streams.remove(stream);
             return Ok(());
         }
-        s.half_close();
+        s.half_close(Some(self.last_now + self.config.half_closed_timeout));
         let body = encode_body(
             stream.get(),
             &RelayMsg::End(End::new(EndReason::MISC)),
@@ -845,6 +889,9 @@ impl Circuit {
     fn close(&mut self, remote_reason: Option<DestroyReason>, error: Option<CircError>) {
         self.closed = true;
         self.pending = None;
+        // No cell will ever be encrypted or decrypted again: free the hop states.
+        self.crypto.truncate(0);
+        self.idle_check = None;
         self.relay_out.clear();
         self.relay_out.shrink_to_fit();
         if remote_reason.is_none() {
@@ -880,7 +927,7 @@ impl Circuit {
     ///
     /// An error is fatal: the circuit is closed (DESTROY queued, [`CircEvent::Closed`]).
     pub fn handle_cell(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), CircError> {
-        let _ = now;
+        self.see(now);
         if self.closed {
             // tor-spec §5.4: after DESTROY, ignore everything for the circuit.
             return Ok(());
@@ -893,7 +940,10 @@ impl Circuit {
                 reply[20..].copy_from_slice(&kh);
                 self.handle_created(&reply, true)
             }
-            ChanMsg::Relay(p) => self.handle_relay(p),
+            ChanMsg::Relay(p) => {
+                self.mark_used();
+                self.handle_relay(p)
+            }
             ChanMsg::RelayEarly(_) => {
                 self.fail(CircError::Unexpected(Unexpected::InboundRelayEarly))
             }
@@ -1184,6 +1234,7 @@ impl Circuit {
     ///
     /// Returns the error when the build timeout closed the circuit.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), CircError> {
+        self.see(now);
         if self.closed {
             return Ok(());
         }
@@ -1193,24 +1244,88 @@ impl Circuit {
                 return self.fail(CircError::BuildTimeout { hop });
             }
         }
-        for id in self.streams.expire(now) {
-            self.events.push_back(CircEvent::StreamEnded {
-                stream: id,
-                reason: EndReason::TIMEOUT,
-            });
+        let mut gone = false;
+        for s in self.streams.expire(now) {
+            gone = true;
+            // A half-closed stream's window ran out: forget it quietly (the embedding
+            // closed it itself). A connect or resolve attempt timed out: tell.
+            if !s.is_half_closed() {
+                self.events.push_back(CircEvent::StreamEnded {
+                    stream: s.id,
+                    reason: EndReason::TIMEOUT,
+                });
+            }
+        }
+        if gone {
+            self.streams.shrink();
+        }
+        if self.idle_check.is_some_and(|t| t <= now) {
+            if self.used {
+                // Something happened during the last period: look again one period later.
+                self.used = false;
+                self.idle_check = self.config.idle_after.map(|d| now + d);
+            } else {
+                self.idle_check = None;
+                self.compact();
+            }
         }
         Ok(())
     }
 
-    /// When [`Circuit::handle_timeout`] must next be called.
+    /// When [`Circuit::handle_timeout`] must next be called: the build timeout, a stream's
+    /// connect/resolve timeout or half-closed window, or the idle check
+    /// ([`CircConfig::idle_after`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.closed {
             return None;
         }
-        let build = self.pending.as_ref().map(|p| p.deadline);
-        match (build, self.streams.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.pending.as_ref().map(|p| p.deadline),
+            self.streams.next_deadline(),
+            self.idle_check,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Free the hops' expanded key schedules now (as [`CircConfig::idle_after`] does after
+    /// an idle period), for an embedding that knows the circuit will be idle, e.g. a
+    /// pre-built circuit put in a pool. Nothing observable changes: the next cell through a
+    /// hop rebuilds its schedule from the kept key.
+    pub fn compact(&mut self) {
+        self.crypto.compact();
+        self.compacted = true;
+        // Spare capacity left by the build and by bursts is returned too (not per cell:
+        // the queues keep their capacity while the circuit is busy).
+        self.hops.shrink_to_fit();
+        self.streams.shrink();
+        if self.relay_out.is_empty() {
+            self.relay_out = VecDeque::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+    }
+
+    /// Whether the hops' key schedules are currently freed (no cell since the last
+    /// [`Circuit::compact`] or idle period).
+    pub fn is_compact(&self) -> bool {
+        self.compacted
+    }
+
+    /// Remember the latest time an input carried.
+    fn see(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// A cell went through the crypto: the schedules are (again) expanded, and the idle
+    /// check must run.
+    fn mark_used(&mut self) {
+        self.used = true;
+        self.compacted = false;
+        if self.idle_check.is_none() {
+            self.idle_check = self.config.idle_after.map(|d| self.last_now + d);
         }
     }
 
@@ -1234,6 +1349,14 @@ impl Circuit {
                 break (q, hop);
             }
         };
+        self.mark_used();
+        // Conceal the circuit length: the first few cells beyond the guard go as RELAY_EARLY
+        // too, like EXTEND2 (tor-spec §5.6), never more than MAX_RELAY_EARLY in all.
+        let early = q.early
+            || (hop > 0 && !q.raw && self.relay_early_left > RELAY_EARLY_RESERVED_FOR_EXTEND);
+        if early && !q.early {
+            self.relay_early_left -= 1;
+        }
         if q.sendme_trigger {
             if let (Some(d), Some(flow)) =
                 (self.crypto.last_sent_digest(hop), self.hops.get_mut(hop))
@@ -1245,7 +1368,7 @@ impl Circuit {
             }
         }
         let payload = RelayPayload::Owned(q.body);
-        Some(if q.early {
+        Some(if early {
             ChanMsg::RelayEarly(payload)
         } else {
             ChanMsg::Relay(payload)
