@@ -19,6 +19,7 @@
 //! | §3.1, §3.2, §4.1, §4.2 at the relays (intro point, rendezvous point) | [`relay`] |
 //! | client: §2.2.4.1, §3.2, §4 | [`client`] |
 //! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
+//! | service publishing: §2.2.2, §2.2.4.2, §2.2.5, §3.1, intro point rotation | [`publish`] |
 //! | §2–§4 end to end in an in-memory network (HSDir, intro and rendezvous points) | [`sim`] |
 //!
 //! The client and service machines work on message bodies; the embedder owns the circuits
@@ -34,6 +35,7 @@ pub mod linkspec;
 pub mod msg;
 pub mod ntor;
 pub mod ops;
+pub mod publish;
 pub mod relay;
 pub mod ring;
 pub mod service;

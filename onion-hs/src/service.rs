@@ -97,6 +97,8 @@ pub struct ServiceIntroPoint {
     auth: ExpandedKeypair,
     enc: StaticSecret,
     established: bool,
+    /// Published in descriptors (false once retired by rotation, §3.1 / C tor's rotation).
+    in_descriptor: bool,
 }
 
 impl ServiceIntroPoint {
@@ -104,9 +106,13 @@ impl ServiceIntroPoint {
     pub fn auth_key(&self) -> &[u8; 32] {
         self.auth.public_bytes()
     }
-    /// Whether INTRO_ESTABLISHED arrived.
+    /// Whether INTRO_ESTABLISHED arrived (and its circuit has not been reported closed).
     pub fn is_established(&self) -> bool {
         self.established
+    }
+    /// Whether new descriptors list it (not retired).
+    pub fn is_in_descriptor(&self) -> bool {
+        self.in_descriptor
     }
 }
 
@@ -128,7 +134,8 @@ pub struct RendezvousRequest {
 pub struct HsService {
     identity: ExpandedKeypair,
     config: HsServiceConfig,
-    intro_points: Vec<ServiceIntroPoint>,
+    /// Introduction points by index; removed ones leave `None` so indices stay valid.
+    intro_points: Vec<Option<ServiceIntroPoint>>,
     /// Subcredentials of the periods we published descriptors for (INTRODUCE2 may use any).
     subcreds: VecDeque<(TimePeriod, Subcredential)>,
     replay: HashSet<[u8; 32]>,
@@ -150,6 +157,11 @@ impl HsService {
         }
     }
 
+    /// The revision counter of the last descriptor built (0 before the first).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// The onion address.
     pub fn address(&self) -> crate::OnionAddress {
         self.identity.id_key().address()
@@ -166,25 +178,61 @@ impl HsService {
         let mut e = [0u8; 32];
         rng.fill_bytes(&mut e);
         let enc = StaticSecret::from(e);
-        self.intro_points.push(ServiceIntroPoint {
+        self.intro_points.push(Some(ServiceIntroPoint {
             link_specifiers,
             onion_key,
             auth,
             enc,
             established: false,
-        });
+            in_descriptor: true,
+        }));
         self.intro_points.len() - 1
     }
 
-    /// The introduction points.
-    pub fn intro_points(&self) -> &[ServiceIntroPoint] {
-        &self.intro_points
+    /// The introduction points that were not removed, with their indices.
+    pub fn intro_points(&self) -> impl Iterator<Item = (usize, &ServiceIntroPoint)> {
+        self.intro_points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ip)| Some((i, ip.as_ref()?)))
     }
 
     fn ip(&self, i: usize) -> Result<&ServiceIntroPoint, ServiceError> {
         self.intro_points
             .get(i)
+            .and_then(Option::as_ref)
             .ok_or(ServiceError::NoSuchIntroPoint(i))
+    }
+
+    fn ip_mut(&mut self, i: usize) -> Result<&mut ServiceIntroPoint, ServiceError> {
+        self.intro_points
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .ok_or(ServiceError::NoSuchIntroPoint(i))
+    }
+
+    /// The circuit of intro point `i` closed: it is no longer established (and leaves new
+    /// descriptors) until a new circuit to the same relay sends ESTABLISH_INTRO with the same
+    /// keys again, which keeps already-published descriptors valid (rend-spec-v3 §3.1.1).
+    pub fn handle_intro_closed(&mut self, i: usize) -> Result<(), ServiceError> {
+        self.ip_mut(i)?.established = false;
+        Ok(())
+    }
+
+    /// Leave intro point `i` out of descriptors built from now on, while it still accepts
+    /// INTRODUCE2 from clients holding an older descriptor (intro point rotation).
+    pub fn retire_intro_point(&mut self, i: usize) -> Result<(), ServiceError> {
+        self.ip_mut(i)?.in_descriptor = false;
+        Ok(())
+    }
+
+    /// Forget intro point `i` and its keys: INTRODUCE2 for it fails from now on.
+    pub fn remove_intro_point(&mut self, i: usize) -> Result<(), ServiceError> {
+        self.ip(i)?;
+        if let Some(slot) = self.intro_points.get_mut(i) {
+            *slot = None;
+        }
+        Ok(())
     }
 
     /// ESTABLISH_INTRO for intro point `i` on a circuit with handshake key `circuit_kh`.
@@ -195,16 +243,12 @@ impl HsService {
 
     /// INTRO_ESTABLISHED arrived for intro point `i`.
     pub fn handle_intro_established(&mut self, i: usize) -> Result<(), ServiceError> {
-        let ip = self
-            .intro_points
-            .get_mut(i)
-            .ok_or(ServiceError::NoSuchIntroPoint(i))?;
-        ip.established = true;
+        self.ip_mut(i)?.established = true;
         Ok(())
     }
 
-    /// Build the descriptor for `period` with the established introduction points, with a
-    /// fresh descriptor signing key and a revision counter that only grows.
+    /// Build the descriptor for `period` with the established introduction points that are
+    /// not retired, with a fresh descriptor signing key and a revision counter that only grows.
     pub fn build_descriptor(
         &mut self,
         rng: &mut impl CryptoRngCore,
@@ -227,7 +271,8 @@ impl HsService {
         let ips = self
             .intro_points
             .iter()
-            .filter(|ip| ip.established)
+            .flatten()
+            .filter(|ip| ip.established && ip.in_descriptor)
             .map(|ip| BuildIntroPoint {
                 link_specifiers: ip.link_specifiers.clone(),
                 onion_key_ntor: ip.onion_key,

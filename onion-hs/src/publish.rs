@@ -1,0 +1,871 @@
+//! The service's publishing state machine: keep introduction points, build descriptors for
+//! both upload slots and upload them to the responsible HSDirs, all sans-IO.
+//!
+//! [`HsService`] works on message bodies; [`Publisher`] decides *when* and *where*. The
+//! embedder feeds it consensus views ([`Publisher::set_consensus`]), the outcome of what it
+//! was asked to do (intro circuits built, established or closed; uploads done or failed;
+//! INTRODUCE2 cells), and the time; it drains [`PublishAction`]s with
+//! [`Publisher::poll_action`] and calls [`Publisher::handle_timeout`] at
+//! [`Publisher::poll_timeout`]. Time is Unix seconds and randomness a parameter.
+//!
+//! ```text
+//! let mut p = Publisher::new(HsService::new(id, HsServiceConfig::default()), PublisherConfig::default());
+//! p.set_consensus(rng, view, now);                    // on every new consensus
+//! while let Some(a) = p.poll_action() { match a {
+//!     BuildIntroCircuit { intro, relay } => /* 3-hop circuit ending at relay; then */
+//!         send(p.intro_circuit_built(intro, &kh)?),  // the ESTABLISH_INTRO body
+//!     Upload { upload, hsdir, descriptor, .. } => /* POST it; then */ p.upload_result(rng, upload, ok, now),
+//!     CloseIntroCircuit { intro } => /* close it */,
+//! }}
+//! // INTRO_ESTABLISHED → p.intro_established(rng, intro, now); circuit gone → p.intro_circuit_closed(..)
+//! // INTRODUCE2 → p.handle_introduce2(rng, intro, body, now)
+//! ```
+//!
+//! What it implements:
+//! - rend-spec-v3 §3.1 \[REG_INTRO_POINT\]: a number of introduction points (default 3), each a
+//!   relay from the consensus with fresh keys. A circuit that fails or closes is rebuilt to the
+//!   same relay (the keys, and so the published descriptors, stay valid) with exponential
+//!   backoff, a few times; then the relay is dropped, excluded for a while, and another is
+//!   picked. Launches are rate limited per window.
+//! - Intro point rotation (param-spec §8 `hs_intro_min/max_lifetime`,
+//!   `hs_intro_min/max_introduce2`, as C tor): each point lives a random 18–24 h, or until a
+//!   random 16384–32768 INTRODUCE2 cells arrived. A rotated point leaves new descriptors at
+//!   once but keeps its circuit until the descriptors without it were uploaded to every
+//!   responsible HSDir, since clients may hold the older descriptor (§2.2.5 \[EXPIRE-DESC\]).
+//! - §2.2.2.1 and §2.2.4.2 \[SERVICEUPLOAD\]: two descriptors, for the time periods and SRVs
+//!   [`SharedRandom::service_upload`] gives for the consensus's valid-after, each uploaded to
+//!   its responsible HSDirs (§2.2.3 \[WHERE-HSDESC\], `hsdir_spread_store` per replica).
+//! - Re-upload (§2.2.2 \[WHEN-HSDESC\]): a slot that is new (time-period change), whose
+//!   responsible HSDirs or SRV changed with a new consensus, whose introduction points
+//!   changed, or whose random 60–120 min timer fired is rebuilt, with a larger revision counter
+//!   (§2.4, [`HsService::build_descriptor`]), and uploaded to all its HSDirs. A failed upload is
+//!   retried with exponential backoff up to a limit.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rand_core::CryptoRngCore;
+
+use crate::linkspec::LinkSpec;
+use crate::ring::{HsDirParams, HsDirRelay, RingSelector, SharedRandom};
+use crate::service::{HsService, RendezvousRequest, ServiceError};
+use crate::time::{TimePeriod, TimePeriodConfig};
+
+/// A relay, by its RSA identity fingerprint (how the embedder finds it in its consensus).
+pub type RelayId = [u8; 20];
+
+/// Hard cap on introduction points (C tor's `HiddenServiceNumIntroductionPoints` maximum).
+pub const MAX_INTRO_POINTS: usize = 20;
+
+/// Tunables; the defaults are rend-spec-v3's and param-spec's (or C tor's where the spec is
+/// silent). Ranges are inclusive, drawn uniformly with the caller's RNG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// Introduction points to keep (default 3, at most [`MAX_INTRO_POINTS`]).
+    pub intro_points: usize,
+    /// Intro point lifetime, seconds (`hs_intro_min_lifetime`..`hs_intro_max_lifetime`:
+    /// 18 h..24 h).
+    pub intro_lifetime_secs: (u64, u64),
+    /// INTRODUCE2 cells before rotation (`hs_intro_min_introduce2`..`hs_intro_max_introduce2`:
+    /// 16384..32768).
+    pub intro_max_introduce2: (u32, u32),
+    /// Periodic re-upload timer, seconds (§2.2.2: 60..120 minutes).
+    pub reupload_secs: (u64, u64),
+    /// Consecutive circuit failures to one intro relay before it is replaced (C tor: 3).
+    pub intro_circuit_retries: u32,
+    /// First delay before rebuilding a failed intro circuit; doubles per failure.
+    pub intro_retry_base_secs: u64,
+    /// Intro circuit launches allowed per [`Self::intro_launch_window_secs`] (C tor: 10 per
+    /// 300 s for 3 points plus its 2 extra).
+    pub intro_launches_per_window: u32,
+    /// Length of the launch rate-limit window, seconds.
+    pub intro_launch_window_secs: u64,
+    /// How long a replaced (failed) relay is not picked again, seconds.
+    pub failed_relay_exclusion_secs: u64,
+    /// Upload attempts per HSDir and descriptor before giving up until the next rebuild.
+    pub upload_attempts: u32,
+    /// First delay before retrying a failed upload; doubles per failure, up to
+    /// [`Self::upload_retry_max_secs`].
+    pub upload_retry_base_secs: u64,
+    /// Upper bound of the upload retry delay.
+    pub upload_retry_max_secs: u64,
+    /// How long to wait for all intro points before publishing with those established.
+    pub publish_grace_secs: u64,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            intro_points: 3,
+            intro_lifetime_secs: (18 * 3600, 24 * 3600),
+            intro_max_introduce2: (16_384, 32_768),
+            reupload_secs: (60 * 60, 120 * 60),
+            intro_circuit_retries: 3,
+            intro_retry_base_secs: 5,
+            intro_launches_per_window: 10,
+            intro_launch_window_secs: 300,
+            failed_relay_exclusion_secs: 3600,
+            upload_attempts: 5,
+            upload_retry_base_secs: 30,
+            upload_retry_max_secs: 30 * 60,
+            publish_grace_secs: 60,
+        }
+    }
+}
+
+/// A relay that may serve as introduction point (Stable, with an ntor onion key, as the
+/// embedder's path selection decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroCandidate {
+    /// RSA identity.
+    pub rsa_id: RelayId,
+    /// Link specifiers published in descriptors (§2.5.2.2 `introduction-point`).
+    pub link_specifiers: Vec<LinkSpec>,
+    /// ntor onion key (`onion-key ntor`).
+    pub onion_key: [u8; 32],
+}
+
+/// What the publisher needs from a consensus.
+#[derive(Debug, Clone)]
+pub struct ConsensusView {
+    /// `valid-after` (Unix seconds): selects the upload slots (§2.2.4.2).
+    pub valid_after: u64,
+    /// Time period length and offset (§2.2.1).
+    pub periods: TimePeriodConfig,
+    /// `shared-rand-current-value` / `shared-rand-previous-value`.
+    pub shared_random: SharedRandom,
+    /// `hsdir_n_replicas`, `hsdir_spread_store`.
+    pub params: HsDirParams,
+    /// Every relay with an ed25519 identity and whether it has the HSDir flag.
+    pub hsdirs: Vec<HsDirRelay>,
+    /// Relays usable as introduction points.
+    pub intro_candidates: Vec<IntroCandidate>,
+}
+
+/// One introduction point of the publisher (stable across circuit rebuilds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IntroId(pub u64);
+
+/// One upload request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(pub u64);
+
+/// Something the embedder must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishAction {
+    /// Build a circuit whose last hop is `relay` (a 3-hop internal circuit), then call
+    /// [`Publisher::intro_circuit_built`] with its last hop's `KH` and send the returned
+    /// ESTABLISH_INTRO; or report [`Publisher::intro_circuit_closed`] on failure.
+    BuildIntroCircuit {
+        /// Which intro point.
+        intro: IntroId,
+        /// Its relay.
+        relay: RelayId,
+    },
+    /// Close the circuit of this intro point (rotated out, or given up); no report expected.
+    CloseIntroCircuit {
+        /// Which intro point.
+        intro: IntroId,
+    },
+    /// POST `descriptor` to HSDir `hsdir` ([`crate::service::UPLOAD_PATH`], over an anonymous
+    /// circuit, §2.2.6), then report [`Publisher::upload_result`].
+    Upload {
+        /// Which upload (for the report).
+        upload: UploadId,
+        /// The HSDir.
+        hsdir: RelayId,
+        /// The time period the descriptor is for.
+        period: TimePeriod,
+        /// Its revision counter.
+        revision: u64,
+        /// The descriptor text.
+        descriptor: Arc<str>,
+    },
+}
+
+/// Publisher errors (reports the publisher cannot place).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// No such (current) introduction point: never existed, or rotated out and removed.
+    #[error("no introduction point {0:?}")]
+    UnknownIntro(IntroId),
+    /// The intro point is not waiting for this report (e.g. a circuit built twice).
+    #[error("introduction point {0:?} did not expect this report")]
+    UnexpectedReport(IntroId),
+    /// The service failed (ESTABLISH_INTRO, INTRODUCE2, descriptor build).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Where an intro point's circuit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntroState {
+    /// [`PublishAction::BuildIntroCircuit`] was emitted; waiting for the circuit.
+    Building,
+    /// ESTABLISH_INTRO was handed out; waiting for INTRO_ESTABLISHED.
+    Establishing,
+    /// INTRO_ESTABLISHED arrived.
+    Established,
+    /// The circuit failed or closed; rebuilt at `retry_at` (Unix seconds).
+    Waiting {
+        /// When the next circuit is launched.
+        retry_at: u64,
+    },
+}
+
+/// A read-only view of one introduction point, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroInfo {
+    /// Its id.
+    pub id: IntroId,
+    /// Its relay.
+    pub relay: RelayId,
+    /// Its circuit's state.
+    pub state: IntroState,
+    /// Rotated out: no longer in new descriptors, closed once those are uploaded.
+    pub retired: bool,
+    /// INTRODUCE2 cells received.
+    pub introduce2: u32,
+    /// When it rotates out by age (Unix seconds).
+    pub expires_at: u64,
+    /// How many INTRODUCE2 cells rotate it out.
+    pub max_introduce2: u32,
+}
+
+struct Intro {
+    id: IntroId,
+    /// Index in [`HsService`].
+    index: usize,
+    relay: RelayId,
+    state: IntroState,
+    /// Consecutive circuit failures.
+    failures: u32,
+    expires_at: u64,
+    max_introduce2: u32,
+    introduce2: u32,
+    /// Descriptor generation current when it was retired; `None` while active.
+    retired_gen: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadState {
+    /// To be sent at `at`; `attempts` already failed.
+    Pending {
+        at: u64,
+        attempts: u32,
+    },
+    InFlight {
+        id: UploadId,
+        attempts: u32,
+    },
+    Done,
+    GaveUp,
+}
+
+impl UploadState {
+    /// Whether the first attempt for the current descriptor is still outstanding.
+    fn first_round_open(self) -> bool {
+        matches!(
+            self,
+            UploadState::Pending { attempts: 0, .. } | UploadState::InFlight { attempts: 0, .. }
+        )
+    }
+}
+
+/// One upload slot (§2.2.4.2: first or second descriptor).
+struct Slot {
+    selector: RingSelector,
+    /// Responsible HSDirs and how the upload to each stands.
+    hsdirs: Vec<(RelayId, UploadState)>,
+    /// The descriptor last built for this slot.
+    text: Option<Arc<str>>,
+    revision: u64,
+    /// Generation of that build (a publisher-wide counter).
+    built_gen: u64,
+    /// Intro points in that build.
+    built_intros: Vec<IntroId>,
+    /// Rebuild needed regardless of intro points (new HSDirs, new SRV).
+    dirty: bool,
+    /// When the periodic re-upload is due (§2.2.2).
+    next_reupload: u64,
+}
+
+/// The publishing state machine. See the module documentation.
+pub struct Publisher {
+    hs: HsService,
+    config: PublisherConfig,
+    view: Option<ConsensusView>,
+    intros: Vec<Intro>,
+    slots: Vec<Slot>,
+    actions: VecDeque<PublishAction>,
+    next_id: u64,
+    generation: u64,
+    /// Launch times within the current rate-limit window.
+    launches: VecDeque<u64>,
+    /// Relays recently given up on, and until when they are avoided.
+    failed_relays: Vec<(RelayId, u64)>,
+    /// Uploads in flight: id → (slot period, HSDir).
+    in_flight: Vec<(UploadId, TimePeriod, RelayId)>,
+    /// Since when a descriptor is wanted but not all intro points are established.
+    waiting_since: Option<u64>,
+}
+
+fn rand_between(rng: &mut impl CryptoRngCore, (lo, hi): (u64, u64)) -> u64 {
+    let (lo, hi) = (lo.min(hi), lo.max(hi));
+    match (hi - lo).checked_add(1) {
+        Some(span) => lo + rng.next_u64() % span,
+        None => rng.next_u64(),
+    }
+}
+
+impl Publisher {
+    /// A publisher for `hs` (whose own configuration gives client authorization and
+    /// descriptor lifetime). `config.intro_points` is clamped to 1..=[`MAX_INTRO_POINTS`].
+    pub fn new(hs: HsService, mut config: PublisherConfig) -> Self {
+        config.intro_points = config.intro_points.clamp(1, MAX_INTRO_POINTS);
+        Publisher {
+            hs,
+            config,
+            view: None,
+            intros: Vec::new(),
+            slots: Vec::new(),
+            actions: VecDeque::new(),
+            next_id: 0,
+            generation: 0,
+            launches: VecDeque::new(),
+            failed_relays: Vec::new(),
+            in_flight: Vec::new(),
+            waiting_since: None,
+        }
+    }
+
+    /// The service (address, keys).
+    pub fn service(&self) -> &HsService {
+        &self.hs
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
+    /// The introduction points, active and retired.
+    pub fn intro_points(&self) -> Vec<IntroInfo> {
+        self.intros
+            .iter()
+            .map(|i| IntroInfo {
+                id: i.id,
+                relay: i.relay,
+                state: i.state,
+                retired: i.retired_gen.is_some(),
+                introduce2: i.introduce2,
+                expires_at: i.expires_at,
+                max_introduce2: i.max_introduce2,
+            })
+            .collect()
+    }
+
+    /// The periods of the current upload slots, with the revision last built for each
+    /// (`None` before the first build).
+    pub fn slots(&self) -> Vec<(TimePeriod, Option<u64>)> {
+        self.slots
+            .iter()
+            .map(|s| (s.selector.period, s.text.as_ref().map(|_| s.revision)))
+            .collect()
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<PublishAction> {
+        self.actions.pop_front()
+    }
+
+    /// A new consensus: recompute the upload slots (§2.2.4.2) and their responsible HSDirs
+    /// (§2.2.3). A slot whose period is new, or whose SRV or HSDirs changed, is rebuilt and
+    /// uploaded; intro points whose relay left the candidates are rotated out.
+    pub fn set_consensus(&mut self, rng: &mut impl CryptoRngCore, view: ConsensusView, now: u64) {
+        let selectors = view
+            .shared_random
+            .service_upload(&view.periods, view.valid_after);
+        let mut old = std::mem::take(&mut self.slots);
+        for sel in selectors {
+            let hsdirs: Vec<RelayId> = self
+                .hs
+                .hsdirs_to_upload(&view.hsdirs, &sel, &view.params)
+                .into_iter()
+                .filter_map(|pos| view.hsdirs.get(pos).map(|r| r.rsa_id))
+                .collect();
+            let slot = match old.iter().position(|s| s.selector.period == sel.period) {
+                Some(i) => {
+                    let mut s = old.swap_remove(i);
+                    let mut a: Vec<RelayId> = s.hsdirs.iter().map(|h| h.0).collect();
+                    let mut b = hsdirs.clone();
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    if s.selector.srv != sel.srv || a != b {
+                        s.selector = sel;
+                        s.hsdirs = hsdirs.into_iter().map(|h| (h, UploadState::Done)).collect();
+                        s.dirty = true;
+                    }
+                    s
+                }
+                None => Slot {
+                    selector: sel,
+                    hsdirs: hsdirs.into_iter().map(|h| (h, UploadState::Done)).collect(),
+                    text: None,
+                    revision: 0,
+                    built_gen: 0,
+                    built_intros: Vec::new(),
+                    dirty: true,
+                    next_reupload: now,
+                },
+            };
+            self.slots.push(slot);
+        }
+        // Uploads for slots that are gone (or whose HSDirs changed) are stale now.
+        let slots = &self.slots;
+        self.in_flight.retain(|(id, period, hsdir)| {
+            slots.iter().any(|s| {
+                s.selector.period == *period
+                    && s.hsdirs.iter().any(|(h, st)| {
+                        h == hsdir && matches!(st, UploadState::InFlight { id: i, .. } if i == id)
+                    })
+            })
+        });
+        // Intro points on relays that left the consensus (or no longer qualify) rotate out.
+        self.retire_where(|ip| !view.intro_candidates.iter().any(|c| c.rsa_id == ip.relay));
+        self.view = Some(view);
+        self.step(rng, now);
+    }
+
+    /// The circuit for `intro` is built; `circuit_kh` is its last hop's `KH` (tor-spec §5.2).
+    /// Returns the ESTABLISH_INTRO body to send on it (§3.1.1).
+    pub fn intro_circuit_built(
+        &mut self,
+        intro: IntroId,
+        circuit_kh: &[u8],
+    ) -> Result<Vec<u8>, PublishError> {
+        let k = self.find(intro)?;
+        if self.intros[k].state != IntroState::Building {
+            return Err(PublishError::UnexpectedReport(intro));
+        }
+        let body = self.hs.establish_intro(self.intros[k].index, circuit_kh)?;
+        self.intros[k].state = IntroState::Establishing;
+        Ok(body)
+    }
+
+    /// INTRO_ESTABLISHED arrived for `intro` (§3.1.3).
+    pub fn intro_established(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        intro: IntroId,
+        now: u64,
+    ) -> Result<(), PublishError> {
+        let k = self.find(intro)?;
+        if self.intros[k].state != IntroState::Establishing {
+            return Err(PublishError::UnexpectedReport(intro));
+        }
+        self.hs.handle_intro_established(self.intros[k].index)?;
+        self.intros[k].state = IntroState::Established;
+        self.intros[k].failures = 0;
+        self.step(rng, now);
+        Ok(())
+    }
+
+    /// The circuit of `intro` failed to build, was refused, or closed after being
+    /// established. It is rebuilt to the same relay after a backoff, or, after
+    /// [`PublisherConfig::intro_circuit_retries`] consecutive failures, the point is dropped
+    /// and another relay picked. A report for a retired point removes it.
+    pub fn intro_circuit_closed(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        intro: IntroId,
+        now: u64,
+    ) -> Result<(), PublishError> {
+        let k = self.find(intro)?;
+        let ip = &mut self.intros[k];
+        if matches!(ip.state, IntroState::Waiting { .. }) {
+            return Err(PublishError::UnexpectedReport(intro));
+        }
+        self.hs.handle_intro_closed(ip.index)?;
+        ip.failures = ip.failures.saturating_add(1);
+        if ip.retired_gen.is_some() || ip.failures >= self.config.intro_circuit_retries {
+            if ip.retired_gen.is_none() {
+                let until = now.saturating_add(self.config.failed_relay_exclusion_secs);
+                self.failed_relays.push((ip.relay, until));
+            }
+            self.remove(k, false);
+        } else {
+            let shift = ip.failures.saturating_sub(1).min(16);
+            let delay = self.config.intro_retry_base_secs.saturating_mul(1 << shift);
+            ip.state = IntroState::Waiting {
+                retry_at: now.saturating_add(delay),
+            };
+        }
+        self.step(rng, now);
+        Ok(())
+    }
+
+    /// An INTRODUCE2 arrived on `intro`'s circuit: counted towards rotation, then handed to
+    /// [`HsService::handle_introduce2`] (replay check, decryption, hs-ntor; §3.3).
+    pub fn handle_introduce2(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        intro: IntroId,
+        body: &[u8],
+        now: u64,
+    ) -> Result<RendezvousRequest, PublishError> {
+        let k = self.find(intro)?;
+        self.intros[k].introduce2 = self.intros[k].introduce2.saturating_add(1);
+        let index = self.intros[k].index;
+        let r = self.hs.handle_introduce2(rng, index, body);
+        self.step(rng, now);
+        Ok(r?)
+    }
+
+    /// How the upload `upload` ended. Failures are retried with backoff (up to
+    /// [`PublisherConfig::upload_attempts`]); reports for superseded descriptors are ignored.
+    pub fn upload_result(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        upload: UploadId,
+        ok: bool,
+        now: u64,
+    ) {
+        if let Some(pos) = self.in_flight.iter().position(|u| u.0 == upload) {
+            let (_, period, hsdir) = self.in_flight.swap_remove(pos);
+            let cfg = &self.config;
+            let st = self
+                .slots
+                .iter_mut()
+                .filter(|s| s.selector.period == period)
+                .flat_map(|s| s.hsdirs.iter_mut())
+                .find(|(h, _)| *h == hsdir);
+            if let Some((_, st)) = st {
+                if let UploadState::InFlight { id, attempts } = *st {
+                    if id == upload {
+                        *st = if ok {
+                            UploadState::Done
+                        } else if attempts.saturating_add(1) >= cfg.upload_attempts {
+                            UploadState::GaveUp
+                        } else {
+                            let shift = attempts.min(16);
+                            let delay = cfg
+                                .upload_retry_base_secs
+                                .saturating_mul(1 << shift)
+                                .min(cfg.upload_retry_max_secs);
+                            UploadState::Pending {
+                                at: now.saturating_add(delay),
+                                attempts: attempts + 1,
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        self.step(rng, now);
+    }
+
+    /// When [`Publisher::handle_timeout`] should be called next (Unix seconds), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        let launch_free = self.launch_free_at();
+        for ip in &self.intros {
+            if ip.retired_gen.is_none() {
+                at(ip.expires_at);
+                if let IntroState::Waiting { retry_at } = ip.state {
+                    at(retry_at.max(launch_free));
+                }
+            }
+        }
+        if self.view.is_some() && self.active() < self.config.intro_points && self.can_pick() {
+            at(launch_free);
+        }
+        for s in &self.slots {
+            if s.text.is_some() {
+                at(s.next_reupload);
+            }
+            for (_, st) in &s.hsdirs {
+                if let UploadState::Pending { at: x, .. } = st {
+                    at(*x);
+                }
+            }
+        }
+        if let Some(w) = self.waiting_since {
+            at(w.saturating_add(self.config.publish_grace_secs));
+        }
+        t
+    }
+
+    /// Time passed: rotate, relaunch, rebuild, re-upload as due.
+    pub fn handle_timeout(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+        self.step(rng, now);
+    }
+
+    fn find(&self, intro: IntroId) -> Result<usize, PublishError> {
+        self.intros
+            .iter()
+            .position(|i| i.id == intro)
+            .ok_or(PublishError::UnknownIntro(intro))
+    }
+
+    /// Active (not retired) intro points.
+    fn active(&self) -> usize {
+        self.intros
+            .iter()
+            .filter(|i| i.retired_gen.is_none())
+            .count()
+    }
+
+    /// When the launch rate limit next allows a launch.
+    fn launch_free_at(&self) -> u64 {
+        let limit = usize::try_from(self.config.intro_launches_per_window).unwrap_or(usize::MAX);
+        if self.launches.len() < limit.max(1) {
+            return 0;
+        }
+        self.launches.front().map_or(0, |t| {
+            t.saturating_add(self.config.intro_launch_window_secs)
+        })
+    }
+
+    fn can_pick(&self) -> bool {
+        self.view.as_ref().is_some_and(|v| {
+            v.intro_candidates
+                .iter()
+                .any(|c| !self.intros.iter().any(|i| i.relay == c.rsa_id))
+        })
+    }
+
+    fn launch(&mut self, k: usize, now: u64) {
+        self.launches.push_back(now);
+        let ip = &mut self.intros[k];
+        ip.state = IntroState::Building;
+        self.actions.push_back(PublishAction::BuildIntroCircuit {
+            intro: ip.id,
+            relay: ip.relay,
+        });
+    }
+
+    /// Rotate out every active intro point for which `pred` holds.
+    fn retire_where(&mut self, pred: impl Fn(&Intro) -> bool) {
+        let mut k = 0;
+        while k < self.intros.len() {
+            let before = self.intros.len();
+            if self.intros[k].retired_gen.is_none() && pred(&self.intros[k]) {
+                self.retire(k);
+            }
+            if self.intros.len() == before {
+                k += 1;
+            }
+        }
+    }
+
+    /// Rotate intro point `k` out of new descriptors (kept until those are uploaded).
+    fn retire(&mut self, k: usize) {
+        let ip = &mut self.intros[k];
+        if ip.state == IntroState::Established {
+            ip.retired_gen = Some(self.generation);
+            let _ = self.hs.retire_intro_point(ip.index);
+        } else {
+            // Not serving clients anyway: drop it now.
+            self.remove(k, true);
+        }
+    }
+
+    fn remove(&mut self, k: usize, close: bool) {
+        let ip = self.intros.remove(k);
+        let _ = self.hs.remove_intro_point(ip.index);
+        if close && !matches!(ip.state, IntroState::Waiting { .. }) {
+            self.actions
+                .push_back(PublishAction::CloseIntroCircuit { intro: ip.id });
+        }
+    }
+
+    /// Pick a new intro relay: not in use, preferably not recently failed.
+    fn pick(&self, rng: &mut impl CryptoRngCore) -> Option<IntroCandidate> {
+        let view = self.view.as_ref()?;
+        let unused: Vec<&IntroCandidate> = view
+            .intro_candidates
+            .iter()
+            .filter(|c| !self.intros.iter().any(|i| i.relay == c.rsa_id))
+            .collect();
+        let fresh: Vec<&IntroCandidate> = unused
+            .iter()
+            .copied()
+            .filter(|c| !self.failed_relays.iter().any(|f| f.0 == c.rsa_id))
+            .collect();
+        let pool = if fresh.is_empty() { unused } else { fresh };
+        let n = u64::try_from(pool.len()).ok().filter(|&n| n > 0)?;
+        let i = usize::try_from(rng.next_u64() % n).ok()?;
+        pool.get(i).map(|c| (*c).clone())
+    }
+
+    fn step(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+        if self.view.is_none() {
+            return;
+        }
+        let window = self.config.intro_launch_window_secs;
+        while self
+            .launches
+            .front()
+            .is_some_and(|&t| t.saturating_add(window) <= now)
+        {
+            self.launches.pop_front();
+        }
+        self.failed_relays.retain(|f| f.1 > now);
+
+        // 1. Rotation by age or by INTRODUCE2 count.
+        self.retire_where(|ip| now >= ip.expires_at || ip.introduce2 >= ip.max_introduce2);
+
+        // 2. Relaunch waiting circuits, then add intro points up to the target, within the
+        // launch rate limit.
+        for k in 0..self.intros.len() {
+            if let IntroState::Waiting { retry_at } = self.intros[k].state {
+                if retry_at <= now && self.launch_free_at() <= now {
+                    self.launch(k, now);
+                }
+            }
+        }
+        while self.active() < self.config.intro_points && self.launch_free_at() <= now {
+            let Some(c) = self.pick(rng) else { break };
+            let index = self
+                .hs
+                .add_intro_point(rng, c.link_specifiers.clone(), c.onion_key);
+            let id = IntroId(self.next_id);
+            self.next_id += 1;
+            let lifetime = rand_between(rng, self.config.intro_lifetime_secs);
+            let (lo, hi) = self.config.intro_max_introduce2;
+            let max_introduce2 =
+                u32::try_from(rand_between(rng, (u64::from(lo), u64::from(hi)))).unwrap_or(hi);
+            self.intros.push(Intro {
+                id,
+                index,
+                relay: c.rsa_id,
+                state: IntroState::Building,
+                failures: 0,
+                expires_at: now.saturating_add(lifetime),
+                max_introduce2,
+                introduce2: 0,
+                retired_gen: None,
+            });
+            let k = self.intros.len() - 1;
+            self.launch(k, now);
+        }
+
+        // 3. Descriptors: rebuild slots that need it once intro points are ready.
+        let in_desc: Vec<IntroId> = self
+            .intros
+            .iter()
+            .filter(|i| i.retired_gen.is_none() && i.state == IntroState::Established)
+            .map(|i| i.id)
+            .collect();
+        let wanted = self.slots.iter().any(|s| {
+            s.text.is_none() || s.dirty || s.built_intros != in_desc || now >= s.next_reupload
+        });
+        let all = in_desc.len() >= self.config.intro_points;
+        if wanted && !all {
+            self.waiting_since.get_or_insert(now);
+        } else {
+            self.waiting_since = None;
+        }
+        let grace_over = self
+            .waiting_since
+            .is_some_and(|w| now >= w.saturating_add(self.config.publish_grace_secs));
+        let ready = !in_desc.is_empty() && (all || grace_over);
+        if ready {
+            for si in 0..self.slots.len() {
+                let s = &self.slots[si];
+                if !(s.text.is_none()
+                    || s.dirty
+                    || s.built_intros != in_desc
+                    || now >= s.next_reupload)
+                {
+                    continue;
+                }
+                let period = s.selector.period;
+                // A failure here is a local bug (e.g. no intro points); try again later.
+                let Ok(text) = self.hs.build_descriptor(rng, period, now) else {
+                    continue;
+                };
+                self.generation += 1;
+                let reupload = rand_between(rng, self.config.reupload_secs);
+                let s = &mut self.slots[si];
+                s.text = Some(Arc::from(text));
+                s.revision = self.hs.revision();
+                s.built_gen = self.generation;
+                s.built_intros = in_desc.clone();
+                s.dirty = false;
+                s.next_reupload = now.saturating_add(reupload);
+                for (_, st) in &mut s.hsdirs {
+                    *st = UploadState::Pending {
+                        at: now,
+                        attempts: 0,
+                    };
+                }
+            }
+            self.waiting_since = None;
+        }
+
+        // 4. Uploads that are due.
+        for s in &mut self.slots {
+            let Some(text) = &s.text else { continue };
+            for (h, st) in &mut s.hsdirs {
+                if let UploadState::Pending { at, attempts } = *st {
+                    if at <= now {
+                        let id = UploadId(self.next_id);
+                        self.next_id += 1;
+                        *st = UploadState::InFlight { id, attempts };
+                        self.in_flight.push((id, s.selector.period, *h));
+                        self.actions.push_back(PublishAction::Upload {
+                            upload: id,
+                            hsdir: *h,
+                            period: s.selector.period,
+                            revision: s.revision,
+                            descriptor: text.clone(),
+                        });
+                    }
+                }
+            }
+        }
+
+        // 5. Retired intro points whose replacement descriptors reached every HSDir (each
+        // upload of the first round answered) are closed.
+        let slots = &self.slots;
+        let published_after = |g: u64| {
+            !slots.is_empty()
+                && slots.iter().all(|s| {
+                    s.text.is_some()
+                        && s.built_gen > g
+                        && !s.hsdirs.iter().any(|(_, st)| st.first_round_open())
+                })
+        };
+        let done: Vec<usize> = self
+            .intros
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.retired_gen.is_some_and(published_after))
+            .map(|(k, _)| k)
+            .collect();
+        for k in done.into_iter().rev() {
+            self.remove(k, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rand_between_stays_in_range() {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([7; 32]);
+        for _ in 0..1000 {
+            let x = rand_between(&mut rng, (10, 12));
+            assert!((10..=12).contains(&x));
+        }
+        assert_eq!(rand_between(&mut rng, (5, 5)), 5);
+        let _ = rand_between(&mut rng, (0, u64::MAX));
+    }
+}
