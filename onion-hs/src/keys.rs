@@ -350,6 +350,27 @@ impl core::fmt::Debug for Subcredential {
     }
 }
 
+/// Parse an authorized client's public key (`KP_hsc_desc_enc`, x25519) as C tor stores it in
+/// a service's `authorized_clients/<name>.auth`: `descriptor:x25519:<base32 key>` (rend-spec-v3
+/// §1.9.1 \[CLIENT-AUTH\]; the key is 52 base32 characters, either case). Surrounding
+/// whitespace is ignored.
+pub fn parse_authorized_client(text: &str) -> Result<x25519_dalek::PublicKey, KeyError> {
+    let key = text
+        .trim()
+        .strip_prefix("descriptor:x25519:")
+        .ok_or(KeyError::BadKeyFile(
+            "expected descriptor:x25519:<base32 key>",
+        ))?;
+    let bytes: [u8; 32] = (key.len() == 52)
+        .then(|| data_encoding::BASE32_NOPAD.decode(key.to_ascii_uppercase().as_bytes()))
+        .and_then(Result::ok)
+        .and_then(|v| v.try_into().ok())
+        .ok_or(KeyError::BadKeyFile(
+            "authorized client key is not 32 bytes of base32",
+        ))?;
+    Ok(x25519_dalek::PublicKey::from(bytes))
+}
+
 /// Parse a client authorization secret key (`KS_hsc_desc_enc`, x25519) as C tor stores it in
 /// `ClientOnionAuthDir/*.auth_private`: `<address>:descriptor:x25519:<base32 key>`, or the
 /// bare base32 (52 characters), hex (64) or base64 (43/44) key. Returns the key and, for the

@@ -309,6 +309,9 @@ pub struct Publisher {
     in_flight: Vec<(UploadId, TimePeriod, RelayId)>,
     /// Since when a descriptor is wanted but not all intro points are established.
     waiting_since: Option<u64>,
+    /// The time of the last step: timers already past then wait for something else (intro
+    /// points), so [`Publisher::poll_timeout`] leaves them out instead of asking for a spin.
+    last_now: u64,
 }
 
 fn rand_between(rng: &mut impl CryptoRngCore, (lo, hi): (u64, u64)) -> u64 {
@@ -337,6 +340,7 @@ impl Publisher {
             failed_relays: Vec::new(),
             in_flight: Vec::new(),
             waiting_since: None,
+            last_now: 0,
         }
     }
 
@@ -582,8 +586,9 @@ impl Publisher {
         if self.view.is_some() && self.active() < self.config.intro_points && self.can_pick() {
             at(launch_free);
         }
+        let last = self.last_now;
         for s in &self.slots {
-            if s.text.is_some() {
+            if s.text.is_some() && s.next_reupload > last {
                 at(s.next_reupload);
             }
             for (_, st) in &s.hsdirs {
@@ -593,7 +598,10 @@ impl Publisher {
             }
         }
         if let Some(w) = self.waiting_since {
-            at(w.saturating_add(self.config.publish_grace_secs));
+            let t = w.saturating_add(self.config.publish_grace_secs);
+            if t > last {
+                at(t);
+            }
         }
         t
     }
@@ -705,6 +713,7 @@ impl Publisher {
         if self.view.is_none() {
             return;
         }
+        self.last_now = self.last_now.max(now);
         let window = self.config.intro_launch_window_secs;
         while self
             .launches

@@ -334,3 +334,41 @@ fn builder_rejects_bad_arguments() {
     b.other_lines = vec!["two\nlines".into()];
     assert!(matches!(b.build(&mut rng), Err(DescError::Build(_))));
 }
+
+#[test]
+fn tor_client_auth_files_pair_up() {
+    // A service's `authorized_clients/alice.auth` and the client's `alice.auth_private`, as
+    // C tor writes them (base32 of the x25519 keys), authorize and decrypt a descriptor.
+    let alice = StaticSecret::from([5u8; 32]);
+    let b32 = |k: &[u8]| data_encoding::BASE32_NOPAD.encode(k);
+    let auth = format!(
+        "descriptor:x25519:{}\n",
+        b32(XPublic::from(&alice).as_bytes())
+    );
+    let public = onion_hs::keys::parse_authorized_client(&auth).unwrap();
+    assert_eq!(public, XPublic::from(&alice));
+    assert_eq!(
+        onion_hs::keys::parse_authorized_client(&auth.to_lowercase()).unwrap(),
+        public
+    );
+    let b = build(3, 1, 9, &[public]);
+    let private = format!(
+        "{}:descriptor:x25519:{}",
+        b.id.id_key().address().encode(),
+        b32(&alice.to_bytes())
+    );
+    let (sk, addr) = onion_hs::keys::parse_client_auth_key(&private).unwrap();
+    assert_eq!(addr, Some(b.id.id_key().address()));
+    check_round_trip(&b, Some(&sk));
+    for bad in [
+        "descriptor:x25519:",
+        "descriptor:ed25519:AAAA",
+        &auth[..auth.len() - 3],
+        &format!("descriptor:x25519:{}1", &b32(&[0; 32])[..51]),
+    ] {
+        assert!(
+            onion_hs::keys::parse_authorized_client(bad).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -1,7 +1,13 @@
-//! `onion serve --target 127.0.0.1:PORT --key-dir DIR [--port VIRTPORT] [--authorities FILE]
-//! [--data-dir DIR] [--timeout SECS]`: host a v3 onion service whose streams to VIRTPORT
-//! (default 80) are forwarded to the local TCP port, as C tor's
-//! `HiddenServicePort VIRTPORT 127.0.0.1:PORT`.
+//! `onion serve --target 127.0.0.1:PORT --key-dir DIR [--port VIRTPORT]
+//! [--client-auth FILE|DIR]... [--authorities FILE] [--data-dir DIR] [--timeout SECS]`: host
+//! a v3 onion service whose streams to VIRTPORT (default 80) are forwarded to the local TCP
+//! port, as C tor's `HiddenServicePort VIRTPORT 127.0.0.1:PORT`.
+//!
+//! `--client-auth` (repeatable) restricts the service to authorized clients (rend-spec-v3
+//! §1.9.1, §2.5.1): each FILE, or each `*.auth` file in DIR (C tor's
+//! `authorized_clients/`), holds `descriptor:x25519:<base32 public key>`; only the holders of
+//! the matching private keys (`onion get --client-key`, C tor's `ClientOnionAuthDir`) can
+//! decrypt the descriptor.
 //!
 //! The identity key is read from, or created in, DIR in C tor's formats
 //! (`hs_ed25519_secret_key`, `hs_ed25519_public_key`, `hostname`), so a C tor service
@@ -14,7 +20,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use onion_hs::desc::ClientAuthConfig;
+use onion_hs::publish::{Publisher, PublisherConfig};
 use onion_hs::service::{HsService, HsServiceConfig};
+use onion_hs::x25519_dalek::PublicKey as XPublic;
 use onion_hs::ExpandedKeypair;
 use rand_core::OsRng;
 
@@ -24,7 +33,8 @@ use crate::net::path;
 use crate::net::service::Service;
 
 const USAGE: &str = "usage: onion serve --target ADDR:PORT --key-dir DIR [--port VIRTPORT] \
-                     [--authorities FILE] [--data-dir DIR] [--timeout SECS]";
+                     [--client-auth FILE|DIR]... [--authorities FILE] [--data-dir DIR] \
+                     [--timeout SECS]";
 
 const SECRET_FILE: &str = "hs_ed25519_secret_key";
 const SECRET_HEADER: &[u8; 32] = b"== ed25519v1-secret: type0 ==\0\0\0";
@@ -33,6 +43,7 @@ const PUBLIC_HEADER: &[u8; 32] = b"== ed25519v1-public: type0 ==\0\0\0";
 /// Run the subcommand.
 pub fn run(args: &[String]) -> Result<(), String> {
     let (mut target, mut key_dir, mut port) = (None, None, 80u16);
+    let mut clients: Vec<XPublic> = Vec::new();
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -52,6 +63,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 target = Some(t);
             }
             "--key-dir" => key_dir = Some(value()?.clone()),
+            "--client-auth" => clients.extend(read_client_auth(Path::new(value()?))?),
             "--port" => {
                 let v = value()?;
                 port = v
@@ -74,7 +86,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // A target that is not listening is almost surely a typo: say so now, not per stream.
     TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("--target {target}: {e}"))?;
-    let hs = HsService::new(identity, HsServiceConfig::default());
+    let n_clients = clients.len();
+    let hs_config = HsServiceConfig {
+        client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
+        ..HsServiceConfig::default()
+    };
+    let hs = HsService::new(identity, hs_config);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", hs.address())
         .and_then(|_| out.flush())
@@ -85,11 +102,42 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let dir = opts.bootstrap(&mut client)?;
     let testing = path::is_testing_network(&opts.auths);
     let config = path::path_config(&opts.auths);
-    let mut service = Service::new(hs, dir, config, testing, target, port);
-    service.establish_intro_points(&mut client)?;
-    let republish = service.publish(&mut client)?;
-    eprintln!("onion: service published; forwarding port {port} to {target}");
-    service.serve(&mut client, republish, &|c| opts.bootstrap(c))
+    if n_clients > 0 {
+        eprintln!("onion: client authorization: {n_clients} authorized client(s)");
+    }
+    let publisher = Publisher::new(hs, PublisherConfig::default());
+    let mut service = Service::new(publisher, dir, config, testing, target, port);
+    service.run(&mut client, &|c| opts.bootstrap(c))
+}
+
+/// Authorized clients' public keys from a `<name>.auth` file, or from every `*.auth` file of a
+/// directory (C tor's `authorized_clients/`), in file-name order.
+fn read_client_auth(path: &Path) -> Result<Vec<XPublic>, String> {
+    let p = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("--client-auth {p}: {e}"))?;
+    let files = if meta.is_dir() {
+        let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("--client-auth {p}: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "auth"))
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return Err(format!("--client-auth {p}: no *.auth files"));
+        }
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("--client-auth {}: {e}", f.display()))?;
+            onion_hs::keys::parse_authorized_client(&text)
+                .map_err(|e| format!("--client-auth {}: {e}", f.display()))
+        })
+        .collect()
 }
 
 /// The identity key in `dir` (C tor's `hs_ed25519_secret_key`), or a new one written there
@@ -178,6 +226,31 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn client_auth_files_and_directories() {
+        let d = tmp("auth");
+        std::fs::create_dir_all(&d).unwrap();
+        // base32 of 32 bytes of 0x01 and of 0x02 (Python's base64.b32encode).
+        let b32 = [
+            "AEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQ",
+            "aibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaiba",
+        ];
+        let keys = [XPublic::from([1u8; 32]), XPublic::from([2u8; 32])];
+        for (name, k) in ["alice", "bob"].iter().zip(b32) {
+            let text = format!("descriptor:x25519:{k}\n");
+            std::fs::write(d.join(format!("{name}.auth")), text).unwrap();
+        }
+        std::fs::write(d.join("notes.txt"), "ignored").unwrap();
+        assert_eq!(read_client_auth(&d).unwrap(), keys);
+        assert_eq!(read_client_auth(&d.join("bob.auth")).unwrap(), keys[1..]);
+        std::fs::write(d.join("carol.auth"), "descriptor:x25519:nonsense").unwrap();
+        let e = read_client_auth(&d).unwrap_err();
+        assert!(e.contains("carol.auth") && !e.contains('\n'), "{e}");
+        let e = read_client_auth(&d.join("missing.auth")).unwrap_err();
+        assert!(e.starts_with("--client-auth "), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

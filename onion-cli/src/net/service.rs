@@ -1,16 +1,20 @@
-//! Hosting a v3 onion service (rend-spec-v3 §2.2.4.2, §3.1, §3.3, §4.2), driving
-//! `onion_hs::service::HsService` over circuits built by [`super::path::build`].
+//! Hosting a v3 onion service (rend-spec-v3 §2.2.4.2, §3.1, §3.3, §4.2): the worked example
+//! of driving `onion_hs::publish::Publisher` (which owns `onion_hs::service::HsService`) over
+//! circuits built by [`super::path::build`].
 //!
-//! 1. Introduction points: a 3-hop circuit to each of [`INTRO_POINTS`] relays, then
-//!    ESTABLISH_INTRO MACed with the last hop's `KH` (`Circuit::hop_kh`); INTRO_ESTABLISHED
-//!    must come back.
-//! 2. Descriptors for both upload slots (current and next time period; a testing network's
-//!    period is 24 voting intervals, as C tor's `TestingTorNetwork`) are POSTed over
-//!    BEGIN_DIR to every responsible HSDir.
-//! 3. Then [`Service::serve`] loops: an INTRODUCE2 on an introduction circuit is decrypted, a
-//!    3-hop circuit is built to the client's rendezvous point, RENDEZVOUS1 is sent, the
-//!    client's virtual hop is added and the circuit accepts RELAY_BEGIN; each stream is
-//!    spliced to a TCP connection to the target.
+//! [`Service::run`] is one loop:
+//! 1. Every few voting intervals a fresh directory comes from `refresh` and becomes a
+//!    [`ConsensusView`] for the publisher (HSDirs with the ring inputs, relays usable as
+//!    introduction points, SRVs, valid-after, the time-period parameters; a testing network's
+//!    period is 24 voting intervals, as C tor's `TestingTorNetwork`).
+//! 2. The publisher's actions are carried out: a 3-hop circuit to an introduction point, then
+//!    its ESTABLISH_INTRO MACed with the last hop's `KH` (`Circuit::hop_kh`); a descriptor
+//!    POSTed over BEGIN_DIR to an HSDir; an introduction circuit closed. Outcomes go back to
+//!    the publisher, which decides about retries, rotation and re-uploads.
+//! 3. INTRO_ESTABLISHED, INTRODUCE2 and closed circuits on the introduction circuits are
+//!    reported; an INTRODUCE2 leads to a 3-hop circuit to the client's rendezvous point,
+//!    RENDEZVOUS1, the client's virtual hop, and streams spliced to TCP connections to the
+//!    target.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -20,13 +24,15 @@ use onion_cell::relaymsg::{EndReason, RelayMsg};
 use onion_cell::RelayCmd;
 use onion_circuit::circuit::CircEvent;
 use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
 use onion_dir::netview::{RelayIdx, RelayRecord};
-use onion_dir::path::{Exclusions, PathConfig, PathOptions, PathSelector};
+use onion_dir::path::{PathConfig, PathOptions, PathSelector};
 use onion_dir::{consensus, RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
 use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
+use onion_hs::publish::{ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher};
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
-use onion_hs::service::{HsService, UPLOAD_PATH};
+use onion_hs::service::UPLOAD_PATH;
 use onion_hs::TimePeriodConfig;
 use rand_core::OsRng;
 
@@ -36,8 +42,6 @@ use super::event::{ConnId, Input};
 use super::http;
 use super::path;
 
-/// How many introduction points the service keeps (C tor's default is 3).
-pub const INTRO_POINTS: usize = 3;
 /// How long one circuit build, ESTABLISH_INTRO or upload may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -53,26 +57,45 @@ struct Splice {
     eof: bool,
 }
 
+/// An introduction circuit.
+struct IntroCirc {
+    intro: IntroId,
+    circ: usize,
+    /// INTRO_ESTABLISHED arrived.
+    established: bool,
+    /// Until when INTRO_ESTABLISHED may take.
+    deadline: Instant,
+}
+
 /// A running onion service.
 pub struct Service {
-    hs: HsService,
+    publisher: Publisher,
     dir: Directory,
     config: PathConfig,
     testing: bool,
-    /// Introduction circuits: (introduction point index in `hs`, circuit).
-    intro_circs: Vec<(usize, usize)>,
+    intro_circs: Vec<IntroCirc>,
     /// Rendezvous circuits joined to a client.
     rend_circs: Vec<usize>,
     splices: Vec<Splice>,
     target: SocketAddr,
     virtual_port: u16,
+    /// Successful uploads so far (the first batch announces the service).
+    uploads_ok: u64,
+    announced: bool,
+}
+
+/// Seconds since the Unix epoch (the publisher's clock).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Service {
-    /// A service with identity `hs` over the verified directory `dir` (of a testing network
-    /// if `testing`), forwarding streams to `virtual_port` to `target`.
+    /// A service publishing through `publisher` over the verified directory `dir` (of a
+    /// testing network if `testing`), forwarding streams to `virtual_port` to `target`.
     pub fn new(
-        hs: HsService,
+        publisher: Publisher,
         dir: Directory,
         config: PathConfig,
         testing: bool,
@@ -80,7 +103,7 @@ impl Service {
         virtual_port: u16,
     ) -> Service {
         Service {
-            hs,
+            publisher,
             dir,
             config,
             testing,
@@ -89,6 +112,8 @@ impl Service {
             splices: Vec::new(),
             target,
             virtual_port,
+            uploads_ok: 0,
+            announced: false,
         }
     }
 
@@ -111,125 +136,158 @@ impl Service {
         Ok(path::build(client, &hops, deadline)?.0)
     }
 
-    /// Step 1: establish [`INTRO_POINTS`] introduction points (a relay that fails is
-    /// replaced, a few times).
-    pub fn establish_intro_points(&mut self, client: &mut Client) -> Result<(), String> {
-        let mut used: Vec<RsaIdentity> = Vec::new();
-        let mut failures = 0;
-        while self.intro_circs.len() < INTRO_POINTS {
-            let exclude = Exclusions::from_ids(&self.dir.view, used.iter());
-            let opts = PathOptions {
-                need_stable: true,
-                exclude: &exclude,
-                ..PathOptions::default()
-            };
-            let p = self
-                .selector()
-                .internal_path(3, None, None, &opts, &mut OsRng)
-                .map_err(|e| format!("introduction point: {e}"))?;
-            let ip = p
-                .records(&self.dir.view)
-                .last()
-                .ok_or("empty path")?
-                .clone();
-            used.push(ip.rsa_id);
-            match self.establish_intro(client, &ip) {
-                Ok(()) => eprintln!("onion: introduction point {} established", ip.nickname),
-                Err(e) if failures < 2 * INTRO_POINTS => {
-                    failures += 1;
-                    eprintln!("onion: introduction point {}: {e}", ip.nickname);
-                }
-                Err(e) => return Err(format!("introduction point {}: {e}", ip.nickname)),
-            }
-        }
-        Ok(())
-    }
-
-    fn establish_intro(&mut self, client: &mut Client, ip: &RelayRecord) -> Result<(), String> {
-        let idx = self
-            .dir
-            .view
-            .by_rsa_id(&ip.rsa_id)
-            .ok_or("not in consensus")?;
-        let onion_key = ip.ntor_onion_key.ok_or("no ntor onion key")?;
-        let c = self.circuit_to(client, idx)?;
-        let circ = &client.circs[c].circ;
-        let last = circ.n_hops() - 1;
-        let kh = *circ.hop_kh(last).ok_or("no KH for the last hop")?;
-        let i = self
-            .hs
-            .add_intro_point(&mut OsRng, link_specs(ip), onion_key);
-        let body = self
-            .hs
-            .establish_intro(i, &kh)
-            .map_err(|e| format!("ESTABLISH_INTRO: {e}"))?;
-        let deadline = client.deadline(STEP_TIMEOUT);
-        send(client, c, RelayCmd::ESTABLISH_INTRO, &body)?;
-        client.wait_msg(c, |m| matches!(m, RelayMsg::IntroEstablished(_)), deadline)?;
-        self.hs
-            .handle_intro_established(i)
-            .map_err(|e| e.to_string())?;
-        self.intro_circs.push((i, c));
-        Ok(())
-    }
-
-    /// Step 2: build and upload the descriptors of both upload slots to their HSDirs.
-    /// Fails only if no HSDir took one. Returns when to publish again: every 12 voting
-    /// intervals (half a testing network's time period), at most hourly, well within the
-    /// descriptors' 3-hour lifetime at the HSDirs (rend-spec-v3 §2.2.4.2, as C tor).
-    pub fn publish(&mut self, client: &mut Client) -> Result<Duration, String> {
+    /// What the publisher needs of the current directory, and how often to refresh it (a few
+    /// voting intervals, so that a new time period or SRV is seen soon).
+    fn consensus_view(&self) -> Result<(ConsensusView, Duration), String> {
         let cons = consensus::parse(&self.dir.consensus)
             .map_err(|e| format!("consensus: {e}"))?
             .assume_verified(); // verified by bootstrap
         let va = cons.valid_after.0;
         let interval = u32::try_from(cons.fresh_until.0.saturating_sub(va)).unwrap_or(3600);
-        let cfg = if self.testing {
+        let periods = if self.testing {
             TimePeriodConfig::testing_network(interval)
         } else {
             let p = cons.params.get("hsdir_interval").map(i64::from);
             TimePeriodConfig::from_consensus(p, interval)
         }
         .map_err(|e| format!("time period: {e}"))?;
-        let srv = SharedRandom {
+        let shared_random = SharedRandom {
             current: cons.shared_rand_current.as_ref().map(|s| s.value),
             previous: cons.shared_rand_previous.as_ref().map(|s| s.value),
         };
         let params = HsDirParams::from_consensus(|k| cons.params.get(k).map(i64::from));
-        let (idxs, ring): (Vec<RelayIdx>, Vec<HsDirRelay>) = hsdir_ring(&self.dir);
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (mut ok, mut errors) = (0, Vec::new());
-        for slot in srv.service_upload(&cfg, va) {
-            let text = self
-                .hs
-                .build_descriptor(&mut OsRng, slot.period, now_unix)
-                .map_err(|e| format!("descriptor: {e}"))?;
-            for pos in self.hs.hsdirs_to_upload(&ring, &slot, &params) {
-                let Some(&idx) = idxs.get(pos) else { continue };
-                let name = self
-                    .dir
-                    .view
-                    .relay(idx)
-                    .map_or("?", |r| &r.nickname)
-                    .to_owned();
-                match self.upload(client, idx, &text) {
-                    Ok(()) => ok += 1,
-                    Err(e) => errors.push(format!("{name}: {e}")),
+        let hsdirs = hsdir_ring(&self.dir);
+        let intro_candidates = self
+            .dir
+            .view
+            .relays()
+            .iter()
+            .filter(|r| {
+                r.flags
+                    .contains(RelayFlags::STABLE | RelayFlags::RUNNING | RelayFlags::VALID)
+            })
+            .filter_map(|r| {
+                Some(IntroCandidate {
+                    rsa_id: r.rsa_id.0,
+                    onion_key: r.ntor_onion_key?,
+                    link_specifiers: link_specs(r),
+                })
+            })
+            .collect();
+        let refresh = Duration::from_secs(u64::from(interval) * 6)
+            .clamp(Duration::from_secs(60), Duration::from_secs(3600));
+        let view = ConsensusView {
+            valid_after: va,
+            periods,
+            shared_random,
+            params,
+            hsdirs,
+            intro_candidates,
+        };
+        Ok((view, refresh))
+    }
+
+    /// Carry out what the publisher asks until it asks nothing more.
+    fn do_actions(&mut self, client: &mut Client) {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while let Some(a) = self.publisher.poll_action() {
+            match a {
+                PublishAction::BuildIntroCircuit { intro, relay } => {
+                    let name = self.name(&relay);
+                    match self.launch_intro(client, intro, &relay) {
+                        Ok(()) => eprintln!("onion: introduction circuit to {name} built"),
+                        Err(e) => {
+                            eprintln!("onion: introduction point {name}: {e}");
+                            let _ =
+                                self.publisher
+                                    .intro_circuit_closed(&mut OsRng, intro, unix_now());
+                        }
+                    }
+                }
+                PublishAction::CloseIntroCircuit { intro } => {
+                    if let Some(k) = self.intro_circs.iter().position(|c| c.intro == intro) {
+                        let ic = self.intro_circs.remove(k);
+                        client.destroy(ic.circ);
+                        eprintln!("onion: introduction point rotated out");
+                    }
+                }
+                PublishAction::Upload {
+                    upload,
+                    hsdir,
+                    period,
+                    descriptor,
+                    ..
+                } => {
+                    let name = self.name(&hsdir);
+                    let r = match self.dir.view.by_rsa_id(&RsaIdentity(hsdir)) {
+                        Some(idx) => self.upload(client, idx, &descriptor),
+                        None => Err("not in the consensus".into()),
+                    };
+                    match &r {
+                        Ok(()) => ok += 1,
+                        Err(e) => failed.push(format!("{name} (period {}): {e}", period.num())),
+                    }
+                    self.publisher
+                        .upload_result(&mut OsRng, upload, r.is_ok(), unix_now());
                 }
             }
         }
-        eprintln!("onion: descriptor uploaded to {ok} HSDirs");
-        for e in &errors {
-            eprintln!("onion: upload to HSDir {e}");
+        if ok > 0 || !failed.is_empty() {
+            eprintln!("onion: descriptor uploaded to {ok} HSDirs");
+            for e in &failed {
+                eprintln!("onion: upload to HSDir {e}");
+            }
         }
-        match ok {
-            0 => Err(format!(
-                "no HSDir took the descriptor ({})",
-                errors.join("; ")
-            )),
-            _ => Ok(Duration::from_secs(u64::from(interval) * 12).min(Duration::from_secs(3600))),
+        self.uploads_ok += u64::from(ok);
+        if self.uploads_ok > 0 && !self.announced {
+            self.announced = true;
+            eprintln!(
+                "onion: service published; forwarding port {} to {}",
+                self.virtual_port, self.target
+            );
         }
+    }
+
+    fn name(&self, rsa: &[u8; 20]) -> String {
+        self.dir
+            .view
+            .by_rsa_id(&RsaIdentity(*rsa))
+            .and_then(|i| self.dir.view.relay(i))
+            .map_or_else(|| "?".to_owned(), |r| r.nickname.clone())
+    }
+
+    /// A circuit to the introduction point's relay and ESTABLISH_INTRO on it (§3.1).
+    fn launch_intro(
+        &mut self,
+        client: &mut Client,
+        intro: IntroId,
+        relay: &[u8; 20],
+    ) -> Result<(), String> {
+        let idx = self
+            .dir
+            .view
+            .by_rsa_id(&RsaIdentity(*relay))
+            .ok_or("not in consensus")?;
+        let c = self.circuit_to(client, idx)?;
+        let circ = &client.circs[c].circ;
+        let last = circ.n_hops() - 1;
+        let kh = *circ.hop_kh(last).ok_or("no KH for the last hop")?;
+        let body = self
+            .publisher
+            .intro_circuit_built(intro, &kh)
+            .map_err(|e| format!("ESTABLISH_INTRO: {e}"));
+        let r = body.and_then(|b| send(client, c, RelayCmd::ESTABLISH_INTRO, &b));
+        if let Err(e) = r {
+            client.destroy(c);
+            return Err(e);
+        }
+        self.intro_circs.push(IntroCirc {
+            intro,
+            circ: c,
+            established: false,
+            deadline: client.deadline(STEP_TIMEOUT),
+        });
+        Ok(())
     }
 
     fn upload(&self, client: &mut Client, hsdir: RelayIdx, desc: &str) -> Result<(), String> {
@@ -254,63 +312,110 @@ impl Service {
         r
     }
 
-    /// Step 3: serve clients until every introduction circuit is gone. Every `republish`,
-    /// a fresh directory comes from `refresh` and the descriptors are published again.
-    pub fn serve(
+    /// Publish and serve clients, forever; every few voting intervals a fresh directory comes
+    /// from `refresh`. Fails only if the first directory gives no usable consensus view.
+    pub fn run(
         &mut self,
         client: &mut Client,
-        mut republish: Duration,
         refresh: &dyn Fn(&mut Client) -> Result<Directory, String>,
     ) -> Result<(), String> {
-        let mut next_publish = client.deadline(republish);
+        let (view, mut every) = self.consensus_view()?;
+        self.publisher.set_consensus(&mut OsRng, view, unix_now());
+        let mut next_refresh = client.deadline(every);
         loop {
-            let _ = client.step(next_publish);
-            if client.clock.now() >= next_publish {
-                match refresh(client) {
-                    Ok(dir) => self.dir = dir,
+            self.do_actions(client);
+            let mut wake = next_refresh;
+            if let Some(t) = self.publisher.poll_timeout() {
+                let now = unix_now();
+                wake = wake.min(client.deadline(Duration::from_secs(t.saturating_sub(now))));
+            }
+            for ic in self.intro_circs.iter().filter(|c| !c.established) {
+                wake = wake.min(ic.deadline);
+            }
+            let _ = client.step(wake);
+            let now = client.clock.now();
+            if now >= next_refresh {
+                match refresh(client).and_then(|dir| {
+                    self.dir = dir;
+                    self.consensus_view()
+                }) {
+                    Ok((view, e)) => {
+                        every = e;
+                        self.publisher.set_consensus(&mut OsRng, view, unix_now());
+                    }
                     Err(e) => eprintln!("onion: directory refresh: {e}"),
                 }
-                match self.publish(client) {
-                    Ok(r) => republish = r,
-                    Err(e) => eprintln!("onion: re-publishing: {e}"),
-                }
-                next_publish = client.deadline(republish);
+                next_refresh = client.deadline(every);
             }
             while let Some(input) = client.take_other() {
                 self.target_input(client, input);
             }
-            for (i, c) in self.intro_circs.clone() {
-                while let Some(ev) = client.circs[c].events.pop_front() {
-                    if let CircEvent::Msg { msg, .. } = ev {
-                        if let RelayMsg::Introduce2(_) = *msg {
-                            if let Err(e) = self.introduce2(client, i, &msg) {
-                                eprintln!("onion: INTRODUCE2: {e}");
-                            }
-                        }
-                    }
-                }
+            self.intro_events(client);
+            if self
+                .publisher
+                .poll_timeout()
+                .is_some_and(|t| t <= unix_now())
+            {
+                self.publisher.handle_timeout(&mut OsRng, unix_now());
             }
             self.rend_events(client);
-            if self
-                .intro_circs
-                .iter()
-                .all(|&(_, c)| client.circs[c].dead.is_some())
-            {
-                return Err("every introduction circuit closed".into());
+        }
+    }
+
+    /// INTRO_ESTABLISHED, INTRODUCE2 and closures on the introduction circuits, reported to
+    /// the publisher.
+    fn intro_events(&mut self, client: &mut Client) {
+        let now = client.clock.now();
+        let mut k = 0;
+        while k < self.intro_circs.len() {
+            let (intro, c) = (self.intro_circs[k].intro, self.intro_circs[k].circ);
+            while let Some(ev) = client.circs[c].events.pop_front() {
+                let CircEvent::Msg { msg, .. } = ev else {
+                    continue;
+                };
+                match *msg {
+                    RelayMsg::IntroEstablished(_) if !self.intro_circs[k].established => {
+                        self.intro_circs[k].established = true;
+                        eprintln!("onion: introduction point established");
+                        let _ = self
+                            .publisher
+                            .intro_established(&mut OsRng, intro, unix_now());
+                    }
+                    RelayMsg::Introduce2(_) => {
+                        if let Err(e) = self.introduce2(client, intro, &msg) {
+                            eprintln!("onion: INTRODUCE2: {e}");
+                        }
+                    }
+                    _ => {}
+                }
             }
+            let ic = &self.intro_circs[k];
+            let dead = client.circs[c].dead.clone();
+            let late = !ic.established && now >= ic.deadline;
+            if dead.is_some() || late {
+                let why = dead.unwrap_or_else(|| "no INTRO_ESTABLISHED in time".into());
+                eprintln!("onion: introduction circuit gone: {why}");
+                client.destroy(c);
+                self.intro_circs.remove(k);
+                let _ = self
+                    .publisher
+                    .intro_circuit_closed(&mut OsRng, intro, unix_now());
+                continue;
+            }
+            k += 1;
         }
     }
 
     fn introduce2(
         &mut self,
         client: &mut Client,
-        ip: usize,
+        intro: IntroId,
         msg: &RelayMsg<'_>,
     ) -> Result<(), String> {
         let body = body_of(msg).map_err(|e| e.to_string())?;
         let req = self
-            .hs
-            .handle_introduce2(&mut OsRng, ip, &body)
+            .publisher
+            .handle_introduce2(&mut OsRng, intro, &body, unix_now())
             .map_err(|e| e.to_string())?;
         let rp_id = req
             .link_specifiers
@@ -437,23 +542,19 @@ impl Service {
 }
 
 /// Every relay with an ed25519 identity, with its HSDir flag, for the hash ring
-/// (rend-spec-v3 §2.2.3), and its index in the directory.
-fn hsdir_ring(dir: &Directory) -> (Vec<RelayIdx>, Vec<HsDirRelay>) {
+/// (rend-spec-v3 §2.2.3).
+fn hsdir_ring(dir: &Directory) -> Vec<HsDirRelay> {
     dir.view
         .relays()
         .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            Some((
-                RelayIdx(u32::try_from(i).ok()?),
-                HsDirRelay {
-                    ed25519_id: r.ed_id?,
-                    rsa_id: r.rsa_id.0,
-                    is_hsdir: r.flags.contains(RelayFlags::HSDIR),
-                },
-            ))
+        .filter_map(|r| {
+            Some(HsDirRelay {
+                ed25519_id: r.ed_id?,
+                rsa_id: r.rsa_id.0,
+                is_hsdir: r.flags.contains(RelayFlags::HSDIR),
+            })
         })
-        .unzip()
+        .collect()
 }
 
 /// The link specifiers published for an introduction point.
