@@ -1377,11 +1377,28 @@ impl Net {
             if outs.is_empty() && joined.is_empty() && ev.is_none() {
                 self.outs = outs;
                 if closed {
+                    let now = self.now;
                     let relay = &mut self.relays[r];
                     if let Some(rc) = relay.circs[i].take() {
                         relay.by_client.remove(&rc.client);
                         if let Some(n) = rc.next {
                             relay.by_next.remove(&n);
+                        }
+                        // A rendezvous point tears the joined circuit down with it: to that
+                        // circuit, its partner is its next hop, and a DESTROY from the next
+                        // hop travels on toward its client (tor-spec §5.4).
+                        let partner = rc.spliced.and_then(|j| relay.circs.get_mut(j)?.as_mut());
+                        if let Some(other) = partner {
+                            other.spliced = None;
+                            let _ = other
+                                .circ
+                                .handle_from_next(now, ChanMsg::Destroy(DestroyReason::FINISHED));
+                            let name = relay.name.clone();
+                            self.log(
+                                &name,
+                                "joined circuit closed: DESTROY (FINISHED) to the other side",
+                            );
+                            moved = true;
                         }
                     }
                 }

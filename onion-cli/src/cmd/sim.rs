@@ -7,10 +7,11 @@
 //! event of each party, what each relay saw, the SHA-256 of the fetched body, and the
 //! throughput (in virtual network time, and in wall-clock CPU time for all the parties).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use onion_circuit::circuit::HandshakeKind;
-use onion_circuit::sim::{self, SimConfig};
+use onion_circuit::sim::{self, SimConfig, StoryLine};
 use sha2::{Digest, Sha256};
 
 mod onion;
@@ -29,6 +30,92 @@ fn parse<T: std::str::FromStr>(flag: &str, v: Option<&String>) -> Result<T, Stri
         .map_err(|_| format!("bad value for {flag}"))
 }
 
+/// `--bytes N`, bounded by what the simulated web server will produce.
+fn parse_bytes(v: Option<&String>) -> Result<u64, String> {
+    let n = parse("--bytes", v)?;
+    if n > sim::web::MAX_BODY {
+        return Err(format!("--bytes is at most {}", sim::web::MAX_BODY));
+    }
+    Ok(n)
+}
+
+/// The story as JSON objects: `{at_ms, party, event}`.
+fn story_json(story: &[StoryLine]) -> Vec<serde_json::Value> {
+    story
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "at_ms": l.at.as_secs_f64() * 1e3, "party": l.party, "event": l.text
+            })
+        })
+        .collect()
+}
+
+/// Sets by name as a JSON object.
+fn sets_json(sets: &[(String, BTreeSet<String>)]) -> serde_json::Map<String, serde_json::Value> {
+    sets.iter()
+        .map(|(p, s)| (p.clone(), serde_json::json!(s)))
+        .collect()
+}
+
+fn list(s: &BTreeSet<String>) -> String {
+    if s.is_empty() {
+        return "(none)".into();
+    }
+    s.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// A title line, a blank line, then one line per story event: virtual time, party, text.
+fn print_story(title: &str, story: &[StoryLine]) {
+    println!("{title}");
+    println!();
+    let w = story
+        .iter()
+        .map(|l| l.party.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    for l in story {
+        println!(
+            "{:>9.3} ms  {:<w$} {}",
+            l.at.as_secs_f64() * 1e3,
+            l.party,
+            l.text
+        );
+    }
+}
+
+/// A heading, then one line per name with its set.
+fn print_sets(heading: &str, sets: &[(String, BTreeSet<String>)]) {
+    println!();
+    println!("{heading}");
+    let w = sets.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (n, s) in sets {
+        println!("  {n:<w$} {}", list(s));
+    }
+    println!();
+}
+
+/// The status line, what arrived, and its SHA-256; an error if it is not what `sender` sent.
+fn print_outcome(status: &str, body: &[u8], intact: bool, sender: &str) -> Result<(), String> {
+    println!("status:      {status}");
+    println!(
+        "received:    {} bytes, {}",
+        body.len(),
+        if intact {
+            format!("identical to what the {sender} sent")
+        } else {
+            "CORRUPTED".to_owned()
+        }
+    );
+    println!("sha256:      {}", hex::encode(Sha256::digest(body)));
+    if intact {
+        Ok(())
+    } else {
+        Err(format!("the body does not match what the {sender} sent"))
+    }
+}
+
 /// Entry point of `onion sim`.
 pub fn run(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--onion") {
@@ -41,7 +128,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seed" => cfg.seed = parse(a, it.next())?,
-            "--bytes" => cfg.response_len = parse(a, it.next())?,
+            "--bytes" => cfg.response_len = parse_bytes(it.next())?,
             "--hops" => cfg.hops = parse::<usize>(a, it.next())?.clamp(1, 8),
             "--latency-ms" => cfg.latency = Duration::from_millis(parse(a, it.next())?),
             "--bandwidth-mbit" => {
@@ -64,9 +151,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument `{other}`\n{HELP}")),
         }
     }
-    if cfg.response_len > sim::web::MAX_BODY {
-        return Err(format!("--bytes is at most {}", sim::web::MAX_BODY));
-    }
     cfg.story = !quiet || json;
 
     let started = Instant::now();
@@ -87,20 +171,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let wall_rate = mb / secs(wall);
 
     if json {
-        let story: Vec<_> = report
-            .story
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "at_ms": l.at.as_secs_f64() * 1e3, "party": l.party, "event": l.text
-                })
-            })
-            .collect();
-        let seen: serde_json::Map<_, _> = report
-            .seen
-            .iter()
-            .map(|(p, s)| (p.clone(), serde_json::json!(s)))
-            .collect();
         let out = serde_json::json!({
             "seed": cfg.seed,
             "status": report.status_line,
@@ -112,73 +182,53 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "keygen_wall_s": keygen.as_secs_f64(),
             "wall_s": wall.as_secs_f64(),
             "throughput_wall_MBps": wall_rate,
+            "link_bytes": report.link_bytes,
             "client_flow": {
                 "data_cells_received": report.client_stats.data_cells_received,
                 "circuit_sendmes_sent": report.client_stats.circ_sendmes_sent,
                 "stream_sendmes_sent": report.client_stats.stream_sendmes_sent,
             },
-            "seen": seen,
-            "story": story,
+            "seen": sets_json(&report.seen),
+            "story": story_json(&report.story),
         });
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
         );
-    } else {
-        println!(
-            "onion sim: client -> {} -> web server, {} bytes, seed {} (virtual time, in-memory links: {} ms one way, {} Mbit/s)",
-            match cfg.hops {
-                1 => "exit".to_owned(),
-                3 => "guard -> middle -> exit".to_owned(),
-                n => format!("{n} relays"),
-            },
-            cfg.response_len,
-            cfg.seed,
-            cfg.latency.as_millis(),
-            cfg.bandwidth / 125_000,
-        );
-        println!();
-        for l in &report.story {
-            println!(
-                "{:>9.3} ms  {:<7} {}",
-                l.at.as_secs_f64() * 1e3,
-                l.party,
-                l.text
-            );
-        }
-        if !quiet {
-            println!();
-            println!("what each party saw (network addresses and names):");
-            for (p, s) in &report.seen {
-                let v: Vec<&str> = s.iter().map(String::as_str).collect();
-                println!("  {p:<7} {}", v.join(", "));
-            }
-            println!();
-        }
-        println!("status:      {}", report.status_line);
-        println!(
-            "received:    {} bytes, {}",
-            report.body.len(),
-            if intact {
-                "identical to what the server sent"
-            } else {
-                "CORRUPTED"
-            }
-        );
-        println!("sha256:      {digest}");
-        println!(
-            "throughput:  {virt_rate:.2} MB/s in virtual network time ({:.3} s for the body)",
-            report.transfer_time.as_secs_f64()
-        );
-        println!(
-            "             {wall_rate:.2} MB/s of wall-clock CPU, all parties on one core ({:.3} s for handshakes and transfer; relay keys and certificates took {:.3} s before)",
-            wall.as_secs_f64(),
-            keygen.as_secs_f64()
+        return if intact {
+            Ok(())
+        } else {
+            Err("the fetched body does not match what the server sent".into())
+        };
+    }
+    let title = format!(
+        "onion sim: client -> {} -> web server, {} bytes, seed {} (virtual time, in-memory links: {} ms one way, {} Mbit/s)",
+        match cfg.hops {
+            1 => "exit".to_owned(),
+            3 => "guard -> middle -> exit".to_owned(),
+            n => format!("{n} relays"),
+        },
+        cfg.response_len,
+        cfg.seed,
+        cfg.latency.as_millis(),
+        cfg.bandwidth / 125_000,
+    );
+    print_story(&title, &report.story);
+    if !quiet {
+        print_sets(
+            "what each party saw (network addresses and names):",
+            &report.seen,
         );
     }
-    if intact {
-        Ok(())
-    } else {
-        Err("the fetched body does not match what the server sent".into())
-    }
+    let outcome = print_outcome(&report.status_line, &report.body, intact, "server");
+    println!(
+        "throughput:  {virt_rate:.2} MB/s in virtual network time ({:.3} s for the body)",
+        report.transfer_time.as_secs_f64()
+    );
+    println!(
+        "             {wall_rate:.2} MB/s of wall-clock CPU, all parties on one core ({:.3} s for handshakes and transfer; relay keys and certificates took {:.3} s before)",
+        wall.as_secs_f64(),
+        keygen.as_secs_f64()
+    );
+    outcome
 }

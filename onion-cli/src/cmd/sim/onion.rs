@@ -1,29 +1,23 @@
 //! `onion sim --onion`: the onion-service scenario of the in-memory network
 //! (`onion_hs::sim`): a service publishes its descriptor to HSDirs and keeps introduction
 //! points; a client fetches the descriptor, meets the service at a rendezvous point and
-//! fetches a page over the joined circuit (rend-spec-v3 §2–§4). One line per significant
-//! event, then what each side learned of the other's relays and the page's SHA-256.
+//! fetches a page over the joined circuit (rend-spec-v3 §2–§4). Every party and relay talks
+//! over channels (link handshake, cells as bytes on in-memory links). One line per
+//! significant event, then each relay's channel peers, what each side learned of the other's
+//! relays and the page's SHA-256.
 
 use onion_hs::sim::{self, HsSimConfig};
+
+use super::{
+    list, parse, parse_bytes, print_outcome, print_sets, print_story, sets_json, story_json,
+};
 
 const HELP: &str =
     "usage: onion sim --onion [--seed N] [--bytes N] [--relays N] [--client-auth] [--json]
 
 Runs an onion service, a client and N relays (HSDirs, introduction and rendezvous points) in
-memory; the client fetches N bytes (default 300000) from the service end to end.";
-
-fn parse<T: std::str::FromStr>(flag: &str, v: Option<&String>) -> Result<T, String> {
-    v.ok_or_else(|| format!("{flag} needs a value"))?
-        .parse()
-        .map_err(|_| format!("bad value for {flag}"))
-}
-
-fn list(s: &std::collections::BTreeSet<String>) -> String {
-    if s.is_empty() {
-        return "(none)".into();
-    }
-    s.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
-}
+memory, all over channels; the client fetches N bytes (default 300000) from the service end
+to end.";
 
 /// Entry point of `onion sim --onion`.
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -34,7 +28,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--onion" => {}
             "--seed" => cfg.seed = parse(a, it.next())?,
-            "--bytes" => cfg.page_len = parse(a, it.next())?,
+            "--bytes" => cfg.page_len = parse_bytes(it.next())?,
             "--relays" => cfg.relays = parse(a, it.next())?,
             "--client-auth" => cfg.client_auth = true,
             "--json" => json = true,
@@ -45,24 +39,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument `{other}`\n{HELP}")),
         }
     }
-    if cfg.page_len > onion_circuit::sim::web::MAX_BODY {
-        return Err(format!(
-            "--bytes is at most {}",
-            onion_circuit::sim::web::MAX_BODY
-        ));
-    }
     let r = sim::run(&cfg).map_err(|e| format!("onion-service simulation failed: {e}"))?;
     let intact = r.body == r.expected_body;
     if json {
-        let story: Vec<_> = r
-            .story
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "at_ms": l.at.as_secs_f64() * 1e3, "party": l.party, "event": l.text
-                })
-            })
-            .collect();
         let out = serde_json::json!({
             "seed": cfg.seed,
             "address": r.address,
@@ -77,18 +56,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "client_learned": r.client_learned,
             "service_learned": r.service_learned,
             "hsdirs": r.hsdirs,
+            "channel_peers": sets_json(&r.neighbours),
+            "link_bytes": r.link_bytes,
             "client_circuit_sendmes": r.client_stats.circ_sendmes_sent,
             "client_stream_sendmes": r.client_stats.stream_sendmes_sent,
-            "story": story,
+            "story": story_json(&r.story),
         });
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
         );
-        return Ok(());
+        return if intact {
+            Ok(())
+        } else {
+            Err("the page arrived corrupted".into())
+        };
     }
-    println!(
-        "onion sim --onion: client -> onion service over {} relays, {} bytes, seed {}{}",
+    let title = format!(
+        "onion sim --onion: client -> onion service over {} relays, {} bytes, seed {}{} (virtual time, in-memory channel links: {} ms one way, {} Mbit/s)",
         cfg.relays,
         cfg.page_len,
         cfg.seed,
@@ -96,18 +81,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ", client authorization"
         } else {
             ""
-        }
+        },
+        sim::LATENCY.as_millis(),
+        sim::BANDWIDTH / 125_000,
     );
-    println!();
-    for l in &r.story {
-        println!(
-            "{:>9.3} ms  {:<8} {}",
-            l.at.as_secs_f64() * 1e3,
-            l.party,
-            l.text
-        );
-    }
-    println!();
+    print_story(&title, &r.story);
+    print_sets(
+        "channels: whom each relay had a channel with (its neighbours on circuits):",
+        &r.neighbours,
+    );
     println!("client built circuits through:  {}", list(&r.client_path));
     println!("service built circuits through: {}", list(&r.service_path));
     println!(
@@ -122,20 +104,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "flow:        {} circuit and {} stream SENDMEs from the client, end to end through the rendezvous point",
         r.client_stats.circ_sendmes_sent, r.client_stats.stream_sendmes_sent
     );
-    println!("status:      {}", r.status_line);
     println!(
-        "received:    {} bytes, {}",
-        r.body.len(),
-        if intact {
-            "identical to what the service sent"
-        } else {
-            "CORRUPTED"
-        }
+        "links:       {} bytes of cells crossed the channel links in {:.3} s of virtual time",
+        r.link_bytes,
+        r.total_time.as_secs_f64()
     );
-    println!("sha256:      {}", r.digest_hex());
-    if intact {
-        Ok(())
-    } else {
-        Err("the page arrived corrupted".into())
-    }
+    print_outcome(&r.status_line, &r.body, intact, "service")
 }
