@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use onion_cell::relaymsg::EndReason;
+use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
+use onion_circuit::relay::RelayEvent;
 use onion_circuit::sim::dir::{DirEdge, DirService};
-use onion_circuit::sim::net::{CircRef, Net, NetConfig, Queue, RelayCx};
+use onion_circuit::sim::net::{CircRef, Edge, Net, NetConfig, Queue, RelayCx};
 use onion_circuit::Instant;
 
 /// Answers `GET /<n>` with `n` bytes of `b'x'`, once the request head is complete.
@@ -166,4 +168,59 @@ fn channels_are_reused() {
     assert_eq!(opened("r0"), 1);
     assert_eq!(net.party_circuits(p).count(), 2);
     assert!(net.party_failure(p).is_none());
+}
+
+/// An edge handler that tries joins at its relay when an ESTABLISH_RENDEZVOUS arrives, and
+/// says how each went.
+struct TryJoin;
+
+impl Edge for TryJoin {
+    fn on_event(
+        &mut self,
+        cx: &mut RelayCx<'_>,
+        circ: usize,
+        ev: RelayEvent,
+    ) -> Option<RelayEvent> {
+        let RelayEvent::Msg { .. } = ev else {
+            return Some(ev);
+        };
+        let same = cx.splice(circ, circ);
+        let continuing = cx.splice(circ, 0);
+        let ends_here = cx.splice(circ, 2);
+        let again = cx.splice(circ, 2);
+        cx.say(format!(
+            "same {same}, continuing {continuing}, ends here {ends_here}, again {again}"
+        ));
+        None
+    }
+}
+
+/// `RelayCx::splice` joins two circuits that end at the relay, and refuses (leaving both
+/// unjoined) a circuit with itself, one that continues to a next hop, and a second join
+/// (rend-spec-v3 §4.2: only circuits that end at the rendezvous point are joined).
+#[test]
+fn splice_only_joins_circuits_that_end_here() {
+    let mut net = net(2);
+    net.add_edge(0, Box::new(TryJoin));
+    let p = net.add_party("alice", IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let a = net
+        .build_circuit(p, &[0, 1], HandshakeKind::NtorV3)
+        .expect("a");
+    built(&mut net, a, 2);
+    let b = net
+        .build_circuit(p, &[0], HandshakeKind::NtorV3)
+        .expect("b");
+    built(&mut net, b, 1);
+    let c = net
+        .build_circuit(p, &[0], HandshakeKind::NtorV3)
+        .expect("c");
+    built(&mut net, c, 1);
+    let msg = RelayMsg::decode(RelayCmd::ESTABLISH_RENDEZVOUS, &[9; 20]).expect("msg");
+    net.circuit_mut(b)
+        .expect("b")
+        .send_msg(0, 0, &msg)
+        .expect("send");
+    assert!(net.run_quiet(&mut Queue, limit()));
+    assert!(net.story().iter().any(|l| l.party == "r0"
+        && l.text == "same false, continuing false, ends here true, again false"));
 }

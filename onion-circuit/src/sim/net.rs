@@ -175,6 +175,14 @@ impl RelayCx<'_> {
     /// Join circuits `a` and `b` at this relay (rend-spec-v3 §4.2): from now on the cells
     /// [`RelayCircuit::poll_spliced`] gives on one go into the other. False if either refuses.
     pub fn splice(&mut self, a: usize, b: usize) -> bool {
+        // Check both first, so that a refusal leaves neither half-joined.
+        let joinable = |cx: &mut Self, i: usize| {
+            cx.circ(i)
+                .is_some_and(|c| !c.is_closed() && !c.has_next() && !c.is_spliced())
+        };
+        if a == b || !joinable(self, a) || !joinable(self, b) {
+            return false;
+        }
         let ok_a = self.circ(a).is_some_and(|c| c.splice().is_ok());
         let ok_b = self.circ(b).is_some_and(|c| c.splice().is_ok());
         if !(ok_a && ok_b) {
