@@ -2,7 +2,7 @@
 //! (tor-spec §6.2, §6.4), for the [`Edge`] slot of a relay.
 //!
 //! The exit resolves [`WEB_HOST`] to [`WEB_ADDR`] with its (simulated) DNS and accepts only
-//! port 80 there (its exit policy). A TCP connection is two [`Pipe`]s with the network's link
+//! port 80 there (its exit policy). A TCP connection is two byte pipes with the network's link
 //! latency and bandwidth; it opens one round trip after the BEGIN. The web server writes only
 //! as much as the circuit's windows let the exit package (TCP back-pressure), so a large
 //! response exercises SENDME flow control end to end.
