@@ -12,8 +12,10 @@
 //! The identity key is read from, or created in, DIR in C tor's formats
 //! (`hs_ed25519_secret_key`, `hs_ed25519_public_key`, `hostname`), so a C tor service
 //! directory can be served by onion and back. The address is the first line on stdout;
-//! progress goes to stderr. The target must accept connections at startup. Runs until
-//! killed (or until every introduction circuit closed).
+//! progress goes to stderr ("service published" once the first descriptor reached an HSDir).
+//! The target must accept connections at startup. Runs until killed: introduction points
+//! that fail are rebuilt or replaced, rotated, and descriptors re-uploaded as
+//! `onion_hs::publish::Publisher` decides.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
