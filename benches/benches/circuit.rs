@@ -11,22 +11,23 @@
 //!
 //! After criterion's runs, a short summary prints the end-to-end rate as a share of the
 //! crypto floor (measured again in the same process, so the ratio holds on a noisy machine)
-//! and the heap held by an idle 3-hop circuit and an idle stream (counting allocator).
+//! and what an idle circuit's key schedules cost to rebuild when it becomes active again.
+//!
+//! The heap held by an idle circuit and stream is measured by
+//! `cargo test -p onion-circuit --test memory -- --nocapture` (a counting global allocator),
+//! not here: such an allocator taxes every allocation of the fetch (atomic counters, about
+//! 8 % of the end-to-end time measured) while the allocation-free crypto floor pays nothing,
+//! which would bias the ratio.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
-use std::alloc::System;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use onion_circuit::sim::{Sim, SimConfig};
 use onion_crypto::tor1::{ClientCircuitCrypto, Tor1ClientHop, Tor1RelayCrypto, TOR1_KEY_LEN};
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const FETCH: u64 = 4_000_000;
 
@@ -141,56 +142,59 @@ fn summary() {
         100.0 * steady / floor_rate,
         best_small.as_secs_f64() * 1e3,
     );
-    heap_summary();
+    reexpansion_summary();
 }
 
-/// Bytes freed by dropping `x`: the heap it held.
-fn heap_of<T>(x: T) -> isize {
-    let reg = Region::new(GLOBAL);
-    drop(x);
-    let c = reg.change();
-    c.bytes_deallocated as isize - c.bytes_allocated as isize
-}
-
-fn heap_summary() {
-    use onion_cell::relaymsg::BeginFlags;
-    use onion_circuit::circuit::HandshakeKind;
-    use onion_circuit::relay::RelayEvent;
-    use onion_circuit::sim::wired::Wired;
-    let build = || {
-        let mut w = Wired::new(1, HandshakeKind::NtorV3, true, 3).expect("create");
-        w.build().expect("build");
-        w
-    };
-    let w = build();
-    let circ = heap_of(w.client);
-    let mut w = build();
-    let now = w.now;
-    w.client
-        .begin("www.example.com", 80, BeginFlags::default(), now)
-        .expect("begin");
-    w.run();
-    let es = w
-        .relay_events
-        .iter()
-        .find_map(|(_, e)| match e {
-            RelayEvent::Begin { stream, .. } => Some(*stream),
-            _ => None,
-        })
-        .expect("begin");
-    w.hops[2].connected(es, None).expect("connected");
-    w.run();
-    let with_stream = heap_of(w.client);
+/// What an idle circuit pays to become active again: one relay layer on a cell with the key
+/// schedule freed before every cell ([`Tor1RelayCrypto::compact`], as the idle timer does)
+/// against the same without, interleaved; the difference is one AES-128 key expansion (and
+/// its allocation), paid once per direction and hop on the first cell after an idle period.
+fn reexpansion_summary() {
+    let keys: Vec<u8> = (0..TOR1_KEY_LEN as u8).collect();
+    let mut warm = Tor1RelayCrypto::from_key_material(&keys).expect("keys");
+    let mut cold = Tor1RelayCrypto::from_key_material(&keys).expect("keys");
+    let mut cell = [7u8; 509];
+    let n = 20_000u32;
+    let (mut best_warm, mut best_cold) = (Duration::MAX, Duration::MAX);
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..n {
+            warm.encrypt_inbound(black_box(&mut cell));
+        }
+        best_warm = best_warm.min(t.elapsed());
+        let t = Instant::now();
+        for _ in 0..n {
+            cold.compact();
+            cold.encrypt_inbound(black_box(&mut cell));
+        }
+        best_cold = best_cold.min(t.elapsed());
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(n);
     println!(
-        "circuit summary: heap of an idle 3-hop client circuit {circ} B (of which {} B are onion-crypto's three tor1 hop states), of an idle stream {} B",
-        3 * std::mem::size_of::<Tor1ClientHop>(),
-        with_stream - circ
+        "circuit summary: one relay layer {:.0} ns per cell; after an idle period (key schedule freed) {:.0} ns: {:.0} ns to rebuild one direction's schedule, once per idle-to-active transition",
+        per(best_warm),
+        per(best_cold),
+        per(best_cold) - per(best_warm)
+    );
+    println!(
+        "circuit summary: heap of idle circuits and streams: cargo test -p onion-circuit --test memory -- --nocapture; size_of::<Circuit>() = {} B, size_of::<Tor1ClientHop>() = {} B (kept while idle)",
+        std::mem::size_of::<onion_circuit::circuit::Circuit>(),
+        std::mem::size_of::<Tor1ClientHop>()
     );
 }
 
 criterion_group!(benches, bench);
 
 fn main() {
+    // For profilers (`perf record`): one fetch of this many bytes and nothing else, so that
+    // the set-up's key generation does not dominate the samples.
+    if let Some(n) = std::env::var("ONION_PROFILE_FETCH")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!("one fetch of {n} B: {:?}", fetch_of(n));
+        return;
+    }
     benches();
     criterion::Criterion::default()
         .configure_from_args()

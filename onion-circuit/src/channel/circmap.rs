@@ -40,17 +40,34 @@ pub(crate) struct CircEntry {
 }
 
 /// The set of circuit ids in use on one channel.
+///
+/// Ids are chosen by the peer, so the map keeps std's keyed (SipHash) hasher against
+/// collision flooding; since relay cells mostly come in runs on one circuit, the last entry
+/// looked up is kept aside and answers most per-cell lookups without hashing.
 #[derive(Debug, Clone)]
 pub(crate) struct CircMap {
     entries: HashMap<CircId, CircEntry>,
     max: usize,
+    /// A copy of the entry of `hot.0`, always equal to `entries[hot.0]` (or `hot.0` is zero,
+    /// which is never in the map).
+    hot: (CircId, CircEntry),
 }
+
+/// The `hot` value meaning "nothing cached": id zero is never a key.
+const NO_HOT: (CircId, CircEntry) = (
+    CircId::ZERO,
+    CircEntry {
+        origin: CircOrigin::Local,
+        state: CircState::Pending,
+    },
+);
 
 impl CircMap {
     pub(crate) fn new(max: usize) -> Self {
         CircMap {
             entries: HashMap::new(),
             max,
+            hot: NO_HOT,
         }
     }
 
@@ -63,34 +80,51 @@ impl CircMap {
     }
 
     pub(crate) fn get(&self, id: CircId) -> Option<CircEntry> {
+        if id == self.hot.0 && !id.is_zero() {
+            return Some(self.hot.1);
+        }
         self.entries.get(&id).copied()
+    }
+
+    /// [`CircMap::get`] for the per-cell paths: also makes `id` the cached entry.
+    pub(crate) fn get_hot(&mut self, id: CircId) -> Option<CircEntry> {
+        if id == self.hot.0 && !id.is_zero() {
+            return Some(self.hot.1);
+        }
+        let e = self.entries.get(&id).copied()?;
+        self.hot = (id, e);
+        Some(e)
     }
 
     pub(crate) fn insert(&mut self, id: CircId, origin: CircOrigin) -> bool {
         if id.is_zero() || self.is_full() || self.entries.contains_key(&id) {
             return false;
         }
-        self.entries.insert(
-            id,
-            CircEntry {
-                origin,
-                state: CircState::Pending,
-            },
-        );
+        let e = CircEntry {
+            origin,
+            state: CircState::Pending,
+        };
+        self.entries.insert(id, e);
+        self.hot = (id, e);
         true
     }
 
     pub(crate) fn set_open(&mut self, id: CircId) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.state = CircState::Open;
+            self.hot = (id, *e);
         }
     }
 
     pub(crate) fn remove(&mut self, id: CircId) -> Option<CircEntry> {
+        if id == self.hot.0 {
+            self.hot = NO_HOT;
+        }
         self.entries.remove(&id)
     }
 
     pub(crate) fn clear(&mut self) {
+        self.hot = NO_HOT;
         self.entries.clear();
     }
 
@@ -186,6 +220,30 @@ mod tests {
         m.remove(a);
         assert!(m.insert(CircId::new(5), CircOrigin::Remote));
         assert!(!m.insert(CircId::new(5), CircOrigin::Remote));
+    }
+
+    /// The cached entry always agrees with the map through inserts, state changes, removals
+    /// and lookups of other ids.
+    #[test]
+    fn hot_entry_stays_consistent() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut m = CircMap::new(100);
+        let a = m.allocate(true, true, &mut rng).expect("a");
+        let b = CircId::new(0x0000_0042);
+        assert!(m.insert(b, CircOrigin::Remote));
+        assert_eq!(m.get(a).map(|e| e.state), Some(CircState::Pending));
+        assert_eq!(m.get_hot(a).map(|e| e.origin), Some(CircOrigin::Local));
+        m.set_open(b);
+        assert_eq!(m.get_hot(a).map(|e| e.state), Some(CircState::Pending));
+        assert_eq!(m.get(b).map(|e| e.state), Some(CircState::Open));
+        m.set_open(a);
+        assert_eq!(m.get_hot(a).map(|e| e.state), Some(CircState::Open));
+        assert!(m.remove(a).is_some());
+        assert!(m.get(a).is_none() && m.get_hot(a).is_none());
+        assert_eq!(m.get_hot(b).map(|e| e.state), Some(CircState::Open));
+        m.clear();
+        assert!(m.get(b).is_none() && m.get_hot(b).is_none());
+        assert!(m.get(CircId::ZERO).is_none() && m.get_hot(CircId::ZERO).is_none());
     }
 
     #[test]

@@ -1012,7 +1012,7 @@ impl Channel {
         if id.is_zero() {
             return Err(ChanError::CircuitCellOnIdZero { cmd: cmd_name(cmd) });
         }
-        let entry = self.circs.get(id);
+        let entry = self.circs.get_hot(id);
         if is_create(cmd) {
             if entry.is_some() {
                 // C tor: "Received CREATE cell for known circ. Dropping."
@@ -1336,7 +1336,7 @@ impl Channel {
         }
         let entry = self
             .circs
-            .get(circ_id)
+            .get_hot(circ_id)
             .ok_or(SendError::UnknownCircuit(circ_id))?;
         let wrong = SendError::WrongCircuitState { circ_id, cmd: name };
         let ok = if is_create(cmd) {
@@ -1422,7 +1422,7 @@ impl Channel {
         } else {
             ChanCmd::RELAY
         };
-        match self.circs.get(circ_id) {
+        match self.circs.get_hot(circ_id) {
             None => return Err(SendError::UnknownCircuit(circ_id)),
             Some(e) if e.state != CircState::Open => {
                 return Err(SendError::WrongCircuitState {

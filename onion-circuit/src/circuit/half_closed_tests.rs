@@ -1,6 +1,7 @@
 //! Half-closed streams on the client side (tor-spec §6.2.1, §6.3): late cells absorbed
 //! within [`CircConfig::half_closed_timeout`], the stream forgotten by timer after it, and
-//! DATA for a stream that was never opened dropped (but counted by the circuit window).
+//! DATA for a stream that was never opened dropped (but counted by the circuit window); and
+//! the zero-copy DATA delivery.
 
 use onion_cell::relaymsg::RelayCmd;
 use rand_chacha::ChaCha20Rng;
@@ -187,4 +188,18 @@ fn data_for_a_never_opened_stream_is_dropped_but_counted() {
     pump(&mut c, &mut r, &mut rng, false);
     assert!(!r.is_closed());
     assert_eq!(r.stats().circ_sendmes_received, 1);
+}
+
+/// DATA bodies are handed out in the cell's own buffer, bytes exactly as sent, for a full
+/// cell and for shorter ones.
+#[test]
+fn data_bytes_keeps_the_payload() {
+    for len in [0usize, 1, 100, 497, MAX_RELAY_DATA_LEN] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        let body = data_body(5, &payload);
+        assert_eq!(&data_bytes(body, len)[..], &payload[..], "len {len}");
+    }
+    // A length field beyond the maximum is clamped (the callers refuse it first).
+    let body = data_body(5, &[9u8; MAX_RELAY_DATA_LEN]);
+    assert_eq!(data_bytes(body, 600).len(), MAX_RELAY_DATA_LEN);
 }

@@ -372,6 +372,20 @@ pub(crate) fn data_body(stream: u16, data: &[u8]) -> Box<CellBody> {
     body
 }
 
+/// The `len` data bytes of a decrypted DATA cell as [`Bytes`] that keep the cell's own
+/// buffer: no copy, and no allocation at all for a full cell (498 bytes: the buffer is used
+/// to its end, so `Bytes` takes the box as it is); a shorter cell costs `Bytes` one small
+/// reference-count allocation.
+pub(crate) fn data_bytes(body: Box<CellBody>, len: usize) -> Bytes {
+    use bytes::Buf;
+    let boxed: Box<[u8]> = body;
+    let mut v = boxed.into_vec();
+    v.truncate(RELAY_HEADER_LEN + len.min(MAX_RELAY_DATA_LEN));
+    let mut b = Bytes::from(v);
+    b.advance(RELAY_HEADER_LEN);
+    b
+}
+
 /// Fill the padding of a plaintext body (tor-spec §6.1: four zero bytes, then random bytes).
 pub(crate) fn pad_body(body: &mut CellBody, rng: &mut impl CryptoRngCore) {
     let len = usize::from(u16::from_be_bytes([body[9], body[10]])).min(MAX_RELAY_DATA_LEN);
@@ -1038,6 +1052,23 @@ impl Circuit {
             Ok(h) => h,
             Err(_) => return self.fail(CircError::NotRecognized),
         };
+        if body[0] == RelayCmd::DATA.0 {
+            // The bulk of the traffic: handed to the embedding in the cell's own buffer, with
+            // no copy (see `data_bytes`).
+            let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
+            if len > MAX_RELAY_DATA_LEN {
+                let err = onion_cell::Error::BadLength {
+                    field: "relay Length",
+                    len,
+                };
+                return self.fail(CircError::Malformed { hop, err });
+            }
+            let stream = u16::from_be_bytes([body[3], body[4]]);
+            return match self.on_data(hop, stream, move || data_bytes(body, len)) {
+                Ok(()) => Ok(()),
+                Err(e) => self.fail(e),
+            };
+        }
         if body[0] == RelayCmd::BEGIN.0 {
             // Decoded here, not by RelayCell: an onion-service client's BEGIN has an empty
             // host, which RELAY_BEGIN to an exit must not have.
@@ -1061,36 +1092,7 @@ impl Circuit {
     fn dispatch(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
         let unexpected = |m: &RelayMsg<'_>| CircError::Unexpected(Unexpected::RelayMsg(m.cmd()));
         match msg {
-            RelayMsg::Data(d) => {
-                // Circuit-level window first: it counts DATA on every stream, known or not.
-                let flow = self.hops.get_mut(hop).ok_or(CircError::NotRecognized)?;
-                let due = flow
-                    .recv
-                    .take()
-                    .map_err(|err| CircError::Flow { hop, err })?;
-                if due {
-                    self.queue_circ_sendme(hop)?;
-                }
-                let Some(id) = StreamId::new(stream) else {
-                    return Err(unexpected(&RelayMsg::Data(d)));
-                };
-                let Some(s) = self
-                    .streams
-                    .get_mut(id)
-                    .filter(|s| usize::from(s.hop) == hop)
-                else {
-                    // tor-spec §6.2: DATA for an unrecognised stream is dropped.
-                    return Ok(());
-                };
-                if s.on_data()? == Admit::Process {
-                    self.stats.data_cells_received += 1;
-                    self.events.push_back(CircEvent::Data {
-                        stream: id,
-                        data: d.into_bytes(),
-                    });
-                }
-                Ok(())
-            }
+            RelayMsg::Data(d) => self.on_data(hop, stream, move || d.into_bytes()),
             RelayMsg::Sendme(sm) => {
                 if stream == 0 {
                     let flow = self.hops.get_mut(hop).ok_or(CircError::NotRecognized)?;
@@ -1214,6 +1216,45 @@ impl Circuit {
                 Ok(())
             }
         }
+    }
+
+    /// RELAY_DATA from `hop` on `stream`: counted by the circuit's deliver window (tor-spec
+    /// §7.3, for every stream, known or not), then by the stream's (§7.4) and handed to the
+    /// embedding; dropped for an unknown stream (§6.2.1) and absorbed for a half-closed one
+    /// (§6.3). `data` makes the bytes only when they are delivered.
+    fn on_data(
+        &mut self,
+        hop: usize,
+        stream: u16,
+        data: impl FnOnce() -> Bytes,
+    ) -> Result<(), CircError> {
+        let flow = self.hops.get_mut(hop).ok_or(CircError::NotRecognized)?;
+        let due = flow
+            .recv
+            .take()
+            .map_err(|err| CircError::Flow { hop, err })?;
+        if due {
+            self.queue_circ_sendme(hop)?;
+        }
+        let Some(id) = StreamId::new(stream) else {
+            return Err(CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::DATA)));
+        };
+        let Some(s) = self
+            .streams
+            .get_mut(id)
+            .filter(|s| usize::from(s.hop) == hop)
+        else {
+            // tor-spec §6.2.1: DATA for an unrecognised stream is dropped.
+            return Ok(());
+        };
+        if s.on_data()? == Admit::Process {
+            self.stats.data_cells_received += 1;
+            self.events.push_back(CircEvent::Data {
+                stream: id,
+                data: data(),
+            });
+        }
+        Ok(())
     }
 
     /// Queue an authenticated circuit SENDME to `hop`, carrying the digest of the DATA cell

@@ -43,7 +43,7 @@ use onion_crypto::tor1::{self, CellBody, Tor1RelayCrypto};
 use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
-use crate::circuit::{data_body, encode_body, pad_body};
+use crate::circuit::{data_body, data_bytes, encode_body, pad_body};
 use crate::flow::{
     CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag, SENDME_DIGEST_LEN,
 };
@@ -439,6 +439,23 @@ impl RelayCircuit {
         // The channel hands over an owned body: decrypt it in place and forward the same box.
         let mut body = payload.into_box();
         if self.crypto.decrypt_outbound(&mut body) {
+            if body[0] == RelayCmd::DATA.0 {
+                // The bulk of an upload: handed to the embedding in the cell's own buffer.
+                let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
+                let r = if len > MAX_RELAY_DATA_LEN {
+                    Err(RelayError::Malformed(onion_cell::Error::BadLength {
+                        field: "relay Length",
+                        len,
+                    }))
+                } else {
+                    let stream = u16::from_be_bytes([body[3], body[4]]);
+                    self.on_data(stream, move || data_bytes(body, len))
+                };
+                return match r {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.fail(e),
+                };
+            }
             let r = match RelayCell::decode(&body) {
                 Ok(cell) => self.handle_recognized(cell, early),
                 Err(e) => Err(RelayError::Malformed(e)),
@@ -615,28 +632,7 @@ impl RelayCircuit {
                 });
                 Ok(())
             }
-            RelayMsg::Data(d) => {
-                if self.recv.take()? {
-                    let mut tag = [0u8; SENDME_DIGEST_LEN];
-                    let dig = self.crypto.last_received_digest();
-                    let n = dig.len().min(SENDME_DIGEST_LEN);
-                    tag[..n].copy_from_slice(&dig[..n]);
-                    self.stats.circ_sendmes_sent += 1;
-                    self.originate(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
-                }
-                let id = sid.ok_or(RelayError::Protocol("DATA on stream 0"))?;
-                let Some(s) = self.streams.get_mut(id) else {
-                    return Ok(());
-                };
-                if s.on_data()? == Admit::Process {
-                    self.stats.data_cells_received += 1;
-                    self.events.push_back(RelayEvent::Data {
-                        stream: id,
-                        data: d.into_bytes(),
-                    });
-                }
-                Ok(())
-            }
+            RelayMsg::Data(d) => self.on_data(stream, move || d.into_bytes()),
             RelayMsg::Sendme(sm) => match sid {
                 None => {
                     let tag = match &sm.tag {
@@ -686,6 +682,33 @@ impl RelayCircuit {
                 Ok(())
             }
         }
+    }
+
+    /// RELAY_DATA from the client on `stream`: counted by the circuit's deliver window
+    /// (tor-spec §7.3; an authenticated SENDME goes back every 100 cells), then by the
+    /// stream's, and handed to the embedding; dropped for an unknown stream (§6.2.1).
+    /// `data` makes the bytes only when they are delivered.
+    fn on_data(&mut self, stream: u16, data: impl FnOnce() -> Bytes) -> Result<(), RelayError> {
+        if self.recv.take()? {
+            let mut tag = [0u8; SENDME_DIGEST_LEN];
+            let dig = self.crypto.last_received_digest();
+            let n = dig.len().min(SENDME_DIGEST_LEN);
+            tag[..n].copy_from_slice(&dig[..n]);
+            self.stats.circ_sendmes_sent += 1;
+            self.originate(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
+        }
+        let id = StreamId::new(stream).ok_or(RelayError::Protocol("DATA on stream 0"))?;
+        let Some(s) = self.streams.get_mut(id) else {
+            return Ok(());
+        };
+        if s.on_data()? == Admit::Process {
+            self.stats.data_cells_received += 1;
+            self.events.push_back(RelayEvent::Data {
+                stream: id,
+                data: data(),
+            });
+        }
+        Ok(())
     }
 
     fn new_stream(&mut self, id: StreamId) -> Result<(), RelayError> {
