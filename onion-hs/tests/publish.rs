@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use onion_hs::client::HsClient;
 use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
 use onion_hs::publish::{
     ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, Publisher, PublisherConfig,
     RelayId, UploadId,
 };
+use onion_hs::relay::IntroPoint;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::service::{HsService, HsServiceConfig};
 use onion_hs::time::{TimePeriod, TimePeriodConfig};
@@ -30,6 +32,7 @@ struct Uploaded {
     revision: u64,
     intro_keys: Vec<[u8; 32]>,
     ok: bool,
+    text: Arc<str>,
 }
 
 struct Harness {
@@ -52,6 +55,9 @@ struct Harness {
     closed: Vec<(u64, IntroId)>,
     /// Intro points whose circuits are open (for the embedder).
     open: HashSet<IntroId>,
+    /// The intro relays' side: ESTABLISH_INTRO registrations, by relay (circuit = intro id).
+    roles: BTreeMap<RelayId, IntroPoint<u64>>,
+    relay_of: BTreeMap<IntroId, RelayId>,
 }
 
 fn relay(ed: u8, rsa: u8, hsdir: bool) -> HsDirRelay {
@@ -107,6 +113,8 @@ impl Harness {
             launches: Vec::new(),
             closed: Vec::new(),
             open: HashSet::new(),
+            roles: BTreeMap::new(),
+            relay_of: BTreeMap::new(),
         }
     }
 
@@ -135,7 +143,12 @@ impl Harness {
                     let mut kh = [0u8; 20];
                     self.rng.fill_bytes(&mut kh);
                     let body = self.p.intro_circuit_built(intro, &kh).unwrap();
-                    assert!(!body.is_empty());
+                    // A rebuilt circuit replaces the old one (its id is the intro id here).
+                    let role = self.roles.entry(relay).or_default();
+                    role.circuit_closed(intro.0);
+                    role.handle_establish_intro(intro.0, &kh, &body)
+                        .expect("the intro relay accepts ESTABLISH_INTRO");
+                    self.relay_of.insert(intro, relay);
                     self.open.insert(intro);
                     self.p
                         .intro_established(&mut self.rng, intro, self.now)
@@ -143,6 +156,13 @@ impl Harness {
                 }
                 PublishAction::CloseIntroCircuit { intro } => {
                     assert!(self.open.remove(&intro), "closing a circuit not open");
+                    if let Some(role) = self
+                        .relay_of
+                        .get(&intro)
+                        .and_then(|r| self.roles.get_mut(r))
+                    {
+                        role.circuit_closed(intro.0);
+                    }
                     self.closed.push((self.now, intro));
                 }
                 PublishAction::Upload {
@@ -202,6 +222,7 @@ impl Harness {
             revision,
             intro_keys,
             ok,
+            text: text.clone(),
         });
     }
 
@@ -363,7 +384,8 @@ fn failed_intro_relay_is_retried_with_backoff_then_replaced() {
     assert_eq!(to_bad, vec![0, 5, 15]);
     assert_eq!(h.established(), 3);
     assert!(h.p.intro_points().iter().all(|i| i.relay != bad));
-    // The last descriptors have three intro points; none of them ever listed the bad relay.
+    // The last descriptors have three intro points (the bad relay never established, so it
+    // was never listed); 3 launches to it, 3 to good relays.
     let last = h.uploads.last().unwrap();
     assert_eq!(last.intro_keys.len(), 3);
     assert_eq!(h.launches.len(), 3 + 3);
@@ -632,4 +654,99 @@ fn with_every_intro_relay_failing_nothing_is_published_and_nothing_spins() {
     h.advance_to(T0 + 3 * HOUR + 300);
     assert_eq!(h.established(), 3);
     assert!(h.uploads.len() >= n0 + 16);
+}
+
+/// A client with the descriptor in `text` introduces itself through its first intro point;
+/// the intro relay routes it. Returns the intro point's relay and the INTRODUCE2 (if routed).
+fn introduce(
+    h: &mut Harness,
+    text: &str,
+    period: TimePeriod,
+) -> (RelayId, Option<(IntroId, Vec<u8>)>) {
+    let mut client = HsClient::new(h.id.address()).unwrap();
+    client.handle_descriptor(text, period, None, h.now).unwrap();
+    let est = client.establish_rendezvous(&mut h.rng).unwrap();
+    assert!(!est.is_empty());
+    client.handle_rendezvous_established().unwrap();
+    let (ip, intro1) = client
+        .introduce(&mut h.rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
+        .unwrap();
+    let relay: RelayId = ip
+        .link_specifiers
+        .iter()
+        .find(|l| l.ty == LS_RSA_ID)
+        .and_then(|l| l.body.as_slice().try_into().ok())
+        .unwrap();
+    let routing = h.roles[&relay].handle_introduce1(&intro1);
+    (relay, routing.to_service.map(|(c, b)| (IntroId(c), b)))
+}
+
+#[test]
+fn clients_reach_the_service_through_published_and_rotated_intro_points() {
+    let config = PublisherConfig {
+        intro_max_introduce2: (2, 2),
+        ..PublisherConfig::default()
+    };
+    let mut h = Harness::new(13, config);
+    let v = h.view.clone();
+    h.consensus(v);
+    // What a client fetches with (§2.2.4.1): the current period.
+    let sel = h
+        .view
+        .shared_random
+        .client_fetch(&h.view.periods, h.view.valid_after);
+    let old = h
+        .uploads
+        .iter()
+        .find(|u| u.period == sel.period)
+        .unwrap()
+        .clone();
+    h.now += 60;
+    h.hold_uploads = true;
+    // Two introductions through the first intro point rotate it (limit 2).
+    let mut first = None;
+    for _ in 0..2 {
+        let (relay, routed) = introduce(&mut h, &old.text, sel.period);
+        let (intro, body) = routed.expect("routed to the service");
+        first.get_or_insert((relay, intro));
+        let req =
+            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+                .unwrap();
+        assert_eq!(req.link_specifiers, vec![LinkSpec::rsa_id([9; 20])]);
+        h.pump();
+    }
+    let (relay, intro) = first.unwrap();
+    let info =
+        h.p.intro_points()
+            .into_iter()
+            .find(|i| i.id == intro)
+            .unwrap();
+    assert!(info.retired && info.relay == relay);
+    // A client with the old descriptor still gets through while the new one is uploading.
+    let (_, routed) = introduce(&mut h, &old.text, sel.period);
+    let (i3, body) = routed.unwrap();
+    assert_eq!(i3, intro);
+    assert!(h.p.handle_introduce2(&mut h.rng, i3, &body, h.now).is_ok());
+    // The new descriptor lists three points, not the rotated one.
+    let new = h
+        .uploads
+        .iter()
+        .rev()
+        .find(|u| u.period == sel.period)
+        .unwrap()
+        .clone();
+    assert!(new.revision > old.revision);
+    assert_eq!(new.intro_keys.len(), 3);
+    assert!(!new.intro_keys.contains(&old.intro_keys[0]));
+    // Uploads answered: the rotated circuit closes; the old descriptor's first point is gone,
+    // the new descriptor works.
+    h.hold_uploads = false;
+    h.release();
+    assert!(h.closed.iter().any(|c| c.1 == intro));
+    let (_, routed) = introduce(&mut h, &old.text, sel.period);
+    assert!(routed.is_none(), "the intro relay forgot the rotated point");
+    let (_, routed) = introduce(&mut h, &new.text, sel.period);
+    let (i4, body) = routed.unwrap();
+    assert_ne!(i4, intro);
+    assert!(h.p.handle_introduce2(&mut h.rng, i4, &body, h.now).is_ok());
 }
