@@ -75,8 +75,9 @@ pub struct PublisherConfig {
     pub intro_circuit_retries: u32,
     /// First delay before rebuilding a failed intro circuit; doubles per failure.
     pub intro_retry_base_secs: u64,
-    /// Intro circuit launches allowed per [`Self::intro_launch_window_secs`] (C tor: 10 per
-    /// 300 s for 3 points plus its 2 extra).
+    /// Intro circuit launches allowed per [`Self::intro_launch_window_secs`] (default 10 per
+    /// 300 s, C tor's figures), so that a broken network does not make the service build
+    /// circuits without end.
     pub intro_launches_per_window: u32,
     /// Length of the launch rate-limit window, seconds.
     pub intro_launch_window_secs: u64,
