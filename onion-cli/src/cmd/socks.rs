@@ -65,7 +65,7 @@ const ATTEMPTS: usize = 3;
 /// 10 to 15 s before it tries another circuit).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client may hold a circuit shared with other streams without reading.
-const STALL: Duration = Duration::from_secs(20);
+const STALL: Duration = Duration::from_secs(10);
 
 /// Where one CONNECT request stands in its attempts.
 struct Request {
@@ -137,6 +137,9 @@ struct PoolCirc {
     port: u16,
     /// Its exit relay.
     exit: Option<RsaIdentity>,
+    /// Its length when built: fewer hops means a hop cut it (RELAY_TRUNCATED, tor-spec §5.4)
+    /// and it no longer reaches the exit.
+    hops: usize,
     /// Whether new streams may use it (C tor retires a circuit on which a stream was refused).
     usable: bool,
 }
@@ -185,9 +188,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Ok((circ, exit))
     };
     loop {
-        let wake = proxy
-            .next_wake()
-            .unwrap_or_else(|| client.deadline(Duration::from_secs(3600)));
+        let wake = if proxy.events_waiting(&client) {
+            // Events drained by the last flush (a released hold): take them before sleeping.
+            client.clock.now()
+        } else {
+            proxy
+                .next_wake()
+                .unwrap_or_else(|| client.deadline(Duration::from_secs(3600)))
+        };
         let _ = client.step(wake);
         while let Some(input) = client.take_other() {
             proxy.input(&mut client, input, &build);
@@ -222,6 +230,11 @@ fn alive(client: &Client, c: usize) -> bool {
         .circs
         .get(c)
         .is_some_and(|c| c.dead.is_none() && !c.circ.is_closed())
+}
+
+/// Whether the pooled circuit `p` still reaches its exit.
+fn intact(client: &Client, p: &PoolCirc) -> bool {
+    alive(client, p.circ) && client.circs[p.circ].circ.n_hops() >= p.hops
 }
 
 impl Proxy {
@@ -349,7 +362,7 @@ impl Proxy {
         let found = self.pool.iter().find(|p| {
             p.usable
                 && p.port == port
-                && alive(client, p.circ)
+                && intact(client, p)
                 && !client.circs[p.circ].hold
                 && !p.exit.is_some_and(|e| req.avoid.contains(&e))
         });
@@ -370,6 +383,7 @@ impl Proxy {
                             circ,
                             port,
                             exit,
+                            hops: client.circs[circ].circ.n_hops(),
                             usable: true,
                         });
                         circ
@@ -480,8 +494,8 @@ impl Proxy {
 
     /// Route circuit events to the connections; handle circuits that died.
     fn circuit_events(&mut self, client: &mut Client) {
-        let circs: Vec<usize> = self.pool.iter().map(|p| p.circ).collect();
-        for circ in circs {
+        let circs: Vec<(usize, usize)> = self.pool.iter().map(|p| (p.circ, p.hops)).collect();
+        for (circ, hops) in circs {
             while let Some(ev) = client.circs[circ].events.pop_front() {
                 let (CircEvent::StreamConnected { stream, .. }
                 | CircEvent::Data { stream, .. }
@@ -515,12 +529,20 @@ impl Proxy {
                     _ => {}
                 }
             }
-            if alive(client, circ) {
+            let cut = client.circs[circ].circ.n_hops() < hops;
+            if alive(client, circ) && !cut {
                 continue;
             }
-            let cc = &mut client.circs[circ];
-            cc.hold = false;
-            let why = cc.dead.clone().unwrap_or_else(|| "circuit closed".into());
+            let why = match &client.circs[circ].dead {
+                Some(why) => why.clone(),
+                None if cut => {
+                    // Its streams are gone with the exit: give the rest up too.
+                    client.destroy(circ);
+                    format!("circuit cut after hop {}", client.circs[circ].circ.n_hops())
+                }
+                None => "circuit closed".into(),
+            };
+            client.circs[circ].hold = false;
             eprintln!("onion: circuit lost: {why}");
             self.pool.retain(|p| p.circ != circ);
             while let Some(i) = self.conns.iter().position(|c| c.circ() == Some(circ)) {
@@ -668,6 +690,16 @@ impl Proxy {
             }
             !idle
         });
+    }
+
+    /// Whether a circuit of the proxy has events nobody has looked at.
+    fn events_waiting(&self, client: &Client) -> bool {
+        self.pool.iter().any(|p| {
+            client
+                .circs
+                .get(p.circ)
+                .is_some_and(|c| !c.events.is_empty())
+        })
     }
 
     /// When the loop must wake up even if nothing arrives.
