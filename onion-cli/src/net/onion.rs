@@ -20,7 +20,8 @@ use onion_dir::consensus;
 use onion_dir::netview::RelayIdx;
 use onion_dir::path::{PathOptions, PathSelector};
 use onion_dir::{RelayFlags, RsaIdentity};
-use onion_hs::client::HsClient;
+use onion_hs::client::{ClientError, HsClient};
+use onion_hs::desc::DescError;
 use onion_hs::linkspec::LinkSpec;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::time::TimePeriodConfig;
@@ -106,13 +107,27 @@ pub fn connect(
             .relay(idx)
             .map(|r| r.nickname.clone())
             .unwrap_or_default();
-        let r = fetch_desc(client, dir, &selector, &opts, idx, &url, deadline).and_then(|text| {
-            hs.handle_descriptor(&text, sel.period, client_key, now_unix)
-                .map_err(|e| e.to_string())
-        });
-        match r {
+        let text = match fetch_desc(client, dir, &selector, &opts, idx, &url, deadline) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("onion: HSDir {name}: {e}");
+                errors.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        match hs.handle_descriptor(&text, sel.period, client_key, now_unix) {
             Ok(()) => {
                 eprintln!("onion: onion-service descriptor from HSDir {name}");
+                break;
+            }
+            // Every HSDir holds the same descriptor: a key that cannot open it here cannot
+            // open it anywhere (rend-spec-v3 §2.5.1.2), so stop asking.
+            Err(
+                e @ ClientError::Desc(
+                    DescError::ClientAuthRequired | DescError::ClientNotAuthorized,
+                ),
+            ) => {
+                errors.push(format!("{name}: {e}"));
                 break;
             }
             Err(e) => {
