@@ -159,7 +159,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let (sk, for_addr) = onion_hs::keys::parse_client_auth_key(&t)
                 .map_err(|e| format!("--client-key {path}: {e}"))?;
             if for_addr.is_some_and(|a| a != *addr) {
-                return Err(format!("--client-key {path}: key file is for another address"));
+                return Err(format!(
+                    "--client-key {path}: key file is for another address"
+                ));
             }
             Some(sk)
         }
