@@ -64,6 +64,10 @@ const ATTEMPTS: usize = 3;
 /// How long a stream may wait for CONNECTED before it is retried elsewhere (C tor waits
 /// 10 to 15 s before it tries another circuit).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a circuit takes new streams (C tor's `MaxCircuitDirtiness` default): after that,
+/// new streams go on a new circuit, so that one circuit does not link all of a user's
+/// activity, and the old one is closed once its streams are done.
+const MAX_DIRTINESS: Duration = Duration::from_secs(600);
 /// How long a client may hold a circuit shared with other streams without reading.
 const STALL: Duration = Duration::from_secs(10);
 
@@ -142,6 +146,29 @@ struct PoolCirc {
     hops: usize,
     /// Whether new streams may use it (C tor retires a circuit on which a stream was refused).
     usable: bool,
+    /// When it was built: it takes new streams for [`MAX_DIRTINESS`] only.
+    born: Instant,
+}
+
+/// The circuit of `pool` a new stream to `port` goes on: one built for that port, not
+/// retired, younger than [`MAX_DIRTINESS`], not through an exit in `avoid`, and `ok` (alive
+/// and not held).
+fn pick(
+    pool: &[PoolCirc],
+    port: u16,
+    avoid: &[RsaIdentity],
+    now: Instant,
+    ok: impl Fn(&PoolCirc) -> bool,
+) -> Option<usize> {
+    pool.iter()
+        .find(|p| {
+            p.usable
+                && p.port == port
+                && now < p.born + MAX_DIRTINESS
+                && !p.exit.is_some_and(|e| avoid.contains(&e))
+                && ok(p)
+        })
+        .map(|p| p.circ)
 }
 
 /// Run the subcommand (until killed).
@@ -359,15 +386,12 @@ impl Proxy {
     fn attempt(&mut self, client: &mut Client, i: usize, mut req: Request, build: &Build<'_>) {
         req.attempt += 1;
         let (host, port) = (req.target.host.clone(), req.target.port);
-        let found = self.pool.iter().find(|p| {
-            p.usable
-                && p.port == port
-                && intact(client, p)
-                && !client.circs[p.circ].hold
-                && !p.exit.is_some_and(|e| req.avoid.contains(&e))
+        let now = client.clock.now();
+        let found = pick(&self.pool, port, &req.avoid, now, |p| {
+            intact(client, p) && !client.circs[p.circ].hold
         });
         let circ = match found {
-            Some(p) => p.circ,
+            Some(c) => c,
             None => {
                 let mut avoid = self.avoid.clone();
                 avoid.extend(req.avoid.iter().copied());
@@ -384,6 +408,7 @@ impl Proxy {
                             port,
                             exit,
                             hops: client.circs[circ].circ.n_hops(),
+                            born: client.clock.now(),
                             usable: true,
                         });
                         circ
@@ -401,7 +426,7 @@ impl Proxy {
         let now = client.clock.now();
         let begun = client.circs[circ]
             .circ
-            .begin(&host, port, BeginFlags(0), now);
+            .begin(&host, port, begin_flags(&host), now);
         match begun {
             Ok(stream) => {
                 self.conns[i].state = State::Connecting {
@@ -682,6 +707,11 @@ impl Proxy {
                     .any(|c| c.blocked.is_some() && c.circ() == Some(p.circ));
             client.circs[p.circ].hold = hold;
         }
+        for p in self.pool.iter_mut() {
+            if now >= p.born + MAX_DIRTINESS {
+                p.usable = false;
+            }
+        }
         let conns = &self.conns;
         self.pool.retain(|p| {
             let idle = !p.usable && !conns.iter().any(|c| c.circ() == Some(p.circ));
@@ -712,6 +742,16 @@ impl Proxy {
                 _ => c.blocked.map(|(t, _)| t + STALL),
             })
             .min()
+    }
+}
+
+/// RELAY_BEGIN flags (tor-spec §6.2) for `host`: an IPv6 literal needs "IPv6 okay" (we can
+/// connect to IPv6 addresses), without which the exit has no address it may use; names and
+/// IPv4 keep the default (IPv4 only), as C tor's SocksPort does.
+fn begin_flags(host: &str) -> BeginFlags {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => BeginFlags(BeginFlags::IPV6_OKAY),
+        _ => BeginFlags(0),
     }
 }
 
@@ -789,6 +829,51 @@ mod tests {
         // Released once drained to the low mark.
         assert_eq!(next_blocked(b, OUT_LOW, t1, 9), None);
         assert_eq!(next_blocked(None, OUT_LOW, t1, 9), None);
+    }
+
+    #[test]
+    fn picks_a_fresh_usable_circuit_for_the_port() {
+        let t0 = Instant::from_duration(Duration::from_secs(5));
+        let exit_a = RsaIdentity([1u8; 20]);
+        let exit_b = RsaIdentity([2u8; 20]);
+        let circ = |circ, port, exit, usable| PoolCirc {
+            circ,
+            port,
+            exit: Some(exit),
+            hops: 3,
+            usable,
+            born: t0,
+        };
+        let pool = vec![
+            circ(0, 443, exit_a, true),
+            circ(1, 80, exit_a, false),
+            circ(2, 80, exit_a, true),
+            circ(3, 80, exit_b, true),
+        ];
+        let all = |_: &PoolCirc| true;
+        assert_eq!(pick(&pool, 443, &[], t0, all), Some(0));
+        // Retired circuits are skipped.
+        assert_eq!(pick(&pool, 80, &[], t0, all), Some(2));
+        // An exit that refused the request is avoided.
+        assert_eq!(pick(&pool, 80, &[exit_a], t0, all), Some(3));
+        assert_eq!(pick(&pool, 443, &[exit_a], t0, all), None);
+        // Dead or held circuits (as `ok` says) are skipped.
+        assert_eq!(pick(&pool, 80, &[], t0, |p| p.circ != 2), Some(3));
+        // No circuit for that port.
+        assert_eq!(pick(&pool, 8080, &[], t0, all), None);
+        // Too old for new streams.
+        let late = t0 + MAX_DIRTINESS;
+        assert_eq!(pick(&pool, 80, &[], late, all), None);
+        let before = t0 + (MAX_DIRTINESS - Duration::from_secs(1));
+        assert_eq!(pick(&pool, 80, &[], before, all), Some(2));
+    }
+
+    #[test]
+    fn ipv6_literals_are_begun_with_ipv6_okay() {
+        assert_eq!(begin_flags("::1").0, BeginFlags::IPV6_OKAY);
+        assert_eq!(begin_flags("2001:db8::7").0, BeginFlags::IPV6_OKAY);
+        assert_eq!(begin_flags("127.0.0.1").0, 0);
+        assert_eq!(begin_flags("example.com").0, 0);
     }
 
     #[test]
