@@ -921,3 +921,55 @@ fn relay_closes_the_circuit_after_eight_relay_early() {
     net.run();
     assert!(net.client.is_closed());
 }
+
+/// tor-spec §6.3 at the exit: a stream the exit ended stays half-closed, absorbing the DATA
+/// the client had in flight, until its window ends by timer; then it is forgotten and
+/// later DATA for it is dropped as for an unknown stream (§6.2.1).
+#[test]
+fn exit_half_closed_stream_expires_by_timer() {
+    let mut net = Net::new(34, HandshakeKind::Ntor, false, 1);
+    net.build();
+    net.now = Instant::ZERO + Duration::from_secs(5);
+    let cs = net.client.begin_dir(net.now).expect("begin_dir");
+    net.run();
+    let es = sid(&net.relay_events);
+    net.hops[0].connected(es, None).expect("connected");
+    net.run();
+    net.relay_events.clear();
+    // The client sends while the exit ends the stream: the DATA crosses the END.
+    net.client.send(cs, &[1u8; 3 * 498]).expect("send");
+    net.hops[0].set_half_closed_timeout(Duration::from_secs(30));
+    net.hops[0]
+        .end_stream(es, EndReason::DONE)
+        .expect("end_stream");
+    while let Some(m) = net.client.poll_cell(&mut net.rng) {
+        net.hops[0]
+            .handle_from_client(net.now, m)
+            .expect("late DATA absorbed");
+    }
+    net.run();
+    assert!(!net
+        .relay_events
+        .iter()
+        .any(|(_, e)| matches!(e, RelayEvent::Data { .. })));
+    assert_eq!(net.hops[0].n_streams(), 1, "half-closed");
+    let expiry = net.now + Duration::from_secs(30);
+    assert_eq!(net.hops[0].poll_timeout(), Some(expiry));
+    net.hops[0].handle_timeout(net.now + Duration::from_secs(29));
+    assert_eq!(net.hops[0].n_streams(), 1);
+    net.hops[0].handle_timeout(expiry);
+    assert_eq!(net.hops[0].n_streams(), 0, "forgotten");
+    assert_eq!(net.hops[0].poll_timeout(), None);
+    // Later DATA on that id (sent raw: the client forgot the stream on the exit's END).
+    let mut body = Box::new([0u8; 509]);
+    body[0] = 2;
+    body[3..5].copy_from_slice(&es.get().to_be_bytes());
+    body[10] = 4;
+    net.client.send_raw(0, body, false).expect("raw");
+    net.run();
+    assert!(!net.hops[0].is_closed());
+    assert!(!net
+        .relay_events
+        .iter()
+        .any(|(_, e)| matches!(e, RelayEvent::Data { .. })));
+}

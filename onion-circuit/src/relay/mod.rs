@@ -54,6 +54,10 @@ use crate::Instant;
 /// SHOULD close the circuit").
 pub const MAX_RELAY_EARLY_IN: u8 = 8;
 
+/// How long an exit stream we ended stays half-closed by default (see
+/// [`RelayCircuit::set_half_closed_timeout`]).
+pub const DEFAULT_HALF_CLOSED_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(60);
+
 /// A relay's long-term keys as circuit handshakes need them.
 #[derive(Clone)]
 pub struct RelayKeys {
@@ -249,6 +253,10 @@ pub struct RelayCircuit {
     /// KH and rendezvous joining (onion services, [`splice`]).
     hs: splice::HsHooks,
     stats: FlowStats,
+    /// The latest `now` an input carried ([`RelayCircuit::end_stream`] takes none).
+    last_now: Instant,
+    /// How long a stream we ended stays half-closed.
+    half_closed_timeout: core::time::Duration,
 }
 
 impl core::fmt::Debug for RelayCircuit {
@@ -280,7 +288,6 @@ impl RelayCircuit {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
-        let _ = now;
         let (kg, reply, first_hop) = match create {
             ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR => {
                 let (reply, kg) = ntor::server(rng, &keys.rsa_id, &keys.ntor_keys, &c.hdata)?;
@@ -335,6 +342,8 @@ impl RelayCircuit {
             our_rsa_id: keys.rsa_id,
             hs: splice::HsHooks::new(&kg, &reply)?,
             stats: FlowStats::default(),
+            last_now: now,
+            half_closed_timeout: DEFAULT_HALF_CLOSED_TIMEOUT,
         };
         Ok((circ, reply))
     }
@@ -354,9 +363,37 @@ impl RelayCircuit {
         self.next != Next::None
     }
 
-    /// Number of exit streams.
+    /// Number of exit streams (half-closed ones included).
     pub fn n_streams(&self) -> usize {
         self.streams.len()
+    }
+
+    /// How long a stream ended with [`RelayCircuit::end_stream`] stays half-closed
+    /// (default [`DEFAULT_HALF_CLOSED_TIMEOUT`]); applies to streams ended afterwards.
+    pub fn set_half_closed_timeout(&mut self, d: core::time::Duration) {
+        self.half_closed_timeout = d;
+    }
+
+    /// When [`RelayCircuit::handle_timeout`] must next be called: the end of the earliest
+    /// half-closed window, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        self.streams.next_deadline()
+    }
+
+    /// Handle the passing of time: half-closed streams whose window ended are forgotten
+    /// (their ids become free; later cells for them are treated as for unknown streams,
+    /// tor-spec §6.2.1). Nothing is reported: the embedding ended them itself.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if self.closed {
+            return;
+        }
+        if !self.streams.expire(now).is_empty() {
+            self.streams.shrink();
+        }
     }
 
     /// Free this hop's expanded AES key schedules (2 × 704 bytes) while the circuit is idle;
@@ -416,7 +453,7 @@ impl RelayCircuit {
 
     /// Handle a cell from the client side. Errors are fatal: DESTROY goes both ways.
     pub fn handle_from_client(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
-        let _ = now;
+        self.last_now = self.last_now.max(now);
         if self.closed {
             return Ok(());
         }
@@ -490,7 +527,7 @@ impl RelayCircuit {
 
     /// Handle a cell from the next hop's side.
     pub fn handle_from_next(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
-        let _ = now;
+        self.last_now = self.last_now.max(now);
         if self.closed {
             return Ok(());
         }
@@ -737,7 +774,10 @@ impl RelayCircuit {
     }
 
     /// End an exit stream with `reason` (refused by policy, connection failed, or done),
-    /// sending RELAY_END (tor-spec §6.3).
+    /// sending RELAY_END (tor-spec §6.3). The stream stays half-closed, absorbing what the
+    /// client may still have in flight, until the client's END or the half-closed timeout
+    /// ([`RelayCircuit::set_half_closed_timeout`], counted from the latest `now` given, run
+    /// by [`RelayCircuit::handle_timeout`]).
     pub fn end_stream(&mut self, stream: StreamId, reason: EndReason) -> Result<(), RelayError> {
         if self.closed {
             return Err(RelayError::Closed);
@@ -747,7 +787,7 @@ impl RelayCircuit {
             .get_mut(stream)
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
-        s.half_close(None);
+        s.half_close(Some(self.last_now + self.half_closed_timeout));
         self.originate(stream.get(), &RelayMsg::End(End::new(reason)))
     }
 
