@@ -24,6 +24,16 @@
 //! }
 //! ```
 //!
+//! Timers ([`Circuit::poll_timeout`]): the build timeout, stream connect/resolve timeouts, the
+//! end of a half-closed stream's window ([`CircConfig::half_closed_timeout`]), and the idle
+//! check ([`CircConfig::idle_after`]) that frees the hops' expanded AES key schedules
+//! (6 × 704 bytes on a 3-hop circuit) while no cell flows; the next cell rebuilds them.
+//!
+//! RELAY_EARLY (tor-spec §5.6): EXTEND2 always goes in one, and so do the first few other
+//! cells to hops beyond the guard (to conceal the circuit length), keeping
+//! [`RELAY_EARLY_RESERVED_FOR_EXTEND`] for later extensions; never more than
+//! [`MAX_RELAY_EARLY`] in all.
+//!
 //! Fatal protocol errors (a cell recognised by no hop, a bad SENDME digest, a window overrun,
 //! a bad handshake reply, a build timeout) close the circuit: a DESTROY (reason NONE, as an OP
 //! must use, tor-spec §5.4) is queued, every stream ends, and [`CircEvent::Closed`] reports the
