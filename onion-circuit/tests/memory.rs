@@ -21,6 +21,16 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// The counters are process-wide: tests running in parallel threads would disturb each
+/// other's measurements, so each test holds this lock.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Net {
     rng: ChaCha20Rng,
     keys: Vec<RelayKeys>,
@@ -157,6 +167,7 @@ fn idle(client: &mut Circuit) {
 
 #[test]
 fn idle_circuit_and_stream_heap() {
+    let _serial = serial();
     // A 3-hop circuit just built (queues drained, key schedules expanded: "active").
     let (_net, client) = setup(1);
     let active_heap = heap_of(client);
@@ -215,6 +226,7 @@ fn idle_circuit_and_stream_heap() {
 /// when idle once more.
 #[test]
 fn idle_circuit_becomes_active_again() {
+    let _serial = serial();
     let (mut net, mut client) = setup(2);
     idle(&mut client);
     let s = client
@@ -259,4 +271,40 @@ fn idle_circuit_becomes_active_again() {
     );
     assert!(!client.is_closed());
     idle(&mut client);
+}
+
+/// A one-hop circuit that never carries a relay cell (made with CREATE_FAST and left alone)
+/// still frees its key schedules once idle: adding a hop arms the idle check.
+#[test]
+fn unused_one_hop_circuit_compacts() {
+    let _serial = serial();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let ntor = NtorSecretKey::generate(&mut rng);
+    let keys = RelayKeys {
+        rsa_id: RsaIdentity([9; 20]),
+        ed_id: Ed25519Identity([9; 32]),
+        ntor_keys: vec![ntor.clone()],
+    };
+    let target = HopTarget {
+        rsa_id: keys.rsa_id,
+        ed_id: Some(keys.ed_id),
+        ntor_key: *ntor.public(),
+        addrs: vec![],
+        ntor_v3: false,
+    };
+    let (mut client, create) = Circuit::create(
+        CircConfig::default(),
+        &target,
+        HandshakeKind::CreateFast,
+        Instant::ZERO,
+        &mut rng,
+    )
+    .expect("create");
+    let (_relay, reply) =
+        RelayCircuit::accept(&keys, &create, Instant::ZERO, &mut rng).expect("accept");
+    client.handle_cell(Instant::ZERO, reply).expect("created");
+    assert_eq!(client.n_hops(), 1);
+    assert!(client.poll_timeout().is_some(), "idle check armed");
+    idle(&mut client);
+    assert_eq!(client.poll_timeout(), None);
 }

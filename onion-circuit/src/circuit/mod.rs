@@ -659,6 +659,7 @@ impl Circuit {
             return Err(CircError::ExtendInProgress);
         }
         self.crypto.add_boxed_hop(layer);
+        self.mark_used();
         self.hops.push(HopFlow {
             send: CircSendWindow::new(self.config.accept_sendme_v0),
             recv: CircRecvWindow::default(),
@@ -1044,6 +1045,8 @@ impl Circuit {
             }
         }
         self.crypto.add_hop(layer);
+        // A new hop's schedules are expanded: the idle check must run.
+        self.mark_used();
         self.hops.push(HopFlow {
             send: CircSendWindow::new(self.config.accept_sendme_v0),
             recv: CircRecvWindow::default(),
