@@ -194,7 +194,7 @@ fn data_for_a_never_opened_stream_is_dropped_but_counted() {
 /// cell and for shorter ones.
 #[test]
 fn data_bytes_keeps_the_payload() {
-    for len in [0usize, 1, 100, 497, MAX_RELAY_DATA_LEN] {
+    for len in [0usize, 1, 100, 248, 249, 497, MAX_RELAY_DATA_LEN] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         let body = data_body(5, &payload);
         assert_eq!(&data_bytes(body, len)[..], &payload[..], "len {len}");

@@ -382,15 +382,20 @@ pub(crate) fn data_body(stream: u16, data: &[u8]) -> Box<CellBody> {
     body
 }
 
-/// The `len` data bytes of a decrypted DATA cell as [`Bytes`] that keep the cell's own
-/// buffer: no copy, and no allocation at all for a full cell (498 bytes: the buffer is used
-/// to its end, so `Bytes` takes the box as it is); a shorter cell costs `Bytes` one small
-/// reference-count allocation.
+/// The `len` data bytes of a decrypted DATA cell as [`Bytes`]. A cell at least half full
+/// keeps its own buffer: no copy, and no allocation at all for a full cell (498 bytes: the
+/// buffer is used to its end, so `Bytes` takes the box as it is), one small reference-count
+/// allocation otherwise. A shorter one is copied, so that an application holding many
+/// small chunks does not hold a 509-byte buffer for each.
 pub(crate) fn data_bytes(body: Box<CellBody>, len: usize) -> Bytes {
     use bytes::Buf;
+    let len = len.min(MAX_RELAY_DATA_LEN);
+    if len < MAX_RELAY_DATA_LEN / 2 {
+        return Bytes::copy_from_slice(&body[RELAY_HEADER_LEN..RELAY_HEADER_LEN + len]);
+    }
     let boxed: Box<[u8]> = body;
     let mut v = boxed.into_vec();
-    v.truncate(RELAY_HEADER_LEN + len.min(MAX_RELAY_DATA_LEN));
+    v.truncate(RELAY_HEADER_LEN + len);
     let mut b = Bytes::from(v);
     b.advance(RELAY_HEADER_LEN);
     b
