@@ -221,6 +221,21 @@ impl SkinHead {
             pub_x,
         })
     }
+
+    /// The verdict, read once every secret-dependent computation is done: the skin names
+    /// this relay and one of its keys, and the Diffie-Hellman results were contributory.
+    pub(crate) fn check(&self, contributory: bool) -> Result<(), HandshakeError> {
+        if !bool::from(self.id_ok) {
+            return Err(HandshakeError::WrongRelayId);
+        }
+        if !bool::from(self.found) {
+            return Err(HandshakeError::UnknownOnionKey);
+        }
+        if !contributory {
+            return Err(HandshakeError::DegenerateKey { field: "X" });
+        }
+        Ok(())
+    }
 }
 
 /// Constant-time selection of the secret key whose public part equals `want`.
@@ -251,27 +266,12 @@ pub(crate) fn server_with_secret(
             got: msg.len(),
         });
     }
-    let SkinHead {
-        id_ok,
-        found,
-        b_secret,
-        pub_b,
-        pub_x,
-    } = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
+    let head = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
     let pub_y = x25519_base(&y);
-    let xy = x25519(&y, &pub_x);
-    let xb = x25519(&b_secret, &pub_x);
-    let contributory = contributory(&xy) & contributory(&xb);
-    let (key_seed, auth) = derive(&xy, &xb, my_id, &pub_b, &pub_x, &pub_y);
-    if !bool::from(id_ok) {
-        return Err(HandshakeError::WrongRelayId);
-    }
-    if !bool::from(found) {
-        return Err(HandshakeError::UnknownOnionKey);
-    }
-    if !contributory {
-        return Err(HandshakeError::DegenerateKey { field: "X" });
-    }
+    let xy = x25519(&y, &head.pub_x);
+    let xb = x25519(&head.b_secret, &head.pub_x);
+    let (key_seed, auth) = derive(&xy, &xb, my_id, &head.pub_b, &head.pub_x, &pub_y);
+    head.check(contributory(&xy) & contributory(&xb))?;
     let mut reply = [0u8; NTOR_SERVER_HANDSHAKE_LEN];
     reply[..32].copy_from_slice(&pub_y);
     reply[32..].copy_from_slice(&auth);

@@ -319,28 +319,14 @@ impl NtorV3Server {
                 got: msg.len(),
             });
         }
-        let SkinHead {
-            id_ok,
-            found,
-            b_secret,
-            pub_b,
-            pub_x,
-        } = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
+        let head = SkinHead::parse(my_id.as_bytes(), keys, msg)?;
+        let (pub_b, pub_x) = (head.pub_b, head.pub_x);
         let mac_at = msg.len() - 32;
-        let xb = x25519(&b_secret, &pub_x);
-        let contributory = contributory(&xb);
+        let xb = x25519(&head.b_secret, &pub_x);
         let (enc_k1, mac_k1) = phase1(&xb, my_id.as_bytes(), &pub_x, &pub_b, verification);
         let expected = mac(&mac_k1[..], T_MSGMAC, &[&msg[..mac_at]]);
         let mac_ok: bool = expected.ct_eq(&msg[mac_at..]).into();
-        if !bool::from(id_ok) {
-            return Err(HandshakeError::WrongRelayId);
-        }
-        if !bool::from(found) {
-            return Err(HandshakeError::UnknownOnionKey);
-        }
-        if !contributory {
-            return Err(HandshakeError::DegenerateKey { field: "X" });
-        }
+        head.check(contributory(&xb))?;
         if !mac_ok {
             return Err(HandshakeError::BadClientMac);
         }
