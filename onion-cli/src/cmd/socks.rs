@@ -25,10 +25,11 @@
 //!   [`CONNECT_TIMEOUT`], or whose circuit dies while it waits, is retried the same way.
 //!   The final reply code maps the last END reason ([`socks_code`]).
 //!
-//! Streams share a circuit per destination port until it dies or is retired; then the next
-//! request builds a new one, avoiding relays that failed. Building a circuit blocks the loop
-//! for its duration (bytes for other clients wait in their circuits), which keeps this
-//! example short.
+//! Streams share a circuit per destination port until it dies, is retired or has taken new
+//! streams for [`MAX_DIRTINESS`]; then the next request builds a new one, avoiding relays
+//! that failed. Building a circuit blocks the loop for its duration, which keeps this example
+//! short: meanwhile every circuit is held, so the other clients' bytes wait at the exits
+//! (their stream windows), not in our memory.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -393,6 +394,12 @@ impl Proxy {
         let circ = match found {
             Some(c) => c,
             None => {
+                // Building blocks the loop (for seconds): meanwhile every circuit keeps its
+                // data in its machine, so that exits stop at their stream windows instead of
+                // filling our memory. `pump` sets the holds right again afterwards.
+                for p in &self.pool {
+                    client.circs[p.circ].hold = true;
+                }
                 let mut avoid = self.avoid.clone();
                 avoid.extend(req.avoid.iter().copied());
                 let built = build(client, &host, port, &mut avoid);
