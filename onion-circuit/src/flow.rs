@@ -35,6 +35,16 @@ pub const SENDME_UNPREDICTABLE_GAP: usize = 32;
 /// Length of the digest an authenticated SENDME carries (tor-spec §7.3.1).
 pub const SENDME_DIGEST_LEN: usize = 20;
 
+/// The SENDME v1 tag for a running digest: its first [`SENDME_DIGEST_LEN`] bytes (tor1's
+/// SHA-1 is exactly that long; a longer digest, such as the onion-service hop's SHA3-256, is
+/// truncated, as tor-spec §7.3.1 says), zero-padded if shorter.
+pub fn sendme_tag(digest: &[u8]) -> [u8; SENDME_DIGEST_LEN] {
+    let mut tag = [0u8; SENDME_DIGEST_LEN];
+    let n = digest.len().min(SENDME_DIGEST_LEN);
+    tag[..n].copy_from_slice(&digest[..n]);
+    tag
+}
+
 /// A flow-control violation by the peer; each one tears the circuit (or stream) down.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

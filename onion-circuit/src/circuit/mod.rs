@@ -66,7 +66,7 @@ use onion_crypto::{Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
 pub use self::error::{CircError, Unexpected};
-use crate::flow::{CircRecvWindow, CircSendWindow, FlowStats, SendmeTag, SENDME_DIGEST_LEN};
+use crate::flow::{sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag};
 use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
@@ -1278,11 +1278,7 @@ impl Circuit {
     /// Queue an authenticated circuit SENDME to `hop`, carrying the digest of the DATA cell
     /// just received (tor-spec §7.3.1).
     fn queue_circ_sendme(&mut self, hop: usize) -> Result<(), CircError> {
-        let mut tag = [0u8; SENDME_DIGEST_LEN];
-        if let Some(d) = self.crypto.last_received_digest(hop) {
-            let n = d.len().min(SENDME_DIGEST_LEN);
-            tag[..n].copy_from_slice(&d[..n]);
-        }
+        let tag = sendme_tag(self.crypto.last_received_digest(hop).unwrap_or_default());
         let body = encode_body(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }), "SENDME")?;
         self.stats.circ_sendmes_sent += 1;
         self.queue_relay(hop, body);
@@ -1420,10 +1416,7 @@ impl Circuit {
             if let (Some(d), Some(flow)) =
                 (self.crypto.last_sent_digest(hop), self.hops.get_mut(hop))
             {
-                let mut tag = [0u8; SENDME_DIGEST_LEN];
-                let n = d.len().min(SENDME_DIGEST_LEN);
-                tag[..n].copy_from_slice(&d[..n]);
-                flow.send.record_digest(tag);
+                flow.send.record_digest(sendme_tag(d));
             }
         }
         let payload = RelayPayload::Owned(q.body);

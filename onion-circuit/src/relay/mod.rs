@@ -44,9 +44,7 @@ use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
 use crate::circuit::{data_body, data_bytes, encode_body, pad_body};
-use crate::flow::{
-    CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag, SENDME_DIGEST_LEN,
-};
+use crate::flow::{sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag};
 use crate::stream::{Admit, Stream, StreamError, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
@@ -727,10 +725,7 @@ impl RelayCircuit {
     /// `data` makes the bytes only when they are delivered.
     fn on_data(&mut self, stream: u16, data: impl FnOnce() -> Bytes) -> Result<(), RelayError> {
         if self.recv.take()? {
-            let mut tag = [0u8; SENDME_DIGEST_LEN];
-            let dig = self.crypto.last_received_digest();
-            let n = dig.len().min(SENDME_DIGEST_LEN);
-            tag[..n].copy_from_slice(&dig[..n]);
+            let tag = sendme_tag(self.crypto.last_received_digest());
             self.stats.circ_sendmes_sent += 1;
             self.originate(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
         }
@@ -871,11 +866,8 @@ impl RelayCircuit {
                 pad_body(&mut body, rng);
                 self.crypto.originate_inbound(&mut body);
                 if trigger {
-                    let mut tag = [0u8; SENDME_DIGEST_LEN];
-                    let d = self.crypto.last_sent_digest();
-                    let n = d.len().min(SENDME_DIGEST_LEN);
-                    tag[..n].copy_from_slice(&d[..n]);
-                    self.send.record_digest(tag);
+                    self.send
+                        .record_digest(sendme_tag(self.crypto.last_sent_digest()));
                 }
                 ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body))
             }
