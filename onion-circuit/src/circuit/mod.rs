@@ -502,26 +502,21 @@ impl Circuit {
         self.hops.get(hop)?.kh.as_ref().map(|k| &k.0)
     }
 
-    /// RELAY_BEGIN from `hop` (`body` is the decrypted cell): with
-    /// [`CircConfig::accept_inbound_streams`] and from the last hop, a new stream reported as
-    /// [`CircEvent::IncomingStream`]; otherwise dropped (tor-spec §6.1). A malformed BEGIN
-    /// or one on stream 0 is a protocol violation.
-    fn incoming_begin(&mut self, hop: usize, body: &CellBody) -> Result<(), CircError> {
-        let bad = CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::BEGIN));
+    /// RELAY_BEGIN from `hop`: with [`CircConfig::accept_inbound_streams`] and from the last
+    /// hop, a new stream reported as [`CircEvent::IncomingStream`]; otherwise dropped
+    /// (tor-spec §6.1). The host may be empty (an onion-service client sends only the port,
+    /// rend-spec-v3 §1.1). A BEGIN on stream 0 is a protocol violation.
+    fn incoming_begin(
+        &mut self,
+        hop: usize,
+        stream: u16,
+        begin: onion_cell::relaymsg::Begin<'_>,
+    ) -> Result<(), CircError> {
         if !self.config.accept_inbound_streams || hop + 1 != self.hops.len() {
             return Ok(());
         }
-        let id = StreamId::new(u16::from_be_bytes([body[3], body[4]])).ok_or(bad.clone())?;
-        let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
-        let data = body
-            .get(RELAY_HEADER_LEN..RELAY_HEADER_LEN + len.min(MAX_RELAY_DATA_LEN))
-            .ok_or(bad.clone())?;
-        let addrport = data.split(|b| *b == 0).next().unwrap_or_default();
-        let (host, port) = core::str::from_utf8(addrport)
-            .ok()
-            .and_then(|s| s.rsplit_once(':'))
-            .ok_or(bad.clone())?;
-        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or(bad)?;
+        let id = StreamId::new(stream)
+            .ok_or(CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::BEGIN)))?;
         if self.streams.get(id).is_some() {
             // A BEGIN reusing a live stream id: drop it rather than disturb that stream.
             return Ok(());
@@ -530,8 +525,8 @@ impl Circuit {
             .insert(Stream::new(id, hop as u8, StreamState::Open));
         self.events.push_back(CircEvent::IncomingStream {
             stream: id,
-            host: host.to_owned(),
-            port,
+            host: begin.host.into_owned(),
+            port: begin.port,
         });
         Ok(())
     }
@@ -1087,14 +1082,6 @@ impl Circuit {
                 Err(e) => self.fail(e),
             };
         }
-        if body[0] == RelayCmd::BEGIN.0 {
-            // Decoded here, not by RelayCell: an onion-service client's BEGIN has an empty
-            // host, which RELAY_BEGIN to an exit must not have.
-            return match self.incoming_begin(hop, &body) {
-                Ok(()) => Ok(()),
-                Err(e) => self.fail(e),
-            };
-        }
         let cell = match RelayCell::decode(&body) {
             Ok(c) => c,
             Err(err) => return self.fail(CircError::Malformed { hop, err }),
@@ -1215,10 +1202,10 @@ impl Circuit {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
+            RelayMsg::Begin(b) => self.incoming_begin(hop, stream, b),
             // Forward-only commands have no business arriving at the client; tor-spec §6.1
             // says an ununderstood recognised cell is dropped, and C tor drops these too.
-            RelayMsg::Begin(_)
-            | RelayMsg::BeginDir
+            RelayMsg::BeginDir
             | RelayMsg::Resolve(_)
             | RelayMsg::Extend(_)
             | RelayMsg::Extend2(_)
