@@ -76,6 +76,9 @@ proptest! {
         let _ = IntroducePlaintext::parse(&b);
         let _ = Rendezvous1::parse(&b);
         let _ = DosParams::from_extension_body(&b);
+        let _ = onion_hs::keys::parse_client_auth_key(&s);
+        let _ = onion_hs::keys::parse_authorized_client(&s);
+        let _ = HsIdKey::from_tor_file(&b);
         if let Ok(i) = Introduce::parse(&b) {
             let _ = i.decrypt(&StaticSecret::from([1u8; 32]), &Subcredential([0; 32]));
         }
@@ -111,6 +114,24 @@ proptest! {
         if cut { b.truncate(pos); } else if let Some(x) = b.get_mut(pos) { *x = byte; }
         let s = String::from_utf8_lossy(&b);
         let _ = desc::decode(&s, &real_id(), None, None, NOW);
+    }
+
+    #[test]
+    fn client_auth_key_files_round_trip(secret in any::<[u8; 32]>(), key in any::<[u8; 32]>(), upper in any::<bool>()) {
+        // C tor's `.auth` (service side) and `.auth_private` (client side) formats.
+        let b32 = |b: &[u8]| {
+            let t = data_encoding::BASE32_NOPAD.encode(b);
+            if upper { t } else { t.to_ascii_lowercase() }
+        };
+        let sk = StaticSecret::from(secret);
+        let pk = XPublic::from(&sk);
+        let parsed = onion_hs::keys::parse_authorized_client(&format!("descriptor:x25519:{}\n", b32(pk.as_bytes()))).unwrap();
+        prop_assert_eq!(parsed.as_bytes(), pk.as_bytes());
+        let addr = OnionAddress::from_public_key(key);
+        let text = format!("{}:descriptor:x25519:{}", addr.to_string().trim_end_matches(".onion"), b32(&secret));
+        let (back, for_addr) = onion_hs::keys::parse_client_auth_key(&text).unwrap();
+        prop_assert_eq!(back.to_bytes(), secret);
+        prop_assert_eq!(for_addr, Some(addr));
     }
 
     #[test]
