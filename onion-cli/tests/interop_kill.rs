@@ -13,9 +13,9 @@ use support::{network, run_bounded_bytes, Daemon};
 #[test]
 fn relay_killed_mid_transfer() {
     let Some(net) = network() else { return };
-    // 64 MiB, read by curl at 2 MiB/s. The proxy reads ahead of curl (it takes what the
-    // circuit delivers), so the body must be large enough that it cannot all cross the
-    // circuit before the kill, even on a fast, idle machine.
+    // 64 MiB, read by curl at 2 MiB/s. The proxy buffers at most about 256 KiB for curl
+    // (then it holds the circuit, and the exit stops after one stream window), so the body
+    // is far larger than anything that can cross the circuit before the kill.
     let body: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(net.http_root.join("big.bin"), &body).unwrap();
     let url = format!("{}big.bin", net.http_url);
