@@ -116,6 +116,19 @@ fn print_outcome(status: &str, body: &[u8], intact: bool, sender: &str) -> Resul
     }
 }
 
+/// The `--json` report on stdout; an error if the body did not arrive intact (`what` names it).
+fn print_json(out: &serde_json::Value, intact: bool, what: &str) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(out).map_err(|e| e.to_string())?
+    );
+    if intact {
+        Ok(())
+    } else {
+        Err(format!("{what} does not match what was sent"))
+    }
+}
+
 /// Entry point of `onion sim`.
 pub fn run(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--onion") {
@@ -191,15 +204,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "seen": sets_json(&report.seen),
             "story": story_json(&report.story),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-        );
-        return if intact {
-            Ok(())
-        } else {
-            Err("the fetched body does not match what the server sent".into())
-        };
+        return print_json(&out, intact, "the fetched body");
     }
     let title = format!(
         "onion sim: client -> {} -> web server, {} bytes, seed {} (virtual time, in-memory links: {} ms one way, {} Mbit/s)",

@@ -9,7 +9,8 @@
 use onion_hs::sim::{self, HsSimConfig};
 
 use super::{
-    list, parse, parse_bytes, print_outcome, print_sets, print_story, sets_json, story_json,
+    list, parse, parse_bytes, print_json, print_outcome, print_sets, print_story, sets_json,
+    story_json,
 };
 
 const HELP: &str =
@@ -62,15 +63,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "client_stream_sendmes": r.client_stats.stream_sendmes_sent,
             "story": story_json(&r.story),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-        );
-        return if intact {
-            Ok(())
-        } else {
-            Err("the page arrived corrupted".into())
-        };
+        return print_json(&out, intact, "the page");
     }
     let title = format!(
         "onion sim --onion: client -> onion service over {} relays, {} bytes, seed {}{} (virtual time, in-memory channel links: {} ms one way, {} Mbit/s)",
