@@ -29,8 +29,10 @@ struct Tcp {
     connect_at: Option<Instant>,
     to_web: Pipe,
     to_exit: Pipe,
-    /// Bytes arrived at the exit but not yet packaged (windows closed).
+    /// Bytes arrived at the exit but not yet packaged (windows closed): `exit_buf[exit_off..]`
+    /// (packaging advances the offset instead of moving the rest to the front).
     exit_buf: Vec<u8>,
+    exit_off: usize,
     in_flight: usize,
     closed: bool,
 }
@@ -40,6 +42,39 @@ pub struct Exit {
     /// Seed of the web server's response bodies.
     seed: u64,
     tcps: Vec<Tcp>,
+    /// Delivered chunk buffers, reused for the web server's next writes (a fresh vector per
+    /// write cost a page fault per chunk).
+    spare: Vec<Vec<u8>>,
+}
+
+/// How many spare chunk buffers an exit keeps.
+const SPARE_BUFS: usize = 8;
+
+impl Tcp {
+    fn pending(&self) -> &[u8] {
+        &self.exit_buf[self.exit_off..]
+    }
+
+    /// `n` pending bytes were packaged.
+    fn consume(&mut self, n: usize) {
+        self.exit_off += n;
+        if self.exit_off >= self.exit_buf.len() {
+            self.exit_buf.clear();
+            self.exit_off = 0;
+        }
+    }
+
+    /// Queue bytes the circuit could not take yet.
+    fn keep(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.exit_off > 0 && self.exit_off >= self.exit_buf.len() / 2 {
+            self.exit_buf.drain(..self.exit_off);
+            self.exit_off = 0;
+        }
+        self.exit_buf.extend_from_slice(bytes);
+    }
 }
 
 impl core::fmt::Debug for Exit {
@@ -56,6 +91,7 @@ impl Exit {
         Exit {
             seed,
             tcps: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -111,6 +147,7 @@ impl Exit {
             to_web: Pipe::default(),
             to_exit: Pipe::default(),
             exit_buf: Vec::new(),
+            exit_off: 0,
             in_flight: 0,
             closed: false,
         });
@@ -190,29 +227,32 @@ impl Edge for Exit {
                 continue;
             };
             // Package what arrived at the exit.
-            if !t.exit_buf.is_empty() {
-                if let Ok(n) = c.send(t.stream, &t.exit_buf) {
+            if !t.pending().is_empty() {
+                if let Ok(n) = c.send(t.stream, t.pending()) {
                     if n > 0 {
                         moved = true;
-                        t.exit_buf.drain(..n);
+                        t.consume(n);
                     }
                 }
             }
             // The web server writes as much as the exit will take (TCP back-pressure).
             let room = c
                 .send_capacity(t.stream)
-                .saturating_sub(t.exit_buf.len() + t.in_flight);
+                .saturating_sub(t.pending().len() + t.in_flight);
             if room > 0 {
-                let chunk = t.web.poll_output(room.min(256 * 1024));
-                if !chunk.is_empty() {
+                let mut chunk = self.spare.pop().unwrap_or_default();
+                chunk.clear();
+                if t.web.poll_output_into(room.min(256 * 1024), &mut chunk) > 0 {
                     moved = true;
                     t.in_flight += chunk.len();
                     t.to_exit.push(now, chunk, lat, bw);
+                } else {
+                    self.spare.push(chunk);
                 }
             }
             if t.web.is_done()
                 && t.in_flight == 0
-                && t.exit_buf.is_empty()
+                && t.pending().is_empty()
                 && t.to_exit.q.is_empty()
             {
                 t.closed = true;
@@ -254,12 +294,15 @@ impl Edge for Exit {
                 t.in_flight = t.in_flight.saturating_sub(bytes.len());
                 // Package straight from the arriving chunk when nothing is waiting before it.
                 let mut used = 0;
-                if t.exit_buf.is_empty() && !t.closed {
+                if t.pending().is_empty() && !t.closed {
                     if let Some(c) = cx.circ(t.circ) {
                         used = c.send(t.stream, &bytes).unwrap_or(0);
                     }
                 }
-                t.exit_buf.extend_from_slice(&bytes[used..]);
+                t.keep(&bytes[used..]);
+                if self.spare.len() < SPARE_BUFS {
+                    self.spare.push(bytes);
+                }
             }
         }
     }

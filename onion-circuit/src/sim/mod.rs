@@ -334,7 +334,6 @@ impl Client {
 impl Driver for Client {
     fn circ_event(&mut self, net: &mut Net, at: CircRef, ev: CircEvent) {
         let now = net.now();
-        let name = net.party_name(at.party).to_owned();
         match ev {
             CircEvent::HopAdded { .. } => {
                 // Built: open the stream to the web server through the exit.
@@ -344,8 +343,8 @@ impl Driver for Client {
                 match r {
                     Some(Ok(s)) => {
                         self.stream = Some(s);
-                        net.log(
-                            &name,
+                        net.log_party(
+                            at.party,
                             format!("stream {s}: BEGIN {WEB_HOST}:80 to the exit"),
                         );
                     }
@@ -355,8 +354,8 @@ impl Driver for Client {
             }
             CircEvent::StreamConnected { stream, addr } => {
                 let a = addr.map_or("?".to_owned(), |(ip, _)| ip.to_string());
-                net.log(
-                    &name,
+                net.log_party(
+                    at.party,
                     format!("stream {stream}: CONNECTED (exit reached {a})"),
                 );
                 let req = format!(
@@ -367,8 +366,8 @@ impl Driver for Client {
                     match c.send(stream, req.as_bytes()) {
                         Ok(_) => {
                             self.request_sent = Some(now);
-                            net.log(
-                                &name,
+                            net.log_party(
+                                at.party,
                                 format!(
                                     "stream {stream}: sent HTTP request \"GET /{}\"",
                                     self.response_len
@@ -395,8 +394,8 @@ impl Driver for Client {
                             let n = usize::try_from(n.min(web::MAX_BODY)).unwrap_or(0);
                             self.response.reserve(n);
                         }
-                        net.log(
-                            &name,
+                        net.log_party(
+                            at.party,
                             format!(
                                 "response head: \"{}\", {} body bytes announced",
                                 self.status_line,
@@ -408,8 +407,8 @@ impl Driver for Client {
             }
             CircEvent::StreamEnded { stream, reason } => {
                 let got = self.body_len();
-                net.log(
-                    &name,
+                net.log_party(
+                    at.party,
                     format!("stream {stream}: RELAY_END from the exit, reason {reason:?}; {got} body bytes received"),
                 );
                 if let Some(c) = net.circuit_mut(at) {
@@ -417,8 +416,8 @@ impl Driver for Client {
                     self.stats = c.stats();
                 }
                 let stats = self.stats;
-                net.log(
-                    &name,
+                net.log_party(
+                    at.party,
                     format!(
                         "tearing the circuit down (DESTROY). Flow control: {} DATA cells received, {} circuit SENDMEs (v1, authenticated) and {} stream SENDMEs sent",
                         stats.data_cells_received, stats.circ_sendmes_sent, stats.stream_sendmes_sent

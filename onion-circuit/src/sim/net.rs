@@ -18,12 +18,12 @@
 //!
 //! A scenario drives the network through a [`Driver`]: [`Net::pump`] moves everything that is
 //! ready now (calling the driver for each client-circuit event), [`Net::advance`] moves the
-//! virtual clock to the next delivery. The driver either acts on events as they come (the
-//! issue-#4 client in [`super::Sim`]) or lets them queue ([`Queue`]) and reads them between
-//! calls, step by step (the onion-service story of onion-hs).
+//! virtual clock to the next delivery or relay-circuit timer (a half-closed exit stream's
+//! window, tor-spec §6.2.1) and fires what is due. The driver either acts on events as they
+//! come (the issue-#4 client in [`super::Sim`]) or lets them queue ([`Queue`]) and reads them
+//! between calls, step by step (the onion-service story of onion-hs).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -203,8 +203,7 @@ impl RelayCx<'_> {
 
     /// Add a story line for this relay.
     pub fn say(&mut self, text: impl Into<String>) {
-        let name = self.relay.name.clone();
-        self.story.log(self.now, &name, text);
+        self.story.log(self.now, &self.relay.name, text);
     }
 
     /// Record that this relay saw `what` (an address or a name).
@@ -299,6 +298,9 @@ impl Pipe {
 struct Link {
     ends: [Endpoint; 2],
     pipes: [Pipe; 2],
+    /// The capacity of the output buffer `ends[i]`'s channel last handed over: what it grew
+    /// to for its last burst, so the buffer it gets in exchange should be as large.
+    burst: [usize; 2],
 }
 
 pub(crate) struct ChanSlot {
@@ -333,31 +335,46 @@ struct Party {
     failed: Option<String>,
 }
 
-/// (channel index, circuit id) -> relay circuit index. The keys are ours (ids the channels
-/// accepted), so a fast multiplicative hash is enough; SipHash showed up in profiles.
-pub(crate) type CircMap = HashMap<(usize, CircId), usize, BuildHasherDefault<MulHasher>>;
+/// (channel index, circuit id) -> relay circuit index, looked up for every cell a relay
+/// receives. A relay of the simulator carries a handful of circuits, so a linear scan of a
+/// short vector beats hashing (SipHash, then a multiplicative hash, showed up in profiles);
+/// the most recently used entry is checked first, as consecutive cells tend to share a
+/// circuit. The keys are ids the relay's own channels accepted, not peer-chosen lookups of
+/// unbounded number.
+#[derive(Debug, Default)]
+pub(crate) struct CircMap {
+    entries: Vec<((usize, CircId), usize)>,
+    last: core::cell::Cell<usize>,
+}
 
-/// A multiply-rotate hasher for small integer keys.
-#[derive(Default)]
-pub(crate) struct MulHasher(u64);
-
-impl Hasher for MulHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl CircMap {
+    pub(crate) fn get(&self, k: &(usize, CircId)) -> Option<&usize> {
+        let last = self.last.get();
+        if let Some((key, v)) = self.entries.get(last) {
+            if key == k {
+                return Some(v);
+            }
+        }
+        let i = self.entries.iter().position(|(key, _)| key == k)?;
+        self.last.set(i);
+        Some(&self.entries[i].1)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
+
+    pub(crate) fn insert(&mut self, k: (usize, CircId), v: usize) {
+        match self.entries.iter_mut().find(|(key, _)| *key == k) {
+            Some(e) => e.1 = v,
+            None => self.entries.push((k, v)),
         }
     }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
+
+    pub(crate) fn remove(&mut self, k: &(usize, CircId)) -> Option<usize> {
+        let i = self.entries.iter().position(|(key, _)| key == k)?;
+        Some(self.entries.swap_remove(i).1)
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -386,6 +403,10 @@ pub(crate) struct Relay {
     edges: Vec<Box<dyn Edge>>,
 }
 
+/// How many delivered link buffers the network keeps for reuse, and the largest it keeps.
+const POOL_BUFS: usize = 16;
+const POOL_BUF_CAP: usize = 1 << 20;
+
 /// The whole network (see the module documentation).
 pub struct Net {
     cfg: NetConfig,
@@ -398,10 +419,9 @@ pub struct Net {
     others_seen: Vec<(String, BTreeSet<String>)>,
     link_bytes: u64,
     /// Delivered byte buffers, kept for reuse: a channel's output buffer is swapped with one
-    /// of these, so it keeps its capacity instead of growing from zero for every flush.
+    /// of these ([`Net::take_buf`]), so it keeps its capacity instead of growing from zero
+    /// for every flush.
     pool: Vec<Vec<u8>>,
-    /// Scratch buffer for a relay circuit's outputs.
-    outs: Vec<RelayOutput>,
 }
 
 impl core::fmt::Debug for Net {
@@ -440,7 +460,6 @@ impl Net {
             others_seen: Vec::new(),
             link_bytes: 0,
             pool: Vec::new(),
-            outs: Vec::new(),
             cfg,
         }
     }
@@ -589,6 +608,26 @@ impl Net {
         self.story.log(self.now, party, text);
     }
 
+    /// Whether story lines are recorded: a caller can skip formatting one when they are not.
+    pub fn story_on(&self) -> bool {
+        self.story.on
+    }
+
+    /// Add a story line for relay `r`, under its name (borrowed, not copied: this runs on
+    /// paths every cell takes).
+    pub fn log_relay(&mut self, r: usize, text: impl Into<String>) {
+        if self.story.on {
+            self.story.log(self.now, &self.relays[r].name, text);
+        }
+    }
+
+    /// Add a story line for party `p`, under its name.
+    pub fn log_party(&mut self, p: usize, text: impl Into<String>) {
+        if self.story.on {
+            self.story.log(self.now, &self.parties[p].name, text);
+        }
+    }
+
     /// The story so far.
     pub fn story(&self) -> &[StoryLine] {
         &self.story.lines
@@ -718,6 +757,7 @@ impl Net {
                 },
             ],
             pipes: [Pipe::default(), Pipe::default()],
+            burst: [0; 2],
         });
         Ok(ic)
     }
@@ -823,10 +863,22 @@ impl Net {
         }
     }
 
-    /// The next time something is due: a link delivery, an edge's delivery, or the driver's
-    /// timer. Channel and circuit timers (keepalives) are not counted: an idle network is
-    /// quiet. See [`Net::party_timeout`] for a driver that waits on them.
+    /// The next time something is due: what is in flight ([`Net::next_activity`]) or a relay
+    /// circuit's timer ([`Net::relay_timeout`]: the end of a half-closed exit stream's
+    /// window). [`Net::advance`] moves the clock there, so every relay timer fires at its
+    /// time. Channel and client-circuit timers (keepalives, idle checks) are not counted:
+    /// they recur, and an idle network is quiet. See [`Net::party_timeout`] for a driver that
+    /// waits on them.
     pub fn next_time(&self, d: &dyn Driver) -> Option<Instant> {
+        match (self.next_activity(d), self.relay_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next time something in flight is due: a link delivery, an edge's delivery, or the
+    /// driver's timer. `None` means the network is quiet (timers may still be pending).
+    pub fn next_activity(&self, d: &dyn Driver) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut consider = |x: Option<Instant>| {
             if let Some(x) = x {
@@ -845,6 +897,15 @@ impl Net {
         }
         consider(d.next_time(self));
         t
+    }
+
+    /// The earliest timer of the relays' circuits ([`RelayCircuit::poll_timeout`]).
+    pub fn relay_timeout(&self) -> Option<Instant> {
+        self.relays
+            .iter()
+            .flat_map(|r| r.circs.iter().flatten())
+            .filter_map(|rc| rc.circ.poll_timeout())
+            .min()
     }
 
     /// The earliest timer of party `p`'s channels and circuits.
@@ -876,9 +937,28 @@ impl Net {
         }
     }
 
-    /// Pump and advance until the network is quiet or `limit` (virtual time) passes;
-    /// false if the limit passed.
+    /// Pump and advance until the network is quiet (nothing in flight,
+    /// [`Net::next_activity`]) or `limit` (virtual time) passes; false if the limit passed.
+    /// Relay timers due before the last activity fire on the way, at their time; later ones
+    /// stay pending (a half-closed stream's window outlives the exchange that ended it) and
+    /// fire when the clock reaches them ([`Net::advance`], [`Net::run_timers`]).
     pub fn run_quiet(&mut self, d: &mut dyn Driver, limit: Instant) -> bool {
+        loop {
+            self.pump(d);
+            if self.next_activity(d).is_none() {
+                return true;
+            }
+            match self.next_time(d) {
+                None => return true,
+                Some(t) if t > limit => return false,
+                Some(t) => self.advance_to(t, d),
+            }
+        }
+    }
+
+    /// Pump and advance until nothing at all is due, pending relay timers included, or
+    /// `limit` passes; false if the limit passed.
+    pub fn run_timers(&mut self, d: &mut dyn Driver, limit: Instant) -> bool {
         loop {
             self.pump(d);
             match self.next_time(d) {
@@ -904,6 +984,11 @@ impl Net {
                     s.chan.handle_timeout(now);
                 }
             }
+            for rc in r.circs.iter_mut().flatten() {
+                if rc.circ.poll_timeout().is_some_and(|t| t <= now) {
+                    rc.circ.handle_timeout(now);
+                }
+            }
         }
         for party in &mut self.parties {
             for c in party.circs.iter_mut().filter_map(|c| c.circ.as_mut()) {
@@ -922,7 +1007,7 @@ impl Net {
                 while let Some(mut bytes) = self.links[li].pipes[side].pop_due(now) {
                     let ep = self.links[li].ends[side];
                     self.feed(ep, &bytes, d);
-                    if self.pool.len() < 16 && bytes.capacity() <= 1 << 20 {
+                    if self.pool.len() < POOL_BUFS && bytes.capacity() <= POOL_BUF_CAP {
                         bytes.clear();
                         self.pool.push(bytes);
                     }
@@ -966,13 +1051,46 @@ impl Net {
         for li in 0..self.links.len() {
             for side in 0..2 {
                 let ep = self.links[li].ends[side];
-                let mut out = self.pool.pop().unwrap_or_default();
+                if self.slot(ep).chan.outbound_len() == 0 {
+                    continue;
+                }
+                let mut out = self.take_buf(self.links[li].burst[side]);
                 if self.slot(ep).chan.poll_transmit(&mut out).is_some() {
-                    self.links[li].pipes[1 - side].push(now, out, lat, bw);
-                } else {
+                    let link = &mut self.links[li];
+                    link.burst[side] = out.capacity();
+                    link.pipes[1 - side].push(now, out, lat, bw);
+                } else if self.pool.len() < POOL_BUFS {
                     self.pool.push(out);
                 }
             }
+        }
+    }
+
+    /// An empty buffer of at least `want` bytes' capacity for a channel to write its next
+    /// burst into: the smallest such buffer of the pool, else a new one.
+    /// A channel given a smaller buffer than its bursts regrows it every time, and large
+    /// regrowths take fresh pages from the system (page faults).
+    fn take_buf(&mut self, want: usize) -> Vec<u8> {
+        let mut best: Option<usize> = None;
+        for (i, b) in self.pool.iter().enumerate() {
+            let better = match best {
+                None => true,
+                Some(j) => {
+                    let (cb, cj) = (b.capacity(), self.pool[j].capacity());
+                    if cj >= want {
+                        cb >= want && cb < cj
+                    } else {
+                        cb > cj
+                    }
+                }
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        match best {
+            Some(i) if self.pool[i].capacity() >= want => self.pool.swap_remove(i),
+            _ => Vec::with_capacity(want.min(POOL_BUF_CAP)),
         }
     }
 
@@ -993,12 +1111,11 @@ impl Net {
     // Parties.
 
     fn party_chan_event(&mut self, p: usize, c: usize, ev: ChanEvent, d: &mut dyn Driver) {
-        let pname = self.parties[p].name.clone();
         match ev {
             ChanEvent::Open(open) => {
                 let name = self.parties[p].chans[c].peer_name.clone();
-                self.log(
-                    &pname,
+                self.log_party(
+                    p,
                     format!(
                         "channel to the {name} open: link protocol v{}, the {name} proved its RSA and ed25519 identities",
                         open.link_version
@@ -1022,7 +1139,7 @@ impl Net {
                 }
             }
             ChanEvent::CircuitKilled { reason, .. } => {
-                self.log(&pname, format!("channel killed the circuit: {reason}"));
+                self.log_party(p, format!("channel killed the circuit: {reason}"));
             }
             ChanEvent::Closed(e) => {
                 let ci: Vec<usize> = std::mem::take(&mut self.parties[p].chans[c].pending);
@@ -1193,7 +1310,6 @@ impl Net {
     }
 
     fn relay_chan_event(&mut self, r: usize, c: usize, ev: ChanEvent) {
-        let name = self.relays[r].name.clone();
         match ev {
             ChanEvent::Open(open) => {
                 let peer = self.relays[r].chans[c].peer_name.clone();
@@ -1204,16 +1320,16 @@ impl Net {
                     } else {
                         "authenticated"
                     };
-                    self.log(
-                        &name,
+                    self.log_relay(
+                        r,
                         format!(
                             "accepted a channel from {addr} ({auth}), link v{}",
                             open.link_version
                         ),
                     );
                 } else {
-                    self.log(
-                        &name,
+                    self.log_relay(
+                        r,
                         format!("channel to the {peer} at {addr} open: identity verified from its CERTS"),
                     );
                     let waiting = std::mem::take(&mut self.relays[r].chans[c].waiting);
@@ -1224,8 +1340,8 @@ impl Net {
             }
             ChanEvent::CircuitCell { circ_id, msg } => self.relay_circ_cell(r, c, circ_id, msg),
             ChanEvent::CircuitKilled { circ_id, reason } => {
-                self.log(
-                    &name,
+                self.log_relay(
+                    r,
                     format!("channel killed circuit {:#x}: {reason}", circ_id.get()),
                 );
             }
@@ -1283,12 +1399,11 @@ impl Net {
         msg: ChanMsg<'static>,
     ) {
         let now = self.now;
-        let name = self.relays[r].name.clone();
         if let Some(&i) = self.relays[r].by_client.get(&(c, id)) {
             if matches!(msg, ChanMsg::Destroy(_)) {
                 self.relays[r].by_client.remove(&(c, id));
-                self.log(
-                    &name,
+                self.log_relay(
+                    r,
                     "DESTROY from the client side: tearing down, passing it on",
                 );
             }
@@ -1300,8 +1415,8 @@ impl Net {
         if let Some(&i) = self.relays[r].by_next.get(&(c, id)) {
             match &msg {
                 ChanMsg::Created2(_) => {
-                    self.log(
-                        &name,
+                    self.log_relay(
+                        r,
                         "CREATED2 from the next hop: EXTENDED2 back toward the client",
                     );
                 }
@@ -1338,8 +1453,8 @@ impl Net {
                     spliced: None,
                 }));
                 relay.by_client.insert((c, id), i);
-                self.log(
-                    &name,
+                self.log_relay(
+                    r,
                     format!(
                         "{what} from {peer} on circuit {:#010x}: handshake done, CREATED2 sent",
                         id.get()
@@ -1351,7 +1466,7 @@ impl Net {
                 let _ = self.relays[r].chans[c]
                     .chan
                     .send(id, &ChanMsg::Destroy(reason));
-                self.log(&name, format!("{what} from {peer} refused: {e}"));
+                self.log_relay(r, format!("{what} from {peer} refused: {e}"));
             }
         }
     }
@@ -1361,14 +1476,38 @@ impl Net {
     fn relay_circ_step(&mut self, r: usize, i: usize) -> bool {
         let mut moved = false;
         loop {
-            let Some(rc) = self.relays[r].circs[i].as_mut() else {
+            let relay = &mut self.relays[r];
+            let Some(rc) = relay.circs[i].as_mut() else {
                 return moved;
             };
             let (client, next, spliced) = (rc.client, rc.next, rc.spliced);
-            // Reuse one buffer for the outputs (this runs for every cell).
-            let mut outs = std::mem::take(&mut self.outs);
+            // Each output goes to its channel as it comes (this runs for every cell: no
+            // collecting them first).
+            let mut sent = false;
             while let Some(out) = rc.circ.poll_cell(&mut self.rng) {
-                outs.push(out);
+                sent = true;
+                match out {
+                    RelayOutput::ToClient(m) => {
+                        let _ = relay.chans[client.0].chan.send(client.1, &m);
+                        if matches!(m, ChanMsg::Destroy(_)) {
+                            relay.by_client.remove(&client);
+                        }
+                    }
+                    RelayOutput::ToNext(m) => {
+                        if let Some(n) = next {
+                            let _ = relay.chans[n.0].chan.send(n.1, &m);
+                            if matches!(m, ChanMsg::Destroy(_)) {
+                                relay.by_next.remove(&n);
+                                rc.next = None;
+                            }
+                        } else if matches!(m, ChanMsg::Destroy(_)) {
+                            // Still connecting: forget the pending CREATE2.
+                            for s in &mut relay.chans {
+                                s.waiting.retain(|(w, _)| *w != i);
+                            }
+                        }
+                    }
+                }
             }
             let mut joined = Vec::new();
             if spliced.is_some() {
@@ -1376,17 +1515,15 @@ impl Net {
                     joined.push(b);
                 }
             }
-            let ev = if outs.is_empty() && joined.is_empty() {
+            let ev = if !sent && joined.is_empty() {
                 rc.circ.poll_event()
             } else {
                 None
             };
             let closed = rc.circ.is_closed();
-            if outs.is_empty() && joined.is_empty() && ev.is_none() {
-                self.outs = outs;
+            if !sent && joined.is_empty() && ev.is_none() {
                 if closed {
                     let now = self.now;
-                    let relay = &mut self.relays[r];
                     if let Some(rc) = relay.circs[i].take() {
                         relay.by_client.remove(&rc.client);
                         if let Some(n) = rc.next {
@@ -1401,9 +1538,8 @@ impl Net {
                             let _ = other
                                 .circ
                                 .handle_from_next(now, ChanMsg::Destroy(DestroyReason::FINISHED));
-                            let name = relay.name.clone();
-                            self.log(
-                                &name,
+                            self.log_relay(
+                                r,
                                 "joined circuit closed: DESTROY (FINISHED) to the other side",
                             );
                             moved = true;
@@ -1413,39 +1549,11 @@ impl Net {
                 return moved;
             }
             moved = true;
-            let relay = &mut self.relays[r];
             if let Some(other) = spliced.and_then(|j| relay.circs.get_mut(j)?.as_mut()) {
                 for b in joined {
                     let _ = other.circ.splice_in(b);
                 }
             }
-            for out in outs.drain(..) {
-                match out {
-                    RelayOutput::ToClient(m) => {
-                        let _ = relay.chans[client.0].chan.send(client.1, &m);
-                        if matches!(m, ChanMsg::Destroy(_)) {
-                            relay.by_client.remove(&client);
-                        }
-                    }
-                    RelayOutput::ToNext(m) => {
-                        if let Some(n) = next {
-                            let _ = relay.chans[n.0].chan.send(n.1, &m);
-                            if matches!(m, ChanMsg::Destroy(_)) {
-                                relay.by_next.remove(&n);
-                                if let Some(rc) = relay.circs[i].as_mut() {
-                                    rc.next = None;
-                                }
-                            }
-                        } else if matches!(m, ChanMsg::Destroy(_)) {
-                            // Still connecting: forget the pending CREATE2.
-                            for s in &mut relay.chans {
-                                s.waiting.retain(|(w, _)| *w != i);
-                            }
-                        }
-                    }
-                }
-            }
-            self.outs = outs;
             if let Some(ev) = ev {
                 self.relay_event(r, i, ev);
             }
@@ -1456,9 +1564,8 @@ impl Net {
         let ev = match ev {
             RelayEvent::Extend(req) => return self.extend(r, i, req),
             RelayEvent::StreamEnded { stream, reason } => {
-                let name = self.relays[r].name.clone();
-                self.log(
-                    &name,
+                self.log_relay(
+                    r,
                     format!("stream {stream}: ended by the client ({reason:?})"),
                 );
                 RelayEvent::StreamEnded { stream, reason }
@@ -1477,10 +1584,9 @@ impl Net {
                 } else {
                     String::new()
                 };
-                let name = self.relays[r].name.clone();
                 match &error {
-                    None => self.log(&name, format!("circuit closed{extra}")),
-                    Some(e) => self.log(&name, format!("circuit closed on error: {e}{extra}")),
+                    None => self.log_relay(r, format!("circuit closed{extra}")),
+                    Some(e) => self.log_relay(r, format!("circuit closed on error: {e}{extra}")),
                 }
                 RelayEvent::Closed { error }
             }
@@ -1500,7 +1606,6 @@ impl Net {
 
     /// What a relay without an edge service answers.
     fn relay_default(&mut self, r: usize, i: usize, ev: RelayEvent) {
-        let name = self.relays[r].name.clone();
         let Some(rc) = self.relays[r].circs[i].as_mut() else {
             return;
         };
@@ -1510,16 +1615,16 @@ impl Net {
             } => {
                 let _ = rc.circ.end_stream(stream, EndReason::EXITPOLICY);
                 self.relays[r].seen.insert(format!("{host}:{port}"));
-                self.log(&name, format!("stream {stream}: BEGIN {host}:{port}"));
-                self.log(
-                    &name,
+                self.log_relay(r, format!("stream {stream}: BEGIN {host}:{port}"));
+                self.log_relay(
+                    r,
                     format!("stream {stream}: refused ({:?})", EndReason::EXITPOLICY),
                 );
             }
             RelayEvent::BeginDir { stream } => {
                 let _ = rc.circ.end_stream(stream, EndReason::NOTDIRECTORY);
-                self.log(
-                    &name,
+                self.log_relay(
+                    r,
                     format!("stream {stream}: BEGIN_DIR refused, no directory service here"),
                 );
             }
@@ -1528,14 +1633,13 @@ impl Net {
                 let _ = rc
                     .circ
                     .resolved(stream, vec![ResolvedAnswer { value, ttl: 300 }]);
-                self.log(&name, format!("RESOLVE {query} refused: not an exit"));
+                self.log_relay(r, format!("RESOLVE {query} refused: not an exit"));
             }
             _ => {}
         }
     }
 
     fn extend(&mut self, r: usize, i: usize, req: crate::relay::ExtendRequest) {
-        let name = self.relays[r].name.clone();
         let Some(addr) = req.addrs.first().copied() else {
             if let Some(rc) = self.relays[r].circs[i].as_mut() {
                 rc.circ.extend_failed(DestroyReason::CONNECTFAILED);
@@ -1543,8 +1647,8 @@ impl Net {
             return;
         };
         self.relays[r].seen.insert(addr.to_string());
-        self.log(
-            &name,
+        self.log_relay(
+            r,
             format!(
                 "EXTEND2 (RELAY_EARLY): extend to {addr}, RSA id {}...",
                 short(&req.rsa_id.0)
@@ -1569,7 +1673,7 @@ impl Net {
                     ed25519: req.ed_id,
                 };
                 let peer = self.relays[to].name.clone();
-                self.log(&name, format!("opening a channel to the {peer} at {addr}"));
+                self.log_relay(r, format!("opening a channel to the {peer} at {addr}"));
                 match self.connect(Who::Relay(r), to, expected) {
                     Ok(c) => c,
                     Err(_) => {
@@ -1586,5 +1690,159 @@ impl Net {
         } else {
             self.relays[r].chans[c].waiting.push((i, req.create));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onion_cell::relaymsg::BeginFlags;
+    use std::net::Ipv4Addr;
+
+    fn one_relay_net() -> (Net, CircRef) {
+        let mut net = Net::new(NetConfig {
+            seed: 9,
+            latency: Duration::from_millis(5),
+            bandwidth: 0,
+            story: true,
+        });
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1)), 9001);
+        let r = net.add_relay("exit", addr).expect("relay");
+        let p = net.add_party("client", IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+        let at = net
+            .build_circuit(p, &[r], HandshakeKind::NtorV3)
+            .expect("build");
+        (net, at)
+    }
+
+    fn limit() -> Instant {
+        Instant::ZERO + Duration::from_secs(3600)
+    }
+
+    /// The circuit map finds what was inserted, forgets what was removed, and its
+    /// most-recently-used shortcut never answers for a key it does not hold (removal moves
+    /// entries around).
+    #[test]
+    fn circ_map_lookups() {
+        let mut m = CircMap::default();
+        let k = |c: usize, id: u32| (c, CircId::new(id));
+        assert!(m.is_empty());
+        for i in 0..5 {
+            m.insert(k(i % 2, 0x8000_0000 + i as u32), i);
+        }
+        assert_eq!(m.get(&k(0, 0x8000_0004)), Some(&4));
+        assert_eq!(
+            m.get(&k(1, 0x8000_0004)),
+            None,
+            "same id on another channel"
+        );
+        assert_eq!(m.remove(&k(0, 0x8000_0000)), Some(0));
+        // The shortcut pointed at the last entry, which the removal moved to slot 0.
+        assert_eq!(m.get(&k(0, 0x8000_0004)), Some(&4));
+        assert_eq!(m.get(&k(0, 0x8000_0000)), None);
+        m.insert(k(1, 0x8000_0001), 9);
+        assert_eq!(m.get(&k(1, 0x8000_0001)), Some(&9), "insert replaces");
+        for i in 1..5 {
+            assert!(m.remove(&k(i % 2, 0x8000_0000 + i as u32)).is_some());
+        }
+        assert!(m.is_empty());
+        assert_eq!(m.get(&k(1, 0x8000_0001)), None);
+    }
+
+    /// The relay's only open circuit.
+    fn relay_circ(net: &Net) -> &RelayCircuit {
+        &net.relays[0]
+            .circs
+            .iter()
+            .flatten()
+            .next()
+            .expect("relay circuit")
+            .circ
+    }
+
+    /// tor-spec §6.2.1 as the relay side implements it: a stream the exit ended stays
+    /// half-closed until its window ends; the network counts that timer
+    /// ([`Net::next_time`]) and fires it at its time, so the stream is forgotten while the
+    /// circuit stays open. Waiting for quiet ([`Net::run_quiet`]) does not wait for it.
+    #[test]
+    fn half_closed_exit_stream_expires_in_the_sim() {
+        let (mut net, at) = one_relay_net();
+        assert!(net.run_quiet(&mut Queue, limit()));
+        assert!(matches!(
+            net.events(at).pop_front(),
+            Some(CircEvent::HopAdded { hops: 1 })
+        ));
+        let now = net.now();
+        let stream = net
+            .circuit_mut(at)
+            .expect("circuit")
+            .begin("www.example.com", 80, BeginFlags::default(), now)
+            .expect("BEGIN");
+        // The relay has no exit service: it refuses the BEGIN (EXITPOLICY), which ends the
+        // stream on its side and leaves it half-closed there.
+        assert!(net.run_quiet(&mut Queue, limit()));
+        let ended = net.events(at).iter().any(|e| {
+            matches!(e, CircEvent::StreamEnded { stream: s, reason }
+                if *s == stream && *reason == EndReason::EXITPOLICY)
+        });
+        assert!(ended, "{:?}", net.events(at));
+        let quiet_at = net.now();
+        assert_eq!(relay_circ(&net).n_streams(), 1, "half-closed at the exit");
+        let deadline = net.relay_timeout().expect("the half-closed window's end");
+        assert!(deadline > quiet_at);
+        assert!(deadline <= quiet_at + crate::relay::DEFAULT_HALF_CLOSED_TIMEOUT);
+        assert_eq!(net.next_activity(&Queue), None, "nothing in flight");
+        assert_eq!(net.next_time(&Queue), Some(deadline));
+
+        // The clock moves to the timer, which fires: the stream is gone, the circuit stays.
+        assert!(net.advance(&mut Queue));
+        assert_eq!(net.now(), deadline);
+        assert_eq!(relay_circ(&net).n_streams(), 0);
+        assert!(!relay_circ(&net).is_closed());
+        assert_eq!(net.relay_timeout(), None);
+        assert_eq!(net.next_time(&Queue), None);
+        assert!(net.run_timers(&mut Queue, limit()));
+        assert_eq!(net.now(), deadline);
+    }
+
+    /// A relay timer that falls while something is still in flight fires at its own time
+    /// ([`Net::run_quiet`] stops the clock there), not late with the next delivery.
+    #[test]
+    fn run_quiet_fires_relay_timers_on_the_way() {
+        /// Records the clock at every pump pass.
+        #[derive(Default)]
+        struct Clock(Vec<Instant>);
+        impl Driver for Clock {
+            fn step(&mut self, net: &mut Net) -> bool {
+                self.0.push(net.now());
+                false
+            }
+        }
+        let (mut net, at) = one_relay_net();
+        assert!(net.run_quiet(&mut Queue, limit()));
+        net.events(at).clear();
+        // A window (3 ms) shorter than the link's latency (5 ms): it ends while the relay's
+        // END is still on its way to the client.
+        for rc in net.relays[0].circs.iter_mut().flatten() {
+            rc.circ.set_half_closed_timeout(Duration::from_millis(3));
+        }
+        let now = net.now();
+        net.circuit_mut(at)
+            .expect("circuit")
+            .begin("www.example.com", 80, BeginFlags::default(), now)
+            .expect("BEGIN");
+        let mut clock = Clock::default();
+        assert!(net.run_quiet(&mut clock, limit()));
+        let ended_at = net.now();
+        assert!(net
+            .events(at)
+            .iter()
+            .any(|e| matches!(e, CircEvent::StreamEnded { .. })));
+        assert_eq!(relay_circ(&net).n_streams(), 0, "expired");
+        // The BEGIN reached the relay one latency after `now`; its window ended 3 ms later,
+        // and the clock stopped there, before the END reached the client (one more latency).
+        let expiry = now + Duration::from_millis(5 + 3);
+        assert!(clock.0.contains(&expiry), "{:?}", clock.0);
+        assert!(ended_at > expiry);
     }
 }
