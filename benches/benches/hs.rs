@@ -20,6 +20,12 @@ use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
 const NOW: u64 = 1_795_418_409;
 
+/// onion-hs's private Keccak-f[1600] (lane-complemented, unrolled), compiled in directly so
+/// its full permutation can be timed against the `keccak` crate's without making it public.
+#[allow(dead_code)]
+#[path = "../../onion-hs/src/keccak.rs"]
+mod hs_keccak;
+
 fn address(c: &mut Criterion) {
     let s = "skn4u3felenupawmdh43qijues5x5gc3jwgutk7miqfyptywyp6dm2ad.onion";
     c.bench_function("hs/address_parse", |b| {
@@ -34,6 +40,13 @@ fn address(c: &mut Criterion) {
     c.bench_function("hs/baseline_keccak_f1600", |b| {
         b.iter(|| {
             keccak::f1600(black_box(&mut state));
+        })
+    });
+    // The same permutation as onion-hs implements it (the checksum runs a specialised variant
+    // of it: first round folded with the zero lanes, last round for lane 0 only).
+    c.bench_function("hs/keccak_f1600_onion_hs", |b| {
+        b.iter(|| {
+            hs_keccak::f1600(black_box(&mut state));
         })
     });
     let a = OnionAddress::parse(s).unwrap();

@@ -68,38 +68,118 @@ pub struct OnionAddress {
     key: [u8; 32],
 }
 
-/// Lanes (64-bit words) in the Keccak-f\[1600\] state.
-const KECCAK_LANES: usize = 25;
-/// SHA3-256's rate in bytes (FIPS 202 §6.1: 1600 − 2·256 bits).
-const SHA3_256_RATE: usize = 136;
+/// Characters per base32 group: 8 characters carry 40 bits, five bytes.
+const GROUP_CHARS: usize = 8;
+/// Base32 groups in an address: 56 / 8, carrying the 35 bytes `PUBKEY | CHECKSUM | VERSION`.
+const GROUPS: usize = ADDRESS_LEN / GROUP_CHARS;
 
 /// `CHECKSUM = H(".onion checksum" | PUBKEY | VERSION)[:2]` (rend-spec-v3 §6), with
-/// H = SHA3-256 (§0.3).
+/// H = SHA3-256 (§0.3), from the 48-byte hash input given as six little-endian lanes (see
+/// [`checksum_input_from_key`] and [`checksum_input_from_groups`]).
 ///
-/// The input is 15 + 32 + 1 = 48 bytes, less than SHA3-256's 136-byte rate, so the hash is
-/// exactly one Keccak-f\[1600\] permutation of the padded block: absorb the six input lanes,
-/// apply the SHA3 domain/padding bits by hand (FIPS 202 §B.2: `0x06` after the message, `0x80`
-/// in the last byte of the rate), permute once, and read the first two output bytes from the
-/// low end of lane 0 (lanes are little-endian). This skips the generic sponge's buffering,
-/// which cost more than the permutation itself; `checksum_matches_sha3_crate` in the tests
-/// checks it against the `sha3` crate.
-fn checksum(key: &[u8; 32]) -> [u8; 2] {
+/// 15 + 32 + 1 = 48 bytes is less than SHA3-256's 136-byte rate, so the hash is exactly one
+/// Keccak-f\[1600\] permutation of the padded block, and only two output bytes are wanted:
+/// [`crate::keccak::sha3_256_48_lane0`] pads the block and permutes it (specialised for the
+/// zero lanes of the padded block and for computing output lane 0 alone), and the checksum is
+/// the low two bytes of that lane. This skips the generic sponge's buffering, which cost more
+/// than the permutation itself; `checksum_matches_sha3_crate` in the tests checks it against the
+/// `sha3` crate.
+fn checksum(input: &[u64; 6]) -> [u8; 2] {
+    let out = crate::keccak::sha3_256_48_lane0(input).to_le_bytes();
+    [out[0], out[1]]
+}
+
+/// The checksum input `".onion checksum" | PUBKEY | VERSION` as six little-endian lanes.
+fn checksum_input_from_key(key: &[u8; 32]) -> [u64; 6] {
     let mut block = [0u8; 48];
     block[..15].copy_from_slice(CHECKSUM_CONST);
     block[15..47].copy_from_slice(key);
     block[47] = VERSION;
-    let mut state = [0u64; KECCAK_LANES];
-    for (lane, bytes) in state.iter_mut().zip(block.chunks_exact(8)) {
+    let mut lanes = [0u64; 6];
+    for (lane, bytes) in lanes.iter_mut().zip(block.chunks_exact(8)) {
         let mut b = [0u8; 8];
         b.copy_from_slice(bytes);
         *lane = u64::from_le_bytes(b);
     }
-    // Padding: byte 48 (lane 6, byte 0) gets 0x06; byte 135 (lane 16, byte 7) gets 0x80.
-    state[48 / 8] ^= 0x06;
-    state[(SHA3_256_RATE - 1) / 8] ^= 0x80 << 56;
-    keccak::f1600(&mut state);
-    let out = state[0].to_le_bytes();
-    [out[0], out[1]]
+    lanes
+}
+
+/// The same six lanes as [`checksum_input_from_key`], assembled in registers straight from the
+/// decoded base32 groups, so parsing does not store the key bytes and load them back as lanes
+/// (a load that spans several smaller stores waits for them to reach the cache).
+///
+/// The 35 decoded bytes `PUBKEY | CHECKSUM | VERSION` are a big-endian bit string split into
+/// 40-bit groups. Hash-input byte `15 + i` is decoded byte `i`, so lane `L` (bytes `8L..8L+8`)
+/// holds decoded bytes `8L − 15 ..`: the 64 bits of the string starting at bit `8(8L − 15)`,
+/// byte-swapped into little-endian order. Lane 0 and the low seven bytes of lane 1 are the
+/// constant `".onion c"`/`"hecksum"`, and the top byte of lane 5 is `VERSION`, not the first
+/// checksum byte that follows the key in the string. `checksum_input_from_groups_matches_bytes`
+/// checks this against the byte-wise construction.
+fn checksum_input_from_groups(g: &[u64; GROUPS]) -> [u64; 6] {
+    const fn lane_of(bytes: &[u8], start: usize) -> u64 {
+        let mut v = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            if start + i < bytes.len() {
+                v |= (bytes[start + i] as u64) << (8 * i);
+            }
+            i += 1;
+        }
+        v
+    }
+    const LANE0: u64 = lane_of(CHECKSUM_CONST, 0);
+    const LANE1_LOW: u64 = lane_of(CHECKSUM_CONST, 8);
+    // Three consecutive groups as one 120-bit window; `bits64(w, off)` is the 64 bits starting
+    // `off` bits into it.
+    let window =
+        |k: usize| (u128::from(g[k]) << 80) | (u128::from(g[k + 1]) << 40) | u128::from(g[k + 2]);
+    let bits64 = |w: u128, off: u32| (w >> (120 - 64 - off)) as u64;
+    // Decoded bytes 1..9 start at bit 8 (group 0, offset 8); 9..17 at bit 72 (group 1, offset
+    // 32); 17..25 at bit 136 (group 3, offset 16); 25..33 at bit 200 (group 4, offset 40).
+    let first = g[0] >> 32;
+    [
+        LANE0,
+        LANE1_LOW | (first << 56),
+        bits64(window(0), 8).swap_bytes(),
+        bits64(window(1), 32).swap_bytes(),
+        bits64(window(3), 16).swap_bytes(),
+        (bits64(window(4), 40).swap_bytes() & !(0xff << 56)) | (u64::from(VERSION) << 56),
+    ]
+}
+
+/// Decode 56 base32 characters into seven 40-bit groups (big-endian, eight characters each),
+/// or return the offset of the first character outside the alphabet.
+fn decode_groups(label: &[u8; ADDRESS_LEN]) -> Result<[u64; GROUPS], usize> {
+    let mut groups = [0u64; GROUPS];
+    for (chunk_i, (chunk, group)) in label
+        .chunks_exact(GROUP_CHARS)
+        .zip(groups.iter_mut())
+        .enumerate()
+    {
+        let mut acc: u64 = 0;
+        let mut bad: u8 = 0;
+        for &c in chunk {
+            let v = DECODE[usize::from(c)];
+            bad |= v;
+            acc = (acc << 5) | u64::from(v & 31);
+        }
+        if bad & 0x80 != 0 {
+            // Slow path only on error: find the first bad character.
+            let j = chunk
+                .iter()
+                .position(|&c| DECODE[usize::from(c)] & 0x80 != 0)
+                .unwrap_or(0);
+            return Err(chunk_i * GROUP_CHARS + j);
+        }
+        *group = acc;
+    }
+    Ok(groups)
+}
+
+/// Whether a dot-separated list of sub-domain labels has an empty one (`..`, a leading dot,
+/// or nothing at all before the address's dot).
+fn has_empty_label(subdomains: &[u8]) -> bool {
+    subdomains.split(|&c| c == b'.').any(|l| l.is_empty())
 }
 
 impl OnionAddress {
@@ -126,10 +206,33 @@ impl OnionAddress {
             Some(n) if b[n..].eq_ignore_ascii_case(b".onion") => &b[..n],
             _ => b,
         };
+        // Fast path for the usual input: the last 56 bytes are the label, preceded by nothing
+        // or by a dot. If they all decode, none of them is a dot (not base32), so this is the
+        // label the general path below would find, and the result is the same; any bad
+        // character falls through to the general path for its precise error. This skips
+        // scanning the label for dots.
+        if let Some(start) = b.len().checked_sub(ADDRESS_LEN) {
+            if start == 0 || b[start - 1] == b'.' {
+                let label: &[u8; ADDRESS_LEN] = b[start..]
+                    .try_into()
+                    .map_err(|_| AddressError::BadLength(b.len() - start))?;
+                if let Ok(groups) = decode_groups(label) {
+                    if start > 0 && has_empty_label(&b[..start - 1]) {
+                        return Err(AddressError::EmptyLabel);
+                    }
+                    return Self::from_groups(&groups);
+                }
+            }
+        }
+        Self::parse_general(s, b)
+    }
+
+    /// The general parser of [`OnionAddress::parse`], given `s` with any `.onion` suffix
+    /// stripped as `b`: the label is what follows the last dot, and every error is reported.
+    fn parse_general(s: &str, b: &[u8]) -> Result<Self, AddressError> {
         let label = match b.iter().rposition(|&c| c == b'.') {
             Some(dot) => {
-                // Sub-domain labels must be non-empty.
-                if b[..dot].split(|&c| c == b'.').any(|l| l.is_empty()) {
+                if has_empty_label(&b[..dot]) {
                     return Err(AddressError::EmptyLabel);
                 }
                 &b[dot + 1..]
@@ -139,37 +242,32 @@ impl OnionAddress {
         let label: &[u8; ADDRESS_LEN] = label
             .try_into()
             .map_err(|_| AddressError::BadLength(label.len()))?;
-        let mut raw = [0u8; 35];
-        for (chunk_i, chunk) in label.chunks_exact(8).enumerate() {
-            let mut acc: u64 = 0;
-            let mut bad: u8 = 0;
-            for &c in chunk {
-                let v = DECODE[usize::from(c)];
-                bad |= v;
-                acc = (acc << 5) | u64::from(v & 31);
-            }
-            if bad & 0x80 != 0 {
-                // Slow path only on error: find and report the first bad character.
-                let j = chunk
-                    .iter()
-                    .position(|&c| DECODE[usize::from(c)] & 0x80 != 0)
-                    .unwrap_or(0);
-                let pos = chunk_i * 8 + j;
+        match decode_groups(label) {
+            Ok(groups) => Self::from_groups(&groups),
+            Err(pos) => {
                 // Report the character, not the byte, when it is non-ASCII.
                 let off = b.len() - ADDRESS_LEN + pos;
                 let ch = s.get(off..).and_then(|t| t.chars().next()).unwrap_or('?');
-                return Err(AddressError::BadCharacter { pos, ch });
+                Err(AddressError::BadCharacter { pos, ch })
             }
-            raw[chunk_i * 5..chunk_i * 5 + 5].copy_from_slice(&acc.to_be_bytes()[3..8]);
         }
-        let version = raw[34];
+    }
+
+    /// Check the version and checksum of the decoded `PUBKEY | CHECKSUM | VERSION`.
+    fn from_groups(groups: &[u64; GROUPS]) -> Result<Self, AddressError> {
+        let last = groups[GROUPS - 1].to_be_bytes();
+        // The last group is key bytes 30, 31, then CHECKSUM (2 bytes), then VERSION.
+        let version = last[7];
         if version != VERSION {
             return Err(AddressError::BadVersion(version));
         }
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&raw[..32]);
-        if !crate::ops::ct_eq(&checksum(&key), &raw[32..34]) {
+        let expected = checksum(&checksum_input_from_groups(groups));
+        if !crate::ops::ct_eq(&expected, &last[5..7]) {
             return Err(AddressError::BadChecksum);
+        }
+        let mut key = [0u8; 32];
+        for (out, g) in key.chunks_mut(5).zip(groups) {
+            out.copy_from_slice(&g.to_be_bytes()[3..3 + out.len()]);
         }
         Ok(OnionAddress { key })
     }
@@ -178,7 +276,7 @@ impl OnionAddress {
     pub fn encode_into(&self, out: &mut [u8; ADDRESS_LEN]) {
         let mut raw = [0u8; 35];
         raw[..32].copy_from_slice(&self.key);
-        raw[32..34].copy_from_slice(&checksum(&self.key));
+        raw[32..34].copy_from_slice(&checksum(&checksum_input_from_key(&self.key)));
         raw[34] = VERSION;
         for (i, chunk) in raw.chunks_exact(5).enumerate() {
             let mut b = [0u8; 8];
@@ -241,7 +339,7 @@ mod tests {
         /// The hand-padded one-block Keccak equals the `sha3` crate's SHA3-256.
         #[test]
         fn checksum_matches_sha3_crate(key in any::<[u8; 32]>()) {
-            prop_assert_eq!(checksum(&key), checksum_reference(&key));
+            prop_assert_eq!(checksum(&checksum_input_from_key(&key)), checksum_reference(&key));
         }
 
         /// Any key's address encodes and parses back; flipping the checksum is detected.
@@ -257,18 +355,107 @@ mod tests {
         }
     }
 
+    // The permutation's tests live here rather than in `keccak.rs` because the benchmark
+    // compiles that file into itself (with `cfg(test)` under clippy) without these
+    // dev-dependencies.
+    #[test]
+    fn keccak_zero_state_known_answer() {
+        // Keccak-f[1600] of the all-zero state: lane 0 of the Keccak team's published
+        // intermediate values, and the keccak crate agrees on all 25 lanes.
+        let mut s = [0u64; 25];
+        crate::keccak::f1600(&mut s);
+        assert_eq!(s[0], 0xF125_8F79_40E1_DDE7);
+        let mut r = [0u64; 25];
+        keccak::f1600(&mut r);
+        assert_eq!(s, r);
+    }
+
+    proptest! {
+        /// The lane-complemented, unrolled permutation equals the `keccak` crate's on random
+        /// states (applied twice, so that permutation outputs are covered as inputs too).
+        #[test]
+        fn keccak_f1600_matches_keccak_crate(state in any::<[u64; 25]>()) {
+            let (mut ours, mut theirs) = (state, state);
+            for _ in 0..2 {
+                crate::keccak::f1600(&mut ours);
+                keccak::f1600(&mut theirs);
+                prop_assert_eq!(ours, theirs);
+            }
+        }
+
+        /// The specialised one-block SHA3-256 gives the first eight digest bytes of the `sha3`
+        /// crate's SHA3-256 for any 48-byte message, not only checksum inputs.
+        #[test]
+        fn keccak_sha3_256_48_lane0_matches_sha3_crate(
+            head in any::<[u8; 32]>(),
+            tail in any::<[u8; 16]>(),
+        ) {
+            use sha3::Digest;
+            let mut m = [0u8; 48];
+            m[..32].copy_from_slice(&head);
+            m[32..].copy_from_slice(&tail);
+            let digest = sha3::Sha3_256::digest(m);
+            let mut lanes = [0u64; 6];
+            for (l, b) in lanes.iter_mut().zip(m.chunks_exact(8)) {
+                *l = u64::from_le_bytes(b.try_into().unwrap());
+            }
+            let lane = crate::keccak::sha3_256_48_lane0(&lanes).to_le_bytes();
+            prop_assert_eq!(&lane[..], &digest[..8]);
+        }
+    }
+
+    proptest! {
+        /// Lanes assembled from the decoded base32 groups equal those built from the key bytes.
+        #[test]
+        fn checksum_input_from_groups_matches_bytes(key in any::<[u8; 32]>(), sum in any::<[u8; 2]>()) {
+            let mut raw = [0u8; 35];
+            raw[..32].copy_from_slice(&key);
+            raw[32..34].copy_from_slice(&sum);
+            raw[34] = VERSION;
+            let mut groups = [0u64; GROUPS];
+            for (g, chunk) in groups.iter_mut().zip(raw.chunks_exact(5)) {
+                let mut b = [0u8; 8];
+                b[3..].copy_from_slice(chunk);
+                *g = u64::from_be_bytes(b);
+            }
+            prop_assert_eq!(checksum_input_from_groups(&groups), checksum_input_from_key(&key));
+        }
+
+        /// The fast path of `parse` gives exactly what the general parser gives, valid or not:
+        /// random sub-domain prefixes, labels with dots, bad characters and wrong lengths.
+        #[test]
+        fn parse_fast_path_equals_general(
+            key in any::<[u8; 32]>(),
+            prefix in "([a-z.]{0,3}\\.)?",
+            edit in proptest::option::of((0usize..56, "[a-z2-7.1é]")),
+            cut in proptest::bool::ANY,
+            suffix in proptest::bool::ANY,
+        ) {
+            let mut label = OnionAddress::from_public_key(key).encode();
+            if let Some((pos, ch)) = edit {
+                label.replace_range(pos..pos + 1, &ch);
+            }
+            if cut {
+                label.pop();
+            }
+            let s = format!("{prefix}{label}{}", if suffix { ".onion" } else { "" });
+            let b = s.strip_suffix(".onion").unwrap_or(&s).as_bytes();
+            prop_assert_eq!(OnionAddress::parse(&s), OnionAddress::parse_general(&s, b));
+        }
+    }
+
     #[test]
     fn checksum_known_answer() {
         // Python's hashlib.sha3_256(b".onion checksum" + key + b"\x03")[:2] and base32.
         let zero = OnionAddress::from_public_key([0; 32]);
-        assert_eq!(checksum(&[0; 32]), [0xcd, 0x0e]);
+        assert_eq!(checksum(&checksum_input_from_key(&[0; 32])), [0xcd, 0x0e]);
         assert_eq!(
             zero.encode(),
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaam2dqd"
         );
         let mut k = [0u8; 32];
         k.iter_mut().zip(0u8..).for_each(|(b, i)| *b = i);
-        assert_eq!(checksum(&k), [0xb5, 0x10]);
+        assert_eq!(checksum(&checksum_input_from_key(&k)), [0xb5, 0x10]);
         let a = "aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dyp3kead";
         assert_eq!(OnionAddress::parse(a), Ok(OnionAddress::from_public_key(k)));
     }

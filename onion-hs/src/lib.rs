@@ -30,6 +30,7 @@ pub mod cellmsg;
 pub mod cert;
 pub mod client;
 pub mod desc;
+mod keccak;
 pub mod keys;
 pub mod linkspec;
 pub mod msg;
