@@ -8,6 +8,7 @@
 //! response exercises SENDME flow control end to end.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
 
@@ -39,8 +40,9 @@ struct Tcp {
 
 /// The exit service of one relay, with its connections to the web server.
 pub struct Exit {
-    /// Seed of the web server's response bodies.
-    seed: u64,
+    /// One period of the web server's response bodies (from the seed), shared by its
+    /// connections.
+    pattern: Rc<[u8]>,
     tcps: Vec<Tcp>,
     /// Delivered chunk buffers, reused for the web server's next writes (a fresh vector per
     /// write cost a page fault per chunk).
@@ -89,7 +91,7 @@ impl Exit {
     /// An exit whose web server answers with bodies drawn from `seed`.
     pub fn new(seed: u64) -> Exit {
         Exit {
-            seed,
+            pattern: super::web::pattern(seed),
             tcps: Vec::new(),
             spare: Vec::new(),
         }
@@ -142,7 +144,7 @@ impl Exit {
         self.tcps.push(Tcp {
             circ,
             stream,
-            web: WebConn::new(self.seed),
+            web: WebConn::with_pattern(self.pattern.clone()),
             connect_at: Some(cx.now() + latency * 2),
             to_web: Pipe::default(),
             to_exit: Pipe::default(),

@@ -4,6 +4,8 @@
 //! body is `n` deterministic pseudo-random bytes (any other request gets a 404). The body is
 //! generated on demand, in chunks, so a multi-megabyte response costs no memory up front.
 
+use std::rc::Rc;
+
 /// Largest request head accepted; a longer one is answered with `431`.
 pub const MAX_REQUEST: usize = 8192;
 
@@ -19,13 +21,19 @@ pub struct WebConn {
     body_len: u64,
     body_sent: u64,
     answered: bool,
-    /// One period of the body (see [`body_byte`]).
-    pattern: Vec<u8>,
+    /// One period of the body (see [`body_byte`]), shared by the connections of one server.
+    pattern: Rc<[u8]>,
 }
 
 impl WebConn {
     /// A new connection; `seed` selects the body's bytes.
     pub fn new(seed: u64) -> Self {
+        Self::with_pattern(pattern(seed))
+    }
+
+    /// A new connection serving bodies made of `pattern` (from [`pattern`]), which a server
+    /// computes once for all its connections.
+    pub fn with_pattern(pattern: Rc<[u8]>) -> Self {
         WebConn {
             request: Vec::new(),
             head: Vec::new(),
@@ -33,9 +41,7 @@ impl WebConn {
             body_len: 0,
             body_sent: 0,
             answered: false,
-            pattern: (0..PATTERN_LEN as u64)
-                .map(|i| body_byte(seed, i))
-                .collect(),
+            pattern,
         }
     }
 
@@ -100,8 +106,9 @@ impl WebConn {
         let mut i = start;
         while i < end {
             // The body repeats a PATTERN_LEN-byte block: copy the part of it in [i, end).
-            let from = (i % PATTERN_LEN as u64) as usize;
-            let take = (PATTERN_LEN - from).min((end - i) as usize);
+            let period = self.pattern.len().max(1);
+            let from = (i % period as u64) as usize;
+            let take = (period - from).min((end - i) as usize);
             out.extend_from_slice(&self.pattern[from..from + take]);
             i += take as u64;
         }
@@ -128,6 +135,15 @@ pub fn body_byte(seed: u64, i: u64) -> u8 {
 /// multiple of a cell's 498 bytes, so a cell-aligned corruption still shows.
 pub const PATTERN_LEN: usize = 65536;
 
+/// One period of the body for `seed` ([`PATTERN_LEN`] bytes), computed word by word.
+pub fn pattern(seed: u64) -> Rc<[u8]> {
+    let mut v = Vec::with_capacity(PATTERN_LEN);
+    for w in 0..(PATTERN_LEN / 8) as u64 {
+        v.extend_from_slice(&body_word(seed, w).to_le_bytes());
+    }
+    v.into()
+}
+
 /// Bytes `8w .. 8w + 8` of the body, little-endian.
 fn body_word(seed: u64, w: u64) -> u64 {
     let mut z = seed.wrapping_add(w.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -139,7 +155,8 @@ fn body_word(seed: u64, w: u64) -> u64 {
 /// The whole body for `seed` and length `n` (for checking what the client received).
 /// `n` is clamped to [`MAX_BODY`].
 pub fn expected_body(seed: u64, n: u64) -> Vec<u8> {
-    (0..n.min(MAX_BODY)).map(|i| body_byte(seed, i)).collect()
+    let p = pattern(seed);
+    p.iter().copied().cycle().take(n.min(MAX_BODY) as usize).collect()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -202,6 +219,20 @@ mod tests {
         assert_eq!(fresh, reused);
         let head_end = find(&reused, b"\r\n\r\n").expect("head") + 4;
         assert_eq!(reused[head_end..], expected_body(3, 70000)[..]);
+    }
+
+    /// The word-wise pattern is the body as [`body_byte`] defines it.
+    #[test]
+    fn pattern_is_the_body_period() {
+        let p = pattern(11);
+        assert_eq!(p.len(), PATTERN_LEN);
+        for i in [0u64, 1, 7, 8, 9, 4097, PATTERN_LEN as u64 - 1] {
+            assert_eq!(p[i as usize], body_byte(11, i));
+        }
+        assert_eq!(
+            expected_body(11, 3 * PATTERN_LEN as u64 + 5)[PATTERN_LEN..2 * PATTERN_LEN],
+            p[..]
+        );
     }
 
     #[test]
