@@ -12,8 +12,8 @@ use std::rc::Rc;
 
 use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
 
-use super::net::{Edge, Pipe, RelayCx};
-use super::web::WebConn;
+use super::net::{Chunk, Edge, Pipe, RelayCx};
+use super::web::{WebConn, SPAN_MAX};
 use super::{WEB_ADDR, WEB_HOST};
 use crate::relay::RelayEvent;
 use crate::stream::StreamId;
@@ -29,7 +29,9 @@ struct Tcp {
     web: WebConn,
     connect_at: Option<Instant>,
     to_web: Pipe,
-    to_exit: Pipe,
+    /// The web server's writes in flight: spans of its response, read from it when they
+    /// arrive ([`WebConn::output_piece`]), so the bytes are copied once, into cells.
+    to_exit: Pipe<Span>,
     /// Bytes arrived at the exit but not yet packaged (windows closed): `exit_buf[exit_off..]`
     /// (packaging advances the offset instead of moving the rest to the front).
     exit_buf: Vec<u8>,
@@ -44,13 +46,22 @@ pub struct Exit {
     /// connections.
     pattern: Rc<[u8]>,
     tcps: Vec<Tcp>,
-    /// Delivered chunk buffers, reused for the web server's next writes (a fresh vector per
-    /// write cost a page fault per chunk).
-    spare: Vec<Vec<u8>>,
+    /// Where a piece of the response that includes head bytes is assembled.
+    scratch: Vec<u8>,
 }
 
-/// How many spare chunk buffers an exit keeps.
-const SPARE_BUFS: usize = 8;
+/// A span of the web server's response: offset and length.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u64,
+    len: usize,
+}
+
+impl Chunk for Span {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
 
 impl Tcp {
     fn pending(&self) -> &[u8] {
@@ -65,18 +76,18 @@ impl Tcp {
             self.exit_off = 0;
         }
     }
+}
 
-    /// Queue bytes the circuit could not take yet.
-    fn keep(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.exit_off > 0 && self.exit_off >= self.exit_buf.len() / 2 {
-            self.exit_buf.drain(..self.exit_off);
-            self.exit_off = 0;
-        }
-        self.exit_buf.extend_from_slice(bytes);
+/// Queue bytes the circuit could not take yet behind `buf[*off..]`.
+fn keep(buf: &mut Vec<u8>, off: &mut usize, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
     }
+    if *off > 0 && *off >= buf.len() / 2 {
+        buf.drain(..*off);
+        *off = 0;
+    }
+    buf.extend_from_slice(bytes);
 }
 
 impl core::fmt::Debug for Exit {
@@ -93,7 +104,7 @@ impl Exit {
         Exit {
             pattern: super::web::pattern(seed),
             tcps: Vec::new(),
-            spare: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -242,14 +253,11 @@ impl Edge for Exit {
                 .send_capacity(t.stream)
                 .saturating_sub(t.pending().len() + t.in_flight);
             if room > 0 {
-                let mut chunk = self.spare.pop().unwrap_or_default();
-                chunk.clear();
-                if t.web.poll_output_into(room.min(256 * 1024), &mut chunk) > 0 {
+                let (start, len) = t.web.take_output(room.min(SPAN_MAX));
+                if len > 0 {
                     moved = true;
-                    t.in_flight += chunk.len();
-                    t.to_exit.push(now, chunk, lat, bw);
-                } else {
-                    self.spare.push(chunk);
+                    t.in_flight += len;
+                    t.to_exit.push(now, Span { start, len }, lat, bw);
                 }
             }
             if t.web.is_done()
@@ -291,20 +299,20 @@ impl Edge for Exit {
                     cx.log(WEB, format!("request from {from}: \"{line}\""));
                 }
             }
-            while let Some(bytes) = self.tcps[ti].to_exit.pop_due(now) {
+            while let Some(span) = self.tcps[ti].to_exit.pop_due(now) {
                 let t = &mut self.tcps[ti];
-                t.in_flight = t.in_flight.saturating_sub(bytes.len());
-                // Package straight from the arriving chunk when nothing is waiting before it.
+                t.in_flight = t.in_flight.saturating_sub(span.len);
+                // The whole span is one slice of the response (SPAN_MAX bounds the writes),
+                // packaged in one call as if it were one buffer of bytes.
+                let piece = t.web.output_piece(span.start, span.len, &mut self.scratch);
+                // Package straight from the response when nothing is waiting before it.
                 let mut used = 0;
-                if t.pending().is_empty() && !t.closed {
+                if t.exit_off >= t.exit_buf.len() && !t.closed {
                     if let Some(c) = cx.circ(t.circ) {
-                        used = c.send(t.stream, &bytes).unwrap_or(0);
+                        used = c.send(t.stream, piece).unwrap_or(0);
                     }
                 }
-                t.keep(&bytes[used..]);
-                if self.spare.len() < SPARE_BUFS {
-                    self.spare.push(bytes);
-                }
+                keep(&mut t.exit_buf, &mut t.exit_off, &piece[used..]);
             }
         }
     }

@@ -256,17 +256,39 @@ pub(crate) struct Endpoint {
     pub(crate) chan: usize,
 }
 
-/// One direction of a simulated connection: chunks of bytes with their arrival times.
-#[derive(Debug, Default)]
-pub(crate) struct Pipe {
-    pub(crate) q: VecDeque<(Instant, Vec<u8>)>,
+/// What a [`Pipe`] carries: something with a length in bytes (the bytes themselves, or a
+/// span of a stream whose bytes the receiver can read itself).
+pub(crate) trait Chunk {
+    /// Its length in bytes (what the link's bandwidth is charged).
+    fn len(&self) -> usize;
+}
+
+impl Chunk for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// One direction of a simulated connection: chunks with their arrival times.
+#[derive(Debug)]
+pub(crate) struct Pipe<T = Vec<u8>> {
+    pub(crate) q: VecDeque<(Instant, T)>,
     free_at: Instant,
 }
 
-impl Pipe {
+impl<T> Default for Pipe<T> {
+    fn default() -> Self {
+        Pipe {
+            q: VecDeque::new(),
+            free_at: Instant::ZERO,
+        }
+    }
+}
+
+impl<T: Chunk> Pipe<T> {
     /// Send `bytes` at `now`: they arrive after the link has carried the earlier chunks and
     /// these (at `bandwidth` bytes per second), plus `latency`.
-    pub(crate) fn push(&mut self, now: Instant, bytes: Vec<u8>, latency: Duration, bandwidth: u64) {
+    pub(crate) fn push(&mut self, now: Instant, bytes: T, latency: Duration, bandwidth: u64) {
         let start = self.free_at.max(now);
         let tx = if bandwidth == 0 {
             Duration::ZERO
@@ -285,7 +307,7 @@ impl Pipe {
     }
 
     /// The first chunk, if it has arrived by `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<T> {
         if self.next_at().is_some_and(|at| at <= now) {
             self.q.pop_front().map(|(_, b)| b)
         } else {

@@ -21,7 +21,8 @@ pub struct WebConn {
     body_len: u64,
     body_sent: u64,
     answered: bool,
-    /// One period of the body (see [`body_byte`]), shared by the connections of one server.
+    /// The body's first [`PATTERN_LEN`] + [`SPAN_MAX`] bytes ([`pattern`]), shared by the
+    /// connections of one server.
     pattern: Rc<[u8]>,
 }
 
@@ -32,8 +33,21 @@ impl WebConn {
     }
 
     /// A new connection serving bodies made of `pattern` (from [`pattern`]), which a server
-    /// computes once for all its connections.
+    /// computes once for all its connections. (Anything shorter than [`pattern`]'s length is
+    /// repeated to that length, so that every read stays in bounds.)
     pub fn with_pattern(pattern: Rc<[u8]>) -> Self {
+        let pattern = if pattern.len() >= PATTERN_LEN + SPAN_MAX {
+            pattern
+        } else if pattern.is_empty() {
+            vec![0; PATTERN_LEN + SPAN_MAX].into()
+        } else {
+            pattern
+                .iter()
+                .copied()
+                .cycle()
+                .take(PATTERN_LEN + SPAN_MAX)
+                .collect()
+        };
         WebConn {
             request: Vec::new(),
             head: Vec::new(),
@@ -106,14 +120,51 @@ impl WebConn {
         let mut i = start;
         while i < end {
             // The body repeats a PATTERN_LEN-byte block: copy the part of it in [i, end).
-            let period = self.pattern.len().max(1);
-            let from = (i % period as u64) as usize;
-            let take = (period - from).min((end - i) as usize);
+            let from = (i % PATTERN_LEN as u64) as usize;
+            let take = (PATTERN_LEN - from).min((end - i) as usize);
             out.extend_from_slice(&self.pattern[from..from + take]);
             i += take as u64;
         }
         self.body_sent = end;
         out.len() - before
+    }
+
+    /// Hand out up to `max` further bytes of the response without copying them: returns
+    /// their offset in the response and their number (0 once it is all sent). The caller
+    /// reads them later with [`WebConn::output_piece`] (the exit does when they arrive over
+    /// its simulated TCP connection, so the bytes are copied once, into cells).
+    pub fn take_output(&mut self, max: usize) -> (u64, usize) {
+        let start = self.head_sent as u64 + self.body_sent;
+        let head = (self.head.len() - self.head_sent).min(max);
+        self.head_sent += head;
+        let body = ((max - head) as u64).min(self.body_len - self.body_sent);
+        self.body_sent += body;
+        (start, head + body as usize)
+    }
+
+    /// `len` response bytes from offset `start` (as handed out by
+    /// [`WebConn::take_output`]), `len` at most [`SPAN_MAX`]: a slice of the body's
+    /// pattern, or, for a piece that includes head bytes, a copy in `scratch`. (Offsets past
+    /// the response read as the body's continuation: the caller asks only for what it was
+    /// handed.)
+    pub fn output_piece<'a>(
+        &'a self,
+        start: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        let len = len.min(SPAN_MAX);
+        let head_len = self.head.len() as u64;
+        if start >= head_len {
+            let from = ((start - head_len) % PATTERN_LEN as u64) as usize;
+            return &self.pattern[from..from + len];
+        }
+        scratch.clear();
+        let h = &self.head[start as usize..];
+        scratch.extend_from_slice(&h[..h.len().min(len)]);
+        let rest = len - scratch.len();
+        scratch.extend_from_slice(&self.pattern[..rest]);
+        scratch
     }
 
     /// Whether the whole response has been handed out.
@@ -135,11 +186,19 @@ pub fn body_byte(seed: u64, i: u64) -> u8 {
 /// multiple of a cell's 498 bytes, so a cell-aligned corruption still shows.
 pub const PATTERN_LEN: usize = 65536;
 
-/// One period of the body for `seed` ([`PATTERN_LEN`] bytes), computed word by word.
+/// The most [`WebConn::output_piece`] reads at once.
+pub const SPAN_MAX: usize = 256 * 1024;
+
+/// The body's first [`PATTERN_LEN`] + [`SPAN_MAX`] bytes for `seed` (one period computed word
+/// by word, then repeated): any [`SPAN_MAX`] consecutive body bytes are one slice of it.
 pub fn pattern(seed: u64) -> Rc<[u8]> {
-    let mut v = Vec::with_capacity(PATTERN_LEN);
+    let mut v = Vec::with_capacity(PATTERN_LEN + SPAN_MAX);
     for w in 0..(PATTERN_LEN / 8) as u64 {
         v.extend_from_slice(&body_word(seed, w).to_le_bytes());
+    }
+    while v.len() < PATTERN_LEN + SPAN_MAX {
+        let n = (PATTERN_LEN + SPAN_MAX - v.len()).min(PATTERN_LEN);
+        v.extend_from_within(..n);
     }
     v.into()
 }
@@ -156,7 +215,12 @@ fn body_word(seed: u64, w: u64) -> u64 {
 /// `n` is clamped to [`MAX_BODY`].
 pub fn expected_body(seed: u64, n: u64) -> Vec<u8> {
     let p = pattern(seed);
-    p.iter().copied().cycle().take(n.min(MAX_BODY) as usize).collect()
+    p[..PATTERN_LEN]
+        .iter()
+        .copied()
+        .cycle()
+        .take(n.min(MAX_BODY) as usize)
+        .collect()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -221,16 +285,57 @@ mod tests {
         assert_eq!(reused[head_end..], expected_body(3, 70000)[..]);
     }
 
+    /// Spans handed out without copying and read back piece by piece give the same response
+    /// as [`WebConn::poll_output`], head included, across pattern periods.
+    #[test]
+    fn take_output_and_output_piece_match_poll_output() {
+        let n = 3 * PATTERN_LEN as u64 + 1234;
+        let req = format!("GET /{n} HTTP/1.0\r\n\r\n");
+        let mut a = WebConn::new(5);
+        let mut b = WebConn::with_pattern(pattern(5));
+        a.handle_input(req.as_bytes());
+        b.handle_input(req.as_bytes());
+        let (mut fresh, mut spans) = (Vec::new(), Vec::new());
+        let mut scratch = Vec::new();
+        for max in [7usize, 100, SPAN_MAX, 70_001].into_iter().cycle() {
+            let chunk = a.poll_output(max);
+            let (start, len) = b.take_output(max);
+            assert_eq!(len, chunk.len());
+            assert_eq!(start, fresh.len() as u64);
+            if len == 0 {
+                break;
+            }
+            spans.extend_from_slice(b.output_piece(start, len, &mut scratch));
+            fresh.extend_from_slice(&chunk);
+        }
+        assert!(a.is_done() && b.is_done());
+        assert_eq!(spans, fresh);
+        let head_end = find(&spans, b"\r\n\r\n").expect("head") + 4;
+        assert_eq!(spans[head_end..], expected_body(5, n)[..]);
+        // A short pattern is repeated, never read out of bounds.
+        let c = WebConn::with_pattern(vec![1, 2, 3].into());
+        assert_eq!(c.output_piece(0, 5, &mut scratch), [1, 2, 3, 1, 2]);
+    }
+
     /// The word-wise pattern is the body as [`body_byte`] defines it.
     #[test]
     fn pattern_is_the_body_period() {
         let p = pattern(11);
-        assert_eq!(p.len(), PATTERN_LEN);
-        for i in [0u64, 1, 7, 8, 9, 4097, PATTERN_LEN as u64 - 1] {
+        assert_eq!(p.len(), PATTERN_LEN + SPAN_MAX);
+        for i in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            4097,
+            PATTERN_LEN as u64 - 1,
+            PATTERN_LEN as u64 + 3,
+        ] {
             assert_eq!(p[i as usize], body_byte(11, i));
         }
         assert_eq!(
-            expected_body(11, 3 * PATTERN_LEN as u64 + 5)[PATTERN_LEN..2 * PATTERN_LEN],
+            expected_body(11, (PATTERN_LEN + SPAN_MAX) as u64 + 5)[..PATTERN_LEN + SPAN_MAX],
             p[..]
         );
     }
