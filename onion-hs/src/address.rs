@@ -151,27 +151,24 @@ fn checksum_input_from_groups(g: &[u64; GROUPS]) -> [u64; 6] {
 /// or return the offset of the first character outside the alphabet.
 fn decode_groups(label: &[u8; ADDRESS_LEN]) -> Result<[u64; GROUPS], usize> {
     let mut groups = [0u64; GROUPS];
-    for (chunk_i, (chunk, group)) in label
-        .chunks_exact(GROUP_CHARS)
-        .zip(groups.iter_mut())
-        .enumerate()
-    {
+    // OR of every table entry: bit 7 set iff some character is outside the alphabet. A bad
+    // entry (0x80) also spills into its group's bits; those groups are then discarded.
+    let mut bad: u8 = 0;
+    for (chunk, group) in label.chunks_exact(GROUP_CHARS).zip(groups.iter_mut()) {
         let mut acc: u64 = 0;
-        let mut bad: u8 = 0;
         for &c in chunk {
             let v = DECODE[usize::from(c)];
             bad |= v;
-            acc = (acc << 5) | u64::from(v & 31);
-        }
-        if bad & 0x80 != 0 {
-            // Slow path only on error: find the first bad character.
-            let j = chunk
-                .iter()
-                .position(|&c| DECODE[usize::from(c)] & 0x80 != 0)
-                .unwrap_or(0);
-            return Err(chunk_i * GROUP_CHARS + j);
+            acc = (acc << 5) | u64::from(v);
         }
         *group = acc;
+    }
+    if bad & 0x80 != 0 {
+        // Slow path only on error: find the first bad character.
+        return Err(label
+            .iter()
+            .position(|&c| DECODE[usize::from(c)] & 0x80 != 0)
+            .unwrap_or(0));
     }
     Ok(groups)
 }
@@ -262,7 +259,8 @@ impl OnionAddress {
             return Err(AddressError::BadVersion(version));
         }
         let expected = checksum(&checksum_input_from_groups(groups));
-        if !crate::ops::ct_eq(&expected, &last[5..7]) {
+        // A plain comparison: the address and its checksum are public, nothing here is secret.
+        if expected != last[5..7] {
             return Err(AddressError::BadChecksum);
         }
         let mut key = [0u8; 32];

@@ -8,13 +8,13 @@
 //!   an indexed memory slot.
 //! - **Two rounds per loop iteration, not 24.** All 24 rounds unrolled is about 5,000
 //!   instructions (20 KiB); on the 2.6 GHz AMD EPYC (Zen 4) this was tuned on, its speed swung
-//!   between 258 and 325 ns with where the linker placed it, as the body does or does not fit
-//!   the decoded-instruction cache. The two-round body (about 570 instructions) measured 274 ns
-//!   wherever it lands, against 328 ns for the `keccak` crate.
-//! - **Combined steps.** One round computes θ's column parities, then for each output plane
-//!   applies θ, ρ and π to the five lanes χ needs and writes χ∘ι straight into the other set of
-//!   locals; rounds alternate between the two sets (`a → e`, `e → a`, one loop iteration),
-//!   so nothing is copied.
+//!   between 258 and 325 ns from one build or run to the next, as the body did or did not stay
+//!   in the decoded-instruction cache. The two-round body (about 600 instructions) measured
+//!   259 ns every time, against 328 ns for the `keccak` crate.
+//! - **Combined steps.** One round applies, for each output plane, θ, ρ and π to the five lanes
+//!   χ needs and writes χ∘ι straight into the other set of locals, folding each new lane into
+//!   the next round's θ column parities as it goes; rounds alternate between the two sets
+//!   (`a → e`, `e → a`, one loop iteration), so nothing is copied.
 //! - **Lane complementing.** χ computes `b0 ^ (!b1 & b2)` for every lane: 25 NOTs a round on a
 //!   CPU without an and-not instruction (baseline x86-64 has none). Keeping six lanes (1, 2, 8,
 //!   12, 17, 20) in complemented form turns, by De Morgan, most of those into plain `&`/`|`,
@@ -61,7 +61,10 @@ const RC: [u64; ROUNDS] = {
 const COMPLEMENTED: [usize; 6] = [1, 2, 8, 12, 17, 20];
 
 /// One round, θ ρ π χ ι, from the 25 lanes named in the first list into those named in the
-/// second, both in lane-complemented form (lane index `x + 5y`; list position = index).
+/// second, both in lane-complemented form (lane index `x + 5y`; list position = index). The
+/// third list names θ's five column parities: on entry those of the input lanes, on exit those
+/// of the output lanes, accumulated as each output lane is produced (while it is still in a
+/// register) instead of being recomputed from all 25 lanes at the start of the next round.
 ///
 /// θ: `c[x]` is column x's parity, `d[x] = c[x−1] ^ rot(c[x+1], 1)`. ρ∘π: output lane
 /// `(X, Y)` of π is input lane `(x, y)` with `X = y`, `Y = 2x + 3y`, rotated by ρ's offset for
@@ -69,17 +72,12 @@ const COMPLEMENTED: [usize; 6] = [1, 2, 8, 12, 17, 20];
 /// the complemented representation (hence the mix of `|`, `&` and the few NOTs).
 /// ι XORs `$rc` into lane 0.
 macro_rules! round {
-    ([$a00:ident, $a01:ident, $a02:ident, $a03:ident, $a04:ident, $a05:ident, $a06:ident, $a07:ident, $a08:ident, $a09:ident, $a10:ident, $a11:ident, $a12:ident, $a13:ident, $a14:ident, $a15:ident, $a16:ident, $a17:ident, $a18:ident, $a19:ident, $a20:ident, $a21:ident, $a22:ident, $a23:ident, $a24:ident] => [$e00:ident, $e01:ident, $e02:ident, $e03:ident, $e04:ident, $e05:ident, $e06:ident, $e07:ident, $e08:ident, $e09:ident, $e10:ident, $e11:ident, $e12:ident, $e13:ident, $e14:ident, $e15:ident, $e16:ident, $e17:ident, $e18:ident, $e19:ident, $e20:ident, $e21:ident, $e22:ident, $e23:ident, $e24:ident], $rc:expr) => {
-        let c0 = $a00 ^ $a05 ^ $a10 ^ $a15 ^ $a20;
-        let c1 = $a01 ^ $a06 ^ $a11 ^ $a16 ^ $a21;
-        let c2 = $a02 ^ $a07 ^ $a12 ^ $a17 ^ $a22;
-        let c3 = $a03 ^ $a08 ^ $a13 ^ $a18 ^ $a23;
-        let c4 = $a04 ^ $a09 ^ $a14 ^ $a19 ^ $a24;
-        let d0 = c4 ^ c1.rotate_left(1);
-        let d1 = c0 ^ c2.rotate_left(1);
-        let d2 = c1 ^ c3.rotate_left(1);
-        let d3 = c2 ^ c4.rotate_left(1);
-        let d4 = c3 ^ c0.rotate_left(1);
+    ([$a00:ident, $a01:ident, $a02:ident, $a03:ident, $a04:ident, $a05:ident, $a06:ident, $a07:ident, $a08:ident, $a09:ident, $a10:ident, $a11:ident, $a12:ident, $a13:ident, $a14:ident, $a15:ident, $a16:ident, $a17:ident, $a18:ident, $a19:ident, $a20:ident, $a21:ident, $a22:ident, $a23:ident, $a24:ident] => [$e00:ident, $e01:ident, $e02:ident, $e03:ident, $e04:ident, $e05:ident, $e06:ident, $e07:ident, $e08:ident, $e09:ident, $e10:ident, $e11:ident, $e12:ident, $e13:ident, $e14:ident, $e15:ident, $e16:ident, $e17:ident, $e18:ident, $e19:ident, $e20:ident, $e21:ident, $e22:ident, $e23:ident, $e24:ident], [$c0:ident, $c1:ident, $c2:ident, $c3:ident, $c4:ident], $rc:expr) => {
+        let d0 = $c4 ^ $c1.rotate_left(1);
+        let d1 = $c0 ^ $c2.rotate_left(1);
+        let d2 = $c1 ^ $c3.rotate_left(1);
+        let d3 = $c2 ^ $c4.rotate_left(1);
+        let d4 = $c3 ^ $c0.rotate_left(1);
         let b0 = $a00 ^ d0;
         let b1 = ($a06 ^ d1).rotate_left(44);
         let b2 = ($a12 ^ d2).rotate_left(43);
@@ -87,10 +85,15 @@ macro_rules! round {
         let b4 = ($a24 ^ d4).rotate_left(14);
         let n2 = !b2;
         $e00 = b0 ^ (b1 | b2) ^ $rc;
+        $c0 = $e00;
         $e01 = b1 ^ (n2 | b3);
+        $c1 = $e01;
         $e02 = b2 ^ (b3 & b4);
+        $c2 = $e02;
         $e03 = b3 ^ (b4 | b0);
+        $c3 = $e03;
         $e04 = b4 ^ (b0 & b1);
+        $c4 = $e04;
         let b0 = ($a03 ^ d3).rotate_left(28);
         let b1 = ($a09 ^ d4).rotate_left(20);
         let b2 = ($a10 ^ d0).rotate_left(3);
@@ -98,10 +101,15 @@ macro_rules! round {
         let b4 = ($a22 ^ d2).rotate_left(61);
         let n4 = !b4;
         $e05 = b0 ^ (b1 | b2);
+        $c0 ^= $e05;
         $e06 = b1 ^ (b2 & b3);
+        $c1 ^= $e06;
         $e07 = b2 ^ (b3 | n4);
+        $c2 ^= $e07;
         $e08 = b3 ^ (b4 | b0);
+        $c3 ^= $e08;
         $e09 = b4 ^ (b0 & b1);
+        $c4 ^= $e09;
         let b0 = ($a01 ^ d1).rotate_left(1);
         let b1 = ($a07 ^ d2).rotate_left(6);
         let b2 = ($a13 ^ d3).rotate_left(25);
@@ -109,10 +117,15 @@ macro_rules! round {
         let b4 = ($a20 ^ d0).rotate_left(18);
         let n3 = !b3;
         $e10 = b0 ^ (b1 | b2);
+        $c0 ^= $e10;
         $e11 = b1 ^ (b2 & b3);
+        $c1 ^= $e11;
         $e12 = b2 ^ (n3 & b4);
+        $c2 ^= $e12;
         $e13 = n3 ^ (b4 | b0);
+        $c3 ^= $e13;
         $e14 = b4 ^ (b0 & b1);
+        $c4 ^= $e14;
         let b0 = ($a04 ^ d4).rotate_left(27);
         let b1 = ($a05 ^ d0).rotate_left(36);
         let b2 = ($a11 ^ d1).rotate_left(10);
@@ -120,10 +133,15 @@ macro_rules! round {
         let b4 = ($a23 ^ d3).rotate_left(56);
         let n3 = !b3;
         $e15 = b0 ^ (b1 & b2);
+        $c0 ^= $e15;
         $e16 = b1 ^ (b2 | b3);
+        $c1 ^= $e16;
         $e17 = b2 ^ (n3 | b4);
+        $c2 ^= $e17;
         $e18 = n3 ^ (b4 & b0);
+        $c3 ^= $e18;
         $e19 = b4 ^ (b0 | b1);
+        $c4 ^= $e19;
         let b0 = ($a02 ^ d2).rotate_left(62);
         let b1 = ($a08 ^ d3).rotate_left(55);
         let b2 = ($a14 ^ d4).rotate_left(39);
@@ -131,10 +149,15 @@ macro_rules! round {
         let b4 = ($a21 ^ d1).rotate_left(2);
         let n1 = !b1;
         $e20 = b0 ^ (n1 & b2);
+        $c0 ^= $e20;
         $e21 = n1 ^ (b2 | b3);
+        $c1 ^= $e21;
         $e22 = b2 ^ (b3 & b4);
+        $c2 ^= $e22;
         $e23 = b3 ^ (b4 | b0);
+        $c3 ^= $e23;
         $e24 = b4 ^ (b0 & b1);
+        $c4 ^= $e24;
     };
 }
 
@@ -149,6 +172,11 @@ pub(crate) fn f1600(state: &mut [u64; 25]) {
     }
     let [mut a00, mut a01, mut a02, mut a03, mut a04, mut a05, mut a06, mut a07, mut a08, mut a09, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23, mut a24] =
         *state;
+    let mut c0 = a00 ^ a05 ^ a10 ^ a15 ^ a20;
+    let mut c1 = a01 ^ a06 ^ a11 ^ a16 ^ a21;
+    let mut c2 = a02 ^ a07 ^ a12 ^ a17 ^ a22;
+    let mut c3 = a03 ^ a08 ^ a13 ^ a18 ^ a23;
+    let mut c4 = a04 ^ a09 ^ a14 ^ a19 ^ a24;
     let mut e00: u64;
     let mut e01: u64;
     let mut e02: u64;
@@ -176,12 +204,12 @@ pub(crate) fn f1600(state: &mut [u64; 25]) {
     let mut e24: u64;
     macro_rules! a_to_e {
         ($rc:expr) => {
-            round!([a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24] => [e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24], $rc)
+            round!([a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24] => [e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24], [c0, c1, c2, c3, c4], $rc)
         };
     }
     macro_rules! e_to_a {
         ($rc:expr) => {
-            round!([e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24] => [a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24], $rc)
+            round!([e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24] => [a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24], [c0, c1, c2, c3, c4], $rc)
         };
     }
     for rc in RC.chunks_exact(2) {
@@ -217,6 +245,11 @@ pub(crate) fn sha3_256_48_lane0(msg: &[u64; 6]) -> u64 {
     let (mut a10, mut a11, mut a12, mut a13, mut a14) = (0u64, 0u64, !0u64, 0u64, 0u64);
     let (mut a15, mut a16, mut a17, mut a18, mut a19) = (0u64, 0x80u64 << 56, !0u64, 0u64, 0u64);
     let (mut a20, mut a21, mut a22, mut a23, mut a24) = (!0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut c0 = a00 ^ a05 ^ a10 ^ a15 ^ a20;
+    let mut c1 = a01 ^ a06 ^ a11 ^ a16 ^ a21;
+    let mut c2 = a02 ^ a07 ^ a12 ^ a17 ^ a22;
+    let mut c3 = a03 ^ a08 ^ a13 ^ a18 ^ a23;
+    let mut c4 = a04 ^ a09 ^ a14 ^ a19 ^ a24;
     let mut e00: u64;
     let mut e01: u64;
     let mut e02: u64;
@@ -244,12 +277,12 @@ pub(crate) fn sha3_256_48_lane0(msg: &[u64; 6]) -> u64 {
     let mut e24: u64;
     macro_rules! a_to_e {
         ($rc:expr) => {
-            round!([a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24] => [e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24], $rc)
+            round!([a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24] => [e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24], [c0, c1, c2, c3, c4], $rc)
         };
     }
     macro_rules! e_to_a {
         ($rc:expr) => {
-            round!([e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24] => [a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24], $rc)
+            round!([e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24] => [a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24], [c0, c1, c2, c3, c4], $rc)
         };
     }
     a_to_e!(RC[0]);
@@ -259,11 +292,6 @@ pub(crate) fn sha3_256_48_lane0(msg: &[u64; 6]) -> u64 {
     }
     // Round 23, lane 0 only: θ, then ρ∘π for the plane-0 lanes b0, b1, b2, then χ and ι.
     // Lane 0 is not complemented, and this is the complemented-form formula for it.
-    let c0 = e00 ^ e05 ^ e10 ^ e15 ^ e20;
-    let c1 = e01 ^ e06 ^ e11 ^ e16 ^ e21;
-    let c2 = e02 ^ e07 ^ e12 ^ e17 ^ e22;
-    let c3 = e03 ^ e08 ^ e13 ^ e18 ^ e23;
-    let c4 = e04 ^ e09 ^ e14 ^ e19 ^ e24;
     let b0 = e00 ^ c4 ^ c1.rotate_left(1);
     let b1 = (e06 ^ c0 ^ c2.rotate_left(1)).rotate_left(44);
     let b2 = (e12 ^ c1 ^ c3.rotate_left(1)).rotate_left(43);
