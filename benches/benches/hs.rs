@@ -20,7 +20,7 @@ use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
 const NOW: u64 = 1_795_418_409;
 
-/// onion-hs's private Keccak-f[1600] (lane-complemented, unrolled), compiled in directly so
+/// onion-hs's private Keccak-f[1600] (lane-complemented, macro-expanded rounds), compiled in so
 /// its full permutation can be timed against the `keccak` crate's without making it public.
 #[allow(dead_code)]
 #[path = "../../onion-hs/src/keccak.rs"]
