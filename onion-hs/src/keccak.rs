@@ -286,10 +286,17 @@ pub(crate) fn sha3_256_48_lane0(msg: &[u64; 6]) -> u64 {
         };
     }
     a_to_e!(RC[0]);
-    for rc in RC[1..ROUNDS - 1].chunks_exact(2) {
+    // Rounds 1..=20 four at a time, then 21 and 22: four rounds per loop body measured a
+    // little faster here than two (loop overhead) and than a full unroll (whose 22 rounds of
+    // code no longer fit the decoded-instruction cache).
+    for rc in RC[1..ROUNDS - 3].chunks_exact(4) {
         e_to_a!(rc[0]);
         a_to_e!(rc[1]);
+        e_to_a!(rc[2]);
+        a_to_e!(rc[3]);
     }
+    e_to_a!(RC[ROUNDS - 3]);
+    a_to_e!(RC[ROUNDS - 2]);
     // Round 23, lane 0 only: θ, then ρ∘π for the plane-0 lanes b0, b1, b2, then χ and ι.
     // Lane 0 is not complemented, and this is the complemented-form formula for it.
     let b0 = e00 ^ c4 ^ c1.rotate_left(1);
