@@ -6,11 +6,12 @@
 //! - **Locals, not an array.** The 25 lanes are 25 local variables and each round is expanded
 //!   by the `round!` macro, so every lane is a name the register allocator sees rather than
 //!   an indexed memory slot.
-//! - **Two rounds per loop iteration, not 24.** All 24 rounds unrolled is about 5,000
+//! - **Four rounds per loop iteration, not 24.** All 24 rounds unrolled is about 5,000
 //!   instructions (20 KiB); on the 2.6 GHz AMD EPYC (Zen 4) this was tuned on, its speed swung
-//!   between 258 and 325 ns from one build or run to the next, as the body did or did not stay
-//!   in the decoded-instruction cache. The two-round body (about 600 instructions) measured
-//!   259 ns every time, against 328 ns for the `keccak` crate.
+//!   from one build or run to the next, as the body did or did not stay in the
+//!   decoded-instruction cache, and was slower on average. A two-round body measured 259 ns
+//!   for the full permutation, against 328 ns for the `keccak` crate; four rounds a little
+//!   less again.
 //! - **Combined steps.** One round applies, for each output plane, θ, ρ and π to the five lanes
 //!   χ needs and writes χ∘ι straight into the other set of locals, folding each new lane into
 //!   the next round's θ column parities as it goes; rounds alternate between the two sets
@@ -23,10 +24,11 @@
 //!   complemented outputs at the same positions, so the complement is applied once on input
 //!   and once on output. The per-lane formulas below were derived by checking all eight
 //!   input-bit cases of each χ lane against its complement flags, and the test
-//!   `keccak_f1600_matches_keccak_crate` (in `address.rs`) checks the whole permutation
-//!   against the `keccak` crate.
+//!   `keccak_sha3_256_48_lane0_matches_sha3_crate` (in `address.rs`) checks the result
+//!   against the `sha3` crate for arbitrary messages.
 //!
-//! `sha3_256_48_lane0` specialises the permutation to the checksum: a 48-byte message is one
+//! Only the checksum needs Keccak here, so there is one function, `sha3_256_48_lane0`, the
+//! permutation specialised to it: a 48-byte message is one
 //! SHA3-256 block whose lanes 7–15 and 17–24 are zero, which the compiler folds into the first
 //! round, and only the first output lane is wanted, so the last round computes χ for lane 0
 //! alone.
@@ -56,9 +58,6 @@ const RC: [u64; ROUNDS] = {
     }
     rc
 };
-
-/// Lanes (index `x + 5y`) kept complemented between rounds; see the module documentation.
-const COMPLEMENTED: [usize; 6] = [1, 2, 8, 12, 17, 20];
 
 /// One round, θ ρ π χ ι, from the 25 lanes named in the first list into those named in the
 /// second, both in lane-complemented form (lane index `x + 5y`; list position = index). The
@@ -161,70 +160,6 @@ macro_rules! round {
     };
 }
 
-/// Keccak-f\[1600\] (FIPS 202 §3.3, Keccak-p\[1600, 24\]) on a state of 25 little-endian lanes
-/// at index `x + 5y`, the layout of the `keccak` crate's `f1600`.
-// The address checksum uses the specialised `sha3_256_48_lane0`; this full permutation is the
-// reference the tests check against the `keccak` crate (and that the benchmark times).
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn f1600(state: &mut [u64; 25]) {
-    for i in COMPLEMENTED {
-        state[i] = !state[i];
-    }
-    let [mut a00, mut a01, mut a02, mut a03, mut a04, mut a05, mut a06, mut a07, mut a08, mut a09, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23, mut a24] =
-        *state;
-    let mut c0 = a00 ^ a05 ^ a10 ^ a15 ^ a20;
-    let mut c1 = a01 ^ a06 ^ a11 ^ a16 ^ a21;
-    let mut c2 = a02 ^ a07 ^ a12 ^ a17 ^ a22;
-    let mut c3 = a03 ^ a08 ^ a13 ^ a18 ^ a23;
-    let mut c4 = a04 ^ a09 ^ a14 ^ a19 ^ a24;
-    let mut e00: u64;
-    let mut e01: u64;
-    let mut e02: u64;
-    let mut e03: u64;
-    let mut e04: u64;
-    let mut e05: u64;
-    let mut e06: u64;
-    let mut e07: u64;
-    let mut e08: u64;
-    let mut e09: u64;
-    let mut e10: u64;
-    let mut e11: u64;
-    let mut e12: u64;
-    let mut e13: u64;
-    let mut e14: u64;
-    let mut e15: u64;
-    let mut e16: u64;
-    let mut e17: u64;
-    let mut e18: u64;
-    let mut e19: u64;
-    let mut e20: u64;
-    let mut e21: u64;
-    let mut e22: u64;
-    let mut e23: u64;
-    let mut e24: u64;
-    macro_rules! a_to_e {
-        ($rc:expr) => {
-            round!([a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24] => [e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24], [c0, c1, c2, c3, c4], $rc)
-        };
-    }
-    macro_rules! e_to_a {
-        ($rc:expr) => {
-            round!([e00, e01, e02, e03, e04, e05, e06, e07, e08, e09, e10, e11, e12, e13, e14, e15, e16, e17, e18, e19, e20, e21, e22, e23, e24] => [a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24], [c0, c1, c2, c3, c4], $rc)
-        };
-    }
-    for rc in RC.chunks_exact(2) {
-        a_to_e!(rc[0]);
-        e_to_a!(rc[1]);
-    }
-    *state = [
-        a00, a01, a02, a03, a04, a05, a06, a07, a08, a09, a10, a11, a12, a13, a14, a15, a16, a17,
-        a18, a19, a20, a21, a22, a23, a24,
-    ];
-    for i in COMPLEMENTED {
-        state[i] = !state[i];
-    }
-}
-
 /// The first output lane of SHA3-256 (FIPS 202 §6.1) of a 48-byte message given as six
 /// little-endian lanes (message bytes `8i..8i+8` are lane `i`): the lane's low two bytes are the
 /// first two bytes of the digest.
@@ -237,7 +172,7 @@ pub(crate) fn f1600(state: &mut [u64; 25]) {
 /// 0, 6 and 12 after θ and ρ) and θ's `d0`, `d1`, `d2`. Taking lanes rather than bytes lets
 /// the caller assemble them in registers.
 pub(crate) fn sha3_256_48_lane0(msg: &[u64; 6]) -> u64 {
-    // Lane-complemented initial state: lanes in COMPLEMENTED start inverted (1, 2 are message
+    // Lane-complemented initial state: lanes 1, 2, 8, 12, 17 and 20 start inverted (1, 2 are message
     // lanes; 8, 12, 17, 20 are zero, so all ones).
     let (mut a00, mut a01, mut a02, mut a03, mut a04, mut a05) =
         (msg[0], !msg[1], !msg[2], msg[3], msg[4], msg[5]);
