@@ -19,7 +19,7 @@
 //! is the default on a testing network: a descriptor carries the complete exit policy, so
 //! exits of a private network (which accept only 127.0.0.0/8, a policy no microdescriptor
 //! summary can express: it reads `reject 1-65535`) are usable. Documents are kept in the data
-//! directory and reused while the consensus is fresh; they are verified again on every use.
+//! directory and reused while the consensus is live; they are verified again on every use.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -149,7 +149,7 @@ pub fn progress(pct: u8, what: &str) {
     eprintln!("onion: bootstrap {pct:>3}%: {what}");
 }
 
-/// Bootstrap from `auths` in `mode`, reusing fresh documents from `cache`.
+/// Bootstrap from `auths` in `mode`, reusing live documents from `cache`.
 pub fn bootstrap(
     client: &mut Client,
     auths: &[DirAuthority],
@@ -167,9 +167,9 @@ pub fn bootstrap(
 
     let cached = cache.and_then(|c| {
         Some((
-            c.get_fresh(files[0], now)?,
-            c.get_fresh(files[1], now)?,
-            c.get_fresh(files[2], now)?,
+            c.get_live(files[0], now)?,
+            c.get_live(files[1], now)?,
+            c.get_live(files[2], now)?,
         ))
     });
     let from_cache = cached.is_some();
@@ -308,12 +308,16 @@ pub fn bootstrap(
     if view.is_empty() {
         return Err("no relay with a valid descriptor in the consensus".into());
     }
-    let fresh_until = SystemTime::from(cons.fresh_until);
+    // Reused while live (dir-spec §5: a consensus past fresh-until is still usable until
+    // valid-until; C tor starts from it and fetches a newer one), so a second run soon after
+    // the first, or one on a testing network whose consensus is fresh for only one short
+    // voting interval, does not fetch everything again.
+    let reuse_until = SystemTime::from(cons.valid_until);
     if let (Some(c), false) = (cache, from_cache) {
         let stored = c
-            .put(files[0], &cons_text, fresh_until)
-            .and_then(|_| c.put(files[1], &certs_text, fresh_until))
-            .and_then(|_| c.put(files[2], &descs_text, fresh_until));
+            .put(files[0], &cons_text, reuse_until)
+            .and_then(|_| c.put(files[1], &certs_text, reuse_until))
+            .and_then(|_| c.put(files[2], &descs_text, reuse_until));
         if let Err(e) = stored {
             eprintln!("onion: warning: cannot write the data directory: {e}");
         }

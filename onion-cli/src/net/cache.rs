@@ -1,7 +1,8 @@
 //! The data directory: directory documents cached between runs (dir-spec §5 "Client
-//! operation": a client reuses what it has while it is fresh).
+//! operation": a client starts from the consensus it has while that is still live, i.e.
+//! before its valid-until, as C tor does at start-up, and fetches a new one otherwise).
 //!
-//! Each document is a file `NAME` with a sidecar `NAME.fresh-until` holding the Unix time
+//! Each document is a file `NAME` with a sidecar `NAME.valid-until` holding the Unix time
 //! (seconds) until which it may be reused without asking the network again. Writes go to a
 //! temporary file first and are renamed into place, so an interrupted run never leaves a
 //! half-written document behind. Reading a cached document does not trust it: the caller
@@ -31,9 +32,9 @@ impl Cache {
         })
     }
 
-    /// The document `name`, if stored and still fresh at `now`.
-    pub fn get_fresh(&self, name: &str, now: SystemTime) -> Option<String> {
-        let until = std::fs::read_to_string(self.dir.join(format!("{name}.fresh-until"))).ok()?;
+    /// The document `name`, if stored and still reusable at `now`.
+    pub fn get_live(&self, name: &str, now: SystemTime) -> Option<String> {
+        let until = std::fs::read_to_string(self.dir.join(format!("{name}.valid-until"))).ok()?;
         let until = UNIX_EPOCH + Duration::from_secs(until.trim().parse::<u64>().ok()?);
         if now >= until {
             return None;
@@ -45,14 +46,14 @@ impl Cache {
         std::fs::read_to_string(path).ok()
     }
 
-    /// Store `text` as `name`, fresh until `until`.
+    /// Store `text` as `name`, reusable until `until`.
     pub fn put(&self, name: &str, text: &str, until: SystemTime) -> io::Result<()> {
         let secs = until
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.write_atomic(name, text.as_bytes())?;
-        self.write_atomic(&format!("{name}.fresh-until"), secs.to_string().as_bytes())
+        self.write_atomic(&format!("{name}.valid-until"), secs.to_string().as_bytes())
     }
 
     fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()> {
@@ -67,16 +68,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fresh_then_stale() {
+    fn live_then_expired() {
         let dir = std::env::temp_dir().join(format!("onion-cache-test-{}", std::process::id()));
         let c = Cache::open(&dir).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(c.get_fresh("doc", t0), None);
+        assert_eq!(c.get_live("doc", t0), None);
         c.put("doc", "hello", t0 + Duration::from_secs(60)).unwrap();
-        assert_eq!(c.get_fresh("doc", t0).as_deref(), Some("hello"));
-        assert_eq!(c.get_fresh("doc", t0 + Duration::from_secs(60)), None);
-        std::fs::write(dir.join("doc.fresh-until"), "garbage").unwrap();
-        assert_eq!(c.get_fresh("doc", t0), None);
+        assert_eq!(c.get_live("doc", t0).as_deref(), Some("hello"));
+        assert_eq!(c.get_live("doc", t0 + Duration::from_secs(60)), None);
+        std::fs::write(dir.join("doc.valid-until"), "garbage").unwrap();
+        assert_eq!(c.get_live("doc", t0), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
