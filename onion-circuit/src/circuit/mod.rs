@@ -382,6 +382,20 @@ pub(crate) fn data_body(stream: u16, data: &[u8]) -> Box<CellBody> {
     body
 }
 
+/// The stream id and data length of a decrypted RELAY_DATA cell, read from its header
+/// without decoding the message (both ends hand DATA over in the cell's own buffer, see
+/// [`data_bytes`]); a length beyond the cell is malformed.
+pub(crate) fn data_cell_header(body: &CellBody) -> Result<(u16, usize), onion_cell::Error> {
+    let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
+    if len > MAX_RELAY_DATA_LEN {
+        return Err(onion_cell::Error::BadLength {
+            field: "relay Length",
+            len,
+        });
+    }
+    Ok((u16::from_be_bytes([body[3], body[4]]), len))
+}
+
 /// The `len` data bytes of a decrypted DATA cell as [`Bytes`]. A cell at least half full
 /// keeps its own buffer: no copy, and no allocation at all for a full cell (498 bytes: the
 /// buffer is used to its end, so `Bytes` takes the box as it is), one small reference-count
@@ -1068,15 +1082,10 @@ impl Circuit {
         if body[0] == RelayCmd::DATA.0 {
             // The bulk of the traffic: handed to the embedding in the cell's own buffer, with
             // no copy (see `data_bytes`).
-            let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
-            if len > MAX_RELAY_DATA_LEN {
-                let err = onion_cell::Error::BadLength {
-                    field: "relay Length",
-                    len,
-                };
-                return self.fail(CircError::Malformed { hop, err });
-            }
-            let stream = u16::from_be_bytes([body[3], body[4]]);
+            let (stream, len) = match data_cell_header(&body) {
+                Ok(h) => h,
+                Err(err) => return self.fail(CircError::Malformed { hop, err }),
+            };
             return match self.on_data(hop, stream, move || data_bytes(body, len)) {
                 Ok(()) => Ok(()),
                 Err(e) => self.fail(e),

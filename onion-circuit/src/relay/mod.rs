@@ -43,7 +43,7 @@ use onion_crypto::tor1::{self, CellBody, Tor1RelayCrypto};
 use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
-use crate::circuit::{data_body, data_bytes, encode_body, pad_body};
+use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
 use crate::flow::{sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag};
 use crate::stream::{Admit, Stream, StreamError, StreamId, StreamMap, StreamState};
 use crate::Instant;
@@ -476,15 +476,9 @@ impl RelayCircuit {
         if self.crypto.decrypt_outbound(&mut body) {
             if body[0] == RelayCmd::DATA.0 {
                 // The bulk of an upload: handed to the embedding in the cell's own buffer.
-                let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
-                let r = if len > MAX_RELAY_DATA_LEN {
-                    Err(RelayError::Malformed(onion_cell::Error::BadLength {
-                        field: "relay Length",
-                        len,
-                    }))
-                } else {
-                    let stream = u16::from_be_bytes([body[3], body[4]]);
-                    self.on_data(stream, move || data_bytes(body, len))
+                let r = match data_cell_header(&body) {
+                    Ok((stream, len)) => self.on_data(stream, move || data_bytes(body, len)),
+                    Err(e) => Err(RelayError::Malformed(e)),
                 };
                 return match r {
                     Ok(()) => Ok(()),
