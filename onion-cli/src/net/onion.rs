@@ -16,22 +16,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use onion_cell::hs::{EstablishRendezvous, Introduce};
 use onion_cell::relaymsg::RelayMsg;
 use onion_circuit::Instant;
-use onion_dir::consensus;
 use onion_dir::netview::RelayIdx;
-use onion_dir::path::{PathOptions, PathSelector};
-use onion_dir::{RelayFlags, RsaIdentity};
+use onion_dir::path::PathConfig;
+use onion_dir::RsaIdentity;
 use onion_hs::client::{ClientError, HsClient};
 use onion_hs::desc::DescError;
-use onion_hs::linkspec::LinkSpec;
-use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
-use onion_hs::time::TimePeriodConfig;
+use onion_hs::ring::HsDirRelay;
 use onion_hs::OnionAddress;
 use rand_core::OsRng;
 
 use super::bootstrap::Directory;
-use super::client::{Client, Target};
+use super::client::Client;
+use super::hsnet::{circuit_to, dir_exchange, hsdir_ring, link_specs, send_to_last, HsParams};
 use super::http;
-use super::path;
 
 /// Largest onion-service descriptor accepted (rend-spec-v3: 50 000 bytes).
 const MAX_DESC: usize = 64 * 1024;
@@ -42,55 +39,20 @@ const MAX_DESC: usize = 64 * 1024;
 pub fn connect(
     client: &mut Client,
     dir: &Directory,
-    config: &onion_dir::path::PathConfig,
+    config: &PathConfig,
     testing: bool,
     addr: OnionAddress,
     client_key: Option<&onion_hs::x25519_dalek::StaticSecret>,
     deadline: Instant,
 ) -> Result<usize, String> {
-    let cons = consensus::parse(&dir.consensus)
-        .map_err(|e| format!("consensus: {e}"))?
-        .assume_verified(); // verified by bootstrap
-    let va = cons.valid_after.0;
-    let interval = u32::try_from(cons.fresh_until.0.saturating_sub(va)).unwrap_or(3600);
-    let cfg = if testing {
-        TimePeriodConfig::testing_network(interval)
-    } else {
-        TimePeriodConfig::from_consensus(cons.params.get("hsdir_interval").map(i64::from), interval)
-    }
-    .map_err(|e| format!("time period: {e}"))?;
-    let srv = SharedRandom {
-        current: cons.shared_rand_current.as_ref().map(|s| s.value),
-        previous: cons.shared_rand_previous.as_ref().map(|s| s.value),
-    };
-    let sel = srv.client_fetch(&cfg, va);
-    let params = HsDirParams::from_consensus(|k| cons.params.get(k).map(i64::from));
-    let relays: Vec<(RelayIdx, HsDirRelay)> = dir
-        .view
-        .relays()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            Some((
-                RelayIdx(u32::try_from(i).ok()?),
-                HsDirRelay {
-                    ed25519_id: r.ed_id?,
-                    rsa_id: r.rsa_id.0,
-                    is_hsdir: r.flags.contains(RelayFlags::HSDIR),
-                },
-            ))
-        })
-        .collect();
+    let hp = HsParams::of(dir, testing)?;
+    let sel = hp.shared_random.client_fetch(&hp.periods, hp.valid_after);
+    let relays = hsdir_ring(dir);
     let ring: Vec<HsDirRelay> = relays.iter().map(|(_, r)| *r).collect();
 
     let mut hs = HsClient::new(addr).map_err(|e| format!("onion address: {e}"))?;
     let blinded = onion_crypto::Ed25519Identity(*hs.blinded_key(sel.period).as_bytes());
     let url = format!("/tor/hs/3/{}", blinded.to_base64());
-    let selector = PathSelector::with_config(&dir.view, config.clone());
-    let opts = PathOptions {
-        need_stable: true,
-        ..PathOptions::default()
-    };
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -98,7 +60,7 @@ pub fn connect(
 
     // 1. The descriptor.
     let mut errors = Vec::new();
-    for pos in hs.hsdirs_to_fetch(&ring, &sel, &params) {
+    for pos in hs.hsdirs_to_fetch(&ring, &sel, &hp.params) {
         let Some(&(idx, _)) = relays.get(pos) else {
             continue;
         };
@@ -107,7 +69,7 @@ pub fn connect(
             .relay(idx)
             .map(|r| r.nickname.clone())
             .unwrap_or_default();
-        let text = match fetch_desc(client, dir, &selector, &opts, idx, &url, deadline) {
+        let text = match fetch_desc(client, dir, config, idx, &url, deadline) {
             Ok(text) => text,
             Err(e) => {
                 eprintln!("onion: HSDir {name}: {e}");
@@ -144,19 +106,15 @@ pub fn connect(
     }
 
     // 2. The rendezvous point.
-    let rp_path = selector
-        .internal_path(3, None, None, &opts, &mut OsRng)
-        .map_err(|e| format!("rendezvous path: {e}"))?;
-    let rp_hops: Vec<_> = rp_path.records(&dir.view).collect();
-    let rp = *rp_hops.last().ok_or("empty rendezvous path")?;
-    let (rend, names) = path::build(client, &rp_hops, deadline)?;
+    let (rend, names, rp) = circuit_to(client, dir, config, None, deadline)
+        .map_err(|e| format!("rendezvous circuit: {e}"))?;
     eprintln!("onion: rendezvous circuit built: {}", names.join(" -> "));
     let est = hs
         .establish_rendezvous(&mut OsRng)
         .map_err(|e| e.to_string())?;
     let est =
         EstablishRendezvous::decode(&est).map_err(|e| format!("ESTABLISH_RENDEZVOUS: {e}"))?;
-    send(client, rend, &RelayMsg::EstablishRendezvous(est))?;
+    send_to_last(client, rend, &RelayMsg::EstablishRendezvous(est))?;
     client.wait_msg(
         rend,
         |m| matches!(m, RelayMsg::RendezvousEstablished),
@@ -169,14 +127,7 @@ pub fn connect(
     let rp_key = rp
         .ntor_onion_key
         .ok_or("rendezvous point has no ntor key")?;
-    let mut rp_specs = Vec::new();
-    if let Some(a) = rp.ipv4 {
-        rp_specs.push(LinkSpec::ipv4(a));
-    }
-    rp_specs.push(LinkSpec::rsa_id(rp.rsa_id.0));
-    if let Some(ed) = rp.ed_id {
-        rp_specs.push(LinkSpec::ed25519_id(ed));
-    }
+    let rp_specs = link_specs(rp);
     loop {
         let (ip, body) = hs
             .introduce(&mut OsRng, &rp_key, rp_specs.clone())
@@ -187,15 +138,7 @@ pub fn connect(
             .find(|l| l.ty == onion_hs::linkspec::LS_RSA_ID)
             .and_then(|l| <[u8; 20]>::try_from(l.body.as_slice()).ok())
             .ok_or("introduction point without an RSA identity")?;
-        let r = introduce(
-            client,
-            dir,
-            &selector,
-            &opts,
-            RsaIdentity(ip_id),
-            &body,
-            deadline,
-        );
+        let r = introduce(client, dir, config, RsaIdentity(ip_id), &body, deadline);
         match r.and_then(|ack| hs.handle_introduce_ack(&ack).map_err(|e| e.to_string())) {
             Ok(()) => break,
             Err(e) => eprintln!("onion: introduction point {}: {e}", RsaIdentity(ip_id)),
@@ -220,53 +163,30 @@ pub fn connect(
     Ok(rend)
 }
 
-fn send(client: &mut Client, c: usize, msg: &RelayMsg<'_>) -> Result<(), String> {
-    let circ = &mut client.circs[c].circ;
-    let last = circ.n_hops().checked_sub(1).ok_or("circuit has no hops")?;
-    circ.send_msg(last, 0, msg)
-        .map_err(|e| format!("send: {e}"))?;
-    client.flush()
-}
-
+/// The descriptor at `url` from HSDir `hsdir`, over a 3-hop circuit and BEGIN_DIR.
 fn fetch_desc(
     client: &mut Client,
     dir: &Directory,
-    selector: &PathSelector<'_>,
-    opts: &PathOptions<'_>,
+    config: &PathConfig,
     hsdir: RelayIdx,
     url: &str,
     deadline: Instant,
 ) -> Result<String, String> {
-    let p = selector
-        .internal_path(3, Some(hsdir), None, opts, &mut OsRng)
-        .map_err(|e| format!("path: {e}"))?;
-    let hops: Vec<_> = p.records(&dir.view).collect();
-    let (c, _) = path::build(client, &hops, deadline)?;
-    let r = (|| {
-        let s = client.begin(c, Target::Dir, deadline)?;
-        let raw = client.fetch(
-            c,
-            s,
-            &http::get_request("127.0.0.1", url),
-            MAX_DESC,
-            deadline,
-            |_| {},
-        )?;
-        let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!("HTTP {} {}", resp.status, resp.reason));
-        }
-        String::from_utf8(resp.body).map_err(|_| "descriptor is not UTF-8".to_string())
-    })();
-    client.destroy(c);
-    r
+    let (c, _, _) = circuit_to(client, dir, config, Some(hsdir), deadline)?;
+    let body = dir_exchange(
+        client,
+        c,
+        &http::get_request("127.0.0.1", url),
+        MAX_DESC,
+        deadline,
+    )?;
+    String::from_utf8(body).map_err(|_| "descriptor is not UTF-8".to_string())
 }
 
 fn introduce(
     client: &mut Client,
     dir: &Directory,
-    selector: &PathSelector<'_>,
-    opts: &PathOptions<'_>,
+    config: &PathConfig,
     ip: RsaIdentity,
     body: &[u8],
     deadline: Instant,
@@ -275,15 +195,11 @@ fn introduce(
         .view
         .by_rsa_id(&ip)
         .ok_or("introduction point not in the consensus")?;
-    let p = selector
-        .internal_path(3, Some(idx), None, opts, &mut OsRng)
-        .map_err(|e| format!("path: {e}"))?;
-    let hops: Vec<_> = p.records(&dir.view).collect();
-    let (c, names) = path::build(client, &hops, deadline)?;
+    let (c, names, _) = circuit_to(client, dir, config, Some(idx), deadline)?;
     eprintln!("onion: introduction circuit built: {}", names.join(" -> "));
     let r = (|| {
         let intro = Introduce::decode(body).map_err(|e| format!("INTRODUCE1: {e}"))?;
-        send(client, c, &RelayMsg::Introduce1(intro))?;
+        send_to_last(client, c, &RelayMsg::Introduce1(intro))?;
         let ack = client.wait_msg(c, |m| matches!(m, RelayMsg::IntroduceAck(_)), deadline)?;
         let RelayMsg::IntroduceAck(ack) = ack else {
             return Err("expected INTRODUCE_ACK".into());

@@ -25,22 +25,19 @@ use onion_cell::RelayCmd;
 use onion_circuit::circuit::CircEvent;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
-use onion_dir::netview::{RelayIdx, RelayRecord};
-use onion_dir::path::{PathConfig, PathOptions, PathSelector};
-use onion_dir::{consensus, RelayFlags, RsaIdentity};
+use onion_dir::netview::RelayIdx;
+use onion_dir::path::PathConfig;
+use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
-use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
+use onion_hs::linkspec::LS_RSA_ID;
 use onion_hs::publish::{ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher};
-use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::service::UPLOAD_PATH;
-use onion_hs::TimePeriodConfig;
 use rand_core::OsRng;
 
 use super::bootstrap::Directory;
-use super::client::{Client, Target};
+use super::client::Client;
 use super::event::{ConnId, Input};
-use super::http;
-use super::path;
+use super::hsnet::{self, HsParams};
 
 /// How long one circuit build, ESTABLISH_INTRO or upload may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,46 +114,20 @@ impl Service {
         }
     }
 
-    fn selector(&self) -> PathSelector<'_> {
-        PathSelector::with_config(&self.dir.view, self.config.clone())
-    }
-
     /// A 3-hop circuit whose last hop is `last`.
     fn circuit_to(&self, client: &mut Client, last: RelayIdx) -> Result<usize, String> {
-        let opts = PathOptions {
-            need_stable: true,
-            ..PathOptions::default()
-        };
-        let p = self
-            .selector()
-            .internal_path(3, Some(last), None, &opts, &mut OsRng)
-            .map_err(|e| format!("path: {e}"))?;
-        let hops: Vec<_> = p.records(&self.dir.view).collect();
         let deadline = client.deadline(STEP_TIMEOUT);
-        Ok(path::build(client, &hops, deadline)?.0)
+        Ok(hsnet::circuit_to(client, &self.dir, &self.config, Some(last), deadline)?.0)
     }
 
     /// What the publisher needs of the current directory, and how often to refresh it (a few
     /// voting intervals, so that a new time period or SRV is seen soon).
     fn consensus_view(&self) -> Result<(ConsensusView, Duration), String> {
-        let cons = consensus::parse(&self.dir.consensus)
-            .map_err(|e| format!("consensus: {e}"))?
-            .assume_verified(); // verified by bootstrap
-        let va = cons.valid_after.0;
-        let interval = u32::try_from(cons.fresh_until.0.saturating_sub(va)).unwrap_or(3600);
-        let periods = if self.testing {
-            TimePeriodConfig::testing_network(interval)
-        } else {
-            let p = cons.params.get("hsdir_interval").map(i64::from);
-            TimePeriodConfig::from_consensus(p, interval)
-        }
-        .map_err(|e| format!("time period: {e}"))?;
-        let shared_random = SharedRandom {
-            current: cons.shared_rand_current.as_ref().map(|s| s.value),
-            previous: cons.shared_rand_previous.as_ref().map(|s| s.value),
-        };
-        let params = HsDirParams::from_consensus(|k| cons.params.get(k).map(i64::from));
-        let hsdirs = hsdir_ring(&self.dir);
+        let hp = HsParams::of(&self.dir, self.testing)?;
+        let hsdirs = hsnet::hsdir_ring(&self.dir)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
         let intro_candidates = self
             .dir
             .view
@@ -170,17 +141,17 @@ impl Service {
                 Some(IntroCandidate {
                     rsa_id: r.rsa_id.0,
                     onion_key: r.ntor_onion_key?,
-                    link_specifiers: link_specs(r),
+                    link_specifiers: hsnet::link_specs(r),
                 })
             })
             .collect();
-        let refresh = Duration::from_secs(u64::from(interval) * 6)
+        let refresh = Duration::from_secs(u64::from(hp.interval) * 6)
             .clamp(Duration::from_secs(60), Duration::from_secs(3600));
         let view = ConsensusView {
-            valid_after: va,
-            periods,
-            shared_random,
-            params,
+            valid_after: hp.valid_after,
+            periods: hp.periods,
+            shared_random: hp.shared_random,
+            params: hp.params,
             hsdirs,
             intro_candidates,
         };
@@ -293,23 +264,13 @@ impl Service {
     fn upload(&self, client: &mut Client, hsdir: RelayIdx, desc: &str) -> Result<(), String> {
         let c = self.circuit_to(client, hsdir)?;
         let deadline = client.deadline(STEP_TIMEOUT);
-        let r = (|| {
-            let s = client.begin(c, Target::Dir, deadline)?;
-            let mut req = format!(
-                "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-                desc.len()
-            )
-            .into_bytes();
-            req.extend_from_slice(desc.as_bytes());
-            let raw = client.fetch(c, s, &req, 64 * 1024, deadline, |_| {})?;
-            let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
-            match resp.status {
-                200 => Ok(()),
-                _ => Err(format!("HTTP {} {}", resp.status, resp.reason)),
-            }
-        })();
-        client.destroy(c);
-        r
+        let mut req = format!(
+            "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            desc.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(desc.as_bytes());
+        hsnet::dir_exchange(client, c, &req, 64 * 1024, deadline).map(|_| ())
     }
 
     /// Publish and serve clients, forever; every few voting intervals a fresh directory comes
@@ -541,41 +502,8 @@ impl Service {
     }
 }
 
-/// Every relay with an ed25519 identity, with its HSDir flag, for the hash ring
-/// (rend-spec-v3 §2.2.3).
-fn hsdir_ring(dir: &Directory) -> Vec<HsDirRelay> {
-    dir.view
-        .relays()
-        .iter()
-        .filter_map(|r| {
-            Some(HsDirRelay {
-                ed25519_id: r.ed_id?,
-                rsa_id: r.rsa_id.0,
-                is_hsdir: r.flags.contains(RelayFlags::HSDIR),
-            })
-        })
-        .collect()
-}
-
-/// The link specifiers published for an introduction point.
-fn link_specs(r: &RelayRecord) -> Vec<LinkSpec> {
-    let mut v = Vec::new();
-    if let Some(a) = r.ipv4 {
-        v.push(LinkSpec::ipv4(a));
-    }
-    v.push(LinkSpec::rsa_id(r.rsa_id.0));
-    if let Some(ed) = r.ed_id {
-        v.push(LinkSpec::ed25519_id(ed));
-    }
-    v
-}
-
 /// Send an onion-service message body built by onion-hs to the last hop of circuit `c`.
 fn send(client: &mut Client, c: usize, cmd: RelayCmd, body: &[u8]) -> Result<(), String> {
     let msg = to_relay_msg(cmd, body).map_err(|e| format!("{cmd:?}: {e}"))?;
-    let circ = &mut client.circs[c].circ;
-    let last = circ.n_hops().checked_sub(1).ok_or("circuit has no hops")?;
-    circ.send_msg(last, 0, &msg)
-        .map_err(|e| format!("send: {e}"))?;
-    client.flush()
+    hsnet::send_to_last(client, c, &msg)
 }

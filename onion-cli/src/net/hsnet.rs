@@ -1,0 +1,154 @@
+//! What both ends of an onion service take from the directory and the network: the client
+//! ([`super::onion`]) and the service ([`super::service`]) read the same onion-service
+//! parameters from the consensus, build the same kind of circuit to a chosen relay, talk
+//! HTTP to HSDirs over BEGIN_DIR and send onion-service messages to a circuit's last hop.
+
+use onion_cell::relaymsg::RelayMsg;
+use onion_circuit::Instant;
+use onion_dir::consensus;
+use onion_dir::netview::{RelayIdx, RelayRecord};
+use onion_dir::path::{PathConfig, PathOptions, PathSelector};
+use onion_dir::RelayFlags;
+use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
+use onion_hs::TimePeriodConfig;
+use rand_core::OsRng;
+
+use super::bootstrap::Directory;
+use super::client::{Client, Target};
+use super::http;
+use super::path;
+
+/// The onion-service parameters of a (verified) consensus.
+pub struct HsParams {
+    /// `valid-after`, Unix seconds.
+    pub valid_after: u64,
+    /// The voting interval (fresh-until − valid-after), seconds.
+    pub interval: u32,
+    /// Time periods (rend-spec-v3 §2.2.1): from `hsdir_interval`, or 24 voting intervals on
+    /// a testing network, as C tor's `TestingTorNetwork`.
+    pub periods: TimePeriodConfig,
+    /// `shared-rand-current-value` / `shared-rand-previous-value`.
+    pub shared_random: SharedRandom,
+    /// `hsdir_n_replicas`, `hsdir_spread_fetch`, `hsdir_spread_store`.
+    pub params: HsDirParams,
+}
+
+impl HsParams {
+    /// Read them from `dir`'s consensus (verified by bootstrap).
+    pub fn of(dir: &Directory, testing: bool) -> Result<HsParams, String> {
+        let cons = consensus::parse(&dir.consensus)
+            .map_err(|e| format!("consensus: {e}"))?
+            .assume_verified();
+        let valid_after = cons.valid_after.0;
+        let interval =
+            u32::try_from(cons.fresh_until.0.saturating_sub(valid_after)).unwrap_or(3600);
+        let periods = if testing {
+            TimePeriodConfig::testing_network(interval)
+        } else {
+            let p = cons.params.get("hsdir_interval").map(i64::from);
+            TimePeriodConfig::from_consensus(p, interval)
+        }
+        .map_err(|e| format!("time period: {e}"))?;
+        Ok(HsParams {
+            valid_after,
+            interval,
+            periods,
+            shared_random: SharedRandom {
+                current: cons.shared_rand_current.as_ref().map(|s| s.value),
+                previous: cons.shared_rand_previous.as_ref().map(|s| s.value),
+            },
+            params: HsDirParams::from_consensus(|k| cons.params.get(k).map(i64::from)),
+        })
+    }
+}
+
+/// Every relay with an ed25519 identity, with its HSDir flag, for the hash ring
+/// (rend-spec-v3 §2.2.3), and where it is in the directory.
+pub fn hsdir_ring(dir: &Directory) -> Vec<(RelayIdx, HsDirRelay)> {
+    dir.view
+        .relays()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            Some((
+                RelayIdx(u32::try_from(i).ok()?),
+                HsDirRelay {
+                    ed25519_id: r.ed_id?,
+                    rsa_id: r.rsa_id.0,
+                    is_hsdir: r.flags.contains(RelayFlags::HSDIR),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A 3-hop circuit of Stable relays ending at `last` (a random relay if `None`), chosen as
+/// an internal path (path-spec §2.2.2): to an HSDir, an introduction point or a rendezvous
+/// point. Returns the circuit, its hops' names and its last relay.
+pub fn circuit_to<'a>(
+    client: &mut Client,
+    dir: &'a Directory,
+    config: &PathConfig,
+    last: Option<RelayIdx>,
+    deadline: Instant,
+) -> Result<(usize, Vec<String>, &'a RelayRecord), String> {
+    let opts = PathOptions {
+        need_stable: true,
+        ..PathOptions::default()
+    };
+    let p = PathSelector::with_config(&dir.view, config.clone())
+        .internal_path(3, last, None, &opts, &mut OsRng)
+        .map_err(|e| format!("path: {e}"))?;
+    let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
+    let end = *hops.last().ok_or("empty path")?;
+    let (c, names) = path::build(client, &hops, deadline)?;
+    Ok((c, names, end))
+}
+
+/// One HTTP exchange with the last hop's directory service over a BEGIN_DIR stream of
+/// circuit `c`, which is destroyed afterwards whatever happens: `request` out, the response
+/// (at most `max` bytes) in; anything but 200 is an error.
+pub fn dir_exchange(
+    client: &mut Client,
+    c: usize,
+    request: &[u8],
+    max: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, String> {
+    let r = (|| {
+        let s = client.begin(c, Target::Dir, deadline)?;
+        let raw = client.fetch(c, s, request, max, deadline, |_| {})?;
+        let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
+        match resp.status {
+            200 => Ok(resp.body),
+            _ => Err(format!("HTTP {} {}", resp.status, resp.reason)),
+        }
+    })();
+    client.destroy(c);
+    r
+}
+
+/// Send `msg` to the last hop of circuit `c` (an onion-service message to an HSDir,
+/// introduction or rendezvous point).
+pub fn send_to_last(client: &mut Client, c: usize, msg: &RelayMsg<'_>) -> Result<(), String> {
+    let circ = &mut client.circs[c].circ;
+    let last = circ.n_hops().checked_sub(1).ok_or("circuit has no hops")?;
+    circ.send_msg(last, 0, msg)
+        .map_err(|e| format!("send: {e}"))?;
+    client.flush()
+}
+
+/// The link specifiers that name relay `r` in onion-service messages and descriptors
+/// (rend-spec-v3 §2.5.2.2, §3.3): its IPv4 ORPort, RSA and ed25519 identities.
+pub fn link_specs(r: &RelayRecord) -> Vec<onion_hs::linkspec::LinkSpec> {
+    use onion_hs::linkspec::LinkSpec;
+    let mut v = Vec::new();
+    if let Some(a) = r.ipv4 {
+        v.push(LinkSpec::ipv4(a));
+    }
+    v.push(LinkSpec::rsa_id(r.rsa_id.0));
+    if let Some(ed) = r.ed_id {
+        v.push(LinkSpec::ed25519_id(ed));
+    }
+    v
+}
