@@ -42,6 +42,10 @@ pub enum DescError {
     /// Not UTF-8 text.
     #[error("{0} is not UTF-8 text")]
     NotText(&'static str),
+    /// The text is not a well-formed sequence of dir-spec §1.2 items (a malformed keyword
+    /// line or object, too large, too many items), as onion-dir's tokenizer reports it.
+    #[error("{0}")]
+    Netdoc(#[from] onion_dir::ParseError),
     /// A line or item is malformed.
     #[error("line {line}: {keyword}: {what}")]
     Syntax {

@@ -1,15 +1,25 @@
-//! A small tokenizer for dir-spec §1.2's document meta-format, as used by v3 onion-service
-//! descriptors and their decrypted layers: keyword lines, each optionally followed by one
-//! `-----BEGIN TAG-----` … `-----END TAG-----` base64 object.
+//! v3 onion-service descriptors and their decrypted layers as dir-spec §1.2 items, read by
+//! onion-dir's tokenizer (the one every directory document of this project goes through) and
+//! given the shape the descriptor parsers use: objects decoded, line numbers and offsets kept.
 
-use super::DescError;
+use onion_dir::netdoc::{Limits, Tokenizer};
+
+use super::{DescError, MAX_DESCRIPTOR_LEN};
+
+/// Bounds for one descriptor or decrypted layer. A layer's plaintext is shorter than the
+/// descriptor that carried it, so the descriptor's size limit bounds all three; a line holds
+/// at least a keyword and a newline, so there are at most half as many items as bytes.
+const LIMITS: Limits = Limits {
+    max_bytes: MAX_DESCRIPTOR_LEN,
+    max_items: MAX_DESCRIPTOR_LEN / 2,
+};
 
 /// One keyword line and its object.
 #[derive(Debug, Clone)]
 pub(crate) struct Item<'a> {
     /// The keyword.
     pub kw: &'a str,
-    /// Everything after the keyword and one space (may be empty).
+    /// Everything after the keyword and its separating whitespace (may be empty).
     pub args: &'a str,
     /// The object, if any: (tag, decoded bytes).
     pub obj: Option<(&'a str, Vec<u8>)>,
@@ -20,9 +30,9 @@ pub(crate) struct Item<'a> {
 }
 
 impl<'a> Item<'a> {
-    /// The arguments split on spaces.
+    /// The whitespace-separated arguments.
     pub fn arg_list(&self) -> impl Iterator<Item = &'a str> {
-        self.args.split(' ').filter(|s| !s.is_empty())
+        self.args.split_ascii_whitespace()
     }
 
     /// The object, which must exist and carry `tag`.
@@ -48,98 +58,40 @@ impl<'a> Item<'a> {
     }
 }
 
-fn is_keyword(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-}
-
-/// Split `text` into items. Every line must end in `\n` except possibly the last.
+/// Split `text` into items, decoding every object's base64. Blank lines are allowed between
+/// items, as dir-spec §1.2 and C tor's tokenizer allow; `@` annotation lines are not (they
+/// belong to cached router documents, never to a descriptor).
 pub(crate) fn tokenize(text: &str) -> Result<Vec<Item<'_>>, DescError> {
     let mut items = Vec::new();
-    let mut lines = LineIter {
-        text,
-        pos: 0,
-        line: 0,
-    };
-    while let Some((start, line_no, line)) = lines.next_line() {
-        if line.starts_with("-----") {
-            return Err(DescError::syntax(line_no, "", "object without a keyword"));
+    for item in Tokenizer::new(text, LIMITS)? {
+        let item = item?;
+        if item.keyword.starts_with('@') {
+            return Err(DescError::syntax(
+                item.line as usize,
+                "",
+                "annotation line in a descriptor",
+            ));
         }
-        let (kw, args) = match line.split_once(' ') {
-            Some((k, a)) => (k, a),
-            None => (line, ""),
-        };
-        if !is_keyword(kw) {
-            return Err(DescError::syntax(line_no, "", "bad keyword"));
-        }
-        let mut item = Item {
-            kw,
-            args,
-            obj: None,
-            line: line_no,
-            start,
-        };
-        if lines.peek_starts_with("-----BEGIN ") {
-            let (_, bl, begin) = lines
-                .next_line()
-                .ok_or(DescError::syntax(line_no, "", "object"))?;
-            let tag = begin
-                .strip_prefix("-----BEGIN ")
-                .and_then(|t| t.strip_suffix("-----"))
-                .ok_or(DescError::syntax(bl, item.kw_static(), "bad BEGIN line"))?;
-            let mut b64 = String::new();
-            loop {
-                let (_, l, body) = lines.next_line().ok_or(DescError::syntax(
-                    bl,
-                    item.kw_static(),
-                    "unterminated object",
+        let obj = match item.object {
+            Some(o) => {
+                let data = o.decode().ok_or(DescError::syntax(
+                    item.line as usize,
+                    super::known_keyword(item.keyword),
+                    "object is not base64",
                 ))?;
-                if let Some(end) = body.strip_prefix("-----END ") {
-                    if end.strip_suffix("-----") != Some(tag) {
-                        return Err(DescError::syntax(l, item.kw_static(), "END tag mismatch"));
-                    }
-                    break;
-                }
-                b64.push_str(body.trim_end());
+                Some((o.tag, data))
             }
-            let data = crate::util::b64_decode(&b64).ok_or(DescError::syntax(
-                bl,
-                item.kw_static(),
-                "object is not base64",
-            ))?;
-            item.obj = Some((tag, data));
-        }
-        items.push(item);
+            None => None,
+        };
+        items.push(Item {
+            kw: item.keyword,
+            args: item.args,
+            obj,
+            line: item.line as usize,
+            start: item.start,
+        });
     }
     Ok(items)
-}
-
-struct LineIter<'a> {
-    text: &'a str,
-    pos: usize,
-    line: usize,
-}
-
-impl<'a> LineIter<'a> {
-    fn next_line(&mut self) -> Option<(usize, usize, &'a str)> {
-        let rest = self.text.get(self.pos..)?;
-        if rest.is_empty() {
-            return None;
-        }
-        let start = self.pos;
-        self.line += 1;
-        let (l, adv) = match rest.find('\n') {
-            Some(i) => (&rest[..i], i + 1),
-            None => (rest, rest.len()),
-        };
-        self.pos += adv;
-        Some((start, self.line, l))
-    }
-
-    fn peek_starts_with(&self, p: &str) -> bool {
-        self.text.get(self.pos..).is_some_and(|r| r.starts_with(p))
-    }
 }
 
 /// Wrap `data` as a base64 object with 64-character lines (no trailing newline).
