@@ -412,15 +412,28 @@ fn consensus_failing_verification_is_refused() {
 }
 
 /// Test 4: `onion socks` as curl's SOCKS5 proxy (`--socks5-hostname`): the same page, twice
-/// (the second stream reuses the circuit).
+/// (the second stream reuses the circuit). Meanwhile a client that connects and sends only
+/// half a greeting is closed after `--handshake-timeout`.
 #[test]
 fn socks_proxy_with_curl() {
+    use std::io::{Read, Write};
     let Some(net) = network() else { return };
     let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let auths = net.authorities_file.to_str().unwrap();
-    let mut d = support::Daemon::start(&["socks", "--listen", &listen, "--authorities", auths]);
+    let mut d = support::Daemon::start(&[
+        "socks",
+        "--listen",
+        &listen,
+        "--authorities",
+        auths,
+        "--handshake-timeout",
+        "3",
+    ]);
     d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
+    let mut idle = std::net::TcpStream::connect(&listen).unwrap();
+    idle.write_all(&[5]).unwrap();
+    let idle_since = std::time::Instant::now();
     let mut retries = 0;
     for _ in 0..2 {
         let ((st, body, err), failed) = support::curl_socks_retrying(port, &net.http_url, 60, 3);
@@ -431,6 +444,24 @@ fn socks_proxy_with_curl() {
     // Both requests share one circuit (a refused stream may cost a new one).
     let built = d.stderr().matches("circuit built").count();
     assert!(built >= 1 && built <= 1 + retries, "{}", d.stderr());
+    // The half-greeting client: closed (EOF or reset), not before its 3 s.
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("idle SOCKS client got {n} bytes"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "idle SOCKS client not closed: {e}\n{}",
+            d.stderr()
+        ),
+    }
+    assert!(idle_since.elapsed() >= Duration::from_secs(3));
+    d.wait_for("sent no complete request", Duration::from_secs(10));
 }
 
 /// Test 5: `onion get http://<C tor onion service>.onion/`: descriptor from the HSDirs,

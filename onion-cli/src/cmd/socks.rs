@@ -48,7 +48,7 @@ use crate::net::pipe::Pipe;
 use crate::net::socks::{self, Target};
 
 const USAGE: &str = "usage: onion socks --listen ADDR:PORT [--authorities FILE] [--data-dir DIR] \
-     [--timeout SECS] [--dir-mode micro|full]";
+     [--timeout SECS] [--dir-mode micro|full] [--handshake-timeout SECS]";
 
 /// A client's output buffer at which its circuit is held (about one stream window).
 const OUT_HIGH: usize = 256 * 1024;
@@ -71,6 +71,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_DIRTINESS: Duration = Duration::from_secs(600);
 /// How long a client may hold a circuit shared with other streams without reading.
 const STALL: Duration = Duration::from_secs(10);
+/// How long a client may take from connecting to sending a complete greeting and request
+/// (`--handshake-timeout`): one that connects and sends nothing, or stops halfway, would
+/// otherwise keep its socket and two pipe threads until it disconnects. Ours, not C tor's
+/// (which has no such limit of its own); a SOCKS client sends both at once.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where one CONNECT request stands in its attempts.
 struct Request {
@@ -115,6 +120,8 @@ struct Conn {
     eof: bool,
     /// Its output buffer is full: since when, and how much had been written then.
     blocked: Option<(Instant, u64)>,
+    /// When it connected: its greeting and request are due within the handshake timeout.
+    accepted: Instant,
 }
 
 impl Conn {
@@ -175,6 +182,7 @@ fn pick(
 /// Run the subcommand (until killed).
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut listen: Option<SocketAddr> = None;
+    let mut handshake_timeout = HANDSHAKE_TIMEOUT;
     let mut rest_args = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -184,6 +192,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 v.parse()
                     .map_err(|_| format!("--listen {v:?}: not an ADDR:PORT"))?,
             );
+        } else if a == "--handshake-timeout" {
+            let v = it.next().ok_or(USAGE)?;
+            let secs: u64 = v
+                .parse()
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or_else(|| format!("--handshake-timeout {v:?}: not a positive number"))?;
+            handshake_timeout = Duration::from_secs(secs);
         } else {
             rest_args.push(a.clone());
         }
@@ -203,6 +219,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         conns: Vec::new(),
         pool: Vec::new(),
         avoid: Vec::new(),
+        handshake_timeout,
     };
     let build = |c: &mut Client, host: &str, port: u16, avoid: &mut Vec<RsaIdentity>| {
         let deadline = c.deadline(opts.timeout);
@@ -250,6 +267,8 @@ struct Proxy {
     pool: Vec<PoolCirc>,
     /// Relays that failed while building circuits: later paths leave them out.
     avoid: Vec<RsaIdentity>,
+    /// [`HANDSHAKE_TIMEOUT`] or `--handshake-timeout`.
+    handshake_timeout: Duration,
 }
 
 /// Whether circuit `c` can still carry cells.
@@ -284,6 +303,7 @@ impl Proxy {
                         state: State::Greeting,
                         eof: false,
                         blocked: None,
+                        accepted: client.clock.now(),
                     }),
                     Err(e) => eprintln!("onion: SOCKS client: {e}"),
                 }
@@ -638,6 +658,14 @@ impl Proxy {
                     i = 0;
                     continue;
                 }
+                State::Greeting | State::Request if c.accepted + self.handshake_timeout <= now => {
+                    eprintln!(
+                        "onion: SOCKS client sent no complete request within {:?}: closed",
+                        self.handshake_timeout
+                    );
+                    self.abort(client, i);
+                    continue;
+                }
                 _ => {}
             }
             if let (Some((t, w)), Some(circ)) = (c.blocked, c.circ()) {
@@ -746,6 +774,7 @@ impl Proxy {
             .filter_map(|c| match &c.state {
                 State::Waiting { at, .. } => Some(*at),
                 State::Connecting { since, .. } => Some(*since + CONNECT_TIMEOUT),
+                State::Greeting | State::Request => Some(c.accepted + self.handshake_timeout),
                 _ => c.blocked.map(|(t, _)| t + STALL),
             })
             .min()
