@@ -12,6 +12,10 @@ fuzz_target!(|data: &[u8]| {
         for m in mds {
             assert!(s.contains(m.text));
             let _ = m.family.ids().count();
+            // Proposal 321 `family-ids`: opaque tokens, each a non-empty slice of the input.
+            for id in m.family_ids.ids() {
+                assert!(!id.is_empty() && m.family_ids.contains(id));
+            }
             let _ = m.ipv4_policy.allows_port(443);
         }
     }

@@ -71,6 +71,37 @@ impl<'a> Family<'a> {
     }
 }
 
+/// The relay's family IDs, as written on a `family-ids` line: space-separated, sorted tokens
+/// such as `ed25519:<unpadded base64 of a 32-byte family public key>`.
+///
+/// This is Tor proposal 321 ("happy families"), implemented by C tor 0.4.9 and not yet in the
+/// June 2023 dir-spec: relays that share a secret family key prove it in their server
+/// descriptors (`family-cert`), and directory authorities list the verified family IDs in
+/// each microdescriptor. Two relays whose `family-ids` share a token are in the same family,
+/// whether or not their `family` lines list each other.
+///
+/// The tokens are opaque: other algorithm prefixes may be added, so they are compared only as
+/// exact strings and never decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FamilyIds<'a>(pub &'a str);
+
+impl<'a> FamilyIds<'a> {
+    /// The ID tokens, in document order (the authorities write them sorted).
+    pub fn ids(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.split_ascii_whitespace()
+    }
+
+    /// Does the line carry exactly this ID?
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids().any(|i| i == id)
+    }
+
+    /// Is the line absent or empty?
+    pub fn is_empty(&self) -> bool {
+        self.ids().next().is_none()
+    }
+}
+
 /// One microdescriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Microdesc<'a> {
@@ -89,6 +120,8 @@ pub struct Microdesc<'a> {
     pub ed25519_id: Option<Ed25519Identity>,
     /// `family`.
     pub family: Family<'a>,
+    /// `family-ids` (proposal 321 "happy families", C tor 0.4.9; empty if absent).
+    pub family_ids: FamilyIds<'a>,
     /// `p`: IPv4 exit ports (missing means `reject 1-65535`).
     pub ipv4_policy: PolicySummary,
     /// `p6`: IPv6 exit ports (missing means `reject 1-65535`).
@@ -217,6 +250,7 @@ fn one<'a>(
         ntor_onion_key: [0; 32],
         ed25519_id: None,
         family: Family::default(),
+        family_ids: FamilyIds::default(),
         ipv4_policy: PolicySummary::reject_all(),
         ipv6_policy: PolicySummary::reject_all(),
         protocols: Protocols::default(),
@@ -251,7 +285,10 @@ fn one<'a>(
                 once(&mut seen, SEEN_FAMILY, it)?;
                 md.family = Family(it.args);
             }
-            "family-ids" => once(&mut seen, SEEN_FAMILY_IDS, it)?,
+            "family-ids" => {
+                once(&mut seen, SEEN_FAMILY_IDS, it)?;
+                md.family_ids = FamilyIds(it.args);
+            }
             "p" => {
                 once(&mut seen, SEEN_P, it)?;
                 md.ipv4_policy = PolicySummary::parse(it.args)
@@ -295,4 +332,70 @@ fn one<'a>(
         return Err(first.err(ErrorKind::MissingItem("ntor-onion-key")));
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::base64_unpadded;
+
+    fn md(extra: &str) -> String {
+        format!(
+            "ntor-onion-key {}\n{extra}id ed25519 {}\n",
+            base64_unpadded(&[7; 32]),
+            base64_unpadded(&[9; 32])
+        )
+    }
+
+    #[test]
+    fn family_ids_line_is_kept() {
+        let a = "ed25519:J2h5UtwvJzP7RLKwbjPOwzzYSnvURcqJDDAn8kSTtyA";
+        let b = "ed25519:fHQxkY5xBbC6aOG2zQ0cGpNmyKKnIBd2UxSGY3d0ejE";
+        let text = md(&format!(
+            "family $0123456789ABCDEF0123456789ABCDEF01234567\nfamily-ids {a}  {b} x25519:later\n"
+        ));
+        let m = parse_one(&text).unwrap();
+        assert_eq!(
+            m.family_ids.ids().collect::<Vec<_>>(),
+            [a, b, "x25519:later"]
+        );
+        assert!(m.family_ids.contains(a));
+        assert!(!m.family_ids.contains("ed25519:J2h5"));
+        assert!(!m.family_ids.is_empty());
+        // The old `family` line is still read, independently.
+        assert_eq!(m.family.ids().count(), 1);
+        // The line counts for the digest like any other.
+        assert_eq!(m.text, text);
+        assert_ne!(m.digest, parse_one(&md("")).unwrap().digest);
+        assert_eq!(m.ntor_onion_key, [7; 32]);
+        assert!(m.ed25519_id.is_some());
+    }
+
+    #[test]
+    fn family_ids_absent_empty_or_repeated() {
+        let plain = md("");
+        let none = parse_one(&plain).unwrap();
+        assert!(none.family_ids.is_empty());
+        assert_eq!(none.family_ids.ids().count(), 0);
+        let bare = md("family-ids\n");
+        let empty = parse_one(&bare).unwrap();
+        assert!(empty.family_ids.is_empty());
+        let twice = md("family-ids ed25519:a\nfamily-ids ed25519:b\n");
+        let e = parse_one(&twice).unwrap_err();
+        assert_eq!(
+            (e.kind, e.keyword.as_str()),
+            (ErrorKind::DuplicateItem, "family-ids")
+        );
+        let with_object = md("family-ids ed25519:a\n-----BEGIN X-----\nAAAA\n-----END X-----\n");
+        assert!(parse_one(&with_object).is_err());
+        // Two documents in one batch keep their own lines.
+        let batch = format!(
+            "{}{}",
+            md("family-ids ed25519:a\n"),
+            md("family-ids ed25519:b\n")
+        );
+        let v = parse_many(&batch).unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(v[0].family_ids.contains("ed25519:a") && v[1].family_ids.contains("ed25519:b"));
+    }
 }

@@ -10,6 +10,12 @@
 //!   role, with the cumulative sums of their weighted bandwidth;
 //! * for each relay, the relays that are in its family *mutually* (dir-spec §2.1.1 "family": two
 //!   relays are in the same family only if each lists the other), as sorted indices;
+//! * for each relay, its "happy family" groups (Tor proposal 321, C tor 0.4.9: the
+//!   microdescriptor `family-ids` line): every family ID shared by two relays or more is
+//!   interned once to a small group index, and each relay keeps the sorted list of its groups.
+//!   Two relays are in one family if they list each other *or* share a group. Shared IDs are
+//!   never expanded into member lists, so a consensus where thousands of relays share one ID
+//!   costs memory linear in its size, not quadratic;
 //! * for each relay, its IPv4 /16 and IPv6 /32 prefix (path-spec §2.2).
 //!
 //! The view can be built from plain records ([`NetView::from_records`], for tests, simulations
@@ -37,8 +43,12 @@ pub const MAX_RELAYS: usize = 1 << 20;
 pub const MAX_RELAY_WEIGHT: u64 = 1 << 43;
 
 /// The most family entries kept per relay (dir-spec §2.1.1 sets no bound; real families have
-/// under 100 members, and a longer list only costs the lister).
+/// under 100 members, and a longer list only costs the lister). The same bound applies to a
+/// relay's family IDs (proposal 321), of which real relays have one.
 pub const MAX_FAMILY_ENTRIES: usize = 1024;
+
+// Per-relay family and family-ID list lengths are stored as u16 in the hot table.
+const _: () = assert!(MAX_FAMILY_ENTRIES <= u16::MAX as usize);
 
 /// The most exit policy rules kept per relay in full-descriptor mode.
 pub const MAX_POLICY_RULES: usize = 4096;
@@ -291,6 +301,14 @@ pub struct RelayRecord {
     /// The fingerprints the relay lists in its `family` line (a [`NetView`] keeps them
     /// sorted and deduplicated).
     pub family: Vec<RsaIdentity>,
+    /// The relay's family IDs: the tokens of its microdescriptor `family-ids` line (Tor
+    /// proposal 321 "happy families", C tor 0.4.9), such as `ed25519:<base64>`. They are
+    /// opaque and compared as exact strings; two relays sharing one are in the same family
+    /// even if neither lists the other. A [`NetView`] keeps them sorted and deduplicated and
+    /// refuses more than [`MAX_FAMILY_ENTRIES`] ([`NetViewError::FamilyIdsTooLong`]) rather
+    /// than truncating, since dropping the one shared ID would let two relays of a family
+    /// share a circuit.
+    pub family_ids: Vec<String>,
     /// The exit policy.
     pub policy: RelayPolicy,
 }
@@ -309,6 +327,7 @@ impl Default for RelayRecord {
             flags: RelayFlags::empty(),
             bandwidth: 0,
             family: Vec::new(),
+            family_ids: Vec::new(),
             policy: RelayPolicy::default(),
         }
     }
@@ -543,6 +562,9 @@ pub enum NetViewError {
     /// A family line is longer than [`MAX_FAMILY_ENTRIES`].
     #[error("relay {0}: family has more than {MAX_FAMILY_ENTRIES} entries")]
     FamilyTooLong(RsaIdentity),
+    /// A relay has more than [`MAX_FAMILY_ENTRIES`] family IDs (proposal 321 `family-ids`).
+    #[error("relay {0}: more than {MAX_FAMILY_ENTRIES} family IDs")]
+    FamilyIdsTooLong(RsaIdentity),
     /// An exit policy is longer than [`MAX_POLICY_RULES`].
     #[error("relay {0}: exit policy has more than {MAX_POLICY_RULES} rules")]
     PolicyTooLong(RsaIdentity),
@@ -558,7 +580,10 @@ struct Hot {
     net32: Option<u32>,
     /// Range of this relay's mutual family in `NetView::family`.
     fam_start: u32,
-    fam_len: u32,
+    fam_len: u16,
+    /// Length of this relay's sorted family-ID groups in `NetView::groups`, from `grp_start`.
+    grp_len: u16,
+    grp_start: u32,
     /// Whether the exit policy allows some port.
     exits: bool,
 }
@@ -629,6 +654,12 @@ pub struct NetView {
     relays: Vec<RelayRecord>,
     hot: Vec<Hot>,
     family: Vec<u32>,
+    /// Every relay's family-ID groups (proposal 321), sorted per relay; ranges in `Hot`.
+    groups: Vec<u32>,
+    /// The members of group `g` are `group_members[group_start[g]..group_start[g + 1]]`,
+    /// sorted (the inverse of `groups`, for [`NetView::family_of`]).
+    group_start: Vec<u32>,
+    group_members: Vec<u32>,
     by_rsa: HashMap<RsaIdentity, u32>,
     weights: BandwidthWeights,
     tables: [RoleTable; 4],
@@ -637,8 +668,10 @@ pub struct NetView {
 impl NetView {
     /// Build a view from relay records and the consensus weights.
     ///
-    /// Families are resolved here: relay B counts as A's family only if A lists B and B lists
-    /// A, and both are in the view (dir-spec §2.1.1).
+    /// Families are resolved here: relay B counts as A's family if A lists B and B lists A,
+    /// and both are in the view (dir-spec §2.1.1), or if A and B have a family ID in common
+    /// (proposal 321, as C tor 0.4.9 clients do). Family IDs held by one relay only can
+    /// never match and are dropped; the others are interned to group indices.
     pub fn from_records(
         records: Vec<RelayRecord>,
         weights: BandwidthWeights,
@@ -650,6 +683,9 @@ impl NetView {
         for (i, r) in records.iter().enumerate() {
             if r.family.len() > MAX_FAMILY_ENTRIES {
                 return Err(NetViewError::FamilyTooLong(r.rsa_id));
+            }
+            if r.family_ids.len() > MAX_FAMILY_ENTRIES {
+                return Err(NetViewError::FamilyIdsTooLong(r.rsa_id));
             }
             if let RelayPolicy::Full { rules, .. } = &r.policy {
                 if rules.rules.len() > MAX_POLICY_RULES {
@@ -666,10 +702,18 @@ impl NetView {
         for r in &mut records {
             r.family.sort_unstable();
             r.family.dedup();
+            r.family_ids.sort_unstable();
+            r.family_ids.dedup();
         }
+        let FamilyGroups {
+            groups,
+            ranges: grp_ranges,
+            group_start,
+            group_members,
+        } = FamilyGroups::new(&records);
         let mut family = Vec::new();
         let mut hot = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
+        for ((i, r), (grp_start, grp_len)) in records.iter().enumerate().zip(grp_ranges) {
             let start = family.len();
             let mut mine: Vec<u32> = r
                 .family
@@ -691,9 +735,12 @@ impl NetView {
                 flags: r.flags,
                 net16,
                 net32,
-                // Bounded: at most MAX_RELAYS * MAX_FAMILY_ENTRIES = 2^30 entries.
+                // Bounded: at most MAX_RELAYS * MAX_FAMILY_ENTRIES = 2^30 entries, and at
+                // most MAX_FAMILY_ENTRIES (checked above to fit u16) per relay.
                 fam_start: start as u32,
-                fam_len: mine.len() as u32,
+                fam_len: mine.len() as u16,
+                grp_start,
+                grp_len,
                 exits: r.policy.allows_some_port(),
             });
         }
@@ -714,6 +761,9 @@ impl NetView {
             relays: records,
             hot,
             family,
+            groups,
+            group_start,
+            group_members,
             by_rsa,
             weights,
             tables,
@@ -797,20 +847,70 @@ impl NetView {
             .map_or(RelayFlags::empty(), |h| h.flags)
     }
 
-    /// The relays in `idx`'s family (mutually listed), sorted.
-    pub fn family_of(&self, idx: RelayIdx) -> &[u32] {
+    /// Every relay in `idx`'s family, sorted and without `idx` itself: the relays it lists
+    /// mutually (dir-spec §2.1.1) and those sharing a family ID with it (proposal 321).
+    ///
+    /// Built on demand (its length is the answer's, up to the whole view when many relays
+    /// share an ID); path selection uses [`NetView::same_family`], which allocates nothing.
+    pub fn family_of(&self, idx: RelayIdx) -> Vec<RelayIdx> {
+        let mut out: Vec<u32> = self.mutual_family_of(idx).to_vec();
+        for &g in self.family_groups(idx) {
+            let g = g as usize;
+            let (s, e) = (
+                self.group_start.get(g).copied().unwrap_or(0) as usize,
+                self.group_start.get(g + 1).copied().unwrap_or(0) as usize,
+            );
+            out.extend(self.group_members.get(s..e).unwrap_or(&[]));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out.retain(|&j| j != idx.0);
+        out.into_iter().map(RelayIdx).collect()
+    }
+
+    /// The relays that list `idx` in their `family` line and are listed in its own
+    /// (dir-spec §2.1.1), sorted. Family-ID members are not included (see
+    /// [`NetView::family_of`]).
+    pub fn mutual_family_of(&self, idx: RelayIdx) -> &[u32] {
         self.hot
             .get(idx.get())
             .and_then(|h| {
                 let s = h.fam_start as usize;
-                self.family.get(s..s + h.fam_len as usize)
+                self.family.get(s..s + usize::from(h.fam_len))
             })
             .unwrap_or(&[])
     }
 
-    /// Whether `a` and `b` are in the same family (each lists the other; dir-spec §2.1.1).
+    /// The family-ID groups of `idx` (proposal 321), sorted: one small index per `family-ids`
+    /// token the relay shares with at least one other relay of the view. Two relays are in
+    /// one happy family exactly when these lists intersect.
+    pub fn family_groups(&self, idx: RelayIdx) -> &[u32] {
+        self.hot
+            .get(idx.get())
+            .and_then(|h| {
+                let s = h.grp_start as usize;
+                self.groups.get(s..s + usize::from(h.grp_len))
+            })
+            .unwrap_or(&[])
+    }
+
+    /// Whether `a` and `b` are two relays of one family, which must not share a circuit
+    /// (path-spec §2.2): each lists the other on its `family` line (dir-spec §2.1.1), or
+    /// they have a `family-ids` token in common (proposal 321 "happy families", the rule of
+    /// C tor 0.4.9 clients). A relay is not its own family member.
     pub fn same_family(&self, a: RelayIdx, b: RelayIdx) -> bool {
-        self.family_of(a).binary_search(&b.0).is_ok()
+        if a == b {
+            return false;
+        }
+        let (Some(x), Some(y)) = (self.hot.get(a.get()), self.hot.get(b.get())) else {
+            return false;
+        };
+        if x.fam_len != 0 && self.mutual_family_of(a).binary_search(&b.0).is_ok() {
+            return true;
+        }
+        x.grp_len != 0
+            && y.grp_len != 0
+            && sorted_intersect(self.family_groups(a), self.family_groups(b))
     }
 
     /// Whether `a` and `b` share an IPv4 /16 or an IPv6 /32 (path-spec §2.2).
@@ -868,6 +968,102 @@ fn family_ids(line: &str) -> Vec<RsaIdentity> {
         .collect()
 }
 
+/// Whether two sorted slices have an element in common (a merge: linear in their lengths,
+/// each at most [`MAX_FAMILY_ENTRIES`]).
+fn sorted_intersect(a: &[u32], b: &[u32]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+        match x.cmp(&y) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// The family-ID groups of a set of records (proposal 321), in compact form.
+struct FamilyGroups {
+    /// Every relay's sorted group indices, concatenated.
+    groups: Vec<u32>,
+    /// Per relay, its `(start, len)` in `groups`.
+    ranges: Vec<(u32, u16)>,
+    /// Group `g`'s members are `group_members[group_start[g]..group_start[g + 1]]`.
+    group_start: Vec<u32>,
+    group_members: Vec<u32>,
+}
+
+impl FamilyGroups {
+    /// Intern the family IDs of `records` (each relay's list sorted, deduplicated and at most
+    /// [`MAX_FAMILY_ENTRIES`] long). An ID held by a single relay matches nobody and gets no
+    /// group, so a relay alone in its family costs nothing in path selection. Every vector
+    /// built here is at most as long as the total number of IDs in the input: memory stays
+    /// linear however many relays share an ID.
+    fn new(records: &[RelayRecord]) -> Self {
+        // How many relays hold each ID (lists are deduplicated, so once per relay).
+        let mut count: HashMap<&str, u32> = HashMap::new();
+        for r in records {
+            for id in &r.family_ids {
+                *count.entry(id.as_str()).or_insert(0) += 1;
+            }
+        }
+        count.retain(|_, c| *c >= 2);
+        // Group indices in order of first appearance; `sizes[g]` is group g's member count.
+        let mut index: HashMap<&str, u32> = HashMap::with_capacity(count.len());
+        let mut sizes: Vec<u32> = Vec::with_capacity(count.len());
+        let mut groups = Vec::new();
+        let mut ranges = Vec::with_capacity(records.len());
+        for r in records {
+            let start = groups.len();
+            for id in &r.family_ids {
+                let Some(&c) = count.get(id.as_str()) else {
+                    continue;
+                };
+                let g = *index.entry(id.as_str()).or_insert_with(|| {
+                    sizes.push(c);
+                    // At most MAX_RELAYS * MAX_FAMILY_ENTRIES groups: fits u32.
+                    (sizes.len() - 1) as u32
+                });
+                groups.push(g);
+            }
+            if let Some(mine) = groups.get_mut(start..) {
+                mine.sort_unstable();
+            }
+            // At most MAX_FAMILY_ENTRIES (fits u16) per relay, 2^30 in all (fits u32).
+            ranges.push((start as u32, (groups.len() - start) as u16));
+        }
+        // The inverse (group -> members) by counting sort; members come out ascending.
+        let mut group_start = Vec::with_capacity(sizes.len() + 1);
+        let mut total = 0u32;
+        group_start.push(0);
+        for &n in &sizes {
+            total += n;
+            group_start.push(total);
+        }
+        let mut fill: Vec<u32> = group_start.clone();
+        let mut group_members = vec![0u32; total as usize];
+        for (i, &(s, n)) in ranges.iter().enumerate() {
+            for &g in groups
+                .get(s as usize..s as usize + usize::from(n))
+                .unwrap_or(&[])
+            {
+                if let Some(slot) = fill.get_mut(g as usize) {
+                    if let Some(m) = group_members.get_mut(*slot as usize) {
+                        *m = i as u32;
+                    }
+                    *slot += 1;
+                }
+            }
+        }
+        Self {
+            groups,
+            ranges,
+            group_start,
+            group_members,
+        }
+    }
+}
+
 /// The record of a consensus entry, with no descriptor data yet.
 fn base_record(rs: &RouterStatus<'_>) -> RelayRecord {
     RelayRecord {
@@ -880,18 +1076,21 @@ fn base_record(rs: &RouterStatus<'_>) -> RelayRecord {
         flags: rs.flags,
         bandwidth: rs.weight(),
         family: Vec::new(),
+        family_ids: Vec::new(),
         policy: RelayPolicy::default(),
     }
 }
 
 /// The record of a consensus entry completed by its descriptor (micro or full): keys,
-/// family, exit policy, and the descriptor's IPv6 address when the consensus has none.
+/// family and family IDs, exit policy, and the descriptor's IPv6 address when the consensus
+/// has none.
 fn described_record(
     rs: &RouterStatus<'_>,
     ed_id: Option<Ed25519Identity>,
     ntor_onion_key: [u8; 32],
     ipv6: Option<SocketAddrV6>,
     family: &str,
+    fam_ids: Vec<String>,
     policy: RelayPolicy,
 ) -> RelayRecord {
     let mut r = base_record(rs);
@@ -901,6 +1100,7 @@ fn described_record(
         r.ipv6 = ipv6;
     }
     r.family = family_ids(family);
+    r.family_ids = fam_ids;
     r.policy = policy;
     r
 }
@@ -909,7 +1109,8 @@ impl NetView {
     /// The view of a microdescriptor-flavour consensus and the microdescriptors we hold: a
     /// relay is included only when its `m` line's microdescriptor is in `mds` (dir-spec
     /// §3.3; guard-spec §4.12: no circuit goes through a relay without its descriptor). The
-    /// microdescriptor gives the keys, family and `p`/`p6` summaries.
+    /// microdescriptor gives the keys, the `family` line, the `family-ids` line (proposal
+    /// 321, C tor 0.4.9) and the `p`/`p6` summaries.
     ///
     /// The consensus should have been verified; this does not check signatures.
     pub fn from_microdescs(
@@ -929,6 +1130,12 @@ impl NetView {
                     md.ntor_onion_key,
                     md.ipv6,
                     md.family.0,
+                    // One more than the bound, so that an overlong list is refused.
+                    md.family_ids
+                        .ids()
+                        .take(MAX_FAMILY_ENTRIES + 1)
+                        .map(str::to_owned)
+                        .collect(),
                     RelayPolicy::Summary {
                         v4: PortSet::from_policy_summary(&md.ipv4_policy),
                         v6: PortSet::from_policy_summary(&md.ipv6_policy),
@@ -944,6 +1151,11 @@ impl NetView {
     /// is present, or, failing that, the newest descriptor with its identity. The descriptor
     /// gives the keys, family and the full exit policy, which private networks need (their
     /// exits allow only `127.0.0.0/8`, which no port summary expresses).
+    ///
+    /// Families follow the `family` lines only (the mutual rule of dir-spec §2.1.1): a
+    /// relay's happy-family IDs (proposal 321) appear in server descriptors as `family-cert`
+    /// objects, which are not read here, so two relays that share a family key but do not
+    /// list each other are *not* treated as one family in this mode.
     ///
     /// The descriptors should have been verified; this does not check signatures.
     pub fn from_router_descs(
@@ -974,6 +1186,9 @@ impl NetView {
                     d.ntor_onion_key,
                     d.ipv6,
                     d.family.0,
+                    // Server descriptors carry family IDs as `family-cert` objects, which
+                    // this crate does not read: the old mutual rule only (see above).
+                    Vec::new(),
                     RelayPolicy::Full {
                         rules: d.exit_policy.clone(),
                         ipv6_policy: PortSet::from_policy_summary(&d.ipv6_policy),
@@ -1084,6 +1299,135 @@ mod tests {
         assert_eq!(ids, vec![ra, rb, ra, rb]);
         let long: String = (0..2000).map(|_| format!("${a} ")).collect();
         assert_eq!(family_ids(&long).len(), MAX_FAMILY_ENTRIES + 1);
+    }
+
+    /// A relay for the family tests: `n` names it, `family` lists fingerprints `[j; 20]`.
+    fn fam_relay(n: u8, family: &[u8], ids: &[&str]) -> RelayRecord {
+        RelayRecord {
+            nickname: format!("r{n}"),
+            rsa_id: RsaIdentity([n; 20]),
+            family: family.iter().map(|&j| RsaIdentity([j; 20])).collect(),
+            family_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    const K1: &str = "ed25519:J2h5UtwvJzP7RLKwbjPOwzzYSnvURcqJDDAn8kSTtyA";
+    const K2: &str = "ed25519:7oHrWGLdPMWtBAFrh/ZONNc0YPK5gSO4Ebj7vCsiC6Q";
+
+    #[test]
+    fn shared_family_id_makes_a_family() {
+        let recs = vec![
+            // 0 and 1 share K1 and list nobody.
+            fam_relay(0, &[], &[K1]),
+            fam_relay(1, &[], &[K2, K1, K1]),
+            // 2 has an ID nobody else holds; 3 has one differing only in case, 4 a prefix.
+            fam_relay(2, &[], &["ed25519:unique"]),
+            fam_relay(3, &[], &[&K1.to_lowercase()]),
+            fam_relay(4, &[], &[&K1[..K1.len() - 1]]),
+            // 5 lists 0, but 0 does not list 5, and they share no ID.
+            fam_relay(5, &[0], &[K2]),
+        ];
+        let view = NetView::from_records(recs, BandwidthWeights::default()).unwrap();
+        let r = |i| RelayIdx(i);
+        assert!(view.same_family(r(0), r(1)));
+        assert!(view.same_family(r(1), r(0)));
+        assert_eq!(view.family_of(r(0)), vec![r(1)]);
+        assert_eq!(view.mutual_family_of(r(0)), &[] as &[u32]);
+        // Exact string comparison only.
+        for other in [2, 3, 4] {
+            assert!(!view.same_family(r(0), r(other)), "0 and {other}");
+            assert!(view.family_of(r(other)).is_empty());
+        }
+        // One-sided MyFamily is still not a family, but 5 shares K2 with 1.
+        assert!(!view.same_family(r(0), r(5)));
+        assert!(!view.same_family(r(5), r(0)));
+        assert!(view.same_family(r(1), r(5)));
+        assert_eq!(view.family_of(r(1)), vec![r(0), r(5)]);
+        // Families are pairwise, not transitive: 0 and 5 both are 1's family, not each other's.
+        assert!(!view.family_of(r(5)).contains(&r(0)));
+        // IDs nobody shares get no group; the records keep them, sorted and deduplicated.
+        assert!(view.family_groups(r(2)).is_empty());
+        assert_eq!(view.family_groups(r(1)).len(), 2);
+        assert_eq!(view.relay(r(1)).unwrap().family_ids, vec![K2, K1]);
+        // A relay is not its own family.
+        assert!(!view.same_family(r(0), r(0)));
+        assert!(!view.same_family(r(0), r(99)));
+    }
+
+    #[test]
+    fn either_rule_makes_a_family() {
+        let recs = vec![
+            fam_relay(0, &[1], &[K1]),
+            fam_relay(1, &[0], &[]),
+            fam_relay(2, &[], &[K1]),
+            fam_relay(3, &[], &[K2]),
+            fam_relay(4, &[3], &[]),
+        ];
+        let view = NetView::from_records(recs, BandwidthWeights::default()).unwrap();
+        let r = |i| RelayIdx(i);
+        // 0-1 mutual, 0-2 by K1.
+        assert!(view.same_family(r(0), r(1)));
+        assert!(view.same_family(r(0), r(2)));
+        assert_eq!(view.family_of(r(0)), vec![r(1), r(2)]);
+        assert!(!view.same_family(r(1), r(2)));
+        // No shared ID and no mutual listing: 3 has a lone ID, 4 lists 3 one-sidedly.
+        assert!(!view.same_family(r(3), r(4)));
+        assert!(view.family_of(r(3)).is_empty());
+        for (a, b) in [(0, 3), (1, 3), (2, 4)] {
+            assert!(!view.same_family(r(a), r(b)), "{a} and {b}");
+        }
+    }
+
+    #[test]
+    fn one_id_shared_by_many_relays_stays_linear() {
+        // An adversarial consensus: every relay holds the same ID plus one of its own.
+        const N: u32 = 10_000;
+        let recs: Vec<RelayRecord> = (0..N)
+            .map(|i| RelayRecord {
+                rsa_id: RsaIdentity({
+                    let mut id = [0; 20];
+                    id[..4].copy_from_slice(&i.to_be_bytes());
+                    id
+                }),
+                family_ids: vec![K1.to_string(), format!("ed25519:own{i}")],
+                ..Default::default()
+            })
+            .collect();
+        let view = NetView::from_records(recs, BandwidthWeights::default()).unwrap();
+        // One group entry per relay and one member entry per relay: N each, not N^2. The
+        // unshared IDs get no group at all.
+        assert_eq!(view.groups.len(), N as usize);
+        assert_eq!(view.group_members.len(), N as usize);
+        assert_eq!(view.group_start, vec![0, N]);
+        assert!(view.family.is_empty());
+        assert!(view.same_family(RelayIdx(0), RelayIdx(N - 1)));
+        assert!(view.same_family(RelayIdx(N / 2), RelayIdx(7)));
+        let fam = view.family_of(RelayIdx(3));
+        assert_eq!(fam.len(), N as usize - 1);
+        assert!(!fam.contains(&RelayIdx(3)));
+    }
+
+    #[test]
+    fn family_ids_are_bounded() {
+        let ids = |n: usize| (0..n).map(|i| format!("ed25519:k{i}")).collect::<Vec<_>>();
+        let mut r = fam_relay(1, &[], &[]);
+        r.family_ids = ids(MAX_FAMILY_ENTRIES);
+        assert!(NetView::from_records(vec![r.clone()], BandwidthWeights::default()).is_ok());
+        r.family_ids = ids(MAX_FAMILY_ENTRIES + 1);
+        assert_eq!(
+            NetView::from_records(vec![r], BandwidthWeights::default()).unwrap_err(),
+            NetViewError::FamilyIdsTooLong(RsaIdentity([1; 20]))
+        );
+        // Two relays sharing all of the maximum: one group per ID, both see each other.
+        let mut a = fam_relay(1, &[], &[]);
+        let mut b = fam_relay(2, &[], &[]);
+        a.family_ids = ids(MAX_FAMILY_ENTRIES);
+        b.family_ids = ids(MAX_FAMILY_ENTRIES);
+        b.family_ids.reverse();
+        let view = NetView::from_records(vec![a, b], BandwidthWeights::default()).unwrap();
+        assert_eq!(view.family_groups(RelayIdx(1)).len(), MAX_FAMILY_ENTRIES);
+        assert!(view.same_family(RelayIdx(0), RelayIdx(1)));
     }
 
     #[test]

@@ -16,6 +16,13 @@ use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+/// Whether two records are one family, judged from the records alone: each lists the other
+/// (dir-spec §2.1.1), or they share a `family-ids` token (proposal 321, C tor 0.4.9).
+fn one_family(a: &RelayRecord, b: &RelayRecord) -> bool {
+    (a.family.contains(&b.rsa_id) && b.family.contains(&a.rsa_id))
+        || a.family_ids.iter().any(|x| b.family_ids.contains(x))
+}
+
 /// Independent check of every rule for an exit path (guard first, exit last).
 fn check_exit_path(
     view: &NetView,
@@ -52,7 +59,7 @@ fn check_exit_path(
             if a.rsa_id == b.rsa_id {
                 return Err(format!("hops {i} and {j} are the same relay"));
             }
-            if a.family.contains(&b.rsa_id) && b.family.contains(&a.rsa_id) {
+            if one_family(a, b) {
                 return Err(format!("hops {i} and {j} are in one family"));
             }
             if cfg.enforce_distinct_subnets {
@@ -122,6 +129,8 @@ struct ArbRelay {
     v6net: Option<u8>,
     bw: u32,
     fam: Vec<u8>,
+    /// Family IDs drawn from a small pool, so that groups of several relays form.
+    fids: Vec<u8>,
     accept: bool,
     ports: Vec<u16>,
 }
@@ -133,18 +142,22 @@ fn arb_relay(n: u8) -> impl Strategy<Value = ArbRelay> {
         proptest::option::of(0u8..6),
         0u32..5000,
         proptest::collection::vec(0..n, 0..4),
+        proptest::collection::vec(0u8..8, 0..3),
         any::<bool>(),
         proptest::collection::vec(proptest::sample::select(PORTS.to_vec()), 0..3),
     )
-        .prop_map(|(flags, net, v6net, bw, fam, accept, ports)| ArbRelay {
-            flags,
-            net,
-            v6net,
-            bw,
-            fam,
-            accept,
-            ports,
-        })
+        .prop_map(
+            |(flags, net, v6net, bw, fam, fids, accept, ports)| ArbRelay {
+                flags,
+                net,
+                v6net,
+                bw,
+                fam,
+                fids,
+                accept,
+                ports,
+            },
+        )
 }
 
 fn build(relays: &[ArbRelay]) -> NetView {
@@ -169,6 +182,7 @@ fn build(relays: &[ArbRelay]) -> NetView {
             flags: r.flags,
             bandwidth: r.bw,
             family: r.fam.iter().map(|&j| RsaIdentity([j; 20])).collect(),
+            family_ids: r.fids.iter().map(|&j| format!("ed25519:fam{j}")).collect(),
             policy: RelayPolicy::Summary {
                 v4: PortSet::from_summary(r.accept, r.ports.iter().map(|&p| (p, p))),
                 v6: PortSet::none(),
@@ -236,6 +250,24 @@ proptest! {
     }
 
     #[test]
+    fn same_family_matches_the_records(relays in proptest::collection::vec(arb_relay(30), 1..30)) {
+        let view = build(&relays);
+        for i in 0..view.len() as u32 {
+            let a = RelayIdx(i);
+            let mut fam = Vec::new();
+            for j in 0..view.len() as u32 {
+                let b = RelayIdx(j);
+                let expect = i != j && one_family(view.relay(a).unwrap(), view.relay(b).unwrap());
+                prop_assert_eq!(view.same_family(a, b), expect, "{} {}", i, j);
+                if expect {
+                    fam.push(b);
+                }
+            }
+            prop_assert_eq!(view.family_of(a), fam);
+        }
+    }
+
+    #[test]
     fn internal_paths_obey_family_and_subnet(
         relays in proptest::collection::vec(arb_relay(30), 3..30),
         len in 1usize..7,
@@ -257,6 +289,7 @@ proptest! {
                 for &b in &p.hops()[i + 1..] {
                     prop_assert!(a != b);
                     prop_assert!(!view.same_family(a, b));
+                    prop_assert!(!one_family(view.relay(a).unwrap(), view.relay(b).unwrap()));
                     prop_assert!(!view.same_subnet(a, b));
                 }
                 // Every hop but a caller-named target meets the circuit flags.

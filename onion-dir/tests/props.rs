@@ -67,6 +67,7 @@ const KEYWORDS: &[&str] = &[
     "onion-key",
     "ntor-onion-key",
     "family",
+    "family-ids",
     "p6",
     "id",
     "router",

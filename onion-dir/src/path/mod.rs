@@ -11,7 +11,10 @@
 //!   that position (`Wgg`, `Wmg`, `Wee`, ..., see [`BandwidthWeights::relay_weight`]);
 //! * is never the same relay as, in the same family as, or (unless
 //!   [`PathConfig::enforce_distinct_subnets`] is off, as on private test networks) in the
-//!   same IPv4 /16 or IPv6 /32 as another hop (path-spec §2.2);
+//!   same IPv4 /16 or IPv6 /32 as another hop (path-spec §2.2). Two relays are one family
+//!   when their `family` lines list each other (dir-spec §2.1.1) or their `family-ids`
+//!   share an ID (proposal 321 "happy families", as C tor 0.4.9 clients judge it; see
+//!   [`NetView::same_family`]);
 //! * is not in the caller's [`Exclusions`].
 //!
 //! A choice first draws from the precomputed cumulative weights of the position (a binary

@@ -105,6 +105,45 @@ fn family_needs_both_sides() {
 }
 
 #[test]
+fn shared_family_id_separates_without_family_lines() {
+    // Proposal 321: a guard and an exit with one `family-ids` token in common, neither
+    // listing the other, never share a circuit; a third relay with another ID can take over.
+    let g = base() | RelayFlags::GUARD;
+    let e = base() | RelayFlags::EXIT;
+    let id = |s: &str| vec![s.to_owned()];
+    let mut a = relay(1, [10, 1, 0, 1], g, 100, &[]);
+    let mut b = relay(2, [10, 2, 0, 1], e, 100, &[(1, 65535)]);
+    a.family_ids = id("ed25519:shared");
+    b.family_ids = id("ed25519:shared");
+    let view =
+        NetView::from_records(vec![a.clone(), b.clone()], BandwidthWeights::default()).unwrap();
+    assert!(view.same_family(RelayIdx(0), RelayIdx(1)));
+    let sel = PathSelector::new(&view);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let o = PathOptions::default();
+    assert_eq!(
+        sel.exit_path(ExitRequest::Any, 2, None, &o, &mut rng),
+        Err(PathError::NoCandidates("guard"))
+    );
+    // The guard handed in by the guard manager is refused too.
+    assert_eq!(
+        sel.exit_path(ExitRequest::Any, 2, Some(RelayIdx(0)), &o, &mut rng),
+        Err(PathError::GuardConflict(RsaIdentity([1; 20])))
+    );
+    // A second guard whose ID differs (by one character) is usable: always it, never `a`.
+    let mut c = relay(3, [10, 3, 0, 1], g, 1000, &[]);
+    c.family_ids = id("ed25519:sharee");
+    let view = NetView::from_records(vec![a, b, c], BandwidthWeights::default()).unwrap();
+    let sel = PathSelector::new(&view);
+    for _ in 0..50 {
+        let p = sel
+            .exit_path(ExitRequest::Any, 2, None, &o, &mut rng)
+            .unwrap();
+        assert_eq!(p.hops(), &[RelayIdx(2), RelayIdx(1)]);
+    }
+}
+
+#[test]
 fn lengths_and_named_exit() {
     let g = base() | RelayFlags::GUARD | RelayFlags::V2DIR | RelayFlags::HSDIR;
     let recs: Vec<_> = (0..10u8)
