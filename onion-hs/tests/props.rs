@@ -108,6 +108,26 @@ proptest! {
         let _ = SecondLayer::parse(&s);
     }
 
+    /// Whatever second layer parses, its encoding parses back to the same value: lines kept
+    /// verbatim stay verbatim, whatever their separators or `opt ` prefixes.
+    #[test]
+    fn second_layer_encoding_reparses_equal(lines in proptest::collection::vec(
+        prop_oneof![
+            Just("create2-formats 2".to_string()),
+            Just("opt opt flow-control 1-2 31".to_string()),
+            Just("opt\tpow-params v1 AAAA 0 1900000000".to_string()),
+            Just("single-onion-service".to_string()),
+            Just("intro-auth-required ed25519".to_string()),
+            Just("".to_string()),
+            "[a-z][a-z0-9-]{0,12}([ \t][ -~]{0,20})?",
+        ], 0..12)) {
+        let s = lines.join("\n");
+        if let Ok(layer) = SecondLayer::parse(&s) {
+            let encoded = layer.encode().unwrap();
+            prop_assert_eq!(SecondLayer::parse(&encoded), Ok(layer));
+        }
+    }
+
     #[test]
     fn mutated_real_descriptor_never_panics(pos in 0usize..14108, byte in any::<u8>(), cut in any::<bool>()) {
         let mut b = real_desc().into_bytes();

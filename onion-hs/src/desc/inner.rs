@@ -222,13 +222,7 @@ impl SecondLayer {
                     "create2-formats" | "intro-auth-required" | "single-onion-service"
                 )
             })
-            .map(|i| {
-                if i.args.is_empty() {
-                    i.kw.to_string()
-                } else {
-                    format!("{} {}", i.kw, i.args)
-                }
-            })
+            .map(|i| i.text.to_string())
             .collect();
         let mut intro_points = Vec::new();
         let mut rest = tail;

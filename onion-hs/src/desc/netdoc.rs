@@ -21,6 +21,9 @@ pub(crate) struct Item<'a> {
     pub kw: &'a str,
     /// Everything after the keyword and its separating whitespace (may be empty).
     pub args: &'a str,
+    /// The keyword line as written (an `opt ` prefix and the separators kept), for lines
+    /// kept verbatim.
+    pub text: &'a str,
     /// The object, if any: (tag, decoded bytes).
     pub obj: Option<(&'a str, Vec<u8>)>,
     /// 1-based line number of the keyword line.
@@ -83,9 +86,14 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<Item<'_>>, DescError> {
             }
             None => None,
         };
+        let text = text
+            .get(item.start..)
+            .and_then(|rest| rest.split('\n').next())
+            .unwrap_or("");
         items.push(Item {
             kw: item.keyword,
             args: item.args,
+            text,
             obj,
             line: item.line as usize,
             start: item.start,
