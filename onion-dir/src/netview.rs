@@ -581,9 +581,12 @@ struct Hot {
     /// Range of this relay's mutual family in `NetView::family`.
     fam_start: u32,
     fam_len: u16,
-    /// Length of this relay's sorted family-ID groups in `NetView::groups`, from `grp_start`.
+    /// Number of this relay's family-ID groups (its range in `NetView::groups` starts at
+    /// `NetView::grp_start[i]`, read only when this is not 0: `Hot` stays at 24 bytes).
     grp_len: u16,
-    grp_start: u32,
+    /// `fam_len != 0 || grp_len != 0`: the one test most pairs need (most relays have no
+    /// family of either kind).
+    has_family: bool,
     /// Whether the exit policy allows some port.
     exits: bool,
 }
@@ -656,6 +659,8 @@ pub struct NetView {
     family: Vec<u32>,
     /// Every relay's family-ID groups (proposal 321), sorted per relay; ranges in `Hot`.
     groups: Vec<u32>,
+    /// Per relay, where its range in `groups` starts.
+    grp_start: Vec<u32>,
     /// The members of group `g` are `group_members[group_start[g]..group_start[g + 1]]`,
     /// sorted (the inverse of `groups`, for [`NetView::family_of`]).
     group_start: Vec<u32>,
@@ -713,7 +718,9 @@ impl NetView {
         } = FamilyGroups::new(&records);
         let mut family = Vec::new();
         let mut hot = Vec::with_capacity(records.len());
-        for ((i, r), (grp_start, grp_len)) in records.iter().enumerate().zip(grp_ranges) {
+        let mut grp_start = Vec::with_capacity(records.len());
+        for ((i, r), (g_start, grp_len)) in records.iter().enumerate().zip(grp_ranges) {
+            grp_start.push(g_start);
             let start = family.len();
             let mut mine: Vec<u32> = r
                 .family
@@ -739,8 +746,8 @@ impl NetView {
                 // most MAX_FAMILY_ENTRIES (checked above to fit u16) per relay.
                 fam_start: start as u32,
                 fam_len: mine.len() as u16,
-                grp_start,
                 grp_len,
+                has_family: !mine.is_empty() || grp_len != 0,
                 exits: r.policy.allows_some_port(),
             });
         }
@@ -762,6 +769,7 @@ impl NetView {
             hot,
             family,
             groups,
+            grp_start,
             group_start,
             group_members,
             by_rsa,
@@ -885,13 +893,15 @@ impl NetView {
     /// token the relay shares with at least one other relay of the view. Two relays are in
     /// one happy family exactly when these lists intersect.
     pub fn family_groups(&self, idx: RelayIdx) -> &[u32] {
-        self.hot
-            .get(idx.get())
-            .and_then(|h| {
-                let s = h.grp_start as usize;
-                self.groups.get(s..s + usize::from(h.grp_len))
-            })
-            .unwrap_or(&[])
+        match (self.hot.get(idx.get()), self.grp_start.get(idx.get())) {
+            (Some(h), Some(&s)) if h.grp_len != 0 => {
+                let s = s as usize;
+                self.groups
+                    .get(s..s + usize::from(h.grp_len))
+                    .unwrap_or(&[])
+            }
+            _ => &[],
+        }
     }
 
     /// Whether `a` and `b` are two relays of one family, which must not share a circuit
@@ -902,25 +912,44 @@ impl NetView {
         if a == b {
             return false;
         }
-        let (Some(x), Some(y)) = (self.hot.get(a.get()), self.hot.get(b.get())) else {
-            return false;
-        };
-        if x.fam_len != 0 && self.mutual_family_of(a).binary_search(&b.0).is_ok() {
-            return true;
+        match (self.hot.get(a.get()), self.hot.get(b.get())) {
+            (Some(x), Some(y)) => self.family_conflict(a, b, x, y),
+            _ => false,
         }
-        x.grp_len != 0
-            && y.grp_len != 0
-            && sorted_intersect(self.family_groups(a), self.family_groups(b))
     }
 
     /// Whether `a` and `b` share an IPv4 /16 or an IPv6 /32 (path-spec §2.2).
     pub fn same_subnet(&self, a: RelayIdx, b: RelayIdx) -> bool {
         match (self.hot.get(a.get()), self.hot.get(b.get())) {
-            (Some(x), Some(y)) => {
-                (x.net16 != 0 && x.net16 == y.net16) || (x.net32.is_some() && x.net32 == y.net32)
-            }
+            (Some(x), Some(y)) => same_subnet(x, y),
             _ => false,
         }
+    }
+
+    /// Whether `a` and `b` may not share a circuit (path-spec §2.2): the same relay, one
+    /// family ([`NetView::same_family`]) or, when `subnets` is set, one subnet
+    /// ([`NetView::same_subnet`]). The inner test of path selection: both records are
+    /// read once, and the family lists only when the relay has some.
+    #[inline]
+    pub(crate) fn conflict(&self, a: RelayIdx, b: RelayIdx, subnets: bool) -> bool {
+        if a == b {
+            return true;
+        }
+        let (Some(x), Some(y)) = (self.hot.get(a.get()), self.hot.get(b.get())) else {
+            return false;
+        };
+        (subnets && same_subnet(x, y)) || (x.has_family && self.family_conflict(a, b, x, y))
+    }
+
+    /// The family test of [`NetView::same_family`] and [`NetView::conflict`] (`x` and `y`
+    /// are the hot records of `a` and `b`). Kept out of line: path selection calls it only
+    /// for a relay with some family, and most relays have none.
+    #[inline(never)]
+    fn family_conflict(&self, a: RelayIdx, b: RelayIdx, x: &Hot, y: &Hot) -> bool {
+        (x.fam_len != 0 && self.mutual_family_of(a).binary_search(&b.0).is_ok())
+            || (x.grp_len != 0
+                && y.grp_len != 0
+                && sorted_intersect(self.family_groups(a), self.family_groups(b)))
     }
 
     /// One relay drawn from `role`'s table by weight, before any per-circuit filter.
@@ -1224,6 +1253,11 @@ impl NetView {
     }
 }
 
+/// Whether two relays share an IPv4 /16 or an IPv6 /32 (path-spec §2.2).
+fn same_subnet(x: &Hot, y: &Hot) -> bool {
+    (x.net16 != 0 && x.net16 == y.net16) || (x.net32.is_some() && x.net32 == y.net32)
+}
+
 fn role_eligible(role: WeightRole, h: &Hot) -> bool {
     h.flags.contains(role.required_flags())
         && h.flags.0 & role.forbidden_flags().0 == 0
@@ -1377,6 +1411,12 @@ mod tests {
         for (a, b) in [(0, 3), (1, 3), (2, 4)] {
             assert!(!view.same_family(r(a), r(b)), "{a} and {b}");
         }
+    }
+
+    #[test]
+    fn hot_record_stays_small() {
+        // Path selection reads one `Hot` per candidate and per chosen hop.
+        assert_eq!(std::mem::size_of::<Hot>(), 24);
     }
 
     #[test]

@@ -258,12 +258,10 @@ impl<'v> PathSelector<'v> {
 
     /// Whether `c` may share a path with every relay of `chosen`: not the same relay, not the
     /// same family, not the same subnet (path-spec §2.2).
+    #[inline]
     pub fn compatible(&self, c: RelayIdx, chosen: &[RelayIdx]) -> bool {
-        chosen.iter().all(|&s| {
-            s != c
-                && !self.view.same_family(c, s)
-                && !(self.config.enforce_distinct_subnets && self.view.same_subnet(c, s))
-        })
+        let subnets = self.config.enforce_distinct_subnets;
+        chosen.iter().all(|&s| !self.view.conflict(c, s, subnets))
     }
 
     /// Whether `c` meets the flag, exclusion and compatibility rules for a hop in `role`
