@@ -147,6 +147,7 @@ fn bootstrap_and_get_through_an_exit() {
             until.saturating_sub(now)
         })
         .expect("no cached-consensus.valid-until after the first run");
+    let first_guard = first_hop(&err);
     let (st, out, err) = get(net, &net.http_url, &dd, 60);
     assert!(st.success(), "second onion get failed: {err}");
     assert_eq!(out, net.http_body);
@@ -155,6 +156,28 @@ fn bootstrap_and_get_through_an_exit() {
     } else {
         eprintln!("cached consensus expired ({live_for} s left) before the second run; refetched");
     }
+    // Both runs entered through a guard kept in the data directory's `state` file
+    // (guard-spec §4): the sampled guards persist, and every guard used is confirmed there.
+    let state = std::fs::read_to_string(dd.join("state")).expect("no guard state file");
+    for guard in [first_guard, first_hop(&err)] {
+        assert!(
+            state.lines().any(|l| l.starts_with("Guard ")
+                && l.contains(&format!(" nickname={guard} "))
+                && l.contains(" confirmed_on=")),
+            "guard {guard} is not a confirmed guard in the state file:\n{state}"
+        );
+    }
+}
+
+/// The first hop of the last "circuit built: A -> B -> C" line of a run's stderr.
+fn first_hop(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split("circuit built: ").nth(1))
+        .and_then(|hops| hops.split(" -> ").next())
+        .unwrap_or_else(|| panic!("no circuit built:\n{stderr}"))
+        .to_string()
 }
 
 /// Test 2, microdescriptor mode (`--dir-mode micro`, the public network's default): the

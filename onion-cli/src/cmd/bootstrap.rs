@@ -38,6 +38,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "signatures_valid": s.signatures_valid,
         "signatures_needed": s.signatures_needed,
         "cached": s.cached,
+        // guard-spec §4.6: the guards every circuit would enter through (kept in the data
+        // directory's `state` file, if one is given).
+        "primary_guards": client
+            .guards
+            .primary()
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>(),
     });
     println!("{out}");
     Ok(())

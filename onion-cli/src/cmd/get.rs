@@ -100,15 +100,20 @@ impl NetOptions {
     }
 
     /// Bootstrap a client.
+    /// Fetch (or reuse) a verified directory and hand it to the client's guards, whose
+    /// state is kept in the data directory if there is one.
     pub fn bootstrap(&self, client: &mut Client) -> Result<Directory, String> {
         let deadline = client.deadline(self.timeout);
-        bootstrap::bootstrap(
+        let dir = bootstrap::bootstrap(
             client,
             &self.auths,
             self.dir_mode,
             self.cache.as_ref(),
             deadline,
-        )
+        )?;
+        client.guards.attach(self.cache.as_ref());
+        client.guards.on_directory(&dir);
+        Ok(dir)
     }
 }
 
@@ -272,17 +277,12 @@ fn explicit_exit_circuit(
         .or_else(|| dir.view.by_nickname(exit))
         .ok_or_else(|| format!("--exit {exit}: no such relay with a descriptor"))?;
     let selector = PathSelector::with_config(&dir.view, config.clone());
-    let path = selector
-        .internal_path(
-            3,
-            Some(idx),
-            None,
-            &PathOptions::default(),
-            &mut rand_core::OsRng,
-        )
+    let (path, guard) = client
+        .guards
+        .internal_path(&selector, 3, Some(idx), &PathOptions::default())
         .map_err(|e| format!("--exit {exit}: no path: {e}"))?;
     let hops: Vec<_> = path.records(&dir.view).collect();
-    path::build(client, &hops, deadline)
+    path::build_guarded(client, &hops, guard, deadline)
 }
 
 /// GET the URL's path on an open stream and print the body on stdout.

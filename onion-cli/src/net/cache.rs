@@ -52,11 +52,22 @@ impl Cache {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.write_atomic(name, text.as_bytes())?;
-        self.write_atomic(&format!("{name}.valid-until"), secs.to_string().as_bytes())
+        self.write(name, text.as_bytes())?;
+        self.write(&format!("{name}.valid-until"), secs.to_string().as_bytes())
     }
 
-    fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()> {
+    /// The file `name` (state kept between runs, not a document with a lifetime), if
+    /// present and no larger than a document may be.
+    pub fn read(&self, name: &str) -> Option<String> {
+        let path = self.dir.join(name);
+        if std::fs::metadata(&path).ok()?.len() > MAX_DOC {
+            return None;
+        }
+        std::fs::read_to_string(path).ok()
+    }
+
+    /// Replace the file `name` with `data`, atomically (written aside, then renamed).
+    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, data)?;
         std::fs::rename(tmp, self.dir.join(name))

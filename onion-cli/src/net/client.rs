@@ -21,6 +21,7 @@ use onion_circuit::Instant;
 use rand_core::OsRng;
 
 use super::event::{Inbox, Input};
+use super::guards::Guards;
 use super::link::Link;
 use super::Clock;
 
@@ -63,6 +64,8 @@ pub struct Client {
     pub circs: Vec<Circ>,
     /// Inputs for sockets that are not channels (SOCKS clients), kept for the application.
     others: VecDeque<Input>,
+    /// The entry guards of every circuit this client builds.
+    pub guards: Guards,
 }
 
 impl Client {
@@ -77,6 +80,7 @@ impl Client {
             link_dead: Vec::new(),
             circs: Vec::new(),
             others: VecDeque::new(),
+            guards: Guards::default(),
         }
     }
 

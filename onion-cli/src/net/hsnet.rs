@@ -11,7 +11,6 @@ use onion_dir::path::{PathConfig, PathOptions, PathSelector};
 use onion_dir::RelayFlags;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
-use rand_core::OsRng;
 
 use super::bootstrap::Directory;
 use super::client::{Client, Target};
@@ -96,12 +95,14 @@ pub fn circuit_to<'a>(
         need_stable: true,
         ..PathOptions::default()
     };
-    let p = PathSelector::with_config(&dir.view, config.clone())
-        .internal_path(3, last, None, &opts, &mut OsRng)
+    let sel = PathSelector::with_config(&dir.view, config.clone());
+    let (p, guard) = client
+        .guards
+        .internal_path(&sel, 3, last, &opts)
         .map_err(|e| format!("path: {e}"))?;
     let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
     let end = *hops.last().ok_or("empty path")?;
-    let (c, names) = path::build(client, &hops, deadline)?;
+    let (c, names) = path::build_guarded(client, &hops, guard, deadline)?;
     Ok((c, names, end))
 }
 

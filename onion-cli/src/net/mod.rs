@@ -28,6 +28,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod client;
 pub mod event;
+pub mod guards;
 pub mod hsnet;
 pub mod http;
 pub mod link;

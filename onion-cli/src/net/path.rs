@@ -13,11 +13,11 @@ use onion_crypto::keys::NtorOnionKey;
 use onion_dir::netview::{ExitTarget, RelayRecord};
 use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use onion_dir::RsaIdentity;
-use rand_core::OsRng;
 
 use super::authority::DirAuthority;
 use super::bootstrap::Directory;
 use super::client::Client;
+use super::guards::GuardTicket;
 
 /// What a hop needs from its directory record.
 pub fn hop_target(r: &RelayRecord) -> Result<HopTarget, String> {
@@ -80,11 +80,43 @@ pub fn exit_circuit(
         ..PathOptions::default()
     };
     let selector = PathSelector::with_config(&dir.view, config);
-    let path = selector
-        .exit_path(ExitRequest::Target(target), 3, None, &opts, &mut OsRng)
+    let (path, guard) = client
+        .guards
+        .exit_path(&selector, ExitRequest::Target(target), &opts)
         .map_err(|e| format!("no path to {host}:{port}: {e}"))?;
     let hops: Vec<&RelayRecord> = path.records(&dir.view).collect();
-    build(client, &hops, deadline)
+    build_guarded(client, &hops, guard, deadline)
+}
+
+/// [`build`] a path whose guard the client's guard manager chose, and report the outcome to
+/// it (guard-spec §4.7–4.8): built, or failed at the guard (no channel, no CREATED2), or
+/// failed further on, which says nothing about the guard. A circuit the manager does not
+/// approve yet (through a non-primary guard while a better one may work) is destroyed and
+/// reported as an error, so that the caller's next attempt asks the manager again.
+pub fn build_guarded(
+    client: &mut Client,
+    hops: &[&RelayRecord],
+    guard: GuardTicket,
+    deadline: Instant,
+) -> Result<(usize, Vec<String>), String> {
+    match build(client, hops, deadline) {
+        Ok((circ, names)) => {
+            if client.guards.built(&guard) {
+                Ok((circ, names))
+            } else {
+                client.destroy(circ);
+                Err(format!(
+                    "guard {} is not a primary guard and a better one may work: \
+                     circuit given up",
+                    names.first().map_or("?", String::as_str)
+                ))
+            }
+        }
+        Err(e) => {
+            client.guards.failed(&guard, e.starts_with("guard "));
+            Err(e)
+        }
+    }
 }
 
 /// Build a circuit through `hops` in order: a channel to the first (which must prove its

@@ -1,0 +1,369 @@
+//! Entry guards for every circuit the CLI builds (guard-spec §4), run on onion-dir's sans-IO
+//! [`GuardMgr`]: exit circuits (`onion get`, `onion socks`) and onion-service circuits (to
+//! HSDirs, introduction and rendezvous points) all enter the network through the same few
+//! primary guards, as C tor's do, instead of through a fresh random relay per circuit, which
+//! would hand a hostile relay a chance at being first hop on every circuit.
+//!
+//! This module is the embedding the guard manager's documentation describes: it feeds it each
+//! new directory, asks it for the guard of each circuit, reports whether the circuit was
+//! built (and whether a failure was the guard's), and keeps the sampled guards in the data
+//! directory's `state` file (guard-spec A.5 `Guard` lines, as in C tor's `state`), so that a
+//! later run starts from the same guards. Without a data directory the guards last as long
+//! as the process.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use onion_dir::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
+use onion_dir::netview::RelayIdx;
+use onion_dir::path::{ExitRequest, Path, PathOptions, PathSelector};
+use rand_core::OsRng;
+
+use super::bootstrap::Directory;
+use super::cache::Cache;
+
+/// The data-directory file holding the guard state (C tor's name for its state file).
+const STATE_FILE: &str = "state";
+
+/// Wall-clock seconds since the Unix epoch: guard-spec dates (sampled_on, confirmed_on) are
+/// wall-clock dates that outlive the process.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How many times a path is drawn again when its guard would not be a primary guard
+/// although a primary guard could serve another path (see `Guards::ticket`).
+const REPICKS: usize = 4;
+
+/// A circuit's guard, to report the circuit's fate with.
+pub struct GuardTicket {
+    pick: GuardPick,
+    /// The guard is not primary because no primary guard could serve this path.
+    nothing_better: bool,
+}
+
+/// The guard manager of one process, and where it is kept.
+pub struct Guards {
+    mgr: GuardMgr,
+    cache: Option<Cache>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            mgr: GuardMgr::new(GuardParams::default()),
+            cache: None,
+        }
+    }
+}
+
+impl Guards {
+    /// Keep the guards in `cache`'s `state` file from now on, starting from the guards stored
+    /// there. A state file that does not parse is reported and replaced (a fresh sample is
+    /// safer than no client).
+    pub fn attach(&mut self, cache: Option<&Cache>) {
+        let Some(cache) = cache else { return };
+        if self.cache.is_some() {
+            // Attached already (a later directory refresh): memory is ahead of the file.
+            return;
+        }
+        if let Some(text) = cache.read(STATE_FILE) {
+            match GuardMgr::from_state_str(self.mgr.params().clone(), &text) {
+                Ok(mgr) => self.mgr = mgr,
+                Err(e) => eprintln!("onion: guard state file ignored: {e}"),
+            }
+        }
+        self.cache = Some(cache.clone());
+    }
+
+    /// guard-spec §4.10: a new directory. Its consensus gives the parameters (param-spec
+    /// §11) and which guards are listed, whether or not we hold their descriptors (§4.12);
+    /// its relays with descriptors are those new guards are sampled from.
+    pub fn on_directory(&mut self, dir: &Directory) {
+        let now = unix_now();
+        match onion_dir::consensus::parse(&dir.consensus) {
+            Ok(cons) => {
+                let cons = cons.assume_verified();
+                let params = GuardParams::default().with_consensus_params(
+                    cons.params.entries.iter().map(|&(k, v)| (k, i64::from(v))),
+                );
+                self.mgr.set_params(params);
+                self.mgr
+                    .update_from_consensus(&cons, &dir.view, now, &mut OsRng);
+            }
+            // Bootstrap verified this text; should it not parse, the view still says which
+            // relays are listed guards.
+            Err(_) => self.mgr.update_consensus(&dir.view, now, &mut OsRng),
+        }
+        self.save();
+    }
+
+    /// An exit path whose guard comes from the guard manager (exit first, then the guard
+    /// avoiding its family and subnet, then the middle; path-spec §2.2, guard-spec §4.6).
+    pub fn exit_path(
+        &mut self,
+        sel: &PathSelector<'_>,
+        request: ExitRequest,
+        opts: &PathOptions<'_>,
+    ) -> Result<(Path, GuardTicket), String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (path, pick) = self
+                .mgr
+                .exit_path(sel, request, 3, opts, unix_now(), &mut OsRng)
+                .map_err(|e| e.to_string())?;
+            let last = path.hops().last().copied();
+            if let Some(ticket) = self.ticket(sel, pick, last, tries) {
+                return Ok((path, ticket));
+            }
+        }
+    }
+
+    /// An internal path of `len` hops ending at `target` (or at a random middle), whose guard
+    /// comes from the guard manager (path-spec §2.2.2; guard-spec §4.6 with the last hop as
+    /// one the guard must not share a family or subnet with).
+    pub fn internal_path(
+        &mut self,
+        sel: &PathSelector<'_>,
+        len: usize,
+        target: Option<RelayIdx>,
+        opts: &PathOptions<'_>,
+    ) -> Result<(Path, GuardTicket), String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let now = unix_now();
+            // The last hop first (a middle if none is given), so that the guard can avoid it.
+            let last = match target {
+                Some(t) => t,
+                None => sel
+                    .choose_middle(opts, &[], &mut OsRng)
+                    .map_err(|e| e.to_string())?,
+            };
+            let pick = self
+                .mgr
+                .select(
+                    sel.view(),
+                    GuardUsage::Data,
+                    &[last],
+                    sel.config(),
+                    now,
+                    &mut OsRng,
+                )
+                .map_err(|e| e.to_string())?;
+            let circ = pick.circ;
+            // A fixed target cannot be drawn again: take what the manager gives for it.
+            let tries = if target.is_some() { REPICKS } else { tries };
+            let Some(ticket) = self.ticket(sel, pick, Some(last), tries) else {
+                continue;
+            };
+            return match sel.internal_path(len, Some(last), Some(ticket.pick.idx), opts, &mut OsRng)
+            {
+                Ok(path) => Ok((path, ticket)),
+                Err(e) => {
+                    let _ = self.mgr.circuit_closed(circ, now);
+                    Err(e.to_string())
+                }
+            };
+        }
+    }
+
+    /// Whether to build through `pick`: yes through a primary guard; through another guard
+    /// only if no primary guard could have served a path ending at `last` (same relay,
+    /// family or subnet, path-spec §2.2), for then no better guard can ever beat it for this
+    /// circuit and it may be used once built (guard-spec §4.9 counts only circuits that obey
+    /// the same restrictions as better). Otherwise the pick is returned to the manager and
+    /// `None` asks for another path, up to [`REPICKS`] draws; after that the pick is kept and
+    /// the circuit, once built, will wait, which this CLI treats as a failed attempt.
+    fn ticket(
+        &mut self,
+        sel: &PathSelector<'_>,
+        pick: GuardPick,
+        last: Option<RelayIdx>,
+        tries: usize,
+    ) -> Option<GuardTicket> {
+        if pick.state == CircState::UsableOnCompletion {
+            return Some(GuardTicket {
+                pick,
+                nothing_better: false,
+            });
+        }
+        let avoid: Vec<RelayIdx> = last.into_iter().collect();
+        let view = sel.view();
+        let primary_fits = self.mgr.primary().iter().any(|id| {
+            view.by_rsa_id(id)
+                .is_some_and(|idx| sel.compatible(idx, &avoid))
+        });
+        if primary_fits && tries < REPICKS {
+            let _ = self.mgr.circuit_closed(pick.circ, unix_now());
+            return None;
+        }
+        Some(GuardTicket {
+            pick,
+            nothing_better: !primary_fits,
+        })
+    }
+
+    /// guard-spec §4.8: the circuit was built, so its guard is reachable (and confirmed).
+    /// Returns whether it may carry traffic now. A circuit through a non-primary guard waits
+    /// while a better guard may still work (§4.9); this CLI builds one circuit at a time and
+    /// does not wait: such a circuit is usable only if no primary guard could have served
+    /// its path ([`GuardTicket`]); otherwise the caller destroys it and builds another,
+    /// which the manager routes through the better guard. Either way the manager then
+    /// forgets the circuit: what happens to it later says nothing more about its guard.
+    pub fn built(&mut self, ticket: &GuardTicket) -> bool {
+        let now = unix_now();
+        let circ = ticket.pick.circ;
+        let usable = match self.mgr.circuit_succeeded(circ, now, &mut OsRng) {
+            Ok(CircState::Complete) => true,
+            Ok(_) => ticket.nothing_better,
+            Err(_) => false,
+        };
+        let _ = self.mgr.circuit_closed(circ, now);
+        self.save();
+        usable
+    }
+
+    /// The circuit could not be built: guard-spec §4.7 if its guard failed (no channel, no
+    /// CREATED), otherwise it says nothing about the guard.
+    pub fn failed(&mut self, ticket: &GuardTicket, guard_failed: bool) {
+        let circ = ticket.pick.circ;
+        let now = unix_now();
+        let _ = if guard_failed {
+            self.mgr.circuit_failed(circ, now)
+        } else {
+            self.mgr.circuit_closed(circ, now)
+        };
+        self.save();
+    }
+
+    /// The primary guards, for reports.
+    pub fn primary(&self) -> &[onion_dir::RsaIdentity] {
+        self.mgr.primary()
+    }
+
+    /// Write the state file, if there is a data directory. A failed write is reported and
+    /// the run goes on (the guards are still right in memory).
+    fn save(&self) {
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.write(STATE_FILE, self.mgr.to_state_string().as_bytes()) {
+                eprintln!("onion: cannot write the guard state: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::bootstrap::{DirMode, Summary};
+    use onion_dir::netview::{ExitTarget, NetView};
+    use onion_dir::path::PathConfig;
+    use onion_dir::{consensus, microdesc, synth};
+
+    /// A 300-relay synthetic network as a verified directory.
+    fn directory() -> Directory {
+        let net = synth::network(300, 7);
+        let view = {
+            let cons = consensus::parse(&net.consensus).unwrap().assume_verified();
+            let mds = microdesc::parse_many(&net.microdescs).unwrap();
+            NetView::from_microdescs(&cons, &mds).unwrap()
+        };
+        Directory {
+            consensus: net.consensus,
+            view,
+            summary: Summary {
+                mode: DirMode::Micro,
+                relays: 300,
+                signatures_valid: 0,
+                signatures_needed: 0,
+                descriptors: 300,
+                valid_after: String::new(),
+                cached: false,
+            },
+        }
+    }
+
+    /// The synthetic network's addresses crowd few /16s; without the subnet rule (as on a
+    /// testing network) a path's last hop conflicts with at most a family member.
+    fn config() -> PathConfig {
+        PathConfig {
+            enforce_distinct_subnets: false,
+            ..PathConfig::default()
+        }
+    }
+
+    fn first_hops(g: &mut Guards, dir: &Directory, n: usize) -> Vec<onion_dir::RsaIdentity> {
+        let sel = PathSelector::with_config(&dir.view, config());
+        (0..n)
+            .map(|i| {
+                let (path, circ) = if i % 2 == 0 {
+                    g.exit_path(
+                        &sel,
+                        ExitRequest::Target(ExitTarget::Port(443)),
+                        &PathOptions::default(),
+                    )
+                    .unwrap()
+                } else {
+                    g.internal_path(&sel, 3, None, &PathOptions::default())
+                        .unwrap()
+                };
+                assert!(g.built(&circ), "circuit {i}");
+                dir.view.relay(path.hops()[0]).unwrap().rsa_id
+            })
+            .collect()
+    }
+
+    /// Every circuit, exit or internal, enters through a primary guard; the guards survive a
+    /// restart through the state file; a guard that fails is left for the other primaries.
+    #[test]
+    fn circuits_enter_through_persistent_primary_guards() {
+        let dir = directory();
+        let tmp = std::env::temp_dir().join(format!("onion-guards-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let cache = Cache::open(&tmp).unwrap();
+        let mut g = Guards::default();
+        g.attach(Some(&cache));
+        g.on_directory(&dir);
+        let primary = g.primary().to_vec();
+        assert_eq!(primary.len(), 3, "three primary guards (guard-spec §4.6)");
+        let hops = first_hops(&mut g, &dir, 40);
+        assert!(hops.iter().all(|h| primary.contains(h)), "{hops:?}");
+        // Without guards, 40 circuits over ~90 Guard-flagged relays would use many more.
+        let mut distinct = hops.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() <= 3);
+        let state = cache.read(STATE_FILE).expect("state written");
+        assert!(
+            state.lines().any(|l| l.contains("confirmed_on=")),
+            "{state}"
+        );
+
+        // A new process with the same data directory: the same primary guards.
+        let mut again = Guards::default();
+        again.attach(Some(&cache));
+        again.on_directory(&dir);
+        assert_eq!(again.primary(), primary.as_slice());
+
+        // The first guard fails: later circuits go through the other primary guards.
+        let sel = PathSelector::with_config(&dir.view, config());
+        let failing = loop {
+            let (path, circ) = again
+                .internal_path(&sel, 3, None, &PathOptions::default())
+                .unwrap();
+            let first = dir.view.relay(path.hops()[0]).unwrap().rsa_id;
+            if first == primary[0] {
+                again.failed(&circ, true);
+                break first;
+            }
+            assert!(again.built(&circ));
+        };
+        let later = first_hops(&mut again, &dir, 20);
+        assert!(!later.contains(&failing), "{later:?}");
+        assert!(later.iter().all(|h| primary.contains(h)));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
