@@ -277,6 +277,24 @@ impl Consensus<'_> {
             .and_then(|i| self.relays.get(i))
     }
 
+    /// When a client holding this consensus should fetch the next one (dir-spec §5.1): at a
+    /// time drawn uniformly from `[start, end)`, where `start` is 3/4 of a voting interval
+    /// (`fresh-until − valid-after`) after `fresh-until`, when the caches should all have
+    /// the new one, and `end` is 7/8 of the way from `start` to `valid-until`, so that the
+    /// fetch has time to finish before this one expires. The draw is random so that clients
+    /// do not all ask at once. For a malformed consensus whose times are out of order,
+    /// `start` is clamped to `valid-until` and the window is empty.
+    pub fn refresh_window(&self) -> (Timestamp, Timestamp) {
+        let interval = self.fresh_until.0.saturating_sub(self.valid_after.0);
+        let start = self
+            .fresh_until
+            .0
+            .saturating_add(interval - interval / 4)
+            .min(self.valid_until.0);
+        let end = start + self.valid_until.0.saturating_sub(start).saturating_mul(7) / 8;
+        (Timestamp(start), Timestamp(end))
+    }
+
     /// Is `now` before `fresh-until` (no newer consensus expected yet)?
     pub fn is_fresh(&self, now: Timestamp) -> bool {
         self.valid_after <= now && now < self.fresh_until

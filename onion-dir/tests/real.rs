@@ -25,6 +25,11 @@ fn real_microdesc_consensus() {
     assert_eq!(c.relays.len(), text.matches("\nr ").count());
     assert_eq!(c.consensus_method, Some(32));
     assert_eq!(c.valid_after.to_string(), "2022-11-19 10:00:00");
+    // dir-spec §5.1's own example: valid from 10:00, fresh until 11:00, valid until 13:00,
+    // so the next one is fetched between 11:45 and 12:50 (7/8 of the remaining 75 minutes).
+    let (start, end) = c.refresh_window();
+    assert_eq!(start.to_string(), "2022-11-19 11:45:00");
+    assert_eq!(end.to_string(), "2022-11-19 12:50:37");
     assert_eq!(c.authorities.len(), text.matches("\ndir-source ").count());
     assert_eq!(
         c.signatures.len(),

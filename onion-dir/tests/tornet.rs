@@ -309,6 +309,9 @@ fn freshness() {
     assert_eq!(c.freshness(va.add_secs(41)), ReasonablyLive);
     assert_eq!(c.freshness(va.add_secs(40 + 24 * 3600)), ReasonablyLive);
     assert_eq!(c.freshness(va.add_secs(41 + 24 * 3600)), Expired);
+    // dir-spec §5.1: fetch the next one between 3/4 of an interval (20 s) after fresh-until
+    // and 7/8 of the way from there to valid-until.
+    assert_eq!(c.refresh_window(), (va.add_secs(35), va.add_secs(39)));
 }
 
 #[test]
