@@ -707,20 +707,21 @@ impl NetView {
         for r in &mut records {
             r.family.sort_unstable();
             r.family.dedup();
-            r.family_ids.sort_unstable();
-            r.family_ids.dedup();
+            if r.family_ids.len() > 1 {
+                r.family_ids.sort_unstable();
+                r.family_ids.dedup();
+            }
         }
         let FamilyGroups {
             groups,
-            ranges: grp_ranges,
+            starts: grp_start,
+            lens: grp_lens,
             group_start,
             group_members,
         } = FamilyGroups::new(&records);
         let mut family = Vec::new();
         let mut hot = Vec::with_capacity(records.len());
-        let mut grp_start = Vec::with_capacity(records.len());
-        for ((i, r), (g_start, grp_len)) in records.iter().enumerate().zip(grp_ranges) {
-            grp_start.push(g_start);
+        for ((i, r), grp_len) in records.iter().enumerate().zip(grp_lens) {
             let start = family.len();
             let mut mine: Vec<u32> = r
                 .family
@@ -1015,8 +1016,9 @@ fn sorted_intersect(a: &[u32], b: &[u32]) -> bool {
 struct FamilyGroups {
     /// Every relay's sorted group indices, concatenated.
     groups: Vec<u32>,
-    /// Per relay, its `(start, len)` in `groups`.
-    ranges: Vec<(u32, u16)>,
+    /// Per relay, where its range in `groups` starts and how long it is.
+    starts: Vec<u32>,
+    lens: Vec<u16>,
     /// Group `g`'s members are `group_members[group_start[g]..group_start[g + 1]]`.
     group_start: Vec<u32>,
     group_members: Vec<u32>,
@@ -1037,13 +1039,26 @@ impl FamilyGroups {
             }
         }
         count.retain(|_, c| *c >= 2);
+        if count.is_empty() {
+            // No ID is shared (today's common case): no groups at all.
+            return Self {
+                groups: Vec::new(),
+                starts: vec![0; records.len()],
+                lens: vec![0; records.len()],
+                group_start: vec![0],
+                group_members: Vec::new(),
+            };
+        }
         // Group indices in order of first appearance; `sizes[g]` is group g's member count.
         let mut index: HashMap<&str, u32> = HashMap::with_capacity(count.len());
         let mut sizes: Vec<u32> = Vec::with_capacity(count.len());
         let mut groups = Vec::new();
-        let mut ranges = Vec::with_capacity(records.len());
+        let mut starts = Vec::with_capacity(records.len());
+        let mut lens = Vec::with_capacity(records.len());
         for r in records {
             let start = groups.len();
+            // At most MAX_RELAYS * MAX_FAMILY_ENTRIES = 2^30 in all: fits u32.
+            starts.push(start as u32);
             for id in &r.family_ids {
                 let Some(&c) = count.get(id.as_str()) else {
                     continue;
@@ -1058,8 +1073,8 @@ impl FamilyGroups {
             if let Some(mine) = groups.get_mut(start..) {
                 mine.sort_unstable();
             }
-            // At most MAX_FAMILY_ENTRIES (fits u16) per relay, 2^30 in all (fits u32).
-            ranges.push((start as u32, (groups.len() - start) as u16));
+            // At most MAX_FAMILY_ENTRIES per relay: fits u16.
+            lens.push((groups.len() - start) as u16);
         }
         // The inverse (group -> members) by counting sort; members come out ascending.
         let mut group_start = Vec::with_capacity(sizes.len() + 1);
@@ -1071,7 +1086,7 @@ impl FamilyGroups {
         }
         let mut fill: Vec<u32> = group_start.clone();
         let mut group_members = vec![0u32; total as usize];
-        for (i, &(s, n)) in ranges.iter().enumerate() {
+        for (i, (&s, &n)) in starts.iter().zip(&lens).enumerate() {
             for &g in groups
                 .get(s as usize..s as usize + usize::from(n))
                 .unwrap_or(&[])
@@ -1086,7 +1101,8 @@ impl FamilyGroups {
         }
         Self {
             groups,
-            ranges,
+            starts,
+            lens,
             group_start,
             group_members,
         }
