@@ -947,7 +947,12 @@ impl NetView {
     /// for a relay with some family, and most relays have none.
     #[inline(never)]
     fn family_conflict(&self, a: RelayIdx, b: RelayIdx, x: &Hot, y: &Hot) -> bool {
-        (x.fam_len != 0 && self.mutual_family_of(a).binary_search(&b.0).is_ok())
+        let fs = x.fam_start as usize;
+        let mutual = self
+            .family
+            .get(fs..fs + usize::from(x.fam_len))
+            .unwrap_or(&[]);
+        mutual.binary_search(&b.0).is_ok()
             || (x.grp_len != 0
                 && y.grp_len != 0
                 && sorted_intersect(self.family_groups(a), self.family_groups(b)))
