@@ -485,6 +485,21 @@ fn socks_proxy_with_curl() {
     }
     assert!(idle_since.elapsed() >= Duration::from_secs(3));
     d.wait_for("sent no complete request", Duration::from_secs(10));
+    // dir-spec §5.1: the proxy fetches the next consensus in its refresh window (on this
+    // network a voting interval is 20 s) and goes on serving with it.
+    let verified = |d: &support::Daemon| d.stderr().matches("consensus verified").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while verified(&d) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(verified(&d) >= 2, "no directory refresh:\n{}", d.stderr());
+    let ((st, body, err), _) = support::curl_socks_retrying(port, &net.http_url, 60, 3);
+    assert!(
+        st.success(),
+        "curl after the refresh failed: {err}\n{}",
+        d.stderr()
+    );
+    assert_eq!(String::from_utf8_lossy(&body), net.http_body);
 }
 
 /// Test 5: `onion get http://<C tor onion service>.onion/`: descriptor from the HSDirs,

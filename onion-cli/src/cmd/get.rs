@@ -100,15 +100,27 @@ impl NetOptions {
     }
 
     /// Bootstrap a client.
-    /// Fetch (or reuse) a verified directory and hand it to the client's guards, whose
-    /// state is kept in the data directory if there is one.
+    /// A verified directory at start-up (reused from the data directory while live, else
+    /// fetched), handed to the client's guards, whose state is kept in the data directory
+    /// if there is one.
     pub fn bootstrap(&self, client: &mut Client) -> Result<Directory, String> {
+        self.directory(client, true)
+    }
+
+    /// A newly fetched directory, to replace one whose refresh time has come
+    /// ([`Directory::refresh_delay`]); stored in the data directory.
+    pub fn refresh(&self, client: &mut Client) -> Result<Directory, String> {
+        self.directory(client, false)
+    }
+
+    fn directory(&self, client: &mut Client, use_cached: bool) -> Result<Directory, String> {
         let deadline = client.deadline(self.timeout);
         let dir = bootstrap::bootstrap(
             client,
             &self.auths,
             self.dir_mode,
             self.cache.as_ref(),
+            use_cached,
             deadline,
         )?;
         client.guards.attach(self.cache.as_ref());

@@ -25,6 +25,10 @@
 //!   [`CONNECT_TIMEOUT`], or whose circuit dies while it waits, is retried the same way.
 //!   The final reply code maps the last END reason ([`socks_code`]).
 //!
+//! The directory is replaced when its consensus's refresh time comes (dir-spec §5.1: a random
+//! time after the caches have the next one and before this one expires), so a proxy left
+//! running keeps a live consensus; the guards see every new one.
+//!
 //! Streams share a circuit per destination port until it dies, is retired or has taken new
 //! streams for [`MAX_DIRTINESS`]; then the next request builds a new one, avoiding relays
 //! that failed. Building a circuit blocks the loop for its duration, which keeps this example
@@ -41,6 +45,7 @@ use onion_circuit::Instant;
 use onion_dir::RsaIdentity;
 
 use crate::cmd::get::NetOptions;
+use crate::net::bootstrap::REFRESH_RETRY;
 use crate::net::client::{BeginError, Client, Retry};
 use crate::net::event::Input;
 use crate::net::path;
@@ -211,7 +216,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let listener = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
     let mut client = Client::new();
-    let dir = opts.bootstrap(&mut client)?;
+    let mut dir = opts.bootstrap(&mut client)?;
+    let mut next_refresh = client.deadline(dir.refresh_delay().max(REFRESH_RETRY));
     let config = path::path_config(&opts.auths);
     client.inbox().listen(listener);
     eprintln!("onion: SOCKS5 proxy listening on {listen}");
@@ -221,25 +227,25 @@ pub fn run(args: &[String]) -> Result<(), String> {
         avoid: Vec::new(),
         handshake_timeout,
     };
-    let build = |c: &mut Client, host: &str, port: u16, avoid: &mut Vec<RsaIdentity>| {
-        let deadline = c.deadline(opts.timeout);
-        let (circ, hops) =
-            path::exit_circuit_retrying(c, &dir, &config, host, port, avoid, deadline)?;
-        let exit = hops
-            .last()
-            .and_then(|n| dir.view.by_nickname(n))
-            .and_then(|i| dir.view.relay(i))
-            .map(|r| r.rsa_id);
-        Ok((circ, exit))
-    };
     loop {
+        let build = |c: &mut Client, host: &str, port: u16, avoid: &mut Vec<RsaIdentity>| {
+            let deadline = c.deadline(opts.timeout);
+            let (circ, hops) =
+                path::exit_circuit_retrying(c, &dir, &config, host, port, avoid, deadline)?;
+            let exit = hops
+                .last()
+                .and_then(|n| dir.view.by_nickname(n))
+                .and_then(|i| dir.view.relay(i))
+                .map(|r| r.rsa_id);
+            Ok((circ, exit))
+        };
         let wake = if proxy.events_waiting(&client) {
             // Events drained by the last flush (a released hold): take them before sleeping.
             client.clock.now()
         } else {
             proxy
                 .next_wake()
-                .unwrap_or_else(|| client.deadline(Duration::from_secs(3600)))
+                .map_or(next_refresh, |w| w.min(next_refresh))
         };
         let _ = client.step(wake);
         while let Some(input) = client.take_other() {
@@ -249,6 +255,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         proxy.timers(&mut client, &build);
         proxy.pump(&mut client);
         let _ = client.flush();
+        if client.clock.now() >= next_refresh {
+            // dir-spec §5.1: the consensus's refresh time has come. Fetching blocks the loop,
+            // as building a circuit does; circuits already built go on with their relays.
+            let delay = match opts.refresh(&mut client) {
+                Ok(d) => {
+                    dir = d;
+                    dir.refresh_delay()
+                }
+                Err(e) => {
+                    eprintln!("onion: directory refresh: {e}; retrying in {REFRESH_RETRY:?}");
+                    REFRESH_RETRY
+                }
+            };
+            next_refresh = client.deadline(delay.max(REFRESH_RETRY));
+        }
     }
 }
 

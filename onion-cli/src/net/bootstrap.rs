@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::{HandshakeKind, HopTarget};
@@ -36,6 +36,7 @@ use onion_dir::microdesc;
 use onion_dir::netview::NetView;
 use onion_dir::routerdesc::{self, RouterDesc};
 use onion_dir::{MdDigest, RsaIdentity, Timestamp};
+use rand_core::{OsRng, RngCore};
 
 use super::authority::DirAuthority;
 use super::cache::Cache;
@@ -125,6 +126,29 @@ pub struct Directory {
     pub summary: Summary,
 }
 
+/// The shortest wait before the next directory refresh, and the wait after a failed one:
+/// a directory whose refresh time has already passed (one reused late in its life, or one the
+/// network has not replaced yet) is not asked for again in a loop.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(10);
+
+impl Directory {
+    /// How long from now until this directory should be replaced: a random time in its
+    /// consensus's refresh window (dir-spec §5.1, [`Consensus::refresh_window`]), zero if
+    /// that time has passed (a consensus reused from the data directory late in its life).
+    pub fn refresh_delay(&self) -> Duration {
+        let Ok(cons) = consensus::parse(&self.consensus) else {
+            return Duration::ZERO;
+        };
+        let (start, end) = cons.assume_verified().refresh_window();
+        let span = end.0.saturating_sub(start.0);
+        let at = start.0 + OsRng.next_u64() % span.saturating_add(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Duration::from_secs(at.saturating_sub(now))
+    }
+}
+
 /// Figures of one bootstrap (for progress and `onion bootstrap`).
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -149,12 +173,15 @@ pub fn progress(pct: u8, what: &str) {
     eprintln!("onion: bootstrap {pct:>3}%: {what}");
 }
 
-/// Bootstrap from `auths` in `mode`, reusing live documents from `cache`.
+/// Bootstrap from `auths` in `mode`, reusing live documents from `cache` if `use_cached` (at
+/// start-up), or fetching new ones and storing them there (a refresh, see
+/// [`Directory::refresh_delay`]).
 pub fn bootstrap(
     client: &mut Client,
     auths: &[DirAuthority],
     mode: DirMode,
     cache: Option<&Cache>,
+    use_cached: bool,
     deadline: Instant,
 ) -> Result<Directory, String> {
     let now = SystemTime::now();
@@ -165,7 +192,7 @@ pub fn bootstrap(
     let mut dir = DirCircuit::None;
     let files = mode.files();
 
-    let cached = cache.and_then(|c| {
+    let cached = cache.filter(|_| use_cached).and_then(|c| {
         Some((
             c.get_live(files[0], now)?,
             c.get_live(files[1], now)?,

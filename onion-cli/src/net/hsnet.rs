@@ -21,8 +21,6 @@ use super::path;
 pub struct HsParams {
     /// `valid-after`, Unix seconds.
     pub valid_after: u64,
-    /// The voting interval (fresh-until − valid-after), seconds.
-    pub interval: u32,
     /// Time periods (rend-spec-v3 §2.2.1): from `hsdir_interval`, or 24 voting intervals on
     /// a testing network, as C tor's `TestingTorNetwork`.
     pub periods: TimePeriodConfig,
@@ -50,7 +48,6 @@ impl HsParams {
         .map_err(|e| format!("time period: {e}"))?;
         Ok(HsParams {
             valid_after,
-            interval,
             periods,
             shared_random: SharedRandom {
                 current: cons.shared_rand_current.as_ref().map(|s| s.value),

@@ -34,7 +34,7 @@ use onion_hs::publish::{ConsensusView, IntroCandidate, IntroId, PublishAction, P
 use onion_hs::service::UPLOAD_PATH;
 use rand_core::OsRng;
 
-use super::bootstrap::Directory;
+use super::bootstrap::{Directory, REFRESH_RETRY};
 use super::client::Client;
 use super::event::{ConnId, Input};
 use super::hsnet::{self, HsParams};
@@ -120,9 +120,8 @@ impl Service {
         Ok(hsnet::circuit_to(client, &self.dir, &self.config, Some(last), deadline)?.0)
     }
 
-    /// What the publisher needs of the current directory, and how often to refresh it (a few
-    /// voting intervals, so that a new time period or SRV is seen soon).
-    fn consensus_view(&self) -> Result<(ConsensusView, Duration), String> {
+    /// What the publisher needs of the current directory.
+    fn consensus_view(&self) -> Result<ConsensusView, String> {
         let hp = HsParams::of(&self.dir, self.testing)?;
         let hsdirs = hsnet::hsdir_ring(&self.dir)
             .into_iter()
@@ -145,17 +144,14 @@ impl Service {
                 })
             })
             .collect();
-        let refresh = Duration::from_secs(u64::from(hp.interval) * 6)
-            .clamp(Duration::from_secs(60), Duration::from_secs(3600));
-        let view = ConsensusView {
+        Ok(ConsensusView {
             valid_after: hp.valid_after,
             periods: hp.periods,
             shared_random: hp.shared_random,
             params: hp.params,
             hsdirs,
             intro_candidates,
-        };
-        Ok((view, refresh))
+        })
     }
 
     /// Carry out what the publisher asks until it asks nothing more.
@@ -273,16 +269,18 @@ impl Service {
         hsnet::dir_exchange(client, c, &req, 64 * 1024, deadline).map(|_| ())
     }
 
-    /// Publish and serve clients, forever; every few voting intervals a fresh directory comes
-    /// from `refresh`. Fails only if the first directory gives no usable consensus view.
+    /// Publish and serve clients, forever; when the consensus's refresh time comes (dir-spec
+    /// §5.1, [`Directory::refresh_delay`]) a new directory comes from `refresh`, so that a
+    /// new time period or shared random value is seen within a voting interval or two.
+    /// Fails only if the first directory gives no usable consensus view.
     pub fn run(
         &mut self,
         client: &mut Client,
         refresh: &dyn Fn(&mut Client) -> Result<Directory, String>,
     ) -> Result<(), String> {
-        let (view, mut every) = self.consensus_view()?;
+        let view = self.consensus_view()?;
         self.publisher.set_consensus(&mut OsRng, view, unix_now());
-        let mut next_refresh = client.deadline(every);
+        let mut next_refresh = client.deadline(self.dir.refresh_delay());
         loop {
             self.do_actions(client);
             let mut wake = next_refresh;
@@ -296,17 +294,23 @@ impl Service {
             let _ = client.step(wake);
             let now = client.clock.now();
             if now >= next_refresh {
-                match refresh(client).and_then(|dir| {
+                let delay = match refresh(client).and_then(|dir| {
                     self.dir = dir;
                     self.consensus_view()
                 }) {
-                    Ok((view, e)) => {
-                        every = e;
+                    Ok(view) => {
                         self.publisher.set_consensus(&mut OsRng, view, unix_now());
+                        self.dir.refresh_delay()
                     }
-                    Err(e) => eprintln!("onion: directory refresh: {e}"),
-                }
-                next_refresh = client.deadline(every);
+                    Err(e) => {
+                        eprintln!("onion: directory refresh: {e}; retrying in {REFRESH_RETRY:?}");
+                        REFRESH_RETRY
+                    }
+                };
+                // Never sooner than REFRESH_RETRY: a directory whose refresh time has
+                // already passed (or that the network has not replaced yet) is not asked
+                // for again in a loop.
+                next_refresh = client.deadline(delay.max(REFRESH_RETRY));
             }
             while let Some(input) = client.take_other() {
                 self.target_input(client, input);
