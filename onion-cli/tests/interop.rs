@@ -493,6 +493,12 @@ fn socks_proxy_with_curl() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(verified(&d) >= 2, "no directory refresh:\n{}", d.stderr());
+    // The refresh asked a directory guard (dir-spec §5), unless it had no newer consensus.
+    let err = d.stderr();
+    assert!(
+        err.contains("directory circuit to guard") || err.contains("asking the authorities"),
+        "{err}"
+    );
     let ((st, body, err), _) = support::curl_socks_retrying(port, &net.http_url, 60, 3);
     assert!(
         st.success(),

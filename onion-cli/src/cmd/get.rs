@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::net::authority::{self, DirAuthority};
-use crate::net::bootstrap::{self, DirMode, Directory};
+use crate::net::bootstrap::{self, DirMode, Directory, Source};
 use crate::net::cache::Cache;
 use crate::net::client::{Client, Retry, Target};
 use crate::net::http::{self, Url};
@@ -104,23 +104,32 @@ impl NetOptions {
     /// fetched), handed to the client's guards, whose state is kept in the data directory
     /// if there is one.
     pub fn bootstrap(&self, client: &mut Client) -> Result<Directory, String> {
-        self.directory(client, true)
+        self.directory(client, Source::CacheOrAuthorities)
     }
 
-    /// A newly fetched directory, to replace one whose refresh time has come
-    /// ([`Directory::refresh_delay`]); stored in the data directory.
-    pub fn refresh(&self, client: &mut Client) -> Result<Directory, String> {
-        self.directory(client, false)
+    /// A newly fetched directory, to replace `current` when its refresh time has come
+    /// ([`Directory::refresh_delay`]): from a directory guard, or from the authorities if
+    /// that fails; stored in the data directory.
+    pub fn refresh(&self, client: &mut Client, current: &Directory) -> Result<Directory, String> {
+        // Timestamps in one fixed format ("YYYY-MM-DD HH:MM:SS") compare as strings.
+        let newer = |d: &Directory| d.summary.valid_after > current.summary.valid_after;
+        let why = match self.directory(client, Source::DirGuard(current)) {
+            Ok(d) if newer(&d) => return Ok(d),
+            Ok(d) => format!("it has no consensus newer than {}", d.summary.valid_after),
+            Err(e) => e,
+        };
+        eprintln!("onion: directory refresh from a directory guard: {why}; asking the authorities");
+        self.directory(client, Source::Authorities)
     }
 
-    fn directory(&self, client: &mut Client, use_cached: bool) -> Result<Directory, String> {
+    fn directory(&self, client: &mut Client, from: Source<'_>) -> Result<Directory, String> {
         let deadline = client.deadline(self.timeout);
         let dir = bootstrap::bootstrap(
             client,
             &self.auths,
             self.dir_mode,
             self.cache.as_ref(),
-            use_cached,
+            from,
             deadline,
         )?;
         client.guards.attach(self.cache.as_ref());

@@ -109,7 +109,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let publisher = Publisher::new(hs, PublisherConfig::default());
     let mut service = Service::new(publisher, dir, config, testing, target, port);
-    service.run(&mut client, &|c| opts.refresh(c))
+    service.run(&mut client, &|c, current| opts.refresh(c, current))
 }
 
 /// Authorized clients' public keys from a `<name>.auth` file, or from every `*.auth` file of a

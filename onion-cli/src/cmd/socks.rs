@@ -258,7 +258,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if client.clock.now() >= next_refresh {
             // dir-spec §5.1: the consensus's refresh time has come. Fetching blocks the loop,
             // as building a circuit does; circuits already built go on with their relays.
-            let delay = match opts.refresh(&mut client) {
+            let delay = match opts.refresh(&mut client, &dir) {
                 Ok(d) => {
                     dir = d;
                     dir.refresh_delay()

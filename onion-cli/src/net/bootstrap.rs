@@ -34,6 +34,7 @@ use onion_dir::consensus::{self, Consensus, Flavor};
 use onion_dir::http::DirRequest;
 use onion_dir::microdesc;
 use onion_dir::netview::NetView;
+use onion_dir::path::{PathConfig, PathSelector};
 use onion_dir::routerdesc::{self, RouterDesc};
 use onion_dir::{MdDigest, RsaIdentity, Timestamp};
 use rand_core::{OsRng, RngCore};
@@ -173,25 +174,40 @@ pub fn progress(pct: u8, what: &str) {
     eprintln!("onion: bootstrap {pct:>3}%: {what}");
 }
 
-/// Bootstrap from `auths` in `mode`, reusing live documents from `cache` if `use_cached` (at
-/// start-up), or fetching new ones and storing them there (a refresh, see
-/// [`Directory::refresh_delay`]).
+/// Where a bootstrap takes its documents from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The data directory's documents while the consensus is live, else the authorities
+    /// (start-up).
+    CacheOrAuthorities,
+    /// The authorities.
+    Authorities,
+    /// A directory guard chosen from this directory (a refresh): dir-spec §5, once a client
+    /// has a consensus it asks directory caches, not the authorities, and guard-spec §4.6
+    /// has it ask its own guards (`GuardUsage::Dir`), over a one-hop circuit.
+    DirGuard(&'a Directory),
+}
+
+/// Bootstrap from `auths` in `mode` (or from a directory guard, see [`Source`]), and store
+/// what was fetched in `cache`. Everything is verified against the authorities' keys
+/// whatever its source.
 pub fn bootstrap(
     client: &mut Client,
     auths: &[DirAuthority],
     mode: DirMode,
     cache: Option<&Cache>,
-    use_cached: bool,
+    from: Source<'_>,
     deadline: Instant,
 ) -> Result<Directory, String> {
+    let use_cached = matches!(from, Source::CacheOrAuthorities);
     let now = SystemTime::now();
     let v3: Vec<RsaIdentity> = auths
         .iter()
         .filter_map(|a| a.v3ident.map(RsaIdentity))
         .collect();
-    let mut dir = DirCircuit::None;
     let files = mode.files();
 
+    let mut dir = DirCircuit::None;
     let cached = cache.filter(|_| use_cached).and_then(|c| {
         Some((
             c.get_live(files[0], now)?,
@@ -207,6 +223,9 @@ pub fn bootstrap(
         }
         None => {
             progress(5, &format!("directory mode: {}", mode.name()));
+            if let Source::DirGuard(via) = from {
+                dir = open_dir_guard_circuit(client, via, deadline)?;
+            }
             let cons_path = DirRequest::consensus(mode.flavor(), &v3, FP_PREFIX_BYTES).path;
             let cons_text = match dir.get_raw(client, auths, &cons_path, MAX_CONSENSUS, deadline)? {
                 Ok(body) => body,
@@ -502,6 +521,35 @@ fn open_dir_circuit(
         "no directory authority reachable ({})",
         errors.join("; ")
     ))
+}
+
+/// A one-hop circuit (ntor) to a directory guard the client's guard manager chooses from
+/// `via`'s relays (guard-spec §4.6 `GuardUsage::Dir`: a primary guard, which has the V2Dir
+/// flag, as every guard does); its fate is reported to the guard manager.
+fn open_dir_guard_circuit(
+    client: &mut Client,
+    via: &Directory,
+    deadline: Instant,
+) -> Result<DirCircuit, String> {
+    let sel = PathSelector::with_config(&via.view, PathConfig::default());
+    let (idx, ticket) = client.guards.dir_guard(&sel)?;
+    let rec = via
+        .view
+        .relay(idx)
+        .ok_or("directory guard not in the directory")?;
+    progress(
+        5,
+        &format!("connecting to directory guard {}", rec.nickname),
+    );
+    let (circ, _) = path::build_guarded(client, &[rec], ticket, deadline)?;
+    progress(
+        10,
+        &format!("directory circuit to guard {} built", rec.nickname),
+    );
+    Ok(DirCircuit::Open {
+        circ,
+        name: rec.nickname.clone(),
+    })
 }
 
 fn one_hop(

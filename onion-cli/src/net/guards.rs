@@ -170,6 +170,26 @@ impl Guards {
         }
     }
 
+    /// A directory guard (guard-spec §4.6 `GuardUsage::Dir`) for a one-hop circuit.
+    pub fn dir_guard(&mut self, sel: &PathSelector<'_>) -> Result<(RelayIdx, GuardTicket), String> {
+        let pick = self
+            .mgr
+            .select(
+                sel.view(),
+                GuardUsage::Dir,
+                &[],
+                sel.config(),
+                unix_now(),
+                &mut OsRng,
+            )
+            .map_err(|e| e.to_string())?;
+        let idx = pick.idx;
+        let ticket = self
+            .ticket(sel, pick, None, REPICKS)
+            .ok_or("no directory guard")?;
+        Ok((idx, ticket))
+    }
+
     /// Whether to build through `pick`: yes through a primary guard; through another guard
     /// only if no primary guard could have served a path ending at `last` (same relay,
     /// family or subnet, path-spec §2.2), for then no better guard can ever beat it for this

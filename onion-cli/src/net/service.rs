@@ -276,7 +276,7 @@ impl Service {
     pub fn run(
         &mut self,
         client: &mut Client,
-        refresh: &dyn Fn(&mut Client) -> Result<Directory, String>,
+        refresh: &dyn Fn(&mut Client, &Directory) -> Result<Directory, String>,
     ) -> Result<(), String> {
         let view = self.consensus_view()?;
         self.publisher.set_consensus(&mut OsRng, view, unix_now());
@@ -294,7 +294,7 @@ impl Service {
             let _ = client.step(wake);
             let now = client.clock.now();
             if now >= next_refresh {
-                let delay = match refresh(client).and_then(|dir| {
+                let delay = match refresh(client, &self.dir).and_then(|dir| {
                     self.dir = dir;
                     self.consensus_view()
                 }) {
