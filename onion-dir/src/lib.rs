@@ -32,6 +32,7 @@
 pub mod guard;
 pub mod netview;
 pub mod path;
+pub mod vanguards;
 
 pub mod authcert;
 pub mod consensus;

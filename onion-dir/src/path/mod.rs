@@ -103,6 +103,12 @@ impl Exclusions {
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
+
+    /// These exclusions plus `more` (vanguard paths exclude the hops already chosen by
+    /// identity only, see [`crate::vanguards`]).
+    pub fn with(&self, more: impl IntoIterator<Item = RelayIdx>) -> Self {
+        Self::from_indices(self.sorted.iter().map(|&i| RelayIdx(i)).chain(more))
+    }
 }
 
 /// Per-circuit requirements.
@@ -173,6 +179,12 @@ pub struct Path {
 }
 
 impl Path {
+    /// A path of these hops, guard first, for the other path builders of this crate
+    /// ([`crate::vanguards`]), which check the rules themselves.
+    pub(crate) fn from_hops(hops: Vec<RelayIdx>) -> Self {
+        Self { hops }
+    }
+
     /// The hops, guard first.
     pub fn hops(&self) -> &[RelayIdx] {
         &self.hops
