@@ -10,7 +10,7 @@ use onion_dir::guard::{
 use onion_dir::netview::{
     BandwidthWeights, NetView, PortSet, RelayFlags, RelayIdx, RelayPolicy, RelayRecord, RsaIdentity,
 };
-use onion_dir::path::{ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -251,6 +251,28 @@ fn restrictions_and_path_integration() {
         assert!(mgr.primary().contains(&pick.guard));
         let exit = path.hops()[2];
         assert!(!view.same_subnet(exit, pick.idx) && !view.same_family(exit, pick.idx));
+        mgr.circuit_closed(pick.circ, T0).unwrap();
+    }
+    // A circuit that must not use the first primary (its caller saw it fail) gets the next
+    // primary, through which it is usable at once; the first stays primary for the others.
+    let exclude = Exclusions::from_indices([p0_idx]);
+    let pick = mgr
+        .select_excluding(&view, GuardUsage::Data, &[], &exclude, &cfg, T0, &mut rng)
+        .unwrap();
+    assert_eq!(pick.guard, mgr.primary()[1]);
+    assert_eq!(pick.state, CircState::UsableOnCompletion);
+    mgr.circuit_closed(pick.circ, T0).unwrap();
+    assert_eq!(mgr.primary()[0], prim0);
+    let opts_ex = PathOptions {
+        exclude: &exclude,
+        ..PathOptions::default()
+    };
+    for _ in 0..20 {
+        let (path, pick) = mgr
+            .exit_path(&sel, ExitRequest::Any, 3, &opts_ex, T0, &mut rng)
+            .unwrap();
+        assert!(!path.hops().contains(&p0_idx));
+        assert_ne!(pick.guard, prim0);
         mgr.circuit_closed(pick.circ, T0).unwrap();
     }
     // Excluding by configuration removes it from the filtered set and the primaries.

@@ -25,7 +25,9 @@ use rand_core::CryptoRngCore;
 
 use crate::consensus::Consensus;
 use crate::netview::{uniform_below, NetView, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
-use crate::path::{ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector};
+use crate::path::{
+    Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
+};
 
 const DAY: u64 = 86_400;
 const HOUR: u64 = 3_600;
@@ -693,6 +695,25 @@ impl GuardMgr {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<GuardPick, GuardError> {
+        self.select_excluding(view, usage, avoid, &Exclusions::none(), config, now, rng)
+    }
+
+    /// [`GuardMgr::select`] for a circuit that must also not go through the relays of
+    /// `exclude` (a path's [`PathOptions::exclude`]: relays a caller found failing or
+    /// refusing). They are a restriction of this circuit only (guard-spec §4.6), like
+    /// `avoid` but without its family and subnet rules: a primary guard the circuit may not
+    /// use is passed over for the next one, and it stays primary for other circuits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn select_excluding(
+        &mut self,
+        view: &NetView,
+        usage: GuardUsage,
+        avoid: &[RelayIdx],
+        exclude: &Exclusions,
+        config: &PathConfig,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<GuardPick, GuardError> {
         self.retry_due(now);
         if self
             .sampled
@@ -706,10 +727,10 @@ impl GuardMgr {
         }
         let sel = PathSelector::with_config(view, config.clone());
         // A sampled guard is allowed for this circuit if it is in the view (we have its
-        // descriptor) and compatible with the hops to avoid.
+        // descriptor), not excluded, and compatible with the hops to avoid.
         let allowed = |id: &RsaIdentity| -> Option<RelayIdx> {
             let idx = view.by_rsa_id(id)?;
-            sel.compatible(idx, avoid).then_some(idx)
+            (!exclude.contains(idx) && sel.compatible(idx, avoid)).then_some(idx)
         };
         let disallowed: Vec<RsaIdentity> = self
             .sampled
@@ -820,10 +841,11 @@ impl GuardMgr {
             ExitRequest::Target(t) => (sel.choose_exit(Some(t), opts, &[], rng)?, Some(t)),
             ExitRequest::Any => (sel.choose_exit(None, opts, &[], rng)?, None),
         };
-        let pick = self.select(
+        let pick = self.select_excluding(
             sel.view(),
             GuardUsage::Data,
             &[exit],
+            opts.exclude,
             sel.config(),
             now,
             rng,
