@@ -10,12 +10,17 @@
 //! directory's `state` file (guard-spec A.5 `Guard` lines, as in C tor's `state`), so that a
 //! later run starts from the same guards. Without a data directory the guards last as long
 //! as the process.
+//!
+//! Next to the guard manager it keeps the process's vanguards-lite layer-2 set (Tor proposal
+//! 333, [`onion_dir::vanguards`]): the second hop of every onion-service circuit comes from
+//! these few relays, which rotate over days and, as in C tor, are never written to disk.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use onion_dir::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
 use onion_dir::netview::RelayIdx;
-use onion_dir::path::{ExitRequest, Path, PathOptions, PathSelector};
+use onion_dir::path::{Exclusions, ExitRequest, Path, PathOptions, PathSelector};
+use onion_dir::vanguards::{self, Layer2Guards, VanguardParams, VanguardShape};
 use rand_core::OsRng;
 
 use super::bootstrap::Directory;
@@ -43,10 +48,12 @@ pub struct GuardTicket {
     nothing_better: bool,
 }
 
-/// The guard manager of one process, and where it is kept.
+/// The guard manager of one process, where it is kept, and the process's layer-2 vanguards.
 pub struct Guards {
     mgr: GuardMgr,
     cache: Option<Cache>,
+    /// In memory only: a new process draws a new set (proposal 333 §1).
+    l2: Layer2Guards,
 }
 
 impl Default for Guards {
@@ -54,6 +61,7 @@ impl Default for Guards {
         Guards {
             mgr: GuardMgr::new(GuardParams::default()),
             cache: None,
+            l2: Layer2Guards::default(),
         }
     }
 }
@@ -80,23 +88,54 @@ impl Guards {
     /// guard-spec §4.10: a new directory. Its consensus gives the parameters (param-spec
     /// §11) and which guards are listed, whether or not we hold their descriptors (§4.12);
     /// its relays with descriptors are those new guards are sampled from.
+    ///
+    /// The layer-2 vanguards follow the same directory: their parameters come from the
+    /// consensus, members that expired or left are replaced (proposal 333).
     pub fn on_directory(&mut self, dir: &Directory) {
         let now = unix_now();
         match onion_dir::consensus::parse(&dir.consensus) {
             Ok(cons) => {
                 let cons = cons.assume_verified();
-                let params = GuardParams::default().with_consensus_params(
-                    cons.params.entries.iter().map(|&(k, v)| (k, i64::from(v))),
-                );
+                let entries = || cons.params.entries.iter().map(|&(k, v)| (k, i64::from(v)));
+                let params = GuardParams::default().with_consensus_params(entries());
                 self.mgr.set_params(params);
                 self.mgr
                     .update_from_consensus(&cons, &dir.view, now, &mut OsRng);
+                self.l2
+                    .set_params(VanguardParams::from_consensus_params(entries()));
             }
             // Bootstrap verified this text; should it not parse, the view still says which
             // relays are listed guards.
             Err(_) => self.mgr.update_consensus(&dir.view, now, &mut OsRng),
         }
+        self.update_l2(&PathSelector::new(&dir.view), now);
         self.save();
+    }
+
+    /// Bring the layer-2 set up to date with `sel`'s view at `now`, with a progress line on
+    /// stderr when it changes.
+    fn update_l2(&mut self, sel: &PathSelector<'_>, now: u64) {
+        if !self.l2.params().enabled {
+            return;
+        }
+        let report = self.l2.update(sel, &Exclusions::none(), now, &mut OsRng);
+        if report.changed() {
+            let names: Vec<String> = self
+                .l2
+                .guards()
+                .iter()
+                .map(|g| {
+                    sel.view()
+                        .by_rsa_id(&g.id)
+                        .and_then(|i| sel.view().relay(i))
+                        .map_or_else(|| g.id.to_string(), |r| r.nickname.clone())
+                })
+                .collect();
+            eprintln!(
+                "onion: layer-2 vanguards (vanguards-lite): {}",
+                names.join(", ")
+            );
+        }
     }
 
     /// An exit path whose guard comes from the guard manager (exit first, then the guard
@@ -161,6 +200,65 @@ impl Guards {
             };
             return match sel.internal_path(len, Some(last), Some(ticket.pick.idx), opts, &mut OsRng)
             {
+                Ok(path) => Ok((path, ticket)),
+                Err(e) => {
+                    let _ = self.mgr.circuit_closed(circ, now);
+                    Err(e.to_string())
+                }
+            };
+        }
+    }
+
+    /// An onion-service path of `shape` (proposal 333 §1: `G -> L2 -> last` for the client's
+    /// rendezvous circuit, `G -> L2 -> M -> last` for the others) ending at `target` (or at a
+    /// random relay), with its guard from the guard manager and its second hop from the
+    /// layer-2 set ([`onion_dir::vanguards::vanguard_path`]).
+    ///
+    /// As C tor does for vanguard circuits, the guard is asked for with no restriction from
+    /// the last hop: a rendezvous point or introduction point chosen by someone else must
+    /// not be able to steer us off our primary guards. When the consensus turns vanguards-lite
+    /// off (`vanguards-lite-enabled=0`) the path has the same length with an ordinary middle
+    /// as second hop.
+    pub fn vanguard_path(
+        &mut self,
+        sel: &PathSelector<'_>,
+        shape: VanguardShape,
+        target: Option<RelayIdx>,
+        opts: &PathOptions<'_>,
+    ) -> Result<(Path, GuardTicket), String> {
+        if !self.l2.params().enabled {
+            return self.internal_path(sel, shape.path_len(), target, opts);
+        }
+        let now = unix_now();
+        // Expire on time even when no new directory came since the last update.
+        self.update_l2(sel, now);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let pick = self
+                .mgr
+                .select(
+                    sel.view(),
+                    GuardUsage::Data,
+                    &[],
+                    sel.config(),
+                    now,
+                    &mut OsRng,
+                )
+                .map_err(|e| e.to_string())?;
+            let circ = pick.circ;
+            let Some(ticket) = self.ticket(sel, pick, None, tries) else {
+                continue;
+            };
+            return match vanguards::vanguard_path(
+                sel,
+                &self.l2,
+                shape,
+                target,
+                ticket.pick.idx,
+                opts,
+                &mut OsRng,
+            ) {
                 Ok(path) => Ok((path, ticket)),
                 Err(e) => {
                     let _ = self.mgr.circuit_closed(circ, now);
@@ -384,6 +482,79 @@ mod tests {
         let later = first_hops(&mut again, &dir, 20);
         assert!(!later.contains(&failing), "{later:?}");
         assert!(later.iter().all(|h| primary.contains(h)));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// Onion-service circuits have proposal 333's shapes: a primary guard, then one of the
+    /// four layer-2 vanguards, then (4-hop shape) a middle, then the target; the layer-2 set
+    /// is not kept across processes, and a member whose lifetime ran out is replaced before
+    /// the next circuit.
+    #[test]
+    fn onion_service_circuits_go_through_layer2_vanguards() {
+        let dir = directory();
+        let tmp = std::env::temp_dir().join(format!("onion-l2-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let cache = Cache::open(&tmp).unwrap();
+        let mut g = Guards::default();
+        g.attach(Some(&cache));
+        g.on_directory(&dir);
+        assert_eq!(g.l2.len(), 4, "guard-hs-l2-number defaults to 4");
+        let l2: Vec<onion_dir::RsaIdentity> = g.l2.guards().iter().map(|x| x.id).collect();
+        let primary = g.primary().to_vec();
+        let sel = PathSelector::with_config(&dir.view, config());
+        let opts = PathOptions {
+            need_stable: true,
+            ..PathOptions::default()
+        };
+        let id = |i: RelayIdx| dir.view.relay(i).unwrap().rsa_id;
+        let mut second_hops = Vec::new();
+        for i in 0..40u32 {
+            let (shape, target) = if i % 2 == 0 {
+                (VanguardShape::Short, None)
+            } else {
+                (VanguardShape::Long, Some(RelayIdx(i * 7 % 300)))
+            };
+            let (path, ticket) = g.vanguard_path(&sel, shape, target, &opts).unwrap();
+            assert!(g.built(&ticket));
+            let h = path.hops();
+            assert_eq!(h.len(), shape.path_len());
+            assert!(primary.contains(&id(h[0])), "guard {:?}", id(h[0]));
+            assert!(l2.contains(&id(h[1])), "second hop from the layer-2 set");
+            assert!(h[1] != h[0] && Some(h[1]) != h.last().copied());
+            if let Some(t) = target {
+                assert_eq!(h.last(), Some(&t));
+                assert!(h[2] != h[0] && h[2] != h[1] && h[2] != t);
+            } else {
+                assert_ne!(h[2], h[0]);
+            }
+            second_hops.push(id(h[1]));
+        }
+        second_hops.sort_unstable();
+        second_hops.dedup();
+        assert!(second_hops.len() > 1, "the pick spreads over the set");
+
+        // Never written to disk: a new process with the same data directory starts empty.
+        let state = cache.read(STATE_FILE).unwrap_or_default();
+        let mut again = Guards::default();
+        again.attach(Some(&cache));
+        assert!(again.l2.is_empty(), "{state}");
+
+        // A member that expires is replaced before the next circuit, without a new directory.
+        g.l2.set_params(VanguardParams {
+            l2_lifetime_min: 1,
+            l2_lifetime_max: 1,
+            ..VanguardParams::default()
+        });
+        g.l2.clear();
+        g.update_l2(&sel, unix_now());
+        let first_added = g.l2.guards()[0].added_at;
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (_, ticket) = g
+            .vanguard_path(&sel, VanguardShape::Short, None, &opts)
+            .unwrap();
+        g.failed(&ticket, false);
+        assert!(g.l2.guards().iter().all(|x| x.added_at > first_added));
+        assert_eq!(g.l2.len(), 4);
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

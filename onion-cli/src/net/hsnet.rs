@@ -8,6 +8,7 @@ use onion_circuit::Instant;
 use onion_dir::consensus;
 use onion_dir::netview::{RelayIdx, RelayRecord};
 use onion_dir::path::{PathConfig, PathOptions, PathSelector};
+use onion_dir::vanguards::VanguardShape;
 use onion_dir::RelayFlags;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
@@ -78,9 +79,18 @@ pub fn hsdir_ring(dir: &Directory) -> Vec<(RelayIdx, HsDirRelay)> {
         .collect()
 }
 
-/// A 3-hop circuit of Stable relays ending at `last` (a random relay if `None`), chosen as
-/// an internal path (path-spec §2.2.2): to an HSDir, an introduction point or a rendezvous
-/// point. Returns the circuit, its hops' names and its last relay.
+/// An onion-service circuit of Stable relays in the shape of vanguards-lite (Tor proposal
+/// 333 §1, as C tor builds them by default since 0.4.7), through the client's guard and one
+/// of its layer-2 vanguards:
+///
+/// * `last == None`: the client's rendezvous circuit, `G -> L2 -> RP`, 3 hops to a random
+///   rendezvous point it chooses itself;
+/// * `last == Some(target)`: every other onion-service circuit (the client's to an HSDir or
+///   introduction point, the service's to an HSDir, its introduction points or a client's
+///   rendezvous point), `G -> L2 -> M -> target`, 4 hops: the target was chosen by someone
+///   else or is published, so a middle hop keeps it from seeing the layer-2 relay.
+///
+/// Returns the circuit, its hops' names and its last relay.
 pub fn circuit_to<'a>(
     client: &mut Client,
     dir: &'a Directory,
@@ -93,9 +103,13 @@ pub fn circuit_to<'a>(
         ..PathOptions::default()
     };
     let sel = PathSelector::with_config(&dir.view, config.clone());
+    let shape = match last {
+        None => VanguardShape::Short,
+        Some(_) => VanguardShape::Long,
+    };
     let (p, guard) = client
         .guards
-        .internal_path(&sel, 3, last, &opts)
+        .vanguard_path(&sel, shape, last, &opts)
         .map_err(|e| format!("path: {e}"))?;
     let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
     let end = *hops.last().ok_or("empty path")?;

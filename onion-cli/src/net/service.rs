@@ -114,7 +114,7 @@ impl Service {
         }
     }
 
-    /// A 3-hop circuit whose last hop is `last`.
+    /// A 4-hop vanguards-lite circuit (`G -> L2 -> M -> last`) whose last hop is `last`.
     fn circuit_to(&self, client: &mut Client, last: RelayIdx) -> Result<usize, String> {
         let deadline = client.deadline(STEP_TIMEOUT);
         Ok(hsnet::circuit_to(client, &self.dir, &self.config, Some(last), deadline)?.0)
