@@ -235,12 +235,15 @@ impl Guards {
         let mut tries = 0;
         loop {
             tries += 1;
+            // No family or subnet restriction from the last hop; only the caller's
+            // exclusions (relays seen failing) apply.
             let pick = self
                 .mgr
-                .select(
+                .select_excluding(
                     sel.view(),
                     GuardUsage::Data,
                     &[],
+                    opts.exclude,
                     sel.config(),
                     now,
                     &mut OsRng,
