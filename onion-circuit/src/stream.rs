@@ -77,6 +77,10 @@ pub struct Stream {
     pub recv: StreamRecvWindow,
     /// DATA cells received but not yet taken by the embedding (their events not yet polled).
     pub undelivered: u16,
+    /// The embedding cannot take more of this stream's data for now
+    /// (`Circuit::hold_stream`): data is still delivered, but no stream SENDME goes out, so
+    /// the exit stops after the stream window while the circuit's other streams go on.
+    pub held: bool,
 }
 
 /// What to do with a cell that arrived for a stream in some state.
@@ -125,6 +129,7 @@ impl Stream {
             send: StreamSendWindow::default(),
             recv: StreamRecvWindow::default(),
             undelivered: 0,
+            held: false,
         }
     }
 
@@ -173,8 +178,15 @@ impl Stream {
     /// (tor-spec §7.4: window <= 450 and fewer than ten cells waiting to be flushed).
     pub fn on_delivered(&mut self) -> u16 {
         self.undelivered = self.undelivered.saturating_sub(1);
+        self.sendmes_due()
+    }
+
+    /// How many stream SENDMEs to send now (tor-spec §7.4), counted off the deliver window:
+    /// none while the embedding still has ten or more cells of it to take, while it holds the
+    /// stream, or once the stream is half-closed.
+    pub fn sendmes_due(&mut self) -> u16 {
         let mut n = 0;
-        if self.undelivered < 10 && !self.is_half_closed() {
+        if self.undelivered < 10 && !self.held && !self.is_half_closed() {
             while self.recv.consider_sendme() {
                 n += 1;
             }

@@ -628,6 +628,54 @@ fn window_overrun_closes_the_circuit() {
     assert!(net.client.is_closed());
 }
 
+/// A held stream (its consumer is slow) stops at its window while the circuit's other stream
+/// goes on; released, it gets the rest.
+#[test]
+fn held_stream_stops_at_its_window_while_another_flows() {
+    let mut net = Net::new(23, HandshakeKind::Ntor, false, 1);
+    net.build();
+    let slow = net.client.begin_dir(net.now).expect("begin_dir");
+    net.run();
+    let es_slow = sid(&net.relay_events);
+    net.relay_events.clear();
+    let fast = net.client.begin_dir(net.now).expect("begin_dir");
+    net.run();
+    let es_fast = sid(&net.relay_events);
+    net.hops[0].connected(es_slow, None).expect("connected");
+    net.hops[0].connected(es_fast, None).expect("connected");
+    net.run();
+    net.take_client_events();
+    net.client.hold_stream(slow, true);
+    let big = vec![5u8; 600_000];
+    let (mut sent, mut got) = ([0usize; 2], [0usize; 2]);
+    let step = |net: &mut Net, sent: &mut [usize; 2], got: &mut [usize; 2]| {
+        for (i, es) in [es_slow, es_fast].into_iter().enumerate() {
+            if sent[i] < big.len() {
+                sent[i] += net.hops[0].send(es, &big[sent[i]..]).unwrap_or(0);
+            }
+        }
+        net.run();
+        for e in net.take_client_events() {
+            if let CircEvent::Data { stream, data } = e {
+                got[usize::from(stream == fast)] += data.len();
+            }
+        }
+    };
+    for _ in 0..400 {
+        step(&mut net, &mut sent, &mut got);
+    }
+    assert_eq!(got[1], big.len(), "the other stream is not held up");
+    // The held one got one stream window and no more: the exit waits for its SENDMEs.
+    let window = 500 * 498;
+    assert!(got[0] <= window && got[0] > window - 10 * 498, "{}", got[0]);
+    assert!(!net.client.is_closed());
+    net.client.hold_stream(slow, false);
+    for _ in 0..400 {
+        step(&mut net, &mut sent, &mut got);
+    }
+    assert_eq!(got[0], big.len(), "released, the held stream gets the rest");
+}
+
 /// A reading application keeps the stream going: SENDMEs are sent as data is taken.
 #[test]
 fn reading_application_gets_everything() {

@@ -1443,12 +1443,32 @@ impl Circuit {
         e
     }
 
+    /// Hold (`true`) or release stream `stream`'s flow: while held, its data still arrives as
+    /// events but no stream SENDME is sent (tor-spec §7.4), so the exit stops after one
+    /// stream window (500 cells) while the circuit's other streams go on. For an embedding
+    /// whose consumer of this one stream is slow (a SOCKS client not reading): holding the
+    /// stream bounds what it must buffer to one window without stalling the circuit.
+    /// Releasing sends the SENDMEs that were held back. Unknown streams are ignored.
+    pub fn hold_stream(&mut self, stream: StreamId, hold: bool) {
+        let Some(s) = self.streams.get_mut(stream) else {
+            return;
+        };
+        s.held = hold;
+        let (hop, n) = (usize::from(s.hop), s.sendmes_due());
+        self.queue_stream_sendmes(stream, hop, n);
+    }
+
     fn delivered(&mut self, stream: StreamId) {
         let Some(s) = self.streams.get_mut(stream) else {
             return;
         };
-        let hop = usize::from(s.hop);
-        for _ in 0..s.on_delivered() {
+        let (hop, n) = (usize::from(s.hop), s.on_delivered());
+        self.queue_stream_sendmes(stream, hop, n);
+    }
+
+    /// Queue `n` stream SENDMEs for `stream` toward `hop`.
+    fn queue_stream_sendmes(&mut self, stream: StreamId, hop: usize, n: u16) {
+        for _ in 0..n {
             if let Ok(body) = encode_body(
                 stream.get(),
                 &RelayMsg::Sendme(Sendme { tag: None }),
