@@ -29,8 +29,8 @@
 //! * *Lifetime.* Proposal 333 asks for `max(X, X)`: the larger of two independent uniform
 //!   draws between the minimum and the maximum, which biases lifetimes towards the maximum
 //!   (mean min + 2/3 (max - min), about 8.3 days with the defaults). Arti draws exactly that
-//!   (inclusive bounds); the C tor source read (0.4.8) draws a single uniform value. This
-//!   module follows the proposal and Arti ([`sample_lifetime`]).
+//!   (inclusive bounds); the C tor source read (a 0.4.8-era `entrynodes.c`) draws a single
+//!   uniform value. This module follows the proposal and Arti ([`sample_lifetime`]).
 //! * *Who may join.* C tor picks a new member like a middle hop: weighted by bandwidth with the
 //!   middle-position weights (`Wm?`), among running, valid relays whose descriptor it holds,
 //!   with the `Stable` flag (`Fast` is not required; Arti asks for both). Like every C tor
@@ -67,14 +67,15 @@
 //!   make some paths impossible, and the earlier hops would keep ruling out later vanguards);
 //! * the guard is chosen with no restriction from the last hop (C tor does not give the guard
 //!   manager an exit restriction for vanguard circuits: a last hop someone else picked, such as
-//!   a rendezvous point, must not be able to steer us off our guard), so the guard may even be
-//!   the last hop of a 4-hop circuit (`G -> L2 -> M -> G`, which C tor allows for the 4th hop
-//!   so as not to tell the target anything about the guard);
+//!   a rendezvous point, must not be able to steer us off our guard, nor learn about it from
+//!   which relays we avoid), so the guard may even be the last hop of a 4-hop circuit
+//!   (`G -> L2 -> M -> G`: no relay is asked to extend back to its predecessor);
 //! * each middle hop (L2, M) is a relay other than every hop already chosen and the last hop
-//!   (no `A -> B -> A`), compared by identity only. In a 3-hop circuit the last hop must also
-//!   differ from the guard (`G -> L2 -> G` would ask L2 to extend back to its predecessor,
-//!   which relays refuse): a random rendezvous point is drawn without the guard, and a given
-//!   one equal to the guard is refused ([`PathError::GuardConflict`]).
+//!   (no `A -> B -> A`), compared by identity only (C tor builds the same identity-only
+//!   exclusion list from the chosen hops and the last hop). In a 3-hop circuit the last hop
+//!   must also differ from the guard (`G -> L2 -> G` would ask L2 to extend back to its
+//!   predecessor, which relays refuse): a random rendezvous point is drawn without the guard,
+//!   and a given one equal to the guard is refused ([`PathError::GuardConflict`]).
 //!
 //! A random last hop (the client's rendezvous point, or a pre-built circuit) is drawn like a
 //! middle (C tor: `router_choose_random_node` with the circuit's flags); the `M` hop too, with
@@ -1127,7 +1128,8 @@ mod tests {
                 let i = v.by_rsa_id(&g.id).unwrap();
                 prop_assert!(v.eligible(i, WeightRole::Middle));
                 let life = g.expires_at - g.added_at;
-                prop_assert!(life >= params.l2_lifetime_min && life <= params.l2_lifetime_max.max(params.l2_lifetime_min));
+                let longest = params.l2_lifetime_max.max(params.l2_lifetime_min);
+                prop_assert!(life >= params.l2_lifetime_min && life <= longest);
             }
             // Later, in a view without every drop_every-th relay.
             let later = now + step;
@@ -1212,7 +1214,8 @@ mod tests {
                     prop_assert!(others <= if long { 2 } else { 0 }, "{} others", others);
                 }
                 Err(VanguardError::Path(PathError::TargetUnsuitable(_))) => {
-                    prop_assert!(given && !v.flags(t).contains(RelayFlags::RUNNING | RelayFlags::VALID));
+                    let listed = RelayFlags::RUNNING | RelayFlags::VALID;
+                    prop_assert!(given && !v.flags(t).contains(listed));
                 }
                 Err(VanguardError::Path(PathError::GuardConflict(_))) => {
                     prop_assert!(given && !long && t == g);
