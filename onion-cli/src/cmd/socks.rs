@@ -10,14 +10,12 @@
 //! - **Client to exit.** The loop grants a client no more bytes than its stream and circuit
 //!   package windows can send (tor-spec §7.3–7.4, [`OPEN_READ_AHEAD`] at most), so a fast
 //!   uploader is held back by TCP.
-//! - **Exit to client.** When a client's output buffer reaches [`OUT_HIGH`], the loop stops
-//!   taking its circuit's events ([`Circ::hold`](crate::net::client::Circ)); no stream SENDME
-//!   goes out for data not taken, so the exit stops after its stream window (500 cells,
-//!   tor-spec §7.4). `onion-circuit` queues events per circuit, not per stream, so this holds
-//!   every stream of that circuit until the buffer drains to [`OUT_LOW`]: a client that
-//!   stops reading for [`STALL`] while other streams share its circuit is disconnected
-//!   rather than let it stall them. Its buffer is bounded by [`OUT_HIGH`] plus what the
-//!   circuit had already handed out (at most one stream window).
+//! - **Exit to client.** When a client's output buffer reaches [`OUT_HIGH`], its stream is
+//!   held ([`Circuit::hold_stream`](onion_circuit::circuit::Circuit::hold_stream)): its data
+//!   still comes in, but no stream SENDME goes out, so the exit stops after the stream
+//!   window (500 cells, tor-spec §7.4), until the buffer drains to [`OUT_LOW`]. The other
+//!   streams of its circuit go on meanwhile: a client that stops reading stalls nobody but
+//!   itself, and its buffer is bounded by [`OUT_HIGH`] plus one stream window.
 //! - **Refused streams** (END before CONNECTED) are retried as C tor's client does
 //!   ([`BeginError::retry`]), up to [`ATTEMPTS`] attempts, before the SOCKS reply is sent: the
 //!   circuit is no longer used for new streams, and an exit that refused by policy or for
@@ -74,8 +72,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// new streams go on a new circuit, so that one circuit does not link all of a user's
 /// activity, and the old one is closed once its streams are done.
 const MAX_DIRTINESS: Duration = Duration::from_secs(600);
-/// How long a client may hold a circuit shared with other streams without reading.
-const STALL: Duration = Duration::from_secs(10);
 /// How long a client may take from connecting to sending a complete greeting and request
 /// (`--handshake-timeout`): one that connects and sends nothing, or stops halfway, would
 /// otherwise keep its socket and two pipe threads until it disconnects. Ours, not C tor's
@@ -123,8 +119,9 @@ struct Conn {
     state: State,
     /// The application closed its side: end the stream once `up` is sent.
     eof: bool,
-    /// Its output buffer is full: since when, and how much had been written then.
-    blocked: Option<(Instant, u64)>,
+    /// Its output buffer filled up (to [`OUT_HIGH`]) and has not drained (to [`OUT_LOW`]) yet:
+    /// its stream is held.
+    blocked: bool,
     /// When it connected: its greeting and request are due within the handshake timeout.
     accepted: Instant,
 }
@@ -323,7 +320,7 @@ impl Proxy {
                         in_flight: 0,
                         state: State::Greeting,
                         eof: false,
-                        blocked: None,
+                        blocked: false,
                         accepted: client.clock.now(),
                     }),
                     Err(e) => eprintln!("onion: SOCKS client: {e}"),
@@ -665,15 +662,6 @@ impl Proxy {
                     ..
                 } if *since + CONNECT_TIMEOUT <= now => {
                     let (circ, stream) = (*circ, *stream);
-                    if client.circs[circ].hold {
-                        // Its CONNECTED may be waiting behind a client that does not read
-                        // (bounded by STALL): wait for the circuit first.
-                        if let State::Connecting { since, .. } = &mut c.state {
-                            *since = now;
-                        }
-                        i += 1;
-                        continue;
-                    }
                     let _ = client.circs[circ].circ.close_stream(stream);
                     self.refused(client, i, EndReason::TIMEOUT);
                     i = 0;
@@ -689,34 +677,8 @@ impl Proxy {
                 }
                 _ => {}
             }
-            if let (Some((t, w)), Some(circ)) = (c.blocked, c.circ()) {
-                let written = c.pipe.written();
-                if written != w {
-                    c.blocked = Some((now, written));
-                } else if t + STALL <= now {
-                    if self.shared(circ) {
-                        eprintln!(
-                            "onion: SOCKS client read nothing for {STALL:?} while holding a \
-                             circuit other streams use: closed"
-                        );
-                        self.abort(client, i);
-                        continue;
-                    }
-                    // Alone on its circuit it stalls nobody: look again later.
-                    self.conns[i].blocked = Some((now, written));
-                }
-            }
             i += 1;
         }
-    }
-
-    /// Whether more than one connection uses circuit `circ`.
-    fn shared(&self, circ: usize) -> bool {
-        self.conns
-            .iter()
-            .filter(|c| c.circ() == Some(circ))
-            .nth(1)
-            .is_some()
     }
 
     /// Move bytes both ways as far as windows and buffers allow; hold or release circuits;
@@ -748,20 +710,19 @@ impl Proxy {
             let g = read_grant(want, c.buf.len() + c.up.len(), c.in_flight);
             c.pipe.grant(g);
             c.in_flight += g;
-            let queued = c.pipe.queued();
-            c.blocked = next_blocked(c.blocked, queued, now, c.pipe.written());
-            if c.blocked.is_some() {
+            let was = c.blocked;
+            c.blocked = next_blocked(c.blocked, c.pipe.queued());
+            if c.blocked {
                 c.pipe.wake_below(OUT_LOW);
+            }
+            if let (Some((circ, stream)), true) = (c.stream(), c.blocked != was) {
+                client.circs[circ].circ.hold_stream(stream, c.blocked);
             }
             i += 1;
         }
+        // Circuits held while a circuit was being built take their events again.
         for p in &self.pool {
-            let hold = alive(client, p.circ)
-                && self
-                    .conns
-                    .iter()
-                    .any(|c| c.blocked.is_some() && c.circ() == Some(p.circ));
-            client.circs[p.circ].hold = hold;
+            client.circs[p.circ].hold = false;
         }
         for p in self.pool.iter_mut() {
             if now >= p.born + MAX_DIRTINESS {
@@ -796,7 +757,7 @@ impl Proxy {
                 State::Waiting { at, .. } => Some(*at),
                 State::Connecting { since, .. } => Some(*since + CONNECT_TIMEOUT),
                 State::Greeting | State::Request => Some(c.accepted + self.handshake_timeout),
-                _ => c.blocked.map(|(t, _)| t + STALL),
+                _ => None,
             })
             .min()
     }
@@ -818,20 +779,14 @@ fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
     want.saturating_sub(buffered.saturating_add(in_flight))
 }
 
-/// Whether a client's output is blocked now: it becomes so at [`OUT_HIGH`] queued bytes
-/// (remembering when, and how much had been written, to tell a stalled reader) and stays so
-/// until the queue drains to [`OUT_LOW`] (hysteresis, so that a circuit is not held and
-/// released on every cell).
-fn next_blocked(
-    blocked: Option<(Instant, u64)>,
-    queued: usize,
-    now: Instant,
-    written: u64,
-) -> Option<(Instant, u64)> {
-    match blocked {
-        None if queued >= OUT_HIGH => Some((now, written)),
-        Some(_) if queued <= OUT_LOW => None,
-        b => b,
+/// Whether a client's output is blocked now: it becomes so at [`OUT_HIGH`] queued bytes and
+/// stays so until the queue drains to [`OUT_LOW`] (hysteresis, so that a stream is not held
+/// and released on every cell).
+fn next_blocked(blocked: bool, queued: usize) -> bool {
+    if blocked {
+        queued > OUT_LOW
+    } else {
+        queued >= OUT_HIGH
     }
 }
 
@@ -875,17 +830,14 @@ mod tests {
 
     #[test]
     fn blocking_has_hysteresis() {
-        let t0 = Instant::from_duration(Duration::from_secs(1));
-        let t1 = Instant::from_duration(Duration::from_secs(2));
-        assert_eq!(next_blocked(None, OUT_HIGH - 1, t0, 0), None);
-        let b = next_blocked(None, OUT_HIGH, t0, 7);
-        assert_eq!(b, Some((t0, 7)));
-        // Still blocked between the marks, and the start is kept (stall detection).
-        assert_eq!(next_blocked(b, OUT_LOW + 1, t1, 9), Some((t0, 7)));
-        assert_eq!(next_blocked(b, OUT_HIGH * 4, t1, 9), Some((t0, 7)));
+        assert!(!next_blocked(false, OUT_HIGH - 1));
+        assert!(next_blocked(false, OUT_HIGH));
+        // Still blocked between the marks.
+        assert!(next_blocked(true, OUT_LOW + 1));
+        assert!(next_blocked(true, OUT_HIGH * 4));
         // Released once drained to the low mark.
-        assert_eq!(next_blocked(b, OUT_LOW, t1, 9), None);
-        assert_eq!(next_blocked(None, OUT_LOW, t1, 9), None);
+        assert!(!next_blocked(true, OUT_LOW));
+        assert!(!next_blocked(false, OUT_LOW));
     }
 
     #[test]

@@ -183,10 +183,11 @@ impl Guards {
             };
             let pick = self
                 .mgr
-                .select(
+                .select_excluding(
                     sel.view(),
                     GuardUsage::Data,
                     &[last],
+                    opts.exclude,
                     sel.config(),
                     now,
                     &mut OsRng,

@@ -39,8 +39,6 @@ struct State {
     out: VecDeque<u8>,
     /// Bytes the writer took from `out` and is writing now.
     writing: usize,
-    /// Bytes written so far (progress, to tell a stalled reader from a slow one).
-    written: u64,
     /// Flush the queue, then close the socket (the stream ended).
     finish: bool,
     /// Stop at once, dropping the queue (the connection is aborted).
@@ -124,11 +122,6 @@ impl Pipe {
     /// Bytes queued for the application and not yet written.
     pub fn queued(&self) -> usize {
         self.shared.lock().queued()
-    }
-
-    /// Bytes written to the application so far.
-    pub fn written(&self) -> u64 {
-        self.shared.lock().written
     }
 
     /// Allow the reader `n` more bytes.
@@ -245,7 +238,7 @@ fn writer(mut sock: TcpStream, id: ConnId, shared: &Shared, tx: &SyncSender<Inpu
         let mut st = shared.lock();
         st.writing = 0;
         match r {
-            Ok(()) => st.written += chunk.len() as u64,
+            Ok(()) => {}
             Err(e) => {
                 st.closed = true;
                 st.out = VecDeque::new();
@@ -329,7 +322,6 @@ mod tests {
         });
         assert!(matches!(next(&rx), Input::Bytes(3, b) if b.is_empty()));
         assert!(p.queued() <= 1 << 20);
-        assert!(p.written() > 0);
         p.push(b"tail");
         p.finish();
         let all = reading.join().unwrap();
