@@ -169,6 +169,31 @@ fn bootstrap_and_get_through_an_exit() {
     }
 }
 
+/// A SOCKS5 CONNECT to the host and port of `base_url` through the proxy at `proxy`, and an
+/// HTTP/1.0 GET of `path` on it; the stream is returned unread past the SOCKS reply.
+fn socks_get(proxy: &str, base_url: &str, path: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let hostport = base_url.trim_start_matches("http://").trim_end_matches('/');
+    let (host, port) = hostport.rsplit_once(':').expect("host:port");
+    let port: u16 = port.parse().unwrap();
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..2], [5, 0], "SOCKS reply {reply:?}");
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
 /// The first hop of the last "circuit built: A -> B -> C" line of a run's stderr.
 fn first_hop(stderr: &str) -> String {
     stderr
@@ -457,6 +482,14 @@ fn socks_proxy_with_curl() {
     let mut idle = std::net::TcpStream::connect(&listen).unwrap();
     idle.write_all(&[5]).unwrap();
     let idle_since = std::time::Instant::now();
+    // A client that asks for 24 MiB and does not read (more than the loopback socket buffers
+    // absorb): its stream is held at its window, the circuit's other streams are not, and it
+    // gets everything once it reads.
+    let slow_body: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(net.http_root.join("socks-slow.bin"), &slow_body).unwrap();
+    let mut slow = socks_get(&listen, &net.http_url, "socks-slow.bin");
+    let slow_since = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
     let mut retries = 0;
     for _ in 0..2 {
         let ((st, body, err), failed) = support::curl_socks_retrying(port, &net.http_url, 60, 3);
@@ -467,6 +500,24 @@ fn socks_proxy_with_curl() {
     // Both requests share one circuit (a refused stream may cost a new one).
     let built = d.stderr().matches("circuit built").count();
     assert!(built >= 1 && built <= 1 + retries, "{}", d.stderr());
+    // The slow client was not cut off, however long it kept the proxy's buffer full (a
+    // proxy that held the whole circuit would have to drop it to serve the others): it now
+    // reads its whole body.
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(slow_since.elapsed()));
+    let mut got = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    slow.read_to_end(&mut got).unwrap();
+    let body_at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header")
+        + 4;
+    assert!(
+        got[body_at..] == slow_body[..],
+        "slow client got {} body bytes",
+        got.len() - body_at
+    );
     // The half-greeting client: closed (EOF or reset), not before its 3 s.
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
