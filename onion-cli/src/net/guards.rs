@@ -417,6 +417,18 @@ mod tests {
         }
     }
 
+    /// Guards kept in a fresh data directory (under the temporary directory, named after the
+    /// test), given `dir`.
+    fn attached(test: &str, dir: &Directory) -> (std::path::PathBuf, Cache, Guards) {
+        let tmp = std::env::temp_dir().join(format!("onion-{test}-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let cache = Cache::open(&tmp).unwrap();
+        let mut g = Guards::default();
+        g.attach(Some(&cache));
+        g.on_directory(dir);
+        (tmp, cache, g)
+    }
+
     fn first_hops(g: &mut Guards, dir: &Directory, n: usize) -> Vec<onion_dir::RsaIdentity> {
         let sel = PathSelector::with_config(&dir.view, config());
         (0..n)
@@ -443,12 +455,7 @@ mod tests {
     #[test]
     fn circuits_enter_through_persistent_primary_guards() {
         let dir = directory();
-        let tmp = std::env::temp_dir().join(format!("onion-guards-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let cache = Cache::open(&tmp).unwrap();
-        let mut g = Guards::default();
-        g.attach(Some(&cache));
-        g.on_directory(&dir);
+        let (tmp, cache, mut g) = attached("guards", &dir);
         let primary = g.primary().to_vec();
         assert_eq!(primary.len(), 3, "three primary guards (guard-spec §4.6)");
         let hops = first_hops(&mut g, &dir, 40);
@@ -496,12 +503,7 @@ mod tests {
     #[test]
     fn onion_service_circuits_go_through_layer2_vanguards() {
         let dir = directory();
-        let tmp = std::env::temp_dir().join(format!("onion-l2-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let cache = Cache::open(&tmp).unwrap();
-        let mut g = Guards::default();
-        g.attach(Some(&cache));
-        g.on_directory(&dir);
+        let (tmp, cache, mut g) = attached("l2", &dir);
         assert_eq!(g.l2.len(), 4, "guard-hs-l2-number defaults to 4");
         let l2: Vec<onion_dir::RsaIdentity> = g.l2.guards().iter().map(|x| x.id).collect();
         let primary = g.primary().to_vec();
