@@ -9,7 +9,7 @@ use onion_dir::guard::{GuardCircId, GuardMgr, GuardParams, GuardUsage};
 use onion_dir::netview::{
     BandwidthWeights, NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity,
 };
-use onion_dir::path::PathConfig;
+use onion_dir::path::{Exclusions, PathConfig};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -63,8 +63,29 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let avoid = [RelayIdx(u32::from(b) % v.len().max(1) as u32)];
                 let avoid = if a & 2 == 0 { &avoid[..0] } else { &avoid[..] };
-                if let Ok(p) = mgr.select(&v, usage, avoid, &PathConfig::default(), now, &mut rng) {
+                // Bit 2: the circuit also excludes the relay `b` (and its neighbour), which it
+                // must then never get as its guard.
+                let excluded = [
+                    RelayIdx(u32::from(b) % v.len().max(1) as u32),
+                    RelayIdx(u32::from(b.wrapping_add(1)) % v.len().max(1) as u32),
+                ];
+                let exclude = if a & 4 == 0 {
+                    Exclusions::none()
+                } else {
+                    Exclusions::from_indices(excluded)
+                };
+                let picked = mgr.select_excluding(
+                    &v,
+                    usage,
+                    avoid,
+                    &exclude,
+                    &PathConfig::default(),
+                    now,
+                    &mut rng,
+                );
+                if let Ok(p) = picked {
                     assert!(mgr.sampled().iter().any(|g| g.rsa_id == p.guard));
+                    assert!(!exclude.contains(p.idx));
                     circs.push(p.circ);
                 }
             }
