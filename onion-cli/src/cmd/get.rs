@@ -113,13 +113,25 @@ impl NetOptions {
     pub fn refresh(&self, client: &mut Client, current: &Directory) -> Result<Directory, String> {
         // Timestamps in one fixed format ("YYYY-MM-DD HH:MM:SS") compare as strings.
         let newer = |d: &Directory| d.summary.valid_after > current.summary.valid_after;
-        let why = match self.directory(client, Source::DirGuard(current)) {
+        let why = match self.directory(
+            client,
+            Source::Refresh {
+                current,
+                guard: true,
+            },
+        ) {
             Ok(d) if newer(&d) => return Ok(d),
             Ok(d) => format!("it has no consensus newer than {}", d.summary.valid_after),
             Err(e) => e,
         };
         eprintln!("onion: directory refresh from a directory guard: {why}; asking the authorities");
-        self.directory(client, Source::Authorities)
+        self.directory(
+            client,
+            Source::Refresh {
+                current,
+                guard: false,
+            },
+        )
     }
 
     fn directory(&self, client: &mut Client, from: Source<'_>) -> Result<Directory, String> {

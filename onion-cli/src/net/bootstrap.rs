@@ -21,7 +21,7 @@
 //! summary can express: it reads `reject 1-65535`) are usable. Documents are kept in the data
 //! directory and reused while the consensus is live; they are verified again on every use.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +125,9 @@ pub struct Directory {
     pub view: NetView,
     /// How it was obtained, for reports.
     pub summary: Summary,
+    /// The descriptors' text as fetched (or reused), so that a refresh fetches only those it
+    /// lacks.
+    pub descriptors: String,
 }
 
 /// The shortest wait before the next directory refresh, and the wait after a failed one:
@@ -180,12 +183,18 @@ pub enum Source<'a> {
     /// The data directory's documents while the consensus is live, else the authorities
     /// (start-up).
     CacheOrAuthorities,
-    /// The authorities.
-    Authorities,
-    /// A directory guard chosen from this directory (a refresh): dir-spec §5, once a client
-    /// has a consensus it asks directory caches, not the authorities, and guard-spec §4.6
-    /// has it ask its own guards (`GuardUsage::Dir`), over a one-hop circuit.
-    DirGuard(&'a Directory),
+    /// A refresh of `current`: from a directory guard chosen from it (`guard`; dir-spec §5,
+    /// once a client has a consensus it asks directory caches, not the authorities, and
+    /// guard-spec §4.6 has it ask its own guards, `GuardUsage::Dir`, over a one-hop circuit)
+    /// or from the authorities. Only the descriptors `current` lacks are fetched: those it
+    /// holds that the new consensus still names are reused (dir-spec §5.2: a client downloads
+    /// the descriptors it does not have).
+    Refresh {
+        /// The directory being replaced.
+        current: &'a Directory,
+        /// Ask a directory guard rather than the authorities.
+        guard: bool,
+    },
 }
 
 /// Bootstrap from `auths` in `mode` (or from a directory guard, see [`Source`]), and store
@@ -223,8 +232,12 @@ pub fn bootstrap(
         }
         None => {
             progress(5, &format!("directory mode: {}", mode.name()));
-            if let Source::DirGuard(via) = from {
-                dir = open_dir_guard_circuit(client, via, deadline)?;
+            if let Source::Refresh {
+                current,
+                guard: true,
+            } = from
+            {
+                dir = open_dir_guard_circuit(client, current, deadline)?;
             }
             let cons_path = DirRequest::consensus(mode.flavor(), &v3, FP_PREFIX_BYTES).path;
             let cons_text = match dir.get_raw(client, auths, &cons_path, MAX_CONSENSUS, deadline)? {
@@ -260,21 +273,38 @@ pub fn bootstrap(
             let certs_text = dir.get(client, auths, &path, MAX_CERTS, deadline)?;
             progress(50, "authority key certificates received");
             let relays = &unverified.peek().relays;
-            let requests = match mode {
-                DirMode::Micro => DirRequest::microdescs(
-                    &relays
-                        .iter()
-                        .filter_map(|r| r.md_digest)
-                        .collect::<Vec<_>>(),
-                ),
-                DirMode::Full => DirRequest::server_descriptors(
-                    &relays
-                        .iter()
-                        .filter_map(|r| r.descriptor_digest)
-                        .collect::<Vec<_>>(),
-                ),
+            let held = match from {
+                Source::Refresh { current, .. } => current.descriptors.as_str(),
+                Source::CacheOrAuthorities => "",
             };
-            let mut descs_text = String::new();
+            let (mut descs_text, reused, requests) = match mode {
+                DirMode::Micro => {
+                    let wanted: Vec<MdDigest> = relays.iter().filter_map(|r| r.md_digest).collect();
+                    let held = microdesc::parse_many(held).unwrap_or_default();
+                    let (kept, n, missing) =
+                        split_held(held.iter().map(|m| (m.digest, m.text)), &wanted);
+                    (kept, n, DirRequest::microdescs(&missing))
+                }
+                DirMode::Full => {
+                    let wanted: Vec<[u8; 20]> =
+                        relays.iter().filter_map(|r| r.descriptor_digest).collect();
+                    let held = routerdesc::parse_many(held).unwrap_or_default();
+                    let (kept, n, missing) = split_held(
+                        held.iter().map(|d| (d.peek().digest, d.peek().text)),
+                        &wanted,
+                    );
+                    (kept, n, DirRequest::server_descriptors(&missing))
+                }
+            };
+            if reused > 0 {
+                progress(
+                    50,
+                    &format!(
+                        "{reused} {} reused from the current directory",
+                        mode.descs_name()
+                    ),
+                );
+            }
             for (i, req) in requests.iter().enumerate() {
                 descs_text.push_str(&dir.get(client, auths, &req.path, MAX_DESCS, deadline)?);
                 progress(
@@ -390,6 +420,7 @@ pub fn bootstrap(
         consensus: cons_text.clone(),
         view,
         summary,
+        descriptors: descs_text.clone(),
     })
 }
 
@@ -523,6 +554,33 @@ fn open_dir_circuit(
     ))
 }
 
+/// Of the descriptors `held` (digest and exact text), those whose digest is `wanted`, as one
+/// text in `wanted`'s order, how many, and the digests of `wanted` that none of them has:
+/// what is left to fetch. A digest named twice counts once.
+fn split_held<'h, D: Copy + Eq + std::hash::Hash>(
+    held: impl Iterator<Item = (D, &'h str)>,
+    wanted: &[D],
+) -> (String, usize, Vec<D>) {
+    let mut held: HashMap<D, &str> = held.collect();
+    let mut seen = HashSet::new();
+    let mut kept = String::new();
+    let mut n_kept = 0;
+    let mut missing = Vec::new();
+    for d in wanted.iter().filter(|d| seen.insert(**d)) {
+        match held.remove(d) {
+            Some(text) => {
+                n_kept += 1;
+                kept.push_str(text);
+                if !text.ends_with('\n') {
+                    kept.push('\n');
+                }
+            }
+            None => missing.push(*d),
+        }
+    }
+    (kept, n_kept, missing)
+}
+
 /// A one-hop circuit (ntor) to a directory guard the client's guard manager chooses from
 /// `via`'s relays (guard-spec §4.6 `GuardUsage::Dir`: a primary guard, which has the V2Dir
 /// flag, as every guard does); its fate is reported to the guard manager.
@@ -580,6 +638,31 @@ fn getrandom_byte(buf: &mut [u8]) -> Result<(), rand_core::Error> {
 mod tests {
     use super::*;
     use crate::net::authority;
+
+    /// A refresh keeps the held descriptors the new consensus still names, in its order and
+    /// once each, and fetches only the rest; real microdescriptors re-parse to the same
+    /// digests from the kept text.
+    #[test]
+    fn refresh_reuses_held_descriptors() {
+        let held = [(1u8, "one\n"), (2, "two"), (3, "three\n")];
+        let (kept, n, missing) = split_held(held.into_iter(), &[3, 4, 1, 3, 4]);
+        assert_eq!(kept, "three\none\n");
+        assert_eq!((n, missing), (2, vec![4]));
+        let (kept, n, missing) = split_held(std::iter::empty::<(u8, &str)>(), &[1, 2]);
+        assert_eq!((kept.as_str(), n, missing), ("", 0, vec![1, 2]));
+
+        let net = onion_dir::synth::network(50, 3);
+        let mds = microdesc::parse_many(&net.microdescs).unwrap();
+        let wanted: Vec<MdDigest> = mds.iter().rev().step_by(2).map(|m| m.digest).collect();
+        let (kept, n, missing) = split_held(mds.iter().map(|m| (m.digest, m.text)), &wanted);
+        assert_eq!((n, missing.len()), (wanted.len(), 0));
+        let again: Vec<MdDigest> = microdesc::parse_many(&kept)
+            .unwrap()
+            .iter()
+            .map(|m| m.digest)
+            .collect();
+        assert_eq!(again, wanted);
+    }
 
     #[test]
     fn dir_mode_parse_and_defaults() {

@@ -405,6 +405,7 @@ mod tests {
                 valid_after: String::new(),
                 cached: false,
             },
+            descriptors: String::new(),
         }
     }
 
