@@ -35,6 +35,7 @@ pub mod path;
 pub mod vanguards;
 
 pub mod authcert;
+pub mod consdiff;
 pub mod consensus;
 mod encode;
 pub mod error;
