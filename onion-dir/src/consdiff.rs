@@ -25,9 +25,11 @@
 //! commands run back to front. The rules we enforce, where the spec leaves
 //! room:
 //!
-//! - `d`/`c` need `1 <= n1 <= n2 <= lines` (`n1 = n2` in a range is accepted as
-//!   the spec reads; C tor only ever emits `<n1>` for one line); `$` is the
-//!   number of lines of the original file.
+//! - `d`/`c` need `1 <= n1 <= n2 <= lines`; `$` is the number of lines of the
+//!   original file. A one-line range (`<n>,<n>d`, or `<lines>,$d`) is accepted
+//!   as the spec reads it; C tor's applier refuses ranges with `n2 <= n1`, but
+//!   its generator never writes them (it writes `<n>d`), so this only widens
+//!   what we accept to what the spec says.
 //! - `<n>a` needs `0 <= n <= lines` (`0a` inserts before the first line).
 //! - Ordering: every command must lie strictly before what the previous one
 //!   touched. After `d`/`c` of lines `n1..=n2`, the next command may touch
@@ -35,7 +37,8 @@
 //!   replaced lines). After `<n>a`, the next command may touch lines up to `n`
 //!   (line `n` lies before the insertion point), but may not be another `<n>a`:
 //!   two blocks at the same point would make their order depend on reading the
-//!   commands back to front, which no diff generator needs.
+//!   commands back to front. (C tor's applier takes it; its generator writes
+//!   one block per insertion point, so no real diff has it.)
 //! - A `c`/`a` block must hold at least one line (C tor refuses empty blocks
 //!   too: `c` with none is a `d`, `a` with none does nothing).
 //! - The spec requires the *generator* to start with `<n1>,$d` removing the
@@ -147,7 +150,7 @@ pub enum DiffError {
         /// The offending line.
         line: usize,
     },
-    /// `$` used with `c` (appendix E allows it only in `<n1>,$d`).
+    /// `$` used with `c` or `a` (appendix E allows it only in `<n1>,$d`).
     #[error("diff line {line}: '$' is only allowed in <n>,$d")]
     DollarNotDelete {
         /// The offending line.
