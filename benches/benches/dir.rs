@@ -1,6 +1,6 @@
 //! Directory documents (onion-dir): parse throughput of the real public-network
 //! documents (November 2022, 6,088 relays), of a generated 70,000-relay
-//! consensus, and signature verification.
+//! consensus, signature verification, and applying a consensus diff.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -9,7 +9,7 @@ use std::io::Read;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use onion_dir::consensus::{self, DigestAlgorithm};
-use onion_dir::{authcert, microdesc, synth, RsaIdentity, Timestamp};
+use onion_dir::{authcert, consdiff, microdesc, synth, RsaIdentity, Timestamp};
 
 fn testdata(path: &str) -> String {
     let p = format!(
@@ -122,5 +122,47 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, verify);
+/// Applying a consensus diff (dir-spec §4.5, appendix E) that changes 5% of the
+/// lines of the real consensus (every 20th line, and new signatures), as a
+/// client with last hour's consensus does: header, SHA3-256 of the base's
+/// signed part, the edit, SHA3-256 of the result.
+fn consdiff_apply(c: &mut Criterion) {
+    let base = testdata("real/real-ns-consensus-2022-11-19.txt.gz");
+    let lines: Vec<&str> = base.lines().collect();
+    let sig = lines
+        .iter()
+        .position(|l| l.starts_with("directory-signature "))
+        .expect("signatures");
+    // Back to front, as C tor writes them: the signatures out and back in,
+    // then every 20th line.
+    let mut cmds = format!("{},$d\n{sig}a\n", sig + 1);
+    for l in &lines[sig..] {
+        cmds.push_str(l);
+        cmds.push('\n');
+    }
+    cmds.push_str(".\n");
+    for n in (20..sig).step_by(20).rev() {
+        cmds.push_str(&format!("{n}c\n{} changed\n.\n", lines[n - 1]));
+    }
+    let from = consdiff::signed_part_digest(&base).expect("signed part");
+    let diff = |to: &str| format!("network-status-diff-version 1\nhash {from} {to}\n{cmds}");
+    // The result's digest, learnt from the check that refuses a wrong one.
+    let to = match consdiff::apply(&base, &diff(&"0".repeat(64))) {
+        Err(consdiff::DiffError::ToDigestMismatch { actual, .. }) => hex::encode(actual),
+        other => panic!("{other:?}"),
+    };
+    let diff = diff(&to);
+    let mut g = c.benchmark_group("dir-consdiff");
+    g.throughput(Throughput::Bytes(base.len() as u64));
+    g.bench_function("real-ns-consensus-5pct", |b| {
+        b.iter(|| {
+            consdiff::apply(black_box(&base), black_box(&diff))
+                .expect("apply")
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, verify, consdiff_apply);
 criterion_main!(benches);
