@@ -144,6 +144,14 @@ fn tornet_hand_written_diff_known_answer() {
         consdiff::signed_part_digest(&base).as_deref(),
         Some(TORNET_FROM)
     );
+    // The same signed part the consensus parser finds (dir-spec §3.4.1).
+    for text in [&base, &read_gz("real-ns-consensus-2022-11-19.txt")] {
+        let c = consensus::parse(text).unwrap().assume_verified();
+        assert_eq!(
+            consdiff::signed_part_digest(text),
+            Some(sha3_hex(&text[..c.signed_len]))
+        );
+    }
     let expected = tornet_edited(&base);
     assert_eq!(sha3_hex(&expected), TORNET_TO);
 
