@@ -30,6 +30,7 @@ use onion_circuit::circuit::{HandshakeKind, HopTarget};
 use onion_circuit::Instant;
 use onion_crypto::keys::NtorOnionKey;
 use onion_dir::authcert::{self, AuthCert};
+use onion_dir::consdiff;
 use onion_dir::consensus::{self, Consensus, Flavor};
 use onion_dir::http::DirRequest;
 use onion_dir::microdesc;
@@ -240,21 +241,43 @@ pub fn bootstrap(
                 dir = open_dir_guard_circuit(client, current, deadline)?;
             }
             let cons_path = DirRequest::consensus(mode.flavor(), &v3, FP_PREFIX_BYTES).path;
-            let cons_text = match dir.get_raw(client, auths, &cons_path, MAX_CONSENSUS, deadline)? {
-                Ok(body) => body,
-                // dir-spec §5.1: with the authority suffix, a directory answers 404 when its
-                // consensus lacks signatures from a majority of the named authorities.
-                Err((404, reason)) => {
-                    return Err(format!(
-                        "consensus failed verification: the directory has none signed by a \
-                         majority of the configured authorities (HTTP 404 {reason})"
-                    ))
+            // dir-spec §4.5.2: a refresh offers the consensus it has, so that a cache may
+            // answer with a diff from it.
+            let base = match from {
+                Source::Refresh { current, .. } => Some(current.consensus.as_str()),
+                Source::CacheOrAuthorities => None,
+            };
+            let diff_from = base.and_then(consdiff::signed_part_digest);
+            let offer: Vec<(&str, &str)> = diff_from
+                .iter()
+                .map(|d| ("X-Or-Diff-From-Consensus", d.as_str()))
+                .collect();
+            let body = get_consensus(&mut dir, client, auths, &cons_path, &offer, deadline)?;
+            let cons_text = match base {
+                Some(base) if consdiff::is_diff(&body) => match consdiff::apply(base, &body) {
+                    Ok(full) => {
+                        progress(
+                            40,
+                            &format!(
+                                "consensus received as a diff ({} bytes for {})",
+                                body.len(),
+                                full.len()
+                            ),
+                        );
+                        full
+                    }
+                    Err(e) => {
+                        progress(
+                            40,
+                            &format!("consensus diff does not apply ({e}); asking for it whole"),
+                        );
+                        get_consensus(&mut dir, client, auths, &cons_path, &[], deadline)?
+                    }
+                },
+                _ if consdiff::is_diff(&body) => {
+                    return Err("the directory sent a consensus diff nobody asked for".into())
                 }
-                Err((status, reason)) => {
-                    return Err(format!(
-                        "directory request {cons_path}: HTTP {status} {reason}"
-                    ))
-                }
+                _ => body,
             };
             progress(40, "consensus received");
             let unverified = consensus::parse(&cons_text)
@@ -424,6 +447,28 @@ pub fn bootstrap(
     })
 }
 
+/// GET the consensus at `path` with the header fields `extra`: its body, or an error that
+/// says what the status means.
+fn get_consensus(
+    dir: &mut DirCircuit,
+    client: &mut Client,
+    auths: &[DirAuthority],
+    path: &str,
+    extra: &[(&str, &str)],
+    deadline: Instant,
+) -> Result<String, String> {
+    match dir.get_raw(client, auths, path, MAX_CONSENSUS, extra, deadline)? {
+        Ok(body) => Ok(body),
+        // dir-spec §5.1: with the authority suffix, a directory answers 404 when its
+        // consensus lacks signatures from a majority of the named authorities.
+        Err((404, reason)) => Err(format!(
+            "consensus failed verification: the directory has none signed by a majority of \
+             the configured authorities (HTTP 404 {reason})"
+        )),
+        Err((status, reason)) => Err(format!("directory request {path}: HTTP {status} {reason}")),
+    }
+}
+
 /// The one-hop directory circuit, made on first use.
 enum DirCircuit {
     None,
@@ -440,7 +485,7 @@ impl DirCircuit {
         max: usize,
         deadline: Instant,
     ) -> Result<String, String> {
-        let result = self.get_raw(client, auths, path, max, deadline)?;
+        let result = self.get_raw(client, auths, path, max, &[], deadline)?;
         result.map_err(|(status, reason)| {
             let name = match self {
                 DirCircuit::Open { name, .. } => name.as_str(),
@@ -450,14 +495,16 @@ impl DirCircuit {
         })
     }
 
-    /// GET `path` over a BEGIN_DIR stream: `Ok(body)` if the status is 200, else
-    /// `Err((status, reason))`; the outer error is a transport or framing failure.
+    /// GET `path` (with the header fields `extra`) over a BEGIN_DIR stream: `Ok(body)` if the
+    /// status is 200, else `Err((status, reason))`; the outer error is a transport or framing
+    /// failure.
     fn get_raw(
         &mut self,
         client: &mut Client,
         auths: &[DirAuthority],
         path: &str,
         max: usize,
+        extra: &[(&str, &str)],
         deadline: Instant,
     ) -> Result<Result<String, (u16, String)>, String> {
         if let DirCircuit::None = self {
@@ -474,7 +521,7 @@ impl DirCircuit {
             .fetch(
                 *circ,
                 stream,
-                &http::get_request("127.0.0.1", path),
+                &http::get_request_with("127.0.0.1", path, extra),
                 max,
                 deadline,
                 |_| {},

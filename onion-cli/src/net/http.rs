@@ -96,8 +96,23 @@ impl Url {
 
 /// A GET request for `path` on `host`.
 pub fn get_request(host: &str, path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: onion\r\n\r\n")
-        .into_bytes()
+    get_request_with(host, path, &[])
+}
+
+/// A GET request for `path` on `host` with `extra` header fields (names and values of our
+/// own, such as dir-spec §4.5.2's `X-Or-Diff-From-Consensus`; a field holding CR or LF is
+/// left out rather than let it end the header early).
+pub fn get_request_with(host: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: onion\r\n"
+    );
+    for (name, value) in extra {
+        if !(name.contains(['\r', '\n']) || value.contains(['\r', '\n'])) {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
 }
 
 /// A complete HTTP response.
@@ -299,6 +314,10 @@ mod tests {
         assert_eq!(
             get_request("h", "/p"),
             b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\nUser-Agent: onion\r\n\r\n"
+        );
+        assert_eq!(
+            get_request_with("h", "/p", &[("X-A", "1, 2"), ("X-B", "x\r\nEvil: 1")]),
+            b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\nUser-Agent: onion\r\nX-A: 1, 2\r\n\r\n"
         );
     }
 
