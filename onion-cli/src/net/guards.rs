@@ -366,15 +366,31 @@ impl Guards {
         self.mgr.primary()
     }
 
-    /// Write the state file, if there is a data directory. A failed write is reported and
-    /// the run goes on (the guards are still right in memory).
+    /// Write the state file, if there is a data directory. Its lines other than `Guard`
+    /// lines (C tor's `state` keeps more there, should the data directory be shared with it)
+    /// are kept as they were. A failed write is reported and the run goes on (the guards
+    /// are still right in memory).
     fn save(&self) {
         if let Some(cache) = &self.cache {
-            if let Err(e) = cache.write(STATE_FILE, self.mgr.to_state_string().as_bytes()) {
+            let old = cache.read(STATE_FILE).unwrap_or_default();
+            let text = merged_state(&old, &self.mgr.to_state_string());
+            if let Err(e) = cache.write(STATE_FILE, text.as_bytes()) {
                 eprintln!("onion: cannot write the guard state: {e}");
             }
         }
     }
+}
+
+/// The state file `old` with its `Guard` lines replaced by `guards` (guard-spec A.5 lines),
+/// its other lines kept in order.
+fn merged_state(old: &str, guards: &str) -> String {
+    let mut out: String = old
+        .lines()
+        .filter(|l| !l.starts_with("Guard "))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(guards);
+    out
 }
 
 #[cfg(test)]
@@ -416,6 +432,18 @@ mod tests {
             enforce_distinct_subnets: false,
             ..PathConfig::default()
         }
+    }
+
+    /// Lines of the state file that are not ours survive a save; ours are replaced.
+    #[test]
+    fn saving_keeps_other_state_lines() {
+        let old = "TorVersion Tor 0.4.9\nGuard in=default rsa_id=AA old\nLastWritten 2026\n";
+        let new = "Guard in=default rsa_id=BB\n";
+        assert_eq!(
+            merged_state(old, new),
+            "TorVersion Tor 0.4.9\nLastWritten 2026\nGuard in=default rsa_id=BB\n"
+        );
+        assert_eq!(merged_state("", new), new);
     }
 
     /// Guards kept in a fresh data directory (under the temporary directory, named after the
