@@ -153,8 +153,8 @@ impl Guards {
                 .mgr
                 .exit_path(sel, request, 3, opts, unix_now(), &mut OsRng)
                 .map_err(|e| e.to_string())?;
-            let last = path.hops().last().copied();
-            if let Some(ticket) = self.ticket(sel, pick, last, tries) {
+            let avoid: Vec<RelayIdx> = path.hops().last().copied().into_iter().collect();
+            if let Some(ticket) = self.ticket(sel, pick, &avoid, opts, tries < REPICKS) {
                 return Ok((path, ticket));
             }
         }
@@ -173,7 +173,6 @@ impl Guards {
         let mut tries = 0;
         loop {
             tries += 1;
-            let now = unix_now();
             // The last hop first (a middle if none is given), so that the guard can avoid it.
             let last = match target {
                 Some(t) => t,
@@ -181,32 +180,13 @@ impl Guards {
                     .choose_middle(opts, &[], &mut OsRng)
                     .map_err(|e| e.to_string())?,
             };
-            let pick = self
-                .mgr
-                .select_excluding(
-                    sel.view(),
-                    GuardUsage::Data,
-                    &[last],
-                    opts.exclude,
-                    sel.config(),
-                    now,
-                    &mut OsRng,
-                )
-                .map_err(|e| e.to_string())?;
-            let circ = pick.circ;
             // A fixed target cannot be drawn again: take what the manager gives for it.
-            let tries = if target.is_some() { REPICKS } else { tries };
-            let Some(ticket) = self.ticket(sel, pick, Some(last), tries) else {
+            let redraw = target.is_none() && tries < REPICKS;
+            let Some(ticket) = self.guard(sel, GuardUsage::Data, &[last], opts, redraw)? else {
                 continue;
             };
-            return match sel.internal_path(len, Some(last), Some(ticket.pick.idx), opts, &mut OsRng)
-            {
-                Ok(path) => Ok((path, ticket)),
-                Err(e) => {
-                    let _ = self.mgr.circuit_closed(circ, now);
-                    Err(e.to_string())
-                }
-            };
+            let path = sel.internal_path(len, Some(last), Some(ticket.pick.idx), opts, &mut OsRng);
+            return self.complete(path, ticket);
         }
     }
 
@@ -230,81 +210,90 @@ impl Guards {
         if !self.l2.params().enabled {
             return self.internal_path(sel, shape.path_len(), target, opts);
         }
-        let now = unix_now();
         // Expire on time even when no new directory came since the last update.
-        self.update_l2(sel, now);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            // No family or subnet restriction from the last hop; only the caller's
-            // exclusions (relays seen failing) apply.
-            let pick = self
-                .mgr
-                .select_excluding(
-                    sel.view(),
-                    GuardUsage::Data,
-                    &[],
-                    opts.exclude,
-                    sel.config(),
-                    now,
-                    &mut OsRng,
-                )
-                .map_err(|e| e.to_string())?;
-            let circ = pick.circ;
-            let Some(ticket) = self.ticket(sel, pick, None, tries) else {
-                continue;
-            };
-            return match vanguards::vanguard_path(
-                sel,
-                &self.l2,
-                shape,
-                target,
-                ticket.pick.idx,
-                opts,
-                &mut OsRng,
-            ) {
-                Ok(path) => Ok((path, ticket)),
-                Err(e) => {
-                    let _ = self.mgr.circuit_closed(circ, now);
-                    Err(e.to_string())
-                }
-            };
-        }
+        self.update_l2(sel, unix_now());
+        // No family or subnet restriction from the last hop (so nothing to draw again); only
+        // the caller's exclusions (relays seen failing) apply.
+        let ticket = self
+            .guard(sel, GuardUsage::Data, &[], opts, false)?
+            .ok_or("no guard")?;
+        let path = vanguards::vanguard_path(
+            sel,
+            &self.l2,
+            shape,
+            target,
+            ticket.pick.idx,
+            opts,
+            &mut OsRng,
+        );
+        self.complete(path, ticket)
     }
 
     /// A directory guard (guard-spec §4.6 `GuardUsage::Dir`) for a one-hop circuit.
     pub fn dir_guard(&mut self, sel: &PathSelector<'_>) -> Result<(RelayIdx, GuardTicket), String> {
+        let ticket = self
+            .guard(sel, GuardUsage::Dir, &[], &PathOptions::default(), false)?
+            .ok_or("no directory guard")?;
+        Ok((ticket.pick.idx, ticket))
+    }
+
+    /// A guard from the manager for a circuit whose other hops must not share a relay,
+    /// family or subnet with it (`avoid`) and that must not go through `opts.exclude`; `None`
+    /// when [`Guards::ticket`] asks for the path to be drawn again.
+    fn guard(
+        &mut self,
+        sel: &PathSelector<'_>,
+        usage: GuardUsage,
+        avoid: &[RelayIdx],
+        opts: &PathOptions<'_>,
+        redraw: bool,
+    ) -> Result<Option<GuardTicket>, String> {
         let pick = self
             .mgr
-            .select(
+            .select_excluding(
                 sel.view(),
-                GuardUsage::Dir,
-                &[],
+                usage,
+                avoid,
+                opts.exclude,
                 sel.config(),
                 unix_now(),
                 &mut OsRng,
             )
             .map_err(|e| e.to_string())?;
-        let idx = pick.idx;
-        let ticket = self
-            .ticket(sel, pick, None, REPICKS)
-            .ok_or("no directory guard")?;
-        Ok((idx, ticket))
+        Ok(self.ticket(sel, pick, avoid, opts, redraw))
+    }
+
+    /// The rest of a path chosen around `ticket`'s guard: on failure the manager forgets the
+    /// guard's circuit (nothing was tried through it).
+    fn complete<E: std::fmt::Display>(
+        &mut self,
+        path: Result<Path, E>,
+        ticket: GuardTicket,
+    ) -> Result<(Path, GuardTicket), String> {
+        match path {
+            Ok(path) => Ok((path, ticket)),
+            Err(e) => {
+                let _ = self.mgr.circuit_closed(ticket.pick.circ, unix_now());
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Whether to build through `pick`: yes through a primary guard; through another guard
-    /// only if no primary guard could have served a path ending at `last` (same relay,
-    /// family or subnet, path-spec §2.2), for then no better guard can ever beat it for this
-    /// circuit and it may be used once built (guard-spec §4.9 counts only circuits that obey
-    /// the same restrictions as better). Otherwise the pick is returned to the manager and
-    /// `None` asks for another path, up to [`REPICKS`] draws; after that the pick is kept and
-    /// the circuit, once built, will wait, which this CLI treats as a failed attempt.
+    /// only if no primary guard could have served this path (excluded by the caller, or the
+    /// same relay, family or subnet as a hop of `avoid`, path-spec §2.2), for then no better
+    /// guard can ever beat it for this circuit and it may be used once built (guard-spec §4.9
+    /// counts only circuits that obey the same restrictions as better). Otherwise, if
+    /// `redraw`, the pick is returned to the manager and `None` asks for another path; if
+    /// not, the pick is kept and the circuit, once built, will wait for a better guard,
+    /// which this CLI treats as a failed attempt.
     fn ticket(
         &mut self,
         sel: &PathSelector<'_>,
         pick: GuardPick,
-        last: Option<RelayIdx>,
-        tries: usize,
+        avoid: &[RelayIdx],
+        opts: &PathOptions<'_>,
+        redraw: bool,
     ) -> Option<GuardTicket> {
         if pick.state == CircState::UsableOnCompletion {
             return Some(GuardTicket {
@@ -312,13 +301,12 @@ impl Guards {
                 nothing_better: false,
             });
         }
-        let avoid: Vec<RelayIdx> = last.into_iter().collect();
         let view = sel.view();
         let primary_fits = self.mgr.primary().iter().any(|id| {
             view.by_rsa_id(id)
-                .is_some_and(|idx| sel.compatible(idx, &avoid))
+                .is_some_and(|idx| !opts.exclude.contains(idx) && sel.compatible(idx, avoid))
         });
-        if primary_fits && tries < REPICKS {
+        if primary_fits && redraw {
             let _ = self.mgr.circuit_closed(pick.circ, unix_now());
             return None;
         }
@@ -432,6 +420,26 @@ mod tests {
             enforce_distinct_subnets: false,
             ..PathConfig::default()
         }
+    }
+
+    /// A circuit that excludes every primary guard (the caller saw them all fail) is built
+    /// through another guard and usable: no primary guard could serve it.
+    #[test]
+    fn excluding_every_primary_still_gives_a_usable_circuit() {
+        let dir = directory();
+        let (tmp, _cache, mut g) = attached("exclude", &dir);
+        let primary = g.primary().to_vec();
+        let exclude = Exclusions::from_ids(&dir.view, primary.iter());
+        let opts = PathOptions {
+            exclude: &exclude,
+            ..PathOptions::default()
+        };
+        let sel = PathSelector::with_config(&dir.view, config());
+        let (path, ticket) = g.internal_path(&sel, 3, None, &opts).unwrap();
+        let first = dir.view.relay(path.hops()[0]).unwrap().rsa_id;
+        assert!(!primary.contains(&first));
+        assert!(g.built(&ticket), "nothing better exists for this circuit");
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     /// Lines of the state file that are not ours survive a save; ours are replaced.
