@@ -440,10 +440,10 @@ pub fn bootstrap(
         cached: from_cache,
     };
     Ok(Directory {
-        consensus: cons_text.clone(),
+        consensus: cons_text,
         view,
         summary,
-        descriptors: descs_text.clone(),
+        descriptors: descs_text,
     })
 }
 
