@@ -53,9 +53,9 @@ use crate::net::socks::{self, Target};
 const USAGE: &str = "usage: onion socks --listen ADDR:PORT [--authorities FILE] [--data-dir DIR] \
      [--timeout SECS] [--dir-mode micro|full] [--handshake-timeout SECS]";
 
-/// A client's output buffer at which its circuit is held (about one stream window).
+/// A client's output buffer at which its stream is held (about one stream window).
 const OUT_HIGH: usize = 256 * 1024;
-/// The level at which a held circuit is released.
+/// The level at which a held stream is released.
 const OUT_LOW: usize = 64 * 1024;
 /// How many bytes of an open stream may be read ahead of the circuit, at most (the
 /// windows usually allow less).
@@ -161,8 +161,8 @@ struct PoolCirc {
 }
 
 /// The circuit of `pool` a new stream to `port` goes on: one built for that port, not
-/// retired, younger than [`MAX_DIRTINESS`], not through an exit in `avoid`, and `ok` (alive
-/// and not held).
+/// retired, younger than [`MAX_DIRTINESS`], not through an exit in `avoid`, and `ok` (still
+/// reaching its exit).
 fn pick(
     pool: &[PoolCirc],
     port: u16,
@@ -237,7 +237,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             Ok((circ, exit))
         };
         let wake = if proxy.events_waiting(&client) {
-            // Events drained by the last flush (a released hold): take them before sleeping.
+            // Events that waited while a circuit was built (holds released): take them now.
             client.clock.now()
         } else {
             proxy
@@ -426,21 +426,22 @@ impl Proxy {
         req.attempt += 1;
         let (host, port) = (req.target.host.clone(), req.target.port);
         let now = client.clock.now();
-        let found = pick(&self.pool, port, &req.avoid, now, |p| {
-            intact(client, p) && !client.circs[p.circ].hold
-        });
+        let found = pick(&self.pool, port, &req.avoid, now, |p| intact(client, p));
         let circ = match found {
             Some(c) => c,
             None => {
                 // Building blocks the loop (for seconds): meanwhile every circuit keeps its
                 // data in its machine, so that exits stop at their stream windows instead of
-                // filling our memory. `pump` sets the holds right again afterwards.
+                // filling our memory; they take their events again once it is built.
                 for p in &self.pool {
                     client.circs[p.circ].hold = true;
                 }
                 let mut avoid = self.avoid.clone();
                 avoid.extend(req.avoid.iter().copied());
                 let built = build(client, &host, port, &mut avoid);
+                for p in &self.pool {
+                    client.circs[p.circ].hold = false;
+                }
                 for r in avoid {
                     if !self.avoid.contains(&r) && !req.avoid.contains(&r) {
                         self.avoid.push(r);
@@ -612,7 +613,6 @@ impl Proxy {
                 }
                 None => "circuit closed".into(),
             };
-            client.circs[circ].hold = false;
             eprintln!("onion: circuit lost: {why}");
             self.pool.retain(|p| p.circ != circ);
             while let Some(i) = self.conns.iter().position(|c| c.circ() == Some(circ)) {
@@ -719,10 +719,6 @@ impl Proxy {
                 client.circs[circ].circ.hold_stream(stream, c.blocked);
             }
             i += 1;
-        }
-        // Circuits held while a circuit was being built take their events again.
-        for p in &self.pool {
-            client.circs[p.circ].hold = false;
         }
         for p in self.pool.iter_mut() {
             if now >= p.born + MAX_DIRTINESS {
@@ -866,7 +862,7 @@ mod tests {
         // An exit that refused the request is avoided.
         assert_eq!(pick(&pool, 80, &[exit_a], t0, all), Some(3));
         assert_eq!(pick(&pool, 443, &[exit_a], t0, all), None);
-        // Dead or held circuits (as `ok` says) are skipped.
+        // Circuits that `ok` refuses (dead, or cut short) are skipped.
         assert_eq!(pick(&pool, 80, &[], t0, |p| p.circ != 2), Some(3));
         // No circuit for that port.
         assert_eq!(pick(&pool, 8080, &[], t0, all), None);
