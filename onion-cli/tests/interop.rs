@@ -550,13 +550,15 @@ fn socks_proxy_with_curl() {
         err.contains("directory circuit to guard") || err.contains("asking the authorities"),
         "{err}"
     );
-    // It fetched only the descriptors it lacked (relays do not all republish within minutes).
-    assert!(err.contains("reused from the current directory"), "{err}");
-    // A cache may answer the offered consensus with a diff (dir-spec §4.5.2), or not.
-    for l in err
-        .lines()
-        .filter(|l| l.contains("consensus received as a diff") || l.contains("diff does not apply"))
-    {
+    // It fetches only the descriptors it lacks (unit test `refresh_reuses_held_descriptors`);
+    // on a young network every relay may have republished since, so this is reported, not
+    // required. A cache may answer the offered consensus with a diff (dir-spec §4.5.2), or
+    // not.
+    for l in err.lines().filter(|l| {
+        l.contains("reused from the current directory")
+            || l.contains("consensus received as a diff")
+            || l.contains("diff does not apply")
+    }) {
         eprintln!("interop: refresh: {l}");
     }
     assert!(!err.contains("diff does not apply"), "{err}");
