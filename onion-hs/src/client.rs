@@ -82,6 +82,23 @@ pub struct HsClient {
     current_ip: Option<usize>,
     cookie: [u8; REND_COOKIE_LEN],
     ntor: Option<HsNtorClient>,
+    /// The rendezvous circuit will run congestion control (proposal 324), so INTRODUCE1 may
+    /// ask the service for it.
+    congestion_control: bool,
+}
+
+/// The INTRODUCE1 extension type that asks the service to run congestion control on the
+/// rendezvous circuit (proposal 324 §4.2, rend-spec-v3 §3.2.2 `CC_REQUEST`; an empty body).
+pub const EXT_CC_REQUEST: u8 = 1;
+
+/// Whether a descriptor's second layer advertises congestion control: a `flow-control`
+/// line (rend-spec-v3 §2.5.2.2, proposal 324 §6.1: `flow-control <versions> <sendme_inc>`),
+/// the condition on which C tor's client asks for it in INTRODUCE1.
+pub fn advertises_flow_control(desc: &HsDescriptor) -> bool {
+    desc.second_layer
+        .other_lines
+        .iter()
+        .any(|l| l.split(' ').next() == Some("flow-control"))
 }
 
 impl HsClient {
@@ -97,7 +114,26 @@ impl HsClient {
             current_ip: None,
             cookie: [0; REND_COOKIE_LEN],
             ntor: None,
+            congestion_control: false,
         })
+    }
+
+    /// Declare that the rendezvous circuit will run congestion control (proposal 324).
+    ///
+    /// Off by default: a service asked for congestion control turns it on for the rendezvous
+    /// circuit and then treats stream-level SENDMEs as a protocol violation (C tor closes the
+    /// circuit), so the request must never be sent by a client whose circuit does not run it.
+    /// When on, INTRODUCE1 carries the request only if the descriptor advertises
+    /// `flow-control` ([`advertises_flow_control`]), as C tor's client does; ask
+    /// [`HsClient::congestion_control_requested`] after [`HsClient::introduce`].
+    pub fn set_congestion_control(&mut self, enabled: bool) {
+        self.congestion_control = enabled;
+    }
+
+    /// Whether the INTRODUCE1 built by [`HsClient::introduce`] asks for congestion control,
+    /// i.e. whether the rendezvous circuit must run it once joined.
+    pub fn congestion_control_requested(&self) -> bool {
+        self.congestion_control && self.desc.as_ref().is_some_and(advertises_flow_control)
     }
 
     /// The address.
@@ -212,14 +248,17 @@ impl HsClient {
             .get(idx)
             .ok_or(ClientError::NoIntroPoints)?
             .clone();
+        let extensions = if self.congestion_control_requested() {
+            vec![Extension {
+                ty: EXT_CC_REQUEST,
+                body: vec![],
+            }]
+        } else {
+            Vec::new()
+        };
         let pt = IntroducePlaintext {
             rend_cookie: self.cookie,
-            // Congestion control request (prop324 ext type 01), as C tor 0.4.7+ sends it when
-            // the descriptor's flow-control line allows; an empty extension is harmless.
-            extensions: vec![Extension {
-                ty: 1,
-                body: vec![],
-            }],
+            extensions,
             onion_key_type: ONION_KEY_TYPE_NTOR,
             onion_key: rp_onion_key.to_vec(),
             link_specifiers: rp_link_specs,

@@ -372,3 +372,31 @@ fn tor_client_auth_files_pair_up() {
         );
     }
 }
+
+/// INTRODUCE1 asks for congestion control only when the client's circuit runs it and the
+/// descriptor advertises `flow-control` (C tor's client rule; a service asked for it treats
+/// stream-level SENDMEs as a protocol violation).
+#[test]
+fn congestion_control_request_needs_both_sides() {
+    use onion_hs::client::{advertises_flow_control, HsClient};
+    let b = build(3, 2, 1, &[]);
+    let hs = desc::decode(&b.text, &b.id.id_key(), Some(b.period), None, NOW).unwrap();
+    assert!(advertises_flow_control(&hs));
+    let mut plain = hs.clone();
+    plain.second_layer.other_lines.clear();
+    assert!(!advertises_flow_control(&plain));
+    // `flow-controlled` or an argument named so is not the keyword.
+    plain.second_layer.other_lines = vec!["flow-controlled 1".into(), "x flow-control".into()];
+    assert!(!advertises_flow_control(&plain));
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    for (cc, want) in [(false, false), (true, true)] {
+        let mut c = HsClient::new(b.id.id_key().address()).unwrap();
+        c.set_congestion_control(cc);
+        c.handle_descriptor(&b.text, b.period, None, NOW).unwrap();
+        c.establish_rendezvous(&mut rng).unwrap();
+        c.handle_rendezvous_established().unwrap();
+        c.introduce(&mut rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
+            .unwrap();
+        assert_eq!(c.congestion_control_requested(), want, "cc={cc}");
+    }
+}

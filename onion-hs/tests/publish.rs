@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use onion_hs::client::HsClient;
+use onion_hs::client::{HsClient, EXT_CC_REQUEST};
 use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
 use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
@@ -663,7 +663,19 @@ fn introduce(
     text: &str,
     period: TimePeriod,
 ) -> (RelayId, Option<(IntroId, Vec<u8>)>) {
+    introduce_cc(h, text, period, false)
+}
+
+/// [`introduce`] by a client whose rendezvous circuit would (`cc`) or would not run
+/// congestion control.
+fn introduce_cc(
+    h: &mut Harness,
+    text: &str,
+    period: TimePeriod,
+    cc: bool,
+) -> (RelayId, Option<(IntroId, Vec<u8>)>) {
     let mut client = HsClient::new(h.id.address()).unwrap();
+    client.set_congestion_control(cc);
     client.handle_descriptor(text, period, None, h.now).unwrap();
     let est = client.establish_rendezvous(&mut h.rng).unwrap();
     assert!(!est.is_empty());
@@ -749,4 +761,38 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
     let (i4, body) = routed.unwrap();
     assert_ne!(i4, intro);
     assert!(h.p.handle_introduce2(&mut h.rng, i4, &body, h.now).is_ok());
+}
+
+/// A client asks for congestion control in INTRODUCE1 only when its own rendezvous circuit
+/// will run it *and* the service advertises `flow-control`: the publisher's descriptors do
+/// not (onion's circuits do not run proposal 324), so the service sees no request either way.
+#[test]
+fn introduce2_carries_no_congestion_control_request() {
+    let mut h = Harness::new(17, PublisherConfig::default());
+    let v = h.view.clone();
+    h.consensus(v);
+    let sel = h
+        .view
+        .shared_random
+        .client_fetch(&h.view.periods, h.view.valid_after);
+    let desc = h
+        .uploads
+        .iter()
+        .find(|u| u.period == sel.period)
+        .unwrap()
+        .clone();
+    assert!(!desc.text.is_empty());
+    for cc in [false, true] {
+        let (_, routed) = introduce_cc(&mut h, &desc.text, sel.period, cc);
+        let (intro, body) = routed.expect("routed to the service");
+        let req =
+            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+                .unwrap();
+        assert!(
+            req.extensions.iter().all(|e| e.ty != EXT_CC_REQUEST),
+            "cc={cc}: {:?}",
+            req.extensions
+        );
+        h.pump();
+    }
 }
