@@ -211,3 +211,38 @@ fn malformed_begin_closes_the_circuit() {
         assert!(c.is_closed(), "{body:?} on stream {stream}");
     }
 }
+
+/// Past the per-circuit stream cap an inbound BEGIN is refused with END RESOURCELIMIT and no
+/// event: an embedder must never open a connection for a stream the circuit does not track.
+#[test]
+fn begin_past_the_stream_cap_is_refused_without_an_event() {
+    use crate::stream::MAX_STREAMS_PER_CIRCUIT;
+    let (mut c, mut r, mut rng) = one_hop(true);
+    let cap = MAX_STREAMS_PER_CIRCUIT as u16;
+    for id in 1..=cap {
+        from_relay(&mut c, &mut r, &mut rng, id, RelayCmd::BEGIN, b":80\0");
+    }
+    assert_eq!(events(&mut c).len(), MAX_STREAMS_PER_CIRCUIT);
+    assert!(
+        c.poll_cell(&mut rng).is_none(),
+        "nothing sent for tracked streams"
+    );
+    from_relay(&mut c, &mut r, &mut rng, cap + 1, RelayCmd::BEGIN, b":80\0");
+    assert!(events(&mut c).is_empty(), "no IncomingStream past the cap");
+    assert_eq!(c.n_streams(), MAX_STREAMS_PER_CIRCUIT);
+    assert!(!c.is_closed());
+    let id = StreamId::new(cap + 1).unwrap();
+    assert!(
+        c.accept_stream(id).is_err(),
+        "the refused stream is not tracked"
+    );
+    // Exactly one cell went out for it (the END), and the relay reads it as a valid cell.
+    let end = c.poll_cell(&mut rng).expect("END RESOURCELIMIT");
+    assert!(c.poll_cell(&mut rng).is_none());
+    r.handle_from_client(Instant::ZERO, end).unwrap();
+    // Once a stream is gone, a new BEGIN is accepted again.
+    c.reject_stream(StreamId::new(1).unwrap(), EndReason::DONE)
+        .unwrap();
+    from_relay(&mut c, &mut r, &mut rng, cap + 2, RelayCmd::BEGIN, b":80\0");
+    assert_eq!(events(&mut c).len(), 1);
+}

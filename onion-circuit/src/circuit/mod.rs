@@ -535,8 +535,21 @@ impl Circuit {
             // A BEGIN reusing a live stream id: drop it rather than disturb that stream.
             return Ok(());
         }
-        self.streams
-            .insert(Stream::new(id, hop as u8, StreamState::Open));
+        if !self
+            .streams
+            .insert(Stream::new(id, hop as u8, StreamState::Open))
+        {
+            // Past MAX_STREAMS_PER_CIRCUIT: refuse at once, as C tor's exit refuses a stream
+            // it has no resources for (tor-spec §6.3, END reason RESOURCELIMIT). No event: the
+            // embedder must not open a connection for a stream nobody tracks.
+            let body = encode_body(
+                stream,
+                &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)),
+                "END",
+            )?;
+            self.queue_relay(hop, body);
+            return Ok(());
+        }
         self.events.push_back(CircEvent::IncomingStream {
             stream: id,
             host: begin.host.into_owned(),

@@ -633,7 +633,9 @@ impl RelayCircuit {
                     // tor-spec §5.4: refuse to be a one-hop proxy.
                     return Err(RelayError::Protocol("BEGIN at the first hop"));
                 }
-                self.new_stream(id)?;
+                if !self.new_stream(id)? {
+                    return Ok(());
+                }
                 if b.host.is_empty() {
                     // Only an onion service accepts a port without a host; an exit has no
                     // destination to connect to (tor-spec §6.2).
@@ -649,7 +651,9 @@ impl RelayCircuit {
             }
             RelayMsg::BeginDir => {
                 let id = sid.ok_or(RelayError::Protocol("BEGIN_DIR on stream 0"))?;
-                self.new_stream(id)?;
+                if !self.new_stream(id)? {
+                    return Ok(());
+                }
                 self.events.push_back(RelayEvent::BeginDir { stream: id });
                 Ok(())
             }
@@ -737,13 +741,20 @@ impl RelayCircuit {
         Ok(())
     }
 
-    fn new_stream(&mut self, id: StreamId) -> Result<(), RelayError> {
+    /// Track a new exit stream; `Ok(false)` if the circuit already carries
+    /// [`MAX_STREAMS_PER_CIRCUIT`](crate::stream::MAX_STREAMS_PER_CIRCUIT) streams, in which
+    /// case RELAY_END RESOURCELIMIT has been sent (tor-spec §6.3) and no event is raised.
+    fn new_stream(&mut self, id: StreamId) -> Result<bool, RelayError> {
+        if self.streams.get(id).is_some() {
+            return Err(RelayError::Protocol("BEGIN for a stream id in use"));
+        }
         // Exit streams accept optimistic data (tor-spec §6.2), so they start "open" on our
         // side: the embedding queues data until its connection completes.
         if !self.streams.insert(Stream::new(id, 0, StreamState::Open)) {
-            return Err(RelayError::Protocol("BEGIN for a stream id in use"));
+            self.originate(id.get(), &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)))?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The connection for `stream` is up: send RELAY_CONNECTED (tor-spec §6.2; for BEGIN_DIR
