@@ -3,14 +3,18 @@
 //! before its valid-until, as C tor does at start-up, and fetches a new one otherwise).
 //!
 //! Each document is a file `NAME` with a sidecar `NAME.valid-until` holding the Unix time
-//! (seconds) until which it may be reused without asking the network again. Writes go to a
-//! temporary file first and are renamed into place, so an interrupted run never leaves a
-//! half-written document behind. Reading a cached document does not trust it: the caller
+//! (seconds) until which it may be reused without asking the network again. The directory
+//! is private to the user (mode 0700, checked and created by [`private::check_private_dir`]
+//! as C tor checks its `DataDirectory`), and files are written by [`private::write_atomic`]
+//! (mode 0600, a new temporary file renamed into place), so an interrupted run never leaves
+//! a half-written document behind. Reading a cached document does not trust it: the caller
 //! verifies it exactly as a freshly fetched one.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::private::{self, DirKind};
 
 /// Upper bound on a cached document (the public ns consensus is ~3 MB, server descriptors
 /// ~10 MB; the microdesc consensus and microdescriptors, kept under C tor's names
@@ -24,9 +28,11 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Use (and create if needed) `dir`.
+    /// Use `dir`, created (mode 0700) if needed; refused if it is not private to this user
+    /// (see [`private::check_private_dir`]: another user's, writable by others, or a
+    /// symbolic link), fixed to 0700 if others could only read it.
     pub fn open(dir: &Path) -> io::Result<Cache> {
-        std::fs::create_dir_all(dir)?;
+        private::check_private_dir(dir, DirKind::Data)?;
         Ok(Cache {
             dir: dir.to_path_buf(),
         })
@@ -66,11 +72,10 @@ impl Cache {
         std::fs::read_to_string(path).ok()
     }
 
-    /// Replace the file `name` with `data`, atomically (written aside, then renamed).
+    /// Replace the file `name` with `data`, atomically and readable by the user only
+    /// ([`private::write_atomic`]).
     pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(tmp, self.dir.join(name))
+        private::write_atomic(&self.dir, name, data)
     }
 }
 
@@ -89,6 +94,32 @@ mod tests {
         assert_eq!(c.get_live("doc", t0 + Duration::from_secs(60)), None);
         std::fs::write(dir.join("doc.valid-until"), "garbage").unwrap();
         assert_eq!(c.get_live("doc", t0), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The data directory and every file written there, the guard state included, are
+    /// private: 0700 and 0600 whatever the umask; a directory others can write is refused.
+    #[cfg(unix)]
+    #[test]
+    fn directory_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = std::env::temp_dir().join(format!("onion-cache-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Cache::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        c.put("cached-consensus", "text", SystemTime::now())
+            .unwrap();
+        c.write("state", b"Guard in=default\n").unwrap();
+        for f in ["cached-consensus", "cached-consensus.valid-until", "state"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Cache::open(&dir).unwrap_err().to_string();
+        assert!(e.contains("other users can write"), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Cache::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

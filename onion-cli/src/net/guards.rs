@@ -356,8 +356,9 @@ impl Guards {
 
     /// Write the state file, if there is a data directory. Its lines other than `Guard`
     /// lines (C tor's `state` keeps more there, should the data directory be shared with it)
-    /// are kept as they were. A failed write is reported and the run goes on (the guards
-    /// are still right in memory).
+    /// are kept as they were. The file is replaced atomically and readable by the user only
+    /// ([`Cache::write`]). A failed write is reported and the run goes on (the guards are
+    /// still right in memory).
     fn save(&self) {
         if let Some(cache) = &self.cache {
             let old = cache.read(STATE_FILE).unwrap_or_default();
@@ -507,6 +508,18 @@ mod tests {
             state.lines().any(|l| l.contains("confirmed_on=")),
             "{state}"
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode(&tmp.join(STATE_FILE)),
+                0o600,
+                "the state file is private"
+            );
+            assert_eq!(mode(&tmp), 0o700);
+        }
 
         // A new process with the same data directory: the same primary guards.
         let mut again = Guards::default();

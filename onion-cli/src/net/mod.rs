@@ -21,6 +21,7 @@
 //! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, the public
 //!   network's list included.
 //! - [`cache`]: directory documents kept in the data directory while fresh.
+//! - [`private`]: the data and key directories and their files, private to the user.
 //! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
 
 pub mod authority;
@@ -35,6 +36,7 @@ pub mod link;
 pub mod onion;
 pub mod path;
 pub mod pipe;
+pub mod private;
 pub mod service;
 pub mod socks;
 pub mod tls;
