@@ -73,8 +73,16 @@ pub struct HsServiceConfig {
     pub desc_lifetime_minutes: u16,
     /// Client authorization (None: open service).
     pub client_auth: Option<ClientAuthConfig>,
-    /// Replay cache bound (entries); the oldest entries are forgotten first.
+    /// Replay cache bound per introduction point (entries); the oldest entries are
+    /// forgotten first. Each introduction point has its own cache for its whole life, as C
+    /// tor's (rend-spec-v3 §3.3: a service MUST reject an INTRODUCE2 whose encrypted part it
+    /// has seen on that introduction point); the default covers every INTRODUCE2 an
+    /// introduction point takes before the publisher rotates it (at most 32,768,
+    /// `hs_intro_max_introduce2`), so within its life nothing is forgotten.
     pub replay_cache_size: usize,
+    /// Bound on the service-wide cache of rendezvous cookies (the same cookie through two
+    /// introduction points is a replay too); the oldest are forgotten first.
+    pub cookie_cache_size: usize,
 }
 
 impl Default for HsServiceConfig {
@@ -83,7 +91,8 @@ impl Default for HsServiceConfig {
             cert_lifetime_hours: 54,
             desc_lifetime_minutes: 180,
             client_auth: None,
-            replay_cache_size: 16_384,
+            replay_cache_size: 32_768,
+            cookie_cache_size: 16_384,
         }
     }
 }
@@ -99,6 +108,47 @@ pub struct ServiceIntroPoint {
     established: bool,
     /// Published in descriptors (false once retired by rotation, §3.1 / C tor's rotation).
     in_descriptor: bool,
+    /// Tags of the INTRODUCE2 cells seen through this introduction point.
+    replay: ReplayCache,
+}
+
+/// A bounded set of 32-byte tags that forgets the oldest first.
+struct ReplayCache {
+    seen: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+    cap: usize,
+}
+
+impl ReplayCache {
+    fn new(cap: usize) -> Self {
+        ReplayCache {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn contains(&self, tag: &[u8; 32]) -> bool {
+        self.seen.contains(tag)
+    }
+
+    /// Remember `tag`; `false` if it was already there.
+    fn insert(&mut self, tag: [u8; 32]) -> bool {
+        if !self.seen.insert(tag) {
+            return false;
+        }
+        self.order.push_back(tag);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
 }
 
 impl ServiceIntroPoint {
@@ -138,8 +188,8 @@ pub struct HsService {
     intro_points: Vec<Option<ServiceIntroPoint>>,
     /// Subcredentials of the periods we published descriptors for (INTRODUCE2 may use any).
     subcreds: VecDeque<(TimePeriod, Subcredential)>,
-    replay: HashSet<[u8; 32]>,
-    replay_order: VecDeque<[u8; 32]>,
+    /// Rendezvous cookies seen, through any introduction point.
+    cookies: ReplayCache,
     revision: u64,
 }
 
@@ -148,11 +198,10 @@ impl HsService {
     pub fn new(identity: ExpandedKeypair, config: HsServiceConfig) -> Self {
         HsService {
             identity,
-            config,
             intro_points: Vec::new(),
             subcreds: VecDeque::new(),
-            replay: HashSet::new(),
-            replay_order: VecDeque::new(),
+            cookies: ReplayCache::new(config.cookie_cache_size),
+            config,
             revision: 0,
         }
     }
@@ -185,6 +234,7 @@ impl HsService {
             enc,
             established: false,
             in_descriptor: true,
+            replay: ReplayCache::new(self.config.replay_cache_size),
         }));
         self.intro_points.len() - 1
     }
@@ -314,17 +364,9 @@ impl HsService {
         )
     }
 
-    fn remember(&mut self, tag: [u8; 32]) -> bool {
-        if !self.replay.insert(tag) {
-            return false;
-        }
-        self.replay_order.push_back(tag);
-        while self.replay_order.len() > self.config.replay_cache_size {
-            if let Some(old) = self.replay_order.pop_front() {
-                self.replay.remove(&old);
-            }
-        }
-        true
+    /// How many INTRODUCE2 tags introduction point `i` remembers (none if it was removed).
+    pub fn replay_cache_len(&self, i: usize) -> usize {
+        self.ip(i).map_or(0, |ip| ip.replay.len())
     }
 
     /// INTRODUCE2 on intro point `i`'s circuit: check it is not a replay, decrypt it with one
@@ -366,11 +408,13 @@ impl HsService {
         // Replays: the same encrypted section, or the same rendezvous cookie.
         let tag_body = sha3_256(&[b"intro", &m.client_pk, &m.encrypted]);
         let tag_cookie = sha3_256(&[b"cookie", &pt.rend_cookie]);
-        if self.replay.contains(&tag_body) || self.replay.contains(&tag_cookie) {
+        if self.ip(i)?.replay.contains(&tag_body) || self.cookies.contains(&tag_cookie) {
             return Err(ServiceError::Replay);
         }
-        self.remember(tag_body);
-        self.remember(tag_cookie);
+        self.cookies.insert(tag_cookie);
+        if let Some(Some(ip)) = self.intro_points.get_mut(i) {
+            ip.replay.insert(tag_body);
+        }
         let ip = self.ip(i)?;
         let (info, keys) =
             ntor::service_finish(rng, &ip.enc, ip.auth.public_bytes(), &m.client_pk)?;

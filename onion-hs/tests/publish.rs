@@ -10,12 +10,12 @@ use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
 use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
 use onion_hs::publish::{
-    ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, Publisher, PublisherConfig,
-    RelayId, UploadId,
+    ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, PublishError, Publisher,
+    PublisherConfig, RelayId, UploadId,
 };
 use onion_hs::relay::IntroPoint;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
-use onion_hs::service::{HsService, HsServiceConfig};
+use onion_hs::service::{HsService, HsServiceConfig, ServiceError};
 use onion_hs::time::{TimePeriod, TimePeriodConfig};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -94,10 +94,14 @@ fn srv(day: u8) -> SharedRandom {
 
 impl Harness {
     fn new(seed: u64, config: PublisherConfig) -> Harness {
+        Harness::with_service(seed, config, HsServiceConfig::default())
+    }
+
+    fn with_service(seed: u64, config: PublisherConfig, hs_config: HsServiceConfig) -> Harness {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let identity = ExpandedKeypair::generate(&mut rng);
         let id = identity.id_key();
-        let hs = HsService::new(identity, HsServiceConfig::default());
+        let hs = HsService::new(identity, hs_config);
         Harness {
             p: Publisher::new(hs, config),
             id,
@@ -795,4 +799,82 @@ fn introduce2_carries_no_congestion_control_request() {
         );
         h.pump();
     }
+}
+
+/// The client's INTRODUCE1 through the `nth` introduction point of `text`, as the intro
+/// relay routes it to the service.
+fn introduce_via(
+    h: &mut Harness,
+    text: &str,
+    period: TimePeriod,
+    nth: usize,
+) -> (IntroId, Vec<u8>) {
+    let mut client = HsClient::new(h.id.address()).unwrap();
+    client.handle_descriptor(text, period, None, h.now).unwrap();
+    client.establish_rendezvous(&mut h.rng).unwrap();
+    client.handle_rendezvous_established().unwrap();
+    let mut last = None;
+    for _ in 0..=nth {
+        last = Some(
+            client
+                .introduce(&mut h.rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
+                .unwrap(),
+        );
+    }
+    let (ip, intro1) = last.unwrap();
+    let relay: RelayId = ip
+        .link_specifiers
+        .iter()
+        .find(|l| l.ty == LS_RSA_ID)
+        .and_then(|l| l.body.as_slice().try_into().ok())
+        .unwrap();
+    let (c, b) = h.roles[&relay]
+        .handle_introduce1(&intro1)
+        .to_service
+        .expect("routed");
+    (IntroId(c), b)
+}
+
+/// Each introduction point remembers the INTRODUCE2 cells it carried for its whole life:
+/// many introductions through another point do not push an old one out (a single shared
+/// cache smaller than an introduction point's life would let a replay through).
+#[test]
+fn replay_cache_is_per_introduction_point() {
+    let hs_config = HsServiceConfig {
+        replay_cache_size: 8,
+        cookie_cache_size: 8,
+        ..HsServiceConfig::default()
+    };
+    let mut h = Harness::with_service(21, PublisherConfig::default(), hs_config);
+    let v = h.view.clone();
+    h.consensus(v);
+    let sel = h
+        .view
+        .shared_random
+        .client_fetch(&h.view.periods, h.view.valid_after);
+    let desc = h
+        .uploads
+        .iter()
+        .find(|u| u.period == sel.period)
+        .unwrap()
+        .clone();
+    let (a, first) = introduce_via(&mut h, &desc.text, sel.period, 0);
+    assert!(h.p.handle_introduce2(&mut h.rng, a, &first, h.now).is_ok());
+    for _ in 0..12 {
+        let (b, body) = introduce_via(&mut h, &desc.text, sel.period, 1);
+        assert_ne!(a, b);
+        assert!(h.p.handle_introduce2(&mut h.rng, b, &body, h.now).is_ok());
+    }
+    let err = h.p.handle_introduce2(&mut h.rng, a, &first, h.now);
+    assert!(
+        err.is_err(),
+        "the replay through the first point was accepted"
+    );
+    // The same INTRODUCE2 replayed through the point that carried it, right away, too.
+    let (b, body) = introduce_via(&mut h, &desc.text, sel.period, 1);
+    assert!(h.p.handle_introduce2(&mut h.rng, b, &body, h.now).is_ok());
+    assert!(matches!(
+        h.p.handle_introduce2(&mut h.rng, b, &body, h.now),
+        Err(PublishError::Service(ServiceError::Replay))
+    ));
 }
