@@ -795,3 +795,247 @@ fn client_auth_between_onion_serve_and_onion_get() {
         );
     }
 }
+
+/// `n` random bytes (the OS's RNG: a fixed pattern could hide a misplaced cell).
+fn random_body(n: usize) -> Vec<u8> {
+    use rand_core::RngCore;
+    let mut v = vec![0u8; n];
+    rand_core::OsRng.fill_bytes(&mut v);
+    v
+}
+
+/// SHA-256 in hex, to compare bodies without printing them.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// 1 MiB of random bytes from C tor's onion service through `onion get` (introduction,
+/// rendezvous, then ~2100 DATA cells paced by our stream and circuit SENDMEs). Our
+/// INTRODUCE1 must not ask for congestion control (proposal 324): a C tor service that is
+/// asked turns it on for the rendezvous circuit and then closes the circuit on our first
+/// stream-level SENDME ("Congestion control got stream sendme"), after about 61 KB.
+#[test]
+fn onion_get_1_mib_from_a_c_tor_onion_service() {
+    let Some(net) = network() else { return };
+    net.wait_onion().unwrap();
+    let body = random_body(1 << 20);
+    std::fs::write(net.http_root.join("onion-big.bin"), &body).unwrap();
+    let url = format!("http://{}/onion-big.bin", net.onion_hostname);
+    let dd = data_dir(net, "onion-get-hs-big");
+    let mut last = String::new();
+    for _ in 0..2 {
+        let (st, out, err) = support::run_bounded_bytes(
+            onion()
+                .args(["get", &url, "--authorities"])
+                .arg(&net.authorities_file)
+                .arg("--data-dir")
+                .arg(&dd)
+                .args(["--timeout", "120"]),
+            Duration::from_secs(150),
+        )
+        .unwrap();
+        if st.success() {
+            assert_eq!(out.len(), body.len(), "{err}");
+            assert_eq!(sha256_hex(&out), sha256_hex(&body), "1 MiB body differs");
+            return;
+        }
+        last = err;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    panic!("onion get of 1 MiB from the onion service failed: {last}");
+}
+
+/// 1 MiB of random bytes from `onion serve` through C tor's client (curl on its SocksPort).
+/// Our descriptor does not advertise `flow-control`, so C tor's client sets up no congestion
+/// control on its rendezvous circuit and asks for none in INTRODUCE1; both ends then pace
+/// the body with stream and circuit SENDMEs (tor-spec §7.3-7.4).
+#[test]
+fn c_tor_client_fetches_1_mib_from_onion_serve() {
+    let Some(net) = network() else { return };
+    let keys = data_dir(net, "onion-serve-big-keys");
+    let target = format!("127.0.0.1:{}", net.http_port);
+    let mut d = support::Daemon::start(&[
+        "serve",
+        "--target",
+        &target,
+        "--key-dir",
+        keys.to_str().unwrap(),
+        "--authorities",
+        net.authorities_file.to_str().unwrap(),
+    ]);
+    d.wait_for("service published", Duration::from_secs(150));
+    let body = random_body(1 << 20);
+    std::fs::write(net.http_root.join("serve-random.bin"), &body).unwrap();
+    let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
+    let url = format!("http://{}/serve-random.bin", host.trim());
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (st, got, err) = support::curl_socks(net.socks_port, &url, 90);
+        if st.success() && got.len() == body.len() {
+            assert_eq!(sha256_hex(&got), sha256_hex(&body), "1 MiB body differs");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "C tor's client did not fetch 1 MiB from {url} after {attempt} attempts \
+                 ({} bytes, {err})\nonion:\n{}",
+                got.len(),
+                support::last_lines(&d.stderr(), 30)
+            );
+        }
+        eprintln!(
+            "attempt {attempt}: {} bytes; curl: {}",
+            got.len(),
+            err.trim()
+        );
+        let _ = newnym(net);
+        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
+    }
+    let log = d.stderr();
+    assert!(log.contains("rendezvous with a client"), "{log}");
+    assert!(!log.contains("congestion control"), "{log}");
+}
+
+/// A raw SOCKS5 CONNECT to `host:port` through the proxy at `proxy`: the reply code (RFC
+/// 1928 §6, or proposal 304's extended codes) and how long the reply took.
+fn socks_reply_code(proxy: &str, host: &str, port: u16) -> (u8, Duration) {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(150))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)
+        .unwrap_or_else(|e| panic!("no SOCKS reply for {host}: {e}"));
+    assert_eq!(reply[0], 5, "{reply:?}");
+    (reply[1], t.elapsed())
+}
+
+/// `onion socks` and C tor's onion service: `curl --socks5-hostname` fetches the page of
+/// `http://<service>.onion/` (never through an exit: the proxy connects to the service and
+/// begins the stream on the rendezvous circuit), the same page as `<service>.onion.` (one
+/// trailing dot) and as `www.<service>.onion` on the same rendezvous circuit, and 1 MiB of
+/// random bytes compared by SHA-256. `.exit` names and malformed `.onion` names are refused
+/// at once with C tor's reply (1, general failure; 0xF6 with `--extended-errors`) without a
+/// circuit; a valid address without a descriptor gets 4 (host unreachable; 0xF0 extended).
+#[test]
+fn socks_reaches_a_c_tor_onion_service() {
+    let Some(net) = network() else { return };
+    net.wait_onion().unwrap();
+    let auths = net.authorities_file.to_str().unwrap();
+    let start = |extra: &[&str]| {
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        let mut args = vec!["socks", "--listen", &listen, "--authorities", auths];
+        args.extend_from_slice(extra);
+        let mut d = support::Daemon::start(&args);
+        d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
+        (d, listen)
+    };
+    let (d, listen) = start(&[]);
+    let (dx, listen_x) = start(&["--extended-errors"]);
+    let onion = net.onion_hostname.clone();
+    let label = onion.trim_end_matches(".onion");
+    // One character changed: the checksum no longer matches.
+    let bad = format!(
+        "{}{}.onion",
+        if label.starts_with('a') { "b" } else { "a" },
+        &label[1..]
+    );
+    let exit = net
+        .relays
+        .iter()
+        .find(|r| r.role == "exit")
+        .map(|r| r.nickname.clone())
+        .unwrap_or_else(|| "exit0".into());
+    let refused = [
+        (format!("127.0.0.1.{exit}.exit"), 1, 1),
+        (format!("{exit}.exit"), 1, 1),
+        (bad.clone(), 1, 0xF6),
+        (format!("{bad}."), 1, 0xF6),
+        (format!("www.{}", &bad), 1, 0xF6),
+        (format!("{}.onion", &label[1..]), 1, 0xF6),
+    ];
+    for (host, code, ext_code) in &refused {
+        for (proxy, want) in [(&listen, *code), (&listen_x, *ext_code)] {
+            let (got, took) = socks_reply_code(proxy, host, net.http_port);
+            assert_eq!(got, want, "{host} via {proxy}");
+            assert!(took < Duration::from_secs(2), "{host}: {took:?}");
+        }
+    }
+    // Nothing went to the network for them.
+    for p in [&d, &dx] {
+        let err = p.stderr();
+        assert!(!err.contains("circuit built"), "{err}");
+        assert!(!err.contains("HSDir"), "{err}");
+    }
+
+    let page = format!("http://{onion}/");
+    let mut failed = 0;
+    for url in [
+        page.clone(),
+        format!("http://{onion}./"),
+        format!("http://www.{onion}/"),
+    ] {
+        let ((st, body, err), f) = support::curl_socks_retrying(
+            listen.rsplit(':').next().unwrap().parse().unwrap(),
+            &url,
+            120,
+            3,
+        );
+        failed += f;
+        assert!(
+            st.success(),
+            "curl {url} failed: {err}\nonion:\n{}",
+            support::last_lines(&d.stderr(), 40)
+        );
+        assert_eq!(String::from_utf8_lossy(&body), net.http_body, "{url}");
+    }
+    let err = d.stderr();
+    // The service was reached by rendezvous, never through an exit: no exit circuit.
+    assert!(err.contains("rendezvous complete"), "{err}");
+    assert!(!err.contains("onion: circuit built:"), "{err}");
+    // The three names share one rendezvous circuit (a failed attempt may cost another).
+    let rendezvous = err.matches("rendezvous complete").count();
+    assert!(rendezvous <= 1 + failed, "{rendezvous} rendezvous:\n{err}");
+
+    // 1 MiB of random bytes, byte for byte.
+    let body = random_body(1 << 20);
+    std::fs::write(net.http_root.join("socks-onion-big.bin"), &body).unwrap();
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let ((st, got, e), _) =
+        support::curl_socks_retrying(port, &format!("{page}socks-onion-big.bin"), 150, 3);
+    assert!(
+        st.success(),
+        "1 MiB through onion socks failed: {e} ({} bytes)\nonion:\n{}",
+        got.len(),
+        support::last_lines(&d.stderr(), 40)
+    );
+    assert_eq!(got.len(), body.len());
+    assert_eq!(sha256_hex(&got), sha256_hex(&body), "1 MiB body differs");
+
+    // A valid address (the ed25519 base point as key) that no service publishes: every
+    // responsible HSDir answers 404.
+    let mut key = [0x66u8; 32];
+    key[0] = 0x58;
+    let unknown = onion_hs::OnionAddress::from_public_key(key).to_string();
+    let (code, took) = socks_reply_code(&listen, &unknown, 80);
+    assert_eq!(
+        code,
+        4,
+        "{unknown} took {took:?}\n{}",
+        support::last_lines(&d.stderr(), 20)
+    );
+    let (code, _) = socks_reply_code(&listen_x, &unknown, 80);
+    assert_eq!(code, 0xF0, "{}", support::last_lines(&dx.stderr(), 20));
+    eprintln!("interop: unknown onion service refused after {took:?}");
+}

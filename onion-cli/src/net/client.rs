@@ -8,10 +8,11 @@
 //! `step` until what they wait for has happened or their deadline passed: every network
 //! wait is bounded.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::relaymsg::{BeginFlags, EndReason, RelayMsg};
 use onion_cell::CircId;
 use onion_circuit::channel::{ChanEvent, PeerIds};
@@ -20,10 +21,86 @@ use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use rand_core::OsRng;
 
-use super::event::{Inbox, Input};
+use super::event::{ConnId, Inbox, Input};
 use super::guards::Guards;
 use super::link::Link;
 use super::Clock;
+
+/// What a circuit is for: which onion-service messages (rend-spec-v3 §3) it may receive.
+///
+/// Each onion-service message has one place in the protocol: INTRODUCE_ACK answers our
+/// INTRODUCE1 at a client's introduction point, RENDEZVOUS_ESTABLISHED and RENDEZVOUS2 come
+/// from a client's rendezvous point, INTRO_ESTABLISHED and INTRODUCE2 from a service's
+/// introduction point. Anywhere else (another purpose, a hop other than the last) it is a
+/// protocol violation, as C tor treats a relay command its circuit's purpose does not
+/// expect: the circuit is closed ([`msg_verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An exit or directory circuit: no onion-service message.
+    General,
+    /// To an HSDir (descriptor fetch or upload over BEGIN_DIR): none either.
+    HsDir,
+    /// A client's circuit to an introduction point, after INTRODUCE1: INTRODUCE_ACK.
+    ClientIntro,
+    /// A client's circuit to its rendezvous point, after ESTABLISH_RENDEZVOUS:
+    /// RENDEZVOUS_ESTABLISHED and RENDEZVOUS2.
+    ClientRend,
+    /// A service's circuit to its introduction point, after ESTABLISH_INTRO:
+    /// INTRO_ESTABLISHED and INTRODUCE2.
+    ServiceIntro,
+    /// A service's circuit to a client's rendezvous point, after RENDEZVOUS1: none (streams
+    /// only).
+    ServiceRend,
+}
+
+/// What to do with a relay message a circuit handed up ([`CircEvent::Msg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queue it for the circuit's owner.
+    Accept,
+    /// Drop it: not an onion-service message, and nothing here waits for it (tor-spec §6.1:
+    /// a recognised cell that is not understood is dropped).
+    Ignore,
+    /// Close the circuit (DESTROY, reason PROTOCOL): the message may not come from there.
+    Violation(&'static str),
+}
+
+/// Whether circuit purpose `purpose` may receive `msg` from hop `hop` (0-based) of its
+/// `n_hops` hops on stream `stream`: onion-service messages only from the last hop, on
+/// stream 0, and only those the purpose expects (rend-spec-v3 §3.1.2, §3.2.2, §3.3, §4.2).
+pub fn msg_verdict(
+    purpose: Purpose,
+    hop: usize,
+    n_hops: usize,
+    stream: u16,
+    msg: &RelayMsg<'_>,
+) -> Verdict {
+    use RelayMsg as M;
+    let expected = match msg {
+        M::IntroduceAck(_) => purpose == Purpose::ClientIntro,
+        M::RendezvousEstablished | M::Rendezvous2(_) => purpose == Purpose::ClientRend,
+        M::IntroEstablished(_) | M::Introduce2(_) => purpose == Purpose::ServiceIntro,
+        // Messages only a relay (introduction or rendezvous point) may receive.
+        M::EstablishIntro(_) | M::EstablishRendezvous(_) | M::Introduce1(_) | M::Rendezvous1(_) => {
+            return Verdict::Violation("a message only relays receive")
+        }
+        _ => return Verdict::Ignore,
+    };
+    if !expected {
+        Verdict::Violation("an onion-service message this circuit's purpose does not expect")
+    } else if hop + 1 != n_hops {
+        Verdict::Violation("an onion-service message from a hop other than the last")
+    } else if stream != 0 {
+        Verdict::Violation("an onion-service message on a stream")
+    } else {
+        Verdict::Accept
+    }
+}
+
+/// How many events may wait in one circuit's queue for its owner. Data is bounded by the
+/// windows (1000 cells per circuit, tor-spec §7.3) and the rest by the streams, so a longer
+/// queue means a peer sends what nobody takes; the circuit is closed.
+pub const MAX_EVENTS: usize = 4096;
 
 /// A circuit and where it lives.
 pub struct Circ {
@@ -41,6 +118,36 @@ pub struct Circ {
     /// sets it, so no stream SENDME goes out for data it has not taken (tor-spec §7.4) and
     /// the exit stops. A closed circuit then shows as `circ.is_closed()`, not as `dead`.
     pub hold: bool,
+    /// What it is for; set by [`Client::set_purpose`].
+    pub purpose: Purpose,
+    /// Its owner released it ([`Client::destroy`]): the slot is freed at the next step.
+    released: bool,
+    /// A build under way ([`Client::start_build`]).
+    build: Option<Build>,
+}
+
+/// A circuit being built without blocking: the hops still to add, and until when.
+struct Build {
+    rest: VecDeque<HopTarget>,
+    /// Hops once the pending CREATE2 / EXTEND2 is answered.
+    want: usize,
+    deadline: Instant,
+}
+
+/// Where a build started by [`Client::start_build`] stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// Hops are still being added.
+    Building,
+    /// Every hop was added.
+    Built,
+    /// It failed after `hops` hops were added (0: the first hop never answered).
+    Failed {
+        /// Hops that were added.
+        hops: usize,
+        /// Why.
+        why: String,
+    },
 }
 
 /// What a stream to open is for.
@@ -51,17 +158,145 @@ pub enum Target<'a> {
     Dir,
 }
 
+/// Slots addressed by index whose freed indices are reused: circuits and channels live in
+/// one, so that what closed is freed while the indices others hold stay valid until then.
+/// Indexing a free slot panics, as indexing past a `Vec`'s end does; [`Slab::get`] does not.
+pub struct Slab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl<T> Slab<T> {
+    /// An empty slab.
+    pub fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Store `v` in a free slot (or a new one); returns its index.
+    pub fn insert(&mut self, v: T) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(v);
+                i
+            }
+            None => {
+                self.slots.push(Some(v));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Take the value out of slot `i`, freeing it.
+    pub fn remove(&mut self, i: usize) -> Option<T> {
+        let v = self.slots.get_mut(i)?.take()?;
+        self.live -= 1;
+        self.free.push(i);
+        Some(v)
+    }
+
+    /// The value in slot `i`, if any.
+    pub fn get(&self, i: usize) -> Option<&T> {
+        self.slots.get(i)?.as_ref()
+    }
+
+    /// The value in slot `i`, if any.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    /// How many slots hold a value.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no slot holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// How many slots exist, used or free (what the slab's memory is proportional to).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The values with their indices.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.as_ref()?)))
+    }
+
+    /// The values with their indices.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.as_mut()?)))
+    }
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::new()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        match self.get(i) {
+            Some(v) => v,
+            None => panic!("slot {i} is free"),
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slab<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        match self.get_mut(i) {
+            Some(v) => v,
+            None => panic!("slot {i} is free"),
+        }
+    }
+}
+
+/// A channel and what the client knows about it.
+struct LinkSlot {
+    link: Link,
+    /// Its handshake completed.
+    open: bool,
+    /// Why it closed, once it did.
+    dead: Option<String>,
+    /// Where it goes and whom it must reach (to share it among circuits).
+    addr: SocketAddr,
+    ids: PeerIds,
+    /// Circuit slots on it (live or dead but not yet released).
+    circs: usize,
+    /// A circuit was created on it: once none is left it is closed.
+    used: bool,
+}
+
 /// All the machines of one client, and the loop that drives them.
 pub struct Client {
     /// The clock handed to the machines.
     pub clock: Clock,
     inbox: Inbox,
     rng: OsRng,
-    links: Vec<Link>,
-    link_open: Vec<bool>,
-    link_dead: Vec<Option<String>>,
-    /// The circuits, by index.
-    pub circs: Vec<Circ>,
+    links: Slab<LinkSlot>,
+    /// Channel by the inbox id of its socket.
+    by_conn: HashMap<ConnId, usize>,
+    /// Circuit by channel and circuit id: incoming cells find theirs in constant time.
+    by_id: HashMap<(usize, CircId), usize>,
+    /// The circuits, by index. An index stays valid until [`Client::destroy`]; after the
+    /// next step it may name another circuit.
+    pub circs: Slab<Circ>,
     /// Inputs for sockets that are not channels (SOCKS clients), kept for the application.
     others: VecDeque<Input>,
     /// The entry guards of every circuit this client builds.
@@ -75,10 +310,10 @@ impl Client {
             clock: Clock::new(),
             inbox: Inbox::new(),
             rng: OsRng,
-            links: Vec::new(),
-            link_open: Vec::new(),
-            link_dead: Vec::new(),
-            circs: Vec::new(),
+            links: Slab::new(),
+            by_conn: HashMap::new(),
+            by_id: HashMap::new(),
+            circs: Slab::new(),
             others: VecDeque::new(),
             guards: Guards::default(),
         }
@@ -94,41 +329,69 @@ impl Client {
         &mut self.inbox
     }
 
-    /// Open a channel to `addr`, which must prove `ids`; returns its index.
+    /// How many channels and circuits are held now (live, or closed and not yet released by
+    /// their owners): what the client's memory grows with.
+    pub fn held(&self) -> (usize, usize) {
+        (self.links.len(), self.circs.len())
+    }
+
+    /// A channel to `addr`, which must prove `ids`; returns its index. An open channel to
+    /// the same relay is shared (tor-spec §2: one channel carries many circuits), so only
+    /// the first circuit through a guard waits for TCP, TLS and the link handshake.
     pub fn connect(
         &mut self,
         addr: SocketAddr,
         ids: PeerIds,
         deadline: Instant,
     ) -> Result<usize, String> {
+        if let Some((idx, _)) = self
+            .links
+            .iter()
+            .find(|(_, l)| l.open && l.dead.is_none() && l.addr == addr && l.ids == ids)
+        {
+            return Ok(idx);
+        }
         let timeout = self.clock.until(deadline).max(Duration::from_secs(1));
         let link = Link::connect(&mut self.inbox, &self.clock, addr, ids, timeout)?;
-        self.links.push(link);
-        self.link_open.push(false);
-        self.link_dead.push(None);
-        let idx = self.links.len() - 1;
+        let conn = link.conn;
+        let idx = self.links.insert(LinkSlot {
+            link,
+            open: false,
+            dead: None,
+            addr,
+            ids,
+            circs: 0,
+            used: false,
+        });
+        self.by_conn.insert(conn, idx);
         loop {
             self.dispatch();
-            if let Some(e) = &self.link_dead[idx] {
+            if let Some(e) = &self.links[idx].dead {
                 return Err(e.clone());
             }
-            if self.link_open[idx] {
+            if self.links[idx].open {
                 return Ok(idx);
             }
-            self.step(deadline)
-                .map_err(|e| format!("{addr}: link handshake: {e}"))?;
+            if let Err(e) = self.step(deadline) {
+                self.kill_link(idx, &e);
+                return Err(format!("{addr}: link handshake: {e}"));
+            }
         }
     }
 
-    /// Create a one-hop circuit to the relay at the far end of channel `link`.
-    pub fn create(
+    /// Send CREATE2 for a new circuit on channel `link`; returns the circuit's index.
+    fn start_create(
         &mut self,
         link: usize,
         first: &HopTarget,
         kind: HandshakeKind,
         deadline: Instant,
     ) -> Result<usize, String> {
-        let l = self.links.get_mut(link).ok_or("no such channel")?;
+        let slot = self.links.get_mut(link).ok_or("no such channel")?;
+        if let Some(why) = &slot.dead {
+            return Err(why.clone());
+        }
+        let l = &mut slot.link;
         let id = l
             .chan
             .new_circ_id(&mut self.rng)
@@ -142,18 +405,121 @@ impl Client {
         l.chan
             .send(id, &create)
             .map_err(|e| format!("create: {e}"))?;
-        l.pump(&self.clock)?;
-        self.circs.push(Circ {
+        if let Err(e) = l.pump(&self.clock) {
+            self.kill_link(link, &e);
+            return Err(e);
+        }
+        slot.circs += 1;
+        slot.used = true;
+        let c = self.circs.insert(Circ {
             link,
             id,
             circ,
             events: VecDeque::new(),
             dead: None,
             hold: false,
+            purpose: Purpose::General,
+            released: false,
+            build: None,
         });
-        let c = self.circs.len() - 1;
+        self.by_id.insert((link, id), c);
+        Ok(c)
+    }
+
+    /// Create a one-hop circuit to the relay at the far end of channel `link`.
+    pub fn create(
+        &mut self,
+        link: usize,
+        first: &HopTarget,
+        kind: HandshakeKind,
+        deadline: Instant,
+    ) -> Result<usize, String> {
+        let c = self.start_create(link, first, kind, deadline)?;
         self.wait_hops(c, 1, deadline)?;
         Ok(c)
+    }
+
+    /// Start building a circuit through `hops` without waiting: CREATE2 (ntor) to the first
+    /// over `link` now, then EXTEND2 to each next hop as the previous one is added
+    /// ([`CircEvent::HopAdded`]), all within `deadline`. [`Client::build_status`] tells how
+    /// it goes; a build past its deadline is destroyed and failed.
+    pub fn start_build(
+        &mut self,
+        link: usize,
+        hops: &[HopTarget],
+        deadline: Instant,
+    ) -> Result<usize, String> {
+        let (first, rest) = hops.split_first().ok_or("empty path")?;
+        let c = self.start_create(link, first, HandshakeKind::Ntor, deadline)?;
+        self.circs[c].build = Some(Build {
+            rest: rest.iter().cloned().collect(),
+            want: 1,
+            deadline,
+        });
+        Ok(c)
+    }
+
+    /// How the build of circuit `c` ([`Client::start_build`]) goes.
+    pub fn build_status(&self, c: usize) -> BuildStatus {
+        match self.circs.get(c) {
+            None => BuildStatus::Failed {
+                hops: 0,
+                why: "no such circuit".into(),
+            },
+            Some(circ) => match (&circ.dead, &circ.build) {
+                (Some(why), _) => BuildStatus::Failed {
+                    hops: circ.circ.n_hops(),
+                    why: why.clone(),
+                },
+                (None, Some(_)) => BuildStatus::Building,
+                (None, None) => BuildStatus::Built,
+            },
+        }
+    }
+
+    /// Advance the builds under way: extend the circuits whose last hop was added, fail the
+    /// ones past their deadline.
+    fn advance_builds(&mut self) {
+        let now = self.clock.now();
+        let building: Vec<usize> = self
+            .circs
+            .iter()
+            .filter(|(_, c)| c.build.is_some() && c.dead.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        for c in building {
+            let want = self.circs[c].build.as_ref().map_or(0, |b| b.want);
+            let added = self
+                .take_event(
+                    c,
+                    |e| matches!(e, CircEvent::HopAdded { hops } if *hops >= want),
+                )
+                .is_some();
+            let circ = &mut self.circs[c];
+            let Some(b) = circ.build.as_mut() else {
+                continue;
+            };
+            if added {
+                match b.rest.pop_front() {
+                    None => {
+                        circ.build = None;
+                        continue;
+                    }
+                    Some(next) => {
+                        b.want += 1;
+                        if let Err(e) = circ.circ.extend(&next, now, &mut self.rng) {
+                            circ.dead = Some(format!("extend: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            }
+            if now >= b.deadline {
+                let hops = circ.circ.n_hops();
+                circ.circ.destroy();
+                circ.dead = Some(format!("timed out building hop {}", hops + 1));
+            }
+        }
     }
 
     /// Extend circuit `c` by one hop.
@@ -183,6 +549,13 @@ impl Client {
         }
     }
 
+    /// Declare what circuit `c` is for: which onion-service messages it may receive
+    /// ([`msg_verdict`]).
+    pub fn set_purpose(&mut self, c: usize, purpose: Purpose) {
+        if let Some(circ) = self.circs.get_mut(c) {
+            circ.purpose = purpose;
+        }
+    }
     /// Open a stream on circuit `c`; waits for RELAY_CONNECTED.
     pub fn begin(
         &mut self,
@@ -295,12 +668,17 @@ impl Client {
         }
     }
 
-    /// Close circuit `c` (DESTROY) and forget its events.
+    /// Release circuit `c`: DESTROY if it is still open, and its events forgotten. This is
+    /// how an owner gives a circuit index back; after the next step the index may name
+    /// another circuit. A circuit that died on its own stays (dead) until its owner
+    /// releases it.
     pub fn destroy(&mut self, c: usize) {
         if let Some(circ) = self.circs.get_mut(c) {
             circ.circ.destroy();
             circ.events.clear();
-            circ.dead = Some("closed by us".into());
+            circ.build = None;
+            circ.dead.get_or_insert_with(|| "closed by us".into());
+            circ.released = true;
         }
         let _ = self.flush();
     }
@@ -328,20 +706,58 @@ impl Client {
         q.remove(i)
     }
 
+    /// Free what nobody holds any more: released circuits (their DESTROY went out with the
+    /// flush that released them), and channels that closed or whose last circuit is gone
+    /// (closed now).
+    fn reap(&mut self) {
+        let released: Vec<usize> = self
+            .circs
+            .iter()
+            .filter(|(_, c)| c.released)
+            .map(|(i, _)| i)
+            .collect();
+        for c in released {
+            if let Some(circ) = self.circs.remove(c) {
+                self.by_id.remove(&(circ.link, circ.id));
+                if let Some(l) = self.links.get_mut(circ.link) {
+                    l.circs = l.circs.saturating_sub(1);
+                }
+            }
+        }
+        let idle: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.circs == 0 && (l.used || l.dead.is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idle {
+            if let Some(mut l) = self.links.remove(idx) {
+                l.link.chan.close();
+                let _ = l.link.pump(&self.clock);
+                l.link.tls.close();
+                self.by_conn.remove(&l.link.conn);
+            }
+        }
+    }
+
     /// One turn of the loop: wait for one input or timeout, feed it, drain every machine.
     /// Inputs of sockets that are not channels are kept for [`Client::take_other`].
     /// Fails only when `deadline` passes.
     pub fn step(&mut self, deadline: Instant) -> Result<(), String> {
         self.flush()?;
+        self.reap();
         let mut wake = deadline;
-        for l in &self.links {
-            if let Some(t) = l.chan.poll_timeout() {
+        for (_, l) in self.links.iter() {
+            if let Some(t) = l.link.chan.poll_timeout() {
                 wake = wake.min(t);
             }
         }
-        for c in &self.circs {
+        for (_, c) in self.circs.iter() {
             if let Some(t) = c.circ.poll_timeout() {
                 wake = wake.min(t);
+            }
+            if let Some(b) = &c.build {
+                wake = wake.min(b.deadline);
             }
         }
         let input = self.inbox.wait(Some(self.clock.until(wake)));
@@ -353,9 +769,9 @@ impl Client {
                     Input::Bytes(c, _) | Input::Closed(c, _) => *c,
                     Input::Accepted(_) => 0,
                 };
-                match self.links.iter().position(|l| l.conn == conn) {
+                match self.by_conn.get(&conn).copied() {
                     Some(idx) => {
-                        if let Err(e) = self.links[idx].handle(&self.clock, i) {
+                        if let Err(e) = self.links[idx].link.handle(&self.clock, i) {
                             self.kill_link(idx, &e);
                         }
                     }
@@ -364,10 +780,10 @@ impl Client {
             }
             Some(i @ Input::Accepted(_)) => other = Some(i),
             None => {
-                for l in &mut self.links {
-                    l.chan.handle_timeout(now);
+                for (_, l) in self.links.iter_mut() {
+                    l.link.chan.handle_timeout(now);
                 }
-                for c in &mut self.circs {
+                for (_, c) in self.circs.iter_mut() {
                     let _ = c.circ.handle_timeout(now);
                 }
                 if now >= deadline {
@@ -377,26 +793,25 @@ impl Client {
         }
         self.others.extend(other);
         self.dispatch();
+        self.flush()?;
+        self.advance_builds();
         self.flush()
     }
 
     /// Route channel events to circuits.
     fn dispatch(&mut self) {
         let now = self.clock.now();
-        for idx in 0..self.links.len() {
-            for ev in self.links[idx].take_events() {
+        let idxs: Vec<usize> = self.links.iter().map(|(i, _)| i).collect();
+        for idx in idxs {
+            for ev in self.links[idx].link.take_events() {
                 match ev {
                     ChanEvent::CircuitCell { circ_id, msg } => {
-                        if let Some(c) = self
-                            .circs
-                            .iter_mut()
-                            .find(|c| c.link == idx && c.id == circ_id)
-                        {
+                        if let Some(&c) = self.by_id.get(&(idx, circ_id)) {
                             // A fatal error also arrives as CircEvent::Closed.
-                            let _ = c.circ.handle_cell(now, msg);
+                            let _ = self.circs[c].circ.handle_cell(now, msg);
                         }
                     }
-                    ChanEvent::Open(_) => self.link_open[idx] = true,
+                    ChanEvent::Open(_) => self.links[idx].open = true,
                     ChanEvent::Closed(e) => self.kill_link(idx, &e.to_string()),
                     _ => {}
                 }
@@ -405,27 +820,53 @@ impl Client {
     }
 
     fn kill_link(&mut self, idx: usize, why: &str) {
-        let addr = self.links[idx].tls.addr();
+        let Some(l) = self.links.get_mut(idx) else {
+            return;
+        };
+        let addr = l.link.tls.addr();
         let why = format!("channel to {addr} closed: {why}");
-        self.links[idx].chan.close();
-        self.links[idx].tls.close();
-        for c in self.circs.iter_mut().filter(|c| c.link == idx) {
+        l.link.chan.close();
+        l.link.tls.close();
+        l.dead = Some(why.clone());
+        for (_, c) in self.circs.iter_mut().filter(|(_, c)| c.link == idx) {
             if c.dead.is_none() {
                 c.dead = Some(why.clone());
             }
         }
-        self.link_dead[idx] = Some(why);
+    }
+
+    /// Close circuit `c` for a protocol violation by a relay: DESTROY with reason PROTOCOL
+    /// (tor-spec §5.4) instead of the machine's own DESTROY, and the reason logged.
+    fn violation(&mut self, c: usize, why: &str) {
+        let Some(circ) = self.circs.get_mut(c) else {
+            return;
+        };
+        eprintln!("onion: circuit closed: {why}");
+        circ.circ.destroy();
+        // Drop the machine's DESTROY (reason NONE): ours says why.
+        while circ.circ.poll_cell(&mut self.rng).is_some() {}
+        circ.dead
+            .get_or_insert_with(|| format!("protocol violation: {why}"));
+        circ.build = None;
+        let (link, id) = (circ.link, circ.id);
+        if let Some(l) = self.links.get_mut(link).filter(|l| l.dead.is_none()) {
+            let _ = l
+                .link
+                .chan
+                .send(id, &ChanMsg::Destroy(DestroyReason::PROTOCOL));
+        }
     }
 
     /// Drain every circuit's cells into its channel and events into its queue, then every
     /// channel's bytes into TLS.
     pub fn flush(&mut self) -> Result<(), String> {
-        for c in &mut self.circs {
+        let mut bad = Vec::new();
+        for (ci, c) in self.circs.iter_mut() {
             while let Some(cell) = c.circ.poll_cell(&mut self.rng) {
-                if self.link_dead[c.link].is_some() {
+                let Some(l) = self.links.get_mut(c.link).filter(|l| l.dead.is_none()) else {
                     continue;
-                }
-                if let Err(e) = self.links[c.link].chan.send(c.id, &cell) {
+                };
+                if let Err(e) = l.link.chan.send(c.id, &cell) {
                     c.dead = Some(format!("channel refused a cell: {e}"));
                 }
             }
@@ -433,15 +874,41 @@ impl Client {
                 continue;
             }
             while let Some(ev) = c.circ.poll_event() {
-                if let CircEvent::Closed { .. } = ev {
-                    c.dead.get_or_insert_with(|| closed_reason(&ev));
+                match &ev {
+                    CircEvent::Closed { .. } => {
+                        c.dead.get_or_insert_with(|| closed_reason(&ev));
+                    }
+                    CircEvent::Msg { hop, stream, msg } => {
+                        let n = c.circ.n_hops();
+                        match msg_verdict(c.purpose, *hop, n, *stream, msg) {
+                            Verdict::Accept => {}
+                            Verdict::Ignore => continue,
+                            Verdict::Violation(why) => {
+                                bad.push((
+                                    ci,
+                                    format!("{:?} from hop {} of {n}: {why}", msg.cmd(), hop + 1),
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if c.events.len() >= MAX_EVENTS {
+                    bad.push((ci, format!("more than {MAX_EVENTS} events nobody took")));
+                    break;
                 }
                 c.events.push_back(ev);
             }
         }
-        for idx in 0..self.links.len() {
-            if self.link_dead[idx].is_none() {
-                if let Err(e) = self.links[idx].pump(&self.clock) {
+        for (c, why) in bad {
+            self.violation(c, &why);
+        }
+        let idxs: Vec<usize> = self.links.iter().map(|(i, _)| i).collect();
+        for idx in idxs {
+            let l = &mut self.links[idx];
+            if l.dead.is_none() {
+                if let Err(e) = l.link.pump(&self.clock) {
                     self.kill_link(idx, &e);
                 }
             }
@@ -535,5 +1002,164 @@ pub fn end_reason(r: EndReason) -> String {
     match r.name() {
         Some(n) => n.to_string(),
         None => format!("reason {}", r.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onion_cell::RelayCmd;
+
+    fn msg(cmd: RelayCmd, body: &[u8]) -> RelayMsg<'_> {
+        RelayMsg::decode(cmd, body).unwrap()
+    }
+
+    #[test]
+    fn onion_service_messages_only_from_the_last_hop_for_the_purpose() {
+        use Purpose::*;
+        let ack = msg(RelayCmd::INTRODUCE_ACK, &[0, 0, 0]);
+        let est = msg(RelayCmd::INTRO_ESTABLISHED, &[0]);
+        let rend2 = msg(RelayCmd::RENDEZVOUS2, &[7; 148]);
+        let rend_est = RelayMsg::RendezvousEstablished;
+        // Where each belongs: the last of 4 (or 3) hops, stream 0.
+        assert_eq!(msg_verdict(ClientIntro, 3, 4, 0, &ack), Verdict::Accept);
+        assert_eq!(msg_verdict(ClientRend, 2, 3, 0, &rend_est), Verdict::Accept);
+        assert_eq!(msg_verdict(ClientRend, 2, 3, 0, &rend2), Verdict::Accept);
+        assert_eq!(msg_verdict(ServiceIntro, 3, 4, 0, &est), Verdict::Accept);
+        // From the guard or a middle hop.
+        for hop in 0..3 {
+            assert!(matches!(
+                msg_verdict(ClientIntro, hop, 4, 0, &ack),
+                Verdict::Violation(_)
+            ));
+            assert!(matches!(
+                msg_verdict(ServiceIntro, hop, 4, 0, &est),
+                Verdict::Violation(_)
+            ));
+        }
+        assert!(matches!(
+            msg_verdict(ClientRend, 1, 3, 0, &rend2),
+            Verdict::Violation(_)
+        ));
+        // After the virtual hop was added, the rendezvous point is no longer the last hop.
+        assert!(matches!(
+            msg_verdict(ClientRend, 2, 4, 0, &rend2),
+            Verdict::Violation(_)
+        ));
+        // On a stream.
+        assert!(matches!(
+            msg_verdict(ClientIntro, 3, 4, 5, &ack),
+            Verdict::Violation(_)
+        ));
+        // For another purpose.
+        for p in [General, HsDir, ClientRend, ServiceIntro, ServiceRend] {
+            assert!(
+                matches!(msg_verdict(p, 3, 4, 0, &ack), Verdict::Violation(_)),
+                "{p:?}"
+            );
+        }
+        for p in [General, HsDir, ClientIntro, ServiceIntro, ServiceRend] {
+            assert!(
+                matches!(msg_verdict(p, 2, 3, 0, &rend2), Verdict::Violation(_)),
+                "{p:?}"
+            );
+        }
+        for p in [General, HsDir, ClientIntro, ClientRend, ServiceRend] {
+            assert!(
+                matches!(msg_verdict(p, 3, 4, 0, &est), Verdict::Violation(_)),
+                "{p:?}"
+            );
+        }
+        // What only a relay receives never reaches a client or service.
+        let rend1 = msg(RelayCmd::RENDEZVOUS1, &[1; 20 + 32 + 32]);
+        assert!(matches!(
+            msg_verdict(ServiceRend, 3, 4, 0, &rend1),
+            Verdict::Violation(_)
+        ));
+        // Other messages are dropped, not queued, whatever the circuit.
+        assert_eq!(
+            msg_verdict(General, 0, 3, 0, &RelayMsg::Drop),
+            Verdict::Ignore
+        );
+    }
+
+    #[test]
+    fn slab_reuses_freed_slots() {
+        let mut s = Slab::new();
+        let a = s.insert("a");
+        let b = s.insert("b");
+        assert_eq!((s[a], s[b], s.len()), ("a", "b", 2));
+        assert_eq!(s.remove(a), Some("a"));
+        assert_eq!(s.remove(a), None);
+        assert!(s.get(a).is_none());
+        let c = s.insert("c");
+        assert_eq!(c, a);
+        assert_eq!(s.slots(), 2);
+        assert_eq!(s.iter().map(|(_, v)| *v).collect::<Vec<_>>(), ["c", "b"]);
+        s.remove(b);
+        s.remove(c);
+        assert!(s.is_empty());
+    }
+
+    /// A circuit machine with its CREATE2 made, as [`Client::start_create`] makes one (no
+    /// network: only the client's bookkeeping is under test).
+    fn fake_circ(client: &mut Client, link: usize, id: u32) -> usize {
+        let target = HopTarget {
+            rsa_id: onion_dir::RsaIdentity([1; 20]),
+            ed_id: None,
+            ntor_key: onion_crypto::keys::NtorOnionKey([9; 32]),
+            addrs: vec![],
+            ntor_v3: false,
+        };
+        let (circ, _) = Circuit::create(
+            CircConfig::default(),
+            &target,
+            HandshakeKind::Ntor,
+            client.clock.now(),
+            &mut OsRng,
+        )
+        .unwrap();
+        let id = CircId::from(id);
+        let c = client.circs.insert(Circ {
+            link,
+            id,
+            circ,
+            events: VecDeque::new(),
+            dead: None,
+            hold: false,
+            purpose: Purpose::General,
+            released: false,
+            build: None,
+        });
+        client.by_id.insert((link, id), c);
+        c
+    }
+
+    #[test]
+    fn destroyed_circuits_are_freed_and_counts_stay_bounded() {
+        let mut client = Client::new();
+        let keep = fake_circ(&mut client, 7, 0x8000_0001);
+        for round in 0..2000u32 {
+            let batch: Vec<usize> = (0..5)
+                .map(|k| fake_circ(&mut client, 7, 0x8000_0100 + round * 5 + k))
+                .collect();
+            for c in batch {
+                client.destroy(c);
+            }
+            client.reap();
+            assert_eq!(client.held(), (0, 1));
+        }
+        // 10,000 circuits built and released: memory is what 6 at once needed.
+        assert!(client.circs.slots() <= 6, "{}", client.circs.slots());
+        assert_eq!(client.by_id.len(), 1);
+        assert!(client.circs.get(keep).is_some());
+        // A circuit that died on its own stays until its owner releases it.
+        client.circs[keep].dead = Some("destroyed by relay".into());
+        client.reap();
+        assert_eq!(client.held(), (0, 1));
+        client.destroy(keep);
+        client.reap();
+        assert_eq!(client.held(), (0, 0));
+        assert!(client.by_id.is_empty());
     }
 }

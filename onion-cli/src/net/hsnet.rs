@@ -14,7 +14,8 @@ use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
 
 use super::bootstrap::Directory;
-use super::client::{Client, Target};
+use super::client::{BuildStatus, Client, Purpose, Target};
+use super::guards::GuardTicket;
 use super::http;
 use super::path;
 
@@ -117,6 +118,74 @@ pub fn circuit_to<'a>(
     Ok((c, names, end))
 }
 
+/// An onion-service circuit being built without blocking the loop ([`start_circuit_to`]).
+pub struct PendingCirc {
+    /// The circuit.
+    pub circ: usize,
+    /// Its hops' nicknames.
+    pub names: Vec<String>,
+    guard: GuardTicket,
+}
+
+/// [`circuit_to`] without waiting: the path is chosen and the build started (only a new
+/// channel to the guard is waited for); [`poll_circuit`] tells when it is done.
+pub fn start_circuit_to(
+    client: &mut Client,
+    dir: &Directory,
+    config: &PathConfig,
+    last: RelayIdx,
+    deadline: Instant,
+) -> Result<PendingCirc, String> {
+    let opts = PathOptions {
+        need_stable: true,
+        ..PathOptions::default()
+    };
+    let sel = PathSelector::with_config(&dir.view, config.clone());
+    let (p, guard) = client
+        .guards
+        .vanguard_path(&sel, VanguardShape::Long, Some(last), &opts)
+        .map_err(|e| format!("path: {e}"))?;
+    let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
+    match path::start_build(client, &hops, deadline) {
+        Ok((circ, names)) => Ok(PendingCirc { circ, names, guard }),
+        Err(e) => {
+            client.guards.failed(&guard, e.starts_with("guard "));
+            Err(e)
+        }
+    }
+}
+
+/// Where a [`PendingCirc`] stands: `None` while it is being built; once built or failed,
+/// the outcome, reported to the guard manager as [`path::build_guarded`] does (a failure
+/// at the first hop is the guard's). A failed circuit is released.
+pub fn poll_circuit(client: &mut Client, p: &PendingCirc) -> Option<Result<(), String>> {
+    match client.build_status(p.circ) {
+        BuildStatus::Building => None,
+        BuildStatus::Built => {
+            if client.guards.built(&p.guard) {
+                Some(Ok(()))
+            } else {
+                client.destroy(p.circ);
+                Some(Err(format!(
+                    "guard {} is not a primary guard and a better one may work: \
+                     circuit given up",
+                    p.names.first().map_or("?", String::as_str)
+                )))
+            }
+        }
+        BuildStatus::Failed { hops, why } => {
+            client.guards.failed(&p.guard, hops == 0);
+            client.destroy(p.circ);
+            let at = p.names.get(hops).map_or("?", String::as_str);
+            Some(Err(if hops == 0 {
+                format!("guard {at}: {why}")
+            } else {
+                format!("extending to {at}: {why}")
+            }))
+        }
+    }
+}
+
 /// One HTTP exchange with the last hop's directory service over a BEGIN_DIR stream of
 /// circuit `c`, which is destroyed afterwards whatever happens: `request` out, the response
 /// (at most `max` bytes) in; anything but 200 is an error.
@@ -127,6 +196,7 @@ pub fn dir_exchange(
     max: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, String> {
+    client.set_purpose(c, Purpose::HsDir);
     let r = (|| {
         let s = client.begin(c, Target::Dir, deadline)?;
         let raw = client.fetch(c, s, request, max, deadline, |_| {})?;
@@ -141,13 +211,29 @@ pub fn dir_exchange(
 }
 
 /// Send `msg` to the last hop of circuit `c` (an onion-service message to an HSDir,
-/// introduction or rendezvous point).
+/// introduction or rendezvous point). The message that opens an onion-service exchange
+/// gives the circuit its purpose, and so the answers it may receive ([`Purpose`]).
 pub fn send_to_last(client: &mut Client, c: usize, msg: &RelayMsg<'_>) -> Result<(), String> {
+    if let Some(p) = purpose_of(msg) {
+        client.set_purpose(c, p);
+    }
     let circ = &mut client.circs[c].circ;
     let last = circ.n_hops().checked_sub(1).ok_or("circuit has no hops")?;
     circ.send_msg(last, 0, msg)
         .map_err(|e| format!("send: {e}"))?;
     client.flush()
+}
+
+/// The purpose a circuit takes on by sending `msg` (rend-spec-v3 §3.1.1, §3.2.1, §3.3,
+/// §4.1), if it opens an onion-service exchange.
+pub fn purpose_of(msg: &RelayMsg<'_>) -> Option<Purpose> {
+    match msg {
+        RelayMsg::EstablishIntro(_) => Some(Purpose::ServiceIntro),
+        RelayMsg::EstablishRendezvous(_) => Some(Purpose::ClientRend),
+        RelayMsg::Introduce1(_) => Some(Purpose::ClientIntro),
+        RelayMsg::Rendezvous1(_) => Some(Purpose::ServiceRend),
+        _ => None,
+    }
 }
 
 /// The link specifiers that name relay `r` in onion-service messages and descriptors

@@ -155,6 +155,38 @@ pub fn build(
     Ok((circ, names))
 }
 
+/// Start building a circuit through `hops` without waiting for it ([`Client::start_build`]):
+/// only the channel to the first hop is waited for, and only when no open channel to it
+/// can be shared. Returns the circuit's index and the hops' nicknames; the caller follows
+/// the build with [`Client::build_status`].
+pub fn start_build(
+    client: &mut Client,
+    hops: &[&RelayRecord],
+    deadline: Instant,
+) -> Result<(usize, Vec<String>), String> {
+    let names: Vec<String> = hops.iter().map(|r| r.nickname.clone()).collect();
+    let targets = hops
+        .iter()
+        .map(|r| hop_target(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = targets.first().ok_or("empty path")?;
+    let addr = *first
+        .addrs
+        .first()
+        .ok_or_else(|| format!("guard {} has no address", names[0]))?;
+    let ids = PeerIds {
+        rsa: Some(first.rsa_id),
+        ed25519: first.ed_id,
+    };
+    let link = client
+        .connect(addr, ids, deadline)
+        .map_err(|e| format!("guard {}: {e}", names[0]))?;
+    let circ = client
+        .start_build(link, &targets, deadline)
+        .map_err(|e| format!("guard {}: {e}", names[0]))?;
+    Ok((circ, names))
+}
+
 /// How many paths to try before giving up (a relay listed as running may be down).
 pub const ATTEMPTS: usize = 3;
 

@@ -16,8 +16,9 @@
 //!    RENDEZVOUS1, the client's virtual hop, and streams spliced to TCP connections to the
 //!    target.
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use onion_cell::relaymsg::{EndReason, RelayMsg};
@@ -30,28 +31,157 @@ use onion_dir::path::PathConfig;
 use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
 use onion_hs::linkspec::LS_RSA_ID;
+use onion_hs::msg::Extension;
 use onion_hs::publish::{ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher};
-use onion_hs::service::UPLOAD_PATH;
+use onion_hs::service::{RendezvousRequest, UPLOAD_PATH};
 use rand_core::OsRng;
 
 use super::bootstrap::{Directory, REFRESH_RETRY};
 use super::client::Client;
 use super::event::{ConnId, Input};
-use super::hsnet::{self, HsParams};
+use super::hsnet::{self, HsParams, PendingCirc};
+use super::pipe::Pipe;
 
 /// How long one circuit build, ESTABLISH_INTRO or upload may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a rendezvous may take, from INTRODUCE2 to a built circuit (C tor's
+/// `MAX_REND_TIMEOUT`, 30 s); a queued request older than half of it is dropped, as C tor
+/// drops one it could not answer before the client gives up.
+const REND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rendezvous circuits built at the same time, at most (C tor's
+/// `MAX_CHEAP_REND_CIRCUITS_IN_PROGRESS`); further introductions wait in the queue.
+const MAX_REND_BUILDS: usize = 16;
+
+/// Attempts (paths) at reaching one client's rendezvous point.
+const REND_ATTEMPTS: u32 = 2;
+
+/// Introductions waiting for a rendezvous circuit, at most. When full, the newest
+/// INTRODUCE2 is dropped and logged (C tor trims its pending-rendezvous queue when it is
+/// over its limit); the client retries through another introduction point.
+const MAX_PENDING_INTROS: usize = 64;
+
+/// INTRODUCE2 accepted per second on average, and in a burst: C tor's defaults for the
+/// introduction-point DoS defence (`HiddenServiceEnableIntroDoSRatePerSec` 25,
+/// `...BurstPerSec` 200), applied here by the service to all its introduction points
+/// together, before any decryption. Beyond it, INTRODUCE2 is dropped.
+const INTRO_RATE: u64 = 25;
+/// See [`INTRO_RATE`].
+const INTRO_BURST: u64 = 200;
+
+/// Target connections open (or being opened) at the same time, at most; a BEGIN beyond it
+/// is refused with END RESOURCELIMIT. Each costs a socket and two threads ([`Pipe`]).
+const MAX_STREAMS: usize = 256;
+
+/// How long connecting to the target may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A target's output buffer (bytes from the client not yet written to the target) at which
+/// its stream is held ([`onion_circuit::circuit::Circuit::hold_stream`]: no stream SENDME,
+/// so the client stops after one stream window, tor-spec §7.4) ...
+const OUT_HIGH: usize = 256 * 1024;
+/// ... and the level at which it is released.
+const OUT_LOW: usize = 64 * 1024;
+
+/// How many bytes of the target's output may be read ahead of what the stream and circuit
+/// windows can send (tor-spec §7.3-7.4), at most.
+const READ_AHEAD: usize = 32 * 1024;
+
+/// The INTRODUCE2 extension type by which a client asks for congestion control on the
+/// rendezvous circuit (proposal 324 §4.2, rend-spec-v3 §3.3 `CC_REQUEST`).
+const EXT_CC_REQUEST: u8 = 1;
+
+/// Whether an introduction asks for congestion control (proposal 324). This service runs
+/// none, and its descriptor has no `flow-control` line, so a C tor client never asks (it
+/// asks only when the descriptor lists FlowCtrl=2 and its network enables congestion
+/// control). A client that asks anyway would run congestion control on the rendezvous
+/// circuit: send no stream-level SENDME (our streams would stop after one window) and
+/// treat ours as a protocol violation. Such an introduction is refused, as C tor's service
+/// refuses one when its own congestion control is off.
+fn asks_congestion_control(extensions: &[Extension]) -> bool {
+    extensions.iter().any(|e| e.ty == EXT_CC_REQUEST)
+}
+
+/// A token bucket ([`INTRO_RATE`], [`INTRO_BURST`]) over the loop's clock.
+struct TokenBucket {
+    rate: u64,
+    burst: u64,
+    /// Tokens, in thousandths.
+    milli: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64, burst: u64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst,
+            milli: burst * 1000,
+            last: now,
+        }
+    }
+
+    /// Take one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let ms =
+            u64::try_from(now.saturating_duration_since(self.last).as_millis()).unwrap_or(u64::MAX);
+        self.last = now.max(self.last);
+        self.milli = self
+            .milli
+            .saturating_add(ms.saturating_mul(self.rate))
+            .min(self.burst * 1000);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Where a client stream's target connection stands.
+enum TargetState {
+    /// The connect runs on its own thread; the stream is held (no SENDME), so what the
+    /// client sends meanwhile is at most one stream window.
+    Connecting {
+        /// Data that arrived before the target answered.
+        early: Vec<u8>,
+    },
+    /// Connected: bytes flow through the pipe.
+    Open {
+        pipe: Pipe,
+        /// Bytes from the target the circuit has not taken yet (at most [`READ_AHEAD`]).
+        up: Vec<u8>,
+        /// Read credit granted to the pipe and not yet used.
+        in_flight: usize,
+        /// The target closed its side: end the stream once `up` is sent.
+        eof: bool,
+        /// Its output reached [`OUT_HIGH`] and has not drained to [`OUT_LOW`]: stream held.
+        blocked: bool,
+    },
+}
 
 /// A client stream spliced to a TCP connection to the target.
 struct Splice {
     circ: usize,
     stream: StreamId,
     conn: ConnId,
-    sock: TcpStream,
-    /// Bytes from the target that the circuit's windows have not taken yet.
-    up: Vec<u8>,
-    /// The target closed its side: end the stream once `up` is sent.
-    eof: bool,
+    state: TargetState,
+}
+
+/// An INTRODUCE2 waiting for its rendezvous circuit.
+struct PendingIntro {
+    req: RendezvousRequest,
+    rp: RelayIdx,
+    since: Instant,
+    attempts: u32,
+}
+
+/// A rendezvous circuit being built for a client.
+struct RendBuild {
+    intro: PendingIntro,
+    circ: PendingCirc,
 }
 
 /// An introduction circuit.
@@ -64,6 +194,9 @@ struct IntroCirc {
     deadline: Instant,
 }
 
+/// The result of a connect done off the loop: the stream's id and the socket.
+type Connected = (ConnId, std::io::Result<TcpStream>);
+
 /// A running onion service.
 pub struct Service {
     publisher: Publisher,
@@ -73,7 +206,18 @@ pub struct Service {
     intro_circs: Vec<IntroCirc>,
     /// Rendezvous circuits joined to a client.
     rend_circs: Vec<usize>,
+    /// Introductions waiting for a rendezvous circuit (at most [`MAX_PENDING_INTROS`]).
+    pending: VecDeque<PendingIntro>,
+    /// Rendezvous circuits being built (at most [`MAX_REND_BUILDS`]).
+    rend_builds: Vec<RendBuild>,
+    /// INTRODUCE2 rate limit.
+    intro_bucket: Option<TokenBucket>,
+    /// INTRODUCE2 dropped by the rate limit or a full queue since the last log line.
+    dropped: u64,
     splices: Vec<Splice>,
+    /// Connects finished off the loop (each also wakes the loop through the inbox).
+    connected_rx: Receiver<Connected>,
+    connected_tx: Sender<Connected>,
     target: SocketAddr,
     virtual_port: u16,
     /// Successful uploads so far (the first batch announces the service).
@@ -99,6 +243,7 @@ impl Service {
         target: SocketAddr,
         virtual_port: u16,
     ) -> Service {
+        let (connected_tx, connected_rx) = channel();
         Service {
             publisher,
             dir,
@@ -106,7 +251,13 @@ impl Service {
             testing,
             intro_circs: Vec::new(),
             rend_circs: Vec::new(),
+            pending: VecDeque::new(),
+            rend_builds: Vec::new(),
+            intro_bucket: None,
+            dropped: 0,
             splices: Vec::new(),
+            connected_rx,
+            connected_tx,
             target,
             virtual_port,
             uploads_ok: 0,
@@ -155,9 +306,31 @@ impl Service {
     }
 
     /// Carry out what the publisher asks until it asks nothing more.
+    ///
+    /// Building an introduction circuit or uploading waits for the network; meanwhile the
+    /// rendezvous circuits are held ([`super::client::Circ::hold`]), so their clients'
+    /// data waits at the windows, not in our queues.
     fn do_actions(&mut self, client: &mut Client) {
+        let Some(first) = self.publisher.poll_action() else {
+            return;
+        };
+        self.hold_rend_circs(client, true);
+        self.do_actions_held(client, first);
+        self.hold_rend_circs(client, false);
+    }
+
+    fn hold_rend_circs(&self, client: &mut Client, hold: bool) {
+        for &c in &self.rend_circs {
+            if let Some(circ) = client.circs.get_mut(c) {
+                circ.hold = hold;
+            }
+        }
+    }
+
+    fn do_actions_held(&mut self, client: &mut Client, first: PublishAction) {
         let (mut ok, mut failed) = (0u32, Vec::new());
-        while let Some(a) = self.publisher.poll_action() {
+        let mut next = Some(first);
+        while let Some(a) = next.take().or_else(|| self.publisher.poll_action()) {
             match a {
                 PublishAction::BuildIntroCircuit { intro, relay } => {
                     let name = self.name(&relay);
@@ -291,6 +464,9 @@ impl Service {
             for ic in self.intro_circs.iter().filter(|c| !c.established) {
                 wake = wake.min(ic.deadline);
             }
+            if let Some(p) = self.pending.front() {
+                wake = wake.min(p.since + REND_TIMEOUT / 2);
+            }
             let _ = client.step(wake);
             let now = client.clock.now();
             if now >= next_refresh {
@@ -312,10 +488,7 @@ impl Service {
                 // for again in a loop.
                 next_refresh = client.deadline(delay.max(REFRESH_RETRY));
             }
-            while let Some(input) = client.take_other() {
-                self.target_input(client, input);
-            }
-            self.intro_events(client);
+            self.turn(client);
             if self
                 .publisher
                 .poll_timeout()
@@ -323,8 +496,23 @@ impl Service {
             {
                 self.publisher.handle_timeout(&mut OsRng, unix_now());
             }
-            self.rend_events(client);
         }
+    }
+
+    /// Everything but the publisher's actions, once per turn of the loop: target inputs,
+    /// introductions, rendezvous builds, stream events and bytes.
+    fn turn(&mut self, client: &mut Client) {
+        while let Some(input) = client.take_other() {
+            self.target_input(input);
+        }
+        while let Ok((conn, r)) = self.connected_rx.try_recv() {
+            self.target_connected(client, conn, r);
+        }
+        self.intro_events(client);
+        self.start_rendezvous(client);
+        self.rend_builds_done(client);
+        self.rend_events(client);
+        self.pump(client);
     }
 
     /// INTRO_ESTABLISHED, INTRODUCE2 and closures on the introduction circuits, reported to
@@ -334,7 +522,7 @@ impl Service {
         let mut k = 0;
         while k < self.intro_circs.len() {
             let (intro, c) = (self.intro_circs[k].intro, self.intro_circs[k].circ);
-            while let Some(ev) = client.circs[c].events.pop_front() {
+            while let Some(ev) = client.circs.get_mut(c).and_then(|c| c.events.pop_front()) {
                 let CircEvent::Msg { msg, .. } = ev else {
                     continue;
                 };
@@ -355,7 +543,10 @@ impl Service {
                 }
             }
             let ic = &self.intro_circs[k];
-            let dead = client.circs[c].dead.clone();
+            let dead = client
+                .circs
+                .get(c)
+                .map_or_else(|| Some("circuit released".to_string()), |c| c.dead.clone());
             let late = !ic.established && now >= ic.deadline;
             if dead.is_some() || late {
                 let why = dead.unwrap_or_else(|| "no INTRO_ESTABLISHED in time".into());
@@ -369,19 +560,44 @@ impl Service {
             }
             k += 1;
         }
+        if self.dropped > 0 {
+            eprintln!(
+                "onion: {} INTRODUCE2 dropped (more than {INTRO_RATE}/s, burst {INTRO_BURST}, \
+                 or {MAX_PENDING_INTROS} introductions already waiting)",
+                self.dropped
+            );
+            self.dropped = 0;
+        }
     }
 
+    /// An INTRODUCE2: rate-limited, decrypted and checked by the publisher, then queued for
+    /// a rendezvous circuit (rend-spec-v3 §3.3, §4.2).
     fn introduce2(
         &mut self,
         client: &mut Client,
         intro: IntroId,
         msg: &RelayMsg<'_>,
     ) -> Result<(), String> {
+        let now = client.clock.now();
+        let bucket = self
+            .intro_bucket
+            .get_or_insert_with(|| TokenBucket::new(INTRO_RATE, INTRO_BURST, now));
+        if !bucket.take(now) {
+            self.dropped += 1;
+            return Ok(());
+        }
         let body = body_of(msg).map_err(|e| e.to_string())?;
         let req = self
             .publisher
             .handle_introduce2(&mut OsRng, intro, &body, unix_now())
             .map_err(|e| e.to_string())?;
+        if asks_congestion_control(&req.extensions) {
+            return Err(
+                "the client asks for congestion control (proposal 324), which this \
+                        service does not run and does not advertise: introduction refused"
+                    .into(),
+            );
+        }
         let rp_id = req
             .link_specifiers
             .iter()
@@ -393,116 +609,348 @@ impl Service {
             .view
             .by_rsa_id(&RsaIdentity(rp_id))
             .ok_or("rendezvous point not in the consensus")?;
-        let c = self.circuit_to(client, rp)?;
-        send(client, c, RelayCmd::RENDEZVOUS1, &req.rendezvous1)?;
-        let layer = req.keys.service_layer().map_err(|e| e.to_string())?;
-        let circ = &mut client.circs[c].circ;
-        circ.add_virtual_hop(Box::new(layer))
-            .map_err(|e| format!("virtual hop: {e}"))?;
-        circ.set_accept_inbound_streams(true);
-        eprintln!("onion: rendezvous with a client");
-        self.rend_circs.push(c);
+        if self.pending.len() >= MAX_PENDING_INTROS {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.pending.push_back(PendingIntro {
+            req,
+            rp,
+            since: now,
+            attempts: 0,
+        });
         Ok(())
     }
 
-    /// Streams opened, data and ends on the rendezvous circuits.
+    /// Start rendezvous circuits for queued introductions, up to [`MAX_REND_BUILDS`] at a
+    /// time; drop the ones that waited too long.
+    fn start_rendezvous(&mut self, client: &mut Client) {
+        let now = client.clock.now();
+        while self.rend_builds.len() < MAX_REND_BUILDS {
+            let Some(mut p) = self.pending.pop_front() else {
+                return;
+            };
+            if now >= p.since + REND_TIMEOUT / 2 && p.attempts == 0 {
+                eprintln!("onion: introduction waited too long for a rendezvous circuit: dropped");
+                continue;
+            }
+            p.attempts += 1;
+            let deadline = p.since + REND_TIMEOUT;
+            match hsnet::start_circuit_to(client, &self.dir, &self.config, p.rp, deadline) {
+                Ok(circ) => self.rend_builds.push(RendBuild { intro: p, circ }),
+                Err(e) => self.rend_failed(p, &e, now),
+            }
+        }
+    }
+
+    /// A rendezvous attempt failed: retried on another path while attempts and time remain.
+    fn rend_failed(&mut self, p: PendingIntro, why: &str, now: Instant) {
+        if p.attempts < REND_ATTEMPTS && now < p.since + REND_TIMEOUT {
+            eprintln!("onion: rendezvous circuit attempt {}: {why}", p.attempts);
+            self.pending.push_front(p);
+        } else {
+            eprintln!("onion: rendezvous with a client failed: {why}");
+        }
+    }
+
+    /// Rendezvous circuits that finished building: RENDEZVOUS1, the client's virtual hop,
+    /// and streams accepted from now on (rend-spec-v3 §4.2).
+    fn rend_builds_done(&mut self, client: &mut Client) {
+        let now = client.clock.now();
+        let mut k = 0;
+        while k < self.rend_builds.len() {
+            let Some(r) = hsnet::poll_circuit(client, &self.rend_builds[k].circ) else {
+                k += 1;
+                continue;
+            };
+            let b = self.rend_builds.swap_remove(k);
+            let c = b.circ.circ;
+            match r.and_then(|()| join_client(client, c, &b.intro.req)) {
+                Ok(()) => {
+                    eprintln!("onion: rendezvous with a client");
+                    self.rend_circs.push(c);
+                }
+                Err(e) => {
+                    client.destroy(c);
+                    self.rend_failed(b.intro, &e, now);
+                }
+            }
+        }
+    }
+
+    /// Streams opened, data and ends on the rendezvous circuits; circuits that closed.
     fn rend_events(&mut self, client: &mut Client) {
         for c in self.rend_circs.clone() {
-            while let Some(ev) = client.circs[c].events.pop_front() {
+            while let Some(ev) = client.circs.get_mut(c).and_then(|c| c.events.pop_front()) {
                 match ev {
                     CircEvent::IncomingStream { stream, port, .. } => {
-                        let circ = &mut client.circs[c].circ;
-                        if port != self.virtual_port {
-                            let _ = circ.reject_stream(stream, EndReason::EXITPOLICY);
-                            continue;
-                        }
-                        match TcpStream::connect_timeout(&self.target, Duration::from_secs(10)) {
-                            Ok(sock) => {
-                                let Ok(reader) = sock.try_clone() else {
-                                    let _ = circ.reject_stream(stream, EndReason::RESOURCELIMIT);
-                                    continue;
-                                };
-                                let _ = circ.accept_stream(stream);
-                                let conn = client.inbox().watch(reader);
-                                self.splices.push(Splice {
-                                    circ: c,
-                                    stream,
-                                    conn,
-                                    sock,
-                                    up: Vec::new(),
-                                    eof: false,
-                                });
-                            }
-                            Err(e) => {
-                                eprintln!("onion: target {}: {e}", self.target);
-                                let _ = circ.reject_stream(stream, EndReason::CONNECTREFUSED);
-                            }
-                        }
+                        self.incoming_stream(client, c, stream, port);
                     }
                     CircEvent::Data { stream, data } => {
-                        if let Some(s) = self.splice(c, stream) {
-                            if s.sock.write_all(&data).is_err() {
-                                let _ = client.circs[c].circ.close_stream(stream);
-                            }
+                        let Some(i) = self.find(c, stream) else {
+                            continue;
+                        };
+                        match &mut self.splices[i].state {
+                            TargetState::Connecting { early } => early.extend_from_slice(&data),
+                            TargetState::Open { pipe, .. } => pipe.push(&data),
                         }
                     }
                     CircEvent::StreamEnded { stream, .. } => {
-                        if let Some(s) = self.splice(c, stream) {
-                            let _ = s.sock.shutdown(Shutdown::Write);
+                        if let Some(i) = self.find(c, stream) {
+                            // The client's END: flush what it sent, then close.
+                            let s = self.splices.swap_remove(i);
+                            if let TargetState::Open { pipe, .. } = s.state {
+                                pipe.finish();
+                            }
                         }
                     }
                     _ => {}
                 }
             }
         }
-        // Target bytes into the circuits, as far as windows allow; end finished streams.
-        for s in &mut self.splices {
-            let circ = &mut client.circs[s.circ].circ;
-            if !s.up.is_empty() {
-                if let Ok(n) = circ.send(s.stream, &s.up) {
-                    s.up.drain(..n);
+        let mut gone = Vec::new();
+        self.rend_circs.retain(|&c| {
+            let dead = client
+                .circs
+                .get(c)
+                .map_or_else(|| Some("circuit released".to_string()), |c| c.dead.clone());
+            match dead {
+                Some(why) => {
+                    eprintln!("onion: rendezvous circuit gone: {why}");
+                    gone.push(c);
+                    false
+                }
+                None => true,
+            }
+        });
+        for c in gone {
+            while let Some(i) = self.splices.iter().position(|s| s.circ == c) {
+                let s = self.splices.swap_remove(i);
+                if let TargetState::Open { pipe, .. } = s.state {
+                    pipe.abort();
                 }
             }
-            if s.eof && s.up.is_empty() {
-                let _ = circ.close_stream(s.stream);
-            }
+            client.destroy(c);
         }
-        let circs = &client.circs;
-        self.splices.retain(|s| {
-            let done = s.eof && s.up.is_empty() || circs[s.circ].dead.is_some();
-            if done {
-                let _ = s.sock.shutdown(Shutdown::Both);
+    }
+
+    /// A client asked for a stream (RELAY_BEGIN on the rendezvous circuit): refused if not
+    /// to our port or over [`MAX_STREAMS`]; otherwise held while the target is connected on
+    /// a thread of its own, so that the loop never waits for the target.
+    fn incoming_stream(&mut self, client: &mut Client, c: usize, stream: StreamId, port: u16) {
+        let Some(circ) = client.circs.get_mut(c) else {
+            return;
+        };
+        let circ = &mut circ.circ;
+        if port != self.virtual_port {
+            let _ = circ.reject_stream(stream, EndReason::EXITPOLICY);
+            return;
+        }
+        if self.splices.len() >= MAX_STREAMS {
+            eprintln!("onion: {MAX_STREAMS} target connections open: stream refused");
+            let _ = circ.reject_stream(stream, EndReason::RESOURCELIMIT);
+            return;
+        }
+        circ.hold_stream(stream, true);
+        let (conn, wake) = client.inbox().sender();
+        let tx = self.connected_tx.clone();
+        let target = self.target;
+        let spawned = std::thread::Builder::new()
+            .name(format!("connect-{conn}"))
+            .spawn(move || {
+                let r = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT);
+                if tx.send((conn, r)).is_ok() {
+                    // Wake the loop; the result waits in the channel.
+                    let _ = wake.send(Input::Bytes(conn, Vec::new()));
+                }
+            });
+        if spawned.is_err() {
+            if let Some(circ) = client.circs.get_mut(c) {
+                let _ = circ.circ.reject_stream(stream, EndReason::RESOURCELIMIT);
             }
-            !done
+            return;
+        }
+        self.splices.push(Splice {
+            circ: c,
+            stream,
+            conn,
+            state: TargetState::Connecting { early: Vec::new() },
         });
-        self.rend_circs.retain(|&c| match &client.circs[c].dead {
-            Some(why) => {
-                eprintln!("onion: rendezvous circuit gone: {why}");
-                false
+    }
+
+    /// A connect finished: the stream is accepted (RELAY_CONNECTED) and its pipe started,
+    /// or refused (END CONNECTREFUSED, or what accepting it failed with).
+    fn target_connected(
+        &mut self,
+        client: &mut Client,
+        conn: ConnId,
+        r: std::io::Result<TcpStream>,
+    ) {
+        // The stream may have ended meanwhile: the socket is then just dropped.
+        let Some(i) = self.splices.iter().position(|s| s.conn == conn) else {
+            return;
+        };
+        let (c, stream) = (self.splices[i].circ, self.splices[i].stream);
+        let Some(circ) = client.circs.get_mut(c).map(|c| &mut c.circ) else {
+            self.splices.swap_remove(i);
+            return;
+        };
+        let sock = match r {
+            Ok(sock) => sock,
+            Err(e) => {
+                eprintln!("onion: target {}: {e}", self.target);
+                let _ = circ.reject_stream(stream, EndReason::CONNECTREFUSED);
+                self.splices.swap_remove(i);
+                return;
             }
-            None => true,
-        });
+        };
+        let (_, tx) = client.inbox().sender();
+        let pipe = match Pipe::start(sock, conn, tx) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("onion: target connection: {e}");
+                if let Some(circ) = client.circs.get_mut(c) {
+                    let _ = circ.circ.reject_stream(stream, EndReason::RESOURCELIMIT);
+                }
+                self.splices.swap_remove(i);
+                return;
+            }
+        };
+        let circ = &mut client.circs[c].circ;
+        if let Err(e) = circ.accept_stream(stream) {
+            eprintln!("onion: stream cannot be accepted: {e}");
+            pipe.abort();
+            self.splices.swap_remove(i);
+            return;
+        }
+        let s = &mut self.splices[i];
+        if let TargetState::Connecting { early } = &s.state {
+            pipe.push(early);
+        }
+        s.state = TargetState::Open {
+            pipe,
+            up: Vec::new(),
+            in_flight: 0,
+            eof: false,
+            blocked: false,
+        };
+        // Released by the next pump unless the early data already filled the pipe.
+        circ.hold_stream(stream, false);
+    }
+
+    /// Move bytes both ways as far as windows and buffers allow; end finished streams.
+    fn pump(&mut self, client: &mut Client) {
+        let mut i = 0;
+        while i < self.splices.len() {
+            let s = &mut self.splices[i];
+            let Some(circ) = client
+                .circs
+                .get_mut(s.circ)
+                .filter(|c| c.dead.is_none())
+                .map(|c| &mut c.circ)
+            else {
+                i += 1;
+                continue;
+            };
+            let TargetState::Open {
+                pipe,
+                up,
+                in_flight,
+                eof,
+                blocked,
+            } = &mut s.state
+            else {
+                i += 1;
+                continue;
+            };
+            if !up.is_empty() {
+                if let Ok(n) = circ.send(s.stream, up) {
+                    up.drain(..n);
+                }
+            }
+            if *eof && up.is_empty() {
+                let _ = circ.close_stream(s.stream);
+                let s = self.splices.swap_remove(i);
+                if let TargetState::Open { pipe, .. } = s.state {
+                    pipe.finish();
+                }
+                continue;
+            }
+            let want = circ.send_capacity(s.stream).min(READ_AHEAD);
+            let g = read_grant(want, up.len(), *in_flight);
+            pipe.grant(g);
+            *in_flight += g;
+            let was = *blocked;
+            *blocked = next_blocked(*blocked, pipe.queued());
+            if *blocked {
+                pipe.wake_below(OUT_LOW);
+            }
+            if *blocked != was {
+                circ.hold_stream(s.stream, *blocked);
+            }
+            i += 1;
+        }
         let _ = client.flush();
     }
 
-    fn splice(&mut self, circ: usize, stream: StreamId) -> Option<&mut Splice> {
+    fn find(&self, circ: usize, stream: StreamId) -> Option<usize> {
         self.splices
-            .iter_mut()
-            .find(|s| s.circ == circ && s.stream == stream)
+            .iter()
+            .position(|s| s.circ == circ && s.stream == stream)
     }
 
-    /// Bytes or end of stream from a target connection.
-    fn target_input(&mut self, _client: &mut Client, input: Input) {
+    /// Bytes or end of stream from a target connection's pipe.
+    fn target_input(&mut self, input: Input) {
         let (Input::Bytes(conn, _) | Input::Closed(conn, _)) = &input else {
             return;
         };
         let Some(s) = self.splices.iter_mut().find(|s| s.conn == *conn) else {
             return;
         };
+        let TargetState::Open {
+            up, in_flight, eof, ..
+        } = &mut s.state
+        else {
+            return;
+        };
         match input {
-            Input::Bytes(_, data) => s.up.extend_from_slice(&data),
-            _ => s.eof = true,
+            Input::Bytes(_, data) => {
+                *in_flight = in_flight.saturating_sub(data.len());
+                up.extend_from_slice(&data);
+            }
+            // End of the target's output (the pipe reports a failed write the same way):
+            // the stream ends once what was read is sent.
+            _ => *eof = true,
         }
+    }
+}
+
+/// Join the client on the built rendezvous circuit `c`: RENDEZVOUS1, then the client's
+/// virtual hop, and inbound streams accepted (rend-spec-v3 §4.2).
+fn join_client(client: &mut Client, c: usize, req: &RendezvousRequest) -> Result<(), String> {
+    send(client, c, RelayCmd::RENDEZVOUS1, &req.rendezvous1)?;
+    let layer = req.keys.service_layer().map_err(|e| e.to_string())?;
+    let circ = &mut client.circs.get_mut(c).ok_or("circuit released")?.circ;
+    circ.add_virtual_hop(Box::new(layer))
+        .map_err(|e| format!("virtual hop: {e}"))?;
+    circ.set_accept_inbound_streams(true);
+    Ok(())
+}
+
+/// How many more bytes to let a target send: what `want` allows beyond the bytes read and
+/// not yet sent (`buffered`) and the credit not used yet (`in_flight`).
+fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
+    want.saturating_sub(buffered.saturating_add(in_flight))
+}
+
+/// Whether a target's output is blocked now: from [`OUT_HIGH`] queued bytes until it
+/// drains to [`OUT_LOW`] (hysteresis, so that a stream is not held and released on every
+/// cell).
+fn next_blocked(blocked: bool, queued: usize) -> bool {
+    if blocked {
+        queued > OUT_LOW
+    } else {
+        queued >= OUT_HIGH
     }
 }
 
@@ -510,4 +958,54 @@ impl Service {
 fn send(client: &mut Client, c: usize, cmd: RelayCmd, body: &[u8]) -> Result<(), String> {
     let msg = to_relay_msg(cmd, body).map_err(|e| format!("{cmd:?}: {e}"))?;
     hsnet::send_to_last(client, c, &msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_control_requests_are_recognised() {
+        let ext = |ty: u8| Extension { ty, body: vec![] };
+        assert!(!asks_congestion_control(&[]));
+        assert!(!asks_congestion_control(&[ext(2), ext(3)]));
+        assert!(asks_congestion_control(&[ext(2), ext(EXT_CC_REQUEST)]));
+    }
+
+    #[test]
+    fn intro_rate_limit_allows_the_burst_then_the_rate() {
+        let t0 = Instant::from_duration(Duration::from_secs(100));
+        let mut b = TokenBucket::new(INTRO_RATE, INTRO_BURST, t0);
+        let n = (0..1000).take_while(|_| b.take(t0)).count();
+        assert_eq!(n as u64, INTRO_BURST);
+        assert!(!b.take(t0));
+        // One second later: the rate's worth, not more.
+        let t1 = t0 + Duration::from_secs(1);
+        let n = (0..1000).take_while(|_| b.take(t1)).count();
+        assert_eq!(n as u64, INTRO_RATE);
+        // A long pause refills to the burst only.
+        let t2 = t1 + Duration::from_secs(3600);
+        let n = (0..1000).take_while(|_| b.take(t2)).count();
+        assert_eq!(n as u64, INTRO_BURST);
+        // A clock that goes back does not mint tokens.
+        assert!(!b.take(t0));
+    }
+
+    #[test]
+    fn target_reads_never_exceed_the_windows() {
+        assert_eq!(read_grant(READ_AHEAD, 0, 0), READ_AHEAD);
+        assert_eq!(read_grant(4980, 0, 4000), 980);
+        assert_eq!(read_grant(4980, 1000, 3980), 0);
+        assert_eq!(read_grant(0, 0, 0), 0);
+        assert_eq!(read_grant(498, 10_000, 0), 0);
+        assert_eq!(read_grant(usize::MAX, usize::MAX, usize::MAX), 0);
+    }
+
+    #[test]
+    fn target_output_blocks_with_hysteresis() {
+        assert!(!next_blocked(false, OUT_HIGH - 1));
+        assert!(next_blocked(false, OUT_HIGH));
+        assert!(next_blocked(true, OUT_LOW + 1));
+        assert!(!next_blocked(true, OUT_LOW));
+    }
 }
