@@ -9,10 +9,13 @@
 //!    certificates of the authorities that signed it (`/tor/keys/fp/A+B+...`). Each
 //!    certificate must verify; the consensus must carry valid signatures from more than half
 //!    of the configured v3 authorities (dir-spec §3.4.1).
-//! 3. The relays' descriptors, in batches: microdescriptors by digest (`/tor/micro/d/...`,
-//!    at most 92 a request, dir-spec §5.2; each is kept only if its SHA-256 is the digest of
-//!    a consensus `m` line), or server descriptors by digest (`/tor/server/d/...`, 96 a
-//!    request), each checked against its own signatures.
+//! 3. Only once the consensus has verified (so that nobody on the path, nor the directory,
+//!    can make the client send requests for relays of a forged document): the relays'
+//!    descriptors, in batches: microdescriptors by digest (`/tor/micro/d/...`, at most 92 a
+//!    request, dir-spec §5.2; each is kept only if its SHA-256 is the digest of a consensus
+//!    `m` line), or server descriptors by digest (`/tor/server/d/...`, 96 a request), each
+//!    checked against its own signatures. What one bootstrap or refresh takes in descriptor
+//!    bodies is capped ([`DirMode::descriptor_budget`]).
 //!
 //! Two modes share this one code path ([`DirMode`]). Microdescriptors are C tor's default
 //! and the default on the public network. The full-descriptor mode (`UseMicrodescriptors 0`)
@@ -45,11 +48,11 @@ use super::cache::Cache;
 use super::client::{Client, Target};
 use super::http;
 use super::path;
+use super::text;
 
 /// Upper bounds on directory responses (the public ns consensus is ~3 MB).
 const MAX_CONSENSUS: usize = 16 << 20;
 const MAX_CERTS: usize = 1 << 20;
-const MAX_DESCS: usize = 32 << 20;
 /// Bytes of each authority fingerprint in the consensus URL suffix (C tor sends 3).
 const FP_PREFIX_BYTES: usize = 3;
 
@@ -107,6 +110,21 @@ impl DirMode {
                 "cached-microdescs",
             ],
             DirMode::Full => ["cached-consensus", "cached-certs", "cached-descriptors"],
+        }
+    }
+
+    /// The most descriptor bytes (response bodies) one bootstrap or refresh takes in: about
+    /// three times what the public network's relays need today (~2.2 MB of
+    /// microdescriptors, ~10 MB of server descriptors for ~8,000 relays), room for its growth
+    /// while bounding what a directory can make the client download. When the next response
+    /// would pass it, fetching stops and the bootstrap fails with an error saying so (a
+    /// refresh from a directory guard then asks the authorities, as after any failure):
+    /// going on with the descriptors that arrived would let a directory choose which relays
+    /// the client may use.
+    pub fn descriptor_budget(self) -> usize {
+        match self {
+            DirMode::Micro => 8 << 20,
+            DirMode::Full => 32 << 20,
         }
     }
 
@@ -217,161 +235,47 @@ pub fn bootstrap(
         .collect();
     let files = mode.files();
 
-    let mut dir = DirCircuit::None;
     let cached = cache.filter(|_| use_cached).and_then(|c| {
-        Some((
-            c.get_live(files[0], now)?,
-            c.get_live(files[1], now)?,
-            c.get_live(files[2], now)?,
-        ))
+        Some(Documents {
+            consensus: c.get_live(files[0], now)?,
+            certs: c.get_live(files[1], now)?,
+            descriptors: c.get_live(files[2], now)?,
+        })
     });
     let from_cache = cached.is_some();
-    let (cons_text, certs_text, descs_text) = match cached {
+    let docs = match cached {
         Some(docs) => {
             progress(10, "using cached directory documents");
             docs
         }
         None => {
             progress(5, &format!("directory mode: {}", mode.name()));
-            if let Source::Refresh {
-                current,
-                guard: true,
-            } = from
-            {
-                dir = open_dir_guard_circuit(client, current, deadline)?;
-            }
-            let cons_path = DirRequest::consensus(mode.flavor(), &v3, FP_PREFIX_BYTES).path;
-            // dir-spec §4.5.2: a refresh offers the consensus it has, so that a cache may
-            // answer with a diff from it.
-            let base = match from {
-                Source::Refresh { current, .. } => Some(current.consensus.as_str()),
-                Source::CacheOrAuthorities => None,
+            let dir = match from {
+                Source::Refresh {
+                    current,
+                    guard: true,
+                } => open_dir_guard_circuit(client, current, deadline)?,
+                _ => DirCircuit::None,
             };
-            let diff_from = base.and_then(consdiff::signed_part_digest);
-            let offer: Vec<(&str, &str)> = diff_from
-                .iter()
-                .map(|d| ("X-Or-Diff-From-Consensus", d.as_str()))
-                .collect();
-            let body = get_consensus(&mut dir, client, auths, &cons_path, &offer, deadline)?;
-            let cons_text = match base {
-                Some(base) if consdiff::is_diff(&body) => match consdiff::apply(base, &body) {
-                    Ok(full) => {
-                        progress(
-                            40,
-                            &format!(
-                                "consensus received as a diff ({} bytes for {})",
-                                body.len(),
-                                full.len()
-                            ),
-                        );
-                        full
-                    }
-                    Err(e) => {
-                        progress(
-                            40,
-                            &format!("consensus diff does not apply ({e}); asking for it whole"),
-                        );
-                        get_consensus(&mut dir, client, auths, &cons_path, &[], deadline)?
-                    }
-                },
-                _ if consdiff::is_diff(&body) => {
-                    return Err("the directory sent a consensus diff nobody asked for".into())
-                }
-                _ => body,
+            let mut net = NetFetch {
+                dir,
+                client,
+                auths,
+                deadline,
             };
-            progress(40, "consensus received");
-            let unverified = consensus::parse(&cons_text)
-                .map_err(|e| format!("consensus does not parse: {e}"))?;
-            let signers: Vec<String> = unverified
-                .peek()
-                .signatures
-                .iter()
-                .filter(|s| v3.contains(&s.identity))
-                .map(|s| s.identity.to_string())
-                .collect();
-            if signers.is_empty() {
-                return Err("consensus is signed by none of the configured authorities".into());
-            }
-            let path = format!("/tor/keys/fp/{}", signers.join("+"));
-            let certs_text = dir.get(client, auths, &path, MAX_CERTS, deadline)?;
-            progress(50, "authority key certificates received");
-            let relays = &unverified.peek().relays;
-            let held = match from {
-                Source::Refresh { current, .. } => current.descriptors.as_str(),
-                Source::CacheOrAuthorities => "",
-            };
-            let (mut descs_text, reused, requests) = match mode {
-                DirMode::Micro => {
-                    let wanted: Vec<MdDigest> = relays.iter().filter_map(|r| r.md_digest).collect();
-                    let held = microdesc::parse_many(held).unwrap_or_default();
-                    let (kept, n, missing) =
-                        split_held(held.iter().map(|m| (m.digest, m.text)), &wanted);
-                    (kept, n, DirRequest::microdescs(&missing))
-                }
-                DirMode::Full => {
-                    let wanted: Vec<[u8; 20]> =
-                        relays.iter().filter_map(|r| r.descriptor_digest).collect();
-                    let held = routerdesc::parse_many(held).unwrap_or_default();
-                    let (kept, n, missing) = split_held(
-                        held.iter().map(|d| (d.peek().digest, d.peek().text)),
-                        &wanted,
-                    );
-                    (kept, n, DirRequest::server_descriptors(&missing))
-                }
-            };
-            if reused > 0 {
-                progress(
-                    50,
-                    &format!(
-                        "{reused} {} reused from the current directory",
-                        mode.descs_name()
-                    ),
-                );
-            }
-            for (i, req) in requests.iter().enumerate() {
-                descs_text.push_str(&dir.get(client, auths, &req.path, MAX_DESCS, deadline)?);
-                progress(
-                    (50 + 40 * (i + 1) / requests.len().max(1)) as u8,
-                    &format!(
-                        "{} of {} requests for {}",
-                        i + 1,
-                        requests.len(),
-                        mode.descs_name()
-                    ),
-                );
-            }
-            (cons_text, certs_text, descs_text)
+            let docs = fetch_documents(&mut net, &v3, mode, from, now, mode.descriptor_budget());
+            net.dir.close(net.client);
+            docs?
         }
     };
-    dir.close(client);
+    let Documents {
+        consensus: cons_text,
+        certs: certs_text,
+        descriptors: descs_text,
+    } = docs;
 
     let ts = Timestamp::from(now);
-    let certs: Vec<AuthCert> = authcert::parse_many(&certs_text)
-        .map_err(|e| format!("authority certificates do not parse: {e}"))?
-        .into_iter()
-        .filter_map(|c| c.verify(ts).ok())
-        .filter(|c| v3.contains(&c.fingerprint))
-        .collect();
-    let unverified =
-        consensus::parse(&cons_text).map_err(|e| format!("consensus does not parse: {e}"))?;
-    let report = unverified.check_signatures(&v3, &certs, ts);
-    let signatures = (report.verified.len(), report.needed);
-    let cons: Consensus<'_> = unverified
-        .verify(&v3, &certs, ts)
-        .map_err(|e| format!("consensus failed verification: {e}"))?;
-    if cons.flavor != mode.flavor() {
-        return Err(format!(
-            "consensus has flavour {}, expected {}",
-            cons.flavor.name(),
-            mode.flavor().name()
-        ));
-    }
-    if !cons.is_fresh(ts) && Timestamp::from(now) > cons.valid_until {
-        return Err(format!(
-            "consensus is no longer valid (valid-until {})",
-            cons.valid_until
-        ));
-    }
+    let (cons, signatures) = verify_consensus(&cons_text, &certs_text, &v3, mode, ts)?;
     progress(
         90,
         &format!(
@@ -447,25 +351,277 @@ pub fn bootstrap(
     })
 }
 
+/// The three documents of a directory, as text: the consensus, the authority key
+/// certificates and the descriptors.
+struct Documents {
+    consensus: String,
+    certs: String,
+    descriptors: String,
+}
+
+/// One HTTP GET to the directory in use (an authority or a directory guard).
+trait DirFetch {
+    /// GET `path` with the header fields `extra`, taking at most `max` bytes: `Ok(Ok(body))`
+    /// if the status is 200, `Ok(Err((status, reason)))` for another status (the reason as
+    /// received), `Err` for a transport or framing failure.
+    fn get_raw(
+        &mut self,
+        path: &str,
+        max: usize,
+        extra: &[(&str, &str)],
+    ) -> Result<Result<String, (u16, String)>, String>;
+
+    /// The directory's name, for errors.
+    fn name(&self) -> String;
+
+    /// GET `path`: the body if the status is 200, else an error naming the status (and the
+    /// reason phrase, escaped).
+    fn get(&mut self, path: &str, max: usize) -> Result<String, String> {
+        self.get_raw(path, max, &[])?.map_err(|(status, reason)| {
+            format!(
+                "directory request {path} to {}: HTTP {status} {}",
+                self.name(),
+                text::escape(&reason)
+            )
+        })
+    }
+}
+
+/// [`DirFetch`] over BEGIN_DIR streams of a one-hop circuit made on first use.
+struct NetFetch<'a> {
+    dir: DirCircuit,
+    client: &'a mut Client,
+    auths: &'a [DirAuthority],
+    deadline: Instant,
+}
+
+impl DirFetch for NetFetch<'_> {
+    fn get_raw(
+        &mut self,
+        path: &str,
+        max: usize,
+        extra: &[(&str, &str)],
+    ) -> Result<Result<String, (u16, String)>, String> {
+        self.dir
+            .get_raw(self.client, self.auths, path, max, extra, self.deadline)
+    }
+
+    fn name(&self) -> String {
+        match &self.dir {
+            DirCircuit::Open { name, .. } => name.clone(),
+            DirCircuit::None => String::new(),
+        }
+    }
+}
+
+/// Fetch the consensus (as a diff from `from`'s if the directory offers one) and the
+/// certificates of its signers, verify it, and only then fetch the descriptors it names
+/// that `from` does not hold, taking at most `budget` bytes of descriptor bodies in all
+/// (see [`DirMode::descriptor_budget`]).
+fn fetch_documents(
+    dir: &mut impl DirFetch,
+    v3: &[RsaIdentity],
+    mode: DirMode,
+    from: Source<'_>,
+    now: SystemTime,
+    budget: usize,
+) -> Result<Documents, String> {
+    let cons_path = DirRequest::consensus(mode.flavor(), v3, FP_PREFIX_BYTES).path;
+    // dir-spec §4.5.2: a refresh offers the consensus it has, so that a cache may answer
+    // with a diff from it.
+    let base = match from {
+        Source::Refresh { current, .. } => Some(current.consensus.as_str()),
+        Source::CacheOrAuthorities => None,
+    };
+    let diff_from = base.and_then(consdiff::signed_part_digest);
+    let offer: Vec<(&str, &str)> = diff_from
+        .iter()
+        .map(|d| ("X-Or-Diff-From-Consensus", d.as_str()))
+        .collect();
+    let body = get_consensus(dir, &cons_path, &offer)?;
+    let cons_text = match base {
+        Some(base) if consdiff::is_diff(&body) => match consdiff::apply(base, &body) {
+            Ok(full) => {
+                progress(
+                    40,
+                    &format!(
+                        "consensus received as a diff ({} bytes for {})",
+                        body.len(),
+                        full.len()
+                    ),
+                );
+                full
+            }
+            Err(e) => {
+                progress(
+                    40,
+                    &format!("consensus diff does not apply ({e}); asking for it whole"),
+                );
+                get_consensus(dir, &cons_path, &[])?
+            }
+        },
+        _ if consdiff::is_diff(&body) => {
+            return Err("the directory sent a consensus diff nobody asked for".into())
+        }
+        _ => body,
+    };
+    progress(40, "consensus received");
+    let unverified =
+        consensus::parse(&cons_text).map_err(|e| format!("consensus does not parse: {e}"))?;
+    let signers: Vec<String> = unverified
+        .peek()
+        .signatures
+        .iter()
+        .filter(|s| v3.contains(&s.identity))
+        .map(|s| s.identity.to_string())
+        .collect();
+    if signers.is_empty() {
+        return Err("consensus is signed by none of the configured authorities".into());
+    }
+    let certs_text = dir.get(&format!("/tor/keys/fp/{}", signers.join("+")), MAX_CERTS)?;
+    progress(50, "authority key certificates received");
+
+    // Nothing in the consensus is acted on before it verified.
+    let (cons, _) = verify_consensus(&cons_text, &certs_text, v3, mode, Timestamp::from(now))?;
+    progress(50, "consensus verified; fetching descriptors");
+    let held = match from {
+        Source::Refresh { current, .. } => current.descriptors.as_str(),
+        Source::CacheOrAuthorities => "",
+    };
+    let (mut descs_text, reused, requests) = match mode {
+        DirMode::Micro => {
+            let wanted: Vec<MdDigest> = cons.relays.iter().filter_map(|r| r.md_digest).collect();
+            let held = microdesc::parse_many(held).unwrap_or_default();
+            let (kept, n, missing) = split_held(held.iter().map(|m| (m.digest, m.text)), &wanted);
+            (kept, n, DirRequest::microdescs(&missing))
+        }
+        DirMode::Full => {
+            let wanted: Vec<[u8; 20]> = cons
+                .relays
+                .iter()
+                .filter_map(|r| r.descriptor_digest)
+                .collect();
+            let held = routerdesc::parse_many(held).unwrap_or_default();
+            let (kept, n, missing) = split_held(
+                held.iter().map(|d| (d.peek().digest, d.peek().text)),
+                &wanted,
+            );
+            (kept, n, DirRequest::server_descriptors(&missing))
+        }
+    };
+    drop(cons);
+    if reused > 0 {
+        progress(
+            50,
+            &format!(
+                "{reused} {} reused from the current directory",
+                mode.descs_name()
+            ),
+        );
+    }
+    let mut left = budget;
+    for (i, req) in requests.iter().enumerate() {
+        if left == 0 {
+            return Err(budget_error(mode, budget, i, requests.len()));
+        }
+        // A response larger than what is left of the budget is cut off by the transport
+        // (the head does not count: it is bounded by `http::MAX_HEAD`).
+        let body = dir
+            .get(&req.path, left.saturating_add(http::MAX_HEAD))
+            .map_err(|e| match e.contains("response larger than") {
+                true => format!("{}; {e}", budget_error(mode, budget, i, requests.len())),
+                false => e,
+            })?;
+        if body.len() > left {
+            return Err(budget_error(mode, budget, i, requests.len()));
+        }
+        left -= body.len();
+        descs_text.push_str(&body);
+        progress(
+            (50 + 40 * (i + 1) / requests.len().max(1)) as u8,
+            &format!(
+                "{} of {} requests for {}",
+                i + 1,
+                requests.len(),
+                mode.descs_name()
+            ),
+        );
+    }
+    Ok(Documents {
+        consensus: cons_text,
+        certs: certs_text,
+        descriptors: descs_text,
+    })
+}
+
+fn budget_error(mode: DirMode, budget: usize, done: usize, total: usize) -> String {
+    format!(
+        "{} responses exceed {budget} bytes, the limit for one bootstrap, after {done} of \
+         {total} requests; stopped",
+        mode.descs_name()
+    )
+}
+
+/// Verify `cons_text` with the certificates in `certs_text` (each verified itself, and of a
+/// configured authority) at `ts`: signatures of more than half of the configured v3
+/// authorities (dir-spec §3.4.1), the flavour of `mode`, and still valid. The consensus and
+/// (valid signatures, signatures needed).
+fn verify_consensus<'c>(
+    cons_text: &'c str,
+    certs_text: &str,
+    v3: &[RsaIdentity],
+    mode: DirMode,
+    ts: Timestamp,
+) -> Result<(Consensus<'c>, (usize, usize)), String> {
+    let certs: Vec<AuthCert> = authcert::parse_many(certs_text)
+        .map_err(|e| format!("authority certificates do not parse: {e}"))?
+        .into_iter()
+        .filter_map(|c| c.verify(ts).ok())
+        .filter(|c| v3.contains(&c.fingerprint))
+        .collect();
+    let unverified =
+        consensus::parse(cons_text).map_err(|e| format!("consensus does not parse: {e}"))?;
+    let report = unverified.check_signatures(v3, &certs, ts);
+    let signatures = (report.verified.len(), report.needed);
+    let cons: Consensus<'_> = unverified
+        .verify(v3, &certs, ts)
+        .map_err(|e| format!("consensus failed verification: {e}"))?;
+    if cons.flavor != mode.flavor() {
+        return Err(format!(
+            "consensus has flavour {}, expected {}",
+            cons.flavor.name(),
+            mode.flavor().name()
+        ));
+    }
+    if !cons.is_fresh(ts) && ts > cons.valid_until {
+        return Err(format!(
+            "consensus is no longer valid (valid-until {})",
+            cons.valid_until
+        ));
+    }
+    Ok((cons, signatures))
+}
+
 /// GET the consensus at `path` with the header fields `extra`: its body, or an error that
 /// says what the status means.
 fn get_consensus(
-    dir: &mut DirCircuit,
-    client: &mut Client,
-    auths: &[DirAuthority],
+    dir: &mut impl DirFetch,
     path: &str,
     extra: &[(&str, &str)],
-    deadline: Instant,
 ) -> Result<String, String> {
-    match dir.get_raw(client, auths, path, MAX_CONSENSUS, extra, deadline)? {
+    match dir.get_raw(path, MAX_CONSENSUS, extra)? {
         Ok(body) => Ok(body),
         // dir-spec §5.1: with the authority suffix, a directory answers 404 when its
         // consensus lacks signatures from a majority of the named authorities.
         Err((404, reason)) => Err(format!(
             "consensus failed verification: the directory has none signed by a majority of \
-             the configured authorities (HTTP 404 {reason})"
+             the configured authorities (HTTP 404 {})",
+            text::escape(&reason)
         )),
-        Err((status, reason)) => Err(format!("directory request {path}: HTTP {status} {reason}")),
+        Err((status, reason)) => Err(format!(
+            "directory request {path}: HTTP {status} {}",
+            text::escape(&reason)
+        )),
     }
 }
 
@@ -476,25 +632,6 @@ enum DirCircuit {
 }
 
 impl DirCircuit {
-    /// GET `path` over a BEGIN_DIR stream; the body if the status is 200.
-    fn get(
-        &mut self,
-        client: &mut Client,
-        auths: &[DirAuthority],
-        path: &str,
-        max: usize,
-        deadline: Instant,
-    ) -> Result<String, String> {
-        let result = self.get_raw(client, auths, path, max, &[], deadline)?;
-        result.map_err(|(status, reason)| {
-            let name = match self {
-                DirCircuit::Open { name, .. } => name.as_str(),
-                DirCircuit::None => "",
-            };
-            format!("directory request {path} to {name}: HTTP {status} {reason}")
-        })
-    }
-
     /// GET `path` (with the header fields `extra`) over a BEGIN_DIR stream: `Ok(body)` if the
     /// status is 200, else `Err((status, reason))`; the outer error is a transport or framing
     /// failure.
@@ -685,6 +822,212 @@ fn getrandom_byte(buf: &mut [u8]) -> Result<(), rand_core::Error> {
 mod tests {
     use super::*;
     use crate::net::authority;
+
+    const TORNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet");
+
+    fn testdata(name: &str) -> String {
+        std::fs::read_to_string(format!("{TORNET}/{name}")).unwrap()
+    }
+
+    /// A directory that answers from fixed documents (by path prefix) and records every
+    /// request, as a directory guard or authority would be seen by the client.
+    struct FakeDir {
+        answers: Vec<(&'static str, String)>,
+        requests: Vec<String>,
+    }
+
+    impl DirFetch for FakeDir {
+        fn get_raw(
+            &mut self,
+            path: &str,
+            max: usize,
+            _extra: &[(&str, &str)],
+        ) -> Result<Result<String, (u16, String)>, String> {
+            self.requests.push(path.to_string());
+            match self.answers.iter().find(|(p, _)| path.starts_with(p)) {
+                // As `Client::fetch`: a response longer than `max` is cut off (the head
+                // counts too; say 100 bytes).
+                Some((_, body)) if body.len() + 100 > max => {
+                    Err(format!("response larger than {max} bytes"))
+                }
+                Some((_, body)) => Ok(Ok(body.clone())),
+                None => Ok(Err((404, "Not found".into()))),
+            }
+        }
+
+        fn name(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    /// The private network's documents, answered in `mode`, with `consensus` as its
+    /// consensus.
+    fn fake(mode: DirMode, consensus: String) -> FakeDir {
+        let descs = match mode {
+            DirMode::Micro => ("/tor/micro/d/", testdata("cached-microdescs.new")),
+            DirMode::Full => ("/tor/server/d/", testdata("cached-descriptors.new")),
+        };
+        FakeDir {
+            answers: vec![
+                ("/tor/status-vote/current/consensus", consensus),
+                ("/tor/keys/fp/", testdata("cached-certs")),
+                descs,
+            ],
+            requests: vec![],
+        }
+    }
+
+    fn consensus_text(mode: DirMode) -> String {
+        testdata(match mode {
+            DirMode::Micro => "cached-microdesc-consensus",
+            DirMode::Full => "cached-consensus",
+        })
+    }
+
+    fn tornet_v3() -> Vec<RsaIdentity> {
+        authority::parse_list(&testdata("dirauthority-lines.txt"))
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.v3ident.map(RsaIdentity))
+            .collect()
+    }
+
+    /// Ten seconds after the test network's consensus became valid.
+    fn tornet_now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_418_410)
+    }
+
+    fn descriptor_requests(dir: &FakeDir) -> usize {
+        dir.requests
+            .iter()
+            .filter(|p| p.starts_with("/tor/micro/") || p.starts_with("/tor/server/"))
+            .count()
+    }
+
+    /// A consensus that verifies is followed by descriptor requests; one altered after it
+    /// was signed (a relay's address changed, as a directory on the path could) is refused
+    /// before any descriptor is asked for: the client sends nothing a forged document names.
+    #[test]
+    fn descriptors_are_fetched_only_for_a_verified_consensus() {
+        let v3 = tornet_v3();
+        for mode in [DirMode::Micro, DirMode::Full] {
+            let good = consensus_text(mode);
+            let mut dir = fake(mode, good.clone());
+            let docs = fetch_documents(
+                &mut dir,
+                &v3,
+                mode,
+                Source::CacheOrAuthorities,
+                tornet_now(),
+                mode.descriptor_budget(),
+            )
+            .unwrap();
+            assert_eq!(docs.consensus, good);
+            assert_eq!(descriptor_requests(&dir), 1, "{:?}", dir.requests);
+            assert!(!docs.descriptors.is_empty());
+
+            let forged = good.replacen("127.0.0.1 53337", "10.6.6.6 53337", 1);
+            assert_ne!(forged, good);
+            let mut dir = fake(mode, forged);
+            let e = fetch_documents(
+                &mut dir,
+                &v3,
+                mode,
+                Source::CacheOrAuthorities,
+                tornet_now(),
+                mode.descriptor_budget(),
+            )
+            .err()
+            .unwrap();
+            assert!(e.starts_with("consensus failed verification"), "{e}");
+            assert_eq!(descriptor_requests(&dir), 0, "{:?}", dir.requests);
+            assert_eq!(dir.requests.len(), 2, "consensus and certificates only");
+
+            // Signed, but by authorities that are not the configured ones: no certificate
+            // or descriptor request either.
+            let others = vec![RsaIdentity([0x42; 20])];
+            let mut dir = fake(mode, good);
+            let e = fetch_documents(
+                &mut dir,
+                &others,
+                mode,
+                Source::CacheOrAuthorities,
+                tornet_now(),
+                mode.descriptor_budget(),
+            )
+            .err()
+            .unwrap();
+            assert!(e.contains("none of the configured authorities"), "{e}");
+            assert_eq!(dir.requests.len(), 1, "{:?}", dir.requests);
+        }
+    }
+
+    /// Descriptor bodies are taken up to the budget: a response that would pass it stops the
+    /// bootstrap with an error naming the limit; one that fits exactly is taken.
+    #[test]
+    fn descriptor_bytes_are_capped() {
+        let v3 = tornet_v3();
+        let mode = DirMode::Micro;
+        let size = testdata("cached-microdescs.new").len();
+        let run = |budget: usize| {
+            let mut dir = fake(mode, consensus_text(mode));
+            let r = fetch_documents(
+                &mut dir,
+                &v3,
+                mode,
+                Source::CacheOrAuthorities,
+                tornet_now(),
+                budget,
+            );
+            (r, dir.requests.len())
+        };
+        let (r, n) = run(size);
+        assert_eq!(r.unwrap().descriptors.len(), size);
+        assert_eq!(n, 3);
+        for budget in [size - 1, 1] {
+            let (r, n) = run(budget);
+            let e = r.err().unwrap();
+            assert!(
+                e.contains(&format!("microdescriptors responses exceed {budget} bytes")),
+                "{e}"
+            );
+            assert_eq!(n, 3);
+        }
+        // The budget is stated for the public network: about three times its descriptors.
+        assert!(DirMode::Micro.descriptor_budget() >= 3 * 2_200_000);
+        assert!(DirMode::Full.descriptor_budget() >= 3 * 10_000_000);
+    }
+
+    /// An HTTP reason phrase from the directory reaches the error without its control
+    /// characters.
+    #[test]
+    fn directory_reason_phrases_are_escaped() {
+        struct Hostile;
+        impl DirFetch for Hostile {
+            fn get_raw(
+                &mut self,
+                _: &str,
+                _: usize,
+                _: &[(&str, &str)],
+            ) -> Result<Result<String, (u16, String)>, String> {
+                Ok(Err((
+                    503,
+                    "Busy\x1b[2J\x1b[1;1Honion: bootstrap 100%: done".into(),
+                )))
+            }
+            fn name(&self) -> String {
+                "hostile".into()
+            }
+        }
+        let e = get_consensus(&mut Hostile, "/tor/x", &[]).unwrap_err();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert!(
+            e.ends_with("HTTP 503 Busy\\u{1b}[2J\\u{1b}[1;1Honion: bootstrap 100%: done"),
+            "{e}"
+        );
+        let e = Hostile.get("/tor/keys/fp/A", 100).unwrap_err();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+    }
 
     /// A refresh keeps the held descriptors the new consensus still names, in its order and
     /// once each, and fetches only the rest; real microdescriptors re-parse to the same

@@ -23,6 +23,7 @@
 //! - [`cache`]: directory documents kept in the data directory while fresh.
 //! - [`private`]: the data and key directories and their files, private to the user.
 //! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
+//! - [`text`]: text received from the network, escaped before it is printed.
 
 pub mod authority;
 pub mod bootstrap;
@@ -39,6 +40,7 @@ pub mod pipe;
 pub mod private;
 pub mod service;
 pub mod socks;
+pub mod text;
 pub mod tls;
 
 use std::time::Duration;
