@@ -32,6 +32,7 @@ use rand_core::OsRng;
 use super::get::NetOptions;
 use crate::net::client::Client;
 use crate::net::path;
+use crate::net::private::{self, DirKind};
 use crate::net::service::Service;
 
 const USAGE: &str = "usage: onion serve --target ADDR:PORT --key-dir DIR [--port VIRTPORT] \
@@ -143,57 +144,54 @@ fn read_client_auth(path: &Path) -> Result<Vec<XPublic>, String> {
 }
 
 /// The identity key in `dir` (C tor's `hs_ed25519_secret_key`), or a new one written there
-/// with `hs_ed25519_public_key` and `hostname` (the directory is created with mode 0700).
+/// with `hs_ed25519_public_key` and `hostname`. The directory must be private
+/// ([`private::check_private_dir`] with [`DirKind::Keys`]: created 0700 if missing; refused
+/// if another user owns it or others may read or write it, as C tor refuses such a
+/// `HiddenServiceDir`), and so must an existing secret key file (refused if its mode lets
+/// others read it). New files are written 0600.
 fn load_or_create_key(dir: &Path) -> Result<ExpandedKeypair, String> {
     let d = dir.display();
+    create_private_dir(dir).map_err(|e| format!("--key-dir: {e}"))?;
     let file = dir.join(SECRET_FILE);
-    match std::fs::read(&file) {
+    // The file is 96 bytes (a 32-byte header and the expanded key); anything much longer
+    // is not read.
+    match private::read_secret(&file, 4096) {
         Ok(data) => {
+            let data = zeroize::Zeroizing::new(data);
             return ExpandedKeypair::from_tor_file(&data)
-                .map_err(|e| format!("{}: {e}", file.display()))
+                .map_err(|e| format!("{}: {e}", file.display()));
         }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("{}: {e}", file.display()))
+            return Err(format!("--key-dir: {e}"))
         }
         Err(_) => {}
     }
-    create_private_dir(dir).map_err(|e| format!("--key-dir {d}: {e}"))?;
     let key = ExpandedKeypair::generate(&mut OsRng);
     let mut secret = SECRET_HEADER.to_vec();
     secret.extend_from_slice(&zeroize::Zeroizing::new(key.to_expanded_bytes())[..]);
     let mut public = PUBLIC_HEADER.to_vec();
     public.extend_from_slice(key.public_bytes());
     let hostname = format!("{}\n", key.id_key().address());
-    let r = write_private(&file, &secret)
-        .and_then(|_| write_private(&dir.join("hs_ed25519_public_key"), &public))
-        .and_then(|_| write_private(&dir.join("hostname"), hostname.as_bytes()));
+    // The secret key goes last: a run interrupted before it leaves no key, and the next run
+    // makes a new one and rewrites the other two files.
+    let r = write_private(dir, "hs_ed25519_public_key", &public)
+        .and_then(|_| write_private(dir, "hostname", hostname.as_bytes()))
+        .and_then(|_| write_private(dir, SECRET_FILE, &secret));
     zeroize::Zeroize::zeroize(&mut secret);
     r.map_err(|e| format!("--key-dir {d}: {e}"))?;
     eprintln!("onion: new onion-service key written to {d}");
     Ok(key)
 }
 
-#[cfg(unix)]
+/// Check (or create, mode 0700) the key directory: see [`private::check_private_dir`].
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    private::check_private_dir(dir, DirKind::Keys)
 }
 
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
-
-/// Write a new file readable by its owner only (never overwriting one).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)?.write_all(data)
+/// Write the file `name` of the key directory `dir`, readable by its owner only and
+/// replaced atomically ([`private::write_atomic`]).
+fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    private::write_atomic(dir, name, data)
 }
 
 #[cfg(test)]
@@ -221,13 +219,67 @@ mod tests {
         assert_eq!(k1.public_bytes(), k2.public_bytes());
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(d.join(SECRET_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            for f in [SECRET_FILE, "hs_ed25519_public_key", "hostname"] {
+                assert_eq!(mode(&d.join(f)), 0o600, "{f}");
+            }
+            assert_eq!(mode(&d), 0o700);
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    fn chmod(p: &Path, m: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    /// A secret key others may read is refused with one line naming the file and its mode;
+    /// so is a key directory others may read or write (as C tor refuses such a
+    /// `HiddenServiceDir`); nothing is changed or created then.
+    #[cfg(unix)]
+    #[test]
+    fn keys_and_key_directories_others_can_read_are_refused() {
+        let d = tmp("perm");
+        let k = load_or_create_key(&d).unwrap();
+        chmod(&d.join(SECRET_FILE), 0o644);
+        let e = load_or_create_key(&d).err().unwrap();
+        assert!(
+            e.contains(&d.join(SECRET_FILE).display().to_string())
+                && e.contains("mode 0644")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        assert_eq!(mode(&d.join(SECRET_FILE)), 0o644, "left as it was");
+        chmod(&d.join(SECRET_FILE), 0o600);
+        for (m, what) in [
+            (0o755, "other users can read it"),
+            (0o777, "other users can write"),
+        ] {
+            chmod(&d, m);
+            let e = load_or_create_key(&d).err().unwrap();
+            assert!(
+                e.contains(what) && e.contains(&format!("{m:04o}")) && !e.contains('\n'),
+                "{e}"
+            );
+            assert_eq!(mode(&d), m, "left as it was");
+        }
+        chmod(&d, 0o700);
+        assert_eq!(
+            load_or_create_key(&d).unwrap().public_bytes(),
+            k.public_bytes()
+        );
+        // A world-writable key directory without a key: refused before any key is written.
+        std::fs::remove_file(d.join(SECRET_FILE)).unwrap();
+        chmod(&d, 0o777);
+        assert!(load_or_create_key(&d).is_err());
+        assert!(!d.join(SECRET_FILE).exists());
+        chmod(&d, 0o700);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -259,8 +311,8 @@ mod tests {
     #[test]
     fn bad_key_file_and_bad_arguments_are_one_line_errors() {
         let d = tmp("bad");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(SECRET_FILE), b"garbage").unwrap();
+        create_private_dir(&d).unwrap();
+        write_private(&d, SECRET_FILE, b"garbage").unwrap();
         let e = load_or_create_key(&d).err().unwrap();
         assert!(e.contains(SECRET_FILE) && !e.contains('\n'), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
