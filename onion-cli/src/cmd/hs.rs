@@ -4,10 +4,13 @@
 //!   64 hex characters, C tor's `hs_ed25519_public_key` file, or a file of 32 raw bytes or hex.
 //! - `onion hs descriptor decrypt --address ADDR FILE [--client-key FILE] [--now UNIX]
 //!   [--period-length MIN] [--period NUM]`: verify and decrypt a v3 descriptor, and print its
-//!   fields and introduction points. The time period (needed to bind the descriptor to the
-//!   address) is searched near `--now` with `--period-length` (default 1440 minutes; 8 in a
-//!   20-second-voting test network) unless `--period` is given; if no period matches, the blinded
-//!   key of the signing certificate is used and `time_period` is `null`.
+//!   fields and introduction points. The descriptor is accepted only if its blinded key is
+//!   the one derived from the address for a time period (rend-spec-v3 §2.1 key blinding,
+//!   §2.2.1 time periods): `--period NUM` if given, else the periods within 4 of the one at
+//!   `--now` (default: the clock), with `--period-length` (default 1440 minutes; 8 in a
+//!   20-second-voting test network). Anyone can make a descriptor that decrypts for an
+//!   address (the encryption keys come from its public key and the blinded key the
+//!   descriptor names itself), so without such a period it is refused, not trusted.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -156,20 +159,34 @@ fn decrypt_json(args: &[&str]) -> Result<Value, String> {
     let claimed = outer
         .claimed_blinded_key()
         .map_err(|e| format!("{file}: {e}"))?;
-    // Find the time period whose blinded key is the one in the descriptor.
-    let period = match period_num {
-        Some(n) => Some(TimePeriod::new(n, period_len, 0)),
+    // The time period whose blinded key, derived from the address, is the one the
+    // descriptor is signed with: that binds the descriptor to the address.
+    let candidates = match period_num {
+        Some(n) => n..=n,
         None => {
             let cfg = TimePeriodConfig::new(period_len, 0, 3600).map_err(|e| e.to_string())?;
             let here = cfg.period_at(now).num();
-            (here.saturating_sub(4)..=here.saturating_add(4))
-                .map(|n| TimePeriod::new(n, period_len, 0))
-                .find(|p| id.blind(*p) == claimed)
+            here.saturating_sub(PERIOD_SEARCH)..=here.saturating_add(PERIOD_SEARCH)
         }
     };
-    let expected = period.map(|p| id.blind(p));
+    let (first, last) = (*candidates.start(), *candidates.end());
+    let Some(period) = candidates
+        .map(|n| TimePeriod::new(n, period_len, 0))
+        .find(|p| id.blind(*p) == claimed)
+    else {
+        let periods = match first == last {
+            true => format!("time period {first}"),
+            false => format!("any time period from {first} to {last}"),
+        };
+        return Err(format!(
+            "{file}: its blinded key is not the one of {addr} for {periods} \
+             ({period_len}-minute periods): refused, as it may be anyone's forgery; give the \
+             right --period, --now or --period-length if it is genuine"
+        ));
+    };
+    let expected = id.blind(period);
     let verified = outer
-        .verify(expected.as_ref(), now)
+        .verify(Some(&expected), now)
         .map_err(|e| format!("{file}: {e}"))?;
     let hs = verified
         .decrypt(&id, sk.as_ref(), now)
@@ -177,7 +194,12 @@ fn decrypt_json(args: &[&str]) -> Result<Value, String> {
     Ok(to_json(&addr, period, &hs))
 }
 
-fn to_json(addr: &OnionAddress, period: Option<TimePeriod>, hs: &HsDescriptor) -> Value {
+/// How many time periods on either side of the current one are tried when `--period` is
+/// not given (a descriptor is published for the current and the next period, and may be
+/// read some days later).
+const PERIOD_SEARCH: u64 = 4;
+
+fn to_json(addr: &OnionAddress, period: TimePeriod, hs: &HsDescriptor) -> Value {
     let ips: Vec<Value> = hs
         .second_layer
         .intro_points
@@ -212,7 +234,7 @@ fn to_json(addr: &OnionAddress, period: Option<TimePeriod>, hs: &HsDescriptor) -
         .collect();
     json!({
         "address": addr.to_string(),
-        "time_period": period.map(|p| json!({"num": p.num(), "length_minutes": p.length_minutes()})),
+        "time_period": {"num": period.num(), "length_minutes": period.length_minutes()},
         "blinded_key_hex": hex::encode(hs.blinded_key),
         "signing_key_hex": hex::encode(hs.signing_key),
         "signing_cert_expiry_hours": hs.signing_cert_expiry_hours,
@@ -231,6 +253,7 @@ fn to_json(addr: &OnionAddress, period: Option<TimePeriod>, hs: &HsDescriptor) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use onion_hs::ExpandedKeypair;
 
     const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-hs/testdata");
     const ADDR: &str = "skn4u3felenupawmdh43qijues5x5gc3jwgutk7miqfyptywyp6dm2ad.onion";
@@ -281,6 +304,94 @@ mod tests {
             "1795418409",
         ])
         .unwrap_err();
-        assert!(e.contains("MAC mismatch"), "{e}");
+        assert!(e.contains("refused, as it may be anyone's forgery"), "{e}");
+        // The right address but a period that is not the descriptor's: refused too.
+        let e = decrypt_json(&[
+            "--address",
+            ADDR,
+            &f,
+            "--period-length",
+            "8",
+            "--period",
+            "3740452",
+        ])
+        .unwrap_err();
+        assert!(e.contains("time period 3740452 (8-minute periods)"), "{e}");
+    }
+
+    /// Write a descriptor for the identity key `credential_of`'s address, signed with the
+    /// blinded key of `blind_with` for `period`; its file name.
+    fn forged(
+        name: &str,
+        blind_with: &ExpandedKeypair,
+        credential_of: &HsIdKey,
+        period: TimePeriod,
+    ) -> String {
+        use onion_hs::desc::DescriptorBuilder;
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let blinded = blind_with.blind(period);
+        let signing = ExpandedKeypair::generate(&mut rng);
+        let b = DescriptorBuilder {
+            blinded: &blinded,
+            credential: credential_of.credential(),
+            signing_key: &signing,
+            cert_expiry_hours: u32::try_from(NOW / 3600 + 24).unwrap(),
+            revision_counter: 1,
+            lifetime_minutes: 180,
+            create2_formats: vec![2],
+            intro_auth_required: None,
+            single_onion_service: false,
+            other_lines: vec![],
+            intro_points: vec![],
+            client_auth: None,
+        };
+        let text = b.build(&mut rng).unwrap();
+        let f = std::env::temp_dir().join(format!("onion-hs-{name}-{}", std::process::id()));
+        std::fs::write(&f, text).unwrap();
+        f.to_str().unwrap().to_string()
+    }
+
+    const NOW: u64 = 1_795_418_409;
+
+    /// A descriptor that names address B's public key for its encryption but is signed with
+    /// a blinded key that is not B's (an attacker's): it "decrypts" for B, yet it is refused,
+    /// as is a genuine descriptor of A presented as B's; A's own is accepted.
+    #[test]
+    fn descriptor_not_bound_to_the_address_is_refused() {
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(1);
+        let a = ExpandedKeypair::generate(&mut rng);
+        let b = ExpandedKeypair::generate(&mut rng);
+        let cfg = TimePeriodConfig::new(1440, 0, 3600).unwrap();
+        let period = TimePeriod::new(cfg.period_at(NOW).num(), 1440, 0);
+        let now = NOW.to_string();
+        let (addr_a, addr_b) = (
+            a.id_key().address().to_string(),
+            b.id_key().address().to_string(),
+        );
+
+        let genuine = forged("genuine", &a, &a.id_key(), period);
+        let v = decrypt_json(&["--address", &addr_a, &genuine, "--now", &now]).unwrap();
+        assert_eq!(v["time_period"]["num"], period.num());
+        let e = decrypt_json(&["--address", &addr_b, &genuine, "--now", &now]).unwrap_err();
+        assert!(e.contains(&format!("not the one of {addr_b}")), "{e}");
+
+        let forgery = forged("forgery", &a, &b.id_key(), period);
+        // The forgery is well made: decrypted with the blinded key it names, it reads.
+        let outer = OuterDescriptor::parse(&std::fs::read_to_string(&forgery).unwrap()).unwrap();
+        let claimed = outer.claimed_blinded_key().unwrap();
+        let verified = outer.verify(Some(&claimed), NOW).unwrap();
+        assert!(verified.decrypt(&b.id_key(), None, NOW).is_ok());
+        for extra in [&[][..], &["--period", &period.num().to_string()][..]] {
+            let mut args = vec!["--address", &addr_b, &forgery, "--now", &now];
+            args.extend_from_slice(extra);
+            let e = decrypt_json(&args).unwrap_err();
+            assert!(
+                e.contains("refused, as it may be anyone's forgery") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        let _ = std::fs::remove_file(genuine);
+        let _ = std::fs::remove_file(forgery);
     }
 }
