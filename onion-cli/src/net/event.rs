@@ -7,7 +7,7 @@
 //! peer cannot make us buffer without limit.
 
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub enum Input {
     Bytes(ConnId, Vec<u8>),
     /// The socket reached end of stream (`None`) or failed.
     Closed(ConnId, Option<io::Error>),
-    /// A listener accepted a connection.
+    /// A listener accepted a connection (the SOCKS proxy's accept thread sends these).
     Accepted(TcpStream),
 }
 
@@ -75,18 +75,6 @@ impl Inbox {
         (id, self.tx.clone())
     }
 
-    /// Accept connections on `listener` on its own thread.
-    pub fn listen(&self, listener: TcpListener) {
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                if tx.send(Input::Accepted(s)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-
     /// The next input, waiting at most `timeout` (forever if `None`); `None` on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<Input> {
         match timeout {
@@ -110,6 +98,7 @@ impl Default for Inbox {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::net::TcpListener;
 
     #[test]
     fn reads_and_eof_arrive_in_order() {
@@ -130,18 +119,5 @@ mod tests {
         }
         assert_eq!(got, b"hello");
         assert!(inbox.wait(Some(Duration::from_millis(10))).is_none());
-    }
-
-    #[test]
-    fn accepts() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let inbox = Inbox::new();
-        inbox.listen(l);
-        let _c = TcpStream::connect(addr).unwrap();
-        assert!(matches!(
-            inbox.wait(Some(Duration::from_secs(5))),
-            Some(Input::Accepted(_))
-        ));
     }
 }

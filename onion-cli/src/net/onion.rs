@@ -11,6 +11,7 @@
 //! 4. RENDEZVOUS2 on the rendezvous circuit completes hs-ntor: the service's hop is added as
 //!    a virtual hop, and streams (BEGIN with an empty host) go to the service.
 
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use onion_cell::hs::{EstablishRendezvous, Introduce};
@@ -33,9 +34,64 @@ use super::http;
 /// Largest onion-service descriptor accepted (rend-spec-v3: 50 000 bytes).
 const MAX_DESC: usize = 64 * 1024;
 
+/// The step at which connecting to an onion service failed, in the classes that C tor's
+/// extended SOCKS errors (proposal 304, tor(1) `ExtendedErrors`) tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No responsible HSDir gave a descriptor (not found, or not reachable).
+    DescNotFound,
+    /// Descriptors arrived, and none parsed and verified.
+    DescInvalid,
+    /// The descriptor is encrypted to authorized clients and no key was given.
+    MissingClientAuth,
+    /// The descriptor is encrypted to authorized clients and the key given is not one.
+    BadClientAuth,
+    /// Every introduction point failed.
+    IntroFailed,
+    /// Introduction failed because the time ran out.
+    IntroTimedOut,
+    /// The rendezvous circuit, ESTABLISH_RENDEZVOUS or RENDEZVOUS2 failed.
+    RendFailed,
+    /// The address's key is unusable.
+    BadAddress,
+    /// Anything else (the directory has no usable onion-service parameters).
+    Other,
+}
+
+/// Why [`connect`] failed: the step, and a message for the log.
+#[derive(Debug, Clone)]
+pub struct ConnectError {
+    /// The step that failed.
+    pub failure: Failure,
+    /// What happened.
+    pub msg: String,
+}
+
+impl ConnectError {
+    fn new(failure: Failure, msg: impl Into<String>) -> ConnectError {
+        ConnectError {
+            failure,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<ConnectError> for String {
+    fn from(e: ConnectError) -> String {
+        e.msg
+    }
+}
+
 /// Open a circuit to the onion service `addr`; returns the rendezvous circuit, ready for
 /// streams. `client_key` decrypts a descriptor encrypted to authorized clients
-/// (rend-spec-v3 §2.5.1.2).
+/// (rend-spec-v3 §2.5.1.2). Every other circuit it builds (HSDir, introduction) is
+/// destroyed before it returns, and so is the rendezvous circuit when it fails.
 pub fn connect(
     client: &mut Client,
     dir: &Directory,
@@ -44,13 +100,14 @@ pub fn connect(
     addr: OnionAddress,
     client_key: Option<&onion_hs::x25519_dalek::StaticSecret>,
     deadline: Instant,
-) -> Result<usize, String> {
-    let hp = HsParams::of(dir, testing)?;
+) -> Result<usize, ConnectError> {
+    let hp = HsParams::of(dir, testing).map_err(|e| ConnectError::new(Failure::Other, e))?;
     let sel = hp.shared_random.client_fetch(&hp.periods, hp.valid_after);
     let relays = hsdir_ring(dir);
     let ring: Vec<HsDirRelay> = relays.iter().map(|(_, r)| *r).collect();
 
-    let mut hs = HsClient::new(addr).map_err(|e| format!("onion address: {e}"))?;
+    let mut hs = HsClient::new(addr)
+        .map_err(|e| ConnectError::new(Failure::BadAddress, format!("onion address: {e}")))?;
     let blinded = onion_crypto::Ed25519Identity(*hs.blinded_key(sel.period).as_bytes());
     let url = format!("/tor/hs/3/{}", blinded.to_base64());
     let now_unix = SystemTime::now()
@@ -60,6 +117,7 @@ pub fn connect(
 
     // 1. The descriptor.
     let mut errors = Vec::new();
+    let mut failure = Failure::DescNotFound;
     for pos in hs.hsdirs_to_fetch(&ring, &sel, &hp.params) {
         let Some(&(idx, _)) = relays.get(pos) else {
             continue;
@@ -89,81 +147,133 @@ pub fn connect(
                     DescError::ClientAuthRequired | DescError::ClientNotAuthorized,
                 ),
             ) => {
+                failure = match e {
+                    ClientError::Desc(DescError::ClientAuthRequired) => Failure::MissingClientAuth,
+                    _ => Failure::BadClientAuth,
+                };
                 errors.push(format!("{name}: {e}"));
                 break;
             }
             Err(e) => {
                 eprintln!("onion: HSDir {name}: {e}");
                 errors.push(format!("{name}: {e}"));
+                failure = Failure::DescInvalid;
             }
         }
     }
     if hs.descriptor().is_none() {
-        return Err(format!(
-            "no onion-service descriptor ({})",
-            errors.join("; ")
+        return Err(ConnectError::new(
+            failure,
+            format!("no onion-service descriptor ({})", errors.join("; ")),
         ));
     }
 
     // 2. The rendezvous point.
     let (rend, names, rp) = circuit_to(client, dir, config, None, deadline)
-        .map_err(|e| format!("rendezvous circuit: {e}"))?;
+        .map_err(|e| ConnectError::new(Failure::RendFailed, format!("rendezvous circuit: {e}")))?;
     eprintln!("onion: rendezvous circuit built: {}", names.join(" -> "));
+    let r = rendezvous(client, dir, config, &mut hs, rend, rp, deadline);
+    if r.is_err() {
+        client.destroy(rend);
+    }
+    r.map(|()| rend)
+}
+
+/// Steps 2 to 4 on the rendezvous circuit `rend` to `rp`: ESTABLISH_RENDEZVOUS, INTRODUCE1
+/// through the introduction points in order, RENDEZVOUS2 and the service's virtual hop.
+fn rendezvous(
+    client: &mut Client,
+    dir: &Directory,
+    config: &PathConfig,
+    hs: &mut HsClient,
+    rend: usize,
+    rp: &onion_dir::netview::RelayRecord,
+    deadline: Instant,
+) -> Result<(), ConnectError> {
+    let rend_err = |e: String| ConnectError::new(Failure::RendFailed, e);
     let est = hs
         .establish_rendezvous(&mut OsRng)
-        .map_err(|e| e.to_string())?;
-    let est =
-        EstablishRendezvous::decode(&est).map_err(|e| format!("ESTABLISH_RENDEZVOUS: {e}"))?;
-    send_to_last(client, rend, &RelayMsg::EstablishRendezvous(est))?;
-    client.wait_msg(
-        rend,
-        |m| matches!(m, RelayMsg::RendezvousEstablished),
-        deadline,
-    )?;
+        .map_err(|e| rend_err(e.to_string()))?;
+    let est = EstablishRendezvous::decode(&est)
+        .map_err(|e| rend_err(format!("ESTABLISH_RENDEZVOUS: {e}")))?;
+    send_to_last(client, rend, &RelayMsg::EstablishRendezvous(est)).map_err(rend_err)?;
+    client
+        .wait_msg(
+            rend,
+            |m| matches!(m, RelayMsg::RendezvousEstablished),
+            deadline,
+        )
+        .map_err(rend_err)?;
     hs.handle_rendezvous_established()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| rend_err(e.to_string()))?;
 
     // 3. Introduction, trying the introduction points in order.
     let rp_key = rp
         .ntor_onion_key
-        .ok_or("rendezvous point has no ntor key")?;
+        .ok_or_else(|| rend_err("rendezvous point has no ntor key".into()))?;
     let rp_specs = link_specs(rp);
+    let mut tried = Vec::new();
     loop {
-        let (ip, body) = hs
-            .introduce(&mut OsRng, &rp_key, rp_specs.clone())
-            .map_err(|e| format!("introduction: {e}"))?;
+        let (ip, body) = match hs.introduce(&mut OsRng, &rp_key, rp_specs.clone()) {
+            Ok(next) => next,
+            Err(e) => {
+                // No introduction point left. C tor reports "timed out" only when the
+                // time ran out (proposal 304, 0xF7).
+                let failure = match client.clock.now() >= deadline {
+                    true => Failure::IntroTimedOut,
+                    false => Failure::IntroFailed,
+                };
+                return Err(ConnectError::new(
+                    failure,
+                    format!("introduction: {e} ({})", tried.join("; ")),
+                ));
+            }
+        };
         let ip_id = ip
             .link_specifiers
             .iter()
             .find(|l| l.ty == onion_hs::linkspec::LS_RSA_ID)
             .and_then(|l| <[u8; 20]>::try_from(l.body.as_slice()).ok())
-            .ok_or("introduction point without an RSA identity")?;
+            .ok_or_else(|| {
+                ConnectError::new(
+                    Failure::IntroFailed,
+                    "introduction point without an RSA identity",
+                )
+            })?;
         let r = introduce(client, dir, config, RsaIdentity(ip_id), &body, deadline);
         match r.and_then(|ack| hs.handle_introduce_ack(&ack).map_err(|e| e.to_string())) {
             Ok(()) => break,
-            Err(e) => eprintln!("onion: introduction point {}: {e}", RsaIdentity(ip_id)),
+            Err(e) => {
+                eprintln!("onion: introduction point {}: {e}", RsaIdentity(ip_id));
+                tried.push(format!("{}: {e}", RsaIdentity(ip_id)));
+            }
         }
     }
     eprintln!("onion: introduced; waiting for the service at the rendezvous point");
 
     // 4. The service joins.
-    let msg = client.wait_msg(rend, |m| matches!(m, RelayMsg::Rendezvous2(_)), deadline)?;
+    let msg = client
+        .wait_msg(rend, |m| matches!(m, RelayMsg::Rendezvous2(_)), deadline)
+        .map_err(rend_err)?;
     let RelayMsg::Rendezvous2(r2) = msg else {
-        return Err("expected RENDEZVOUS2".into());
+        return Err(rend_err("expected RENDEZVOUS2".into()));
     };
     let keys = hs
         .handle_rendezvous2(&r2.handshake_info)
-        .map_err(|e| format!("RENDEZVOUS2: {e}"))?;
-    let layer = keys.client_layer().map_err(|e| format!("hs layer: {e}"))?;
+        .map_err(|e| rend_err(format!("RENDEZVOUS2: {e}")))?;
+    let layer = keys
+        .client_layer()
+        .map_err(|e| rend_err(format!("hs layer: {e}")))?;
     client.circs[rend]
         .circ
         .add_virtual_hop(Box::new(layer))
-        .map_err(|e| format!("virtual hop: {e}"))?;
+        .map_err(|e| rend_err(format!("virtual hop: {e}")))?;
     eprintln!("onion: rendezvous complete");
-    Ok(rend)
+    Ok(())
 }
 
-/// The descriptor at `url` from HSDir `hsdir`, over a 3-hop circuit and BEGIN_DIR.
+/// The descriptor at `url` from HSDir `hsdir`, over a 3-hop circuit and BEGIN_DIR (the
+/// circuit is destroyed by [`dir_exchange`]).
 fn fetch_desc(
     client: &mut Client,
     dir: &Directory,

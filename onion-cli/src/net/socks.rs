@@ -125,6 +125,119 @@ pub fn reply(rep: u8) -> [u8; 10] {
     [VER, rep, 0, 1, 0, 0, 0, 0, 0, 0]
 }
 
+/// RFC 1928 §6 "general SOCKS server failure".
+pub const GENERAL_FAILURE: u8 = 0x01;
+
+/// The extended reply codes of proposal 304 (C tor's `ExtendedErrors` SocksPort flag, tor(1)),
+/// values RFC 1928 leaves unassigned. C tor sends them only on a port with that flag, since
+/// an RFC 1928 client cannot know them; `onion socks --extended-errors` does the same.
+pub mod ext {
+    /// 0xF0: the onion service's descriptor cannot be found on the hash ring.
+    pub const HS_DESC_NOT_FOUND: u8 = 0xF0;
+    /// 0xF1: the descriptor cannot be parsed, or its signature does not verify.
+    pub const HS_DESC_INVALID: u8 = 0xF1;
+    /// 0xF2: introduction failed at every introduction point.
+    pub const HS_INTRO_FAILED: u8 = 0xF2;
+    /// 0xF3: the rendezvous failed.
+    pub const HS_REND_FAILED: u8 = 0xF3;
+    /// 0xF4: the descriptor is encrypted to authorized clients, and we have no key.
+    pub const HS_MISSING_CLIENT_AUTH: u8 = 0xF4;
+    /// 0xF5: the descriptor is encrypted to authorized clients, and our key is not one.
+    pub const HS_BAD_CLIENT_AUTH: u8 = 0xF5;
+    /// 0xF6: the `.onion` address is invalid (length, characters, checksum, version).
+    pub const HS_BAD_ADDRESS: u8 = 0xF6;
+    /// 0xF7: every introduction point timed out.
+    pub const HS_INTRO_TIMEDOUT: u8 = 0xF7;
+}
+
+/// Where a requested host name leads, once Tor's special names are recognised
+/// (address-spec §2–3, as C tor's `parse_extended_hostname`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A v3 onion service (rend-spec-v3 §1.2): reached through a rendezvous circuit, never
+    /// through an exit. Sub-domains (`www.<addr>.onion`) name the same service.
+    Onion(onion_hs::OnionAddress),
+    /// A host name or an address literal, for an exit to resolve and connect to.
+    Exit(String),
+}
+
+/// A host name refused before anything is sent to the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameRefused {
+    /// A `.exit` name (address-spec §2): a client choosing the exit through a name a web
+    /// page can make it use is refused, as C tor refuses it since 0.2.2.1-alpha.
+    DotExit,
+    /// A `.onion` name whose address is not a valid v3 address (length, characters,
+    /// checksum, version), or whose key is not a valid ed25519 point: C tor's
+    /// `hs_address_is_valid` checks both.
+    BadOnion(String),
+    /// A name with characters no host name has (C tor's `address_is_invalid_destination`:
+    /// letters, digits, `-`, `_` and `.` only).
+    Invalid,
+}
+
+impl NameRefused {
+    /// The SOCKS reply code C tor 0.4.9 sends: it closes these requests with END reason
+    /// TORPROTOCOL, which RFC 1928 reports as a general failure; with extended errors, a bad
+    /// onion address is [`ext::HS_BAD_ADDRESS`] (`.exit` and invalid names have no extended
+    /// code).
+    pub fn reply(&self, extended: bool) -> u8 {
+        match self {
+            NameRefused::BadOnion(_) if extended => ext::HS_BAD_ADDRESS,
+            _ => GENERAL_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for NameRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameRefused::DotExit => write!(f, "\".exit\" names are refused"),
+            NameRefused::BadOnion(e) => write!(f, "invalid onion address: {e}"),
+            NameRefused::Invalid => write!(f, "not a valid host name"),
+        }
+    }
+}
+
+/// Where `host` (as [`parse_request`] returns it: lower case, printable ASCII) leads.
+///
+/// One trailing dot is dropped first (`x.onion.` and `example.com.` are the absolute forms
+/// of the same names), so that no spelling of a `.onion` or `.exit` name reaches an exit.
+/// An IPv6 literal in brackets is taken without them.
+pub fn destination(host: &str) -> Result<Destination, NameRefused> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let name = name.to_ascii_lowercase();
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(a) => Ok(Destination::Exit(a.to_string())),
+            Err(_) => Err(NameRefused::Invalid),
+        };
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(Destination::Exit(name));
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(NameRefused::Invalid);
+    }
+    // A name without a dot is an ordinary one, even `onion` or `exit`.
+    let tld = name.rsplit_once('.').map_or("", |(_, t)| t);
+    match tld {
+        "exit" => Err(NameRefused::DotExit),
+        "onion" => {
+            let addr = onion_hs::OnionAddress::parse(&name)
+                .map_err(|e| NameRefused::BadOnion(e.to_string()))?;
+            addr.identity_key()
+                .map_err(|e| NameRefused::BadOnion(format!("identity key: {e}")))?;
+            Ok(Destination::Onion(addr))
+        }
+        _ => Ok(Destination::Exit(name)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,13 +278,78 @@ mod tests {
         assert_eq!(reply(0), [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     }
 
+    #[test]
+    fn special_names() {
+        // The ed25519 base point: a valid identity key.
+        let mut key = [0x66u8; 32];
+        key[0] = 0x58;
+        let addr = onion_hs::OnionAddress::from_public_key(key);
+        let label = addr.encode();
+        let onion = |h: &str| destination(h);
+        let want = Ok(Destination::Onion(addr));
+        // The service, in every spelling of its name.
+        assert_eq!(onion(&format!("{label}.onion")), want);
+        assert_eq!(onion(&format!("{label}.onion.")), want);
+        assert_eq!(onion(&format!("www.{label}.onion")), want);
+        assert_eq!(onion(&format!("a.b.{label}.onion.")), want);
+        assert_eq!(onion(&format!("{}.ONION", label.to_uppercase())), want);
+        // A bad checksum (one character changed), a bad length, a bad character.
+        let mut bad = label.clone().into_bytes();
+        bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+        let bad = String::from_utf8(bad).unwrap();
+        for h in [
+            format!("{bad}.onion"),
+            format!("{bad}.onion."),
+            format!("{}.onion", &label[1..]),
+            "example.onion".to_string(),
+            ".onion".to_string(),
+        ] {
+            let r = onion(&h);
+            assert!(matches!(r, Err(NameRefused::BadOnion(_))), "{h}: {r:?}");
+            assert_eq!(r.as_ref().unwrap_err().reply(false), 1);
+            assert_eq!(r.unwrap_err().reply(true), 0xF6);
+        }
+        assert_eq!(
+            onion(&format!("{bad}.onion")),
+            Err(NameRefused::BadOnion(
+                onion_hs::AddressError::BadChecksum.to_string()
+            ))
+        );
+        // A well-formed address whose key C tor refuses ("ed25519 validation failed", "bad
+        // pubkey"; checked with C tor 0.4.9.11): the bytes 0, 1, ..., 31.
+        let off_curve = onion_hs::OnionAddress::from_public_key(std::array::from_fn(|i| i as u8));
+        let r = onion(&format!("{}.onion", off_curve.encode()));
+        assert!(matches!(r, Err(NameRefused::BadOnion(_))), "{r:?}");
+        // `.exit` in any form; its reply has no extended code.
+        for h in ["example.com.exit1.exit", "exit1.exit", "x.exit.", "a.EXIT"] {
+            assert_eq!(onion(h), Err(NameRefused::DotExit), "{h}");
+        }
+        assert_eq!(NameRefused::DotExit.reply(true), 1);
+        // Ordinary names and literals go to an exit; one trailing dot is dropped.
+        let exit = |h: &str| Ok(Destination::Exit(h.to_string()));
+        assert_eq!(onion("example.com."), exit("example.com"));
+        assert_eq!(onion("Example.com"), exit("example.com"));
+        assert_eq!(onion("my_host-1.example"), exit("my_host-1.example"));
+        assert_eq!(onion("exit"), exit("exit"));
+        assert_eq!(onion("onion"), exit("onion"));
+        assert_eq!(onion("exit.example.com"), exit("exit.example.com"));
+        assert_eq!(onion("127.0.0.1"), exit("127.0.0.1"));
+        assert_eq!(onion("2001:db8::1"), exit("2001:db8::1"));
+        assert_eq!(onion("[2001:DB8::1]"), exit("2001:db8::1"));
+        // Characters no host name has.
+        for h in ["a/b", "a:b", "x@y.com", "[1.2.3.4]", ".", "", "a b"] {
+            assert_eq!(onion(h), Err(NameRefused::Invalid), "{h:?}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]
         fn never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = parse_greeting(&data);
-            if let Ok(Some((n, _))) = parse_request(&data) {
+            if let Ok(Some((n, t))) = parse_request(&data) {
                 proptest::prop_assert!(n <= data.len());
+                let _ = destination(&t.host);
             }
         }
     }
