@@ -346,13 +346,12 @@ fn fetch_and_print(
     client.destroy(circ);
     let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
     eprintln!(
-        "onion: HTTP {} {}, {} bytes",
-        resp.status,
-        resp.reason,
+        "onion: HTTP {}, {} bytes",
+        resp.status_text(),
         resp.body.len()
     );
     if !(200..300).contains(&resp.status) {
-        return Err(format!("HTTP {} {}", resp.status, resp.reason));
+        return Err(format!("HTTP {}", resp.status_text()));
     }
     let mut out = std::io::stdout().lock();
     out.write_all(&resp.body)

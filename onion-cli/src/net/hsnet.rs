@@ -203,7 +203,7 @@ pub fn dir_exchange(
         let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
         match resp.status {
             200 => Ok(resp.body),
-            _ => Err(format!("HTTP {} {}", resp.status, resp.reason)),
+            _ => Err(format!("HTTP {}", resp.status_text())),
         }
     })();
     client.destroy(c);

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::text;
+
 /// Upper bound on a response head; anything longer is refused rather than buffered.
 pub const MAX_HEAD: usize = 64 * 1024;
 
@@ -120,7 +122,7 @@ pub fn get_request_with(host: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// The status line's reason phrase.
+    /// The status line's reason phrase, as received: print it through [`text::escape`].
     pub reason: String,
     /// Header fields, names lower-cased, in order.
     pub headers: Vec<(String, String)>,
@@ -129,6 +131,11 @@ pub struct Response {
 }
 
 impl Response {
+    /// `status reason` (the reason phrase escaped, [`text::escape`]), for messages.
+    pub fn status_text(&self) -> String {
+        format!("{} {}", self.status, text::escape(&self.reason))
+    }
+
     /// The first header named `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -187,19 +194,24 @@ pub fn parse_response(data: &[u8], ended: bool) -> Result<Response, HttpError> {
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or("");
     if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed(format!("status line {status_line:?}")));
+        return Err(HttpError::Malformed(format!(
+            "status line \"{}\"",
+            text::escape(status_line)
+        )));
     }
     let status = parts
         .next()
         .and_then(|c| c.parse::<u16>().ok())
         .filter(|c| (100..1000).contains(c))
-        .ok_or_else(|| HttpError::Malformed(format!("status code in {status_line:?}")))?;
+        .ok_or_else(|| {
+            HttpError::Malformed(format!("status code in \"{}\"", text::escape(status_line)))
+        })?;
     let reason = parts.next().unwrap_or("").to_string();
     let mut headers = Vec::new();
     for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| HttpError::Malformed(format!("header line {line:?}")))?;
+        let (k, v) = line.split_once(':').ok_or_else(|| {
+            HttpError::Malformed(format!("header line \"{}\"", text::escape(line)))
+        })?;
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
     let body = &data[head_end + 4..];
@@ -207,8 +219,9 @@ pub fn parse_response(data: &[u8], ended: bool) -> Result<Response, HttpError> {
         .iter()
         .find(|(k, _)| k == "content-length")
         .map(|(_, v)| {
-            v.parse::<usize>()
-                .map_err(|_| HttpError::Malformed(format!("content-length {v:?}")))
+            v.parse::<usize>().map_err(|_| {
+                HttpError::Malformed(format!("content-length \"{}\"", text::escape(v)))
+            })
         })
         .transpose()?;
     let body = match length {
@@ -319,6 +332,40 @@ mod tests {
             get_request_with("h", "/p", &[("X-A", "1, 2"), ("X-B", "x\r\nEvil: 1")]),
             b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\nUser-Agent: onion\r\nX-A: 1, 2\r\n\r\n"
         );
+    }
+
+    /// A reason phrase or header line with terminal escapes reaches messages without any
+    /// control character.
+    #[test]
+    fn peer_text_in_messages_is_escaped() {
+        let r = parse_response(
+            b"HTTP/1.0 403 Forbidden\x1b]0;pwned\x07\x1b[2K\rHTTP 200 OK\r\n\r\n",
+            true,
+        )
+        .unwrap();
+        let msg = format!("HTTP {}", r.status_text());
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        assert_eq!(
+            msg,
+            "HTTP 403 Forbidden\\u{1b}]0;pwned\\u{7}\\u{1b}[2K\\rHTTP 200 OK"
+        );
+        for bad in [
+            &b"HTTP/1.0 2\x1b[0m\r\n\r\n"[..],
+            b"\x1b[31mHTTP/1.0 200 OK\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nX\x1b[1m\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: \x1b[1m\r\n\r\n",
+        ] {
+            let e = parse_response(bad, true).unwrap_err().to_string();
+            assert!(
+                !e.chars().any(char::is_control) && e.contains("\\u{1b}"),
+                "{e:?}"
+            );
+        }
+        let long = format!("HTTP/1.0 200 OK\r\n{}\r\n\r\n", "x".repeat(10_000));
+        let e = parse_response(long.as_bytes(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{e}");
     }
 
     proptest::proptest! {

@@ -31,11 +31,6 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// [`escape`] for bytes that may not be UTF-8 (invalid sequences become U+FFFD).
-pub fn escape_bytes(b: &[u8]) -> String {
-    escape(&String::from_utf8_lossy(&b[..b.len().min(MAX_SHOWN * 4)]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,7 +66,6 @@ mod tests {
             e.len() < MAX_SHOWN * 10 + 30 && e.ends_with("(800 more bytes)"),
             "{e}"
         );
-        assert_eq!(escape_bytes(b"ok\xff\n"), "ok\u{fffd}\\n");
     }
 
     proptest::proptest! {
