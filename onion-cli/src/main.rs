@@ -1,64 +1,161 @@
 //! `onion`: the command-line face of the onion Tor stack.
 //!
-//! Each subcommand lives in its own module under `src/cmd/`, with a
-//! `pub fn run(args: &[String]) -> Result<(), String>`; this file only dispatches.
-//! Errors print as one line on stderr and exit with status 1.
+//! Each subcommand lives in its own module under `src/cmd/`, with a `clap` `Args` struct and
+//! a `pub fn run(args: Args) -> Result<(), String>`; this file only parses and dispatches.
+//!
+//! Exit status: 0 on success (and for `--help` / `--version`), 1 when the command failed
+//! (one line on stderr, `onion: error: ...`), 2 when the command line itself is wrong (one
+//! line on stderr too, naming the option and pointing at `--help`).
 
 mod cmd;
 mod net;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: onion <command> [args]
+use clap::{Parser, Subcommand};
 
-commands:
-  help                     this text
-  version                  print the version
-  consensus summary FILE [--certs FILE] [--authorities FILE] [--now TIME]   consensus as JSON
-  cell decode --link-version N [--plaintext] [--stream] HEX   decode Tor cells (JSON)
-  bootstrap [--authorities FILE] [--dir-mode micro|full]   verified directory summary (JSON)
-  get URL [--authorities FILE] [--data-dir DIR]    fetch an http:// URL through Tor
-  handshake ADDR:PORT --rsa-id HEX [--ed-id B64]   link handshake with one relay (JSON)
-  socks --listen ADDR:PORT [--authorities FILE]    SOCKS5 proxy over Tor
-  serve --target ADDR:PORT --key-dir DIR [--authorities FILE]  host an onion service
-  hs address --public-key FILE|HEX                  onion address of a key (JSON)
-  hs descriptor decrypt --address ADDR FILE [--client-key FILE]   decrypt a v3 descriptor (JSON)
-  sim [--bytes N] [--seed N] [--hops N] [--quiet] [--json]   in-memory Tor network: fetch through 3 hops, step by step";
+/// A Tor client, onion service and toolbox built on onion's sans-IO crates.
+#[derive(Parser)]
+#[command(name = "onion", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verified directory summary (JSON): bootstrap from the directory authorities.
+    Bootstrap(cmd::bootstrap::Args),
+    /// Directory-document tools: summarise a consensus, choose a path (JSON).
+    Consensus(cmd::consensus::Args),
+    /// Decode captured Tor cells (JSON).
+    Cell(cmd::cell::Args),
+    /// Fetch an http:// URL (or an onion service) through Tor; the body goes to stdout.
+    Get(cmd::get::Args),
+    /// Link handshake with one relay (JSON).
+    Handshake(cmd::handshake::Args),
+    /// SOCKS5 proxy over Tor.
+    Socks(cmd::PassThrough),
+    /// Host a v3 onion service.
+    Serve(cmd::PassThrough),
+    /// Onion-service tools: addresses, descriptors (JSON).
+    Hs(cmd::PassThrough),
+    /// The in-memory Tor network: fetch through simulated relays, step by step.
+    Sim(cmd::sim::Args),
+    /// Print the version.
+    #[command(hide = true)]
+    Version,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
     };
-    let rest = &args[1..];
-    let result = match command.as_str() {
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        "version" | "--version" => {
+    let result = match cli.command {
+        Command::Bootstrap(a) => cmd::bootstrap::run(a),
+        Command::Consensus(a) => cmd::consensus::run(a),
+        Command::Cell(a) => cmd::cell::run(a),
+        Command::Get(a) => cmd::get::run(a),
+        Command::Handshake(a) => cmd::handshake::run(a),
+        Command::Socks(a) => cmd::socks::run(&a.args),
+        Command::Serve(a) => cmd::serve::run(&a.args),
+        Command::Hs(a) => cmd::hs::run(&a.args),
+        Command::Sim(a) => cmd::sim::run(a),
+        Command::Version => {
             println!("onion {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        // Subcommands are dispatched here, one line each: "name" => cmd::name::run(rest),
-        "bootstrap" => cmd::bootstrap::run(rest),
-        "consensus" => cmd::consensus::run(rest),
-        "cell" => cmd::cell::run(rest),
-        "get" => cmd::get::run(rest),
-        "handshake" => cmd::handshake::run(rest),
-        "socks" => cmd::socks::run(rest),
-        "serve" => cmd::serve::run(rest),
-        "hs" => cmd::hs::run(rest),
-        "sim" => cmd::sim::run(rest),
-        other => Err(format!("unknown command `{other}` (try `onion help`)")),
     };
-    let _ = rest;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("onion: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help` and `--version` print and succeed; any other parse error is one line on stderr
+/// and exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("onion: error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's message as one line: its first line without the `error: ` prefix, and where to
+/// look for the usage.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see --help)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse_err(args: &[&str]) -> clap::Error {
+        match Cli::try_parse_from(std::iter::once("onion").chain(args.iter().copied())) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors() {
+        use clap::error::ErrorKind;
+        for sub in [
+            "bootstrap",
+            "consensus",
+            "cell",
+            "get",
+            "handshake",
+            "socks",
+            "serve",
+            "hs",
+            "sim",
+        ] {
+            assert_eq!(
+                parse_err(&[sub, "--help"]).kind(),
+                ErrorKind::DisplayHelp,
+                "{sub}"
+            );
+        }
+        assert_eq!(parse_err(&["--help"]).kind(), ErrorKind::DisplayHelp);
+        assert_eq!(parse_err(&["--version"]).kind(), ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for args in [
+            &["get", "http://x/", "--bogus"][..],
+            &["handshake", "127.0.0.1:1", "--rsa-id", "zz"],
+            &["nonsense"],
+            &[],
+        ] {
+            let line = one_line(&parse_err(args));
+            assert!(!line.contains('\n'), "{args:?}: {line}");
+            assert!(line.ends_with("(see --help)"), "{args:?}: {line}");
         }
     }
 }

@@ -380,7 +380,10 @@ fn bad_input_gives_a_one_line_error() {
             vec!["get", "http://x/", "--authorities", "/nonexistent/file"],
             "--authorities",
         ),
-        (vec!["get", "http://x/", "--bogus"], "unknown option"),
+        (
+            vec!["get", "http://x/", "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
         (
             vec!["handshake", "not-an-address", "--rsa-id", "00"],
             "bad address",

@@ -7,18 +7,19 @@
 //! descriptors). It shows a directory mode working without building a circuit, e.g. the
 //! microdescriptor mode on a private network, whose exits no summary lets us use.
 
-use crate::cmd::get::NetOptions;
+use crate::cmd::get::NetArgs;
 use crate::net::client::Client;
 
-const USAGE: &str = "usage: onion bootstrap [--authorities FILE] [--data-dir DIR] \
-                     [--timeout SECS] [--dir-mode micro|full]";
+/// `onion bootstrap` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    net: NetArgs,
+}
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let (opts, rest) = NetOptions::parse(args, USAGE)?;
-    if !rest.is_empty() {
-        return Err(USAGE.into());
-    }
+pub fn run(args: Args) -> Result<(), String> {
+    let opts = args.net.open()?;
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
     let s = &dir.summary;

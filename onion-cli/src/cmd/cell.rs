@@ -28,35 +28,44 @@ use onion_cell::relaymsg::{RelayMsg, ResolvedValue};
 use onion_cell::{ChanCell, Error};
 use serde_json::{json, Map, Value};
 
-const USAGE: &str = "usage: onion cell decode --link-version N [--plaintext] [--stream] HEX|-";
+/// `onion cell` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Decode cells given in hex, one JSON object per cell.
+    Decode(DecodeArgs),
+}
+
+/// `onion cell decode`.
+#[derive(clap::Args)]
+struct DecodeArgs {
+    /// The negotiated link protocol (0: before negotiation; circuit ids are 4 bytes from 4 on).
+    #[arg(long, value_name = "N")]
+    link_version: u16,
+    /// RELAY bodies are already decrypted: decode the relay header and message too.
+    #[arg(long)]
+    plaintext: bool,
+    /// The input holds several cells back to back.
+    #[arg(long)]
+    stream: bool,
+    /// The cells in hex (whitespace and `:` allowed), or `-` for stdin.
+    #[arg(value_name = "HEX|-", allow_hyphen_values = true)]
+    input: String,
+}
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let Some((sub, rest)) = args.split_first() else {
-        return Err(USAGE.into());
-    };
-    if sub != "decode" {
-        return Err(USAGE.into());
-    }
-    let mut version: Option<u16> = None;
-    let mut plaintext = false;
-    let mut stream = false;
-    let mut input: Option<String> = None;
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--link-version" => {
-                let v = it.next().ok_or("--link-version needs a value")?;
-                version = Some(v.parse().map_err(|_| format!("bad link version `{v}`"))?);
-            }
-            "--plaintext" => plaintext = true,
-            "--stream" => stream = true,
-            s if input.is_none() => input = Some(s.to_string()),
-            s => return Err(format!("unexpected argument `{s}`\n{USAGE}")),
-        }
-    }
-    let version = version.ok_or(format!("--link-version is required\n{USAGE}"))?;
-    let input = input.ok_or(USAGE)?;
+pub fn run(args: Args) -> Result<(), String> {
+    let Sub::Decode(DecodeArgs {
+        link_version: version,
+        plaintext,
+        stream,
+        input,
+    }) = args.command;
     let text = if input == "-" {
         let mut s = String::new();
         std::io::stdin()

@@ -18,15 +18,45 @@ use onion_dir::consensus::{self, Consensus, Flavor};
 use onion_dir::{authcert, RsaIdentity, Timestamp};
 use serde_json::{json, Value};
 
-const USAGE: &str =
-    "usage: onion consensus summary FILE [--certs FILE] [--authorities FILE] [--now TIME]";
+/// `onion consensus` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Parse a consensus (either flavour) and print it as JSON; with --certs, check its
+    /// signatures.
+    Summary(SummaryArgs),
+    /// Choose one path as the path selector would, and print it as JSON.
+    Path(crate::cmd::path::Args),
+}
+
+/// `onion consensus summary`.
+#[derive(clap::Args)]
+struct SummaryArgs {
+    /// The consensus file.
+    #[arg(value_name = "FILE")]
+    file: String,
+    /// Authority key certificates (e.g. tor's `cached-certs`): check the signatures.
+    #[arg(long, value_name = "FILE")]
+    certs: Option<String>,
+    /// The authorities' v3 identities (40 hex digits per line, or `DirAuthority` lines).
+    #[arg(long, value_name = "FILE")]
+    authorities: Option<String>,
+    /// Check certificates at this time (`YYYY-MM-DD HH:MM:SS` UTC or Unix seconds; default:
+    /// the consensus's valid-after).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    now: Option<Timestamp>,
+}
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("summary") => summary(args.get(1..).unwrap_or(&[])),
-        Some("path") => crate::cmd::path::run(args.get(1..).unwrap_or(&[])),
-        _ => Err(USAGE.to_string()),
+pub fn run(args: Args) -> Result<(), String> {
+    match args.command {
+        Sub::Summary(a) => summary(a),
+        Sub::Path(a) => crate::cmd::path::run(a),
     }
 }
 
@@ -65,28 +95,13 @@ fn read_authorities(path: &str) -> Result<Vec<RsaIdentity>, String> {
     Ok(out)
 }
 
-fn summary(args: &[String]) -> Result<(), String> {
-    let mut file = None;
-    let mut certs = None;
-    let mut auths = None;
-    let mut now = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--certs" => certs = Some(val()?),
-            "--authorities" => auths = Some(val()?),
-            "--now" => now = Some(parse_time(&val()?)?),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            s if file.is_none() => file = Some(s.to_owned()),
-            _ => return Err(USAGE.to_string()),
-        }
-    }
-    let file = file.ok_or_else(|| USAGE.to_string())?;
+fn summary(args: SummaryArgs) -> Result<(), String> {
+    let SummaryArgs {
+        file,
+        certs,
+        authorities: auths,
+        now,
+    } = args;
     let text = read(&file)?;
     let unverified = consensus::parse(&text).map_err(|e| format!("{file}: {e}"))?;
     let c = unverified.peek();

@@ -23,9 +23,52 @@ use crate::net::client::{Client, Retry, Target};
 use crate::net::http::{self, Url};
 use crate::net::path;
 
-const USAGE: &str =
-    "usage: onion get URL [--authorities FILE] [--data-dir DIR] [--timeout SECS] [--dir-mode micro|full] \
-     [--exit FINGERPRINT|NICKNAME] [--client-key FILE]";
+/// `onion get` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The http:// URL to fetch (http://ADDRESS.onion/... for an onion service).
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Use this relay as the exit (fingerprint or nickname), whatever its policy says.
+    #[arg(long, value_name = "FINGERPRINT|NICKNAME")]
+    exit: Option<String>,
+    /// Client-authorization key for the onion service (C tor's `.auth_private` file).
+    #[arg(long, value_name = "FILE")]
+    client_key: Option<String>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// The options every network command takes (`get`, `socks`, `serve`, `bootstrap`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Directory authorities in C tor's `DirAuthority` format (default: the public network's).
+    #[arg(long, value_name = "FILE")]
+    authorities: Option<PathBuf>,
+    /// Keep directory documents and guard state here, and reuse them while fresh.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Time limit of one network operation, in seconds (1-3600).
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+    /// Microdescriptors or full server descriptors (default: full on a private network,
+    /// micro otherwise).
+    #[arg(long, value_name = "micro|full", value_parser = DirMode::parse)]
+    dir_mode: Option<DirMode>,
+}
+
+impl NetArgs {
+    /// Read the authority list and open the data directory.
+    pub fn open(&self) -> Result<NetOptions, String> {
+        NetOptions::new(
+            self.authorities.as_deref(),
+            self.data_dir.as_deref(),
+            Duration::from_secs(self.timeout),
+            self.dir_mode,
+        )
+    }
+}
 
 /// The largest response `onion get` keeps.
 const MAX_RESPONSE: usize = 256 << 20;
@@ -72,6 +115,18 @@ impl NetOptions {
                 _ => rest.push(a.clone()),
             }
         }
+        let opts = NetOptions::new(auth_file.as_deref(), data_dir.as_deref(), timeout, dir_mode)?;
+        Ok((opts, rest))
+    }
+
+    /// The options from their parsed values: the authority list is read (the public
+    /// network's when `auth_file` is `None`) and the data directory opened.
+    pub fn new(
+        auth_file: Option<&std::path::Path>,
+        data_dir: Option<&std::path::Path>,
+        timeout: Duration,
+        dir_mode: Option<DirMode>,
+    ) -> Result<NetOptions, String> {
         let auths = match &auth_file {
             Some(f) => {
                 let text = std::fs::read_to_string(f)
@@ -88,15 +143,12 @@ impl NetOptions {
             None => None,
         };
         let dir_mode = dir_mode.unwrap_or_else(|| DirMode::default_for(&auths));
-        Ok((
-            NetOptions {
-                auths,
-                cache,
-                timeout,
-                dir_mode,
-            },
-            rest,
-        ))
+        Ok(NetOptions {
+            auths,
+            cache,
+            timeout,
+            dir_mode,
+        })
     }
 
     /// Bootstrap a client.
@@ -151,37 +203,15 @@ impl NetOptions {
 }
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut exit: Option<String> = None;
-    let mut client_key: Option<String> = None;
-    let mut own = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--exit" => {
-                exit = Some(
-                    it.next()
-                        .ok_or_else(|| format!("--exit needs a value; {USAGE}"))?
-                        .clone(),
-                )
-            }
-            // A client-authorization key (C tor's `ClientOnionAuthDir/*.auth_private`) for
-            // an onion service that encrypts its descriptor to its clients.
-            "--client-key" => {
-                client_key = Some(
-                    it.next()
-                        .ok_or_else(|| format!("--client-key needs a value; {USAGE}"))?
-                        .clone(),
-                )
-            }
-            _ => own.push(a.clone()),
-        }
-    }
-    let (opts, rest) = NetOptions::parse(&own, USAGE)?;
-    let [url] = rest.as_slice() else {
-        return Err(USAGE.into());
-    };
-    let url = Url::parse(url)?;
+pub fn run(args: Args) -> Result<(), String> {
+    let Args {
+        url,
+        exit,
+        client_key,
+        net,
+    } = args;
+    let opts = net.open()?;
+    let url = Url::parse(&url)?;
     let onion = match url.is_onion() {
         true => Some(
             onion_hs::OnionAddress::parse(&url.host)

@@ -12,50 +12,41 @@ use onion_crypto::{Ed25519Identity, RsaIdentity};
 
 use crate::net::link;
 
-const USAGE: &str =
-    "usage: onion handshake ADDR:PORT --rsa-id HEX [--ed-id BASE64] [--timeout SECS]";
+/// `onion handshake` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The relay's ORPort.
+    #[arg(value_name = "ADDR:PORT", value_parser = parse_addr)]
+    addr: SocketAddr,
+    /// The RSA identity the relay must prove (40 hex digits).
+    #[arg(long, value_name = "HEX", value_parser = parse_rsa)]
+    rsa_id: RsaIdentity,
+    /// The ed25519 identity the relay must prove (base64).
+    #[arg(long, value_name = "BASE64", value_parser = parse_ed)]
+    ed_id: Option<Ed25519Identity>,
+    /// Time limit in seconds (1-600).
+    #[arg(long, value_name = "SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    timeout: u64,
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("bad address {s:?} (want IP:PORT)"))
+}
+
+fn parse_rsa(s: &str) -> Result<RsaIdentity, String> {
+    RsaIdentity::from_hex(s).map_err(|e| format!("--rsa-id {s:?}: {e}"))
+}
+
+fn parse_ed(s: &str) -> Result<Ed25519Identity, String> {
+    Ed25519Identity::from_base64(s).map_err(|e| format!("--ed-id {s:?}: {e}"))
+}
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut addr = None;
-    let mut rsa = None;
-    let mut ed = None;
-    let mut timeout = Duration::from_secs(20);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
-        };
-        match a.as_str() {
-            "--rsa-id" => {
-                let v = value()?;
-                rsa = Some(RsaIdentity::from_hex(v).map_err(|e| format!("--rsa-id {v:?}: {e}"))?)
-            }
-            "--ed-id" => {
-                let v = value()?;
-                ed = Some(
-                    Ed25519Identity::from_base64(v).map_err(|e| format!("--ed-id {v:?}: {e}"))?,
-                )
-            }
-            "--timeout" => {
-                let v = value()?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--timeout {v:?}: not a number of seconds"))?;
-                timeout = Duration::from_secs(secs.clamp(1, 600));
-            }
-            s if addr.is_none() && !s.starts_with("--") => {
-                addr = Some(
-                    s.parse::<SocketAddr>()
-                        .map_err(|_| format!("bad address {s:?} (want IP:PORT)"))?,
-                )
-            }
-            other => return Err(format!("unexpected argument {other:?}; {USAGE}")),
-        }
-    }
-    let addr = addr.ok_or(USAGE)?;
-    let rsa = rsa.ok_or_else(|| format!("--rsa-id is required; {USAGE}"))?;
+pub fn run(args: Args) -> Result<(), String> {
+    let (addr, rsa, ed) = (args.addr, args.rsa_id, args.ed_id);
+    let timeout = Duration::from_secs(args.timeout);
     let expected = PeerIds {
         rsa: Some(rsa),
         ed25519: ed,

@@ -16,82 +16,34 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::{json, Value};
 
-const USAGE: &str = "usage: onion consensus path FILE (--microdescs FILE | --descriptors FILE) \
-                     --seed N [--port P] [--addr IP] [--len L] [--private]";
-
-struct Args {
+/// `onion consensus path` (see the module documentation).
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("docs").required(true).args(["microdescs", "descriptors"]))]
+pub struct Args {
+    /// The consensus file (microdesc flavour with --microdescs, ns with --descriptors).
+    #[arg(value_name = "FILE")]
     consensus: String,
+    /// Microdescriptors of the relays.
+    #[arg(long, value_name = "FILE")]
     microdescs: Option<String>,
+    /// Server descriptors of the relays (full-descriptor mode).
+    #[arg(long, value_name = "FILE")]
     descriptors: Option<String>,
+    /// Seed of the random choice (the same seed gives the same path).
+    #[arg(long, value_name = "N")]
     seed: u64,
+    /// A port the exit must allow.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
+    /// An address the exit must allow (with --port).
+    #[arg(long, value_name = "IP", requires = "port")]
     addr: Option<IpAddr>,
+    /// Path length.
+    #[arg(long, value_name = "L", default_value_t = 3)]
     len: usize,
+    /// Turn off the distinct-/16 rule (networks on one host).
+    #[arg(long)]
     private: bool,
-}
-
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut it = args.iter();
-    let mut a = Args {
-        consensus: String::new(),
-        microdescs: None,
-        descriptors: None,
-        seed: 0,
-        port: None,
-        addr: None,
-        len: 3,
-        private: false,
-    };
-    let mut seed = None;
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--microdescs" => a.microdescs = Some(value("--microdescs")?),
-            "--descriptors" => a.descriptors = Some(value("--descriptors")?),
-            "--seed" => {
-                seed = Some(
-                    value("--seed")?
-                        .parse::<u64>()
-                        .map_err(|e| format!("--seed: {e}"))?,
-                )
-            }
-            "--port" => {
-                a.port = Some(
-                    value("--port")?
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or("--port: expected 1-65535")?,
-                )
-            }
-            "--addr" => {
-                a.addr = Some(
-                    value("--addr")?
-                        .parse()
-                        .map_err(|e| format!("--addr: {e}"))?,
-                )
-            }
-            "--len" => a.len = value("--len")?.parse().map_err(|e| format!("--len: {e}"))?,
-            "--private" => a.private = true,
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            s if a.consensus.is_empty() => a.consensus = s.to_string(),
-            s => return Err(format!("unexpected argument {s}\n{USAGE}")),
-        }
-    }
-    if a.consensus.is_empty() {
-        return Err(USAGE.to_string());
-    }
-    if a.microdescs.is_some() == a.descriptors.is_some() {
-        return Err(format!(
-            "give exactly one of --microdescs and --descriptors\n{USAGE}"
-        ));
-    }
-    a.seed = seed.ok_or_else(|| format!("--seed is required\n{USAGE}"))?;
-    Ok(a)
 }
 
 fn read(path: &str) -> Result<String, String> {
@@ -112,9 +64,9 @@ fn hop_json(position: &str, r: &RelayRecord) -> Value {
     })
 }
 
-/// Run the subcommand (arguments after `path`).
-pub fn run(args: &[String]) -> Result<(), String> {
-    let out = path_json(&parse_args(args)?)?;
+/// Run the subcommand.
+pub fn run(args: Args) -> Result<(), String> {
+    let out = path_json(&args)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
@@ -190,13 +142,23 @@ fn path_json(a: &Args) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
 
     fn args(s: &str) -> Vec<String> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet");
-        s.replace("$T", dir)
-            .split_whitespace()
-            .map(str::to_string)
+        std::iter::once("path".to_string())
+            .chain(s.replace("$T", dir).split_whitespace().map(str::to_string))
             .collect()
+    }
+
+    fn parse_args(a: &[String]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(a).map(|c| c.args)
     }
 
     #[test]

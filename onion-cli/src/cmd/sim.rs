@@ -16,27 +16,62 @@ use sha2::{Digest, Sha256};
 
 mod onion;
 
-const HELP: &str =
-    "usage: onion sim [--seed N] [--bytes N] [--hops N] [--latency-ms N] [--bandwidth-mbit N]
-                 [--first-hop ntor|ntor-v3|fast] [--quiet] [--json]
-       onion sim --onion [--help]   (the onion-service scenario)
-
-Runs a client, guard, middle and exit relay and a web server in memory and fetches
-N bytes (default 1500000) over HTTP through a circuit, printing each step.";
-
-fn parse<T: std::str::FromStr>(flag: &str, v: Option<&String>) -> Result<T, String> {
-    v.ok_or_else(|| format!("{flag} needs a value"))?
-        .parse()
-        .map_err(|_| format!("bad value for {flag}"))
+/// `onion sim`: a client, guard, middle and exit relay and a web server run in memory; the
+/// client fetches N bytes over HTTP through a circuit, and each step is printed.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seed of every random choice (the same seed gives the same run).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Size of the fetched document (default: 1500000; with --onion, the page size).
+    #[arg(long, value_name = "N", value_parser = parse_bytes)]
+    bytes: Option<u64>,
+    /// Number of relays in the circuit (1-8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=8))]
+    hops: Option<u64>,
+    /// One-way latency of every simulated link.
+    #[arg(long, value_name = "N")]
+    latency_ms: Option<u64>,
+    /// Bandwidth of every simulated link.
+    #[arg(long, value_name = "N")]
+    bandwidth_mbit: Option<u64>,
+    /// Handshake of the first hop.
+    #[arg(long, value_name = "ntor|ntor-v3|fast", value_parser = parse_first_hop)]
+    first_hop: Option<HandshakeKind>,
+    /// Print only the outcome, not the story.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Run the onion-service scenario instead (client, service, HSDirs, introduction and
+    /// rendezvous points).
+    #[arg(long, conflicts_with_all = ["hops", "latency_ms", "bandwidth_mbit", "first_hop", "quiet"])]
+    onion: bool,
+    /// With --onion: the number of relays.
+    #[arg(long, value_name = "N", requires = "onion")]
+    relays: Option<usize>,
+    /// With --onion: the service requires client authorization.
+    #[arg(long, requires = "onion")]
+    client_auth: bool,
 }
 
 /// `--bytes N`, bounded by what the simulated web server will produce.
-fn parse_bytes(v: Option<&String>) -> Result<u64, String> {
-    let n = parse("--bytes", v)?;
+fn parse_bytes(v: &str) -> Result<u64, String> {
+    let n: u64 = v.parse().map_err(|_| format!("not a number: {v:?}"))?;
     if n > sim::web::MAX_BODY {
-        return Err(format!("--bytes is at most {}", sim::web::MAX_BODY));
+        return Err(format!("at most {}", sim::web::MAX_BODY));
     }
     Ok(n)
+}
+
+fn parse_first_hop(v: &str) -> Result<HandshakeKind, String> {
+    match v {
+        "ntor" => Ok(HandshakeKind::Ntor),
+        "ntor-v3" => Ok(HandshakeKind::NtorV3),
+        "fast" => Ok(HandshakeKind::CreateFast),
+        _ => Err("takes ntor, ntor-v3 or fast".into()),
+    }
 }
 
 /// The story as JSON objects: `{at_ms, party, event}`.
@@ -130,40 +165,20 @@ fn print_json(out: &serde_json::Value, intact: bool, what: &str) -> Result<(), S
 }
 
 /// Entry point of `onion sim`.
-pub fn run(args: &[String]) -> Result<(), String> {
-    if args.iter().any(|a| a == "--onion") {
-        return onion::run(args);
+pub fn run(args: Args) -> Result<(), String> {
+    if args.onion {
+        return onion::run(&args);
     }
     let mut cfg = SimConfig::default();
-    let mut quiet = false;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--seed" => cfg.seed = parse(a, it.next())?,
-            "--bytes" => cfg.response_len = parse_bytes(it.next())?,
-            "--hops" => cfg.hops = parse::<usize>(a, it.next())?.clamp(1, 8),
-            "--latency-ms" => cfg.latency = Duration::from_millis(parse(a, it.next())?),
-            "--bandwidth-mbit" => {
-                cfg.bandwidth = parse::<u64>(a, it.next())?.saturating_mul(125_000)
-            }
-            "--first-hop" => {
-                cfg.first_hop = match it.next().map(String::as_str) {
-                    Some("ntor") => HandshakeKind::Ntor,
-                    Some("ntor-v3") => HandshakeKind::NtorV3,
-                    Some("fast") => HandshakeKind::CreateFast,
-                    _ => return Err("--first-hop takes ntor, ntor-v3 or fast".into()),
-                }
-            }
-            "--quiet" | "-q" => quiet = true,
-            "--json" => json = true,
-            "--help" | "-h" => {
-                println!("{HELP}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument `{other}`\n{HELP}")),
-        }
-    }
+    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    cfg.response_len = args.bytes.unwrap_or(cfg.response_len);
+    cfg.hops = args.hops.map_or(cfg.hops, |h| h as usize);
+    cfg.latency = args.latency_ms.map_or(cfg.latency, Duration::from_millis);
+    cfg.bandwidth = args
+        .bandwidth_mbit
+        .map_or(cfg.bandwidth, |b| b.saturating_mul(125_000));
+    cfg.first_hop = args.first_hop.unwrap_or(cfg.first_hop);
+    let (quiet, json) = (args.quiet, args.json);
     cfg.story = !quiet || json;
 
     let started = Instant::now();

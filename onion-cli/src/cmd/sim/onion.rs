@@ -8,38 +8,18 @@
 
 use onion_hs::sim::{self, HsSimConfig};
 
-use super::{
-    list, parse, parse_bytes, print_json, print_outcome, print_sets, print_story, sets_json,
-    story_json,
-};
+use super::{list, print_json, print_outcome, print_sets, print_story, sets_json, story_json};
 
-const HELP: &str =
-    "usage: onion sim --onion [--seed N] [--bytes N] [--relays N] [--client-auth] [--json]
-
-Runs an onion service, a client and N relays (HSDirs, introduction and rendezvous points) in
-memory, all over channels; the client fetches N bytes (default 300000) from the service end
-to end.";
-
-/// Entry point of `onion sim --onion`.
-pub fn run(args: &[String]) -> Result<(), String> {
+/// Entry point of `onion sim --onion`: a service, a client and `--relays` relays (HSDirs,
+/// introduction and rendezvous points) in memory, all over channels; the client fetches
+/// `--bytes` (default 300000) from the service end to end.
+pub fn run(args: &super::Args) -> Result<(), String> {
     let mut cfg = HsSimConfig::default();
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--onion" => {}
-            "--seed" => cfg.seed = parse(a, it.next())?,
-            "--bytes" => cfg.page_len = parse_bytes(it.next())?,
-            "--relays" => cfg.relays = parse(a, it.next())?,
-            "--client-auth" => cfg.client_auth = true,
-            "--json" => json = true,
-            "--help" | "-h" => {
-                println!("{HELP}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument `{other}`\n{HELP}")),
-        }
-    }
+    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    cfg.page_len = args.bytes.unwrap_or(cfg.page_len);
+    cfg.relays = args.relays.unwrap_or(cfg.relays);
+    cfg.client_auth = args.client_auth;
+    let json = args.json;
     let r = sim::run(&cfg).map_err(|e| format!("onion-service simulation failed: {e}"))?;
     let intact = r.body == r.expected_body;
     if json {
