@@ -1042,3 +1042,152 @@ fn socks_reaches_a_c_tor_onion_service() {
     assert_eq!(code, 0xF0, "{}", support::last_lines(&dx.stderr(), 20));
     eprintln!("interop: unknown onion service refused after {took:?}");
 }
+
+/// A stream to `host:port` through C tor's SocksPort (SOCKS5, the name resolved by Tor):
+/// the open socket, or the SOCKS reply code that refused it.
+fn tor_stream(socks_port: u16, host: &str, port: u16) -> Result<std::net::TcpStream, String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", socks_port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&[5, 1, 0]).map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).map_err(|e| e.to_string())?;
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).map_err(|e| e.to_string())?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).map_err(|e| e.to_string())?;
+    if reply[1] != 0 {
+        return Err(format!("SOCKS reply {}", reply[1]));
+    }
+    s.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// `onion serve` with peers that stop: a client that does not read a target producing
+/// without end, and a target that does not read what a client uploads. The service reads
+/// the first only as far as the stream's windows allow (its stream stops once C tor's
+/// client stops sending SENDMEs; tor-spec §7.4), holds the second's stream once its buffer
+/// is full, and meanwhile serves a third client at once: the target connections are
+/// neither read without limit nor written to from the loop.
+#[test]
+fn onion_serve_bounds_what_it_buffers_for_peers_that_stop() {
+    use std::io::{BufRead, Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(net) = network() else { return };
+    // The target: "flood" writes without end (counting what the kernel took), "stall"
+    // never reads, anything else gets a short answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let flooded = Arc::new(AtomicU64::new(0));
+    let f2 = flooded.clone();
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            let f = f2.clone();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(sock.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut w = sock;
+                match line.trim() {
+                    "flood" => {
+                        let chunk = vec![0x5au8; 64 * 1024];
+                        while let Ok(n) = w.write(&chunk) {
+                            f.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    "stall" => std::thread::sleep(Duration::from_secs(600)),
+                    _ => {
+                        let _ = w.write_all(b"small answer\n");
+                    }
+                }
+            });
+        }
+    });
+    let keys = data_dir(net, "onion-serve-stop-keys");
+    let mut d = support::Daemon::start(&[
+        "serve",
+        "--target",
+        &target,
+        "--key-dir",
+        keys.to_str().unwrap(),
+        "--authorities",
+        net.authorities_file.to_str().unwrap(),
+    ]);
+    d.wait_for("service published", Duration::from_secs(150));
+    let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
+    let host = host.trim().to_string();
+    // The first stream waits for C tor's client to fetch the descriptor: retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    let mut flood = loop {
+        attempt += 1;
+        match tor_stream(net.socks_port, &host, 80) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("attempt {attempt}: {e}");
+                let _ = newnym(net);
+                std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
+            }
+            Err(e) => panic!(
+                "no stream to {host}: {e}\nonion:\n{}",
+                support::last_lines(&d.stderr(), 30)
+            ),
+        }
+    };
+    flood.write_all(b"flood\n").unwrap();
+    // Read a little, then stop reading.
+    let mut first = [0u8; 1000];
+    flood.read_exact(&mut first).unwrap();
+    // A client uploading to the target that does not read, on a thread: it is blocked
+    // once the buffers along the way are full.
+    let mut stall = tor_stream(net.socks_port, &host, 80).unwrap();
+    let uploaded = Arc::new(AtomicU64::new(0));
+    let u2 = uploaded.clone();
+    std::thread::spawn(move || {
+        let _ = stall.write_all(b"stall\n");
+        let chunk = vec![0xa5u8; 64 * 1024];
+        while let Ok(n) = stall.write(&chunk) {
+            u2.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    let (f1, u1) = (
+        flooded.load(Ordering::Relaxed),
+        uploaded.load(Ordering::Relaxed),
+    );
+    // Meanwhile a third client is served, promptly.
+    let t = std::time::Instant::now();
+    let mut small = tor_stream(net.socks_port, &host, 80).unwrap();
+    small.write_all(b"small\n").unwrap();
+    small
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    small.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "small answer\n");
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(10));
+    let (f2, u2) = (
+        flooded.load(Ordering::Relaxed),
+        uploaded.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "target wrote {f1} then {f2} bytes to the service for a client that stopped reading; \
+         a client uploaded {u1} then {u2} bytes to a target that does not read; \
+         a third client served in {took:?}"
+    );
+    // Both flows stopped: the service buffers neither (kernel socket buffers on loopback
+    // hold a few MiB; the windows 500 cells of 498 bytes).
+    assert!(f2 < 32 << 20, "target wrote {f2} bytes");
+    assert!(f2 - f1 < 1 << 20, "still reading the target: {f1} -> {f2}");
+    assert!(u2 - u1 < 1 << 20, "still taking the upload: {u1} -> {u2}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    drop(flood);
+}
