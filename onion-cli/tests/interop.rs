@@ -944,6 +944,15 @@ fn socks_reaches_a_c_tor_onion_service() {
         d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
         (d, listen)
     };
+    // Not on a non-loopback address unless asked: refused before anything else happens.
+    let wild = format!("0.0.0.0:{}", support::free_port());
+    let (st, _, err) = run_bounded(
+        onion().args(["socks", "--listen", &wild, "--authorities", auths]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(!st.success() && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("--allow-non-loopback"), "{err}");
     let (d, listen) = start(&[]);
     let (dx, listen_x) = start(&["--extended-errors"]);
     let onion = net.onion_hostname.clone();
