@@ -483,7 +483,10 @@ fn fetch_documents(
 
     // Nothing in the consensus is acted on before it verified.
     let (cons, _) = verify_consensus(&cons_text, &certs_text, v3, mode, Timestamp::from(now))?;
-    progress(50, "consensus signatures valid; fetching the descriptors it names");
+    progress(
+        50,
+        "consensus signatures valid; fetching the descriptors it names",
+    );
     let held = match from {
         Source::Refresh { current, .. } => current.descriptors.as_str(),
         Source::CacheOrAuthorities => "",
