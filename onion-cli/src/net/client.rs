@@ -335,6 +335,11 @@ impl Client {
         (self.links.len(), self.circs.len())
     }
 
+    /// How many circuit slots exist, used or free: the most circuits held at once so far.
+    pub fn circuit_slots(&self) -> usize {
+        self.circs.slots()
+    }
+
     /// A channel to `addr`, which must prove `ids`; returns its index. An open channel to
     /// the same relay is shared (tor-spec §2: one channel carries many circuits), so only
     /// the first circuit through a guard waits for TCP, TLS and the link handshake.
@@ -710,6 +715,9 @@ impl Client {
     /// flush that released them), and channels that closed or whose last circuit is gone
     /// (closed now).
     fn reap(&mut self) {
+        if self.circs.is_empty() && self.links.is_empty() {
+            return;
+        }
         let released: Vec<usize> = self
             .circs
             .iter()

@@ -12,9 +12,25 @@
 //!    POSTed over BEGIN_DIR to an HSDir; an introduction circuit closed. Outcomes go back to
 //!    the publisher, which decides about retries, rotation and re-uploads.
 //! 3. INTRO_ESTABLISHED, INTRODUCE2 and closed circuits on the introduction circuits are
-//!    reported; an INTRODUCE2 leads to a 3-hop circuit to the client's rendezvous point,
+//!    reported; an INTRODUCE2 leads to a 4-hop circuit to the client's rendezvous point,
 //!    RENDEZVOUS1, the client's virtual hop, and streams spliced to TCP connections to the
 //!    target.
+//!
+//! Nothing a client or the target does can stall the loop or grow our memory without bound:
+//!
+//! - INTRODUCE2 is rate-limited ([`INTRO_RATE`], [`INTRO_BURST`]) and queued up to
+//!   [`MAX_PENDING_INTROS`] (the newest is dropped beyond, and the drops logged), before
+//!   any decryption. Rendezvous circuits are built without blocking the loop
+//!   ([`hsnet::start_circuit_to`]), [`MAX_REND_BUILDS`] at a time, each within
+//!   [`REND_TIMEOUT`]. An introduction that asks for congestion control is refused
+//!   ([`asks_congestion_control`]).
+//! - The target is connected on a thread of its own; each target connection is a
+//!   [`Pipe`]: bytes from the target are read only as far as the stream and circuit windows
+//!   can send them (tor-spec §7.3-7.4), and bytes for the target are queued up to
+//!   [`OUT_HIGH`], then the stream is held (no stream SENDME: the client stops after one
+//!   window). At most [`MAX_STREAMS`] target connections are open.
+//! - Building an introduction circuit and uploading a descriptor still wait for the network
+//!   (up to [`STEP_TIMEOUT`]); the rendezvous circuits are held meanwhile.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -138,6 +154,13 @@ impl TokenBucket {
             false
         }
     }
+}
+
+/// Whether to take an INTRODUCE2 when `queued` introductions wait: not when the queue is
+/// full ([`MAX_PENDING_INTROS`]: the newest is dropped), nor beyond the rate limit; decided
+/// before any decryption, so that a flood costs little.
+fn admit(bucket: &mut TokenBucket, queued: usize, now: Instant) -> bool {
+    queued < MAX_PENDING_INTROS && bucket.take(now)
 }
 
 /// Where a client stream's target connection stands.
@@ -582,7 +605,7 @@ impl Service {
         let bucket = self
             .intro_bucket
             .get_or_insert_with(|| TokenBucket::new(INTRO_RATE, INTRO_BURST, now));
-        if !bucket.take(now) {
+        if !admit(bucket, self.pending.len(), now) {
             self.dropped += 1;
             return Ok(());
         }
@@ -609,10 +632,6 @@ impl Service {
             .view
             .by_rsa_id(&RsaIdentity(rp_id))
             .ok_or("rendezvous point not in the consensus")?;
-        if self.pending.len() >= MAX_PENDING_INTROS {
-            self.dropped += 1;
-            return Ok(());
-        }
         self.pending.push_back(PendingIntro {
             req,
             rp,
@@ -716,7 +735,12 @@ impl Service {
                 .map_or_else(|| Some("circuit released".to_string()), |c| c.dead.clone());
             match dead {
                 Some(why) => {
-                    eprintln!("onion: rendezvous circuit gone: {why}");
+                    let (links, circs) = client.held();
+                    eprintln!(
+                        "onion: rendezvous circuit gone: {why} ({links} channels, {circs} \
+                         circuits held; {} circuit slots)",
+                        client.circuit_slots()
+                    );
                     gone.push(c);
                     false
                 }
@@ -989,6 +1013,24 @@ mod tests {
         assert_eq!(n as u64, INTRO_BURST);
         // A clock that goes back does not mint tokens.
         assert!(!b.take(t0));
+    }
+
+    #[test]
+    fn introductions_are_dropped_when_the_queue_is_full_or_over_the_rate() {
+        let t0 = Instant::from_duration(Duration::from_secs(5));
+        let mut b = TokenBucket::new(INTRO_RATE, INTRO_BURST, t0);
+        // A full queue drops the newest without spending a token.
+        for _ in 0..1000 {
+            assert!(!admit(&mut b, MAX_PENDING_INTROS, t0));
+        }
+        let mut queued = 0;
+        while admit(&mut b, queued, t0) {
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_PENDING_INTROS);
+        // The queue drained (rendezvous circuits started): the rest of the burst, no more.
+        let taken = (0..1000).take_while(|_| admit(&mut b, 0, t0)).count();
+        assert_eq!((queued + taken) as u64, INTRO_BURST);
     }
 
     #[test]
