@@ -4,9 +4,15 @@
 //! the [module documentation](super): wait for one input (or the earliest timeout), feed it,
 //! route channel cells to their circuits, then drain every circuit's cells into its channel
 //! and every channel's bytes into TLS. The blocking helpers ([`Client::connect`],
-//! [`Client::create`], [`Client::extend`], [`Client::begin`], [`Client::fetch`]) just call
-//! `step` until what they wait for has happened or their deadline passed: every network
-//! wait is bounded.
+//! [`Client::create`], [`Client::begin`], [`Client::fetch`]) just call `step` until what
+//! they wait for has happened or their deadline passed: every network wait is bounded.
+//! [`Client::start_build`] builds a circuit without blocking: each step extends it as its
+//! hops are added.
+//!
+//! Circuits and channels live in [`Slab`]s: a circuit its owner released
+//! ([`Client::destroy`]) is freed at the next step, and so is a channel once it closed or
+//! its last circuit is gone. Incoming cells find their circuit by (channel, circuit id) in
+//! a map.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -525,16 +531,6 @@ impl Client {
                 circ.dead = Some(format!("timed out building hop {}", hops + 1));
             }
         }
-    }
-
-    /// Extend circuit `c` by one hop.
-    pub fn extend(&mut self, c: usize, hop: &HopTarget, deadline: Instant) -> Result<(), String> {
-        let circ = self.circs.get_mut(c).ok_or("no such circuit")?;
-        let want = circ.circ.n_hops() + 1;
-        circ.circ
-            .extend(hop, self.clock.now(), &mut self.rng)
-            .map_err(|e| format!("extend: {e}"))?;
-        self.wait_hops(c, want, deadline)
     }
 
     fn wait_hops(&mut self, c: usize, hops: usize, deadline: Instant) -> Result<(), String> {

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use onion_circuit::channel::PeerIds;
-use onion_circuit::circuit::{HandshakeKind, HopTarget};
+use onion_circuit::circuit::HopTarget;
 use onion_circuit::Instant;
 use onion_crypto::keys::NtorOnionKey;
 use onion_dir::netview::{ExitTarget, RelayRecord};
@@ -16,7 +16,7 @@ use onion_dir::RsaIdentity;
 
 use super::authority::DirAuthority;
 use super::bootstrap::Directory;
-use super::client::Client;
+use super::client::{BuildStatus, Client};
 use super::guards::GuardTicket;
 
 /// What a hop needs from its directory record.
@@ -120,39 +120,36 @@ pub fn build_guarded(
 }
 
 /// Build a circuit through `hops` in order: a channel to the first (which must prove its
-/// RSA and ed25519 identities), CREATE2 with ntor, then EXTEND2 to each next hop.
-/// Returns the circuit's index and the hops' nicknames.
+/// RSA and ed25519 identities; an open one is shared), CREATE2 with ntor, then EXTEND2 to
+/// each next hop: [`start_build`], waited for. A circuit that fails is released. Returns the
+/// circuit's index and the hops' nicknames.
 pub fn build(
     client: &mut Client,
     hops: &[&RelayRecord],
     deadline: Instant,
 ) -> Result<(usize, Vec<String>), String> {
-    let names: Vec<String> = hops.iter().map(|r| r.nickname.clone()).collect();
-    let targets = hops
-        .iter()
-        .map(|r| hop_target(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (first, rest) = targets.split_first().ok_or("empty path")?;
-    let addr = *first
-        .addrs
-        .first()
-        .ok_or_else(|| format!("guard {} has no address", names[0]))?;
-    let ids = PeerIds {
-        rsa: Some(first.rsa_id),
-        ed25519: first.ed_id,
-    };
-    let link = client
-        .connect(addr, ids, deadline)
-        .map_err(|e| format!("guard {}: {e}", names[0]))?;
-    let circ = client
-        .create(link, first, HandshakeKind::Ntor, deadline)
-        .map_err(|e| format!("guard {}: {e}", names[0]))?;
-    for (i, hop) in rest.iter().enumerate() {
-        client
-            .extend(circ, hop, deadline)
-            .map_err(|e| format!("extending to {}: {e}", names[i + 1]))?;
+    let (circ, names) = start_build(client, hops, deadline)?;
+    loop {
+        let failed = match client.build_status(circ) {
+            BuildStatus::Building => match client.step(deadline) {
+                Ok(()) => continue,
+                Err(e) => {
+                    let hops = client.circs.get(circ).map_or(0, |c| c.circ.n_hops());
+                    (hops, format!("building hop {}: {e}", hops + 1))
+                }
+            },
+            BuildStatus::Built => return Ok((circ, names)),
+            BuildStatus::Failed { hops, why } => (hops, why),
+        };
+        client.destroy(circ);
+        let (hops, why) = failed;
+        let at = names.get(hops).map_or("?", String::as_str);
+        return Err(if hops == 0 {
+            format!("guard {at}: {why}")
+        } else {
+            format!("extending to {at}: {why}")
+        });
     }
-    Ok((circ, names))
 }
 
 /// Start building a circuit through `hops` without waiting for it ([`Client::start_build`]):
