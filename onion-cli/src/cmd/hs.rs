@@ -133,10 +133,10 @@ fn decrypt_json(args: &[&str]) -> Result<Value, String> {
     };
     let addr = OnionAddress::parse(addr).map_err(|e| format!("--address: {e}"))?;
     let id = addr.identity_key().map_err(|e| format!("--address: {e}"))?;
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let text = read_text(file, onion_hs::desc::MAX_DESCRIPTOR_LEN)?;
     let sk = match client_key {
         Some(path) => {
-            let t = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let t = read_text(path, 4096)?;
             let (sk, for_addr) =
                 parse_client_auth_key(&t).map_err(|e| format!("--client-key {path}: {e}"))?;
             if for_addr.is_some_and(|a| a != addr) {
@@ -192,6 +192,22 @@ fn decrypt_json(args: &[&str]) -> Result<Value, String> {
         .decrypt(&id, sk.as_ref(), now)
         .map_err(|e| format!("{file}: {e}"))?;
     Ok(to_json(&addr, period, &hs))
+}
+
+/// The text file `path`, refused if longer than `max` bytes (a descriptor is at most
+/// `MAX_DESCRIPTOR_LEN`, rend-spec-v3 §2.4; a client key file is one short line), so that
+/// no input makes the command read without bound.
+fn read_text(path: &str, max: usize) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut text = String::new();
+    f.take(max as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if text.len() > max {
+        return Err(format!("{path}: longer than {max} bytes"));
+    }
+    Ok(text)
 }
 
 /// How many time periods on either side of the current one are tried when `--period` is
@@ -317,6 +333,12 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("time period 3740452 (8-minute periods)"), "{e}");
+        // A file longer than any descriptor is not read.
+        let big = std::env::temp_dir().join(format!("onion-hs-big-{}", std::process::id()));
+        std::fs::write(&big, "x".repeat(onion_hs::desc::MAX_DESCRIPTOR_LEN + 1)).unwrap();
+        let e = decrypt_json(&["--address", ADDR, big.to_str().unwrap()]).unwrap_err();
+        assert!(e.ends_with("longer than 50000 bytes"), "{e}");
+        let _ = std::fs::remove_file(big);
     }
 
     /// Write a descriptor for the identity key `credential_of`'s address, signed with the
