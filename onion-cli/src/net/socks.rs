@@ -202,8 +202,10 @@ impl fmt::Display for NameRefused {
 /// Where `host` (as [`parse_request`] returns it: lower case, printable ASCII) leads.
 ///
 /// One trailing dot is dropped first (`x.onion.` and `example.com.` are the absolute forms
-/// of the same names), so that no spelling of a `.onion` or `.exit` name reaches an exit.
-/// An IPv6 literal in brackets is taken without them.
+/// of the same names), so that no spelling of a `.onion` or `.exit` name reaches an exit
+/// (C tor 0.4.9 does not drop it: it sends `x.onion.` to an exit). An IPv6 literal in
+/// brackets is taken without them. `.noconnect` (address-spec §4) is an ordinary name, as in
+/// C tor since 0.2.2.1-alpha.
 pub fn destination(host: &str) -> Result<Destination, NameRefused> {
     let name = host.strip_suffix('.').unwrap_or(host);
     let name = name.to_ascii_lowercase();
