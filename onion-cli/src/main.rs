@@ -35,11 +35,11 @@ enum Command {
     /// Link handshake with one relay (JSON).
     Handshake(cmd::handshake::Args),
     /// SOCKS5 proxy over Tor.
-    Socks(cmd::PassThrough),
+    Socks(cmd::socks::Args),
     /// Host a v3 onion service.
     Serve(cmd::PassThrough),
     /// Onion-service tools: addresses, descriptors (JSON).
-    Hs(cmd::PassThrough),
+    Hs(cmd::hs::Args),
     /// The in-memory Tor network: fetch through simulated relays, step by step.
     Sim(cmd::sim::Args),
     /// Print the version.
@@ -58,9 +58,9 @@ fn main() -> ExitCode {
         Command::Cell(a) => cmd::cell::run(a),
         Command::Get(a) => cmd::get::run(a),
         Command::Handshake(a) => cmd::handshake::run(a),
-        Command::Socks(a) => cmd::socks::run(&a.args),
+        Command::Socks(a) => cmd::socks::run(a),
         Command::Serve(a) => cmd::serve::run(&a.args),
-        Command::Hs(a) => cmd::hs::run(&a.args),
+        Command::Hs(a) => cmd::hs::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Version => {
             println!("onion {}", env!("CARGO_PKG_VERSION"));

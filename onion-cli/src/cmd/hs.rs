@@ -20,21 +20,80 @@ use onion_hs::time::{TimePeriod, TimePeriodConfig};
 use onion_hs::OnionAddress;
 use serde_json::{json, Value};
 
-const USAGE: &str = "usage: onion hs address --public-key FILE|HEX
-       onion hs descriptor decrypt --address ADDR FILE [--client-key FILE] [--now UNIX] [--period-length MIN] [--period NUM]";
+/// `onion hs` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// The v3 onion address of an identity key (JSON).
+    Address(AddressArgs),
+    /// v3 descriptor tools.
+    Descriptor(DescriptorArgs),
+}
+
+/// `onion hs address`.
+#[derive(clap::Args)]
+struct AddressArgs {
+    /// The identity key: 64 hex characters, C tor's `hs_ed25519_public_key`, or a file of 32
+    /// raw bytes or hex.
+    #[arg(long, value_name = "FILE|HEX")]
+    public_key: String,
+}
+
+/// `onion hs descriptor`.
+#[derive(clap::Args)]
+struct DescriptorArgs {
+    #[command(subcommand)]
+    command: DescriptorSub,
+}
+
+#[derive(clap::Subcommand)]
+enum DescriptorSub {
+    /// Verify and decrypt a v3 descriptor bound to an address, and print it (JSON).
+    Decrypt(DecryptArgs),
+}
+
+/// `onion hs descriptor decrypt`.
+#[derive(clap::Args)]
+struct DecryptArgs {
+    /// The onion address the descriptor must belong to.
+    #[arg(long, value_name = "ADDR")]
+    address: String,
+    /// The descriptor file.
+    #[arg(value_name = "FILE")]
+    file: String,
+    /// Client-authorization key (C tor's `.auth_private` file).
+    #[arg(long, value_name = "FILE")]
+    client_key: Option<String>,
+    /// The time (Unix seconds) whose nearby time periods are tried (default: the clock).
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// Length of a time period in minutes (8 in a 20-second-voting test network).
+    #[arg(long, value_name = "MIN", default_value_t = 1440,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    period_length: u32,
+    /// The time period number the descriptor is for (instead of searching near --now).
+    #[arg(long, value_name = "NUM")]
+    period: Option<u64>,
+}
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["address", rest @ ..] => address(rest),
-        ["descriptor", "decrypt", rest @ ..] => decrypt(rest),
-        _ => Err(USAGE.to_string()),
-    }
+pub fn run(args: Args) -> Result<(), String> {
+    let out = match args.command {
+        Sub::Address(a) => address_json(&a)?,
+        Sub::Descriptor(DescriptorArgs {
+            command: DescriptorSub::Decrypt(a),
+        }) => decrypt_json(&a)?,
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
@@ -60,20 +119,8 @@ fn read_public_key(arg: &str) -> Result<[u8; 32], String> {
         })
 }
 
-fn address(args: &[&str]) -> Result<(), String> {
-    let out = address_json(args)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
-    Ok(())
-}
-
-fn address_json(args: &[&str]) -> Result<Value, String> {
-    let key = match args {
-        ["--public-key", k] => read_public_key(k)?,
-        _ => return Err(USAGE.to_string()),
-    };
+fn address_json(args: &AddressArgs) -> Result<Value, String> {
+    let key = read_public_key(&args.public_key)?;
     let addr = OnionAddress::from_public_key(key);
     let valid_point = addr.identity_key().map_err(|e| e.to_string());
     let out = json!({
@@ -85,56 +132,21 @@ fn address_json(args: &[&str]) -> Result<Value, String> {
     Ok(out)
 }
 
-fn decrypt(args: &[&str]) -> Result<(), String> {
-    let out = decrypt_json(args)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
-    Ok(())
-}
-
-fn decrypt_json(args: &[&str]) -> Result<Value, String> {
-    let mut addr = None;
-    let mut file = None;
-    let mut client_key = None;
-    let mut now = None;
-    let mut period_len: u32 = 1440;
-    let mut period_num = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .copied()
-                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
-        };
-        match *a {
-            "--address" => addr = Some(value()?),
-            "--client-key" => client_key = Some(value()?),
-            "--now" => now = Some(value()?.parse::<u64>().map_err(|e| format!("--now: {e}"))?),
-            "--period-length" => {
-                period_len = value()?
-                    .parse()
-                    .map_err(|e| format!("--period-length: {e}"))?
-            }
-            "--period" => {
-                period_num = Some(
-                    value()?
-                        .parse::<u64>()
-                        .map_err(|e| format!("--period: {e}"))?,
-                )
-            }
-            f if !f.starts_with("--") && file.is_none() => file = Some(f),
-            other => return Err(format!("unexpected argument {other:?}; {USAGE}")),
-        }
-    }
-    let (Some(addr), Some(file)) = (addr, file) else {
-        return Err(USAGE.to_string());
-    };
+fn decrypt_json(args: &DecryptArgs) -> Result<Value, String> {
+    let DecryptArgs {
+        address: addr,
+        file,
+        client_key,
+        now,
+        period_length: period_len,
+        period: period_num,
+    } = args;
+    let (file, period_len, period_num) = (file.as_str(), *period_len, *period_num);
+    let now = *now;
     let addr = OnionAddress::parse(addr).map_err(|e| format!("--address: {e}"))?;
     let id = addr.identity_key().map_err(|e| format!("--address: {e}"))?;
     let text = read_text(file, onion_hs::desc::MAX_DESCRIPTOR_LEN)?;
-    let sk = match client_key {
+    let sk = match client_key.as_deref() {
         Some(path) => {
             let t = read_text(path, 4096)?;
             let (sk, for_addr) =
@@ -269,7 +281,34 @@ fn to_json(addr: &OnionAddress, period: TimePeriod, hs: &HsDescriptor) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use onion_hs::ExpandedKeypair;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    /// Parse `args` as `onion hs` would, then run the JSON step.
+    fn json_of(args: &[&str]) -> Result<Value, String> {
+        let cli = Cli::try_parse_from(std::iter::once("hs").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Sub::Address(a) => super::address_json(&a),
+            Sub::Descriptor(DescriptorArgs {
+                command: DescriptorSub::Decrypt(a),
+            }) => super::decrypt_json(&a),
+        }
+    }
+
+    fn address_json(args: &[&str]) -> Result<Value, String> {
+        json_of(&[&["address"][..], args].concat())
+    }
+
+    fn decrypt_json(args: &[&str]) -> Result<Value, String> {
+        json_of(&[&["descriptor", "decrypt"][..], args].concat())
+    }
 
     const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-hs/testdata");
     const ADDR: &str = "skn4u3felenupawmdh43qijues5x5gc3jwgutk7miqfyptywyp6dm2ad.onion";

@@ -79,7 +79,7 @@ use onion_circuit::Instant;
 use onion_dir::RsaIdentity;
 use onion_hs::OnionAddress;
 
-use crate::cmd::get::NetOptions;
+use crate::cmd::get::NetArgs;
 use crate::net::bootstrap::REFRESH_RETRY;
 use crate::net::client::{BeginError, Client, Retry};
 use crate::net::event::Input;
@@ -88,9 +88,30 @@ use crate::net::path;
 use crate::net::pipe::Pipe;
 use crate::net::socks::{self, Destination, Target};
 
-const USAGE: &str = "usage: onion socks --listen ADDR:PORT [--authorities FILE] [--data-dir DIR] \
-     [--timeout SECS] [--dir-mode micro|full] [--handshake-timeout SECS] \
-     [--allow-non-loopback] [--extended-errors]";
+/// `onion socks` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to listen (a loopback address unless --allow-non-loopback).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// Close a client that has not sent its greeting and request within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = HANDSHAKE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Listen on a non-loopback address (anyone who can reach it can use the proxy).
+    #[arg(long)]
+    allow_non_loopback: bool,
+    /// Reply with the extended SOCKS error codes of proposal 304 (0xF0-0xF7) for onion
+    /// services, as C tor's `ExtendedErrors` SocksPort flag.
+    #[arg(long)]
+    extended_errors: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| format!("{v:?}: not an ADDR:PORT"))
+}
 
 /// How many SOCKS connections are served at once. Each costs a socket and two threads
 /// ([`Pipe`]); a browser opens a few dozen at most.
@@ -358,42 +379,17 @@ fn accept_loop(
 }
 
 /// Run the subcommand (until killed).
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut listen: Option<SocketAddr> = None;
-    let mut handshake_timeout = HANDSHAKE_TIMEOUT;
-    let mut allow_non_loopback = false;
-    let mut extended_errors = false;
-    let mut rest_args = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--allow-non-loopback" {
-            allow_non_loopback = true;
-        } else if a == "--extended-errors" {
-            extended_errors = true;
-        } else if a == "--listen" {
-            let v = it.next().ok_or(USAGE)?;
-            listen = Some(
-                v.parse()
-                    .map_err(|_| format!("--listen {v:?}: not an ADDR:PORT"))?,
-            );
-        } else if a == "--handshake-timeout" {
-            let v = it.next().ok_or(USAGE)?;
-            let secs: u64 = v
-                .parse()
-                .ok()
-                .filter(|&s| s > 0)
-                .ok_or_else(|| format!("--handshake-timeout {v:?}: not a positive number"))?;
-            handshake_timeout = Duration::from_secs(secs);
-        } else {
-            rest_args.push(a.clone());
-        }
-    }
-    let listen = listen.ok_or(USAGE)?;
+pub fn run(args: Args) -> Result<(), String> {
+    let Args {
+        listen,
+        handshake_timeout,
+        allow_non_loopback,
+        extended_errors,
+        net,
+    } = args;
+    let handshake_timeout = Duration::from_secs(handshake_timeout);
     let warning = check_listen(listen, allow_non_loopback)?;
-    let (opts, rest) = NetOptions::parse(&rest_args, USAGE)?;
-    if !rest.is_empty() {
-        return Err(USAGE.into());
-    }
+    let opts = net.open()?;
     if let Some(w) = warning {
         eprintln!("{w}");
     }
