@@ -1,13 +1,13 @@
 //! Hosting a v3 onion service (rend-spec-v3 §2.2.4.2, §3.1, §3.3, §4.2): the worked example
 //! of driving `onion_hs::publish::Publisher` (which owns `onion_hs::service::HsService`) over
-//! circuits built by [`super::path::build`].
+//! circuits built by [`hsnet::start_circuit_to`].
 //!
 //! [`Service::run`] is one loop:
 //! 1. Every few voting intervals a fresh directory comes from `refresh` and becomes a
 //!    [`ConsensusView`] for the publisher (HSDirs with the ring inputs, relays usable as
 //!    introduction points, SRVs, valid-after, the time-period parameters; a testing network's
 //!    period is 24 voting intervals, as C tor's `TestingTorNetwork`).
-//! 2. The publisher's actions are carried out: a 3-hop circuit to an introduction point, then
+//! 2. The publisher's actions are carried out: a 4-hop circuit to an introduction point, then
 //!    its ESTABLISH_INTRO MACed with the last hop's `KH` (`Circuit::hop_kh`); a descriptor
 //!    POSTed over BEGIN_DIR to an HSDir; an introduction circuit closed. Outcomes go back to
 //!    the publisher, which decides about retries, rotation and re-uploads.
@@ -29,8 +29,10 @@
 //!   can send them (tor-spec §7.3-7.4), and bytes for the target are queued up to
 //!   [`OUT_HIGH`], then the stream is held (no stream SENDME: the client stops after one
 //!   window). At most [`MAX_STREAMS`] target connections are open.
-//! - Building an introduction circuit and uploading a descriptor still wait for the network
-//!   (up to [`STEP_TIMEOUT`]); the rendezvous circuits are held meanwhile.
+//! - Introduction circuits and descriptor uploads go on without blocking the loop either
+//!   (each within [`STEP_TIMEOUT`]). What still waits is a new channel to a guard (TCP,
+//!   TLS and the link handshake; an open one is shared): the rendezvous circuits are held
+//!   meanwhile, so their clients' data waits at the windows, not in our queues.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -48,14 +50,17 @@ use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
 use onion_hs::linkspec::LS_RSA_ID;
 use onion_hs::msg::Extension;
-use onion_hs::publish::{ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher};
+use onion_hs::publish::{
+    ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher, UploadId,
+};
 use onion_hs::service::{RendezvousRequest, UPLOAD_PATH};
 use rand_core::OsRng;
 
 use super::bootstrap::{Directory, REFRESH_RETRY};
-use super::client::Client;
+use super::client::{Client, Purpose};
 use super::event::{ConnId, Input};
 use super::hsnet::{self, HsParams, PendingCirc};
+use super::http;
 use super::pipe::Pipe;
 
 /// How long one circuit build, ESTABLISH_INTRO or upload may take.
@@ -217,6 +222,129 @@ struct IntroCirc {
     deadline: Instant,
 }
 
+/// An introduction circuit being built.
+struct IntroBuild {
+    intro: IntroId,
+    name: String,
+    circ: PendingCirc,
+}
+
+/// Where a descriptor upload stands.
+enum UploadStage {
+    /// The circuit to the HSDir is being built.
+    Building(PendingCirc),
+    /// BEGIN_DIR sent on circuit `circ`: the request goes out once the stream is
+    /// connected, as far as the windows allow; the response is collected.
+    Open {
+        circ: usize,
+        stream: StreamId,
+        connected: bool,
+        sent: usize,
+        response: Vec<u8>,
+    },
+}
+
+impl UploadStage {
+    fn circ(&self) -> usize {
+        match self {
+            UploadStage::Building(p) => p.circ,
+            UploadStage::Open { circ, .. } => *circ,
+        }
+    }
+}
+
+/// A descriptor upload to one HSDir.
+struct Upload {
+    upload: UploadId,
+    /// The HSDir and time period, for the log.
+    name: String,
+    request: Vec<u8>,
+    stage: UploadStage,
+    deadline: Instant,
+}
+
+/// The most an HSDir's answer to an upload may be.
+const MAX_UPLOAD_RESPONSE: usize = 64 * 1024;
+
+/// One step of upload `u`: `None` while it goes on, its outcome once it ended.
+fn upload_step(client: &mut Client, u: &mut Upload, now: Instant) -> Option<Result<(), String>> {
+    if now >= u.deadline {
+        return Some(Err(format!("no answer within {STEP_TIMEOUT:?}")));
+    }
+    if let UploadStage::Building(p) = &u.stage {
+        match hsnet::poll_circuit(client, p)? {
+            Err(e) => return Some(Err(e)),
+            Ok(()) => {
+                let c = p.circ;
+                client.set_purpose(c, Purpose::HsDir);
+                let circ = &mut client.circs.get_mut(c)?.circ;
+                match circ.begin_dir(now) {
+                    Ok(stream) => {
+                        u.stage = UploadStage::Open {
+                            circ: c,
+                            stream,
+                            connected: false,
+                            sent: 0,
+                            response: Vec::new(),
+                        }
+                    }
+                    Err(e) => return Some(Err(format!("BEGIN_DIR: {e}"))),
+                }
+            }
+        }
+    }
+    let UploadStage::Open {
+        circ: c,
+        stream,
+        connected,
+        sent,
+        response,
+    } = &mut u.stage
+    else {
+        return None;
+    };
+    let Some(circ) = client.circs.get_mut(*c) else {
+        return Some(Err("circuit released".into()));
+    };
+    while let Some(ev) = circ.events.pop_front() {
+        match ev {
+            CircEvent::StreamConnected { stream: s, .. } if s == *stream => *connected = true,
+            CircEvent::Data { stream: s, data } if s == *stream => {
+                if response.len() + data.len() > MAX_UPLOAD_RESPONSE {
+                    return Some(Err(format!(
+                        "response larger than {MAX_UPLOAD_RESPONSE} bytes"
+                    )));
+                }
+                response.extend_from_slice(&data);
+            }
+            CircEvent::StreamEnded { stream: s, reason } if s == *stream => {
+                if !*connected {
+                    return Some(Err(format!(
+                        "BEGIN_DIR refused: {}",
+                        super::client::end_reason(reason)
+                    )));
+                }
+                return Some(match http::parse_response(response, true) {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!("HTTP {} {}", r.status, r.reason)),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(why) = &circ.dead {
+        return Some(Err(why.clone()));
+    }
+    if *connected && *sent < u.request.len() {
+        match circ.circ.send(*stream, &u.request[*sent..]) {
+            Ok(n) => *sent += n,
+            Err(e) => return Some(Err(format!("send: {e}"))),
+        }
+    }
+    None
+}
+
 /// The result of a connect done off the loop: the stream's id and the socket.
 type Connected = (ConnId, std::io::Result<TcpStream>);
 
@@ -227,6 +355,13 @@ pub struct Service {
     config: PathConfig,
     testing: bool,
     intro_circs: Vec<IntroCirc>,
+    /// Introduction circuits being built.
+    intro_builds: Vec<IntroBuild>,
+    /// Descriptor uploads under way.
+    uploads: Vec<Upload>,
+    /// Uploads of the current batch that succeeded, and the failures.
+    batch_ok: u64,
+    batch_failed: Vec<String>,
     /// Rendezvous circuits joined to a client.
     rend_circs: Vec<usize>,
     /// Introductions waiting for a rendezvous circuit (at most [`MAX_PENDING_INTROS`]).
@@ -273,6 +408,10 @@ impl Service {
             config,
             testing,
             intro_circs: Vec::new(),
+            intro_builds: Vec::new(),
+            uploads: Vec::new(),
+            batch_ok: 0,
+            batch_failed: Vec::new(),
             rend_circs: Vec::new(),
             pending: VecDeque::new(),
             rend_builds: Vec::new(),
@@ -286,12 +425,6 @@ impl Service {
             uploads_ok: 0,
             announced: false,
         }
-    }
-
-    /// A 4-hop vanguards-lite circuit (`G -> L2 -> M -> last`) whose last hop is `last`.
-    fn circuit_to(&self, client: &mut Client, last: RelayIdx) -> Result<usize, String> {
-        let deadline = client.deadline(STEP_TIMEOUT);
-        Ok(hsnet::circuit_to(client, &self.dir, &self.config, Some(last), deadline)?.0)
     }
 
     /// What the publisher needs of the current directory.
@@ -328,11 +461,12 @@ impl Service {
         })
     }
 
-    /// Carry out what the publisher asks until it asks nothing more.
+    /// Start what the publisher asks until it asks nothing more: introduction circuits and
+    /// uploads are followed by [`Service::intro_builds_done`] and [`Service::uploads_step`].
     ///
-    /// Building an introduction circuit or uploading waits for the network; meanwhile the
-    /// rendezvous circuits are held ([`super::client::Circ::hold`]), so their clients'
-    /// data waits at the windows, not in our queues.
+    /// Starting a circuit may wait for a new channel to a guard; meanwhile the rendezvous
+    /// circuits are held ([`super::client::Circ::hold`]), so their clients' data waits at
+    /// the windows, not in our queues.
     fn do_actions(&mut self, client: &mut Client) {
         let Some(first) = self.publisher.poll_action() else {
             return;
@@ -351,14 +485,20 @@ impl Service {
     }
 
     fn do_actions_held(&mut self, client: &mut Client, first: PublishAction) {
-        let (mut ok, mut failed) = (0u32, Vec::new());
         let mut next = Some(first);
         while let Some(a) = next.take().or_else(|| self.publisher.poll_action()) {
             match a {
                 PublishAction::BuildIntroCircuit { intro, relay } => {
                     let name = self.name(&relay);
-                    match self.launch_intro(client, intro, &relay) {
-                        Ok(()) => eprintln!("onion: introduction circuit to {name} built"),
+                    let r = match self.dir.view.by_rsa_id(&RsaIdentity(relay)) {
+                        Some(idx) => {
+                            let deadline = client.deadline(STEP_TIMEOUT);
+                            hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
+                        }
+                        None => Err("not in the consensus".into()),
+                    };
+                    match r {
+                        Ok(circ) => self.intro_builds.push(IntroBuild { intro, name, circ }),
                         Err(e) => {
                             eprintln!("onion: introduction point {name}: {e}");
                             let _ =
@@ -373,6 +513,10 @@ impl Service {
                         client.destroy(ic.circ);
                         eprintln!("onion: introduction point rotated out");
                     }
+                    if let Some(k) = self.intro_builds.iter().position(|b| b.intro == intro) {
+                        let b = self.intro_builds.swap_remove(k);
+                        client.destroy(b.circ.circ);
+                    }
                 }
                 PublishAction::Upload {
                     upload,
@@ -381,33 +525,32 @@ impl Service {
                     descriptor,
                     ..
                 } => {
-                    let name = self.name(&hsdir);
+                    let name = format!("{} (period {})", self.name(&hsdir), period.num());
+                    let deadline = client.deadline(STEP_TIMEOUT);
                     let r = match self.dir.view.by_rsa_id(&RsaIdentity(hsdir)) {
-                        Some(idx) => self.upload(client, idx, &descriptor),
+                        Some(idx) => {
+                            hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
+                        }
                         None => Err("not in the consensus".into()),
                     };
-                    match &r {
-                        Ok(()) => ok += 1,
-                        Err(e) => failed.push(format!("{name} (period {}): {e}", period.num())),
+                    let mut request = format!(
+                        "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                        descriptor.len()
+                    )
+                    .into_bytes();
+                    request.extend_from_slice(descriptor.as_bytes());
+                    match r {
+                        Ok(circ) => self.uploads.push(Upload {
+                            upload,
+                            name,
+                            request,
+                            stage: UploadStage::Building(circ),
+                            deadline,
+                        }),
+                        Err(e) => self.upload_done(upload, &name, Err(e)),
                     }
-                    self.publisher
-                        .upload_result(&mut OsRng, upload, r.is_ok(), unix_now());
                 }
             }
-        }
-        if ok > 0 || !failed.is_empty() {
-            eprintln!("onion: descriptor uploaded to {ok} HSDirs");
-            for e in &failed {
-                eprintln!("onion: upload to HSDir {e}");
-            }
-        }
-        self.uploads_ok += u64::from(ok);
-        if self.uploads_ok > 0 && !self.announced {
-            self.announced = true;
-            eprintln!(
-                "onion: service published; forwarding port {} to {}",
-                self.virtual_port, self.target
-            );
         }
     }
 
@@ -419,31 +562,45 @@ impl Service {
             .map_or_else(|| "?".to_owned(), |r| r.nickname.clone())
     }
 
-    /// A circuit to the introduction point's relay and ESTABLISH_INTRO on it (§3.1).
-    fn launch_intro(
+    /// Introduction circuits that finished building: ESTABLISH_INTRO, MACed with the last
+    /// hop's `KH` (rend-spec-v3 §3.1.1), or the failure reported to the publisher.
+    fn intro_builds_done(&mut self, client: &mut Client) {
+        let mut k = 0;
+        while k < self.intro_builds.len() {
+            let Some(r) = hsnet::poll_circuit(client, &self.intro_builds[k].circ) else {
+                k += 1;
+                continue;
+            };
+            let b = self.intro_builds.swap_remove(k);
+            let c = b.circ.circ;
+            match r.and_then(|()| self.establish_intro(client, b.intro, c)) {
+                Ok(()) => eprintln!("onion: introduction circuit to {} built", b.name),
+                Err(e) => {
+                    client.destroy(c);
+                    eprintln!("onion: introduction point {}: {e}", b.name);
+                    let _ = self
+                        .publisher
+                        .intro_circuit_closed(&mut OsRng, b.intro, unix_now());
+                }
+            }
+        }
+    }
+
+    /// ESTABLISH_INTRO on the built circuit `c` (§3.1).
+    fn establish_intro(
         &mut self,
         client: &mut Client,
         intro: IntroId,
-        relay: &[u8; 20],
+        c: usize,
     ) -> Result<(), String> {
-        let idx = self
-            .dir
-            .view
-            .by_rsa_id(&RsaIdentity(*relay))
-            .ok_or("not in consensus")?;
-        let c = self.circuit_to(client, idx)?;
-        let circ = &client.circs[c].circ;
-        let last = circ.n_hops() - 1;
+        let circ = &client.circs.get(c).ok_or("circuit released")?.circ;
+        let last = circ.n_hops().checked_sub(1).ok_or("circuit has no hops")?;
         let kh = *circ.hop_kh(last).ok_or("no KH for the last hop")?;
         let body = self
             .publisher
             .intro_circuit_built(intro, &kh)
-            .map_err(|e| format!("ESTABLISH_INTRO: {e}"));
-        let r = body.and_then(|b| send(client, c, RelayCmd::ESTABLISH_INTRO, &b));
-        if let Err(e) = r {
-            client.destroy(c);
-            return Err(e);
-        }
+            .map_err(|e| format!("ESTABLISH_INTRO: {e}"))?;
+        send(client, c, RelayCmd::ESTABLISH_INTRO, &body)?;
         self.intro_circs.push(IntroCirc {
             intro,
             circ: c,
@@ -453,16 +610,49 @@ impl Service {
         Ok(())
     }
 
-    fn upload(&self, client: &mut Client, hsdir: RelayIdx, desc: &str) -> Result<(), String> {
-        let c = self.circuit_to(client, hsdir)?;
-        let deadline = client.deadline(STEP_TIMEOUT);
-        let mut req = format!(
-            "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-            desc.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(desc.as_bytes());
-        hsnet::dir_exchange(client, c, &req, 64 * 1024, deadline).map(|_| ())
+    /// Uploads under way: once the circuit to the HSDir is built, a BEGIN_DIR stream, the
+    /// POST (dir-spec §4.3 / rend-spec-v3 §2.2.6), and the response until the HSDir ends the
+    /// stream; each outcome goes to the publisher.
+    fn uploads_step(&mut self, client: &mut Client) {
+        let now = client.clock.now();
+        let mut k = 0;
+        while k < self.uploads.len() {
+            match upload_step(client, &mut self.uploads[k], now) {
+                None => k += 1,
+                Some(r) => {
+                    let u = self.uploads.swap_remove(k);
+                    client.destroy(u.stage.circ());
+                    self.upload_done(u.upload, &u.name, r);
+                }
+            }
+        }
+    }
+
+    /// An upload ended: reported to the publisher; once none is under way, one log line
+    /// for the batch (and the first success announces the service).
+    fn upload_done(&mut self, upload: UploadId, name: &str, r: Result<(), String>) {
+        self.publisher
+            .upload_result(&mut OsRng, upload, r.is_ok(), unix_now());
+        match r {
+            Ok(()) => self.batch_ok += 1,
+            Err(e) => self.batch_failed.push(format!("{name}: {e}")),
+        }
+        if !self.uploads.is_empty() {
+            return;
+        }
+        eprintln!("onion: descriptor uploaded to {} HSDirs", self.batch_ok);
+        for e in self.batch_failed.drain(..) {
+            eprintln!("onion: upload to HSDir {e}");
+        }
+        self.uploads_ok += self.batch_ok;
+        self.batch_ok = 0;
+        if self.uploads_ok > 0 && !self.announced {
+            self.announced = true;
+            eprintln!(
+                "onion: service published; forwarding port {} to {}",
+                self.virtual_port, self.target
+            );
+        }
     }
 
     /// Publish and serve clients, forever; when the consensus's refresh time comes (dir-spec
@@ -489,6 +679,9 @@ impl Service {
             }
             if let Some(p) = self.pending.front() {
                 wake = wake.min(p.since + REND_TIMEOUT / 2);
+            }
+            for u in &self.uploads {
+                wake = wake.min(u.deadline);
             }
             let _ = client.step(wake);
             let now = client.clock.now();
@@ -531,6 +724,8 @@ impl Service {
         while let Ok((conn, r)) = self.connected_rx.try_recv() {
             self.target_connected(client, conn, r);
         }
+        self.intro_builds_done(client);
+        self.uploads_step(client);
         self.intro_events(client);
         self.start_rendezvous(client);
         self.rend_builds_done(client);
