@@ -16,6 +16,12 @@
 //! The target must accept connections at startup. Runs until killed: introduction points
 //! that fail are rebuilt or replaced, rotated, and descriptors re-uploaded as
 //! `onion_hs::publish::Publisher` decides.
+//!
+//! The service runs no congestion control (proposal 324): its descriptor has no
+//! `flow-control` line, and an introduction that asks for it anyway is refused and logged.
+//! Introductions are rate-limited (25/s, bursts of 200) and at most 64 wait for a
+//! rendezvous circuit; at most 256 target connections are open; what is buffered per
+//! stream is bounded both ways (see `net::service`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
