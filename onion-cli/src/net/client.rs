@@ -1140,6 +1140,44 @@ mod tests {
     }
 
     #[test]
+    fn a_build_past_its_deadline_fails_and_is_destroyed() {
+        let mut client = Client::new();
+        let c = fake_circ(&mut client, 3, 0x8000_0042);
+        let hop = |b: u8| HopTarget {
+            rsa_id: onion_dir::RsaIdentity([b; 20]),
+            ed_id: None,
+            ntor_key: onion_crypto::keys::NtorOnionKey([b; 32]),
+            addrs: vec![],
+            ntor_v3: false,
+        };
+        let deadline = client.deadline(Duration::from_millis(50));
+        client.circs[c].build = Some(Build {
+            rest: [hop(2), hop(3)].into_iter().collect(),
+            want: 1,
+            deadline,
+        });
+        client.advance_builds();
+        assert_eq!(client.build_status(c), BuildStatus::Building);
+        std::thread::sleep(Duration::from_millis(60));
+        client.advance_builds();
+        assert_eq!(
+            client.build_status(c),
+            BuildStatus::Failed {
+                hops: 0,
+                why: "timed out building hop 1".into()
+            }
+        );
+        assert!(client.circs[c].circ.is_closed());
+        assert_eq!(
+            client.build_status(c + 1),
+            BuildStatus::Failed {
+                hops: 0,
+                why: "no such circuit".into()
+            }
+        );
+    }
+
+    #[test]
     fn destroyed_circuits_are_freed_and_counts_stay_bounded() {
         let mut client = Client::new();
         let keep = fake_circ(&mut client, 7, 0x8000_0001);
