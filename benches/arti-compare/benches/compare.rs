@@ -45,7 +45,7 @@ use tor_cell::relaycell::{
 };
 use tor_checkable::Timebound;
 use tor_proto::bench_utils::{
-    tor1 as ator1, CryptInit, OutboundClientCrypt, OutboundRelayLayer as _,
+    tor1 as ator1, CryptInit, InboundClientCrypt, OutboundClientCrypt, OutboundRelayLayer as _,
     RelayCellBody as ARelayCellBody, RelayLayer,
 };
 
@@ -581,6 +581,114 @@ fn row_tor1_client_encrypt() -> Row {
     }
 }
 
+/// Row: a client's tor1 decryption of a cell from hop 3 of a circuit: three AES-128-CTR
+/// passes, the recognized check at each hop and the digest check at hop 3 (Arti:
+/// `InboundClientCrypt::decrypt`). The cells (the DATA cell of the other rows, as hop 3 sends
+/// it) are made before each timed batch by onion's relay layers with the same keys, so both
+/// clients decrypt the same sequence of cells.
+fn row_tor1_client_decrypt() -> Row {
+    use onion_crypto::tor1::{ClientCircuitCrypto, Tor1ClientHop, Tor1RelayCrypto};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let keys: Vec<_> = (0..3).map(|_| tor1_keys(&mut rng)).collect();
+    let mut plain = [0u8; 509];
+    plain.copy_from_slice(&relay_wire()[5..]);
+    let relays = |keys: &[([u8; 72], Vec<u8>)]| -> Vec<Tor1RelayCrypto> {
+        keys.iter()
+            .map(|(k, _)| Tor1RelayCrypto::from_key_material(k).unwrap())
+            .collect()
+    };
+    // The next `n` cells from hop 3, as the client's first hop hands them on.
+    fn make(relays: &mut [Tor1RelayCrypto], plain: &[u8; 509], n: u64) -> Vec<[u8; 509]> {
+        (0..n)
+            .map(|_| {
+                let mut c = *plain;
+                relays[2].originate_inbound(&mut c);
+                relays[1].encrypt_inbound(&mut c);
+                relays[0].encrypt_inbound(&mut c);
+                c
+            })
+            .collect()
+    }
+    let onion_client = |keys: &[([u8; 72], Vec<u8>)]| {
+        let mut c = ClientCircuitCrypto::new();
+        for (k, _) in keys {
+            c.add_hop(Tor1ClientHop::from_key_material(k).unwrap());
+        }
+        c
+    };
+    let arti_client = |keys: &[([u8; 72], Vec<u8>)]| {
+        let mut c = InboundClientCrypt::new();
+        for (_, s) in keys {
+            c.add_layer_from_pair(ATor1::initialize(s).unwrap());
+        }
+        c
+    };
+    let hop3 = tor_proto::HopNum::from(2u8);
+    {
+        let mut r = relays(&keys);
+        let (mut o, mut a) = (onion_client(&keys), arti_client(&keys));
+        for mut c in make(&mut r, &plain, 3) {
+            let mut ac = arti_body(&c);
+            assert_eq!(o.decrypt_inbound(&mut c), Ok(2));
+            assert_eq!(a.decrypt(AChanCmd::RELAY, &mut ac).unwrap().0, hop3);
+            // Same plaintext, apart from the digest field each may leave as it likes.
+            assert_eq!((&c[..5], &c[9..]), (&plain[..5], &plain[9..]));
+            assert_eq!(
+                (&ac.as_ref()[..5], &ac.as_ref()[9..]),
+                (&plain[..5], &plain[9..])
+            );
+        }
+    }
+
+    let o_state = Rc::new(RefCell::new((
+        relays(&keys),
+        onion_client(&keys),
+        Vec::<[u8; 509]>::new(),
+    )));
+    let o_setup = {
+        let st = Rc::clone(&o_state);
+        move |n: u64| {
+            let (r, _, pool) = &mut *st.borrow_mut();
+            *pool = make(r, &plain, n);
+        }
+    };
+    let onion = move |n: u64| {
+        let (_, client, pool) = &mut *o_state.borrow_mut();
+        for c in pool.iter_mut().take(n as usize) {
+            assert_eq!(client.decrypt_inbound(black_box(c)), Ok(2));
+        }
+    };
+    let a_state = Rc::new(RefCell::new((
+        relays(&keys),
+        arti_client(&keys),
+        Vec::<ARelayCellBody>::new(),
+    )));
+    let a_setup = {
+        let st = Rc::clone(&a_state);
+        move |n: u64| {
+            let (r, _, pool) = &mut *st.borrow_mut();
+            *pool = make(r, &plain, n).iter().map(arti_body).collect();
+        }
+    };
+    let arti = move |n: u64| {
+        let (_, client, pool) = &mut *a_state.borrow_mut();
+        for c in pool.iter_mut().take(n as usize) {
+            let (hop, _) = client.decrypt(AChanCmd::RELAY, black_box(c)).unwrap();
+            assert_eq!(hop, hop3);
+        }
+    };
+    Row {
+        name: "tor1_client_decrypt_3hop",
+        contenders: vec![
+            Contender::with_setup("onion", o_setup, onion),
+            Contender::with_setup("arti", a_setup, arti),
+        ],
+    }
+}
+
 /// Rows: parse the real November 2022 consensus (microdesc and `ns` flavours, 6,088
 /// relays) without checking signatures or times, and count its relays. onion's result
 /// borrows strings from the text; Arti's owns them.
@@ -775,6 +883,7 @@ fn all_rows() -> Vec<RowBuilder> {
         ("create2_encode", || row_create2_encode(hdata())),
         ("tor1_relay_layer", row_tor1_relay_layer),
         ("tor1_client_encrypt_3hop", row_tor1_client_encrypt),
+        ("tor1_client_decrypt_3hop", row_tor1_client_decrypt),
         ("consensus_parse_md", || row_consensus("md")),
         ("consensus_parse_ns", || row_consensus("ns")),
         ("microdescs_parse", row_microdescs),

@@ -17,7 +17,13 @@ pub struct Contender {
     pub name: &'static str,
     /// Runs the operation the given number of times.
     pub run: Box<dyn FnMut(u64)>,
+    /// Untimed preparation of the input for the next `run(n)` (at most [`SETUP_BATCH`]).
+    pub setup: Option<Box<dyn FnMut(u64)>>,
 }
+
+/// The largest `n` passed to a contender's `setup`: longer runs are timed in batches, so
+/// that prepared input stays bounded.
+pub const SETUP_BATCH: u64 = 8192;
 
 impl Contender {
     /// Wraps a closure.
@@ -25,14 +31,41 @@ impl Contender {
         Contender {
             name,
             run: Box::new(run),
+            setup: None,
         }
     }
 
-    /// Times `n` runs.
+    /// Wraps a closure whose input for `n` operations is prepared, untimed, by `setup(n)`.
+    pub fn with_setup(
+        name: &'static str,
+        setup: impl FnMut(u64) + 'static,
+        run: impl FnMut(u64) + 'static,
+    ) -> Self {
+        Contender {
+            name,
+            run: Box::new(run),
+            setup: Some(Box::new(setup)),
+        }
+    }
+
+    /// Times `n` runs (preparation excluded).
     pub fn time(&mut self, n: u64) -> Duration {
-        let t = Instant::now();
-        (self.run)(n);
-        t.elapsed()
+        let Some(setup) = self.setup.as_mut() else {
+            let t = Instant::now();
+            (self.run)(n);
+            return t.elapsed();
+        };
+        let mut total = Duration::ZERO;
+        let mut left = n;
+        while left > 0 {
+            let b = left.min(SETUP_BATCH);
+            setup(b);
+            let t = Instant::now();
+            (self.run)(b);
+            total += t.elapsed();
+            left -= b;
+        }
+        total
     }
 }
 
