@@ -236,6 +236,17 @@ fn row_relay_decode_zero_copy(wire: [u8; 514]) -> Row {
 /// onion's returns the body by value (no heap). The middle contender is onion with Arti's two
 /// allocations (owned data vector, boxed body).
 fn row_data_encode_fresh() -> Row {
+    // `relay_wire` checks that onion's and Arti's encodings agree; onion's owned-data path
+    // must give the same body.
+    let wire = relay_wire();
+    let mut check = Box::new([0u8; 509]);
+    let owned = RelayMsg::Data(Data {
+        data: Cow::Owned(PAYLOAD.to_vec()),
+    });
+    RelayCell::new(StreamId(STREAM), owned)
+        .encode_into(&mut check, &mut ChaCha20Rng::seed_from_u64(0))
+        .expect("encodes");
+    assert_eq!(&check[..], &wire[5..]);
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let onion = move |n: u64| {
         for _ in 0..n {
@@ -282,8 +293,14 @@ fn row_data_encode_fresh() -> Row {
 /// Row: onion encoding the same message into a reused buffer. Arti's API has no such path
 /// (`RelayMsgOuter::encode` always returns a new boxed body).
 fn row_data_encode_reused() -> Row {
+    let wire = relay_wire();
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let mut out = [0u8; 509];
+    let msg = RelayMsg::Data(Data::new(&PAYLOAD).expect("fits"));
+    RelayCell::new(StreamId(STREAM), msg)
+        .encode_into(&mut out, &mut rng)
+        .expect("encodes");
+    assert_eq!(&out[..], &wire[5..]);
     let onion = move |n: u64| {
         for _ in 0..n {
             let msg = RelayMsg::Data(Data::new(black_box(&PAYLOAD)).expect("fits"));
@@ -407,8 +424,20 @@ fn row_create2_decode(hdata: [u8; NTOR_ONIONSKIN_LEN]) -> Row {
 /// copies the skin into a new vector every time; so does the first onion contender (owned
 /// data). The second borrows the skin.
 fn row_create2_encode(hdata: [u8; NTOR_ONIONSKIN_LEN]) -> Row {
+    // `create2_wire` checks that onion (skin borrowed) and Arti agree; with the skin owned,
+    // onion must write the same bytes.
+    let wire = create2_wire(&hdata);
     let format = CellFormat::for_version(5).expect("v5");
     let mut out = [0u8; 514];
+    let owned = ChanCell::new(
+        CircId::new(CIRC),
+        ChanMsg::Create2(Create2 {
+            handshake_type: HandshakeType::NTOR,
+            hdata: Cow::Owned(hdata.to_vec()),
+        }),
+    );
+    encode_cell_into(format, &owned, &mut out).expect("encodes");
+    assert_eq!(out, wire);
     let onion = move |n: u64| {
         for _ in 0..n {
             let cell = ChanCell::new(
