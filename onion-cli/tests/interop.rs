@@ -828,6 +828,7 @@ fn onion_get_1_mib_from_a_c_tor_onion_service() {
     let dd = data_dir(net, "onion-get-hs-big");
     let mut last = String::new();
     for _ in 0..2 {
+        let t = std::time::Instant::now();
         let (st, out, err) = support::run_bounded_bytes(
             onion()
                 .args(["get", &url, "--authorities"])
@@ -841,6 +842,10 @@ fn onion_get_1_mib_from_a_c_tor_onion_service() {
         if st.success() {
             assert_eq!(out.len(), body.len(), "{err}");
             assert_eq!(sha256_hex(&out), sha256_hex(&body), "1 MiB body differs");
+            eprintln!(
+                "onion get: 1 MiB from the C tor onion service in {:?}",
+                t.elapsed()
+            );
             return;
         }
         last = err;
@@ -876,9 +881,11 @@ fn c_tor_client_fetches_1_mib_from_onion_serve() {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let t = std::time::Instant::now();
         let (st, got, err) = support::curl_socks(net.socks_port, &url, 90);
         if st.success() && got.len() == body.len() {
             assert_eq!(sha256_hex(&got), sha256_hex(&body), "1 MiB body differs");
+            eprintln!("C tor client: 1 MiB from onion serve in {:?}", t.elapsed());
             break;
         }
         if std::time::Instant::now() > deadline {
