@@ -15,6 +15,7 @@
 //! | §3.3 microdescriptors | [`microdesc`] |
 //! | §3.4.1, §3.9 consensus (ns and microdesc), quorum, §5.1 freshness | [`consensus`] |
 //! | §4.3, §5, §6 directory HTTP requests and responses | [`http`] |
+//! | proposal 324 §6.5 congestion-control parameters of `params` | [`ccparams`] |
 //!
 //! Parsed documents borrow from their text. Signed documents come out of the
 //! parser as `Unverified*` types; only verification (or an explicit
@@ -35,6 +36,7 @@ pub mod path;
 pub mod vanguards;
 
 pub mod authcert;
+pub mod ccparams;
 pub mod consdiff;
 pub mod consensus;
 mod encode;
