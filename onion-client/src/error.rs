@@ -1,0 +1,164 @@
+//! The crate's one error type and its stable classification.
+
+use std::fmt;
+
+use crate::dir::DocKind;
+
+/// What went wrong, told apart by who is to blame, so that an embedder can decide what to do
+/// (report a peer, retry later, fix its own call) without matching on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A peer (a directory authority or cache) sent something the protocol does not allow: a
+    /// document that does not parse or verify, a diff nobody asked for, more bytes than
+    /// allowed.
+    PeerProtocol,
+    /// The network failed: a connection or stream broke, or a directory answered with an
+    /// error status.
+    Network,
+    /// Something took longer than its deadline.
+    Timeout,
+    /// The embedder called the library in a way its documentation rules out (an empty
+    /// authority list, a bad configuration value).
+    Misuse,
+    /// Something this implementation does not do.
+    Unsupported,
+}
+
+/// An error of `onion-client`. [`Error::kind`] gives its stable classification; the
+/// variants carry the details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A directory document that does not parse (dir-spec §1.2).
+    #[error("{doc} does not parse: {error}")]
+    Malformed {
+        /// Which document.
+        doc: DocKind,
+        /// The parser's error.
+        error: onion_dir::ParseError,
+    },
+    /// A directory document whose signatures, digests or validity period do not verify
+    /// (dir-spec §3.1, §3.4.1, §3.3).
+    #[error("{doc} failed verification: {reason}")]
+    Unverified {
+        /// Which document.
+        doc: DocKind,
+        /// Why.
+        reason: String,
+    },
+    /// A consensus diff that does not apply to the consensus it claims to start from
+    /// (dir-spec §4.5.1), or one sent without being asked for.
+    #[error("consensus diff refused: {0}")]
+    BadDiff(String),
+    /// A response body larger than the request allowed (the transport should have cut it
+    /// off; the machine checks again).
+    #[error("{doc} response of {len} bytes exceeds its limit of {limit} bytes")]
+    TooLarge {
+        /// Which document.
+        doc: DocKind,
+        /// Bytes received.
+        len: usize,
+        /// The request's limit.
+        limit: usize,
+    },
+    /// The descriptors of one bootstrap or refresh would pass the mode's descriptor budget
+    /// ([`crate::dir::DirMode::descriptor_budget`]).
+    #[error(
+        "{doc} responses exceed {budget} bytes, the limit for one bootstrap, after {done} of \
+         {total} requests; stopped"
+    )]
+    Budget {
+        /// Which documents.
+        doc: DocKind,
+        /// The budget in bytes.
+        budget: usize,
+        /// Requests answered within the budget.
+        done: usize,
+        /// Requests needed in all.
+        total: usize,
+    },
+    /// A response body that is not UTF-8 text, as every directory document is (dir-spec §1.2).
+    #[error("{0} response is not UTF-8 text")]
+    NotText(DocKind),
+    /// A consensus older than the one held (dir-spec §5.1: a client never goes back).
+    #[error("the directory sent a consensus older than the one held")]
+    Older,
+    /// The embedder reported a transport failure (connection, circuit, stream).
+    #[error("network failure: {0}")]
+    Network(String),
+    /// The directory answered with an HTTP status other than 200 (dir-spec §6).
+    #[error("HTTP {status} {reason}")]
+    Http {
+        /// The status code.
+        status: u16,
+        /// The reason phrase, with control characters escaped.
+        reason: String,
+    },
+    /// A request was not answered before its deadline.
+    #[error("{doc} request timed out")]
+    Timeout {
+        /// Which document.
+        doc: DocKind,
+    },
+    /// Every attempt allowed for one document failed; the last error is kept.
+    #[error("gave up on the {doc} after {attempts} attempts; last: {last}")]
+    GaveUp {
+        /// Which document.
+        doc: DocKind,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<Error>,
+    },
+    /// A misuse of the API.
+    #[error("misuse: {0}")]
+    Misuse(&'static str),
+    /// Something not implemented.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// The stable classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Malformed { .. }
+            | Error::Unverified { .. }
+            | Error::BadDiff(_)
+            | Error::TooLarge { .. }
+            | Error::Budget { .. }
+            | Error::NotText(_)
+            | Error::Older => ErrorKind::PeerProtocol,
+            Error::Network(_) | Error::Http { .. } => ErrorKind::Network,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::GaveUp { last, .. } => last.kind(),
+            Error::Misuse(_) => ErrorKind::Misuse,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::PeerProtocol => "peer protocol violation",
+            ErrorKind::Network => "network failure",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Misuse => "caller misuse",
+            ErrorKind::Unsupported => "unsupported",
+        })
+    }
+}
+
+/// `s` with every control character escaped, so that text from a peer (an HTTP reason
+/// phrase) cannot move a terminal's cursor or forge log lines.
+pub(crate) fn escape(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| match c.is_control() {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
