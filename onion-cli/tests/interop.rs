@@ -1083,6 +1083,22 @@ fn tor_stream(socks_port: u16, host: &str, port: u16) -> Result<std::net::TcpStr
     Ok(s)
 }
 
+/// Resident memory (kB) of the running process whose command line contains `needle`.
+fn rss_kb_of(needle: &str) -> Option<u64> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmd).contains(needle) {
+            continue;
+        }
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        return line.split_whitespace().nth(1)?.parse().ok();
+    }
+    None
+}
+
 /// `onion serve` with peers that stop: a client that does not read a target producing
 /// without end, and a target that does not read what a client uploads. The service reads
 /// the first only as far as the stream's windows allow (its stream stops once C tor's
@@ -1178,6 +1194,7 @@ fn onion_serve_bounds_what_it_buffers_for_peers_that_stop() {
         flooded.load(Ordering::Relaxed),
         uploaded.load(Ordering::Relaxed),
     );
+    let rss1 = rss_kb_of("onion-serve-stop-keys");
     // Meanwhile a third client is served, promptly.
     let t = std::time::Instant::now();
     let mut small = tor_stream(net.socks_port, &host, 80).unwrap();
@@ -1194,6 +1211,12 @@ fn onion_serve_bounds_what_it_buffers_for_peers_that_stop() {
         flooded.load(Ordering::Relaxed),
         uploaded.load(Ordering::Relaxed),
     );
+    let rss2 = rss_kb_of("onion-serve-stop-keys");
+    eprintln!("onion serve resident memory: {rss1:?} then {rss2:?} kB");
+    if let (Some(a), Some(b)) = (rss1, rss2) {
+        assert!(b < 128 * 1024, "onion serve holds {b} kB");
+        assert!(b < a + 8 * 1024, "onion serve grew from {a} to {b} kB");
+    }
     eprintln!(
         "target wrote {f1} then {f2} bytes to the service for a client that stopped reading; \
          a client uploaded {u1} then {u2} bytes to a target that does not read; \

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::time::Duration;
 
 use onion_cell::chancell::{ChanMsg, DestroyReason};
@@ -30,6 +31,7 @@ use rand_core::OsRng;
 use super::event::{ConnId, Inbox, Input};
 use super::guards::Guards;
 use super::link::Link;
+use super::tls::TlsLink;
 use super::Clock;
 
 /// What a circuit is for: which onion-service messages (rend-spec-v3 §3) it may receive.
@@ -289,6 +291,43 @@ struct LinkSlot {
     used: bool,
 }
 
+/// A channel being opened without blocking the loop ([`Client::start_connect`]).
+struct Connecting {
+    ids: PeerIds,
+    deadline: Instant,
+    state: ConnState,
+}
+
+enum ConnState {
+    /// TCP and TLS run on a thread of their own; the result arrives on the channel (and an
+    /// empty input under `wake` wakes the loop).
+    Tls {
+        rx: Receiver<Result<TlsLink, String>>,
+        wake: ConnId,
+    },
+    /// The channel handshake runs on link `idx` (or the link was already open).
+    Handshake(usize),
+}
+
+/// Names a channel being opened by [`Client::start_connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTicket(u64);
+
+/// Where a channel opened by [`Client::start_connect`] stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// TCP, TLS or the channel handshake is under way.
+    Pending,
+    /// Open: the channel's index (the ticket is used up).
+    Ready(usize),
+    /// It failed (the ticket is used up).
+    Failed(String),
+}
+
+/// Channels opened without blocking at the same time, at most (each costs a thread while
+/// TCP and TLS run).
+pub const MAX_CONNECTING: usize = 32;
+
 /// All the machines of one client, and the loop that drives them.
 pub struct Client {
     /// The clock handed to the machines.
@@ -305,6 +344,9 @@ pub struct Client {
     pub circs: Slab<Circ>,
     /// Inputs for sockets that are not channels (SOCKS clients), kept for the application.
     others: VecDeque<Input>,
+    /// Channels being opened without blocking, by ticket.
+    connecting: HashMap<u64, Connecting>,
+    next_ticket: u64,
     /// The entry guards of every circuit this client builds.
     pub guards: Guards,
 }
@@ -321,6 +363,8 @@ impl Client {
             by_id: HashMap::new(),
             circs: Slab::new(),
             others: VecDeque::new(),
+            connecting: HashMap::new(),
+            next_ticket: 0,
             guards: Guards::default(),
         }
     }
@@ -388,6 +432,147 @@ impl Client {
                 return Err(format!("{addr}: link handshake: {e}"));
             }
         }
+    }
+
+    /// Start opening a channel to `addr`, which must prove `ids`, without waiting: TCP and
+    /// TLS on a thread of their own, then the channel handshake in the loop, all within
+    /// `deadline`; [`Client::link_status`] tells when it is open. An open channel to the
+    /// same relay is shared. At most [`MAX_CONNECTING`] at a time.
+    pub fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        ids: PeerIds,
+        deadline: Instant,
+    ) -> Result<LinkTicket, String> {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        let open = self
+            .links
+            .iter()
+            .find(|(_, l)| l.open && l.dead.is_none() && l.addr == addr && l.ids == ids)
+            .map(|(i, _)| i);
+        let state = match open {
+            Some(idx) => ConnState::Handshake(idx),
+            None => {
+                if self.connecting.len() >= MAX_CONNECTING {
+                    return Err(format!("{MAX_CONNECTING} channels already being opened"));
+                }
+                let (wake, wake_tx) = self.inbox.sender();
+                let (tx, rx) = channel();
+                let timeout = self.clock.until(deadline).max(Duration::from_secs(1));
+                std::thread::Builder::new()
+                    .name(format!("tls-{addr}"))
+                    .spawn(move || {
+                        let r = TlsLink::connect(addr, timeout).map_err(|e| e.to_string());
+                        if tx.send(r).is_ok() {
+                            let _ = wake_tx.send(Input::Bytes(wake, Vec::new()));
+                        }
+                    })
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                ConnState::Tls { rx, wake }
+            }
+        };
+        self.connecting.insert(
+            t,
+            Connecting {
+                ids,
+                deadline,
+                state,
+            },
+        );
+        Ok(LinkTicket(t))
+    }
+
+    /// How the channel of ticket `t` ([`Client::start_connect`]) goes. Once it is ready or
+    /// failed, the ticket is used up.
+    pub fn link_status(&mut self, t: LinkTicket) -> LinkStatus {
+        let now = self.clock.now();
+        let Some(c) = self.connecting.get_mut(&t.0) else {
+            return LinkStatus::Failed("no such channel being opened".into());
+        };
+        if let ConnState::Tls { rx, .. } = &c.state {
+            match rx.try_recv() {
+                Ok(Ok(tls)) => {
+                    let addr = tls.addr();
+                    let timeout = self.clock.until(c.deadline).max(Duration::from_secs(1));
+                    let ids = c.ids;
+                    match Link::over(tls, &mut self.inbox, &self.clock, ids, timeout) {
+                        Ok(link) => {
+                            let conn = link.conn;
+                            let idx = self.links.insert(LinkSlot {
+                                link,
+                                open: false,
+                                dead: None,
+                                addr,
+                                ids,
+                                circs: 0,
+                                used: false,
+                            });
+                            self.by_conn.insert(conn, idx);
+                            c.state = ConnState::Handshake(idx);
+                        }
+                        Err(e) => {
+                            self.connecting.remove(&t.0);
+                            return LinkStatus::Failed(e);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.connecting.remove(&t.0);
+                    return LinkStatus::Failed(e);
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.connecting.remove(&t.0);
+                    return LinkStatus::Failed("connecting thread gone".into());
+                }
+                Err(TryRecvError::Empty) if now >= c.deadline => {
+                    self.connecting.remove(&t.0);
+                    return LinkStatus::Failed("timed out connecting".into());
+                }
+                Err(TryRecvError::Empty) => return LinkStatus::Pending,
+            }
+        }
+        let (ConnState::Handshake(idx), deadline) = (&c.state, c.deadline) else {
+            return LinkStatus::Pending;
+        };
+        let idx = *idx;
+        let status = match self.links.get(idx) {
+            None => LinkStatus::Failed("channel closed".into()),
+            Some(l) => match &l.dead {
+                Some(why) => LinkStatus::Failed(why.clone()),
+                None if l.open => LinkStatus::Ready(idx),
+                None if now >= deadline => {
+                    self.kill_link(idx, "link handshake timed out");
+                    LinkStatus::Failed("link handshake timed out".into())
+                }
+                None => return LinkStatus::Pending,
+            },
+        };
+        self.connecting.remove(&t.0);
+        if let (LinkStatus::Ready(_), Some(l)) = (&status, self.links.get_mut(idx)) {
+            // Its owner builds a circuit on it now; without one it is closed at the next step.
+            l.used = true;
+        }
+        status
+    }
+
+    /// Give up the channel of ticket `t`: one still opening is closed (a TLS connection that
+    /// completes later is dropped).
+    pub fn cancel_connect(&mut self, t: LinkTicket) {
+        if let Some(Connecting {
+            state: ConnState::Handshake(idx),
+            ..
+        }) = self.connecting.remove(&t.0)
+        {
+            if let Some(l) = self.links.get_mut(idx) {
+                l.used = true;
+            }
+        }
+    }
+
+    /// The earliest deadline of the channels being opened.
+    fn connect_deadline(&self) -> Option<Instant> {
+        self.connecting.values().map(|c| c.deadline).min()
     }
 
     /// Send CREATE2 for a new circuit on channel `link`; returns the circuit's index.
@@ -764,6 +949,9 @@ impl Client {
                 wake = wake.min(b.deadline);
             }
         }
+        if let Some(t) = self.connect_deadline() {
+            wake = wake.min(t);
+        }
         let input = self.inbox.wait(Some(self.clock.until(wake)));
         let now = self.clock.now();
         let mut other = None;
@@ -773,12 +961,18 @@ impl Client {
                     Input::Bytes(c, _) | Input::Closed(c, _) => *c,
                     Input::Accepted(_) => 0,
                 };
+                let waking = self
+                    .connecting
+                    .values()
+                    .any(|c| matches!(c.state, ConnState::Tls { wake, .. } if wake == conn));
                 match self.by_conn.get(&conn).copied() {
                     Some(idx) => {
                         if let Err(e) = self.links[idx].link.handle(&self.clock, i) {
                             self.kill_link(idx, &e);
                         }
                     }
+                    // A channel's TCP and TLS are done: its owner sees it in link_status.
+                    None if waking => {}
                     None => other = Some(i),
                 }
             }
@@ -1175,6 +1369,56 @@ mod tests {
                 why: "no such circuit".into()
             }
         );
+    }
+
+    /// Steps `client` until the channel of `t` is no longer pending (at most 10 s).
+    fn wait_link(client: &mut Client, t: LinkTicket) -> LinkStatus {
+        let end = client.deadline(Duration::from_secs(10));
+        loop {
+            match client.link_status(t) {
+                LinkStatus::Pending => {
+                    let wake = client.deadline(Duration::from_millis(50));
+                    let _ = client.step(wake.min(end));
+                }
+                s => return s,
+            }
+        }
+    }
+
+    #[test]
+    fn channels_open_off_the_loop_and_failures_are_reported() {
+        let mut client = Client::new();
+        // Nobody listens: the connect fails on its thread, the loop is woken and told.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let t0 = std::time::Instant::now();
+        let t = client
+            .start_connect(
+                addr,
+                PeerIds::default(),
+                client.deadline(Duration::from_secs(5)),
+            )
+            .unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "start_connect waited"
+        );
+        assert!(matches!(wait_link(&mut client, t), LinkStatus::Failed(_)));
+        // A peer that accepts and never answers TLS: failed at the deadline, not before.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let t0 = std::time::Instant::now();
+        let deadline = client.deadline(Duration::from_millis(300));
+        let t = client
+            .start_connect(silent.local_addr().unwrap(), PeerIds::default(), deadline)
+            .unwrap();
+        assert_eq!(client.link_status(t), LinkStatus::Pending);
+        assert!(matches!(wait_link(&mut client, t), LinkStatus::Failed(_)));
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        // Tickets are used up; nothing is held.
+        assert!(matches!(client.link_status(t), LinkStatus::Failed(_)));
+        assert!(client.connecting.is_empty());
+        assert_eq!(client.held(), (0, 0));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! HTTP to HSDirs over BEGIN_DIR and send onion-service messages to a circuit's last hop.
 
 use onion_cell::relaymsg::RelayMsg;
+use onion_circuit::channel::PeerIds;
+use onion_circuit::circuit::HopTarget;
 use onion_circuit::Instant;
 use onion_dir::consensus;
 use onion_dir::netview::{RelayIdx, RelayRecord};
@@ -14,7 +16,7 @@ use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
 
 use super::bootstrap::Directory;
-use super::client::{BuildStatus, Client, Purpose, Target};
+use super::client::{BuildStatus, Client, LinkStatus, LinkTicket, Purpose, Target};
 use super::guards::GuardTicket;
 use super::http;
 use super::path;
@@ -120,15 +122,27 @@ pub fn circuit_to<'a>(
 
 /// An onion-service circuit being built without blocking the loop ([`start_circuit_to`]).
 pub struct PendingCirc {
-    /// The circuit.
-    pub circ: usize,
-    /// Its hops' nicknames.
-    pub names: Vec<String>,
+    stage: Stage,
+    names: Vec<String>,
     guard: GuardTicket,
 }
 
-/// [`circuit_to`] without waiting: the path is chosen and the build started (only a new
-/// channel to the guard is waited for); [`poll_circuit`] tells when it is done.
+enum Stage {
+    /// The channel to the guard is being opened.
+    Link {
+        ticket: LinkTicket,
+        hops: Vec<HopTarget>,
+        deadline: Instant,
+    },
+    /// The circuit is being built.
+    Circ(usize),
+    /// Reported (built or failed).
+    Done,
+}
+
+/// [`circuit_to`] without waiting: the path is chosen, the channel to the guard opened (an
+/// open one is shared) and the circuit built, all driven by the client's loop;
+/// [`poll_circuit`] tells when it is done.
 pub fn start_circuit_to(
     client: &mut Client,
     dir: &Directory,
@@ -145,9 +159,37 @@ pub fn start_circuit_to(
         .guards
         .vanguard_path(&sel, VanguardShape::Long, Some(last), &opts)
         .map_err(|e| format!("path: {e}"))?;
-    let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
-    match path::start_build(client, &hops, deadline) {
-        Ok((circ, names)) => Ok(PendingCirc { circ, names, guard }),
+    let records: Vec<&RelayRecord> = p.records(&dir.view).collect();
+    let names: Vec<String> = records.iter().map(|r| r.nickname.clone()).collect();
+    let started = (|| {
+        let hops = records
+            .iter()
+            .map(|r| path::hop_target(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = hops.first().ok_or("empty path")?;
+        let addr = *first
+            .addrs
+            .first()
+            .ok_or_else(|| format!("guard {} has no address", names[0]))?;
+        let ids = PeerIds {
+            rsa: Some(first.rsa_id),
+            ed25519: first.ed_id,
+        };
+        let ticket = client
+            .start_connect(addr, ids, deadline)
+            .map_err(|e| format!("guard {}: {e}", names[0]))?;
+        Ok::<_, String>(Stage::Link {
+            ticket,
+            hops,
+            deadline,
+        })
+    })();
+    match started {
+        Ok(stage) => Ok(PendingCirc {
+            stage,
+            names,
+            guard,
+        }),
         Err(e) => {
             client.guards.failed(&guard, e.starts_with("guard "));
             Err(e)
@@ -155,34 +197,71 @@ pub fn start_circuit_to(
     }
 }
 
-/// Where a [`PendingCirc`] stands: `None` while it is being built; once built or failed,
-/// the outcome, reported to the guard manager as [`path::build_guarded`] does (a failure
-/// at the first hop is the guard's). A failed circuit is released.
-pub fn poll_circuit(client: &mut Client, p: &PendingCirc) -> Option<Result<(), String>> {
-    match client.build_status(p.circ) {
-        BuildStatus::Building => None,
+/// Where a [`PendingCirc`] stands: `None` while it is being built; once built, its
+/// circuit; once failed, why (the circuit released). The outcome is reported to the guard
+/// manager as [`path::build_guarded`] does (a failure at the first hop is the guard's).
+pub fn poll_circuit(client: &mut Client, p: &mut PendingCirc) -> Option<Result<usize, String>> {
+    let guard_name = p.names.first().map_or("?", String::as_str);
+    if let Stage::Link {
+        ticket,
+        hops,
+        deadline,
+    } = &p.stage
+    {
+        let started = match client.link_status(*ticket) {
+            LinkStatus::Pending => return None,
+            LinkStatus::Failed(e) => Err(format!("guard {guard_name}: {e}")),
+            LinkStatus::Ready(link) => client
+                .start_build(link, hops, *deadline)
+                .map_err(|e| format!("guard {guard_name}: {e}")),
+        };
+        match started {
+            Ok(c) => p.stage = Stage::Circ(c),
+            Err(e) => {
+                p.stage = Stage::Done;
+                client.guards.failed(&p.guard, true);
+                return Some(Err(e));
+            }
+        }
+    }
+    let Stage::Circ(c) = p.stage else {
+        return Some(Err("circuit already reported".into()));
+    };
+    let r = match client.build_status(c) {
+        BuildStatus::Building => return None,
         BuildStatus::Built => {
             if client.guards.built(&p.guard) {
-                Some(Ok(()))
+                Ok(c)
             } else {
-                client.destroy(p.circ);
-                Some(Err(format!(
-                    "guard {} is not a primary guard and a better one may work: \
-                     circuit given up",
-                    p.names.first().map_or("?", String::as_str)
-                )))
+                Err(format!(
+                    "guard {guard_name} is not a primary guard and a better one may work: \
+                     circuit given up"
+                ))
             }
         }
         BuildStatus::Failed { hops, why } => {
             client.guards.failed(&p.guard, hops == 0);
-            client.destroy(p.circ);
             let at = p.names.get(hops).map_or("?", String::as_str);
-            Some(Err(if hops == 0 {
+            Err(if hops == 0 {
                 format!("guard {at}: {why}")
             } else {
                 format!("extending to {at}: {why}")
-            }))
+            })
         }
+    };
+    p.stage = Stage::Done;
+    if r.is_err() {
+        client.destroy(c);
+    }
+    Some(r)
+}
+
+/// Give up a [`PendingCirc`] that was not reported yet: its channel or circuit is released.
+pub fn abandon(client: &mut Client, p: PendingCirc) {
+    match p.stage {
+        Stage::Link { ticket, .. } => client.cancel_connect(ticket),
+        Stage::Circ(c) => client.destroy(c),
+        Stage::Done => {}
     }
 }
 

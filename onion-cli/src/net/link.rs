@@ -40,7 +40,21 @@ impl Link {
         expected: PeerIds,
         timeout: Duration,
     ) -> Result<Link, String> {
-        let mut tls = TlsLink::connect(addr, timeout).map_err(|e| e.to_string())?;
+        let tls = TlsLink::connect(addr, timeout).map_err(|e| e.to_string())?;
+        Link::over(tls, inbox, clock, expected, timeout)
+    }
+
+    /// The channel over an established TLS connection (made by [`TlsLink::connect`], e.g. on
+    /// a thread of its own so that the loop does not wait for TCP and TLS): the channel
+    /// handshake is started (VERSIONS is sent) and the socket registered with `inbox`.
+    pub fn over(
+        mut tls: TlsLink,
+        inbox: &mut Inbox,
+        clock: &Clock,
+        expected: PeerIds,
+        timeout: Duration,
+    ) -> Result<Link, String> {
+        let addr = tls.addr();
         let mut config = ChanConfig::default();
         config.handshake_timeout = timeout;
         config.peer_addr = Some(addr.ip());

@@ -244,15 +244,6 @@ enum UploadStage {
     },
 }
 
-impl UploadStage {
-    fn circ(&self) -> usize {
-        match self {
-            UploadStage::Building(p) => p.circ,
-            UploadStage::Open { circ, .. } => *circ,
-        }
-    }
-}
-
 /// A descriptor upload to one HSDir.
 struct Upload {
     upload: UploadId,
@@ -271,11 +262,10 @@ fn upload_step(client: &mut Client, u: &mut Upload, now: Instant) -> Option<Resu
     if now >= u.deadline {
         return Some(Err(format!("no answer within {STEP_TIMEOUT:?}")));
     }
-    if let UploadStage::Building(p) = &u.stage {
+    if let UploadStage::Building(p) = &mut u.stage {
         match hsnet::poll_circuit(client, p)? {
             Err(e) => return Some(Err(e)),
-            Ok(()) => {
-                let c = p.circ;
+            Ok(c) => {
                 client.set_purpose(c, Purpose::HsDir);
                 let circ = &mut client.circs.get_mut(c)?.circ;
                 match circ.begin_dir(now) {
@@ -515,7 +505,7 @@ impl Service {
                     }
                     if let Some(k) = self.intro_builds.iter().position(|b| b.intro == intro) {
                         let b = self.intro_builds.swap_remove(k);
-                        client.destroy(b.circ.circ);
+                        hsnet::abandon(client, b.circ);
                     }
                 }
                 PublishAction::Upload {
@@ -567,16 +557,19 @@ impl Service {
     fn intro_builds_done(&mut self, client: &mut Client) {
         let mut k = 0;
         while k < self.intro_builds.len() {
-            let Some(r) = hsnet::poll_circuit(client, &self.intro_builds[k].circ) else {
+            let Some(r) = hsnet::poll_circuit(client, &mut self.intro_builds[k].circ) else {
                 k += 1;
                 continue;
             };
             let b = self.intro_builds.swap_remove(k);
-            let c = b.circ.circ;
-            match r.and_then(|()| self.establish_intro(client, b.intro, c)) {
+            let established = r.and_then(|c| {
+                self.establish_intro(client, b.intro, c).inspect_err(|_| {
+                    client.destroy(c);
+                })
+            });
+            match established {
                 Ok(()) => eprintln!("onion: introduction circuit to {} built", b.name),
                 Err(e) => {
-                    client.destroy(c);
                     eprintln!("onion: introduction point {}: {e}", b.name);
                     let _ = self
                         .publisher
@@ -621,7 +614,10 @@ impl Service {
                 None => k += 1,
                 Some(r) => {
                     let u = self.uploads.swap_remove(k);
-                    client.destroy(u.stage.circ());
+                    match u.stage {
+                        UploadStage::Building(p) => hsnet::abandon(client, p),
+                        UploadStage::Open { circ, .. } => client.destroy(circ),
+                    }
                     self.upload_done(u.upload, &u.name, r);
                 }
             }
@@ -873,21 +869,24 @@ impl Service {
         let now = client.clock.now();
         let mut k = 0;
         while k < self.rend_builds.len() {
-            let Some(r) = hsnet::poll_circuit(client, &self.rend_builds[k].circ) else {
+            let Some(r) = hsnet::poll_circuit(client, &mut self.rend_builds[k].circ) else {
                 k += 1;
                 continue;
             };
             let b = self.rend_builds.swap_remove(k);
-            let c = b.circ.circ;
-            match r.and_then(|()| join_client(client, c, &b.intro.req)) {
-                Ok(()) => {
+            let joined = r.and_then(|c| match join_client(client, c, &b.intro.req) {
+                Ok(()) => Ok(c),
+                Err(e) => {
+                    client.destroy(c);
+                    Err(e)
+                }
+            });
+            match joined {
+                Ok(c) => {
                     eprintln!("onion: rendezvous with a client");
                     self.rend_circs.push(c);
                 }
-                Err(e) => {
-                    client.destroy(c);
-                    self.rend_failed(b.intro, &e, now);
-                }
+                Err(e) => self.rend_failed(b.intro, &e, now),
             }
         }
     }
