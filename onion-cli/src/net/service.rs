@@ -30,9 +30,8 @@
 //!   [`OUT_HIGH`], then the stream is held (no stream SENDME: the client stops after one
 //!   window). At most [`MAX_STREAMS`] target connections are open.
 //! - Introduction circuits and descriptor uploads go on without blocking the loop either
-//!   (each within [`STEP_TIMEOUT`]). What still waits is a new channel to a guard (TCP,
-//!   TLS and the link handshake; an open one is shared): the rendezvous circuits are held
-//!   meanwhile, so their clients' data waits at the windows, not in our queues.
+//!   (each within [`STEP_TIMEOUT`]); a new channel to a guard is opened off the loop
+//!   ([`Client::start_connect`]; an open one is shared).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -453,92 +452,75 @@ impl Service {
 
     /// Start what the publisher asks until it asks nothing more: introduction circuits and
     /// uploads are followed by [`Service::intro_builds_done`] and [`Service::uploads_step`].
-    ///
-    /// Starting a circuit may wait for a new channel to a guard; meanwhile the rendezvous
-    /// circuits are held ([`super::client::Circ::hold`]), so their clients' data waits at
-    /// the windows, not in our queues.
+    /// Nothing here waits for the network.
     fn do_actions(&mut self, client: &mut Client) {
-        let Some(first) = self.publisher.poll_action() else {
-            return;
-        };
-        self.hold_rend_circs(client, true);
-        self.do_actions_held(client, first);
-        self.hold_rend_circs(client, false);
-    }
-
-    fn hold_rend_circs(&self, client: &mut Client, hold: bool) {
-        for &c in &self.rend_circs {
-            if let Some(circ) = client.circs.get_mut(c) {
-                circ.hold = hold;
-            }
+        while let Some(a) = self.publisher.poll_action() {
+            self.do_action(client, a);
         }
     }
 
-    fn do_actions_held(&mut self, client: &mut Client, first: PublishAction) {
-        let mut next = Some(first);
-        while let Some(a) = next.take().or_else(|| self.publisher.poll_action()) {
-            match a {
-                PublishAction::BuildIntroCircuit { intro, relay } => {
-                    let name = self.name(&relay);
-                    let r = match self.dir.view.by_rsa_id(&RsaIdentity(relay)) {
-                        Some(idx) => {
-                            let deadline = client.deadline(STEP_TIMEOUT);
-                            hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
-                        }
-                        None => Err("not in the consensus".into()),
-                    };
-                    match r {
-                        Ok(circ) => self.intro_builds.push(IntroBuild { intro, name, circ }),
-                        Err(e) => {
-                            eprintln!("onion: introduction point {name}: {e}");
-                            let _ =
-                                self.publisher
-                                    .intro_circuit_closed(&mut OsRng, intro, unix_now());
-                        }
+    fn do_action(&mut self, client: &mut Client, a: PublishAction) {
+        match a {
+            PublishAction::BuildIntroCircuit { intro, relay } => {
+                let name = self.name(&relay);
+                let r = match self.dir.view.by_rsa_id(&RsaIdentity(relay)) {
+                    Some(idx) => {
+                        let deadline = client.deadline(STEP_TIMEOUT);
+                        hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
+                    }
+                    None => Err("not in the consensus".into()),
+                };
+                match r {
+                    Ok(circ) => self.intro_builds.push(IntroBuild { intro, name, circ }),
+                    Err(e) => {
+                        eprintln!("onion: introduction point {name}: {e}");
+                        let _ = self
+                            .publisher
+                            .intro_circuit_closed(&mut OsRng, intro, unix_now());
                     }
                 }
-                PublishAction::CloseIntroCircuit { intro } => {
-                    if let Some(k) = self.intro_circs.iter().position(|c| c.intro == intro) {
-                        let ic = self.intro_circs.remove(k);
-                        client.destroy(ic.circ);
-                        eprintln!("onion: introduction point rotated out");
-                    }
-                    if let Some(k) = self.intro_builds.iter().position(|b| b.intro == intro) {
-                        let b = self.intro_builds.swap_remove(k);
-                        hsnet::abandon(client, b.circ);
-                    }
+            }
+            PublishAction::CloseIntroCircuit { intro } => {
+                if let Some(k) = self.intro_circs.iter().position(|c| c.intro == intro) {
+                    let ic = self.intro_circs.remove(k);
+                    client.destroy(ic.circ);
+                    eprintln!("onion: introduction point rotated out");
                 }
-                PublishAction::Upload {
-                    upload,
-                    hsdir,
-                    period,
-                    descriptor,
-                    ..
-                } => {
-                    let name = format!("{} (period {})", self.name(&hsdir), period.num());
-                    let deadline = client.deadline(STEP_TIMEOUT);
-                    let r = match self.dir.view.by_rsa_id(&RsaIdentity(hsdir)) {
-                        Some(idx) => {
-                            hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
-                        }
-                        None => Err("not in the consensus".into()),
-                    };
-                    let mut request = format!(
-                        "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-                        descriptor.len()
-                    )
-                    .into_bytes();
-                    request.extend_from_slice(descriptor.as_bytes());
-                    match r {
-                        Ok(circ) => self.uploads.push(Upload {
-                            upload,
-                            name,
-                            request,
-                            stage: UploadStage::Building(circ),
-                            deadline,
-                        }),
-                        Err(e) => self.upload_done(upload, &name, Err(e)),
+                if let Some(k) = self.intro_builds.iter().position(|b| b.intro == intro) {
+                    let b = self.intro_builds.swap_remove(k);
+                    hsnet::abandon(client, b.circ);
+                }
+            }
+            PublishAction::Upload {
+                upload,
+                hsdir,
+                period,
+                descriptor,
+                ..
+            } => {
+                let name = format!("{} (period {})", self.name(&hsdir), period.num());
+                let deadline = client.deadline(STEP_TIMEOUT);
+                let r = match self.dir.view.by_rsa_id(&RsaIdentity(hsdir)) {
+                    Some(idx) => {
+                        hsnet::start_circuit_to(client, &self.dir, &self.config, idx, deadline)
                     }
+                    None => Err("not in the consensus".into()),
+                };
+                let mut request = format!(
+                    "POST {UPLOAD_PATH} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                    descriptor.len()
+                )
+                .into_bytes();
+                request.extend_from_slice(descriptor.as_bytes());
+                match r {
+                    Ok(circ) => self.uploads.push(Upload {
+                        upload,
+                        name,
+                        request,
+                        stage: UploadStage::Building(circ),
+                        deadline,
+                    }),
+                    Err(e) => self.upload_done(upload, &name, Err(e)),
                 }
             }
         }
