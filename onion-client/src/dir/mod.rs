@@ -93,6 +93,9 @@ pub struct DirConfig {
     pub retry_delay: Duration,
     /// Descriptor requests in flight at once.
     pub max_parallel: usize,
+    /// The most descriptor bytes one bootstrap or refresh takes in
+    /// ([`DirMode::descriptor_budget`] unless changed).
+    pub descriptor_budget: usize,
     /// Refresh from directory guards ([`Source::DirGuard`]) before the authorities and
     /// fallbacks (guard-spec §4.6, dir-spec §5: a client with a consensus asks caches).
     pub refresh_from_guards: bool,
@@ -110,6 +113,7 @@ impl DirConfig {
             request_timeout: Duration::from_secs(60),
             retry_delay: Duration::from_secs(10),
             max_parallel: 4,
+            descriptor_budget: mode.descriptor_budget(),
             refresh_from_guards: true,
         }
     }
@@ -376,7 +380,7 @@ impl DirMachine {
         match verified {
             Some((text, checked)) => {
                 m.progress(10, "using the stored consensus (verified again)".into());
-                let source = m.pick(&[], false, rng);
+                let source = m.pick(&[], rng);
                 m.start_descriptors(text, checked, source, false, true, wall, rng);
             }
             None => m.start_consensus(false, rng),
@@ -495,7 +499,7 @@ impl DirMachine {
                     }),
                 }
             }),
-            None => body.and_then(|b| self.consensus_body(&mut c, p, b, wall)),
+            None => body.and_then(|b| self.consensus_body(p, b, wall)),
         };
         match outcome {
             Ok(Ok((cons, checked))) => {
@@ -508,8 +512,12 @@ impl DirMachine {
                         self.consensus_failed(c, p.source, Error::Older, rng)
                     }
                     Some(std::cmp::Ordering::Equal) => {
+                        // The caches do not have the next one yet: ask again later, after
+                        // an eighth of a voting interval (so that a public-network client
+                        // does not download the same consensus every few seconds).
                         self.progress(100, "the directory has no newer consensus yet".into());
-                        self.idle(self.cfg.retry_delay);
+                        let interval = self.current.as_ref().map_or(0, |d| d.voting_interval());
+                        self.idle(self.cfg.retry_delay.max(Duration::from_secs(interval / 8)));
                     }
                     _ => {
                         self.progress(
@@ -550,7 +558,6 @@ impl DirMachine {
     #[allow(clippy::type_complexity)]
     fn consensus_body(
         &mut self,
-        c: &mut ConsState,
         p: &Pending,
         body: String,
         wall: Timestamp,
@@ -581,7 +588,6 @@ impl DirMachine {
             self.progress(40, "consensus received".into());
             body
         };
-        let _ = c;
         match directory::check_consensus(&text, &self.certs, &self.v3, self.cfg.mode, wall)? {
             SigCheck::Verified(checked) => Ok(Ok((text, checked))),
             SigCheck::NeedCerts(missing) => Ok(Err((text, missing))),
@@ -614,7 +620,7 @@ impl DirMachine {
             c.guard_attempts += 1;
             return Source::DirGuard;
         }
-        self.pick(&c.failed, false, rng)
+        self.pick(&c.failed, rng)
     }
 
     fn start_consensus(&mut self, refresh: bool, rng: &mut impl CryptoRngCore) {
@@ -659,7 +665,7 @@ impl DirMachine {
 
     /// Choose a source for a bootstrap request: at random among the authorities with an
     /// ORPort and the fallbacks, avoiding those in `failed` while others remain.
-    fn pick(&self, failed: &[Source], _desc: bool, rng: &mut impl CryptoRngCore) -> Source {
+    fn pick(&self, failed: &[Source], rng: &mut impl CryptoRngCore) -> Source {
         let all: Vec<Source> = self
             .cfg
             .authorities
@@ -734,7 +740,7 @@ impl DirMachine {
                 })
                 .collect(),
         };
-        let budget = mode.descriptor_budget();
+        let budget = self.cfg.descriptor_budget;
         let d = DescState {
             consensus,
             from_cache,
@@ -789,7 +795,7 @@ impl DirMachine {
                 _ if d.refresh && self.cfg.refresh_from_guards && batch.attempts < 2 => {
                     Source::DirGuard
                 }
-                _ => self.pick(&d.failed, true, rng),
+                _ => self.pick(&d.failed, rng),
             };
             let path = batch.path.clone();
             self.request(
@@ -885,7 +891,7 @@ impl DirMachine {
 
     fn finish(&mut self, d: DescState, wall: Timestamp, rng: &mut impl CryptoRngCore) {
         let mode = self.cfg.mode;
-        let persist = !d.from_cache;
+        let fetched_descriptors = d.done > 0;
         let built = directory::build(
             d.consensus,
             d.text,
@@ -899,19 +905,21 @@ impl DirMachine {
             Ok(dir) => Arc::new(dir),
             Err(e) => return self.give_up_now(e),
         };
-        if persist {
+        if !dir.from_cache {
             self.push(DirEvent::Persist {
                 kind: DocKind::Consensus,
                 text: dir.consensus_text().to_owned(),
                 keep_until: dir.valid_until,
             });
+        }
+        if !dir.from_cache || fetched_descriptors {
             self.push(DirEvent::Persist {
                 kind: mode.descriptors(),
                 text: dir.descriptors_text().to_owned(),
                 keep_until: dir.valid_until,
             });
         }
-        if d.certs_fetched || (persist && d.from_cache) {
+        if d.certs_fetched {
             if let Some(exp) = self.certs.expires() {
                 self.push(DirEvent::Persist {
                     kind: DocKind::Certificates,
