@@ -140,6 +140,7 @@ pub struct Directory {
     pub from_cache: bool,
     pub(crate) consensus_text: String,
     pub(crate) descriptors_text: String,
+    pub(crate) certificates_text: String,
 }
 
 impl Directory {
@@ -151,6 +152,61 @@ impl Directory {
     /// The held descriptors' text, as fetched.
     pub fn descriptors_text(&self) -> &str {
         &self.descriptors_text
+    }
+
+    /// The authority key certificates the consensus verified with (a refresh starts from
+    /// them, verifying them again).
+    pub fn certificates_text(&self) -> &str {
+        &self.certificates_text
+    }
+
+    /// A directory from a consensus the caller has verified itself, and the view built from
+    /// it: for simulations and tests with synthetic documents. The directory machine never
+    /// calls it on a consensus that did not verify.
+    pub fn from_consensus(
+        cons: &Consensus<'_>,
+        view: NetView,
+        mode: DirMode,
+        descriptors: usize,
+        descriptors_text: String,
+    ) -> Directory {
+        let mut params: Vec<(String, i32)> = cons
+            .params
+            .entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        params.sort();
+        params.dedup_by(|a, b| a.0 == b.0);
+        let mut listed_guards: Vec<RsaIdentity> = cons
+            .relays
+            .iter()
+            .filter(|r| {
+                r.flags.contains(guard_flags()) && !r.flags.contains(RelayFlags::MIDDLE_ONLY)
+            })
+            .map(|r| r.identity)
+            .collect();
+        listed_guards.sort();
+        listed_guards.dedup();
+        Directory {
+            mode,
+            view,
+            valid_after: cons.valid_after,
+            fresh_until: cons.fresh_until,
+            valid_until: cons.valid_until,
+            params,
+            shared_rand_current: cons.shared_rand_current.map(|s| s.value),
+            shared_rand_previous: cons.shared_rand_previous.map(|s| s.value),
+            listed_guards,
+            relays_listed: cons.relays.len(),
+            signatures_valid: 0,
+            signatures_needed: 0,
+            descriptors,
+            from_cache: false,
+            consensus_text: cons.text.to_owned(),
+            descriptors_text,
+            certificates_text: String::new(),
+        }
     }
 
     /// A consensus parameter (param-spec), if the consensus sets it.
@@ -425,46 +481,15 @@ pub(crate) fn build(
             reason: "no relay of the consensus has a valid descriptor".into(),
         });
     }
-    let mut params: Vec<(String, i32)> = cons
-        .params
-        .entries
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), *v))
-        .collect();
-    params.sort();
-    params.dedup_by(|a, b| a.0 == b.0);
-    let mut listed_guards: Vec<RsaIdentity> = cons
-        .relays
-        .iter()
-        .filter(|r| r.flags.contains(guard_flags()) && !r.flags.contains(RelayFlags::MIDDLE_ONLY))
-        .map(|r| r.identity)
-        .collect();
-    listed_guards.sort();
-    listed_guards.dedup();
-    let dir = Directory {
-        mode,
-        view,
-        valid_after: cons.valid_after,
-        fresh_until: cons.fresh_until,
-        valid_until: cons.valid_until,
-        params,
-        shared_rand_current: cons.shared_rand_current.map(|s| s.value),
-        shared_rand_previous: cons.shared_rand_previous.map(|s| s.value),
-        listed_guards,
-        relays_listed: cons.relays.len(),
-        signatures_valid: report.verified.len(),
-        signatures_needed: report.needed,
-        descriptors,
-        from_cache,
-        consensus_text: String::new(),
-        descriptors_text: String::new(),
-    };
+    let mut dir = Directory::from_consensus(&cons, view, mode, descriptors, String::new());
     drop(cons);
-    Ok(Directory {
-        consensus_text,
-        descriptors_text,
-        ..dir
-    })
+    dir.signatures_valid = report.verified.len();
+    dir.signatures_needed = report.needed;
+    dir.from_cache = from_cache;
+    dir.consensus_text = consensus_text;
+    dir.descriptors_text = descriptors_text;
+    dir.certificates_text = certs.text();
+    Ok(dir)
 }
 
 /// Of the descriptors held in `held` (text of a previous directory), those the new

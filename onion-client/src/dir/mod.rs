@@ -388,6 +388,32 @@ impl DirMachine {
         Ok(m)
     }
 
+    /// A machine that holds `current` (a directory of an earlier machine, its certificates
+    /// verified again at `wall`) and starts refreshing it now: from directory guards first if
+    /// the configuration says so, offering `current`'s consensus for a diff and reusing its
+    /// descriptors. For embedders that run one machine per refresh.
+    pub fn refreshing(
+        cfg: DirConfig,
+        current: Arc<Directory>,
+        now: Instant,
+        wall: Timestamp,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self, Error> {
+        if current.mode != cfg.mode {
+            return Err(Error::Misuse("the directory was fetched in another mode"));
+        }
+        let certs = current.certificates_text().to_owned();
+        let mut m = DirMachine::new(cfg, Cached::default(), now, wall, rng)?;
+        // Forget the bootstrap request `new` queued: this machine refreshes instead.
+        m.requests.clear();
+        m.pending.clear();
+        while m.events.pop_front().is_some() {}
+        let _ = m.certs.add(&certs, &m.v3, wall);
+        m.current = Some(current);
+        m.start_consensus(true, rng);
+        Ok(m)
+    }
+
     /// The directory in use, if any.
     pub fn directory(&self) -> Option<&Arc<Directory>> {
         self.current.as_ref()
@@ -523,7 +549,8 @@ impl DirMachine {
                         self.progress(
                             50,
                             format!(
-                                "consensus verified ({} authority signatures valid, {} needed); fetching the descriptors it names",
+                                "consensus signatures valid ({} of {} needed); fetching the \
+                                 descriptors it names",
                                 checked.signatures.0, checked.signatures.1
                             ),
                         );
@@ -709,7 +736,10 @@ impl DirMachine {
         if reused > 0 {
             self.progress(
                 50,
-                format!("{reused} {} reused", self.cfg.mode.descriptors()),
+                format!(
+                    "{reused} {} reused from the current directory",
+                    self.cfg.mode.descriptors()
+                ),
             );
         }
         let mode = self.cfg.mode;
@@ -928,6 +958,13 @@ impl DirMachine {
                 });
             }
         }
+        self.progress(
+            90,
+            format!(
+                "consensus verified ({} authority signatures valid, {} needed; {} relays)",
+                dir.signatures_valid, dir.signatures_needed, dir.relays_listed
+            ),
+        );
         self.progress(
             100,
             format!(

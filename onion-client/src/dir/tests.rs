@@ -756,3 +756,75 @@ proptest! {
         }
     }
 }
+
+/// A machine made to refresh a directory of another one asks directory guards first (twice,
+/// offering a diff), then the authorities; the certificates come with the directory, so
+/// none is fetched; a consensus no newer than the one held gives no new directory; and
+/// one bootstrap round says "consensus verified" once, at its end.
+#[test]
+fn a_refreshing_machine_asks_guards_then_authorities() {
+    let mode = DirMode::Micro;
+    let (m, _, events) = bootstrap(mode);
+    let said = |events: &[DirEvent], s: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(e, DirEvent::Progress { what, .. } if what.contains(s)))
+            .count()
+    };
+    assert_eq!(said(&events, "consensus verified"), 1);
+    let current = m.directory().unwrap().clone();
+    assert!(!current.certificates_text().is_empty());
+    let wall = Timestamp(WALL.0 + 26);
+    let mut r = DirMachine::refreshing(
+        config(mode),
+        current.clone(),
+        Instant::ZERO,
+        wall,
+        &mut rng(),
+    )
+    .unwrap();
+    let mut sources = vec![];
+    for _ in 0..2 {
+        let req = r.poll_request().unwrap();
+        assert!(req.diff_from.is_some());
+        sources.push(req.source);
+        r.handle_response(
+            req.id,
+            Instant::ZERO,
+            wall,
+            Err(Failure::Network("x".into())),
+            &mut rng(),
+        );
+    }
+    let req = r.poll_request().unwrap();
+    sources.push(req.source);
+    assert_eq!(&sources[..2], &[Source::DirGuard, Source::DirGuard]);
+    assert!(matches!(sources[2], Source::Authority(_)));
+    // The same consensus again: nothing new, no certificate or descriptor request.
+    r.handle_response(
+        req.id,
+        Instant::ZERO,
+        wall,
+        Ok(consensus_text(mode).into_bytes()),
+        &mut rng(),
+    );
+    assert!(r.poll_request().is_none());
+    let events: Vec<DirEvent> = std::iter::from_fn(|| r.poll_event()).collect();
+    assert!(
+        directories(&events).is_empty() && failures(&events).is_empty(),
+        "{events:?}"
+    );
+    assert_eq!(said(&events, "no newer consensus"), 1);
+    assert_eq!(said(&events, "consensus verified"), 0);
+    assert!(Arc::ptr_eq(r.directory().unwrap(), &current));
+    // Another mode's directory is refused.
+    let e = DirMachine::refreshing(
+        config(DirMode::Full),
+        current,
+        Instant::ZERO,
+        wall,
+        &mut rng(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::Misuse);
+}
