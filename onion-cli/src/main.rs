@@ -37,7 +37,7 @@ enum Command {
     /// SOCKS5 proxy over Tor.
     Socks(cmd::socks::Args),
     /// Host a v3 onion service.
-    Serve(cmd::PassThrough),
+    Serve(cmd::serve::Args),
     /// Onion-service tools: addresses, descriptors (JSON).
     Hs(cmd::hs::Args),
     /// The in-memory Tor network: fetch through simulated relays, step by step.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Command::Get(a) => cmd::get::run(a),
         Command::Handshake(a) => cmd::handshake::run(a),
         Command::Socks(a) => cmd::socks::run(a),
-        Command::Serve(a) => cmd::serve::run(&a.args),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Hs(a) => cmd::hs::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Version => {

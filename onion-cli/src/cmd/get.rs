@@ -86,39 +86,6 @@ pub struct NetOptions {
 }
 
 impl NetOptions {
-    /// Take `--authorities`, `--data-dir`, `--timeout` and `--dir-mode` out of `args`; the
-    /// rest is returned.
-    pub fn parse(args: &[String], usage: &str) -> Result<(NetOptions, Vec<String>), String> {
-        let mut auth_file: Option<PathBuf> = None;
-        let mut data_dir: Option<PathBuf> = None;
-        let mut timeout = Duration::from_secs(120);
-        let mut dir_mode: Option<DirMode> = None;
-        let mut rest = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .ok_or_else(|| format!("{a} needs a value; {usage}"))
-            };
-            match a.as_str() {
-                "--authorities" => auth_file = Some(value()?.into()),
-                "--data-dir" => data_dir = Some(value()?.into()),
-                "--dir-mode" => dir_mode = Some(DirMode::parse(value()?)?),
-                "--timeout" => {
-                    let v = value()?;
-                    let s: u64 = v
-                        .parse()
-                        .map_err(|_| format!("--timeout {v:?}: not a number of seconds"))?;
-                    timeout = Duration::from_secs(s.clamp(1, 3600));
-                }
-                s if s.starts_with("--") => return Err(format!("unknown option {s}; {usage}")),
-                _ => rest.push(a.clone()),
-            }
-        }
-        let opts = NetOptions::new(auth_file.as_deref(), data_dir.as_deref(), timeout, dir_mode)?;
-        Ok((opts, rest))
-    }
-
     /// The options from their parsed values: the authority list is read (the public
     /// network's when `auth_file` is `None`) and the data directory opened.
     pub fn new(

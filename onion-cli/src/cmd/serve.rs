@@ -25,7 +25,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use onion_hs::desc::ClientAuthConfig;
@@ -35,63 +35,59 @@ use onion_hs::x25519_dalek::PublicKey as XPublic;
 use onion_hs::ExpandedKeypair;
 use rand_core::OsRng;
 
-use super::get::NetOptions;
+use super::get::NetArgs;
 use crate::net::client::Client;
 use crate::net::path;
 use crate::net::private::{self, DirKind};
 use crate::net::service::Service;
 
-const USAGE: &str = "usage: onion serve --target ADDR:PORT --key-dir DIR [--port VIRTPORT] \
-                     [--client-auth FILE|DIR]... [--authorities FILE] [--data-dir DIR] \
-                     [--timeout SECS]";
+/// `onion serve` (see the module documentation).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The local TCP service that streams to the virtual port are forwarded to.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_target)]
+    target: SocketAddr,
+    /// The service's key directory (C tor's `HiddenServiceDir` files; created if missing).
+    #[arg(long, value_name = "DIR")]
+    key_dir: PathBuf,
+    /// The onion service's virtual port (C tor's `HiddenServicePort VIRTPORT`).
+    #[arg(long, value_name = "VIRTPORT", default_value_t = 80,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Authorized clients: a `<name>.auth` file or a directory of them (repeatable).
+    #[arg(long, value_name = "FILE|DIR")]
+    client_auth: Vec<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn parse_target(v: &str) -> Result<SocketAddr, String> {
+    let t: SocketAddr = v.parse().map_err(|_| format!("{v:?}: not an ADDR:PORT"))?;
+    if t.port() == 0 {
+        return Err(format!("{v:?}: port 0"));
+    }
+    Ok(t)
+}
 
 const SECRET_FILE: &str = "hs_ed25519_secret_key";
 const SECRET_HEADER: &[u8; 32] = b"== ed25519v1-secret: type0 ==\0\0\0";
 const PUBLIC_HEADER: &[u8; 32] = b"== ed25519v1-public: type0 ==\0\0\0";
 
 /// Run the subcommand.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let (mut target, mut key_dir, mut port) = (None, None, 80u16);
+pub fn run(args: Args) -> Result<(), String> {
+    let Args {
+        target,
+        key_dir,
+        port,
+        client_auth,
+        net,
+    } = args;
     let mut clients: Vec<XPublic> = Vec::new();
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{a} needs a value; {USAGE}"))
-        };
-        match a.as_str() {
-            "--target" => {
-                let v = value()?;
-                let t: SocketAddr = v
-                    .parse()
-                    .map_err(|_| format!("--target {v:?}: not an ADDR:PORT"))?;
-                if t.port() == 0 {
-                    return Err(format!("--target {v:?}: port 0"));
-                }
-                target = Some(t);
-            }
-            "--key-dir" => key_dir = Some(value()?.clone()),
-            "--client-auth" => clients.extend(read_client_auth(Path::new(value()?))?),
-            "--port" => {
-                let v = value()?;
-                port = v
-                    .parse()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("--port {v:?}: not a port number"))?;
-            }
-            _ => rest.push(a.clone()),
-        }
+    for path in &client_auth {
+        clients.extend(read_client_auth(path)?);
     }
-    let (Some(target), Some(key_dir)) = (target, key_dir) else {
-        return Err(USAGE.into());
-    };
-    let (opts, rest) = NetOptions::parse(&rest, USAGE)?;
-    if !rest.is_empty() {
-        return Err(USAGE.into());
-    }
-    let identity = load_or_create_key(Path::new(&key_dir))?;
+    let opts = net.open()?;
+    let identity = load_or_create_key(&key_dir)?;
     // A target that is not listening is almost surely a typo: say so now, not per stream.
     TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("--target {target}: {e}"))?;
@@ -322,12 +318,25 @@ mod tests {
         let e = load_or_create_key(&d).err().unwrap();
         assert!(e.contains(SECRET_FILE) && !e.contains('\n'), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        // Parse as `onion serve` would, then run; a parse error counts as the run's error.
+        let run = |v: Vec<String>| -> Result<(), String> {
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("serve".to_string()).chain(v),
+            )
+            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
+            run(cli.args)
+        };
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed_port = closed.local_addr().unwrap().port().to_string();
         drop(closed);
         let key_dir = tmp("target");
-        let e = run(&args(&[
+        let e = run(args(&[
             "--target",
             &format!("127.0.0.1:{closed_port}"),
             "--key-dir",
@@ -354,7 +363,7 @@ mod tests {
             ]),
             args(&["--target", "127.0.0.1:80", "--key-dir", "/proc/nope/x"]),
         ] {
-            let e = run(&bad).err().unwrap();
+            let e = run(bad).err().unwrap();
             assert!(!e.contains('\n'), "{e}");
         }
     }
