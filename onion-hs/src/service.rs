@@ -180,6 +180,20 @@ pub struct RendezvousRequest {
     pub extensions: Vec<Extension>,
 }
 
+impl RendezvousRequest {
+    /// Whether the client asks for congestion control on the rendezvous circuit
+    /// ([`EXT_CC_REQUEST`](crate::client::EXT_CC_REQUEST), proposal 324 §4.2). A client that
+    /// asks runs congestion control there: it sends no stream-level SENDME and treats one
+    /// from the service as a protocol violation, so a service that does not run congestion
+    /// control must refuse the introduction (as C tor's does when its own is off) rather
+    /// than answer it.
+    pub fn asks_congestion_control(&self) -> bool {
+        self.extensions
+            .iter()
+            .any(|e| e.ty == crate::client::EXT_CC_REQUEST)
+    }
+}
+
 /// An onion service.
 pub struct HsService {
     identity: ExpandedKeypair,

@@ -9,6 +9,7 @@ use onion_hs::client::{HsClient, EXT_CC_REQUEST};
 use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
 use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
+use onion_hs::msg::{Extension, Introduce, IntroducePlaintext, ONION_KEY_TYPE_NTOR};
 use onion_hs::publish::{
     ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, PublishError, Publisher,
     PublisherConfig, RelayId, UploadId,
@@ -797,8 +798,53 @@ fn introduce2_carries_no_congestion_control_request() {
             "cc={cc}: {:?}",
             req.extensions
         );
+        assert!(!req.asks_congestion_control());
         h.pump();
     }
+    // A client that asks anyway (its own INTRODUCE1, with the request in the encrypted
+    // part) is recognised as asking, so that a service without congestion control can
+    // refuse it.
+    let mut client = HsClient::new(h.id.address()).unwrap();
+    client
+        .handle_descriptor(&desc.text, sel.period, None, h.now)
+        .unwrap();
+    let d = client.descriptor().unwrap().clone();
+    let ip = &d.second_layer.intro_points[0];
+    let id = h.id.clone();
+    let subcred = id.blind(sel.period).subcredential(&id.credential());
+    let pt = IntroducePlaintext {
+        rend_cookie: [7; 20],
+        extensions: vec![Extension {
+            ty: EXT_CC_REQUEST,
+            body: vec![],
+        }],
+        onion_key_type: ONION_KEY_TYPE_NTOR,
+        onion_key: vec![9; 32],
+        link_specifiers: vec![LinkSpec::rsa_id([9; 20])],
+    };
+    let (intro1, _) = Introduce::build_client(
+        &mut h.rng,
+        ip.auth_key(),
+        &ip.enc_key_ntor,
+        &subcred,
+        &[],
+        &pt,
+    )
+    .unwrap();
+    let relay: RelayId = ip
+        .link_specifiers
+        .iter()
+        .find(|l| l.ty == LS_RSA_ID)
+        .and_then(|l| l.body.as_slice().try_into().ok())
+        .unwrap();
+    let (c, body) = h.roles[&relay]
+        .handle_introduce1(&intro1)
+        .to_service
+        .expect("routed");
+    let req =
+        h.p.handle_introduce2(&mut h.rng, IntroId(c), &body, h.now)
+            .unwrap();
+    assert!(req.asks_congestion_control());
 }
 
 /// The client's INTRODUCE1 through the `nth` introduction point of `text`, as the intro

@@ -23,7 +23,9 @@
 //!   any decryption. Rendezvous circuits are built without blocking the loop
 //!   ([`hsnet::start_circuit_to`]), [`MAX_REND_BUILDS`] at a time, each within
 //!   [`REND_TIMEOUT`]. An introduction that asks for congestion control is refused
-//!   ([`asks_congestion_control`]).
+//!   (`RendezvousRequest::asks_congestion_control`): this service runs none, and its
+//!   descriptor has no `flow-control` line, so a C tor client never asks (it asks only
+//!   when the descriptor lists FlowCtrl=2 and its network enables congestion control).
 //! - The target is connected on a thread of its own; each target connection is a
 //!   [`Pipe`]: bytes from the target are read only as far as the stream and circuit windows
 //!   can send them (tor-spec §7.3-7.4), and bytes for the target are queued up to
@@ -48,7 +50,6 @@ use onion_dir::path::PathConfig;
 use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
 use onion_hs::linkspec::LS_RSA_ID;
-use onion_hs::msg::Extension;
 use onion_hs::publish::{
     ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher, UploadId,
 };
@@ -107,21 +108,6 @@ const OUT_LOW: usize = 64 * 1024;
 /// How many bytes of the target's output may be read ahead of what the stream and circuit
 /// windows can send (tor-spec §7.3-7.4), at most.
 const READ_AHEAD: usize = 32 * 1024;
-
-/// The INTRODUCE2 extension type by which a client asks for congestion control on the
-/// rendezvous circuit (proposal 324 §4.2, rend-spec-v3 §3.3 `CC_REQUEST`).
-const EXT_CC_REQUEST: u8 = 1;
-
-/// Whether an introduction asks for congestion control (proposal 324). This service runs
-/// none, and its descriptor has no `flow-control` line, so a C tor client never asks (it
-/// asks only when the descriptor lists FlowCtrl=2 and its network enables congestion
-/// control). A client that asks anyway would run congestion control on the rendezvous
-/// circuit: send no stream-level SENDME (our streams would stop after one window) and
-/// treat ours as a protocol violation. Such an introduction is refused, as C tor's service
-/// refuses one when its own congestion control is off.
-fn asks_congestion_control(extensions: &[Extension]) -> bool {
-    extensions.iter().any(|e| e.ty == EXT_CC_REQUEST)
-}
 
 /// A token bucket ([`INTRO_RATE`], [`INTRO_BURST`]) over the loop's clock.
 struct TokenBucket {
@@ -787,7 +773,7 @@ impl Service {
             .publisher
             .handle_introduce2(&mut OsRng, intro, &body, unix_now())
             .map_err(|e| e.to_string())?;
-        if asks_congestion_control(&req.extensions) {
+        if req.asks_congestion_control() {
             return Err(
                 "the client asks for congestion control (proposal 324), which this \
                         service does not run and does not advertise: introduction refused"
@@ -1163,14 +1149,6 @@ fn send(client: &mut Client, c: usize, cmd: RelayCmd, body: &[u8]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn congestion_control_requests_are_recognised() {
-        let ext = |ty: u8| Extension { ty, body: vec![] };
-        assert!(!asks_congestion_control(&[]));
-        assert!(!asks_congestion_control(&[ext(2), ext(3)]));
-        assert!(asks_congestion_control(&[ext(2), ext(EXT_CC_REQUEST)]));
-    }
 
     #[test]
     fn intro_rate_limit_allows_the_burst_then_the_rate() {
