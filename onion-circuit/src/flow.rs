@@ -213,17 +213,30 @@ impl CircSendWindow {
 #[derive(Debug, Clone, Copy)]
 pub struct CircRecvWindow {
     window: u16,
+    increment: u16,
 }
 
 impl Default for CircRecvWindow {
     fn default() -> Self {
         CircRecvWindow {
             window: CIRC_WINDOW_START,
+            increment: CIRC_WINDOW_INCREMENT,
         }
     }
 }
 
 impl CircRecvWindow {
+    /// A full window that asks for a SENDME every `increment` cells instead of 100: on a
+    /// congestion-controlled circuit the negotiated `sendme_inc` (proposal 324 §2.2, §4.1).
+    /// The window itself stays 1000, as in C tor, so it is never the limit: a SENDME goes
+    /// out as soon as `increment` cells have arrived. `increment` is taken as at least 1.
+    pub fn with_increment(increment: u8) -> Self {
+        CircRecvWindow {
+            window: CIRC_WINDOW_START,
+            increment: u16::from(increment.max(1)),
+        }
+    }
+
     /// How many more RELAY_DATA cells the peer may send before we must have sent a SENDME.
     pub fn available(&self) -> u16 {
         self.window
@@ -239,9 +252,10 @@ impl CircRecvWindow {
             return Err(FlowError::WindowOverrun(WindowKind::Circuit));
         }
         self.window -= 1;
-        // tor-spec §7.3: "send a RELAY_SENDME when it reaches 900".
-        if self.window <= CIRC_WINDOW_START - CIRC_WINDOW_INCREMENT {
-            self.window += CIRC_WINDOW_INCREMENT;
+        // tor-spec §7.3: "send a RELAY_SENDME when it reaches 900" (with the default
+        // increment; START - sendme_inc under congestion control).
+        if self.window <= CIRC_WINDOW_START - self.increment {
+            self.window += self.increment;
             Ok(true)
         } else {
             Ok(false)
@@ -436,7 +450,10 @@ mod tests {
     fn overrun_detected() {
         // take() refills by an increment as it asks for a SENDME, so an overrun is a DATA cell
         // arriving when a peer has used up everything granted: a window of 0.
-        let mut recv = CircRecvWindow { window: 0 };
+        let mut recv = CircRecvWindow {
+            window: 0,
+            increment: CIRC_WINDOW_INCREMENT,
+        };
         assert_eq!(
             recv.take(),
             Err(FlowError::WindowOverrun(WindowKind::Circuit))

@@ -6,7 +6,7 @@
 //! bytes: no buffer is kept here (data is handed to the embedding as events as soon as it
 //! arrives, and outgoing data is packaged straight into cells).
 
-use crate::flow::{FlowError, StreamRecvWindow, StreamSendWindow, STREAM_WINDOW_START};
+use crate::flow::{FlowError, StreamRecvWindow, StreamSendWindow, WindowKind, STREAM_WINDOW_START};
 use crate::Instant;
 
 /// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of zero").
@@ -81,6 +81,9 @@ pub struct Stream {
     /// (`Circuit::hold_stream`): data is still delivered, but no stream SENDME goes out, so
     /// the exit stops after the stream window while the circuit's other streams go on.
     pub held: bool,
+    /// The stream runs on a congestion-controlled hop (proposal 324 §4): no stream windows
+    /// and no stream SENDMEs either way; flow control is XON/XOFF.
+    pub windowless: bool,
 }
 
 /// What to do with a cell that arrived for a stream in some state.
@@ -130,6 +133,7 @@ impl Stream {
             recv: StreamRecvWindow::default(),
             undelivered: 0,
             held: false,
+            windowless: false,
         }
     }
 
@@ -143,10 +147,20 @@ impl Stream {
     pub fn half_close(&mut self, until: Option<Instant>) {
         let connected_pending = matches!(self.state, StreamState::Connecting { .. });
         let outstanding = STREAM_WINDOW_START.saturating_sub(self.send.available());
+        // Without stream windows the peer's in-flight data is bounded only by the circuit's
+        // congestion window; the half-closed timeout bounds how long it is absorbed.
+        let (data_left, sendmes_left) = if self.windowless {
+            (u16::MAX, 0)
+        } else {
+            (
+                self.recv.available(),
+                outstanding.div_ceil(crate::flow::STREAM_WINDOW_INCREMENT),
+            )
+        };
         self.state = StreamState::HalfClosed {
             until,
-            data_left: self.recv.available(),
-            sendmes_left: outstanding.div_ceil(crate::flow::STREAM_WINDOW_INCREMENT),
+            data_left,
+            sendmes_left,
             connected_pending,
         };
     }
@@ -165,9 +179,11 @@ impl Stream {
                 Err(StreamError::DataBeforeConnected(self.id))
             }
             StreamState::Open => {
-                self.recv
-                    .take()
-                    .map_err(|err| StreamError::Flow { id: self.id, err })?;
+                if !self.windowless {
+                    self.recv
+                        .take()
+                        .map_err(|err| StreamError::Flow { id: self.id, err })?;
+                }
                 self.undelivered = self.undelivered.saturating_add(1);
                 Ok(Admit::Process)
             }
@@ -186,7 +202,7 @@ impl Stream {
     /// stream, or once the stream is half-closed.
     pub fn sendmes_due(&mut self) -> u16 {
         let mut n = 0;
-        if self.undelivered < 10 && !self.held && !self.is_half_closed() {
+        if self.undelivered < 10 && !self.held && !self.is_half_closed() && !self.windowless {
             while self.recv.consider_sendme() {
                 n += 1;
             }
@@ -204,6 +220,11 @@ impl Stream {
                 *sendmes_left -= 1;
                 Ok(Admit::DropQuietly)
             }
+            // C tor closes a congestion-controlled circuit on a stream SENDME.
+            _ if self.windowless => Err(StreamError::Flow {
+                id: self.id,
+                err: FlowError::UnexpectedSendme(WindowKind::Stream),
+            }),
             _ => {
                 self.send
                     .handle_sendme()

@@ -124,6 +124,31 @@ pub enum CcError {
     /// acknowledged cells we never sent (proposal 324 §2.2; C tor closes the circuit).
     #[error("congestion control: SENDME with no SENDME-eliciting cell in flight")]
     UnexpectedSendme,
+    /// The relay answered a congestion-control request we did not make (proposal 324 §4.1:
+    /// the response extension only answers a request).
+    #[error("congestion control: response extension without a request")]
+    UnrequestedResponse,
+    /// The negotiated `sendme_inc` is 0 or more than one away from the consensus value (C tor
+    /// refuses such a circuit: proposal 324 §6.5.1, `cc_sendme_inc`).
+    #[error("congestion control: sendme_inc {got} outside {consensus} ± 1")]
+    SendmeIncOutOfRange {
+        /// The relay's value.
+        got: u8,
+        /// The consensus value.
+        consensus: u8,
+    },
+    /// The ntor-v3 server message is not a valid extension list (proposal 332).
+    #[error("congestion control: bad ntor-v3 server extensions: {0}")]
+    BadExtensions(onion_cell::Error),
+}
+
+impl CcConfig {
+    /// Whether a relay's negotiated `sendme_inc` is acceptable: not 0 and within one of
+    /// this configuration's (the consensus) value, as C tor requires.
+    pub fn sendme_inc_acceptable(&self, got: u8) -> bool {
+        let c = i32::from(self.sendme_inc);
+        got != 0 && (c - 1..=c + 1).contains(&i32::from(got))
+    }
 }
 
 /// The sending side of a congestion-controlled circuit (one per circuit, kept for the hop

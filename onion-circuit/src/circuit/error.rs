@@ -71,6 +71,14 @@ pub enum CircError {
         /// The violation.
         err: FlowError,
     },
+    /// Congestion control was negotiated wrongly or violated by a hop (proposal 324).
+    #[error("congestion control with hop {hop}: {err}")]
+    CongestionControl {
+        /// The hop.
+        hop: usize,
+        /// The violation.
+        err: crate::cc::CcError,
+    },
     /// A stream-level violation.
     #[error(transparent)]
     Stream(#[from] StreamError),

@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use onion_cell::chancell::{ChanMsg, Create2, DestroyReason, HandshakeType, RelayPayload};
+use onion_cell::extension::{CcResponse, ExtList};
 use onion_cell::linkspec::LinkSpec;
 use onion_cell::relay::{RelayCell, StreamId as CellStreamId, RELAY_HEADER_LEN};
 use onion_cell::relaymsg::{
@@ -66,7 +67,11 @@ use onion_crypto::{Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
 pub use self::error::{CircError, Unexpected};
-use crate::flow::{sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag};
+use crate::cc::{CcConfig, CcError, CongestionControl};
+use crate::flow::{
+    sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag, WindowKind,
+    SENDME_DIGEST_LEN, SENDME_UNPREDICTABLE_GAP,
+};
 use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
@@ -112,6 +117,11 @@ pub struct CircConfig {
     /// [`Circuit::handle_timeout`], so the schedules are dropped between one and two periods
     /// after the last cell. `None` keeps them expanded for the circuit's whole life.
     pub idle_after: Option<Duration>,
+    /// Congestion control (proposal 324) to request from the exit in
+    /// [`Circuit::extend_exit`]: the consensus parameters for the circuit's kind of path,
+    /// with the consensus `sendme_inc` that the exit's answer is checked against. `None`
+    /// (the default) never requests it, and the circuit runs fixed windows (tor-spec §7.3).
+    pub congestion_control: Option<CcConfig>,
 }
 
 impl Default for CircConfig {
@@ -123,6 +133,7 @@ impl Default for CircConfig {
             accept_inbound_streams: false,
             half_closed_timeout: Duration::from_secs(60),
             idle_after: Some(Duration::from_secs(5)),
+            congestion_control: None,
         }
     }
 }
@@ -260,6 +271,8 @@ enum PendingHandshake {
 struct Pending {
     handshake: PendingHandshake,
     deadline: Instant,
+    /// The handshake asked for congestion control (proposal 324 §4.1).
+    cc_requested: bool,
 }
 
 /// Per-hop flow-control state (the crypto lives in [`ClientCircuitCrypto`]).
@@ -270,6 +283,33 @@ struct HopFlow {
     /// The hop's `KH` (tor-spec §5.2.2: the DIGEST_LEN bytes after the tor1 keys; for
     /// CREATE_FAST the KH of its reply), `None` for a virtual hop.
     kh: Option<HopKh>,
+    /// Congestion control, if this hop negotiated it: then `send` is unused, the congestion
+    /// window limits what is sent, and `recv` asks for a SENDME every `sendme_inc` cells.
+    cc: Option<Box<CcHop>>,
+}
+
+/// The sending side of a congestion-controlled hop (proposal 324).
+#[derive(Debug)]
+struct CcHop {
+    cc: CongestionControl,
+    /// Digests of the SENDME-eliciting cells sent, oldest first, for the authenticated
+    /// SENDMEs (tor-spec §7.3.1). One per timestamp the congestion control keeps, so bounded
+    /// by `cwnd / sendme_inc + 1`.
+    expected: VecDeque<[u8; SENDME_DIGEST_LEN]>,
+}
+
+impl CcHop {
+    /// Payload bytes for the next DATA cell: the first cell of every `sendme_inc` is cut
+    /// short so that its padding is random, which keeps the digest the SENDME echoes
+    /// unpredictable (tor-spec §7.3), as [`CircSendWindow::next_data_len`] does per 100 cells.
+    fn next_data_len(&self) -> usize {
+        let inc = u64::from(self.cc.config().sendme_inc.max(1));
+        if self.cc.inflight() % inc == 0 {
+            MAX_RELAY_DATA_LEN - SENDME_UNPREDICTABLE_GAP
+        } else {
+            MAX_RELAY_DATA_LEN
+        }
+    }
 }
 
 /// A hop's `KH`, zeroized on drop and never printed.
@@ -440,6 +480,10 @@ fn hop_from_keys(keys: &KeyGenerator) -> Result<Tor1ClientHop, CircError> {
 /// The empty ntor-v3 extension list (N_EXTENSIONS = 0, proposal 332 "circuit parameters").
 const NTOR_V3_NO_EXTENSIONS: &[u8] = &[0];
 
+/// The ntor-v3 client message asking for congestion control: one extension, type 1
+/// (`CC_FIELD_REQUEST`), empty (proposal 324 §4.1 / §10.3, proposal 332).
+const NTOR_V3_CC_REQUEST: &[u8] = &[1, 1, 0];
+
 impl Circuit {
     /// Start a circuit at `first`: returns the circuit and the CREATE2 / CREATE_FAST message
     /// to send on the channel (tor-spec §5.1, §5.3 steps 4–5).
@@ -487,6 +531,7 @@ impl Circuit {
             pending: Some(Pending {
                 handshake,
                 deadline: now + config.build_timeout,
+                cc_requested: false,
             }),
             streams: StreamMap::new(),
             chan_out: None,
@@ -535,10 +580,9 @@ impl Circuit {
             // A BEGIN reusing a live stream id: drop it rather than disturb that stream.
             return Ok(());
         }
-        if !self
-            .streams
-            .insert(Stream::new(id, hop as u8, StreamState::Open))
-        {
+        let mut st = Stream::new(id, hop as u8, StreamState::Open);
+        st.windowless = self.hops.get(hop).is_some_and(|h| h.cc.is_some());
+        if !self.streams.insert(st) {
             // Past MAX_STREAMS_PER_CIRCUIT: refuse at once, as C tor's exit refuses a stream
             // it has no resources for (tor-spec §6.3, END reason RESOURCELIMIT). No event: the
             // embedder must not open a connection for a stream nobody tracks.
@@ -624,6 +668,38 @@ impl Circuit {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), CircError> {
+        self.extend_inner(target, false, now, rng)
+    }
+
+    /// Extend the circuit by its exit `target`, as [`Circuit::extend`], asking it for
+    /// congestion control (proposal 324 §4.1: the `CC_FIELD_REQUEST` extension, type 1, in
+    /// the ntor-v3 client message) when [`CircConfig::congestion_control`] is set and the
+    /// target speaks ntor-v3. The caller asks only a relay that advertises `FlowCtrl=2`, and
+    /// only for the last hop (C tor negotiates congestion control with the exit alone). If
+    /// the exit agrees, with a `sendme_inc` within one of the consensus value, the circuit
+    /// runs Tor Vegas toward it ([`Circuit::congestion_control`]).
+    pub fn extend_exit(
+        &mut self,
+        target: &HopTarget,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), CircError> {
+        let cc = self.config.congestion_control.is_some() && target.ntor_v3;
+        self.extend_inner(target, cc, now, rng)
+    }
+
+    /// The congestion control of hop `hop`, if it negotiated it.
+    pub fn congestion_control(&self, hop: usize) -> Option<&CongestionControl> {
+        self.hops.get(hop)?.cc.as_ref().map(|c| &c.cc)
+    }
+
+    fn extend_inner(
+        &mut self,
+        target: &HopTarget,
+        request_cc: bool,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), CircError> {
         self.check_open()?;
         self.see(now);
         if self.pending.is_some() {
@@ -637,13 +713,20 @@ impl Circuit {
         if self.relay_early_left == 0 {
             return Err(CircError::RelayEarlyExhausted);
         }
+        let mut cc_requested = false;
         let (handshake, htype, hdata) = match (&target.ed_id, target.ntor_v3) {
             (Some(ed), true) => {
+                cc_requested = request_cc;
+                let msg: &[u8] = if request_cc {
+                    NTOR_V3_CC_REQUEST
+                } else {
+                    NTOR_V3_NO_EXTENSIONS
+                };
                 let (p, skin) = NtorV3Client::start(
                     rng,
                     ed,
                     &target.ntor_key,
-                    NTOR_V3_NO_EXTENSIONS,
+                    msg,
                     CIRCUIT_EXTEND_VERIFICATION,
                 );
                 (PendingHandshake::NtorV3(p), HandshakeType::NTOR_V3, skin)
@@ -674,6 +757,7 @@ impl Circuit {
         self.pending = Some(Pending {
             handshake,
             deadline: now + self.config.build_timeout,
+            cc_requested,
         });
         Ok(())
     }
@@ -691,6 +775,7 @@ impl Circuit {
             send: CircSendWindow::new(self.config.accept_sendme_v0),
             recv: CircRecvWindow::default(),
             kh: None,
+            cc: None,
         });
         self.events.push_back(CircEvent::HopAdded {
             hops: self.hops.len(),
@@ -749,7 +834,9 @@ impl Circuit {
         } else {
             StreamState::Connecting { deadline }
         };
-        self.streams.insert(Stream::new(id, hop as u8, state));
+        let mut st = Stream::new(id, hop as u8, state);
+        st.windowless = self.hops.get(hop).is_some_and(|h| h.cc.is_some());
+        self.streams.insert(st);
         self.queue_relay(hop, body);
         Ok(id)
     }
@@ -763,11 +850,15 @@ impl Circuit {
         if s.state != StreamState::Open || self.closed {
             return 0;
         }
-        let circ = self
-            .hops
-            .get(usize::from(s.hop))
-            .map_or(0, |h| h.send.available());
-        usize::from(circ.min(s.send.available())) * MAX_RELAY_DATA_LEN
+        let Some(h) = self.hops.get(usize::from(s.hop)) else {
+            return 0;
+        };
+        if let Some(c) = &h.cc {
+            // No stream window under congestion control (proposal 324 §4).
+            let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
+            return cells.saturating_mul(MAX_RELAY_DATA_LEN);
+        }
+        usize::from(h.send.available().min(s.send.available())) * MAX_RELAY_DATA_LEN
     }
 
     /// Queue `data` on an open stream as RELAY_DATA cells of up to 498 bytes. Returns how many
@@ -784,17 +875,34 @@ impl Circuit {
         let Some(flow) = self.hops.get_mut(hop) else {
             return Err(CircError::NoSuchStream(stream));
         };
+        let now = self.last_now;
         let mut taken = 0;
         while taken < data.len() {
-            if s.send.available() == 0 {
-                break;
-            }
-            let n = (data.len() - taken).min(flow.send.next_data_len());
-            let chunk = &data[taken..taken + n];
-            let Some(trigger) = flow.send.take() else {
-                break;
+            let (max_len, trigger) = match flow.cc.as_deref_mut() {
+                // Congestion control: the window is cwnd - inflight, no stream window; the
+                // send time of each SENDME-eliciting cell is the queueing time, as C tor
+                // notes it when the cell is packaged.
+                Some(c) => {
+                    let len = c.next_data_len();
+                    let Some(trigger) = c.cc.on_data_sent(now) else {
+                        break;
+                    };
+                    (len, trigger)
+                }
+                None => {
+                    if s.send.available() == 0 {
+                        break;
+                    }
+                    let len = flow.send.next_data_len();
+                    let Some(trigger) = flow.send.take() else {
+                        break;
+                    };
+                    s.send.take();
+                    (len, trigger)
+                }
             };
-            s.send.take();
+            let n = (data.len() - taken).min(max_len);
+            let chunk = &data[taken..taken + n];
             self.stats.data_cells_sent += 1;
             self.relay_out.push_back(Queued {
                 hop: hop as u8,
@@ -1040,14 +1148,22 @@ impl Circuit {
             )));
         };
         let fast = matches!(pending.handshake, PendingHandshake::Fast(_));
+        let mut server_msg = None;
         let keys = match pending.handshake {
             PendingHandshake::Ntor(p) => p.finish(reply),
-            PendingHandshake::NtorV3(p) => p.finish(reply).map(|(_msg, keys)| keys),
+            PendingHandshake::NtorV3(p) => p.finish(reply).map(|(msg, keys)| {
+                server_msg = Some(msg);
+                keys
+            }),
             PendingHandshake::Fast(p) => p.finish(reply),
         };
         let keys = match keys {
             Ok(k) => k,
             Err(err) => return self.fail(CircError::Handshake { hop, err }),
+        };
+        let cc = match self.negotiated_cc(pending.cc_requested, server_msg.as_deref()) {
+            Ok(cc) => cc,
+            Err(err) => return self.fail(CircError::CongestionControl { hop, err }),
         };
         let layer = match hop_from_keys(&keys) {
             Ok(l) => l,
@@ -1074,15 +1190,62 @@ impl Circuit {
         self.crypto.add_hop(layer);
         // A new hop's schedules are expanded: the idle check must run.
         self.mark_used();
+        let recv = match &cc {
+            Some(c) => CircRecvWindow::with_increment(c.config().sendme_inc),
+            None => CircRecvWindow::default(),
+        };
         self.hops.push(HopFlow {
             send: CircSendWindow::new(self.config.accept_sendme_v0),
-            recv: CircRecvWindow::default(),
+            recv,
             kh: Some(kh),
+            cc: cc.map(|cc| {
+                Box::new(CcHop {
+                    cc,
+                    expected: VecDeque::new(),
+                })
+            }),
         });
         self.events.push_back(CircEvent::HopAdded {
             hops: self.hops.len(),
         });
         Ok(())
+    }
+
+    /// The outcome of congestion-control negotiation from the ntor-v3 server message
+    /// (proposal 324 §4.1): `Some` if we asked and the relay answered `CC_FIELD_RESPONSE`
+    /// with an acceptable `sendme_inc`; `None` if we did not ask or it declined (no such
+    /// extension). Unknown extensions are ignored, as C tor does.
+    fn negotiated_cc(
+        &self,
+        requested: bool,
+        server_msg: Option<&[u8]>,
+    ) -> Result<Option<CongestionControl>, CcError> {
+        let Some(msg) = server_msg else {
+            return Ok(None);
+        };
+        // C tor answers a request-less handshake with an empty message or an empty list.
+        if msg.is_empty() {
+            return Ok(None);
+        }
+        let exts = ExtList::decode_all(msg).map_err(CcError::BadExtensions)?;
+        let Some(resp) = exts.get::<CcResponse>() else {
+            return Ok(None);
+        };
+        let resp = resp.map_err(CcError::BadExtensions)?;
+        let cfg = match (requested, self.config.congestion_control) {
+            (true, Some(cfg)) => cfg,
+            _ => return Err(CcError::UnrequestedResponse),
+        };
+        if !cfg.sendme_inc_acceptable(resp.sendme_inc) {
+            return Err(CcError::SendmeIncOutOfRange {
+                got: resp.sendme_inc,
+                consensus: cfg.sendme_inc,
+            });
+        }
+        Ok(Some(CongestionControl::new(CcConfig {
+            sendme_inc: resp.sendme_inc,
+            ..cfg
+        })))
     }
 
     fn handle_relay(&mut self, payload: RelayPayload<'_>) -> Result<(), CircError> {
@@ -1127,9 +1290,18 @@ impl Circuit {
                         Some(t) => SendmeTag::V1(t),
                         None => SendmeTag::V0,
                     };
-                    flow.send
-                        .handle_sendme(tag)
-                        .map_err(|err| CircError::Flow { hop, err })?;
+                    match flow.cc.as_deref_mut() {
+                        Some(c) => {
+                            check_cc_sendme(c, tag, self.config.accept_sendme_v0)
+                                .map_err(|err| CircError::Flow { hop, err })?;
+                            c.cc.on_sendme(self.last_now, false, 0)
+                                .map_err(|err| CircError::CongestionControl { hop, err })?;
+                        }
+                        None => flow
+                            .send
+                            .handle_sendme(tag)
+                            .map_err(|err| CircError::Flow { hop, err })?,
+                    }
                     self.stats.circ_sendmes_received += 1;
                     Ok(())
                 } else {
@@ -1425,7 +1597,10 @@ impl Circuit {
             if let (Some(d), Some(flow)) =
                 (self.crypto.last_sent_digest(hop), self.hops.get_mut(hop))
             {
-                flow.send.record_digest(sendme_tag(d));
+                match flow.cc.as_deref_mut() {
+                    Some(c) => c.expected.push_back(sendme_tag(d)),
+                    None => flow.send.record_digest(sendme_tag(d)),
+                }
             }
         }
         let payload = RelayPayload::Owned(q.body);
@@ -1489,6 +1664,29 @@ impl Circuit {
             ) {
                 self.stats.stream_sendmes_sent += 1;
                 self.queue_relay(hop, body);
+            }
+        }
+    }
+}
+
+/// Check an authenticated circuit SENDME on a congestion-controlled hop against the digest
+/// of the oldest SENDME-eliciting cell in flight (tor-spec §7.3.1); the congestion control
+/// then takes the acknowledgement.
+fn check_cc_sendme(c: &mut CcHop, tag: SendmeTag<'_>, accept_v0: bool) -> Result<(), FlowError> {
+    let expected = c.expected.pop_front();
+    match tag {
+        SendmeTag::V0 if accept_v0 => Ok(()),
+        SendmeTag::V0 => Err(FlowError::SendmeVersionRejected(0)),
+        SendmeTag::Other(v) => Err(FlowError::SendmeVersionRejected(v)),
+        SendmeTag::V1(d) => {
+            let got = d
+                .get(..SENDME_DIGEST_LEN)
+                .ok_or(FlowError::SendmeDigestTooShort(d.len()))?;
+            let expected = expected.ok_or(FlowError::UnexpectedSendme(WindowKind::Circuit))?;
+            if bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], got)) {
+                Ok(())
+            } else {
+                Err(FlowError::SendmeDigestMismatch)
             }
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::net::authority::{self, DirAuthority};
 use crate::net::bootstrap::{self, DirMode, Directory, Source};
 use crate::net::cache::Cache;
-use crate::net::client::{Client, Retry, Target};
+use crate::net::client::{Client, ClientCc, Retry, Target};
 use crate::net::http::{self, Url};
 use crate::net::path;
 
@@ -35,6 +35,10 @@ pub struct Args {
     /// Client-authorization key for the onion service (C tor's `.auth_private` file).
     #[arg(long, value_name = "FILE")]
     client_key: Option<String>,
+    /// Negotiate congestion control (proposal 324, Tor Vegas) with the exit when it
+    /// advertises FlowCtrl=2 and ntor-v3 and the consensus enables it (cc_alg != 0).
+    #[arg(long)]
+    congestion_control: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -175,6 +179,7 @@ pub fn run(args: Args) -> Result<(), String> {
         url,
         exit,
         client_key,
+        congestion_control,
         net,
     } = args;
     let opts = net.open()?;
@@ -203,6 +208,9 @@ pub fn run(args: Args) -> Result<(), String> {
     };
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
+    if congestion_control && onion.is_none() {
+        client.congestion_control = client_cc(&dir)?;
+    }
     let config = path::path_config(&opts.auths);
     let deadline = client.deadline(opts.timeout);
     if let Some(addr) = onion {
@@ -279,6 +287,9 @@ pub fn run(args: Args) -> Result<(), String> {
         std::thread::sleep(Duration::from_secs(attempt as u64));
     };
     eprintln!("onion: stream open to {}:{}", url.host, url.port);
+    if client.congestion_control.is_some() {
+        report_cc(&client, circ, "negotiated");
+    }
     fetch_and_print(
         &mut client,
         circ,
@@ -287,6 +298,72 @@ pub fn run(args: Args) -> Result<(), String> {
         deadline,
         &hops.join(" -> "),
     )
+}
+
+/// Congestion control for exit circuits from the verified consensus: its `cc_*` parameters
+/// for exit paths (proposal 324 §6.5) and the relays listing `FlowCtrl=2` and `Relay=4`.
+/// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
+fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
+    use onion_dir::ccparams::{CcParams, CcPath};
+    let cons = onion_dir::consensus::parse(&dir.consensus)
+        .map_err(|e| format!("consensus: {e}"))?
+        .assume_verified();
+    let p = CcParams::from_consensus(&cons);
+    if !p.enabled() {
+        eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
+        return Ok(None);
+    }
+    let v = p.vegas(CcPath::Exit);
+    let config = onion_circuit::cc::CcConfig {
+        sendme_inc: p.sendme_inc,
+        cwnd_init: p.cwnd_init,
+        cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
+        cwnd_inc: p.cwnd_inc,
+        cwnd_inc_rate: p.cwnd_inc_rate,
+        cwnd_min: p.cwnd_min,
+        cwnd_max: p.cwnd_max,
+        rtt_reset_pct: p.rtt_reset_pct,
+        ewma_cwnd_pct: p.ewma_cwnd_pct,
+        ewma_max: p.ewma_max,
+        ewma_ss: p.ewma_ss,
+        alpha: v.alpha,
+        beta: v.beta,
+        gamma: v.gamma,
+        delta: v.delta,
+        ss_cwnd_cap: v.ss_cwnd_cap,
+        ss_cwnd_max: v.ss_cwnd_max,
+        cwnd_full_gap: v.cwnd_full_gap,
+        cwnd_full_minpct: v.cwnd_full_minpct,
+        cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
+    };
+    let exits = cons
+        .relays
+        .iter()
+        .filter(|r| r.protocols.supports("FlowCtrl", 2) && r.protocols.supports("Relay", 4))
+        .map(|r| r.identity)
+        .collect();
+    Ok(Some(ClientCc { config, exits }))
+}
+
+/// One line on the exit hop's congestion control: whether it was negotiated and its state.
+fn report_cc(client: &Client, circ: usize, what: &str) {
+    let Some(c) = client.circs.get(circ) else {
+        return;
+    };
+    let last = c.circ.n_hops().saturating_sub(1);
+    match c.circ.congestion_control(last) {
+        Some(cc) => eprintln!(
+            "onion: congestion control {what}: sendme_inc {}, cwnd {}, inflight {}, \
+             slow start {}, rtt ewma {} ms min {} ms",
+            cc.config().sendme_inc,
+            cc.cwnd(),
+            cc.inflight(),
+            cc.in_slow_start(),
+            cc.rtt().ewma_usec / 1000,
+            cc.rtt().min_usec / 1000,
+        ),
+        None => eprintln!("onion: congestion control not negotiated with the exit"),
+    }
 }
 
 /// A 3-hop circuit ending at the exit the user named (fingerprint or nickname): guard and
@@ -340,6 +417,9 @@ fn fetch_and_print(
             },
         )
         .map_err(|e| format!("fetching {}: {e} ({via})", url.path))?;
+    if client.congestion_control.is_some() {
+        report_cc(client, circ, "at the end");
+    }
     client.destroy(circ);
     let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
     eprintln!(

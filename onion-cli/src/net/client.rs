@@ -349,6 +349,19 @@ pub struct Client {
     next_ticket: u64,
     /// The entry guards of every circuit this client builds.
     pub guards: Guards,
+    /// Congestion control (proposal 324) to negotiate with exits, off when `None`.
+    pub congestion_control: Option<ClientCc>,
+}
+
+/// Congestion control for a client's exit circuits: the Vegas parameters (consensus values for
+/// exit paths) and the relays it may be asked of, those whose consensus entry lists
+/// `FlowCtrl=2` and ntor-v3 (`Relay=4`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientCc {
+    /// The parameters the exit's answer is checked against and Vegas runs with.
+    pub config: onion_circuit::cc::CcConfig,
+    /// Exits that support congestion control.
+    pub exits: std::collections::HashSet<onion_dir::RsaIdentity>,
 }
 
 impl Client {
@@ -366,6 +379,7 @@ impl Client {
             connecting: HashMap::new(),
             next_ticket: 0,
             guards: Guards::default(),
+            congestion_control: None,
         }
     }
 
@@ -594,6 +608,7 @@ impl Client {
             .map_err(|e| format!("circuit id: {e}"))?;
         let config = CircConfig {
             build_timeout: self.clock.until(deadline).max(Duration::from_secs(1)),
+            congestion_control: self.congestion_control.as_ref().map(|c| c.config),
             ..CircConfig::default()
         };
         let (circ, create) = Circuit::create(config, first, kind, self.clock.now(), &mut self.rng)
@@ -647,8 +662,14 @@ impl Client {
     ) -> Result<usize, String> {
         let (first, rest) = hops.split_first().ok_or("empty path")?;
         let c = self.start_create(link, first, HandshakeKind::Ntor, deadline)?;
+        let mut rest: VecDeque<HopTarget> = rest.iter().cloned().collect();
+        // The exit of a congestion-controlled circuit is reached with ntor-v3, which carries
+        // the request (proposal 324 §4.1).
+        if let (Some(cc), Some(exit)) = (&self.congestion_control, rest.back_mut()) {
+            exit.ntor_v3 |= exit.ed_id.is_some() && cc.exits.contains(&exit.rsa_id);
+        }
         self.circs[c].build = Some(Build {
-            rest: rest.iter().cloned().collect(),
+            rest,
             want: 1,
             deadline,
         });
@@ -703,7 +724,13 @@ impl Client {
                     }
                     Some(next) => {
                         b.want += 1;
-                        if let Err(e) = circ.circ.extend(&next, now, &mut self.rng) {
+                        // Only the last hop is asked for congestion control.
+                        let r = if b.rest.is_empty() {
+                            circ.circ.extend_exit(&next, now, &mut self.rng)
+                        } else {
+                            circ.circ.extend(&next, now, &mut self.rng)
+                        };
+                        if let Err(e) = r {
                             circ.dead = Some(format!("extend: {e}"));
                             continue;
                         }
