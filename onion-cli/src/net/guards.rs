@@ -93,21 +93,14 @@ impl Guards {
     /// consensus, members that expired or left are replaced (proposal 333).
     pub fn on_directory(&mut self, dir: &Directory) {
         let now = unix_now();
-        match onion_dir::consensus::parse(&dir.consensus) {
-            Ok(cons) => {
-                let cons = cons.assume_verified();
-                let entries = || cons.params.entries.iter().map(|&(k, v)| (k, i64::from(v)));
-                let params = GuardParams::default().with_consensus_params(entries());
-                self.mgr.set_params(params);
-                self.mgr
-                    .update_from_consensus(&cons, &dir.view, now, &mut OsRng);
-                self.l2
-                    .set_params(VanguardParams::from_consensus_params(entries()));
-            }
-            // Bootstrap verified this text; should it not parse, the view still says which
-            // relays are listed guards.
-            Err(_) => self.mgr.update_consensus(&dir.view, now, &mut OsRng),
-        }
+        let params = GuardParams::default().with_consensus_params(dir.param_entries());
+        self.mgr.set_params(params);
+        let listed: std::collections::HashSet<onion_dir::RsaIdentity> =
+            dir.listed_guards.iter().copied().collect();
+        self.mgr
+            .update_listed_ids(&dir.view, &listed, now, &mut OsRng);
+        self.l2
+            .set_params(VanguardParams::from_consensus_params(dir.param_entries()));
         self.update_l2(&PathSelector::new(&dir.view), now);
         self.save();
     }
@@ -385,7 +378,6 @@ fn merged_state(old: &str, guards: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::bootstrap::{DirMode, Summary};
     use onion_dir::netview::{ExitTarget, NetView};
     use onion_dir::path::PathConfig;
     use onion_dir::{consensus, microdesc, synth};
@@ -393,25 +385,17 @@ mod tests {
     /// A 300-relay synthetic network as a verified directory.
     fn directory() -> Directory {
         let net = synth::network(300, 7);
-        let view = {
-            let cons = consensus::parse(&net.consensus).unwrap().assume_verified();
-            let mds = microdesc::parse_many(&net.microdescs).unwrap();
-            NetView::from_microdescs(&cons, &mds).unwrap()
-        };
-        Directory {
-            consensus: net.consensus,
+        let cons = consensus::parse(&net.consensus).unwrap().assume_verified();
+        let mds = microdesc::parse_many(&net.microdescs).unwrap();
+        let view = NetView::from_microdescs(&cons, &mds).unwrap();
+        let d = onion_client::dir::Directory::from_consensus(
+            &cons,
             view,
-            summary: Summary {
-                mode: DirMode::Micro,
-                relays: 300,
-                signatures_valid: 0,
-                signatures_needed: 0,
-                descriptors: 300,
-                valid_after: String::new(),
-                cached: false,
-            },
-            descriptors: String::new(),
-        }
+            onion_client::dir::DirMode::Micro,
+            300,
+            String::new(),
+        );
+        Directory::new(std::sync::Arc::new(d))
     }
 
     /// The synthetic network's addresses crowd few /16s; without the subnet rule (as on a

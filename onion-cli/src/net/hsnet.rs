@@ -7,7 +7,6 @@ use onion_cell::relaymsg::RelayMsg;
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::HopTarget;
 use onion_circuit::Instant;
-use onion_dir::consensus;
 use onion_dir::netview::{RelayIdx, RelayRecord};
 use onion_dir::path::{PathConfig, PathOptions, PathSelector};
 use onion_dir::vanguards::VanguardShape;
@@ -37,16 +36,12 @@ pub struct HsParams {
 impl HsParams {
     /// Read them from `dir`'s consensus (verified by bootstrap).
     pub fn of(dir: &Directory, testing: bool) -> Result<HsParams, String> {
-        let cons = consensus::parse(&dir.consensus)
-            .map_err(|e| format!("consensus: {e}"))?
-            .assume_verified();
-        let valid_after = cons.valid_after.0;
-        let interval =
-            u32::try_from(cons.fresh_until.0.saturating_sub(valid_after)).unwrap_or(3600);
+        let valid_after = dir.valid_after.0;
+        let interval = u32::try_from(dir.voting_interval()).unwrap_or(3600);
         let periods = if testing {
             TimePeriodConfig::testing_network(interval)
         } else {
-            let p = cons.params.get("hsdir_interval").map(i64::from);
+            let p = dir.param("hsdir_interval").map(i64::from);
             TimePeriodConfig::from_consensus(p, interval)
         }
         .map_err(|e| format!("time period: {e}"))?;
@@ -54,10 +49,10 @@ impl HsParams {
             valid_after,
             periods,
             shared_random: SharedRandom {
-                current: cons.shared_rand_current.as_ref().map(|s| s.value),
-                previous: cons.shared_rand_previous.as_ref().map(|s| s.value),
+                current: dir.shared_rand_current,
+                previous: dir.shared_rand_previous,
             },
-            params: HsDirParams::from_consensus(|k| cons.params.get(k).map(i64::from)),
+            params: HsDirParams::from_consensus(|k| dir.param(k).map(i64::from)),
         })
     }
 }

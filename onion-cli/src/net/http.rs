@@ -137,6 +137,7 @@ impl Response {
     }
 
     /// The first header named `name` (lower-case).
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

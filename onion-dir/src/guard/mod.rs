@@ -523,6 +523,19 @@ impl GuardMgr {
         self.update_listed(view, |id| listed.contains(id), now, rng);
     }
 
+    /// guard-spec §4.10 with the consensus's guard list given as identities (an owned
+    /// directory's list of relays with the guard flags and not MiddleOnly), as
+    /// [`GuardMgr::update_from_consensus`] computes it from the consensus itself.
+    pub fn update_listed_ids(
+        &mut self,
+        view: &NetView,
+        listed: &std::collections::HashSet<RsaIdentity>,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        self.update_listed(view, |id| listed.contains(id), now, rng);
+    }
+
     /// The primary guards whose descriptor `view` lacks: fetch them first (guard-spec §4.12).
     pub fn missing_descriptors(&self, view: &NetView) -> Vec<RsaIdentity> {
         self.primary
