@@ -38,14 +38,14 @@
 //! only what the loop granted and write from a buffer the loop fills.
 //!
 //! - **Client to exit.** The loop grants a client no more bytes than its stream and circuit
-//!   package windows can send (tor-spec §7.3–7.4, [`OPEN_READ_AHEAD`] at most), so a fast
+//!   package windows can send (tor-spec §7.3–7.4, [`READ_AHEAD`] at most), so a fast
 //!   uploader is held back by TCP.
-//! - **Exit to client.** When a client's output buffer reaches [`OUT_HIGH`], its stream is
+//! - **Exit to client.** When a client's output buffer reaches [`OUT_HIGH`](crate::net::pipe::OUT_HIGH), its stream is
 //!   held ([`Circuit::hold_stream`](onion_circuit::circuit::Circuit::hold_stream)): its data
 //!   still comes in, but no stream SENDME goes out, so the exit stops after the stream
 //!   window (500 cells, tor-spec §7.4), until the buffer drains to [`OUT_LOW`]. The other
 //!   streams of its circuit go on meanwhile: a client that stops reading stalls nobody but
-//!   itself, and its buffer is bounded by [`OUT_HIGH`] plus one stream window.
+//!   itself, and its buffer is bounded by [`OUT_HIGH`](crate::net::pipe::OUT_HIGH) plus one stream window.
 //! - **Refused streams** (END before CONNECTED) are retried as C tor's client does
 //!   ([`BeginError::retry`]), up to [`ATTEMPTS`] attempts, before the SOCKS reply is sent: the
 //!   circuit is no longer used for new streams, and an exit that refused by policy or for
@@ -85,7 +85,7 @@ use crate::net::client::{BeginError, Client, Retry};
 use crate::net::event::Input;
 use crate::net::onion::{self, ConnectError, Failure};
 use crate::net::path;
-use crate::net::pipe::Pipe;
+use crate::net::pipe::{next_blocked, read_grant, Pipe, OUT_LOW, READ_AHEAD};
 use crate::net::socks::{self, Destination, Target};
 
 /// `onion socks` (see the module documentation).
@@ -121,13 +121,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause after `accept` failed again and again.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// A client's output buffer at which its stream is held (about one stream window).
-const OUT_HIGH: usize = 256 * 1024;
-/// The level at which a held stream is released.
-const OUT_LOW: usize = 64 * 1024;
-/// How many bytes of an open stream may be read ahead of the circuit, at most (the
-/// windows usually allow less).
-const OPEN_READ_AHEAD: usize = 32 * 1024;
 /// How many bytes a client may send before its stream is open (greeting, request and
 /// optimistic data; a request is at most 262 bytes).
 const HANDSHAKE_READ: usize = 1024;
@@ -190,7 +183,7 @@ struct Conn {
     state: State,
     /// The application closed its side: end the stream once `up` is sent.
     eof: bool,
-    /// Its output buffer filled up (to [`OUT_HIGH`]) and has not drained (to [`OUT_LOW`]) yet:
+    /// Its output buffer filled up (to [`OUT_HIGH`](crate::net::pipe::OUT_HIGH)) and has not drained (to [`OUT_LOW`]) yet:
     /// its stream is held.
     blocked: bool,
     /// When it connected: its greeting and request are due within the handshake timeout.
@@ -1035,7 +1028,7 @@ impl Proxy {
                 capacity = client.circs[circ].circ.send_capacity(stream);
             }
             let want = match c.state {
-                State::Open { .. } => capacity.min(OPEN_READ_AHEAD),
+                State::Open { .. } => capacity.min(READ_AHEAD),
                 _ => HANDSHAKE_READ,
             };
             let g = read_grant(want, c.buf.len() + c.up.len(), c.in_flight);
@@ -1112,23 +1105,6 @@ fn begin_flags(host: &str) -> BeginFlags {
     }
 }
 
-/// How many more bytes to let a client send: what `want` allows beyond the bytes it already
-/// sent that wait here (`buffered`) and the credit it has not used yet (`in_flight`).
-fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
-    want.saturating_sub(buffered.saturating_add(in_flight))
-}
-
-/// Whether a client's output is blocked now: it becomes so at [`OUT_HIGH`] queued bytes and
-/// stays so until the queue drains to [`OUT_LOW`] (hysteresis, so that a stream is not held
-/// and released on every cell).
-fn next_blocked(blocked: bool, queued: usize) -> bool {
-    if blocked {
-        queued > OUT_LOW
-    } else {
-        queued >= OUT_HIGH
-    }
-}
-
 /// RFC 1928 reply code for the RELAY_END reason (tor-spec §6.3) that finally refused a
 /// stream: the one C tor's SocksPort sends (`stream_end_reason_to_socks5_response`).
 fn socks_code(reason: EndReason) -> u8 {
@@ -1177,33 +1153,6 @@ fn onion_code(failure: Failure, extended: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grants_never_exceed_what_the_windows_allow() {
-        // Nothing buffered, nothing granted yet: the whole allowance.
-        assert_eq!(read_grant(OPEN_READ_AHEAD, 0, 0), OPEN_READ_AHEAD);
-        // Credit not used yet counts against the allowance.
-        assert_eq!(read_grant(4980, 0, 4000), 980);
-        assert_eq!(read_grant(4980, 1000, 3980), 0);
-        // Windows closed (capacity 0): nothing more is read, whatever waits.
-        assert_eq!(read_grant(0, 0, 0), 0);
-        assert_eq!(read_grant(0, 500, 100), 0);
-        // More buffered than now allowed (the window shrank): no negative grant.
-        assert_eq!(read_grant(498, 10_000, 0), 0);
-        assert_eq!(read_grant(usize::MAX, usize::MAX, usize::MAX), 0);
-    }
-
-    #[test]
-    fn blocking_has_hysteresis() {
-        assert!(!next_blocked(false, OUT_HIGH - 1));
-        assert!(next_blocked(false, OUT_HIGH));
-        // Still blocked between the marks.
-        assert!(next_blocked(true, OUT_LOW + 1));
-        assert!(next_blocked(true, OUT_HIGH * 4));
-        // Released once drained to the low mark.
-        assert!(!next_blocked(true, OUT_LOW));
-        assert!(!next_blocked(false, OUT_LOW));
-    }
 
     #[test]
     fn picks_a_fresh_usable_circuit_for_the_port() {
@@ -1483,11 +1432,6 @@ mod tests {
 
     #[test]
     fn bounds_are_consistent() {
-        // The hold must release below the mark that set it, and the buffer bound must cover
-        // at least one stream window (500 cells of 498 bytes) so that a reading client keeps
-        // the exit busy.
-        const { assert!(OUT_LOW < OUT_HIGH) };
-        const { assert!(OUT_HIGH >= 500 * 498) };
         const { assert!(HANDSHAKE_READ >= 2 + 255 + 4 + 1 + 255 + 2) };
     }
 }

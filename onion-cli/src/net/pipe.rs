@@ -29,6 +29,36 @@ use super::event::{ConnId, Input};
 /// Largest single read or write.
 const CHUNK: usize = 16 * 1024;
 
+/// Bytes queued for a local socket (a SOCKS client, an onion service's target) at which its
+/// Tor stream is held ([`onion_circuit::circuit::Circuit::hold_stream`]: no stream SENDME
+/// goes out, so the far end stops after one stream window, tor-spec §7.4). About one stream
+/// window (500 cells of 498 bytes), so a reader that keeps up is never held.
+pub const OUT_HIGH: usize = 256 * 1024;
+/// The level at which a held stream is released.
+pub const OUT_LOW: usize = 64 * 1024;
+/// How many bytes of a local socket's input may be read ahead of what the stream and circuit
+/// package windows can send (tor-spec §7.3-7.4), at most (the windows usually allow less):
+/// the rest stays in the kernel, so a fast sender is held back by TCP.
+pub const READ_AHEAD: usize = 32 * 1024;
+
+/// How many more bytes to let a local socket send: what `want` allows beyond the bytes it
+/// already sent that wait here (`buffered`) and the read credit it has not used yet
+/// (`in_flight`).
+pub fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
+    want.saturating_sub(buffered.saturating_add(in_flight))
+}
+
+/// Whether a local socket's output is blocked now: it becomes so at [`OUT_HIGH`] queued
+/// bytes and stays so until the queue drains to [`OUT_LOW`] (hysteresis, so that a stream is
+/// not held and released on every cell).
+pub fn next_blocked(blocked: bool, queued: usize) -> bool {
+    if blocked {
+        queued > OUT_LOW
+    } else {
+        queued >= OUT_HIGH
+    }
+}
+
 /// How long a write may block once the connection is finishing.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -255,6 +285,35 @@ fn writer(mut sock: TcpStream, id: ConnId, shared: &Shared, tx: &SyncSender<Inpu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_never_exceed_what_the_windows_allow() {
+        // Nothing buffered, nothing granted yet: the whole allowance.
+        assert_eq!(read_grant(READ_AHEAD, 0, 0), READ_AHEAD);
+        // Credit not used yet counts against the allowance.
+        assert_eq!(read_grant(4980, 0, 4000), 980);
+        assert_eq!(read_grant(4980, 1000, 3980), 0);
+        // Windows closed (capacity 0): nothing more is read, whatever waits.
+        assert_eq!(read_grant(0, 0, 0), 0);
+        assert_eq!(read_grant(0, 500, 100), 0);
+        // More buffered than now allowed (the window shrank): no negative grant.
+        assert_eq!(read_grant(498, 10_000, 0), 0);
+        assert_eq!(read_grant(usize::MAX, usize::MAX, usize::MAX), 0);
+    }
+
+    #[test]
+    fn blocking_has_hysteresis() {
+        assert!(!next_blocked(false, OUT_HIGH - 1));
+        assert!(next_blocked(false, OUT_HIGH));
+        // Still blocked between the marks.
+        assert!(next_blocked(true, OUT_LOW + 1));
+        assert!(next_blocked(true, OUT_HIGH * 4));
+        assert!(!next_blocked(true, OUT_LOW));
+        assert!(!next_blocked(false, OUT_LOW));
+        const { assert!(OUT_LOW < OUT_HIGH) };
+        // A held stream still takes the window in flight: the buffer stays within bounds.
+        const { assert!(OUT_HIGH >= 500 * 498) };
+    }
     use std::net::TcpListener;
     use std::sync::mpsc::{sync_channel, Receiver};
 

@@ -29,7 +29,7 @@
 //! - The target is connected on a thread of its own; each target connection is a
 //!   [`Pipe`]: bytes from the target are read only as far as the stream and circuit windows
 //!   can send them (tor-spec §7.3-7.4), and bytes for the target are queued up to
-//!   [`OUT_HIGH`], then the stream is held (no stream SENDME: the client stops after one
+//!   [`OUT_HIGH`](crate::net::pipe::OUT_HIGH), then the stream is held (no stream SENDME: the client stops after one
 //!   window). At most [`MAX_STREAMS`] target connections are open.
 //! - Introduction circuits and descriptor uploads go on without blocking the loop either
 //!   (each within [`STEP_TIMEOUT`]); a new channel to a guard is opened off the loop
@@ -61,7 +61,7 @@ use super::client::{Client, Purpose};
 use super::event::{ConnId, Input};
 use super::hsnet::{self, HsParams, PendingCirc};
 use super::http;
-use super::pipe::Pipe;
+use super::pipe::{next_blocked, read_grant, Pipe, OUT_LOW, READ_AHEAD};
 
 /// How long one circuit build, ESTABLISH_INTRO or upload may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,17 +97,6 @@ const MAX_STREAMS: usize = 256;
 
 /// How long connecting to the target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A target's output buffer (bytes from the client not yet written to the target) at which
-/// its stream is held ([`onion_circuit::circuit::Circuit::hold_stream`]: no stream SENDME,
-/// so the client stops after one stream window, tor-spec §7.4) ...
-const OUT_HIGH: usize = 256 * 1024;
-/// ... and the level at which it is released.
-const OUT_LOW: usize = 64 * 1024;
-
-/// How many bytes of the target's output may be read ahead of what the stream and circuit
-/// windows can send (tor-spec §7.3-7.4), at most.
-const READ_AHEAD: usize = 32 * 1024;
 
 /// A token bucket ([`INTRO_RATE`], [`INTRO_BURST`]) over the loop's clock.
 struct TokenBucket {
@@ -170,7 +159,7 @@ enum TargetState {
         in_flight: usize,
         /// The target closed its side: end the stream once `up` is sent.
         eof: bool,
-        /// Its output reached [`OUT_HIGH`] and has not drained to [`OUT_LOW`]: stream held.
+        /// Its output reached [`OUT_HIGH`](crate::net::pipe::OUT_HIGH) and has not drained to [`OUT_LOW`]: stream held.
         blocked: bool,
     },
 }
@@ -1123,23 +1112,6 @@ fn join_client(client: &mut Client, c: usize, req: &RendezvousRequest) -> Result
     Ok(())
 }
 
-/// How many more bytes to let a target send: what `want` allows beyond the bytes read and
-/// not yet sent (`buffered`) and the credit not used yet (`in_flight`).
-fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
-    want.saturating_sub(buffered.saturating_add(in_flight))
-}
-
-/// Whether a target's output is blocked now: from [`OUT_HIGH`] queued bytes until it
-/// drains to [`OUT_LOW`] (hysteresis, so that a stream is not held and released on every
-/// cell).
-fn next_blocked(blocked: bool, queued: usize) -> bool {
-    if blocked {
-        queued > OUT_LOW
-    } else {
-        queued >= OUT_HIGH
-    }
-}
-
 /// Send an onion-service message body built by onion-hs to the last hop of circuit `c`.
 fn send(client: &mut Client, c: usize, cmd: RelayCmd, body: &[u8]) -> Result<(), String> {
     let msg = to_relay_msg(cmd, body).map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -1185,23 +1157,5 @@ mod tests {
         // The queue drained (rendezvous circuits started): the rest of the burst, no more.
         let taken = (0..1000).take_while(|_| admit(&mut b, 0, t0)).count();
         assert_eq!((queued + taken) as u64, INTRO_BURST);
-    }
-
-    #[test]
-    fn target_reads_never_exceed_the_windows() {
-        assert_eq!(read_grant(READ_AHEAD, 0, 0), READ_AHEAD);
-        assert_eq!(read_grant(4980, 0, 4000), 980);
-        assert_eq!(read_grant(4980, 1000, 3980), 0);
-        assert_eq!(read_grant(0, 0, 0), 0);
-        assert_eq!(read_grant(498, 10_000, 0), 0);
-        assert_eq!(read_grant(usize::MAX, usize::MAX, usize::MAX), 0);
-    }
-
-    #[test]
-    fn target_output_blocks_with_hysteresis() {
-        assert!(!next_blocked(false, OUT_HIGH - 1));
-        assert!(next_blocked(false, OUT_HIGH));
-        assert!(next_blocked(true, OUT_LOW + 1));
-        assert!(!next_blocked(true, OUT_LOW));
     }
 }
