@@ -395,6 +395,32 @@ mod tests {
     }
 
     #[test]
+    fn windowless_stream_has_no_windows_and_refuses_stream_sendmes() {
+        let mut s = Stream::new(sid(4), 2, StreamState::Open);
+        s.windowless = true;
+        // More than a 500-cell window, none delivered: no overrun, no SENDME due.
+        for _ in 0..600 {
+            assert_eq!(s.on_data().expect("ok"), Admit::Process);
+        }
+        for _ in 0..600 {
+            assert_eq!(s.on_delivered(), 0);
+        }
+        assert_eq!(
+            s.on_sendme(),
+            Err(StreamError::Flow {
+                id: sid(4),
+                err: FlowError::UnexpectedSendme(WindowKind::Stream)
+            })
+        );
+        // Half-closed: late data is absorbed up to the bound, no SENDME is owed.
+        s.half_close(None);
+        for _ in 0..1000 {
+            assert_eq!(s.on_data().expect("ok"), Admit::DropQuietly);
+        }
+        assert_eq!(s.on_sendme(), Err(StreamError::SendmeAfterEnd(sid(4))));
+    }
+
+    #[test]
     fn half_closed_accounting() {
         let mut s = Stream::new(sid(3), 2, StreamState::Open);
         // We sent 120 cells (3 SENDMEs may still come), received 10.

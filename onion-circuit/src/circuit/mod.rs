@@ -39,6 +39,8 @@
 //! must use, tor-spec §5.4) is queued, every stream ends, and [`CircEvent::Closed`] reports the
 //! error. Nothing here panics on peer input.
 
+#[cfg(test)]
+mod cc_tests;
 pub mod error;
 #[cfg(test)]
 mod half_closed_tests;
@@ -546,6 +548,38 @@ impl Circuit {
             idle_check: None,
             config,
         };
+        Ok((circ, msg))
+    }
+
+    /// [`Circuit::create`] with ntor-v3 asking the (only) hop for congestion control, so
+    /// that tests can negotiate it with a one-hop circuit.
+    #[cfg(test)]
+    pub(crate) fn create_requesting_cc(
+        config: CircConfig,
+        first: &HopTarget,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Circuit, ChanMsg<'static>), CircError> {
+        let ed = first.ed_id.as_ref().ok_or(CircError::HandshakeUnsupported(
+            "ntor-v3 needs an ed25519 id",
+        ))?;
+        let (mut circ, _) = Circuit::create(config, first, HandshakeKind::Ntor, now, rng)?;
+        let (p, skin) = NtorV3Client::start(
+            rng,
+            ed,
+            &first.ntor_key,
+            NTOR_V3_CC_REQUEST,
+            CIRCUIT_EXTEND_VERIFICATION,
+        );
+        circ.pending = Some(Pending {
+            handshake: PendingHandshake::NtorV3(p),
+            deadline: now + circ.config.build_timeout,
+            cc_requested: true,
+        });
+        let msg = ChanMsg::Create2(Create2 {
+            handshake_type: HandshakeType::NTOR_V3,
+            hdata: skin.into(),
+        });
         Ok((circ, msg))
     }
 

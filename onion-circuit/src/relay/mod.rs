@@ -286,6 +286,30 @@ impl RelayCircuit {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
+        // We request no circuit parameters: answer ntor-v3 with an empty extension list.
+        Self::accept_answering(keys, create, now, rng, &[0])
+    }
+
+    /// [`RelayCircuit::accept`] answering an ntor-v3 handshake with `server_msg` (tests of
+    /// the client's congestion-control negotiation; this relay does not run it).
+    #[cfg(test)]
+    pub(crate) fn accept_with_server_msg(
+        keys: &RelayKeys,
+        create: &ChanMsg<'_>,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+        server_msg: &[u8],
+    ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
+        Self::accept_answering(keys, create, now, rng, server_msg)
+    }
+
+    fn accept_answering(
+        keys: &RelayKeys,
+        create: &ChanMsg<'_>,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+        server_msg: &[u8],
+    ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
         let (kg, reply, first_hop) = match create {
             ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR => {
                 let (reply, kg) = ntor::server(rng, &keys.rsa_id, &keys.ntor_keys, &c.hdata)?;
@@ -301,8 +325,7 @@ impl RelayCircuit {
                     CIRCUIT_EXTEND_VERIFICATION,
                     &c.hdata,
                 )?;
-                // We request no circuit parameters: answer with an empty extension list.
-                let (reply, kg) = pending.reply(rng, &[0])?;
+                let (reply, kg) = pending.reply(rng, server_msg)?;
                 (
                     kg,
                     ChanMsg::Created2(Created2 {
