@@ -255,6 +255,8 @@ pub fn bootstrap(
         Source::CacheOrAuthorities => None,
     };
     let mut open: Option<(dir::Source, DirCircuit)> = None;
+    // Whether any directory answered: if none did, the error says so first.
+    let mut reached = false;
     let result = 'drive: loop {
         while let Some(ev) = machine.poll_event() {
             match ev {
@@ -280,6 +282,7 @@ pub fn bootstrap(
             via,
         };
         let answer = carry(client, &mut open, &req, &sources, deadline);
+        reached |= !matches!(answer, Err(Failure::Network(_) | Failure::Timeout));
         if answer.is_err() {
             if let Some((_, mut c)) = open.take() {
                 c.close(client);
@@ -290,7 +293,10 @@ pub fn bootstrap(
     if let Some((_, mut c)) = open.take() {
         c.close(client);
     }
-    let dir = result?;
+    let dir = result.map_err(|e| match reached {
+        true => e,
+        false => format!("no directory authority reachable ({e})"),
+    })?;
     if dir.view.is_empty() {
         return Err("no relay with a valid descriptor in the consensus".into());
     }

@@ -379,7 +379,10 @@ impl DirMachine {
         });
         match verified {
             Some((text, checked)) => {
-                m.progress(10, "using the stored consensus (verified again)".into());
+                m.progress(
+                    10,
+                    "using cached directory documents (verified again)".into(),
+                );
                 let source = m.pick(&[], rng);
                 m.start_descriptors(text, checked, source, false, true, wall, rng);
             }
@@ -737,8 +740,12 @@ impl DirMachine {
             self.progress(
                 50,
                 format!(
-                    "{reused} {} reused from the current directory",
-                    self.cfg.mode.descriptors()
+                    "{reused} {} reused from the {}",
+                    self.cfg.mode.descriptors(),
+                    match self.current {
+                        Some(_) => "current directory",
+                        None => "stored documents",
+                    }
                 ),
             );
         }
@@ -1060,6 +1067,19 @@ fn micro_path(chunk: &[MdDigest]) -> Option<String> {
 
 fn failure_error(f: Failure, doc: DocKind, p: &Pending) -> Error {
     match f {
+        // dir-spec §5.1: with the authority suffix in the URL, a directory answers 404 when
+        // its consensus lacks signatures from a majority of the named authorities.
+        Failure::Http {
+            status: 404,
+            reason,
+        } if doc == DocKind::Consensus => Error::Unverified {
+            doc,
+            reason: format!(
+                "the directory has none signed by a majority of the configured authorities \
+                 (HTTP 404 {})",
+                escape(&reason)
+            ),
+        },
         Failure::Network(s) => Error::Network(escape(&s)),
         Failure::Timeout => Error::Timeout { doc },
         Failure::Http { status, reason } => Error::Http {

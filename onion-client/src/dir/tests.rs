@@ -293,6 +293,30 @@ fn a_consensus_that_does_not_verify_leads_to_no_descriptor_request() {
         assert!(failures(&events)[0]
             .to_string()
             .contains("none of the configured authorities"));
+
+        // dir-spec §5.1: a directory answers 404 when its consensus lacks a majority of the
+        // authorities named in the URL: that is a verification failure too.
+        let mut dir = FakeDir::new(mode, String::new());
+        dir.answers.remove(0);
+        let mut m = DirMachine::new(
+            config(mode),
+            Cached::default(),
+            Instant::ZERO,
+            WALL,
+            &mut rng(),
+        )
+        .unwrap();
+        let events = drive(&mut m, &mut dir, Instant::ZERO, WALL);
+        let f = failures(&events);
+        assert!(
+            f[0].to_string().contains(
+                "consensus failed verification: the directory has none signed by a majority"
+            ),
+            "{}",
+            f[0]
+        );
+        assert_eq!(f[0].kind(), crate::ErrorKind::PeerProtocol);
+        assert_eq!(dir.count("/tor/keys/") + dir.descriptor_requests(), 0);
         assert_eq!(dir.count("/tor/keys/"), 0);
         assert_eq!(dir.descriptor_requests(), 0);
     }
