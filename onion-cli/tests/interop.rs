@@ -1302,13 +1302,24 @@ fn get_10_mib_with_congestion_control() {
     let (st, out, err2, took_fixed) = run(false);
     assert!(st.success(), "{err2}");
     assert_eq!(sha256_hex(&out), want);
+    // For reference: C tor's own client (congestion control on by default) through the
+    // same network, curl over its SOCKS port.
+    let t = std::time::Instant::now();
+    let (st, out, cerr) = support::curl_socks(net.socks_port, &url, 120);
+    let took_ctor = t.elapsed();
+    assert!(st.success(), "C tor client: {cerr}");
+    assert_eq!(sha256_hex(&out), want);
     let mib = |d: Duration| 10.0 / d.as_secs_f64();
     eprintln!(
-        "10 MiB: congestion control {:.2} s ({:.2} MiB/s), fixed windows {:.2} s ({:.2} MiB/s)",
+        "10 MiB (process start to end): onion with congestion control {:.2} s ({:.2} MiB/s), \
+         onion with fixed windows {:.2} s ({:.2} MiB/s), C tor client via SOCKS {:.2} s \
+         ({:.2} MiB/s)",
         took_cc.as_secs_f64(),
         mib(took_cc),
         took_fixed.as_secs_f64(),
-        mib(took_fixed)
+        mib(took_fixed),
+        took_ctor.as_secs_f64(),
+        mib(took_ctor)
     );
     eprintln!("{}", support::last_lines(&err, 4));
     let warns = cc_warnings(net, &logs);
