@@ -84,6 +84,10 @@ pub struct Stream {
     /// The stream runs on a congestion-controlled hop (proposal 324 §4): no stream windows
     /// and no stream SENDMEs either way; flow control is XON/XOFF.
     pub windowless: bool,
+    /// On a windowless stream: we sent XOFF (the embedding holds the stream) and no XON yet.
+    pub xoff_sent: bool,
+    /// On a windowless stream: the other edge sent XOFF and no XON yet; we send no DATA.
+    pub xoff_received: bool,
 }
 
 /// What to do with a cell that arrived for a stream in some state.
@@ -134,6 +138,8 @@ impl Stream {
             undelivered: 0,
             held: false,
             windowless: false,
+            xoff_sent: false,
+            xoff_received: false,
         }
     }
 

@@ -281,3 +281,69 @@ fn a_stream_sendme_on_a_cc_circuit_closes_it() {
     from_relay(&mut c, &mut r, &mut rng, id.get(), RelayCmd::SENDME, &[]);
     assert!(c.check_open().is_err());
 }
+
+/// The relay messages the client sent, as the hop sees them.
+fn client_msgs(
+    c: &mut Circuit,
+    r: &mut RelayCircuit,
+    rng: &mut ChaCha20Rng,
+) -> Vec<RelayMsg<'static>> {
+    pump(c, r, rng, true)
+        .into_iter()
+        .filter_map(|e| match e {
+            RelayEvent::Msg { msg, .. } => Some(*msg),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn xoff_from_the_exit_stops_the_stream_until_xon() {
+    let (res, _, mut c, mut r, mut rng) = negotiate(true, &[1, 2, 1, 31]);
+    res.unwrap();
+    let (id, _) = open_dir_stream(&mut c, &mut r, &mut rng);
+    from_relay(&mut c, &mut r, &mut rng, id.get(), RelayCmd::XOFF, &[0]);
+    assert!(c.check_open().is_ok());
+    assert_eq!(c.send_capacity(id), 0);
+    assert_eq!(c.send(id, b"held back").unwrap(), 0);
+    // An advisory rate in the XON is not a limit here: the congestion window is.
+    from_relay(
+        &mut c,
+        &mut r,
+        &mut rng,
+        id.get(),
+        RelayCmd::XON,
+        &[0, 0, 0, 0, 100],
+    );
+    assert_eq!(c.send_capacity(id), 124 * MAX_RELAY_DATA_LEN);
+    assert_eq!(c.send(id, b"go").unwrap(), 2);
+    // An unknown XOFF version is malformed: the circuit closes.
+    from_relay(&mut c, &mut r, &mut rng, id.get(), RelayCmd::XOFF, &[1]);
+    assert!(c.check_open().is_err());
+}
+
+#[test]
+fn xon_xoff_on_a_fixed_window_stream_is_a_protocol_violation() {
+    let (res, _, mut c, mut r, mut rng) = negotiate(true, &[0]);
+    res.unwrap();
+    let (id, _) = open_dir_stream(&mut c, &mut r, &mut rng);
+    from_relay(&mut c, &mut r, &mut rng, id.get(), RelayCmd::XOFF, &[0]);
+    assert!(c.check_open().is_err());
+}
+
+#[test]
+fn holding_a_cc_stream_sends_one_xoff_and_releasing_it_one_xon() {
+    let (res, _, mut c, mut r, mut rng) = negotiate(true, &[1, 2, 1, 31]);
+    res.unwrap();
+    let (id, _) = open_dir_stream(&mut c, &mut r, &mut rng);
+    c.hold_stream(id, true);
+    c.hold_stream(id, true);
+    assert_eq!(client_msgs(&mut c, &mut r, &mut rng), vec![RelayMsg::Xoff]);
+    c.hold_stream(id, false);
+    c.hold_stream(id, false);
+    assert_eq!(
+        client_msgs(&mut c, &mut r, &mut rng),
+        vec![RelayMsg::Xon(Xon { kbps_ewma: 0 })]
+    );
+    assert_eq!(c.stats().stream_sendmes_sent, 0);
+}

@@ -58,7 +58,7 @@ use onion_cell::linkspec::LinkSpec;
 use onion_cell::relay::{RelayCell, StreamId as CellStreamId, RELAY_HEADER_LEN};
 use onion_cell::relaymsg::{
     Begin, BeginFlags, End, EndReason, Extend2, RelayCmd, RelayMsg, Resolve, ResolvedAnswer,
-    Sendme, MAX_RELAY_DATA_LEN,
+    Sendme, Xon, MAX_RELAY_DATA_LEN,
 };
 use onion_crypto::fast::{FastClient, FastClientPending};
 use onion_crypto::keys::NtorOnionKey;
@@ -888,7 +888,11 @@ impl Circuit {
             return 0;
         };
         if let Some(c) = &h.cc {
-            // No stream window under congestion control (proposal 324 §4).
+            // No stream window under congestion control (proposal 324 §4), but the other
+            // edge's XOFF stops the stream.
+            if s.xoff_received {
+                return 0;
+            }
             let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
             return cells.saturating_mul(MAX_RELAY_DATA_LEN);
         }
@@ -910,6 +914,10 @@ impl Circuit {
             return Err(CircError::NoSuchStream(stream));
         };
         let now = self.last_now;
+        if s.xoff_received {
+            // Proposal 324 §4.1.1: the other edge asked us to stop reading this stream.
+            return Ok(0);
+        }
         let mut taken = 0;
         while taken < data.len() {
             let (max_len, trigger) = match flow.cc.as_deref_mut() {
@@ -1430,6 +1438,7 @@ impl Circuit {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
+            RelayMsg::Xoff | RelayMsg::Xon(_) => self.on_xon_xoff(hop, stream, msg),
             RelayMsg::Begin(b) => self.incoming_begin(hop, stream, b),
             // Forward-only commands have no business arriving at the client; tor-spec §6.1
             // says an ununderstood recognised cell is dropped, and C tor drops these too.
@@ -1449,6 +1458,29 @@ impl Circuit {
                 Ok(())
             }
         }
+    }
+
+    /// XOFF / XON from the other edge of a stream (proposal 324 §4.1.1): XOFF stops our
+    /// sending on it until XON. They are valid only on a congestion-controlled stream from
+    /// its own hop (C tor treats them as a protocol violation elsewhere); for an unknown or
+    /// half-closed stream they are dropped. The XON rate advisory is not applied: we do not
+    /// pace our sending below the congestion window.
+    fn on_xon_xoff(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
+        let cmd = msg.cmd();
+        let Some(s) = StreamId::new(stream).and_then(|id| self.streams.get_mut(id)) else {
+            return if stream == 0 {
+                Err(CircError::Unexpected(Unexpected::RelayMsg(cmd)))
+            } else {
+                Ok(())
+            };
+        };
+        if !s.windowless || usize::from(s.hop) != hop {
+            return Err(CircError::Unexpected(Unexpected::RelayMsg(cmd)));
+        }
+        if !s.is_half_closed() {
+            s.xoff_received = matches!(msg, RelayMsg::Xoff);
+        }
+        Ok(())
     }
 
     /// RELAY_DATA from `hop` on `stream`: counted by the circuit's deliver window (tor-spec
@@ -1670,13 +1702,33 @@ impl Circuit {
     /// stream window (500 cells) while the circuit's other streams go on. For an embedding
     /// whose consumer of this one stream is slow (a SOCKS client not reading): holding the
     /// stream bounds what it must buffer to one window without stalling the circuit.
-    /// Releasing sends the SENDMEs that were held back. Unknown streams are ignored.
+    /// Releasing sends the SENDMEs that were held back. On a congestion-controlled circuit,
+    /// which has no stream windows, holding sends RELAY_XOFF once and releasing sends
+    /// RELAY_XON (proposal 324 §4.1.1). Unknown streams are ignored.
     pub fn hold_stream(&mut self, stream: StreamId, hold: bool) {
         let Some(s) = self.streams.get_mut(stream) else {
             return;
         };
         s.held = hold;
-        let (hop, n) = (usize::from(s.hop), s.sendmes_due());
+        let hop = usize::from(s.hop);
+        if s.windowless {
+            // Congestion control: no stream SENDMEs to withhold; XOFF stops the other edge
+            // and XON (rate 0: unlimited) lets it go on (proposal 324 §4.1.1).
+            let msg = if hold && !s.xoff_sent && !s.is_half_closed() {
+                s.xoff_sent = true;
+                RelayMsg::Xoff
+            } else if !hold && s.xoff_sent {
+                s.xoff_sent = false;
+                RelayMsg::Xon(Xon { kbps_ewma: 0 })
+            } else {
+                return;
+            };
+            if let Ok(body) = encode_body(stream.get(), &msg, "XON/XOFF") {
+                self.queue_relay(hop, body);
+            }
+            return;
+        }
+        let n = s.sendmes_due();
         self.queue_stream_sendmes(stream, hop, n);
     }
 
