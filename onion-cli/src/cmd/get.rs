@@ -305,10 +305,7 @@ pub fn run(args: Args) -> Result<(), String> {
 /// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
 fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
     use onion_dir::ccparams::{CcParams, CcPath};
-    let cons = onion_dir::consensus::parse(&dir.consensus)
-        .map_err(|e| format!("consensus: {e}"))?
-        .assume_verified();
-    let p = CcParams::from_consensus(&cons);
+    let p = CcParams::from_net_params(&dir.net_params());
     if !p.enabled() {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
         return Ok(None);
@@ -336,11 +333,8 @@ fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
         cwnd_full_minpct: v.cwnd_full_minpct,
         cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
     };
-    let exits = cons
-        .relays
-        .iter()
-        .filter(|r| r.protocols.supports("FlowCtrl", 2) && r.protocols.supports("Relay", 4))
-        .map(|r| r.identity)
+    let exits = dir
+        .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
         .collect();
     Ok(Some(ClientCc { config, exits }))
 }

@@ -110,9 +110,6 @@ pub struct Directory {
     inner: Arc<dir::Directory>,
     /// How it was obtained, for reports.
     pub summary: Summary,
-    /// The consensus text (verified), for code that still reads the consensus itself; the
-    /// facts consumers need are in the owned directory, parsed once.
-    pub consensus: Arc<str>,
 }
 
 impl Deref for Directory {
@@ -142,12 +139,7 @@ impl Directory {
             valid_after: inner.valid_after.to_string(),
             cached: inner.from_cache,
         };
-        let consensus = Arc::from(inner.consensus_text());
-        Directory {
-            inner,
-            summary,
-            consensus,
-        }
+        Directory { inner, summary }
     }
 
     /// How long from now until this directory should be replaced: a random time in its

@@ -5,12 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use onion_dir::authcert::{self, AuthCert};
-use onion_dir::consensus::{self, Consensus, Flavor, Freshness};
+use onion_dir::consensus::{self, Consensus, Flavor, Freshness, NetParams};
 use onion_dir::guard::guard_flags;
 use onion_dir::microdesc;
 use onion_dir::netview::NetView;
 use onion_dir::routerdesc::{self, RouterDesc};
-use onion_dir::{MdDigest, RelayFlags, RsaIdentity, Timestamp};
+use onion_dir::{MdDigest, Protocols, RelayFlags, RsaIdentity, Timestamp};
 
 use crate::error::Error;
 
@@ -130,6 +130,12 @@ pub struct Directory {
     pub listed_guards: Vec<RsaIdentity>,
     /// Relays listed in the consensus.
     pub relays_listed: usize,
+    /// Each listed relay's `pr` line (dir-spec §3.4.1), as an index into `protocol_sets`,
+    /// sorted by identity: what a client checks before asking a relay for a feature (such
+    /// as congestion control, proposal 324: `FlowCtrl=2`, `Relay=4`).
+    relay_protocols: Vec<(RsaIdentity, u32)>,
+    /// The distinct `pr` lines (relays share a few dozen).
+    protocol_sets: Vec<Protocols>,
     /// Configured authorities whose signature verified.
     pub signatures_valid: usize,
     /// Signatures needed (more than half of the configured authorities).
@@ -188,6 +194,21 @@ impl Directory {
             .collect();
         listed_guards.sort();
         listed_guards.dedup();
+        let mut protocol_sets: Vec<Protocols> = Vec::new();
+        let mut index: HashMap<Protocols, u32> = HashMap::new();
+        let mut relay_protocols: Vec<(RsaIdentity, u32)> = cons
+            .relays
+            .iter()
+            .map(|r| {
+                let n = *index.entry(r.protocols).or_insert_with(|| {
+                    protocol_sets.push(r.protocols);
+                    u32::try_from(protocol_sets.len() - 1).unwrap_or(u32::MAX)
+                });
+                (r.identity, n)
+            })
+            .collect();
+        relay_protocols.sort();
+        relay_protocols.dedup_by(|a, b| a.0 == b.0);
         Directory {
             mode,
             view,
@@ -199,6 +220,8 @@ impl Directory {
             shared_rand_previous: cons.shared_rand_previous.map(|s| s.value),
             listed_guards,
             relays_listed: cons.relays.len(),
+            relay_protocols,
+            protocol_sets,
             signatures_valid: 0,
             signatures_needed: 0,
             descriptors,
@@ -221,6 +244,35 @@ impl Directory {
     /// The parameters as (name, value) pairs, as guard and vanguard parameter readers take them.
     pub fn param_entries(&self) -> impl Iterator<Item = (&str, i64)> + '_ {
         self.params.iter().map(|(k, v)| (k.as_str(), i64::from(*v)))
+    }
+
+    /// The consensus parameters as onion-dir's parameter readers take them.
+    pub fn net_params(&self) -> NetParams<'_> {
+        NetParams {
+            entries: self.params.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        }
+    }
+
+    /// The subprotocols the consensus lists for relay `id` (its `pr` line).
+    pub fn protocols(&self, id: &RsaIdentity) -> Option<&Protocols> {
+        let i = self
+            .relay_protocols
+            .binary_search_by(|(r, _)| r.cmp(id))
+            .ok()?;
+        let (_, set) = self.relay_protocols.get(i)?;
+        self.protocol_sets.get(usize::try_from(*set).ok()?)
+    }
+
+    /// The listed relays whose subprotocols satisfy `pred`.
+    pub fn relays_supporting<'a>(
+        &'a self,
+        pred: impl Fn(&Protocols) -> bool + 'a,
+    ) -> impl Iterator<Item = RsaIdentity> + 'a {
+        let ok: Vec<bool> = self.protocol_sets.iter().map(pred).collect();
+        self.relay_protocols
+            .iter()
+            .filter(move |(_, set)| ok.get(*set as usize).copied().unwrap_or(false))
+            .map(|(id, _)| *id)
     }
 
     /// Whether `id` is a listed guard (see [`Directory::listed_guards`]).

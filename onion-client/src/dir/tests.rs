@@ -209,6 +209,29 @@ fn bootstrap_to_a_verified_directory_in_both_modes() {
         assert!(!d.listed_guards.is_empty());
         assert!(d.listed_guards.iter().all(|g| d.is_listed_guard(g)));
         assert_eq!(d.voting_interval(), 20);
+        // Every relay's `pr` line, and the parameters, as the consensus gives them.
+        let text = consensus_text(mode);
+        let cons = onion_dir::consensus::parse(&text).unwrap();
+        let cons = cons.peek();
+        for r in &cons.relays {
+            assert_eq!(d.protocols(&r.identity), Some(&r.protocols));
+        }
+        assert_eq!(d.protocols(&RsaIdentity([0; 20])), None);
+        let cc: Vec<RsaIdentity> = d
+            .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
+            .collect();
+        let want: Vec<RsaIdentity> = cons
+            .relays
+            .iter()
+            .filter(|r| r.protocols.supports("FlowCtrl", 2) && r.protocols.supports("Relay", 4))
+            .map(|r| r.identity)
+            .collect();
+        assert_eq!(cc, want);
+        assert!(!cc.is_empty());
+        assert_eq!(d.net_params().entries.len(), cons.params.entries.len());
+        for (k, v) in &cons.params.entries {
+            assert_eq!(d.param(k), Some(*v));
+        }
         let paths: Vec<&str> = dir.requests.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths.len(), 3, "{paths:?}");
         let flavour = match mode {
