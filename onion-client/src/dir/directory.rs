@@ -176,6 +176,14 @@ impl Directory {
         descriptors: usize,
         descriptors_text: String,
     ) -> Directory {
+        let mut d = Directory::facts(cons, view, mode, descriptors);
+        d.consensus_text = cons.text.to_owned();
+        d.descriptors_text = descriptors_text;
+        d
+    }
+
+    /// What the consensus says, without its text.
+    fn facts(cons: &Consensus<'_>, view: NetView, mode: DirMode, descriptors: usize) -> Directory {
         let mut params: Vec<(String, i32)> = cons
             .params
             .entries
@@ -226,8 +234,8 @@ impl Directory {
             signatures_needed: 0,
             descriptors,
             from_cache: false,
-            consensus_text: cons.text.to_owned(),
-            descriptors_text,
+            consensus_text: String::new(),
+            descriptors_text: String::new(),
             certificates_text: String::new(),
         }
     }
@@ -533,7 +541,7 @@ pub(crate) fn build(
             reason: "no relay of the consensus has a valid descriptor".into(),
         });
     }
-    let mut dir = Directory::from_consensus(&cons, view, mode, descriptors, String::new());
+    let mut dir = Directory::facts(&cons, view, mode, descriptors);
     drop(cons);
     dir.signatures_valid = report.verified.len();
     dir.signatures_needed = report.needed;

@@ -15,7 +15,7 @@
 //!    `valid-until`.
 //! 3. Only once the consensus verified, the descriptors it names that are not held, in
 //!    batches (92 microdescriptors, §4.3; 96 server descriptors), up to
-//!    [`DirMode::max_parallel`](DirConfig::max_parallel) requests at once. What one
+//!    [`DirConfig::max_parallel`] requests at once. What one
 //!    bootstrap or refresh takes in descriptor bodies is capped by
 //!    [`DirMode::descriptor_budget`].
 //! 4. The directory is built once ([`Directory`], shared as an `Arc`), handed over with the
