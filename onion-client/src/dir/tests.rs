@@ -875,3 +875,33 @@ fn a_refreshing_machine_asks_guards_then_authorities() {
     .unwrap_err();
     assert_eq!(e.kind(), crate::ErrorKind::Misuse);
 }
+
+/// The guard list the directory carries gives the guard manager the same state as the
+/// consensus itself (guard-spec §4.10 IS_LISTED), so guards need not re-parse it.
+#[test]
+fn listed_guards_update_the_guard_manager_as_the_consensus_does() {
+    use onion_dir::guard::{GuardMgr, GuardParams};
+    let (m, _, _) = bootstrap(DirMode::Micro);
+    let d = m.directory().unwrap();
+    let text = consensus_text(DirMode::Micro);
+    let cons = onion_dir::consensus::parse(&text).unwrap();
+    let certs: Vec<_> = onion_dir::authcert::parse_many(&testdata("cached-certs"))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.verify(WALL).unwrap())
+        .collect();
+    let v3: Vec<RsaIdentity> = authorities().iter().map(|a| a.v3ident).collect();
+    let cons = cons.verify(&v3, &certs, WALL).unwrap();
+    let now = WALL.0;
+    let mut a = GuardMgr::new(GuardParams::default());
+    a.update_from_consensus(&cons, &d.view, now, &mut rng());
+    let mut b = GuardMgr::new(GuardParams::default());
+    let listed = d.listed_guards.iter().copied().collect();
+    b.update_listed_ids(&d.view, &listed, now, &mut rng());
+    let ids = |g: &GuardMgr| -> Vec<(RsaIdentity, bool)> {
+        g.sampled().iter().map(|s| (s.rsa_id, s.listed)).collect()
+    };
+    assert!(!a.sampled().is_empty());
+    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(a.primary(), b.primary());
+}
