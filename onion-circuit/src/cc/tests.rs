@@ -344,3 +344,68 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Any parameters within the consensus ranges, any SENDME timing (including zero and
+    /// huge delays): no panic, sending never exceeds the window, cwnd never exceeds cwnd_max
+    /// once a SENDME was processed.
+    #[test]
+    fn any_parameters_any_timing(
+        sendme_inc in 1u8..=254,
+        cwnd_init in 31u32..=10_000,
+        cwnd_inc_pct_ss in 1u32..=500,
+        cwnd_inc in 1u32..=1000,
+        cwnd_inc_rate in 1u32..=250,
+        cwnd_min in 31u32..=1000,
+        cwnd_max in 500u32..=100_000,
+        thresholds in proptest::collection::vec(0u32..=1000, 4),
+        ss in (100u32..=5000, 500u32..=10_000),
+        full in (0u32..=100, 0u32..=100, any::<bool>()),
+        ewma in (1u8..=255, 2u8..=255, 2u8..=255, 0u8..=100),
+        steps in proptest::collection::vec((0u16..600, 0u64..10_000_000, any::<bool>()), 1..120),
+    ) {
+        let cfg = CcConfig {
+            sendme_inc,
+            cwnd_init,
+            cwnd_inc_pct_ss,
+            cwnd_inc,
+            cwnd_inc_rate,
+            cwnd_min,
+            cwnd_max,
+            rtt_reset_pct: ewma.3,
+            ewma_cwnd_pct: ewma.0,
+            ewma_max: ewma.1,
+            ewma_ss: ewma.2,
+            alpha: thresholds[0],
+            beta: thresholds[1],
+            gamma: thresholds[2],
+            delta: thresholds[3],
+            ss_cwnd_cap: ss.0,
+            ss_cwnd_max: ss.1,
+            cwnd_full_gap: full.0,
+            cwnd_full_minpct: full.1,
+            cwnd_full_per_cwnd: full.2,
+        };
+        let mut cc = CongestionControl::new(cfg);
+        let mut sent_at: VecDeque<Instant> = VecDeque::new();
+        let mut now = Instant::ZERO;
+        for (n, delay_us, blocked) in steps {
+            for _ in 0..n {
+                match cc.on_data_sent(now) {
+                    None => break,
+                    Some(e) => {
+                        if e {
+                            sent_at.push_back(now);
+                        }
+                    }
+                }
+                prop_assert!(cc.inflight() <= cc.cwnd());
+            }
+            now = now + Duration::from_micros(delay_us);
+            if sent_at.pop_front().is_some() {
+                cc.on_sendme(now, blocked, u64::from(n)).unwrap();
+                prop_assert!(cc.cwnd() <= u64::from(cwnd_max.max(cwnd_init)));
+            }
+        }
+    }
+}
