@@ -33,7 +33,7 @@ fn relay(rng: &mut ChaCha20Rng) -> (RelayKeys, HopTarget) {
 
 fn cc_config() -> CircConfig {
     CircConfig {
-        congestion_control: Some(CcConfig::default()),
+        congestion_control: Some(Box::default()),
         ..CircConfig::default()
     }
 }

@@ -123,7 +123,8 @@ pub struct CircConfig {
     /// [`Circuit::extend_exit`]: the consensus parameters for the circuit's kind of path,
     /// with the consensus `sendme_inc` that the exit's answer is checked against. `None`
     /// (the default) never requests it, and the circuit runs fixed windows (tor-spec §7.3).
-    pub congestion_control: Option<CcConfig>,
+    /// Boxed: most circuits never use it, and the circuit stays as small as without it.
+    pub congestion_control: Option<Box<CcConfig>>,
 }
 
 impl Default for CircConfig {
@@ -1274,8 +1275,8 @@ impl Circuit {
             return Ok(None);
         };
         let resp = resp.map_err(CcError::BadExtensions)?;
-        let cfg = match (requested, self.config.congestion_control) {
-            (true, Some(cfg)) => cfg,
+        let cfg = match (requested, self.config.congestion_control.as_deref()) {
+            (true, Some(cfg)) => *cfg,
             _ => return Err(CcError::UnrequestedResponse),
         };
         if !cfg.sendme_inc_acceptable(resp.sendme_inc) {

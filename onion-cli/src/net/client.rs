@@ -608,7 +608,7 @@ impl Client {
             .map_err(|e| format!("circuit id: {e}"))?;
         let config = CircConfig {
             build_timeout: self.clock.until(deadline).max(Duration::from_secs(1)),
-            congestion_control: self.congestion_control.as_ref().map(|c| c.config),
+            congestion_control: self.congestion_control.as_ref().map(|c| Box::new(c.config)),
             ..CircConfig::default()
         };
         let (circ, create) = Circuit::create(config, first, kind, self.clock.now(), &mut self.rng)
