@@ -1325,3 +1325,69 @@ fn get_10_mib_with_congestion_control() {
     let warns = cc_warnings(net, &logs);
     assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
 }
+
+/// XON/XOFF against C tor (proposal 324 §4.1.1): `onion socks --congestion-control`, and a
+/// SOCKS client that asks for 24 MiB, stops reading for 15 s, then reads everything. Under
+/// congestion control there are no stream windows, so only onion's XOFF (sent when the
+/// client's buffer is full) stops the C tor exit: onion's memory grows by far less than the
+/// body while the client sleeps. The XON sent when the buffer drains restarts the exit, the
+/// body arrives whole, and no relay logs a congestion-control, SENDME or protocol warning.
+#[test]
+fn socks_client_that_stops_reading_is_stopped_by_xoff() {
+    use std::io::Read;
+    let Some(net) = network() else { return };
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let auths = net.authorities_file.to_str().unwrap();
+    let mut d = support::Daemon::start(&[
+        "socks",
+        "--listen",
+        &listen,
+        "--authorities",
+        auths,
+        "--congestion-control",
+    ]);
+    d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
+    let body = random_body(24 << 20);
+    let want = sha256_hex(&body);
+    std::fs::write(net.http_root.join("xoff.bin"), &body).unwrap();
+    let logs: Vec<(String, usize)> = net
+        .relays
+        .iter()
+        .map(|r| {
+            let p = r.datadir.join("notice.log").display().to_string();
+            let n = std::fs::metadata(&p).map_or(0, |m| m.len() as usize);
+            (p, n)
+        })
+        .collect();
+    let rss0 = rss_kb_of(&listen).expect("onion socks RSS");
+    let mut s = socks_get(&listen, &net.http_url, "xoff.bin");
+    std::thread::sleep(Duration::from_secs(15));
+    let rss1 = rss_kb_of(&listen).expect("onion socks RSS");
+    let err = d.stderr();
+    assert!(
+        err.contains("(congestion control)"),
+        "the exit circuit did not negotiate congestion control:\n{err}"
+    );
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let start = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header")
+        + 4;
+    assert_eq!(got.len() - start, body.len());
+    assert_eq!(sha256_hex(&got[start..]), want, "body differs");
+    eprintln!(
+        "onion socks RSS: {rss0} KiB before, {rss1} KiB after 15 s of a client not reading \
+         a 24 MiB body"
+    );
+    assert!(
+        rss1 < rss0 + 8 * 1024,
+        "onion buffered {} KiB for a client that does not read",
+        rss1 - rss0
+    );
+    let warns = cc_warnings(net, &logs);
+    assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
+}

@@ -303,7 +303,7 @@ pub fn run(args: Args) -> Result<(), String> {
 /// Congestion control for exit circuits from the verified consensus: its `cc_*` parameters
 /// for exit paths (proposal 324 §6.5) and the relays listing `FlowCtrl=2` and `Relay=4`.
 /// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
-fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
+pub(crate) fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
     use onion_dir::ccparams::{CcParams, CcPath};
     let p = CcParams::from_net_params(&dir.net_params());
     if !p.enabled() {

@@ -105,6 +105,10 @@ pub struct Args {
     /// services, as C tor's `ExtendedErrors` SocksPort flag.
     #[arg(long)]
     extended_errors: bool,
+    /// Negotiate congestion control (proposal 324) with exits that support it; a client that
+    /// stops reading then gets its stream stopped by XOFF instead of stream windows.
+    #[arg(long)]
+    congestion_control: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -378,6 +382,7 @@ pub fn run(args: Args) -> Result<(), String> {
         handshake_timeout,
         allow_non_loopback,
         extended_errors,
+        congestion_control,
         net,
     } = args;
     let handshake_timeout = Duration::from_secs(handshake_timeout);
@@ -389,6 +394,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
     let mut client = Client::new();
     let mut dir = opts.bootstrap(&mut client)?;
+    if congestion_control {
+        client.congestion_control = crate::cmd::get::client_cc(&dir)?;
+    }
     let mut next_refresh = client.deadline(dir.refresh_delay().max(REFRESH_RETRY));
     let config = path::path_config(&opts.auths);
     let testing = path::is_testing_network(&opts.auths);
@@ -460,6 +468,12 @@ pub fn run(args: Args) -> Result<(), String> {
             let delay = match opts.refresh(&mut client, &dir) {
                 Ok(d) => {
                     dir = d;
+                    if congestion_control {
+                        match crate::cmd::get::client_cc(&dir) {
+                            Ok(cc) => client.congestion_control = cc,
+                            Err(e) => eprintln!("onion: congestion control: {e}"),
+                        }
+                    }
                     dir.refresh_delay()
                 }
                 Err(e) => {

@@ -203,7 +203,12 @@ pub fn exit_circuit_retrying(
     for attempt in 1..=ATTEMPTS {
         match exit_circuit(client, dir, config.clone(), host, port, avoid, deadline) {
             Ok(c) => {
-                eprintln!("onion: circuit built: {}", c.1.join(" -> "));
+                let cc = client
+                    .circs
+                    .get(c.0)
+                    .and_then(|x| x.circ.congestion_control(x.circ.n_hops().saturating_sub(1)))
+                    .map_or("", |_| " (congestion control)");
+                eprintln!("onion: circuit built: {}{cc}", c.1.join(" -> "));
                 return Ok(c);
             }
             Err(e) => {
