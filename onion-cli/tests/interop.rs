@@ -1233,7 +1233,7 @@ fn onion_serve_bounds_what_it_buffers_for_peers_that_stop() {
 
 /// The `[warn]` lines C tor relays logged after `from` (per relay, the length of its
 /// `notice.log` then) that concern congestion control or SENDMEs.
-fn cc_warnings(net: &support::TorNet, from: &[(String, usize)]) -> Vec<String> {
+fn cc_warnings(from: &[(String, usize)]) -> Vec<String> {
     let mut out = Vec::new();
     for (path, start) in from {
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -1246,7 +1246,6 @@ fn cc_warnings(net: &support::TorNet, from: &[(String, usize)]) -> Vec<String> {
             }
         }
     }
-    let _ = net;
     out
 }
 
@@ -1322,7 +1321,7 @@ fn get_10_mib_with_congestion_control() {
         mib(took_ctor)
     );
     eprintln!("{}", support::last_lines(&err, 4));
-    let warns = cc_warnings(net, &logs);
+    let warns = cc_warnings(&logs);
     assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
 }
 
@@ -1388,6 +1387,6 @@ fn socks_client_that_stops_reading_is_stopped_by_xoff() {
         "onion buffered {} KiB for a client that does not read",
         rss1 - rss0
     );
-    let warns = cc_warnings(net, &logs);
+    let warns = cc_warnings(&logs);
     assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
 }
