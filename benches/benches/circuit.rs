@@ -4,7 +4,7 @@
 //!   exit to the client through three hops (exit originates, middle and guard add a layer,
 //!   the client removes three and recognises the cell): the most the four parties could
 //!   carry on one core if they did nothing but crypto.
-//! * `circuit/e2e_3hop`: the in-memory network of onion-circuit's `sim` module: client,
+//! * `circuit/e2e_3hop`: the in-memory network of onion-sim (`onion_sim::circuit`): client,
 //!   guard, middle, exit and web server on real channels (cells encoded to bytes and parsed
 //!   back), circuits and streams with SENDME flow control, fetching 4 MB. Key generation is
 //!   outside the timing; link and circuit handshakes are inside.
@@ -26,7 +26,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use onion_circuit::sim::{Sim, SimConfig};
+use onion_sim::circuit::{Sim, SimConfig};
 use onion_crypto::tor1::{ClientCircuitCrypto, Tor1ClientHop, Tor1RelayCrypto, TOR1_KEY_LEN};
 
 const FETCH: u64 = 4_000_000;

@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use onion_cell::chancell::{ChanMsg, DestroyReason, RelayPayload};
 use onion_circuit::circuit::HandshakeKind;
-use onion_circuit::sim::wired::Wired;
+use onion_sim::circuit::wired::Wired;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut w) = Wired::new(5, HandshakeKind::NtorV3, true, 3) else {

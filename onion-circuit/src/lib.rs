@@ -12,7 +12,6 @@
 //! | tor-spec §6.1–6.3 stream ids, states, half-closed streams | [`stream`] |
 //! | tor-spec §7.3, §7.3.1, §7.4 circuit and stream windows, authenticated SENDME v1 | [`flow`] |
 //! | proposal 324 §2.1, §3.3 congestion control: RTT, Tor Vegas | [`cc`] |
-//! | a deterministic in-memory network of all the above (tests, `onion sim`, benchmarks) | [`sim`] |
 //!
 //! Secrets: the circuit machines hold no key bytes of their own. Handshake states, key
 //! generators and tor1 layers are onion-crypto types, which zeroize on drop.
@@ -22,7 +21,6 @@ pub mod channel;
 pub mod circuit;
 pub mod flow;
 pub mod relay;
-pub mod sim;
 pub mod stream;
 pub mod time;
 

@@ -20,7 +20,6 @@
 //! | client: §2.2.4.1, §3.2, §4 | [`client`] |
 //! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
 //! | service publishing: §2.2.2, §2.2.4.2, §2.2.5, §3.1, intro point rotation | [`publish`] |
-//! | §2–§4 end to end in an in-memory network (HSDir, intro and rendezvous points) | [`sim`] |
 //!
 //! The client and service machines work on message bodies; the embedder owns the circuits
 //! (`onion-circuit`), sends what they return and feeds back what arrives.
@@ -40,7 +39,6 @@ pub mod publish;
 pub mod relay;
 pub mod ring;
 pub mod service;
-pub mod sim;
 pub mod time;
 mod util;
 

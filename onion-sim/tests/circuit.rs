@@ -2,7 +2,7 @@
 //! over real channels, circuits and streams, with virtual time and a seeded RNG.
 
 use onion_circuit::circuit::HandshakeKind;
-use onion_circuit::sim::{self, SimConfig, CLIENT_ADDR, WEB_ADDR, WEB_HOST};
+use onion_sim::circuit::{self as sim, SimConfig, CLIENT_ADDR, WEB_ADDR, WEB_HOST};
 
 fn print_story(r: &sim::Report) {
     for l in &r.story {

@@ -5,7 +5,7 @@ use onion_cell::chancell::{ChanMsg, DestroyReason, RelayPayload};
 use onion_cell::relaymsg::BeginFlags;
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_circuit::relay::RelayEvent;
-use onion_circuit::sim::wired::Wired;
+use onion_sim::circuit::wired::Wired;
 use proptest::prelude::*;
 
 fn built() -> Wired {

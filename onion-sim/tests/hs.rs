@@ -1,8 +1,8 @@
-//! The onion-service story in the in-memory network (onion_hs::sim): a client fetches a page
+//! The onion-service story in the in-memory network (onion_sim::hs): a client fetches a page
 //! from an onion service end to end, and neither side learns the other's relays beyond what
 //! the protocol names (rend-spec-v3 §2–§4).
 
-use onion_hs::sim::{run, HsReport, HsSimConfig, HsSimError};
+use onion_sim::hs::{run, HsReport, HsSimConfig, HsSimError};
 
 fn check(r: &HsReport) {
     assert!(
@@ -110,4 +110,66 @@ fn too_few_relays_refused() {
         ..HsSimConfig::default()
     };
     assert!(matches!(run(&cfg), Err(HsSimError::Config(_))));
+}
+
+/// The same story in the channel-level network (`onion_sim::hs`): every party and relay talks
+/// over channels with link handshakes; each party opens one channel, to its guard, and reuses
+/// it for all its circuits (tor-spec §5.3.1); only the guards ever accept a channel from a
+/// party; the rendezvous point joins the two circuits and tears the service's side down when
+/// the client's side goes (rend-spec-v3 §4.2).
+#[test]
+fn onion_service_over_channels() {
+    use onion_sim::hs::{run as sim_run, HsSimConfig, CLIENT_ADDR, SERVICE_ADDR};
+    let r = sim_run(&HsSimConfig {
+        seed: 4,
+        page_len: 20_000,
+        ..HsSimConfig::default()
+    })
+    .unwrap();
+    assert_eq!(r.body, r.expected_body);
+    let lines = |party: &str, prefix: &str| {
+        r.story
+            .iter()
+            .filter(|l| l.party == party && l.text.starts_with(prefix))
+            .count()
+    };
+    // One channel per party, to its guard, opened by a link handshake.
+    assert_eq!(lines("client", "opening a channel to the relay0"), 1);
+    assert_eq!(lines("client", "opening a channel"), 1);
+    assert_eq!(lines("service", "opening a channel to the relay2"), 1);
+    assert_eq!(lines("service", "opening a channel"), 1);
+    assert_eq!(
+        lines("client", "channel to the relay0 open: link protocol v5"),
+        1
+    );
+    // Only the guards accepted channels from the parties' addresses.
+    for (addr, guard) in [(CLIENT_ADDR, "relay0"), (SERVICE_ADDR, "relay2")] {
+        let from = format!("accepted a channel from {addr} ");
+        let who: Vec<&str> = r
+            .story
+            .iter()
+            .filter(|l| l.text.starts_with(&from))
+            .map(|l| l.party.as_str())
+            .collect();
+        assert_eq!(who, vec![guard]);
+    }
+    assert_eq!(
+        r.neighbours_of("relay0").unwrap(),
+        &["client", "relay1"].map(String::from).into()
+    );
+    assert!(r.neighbours_of("relay2").unwrap().contains("service"));
+    // Many circuits, one channel: the client built at least three (descriptor fetch,
+    // rendezvous, introduction), all over its one channel to its guard.
+    let client_circuits = lines("client", "circuit built");
+    assert!(client_circuits >= 3, "{client_circuits}");
+    // Cells crossed the links as bytes: the page alone crosses six links, three on each side
+    // of the rendezvous point.
+    assert!(r.link_bytes > 6 * 20_000, "{}", r.link_bytes);
+    // The rendezvous point joined the circuits, then closed both.
+    let rp = r.rend_point.as_str();
+    assert_eq!(
+        lines(rp, "rendezvous point: RENDEZVOUS1 matches the cookie"),
+        1
+    );
+    assert_eq!(lines(rp, "joined circuit closed"), 1);
 }

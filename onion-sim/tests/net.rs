@@ -1,4 +1,4 @@
-//! The building blocks of the in-memory network (`onion_circuit::sim::net`), used directly:
+//! The building blocks of the in-memory network (`onion_sim::circuit::net`), used directly:
 //! parties build circuits through relays over channels, a relay's BEGIN_DIR handler answers
 //! with a pluggable directory service, relays without one refuse, channels are reused.
 
@@ -9,9 +9,9 @@ use onion_cell::relaymsg::EndReason;
 use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_circuit::relay::RelayEvent;
-use onion_circuit::sim::dir::{DirEdge, DirService};
-use onion_circuit::sim::net::{CircRef, Edge, Net, NetConfig, Queue, RelayCx};
 use onion_circuit::Instant;
+use onion_sim::circuit::dir::{DirEdge, DirService};
+use onion_sim::circuit::net::{CircRef, Edge, Net, NetConfig, Queue, RelayCx};
 
 /// Answers `GET /<n>` with `n` bytes of `b'x'`, once the request head is complete.
 struct Fill;

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use onion_circuit::circuit::HandshakeKind;
-use onion_circuit::sim::{self, SimConfig, StoryLine};
+use onion_sim::circuit::{self as sim, SimConfig, StoryLine};
 use sha2::{Digest, Sha256};
 
 mod onion;

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use onion_cell::relaymsg::EndReason;
 
 use super::net::{Edge, RelayCx};
-use crate::relay::RelayEvent;
-use crate::stream::StreamId;
+use onion_circuit::relay::RelayEvent;
+use onion_circuit::stream::StreamId;
 
 /// Largest request a [`DirEdge`] buffers; a longer one ends the stream (RESOURCELIMIT).
 pub const MAX_DIR_REQUEST: usize = 64 * 1024;

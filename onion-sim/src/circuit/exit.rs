@@ -15,9 +15,9 @@ use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
 use super::net::{Chunk, Edge, Pipe, RelayCx};
 use super::web::{WebConn, SPAN_MAX};
 use super::{WEB_ADDR, WEB_HOST};
-use crate::relay::RelayEvent;
-use crate::stream::StreamId;
-use crate::Instant;
+use onion_circuit::relay::RelayEvent;
+use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
 
 /// The party name the web server's story lines and what it saw go under.
 pub const WEB: &str = "web";

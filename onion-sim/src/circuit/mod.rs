@@ -1,9 +1,9 @@
 //! A deterministic, in-memory Tor network: a client, relays (guard, middle, exit) and a
 //! destination web server in one process, with virtual time and a seeded RNG.
 //!
-//! Every party runs the real state machines of this crate: [`Channel`](crate::channel::Channel)s (link handshake with
-//! real certificates, cells encoded to bytes), client [`Circuit`](crate::circuit::Circuit)s and
-//! [`RelayCircuit`](crate::relay::RelayCircuit)s (real
+//! Every party runs the real state machines of this crate: [`Channel`](onion_circuit::channel::Channel)s (link handshake with
+//! real certificates, cells encoded to bytes), client [`Circuit`](onion_circuit::circuit::Circuit)s and
+//! [`RelayCircuit`](onion_circuit::relay::RelayCircuit)s (real
 //! ntor / ntor-v3 handshakes, tor1 layers, SENDME flow control). Only the transport is
 //! simulated: the bytes a channel writes travel on an in-memory link (no TLS; the TLS
 //! certificate digest the link certificates bind to is a per-link random value) that delays
@@ -43,10 +43,10 @@ use std::time::Duration;
 
 use onion_cell::relaymsg::BeginFlags;
 
-use crate::circuit::{CircEvent, HandshakeKind};
-use crate::flow::FlowStats;
-use crate::stream::StreamId;
-use crate::Instant;
+use onion_circuit::circuit::{CircEvent, HandshakeKind};
+use onion_circuit::flow::FlowStats;
+use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
 
 use self::exit::{Exit, WEB};
 use self::net::{CircRef, Driver, Net, NetConfig};

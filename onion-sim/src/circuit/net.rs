@@ -35,11 +35,11 @@ use onion_crypto::{Ed25519Identity, RsaIdentity};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::channel::{ChanConfig, ChanEvent, Channel, PeerIds, RelayLinkKeys};
-use crate::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
-use crate::flow::FlowStats;
-use crate::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
-use crate::Instant;
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds, RelayLinkKeys};
+use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::flow::FlowStats;
+use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::Instant;
 
 use super::{SimError, StoryLine};
 
@@ -729,16 +729,12 @@ impl Net {
             .link_keys
             .responder_certs(&digest, wall(self.now))
             .map_err(|e| SimError::Setup(e.to_string()))?;
-        let rcfg = ChanConfig {
-            peer_addr: Some(from_addr),
-            my_addrs: vec![to_addr.ip()],
-            ..ChanConfig::default()
-        };
+        let mut rcfg = ChanConfig::default();
+        rcfg.peer_addr = Some(from_addr);
+        rcfg.my_addrs = vec![to_addr.ip()];
         let responder = Channel::responder(rcfg, &certs, self.now, wall(self.now), &mut self.rng);
-        let icfg = ChanConfig {
-            peer_addr: Some(to_addr.ip()),
-            ..ChanConfig::default()
-        };
+        let mut icfg = ChanConfig::default();
+        icfg.peer_addr = Some(to_addr.ip());
         let initiator = Channel::initiator(icfg, expected, Some(digest), self.now, wall(self.now));
         let to_name = self.relays[to].name.clone();
         let from_chans = match from {
@@ -1661,7 +1657,7 @@ impl Net {
         }
     }
 
-    fn extend(&mut self, r: usize, i: usize, req: crate::relay::ExtendRequest) {
+    fn extend(&mut self, r: usize, i: usize, req: onion_circuit::relay::ExtendRequest) {
         let Some(addr) = req.addrs.first().copied() else {
             if let Some(rc) = self.relays[r].circs[i].as_mut() {
                 rc.circ.extend_failed(DestroyReason::CONNECTFAILED);
@@ -1812,7 +1808,7 @@ mod tests {
         assert_eq!(relay_circ(&net).n_streams(), 1, "half-closed at the exit");
         let deadline = net.relay_timeout().expect("the half-closed window's end");
         assert!(deadline > quiet_at);
-        assert!(deadline <= quiet_at + crate::relay::DEFAULT_HALF_CLOSED_TIMEOUT);
+        assert!(deadline <= quiet_at + onion_circuit::relay::DEFAULT_HALF_CLOSED_TIMEOUT);
         assert_eq!(net.next_activity(&Queue), None, "nothing in flight");
         assert_eq!(net.next_time(&Queue), Some(deadline));
 

@@ -11,9 +11,9 @@ use onion_crypto::{Ed25519Identity, RsaIdentity};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use crate::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
-use crate::relay::{RelayCircuit, RelayError, RelayEvent, RelayKeys, RelayOutput};
-use crate::Instant;
+use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::relay::{RelayCircuit, RelayError, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::Instant;
 
 /// A client circuit and its hops, passing cells by hand.
 pub struct Wired {

@@ -1,13 +1,16 @@
 //! An HSDir's directory service: descriptors stored by `POST /tor/hs/3/publish` and served by
 //! `GET /tor/hs/3/<blinded key>` (rend-spec-v3 §2.2.6, dir-spec HTTP), plugged into a relay's
-//! BEGIN_DIR handler ([`onion_circuit::sim::dir::DirEdge`]).
+//! BEGIN_DIR handler ([`crate::circuit::dir::DirEdge`]).
 
 use std::collections::BTreeMap;
 
-use onion_circuit::sim::dir::DirService;
-use onion_circuit::sim::net::RelayCx;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
-use crate::service::UPLOAD_PATH;
+use crate::circuit::dir::DirService;
+use crate::circuit::net::RelayCx;
+
+use onion_hs::service::UPLOAD_PATH;
 
 /// Largest number of descriptors one HSDir keeps (the simulator's bound on its memory).
 pub const MAX_STORED: usize = 1024;
@@ -69,11 +72,11 @@ impl HsDir {
                 }
                 let text = core::str::from_utf8(&body[..len]).ok();
                 let key = text
-                    .and_then(|t| crate::desc::OuterDescriptor::parse(t).ok())
+                    .and_then(|t| onion_hs::desc::OuterDescriptor::parse(t).ok())
                     .and_then(|d| d.claimed_blinded_key().ok());
                 match (text, key) {
                     (Some(t), Some(k)) => {
-                        let b64 = crate::util::b64_pad(k.as_bytes());
+                        let b64 = STANDARD.encode(k.as_bytes());
                         if self.store.len() >= MAX_STORED && !self.store.contains_key(&b64) {
                             return Some((
                                 b"HTTP/1.0 503 Directory full\r\n\r\n".to_vec(),

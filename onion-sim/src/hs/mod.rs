@@ -1,7 +1,7 @@
 //! An onion service in the in-memory Tor network (rend-spec-v3 §2–§4 end to end), over real
 //! channels.
 //!
-//! The network is onion-circuit's ([`onion_circuit::sim::net::Net`]): relays with real link
+//! The network is onion-circuit's ([`crate::circuit::net::Net`]): relays with real link
 //! keys and certificates accept channels (VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO, cells as
 //! bytes on in-memory links with latency and bandwidth), run real relay circuits
 //! ([`RelayCircuit`](onion_circuit::relay::RelayCircuit): ntor-v3, tor1 layers, SENDMEs) and
@@ -46,22 +46,22 @@ mod world;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::circuit::web::expected_body;
+use crate::circuit::StoryLine;
 use onion_cell::relaymsg::BeginFlags;
 use onion_cell::RelayCmd;
 use onion_circuit::flow::FlowStats;
-use onion_circuit::sim::web::expected_body;
-use onion_circuit::sim::StoryLine;
 use rand_chacha::rand_core::RngCore;
 use sha2::Digest as _;
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
-use crate::client::HsClient;
-use crate::desc::ClientAuthConfig;
-use crate::keys::ExpandedKeypair;
-use crate::linkspec::LinkSpec;
-use crate::ring::{HsDirParams, HsDirRelay, SharedRandom};
-use crate::service::{HsService, HsServiceConfig, UPLOAD_PATH};
-use crate::time::TimePeriodConfig;
+use onion_hs::client::HsClient;
+use onion_hs::desc::ClientAuthConfig;
+use onion_hs::keys::ExpandedKeypair;
+use onion_hs::linkspec::LinkSpec;
+use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
+use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
+use onion_hs::time::TimePeriodConfig;
 
 use self::world::World;
 pub use self::world::{CLIENT_ADDR, SERVICE_ADDR};
@@ -310,7 +310,7 @@ pub fn run(cfg: &HsSimConfig) -> Result<HsReport, HsSimError> {
     }
 
     // 3. The client fetches the descriptor.
-    let addr = crate::OnionAddress::parse(&address).map_err(|e| fail("address", e))?;
+    let addr = onion_hs::OnionAddress::parse(&address).map_err(|e| fail("address", e))?;
     w.say("client", format!("connecting to {address}"));
     let mut client = HsClient::new(addr).map_err(|e| fail("client", e))?;
     let sel = sr.client_fetch(&tp, VALID_AFTER);
@@ -541,7 +541,7 @@ pub fn run(cfg: &HsSimConfig) -> Result<HsReport, HsSimError> {
 mod tests {
     use super::hsdir::HsDir;
     use super::*;
-    use crate::msg::IntroduceAck;
+    use onion_hs::msg::IntroduceAck;
     use proptest::prelude::*;
 
     fn service(w: &mut World) -> HsService {
@@ -619,7 +619,7 @@ mod tests {
     fn rendezvous1_unknown_cookie_refused() {
         let mut w = World::new(13, 10).unwrap();
         let o = w.build(w.service, &[2, 3, 8]).unwrap();
-        let body = crate::msg::Rendezvous1 {
+        let body = onion_hs::msg::Rendezvous1 {
             rend_cookie: [7; 20],
             handshake_info: [0; 64],
         }

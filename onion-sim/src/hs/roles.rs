@@ -4,12 +4,12 @@
 //! rendezvous point ([`RendPoint`]: ESTABLISH_RENDEZVOUS, then RENDEZVOUS1 answered with
 //! RENDEZVOUS2 and the two circuits joined, §4.1, §4.2).
 
+use crate::circuit::net::{Edge, RelayCx};
 use onion_cell::RelayCmd;
 use onion_circuit::relay::RelayEvent;
-use onion_circuit::sim::net::{Edge, RelayCx};
 
-use crate::cellmsg;
-use crate::relay::{IntroPoint, RendPoint};
+use onion_hs::cellmsg;
+use onion_hs::relay::{IntroPoint, RendPoint};
 
 /// A relay's introduction-point and rendezvous-point state; circuits are this relay's
 /// circuit indices.

@@ -4,20 +4,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use crate::circuit::dir::DirEdge;
+use crate::circuit::net::{CircRef, Driver, Net, NetConfig};
+use crate::circuit::web::WebConn;
 use onion_cell::relaymsg::EndReason;
 use onion_cell::RelayCmd;
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
-use onion_circuit::sim::dir::DirEdge;
-use onion_circuit::sim::net::{CircRef, Driver, Net, NetConfig};
-use onion_circuit::sim::web::WebConn;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 
 use super::hsdir::HsDir;
 use super::roles::HsRoles;
 use super::{fail, HsSimError, BANDWIDTH, LATENCY};
-use crate::cellmsg;
-use crate::linkspec::LinkSpec;
+use onion_hs::cellmsg;
+use onion_hs::linkspec::LinkSpec;
 
 /// The client's address (what its guard sees).
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);

@@ -1,12 +1,12 @@
 //! `onion sim --onion`: the onion-service scenario of the in-memory network
-//! (`onion_hs::sim`): a service publishes its descriptor to HSDirs and keeps introduction
+//! (`onion_sim::hs`): a service publishes its descriptor to HSDirs and keeps introduction
 //! points; a client fetches the descriptor, meets the service at a rendezvous point and
 //! fetches a page over the joined circuit (rend-spec-v3 §2–§4). Every party and relay talks
 //! over channels (link handshake, cells as bytes on in-memory links). One line per
 //! significant event, then each relay's channel peers, what each side learned of the other's
 //! relays and the page's SHA-256.
 
-use onion_hs::sim::{self, HsSimConfig};
+use onion_sim::hs::{self as sim, HsSimConfig};
 
 use super::{list, print_json, print_outcome, print_sets, print_story, sets_json, story_json};
 

@@ -1,0 +1,26 @@
+//! A deterministic, in-memory Tor network built from the onion state machines.
+//!
+//! Every party in one process, with virtual time and one seeded RNG, so that the same seed
+//! gives the same run, byte for byte. Only the transport is simulated: channels (tor-spec §2,
+//! §4: VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO, with real link certificates) write their
+//! cells as bytes onto in-memory links that delay them by a latency plus the time the link's
+//! bandwidth needs; everything above (ntor and ntor-v3 circuit handshakes, tor1 relay crypto,
+//! EXTEND2, streams, SENDME flow control, tor-spec §5–§7) is the real code of
+//! [`onion_circuit`], and the onion-service story (rend-spec-v3 §2–§4) is the real code of
+//! [`onion_hs`].
+//!
+//! | module | what it simulates |
+//! |---|---|
+//! | [`circuit`] | client, guard, middle and exit relays and a web server: a client builds a circuit and fetches a document through it ([`circuit::run`], [`circuit::Sim`]); the reusable network ([`circuit::net`]), exit, BEGIN_DIR and web-server parts; [`circuit::wired`], a client circuit and its relay circuits wired cell by cell without channels, for tests, fuzz targets and benchmarks |
+//! | [`hs`] | an onion service on that network: HSDirs, introduction and rendezvous points, a service that publishes its descriptor and a client that fetches a page from it, with or without client authorization ([`hs::run`]) |
+//!
+//! Users: `onion sim` and `onion sim --onion` (onion-cli), the end-to-end circuit benchmark
+//! (benches), the `circuit_relay` fuzz target, and the tests in this crate's `tests/`.
+//!
+//! This crate lives apart from the library crates so that an embedder's build compiles none
+//! of it. It drives the circuit and onion-service machines directly; driving the embedder's
+//! layer (`onion_client::Client`) instead, so that the simulator exercises exactly the code
+//! that embedders run, is future work: that client does not exist yet.
+
+pub mod circuit;
+pub mod hs;
