@@ -46,6 +46,8 @@ pub mod error;
 mod half_closed_tests;
 #[cfg(test)]
 mod inbound_tests;
+#[cfg(test)]
+mod vhop_cc_tests;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -800,17 +802,60 @@ impl Circuit {
     /// Add a hop whose keys were agreed out of band (the onion-service "virtual hop" of
     /// rend-spec-v3, whose layer uses AES-256 and SHA3-256).
     pub fn add_virtual_hop(&mut self, layer: Box<dyn ClientLayer>) -> Result<(), CircError> {
+        self.add_virtual_hop_inner(layer, None)
+    }
+
+    /// Add an onion-service virtual hop, as [`Circuit::add_virtual_hop`], that runs
+    /// congestion control (proposal 324 §4.1, rend-spec-v3 §4.2): the client asked for it
+    /// in INTRODUCE1 (extension type 1) after the service advertised `flow-control` with its
+    /// `sendme_inc` in the descriptor, so both ends agree on `cc.sendme_inc` without a
+    /// handshake reply. C tor 0.4.9 then runs Tor Vegas end to end between client and
+    /// service with the consensus `_onion` parameters (`CC_PATH_ONION`; the exit ones for a
+    /// single onion service) and the descriptor's `sendme_inc` (the service's own consensus
+    /// value on its side); the relays of the two half-circuits keep fixed windows toward
+    /// their own ends. `cc.sendme_inc` 0 is refused ([`CcError::SendmeIncOutOfRange`]).
+    pub fn add_virtual_hop_cc(
+        &mut self,
+        layer: Box<dyn ClientLayer>,
+        cc: CcConfig,
+    ) -> Result<(), CircError> {
+        if cc.sendme_inc == 0 {
+            return Err(CircError::CongestionControl {
+                hop: self.hops.len(),
+                err: CcError::SendmeIncOutOfRange {
+                    got: 0,
+                    consensus: cc.sendme_inc,
+                },
+            });
+        }
+        self.add_virtual_hop_inner(layer, Some(cc))
+    }
+
+    fn add_virtual_hop_inner(
+        &mut self,
+        layer: Box<dyn ClientLayer>,
+        cc: Option<CcConfig>,
+    ) -> Result<(), CircError> {
         self.check_open()?;
         if self.pending.is_some() {
             return Err(CircError::ExtendInProgress);
         }
         self.crypto.add_boxed_hop(layer);
         self.mark_used();
+        let recv = match &cc {
+            Some(c) => CircRecvWindow::with_increment(c.sendme_inc),
+            None => CircRecvWindow::default(),
+        };
         self.hops.push(HopFlow {
             send: CircSendWindow::new(self.config.accept_sendme_v0),
-            recv: CircRecvWindow::default(),
+            recv,
             kh: None,
-            cc: None,
+            cc: cc.map(|cfg| {
+                Box::new(CcHop {
+                    cc: CongestionControl::new(cfg),
+                    expected: VecDeque::new(),
+                })
+            }),
         });
         self.events.push_back(CircEvent::HopAdded {
             hops: self.hops.len(),
