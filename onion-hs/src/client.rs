@@ -92,13 +92,42 @@ pub struct HsClient {
 pub const EXT_CC_REQUEST: u8 = 1;
 
 /// Whether a descriptor's second layer advertises congestion control: a `flow-control`
-/// line (rend-spec-v3 §2.5.2.2, proposal 324 §6.1: `flow-control <versions> <sendme_inc>`),
-/// the condition on which C tor's client asks for it in INTRODUCE1.
+/// line (rend-spec-v3 §2.5.2.2, proposal 324 §6.1: `flow-control <versions> <sendme_inc>`)
+/// whose versions include FlowCtrl=2 and whose `sendme_inc` is valid
+/// ([`flow_control_sendme_inc`]), the condition on which C tor's client asks for it in
+/// INTRODUCE1.
 pub fn advertises_flow_control(desc: &HsDescriptor) -> bool {
+    flow_control_sendme_inc(desc).is_some()
+}
+
+/// The `sendme_inc` of a descriptor's `flow-control` line (rend-spec-v3 §2.5.2.2), the
+/// value both ends of a congestion-controlled rendezvous circuit use (C tor's client takes
+/// it from the descriptor, its service from its own consensus, which wrote the line).
+/// `None` when there is no such line, its protocol versions (a protover range list, e.g.
+/// `1-2`) lack version 2 (congestion control), or `sendme_inc` is not a number in 1..=255.
+pub fn flow_control_sendme_inc(desc: &HsDescriptor) -> Option<u8> {
     desc.second_layer
         .other_lines
         .iter()
-        .any(|l| l.split(' ').next() == Some("flow-control"))
+        .find_map(|l| parse_flow_control(l))
+}
+
+/// `flow-control <versions> <sendme_inc>` → `sendme_inc`, if versions include 2.
+fn parse_flow_control(line: &str) -> Option<u8> {
+    let mut it = line.split(' ');
+    if it.next() != Some("flow-control") {
+        return None;
+    }
+    let versions = it.next()?;
+    let inc: u8 = it.next()?.parse().ok()?;
+    let has_2 = versions.split(',').any(|r| {
+        let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+        match (lo.parse::<u32>(), hi.parse::<u32>()) {
+            (Ok(lo), Ok(hi)) => lo <= 2 && 2 <= hi,
+            _ => false,
+        }
+    });
+    (has_2 && inc > 0).then_some(inc)
 }
 
 impl HsClient {
@@ -134,6 +163,13 @@ impl HsClient {
     /// i.e. whether the rendezvous circuit must run it once joined.
     pub fn congestion_control_requested(&self) -> bool {
         self.congestion_control && self.desc.as_ref().is_some_and(advertises_flow_control)
+    }
+
+    /// The `sendme_inc` the service advertises in its descriptor's `flow-control` line
+    /// ([`flow_control_sendme_inc`]): the value a congestion-controlled rendezvous circuit
+    /// runs with (C tor's client, `hs_circ_setup_congestion_control`).
+    pub fn descriptor_sendme_inc(&self) -> Option<u8> {
+        self.desc.as_ref().and_then(flow_control_sendme_inc)
     }
 
     /// The address.

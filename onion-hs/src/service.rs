@@ -83,6 +83,19 @@ pub struct HsServiceConfig {
     /// Bound on the service-wide cache of rendezvous cookies (the same cookie through two
     /// introduction points is a replay too); the oldest are forgotten first.
     pub cookie_cache_size: usize,
+    /// Congestion control (proposal 324) for rendezvous circuits: `Some(sendme_inc)` (the
+    /// consensus `cc_sendme_inc`) writes `flow-control 1-2 <sendme_inc>` in the descriptor
+    /// ([`flow_control_line`]), as C tor 0.4.9 does when its consensus enables congestion
+    /// control, so that clients may ask for it in INTRODUCE2
+    /// ([`RendezvousRequest::asks_congestion_control`]). `None` (the default) writes no line.
+    pub flow_control_sendme_inc: Option<u8>,
+}
+
+/// The descriptor line advertising congestion control (rend-spec-v3 §2.5.2.2, proposal 324
+/// §6.1): the FlowCtrl versions this implementation speaks (1: stream SENDMEs, 2: congestion
+/// control), as C tor 0.4.9 writes them, and the SENDME increment.
+pub fn flow_control_line(sendme_inc: u8) -> String {
+    format!("flow-control 1-2 {sendme_inc}")
 }
 
 impl Default for HsServiceConfig {
@@ -93,6 +106,7 @@ impl Default for HsServiceConfig {
             client_auth: None,
             replay_cache_size: 32_768,
             cookie_cache_size: 16_384,
+            flow_control_sendme_inc: None,
         }
     }
 }
@@ -356,7 +370,12 @@ impl HsService {
             create2_formats: vec![2],
             intro_auth_required: None,
             single_onion_service: false,
-            other_lines: vec![],
+            other_lines: self
+                .config
+                .flow_control_sendme_inc
+                .map(flow_control_line)
+                .into_iter()
+                .collect(),
             intro_points: ips,
             client_auth: self.config.client_auth.clone(),
         };

@@ -400,3 +400,31 @@ fn congestion_control_request_needs_both_sides() {
         assert_eq!(c.congestion_control_requested(), want, "cc={cc}");
     }
 }
+
+/// The `flow-control` line counts only when its versions include FlowCtrl=2 and its
+/// `sendme_inc` is a valid number (C tor: `hs_desc_supports_congestion_control`; a bad
+/// `sendme_inc` makes C tor reject the descriptor, here the line is not an advertisement).
+#[test]
+fn flow_control_line_versions_and_sendme_inc() {
+    use onion_hs::client::{advertises_flow_control, flow_control_sendme_inc};
+    use onion_hs::service::flow_control_line;
+    let b = build(3, 2, 1, &[]);
+    let mut hs = desc::decode(&b.text, &b.id.id_key(), Some(b.period), None, NOW).unwrap();
+    assert_eq!(flow_control_line(31), "flow-control 1-2 31");
+    for (line, want) in [
+        ("flow-control 1-2 31", Some(31)),
+        ("flow-control 2 33", Some(33)),
+        ("flow-control 1,2-3 25", Some(25)),
+        ("flow-control 1 31", None),
+        ("flow-control 3-4 31", None),
+        ("flow-control 1-2 0", None),
+        ("flow-control 1-2 256", None),
+        ("flow-control 1-2 x", None),
+        ("flow-control 1-2", None),
+        ("flow-control x-2 31", None),
+    ] {
+        hs.second_layer.other_lines = vec![line.to_string()];
+        assert_eq!(flow_control_sendme_inc(&hs), want, "{line}");
+        assert_eq!(advertises_flow_control(&hs), want.is_some(), "{line}");
+    }
+}

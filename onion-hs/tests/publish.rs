@@ -810,7 +810,7 @@ fn introduce2_carries_no_congestion_control_request() {
         .unwrap();
     let d = client.descriptor().unwrap().clone();
     let ip = &d.second_layer.intro_points[0];
-    let id = h.id.clone();
+    let id = h.id;
     let subcred = id.blind(sel.period).subcredential(&id.credential());
     let pt = IntroducePlaintext {
         rend_cookie: [7; 20],
@@ -923,4 +923,47 @@ fn replay_cache_is_per_introduction_point() {
         h.p.handle_introduce2(&mut h.rng, b, &body, h.now),
         Err(PublishError::Service(ServiceError::Replay))
     ));
+}
+
+/// A service configured for congestion control advertises `flow-control 1-2 <sendme_inc>`
+/// (C tor 0.4.9 with congestion control enabled), a client that runs it then asks in
+/// INTRODUCE1 and reads the service's `sendme_inc`, and the service sees the request; a
+/// client that does not run it does not ask.
+#[test]
+fn flow_control_service_advertises_and_is_asked() {
+    let hs_config = HsServiceConfig {
+        flow_control_sendme_inc: Some(33),
+        ..HsServiceConfig::default()
+    };
+    let mut h = Harness::with_service(23, PublisherConfig::default(), hs_config);
+    let v = h.view.clone();
+    h.consensus(v);
+    let sel = h
+        .view
+        .shared_random
+        .client_fetch(&h.view.periods, h.view.valid_after);
+    let desc = h
+        .uploads
+        .iter()
+        .find(|u| u.period == sel.period)
+        .unwrap()
+        .clone();
+    let mut client = HsClient::new(h.id.address()).unwrap();
+    client
+        .handle_descriptor(&desc.text, sel.period, None, h.now)
+        .unwrap();
+    assert_eq!(
+        client.descriptor().unwrap().second_layer.other_lines,
+        vec!["flow-control 1-2 33"]
+    );
+    assert_eq!(client.descriptor_sendme_inc(), Some(33));
+    for cc in [false, true] {
+        let (_, routed) = introduce_cc(&mut h, &desc.text, sel.period, cc);
+        let (intro, body) = routed.expect("routed to the service");
+        let req =
+            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+                .unwrap();
+        assert_eq!(req.asks_congestion_control(), cc, "cc={cc}");
+        h.pump();
+    }
 }
