@@ -26,8 +26,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use onion_sim::circuit::{Sim, SimConfig};
 use onion_crypto::tor1::{ClientCircuitCrypto, Tor1ClientHop, Tor1RelayCrypto, TOR1_KEY_LEN};
+use onion_sim::circuit::{Sim, SimConfig};
 
 const FETCH: u64 = 4_000_000;
 

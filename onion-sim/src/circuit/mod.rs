@@ -1,7 +1,7 @@
 //! A deterministic, in-memory Tor network: a client, relays (guard, middle, exit) and a
 //! destination web server in one process, with virtual time and a seeded RNG.
 //!
-//! Every party runs the real state machines of this crate: [`Channel`](onion_circuit::channel::Channel)s (link handshake with
+//! Every party runs the real state machines of onion-circuit: [`Channel`](onion_circuit::channel::Channel)s (link handshake with
 //! real certificates, cells encoded to bytes), client [`Circuit`](onion_circuit::circuit::Circuit)s and
 //! [`RelayCircuit`](onion_circuit::relay::RelayCircuit)s (real
 //! ntor / ntor-v3 handshakes, tor1 layers, SENDME flow control). Only the transport is
@@ -18,7 +18,7 @@
 //! flow-control counters, and the addresses each party saw, so that tests can check that each
 //! relay knows only its neighbours.
 //!
-//! The network is built from parts that other scenarios reuse (onion-hs runs its
+//! The network is built from parts that other scenarios reuse ([`crate::hs`] runs its
 //! onion-service story on them):
 //!
 //! * [`net`]: the network itself ([`net::Net`]): relays with their channels and relay

@@ -20,8 +20,8 @@
 //! ready now (calling the driver for each client-circuit event), [`Net::advance`] moves the
 //! virtual clock to the next delivery or relay-circuit timer (a half-closed exit stream's
 //! window, tor-spec §6.2.1) and fires what is due. The driver either acts on events as they
-//! come (the issue-#4 client in [`super::Sim`]) or lets them queue ([`Queue`]) and reads them
-//! between calls, step by step (the onion-service story of onion-hs).
+//! come (the client in [`super::Sim`]) or lets them queue ([`Queue`]) and reads them
+//! between calls, step by step (the onion-service story of [`crate::hs`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use onion_hs::service::UPLOAD_PATH;
 
 use crate::circuit::dir::DirService;
 use crate::circuit::net::RelayCx;
-
-use onion_hs::service::UPLOAD_PATH;
 
 /// Largest number of descriptors one HSDir keeps (the simulator's bound on its memory).
 pub const MAX_STORED: usize = 1024;

@@ -1,7 +1,7 @@
 //! An onion service in the in-memory Tor network (rend-spec-v3 §2–§4 end to end), over real
 //! channels.
 //!
-//! The network is onion-circuit's ([`crate::circuit::net::Net`]): relays with real link
+//! The network is the circuit simulator's ([`crate::circuit::net::Net`]): relays with real link
 //! keys and certificates accept channels (VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO, cells as
 //! bytes on in-memory links with latency and bandwidth), run real relay circuits
 //! ([`RelayCircuit`](onion_circuit::relay::RelayCircuit): ntor-v3, tor1 layers, SENDMEs) and
@@ -9,7 +9,7 @@
 //! with their own channels and client circuits. Virtual time, one seeded RNG. On top of that
 //! each relay gets the onion-service edge handlers of this module:
 //!
-//! * relays 4.. are HSDirs ([`hsdir::HsDir`] behind onion-circuit's BEGIN_DIR handler:
+//! * relays 4.. are HSDirs ([`hsdir::HsDir`] behind the circuit simulator's BEGIN_DIR handler:
 //!   `POST /tor/hs/3/publish`, `GET /tor/hs/3/<blinded key>`);
 //! * every relay can be an introduction point and a rendezvous point ([`roles::HsRoles`]:
 //!   ESTABLISH_INTRO checked against the circuit's `KH`, INTRODUCE1 → INTRODUCE2, the two
@@ -46,15 +46,9 @@ mod world;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::circuit::web::expected_body;
-use crate::circuit::StoryLine;
 use onion_cell::relaymsg::BeginFlags;
 use onion_cell::RelayCmd;
 use onion_circuit::flow::FlowStats;
-use rand_chacha::rand_core::RngCore;
-use sha2::Digest as _;
-use x25519_dalek::{PublicKey as XPublic, StaticSecret};
-
 use onion_hs::client::HsClient;
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
@@ -62,8 +56,14 @@ use onion_hs::linkspec::LinkSpec;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
 use onion_hs::time::TimePeriodConfig;
+use rand_chacha::rand_core::RngCore;
+use sha2::Digest as _;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
 use self::world::World;
+use crate::circuit::web::expected_body;
+use crate::circuit::StoryLine;
+
 pub use self::world::{CLIENT_ADDR, SERVICE_ADDR};
 
 /// The consensus `valid-after` the run pretends to be in (2026-11-23 07:20:00 UTC).

@@ -1,15 +1,15 @@
-//! The onion-service roles of a relay, as an [`Edge`] handler of onion-circuit's network:
+//! The onion-service roles of a relay, as an [`Edge`] handler of the simulated network:
 //! introduction point ([`IntroPoint`]: ESTABLISH_INTRO checked against the circuit's `KH`,
 //! INTRODUCE1 forwarded as INTRODUCE2 and acknowledged, rend-spec-v3 §3.1, §3.2) and
 //! rendezvous point ([`RendPoint`]: ESTABLISH_RENDEZVOUS, then RENDEZVOUS1 answered with
 //! RENDEZVOUS2 and the two circuits joined, §4.1, §4.2).
 
-use crate::circuit::net::{Edge, RelayCx};
 use onion_cell::RelayCmd;
 use onion_circuit::relay::RelayEvent;
-
 use onion_hs::cellmsg;
 use onion_hs::relay::{IntroPoint, RendPoint};
+
+use crate::circuit::net::{Edge, RelayCx};
 
 /// A relay's introduction-point and rendezvous-point state; circuits are this relay's
 /// circuit indices.

@@ -1,23 +1,23 @@
-//! The onion-service network: onion-circuit's [`Net`] with relays that are HSDirs,
+//! The onion-service network: the circuit simulator's [`Net`] with relays that are HSDirs,
 //! introduction and rendezvous points, a client party and a service party, and the helpers
 //! the story uses to drive it one protocol step at a time.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use crate::circuit::dir::DirEdge;
-use crate::circuit::net::{CircRef, Driver, Net, NetConfig};
-use crate::circuit::web::WebConn;
 use onion_cell::relaymsg::EndReason;
 use onion_cell::RelayCmd;
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
+use onion_hs::cellmsg;
+use onion_hs::linkspec::LinkSpec;
 
 use super::hsdir::HsDir;
 use super::roles::HsRoles;
 use super::{fail, HsSimError, BANDWIDTH, LATENCY};
-use onion_hs::cellmsg;
-use onion_hs::linkspec::LinkSpec;
+use crate::circuit::dir::DirEdge;
+use crate::circuit::net::{CircRef, Driver, Net, NetConfig};
+use crate::circuit::web::WebConn;
 
 /// The client's address (what its guard sees).
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
