@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     client_key: Option<String>,
     /// Negotiate congestion control (proposal 324, Tor Vegas) with the exit when it
-    /// advertises FlowCtrl=2 and ntor-v3 and the consensus enables it (cc_alg != 0).
+    /// advertises FlowCtrl=2 and ntor-v3 and the consensus enables it (cc_alg != 0); for a
+    /// .onion URL, with the service when its descriptor advertises flow-control.
     #[arg(long)]
     congestion_control: bool,
     #[command(flatten)]
@@ -215,6 +216,10 @@ pub fn run(args: Args) -> Result<(), String> {
     let deadline = client.deadline(opts.timeout);
     if let Some(addr) = onion {
         let testing = path::is_testing_network(&opts.auths);
+        let cc = match congestion_control {
+            true => onion_cc(&dir),
+            false => None,
+        };
         let circ = crate::net::onion::connect(
             &mut client,
             &dir,
@@ -222,6 +227,7 @@ pub fn run(args: Args) -> Result<(), String> {
             testing,
             addr,
             client_key.as_ref(),
+            cc.as_ref(),
             deadline,
         )?;
         // Only the port names the target: the service maps it to its own (rend-spec-v3
@@ -310,8 +316,37 @@ pub(crate) fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
         return Ok(None);
     }
-    let v = p.vegas(CcPath::Exit);
-    let config = onion_circuit::cc::CcConfig {
+    let config = cc_config(&p, CcPath::Exit);
+    let exits = dir
+        .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
+        .collect();
+    Ok(Some(ClientCc { config, exits }))
+}
+
+/// Congestion control for rendezvous circuits from the verified consensus (proposal 324
+/// §6.5): the `_onion` Vegas parameters, and the exit ones for single onion services, as C
+/// tor's `hs_circ_setup_congestion_control`. `None`, with a note, when the consensus runs
+/// fixed windows (`cc_alg=0`).
+pub(crate) fn onion_cc(dir: &Directory) -> Option<crate::net::onion::OnionCc> {
+    use onion_dir::ccparams::{CcParams, CcPath};
+    let p = CcParams::from_net_params(&dir.net_params());
+    if !p.enabled() {
+        eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
+        return None;
+    }
+    Some(crate::net::onion::OnionCc {
+        onion: cc_config(&p, CcPath::Onion),
+        single_onion: cc_config(&p, CcPath::Exit),
+    })
+}
+
+/// The congestion-control configuration for one kind of path from the consensus values.
+fn cc_config(
+    p: &onion_dir::ccparams::CcParams,
+    path: onion_dir::ccparams::CcPath,
+) -> onion_circuit::cc::CcConfig {
+    let v = p.vegas(path);
+    onion_circuit::cc::CcConfig {
         sendme_inc: p.sendme_inc,
         cwnd_init: p.cwnd_init,
         cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
@@ -332,11 +367,7 @@ pub(crate) fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
         cwnd_full_gap: v.cwnd_full_gap,
         cwnd_full_minpct: v.cwnd_full_minpct,
         cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-    };
-    let exits = dir
-        .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
-        .collect();
-    Ok(Some(ClientCc { config, exits }))
+    }
 }
 
 /// One line on the exit hop's congestion control: whether it was negotiated and its state.
@@ -411,7 +442,11 @@ fn fetch_and_print(
             },
         )
         .map_err(|e| format!("fetching {}: {e} ({via})", url.path))?;
-    if client.congestion_control.is_some() {
+    let cc_ran = client.circs.get(circ).is_some_and(|c| {
+        let last = c.circ.n_hops().saturating_sub(1);
+        c.circ.congestion_control(last).is_some()
+    });
+    if client.congestion_control.is_some() || cc_ran {
         report_cc(client, circ, "at the end");
     }
     client.destroy(circ);

@@ -105,8 +105,9 @@ pub struct Args {
     /// services, as C tor's `ExtendedErrors` SocksPort flag.
     #[arg(long)]
     extended_errors: bool,
-    /// Negotiate congestion control (proposal 324) with exits that support it; a client that
-    /// stops reading then gets its stream stopped by XOFF instead of stream windows.
+    /// Negotiate congestion control (proposal 324) with exits that support it, and with
+    /// onion services whose descriptor advertises flow-control; a client that stops reading
+    /// then gets its stream stopped by XOFF instead of stream windows.
     #[arg(long)]
     congestion_control: bool,
     #[command(flatten)]
@@ -394,8 +395,10 @@ pub fn run(args: Args) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
     let mut client = Client::new();
     let mut dir = opts.bootstrap(&mut client)?;
+    let mut onion_cc = None;
     if congestion_control {
         client.congestion_control = crate::cmd::get::client_cc(&dir)?;
+        onion_cc = crate::cmd::get::onion_cc(&dir);
     }
     let mut next_refresh = client.deadline(dir.refresh_delay().max(REFRESH_RETRY));
     let config = path::path_config(&opts.auths);
@@ -440,7 +443,16 @@ pub fn run(args: Args) -> Result<(), String> {
         };
         let connect_onion = |c: &mut Client, addr: OnionAddress| {
             let deadline = c.deadline(opts.timeout);
-            onion::connect(c, &dir, &config, testing, addr, None, deadline)
+            onion::connect(
+                c,
+                &dir,
+                &config,
+                testing,
+                addr,
+                None,
+                onion_cc.as_ref(),
+                deadline,
+            )
         };
         let build = Builders {
             exit: &build,
@@ -473,6 +485,7 @@ pub fn run(args: Args) -> Result<(), String> {
                             Ok(cc) => client.congestion_control = cc,
                             Err(e) => eprintln!("onion: congestion control: {e}"),
                         }
+                        onion_cc = crate::cmd::get::onion_cc(&dir);
                     }
                     dir.refresh_delay()
                 }

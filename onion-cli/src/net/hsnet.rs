@@ -111,7 +111,13 @@ pub fn circuit_to<'a>(
         .map_err(|e| format!("path: {e}"))?;
     let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
     let end = *hops.last().ok_or("empty path")?;
-    let (c, names) = path::build_guarded(client, &hops, guard, deadline)?;
+    // No relay of an onion-service circuit is asked for congestion control, not even the
+    // last (C tor asks only the exit of a general circuit; a rendezvous circuit runs it end
+    // to end with the other party's virtual hop instead).
+    let cc = client.congestion_control.take();
+    let built = path::build_guarded(client, &hops, guard, deadline);
+    client.congestion_control = cc;
+    let (c, names) = built?;
     Ok((c, names, end))
 }
 

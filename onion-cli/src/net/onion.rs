@@ -10,12 +10,21 @@
 //!    must report success.
 //! 4. RENDEZVOUS2 on the rendezvous circuit completes hs-ntor: the service's hop is added as
 //!    a virtual hop, and streams (BEGIN with an empty host) go to the service.
+//!
+//! Congestion control (proposal 324), as C tor 0.4.9's client: when the embedder runs it
+//! (`onion get/socks --congestion-control` on a consensus that enables it) and the
+//! descriptor advertises `flow-control` with FlowCtrl=2, INTRODUCE1 asks for it and the
+//! service's virtual hop runs Tor Vegas with the consensus `_onion` parameters and the
+//! descriptor's `sendme_inc` (C tor: `hs_circ_setup_congestion_control`, `CC_PATH_ONION`;
+//! the exit parameters for a single onion service). The relays of the rendezvous circuit
+//! are not asked: C tor runs congestion control end to end with the service only.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use onion_cell::hs::{EstablishRendezvous, Introduce};
 use onion_cell::relaymsg::RelayMsg;
+use onion_circuit::cc::CcConfig;
 use onion_circuit::Instant;
 use onion_dir::netview::RelayIdx;
 use onion_dir::path::PathConfig;
@@ -99,6 +108,7 @@ pub fn connect(
     testing: bool,
     addr: OnionAddress,
     client_key: Option<&onion_hs::x25519_dalek::StaticSecret>,
+    cc: Option<&OnionCc>,
     deadline: Instant,
 ) -> Result<usize, ConnectError> {
     let hp = HsParams::of(dir, testing).map_err(|e| ConnectError::new(Failure::Other, e))?;
@@ -172,20 +182,51 @@ pub fn connect(
     let (rend, names, rp) = circuit_to(client, dir, config, None, deadline)
         .map_err(|e| ConnectError::new(Failure::RendFailed, format!("rendezvous circuit: {e}")))?;
     eprintln!("onion: rendezvous circuit built: {}", names.join(" -> "));
-    let r = rendezvous(client, dir, config, &mut hs, rend, rp, deadline);
+    let r = rendezvous(client, dir, config, &mut hs, cc, rend, rp, deadline);
     if r.is_err() {
         client.destroy(rend);
     }
     r.map(|()| rend)
 }
 
+/// Congestion control for rendezvous circuits, from the consensus (proposal 324 §6.5): the
+/// Vegas parameters for onion-service paths (`cc_vegas_*_onion`) and for single onion
+/// services (the exit ones), and the consensus `cc_sendme_inc` that bounds the descriptor's.
+#[derive(Debug, Clone)]
+pub struct OnionCc {
+    /// Parameters for a rendezvous circuit to an ordinary onion service.
+    pub onion: CcConfig,
+    /// Parameters for one to a single onion service (C tor: `CC_PATH_ONION_SOS`).
+    pub single_onion: CcConfig,
+}
+
+impl OnionCc {
+    /// The configuration of the virtual hop to a service whose descriptor advertises
+    /// `sendme_inc`, or `None` when C tor would reject that value: 0, or outside half to
+    /// twice the consensus `cc_sendme_inc` (`congestion_control_validate_sendme_increment`).
+    pub fn for_descriptor(&self, sendme_inc: u8, single_onion: bool) -> Option<CcConfig> {
+        let ours = u32::from(self.onion.sendme_inc);
+        let inc = u32::from(sendme_inc);
+        if inc == 0 || inc > 2 * ours || inc < ours / 2 {
+            return None;
+        }
+        let base = match single_onion {
+            true => self.single_onion,
+            false => self.onion,
+        };
+        Some(CcConfig { sendme_inc, ..base })
+    }
+}
+
 /// Steps 2 to 4 on the rendezvous circuit `rend` to `rp`: ESTABLISH_RENDEZVOUS, INTRODUCE1
 /// through the introduction points in order, RENDEZVOUS2 and the service's virtual hop.
+#[allow(clippy::too_many_arguments)]
 fn rendezvous(
     client: &mut Client,
     dir: &Directory,
     config: &PathConfig,
     hs: &mut HsClient,
+    cc: Option<&OnionCc>,
     rend: usize,
     rp: &onion_dir::netview::RelayRecord,
     deadline: Instant,
@@ -207,7 +248,20 @@ fn rendezvous(
     hs.handle_rendezvous_established()
         .map_err(|e| rend_err(e.to_string()))?;
 
-    // 3. Introduction, trying the introduction points in order.
+    // 3. Introduction, trying the introduction points in order; asking for congestion
+    // control when both ends run it.
+    let vhop_cc = match (cc, hs.descriptor()) {
+        (Some(cc), Some(d)) => hs.descriptor_sendme_inc().and_then(|inc| {
+            let single = d.second_layer.single_onion_service;
+            let c = cc.for_descriptor(inc, single);
+            if c.is_none() {
+                eprintln!("onion: the descriptor's flow-control sendme_inc {inc} is invalid");
+            }
+            c
+        }),
+        _ => None,
+    };
+    hs.set_congestion_control(vhop_cc.is_some());
     let rp_key = rp
         .ntor_onion_key
         .ok_or_else(|| rend_err("rendezvous point has no ntor key".into()))?;
@@ -264,11 +318,20 @@ fn rendezvous(
     let layer = keys
         .client_layer()
         .map_err(|e| rend_err(format!("hs layer: {e}")))?;
-    client.circs[rend]
-        .circ
-        .add_virtual_hop(Box::new(layer))
-        .map_err(|e| rend_err(format!("virtual hop: {e}")))?;
-    eprintln!("onion: rendezvous complete");
+    let circ = &mut client.circs[rend].circ;
+    let added = match vhop_cc.filter(|_| hs.congestion_control_requested()) {
+        Some(c) => circ.add_virtual_hop_cc(Box::new(layer), c),
+        None => circ.add_virtual_hop(Box::new(layer)),
+    };
+    added.map_err(|e| rend_err(format!("virtual hop: {e}")))?;
+    let last = circ.n_hops().saturating_sub(1);
+    match circ.congestion_control(last) {
+        Some(c) => eprintln!(
+            "onion: rendezvous complete (congestion control, sendme_inc {})",
+            c.config().sendme_inc
+        ),
+        None => eprintln!("onion: rendezvous complete"),
+    }
     Ok(())
 }
 
@@ -321,4 +384,37 @@ fn introduce(
     })();
     client.destroy(c);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The virtual hop runs the `_onion` parameters (the exit ones for a single onion
+    /// service) with the descriptor's `sendme_inc`, accepted within half to twice the
+    /// consensus value as C tor's `congestion_control_validate_sendme_increment`.
+    #[test]
+    fn virtual_hop_config_from_descriptor() {
+        let onion = CcConfig {
+            sendme_inc: 31,
+            alpha: 1,
+            ..CcConfig::default()
+        };
+        let single_onion = CcConfig {
+            sendme_inc: 31,
+            alpha: 2,
+            ..CcConfig::default()
+        };
+        let cc = OnionCc {
+            onion,
+            single_onion,
+        };
+        let c = cc.for_descriptor(33, false).unwrap();
+        assert_eq!((c.sendme_inc, c.alpha), (33, 1));
+        let c = cc.for_descriptor(30, true).unwrap();
+        assert_eq!((c.sendme_inc, c.alpha), (30, 2));
+        for (inc, ok) in [(0, false), (14, false), (15, true), (62, true), (63, false)] {
+            assert_eq!(cc.for_descriptor(inc, false).is_some(), ok, "{inc}");
+        }
+    }
 }
