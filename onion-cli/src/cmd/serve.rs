@@ -17,8 +17,13 @@
 //! that fail are rebuilt or replaced, rotated, and descriptors re-uploaded as
 //! `onion_hs::publish::Publisher` decides.
 //!
-//! The service runs no congestion control (proposal 324): its descriptor has no
-//! `flow-control` line, and an introduction that asks for it anyway is refused and logged.
+//! `--congestion-control` runs congestion control (proposal 324) as C tor 0.4.9 does when
+//! its consensus enables it (cc_alg != 0): the descriptor advertises
+//! `flow-control 1-2 <cc_sendme_inc>`, and the rendezvous circuit of a client that asks for
+//! it in INTRODUCE2 runs Tor Vegas on the client's virtual hop ("rendezvous with a client
+//! (congestion control, ...)" on stderr); a client that does not ask gets fixed windows.
+//! Without the flag, or when the consensus disables it, the descriptor has no
+//! `flow-control` line and an introduction that asks anyway is refused and logged.
 //! Introductions are rate-limited (25/s, bursts of 200) and at most 64 wait for a
 //! rendezvous circuit; at most 256 target connections are open; what is buffered per
 //! stream is bounded both ways (see `net::service`).
@@ -57,6 +62,10 @@ pub struct Args {
     /// Authorized clients: a `<name>.auth` file or a directory of them (repeatable).
     #[arg(long, value_name = "FILE|DIR")]
     client_auth: Vec<PathBuf>,
+    /// Offer congestion control (proposal 324) to clients when the consensus enables it:
+    /// the descriptor advertises flow-control, and clients that ask get it.
+    #[arg(long)]
+    congestion_control: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -80,6 +89,7 @@ pub fn run(args: Args) -> Result<(), String> {
         key_dir,
         port,
         client_auth,
+        congestion_control,
         net,
     } = args;
     let mut clients: Vec<XPublic> = Vec::new();
@@ -92,19 +102,31 @@ pub fn run(args: Args) -> Result<(), String> {
     TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("--target {target}: {e}"))?;
     let n_clients = clients.len();
-    let hs_config = HsServiceConfig {
-        client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
-        ..HsServiceConfig::default()
-    };
-    let hs = HsService::new(identity, hs_config);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", hs.address())
+    writeln!(out, "{}", identity.id_key().address())
         .and_then(|_| out.flush())
         .map_err(|e| format!("stdout: {e}"))?;
     drop(out);
 
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
+    // The consensus decides both the descriptor's line and the circuits' parameters.
+    let cc = match congestion_control {
+        true => crate::cmd::get::onion_cc(&dir).map(|c| c.onion),
+        false => None,
+    };
+    let hs_config = HsServiceConfig {
+        client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
+        flow_control_sendme_inc: cc.map(|c| c.sendme_inc),
+        ..HsServiceConfig::default()
+    };
+    let hs = HsService::new(identity, hs_config);
+    if let Some(c) = &cc {
+        eprintln!(
+            "onion: congestion control offered (flow-control 1-2 {})",
+            c.sendme_inc
+        );
+    }
     let testing = path::is_testing_network(&opts.auths);
     let config = path::path_config(&opts.auths);
     if n_clients > 0 {
@@ -112,6 +134,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let publisher = Publisher::new(hs, PublisherConfig::default());
     let mut service = Service::new(publisher, dir, config, testing, target, port);
+    service.set_congestion_control(cc);
     service.run(&mut client, &|c, current| opts.refresh(c, current))
 }
 

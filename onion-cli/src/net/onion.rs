@@ -100,7 +100,10 @@ impl From<ConnectError> for String {
 /// Open a circuit to the onion service `addr`; returns the rendezvous circuit, ready for
 /// streams. `client_key` decrypts a descriptor encrypted to authorized clients
 /// (rend-spec-v3 §2.5.1.2). Every other circuit it builds (HSDir, introduction) is
-/// destroyed before it returns, and so is the rendezvous circuit when it fails.
+/// destroyed before it returns, and so is the rendezvous circuit when it fails. With `cc`,
+/// the circuit runs congestion control with a service that advertises it (see the module
+/// documentation).
+#[allow(clippy::too_many_arguments)]
 pub fn connect(
     client: &mut Client,
     dir: &Directory,

@@ -22,10 +22,13 @@
 //!   [`MAX_PENDING_INTROS`] (the newest is dropped beyond, and the drops logged), before
 //!   any decryption. Rendezvous circuits are built without blocking the loop
 //!   ([`hsnet::start_circuit_to`]), [`MAX_REND_BUILDS`] at a time, each within
-//!   [`REND_TIMEOUT`]. An introduction that asks for congestion control is refused
-//!   (`RendezvousRequest::asks_congestion_control`): this service runs none, and its
-//!   descriptor has no `flow-control` line, so a C tor client never asks (it asks only
-//!   when the descriptor lists FlowCtrl=2 and its network enables congestion control).
+//!   [`REND_TIMEOUT`]. Congestion control (proposal 324) runs on a rendezvous circuit
+//!   only when the service has it on ([`Service::set_congestion_control`]; its descriptor
+//!   then advertises `flow-control`) and the client asks in INTRODUCE2
+//!   (`RendezvousRequest::asks_congestion_control`): then the client's virtual hop runs
+//!   Tor Vegas with the service's consensus `sendme_inc` and `_onion` parameters, as C tor's
+//!   `hs_circ_setup_congestion_control`. A request to a service without it is refused (C
+//!   tor too: the client should not have asked, its descriptor had no `flow-control`).
 //! - The target is connected on a thread of its own; each target connection is a
 //!   [`Pipe`]: bytes from the target are read only as far as the stream and circuit windows
 //!   can send them (tor-spec §7.3-7.4), and bytes for the target are queued up to
@@ -42,6 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use onion_cell::relaymsg::{EndReason, RelayMsg};
 use onion_cell::RelayCmd;
+use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::CircEvent;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
@@ -345,6 +349,8 @@ pub struct Service {
     /// Successful uploads so far (the first batch announces the service).
     uploads_ok: u64,
     announced: bool,
+    /// Congestion control for rendezvous circuits whose client asks for it.
+    cc: Option<CcConfig>,
 }
 
 /// Seconds since the Unix epoch (the publisher's clock).
@@ -388,7 +394,15 @@ impl Service {
             virtual_port,
             uploads_ok: 0,
             announced: false,
+            cc: None,
         }
+    }
+
+    /// Run congestion control (proposal 324) on the rendezvous circuits of clients that ask
+    /// for it, with `cc` (the consensus `_onion` parameters and `cc_sendme_inc`, the value
+    /// the descriptor advertises); `None` (the default) refuses such introductions.
+    pub fn set_congestion_control(&mut self, cc: Option<CcConfig>) {
+        self.cc = cc;
     }
 
     /// What the publisher needs of the current directory.
@@ -762,13 +776,7 @@ impl Service {
             .publisher
             .handle_introduce2(&mut OsRng, intro, &body, unix_now())
             .map_err(|e| e.to_string())?;
-        if req.asks_congestion_control() {
-            return Err(
-                "the client asks for congestion control (proposal 324), which this \
-                        service does not run and does not advertise: introduction refused"
-                    .into(),
-            );
-        }
+        rendezvous_cc(self.cc, req.asks_congestion_control())?;
         let rp_id = req
             .link_specifiers
             .iter()
@@ -831,7 +839,9 @@ impl Service {
                 continue;
             };
             let b = self.rend_builds.swap_remove(k);
-            let joined = r.and_then(|c| match join_client(client, c, &b.intro.req) {
+            // Checked at INTRODUCE2; the service's setting does not change meanwhile.
+            let cc = rendezvous_cc(self.cc, b.intro.req.asks_congestion_control()).unwrap_or(None);
+            let joined = r.and_then(|c| match join_client(client, c, &b.intro.req, cc) {
                 Ok(()) => Ok(c),
                 Err(e) => {
                     client.destroy(c);
@@ -840,7 +850,14 @@ impl Service {
             });
             match joined {
                 Ok(c) => {
-                    eprintln!("onion: rendezvous with a client");
+                    match cc {
+                        Some(cc) => eprintln!(
+                            "onion: rendezvous with a client (congestion control, \
+                             sendme_inc {})",
+                            cc.sendme_inc
+                        ),
+                        None => eprintln!("onion: rendezvous with a client"),
+                    }
                     self.rend_circs.push(c);
                 }
                 Err(e) => self.rend_failed(b.intro, &e, now),
@@ -1100,14 +1117,40 @@ impl Service {
     }
 }
 
+/// The congestion control of a client's rendezvous circuit: the service's `offered` one if
+/// the client `asks` (proposal 324 §4.2; C tor's `hs_circ_setup_congestion_control`),
+/// fixed windows if not; a request to a service that offers none is refused, as C tor
+/// refuses an INTRODUCE2 asking for it when its network does not enable it.
+fn rendezvous_cc(offered: Option<CcConfig>, asks: bool) -> Result<Option<CcConfig>, String> {
+    match (offered, asks) {
+        (Some(cc), true) => Ok(Some(cc)),
+        (None, true) => Err(
+            "the client asks for congestion control (proposal 324), which \
+                             this service does not run and does not advertise: \
+                             introduction refused"
+                .into(),
+        ),
+        (_, false) => Ok(None),
+    }
+}
+
 /// Join the client on the built rendezvous circuit `c`: RENDEZVOUS1, then the client's
-/// virtual hop, and inbound streams accepted (rend-spec-v3 §4.2).
-fn join_client(client: &mut Client, c: usize, req: &RendezvousRequest) -> Result<(), String> {
+/// virtual hop (congestion-controlled with `cc` if given), and inbound streams accepted
+/// (rend-spec-v3 §4.2).
+fn join_client(
+    client: &mut Client,
+    c: usize,
+    req: &RendezvousRequest,
+    cc: Option<CcConfig>,
+) -> Result<(), String> {
     send(client, c, RelayCmd::RENDEZVOUS1, &req.rendezvous1)?;
     let layer = req.keys.service_layer().map_err(|e| e.to_string())?;
     let circ = &mut client.circs.get_mut(c).ok_or("circuit released")?.circ;
-    circ.add_virtual_hop(Box::new(layer))
-        .map_err(|e| format!("virtual hop: {e}"))?;
+    match cc {
+        Some(cc) => circ.add_virtual_hop_cc(Box::new(layer), cc),
+        None => circ.add_virtual_hop(Box::new(layer)),
+    }
+    .map_err(|e| format!("virtual hop: {e}"))?;
     circ.set_accept_inbound_streams(true);
     Ok(())
 }
@@ -1121,6 +1164,20 @@ fn send(client: &mut Client, c: usize, cmd: RelayCmd, body: &[u8]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn congestion_control_only_when_offered_and_asked() {
+        let cc = CcConfig {
+            sendme_inc: 33,
+            ..CcConfig::default()
+        };
+        assert_eq!(rendezvous_cc(Some(cc), true), Ok(Some(cc)));
+        assert_eq!(rendezvous_cc(Some(cc), false), Ok(None));
+        assert_eq!(rendezvous_cc(None, false), Ok(None));
+        assert!(rendezvous_cc(None, true)
+            .unwrap_err()
+            .contains("introduction refused"));
+    }
 
     #[test]
     fn intro_rate_limit_allows_the_burst_then_the_rate() {
