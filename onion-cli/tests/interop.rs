@@ -1390,3 +1390,199 @@ fn socks_client_that_stops_reading_is_stopped_by_xoff() {
     let warns = cc_warnings(&logs);
     assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
 }
+
+/// Every C tor `notice.log` of the network (relays, the onion service, the client) with its
+/// length now, so that [`cc_warnings`] reads only what is logged afterwards.
+fn all_tor_logs(net: &support::TorNet) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&net.dir).into_iter().flatten().flatten() {
+        let p = e.path().join("notice.log");
+        if let Ok(m) = std::fs::metadata(&p) {
+            out.push((p.display().to_string(), m.len() as usize));
+        }
+    }
+    assert!(!out.is_empty(), "no C tor logs under {}", net.dir.display());
+    out
+}
+
+/// Proposal 324 on an onion service (C tor 0.4.9 client side): tornet's consensus enables
+/// congestion control (cc_alg defaults to 2), so C tor's service descriptor has
+/// `flow-control 1-2 31`; `onion get --congestion-control` then asks for it in INTRODUCE1
+/// and runs Tor Vegas on the service's virtual hop with sendme_inc 31 (circuit SENDMEs
+/// every 31 cells, no stream SENDMEs, which the C tor service would close the circuit
+/// for). 5 MiB of random bytes arrive byte for byte and no C tor logs a warning about it.
+#[test]
+fn onion_cc_get_5_mib_from_a_c_tor_onion_service() {
+    let Some(net) = network() else { return };
+    net.wait_onion().unwrap();
+    let body = random_body(5 << 20);
+    std::fs::write(net.http_root.join("onion-cc.bin"), &body).unwrap();
+    let url = format!("http://{}/onion-cc.bin", net.onion_hostname);
+    let dd = data_dir(net, "onion-get-hs-cc");
+    let logs = all_tor_logs(net);
+    let mut last = String::new();
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let (st, out, err) = support::run_bounded_bytes(
+            onion()
+                .args(["get", &url, "--congestion-control", "--authorities"])
+                .arg(&net.authorities_file)
+                .arg("--data-dir")
+                .arg(&dd)
+                .args(["--timeout", "120"]),
+            Duration::from_secs(150),
+        )
+        .unwrap();
+        if st.success() {
+            assert!(
+                err.contains("rendezvous complete (congestion control, sendme_inc 31)"),
+                "congestion control not set up with the service: {err}"
+            );
+            assert!(err.contains("congestion control at the end"), "{err}");
+            assert_eq!(out.len(), body.len(), "{err}");
+            assert_eq!(sha256_hex(&out), sha256_hex(&body), "5 MiB body differs");
+            eprintln!(
+                "onion get --congestion-control: 5 MiB from the C tor onion service in {:?}\n{}",
+                t.elapsed(),
+                support::last_lines(&err, 3)
+            );
+            let warns = cc_warnings(&logs);
+            assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
+            return;
+        }
+        last = err;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    panic!("onion get --congestion-control from the onion service failed: {last}");
+}
+
+/// `onion serve --congestion-control` in front of tornet's HTTP server, once it published its
+/// descriptor (which must advertise flow-control); returns it and its onion address.
+fn start_cc_service(net: &support::TorNet, name: &str) -> (support::Daemon, String) {
+    let keys = data_dir(net, name);
+    let target = format!("127.0.0.1:{}", net.http_port);
+    let mut d = support::Daemon::start(&[
+        "serve",
+        "--target",
+        &target,
+        "--key-dir",
+        keys.to_str().unwrap(),
+        "--authorities",
+        net.authorities_file.to_str().unwrap(),
+        "--congestion-control",
+    ]);
+    d.wait_for("service published", Duration::from_secs(150));
+    let early = d.stderr();
+    assert!(
+        early.contains("congestion control offered (flow-control 1-2 31)"),
+        "{early}"
+    );
+    let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
+    (d, host.trim().to_string())
+}
+
+/// Proposal 324 on an onion service (C tor 0.4.9 service side): `onion serve
+/// --congestion-control` advertises `flow-control 1-2 31`, C tor's client asks for
+/// congestion control in INTRODUCE1 and runs it on its rendezvous circuit, and the service
+/// runs Tor Vegas on the client's virtual hop (no stream SENDMEs from the C tor client, no
+/// stream windows). 5 MiB through C tor's SocksPort arrive byte for byte, the service says
+/// the rendezvous circuit runs congestion control, and no C tor logs a warning about it.
+#[test]
+fn onion_cc_c_tor_client_fetches_5_mib_from_onion_serve() {
+    let Some(net) = network() else { return };
+    let (d, host) = start_cc_service(net, "onion-serve-cc-keys");
+    let body = random_body(5 << 20);
+    std::fs::write(net.http_root.join("serve-cc.bin"), &body).unwrap();
+    let url = format!("http://{host}/serve-cc.bin");
+    let logs = all_tor_logs(net);
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = std::time::Instant::now();
+        let (st, got, err) = support::curl_socks(net.socks_port, &url, 120);
+        if st.success() && got.len() == body.len() {
+            assert_eq!(sha256_hex(&got), sha256_hex(&body), "5 MiB body differs");
+            eprintln!(
+                "C tor client: 5 MiB from onion serve --congestion-control in {:?}",
+                t.elapsed()
+            );
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "C tor's client did not fetch 5 MiB from {url} after {attempt} attempts \
+                 ({} bytes, {err})\nonion:\n{}",
+                got.len(),
+                support::last_lines(&d.stderr(), 30)
+            );
+        }
+        eprintln!(
+            "attempt {attempt}: {} bytes; curl: {}",
+            got.len(),
+            err.trim()
+        );
+        let _ = newnym(net);
+        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
+    }
+    let log = d.stderr();
+    assert!(
+        log.contains("rendezvous with a client (congestion control, sendme_inc 31)"),
+        "{log}"
+    );
+    assert!(!log.contains("introduction refused"), "{log}");
+    let warns = cc_warnings(&logs);
+    assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
+}
+
+/// Both ends onion: `onion get --congestion-control` from `onion serve
+/// --congestion-control`: the client reads `flow-control 1-2 31` in the descriptor, asks,
+/// and both virtual hops run Tor Vegas with sendme_inc 31; 5 MiB arrive byte for byte.
+#[test]
+fn onion_cc_get_from_onion_serve() {
+    let Some(net) = network() else { return };
+    let (d, host) = start_cc_service(net, "onion-serve-cc2-keys");
+    let body = random_body(5 << 20);
+    std::fs::write(net.http_root.join("serve-cc2.bin"), &body).unwrap();
+    let url = format!("http://{host}/serve-cc2.bin");
+    let dd = data_dir(net, "onion-get-serve-cc");
+    let mut last = String::new();
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        let (st, out, err) = support::run_bounded_bytes(
+            onion()
+                .args(["get", &url, "--congestion-control", "--authorities"])
+                .arg(&net.authorities_file)
+                .arg("--data-dir")
+                .arg(&dd)
+                .args(["--timeout", "120"]),
+            Duration::from_secs(150),
+        )
+        .unwrap();
+        if st.success() {
+            assert!(
+                err.contains("rendezvous complete (congestion control, sendme_inc 31)"),
+                "{err}"
+            );
+            assert_eq!(out.len(), body.len(), "{err}");
+            assert_eq!(sha256_hex(&out), sha256_hex(&body), "5 MiB body differs");
+            eprintln!(
+                "onion get --congestion-control: 5 MiB from onion serve --congestion-control in {:?}\n{}",
+                t.elapsed(),
+                support::last_lines(&err, 3)
+            );
+            let log = d.stderr();
+            assert!(
+                log.contains("rendezvous with a client (congestion control, sendme_inc 31)"),
+                "{log}"
+            );
+            return;
+        }
+        last = err;
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    panic!(
+        "onion get --congestion-control from onion serve failed: {last}\nservice:\n{}",
+        support::last_lines(&d.stderr(), 30)
+    );
+}
