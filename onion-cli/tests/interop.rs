@@ -1586,3 +1586,43 @@ fn onion_cc_get_from_onion_serve() {
         support::last_lines(&d.stderr(), 30)
     );
 }
+
+/// `onion socks --congestion-control` to C tor's onion service: the proxy's rendezvous
+/// circuit asks for congestion control and runs Tor Vegas on the service's virtual hop
+/// (sendme_inc 31), while no relay of its onion-service circuits is asked; 5 MiB through
+/// curl arrive byte for byte and no C tor logs a warning about it.
+#[test]
+fn onion_cc_socks_fetches_from_a_c_tor_onion_service() {
+    let Some(net) = network() else { return };
+    net.wait_onion().unwrap();
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut d = support::Daemon::start(&[
+        "socks",
+        "--listen",
+        &listen,
+        "--authorities",
+        net.authorities_file.to_str().unwrap(),
+        "--congestion-control",
+    ]);
+    d.wait_for("SOCKS5 proxy listening", Duration::from_secs(90));
+    let body = random_body(5 << 20);
+    std::fs::write(net.http_root.join("onion-cc-socks.bin"), &body).unwrap();
+    let url = format!("http://{}/onion-cc-socks.bin", net.onion_hostname);
+    let logs = all_tor_logs(net);
+    let ((st, got, err), _) = support::curl_socks_retrying(port, &url, 90, 3);
+    let log = d.stderr();
+    assert!(
+        st.success(),
+        "curl: {err}\nonion:\n{}",
+        support::last_lines(&log, 30)
+    );
+    assert_eq!(got.len(), body.len());
+    assert_eq!(sha256_hex(&got), sha256_hex(&body), "5 MiB body differs");
+    assert!(
+        log.contains("rendezvous complete (congestion control, sendme_inc 31)"),
+        "{log}"
+    );
+    let warns = cc_warnings(&logs);
+    assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
+}
