@@ -291,6 +291,21 @@ struct LinkSlot {
     used: bool,
 }
 
+impl LinkSlot {
+    /// A channel whose link handshake has just started.
+    fn new(link: Link, addr: SocketAddr, ids: PeerIds) -> LinkSlot {
+        LinkSlot {
+            link,
+            open: false,
+            dead: None,
+            addr,
+            ids,
+            circs: 0,
+            used: false,
+        }
+    }
+}
+
 /// A channel being opened without blocking the loop ([`Client::start_connect`]).
 struct Connecting {
     ids: PeerIds,
@@ -423,15 +438,7 @@ impl Client {
         let timeout = self.clock.until(deadline).max(Duration::from_secs(1));
         let link = Link::connect(&mut self.inbox, &self.clock, addr, ids, timeout)?;
         let conn = link.conn;
-        let idx = self.links.insert(LinkSlot {
-            link,
-            open: false,
-            dead: None,
-            addr,
-            ids,
-            circs: 0,
-            used: false,
-        });
+        let idx = self.links.insert(LinkSlot::new(link, addr, ids));
         self.by_conn.insert(conn, idx);
         loop {
             self.dispatch();
@@ -513,15 +520,7 @@ impl Client {
                     match Link::over(tls, &mut self.inbox, &self.clock, ids, timeout) {
                         Ok(link) => {
                             let conn = link.conn;
-                            let idx = self.links.insert(LinkSlot {
-                                link,
-                                open: false,
-                                dead: None,
-                                addr,
-                                ids,
-                                circs: 0,
-                                used: false,
-                            });
+                            let idx = self.links.insert(LinkSlot::new(link, addr, ids));
                             self.by_conn.insert(conn, idx);
                             c.state = ConnState::Handshake(idx);
                         }

@@ -4,7 +4,6 @@
 //! HTTP to HSDirs over BEGIN_DIR and send onion-service messages to a circuit's last hop.
 
 use onion_cell::relaymsg::RelayMsg;
-use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::HopTarget;
 use onion_circuit::Instant;
 use onion_dir::netview::{RelayIdx, RelayRecord};
@@ -167,15 +166,7 @@ pub fn start_circuit_to(
             .iter()
             .map(|r| path::hop_target(r))
             .collect::<Result<Vec<_>, _>>()?;
-        let first = hops.first().ok_or("empty path")?;
-        let addr = *first
-            .addrs
-            .first()
-            .ok_or_else(|| format!("guard {} has no address", names[0]))?;
-        let ids = PeerIds {
-            rsa: Some(first.rsa_id),
-            ed25519: first.ed_id,
-        };
+        let (addr, ids) = path::guard_channel(&hops, &names)?;
         let ticket = client
             .start_connect(addr, ids, deadline)
             .map_err(|e| format!("guard {}: {e}", names[0]))?;

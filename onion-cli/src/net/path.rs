@@ -152,6 +152,25 @@ pub fn build(
     }
 }
 
+/// Where the channel of a path goes: the first hop's address and the identities it must
+/// prove (`names` are the hops' nicknames, for the error).
+pub fn guard_channel(
+    hops: &[HopTarget],
+    names: &[String],
+) -> Result<(SocketAddr, PeerIds), String> {
+    let first = hops.first().ok_or("empty path")?;
+    let name = names.first().map_or("?", String::as_str);
+    let addr = *first
+        .addrs
+        .first()
+        .ok_or_else(|| format!("guard {name} has no address"))?;
+    let ids = PeerIds {
+        rsa: Some(first.rsa_id),
+        ed25519: first.ed_id,
+    };
+    Ok((addr, ids))
+}
+
 /// Start building a circuit through `hops` without waiting for it ([`Client::start_build`]):
 /// only the channel to the first hop is waited for, and only when no open channel to it
 /// can be shared. Returns the circuit's index and the hops' nicknames; the caller follows
@@ -166,15 +185,7 @@ pub fn start_build(
         .iter()
         .map(|r| hop_target(r))
         .collect::<Result<Vec<_>, _>>()?;
-    let first = targets.first().ok_or("empty path")?;
-    let addr = *first
-        .addrs
-        .first()
-        .ok_or_else(|| format!("guard {} has no address", names[0]))?;
-    let ids = PeerIds {
-        rsa: Some(first.rsa_id),
-        ed25519: first.ed_id,
-    };
+    let (addr, ids) = guard_channel(&targets, &names)?;
     let link = client
         .connect(addr, ids, deadline)
         .map_err(|e| format!("guard {}: {e}", names[0]))?;
