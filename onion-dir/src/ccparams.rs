@@ -210,7 +210,10 @@ impl CcParams {
     }
 
     /// Whether a relay's negotiated `sendme_inc` is acceptable: C tor accepts only the
-    /// consensus value plus or minus one, never 0 (proposal 324 §6.5.1, `cc_sendme_inc`).
+    /// consensus value plus or minus one, never 0 (proposal 324 §6.5.1, `cc_sendme_inc`;
+    /// C tor's `congestion_control_validate_sendme_increment`, the same rule for an exit's
+    /// CC_FIELD_RESPONSE and a descriptor's `flow-control`). The bounds are computed in
+    /// `i32` so that a consensus value of 254 admits 255 and one of 1 admits only 1 and 2.
     pub fn sendme_inc_acceptable(&self, sendme_inc: u8) -> bool {
         let c = i32::from(self.sendme_inc);
         let v = i32::from(sendme_inc);
@@ -346,5 +349,17 @@ mod tests {
         let one = CcParams::from_net_params(&params("cc_sendme_inc=1"));
         assert!(!one.sendme_inc_acceptable(0));
         assert!(one.sendme_inc_acceptable(1) && one.sendme_inc_acceptable(2));
+        assert!(!one.sendme_inc_acceptable(3));
+        // The consensus maximum, 254: C tor compares in `int`, so 255 (one above) is
+        // accepted and nothing wraps.
+        let max = CcParams::from_net_params(&params("cc_sendme_inc=254"));
+        assert!(!max.sendme_inc_acceptable(252));
+        assert!(max.sendme_inc_acceptable(253));
+        assert!(max.sendme_inc_acceptable(254));
+        assert!(max.sendme_inc_acceptable(255));
+        // Above the maximum the consensus value is clamped to 254 first.
+        let over = CcParams::from_net_params(&params("cc_sendme_inc=300"));
+        assert_eq!(over.sendme_inc, 254);
+        assert!(over.sendme_inc_acceptable(255) && !over.sendme_inc_acceptable(252));
     }
 }
