@@ -1021,3 +1021,37 @@ fn exit_half_closed_stream_expires_by_timer() {
         .iter()
         .any(|(_, e)| matches!(e, RelayEvent::Data { .. })));
 }
+
+#[test]
+fn destroy_with_reason_sends_that_reason_and_only_once() {
+    let mut net = Net::new(19, HandshakeKind::Ntor, false, 3);
+    net.build();
+    net.take_client_events();
+    net.client.destroy_with_reason(DestroyReason::PROTOCOL);
+    assert!(net.client.is_closed());
+    assert_eq!(
+        net.client.poll_cell(&mut net.rng),
+        Some(ChanMsg::Destroy(DestroyReason::PROTOCOL))
+    );
+    assert_eq!(net.client.poll_cell(&mut net.rng), None);
+    let ev: Vec<CircEvent> = std::iter::from_fn(|| net.client.poll_event()).collect();
+    assert!(ev.contains(&CircEvent::Closed {
+        remote_reason: None,
+        error: None
+    }));
+    // A second close changes nothing: the DESTROY already went out.
+    net.client.destroy_with_reason(DestroyReason::INTERNAL);
+    net.client.destroy();
+    assert_eq!(net.client.poll_cell(&mut net.rng), None);
+}
+
+#[test]
+fn plain_destroy_sends_reason_none() {
+    let mut net = Net::new(20, HandshakeKind::Ntor, false, 1);
+    net.build();
+    net.client.destroy();
+    assert_eq!(
+        net.client.poll_cell(&mut net.rng),
+        Some(ChanMsg::Destroy(DestroyReason::NONE))
+    );
+}

@@ -1107,10 +1107,19 @@ impl Circuit {
         Ok(())
     }
 
-    /// Tear the circuit down: queue DESTROY (reason NONE, tor-spec §5.4) and end every stream.
+    /// Tear the circuit down with reason NONE: [`Circuit::destroy_with_reason`] for the
+    /// ordinary close where nothing went wrong.
     pub fn destroy(&mut self) {
+        self.destroy_with_reason(DestroyReason::NONE);
+    }
+
+    /// Tear the circuit down: queue DESTROY carrying `reason` (tor-spec §5.4, e.g.
+    /// PROTOCOL when a hop broke the protocol) and end every stream. Does nothing on a
+    /// circuit already closed: its DESTROY, if any, is already queued or sent.
+    pub fn destroy_with_reason(&mut self, reason: DestroyReason) {
         if !self.closed {
             self.close(None, None);
+            self.chan_out = Some(ChanMsg::Destroy(reason));
         }
     }
 

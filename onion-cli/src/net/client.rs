@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::time::Duration;
 
-use onion_cell::chancell::{ChanMsg, DestroyReason};
+use onion_cell::chancell::DestroyReason;
 use onion_cell::relaymsg::{BeginFlags, EndReason, RelayMsg};
 use onion_cell::CircId;
 use onion_circuit::channel::{ChanEvent, PeerIds};
@@ -1060,24 +1060,20 @@ impl Client {
     }
 
     /// Close circuit `c` for a protocol violation by a relay: DESTROY with reason PROTOCOL
-    /// (tor-spec §5.4) instead of the machine's own DESTROY, and the reason logged.
+    /// (tor-spec §5.4), handed to the channel at once, and the reason logged.
     fn violation(&mut self, c: usize, why: &str) {
         let Some(circ) = self.circs.get_mut(c) else {
             return;
         };
         eprintln!("onion: circuit closed: {why}");
-        circ.circ.destroy();
-        // Drop the machine's DESTROY (reason NONE): ours says why.
-        while circ.circ.poll_cell(&mut self.rng).is_some() {}
+        circ.circ.destroy_with_reason(DestroyReason::PROTOCOL);
         circ.dead
             .get_or_insert_with(|| format!("protocol violation: {why}"));
         circ.build = None;
-        let (link, id) = (circ.link, circ.id);
-        if let Some(l) = self.links.get_mut(link).filter(|l| l.dead.is_none()) {
-            let _ = l
-                .link
-                .chan
-                .send(id, &ChanMsg::Destroy(DestroyReason::PROTOCOL));
+        while let Some(cell) = circ.circ.poll_cell(&mut self.rng) {
+            if let Some(l) = self.links.get_mut(circ.link).filter(|l| l.dead.is_none()) {
+                let _ = l.link.chan.send(circ.id, &cell);
+            }
         }
     }
 
