@@ -138,17 +138,37 @@ pub fn run(args: Args) -> Result<(), String> {
     service.run(&mut client, &|c, current| opts.refresh(c, current))
 }
 
+/// The largest `.auth` file read: one is a single `descriptor:x25519:<52 base32 chars>` line
+/// of about 71 bytes; C tor sets no bound of its own, so this one leaves ample room for
+/// whitespace while keeping a mistaken `--client-auth` (a large file) from being read whole.
+const MAX_CLIENT_AUTH_FILE: u64 = 4096;
+
+/// The most `*.auth` files read from one directory. A descriptor is at most 50,000 bytes
+/// (rend-spec-v3 §2.5, C tor's `HS_DESC_MAX_LEN`) and each client costs an `auth-client`
+/// line of 70 bytes that is encrypted and base64-encoded again in the outer layer (rend-spec
+/// §2.5.1.2 and §2.5.2), so no more than about 530 clients fit; C tor counts none itself.
+const MAX_CLIENT_AUTH_FILES: usize = 512;
+
 /// Authorized clients' public keys from a `<name>.auth` file, or from every `*.auth` file of a
-/// directory (C tor's `authorized_clients/`), in file-name order.
+/// directory (C tor's `authorized_clients/`), in file-name order. Each file is at most
+/// [`MAX_CLIENT_AUTH_FILE`] bytes and a directory holds at most [`MAX_CLIENT_AUTH_FILES`]
+/// of them; beyond either the error is one line naming the path and the bound.
 fn read_client_auth(path: &Path) -> Result<Vec<XPublic>, String> {
     let p = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("--client-auth {p}: {e}"))?;
     let files = if meta.is_dir() {
-        let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| format!("--client-auth {p}: {e}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|f| f.extension().is_some_and(|x| x == "auth"))
-            .collect();
+        let mut v: Vec<std::path::PathBuf> = Vec::new();
+        let entries = std::fs::read_dir(path).map_err(|e| format!("--client-auth {p}: {e}"))?;
+        for f in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if f.extension().is_some_and(|x| x == "auth") {
+                if v.len() == MAX_CLIENT_AUTH_FILES {
+                    return Err(format!(
+                        "--client-auth {p}: more than {MAX_CLIENT_AUTH_FILES} *.auth files"
+                    ));
+                }
+                v.push(f);
+            }
+        }
         v.sort();
         if v.is_empty() {
             return Err(format!("--client-auth {p}: no *.auth files"));
@@ -160,12 +180,25 @@ fn read_client_auth(path: &Path) -> Result<Vec<XPublic>, String> {
     files
         .iter()
         .map(|f| {
-            let text = std::fs::read_to_string(f)
+            let text = read_bounded_text(f, MAX_CLIENT_AUTH_FILE)
                 .map_err(|e| format!("--client-auth {}: {e}", f.display()))?;
             onion_hs::keys::parse_authorized_client(&text)
                 .map_err(|e| format!("--client-auth {}: {e}", f.display()))
         })
         .collect()
+}
+
+/// The text of `f`, refused if it is longer than `max` bytes or not UTF-8.
+fn read_bounded_text(f: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(f)
+        .and_then(|h| h.take(max.saturating_add(1)).read_to_end(&mut data))
+        .map_err(|e| e.to_string())?;
+    if data.len() as u64 > max {
+        return Err(format!("longer than {max} bytes"));
+    }
+    String::from_utf8(data).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// The identity key in `dir` (C tor's `hs_ed25519_secret_key`), or a new one written there
@@ -330,6 +363,41 @@ mod tests {
         assert!(e.contains("carol.auth") && !e.contains('\n'), "{e}");
         let e = read_client_auth(&d.join("missing.auth")).unwrap_err();
         assert!(e.starts_with("--client-auth "), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn client_auth_file_size_and_count_are_bounded() {
+        let d = tmp("auth-bounds");
+        std::fs::create_dir_all(&d).unwrap();
+        let line = "descriptor:x25519:AEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQCAIBAEAQ\n";
+        // Exactly the bound (the key line padded with trailing whitespace) is read.
+        let mut text = line.to_string();
+        text.push_str(&" ".repeat(MAX_CLIENT_AUTH_FILE as usize - line.len()));
+        let f = d.join("a.auth");
+        std::fs::write(&f, &text).unwrap();
+        assert_eq!(read_client_auth(&f).unwrap(), [XPublic::from([1u8; 32])]);
+        // One byte more is refused with a one-line error naming the bound.
+        text.push(' ');
+        std::fs::write(&f, &text).unwrap();
+        let e = read_client_auth(&f).unwrap_err();
+        assert!(
+            e.contains("a.auth") && e.contains("longer than 4096 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        // A directory of exactly MAX_CLIENT_AUTH_FILES files is read; one more is refused.
+        std::fs::remove_file(&f).unwrap();
+        for i in 0..MAX_CLIENT_AUTH_FILES {
+            std::fs::write(d.join(format!("c{i:04}.auth")), line).unwrap();
+        }
+        assert_eq!(read_client_auth(&d).unwrap().len(), MAX_CLIENT_AUTH_FILES);
+        std::fs::write(d.join("extra.auth"), line).unwrap();
+        let e = read_client_auth(&d).unwrap_err();
+        assert!(
+            e.contains("more than 512 *.auth files") && !e.contains('\n'),
+            "{e}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
