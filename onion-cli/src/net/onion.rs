@@ -205,12 +205,12 @@ pub struct OnionCc {
 
 impl OnionCc {
     /// The configuration of the virtual hop to a service whose descriptor advertises
-    /// `sendme_inc`, or `None` when C tor would reject that value: 0, or outside half to
-    /// twice the consensus `cc_sendme_inc` (`congestion_control_validate_sendme_increment`).
+    /// `sendme_inc`, or `None` when C tor would reject that value: 0, or more than one away
+    /// from the consensus `cc_sendme_inc` (`congestion_control_validate_sendme_increment`,
+    /// which C tor applies to a descriptor's `flow-control` line as to an exit's answer;
+    /// narrowed from half-to-twice to plus or minus one in 0.4.8.2-alpha).
     pub fn for_descriptor(&self, sendme_inc: u8, single_onion: bool) -> Option<CcConfig> {
-        let ours = u32::from(self.onion.sendme_inc);
-        let inc = u32::from(sendme_inc);
-        if inc == 0 || inc > 2 * ours || inc < ours / 2 {
+        if !self.onion.sendme_inc_acceptable(sendme_inc) {
             return None;
         }
         let base = match single_onion {
@@ -394,8 +394,8 @@ mod tests {
     use super::*;
 
     /// The virtual hop runs the `_onion` parameters (the exit ones for a single onion
-    /// service) with the descriptor's `sendme_inc`, accepted within half to twice the
-    /// consensus value as C tor's `congestion_control_validate_sendme_increment`.
+    /// service) with the descriptor's `sendme_inc`, accepted within one of the consensus
+    /// value as C tor's `congestion_control_validate_sendme_increment`.
     #[test]
     fn virtual_hop_config_from_descriptor() {
         let onion = CcConfig {
@@ -412,11 +412,20 @@ mod tests {
             onion,
             single_onion,
         };
-        let c = cc.for_descriptor(33, false).unwrap();
-        assert_eq!((c.sendme_inc, c.alpha), (33, 1));
+        let c = cc.for_descriptor(32, false).unwrap();
+        assert_eq!((c.sendme_inc, c.alpha), (32, 1));
         let c = cc.for_descriptor(30, true).unwrap();
         assert_eq!((c.sendme_inc, c.alpha), (30, 2));
-        for (inc, ok) in [(0, false), (14, false), (15, true), (62, true), (63, false)] {
+        for (inc, ok) in [
+            (0, false),
+            (15, false),
+            (29, false),
+            (30, true),
+            (31, true),
+            (32, true),
+            (33, false),
+            (62, false),
+        ] {
             assert_eq!(cc.for_descriptor(inc, false).is_some(), ok, "{inc}");
         }
     }
