@@ -58,6 +58,15 @@ fn benches(c: &mut Criterion) {
             black_box(&out);
         })
     });
+    g.bench_function("encode_full_data_relay_msg_by_value", |b| {
+        b.iter(|| {
+            let msg = RelayMsg::Data(Data::new(black_box(&payload)).expect("fits"));
+            let body = RelayCell::new(StreamId(3), msg)
+                .encode(&mut rng)
+                .expect("encodes");
+            black_box(&body);
+        })
+    });
     g.bench_function("decode_full_data_relay_msg", |b| {
         b.iter(|| {
             let cell = RelayCell::decode(black_box(&body.0)).expect("decodes");

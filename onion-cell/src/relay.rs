@@ -81,13 +81,20 @@ impl<'a> RelayCell<'a> {
 
     /// Encodes into a fresh plaintext relay body, with `recognized` and `digest` zero
     /// and the padding of tor-spec §6.1 drawn from `rng`.
+    ///
+    /// A thin convenience wrapper over [`RelayCell::encode_into`] for tests and one-off
+    /// cells: it zeroes a 509-byte body and returns it by value, which costs about three
+    /// times the encoding itself for a full DATA message (copies of the body, not work).
+    /// Code that sends many cells encodes into the buffer the cell will travel in.
     pub fn encode<R: RngCore + ?Sized>(&self, rng: &mut R) -> Result<RelayCellBody> {
         let mut body = RelayCellBody::ZERO;
         self.encode_into(&mut body.0, rng)?;
         Ok(body)
     }
 
-    /// Encodes into `out` (overwriting all 509 bytes); see [`RelayCell::encode`].
+    /// Encodes into `out`, overwriting all 509 bytes: header with `recognized` and
+    /// `digest` zero, the message, then the padding of tor-spec §6.1 drawn from `rng`.
+    /// This is the encoder; [`RelayCell::encode`] wraps it.
     pub fn encode_into<R: RngCore + ?Sized>(
         &self,
         out: &mut [u8; CELL_BODY_LEN],
@@ -156,17 +163,6 @@ pub struct RelayCellBody(pub [u8; CELL_BODY_LEN]);
 impl RelayCellBody {
     /// An all-zero body.
     pub const ZERO: RelayCellBody = RelayCellBody([0; CELL_BODY_LEN]);
-
-    /// Encodes `msg` on `stream_id`; see [`RelayCell::encode`].
-    pub fn encode<R: RngCore + ?Sized>(
-        stream_id: StreamId,
-        msg: &RelayMsg<'_>,
-        rng: &mut R,
-    ) -> Result<Self> {
-        let mut body = RelayCellBody::ZERO;
-        encode_relay(stream_id, msg, &mut body.0, rng)?;
-        Ok(body)
-    }
 
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8; CELL_BODY_LEN] {

@@ -7,7 +7,7 @@ use onion_cell::codec::{decode_cell, encode_cell, CellFormat, DecodeError};
 use onion_cell::extension::{CcRequest, CcResponse, DosParamType, DosParams, ExtList, Extension};
 use onion_cell::hs::*;
 use onion_cell::linkspec::LinkSpec;
-use onion_cell::relay::{RelayCell, RelayCellBody, StreamId};
+use onion_cell::relay::{RelayCell, StreamId};
 use onion_cell::relaymsg::*;
 use onion_cell::{CircId, Error};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -356,20 +356,17 @@ fn relay_cell_header_and_padding() {
     assert_eq!(dec.msg, msg);
     // A full DATA message leaves no room for padding.
     let full = [0xee; 498];
-    let b = RelayCellBody::encode(
-        StreamId(1),
-        &RelayMsg::Data(Data::new(&full).unwrap()),
-        &mut rng,
-    )
-    .unwrap();
+    let b = RelayCell::new(StreamId(1), RelayMsg::Data(Data::new(&full).unwrap()))
+        .encode(&mut rng)
+        .unwrap();
     assert_eq!(&b.as_bytes()[11..], &full[..]);
     assert!(Data::new(&[0; 499]).is_err());
     // 496 bytes of data: two bytes of padding, both zero.
-    let b = RelayCellBody::encode(
+    let b = RelayCell::new(
         StreamId(1),
-        &RelayMsg::Data(Data::new(&full[..496]).unwrap()),
-        &mut rng,
+        RelayMsg::Data(Data::new(&full[..496]).unwrap()),
     )
+    .encode(&mut rng)
     .unwrap();
     assert_eq!(&b.as_bytes()[507..], &[0, 0]);
     // Length above 498 is rejected.
