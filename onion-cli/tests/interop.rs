@@ -626,6 +626,46 @@ fn newnym(net: &support::TorNet) -> Result<(), String> {
     Ok(())
 }
 
+/// C tor's client fetches `url` through its SocksPort (curl, `curl_secs` at most a try) until
+/// it gets `want`: it may have to ask again after an HSDir said "not found" (NEWNYM makes it
+/// forget that), bounded to 240 s overall. Returns the successful fetch's time and the number
+/// of attempts; on failure, panics with the tail of `service`'s log.
+fn c_tor_fetches(
+    net: &support::TorNet,
+    url: &str,
+    want: &[u8],
+    curl_secs: u64,
+    service: &support::Daemon,
+) -> (Duration, u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = std::time::Instant::now();
+        let (st, got, err) = support::curl_socks(net.socks_port, url, curl_secs);
+        if st.success() && got.len() == want.len() {
+            assert_eq!(sha256_hex(&got), sha256_hex(want), "{url}: body differs");
+            return (t.elapsed(), attempt);
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "C tor's client did not fetch {url} after {attempt} attempts ({} of {} bytes, \
+                 {err})\nonion:\n{}",
+                got.len(),
+                want.len(),
+                support::last_lines(&service.stderr(), 30)
+            );
+        }
+        eprintln!(
+            "attempt {attempt}: {} bytes; curl: {}",
+            got.len(),
+            err.trim()
+        );
+        let _ = newnym(net);
+        std::thread::sleep(Duration::from_secs(3 * u64::from(attempt.min(5))));
+    }
+}
+
 /// Test 6: `onion serve` hosts an onion service (introduction points, descriptors on the
 /// HSDirs); C tor's client fetches `http://<our address>.onion/` with curl through its
 /// SocksPort (introduction, rendezvous, hs-ntor and a stream spliced to the local page).
@@ -647,26 +687,7 @@ fn c_tor_client_fetches_from_onion_serve() {
     d.wait_for("service published", Duration::from_secs(150));
     let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
     let url = format!("http://{}/", host.trim());
-    // The C tor client may have to ask again after an HSDir said "not found" (NEWNYM makes
-    // it forget that); bounded overall.
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (st, body, err) = support::curl_socks(net.socks_port, &url, 60);
-        if st.success() && body == net.http_body.as_bytes() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "C tor's client did not reach {url} after {attempt} attempts: {err}\nonion:\n{}",
-                support::last_lines(&d.stderr(), 30)
-            );
-        }
-        eprintln!("attempt {attempt}: curl: {}", err.trim());
-        let _ = newnym(net);
-        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
-    }
+    let (_, attempt) = c_tor_fetches(net, &url, net.http_body.as_bytes(), 60, &d);
     assert!(
         d.stderr().contains("rendezvous with a client"),
         "{}",
@@ -877,33 +898,8 @@ fn c_tor_client_fetches_1_mib_from_onion_serve() {
     std::fs::write(net.http_root.join("serve-random.bin"), &body).unwrap();
     let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
     let url = format!("http://{}/serve-random.bin", host.trim());
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let t = std::time::Instant::now();
-        let (st, got, err) = support::curl_socks(net.socks_port, &url, 90);
-        if st.success() && got.len() == body.len() {
-            assert_eq!(sha256_hex(&got), sha256_hex(&body), "1 MiB body differs");
-            eprintln!("C tor client: 1 MiB from onion serve in {:?}", t.elapsed());
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "C tor's client did not fetch 1 MiB from {url} after {attempt} attempts \
-                 ({} bytes, {err})\nonion:\n{}",
-                got.len(),
-                support::last_lines(&d.stderr(), 30)
-            );
-        }
-        eprintln!(
-            "attempt {attempt}: {} bytes; curl: {}",
-            got.len(),
-            err.trim()
-        );
-        let _ = newnym(net);
-        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
-    }
+    let (took, _) = c_tor_fetches(net, &url, &body, 90, &d);
+    eprintln!("C tor client: 1 MiB from onion serve in {took:?}");
     let log = d.stderr();
     assert!(log.contains("rendezvous with a client"), "{log}");
     assert!(!log.contains("congestion control"), "{log}");
@@ -1495,36 +1491,8 @@ fn onion_cc_c_tor_client_fetches_5_mib_from_onion_serve() {
     std::fs::write(net.http_root.join("serve-cc.bin"), &body).unwrap();
     let url = format!("http://{host}/serve-cc.bin");
     let logs = all_tor_logs(net);
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let t = std::time::Instant::now();
-        let (st, got, err) = support::curl_socks(net.socks_port, &url, 120);
-        if st.success() && got.len() == body.len() {
-            assert_eq!(sha256_hex(&got), sha256_hex(&body), "5 MiB body differs");
-            eprintln!(
-                "C tor client: 5 MiB from onion serve --congestion-control in {:?}",
-                t.elapsed()
-            );
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "C tor's client did not fetch 5 MiB from {url} after {attempt} attempts \
-                 ({} bytes, {err})\nonion:\n{}",
-                got.len(),
-                support::last_lines(&d.stderr(), 30)
-            );
-        }
-        eprintln!(
-            "attempt {attempt}: {} bytes; curl: {}",
-            got.len(),
-            err.trim()
-        );
-        let _ = newnym(net);
-        std::thread::sleep(Duration::from_secs(3 * attempt.min(5)));
-    }
+    let (took, _) = c_tor_fetches(net, &url, &body, 120, &d);
+    eprintln!("C tor client: 5 MiB from onion serve --congestion-control in {took:?}");
     let log = d.stderr();
     assert!(
         log.contains("rendezvous with a client (congestion control, sendme_inc 31)"),
