@@ -1416,15 +1416,40 @@ fn onion_cc_get_5_mib_from_a_c_tor_onion_service() {
     let url = format!("http://{}/onion-cc.bin", net.onion_hostname);
     let dd = data_dir(net, "onion-get-hs-cc");
     let logs = all_tor_logs(net);
+    let (took, err) = onion_cc_get(net, &url, &dd, &body, 2, Duration::from_secs(5))
+        .unwrap_or_else(|e| {
+            panic!("onion get --congestion-control from the onion service failed: {e}")
+        });
+    assert!(err.contains("congestion control at the end"), "{err}");
+    eprintln!(
+        "onion get --congestion-control: 5 MiB from the C tor onion service in {took:?}\n{}",
+        support::last_lines(&err, 3)
+    );
+    let warns = cc_warnings(&logs);
+    assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
+}
+
+/// `onion get --congestion-control URL` (data directory `dd`) until it succeeds, at most
+/// `tries` times `pause` apart (a service's descriptor may not be on every HSDir yet): checks
+/// that congestion control was set up with the service (sendme_inc 31) and that the body is
+/// `want`; returns the successful run's time and stderr, or the last failure's stderr.
+fn onion_cc_get(
+    net: &support::TorNet,
+    url: &str,
+    dd: &std::path::Path,
+    want: &[u8],
+    tries: usize,
+    pause: Duration,
+) -> Result<(Duration, String), String> {
     let mut last = String::new();
-    for _ in 0..2 {
+    for _ in 0..tries {
         let t = std::time::Instant::now();
         let (st, out, err) = support::run_bounded_bytes(
             onion()
-                .args(["get", &url, "--congestion-control", "--authorities"])
+                .args(["get", url, "--congestion-control", "--authorities"])
                 .arg(&net.authorities_file)
                 .arg("--data-dir")
-                .arg(&dd)
+                .arg(dd)
                 .args(["--timeout", "120"]),
             Duration::from_secs(150),
         )
@@ -1434,22 +1459,14 @@ fn onion_cc_get_5_mib_from_a_c_tor_onion_service() {
                 err.contains("rendezvous complete (congestion control, sendme_inc 31)"),
                 "congestion control not set up with the service: {err}"
             );
-            assert!(err.contains("congestion control at the end"), "{err}");
-            assert_eq!(out.len(), body.len(), "{err}");
-            assert_eq!(sha256_hex(&out), sha256_hex(&body), "5 MiB body differs");
-            eprintln!(
-                "onion get --congestion-control: 5 MiB from the C tor onion service in {:?}\n{}",
-                t.elapsed(),
-                support::last_lines(&err, 3)
-            );
-            let warns = cc_warnings(&logs);
-            assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
-            return;
+            assert_eq!(out.len(), want.len(), "{err}");
+            assert_eq!(sha256_hex(&out), sha256_hex(want), "{url}: body differs");
+            return Ok((t.elapsed(), err));
         }
         last = err;
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(pause);
     }
-    panic!("onion get --congestion-control from the onion service failed: {last}");
+    Err(last)
 }
 
 /// `onion serve --congestion-control` in front of tornet's HTTP server, once it published its
@@ -1514,44 +1531,22 @@ fn onion_cc_get_from_onion_serve() {
     std::fs::write(net.http_root.join("serve-cc2.bin"), &body).unwrap();
     let url = format!("http://{host}/serve-cc2.bin");
     let dd = data_dir(net, "onion-get-serve-cc");
-    let mut last = String::new();
-    for _ in 0..4 {
-        let t = std::time::Instant::now();
-        let (st, out, err) = support::run_bounded_bytes(
-            onion()
-                .args(["get", &url, "--congestion-control", "--authorities"])
-                .arg(&net.authorities_file)
-                .arg("--data-dir")
-                .arg(&dd)
-                .args(["--timeout", "120"]),
-            Duration::from_secs(150),
-        )
-        .unwrap();
-        if st.success() {
-            assert!(
-                err.contains("rendezvous complete (congestion control, sendme_inc 31)"),
-                "{err}"
-            );
-            assert_eq!(out.len(), body.len(), "{err}");
-            assert_eq!(sha256_hex(&out), sha256_hex(&body), "5 MiB body differs");
-            eprintln!(
-                "onion get --congestion-control: 5 MiB from onion serve --congestion-control in {:?}\n{}",
-                t.elapsed(),
-                support::last_lines(&err, 3)
-            );
-            let log = d.stderr();
-            assert!(
-                log.contains("rendezvous with a client (congestion control, sendme_inc 31)"),
-                "{log}"
-            );
-            return;
-        }
-        last = err;
-        std::thread::sleep(Duration::from_secs(10));
-    }
-    panic!(
-        "onion get --congestion-control from onion serve failed: {last}\nservice:\n{}",
-        support::last_lines(&d.stderr(), 30)
+    let (took, err) = onion_cc_get(net, &url, &dd, &body, 4, Duration::from_secs(10))
+        .unwrap_or_else(|e| {
+            panic!(
+                "onion get --congestion-control from onion serve failed: {e}\nservice:\n{}",
+                support::last_lines(&d.stderr(), 30)
+            )
+        });
+    eprintln!(
+        "onion get --congestion-control: 5 MiB from onion serve --congestion-control in \
+         {took:?}\n{}",
+        support::last_lines(&err, 3)
+    );
+    let log = d.stderr();
+    assert!(
+        log.contains("rendezvous with a client (congestion control, sendme_inc 31)"),
+        "{log}"
     );
 }
 
