@@ -419,6 +419,15 @@ impl Client {
         self.circs.slots()
     }
 
+    /// An open channel to `addr` whose peer proved `ids`, to share (tor-spec §2: one channel
+    /// carries many circuits).
+    fn open_link(&self, addr: SocketAddr, ids: PeerIds) -> Option<usize> {
+        self.links
+            .iter()
+            .find(|(_, l)| l.open && l.dead.is_none() && l.addr == addr && l.ids == ids)
+            .map(|(i, _)| i)
+    }
+
     /// A channel to `addr`, which must prove `ids`; returns its index. An open channel to
     /// the same relay is shared (tor-spec §2: one channel carries many circuits), so only
     /// the first circuit through a guard waits for TCP, TLS and the link handshake.
@@ -428,11 +437,7 @@ impl Client {
         ids: PeerIds,
         deadline: Instant,
     ) -> Result<usize, String> {
-        if let Some((idx, _)) = self
-            .links
-            .iter()
-            .find(|(_, l)| l.open && l.dead.is_none() && l.addr == addr && l.ids == ids)
-        {
+        if let Some(idx) = self.open_link(addr, ids) {
             return Ok(idx);
         }
         let timeout = self.clock.until(deadline).max(Duration::from_secs(1));
@@ -467,12 +472,7 @@ impl Client {
     ) -> Result<LinkTicket, String> {
         let t = self.next_ticket;
         self.next_ticket += 1;
-        let open = self
-            .links
-            .iter()
-            .find(|(_, l)| l.open && l.dead.is_none() && l.addr == addr && l.ids == ids)
-            .map(|(i, _)| i);
-        let state = match open {
+        let state = match self.open_link(addr, ids) {
             Some(idx) => ConnState::Handshake(idx),
             None => {
                 if self.connecting.len() >= MAX_CONNECTING {
