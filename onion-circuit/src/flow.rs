@@ -187,25 +187,35 @@ impl CircSendWindow {
         if self.window > CIRC_WINDOW_START - CIRC_WINDOW_INCREMENT {
             return Err(FlowError::UnexpectedSendme(WindowKind::Circuit));
         }
-        let expected = self.expected.pop_front();
-        match tag {
-            SendmeTag::V0 if self.accept_v0 => {}
-            SendmeTag::V0 => return Err(FlowError::SendmeVersionRejected(0)),
-            SendmeTag::Other(v) => return Err(FlowError::SendmeVersionRejected(v)),
-            SendmeTag::V1(d) => {
-                let got = d
-                    .get(..SENDME_DIGEST_LEN)
-                    .ok_or(FlowError::SendmeDigestTooShort(d.len()))?;
-                let Some(expected) = expected else {
-                    return Err(FlowError::UnexpectedSendme(WindowKind::Circuit));
-                };
-                if !bool::from(expected.ct_eq(got)) {
-                    return Err(FlowError::SendmeDigestMismatch);
-                }
-            }
-        }
+        check_sendme_tag(self.expected.pop_front(), tag, self.accept_v0)?;
         self.window += CIRC_WINDOW_INCREMENT;
         Ok(())
+    }
+}
+
+/// Check a circuit SENDME's authentication (tor-spec §7.3.1) against `expected`, the digest
+/// of the oldest SENDME-eliciting cell in flight, already taken off its queue: a v1 tag must
+/// echo it, a v0 tag passes only if `accept_v0`. Fixed windows and congestion control share it.
+pub(crate) fn check_sendme_tag(
+    expected: Option<[u8; SENDME_DIGEST_LEN]>,
+    tag: SendmeTag<'_>,
+    accept_v0: bool,
+) -> Result<(), FlowError> {
+    match tag {
+        SendmeTag::V0 if accept_v0 => Ok(()),
+        SendmeTag::V0 => Err(FlowError::SendmeVersionRejected(0)),
+        SendmeTag::Other(v) => Err(FlowError::SendmeVersionRejected(v)),
+        SendmeTag::V1(d) => {
+            let got = d
+                .get(..SENDME_DIGEST_LEN)
+                .ok_or(FlowError::SendmeDigestTooShort(d.len()))?;
+            let expected = expected.ok_or(FlowError::UnexpectedSendme(WindowKind::Circuit))?;
+            if bool::from(expected.ct_eq(got)) {
+                Ok(())
+            } else {
+                Err(FlowError::SendmeDigestMismatch)
+            }
+        }
     }
 }
 

@@ -73,7 +73,7 @@ use rand_core::CryptoRngCore;
 pub use self::error::{CircError, Unexpected};
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::flow::{
-    sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag, WindowKind,
+    check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag,
     SENDME_DIGEST_LEN, SENDME_UNPREDICTABLE_GAP,
 };
 use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
@@ -1389,8 +1389,12 @@ impl Circuit {
                     };
                     match flow.cc.as_deref_mut() {
                         Some(c) => {
-                            check_cc_sendme(c, tag, self.config.accept_sendme_v0)
-                                .map_err(|err| CircError::Flow { hop, err })?;
+                            check_sendme_tag(
+                                c.expected.pop_front(),
+                                tag,
+                                self.config.accept_sendme_v0,
+                            )
+                            .map_err(|err| CircError::Flow { hop, err })?;
                             c.cc.on_sendme(self.last_now, false, 0)
                                 .map_err(|err| CircError::CongestionControl { hop, err })?;
                         }
@@ -1805,29 +1809,6 @@ impl Circuit {
             ) {
                 self.stats.stream_sendmes_sent += 1;
                 self.queue_relay(hop, body);
-            }
-        }
-    }
-}
-
-/// Check an authenticated circuit SENDME on a congestion-controlled hop against the digest
-/// of the oldest SENDME-eliciting cell in flight (tor-spec §7.3.1); the congestion control
-/// then takes the acknowledgement.
-fn check_cc_sendme(c: &mut CcHop, tag: SendmeTag<'_>, accept_v0: bool) -> Result<(), FlowError> {
-    let expected = c.expected.pop_front();
-    match tag {
-        SendmeTag::V0 if accept_v0 => Ok(()),
-        SendmeTag::V0 => Err(FlowError::SendmeVersionRejected(0)),
-        SendmeTag::Other(v) => Err(FlowError::SendmeVersionRejected(v)),
-        SendmeTag::V1(d) => {
-            let got = d
-                .get(..SENDME_DIGEST_LEN)
-                .ok_or(FlowError::SendmeDigestTooShort(d.len()))?;
-            let expected = expected.ok_or(FlowError::UnexpectedSendme(WindowKind::Circuit))?;
-            if bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], got)) {
-                Ok(())
-            } else {
-                Err(FlowError::SendmeDigestMismatch)
             }
         }
     }
