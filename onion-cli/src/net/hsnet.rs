@@ -233,12 +233,7 @@ pub fn poll_circuit(client: &mut Client, p: &mut PendingCirc) -> Option<Result<u
         }
         BuildStatus::Failed { hops, why } => {
             client.guards.failed(&p.guard, hops == 0);
-            let at = p.names.get(hops).map_or("?", String::as_str);
-            Err(if hops == 0 {
-                format!("guard {at}: {why}")
-            } else {
-                format!("extending to {at}: {why}")
-            })
+            Err(path::build_error(&p.names, hops, &why))
         }
     };
     p.stage = Stage::Done;

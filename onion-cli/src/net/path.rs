@@ -143,12 +143,18 @@ pub fn build(
         };
         client.destroy(circ);
         let (hops, why) = failed;
-        let at = names.get(hops).map_or("?", String::as_str);
-        return Err(if hops == 0 {
-            format!("guard {at}: {why}")
-        } else {
-            format!("extending to {at}: {why}")
-        });
+        return Err(build_error(&names, hops, &why));
+    }
+}
+
+/// The error of a build through the hops named `names` that failed after `hops` hops were
+/// added: the guard's when none was, else the extension to the next hop's.
+pub fn build_error(names: &[String], hops: usize, why: &str) -> String {
+    let at = names.get(hops).map_or("?", String::as_str);
+    if hops == 0 {
+        format!("guard {at}: {why}")
+    } else {
+        format!("extending to {at}: {why}")
     }
 }
 
