@@ -18,6 +18,7 @@
 //! let keys = c.handle_rendezvous2(&body)?;         // on RENDEZVOUS2: add keys.client_layer()
 //! ```
 
+use onion_dir::Protocols;
 use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
@@ -120,13 +121,10 @@ fn parse_flow_control(line: &str) -> Option<u8> {
     }
     let versions = it.next()?;
     let inc: u8 = it.next()?.parse().ok()?;
-    let has_2 = versions.split(',').any(|r| {
-        let (lo, hi) = r.split_once('-').unwrap_or((r, r));
-        match (lo.parse::<u32>(), hi.parse::<u32>()) {
-            (Ok(lo), Ok(hi)) => lo <= 2 && 2 <= hi,
-            _ => false,
-        }
-    });
+    // The versions are a protover range list, as in a relay's `proto` line; a malformed
+    // one supports nothing (C tor `protocol_list_supports_protocol`).
+    let has_2 = Protocols::parse(&format!("FlowCtrl={versions}"))
+        .is_some_and(|p| p.supports("FlowCtrl", 2));
     (has_2 && inc > 0).then_some(inc)
 }
 
