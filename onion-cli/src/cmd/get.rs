@@ -210,7 +210,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
     if congestion_control && onion.is_none() {
-        client.congestion_control = client_cc(&dir)?;
+        client.congestion_control = client_cc(&dir);
     }
     let config = path::path_config(&opts.auths);
     let deadline = client.deadline(opts.timeout);
@@ -309,18 +309,18 @@ pub fn run(args: Args) -> Result<(), String> {
 /// Congestion control for exit circuits from the verified consensus: its `cc_*` parameters
 /// for exit paths (proposal 324 §6.5) and the relays listing `FlowCtrl=2` and `Relay=4`.
 /// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
-pub(crate) fn client_cc(dir: &Directory) -> Result<Option<ClientCc>, String> {
+pub(crate) fn client_cc(dir: &Directory) -> Option<ClientCc> {
     use onion_dir::ccparams::{CcParams, CcPath};
     let p = CcParams::from_net_params(&dir.net_params());
     if !p.enabled() {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
-        return Ok(None);
+        return None;
     }
     let config = cc_config(&p, CcPath::Exit);
     let exits = dir
         .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
         .collect();
-    Ok(Some(ClientCc { config, exits }))
+    Some(ClientCc { config, exits })
 }
 
 /// Congestion control for rendezvous circuits from the verified consensus (proposal 324

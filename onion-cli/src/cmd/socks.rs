@@ -397,7 +397,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut dir = opts.bootstrap(&mut client)?;
     let mut onion_cc = None;
     if congestion_control {
-        client.congestion_control = crate::cmd::get::client_cc(&dir)?;
+        client.congestion_control = crate::cmd::get::client_cc(&dir);
         onion_cc = crate::cmd::get::onion_cc(&dir);
     }
     let mut next_refresh = client.deadline(dir.refresh_delay().max(REFRESH_RETRY));
@@ -481,10 +481,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 Ok(d) => {
                     dir = d;
                     if congestion_control {
-                        match crate::cmd::get::client_cc(&dir) {
-                            Ok(cc) => client.congestion_control = cc,
-                            Err(e) => eprintln!("onion: congestion control: {e}"),
-                        }
+                        client.congestion_control = crate::cmd::get::client_cc(&dir);
                         onion_cc = crate::cmd::get::onion_cc(&dir);
                     }
                     dir.refresh_delay()
