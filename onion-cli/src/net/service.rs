@@ -294,7 +294,7 @@ fn upload_step(client: &mut Client, u: &mut Upload, now: Instant) -> Option<Resu
                 }
                 return Some(match http::parse_response(response, true) {
                     Ok(r) if r.status == 200 => Ok(()),
-                    Ok(r) => Err(format!("HTTP {} {}", r.status, r.reason)),
+                    Ok(r) => Err(format!("HTTP {}", r.status_text())),
                     Err(e) => Err(e.to_string()),
                 });
             }
