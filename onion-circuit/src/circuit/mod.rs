@@ -293,6 +293,28 @@ struct HopFlow {
     cc: Option<Box<CcHop>>,
 }
 
+impl HopFlow {
+    /// A new hop's flow control: full windows, or under congestion control `cc` a SENDME
+    /// asked for every negotiated `sendme_inc` cells received.
+    fn new(accept_sendme_v0: bool, kh: Option<HopKh>, cc: Option<CongestionControl>) -> Self {
+        let recv = match &cc {
+            Some(c) => CircRecvWindow::with_increment(c.config().sendme_inc),
+            None => CircRecvWindow::default(),
+        };
+        HopFlow {
+            send: CircSendWindow::new(accept_sendme_v0),
+            recv,
+            kh,
+            cc: cc.map(|cc| {
+                Box::new(CcHop {
+                    cc,
+                    expected: VecDeque::new(),
+                })
+            }),
+        }
+    }
+}
+
 /// The sending side of a congestion-controlled hop (proposal 324).
 #[derive(Debug)]
 struct CcHop {
@@ -842,21 +864,11 @@ impl Circuit {
         }
         self.crypto.add_boxed_hop(layer);
         self.mark_used();
-        let recv = match &cc {
-            Some(c) => CircRecvWindow::with_increment(c.sendme_inc),
-            None => CircRecvWindow::default(),
-        };
-        self.hops.push(HopFlow {
-            send: CircSendWindow::new(self.config.accept_sendme_v0),
-            recv,
-            kh: None,
-            cc: cc.map(|cfg| {
-                Box::new(CcHop {
-                    cc: CongestionControl::new(cfg),
-                    expected: VecDeque::new(),
-                })
-            }),
-        });
+        self.hops.push(HopFlow::new(
+            self.config.accept_sendme_v0,
+            None,
+            cc.map(CongestionControl::new),
+        ));
         self.events.push_back(CircEvent::HopAdded {
             hops: self.hops.len(),
         });
@@ -1287,21 +1299,8 @@ impl Circuit {
         self.crypto.add_hop(layer);
         // A new hop's schedules are expanded: the idle check must run.
         self.mark_used();
-        let recv = match &cc {
-            Some(c) => CircRecvWindow::with_increment(c.config().sendme_inc),
-            None => CircRecvWindow::default(),
-        };
-        self.hops.push(HopFlow {
-            send: CircSendWindow::new(self.config.accept_sendme_v0),
-            recv,
-            kh: Some(kh),
-            cc: cc.map(|cc| {
-                Box::new(CcHop {
-                    cc,
-                    expected: VecDeque::new(),
-                })
-            }),
-        });
+        self.hops
+            .push(HopFlow::new(self.config.accept_sendme_v0, Some(kh), cc));
         self.events.push_back(CircEvent::HopAdded {
             hops: self.hops.len(),
         });
