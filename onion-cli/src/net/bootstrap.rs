@@ -365,10 +365,10 @@ fn carry(
         .map_err(Failure::Network)?;
         *open = Some((req.source, circ));
     }
-    let Some((_, DirCircuit::Open { circ, name })) = open.as_ref() else {
+    let Some((_, DirCircuit { circ, name })) = open.as_ref() else {
         return Err(Failure::Network("no directory circuit".into()));
     };
-    let (circ, name) = (*circ, name.clone());
+    let circ = *circ;
     let ctx = |e: String| format!("directory request {} to {name}: {e}", req.path);
     let stream = client
         .begin(circ, Target::Dir, attempt)
@@ -389,15 +389,15 @@ fn carry(
     dir::decode_response(&raw, req.max_body)
 }
 
-/// A one-hop directory circuit.
-enum DirCircuit {
-    Open { circ: usize, name: String },
+/// A one-hop directory circuit, and the directory's name for messages.
+struct DirCircuit {
+    circ: usize,
+    name: String,
 }
 
 impl DirCircuit {
     fn close(&mut self, client: &mut Client) {
-        let DirCircuit::Open { circ, .. } = self;
-        client.destroy(*circ);
+        client.destroy(self.circ);
     }
 }
 
@@ -418,7 +418,7 @@ fn open_authority_circuit(
         10,
         &format!("directory circuit to {} built (CREATE_FAST)", a.name()),
     );
-    Ok(DirCircuit::Open {
+    Ok(DirCircuit {
         circ,
         name: a.name(),
     })
@@ -442,7 +442,7 @@ fn open_fallback_circuit(
         10,
         &format!("directory circuit to fallback {name} built (CREATE_FAST)"),
     );
-    Ok(DirCircuit::Open { circ, name })
+    Ok(DirCircuit { circ, name })
 }
 
 /// A one-hop circuit (ntor) to a directory guard the client's guard manager chooses from
@@ -468,7 +468,7 @@ fn open_dir_guard_circuit(
         10,
         &format!("directory circuit to guard {} built", rec.nickname),
     );
-    Ok(DirCircuit::Open {
+    Ok(DirCircuit {
         circ,
         name: rec.nickname.clone(),
     })
