@@ -180,6 +180,8 @@ struct Splice {
 struct PendingIntro {
     req: RendezvousRequest,
     rp: RelayIdx,
+    /// The congestion control of its rendezvous circuit ([`rendezvous_cc`]).
+    cc: Option<CcConfig>,
     since: Instant,
     attempts: u32,
 }
@@ -776,7 +778,7 @@ impl Service {
             .publisher
             .handle_introduce2(&mut OsRng, intro, &body, unix_now())
             .map_err(|e| e.to_string())?;
-        rendezvous_cc(self.cc, req.asks_congestion_control())?;
+        let cc = rendezvous_cc(self.cc, req.asks_congestion_control())?;
         let rp_id = req
             .link_specifiers
             .iter()
@@ -791,6 +793,7 @@ impl Service {
         self.pending.push_back(PendingIntro {
             req,
             rp,
+            cc,
             since: now,
             attempts: 0,
         });
@@ -839,8 +842,7 @@ impl Service {
                 continue;
             };
             let b = self.rend_builds.swap_remove(k);
-            // Checked at INTRODUCE2; the service's setting does not change meanwhile.
-            let cc = rendezvous_cc(self.cc, b.intro.req.asks_congestion_control()).unwrap_or(None);
+            let cc = b.intro.cc;
             let joined = r.and_then(|c| match join_client(client, c, &b.intro.req, cc) {
                 Ok(()) => Ok(c),
                 Err(e) => {
