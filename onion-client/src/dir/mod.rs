@@ -50,7 +50,7 @@ use std::time::Duration;
 use onion_circuit::Instant;
 use onion_dir::consdiff;
 use onion_dir::http::{DirRequest, Encoding, ResponseReader};
-use onion_dir::{MdDigest, RsaIdentity, Timestamp};
+use onion_dir::{RsaIdentity, Timestamp};
 use rand_core::CryptoRngCore;
 
 use crate::error::{escape, Error};
@@ -750,31 +750,23 @@ impl DirMachine {
             );
         }
         let mode = self.cfg.mode;
+        // One request per chunk of the mode's batch size.
+        let batch = |len: usize, requests: Vec<DirRequest>| {
+            requests.into_iter().next().map(|r| Batch {
+                path: r.path,
+                len,
+                attempts: 0,
+                done: false,
+            })
+        };
         let batches: Vec<Batch> = match &missing {
             Wanted::Micro(d) => d
                 .chunks(mode.batch())
-                .filter_map(|c| {
-                    micro_path(c).map(|path| Batch {
-                        path,
-                        len: c.len(),
-                        attempts: 0,
-                        done: false,
-                    })
-                })
+                .filter_map(|c| batch(c.len(), DirRequest::microdescs(c)))
                 .collect(),
             Wanted::Full(d) => d
                 .chunks(mode.batch())
-                .filter_map(|c| {
-                    DirRequest::server_descriptors(c)
-                        .into_iter()
-                        .next()
-                        .map(|r| Batch {
-                            path: r.path,
-                            len: c.len(),
-                            attempts: 0,
-                            done: false,
-                        })
-                })
+                .filter_map(|c| batch(c.len(), DirRequest::server_descriptors(c)))
                 .collect(),
         };
         let budget = self.cfg.descriptor_budget;
@@ -1056,13 +1048,6 @@ impl DirMachine {
         }
         self.events.push_back(e);
     }
-}
-
-fn micro_path(chunk: &[MdDigest]) -> Option<String> {
-    DirRequest::microdescs(chunk)
-        .into_iter()
-        .next()
-        .map(|r| r.path)
 }
 
 fn failure_error(f: Failure, doc: DocKind, p: &Pending) -> Error {

@@ -9,6 +9,7 @@ use rand_core::SeedableRng;
 use sha3::{Digest, Sha3_256};
 
 use super::*;
+use onion_dir::MdDigest;
 
 const TORNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet");
 
@@ -485,7 +486,7 @@ fn descriptors_are_batched() {
     let digests: Vec<MdDigest> = (0..200u8).map(|i| MdDigest([i; 32])).collect();
     let paths: Vec<String> = digests
         .chunks(DirMode::Micro.batch())
-        .filter_map(micro_path)
+        .map(|c| DirRequest::microdescs(c)[0].path.clone())
         .collect();
     assert_eq!(paths.len(), 3);
     assert_eq!(paths[0].matches('-').count(), 91);
