@@ -20,7 +20,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::{HandshakeKind, HopTarget};
@@ -31,7 +31,7 @@ use onion_client::dir::{
 use onion_crypto::keys::NtorOnionKey;
 use onion_dir::path::{PathConfig, PathSelector};
 use onion_dir::{RsaIdentity, Timestamp};
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use std::net::SocketAddr;
 
 use super::authority::DirAuthority;
@@ -143,16 +143,11 @@ impl Directory {
     }
 
     /// How long from now until this directory should be replaced: a random time in its
-    /// consensus's refresh window (dir-spec §5.1, [`dir::Directory::refresh_window`]), zero if
+    /// consensus's refresh window (dir-spec §5.1, [`dir::Directory::refresh_delay`]), zero if
     /// that time has passed (a consensus reused from the data directory late in its life).
     pub fn refresh_delay(&self) -> Duration {
-        let (start, end) = self.refresh_window();
-        let span = end.0.saturating_sub(start.0);
-        let at = start.0 + OsRng.next_u64() % span.saturating_add(1);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Duration::from_secs(at.saturating_sub(now))
+        self.inner
+            .refresh_delay(Timestamp::from(SystemTime::now()), &mut OsRng)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use onion_dir::authcert::{self, AuthCert};
 use onion_dir::consensus::{self, Consensus, Flavor, Freshness, NetParams};
@@ -317,6 +318,15 @@ impl Directory {
             .min(self.valid_until.0);
         let end = start + self.valid_until.0.saturating_sub(start).saturating_mul(7) / 8;
         (Timestamp(start), Timestamp(end))
+    }
+
+    /// How long from `wall` until the next consensus fetch: a time drawn uniformly from
+    /// [`Directory::refresh_window`] (dir-spec §5.1), zero if it has passed.
+    pub fn refresh_delay(&self, wall: Timestamp, rng: &mut impl rand_core::RngCore) -> Duration {
+        let (start, end) = self.refresh_window();
+        let span = end.0.saturating_sub(start.0);
+        let at = start.0 + rng.next_u64() % span.max(1);
+        Duration::from_secs(at.saturating_sub(wall.0))
     }
 }
 

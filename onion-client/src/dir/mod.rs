@@ -977,10 +977,7 @@ impl DirMachine {
         self.current = Some(dir.clone());
         self.push(DirEvent::Directory(dir.clone()));
         // dir-spec §5.1: the next fetch at a random time of the refresh window.
-        let (start, end) = dir.refresh_window();
-        let span = end.0.saturating_sub(start.0);
-        let at = start.0 + rng.next_u64() % span.saturating_add(1);
-        let delay = Duration::from_secs(at.saturating_sub(wall.0));
+        let delay = dir.refresh_delay(wall, rng);
         self.idle(delay.max(self.cfg.retry_delay));
     }
 
