@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use onion_cell::relaymsg::EndReason;
+use onion_circuit::channel::ChanError;
+use onion_circuit::circuit::CircError;
+
 use crate::dir::DocKind;
 
 /// What went wrong, told apart by who is to blame, so that an embedder can decide what to do
@@ -23,6 +27,9 @@ pub enum ErrorKind {
     Misuse,
     /// Something this implementation does not do.
     Unsupported,
+    /// A bound of [`crate::Limits`] is reached (too many streams, channels, circuits): the
+    /// caller may retry once others closed.
+    Resource,
 }
 
 /// An error of `onion-client`. [`Error::kind`] gives its stable classification; the
@@ -111,6 +118,27 @@ pub enum Error {
         /// The last attempt's error.
         last: Box<Error>,
     },
+    /// A stream ended with RELAY_END and a reason other than DONE (tor-spec §6.3), or
+    /// locally: TIMEOUT when the exit did not answer BEGIN in time, DESTROY when its circuit
+    /// went away.
+    #[error("stream ended: {0:?}")]
+    StreamEnded(onion_cell::relaymsg::EndReason),
+    /// A channel (link to a relay) failed or broke the link protocol (tor-spec §4).
+    #[error("channel: {0}")]
+    Channel(onion_circuit::channel::ChanError),
+    /// A circuit failed: its build, a hop's handshake, or a relay cell a hop sent.
+    #[error("circuit: {0}")]
+    Circuit(onion_circuit::circuit::CircError),
+    /// A circuit violated the onion-service protocol (a message its purpose does not allow,
+    /// rend-spec-v3 §3); it was closed.
+    #[error("circuit protocol violation: {0}")]
+    Violation(&'static str),
+    /// No path fits: the directory lists no relay usable for a hop.
+    #[error("no path: {0}")]
+    NoPath(String),
+    /// A bound of [`crate::Limits`] is reached.
+    #[error("limit reached: {0}")]
+    Resource(&'static str),
     /// A misuse of the API.
     #[error("misuse: {0}")]
     Misuse(&'static str),
@@ -135,6 +163,30 @@ impl Error {
             Error::GaveUp { last, .. } => last.kind(),
             Error::Misuse(_) => ErrorKind::Misuse,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Resource(_) => ErrorKind::Resource,
+            Error::NoPath(_) => ErrorKind::Network,
+            Error::Violation(_) => ErrorKind::PeerProtocol,
+            Error::StreamEnded(r) => match *r {
+                EndReason::TIMEOUT => ErrorKind::Timeout,
+                EndReason::TORPROTOCOL => ErrorKind::PeerProtocol,
+                EndReason::RESOURCELIMIT => ErrorKind::Resource,
+                _ => ErrorKind::Network,
+            },
+            Error::Channel(e) => match e {
+                ChanError::HandshakeTimeout => ErrorKind::Timeout,
+                ChanError::ConnectionClosed | ChanError::ClosedLocally => ErrorKind::Network,
+                _ => ErrorKind::PeerProtocol,
+            },
+            Error::Circuit(e) => match e {
+                CircError::BuildTimeout { .. } => ErrorKind::Timeout,
+                CircError::Closed => ErrorKind::Network,
+                CircError::TooManyStreams => ErrorKind::Resource,
+                CircError::HandshakeUnsupported(_) => ErrorKind::Unsupported,
+                CircError::NoSuchStream(_)
+                | CircError::ExtendInProgress
+                | CircError::NoSuchHop { .. } => ErrorKind::Misuse,
+                _ => ErrorKind::PeerProtocol,
+            },
         }
     }
 }
@@ -147,6 +199,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Misuse => "caller misuse",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Resource => "resource limit reached",
         })
     }
 }

@@ -58,9 +58,15 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 pub mod dir;
+pub mod guards;
 mod error;
 
+pub use client::{
+    Client, ClientConfig, ConnId, Event, Isolation, Limits, Persist, ServiceHandle, State,
+    StreamHandle,
+};
 pub use error::{Error, ErrorKind};
 pub use onion_circuit::Instant;
 pub use onion_dir::Timestamp;

@@ -1,0 +1,138 @@
+//! What the embedder configures ([`ClientConfig`], [`Limits`]) and what it hands back from an
+//! earlier run ([`State`]), and the caller-given stream isolation token ([`Isolation`]).
+
+use std::time::Duration;
+
+use onion_dir::path::PathConfig;
+
+use crate::dir::{Cached, DirConfig};
+
+/// A stream isolation token (path-spec §2.2 "stream isolation"; C tor's `IsolateSOCKSAuth`):
+/// a circuit carries streams of one token only. An embedder maps each SOCKS username/password
+/// pair (or anything else it wants kept apart) to its own token; [`Isolation::NONE`] is the
+/// token of streams that ask for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Isolation(pub u64);
+
+impl Isolation {
+    /// The token of streams without isolation needs (they share circuits with each other).
+    pub const NONE: Isolation = Isolation(0);
+}
+
+/// Every queue's bound. When a bound is reached the client says so: a command gets an
+/// [`crate::Error`] of kind [`crate::ErrorKind::Resource`], a peer is held back (no more of its
+/// bytes are read, no SENDME goes out), and never is anything dropped silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Channels (TLS connections to relays) open or opening at once. A circuit that needs one
+    /// more waits until one closes. Default 64.
+    pub max_channels: usize,
+    /// Connects (TCP+TLS and link handshake) in flight at once. Default 8.
+    pub max_connecting: usize,
+    /// How long a connect plus link handshake may take (tor-spec §4; C tor gives up on an
+    /// OR connection after 10 s of TCP and then the handshake). Default 30 s.
+    pub connect_timeout: Duration,
+    /// Circuits (built or being built) at once. Default 128.
+    pub max_circuits: usize,
+    /// Circuit builds in flight at once. Default 16.
+    pub max_building: usize,
+    /// Application streams on one circuit (onion-circuit allows at most
+    /// [`onion_circuit::stream::MAX_STREAMS_PER_CIRCUIT`]); a full circuit sends new streams to
+    /// another. Default 256.
+    pub max_streams_per_circuit: usize,
+    /// Application streams (and resolves) at once; [`crate::Client::connect`] beyond it fails
+    /// with kind [`crate::ErrorKind::Resource`]. Default 4096.
+    pub max_streams: usize,
+    /// Bytes held per stream for the application to [`crate::Client::read`]. When they reach
+    /// it the stream is held (`Circuit::hold_stream`): its SENDMEs (or XON) stop and the exit
+    /// stops sending on it; reading below half of it releases it. Default 256 KiB (more than
+    /// one stream window of 500 cells × 498 bytes, so a held stream never loses data).
+    pub stream_recv_buffer: usize,
+    /// Bytes a channel may hold for the embedder's `poll_transmit` before circuits on it stop
+    /// being polled for cells (backpressure). Default 64 KiB (about 120 cells).
+    pub channel_outbound: usize,
+    /// Bytes a connection may hold of input the channel has not consumed yet (it consumes
+    /// less than it is given only while its own output or event queue is full).
+    /// [`crate::Client::handle_input`] beyond it closes the connection. Default 1 MiB.
+    pub channel_inbound: usize,
+    /// How long a channel without circuits stays open (C tor closes such client channels
+    /// after a randomized 3 to 4.5 minutes, channelpadding.c's `channel_update_padding`-era
+    /// idle timeout; here a uniform draw in `[idle, 1.5 × idle)`). Default 180 s.
+    pub channel_idle: Duration,
+    /// Events held for the embedder; when full, new stream data stops being read from
+    /// circuits until it drains them. Default 4096.
+    pub max_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_channels: 64,
+            max_connecting: 8,
+            connect_timeout: Duration::from_secs(30),
+            max_circuits: 128,
+            max_building: 16,
+            max_streams_per_circuit: 256,
+            max_streams: 4096,
+            stream_recv_buffer: 256 << 10,
+            channel_outbound: 64 << 10,
+            channel_inbound: 1 << 20,
+            channel_idle: Duration::from_secs(180),
+            max_events: 4096,
+        }
+    }
+}
+
+/// How the client works.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Directory authorities, fallbacks, mode and the directory machine's limits.
+    pub dir: DirConfig,
+    /// Path selection (testing-network relaxations and the like).
+    pub path: PathConfig,
+    /// Negotiate congestion control (proposal 324) with exits that offer `FlowCtrl=2`, with
+    /// the consensus's parameters.
+    pub congestion_control: bool,
+    /// Circuit build deadline until circuit-build-timeout learning has data (path-spec §2.4:
+    /// C tor's initial 60 s).
+    pub build_timeout: Duration,
+    /// How long a circuit takes new streams after its first one (C tor's
+    /// `MaxCircuitDirtiness`, 10 minutes).
+    pub max_circuit_dirtiness: Duration,
+    /// How long a BEGIN, BEGIN_DIR or RESOLVE may wait for its answer.
+    pub stream_timeout: Duration,
+    /// Every queue's bound.
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// A configuration with C tor's defaults around `dir`: path selection for the public
+    /// network, congestion control off, a 60 s build timeout, 10 minutes dirtiness, 60 s stream
+    /// timeout, default [`Limits`].
+    pub fn new(dir: DirConfig) -> Self {
+        ClientConfig {
+            dir,
+            path: PathConfig::default(),
+            congestion_control: false,
+            build_timeout: Duration::from_secs(60),
+            max_circuit_dirtiness: Duration::from_secs(600),
+            stream_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the embedder kept from an earlier run ([`crate::Event::Persist`]) and gives back to
+/// [`crate::Client::new`]. Everything is checked again before use.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct State {
+    /// Cached directory documents.
+    pub directory: Cached,
+    /// Guard state (guard-spec §4 "state" text), from [`crate::Persist::Guards`].
+    pub guards: Option<String>,
+    /// Circuit build times (path-spec §2.4), from [`crate::Persist::BuildTimes`].
+    pub build_times: Option<String>,
+}
