@@ -62,6 +62,8 @@ mod client;
 pub mod dir;
 pub mod guards;
 mod error;
+pub mod predict;
+pub mod timeout;
 
 pub use client::{
     Client, ClientConfig, ConnId, Event, Isolation, Limits, Persist, ServiceHandle, State,

@@ -1,0 +1,1032 @@
+//! Circuit build timeout learning (path-spec §2.4): how long to wait for a circuit to be built
+//! before giving up on it, learned from the build times this client observes instead of a
+//! fixed 60 seconds.
+//!
+//! [`BuildTimes`] keeps the last [`NCIRCUITS_TO_OBSERVE`] build times of three-hop circuits
+//! (§2.4.2), fits a Pareto distribution to them (§2.4.3: `Xm` is the weighted average of the
+//! `cbtnummodes` most frequent 10 ms bins, `alpha` the maximum-likelihood estimator) and
+//! gives two thresholds: [`BuildTimes::timeout`] (the `cbtquantile` point of the curve,
+//! after which a circuit is no longer waited for by streams) and
+//! [`BuildTimes::close_timeout`] (the `cbtclosequantile` point, after which a circuit still
+//! building is abandoned). Until `cbtmincircs` times are known, both are
+//! `cbtinitialtimeout` (60 s). It watches the last `cbtrecentcount` outcomes and starts
+//! learning again when `cbtmaxtimeouts` of them timed out (§2.4.5), and it does not count
+//! timeouts while the network shows no sign of life. The behaviour follows C tor's
+//! `circuitstats.c`, which the spec describes.
+//!
+//! Nothing here reads a clock or draws randomness by itself: times are [`Instant`] or
+//! [`Duration`] arguments, and the one random step (shuffling the times read back from the
+//! state, §2.4.2) takes the caller's generator.
+//!
+//! # How the client drives it
+//!
+//! - Consensus parameters: [`BuildTimes::new`] and [`BuildTimes::set_params`] take
+//!   `Directory::param_entries()`.
+//! - Any sign of network life (a TLS handshake completed, a cell received):
+//!   [`BuildTimes::network_live`].
+//! - A circuit object is created: [`BuildTimes::note_launched`] (the test-circuit pacing of
+//!   [`BuildTimes::needs_test_circuit`] counts from it).
+//! - A circuit of at least three hops completes its third hop, `elapsed` after its first
+//!   CREATE was sent: [`BuildTimes::record_success`] (with `timed_out` true if it had been
+//!   given up on with `record_timeout` before).
+//! - A circuit still building passes [`BuildTimes::timeout`] (scaled for its kind with
+//!   [`BuildTimes::timeout_for`]): if [`BuildTimes::enough_to_compute`], call
+//!   [`BuildTimes::record_timeout`] once, stop offering it to streams and let it keep
+//!   building as a measurement circuit; otherwise close it. When no circuit at all is open,
+//!   C tor "relaxes" instead: it calls `record_timeout` once and waits up to
+//!   `close_timeout()` before closing.
+//! - A measurement circuit passes [`BuildTimes::close_timeout`] without completing:
+//!   [`BuildTimes::record_abandoned`], then close it.
+//! - Persistence: [`BuildTimes::take_changed`] hands over the state text (C tor's state-file
+//!   lines) when it should be written; [`BuildTimes::from_state`] reads it back.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand_core::RngCore;
+
+use crate::Instant;
+
+/// How many build times are kept, in a circular buffer (path-spec §2.4.2; C tor's
+/// `CBT_NCIRCUITS_TO_OBSERVE`).
+pub const NCIRCUITS_TO_OBSERVE: usize = 1000;
+
+/// Width of a histogram bin in milliseconds (path-spec §2.4.2, §2.4.3).
+pub const BIN_WIDTH_MS: u32 = 10;
+
+/// The value recorded for a circuit abandoned at the close timeout (a right-censored sample;
+/// C tor's `CBT_BUILD_ABANDONED`).
+const BUILD_ABANDONED: u32 = i32::MAX as u32 - 1;
+
+/// The largest build time in milliseconds a state may hold (C tor's `CBT_BUILD_TIME_MAX`).
+const BUILD_TIME_MAX: u32 = i32::MAX as u32;
+
+/// A persist is asked for after this many new build times (C tor's `CBT_SAVE_STATE_EVERY`).
+const SAVE_STATE_EVERY: u32 = 10;
+
+/// The largest state text [`BuildTimes::from_state`] reads. C tor's state file holds one line
+/// per non-empty bin (at most 1,000) plus a few other lines; this leaves room for a whole C
+/// tor state file with guards.
+pub const MAX_STATE_LEN: usize = 1 << 20;
+
+/// The largest `TotalBuildTimes` [`BuildTimes::from_state`] accepts. C tor writes at most
+/// [`NCIRCUITS_TO_OBSERVE`]; a larger history is read and a random subset of 1,000 kept, as
+/// C tor does, up to this bound on what is held while reading.
+pub const MAX_STATE_BUILD_TIMES: u32 = 10_000;
+
+/// A consensus parameter: name, default, minimum, maximum (path-spec §2.4.6). Values out of
+/// range are clamped to the range, as C tor's `networkstatus_get_param` does.
+struct ParamDef {
+    name: &'static str,
+    default: i64,
+    min: i64,
+    max: i64,
+}
+
+const INT32_MAX: i64 = i32::MAX as i64;
+
+const CBTDISABLED: ParamDef = ParamDef {
+    name: "cbtdisabled",
+    default: 0,
+    min: 0,
+    max: 1,
+};
+const CBTNUMMODES: ParamDef = ParamDef {
+    name: "cbtnummodes",
+    default: 10,
+    min: 1,
+    max: 20,
+};
+const CBTRECENTCOUNT: ParamDef = ParamDef {
+    name: "cbtrecentcount",
+    default: 20,
+    min: 3,
+    max: 1000,
+};
+const CBTMAXTIMEOUTS: ParamDef = ParamDef {
+    name: "cbtmaxtimeouts",
+    default: 18,
+    min: 3,
+    max: 10_000,
+};
+const CBTMINCIRCS: ParamDef = ParamDef {
+    name: "cbtmincircs",
+    default: 100,
+    min: 1,
+    max: 10_000,
+};
+const CBTQUANTILE: ParamDef = ParamDef {
+    name: "cbtquantile",
+    default: 80,
+    min: 10,
+    max: 99,
+};
+const CBTCLOSEQUANTILE: ParamDef = ParamDef {
+    name: "cbtclosequantile",
+    default: 99,
+    min: 10,
+    max: 99,
+};
+const CBTTESTFREQ: ParamDef = ParamDef {
+    name: "cbttestfreq",
+    default: 10,
+    min: 1,
+    max: INT32_MAX,
+};
+const CBTMINTIMEOUT: ParamDef = ParamDef {
+    name: "cbtmintimeout",
+    default: 10,
+    min: 10,
+    max: INT32_MAX,
+};
+const CBTINITIALTIMEOUT: ParamDef = ParamDef {
+    name: "cbtinitialtimeout",
+    default: 60_000,
+    min: 10,
+    max: INT32_MAX,
+};
+const CBTLEARNTIMEOUT: ParamDef = ParamDef {
+    name: "cbtlearntimeout",
+    default: 180,
+    min: 10,
+    max: 60_000,
+};
+const CBTMAXOPENCIRCS: ParamDef = ParamDef {
+    name: "cbtmaxopencircs",
+    default: 10,
+    min: 0,
+    max: 14,
+};
+
+impl ParamDef {
+    fn read<'a>(&self, entries: &[(&'a str, i64)]) -> i64 {
+        entries
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == self.name)
+            .map_or(self.default, |(_, v)| (*v).clamp(self.min, self.max))
+    }
+}
+
+/// The consensus parameters of circuit build timeout learning (path-spec §2.4.6), each read
+/// with its default and clamped to its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// `cbtdisabled`: learning is off, the history discarded, the timeout fixed at
+    /// `initial_timeout_ms`.
+    pub disabled: bool,
+    /// `cbtnummodes`: how many of the most frequent bins make up `Xm`.
+    pub num_modes: u32,
+    /// `cbtrecentcount`: how many recent outcomes (timeout or not) are watched.
+    pub recent_count: u32,
+    /// `cbtmaxtimeouts`: that many timeouts among the recent outcomes discard the history.
+    pub max_timeouts: u32,
+    /// `cbtmincircs`: build times needed before a timeout is computed.
+    pub min_circs: u32,
+    /// `cbtquantile`: the percentile of the curve used as the timeout.
+    pub quantile: u32,
+    /// `cbtclosequantile`: the percentile used as the close timeout; never below `quantile`.
+    pub close_quantile: u32,
+    /// `cbttestfreq`: how often to build a test circuit while learning.
+    pub test_freq: Duration,
+    /// `cbtmintimeout`: the lowest timeout, in milliseconds.
+    pub min_timeout_ms: u32,
+    /// `cbtinitialtimeout`: the timeout before one is learned, in milliseconds; never below
+    /// `min_timeout_ms`.
+    pub initial_timeout_ms: u32,
+    /// `cbtlearntimeout`: how long idle circuits are kept while learning.
+    pub learn_timeout: Duration,
+    /// `cbtmaxopencircs`: at most this many clean circuits are open while test circuits are
+    /// built.
+    pub max_open_circs: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params::from_entries(std::iter::empty())
+    }
+}
+
+impl Params {
+    /// Reads the parameters from consensus `(name, value)` pairs (as
+    /// `Directory::param_entries()` gives them); a missing one takes its default, an out of
+    /// range one is clamped (path-spec §2.4.6).
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Params {
+        let entries: Vec<(&str, i64)> = entries
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("cbt"))
+            .take(64)
+            .collect();
+        let e = &entries[..];
+        let u = |d: &ParamDef| u32::try_from(d.read(e)).unwrap_or(0);
+        let quantile = u(&CBTQUANTILE);
+        let min_timeout_ms = u(&CBTMINTIMEOUT);
+        Params {
+            disabled: CBTDISABLED.read(e) != 0,
+            num_modes: u(&CBTNUMMODES),
+            recent_count: u(&CBTRECENTCOUNT),
+            max_timeouts: u(&CBTMAXTIMEOUTS),
+            min_circs: u(&CBTMINCIRCS),
+            quantile,
+            close_quantile: u(&CBTCLOSEQUANTILE).max(quantile),
+            test_freq: Duration::from_secs(u64::from(u(&CBTTESTFREQ))),
+            min_timeout_ms,
+            initial_timeout_ms: u(&CBTINITIALTIMEOUT).max(min_timeout_ms),
+            learn_timeout: Duration::from_secs(u64::from(u(&CBTLEARNTIMEOUT))),
+            max_open_circs: u(&CBTMAXOPENCIRCS),
+        }
+    }
+}
+
+/// Why a persisted build-time state was refused. C tor then starts from an empty history;
+/// so should the caller ([`BuildTimes::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The text is longer than [`MAX_STATE_LEN`].
+    #[error("build-time state of {len} bytes exceeds {MAX_STATE_LEN} bytes")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// A line's value does not parse.
+    #[error("build-time state line {line}: {key} {reason}")]
+    BadValue {
+        /// 1-based line number.
+        line: usize,
+        /// The line's keyword.
+        key: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `CircuitBuildAbandonedCount` is above 0 with no `TotalBuildTimes`.
+    #[error("build-time state has {abandoned} abandoned circuits but no TotalBuildTimes")]
+    AbandonedWithoutTotal {
+        /// The abandoned count.
+        abandoned: u32,
+    },
+    /// `TotalBuildTimes` is above [`MAX_STATE_BUILD_TIMES`].
+    #[error("build-time state TotalBuildTimes {total} exceeds {MAX_STATE_BUILD_TIMES}")]
+    TotalTooLarge {
+        /// The declared total.
+        total: u32,
+    },
+    /// `CircuitBuildAbandonedCount` is above `TotalBuildTimes`.
+    #[error("build-time state has {abandoned} abandoned circuits, above TotalBuildTimes {total}")]
+    AbandonedAboveTotal {
+        /// The abandoned count.
+        abandoned: u32,
+        /// The declared total.
+        total: u32,
+    },
+    /// The bins read so far plus the abandoned count pass `TotalBuildTimes`.
+    #[error("build-time state line {line}: more build times than TotalBuildTimes {total}")]
+    TooManyBuildTimes {
+        /// 1-based line number of the bin that overflowed.
+        line: usize,
+        /// The declared total.
+        total: u32,
+    },
+    /// The bins and the abandoned count add up to less than `TotalBuildTimes`.
+    #[error("build-time state holds {read} build times but TotalBuildTimes says {total}")]
+    CountMismatch {
+        /// Build times read.
+        read: u32,
+        /// The declared total.
+        total: u32,
+    },
+}
+
+/// Circuit kinds whose build deadline is the learned timeout scaled by how many round trips
+/// they need, as C tor's `circuit_expire_building` scales it (path-spec §2.4.3: a three-hop
+/// build is 6 one-way link crossings, `Actions(3)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircuitKind {
+    /// A three-hop circuit, or a one-hop directory circuit: the timeout itself.
+    Normal,
+    /// A circuit of four or more hops (a service's rendezvous circuit): ×10/6 + 1 s.
+    FourHop,
+    /// A client's introduction circuit waiting for INTRODUCE_ACK: ×14/6 + 1 s.
+    ClientIntro,
+    /// A service's introduction circuit being established: ×9/6 + 1 s.
+    ServiceIntro,
+    /// A client's rendezvous circuit after INTRODUCE_ACK: ×3 + 1 s.
+    RendReadyAcked,
+    /// A circuit already open being extended (cannibalized): max(close × 4/6,
+    /// `stream_timeout`) + 1 s.
+    Cannibalized {
+        /// The configured stream timeout (C tor's `CircuitStreamTimeout`, 0 by default).
+        stream_timeout: Duration,
+    },
+}
+
+/// Circuit build time history and the timeouts learned from it (path-spec §2.4).
+#[derive(Clone)]
+pub struct BuildTimes {
+    params: Params,
+    /// Learning switched off by the embedder (C tor's `LearnCircuitBuildTimeout 0`).
+    config_disabled: bool,
+    /// The circular buffer of build times in milliseconds (`BUILD_ABANDONED` for an
+    /// abandoned circuit); it grows to `NCIRCUITS_TO_OBSERVE`, then `next` wraps.
+    times: Vec<u32>,
+    /// Where the next time goes once `times` is full.
+    next: usize,
+    /// The Pareto `Xm` of the last computation, in milliseconds.
+    xm: u32,
+    /// The Pareto `alpha` of the last computation.
+    alpha: f64,
+    /// Whether a timeout has been computed from the history.
+    have_computed: bool,
+    /// The timeout, milliseconds.
+    timeout_ms: f64,
+    /// The close timeout, milliseconds.
+    close_ms: f64,
+    /// Recent outcomes of circuits that completed their first hop: true = timed out.
+    recent: Vec<bool>,
+    /// The next slot of `recent`.
+    recent_next: usize,
+    /// When the network last showed life.
+    last_live: Option<Instant>,
+    /// Circuits abandoned since the network last showed life.
+    nonlive_timeouts: u32,
+    /// When the last circuit was launched (test-circuit pacing).
+    last_circ_at: Option<Instant>,
+    /// Build times added since the state was last handed over.
+    since_save: u32,
+    /// Whether the state should be handed over for persistence.
+    changed: bool,
+    /// Counts since the last reset: completed, timed out, abandoned.
+    counts: Counts,
+}
+
+/// Outcome counts since the last reset (C tor keeps them for its control port's
+/// BUILDTIMEOUT_SET event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Circuits that completed three hops in time.
+    pub succeeded: u32,
+    /// Circuits that passed the timeout.
+    pub timeouts: u32,
+    /// Circuits abandoned at the close timeout.
+    pub closed: u32,
+}
+
+impl fmt::Debug for BuildTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildTimes")
+            .field("total", &self.times.len())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("close_ms", &self.close_ms)
+            .field("xm", &self.xm)
+            .field("alpha", &self.alpha)
+            .field("have_computed", &self.have_computed)
+            .field("network_live", &self.network_is_live())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildTimes {
+    /// An empty history under the consensus parameters `params` (`(name, value)` pairs, as
+    /// `Directory::param_entries()` gives them): both timeouts are `cbtinitialtimeout`.
+    pub fn new<'a>(params: impl IntoIterator<Item = (&'a str, i64)>) -> BuildTimes {
+        BuildTimes::with_params(Params::from_entries(params))
+    }
+
+    /// An empty history under `params`.
+    pub fn with_params(params: Params) -> BuildTimes {
+        let initial = f64::from(params.initial_timeout_ms);
+        let mut bt = BuildTimes {
+            params,
+            config_disabled: false,
+            times: Vec::new(),
+            next: 0,
+            xm: 0,
+            alpha: 0.0,
+            have_computed: false,
+            timeout_ms: initial,
+            close_ms: initial,
+            recent: Vec::new(),
+            recent_next: 0,
+            last_live: None,
+            nonlive_timeouts: 0,
+            last_circ_at: None,
+            since_save: 0,
+            changed: false,
+            counts: Counts::default(),
+        };
+        if !bt.disabled() {
+            bt.recent = vec![false; params.recent_count as usize];
+        }
+        bt
+    }
+
+    /// The history persisted by [`BuildTimes::to_state`] (or the `TotalBuildTimes`,
+    /// `CircuitBuildAbandonedCount` and `CircuitBuildTimeBin` lines of a C tor state file;
+    /// other lines are ignored), under `params`. The times are shuffled with `rng` before
+    /// being stored, so that the oldest are still the first overwritten only at random
+    /// (path-spec §2.4.2), and the timeout is computed from them.
+    ///
+    /// With learning disabled by `cbtdisabled` the text is checked but not kept, as C tor
+    /// does not load it then.
+    pub fn from_state<'a>(
+        params: impl IntoIterator<Item = (&'a str, i64)>,
+        text: &str,
+        rng: &mut impl RngCore,
+    ) -> Result<BuildTimes, StateError> {
+        let mut bt = BuildTimes::new(params);
+        let mut loaded = parse_state(text)?;
+        if bt.disabled() {
+            return Ok(bt);
+        }
+        // Fisher-Yates, then keep a random NCIRCUITS_TO_OBSERVE of them.
+        for i in (1..loaded.len()).rev() {
+            let k = uniform_below(rng, i + 1);
+            loaded.swap(i, k);
+        }
+        for t in loaded.into_iter().take(NCIRCUITS_TO_OBSERVE) {
+            bt.add_time(t);
+        }
+        bt.since_save = 0;
+        bt.changed = false;
+        bt.set_timeout();
+        Ok(bt)
+    }
+
+    /// The history as text in C tor's state-file format: `TotalBuildTimes`,
+    /// `CircuitBuildAbandonedCount`, then one `CircuitBuildTimeBin <midpoint ms> <count>` per
+    /// non-empty 10 ms bin in ascending order.
+    pub fn to_state(&self) -> String {
+        let abandoned = self.times.iter().filter(|&&t| t == BUILD_ABANDONED).count();
+        let mut out = format!(
+            "TotalBuildTimes {}\nCircuitBuildAbandonedCount {}\n",
+            self.times.len(),
+            abandoned
+        );
+        for (bin, count) in self.histogram() {
+            out.push_str(&format!(
+                "CircuitBuildTimeBin {} {}\n",
+                bin_to_ms(bin),
+                count
+            ));
+        }
+        out
+    }
+
+    /// The state text if it changed enough to be written again (every 10 new build times,
+    /// and after the history was reset), clearing the flag; `None` otherwise. C tor marks its
+    /// state file dirty at the same points.
+    pub fn take_changed(&mut self) -> Option<String> {
+        if !self.changed {
+            return None;
+        }
+        self.changed = false;
+        self.since_save = 0;
+        Some(self.to_state())
+    }
+
+    /// Whether [`BuildTimes::take_changed`] has something to hand over.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The parameters in force.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Takes new consensus parameters. A changed `cbtrecentcount` resizes the window of
+    /// recent outcomes (keeping what fits); `cbtdisabled` (or learning switched off by
+    /// [`BuildTimes::set_learning`]) discards the history and fixes both timeouts at
+    /// `cbtinitialtimeout` (path-spec §2.4.6).
+    pub fn set_params<'a>(&mut self, params: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.params = Params::from_entries(params);
+        self.apply_enabled();
+    }
+
+    /// Switches learning on or off for this client (C tor's `LearnCircuitBuildTimeout`);
+    /// off behaves as `cbtdisabled=1`.
+    pub fn set_learning(&mut self, on: bool) {
+        self.config_disabled = !on;
+        self.apply_enabled();
+    }
+
+    fn apply_enabled(&mut self) {
+        if self.disabled() {
+            self.recent = Vec::new();
+            self.recent_next = 0;
+            if !self.times.is_empty() {
+                self.reset();
+                self.changed = true;
+            }
+            self.timeout_ms = f64::from(self.params.initial_timeout_ms);
+            self.close_ms = self.timeout_ms;
+            return;
+        }
+        let num = self.params.recent_count as usize;
+        if num != self.recent.len() {
+            let mut recent = vec![false; num];
+            let keep = num.min(self.recent.len());
+            recent[..keep].copy_from_slice(&self.recent[..keep]);
+            if num < self.recent.len() {
+                self.recent_next = self.recent_next.min(num - 1);
+            }
+            if self.recent_next >= num {
+                self.recent_next = 0;
+            }
+            self.recent = recent;
+        }
+    }
+
+    /// Whether learning is off (`cbtdisabled` or [`BuildTimes::set_learning`]).
+    pub fn disabled(&self) -> bool {
+        self.params.disabled || self.config_disabled
+    }
+
+    /// How long to wait for a three-hop circuit before no longer offering it to streams
+    /// (path-spec §2.4.3 `timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        ms_to_duration(self.timeout_ms)
+    }
+
+    /// How long to let a circuit that passed [`BuildTimes::timeout`] keep building, as a
+    /// measurement, before abandoning it (path-spec §2.4.3 `close_ms`, §2.4.4).
+    pub fn close_timeout(&self) -> Duration {
+        ms_to_duration(self.close_ms)
+    }
+
+    /// The build deadline of a circuit of `kind`: [`BuildTimes::timeout`] scaled by the
+    /// round trips it needs (path-spec §2.4.3).
+    pub fn timeout_for(&self, kind: CircuitKind) -> Duration {
+        let t = self.timeout_ms;
+        let ms = match kind {
+            CircuitKind::Normal => t,
+            CircuitKind::FourHop => t * (10.0 / 6.0) + 1000.0,
+            CircuitKind::ClientIntro => t * (14.0 / 6.0) + 1000.0,
+            CircuitKind::ServiceIntro => t * (9.0 / 6.0) + 1000.0,
+            CircuitKind::RendReadyAcked => t * 3.0 + 1000.0,
+            CircuitKind::Cannibalized { stream_timeout } => {
+                (self.close_ms * (4.0 / 6.0)).max(stream_timeout.as_secs_f64() * 1000.0) + 1000.0
+            }
+        };
+        ms_to_duration(ms)
+    }
+
+    /// The Pareto `Xm` (milliseconds) and `alpha` of the last computation, if a timeout has
+    /// been computed since the last reset.
+    pub fn pareto(&self) -> Option<(u32, f64)> {
+        self.have_computed.then_some((self.xm, self.alpha))
+    }
+
+    /// How many build times are held (abandoned circuits included), at most
+    /// [`NCIRCUITS_TO_OBSERVE`].
+    pub fn total(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Outcome counts since the last reset.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Whether enough build times are held to compute a timeout (`cbtmincircs`).
+    pub fn enough_to_compute(&self) -> bool {
+        self.times.len() >= self.params.min_circs as usize
+    }
+
+    /// Whether a build-time test circuit should be launched now: learning is on, fewer than
+    /// `cbtmincircs` times are held, and the last circuit was launched more than
+    /// `cbttestfreq` ago (path-spec §2.4.2). The caller also keeps the clean circuits under
+    /// [`BuildTimes::max_open_test_circuits`].
+    pub fn needs_test_circuit(&self, now: Instant) -> bool {
+        !self.disabled()
+            && !self.enough_to_compute()
+            && self.last_circ_at.map_or(true, |t| {
+                now.saturating_duration_since(t) > self.params.test_freq
+            })
+    }
+
+    /// `cbtmaxopencircs`: the clean-circuit count under which test circuits are launched.
+    pub fn max_open_test_circuits(&self) -> usize {
+        self.params.max_open_circs as usize
+    }
+
+    /// How long an unused circuit is kept while the timeout is still being learned
+    /// (`cbtlearntimeout`), or `None` once it is learned (or learning is off): then the
+    /// predicted-ports window decides.
+    pub fn learning_idle_timeout(&self) -> Option<Duration> {
+        (!self.disabled() && !self.enough_to_compute()).then_some(self.params.learn_timeout)
+    }
+
+    /// A circuit was launched at `now`.
+    pub fn note_launched(&mut self, now: Instant) {
+        self.last_circ_at = Some(now);
+    }
+
+    /// The network showed life at `now` (a TLS handshake completed or a cell arrived):
+    /// timeouts count again (path-spec §2.4.5). Cheap enough to call for every cell.
+    pub fn network_live(&mut self, now: Instant) {
+        self.last_live = Some(now);
+        self.nonlive_timeouts = 0;
+    }
+
+    /// Whether the network is taken as live: no circuit was abandoned since it last showed
+    /// life. While it is not, build times and abandoned circuits are not recorded.
+    pub fn network_is_live(&self) -> bool {
+        self.nonlive_timeouts == 0
+    }
+
+    /// A circuit completed its third hop `elapsed` after its first CREATE was sent (hops past
+    /// the third are not timed, shorter circuits not recorded: path-spec §2.4.2). `timed_out`
+    /// says whether it had passed the timeout ([`BuildTimes::record_timeout`]) and was
+    /// building on as a measurement circuit. Returns whether the time was recorded: not when
+    /// learning is off, the network is not live, or `elapsed` is beyond twice the close
+    /// timeout plus a second (a clock jump or a suspended machine, which C tor discards).
+    pub fn record_success(&mut self, elapsed: Duration, timed_out: bool) -> bool {
+        if self.disabled() {
+            return false;
+        }
+        let ms = duration_to_ms(elapsed);
+        if ms > 2.0 * self.close_ms + 1000.0 {
+            return false;
+        }
+        let mut recorded = false;
+        if self.network_is_live() {
+            // A build time of 0 ms (only possible on a simulated network) counts as 1 ms,
+            // the smallest time the history can hold.
+            let t = (ms.round() as u32).clamp(1, BUILD_ABANDONED - 1);
+            self.add_time(t);
+            self.set_timeout();
+            recorded = true;
+        }
+        if !timed_out {
+            self.counts.succeeded = self.counts.succeeded.saturating_add(1);
+            self.push_recent(false);
+        }
+        recorded
+    }
+
+    /// A circuit still building passed the timeout. `first_hop_done` says whether its first
+    /// hop had completed; only those count in the window of recent outcomes. When
+    /// `cbtmaxtimeouts` of the last `cbtrecentcount` outcomes are timeouts, the history is
+    /// discarded and the timeout goes back to `cbtinitialtimeout` (doubled if it was already
+    /// at least that) (path-spec §2.4.5). Returns whether that reset happened.
+    pub fn record_timeout(&mut self, first_hop_done: bool) -> bool {
+        if self.disabled() {
+            self.timeout_ms = f64::from(self.params.initial_timeout_ms);
+            self.close_ms = self.timeout_ms;
+            return false;
+        }
+        self.counts.timeouts = self.counts.timeouts.saturating_add(1);
+        if first_hop_done {
+            self.push_recent(true);
+        }
+        self.check_changed()
+    }
+
+    /// A measurement circuit begun at `started` was still not built at `now`, past the close
+    /// timeout, and is abandoned (path-spec §2.4.4). If the network showed no life since
+    /// `started`, it stops being taken as live and nothing is recorded; otherwise an
+    /// abandoned sample (right-censored at the close timeout) is recorded and the timeout
+    /// recomputed. Returns whether it was recorded. A circuit older than twice the close
+    /// timeout plus a second is taken as a clock jump and ignored.
+    pub fn record_abandoned(&mut self, started: Instant, now: Instant) -> bool {
+        if self.disabled() {
+            self.timeout_ms = f64::from(self.params.initial_timeout_ms);
+            self.close_ms = self.timeout_ms;
+            return false;
+        }
+        let age = duration_to_ms(now.saturating_duration_since(started));
+        if age > 2.0 * self.close_ms + 1000.0 {
+            return false;
+        }
+        self.counts.closed = self.counts.closed.saturating_add(1);
+        if self.last_live.map_or(true, |l| l < started) {
+            self.nonlive_timeouts = self.nonlive_timeouts.saturating_add(1);
+        }
+        if !self.network_is_live() {
+            return false;
+        }
+        self.add_time(BUILD_ABANDONED);
+        self.set_timeout();
+        true
+    }
+
+    fn push_recent(&mut self, timed_out: bool) {
+        if self.recent.is_empty() {
+            return;
+        }
+        self.recent[self.recent_next] = timed_out;
+        self.recent_next = (self.recent_next + 1) % self.recent.len();
+    }
+
+    /// C tor's `circuit_build_times_network_check_changed`.
+    fn check_changed(&mut self) -> bool {
+        let timeouts = self.recent.iter().filter(|&&t| t).count();
+        if timeouts < self.params.max_timeouts as usize {
+            return false;
+        }
+        self.reset();
+        self.recent.iter_mut().for_each(|t| *t = false);
+        self.recent_next = 0;
+        self.changed = true;
+        let initial = f64::from(self.params.initial_timeout_ms);
+        const MAX_TIMEOUT: f64 = (i32::MAX / 2) as f64;
+        if self.timeout_ms >= initial {
+            if self.timeout_ms <= MAX_TIMEOUT && self.close_ms <= MAX_TIMEOUT {
+                self.timeout_ms *= 2.0;
+                self.close_ms *= 2.0;
+            }
+        } else {
+            self.timeout_ms = initial;
+            self.close_ms = initial;
+        }
+        true
+    }
+
+    /// Forgets the build times and counts; the timeouts, parameters and liveness stay.
+    fn reset(&mut self) {
+        self.times.clear();
+        self.next = 0;
+        self.have_computed = false;
+        self.counts = Counts::default();
+    }
+
+    fn add_time(&mut self, t: u32) {
+        if self.times.len() < NCIRCUITS_TO_OBSERVE {
+            self.times.push(t);
+        } else {
+            self.times[self.next] = t;
+        }
+        self.next = (self.next + 1) % NCIRCUITS_TO_OBSERVE;
+        self.since_save += 1;
+        if self.since_save >= SAVE_STATE_EVERY {
+            self.changed = true;
+        }
+    }
+
+    /// The largest recorded build time that is not an abandoned circuit, 0 if none.
+    fn max_time(&self) -> u32 {
+        self.times
+            .iter()
+            .copied()
+            .filter(|&t| t != BUILD_ABANDONED)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The non-empty bins as (bin index, count), ascending; abandoned circuits are not in
+    /// it. Built by sorting the at most 1,000 times, never as a dense array over the range
+    /// of times (which can reach 2^31 ms).
+    fn histogram(&self) -> Vec<(u32, u32)> {
+        let mut bins: Vec<u32> = self
+            .times
+            .iter()
+            .filter(|&&t| t != BUILD_ABANDONED)
+            .map(|&t| t / BIN_WIDTH_MS)
+            .collect();
+        bins.sort_unstable();
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for b in bins {
+            match out.last_mut() {
+                Some((last, n)) if *last == b => *n += 1,
+                _ => out.push((b, 1)),
+            }
+        }
+        out
+    }
+
+    /// `Xm`: the average of the midpoints of the `cbtnummodes` most frequent bins, each
+    /// weighted by its count, ties going to the shorter bin (path-spec §2.4.3). 0 if no
+    /// circuit completed.
+    fn compute_xm(&self) -> u32 {
+        let mut hist = self.histogram();
+        let mut total: u64 = 0;
+        let mut count: u64 = 0;
+        for _ in 0..self.params.num_modes {
+            // The first of the largest counts: the shortest bin among ties.
+            let Some(best) = hist
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, n))| *n > 0)
+                .fold(None::<(usize, u32)>, |best, (i, &(_, n))| match best {
+                    Some((_, bn)) if bn >= n => best,
+                    _ => Some((i, n)),
+                })
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let (bin, n) = hist[best];
+            total += u64::from(bin_to_ms(bin)) * u64::from(n);
+            count += u64::from(n);
+            hist[best].1 = 0;
+        }
+        if count == 0 {
+            return 0;
+        }
+        u32::try_from(total / count).unwrap_or(u32::MAX)
+    }
+
+    /// Computes `Xm` and `alpha` (path-spec §2.4.3): `alpha = n / (Σ ln max(Xm, x_i) - n ln
+    /// Xm)` over the completed circuits. Returns false if `Xm` is 0 (every circuit held was
+    /// abandoned).
+    fn update_alpha(&mut self) -> bool {
+        self.xm = self.compute_xm();
+        if self.xm == 0 {
+            return false;
+        }
+        let xm = f64::from(self.xm);
+        let ln_xm = xm.ln();
+        let mut a = 0.0;
+        let mut n = 0u32;
+        for &t in &self.times {
+            if t < self.xm {
+                a += ln_xm;
+                n += 1;
+            } else if t != BUILD_ABANDONED {
+                a += f64::from(t).ln();
+                n += 1;
+            }
+        }
+        a -= f64::from(n) * ln_xm;
+        self.alpha = f64::from(n) / a;
+        true
+    }
+
+    /// The Pareto quantile function `Xm / (1 - q)^(1 / alpha)` in milliseconds, capped at
+    /// 2^31 - 1 (path-spec §2.4.3).
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let mut ret = f64::from(i32::MAX);
+        if self.alpha > 0.0 {
+            let p = (1.0 - q).powf(1.0 / self.alpha);
+            if p > 0.0 {
+                ret = f64::from(self.xm) / p;
+            }
+        }
+        ret.min(f64::from(i32::MAX))
+    }
+
+    /// Recomputes the timeouts from the history if it is large enough (C tor's
+    /// `circuit_build_times_set_timeout`).
+    fn set_timeout(&mut self) {
+        if self.disabled() || !self.enough_to_compute() || !self.update_alpha() {
+            return;
+        }
+        let initial = f64::from(self.params.initial_timeout_ms);
+        let mut timeout = self.quantile_ms(f64::from(self.params.quantile) / 100.0);
+        let mut close = self.quantile_ms(f64::from(self.params.close_quantile) / 100.0);
+        let max_time = self.max_time();
+        timeout = timeout.min(f64::from(max_time));
+        if max_time < (i32::MAX / 2) as u32 && close > 2.0 * f64::from(max_time) {
+            close = 2.0 * f64::from(max_time);
+        }
+        close = close.max(initial);
+        self.have_computed = true;
+        let min = f64::from(self.params.min_timeout_ms);
+        if timeout < min {
+            timeout = min;
+            if close < timeout {
+                close = initial;
+            }
+        }
+        self.timeout_ms = timeout;
+        self.close_ms = close;
+    }
+}
+
+/// The midpoint of bin `bin`, in milliseconds.
+fn bin_to_ms(bin: u32) -> u32 {
+    bin.saturating_mul(BIN_WIDTH_MS)
+        .saturating_add(BIN_WIDTH_MS / 2)
+}
+
+fn duration_to_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn ms_to_duration(ms: f64) -> Duration {
+    if ms.is_finite() && ms > 0.0 {
+        Duration::from_micros((ms * 1000.0).round() as u64)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// A uniform index in `0..bound` (`bound` ≥ 1), by rejection so that no index is favoured.
+fn uniform_below(rng: &mut impl RngCore, bound: usize) -> usize {
+    let bound = bound as u64;
+    let zone = u64::MAX - (u64::MAX % bound);
+    loop {
+        let v = rng.next_u64();
+        if v < zone {
+            return (v % bound) as usize;
+        }
+    }
+}
+
+/// Parses state text into the list of build times it holds (abandoned ones as
+/// `BUILD_ABANDONED`), checking what C tor's `circuit_build_times_parse_state` checks.
+fn parse_state(text: &str) -> Result<Vec<u32>, StateError> {
+    if text.len() > MAX_STATE_LEN {
+        return Err(StateError::TooLong { len: text.len() });
+    }
+    // First the two counts (a later line overrides an earlier one, as in a C tor state
+    // file), then the bins against them.
+    let mut total: u32 = 0;
+    let mut abandoned: u32 = 0;
+    for (line, key, value) in lines(text) {
+        if key.eq_ignore_ascii_case("TotalBuildTimes") {
+            total = parse_count(value, line, "TotalBuildTimes")?;
+        } else if key.eq_ignore_ascii_case("CircuitBuildAbandonedCount") {
+            abandoned = parse_count(value, line, "CircuitBuildAbandonedCount")?;
+        }
+    }
+    if total == 0 && abandoned > 0 {
+        return Err(StateError::AbandonedWithoutTotal { abandoned });
+    }
+    if total > MAX_STATE_BUILD_TIMES {
+        return Err(StateError::TotalTooLarge { total });
+    }
+    if abandoned > total {
+        return Err(StateError::AbandonedAboveTotal { abandoned, total });
+    }
+    let mut out: Vec<u32> = Vec::with_capacity(total as usize);
+    for (line, key, value) in lines(text) {
+        if !key.eq_ignore_ascii_case("CircuitBuildTimeBin") {
+            continue;
+        }
+        const KEY: &str = "CircuitBuildTimeBin";
+        let mut words = value.split_ascii_whitespace();
+        let (Some(ms), Some(count)) = (words.next(), words.next()) else {
+            return Err(StateError::BadValue {
+                line,
+                key: KEY,
+                reason: "needs <ms> <count>",
+            });
+        };
+        let ms = parse_u32(ms)
+            .filter(|&m| m <= BUILD_TIME_MAX)
+            .ok_or(StateError::BadValue {
+                line,
+                key: KEY,
+                reason: "bin is not a number of milliseconds up to 2147483647",
+            })?;
+        if ms == 0 {
+            return Err(StateError::BadValue {
+                line,
+                key: KEY,
+                reason: "bin of 0 ms",
+            });
+        }
+        let count = parse_u32(count).ok_or(StateError::BadValue {
+            line,
+            key: KEY,
+            reason: "count is not a number up to 4294967295",
+        })?;
+        let after = u64::from(count) + out.len() as u64 + u64::from(abandoned);
+        if after > u64::from(total) {
+            return Err(StateError::TooManyBuildTimes { line, total });
+        }
+        out.extend(std::iter::repeat(ms).take(count as usize));
+    }
+    out.extend(std::iter::repeat(BUILD_ABANDONED).take(abandoned as usize));
+    if out.len() != total as usize {
+        return Err(StateError::CountMismatch {
+            read: out.len() as u32,
+            total,
+        });
+    }
+    Ok(out)
+}
+
+/// The `(1-based line number, keyword, rest)` of each non-blank, non-comment line.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines().enumerate().filter_map(|(i, l)| {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            return None;
+        }
+        let (key, rest) = l
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .unwrap_or((l, ""));
+        Some((i + 1, key, rest.trim()))
+    })
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_count(value: &str, line: usize, key: &'static str) -> Result<u32, StateError> {
+    parse_u32(value.trim())
+        .filter(|&v| v <= i32::MAX as u32)
+        .ok_or(StateError::BadValue {
+            line,
+            key,
+            reason: "is not a number up to 2147483647",
+        })
+}
