@@ -1,0 +1,536 @@
+//! Tests of the guards and paths, on a 300-relay synthetic network and on the private test
+//! network's real documents (onion-dir/testdata/tornet: C tor 0.4.9, every relay on
+//! 127.0.0.1).
+
+use std::collections::HashSet;
+
+use onion_dir::netview::{ExitTarget, NetView};
+use onion_dir::path::{ExitRequest, PathConfig, PathOptions};
+use onion_dir::vanguards::VanguardShape;
+use onion_dir::{consensus, microdesc, synth, RsaIdentity, Timestamp};
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::dir::{Authority, DirMode, Directory};
+
+/// A wall-clock start (2026-11-23), for the dates the guard state records.
+const T0: Timestamp = Timestamp(1_795_418_410);
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// A 300-relay synthetic network as a directory.
+fn synth_dir() -> Directory {
+    let net = synth::network(300, 7);
+    let cons = consensus::parse(&net.consensus).unwrap().assume_verified();
+    let mds = microdesc::parse_many(&net.microdescs).unwrap();
+    let view = NetView::from_microdescs(&cons, &mds).unwrap();
+    Directory::from_consensus(&cons, view, DirMode::Micro, 300, String::new())
+}
+
+/// The synthetic network's addresses crowd few /16s; without the subnet rule (as on a
+/// testing network) a path's last hop conflicts with at most a family member.
+fn synth_config() -> GuardsConfig {
+    GuardsConfig {
+        path: PathConfig {
+            enforce_distinct_subnets: false,
+            ..PathConfig::default()
+        },
+        ..GuardsConfig::default()
+    }
+}
+
+/// Fresh guards on the synthetic directory.
+fn fresh(dir: &Directory, r: &mut ChaCha20Rng) -> Guards {
+    let (mut g, err) = Guards::new(None, synth_config());
+    assert!(err.is_none());
+    g.on_directory(dir, T0, r);
+    g
+}
+
+fn any_exit() -> ExitRequest {
+    ExitRequest::Target(ExitTarget::Port(443))
+}
+
+/// `n` circuits (exit and internal, alternately) built through fresh paths; their guards.
+fn build_some(g: &mut Guards, dir: &Directory, n: usize, r: &mut ChaCha20Rng) -> Vec<RsaIdentity> {
+    (0..n)
+        .map(|i| {
+            let p = if i % 2 == 0 {
+                g.exit_path(dir, any_exit(), 3, &PathOptions::default(), T0, r)
+            } else {
+                g.internal_path(dir, 3, LastHop::Random, &PathOptions::default(), T0, r)
+            }
+            .unwrap();
+            assert_eq!(
+                g.built(p.ticket, T0, r).unwrap(),
+                Built::Usable,
+                "circuit {i}"
+            );
+            g.closed(p.ticket, T0);
+            p.hops[0].rsa_id
+        })
+        .collect()
+}
+
+/// A fresh sample chooses three primary guards; every circuit enters through them; the state
+/// text handed out restores the same primary guards in a new instance, and an unchanged
+/// state is not handed out again.
+#[test]
+fn restart_from_state_text_keeps_the_primary_guards() {
+    let dir = synth_dir();
+    let mut r = rng(1);
+    let mut g = fresh(&dir, &mut r);
+    let primary = g.primary().to_vec();
+    assert_eq!(primary.len(), 3, "N_PRIMARY_GUARDS is 3 (guard-spec §4.6)");
+    let firsts = build_some(&mut g, &dir, 40, &mut r);
+    assert!(firsts.iter().all(|f| primary.contains(f)), "{firsts:?}");
+    let text = g.poll_persist().expect("a new sample is state to keep");
+    assert!(
+        text.lines().all(|l| l.starts_with("Guard in=default ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("confirmed_on="),
+        "built circuits confirm their guard"
+    );
+    assert_eq!(g.poll_persist(), None, "nothing changed since");
+
+    // Restarted without a circuit of its own yet: the same primaries, in the same order.
+    let (mut again, err) = Guards::new(Some(&text), synth_config());
+    assert!(err.is_none());
+    again.on_directory(&dir, Timestamp(T0.0 + 3600), &mut rng(2));
+    assert_eq!(again.primary(), primary.as_slice());
+    let firsts = build_some(&mut again, &dir, 10, &mut rng(3));
+    assert!(firsts.iter().all(|f| primary.contains(f)));
+
+    // A different seed without the state samples other guards: the state is what kept them.
+    let other = fresh(&dir, &mut rng(99));
+    assert_ne!(other.primary(), primary.as_slice());
+}
+
+/// A state text that does not parse is reported, and the guards start fresh; the fresh state
+/// replaces it at the next persist.
+#[test]
+fn a_bad_state_starts_fresh_and_is_reported() {
+    let dir = synth_dir();
+    let bad = "Guard in=default rsa_id=not-hex sampled_on=2026-01-01T00:00:00\n";
+    let (mut g, err) = Guards::new(Some(bad), synth_config());
+    assert!(err.is_some());
+    assert!(g.manager().sampled().is_empty());
+    g.on_directory(&dir, T0, &mut rng(4));
+    assert_eq!(g.primary().len(), 3);
+    let text = g.poll_persist().expect("the bad text is replaced");
+    assert!(!text.contains("not-hex"));
+}
+
+/// guard-spec §4.9: with every primary guard failed, the next circuit goes through a
+/// non-primary guard and, built after a long time without any circuit (the internet may
+/// have been down), waits while the primary guards are retried; once they fail again it is
+/// announced usable. Another such circuit, left waiting, is abandoned after
+/// `NONPRIMARY_GUARD_IDLE_TIMEOUT`.
+#[test]
+fn a_circuit_through_a_non_primary_guard_waits_for_the_better_ones() {
+    let dir = synth_dir();
+    let mut r = rng(5);
+    let mut g = fresh(&dir, &mut r);
+    let primary = g.primary().to_vec();
+    let opts = PathOptions::default();
+    // Fail circuits until every primary guard is unreachable.
+    let mut failed = HashSet::new();
+    let waiting = loop {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        let first = p.hops[0].rsa_id;
+        if primary.contains(&first) {
+            assert!(p.usable_on_completion);
+            g.failed(p.ticket, Blame::Guard, T0);
+            failed.insert(first);
+            assert!(failed.len() <= 3);
+            continue;
+        }
+        assert_eq!(failed.len(), 3, "a primary guard was left untried");
+        assert!(!p.usable_on_completion, "a primary guard may still work");
+        break p;
+    };
+    // Built: the first circuit in a long while makes the primary guards worth retrying.
+    assert_eq!(g.built(waiting.ticket, T0, &mut r).unwrap(), Built::Wait);
+    assert_eq!(g.poll_event(), None);
+    // The primaries are tried again; each fails; then the waiting circuit is announced.
+    let mut events = Vec::new();
+    for _ in 0..20 {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        if primary.contains(&p.hops[0].rsa_id) {
+            g.failed(p.ticket, Blame::Guard, T0);
+        } else {
+            g.closed(p.ticket, T0);
+        }
+        events.extend(std::iter::from_fn(|| g.poll_event()));
+        if !events.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(events, vec![GuardsEvent::Usable(waiting.ticket)]);
+    g.closed(waiting.ticket, T0);
+
+    // A second process in the same situation whose waiting circuit sees no news: abandoned
+    // after the idle timeout, at the time poll_timeout names.
+    let mut g = fresh(&dir, &mut rng(5));
+    let mut r = rng(5);
+    let mut r2 = rng(6);
+    let _ = &mut r2;
+    let mut failed = 0;
+    let p = loop {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        if p.usable_on_completion {
+            g.failed(p.ticket, Blame::Guard, T0);
+            failed += 1;
+            assert!(failed <= 3);
+            continue;
+        }
+        break p;
+    };
+    assert_eq!(g.built(p.ticket, T0, &mut r).unwrap(), Built::Wait);
+    let idle = g.manager().params().nonprimary_idle_timeout;
+    let mut now = T0;
+    let mut abandoned = false;
+    for _ in 0..100 {
+        let Some(t) = g.poll_timeout() else { break };
+        assert!(t > now || t == now);
+        now = t;
+        g.handle_timeout(now);
+        if let Some(ev) = g.poll_event() {
+            assert_eq!(ev, GuardsEvent::Abandon(p.ticket));
+            abandoned = true;
+            break;
+        }
+    }
+    assert!(abandoned);
+    assert!(now.0 > T0.0 + idle, "abandoned at {} s", now.0 - T0.0);
+    g.closed(p.ticket, now);
+    assert_eq!(
+        g.built(p.ticket, now, &mut r),
+        Err(Error::Misuse("guard ticket not open"))
+    );
+}
+
+/// When the caller excludes every primary guard, the circuit goes through another guard and
+/// is usable at once: no primary guard could have served it.
+#[test]
+fn excluding_every_primary_still_gives_a_usable_circuit() {
+    let dir = synth_dir();
+    let mut r = rng(7);
+    let mut g = fresh(&dir, &mut r);
+    let primary = g.primary().to_vec();
+    let exclude = Exclusions::from_ids(&dir.view, primary.iter());
+    let opts = PathOptions {
+        exclude: &exclude,
+        ..PathOptions::default()
+    };
+    let p = g
+        .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+        .unwrap();
+    assert!(!primary.contains(&p.hops[0].rsa_id));
+    assert!(p.usable_on_completion);
+    assert_eq!(g.built(p.ticket, T0, &mut r).unwrap(), Built::Usable);
+}
+
+/// A relay that failed an extension is left out of the next paths (every hop but the guard)
+/// until the exclusion expires; the set of avoided relays is bounded.
+#[test]
+fn a_relay_that_failed_an_extension_is_avoided_for_a_while() {
+    let dir = synth_dir();
+    let mut r = rng(8);
+    let mut g = fresh(&dir, &mut r);
+    let p = g
+        .exit_path(&dir, any_exit(), 3, &PathOptions::default(), T0, &mut r)
+        .unwrap();
+    let bad = p.hops[2].rsa_id;
+    g.failed(p.ticket, Blame::Hop(2), T0);
+    let avoided: Vec<_> = g.avoided(T0).collect();
+    assert_eq!(avoided, vec![(bad, Timestamp(T0.0 + AVOID_FAILED_FOR))]);
+    // Named as the exit, it is refused while avoided.
+    let idx = dir.view.by_rsa_id(&bad).unwrap();
+    let named = ExitRequest::Named(idx, None);
+    assert!(matches!(
+        g.exit_path(&dir, named, 3, &PathOptions::default(), T0, &mut r),
+        Err(Error::NoPath(_))
+    ));
+    for _ in 0..50 {
+        let p = g
+            .exit_path(&dir, any_exit(), 3, &PathOptions::default(), T0, &mut r)
+            .unwrap();
+        assert!(p.hops[1..].iter().all(|h| h.rsa_id != bad));
+        g.closed(p.ticket, T0);
+    }
+    // After the exclusion: usable again.
+    let later = Timestamp(T0.0 + AVOID_FAILED_FOR);
+    assert_eq!(g.avoided(later).count(), 0);
+    let p = g
+        .exit_path(&dir, named, 3, &PathOptions::default(), later, &mut r)
+        .unwrap();
+    assert_eq!(p.hops[2].rsa_id, bad);
+    g.closed(p.ticket, later);
+
+    // Bounded: failures of many relays keep the latest MAX_AVOIDED.
+    let mut now = later;
+    for i in 0..(MAX_AVOIDED + 10) {
+        now = Timestamp(later.0 + i as u64);
+        let p = g
+            .internal_path(
+                &dir,
+                3,
+                LastHop::Random,
+                &PathOptions::default(),
+                now,
+                &mut r,
+            )
+            .unwrap();
+        g.failed(p.ticket, Blame::Hop(1), now);
+    }
+    assert!(g.avoided(now).count() <= MAX_AVOIDED);
+    assert!(
+        g.avoided(now).count() >= MAX_AVOIDED - 10,
+        "distinct middles mostly"
+    );
+}
+
+/// Onion-service paths have proposal 333's shapes: a primary guard, one of the layer-2
+/// vanguards, (long shape) a middle, then the last hop, given or random or external.
+#[test]
+fn vanguard_paths_have_the_proposal_333_shapes() {
+    let dir = synth_dir();
+    let mut r = rng(9);
+    let mut g = fresh(&dir, &mut r);
+    let l2: Vec<RsaIdentity> = g.layer2().iter().map(|x| x.id).collect();
+    assert_eq!(l2.len(), 4, "guard-hs-l2-number defaults to 4");
+    let primary = g.primary().to_vec();
+    let opts = PathOptions {
+        need_stable: true,
+        ..PathOptions::default()
+    };
+    let mut seconds = HashSet::new();
+    for i in 0..40u32 {
+        let target = dir.view.relay(RelayIdx(i * 7 % 300)).unwrap().rsa_id;
+        let (shape, last) = match i % 3 {
+            0 => (VanguardShape::Short, LastHop::Random),
+            1 => (VanguardShape::Long, LastHop::Relay(target)),
+            _ => {
+                let mut h = hop_target(dir.view.relay(RelayIdx(i)).unwrap()).unwrap();
+                h.rsa_id = RsaIdentity([0xee; 20]);
+                (VanguardShape::Long, LastHop::External(h))
+            }
+        };
+        let p = g
+            .vanguard_path(&dir, shape, last, &opts, T0, &mut r)
+            .unwrap();
+        assert_eq!(p.hops.len(), shape.path_len());
+        assert_eq!(p.names.len(), p.hops.len());
+        assert!(primary.contains(&p.hops[0].rsa_id));
+        assert!(
+            l2.contains(&p.hops[1].rsa_id),
+            "second hop from the layer-2 set"
+        );
+        let ids: Vec<RsaIdentity> = p.hops.iter().map(|h| h.rsa_id).collect();
+        assert_ne!(ids[1], ids[0]);
+        assert_ne!(Some(&ids[1]), ids.last());
+        match i % 3 {
+            1 => assert_eq!(ids[3], target),
+            2 => assert_eq!(ids[3], RsaIdentity([0xee; 20])),
+            _ => assert_ne!(ids[2], ids[0]),
+        }
+        seconds.insert(ids[1]);
+        assert_eq!(g.built(p.ticket, T0, &mut r).unwrap(), Built::Usable);
+        g.closed(p.ticket, T0);
+    }
+    assert!(seconds.len() > 1, "the second hop spreads over the set");
+    // Not persisted: the layer-2 set lives in memory only (proposal 333 §1).
+    let text = g.poll_persist().unwrap();
+    assert!(
+        l2.iter().all(|id| !text.contains(&id.to_string()))
+            || l2
+                .iter()
+                .any(|id| g.manager().sampled().iter().any(|s| s.rsa_id == *id))
+    );
+}
+
+/// The consensus can turn vanguards-lite off: the path keeps its length with an ordinary
+/// middle second.
+#[test]
+fn without_vanguards_lite_an_onion_service_path_is_an_internal_path() {
+    let net = synth::network(300, 7);
+    let text = net
+        .consensus
+        .replacen("params ", "params vanguards-lite-enabled=0 ", 1);
+    assert_ne!(
+        text, net.consensus,
+        "the synthetic consensus has a params line"
+    );
+    let cons = consensus::parse(&text).unwrap().assume_verified();
+    let mds = microdesc::parse_many(&net.microdescs).unwrap();
+    let view = NetView::from_microdescs(&cons, &mds).unwrap();
+    let dir = Directory::from_consensus(&cons, view, DirMode::Micro, 300, String::new());
+    let mut r = rng(10);
+    let mut g = fresh(&dir, &mut r);
+    assert!(g.layer2().is_empty());
+    let p = g
+        .vanguard_path(
+            &dir,
+            VanguardShape::Long,
+            LastHop::Random,
+            &PathOptions::default(),
+            T0,
+            &mut r,
+        )
+        .unwrap();
+    assert_eq!(p.hops.len(), 4);
+}
+
+/// A directory guard is a one-hop path through a primary guard.
+#[test]
+fn a_directory_guard_is_a_primary_guard() {
+    let dir = synth_dir();
+    let mut r = rng(11);
+    let mut g = fresh(&dir, &mut r);
+    for _ in 0..10 {
+        let p = g.dir_guard(&dir, T0, &mut r).unwrap();
+        assert_eq!(p.hops.len(), 1);
+        assert!(g.primary().contains(&p.hops[0].rsa_id));
+        assert!(p.usable_on_completion);
+        g.closed(p.ticket, T0);
+    }
+}
+
+/// Open tickets are bounded: past MAX_TICKETS a path is refused until fates are reported.
+#[test]
+fn open_tickets_are_bounded() {
+    let dir = synth_dir();
+    let mut r = rng(12);
+    let mut g = fresh(&dir, &mut r);
+    let mut tickets = Vec::new();
+    for _ in 0..MAX_TICKETS {
+        tickets.push(g.dir_guard(&dir, T0, &mut r).unwrap().ticket);
+    }
+    assert!(matches!(
+        g.dir_guard(&dir, T0, &mut r),
+        Err(Error::Resource(_))
+    ));
+    g.closed(tickets[0], T0);
+    assert!(g.dir_guard(&dir, T0, &mut r).is_ok());
+}
+
+const TORNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet");
+
+fn testdata(name: &str) -> String {
+    std::fs::read_to_string(format!("{TORNET}/{name}")).unwrap()
+}
+
+/// The test network's authorities (127.0.0.1) and a public one.
+fn tornet_authorities() -> Vec<Authority> {
+    testdata("dirauthority-lines.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Authority {
+                name: w[1].into(),
+                rsa_id: RsaIdentity([1; 20]),
+                v3ident: RsaIdentity([2; 20]),
+                or_addr: Some(w[5].parse().unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// The private test network (all relays on 127.0.0.1) is recognised from its authorities;
+/// its path rules let hops share a /16, without which no path exists there.
+#[test]
+fn a_testing_network_relaxes_the_subnet_rule() {
+    let auths = tornet_authorities();
+    assert!(is_testing_network(&auths));
+    let cfg = path_config(&auths);
+    assert!(!cfg.enforce_distinct_subnets);
+    let mut public = auths.clone();
+    public[0].or_addr = Some("128.31.0.39:9101".parse().unwrap());
+    assert!(!is_testing_network(&public));
+    assert!(path_config(&public).enforce_distinct_subnets);
+    let mut unknown = auths.clone();
+    for a in &mut unknown {
+        a.or_addr = None;
+    }
+    assert!(
+        !is_testing_network(&unknown),
+        "no address: not known to be private"
+    );
+
+    let text = testdata("cached-microdesc-consensus");
+    let cons = consensus::parse(&text).unwrap().assume_verified();
+    let mds_text = testdata("cached-microdescs.new");
+    let mds = microdesc::parse_many(&mds_text).unwrap();
+    let view = NetView::from_microdescs(&cons, &mds).unwrap();
+    let dir = Directory::from_consensus(&cons, view, DirMode::Micro, mds.len(), String::new());
+    let mut r = rng(13);
+    let (mut strict, _) = Guards::new(None, GuardsConfig::default());
+    strict.on_directory(&dir, T0, &mut r);
+    assert!(matches!(
+        strict.internal_path(
+            &dir,
+            3,
+            LastHop::Random,
+            &PathOptions::default(),
+            T0,
+            &mut r
+        ),
+        Err(Error::NoPath(_))
+    ));
+    let (mut testing, _) = Guards::new(
+        None,
+        GuardsConfig {
+            path: cfg,
+            ..GuardsConfig::default()
+        },
+    );
+    testing.on_directory(&dir, T0, &mut r);
+    for _ in 0..10 {
+        let p = testing
+            .internal_path(
+                &dir,
+                3,
+                LastHop::Random,
+                &PathOptions::default(),
+                T0,
+                &mut r,
+            )
+            .unwrap();
+        assert!(p.hops.iter().all(|h| h.addrs[0].ip().is_loopback()));
+        testing.closed(p.ticket, T0);
+    }
+}
+
+proptest! {
+    /// Any state text: no panic; either it restores or it is reported and a fresh sample
+    /// works.
+    #[test]
+    fn any_state_text_is_safe(text in ".{0,400}", lines in proptest::collection::vec(
+        "Guard in=default rsa_id=[0-9A-F]{40}( [a-z_]{1,12}=[ -~&&[^ ]]{0,24}){0,6}", 0..6)) {
+        let dir = synth_dir();
+        for t in [text, lines.join("\n")] {
+            let (mut g, _err) = Guards::new(Some(&t), synth_config());
+            let mut r = rng(14);
+            g.on_directory(&dir, T0, &mut r);
+            let p = g.exit_path(&dir, any_exit(), 3, &PathOptions::default(), T0, &mut r);
+            if let Ok(p) = p {
+                let _ = g.built(p.ticket, T0, &mut r);
+            }
+            let _ = g.poll_persist();
+        }
+    }
+}
