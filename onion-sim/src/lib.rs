@@ -12,6 +12,7 @@
 //! | module | what it simulates |
 //! |---|---|
 //! | [`circuit`] | client, guard, middle and exit relays and a web server: a client builds a circuit and fetches a document through it ([`circuit::run`], [`circuit::Sim`]); the reusable network ([`circuit::net`]), exit, BEGIN_DIR and web-server parts; [`circuit::wired`], a client circuit and its relay circuits wired cell by cell without channels, for tests, fuzz targets and benchmarks |
+//! | [`client`] | a network for the embedder's client (`onion_client::Client`): directory authorities with really signed documents, guard, middle and exit relays, a web server, links with their own latency and bandwidth; the client connects as over sockets |
 //! | [`hs`] | an onion service on that network: HSDirs, introduction and rendezvous points, a service that publishes its descriptor and a client that fetches a page from it, with or without client authorization ([`hs::run`]) |
 //!
 //! Users: `onion sim` and `onion sim --onion` (onion-cli), the end-to-end circuit benchmark
@@ -23,4 +24,5 @@
 //! that embedders run, is future work: that client does not exist yet.
 
 pub mod circuit;
+pub mod client;
 pub mod hs;

@@ -1,0 +1,17 @@
+//! A simulated Tor network for the embedder's client, `onion_client::Client`: directory
+//! authorities whose documents are signed for real, guard, middle and exit relays, a web
+//! server behind the exits, and links with configurable latency and bandwidth, in virtual
+//! time with one seeded RNG, so that the same seed gives the same run.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`authority`] | authorities' keys, key certificates (dir-spec §3.1), signed microdescriptor consensuses and microdescriptors (§3.3, §3.4.1), consensus diffs (§4.5.1) |
+//! | [`driver`] | the embedder's run loop for `onion_client::Client` on a world ([`driver::Sim`]): connections, bytes, timers, persistence in memory, and the application's HTTP fetches with their bodies' SHA-256 checked |
+//! | [`world`] | the network ([`world::World`]): relays running onion-circuit's relay side, exit streams to the web server, BEGIN_DIR directory service, connections the client opens as over sockets |
+//!
+//! The client side of [`world::World`] is raw connections (open, bytes, close), exactly what
+//! an embedder's sockets give the client, so the client runs here as over real TCP and TLS.
+
+pub mod authority;
+pub mod driver;
+pub mod world;
