@@ -240,6 +240,8 @@ struct Open {
     /// manager thinks (its §4.9 check does not look at the circuit's restrictions for the
     /// primary guards).
     nothing_better: bool,
+    /// [`Guards::built`] was called.
+    built: bool,
 }
 
 /// The guard manager, the layer-2 vanguards and the path rules of one client. See the
@@ -314,6 +316,19 @@ impl Guards {
         &self.mgr
     }
 
+    /// The primary guards whose descriptor `dir` lacks: fetch them before building circuits
+    /// (guard-spec §4.12), since a guard without a descriptor cannot carry one and the guard
+    /// manager would pass over it for a lower-priority guard.
+    pub fn missing_descriptors(&self, dir: &Directory) -> Vec<RsaIdentity> {
+        self.mgr.missing_descriptors(&dir.view)
+    }
+
+    /// Forget the layer-2 vanguards; the next onion-service path draws a new set. C tor does
+    /// so on `SIGNAL NEWNYM`, so that a new identity shares no second hop with the old one.
+    pub fn forget_layer2(&mut self) {
+        self.l2.clear();
+    }
+
     /// The relays avoided after failures at `now`, with when each is usable again.
     pub fn avoided(&self, now: Timestamp) -> impl Iterator<Item = (RsaIdentity, Timestamp)> + '_ {
         self.avoided
@@ -356,7 +371,11 @@ impl Guards {
     ) -> Result<PlannedPath, Error> {
         self.check_room()?;
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
-        let avoided = self.avoided_indices(dir, now);
+        let named = match request {
+            ExitRequest::Named(idx, _) => Some(idx),
+            _ => None,
+        };
+        let avoided = self.avoided_indices(dir, now, named);
         let avoid = opts.exclude.with(avoided.iter().copied());
         let hop_opts = PathOptions {
             exclude: &avoid,
@@ -422,7 +441,7 @@ impl Guards {
         }
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
         let (target, external) = self.resolve_last(dir, last)?;
-        let mut avoided = self.avoided_indices(dir, now);
+        let mut avoided = self.avoided_indices(dir, now, target);
         // An external last hop the directory lists is not used for another hop.
         avoided.extend(
             external
@@ -507,7 +526,7 @@ impl Guards {
         self.update_l2(dir, now, rng);
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
         let (target, external) = self.resolve_last(dir, last)?;
-        let mut avoided = self.avoided_indices(dir, now);
+        let mut avoided = self.avoided_indices(dir, now, target);
         avoided.extend(
             external
                 .as_ref()
@@ -578,9 +597,18 @@ impl Guards {
             .open
             .get(&ticket)
             .ok_or(Error::Misuse("guard ticket not open"))?;
-        let (Some(circ), nothing_better) = (open.circ, open.nothing_better) else {
+        if open.built {
             return Err(Error::Misuse("guard ticket reported built twice"));
+        }
+        let (circ, nothing_better) = (open.circ, open.nothing_better);
+        if let Some(o) = self.open.get_mut(&ticket) {
+            o.built = true;
+        }
+        let Some(circ) = circ else {
+            // The manager stops tracking a circuit only after it was built.
+            return Ok(Built::Usable);
         };
+        // The guard may become confirmed (guard-spec §4.8), which the state keeps.
         self.dirty = true;
         let state = self.mgr.circuit_succeeded(circ, now.0, rng);
         let built = match state {
@@ -704,12 +732,20 @@ impl Guards {
         let _ = self.l2.update(&sel, &Exclusions::none(), now.0, rng);
     }
 
-    /// The relays of `dir` avoided after failures at `now`.
-    fn avoided_indices(&mut self, dir: &Directory, now: Timestamp) -> Vec<RelayIdx> {
+    /// The relays of `dir` avoided after failures at `now`, but for the caller's own choice
+    /// of a last hop (`named`): avoiding steers random choices only, and a relay the caller
+    /// must reach (a rendezvous point a client named, say) is tried again.
+    fn avoided_indices(
+        &mut self,
+        dir: &Directory,
+        now: Timestamp,
+        named: Option<RelayIdx>,
+    ) -> Vec<RelayIdx> {
         self.avoided.retain(|(_, until)| *until > now.0);
         self.avoided
             .iter()
             .filter_map(|(id, _)| dir.view.by_rsa_id(id))
+            .filter(|&i| Some(i) != named)
             .collect()
     }
 
@@ -773,6 +809,7 @@ impl Guards {
         rng: &mut impl CryptoRngCore,
         redraw: bool,
     ) -> Result<Option<(GuardPick, bool)>, Error> {
+        let sampled = self.mgr.sampled().len();
         let pick = self
             .mgr
             .select_excluding(
@@ -785,8 +822,10 @@ impl Guards {
                 rng,
             )
             .map_err(|e| Error::NoPath(e.to_string()))?;
-        // Selecting may extend the sample.
-        self.dirty = true;
+        // Selecting may have extended the sample (guard-spec §4.6 first tops it up).
+        if self.mgr.sampled().len() != sampled {
+            self.dirty = true;
+        }
         if pick.state == CircState::UsableOnCompletion {
             return Ok(Some((pick, false)));
         }
@@ -851,6 +890,7 @@ impl Guards {
                 circ: Some(pick.circ),
                 hops: hops.iter().map(|h| h.rsa_id).collect(),
                 nothing_better,
+                built: false,
             },
         );
         Ok(PlannedPath {
