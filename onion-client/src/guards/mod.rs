@@ -19,20 +19,70 @@
 //!
 //! # Driving it
 //!
-//! ```text
-//! start:                  let (mut g, bad_state) = Guards::new(saved_text, config);
-//! each new directory:     g.on_directory(&dir, wall, rng)
-//! a path:                 let p = g.exit_path(&dir, request, &opts, wall, rng)?;
-//!                         build a circuit through p.hops, keep p.ticket with it
-//! the circuit is built:   match g.built(p.ticket, wall, rng)? {
-//!                             Built::Usable => attach streams,
-//!                             Built::Wait => keep it, unused, until an event says
-//!                         }
-//! the build failed:       g.failed(p.ticket, Blame::Guard | Blame::Hop(i) | Blame::Other, wall)
-//! the circuit closed:     g.closed(p.ticket, wall)          (after use, or when abandoned)
-//! at g.poll_timeout():    g.handle_timeout(wall)
-//! after any call:         while let Some(e) = g.poll_event() { .. }   (Usable / Abandon)
-//!                         if let Some(text) = g.poll_persist() { store text }
+//! Feed it each new [`Directory`], ask it for a path, build the circuit through the path's
+//! [`HopTarget`]s, and report the circuit's fate with the path's [`Ticket`]. After any call,
+//! drain [`Guards::poll_event`] and [`Guards::poll_persist`]; call [`Guards::handle_timeout`]
+//! at [`Guards::poll_timeout`]. Here on a synthetic network:
+//!
+//! ```
+//! use onion_client::dir::{DirMode, Directory};
+//! use onion_client::guards::{Blame, Built, Guards, GuardsConfig, GuardsEvent, LastHop};
+//! use onion_client::Timestamp;
+//! use onion_dir::netview::{ExitTarget, NetView};
+//! use onion_dir::path::{ExitRequest, PathOptions};
+//! use onion_dir::vanguards::HsCircuitKind;
+//!
+//! # fn main() -> Result<(), onion_client::Error> {
+//! # let net = onion_dir::synth::network(200, 1);
+//! # let cons = onion_dir::consensus::parse(&net.consensus).unwrap().assume_verified();
+//! # let mds = onion_dir::microdesc::parse_many(&net.microdescs).unwrap();
+//! # let view = NetView::from_microdescs(&cons, &mds).unwrap();
+//! # let mut config = GuardsConfig::default();
+//! # config.path.enforce_distinct_subnets = false; // the synthetic network crowds few /16s
+//! let dir: Directory = // from the directory machine (DirEvent::Directory)
+//! #   Directory::from_consensus(&cons, view, DirMode::Micro, 200, String::new());
+//! let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(7);
+//! let wall = Timestamp(1_795_418_410); // the embedder's wall clock
+//! let saved: Option<String> = None; // what an earlier run stored
+//! let (mut guards, bad_state) = Guards::new(saved.as_deref(), config);
+//! assert!(bad_state.is_none()); // else: report it; the guards start afresh
+//! guards.on_directory(&dir, wall, &mut rng);
+//!
+//! // An exit circuit for port 443.
+//! let request = ExitRequest::Target(ExitTarget::Port(443));
+//! let path = guards.exit_path(&dir, request, 3, &PathOptions::default(), wall, &mut rng)?;
+//! // ... open a channel to path.hops[0], CREATE2, EXTEND2 to path.hops[1], path.hops[2] ...
+//! match guards.built(path.ticket, wall, &mut rng)? {
+//!     Built::Usable => { /* attach streams */ }
+//!     Built::Wait => { /* keep it unused until GuardsEvent::Usable or ::Abandon names it */ }
+//! }
+//! // ... later the circuit closes:
+//! guards.closed(path.ticket, wall);
+//!
+//! // An onion-service circuit to an HSDir, through a layer-2 vanguard (proposal 333).
+//! let hsdir = dir.view.relay(onion_dir::netview::RelayIdx(5)).unwrap().rsa_id;
+//! let shape = HsCircuitKind::ClientHsDir.shape();
+//! let opts = PathOptions { need_stable: true, ..PathOptions::default() };
+//! let path = guards.vanguard_path(&dir, shape, LastHop::Relay(hsdir), &opts, wall, &mut rng)?;
+//! assert_eq!(path.hops.len(), 4);
+//! // The extension to the third hop failed: that relay is avoided for a while.
+//! guards.failed(path.ticket, Blame::Hop(2), wall);
+//!
+//! while let Some(event) = guards.poll_event() {
+//!     match event {
+//!         GuardsEvent::Usable(_ticket) => { /* its circuit may carry streams now */ }
+//!         GuardsEvent::Abandon(ticket) => { /* close its circuit */ guards.closed(ticket, wall) }
+//!     }
+//! }
+//! if let Some(text) = guards.poll_persist() {
+//!     // store `text`; give it to Guards::new at the next start
+//!     assert!(text.starts_with("Guard in=default "));
+//! }
+//! if let Some(at) = guards.poll_timeout() {
+//!     // at wall-clock `at`:
+//!     guards.handle_timeout(at);
+//! }
+//! # Ok(()) }
 //! ```
 //!
 //! Every path-returning call hands out a [`Ticket`]; each ticket must end with
