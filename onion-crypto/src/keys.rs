@@ -265,6 +265,12 @@ impl fmt::Debug for ExpandedEd25519Keypair {
     }
 }
 
+impl Clone for ExpandedEd25519Keypair {
+    fn clone(&self) -> Self {
+        Self::from_expanded_bytes(&self.raw)
+    }
+}
+
 impl ExpandedEd25519Keypair {
     /// From 64 bytes `a | prefix` (C tor's `ed25519_secret_key_t`). The scalar is used as
     /// given (reduced mod l, not clamped again), so blinded scalars work too.

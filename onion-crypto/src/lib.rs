@@ -21,6 +21,8 @@
 //! | cert-spec 2.3 RSA→ed25519 cross-cert (CERTS type 7); dir-spec onion-key-crosscert | [`rsa_crosscert`] |
 //! | tor-spec 4.2 CERTS: RSA-1024 X.509 identity and link certificates | [`x509`] |
 //! | tor-spec 4.2 CERTS (types 2, 4, 5, 6, 7): relay link keys, creation of a responder's and an authenticating initiator's certificates, the certificate-chain check (C tor's `or_handshake_certs_ed25519_ok`) | [`relay_keys`] |
+//! | C tor's key files (`secret_id_key`, `ed25519_*`, `secret_onion_key_ntor`) as bytes | [`keyfile`] |
+//! | a relay's whole key set: identities, signing key and certificate, ntor and TAP onion keys, their rotation (C tor's schedule and consensus parameters) | [`relay_keyset`] |
 //! | tor-spec 0.3 RSA identity, PKCS#1 v1.5 signatures (prefixed and Tor's unprefixed form) | [`rsa`] |
 //! | errors of all of the above | [`error`] |
 //!
@@ -57,10 +59,12 @@ pub mod cert;
 pub mod error;
 pub mod fast;
 pub mod kdf;
+pub mod keyfile;
 pub mod keys;
 pub mod ntor;
 pub mod ntor_v3;
 pub mod relay_keys;
+pub mod relay_keyset;
 pub mod rsa;
 pub mod rsa_crosscert;
 pub mod tor1;

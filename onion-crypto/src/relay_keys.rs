@@ -37,7 +37,10 @@ use subtle::ConstantTimeEq;
 
 use crate::cert::{CertKeyType, CertType, Ed25519CertBuilder, UncheckedEd25519Cert, UnixTime};
 use crate::error::CertError;
-use crate::keys::{Ed25519Identity, Ed25519Keypair, Ed25519PublicKey, Ed25519Signer, RsaIdentity};
+use crate::keys::{
+    Ed25519Identity, Ed25519Keypair, Ed25519PublicKey, Ed25519Signer, ExpandedEd25519Keypair,
+    RsaIdentity,
+};
 use crate::rsa::{RsaKeypair, RsaPublicKey};
 use crate::rsa_crosscert::RsaCrosscert;
 use crate::x509::RsaX509Cert;
@@ -68,7 +71,7 @@ const CROSSCERT_LIFETIME: u64 = 183 * 24 * 3600;
 pub struct RelayKeys {
     rsa_identity: RsaKeypair,
     ed_identity: Ed25519Identity,
-    signing: Ed25519Keypair,
+    signing: ExpandedEd25519Keypair,
     rsa_id_cert: Vec<u8>,
     id_signing_cert: Vec<u8>,
     crosscert: Vec<u8>,
@@ -116,6 +119,58 @@ impl RelayKeys {
         )
         .include_signing_key(true)
         .sign(identity)?;
+        Self::assemble(
+            rng,
+            rsa_identity,
+            ed_identity,
+            signing.to_expanded(),
+            id_signing_cert,
+            now,
+        )
+    }
+
+    /// Certifies keys whose ed25519 master identity is offline (C tor's
+    /// `OfflineMasterKey`): `id_signing_cert` is the Id->Signing certificate (type 4) that
+    /// the master key made for `signing`, as C tor's `ed25519_signing_cert` file holds it.
+    /// The certificate must name its signer (cert-spec 2.2.1), certify `signing`, carry a
+    /// valid signature by the named key and be unexpired at `now`; the RSA identity signs
+    /// a fresh X.509 certificate and cross-certificate.
+    pub fn from_signing_cert(
+        rng: &mut impl CryptoRngCore,
+        rsa_identity: RsaKeypair,
+        signing: ExpandedEd25519Keypair,
+        id_signing_cert: Vec<u8>,
+        now: impl Into<UnixTime>,
+    ) -> Result<Self, CertError> {
+        let now = now.into();
+        let cert = UncheckedEd25519Cert::decode(&id_signing_cert)?
+            .expect_type(CertType::IDENTITY_V_SIGNING)?;
+        let ed_identity = *cert.signing_key().ok_or(CertError::MissingSigningKey)?;
+        let certified = cert.verify(None, now)?.certified_public_key()?;
+        if certified != signing.public_key() {
+            return Err(CertError::BadField {
+                field: "CERTIFIED_KEY",
+                reason: "Id->Signing certificate certifies another signing key",
+            });
+        }
+        Self::assemble(
+            rng,
+            rsa_identity,
+            ed_identity,
+            signing,
+            id_signing_cert,
+            now,
+        )
+    }
+
+    fn assemble(
+        rng: &mut impl CryptoRngCore,
+        rsa_identity: RsaKeypair,
+        ed_identity: Ed25519Identity,
+        signing: ExpandedEd25519Keypair,
+        id_signing_cert: Vec<u8>,
+        now: UnixTime,
+    ) -> Result<Self, CertError> {
         let crosscert = RsaCrosscert::create(
             rng,
             &rsa_identity,
@@ -131,6 +186,30 @@ impl RelayKeys {
             id_signing_cert,
             crosscert,
         })
+    }
+
+    /// The ed25519 signing key pair (signs descriptors and the short-lived link
+    /// certificates).
+    pub fn signing_keypair(&self) -> &ExpandedEd25519Keypair {
+        &self.signing
+    }
+
+    /// The encoded Id->Signing certificate (type 4): the `identity-ed25519` object of the
+    /// relay's descriptors and the contents of C tor's `ed25519_signing_cert` file.
+    pub fn id_signing_cert(&self) -> &[u8] {
+        &self.id_signing_cert
+    }
+
+    /// The encoded RSA->Ed25519 cross-certificate (CERTS type 7).
+    pub fn crosscert(&self) -> &[u8] {
+        &self.crosscert
+    }
+
+    /// When the RSA->Ed25519 cross-certificate expires (Unix seconds).
+    pub fn crosscert_expiry(&self) -> UnixTime {
+        RsaCrosscert::decode(&self.crosscert)
+            .map(|c| UnixTime(u64::from(c.expiration_hours()) * 3600))
+            .unwrap_or(UnixTime(0))
     }
 
     /// The RSA identity key pair (also signs the relay's descriptors).
