@@ -474,8 +474,12 @@ impl Guards {
 
     /// An internal path of `len` hops (1..=8) ending at `last` (path-spec §2.2.2: for
     /// onion-service circuits without vanguards, or pre-built internal circuits), its guard
-    /// from the guard manager and not in the last hop's family or subnet. Exclusions as in
-    /// [`Guards::exit_path`].
+    /// from the guard manager and not the last hop nor in its family or subnet. Exclusions as
+    /// in [`Guards::exit_path`]; a [`LastHop::External`] relay the directory lists is used
+    /// for no other hop.
+    ///
+    /// `len` counts every hop, the last included: `len == 1` is the guard alone (with
+    /// [`LastHop::Random`] only), and a path to a given relay has at least 2 hops.
     pub fn internal_path(
         &mut self,
         dir: &Directory,
@@ -491,13 +495,22 @@ impl Guards {
         }
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
         let (target, external) = self.resolve_last(dir, last)?;
+        if target.is_some() && len < 2 {
+            return Err(Error::NoPath(
+                "a one-hop path is its guard; it cannot end at a chosen relay".into(),
+            ));
+        }
+        if external.is_some() && len < 2 {
+            return Err(Error::NoPath(
+                "a path to a relay given from elsewhere needs a guard before it".into(),
+            ));
+        }
+        let external_idx = external
+            .as_ref()
+            .and_then(|h| dir.view.by_rsa_id(&h.rsa_id));
         let mut avoided = self.avoided_indices(dir, now, target);
         // An external last hop the directory lists is not used for another hop.
-        avoided.extend(
-            external
-                .as_ref()
-                .and_then(|h| dir.view.by_rsa_id(&h.rsa_id)),
-        );
+        avoided.extend(external_idx);
         let avoid = opts.exclude.with(avoided.iter().copied());
         let hop_opts = PathOptions {
             exclude: &avoid,
@@ -505,18 +518,6 @@ impl Guards {
         };
         // An external last hop is appended to a path one hop shorter.
         let drawn_len = if external.is_some() { len - 1 } else { len };
-        if drawn_len == 0 {
-            // Only the guard, then the external hop: the guard must not be it.
-            let avoid_guard: Vec<RelayIdx> = external
-                .as_ref()
-                .and_then(|h| dir.view.by_rsa_id(&h.rsa_id))
-                .into_iter()
-                .collect();
-            let (pick, nothing_better) = self
-                .guard(&sel, GuardUsage::Data, &avoid_guard, opts, now, rng, false)?
-                .ok_or_else(|| Error::NoPath("no guard".into()))?;
-            return self.finish(dir, Ok(vec![pick.idx]), external, pick, nothing_better, now);
-        }
         let mut tries = 0;
         loop {
             tries += 1;
@@ -527,8 +528,12 @@ impl Guards {
             };
             // A fixed target cannot be drawn again: take what the manager gives for it.
             let redraw = target.is_none() && tries < REPICKS;
+            // The guard is not the last hop, nor in its family or subnet (path-spec §2.2),
+            // the external last hop included.
+            let mut ends = vec![end];
+            ends.extend(external_idx);
             let Some((pick, nothing_better)) =
-                self.guard(&sel, GuardUsage::Data, &[end], opts, now, rng, redraw)?
+                self.guard(&sel, GuardUsage::Data, &ends, opts, now, rng, redraw)?
             else {
                 continue;
             };
@@ -538,7 +543,8 @@ impl Guards {
                 ..*opts
             };
             let path = if drawn_len == 1 {
-                // A one-hop path: the guard is the whole path (and the last hop is dropped).
+                // The guard alone (then the external hop, if any): the random last hop only
+                // served to draw the guard.
                 Ok(vec![pick.idx])
             } else {
                 sel.internal_path(drawn_len, Some(end), Some(pick.idx), &o, rng)
@@ -592,16 +598,26 @@ impl Guards {
             ..*opts
         };
         // With an external last hop a random one is drawn in its place, then replaced: the
-        // hops before it keep the shape's rules.
-        let path = vanguards::vanguard_path(&sel, &self.l2, shape, target, pick.idx, &o, rng)
-            .map_err(|e| Error::NoPath(e.to_string()))
-            .map(|p| {
-                let hops = p.hops();
-                match external {
-                    Some(_) => hops[..hops.len().saturating_sub(1)].to_vec(),
-                    None => hops.to_vec(),
-                }
-            });
+        // hops before it keep the shape's rules. `G -> L2 -> G` would ask L2 to extend back
+        // to its predecessor, which relays refuse.
+        let path = if shape == VanguardShape::Short
+            && external.as_ref().is_some_and(|h| h.rsa_id == pick.guard)
+        {
+            Err(Error::NoPath(format!(
+                "guard {} is the last hop of a 3-hop circuit",
+                pick.guard
+            )))
+        } else {
+            vanguards::vanguard_path(&sel, &self.l2, shape, target, pick.idx, &o, rng)
+                .map_err(|e| Error::NoPath(e.to_string()))
+                .map(|p| {
+                    let hops = p.hops();
+                    match external {
+                        Some(_) => hops[..hops.len().saturating_sub(1)].to_vec(),
+                        None => hops.to_vec(),
+                    }
+                })
+        };
         self.finish(dir, path, external, pick, nothing_better, now)
     }
 

@@ -651,3 +651,76 @@ proptest! {
         }
     }
 }
+
+/// A last hop given from elsewhere (an introduction point from a descriptor) ends the path;
+/// when the directory lists it, no other hop is that relay, the guard included (a relay is
+/// never asked to extend back to itself or its predecessor).
+#[test]
+fn an_external_last_hop_is_appended_and_never_repeated() {
+    let dir = synth_dir();
+    let mut r = rng(19);
+    let mut g = fresh(&dir, &mut r);
+    let first = g.primary()[0];
+    let ext = hop_target(dir.view.relay(dir.view.by_rsa_id(&first).unwrap()).unwrap()).unwrap();
+    let opts = PathOptions::default();
+    for len in [2, 3, 4] {
+        for _ in 0..10 {
+            let p = g
+                .internal_path(&dir, len, LastHop::External(ext.clone()), &opts, T0, &mut r)
+                .unwrap();
+            assert_eq!(p.hops.len(), len);
+            assert_eq!(p.hops[len - 1].rsa_id, first);
+            assert!(p.hops[..len - 1].iter().all(|h| h.rsa_id != first));
+            g.closed(p.ticket, T0);
+        }
+    }
+    assert!(matches!(
+        g.internal_path(&dir, 1, LastHop::External(ext.clone()), &opts, T0, &mut r),
+        Err(Error::NoPath(_))
+    ));
+    assert!(matches!(
+        g.internal_path(&dir, 1, LastHop::Relay(first), &opts, T0, &mut r),
+        Err(Error::NoPath(_))
+    ));
+    // A vanguard path chooses its guard without looking at the last hop (data circuits use
+    // the first primary guard, guard-n-primary-guards-to-use = 1): the long shape may end at
+    // the guard, the short one refuses to.
+    let long = g
+        .vanguard_path(
+            &dir,
+            VanguardShape::Long,
+            LastHop::External(ext.clone()),
+            &opts,
+            T0,
+            &mut r,
+        )
+        .unwrap();
+    assert_eq!(long.hops[0].rsa_id, first);
+    assert_eq!(long.hops[3].rsa_id, first);
+    assert!(long.hops[1..3].iter().all(|h| h.rsa_id != first));
+    g.closed(long.ticket, T0);
+    let short = g.vanguard_path(
+        &dir,
+        VanguardShape::Short,
+        LastHop::External(ext),
+        &opts,
+        T0,
+        &mut r,
+    );
+    assert!(matches!(short, Err(Error::NoPath(_))), "{short:?}");
+    let other = hop_target(dir.view.relay(RelayIdx(3)).unwrap()).unwrap();
+    let short = g
+        .vanguard_path(
+            &dir,
+            VanguardShape::Short,
+            LastHop::External(other),
+            &opts,
+            T0,
+            &mut r,
+        )
+        .unwrap();
+    assert_eq!(short.hops.len(), 3);
+    assert_eq!(short.hops[0].rsa_id, first);
+    g.closed(short.ticket, T0);
+    assert_eq!(g.open.len(), 0, "a refused path leaves no ticket open");
+}
