@@ -96,7 +96,8 @@ use onion_circuit::circuit::HopTarget;
 use onion_crypto::keys::NtorOnionKey;
 use onion_dir::guard::state::GuardStateError;
 use onion_dir::guard::{
-    CircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage,
+    CircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage, Reachable,
+    RetrySchedule,
 };
 use onion_dir::netview::{RelayIdx, RelayRecord};
 use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
@@ -292,6 +293,11 @@ struct Open {
     nothing_better: bool,
     /// [`Guards::built`] was called.
     built: bool,
+    /// When its guard was chosen (Unix seconds): the guard manager's start of its
+    /// `usable_if_no_better_guard` state.
+    picked_at: u64,
+    /// When it was built (Unix seconds): the start of `waiting_for_better_guard`.
+    built_at: u64,
 }
 
 /// The guard manager, the layer-2 vanguards and the path rules of one client. See the
@@ -313,6 +319,8 @@ pub struct Guards {
     persisted: String,
     /// Something may have changed the persistent state since.
     dirty: bool,
+    /// The latest time given to [`Guards::handle_timeout`]: deadlines up to it are handled.
+    handled: Option<u64>,
 }
 
 impl Guards {
@@ -342,6 +350,7 @@ impl Guards {
             events: VecDeque::new(),
             persisted,
             dirty: err.is_some(),
+            handled: None,
         };
         (guards, err)
     }
@@ -669,6 +678,7 @@ impl Guards {
         let (circ, nothing_better) = (open.circ, open.nothing_better);
         if let Some(o) = self.open.get_mut(&ticket) {
             o.built = true;
+            o.built_at = now.0;
         }
         let Some(circ) = circ else {
             // The manager stops tracking a circuit only after it was built.
@@ -747,16 +757,61 @@ impl Guards {
     }
 
     /// When [`Guards::handle_timeout`] has something to do next: a failed guard's retry
-    /// (guard-spec §4.5), a waiting circuit's idle timeout or a connect timeout that may
-    /// unblock one (§4.9).
+    /// (guard-spec §4.5, on its schedule), a waiting circuit's idle timeout, or, while a
+    /// circuit waits, the end of another circuit's `NONPRIMARY_GUARD_CONNECT_TIMEOUT`, after
+    /// which that one no longer blocks it (§4.9). Always later than the last
+    /// [`Guards::handle_timeout`]: a deadline that passed and was handled is not named again
+    /// (a circuit still building past its connect timeout, say), so an embedder's loop that
+    /// sleeps until this time never spins.
+    ///
+    /// The layer-2 vanguards need no timer: a member whose lifetime ran out is replaced
+    /// before the next onion-service path. Failure exclusions end by themselves.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.mgr.next_timeout().map(Timestamp)
+        let after = self.handled;
+        let p = self.mgr.params();
+        let primary = self.mgr.primary();
+        let retries = self
+            .mgr
+            .sampled()
+            .iter()
+            .filter(|g| g.reachable == Reachable::No)
+            .map(|g| {
+                let sched = match primary.contains(&g.rsa_id) {
+                    true => &p.primary_retry,
+                    false => &p.nonprimary_retry,
+                };
+                let since = g.failing_since.unwrap_or(0);
+                retry_time(sched, since, g.last_tried.or(g.failing_since).unwrap_or(0))
+            });
+        let states: Vec<(CircState, &Open)> = self
+            .open
+            .values()
+            .filter_map(|o| Some((self.mgr.circuit_state(o.circ?)?, o)))
+            .collect();
+        let any_waiting = states
+            .iter()
+            .any(|(s, _)| *s == CircState::WaitingForBetterGuard);
+        let circuits = states.iter().filter_map(|(state, o)| match state {
+            CircState::WaitingForBetterGuard => {
+                Some(o.built_at.saturating_add(p.nonprimary_idle_timeout + 1))
+            }
+            CircState::UsableIfNoBetterGuard if any_waiting => {
+                Some(o.picked_at.saturating_add(p.nonprimary_connect_timeout + 1))
+            }
+            _ => None,
+        });
+        retries
+            .chain(circuits)
+            .filter(|t| after.map_or(true, |a| *t > a))
+            .min()
+            .map(Timestamp)
     }
 
     /// Run the time-driven rules at wall-clock `now`: retries of failed guards, circuits that
     /// waited too long ([`GuardsEvent::Abandon`]) or may now be used ([`GuardsEvent::Usable`]),
     /// and the expiry of failure exclusions.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.handled = Some(self.handled.map_or(now.0, |h| h.max(now.0)));
         self.mgr.handle_timeout(now.0);
         self.avoided.retain(|(_, until)| *until > now.0);
         self.drain_mgr();
@@ -957,6 +1012,8 @@ impl Guards {
                 hops: hops.iter().map(|h| h.rsa_id).collect(),
                 nothing_better,
                 built: false,
+                picked_at: now.0,
+                built_at: 0,
             },
         );
         Ok(PlannedPath {
@@ -988,6 +1045,23 @@ impl Guards {
             }
         }
     }
+}
+
+/// When a guard failing since `since` and last tried at `last` is retried under `sched`
+/// (guard-spec §4.5): the first time `t` with `t >= last + interval(t - since)`, the test
+/// the guard manager applies. The interval grows with the time failing, so the first
+/// estimate can be early; each step moves to the next candidate, and the schedule has few
+/// steps (the loop is bounded anyway).
+fn retry_time(sched: &RetrySchedule, since: u64, last: u64) -> u64 {
+    let mut t = last.saturating_add(sched.interval(last.saturating_sub(since)));
+    for _ in 0..(sched.steps.len() + 2) {
+        let due = last.saturating_add(sched.interval(t.saturating_sub(since)));
+        if due <= t {
+            break;
+        }
+        t = due;
+    }
+    t
 }
 
 /// A path-selection error as the crate's.

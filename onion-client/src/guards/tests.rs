@@ -724,3 +724,68 @@ fn an_external_last_hop_is_appended_and_never_repeated() {
     g.closed(short.ticket, T0);
     assert_eq!(g.open.len(), 0, "a refused path leaves no ticket open");
 }
+
+/// The timers never name a time already handled: a circuit still building through a
+/// non-primary guard past NONPRIMARY_GUARD_CONNECT_TIMEOUT must not make an embedder's loop
+/// spin on a past deadline. Beside it, a circuit built through a better non-primary guard
+/// waits while the building one might still win (guard-spec §4.9) and is usable once its
+/// connect timeout passed; the failed primary guards are retried on schedule (§4.5).
+#[test]
+fn poll_timeout_never_names_a_handled_time() {
+    let dir = synth_dir();
+    let mut r = rng(20);
+    let mut g = fresh(&dir, &mut r);
+    let primary = g.primary().to_vec();
+    let opts = PathOptions::default();
+    let mut non_primary = Vec::new();
+    while non_primary.len() < 2 {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        if p.usable_on_completion {
+            g.failed(p.ticket, Blame::Guard, T0);
+        } else {
+            non_primary.push(p);
+        }
+    }
+    // The first is built and waits; the second is still building.
+    assert_eq!(
+        g.built(non_primary[0].ticket, T0, &mut r).unwrap(),
+        Built::Wait
+    );
+    let connect = g.manager().params().nonprimary_connect_timeout;
+    let mut handled = T0;
+    let mut events = Vec::new();
+    let mut wakeups = 0;
+    while let Some(t) = g.poll_timeout() {
+        wakeups += 1;
+        assert!(wakeups < 10, "the timers keep firing");
+        assert!(
+            t > handled,
+            "{} s after handling {} s",
+            t.0 - T0.0,
+            handled.0 - T0.0
+        );
+        g.handle_timeout(t);
+        handled = t;
+        events.extend(std::iter::from_fn(|| g.poll_event()).map(|e| (e, t.0 - T0.0)));
+    }
+    assert_eq!(
+        events,
+        vec![(GuardsEvent::Usable(non_primary[0].ticket), connect + 1)]
+    );
+    // The connect timeout, then the retry of the guard the newly confirmed one pushed out
+    // of the primaries (the non-primary schedule: hourly at first); the primaries were
+    // marked worth retrying when the first circuit in a long while was built (§4.8).
+    assert_eq!(wakeups, 2);
+    assert_eq!(handled.0 - T0.0, 3600);
+    // The guard that worked is confirmed and now the first primary guard (§4.4); the
+    // later circuits go through it.
+    assert_eq!(g.primary()[0], non_primary[0].hops[0].rsa_id);
+    assert!(!primary.contains(&g.primary()[0]));
+    let p = g
+        .internal_path(&dir, 3, LastHop::Random, &opts, handled, &mut r)
+        .unwrap();
+    assert_eq!(p.hops[0].rsa_id, g.primary()[0]);
+    assert!(p.usable_on_completion);
+}
