@@ -91,11 +91,21 @@ struct Net {
 
 impl Net {
     fn new(seed: u64) -> Net {
+        Net::with_cc(seed, false, false)
+    }
+
+    /// A network whose client and host run congestion control (proposal 324) as told; the
+    /// synthetic consensus enables it (no `cc_alg`: C tor's default, Vegas).
+    fn with_cc(seed: u64, client_cc: bool, host_cc: bool) -> Net {
         let dir = directory();
         let now = Instant::from_duration(Duration::from_secs(1000));
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let mut client = OnionServices::new(HsConfig::default(), now, WALL);
-        let mut host = OnionServices::new(HsConfig::default(), now, WALL);
+        let config = |cc| HsConfig {
+            congestion_control: cc,
+            ..HsConfig::default()
+        };
+        let mut client = OnionServices::new(config(client_cc), now, WALL);
+        let mut host = OnionServices::new(config(host_cc), now, WALL);
         client.set_directory(&dir, now, WALL, &mut rng).unwrap();
         host.set_directory(&dir, now, WALL, &mut rng).unwrap();
         Net {
@@ -714,4 +724,70 @@ fn a_closed_intro_circuit_is_rebuilt_to_the_same_relay() {
         .unwrap();
     assert_eq!(net.count(Side::Host, HsPurpose::ServiceIntro), 4);
     assert_eq!(last.2, relay);
+}
+
+#[test]
+fn a_failed_rendezvous_circuit_is_replaced_once_then_fails() {
+    let mut net = Net::new(13);
+    let (_, addr) = net.publish(vec![]);
+    net.fail_builds.insert(HsPurpose::ClientRend, 1);
+    net.connect(&addr, 0);
+    assert!(net.failed.is_empty(), "{:?}", net.failed);
+    assert_eq!(net.ready.len(), 1);
+    assert_eq!(net.count(Side::Client, HsPurpose::ClientRend), 2);
+
+    net.fail_builds.insert(HsPurpose::ClientRend, 2);
+    net.connect(&addr, 1);
+    let e = &net.failed[0].1;
+    assert!(matches!(e, HsError::RendezvousFailed(_)), "{e:?}");
+    assert_eq!(e.socks5_reply(), 0xF3);
+    assert_eq!(net.count(Side::Client, HsPurpose::ClientRend), 4);
+}
+
+#[test]
+fn congestion_control_on_the_virtual_hop_only_when_both_ends_run_it() {
+    for (client_cc, host_cc) in [(true, true), (true, false), (false, true), (false, false)] {
+        let mut net = Net::with_cc(14, client_cc, host_cc);
+        let (_, addr) = net.publish(vec![]);
+        net.connect(&addr, 0);
+        assert_eq!(
+            net.ready.len(),
+            1,
+            "{client_cc} {host_cc}: {:?}",
+            net.failed
+        );
+        let client_hop = net.circs[&(Side::Client, net.ready[0].1)]
+            .vhop
+            .clone()
+            .unwrap();
+        let host_circ = net.host_rend_circs()[0];
+        let host_hop = net.circs[&(Side::Host, host_circ)].vhop.clone().unwrap();
+        let (c, h) = (
+            client_hop.congestion_control(),
+            host_hop.congestion_control(),
+        );
+        if client_cc && host_cc {
+            let expect = OnionCc::from_directory(&net.dir).unwrap().onion;
+            assert_eq!(c, Some(expect));
+            assert_eq!(h, Some(expect));
+            assert_eq!(expect.sendme_inc, 31);
+        } else {
+            assert_eq!((c, h), (None, None), "{client_cc} {host_cc}");
+        }
+    }
+}
+
+#[test]
+fn cached_descriptors_expire_with_their_lifetime() {
+    let mut net = Net::new(15);
+    let (_, addr) = net.publish(vec![]);
+    net.connect(&addr, 0);
+    net.connect(&addr, 1);
+    assert_eq!(net.ready.len(), 2);
+    assert_eq!(net.count(Side::Client, HsPurpose::HsDirFetch), 1);
+    // descriptor-lifetime 180 minutes: then it is fetched again.
+    net.advance(Duration::from_secs(180 * 60 + 1));
+    net.connect(&addr, 2);
+    assert_eq!(net.ready.len(), 3, "{:?}", net.failed);
+    assert_eq!(net.count(Side::Client, HsPurpose::HsDirFetch), 2);
 }
