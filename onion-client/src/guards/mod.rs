@@ -321,6 +321,8 @@ pub struct Guards {
     dirty: bool,
     /// The latest time given to [`Guards::handle_timeout`]: deadlines up to it are handled.
     handled: Option<u64>,
+    /// A path is being drawn again without the avoided relays ([`Guards::relaxing`]).
+    relaxed: bool,
 }
 
 impl Guards {
@@ -351,6 +353,7 @@ impl Guards {
             persisted,
             dirty: err.is_some(),
             handled: None,
+            relaxed: false,
         };
         (guards, err)
     }
@@ -414,12 +417,8 @@ impl Guards {
         self.dirty = true;
     }
 
-    /// An exit path of `len` hops (3 for C tor's general circuits; 2..=8), in path-spec §2.2
-    /// order: the exit for `request`, then the guard from the guard manager (guard-spec §4.6,
-    /// not in the exit's family or subnet), then the middles. `opts.exclude` (indices into
-    /// `dir.view`) holds for every hop; relays avoided after failures ([`Blame::Hop`]) are
-    /// left out of every hop but the guard (the guard manager judges guards).
-    pub fn exit_path(
+    /// [`Guards::exit_path`], with the avoided relays unless relaxed.
+    fn exit_path_inner(
         &mut self,
         dir: &Directory,
         request: ExitRequest,
@@ -481,15 +480,8 @@ impl Guards {
         }
     }
 
-    /// An internal path of `len` hops (1..=8) ending at `last` (path-spec §2.2.2: for
-    /// onion-service circuits without vanguards, or pre-built internal circuits), its guard
-    /// from the guard manager and not the last hop nor in its family or subnet. Exclusions as
-    /// in [`Guards::exit_path`]; a [`LastHop::External`] relay the directory lists is used
-    /// for no other hop.
-    ///
-    /// `len` counts every hop, the last included: `len == 1` is the guard alone (with
-    /// [`LastHop::Random`] only), and a path to a given relay has at least 2 hops.
-    pub fn internal_path(
+    /// [`Guards::internal_path`], with the avoided relays unless relaxed.
+    fn internal_path_inner(
         &mut self,
         dir: &Directory,
         len: usize,
@@ -564,17 +556,8 @@ impl Guards {
         }
     }
 
-    /// An onion-service path of `shape` (proposal 333 §1: `G -> L2 -> last` for a client's
-    /// rendezvous circuit, `G -> L2 -> M -> last` for every other; see
-    /// [`onion_dir::vanguards::HsCircuitKind::shape`]), its guard from the guard manager and
-    /// its second hop from the layer-2 set.
-    ///
-    /// As C tor does for vanguard circuits, the guard is chosen with no restriction from the
-    /// last hop: a rendezvous or introduction point chosen by someone else must not steer us
-    /// off our primary guards. When the consensus turns vanguards-lite off
-    /// (`vanguards-lite-enabled=0`) the path is an [`Guards::internal_path`] of the same
-    /// length. Layer-2 members whose lifetime ran out are replaced first.
-    pub fn vanguard_path(
+    /// [`Guards::vanguard_path`], with the avoided relays unless relaxed.
+    fn vanguard_path_inner(
         &mut self,
         dir: &Directory,
         shape: VanguardShape,
@@ -584,7 +567,7 @@ impl Guards {
         rng: &mut impl CryptoRngCore,
     ) -> Result<PlannedPath, Error> {
         if !self.l2.params().enabled {
-            return self.internal_path(dir, shape.path_len(), last, opts, now, rng);
+            return self.internal_path_inner(dir, shape.path_len(), last, opts, now, rng);
         }
         self.check_room()?;
         // Expire on time even when no new directory came since the last update.
@@ -628,6 +611,89 @@ impl Guards {
                 })
         };
         self.finish(dir, path, external, pick, nothing_better, now)
+    }
+
+    /// An exit path of `len` hops (3 for C tor's general circuits; 2..=8), in path-spec §2.2
+    /// order: the exit for `request`, then the guard from the guard manager (guard-spec §4.6,
+    /// not in the exit's family or subnet), then the middles. `opts.exclude` (indices into
+    /// `dir.view`) holds for every hop. Relays avoided after failures ([`Blame::Hop`],
+    /// [`Guards::avoid`]) are left out of every hop but the guard (the guard manager judges
+    /// guards) and a named exit (the caller's choice), as long as a path exists without
+    /// them: avoiding is a preference, and a small network must not run out of paths.
+    ///
+    /// Errors: [`Error::NoPath`] when no relay fits a hop, [`Error::Resource`] when
+    /// [`MAX_TICKETS`] tickets are open.
+    pub fn exit_path(
+        &mut self,
+        dir: &Directory,
+        request: ExitRequest,
+        len: usize,
+        opts: &PathOptions<'_>,
+        now: Timestamp,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<PlannedPath, Error> {
+        self.relaxing(|g| g.exit_path_inner(dir, request, len, opts, now, rng))
+    }
+
+    /// An internal path of `len` hops (1..=8) ending at `last` (path-spec §2.2.2: for
+    /// onion-service circuits without vanguards, or pre-built internal circuits), its guard
+    /// from the guard manager and not the last hop nor in its family or subnet. Exclusions as
+    /// in [`Guards::exit_path`]; a [`LastHop::External`] relay the directory lists is used
+    /// for no other hop.
+    ///
+    /// `len` counts every hop, the last included: `len == 1` is the guard alone (with
+    /// [`LastHop::Random`] only), and a path to a given relay has at least 2 hops.
+    pub fn internal_path(
+        &mut self,
+        dir: &Directory,
+        len: usize,
+        last: LastHop,
+        opts: &PathOptions<'_>,
+        now: Timestamp,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<PlannedPath, Error> {
+        self.relaxing(|g| g.internal_path_inner(dir, len, last.clone(), opts, now, rng))
+    }
+
+    /// An onion-service path of `shape` (proposal 333 §1: `G -> L2 -> last` for a client's
+    /// rendezvous circuit, `G -> L2 -> M -> last` for every other; see
+    /// [`onion_dir::vanguards::HsCircuitKind::shape`]), its guard from the guard manager and
+    /// its second hop from the layer-2 set.
+    ///
+    /// As C tor does for vanguard circuits, the guard is chosen with no restriction from the
+    /// last hop: a rendezvous or introduction point chosen by someone else must not steer us
+    /// off our primary guards (so a 4-hop path may end at its own guard; a 3-hop one is then
+    /// refused, as `G -> L2 -> G` cannot be built). When the consensus turns vanguards-lite
+    /// off (`vanguards-lite-enabled=0`) the path is an [`Guards::internal_path`] of the same
+    /// length. Layer-2 members whose lifetime ran out are replaced first. Exclusions as in
+    /// [`Guards::exit_path`].
+    pub fn vanguard_path(
+        &mut self,
+        dir: &Directory,
+        shape: VanguardShape,
+        last: LastHop,
+        opts: &PathOptions<'_>,
+        now: Timestamp,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<PlannedPath, Error> {
+        self.relaxing(|g| g.vanguard_path_inner(dir, shape, last.clone(), opts, now, rng))
+    }
+
+    /// `f`, and again without the relays avoided after failures if it found no path while
+    /// some were avoided.
+    fn relaxing<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match f(self) {
+            Err(Error::NoPath(_)) if !self.avoided.is_empty() && !self.relaxed => {
+                self.relaxed = true;
+                let r = f(self);
+                self.relaxed = false;
+                r
+            }
+            r => r,
+        }
     }
 
     /// A one-hop path to a directory guard (guard-spec §4.6 with the directory usage: one of
@@ -863,6 +929,9 @@ impl Guards {
         named: Option<RelayIdx>,
     ) -> Vec<RelayIdx> {
         self.avoided.retain(|(_, until)| *until > now.0);
+        if self.relaxed {
+            return Vec::new();
+        }
         self.avoided
             .iter()
             .filter_map(|(id, _)| dir.view.by_rsa_id(id))
@@ -870,8 +939,13 @@ impl Guards {
             .collect()
     }
 
-    /// Avoid `id` until `now` + the configured time.
-    fn avoid(&mut self, id: RsaIdentity, now: Timestamp) {
+    /// Leave relay `id` out of the random choices of new paths for
+    /// [`GuardsConfig::avoid_failed_for`] seconds from `now`, as after [`Blame::Hop`]: for
+    /// failures seen outside a build (an exit that answered a stream with END reason
+    /// TIMEOUT or RESOURCELIMIT, say). At most [`MAX_AVOIDED`] relays are avoided; the one
+    /// whose exclusion ends first makes room. Guards are judged by the guard manager and
+    /// are not affected.
+    pub fn avoid(&mut self, id: RsaIdentity, now: Timestamp) {
         let until = now.0.saturating_add(self.config.avoid_failed_for);
         self.avoided.retain(|(_, u)| *u > now.0);
         if let Some(e) = self.avoided.iter_mut().find(|(i, _)| *i == id) {

@@ -789,3 +789,67 @@ fn poll_timeout_never_names_a_handled_time() {
     assert_eq!(p.hops[0].rsa_id, g.primary()[0]);
     assert!(p.usable_on_completion);
 }
+
+/// Avoiding is a preference: on the 8-relay test network, with every relay avoided but
+/// the guards, paths are still found; with one relay avoided, paths leave it out.
+#[test]
+fn avoided_relays_are_used_rather_than_no_path() {
+    let text = testdata("cached-microdesc-consensus");
+    let cons = consensus::parse(&text).unwrap().assume_verified();
+    let mds_text = testdata("cached-microdescs.new");
+    let mds = microdesc::parse_many(&mds_text).unwrap();
+    let view = NetView::from_microdescs(&cons, &mds).unwrap();
+    let dir = Directory::from_consensus(&cons, view, DirMode::Micro, mds.len(), String::new());
+    let config = GuardsConfig {
+        path: path_config(&tornet_authorities()),
+        ..GuardsConfig::default()
+    };
+    let (mut g, _) = Guards::new(None, config);
+    let mut r = rng(21);
+    g.on_directory(&dir, T0, &mut r);
+    let opts = PathOptions::default();
+    // One relay avoided: never a later hop while others can serve. (Its exits allow only
+    // 127.0.0.0/8, which microdescriptor port summaries cannot say: internal paths here.)
+    let p = g
+        .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+        .unwrap();
+    let middle = p.hops[1].rsa_id;
+    g.failed(p.ticket, Blame::Hop(1), T0);
+    for _ in 0..20 {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        assert!(p.hops[1..].iter().all(|h| h.rsa_id != middle));
+        g.closed(p.ticket, T0);
+    }
+    // Every relay avoided: the paths use them anyway.
+    for i in 0..dir.view.len() {
+        let id = dir.view.relay(RelayIdx(i as u32)).unwrap().rsa_id;
+        g.avoid(id, T0);
+    }
+    assert_eq!(g.avoided(T0).count(), dir.view.len());
+    for _ in 0..5 {
+        let p = g
+            .internal_path(&dir, 3, LastHop::Random, &opts, T0, &mut r)
+            .unwrap();
+        assert_eq!(p.hops.len(), 3);
+        g.closed(p.ticket, T0);
+        let p = g
+            .vanguard_path(
+                &dir,
+                VanguardShape::Long,
+                LastHop::Random,
+                &opts,
+                T0,
+                &mut r,
+            )
+            .unwrap();
+        assert_eq!(p.hops.len(), 4);
+        g.closed(p.ticket, T0);
+    }
+    assert_eq!(
+        g.open.len(),
+        0,
+        "the failed first attempts left no ticket open"
+    );
+}
