@@ -103,6 +103,14 @@ pub struct FlowStats {
     pub stream_sendmes_sent: u64,
     /// Stream-level SENDMEs received.
     pub stream_sendmes_received: u64,
+    /// RELAY_XOFF sent (congestion-controlled streams, proposal 324 §4.1.1).
+    pub xoff_sent: u64,
+    /// RELAY_XON sent.
+    pub xon_sent: u64,
+    /// RELAY_XOFF received and applied.
+    pub xoff_received: u64,
+    /// RELAY_XON received and applied.
+    pub xon_received: u64,
 }
 
 /// A SENDME as received, reduced to what flow control needs (tor-spec §7.3.1).

@@ -88,6 +88,9 @@ pub struct Stream {
     pub xoff_sent: bool,
     /// On a windowless stream: the other edge sent XOFF and no XON yet; we send no DATA.
     pub xoff_received: bool,
+    /// On a windowless stream, once needed: the drain rate our XONs advise and the pacing
+    /// the other edge's XON asked for (proposal 324 §4.1.1).
+    pub flowctl: Option<Box<crate::cc::flowctl::StreamFlowCtl>>,
 }
 
 /// What to do with a cell that arrived for a stream in some state.
@@ -140,6 +143,7 @@ impl Stream {
             windowless: false,
             xoff_sent: false,
             xoff_received: false,
+            flowctl: None,
         }
     }
 

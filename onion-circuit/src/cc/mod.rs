@@ -24,6 +24,7 @@
 //! and a window decrement that would wrap below zero in C's unsigned arithmetic saturates at
 //! zero here (then `cwnd_min` applies) instead of wrapping to a huge window.
 
+pub mod flowctl;
 pub mod rtt;
 pub mod vegas;
 
@@ -219,6 +220,20 @@ impl CongestionControl {
     /// was just cut below what is in flight (C tor's package window under congestion control).
     pub fn send_window(&self) -> u64 {
         self.vegas.cwnd.saturating_sub(self.inflight)
+    }
+
+    /// Payload bytes for the next DATA cell: the first cell of every `sendme_inc` is cut
+    /// [`SENDME_UNPREDICTABLE_GAP`](crate::flow::SENDME_UNPREDICTABLE_GAP) bytes short so
+    /// that its padding is random, which keeps the digest the SENDME echoes unpredictable
+    /// (tor-spec §7.3), as fixed windows do per 100 cells.
+    pub fn next_data_len(&self) -> usize {
+        const FULL: usize = 498;
+        let inc = u64::from(self.cfg.sendme_inc.max(1));
+        if self.inflight % inc == 0 {
+            FULL - crate::flow::SENDME_UNPREDICTABLE_GAP
+        } else {
+            FULL
+        }
     }
 
     /// Whether one more DATA cell may be sent now.

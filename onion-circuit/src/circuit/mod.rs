@@ -71,10 +71,11 @@ use onion_crypto::{Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
 pub use self::error::{CircError, Unexpected};
+use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::flow::{
     check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag,
-    SENDME_DIGEST_LEN, SENDME_UNPREDICTABLE_GAP,
+    SENDME_DIGEST_LEN,
 };
 use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
@@ -127,6 +128,9 @@ pub struct CircConfig {
     /// (the default) never requests it, and the circuit runs fixed windows (tor-spec §7.3).
     /// Boxed: most circuits never use it, and the circuit stays as small as without it.
     pub congestion_control: Option<Box<CcConfig>>,
+    /// Stream flow control on congestion-controlled hops (proposal 324 §4: `cc_xoff_client`
+    /// and the `cc_xon_*` parameters of [`Circuit::note_stream_buffer`]).
+    pub flow_control: FlowCtrlParams,
 }
 
 impl Default for CircConfig {
@@ -139,6 +143,7 @@ impl Default for CircConfig {
             half_closed_timeout: Duration::from_secs(60),
             idle_after: Some(Duration::from_secs(5)),
             congestion_control: None,
+            flow_control: FlowCtrlParams::default(),
         }
     }
 }
@@ -330,12 +335,7 @@ impl CcHop {
     /// short so that its padding is random, which keeps the digest the SENDME echoes
     /// unpredictable (tor-spec §7.3), as [`CircSendWindow::next_data_len`] does per 100 cells.
     fn next_data_len(&self) -> usize {
-        let inc = u64::from(self.cc.config().sendme_inc.max(1));
-        if self.cc.inflight() % inc == 0 {
-            MAX_RELAY_DATA_LEN - SENDME_UNPREDICTABLE_GAP
-        } else {
-            MAX_RELAY_DATA_LEN
-        }
+        self.cc.next_data_len()
     }
 }
 
@@ -952,7 +952,14 @@ impl Circuit {
                 return 0;
             }
             let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
-            return cells.saturating_mul(MAX_RELAY_DATA_LEN);
+            let bytes = cells.saturating_mul(MAX_RELAY_DATA_LEN);
+            return match &s.flowctl {
+                Some(fc) => {
+                    let tokens = fc.limit.clone().available(self.last_now);
+                    bytes.min(usize::try_from(tokens).unwrap_or(usize::MAX))
+                }
+                None => bytes,
+            };
         }
         usize::from(h.send.available().min(s.send.available())) * MAX_RELAY_DATA_LEN
     }
@@ -976,6 +983,11 @@ impl Circuit {
             // Proposal 324 §4.1.1: the other edge asked us to stop reading this stream.
             return Ok(0);
         }
+        // The other edge's XON rate, if it gave one (proposal 324 §4.1.1).
+        let mut budget = match s.flowctl.as_deref_mut() {
+            Some(fc) => fc.limit.available(now),
+            None => u64::MAX,
+        };
         let mut taken = 0;
         while taken < data.len() {
             let (max_len, trigger) = match flow.cc.as_deref_mut() {
@@ -984,6 +996,12 @@ impl Circuit {
                 // notes it when the cell is packaged.
                 Some(c) => {
                     let len = c.next_data_len();
+                    if (len.min(data.len() - taken) as u64) > budget {
+                        if let Some(fc) = s.flowctl.as_deref_mut() {
+                            fc.starved = true;
+                        }
+                        break;
+                    }
                     let Some(trigger) = c.cc.on_data_sent(now) else {
                         break;
                     };
@@ -1012,6 +1030,10 @@ impl Circuit {
                 body: data_body(stream.get(), chunk),
             });
             taken += chunk.len();
+            budget = budget.saturating_sub(chunk.len() as u64);
+        }
+        if let Some(fc) = s.flowctl.as_deref_mut() {
+            fc.limit.take(taken as u64);
         }
         Ok(taken)
     }
@@ -1521,8 +1543,8 @@ impl Circuit {
     /// XOFF / XON from the other edge of a stream (proposal 324 §4.1.1): XOFF stops our
     /// sending on it until XON. They are valid only on a congestion-controlled stream from
     /// its own hop (C tor treats them as a protocol violation elsewhere); for an unknown or
-    /// half-closed stream they are dropped. The XON rate advisory is not applied: we do not
-    /// pace our sending below the congestion window.
+    /// half-closed stream they are dropped. An XON's advisory rate paces our sending on the
+    /// stream from then on, as C tor adjusts the edge's token bucket (rate 0: unlimited).
     fn on_xon_xoff(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
         let cmd = msg.cmd();
         let Some(s) = StreamId::new(stream).and_then(|id| self.streams.get_mut(id)) else {
@@ -1537,6 +1559,15 @@ impl Circuit {
         }
         if !s.is_half_closed() {
             s.xoff_received = matches!(msg, RelayMsg::Xoff);
+            match &msg {
+                RelayMsg::Xoff => self.stats.xoff_received += 1,
+                _ => self.stats.xon_received += 1,
+            }
+            if let RelayMsg::Xon(x) = msg {
+                let fc = s.flowctl.get_or_insert_with(Default::default);
+                fc.limit.on_xon(self.last_now, x.kbps_ewma);
+                fc.starved = false;
+            }
         }
         Ok(())
     }
@@ -1604,6 +1635,15 @@ impl Circuit {
                 return self.fail(CircError::BuildTimeout { hop });
             }
         }
+        // A stream paced by an XON's rate may send again: the embedding offers its data.
+        for s in self.streams.iter_mut() {
+            if let Some(fc) = s.flowctl.as_deref_mut() {
+                let ready = fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64);
+                if fc.starved && ready.map_or(true, |t| t <= now) {
+                    fc.starved = false;
+                }
+            }
+        }
         let mut gone = false;
         for s in self.streams.expire(now) {
             gone = true;
@@ -1639,10 +1679,18 @@ impl Circuit {
         if self.closed {
             return None;
         }
+        let paced = self
+            .streams
+            .iter()
+            .filter_map(|s| s.flowctl.as_deref())
+            .filter(|fc| fc.starved)
+            .filter_map(|fc| fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64))
+            .min();
         [
             self.pending.as_ref().map(|p| p.deadline),
             self.streams.next_deadline(),
             self.idle_check,
+            paced,
         ]
         .into_iter()
         .flatten()
@@ -1771,23 +1819,82 @@ impl Circuit {
         let hop = usize::from(s.hop);
         if s.windowless {
             // Congestion control: no stream SENDMEs to withhold; XOFF stops the other edge
-            // and XON (rate 0: unlimited) lets it go on (proposal 324 §4.1.1).
-            let msg = if hold && !s.xoff_sent && !s.is_half_closed() {
-                s.xoff_sent = true;
-                RelayMsg::Xoff
+            // and XON lets it go on, advising the drain rate measured by
+            // [`Circuit::note_stream_buffer`] (0, no advice, if none was).
+            let half_closed = s.is_half_closed();
+            let fc = s.flowctl.get_or_insert_with(Default::default);
+            let sig = if hold && !s.xoff_sent && !half_closed {
+                fc.drain.xoff(&mut s.xoff_sent)
             } else if !hold && s.xoff_sent {
-                s.xoff_sent = false;
-                RelayMsg::Xon(Xon { kbps_ewma: 0 })
+                fc.drain.xon(&mut s.xoff_sent)
             } else {
                 return;
             };
-            if let Ok(body) = encode_body(stream.get(), &msg, "XON/XOFF") {
-                self.queue_relay(hop, body);
-            }
+            self.queue_flow_signal(stream, hop, sig);
             return;
         }
         let n = s.sendmes_due();
         self.queue_stream_sendmes(stream, hop, n);
+    }
+
+    /// The embedding wrote `written` bytes of `stream` to its application and still holds
+    /// `buffered` bytes of it: on a congestion-controlled hop, RELAY_XOFF goes to the other
+    /// edge once more than `cc_xoff_client` cells wait, RELAY_XON once they have drained,
+    /// and advisory XONs with the measured drain rate when it changes (proposal 324 §4.1.1;
+    /// C tor's `flow_control_decide_xoff` / `flow_control_decide_xon`, see
+    /// [`DrainRate`](crate::cc::flowctl::DrainRate)). Call it when data is buffered (with
+    /// `written` 0) and whenever some is written out. An alternative to
+    /// [`Circuit::hold_stream`] for an embedding that knows its buffer; without congestion
+    /// control it does nothing (stream windows push back, tor-spec §7.4).
+    pub fn note_stream_buffer(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        written: usize,
+        buffered: usize,
+    ) {
+        self.see(now);
+        if self.closed {
+            return;
+        }
+        let p = self.config.flow_control;
+        let Some(s) = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| s.windowless && s.state == StreamState::Open)
+        else {
+            return;
+        };
+        let hop = usize::from(s.hop);
+        let fc = s.flowctl.get_or_insert_with(Default::default);
+        let (written, buffered) = (written as u64, buffered as u64);
+        let mut signals = [None, None];
+        if written > 0 {
+            signals[0] = fc
+                .drain
+                .on_drained(&p, now, written, buffered, &mut s.xoff_sent);
+        }
+        signals[1] =
+            fc.drain
+                .on_buffered(&p, now, buffered, p.xoff_client_bytes(), &mut s.xoff_sent);
+        for sig in signals.into_iter().flatten() {
+            self.queue_flow_signal(stream, hop, sig);
+        }
+    }
+
+    /// Queue RELAY_XOFF or RELAY_XON on `stream` toward `hop`.
+    fn queue_flow_signal(&mut self, stream: StreamId, hop: usize, sig: FlowSignal) {
+        let msg = match sig {
+            FlowSignal::Xoff => RelayMsg::Xoff,
+            FlowSignal::Xon { kbps_ewma } => RelayMsg::Xon(Xon { kbps_ewma }),
+        };
+        if let Ok(body) = encode_body(stream.get(), &msg, "XON/XOFF") {
+            match sig {
+                FlowSignal::Xoff => self.stats.xoff_sent += 1,
+                FlowSignal::Xon { .. } => self.stats.xon_sent += 1,
+            }
+            self.queue_relay(hop, body);
+        }
     }
 
     fn delivered(&mut self, stream: StreamId) {

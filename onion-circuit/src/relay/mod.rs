@@ -21,8 +21,21 @@
 //!
 //! Run loop, as for the client circuit: after every input drain [`RelayCircuit::poll_cell`]
 //! (each output says which side it goes to) and [`RelayCircuit::poll_event`].
+//!
+//! Congestion control (proposal 324): a relay configured to support it
+//! ([`RelayConfig::congestion_control`], advertised as `FlowCtrl=2`) answers an ntor-v3
+//! CREATE2 whose client message carries the request extension with the response extension
+//! and its `sendme_inc` (§4.1, proposal 332), and then runs Tor Vegas for what it sends toward
+//! the client when the circuit ends here: the congestion window replaces the fixed package
+//! window, a SENDME goes back every `sendme_inc` DATA cells received and is expected every
+//! `sendme_inc` sent, streams have no windows and no stream SENDMEs, and XON/XOFF with the
+//! rate advisory (§4.1.1) stop and pace them ([`RelayCircuit::note_stream_buffer`]). A circuit
+//! that is later extended only forwards: nothing of this applies to cells passing through.
 
 mod splice;
+
+#[cfg(test)]
+mod cc_tests;
 
 pub use self::splice::{KH_LEN, MAX_SPLICE_QUEUE};
 
@@ -31,11 +44,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use onion_cell::chancell::{ChanCmd, ChanMsg, Create2, Created2, DestroyReason, HandshakeType};
+use onion_cell::extension::{CcRequest, CcResponse, ExtBody, ExtList};
 use onion_cell::linkspec::LinkSpec;
+use onion_cell::reader::Reader;
 use onion_cell::relay::RelayCell;
 use onion_cell::relaymsg::{
     BeginFlags, Connected, End, EndReason, Extended2, RelayCmd, RelayMsg, Resolved, ResolvedAnswer,
-    Sendme, MAX_RELAY_DATA_LEN,
+    Sendme, Xon, MAX_RELAY_DATA_LEN,
 };
 use onion_crypto::keys::NtorSecretKey;
 use onion_crypto::ntor_v3::{NtorV3Server, CIRCUIT_EXTEND_VERIFICATION};
@@ -43,8 +58,13 @@ use onion_crypto::tor1::{self, CellBody, Tor1RelayCrypto};
 use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
+use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
+use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
-use crate::flow::{sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag};
+use crate::flow::{
+    check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag,
+    SENDME_DIGEST_LEN,
+};
 use crate::stream::{Admit, Stream, StreamError, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
@@ -101,6 +121,9 @@ pub enum RelayError {
     /// The client broke flow control.
     #[error("flow control: {0}")]
     Flow(#[from] FlowError),
+    /// The client broke congestion control (a SENDME for nothing in flight).
+    #[error(transparent)]
+    Cc(#[from] CcError),
     /// A stream-level violation.
     #[error(transparent)]
     Stream(#[from] StreamError),
@@ -137,6 +160,20 @@ impl RelayError {
             _ => DestroyReason::PROTOCOL,
         }
     }
+}
+
+/// What a relay offers its circuits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Congestion control (proposal 324), for a relay that advertises `FlowCtrl=2`: the
+    /// consensus parameters for exit circuits (`cc_vegas_*_exit` and the rest, as C tor's
+    /// relay runs them) with `sendme_inc` the consensus `cc_sendme_inc`, which the response
+    /// extension carries. `None` (the default): requests are answered with an empty
+    /// extension list and every circuit runs fixed windows (tor-spec §7.3), as a relay that
+    /// does not implement it must.
+    pub congestion_control: Option<CcConfig>,
+    /// Stream flow control on congestion-controlled circuits (`cc_xoff_exit`, `cc_xon_*`).
+    pub flow_control: FlowCtrlParams,
 }
 
 /// Where the relay should connect to extend the circuit (from the EXTEND2 link specifiers,
@@ -233,6 +270,19 @@ enum Inbound {
     Ready(ChanMsg<'static>),
 }
 
+/// The sending side of a congestion-controlled circuit that ends here (proposal 324).
+#[derive(Debug)]
+struct RelayCc {
+    cc: CongestionControl,
+    /// Digests of the SENDME-eliciting cells sent, oldest first, for the authenticated
+    /// SENDMEs (tor-spec §7.3.1); one per timestamp the congestion control keeps, so bounded
+    /// by `cwnd / sendme_inc + 1`.
+    expected: VecDeque<[u8; SENDME_DIGEST_LEN]>,
+    flow: FlowCtrlParams,
+    /// The channel toward the client refuses more cells (C tor's "blocked on channel").
+    chan_blocked: bool,
+}
+
 /// One relay's state for one circuit.
 pub struct RelayCircuit {
     crypto: Tor1RelayCrypto,
@@ -255,6 +305,8 @@ pub struct RelayCircuit {
     last_now: Instant,
     /// How long a stream we ended stays half-closed.
     half_closed_timeout: core::time::Duration,
+    /// Congestion control, if negotiated at CREATE2.
+    cc: Option<Box<RelayCc>>,
 }
 
 impl core::fmt::Debug for RelayCircuit {
@@ -265,6 +317,16 @@ impl core::fmt::Debug for RelayCircuit {
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether an ntor-v3 client message asks for congestion control (proposal 324 §4.1: the
+/// `CC_FIELD_REQUEST` extension, other extensions ignored). A message that is not an
+/// extension list fails the handshake, as in C tor (`congestion_control_parse_ext_request`,
+/// which also ignores bytes after the list).
+fn cc_requested(client_msg: &[u8]) -> Result<bool, RelayError> {
+    let mut r = Reader::new(client_msg);
+    let exts = ExtList::decode(&mut r).map_err(RelayError::Malformed)?;
+    Ok(exts.find(CcRequest::EXT_TYPE).is_some())
 }
 
 fn relay_crypto(keys: &KeyGenerator) -> Result<Tor1RelayCrypto, RelayError> {
@@ -286,12 +348,28 @@ impl RelayCircuit {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
-        // We request no circuit parameters: answer ntor-v3 with an empty extension list.
-        Self::accept_answering(keys, create, now, rng, &[0])
+        Self::accept_with(keys, &RelayConfig::default(), create, now, rng)
     }
 
-    /// [`RelayCircuit::accept`] answering an ntor-v3 handshake with `server_msg` (tests of
-    /// the client's congestion-control negotiation; this relay does not run it).
+    /// [`RelayCircuit::accept`] with `config`: an ntor-v3 client message asking for congestion
+    /// control (the `CC_FIELD_REQUEST` extension, type 1) is answered with the
+    /// `CC_FIELD_RESPONSE` extension carrying our `sendme_inc` when
+    /// [`RelayConfig::congestion_control`] is set, and the circuit then runs it (proposal
+    /// 324 §4.1); otherwise, or without a request, with an empty extension list. A client
+    /// message that is not an extension list fails the handshake, as in C tor.
+    pub fn accept_with(
+        keys: &RelayKeys,
+        config: &RelayConfig,
+        create: &ChanMsg<'_>,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
+        Self::accept_inner(keys, config, create, now, rng, None)
+    }
+
+    /// [`RelayCircuit::accept`] answering an ntor-v3 handshake with `server_msg`, whatever was
+    /// asked (tests of the client's congestion-control negotiation); the circuit runs
+    /// congestion control if `server_msg` carries a response extension.
     #[cfg(test)]
     pub(crate) fn accept_with_server_msg(
         keys: &RelayKeys,
@@ -300,16 +378,20 @@ impl RelayCircuit {
         rng: &mut impl CryptoRngCore,
         server_msg: &[u8],
     ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
-        Self::accept_answering(keys, create, now, rng, server_msg)
+        let config = RelayConfig::default();
+        Self::accept_inner(keys, &config, create, now, rng, Some(server_msg))
     }
 
-    fn accept_answering(
+    /// `forced_reply`: answer ntor-v3 with these bytes whatever was asked (tests only).
+    fn accept_inner(
         keys: &RelayKeys,
+        config: &RelayConfig,
         create: &ChanMsg<'_>,
         now: Instant,
         rng: &mut impl CryptoRngCore,
-        server_msg: &[u8],
+        forced_reply: Option<&[u8]>,
     ) -> Result<(RelayCircuit, ChanMsg<'static>), RelayError> {
+        let mut cc = None;
         let (kg, reply, first_hop) = match create {
             ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR => {
                 let (reply, kg) = ntor::server(rng, &keys.rsa_id, &keys.ntor_keys, &c.hdata)?;
@@ -319,13 +401,45 @@ impl RelayCircuit {
                 (kg, msg, false)
             }
             ChanMsg::Create2(c) if c.handshake_type == HandshakeType::NTOR_V3 => {
-                let (pending, _client_msg) = NtorV3Server::receive(
+                let (pending, client_msg) = NtorV3Server::receive(
                     &keys.ed_id,
                     &keys.ntor_keys,
                     CIRCUIT_EXTEND_VERIFICATION,
                     &c.hdata,
                 )?;
-                let (reply, kg) = pending.reply(rng, server_msg)?;
+                let mut answer = ExtList::new();
+                if cc_requested(&client_msg)? {
+                    if let Some(cfg) = config.congestion_control {
+                        answer
+                            .push(&CcResponse {
+                                sendme_inc: cfg.sendme_inc,
+                            })
+                            .map_err(|err| RelayError::Encode {
+                                what: "congestion-control response",
+                                err,
+                            })?;
+                        cc = Some(cfg);
+                    }
+                }
+                let mut server_msg = Vec::with_capacity(8);
+                answer
+                    .encode(&mut server_msg)
+                    .map_err(|err| RelayError::Encode {
+                        what: "ntor-v3 server extensions",
+                        err,
+                    })?;
+                if let Some(forced) = forced_reply {
+                    // Run what the forced answer says was negotiated.
+                    server_msg = forced.to_vec();
+                    cc = ExtList::decode_all(forced)
+                        .ok()
+                        .and_then(|l| l.get::<CcResponse>()?.ok())
+                        .map(|r| CcConfig {
+                            sendme_inc: r.sendme_inc,
+                            ..CcConfig::default()
+                        });
+                }
+                let (reply, kg) = pending.reply(rng, &server_msg)?;
                 (
                     kg,
                     ChanMsg::Created2(Created2 {
@@ -348,12 +462,16 @@ impl RelayCircuit {
             ChanMsg::Create(_) => return Err(RelayError::UnsupportedCreate("TAP CREATE")),
             other => return Err(RelayError::UnexpectedCell(other.cmd())),
         };
+        let recv = match &cc {
+            Some(c) => CircRecvWindow::with_increment(c.sendme_inc),
+            None => CircRecvWindow::default(),
+        };
         let circ = RelayCircuit {
             crypto: relay_crypto(&kg)?,
             next: Next::None,
             first_hop,
             send: CircSendWindow::default(),
-            recv: CircRecvWindow::default(),
+            recv,
             streams: StreamMap::new(),
             to_client: VecDeque::new(),
             to_next: VecDeque::new(),
@@ -365,8 +483,41 @@ impl RelayCircuit {
             stats: FlowStats::default(),
             last_now: now,
             half_closed_timeout: DEFAULT_HALF_CLOSED_TIMEOUT,
+            cc: cc.map(|cfg| {
+                Box::new(RelayCc {
+                    cc: CongestionControl::new(cfg),
+                    expected: VecDeque::new(),
+                    flow: config.flow_control,
+                    chan_blocked: false,
+                })
+            }),
         };
         Ok((circ, reply))
+    }
+
+    /// The congestion control of this circuit, if negotiated (window, inflight, RTT).
+    pub fn congestion_control(&self) -> Option<&CongestionControl> {
+        self.cc.as_ref().map(|c| &c.cc)
+    }
+
+    /// Tell the circuit whether the channel toward the client accepts more cells now:
+    /// congestion control treats a blocked channel as congestion (C tor's "blocked on
+    /// channel" signal to Vegas). Without congestion control this changes nothing.
+    pub fn set_client_channel_blocked(&mut self, blocked: bool) {
+        if let Some(c) = self.cc.as_deref_mut() {
+            c.chan_blocked = blocked;
+        }
+    }
+
+    /// Cells waiting in this circuit for the channel toward the client
+    /// ([`RelayCircuit::poll_to_client`]).
+    pub fn queued_to_client(&self) -> usize {
+        self.to_client.len()
+    }
+
+    /// Cells waiting in this circuit for the channel toward the next hop.
+    pub fn queued_to_next(&self) -> usize {
+        self.to_next.len()
     }
 
     /// Whether the circuit is closed.
@@ -396,12 +547,24 @@ impl RelayCircuit {
     }
 
     /// When [`RelayCircuit::handle_timeout`] must next be called: the end of the earliest
-    /// half-closed window, if any.
+    /// half-closed window, or when a stream paced by an XON's rate may send a cell again
+    /// (after [`RelayCircuit::send`] refused data for lack of it; the embedding then offers
+    /// the data again).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.closed {
             return None;
         }
-        self.streams.next_deadline()
+        let paced = self
+            .streams
+            .iter()
+            .filter_map(|s| s.flowctl.as_deref())
+            .filter(|fc| fc.starved)
+            .filter_map(|fc| fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64))
+            .min();
+        match (self.streams.next_deadline(), paced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Handle the passing of time: half-closed streams whose window ended are forgotten
@@ -411,6 +574,17 @@ impl RelayCircuit {
         self.last_now = self.last_now.max(now);
         if self.closed {
             return;
+        }
+        for s in self.streams.iter_mut() {
+            if let Some(fc) = s.flowctl.as_deref_mut() {
+                if fc
+                    .limit
+                    .ready_at(MAX_RELAY_DATA_LEN as u64)
+                    .map_or(true, |t| t <= now)
+                {
+                    fc.starved = false;
+                }
+            }
         }
         if !self.streams.expire(now).is_empty() {
             self.streams.shrink();
@@ -695,7 +869,16 @@ impl RelayCircuit {
                         Some(t) => SendmeTag::V1(t),
                         None => SendmeTag::V0,
                     };
-                    self.send.handle_sendme(tag)?;
+                    match self.cc.as_deref_mut() {
+                        // Proposal 324 §2.2: each SENDME acknowledges `sendme_inc` cells and
+                        // gives an RTT sample; its tag is checked as with fixed windows.
+                        Some(c) => {
+                            check_sendme_tag(c.expected.pop_front(), tag, false)?;
+                            let queued = self.to_client.len() as u64;
+                            c.cc.on_sendme(self.last_now, c.chan_blocked, queued)?;
+                        }
+                        None => self.send.handle_sendme(tag)?,
+                    }
                     self.stats.circ_sendmes_received += 1;
                     Ok(())
                 }
@@ -722,6 +905,10 @@ impl RelayCircuit {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
+            m @ (RelayMsg::Xoff | RelayMsg::Xon(_)) => {
+                self.on_xon_xoff(sid, &m);
+                Ok(())
+            }
             RelayMsg::Unknown { .. } => Ok(()),
             // Backward-only messages from the client side.
             m @ (RelayMsg::Connected(_)
@@ -764,6 +951,92 @@ impl RelayCircuit {
         Ok(())
     }
 
+    /// XOFF / XON from the client on an exit stream (proposal 324 §4.1.1): XOFF stops our
+    /// packaging of the stream until XON; an XON's advisory rate paces it from then on
+    /// ([`RateLimit`](crate::cc::flowctl::RateLimit), as C tor adjusts the edge's token
+    /// bucket). Without congestion control, on stream 0, an unknown or a half-closed stream
+    /// they are dropped, as C tor drops them (it closes nothing).
+    fn on_xon_xoff(&mut self, sid: Option<StreamId>, msg: &RelayMsg<'_>) {
+        let now = self.last_now;
+        let Some(s) = sid.and_then(|id| self.streams.get_mut(id)) else {
+            return;
+        };
+        if !s.windowless || s.is_half_closed() {
+            return;
+        }
+        match msg {
+            RelayMsg::Xoff => {
+                s.xoff_received = true;
+                self.stats.xoff_received += 1;
+            }
+            RelayMsg::Xon(x) => {
+                s.xoff_received = false;
+                self.stats.xon_received += 1;
+                let fc = s.flowctl.get_or_insert_with(Default::default);
+                fc.limit.on_xon(now, x.kbps_ewma);
+                fc.starved = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// The exit's connection for `stream` wrote `written` bytes toward the destination and
+    /// still holds `buffered` bytes of the stream's data: on a congestion-controlled circuit,
+    /// RELAY_XOFF goes to the client once more than `cc_xoff_exit` cells wait, RELAY_XON
+    /// once they have drained, and advisory XONs when the drain rate changes (proposal 324
+    /// §4.1.1; C tor's `flow_control_decide_xoff` / `flow_control_decide_xon`, see
+    /// [`DrainRate`](crate::cc::flowctl::DrainRate)). Call it when data is buffered (with
+    /// `written` 0) and whenever some is written out. Without congestion control it does
+    /// nothing: stream windows push back instead (tor-spec §7.4).
+    pub fn note_stream_buffer(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        written: usize,
+        buffered: usize,
+    ) -> Result<(), RelayError> {
+        self.last_now = self.last_now.max(now);
+        if self.closed {
+            return Err(RelayError::Closed);
+        }
+        let Some(c) = self.cc.as_deref() else {
+            return Ok(());
+        };
+        let p = c.flow;
+        let Some(s) = self
+            .streams
+            .get_mut(stream)
+            .filter(|s| s.windowless && !s.is_half_closed())
+        else {
+            return Err(RelayError::NoSuchStream(stream));
+        };
+        let fc = s.flowctl.get_or_insert_with(Default::default);
+        let (written, buffered) = (written as u64, buffered as u64);
+        let mut signals = [None, None];
+        if written > 0 {
+            signals[0] = fc
+                .drain
+                .on_drained(&p, now, written, buffered, &mut s.xoff_sent);
+        }
+        signals[1] = fc
+            .drain
+            .on_buffered(&p, now, buffered, p.xoff_exit_bytes(), &mut s.xoff_sent);
+        for sig in signals.into_iter().flatten() {
+            let msg = match sig {
+                FlowSignal::Xoff => {
+                    self.stats.xoff_sent += 1;
+                    RelayMsg::Xoff
+                }
+                FlowSignal::Xon { kbps_ewma } => {
+                    self.stats.xon_sent += 1;
+                    RelayMsg::Xon(Xon { kbps_ewma })
+                }
+            };
+            self.originate(stream.get(), &msg)?;
+        }
+        Ok(())
+    }
+
     /// Track a new exit stream; `Ok(false)` if the circuit already carries
     /// [`MAX_STREAMS_PER_CIRCUIT`](crate::stream::MAX_STREAMS_PER_CIRCUIT) streams, in which
     /// case RELAY_END RESOURCELIMIT has been sent (tor-spec §6.3) and no event is raised.
@@ -773,7 +1046,10 @@ impl RelayCircuit {
         }
         // Exit streams accept optimistic data (tor-spec §6.2), so they start "open" on our
         // side: the embedding queues data until its connection completes.
-        if !self.streams.insert(Stream::new(id, 0, StreamState::Open)) {
+        let mut st = Stream::new(id, 0, StreamState::Open);
+        // Proposal 324 §4: no stream windows on a congestion-controlled circuit.
+        st.windowless = self.cc.is_some();
+        if !self.streams.insert(st) {
             self.originate(id.get(), &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)))?;
             return Ok(false);
         }
@@ -837,18 +1113,53 @@ impl RelayCircuit {
         self.originate(stream, msg)
     }
 
-    /// How many bytes [`RelayCircuit::send`] would accept on `stream` now.
+    /// How many bytes [`RelayCircuit::send`] would accept on `stream` now: within the stream
+    /// and circuit package windows, or under congestion control within `cwnd - inflight`,
+    /// none after the client's XOFF, and no more than an XON's advisory rate allows.
     pub fn send_capacity(&self, stream: StreamId) -> usize {
         match self.streams.get(stream) {
-            Some(s) if !s.is_half_closed() && !self.closed => {
-                usize::from(s.send.available().min(self.send.available())) * MAX_RELAY_DATA_LEN
-            }
+            Some(s) if !s.is_half_closed() && !self.closed => match &self.cc {
+                Some(c) => {
+                    if s.xoff_received {
+                        return 0;
+                    }
+                    let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
+                    let bytes = cells.saturating_mul(MAX_RELAY_DATA_LEN);
+                    match &s.flowctl {
+                        Some(fc) => {
+                            let mut limit = fc.limit.clone();
+                            let tokens = limit.available(self.last_now);
+                            bytes.min(usize::try_from(tokens).unwrap_or(usize::MAX))
+                        }
+                        None => bytes,
+                    }
+                }
+                None => {
+                    usize::from(s.send.available().min(self.send.available())) * MAX_RELAY_DATA_LEN
+                }
+            },
             _ => 0,
         }
     }
 
+    /// [`RelayCircuit::send`] at `now`: under congestion control the time a
+    /// SENDME-eliciting cell is sent starts its RTT sample (proposal 324 §2.1), and an
+    /// advisory rate's token bucket refills with time, so an embedding that sends outside
+    /// its handling of an input gives the time here.
+    pub fn send_at(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        data: &[u8],
+    ) -> Result<usize, RelayError> {
+        self.last_now = self.last_now.max(now);
+        self.send(stream, data)
+    }
+
     /// Send exit-stream data toward the client, as DATA cells of up to 498 bytes, within the
-    /// stream and circuit package windows. Returns the bytes taken.
+    /// stream and circuit package windows (under congestion control: the congestion window,
+    /// the client's XOFF and XON rate, proposal 324 §3, §4). Returns the bytes taken. The
+    /// time is the latest `now` an input carried (see [`RelayCircuit::send_at`]).
     pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, RelayError> {
         if self.closed {
             return Err(RelayError::Closed);
@@ -858,6 +1169,41 @@ impl RelayCircuit {
             .get_mut(stream)
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
+        if let Some(c) = self.cc.as_deref_mut() {
+            let now = self.last_now;
+            if s.xoff_received {
+                return Ok(0);
+            }
+            let mut budget = match s.flowctl.as_deref_mut() {
+                Some(fc) => fc.limit.available(now),
+                None => u64::MAX,
+            };
+            let mut taken = 0;
+            while taken < data.len() {
+                let n = (data.len() - taken).min(c.cc.next_data_len());
+                if (n as u64) > budget {
+                    // Paced by the client's advisory rate: wait for a cell's worth.
+                    if let Some(fc) = s.flowctl.as_deref_mut() {
+                        fc.starved = true;
+                    }
+                    break;
+                }
+                let Some(trigger) = c.cc.on_data_sent(now) else {
+                    break;
+                };
+                budget -= n as u64;
+                self.stats.data_cells_sent += 1;
+                self.to_client.push_back(Inbound::Originated {
+                    body: data_body(stream.get(), &data[taken..taken + n]),
+                    trigger,
+                });
+                taken += n;
+            }
+            if let Some(fc) = s.flowctl.as_deref_mut() {
+                fc.limit.take(taken as u64);
+            }
+            return Ok(taken);
+        }
         let mut taken = 0;
         while taken < data.len() {
             if s.send.available() == 0 {
@@ -881,25 +1227,41 @@ impl RelayCircuit {
 
     /// The next cell to send, and to which side.
     pub fn poll_cell(&mut self, rng: &mut impl CryptoRngCore) -> Option<RelayOutput> {
-        if let Some(m) = self.to_next.pop_front() {
+        if let Some(m) = self.poll_to_next() {
             return Some(RelayOutput::ToNext(m));
         }
+        self.poll_to_client(rng).map(RelayOutput::ToClient)
+    }
+
+    /// The next cell for the channel toward the next hop only: for an embedding whose
+    /// channel toward the client is full, so that cells the other way still move (a relay
+    /// queues per circuit and direction, as C tor's circuit queues do).
+    pub fn poll_to_next(&mut self) -> Option<ChanMsg<'static>> {
+        self.to_next.pop_front()
+    }
+
+    /// The next cell for the channel toward the client only (see
+    /// [`RelayCircuit::poll_to_next`]).
+    pub fn poll_to_client(&mut self, rng: &mut impl CryptoRngCore) -> Option<ChanMsg<'static>> {
         let out = self.to_client.pop_front()?;
         if self.to_client.is_empty() && self.to_client.capacity() > 64 {
             self.to_client.shrink_to_fit();
         }
-        Some(RelayOutput::ToClient(match out {
+        Some(match out {
             Inbound::Ready(m) => m,
             Inbound::Originated { mut body, trigger } => {
                 pad_body(&mut body, rng);
                 self.crypto.originate_inbound(&mut body);
                 if trigger {
-                    self.send
-                        .record_digest(sendme_tag(self.crypto.last_sent_digest()));
+                    let tag = sendme_tag(self.crypto.last_sent_digest());
+                    match self.cc.as_deref_mut() {
+                        Some(c) => c.expected.push_back(tag),
+                        None => self.send.record_digest(tag),
+                    }
                 }
                 ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body))
             }
-        }))
+        })
     }
 
     /// The next event for the embedding. Handing out [`RelayEvent::Data`] counts as the
