@@ -60,15 +60,14 @@
 
 mod client;
 pub mod dir;
-pub mod hs;
 pub mod guards;
 mod error;
 pub mod predict;
 pub mod timeout;
 
 pub use client::{
-    Client, ClientConfig, ConnId, Event, Isolation, Limits, Persist, ServiceHandle, State,
-    StreamHandle,
+    msg_verdict, Client, ClientConfig, ConnId, Event, Isolation, Limits, Persist, Purpose,
+    ServiceHandle, State, StreamHandle, Verdict,
 };
 pub use error::{Error, ErrorKind};
 pub use onion_circuit::Instant;

@@ -1,0 +1,358 @@
+//! Channels: one TLS connection to one relay and the link protocol over it (tor-spec §2, §4),
+//! shared by every circuit through that relay.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use rand_core::RngCore;
+
+use super::event::{ConnId, Event};
+use crate::{Error, Instant};
+
+/// C tor's `KeepalivePeriod`: an open channel on which nothing was sent for this long sends
+/// a PADDING cell (tor-spec §3), so that NATs and idle timers keep the connection.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(300);
+
+/// One connection the client asked for and the channel over it.
+#[derive(Debug)]
+pub(crate) struct Chan {
+    pub addr: SocketAddr,
+    pub ids: PeerIds,
+    /// `None` while the embedder opens TCP and TLS.
+    pub channel: Option<Channel>,
+    /// The link handshake finished.
+    pub open: bool,
+    /// Connect plus handshake must be done by then (`None` once open).
+    pub deadline: Option<Instant>,
+    /// Input the channel has not consumed yet (it takes less only while its own queues are
+    /// full), at most [`crate::Limits::channel_inbound`] bytes.
+    pub inbuf: Vec<u8>,
+    /// Circuits on it (keys into the client's circuits), in round-robin order, the next to
+    /// serve at `rr`.
+    pub circs: Vec<u64>,
+    pub rr: usize,
+    /// With no circuit since: closed at this time (C tor closes idle client channels).
+    pub idle_close: Option<Instant>,
+}
+
+impl Chan {
+    pub fn new(addr: SocketAddr, ids: PeerIds, deadline: Instant) -> Chan {
+        Chan {
+            addr,
+            ids,
+            channel: None,
+            open: false,
+            deadline: Some(deadline),
+            inbuf: Vec::new(),
+            circs: Vec::new(),
+            rr: 0,
+            idle_close: None,
+        }
+    }
+
+    /// Start the link handshake over the TLS connection that just opened (tor-spec §4:
+    /// VERSIONS is queued). `cert` is SHA-256 of the relay's TLS certificate; `wall` the
+    /// wall clock for certificate validity and the NETINFO time.
+    pub fn start(&mut self, now: Instant, wall: std::time::SystemTime, cert: [u8; 32]) {
+        let mut config = ChanConfig::default();
+        let left = self.deadline.map_or(Duration::from_secs(30), |d| {
+            d.saturating_duration_since(now)
+        });
+        config.handshake_timeout = left.max(Duration::from_secs(1));
+        config.peer_addr = Some(self.addr.ip());
+        config.keepalive = Some(KEEPALIVE);
+        self.channel = Some(Channel::initiator(config, self.ids, Some(cert), now, wall));
+    }
+
+    /// Whether it goes to the relay of `ids` (every identity asked for matches).
+    pub fn serves(&self, ids: &PeerIds) -> bool {
+        let rsa = ids.rsa.is_none() || ids.rsa == self.ids.rsa;
+        let ed =
+            ids.ed25519.is_none() || self.ids.ed25519.is_none() || ids.ed25519 == self.ids.ed25519;
+        rsa && ed && (ids.rsa.is_some() || ids.ed25519 == self.ids.ed25519)
+    }
+
+    /// Forget circuit `key`.
+    pub fn remove_circ(&mut self, key: u64) {
+        if let Some(i) = self.circs.iter().position(|&k| k == key) {
+            self.circs.remove(i);
+            if self.rr > i {
+                self.rr -= 1;
+            }
+        }
+        if self.rr >= self.circs.len() {
+            self.rr = 0;
+        }
+    }
+}
+
+impl super::Client {
+    /// A channel to the relay `ids` at `addr`: an open or opening one is shared (tor-spec §2:
+    /// one channel carries many circuits), else a new connection is asked for
+    /// ([`Event::Connect`]). Errors with [`Error::Resource`] at
+    /// [`crate::Limits::max_channels`] channels or [`crate::Limits::max_connecting`]
+    /// connects in flight.
+    pub(super) fn channel_for(&mut self, addr: SocketAddr, ids: PeerIds) -> Result<ConnId, Error> {
+        if let Some((conn, _)) = self
+            .chans
+            .iter()
+            .find(|(_, c)| c.serves(&ids) && !c.channel.as_ref().is_some_and(Channel::is_closed))
+        {
+            return Ok(*conn);
+        }
+        let l = &self.cfg.limits;
+        if self.chans.len() >= l.max_channels {
+            return Err(Error::Resource("too many channels (Limits::max_channels)"));
+        }
+        if self.chans.values().filter(|c| !c.open).count() >= l.max_connecting {
+            return Err(Error::Resource(
+                "too many connects in flight (Limits::max_connecting)",
+            ));
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let deadline = self.now + l.connect_timeout;
+        self.chans.insert(conn, Chan::new(addr, ids, deadline));
+        self.emit(Event::Connect { conn, addr, ids });
+        Ok(conn)
+    }
+
+    /// Feed `bytes` to the channel of `conn` and handle what it says.
+    pub(super) fn chan_input(&mut self, conn: ConnId, bytes: &[u8]) {
+        let limit = self.cfg.limits.channel_inbound;
+        let Some(c) = self.chans.get_mut(&conn) else {
+            return;
+        };
+        if c.channel.is_none() {
+            return;
+        }
+        if c.inbuf.len().saturating_add(bytes.len()) > limit {
+            self.close_chan(
+                conn,
+                Error::Resource("channel input beyond Limits::channel_inbound"),
+            );
+            return;
+        }
+        c.inbuf.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.build_times.network_live(self.now);
+        }
+        self.pump_chan(conn);
+    }
+
+    /// Hand the buffered input to the channel until it takes no more, handling its events
+    /// in between (it stops taking input while its event queue is full).
+    fn pump_chan(&mut self, conn: ConnId) {
+        loop {
+            let now = self.now;
+            let Some(c) = self.chans.get_mut(&conn) else {
+                return;
+            };
+            let Some(ch) = c.channel.as_mut() else {
+                return;
+            };
+            let used = match ch.handle_input(now, &c.inbuf) {
+                Ok(n) => n,
+                // The error is queued as ChanEvent::Closed too.
+                Err(_) => c.inbuf.len(),
+            };
+            c.inbuf.drain(..used);
+            if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {
+                c.inbuf = Vec::new();
+            }
+            let more = !c.inbuf.is_empty();
+            let evented = self.chan_events(conn);
+            if !more || (used == 0 && !evented) {
+                return;
+            }
+        }
+    }
+
+    /// Handle the channel's events; returns whether there were any.
+    pub(super) fn chan_events(&mut self, conn: ConnId) -> bool {
+        let mut any = false;
+        loop {
+            let Some(ev) = self
+                .chans
+                .get_mut(&conn)
+                .and_then(|c| c.channel.as_mut())
+                .and_then(Channel::poll_event)
+            else {
+                return any;
+            };
+            any = true;
+            match ev {
+                ChanEvent::Open(_) => {
+                    let waiting = match self.chans.get_mut(&conn) {
+                        Some(c) => {
+                            c.open = true;
+                            c.deadline = None;
+                            c.circs.clone()
+                        }
+                        None => Vec::new(),
+                    };
+                    for key in waiting {
+                        self.start_create(key);
+                    }
+                    self.chan_maybe_idle(conn);
+                }
+                ChanEvent::CircuitCell { circ_id, msg } => {
+                    if let Some(&key) = self.by_id.get(&(conn, circ_id)) {
+                        self.circ_cell(key, msg);
+                    }
+                }
+                ChanEvent::CircuitKilled { circ_id, .. } => {
+                    if let Some(key) = self.by_id.remove(&(conn, circ_id)) {
+                        self.fail_circ(
+                            key,
+                            Error::Violation("the relay broke the protocol on the circuit"),
+                            false,
+                        );
+                    }
+                }
+                ChanEvent::Closed(e) => {
+                    self.close_chan(conn, Error::Channel(e));
+                    return true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The embedder says `conn` closed (or never opened).
+    pub(super) fn chan_closed(&mut self, conn: ConnId, _local: bool) {
+        let Some(c) = self.chans.get_mut(&conn) else {
+            return;
+        };
+        match c.channel.as_mut() {
+            Some(ch) => {
+                ch.handle_connection_closed();
+                self.chan_events(conn);
+            }
+            None => {
+                let addr = c.addr;
+                self.forget_chan(
+                    conn,
+                    Error::Network(format!("connection to {addr} failed")),
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Close `conn` for `why`: its circuits fail, the embedder is told to disconnect.
+    pub(super) fn close_chan(&mut self, conn: ConnId, why: Error) {
+        self.forget_chan(conn, why, true);
+    }
+
+    fn forget_chan(&mut self, conn: ConnId, why: Error, tell: bool) {
+        let Some(mut c) = self.chans.remove(&conn) else {
+            return;
+        };
+        if let Some(ch) = c.channel.as_mut() {
+            ch.close();
+        }
+        for key in std::mem::take(&mut c.circs) {
+            if let Some(ci) = self.circs.get(&key) {
+                if let Some(id) = ci.id {
+                    self.by_id.remove(&(conn, id));
+                }
+            }
+            self.fail_circ(key, why.clone(), false);
+        }
+        if tell {
+            self.emit(Event::Disconnect { conn });
+        }
+        if self.tx_last == Some(conn) {
+            self.tx_last = None;
+        }
+    }
+
+    /// Start the idle timer of a channel that carries no circuit (C tor closes client
+    /// channels idle for a randomized time), or stop it.
+    pub(super) fn chan_maybe_idle(&mut self, conn: ConnId) {
+        let idle = self.cfg.limits.channel_idle;
+        let extra = idle.as_millis() as u64 / 2;
+        let jitter = match extra {
+            0 => 0,
+            n => self.rng.next_u64() % n,
+        };
+        let now = self.now;
+        if let Some(c) = self.chans.get_mut(&conn) {
+            if !c.circs.is_empty() {
+                c.idle_close = None;
+            } else if c.open && c.idle_close.is_none() {
+                c.idle_close = Some(now + idle + Duration::from_millis(jitter));
+            }
+        }
+    }
+
+    /// Move cells of the circuits on `conn` into its channel while it holds less than
+    /// [`crate::Limits::channel_outbound`] bytes, one cell per circuit in turn.
+    pub(super) fn fill_channel(&mut self, conn: ConnId) {
+        let limit = self.cfg.limits.channel_outbound;
+        let Some(c) = self.chans.get_mut(&conn) else {
+            return;
+        };
+        let Some(ch) = c.channel.as_mut() else {
+            return;
+        };
+        if !c.open {
+            return;
+        }
+        let n = c.circs.len();
+        let mut idle_rounds = 0;
+        while ch.outbound_len() < limit && n > 0 && idle_rounds < n {
+            let key = c.circs[c.rr % n];
+            c.rr = (c.rr + 1) % n;
+            let Some(circ) = self.circs.get_mut(&key) else {
+                idle_rounds += 1;
+                continue;
+            };
+            let (Some(id), Some(m)) = (circ.id, circ.circ.as_mut()) else {
+                idle_rounds += 1;
+                continue;
+            };
+            match m.poll_cell(&mut self.rng) {
+                Some(cell) => {
+                    idle_rounds = 0;
+                    // Only fails on a channel that is closing; its Closed event follows.
+                    let _ = ch.send(id, &cell);
+                }
+                None => idle_rounds += 1,
+            }
+        }
+    }
+
+    /// Connect and handshake deadlines, the channels' own timers, idle channels.
+    pub(super) fn chan_timeouts(&mut self) {
+        let now = self.now;
+        let conns: Vec<ConnId> = self.chans.keys().copied().collect();
+        for conn in conns {
+            let Some(c) = self.chans.get_mut(&conn) else {
+                continue;
+            };
+            if c.deadline.is_some_and(|d| d <= now) {
+                let addr = c.addr;
+                self.close_chan(
+                    conn,
+                    Error::Network(format!("connection to {addr} timed out")),
+                );
+                continue;
+            }
+            if c.idle_close.is_some_and(|d| d <= now) && c.circs.is_empty() {
+                if let Some(ch) = c.channel.as_mut() {
+                    ch.close();
+                }
+                self.chans.remove(&conn);
+                self.emit(Event::Disconnect { conn });
+                continue;
+            }
+            if let Some(ch) = c.channel.as_mut() {
+                ch.handle_timeout(now);
+            }
+            self.chan_events(conn);
+        }
+    }
+}

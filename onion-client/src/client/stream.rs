@@ -1,0 +1,653 @@
+//! One application stream (or name resolution, or directory request): where it stands, the
+//! circuit it runs on, and the bytes received for the application, bounded.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use onion_cell::relaymsg::{BeginFlags, EndReason, ResolvedAnswer, ResolvedValue};
+use onion_circuit::stream::StreamId;
+use onion_dir::http::MAX_HEAD_BYTES as MAX_HEAD;
+use onion_dir::netview::ExitTarget;
+use onion_dir::path::{Exclusions, ExitRequest, PathOptions};
+use onion_dir::RsaIdentity;
+
+use super::circ::{Circ, CircPhase, Purpose};
+use super::config::Isolation;
+use super::event::{Event, StreamHandle};
+use super::{end_error, STREAM_ATTEMPTS};
+use crate::dir::{decode_response, Failure, RequestId};
+use crate::{Error, Instant};
+
+/// What a stream is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// RELAY_BEGIN to `host:port` (tor-spec §6.2).
+    Exit { host: Box<str>, port: u16 },
+    /// RELAY_RESOLVE of a name (tor-spec §6.4).
+    Resolve { name: Box<str> },
+    /// RELAY_BEGIN_DIR carrying one request of the directory machine (tor-spec §6.2.1),
+    /// whose decoded response may be at most `max_body` bytes.
+    Dir {
+        req: RequestId,
+        http: Box<[u8]>,
+        max_body: usize,
+        deadline: Instant,
+    },
+}
+
+/// Where a stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a circuit (until `deadline`).
+    Waiting { deadline: Instant },
+    /// BEGIN / BEGIN_DIR / RESOLVE sent on its circuit.
+    Connecting,
+    /// CONNECTED: data flows.
+    Open,
+    /// Ended by the other edge or a failure: only the buffered bytes and the ending remain.
+    Ended,
+}
+
+/// One stream of the client.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub target: Target,
+    pub isolation: Isolation,
+    pub phase: Phase,
+    /// Its circuit (key into the client's circuits) and id there, once attached; or the
+    /// circuit being built that it waits for.
+    pub circ: Option<u64>,
+    pub id: Option<StreamId>,
+    /// Circuit attempts that failed for it, and relays to leave out of its next paths.
+    pub failures: u8,
+    pub avoid: Vec<RsaIdentity>,
+    /// Received bytes not yet read, oldest first, the first `skip` bytes of the front
+    /// chunk already read.
+    recv: VecDeque<Bytes>,
+    skip: usize,
+    len: usize,
+    /// The stream's flow is held (`Circuit::hold_stream`) because `recv` is full.
+    pub held: bool,
+    /// How it ended: `Some(None)` cleanly, `Some(Some(e))` with an error.
+    pub end: Option<Option<Error>>,
+    /// The application called `shutdown_write`.
+    pub write_closed: bool,
+    /// The application was told the stream is readable and has not read since.
+    pub readable_told: bool,
+    /// A write took less than offered: tell the application when it would take more.
+    pub want_writable: bool,
+}
+
+impl Stream {
+    pub fn new(target: Target, isolation: Isolation, deadline: Instant) -> Stream {
+        Stream {
+            target,
+            isolation,
+            phase: Phase::Waiting { deadline },
+            circ: None,
+            id: None,
+            failures: 0,
+            avoid: Vec::new(),
+            recv: VecDeque::new(),
+            skip: 0,
+            len: 0,
+            held: false,
+            end: None,
+            write_closed: false,
+            readable_told: false,
+            want_writable: false,
+        }
+    }
+
+    /// The port an exit must allow, for an exit stream.
+    pub fn port(&self) -> Option<u16> {
+        match &self.target {
+            Target::Exit { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// Bytes received and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.len
+    }
+
+    /// Keep `data` for the application.
+    pub fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        self.recv.push_back(data);
+    }
+
+    /// Copy up to `buf.len()` received bytes into `buf`; returns how many.
+    pub fn take(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.recv.front() else {
+                break;
+            };
+            let avail = &front[self.skip..];
+            let k = avail.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&avail[..k]);
+            n += k;
+            self.skip += k;
+            if self.skip == front.len() {
+                self.recv.pop_front();
+                self.skip = 0;
+            }
+        }
+        self.len -= n;
+        if self.recv.is_empty() && self.recv.capacity() > 8 {
+            self.recv = VecDeque::new();
+        }
+        n
+    }
+
+    /// Everything received, in one buffer (a directory response).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, c) in self.recv.drain(..).enumerate() {
+            out.extend_from_slice(if i == 0 { &c[self.skip..] } else { &c[..] });
+        }
+        self.skip = 0;
+        self.len = 0;
+        out
+    }
+}
+
+impl super::Client {
+    /// Give every waiting stream a circuit: an open one that fits it, else one being built
+    /// that will, else a new one (when limits allow; otherwise it waits). Streams past their
+    /// deadline end with TIMEOUT.
+    pub(super) fn attach_streams(&mut self) {
+        let now = self.now;
+        let waiting: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Waiting { .. }))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in waiting {
+            let Some(s) = self.streams.get(&h) else {
+                continue;
+            };
+            let Phase::Waiting { deadline } = s.phase else {
+                continue;
+            };
+            if deadline <= now {
+                self.end_stream(h, Some(Error::StreamEnded(EndReason::TIMEOUT)));
+                continue;
+            }
+            // A stream bound to a circuit (a directory request; or one waiting for the
+            // circuit launched for it) waits for that one while it is being built.
+            if let Some(key) = s.circ {
+                match self.circs.get(&key).map(|c| (c.phase, c.timed_out)) {
+                    Some((_, true)) if !matches!(s.target, Target::Dir { .. }) => {}
+                    Some((CircPhase::Open, _)) => {
+                        let pinned = matches!(s.target, Target::Dir { .. });
+                        if pinned || self.circ_fits(key, h) {
+                            self.begin_on(h, key);
+                            continue;
+                        }
+                    }
+                    Some(_) => continue,
+                    None => {}
+                }
+                if matches!(s.target, Target::Dir { .. }) {
+                    continue;
+                }
+            }
+            if self.dir.directory().is_none() {
+                continue;
+            }
+            let open = self
+                .circs
+                .iter()
+                .filter(|(_, c)| c.phase == CircPhase::Open)
+                .map(|(k, _)| *k)
+                .find(|k| self.circ_fits(*k, h));
+            if let Some(key) = open {
+                self.begin_on(h, key);
+                continue;
+            }
+            let building = self
+                .circs
+                .iter()
+                .filter(|(_, c)| {
+                    matches!(c.phase, CircPhase::AwaitChannel | CircPhase::Building) && !c.timed_out
+                })
+                .map(|(k, _)| *k)
+                .find(|k| self.circ_fits(*k, h));
+            if let Some(key) = building {
+                if let Some(s) = self.streams.get_mut(&h) {
+                    s.circ = Some(key);
+                }
+                continue;
+            }
+            self.launch_for(h);
+        }
+    }
+
+    /// Whether circuit `key` may carry stream `h`.
+    fn circ_fits(&self, key: u64, h: u64) -> bool {
+        let (Some(c), Some(s)) = (self.circs.get(&key), self.streams.get(&h)) else {
+            return false;
+        };
+        let dir = self.dir.directory().map(|d| &**d);
+        let max = self.cfg.limits.max_streams_per_circuit;
+        let dirty = self.cfg.max_circuit_dirtiness;
+        if s.avoid
+            .iter()
+            .any(|a| c.path.iter().any(|p| p.rsa_id == *a))
+        {
+            return false;
+        }
+        match s.port() {
+            Some(port) => c.fits(s.isolation, port, dir, self.now, dirty, max),
+            // A resolve goes to any exit circuit of its isolation.
+            None => {
+                c.fits(s.isolation, 0, None, self.now, dirty, max) || {
+                    c.purpose == Purpose::General
+                        && c.isolation.map_or(true, |i| i == s.isolation)
+                        && c.streams.len() < max
+                        && c.dirty_since
+                            .map_or(true, |d| self.now.saturating_duration_since(d) < dirty)
+                }
+            }
+        }
+    }
+
+    /// Launch an exit circuit for stream `h` (path-spec §2.2: an exit that allows its port).
+    fn launch_for(&mut self, h: u64) {
+        let Some(s) = self.streams.get(&h) else {
+            return;
+        };
+        let Some(dir) = self.dir.directory().cloned() else {
+            return;
+        };
+        let request = match s.port() {
+            Some(port) => ExitRequest::Target(ExitTarget::Port(port)),
+            None => ExitRequest::Any,
+        };
+        let isolation = s.isolation;
+        let exclude = Exclusions::from_ids(&dir.view, s.avoid.iter());
+        let opts = PathOptions {
+            exclude: &exclude,
+            ..PathOptions::default()
+        };
+        let wall = self.wall_now();
+        let planned = self
+            .guards
+            .exit_path(&dir, request, 3, &opts, wall, &mut self.rng)
+            .and_then(|p| self.launch(p.hops, Some(p.ticket), Purpose::General, false));
+        match planned {
+            Ok(key) => {
+                if let Some(c) = self.circs.get_mut(&key) {
+                    c.isolation = Some(isolation);
+                }
+                if let Some(s) = self.streams.get_mut(&h) {
+                    s.circ = Some(key);
+                }
+            }
+            // No room now: the stream waits for a circuit to finish or close.
+            Err(e) if e.kind() == crate::ErrorKind::Resource => {}
+            Err(e) => self.end_stream(h, Some(e)),
+        }
+    }
+
+    /// Send stream `h`'s BEGIN, BEGIN_DIR or RESOLVE on circuit `key`.
+    fn begin_on(&mut self, h: u64, key: u64) {
+        let now = self.now;
+        let (Some(s), Some(c)) = (self.streams.get_mut(&h), self.circs.get_mut(&key)) else {
+            return;
+        };
+        let Some(m) = c.circ.as_mut() else {
+            return;
+        };
+        let r = match &s.target {
+            Target::Exit { host, port } => m.begin(host, *port, BeginFlags::default(), now),
+            Target::Resolve { name } => m.resolve(name, now),
+            Target::Dir { .. } => m.begin_dir(now),
+        };
+        match r {
+            Ok(id) => {
+                s.id = Some(id);
+                s.circ = Some(key);
+                s.phase = Phase::Connecting;
+                c.attach(id, h, s.isolation, now);
+            }
+            Err(e) => {
+                s.circ = None;
+                self.end_stream(h, Some(Error::Circuit(e)));
+            }
+        }
+    }
+
+    /// The stream of `id` on circuit `key`, if any.
+    fn stream_of(&self, key: u64, id: StreamId) -> Option<u64> {
+        self.circs.get(&key)?.streams.get(&id.get()).copied()
+    }
+
+    /// RELAY_CONNECTED: the stream is open; a directory stream sends its request.
+    pub(super) fn stream_connected(&mut self, key: u64, id: StreamId) {
+        let Some(h) = self.stream_of(key, id) else {
+            return;
+        };
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        if s.phase != Phase::Connecting {
+            return;
+        }
+        s.phase = Phase::Open;
+        match &s.target {
+            Target::Dir { http, req, .. } => {
+                let req = *req;
+                let m = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut());
+                let sent = m.map(|m| m.send(id, http));
+                if !matches!(sent, Some(Ok(n)) if n == http.len()) {
+                    self.drop_stream(h, true);
+                    let e = Failure::Network("directory request not sent".into());
+                    self.dir_answer(req, Err(e));
+                }
+            }
+            _ => self.emit(Event::StreamOpened {
+                stream: StreamHandle(h),
+            }),
+        }
+    }
+
+    /// Bytes arrived for a stream: kept for the application (held once the buffer is
+    /// full), or for the directory machine (at most the request's size).
+    pub(super) fn stream_data(&mut self, key: u64, id: StreamId, data: Bytes) {
+        let Some(h) = self.stream_of(key, id) else {
+            return;
+        };
+        let limit = self.cfg.limits.stream_recv_buffer;
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        if s.end.is_some() {
+            return;
+        }
+        s.push(data);
+        if let Target::Dir { max_body, .. } = s.target {
+            if s.buffered() > max_body.saturating_add(MAX_HEAD) {
+                let req = match &s.target {
+                    Target::Dir { req, .. } => *req,
+                    _ => return,
+                };
+                self.drop_stream(h, true);
+                self.dir_answer(req, Err(Failure::TooLarge));
+            }
+            return;
+        }
+        if !s.readable_told {
+            s.readable_told = true;
+            self.emit(Event::StreamReadable {
+                stream: StreamHandle(h),
+            });
+        }
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        if s.buffered() >= limit && !s.held {
+            s.held = true;
+            if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
+                m.hold_stream(id, true);
+            }
+        }
+    }
+
+    /// RELAY_END (or a local end: TIMEOUT, DESTROY) for a stream.
+    pub(super) fn stream_ended(&mut self, key: u64, id: StreamId, reason: EndReason) {
+        let Some(h) = self.stream_of(key, id) else {
+            return;
+        };
+        if let Some(c) = self.circs.get_mut(&key) {
+            c.streams.remove(&id.get());
+            if c.streams.is_empty() {
+                c.idle_since = self.now;
+            }
+        }
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        s.id = None;
+        // A stream the exit refused before CONNECTED for a reason another exit may not
+        // have is tried elsewhere (C tor retries EXITPOLICY, RESOLVEFAILED excepted, on new
+        // circuits).
+        let retry = s.phase == Phase::Connecting
+            && matches!(s.target, Target::Exit { .. })
+            && matches!(
+                reason,
+                EndReason::EXITPOLICY
+                    | EndReason::RESOURCELIMIT
+                    | EndReason::HIBERNATING
+                    | EndReason::TIMEOUT
+                    | EndReason::DESTROY
+            );
+        if retry {
+            let exit = self.circs.get(&key).and_then(Circ::exit);
+            self.retry_stream(h, exit, end_error(reason));
+            return;
+        }
+        self.end_stream(h, end_error(reason));
+    }
+
+    /// RELAY_RESOLVED for a resolve.
+    pub(super) fn stream_resolved(
+        &mut self,
+        key: u64,
+        id: StreamId,
+        answers: Vec<ResolvedAnswer<'static>>,
+    ) {
+        let Some(h) = self.stream_of(key, id) else {
+            return;
+        };
+        if let Some(c) = self.circs.get_mut(&key) {
+            c.streams.remove(&id.get());
+        }
+        self.streams.remove(&h);
+        let ips: Vec<IpAddr> = answers
+            .iter()
+            .filter_map(|a| match a.value {
+                ResolvedValue::Ip(ip) => Some(ip),
+                _ => None,
+            })
+            .collect();
+        let answers = match ips.is_empty() {
+            true => Err(Error::StreamEnded(EndReason::RESOLVEFAILED)),
+            false => Ok(ips),
+        };
+        self.emit(Event::Resolved {
+            request: StreamHandle(h),
+            answers,
+        });
+    }
+
+    /// The circuit of stream `h` failed (`failed_hop` the relay blamed, if any): try
+    /// another circuit, or end the stream after [`STREAM_ATTEMPTS`].
+    pub(super) fn stream_lost_circuit(
+        &mut self,
+        h: u64,
+        why: &Error,
+        failed_hop: Option<RsaIdentity>,
+    ) {
+        let Some(s) = self.streams.get(&h) else {
+            return;
+        };
+        match (&s.target, s.phase) {
+            (Target::Dir { req, .. }, _) => {
+                let req = *req;
+                self.streams.remove(&h);
+                self.dir_answer(req, Err(Failure::Network(why.to_string())));
+            }
+            (_, Phase::Waiting { .. } | Phase::Connecting) => {
+                self.retry_stream(h, failed_hop, Some(why.clone()))
+            }
+            (_, Phase::Open) => self.end_stream(h, Some(Error::StreamEnded(EndReason::DESTROY))),
+            (_, Phase::Ended) => {}
+        }
+    }
+
+    /// Put stream `h` back to waiting, leaving out `avoid`; end it with `why` after
+    /// [`STREAM_ATTEMPTS`] failures.
+    fn retry_stream(&mut self, h: u64, avoid: Option<RsaIdentity>, why: Option<Error>) {
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        s.failures = s.failures.saturating_add(1);
+        s.circ = None;
+        s.id = None;
+        if s.failures >= STREAM_ATTEMPTS {
+            let e = why.unwrap_or(Error::StreamEnded(EndReason::MISC));
+            self.end_stream(h, Some(e));
+            return;
+        }
+        if let Some(a) = avoid {
+            if s.avoid.len() < usize::from(STREAM_ATTEMPTS) {
+                s.avoid.push(a);
+            }
+        }
+        let deadline = match s.phase {
+            Phase::Waiting { deadline } => deadline,
+            _ => self.now + self.cfg.stream_timeout,
+        };
+        s.phase = Phase::Waiting { deadline };
+    }
+
+    /// Stream `h` ended (`None`: cleanly). An application stream keeps its unread bytes and
+    /// the end for [`crate::Client::read`]; a resolve reports; a directory request hands its
+    /// response to the directory machine.
+    pub(super) fn end_stream(&mut self, h: u64, why: Option<Error>) {
+        let Some(s) = self.streams.get_mut(&h) else {
+            return;
+        };
+        if let (Some(key), Some(id)) = (s.circ, s.id) {
+            if let Some(c) = self.circs.get_mut(&key) {
+                c.streams.remove(&id.get());
+                if c.streams.is_empty() {
+                    c.idle_since = self.now;
+                }
+            }
+        }
+        s.id = None;
+        match &s.target {
+            Target::Dir { req, max_body, .. } => {
+                let (req, max) = (*req, *max_body);
+                let answer = match why {
+                    None => decode_response(&s.take_all(), max),
+                    Some(e) => Err(Failure::Network(e.to_string())),
+                };
+                self.streams.remove(&h);
+                self.dir_answer(req, answer);
+            }
+            Target::Resolve { .. } => {
+                self.streams.remove(&h);
+                let e = why.unwrap_or(Error::StreamEnded(EndReason::RESOLVEFAILED));
+                self.emit(Event::Resolved {
+                    request: StreamHandle(h),
+                    answers: Err(e),
+                });
+            }
+            Target::Exit { .. } => {
+                s.phase = Phase::Ended;
+                s.end = Some(why.clone());
+                s.held = false;
+                self.emit(Event::StreamClosed {
+                    stream: StreamHandle(h),
+                    error: why,
+                });
+            }
+        }
+    }
+
+    /// Forget stream `h`; with `send_end`, an open or connecting stream gets RELAY_END.
+    pub(super) fn drop_stream(&mut self, h: u64, send_end: bool) {
+        let Some(s) = self.streams.remove(&h) else {
+            return;
+        };
+        let (Some(key), Some(id)) = (s.circ, s.id) else {
+            return;
+        };
+        if let Some(c) = self.circs.get_mut(&key) {
+            c.streams.remove(&id.get());
+            if c.streams.is_empty() {
+                c.idle_since = self.now;
+            }
+            if let (true, Some(m)) = (send_end, c.circ.as_mut()) {
+                let _ = m.close_stream(id);
+            }
+        }
+    }
+
+    /// Directory requests past their deadline are dropped (the directory machine has
+    /// timed them out itself).
+    pub(super) fn stream_timeouts(&mut self) {
+        let now = self.now;
+        let late: Vec<(u64, RequestId)> = self
+            .streams
+            .iter()
+            .filter_map(|(h, s)| match s.target {
+                Target::Dir { req, deadline, .. } if deadline <= now => Some((*h, req)),
+                _ => None,
+            })
+            .collect();
+        for (h, req) in late {
+            self.drop_stream(h, true);
+            self.dir_answer(req, Err(Failure::Timeout));
+        }
+    }
+
+    /// Tell streams whose write was cut short that their windows opened again.
+    pub(super) fn tell_writable(&mut self) {
+        let mut ready = Vec::new();
+        for (h, s) in self.streams.iter_mut().filter(|(_, s)| s.want_writable) {
+            let (Some(key), Some(id)) = (s.circ, s.id) else {
+                continue;
+            };
+            let cap = self
+                .circs
+                .get(&key)
+                .and_then(|c| c.circ.as_ref())
+                .map_or(0, |m| m.send_capacity(id));
+            if cap > 0 {
+                s.want_writable = false;
+                ready.push(*h);
+            }
+        }
+        for h in ready {
+            self.emit(Event::StreamWritable {
+                stream: StreamHandle(h),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_buffer_reads_across_chunks() {
+        let mut s = Stream::new(
+            Target::Resolve { name: "x".into() },
+            Isolation::NONE,
+            Instant::ZERO,
+        );
+        s.push(Bytes::from_static(b"hello "));
+        s.push(Bytes::new());
+        s.push(Bytes::from_static(b"world"));
+        assert_eq!(s.buffered(), 11);
+        let mut buf = [0u8; 4];
+        assert_eq!(s.take(&mut buf), 4);
+        assert_eq!(&buf, b"hell");
+        assert_eq!(s.buffered(), 7);
+        assert_eq!(s.take_all(), b"o world");
+        assert_eq!(s.take(&mut buf), 0);
+    }
+}
