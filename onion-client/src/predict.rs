@@ -244,6 +244,7 @@ impl PredictedPorts {
         if port == 0 {
             return;
         }
+        self.expire(now);
         if let Some(p) = self.ports.iter_mut().find(|p| p.port == port) {
             p.last_used = now;
             self.last_add = now;
@@ -297,9 +298,11 @@ impl PredictedPorts {
     }
 
     /// Whether anything is predicted at `now`. When not, C tor builds no circuit ahead of
-    /// need ("dormant" circuit building).
+    /// need ("dormant" circuit building). (C tor counts a port whose time is over until its
+    /// next decision removes it; here it stops counting when its time is over.)
     pub fn any_predicted(&self, now: Instant) -> bool {
-        !self.ports.is_empty() || self.internal.is_some_and(|t| self.relevant(t, now))
+        self.ports.iter().any(|p| self.relevant(p.last_used, now))
+            || self.internal.is_some_and(|t| self.relevant(t, now))
     }
 
     /// How long predictions stay in force after the last one, at `now` (C tor's
@@ -343,12 +346,12 @@ impl PredictedPorts {
         build_times: &BuildTimes,
         rng: &mut impl RngCore,
     ) -> Option<Launch> {
+        self.expire(now);
         let clean = pool.clean();
         if clean.total >= MAX_UNUSED_OPEN_CIRCUITS {
             return None;
         }
         // Exit circuits for the predicted ports fewer than two circuits can carry.
-        self.expire(now);
         if path == ConsensusPath::Exit {
             let unhandled: Vec<u16> = self
                 .ports
@@ -434,5 +437,337 @@ impl PredictedPorts {
         let base = self.base.as_secs();
         let extra = if base == 0 { 0 } else { rng.next_u64() % base };
         self.relevance = Duration::from_secs(base + extra);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_duration(Duration::from_secs(secs))
+    }
+
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(3)
+    }
+
+    /// A client's circuits: each clean or usable exit circuit with the ports its exit
+    /// accepts.
+    #[derive(Default)]
+    struct Pool {
+        exits: Vec<(Vec<u16>, bool)>,
+        clean: Clean,
+    }
+
+    impl Pool {
+        /// Adds what `launch` asks for, its exit accepting exactly the ports asked.
+        fn launch(&mut self, launch: &Launch) {
+            self.clean.total += 1;
+            match launch {
+                Launch::Exit { ports, stable } => self.exits.push((ports.clone(), *stable)),
+                Launch::Internal { stable, .. } => {
+                    self.clean.internal += 1;
+                    self.clean.internal_stable += usize::from(*stable);
+                }
+                Launch::Test { .. } => {}
+            }
+        }
+    }
+
+    impl CircuitPool for Pool {
+        fn clean(&self) -> Clean {
+            self.clean
+        }
+        fn exits_handling(&self, port: u16, need_stable: bool) -> usize {
+            self.exits
+                .iter()
+                .filter(|(ports, stable)| ports.contains(&port) && (*stable || !need_stable))
+                .count()
+        }
+    }
+
+    /// Learning done: no test circuits.
+    fn learned() -> BuildTimes {
+        BuildTimes::new([("cbtmincircs", 1)]).tap(|b| {
+            b.record_success(Duration::from_millis(500), false);
+        })
+    }
+
+    trait Tap: Sized {
+        fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+            f(&mut self);
+            self
+        }
+    }
+    impl<T> Tap for T {}
+
+    #[test]
+    fn port_443_predicted_at_start_for_30_to_60_minutes() {
+        for seed in 0..20 {
+            let mut r = ChaCha20Rng::seed_from_u64(seed);
+            let p = PredictedPorts::new(at(0), &mut r);
+            assert_eq!(p.predicted(at(0)).collect::<Vec<_>>(), vec![443]);
+            let window = p.time_remaining(at(0));
+            assert!(window >= Duration::from_secs(1800) && window < Duration::from_secs(3600));
+            assert_eq!(p.predicted(at(window.as_secs())).count(), 1);
+            assert_eq!(p.predicted(at(window.as_secs() + 1)).count(), 0);
+        }
+    }
+
+    #[test]
+    fn use_refreshes_and_window_follows_consensus() {
+        let mut r = rng();
+        let mut p = PredictedPorts::new(at(0), &mut r);
+        p.set_params([("nf_conntimeout_clients", 60)]);
+        let first = p.time_remaining(at(0));
+        p.record(22, at(100), &mut r);
+        p.record(0, at(100), &mut r);
+        // The window is drawn again only when nothing was predicted.
+        assert_eq!(p.time_remaining(at(100)), first);
+        assert_eq!(p.predicted(at(100)).collect::<Vec<_>>(), vec![443, 22]);
+        p.record(443, at(1000), &mut r);
+        let t = 1000 + first.as_secs();
+        assert_eq!(p.predicted(at(t)).collect::<Vec<_>>(), vec![443]);
+        assert_eq!(p.predicted(at(t + 1)).count(), 0);
+        // Everything expired (internal predictions never started): the next use draws a
+        // window from nf_conntimeout_clients = 60 s, so 60 to 119 s.
+        let mut pool = Pool::default();
+        pool.clean.total = 20;
+        p.wanted(
+            at(t + 1),
+            &pool,
+            ConsensusPath::Exit,
+            false,
+            &learned(),
+            &mut r,
+        );
+        assert!(!p.any_predicted(at(t + 1)));
+        p.record(80, at(t + 2), &mut r);
+        let w = p.time_remaining(at(t + 2));
+        assert!(
+            w >= Duration::from_secs(60) && w < Duration::from_secs(120),
+            "{w:?}"
+        );
+        // A configured window overrides the consensus.
+        p.set_window(Some(Duration::from_secs(200_000)));
+        p.set_params([("nf_conntimeout_clients", 60)]);
+        p.remove(&[80, 443]);
+        p.internal = None;
+        p.record_resolve(at(10_000), &mut r);
+        assert_eq!(p.predicted(at(10_000)).collect::<Vec<_>>(), vec![80]);
+        let w = p.time_remaining(at(10_000));
+        assert!(
+            w >= Duration::from_secs(86_400) && w < Duration::from_secs(172_800),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn list_is_bounded() {
+        let mut r = rng();
+        let mut p = PredictedPorts::new(at(0), &mut r);
+        for port in 1..=200u16 {
+            p.record(port, at(u64::from(port)), &mut r);
+        }
+        let ports: Vec<u16> = p.predicted(at(200)).collect();
+        assert_eq!(ports.len(), MAX_PREDICTED_PORTS);
+        assert_eq!(ports, (137..=200).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn decisions_follow_c_tor_order() {
+        let mut r = rng();
+        let mut p = PredictedPorts::new(at(0), &mut r);
+        let bt = learned();
+        let mut pool = Pool::default();
+        let exit = ConsensusPath::Exit;
+        // Port 443 needs two exit circuits.
+        let want = p.wanted(at(1), &pool, exit, false, &bt, &mut r).unwrap();
+        assert_eq!(
+            want,
+            Launch::Exit {
+                ports: vec![443],
+                stable: false
+            }
+        );
+        pool.launch(&want);
+        assert_eq!(
+            p.wanted(at(1), &pool, exit, false, &bt, &mut r),
+            Some(want.clone())
+        );
+        pool.launch(&want);
+        // Then internal circuits for the onion-service client, predicted from the first
+        // decision on: three, two of them stable.
+        let mut internal = 0;
+        while let Some(w) = p.wanted(at(2), &pool, exit, false, &bt, &mut r) {
+            assert_eq!(
+                w,
+                Launch::Internal {
+                    stable: true,
+                    for_service: false
+                }
+            );
+            pool.launch(&w);
+            internal += 1;
+        }
+        assert_eq!(internal, 3);
+        assert_eq!(pool.clean.total, 5);
+        // A long-lived port asks for stable exits; the ports already covered are not asked.
+        p.record(22, at(3), &mut r);
+        let want = p.wanted(at(3), &pool, exit, false, &bt, &mut r).unwrap();
+        assert_eq!(
+            want,
+            Launch::Exit {
+                ports: vec![22],
+                stable: true
+            }
+        );
+        // An unstable circuit for port 22 does not cover it.
+        pool.exits.push((vec![22], false));
+        assert_eq!(p.wanted(at(3), &pool, exit, false, &bt, &mut r), Some(want));
+        // Hosting a service: three stable internal circuits, marked as such. Three are
+        // there; one gets used.
+        pool.exits.push((vec![22], true));
+        pool.exits.push((vec![22], true));
+        assert_eq!(p.wanted(at(4), &pool, exit, true, &bt, &mut r), None);
+        pool.clean.total -= 1;
+        pool.clean.internal -= 1;
+        pool.clean.internal_stable -= 1;
+        let want = p.wanted(at(4), &pool, exit, true, &bt, &mut r).unwrap();
+        assert_eq!(
+            want,
+            Launch::Internal {
+                stable: true,
+                for_service: true
+            }
+        );
+        pool.launch(&want);
+        assert_eq!(p.wanted(at(4), &pool, exit, true, &bt, &mut r), None);
+        // 14 clean circuits: nothing more, whatever is predicted.
+        p.record(8080, at(5), &mut r);
+        pool.clean.total = MAX_UNUSED_OPEN_CIRCUITS;
+        assert_eq!(p.wanted(at(5), &pool, exit, true, &bt, &mut r), None);
+    }
+
+    #[test]
+    fn path_limits_and_test_circuits() {
+        let mut r = rng();
+        let mut p = PredictedPorts::new(at(0), &mut r);
+        let mut bt = BuildTimes::new([]);
+        let mut pool = Pool::default();
+        // No consensus path: nothing.
+        assert_eq!(
+            p.wanted(at(1), &pool, ConsensusPath::Unknown, true, &bt, &mut r),
+            None
+        );
+        // Internal paths only: no exit circuits; internal ones, then test circuits (internal).
+        let internal = ConsensusPath::Internal;
+        while let Some(w) = p.wanted(at(1), &pool, internal, false, &bt, &mut r) {
+            if let Launch::Test { internal } = w {
+                assert!(internal);
+                break;
+            }
+            assert!(matches!(w, Launch::Internal { .. }));
+            pool.launch(&w);
+        }
+        assert_eq!(pool.clean.internal, 3);
+        // Test circuits every cbttestfreq while under cbtmaxopencircs clean circuits.
+        bt.note_launched(at(1));
+        assert_eq!(p.wanted(at(5), &pool, internal, false, &bt, &mut r), None);
+        assert_eq!(
+            p.wanted(at(12), &pool, internal, false, &bt, &mut r),
+            Some(Launch::Test { internal: true })
+        );
+        pool.clean.total = 10;
+        assert_eq!(p.wanted(at(12), &pool, internal, false, &bt, &mut r), None);
+    }
+
+    #[test]
+    fn idle_prediction_builds_nothing() {
+        let mut r = rng();
+        let mut p = PredictedPorts::new(at(0), &mut r);
+        let pool = Pool {
+            exits: vec![(vec![443], false), (vec![443], false)],
+            ..Pool::default()
+        };
+        let bt = learned();
+        // The first decision that gets past the exit circuits starts the internal window;
+        // after both windows, nothing.
+        assert_eq!(
+            p.wanted(at(0), &pool, ConsensusPath::Exit, false, &bt, &mut r),
+            Some(Launch::Internal {
+                stable: true,
+                for_service: false
+            })
+        );
+        let later = at(3601);
+        assert_eq!(
+            p.wanted(later, &pool, ConsensusPath::Exit, false, &bt, &mut r),
+            None
+        );
+        assert!(!p.any_predicted(later));
+        assert_eq!(p.time_remaining(later), Duration::ZERO);
+    }
+
+    #[test]
+    fn on_demand_limit_and_idle_timeout() {
+        assert!(may_launch_on_demand(31));
+        assert!(!may_launch_on_demand(32));
+        let mut r = rng();
+        let p = PredictedPorts::new(at(0), &mut r);
+        let remaining = p.time_remaining(at(100)).as_secs();
+        for _ in 0..50 {
+            let t = p.circuit_idle_timeout(at(100), None, &mut r).as_secs();
+            assert!(
+                t > remaining && t <= remaining + 1 + remaining / 20,
+                "{t} {remaining}"
+            );
+        }
+        let learn = Some(Duration::from_secs(180));
+        assert_eq!(
+            p.circuit_idle_timeout(at(100), learn, &mut r),
+            Duration::from_secs(180)
+        );
+    }
+
+    proptest! {
+        /// Whatever the uses and the pool, the loop of decisions ends within the clean
+        /// circuit bound and never asks for more than the bound's worth of circuits.
+        #[test]
+        fn decisions_always_converge(
+            uses in proptest::collection::vec((any::<u16>(), 0u64..10_000), 0..100),
+            hosting in any::<bool>(),
+        ) {
+            let mut r = rng();
+            let mut p = PredictedPorts::new(at(0), &mut r);
+            let bt = BuildTimes::new([]);
+            let mut pool = Pool::default();
+            let mut now = 0;
+            for (port, dt) in uses {
+                now += dt;
+                if port % 7 == 0 {
+                    p.record_internal(at(now), port % 2 == 0, &mut r);
+                } else {
+                    p.record(port, at(now), &mut r);
+                }
+                prop_assert!(p.predicted(at(now)).count() <= MAX_PREDICTED_PORTS);
+                let mut launched = 0;
+                while let Some(w) = p.wanted(at(now), &pool, ConsensusPath::Exit, hosting, &bt, &mut r) {
+                    if let Launch::Exit { ports, .. } = &w {
+                        prop_assert!(!ports.is_empty() && ports.len() <= MAX_PREDICTED_PORTS);
+                    }
+                    pool.launch(&w);
+                    launched += 1;
+                    prop_assert!(launched <= MAX_UNUSED_OPEN_CIRCUITS);
+                }
+                prop_assert!(pool.clean.total <= MAX_UNUSED_OPEN_CIRCUITS);
+                // Use the circuits: they are no longer clean.
+                pool = Pool::default();
+            }
+        }
     }
 }
