@@ -270,7 +270,7 @@ pub enum Blame {
 }
 
 /// Something the client must act on (drain with [`Guards::poll_event`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GuardsEvent {
     /// A circuit that was waiting for a better guard may now carry traffic (guard-spec §4.9:
     /// every better guard turned out unreachable).

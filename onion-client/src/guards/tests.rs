@@ -853,3 +853,114 @@ fn avoided_relays_are_used_rather_than_no_path() {
         "the failed first attempts left no ticket open"
     );
 }
+
+/// One step of a client's life, for the sequence test below.
+#[derive(Clone, Debug)]
+enum Op {
+    Exit,
+    Internal,
+    Vanguard,
+    DirGuard,
+    Built(usize),
+    Failed(usize, u8),
+    Closed(usize),
+    Wait(u64),
+    Timeout,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Exit),
+        Just(Op::Internal),
+        Just(Op::Vanguard),
+        Just(Op::DirGuard),
+        (0..8usize).prop_map(Op::Built),
+        ((0..8usize), (0..4u8)).prop_map(|(i, b)| Op::Failed(i, b)),
+        (0..8usize).prop_map(Op::Closed),
+        (0..2000u64).prop_map(Op::Wait),
+        Just(Op::Timeout),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any sequence of paths, fates and timeouts: no panic; events name only open tickets,
+    /// at most once each; a ticket is answered built once; the timers never name a handled
+    /// time; what is persisted restores the same primary guards.
+    #[test]
+    fn any_sequence_keeps_the_bookkeeping_right(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = synth_dir();
+        let mut r = rng(22);
+        let mut g = fresh(&dir, &mut r);
+        let mut now = T0;
+        let mut handled: Option<Timestamp> = None;
+        // Open tickets, and whether each was reported built.
+        let mut open: Vec<(Ticket, bool)> = Vec::new();
+        let opts = PathOptions::default();
+        for op in ops {
+            let path = match op {
+                Op::Exit => Some(g.exit_path(&dir, any_exit(), 3, &opts, now, &mut r)),
+                Op::Internal => Some(g.internal_path(&dir, 3, LastHop::Random, &opts, now, &mut r)),
+                Op::Vanguard => Some(g.vanguard_path(&dir, VanguardShape::Long, LastHop::Random, &opts, now, &mut r)),
+                Op::DirGuard => Some(g.dir_guard(&dir, now, &mut r)),
+                Op::Built(i) if i < open.len() => {
+                    let (t, built) = open[i];
+                    let answer = g.built(t, now, &mut r);
+                    prop_assert_eq!(answer.is_err(), built, "{:?}", answer);
+                    open[i].1 = true;
+                    None
+                }
+                Op::Failed(i, b) if i < open.len() => {
+                    let (t, _) = open.remove(i);
+                    let blame = match b { 0 => Blame::Guard, 1 => Blame::Other, n => Blame::Hop(n as usize) };
+                    g.failed(t, blame, now);
+                    None
+                }
+                Op::Closed(i) if i < open.len() => {
+                    let (t, _) = open.remove(i);
+                    g.closed(t, now);
+                    None
+                }
+                Op::Wait(s) => {
+                    now = Timestamp(now.0 + s);
+                    None
+                }
+                Op::Timeout => {
+                    if let Some(t) = g.poll_timeout() {
+                        if let Some(h) = handled {
+                            prop_assert!(t > h);
+                        }
+                        now = now.max(t);
+                    }
+                    g.handle_timeout(now);
+                    handled = Some(now);
+                    None
+                }
+                _ => None,
+            };
+            if let Some(p) = path {
+                let p = p.unwrap();
+                prop_assert!(!p.hops.is_empty());
+                open.push((p.ticket, false));
+            }
+            let mut seen = HashSet::new();
+            while let Some(ev) = g.poll_event() {
+                let t = match ev { GuardsEvent::Usable(t) | GuardsEvent::Abandon(t) => t };
+                prop_assert!(open.iter().any(|(o, _)| *o == t), "{:?} names a closed ticket", ev);
+                prop_assert!(seen.insert(ev), "{:?} twice", ev);
+                if let GuardsEvent::Abandon(t) = ev {
+                    open.retain(|(o, _)| *o != t);
+                    g.closed(t, now);
+                }
+            }
+            prop_assert_eq!(g.open.len(), open.len());
+        }
+        if let Some(text) = g.poll_persist() {
+            let (mut again, err) = Guards::new(Some(&text), synth_config());
+            prop_assert!(err.is_none());
+            again.on_directory(&dir, now, &mut r);
+            prop_assert_eq!(again.primary(), g.primary());
+        }
+    }
+}
