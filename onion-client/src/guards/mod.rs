@@ -219,7 +219,8 @@ pub struct PlannedPath {
     /// Report the circuit's fate with it.
     pub ticket: Ticket,
     /// The hops, guard first: open (or share) a channel to `hops[0]`, which must prove its
-    /// identities, then extend to each next hop.
+    /// identities, then extend to each next hop. Each has `ntor_v3` off ([`hop_target`]):
+    /// the client turns it on where it wants the ntor-v3 handshake.
     pub hops: Vec<HopTarget>,
     /// The hops' nicknames (a hop the directory does not list is named by its identity), for
     /// messages.
@@ -831,7 +832,10 @@ impl Guards {
     /// sleeps until this time never spins.
     ///
     /// The layer-2 vanguards need no timer: a member whose lifetime ran out is replaced
-    /// before the next onion-service path. Failure exclusions end by themselves.
+    /// before the next onion-service path. Failure exclusions end by themselves. If the wall
+    /// clock steps back, deadlines before the last handled time are not named again; a
+    /// guard whose retry they held is still retried at the next path (the guard manager
+    /// checks retries whenever it chooses a guard).
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let after = self.handled;
         let p = self.mgr.params();
