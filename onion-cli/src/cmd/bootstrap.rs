@@ -9,6 +9,7 @@
 
 use crate::cmd::get::NetArgs;
 use crate::net::client::Client;
+use crate::net::driver::{self, Driver};
 
 /// `onion bootstrap` (see the module documentation).
 #[derive(clap::Args)]
@@ -20,6 +21,9 @@ pub struct Args {
 /// Run the subcommand.
 pub fn run(args: Args) -> Result<(), String> {
     let opts = args.net.open()?;
+    if crate::net::driver::enabled() {
+        return run_client(&opts);
+    }
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
     let s = &dir.summary;
@@ -47,6 +51,32 @@ pub fn run(args: Args) -> Result<(), String> {
             .iter()
             .map(|id| id.to_string())
             .collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// `onion bootstrap` on [`onion_client::Client`].
+fn run_client(opts: &crate::cmd::get::NetOptions) -> Result<(), String> {
+    let cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
+    let mut d = Driver::new(cfg, opts.cache.clone())?;
+    let dir = d.bootstrap(d.deadline(opts.timeout))?;
+    let exits = dir
+        .view
+        .relays()
+        .iter()
+        .filter(|r| r.flags.contains(onion_dir::RelayFlags::EXIT))
+        .count();
+    let out = serde_json::json!({
+        "mode": dir.mode.name(),
+        "valid_after": dir.valid_after.to_string(),
+        "relays": dir.relays_listed,
+        "usable_relays": dir.view.len(),
+        "usable_exit_flagged": exits,
+        "descriptors": dir.descriptors,
+        "signatures_valid": dir.signatures_valid,
+        "signatures_needed": dir.signatures_needed,
+        "cached": dir.from_cache,
     });
     println!("{out}");
     Ok(())

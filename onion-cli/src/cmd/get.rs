@@ -20,8 +20,10 @@ use crate::net::authority::{self, DirAuthority};
 use crate::net::bootstrap::{self, DirMode, Directory, Source};
 use crate::net::cache::Cache;
 use crate::net::client::{Client, ClientCc, Retry, Target};
+use crate::net::driver::{self, Driver};
 use crate::net::http::{self, Url};
 use crate::net::path;
+use onion_client::Isolation;
 
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]
@@ -207,6 +209,9 @@ pub fn run(args: Args) -> Result<(), String> {
             Some(sk)
         }
     };
+    if onion.is_none() && exit.is_none() && crate::net::driver::enabled() {
+        return get_via_client(&opts, &url, congestion_control);
+    }
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
     if congestion_control && onion.is_none() {
@@ -304,6 +309,57 @@ pub fn run(args: Args) -> Result<(), String> {
         deadline,
         &hops.join(" -> "),
     )
+}
+
+/// `onion get` of an exit URL through [`onion_client::Client`] ([`Driver`]): bootstrap,
+/// one stream, one HTTP/1.0 GET.
+fn get_via_client(opts: &NetOptions, url: &Url, congestion_control: bool) -> Result<(), String> {
+    let mut cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
+    cfg.congestion_control = congestion_control;
+    let mut d = Driver::new(cfg, opts.cache.clone())?;
+    let deadline = d.deadline(opts.timeout);
+    d.bootstrap(deadline)?;
+    let target = format!("{}:{}", url.host, url.port);
+    let stream = d
+        .client
+        .connect(&url.host, url.port, Isolation::NONE, d.now())
+        .map_err(|e| format!("{target}: {e}"))?;
+    d.wait_open(stream, deadline)
+        .map_err(|e| format!("{target}: {e}"))?;
+    eprintln!("onion: stream open to {target}");
+    let mut next_report = 1 << 20;
+    let raw = d
+        .exchange(
+            stream,
+            &http::get_request(&url.host_header(), &url.path),
+            MAX_RESPONSE,
+            deadline,
+            |n| {
+                if n >= next_report {
+                    eprintln!("onion: received {} KiB", n >> 10);
+                    next_report += 1 << 20;
+                }
+            },
+        )
+        .map_err(|e| format!("fetching {}: {e}", url.path))?;
+    print_response(&raw)
+}
+
+/// Print an HTTP response's body on stdout, or fail with its status if not 2xx.
+fn print_response(raw: &[u8]) -> Result<(), String> {
+    let resp = http::parse_response(raw, true).map_err(|e| e.to_string())?;
+    eprintln!(
+        "onion: HTTP {}, {} bytes",
+        resp.status_text(),
+        resp.body.len()
+    );
+    if !(200..300).contains(&resp.status) {
+        return Err(format!("HTTP {}", resp.status_text()));
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&resp.body)
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("stdout: {e}"))
 }
 
 /// Congestion control for exit circuits from the verified consensus: its `cc_*` parameters
@@ -450,17 +506,5 @@ fn fetch_and_print(
         report_cc(client, circ, "at the end");
     }
     client.destroy(circ);
-    let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
-    eprintln!(
-        "onion: HTTP {}, {} bytes",
-        resp.status_text(),
-        resp.body.len()
-    );
-    if !(200..300).contains(&resp.status) {
-        return Err(format!("HTTP {}", resp.status_text()));
-    }
-    let mut out = std::io::stdout().lock();
-    out.write_all(&resp.body)
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("stdout: {e}"))
+    print_response(&raw)
 }

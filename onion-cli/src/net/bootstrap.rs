@@ -82,7 +82,7 @@ impl DirMode {
     }
 
     /// The mode of the directory machine.
-    fn client(self) -> dir::DirMode {
+    pub fn client(self) -> dir::DirMode {
         match self {
             DirMode::Micro => dir::DirMode::Micro,
             DirMode::Full => dir::DirMode::Full,

@@ -14,6 +14,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use onion_client::dir::{Cached, DirMode, DocKind};
+
 use super::private::{self, DirKind};
 
 /// Upper bound on a cached document (the public ns consensus is ~3 MB, server descriptors
@@ -79,6 +81,87 @@ impl Cache {
     }
 }
 
+/// The data-directory file of the guard state (C tor's name for its state file; guard-spec
+/// A.5 `Guard` lines).
+pub const STATE_FILE: &str = "state";
+/// The data-directory file of the circuit build times (path-spec §2.4).
+pub const BUILD_TIMES_FILE: &str = "circuit-build-times";
+
+/// The data-directory files of a directory mode: consensus, certificates, descriptors (C
+/// tor's names).
+pub fn doc_files(mode: DirMode) -> [&'static str; 3] {
+    match mode {
+        DirMode::Micro => [
+            "cached-microdesc-consensus",
+            "cached-certs",
+            "cached-microdescs",
+        ],
+        DirMode::Full => ["cached-consensus", "cached-certs", "cached-descriptors"],
+    }
+}
+
+impl Cache {
+    /// The directory documents of `mode` held and still live at `now`; the client verifies
+    /// each again as if fetched.
+    pub fn documents(&self, mode: DirMode, now: SystemTime) -> Cached {
+        let [cons, certs, descs] = doc_files(mode);
+        Cached {
+            consensus: self.get_live(cons, now),
+            certificates: self.get_live(certs, now),
+            descriptors: self.get_live(descs, now),
+        }
+    }
+
+    /// Keep the document `kind` of `mode` until `until`.
+    pub fn put_document(
+        &self,
+        mode: DirMode,
+        kind: DocKind,
+        text: &str,
+        until: SystemTime,
+    ) -> io::Result<()> {
+        let [cons, certs, descs] = doc_files(mode);
+        let name = match kind {
+            DocKind::Consensus => cons,
+            DocKind::Certificates => certs,
+            DocKind::Microdescs | DocKind::ServerDescs => descs,
+        };
+        self.put(name, text, until)
+    }
+
+    /// The `Guard` lines of the state file.
+    pub fn guards(&self) -> Option<String> {
+        let text = self.read(STATE_FILE)?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("Guard "))
+                .flat_map(|l| [l, "\n"])
+                .collect(),
+        )
+    }
+
+    /// Replace the state file's `Guard` lines by `guards`, keeping its other lines (C tor's
+    /// `state` holds more, should the data directory be shared with it) in order.
+    pub fn put_guards(&self, guards: &str) -> io::Result<()> {
+        let old = self.read(STATE_FILE).unwrap_or_default();
+        self.write(STATE_FILE, merged_state(&old, guards).as_bytes())
+    }
+}
+
+/// The state file `old` with its `Guard` lines replaced by `guards`, its other lines kept.
+fn merged_state(old: &str, guards: &str) -> String {
+    let mut out: String = old
+        .lines()
+        .filter(|l| !l.starts_with("Guard "))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(guards);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +203,40 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         Cache::open(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The state file keeps lines that are not guards; guards read back are those written.
+    #[test]
+    fn guard_lines_replace_only_guard_lines() {
+        let dir = std::env::temp_dir().join(format!("onion-cache-guards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Cache::open(&dir).unwrap();
+        assert_eq!(c.guards(), None);
+        c.write(
+            STATE_FILE,
+            b"TorVersion x\nGuard in=default rsa_id=A\nLastWritten y\n",
+        )
+        .unwrap();
+        assert_eq!(c.guards().as_deref(), Some("Guard in=default rsa_id=A\n"));
+        c.put_guards("Guard in=default rsa_id=B\nGuard in=default rsa_id=C")
+            .unwrap();
+        assert_eq!(
+            c.read(STATE_FILE).unwrap(),
+            "TorVersion x\nLastWritten y\nGuard in=default rsa_id=B\nGuard in=default rsa_id=C\n"
+        );
+        let t0 = SystemTime::now();
+        c.put_document(
+            DirMode::Micro,
+            DocKind::Microdescs,
+            "md",
+            t0 + Duration::from_secs(60),
+        )
+        .unwrap();
+        let docs = c.documents(DirMode::Micro, t0);
+        assert_eq!(docs.descriptors.as_deref(), Some("md"));
+        assert_eq!(docs.consensus, None);
+        assert_eq!(c.documents(DirMode::Full, t0).descriptors, None);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -29,6 +29,7 @@ pub mod authority;
 pub mod bootstrap;
 pub mod cache;
 pub mod client;
+pub mod driver;
 pub mod event;
 pub mod guards;
 pub mod hsnet;

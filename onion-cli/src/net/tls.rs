@@ -270,6 +270,97 @@ impl TlsLink {
     }
 }
 
+/// The loop's half of an established link ([`TlsLink::into_session`]): the rustls session
+/// only, with no socket. Raw bytes read from the socket (by another thread) go in through
+/// [`TlsSession::feed`]; records to write come out into a buffer, which another thread writes
+/// (`net::pipe`), so nothing here ever blocks on the network.
+pub struct TlsSession {
+    addr: SocketAddr,
+    conn: ClientConnection,
+}
+
+impl std::fmt::Debug for TlsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsLink").field("addr", &self.addr).finish()
+    }
+}
+
+impl TlsLink {
+    /// Split into the session (kept by the loop) and the socket (read and written by threads
+    /// of its own), with the certificate digest.
+    pub fn into_session(self) -> (TlsSession, TcpStream, [u8; 32]) {
+        let session = TlsSession {
+            addr: self.addr,
+            conn: self.conn,
+        };
+        (session, self.sock, self.cert_sha256)
+    }
+}
+
+impl TlsSession {
+    /// Feed raw bytes read from the socket (call it once with `&[]` right after the split:
+    /// the handshake may have buffered plaintext); returns the plaintext they carried.
+    /// Records the session must answer with (alerts, key updates) are appended to `wire`.
+    pub fn feed(&mut self, mut raw: &[u8], wire: &mut Vec<u8>) -> Result<Vec<u8>, TlsError> {
+        let mut plain = Vec::new();
+        loop {
+            if !raw.is_empty() {
+                self.conn
+                    .read_tls(&mut raw)
+                    .map_err(|e| TlsError::Io(self.addr, e))?;
+            }
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| TlsError::Tls(self.addr, e))?;
+            let n = state.plaintext_bytes_to_read();
+            if n > 0 {
+                let start = plain.len();
+                plain.resize(start + n, 0);
+                self.conn
+                    .reader()
+                    .read_exact(&mut plain[start..])
+                    .map_err(|e| TlsError::Io(self.addr, e))?;
+            }
+            self.drain(wire)?;
+            if raw.is_empty() {
+                return Ok(plain);
+            }
+        }
+    }
+
+    /// Encrypt `plain`, appending its records to `wire`.
+    pub fn encrypt(&mut self, plain: &[u8], wire: &mut Vec<u8>) -> Result<(), TlsError> {
+        let mut rest = plain;
+        while !rest.is_empty() {
+            let n = self
+                .conn
+                .writer()
+                .write(rest)
+                .map_err(|e| TlsError::Io(self.addr, e))?;
+            // rustls holds a bounded amount of plaintext: move it out as records when full.
+            self.drain(wire)?;
+            rest = &rest[n..];
+        }
+        self.drain(wire)
+    }
+
+    /// A TLS close_notify, appended to `wire`.
+    pub fn close(&mut self, wire: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        let _ = self.drain(wire);
+    }
+
+    fn drain(&mut self, wire: &mut Vec<u8>) -> Result<(), TlsError> {
+        while self.conn.wants_write() {
+            self.conn
+                .write_tls(wire)
+                .map_err(|e| TlsError::Io(self.addr, e))?;
+        }
+        Ok(())
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
