@@ -1482,6 +1482,81 @@ mod tests {
         );
     }
 
+    /// Histories given to C tor 0.4.9.11 as its state file (`DisableNetwork 1`, `Log info`):
+    /// it logged "Circuit timeout data: <timeout>ms, <close>ms, Xm: <Xm>, a: <alpha>". The
+    /// same text read here gives the same fit.
+    #[test]
+    fn fits_match_c_tor() {
+        let cases: [(&str, u32, f64, f64); 3] = [
+            (
+                "TotalBuildTimes 102\nCircuitBuildAbandonedCount 2\n\
+                 CircuitBuildTimeBin 1005 60\nCircuitBuildTimeBin 1505 25\n\
+                 CircuitBuildTimeBin 2245 7\nCircuitBuildTimeBin 3005 5\n\
+                 CircuitBuildTimeBin 7005 3\n",
+                1496,
+                9.000717,
+                1788.911034,
+            ),
+            (
+                "TotalBuildTimes 150\nCircuitBuildAbandonedCount 10\n\
+                 CircuitBuildTimeBin 305 10\nCircuitBuildTimeBin 415 12\n\
+                 CircuitBuildTimeBin 425 11\nCircuitBuildTimeBin 505 9\n\
+                 CircuitBuildTimeBin 605 12\nCircuitBuildTimeBin 705 8\n\
+                 CircuitBuildTimeBin 805 12\nCircuitBuildTimeBin 905 7\n\
+                 CircuitBuildTimeBin 1005 6\nCircuitBuildTimeBin 1105 12\n\
+                 CircuitBuildTimeBin 1205 5\nCircuitBuildTimeBin 2005 11\n\
+                 CircuitBuildTimeBin 4005 4\nCircuitBuildTimeBin 9005 11\n\
+                 CircuitBuildTimeBin 25005 10\n",
+                3805,
+                4.910797,
+                5280.657275,
+            ),
+            (
+                "TotalBuildTimes 100\nCircuitBuildAbandonedCount 0\n\
+                 CircuitBuildTimeBin 85 40\nCircuitBuildTimeBin 95 40\n\
+                 CircuitBuildTimeBin 105 20\n",
+                93,
+                30.503493,
+                98.038662,
+            ),
+        ];
+        for (text, xm, alpha, timeout_ms) in cases {
+            let bt = BuildTimes::from_state([], text, &mut rng()).unwrap();
+            let (got_xm, got_alpha) = bt.pareto().expect("computed");
+            assert_eq!(got_xm, xm);
+            assert!(
+                (got_alpha - alpha).abs() < 1e-6,
+                "alpha {got_alpha} want {alpha}"
+            );
+            assert!((bt.timeout().as_secs_f64() * 1000.0 - timeout_ms).abs() < 1e-3);
+            assert_eq!(bt.close_timeout(), Duration::from_secs(60));
+        }
+    }
+
+    /// A state file C tor 0.4.9.11 wrote after loading `to_state()`'s text reads back to
+    /// the same history.
+    #[test]
+    fn reads_state_file_c_tor_wrote() {
+        let text = "# Tor state file last generated on 2026-12-06 09:22:33 local time\n\
+            # Other times below are in UTC\n\
+            # You *do not* need to edit this file.\n\
+            \n\
+            CircuitBuildTimeBin 1005 5\n\
+            CircuitBuildTimeBin 1505 3\n\
+            CircuitBuildTimeBin 3005 2\n\
+            CircuitBuildAbandonedCount 1\n\
+            Dormant 0\n\
+            LastWritten 2026-12-06 09:22:33\n\
+            TorVersion Tor 0.4.9.11\n\
+            TotalBuildTimes 11\n";
+        let bt = BuildTimes::from_state([], text, &mut rng()).unwrap();
+        assert_eq!(
+            bt.to_state(),
+            "TotalBuildTimes 11\nCircuitBuildAbandonedCount 1\nCircuitBuildTimeBin 1005 5\n\
+             CircuitBuildTimeBin 1505 3\nCircuitBuildTimeBin 3005 2\n"
+        );
+    }
+
     #[test]
     fn state_errors_are_precise() {
         let e = |t: &str| BuildTimes::from_state([], t, &mut rng()).unwrap_err();
