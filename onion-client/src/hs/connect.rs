@@ -46,11 +46,12 @@ use super::{
     hop_target, hop_target_from_link_specs, link_specs_of, HsAction, HsCircRef, HsError, HsPurpose,
     Shared, VirtualHop, VirtualHopSide,
 };
+use crate::dir::Failure;
 use crate::Instant;
 
-/// Largest descriptor response accepted (rend-spec-v3: descriptors are at most 50 000 bytes;
-/// the HTTP head comes on top).
-pub const MAX_DESCRIPTOR_RESPONSE: usize = 64 * 1024;
+/// Largest descriptor accepted, as an HTTP body (rend-spec-v3 §2.4: descriptors are at most
+/// 50 000 bytes).
+pub const MAX_DESCRIPTOR_BODY: usize = 50_000;
 
 /// One connect request ([`super::OnionServices::connect`]). Never reused within one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -790,7 +791,7 @@ impl Connector {
                 sh.push(HsAction::DirRequest {
                     circ,
                     request,
-                    max_response: MAX_DESCRIPTOR_RESPONSE,
+                    max_body: MAX_DESCRIPTOR_BODY,
                 });
                 Outcome::Continue
             }
@@ -858,11 +859,11 @@ impl Connector {
         self.finish(sh, id, o, now, rng);
     }
 
-    pub(crate) fn dir_response(
+    pub(crate) fn dir_answer(
         &mut self,
         sh: &mut Shared,
         circ: HsCircRef,
-        response: Result<Vec<u8>, String>,
+        answer: Result<Vec<u8>, Failure>,
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
@@ -885,13 +886,9 @@ impl Connector {
         f.circ = None;
         f.step_deadline = None;
         let period = f.period;
-        let text: Result<String, String> = response.and_then(|raw| {
-            crate::dir::decode_response(&raw, MAX_DESCRIPTOR_RESPONSE)
-                .map_err(|e| failure_text(&e))
-                .and_then(|b| {
-                    String::from_utf8(b).map_err(|_| "descriptor is not UTF-8".to_string())
-                })
-        });
+        let text: Result<String, String> = answer
+            .map_err(|e| failure_text(&e))
+            .and_then(|b| String::from_utf8(b).map_err(|_| "descriptor is not UTF-8".to_string()));
         let text = match text {
             Ok(t) => t,
             Err(e) => {
@@ -1093,8 +1090,7 @@ impl Connector {
 }
 
 /// A failed HSDir request, for errors.
-pub(crate) fn failure_text(f: &crate::dir::Failure) -> String {
-    use crate::dir::Failure;
+pub(crate) fn failure_text(f: &Failure) -> String {
     match f {
         Failure::Network(e) => e.clone(),
         Failure::Timeout => "timed out".into(),

@@ -61,8 +61,8 @@ use crate::Instant;
 /// [`HsError::Resource`].
 pub const MAX_SERVICES: usize = 64;
 
-/// The most an HSDir's answer to an upload may be.
-pub const MAX_UPLOAD_RESPONSE: usize = 64 * 1024;
+/// The most an HSDir's answer to an upload may be, as an HTTP body (C tor's is empty).
+pub const MAX_UPLOAD_BODY: usize = 4096;
 
 /// One hosted service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -551,7 +551,7 @@ impl Host {
                 sh.push(HsAction::DirRequest {
                     circ,
                     request,
-                    max_response: MAX_UPLOAD_RESPONSE,
+                    max_body: MAX_UPLOAD_BODY,
                 });
                 s.circs.insert(
                     circ,
@@ -748,11 +748,11 @@ impl Host {
         });
     }
 
-    pub(crate) fn dir_response(
+    pub(crate) fn dir_answer(
         &mut self,
         sh: &mut Shared,
         circ: HsCircRef,
-        response: Result<Vec<u8>, String>,
+        answer: Result<Vec<u8>, crate::dir::Failure>,
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
@@ -767,9 +767,7 @@ impl Host {
         let upload = *upload;
         s.circs.remove(&circ);
         sh.push(HsAction::CloseCircuit { circ });
-        let ok = response
-            .ok()
-            .is_some_and(|raw| crate::dir::decode_response(&raw, MAX_UPLOAD_RESPONSE).is_ok());
+        let ok = answer.is_ok();
         if ok {
             s.stats.uploads_ok += 1;
             if !s.published {

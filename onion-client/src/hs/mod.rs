@@ -24,8 +24,8 @@
 //!     BuildCircuit { circ, purpose, last_hop } => /* path per purpose; then */
 //!         hs.circuit_built(circ, &last_hop, &kh, now, rng) /* or */ hs.circuit_closed(circ, why, now, rng),
 //!     SendMessage { circ, cmd, body } => circuit.send_msg(last, 0, &RelayMsg::decode(cmd, &body)?),
-//!     DirRequest { circ, request, max_response } => /* BEGIN_DIR, send, read to END; then */
-//!         hs.dir_response(circ, Ok(raw_http), now, rng),
+//!     DirRequest { circ, request, max_body } => /* BEGIN_DIR, send, read to END; then */
+//!         hs.dir_answer(circ, decode_response(&raw, max_body), now, rng),
 //!     AddVirtualHop { circ, hop } => circuit.add_virtual_hop(_cc)(Box::new(hop.layer()?), ..),
 //!     CloseCircuit { circ } => circuit.destroy(),
 //!     Ready { request, circ } => /* open the waiting streams on circ: BEGIN with host "" */,
@@ -58,7 +58,7 @@ use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
 use rand_core::CryptoRngCore;
 
-use crate::dir::Directory;
+use crate::dir::{Directory, Failure};
 use crate::{ErrorKind, Instant, Timestamp};
 
 pub mod connect;
@@ -191,16 +191,18 @@ pub enum HsAction {
         /// The message body.
         body: Vec<u8>,
     },
-    /// Open a BEGIN_DIR stream on `circ`, send `request` (a complete HTTP/1.0 request), read
-    /// the response until the stream ends, at most `max_response` bytes (more is a failure),
-    /// and report it raw with [`OnionServices::dir_response`].
+    /// Open a BEGIN_DIR stream on `circ` (tor-spec §6.2.1; rend-spec-v3 §2.2.6), send
+    /// `request` (a complete HTTP/1.0 request), read the response until the stream ends
+    /// (its body at most `max_body` bytes: more is a failure), and report it with
+    /// [`OnionServices::dir_answer`] (decoded, as `dir::decode_response` does) or
+    /// [`OnionServices::dir_response`] (raw).
     DirRequest {
         /// The circuit.
         circ: HsCircRef,
         /// The HTTP request bytes.
         request: Vec<u8>,
-        /// The most the response may be.
-        max_response: usize,
+        /// The most the response's body may be.
+        max_body: usize,
     },
     /// Add the other party's virtual hop to `circ` ([`VirtualHop`]).
     AddVirtualHop {
@@ -789,8 +791,8 @@ impl OnionServices {
         self.collect_owners();
     }
 
-    /// The answer to [`HsAction::DirRequest`] on `circ`: the raw HTTP response, or why the
-    /// stream failed. The core closes nothing: this machine says [`HsAction::CloseCircuit`].
+    /// The answer to [`HsAction::DirRequest`] on `circ`, raw: the HTTP response bytes (head
+    /// and body, as the stream carried them), or why the stream failed.
     pub fn dir_response(
         &mut self,
         circ: HsCircRef,
@@ -798,14 +800,29 @@ impl OnionServices {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
+        let answer = response
+            .map_err(Failure::Network)
+            .and_then(|raw| crate::dir::decode_response(&raw, connect::MAX_DESCRIPTOR_BODY));
+        self.dir_answer(circ, answer, now, rng);
+    }
+
+    /// The answer to [`HsAction::DirRequest`] on `circ`, decoded: the body of a 200 response,
+    /// or the failure (a network failure, a timeout, another status, a body too large). The
+    /// core closes nothing: this machine says [`HsAction::CloseCircuit`].
+    pub fn dir_answer(
+        &mut self,
+        circ: HsCircRef,
+        answer: Result<Vec<u8>, Failure>,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) {
         match self.owners.get(&circ) {
-            Some(Owner::Client) => {
-                self.client
-                    .dir_response(&mut self.shared, circ, response, now, rng)
-            }
+            Some(Owner::Client) => self
+                .client
+                .dir_answer(&mut self.shared, circ, answer, now, rng),
             Some(Owner::Host) => self
                 .host
-                .dir_response(&mut self.shared, circ, response, now, rng),
+                .dir_answer(&mut self.shared, circ, answer, now, rng),
             None => {}
         }
         self.collect_owners();
@@ -851,6 +868,13 @@ impl OnionServices {
             }
         }
     }
+}
+
+/// Whether `host` names an onion service (`….onion`, any ASCII case): streams to it go
+/// through [`OnionServices::connect`], not to an exit.
+pub fn is_onion(host: &str) -> bool {
+    let b = host.as_bytes();
+    b.len() > 6 && b[b.len() - 6..].eq_ignore_ascii_case(b".onion")
 }
 
 /// The END reason for a stream a hosted service does not take.

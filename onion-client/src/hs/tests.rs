@@ -791,3 +791,13 @@ fn cached_descriptors_expire_with_their_lifetime() {
     assert_eq!(net.ready.len(), 3, "{:?}", net.failed);
     assert_eq!(net.count(Side::Client, HsPurpose::HsDirFetch), 2);
 }
+
+#[test]
+fn onion_hosts_are_told_apart() {
+    assert!(is_onion("abc.onion"));
+    assert!(is_onion("www.ABC.ONION"));
+    assert!(!is_onion(".onion"));
+    assert!(!is_onion("onion"));
+    assert!(!is_onion("example.com"));
+    assert!(!is_onion("x.onion.example"));
+}
