@@ -22,7 +22,10 @@
 //!   circuit.
 //! - A hosted onion service wants 3 clean stable internal circuits; an onion-service client
 //!   (internal prediction in force) wants 3 clean internal ones, 2 of them stable if a stable
-//!   one was asked for.
+//!   one was asked for. (C tor's `needs_hs_client_circuits` tests the pointer `needs_uptime`
+//!   rather than its value, so it asks for 2 stable ones even when none was asked for, and
+//!   then launches unstable ones, which never satisfy it, up to the 14-circuit bound; here
+//!   the spec's intent is followed.)
 //! - While the build timeout is being learned, a test circuit every `cbttestfreq` while
 //!   fewer than `cbtmaxopencircs` clean circuits exist (path-spec §2.4.2).
 //! - At most one circuit per decision, in that order; C tor decides once a second.
