@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`authority`] | authorities' keys, key certificates (dir-spec §3.1), signed microdescriptor consensuses and microdescriptors (§3.3, §3.4.1), consensus diffs (§4.5.1) |
 //! | [`driver`] | the embedder's run loop for `onion_client::Client` on a world ([`driver::Sim`]): connections, bytes, timers, persistence in memory, and the application's HTTP fetches with their bodies' SHA-256 checked |
+//! | [`runs`] | the scenarios: bootstrap, concurrent streams, a relay dying, guard failure, a refresh by diff, a restart |
 //! | [`world`] | the network ([`world::World`]): relays running onion-circuit's relay side, exit streams to the web server, BEGIN_DIR directory service, connections the client opens as over sockets |
 //!
 //! The client side of [`world::World`] is raw connections (open, bytes, close), exactly what
@@ -14,4 +15,5 @@
 
 pub mod authority;
 pub mod driver;
+pub mod runs;
 pub mod world;

@@ -566,6 +566,32 @@ impl World {
             .collect()
     }
 
+    /// The relays the client has an open connection to (its guards, and directory
+    /// sources during bootstrap).
+    pub fn client_relays(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .client_links
+            .iter()
+            .filter_map(|&ci| {
+                let c = &self.conns[ci];
+                match (c.ends[0], c.ends[1]) {
+                    (End::Client, End::Relay { r, .. }) if r != usize::MAX => Some(r),
+                    _ => None,
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The exits with a stream to the web server open now.
+    pub fn exits_streaming(&self) -> Vec<usize> {
+        (0..self.relays.len())
+            .filter(|&r| self.relays[r].up && !self.relays[r].exits.is_empty())
+            .collect()
+    }
+
     /// The relay at `addr`.
     pub fn relay_at(&self, addr: SocketAddr) -> Option<usize> {
         self.relays.iter().position(|x| x.addr == addr)

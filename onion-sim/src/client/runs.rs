@@ -1,0 +1,335 @@
+//! Scenarios of `onion_client::Client` on the simulated network, as functions that tests
+//! and `onion sim --client` call. Each returns figures in virtual time; a caller that wants
+//! CPU time measures around the call (this crate reads no clock).
+//!
+//! | run | what it shows |
+//! |---|---|
+//! | [`bootstrap`] | from nothing to a verified directory fetched from the simulated authorities |
+//! | [`streams`] | many concurrent streams sharing circuits, every body's SHA-256 checked |
+//! | [`relay_dies`] | the exit dies mid-transfer: the stream ends with its reason, the next stream gets a new circuit through another exit |
+//! | [`guard_failure`] | the guard in use dies: streams go through another guard; when it is back, it is used again |
+//! | [`refresh_by_diff`] | the authorities publish a new consensus; the client refreshes with a consensus diff |
+//! | [`restart`] | a client restarted from what it persisted is usable without fetching the consensus again |
+//!
+//! Onion services (client and host, with client authorization) are not run here yet: the
+//! client does not host or reach onion services. The hook is [`Sim::fetch`]'s host name
+//! (a `.onion` name reaches `Client::connect` unchanged) plus a service host on the world.
+
+use std::time::Duration;
+
+use onion_client::{Event, Isolation};
+use onion_dir::Timestamp;
+
+use super::driver::{Outcome, Sim};
+use super::world::{DirLog, Role, WorldConfig};
+use crate::circuit::SimError;
+
+/// What a bootstrap did.
+#[derive(Debug, Clone)]
+pub struct BootstrapReport {
+    /// Virtual time to a usable directory.
+    pub time: Duration,
+    /// Relays usable in the directory.
+    pub relays_usable: usize,
+    /// The bootstrap percentages the client reported, in order.
+    pub progress: Vec<u8>,
+    /// Directory requests the relays answered.
+    pub requests: Vec<DirLog>,
+    /// Connections the client opened.
+    pub connects: usize,
+}
+
+/// Bootstrap `sim`'s client (at most `limit` of virtual time).
+pub fn bootstrap(sim: &mut Sim, limit: Duration) -> Result<BootstrapReport, SimError> {
+    let time = sim.run_until(limit, |s| s.client.is_bootstrapped())?;
+    let progress = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Bootstrap { percent, .. } => Some(*percent),
+            _ => None,
+        })
+        .collect();
+    Ok(BootstrapReport {
+        time,
+        relays_usable: sim.client.directory().map_or(0, |d| d.view.len()),
+        progress,
+        requests: sim.world.dir_log().to_vec(),
+        connects: sim.connects,
+    })
+}
+
+/// A world of `cfg` with a bootstrapped client.
+pub fn bootstrapped(cfg: WorldConfig) -> Result<(Sim, BootstrapReport), SimError> {
+    let mut sim = Sim::new(cfg, None)?;
+    let rep = bootstrap(&mut sim, Duration::from_secs(300))?;
+    Ok((sim, rep))
+}
+
+/// What a batch of streams did.
+#[derive(Debug, Clone)]
+pub struct StreamsReport {
+    /// Streams started.
+    pub streams: usize,
+    /// Streams whose whole body arrived with the right SHA-256.
+    pub ok: usize,
+    /// How the others ended.
+    pub failures: Vec<String>,
+    /// Body bytes received (all streams).
+    pub body_bytes: u64,
+    /// Virtual time from the first request to the last body byte.
+    pub time: Duration,
+    /// Circuits the exits accepted during the batch: how many circuits the streams shared.
+    pub exit_circuits: u64,
+    /// Connections the client opened during the batch.
+    pub connects: usize,
+}
+
+impl StreamsReport {
+    /// Body bytes per second of virtual time.
+    pub fn throughput(&self) -> f64 {
+        self.body_bytes as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+}
+
+fn exit_circuits(sim: &Sim) -> u64 {
+    sim.world
+        .relays_of(Role::Exit)
+        .into_iter()
+        .map(|r| sim.world.relay_stats(r).circuits)
+        .sum()
+}
+
+/// Start `n` fetches of `size` bytes at once (same isolation) and run until all ended.
+pub fn streams(
+    sim: &mut Sim,
+    n: usize,
+    size: u64,
+    isolation: Isolation,
+    limit: Duration,
+) -> Result<StreamsReport, SimError> {
+    let first = sim.fetches.all.len();
+    let circs0 = exit_circuits(sim);
+    let connects0 = sim.connects;
+    let start = sim.now();
+    for _ in 0..n {
+        sim.fetch(size, isolation)?;
+    }
+    sim.run_until(limit, |s| {
+        s.fetches.all[first..]
+            .iter()
+            .all(|f| f.outcome != Outcome::Running)
+    })?;
+    let batch = &sim.fetches.all[first..];
+    let end = batch.iter().filter_map(|f| f.ended).max().unwrap_or(start);
+    Ok(StreamsReport {
+        streams: n,
+        ok: batch.iter().filter(|f| f.outcome == Outcome::Ok).count(),
+        failures: batch
+            .iter()
+            .filter(|f| f.outcome != Outcome::Ok)
+            .map(|f| format!("{:?}", f.outcome))
+            .collect(),
+        body_bytes: batch.iter().map(|f| f.body_len).sum(),
+        time: end - start,
+        exit_circuits: exit_circuits(sim) - circs0,
+        connects: sim.connects - connects0,
+    })
+}
+
+/// What happened when the exit died.
+#[derive(Debug, Clone)]
+pub struct RelayDiesReport {
+    /// The exit that died.
+    pub killed: String,
+    /// Body bytes the first stream had when it ended.
+    pub received: u64,
+    /// How the first stream ended.
+    pub first: Outcome,
+    /// How the next stream ended.
+    pub second: Outcome,
+    /// The exit the next stream went through.
+    pub second_exit: Option<String>,
+}
+
+/// Bootstrap, start a 4 MiB fetch, kill the exit carrying it once 256 KiB arrived, then
+/// fetch again.
+pub fn relay_dies(cfg: WorldConfig) -> Result<RelayDiesReport, SimError> {
+    let (mut sim, _) = bootstrapped(cfg)?;
+    let limit = Duration::from_secs(120);
+    sim.fetch(4 << 20, Isolation::NONE)?;
+    sim.run_until(limit, |s| {
+        s.fetches.all[0].body_len >= 256 * 1024 || s.fetches.all[0].outcome != Outcome::Running
+    })?;
+    let exit = *sim
+        .world
+        .exits_streaming()
+        .first()
+        .ok_or_else(|| SimError::Setup("no exit is streaming".into()))?;
+    let killed = sim.world.relay_name(exit).to_owned();
+    sim.world.kill_relay(exit);
+    sim.run_until(limit, |s| s.fetches.all[0].outcome != Outcome::Running)?;
+    let (received, first) = (
+        sim.fetches.all[0].body_len,
+        sim.fetches.all[0].outcome.clone(),
+    );
+    sim.fetch(100_000, Isolation::NONE)?;
+    let mut second_exit = None;
+    sim.run_until(limit, |s| {
+        if second_exit.is_none() {
+            second_exit = s.world.exits_streaming().first().copied();
+        }
+        s.fetches.all[1].outcome != Outcome::Running
+    })?;
+    Ok(RelayDiesReport {
+        killed,
+        received,
+        first,
+        second: sim.fetches.all[1].outcome.clone(),
+        second_exit: second_exit.map(|r| sim.world.relay_name(r).to_owned()),
+    })
+}
+
+/// What happened around the guard's failure.
+#[derive(Debug, Clone)]
+pub struct GuardFailureReport {
+    /// The guard in use at first.
+    pub first_guard: String,
+    /// How the fetch while it was down ended.
+    pub while_down: Outcome,
+    /// The guards the client was connected to while it was down.
+    pub guards_while_down: Vec<String>,
+    /// How the fetch after it came back ended.
+    pub after: Outcome,
+    /// The guards the client was connected to after it came back.
+    pub guards_after: Vec<String>,
+}
+
+fn client_guards(sim: &Sim) -> Vec<String> {
+    sim.world
+        .client_relays()
+        .into_iter()
+        .filter(|&r| sim.world.relay_role(r) == Role::Guard)
+        .map(|r| sim.world.relay_name(r).to_owned())
+        .collect()
+}
+
+/// Bootstrap and fetch; kill the guard in use and fetch again; revive it, let
+/// `recovery` of virtual time pass, and fetch again.
+pub fn guard_failure(cfg: WorldConfig, recovery: Duration) -> Result<GuardFailureReport, SimError> {
+    let (mut sim, _) = bootstrapped(cfg)?;
+    let limit = Duration::from_secs(300);
+    sim.fetch(50_000, Isolation::NONE)?;
+    sim.run_until(limit, |s| s.fetches.all[0].outcome != Outcome::Running)?;
+    let guards = client_guards(&sim);
+    let first_guard = guards
+        .first()
+        .cloned()
+        .ok_or_else(|| SimError::Setup(format!("no guard in use: {}", sim.status())))?;
+    let g = (0..sim.world.n_relays())
+        .find(|&r| sim.world.relay_name(r) == first_guard)
+        .ok_or_else(|| SimError::Setup("guard vanished".into()))?;
+    sim.world.kill_relay(g);
+    sim.fetch(50_000, Isolation(1))?;
+    let mut guards_while_down = Vec::new();
+    sim.run_until(limit, |s| {
+        for n in client_guards(s) {
+            if !guards_while_down.contains(&n) {
+                guards_while_down.push(n);
+            }
+        }
+        s.fetches.all[1].outcome != Outcome::Running
+    })?;
+    sim.world.revive_relay(g);
+    let until = sim.now() + recovery;
+    sim.run_until(recovery + Duration::from_secs(1), |s| s.now() >= until)?;
+    sim.fetch(50_000, Isolation(2))?;
+    let mut guards_after = Vec::new();
+    sim.run_until(limit, |s| {
+        for n in client_guards(s) {
+            if !guards_after.contains(&n) {
+                guards_after.push(n);
+            }
+        }
+        s.fetches.all[2].outcome != Outcome::Running
+    })?;
+    Ok(GuardFailureReport {
+        first_guard,
+        while_down: sim.fetches.all[1].outcome.clone(),
+        guards_while_down,
+        after: sim.fetches.all[2].outcome.clone(),
+        guards_after,
+    })
+}
+
+/// What the refresh did.
+#[derive(Debug, Clone)]
+pub struct RefreshReport {
+    /// `valid-after` of the consensus the client had after bootstrap.
+    pub before: Timestamp,
+    /// `valid-after` of the consensus the client uses after the refresh.
+    pub after: Timestamp,
+    /// The consensus requests answered after the publication, with whether each was a diff.
+    pub requests: Vec<DirLog>,
+    /// Virtual time from the publication to the new directory.
+    pub time: Duration,
+}
+
+fn valid_after(sim: &Sim) -> Option<Timestamp> {
+    sim.client.directory().map(|d| d.valid_after)
+}
+
+/// Bootstrap; the authorities publish the next consensus; run until the client uses it
+/// (at most four virtual hours).
+pub fn refresh_by_diff(cfg: WorldConfig) -> Result<RefreshReport, SimError> {
+    let (mut sim, _) = bootstrapped(cfg)?;
+    let before = valid_after(&sim).ok_or_else(|| SimError::Setup("no directory".into()))?;
+    let seen = sim.world.dir_log().len();
+    let published = sim.world.publish_next()?;
+    let time = sim.run_until(Duration::from_secs(4 * 3600), |s| {
+        valid_after(s).is_some_and(|v| v >= published)
+    })?;
+    Ok(RefreshReport {
+        before,
+        after: valid_after(&sim).unwrap_or(before),
+        requests: sim.world.dir_log()[seen..]
+            .iter()
+            .filter(|l| l.path.contains("consensus"))
+            .cloned()
+            .collect(),
+        time,
+    })
+}
+
+/// What a restart did.
+#[derive(Debug, Clone)]
+pub struct RestartReport {
+    /// Consensus requests answered after the restart.
+    pub consensus_requests: usize,
+    /// Virtual time from the restart to a usable directory.
+    pub time: Duration,
+    /// How a fetch after the restart ended.
+    pub fetch: Outcome,
+}
+
+/// Bootstrap, restart the client from what it persisted, fetch.
+pub fn restart(cfg: WorldConfig) -> Result<RestartReport, SimError> {
+    let (mut sim, _) = bootstrapped(cfg)?;
+    // Let the client hand over what it wants to keep.
+    sim.run_until(Duration::from_secs(5), |_| false).ok();
+    let seen = sim.world.dir_log().len();
+    sim.restart()?;
+    let time = sim.run_until(Duration::from_secs(60), |s| s.client.is_bootstrapped())?;
+    sim.fetch(10_000, Isolation::NONE)?;
+    sim.run_until(Duration::from_secs(120), |s| {
+        s.fetches.all[0].outcome != Outcome::Running
+    })?;
+    Ok(RestartReport {
+        consensus_requests: sim.world.dir_log()[seen..]
+            .iter()
+            .filter(|l| l.path.contains("consensus"))
+            .count(),
+        time,
+        fetch: sim.fetches.all[0].outcome.clone(),
+    })
+}

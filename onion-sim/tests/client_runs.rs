@@ -1,0 +1,121 @@
+//! `onion_client::Client` on the simulated network (`onion_sim::client`), driven exactly as
+//! an embedder drives it over sockets: the runs of [`onion_sim::client::runs`].
+
+use std::time::Duration;
+
+use onion_client::Isolation;
+use onion_sim::client::driver::Outcome;
+use onion_sim::client::runs;
+use onion_sim::client::world::WorldConfig;
+
+fn cfg(seed: u64) -> WorldConfig {
+    WorldConfig {
+        seed,
+        ..WorldConfig::default()
+    }
+}
+
+/// From nothing to a verified directory, fetched over BEGIN_DIR from the simulated
+/// authorities: every relay usable, progress reported up to 100%, and the consensus,
+/// certificates and microdescriptors asked of the authorities.
+#[test]
+fn bootstrap_from_simulated_authorities() {
+    let mut sim = onion_sim::client::driver::Sim::new(cfg(1), None).expect("sim");
+    let rep = runs::bootstrap(&mut sim, Duration::from_secs(300)).expect("bootstrap");
+    println!("bootstrap: {rep:?}");
+    assert_eq!(rep.relays_usable, sim.world.n_relays());
+    assert_eq!(rep.progress.last(), Some(&100));
+    let paths: Vec<&str> = rep.requests.iter().map(|l| l.path.as_str()).collect();
+    assert!(
+        paths.iter().any(|p| p.contains("consensus-microdesc")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("/tor/keys/")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("/tor/micro/d/")),
+        "{paths:?}"
+    );
+    assert!(rep.requests.iter().all(|l| l.relay.starts_with("auth")));
+    assert!(rep.time < Duration::from_secs(30), "{:?}", rep.time);
+    // Same seed, same run.
+    let mut again = onion_sim::client::driver::Sim::new(cfg(1), None).expect("sim");
+    let rep2 = runs::bootstrap(&mut again, Duration::from_secs(300)).expect("bootstrap");
+    assert_eq!(rep.time, rep2.time);
+    assert_eq!(rep.requests, rep2.requests);
+}
+
+/// 100 concurrent streams with one isolation share a few circuits; every body arrives with
+/// the web server's SHA-256.
+#[test]
+fn hundred_concurrent_streams_share_circuits() {
+    let (mut sim, _) = runs::bootstrapped(cfg(2)).expect("bootstrap");
+    let rep = runs::streams(
+        &mut sim,
+        100,
+        64 * 1024,
+        Isolation::NONE,
+        Duration::from_secs(600),
+    )
+    .expect("streams");
+    println!(
+        "100 streams: {} ok, {} circuits at the exits, {:.1} MB/s virtual, {:?}",
+        rep.ok,
+        rep.exit_circuits,
+        rep.throughput() / 1e6,
+        rep.time
+    );
+    assert_eq!(rep.ok, 100, "{:?}", rep.failures);
+    assert_eq!(rep.body_bytes, 100 * 64 * 1024);
+    assert!(rep.exit_circuits >= 1 && rep.exit_circuits < 10, "{rep:?}");
+}
+
+/// The exit dies mid-transfer: the stream ends with an error (not a clean end, not a
+/// complete body), and the next stream is carried through another exit.
+#[test]
+fn relay_dying_mid_transfer() {
+    let rep = runs::relay_dies(cfg(3)).expect("run");
+    println!("relay dies: {rep:?}");
+    assert!(matches!(rep.first, Outcome::Failed(_)), "{rep:?}");
+    assert!(rep.received >= 256 * 1024 && rep.received < 4 << 20);
+    assert_eq!(rep.second, Outcome::Ok);
+    assert!(
+        rep.second_exit.as_ref().is_some_and(|e| *e != rep.killed),
+        "{rep:?}"
+    );
+}
+
+/// The guard in use dies: the next stream goes through another guard; once it is back and
+/// the retry time passed, the client uses it again.
+#[test]
+fn guard_failure_and_recovery() {
+    let rep = runs::guard_failure(cfg(4), Duration::from_secs(3600)).expect("run");
+    println!("guard failure: {rep:?}");
+    assert_eq!(rep.while_down, Outcome::Ok, "{rep:?}");
+    assert!(!rep.guards_while_down.contains(&rep.first_guard), "{rep:?}");
+    assert!(!rep.guards_while_down.is_empty());
+    assert_eq!(rep.after, Outcome::Ok);
+    assert!(rep.guards_after.contains(&rep.first_guard), "{rep:?}");
+}
+
+/// The authorities publish the next consensus: the client refreshes in the dir-spec §5.1
+/// window and receives a consensus diff, which it applies and verifies.
+#[test]
+fn directory_refresh_by_diff() {
+    let rep = runs::refresh_by_diff(cfg(5)).expect("run");
+    println!("refresh: {rep:?}");
+    assert!(rep.after.0 > rep.before.0);
+    assert!(rep.requests.iter().any(|l| l.diff), "{rep:?}");
+}
+
+/// A client restarted from what it persisted does not fetch the consensus again and can
+/// fetch at once.
+#[test]
+fn restart_from_persisted_state() {
+    let rep = runs::restart(cfg(6)).expect("run");
+    println!("restart: {rep:?}");
+    assert_eq!(rep.consensus_requests, 0, "{rep:?}");
+    assert_eq!(rep.fetch, Outcome::Ok);
+}
