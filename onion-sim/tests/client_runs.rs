@@ -119,3 +119,44 @@ fn restart_from_persisted_state() {
     assert_eq!(rep.consensus_requests, 0, "{rep:?}");
     assert_eq!(rep.fetch, Outcome::Ok);
 }
+
+/// Streams of different isolation tokens never share a circuit: two groups of streams
+/// need at least two circuits at the exits.
+#[test]
+fn isolated_streams_use_separate_circuits() {
+    let (mut sim, _) = runs::bootstrapped(cfg(8)).expect("bootstrap");
+    let a = runs::streams(&mut sim, 5, 10_000, Isolation(1), Duration::from_secs(120))
+        .expect("streams");
+    let b = runs::streams(&mut sim, 5, 10_000, Isolation(2), Duration::from_secs(120))
+        .expect("streams");
+    assert_eq!((a.ok, b.ok), (5, 5), "{a:?} {b:?}");
+    assert!(a.exit_circuits >= 1 && b.exit_circuits >= 1, "{a:?} {b:?}");
+}
+
+/// The benchmark run: 100 parallel 1 MiB streams; throughput in virtual time and CPU time
+/// per byte (wall clock of this process) printed.
+#[test]
+fn benchmark_hundred_parallel_mebibyte_streams() {
+    let (mut sim, _) = runs::bootstrapped(cfg(9)).expect("bootstrap");
+    let cpu = std::time::Instant::now();
+    let rep = runs::streams(
+        &mut sim,
+        100,
+        1 << 20,
+        Isolation::NONE,
+        Duration::from_secs(3600),
+    )
+    .expect("streams");
+    let cpu = cpu.elapsed();
+    println!(
+        "100 x 1 MiB: {} ok over {} circuits in {:.2} s virtual ({:.1} MB/s); CPU {:.2} s, {:.0} ns per body byte",
+        rep.ok,
+        rep.exit_circuits,
+        rep.time.as_secs_f64(),
+        rep.throughput() / 1e6,
+        cpu.as_secs_f64(),
+        cpu.as_nanos() as f64 / rep.body_bytes.max(1) as f64
+    );
+    assert_eq!(rep.ok, 100, "{:?}", rep.failures);
+    assert_eq!(rep.body_bytes, 100 << 20);
+}
