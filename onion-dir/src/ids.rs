@@ -214,6 +214,49 @@ impl Protocols {
     }
 }
 
+/// The `proto` line form (dir-spec §2.1.1): entries sorted by keyword, versions ascending
+/// as compact ranges (`Relay=2,4`, `Link=3-5`), protocols without versions left out.
+impl fmt::Display for Protocols {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut order: Vec<(&str, u64)> = PROTOCOL_NAMES
+            .iter()
+            .copied()
+            .zip(self.0.iter().copied())
+            .filter(|(_, bits)| *bits != 0)
+            .collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (i, (name, bits)) in order.into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}=")?;
+            let mut first = true;
+            let mut v = 0u32;
+            while v < 64 {
+                if bits & (1u64 << v) == 0 {
+                    v += 1;
+                    continue;
+                }
+                let lo = v;
+                while v + 1 < 64 && bits & (1u64 << (v + 1)) != 0 {
+                    v += 1;
+                }
+                if !first {
+                    f.write_str(",")?;
+                }
+                first = false;
+                if lo == v {
+                    write!(f, "{lo}")?;
+                } else {
+                    write!(f, "{lo}-{v}")?;
+                }
+                v += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for Protocols {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
@@ -246,6 +289,13 @@ mod tests {
         }
 
         #[test]
+        fn protocols_display_round_trips(bits in proptest::array::uniform13(any::<u64>())) {
+            let p = Protocols(bits);
+            let text = p.to_string();
+            prop_assert_eq!(Protocols::parse(&text), Some(p));
+        }
+
+        #[test]
         fn protocols_never_panic(s in "\\PC{0,60}") {
             let _ = Protocols::parse(&s);
         }
@@ -274,6 +324,16 @@ mod tests {
         assert!(Protocols::parse("Link=5-1").is_none());
         assert!(Protocols::parse("Link=64").is_none());
         assert!(Protocols::parse("Link=0-63").unwrap().supports("Link", 63));
+        // C tor 0.4.9.11's line prints back as it is.
+        let c = "Conflux=1 Cons=1-2 Desc=1-4 DirCache=2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=1-2 Link=3-5 LinkAuth=3 Microdesc=1-3 Padding=2 Relay=2-6";
+        assert_eq!(Protocols::parse(c).unwrap().to_string(), c);
+        assert_eq!(
+            Protocols::parse("Relay=4,2 Link=5,3-4")
+                .unwrap()
+                .to_string(),
+            "Link=3-5 Relay=2,4"
+        );
+        assert_eq!(Protocols::default().to_string(), "");
     }
 }
 

@@ -10,6 +10,8 @@
 //! | §1.2 meta-format: items, objects, multiplicity | [`netdoc`] (zero-copy tokenizer, limits) |
 //! | §1.3 signatures; RSA PKCS#1 v1.5 over a bare digest | [`sig`] (on onion-crypto) |
 //! | §2.1.1 server descriptors (ed25519 certs via `onion_crypto::cert`) | [`routerdesc`] |
+//! | §2.1.1, §2.1.2 a relay's own server descriptor and extra-info document: encode and sign | [`relaydesc`] |
+//! | §2.1.2 extra-info documents | [`extrainfo`] |
 //! | §2.1.1 / §3.8.2 exit policies and summaries | [`policy`] |
 //! | §3.1 authority key certificates | [`authcert`] |
 //! | §3.3 microdescriptors | [`microdesc`] |
@@ -41,11 +43,13 @@ pub mod consdiff;
 pub mod consensus;
 mod encode;
 pub mod error;
+pub mod extrainfo;
 pub mod http;
 pub mod ids;
 pub mod microdesc;
 pub mod netdoc;
 pub mod policy;
+pub mod relaydesc;
 pub mod routerdesc;
 pub mod sig;
 pub mod synth;

@@ -1,0 +1,465 @@
+//! The documents a relay publishes about itself: the server descriptor (dir-spec §2.1.1)
+//! and the extra-info document (§2.1.2), encoded and signed with the relay's
+//! [`RelayKeySet`]. [`crate::routerdesc`] and [`crate::extrainfo`] parse them back.
+//!
+//! Items come in C tor 0.4.9's order (`router_dump_router_to_string`,
+//! `extrainfo_dump_to_string`), without the blank line C tor leaves after the signature
+//! (§2.1.1: "New implementations SHOULD NOT generate such blank lines"). The signatures:
+//!
+//! * `router-sig-ed25519`: ed25519 by the signing key over SHA-256 of
+//!   `"Tor router descriptor signature v1"` followed by the document from its first
+//!   character through the space after `router-sig-ed25519` (§2.1.1; the same for
+//!   extra-info, §2.1.2);
+//! * `router-signature`: RSA PKCS#1 v1.5 by the identity key over the bare SHA-1 digest
+//!   of the document through the newline after `router-signature` (§1.3).
+//!
+//! The `extra-info-digest` line names the extra-info document by its SHA-1 digest as
+//! signed (through `router-signature` NL) and its SHA-256 digest over the whole document,
+//! signature included (§2.1.1: the difference is a long-lived C tor bug kept for
+//! compatibility): [`SignedExtraInfo::digests`].
+//!
+//! Fields are checked before anything is signed: text fields must be printable ASCII
+//! (what the tokenizer of [`crate::netdoc`] and C tor's accept) and cannot smuggle in a
+//! line break; a caller's mistake is an [`EncodeError`], never a document that parses
+//! differently from what was meant.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV6};
+
+use onion_crypto::cert::{create_ntor_onion_key_crosscert, Ed25519CertBuilder, UnixTime};
+use onion_crypto::keys::Ed25519Signer;
+use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
+use onion_crypto::rsa_crosscert::create_onion_key_crosscert;
+use rand_core::CryptoRngCore;
+use sha1::{Digest, Sha1};
+use sha2::Sha256;
+
+use crate::encode::base64_unpadded;
+use crate::ids::Protocols;
+use crate::policy::{AddrPattern, ExitPolicy, PolicySummary};
+use crate::routerdesc::Bandwidth;
+use crate::time::Timestamp;
+
+/// The prefix of the ed25519 descriptor signatures (dir-spec §2.1.1 `router-sig-ed25519`).
+pub const ED_SIGNATURE_PREFIX: &[u8] = b"Tor router descriptor signature v1";
+
+/// The subprotocols (tor-spec §9) that onion's relay side implements today, for the
+/// `proto` line. Each entry is what the crates do, not what a C tor relay advertises:
+///
+/// * `Cons=1-2`, `Microdesc=1-2`: both consensus flavours and microdescriptors with
+///   ed25519 identities are parsed and verified (consensus method 21 and earlier);
+/// * `Desc=1-2`: descriptors with ed25519 identities and onion-key cross-certificates are
+///   produced and verified;
+/// * `FlowCtrl=1-2`: authenticated circuit SENDMEs and congestion control at exits
+///   (onion-circuit's relay side);
+/// * `HSIntro=4`: ed25519 ESTABLISH_INTRO, INTRODUCE1/2 at an introduction point
+///   (onion-hs `relay`); not 5, whose DoS-parameter extension is not enforced yet;
+/// * `HSRend=1-2`: ESTABLISH_RENDEZVOUS and RENDEZVOUS1/2 of any length;
+/// * `Link=3-5`, `LinkAuth=3`: the channel's link versions and ed25519 AUTHENTICATE;
+/// * `Relay=2,4`: CREATE2/EXTEND2 with ntor and ntor-v3. Not 1 (no TAP), not 3 (extending
+///   over IPv6 is the embedder's choice).
+///
+/// Left out until they exist: `DirCache` (a directory cache answering BEGIN_DIR,
+/// consensus diffs for `2`), `HSDir` (storing onion-service descriptors), `Padding`,
+/// `Conflux`. An embedder that implements one adds it: the descriptor builder takes any
+/// [`Protocols`].
+pub const ONION_RELAY_PROTOCOLS: &str =
+    "Cons=1-2 Desc=1-2 FlowCtrl=1-2 HSIntro=4 HSRend=1-2 Link=3-5 LinkAuth=3 Microdesc=1-2 Relay=2,4";
+
+/// A field of a document to encode is not representable (the caller's mistake), or
+/// signing failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A field's value cannot be written into the document.
+    #[error("{field}: {reason}")]
+    BadField {
+        /// The item (keyword) it would go on.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A certificate or signature could not be made.
+    #[error("{what}: {error}")]
+    Crypto {
+        /// Which one.
+        what: &'static str,
+        /// The crypto error.
+        error: onion_crypto::Error,
+    },
+}
+
+fn crypto(what: &'static str) -> impl Fn(onion_crypto::Error) -> EncodeError {
+    move |error| EncodeError::Crypto { what, error }
+}
+
+/// The digests by which a server descriptor names its extra-info document
+/// (`extra-info-digest`, dir-spec §2.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraInfoDigests {
+    /// SHA-1 of the document through `router-signature` NL.
+    pub sha1: [u8; 20],
+    /// SHA-256 of the whole document, signature included.
+    pub sha256: [u8; 32],
+}
+
+/// What a relay says about itself in its server descriptor (dir-spec §2.1.1). The keys,
+/// certificates and signatures come from the [`RelayKeySet`] at encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerDescriptor {
+    /// `router` nickname: 1 to 19 ASCII letters and digits (§2.1.3).
+    pub nickname: String,
+    /// `router` address (IPv4).
+    pub address: Ipv4Addr,
+    /// `router` ORPort (not 0).
+    pub or_port: u16,
+    /// `router` DirPort (0: none).
+    pub dir_port: u16,
+    /// `or-address`: an IPv6 ORPort.
+    pub ipv6: Option<SocketAddrV6>,
+    /// `platform`, e.g. `onion 0.1.0 on Linux` (printable ASCII). C tor's authorities check
+    /// the version only of platforms that start with `Tor `.
+    pub platform: String,
+    /// `proto`: see [`ONION_RELAY_PROTOCOLS`].
+    pub protocols: Protocols,
+    /// `published` (the extra-info document's must be the same, §2.1.2).
+    pub published: Timestamp,
+    /// `uptime` in seconds.
+    pub uptime: u64,
+    /// `bandwidth` average, burst and observed, bytes per second.
+    pub bandwidth: Bandwidth,
+    /// `extra-info-digest`, when an extra-info document is published with it.
+    pub extra_info: Option<ExtraInfoDigests>,
+    /// `family` members (`$FINGERPRINT` or nicknames), in order.
+    pub family: Vec<String>,
+    /// `hibernating 1`.
+    pub hibernating: bool,
+    /// `hidden-service-dir`: stores and serves onion-service descriptors.
+    pub hidden_service_dir: bool,
+    /// `contact` (printable ASCII).
+    pub contact: Option<String>,
+    /// The IPv4 exit policy (`accept`/`reject` lines; IPv6-only rules belong in
+    /// `ipv6_policy` and are refused here). Empty means `reject *:*`.
+    pub exit_policy: ExitPolicy,
+    /// `ipv6-policy`, written unless it is `reject 1-65535`.
+    pub ipv6_policy: PolicySummary,
+    /// `tunnelled-dir-server`: answers BEGIN_DIR.
+    pub tunnelled_dir_server: bool,
+    /// `caches-extra-info`: a directory cache that serves extra-info documents.
+    pub caches_extra_info: bool,
+}
+
+/// A signed server descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDescriptor {
+    /// The document.
+    pub text: String,
+    /// SHA-1 of the document through `router-signature` NL (the digest of a ns consensus
+    /// `r` line and of `/tor/server/d/`).
+    pub digest: [u8; 20],
+}
+
+/// A signed extra-info document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedExtraInfo {
+    /// The document.
+    pub text: String,
+    /// Its digests, for the server descriptor's `extra-info-digest`.
+    pub digests: ExtraInfoDigests,
+}
+
+/// Checks free text for one line: non-empty printable ASCII without leading or trailing
+/// whitespace (the tokenizer's alphabet; nothing can start a new item).
+fn check_text(field: &'static str, s: &str) -> Result<(), EncodeError> {
+    let bad = |reason| EncodeError::BadField { field, reason };
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if !s.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(bad(
+            "not printable ASCII (no line breaks or control characters)",
+        ));
+    }
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return Err(bad("leading or trailing space"));
+    }
+    Ok(())
+}
+
+fn check_nickname(s: &str) -> Result<(), EncodeError> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(EncodeError::BadField {
+            field: "router",
+            reason: "nickname must be 1 to 19 ASCII letters and digits",
+        });
+    }
+    Ok(())
+}
+
+/// Appends `-----BEGIN tag-----`, base64 in 64-character lines, `-----END tag-----`
+/// (dir-spec §1.2 Object; padded base64 as C tor writes these objects).
+fn push_object(out: &mut String, tag: &str, data: &[u8]) {
+    let mut b64 = base64_unpadded(data);
+    while b64.len() % 4 != 0 {
+        b64.push('=');
+    }
+    let _ = writeln!(out, "-----BEGIN {tag}-----");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+        out.push('\n');
+    }
+    let _ = writeln!(out, "-----END {tag}-----");
+}
+
+/// `identity-ed25519` with its certificate object (both documents start with it). C tor
+/// writes certificate objects with `=` padding, and stem 1.8 requires it, although
+/// §2.1.1 describes the base64 "with terminating =s removed".
+fn push_identity(out: &mut String, keys: &RelayKeySet) {
+    out.push_str("identity-ed25519\n");
+    push_object(out, "ED25519 CERT", keys.signing_cert());
+}
+
+/// Appends `router-sig-ed25519 SIG` NL and `router-signature` NL with the RSA signature
+/// object to `out`, which holds the document so far.
+fn sign(
+    out: &mut String,
+    keys: &RelayKeySet,
+    rng: &mut impl CryptoRngCore,
+) -> Result<[u8; 20], EncodeError> {
+    out.push_str("router-sig-ed25519 ");
+    let mut h = Sha256::new();
+    h.update(ED_SIGNATURE_PREFIX);
+    h.update(out.as_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    let sig = keys.signing_keypair().sign(&digest);
+    out.push_str(&base64_unpadded(&sig.to_bytes()));
+    out.push('\n');
+    out.push_str("router-signature\n");
+    let digest: [u8; 20] = Sha1::digest(out.as_bytes()).into();
+    let sig = keys
+        .rsa_identity()
+        .sign_unprefixed(rng, &digest)
+        .map_err(|e| crypto("router-signature")(e.into()))?;
+    push_object(out, "SIGNATURE", &sig);
+    Ok(digest)
+}
+
+impl ServerDescriptor {
+    /// Encodes and signs the descriptor with `keys` (dir-spec §2.1.1): identity-ed25519
+    /// is the signing certificate, the ntor-onion-key-crosscert expires one onion-key
+    /// rotation period (`params`) after `published` as C tor makes it, and the TAP
+    /// `onion-key` with its cross-certificate is included when the key set has a TAP key.
+    pub fn encode(
+        &self,
+        keys: &RelayKeySet,
+        params: &OnionKeyParams,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<SignedDescriptor, EncodeError> {
+        check_nickname(&self.nickname)?;
+        if self.or_port == 0 {
+            return Err(EncodeError::BadField {
+                field: "router",
+                reason: "ORPort must not be 0",
+            });
+        }
+        check_text("platform", &self.platform)?;
+        if let Some(c) = &self.contact {
+            check_text("contact", c)?;
+        }
+        for m in &self.family {
+            check_text("family", m)?;
+            if m.contains(' ') {
+                return Err(EncodeError::BadField {
+                    field: "family",
+                    reason: "a member contains a space",
+                });
+            }
+        }
+        if let Some(a) = &self.ipv6 {
+            if a.port() == 0 {
+                return Err(EncodeError::BadField {
+                    field: "or-address",
+                    reason: "port must not be 0",
+                });
+            }
+        }
+        for r in &self.exit_policy.rules {
+            if r.v6_only || matches!(r.addr, AddrPattern::V6(..) | AddrPattern::Any6) {
+                return Err(EncodeError::BadField {
+                    field: "accept/reject",
+                    reason: "IPv6 rules go in ipv6-policy, not in the descriptor's exit policy",
+                });
+            }
+        }
+
+        let rsa_id = keys.rsa_identity().public().identity();
+        let master = keys.ed_identity();
+        let mut s = String::with_capacity(4096);
+        let _ = writeln!(
+            s,
+            "router {} {} {} 0 {}",
+            self.nickname, self.address, self.or_port, self.dir_port
+        );
+        push_identity(&mut s, keys);
+        let _ = writeln!(s, "master-key-ed25519 {master}");
+        if let Some(a) = &self.ipv6 {
+            let _ = writeln!(s, "or-address [{}]:{}", a.ip(), a.port());
+        }
+        let _ = writeln!(s, "platform {}", self.platform);
+        let _ = writeln!(s, "proto {}", self.protocols);
+        let _ = writeln!(s, "published {}", self.published);
+        s.push_str("fingerprint");
+        for chunk in rsa_id.to_string().as_bytes().chunks(4) {
+            s.push(' ');
+            s.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+        }
+        s.push('\n');
+        let _ = writeln!(s, "uptime {}", self.uptime);
+        let b = &self.bandwidth;
+        let _ = writeln!(s, "bandwidth {} {} {}", b.average, b.burst, b.observed);
+        if let Some(d) = &self.extra_info {
+            let _ = writeln!(
+                s,
+                "extra-info-digest {} {}",
+                hex::encode_upper(d.sha1),
+                base64_unpadded(&d.sha256)
+            );
+        }
+        if self.caches_extra_info {
+            s.push_str("caches-extra-info\n");
+        }
+        if let Some(tap) = keys.tap_key() {
+            s.push_str("onion-key\n");
+            push_object(&mut s, "RSA PUBLIC KEY", &tap.public().to_pkcs1_der());
+        }
+        s.push_str("signing-key\n");
+        push_object(
+            &mut s,
+            "RSA PUBLIC KEY",
+            &keys.rsa_identity().public().to_pkcs1_der(),
+        );
+        if let Some(tap) = keys.tap_key() {
+            let cc = create_onion_key_crosscert(rng, tap, &rsa_id, &master)
+                .map_err(|e| crypto("onion-key-crosscert")(e.into()))?;
+            s.push_str("onion-key-crosscert\n");
+            push_object(&mut s, "CROSSCERT", &cc);
+        }
+        let expiry = Ed25519CertBuilder::hours_from_unix(UnixTime(
+            self.published.unix().saturating_add(params.rotation_secs()),
+        ));
+        let (cc, bit) = create_ntor_onion_key_crosscert(keys.ntor_key(), &master, expiry)
+            .map_err(|e| crypto("ntor-onion-key-crosscert")(e.into()))?;
+        let _ = writeln!(s, "ntor-onion-key-crosscert {bit}");
+        push_object(&mut s, "ED25519 CERT", &cc);
+        if !self.family.is_empty() {
+            let _ = writeln!(s, "family {}", self.family.join(" "));
+        }
+        if self.hibernating {
+            s.push_str("hibernating 1\n");
+        }
+        if self.hidden_service_dir {
+            s.push_str("hidden-service-dir\n");
+        }
+        if let Some(c) = &self.contact {
+            let _ = writeln!(s, "contact {c}");
+        }
+        let _ = writeln!(
+            s,
+            "ntor-onion-key {}",
+            base64_unpadded(keys.ntor_key().public().as_bytes())
+        );
+        if self.exit_policy.rules.is_empty() {
+            s.push_str("reject *:*\n");
+        }
+        for r in &self.exit_policy.rules {
+            // `*4` is written `*`, as C tor writes the IPv4 part of a policy.
+            let mut r = *r;
+            if r.addr == AddrPattern::Any4 {
+                r.addr = AddrPattern::Any;
+            }
+            let _ = writeln!(s, "{r}");
+        }
+        if self.ipv6_policy != PolicySummary::reject_all() {
+            let _ = writeln!(s, "ipv6-policy {}", self.ipv6_policy);
+        }
+        if self.tunnelled_dir_server {
+            s.push_str("tunnelled-dir-server\n");
+        }
+        let digest = sign(&mut s, keys, rng)?;
+        Ok(SignedDescriptor { text: s, digest })
+    }
+}
+
+/// What a relay says in its extra-info document (dir-spec §2.1.2). Statistics lines are
+/// not produced: none is required, and C tor relays publish them only when configured to
+/// gather statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraInfo {
+    /// `extra-info` nickname (as in the descriptor).
+    pub nickname: String,
+    /// `published`: must equal the descriptor's.
+    pub published: Timestamp,
+}
+
+impl ExtraInfo {
+    /// Encodes and signs the document with `keys`: `extra-info` nickname and fingerprint,
+    /// `identity-ed25519`, `published`, then the two signatures.
+    pub fn encode(
+        &self,
+        keys: &RelayKeySet,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<SignedExtraInfo, EncodeError> {
+        check_nickname(&self.nickname).map_err(|_| EncodeError::BadField {
+            field: "extra-info",
+            reason: "nickname must be 1 to 19 ASCII letters and digits",
+        })?;
+        let mut s = String::with_capacity(1024);
+        let _ = writeln!(
+            s,
+            "extra-info {} {}",
+            self.nickname,
+            keys.rsa_identity().public().identity()
+        );
+        push_identity(&mut s, keys);
+        let _ = writeln!(s, "published {}", self.published);
+        let sha1 = sign(&mut s, keys, rng)?;
+        let sha256 = Sha256::digest(s.as_bytes()).into();
+        Ok(SignedExtraInfo {
+            text: s,
+            digests: ExtraInfoDigests { sha1, sha256 },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_cannot_break_lines() {
+        assert!(check_text("contact", "a@b.example 0xDEADBEEF").is_ok());
+        for bad in [
+            "",
+            " x",
+            "x ",
+            "a\nb",
+            "a\rb",
+            "caf\u{e9}",
+            "tab\there",
+            "nul\0",
+        ] {
+            assert!(check_text("contact", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_nickname("relay0").is_ok());
+        for bad in ["", "a-b", "abcdefghijklmnopqrst", "r\u{e9}"] {
+            assert!(check_nickname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn onion_relay_protocols_parse_and_print_the_same() {
+        let p = Protocols::parse(ONION_RELAY_PROTOCOLS).expect("parses");
+        assert_eq!(p.to_string(), ONION_RELAY_PROTOCOLS);
+        assert!(p.supports("Relay", 4) && !p.supports("Relay", 3) && !p.supports("Relay", 1));
+    }
+}
