@@ -1,0 +1,156 @@
+//! What a relay is told at start: its role ([`RelayConfig`]) and the bound of every queue and
+//! rate it keeps ([`Limits`]).
+
+use core::time::Duration;
+use std::net::IpAddr;
+
+use onion_circuit::relay::RelayConfig as CircRelayConfig;
+use onion_dir::policy::ExitPolicy;
+
+use crate::tls::TlsLinkCert;
+
+/// How a relay runs. Start from [`RelayConfig::new`] and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Our public addresses, sent as MYADDR in NETINFO (tor-spec §4.5) and refused as
+    /// EXTEND2 and exit targets (a relay does not extend or exit to itself).
+    pub addresses: Vec<IpAddr>,
+    /// The exit policy (dir-spec §2.1.3, first matching rule wins). `None`: not an exit,
+    /// BEGIN is answered with END EXITPOLICY and RESOLVE with a non-transient error, as a
+    /// relay whose policy is `reject *:*` does.
+    pub exit_policy: Option<ExitPolicy>,
+    /// Refuse exit connections to private, loopback, link-local and unspecified addresses
+    /// and to our own addresses whatever the policy says (C tor's `ExitPolicyRejectPrivate`,
+    /// default on).
+    pub exit_reject_private: bool,
+    /// Extend circuits to relays at private addresses (C tor's
+    /// `ExtendAllowPrivateAddresses`, off by default, on in testing networks).
+    pub extend_allow_private: bool,
+    /// Answer BEGIN_DIR as a directory cache from [`crate::Relay::set_directory_documents`]
+    /// (tor-spec §6.2.1). Off: BEGIN_DIR is answered with END NOTDIRECTORY.
+    pub dir_cache: bool,
+    /// What circuits ending here offer (congestion control, proposal 324).
+    pub circuits: CircRelayConfig,
+    /// The TLS certificate and key the embedder's TLS server presents. `None`: a fresh
+    /// RSA-2048 certificate is made by [`crate::Relay::new`] (slow: hundreds of
+    /// milliseconds).
+    pub link_cert: Option<TlsLinkCert>,
+    /// Send a PADDING cell on a channel idle this long (tor-spec §3; C tor's
+    /// `KeepalivePeriod`, 5 minutes).
+    pub keepalive: Option<Duration>,
+    /// Bounds and rates.
+    pub limits: Limits,
+}
+
+impl RelayConfig {
+    /// A middle/guard relay at `addresses`: no exit, no directory cache, C tor's limits.
+    pub fn new(addresses: Vec<IpAddr>) -> Self {
+        RelayConfig {
+            addresses,
+            exit_policy: None,
+            exit_reject_private: true,
+            extend_allow_private: false,
+            dir_cache: false,
+            circuits: CircRelayConfig::default(),
+            link_cert: None,
+            keepalive: Some(Duration::from_secs(300)),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Every bound a relay keeps, each with its reaction when reached (dos-spec, C tor 0.4.9's
+/// defaults where it has one).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Connections (inbound and outbound) held at once. Reaction: a new inbound
+    /// connection is refused ([`crate::Relay::handle_accepted`] returns an error); an
+    /// EXTEND2 needing a new connection fails with DESTROY (RESOURCELIMIT).
+    pub max_connections: usize,
+    /// Concurrent inbound connections from one client address (dos-spec
+    /// `DoSConnectionMaxConcurrentCount`, default 100). Reaction: a new connection from it
+    /// is refused (`DoSConnectionDefenseType` 2, "immediately close new connections").
+    /// Addresses of known relays ([`crate::Relay::set_relay_addresses`]) are exempt.
+    pub max_conns_per_addr: usize,
+    /// Circuits one channel may carry (C tor has only the circuit-id space; this bounds a
+    /// single peer's share). Reaction: CREATE beyond it is answered with DESTROY
+    /// (RESOURCELIMIT) by the channel.
+    pub circuits_per_channel: usize,
+    /// Circuit creation rate per client address (dos-spec `DoSCircuitCreationRate`,
+    /// default 3 per second), applied once the address has at least
+    /// [`Limits::create_min_conns`] connections open.
+    pub create_rate: u32,
+    /// The burst of that token bucket (`DoSCircuitCreationBurst`, default 90).
+    pub create_burst: u32,
+    /// Connections an address needs before the creation rate applies
+    /// (`DoSCircuitCreationMinConnections`, default 3).
+    pub create_min_conns: usize,
+    /// How long an address that emptied its bucket is refused
+    /// (`DoSCircuitCreationDefenseTimePeriod`, default 1 hour). Reaction: every CREATE from
+    /// it is answered with DESTROY (RESOURCELIMIT) meanwhile
+    /// (`DoSCircuitCreationDefenseType` 2).
+    pub create_defense_period: Duration,
+    /// Input bytes held for a channel that has not yet processed them. Reaction: the
+    /// channel is closed.
+    pub channel_inbound: usize,
+    /// Output bytes a channel holds before circuits stop moving cells onto it (they wait
+    /// in the circuits' queues, bounded by [`Limits::circuit_queue_cells`]).
+    pub channel_outbound: usize,
+    /// Cells one circuit may hold in one direction (C tor's consensus parameter
+    /// `circ_max_cell_queue_size`, default 50000). Reaction: the circuit is closed, DESTROY
+    /// (RESOURCELIMIT) both ways.
+    pub circuit_queue_cells: usize,
+    /// All queued bytes together (C tor's `MaxMemInQueues`): circuit cell queues, channel
+    /// input and output buffers, exit stream buffers. Reaction (dos-spec "Responding to low
+    /// memory"): circuits are closed, DESTROY (RESOURCELIMIT) both ways, the one holding
+    /// the most queued bytes first, until the total is below 90% of this.
+    pub max_queued_bytes: usize,
+    /// Bytes an exit stream buffers in each direction. Toward the target: beyond it the
+    /// circuit's cells are held (no stream SENDME, or XOFF under congestion control,
+    /// reaches the client). From the target: [`crate::Relay::handle_target_data`] takes no
+    /// more until [`crate::Event::ResumeTarget`].
+    pub stream_buffer: usize,
+    /// Exit and directory streams at once over all circuits. Reaction: BEGIN, BEGIN_DIR
+    /// and RESOLVE beyond it are answered with END (RESOURCELIMIT).
+    pub max_streams: usize,
+    /// Bytes of one directory request. Reaction: the stream ends (RESOURCELIMIT).
+    pub max_dir_request: usize,
+    /// Bytes of one directory answer. Reaction: 503 (the request asked for too much).
+    pub max_dir_response: usize,
+    /// How long an outbound connection (EXTEND2) may take to open. Reaction: the circuits
+    /// waiting for it get DESTROY (CONNECTFAILED).
+    pub connect_timeout: Duration,
+    /// How long an exit's TCP connect may take. Reaction: END (TIMEOUT), the target
+    /// connection is abandoned ([`crate::Event::CloseTarget`]).
+    pub target_connect_timeout: Duration,
+    /// How long a name resolution may take. Reaction: END (RESOLVEFAILED) / a transient
+    /// RESOLVED error.
+    pub resolve_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16_384,
+            max_conns_per_addr: 100,
+            circuits_per_channel: 8192,
+            create_rate: 3,
+            create_burst: 90,
+            create_min_conns: 3,
+            create_defense_period: Duration::from_secs(3600),
+            channel_inbound: 1 << 20,
+            channel_outbound: 256 << 10,
+            circuit_queue_cells: 50_000,
+            max_queued_bytes: 512 << 20,
+            stream_buffer: 256 << 10,
+            max_streams: 65_536,
+            max_dir_request: 16 << 10,
+            max_dir_response: 32 << 20,
+            connect_timeout: Duration::from_secs(10),
+            target_connect_timeout: Duration::from_secs(60),
+            resolve_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! A minimal directory cache: the documents the embedder hands over
+//! ([`DirDocuments`]) served over BEGIN_DIR streams as HTTP/1.0 answers (tor-spec §6.2.1,
+//! dir-spec §4 and appendix B "General-use HTTP URLs").
+//!
+//! Served, each also with the `.z` suffix (deflate, dir-spec §6.1) or compressed when the
+//! request's `Accept-Encoding` offers `deflate`:
+//!
+//! * `/tor/status-vote/current/consensus` and `.../consensus-microdesc`, with or without the
+//!   `/<fp>+<fp>...` authority suffix (dir-spec §5.1; the suffix is not checked: the cache
+//!   serves the one consensus it holds, which the client verifies);
+//! * `/tor/micro/d/<D1>-<D2>...` (dir-spec §5.2, at most 92 digests), the ones held;
+//! * `/tor/server/fp/<F1>+<F2>...`, `/tor/server/d/<D1>+<D2>...`, `/tor/server/all`
+//!   (dir-spec appendix B), the ones held.
+//!
+//! Anything else is 400 (malformed) or 404 (not held, or nothing of what was asked);
+//! an answer larger than [`crate::Limits::max_dir_response`] is 503. Answers share the
+//! documents' buffers: a stream holds the header and reference-counted pieces, not a copy.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use onion_crypto::RsaIdentity;
+use onion_dir::MdDigest;
+use sha2::{Digest as _, Sha256};
+
+/// Most microdescriptor digests one request may name (dir-spec §4.3).
+pub const MAX_MICRODESCS_PER_REQUEST: usize = 92;
+/// Most server descriptors one request may name (C tor's `DIR_MAX_...` batch of 96).
+pub const MAX_DESCRIPTORS_PER_REQUEST: usize = 96;
+
+/// A server descriptor the cache holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerDescriptor {
+    /// The relay's RSA identity.
+    pub identity: RsaIdentity,
+    /// SHA-1 of the descriptor's signed part (its "descriptor digest", dir-spec §2.1.1).
+    pub digest: [u8; 20],
+    /// The descriptor's text.
+    pub text: Vec<u8>,
+}
+
+/// What the embedder gives the cache to serve ([`crate::Relay::set_directory_documents`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirDocuments {
+    /// The `ns` consensus, as signed.
+    pub consensus: Option<Vec<u8>>,
+    /// The microdescriptor consensus, as signed.
+    pub consensus_microdesc: Option<Vec<u8>>,
+    /// Microdescriptors, each one's text (its digest is SHA-256 of the text, dir-spec §3.3).
+    pub microdescs: Vec<Vec<u8>>,
+    /// Server descriptors.
+    pub server_descriptors: Vec<ServerDescriptor>,
+}
+
+/// A document as held: the text and its deflated form, made once.
+#[derive(Debug, Clone)]
+struct Doc {
+    plain: Arc<[u8]>,
+    deflated: Arc<[u8]>,
+}
+
+fn deflate(data: &[u8]) -> Arc<[u8]> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default().into()
+}
+
+impl Doc {
+    fn new(text: Vec<u8>) -> Self {
+        let deflated = deflate(&text);
+        Doc {
+            plain: text.into(),
+            deflated,
+        }
+    }
+}
+
+/// The documents as indexed for answering.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DirCache {
+    consensus: Option<Doc>,
+    consensus_md: Option<Doc>,
+    micro: HashMap<[u8; 32], Arc<[u8]>>,
+    by_fp: HashMap<[u8; 20], Arc<[u8]>>,
+    by_digest: HashMap<[u8; 20], Arc<[u8]>>,
+    /// Bytes held (for the relay's accounting; directory documents are not counted in
+    /// `MaxMemInQueues`, as in C tor).
+    pub(crate) bytes: usize,
+}
+
+/// An answer: the pieces to send one after the other.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Answer {
+    pub(crate) pieces: Vec<Arc<[u8]>>,
+    /// Index of the piece being sent and the offset in it.
+    pub(crate) piece: usize,
+    pub(crate) offset: usize,
+}
+
+impl Answer {
+    fn new(status: &str, compressed: bool, body: Vec<Arc<[u8]>>) -> Self {
+        let enc = if compressed { "deflate" } else { "identity" };
+        let head = format!(
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Encoding: {enc}\r\n\r\n"
+        );
+        let mut pieces: Vec<Arc<[u8]>> = vec![head.into_bytes().into()];
+        pieces.extend(body);
+        Answer {
+            pieces,
+            piece: 0,
+            offset: 0,
+        }
+    }
+
+    fn status(status: &str) -> Self {
+        Self::new(status, false, Vec::new())
+    }
+
+    /// The bytes still to send, as one slice (the rest of the current piece).
+    pub(crate) fn next_chunk(&self) -> Option<&[u8]> {
+        let p = self.pieces.get(self.piece)?;
+        p.get(self.offset..)
+    }
+
+    /// `n` bytes of [`Answer::next_chunk`] were sent.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.offset += n;
+        while let Some(p) = self.pieces.get(self.piece) {
+            if self.offset < p.len() {
+                break;
+            }
+            self.offset = 0;
+            self.piece += 1;
+        }
+    }
+
+    /// Everything was sent.
+    pub(crate) fn done(&self) -> bool {
+        self.piece >= self.pieces.len()
+    }
+}
+
+/// Where a request's head ends (the blank line), if it has arrived.
+pub(crate) fn head_end(req: &[u8]) -> Option<usize> {
+    req.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+impl DirCache {
+    pub(crate) fn new(docs: DirDocuments) -> Self {
+        let mut c = DirCache::default();
+        let mut bytes = 0usize;
+        if let Some(t) = docs.consensus {
+            bytes += t.len();
+            c.consensus = Some(Doc::new(t));
+        }
+        if let Some(t) = docs.consensus_microdesc {
+            bytes += t.len();
+            c.consensus_md = Some(Doc::new(t));
+        }
+        for m in docs.microdescs {
+            bytes += m.len();
+            let d: [u8; 32] = Sha256::digest(&m).into();
+            c.micro.insert(d, m.into());
+        }
+        for s in docs.server_descriptors {
+            bytes += s.text.len();
+            let text: Arc<[u8]> = s.text.into();
+            c.by_fp.insert(s.identity.0, text.clone());
+            c.by_digest.insert(s.digest, text);
+        }
+        c.bytes = bytes;
+        c
+    }
+
+    /// The answer to a complete request head (`GET <path> HTTP/1.x` and headers).
+    pub(crate) fn answer(&self, head: &[u8], max_response: usize) -> Answer {
+        let Ok(text) = core::str::from_utf8(head) else {
+            return Answer::status("400 Malformed request");
+        };
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap_or("");
+        let mut parts = first.split(' ');
+        let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Answer::status("400 Malformed request");
+        };
+        if !version.starts_with("HTTP/1.") {
+            return Answer::status("400 Malformed request");
+        }
+        if method != "GET" {
+            return Answer::status("405 Method not allowed");
+        }
+        let offers_deflate = lines.any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("accept-encoding")
+                    && v.split(',')
+                        .any(|e| e.trim().eq_ignore_ascii_case("deflate"))
+            })
+        });
+        let (path, z) = match path.strip_suffix(".z") {
+            Some(p) => (p, true),
+            None => (path, offers_deflate),
+        };
+        let body = match self.lookup(path) {
+            Ok(b) => b,
+            Err(a) => return a,
+        };
+        let (pieces, compressed) = match body {
+            Body::Doc(d) if z => (vec![d.deflated.clone()], true),
+            Body::Doc(d) => (vec![d.plain.clone()], false),
+            Body::List(list) if z => {
+                let total: usize = list.iter().map(|p| p.len()).sum();
+                if total > max_response {
+                    return Answer::status("503 Directory busy, try again later");
+                }
+                let mut all = Vec::with_capacity(total);
+                for p in &list {
+                    all.extend_from_slice(p);
+                }
+                (vec![deflate(&all)], true)
+            }
+            Body::List(list) => (list, false),
+        };
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        if total > max_response {
+            return Answer::status("503 Directory busy, try again later");
+        }
+        Answer::new("200 OK", compressed, pieces)
+    }
+
+    fn lookup(&self, path: &str) -> Result<Body<'_>, Answer> {
+        let not_found = || Answer::status("404 Not found");
+        let bad = || Answer::status("400 Malformed request");
+        if let Some(rest) = path.strip_prefix("/tor/status-vote/current/consensus") {
+            let (doc, rest) = match rest.strip_prefix("-microdesc") {
+                Some(r) => (&self.consensus_md, r),
+                None => (&self.consensus, rest),
+            };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return Err(not_found());
+            }
+            return doc.as_ref().map(Body::Doc).ok_or_else(not_found);
+        }
+        if let Some(list) = path.strip_prefix("/tor/micro/d/") {
+            let mut out = Vec::new();
+            for (i, d) in list.split('-').enumerate() {
+                if i >= MAX_MICRODESCS_PER_REQUEST {
+                    return Err(bad());
+                }
+                let d = MdDigest::from_base64(d).ok_or_else(bad)?;
+                if let Some(m) = self.micro.get(&d.0) {
+                    out.push(m.clone());
+                }
+            }
+            return if out.is_empty() {
+                Err(not_found())
+            } else {
+                Ok(Body::List(out))
+            };
+        }
+        if path == "/tor/server/all" {
+            let mut all: Vec<_> = self.by_fp.iter().collect();
+            all.sort_by_key(|(k, _)| **k);
+            return Ok(Body::List(
+                all.into_iter().map(|(_, v)| v.clone()).collect(),
+            ));
+        }
+        let (list, map) = if let Some(l) = path.strip_prefix("/tor/server/fp/") {
+            (l, &self.by_fp)
+        } else if let Some(l) = path.strip_prefix("/tor/server/d/") {
+            (l, &self.by_digest)
+        } else {
+            return Err(not_found());
+        };
+        let mut out = Vec::new();
+        for (i, h) in list.split('+').enumerate() {
+            if i >= MAX_DESCRIPTORS_PER_REQUEST {
+                return Err(bad());
+            }
+            let mut k = [0u8; 20];
+            hex::decode_to_slice(h, &mut k).map_err(|_| bad())?;
+            if let Some(v) = map.get(&k) {
+                out.push(v.clone());
+            }
+        }
+        if out.is_empty() {
+            Err(not_found())
+        } else {
+            Ok(Body::List(out))
+        }
+    }
+}
+
+enum Body<'a> {
+    Doc(&'a Doc),
+    List(Vec<Arc<[u8]>>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onion_dir::http::{DirRequest, ResponseReader};
+
+    fn cache() -> DirCache {
+        DirCache::new(DirDocuments {
+            consensus: Some(b"network-status-version 3\nns\n".to_vec()),
+            consensus_microdesc: Some(b"network-status-version 3 microdesc\n".to_vec()),
+            microdescs: vec![b"onion-key\nA\n".to_vec(), b"onion-key\nB\n".to_vec()],
+            server_descriptors: vec![ServerDescriptor {
+                identity: RsaIdentity([7; 20]),
+                digest: [9; 20],
+                text: b"router x\n".to_vec(),
+            }],
+        })
+    }
+
+    fn get(c: &DirCache, req: &[u8], max: usize) -> (u16, Vec<u8>) {
+        let mut a = c.answer(req, max);
+        let mut bytes = Vec::new();
+        while let Some(ch) = a.next_chunk() {
+            let n = ch.len().min(100);
+            bytes.extend_from_slice(&ch[..n]);
+            a.advance(n);
+        }
+        assert!(a.done());
+        let mut r = ResponseReader::new(1 << 20);
+        r.handle_bytes(&bytes).expect("bytes");
+        let resp = r.finish().expect("response");
+        (resp.head.status, resp.body.into_bytes())
+    }
+
+    #[test]
+    fn serves_consensuses_microdescs_and_descriptors() {
+        let c = cache();
+        let req = DirRequest::consensus(onion_dir::consensus::Flavor::Microdesc, &[], 3);
+        let (st, body) = get(&c, &req.to_bytes(), 1 << 20);
+        assert_eq!(
+            (st, body.as_slice()),
+            (200, &b"network-status-version 3 microdesc\n"[..])
+        );
+        let (st, body) = get(
+            &c,
+            b"GET /tor/status-vote/current/consensus.z HTTP/1.0\r\n\r\n",
+            1 << 20,
+        );
+        assert_eq!(
+            (st, body.as_slice()),
+            (200, &b"network-status-version 3\nns\n"[..])
+        );
+        let md = MdDigest(Sha256::digest(b"onion-key\nB\n").into());
+        let absent = MdDigest([1; 32]);
+        for r in DirRequest::microdescs(&[md, absent]) {
+            let (st, body) = get(&c, &r.to_bytes(), 1 << 20);
+            assert_eq!((st, body.as_slice()), (200, &b"onion-key\nB\n"[..]));
+        }
+        let path = format!("/tor/server/fp/{}", hex::encode([7u8; 20]));
+        let req = format!("GET {path} HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            get(&c, req.as_bytes(), 1 << 20),
+            (200, b"router x\n".to_vec())
+        );
+        let req = format!(
+            "GET /tor/server/d/{} HTTP/1.0\r\n\r\n",
+            hex::encode([9u8; 20])
+        );
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 200);
+    }
+
+    #[test]
+    fn errors_and_bounds() {
+        let c = cache();
+        assert_eq!(
+            get(&c, b"GET /tor/nothing HTTP/1.0\r\n\r\n", 1 << 20).0,
+            404
+        );
+        assert_eq!(get(&c, b"POST /tor/ HTTP/1.0\r\n\r\n", 1 << 20).0, 405);
+        assert_eq!(get(&c, b"GET\r\n\r\n", 1 << 20).0, 400);
+        assert_eq!(
+            get(&c, b"GET /tor/micro/d/!! HTTP/1.0\r\n\r\n", 1 << 20).0,
+            400
+        );
+        let many = vec![MdDigest([1; 32]).to_base64(); 93].join("-");
+        let req = format!("GET /tor/micro/d/{many} HTTP/1.0\r\n\r\n");
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 400);
+        // Larger than the bound: 503.
+        let req = b"GET /tor/status-vote/current/consensus HTTP/1.0\r\n\r\n";
+        assert_eq!(get(&c, req, 10).0, 503);
+        assert_eq!(DirCache::default().answer(req, 1 << 20).pieces.len(), 1);
+    }
+}

@@ -1,0 +1,1268 @@
+//! The relay machine: connections, channels and circuits. Exit and directory streams are in
+//! [`exit`].
+
+mod exit;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use onion_cell::chancell::{ChanMsg, DestroyReason};
+use onion_cell::CircId;
+use onion_circuit::channel::{
+    ChanConfig, ChanError, ChanEvent, Channel, InitiatorAuth, InitiatorCredentials, PeerIds,
+    ResponderCerts,
+};
+use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as CircKeys};
+use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
+use onion_crypto::cert::UnixTime;
+use onion_crypto::relay_keyset::RelayKeySet;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rand_core::CryptoRngCore;
+
+use crate::config::RelayConfig;
+use crate::dir::{DirCache, DirDocuments};
+use crate::dos::{AddrTable, CreateVerdict};
+use crate::event::{is_internal, ConnId, Error, Event, StreamHandle};
+use crate::tls::TlsLinkCert;
+
+use self::exit::Exit;
+
+/// Bytes of one cell on a link-protocol-4+ channel, for memory accounting.
+const CELL_BYTES: usize = 514;
+
+/// How often the link certificates (Signing->Link, Signing->Auth, 2 days valid) are made
+/// anew.
+const CERT_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayStats {
+    /// Circuits created (CREATE2 / CREATE_FAST answered).
+    pub circuits_created: u64,
+    /// CREATE cells refused by the circuit-creation defence.
+    pub creates_refused_dos: u64,
+    /// Inbound connections refused (per-address or total limit).
+    pub connections_refused: u64,
+    /// Circuits closed for holding too many cells ([`crate::Limits::circuit_queue_cells`]).
+    pub circuits_killed_queue: u64,
+    /// Circuits closed by the out-of-memory handler.
+    pub circuits_killed_oom: u64,
+    /// Outbound channels opened for EXTEND2.
+    pub channels_opened: u64,
+    /// EXTEND2 requests served on an existing channel.
+    pub channels_reused: u64,
+}
+
+/// One connection and its channel.
+#[derive(Debug)]
+struct Conn {
+    /// `None` while an outbound connection is being opened by the embedder.
+    chan: Option<Channel>,
+    outbound: bool,
+    /// The address of an inbound connection's peer (counted in the per-address table).
+    peer_ip: Option<IpAddr>,
+    /// Where an outbound connection goes.
+    addr: Option<SocketAddr>,
+    /// Identities an outbound connection's peer must prove.
+    expected: PeerIds,
+    /// Identities the peer proved once open.
+    proven: PeerIds,
+    open: bool,
+    inbuf: Vec<u8>,
+    /// CREATE2 cells of circuits waiting for this channel to open.
+    waiting: Vec<(u64, ChanMsg<'static>)>,
+    /// Circuits that stopped because this channel's output was full.
+    blocked: BTreeSet<u64>,
+    /// Circuits with a side on this channel (may hold stale entries).
+    circs: BTreeSet<u64>,
+    /// Connect deadline of an outbound connection not yet handed to a channel.
+    deadline: Option<Instant>,
+    /// The embedder said its socket is full.
+    embedder_blocked: bool,
+    exporter_asked: bool,
+    /// Output taken from the channel and not yet given to the embedder (a
+    /// [`Relay::poll_transmit_to`] asked for less), from `pending_off` on.
+    pending: Vec<u8>,
+    pending_off: usize,
+}
+
+impl Conn {
+    fn new(outbound: bool) -> Self {
+        Conn {
+            chan: None,
+            outbound,
+            peer_ip: None,
+            addr: None,
+            expected: PeerIds::default(),
+            proven: PeerIds::default(),
+            open: false,
+            inbuf: Vec::new(),
+            waiting: Vec::new(),
+            blocked: BTreeSet::new(),
+            circs: BTreeSet::new(),
+            deadline: None,
+            embedder_blocked: false,
+            exporter_asked: false,
+            pending: Vec::new(),
+            pending_off: 0,
+        }
+    }
+
+    /// Output bytes waiting for the embedder.
+    fn out_len(&self) -> usize {
+        self.chan.as_ref().map_or(0, Channel::outbound_len)
+            + (self.pending.len() - self.pending_off)
+    }
+
+    fn queued(&self) -> usize {
+        self.inbuf.len() + self.out_len()
+    }
+}
+
+/// One circuit through this relay.
+#[derive(Debug)]
+struct Circ {
+    rc: RelayCircuit,
+    /// The channel and id toward the client (where the CREATE came from).
+    client: (ConnId, CircId),
+    /// The channel and id toward the next hop, once CREATE2 went out there.
+    next: Option<(ConnId, CircId)>,
+    /// The channel being opened or handshaking for this circuit's EXTEND2.
+    waiting_on: Option<ConnId>,
+    /// Events are held because an exit stream's buffer toward its target is full.
+    held: bool,
+    /// Exit and directory streams of this circuit.
+    streams: BTreeSet<StreamHandle>,
+}
+
+/// A Tor relay as a sans-IO state machine: guard (accepting client channels), middle
+/// (forwarding cells), exit (streams to TCP targets allowed by the exit policy) and
+/// directory cache (BEGIN_DIR), with the dos-spec defences of [`crate::Limits`].
+///
+/// The embedder owns sockets, TLS and the clock; see the [crate documentation](crate) for
+/// the run loop.
+pub struct Relay {
+    cfg: RelayConfig,
+    keys: RelayKeySet,
+    circ_keys: CircKeys,
+    tls: TlsLinkCert,
+    certs: ResponderCerts,
+    creds: InitiatorCredentials,
+    certs_at: Instant,
+    rng: ChaCha20Rng,
+    now: Instant,
+    wall: SystemTime,
+    wall_at: Instant,
+    conns: BTreeMap<ConnId, Conn>,
+    next_out: u64,
+    /// Where the last `poll_transmit` stopped (round-robin).
+    tx_cursor: Option<ConnId>,
+    circs: BTreeMap<u64, Circ>,
+    next_circ: u64,
+    by_in: HashMap<(ConnId, CircId), u64>,
+    by_out: HashMap<(ConnId, CircId), u64>,
+    dirty: BTreeSet<u64>,
+    streams: BTreeMap<StreamHandle, Exit>,
+    by_stream: HashMap<(u64, u16), StreamHandle>,
+    next_stream: u64,
+    events: VecDeque<Event>,
+    addrs: AddrTable,
+    relay_addrs: HashSet<IpAddr>,
+    dir: DirCache,
+    stats: RelayStats,
+    /// Input bytes since the last memory check.
+    unchecked_bytes: usize,
+}
+
+impl core::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Relay")
+            .field("ids", &self.identities())
+            .field("conns", &self.conns.len())
+            .field("circs", &self.circs.len())
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn circ_keys(keys: &RelayKeySet) -> CircKeys {
+    CircKeys {
+        rsa_id: keys.rsa_identity().public().identity(),
+        ed_id: keys.ed_identity(),
+        ntor_keys: keys.ntor_keys().to_vec(),
+    }
+}
+
+fn key_err(e: impl core::fmt::Display) -> Error {
+    Error::Keys(e.to_string())
+}
+
+impl Relay {
+    /// A relay with `keys` (the embedder loads or generates them, `onion_crypto`'s
+    /// [`RelayKeySet`]). `now` is the monotonic clock and `wall` the wall clock (certificate
+    /// validity, NETINFO); `rng` seeds the relay's own ChaCha20 generator, used for every
+    /// later draw (handshakes, circuit ids, padding).
+    pub fn new(
+        config: RelayConfig,
+        keys: RelayKeySet,
+        now: Instant,
+        wall: SystemTime,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Relay, Error> {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut cfg = config;
+        let tls = match cfg.link_cert.take() {
+            Some(t) => t,
+            None => TlsLinkCert::generate(&mut rng, UnixTime::from(wall))?,
+        };
+        let certs = keys
+            .link_keys()
+            .responder_certs(&tls.sha256(), wall)
+            .map_err(key_err)?;
+        let creds = keys
+            .link_keys()
+            .initiator_credentials(&mut rng, wall)
+            .map_err(key_err)?;
+        Ok(Relay {
+            circ_keys: circ_keys(&keys),
+            keys,
+            tls,
+            certs,
+            creds,
+            certs_at: now,
+            rng,
+            now,
+            wall,
+            wall_at: now,
+            conns: BTreeMap::new(),
+            next_out: 0,
+            tx_cursor: None,
+            circs: BTreeMap::new(),
+            next_circ: 0,
+            by_in: HashMap::new(),
+            by_out: HashMap::new(),
+            dirty: BTreeSet::new(),
+            streams: BTreeMap::new(),
+            by_stream: HashMap::new(),
+            next_stream: 0,
+            events: VecDeque::new(),
+            addrs: AddrTable::default(),
+            relay_addrs: HashSet::new(),
+            dir: DirCache::default(),
+            stats: RelayStats::default(),
+            unchecked_bytes: 0,
+            cfg,
+        })
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Views and settings.
+
+    /// The TLS certificate and key the embedder's TLS server must present on every
+    /// inbound connection (the CERTS cell certifies its digest).
+    pub fn link_cert(&self) -> &TlsLinkCert {
+        &self.tls
+    }
+
+    /// Our identities (RSA and ed25519).
+    pub fn identities(&self) -> PeerIds {
+        PeerIds::new(self.circ_keys.rsa_id, self.circ_keys.ed_id)
+    }
+
+    /// The context of the TLS exporter value [`Relay::handle_connected`] needs for
+    /// outbound connections: our CID, SHA-256 of our RSA identity key (tor-spec §4.4.2).
+    pub fn tls_exporter_context(&self) -> [u8; 32] {
+        self.creds.tls_exporter_context()
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &RelayKeySet {
+        &self.keys
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RelayStats {
+        self.stats
+    }
+
+    /// Circuits held.
+    pub fn n_circuits(&self) -> usize {
+        self.circs.len()
+    }
+
+    /// Connections held (inbound, outbound, and outbound being opened).
+    pub fn n_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Exit, directory and resolve streams held.
+    pub fn n_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Bytes queued in circuits, channels and exit buffers (what
+    /// [`crate::Limits::max_queued_bytes`] bounds).
+    pub fn queued_bytes(&self) -> usize {
+        let conns: usize = self.conns.values().map(Conn::queued).sum();
+        let circs: usize = self.circs.keys().map(|k| self.circ_queued(*k)).sum();
+        conns + circs
+    }
+
+    /// Replaces the key set (after [`RelayKeySet::rotate`]): new circuits use its onion
+    /// keys, new channels its certificates.
+    pub fn set_keys(&mut self, keys: RelayKeySet, now: Instant) -> Result<(), Error> {
+        self.see(now);
+        let wall = self.wall_now();
+        let certs = keys
+            .link_keys()
+            .responder_certs(&self.tls.sha256(), wall)
+            .map_err(key_err)?;
+        let creds = keys
+            .link_keys()
+            .initiator_credentials(&mut self.rng, wall)
+            .map_err(key_err)?;
+        self.circ_keys = circ_keys(&keys);
+        self.keys = keys;
+        self.certs = certs;
+        self.creds = creds;
+        self.certs_at = now;
+        Ok(())
+    }
+
+    /// Replaces the TLS link certificate for connections accepted from now on.
+    pub fn set_link_cert(&mut self, tls: TlsLinkCert, now: Instant) -> Result<(), Error> {
+        self.see(now);
+        let certs = self
+            .keys
+            .link_keys()
+            .responder_certs(&tls.sha256(), self.wall_now())
+            .map_err(key_err)?;
+        self.tls = tls;
+        self.certs = certs;
+        Ok(())
+    }
+
+    /// The addresses of known relays (from the consensus): exempt from the per-address
+    /// connection and circuit-creation limits, as C tor exempts them.
+    pub fn set_relay_addresses(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        self.relay_addrs = addrs.into_iter().collect();
+    }
+
+    /// The documents the directory cache serves (replacing the previous ones).
+    pub fn set_directory_documents(&mut self, docs: DirDocuments) {
+        self.dir = DirCache::new(docs);
+    }
+
+    fn see(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    fn wall_now(&self) -> SystemTime {
+        self.wall + (self.now - self.wall_at)
+    }
+
+    fn chan_config(&self, peer: Option<IpAddr>, outbound: bool) -> ChanConfig {
+        let mut c = ChanConfig::default();
+        c.max_circuits = self.cfg.limits.circuits_per_channel;
+        c.peer_addr = peer;
+        c.my_addrs = self.cfg.addresses.clone();
+        c.keepalive = self.cfg.keepalive;
+        if outbound {
+            c.accept_inbound_circuits = Some(true);
+        } else {
+            c.verify_initiator_auth = true;
+        }
+        c
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Transports.
+
+    /// The embedder's TLS server accepted `conn` from `peer` (presenting
+    /// [`Relay::link_cert`]). Refused, with [`Error::Refused`], beyond
+    /// [`crate::Limits::max_connections`] or [`crate::Limits::max_conns_per_addr`]: close it
+    /// then. The responder handshake starts when the initiator's VERSIONS arrives.
+    pub fn handle_accepted(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        peer: SocketAddr,
+    ) -> Result<(), Error> {
+        self.see(now);
+        if conn.is_outbound() || self.conns.contains_key(&conn) {
+            return Err(Error::Refused("connection id in use or reserved"));
+        }
+        if self.conns.len() >= self.cfg.limits.max_connections {
+            self.stats.connections_refused += 1;
+            return Err(Error::Refused("Limits::max_connections"));
+        }
+        let ip = peer.ip();
+        let max = if self.relay_addrs.contains(&ip) {
+            usize::MAX
+        } else {
+            self.cfg.limits.max_conns_per_addr
+        };
+        if !self.addrs.open(ip, max, &self.cfg.limits, self.now) {
+            self.stats.connections_refused += 1;
+            return Err(Error::Refused("Limits::max_conns_per_addr"));
+        }
+        let cfg = self.chan_config(Some(ip), false);
+        let chan = Channel::responder(cfg, &self.certs, self.now, self.wall_now(), &mut self.rng);
+        let mut c = Conn::new(false);
+        c.chan = Some(chan);
+        c.peer_ip = Some(ip);
+        self.conns.insert(conn, c);
+        Ok(())
+    }
+
+    /// The outbound connection `conn` ([`Event::Connect`]) is up: `peer_cert_sha256` is
+    /// SHA-256 of the certificate the peer presented in TLS, `tls_exporter` the RFC 5705
+    /// exporter value of the session with label
+    /// [`onion_circuit::channel::TLS_EXPORTER_LABEL`], context
+    /// [`Relay::tls_exporter_context`] and length 32. The channel authenticates as us
+    /// (tor-spec §4.4.2).
+    pub fn handle_connected(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        peer_cert_sha256: [u8; 32],
+        tls_exporter: [u8; 32],
+    ) {
+        self.see(now);
+        let wall = self.wall_now();
+        let cfg_peer = self.conns.get(&conn).and_then(|c| c.addr).map(|a| a.ip());
+        let cfg = self.chan_config(cfg_peer, true);
+        let creds = self.creds.clone();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.outbound || c.chan.is_some() {
+            return;
+        }
+        let auth = InitiatorAuth {
+            credentials: creds,
+            tls_exporter,
+        };
+        c.chan = Some(Channel::initiator_authenticated(
+            cfg,
+            c.expected,
+            peer_cert_sha256,
+            auth,
+            self.now,
+            wall,
+            &mut self.rng,
+        ));
+        c.deadline = None;
+        self.pump_conn(conn);
+        self.settle();
+    }
+
+    /// The TLS exporter value asked for by [`Event::TlsExporter`].
+    pub fn provide_tls_exporter(&mut self, conn: ConnId, now: Instant, value: [u8; 32]) {
+        self.see(now);
+        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.chan.as_mut()) else {
+            return;
+        };
+        let _ = ch.provide_tls_exporter(value);
+        self.pump_conn(conn);
+        self.settle();
+    }
+
+    /// Bytes TLS delivered on `conn`. Input beyond [`crate::Limits::channel_inbound`] that
+    /// the channel has not processed closes it.
+    pub fn handle_input(&mut self, conn: ConnId, now: Instant, bytes: &[u8]) {
+        self.see(now);
+        let limit = self.cfg.limits.channel_inbound;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.chan.is_none() {
+            return;
+        }
+        if c.inbuf.len().saturating_add(bytes.len()) > limit {
+            self.close_conn(conn, true);
+            self.settle();
+            return;
+        }
+        c.inbuf.extend_from_slice(bytes);
+        self.unchecked_bytes = self.unchecked_bytes.saturating_add(bytes.len());
+        self.pump_conn(conn);
+        self.settle();
+    }
+
+    /// `conn` closed (EOF, error), or an outbound connection could not be opened: its
+    /// circuits are torn down (DESTROY to their other side) and circuits waiting to extend
+    /// over it fail.
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.see(now);
+        self.close_conn(conn, false);
+        self.settle();
+    }
+
+    /// The embedder's socket for `conn` is full (`true`) or drains again (`false`): while
+    /// blocked, [`Relay::poll_transmit`] skips it and its channel's output grows to
+    /// [`crate::Limits::channel_outbound`], after which circuits keep their cells.
+    pub fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.embedder_blocked = blocked;
+        }
+    }
+
+    /// Time passed: handshake and connect deadlines, keepalives, half-closed streams,
+    /// target connect and resolve deadlines, certificate refresh. `wall` is the wall
+    /// clock now.
+    pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        self.see(now);
+        self.wall = wall;
+        self.wall_at = self.now;
+        let now = self.now;
+        if now >= self.certs_at + CERT_REFRESH {
+            self.refresh_certs();
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.deadline.is_some_and(|d| d <= now) {
+                self.close_conn(id, true);
+                continue;
+            }
+            if let Some(ch) = c.chan.as_mut() {
+                if ch.poll_timeout().is_some_and(|t| t <= now) {
+                    ch.handle_timeout(now);
+                    self.pump_conn(id);
+                }
+            }
+        }
+        let due: Vec<u64> = self
+            .circs
+            .iter()
+            .filter(|(_, c)| c.rc.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            if let Some(c) = self.circs.get_mut(&k) {
+                c.rc.handle_timeout(now);
+                self.dirty.insert(k);
+            }
+        }
+        self.stream_timeouts();
+        self.addrs.expire(now);
+        self.unchecked_bytes = usize::MAX;
+        self.settle();
+    }
+
+    fn refresh_certs(&mut self) {
+        let wall = self.wall_now();
+        let lk = self.keys.link_keys();
+        if let Ok(c) = lk.responder_certs(&self.tls.sha256(), wall) {
+            self.certs = c;
+        }
+        if let Ok(c) = lk.initiator_credentials(&mut self.rng, wall) {
+            self.creds = c;
+        }
+        self.certs_at = self.now;
+    }
+
+    /// When to call [`Relay::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = Some(self.certs_at + CERT_REFRESH);
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for c in self.conns.values() {
+            min(c.deadline);
+            min(c.chan.as_ref().and_then(Channel::poll_timeout));
+        }
+        for c in self.circs.values() {
+            min(c.rc.poll_timeout());
+        }
+        for s in self.streams.values() {
+            min(s.deadline);
+        }
+        t
+    }
+
+    /// Appends bytes for one connection to `out` and names it; `None` when nothing waits.
+    /// Connections are served in turn.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<ConnId> {
+        self.see(now);
+        let start = self.tx_cursor;
+        let after = start.map_or(Vec::new(), |s| {
+            self.conns
+                .range((core::ops::Bound::Excluded(s), core::ops::Bound::Unbounded))
+                .map(|(k, _)| *k)
+                .collect()
+        });
+        let before: Vec<ConnId> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|k| start.map_or(true, |s| *k <= s))
+            .collect();
+        for id in after.into_iter().chain(before) {
+            if self.transmit_one(id, out, usize::MAX) > 0 {
+                self.tx_cursor = Some(id);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Appends at most about `max` bytes for `conn` to `out` (whole cells; at least one
+    /// cell when any waits); returns how many. For an embedder that writes each socket as
+    /// it drains.
+    pub fn poll_transmit_to(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> usize {
+        self.see(now);
+        self.transmit_one(conn, out, max)
+    }
+
+    fn transmit_one(&mut self, id: ConnId, out: &mut Vec<u8>, max: usize) -> usize {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return 0;
+        };
+        if c.embedder_blocked {
+            return 0;
+        }
+        if c.pending_off >= c.pending.len() {
+            c.pending.clear();
+            c.pending_off = 0;
+            if let Some(ch) = c.chan.as_mut() {
+                ch.poll_transmit(&mut c.pending);
+            }
+        }
+        let avail = c.pending.len() - c.pending_off;
+        let n = avail.min(max.max(1));
+        if n == 0 {
+            return 0;
+        }
+        out.extend_from_slice(&c.pending[c.pending_off..c.pending_off + n]);
+        c.pending_off += n;
+        if c.pending_off >= c.pending.len() && c.pending.capacity() > 1 << 20 {
+            c.pending = Vec::new();
+            c.pending_off = 0;
+        }
+        if !c.blocked.is_empty() && c.out_len() < self.cfg.limits.channel_outbound {
+            let b = core::mem::take(&mut c.blocked);
+            self.dirty.extend(b);
+            self.settle();
+        }
+        n
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Channels.
+
+    /// Hand the buffered input to the channel until it takes no more, handling its events
+    /// in between.
+    fn pump_conn(&mut self, conn: ConnId) {
+        loop {
+            let now = self.now;
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(ch) = c.chan.as_mut() else {
+                return;
+            };
+            let used = if c.inbuf.is_empty() {
+                0
+            } else {
+                match ch.handle_input(now, &c.inbuf) {
+                    Ok(n) => n,
+                    Err(_) => c.inbuf.len(),
+                }
+            };
+            c.inbuf.drain(..used);
+            if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {
+                c.inbuf = Vec::new();
+            }
+            let more = !c.inbuf.is_empty();
+            let evented = self.chan_events(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(ctx) = c.chan.as_ref().and_then(Channel::tls_exporter_needed) {
+                    if !c.exporter_asked {
+                        c.exporter_asked = true;
+                        self.events
+                            .push_back(Event::TlsExporter { conn, context: ctx });
+                    }
+                }
+            }
+            if !more || (used == 0 && !evented) {
+                return;
+            }
+        }
+    }
+
+    fn chan_events(&mut self, conn: ConnId) -> bool {
+        let mut any = false;
+        loop {
+            let Some(ev) = self
+                .conns
+                .get_mut(&conn)
+                .and_then(|c| c.chan.as_mut())
+                .and_then(Channel::poll_event)
+            else {
+                return any;
+            };
+            any = true;
+            match ev {
+                ChanEvent::Open(open) => {
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        return any;
+                    };
+                    c.open = true;
+                    c.proven = open.peer;
+                    let waiting = core::mem::take(&mut c.waiting);
+                    for (k, create) in waiting {
+                        self.send_create(k, conn, create);
+                    }
+                }
+                ChanEvent::CircuitCell { circ_id, msg } => self.circ_cell(conn, circ_id, msg),
+                ChanEvent::CircuitKilled { circ_id, .. } => {
+                    // The channel sent DESTROY itself: our side of the circuit goes too.
+                    self.circ_cell(conn, circ_id, ChanMsg::Destroy(DestroyReason::PROTOCOL));
+                }
+                ChanEvent::Closed(e) => {
+                    let reason = match e {
+                        ChanError::IdentityMismatch { .. } => DestroyReason::OR_IDENTITY,
+                        _ => DestroyReason::CONNECTFAILED,
+                    };
+                    self.conn_gone(conn, reason, true);
+                    return any;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Close `conn` ourselves (`tell`: ask the embedder to close it too).
+    fn close_conn(&mut self, conn: ConnId, tell: bool) {
+        if let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.chan.as_mut()) {
+            ch.close();
+        }
+        self.conn_gone(conn, DestroyReason::CONNECTFAILED, tell);
+    }
+
+    /// Forget `conn`: tear down what used it.
+    fn conn_gone(&mut self, conn: ConnId, extend_reason: DestroyReason, tell: bool) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if self.tx_cursor == Some(conn) {
+            self.tx_cursor = None;
+        }
+        if tell {
+            self.events.push_back(Event::Disconnect { conn });
+        }
+        if let Some(ip) = c.peer_ip {
+            self.addrs.close(ip, self.now);
+        }
+        let now = self.now;
+        for (k, _) in c.waiting {
+            if let Some(circ) = self.circs.get_mut(&k) {
+                circ.waiting_on = None;
+                circ.rc.extend_failed(extend_reason);
+                self.dirty.insert(k);
+            }
+        }
+        for k in c.circs {
+            let Some(circ) = self.circs.get_mut(&k) else {
+                continue;
+            };
+            if circ.client.0 == conn {
+                self.by_in.remove(&circ.client);
+                let _ = circ
+                    .rc
+                    .handle_from_client(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
+                self.dirty.insert(k);
+            }
+            if let Some(n) = circ.next.filter(|n| n.0 == conn) {
+                self.by_out.remove(&n);
+                circ.next = None;
+                let _ = circ
+                    .rc
+                    .handle_from_next(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
+                self.dirty.insert(k);
+            }
+            if circ.waiting_on == Some(conn) {
+                circ.waiting_on = None;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Circuits.
+
+    /// A cell for circuit `id` on `conn` (tor-spec §5.5.1: a cell for an unknown circuit
+    /// that is not a CREATE is dropped).
+    fn circ_cell(&mut self, conn: ConnId, id: CircId, msg: ChanMsg<'static>) {
+        let now = self.now;
+        let limit = self.cfg.limits.circuit_queue_cells;
+        if let Some(&k) = self.by_in.get(&(conn, id)) {
+            if matches!(msg, ChanMsg::Destroy(_)) {
+                self.by_in.remove(&(conn, id));
+            }
+            if let Some(c) = self.circs.get_mut(&k) {
+                let _ = c.rc.handle_from_client(now, msg);
+                if c.rc.queued_to_next() > limit || c.rc.queued_to_client() > limit {
+                    self.stats.circuits_killed_queue += 1;
+                    self.kill_circ(k, DestroyReason::RESOURCELIMIT);
+                    return;
+                }
+                self.dirty.insert(k);
+            }
+            return;
+        }
+        if let Some(&k) = self.by_out.get(&(conn, id)) {
+            if matches!(msg, ChanMsg::Destroy(_)) {
+                self.by_out.remove(&(conn, id));
+                if let Some(c) = self.circs.get_mut(&k) {
+                    c.next = None;
+                }
+            }
+            if let Some(c) = self.circs.get_mut(&k) {
+                let _ = c.rc.handle_from_next(now, msg);
+                if c.rc.queued_to_client() > limit {
+                    self.stats.circuits_killed_queue += 1;
+                    self.kill_circ(k, DestroyReason::RESOURCELIMIT);
+                    return;
+                }
+                self.dirty.insert(k);
+            }
+            return;
+        }
+        if matches!(
+            msg,
+            ChanMsg::Create2(_) | ChanMsg::CreateFast(_) | ChanMsg::Create(_)
+        ) {
+            self.create(conn, id, msg);
+        }
+    }
+
+    /// CREATE2 / CREATE_FAST on `conn` (tor-spec §5.1), after the circuit-creation defence.
+    fn create(&mut self, conn: ConnId, id: CircId, msg: ChanMsg<'static>) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let client = c.proven.is_empty();
+        if let (Some(ip), true) = (c.peer_ip, client) {
+            if !self.relay_addrs.contains(&ip)
+                && self.addrs.create(ip, &self.cfg.limits, now) == CreateVerdict::Refuse
+            {
+                self.stats.creates_refused_dos += 1;
+                if let Some(ch) = c.chan.as_mut() {
+                    let _ = ch.send(id, &ChanMsg::Destroy(DestroyReason::RESOURCELIMIT));
+                }
+                return;
+            }
+        }
+        let Some(ch) = c.chan.as_mut() else {
+            return;
+        };
+        match RelayCircuit::accept_with(
+            &self.circ_keys,
+            &self.cfg.circuits,
+            &msg,
+            now,
+            &mut self.rng,
+        ) {
+            Ok((rc, reply)) => {
+                if ch.send(id, &reply).is_err() {
+                    let _ = ch.send(id, &ChanMsg::Destroy(DestroyReason::RESOURCELIMIT));
+                    return;
+                }
+                let k = self.next_circ;
+                self.next_circ += 1;
+                c.circs.insert(k);
+                self.circs.insert(
+                    k,
+                    Circ {
+                        rc,
+                        client: (conn, id),
+                        next: None,
+                        waiting_on: None,
+                        held: false,
+                        streams: BTreeSet::new(),
+                    },
+                );
+                self.by_in.insert((conn, id), k);
+                self.stats.circuits_created += 1;
+            }
+            Err(e) => {
+                let _ = ch.send(id, &ChanMsg::Destroy(e.destroy_reason()));
+            }
+        }
+    }
+
+    /// EXTEND2 (tor-spec §5.1.2, §5.3.1): reuse a channel to that relay, or open one.
+    fn extend(&mut self, k: u64, req: ExtendRequest) {
+        let fail = |s: &mut Self, reason| {
+            if let Some(c) = s.circs.get_mut(&k) {
+                c.rc.extend_failed(reason);
+                s.dirty.insert(k);
+            }
+        };
+        let addr = req
+            .addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| req.addrs.first())
+            .copied();
+        let Some(addr) = addr else {
+            return fail(self, DestroyReason::CONNECTFAILED);
+        };
+        if !self.cfg.extend_allow_private && is_internal(addr.ip()) {
+            return fail(self, DestroyReason::CONNECTFAILED);
+        }
+        let matches = |ids: &PeerIds| {
+            ids.rsa == Some(req.rsa_id) && req.ed_id.map_or(true, |e| ids.ed25519 == Some(e))
+        };
+        let existing = self.conns.iter().find_map(|(id, c)| {
+            let usable = c.chan.as_ref().map_or(true, |ch| !ch.is_closed());
+            let ok = if c.open {
+                matches(&c.proven)
+            } else {
+                c.outbound && matches(&c.expected)
+            };
+            (usable && ok).then_some((*id, c.open))
+        });
+        match existing {
+            Some((conn, true)) => {
+                self.stats.channels_reused += 1;
+                self.send_create(k, conn, req.create);
+            }
+            Some((conn, false)) => {
+                self.stats.channels_reused += 1;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.waiting.push((k, req.create));
+                }
+                if let Some(c) = self.circs.get_mut(&k) {
+                    c.waiting_on = Some(conn);
+                }
+            }
+            None => {
+                if self.conns.len() >= self.cfg.limits.max_connections {
+                    return fail(self, DestroyReason::RESOURCELIMIT);
+                }
+                let conn = ConnId(ConnId::OUTBOUND_BIT | self.next_out);
+                self.next_out += 1;
+                let ids = PeerIds {
+                    rsa: Some(req.rsa_id),
+                    ed25519: req.ed_id,
+                };
+                let mut c = Conn::new(true);
+                c.addr = Some(addr);
+                c.expected = ids;
+                c.deadline = self.now.checked_add(self.cfg.limits.connect_timeout);
+                c.waiting.push((k, req.create));
+                self.conns.insert(conn, c);
+                if let Some(c) = self.circs.get_mut(&k) {
+                    c.waiting_on = Some(conn);
+                }
+                self.stats.channels_opened += 1;
+                self.events.push_back(Event::Connect { conn, addr, ids });
+            }
+        }
+    }
+
+    /// Send circuit `k`'s CREATE2 on the open channel `conn`.
+    fn send_create(&mut self, k: u64, conn: ConnId, create: ChanMsg<'static>) {
+        let Some(circ) = self.circs.get_mut(&k) else {
+            return;
+        };
+        circ.waiting_on = None;
+        if circ.rc.is_closed() {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            circ.rc.extend_failed(DestroyReason::CONNECTFAILED);
+            self.dirty.insert(k);
+            return;
+        };
+        let Some(ch) = c.chan.as_mut() else {
+            return;
+        };
+        let sent = match ch.new_circ_id(&mut self.rng) {
+            Ok(id) => match ch.send(id, &create) {
+                Ok(()) => Some(id),
+                Err(_) => {
+                    ch.release_circ_id(id);
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        match sent {
+            Some(id) => {
+                c.circs.insert(k);
+                self.by_out.insert((conn, id), k);
+                circ.next = Some((conn, id));
+            }
+            None => circ.rc.extend_failed(DestroyReason::RESOURCELIMIT),
+        }
+        self.dirty.insert(k);
+    }
+
+    /// Run dirty circuits until nothing moves, then check memory.
+    fn settle(&mut self) {
+        let mut rounds = 0usize;
+        while let Some(k) = self.dirty.pop_first() {
+            self.step_circ(k);
+            rounds += 1;
+            if rounds > 1_000_000 {
+                break;
+            }
+        }
+        if self.unchecked_bytes >= 64 << 10 {
+            self.unchecked_bytes = 0;
+            self.check_memory();
+            while let Some(k) = self.dirty.pop_first() {
+                self.step_circ(k);
+            }
+        }
+    }
+
+    /// Move circuit `k`'s cells to its channels, handle its events, free it once closed.
+    fn step_circ(&mut self, k: u64) {
+        let limit = self.cfg.limits.channel_outbound;
+        loop {
+            let Some(c) = self.circs.get_mut(&k) else {
+                return;
+            };
+            let mut moved = false;
+            // Toward the next hop.
+            loop {
+                match c.next {
+                    Some((nc, nid)) => {
+                        let Some(ch) = self.conns.get_mut(&nc) else {
+                            c.next = None;
+                            continue;
+                        };
+                        if ch.chan.is_none() {
+                            break;
+                        }
+                        if ch.out_len() >= limit {
+                            ch.blocked.insert(k);
+                            break;
+                        }
+                        let Some(m) = c.rc.poll_to_next() else {
+                            break;
+                        };
+                        moved = true;
+                        let destroy = matches!(m, ChanMsg::Destroy(_));
+                        if let Some(chan) = ch.chan.as_mut() {
+                            let _ = chan.send(nid, &m);
+                        }
+                        if destroy {
+                            self.by_out.remove(&(nc, nid));
+                            c.next = None;
+                        }
+                    }
+                    None => {
+                        let Some(m) = c.rc.poll_to_next() else {
+                            break;
+                        };
+                        moved = true;
+                        if matches!(m, ChanMsg::Destroy(_)) {
+                            if let Some(w) = c.waiting_on.take() {
+                                if let Some(wc) = self.conns.get_mut(&w) {
+                                    wc.waiting.retain(|(x, _)| *x != k);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Toward the client.
+            let (cc, cid) = c.client;
+            match self.conns.get_mut(&cc) {
+                Some(x) if x.chan.is_some() && self.by_in.contains_key(&(cc, cid)) => {
+                    c.rc.set_client_channel_blocked(x.out_len() >= limit);
+                    loop {
+                        if x.out_len() >= limit {
+                            x.blocked.insert(k);
+                            break;
+                        }
+                        let Some(m) = c.rc.poll_to_client(&mut self.rng) else {
+                            break;
+                        };
+                        moved = true;
+                        let destroy = matches!(m, ChanMsg::Destroy(_));
+                        if let Some(chan) = x.chan.as_mut() {
+                            let _ = chan.send(cid, &m);
+                        }
+                        if destroy {
+                            self.by_in.remove(&(cc, cid));
+                        }
+                    }
+                }
+                _ => {
+                    while c.rc.poll_to_client(&mut self.rng).is_some() {
+                        moved = true;
+                    }
+                }
+            }
+            // Exit streams waiting for window.
+            if !c.streams.is_empty() {
+                let hs: Vec<StreamHandle> = c.streams.iter().copied().collect();
+                for h in hs {
+                    moved |= self.flush_stream(h);
+                }
+            }
+            let Some(c) = self.circs.get_mut(&k) else {
+                return;
+            };
+            if !c.held || c.rc.is_closed() {
+                if let Some(ev) = c.rc.poll_event() {
+                    self.circ_event(k, ev);
+                    continue;
+                }
+            }
+            if moved {
+                continue;
+            }
+            let done =
+                c.rc.is_closed() && c.rc.queued_to_client() == 0 && c.rc.queued_to_next() == 0;
+            if done {
+                self.free_circ(k);
+            }
+            return;
+        }
+    }
+
+    fn circ_event(&mut self, k: u64, ev: RelayEvent) {
+        match ev {
+            RelayEvent::Extend(req) => self.extend(k, req),
+            RelayEvent::Begin {
+                stream, host, port, ..
+            } => self.begin(k, stream, host, port),
+            RelayEvent::BeginDir { stream } => self.begin_dir(k, stream),
+            RelayEvent::Resolve { stream, query } => self.resolve(k, stream, query),
+            RelayEvent::Data { stream, data } => self.stream_data(k, stream, data),
+            RelayEvent::StreamEnded { stream, .. } => self.client_ended(k, stream),
+            RelayEvent::Closed { .. } => self.drop_streams(k),
+            // Onion-service messages (INTRODUCE1, ESTABLISH_RENDEZVOUS, ...) are not served
+            // by this relay: it does not advertise HSIntro or HSRend.
+            _ => {}
+        }
+    }
+
+    /// Remove circuit `k` (closed and drained).
+    fn free_circ(&mut self, k: u64) {
+        let Some(c) = self.circs.remove(&k) else {
+            return;
+        };
+        if self.by_in.get(&c.client) == Some(&k) {
+            self.by_in.remove(&c.client);
+        }
+        if let Some(n) = c.next {
+            if self.by_out.get(&n) == Some(&k) {
+                self.by_out.remove(&n);
+            }
+        }
+        if let Some(w) = c.waiting_on {
+            if let Some(wc) = self.conns.get_mut(&w) {
+                wc.waiting.retain(|(x, _)| *x != k);
+            }
+        }
+        for conn in [Some(c.client.0), c.next.map(|n| n.0)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(x) = self.conns.get_mut(&conn) {
+                x.circs.remove(&k);
+                x.blocked.remove(&k);
+            }
+        }
+        for h in c.streams {
+            self.forget_stream(h, true);
+        }
+    }
+
+    /// Close circuit `k` now with DESTROY (`reason`) both ways (tor-spec §5.4), dropping
+    /// its queued cells: the reaction of the queue and memory limits.
+    fn kill_circ(&mut self, k: u64, reason: DestroyReason) {
+        let Some(c) = self.circs.get(&k) else {
+            return;
+        };
+        let (client, next) = (c.client, c.next);
+        if self.by_in.get(&client) == Some(&k) {
+            if let Some(ch) = self.conns.get_mut(&client.0).and_then(|x| x.chan.as_mut()) {
+                let _ = ch.send(client.1, &ChanMsg::Destroy(reason));
+            }
+        }
+        if let Some(n) = next {
+            if let Some(ch) = self.conns.get_mut(&n.0).and_then(|x| x.chan.as_mut()) {
+                let _ = ch.send(n.1, &ChanMsg::Destroy(DestroyReason::DESTROYED));
+            }
+        }
+        self.free_circ(k);
+    }
+
+    /// Bytes circuit `k` holds: its cell queues and its streams' buffers.
+    fn circ_queued(&self, k: u64) -> usize {
+        let Some(c) = self.circs.get(&k) else {
+            return 0;
+        };
+        let cells = (c.rc.queued_to_client() + c.rc.queued_to_next()) * CELL_BYTES;
+        let streams: usize = c
+            .streams
+            .iter()
+            .filter_map(|h| self.streams.get(h))
+            .map(Exit::queued)
+            .sum();
+        cells + streams
+    }
+
+    /// The out-of-memory handler (dos-spec "Responding to low memory"): above
+    /// [`crate::Limits::max_queued_bytes`], close the circuits holding the most queued
+    /// bytes until the total is below 90% of it.
+    fn check_memory(&mut self) {
+        let max = self.cfg.limits.max_queued_bytes;
+        let mut total = self.queued_bytes();
+        if total <= max {
+            return;
+        }
+        let goal = max / 10 * 9;
+        let mut by_size: Vec<(usize, u64)> = self
+            .circs
+            .keys()
+            .map(|k| (self.circ_queued(*k), *k))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, k) in by_size {
+            if total <= goal || bytes == 0 {
+                break;
+            }
+            self.kill_circ(k, DestroyReason::RESOURCELIMIT);
+            self.stats.circuits_killed_oom += 1;
+            total = total.saturating_sub(bytes);
+        }
+    }
+}
+
+/// Stream ids on one circuit as the relay keys them.
+fn skey(k: u64, s: StreamId) -> (u64, u16) {
+    (k, s.get())
+}
