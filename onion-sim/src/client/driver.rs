@@ -239,8 +239,17 @@ pub struct Sim {
     pub connects: usize,
     /// Bytes the client sent and received.
     pub bytes: (u64, u64),
+    /// Connections whose send buffer is full ([`Client::set_blocked`]).
+    blocked: Vec<ConnId>,
+    /// How many times a connection was reported blocked.
+    pub blocked_count: u64,
     out: Vec<u8>,
 }
+
+/// Bytes waiting on a client connection above which it is reported blocked
+/// ([`Client::set_blocked`]), as a socket's full send buffer is; it is unblocked when half
+/// of that is sent.
+pub const CLIENT_SEND_BUFFER: usize = 256 * 1024;
 
 impl core::fmt::Debug for Sim {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -282,6 +291,8 @@ impl Sim {
             conns: HashMap::new(),
             connects: 0,
             bytes: (0, 0),
+            blocked: Vec::new(),
+            blocked_count: 0,
             out: Vec::new(),
         };
         sim.step();
@@ -295,6 +306,7 @@ impl Sim {
         }
         self.links.clear();
         self.conns.clear();
+        self.blocked.clear();
         let (now, wall) = (self.world.now(), self.world.wall());
         self.client = Client::new(
             self.config.clone(),
@@ -427,6 +439,29 @@ impl Sim {
                 if let Some(&link) = self.links.get(&conn) {
                     self.bytes.0 += self.out.len() as u64;
                     self.world.send(link, self.out.clone());
+                    if self.world.backlog(link) >= CLIENT_SEND_BUFFER
+                        && !self.blocked.contains(&conn)
+                    {
+                        self.blocked.push(conn);
+                        self.blocked_count += 1;
+                        self.client.set_blocked(conn, true);
+                    }
+                }
+            }
+            // Sockets whose send buffer drained take bytes again.
+            let mut i = 0;
+            while i < self.blocked.len() {
+                let conn = self.blocked[i];
+                let drained = self
+                    .links
+                    .get(&conn)
+                    .map_or(true, |&l| self.world.backlog(l) <= CLIENT_SEND_BUFFER / 2);
+                if drained {
+                    self.blocked.swap_remove(i);
+                    self.client.set_blocked(conn, false);
+                    moved = true;
+                } else {
+                    i += 1;
                 }
             }
             moved |= self.world.pump();
@@ -466,7 +501,13 @@ impl Sim {
         let now = self.now();
         let net = self.world.next_time();
         let timer = self.client.poll_timeout();
-        let next = [net, timer].into_iter().flatten().min();
+        let drain = self
+            .blocked
+            .iter()
+            .filter_map(|c| self.links.get(c))
+            .filter_map(|&l| self.world.drains_at(l, CLIENT_SEND_BUFFER / 2))
+            .min();
+        let next = [net, timer, drain].into_iter().flatten().min();
         let Some(mut next) = next.filter(|&t| t <= limit) else {
             self.world.advance_to(limit);
             self.client.handle_timeout(limit, self.world.wall());

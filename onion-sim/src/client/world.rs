@@ -794,7 +794,27 @@ impl World {
         c.pipes[1].push(at, bytes, c.latency, c.bandwidth);
     }
 
-    /// Close a client connection; the relay learns it one latency later.
+    /// Bytes the client wrote on `link` that its access link has not sent yet (what would
+    /// sit in its socket's send buffer).
+    pub fn backlog(&self, link: LinkId) -> usize {
+        let Some(&ci) = self.client_links.get(link.0) else {
+            return 0;
+        };
+        let c = &self.conns[ci];
+        c.pipes[1].backlog(self.now, c.bandwidth)
+    }
+
+    /// When `link`'s backlog falls to `level` bytes (`None`: it never grows, or is there).
+    pub fn drains_at(&self, link: LinkId, level: usize) -> Option<Instant> {
+        let &ci = self.client_links.get(link.0)?;
+        let c = &self.conns[ci];
+        c.pipes[1]
+            .drains_to(level, c.bandwidth)
+            .filter(|&t| t > self.now)
+    }
+
+    /// Close a client connection; the relay learns it one latency later, after the bytes
+    /// already written.
     pub fn close(&mut self, link: LinkId) {
         let Some(&ci) = self.client_links.get(link.0) else {
             return;
@@ -802,7 +822,9 @@ impl World {
         let now = self.now;
         let c = &mut self.conns[ci];
         if c.close_at[1].is_none() {
-            c.close_at[1] = Some(now + c.latency);
+            // After the bytes already written (TCP closes after its send buffer drains).
+            let last = c.pipes[1].q.back().map_or(now, |(t, _)| *t);
+            c.close_at[1] = Some((now + c.latency).max(last));
         }
         c.close_at[0].get_or_insert(now);
         c.announced = true;
