@@ -7,6 +7,7 @@ pub mod get;
 pub mod handshake;
 pub mod hs;
 pub mod path;
+pub mod proxy;
 pub mod serve;
 pub mod sim;
 pub mod socks;

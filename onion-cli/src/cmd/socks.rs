@@ -120,7 +120,7 @@ fn parse_listen(v: &str) -> Result<SocketAddr, String> {
 
 /// How many SOCKS connections are served at once. Each costs a socket and two threads
 /// ([`Pipe`]); a browser opens a few dozen at most.
-const MAX_CONNS: usize = 512;
+pub(super) const MAX_CONNS: usize = 512;
 /// The first pause after `accept` failed.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause after `accept` failed again and again.
@@ -128,7 +128,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How many bytes a client may send before its stream is open (greeting, request and
 /// optimistic data; a request is at most 262 bytes).
-const HANDSHAKE_READ: usize = 1024;
+pub(super) const HANDSHAKE_READ: usize = 1024;
 /// Attempts at opening one stream (C tor retries a refused stream a bounded number of times).
 const ATTEMPTS: usize = 3;
 /// How long a stream may wait for CONNECTED before it is retried elsewhere (C tor waits
@@ -292,7 +292,7 @@ fn check_listen(addr: SocketAddr, allow: bool) -> Result<Option<String>, String>
 
 /// One connection's place under [`MAX_CONNS`]: the accept thread counted it in when it
 /// accepted the socket; dropping the slot counts it out.
-struct Slot(Arc<AtomicUsize>);
+pub(super) struct Slot(pub(super) Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -329,7 +329,7 @@ impl Backoff {
 /// connection over the limit is closed at once. A failed `accept` pauses the thread
 /// ([`Backoff`], through `sleep`). `log` gets one line per burst of failures or refusals.
 /// Returns when the event loop is gone.
-fn accept_loop(
+pub(super) fn accept_loop(
     mut accept: impl FnMut() -> io::Result<TcpStream>,
     tx: &SyncSender<Input>,
     live: &AtomicUsize,
@@ -393,6 +393,16 @@ pub fn run(args: Args) -> Result<(), String> {
         eprintln!("{w}");
     }
     let listener = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
+    if crate::net::driver::enabled() {
+        return super::proxy::run(
+            &opts,
+            listener,
+            listen,
+            handshake_timeout,
+            extended_errors,
+            congestion_control,
+        );
+    }
     let mut client = Client::new();
     let mut dir = opts.bootstrap(&mut client)?;
     let mut onion_cc = None;
@@ -1131,7 +1141,7 @@ fn begin_flags(host: &str) -> BeginFlags {
 
 /// RFC 1928 reply code for the RELAY_END reason (tor-spec §6.3) that finally refused a
 /// stream: the one C tor's SocksPort sends (`stream_end_reason_to_socks5_response`).
-fn socks_code(reason: EndReason) -> u8 {
+pub(super) fn socks_code(reason: EndReason) -> u8 {
     match reason {
         // "connection not allowed by ruleset"
         EndReason::EXITPOLICY => 2,

@@ -70,6 +70,79 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<usize>, SocksError> {
     Ok(Some(end))
 }
 
+/// The method-selection reply "username/password" (RFC 1929).
+pub const USER_PASS: [u8; 2] = [VER, 0x02];
+/// The RFC 1929 reply "success": any username and password are accepted; they only name an
+/// isolation class (C tor's `IsolateSOCKSAuth`, on by default).
+pub const AUTH_OK: [u8; 2] = [1, 0];
+
+/// The authentication method chosen from a greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// No authentication (0x00).
+    NoAuth,
+    /// Username and password (0x02, RFC 1929), chosen whenever offered, as C tor does
+    /// (unless its `PreferSOCKSNoAuth`): the pair isolates the client's streams.
+    UserPass,
+}
+
+/// Parse the greeting (VER, NMETHODS, METHODS); returns the bytes consumed and the method
+/// chosen: username/password when offered, else no authentication.
+pub fn parse_greeting_method(buf: &[u8]) -> Result<Option<(usize, Method)>, SocksError> {
+    let Some(end) = parse_greeting_any(buf)? else {
+        return Ok(None);
+    };
+    let methods = &buf[2..end];
+    if methods.contains(&2) {
+        Ok(Some((end, Method::UserPass)))
+    } else if methods.contains(&0) {
+        Ok(Some((end, Method::NoAuth)))
+    } else {
+        Err(err(
+            None,
+            "client offers neither \"no authentication\" nor username/password",
+        ))
+    }
+}
+
+/// The length of a greeting whose version is right, whatever its methods.
+fn parse_greeting_any(buf: &[u8]) -> Result<Option<usize>, SocksError> {
+    let [ver, n, ..] = *buf else {
+        return Ok(None);
+    };
+    if ver != VER {
+        return Err(err(
+            None,
+            format!("version {ver}, only SOCKS5 is supported"),
+        ));
+    }
+    let end = 2 + usize::from(n);
+    Ok(buf.get(2..end).map(|_| end))
+}
+
+/// A username and password (RFC 1929): the isolation class they name.
+pub type Credentials = (Vec<u8>, Vec<u8>);
+
+/// Parse an RFC 1929 username/password request (VER=1, ULEN, UNAME, PLEN, PASSWD); returns
+/// the bytes consumed and the username and password.
+pub fn parse_user_pass(buf: &[u8]) -> Result<Option<(usize, Credentials)>, SocksError> {
+    let [ver, ulen, ..] = *buf else {
+        return Ok(None);
+    };
+    if ver != 1 {
+        return Err(err(None, format!("username/password version {ver}, not 1")));
+    }
+    let uend = 2 + usize::from(ulen);
+    let Some(&plen) = buf.get(uend) else {
+        return Ok(None);
+    };
+    let end = uend + 1 + usize::from(plen);
+    let Some(pass) = buf.get(uend + 1..end) else {
+        return Ok(None);
+    };
+    Ok(Some((end, (buf[2..uend].to_vec(), pass.to_vec()))))
+}
+
 /// Parse a request (VER CMD RSV ATYP DST.ADDR DST.PORT); returns bytes consumed and target.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, Target)>, SocksError> {
     let [ver, cmd, _rsv, atyp, ..] = *buf else {
@@ -243,6 +316,33 @@ pub fn destination(host: &str) -> Result<Destination, NameRefused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Username/password is chosen when offered (C tor's IsolateSOCKSAuth), "no
+    /// authentication" otherwise; a greeting offering neither is refused.
+    #[test]
+    fn greeting_methods_and_user_pass() {
+        assert_eq!(parse_greeting_method(&[5, 1]), Ok(None));
+        assert_eq!(
+            parse_greeting_method(&[5, 1, 0]),
+            Ok(Some((3, Method::NoAuth)))
+        );
+        assert_eq!(
+            parse_greeting_method(&[5, 2, 0, 2, 9]),
+            Ok(Some((4, Method::UserPass)))
+        );
+        assert!(parse_greeting_method(&[5, 1, 1]).is_err());
+        assert!(parse_greeting_method(&[4, 1, 0]).is_err());
+        let req = [1, 2, b'u', b'1', 3, b'p', b'w', b'd', 0xAA];
+        for n in 0..8 {
+            assert_eq!(parse_user_pass(&req[..n]), Ok(None), "{n}");
+        }
+        assert_eq!(
+            parse_user_pass(&req),
+            Ok(Some((8, (b"u1".to_vec(), b"pwd".to_vec()))))
+        );
+        assert_eq!(parse_user_pass(&[1, 0, 0]), Ok(Some((3, (vec![], vec![])))));
+        assert!(parse_user_pass(&[5, 0, 0]).is_err());
+    }
 
     #[test]
     fn greeting() {
