@@ -139,6 +139,10 @@ pub enum Error {
     /// A bound of [`crate::Limits`] is reached.
     #[error("limit reached: {0}")]
     Resource(&'static str),
+    /// Connecting to or hosting an onion service failed ([`crate::hs::HsError`]: the
+    /// proposal 304 classes, [`crate::hs::HsError::socks5_reply`]).
+    #[error("onion service: {0}")]
+    OnionService(crate::hs::HsError),
     /// A misuse of the API.
     #[error("misuse: {0}")]
     Misuse(&'static str),
@@ -162,6 +166,7 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::GaveUp { last, .. } => last.kind(),
             Error::Misuse(_) => ErrorKind::Misuse,
+            Error::OnionService(e) => e.kind(),
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Resource(_) => ErrorKind::Resource,
             Error::NoPath(_) => ErrorKind::Network,

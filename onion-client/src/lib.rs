@@ -60,6 +60,7 @@
 
 mod client;
 pub mod dir;
+pub mod hs;
 pub mod guards;
 mod error;
 pub mod predict;
