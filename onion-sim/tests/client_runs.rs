@@ -160,3 +160,37 @@ fn benchmark_hundred_parallel_mebibyte_streams() {
     assert_eq!(rep.ok, 100, "{:?}", rep.failures);
     assert_eq!(rep.body_bytes, 100 << 20);
 }
+
+/// The benchmark run with congestion control (proposal 324) negotiated with the exits:
+/// every body intact, and faster than fixed windows on the same network.
+#[test]
+fn benchmark_with_congestion_control() {
+    let run = |cc: bool| {
+        let (mut sim, _) = runs::bootstrapped(WorldConfig {
+            congestion_control: cc,
+            ..cfg(10)
+        })
+        .expect("bootstrap");
+        let cpu = std::time::Instant::now();
+        let rep = runs::streams(
+            &mut sim,
+            20,
+            1 << 20,
+            Isolation::NONE,
+            Duration::from_secs(3600),
+        )
+        .expect("streams");
+        println!(
+            "20 x 1 MiB, congestion control {cc}: {} ok in {:.2} s virtual ({:.1} MB/s), CPU {:.2} s",
+            rep.ok,
+            rep.time.as_secs_f64(),
+            rep.throughput() / 1e6,
+            cpu.elapsed().as_secs_f64()
+        );
+        assert_eq!(rep.ok, 20, "{:?}", rep.failures);
+        rep.throughput()
+    };
+    let fixed = run(false);
+    let vegas = run(true);
+    assert!(vegas > fixed, "{vegas} vs {fixed}");
+}

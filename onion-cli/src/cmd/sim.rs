@@ -57,6 +57,10 @@ pub struct Args {
     /// With --client: the number of parallel streams.
     #[arg(long, value_name = "N", requires = "client", value_parser = clap::value_parser!(u64).range(1..=1000))]
     streams: Option<u64>,
+    /// With --client: relays offer congestion control (proposal 324) and the client
+    /// negotiates it with the exits.
+    #[arg(long, requires = "client")]
+    congestion_control: bool,
     /// With --onion: the number of relays.
     #[arg(long, value_name = "N", requires = "onion")]
     relays: Option<usize>,
@@ -279,6 +283,7 @@ fn run_client(args: &Args) -> Result<(), String> {
         cfg.relay_link.bandwidth = b.saturating_mul(125_000);
         cfg.client_link.bandwidth = b.saturating_mul(125_000);
     }
+    cfg.congestion_control = args.congestion_control;
     let streams = args.streams.unwrap_or(100) as usize;
     let bytes = args.bytes.unwrap_or(1 << 20);
     let started = Instant::now();
@@ -301,6 +306,7 @@ fn run_client(args: &Args) -> Result<(), String> {
     if args.json {
         let out = serde_json::json!({
             "seed": cfg.seed,
+            "congestion_control": cfg.congestion_control,
             "relays": sim.world.n_relays(),
             "bootstrap_virtual_s": boot.time.as_secs_f64(),
             "bootstrap_wall_s": boot_wall.as_secs_f64(),
@@ -320,10 +326,15 @@ fn run_client(args: &Args) -> Result<(), String> {
         return print_json(&out, ok, "a fetched body");
     }
     println!(
-        "onion sim --client: onion_client::Client on {} simulated relays ({} authorities), seed {}",
+        "onion sim --client: onion_client::Client on {} simulated relays ({} authorities), seed {}, {}",
         sim.world.n_relays(),
         cfg.authorities,
-        cfg.seed
+        cfg.seed,
+        if cfg.congestion_control {
+            "congestion control (Tor Vegas) with the exits"
+        } else {
+            "fixed SENDME windows"
+        }
     );
     println!(
         "bootstrap:   {} relays usable after {:.3} s virtual ({} directory requests, {} connections; {:.2} s wall with key generation)",

@@ -260,11 +260,13 @@ impl core::fmt::Debug for Sim {
     }
 }
 
-/// The client configuration for `world`: its authorities, microdescriptors, C tor's
-/// defaults otherwise.
+/// The client configuration for `world`: its authorities, microdescriptors, congestion
+/// control if the world's relays offer it, C tor's defaults otherwise.
 pub fn client_config(world: &World) -> ClientConfig {
     let dir = DirConfig::new(world.authorities(), vec![], DirMode::Micro);
-    ClientConfig::new(dir)
+    let mut cfg = ClientConfig::new(dir);
+    cfg.congestion_control = world.config().congestion_control;
+    cfg
 }
 
 fn sim_err(e: impl core::fmt::Display) -> SimError {

@@ -34,7 +34,7 @@ use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
 use onion_cell::CircId;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds, RelayLinkKeys};
-use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys, RelayOutput};
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
@@ -108,6 +108,10 @@ pub struct WorldConfig {
     pub client_link: LinkSpec,
     /// One-way delay between an exit and the web server.
     pub web_latency: Duration,
+    /// Whether relays answer a congestion-control request (proposal 324: Tor Vegas with
+    /// the default parameters, XON/XOFF on exit streams); otherwise every circuit runs fixed
+    /// windows (tor-spec §7.3).
+    pub congestion_control: bool,
     /// Whether to record story lines.
     pub story: bool,
 }
@@ -129,6 +133,7 @@ impl Default for WorldConfig {
                 bandwidth: 12_500_000,
             },
             web_latency: Duration::from_millis(5),
+            congestion_control: false,
             story: false,
         }
     }
@@ -1245,7 +1250,11 @@ impl World {
         if !matches!(msg, ChanMsg::Create2(_) | ChanMsg::CreateFast(_)) {
             return;
         }
-        match RelayCircuit::accept(&relay.keys, &msg, now, &mut self.rng) {
+        let mut rcfg = RelayConfig::default();
+        if self.cfg.congestion_control {
+            rcfg.congestion_control = Some(onion_circuit::cc::CcConfig::default());
+        }
+        match RelayCircuit::accept_with(&relay.keys, &rcfg, &msg, now, &mut self.rng) {
             Ok((circ, reply)) => {
                 let Some(Some(s)) = relay.chans.get_mut(c) else {
                     return;
