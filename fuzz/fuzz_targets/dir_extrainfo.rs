@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("fixture master key");
     for d in docs {
         let _ = d.peek().sha256;
-        let _ = d.clone().verify(&key, Some(&master), Timestamp(1_796_000_000));
+        let _ = d
+            .clone()
+            .verify(&key, Some(&master), Timestamp(1_796_000_000));
         let _ = d.verify(&key, None, Timestamp(1_796_000_000));
     }
 });

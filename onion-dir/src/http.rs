@@ -10,6 +10,9 @@
 //! compressed streams are accepted, as §6.1 requires). `x-zstd` and
 //! `x-tor-lzma` are never advertised, so a server must not send them; if one
 //! does, the reader returns [`HttpError::UnsupportedEncoding`].
+//!
+//! A relay's descriptor upload (dir-spec §2.1, `POST /tor/` to each authority) is built by
+//! [`descriptor_upload`] and the authority's answer read by [`parse_upload_response`].
 
 use flate2::{Decompress, FlushDecompress, Status};
 
@@ -412,11 +415,187 @@ fn gzip_header_len(b: &[u8]) -> Option<usize> {
     (pos <= b.len()).then_some(pos)
 }
 
+/// Where relays upload their server descriptor and extra-info document: `POST /tor/` to
+/// each directory authority (dir-spec §2.1 "Uploading server descriptors and extra-info
+/// documents").
+pub const DESCRIPTOR_UPLOAD_PATH: &str = "/tor/";
+/// Largest server descriptor authorities accept (dir-spec §2.1: 20,000 bytes).
+pub const MAX_SERVER_DESCRIPTOR_BYTES: usize = 20_000;
+/// Largest extra-info document authorities accept (dir-spec §2.1: 50,000 bytes).
+pub const MAX_EXTRA_INFO_BYTES: usize = 50_000;
+
+/// The bytes of the HTTP/1.0 request that uploads a relay's signed server descriptor,
+/// followed by its extra-info document, to the directory authority at `authority` (its
+/// DirPort), as C tor 0.4.9 sends it (dir-spec §2.1): `POST /tor/ HTTP/1.0`, `Host`
+/// (without the port when it is 80), `X-Desc-Gen-Reason` (why the descriptor was made;
+/// authorities only log it, and characters other than printable ASCII are dropped from it),
+/// `Content-Length`, a blank line, then the documents.
+///
+/// Refuses documents over dir-spec's size limits, which authorities reject anyway.
+pub fn descriptor_upload(
+    authority: std::net::SocketAddr,
+    descriptor: &str,
+    extra_info: Option<&str>,
+    reason: &str,
+) -> Result<Vec<u8>, HttpError> {
+    if descriptor.len() > MAX_SERVER_DESCRIPTOR_BYTES {
+        return Err(HttpError::BadRequest(
+            "server descriptor longer than 20,000 bytes",
+        ));
+    }
+    if extra_info.is_some_and(|e| e.len() > MAX_EXTRA_INFO_BYTES) {
+        return Err(HttpError::BadRequest(
+            "extra-info document longer than 50,000 bytes",
+        ));
+    }
+    let host = match (authority.ip(), authority.port()) {
+        (std::net::IpAddr::V4(a), 80) => a.to_string(),
+        (std::net::IpAddr::V6(a), 80) => format!("[{a}]"),
+        (_, _) => authority.to_string(),
+    };
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(256)
+        .collect();
+    let reason = reason.trim();
+    let body_len = descriptor.len() + extra_info.map_or(0, str::len);
+    let mut out = format!(
+        "POST {DESCRIPTOR_UPLOAD_PATH} HTTP/1.0\r\nHost: {host}\r\nX-Desc-Gen-Reason: {}\r\nContent-Length: {body_len}\r\n\r\n",
+        if reason.is_empty() { "unspecified" } else { reason }
+    )
+    .into_bytes();
+    out.reserve(body_len);
+    out.extend_from_slice(descriptor.as_bytes());
+    if let Some(e) = extra_info {
+        out.extend_from_slice(e.as_bytes());
+    }
+    Ok(out)
+}
+
+/// What a directory authority answered to a descriptor upload (C tor's
+/// `directory_handle_command_post` and `handle_response_upload_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// 200: the descriptor was added. The reason phrase is the authority's message.
+    Accepted {
+        /// The reason phrase.
+        message: String,
+    },
+    /// 200 with `X-Descriptor-Not-New: Yes`: the authority already had this descriptor
+    /// or one that makes it redundant. Not an error: C tor goes on as if it was accepted.
+    NotNew,
+    /// 400: the authority refused the descriptor; the reason phrase says why (e.g. a
+    /// rejected fingerprint, a bad signature, an unsupported version).
+    Rejected {
+        /// The reason phrase, as received (escape it before display).
+        reason: String,
+    },
+    /// Any other status, e.g. 503 from a directory that is not an authority.
+    Unexpected {
+        /// The status code.
+        status: u16,
+        /// The reason phrase, as received.
+        reason: String,
+    },
+}
+
+/// Parses an authority's answer to [`descriptor_upload`] from the start of `buf`;
+/// `Ok(None)` until the whole head has arrived (the body, if any, is not needed).
+/// Malformed heads and heads over [`MAX_HEAD_BYTES`] are errors.
+pub fn parse_upload_response(buf: &[u8]) -> Result<Option<UploadOutcome>, HttpError> {
+    let Some((head, _)) = parse_head(buf)? else {
+        return Ok(None);
+    };
+    Ok(Some(match head.status {
+        200 if head
+            .header("X-Descriptor-Not-New")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")) =>
+        {
+            UploadOutcome::NotNew
+        }
+        200 => UploadOutcome::Accepted {
+            message: head.reason,
+        },
+        400 => UploadOutcome::Rejected {
+            reason: head.reason,
+        },
+        status => UploadOutcome::Unexpected {
+            status,
+            reason: head.reason,
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::io::Write;
+
+    #[test]
+    fn descriptor_upload_request_is_c_tors() {
+        let auth: std::net::SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let req = descriptor_upload(
+            auth,
+            "router x\n",
+            Some("extra-info x\n"),
+            "I just started\r\nX: y",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(req).unwrap(),
+            "POST /tor/ HTTP/1.0\r\nHost: 127.0.0.1:7001\r\nX-Desc-Gen-Reason: I just startedX: y\r\nContent-Length: 22\r\n\r\nrouter x\nextra-info x\n"
+        );
+        let v6: std::net::SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let req = String::from_utf8(descriptor_upload(v6, "d", None, "").unwrap()).unwrap();
+        assert!(req.starts_with("POST /tor/ HTTP/1.0\r\nHost: [2001:db8::1]\r\nX-Desc-Gen-Reason: unspecified\r\nContent-Length: 1\r\n\r\nd"));
+        let big = "x".repeat(MAX_SERVER_DESCRIPTOR_BYTES + 1);
+        assert!(matches!(
+            descriptor_upload(auth, &big, None, ""),
+            Err(HttpError::BadRequest(_))
+        ));
+        let big = "x".repeat(MAX_EXTRA_INFO_BYTES + 1);
+        assert!(matches!(
+            descriptor_upload(auth, "d", Some(&big), ""),
+            Err(HttpError::BadRequest(_))
+        ));
+        // The request parses as HTTP: the head ends where the body starts.
+        let req = descriptor_upload(auth, "router x\n", None, "r").unwrap();
+        let end = find(&req, b"\r\n\r\n").unwrap();
+        assert_eq!(&req[end + 4..], b"router x\n");
+    }
+
+    #[test]
+    fn upload_responses_as_c_tor_authorities_send_them() {
+        assert_eq!(
+            parse_upload_response(
+                b"HTTP/1.0 200 OK\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n\r\n"
+            )
+            .unwrap(),
+            Some(UploadOutcome::Accepted {
+                message: "OK".into()
+            })
+        );
+        assert_eq!(
+            parse_upload_response(b"HTTP/1.0 200 OK\r\nDate: x\r\nContent-Type: text/plain\r\nX-Descriptor-Not-New: Yes\r\n\r\n").unwrap(),
+            Some(UploadOutcome::NotNew)
+        );
+        assert_eq!(
+            parse_upload_response(b"HTTP/1.0 400 Fingerprint is marked rejected -- if you think this is a mistake please set a valid email address in ContactInfo and send an email to bad-relays@lists.torproject.org mentioning your fingerprint(s)?\r\n\r\n").unwrap(),
+            Some(UploadOutcome::Rejected { reason: "Fingerprint is marked rejected -- if you think this is a mistake please set a valid email address in ContactInfo and send an email to bad-relays@lists.torproject.org mentioning your fingerprint(s)?".into() })
+        );
+        assert_eq!(
+            parse_upload_response(b"HTTP/1.0 503 Not acting as a public relay\r\n\r\n").unwrap(),
+            Some(UploadOutcome::Unexpected {
+                status: 503,
+                reason: "Not acting as a public relay".into()
+            })
+        );
+        assert_eq!(parse_upload_response(b"HTTP/1.0 200 OK\r\n").unwrap(), None);
+        assert!(parse_upload_response(b"HTTP/9 200 OK\r\n\r\n").is_err());
+        assert!(parse_upload_response(&vec![b'a'; MAX_HEAD_BYTES + 1]).is_err());
+    }
 
     fn zlib(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());

@@ -386,6 +386,12 @@ impl ServerDescriptor {
             s.push_str("tunnelled-dir-server\n");
         }
         let digest = sign(&mut s, keys, rng)?;
+        if s.len() > crate::http::MAX_SERVER_DESCRIPTOR_BYTES {
+            return Err(EncodeError::BadField {
+                field: "router",
+                reason: "descriptor longer than the 20,000 bytes authorities accept (family or exit policy too long)",
+            });
+        }
         Ok(SignedDescriptor { text: s, digest })
     }
 }

@@ -32,7 +32,8 @@ fn keys(tap: bool) -> &'static RelayKeySet {
     static WITHOUT: OnceLock<RelayKeySet> = OnceLock::new();
     let (cell, seed) = if tap { (&WITH, 1) } else { (&WITHOUT, 2) };
     cell.get_or_init(|| {
-        RelayKeySet::generate(&mut ChaCha20Rng::seed_from_u64(seed), UnixTime(T0), tap).expect("keys")
+        RelayKeySet::generate(&mut ChaCha20Rng::seed_from_u64(seed), UnixTime(T0), tap)
+            .expect("keys")
     })
 }
 
@@ -334,6 +335,22 @@ fn fields_that_would_break_the_document_are_refused() {
             other => panic!("{field}: {other:?}"),
         }
     }
+    // A descriptor authorities would refuse for its size (dir-spec §2.1: 20,000 bytes).
+    let huge = ServerDescriptor {
+        exit_policy: ExitPolicy {
+            rules: (1..=2000)
+                .map(|p| rule("accept", &format!("*:{p}")))
+                .collect(),
+        },
+        ..base.clone()
+    };
+    assert!(matches!(
+        huge.encode(keys, &p, &mut rng),
+        Err(EncodeError::BadField {
+            field: "router",
+            ..
+        })
+    ));
     // An empty policy is written as C tor writes it.
     let d = ServerDescriptor {
         exit_policy: ExitPolicy::default(),
@@ -347,6 +364,29 @@ fn fields_that_would_break_the_document_are_refused() {
             || d.text.contains("\nreject *:*\ntunnelled-dir-server\n")
     );
     assert!(!d.text.contains("ipv6-policy"));
+}
+
+/// The upload request carries the descriptor then the extra-info document, each intact.
+#[test]
+fn upload_request_carries_both_documents() {
+    let keys = keys(true);
+    let mut want = sample(Timestamp::from_unix(T0));
+    let (d, ei) = publish(&mut want, keys, 8);
+    let req = onion_dir::http::descriptor_upload(
+        "127.0.0.1:7001".parse().expect("addr"),
+        &d.text,
+        Some(&ei.text),
+        "I just started",
+    )
+    .expect("request");
+    let text = String::from_utf8(req).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head");
+    assert!(head.starts_with("POST /tor/ HTTP/1.0\r\n"));
+    assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
+    let (desc_part, ei_part) = body.split_at(d.text.len());
+    verify(desc_part, T0);
+    assert_eq!(ei_part, ei.text);
+    assert!(UnverifiedExtraInfo::parse(ei_part).is_ok());
 }
 
 /// C tor's own extra-info documents parse, and relay0's verifies against its descriptor
