@@ -34,6 +34,8 @@ pub(crate) struct Chan {
     pub rr: usize,
     /// With no circuit since: closed at this time (C tor closes idle client channels).
     pub idle_close: Option<Instant>,
+    /// The embedder's connection takes no more bytes for now.
+    pub blocked: bool,
 }
 
 impl Chan {
@@ -48,6 +50,7 @@ impl Chan {
             circs: Vec::new(),
             rr: 0,
             idle_close: None,
+            blocked: false,
         }
     }
 

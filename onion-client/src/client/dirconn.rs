@@ -27,10 +27,7 @@ impl super::Client {
                 let ev = match ev {
                     DirEvent::Progress { percent, what } => Event::Bootstrap { percent, what },
                     DirEvent::Directory(d) => {
-                        self.cc = super::circ::exit_cc(&d);
-                        self.build_times.set_params(d.param_entries());
-                        let wall = self.wall_now();
-                        self.guards.on_directory(&d, wall, &mut self.rng);
+                        self.new_directory(&d);
                         Event::DirectoryChanged(d)
                     }
                     DirEvent::Persist {
@@ -60,10 +57,6 @@ impl super::Client {
 
     /// Hand the answer to request `req` to the directory machine.
     pub(super) fn dir_answer(&mut self, req: RequestId, answer: Result<Vec<u8>, Failure>) {
-        // The onion-service machines' requests are theirs (`onion.rs`).
-        let Some(answer) = self.hs_take_dir_answer(req, answer) else {
-            return;
-        };
         let wall = self.wall_now();
         self.dir
             .handle_response(req, self.now, wall, answer, &mut self.rng);

@@ -14,7 +14,6 @@ mod circ;
 mod config;
 mod dirconn;
 mod event;
-mod onion;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -88,8 +87,6 @@ pub struct Client {
     next_stream: u64,
     /// The connection `poll_transmit` served last (connections take turns).
     tx_last: Option<ConnId>,
-    /// Onion services: the client and host sub-machines and their links (`onion.rs`).
-    hs: onion::HsLinks,
 }
 
 impl std::fmt::Debug for Client {
@@ -154,7 +151,6 @@ impl Client {
                 .unwrap_or_else(|_| BuildTimes::new(no_params)),
             None => BuildTimes::new(no_params),
         };
-        let hs = onion::HsLinks::new(&config, now, wall);
         let mut c = Client {
             cfg: config,
             rng,
@@ -174,7 +170,6 @@ impl Client {
             next_circ: 0,
             next_stream: 0,
             tx_last: None,
-            hs,
         };
         c.drive_dir();
         Ok(c)
@@ -195,6 +190,36 @@ impl Client {
         self.dir.directory().is_some()
     }
 
+    /// Use `directory`, verified elsewhere, as if bootstrap had fetched it, and refresh it
+    /// from then on as usual (a refresh starts at once). For simulations and tests whose relays are synthetic (a
+    /// [`Directory::from_consensus`] of documents they made): an embedder on a real network
+    /// lets the client fetch and verify its directory. Errors with [`Error::Misuse`] when
+    /// the directory's mode is not the configured one.
+    pub fn adopt_directory(
+        &mut self,
+        directory: Arc<Directory>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        self.see(now);
+        let wall = self.wall_now();
+        let cfg = self.cfg.dir.clone();
+        // It starts refreshing at once, as a machine made for a refresh does.
+        self.dir = DirMachine::refreshing(cfg, directory.clone(), self.now, wall, &mut self.rng)?;
+        self.new_directory(&directory);
+        self.emit(Event::DirectoryChanged(directory));
+        self.settle();
+        Ok(())
+    }
+
+    /// A new directory is in use: the guard module, the build-time parameters and the
+    /// congestion-control parameters follow it.
+    fn new_directory(&mut self, d: &Arc<Directory>) {
+        self.cc = circ::exit_cc(d);
+        self.build_times.set_params(d.param_entries());
+        let wall = self.wall_now();
+        self.guards.on_directory(d, wall, &mut self.rng);
+    }
+
     /// Channels, circuits and streams held now (for reports and memory tests).
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.chans.len(), self.circs.len(), self.streams.len())
@@ -213,7 +238,6 @@ impl Client {
     /// Work that follows every input: streams find circuits, the directory machine's
     /// requests are carried, writable streams are told.
     fn settle(&mut self) {
-        self.drive_hs();
         self.drive_dir();
         self.attach_streams();
         self.drive_dir();
@@ -294,6 +318,17 @@ impl Client {
         self.settle();
     }
 
+    /// The embedder's connection `conn` cannot take more bytes (`true`: its socket's send
+    /// buffer is full), or can again (`false`). While blocked, [`Client::poll_transmit`]
+    /// gives nothing for it, and its circuits' cells stay in the circuits (whose windows
+    /// bound them, tor-spec §7.3): nothing is dropped and the embedder need not buffer more
+    /// than one `poll_transmit` worth. Unknown connections are ignored.
+    pub fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
+        if let Some(c) = self.chans.get_mut(&conn) {
+            c.blocked = blocked;
+        }
+    }
+
     /// Time passed: deadlines up to `now` fire (connects, link handshakes, circuit builds,
     /// streams waiting for a circuit or a CONNECTED, directory requests), idle channels and
     /// circuits close, and a directory refresh that is due starts. `wall` is the wall clock
@@ -308,7 +343,6 @@ impl Client {
         self.chan_timeouts();
         self.circ_timeouts();
         self.stream_timeouts();
-        self.hs_timeout();
         self.settle();
     }
 
@@ -478,8 +512,9 @@ impl Client {
     /// Append bytes to send on one connection to `out` and return it, or `None` when no
     /// connection has anything to send. Connections take turns; on each, the circuits with
     /// cells take turns one cell at a time, and cells are taken from circuits only while
-    /// the channel holds less than [`Limits::channel_outbound`] bytes: a connection the
-    /// embedder cannot write holds its circuits back (nothing is dropped).
+    /// the channel holds less than [`Limits::channel_outbound`] bytes. A connection the
+    /// embedder cannot write ([`Client::set_blocked`]) is skipped and holds its circuits
+    /// back (nothing is dropped).
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<ConnId> {
         self.see(now);
         let conns: Vec<ConnId> = {
@@ -492,6 +527,9 @@ impl Client {
             later.into_iter().chain(first).collect()
         };
         for conn in conns {
+            if self.chans.get(&conn).map_or(true, |c| c.blocked) {
+                continue;
+            }
             self.fill_channel(conn);
             let Some(ch) = self.chans.get_mut(&conn).and_then(|c| c.channel.as_mut()) else {
                 continue;
@@ -526,7 +564,6 @@ impl Client {
             at(c.idle_close);
             at(c.channel.as_ref().and_then(|ch| ch.poll_timeout()));
         }
-        at(self.hs_poll_timeout());
         for c in self.circs.values() {
             at(c.circ.as_ref().and_then(|x| x.poll_timeout()));
             at(self.circ_deadline(c));

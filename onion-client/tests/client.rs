@@ -1,0 +1,446 @@
+//! The Client driven over an in-process network of real relay machines (tests/support):
+//! bootstrap over BEGIN_DIR, channels shared by circuits, isolation, dirtiness, stream flow
+//! control toward the application, END reasons, failures and retries, idle channels, limits.
+
+mod support;
+
+use std::time::Duration;
+
+use onion_cell::relaymsg::EndReason;
+use onion_client::dir::{Authority, DirConfig, DirMode};
+use onion_client::{
+    Client, ClientConfig, Error, ErrorKind, Event, Instant, Isolation, State, StreamHandle,
+};
+use onion_dir::RsaIdentity;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use support::{testdata, Net, WALL};
+
+/// An authority that cannot be reached (no ORPort): refreshes of an adopted directory fail
+/// at once and stay out of the way.
+fn unreachable_authority() -> Authority {
+    Authority {
+        name: "nowhere".into(),
+        rsa_id: RsaIdentity([1; 20]),
+        v3ident: RsaIdentity([2; 20]),
+        or_addr: None,
+    }
+}
+
+fn config() -> ClientConfig {
+    let mut dir = DirConfig::new(vec![unreachable_authority()], vec![], DirMode::Micro);
+    dir.refresh_from_guards = false;
+    // The adopted directory's refresh fails (the relays serve no consensus); it is not
+    // tried again during a test.
+    dir.retry_delay = Duration::from_secs(7200);
+    ClientConfig::new(dir)
+}
+
+/// A client that uses the network's directory.
+fn client_on(net: &mut Net, cfg: ClientConfig) -> Client {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
+    c.adopt_directory(net.directory(), net.now).unwrap();
+    net.run(&mut c);
+    c
+}
+
+fn opened(net: &Net, s: StreamHandle) -> bool {
+    net.events
+        .iter()
+        .any(|e| matches!(e, Event::StreamOpened { stream } if *stream == s))
+}
+
+fn closed(net: &Net, s: StreamHandle) -> Option<Option<Error>> {
+    net.events.iter().find_map(|e| match e {
+        Event::StreamClosed { stream, error } if *stream == s => Some(error.clone()),
+        _ => None,
+    })
+}
+
+/// Read everything `s` has now.
+fn read_all(c: &mut Client, net: &Net, s: StreamHandle) -> (Vec<u8>, Option<Result<(), Error>>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(s, &mut buf, net.now) {
+            Ok(Some(0)) => return (out, Some(Ok(()))),
+            Ok(Some(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(None) => return (out, None),
+            Err(e) => return (out, Some(Err(e))),
+        }
+    }
+}
+
+#[test]
+fn bootstrap_carries_requests_over_begin_dir_to_authorities() {
+    let mut net = Net::new(3, 1);
+    // Three relays play the test network's authorities: their link identity is theirs, the
+    // v3 signing identities are the real ones, so the real consensus verifies.
+    let lines = testdata("dirauthority-lines.txt");
+    let v3: Vec<RsaIdentity> = lines
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let mut b = [0u8; 20];
+            hex::decode_to_slice(w[4].strip_prefix("v3ident=").unwrap(), &mut b).unwrap();
+            RsaIdentity(b)
+        })
+        .collect();
+    let mut auths = Vec::new();
+    for (i, v) in v3.iter().enumerate() {
+        let r = &mut net.relays[i];
+        r.docs = vec![
+            (
+                "/tor/status-vote/current/consensus".into(),
+                testdata("cached-microdesc-consensus"),
+            ),
+            ("/tor/keys/fp/".into(), testdata("cached-certs")),
+            ("/tor/micro/d/".into(), testdata("cached-microdescs.new")),
+        ];
+        auths.push(Authority {
+            name: format!("auth{i}"),
+            rsa_id: r.keys.rsa_id,
+            v3ident: *v,
+            or_addr: Some(r.addr),
+        });
+    }
+    let cfg = ClientConfig::new(DirConfig::new(auths, vec![], DirMode::Micro));
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
+    assert!(!c.is_bootstrapped());
+    let done = net.run_until(&mut c, Duration::from_secs(120), |n| {
+        n.events
+            .iter()
+            .any(|e| matches!(e, Event::DirectoryChanged(_)))
+    });
+    assert!(
+        done,
+        "no directory; events: {:?}",
+        net.events
+            .iter()
+            .filter(|e| !matches!(e, Event::Persist(_)))
+            .collect::<Vec<_>>()
+    );
+    assert!(c.is_bootstrapped());
+    let d = c.directory().unwrap();
+    assert_eq!(d.relays_listed, 8);
+    assert!(d.signatures_valid >= d.signatures_needed);
+    assert!(!d.view.is_empty());
+    // The consensus, certificates and descriptors are handed over to persist.
+    let persisted = net
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Persist(_)))
+        .count();
+    assert!(persisted >= 3, "{persisted} documents persisted");
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Bootstrap { percent: 100, .. })));
+    // One channel per authority at most: requests to one source share its circuit.
+    assert!(net.connects <= 3, "{} connections", net.connects);
+}
+
+#[test]
+fn streams_share_one_circuit_and_one_channel() {
+    let mut net = Net::new(6, 2);
+    let mut c = client_on(&mut net, config());
+    let streams: Vec<StreamHandle> = (0..10)
+        .map(|_| c.connect("echo", 80, Isolation::NONE, net.now).unwrap())
+        .collect();
+    net.run(&mut c);
+    assert!(streams.iter().all(|s| opened(&net, *s)));
+    assert!(!net.duplicate_channels(), "one channel per relay");
+    assert_eq!(net.multi_hop_circuits(), 1, "one three-hop circuit");
+    for (i, s) in streams.iter().enumerate() {
+        let msg = format!("hello {i}");
+        assert_eq!(c.write(*s, msg.as_bytes(), net.now).unwrap(), msg.len());
+    }
+    net.run(&mut c);
+    for (i, s) in streams.iter().enumerate() {
+        let (got, end) = read_all(&mut c, &net, *s);
+        assert_eq!(got, format!("hello {i}").as_bytes());
+        assert!(end.is_none());
+    }
+}
+
+#[test]
+fn isolation_tokens_get_separate_circuits() {
+    let mut net = Net::new(6, 3);
+    let mut c = client_on(&mut net, config());
+    let a = c.connect("echo", 80, Isolation(1), net.now).unwrap();
+    let b = c.connect("echo", 80, Isolation(2), net.now).unwrap();
+    let a2 = c.connect("echo", 443, Isolation(1), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, a) && opened(&net, b) && opened(&net, a2));
+    // Two circuits (the third stream shares the first's).
+    assert_eq!(net.multi_hop_circuits(), 2);
+    assert!(!net.duplicate_channels());
+}
+
+#[test]
+fn end_reasons_surface_as_typed_errors() {
+    let mut net = Net::new(6, 4);
+    let mut c = client_on(&mut net, config());
+    let ok = c.connect("big1000", 80, Isolation::NONE, net.now).unwrap();
+    let refused = c.connect("refuse", 80, Isolation::NONE, net.now).unwrap();
+    net.run_until(&mut c, Duration::from_secs(60), |n| {
+        closed(n, refused).is_some()
+    });
+    let (got, end) = read_all(&mut c, &net, ok);
+    assert_eq!(got.len(), 1000);
+    assert!(matches!(end, Some(Ok(()))), "clean end: {end:?}");
+    assert_eq!(closed(&net, ok), Some(None));
+    // An exit policy refusal is tried on other circuits, then reported with its reason.
+    let e = closed(&net, refused).unwrap().unwrap();
+    assert_eq!(e, Error::StreamEnded(EndReason::EXITPOLICY));
+    assert_eq!(e.kind(), ErrorKind::Network);
+    // The handle is gone once the end was read.
+    assert!(matches!(
+        c.read(ok, &mut [0; 8], net.now),
+        Err(Error::Misuse(_))
+    ));
+}
+
+#[test]
+fn a_full_receive_buffer_holds_only_its_stream() {
+    let mut net = Net::new(6, 5);
+    let mut cfg = config();
+    cfg.limits.stream_recv_buffer = 16 << 10;
+    let mut c = client_on(&mut net, cfg);
+    let total = 400_000;
+    let big = c
+        .connect(&format!("big{total}"), 80, Isolation::NONE, net.now)
+        .unwrap();
+    let echo = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, big) && opened(&net, echo));
+    assert_eq!(net.multi_hop_circuits(), 1, "both streams on one circuit");
+    // Nobody reads `big`: the exit stops after one stream window (no SENDME goes out), so the
+    // client holds the buffer limit plus at most one window, and the transfer is not over.
+    let held = c.read(big, &mut [], net.now);
+    assert_eq!(held.unwrap(), Some(0));
+    assert!(
+        closed(&net, big).is_none(),
+        "the exit is held back, not done"
+    );
+    // The circuit's other stream still flows.
+    c.write(echo, b"ping", net.now).unwrap();
+    net.run(&mut c);
+    let (got, _) = read_all(&mut c, &net, echo);
+    assert_eq!(got, b"ping");
+    // Reading releases it; every byte arrives, none is dropped.
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        let (got, end) = read_all(&mut c, &net, big);
+        assert!(
+            got.len() <= (16 << 10) + 500 * 498,
+            "buffered {} bytes",
+            got.len()
+        );
+        all.extend(got);
+        if end.is_some() {
+            break;
+        }
+        net.run(&mut c);
+    }
+    assert_eq!(all.len(), total);
+}
+
+#[test]
+fn a_blocked_connection_holds_cells_in_the_circuits() {
+    let mut net = Net::new(6, 6);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    // The channel of the exit circuit: the connection that sent the most.
+    let conn = *net.sent.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    c.set_blocked(conn, true);
+    let data = vec![7u8; 1 << 20];
+    let mut written = 0;
+    loop {
+        let n = c.write(s, &data[written..], net.now).unwrap();
+        if n == 0 {
+            break;
+        }
+        written += n;
+    }
+    // The windows bound what a stream takes (500 cells of 498 bytes, tor-spec §7.4).
+    assert!(written > 0 && written <= 500 * 498, "{written}");
+    let before = net.sent.get(&conn).copied().unwrap_or(0);
+    let mut buf = Vec::new();
+    while let Some(other) = c.poll_transmit(net.now, &mut buf) {
+        assert_ne!(other, conn, "nothing for the blocked connection");
+        buf.clear();
+    }
+    net.run(&mut c);
+    assert_eq!(net.sent.get(&conn).copied().unwrap_or(0), before);
+    c.set_blocked(conn, false);
+    let mut echoed = 0;
+    for _ in 0..200 {
+        net.run(&mut c);
+        echoed += read_all(&mut c, &net, s).0.len();
+        if written < data.len() {
+            if let Ok(n) = c.write(s, &data[written..], net.now) {
+                written += n;
+            }
+        }
+        if echoed == data.len() {
+            break;
+        }
+    }
+    assert_eq!(echoed, data.len(), "every byte went through and back");
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StreamWritable { stream } if *stream == s)));
+}
+
+#[test]
+fn a_relay_dying_ends_its_streams_and_the_next_stream_gets_a_new_circuit() {
+    let mut net = Net::new(6, 8);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    // The exit is the relay of the newest relay circuit.
+    let exit = (0..net.relays.len())
+        .rev()
+        .find(|&r| net.relays[r].addr != connect_addr(&net))
+        .unwrap();
+    let _ = exit;
+    // Kill every relay but the guard: the circuit loses its middle or exit.
+    let guard_addr = connect_addr(&net);
+    for r in 0..net.relays.len() {
+        if net.relays[r].addr != guard_addr {
+            net.kill_relay(&mut c, r);
+        }
+    }
+    net.run(&mut c);
+    let e = closed(&net, s)
+        .expect("the stream ended")
+        .expect("with an error");
+    assert_eq!(e, Error::StreamEnded(EndReason::DESTROY));
+    // Relays come back (the consensus still lists them): a new stream gets a new circuit.
+    for r in &mut net.relays {
+        r.down = false;
+    }
+    let s2 = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run_until(&mut c, Duration::from_secs(60), |n| opened(n, s2));
+    assert!(opened(&net, s2));
+}
+
+fn connect_addr(net: &Net) -> std::net::SocketAddr {
+    net.events
+        .iter()
+        .find_map(|e| match e {
+            Event::Connect { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_guard_that_is_down_is_replaced() {
+    let mut net = Net::new(8, 9);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    let first = connect_addr(&net);
+    let g = net.relays.iter().position(|r| r.addr == first).unwrap();
+    net.kill_relay(&mut c, g);
+    net.run(&mut c);
+    let s2 = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    let ok = net.run_until(&mut c, Duration::from_secs(120), |n| {
+        opened(n, s2) || closed(n, s2).is_some()
+    });
+    assert!(ok && opened(&net, s2), "events: {:?}", closed(&net, s2));
+    let addrs: Vec<_> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Connect { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert!(addrs.iter().any(|a| *a != first), "another guard was tried");
+}
+
+#[test]
+fn dirty_circuits_take_no_new_streams_and_idle_channels_close() {
+    let mut net = Net::new(6, 10);
+    let mut c = client_on(&mut net, config());
+    let a = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, a));
+    assert_eq!(net.multi_hop_circuits(), 1);
+    // Eleven minutes later (MaxCircuitDirtiness is ten) a new stream needs a new circuit.
+    let later = net.now + Duration::from_secs(660);
+    while net.now < later {
+        net.advance(&mut c, later);
+    }
+    let b = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, b));
+    assert_eq!(net.multi_hop_circuits(), 2);
+    // Both closed: the dirty circuits close, then the idle channel, within minutes.
+    c.close(a, net.now);
+    c.close(b, net.now);
+    let end = net.now + Duration::from_secs(2000);
+    while c.counts() != (0, 0, 0) && net.now < end {
+        net.advance(&mut c, end);
+    }
+    assert_eq!(c.counts(), (0, 0, 0), "all closed by {:?}", net.now);
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Disconnect { .. })));
+    // Within MaxCircuitDirtiness of the last stream's circuit, plus the idle time of a channel
+    // (at most 1.5 × 180 s).
+    assert!(net.now <= Instant::ZERO + Duration::from_secs(660 + 600 + 270 + 1));
+}
+
+#[test]
+fn limits_refuse_with_a_resource_error() {
+    let mut net = Net::new(6, 11);
+    let mut cfg = config();
+    cfg.limits.max_streams = 2;
+    let mut c = client_on(&mut net, cfg);
+    c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    let e = c.connect("echo", 80, Isolation::NONE, net.now).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Resource);
+    let e = c.connect("", 80, Isolation::NONE, net.now).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Misuse);
+}
+
+#[test]
+fn resolve_answers_with_addresses() {
+    let mut net = Net::new(6, 12);
+    let mut c = client_on(&mut net, config());
+    let r = c.resolve("example.com", Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    let answer = net.events.iter().find_map(|e| match e {
+        Event::Resolved { request, answers } if *request == r => Some(answers.clone()),
+        _ => None,
+    });
+    assert_eq!(answer, Some(Ok(vec!["192.0.2.53".parse().unwrap()])));
+}
+
+#[test]
+fn streams_wait_for_the_directory() {
+    let mut net = Net::new(6, 13);
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut c = Client::new(config(), State::default(), net.now, WALL, &mut rng).unwrap();
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(!opened(&net, s) && closed(&net, s).is_none());
+    c.adopt_directory(net.directory(), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    let _ = Instant::ZERO;
+}

@@ -1,0 +1,675 @@
+//! An in-process network of relays for driving a [`Client`]: each relay has real link keys
+//! and certificates, a responder [`Channel`] per connection the client opens, and real
+//! [`RelayCircuit`]s. An EXTEND2 is answered by the named relay's circuit directly (the
+//! cells between relays go as channel messages without a channel between them: what is
+//! tested is the client). Each relay is an exit with a few services by host name, and may
+//! serve directory documents over BEGIN_DIR.
+//!
+//! Exit services (the host of a BEGIN):
+//! * `echo` — CONNECTED, then every byte received is sent back;
+//! * `big<N>` — CONNECTED, then N bytes of `b'x'`, then END (DONE);
+//! * `refuse` — END (EXITPOLICY) at once;
+//! * `silent` — CONNECTED, then nothing;
+//! * anything else — CONNECTED and END (DONE).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use onion_cell::chancell::{ChanMsg, DestroyReason};
+use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
+use onion_cell::CircId;
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, RelayLinkKeys};
+use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::stream::StreamId;
+use onion_client::dir::{DirMode, Directory};
+use onion_client::{Client, ConnId, Event, Instant, Timestamp};
+use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
+use onion_dir::netview::{BandwidthWeights, NetView, PortSet, RelayPolicy, RelayRecord};
+use onion_dir::{RelayFlags, RsaIdentity};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+pub const TORNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet");
+
+/// Ten seconds after the test network's consensus became valid (2026-11-23 07:20:10).
+pub const WALL: Timestamp = Timestamp(1_795_418_410);
+
+pub fn testdata(name: &str) -> String {
+    std::fs::read_to_string(format!("{TORNET}/{name}")).unwrap()
+}
+
+/// The wall clock at virtual time `now` (the run starts at [`WALL`]).
+pub fn wall(now: Instant) -> Timestamp {
+    Timestamp(WALL.0 + now.saturating_duration_since(Instant::ZERO).as_secs())
+}
+
+fn system(now: Instant) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(wall(now).0)
+}
+
+/// One relay.
+pub struct Relay {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub link: RelayLinkKeys,
+    pub keys: RelayKeys,
+    pub ntor: NtorOnionKey,
+    /// Connections are refused (TCP fails).
+    pub down: bool,
+    /// Documents served over BEGIN_DIR, by path prefix.
+    pub docs: Vec<(String, String)>,
+}
+
+/// Where a relay circuit's cells toward the client go.
+#[derive(Clone, Copy)]
+enum Up {
+    Client(ConnId, CircId),
+    Relay(usize),
+}
+
+struct RCirc {
+    relay: usize,
+    circ: RelayCircuit,
+    up: Up,
+    next: Option<usize>,
+}
+
+/// What an exit stream does.
+enum Service {
+    Echo,
+    Dir(Vec<u8>),
+    Silent,
+}
+
+struct Outbox {
+    data: VecDeque<u8>,
+    end: bool,
+    service: Service,
+}
+
+/// The network and the client's view of it.
+pub struct Net {
+    pub now: Instant,
+    pub rng: ChaCha20Rng,
+    pub relays: Vec<Relay>,
+    conns: BTreeMap<ConnId, (usize, Channel)>,
+    rcs: Vec<Option<RCirc>>,
+    by_client: HashMap<(ConnId, CircId), usize>,
+    outbox: BTreeMap<(usize, u16), Outbox>,
+    /// Every event the client gave, in order (Connect and Disconnect are acted on too).
+    pub events: Vec<Event>,
+    /// Bytes the client sent, per connection.
+    pub sent: BTreeMap<ConnId, usize>,
+    /// Connections the client asked for.
+    pub connects: usize,
+    /// A connection whose bytes are not delivered (the embedder cannot write to it).
+    pub stalled: Option<ConnId>,
+}
+
+impl Net {
+    /// `n` relays at 10.i.0.1:9001 (distinct /16s), all exits, guards and caches.
+    pub fn new(n: usize, seed: u64) -> Net {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut relays = Vec::new();
+        for i in 0..n {
+            let link = RelayLinkKeys::generate(&mut rng, system(Instant::ZERO)).unwrap();
+            let ids = link.ids();
+            let ntor = NtorSecretKey::generate(&mut rng);
+            let ntor_pub = *ntor.public();
+            relays.push(Relay {
+                name: format!("relay{i}"),
+                addr: SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::new(10, i as u8 + 1, 0, 1),
+                    9001,
+                )),
+                link,
+                keys: RelayKeys {
+                    rsa_id: ids.rsa.unwrap(),
+                    ed_id: ids.ed25519.unwrap(),
+                    ntor_keys: vec![ntor],
+                },
+                ntor: ntor_pub,
+                down: false,
+                docs: Vec::new(),
+            });
+        }
+        Net {
+            now: Instant::ZERO,
+            rng,
+            relays,
+            conns: BTreeMap::new(),
+            rcs: Vec::new(),
+            by_client: HashMap::new(),
+            outbox: BTreeMap::new(),
+            events: Vec::new(),
+            sent: BTreeMap::new(),
+            connects: 0,
+            stalled: None,
+        }
+    }
+
+    /// A directory listing the relays (microdescriptor mode, over the test network's real
+    /// consensus for its times and parameters), for [`Client::adopt_directory`].
+    pub fn directory(&self) -> Arc<Directory> {
+        let records: Vec<RelayRecord> = self
+            .relays
+            .iter()
+            .map(|r| {
+                let SocketAddr::V4(v4) = r.addr else {
+                    unreachable!()
+                };
+                RelayRecord {
+                    nickname: r.name.clone(),
+                    rsa_id: r.keys.rsa_id,
+                    ed_id: Some(r.keys.ed_id.0),
+                    ntor_onion_key: Some(r.ntor.0),
+                    ipv4: Some(v4),
+                    flags: RelayFlags(
+                        RelayFlags::RUNNING.0
+                            | RelayFlags::VALID.0
+                            | RelayFlags::FAST.0
+                            | RelayFlags::STABLE.0
+                            | RelayFlags::GUARD.0
+                            | RelayFlags::EXIT.0
+                            | RelayFlags::V2DIR.0,
+                    ),
+                    bandwidth: 1000,
+                    policy: RelayPolicy::Summary {
+                        v4: PortSet::all(),
+                        v6: PortSet::none(),
+                    },
+                    ..RelayRecord::default()
+                }
+            })
+            .collect();
+        let view = NetView::from_records(records, BandwidthWeights::uniform(10000)).unwrap();
+        let text = testdata("cached-microdesc-consensus");
+        let cons = onion_dir::consensus::parse(&text)
+            .unwrap()
+            .assume_verified();
+        let mut d = Directory::from_consensus(
+            &cons,
+            view,
+            DirMode::Micro,
+            self.relays.len(),
+            String::new(),
+        );
+        let mut ids: Vec<RsaIdentity> = self.relays.iter().map(|r| r.keys.rsa_id).collect();
+        ids.sort();
+        d.listed_guards = ids;
+        Arc::new(d)
+    }
+
+    /// Run until nothing moves at the current time.
+    pub fn run(&mut self, client: &mut Client) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            while let Some(ev) = client.poll_event() {
+                moved = true;
+                self.on_event(client, ev);
+            }
+            let mut buf = Vec::new();
+            while let Some(conn) = client.poll_transmit(self.now, &mut buf) {
+                moved = true;
+                *self.sent.entry(conn).or_default() += buf.len();
+                self.relay_input(conn, &buf);
+                buf.clear();
+            }
+            moved |= self.step_relays();
+            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            for conn in conns {
+                if self.stalled == Some(conn) {
+                    continue;
+                }
+                let Some((_, ch)) = self.conns.get_mut(&conn) else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                if ch.poll_transmit(&mut out).is_some() {
+                    moved = true;
+                    client.handle_input(conn, self.now, &out);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    /// Move the clock to the client's next timeout (at most to `until`) and run.
+    pub fn advance(&mut self, client: &mut Client, until: Instant) {
+        let t = client.poll_timeout().map_or(until, |t| t.min(until));
+        self.now = self.now.max(t);
+        client.handle_timeout(self.now, wall(self.now));
+        self.run(client);
+    }
+
+    /// Run, advancing time, until `done` holds or `limit` of virtual time passed.
+    pub fn run_until(
+        &mut self,
+        client: &mut Client,
+        limit: Duration,
+        mut done: impl FnMut(&Net) -> bool,
+    ) -> bool {
+        let end = self.now + limit;
+        self.run(client);
+        while !done(self) {
+            if self.now >= end {
+                return false;
+            }
+            let before = self.now;
+            self.advance(client, end);
+            if self.now == before && client.poll_timeout().map_or(true, |t| t > end) {
+                self.now = end;
+            }
+        }
+        true
+    }
+
+    fn on_event(&mut self, client: &mut Client, ev: Event) {
+        match &ev {
+            Event::Connect { conn, addr, ids } => {
+                self.connects += 1;
+                let r = self.relays.iter().position(|r| r.addr == *addr);
+                match r {
+                    Some(r)
+                        if !self.relays[r].down
+                            && ids.rsa.map_or(true, |id| id == self.relays[r].keys.rsa_id) =>
+                    {
+                        let mut digest = [0u8; 32];
+                        self.rng.fill_bytes(&mut digest);
+                        let certs = self.relays[r]
+                            .link
+                            .responder_certs(&digest, system(self.now))
+                            .unwrap();
+                        let mut cfg = ChanConfig::default();
+                        cfg.peer_addr = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+                        cfg.my_addrs = vec![addr.ip()];
+                        let ch = Channel::responder(
+                            cfg,
+                            &certs,
+                            self.now,
+                            system(self.now),
+                            &mut self.rng,
+                        );
+                        self.conns.insert(*conn, (r, ch));
+                        client.handle_connected(*conn, self.now, digest);
+                    }
+                    _ => client.handle_closed(*conn, self.now),
+                }
+            }
+            Event::Disconnect { conn } => {
+                self.close_conn(*conn);
+            }
+            _ => {}
+        }
+        self.events.push(ev);
+    }
+
+    /// The relay end of `conn` goes away (its circuits close).
+    pub fn close_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        let gone: Vec<usize> = self
+            .by_client
+            .iter()
+            .filter(|((c, _), _)| *c == conn)
+            .map(|(_, i)| *i)
+            .collect();
+        for i in gone {
+            self.kill_rc(i);
+        }
+        self.by_client.retain(|(c, _), _| *c != conn);
+    }
+
+    /// Relay `r` dies: its connections close (the client is told) and its circuits go.
+    pub fn kill_relay(&mut self, client: &mut Client, r: usize) {
+        self.relays[r].down = true;
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, (x, _))| *x == r)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            self.close_conn(c);
+            client.handle_closed(c, self.now);
+        }
+        for i in 0..self.rcs.len() {
+            if self.rcs[i].as_ref().is_some_and(|rc| rc.relay == r) {
+                self.kill_rc(i);
+            }
+        }
+    }
+
+    fn kill_rc(&mut self, i: usize) {
+        let Some(rc) = self.rcs.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        self.outbox.retain(|(c, _), _| *c != i);
+        // The previous relay learns its next hop went away (tor-spec §5.4).
+        if let Up::Relay(j) = rc.up {
+            let now = self.now;
+            if let Some(prev) = self.rcs.get_mut(j).and_then(Option::as_mut) {
+                prev.next = None;
+                let _ = prev
+                    .circ
+                    .handle_from_next(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
+            }
+        }
+        if let Some(n) = rc.next {
+            self.kill_rc(n);
+        }
+    }
+
+    fn relay_input(&mut self, conn: ConnId, bytes: &[u8]) {
+        let now = self.now;
+        let mut data = bytes.to_vec();
+        loop {
+            let Some((_, ch)) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let n = ch.handle_input(now, &data).unwrap_or(data.len());
+            data.drain(..n);
+            let mut evs = Vec::new();
+            while let Some(e) = ch.poll_event() {
+                evs.push(e);
+            }
+            let none = evs.is_empty();
+            for e in evs {
+                self.relay_chan_event(conn, e);
+            }
+            if data.is_empty() {
+                return;
+            }
+            assert!(n > 0 || !none, "the relay channel stopped taking input");
+        }
+    }
+
+    fn relay_chan_event(&mut self, conn: ConnId, ev: ChanEvent) {
+        let now = self.now;
+        let ChanEvent::CircuitCell { circ_id, msg } = ev else {
+            return;
+        };
+        if let Some(&i) = self.by_client.get(&(conn, circ_id)) {
+            if matches!(msg, ChanMsg::Destroy(_)) {
+                self.by_client.remove(&(conn, circ_id));
+            }
+            if let Some(rc) = self.rcs[i].as_mut() {
+                let _ = rc.circ.handle_from_client(now, msg);
+            }
+            return;
+        }
+        if !matches!(msg, ChanMsg::Create2(_) | ChanMsg::CreateFast(_)) {
+            return;
+        }
+        let Some(&(r, _)) = self.conns.get(&conn) else {
+            return;
+        };
+        match RelayCircuit::accept(&self.relays[r].keys, &msg, now, &mut self.rng) {
+            Ok((circ, reply)) => {
+                let (_, ch) = self.conns.get_mut(&conn).unwrap();
+                let _ = ch.send(circ_id, &reply);
+                self.rcs.push(Some(RCirc {
+                    relay: r,
+                    circ,
+                    up: Up::Client(conn, circ_id),
+                    next: None,
+                }));
+                self.by_client.insert((conn, circ_id), self.rcs.len() - 1);
+            }
+            Err(e) => {
+                let (_, ch) = self.conns.get_mut(&conn).unwrap();
+                let _ = ch.send(circ_id, &ChanMsg::Destroy(e.destroy_reason()));
+            }
+        }
+    }
+
+    /// Move relay circuits' cells and act on their events; whether anything moved.
+    fn step_relays(&mut self) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        for i in 0..self.rcs.len() {
+            while let Some(rc) = self.rcs[i].as_mut() {
+                let (up, next) = (rc.up, rc.next);
+                if let Some(out) = rc.circ.poll_cell(&mut self.rng) {
+                    moved = true;
+                    match out {
+                        RelayOutput::ToClient(m) => match up {
+                            Up::Client(conn, id) => {
+                                if let Some((_, ch)) = self.conns.get_mut(&conn) {
+                                    let _ = ch.send(id, &m);
+                                }
+                            }
+                            Up::Relay(j) => {
+                                if let Some(prev) = self.rcs[j].as_mut() {
+                                    let _ = prev.circ.handle_from_next(now, m);
+                                }
+                            }
+                        },
+                        RelayOutput::ToNext(m) => {
+                            if let Some(nx) = next.and_then(|n| self.rcs[n].as_mut()) {
+                                let _ = nx.circ.handle_from_client(now, m);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                match rc.circ.poll_event() {
+                    Some(ev) => {
+                        moved = true;
+                        self.relay_event(i, ev);
+                    }
+                    None => break,
+                }
+            }
+            moved |= self.pump_outbox(i);
+        }
+        moved
+    }
+
+    fn relay_event(&mut self, i: usize, ev: RelayEvent) {
+        let now = self.now;
+        let Some(rc) = self.rcs[i].as_mut() else {
+            return;
+        };
+        match ev {
+            RelayEvent::Extend(req) => {
+                let to = self.relays.iter().position(|r| {
+                    r.keys.rsa_id == req.rsa_id && req.addrs.first() == Some(&r.addr) && !r.down
+                });
+                let accepted = to.and_then(|to| {
+                    RelayCircuit::accept(&self.relays[to].keys, &req.create, now, &mut self.rng)
+                        .ok()
+                        .map(|(c, reply)| (to, c, reply))
+                });
+                match accepted {
+                    Some((to, circ, reply)) => {
+                        self.rcs.push(Some(RCirc {
+                            relay: to,
+                            circ,
+                            up: Up::Relay(i),
+                            next: None,
+                        }));
+                        let n = self.rcs.len() - 1;
+                        let rc = self.rcs[i].as_mut().unwrap();
+                        rc.next = Some(n);
+                        let _ = rc.circ.handle_from_next(now, reply);
+                    }
+                    None => {
+                        let rc = self.rcs[i].as_mut().unwrap();
+                        rc.circ.extend_failed(DestroyReason::CONNECTFAILED);
+                    }
+                }
+            }
+            RelayEvent::Begin { stream, host, .. } => {
+                if host == "refuse" {
+                    let _ = rc.circ.end_stream(stream, EndReason::EXITPOLICY);
+                    return;
+                }
+                let _ = rc.circ.connected(
+                    stream,
+                    Some((IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)), 300)),
+                );
+                let (service, data, end) = if host == "echo" {
+                    (Service::Echo, VecDeque::new(), false)
+                } else if host == "silent" {
+                    (Service::Silent, VecDeque::new(), false)
+                } else if let Some(n) = host
+                    .strip_prefix("big")
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    (
+                        Service::Silent,
+                        std::iter::repeat(b'x').take(n).collect(),
+                        true,
+                    )
+                } else {
+                    (Service::Silent, VecDeque::new(), true)
+                };
+                self.outbox
+                    .insert((i, stream.get()), Outbox { data, end, service });
+            }
+            RelayEvent::BeginDir { stream } => {
+                let _ = rc.circ.connected(stream, None);
+                self.outbox.insert(
+                    (i, stream.get()),
+                    Outbox {
+                        data: VecDeque::new(),
+                        end: false,
+                        service: Service::Dir(Vec::new()),
+                    },
+                );
+            }
+            RelayEvent::Resolve { stream, .. } => {
+                let value = ResolvedValue::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)));
+                let _ = rc
+                    .circ
+                    .resolved(stream, vec![ResolvedAnswer { value, ttl: 60 }]);
+            }
+            RelayEvent::Data { stream, data } => {
+                let relay = rc.relay;
+                let Some(ob) = self.outbox.get_mut(&(i, stream.get())) else {
+                    return;
+                };
+                match &mut ob.service {
+                    Service::Echo => ob.data.extend(data.iter()),
+                    Service::Dir(req) => {
+                        req.extend_from_slice(&data);
+                        if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&req[..end]).to_string();
+                            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                            let doc = self.relays[relay]
+                                .docs
+                                .iter()
+                                .find(|(p, _)| path.starts_with(p.as_str()));
+                            let resp = match doc {
+                                Some((_, body)) => format!("HTTP/1.0 200 OK\r\n\r\n{body}"),
+                                None => "HTTP/1.0 404 Not found\r\n\r\n".to_owned(),
+                            };
+                            ob.data.extend(resp.as_bytes());
+                            ob.end = true;
+                            ob.service = Service::Silent;
+                        }
+                    }
+                    Service::Silent => {}
+                }
+            }
+            RelayEvent::StreamEnded { stream, .. } => {
+                self.outbox.remove(&(i, stream.get()));
+            }
+            RelayEvent::Closed { .. } => {
+                self.outbox.retain(|(c, _), _| *c != i);
+                if let Some(rc) = self.rcs[i].take() {
+                    if let Up::Client(conn, id) = rc.up {
+                        self.by_client.remove(&(conn, id));
+                    }
+                    if let Some(n) = rc.next {
+                        self.kill_rc(n);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Send what exit streams of circuit `i` have, as windows allow.
+    fn pump_outbox(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        let keys: Vec<(usize, u16)> = self
+            .outbox
+            .range((i, 0)..=(i, u16::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let Some(rc) = self.rcs[i].as_mut() else {
+                return moved;
+            };
+            let Some(ob) = self.outbox.get_mut(&k) else {
+                continue;
+            };
+            let Some(stream) = StreamId::new(k.1) else {
+                continue;
+            };
+            while !ob.data.is_empty() {
+                let cap = rc.circ.send_capacity(stream).min(ob.data.len()).min(4096);
+                if cap == 0 {
+                    break;
+                }
+                let chunk: Vec<u8> = ob.data.drain(..cap).collect();
+                match rc.circ.send(stream, &chunk) {
+                    Ok(n) if n == chunk.len() => moved = true,
+                    _ => break,
+                }
+            }
+            if ob.data.is_empty() && ob.end {
+                let _ = rc.circ.end_stream(stream, EndReason::DONE);
+                self.outbox.remove(&k);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// Relay circuits alive now.
+    pub fn relay_circuits(&self) -> usize {
+        self.rcs.iter().filter(|r| r.is_some()).count()
+    }
+
+    /// Client circuits of more than one hop alive now (their first relay circuit has a next
+    /// hop): the exit circuits, not the one-hop directory circuits.
+    pub fn multi_hop_circuits(&self) -> usize {
+        self.rcs
+            .iter()
+            .flatten()
+            .filter(|r| matches!(r.up, Up::Client(..)) && r.next.is_some())
+            .count()
+    }
+
+    /// Whether the client ever had two connections to one relay at once.
+    pub fn duplicate_channels(&self) -> bool {
+        let mut open: Vec<(ConnId, SocketAddr)> = Vec::new();
+        for e in &self.events {
+            match e {
+                Event::Connect { conn, addr, .. } => {
+                    if open.iter().any(|(_, a)| a == addr) {
+                        return true;
+                    }
+                    open.push((*conn, *addr));
+                }
+                Event::Disconnect { conn } => open.retain(|(c, _)| c != conn),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Client connections (relay side) alive now.
+    pub fn open_conns(&self) -> usize {
+        self.conns.len()
+    }
+}
