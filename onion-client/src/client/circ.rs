@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use onion_cell::chancell::{ChanMsg, DestroyReason};
-use onion_cell::relaymsg::{EndReason, RelayMsg};
+use onion_cell::relaymsg::RelayMsg;
 use onion_cell::CircId;
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
@@ -431,11 +431,11 @@ impl super::Client {
                         self.fail_circ(key, Error::Violation(why), true);
                         return;
                     }
+                    self.hs_message(key, &msg);
                 }
-                CircEvent::IncomingStream { stream, .. } => {
-                    // Client circuits take no stream from the other end (C tor drops BEGIN
-                    // there); answer it so the relay's stream ends.
-                    let _ = m.reject_stream(stream, EndReason::MISC);
+                // A hosted onion service's stream, or refused (`onion.rs`).
+                CircEvent::IncomingStream { stream, port, .. } => {
+                    self.hs_incoming(key, stream, port)
                 }
                 CircEvent::Truncated { .. } => {
                     // A shorter circuit is not what was built: give it up.
@@ -622,6 +622,8 @@ impl super::Client {
         match c.phase {
             CircPhase::AwaitChannel | CircPhase::Building => Some(c.deadline),
             _ if !c.streams.is_empty() => None,
+            // A hosted service's introduction circuit lives until its publisher closes it.
+            _ if c.purpose == Purpose::ServiceIntro => None,
             CircPhase::Waiting | CircPhase::Open => Some(match (c.purpose, c.dirty_since) {
                 (Purpose::Dir, _) => c.idle_since + DIR_CIRCUIT_IDLE,
                 (_, Some(d)) => (d + self.cfg.max_circuit_dirtiness).max(c.idle_since),

@@ -57,6 +57,10 @@ impl super::Client {
 
     /// Hand the answer to request `req` to the directory machine.
     pub(super) fn dir_answer(&mut self, req: RequestId, answer: Result<Vec<u8>, Failure>) {
+        // The onion-service machines' requests are theirs (`onion.rs`).
+        let Some(answer) = self.hs_take_dir_answer(req, answer) else {
+            return;
+        };
         let wall = self.wall_now();
         self.dir
             .handle_response(req, self.now, wall, answer, &mut self.rng);

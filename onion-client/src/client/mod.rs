@@ -14,6 +14,7 @@ mod circ;
 mod config;
 mod dirconn;
 mod event;
+mod onion;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -87,6 +88,8 @@ pub struct Client {
     next_stream: u64,
     /// The connection `poll_transmit` served last (connections take turns).
     tx_last: Option<ConnId>,
+    /// Onion services: the client and host sub-machines and their links (`onion.rs`).
+    hs: onion::HsLinks,
 }
 
 impl std::fmt::Debug for Client {
@@ -151,6 +154,7 @@ impl Client {
                 .unwrap_or_else(|_| BuildTimes::new(no_params)),
             None => BuildTimes::new(no_params),
         };
+        let hs = onion::HsLinks::new(&config, now, wall);
         let mut c = Client {
             cfg: config,
             rng,
@@ -170,6 +174,7 @@ impl Client {
             next_circ: 0,
             next_stream: 0,
             tx_last: None,
+            hs,
         };
         c.drive_dir();
         Ok(c)
@@ -238,6 +243,7 @@ impl Client {
     /// Work that follows every input: streams find circuits, the directory machine's
     /// requests are carried, writable streams are told.
     fn settle(&mut self) {
+        self.drive_hs();
         self.drive_dir();
         self.attach_streams();
         self.drive_dir();
@@ -343,6 +349,7 @@ impl Client {
         self.chan_timeouts();
         self.circ_timeouts();
         self.stream_timeouts();
+        self.hs_timeout();
         self.settle();
     }
 
@@ -564,6 +571,7 @@ impl Client {
             at(c.idle_close);
             at(c.channel.as_ref().and_then(|ch| ch.poll_timeout()));
         }
+        at(self.hs_poll_timeout());
         for c in self.circs.values() {
             at(c.circ.as_ref().and_then(|x| x.poll_timeout()));
             at(self.circ_deadline(c));

@@ -181,6 +181,10 @@ impl super::Client {
                 self.end_stream(h, Some(Error::StreamEnded(EndReason::TIMEOUT)));
                 continue;
             }
+            // A stream to an onion service waits for its rendezvous circuit (`onion.rs`).
+            if matches!(&s.target, Target::Exit { host, .. } if crate::hs::is_onion(host)) {
+                continue;
+            }
             // A stream bound to a circuit (a directory request; or one waiting for the
             // circuit launched for it) waits for that one while it is being built.
             if let Some(key) = s.circ {
