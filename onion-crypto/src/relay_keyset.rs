@@ -19,8 +19,9 @@
 //!   1..=rotation days) after the rotation (C tor's `rotate_onion_key_callback` and
 //!   `check_onion_keys_expiry_time_callback`);
 //! * optionally the RSA-1024 TAP onion key, rotated with the ntor key. onion does not
-//!   implement the TAP handshake (no `Relay=1`); the key exists only because C tor 0.4.9.11
-//!   still publishes an `onion-key` and older parsers require one.
+//!   implement the TAP handshake (no `Relay=1`), but a relay that publishes to C tor 0.4.9.11
+//!   authorities needs one: they refuse a descriptor without `onion-key` (HTTP 400 "Missing
+//!   TAP key in descriptor.", seen on a private network), and stem 1.8 requires it too.
 //!
 //! Nothing here reads a clock or a file: `now` and the random number generator are
 //! arguments, and [`KeyFiles`] carries the contents of C tor's key files
@@ -332,7 +333,8 @@ fn cert_expiry(cert: &[u8]) -> UnixTime {
 impl RelayKeySet {
     /// A fresh key set, as a new relay makes at its first start: RSA-1024 identity, ed25519
     /// master key (online), signing key and certificate, ntor onion key, and a TAP onion
-    /// key if `with_tap`. Includes one or two RSA-1024 key generations: slow.
+    /// key if `with_tap` (required by C tor 0.4.9.11 authorities: see the module
+    /// documentation). Includes one or two RSA-1024 key generations: slow.
     pub fn generate(
         rng: &mut impl CryptoRngCore,
         now: impl Into<UnixTime>,

@@ -568,22 +568,28 @@ mod tests {
 
     #[test]
     fn upload_responses_as_c_tor_authorities_send_them() {
+        // The three answers of a C tor 0.4.9.11 authority (tornet, 2026-12-06) to onion's
+        // descriptor: accepted, the same upload again, and one without a TAP onion-key.
         assert_eq!(
             parse_upload_response(
-                b"HTTP/1.0 200 OK\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n\r\n"
+                b"HTTP/1.0 200 [None]\r\nDate: Sun, 06 Dec 2026 09:44:26 GMT\r\n\r\n"
             )
             .unwrap(),
             Some(UploadOutcome::Accepted {
-                message: "OK".into()
+                message: "[None]".into()
             })
         );
         assert_eq!(
-            parse_upload_response(b"HTTP/1.0 200 OK\r\nDate: x\r\nContent-Type: text/plain\r\nX-Descriptor-Not-New: Yes\r\n\r\n").unwrap(),
+            parse_upload_response(b"HTTP/1.0 200 OK\r\nDate: Sun, 06 Dec 2026 09:44:31 GMT\r\nX-Descriptor-Not-New: Yes\r\n\r\n")
+                .unwrap(),
             Some(UploadOutcome::NotNew)
         );
         assert_eq!(
-            parse_upload_response(b"HTTP/1.0 400 Fingerprint is marked rejected -- if you think this is a mistake please set a valid email address in ContactInfo and send an email to bad-relays@lists.torproject.org mentioning your fingerprint(s)?\r\n\r\n").unwrap(),
-            Some(UploadOutcome::Rejected { reason: "Fingerprint is marked rejected -- if you think this is a mistake please set a valid email address in ContactInfo and send an email to bad-relays@lists.torproject.org mentioning your fingerprint(s)?".into() })
+            parse_upload_response(b"HTTP/1.0 400 Missing TAP key in descriptor.\r\nDate: Sun, 06 Dec 2026 09:44:27 GMT\r\n\r\n")
+                .unwrap(),
+            Some(UploadOutcome::Rejected {
+                reason: "Missing TAP key in descriptor.".into()
+            })
         );
         assert_eq!(
             parse_upload_response(b"HTTP/1.0 503 Not acting as a public relay\r\n\r\n").unwrap(),
