@@ -258,11 +258,17 @@ impl super::Client {
     /// circuits and waiting streams. Called after every input.
     pub(super) fn drive_hs(&mut self) {
         self.hs_directory();
-        // Streams to a `.onion` host that wait for a rendezvous circuit and have not asked.
+        // Streams to a `.onion` host that wait for a rendezvous circuit and have not asked
+        // (before bootstrap they wait, as exit streams do).
+        let bootstrapped = self.hs.dir.is_some();
         let want: Vec<(u64, String, Isolation)> = self
             .streams
             .iter()
-            .filter(|(h, s)| matches!(s.phase, Phase::Waiting { .. }) && !self.hs.asked.contains(h))
+            .filter(|(h, s)| {
+                bootstrapped
+                    && matches!(s.phase, Phase::Waiting { .. })
+                    && !self.hs.asked.contains(h)
+            })
             .filter_map(|(h, s)| match &s.target {
                 Target::Exit { host, .. } if is_onion(host) => {
                     Some((*h, host.to_string(), s.isolation))
