@@ -301,6 +301,12 @@ impl Relay {
         self.conns.len()
     }
 
+    /// The identities the peer of `conn` proved, once its channel is open (empty for
+    /// clients, which do not authenticate).
+    pub fn connection_peer(&self, conn: ConnId) -> Option<PeerIds> {
+        self.conns.get(&conn).filter(|c| c.open).map(|c| c.proven)
+    }
+
     /// Exit, directory and resolve streams held.
     pub fn n_streams(&self) -> usize {
         self.streams.len()
