@@ -23,6 +23,7 @@
 //! layer (`onion_client::Client`) instead, so that the simulator exercises exactly the code
 //! that embedders run, is future work: that client does not exist yet.
 
+pub mod cc;
 pub mod circuit;
 pub mod client;
 pub mod hs;

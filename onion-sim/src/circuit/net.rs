@@ -14,7 +14,12 @@
 //!   relays a scenario names ([`Net::build_circuit`]);
 //! * **links**: every channel writes real cells as bytes; a link carries them to the other end
 //!   after a latency plus the time the link's bandwidth needs (no TLS: the TLS certificate
-//!   digest the link certificates bind to is a per-link random value).
+//!   digest the link certificates bind to is a per-link random value). Every link has the
+//!   network's latency and bandwidth unless [`Net::set_link`] gave the pair of nodes its own
+//!   [`LinkParams`], which may also bound the link's queue: a relay then stops moving cells
+//!   onto that link while its queue is full, so they wait in the relay's circuit queues
+//!   (served round-robin, a few cells per circuit at a time) and its channel reports itself
+//!   blocked to congestion control, as a TCP connection's back-pressure does to C tor's.
 //!
 //! A scenario drives the network through a [`Driver`]: [`Net::pump`] moves everything that is
 //! ready now (calling the driver for each client-circuit event), [`Net::advance`] moves the
@@ -38,7 +43,7 @@ use rand_chacha::ChaCha20Rng;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds, RelayLinkKeys};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowStats;
-use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys};
 use onion_circuit::Instant;
 
 use super::{SimError, StoryLine};
@@ -55,6 +60,60 @@ pub struct NetConfig {
     /// Whether to record a story line for every significant event.
     pub story: bool,
 }
+
+/// A node of the network: a client party or a relay (their indices from [`Net::add_party`]
+/// and [`Net::add_relay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// A party.
+    Party(usize),
+    /// A relay.
+    Relay(usize),
+}
+
+/// The settings of one link (both directions), overriding the network's
+/// ([`Net::set_link`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkParams {
+    /// One-way delay.
+    pub latency: Duration,
+    /// Bytes per second each direction carries (0 = unlimited).
+    pub bandwidth: u64,
+    /// The most bytes a direction holds that it has not yet transmitted (its queue, the
+    /// sender's socket buffer); 0 = unbounded. A relay moves no more cells onto a full
+    /// link: they wait in its circuits until the queue has half drained.
+    pub queue_limit: usize,
+    /// Bytes per record: a burst a channel writes is carried as records of at most this
+    /// size, each arriving (and read) as soon as it has crossed the link, as TLS records
+    /// (16 KiB at most) do. 0: a burst arrives whole, as on the network's default links,
+    /// which a large window's burst then crosses as one unit.
+    pub record_size: usize,
+}
+
+/// What waits at a relay for one of its links (bytes), see [`Net::queue_toward`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkQueue {
+    /// Bytes on the link not yet transmitted (the bounded queue).
+    pub link: u64,
+    /// Bytes in the relay's channel toward it, not yet handed to the link.
+    pub channel: u64,
+    /// Cells waiting in the relay's circuits for that channel, in bytes (514 per cell).
+    pub circuits: u64,
+}
+
+impl LinkQueue {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.link + self.channel + self.circuits
+    }
+}
+
+/// Bytes of one cell on a link protocol 4+ channel.
+const CELL_WIRE_LEN: u64 = 514;
+
+/// On a link with a bounded queue, the cells a relay moves from one circuit before serving
+/// the next (round-robin between the circuits sharing the link).
+const ROUND_ROBIN_CELLS: usize = 8;
 
 /// One of a party's client circuits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,9 +202,12 @@ impl RelayCx<'_> {
         self.now
     }
 
-    /// The one-way latency and the bandwidth of the network's links.
+    /// The one-way latency and the bandwidth of this relay's connections to the outside
+    /// world (the network's links, unless [`Net::set_edge_link`] set them).
     pub fn link(&self) -> (Duration, u64) {
-        (self.latency, self.bandwidth)
+        self.relay
+            .edge_link
+            .unwrap_or((self.latency, self.bandwidth))
     }
 
     /// The network's RNG.
@@ -163,13 +225,19 @@ impl RelayCx<'_> {
         self.relay.addr
     }
 
-    /// Circuit `i` of this relay, if it is still open.
+    /// Circuit `i` of this relay, if it is still open. The circuit is told the time first
+    /// ([`RelayCircuit::handle_timeout`]), so that what the edge sends is stamped with it
+    /// (congestion control's RTT samples start when a cell is sent).
     pub fn circ(&mut self, i: usize) -> Option<&mut RelayCircuit> {
+        let now = self.now;
         self.relay
             .circs
             .get_mut(i)
             .and_then(Option::as_mut)
-            .map(|rc| &mut rc.circ)
+            .map(|rc| {
+                rc.circ.handle_timeout(now);
+                &mut rc.circ
+            })
     }
 
     /// Join circuits `a` and `b` at this relay (rend-spec-v3 §4.2): from now on the cells
@@ -323,6 +391,33 @@ struct Link {
     /// The capacity of the output buffer `ends[i]`'s channel last handed over: what it grew
     /// to for its last burst, so the buffer it gets in exchange should be as large.
     burst: [usize; 2],
+    /// Latency, bandwidth and queue bound of this link.
+    params: LinkParams,
+    /// `ends[i]` held cells back because the direction away from it was full; it is woken
+    /// when that direction has half drained.
+    blocked: [bool; 2],
+}
+
+impl Link {
+    /// Bytes the direction away from `ends[side]` has not yet transmitted at `now`.
+    fn backlog(&self, side: usize, now: Instant) -> u64 {
+        let bw = self.params.bandwidth;
+        if bw == 0 {
+            return 0;
+        }
+        let left = self.pipes[1 - side].free_at.saturating_duration_since(now);
+        u64::try_from(left.as_nanos().saturating_mul(u128::from(bw)) / 1_000_000_000)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// When the direction away from `ends[side]` is down to half its queue bound.
+    fn half_drained_at(&self, side: usize) -> Instant {
+        let bw = self.params.bandwidth.max(1);
+        let half = (self.params.queue_limit / 2) as u64;
+        let back = Duration::from_nanos(half.saturating_mul(1_000_000_000) / bw);
+        let free = self.pipes[1 - side].free_at;
+        Instant::ZERO + (free - Instant::ZERO).saturating_sub(back)
+    }
 }
 
 pub(crate) struct ChanSlot {
@@ -335,6 +430,8 @@ pub(crate) struct ChanSlot {
     waiting: Vec<(usize, ChanMsg<'static>)>,
     /// A party's circuits waiting for this channel to open to be created.
     pending: Vec<usize>,
+    /// The link this channel writes to: (link index, our side).
+    link: (usize, usize),
 }
 
 /// A party's client circuit and what it is built through.
@@ -355,6 +452,8 @@ struct Party {
     chans: Vec<ChanSlot>,
     circs: Vec<PartyCirc>,
     failed: Option<String>,
+    /// The configuration of the circuits it builds.
+    circ_config: CircConfig,
 }
 
 /// (channel index, circuit id) -> relay circuit index, looked up for every cell a relay
@@ -423,6 +522,10 @@ pub(crate) struct Relay {
     /// The flow counters of the last circuit that closed here.
     closed_stats: Option<FlowStats>,
     edges: Vec<Box<dyn Edge>>,
+    /// What the relay offers circuits (congestion control).
+    config: RelayConfig,
+    /// Latency and bandwidth of its connections outside the network (exit to destination).
+    edge_link: Option<(Duration, u64)>,
 }
 
 /// How many delivered link buffers the network keeps for reuse, and the largest it keeps.
@@ -444,6 +547,8 @@ pub struct Net {
     /// of these ([`Net::take_buf`]), so it keeps its capacity instead of growing from zero
     /// for every flush.
     pool: Vec<Vec<u8>>,
+    /// Links given their own settings ([`Net::set_link`]), by their two nodes.
+    link_params: Vec<(Node, Node, LinkParams)>,
 }
 
 impl core::fmt::Debug for Net {
@@ -460,6 +565,37 @@ impl core::fmt::Debug for Net {
 /// The wall-clock time the certificates are checked against: a fixed date plus virtual time.
 pub(crate) fn wall(now: Instant) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_780_000_000) + Duration::from_nanos(now.as_nanos())
+}
+
+/// How many cells a relay may move onto channel `slot` now: unlimited on a link without a
+/// queue bound; else a round-robin share, or none once the link's queue and the channel's
+/// buffer reach the bound (the link is then marked blocked until it has half drained).
+fn allowance(links: &mut [Link], slot: &ChanSlot, now: Instant) -> usize {
+    let (li, side) = slot.link;
+    let Some(l) = links.get_mut(li) else {
+        return usize::MAX;
+    };
+    let limit = l.params.queue_limit as u64;
+    if limit == 0 {
+        return usize::MAX;
+    }
+    if l.blocked[side] {
+        return 0;
+    }
+    let queued = l.backlog(side, now) + slot.chan.outbound_len() as u64;
+    if queued >= limit {
+        l.blocked[side] = true;
+        return 0;
+    }
+    let fit = usize::try_from((limit - queued).div_ceil(CELL_WIRE_LEN)).unwrap_or(usize::MAX);
+    fit.min(ROUND_ROBIN_CELLS)
+}
+
+fn node_of(w: Who) -> Node {
+    match w {
+        Who::Party(p) => Node::Party(p),
+        Who::Relay(r) => Node::Relay(r),
+    }
 }
 
 fn short(id: &[u8]) -> String {
@@ -482,7 +618,98 @@ impl Net {
             others_seen: Vec::new(),
             link_bytes: 0,
             pool: Vec::new(),
+            link_params: Vec::new(),
             cfg,
+        }
+    }
+
+    /// Give the link between `a` and `b` (in both directions) its own latency, bandwidth and
+    /// queue bound instead of the network's. Applies to links opened afterwards.
+    pub fn set_link(&mut self, a: Node, b: Node, params: LinkParams) {
+        self.link_params
+            .retain(|(x, y, _)| !((*x == a && *y == b) || (*x == b && *y == a)));
+        self.link_params.push((a, b, params));
+    }
+
+    /// The settings of the link between `a` and `b`.
+    pub fn link_params(&self, a: Node, b: Node) -> LinkParams {
+        self.link_params
+            .iter()
+            .find(|(x, y, _)| (*x == a && *y == b) || (*x == b && *y == a))
+            .map_or(
+                LinkParams {
+                    latency: self.cfg.latency,
+                    bandwidth: self.cfg.bandwidth,
+                    queue_limit: 0,
+                    record_size: 0,
+                },
+                |(_, _, p)| *p,
+            )
+    }
+
+    /// The latency and bandwidth of relay `r`'s connections outside the network (an exit's
+    /// to its destination, [`RelayCx::link`]).
+    pub fn set_edge_link(&mut self, r: usize, latency: Duration, bandwidth: u64) {
+        if let Some(relay) = self.relays.get_mut(r) {
+            relay.edge_link = Some((latency, bandwidth));
+        }
+    }
+
+    /// What relay `r` offers the circuits created afterwards (congestion control, proposal
+    /// 324: [`RelayConfig::congestion_control`]).
+    pub fn set_relay_config(&mut self, r: usize, config: RelayConfig) {
+        if let Some(relay) = self.relays.get_mut(r) {
+            relay.config = config;
+        }
+    }
+
+    /// The configuration of the circuits party `p` builds afterwards (congestion control to
+    /// request from the exit: [`CircConfig::congestion_control`]).
+    pub fn set_circ_config(&mut self, p: usize, config: CircConfig) {
+        if let Some(party) = self.parties.get_mut(p) {
+            party.circ_config = config;
+        }
+    }
+
+    /// The open circuits of relay `r`, with their indices (in the order they were created).
+    pub fn relay_circuits(&self, r: usize) -> impl Iterator<Item = (usize, &RelayCircuit)> + '_ {
+        self.relays.get(r).into_iter().flat_map(|relay| {
+            relay
+                .circs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, rc)| Some((i, &rc.as_ref()?.circ)))
+        })
+    }
+
+    /// What waits at relay `r` to go toward `to` (its first channel to that node): on the
+    /// link, in the channel, and in the relay's circuits that use the channel.
+    pub fn queue_toward(&self, r: usize, to: Node) -> LinkQueue {
+        let Some(relay) = self.relays.get(r) else {
+            return LinkQueue::default();
+        };
+        let me = Node::Relay(r);
+        let Some((c, slot)) = relay.chans.iter().enumerate().find(|(_, s)| {
+            let (li, side) = s.link;
+            let other = self.links[li].ends[1 - side].who;
+            node_of(other) == to && node_of(self.links[li].ends[side].who) == me
+        }) else {
+            return LinkQueue::default();
+        };
+        let (li, side) = slot.link;
+        let mut circuits = 0u64;
+        for rc in relay.circs.iter().flatten() {
+            if rc.client.0 == c {
+                circuits += rc.circ.queued_to_client() as u64;
+            }
+            if rc.next.is_some_and(|n| n.0 == c) {
+                circuits += rc.circ.queued_to_next() as u64;
+            }
+        }
+        LinkQueue {
+            link: self.links[li].backlog(side, self.now),
+            channel: slot.chan.outbound_len() as u64,
+            circuits: circuits * CELL_WIRE_LEN,
         }
     }
 
@@ -514,6 +741,8 @@ impl Net {
             seen: BTreeSet::new(),
             closed_stats: None,
             edges: Vec::new(),
+            config: RelayConfig::default(),
+            edge_link: None,
         });
         Ok(self.relays.len() - 1)
     }
@@ -533,6 +762,7 @@ impl Net {
             chans: Vec::new(),
             circs: Vec::new(),
             failed: None,
+            circ_config: CircConfig::default(),
         });
         self.parties.len() - 1
     }
@@ -741,6 +971,7 @@ impl Net {
             Who::Party(p) => &mut self.parties[p].chans,
             Who::Relay(r) => &mut self.relays[r].chans,
         };
+        let li = self.links.len();
         let ic = from_chans.len();
         from_chans.push(ChanSlot {
             chan: initiator,
@@ -749,6 +980,7 @@ impl Net {
             peer_name: to_name,
             waiting: Vec::new(),
             pending: Vec::new(),
+            link: (li, 0),
         });
         let rc = self.relays[to].chans.len();
         self.relays[to].chans.push(ChanSlot {
@@ -758,7 +990,9 @@ impl Net {
             peer_name: from_name,
             waiting: Vec::new(),
             pending: Vec::new(),
+            link: (li, 1),
         });
+        let params = self.link_params(node_of(from), Node::Relay(to));
         self.relays[to].seen.insert(from_addr.to_string());
         if let Who::Relay(r) = from {
             self.relays[r].seen.insert(to_addr.to_string());
@@ -776,6 +1010,8 @@ impl Net {
             ],
             pipes: [Pipe::default(), Pipe::default()],
             burst: [0; 2],
+            params,
+            blocked: [false; 2],
         });
         Ok(ic)
     }
@@ -907,6 +1143,11 @@ impl Net {
             for p in &l.pipes {
                 consider(p.next_at());
             }
+            for side in 0..2 {
+                if l.blocked[side] {
+                    consider(Some(l.half_drained_at(side)));
+                }
+            }
         }
         for r in &self.relays {
             for e in &r.edges {
@@ -1020,6 +1261,14 @@ impl Net {
     /// Deliver every byte chunk and edge event due at `now`.
     fn deliver_due(&mut self, d: &mut dyn Driver) {
         let now = self.now;
+        // A full link that has half drained takes cells again (the relays are pumped next).
+        for l in &mut self.links {
+            for side in 0..2 {
+                if l.blocked[side] && l.half_drained_at(side) <= now {
+                    l.blocked[side] = false;
+                }
+            }
+        }
         for li in 0..self.links.len() {
             for side in 0..2 {
                 while let Some(mut bytes) = self.links[li].pipes[side].pop_due(now) {
@@ -1065,8 +1314,12 @@ impl Net {
     }
 
     fn flush_links(&mut self) {
-        let (now, lat, bw) = (self.now, self.cfg.latency, self.cfg.bandwidth);
+        let now = self.now;
         for li in 0..self.links.len() {
+            let (lat, bw) = (
+                self.links[li].params.latency,
+                self.links[li].params.bandwidth,
+            );
             for side in 0..2 {
                 let ep = self.links[li].ends[side];
                 if self.slot(ep).chan.outbound_len() == 0 {
@@ -1074,6 +1327,20 @@ impl Net {
                 }
                 let mut out = self.take_buf(self.links[li].burst[side]);
                 if self.slot(ep).chan.poll_transmit(&mut out).is_some() {
+                    let record = self.links[li].params.record_size;
+                    if record > 0 && out.len() > record {
+                        // Records arrive one by one, as they are carried.
+                        for piece in out.chunks(record) {
+                            let mut b = self.take_buf(record);
+                            b.extend_from_slice(piece);
+                            self.links[li].pipes[1 - side].push(now, b, lat, bw);
+                        }
+                        if self.pool.len() < POOL_BUFS {
+                            out.clear();
+                            self.pool.push(out);
+                        }
+                        continue;
+                    }
                     let link = &mut self.links[li];
                     link.burst[side] = out.capacity();
                     link.pipes[1 - side].push(now, out, lat, bw);
@@ -1180,14 +1447,14 @@ impl Net {
         let party = &mut self.parties[at.party];
         let pc = &mut party.circs[at.circ];
         let kind = pc.kind;
-        let (circ, create) =
-            match Circuit::create(CircConfig::default(), &pc.path[0], kind, now, &mut self.rng) {
-                Ok(x) => x,
-                Err(e) => {
-                    party.failed.get_or_insert(e.to_string());
-                    return;
-                }
-            };
+        let config = party.circ_config.clone();
+        let (circ, create) = match Circuit::create(config, &pc.path[0], kind, now, &mut self.rng) {
+            Ok(x) => x,
+            Err(e) => {
+                party.failed.get_or_insert(e.to_string());
+                return;
+            }
+        };
         let slot = &mut party.chans[pc.chan];
         let id = match slot.chan.new_circ_id(&mut self.rng) {
             Ok(id) => id,
@@ -1278,8 +1545,16 @@ impl Net {
         let party = &mut self.parties[at.party];
         let pc = &mut party.circs[at.circ];
         let t = pc.path[hops].clone();
+        let last = hops + 1 == pc.path.len();
         if let Some(c) = &mut pc.circ {
-            if let Err(e) = c.extend(&t, now, &mut self.rng) {
+            // The last hop is asked for congestion control if the circuit's configuration
+            // says so (C tor asks the exit alone).
+            let r = if last {
+                c.extend_exit(&t, now, &mut self.rng)
+            } else {
+                c.extend(&t, now, &mut self.rng)
+            };
+            if let Err(e) = r {
                 party.failed.get_or_insert(e.to_string());
                 return;
             }
@@ -1457,7 +1732,8 @@ impl Net {
             _ => return,
         };
         let peer = self.relays[r].chans[c].peer_addr;
-        match RelayCircuit::accept(&self.relays[r].keys, &msg, now, &mut self.rng) {
+        let relay = &self.relays[r];
+        match RelayCircuit::accept_with(&relay.keys, &relay.config, &msg, now, &mut self.rng) {
             Ok((circ, reply)) => {
                 let relay = &mut self.relays[r];
                 if relay.chans[c].chan.send(id, &reply).is_err() {
@@ -1499,32 +1775,45 @@ impl Net {
                 return moved;
             };
             let (client, next, spliced) = (rc.client, rc.next, rc.spliced);
+            // How many cells each side's channel takes now (a link with a bounded queue).
+            let to_client = allowance(&mut self.links, &relay.chans[client.0], self.now);
+            let to_next = next.map_or(usize::MAX, |n| {
+                allowance(&mut self.links, &relay.chans[n.0], self.now)
+            });
+            rc.circ.set_client_channel_blocked(to_client == 0);
             // Each output goes to its channel as it comes (this runs for every cell: no
             // collecting them first).
             let mut sent = false;
-            while let Some(out) = rc.circ.poll_cell(&mut self.rng) {
+            let mut left = to_next;
+            while left > 0 {
+                let Some(m) = rc.circ.poll_to_next() else {
+                    break;
+                };
+                left -= 1;
                 sent = true;
-                match out {
-                    RelayOutput::ToClient(m) => {
-                        let _ = relay.chans[client.0].chan.send(client.1, &m);
-                        if matches!(m, ChanMsg::Destroy(_)) {
-                            relay.by_client.remove(&client);
-                        }
+                if let Some(n) = next {
+                    let _ = relay.chans[n.0].chan.send(n.1, &m);
+                    if matches!(m, ChanMsg::Destroy(_)) {
+                        relay.by_next.remove(&n);
+                        rc.next = None;
                     }
-                    RelayOutput::ToNext(m) => {
-                        if let Some(n) = next {
-                            let _ = relay.chans[n.0].chan.send(n.1, &m);
-                            if matches!(m, ChanMsg::Destroy(_)) {
-                                relay.by_next.remove(&n);
-                                rc.next = None;
-                            }
-                        } else if matches!(m, ChanMsg::Destroy(_)) {
-                            // Still connecting: forget the pending CREATE2.
-                            for s in &mut relay.chans {
-                                s.waiting.retain(|(w, _)| *w != i);
-                            }
-                        }
+                } else if matches!(m, ChanMsg::Destroy(_)) {
+                    // Still connecting: forget the pending CREATE2.
+                    for s in &mut relay.chans {
+                        s.waiting.retain(|(w, _)| *w != i);
                     }
+                }
+            }
+            let mut left = to_client;
+            while left > 0 {
+                let Some(m) = rc.circ.poll_to_client(&mut self.rng) else {
+                    break;
+                };
+                left -= 1;
+                sent = true;
+                let _ = relay.chans[client.0].chan.send(client.1, &m);
+                if matches!(m, ChanMsg::Destroy(_)) {
+                    relay.by_client.remove(&client);
                 }
             }
             let mut joined = Vec::new();

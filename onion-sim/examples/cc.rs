@@ -1,0 +1,63 @@
+//! The congestion-control experiment of `onion_sim::cc` at 20, 100 and 300 ms round trips,
+//! with and without congestion control, and with a second client sharing the bottleneck.
+//!
+//! `cargo run --release -p onion-sim --example cc [MiB]` prints each run's summary and the
+//! wall-clock time it took (the simulated time is virtual).
+
+use std::time::{Duration, Instant};
+
+use onion_sim::cc::{self, Experiment};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("one") {
+        // `one MiB RTT_MS QUEUE_KIB CC(0|1) [TRACE_EVERY [SECOND_AFTER_MS]]`: one run, with its trace.
+        let n = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+        let cfg = Experiment {
+            transfer: n(2, 50) << 20,
+            rtt: Duration::from_millis(n(3, 100)),
+            queue_limit: n(4, 256) as usize * 1024,
+            congestion_control: n(5, 1) == 1,
+            second_after: (n(7, 0) > 0).then(|| Duration::from_millis(n(7, 0))),
+            ..Experiment::default()
+        };
+        let every = n(6, 0) as usize;
+        match cc::run(cfg) {
+            Ok(r) => {
+                print!("{}", r.summary());
+                if every > 0 {
+                    for s in r.trace.iter().step_by(every) {
+                        println!(
+                            "{:>8.3} s cwnd {:>5} inflight {:>5} rtt {:>7.2} ms min {:>7.2} ms ss {} queue {:>7} B got {:?}",
+                            s.at.as_secs_f64(), s.cwnd, s.inflight, s.rtt_ms, s.min_rtt_ms,
+                            s.slow_start as u8, s.queue, s.received
+                        );
+                    }
+                }
+            }
+            Err(e) => println!("failed: {e}"),
+        }
+        return;
+    }
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
+    for rtt in [100, 20, 300] {
+        for (congestion_control, second) in [(true, false), (false, false), (true, true)] {
+            let cfg = Experiment {
+                rtt: Duration::from_millis(rtt),
+                transfer: mib << 20,
+                congestion_control,
+                second_after: second.then(|| Duration::from_millis(20 * rtt)),
+                ..Experiment::default()
+            };
+            let t = Instant::now();
+            match cc::run(cfg) {
+                Ok(r) => print!("{}", r.summary()),
+                Err(e) => println!("failed: {e}"),
+            }
+            println!("  (wall clock {:.2} s)\n", t.elapsed().as_secs_f64());
+        }
+    }
+}

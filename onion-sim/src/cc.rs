@@ -1,0 +1,595 @@
+//! Congestion control on the simulated network (proposal 324): a download through a 3-hop
+//! circuit whose middle → guard link is a bottleneck with a bounded queue, with Tor Vegas
+//! negotiated between the client and the exit or with fixed windows (tor-spec §7.3–7.4).
+//!
+//! The path is client — guard — middle — exit — web server. Every link has a third of the
+//! round-trip time as its one-way latency; the client–guard and middle–exit links are fast
+//! (1 Gbit/s by default), the guard–middle link carries [`Experiment::bottleneck`] bytes per
+//! second with a queue of [`Experiment::queue_limit`] bytes, so cells the middle relay cannot
+//! hand to it wait in its circuit queues: what congestion control keeps small. The exit
+//! negotiates congestion control because its relay is configured to offer it
+//! ([`RelayConfig::congestion_control`], `FlowCtrl=2`) and the client asks
+//! ([`CircConfig::congestion_control`]); everything on the way is the real code of
+//! onion-circuit, cell by cell, with its cryptography.
+//!
+//! [`run`] reports each download's throughput, the bottleneck queue's largest and mean
+//! size, and a trace of the exit's congestion window, smoothed and minimum RTT and cells in
+//! flight over time ([`CcReport::trace`]); with [`Experiment::second_after`] a second client
+//! starts the same download later over the same path, and the report gives the share of the
+//! bottleneck each got while both ran ([`CcReport::overlap`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use onion_cell::relaymsg::BeginFlags;
+use onion_circuit::cc::CcConfig as VegasConfig;
+use onion_circuit::circuit::{CircConfig, CircEvent, HandshakeKind};
+use onion_circuit::relay::RelayConfig;
+use onion_circuit::stream::StreamId;
+use onion_circuit::Instant;
+
+use crate::circuit::exit::Exit;
+use crate::circuit::net::{CircRef, Driver, LinkParams, Net, NetConfig, Node};
+use crate::circuit::web::{self, PATTERN_LEN};
+use crate::circuit::{SimError, WEB_HOST};
+
+/// Settings of one experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Seed of the network's RNG.
+    pub seed: u64,
+    /// Round-trip time of the path (client to exit and back), split evenly over its three
+    /// links.
+    pub rtt: Duration,
+    /// Bytes per second of the guard–middle link, the bottleneck.
+    pub bottleneck: u64,
+    /// Bytes the bottleneck's queue holds (its direction toward the client).
+    pub queue_limit: usize,
+    /// Bytes per second of the other links.
+    pub fast: u64,
+    /// Bytes each client downloads.
+    pub transfer: u64,
+    /// Negotiate congestion control (Tor Vegas with C tor's defaults, `sendme_inc` 31); else
+    /// fixed windows.
+    pub congestion_control: bool,
+    /// Start a second client on the same path this long after the first.
+    pub second_after: Option<Duration>,
+    /// Interval of the trace's samples.
+    pub sample_every: Duration,
+}
+
+impl Default for Experiment {
+    /// The reference: 100 ms RTT, 200 Mbit/s bottleneck with a 256 KiB queue (about
+    /// 10 ms of it), 1 Gbit/s elsewhere, 50 MiB with congestion control.
+    fn default() -> Self {
+        Experiment {
+            seed: 1,
+            rtt: Duration::from_millis(100),
+            bottleneck: 200_000_000 / 8,
+            queue_limit: 256 * 1024,
+            fast: 1_000_000_000 / 8,
+            transfer: 50 << 20,
+            congestion_control: true,
+            second_after: None,
+            sample_every: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The largest TLS record's payload: links carry bursts in pieces of this size.
+const TLS_RECORD: usize = 16 * 1024;
+
+/// At most this many trace samples are kept (later ones are counted, not kept).
+pub const MAX_TRACE: usize = 20_000;
+
+/// One sample of the first download's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceSample {
+    /// Virtual time since the start.
+    pub at: Duration,
+    /// The exit's congestion window (cells); 0 with fixed windows.
+    pub cwnd: u64,
+    /// Cells the exit has in flight (congestion control), or in its circuit package window
+    /// use (fixed windows: not tracked, 0).
+    pub inflight: u64,
+    /// The exit's smoothed RTT (N-EWMA, proposal 324 §2.1.2), ms.
+    pub rtt_ms: f64,
+    /// The exit's minimum RTT, ms.
+    pub min_rtt_ms: f64,
+    /// Whether Vegas is still in slow start.
+    pub slow_start: bool,
+    /// Bytes waiting at the bottleneck (link queue, channel and circuit queues).
+    pub queue: u64,
+    /// Body bytes each client has received so far.
+    pub received: [u64; 2],
+}
+
+/// One client's download.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Download {
+    /// Body bytes received (and checked against what the server sent).
+    pub bytes: u64,
+    /// When the request left the client.
+    pub start: Duration,
+    /// When the last body byte arrived.
+    pub end: Duration,
+    /// Whether congestion control was negotiated with the exit.
+    pub negotiated: bool,
+    /// The exit's largest congestion window (cells).
+    pub max_cwnd: u64,
+    /// Circuit SENDMEs the client sent.
+    pub circ_sendmes: u64,
+    /// Stream SENDMEs the client sent (none under congestion control).
+    pub stream_sendmes: u64,
+}
+
+impl Download {
+    /// Mean body bytes per second from request to last byte.
+    pub fn throughput(&self) -> f64 {
+        let t = (self.end.saturating_sub(self.start)).as_secs_f64();
+        if t > 0.0 {
+            self.bytes as f64 / t
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What an experiment measured.
+#[derive(Debug, Clone)]
+pub struct CcReport {
+    /// The settings.
+    pub config: Experiment,
+    /// The downloads (the first client's, then the second's).
+    pub downloads: Vec<Download>,
+    /// The largest bottleneck queue seen (bytes).
+    pub max_queue: u64,
+    /// The bottleneck queue's mean over the first download (bytes, sampled).
+    pub mean_queue: u64,
+    /// The trace, one sample per [`Experiment::sample_every`].
+    pub trace: Vec<TraceSample>,
+    /// Samples not kept beyond [`MAX_TRACE`].
+    pub trace_dropped: usize,
+    /// With two clients: bytes per second each received while both were downloading, from
+    /// ten round trips after the second's request (past its slow start); `None` if that
+    /// leaves less than five round trips.
+    pub overlap: Option<[f64; 2]>,
+}
+
+impl CcReport {
+    /// The first download's throughput as a fraction of the bottleneck.
+    pub fn utilization(&self) -> f64 {
+        self.downloads
+            .first()
+            .map_or(0.0, |d| d.throughput() / self.config.bottleneck as f64)
+    }
+
+    /// The first download's throughput over its second half (bytes received after half the
+    /// transfer), as a fraction of the bottleneck: the rate once slow start is long over.
+    pub fn steady_utilization(&self) -> f64 {
+        let half = self.config.transfer / 2;
+        let Some(d) = self.downloads.first() else {
+            return 0.0;
+        };
+        let Some(s) = self.trace.iter().find(|s| s.received[0] >= half) else {
+            return 0.0;
+        };
+        let t = d.end.saturating_sub(s.at).as_secs_f64();
+        if t <= 0.0 {
+            return 0.0;
+        }
+        (d.bytes - s.received[0]) as f64 / t / self.config.bottleneck as f64
+    }
+
+    /// Cells the first download delivered per round trip.
+    pub fn cells_per_rtt(&self) -> f64 {
+        self.downloads.first().map_or(0.0, |d| {
+            d.throughput() / 498.0 * self.config.rtt.as_secs_f64()
+        })
+    }
+
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let mut out = format!(
+            "congestion control: {}; RTT {} ms, bottleneck {:.0} Mbit/s (queue {} KiB), {} MiB each\n",
+            if c.congestion_control {
+                "Tor Vegas (negotiated with the exit)"
+            } else {
+                "off (fixed windows)"
+            },
+            c.rtt.as_millis(),
+            c.bottleneck as f64 * 8.0 / 1e6,
+            c.queue_limit / 1024,
+            c.transfer >> 20,
+        );
+        for (i, d) in self.downloads.iter().enumerate() {
+            out += &format!(
+                "  download {}: {} bytes in {:.3} s: {:.2} MB/s ({:.1} % of the bottleneck), max cwnd {} cells, {} circuit / {} stream SENDMEs\n",
+                i + 1,
+                d.bytes,
+                d.end.saturating_sub(d.start).as_secs_f64(),
+                d.throughput() / 1e6,
+                100.0 * d.throughput() / c.bottleneck as f64,
+                d.max_cwnd,
+                d.circ_sendmes,
+                d.stream_sendmes,
+            );
+        }
+        out += &format!(
+            "  second half of download 1: {:.1} % of the bottleneck; {:.0} cells per RTT overall\n",
+            100.0 * self.steady_utilization(),
+            self.cells_per_rtt()
+        );
+        out += &format!(
+            "  bottleneck queue: max {} KiB ({:.1} ms), mean {} KiB\n",
+            self.max_queue / 1024,
+            self.max_queue as f64 / c.bottleneck as f64 * 1e3,
+            self.mean_queue / 1024,
+        );
+        if let Some([a, b]) = self.overlap {
+            out += &format!(
+                "  while both ran: {:.2} and {:.2} MB/s ({:.1} % / {:.1} % of the bottleneck)\n",
+                a / 1e6,
+                b / 1e6,
+                100.0 * a / c.bottleneck as f64,
+                100.0 * b / c.bottleneck as f64,
+            );
+        }
+        out
+    }
+}
+
+/// One client's download state.
+#[derive(Debug, Default)]
+struct Fetch {
+    circ: Option<CircRef>,
+    stream: Option<StreamId>,
+    start_at: Option<Instant>,
+    request_sent: Option<Instant>,
+    head: Vec<u8>,
+    body_started: bool,
+    body: u64,
+    last_byte: Option<Instant>,
+    corrupt: bool,
+    done: bool,
+    stats: onion_circuit::flow::FlowStats,
+    negotiated: bool,
+}
+
+/// The clients of the experiment.
+struct Clients {
+    transfer: u64,
+    pattern: Rc<[u8]>,
+    fetches: Vec<Fetch>,
+}
+
+impl Clients {
+    fn find(&self, at: CircRef) -> Option<usize> {
+        self.fetches.iter().position(|f| f.circ == Some(at))
+    }
+
+    fn done(&self) -> bool {
+        self.fetches.iter().all(|f| f.done)
+    }
+
+    /// Body bytes `data` at body offset `f.body`: counted and compared with the server's.
+    fn take_body(pattern: &[u8], f: &mut Fetch, data: &[u8]) {
+        let off = (f.body % PATTERN_LEN as u64) as usize;
+        if pattern.get(off..off + data.len()) != Some(data) {
+            f.corrupt = true;
+        }
+        f.body += data.len() as u64;
+    }
+}
+
+impl Driver for Clients {
+    fn circ_event(&mut self, net: &mut Net, at: CircRef, ev: CircEvent) {
+        let now = net.now();
+        let Some(i) = self.find(at) else {
+            return;
+        };
+        match ev {
+            CircEvent::HopAdded { .. } => {
+                let f = &mut self.fetches[i];
+                f.negotiated = net
+                    .circuit(at)
+                    .and_then(|c| c.congestion_control(2))
+                    .is_some();
+                match net
+                    .circuit_mut(at)
+                    .map(|c| c.begin(WEB_HOST, 80, BeginFlags::default(), now))
+                {
+                    Some(Ok(s)) => self.fetches[i].stream = Some(s),
+                    Some(Err(e)) => net.fail_party(at.party, e.to_string()),
+                    None => {}
+                }
+            }
+            CircEvent::StreamConnected { stream, .. } => {
+                let req = format!(
+                    "GET /{} HTTP/1.0\r\nHost: {WEB_HOST}\r\n\r\n",
+                    self.transfer
+                );
+                if let Some(c) = net.circuit_mut(at) {
+                    match c.send(stream, req.as_bytes()) {
+                        Ok(_) => self.fetches[i].request_sent = Some(now),
+                        Err(e) => net.fail_party(at.party, e.to_string()),
+                    }
+                }
+            }
+            CircEvent::Data { data, .. } => {
+                let f = &mut self.fetches[i];
+                f.last_byte = Some(now);
+                if f.body_started {
+                    Self::take_body(&self.pattern, f, &data);
+                    return;
+                }
+                // The response head, bounded; the body follows its blank line.
+                let room = web::MAX_REQUEST.saturating_sub(f.head.len());
+                let before = f.head.len();
+                f.head.extend_from_slice(&data[..data.len().min(room)]);
+                if let Some(p) = f.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    f.body_started = true;
+                    let rest = (p + 4).saturating_sub(before);
+                    let head_ok = f.head.starts_with(b"HTTP/1.0 200 ");
+                    f.corrupt |= !head_ok;
+                    if rest < data.len() {
+                        Self::take_body(&self.pattern, f, &data[rest..]);
+                    }
+                } else if f.head.len() >= web::MAX_REQUEST {
+                    net.fail_party(at.party, "response head too long");
+                }
+            }
+            CircEvent::StreamEnded { .. } => {
+                let f = &mut self.fetches[i];
+                if let Some(c) = net.circuit_mut(at) {
+                    f.stats = c.stats();
+                    c.destroy();
+                }
+                f.done = true;
+            }
+            CircEvent::Closed { .. } if !self.fetches[i].done => {
+                net.fail_party(at.party, "circuit closed before the download ended");
+            }
+            _ => {}
+        }
+    }
+
+    fn chan_closed(&mut self, net: &mut Net, party: usize, error: String) {
+        if !self.done() {
+            net.fail_party(party, format!("channel closed: {error}"));
+        }
+    }
+
+    fn next_time(&self, net: &Net) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        for f in &self.fetches {
+            if f.done {
+                continue;
+            }
+            let next = match (f.circ, f.start_at) {
+                (Some(at), _) => net.party_timeout(at.party),
+                (None, s) => s,
+            };
+            if let Some(x) = next {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        }
+        t
+    }
+}
+
+/// Run one experiment.
+pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
+    let one_way = cfg.rtt / 6;
+    let mut net = Net::new(NetConfig {
+        seed: cfg.seed,
+        latency: one_way,
+        bandwidth: cfg.fast,
+        story: false,
+    });
+    let mut path = Vec::new();
+    for (i, name) in ["guard", "middle", "exit"].iter().enumerate() {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 9001);
+        path.push(net.add_relay(name, addr)?);
+    }
+    let (guard, middle, exit) = (path[0], path[1], path[2]);
+    net.add_edge(exit, Box::new(Exit::new(cfg.seed)));
+    // The web server is next to the exit.
+    net.set_edge_link(exit, Duration::from_micros(500), 0);
+    let fast = LinkParams {
+        latency: one_way,
+        bandwidth: cfg.fast,
+        queue_limit: 0,
+        record_size: TLS_RECORD,
+    };
+    net.set_link(Node::Relay(middle), Node::Relay(exit), fast);
+    net.set_link(
+        Node::Relay(guard),
+        Node::Relay(middle),
+        LinkParams {
+            bandwidth: cfg.bottleneck,
+            queue_limit: cfg.queue_limit,
+            ..fast
+        },
+    );
+    let vegas = VegasConfig::default();
+    net.set_relay_config(
+        exit,
+        RelayConfig {
+            congestion_control: Some(vegas),
+            ..RelayConfig::default()
+        },
+    );
+    let circ_config = CircConfig {
+        congestion_control: cfg.congestion_control.then(|| Box::new(vegas)),
+        ..CircConfig::default()
+    };
+    let n_clients = if cfg.second_after.is_some() { 2 } else { 1 };
+    let mut parties = Vec::new();
+    let mut fetches = Vec::new();
+    for k in 0..n_clients {
+        let p = net.add_party(
+            &format!("client{}", k + 1),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7 + k as u8)),
+        );
+        net.set_circ_config(p, circ_config.clone());
+        net.set_link(Node::Party(p), Node::Relay(guard), fast);
+        parties.push(p);
+        let start = match k {
+            0 => Instant::ZERO,
+            _ => Instant::ZERO + cfg.second_after.unwrap_or_default(),
+        };
+        fetches.push(Fetch {
+            start_at: Some(start),
+            ..Fetch::default()
+        });
+    }
+    let mut clients = Clients {
+        transfer: cfg.transfer.min(web::MAX_BODY),
+        pattern: web::pattern(cfg.seed),
+        fetches,
+    };
+    let limit = Instant::ZERO + Duration::from_secs(3600);
+    let mut trace = Vec::new();
+    let mut dropped = 0;
+    let mut next_sample = Instant::ZERO;
+    let (mut max_queue, mut queue_sum, mut queue_n) = (0u64, 0u128, 0u64);
+    let mut max_cwnd = [0u64; 2];
+    // The exit's circuits in the order they appeared: the first client's, then the second's.
+    let mut exit_circs: Vec<usize> = Vec::new();
+    loop {
+        let now = net.now();
+        for (k, f) in clients.fetches.iter_mut().enumerate() {
+            if f.circ.is_none() && f.start_at.is_some_and(|t| t <= now) {
+                f.circ = Some(net.build_circuit(parties[k], &path, HandshakeKind::NtorV3)?);
+            }
+        }
+        net.pump(&mut clients);
+        for &p in &parties {
+            if let Some(why) = net.party_failure(p) {
+                return Err(SimError::Circuit(why.to_owned()));
+            }
+        }
+        let queue = net.queue_toward(middle, Node::Relay(guard)).total();
+        max_queue = max_queue.max(queue);
+        let mut first = None;
+        for (i, c) in net.relay_circuits(exit) {
+            let k = match exit_circs.iter().position(|&x| x == i) {
+                Some(k) => k,
+                None => {
+                    exit_circs.push(i);
+                    exit_circs.len() - 1
+                }
+            };
+            if let (Some(cc), Some(m)) = (c.congestion_control(), max_cwnd.get_mut(k)) {
+                *m = (*m).max(cc.cwnd());
+                if k == 0 {
+                    first = Some(cc.clone());
+                }
+            }
+        }
+        if now >= next_sample {
+            next_sample = now + cfg.sample_every;
+            if !clients.fetches[0].done {
+                queue_sum += u128::from(queue);
+                queue_n += 1;
+            }
+            if trace.len() < MAX_TRACE {
+                let cc = first.as_ref();
+                trace.push(TraceSample {
+                    at: now - Instant::ZERO,
+                    cwnd: cc.map_or(0, |c| c.cwnd()),
+                    inflight: cc.map_or(0, |c| c.inflight()),
+                    rtt_ms: cc.map_or(0.0, |c| c.rtt().ewma_usec as f64 / 1e3),
+                    min_rtt_ms: cc.map_or(0.0, |c| c.rtt().min_usec as f64 / 1e3),
+                    slow_start: cc.is_some_and(|c| c.in_slow_start()),
+                    queue,
+                    received: [
+                        clients.fetches[0].body,
+                        clients.fetches.get(1).map_or(0, |f| f.body),
+                    ],
+                });
+            } else {
+                dropped += 1;
+            }
+        }
+        if clients.done() {
+            break;
+        }
+        let next = net.next_time(&clients);
+        let next = match (next, (now < next_sample).then_some(next_sample)) {
+            // Sample on time while something is in flight.
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, _) => a,
+        };
+        let Some(next) = next else {
+            return Err(SimError::Stalled {
+                at: net.elapsed(),
+                what: format!(
+                    "downloads at {:?} bytes",
+                    clients.fetches.iter().map(|f| f.body).collect::<Vec<_>>()
+                ),
+            });
+        };
+        if next > limit {
+            return Err(SimError::TimeLimit);
+        }
+        net.advance_to(next, &mut clients);
+    }
+    let mut downloads = Vec::new();
+    for (k, f) in clients.fetches.iter().enumerate() {
+        if f.corrupt || f.body != clients.transfer {
+            return Err(SimError::Circuit(format!(
+                "download {} received {} of {} bytes{}",
+                k + 1,
+                f.body,
+                clients.transfer,
+                if f.corrupt { ", corrupted" } else { "" }
+            )));
+        }
+        let t = |x: Option<Instant>| x.map_or(Duration::ZERO, |x| x - Instant::ZERO);
+        downloads.push(Download {
+            bytes: f.body,
+            start: t(f.request_sent),
+            end: t(f.last_byte),
+            negotiated: f.negotiated,
+            max_cwnd: max_cwnd[k],
+            circ_sendmes: f.stats.circ_sendmes_sent,
+            stream_sendmes: f.stats.stream_sendmes_sent,
+        });
+    }
+    let overlap = overlap(&trace, &downloads, cfg.rtt);
+    Ok(CcReport {
+        mean_queue: u64::try_from(queue_sum / u128::from(queue_n.max(1))).unwrap_or(u64::MAX),
+        config: cfg,
+        downloads,
+        max_queue,
+        trace,
+        trace_dropped: dropped,
+        overlap,
+    })
+}
+
+/// Bytes per second each client received from ten round trips after the second one's
+/// request (its slow start) to the end of the first download to finish; `None` if that
+/// leaves less than five round trips.
+fn overlap(trace: &[TraceSample], downloads: &[Download], rtt: Duration) -> Option<[f64; 2]> {
+    let [a, b] = downloads else {
+        return None;
+    };
+    let from = b.start + rtt * 10;
+    let to = a.end.min(b.end);
+    let s0 = trace.iter().find(|s| s.at >= from)?;
+    let s1 = trace.iter().rev().find(|s| s.at <= to)?;
+    let t = s1.at.checked_sub(s0.at)?;
+    if t < rtt * 5 {
+        return None;
+    }
+    let t = t.as_secs_f64();
+    Some([
+        (s1.received[0] - s0.received[0]) as f64 / t,
+        (s1.received[1] - s0.received[1]) as f64 / t,
+    ])
+}

@@ -1,0 +1,180 @@
+//! Congestion control on the simulated network (proposal 324, `onion_sim::cc`): a download
+//! through a 3-hop circuit whose guard–middle link is a 200 Mbit/s bottleneck with a bounded
+//! queue, Tor Vegas against fixed windows, at 20, 100 and 300 ms round trips, and a second
+//! client sharing the bottleneck.
+//!
+//! The transfers here are smaller than the 50 MiB of the reference experiment, to keep the
+//! tests' CPU time small (virtual time is free, the cells' cryptography is not); the full
+//! runs are `cargo run --release -p onion-sim --example cc` and the ignored test below.
+
+use std::time::Duration;
+
+use onion_sim::cc::{self, CcReport, Experiment};
+
+fn run(rtt_ms: u64, mib: u64, congestion_control: bool) -> CcReport {
+    cc::run(Experiment {
+        rtt: Duration::from_millis(rtt_ms),
+        transfer: mib << 20,
+        congestion_control,
+        ..Experiment::default()
+    })
+    .expect("the download completes intact")
+}
+
+/// The bottleneck's queue (link, channel and circuit queues at the middle relay) stays
+/// within the link's bound plus what Vegas aims to keep queued (beta, 248 cells) and one
+/// window's growth: it never grows with the transfer.
+fn assert_queue_bounded(r: &CcReport) {
+    let bound = r.config.queue_limit as u64 + 2 * 248 * 514;
+    assert!(
+        r.max_queue <= bound,
+        "queue {} > {bound}\n{}",
+        r.max_queue,
+        r.summary()
+    );
+}
+
+#[test]
+fn cc_fills_a_20ms_bottleneck_where_fixed_windows_fill_half() {
+    let cc = run(20, 16, true);
+    let fixed = run(20, 8, false);
+    let d = cc.downloads[0];
+    assert!(d.negotiated, "the exit agreed to congestion control");
+    assert_eq!(
+        d.stream_sendmes, 0,
+        "no stream SENDMEs under congestion control"
+    );
+    // A circuit SENDME every 31 cells received (the body and head in 498-byte cells).
+    let cells = d.bytes / 498;
+    assert!(
+        (cells / 31..=cells / 31 + cells / 31 / 20).contains(&d.circ_sendmes),
+        "{} SENDMEs for about {cells} cells",
+        d.circ_sendmes
+    );
+    assert!(
+        cc.utilization() >= 0.80,
+        "congestion control reaches {:.1} % of the bottleneck\n{}",
+        100.0 * cc.utilization(),
+        cc.summary()
+    );
+    // Fixed windows: the 500-cell stream window per round trip (its SENDMEs come back
+    // after 50 cells), about half the bottleneck at 20 ms.
+    let f = fixed.downloads[0];
+    assert!(!f.negotiated);
+    assert!(f.stream_sendmes > 0);
+    let per_rtt = fixed.cells_per_rtt();
+    assert!(
+        (400.0..=520.0).contains(&per_rtt),
+        "fixed windows: {per_rtt:.0} cells per RTT"
+    );
+    assert!(cc.utilization() > 1.8 * fixed.utilization());
+    assert_queue_bounded(&cc);
+    assert_queue_bounded(&fixed);
+}
+
+#[test]
+fn cc_at_100ms_and_300ms_far_above_fixed_windows() {
+    for (rtt, mib, factor) in [(100, 24, 4.0), (300, 24, 4.0)] {
+        let cc = run(rtt, mib, true);
+        let fixed = run(rtt, 2, false);
+        assert!(cc.downloads[0].negotiated);
+        // Fixed windows are held to the stream window, ~500 cells a round trip.
+        let per_rtt = fixed.cells_per_rtt();
+        assert!(
+            (400.0..=520.0).contains(&per_rtt),
+            "{rtt} ms, fixed windows: {per_rtt:.0} cells per RTT"
+        );
+        assert!(
+            cc.utilization() > factor * fixed.utilization(),
+            "{rtt} ms: {:.1} % vs {:.1} %\n{}",
+            100.0 * cc.utilization(),
+            100.0 * fixed.utilization(),
+            cc.summary()
+        );
+        assert_queue_bounded(&cc);
+    }
+}
+
+/// The trace follows Vegas: slow start first, then a window that stays within C tor's
+/// bounds, an RTT no lower than the path's, and what is in flight within the window.
+#[test]
+fn trace_of_cwnd_rtt_and_inflight() {
+    let r = run(100, 12, true);
+    let live: Vec<_> = r.trace.iter().filter(|s| s.cwnd > 0).collect();
+    assert!(live.len() > 100, "{} samples", live.len());
+    assert!(live[0].slow_start);
+    let ss_end = live
+        .iter()
+        .position(|s| !s.slow_start)
+        .expect("slow start ends");
+    assert!(ss_end > 0);
+    for s in &live {
+        assert!(s.cwnd >= 124 && s.cwnd <= 5000 + 1000, "cwnd {}", s.cwnd);
+        assert!(
+            s.inflight <= s.cwnd,
+            "{} in flight, cwnd {}",
+            s.inflight,
+            s.cwnd
+        );
+        if s.rtt_ms > 0.0 {
+            assert!(s.min_rtt_ms >= 100.0 && s.rtt_ms >= s.min_rtt_ms, "{s:?}");
+            // Vegas keeps the queue short: the smoothed RTT stays within 20 ms of the path's.
+            assert!(s.rtt_ms < 120.0, "{s:?}");
+        }
+    }
+    // The window grew well beyond its start.
+    assert!(live.iter().map(|s| s.cwnd).max().unwrap() > 2000);
+    let mut last = 0;
+    for s in &r.trace {
+        assert!(s.received[0] >= last);
+        last = s.received[0];
+    }
+}
+
+#[test]
+fn a_second_circuit_gets_a_fair_share() {
+    let r = cc::run(Experiment {
+        rtt: Duration::from_millis(20),
+        transfer: 20 << 20,
+        second_after: Some(Duration::from_millis(100)),
+        ..Experiment::default()
+    })
+    .expect("both downloads complete");
+    assert_eq!(r.downloads.len(), 2);
+    assert!(r.downloads.iter().all(|d| d.negotiated));
+    let [a, b] = r.overlap.expect("the downloads overlapped");
+    let share = b / (a + b);
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "the second got {:.1} % of what both got\n{}",
+        100.0 * share,
+        r.summary()
+    );
+    // Together they still fill the bottleneck.
+    assert!(
+        (a + b) / r.config.bottleneck as f64 >= 0.8,
+        "{}",
+        r.summary()
+    );
+    assert_queue_bounded(&r);
+}
+
+/// The reference experiment with 50 MiB (about a second of CPU each in release builds):
+/// `cargo test --release -p onion-sim --test cc_sim -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn reference_50_mib() {
+    for rtt in [20, 100, 300] {
+        for congestion_control in [true, false] {
+            let r = run(rtt, 50, congestion_control);
+            println!("{}", r.summary());
+        }
+        let r = cc::run(Experiment {
+            rtt: Duration::from_millis(rtt),
+            second_after: Some(Duration::from_millis(10 * rtt)),
+            ..Experiment::default()
+        })
+        .expect("both downloads complete");
+        println!("{}", r.summary());
+    }
+}
