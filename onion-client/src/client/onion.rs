@@ -303,6 +303,8 @@ impl super::Client {
             if let Some((key, _)) = self.hs.circs.remove(&r) {
                 self.hs.keys.remove(&key);
             }
+            // Its directory request, if one was in flight, is answered by the closure.
+            self.hs.dir_reqs.retain(|_, c| *c != r);
             self.hs
                 .hs
                 .circuit_closed(r, "the circuit closed", self.now, &mut self.rng);
@@ -465,6 +467,7 @@ impl super::Client {
 
     /// Close an onion-service circuit the machines gave up.
     fn hs_close(&mut self, circ: HsCircRef) {
+        self.hs.dir_reqs.retain(|_, c| *c != circ);
         if let Some((key, _)) = self.hs.circs.remove(&circ) {
             self.hs.keys.remove(&key);
             if self.circs.contains_key(&key) {
