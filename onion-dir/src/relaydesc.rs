@@ -440,6 +440,144 @@ impl ExtraInfo {
     }
 }
 
+/// Where a relay's descriptor stands in the consensus it has (C tor's
+/// `mark_my_descriptor_dirty_if_too_old`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsensusListing {
+    /// No live consensus: nothing to learn from it.
+    NoConsensus,
+    /// A live consensus that does not list the relay.
+    NotListed,
+    /// Listed; `stale_desc` is the StaleDesc flag, `valid_after` the consensus's.
+    Listed {
+        /// The consensus lists the relay with the StaleDesc flag.
+        stale_desc: bool,
+        /// The consensus's valid-after time.
+        valid_after: Timestamp,
+    },
+}
+
+/// When a relay builds and uploads a new descriptor and extra-info document, as C tor 0.4.9
+/// decides it (dir-spec §2.1 "Uploading server descriptors"; C tor's
+/// `mark_my_descriptor_dirty_if_too_old`, `check_descriptor_bandwidth_changed`), sans-IO:
+///
+/// * at start, and whenever the embedder calls [`DescriptorSchedule::mark_dirty`] (a key
+///   rotation whose [`onion_crypto::relay_keyset::Rotation::descriptor_changed`] is true, a
+///   changed address, port, policy or any field other than uptime and bandwidth);
+/// * [`DescriptorSchedule::FORCE_REGENERATE`] (18 hours) after the last one;
+/// * every [`DescriptorSchedule::FAST_RETRY`] (90 minutes) while the live consensus does not
+///   list the relay, or lists it as StaleDesc and is newer than the descriptor;
+/// * while the uptime is under a day (or the relay hibernates), when the observed bandwidth
+///   has changed by a factor of 2 (or to or from 0) since the published one, at most every
+///   [`DescriptorSchedule::BANDWIDTH_CHANGE_FREQ`] (3 hours) unless the previous value was
+///   0 or the network is a testing network (C tor's `TestingTorNetwork`).
+///
+/// Call [`DescriptorSchedule::check`] about once a minute (C tor checks every 60 s); when it
+/// returns a reason, build, sign and upload (that reason is the `X-Desc-Gen-Reason` of
+/// [`crate::http::descriptor_upload`]), then call [`DescriptorSchedule::published`].
+#[derive(Debug, Clone)]
+pub struct DescriptorSchedule {
+    /// When the published descriptor was built; `None` while a new one is due.
+    clean_since: Option<Timestamp>,
+    dirty_reason: &'static str,
+    published_observed: Option<u64>,
+    bandwidth_changed_at: Option<Timestamp>,
+    testing_network: bool,
+}
+
+impl DescriptorSchedule {
+    /// A descriptor is rebuilt at least this often (C tor's
+    /// `FORCE_REGENERATE_DESCRIPTOR_INTERVAL`, 18 hours).
+    pub const FORCE_REGENERATE: u64 = 18 * 60 * 60;
+    /// Retry interval while the consensus misses or marks stale our descriptor (C tor's
+    /// `FAST_RETRY_DESCRIPTOR_INTERVAL`, 90 minutes).
+    pub const FAST_RETRY: u64 = 90 * 60;
+    /// Least time between bandwidth-triggered rebuilds (`MAX_BANDWIDTH_CHANGE_FREQ`).
+    pub const BANDWIDTH_CHANGE_FREQ: u64 = 3 * 60 * 60;
+    /// Bandwidth changes count only below this uptime (`MAX_UPTIME_BANDWIDTH_CHANGE`).
+    pub const BANDWIDTH_CHANGE_MAX_UPTIME: u64 = 24 * 60 * 60;
+
+    /// A schedule with a descriptor due now ("just started"). `testing_network` drops the
+    /// 3-hour limit on bandwidth-triggered rebuilds, as C tor's `TestingTorNetwork` does.
+    pub fn new(testing_network: bool) -> Self {
+        DescriptorSchedule {
+            clean_since: None,
+            dirty_reason: "just started",
+            published_observed: None,
+            bandwidth_changed_at: None,
+            testing_network,
+        }
+    }
+
+    /// Something in the descriptor changed: a new one is due at the next check. The first
+    /// reason given since the last publication is kept.
+    pub fn mark_dirty(&mut self, reason: &'static str) {
+        if self.clean_since.take().is_some() {
+            self.dirty_reason = reason;
+        }
+    }
+
+    /// A descriptor built at `now` with bandwidth-observed `observed` was uploaded.
+    pub fn published(&mut self, now: Timestamp, observed: u64) {
+        self.clean_since = Some(now);
+        self.published_observed = Some(observed);
+    }
+
+    /// Whether a new descriptor is due at `now`, and why. `uptime` is the relay's uptime in
+    /// seconds, `observed` its current bandwidth estimate (0 when hibernating),
+    /// `hibernating` whether it hibernates, `listing` what the live consensus says of it.
+    pub fn check(
+        &mut self,
+        now: Timestamp,
+        uptime: u64,
+        observed: u64,
+        hibernating: bool,
+        listing: ConsensusListing,
+    ) -> Option<&'static str> {
+        let Some(since) = self.clean_since else {
+            return Some(self.dirty_reason);
+        };
+        // check_descriptor_bandwidth_changed.
+        if uptime <= Self::BANDWIDTH_CHANGE_MAX_UPTIME || hibernating {
+            let prev = self.published_observed.unwrap_or(0);
+            let cur = if hibernating { 0 } else { observed };
+            let large = (prev != cur && (prev == 0 || cur == 0))
+                || cur > prev.saturating_mul(2)
+                || cur < prev / 2;
+            if large {
+                let long_enough = self.bandwidth_changed_at.map_or(true, |t| {
+                    t.unix().saturating_add(Self::BANDWIDTH_CHANGE_FREQ) < now.unix()
+                });
+                if long_enough || self.testing_network || prev == 0 {
+                    self.bandwidth_changed_at = Some(now);
+                    self.mark_dirty("bandwidth has changed");
+                    return Some(self.dirty_reason);
+                }
+            }
+        }
+        // mark_my_descriptor_dirty_if_too_old.
+        if since.unix().saturating_add(Self::FORCE_REGENERATE) < now.unix() {
+            self.mark_dirty("time for new descriptor");
+            return Some(self.dirty_reason);
+        }
+        let fast = match listing {
+            ConsensusListing::NotListed => Some("not listed in consensus"),
+            ConsensusListing::Listed {
+                stale_desc: true,
+                valid_after,
+            } if valid_after > since => Some("listed as stale in consensus"),
+            _ => None,
+        };
+        if let Some(reason) = fast {
+            if since.unix().saturating_add(Self::FAST_RETRY) < now.unix() {
+                self.mark_dirty(reason);
+                return Some(self.dirty_reason);
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +601,109 @@ mod tests {
         for bad in ["", "a-b", "abcdefghijklmnopqrst", "r\u{e9}"] {
             assert!(check_nickname(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn at(s: u64) -> Timestamp {
+        Timestamp::from_unix(1_796_000_000 + s)
+    }
+
+    #[test]
+    fn schedule_publishes_at_start_when_dirty_and_every_18_hours() {
+        let mut s = DescriptorSchedule::new(false);
+        let l = ConsensusListing::NoConsensus;
+        assert_eq!(s.check(at(0), 0, 100, false, l), Some("just started"));
+        s.published(at(0), 100);
+        assert_eq!(s.check(at(60), 60, 100, false, l), None);
+        s.mark_dirty("onion key rotated");
+        s.mark_dirty("second reason");
+        assert_eq!(
+            s.check(at(120), 120, 100, false, l),
+            Some("onion key rotated")
+        );
+        s.published(at(120), 100);
+        let limit = 120 + DescriptorSchedule::FORCE_REGENERATE;
+        assert_eq!(s.check(at(limit), 2 * 86400, 100, false, l), None);
+        assert_eq!(
+            s.check(at(limit + 1), 2 * 86400, 100, false, l),
+            Some("time for new descriptor")
+        );
+    }
+
+    #[test]
+    fn schedule_retries_every_90_minutes_when_missing_or_stale() {
+        let mut s = DescriptorSchedule::new(false);
+        s.published(at(0), 100);
+        let up = 2 * 86400;
+        let fast = DescriptorSchedule::FAST_RETRY;
+        let missing = ConsensusListing::NotListed;
+        assert_eq!(s.check(at(fast), up, 100, false, missing), None);
+        assert_eq!(
+            s.check(at(fast + 1), up, 100, false, missing),
+            Some("not listed in consensus")
+        );
+        s.published(at(fast + 1), 100);
+        // StaleDesc counts only from a consensus newer than the descriptor.
+        let old = ConsensusListing::Listed {
+            stale_desc: true,
+            valid_after: at(0),
+        };
+        assert_eq!(s.check(at(3 * fast), up, 100, false, old), None);
+        let newer = ConsensusListing::Listed {
+            stale_desc: true,
+            valid_after: at(fast + 60),
+        };
+        assert_eq!(
+            s.check(at(3 * fast), up, 100, false, newer),
+            Some("listed as stale in consensus")
+        );
+        s.published(at(3 * fast), 100);
+        let fine = ConsensusListing::Listed {
+            stale_desc: false,
+            valid_after: at(4 * fast),
+        };
+        assert_eq!(s.check(at(5 * fast), up, 100, false, fine), None);
+    }
+
+    #[test]
+    fn schedule_follows_bandwidth_changes_during_the_first_day() {
+        let mut s = DescriptorSchedule::new(false);
+        s.published(at(0), 1000);
+        let l = ConsensusListing::NoConsensus;
+        // Within a factor of two: nothing.
+        assert_eq!(s.check(at(60), 60, 1999, false, l), None);
+        assert_eq!(s.check(at(60), 60, 500, false, l), None);
+        // Doubling (more than twice): due, then not again within 3 hours.
+        assert_eq!(
+            s.check(at(120), 120, 2001, false, l),
+            Some("bandwidth has changed")
+        );
+        s.published(at(120), 2001);
+        assert_eq!(s.check(at(180), 180, 9000, false, l), None);
+        let after = 120 + DescriptorSchedule::BANDWIDTH_CHANGE_FREQ + 1;
+        assert_eq!(
+            s.check(at(after), after, 9000, false, l),
+            Some("bandwidth has changed")
+        );
+        s.published(at(after), 9000);
+        // After a day of uptime bandwidth changes wait for the 18-hour rebuild.
+        assert_eq!(s.check(at(after + 3600), 86401, 1, false, l), None);
+        // Hibernating counts as 0, whatever the uptime.
+        assert_eq!(
+            s.check(at(after + 4 * 3600), 5 * 86400, 9000, true, l),
+            Some("bandwidth has changed")
+        );
+        // On a testing network the 3-hour limit does not apply.
+        let mut t = DescriptorSchedule::new(true);
+        t.published(at(0), 1000);
+        assert_eq!(
+            t.check(at(1), 1, 5000, false, l),
+            Some("bandwidth has changed")
+        );
+        t.published(at(1), 5000);
+        assert_eq!(
+            t.check(at(2), 2, 100, false, l),
+            Some("bandwidth has changed")
+        );
     }
 
     #[test]
