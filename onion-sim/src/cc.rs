@@ -193,7 +193,7 @@ impl CcReport {
     pub fn summary(&self) -> String {
         let c = &self.config;
         let mut out = format!(
-            "congestion control: {}; RTT {} ms, bottleneck {:.0} Mbit/s (queue {} KiB), {} MiB each\n",
+            "congestion control: {}; RTT {} ms, bottleneck {:.0} Mbit/s (queue {} KiB), {:.1} MiB each\n",
             if c.congestion_control {
                 "Tor Vegas (negotiated with the exit)"
             } else {
@@ -202,7 +202,7 @@ impl CcReport {
             c.rtt.as_millis(),
             c.bottleneck as f64 * 8.0 / 1e6,
             c.queue_limit / 1024,
-            c.transfer >> 20,
+            c.transfer as f64 / f64::from(1u32 << 20),
         );
         for (i, d) in self.downloads.iter().enumerate() {
             out += &format!(

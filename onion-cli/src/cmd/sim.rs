@@ -14,6 +14,7 @@ use onion_circuit::circuit::HandshakeKind;
 use onion_sim::circuit::{self as sim, SimConfig, StoryLine};
 use sha2::{Digest, Sha256};
 
+mod bottleneck;
 mod onion;
 
 /// `onion sim`: a client, guard, middle and exit relay and a web server run in memory; the
@@ -61,6 +62,15 @@ pub struct Args {
     /// negotiates it with the exits.
     #[arg(long, requires = "client")]
     congestion_control: bool,
+    /// Run the congestion-control experiment instead (proposal 324): a --bytes download
+    /// (default 50 MiB) through guard, middle and exit whose guard-middle link is a
+    /// --bandwidth-mbit bottleneck (default 200) with a bounded queue, with Tor Vegas and
+    /// with fixed windows; --json adds the trace of cwnd, RTT and inflight.
+    #[arg(long, conflicts_with_all = ["onion", "client", "hops", "latency_ms", "first_hop"])]
+    bottleneck: bool,
+    /// With --bottleneck: the path's round-trip time (default 100).
+    #[arg(long, value_name = "N", requires = "bottleneck")]
+    rtt_ms: Option<u64>,
     /// With --onion: the number of relays.
     #[arg(long, value_name = "N", requires = "onion")]
     relays: Option<usize>,
@@ -184,6 +194,9 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     if args.client {
         return run_client(&args);
+    }
+    if args.bottleneck {
+        return bottleneck::run(&args);
     }
     let mut cfg = SimConfig::default();
     cfg.seed = args.seed.unwrap_or(cfg.seed);

@@ -1,0 +1,96 @@
+//! `onion sim --bottleneck`: congestion control (proposal 324) against fixed windows on a
+//! path with a bottleneck, from `onion_sim::cc`.
+
+use std::time::Duration;
+
+use onion_sim::cc::{self, CcReport, Experiment};
+
+use super::Args;
+
+/// One run as JSON: the downloads, the queue, and (with congestion control) the trace.
+fn report_json(r: &CcReport) -> serde_json::Value {
+    let downloads: Vec<_> = r
+        .downloads
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "bytes": d.bytes,
+                "start_s": d.start.as_secs_f64(),
+                "end_s": d.end.as_secs_f64(),
+                "throughput_MBps": d.throughput() / 1e6,
+                "negotiated": d.negotiated,
+                "max_cwnd": d.max_cwnd,
+                "circuit_sendmes_sent": d.circ_sendmes,
+                "stream_sendmes_sent": d.stream_sendmes,
+            })
+        })
+        .collect();
+    let trace: Vec<_> = r
+        .trace
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "at_ms": s.at.as_secs_f64() * 1e3,
+                "cwnd": s.cwnd,
+                "inflight": s.inflight,
+                "rtt_ms": s.rtt_ms,
+                "min_rtt_ms": s.min_rtt_ms,
+                "slow_start": s.slow_start,
+                "queue_bytes": s.queue,
+                "received": s.received[0],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "utilization": r.utilization(),
+        "second_half_utilization": r.steady_utilization(),
+        "cells_per_rtt": r.cells_per_rtt(),
+        "max_queue_bytes": r.max_queue,
+        "mean_queue_bytes": r.mean_queue,
+        "downloads": downloads,
+        "trace": trace,
+        "trace_dropped": r.trace_dropped,
+    })
+}
+
+/// Run the experiment with and without congestion control and print both.
+pub fn run(args: &Args) -> Result<(), String> {
+    let base = Experiment::default();
+    let cfg = Experiment {
+        seed: args.seed.unwrap_or(base.seed),
+        rtt: args.rtt_ms.map_or(base.rtt, Duration::from_millis),
+        bottleneck: args
+            .bandwidth_mbit
+            .map_or(base.bottleneck, |b| b.saturating_mul(125_000).max(1)),
+        transfer: args.bytes.unwrap_or(base.transfer),
+        ..base
+    };
+    let run = |congestion_control: bool| {
+        cc::run(Experiment {
+            congestion_control,
+            ..cfg.clone()
+        })
+        .map_err(|e| format!("simulation failed: {e}"))
+    };
+    let (with, without) = (run(true)?, run(false)?);
+    if args.json {
+        let out = serde_json::json!({
+            "seed": cfg.seed,
+            "rtt_ms": cfg.rtt.as_secs_f64() * 1e3,
+            "bottleneck_Mbps": cfg.bottleneck as f64 * 8.0 / 1e6,
+            "queue_limit_bytes": cfg.queue_limit,
+            "bytes": cfg.transfer,
+            "congestion_control": report_json(&with),
+            "fixed_windows": report_json(&without),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    print!("{}", with.summary());
+    println!();
+    print!("{}", without.summary());
+    Ok(())
+}
