@@ -323,9 +323,8 @@ fn get_via_client(opts: &NetOptions, url: &Url, congestion_control: bool) -> Res
     let stream = d
         .client
         .connect(&url.host, url.port, Isolation::NONE, d.now())
-        .map_err(|e| format!("{target}: {e}"))?;
-    d.wait_open(stream, deadline)
-        .map_err(|e| format!("{target}: {e}"))?;
+        .map_err(|e| driver::open_error(&target, &e))?;
+    d.wait_open(stream, &target, deadline)?;
     eprintln!("onion: stream open to {target}");
     let mut next_report = 1 << 20;
     let raw = d

@@ -447,3 +447,109 @@ fn error_code(e: &Error, _extended: bool) -> u8 {
         _ => socks::GENERAL_FAILURE,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::authority;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// A driver whose client has a directory authority it cannot reach: SOCKS handshakes
+    /// and stream requests run, streams wait for a directory.
+    fn offline() -> (Driver, Proxy) {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let auths = authority::parse_list(&format!(
+            "DirAuthority gone orport={port} v3ident=329F4451BAA808E78DF40D2F286080779AD22095 \
+             127.0.0.1:{port} A07048407BC479AA3FDD636ABF78594D2378FAF6\n"
+        ))
+        .unwrap();
+        let cfg = driver::client_config(&auths, onion_client::dir::DirMode::Full).unwrap();
+        let p = Proxy {
+            conns: HashMap::new(),
+            by_stream: HashMap::new(),
+            tokens: HashMap::new(),
+            handshake_timeout: Duration::from_secs(30),
+            extended_errors: false,
+            live: Arc::new(AtomicUsize::new(0)),
+        };
+        (Driver::new(cfg, None).unwrap(), p)
+    }
+
+    /// Run the proxy's loop for a moment.
+    fn spin(d: &mut Driver, p: &mut Proxy) {
+        let until = d.deadline(Duration::from_millis(100));
+        while let Some(h) = d.next(Some(until)) {
+            match h {
+                Happening::App(i) => p.input(d, i),
+                Happening::Client(e) => p.event(d, e),
+            }
+        }
+    }
+
+    /// A SOCKS client that connects with `creds` (or none), and the isolation token its
+    /// request got.
+    fn isolation_of(
+        d: &mut Driver,
+        p: &mut Proxy,
+        creds: Option<(&str, &str)>,
+    ) -> (Isolation, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut app = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        p.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let before: Vec<u64> = p.conns.keys().copied().collect();
+        p.input(d, Input::Accepted(sock));
+        let mut reply = [0u8; 2];
+        match creds {
+            None => {
+                app.write_all(&[5, 1, 0]).unwrap();
+                spin(d, p);
+                app.read_exact(&mut reply).unwrap();
+                assert_eq!(reply, socks::NO_AUTH);
+            }
+            Some((u, pw)) => {
+                app.write_all(&[5, 2, 0, 2]).unwrap();
+                spin(d, p);
+                app.read_exact(&mut reply).unwrap();
+                assert_eq!(reply, socks::USER_PASS);
+                let mut m = vec![1, u.len() as u8];
+                m.extend_from_slice(u.as_bytes());
+                m.push(pw.len() as u8);
+                m.extend_from_slice(pw.as_bytes());
+                app.write_all(&m).unwrap();
+                spin(d, p);
+                app.read_exact(&mut reply).unwrap();
+                assert_eq!(reply, socks::AUTH_OK);
+            }
+        }
+        app.write_all(&[5, 1, 0, 3, 11]).unwrap();
+        app.write_all(b"example.com\x00\x50").unwrap();
+        spin(d, p);
+        let (_, c) = p.conns.iter().find(|(id, _)| !before.contains(id)).unwrap();
+        assert!(matches!(c.phase, Phase::Connecting { .. }));
+        (c.isolation, app)
+    }
+
+    /// IsolateSOCKSAuth: each username/password pair is its own isolation token, the same
+    /// pair again the same token, and clients without authentication share
+    /// `Isolation::NONE`.
+    #[test]
+    fn socks_credentials_choose_the_isolation_token() {
+        let (mut d, mut p) = offline();
+        let (none, _c1) = isolation_of(&mut d, &mut p, None);
+        let (a, _c2) = isolation_of(&mut d, &mut p, Some(("alice", "1")));
+        let (b, _c3) = isolation_of(&mut d, &mut p, Some(("alice", "2")));
+        let (a2, _c4) = isolation_of(&mut d, &mut p, Some(("alice", "1")));
+        let (none2, _c5) = isolation_of(&mut d, &mut p, None);
+        assert_eq!(none, Isolation::NONE);
+        assert_eq!(none2, Isolation::NONE);
+        assert_ne!(a, Isolation::NONE);
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        assert_eq!(p.by_stream.len(), 5);
+    }
+}

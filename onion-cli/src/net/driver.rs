@@ -470,19 +470,25 @@ impl Driver {
 }
 
 impl Driver {
-    /// Wait until stream `s` is open (CONNECTED), at most until `deadline`. Other happenings
-    /// meanwhile are dropped: for commands with one stream and no sockets of their own.
-    pub fn wait_open(&mut self, s: StreamHandle, deadline: Instant) -> Result<(), String> {
+    /// Wait until stream `s` to `target` (`host:port`, for messages) is open (CONNECTED), at
+    /// most until `deadline`. Other happenings meanwhile are dropped: for commands with one
+    /// stream and no sockets of their own.
+    pub fn wait_open(
+        &mut self,
+        s: StreamHandle,
+        target: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
         loop {
             match self.next(Some(deadline)) {
-                None => return Err("timed out waiting for the stream to open".into()),
+                None => return Err(format!("{target}: timed out waiting for the stream")),
                 Some(Happening::Client(Event::StreamOpened { stream })) if stream == s => {
                     return Ok(())
                 }
                 Some(Happening::Client(Event::StreamClosed { stream, error })) if stream == s => {
                     return Err(match error {
-                        Some(e) => e.to_string(),
-                        None => "the stream closed before it opened".into(),
+                        Some(e) => open_error(target, &e),
+                        None => format!("{target}: the stream closed before it opened"),
                     });
                 }
                 Some(Happening::Client(Event::Bootstrap { percent, what })) => {
@@ -536,6 +542,14 @@ impl Driver {
                 return Err(format!("timed out after {} bytes", got.len()));
             }
         }
+    }
+}
+
+/// Why a stream to `target` (`host:port`) did not open, for a one-line message.
+pub fn open_error(target: &str, e: &onion_client::Error) -> String {
+    match e {
+        onion_client::Error::NoPath(why) => format!("no path to {target}: {why}"),
+        e => format!("{target}: {e}"),
     }
 }
 
