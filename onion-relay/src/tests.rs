@@ -83,6 +83,8 @@ pub(crate) struct Net {
     /// Targets never answer connects to this port (to test timeouts).
     pub(crate) silent_port: u16,
     pub(crate) reply: Vec<u8>,
+    /// Leave the relays' Connect events unanswered (a connection that never completes).
+    pub(crate) ignore_connects: bool,
 }
 
 pub(crate) fn policy(text: &str) -> ExitPolicy {
@@ -110,6 +112,7 @@ impl Net {
             targets: HashMap::new(),
             silent_port: 82,
             reply: Vec::new(),
+            ignore_connects: false,
         }
     }
 
@@ -416,6 +419,7 @@ impl Net {
     fn relay_event(&mut self, r: usize, ev: Event) {
         let now = self.now;
         match ev {
+            Event::Connect { .. } if self.ignore_connects => {}
             Event::Connect { conn, addr, .. } => {
                 let Some(to) = self.addrs.iter().position(|a| *a == addr) else {
                     self.relays[r].handle_closed(conn, now);
@@ -1002,6 +1006,146 @@ fn the_exit_pushes_back_on_its_target() {
     assert!(got == pattern(2_000_000), "{}", got.len());
 }
 
+#[test]
+fn extend2_reuses_an_authenticated_inbound_channel() {
+    let (mut net, c) = three_relays(16);
+    let a = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(a), 2);
+    // A client of the middle extends back to the guard: the middle reuses the channel the
+    // guard opened, whose peer proved the guard's identities (tor-spec §5.3.1).
+    let (c2, _) = net
+        .connect_client(1, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)))
+        .expect("connect");
+    let b = net.build(c2, &[1, 0], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(b), 2);
+    let st = net.relays[1].stats();
+    assert_eq!((st.channels_opened, st.channels_reused), (0, 1));
+}
+
+#[test]
+fn extend2_failures_destroy_toward_the_client() {
+    let (mut net, c) = three_relays(17);
+    // An address where nothing listens: the embedder reports the connection closed.
+    let mut t = net.target(1);
+    t.addrs = vec![SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)),
+        9001,
+    )];
+    let i = net.build(c, &[0], HandshakeKind::NtorV3);
+    let now = net.now;
+    net.circs[i]
+        .circ
+        .extend(&t, now, &mut net.rng)
+        .expect("extend");
+    net.run();
+    assert_eq!(
+        net.circs[i].closed,
+        Some(Some(DestroyReason::CONNECTFAILED))
+    );
+    // The right address, the wrong identity: the channel refuses it (OR_IDENTITY).
+    let mut t = net.target(1);
+    t.rsa_id = net.target(2).rsa_id;
+    t.ed_id = None;
+    let i = net.build(c, &[0], HandshakeKind::NtorV3);
+    let now = net.now;
+    net.circs[i]
+        .circ
+        .extend(&t, now, &mut net.rng)
+        .expect("extend");
+    net.run();
+    assert_eq!(net.circs[i].closed, Some(Some(DestroyReason::OR_IDENTITY)));
+    // A private address without ExtendAllowPrivateAddresses: refused at once.
+    let mut net = Net::new(18);
+    net.add_relay(|c| c.extend_allow_private = false);
+    net.add_relay(|_| {});
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 1);
+    assert_eq!(
+        net.circs[i].closed,
+        Some(Some(DestroyReason::CONNECTFAILED))
+    );
+    assert_eq!(net.relays[0].stats().channels_opened, 0);
+    // A connection that never completes: the connect timeout fails the extension.
+    let (mut net, c) = three_relays(19);
+    net.ignore_connects = true;
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.circs[i].closed, None);
+    assert_eq!(net.relays[0].n_connections(), 2);
+    net.advance(Duration::from_secs(11));
+    assert_eq!(
+        net.circs[i].closed,
+        Some(Some(DestroyReason::CONNECTFAILED))
+    );
+    assert_eq!(net.relays[0].n_connections(), 1);
+    assert_eq!(net.relays[0].n_circuits(), 0);
+}
+
+#[test]
+fn a_generated_link_certificate_serves_tls_and_the_handshake() {
+    let mut rng = ChaCha20Rng::seed_from_u64(20);
+    let keys = RelayKeySet::generate(&mut rng, wall0(), false).expect("keys");
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let mut relay = Relay::new(
+        RelayConfig::new(vec![ip]),
+        keys,
+        onion_circuit::Instant::ZERO,
+        wall0(),
+        &mut rng,
+    )
+    .expect("relay");
+    let tls = relay.link_cert().clone();
+    // A TLS server accepts the certificate and key as they are.
+    let cert = rustls::pki_types::CertificateDer::from(tls.cert_der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs1(tls.key_der().to_vec().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key);
+    assert!(server.is_ok(), "{:?}", server.err());
+    let x = onion_crypto::x509::RsaX509Cert::decode(tls.cert_der()).expect("x509");
+    x.verify_self_signed(onion_crypto::cert::UnixTime::from(wall0()))
+        .expect("self-signed and valid now");
+    // An initiator checking that certificate's digest completes the handshake.
+    let now = onion_circuit::Instant::ZERO;
+    let mut chan = Channel::initiator(
+        ChanConfig::default(),
+        relay.identities(),
+        Some(tls.sha256()),
+        now,
+        wall0(),
+    );
+    let conn = ConnId(1);
+    relay
+        .handle_accepted(
+            conn,
+            now,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 5),
+        )
+        .expect("accept");
+    let mut out = Vec::new();
+    let mut open = false;
+    for _ in 0..10 {
+        if chan.poll_transmit(&mut out).is_some() {
+            relay.handle_input(conn, now, &out);
+            out.clear();
+        }
+        while relay.poll_transmit(now, &mut out).is_some() {}
+        if !out.is_empty() {
+            chan.handle_input(now, &out).expect("input");
+            out.clear();
+        }
+        while let Some(ev) = chan.poll_event() {
+            open |= matches!(ev, ChanEvent::Open(ref o) if o.peer == relay.identities());
+        }
+    }
+    assert!(open);
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
@@ -1039,6 +1183,119 @@ mod props {
             any::<u8>().prop_map(Op::TargetTransmit),
             any::<u8>().prop_map(Op::Transmit),
         ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum CircOp {
+        /// A relay cell body (command, stream, data) encrypted for hop 0 or 1.
+        Raw(u8, u8, u16, Vec<u8>, bool),
+        Begin(u8, u16),
+        BeginDir,
+        Resolve(u8),
+        Data(u8, Vec<u8>),
+        Close(u8),
+        /// A new circuit.
+        Build(bool),
+        /// Time passes.
+        Wait(u8),
+    }
+
+    fn circ_op() -> impl Strategy<Value = CircOp> {
+        prop_oneof![
+            (
+                0u8..2,
+                0u8..48,
+                0u16..4,
+                proptest::collection::vec(any::<u8>(), 0..40),
+                any::<bool>()
+            )
+                .prop_map(|(h, c, s, d, e)| CircOp::Raw(h, c, s, d, e)),
+            (
+                0u8..4,
+                prop_oneof![Just(80u16), Just(81), Just(82), Just(25)]
+            )
+                .prop_map(|(h, p)| CircOp::Begin(h, p)),
+            Just(CircOp::BeginDir),
+            (0u8..4).prop_map(CircOp::Resolve),
+            (0u8..4, proptest::collection::vec(any::<u8>(), 0..2000))
+                .prop_map(|(s, d)| CircOp::Data(s, d)),
+            (0u8..4).prop_map(CircOp::Close),
+            any::<bool>().prop_map(CircOp::Build),
+            any::<u8>().prop_map(CircOp::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Arbitrary relay messages and stream use on real circuits: nothing panics, and once
+        /// the client closes everything, the relays hold no circuit and no stream.
+        #[test]
+        fn circuits_are_freed_whatever_the_client_sends(
+            ops in proptest::collection::vec(circ_op(), 1..30)
+        ) {
+            let mut net = Net::new(98);
+            net.add_relay(|c| c.dir_cache = true);
+            net.add_relay(|c| {
+                c.exit_policy = Some(policy("accept *:80, accept *:81, accept *:82"));
+                c.dir_cache = true;
+                c.limits.stream_buffer = 4096;
+            });
+            net.reply = pattern(20_000);
+            let (c, _) = net
+                .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 11)))
+                .expect("connect");
+            let mut circs = vec![net.build(c, &[0, 1], HandshakeKind::NtorV3)];
+            let hosts = ["example.com", "93.184.216.34", "nx.invalid", "10.0.0.1"];
+            for o in ops {
+                let i = *circs.last().expect("circ");
+                let now = net.now;
+                let circ = &mut net.circs[i].circ;
+                match o {
+                    CircOp::Raw(hop, cmd, stream, data, early) => {
+                        let mut body = Box::new([0u8; 509]);
+                        body[0] = cmd;
+                        body[3..5].copy_from_slice(&stream.to_be_bytes());
+                        let n = data.len().min(498);
+                        body[9..11].copy_from_slice(&(n as u16).to_be_bytes());
+                        body[11..11 + n].copy_from_slice(&data[..n]);
+                        let _ = circ.send_raw(usize::from(hop), body, early);
+                    }
+                    CircOp::Begin(h, port) => {
+                        let _ = circ.begin(hosts[usize::from(h)], port, BeginFlags::default(), now);
+                    }
+                    CircOp::BeginDir => {
+                        let _ = circ.begin_dir(now);
+                    }
+                    CircOp::Resolve(h) => {
+                        let _ = circ.resolve(hosts[usize::from(h)], now);
+                    }
+                    CircOp::Data(s, d) => {
+                        if let Some(s) = StreamId::new(u16::from(s) + 1) {
+                            let _ = circ.send(s, &d);
+                        }
+                    }
+                    CircOp::Close(s) => {
+                        if let Some(s) = StreamId::new(u16::from(s) + 1) {
+                            let _ = circ.close_stream(s);
+                        }
+                    }
+                    CircOp::Build(fast) => {
+                        let kind = if fast { HandshakeKind::CreateFast } else { HandshakeKind::Ntor };
+                        circs.push(net.build(c, &[0, 1], kind));
+                    }
+                    CircOp::Wait(s) => net.advance(Duration::from_secs(u64::from(s))),
+                }
+                net.run();
+            }
+            for i in circs {
+                net.circs[i].circ.destroy();
+            }
+            net.run();
+            for r in 0..2 {
+                prop_assert_eq!(net.relays[r].n_circuits(), 0);
+                prop_assert_eq!(net.relays[r].n_streams(), 0);
+            }
+        }
     }
 
     /// A VERSIONS cell: arbitrary input after it reaches the handshake's later states.
