@@ -476,6 +476,74 @@ mod tests {
         assert_eq!(drain_rate_kbps(1_000_000, Duration::from_secs(1)), 1000);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any sequence of arrivals and writes: no panic, XOFF and XON alternate (never two
+        /// XOFFs without an XON between), and an XON ending an XOFF comes only with an empty
+        /// buffer.
+        #[test]
+        fn xon_xoff_alternate(
+            steps in proptest::collection::vec((0u64..50, 0u64..2000, proptest::prelude::any::<bool>()), 1..300),
+            xon_rate in 1u32..600,
+        ) {
+            use proptest::prelude::*;
+            let p = FlowCtrlParams { xon_rate, ..FlowCtrlParams::default() };
+            let mut d = DrainRate::default();
+            let (mut xoff, mut t, mut buffered) = (false, 0u64, 0u64);
+            for (dt, cells, arrive) in steps {
+                t += dt;
+                let was_off = xoff;
+                let sig = if arrive {
+                    buffered += cells * CELL;
+                    d.on_buffered(&p, at(t), buffered, p.xoff_client_bytes(), &mut xoff)
+                } else {
+                    let w = buffered.min(cells * CELL);
+                    buffered -= w;
+                    d.on_drained(&p, at(t), w, buffered, &mut xoff)
+                };
+                match sig {
+                    Some(FlowSignal::Xoff) => prop_assert!(!was_off && xoff),
+                    Some(FlowSignal::Xon { kbps_ewma }) => {
+                        prop_assert!(!xoff);
+                        prop_assert!(kbps_ewma <= i32::MAX as u32);
+                        if was_off { prop_assert_eq!(buffered, 0); }
+                    }
+                    None => prop_assert_eq!(was_off, xoff),
+                }
+            }
+        }
+
+        /// Whatever the XONs and the timing, the bucket never holds more than one second's
+        /// worth, never lets more through than it holds, and says when it refills.
+        #[test]
+        fn rate_limit_within_burst(
+            steps in proptest::collection::vec((0u64..2000, 0u32..5000, 0u64..20_000, proptest::prelude::any::<bool>()), 1..200),
+        ) {
+            use proptest::prelude::*;
+            let mut r = RateLimit::default();
+            let mut t = 0;
+            for (dt, kbps, want, xon) in steps {
+                t += dt;
+                if xon {
+                    r.on_xon(at(t), kbps);
+                }
+                let avail = r.available(at(t));
+                match r.rate() {
+                    None => prop_assert_eq!(avail, u64::MAX),
+                    Some(rate) => {
+                        prop_assert!(avail <= rate);
+                        let take = want.min(avail);
+                        r.take(take);
+                        if take < want {
+                            let ready = r.ready_at(want);
+                            prop_assert!(ready.map_or(true, |x| x > at(t)) || want > rate);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// XON with 10 kB/s: at most 10,000 bytes at once, refilled at 10 bytes per ms; rate 0
     /// lifts the limit.
     #[test]

@@ -355,6 +355,60 @@ fn xon_xoff_without_congestion_control_are_dropped() {
     let _ = (&mut c, &mut rng);
 }
 
+/// A relay that negotiated congestion control and is then extended is a middle hop: it
+/// forwards both ways and counts nothing (the exit beyond runs its own).
+#[test]
+fn once_extended_it_only_forwards() {
+    let (mut c, mut r, mut rng) = one_hop(true, &cc_relay(31));
+    assert!(r.congestion_control().is_some());
+    let mut rng2 = ChaCha20Rng::seed_from_u64(5);
+    let (_, mut next) = relay(&mut rng2);
+    next.rsa_id = RsaIdentity([8; 20]);
+    next.ed_id = Some(Ed25519Identity([8; 32]));
+    c.extend(&next, at(0), &mut rng).unwrap();
+    let evs = pump(&mut c, &mut r, &mut rng, at(0));
+    assert!(matches!(evs.as_slice(), [RelayEvent::Extend(_)]), "{evs:?}");
+    r.handle_from_next(
+        at(1),
+        ChanMsg::Created2(Created2 {
+            hdata: vec![0; 64].into(),
+        }),
+    )
+    .unwrap();
+    // The EXTENDED2 goes back (its handshake is junk: the client closes; irrelevant here).
+    assert!(matches!(
+        r.poll_cell(&mut rng),
+        Some(RelayOutput::ToClient(_))
+    ));
+    // 500 cells each way that are not for this hop pass through.
+    for i in 0..500u32 {
+        let mut body = Box::new([0u8; 509]);
+        body[..4].copy_from_slice(&i.to_be_bytes());
+        body[4] = 0xff;
+        r.handle_from_client(
+            at(2),
+            ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body.clone())),
+        )
+        .unwrap();
+        r.handle_from_next(
+            at(2),
+            ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body)),
+        )
+        .unwrap();
+    }
+    let (mut fwd, mut back) = (0, 0);
+    while let Some(out) = r.poll_cell(&mut rng) {
+        match out {
+            RelayOutput::ToNext(_) => fwd += 1,
+            RelayOutput::ToClient(_) => back += 1,
+        }
+    }
+    assert_eq!((fwd, back), (500, 500));
+    let st = r.stats();
+    assert_eq!((st.data_cells_received, st.circ_sendmes_sent), (0, 0));
+    assert_eq!(r.congestion_control().unwrap().inflight(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// Whatever the timing of the client's SENDMEs (delivered after random delays, in
