@@ -85,6 +85,8 @@ pub(crate) struct Net {
     pub(crate) reply: Vec<u8>,
     /// Leave the relays' Connect events unanswered (a connection that never completes).
     pub(crate) ignore_connects: bool,
+    /// Targets read what the exit gives them (false: a target that stopped reading).
+    pub(crate) targets_read: bool,
 }
 
 pub(crate) fn policy(text: &str) -> ExitPolicy {
@@ -113,6 +115,7 @@ impl Net {
             silent_port: 82,
             reply: Vec::new(),
             ignore_connects: false,
+            targets_read: true,
         }
     }
 
@@ -364,7 +367,8 @@ impl Net {
                 let t = self.targets.get_mut(&(r, s)).expect("target");
                 t.sent += n;
                 moved |= n > 0;
-            } else {
+            } else if !t.reply.is_empty() {
+                // A sink (empty reply) never closes; a server closes after its reply.
                 t.eof_sent = true;
                 moved = true;
                 self.relays[r].handle_target_closed(s, now);
@@ -475,6 +479,7 @@ impl Net {
                     self.relays[r].handle_target_connected(stream, now, addr);
                 }
             }
+            Event::TargetData { .. } if !self.targets_read => {}
             Event::TargetData { stream } => {
                 let mut buf = Vec::new();
                 while self.relays[r].target_transmit(stream, now, &mut buf, 4096) > 0 {}
@@ -1144,6 +1149,95 @@ fn a_generated_link_certificate_serves_tls_and_the_handshake() {
         }
     }
     assert!(open);
+}
+
+impl Net {
+    /// Let every target read what its exit holds for it.
+    fn drain_targets(&mut self) {
+        let keys: Vec<(usize, StreamHandle)> = self.targets.keys().copied().collect();
+        for (r, s) in keys {
+            let mut buf = Vec::new();
+            while self.relays[r].target_transmit(s, self.now, &mut buf, 4096) > 0 {}
+            if let Some(t) = self.targets.get_mut(&(r, s)) {
+                t.received.extend_from_slice(&buf);
+            }
+            self.run();
+        }
+    }
+}
+
+#[test]
+fn a_target_that_stops_reading_stops_the_client() {
+    let mut net = Net::new(21);
+    net.add_relay(|_| {});
+    net.add_relay(|c| {
+        c.exit_policy = Some(policy("accept *:80"));
+        c.limits.stream_buffer = 4096;
+    });
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 12)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    let s = net.begin(i, "example.com", 80);
+    net.targets_read = false;
+    let upload = pattern(1_000_000);
+    let mut off = 0;
+    while off < upload.len() {
+        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
+        off += n;
+        net.run();
+        if n == 0 {
+            break;
+        }
+    }
+    // The stream window (500 cells) plus the exit's buffer: no more got out of the client.
+    assert!(off <= 500 * 498 + 4096 + 498, "{off}");
+    assert!(net.relays[1].queued_bytes() <= 4096 + 498);
+    // The target reads again: everything arrives, in order.
+    net.targets_read = true;
+    while off < upload.len() {
+        net.drain_targets();
+        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
+        off += n;
+        net.run();
+    }
+    for _ in 0..1000 {
+        net.drain_targets();
+        if net.target_received(1).len() == upload.len() {
+            break;
+        }
+    }
+    assert!(net.target_received(1) == upload);
+}
+
+#[test]
+fn streams_and_channel_input_are_bounded() {
+    let mut net = Net::new(22);
+    net.add_relay(|_| {});
+    net.add_relay(|c| {
+        c.exit_policy = Some(policy("accept *:80"));
+        c.limits.max_streams = 1;
+        c.limits.channel_inbound = 4096;
+    });
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 13)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    let a = net.begin(i, "example.com", 80);
+    let b = net.begin(i, "example.com", 80);
+    assert_eq!(net.circs[i].ended.get(&a.get()), None);
+    assert_eq!(
+        net.circs[i].ended.get(&b.get()),
+        Some(&EndReason::RESOURCELIMIT)
+    );
+    // More unprocessed input than Limits::channel_inbound: the channel closes.
+    let (_, exit_side) = net.relay_link(0, 1).expect("link");
+    net.relays[1].handle_input(exit_side, net.now, &[0u8; 5000]);
+    assert!(matches!(
+        net.relays[1].poll_event(),
+        Some(Event::Disconnect { conn }) if conn == exit_side
+    ));
+    assert_eq!(net.relays[1].n_circuits(), 0);
 }
 
 mod props {
