@@ -319,6 +319,36 @@ fn xoff_from_the_exit_stops_the_stream_until_xon() {
     );
     assert_eq!(c.send_capacity(id), 124 * MAX_RELAY_DATA_LEN);
     assert_eq!(c.send(id, b"go").unwrap(), 2);
+    // An XON advising 10 kB/s paces the stream (proposal 324 §4.1.1, as C tor's token
+    // bucket): 10,000 bytes at once, then the circuit's timer says when more may go.
+    from_relay(
+        &mut c,
+        &mut r,
+        &mut rng,
+        id.get(),
+        RelayCmd::XON,
+        &[0, 0, 0, 0, 10],
+    );
+    assert_eq!(c.send_capacity(id), 10_000);
+    let n = c.send(id, &[7u8; 20_000]).unwrap();
+    assert_eq!(n, 20 * MAX_RELAY_DATA_LEN, "20 full cells; the 21st waits");
+    let wake = c.poll_timeout().expect("a paced stream waits for its rate");
+    assert!(
+        wake <= Instant::ZERO + Duration::from_millis(60),
+        "{wake:?}"
+    );
+    c.handle_timeout(wake).unwrap();
+    assert!(c.send(id, &[7u8; 498]).unwrap() > 0);
+    // XON with rate 0 lifts the limit.
+    from_relay(
+        &mut c,
+        &mut r,
+        &mut rng,
+        id.get(),
+        RelayCmd::XON,
+        &[0, 0, 0, 0, 0],
+    );
+    assert!(c.send_capacity(id) > 10_000);
     // An unknown XOFF version is malformed: the circuit closes.
     from_relay(&mut c, &mut r, &mut rng, id.get(), RelayCmd::XOFF, &[1]);
     assert!(c.check_open().is_err());
