@@ -194,3 +194,16 @@ fn benchmark_with_congestion_control() {
     let vegas = run(true);
     assert!(vegas > fixed, "{vegas} vs {fixed}");
 }
+
+/// Onion-service client and host, both `Client`s on the same network, with client
+/// authorization: without the key the client cannot read the descriptor; with it, the body
+/// arrives whole through introduction and rendezvous.
+#[test]
+fn onion_service_with_client_authorization() {
+    let rep = runs::onion_service(cfg(11), 200_000).expect("run");
+    println!("onion service: {rep:?}");
+    assert!(matches!(rep.without_key, Outcome::Failed(_)), "{rep:?}");
+    assert_eq!(rep.with_key, Outcome::Ok, "{rep:?}");
+    assert_eq!((rep.incoming, rep.served), (1, 1), "{rep:?}");
+    assert!(rep.hsdir_requests >= 2, "{rep:?}");
+}

@@ -217,6 +217,15 @@ pub fn publish(
         "required-client-protocols Cons=2 Desc=2 FlowCtrl=1 Link=4 Microdesc=2 Relay=2"
     );
     let _ = writeln!(s, "required-relay-protocols Cons=2 Desc=2 DirCache=2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=2 Link=4-5 LinkAuth=3 Microdesc=2 Relay=2-4");
+    // The shared random values (dir-spec §3.4.1, srv-spec): fixed per consensus period
+    // here, as the onion-service ring (rend-spec-v3 §2.2.3) only needs both sides to agree.
+    let srv = |n: u64| {
+        let d: [u8; 32] = Sha256::digest(format!("srv {n}").as_bytes()).into();
+        base64::engine::general_purpose::STANDARD.encode(d)
+    };
+    let day = valid_after.0 / 86_400;
+    let _ = writeln!(s, "shared-rand-previous-value 9 {}", srv(day));
+    let _ = writeln!(s, "shared-rand-current-value 9 {}", srv(day + 1));
     let mut srcs: Vec<&AuthoritySource<'_>> = sources.iter().collect();
     srcs.sort_by_key(|a| a.authority.v3ident().0);
     for a in &srcs {

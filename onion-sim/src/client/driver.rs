@@ -22,7 +22,11 @@ use sha2::{Digest, Sha256};
 
 use onion_circuit::Instant;
 use onion_client::dir::{Cached, DirConfig, DirMode, DocKind};
-use onion_client::{Client, ClientConfig, ConnId, Event, Isolation, Persist, State, StreamHandle};
+use onion_client::{
+    Client, ClientConfig, ConnId, Event, Isolation, Persist, ServiceHandle, State, StreamHandle,
+};
+
+use crate::circuit::web::WebConn;
 
 use super::world::{LinkId, NetEvent, World, WorldConfig};
 use crate::circuit::{SimError, WEB_HOST};
@@ -94,6 +98,9 @@ pub struct Fetch {
     body: Sha256,
     /// Body bytes received.
     pub body_len: u64,
+    /// The fetch is done when `size` body bytes arrived (an onion service's stream, which
+    /// its host cannot end with reason DONE), instead of at a clean end of the stream.
+    complete_on_length: bool,
     /// When the fetch started.
     pub started: Instant,
     /// When the stream opened.
@@ -159,7 +166,14 @@ impl Fetches {
                         f.finish(&expected, now, None);
                         break;
                     }
-                    Ok(Some(n)) => f.take(&buf[..n]),
+                    Ok(Some(n)) => {
+                        f.take(&buf[..n]);
+                        if f.complete_on_length && f.head_done && f.body_len >= f.size {
+                            f.finish(&expected, now, None);
+                            client.close(s, now);
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         f.finish(&expected, now, Some(format!("read: {e} ({:?})", e.kind())));
@@ -218,6 +232,152 @@ impl Fetch {
     }
 }
 
+/// A second client on the same world that hosts an onion service and serves the web
+/// server's bodies on its streams (`GET /<n>`, as [`crate::circuit::web`]).
+pub struct Service {
+    /// The client hosting the service.
+    pub client: Client,
+    /// The service.
+    pub handle: ServiceHandle,
+    /// Its `.onion` name.
+    pub address: String,
+    links: HashMap<ConnId, LinkId>,
+    conns: HashMap<LinkId, ConnId>,
+    /// What it handed over for storage.
+    pub persisted: Persisted,
+    /// Its events other than connections and streams.
+    pub events: VecDeque<(Instant, Event)>,
+    streams: HashMap<StreamHandle, (WebConn, Vec<u8>, bool)>,
+    /// Streams its clients opened.
+    pub incoming: usize,
+    /// Responses it finished writing.
+    pub served: usize,
+}
+
+impl core::fmt::Debug for Service {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Service")
+            .field("address", &self.address)
+            .field("incoming", &self.incoming)
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Write what the stream's response has left, within what the client takes; half-close
+    /// the stream once the whole response is written.
+    fn serve(&mut self, s: StreamHandle, now: Instant) {
+        let Some((web, pending, done)) = self.streams.get_mut(&s) else {
+            return;
+        };
+        while !*done {
+            if pending.is_empty() {
+                web.poll_output_into(64 * 1024, pending);
+            }
+            if pending.is_empty() {
+                if web.is_done() {
+                    // The whole response is written: end the stream (RELAY_END after the
+                    // data; the client has no way to send END with reason DONE, so the
+                    // fetching side relies on the response's Content-Length).
+                    *done = true;
+                    self.served += 1;
+                    self.client.close(s, now);
+                }
+                return;
+            }
+            match self.client.write(s, pending, now) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, world: &mut World, ev: Event, now: Instant) {
+        match ev {
+            Event::Connect { conn, addr, .. } => {
+                let link = world.connect(addr);
+                self.links.insert(conn, link);
+                self.conns.insert(link, conn);
+            }
+            Event::Disconnect { conn } => {
+                if let Some(link) = self.links.remove(&conn) {
+                    self.conns.remove(&link);
+                    world.close(link);
+                }
+            }
+            Event::Persist(p) => self.persisted.store(p),
+            Event::IncomingStream { stream, .. } => {
+                self.incoming += 1;
+                self.streams
+                    .insert(stream, (world.web_conn(), Vec::new(), false));
+            }
+            Event::StreamReadable { stream } => {
+                let mut buf = [0u8; 4096];
+                while let Ok(Some(n)) = self.client.read(stream, &mut buf, now) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some((web, _, _)) = self.streams.get_mut(&stream) {
+                        web.handle_input(&buf[..n]);
+                    }
+                }
+                self.serve(stream, now);
+            }
+            Event::StreamWritable { stream } => self.serve(stream, now),
+            Event::StreamClosed { stream, .. } => {
+                self.streams.remove(&stream);
+            }
+            other => self.events.push_back((now, other)),
+        }
+    }
+
+    /// Move the service's client's outputs; whether anything moved.
+    fn step(&mut self, world: &mut World, out: &mut Vec<u8>) -> bool {
+        let now = world.now();
+        let mut moved = false;
+        while let Some(ev) = self.client.poll_event() {
+            moved = true;
+            self.on_event(world, ev, now);
+        }
+        loop {
+            out.clear();
+            let Some(conn) = self.client.poll_transmit(now, out) else {
+                break;
+            };
+            moved = true;
+            if let Some(&link) = self.links.get(&conn) {
+                world.send(link, out.clone());
+            }
+        }
+        moved
+    }
+
+    /// Give it a network event if it is about one of its connections.
+    fn take(&mut self, ev: &NetEvent, now: Instant) -> bool {
+        match ev {
+            NetEvent::Connected { link, cert_sha256 } => match self.conns.get(link) {
+                Some(&c) => self.client.handle_connected(c, now, *cert_sha256),
+                None => return false,
+            },
+            NetEvent::Data { link, bytes } => match self.conns.get(link) {
+                Some(&c) => self.client.handle_input(c, now, bytes),
+                None => return false,
+            },
+            NetEvent::Closed { link } => match self.conns.remove(link) {
+                Some(c) => {
+                    self.links.remove(&c);
+                    self.client.handle_closed(c, now);
+                }
+                None => return false,
+            },
+        }
+        true
+    }
+}
+
 /// The client, its connections and its storage, on a [`World`].
 pub struct Sim {
     /// The network.
@@ -235,6 +395,8 @@ pub struct Sim {
     pub events: VecDeque<(Instant, Event)>,
     links: HashMap<ConnId, LinkId>,
     conns: HashMap<LinkId, ConnId>,
+    /// Onion services hosted by other clients of the world ([`Sim::host_service`]).
+    pub services: Vec<Service>,
     /// Connections the client asked for.
     pub connects: usize,
     /// Bytes the client sent and received.
@@ -291,6 +453,7 @@ impl Sim {
             events: VecDeque::new(),
             links: HashMap::new(),
             conns: HashMap::new(),
+            services: Vec::new(),
             connects: 0,
             bytes: (0, 0),
             blocked: Vec::new(),
@@ -322,6 +485,47 @@ impl Sim {
         Ok(())
     }
 
+    /// Start a second client on the world that hosts an onion service on port 80 with
+    /// identity `identity`, readable only by the holders of `authorized` keys (client
+    /// authorization, rend-spec-v3 §2.5.1.2; empty: public). Returns its index in
+    /// [`Sim::services`].
+    pub fn host_service(
+        &mut self,
+        identity: onion_hs::keys::ExpandedKeypair,
+        authorized: Vec<onion_hs::x25519_dalek::PublicKey>,
+    ) -> Result<usize, SimError> {
+        let (now, wall) = (self.now(), self.world.wall());
+        let mut client = Client::new(
+            self.config.clone(),
+            State::default(),
+            now,
+            wall,
+            self.world.rng(),
+        )
+        .map_err(sim_err)?;
+        let mut hc = onion_client::hs::host::HostConfig::new(identity, vec![80]);
+        hc.authorized_clients = authorized;
+        let handle = client.host_onion_service(hc, now).map_err(sim_err)?;
+        let address = client
+            .onion_service_address(handle)
+            .map(|a| a.to_string())
+            .ok_or_else(|| SimError::Setup("hosted service without an address".into()))?;
+        self.services.push(Service {
+            client,
+            handle,
+            address,
+            links: HashMap::new(),
+            conns: HashMap::new(),
+            persisted: Persisted::default(),
+            events: VecDeque::new(),
+            streams: HashMap::new(),
+            incoming: 0,
+            served: 0,
+        });
+        self.step();
+        Ok(self.services.len() - 1)
+    }
+
     /// The current virtual time.
     pub fn now(&self) -> Instant {
         self.world.now()
@@ -329,6 +533,17 @@ impl Sim {
 
     /// Start fetching `GET /<size>` from the web server through the client.
     pub fn fetch(&mut self, size: u64, isolation: Isolation) -> Result<StreamHandle, SimError> {
+        self.fetch_from(WEB_HOST, size, isolation)
+    }
+
+    /// Start fetching `GET /<size>` from `host` (the web server's name, or a `.onion`
+    /// name of a [`Service`]) port 80 through the client.
+    pub fn fetch_from(
+        &mut self,
+        host: &str,
+        size: u64,
+        isolation: Isolation,
+    ) -> Result<StreamHandle, SimError> {
         let now = self.now();
         if !self.fetches.expected.contains_key(&size) {
             let body = self.world.expected_body(size);
@@ -338,9 +553,9 @@ impl Sim {
         }
         let stream = self
             .client
-            .connect(WEB_HOST, 80, isolation, now)
+            .connect(host, 80, isolation, now)
             .map_err(|e| SimError::Setup(format!("connect: {e}")))?;
-        let request = format!("GET /{size} HTTP/1.0\r\nHost: {WEB_HOST}\r\n\r\n").into_bytes();
+        let request = format!("GET /{size} HTTP/1.0\r\nHost: {host}\r\n\r\n").into_bytes();
         self.fetches
             .by_stream
             .insert(stream, self.fetches.all.len());
@@ -353,6 +568,7 @@ impl Sim {
             head_done: false,
             body: Sha256::new(),
             body_len: 0,
+            complete_on_length: host.ends_with(".onion"),
             started: now,
             opened: None,
             ended: None,
@@ -466,9 +682,15 @@ impl Sim {
                     i += 1;
                 }
             }
+            for svc in &mut self.services {
+                moved |= svc.step(&mut self.world, &mut self.out);
+            }
             moved |= self.world.pump();
             while let Some(nev) = self.world.poll_event() {
                 moved = true;
+                if self.services.iter_mut().any(|s| s.take(&nev, now)) {
+                    continue;
+                }
                 match nev {
                     NetEvent::Connected { link, cert_sha256 } => {
                         if let Some(&conn) = self.conns.get(&link) {
@@ -509,10 +731,19 @@ impl Sim {
             .filter_map(|c| self.links.get(c))
             .filter_map(|&l| self.world.drains_at(l, CLIENT_SEND_BUFFER / 2))
             .min();
-        let next = [net, timer, drain].into_iter().flatten().min();
+        let services = self
+            .services
+            .iter()
+            .filter_map(|s| s.client.poll_timeout())
+            .min();
+        let next = [net, timer, drain, services].into_iter().flatten().min();
         let Some(mut next) = next.filter(|&t| t <= limit) else {
             self.world.advance_to(limit);
-            self.client.handle_timeout(limit, self.world.wall());
+            let wall = self.world.wall();
+            self.client.handle_timeout(limit, wall);
+            for s in &mut self.services {
+                s.client.handle_timeout(limit, wall);
+            }
             self.step();
             return false;
         };
@@ -520,9 +751,14 @@ impl Sim {
             next = now;
         }
         self.world.advance_to(next);
+        let wall = self.world.wall();
         if timer.is_some_and(|t| t <= next) {
-            let wall = self.world.wall();
             self.client.handle_timeout(next, wall);
+        }
+        for s in &mut self.services {
+            if s.client.poll_timeout().is_some_and(|t| t <= next) {
+                s.client.handle_timeout(next, wall);
+            }
         }
         self.step();
         true

@@ -10,10 +10,7 @@
 //! | [`guard_failure`] | the guard in use dies: streams go through another guard; when it is back, it is used again |
 //! | [`refresh_by_diff`] | the authorities publish a new consensus; the client refreshes with a consensus diff |
 //! | [`restart`] | a client restarted from what it persisted is usable without fetching the consensus again |
-//!
-//! Onion services (client and host, with client authorization) are not run here yet: the
-//! client does not host or reach onion services. The hook is [`Sim::fetch`]'s host name
-//! (a `.onion` name reaches `Client::connect` unchanged) plus a service host on the world.
+//! | [`onion_service`] | a second client hosts an onion service with client authorization; the client fails to reach it without its key and fetches from it with it |
 
 use std::time::Duration;
 
@@ -331,5 +328,65 @@ pub fn restart(cfg: WorldConfig) -> Result<RestartReport, SimError> {
             .count(),
         time,
         fetch: sim.fetches.all[0].outcome.clone(),
+    })
+}
+
+/// What the onion-service run did.
+#[derive(Debug, Clone)]
+pub struct OnionReport {
+    /// The service's address.
+    pub address: String,
+    /// How the fetch without the authorization key ended.
+    pub without_key: Outcome,
+    /// How the fetch with it ended.
+    pub with_key: Outcome,
+    /// Virtual time of the fetch with the key (descriptor, introduction, rendezvous, body).
+    pub time: Duration,
+    /// Streams the service saw, and responses it finished.
+    pub incoming: usize,
+    /// Responses the service finished writing.
+    pub served: usize,
+    /// Descriptor uploads and fetches the HSDirs answered.
+    pub hsdir_requests: usize,
+}
+
+/// Bootstrap a client and a service host; the service requires client authorization
+/// (rend-spec-v3 §2.5.1.2). The client fetches `size` bytes from it first without its key,
+/// then with it.
+pub fn onion_service(cfg: WorldConfig, size: u64) -> Result<OnionReport, SimError> {
+    use onion_hs::x25519_dalek::{PublicKey, StaticSecret};
+    let (mut sim, _) = bootstrapped(cfg)?;
+    let identity = onion_hs::keys::ExpandedKeypair::generate(sim.world.rng());
+    let key = StaticSecret::random_from_rng(&mut *sim.world.rng());
+    let svc = sim.host_service(identity, vec![PublicKey::from(&key)])?;
+    let limit = Duration::from_secs(600);
+    // Published: every HSDir of its ring has the descriptor uploaded.
+    sim.run_until(limit, |s| {
+        let c = &s.services[svc].client;
+        c.onion_service_stats(s.services[svc].handle)
+            .is_some_and(|st| st.uploads_ok > 0)
+    })?;
+    let address = sim.services[svc].address.clone();
+    sim.fetch_from(&address, size, Isolation(1))?;
+    sim.run_until(limit, |s| s.fetches.all[0].outcome != Outcome::Running)?;
+    sim.client
+        .set_onion_client_auth(&address, Some(key))
+        .map_err(|e| SimError::Setup(e.to_string()))?;
+    let start = sim.now();
+    sim.fetch_from(&address, size, Isolation(2))?;
+    sim.run_until(limit, |s| s.fetches.all[1].outcome != Outcome::Running)?;
+    Ok(OnionReport {
+        address,
+        without_key: sim.fetches.all[0].outcome.clone(),
+        with_key: sim.fetches.all[1].outcome.clone(),
+        time: sim.fetches.all[1].ended.unwrap_or(start) - start,
+        incoming: sim.services[svc].incoming,
+        served: sim.services[svc].served,
+        hsdir_requests: sim
+            .world
+            .dir_log()
+            .iter()
+            .filter(|l| l.path.starts_with("POST") || l.path.contains("/tor/hs/"))
+            .count(),
     })
 }

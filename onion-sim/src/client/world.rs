@@ -40,9 +40,14 @@ use onion_circuit::Instant;
 use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
 use onion_dir::{RsaIdentity, Timestamp};
 
+use onion_cell::RelayCmd;
+use onion_hs::cellmsg;
+use onion_hs::relay::{IntroPoint, RendPoint};
+
 use super::authority::{self, AuthoritySource, DirAuthority, Publication, RelayEntry};
 use crate::circuit::web::{self, WebConn};
 use crate::circuit::{SimError, StoryLine, WEB_ADDR, WEB_HOST};
+use crate::hs::hsdir::HsDir;
 
 /// The wall-clock time at virtual time zero (2026-05-28 20:26:40 UTC), as the circuit
 /// simulator's certificates use.
@@ -54,7 +59,7 @@ pub const CHAN_HIGH: usize = 64 * 1024;
 /// taking more from its channel.
 pub const SEND_BUFFER: usize = 128 * 1024;
 /// Largest directory request a relay buffers; a longer one ends the stream (RESOURCELIMIT).
-pub const MAX_DIR_REQUEST: usize = 16 * 1024;
+pub const MAX_DIR_REQUEST: usize = 64 * 1024;
 /// Older consensuses the authorities keep to serve diffs from (dir-spec §4.5.2).
 pub const KEEP_OLD_CONSENSUSES: usize = 8;
 
@@ -260,6 +265,8 @@ struct RCirc {
     circ: RelayCircuit,
     client: (usize, CircId),
     next: Option<(usize, CircId)>,
+    /// The circuit of this relay it is joined to (rendezvous point, rend-spec-v3 §4.2).
+    spliced: Option<usize>,
 }
 
 /// An exit's connection to the web server for one stream.
@@ -314,6 +321,11 @@ pub struct Relay {
     by_next: HashMap<(usize, CircId), usize>,
     exits: Vec<ExitConn>,
     dirs: Vec<DirConn>,
+    /// Introduction-point and rendezvous-point state (rend-spec-v3 §3.1, §4.1), by circuit.
+    intro: IntroPoint<usize>,
+    rend: RendPoint<usize>,
+    /// The onion-service descriptors this relay stores as an HSDir (rend-spec-v3 §2.2.6).
+    hsdir: HsDir,
     stats: RelayStats,
 }
 
@@ -438,6 +450,9 @@ impl World {
                     by_next: HashMap::new(),
                     exits: Vec::new(),
                     dirs: Vec::new(),
+                    intro: IntroPoint::default(),
+                    rend: RendPoint::default(),
+                    hsdir: HsDir::default(),
                     stats: RelayStats::default(),
                 });
             }
@@ -675,6 +690,12 @@ impl World {
         web::expected_body(self.cfg.seed, n)
     }
 
+    /// A connection to the web server's content (an onion service serves the same
+    /// bodies, [`World::expected_body`]).
+    pub fn web_conn(&self) -> WebConn {
+        WebConn::with_pattern(self.pattern.clone())
+    }
+
     /// Settings.
     pub fn config(&self) -> &WorldConfig {
         &self.cfg
@@ -719,6 +740,8 @@ impl World {
         relay.by_next.clear();
         relay.exits.clear();
         relay.dirs.clear();
+        relay.intro = IntroPoint::default();
+        relay.rend = RendPoint::default();
     }
 
     /// Relay `r` comes back (same keys) and accepts connections again.
@@ -1273,6 +1296,7 @@ impl World {
                     circ,
                     client: (c, id),
                     next: None,
+                    spliced: None,
                 });
                 relay.by_client.insert((c, id), i);
                 relay.stats.circuits += 1;
@@ -1354,17 +1378,48 @@ impl World {
                     }
                 }
             }
+            // A joined circuit's cells go to its partner (rend-spec-v3 §4.2).
+            let mut joined = Vec::new();
+            if rc.spliced.is_some() {
+                while let Some(b) = rc.circ.poll_spliced() {
+                    joined.push(b);
+                }
+            }
+            let partner = rc.spliced;
             let ev = rc.circ.poll_event();
+            let closed = rc.circ.is_closed();
+            if let Some(j) = partner {
+                if !joined.is_empty() {
+                    sent = true;
+                    if let Some(other) = relay.circs.get_mut(j).and_then(Option::as_mut) {
+                        for b in joined {
+                            let _ = other.circ.splice_in(b);
+                        }
+                    }
+                }
+            }
             if ev.is_none() {
-                if rc.circ.is_closed() && !sent {
+                if closed && !sent {
+                    let now = self.now;
                     if let Some(rc) = relay.circs[i].take() {
                         relay.by_client.remove(&rc.client);
                         if let Some(n) = rc.next {
                             relay.by_next.remove(&n);
                         }
+                        // The joined circuit goes down with it: to that circuit, its partner
+                        // is its next hop (tor-spec §5.4).
+                        if let Some(other) =
+                            rc.spliced.and_then(|j| relay.circs.get_mut(j)?.as_mut())
+                        {
+                            other.spliced = None;
+                            let _ = other
+                                .circ
+                                .handle_from_next(now, ChanMsg::Destroy(DestroyReason::FINISHED));
+                        }
                     }
                     relay.exits.retain(|e| e.circ != i);
                     relay.dirs.retain(|d| d.circ != i);
+                    relay.intro.circuit_closed(i);
                     return true;
                 }
                 return moved || sent;
@@ -1480,6 +1535,34 @@ impl World {
                     return;
                 }
                 d.request.extend_from_slice(&data);
+                let onion =
+                    d.request.starts_with(b"POST ") || d.request.starts_with(b"GET /tor/hs/");
+                if onion {
+                    if let Some((resp, what)) = relay.hsdir.answer(&d.request) {
+                        let status = resp
+                            .get(9..12)
+                            .and_then(|s| core::str::from_utf8(s).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        let line = String::from_utf8_lossy(&d.request[..d.request.len().min(60)])
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
+                        d.response = Some((resp, 0));
+                        relay.stats.dir_requests += 1;
+                        let name = relay.name.clone();
+                        self.log(&name, what);
+                        self.dir_log.push(DirLog {
+                            at: now - Instant::ZERO,
+                            relay: name,
+                            path: line,
+                            status,
+                            diff: false,
+                            len: 0,
+                        });
+                    }
+                    return;
+                }
                 if memchr(&d.request, b"\r\n\r\n") {
                     let request = std::mem::take(&mut d.request);
                     let (status, body, path, diff) = answer(&self.docs, &request);
@@ -1516,18 +1599,110 @@ impl World {
                     });
                 }
             }
+            RelayEvent::Msg { stream: 0, msg } => {
+                let cmd = msg.cmd();
+                match cellmsg::body_of(&msg) {
+                    Ok(body) => self.onion_msg(r, i, cmd, &body),
+                    Err(e) => self.log_relay(r, || format!("{cmd} dropped: {e}")),
+                }
+            }
             RelayEvent::StreamEnded { stream, .. } => {
                 let relay = &mut self.relays[r];
                 relay.exits.retain(|e| !(e.circ == i && e.stream == stream));
                 relay.dirs.retain(|d| !(d.circ == i && d.stream == stream));
             }
-            RelayEvent::Closed { .. } => {
+            RelayEvent::Closed { error } => {
+                self.log_relay(r, || match &error {
+                    None => format!("circuit {i} closed"),
+                    Some(e) => format!("circuit {i} closed: {e}"),
+                });
                 let relay = &mut self.relays[r];
                 relay.exits.retain(|e| e.circ != i);
                 relay.dirs.retain(|d| d.circ != i);
             }
             _ => {}
         }
+    }
+
+    /// Send an onion-service message on circuit `i` of relay `r`, toward its client.
+    fn send_onion(&mut self, r: usize, i: usize, cmd: RelayCmd, body: &[u8]) {
+        let sent = cellmsg::to_relay_msg(cmd, body)
+            .map_err(|e| e.to_string())
+            .and_then(|m| match self.rcirc(r, i) {
+                Some(c) => c.send_msg(0, &m).map_err(|e| e.to_string()),
+                None => Err("circuit closed".into()),
+            });
+        if let Err(e) = sent {
+            self.log_relay(r, || format!("cannot send {cmd}: {e}"));
+        }
+    }
+
+    /// An onion-service message on circuit `i` of relay `r`: the introduction point
+    /// (ESTABLISH_INTRO checked against the circuit's `KH`, INTRODUCE1 forwarded as
+    /// INTRODUCE2 and acknowledged, rend-spec-v3 §3.1, §3.2) and the rendezvous point
+    /// (ESTABLISH_RENDEZVOUS, RENDEZVOUS1 answered with RENDEZVOUS2 and the two circuits
+    /// joined, §4.1, §4.2). Other messages are dropped.
+    fn onion_msg(&mut self, r: usize, i: usize, cmd: RelayCmd, body: &[u8]) {
+        if cmd == RelayCmd::ESTABLISH_INTRO {
+            let Some(kh) = self.rcirc(r, i).map(|c| *c.kh()) else {
+                return;
+            };
+            match self.relays[r].intro.handle_establish_intro(i, &kh, body) {
+                Ok(reply) => {
+                    self.send_onion(r, i, RelayCmd::INTRO_ESTABLISHED, &reply);
+                    self.log_relay(r, || "introduction point established".into());
+                }
+                Err(e) => self.log_relay(r, || format!("ESTABLISH_INTRO refused: {e}")),
+            }
+        } else if cmd == RelayCmd::INTRODUCE1 {
+            let routing = self.relays[r].intro.handle_introduce1(body);
+            if let Some((svc, b2)) = &routing.to_service {
+                self.send_onion(r, *svc, RelayCmd::INTRODUCE2, b2);
+                self.log_relay(r, || "INTRODUCE1 forwarded as INTRODUCE2".into());
+            }
+            self.send_onion(r, i, RelayCmd::INTRODUCE_ACK, &routing.ack);
+        } else if cmd == RelayCmd::ESTABLISH_RENDEZVOUS {
+            match self.relays[r].rend.handle_establish_rendezvous(i, body) {
+                Ok(()) => self.send_onion(r, i, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]),
+                Err(e) => self.log_relay(r, || format!("ESTABLISH_RENDEZVOUS refused: {e}")),
+            }
+        } else if cmd == RelayCmd::RENDEZVOUS1 {
+            match self.relays[r].rend.handle_rendezvous1(i, body) {
+                Ok(j) => {
+                    // RENDEZVOUS2 is queued before the join: the client's next cell.
+                    self.send_onion(r, j.client, RelayCmd::RENDEZVOUS2, &j.rendezvous2);
+                    let joined = self.splice(r, j.client, j.service);
+                    self.log_relay(r, || format!("rendezvous: circuits joined: {joined}"));
+                }
+                Err(e) => self.log_relay(r, || format!("RENDEZVOUS1 refused: {e}")),
+            }
+        }
+    }
+
+    /// Join circuits `a` and `b` of relay `r`; false if either cannot be.
+    fn splice(&mut self, r: usize, a: usize, b: usize) -> bool {
+        let relay = &mut self.relays[r];
+        let joinable = |relay: &mut Relay, i: usize| {
+            relay
+                .circs
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|rc| {
+                    !rc.circ.is_closed() && !rc.circ.has_next() && !rc.circ.is_spliced()
+                })
+        };
+        if a == b || !joinable(relay, a) || !joinable(relay, b) {
+            return false;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(rc) = relay.circs.get_mut(x).and_then(Option::as_mut) {
+                if rc.circ.splice().is_err() {
+                    return false;
+                }
+                rc.spliced = Some(y);
+            }
+        }
+        true
     }
 
     fn extend(&mut self, r: usize, i: usize, req: onion_circuit::relay::ExtendRequest) {
@@ -1760,7 +1935,7 @@ fn memchr(hay: &[u8], needle: &[u8]) -> bool {
 
 /// What the consensus says of relay `r` as it is now (a dead relay is not Running).
 fn entry_of(r: &Relay) -> RelayEntry {
-    let mut flags = vec!["Fast", "Stable", "Valid", "V2Dir"];
+    let mut flags = vec!["Fast", "Stable", "Valid", "V2Dir", "HSDir"];
     if r.up {
         flags.push("Running");
     }
