@@ -24,6 +24,7 @@ use crate::net::driver::{self, Driver};
 use crate::net::http::{self, Url};
 use crate::net::path;
 use onion_client::Isolation;
+use onion_hs::x25519_dalek;
 
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]
@@ -209,8 +210,9 @@ pub fn run(args: Args) -> Result<(), String> {
             Some(sk)
         }
     };
-    if onion.is_none() && exit.is_none() && crate::net::driver::enabled() {
-        return get_via_client(&opts, &url, congestion_control);
+    if exit.is_none() && crate::net::driver::enabled() {
+        let auth = onion.zip(client_key);
+        return get_via_client(&opts, &url, auth, congestion_control);
     }
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
@@ -313,10 +315,20 @@ pub fn run(args: Args) -> Result<(), String> {
 
 /// `onion get` of an exit URL through [`onion_client::Client`] ([`Driver`]): bootstrap,
 /// one stream, one HTTP/1.0 GET.
-fn get_via_client(opts: &NetOptions, url: &Url, congestion_control: bool) -> Result<(), String> {
+fn get_via_client(
+    opts: &NetOptions,
+    url: &Url,
+    client_key: Option<(onion_hs::OnionAddress, x25519_dalek::StaticSecret)>,
+    congestion_control: bool,
+) -> Result<(), String> {
     let mut cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
     cfg.congestion_control = congestion_control;
     let mut d = Driver::new(cfg, opts.cache.clone())?;
+    if let Some((addr, key)) = client_key {
+        d.client
+            .set_onion_client_auth(&addr.to_string(), Some(key))
+            .map_err(|e| format!("--client-key: {e}"))?;
+    }
     let deadline = d.deadline(opts.timeout);
     d.bootstrap(deadline)?;
     let target = format!("{}:{}", url.host, url.port);
@@ -325,7 +337,11 @@ fn get_via_client(opts: &NetOptions, url: &Url, congestion_control: bool) -> Res
         .connect(&url.host, url.port, Isolation::NONE, d.now())
         .map_err(|e| driver::open_error(&target, &e))?;
     d.wait_open(stream, &target, deadline)?;
-    eprintln!("onion: stream open to {target}");
+    match url.is_onion() {
+        // A stream opens on a rendezvous circuit only once the rendezvous is complete.
+        true => eprintln!("onion: rendezvous complete; stream open to {target}"),
+        false => eprintln!("onion: stream open to {target}"),
+    }
     let mut next_report = 1 << 20;
     let raw = d
         .exchange(

@@ -439,10 +439,23 @@ impl Proxy {
 }
 
 /// The SOCKS reply for a stream the client could not open: C tor's for the END reason that
-/// refused it ([`socks_code`]), 6 (TTL expired) for a timeout, 1 (general failure) otherwise.
-fn error_code(e: &Error, _extended: bool) -> u8 {
+/// refused it ([`socks_code`]); for an onion service, 4 (host unreachable) when no
+/// descriptor was found or usable or no introduction succeeded, as C tor closes those with
+/// END reason RESOLVEFAILED, or with `extended` (`--extended-errors`) the proposal 304 code
+/// of the step that failed ([`onion_client::hs::HsError::socks5_reply`]); 6 (TTL expired)
+/// for a timeout; 1 (general failure) otherwise.
+fn error_code(e: &Error, extended: bool) -> u8 {
+    use onion_client::hs::HsError;
     match e {
         Error::StreamEnded(reason) => socks_code(*reason),
+        Error::OnionService(h) if extended => h.socks5_reply(),
+        Error::OnionService(
+            HsError::DescriptorNotFound { .. }
+            | HsError::DescriptorInvalid(_)
+            | HsError::IntroFailed { .. }
+            | HsError::IntroTimedOut,
+        ) => 4,
+        Error::OnionService(_) => socks::GENERAL_FAILURE,
         e if e.kind() == onion_client::ErrorKind::Timeout => 6,
         _ => socks::GENERAL_FAILURE,
     }
@@ -551,5 +564,29 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, a2);
         assert_eq!(p.by_stream.len(), 5);
+    }
+
+    /// Onion-service failures get C tor's replies: 4 for a descriptor or introduction that
+    /// failed, 1 for the rest; with extended errors, the codes of proposal 304.
+    #[test]
+    fn onion_failures_map_to_c_tors_socks_replies() {
+        use onion_client::hs::HsError;
+        let not_found = Error::OnionService(HsError::DescriptorNotFound {
+            tried: 6,
+            last: "404".into(),
+        });
+        assert_eq!(error_code(&not_found, false), 4);
+        assert_eq!(error_code(&not_found, true), socks::ext::HS_DESC_NOT_FOUND);
+        let rend = Error::OnionService(HsError::RendezvousFailed("x".into()));
+        assert_eq!(error_code(&rend, false), 1);
+        assert_eq!(error_code(&rend, true), socks::ext::HS_REND_FAILED);
+        let auth = Error::OnionService(HsError::ClientAuthMissing);
+        assert_eq!(error_code(&auth, false), 1);
+        assert_eq!(error_code(&auth, true), socks::ext::HS_MISSING_CLIENT_AUTH);
+        let timeout = Error::OnionService(HsError::IntroTimedOut);
+        assert_eq!(error_code(&timeout, false), 4);
+        assert_eq!(error_code(&timeout, true), socks::ext::HS_INTRO_TIMEDOUT);
+        let refused = Error::StreamEnded(onion_cell::relaymsg::EndReason::EXITPOLICY);
+        assert_eq!(error_code(&refused, true), 2);
     }
 }

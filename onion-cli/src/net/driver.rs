@@ -14,9 +14,11 @@
 //!   given to [`Client::handle_input`], then granted again. A relay that sends faster than
 //!   the client consumes is held back by TCP.
 //! - **Writing.** What [`Client::poll_transmit`] gives is encrypted here and queued on the
-//!   socket's writer thread. A socket whose queue reaches [`RELAY_HIGH`] (a relay that does
-//!   not read) is closed and reported closed: the client's channel there fails, and its
-//!   circuits with it, rather than our memory growing without bound.
+//!   socket's writer thread. A socket whose queue reaches [`RELAY_HIGH`] (a relay that reads
+//!   slowly, or not at all) is reported blocked ([`Client::set_blocked`]): the client gives
+//!   nothing more for it, its circuits hold their cells, and the other connections go on;
+//!   once the writer has drained it to [`RELAY_LOW`] it is unblocked. So the queue never
+//!   holds much more than [`RELAY_HIGH`] plus one transmit.
 //! - **Time.** [`Client::poll_timeout`] bounds every wait; [`Client::handle_timeout`] gets
 //!   the monotonic clock ([`Clock`]) and the wall clock.
 //! - **Persistence.** [`Event::Persist`] is written to the data directory at once
@@ -49,10 +51,13 @@ use super::{path, Clock};
 
 /// Bytes a relay socket may read ahead of the client (its reader thread's credit).
 pub const RELAY_READ: usize = 128 * 1024;
-/// Bytes queued for one relay socket at which it is given up: the relay has not read for as
-/// long as it took to queue this much (the client's own channel queue is far smaller, so
-/// only a peer that stopped reading gets here).
-pub const RELAY_HIGH: usize = 4 << 20;
+/// Bytes queued for one relay socket at which the client is told it is blocked
+/// ([`Client::set_blocked`]): it then gives nothing more for that connection, and its
+/// circuits keep their cells (bounded by their windows), until the queue drains to
+/// [`RELAY_LOW`]. Other connections go on meanwhile.
+pub const RELAY_HIGH: usize = 256 * 1024;
+/// The queue level at which a blocked relay socket is unblocked.
+pub const RELAY_LOW: usize = 64 * 1024;
 /// How long one directory request may take (circuit, stream and response), at most.
 pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,6 +80,8 @@ enum Relay {
         tls: Box<TlsSession>,
         pipe: Pipe,
         input: event::ConnId,
+        /// The client was told it is blocked ([`Client::set_blocked`]).
+        blocked: bool,
     },
 }
 
@@ -265,9 +272,17 @@ impl Driver {
         };
         let now = self.clock.now();
         match input {
-            // The writer drained below the mark it was asked to report: nothing to do but
-            // transmit again (the next flush).
-            Input::Bytes(_, data) if data.is_empty() => {}
+            // The writer drained below the mark it was asked to report: unblock.
+            Input::Bytes(_, data) if data.is_empty() => {
+                if let Some(Relay::Open { pipe, blocked, .. }) = self.relays.get_mut(&conn) {
+                    if *blocked && pipe.queued() <= RELAY_LOW {
+                        *blocked = false;
+                        self.client.set_blocked(conn, false);
+                    } else if *blocked {
+                        pipe.wake_below(RELAY_LOW);
+                    }
+                }
+            }
             Input::Bytes(_, data) => {
                 let Some(Relay::Open { tls, pipe, .. }) = self.relays.get_mut(&conn) else {
                     return;
@@ -321,7 +336,14 @@ impl Driver {
                 self.reached = true;
                 self.by_input.insert(input, conn);
                 let tls = Box::new(tls);
-                self.relays.insert(conn, Relay::Open { tls, pipe, input });
+                let blocked = false;
+                let relay = Relay::Open {
+                    tls,
+                    pipe,
+                    input,
+                    blocked,
+                };
+                self.relays.insert(conn, relay);
                 self.client.handle_connected(conn, now, cert);
                 if !plain.is_empty() {
                     self.client.handle_input(conn, now, &plain);
@@ -366,9 +388,13 @@ impl Driver {
         }
     }
 
-    /// Encrypt `self.plain` for `conn` and queue it on its socket.
+    /// Encrypt `self.plain` for `conn` and queue it on its socket; tell the client when the
+    /// socket's queue is full.
     fn send(&mut self, conn: ConnId) {
-        let Some(Relay::Open { tls, pipe, .. }) = self.relays.get_mut(&conn) else {
+        let Some(Relay::Open {
+            tls, pipe, blocked, ..
+        }) = self.relays.get_mut(&conn)
+        else {
             // Not open (the client should not send there): nothing can carry it.
             return;
         };
@@ -377,9 +403,10 @@ impl Driver {
             return self.fail(conn, &e.to_string());
         }
         pipe.push(&self.wire);
-        if pipe.queued() >= RELAY_HIGH {
-            let why = format!("relay read nothing of {RELAY_HIGH} queued bytes; giving it up");
-            self.fail(conn, &why);
+        if !*blocked && pipe.queued() >= RELAY_HIGH {
+            *blocked = true;
+            pipe.wake_below(RELAY_LOW);
+            self.client.set_blocked(conn, true);
         }
     }
 
@@ -408,6 +435,7 @@ impl Driver {
                     mut tls,
                     pipe,
                     input,
+                    ..
                 }) = self.relays.remove(&conn)
                 {
                     self.by_input.remove(&input);
