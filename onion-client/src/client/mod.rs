@@ -427,7 +427,10 @@ impl Client {
             .get_mut(&s.0)
             .ok_or(Error::Misuse("no such stream"))?;
         if let Some(end) = &st.end {
-            return Err(end.clone().unwrap_or(Error::Misuse("the stream has ended")));
+            return Err(end
+                .as_deref()
+                .cloned()
+                .unwrap_or(Error::Misuse("the stream has ended")));
         }
         if st.phase != Phase::Open || st.write_closed || !matches!(st.target, Target::Exit { .. }) {
             return Err(Error::Misuse("the stream is not open for writing"));
@@ -485,7 +488,7 @@ impl Client {
                 self.streams.remove(&s.0);
                 match end {
                     None => Ok(Some(0)),
-                    Some(e) => Err(e),
+                    Some(e) => Err(*e),
                 }
             }
         }
@@ -541,7 +544,15 @@ impl Client {
             let Some(ch) = self.chans.get_mut(&conn).and_then(|c| c.channel.as_mut()) else {
                 continue;
             };
-            if ch.poll_transmit(out).is_some() {
+            // The channel swaps its buffer with an empty `out`: give it a fresh one, so that
+            // an idle channel does not keep the capacity of the embedder's largest write.
+            let mut fresh = Vec::new();
+            if ch.poll_transmit(&mut fresh).is_some() {
+                if out.is_empty() {
+                    std::mem::swap(out, &mut fresh);
+                } else {
+                    out.append(&mut fresh);
+                }
                 self.tx_last = Some(conn);
                 return Some(conn);
             }
@@ -551,7 +562,12 @@ impl Client {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 64 {
+            // A burst (a thousand streams opening) leaves no standing allocation behind.
+            self.events = VecDeque::new();
+        }
+        e
     }
 
     /// When [`Client::handle_timeout`] should be called next.

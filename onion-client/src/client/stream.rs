@@ -70,7 +70,7 @@ pub(crate) struct Stream {
     /// The stream's flow is held (`Circuit::hold_stream`) because `recv` is full.
     pub held: bool,
     /// How it ended: `Some(None)` cleanly, `Some(Some(e))` with an error.
-    pub end: Option<Option<Error>>,
+    pub end: Option<Option<Box<Error>>>,
     /// The application called `shutdown_write`.
     pub write_closed: bool,
     /// The application was told the stream is readable and has not read since.
@@ -560,7 +560,7 @@ impl super::Client {
             }
             Target::Exit { .. } => {
                 s.phase = Phase::Ended;
-                s.end = Some(why.clone());
+                s.end = Some(why.clone().map(Box::new));
                 s.held = false;
                 self.emit(Event::StreamClosed {
                     stream: StreamHandle(h),
