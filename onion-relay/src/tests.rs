@@ -87,6 +87,8 @@ pub(crate) struct Net {
     pub(crate) ignore_connects: bool,
     /// Targets read what the exit gives them (false: a target that stopped reading).
     pub(crate) targets_read: bool,
+    /// The configuration of client circuits.
+    pub(crate) circ_config: CircConfig,
 }
 
 pub(crate) fn policy(text: &str) -> ExitPolicy {
@@ -116,6 +118,7 @@ impl Net {
             reply: Vec::new(),
             ignore_connects: false,
             targets_read: true,
+            circ_config: CircConfig::default(),
         }
     }
 
@@ -183,9 +186,14 @@ impl Net {
     /// relay `c` is connected to). Returns the circuit index; run() completes it.
     pub(crate) fn build(&mut self, c: usize, path: &[usize], kind: HandshakeKind) -> usize {
         let first = self.target(path[0]);
-        let (circ, create) =
-            Circuit::create(CircConfig::default(), &first, kind, self.now, &mut self.rng)
-                .expect("create");
+        let (circ, create) = Circuit::create(
+            self.circ_config.clone(),
+            &first,
+            kind,
+            self.now,
+            &mut self.rng,
+        )
+        .expect("create");
         let ch = &mut self.clients[c];
         let id = ch.chan.new_circ_id(&mut self.rng).expect("id");
         ch.chan.send(id, &create).expect("send");
@@ -1149,6 +1157,68 @@ fn a_generated_link_certificate_serves_tls_and_the_handshake() {
         }
     }
     assert!(open);
+}
+
+#[test]
+fn congestion_controlled_exit_streams_both_ways() {
+    let mut net = Net::new(23);
+    net.add_relay(|_| {});
+    net.add_relay(|c| {
+        c.exit_policy = Some(policy("accept *:80"));
+        c.circuits.congestion_control = Some(onion_circuit::cc::CcConfig::default());
+        c.limits.stream_buffer = 8192;
+    });
+    net.circ_config.congestion_control = Some(Box::default());
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 14)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 2);
+    assert!(
+        net.circs[i].circ.congestion_control(1).is_some(),
+        "negotiated"
+    );
+    // Download.
+    net.reply = pattern(500_000);
+    let s = net.begin(i, "example.com", 80);
+    net.send(i, s, b"GET /");
+    let got = net.circs[i].data.get(&s.get()).cloned().unwrap_or_default();
+    assert!(got == pattern(500_000), "{}", got.len());
+    assert_eq!(net.circs[i].ended.get(&s.get()), Some(&EndReason::DONE));
+    // Upload into a target that stops reading: XOFF stops the client (no stream windows
+    // under congestion control, proposal 324 §4).
+    net.reply = Vec::new();
+    let s = net.begin(i, "example.com", 80);
+    net.targets_read = false;
+    let upload = pattern(2_000_000);
+    let mut off = 0;
+    for _ in 0..10_000 {
+        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
+        off += n;
+        net.run();
+        if n == 0 || off == upload.len() {
+            break;
+        }
+    }
+    assert!(off < upload.len(), "XOFF stopped the upload");
+    // What was in flight when XOFF left (the congestion window), not the whole upload.
+    assert!(off < 200_000, "{off}");
+    assert!(net.relays[1].queued_bytes() <= 8192 + 498);
+    net.targets_read = true;
+    for _ in 0..10_000 {
+        net.drain_targets();
+        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
+        off += n;
+        net.run();
+        if off == upload.len() {
+            break;
+        }
+    }
+    for _ in 0..100 {
+        net.drain_targets();
+    }
+    let rec = net.target_received(1);
+    assert!(rec[5..] == upload, "{} of {}", rec.len(), upload.len());
 }
 
 impl Net {

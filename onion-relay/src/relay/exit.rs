@@ -277,6 +277,7 @@ impl Relay {
         let max_req = self.cfg.limits.max_dir_request;
         let max_resp = self.cfg.limits.max_dir_response;
         let buf_limit = self.cfg.limits.stream_buffer;
+        let xoff = self.cfg.circuits.flow_control.xoff_exit_bytes();
         let now = self.now;
         let Some(e) = self.streams.get_mut(&h) else {
             return;
@@ -305,8 +306,21 @@ impl Relay {
                 e.to_target.push_back(data);
                 let len = e.to_target_len;
                 let open = matches!(e.state, ExitState::Open);
+                // A full buffer holds the circuit's events. Under congestion control
+                // (no stream windows) it is reported as above the XOFF threshold so that
+                // XOFF stops the client at once and what is held stays within what was in
+                // flight (proposal 324 §4.1.1).
+                let reported = if len >= buf_limit {
+                    len.max(
+                        usize::try_from(xoff)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(1),
+                    )
+                } else {
+                    len
+                };
                 if let Some(c) = self.circs.get_mut(&k) {
-                    let _ = c.rc.note_stream_buffer(now, id, 0, len);
+                    let _ = c.rc.note_stream_buffer(now, id, 0, reported);
                     if len >= buf_limit {
                         c.held = true;
                     }
