@@ -547,7 +547,9 @@ impl RelayKeySet {
 
     /// The key files of this set, for the embedder to write (mode 0600, in a 0700
     /// directory). The master secret key is included only when it is online; absent
-    /// previous onion keys mean their files should be removed.
+    /// previous onion keys mean their files should be removed. C tor 0.4.9.11 loads them
+    /// as its own (checked with `tor --list-fingerprint`, also with `OfflineMasterKey 1` and
+    /// no master secret key: the same fingerprints, and it rewrote no file).
     pub fn to_files(&self) -> Result<KeyFiles, KeySetError> {
         use keyfile::*;
         let rsa = |k: &RsaKeypair, file| encode_rsa_secret_key(k).map_err(key_err(file));
