@@ -444,3 +444,18 @@ fn streams_wait_for_the_directory() {
     assert!(opened(&net, s));
     let _ = Instant::ZERO;
 }
+
+#[test]
+fn a_full_event_queue_holds_input_until_drained() {
+    let mut net = Net::new(6, 14);
+    let mut cfg = config();
+    cfg.limits.max_events = 4;
+    let mut c = client_on(&mut net, cfg);
+    let streams: Vec<StreamHandle> = (0..20)
+        .map(|_| c.connect("echo", 80, Isolation::NONE, net.now).unwrap())
+        .collect();
+    let all = net.run_until(&mut c, Duration::from_secs(30), |n| {
+        streams.iter().all(|s| opened(n, *s))
+    });
+    assert!(all, "every stream opened once the events were taken");
+}

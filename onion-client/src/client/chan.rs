@@ -146,8 +146,13 @@ impl super::Client {
 
     /// Hand the buffered input to the channel until it takes no more, handling its events
     /// in between (it stops taking input while its event queue is full).
-    fn pump_chan(&mut self, conn: ConnId) {
+    pub(super) fn pump_chan(&mut self, conn: ConnId) {
         loop {
+            if self.events.len() >= self.cfg.limits.max_events {
+                // The embedder has not taken the events yet: the input waits.
+                self.input_held = true;
+                return;
+            }
             let now = self.now;
             let Some(c) = self.chans.get_mut(&conn) else {
                 return;

@@ -56,12 +56,16 @@ pub struct Limits {
     /// less than it is given only while its own output or event queue is full).
     /// [`crate::Client::handle_input`] beyond it closes the connection. Default 1 MiB.
     pub channel_inbound: usize,
-    /// How long a channel without circuits stays open (C tor closes such client channels
-    /// after a randomized 3 to 4.5 minutes, channelpadding.c's `channel_update_padding`-era
-    /// idle timeout; here a uniform draw in `[idle, 1.5 × idle)`). Default 180 s.
+    /// How long a channel without circuits stays open: a uniform draw in `[idle, 1.5 × idle)`
+    /// (C tor closes a client's channel without circuits after a random 180 to 270 s,
+    /// `channelpadding_get_channel_idle_timeout`). Default 180 s.
     pub channel_idle: Duration,
-    /// Events held for the embedder; when full, new stream data stops being read from
-    /// circuits until it drains them. Default 4096.
+    /// Events held for the embedder ([`crate::Client::poll_event`]). When this many wait,
+    /// the client stops feeding its connections' input to their channels: the bytes wait in
+    /// the connection's inbound buffer ([`Limits::channel_inbound`]) and are taken once the
+    /// embedder has drained the events ([`crate::Client::poll_timeout`] is then due at
+    /// once). A soft bound: one batch of a channel's input may add a few hundred more.
+    /// Default 4096.
     pub max_events: usize,
 }
 

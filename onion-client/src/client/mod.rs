@@ -88,6 +88,8 @@ pub struct Client {
     next_stream: u64,
     /// The connection `poll_transmit` served last (connections take turns).
     tx_last: Option<ConnId>,
+    /// Input waits in connections' buffers because the event queue was full.
+    input_held: bool,
     /// Onion services: the client and host sub-machines and their links (`onion.rs`).
     hs: onion::HsLinks,
 }
@@ -174,6 +176,7 @@ impl Client {
             next_circ: 0,
             next_stream: 0,
             tx_last: None,
+            input_held: false,
             hs,
         };
         c.drive_dir();
@@ -346,6 +349,18 @@ impl Client {
         let wall = self.wall_now();
         self.dir.handle_timeout(self.now, wall, &mut self.rng);
         self.guards.handle_timeout(wall);
+        if self.input_held && self.events.len() < self.cfg.limits.max_events {
+            self.input_held = false;
+            let waiting: Vec<ConnId> = self
+                .chans
+                .iter()
+                .filter(|(_, c)| !c.inbuf.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            for conn in waiting {
+                self.pump_chan(conn);
+            }
+        }
         self.chan_timeouts();
         self.circ_timeouts();
         self.stream_timeouts();
@@ -572,6 +587,9 @@ impl Client {
 
     /// When [`Client::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.input_held && self.events.len() < self.cfg.limits.max_events {
+            return Some(self.now);
+        }
         let mut t = self.dir.poll_timeout();
         if let Some(g) = self.guards.poll_timeout() {
             let g = self.instant_of(g);
