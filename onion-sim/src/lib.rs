@@ -12,16 +12,17 @@
 //! | module | what it simulates |
 //! |---|---|
 //! | [`circuit`] | client, guard, middle and exit relays and a web server: a client builds a circuit and fetches a document through it ([`circuit::run`], [`circuit::Sim`]); the reusable network ([`circuit::net`]), exit, BEGIN_DIR and web-server parts; [`circuit::wired`], a client circuit and its relay circuits wired cell by cell without channels, for tests, fuzz targets and benchmarks |
-//! | [`client`] | a network for the embedder's client (`onion_client::Client`): directory authorities with really signed documents, guard, middle and exit relays, a web server, links with their own latency and bandwidth; the client connects as over sockets |
+//! | [`client`] | a network for the embedder's client (`onion_client::Client`): directory authorities with really signed documents, guard, middle and exit relays (also HSDirs, introduction and rendezvous points), a web server, links with their own latency and bandwidth; the client connects as over sockets. Runs ([`client::runs`]): bootstrap, 100 concurrent streams, an exit dying, guard failure and recovery, a refresh by consensus diff, a restart from persisted state, an onion service with client authorization |
 //! | [`hs`] | an onion service on that network: HSDirs, introduction and rendezvous points, a service that publishes its descriptor and a client that fetches a page from it, with or without client authorization ([`hs::run`]) |
 //!
-//! Users: `onion sim` and `onion sim --onion` (onion-cli), the end-to-end circuit benchmark
-//! (benches), the `circuit_relay` fuzz target, and the tests in this crate's `tests/`.
+//! Users: `onion sim`, `onion sim --onion` and `onion sim --client` (onion-cli), the
+//! end-to-end circuit benchmark (benches), the `circuit_relay` fuzz target, and the tests in
+//! this crate's `tests/`.
 //!
 //! This crate lives apart from the library crates so that an embedder's build compiles none
-//! of it. It drives the circuit and onion-service machines directly; driving the embedder's
-//! layer (`onion_client::Client`) instead, so that the simulator exercises exactly the code
-//! that embedders run, is future work: that client does not exist yet.
+//! of it. [`circuit`] and [`hs`] drive the circuit and onion-service machines directly;
+//! [`client`] runs the embedder's layer (`onion_client::Client`) as over sockets, so that
+//! the simulator exercises exactly the code that embedders run.
 
 pub mod cc;
 pub mod circuit;
