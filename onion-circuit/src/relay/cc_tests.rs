@@ -171,7 +171,7 @@ fn a_client_message_that_is_not_an_extension_list_fails_the_handshake() {
             hdata: skin.into(),
         });
         let r = RelayCircuit::accept_with(&keys, &cc_relay(31), &create, at(0), &mut rng);
-        assert!(matches!(r, Err(RelayError::Malformed(_))), "{msg:?}");
+        assert!(matches!(r, Err(RelayError::BadExtensions(_))), "{msg:?}");
     }
     // Unknown extensions beside the request are ignored (proposal 332).
     let (_, skin) = NtorV3Client::start(

@@ -118,6 +118,9 @@ pub enum RelayError {
     /// A relay cell addressed to us did not decode.
     #[error("malformed relay cell: {0}")]
     Malformed(onion_cell::Error),
+    /// The ntor-v3 client message is not an extension list (proposal 332).
+    #[error("malformed ntor-v3 client extensions: {0}")]
+    BadExtensions(onion_cell::Error),
     /// The client broke flow control.
     #[error("flow control: {0}")]
     Flow(#[from] FlowError),
@@ -325,7 +328,7 @@ impl core::fmt::Debug for RelayCircuit {
 /// which also ignores bytes after the list).
 fn cc_requested(client_msg: &[u8]) -> Result<bool, RelayError> {
     let mut r = Reader::new(client_msg);
-    let exts = ExtList::decode(&mut r).map_err(RelayError::Malformed)?;
+    let exts = ExtList::decode(&mut r).map_err(RelayError::BadExtensions)?;
     Ok(exts.find(CcRequest::EXT_TYPE).is_some())
 }
 
