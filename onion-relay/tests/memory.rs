@@ -1,0 +1,123 @@
+//! Heap held by a relay per circuit: a client opens one channel and many one-hop circuits
+//! (CREATE_FAST and ntor-v3), and the relay's allocations that stay live are counted with a
+//! counting global allocator.
+
+use std::alloc::System;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel};
+use onion_circuit::circuit::{CircConfig, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::Instant;
+use onion_crypto::relay_keyset::RelayKeySet;
+use onion_relay::{ConnId, Relay, RelayConfig, TlsLinkCert};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const N: usize = 500;
+
+fn wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
+}
+
+/// Move bytes both ways until nothing moves; client-side cells go to `circs`.
+fn pump(relay: &mut Relay, chan: &mut Channel, circs: &mut [Circuit], ids: &[u32]) {
+    let now = Instant::ZERO;
+    let mut out = Vec::new();
+    loop {
+        let mut moved = false;
+        while chan.poll_transmit(&mut out).is_some() {
+            relay.handle_input(ConnId(1), now, &out);
+            out.clear();
+            moved = true;
+        }
+        while relay.poll_event().is_some() {}
+        while relay.poll_transmit(now, &mut out).is_some() {
+            let mut off = 0;
+            while off < out.len() {
+                off += chan.handle_input(now, &out[off..]).expect("client input");
+                while let Some(ev) = chan.poll_event() {
+                    if let ChanEvent::CircuitCell { circ_id, msg } = ev {
+                        if let Some(i) = ids.iter().position(|x| *x == circ_id.get()) {
+                            circs[i].handle_cell(now, msg).expect("cell");
+                        }
+                    }
+                }
+            }
+            out.clear();
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Bytes the relay frees when dropped after `n` circuits of `kind` were created on it.
+fn relay_bytes(kind: HandshakeKind, n: usize) -> usize {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let mut cfg = RelayConfig::new(vec![ip]);
+    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
+    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall(), &mut rng).expect("relay");
+    let target = HopTarget {
+        rsa_id: relay.keys().rsa_identity().public().identity(),
+        ed_id: Some(relay.keys().ed_identity()),
+        ntor_key: *relay.keys().ntor_key().public(),
+        addrs: vec![SocketAddr::new(ip, 9001)],
+        ntor_v3: true,
+    };
+    let now = Instant::ZERO;
+    relay
+        .handle_accepted(
+            ConnId(1),
+            now,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
+        )
+        .expect("accept");
+    let mut chan = Channel::initiator(
+        ChanConfig::default(),
+        relay.identities(),
+        Some(relay.link_cert().sha256()),
+        now,
+        wall(),
+    );
+    pump(&mut relay, &mut chan, &mut [], &[]);
+    assert!(chan.is_open());
+    let mut circs = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (c, create) =
+            Circuit::create(CircConfig::default(), &target, kind, now, &mut rng).expect("create");
+        let id = chan.new_circ_id(&mut rng).expect("id");
+        chan.send(id, &create).expect("send");
+        circs.push(c);
+        ids.push(id.get());
+        pump(&mut relay, &mut chan, &mut circs, &ids);
+    }
+    assert_eq!(relay.n_circuits(), n);
+    assert!(circs.iter().all(|c| c.n_hops() == 1));
+    let region = Region::new(GLOBAL);
+    drop(relay);
+    region.change().bytes_deallocated
+}
+
+fn per_circuit(kind: HandshakeKind) -> usize {
+    (relay_bytes(kind, N) - relay_bytes(kind, 0)) / N
+}
+
+#[test]
+fn heap_per_relay_circuit() {
+    let fast = per_circuit(HandshakeKind::CreateFast);
+    let ntor = per_circuit(HandshakeKind::NtorV3);
+    eprintln!("relay heap per circuit: CREATE_FAST {fast} B, ntor-v3 {ntor} B");
+    // Crypto state (two AES-CTR states and running digests), the circuit machine, the
+    // channel's circuit map entry and the relay's indexes.
+    assert!(fast < 4096, "{fast}");
+    assert!(ntor < 4096, "{ntor}");
+}
