@@ -459,3 +459,45 @@ fn a_full_event_queue_holds_input_until_drained() {
     });
     assert!(all, "every stream opened once the events were taken");
 }
+
+#[test]
+fn a_connect_that_never_completes_times_out_and_other_guards_are_tried() {
+    let mut net = Net::new(6, 15);
+    for r in &mut net.relays {
+        r.blackhole = true;
+    }
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    let ended = net.run_until(&mut c, Duration::from_secs(300), |n| closed(n, s).is_some());
+    assert!(ended);
+    let e = closed(&net, s).unwrap().unwrap();
+    assert!(
+        matches!(e.kind(), ErrorKind::Network | ErrorKind::Timeout),
+        "{e}"
+    );
+    let connects: Vec<_> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Connect { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert!(connects.len() >= 2, "{connects:?}");
+    // The connection attempts that timed out were given up (Disconnect).
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Disconnect { .. })));
+    // The network comes back: a new stream opens, and the guard state is handed over.
+    for r in &mut net.relays {
+        r.blackhole = false;
+    }
+    let s2 = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    let ok = net.run_until(&mut c, Duration::from_secs(600), |n| opened(n, s2));
+    assert!(ok, "{:?}", closed(&net, s2));
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Persist(onion_client::Persist::Guards(_)))));
+}

@@ -60,6 +60,8 @@ pub struct Relay {
     pub ntor: NtorOnionKey,
     /// Connections are refused (TCP fails).
     pub down: bool,
+    /// Connections are never answered (TCP hangs).
+    pub blackhole: bool,
     /// Documents served over BEGIN_DIR, by path prefix.
     pub docs: Vec<(String, String)>,
 }
@@ -134,6 +136,7 @@ impl Net {
                 },
                 ntor: ntor_pub,
                 down: false,
+                blackhole: false,
                 docs: Vec::new(),
             });
         }
@@ -276,6 +279,10 @@ impl Net {
             Event::Connect { conn, addr, ids } => {
                 self.connects += 1;
                 let r = self.relays.iter().position(|r| r.addr == *addr);
+                if r.is_some_and(|r| self.relays[r].blackhole) {
+                    self.events.push(ev);
+                    return;
+                }
                 match r {
                     Some(r)
                         if !self.relays[r].down
