@@ -230,3 +230,23 @@ fn onion_stream_before_bootstrap_waits_for_the_directory() {
         "{e:?}"
     );
 }
+
+#[test]
+fn an_onion_stream_that_runs_out_of_time_ends_with_the_typed_timeout() {
+    let mut net = Net::new(8, 16);
+    let dir = directory(&net);
+    let addr = publish(&mut net, &dir, vec![]);
+    let mut cfg = config();
+    cfg.stream_timeout = Duration::from_secs(10);
+    cfg.build_timeout = Duration::from_secs(10);
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
+    c.adopt_directory(dir, net.now).unwrap();
+    net.run(&mut c);
+    let start = net.now;
+    let s = c.connect(&addr, 80, Isolation::NONE, net.now).unwrap();
+    // The rendezvous point never answers; the attempt's deadline is the stream's.
+    let e = close_error(&mut net, &mut c, s);
+    assert_eq!(e, Error::OnionService(HsError::IntroTimedOut));
+    assert_eq!(net.now - start, Duration::from_secs(20));
+}

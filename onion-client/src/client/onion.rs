@@ -36,8 +36,8 @@ use super::stream::{Phase, Stream, Target};
 use crate::dir::{Directory, Failure, RequestId};
 use crate::guards::LastHop;
 use crate::hs::{
-    is_onion, HostConfig, HsAction, HsCircRef, HsConfig, HsPurpose, HsRequest, IncomingDecision,
-    OnionServices, ServiceId, ServiceStats,
+    is_onion, ConnectConfig, HostConfig, HsAction, HsCircRef, HsConfig, HsPurpose, HsRequest,
+    IncomingDecision, OnionServices, ServiceId, ServiceStats,
 };
 use crate::{Error, Instant};
 
@@ -66,7 +66,14 @@ impl HsLinks {
         let config = HsConfig {
             testing_network: crate::guards::is_testing_network(&cfg.dir.authorities),
             congestion_control: cfg.congestion_control,
-            ..HsConfig::default()
+            // A connection attempt gives up when its streams would (their deadline is set
+            // the same way), so they end with the attempt's typed error; a rendezvous
+            // circuit is reused as long as an exit circuit would be.
+            connect: ConnectConfig {
+                connect_timeout: cfg.stream_timeout + cfg.build_timeout,
+                max_circuit_dirtiness: cfg.max_circuit_dirtiness,
+                ..ConnectConfig::default()
+            },
         };
         HsLinks {
             hs: OnionServices::new(config, now, wall),
