@@ -249,3 +249,27 @@ fn link_bandwidth_bounds_throughput_and_runs_repeat() {
     assert!(fast < slow, "{fast:?} vs {slow:?}");
     assert_eq!(run(true), slow, "same seed, same run");
 }
+
+/// The authorities' signatures are checked for real: a consensus changed after signing is
+/// refused (the client reports the failure and stays without a directory).
+#[test]
+fn tampered_consensus_is_refused() {
+    let mut sim = onion_sim::client::driver::Sim::new(cfg(13), None).expect("sim");
+    assert!(sim.world.tamper_consensus());
+    let r = sim.run_until(Duration::from_secs(120), |s| {
+        s.events
+            .iter()
+            .any(|(_, e)| matches!(e, onion_client::Event::DirectoryFailed(_)))
+    });
+    assert!(r.is_ok(), "no failure reported: {}", sim.status());
+    assert!(!sim.client.is_bootstrapped());
+    let failed = sim.events.iter().find_map(|(_, e)| match e {
+        onion_client::Event::DirectoryFailed(err) => Some(err.to_string()),
+        _ => None,
+    });
+    println!("refused: {failed:?}");
+    assert!(
+        failed.as_deref().is_some_and(|f| f.contains("verif")),
+        "{failed:?}"
+    );
+}

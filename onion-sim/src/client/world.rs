@@ -523,6 +523,20 @@ impl World {
         Ok(va)
     }
 
+    /// Change one relay's weight in the current consensus after it was signed, as an
+    /// attacker on the path to a directory could: every signature on it is then invalid
+    /// (tests of the client's verification). False if there was nothing to change.
+    pub fn tamper_consensus(&mut self) -> bool {
+        let c = &mut self.docs.current.consensus;
+        match c.find("\nw Bandwidth=") {
+            Some(i) => {
+                c.insert(i + "\nw Bandwidth=".len(), '9');
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The current consensus and microdescriptors.
     pub fn publication(&self) -> &Publication {
         &self.docs.current
