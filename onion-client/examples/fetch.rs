@@ -5,17 +5,17 @@
 //! cargo run -p onion-client --example fetch -- [--authorities FILE] http://HOST[:PORT]/PATH
 //! ```
 //!
-//! `FILE` holds C tor's `DirAuthority` lines (as for `onion get --authorities`); without it
-//! the public network's authorities and fallback directories are used. The client is sans-IO:
-//! it asks for connections ([`Event::Connect`]) and hands out bytes to send; this program owns
-//! the sockets: one thread per relay connection connects, then forwards what the socket reads
-//! into one bounded channel. The main thread owns the client and the TLS sessions.
+//! `FILE` holds C tor's `DirAuthority` lines (as for `onion get`); by default the public
+//! network's authorities and fallback directories are used. The client is sans-IO: it asks for
+//! connections and hands out bytes to send; this program owns the sockets. A thread per relay
+//! connection connects, runs TLS and reads; the main thread owns the client.
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use onion_client::dir::{c_tor_fallbacks, Authority, DirConfig, DirMode};
@@ -23,18 +23,20 @@ use onion_client::{Client, ClientConfig, ConnId, Event, Instant, Isolation, Stat
 use rustls::client::danger::{HandshakeSignatureValid as Valid, ServerCertVerified};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer as Der, ServerName, UnixTime};
-use rustls::{ClientConnection as Tls, DigitallySignedStruct as Signed, SignatureScheme};
+use rustls::{ClientConfig as TlsConfig, ClientConnection, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 /// The public network's authorities, as the `onion` command ships them.
 const PUBLIC: &str = include_str!("../../onion-cli/src/net/public-authorities.txt");
 type Res<T> = Result<T, Box<dyn Error>>;
+/// A relay connection: its TLS session (shared with its thread) and its socket.
+type Link = (Arc<Mutex<ClientConnection>>, TcpStream);
 
-/// What the connection threads tell the main loop.
+/// What the connections' threads tell the main loop.
 enum Input {
-    Up(ConnId, TcpStream),  // TCP is up; a handle on the socket for writing
-    Bytes(ConnId, Vec<u8>), // TLS records read from the socket
-    Closed(ConnId),         // the connect failed, or the relay closed
+    Up(ConnId, Link, [u8; 32]), // TLS is up; the SHA-256 of the relay's certificate
+    Bytes(ConnId, Vec<u8>),     // plaintext from the relay
+    Closed(ConnId),             // the connect failed, or the connection ended
 }
 
 fn main() -> Res<()> {
@@ -47,36 +49,30 @@ fn main() -> Res<()> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "80"));
-    let request = format!(
-        "GET /{} HTTP/1.0\r\nHost: {hostport}\r\n\r\n",
-        path.trim_start_matches('/')
-    );
+    let path = path.trim_start_matches('/');
+    let request = format!("GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n");
 
     let start = std::time::Instant::now(); // the client's monotonic clock counts from here
     let now = || Instant::from_duration(start.elapsed());
     let wall = || Timestamp::from(SystemTime::now());
-    let config = client_config(&auths)?;
-    let mut client = Client::new(
-        config,
-        State::default(),
-        now(),
-        wall(),
-        &mut rand_core::OsRng,
-    )?;
-    let stream = client.connect(host, port.parse()?, Isolation::NONE, now())?; // opens after bootstrap
+    let (config, rng) = (client_config(&auths)?, &mut rand_core::OsRng);
+    let mut client = Client::new(config, State::default(), now(), wall(), rng)?;
+    // The stream waits for the directory, then for a circuit, then opens.
+    let stream = client.connect(host, port.parse()?, Isolation::NONE, now())?;
     let (tls, deadline) = (tls_config(), now() + Duration::from_secs(300));
-    let (tx, rx) = mpsc::sync_channel(64); // when full, readers wait and TCP holds relays back
-    let mut links: HashMap<ConnId, Option<(Tls, TcpStream)>> = HashMap::new(); // None: connecting
+    let (tx, rx) = sync_channel(64); // when full, readers wait and TCP holds relays back
+    let mut links: HashMap<ConnId, Option<Link>> = HashMap::new(); // None: connecting
     let (mut sent, mut response, mut out) = (0, Vec::new(), Vec::new());
 
     // The run loop: drain both outputs, then wait for one input, at most until the client's
     // next timeout, and give it to the client.
     loop {
-        // 1. What the client has to send, per connection, through that connection's TLS.
+        // 1. What the client has to send, per connection, encrypted and written. (A failed
+        // write fails the socket's reads too, and its thread reports it closed.)
         while let Some(conn) = client.poll_transmit(now(), &mut out) {
-            if let Some(Some((tls, sock))) = links.get_mut(&conn) {
+            if let Some(Some((session, sock))) = links.get_mut(&conn) {
+                let mut tls = session.lock().map_err(|_| "poisoned")?;
                 tls.writer().write_all(&out)?; // without a buffer limit, rustls takes it all
-                                               // A failed write fails the socket's reader too, which reports it closed.
                 while tls.wants_write() && tls.write_tls(sock).is_ok() {}
             }
             out.clear();
@@ -86,12 +82,12 @@ fn main() -> Res<()> {
             match event {
                 Event::Connect { conn, addr, .. } => {
                     links.insert(conn, None);
-                    let tx = tx.clone();
-                    std::thread::spawn(move || connect(conn, addr, tx));
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    std::thread::spawn(move || relay(conn, addr, tls, tx));
                 }
                 Event::Disconnect { conn } => {
                     if let Some(Some((_, sock))) = links.remove(&conn) {
-                        let _ = sock.shutdown(Shutdown::Both); // its reader thread ends
+                        let _ = sock.shutdown(Shutdown::Both); // its thread ends
                     }
                 }
                 Event::Bootstrap { percent, what } => eprintln!("bootstrap {percent}%: {what}"),
@@ -115,107 +111,75 @@ fn main() -> Res<()> {
         }
         // 3. One input, or the timeout.
         let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
-        let (conn, raw) = match rx.recv_timeout(wake.saturating_duration_since(now())) {
-            Ok(Input::Up(conn, sock)) if links.contains_key(&conn) => {
-                let name = ServerName::IpAddress(sock.peer_addr()?.ip().into());
-                let mut session = Tls::new(tls.clone(), name)?;
-                session.set_buffer_limit(None);
-                links.insert(conn, Some((session, sock)));
-                (conn, Vec::new()) // the TLS handshake starts
-            }
-            Ok(Input::Up(_, sock)) => {
-                let _ = sock.shutdown(Shutdown::Both); // the client gave it up meanwhile
-                continue;
-            }
-            Ok(Input::Bytes(conn, raw)) => (conn, raw),
-            Ok(Input::Closed(conn)) => {
-                if links.remove(&conn).is_some() {
-                    client.handle_closed(conn, now());
+        match rx.recv_timeout(wake.saturating_duration_since(now())) {
+            Ok(Input::Up(conn, link, cert_sha256)) => match links.get_mut(&conn) {
+                Some(slot) => {
+                    *slot = Some(link);
+                    // The relay's CERTS cell must certify this digest (tor-spec §4.2).
+                    client.handle_connected(conn, now(), cert_sha256);
                 }
-                continue;
+                None => drop(link.1.shutdown(Shutdown::Both)), // the client gave it up
+            },
+            Ok(Input::Bytes(conn, plain)) => client.handle_input(conn, now(), &plain),
+            Ok(Input::Closed(conn)) => {
+                links.remove(&conn);
+                client.handle_closed(conn, now()); // (ignored if the client forgot it)
             }
             Err(_) if now() >= deadline => return Err("timed out".into()),
-            Err(_) => {
-                client.handle_timeout(now(), wall());
-                continue;
-            }
-        };
-        let Some(Some((tls, sock))) = links.get_mut(&conn) else {
-            continue;
-        };
-        let handshaking = tls.is_handshaking();
-        match decrypt(tls, sock, &raw) {
-            Ok(plain) => {
-                if handshaking && !tls.is_handshaking() {
-                    // TLS is up; the relay's CERTS cell must certify this certificate's
-                    // digest (tor-spec §4.2).
-                    let cert = tls
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .ok_or("no cert")?;
-                    client.handle_connected(conn, now(), Sha256::digest(cert).into());
-                }
-                client.handle_input(conn, now(), &plain);
-            }
-            Err(_) => {
-                links.remove(&conn);
-                client.handle_closed(conn, now());
-            }
+            Err(_) => client.handle_timeout(now(), wall()),
         }
     }
 }
 
-/// TLS records in, plaintext out, and what TLS has to send (handshake, alerts) written.
-fn decrypt(tls: &mut Tls, sock: &mut TcpStream, mut raw: &[u8]) -> Res<Vec<u8>> {
-    let mut plain = Vec::new();
-    loop {
-        if !raw.is_empty() {
-            tls.read_tls(&mut raw)?; // (reading nothing would tell rustls the stream ended)
+/// A relay connection's thread: TCP and TLS, then every read decrypted and forwarded.
+fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: SyncSender<Input>) {
+    let _ = (|| -> Res<()> {
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        let mut session = ClientConnection::new(tls, ServerName::IpAddress(addr.ip().into()))?;
+        while session.is_handshaking() {
+            session.complete_io(&mut sock)?; // the client's connect timeout bounds this
         }
-        tls.process_new_packets()?;
-        if let Err(e) = tls.reader().read_to_end(&mut plain) {
-            if e.kind() != ErrorKind::WouldBlock {
-                return Err(e.into()); // WouldBlock: every decrypted byte was read
+        session.set_buffer_limit(None);
+        let cert = session.peer_certificates().and_then(|c| c.first());
+        let digest = Sha256::digest(cert.ok_or("no certificate")?).into();
+        let session = Arc::new(Mutex::new(session));
+        let link = (session.clone(), sock.try_clone()?);
+        tx.send(Input::Up(conn, link, digest))?;
+        let (mut buf, mut plain) = (vec![0u8; 64 * 1024], Vec::new());
+        loop {
+            let mut raw = match sock.read(&mut buf)? {
+                0 => return Ok(()),
+                n => &buf[..n],
+            };
+            let mut tls = session.lock().map_err(|_| "poisoned")?;
+            while !raw.is_empty() {
+                tls.read_tls(&mut raw)?;
+                tls.process_new_packets()?;
+                let _ = tls.reader().read_to_end(&mut plain); // until WouldBlock: all read
             }
+            drop(tls); // before waiting for room in the channel, or the loop could not write
+            tx.send(Input::Bytes(conn, std::mem::take(&mut plain)))?;
         }
-        while tls.wants_write() {
-            tls.write_tls(sock)?;
-        }
-        if raw.is_empty() {
-            return Ok(plain);
-        }
-    }
-}
-
-/// On its own thread: TCP to a relay, then every read forwarded to the main loop.
-fn connect(conn: ConnId, addr: SocketAddr, tx: mpsc::SyncSender<Input>) {
-    let socks = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .and_then(|sock| Ok((sock.try_clone()?, sock)));
-    if let Ok((mut reader, sock)) = socks {
-        let (mut buf, mut open) = (vec![0u8; 64 * 1024], tx.send(Input::Up(conn, sock)).is_ok());
-        while let (true, Ok(n @ 1..)) = (open, reader.read(&mut buf)) {
-            open = tx.send(Input::Bytes(conn, buf[..n].to_vec())).is_ok();
-        }
-    }
+    })();
     let _ = tx.send(Input::Closed(conn));
 }
 
 /// The configuration for C tor's `DirAuthority` lines (`NAME orport=PORT v3ident=HEX ...
-/// IP:DIRPORT FINGERPRINT`). Authorities all on private addresses make a testing network,
-/// as C tor's `TestingTorNetwork`: no fallbacks, relays may share a /16, and full
-/// descriptors (microdescriptors cannot say that its exits accept only 127.0.0.0/8).
+/// IP:DIRPORT FINGERPRINT`). Authorities all on loopback make a testing network, as C tor's
+/// `TestingTorNetwork`: no fallbacks, relays may share a /16, and full descriptors
+/// (microdescriptors cannot say that its exits accept only 127.0.0.0/8).
 fn client_config(text: &str) -> Res<ClientConfig> {
     let mut auths = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let w: Vec<&str> = line
+            .trim_start_matches("DirAuthority")
             .split_whitespace()
-            .filter(|w| *w != "DirAuthority")
             .collect();
         let Some(at) = w.iter().position(|w| !w.contains('=') && w.contains(':')) else {
             continue;
         };
         let flag = |k: &str| w.iter().find_map(|f| f.strip_prefix(k)).unwrap_or_default();
-        let id = |hex: &str| -> Res<_> { Ok(onion_dir::RsaIdentity(hex::FromHex::from_hex(hex)?)) };
+        let id = |hex: &str| hex::FromHex::from_hex(hex).map(onion_dir::RsaIdentity);
         let ip: IpAddr = w[at].rsplit_once(':').ok_or("bad address")?.0.parse()?;
         auths.push(Authority {
             name: w[0].to_string(),
@@ -224,13 +188,14 @@ fn client_config(text: &str) -> Res<ClientConfig> {
             or_addr: Some(SocketAddr::new(ip, flag("orport=").parse()?)),
         });
     }
-    let private = |ip| matches!(ip, IpAddr::V4(ip) if ip.is_private() || ip.is_loopback());
     let testing = auths
         .iter()
-        .all(|a| a.or_addr.is_some_and(|a| private(a.ip())));
-    let (fallbacks, mode) = match testing {
-        true => (Vec::new(), DirMode::Full),
-        false => (c_tor_fallbacks(), DirMode::Micro),
+        .all(|a| a.or_addr.is_some_and(|a| a.ip().is_loopback()));
+    let fallbacks = if testing { vec![] } else { c_tor_fallbacks() };
+    let mode = if testing {
+        DirMode::Full
+    } else {
+        DirMode::Micro
     };
     let mut config = ClientConfig::new(DirConfig::new(auths, fallbacks, mode));
     config.path.enforce_distinct_subnets = !testing;
@@ -244,6 +209,7 @@ fn client_config(text: &str) -> Res<ClientConfig> {
 struct AnyCert(Arc<CryptoProvider>);
 
 type TlsResult<T> = Result<T, rustls::Error>;
+type Signed = rustls::DigitallySignedStruct;
 
 #[rustfmt::skip]
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
@@ -260,13 +226,17 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
+fn tls_config() -> Arc<TlsConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = TlsConfig::builder_with_provider(provider.clone());
+    let builder = builder
         .with_safe_default_protocol_versions()
-        .expect("ring supports TLS 1.2 and 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+        .expect("ring has TLS 1.2, 1.3");
+    let verifier = Arc::new(AnyCert(provider));
+    Arc::new(
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
 }
