@@ -273,3 +273,29 @@ fn tampered_consensus_is_refused() {
         "{failed:?}"
     );
 }
+
+/// 100 concurrent streams in ten isolation groups: at least ten circuits, spread over the
+/// exits, every body intact.
+#[test]
+fn hundred_streams_in_ten_isolation_groups() {
+    let (mut sim, _) = runs::bootstrapped(cfg(14)).expect("bootstrap");
+    for g in 0..10 {
+        for _ in 0..10 {
+            sim.fetch(100_000, Isolation(g + 1)).expect("fetch");
+        }
+    }
+    sim.run_until(Duration::from_secs(600), |s| s.fetches.finished() == 100)
+        .expect("run");
+    assert_eq!(sim.fetches.ok(), 100, "{}", sim.status());
+    let exits = sim.world.relays_of(onion_sim::client::world::Role::Exit);
+    let circuits: Vec<u64> = exits
+        .iter()
+        .map(|&r| sim.world.relay_stats(r).circuits)
+        .collect();
+    println!("circuits per exit: {circuits:?}");
+    assert!(circuits.iter().sum::<u64>() >= 10, "{circuits:?}");
+    assert!(
+        circuits.iter().filter(|&&c| c > 0).count() >= 2,
+        "{circuits:?}"
+    );
+}
