@@ -186,9 +186,24 @@ impl Net {
     /// relay `c` is connected to). Returns the circuit index; run() completes it.
     pub(crate) fn build(&mut self, c: usize, path: &[usize], kind: HandshakeKind) -> usize {
         let first = self.target(path[0]);
+        let i = self.start(c, &first, kind, path, path.len());
+        self.run();
+        i
+    }
+
+    /// Send the CREATE for a circuit to `first` on client channel `c`; once its first hop is
+    /// added, it is extended along `path` until it has `hops_wanted` hops.
+    fn start(
+        &mut self,
+        c: usize,
+        first: &HopTarget,
+        kind: HandshakeKind,
+        path: &[usize],
+        hops_wanted: usize,
+    ) -> usize {
         let (circ, create) = Circuit::create(
             self.circ_config.clone(),
-            &first,
+            first,
             kind,
             self.now,
             &mut self.rng,
@@ -208,9 +223,8 @@ impl Net {
             ended: HashMap::new(),
             closed: None,
             path: path.to_vec(),
-            hops_wanted: path.len(),
+            hops_wanted,
         });
-        self.run();
         i
     }
 
@@ -618,34 +632,9 @@ fn extend2_reuses_the_channel_to_the_next_relay_and_it_is_authenticated() {
 fn a_wrong_tls_exporter_closes_the_relay_channel() {
     let (mut net, c) = three_relays(4);
     // Corrupt the exporter value the middle will be given for the guard's connection.
-    let i = {
-        let first = net.target(0);
-        let (circ, create) = Circuit::create(
-            CircConfig::default(),
-            &first,
-            HandshakeKind::NtorV3,
-            net.now,
-            &mut net.rng,
-        )
-        .expect("create");
-        let id = net.clients[c].chan.new_circ_id(&mut net.rng).expect("id");
-        net.clients[c].chan.send(id, &create).expect("send");
-        let i = net.circs.len();
-        net.clients[c].circs.insert(id.get(), i);
-        net.circs.push(ClientCirc {
-            circ,
-            chan: c,
-            id,
-            events: Vec::new(),
-            data: HashMap::new(),
-            ended: HashMap::new(),
-            closed: None,
-            path: vec![0, 1],
-            hops_wanted: 1,
-        });
-        net.run();
-        i
-    };
+    let first = net.target(0);
+    let i = net.start(c, &first, HandshakeKind::NtorV3, &[0, 1], 1);
+    net.run();
     let t = net.target(1);
     let now = net.now;
     net.circs[i]
@@ -1219,6 +1208,42 @@ fn congestion_controlled_exit_streams_both_ways() {
     }
     let rec = net.target_received(1);
     assert!(rec[5..] == upload, "{} of {}", rec.len(), upload.len());
+}
+
+#[test]
+fn rotated_onion_keys_and_the_previous_ones_both_answer() {
+    let mut net = Net::new(24);
+    net.add_relay(|_| {});
+    let old = net.target(0);
+    let params = onion_crypto::relay_keyset::OnionKeyParams::default();
+    // 29 days later the ntor key is due (onion-key-rotation-days 28).
+    net.advance(Duration::from_secs(29 * 24 * 3600));
+    let now = net.now;
+    let rot = net.relays[0].rotate_keys(now, &params).expect("rotate");
+    assert!(rot.onion_keys && rot.descriptor_changed());
+    let new = net.target(0);
+    assert_ne!(old.ntor_key, new.ntor_key);
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 15)))
+        .expect("connect");
+    for (t, kind) in [
+        (&old, HandshakeKind::Ntor),
+        (&old, HandshakeKind::NtorV3),
+        (&new, HandshakeKind::NtorV3),
+    ] {
+        let i = net.start(c, t, kind, &[0], 1);
+        net.run();
+        assert_eq!(net.hops(i), 1, "{kind:?}");
+    }
+    // After the grace period (7 days) the previous key is gone.
+    net.advance(Duration::from_secs(8 * 24 * 3600));
+    let now = net.now;
+    let rot = net.relays[0].rotate_keys(now, &params).expect("rotate");
+    assert!(rot.previous_onion_keys_expired);
+    let i = net.start(c, &old, HandshakeKind::NtorV3, &[0], 1);
+    net.run();
+    assert_eq!(net.hops(i), 0);
+    assert!(net.circs[i].closed.is_some());
 }
 
 impl Net {

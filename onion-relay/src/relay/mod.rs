@@ -17,7 +17,7 @@ use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use onion_crypto::cert::UnixTime;
-use onion_crypto::relay_keyset::RelayKeySet;
+use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet, Rotation};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::CryptoRngCore;
@@ -339,6 +339,30 @@ impl Relay {
         self.creds = creds;
         self.certs_at = now;
         Ok(())
+    }
+
+    /// Runs [`RelayKeySet::rotate`] on our keys at the current wall clock (call it at
+    /// [`RelayKeySet::next_event`]): new onion keys answer CREATE2 at once while the
+    /// previous ones keep answering until their grace period ends; new certificates go
+    /// into channels opened from now on. When [`Rotation::descriptor_changed`] the
+    /// embedder publishes a new descriptor; when [`Rotation::files_changed`] it writes
+    /// [`RelayKeySet::to_files`].
+    pub fn rotate_keys(
+        &mut self,
+        now: Instant,
+        params: &OnionKeyParams,
+    ) -> Result<Rotation, Error> {
+        self.see(now);
+        let wall = self.wall_now();
+        let r = self
+            .keys
+            .rotate(&mut self.rng, wall, params)
+            .map_err(key_err)?;
+        self.circ_keys = circ_keys(&self.keys);
+        if r.signing_key || r.link_certs {
+            self.refresh_certs();
+        }
+        Ok(r)
     }
 
     /// Replaces the TLS link certificate for connections accepted from now on.
