@@ -73,14 +73,6 @@ impl DirMode {
         }
     }
 
-    /// The mode's name, as `--dir-mode` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            DirMode::Micro => "micro",
-            DirMode::Full => "full",
-        }
-    }
-
     /// The mode of the directory machine.
     pub fn client(self) -> dir::DirMode {
         match self {
@@ -128,16 +120,7 @@ impl Directory {
     /// Wrap a directory of the machine.
     pub fn new(inner: Arc<dir::Directory>) -> Directory {
         let summary = Summary {
-            mode: match inner.mode {
-                dir::DirMode::Micro => DirMode::Micro,
-                dir::DirMode::Full => DirMode::Full,
-            },
-            relays: inner.relays_listed,
-            signatures_valid: inner.signatures_valid,
-            signatures_needed: inner.signatures_needed,
-            descriptors: inner.descriptors,
             valid_after: inner.valid_after.to_string(),
-            cached: inner.from_cache,
         };
         Directory { inner, summary }
     }
@@ -151,23 +134,11 @@ impl Directory {
     }
 }
 
-/// Figures of one bootstrap (for progress and `onion bootstrap`).
+/// Figures of one bootstrap (for progress and refresh decisions).
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// The mode used.
-    pub mode: DirMode,
-    /// Relays listed in the consensus.
-    pub relays: usize,
-    /// Valid signatures of configured authorities on the consensus.
-    pub signatures_valid: usize,
-    /// Valid signatures needed (more than half of the configured authorities).
-    pub signatures_needed: usize,
-    /// Descriptors held that the consensus names (by digest) and that verified.
-    pub descriptors: usize,
     /// The consensus' valid-after time.
     pub valid_after: String,
-    /// Whether the documents came from the data directory.
-    pub cached: bool,
 }
 
 /// Progress reporting on stderr ("bootstrap NN%: ...").

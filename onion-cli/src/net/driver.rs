@@ -37,6 +37,7 @@ use std::sync::mpsc::{channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
 use onion_client::{Client, ClientConfig, ConnId, Event, Persist, State, StreamHandle};
@@ -562,6 +563,13 @@ impl Driver {
                         progress(got.len());
                     }
                     Ok(None) => break,
+                    // END with reason DONE or MISC ends a response: exits and onion
+                    // services (C tor's and `onion serve`) end a finished one so.
+                    Err(onion_client::Error::StreamEnded(r))
+                        if r == EndReason::DONE || r == EndReason::MISC =>
+                    {
+                        return Ok(got)
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -575,7 +583,11 @@ impl Driver {
 
 /// Why a stream to `target` (`host:port`) did not open, for a one-line message.
 pub fn open_error(target: &str, e: &onion_client::Error) -> String {
+    use onion_client::hs::HsError;
     match e {
+        onion_client::Error::OnionService(
+            h @ (HsError::ClientAuthMissing | HsError::ClientAuthWrong),
+        ) => format!("{target}: no onion-service descriptor this client can read: {h}"),
         onion_client::Error::NoPath(why) => format!("no path to {target}: {why}"),
         e => format!("{target}: {e}"),
     }

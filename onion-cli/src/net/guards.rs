@@ -342,7 +342,8 @@ impl Guards {
         self.save();
     }
 
-    /// The primary guards, for reports.
+    /// The primary guards.
+    #[cfg(test)]
     pub fn primary(&self) -> &[onion_dir::RsaIdentity] {
         self.mgr.primary()
     }
