@@ -8,7 +8,9 @@
 //! [`RelayCircuit`] per CREATE2 (ntor, ntor-v3), EXTEND2 over an initiator channel to the
 //! next relay (tor-spec §5.3), exit streams to the web server (tor-spec §6.2), RESOLVE
 //! (§6.4) and BEGIN_DIR streams answered from the authorities' signed documents (dir-spec
-//! §4, §6). Only TCP and TLS are simulated: a connection is two byte pipes that delay what
+//! §4, §6); every relay is also an HSDir (descriptor uploads and fetches, rend-spec-v3
+//! §2.2.6), an introduction point and a rendezvous point that joins circuits (§3.1, §4.2),
+//! on onion-hs's relay roles. Only TCP and TLS are simulated: a connection is two byte pipes that delay what
 //! they carry by the sum of the two ends' access latencies plus the time the slower end's
 //! bandwidth needs, and a connection's TLS certificate is a random digest.
 //!
