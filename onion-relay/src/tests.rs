@@ -1151,18 +1151,20 @@ fn a_generated_link_certificate_serves_tls_and_the_handshake() {
 #[test]
 fn congestion_controlled_exit_streams_both_ways() {
     let mut net = Net::new(23);
-    net.add_relay(|_| {});
-    net.add_relay(|c| {
-        c.exit_policy = Some(policy("accept *:80"));
-        c.circuits.congestion_control = Some(onion_circuit::cc::CcConfig::default());
-        c.limits.stream_buffer = 8192;
-    });
     net.circ_config.congestion_control = Some(Box::default());
-    let (c, _) = net
-        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 14)))
-        .expect("connect");
-    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
-    assert_eq!(net.hops(i), 2);
+    let (mut net, i) = {
+        net.add_relay(|_| {});
+        net.add_relay(|c| {
+            c.exit_policy = Some(policy("accept *:80"));
+            c.circuits.congestion_control = Some(onion_circuit::cc::CcConfig::default());
+            c.limits.stream_buffer = 8192;
+        });
+        let (c, _) = net
+            .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 14)))
+            .expect("connect");
+        let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+        (net, i)
+    };
     assert!(
         net.circs[i].circ.congestion_control(1).is_some(),
         "negotiated"
@@ -1180,32 +1182,11 @@ fn congestion_controlled_exit_streams_both_ways() {
     let s = net.begin(i, "example.com", 80);
     net.targets_read = false;
     let upload = pattern(2_000_000);
-    let mut off = 0;
-    for _ in 0..10_000 {
-        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
-        off += n;
-        net.run();
-        if n == 0 || off == upload.len() {
-            break;
-        }
-    }
-    assert!(off < upload.len(), "XOFF stopped the upload");
+    let off = net.upload_until_blocked(i, s, &upload, 0);
     // What was in flight when XOFF left (the congestion window), not the whole upload.
     assert!(off < 200_000, "{off}");
     assert!(net.relays[1].queued_bytes() <= 8192 + 498);
-    net.targets_read = true;
-    for _ in 0..10_000 {
-        net.drain_targets();
-        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
-        off += n;
-        net.run();
-        if off == upload.len() {
-            break;
-        }
-    }
-    for _ in 0..100 {
-        net.drain_targets();
-    }
+    net.upload_rest(i, s, &upload, off);
     let rec = net.target_received(1);
     assert!(rec[5..] == upload, "{} of {}", rec.len(), upload.len());
 }
@@ -1246,7 +1227,60 @@ fn rotated_onion_keys_and_the_previous_ones_both_answer() {
     assert!(net.circs[i].closed.is_some());
 }
 
+/// A guard and an exit accepting port 80 (`f` adjusts the exit's configuration), a client
+/// and a 2-hop circuit through them.
+fn two_hop_exit(seed: u64, client: u8, f: impl FnOnce(&mut RelayConfig)) -> (Net, usize) {
+    let mut net = Net::new(seed);
+    net.add_relay(|_| {});
+    net.add_relay(|c| {
+        c.exit_policy = Some(policy("accept *:80"));
+        f(c);
+    });
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, client)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 2);
+    (net, i)
+}
+
 impl Net {
+    /// Send `data[off..]` on stream `s` until the circuit takes no more; returns the new
+    /// offset.
+    fn upload_until_blocked(
+        &mut self,
+        i: usize,
+        s: StreamId,
+        data: &[u8],
+        mut off: usize,
+    ) -> usize {
+        while off < data.len() {
+            let n = self.circs[i].circ.send(s, &data[off..]).expect("send");
+            off += n;
+            self.run();
+            if n == 0 {
+                break;
+            }
+        }
+        off
+    }
+
+    /// With the targets reading again, send the rest of `data` and let it all arrive.
+    fn upload_rest(&mut self, i: usize, s: StreamId, data: &[u8], mut off: usize) {
+        self.targets_read = true;
+        for _ in 0..100_000 {
+            if off == data.len() {
+                break;
+            }
+            self.drain_targets();
+            off += self.circs[i].circ.send(s, &data[off..]).expect("send");
+            self.run();
+        }
+        for _ in 0..1000 {
+            self.drain_targets();
+        }
+    }
+
     /// Let every target read what its exit holds for it.
     fn drain_targets(&mut self) {
         let keys: Vec<(usize, StreamHandle)> = self.targets.keys().copied().collect();
@@ -1263,61 +1297,25 @@ impl Net {
 
 #[test]
 fn a_target_that_stops_reading_stops_the_client() {
-    let mut net = Net::new(21);
-    net.add_relay(|_| {});
-    net.add_relay(|c| {
-        c.exit_policy = Some(policy("accept *:80"));
-        c.limits.stream_buffer = 4096;
-    });
-    let (c, _) = net
-        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 12)))
-        .expect("connect");
-    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    let (mut net, i) = two_hop_exit(21, 12, |c| c.limits.stream_buffer = 4096);
     let s = net.begin(i, "example.com", 80);
     net.targets_read = false;
     let upload = pattern(1_000_000);
-    let mut off = 0;
-    while off < upload.len() {
-        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
-        off += n;
-        net.run();
-        if n == 0 {
-            break;
-        }
-    }
+    let off = net.upload_until_blocked(i, s, &upload, 0);
     // The stream window (500 cells) plus the exit's buffer: no more got out of the client.
     assert!(off <= 500 * 498 + 4096 + 498, "{off}");
     assert!(net.relays[1].queued_bytes() <= 4096 + 498);
     // The target reads again: everything arrives, in order.
-    net.targets_read = true;
-    while off < upload.len() {
-        net.drain_targets();
-        let n = net.circs[i].circ.send(s, &upload[off..]).expect("send");
-        off += n;
-        net.run();
-    }
-    for _ in 0..1000 {
-        net.drain_targets();
-        if net.target_received(1).len() == upload.len() {
-            break;
-        }
-    }
+    net.upload_rest(i, s, &upload, off);
     assert!(net.target_received(1) == upload);
 }
 
 #[test]
 fn streams_and_channel_input_are_bounded() {
-    let mut net = Net::new(22);
-    net.add_relay(|_| {});
-    net.add_relay(|c| {
-        c.exit_policy = Some(policy("accept *:80"));
+    let (mut net, i) = two_hop_exit(22, 13, |c| {
         c.limits.max_streams = 1;
         c.limits.channel_inbound = 4096;
     });
-    let (c, _) = net
-        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 13)))
-        .expect("connect");
-    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
     let a = net.begin(i, "example.com", 80);
     let b = net.begin(i, "example.com", 80);
     assert_eq!(net.circs[i].ended.get(&a.get()), None);
