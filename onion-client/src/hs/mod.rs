@@ -767,6 +767,8 @@ impl OnionServices {
     }
 
     /// An onion-service message arrived from the last hop of `circ` (`CircEvent::Msg`).
+    /// Messages other than INTRO_ESTABLISHED, INTRODUCE2, INTRODUCE_ACK,
+    /// RENDEZVOUS_ESTABLISHED and RENDEZVOUS2 are ignored.
     pub fn message(
         &mut self,
         circ: HsCircRef,
@@ -774,10 +776,22 @@ impl OnionServices {
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
+        let cmd = msg.cmd();
+        // Only the onion-service answers concern these machines; anything else the circuit
+        // handed up (padding, say) is not theirs to judge (tor-spec §6.1: dropped).
+        if !matches!(
+            cmd,
+            RelayCmd::INTRO_ESTABLISHED
+                | RelayCmd::INTRODUCE2
+                | RelayCmd::INTRODUCE_ACK
+                | RelayCmd::RENDEZVOUS_ESTABLISHED
+                | RelayCmd::RENDEZVOUS2
+        ) {
+            return;
+        }
         let Ok(body) = onion_hs::cellmsg::body_of(msg) else {
             return;
         };
-        let cmd = msg.cmd();
         match self.owners.get(&circ) {
             Some(Owner::Client) => {
                 self.client

@@ -801,3 +801,43 @@ fn onion_hosts_are_told_apart() {
     assert!(!is_onion("example.com"));
     assert!(!is_onion("x.onion.example"));
 }
+
+#[test]
+fn padding_on_onion_service_circuits_is_ignored() {
+    let mut net = Net::new(16);
+    let (_, addr) = net.publish(vec![]);
+    // DROP on every client circuit while it connects: the attempt goes on.
+    net.defer.insert(HsPurpose::ClientIntro);
+    net.connect(&addr, 0);
+    let circs: Vec<HsCircRef> = net
+        .circs
+        .keys()
+        .filter(|k| k.0 == Side::Client)
+        .map(|k| k.1)
+        .collect();
+    assert!(!circs.is_empty());
+    for c in circs {
+        net.deliver(Side::Client, c, RelayCmd::DROP, &[]);
+    }
+    net.pump();
+    assert!(net.failed.is_empty(), "{:?}", net.failed);
+    assert_eq!(net.count(Side::Client, HsPurpose::ClientRend), 1, "no new rendezvous");
+    // The deferred introduction circuit completes: the connection succeeds.
+    let (side, circ, last) = net.deferred.remove(0);
+    net.defer.clear();
+    let mut kh = [0u8; 20];
+    net.rng.fill_bytes(&mut kh);
+    net.circs.insert(
+        (side, circ),
+        Circ {
+            purpose: HsPurpose::ClientIntro,
+            last: last.clone(),
+            kh,
+            vhop: None,
+        },
+    );
+    let (now, rng) = (net.now, &mut net.rng);
+    net.client.circuit_built(circ, &last, &kh, now, rng);
+    net.pump();
+    assert_eq!(net.ready.len(), 1, "{:?}", net.failed);
+}
