@@ -821,7 +821,11 @@ fn padding_on_onion_service_circuits_is_ignored() {
     }
     net.pump();
     assert!(net.failed.is_empty(), "{:?}", net.failed);
-    assert_eq!(net.count(Side::Client, HsPurpose::ClientRend), 1, "no new rendezvous");
+    assert_eq!(
+        net.count(Side::Client, HsPurpose::ClientRend),
+        1,
+        "no new rendezvous"
+    );
     // The deferred introduction circuit completes: the connection succeeds.
     let (side, circ, last) = net.deferred.remove(0);
     net.defer.clear();
@@ -840,4 +844,49 @@ fn padding_on_onion_service_circuits_is_ignored() {
     net.client.circuit_built(circ, &last, &kh, now, rng);
     net.pump();
     assert_eq!(net.ready.len(), 1, "{:?}", net.failed);
+}
+
+/// The virtual hop runs the `_onion` parameters (the exit ones for a single onion
+/// service) with the descriptor's `sendme_inc`, accepted within one of the consensus value
+/// (C tor's `congestion_control_validate_sendme_increment`).
+#[test]
+fn virtual_hop_congestion_control_from_the_descriptor() {
+    let onion = CcConfig {
+        sendme_inc: 31,
+        alpha: 1,
+        ..CcConfig::default()
+    };
+    let single_onion = CcConfig {
+        sendme_inc: 31,
+        alpha: 2,
+        ..CcConfig::default()
+    };
+    let cc = OnionCc {
+        onion,
+        single_onion,
+    };
+    let c = cc.for_descriptor(32, false).unwrap();
+    assert_eq!((c.sendme_inc, c.alpha), (32, 1));
+    let c = cc.for_descriptor(30, true).unwrap();
+    assert_eq!((c.sendme_inc, c.alpha), (30, 2));
+    for (inc, ok) in [(0, false), (29, false), (30, true), (32, true), (33, false)] {
+        assert_eq!(cc.for_descriptor(inc, false).is_some(), ok, "{inc}");
+    }
+}
+
+#[test]
+fn error_classes() {
+    let nf = HsError::DescriptorNotFound {
+        tried: 1,
+        last: String::new(),
+    };
+    assert_eq!(nf.kind(), ErrorKind::Network);
+    assert_eq!(
+        HsError::DescriptorInvalid(String::new()).kind(),
+        ErrorKind::PeerProtocol
+    );
+    assert_eq!(HsError::IntroTimedOut.kind(), ErrorKind::Timeout);
+    assert_eq!(HsError::BadAddress(String::new()).kind(), ErrorKind::Misuse);
+    assert_eq!(HsError::Resource("x").kind(), ErrorKind::Resource);
+    assert_eq!(HsError::Resource("x").socks5_reply(), 0x01);
 }
