@@ -210,7 +210,10 @@ pub fn run(args: Args) -> Result<(), String> {
             Some(sk)
         }
     };
-    if exit.is_none() && crate::net::driver::enabled() {
+    // An onion service is reached through the Client; exit streams and congestion-control
+    // reports follow once the Client names the circuit a stream runs on.
+    let on_client = onion.is_some() && !congestion_control;
+    if exit.is_none() && (on_client || crate::net::driver::enabled()) {
         let auth = onion.zip(client_key);
         return get_via_client(&opts, &url, auth, congestion_control);
     }

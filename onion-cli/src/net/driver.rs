@@ -68,7 +68,6 @@ pub enum Happening {
     /// A client event other than connections and persistence (which the driver handles).
     Client(Event),
     /// An input on an application socket, or a connection its accept thread sent.
-    #[allow(dead_code)]
     App(Input),
 }
 
@@ -212,7 +211,6 @@ impl Driver {
 
     /// A fresh inbox id and a sender, for an application socket whose inputs
     /// [`Driver::next`] returns as [`Happening::App`] (e.g. a [`Pipe`] to a SOCKS client).
-    #[allow(dead_code)]
     pub fn app_sender(&mut self) -> (event::ConnId, SyncSender<Input>) {
         self.inbox.sender()
     }
