@@ -9,6 +9,7 @@
 
 mod cmd;
 mod net;
+mod relay;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Handshake(cmd::handshake::Args),
     /// SOCKS5 proxy over Tor.
     Socks(cmd::socks::Args),
+    /// Run a Tor relay on an ORPort, publishing its descriptor to the authorities.
+    Relay(cmd::relay::Args),
     /// Host a v3 onion service.
     Serve(cmd::serve::Args),
     /// Onion-service tools: addresses, descriptors (JSON).
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Handshake(a) => cmd::handshake::run(a),
         Command::Socks(a) => cmd::socks::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Relay(a) => cmd::relay::run(a),
         Command::Hs(a) => cmd::hs::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Version => {

@@ -8,6 +8,7 @@ pub mod handshake;
 pub mod hs;
 pub mod path;
 pub mod proxy;
+pub mod relay;
 pub mod serve;
 pub mod sim;
 pub mod socks;

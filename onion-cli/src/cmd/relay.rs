@@ -1,0 +1,125 @@
+//! `onion relay`: run a Tor relay (guard, middle, and exit when given an exit policy) on an
+//! ORPort, publishing its descriptor to the directory authorities.
+//!
+//! Keys live in `DATA_DIR/keys` in C tor's formats (generated at the first start, loaded
+//! after); the descriptor and extra-info document are uploaded to every authority at start
+//! and on C tor's schedule (dir-spec §2.1). The reachability self-test of C tor is not
+//! run: the descriptor is published at once, as C tor does with `AssumeReachable 1` (set
+//! in testing networks).
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::Args as ClapArgs;
+use onion_crypto::cert::UnixTime;
+use onion_crypto::relay_keyset::OnionKeyParams;
+use onion_dir::policy::ExitPolicy;
+use onion_relay::{Relay, RelayConfig};
+use rand_core::OsRng;
+
+use crate::net::authority;
+use crate::relay::keys::{duplicate, KeyDir};
+use crate::relay::publish::{parse_exit_policy, DescriptorTemplate};
+use crate::relay::server::{run as serve, Setup};
+
+/// Run a relay.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The ORPort to listen on, e.g. 127.0.0.1:9001 (its address is the one published).
+    #[arg(long, value_name = "IPV4:PORT")]
+    or_port: SocketAddr,
+    /// Data directory (keys in DATA_DIR/keys, mode 0700).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Directory authorities (C tor's DirAuthority lines).
+    #[arg(long, value_name = "FILE")]
+    authorities: PathBuf,
+    /// Exit policy, C tor syntax, comma-separated (e.g. "accept 127.0.0.0/8:*, reject *:*").
+    /// Without it the relay is not an exit (reject *:*).
+    #[arg(long, value_name = "POLICY")]
+    exit_policy: Option<String>,
+    /// Nickname (1-19 letters and digits).
+    #[arg(long, default_value = "onionRelay")]
+    nickname: String,
+    /// Contact information for the descriptor.
+    #[arg(long, value_name = "TEXT")]
+    contact: Option<String>,
+    /// Bandwidth rate and burst in bytes per second.
+    #[arg(long, value_name = "RATE", default_value_t = 1 << 30)]
+    bandwidth: u64,
+    /// A testing network (C tor's TestingTorNetwork): extend to and exit to private
+    /// addresses, and republish on bandwidth changes at once.
+    #[arg(long)]
+    testing_network: bool,
+}
+
+/// Runs `onion relay`.
+pub fn run(args: Args) -> Result<(), String> {
+    let IpAddr::V4(address) = args.or_port.ip() else {
+        return Err("--or-port: an IPv4 address is needed (the descriptor's router line)".into());
+    };
+    let text = std::fs::read_to_string(&args.authorities)
+        .map_err(|e| format!("{}: {e}", args.authorities.display()))?;
+    let authorities =
+        authority::parse_list(&text).map_err(|e| format!("{}: {e}", args.authorities.display()))?;
+    let exit_policy = match &args.exit_policy {
+        Some(p) => Some(parse_exit_policy(p)?),
+        None => None,
+    };
+    let wall = SystemTime::now();
+    let unix = UnixTime::from(wall);
+    let params = OnionKeyParams::new(None, None);
+    let key_dir = KeyDir::open(&args.data_dir).map_err(|e| e.to_string())?;
+    let (keys, generated) = key_dir.load_or_generate(&mut OsRng, unix, &params)?;
+    let fp = keys.rsa_identity().public().identity();
+    eprintln!(
+        "onion relay: {} keys in {}: fingerprint {} ed25519 {}",
+        if generated { "generated" } else { "loaded" },
+        key_dir.keys_dir().display(),
+        hex::encode_upper(fp.as_bytes()),
+        keys.ed_identity()
+    );
+    let relay_keys = duplicate(&keys, &mut OsRng, unix)?;
+    let mut cfg = RelayConfig::new(vec![IpAddr::V4(address)]);
+    cfg.exit_policy = exit_policy.clone();
+    if args.testing_network {
+        cfg.extend_allow_private = true;
+        cfg.exit_reject_private = false;
+    }
+    let listener =
+        TcpListener::bind(args.or_port).map_err(|e| format!("--or-port {}: {e}", args.or_port))?;
+    let clock = crate::net::Clock::new();
+    let relay =
+        Relay::new(cfg, relay_keys, clock.now(), wall, &mut OsRng).map_err(|e| e.to_string())?;
+    eprintln!(
+        "onion relay: ORPort listening on {} ({}); reachability self-test skipped \
+         (published at once, as C tor's AssumeReachable)",
+        args.or_port,
+        if exit_policy.is_some() {
+            "exit"
+        } else {
+            "not an exit"
+        }
+    );
+    let template = DescriptorTemplate {
+        nickname: args.nickname,
+        address,
+        or_port: args.or_port.port(),
+        contact: args.contact,
+        exit_policy: exit_policy.unwrap_or(ExitPolicy {
+            rules: vec![onion_dir::policy::PolicyRule::parse("reject", "*:*")
+                .ok_or("reject *:* does not parse")?],
+        }),
+        rate: args.bandwidth,
+    };
+    serve(Setup {
+        listener,
+        relay,
+        keys,
+        key_dir,
+        template,
+        authorities,
+        testing_network: args.testing_network,
+    })
+}

@@ -1,0 +1,689 @@
+//! The relay's loop: the ORPort's TLS server (rustls, presenting the link certificate of
+//! [`onion_relay::Relay::link_cert`], tor-spec §2), outbound TLS connections for EXTEND2
+//! (C tor's link rules: `crate::net::tls::client_config`), exit TCP connections and name
+//! resolution through the system resolver, all feeding one `onion_relay::Relay`; plus the
+//! descriptor schedule (dir-spec §2.1) and key rotation, checked every minute as C tor does.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use onion_crypto::cert::UnixTime;
+use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
+use onion_dir::relaydesc::{ConsensusListing, DescriptorSchedule};
+use onion_dir::Timestamp;
+use onion_relay::{ConnId, Event, Relay, ResolveError, StreamHandle, TargetError};
+use rand_core::OsRng;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
+use sha2::{Digest, Sha256};
+
+use super::io::{spawn_reader, Key, Msg, Pause, Writer, INBOX};
+use super::keys::{duplicate, KeyDir};
+use super::publish::{build, upload_all, DescriptorTemplate};
+use crate::net::authority::DirAuthority;
+use crate::net::Clock;
+
+/// How often the descriptor schedule and the keys are checked (C tor: every 60 s).
+const PERIODIC: Duration = Duration::from_secs(60);
+/// How often the counters are logged (when they changed).
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// Bandwidth is measured over windows this long; the best window is the observed rate
+/// (C tor's `rep_hist_bandwidth_assess` takes the best 10-second mean of a day).
+const BW_WINDOW: Duration = Duration::from_secs(10);
+/// How long an outbound TCP connect may take (the relay's own deadline also applies).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the loop needs at start.
+pub struct Setup {
+    /// The listening ORPort.
+    pub listener: TcpListener,
+    /// The relay machine.
+    pub relay: Relay,
+    /// A copy of its keys (descriptors, rotation).
+    pub keys: RelayKeySet,
+    /// The key directory (rotated keys are written back).
+    pub key_dir: KeyDir,
+    /// The descriptor fields.
+    pub template: DescriptorTemplate,
+    /// Where descriptors go.
+    pub authorities: Vec<DirAuthority>,
+    /// `TestingTorNetwork`-like schedule.
+    pub testing_network: bool,
+}
+
+struct TlsConn {
+    tls: Connection,
+    writer: Writer,
+    outbound: bool,
+    /// Outbound: the relay was told the TLS session is up.
+    up: bool,
+    blocked: bool,
+}
+
+struct Target {
+    writer: Writer,
+    pause: Pause,
+    /// Bytes read from the target that the relay has not taken yet.
+    held: Vec<u8>,
+    /// The writer is full: the relay's bytes for the target wait in the relay.
+    full: bool,
+    /// The target closed while bytes were still held.
+    eof: bool,
+}
+
+struct Loop {
+    relay: Relay,
+    keys: RelayKeySet,
+    key_dir: KeyDir,
+    template: DescriptorTemplate,
+    authorities: Vec<DirAuthority>,
+    params: OnionKeyParams,
+    schedule: DescriptorSchedule,
+    server: Arc<ServerConfig>,
+    clock: Clock,
+    tx: SyncSender<Msg>,
+    conns: HashMap<ConnId, TlsConn>,
+    targets: HashMap<StreamHandle, Target>,
+    next_in: u64,
+    started: SystemTime,
+    bw_bytes: u64,
+    bw_window_start: std::time::Instant,
+    observed: u64,
+    last_stats: String,
+}
+
+fn server_config(relay: &Relay) -> Result<Arc<ServerConfig>, String> {
+    let tls = relay.link_cert();
+    let cert = CertificateDer::from(tls.cert_der().to_vec());
+    let key = PrivateKeyDer::Pkcs1(tls.key_der().to_vec().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| format!("TLS link certificate: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Runs the relay until the listener fails (an error) or forever.
+pub fn run(setup: Setup) -> Result<(), String> {
+    let (tx, rx) = sync_channel(INBOX);
+    let listener = setup.listener;
+    let ltx = tx.clone();
+    std::thread::spawn(move || loop {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                if ltx.send(Msg::Accepted(s, peer)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("onion relay: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let server = server_config(&setup.relay)?;
+    let mut l = Loop {
+        relay: setup.relay,
+        keys: setup.keys,
+        key_dir: setup.key_dir,
+        template: setup.template,
+        authorities: setup.authorities,
+        params: OnionKeyParams::new(None, None),
+        schedule: DescriptorSchedule::new(setup.testing_network),
+        server,
+        clock: Clock::new(),
+        tx,
+        conns: HashMap::new(),
+        targets: HashMap::new(),
+        next_in: 0,
+        started: SystemTime::now(),
+        bw_bytes: 0,
+        bw_window_start: std::time::Instant::now(),
+        observed: 0,
+        last_stats: String::new(),
+    };
+    l.periodic();
+    l.main(rx)
+}
+
+impl Loop {
+    fn main(&mut self, rx: Receiver<Msg>) -> Result<(), String> {
+        let mut next_periodic = std::time::Instant::now() + PERIODIC;
+        let mut next_stats = std::time::Instant::now() + STATS_EVERY;
+        loop {
+            let mut wait = next_periodic
+                .min(next_stats)
+                .saturating_duration_since(std::time::Instant::now());
+            if let Some(t) = self.relay.poll_timeout() {
+                wait = wait.min(self.clock.until(t));
+            }
+            match rx.recv_timeout(wait) {
+                Ok(m) => {
+                    self.handle(m);
+                    // Take what else is waiting before the transmit pass.
+                    for _ in 0..64 {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the relay's inbox closed".into())
+                }
+            }
+            let now = self.clock.now();
+            if self.relay.poll_timeout().is_some_and(|t| t <= now) {
+                self.relay.handle_timeout(now, SystemTime::now());
+            }
+            if std::time::Instant::now() >= next_periodic {
+                next_periodic = std::time::Instant::now() + PERIODIC;
+                self.periodic();
+            }
+            if std::time::Instant::now() >= next_stats {
+                next_stats = std::time::Instant::now() + STATS_EVERY;
+                self.log_stats();
+            }
+            self.pump();
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        let now = self.clock.now();
+        match m {
+            Msg::Accepted(sock, peer) => {
+                let conn = ConnId(self.next_in);
+                self.next_in += 1;
+                if let Err(e) = self.relay.handle_accepted(conn, now, peer) {
+                    eprintln!("onion relay: connection from {peer} refused: {e}");
+                    return;
+                }
+                let tls = match ServerConnection::new(self.server.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("onion relay: TLS: {e}");
+                        self.relay.handle_closed(conn, now);
+                        return;
+                    }
+                };
+                self.add_conn(conn, sock, Connection::Server(tls), false);
+            }
+            Msg::Connected(conn, sock) => {
+                let name = rustls::pki_types::ServerName::try_from("www.example.com")
+                    .map(|n| n.to_owned());
+                let tls = name.map_err(|e| e.to_string()).and_then(|n| {
+                    ClientConnection::new(crate::net::tls::client_config(), n)
+                        .map_err(|e| e.to_string())
+                });
+                match tls {
+                    Ok(t) => {
+                        self.add_conn(conn, sock, Connection::Client(t), true);
+                        self.flush_tls(conn);
+                    }
+                    Err(e) => {
+                        eprintln!("onion relay: TLS: {e}");
+                        self.relay.handle_closed(conn, now);
+                    }
+                }
+            }
+            Msg::ConnectFailed(conn, why) => {
+                eprintln!(
+                    "onion relay: outbound connection {}: {why}",
+                    conn.0 & !ConnId::OUTBOUND_BIT
+                );
+                self.relay.handle_closed(conn, now);
+            }
+            Msg::Data(Key::Conn(conn), bytes) => self.conn_input(conn, &bytes),
+            Msg::Closed(Key::Conn(conn)) => self.close_conn(conn, false),
+            Msg::Drained(Key::Conn(conn)) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.blocked = false;
+                    self.relay.set_blocked(conn, false);
+                }
+            }
+            Msg::Data(Key::Target(s), bytes) => {
+                if let Some(t) = self.targets.get_mut(&s) {
+                    t.held.extend_from_slice(&bytes);
+                    let n = self.relay.handle_target_data(s, now, &t.held);
+                    t.held.drain(..n.min(t.held.len()));
+                    t.pause.set(!t.held.is_empty());
+                }
+            }
+            Msg::Closed(Key::Target(s)) => {
+                if let Some(t) = self.targets.get_mut(&s) {
+                    if t.held.is_empty() {
+                        self.relay.handle_target_closed(s, now);
+                    } else {
+                        // What is held goes first: the EOF follows it (ResumeTarget).
+                        t.eof = true;
+                    }
+                }
+            }
+            Msg::Drained(Key::Target(s)) => {
+                if let Some(t) = self.targets.get_mut(&s) {
+                    t.full = false;
+                }
+                self.target_out(s);
+            }
+            Msg::Resolved(req, answer) => self.relay.handle_resolved(req, now, answer),
+            Msg::TargetUp(s, sock, addr) => {
+                let Ok(wsock) = sock.try_clone() else {
+                    self.relay.handle_target_failed(s, now, TargetError::Other);
+                    return;
+                };
+                let pause = Pause::default();
+                let writer = Writer::spawn(wsock, Key::Target(s), self.tx.clone());
+                spawn_reader(sock, Key::Target(s), self.tx.clone(), Some(pause.clone()));
+                self.targets.insert(
+                    s,
+                    Target {
+                        writer,
+                        pause,
+                        held: Vec::new(),
+                        full: false,
+                        eof: false,
+                    },
+                );
+                self.relay.handle_target_connected(s, now, addr);
+            }
+            Msg::TargetFailed(s, e) => self.relay.handle_target_failed(s, now, e),
+        }
+    }
+
+    fn add_conn(&mut self, conn: ConnId, sock: TcpStream, tls: Connection, outbound: bool) {
+        let _ = sock.set_nodelay(true);
+        let Ok(wsock) = sock.try_clone() else {
+            self.relay.handle_closed(conn, self.clock.now());
+            return;
+        };
+        let writer = Writer::spawn(wsock, Key::Conn(conn), self.tx.clone());
+        spawn_reader(sock, Key::Conn(conn), self.tx.clone(), None);
+        self.conns.insert(
+            conn,
+            TlsConn {
+                tls,
+                writer,
+                outbound,
+                up: false,
+                blocked: false,
+            },
+        );
+    }
+
+    fn close_conn(&mut self, conn: ConnId, tell_peer: bool) {
+        if let Some(mut c) = self.conns.remove(&conn) {
+            if tell_peer {
+                c.tls.send_close_notify();
+                let mut wire = Vec::new();
+                while c.tls.wants_write() {
+                    if c.tls.write_tls(&mut wire).is_err() {
+                        break;
+                    }
+                }
+                c.writer.push(wire);
+            }
+            c.writer.close();
+        }
+        self.relay.handle_closed(conn, self.clock.now());
+    }
+
+    /// Moves TLS records the session wants to send to the writer.
+    fn flush_tls(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut wire = Vec::new();
+        while c.tls.wants_write() {
+            if c.tls.write_tls(&mut wire).is_err() {
+                break;
+            }
+        }
+        self.bw_bytes += wire.len() as u64;
+        if c.writer.push(wire) && !c.blocked {
+            c.blocked = true;
+            self.relay.set_blocked(conn, true);
+        }
+    }
+
+    fn conn_input(&mut self, conn: ConnId, bytes: &[u8]) {
+        let now = self.clock.now();
+        let mut rest = bytes;
+        let mut plain = Vec::new();
+        let mut failed = None;
+        {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            loop {
+                if !rest.is_empty() {
+                    if let Err(e) = c.tls.read_tls(&mut rest) {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                match c.tls.process_new_packets() {
+                    Ok(st) => {
+                        let n = st.plaintext_bytes_to_read();
+                        if n > 0 {
+                            let start = plain.len();
+                            plain.resize(start + n, 0);
+                            if c.tls.reader().read_exact(&mut plain[start..]).is_err() {
+                                plain.truncate(start);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(format!("TLS: {e}"));
+                        break;
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+            }
+        }
+        self.flush_tls(conn);
+        if let Some(why) = failed {
+            if std::env::var_os("ONION_RELAY_DEBUG").is_some() {
+                eprintln!("onion relay: connection {}: {why}", conn.0);
+            }
+            self.close_conn(conn, false);
+            return;
+        }
+        // An outbound session just finished its handshake: the channel starts.
+        let mut connected = None;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.outbound && !c.up && !c.tls.is_handshaking() {
+                c.up = true;
+                let cert = c
+                    .tls
+                    .peer_certificates()
+                    .and_then(|v| v.first())
+                    .map(|d| <[u8; 32]>::from(Sha256::digest(d.as_ref())));
+                let ctx = self.relay.tls_exporter_context();
+                let exp = c
+                    .tls
+                    .export_keying_material(
+                        [0u8; 32],
+                        onion_circuit::channel::TLS_EXPORTER_LABEL,
+                        Some(&ctx),
+                    )
+                    .ok();
+                connected = Some(cert.zip(exp));
+            }
+        }
+        match connected {
+            Some(Some((cert, exp))) => self.relay.handle_connected(conn, now, cert, exp),
+            Some(None) => {
+                self.close_conn(conn, false);
+                return;
+            }
+            None => {}
+        }
+        if !plain.is_empty() {
+            self.relay.handle_input(conn, now, &plain);
+        }
+    }
+
+    fn target_out(&mut self, s: StreamHandle) {
+        let now = self.clock.now();
+        let Some(t) = self.targets.get_mut(&s) else {
+            return;
+        };
+        while !t.full {
+            let mut out = Vec::new();
+            let n = self.relay.target_transmit(s, now, &mut out, 64 << 10);
+            if n == 0 || out.is_empty() {
+                break;
+            }
+            t.full = t.writer.push(out);
+        }
+    }
+
+    fn pump(&mut self) {
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            let mut busy = false;
+            while let Some(ev) = self.relay.poll_event() {
+                busy = true;
+                self.event(ev);
+            }
+            while let Some(conn) = self.relay.poll_transmit(self.clock.now(), &mut out) {
+                busy = true;
+                self.send_plain(conn, &out);
+                out.clear();
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    fn send_plain(&mut self, conn: ConnId, plain: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut rest = plain;
+        let mut wire = Vec::new();
+        while !rest.is_empty() {
+            match c.tls.writer().write(rest) {
+                Ok(0) | Err(_) => {
+                    // rustls holds a bounded amount: move records out, then go on.
+                    let mut moved = false;
+                    while c.tls.wants_write() {
+                        match c.tls.write_tls(&mut wire) {
+                            Ok(n) if n > 0 => moved = true,
+                            _ => break,
+                        }
+                    }
+                    if !moved {
+                        break;
+                    }
+                }
+                Ok(n) => rest = &rest[n..],
+            }
+        }
+        self.bw_bytes += wire.len() as u64;
+        if c.writer.push(wire) && !c.blocked {
+            c.blocked = true;
+            self.relay.set_blocked(conn, true);
+        }
+        self.flush_tls(conn);
+    }
+
+    fn event(&mut self, ev: Event) {
+        let tx = self.tx.clone();
+        match ev {
+            Event::Connect { conn, addr, .. } => {
+                std::thread::spawn(move || {
+                    let m = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                        Ok(s) => Msg::Connected(conn, s),
+                        Err(e) => Msg::ConnectFailed(conn, format!("{addr}: {e}")),
+                    };
+                    let _ = tx.send(m);
+                });
+            }
+            Event::Disconnect { conn } => self.close_conn(conn, true),
+            Event::TlsExporter { conn, context } => {
+                let v = self.conns.get(&conn).and_then(|c| {
+                    c.tls
+                        .export_keying_material(
+                            [0u8; 32],
+                            onion_circuit::channel::TLS_EXPORTER_LABEL,
+                            Some(&context),
+                        )
+                        .ok()
+                });
+                match v {
+                    Some(v) => self.relay.provide_tls_exporter(conn, self.clock.now(), v),
+                    None => self.close_conn(conn, false),
+                }
+            }
+            Event::Resolve { request, name } => {
+                std::thread::spawn(move || {
+                    let r = match (name.as_str(), 0u16).to_socket_addrs() {
+                        Ok(a) => {
+                            let v: Vec<_> = a.map(|a| a.ip()).take(16).collect();
+                            if v.is_empty() {
+                                Err(ResolveError::NotFound)
+                            } else {
+                                Ok(v)
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            Err(ResolveError::NotFound)
+                        }
+                        Err(_) => Err(ResolveError::Transient),
+                    };
+                    let _ = tx.send(Msg::Resolved(request, r));
+                });
+            }
+            Event::OpenTarget { stream, addr } => {
+                std::thread::spawn(move || {
+                    let m = match TcpStream::connect_timeout(&addr, Duration::from_secs(60)) {
+                        Ok(s) => Msg::TargetUp(stream, s, addr),
+                        Err(e) => Msg::TargetFailed(stream, target_error(&e)),
+                    };
+                    let _ = tx.send(m);
+                });
+            }
+            Event::TargetData { stream } => self.target_out(stream),
+            Event::ResumeTarget { stream } => {
+                let now = self.clock.now();
+                if let Some(t) = self.targets.get_mut(&stream) {
+                    let n = self.relay.handle_target_data(stream, now, &t.held);
+                    t.held.drain(..n.min(t.held.len()));
+                    t.pause.set(!t.held.is_empty());
+                    if t.eof && t.held.is_empty() {
+                        t.eof = false;
+                        self.relay.handle_target_closed(stream, now);
+                    }
+                }
+            }
+            Event::CloseTarget { stream } => {
+                self.target_out(stream);
+                if let Some(t) = self.targets.remove(&stream) {
+                    t.writer.close();
+                    t.pause.set(false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Logs the relay's counters when they changed.
+    fn log_stats(&mut self) {
+        let st = self.relay.stats();
+        let line = format!(
+            "connections {} circuits {} streams {} circuits_created {} channels_opened {} \
+             refused {}/{}",
+            self.relay.n_connections(),
+            self.relay.n_circuits(),
+            self.relay.n_streams(),
+            st.circuits_created,
+            st.channels_opened,
+            st.connections_refused,
+            st.creates_refused_dos
+        );
+        if line != self.last_stats {
+            eprintln!("onion relay: stats: {line}");
+            self.last_stats = line;
+        }
+    }
+
+    /// Every minute: bandwidth, key rotation, descriptor schedule.
+    fn periodic(&mut self) {
+        let elapsed = self.bw_window_start.elapsed();
+        if elapsed >= BW_WINDOW {
+            let rate = self.bw_bytes / elapsed.as_secs().max(1);
+            self.observed = self.observed.max(rate);
+            self.bw_bytes = 0;
+            self.bw_window_start = std::time::Instant::now();
+        }
+        let wall = SystemTime::now();
+        let unix = UnixTime::from(wall);
+        if self.keys.next_event(unix, &self.params) <= unix {
+            match self.keys.rotate(&mut OsRng, unix, &self.params) {
+                Ok(r) => {
+                    if r.files_changed() {
+                        if let Err(e) = self.key_dir.write(&self.keys) {
+                            eprintln!("onion relay: writing rotated keys: {e}");
+                        }
+                    }
+                    if r.descriptor_changed() || r.link_certs {
+                        match duplicate(&self.keys, &mut OsRng, unix) {
+                            Ok(k) => {
+                                if let Err(e) = self.relay.set_keys(k, self.clock.now()) {
+                                    eprintln!("onion relay: new keys: {e}");
+                                }
+                            }
+                            Err(e) => eprintln!("onion relay: new keys: {e}"),
+                        }
+                    }
+                    if r.descriptor_changed() {
+                        eprintln!("onion relay: keys rotated");
+                        self.schedule.mark_dirty("onion key rotated");
+                    }
+                    if r.signing_cert_expires_soon {
+                        eprintln!(
+                            "onion relay: warning: the signing certificate expires within a day"
+                        );
+                    }
+                }
+                Err(e) => eprintln!("onion relay: key rotation: {e}"),
+            }
+        }
+        let now = Timestamp::from_unix(unix.0);
+        let uptime = wall
+            .duration_since(self.started)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // No consensus is fetched: the schedule runs on its time and bandwidth rules.
+        if let Some(reason) = self.schedule.check(
+            now,
+            uptime,
+            self.observed,
+            false,
+            ConsensusListing::NoConsensus,
+        ) {
+            match build(
+                &self.template,
+                &self.keys,
+                &self.params,
+                now,
+                uptime,
+                self.observed,
+                &mut OsRng,
+            ) {
+                Ok(docs) => {
+                    eprintln!(
+                        "onion relay: publishing descriptor ({reason}) to {} authorities",
+                        self.authorities.len()
+                    );
+                    upload_all(&self.authorities, &docs, reason);
+                    self.schedule.published(now, self.observed);
+                }
+                Err(e) => eprintln!("onion relay: cannot build the descriptor: {e}"),
+            }
+        }
+    }
+}
+
+fn target_error(e: &std::io::Error) -> TargetError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => TargetError::Refused,
+        K::TimedOut | K::WouldBlock => TargetError::Timeout,
+        K::ConnectionReset => TargetError::Reset,
+        K::HostUnreachable | K::NetworkUnreachable => TargetError::Unreachable,
+        _ => TargetError::Other,
+    }
+}
