@@ -389,3 +389,39 @@ fn relay_dying_mid_transfer_ends_the_circuit() {
     }
     assert!(refused);
 }
+
+/// A directory request longer than the relay buffers is refused: the stream ends with
+/// RESOURCELIMIT instead of the relay growing its buffer.
+#[test]
+fn oversized_directory_request_ends_the_stream() {
+    let mut w = world();
+    let auth = w.relays_of(Role::Authority)[0];
+    let mut raw = Raw::new(&mut w, &[auth]);
+    raw.run(&mut w, |r| r.built());
+    let now = w.now();
+    let s = raw.circ().begin_dir(now).expect("begin_dir");
+    raw.run(&mut w, |r| {
+        r.events
+            .iter()
+            .any(|e| matches!(e, CircEvent::StreamConnected { stream, .. } if *stream == s))
+    });
+    let mut req = b"GET /tor/".to_vec();
+    req.resize(onion_sim::client::world::MAX_DIR_REQUEST + 10, b'a');
+    let mut sent = 0;
+    while sent < req.len() {
+        let n = raw.circ().send(s, &req[sent..]).expect("send");
+        sent += n;
+        raw.run(&mut w, |r| {
+            r.stream_result(s).is_some()
+                || r.circ.as_ref().is_some_and(|(_, c)| c.send_capacity(s) > 0)
+        });
+        if raw.stream_result(s).is_some() {
+            break;
+        }
+    }
+    raw.run(&mut w, |r| r.stream_result(s).is_some());
+    let (body, reason) = raw.stream_result(s).expect("ended");
+    assert_eq!(reason, EndReason::RESOURCELIMIT);
+    assert!(body.is_empty());
+    assert!(w.dir_log().is_empty(), "nothing answered");
+}
