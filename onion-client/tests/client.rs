@@ -501,3 +501,36 @@ fn a_connect_that_never_completes_times_out_and_other_guards_are_tried() {
         .iter()
         .any(|e| matches!(e, Event::Persist(onion_client::Persist::Guards(_)))));
 }
+
+#[test]
+fn congestion_control_is_negotiated_with_exits_that_offer_it() {
+    for on in [false, true] {
+        let mut net = Net::new(6, 16);
+        net.congestion_control = true;
+        let mut cfg = config();
+        cfg.congestion_control = on;
+        let mut c = client_on(&mut net, cfg);
+        let total = 300_000;
+        let s = c
+            .connect(&format!("big{total}"), 80, Isolation::NONE, net.now)
+            .unwrap();
+        net.run(&mut c);
+        assert!(opened(&net, s));
+        // Only the exit runs it (C tor negotiates it with the last hop alone).
+        assert_eq!(
+            net.cc_circuits(),
+            usize::from(on),
+            "congestion control {on}"
+        );
+        let mut got = 0;
+        for _ in 0..100 {
+            let (data, end) = read_all(&mut c, &net, s);
+            got += data.len();
+            if end.is_some() {
+                break;
+            }
+            net.run(&mut c);
+        }
+        assert_eq!(got, total);
+    }
+}

@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
 use onion_cell::CircId;
+use onion_circuit::cc::CcConfig;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, RelayLinkKeys};
-use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys, RelayOutput};
 use onion_circuit::stream::StreamId;
 use onion_client::dir::{DirMode, Directory};
 use onion_client::{Client, ConnId, Event, Instant, Timestamp};
@@ -110,6 +111,26 @@ pub struct Net {
     pub connects: usize,
     /// A connection whose bytes are not delivered (the embedder cannot write to it).
     pub stalled: Option<ConnId>,
+    /// Relays answer a request for congestion control (proposal 324) with C tor's defaults.
+    pub congestion_control: bool,
+}
+
+/// Standard base64 without padding (dir-spec §1.2's identity encoding in `r` lines).
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 impl Net {
@@ -152,6 +173,7 @@ impl Net {
             sent: BTreeMap::new(),
             connects: 0,
             stalled: None,
+            congestion_control: false,
         }
     }
 
@@ -190,7 +212,31 @@ impl Net {
             })
             .collect();
         let view = NetView::from_records(records, BandwidthWeights::uniform(10000)).unwrap();
-        let text = testdata("cached-microdesc-consensus");
+        // The test network's consensus with its relay entries replaced by ours (and their `pr`
+        // lines: FlowCtrl=2 and Relay=4 offer congestion control).
+        let tornet = testdata("cached-microdesc-consensus");
+        let first = tornet.find("\nr ").unwrap() + 1;
+        let footer = tornet.find("directory-footer").unwrap();
+        let mut text = tornet[..first].to_owned();
+        let mut sorted: Vec<&Relay> = self.relays.iter().collect();
+        sorted.sort_by_key(|r| r.keys.rsa_id);
+        for r in sorted {
+            let SocketAddr::V4(v4) = r.addr else {
+                unreachable!()
+            };
+            text.push_str(&format!(
+                "r {} {} 2038-01-01 00:00:00 {} {} 0\nm {}\n\
+                 s Exit Fast Guard Running Stable V2Dir Valid\nv Tor 0.4.9.11\n\
+                 pr Cons=1-2 Desc=1-4 DirCache=2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=1-2 \
+                 Link=3-5 LinkAuth=3 Microdesc=1-3 Relay=2-4\nw Bandwidth=1000\n",
+                r.name,
+                b64(&r.keys.rsa_id.0),
+                v4.ip(),
+                v4.port(),
+                b64(&[7; 32]),
+            ));
+        }
+        text.push_str(&tornet[footer..]);
         let cons = onion_dir::consensus::parse(&text)
             .unwrap()
             .assume_verified();
@@ -417,7 +463,13 @@ impl Net {
         let Some(&(r, _)) = self.conns.get(&conn) else {
             return;
         };
-        match RelayCircuit::accept(&self.relays[r].keys, &msg, now, &mut self.rng) {
+        match RelayCircuit::accept_with(
+            &self.relays[r].keys,
+            &self.relay_config(),
+            &msg,
+            now,
+            &mut self.rng,
+        ) {
             Ok((circ, reply)) => {
                 let (_, ch) = self.conns.get_mut(&conn).unwrap();
                 let _ = ch.send(circ_id, &reply);
@@ -489,10 +541,17 @@ impl Net {
                 let to = self.relays.iter().position(|r| {
                     r.keys.rsa_id == req.rsa_id && req.addrs.first() == Some(&r.addr) && !r.down
                 });
+                let config = self.relay_config();
                 let accepted = to.and_then(|to| {
-                    RelayCircuit::accept(&self.relays[to].keys, &req.create, now, &mut self.rng)
-                        .ok()
-                        .map(|(c, reply)| (to, c, reply))
+                    RelayCircuit::accept_with(
+                        &self.relays[to].keys,
+                        &config,
+                        &req.create,
+                        now,
+                        &mut self.rng,
+                    )
+                    .ok()
+                    .map(|(c, reply)| (to, c, reply))
                 });
                 match accepted {
                     Some((to, circ, reply)) => {
@@ -640,6 +699,22 @@ impl Net {
             }
         }
         moved
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            congestion_control: self.congestion_control.then(CcConfig::default),
+            ..RelayConfig::default()
+        }
+    }
+
+    /// Relay circuits alive now that run congestion control (proposal 324).
+    pub fn cc_circuits(&self) -> usize {
+        self.rcs
+            .iter()
+            .flatten()
+            .filter(|r| r.circ.congestion_control().is_some())
+            .count()
     }
 
     /// Relay circuits alive now.
