@@ -119,6 +119,10 @@ pub struct Limits {
     pub max_dir_request: usize,
     /// Bytes of one directory answer. Reaction: 503 (the request asked for too much).
     pub max_dir_response: usize,
+    /// How long an open channel may carry no circuit. Reaction: it is closed
+    /// ([`crate::Event::Disconnect`]), as C tor closes channels that had no circuits for 3
+    /// to 4.5 minutes (`channelpadding_get_channel_idle_timeout`). Default 3 minutes.
+    pub channel_idle: Duration,
     /// How long an outbound connection (EXTEND2) may take to open. Reaction: the circuits
     /// waiting for it get DESTROY (CONNECTFAILED).
     pub connect_timeout: Duration,
@@ -148,6 +152,7 @@ impl Default for Limits {
             max_streams: 65_536,
             max_dir_request: 16 << 10,
             max_dir_response: 32 << 20,
+            channel_idle: Duration::from_secs(180),
             connect_timeout: Duration::from_secs(10),
             target_connect_timeout: Duration::from_secs(60),
             resolve_timeout: Duration::from_secs(30),

@@ -1333,6 +1333,27 @@ fn streams_and_channel_input_are_bounded() {
     assert_eq!(net.relays[1].n_circuits(), 0);
 }
 
+#[test]
+fn channels_without_circuits_close_when_idle() {
+    let (mut net, c) = three_relays(25);
+    let i = net.build(c, &[0, 1, 2], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 3);
+    // Carrying a circuit: kept however long.
+    net.advance(Duration::from_secs(200));
+    assert!(net.relay_link(0, 1).is_some());
+    net.circs[i].circ.destroy();
+    net.run();
+    net.advance(Duration::from_secs(100));
+    assert!(net.relay_link(0, 1).is_some());
+    // Three minutes without circuits: every channel closes, the client's too.
+    net.advance(Duration::from_secs(100));
+    assert!(net.relay_link(0, 1).is_none());
+    assert!(net.relay_link(1, 2).is_none());
+    for r in 0..3 {
+        assert_eq!(net.relays[r].n_connections(), 0, "relay {r}");
+    }
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
@@ -1466,6 +1487,8 @@ mod props {
                             let _ = circ.close_stream(s);
                         }
                     }
+                    // An idle channel may have closed (Limits::channel_idle).
+                    CircOp::Build(_) if !net.clients[c].chan.is_open() => {}
                     CircOp::Build(fast) => {
                         let kind = if fast { HandshakeKind::CreateFast } else { HandshakeKind::Ntor };
                         circs.push(net.build(c, &[0, 1], kind));

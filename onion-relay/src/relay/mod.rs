@@ -88,6 +88,8 @@ struct Conn {
     /// [`Relay::poll_transmit_to`] asked for less), from `pending_off` on.
     pending: Vec<u8>,
     pending_off: usize,
+    /// Open and without circuits since then.
+    idle_since: Option<Instant>,
 }
 
 impl Conn {
@@ -109,6 +111,7 @@ impl Conn {
             exporter_asked: false,
             pending: Vec::new(),
             pending_off: 0,
+            idle_since: None,
         }
     }
 
@@ -560,7 +563,10 @@ impl Relay {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
-            if c.deadline.is_some_and(|d| d <= now) {
+            let idle_over = c
+                .idle_since
+                .is_some_and(|t| t + self.cfg.limits.channel_idle <= now);
+            if c.deadline.is_some_and(|d| d <= now) || idle_over {
                 self.close_conn(id, true);
                 continue;
             }
@@ -611,6 +617,7 @@ impl Relay {
         };
         for c in self.conns.values() {
             min(c.deadline);
+            min(c.idle_since.map(|t| t + self.cfg.limits.channel_idle));
             min(c.chan.as_ref().and_then(Channel::poll_timeout));
         }
         for c in self.circs.values() {
@@ -761,6 +768,7 @@ impl Relay {
                         return any;
                     };
                     c.open = true;
+                    c.idle_since = Some(self.now);
                     c.proven = open.peer;
                     let waiting = core::mem::take(&mut c.waiting);
                     for (k, create) in waiting {
@@ -925,6 +933,7 @@ impl Relay {
                 let k = self.next_circ;
                 self.next_circ += 1;
                 c.circs.insert(k);
+                c.idle_since = None;
                 self.circs.insert(
                     k,
                     Circ {
@@ -1046,6 +1055,7 @@ impl Relay {
         match sent {
             Some(id) => {
                 c.circs.insert(k);
+                c.idle_since = None;
                 self.by_out.insert((conn, id), k);
                 circ.next = Some((conn, id));
             }
@@ -1223,6 +1233,18 @@ impl Relay {
             if let Some(x) = self.conns.get_mut(&conn) {
                 x.circs.remove(&k);
                 x.blocked.remove(&k);
+                // Forget circuits that no longer use this channel; none left: idle.
+                let circs = &self.circs;
+                x.circs.retain(|j| {
+                    circs.get(j).is_some_and(|o| {
+                        o.client.0 == conn
+                            || o.next.is_some_and(|n| n.0 == conn)
+                            || o.waiting_on == Some(conn)
+                    })
+                });
+                if x.circs.is_empty() && x.open {
+                    x.idle_since = Some(self.now);
+                }
             }
         }
         for h in c.streams {
