@@ -1,38 +1,27 @@
-//! The smallest embedding of [`onion_client::Client`]: fetch an `http://` URL through Tor and
-//! print the body, blocking, over `std::net` and rustls.
-//!
-//! ```text
-//! cargo run -p onion-client --example fetch -- [--authorities FILE] http://HOST[:PORT]/PATH
-//! ```
-//!
-//! `FILE` holds C tor's `DirAuthority` lines (as for `onion get`); by default the public
-//! network's authorities and fallback directories are used. The client is sans-IO: it asks for
-//! connections and hands out bytes to send; this program owns the sockets. A thread per relay
-//! connection connects, runs TLS and reads; the main thread owns the client.
+//! The smallest embedding of [`onion_client::Client`]: `fetch [--authorities FILE] URL` prints
+//! the body of an `http://` URL fetched through Tor (the public network, or the one whose C tor
+//! `DirAuthority` lines FILE holds). The client is sans-IO; this program owns the sockets: a
+//! thread per relay connection connects, runs TLS and reads, and the main thread runs the client.
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use onion_client::dir::{c_tor_fallbacks, Authority, DirConfig, DirMode};
 use onion_client::{Client, ClientConfig, ConnId, Event, Instant, Isolation, State, Timestamp};
 use rustls::client::danger::{HandshakeSignatureValid as Valid, ServerCertVerified};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer as Der, ServerName, UnixTime};
-use rustls::{ClientConfig as TlsConfig, ClientConnection, SignatureScheme};
+use rustls::{ClientConfig as TlsConfig, ClientConnection, Error as TlsError, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-/// The public network's authorities, as the `onion` command ships them.
-const PUBLIC: &str = include_str!("../../onion-cli/src/net/public-authorities.txt");
 type Res<T> = Result<T, Box<dyn Error>>;
-/// A relay connection: its TLS session (shared with its thread) and its socket.
 type Link = (Arc<Mutex<ClientConnection>>, TcpStream);
 
-/// What the connections' threads tell the main loop.
+/// What a relay connection's thread tells the main loop (a `Link`: its TLS session and socket).
 enum Input {
     Up(ConnId, Link, [u8; 32]), // TLS is up; the SHA-256 of the relay's certificate
     Bytes(ConnId, Vec<u8>),     // plaintext from the relay
@@ -42,33 +31,32 @@ enum Input {
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (auths, url) = match &args[..] {
-        [url] => (PUBLIC.to_string(), url),
+        [url] => (authority::PUBLIC_AUTHORITIES.to_string(), url),
         [flag, file, url] if flag == "--authorities" => (std::fs::read_to_string(file)?, url),
         _ => return Err("usage: fetch [--authorities FILE] http://HOST[:PORT]/PATH".into()),
     };
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "80"));
-    let path = path.trim_start_matches('/');
     let request = format!("GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n");
 
     let start = std::time::Instant::now(); // the client's monotonic clock counts from here
     let now = || Instant::from_duration(start.elapsed());
     let wall = || Timestamp::from(SystemTime::now());
+    let until = |t: Instant| t.saturating_duration_since(now());
     let (config, rng) = (client_config(&auths)?, &mut rand_core::OsRng);
     let mut client = Client::new(config, State::default(), now(), wall(), rng)?;
-    // The stream waits for the directory, then for a circuit, then opens.
+    // It waits for the directory and a circuit, within a deadline (so a dead network ends us).
     let stream = client.connect(host, port.parse()?, Isolation::NONE, now())?;
-    let (tls, deadline) = (tls_config(), now() + Duration::from_secs(300));
-    let (tx, rx) = sync_channel(64); // when full, readers wait and TCP holds relays back
+    let (tx, rx) = mpsc::sync_channel(64); // when full, readers wait and TCP holds relays back
+    let tls = tls_config();
     let mut links: HashMap<ConnId, Option<Link>> = HashMap::new(); // None: connecting
-    let (mut sent, mut response, mut out) = (0, Vec::new(), Vec::new());
-
+    let (mut sent, mut response, mut out, mut buf) = (0, Vec::new(), Vec::new(), [0; 16384]);
     // The run loop: drain both outputs, then wait for one input, at most until the client's
     // next timeout, and give it to the client.
     loop {
-        // 1. What the client has to send, per connection, encrypted and written. (A failed
-        // write fails the socket's reads too, and its thread reports it closed.)
+        // 1. What the client sends, per connection, encrypted and written (a failed write
+        // fails the reads too, and the connection's thread reports it closed).
         while let Some(conn) = client.poll_transmit(now(), &mut out) {
             if let Some(Some((session, sock))) = links.get_mut(&conn) {
                 let mut tls = session.lock().map_err(|_| "poisoned")?;
@@ -86,16 +74,14 @@ fn main() -> Res<()> {
                     std::thread::spawn(move || relay(conn, addr, tls, tx));
                 }
                 Event::Disconnect { conn } => {
-                    if let Some(Some((_, sock))) = links.remove(&conn) {
-                        let _ = sock.shutdown(Shutdown::Both); // its thread ends
-                    }
+                    let link = links.remove(&conn).flatten();
+                    link.map(|(_, sock)| sock.shutdown(Shutdown::Both)); // its thread ends
                 }
                 Event::Bootstrap { percent, what } => eprintln!("bootstrap {percent}%: {what}"),
                 Event::StreamOpened { .. } | Event::StreamWritable { .. } => {
                     sent += client.write(stream, &request.as_bytes()[sent..], now())?;
                 }
                 Event::StreamReadable { .. } | Event::StreamClosed { .. } => {
-                    let mut buf = [0u8; 16 * 1024];
                     // `None`: nothing more yet; `Some(0)`: the end; an error: why it ended.
                     while let Some(n) = client.read(stream, &mut buf, now())? {
                         if n == 0 {
@@ -110,35 +96,29 @@ fn main() -> Res<()> {
             }
         }
         // 3. One input, or the timeout.
-        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
-        match rx.recv_timeout(wake.saturating_duration_since(now())) {
-            Ok(Input::Up(conn, link, cert_sha256)) => match links.get_mut(&conn) {
-                Some(slot) => {
-                    *slot = Some(link);
-                    // The relay's CERTS cell must certify this digest (tor-spec §4.2).
-                    client.handle_connected(conn, now(), cert_sha256);
-                }
-                None => drop(link.1.shutdown(Shutdown::Both)), // the client gave it up
-            },
+        match rx.recv_timeout(client.poll_timeout().map_or(Duration::MAX, until)) {
+            Ok(Input::Up(conn, link, cert_sha256)) if links.contains_key(&conn) => {
+                links.insert(conn, Some(link));
+                // The relay's CERTS cell must certify this digest (tor-spec §4.2).
+                client.handle_connected(conn, now(), cert_sha256);
+            }
+            Ok(Input::Up(_, (_, sock), _)) => drop(sock.shutdown(Shutdown::Both)), // given up
             Ok(Input::Bytes(conn, plain)) => client.handle_input(conn, now(), &plain),
             Ok(Input::Closed(conn)) => {
                 links.remove(&conn);
                 client.handle_closed(conn, now()); // (ignored if the client forgot it)
             }
-            Err(_) if now() >= deadline => return Err("timed out".into()),
             Err(_) => client.handle_timeout(now(), wall()),
         }
     }
 }
 
 /// A relay connection's thread: TCP and TLS, then every read decrypted and forwarded.
-fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: SyncSender<Input>) {
+fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: mpsc::SyncSender<Input>) {
     let _ = (|| -> Res<()> {
         let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         let mut session = ClientConnection::new(tls, ServerName::IpAddress(addr.ip().into()))?;
-        while session.is_handshaking() {
-            session.complete_io(&mut sock)?; // the client's connect timeout bounds this
-        }
+        session.complete_io(&mut sock)?; // the handshake (the client's connect timeout bounds it)
         session.set_buffer_limit(None);
         let cert = session.peer_certificates().and_then(|c| c.first());
         let digest = Sha256::digest(cert.ok_or("no certificate")?).into();
@@ -146,12 +126,8 @@ fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: SyncSender<Inp
         let link = (session.clone(), sock.try_clone()?);
         tx.send(Input::Up(conn, link, digest))?;
         let (mut buf, mut plain) = (vec![0u8; 64 * 1024], Vec::new());
-        loop {
-            let mut raw = match sock.read(&mut buf)? {
-                0 => return Ok(()),
-                n => &buf[..n],
-            };
-            let mut tls = session.lock().map_err(|_| "poisoned")?;
+        while let n @ 1.. = sock.read(&mut buf)? {
+            let (mut raw, mut tls) = (&buf[..n], session.lock().map_err(|_| "poisoned")?);
             while !raw.is_empty() {
                 tls.read_tls(&mut raw)?;
                 tls.process_new_packets()?;
@@ -160,83 +136,64 @@ fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: SyncSender<Inp
             drop(tls); // before waiting for room in the channel, or the loop could not write
             tx.send(Input::Bytes(conn, std::mem::take(&mut plain)))?;
         }
+        Ok(())
     })();
     let _ = tx.send(Input::Closed(conn));
 }
 
-/// The configuration for C tor's `DirAuthority` lines (`NAME orport=PORT v3ident=HEX ...
-/// IP:DIRPORT FINGERPRINT`). Authorities all on loopback make a testing network, as C tor's
-/// `TestingTorNetwork`: no fallbacks, relays may share a /16, and full descriptors
-/// (microdescriptors cannot say that its exits accept only 127.0.0.0/8).
+/// onion-cli's reader of C tor's `DirAuthority` lines, and the public network's list.
+#[allow(dead_code)]
+#[path = "../../onion-cli/src/net/authority.rs"]
+mod authority;
+
+/// Authorities all on loopback make a testing network (C tor's `TestingTorNetwork`): no
+/// fallbacks, relays share a /16, full descriptors (exits accept only 127.0.0.0/8).
 fn client_config(text: &str) -> Res<ClientConfig> {
-    let mut auths = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let w: Vec<&str> = line
-            .trim_start_matches("DirAuthority")
-            .split_whitespace()
-            .collect();
-        let Some(at) = w.iter().position(|w| !w.contains('=') && w.contains(':')) else {
-            continue;
-        };
-        let flag = |k: &str| w.iter().find_map(|f| f.strip_prefix(k)).unwrap_or_default();
-        let id = |hex: &str| hex::FromHex::from_hex(hex).map(onion_dir::RsaIdentity);
-        let ip: IpAddr = w[at].rsplit_once(':').ok_or("bad address")?.0.parse()?;
-        auths.push(Authority {
-            name: w[0].to_string(),
-            rsa_id: id(&w[at + 1..].concat())?,
-            v3ident: id(flag("v3ident="))?,
-            or_addr: Some(SocketAddr::new(ip, flag("orport=").parse()?)),
-        });
-    }
-    let testing = auths
-        .iter()
-        .all(|a| a.or_addr.is_some_and(|a| a.ip().is_loopback()));
-    let fallbacks = if testing { vec![] } else { c_tor_fallbacks() };
-    let mode = if testing {
-        DirMode::Full
-    } else {
-        DirMode::Micro
+    let list = authority::parse_list(text)?;
+    let testing = list.iter().all(|a| a.dir_addr.ip().is_loopback());
+    let auths = list.iter().filter_map(|a| {
+        let (id, v3ident) = (onion_dir::RsaIdentity, a.v3ident?);
+        let (name, rsa_id, v3ident, or_addr) =
+            (a.name(), id(a.fingerprint), id(v3ident), a.or_addr());
+        Some(Authority {
+            name,
+            rsa_id,
+            v3ident,
+            or_addr,
+        })
+    });
+    let (fallbacks, mode) = match testing {
+        true => (vec![], DirMode::Full),
+        false => (c_tor_fallbacks(), DirMode::Micro),
     };
-    let mut config = ClientConfig::new(DirConfig::new(auths, fallbacks, mode));
+    let mut config = ClientConfig::new(DirConfig::new(auths.collect(), fallbacks, mode));
     config.path.enforce_distinct_subnets = !testing;
     Ok(config)
 }
 
-/// TLS as Tor uses it (tor-spec §2): a relay's certificate is self-signed, vouched for by no
-/// authority, so any is accepted, but the handshake signature is still checked with its key;
-/// the relay proves who it is inside the channel, by certifying the certificate's digest.
+/// TLS as Tor uses it (tor-spec §2): any certificate (relays' are self-signed), the handshake
+/// signature still checked; the relay proves its identity in the channel, certifying the digest.
 #[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
+struct AnyCert(WebPkiSupportedAlgorithms);
 
-type TlsResult<T> = Result<T, rustls::Error>;
 type Signed = rustls::DigitallySignedStruct;
 
 #[rustfmt::skip]
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(&self, _: &Der, _: &[Der], _: &ServerName, _: &[u8], _: UnixTime)
-        -> TlsResult<ServerCertVerified> { Ok(ServerCertVerified::assertion()) }
-    fn verify_tls12_signature(&self, m: &[u8], c: &Der, s: &Signed) -> TlsResult<Valid> {
-        verify_tls12_signature(m, c, s, &self.0.signature_verification_algorithms)
+        -> Result<ServerCertVerified, TlsError> { Ok(ServerCertVerified::assertion()) }
+    fn verify_tls12_signature(&self, m: &[u8], c: &Der, s: &Signed) -> Result<Valid, TlsError> {
+        verify_tls12_signature(m, c, s, &self.0)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &Der, s: &Signed) -> TlsResult<Valid> {
-        verify_tls13_signature(m, c, s, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(&self, m: &[u8], c: &Der, s: &Signed) -> Result<Valid, TlsError> {
+        verify_tls13_signature(m, c, s, &self.0)
     }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> { self.0.supported_schemes() }
 }
 
 fn tls_config() -> Arc<TlsConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = TlsConfig::builder_with_provider(provider.clone());
-    let builder = builder
-        .with_safe_default_protocol_versions()
-        .expect("ring has TLS 1.2, 1.3");
-    let verifier = Arc::new(AnyCert(provider));
-    Arc::new(
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-    )
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    let builder = TlsConfig::builder().dangerous(); // with ring, the only provider built in
+    let builder = builder.with_custom_certificate_verifier(Arc::new(AnyCert(algorithms)));
+    Arc::new(builder.with_no_client_auth())
 }
