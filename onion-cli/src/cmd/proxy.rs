@@ -383,6 +383,8 @@ impl Proxy {
                 // As C tor: the application's EOF ends the stream.
                 return self.finish(client, id, now);
             }
+            // The queue may have drained since the stream was last read (the writer's wake-up).
+            c.blocked = next_blocked(c.blocked, c.pipe.queued());
             let mut buf = [0u8; 16 * 1024];
             while !c.blocked {
                 match client.read(stream, &mut buf, now) {
@@ -394,7 +396,6 @@ impl Proxy {
                     }
                 }
             }
-            c.blocked = next_blocked(c.blocked, c.pipe.queued());
             if c.blocked {
                 c.pipe.wake_below(OUT_LOW);
             }
