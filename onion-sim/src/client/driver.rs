@@ -787,13 +787,15 @@ impl Sim {
             }
             let before = self.now();
             self.advance(deadline);
-            // A timer that stays due without the clock moving would spin: nudge the clock.
+            // A timer that stays due without the clock moving would spin: that is the
+            // client's livelock, reported as such.
             if self.now() == before {
                 same += 1;
-                if same > 10_000 {
-                    let t = self.now() + Duration::from_millis(1);
-                    self.world.advance_to(t);
-                    same = 0;
+                if same > 100_000 {
+                    return Err(SimError::Stalled {
+                        at: self.now() - Instant::ZERO,
+                        what: format!("client timer due without progress: {}", self.status()),
+                    });
                 }
             } else {
                 same = 0;
