@@ -36,6 +36,13 @@ pub struct RelayConfig {
     /// RSA-2048 certificate is made by [`crate::Relay::new`] (slow: hundreds of
     /// milliseconds).
     pub link_cert: Option<TlsLinkCert>,
+    /// Verify initiators that authenticate (tor-spec §4.4.2; [`crate::Event::TlsExporter`]
+    /// asks for the TLS exporter value). Default on. Off (an embedder without TLS exporter
+    /// values), every initiator counts as an unauthenticated client: EXTEND2 cannot reuse
+    /// channels other relays opened to us, and their CREATE cells count against the
+    /// per-address limits unless their addresses are given to
+    /// [`crate::Relay::set_relay_addresses`].
+    pub verify_initiator_auth: bool,
     /// Send a PADDING cell on a channel idle this long (tor-spec §3; C tor's
     /// `KeepalivePeriod`, 5 minutes).
     pub keepalive: Option<Duration>,
@@ -54,6 +61,7 @@ impl RelayConfig {
             dir_cache: false,
             circuits: CircRelayConfig::default(),
             link_cert: None,
+            verify_initiator_auth: true,
             keepalive: Some(Duration::from_secs(300)),
             limits: Limits::default(),
         }

@@ -1009,6 +1009,23 @@ fn the_exit_pushes_back_on_its_target() {
 }
 
 #[test]
+fn without_initiator_verification_relays_count_as_clients() {
+    let mut net = Net::new(26);
+    net.add_relay(|_| {});
+    net.add_relay(|c| c.verify_initiator_auth = false);
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 16)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 2);
+    let (_, mid_side) = net.relay_link(0, 1).expect("link");
+    assert_eq!(
+        net.relays[1].connection_peer(mid_side),
+        Some(PeerIds::default())
+    );
+}
+
+#[test]
 fn extend2_reuses_an_authenticated_inbound_channel() {
     let (mut net, c) = three_relays(16);
     let a = net.build(c, &[0, 1], HandshakeKind::NtorV3);

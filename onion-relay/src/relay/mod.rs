@@ -409,7 +409,7 @@ impl Relay {
         if outbound {
             c.accept_inbound_circuits = Some(true);
         } else {
-            c.verify_initiator_auth = true;
+            c.verify_initiator_auth = self.cfg.verify_initiator_auth;
         }
         c
     }
