@@ -534,3 +534,50 @@ fn congestion_control_is_negotiated_with_exits_that_offer_it() {
         assert_eq!(got, total);
     }
 }
+
+#[test]
+fn circuits_on_one_channel_take_turns() {
+    let mut net = Net::new(6, 17);
+    let mut cfg = config();
+    // Four cells at a time in the channel: the rest wait in their circuits.
+    cfg.limits.channel_outbound = 4 * 514;
+    let mut c = client_on(&mut net, cfg);
+    let a = c.connect("echo", 80, Isolation(1), net.now).unwrap();
+    let b = c.connect("echo", 80, Isolation(2), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, a) && opened(&net, b));
+    assert_eq!(net.multi_hop_circuits(), 2);
+    let data = vec![1u8; 100_000];
+    assert!(c.write(a, &data, net.now).unwrap() > 50_000);
+    assert!(c.write(b, &data, net.now).unwrap() > 50_000);
+    // The cells as they leave, by circuit id (link protocol 4+: 4-byte id, then the command).
+    let mut ids: Vec<u32> = Vec::new();
+    let mut out = Vec::new();
+    let mut conns = Vec::new();
+    while ids.len() < 60 {
+        out.clear();
+        let Some(conn) = c.poll_transmit(net.now, &mut out) else {
+            break;
+        };
+        conns.push(conn);
+        for cell in out.chunks(514) {
+            ids.push(u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]));
+        }
+    }
+    conns.dedup();
+    assert_eq!(conns.len(), 1, "one channel: {conns:?}");
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "both circuits on one channel: {distinct:x?}"
+    );
+    let first = ids.iter().filter(|i| **i == distinct[0]).count();
+    let second = ids.len() - first;
+    assert!(
+        first.abs_diff(second) <= 2,
+        "{first} cells against {second}: {ids:x?}"
+    );
+}
