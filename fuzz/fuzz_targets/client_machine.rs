@@ -102,6 +102,8 @@ fn world() -> &'static World {
 struct Conn {
     id: ConnId,
     relay: Option<usize>,
+    /// Reported connected (TCP and TLS up).
+    accepted: bool,
     chan: Option<Channel>,
     /// Circuit ids the client used on it (seen by the relay end).
     circs: Vec<CircId>,
@@ -178,7 +180,7 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 if let Some(c) = conns
                     .iter_mut()
-                    .filter(|c| c.chan.is_none())
+                    .filter(|c| !c.accepted)
                     .nth(usize::from(sel) % 4)
                 {
                     if let Some(r) = c.relay {
@@ -193,6 +195,7 @@ fuzz_target!(|data: &[u8]| {
                             &mut rng,
                         ));
                     }
+                    c.accepted = true;
                     client.handle_connected(c.id, now, TLS_DIGEST);
                 }
             }
@@ -296,6 +299,7 @@ fuzz_target!(|data: &[u8]| {
                 Event::Connect { conn, addr, .. } => conns.push(Conn {
                     id: conn,
                     relay: w.relays.iter().position(|(a, _)| *a == addr),
+                    accepted: false,
                     chan: None,
                     circs: Vec::new(),
                 }),
