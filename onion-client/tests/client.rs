@@ -581,3 +581,25 @@ fn circuits_on_one_channel_take_turns() {
         "{first} cells against {second}: {ids:x?}"
     );
 }
+
+#[test]
+fn a_connection_the_embedder_reports_closed_is_not_disconnected_again() {
+    let mut net = Net::new(6, 18);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    let conn = *net.sent.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    net.close_conn(conn);
+    c.handle_closed(conn, net.now);
+    net.run(&mut c);
+    assert!(!net
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Disconnect { conn: x } if *x == conn)));
+    // Its circuit's stream ended with it.
+    assert_eq!(
+        closed(&net, s),
+        Some(Some(Error::StreamEnded(EndReason::DESTROY)))
+    );
+}

@@ -36,6 +36,8 @@ pub(crate) struct Chan {
     pub idle_close: Option<Instant>,
     /// The embedder's connection takes no more bytes for now.
     pub blocked: bool,
+    /// The embedder reported the connection closed: no Disconnect is owed for it.
+    pub peer_closed: bool,
 }
 
 impl Chan {
@@ -51,6 +53,7 @@ impl Chan {
             rr: 0,
             idle_close: None,
             blocked: false,
+            peer_closed: false,
         }
     }
 
@@ -233,6 +236,7 @@ impl super::Client {
         let Some(c) = self.chans.get_mut(&conn) else {
             return;
         };
+        c.peer_closed = true;
         match c.channel.as_mut() {
             Some(ch) => {
                 ch.handle_connection_closed();
@@ -269,7 +273,7 @@ impl super::Client {
             }
             self.fail_circ(key, why.clone(), false);
         }
-        if tell {
+        if tell && !c.peer_closed {
             self.emit(Event::Disconnect { conn });
         }
         if self.tx_last == Some(conn) {

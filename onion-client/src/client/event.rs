@@ -47,7 +47,8 @@ pub enum Event {
         ids: PeerIds,
     },
     /// Send what [`crate::Client::poll_transmit`] gave for `conn`, then close it. The client
-    /// has forgotten it: nothing more about it is expected.
+    /// has forgotten it: nothing more about it is expected. Not sent for a connection the
+    /// embedder reported closed ([`crate::Client::handle_closed`]).
     Disconnect {
         /// The connection.
         conn: ConnId,
