@@ -99,8 +99,9 @@ pub struct ClientConfig {
     /// Negotiate congestion control (proposal 324) with exits that offer `FlowCtrl=2`, with
     /// the consensus's parameters.
     pub congestion_control: bool,
-    /// Circuit build deadline until circuit-build-timeout learning has data (path-spec §2.4:
-    /// C tor's initial 60 s).
+    /// The circuit build deadline when build-timeout learning is off (consensus
+    /// `cbtdisabled`); otherwise the learned timeout applies ([`crate::timeout`], path-spec
+    /// §2.4: 60 s until enough builds were seen).
     pub build_timeout: Duration,
     /// How long a circuit takes new streams after its first one (C tor's
     /// `MaxCircuitDirtiness`, 10 minutes).
