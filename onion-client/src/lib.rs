@@ -97,8 +97,8 @@ pub mod predict;
 pub mod timeout;
 
 pub use client::{
-    msg_verdict, Client, ClientConfig, ConnId, Event, Isolation, Limits, Persist, Purpose,
-    ServiceHandle, State, StreamHandle, Verdict,
+    msg_verdict, CcView, CircuitView, Client, ClientConfig, ConnId, Event, HopView, Isolation,
+    Limits, Persist, Purpose, ServiceHandle, State, StreamHandle, Verdict,
 };
 pub use error::{Error, ErrorKind};
 pub use onion_circuit::Instant;

@@ -16,6 +16,7 @@ mod dirconn;
 mod event;
 mod onion;
 mod stream;
+mod view;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::{Error, Instant, Timestamp};
 pub use circ::{msg_verdict, Purpose, Verdict};
 pub use config::{ClientConfig, Isolation, Limits, State};
 pub use event::{ConnId, Event, Persist, ServiceHandle, StreamHandle};
+pub use view::{CcView, CircuitView, HopView};
 
 use chan::Chan;
 use circ::Circ;
