@@ -210,10 +210,9 @@ pub fn run(args: Args) -> Result<(), String> {
             Some(sk)
         }
     };
-    // An onion service is reached through the Client; exit streams and congestion-control
-    // reports follow once the Client names the circuit a stream runs on.
-    let on_client = onion.is_some() && !congestion_control;
-    if exit.is_none() && (on_client || crate::net::driver::enabled()) {
+    // Everything runs on the Client but an explicit exit (`--exit`, path-spec §2.2.2),
+    // which the Client does not take yet: that keeps the older blocking client below.
+    if exit.is_none() {
         let auth = onion.zip(client_key);
         return get_via_client(&opts, &url, auth, congestion_control);
     }
@@ -340,19 +339,35 @@ fn get_via_client(
         .connect(&url.host, url.port, Isolation::NONE, d.now())
         .map_err(|e| driver::open_error(&target, &e))?;
     d.wait_open(stream, &target, deadline)?;
-    match url.is_onion() {
-        // A stream opens on a rendezvous circuit only once the rendezvous is complete.
-        true => eprintln!("onion: rendezvous complete; stream open to {target}"),
-        false => eprintln!("onion: stream open to {target}"),
+    // A stream opens on a rendezvous circuit only once the rendezvous is complete.
+    let view = d.client.stream_circuit(stream);
+    if let Some(v) = &view {
+        eprintln!("onion: {}", driver::circuit_line(v));
+    }
+    eprintln!("onion: stream open to {target}");
+    if congestion_control {
+        let cc = view.as_ref().and_then(|v| v.congestion_control);
+        eprintln!("onion: {}", driver::cc_line("negotiated", cc.as_ref()));
     }
     let mut next_report = 1 << 20;
+    // The last congestion-control state seen while the stream existed (it is forgotten
+    // once its end is read).
+    let mut last_cc = None;
     let raw = d
         .exchange(
             stream,
             &http::get_request(&url.host_header(), &url.path),
             MAX_RESPONSE,
             deadline,
-            |n| {
+            |n, client| {
+                if congestion_control {
+                    if let Some(cc) = client
+                        .stream_circuit(stream)
+                        .and_then(|v| v.congestion_control)
+                    {
+                        last_cc = Some(cc);
+                    }
+                }
                 if n >= next_report {
                     eprintln!("onion: received {} KiB", n >> 10);
                     next_report += 1 << 20;
@@ -360,6 +375,9 @@ fn get_via_client(
             },
         )
         .map_err(|e| format!("fetching {}: {e}", url.path))?;
+    if congestion_control {
+        eprintln!("onion: {}", driver::cc_line("at the end", last_cc.as_ref()));
+    }
     print_response(&raw)
 }
 

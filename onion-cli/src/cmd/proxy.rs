@@ -19,7 +19,7 @@
 //! and each distinct pair is its own [`Isolation`] token, so its streams never share a
 //! circuit with another pair's. Clients without authentication share [`Isolation::NONE`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -91,7 +91,12 @@ struct Proxy {
     handshake_timeout: Duration,
     extended_errors: bool,
     live: Arc<AtomicUsize>,
+    /// The circuits already announced ([`Proxy::announce`]), at most [`MAX_ANNOUNCED`].
+    announced: BTreeSet<u64>,
 }
+
+/// Circuits remembered as announced: far more than the circuits a client keeps open at once.
+const MAX_ANNOUNCED: usize = 1024;
 
 /// Run the proxy on `listener` until killed.
 pub fn run(
@@ -130,6 +135,7 @@ pub fn run(
         handshake_timeout,
         extended_errors,
         live,
+        announced: BTreeSet::new(),
     };
     loop {
         let wake = p.next_wake();
@@ -251,6 +257,7 @@ impl Proxy {
         };
         match ev {
             Event::StreamOpened { .. } => {
+                self.announce(&d.client, stream);
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Open { stream };
                     c.pipe.push(&socks::reply(0));
@@ -276,6 +283,23 @@ impl Proxy {
             _ => {}
         }
         self.pump(&mut d.client, id, now);
+    }
+
+    /// Say which circuit stream `stream` opened on, once per circuit: `circuit built: A -> B
+    /// -> C` for an exit circuit, `rendezvous complete` for an onion service's (each with
+    /// whether congestion control runs on its last hop).
+    fn announce(&mut self, client: &Client, stream: StreamHandle) {
+        let Some(view) = client.stream_circuit(stream) else {
+            return;
+        };
+        if !self.announced.insert(view.circuit) {
+            return;
+        }
+        // Circuit numbers only grow: the oldest are forgotten first.
+        while self.announced.len() > MAX_ANNOUNCED {
+            self.announced.pop_first();
+        }
+        eprintln!("onion: {}", driver::circuit_line(&view));
     }
 
     /// Parse the greeting, authentication and request of connection `id`; start the stream.
@@ -488,6 +512,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(30),
             extended_errors: false,
             live: Arc::new(AtomicUsize::new(0)),
+            announced: BTreeSet::new(),
         };
         (Driver::new(cfg, None).unwrap(), p)
     }

@@ -40,7 +40,9 @@ use std::time::{Duration, SystemTime};
 use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
-use onion_client::{Client, ClientConfig, ConnId, Event, Persist, State, StreamHandle};
+use onion_client::{
+    CcView, CircuitView, Client, ClientConfig, ConnId, Event, Persist, Purpose, State, StreamHandle,
+};
 use onion_dir::{RsaIdentity, Timestamp};
 
 use super::authority::DirAuthority;
@@ -155,10 +157,10 @@ pub fn load_state(cache: Option<&Cache>, mode: DirMode) -> State {
     state
 }
 
-/// Whether the commands run on [`onion_client::Client`] (`ONION_CLIENT=new`) rather than on
-/// the older glue, while both exist.
+/// Whether the commands run on [`onion_client::Client`] (the default) rather than on the
+/// older glue (`ONION_CLIENT=old`), while both exist.
 pub fn enabled() -> bool {
-    std::env::var("ONION_CLIENT").is_ok_and(|v| v == "new")
+    std::env::var("ONION_CLIENT").map_or(true, |v| v != "old")
 }
 
 /// The wall clock, for the client.
@@ -527,7 +529,8 @@ impl Driver {
     }
 
     /// Send `request` on the open stream `s` and read until the stream ends (at most
-    /// `max` bytes, until `deadline`); `progress` sees the byte count as it grows. Other
+    /// `max` bytes, until `deadline`); `progress` sees the byte count as it grows, and the
+    /// client (to look at the stream's circuit while the stream still exists). Other
     /// happenings meanwhile are dropped, as in [`Driver::wait_open`].
     pub fn exchange(
         &mut self,
@@ -535,7 +538,7 @@ impl Driver {
         request: &[u8],
         max: usize,
         deadline: Instant,
-        mut progress: impl FnMut(usize),
+        mut progress: impl FnMut(usize, &Client),
     ) -> Result<Vec<u8>, String> {
         let mut sent = 0;
         let mut got = Vec::new();
@@ -558,7 +561,7 @@ impl Driver {
                             return Err(format!("response larger than {max} bytes"));
                         }
                         got.extend_from_slice(&buf[..n]);
-                        progress(got.len());
+                        progress(got.len(), &self.client);
                     }
                     Ok(None) => break,
                     // END with reason DONE or MISC ends a response: exits and onion
@@ -588,6 +591,43 @@ pub fn open_error(target: &str, e: &onion_client::Error) -> String {
         ) => format!("{target}: no onion-service descriptor this client can read: {h}"),
         onion_client::Error::NoPath(why) => format!("no path to {target}: {why}"),
         e => format!("{target}: {e}"),
+    }
+}
+
+/// The line announcing the circuit a newly opened stream runs on, or `None` when the
+/// stream is unknown. Exit circuits: `circuit built: A -> B -> C`, with ` (congestion
+/// control)` when the exit negotiated it; rendezvous circuits: `rendezvous complete`, with
+/// ` (congestion control, sendme_inc N)` when the service's virtual hop runs it.
+pub fn circuit_line(view: &CircuitView) -> String {
+    match (view.purpose, &view.congestion_control) {
+        (Purpose::ClientRend, Some(cc)) => format!(
+            "rendezvous complete (congestion control, sendme_inc {})",
+            cc.sendme_inc
+        ),
+        (Purpose::ClientRend, None) => "rendezvous complete".into(),
+        (_, cc) => format!(
+            "circuit built: {}{}",
+            view.path_string(),
+            cc.map_or("", |_| " (congestion control)")
+        ),
+    }
+}
+
+/// One line on a congestion-control state (proposal 324 §4: Tor Vegas), `what` saying when
+/// it was taken.
+pub fn cc_line(what: &str, cc: Option<&CcView>) -> String {
+    match cc {
+        Some(cc) => format!(
+            "congestion control {what}: sendme_inc {}, cwnd {}, inflight {}, slow start {}, \
+             rtt ewma {} ms min {} ms",
+            cc.sendme_inc,
+            cc.cwnd,
+            cc.inflight,
+            cc.slow_start,
+            cc.rtt_ewma_usec / 1000,
+            cc.rtt_min_usec / 1000,
+        ),
+        None => "congestion control not negotiated with the exit".into(),
     }
 }
 

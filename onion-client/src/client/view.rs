@@ -41,6 +41,9 @@ pub struct CcView {
 /// The circuit a stream runs on, as [`Client::stream_circuit`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitView {
+    /// A number naming the circuit within this client, never reused: streams whose views
+    /// have the same number share the circuit (an embedder reports each circuit once).
+    pub circuit: u64,
     /// The hops the client chose, guard first (a rendezvous circuit's virtual hop to the
     /// onion service is not a relay and is not listed).
     pub hops: Vec<HopView>,
@@ -80,7 +83,8 @@ impl Client {
     /// allocates the hop list.
     pub fn stream_circuit(&self, s: StreamHandle) -> Option<CircuitView> {
         let stream = self.streams.get(&s.get())?;
-        let circ = self.circs.get(&stream.circ?)?;
+        let key = stream.circ?;
+        let circ = self.circs.get(&key)?;
         let dir = self.directory();
         let hops = circ
             .path
@@ -105,6 +109,7 @@ impl Client {
             })
         });
         Some(CircuitView {
+            circuit: key,
             hops,
             purpose: circ.purpose,
             built: matches!(circ.phase, CircPhase::Open | CircPhase::Waiting),
