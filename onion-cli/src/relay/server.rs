@@ -94,6 +94,8 @@ struct Loop {
     bw_window_start: std::time::Instant,
     observed: u64,
     last_stats: String,
+    /// Exit TCP connections opened (for the log).
+    targets_opened: u64,
 }
 
 fn server_config(relay: &Relay) -> Result<Arc<ServerConfig>, String> {
@@ -148,6 +150,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         bw_window_start: std::time::Instant::now(),
         observed: 0,
         last_stats: String::new(),
+        targets_opened: 0,
     };
     l.periodic();
     l.main(rx)
@@ -275,6 +278,7 @@ impl Loop {
             }
             Msg::Resolved(req, answer) => self.relay.handle_resolved(req, now, answer),
             Msg::TargetUp(s, sock, addr) => {
+                self.targets_opened += 1;
                 let Ok(wsock) = sock.try_clone() else {
                     self.relay.handle_target_failed(s, now, TargetError::Other);
                     return;
@@ -584,12 +588,13 @@ impl Loop {
         let st = self.relay.stats();
         let line = format!(
             "connections {} circuits {} streams {} circuits_created {} channels_opened {} \
-             refused {}/{}",
+             exit_connections {} refused {}/{}",
             self.relay.n_connections(),
             self.relay.n_circuits(),
             self.relay.n_streams(),
             st.circuits_created,
             st.channels_opened,
+            self.targets_opened,
             st.connections_refused,
             st.creates_refused_dos
         );
