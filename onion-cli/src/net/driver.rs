@@ -157,12 +157,6 @@ pub fn load_state(cache: Option<&Cache>, mode: DirMode) -> State {
     state
 }
 
-/// Whether the commands run on [`onion_client::Client`] (the default) rather than on the
-/// older glue (`ONION_CLIENT=old`), while both exist.
-pub fn enabled() -> bool {
-    std::env::var("ONION_CLIENT").map_or(true, |v| v != "old")
-}
-
 /// The wall clock, for the client.
 pub fn wall() -> Timestamp {
     Timestamp::from(SystemTime::now())

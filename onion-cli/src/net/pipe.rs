@@ -104,7 +104,6 @@ impl Shared {
 
 /// One application socket; see the [module documentation](self).
 pub struct Pipe {
-    id: ConnId,
     shared: Arc<Shared>,
     sock: TcpStream,
 }
@@ -126,12 +125,7 @@ impl Pipe {
         std::thread::Builder::new()
             .name(format!("pipe-w{id}"))
             .spawn(move || writer(w, id, &sw, &tx))?;
-        Ok(Pipe { id, shared, sock })
-    }
-
-    /// The id its inputs carry.
-    pub fn id(&self) -> ConnId {
-        self.id
+        Ok(Pipe { shared, sock })
     }
 
     /// Queue `data` for the application. Never blocks; the caller bounds the buffer by
