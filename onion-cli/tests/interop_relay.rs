@@ -22,8 +22,19 @@ fn fresh_dir(net: &TorNet, name: &str) -> PathBuf {
 
 /// Starts `onion relay` and waits for its key line; returns the daemon and the fingerprint.
 fn start_relay(net: &TorNet, nickname: &str, data_dir: &Path, port: u16) -> (Daemon, String) {
+    start_relay_with(net, nickname, data_dir, port, &[])
+}
+
+/// [`start_relay`] with more arguments.
+fn start_relay_with(
+    net: &TorNet,
+    nickname: &str,
+    data_dir: &Path,
+    port: u16,
+    more: &[&str],
+) -> (Daemon, String) {
     let or_port = format!("127.0.0.1:{port}");
-    let mut d = Daemon::start(&[
+    let mut args = vec![
         "relay",
         "--or-port",
         &or_port,
@@ -36,7 +47,9 @@ fn start_relay(net: &TorNet, nickname: &str, data_dir: &Path, port: u16) -> (Dae
         "--contact",
         "onion-test@tornet.invalid",
         "--testing-network",
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let mut d = Daemon::start(&args);
     let line = d.wait_for("fingerprint", Duration::from_secs(60));
     let fp = line
         .split("fingerprint ")
@@ -309,7 +322,16 @@ fn onion_relays_join_and_carry_a_c_tor_circuit() {
         eprintln!("fetch attempt {attempt}: {st} {} bytes: {err}", out.len());
         std::thread::sleep(Duration::from_secs(3));
     }
-    assert_eq!(got.len(), body.len(), "{}", relay_a.stderr());
+    assert_eq!(
+        got.len(),
+        body.len(),
+        "{}\nclient log:\n{}",
+        relay_a.stderr(),
+        support::last_lines(
+            &std::fs::read_to_string(client.dir.join("notice.log")).unwrap_or_default(),
+            20
+        )
+    );
     assert_eq!(sha256_hex(&got), sha256_hex(&body));
     eprintln!(
         "fetched 5 MiB through onionRelayA as middle: sha256 {}",
@@ -331,5 +353,7 @@ fn onion_relays_join_and_carry_a_c_tor_circuit() {
         .unwrap_or(0);
     assert!(created > 0, "relay A created no circuit:\n{err}");
     eprintln!("relay A: {stats}");
+    drop(client);
     drop(relay_b);
+    drop(relay_a);
 }
