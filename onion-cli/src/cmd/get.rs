@@ -212,48 +212,23 @@ pub fn run(args: Args) -> Result<(), String> {
     };
     // Everything runs on the Client but an explicit exit (`--exit`, path-spec §2.2.2),
     // which the Client does not take yet: that keeps the older blocking client below.
-    if exit.is_none() {
+    let Some(exit) = exit else {
         let auth = onion.zip(client_key);
         return get_via_client(&opts, &url, auth, congestion_control);
+    };
+    if onion.is_some() {
+        return Err(
+            "--exit names an exit relay: an onion service is not reached through one".into(),
+        );
     }
+    let exit = Some(exit);
     let mut client = Client::new();
     let dir = opts.bootstrap(&mut client)?;
-    if congestion_control && onion.is_none() {
+    if congestion_control {
         client.congestion_control = client_cc(&dir);
     }
     let config = path::path_config(&opts.auths);
     let deadline = client.deadline(opts.timeout);
-    if let Some(addr) = onion {
-        let testing = path::is_testing_network(&opts.auths);
-        let cc = match congestion_control {
-            true => onion_cc(&dir),
-            false => None,
-        };
-        let circ = crate::net::onion::connect(
-            &mut client,
-            &dir,
-            &config,
-            testing,
-            addr,
-            client_key.as_ref(),
-            cc.as_ref(),
-            deadline,
-        )?;
-        // Only the port names the target: the service maps it to its own (rend-spec-v3
-        // §1.1), so the host is left empty (":80"), as C tor's client sends it.
-        let stream = client
-            .begin(circ, Target::Exit("", url.port), deadline)
-            .map_err(|e| format!("{}:{}: {e}", url.host, url.port))?;
-        eprintln!("onion: stream open to {}:{}", url.host, url.port);
-        return fetch_and_print(
-            &mut client,
-            circ,
-            stream,
-            &url,
-            deadline,
-            "rendezvous circuit",
-        );
-    }
     let mut avoid = Vec::new();
     let mut attempt = 0;
     let (circ, hops, stream) = loop {
@@ -415,21 +390,18 @@ pub(crate) fn client_cc(dir: &Directory) -> Option<ClientCc> {
     Some(ClientCc { config, exits })
 }
 
-/// Congestion control for rendezvous circuits from the verified consensus (proposal 324
-/// §6.5): the `_onion` Vegas parameters, and the exit ones for single onion services, as C
-/// tor's `hs_circ_setup_congestion_control`. `None`, with a note, when the consensus runs
-/// fixed windows (`cc_alg=0`).
-pub(crate) fn onion_cc(dir: &Directory) -> Option<crate::net::onion::OnionCc> {
+/// Congestion control for the rendezvous circuits of a hosted onion service, from the
+/// verified consensus (proposal 324 §6.5): the `_onion` Vegas parameters, as C tor's
+/// `hs_circ_setup_congestion_control`. `None`, with a note, when the consensus runs fixed
+/// windows (`cc_alg=0`).
+pub(crate) fn onion_cc(dir: &Directory) -> Option<onion_circuit::cc::CcConfig> {
     use onion_dir::ccparams::{CcParams, CcPath};
     let p = CcParams::from_net_params(&dir.net_params());
     if !p.enabled() {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
         return None;
     }
-    Some(crate::net::onion::OnionCc {
-        onion: cc_config(&p, CcPath::Onion),
-        single_onion: cc_config(&p, CcPath::Exit),
-    })
+    Some(cc_config(&p, CcPath::Onion))
 }
 
 /// The congestion-control configuration for one kind of path from the consensus values.

@@ -112,7 +112,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let dir = opts.bootstrap(&mut client)?;
     // The consensus decides both the descriptor's line and the circuits' parameters.
     let cc = match congestion_control {
-        true => crate::cmd::get::onion_cc(&dir).map(|c| c.onion),
+        true => crate::cmd::get::onion_cc(&dir),
         false => None,
     };
     let hs_config = HsServiceConfig {

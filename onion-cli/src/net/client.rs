@@ -862,24 +862,6 @@ impl Client {
         }
     }
 
-    /// Wait for a relay message on circuit `c` that `want` selects (onion-service messages
-    /// such as RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2).
-    pub fn wait_msg(
-        &mut self,
-        c: usize,
-        want: impl Fn(&RelayMsg<'static>) -> bool,
-        deadline: Instant,
-    ) -> Result<RelayMsg<'static>, String> {
-        loop {
-            let ev = self.take_event(c, |e| matches!(e, CircEvent::Msg { msg, .. } if want(msg)));
-            if let Some(CircEvent::Msg { msg, .. }) = ev {
-                return Ok(*msg);
-            }
-            self.check_alive(c)?;
-            self.step(deadline)?;
-        }
-    }
-
     /// Release circuit `c`: DESTROY if it is still open, and its events forgotten. This is
     /// how an owner gives a circuit index back; after the next step the index may name
     /// another circuit. A circuit that died on its own stays (dead) until its owner

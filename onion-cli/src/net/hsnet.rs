@@ -1,7 +1,7 @@
-//! What both ends of an onion service take from the directory and the network: the client
-//! ([`super::onion`]) and the service ([`super::service`]) read the same onion-service
-//! parameters from the consensus, build the same kind of circuit to a chosen relay, talk
-//! HTTP to HSDirs over BEGIN_DIR and send onion-service messages to a circuit's last hop.
+//! What the onion service host ([`super::service`]) takes from the directory and the
+//! network: the onion-service parameters of the consensus, circuits to a chosen relay, and
+//! onion-service messages to a circuit's last hop. (The client side runs on
+//! [`onion_client::Client`].)
 
 use onion_cell::relaymsg::RelayMsg;
 use onion_circuit::circuit::HopTarget;
@@ -14,9 +14,8 @@ use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
 
 use super::bootstrap::Directory;
-use super::client::{BuildStatus, Client, LinkStatus, LinkTicket, Purpose, Target};
+use super::client::{BuildStatus, Client, LinkStatus, LinkTicket, Purpose};
 use super::guards::GuardTicket;
-use super::http;
 use super::path;
 
 /// The onion-service parameters of a (verified) consensus.
@@ -76,50 +75,6 @@ pub fn hsdir_ring(dir: &Directory) -> Vec<(RelayIdx, HsDirRelay)> {
         .collect()
 }
 
-/// An onion-service circuit of Stable relays in the shape of vanguards-lite (Tor proposal
-/// 333 §1, as C tor builds them by default since 0.4.7), through the client's guard and one
-/// of its layer-2 vanguards:
-///
-/// * `last == None`: the client's rendezvous circuit, `G -> L2 -> RP`, 3 hops to a random
-///   rendezvous point it chooses itself;
-/// * `last == Some(target)`: every other onion-service circuit (the client's to an HSDir or
-///   introduction point, the service's to an HSDir, its introduction points or a client's
-///   rendezvous point), `G -> L2 -> M -> target`, 4 hops: the target was chosen by someone
-///   else or is published, so a middle hop keeps it from seeing the layer-2 relay.
-///
-/// Returns the circuit, its hops' names and its last relay.
-pub fn circuit_to<'a>(
-    client: &mut Client,
-    dir: &'a Directory,
-    config: &PathConfig,
-    last: Option<RelayIdx>,
-    deadline: Instant,
-) -> Result<(usize, Vec<String>, &'a RelayRecord), String> {
-    let opts = PathOptions {
-        need_stable: true,
-        ..PathOptions::default()
-    };
-    let sel = PathSelector::with_config(&dir.view, config.clone());
-    let shape = match last {
-        None => VanguardShape::Short,
-        Some(_) => VanguardShape::Long,
-    };
-    let (p, guard) = client
-        .guards
-        .vanguard_path(&sel, shape, last, &opts)
-        .map_err(|e| format!("path: {e}"))?;
-    let hops: Vec<&RelayRecord> = p.records(&dir.view).collect();
-    let end = *hops.last().ok_or("empty path")?;
-    // No relay of an onion-service circuit is asked for congestion control, not even the
-    // last (C tor asks only the exit of a general circuit; a rendezvous circuit runs it end
-    // to end with the other party's virtual hop instead).
-    let cc = client.congestion_control.take();
-    let built = path::build_guarded(client, &hops, guard, deadline);
-    client.congestion_control = cc;
-    let (c, names) = built?;
-    Ok((c, names, end))
-}
-
 /// An onion-service circuit being built without blocking the loop ([`start_circuit_to`]).
 pub struct PendingCirc {
     stage: Stage,
@@ -140,9 +95,11 @@ enum Stage {
     Done,
 }
 
-/// [`circuit_to`] without waiting: the path is chosen, the channel to the guard opened (an
-/// open one is shared) and the circuit built, all driven by the client's loop;
-/// [`poll_circuit`] tells when it is done.
+/// An onion-service circuit to relay `last` (vanguards-lite, proposal 333 §1: `G -> L2 ->
+/// M -> last`, 4 hops, through the client's guard and one of its layer-2 vanguards, since
+/// the target was chosen by someone else or is published) without waiting: the path is
+/// chosen, the channel to the guard opened (an open one is shared) and the circuit built, all
+/// driven by the client's loop; [`poll_circuit`] tells when it is done.
 pub fn start_circuit_to(
     client: &mut Client,
     dir: &Directory,
@@ -250,30 +207,6 @@ pub fn abandon(client: &mut Client, p: PendingCirc) {
         Stage::Circ(c) => client.destroy(c),
         Stage::Done => {}
     }
-}
-
-/// One HTTP exchange with the last hop's directory service over a BEGIN_DIR stream of
-/// circuit `c`, which is destroyed afterwards whatever happens: `request` out, the response
-/// (at most `max` bytes) in; anything but 200 is an error.
-pub fn dir_exchange(
-    client: &mut Client,
-    c: usize,
-    request: &[u8],
-    max: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, String> {
-    client.set_purpose(c, Purpose::HsDir);
-    let r = (|| {
-        let s = client.begin(c, Target::Dir, deadline)?;
-        let raw = client.fetch(c, s, request, max, deadline, |_| {})?;
-        let resp = http::parse_response(&raw, true).map_err(|e| e.to_string())?;
-        match resp.status {
-            200 => Ok(resp.body),
-            _ => Err(format!("HTTP {}", resp.status_text())),
-        }
-    })();
-    client.destroy(c);
-    r
 }
 
 /// Send `msg` to the last hop of circuit `c` (an onion-service message to an HSDir,

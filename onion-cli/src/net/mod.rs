@@ -35,7 +35,6 @@ pub mod guards;
 pub mod hsnet;
 pub mod http;
 pub mod link;
-pub mod onion;
 pub mod path;
 pub mod pipe;
 pub mod private;
