@@ -69,8 +69,14 @@ fn a_streams_circuit_names_its_relays_and_the_exits_congestion_control() {
             .map(|h| h.nickname.as_deref().unwrap())
             .collect();
         assert_eq!(view.path_string(), names.join(" -> "));
-        // The second stream shares the circuit.
+        // The second stream shares the circuit; a stream of another isolation token gets
+        // another circuit, with another number.
         assert_eq!(c.stream_circuit(b), Some(view.clone()));
+        let other = c.connect("echo", 80, Isolation(9), net.now).unwrap();
+        net.run(&mut c);
+        assert!(opened(&net, other));
+        let other_view = c.stream_circuit(other).unwrap();
+        assert_ne!(other_view.circuit, view.circuit);
         // Congestion control on the exit only when configured (the exits offer it), with
         // the consensus default sendme_inc and a window in slow start.
         match (cc, view.congestion_control) {
