@@ -90,9 +90,9 @@
 
 mod client;
 pub mod dir;
-pub mod hs;
-pub mod guards;
 mod error;
+pub mod guards;
+pub mod hs;
 pub mod predict;
 pub mod timeout;
 
