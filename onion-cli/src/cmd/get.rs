@@ -377,13 +377,10 @@ fn print_response(raw: &[u8]) -> Result<(), String> {
 /// for exit paths (proposal 324 §6.5) and the relays listing `FlowCtrl=2` and `Relay=4`.
 /// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
 pub(crate) fn client_cc(dir: &Directory) -> Option<ClientCc> {
-    use onion_dir::ccparams::{CcParams, CcPath};
-    let p = CcParams::from_net_params(&dir.net_params());
-    if !p.enabled() {
+    let Some(config) = dir.congestion_control(onion_dir::ccparams::CcPath::Exit) else {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
         return None;
-    }
-    let config = cc_config(&p, CcPath::Exit);
+    };
     let exits = dir
         .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
         .collect();
@@ -395,43 +392,11 @@ pub(crate) fn client_cc(dir: &Directory) -> Option<ClientCc> {
 /// `hs_circ_setup_congestion_control`. `None`, with a note, when the consensus runs fixed
 /// windows (`cc_alg=0`).
 pub(crate) fn onion_cc(dir: &Directory) -> Option<onion_circuit::cc::CcConfig> {
-    use onion_dir::ccparams::{CcParams, CcPath};
-    let p = CcParams::from_net_params(&dir.net_params());
-    if !p.enabled() {
+    let config = dir.congestion_control(onion_dir::ccparams::CcPath::Onion);
+    if config.is_none() {
         eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
-        return None;
     }
-    Some(cc_config(&p, CcPath::Onion))
-}
-
-/// The congestion-control configuration for one kind of path from the consensus values.
-fn cc_config(
-    p: &onion_dir::ccparams::CcParams,
-    path: onion_dir::ccparams::CcPath,
-) -> onion_circuit::cc::CcConfig {
-    let v = p.vegas(path);
-    onion_circuit::cc::CcConfig {
-        sendme_inc: p.sendme_inc,
-        cwnd_init: p.cwnd_init,
-        cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
-        cwnd_inc: p.cwnd_inc,
-        cwnd_inc_rate: p.cwnd_inc_rate,
-        cwnd_min: p.cwnd_min,
-        cwnd_max: p.cwnd_max,
-        rtt_reset_pct: p.rtt_reset_pct,
-        ewma_cwnd_pct: p.ewma_cwnd_pct,
-        ewma_max: p.ewma_max,
-        ewma_ss: p.ewma_ss,
-        alpha: v.alpha,
-        beta: v.beta,
-        gamma: v.gamma,
-        delta: v.delta,
-        ss_cwnd_cap: v.ss_cwnd_cap,
-        ss_cwnd_max: v.ss_cwnd_max,
-        cwnd_full_gap: v.cwnd_full_gap,
-        cwnd_full_minpct: v.cwnd_full_minpct,
-        cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-    }
+    config
 }
 
 /// One line on the exit hop's congestion control: whether it was negotiated and its state.

@@ -197,39 +197,6 @@ pub(crate) fn exit_allows(dir: Option<&Directory>, exit: Option<RsaIdentity>, po
         .is_some_and(|r| r.policy.allows(ExitTarget::Port(port)))
 }
 
-/// Congestion control for exit circuits from the consensus (proposal 324 §6.5): the Vegas
-/// parameters for exit paths, or `None` when the consensus runs fixed windows (`cc_alg=0`).
-pub(crate) fn exit_cc(dir: &Directory) -> Option<onion_circuit::cc::CcConfig> {
-    use onion_dir::ccparams::{CcParams, CcPath};
-    let p = CcParams::from_net_params(&dir.net_params());
-    if !p.enabled() {
-        return None;
-    }
-    let v = p.vegas(CcPath::Exit);
-    Some(onion_circuit::cc::CcConfig {
-        sendme_inc: p.sendme_inc,
-        cwnd_init: p.cwnd_init,
-        cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
-        cwnd_inc: p.cwnd_inc,
-        cwnd_inc_rate: p.cwnd_inc_rate,
-        cwnd_min: p.cwnd_min,
-        cwnd_max: p.cwnd_max,
-        rtt_reset_pct: p.rtt_reset_pct,
-        ewma_cwnd_pct: p.ewma_cwnd_pct,
-        ewma_max: p.ewma_max,
-        ewma_ss: p.ewma_ss,
-        alpha: v.alpha,
-        beta: v.beta,
-        gamma: v.gamma,
-        delta: v.delta,
-        ss_cwnd_cap: v.ss_cwnd_cap,
-        ss_cwnd_max: v.ss_cwnd_max,
-        cwnd_full_gap: v.cwnd_full_gap,
-        cwnd_full_minpct: v.cwnd_full_minpct,
-        cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-    })
-}
-
 /// Whether the relay `id` offers congestion control: `FlowCtrl=2` and ntor-v3 (`Relay=4`) in
 /// its consensus `pr` line (proposal 324 §4).
 pub(crate) fn offers_cc(dir: &Directory, id: &RsaIdentity) -> bool {

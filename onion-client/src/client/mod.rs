@@ -224,7 +224,7 @@ impl Client {
     /// A new directory is in use: the guard module, the build-time parameters and the
     /// congestion-control parameters follow it.
     fn new_directory(&mut self, d: &Arc<Directory>) {
-        self.cc = circ::exit_cc(d);
+        self.cc = d.congestion_control(onion_dir::ccparams::CcPath::Exit);
         self.build_times.set_params(d.param_entries());
         let wall = self.wall_now();
         self.guards.on_directory(d, wall, &mut self.rng);

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
+use onion_circuit::cc::CcConfig;
 use onion_dir::authcert::{self, AuthCert};
+use onion_dir::ccparams::{CcParams, CcPath};
 use onion_dir::consensus::{self, Consensus, Flavor, Freshness, NetParams};
 use onion_dir::guard::guard_flags;
 use onion_dir::microdesc;
@@ -260,6 +262,40 @@ impl Directory {
         NetParams {
             entries: self.params.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
         }
+    }
+
+    /// Congestion control (proposal 324 §6.5) for circuits on paths of kind `path`, from the
+    /// consensus's `cc_*` parameters (the Vegas values of that path kind); `None` when the
+    /// consensus runs fixed windows (`cc_alg=0`). The one mapping from consensus values to
+    /// the circuit's configuration, for exit, onion-service and CLI circuits alike.
+    pub fn congestion_control(&self, path: CcPath) -> Option<CcConfig> {
+        let p = CcParams::from_net_params(&self.net_params());
+        if !p.enabled() {
+            return None;
+        }
+        let v = p.vegas(path);
+        Some(CcConfig {
+            sendme_inc: p.sendme_inc,
+            cwnd_init: p.cwnd_init,
+            cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
+            cwnd_inc: p.cwnd_inc,
+            cwnd_inc_rate: p.cwnd_inc_rate,
+            cwnd_min: p.cwnd_min,
+            cwnd_max: p.cwnd_max,
+            rtt_reset_pct: p.rtt_reset_pct,
+            ewma_cwnd_pct: p.ewma_cwnd_pct,
+            ewma_max: p.ewma_max,
+            ewma_ss: p.ewma_ss,
+            alpha: v.alpha,
+            beta: v.beta,
+            gamma: v.gamma,
+            delta: v.delta,
+            ss_cwnd_cap: v.ss_cwnd_cap,
+            ss_cwnd_max: v.ss_cwnd_max,
+            cwnd_full_gap: v.cwnd_full_gap,
+            cwnd_full_minpct: v.cwnd_full_minpct,
+            cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
+        })
     }
 
     /// The subprotocols the consensus lists for relay `id` (its `pr` line).

@@ -347,39 +347,10 @@ impl OnionCc {
     /// From the consensus parameters; `None` when the consensus runs fixed windows
     /// (`cc_alg=0`).
     pub fn from_directory(dir: &Directory) -> Option<OnionCc> {
-        use onion_dir::ccparams::{CcParams, CcPath};
-        let p = CcParams::from_net_params(&dir.net_params());
-        if !p.enabled() {
-            return None;
-        }
-        let config = |path: CcPath| {
-            let v = p.vegas(path);
-            CcConfig {
-                sendme_inc: p.sendme_inc,
-                cwnd_init: p.cwnd_init,
-                cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
-                cwnd_inc: p.cwnd_inc,
-                cwnd_inc_rate: p.cwnd_inc_rate,
-                cwnd_min: p.cwnd_min,
-                cwnd_max: p.cwnd_max,
-                rtt_reset_pct: p.rtt_reset_pct,
-                ewma_cwnd_pct: p.ewma_cwnd_pct,
-                ewma_max: p.ewma_max,
-                ewma_ss: p.ewma_ss,
-                alpha: v.alpha,
-                beta: v.beta,
-                gamma: v.gamma,
-                delta: v.delta,
-                ss_cwnd_cap: v.ss_cwnd_cap,
-                ss_cwnd_max: v.ss_cwnd_max,
-                cwnd_full_gap: v.cwnd_full_gap,
-                cwnd_full_minpct: v.cwnd_full_minpct,
-                cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-            }
-        };
+        use onion_dir::ccparams::CcPath;
         Some(OnionCc {
-            onion: config(CcPath::Onion),
-            single_onion: config(CcPath::Exit),
+            onion: dir.congestion_control(CcPath::Onion)?,
+            single_onion: dir.congestion_control(CcPath::Exit)?,
         })
     }
 
