@@ -413,7 +413,11 @@ impl Proxy {
             while !c.blocked {
                 match client.read(stream, &mut buf, now) {
                     Ok(None) => break,
-                    Ok(Some(0)) | Err(_) => return self.finish(client, id, now),
+                    Ok(Some(0)) => return self.finish(client, id, now),
+                    Err(e) => {
+                        eprintln!("onion: {}", stream_loss(&e));
+                        return self.finish(client, id, now);
+                    }
                     Ok(Some(n)) => {
                         c.pipe.push(&buf[..n]);
                         c.blocked = next_blocked(false, c.pipe.queued());
@@ -460,6 +464,19 @@ impl Proxy {
             c.pipe.push(&socks::reply(code));
             c.pipe.finish();
         }
+    }
+}
+
+/// Why an open stream ended before its end: `circuit lost: ...` when its circuit or channel
+/// went away (DESTROY, a closed channel, a circuit-level failure), which is what a user
+/// watching a download fail needs to know; otherwise the stream's own end.
+fn stream_loss(e: &onion_client::Error) -> String {
+    use onion_cell::relaymsg::EndReason;
+    use onion_client::Error as E;
+    match e {
+        E::StreamEnded(r) if *r == EndReason::DESTROY => format!("circuit lost: {e}"),
+        E::Channel(_) | E::Circuit(_) | E::Violation(_) => format!("circuit lost: {e}"),
+        _ => format!("SOCKS stream ended: {e}"),
     }
 }
 
