@@ -1,5 +1,5 @@
 #![no_main]
-//! The `onion` binary's own parsers of untrusted input: SOCKS5 greetings and requests from
+//! The `onion` binary's own parsers of untrusted input: SOCKS5 greetings, username/password and requests from
 //! local applications (`onion socks`), HTTP responses from exits, directory caches and
 //! onion services, and URLs (`onion get`). The modules are included from `onion-cli`'s
 //! sources (a binary crate has no library to depend on); they use only `std`.
@@ -10,11 +10,17 @@ mod http;
 #[allow(dead_code)]
 #[path = "../../onion-cli/src/net/socks.rs"]
 mod socks;
+#[allow(dead_code)]
+#[path = "../../onion-cli/src/net/text.rs"]
+mod text;
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Some(n)) = socks::parse_greeting(data) {
+    if let Ok(Some((n, _))) = socks::parse_greeting_method(data) {
+        assert!(n <= data.len());
+    }
+    if let Ok(Some((n, _))) = socks::parse_user_pass(data) {
         assert!(n <= data.len());
     }
     if let Ok(Some((n, t))) = socks::parse_request(data) {
