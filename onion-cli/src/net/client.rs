@@ -20,7 +20,7 @@ use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::time::Duration;
 
 use onion_cell::chancell::DestroyReason;
-use onion_cell::relaymsg::{BeginFlags, EndReason, RelayMsg};
+use onion_cell::relaymsg::{BeginFlags, EndReason};
 use onion_cell::CircId;
 use onion_circuit::channel::{ChanEvent, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
@@ -34,76 +34,9 @@ use super::link::Link;
 use super::tls::TlsLink;
 use super::Clock;
 
-/// What a circuit is for: which onion-service messages (rend-spec-v3 §3) it may receive.
-///
-/// Each onion-service message has one place in the protocol: INTRODUCE_ACK answers our
-/// INTRODUCE1 at a client's introduction point, RENDEZVOUS_ESTABLISHED and RENDEZVOUS2 come
-/// from a client's rendezvous point, INTRO_ESTABLISHED and INTRODUCE2 from a service's
-/// introduction point. Anywhere else (another purpose, a hop other than the last) it is a
-/// protocol violation, as C tor treats a relay command its circuit's purpose does not
-/// expect: the circuit is closed ([`msg_verdict`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// An exit or directory circuit: no onion-service message.
-    General,
-    /// To an HSDir (descriptor fetch or upload over BEGIN_DIR): none either.
-    HsDir,
-    /// A client's circuit to an introduction point, after INTRODUCE1: INTRODUCE_ACK.
-    ClientIntro,
-    /// A client's circuit to its rendezvous point, after ESTABLISH_RENDEZVOUS:
-    /// RENDEZVOUS_ESTABLISHED and RENDEZVOUS2.
-    ClientRend,
-    /// A service's circuit to its introduction point, after ESTABLISH_INTRO:
-    /// INTRO_ESTABLISHED and INTRODUCE2.
-    ServiceIntro,
-    /// A service's circuit to a client's rendezvous point, after RENDEZVOUS1: none (streams
-    /// only).
-    ServiceRend,
-}
-
-/// What to do with a relay message a circuit handed up ([`CircEvent::Msg`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Queue it for the circuit's owner.
-    Accept,
-    /// Drop it: not an onion-service message, and nothing here waits for it (tor-spec §6.1:
-    /// a recognised cell that is not understood is dropped).
-    Ignore,
-    /// Close the circuit (DESTROY, reason PROTOCOL): the message may not come from there.
-    Violation(&'static str),
-}
-
-/// Whether circuit purpose `purpose` may receive `msg` from hop `hop` (0-based) of its
-/// `n_hops` hops on stream `stream`: onion-service messages only from the last hop, on
-/// stream 0, and only those the purpose expects (rend-spec-v3 §3.1.2, §3.2.2, §3.3, §4.2).
-pub fn msg_verdict(
-    purpose: Purpose,
-    hop: usize,
-    n_hops: usize,
-    stream: u16,
-    msg: &RelayMsg<'_>,
-) -> Verdict {
-    use RelayMsg as M;
-    let expected = match msg {
-        M::IntroduceAck(_) => purpose == Purpose::ClientIntro,
-        M::RendezvousEstablished | M::Rendezvous2(_) => purpose == Purpose::ClientRend,
-        M::IntroEstablished(_) | M::Introduce2(_) => purpose == Purpose::ServiceIntro,
-        // Messages only a relay (introduction or rendezvous point) may receive.
-        M::EstablishIntro(_) | M::EstablishRendezvous(_) | M::Introduce1(_) | M::Rendezvous1(_) => {
-            return Verdict::Violation("a message only relays receive")
-        }
-        _ => return Verdict::Ignore,
-    };
-    if !expected {
-        Verdict::Violation("an onion-service message this circuit's purpose does not expect")
-    } else if hop + 1 != n_hops {
-        Verdict::Violation("an onion-service message from a hop other than the last")
-    } else if stream != 0 {
-        Verdict::Violation("an onion-service message on a stream")
-    } else {
-        Verdict::Accept
-    }
-}
+// What a circuit is for and which onion-service messages it may receive: the one definition
+// is onion-client's, shared with the Client.
+pub use onion_client::{msg_verdict, Purpose, Verdict};
 
 /// How many events may wait in one circuit's queue for its owner. Data is bounded by the
 /// windows (1000 cells per circuit, tor-spec §7.3) and the rest by the streams, so a longer
@@ -1210,6 +1143,7 @@ pub fn end_reason(r: EndReason) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use onion_cell::relaymsg::RelayMsg;
     use onion_cell::RelayCmd;
 
     fn msg(cmd: RelayCmd, body: &[u8]) -> RelayMsg<'_> {
