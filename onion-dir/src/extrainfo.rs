@@ -24,9 +24,7 @@ use onion_crypto::cert::{CertType, UncheckedEd25519Cert, UnixTime};
 use crate::encode::base64_fixed;
 use crate::error::{ErrorKind, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, RsaIdentity};
-use crate::netdoc::{
-    is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
-};
+use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::sig::RsaKey;
 use crate::time::Timestamp;
 
@@ -77,36 +75,7 @@ pub const MAX_DOCUMENTS: usize = 200_000;
 /// Parse concatenated extra-info documents (`@` annotation lines allowed, as in C tor's
 /// `cached-extrainfo` files).
 pub fn parse_many(text: &str) -> Result<Vec<UnverifiedExtraInfo<'_>>, ParseError> {
-    let mut out = Vec::new();
-    let mut cur: Vec<Item<'_>> = Vec::new();
-    for it in Tokenizer::new(text, Limits::LARGE)? {
-        let it = it?;
-        if it.keyword.starts_with('@') {
-            if let Some(f) = cur.first() {
-                return Err(f.err(ErrorKind::MissingItem("router-signature")));
-            }
-            continue;
-        }
-        if cur.is_empty() && it.keyword != "extra-info" {
-            return Err(it.err(ErrorKind::MissingItem("extra-info")));
-        }
-        let last = it.keyword == "router-signature";
-        if is_known(RULES, it.keyword) {
-            cur.push(it);
-        }
-        if last {
-            if out.len() >= MAX_DOCUMENTS {
-                return Err(it.err(ErrorKind::TooManyItems {
-                    limit: MAX_DOCUMENTS,
-                }));
-            }
-            out.push(one(text, std::mem::take(&mut cur))?);
-        }
-    }
-    if let Some(f) = cur.first() {
-        return Err(f.err(ErrorKind::MissingItem("router-signature")));
-    }
-    Ok(out)
+    split_signed_documents(text, "extra-info", RULES, MAX_DOCUMENTS, one)
 }
 
 impl<'a> UnverifiedExtraInfo<'a> {

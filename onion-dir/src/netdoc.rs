@@ -386,6 +386,49 @@ pub fn is_known(rules: &[Rule], kw: &str) -> bool {
     rules.iter().any(|r| r.keyword == kw)
 }
 
+/// Split `text` into relay documents that begin with `first` and end with `router-signature`
+/// (server descriptors and extra-info documents, dir-spec §2.1.1–§2.1.2), as C tor's
+/// `cached-descriptors` / `cached-extrainfo` files hold them: `@` annotation lines between
+/// documents are skipped, items no rule of `rules` names are dropped (a flood of unknown items
+/// costs no memory), each document's items go to `one`, and more than `max` documents is an
+/// error.
+pub fn split_signed_documents<'a, T>(
+    text: &'a str,
+    first: &'static str,
+    rules: &[Rule],
+    max: usize,
+    mut one: impl FnMut(&'a str, Vec<Item<'a>>) -> Result<T, ParseError>,
+) -> Result<Vec<T>, ParseError> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Item<'a>> = Vec::new();
+    for it in Tokenizer::new(text, Limits::LARGE)? {
+        let it = it?;
+        if it.keyword.starts_with('@') {
+            if let Some(f) = cur.first() {
+                return Err(f.err(ErrorKind::MissingItem("router-signature")));
+            }
+            continue;
+        }
+        if cur.is_empty() && it.keyword != first {
+            return Err(it.err(ErrorKind::MissingItem(first)));
+        }
+        let last = it.keyword == "router-signature";
+        if is_known(rules, it.keyword) {
+            cur.push(it);
+        }
+        if last {
+            if out.len() >= max {
+                return Err(it.err(ErrorKind::TooManyItems { limit: max }));
+            }
+            out.push(one(text, std::mem::take(&mut cur))?);
+        }
+    }
+    if let Some(f) = cur.first() {
+        return Err(f.err(ErrorKind::MissingItem("router-signature")));
+    }
+    Ok(out)
+}
+
 /// The items of one section, checked against a rule table. Unknown keywords are
 /// kept (and ignored by the callers), as dir-spec §1.2 requires for extensibility.
 #[derive(Debug)]

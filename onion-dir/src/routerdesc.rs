@@ -28,9 +28,7 @@ use crate::encode::{base64_fixed, hex_fixed};
 use crate::error::{ErrorKind, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, Protocols, RsaIdentity};
 use crate::microdesc::Family;
-use crate::netdoc::{
-    is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
-};
+use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::policy::{ExitPolicy, PolicyRule, PolicySummary};
 use crate::sig::RsaKey;
 use crate::time::Timestamp;
@@ -168,36 +166,7 @@ const MAX_POLICY_RULES: usize = 4096;
 /// Parse concatenated descriptors (`@` annotation lines allowed, as in tor's
 /// `cached-descriptors` files).
 pub fn parse_many(text: &str) -> Result<Vec<UnverifiedRouterDesc<'_>>, ParseError> {
-    let mut out = Vec::new();
-    let mut cur: Vec<Item<'_>> = Vec::new();
-    for it in Tokenizer::new(text, Limits::LARGE)? {
-        let it = it?;
-        if it.keyword.starts_with('@') {
-            if let Some(f) = cur.first() {
-                return Err(f.err(ErrorKind::MissingItem("router-signature")));
-            }
-            continue;
-        }
-        if cur.is_empty() && it.keyword != "router" {
-            return Err(it.err(ErrorKind::MissingItem("router")));
-        }
-        let last = it.keyword == "router-signature";
-        if is_known(RULES, it.keyword) {
-            cur.push(it);
-        }
-        if last {
-            if out.len() >= MAX_DESCRIPTORS {
-                return Err(it.err(ErrorKind::TooManyItems {
-                    limit: MAX_DESCRIPTORS,
-                }));
-            }
-            out.push(one(text, std::mem::take(&mut cur))?);
-        }
-    }
-    if let Some(f) = cur.first() {
-        return Err(f.err(ErrorKind::MissingItem("router-signature")));
-    }
-    Ok(out)
+    split_signed_documents(text, "router", RULES, MAX_DESCRIPTORS, one)
 }
 
 impl<'a> UnverifiedRouterDesc<'a> {
