@@ -145,6 +145,10 @@ pub struct CcReport {
     pub downloads: Vec<Download>,
     /// The largest bottleneck queue seen (bytes).
     pub max_queue: u64,
+    /// The largest backlog of the bottleneck link itself (bytes on the link not yet
+    /// transmitted plus the middle relay's channel buffer): the bounded queue, never above
+    /// [`Experiment::queue_limit`].
+    pub max_link_queue: u64,
     /// The bottleneck queue's mean over the first download (bytes, sampled).
     pub mean_queue: u64,
     /// The trace, one sample per [`Experiment::sample_every`].
@@ -223,10 +227,12 @@ impl CcReport {
             self.cells_per_rtt()
         );
         out += &format!(
-            "  bottleneck queue: max {} KiB ({:.1} ms), mean {} KiB\n",
+            "  bottleneck queue: max {} KiB ({:.1} ms), mean {} KiB; link queue max {} B (bound {} B)\n",
             self.max_queue / 1024,
             self.max_queue as f64 / c.bottleneck as f64 * 1e3,
             self.mean_queue / 1024,
+            self.max_link_queue,
+            c.queue_limit,
         );
         if let Some([a, b]) = self.overlap {
             out += &format!(
@@ -456,6 +462,7 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
     let mut dropped = 0;
     let mut next_sample = Instant::ZERO;
     let (mut max_queue, mut queue_sum, mut queue_n) = (0u64, 0u128, 0u64);
+    let mut max_link_queue = 0u64;
     let mut max_cwnd = [0u64; 2];
     // The exit's circuits in the order they appeared: the first client's, then the second's.
     let mut exit_circs: Vec<usize> = Vec::new();
@@ -472,8 +479,10 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
                 return Err(SimError::Circuit(why.to_owned()));
             }
         }
-        let queue = net.queue_toward(middle, Node::Relay(guard)).total();
+        let lq = net.queue_toward(middle, Node::Relay(guard));
+        let queue = lq.total();
         max_queue = max_queue.max(queue);
+        max_link_queue = max_link_queue.max(lq.link + lq.channel);
         let mut first = None;
         for (i, c) in net.relay_circuits(exit) {
             let k = match exit_circs.iter().position(|&x| x == i) {
@@ -566,6 +575,7 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
         config: cfg,
         downloads,
         max_queue,
+        max_link_queue,
         trace,
         trace_dropped: dropped,
         overlap,

@@ -21,10 +21,19 @@ fn run(rtt_ms: u64, mib: u64, congestion_control: bool) -> CcReport {
     .expect("the download completes intact")
 }
 
-/// The bottleneck's queue (link, channel and circuit queues at the middle relay) stays
-/// within the link's bound plus what Vegas aims to keep queued (beta, 248 cells) and one
-/// window's growth: it never grows with the transfer.
+/// The bottleneck link's own queue (its untransmitted bytes and the middle relay's channel
+/// buffer) never exceeds its bound, not even by part of a cell: a full link holds the cells
+/// in the relay's circuit queues. All that waits at the bottleneck (link, channel and
+/// circuit queues) stays within the link's bound plus what Vegas aims to keep queued (beta,
+/// 248 cells) and one window's growth: it never grows with the transfer.
 fn assert_queue_bounded(r: &CcReport) {
+    assert!(
+        r.max_link_queue <= r.config.queue_limit as u64,
+        "link queue {} > bound {}\n{}",
+        r.max_link_queue,
+        r.config.queue_limit,
+        r.summary()
+    );
     let bound = r.config.queue_limit as u64 + 2 * 248 * 514;
     assert!(
         r.max_queue <= bound,

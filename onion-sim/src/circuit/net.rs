@@ -568,8 +568,11 @@ pub(crate) fn wall(now: Instant) -> SystemTime {
 }
 
 /// How many cells a relay may move onto channel `slot` now: unlimited on a link without a
-/// queue bound; else a round-robin share, or none once the link's queue and the channel's
-/// buffer reach the bound (the link is then marked blocked until it has half drained).
+/// queue bound; else a round-robin share of the whole cells that still fit under the bound
+/// (the link's untransmitted bytes plus the channel's buffer), or none once not one more
+/// cell fits: the link is then marked blocked until it has half drained. A full link
+/// holds: the relay drops nothing, the cells wait in its circuit queues (the circuits'
+/// windows bound those), as a TCP socket that refuses a write makes C tor's cells wait.
 fn allowance(links: &mut [Link], slot: &ChanSlot, now: Instant) -> usize {
     let (li, side) = slot.link;
     let Some(l) = links.get_mut(li) else {
@@ -583,12 +586,15 @@ fn allowance(links: &mut [Link], slot: &ChanSlot, now: Instant) -> usize {
         return 0;
     }
     let queued = l.backlog(side, now) + slot.chan.outbound_len() as u64;
-    if queued >= limit {
+    // Whole cells only: a cell that would cross the bound waits.
+    let fit = limit.saturating_sub(queued) / CELL_WIRE_LEN;
+    if fit == 0 {
         l.blocked[side] = true;
         return 0;
     }
-    let fit = usize::try_from((limit - queued).div_ceil(CELL_WIRE_LEN)).unwrap_or(usize::MAX);
-    fit.min(ROUND_ROBIN_CELLS)
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .min(ROUND_ROBIN_CELLS)
 }
 
 fn node_of(w: Who) -> Node {
