@@ -10,8 +10,9 @@ use std::io::Read;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use onion_dir::consensus;
 use onion_dir::microdesc;
-use onion_dir::netview::{ExitTarget, NetView};
-use onion_dir::path::{ExitRequest, PathOptions, PathSelector};
+use onion_dir::netview::NetView;
+use onion_dir::policy::ExitTarget;
+use onion_dir::select::path::{ExitRequest, PathOptions, PathSelector};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 

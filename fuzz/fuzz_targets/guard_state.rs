@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use onion_dir::guard::{GuardMgr, GuardParams};
+use onion_dir::select::guard::{GuardMgr, GuardParams};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -993,3 +993,136 @@ impl<'a> Parser<'a> {
         }
     }
 }
+
+/// The `bandwidth-weights` of a consensus (dir-spec §3.4.1 footer, path-spec §2.2), with the
+/// `bwweightscale` they are expressed in.
+///
+/// Missing or malformed weights take the value 10000 (path-spec §2.2); negative ones are
+/// treated as 0.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(missing_docs)] // the field names are the spec's keywords, documented on the type.
+pub struct BandwidthWeights {
+    pub wgg: u32,
+    pub wgm: u32,
+    pub wgd: u32,
+    pub wmg: u32,
+    pub wmm: u32,
+    pub wme: u32,
+    pub wmd: u32,
+    pub weg: u32,
+    pub wem: u32,
+    pub wee: u32,
+    pub wed: u32,
+    pub wgb: u32,
+    pub wmb: u32,
+    pub web: u32,
+    pub wdb: u32,
+    pub wbg: u32,
+    pub wbm: u32,
+    pub wbe: u32,
+    pub wbd: u32,
+    /// The `bwweightscale` consensus parameter (param-spec; default 10000, at least 1).
+    pub scale: u32,
+}
+
+impl Default for BandwidthWeights {
+    fn default() -> Self {
+        Self::uniform(10000)
+    }
+}
+
+impl BandwidthWeights {
+    /// Every weight equal to `scale`: plain bandwidth weighting.
+    pub fn uniform(scale: u32) -> Self {
+        let w = scale.max(1);
+        Self {
+            wgg: w,
+            wgm: w,
+            wgd: w,
+            wmg: w,
+            wmm: w,
+            wme: w,
+            wmd: w,
+            weg: w,
+            wem: w,
+            wee: w,
+            wed: w,
+            wgb: w,
+            wmb: w,
+            web: w,
+            wdb: w,
+            wbg: w,
+            wbm: w,
+            wbe: w,
+            wbd: w,
+            scale: w,
+        }
+    }
+
+    /// Build from the `Key=Value` pairs of a `bandwidth-weights` line and the `bwweightscale`
+    /// parameter (`None` for the default 10000). Unknown keys are ignored.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, i64)>,
+        bwweightscale: Option<i64>,
+    ) -> Self {
+        let scale = bwweightscale
+            .filter(|s| (1..=i64::from(i32::MAX)).contains(s))
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(10000);
+        let mut w = Self::uniform(10000);
+        w.scale = scale;
+        for (k, v) in pairs {
+            let v = u32::try_from(v.clamp(0, i64::from(i32::MAX))).unwrap_or(0);
+            let slot = match k {
+                "Wgg" => &mut w.wgg,
+                "Wgm" => &mut w.wgm,
+                "Wgd" => &mut w.wgd,
+                "Wmg" => &mut w.wmg,
+                "Wmm" => &mut w.wmm,
+                "Wme" => &mut w.wme,
+                "Wmd" => &mut w.wmd,
+                "Weg" => &mut w.weg,
+                "Wem" => &mut w.wem,
+                "Wee" => &mut w.wee,
+                "Wed" => &mut w.wed,
+                "Wgb" => &mut w.wgb,
+                "Wmb" => &mut w.wmb,
+                "Web" => &mut w.web,
+                "Wdb" => &mut w.wdb,
+                "Wbg" => &mut w.wbg,
+                "Wbm" => &mut w.wbm,
+                "Wbe" => &mut w.wbe,
+                "Wbd" => &mut w.wbd,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        w
+    }
+
+    /// Parse the text after `bandwidth-weights` (`Wbd=0 Wbe=0 ...`). Malformed pairs are
+    /// skipped, so their weights keep the default (path-spec §2.2).
+    pub fn parse_line(line: &str, bwweightscale: Option<i64>) -> Self {
+        Self::from_pairs(
+            line.split_ascii_whitespace().filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k, v.parse::<i64>().ok()?))
+            }),
+            bwweightscale,
+        )
+    }
+}
+
+impl Consensus<'_> {
+    /// The footer's `bandwidth-weights` in the scale of the `bwweightscale` parameter
+    /// (dir-spec §3.4.1, param-spec), ready for weighted relay choice.
+    pub fn weights(&self) -> BandwidthWeights {
+        BandwidthWeights::from_pairs(
+            self.bandwidth_weights
+                .entries
+                .iter()
+                .map(|(k, v)| (*k, i64::from(*v))),
+            self.params.get("bwweightscale").map(i64::from),
+        )
+    }
+}

@@ -19,6 +19,10 @@
 //! | §4.3, §5, §6 directory HTTP requests and responses | [`http`] |
 //! | proposal 324 §6.5 congestion-control parameters of `params` | [`ccparams`] |
 //!
+//! Relay choice (path-spec, guard-spec): [`netview`] prepares relays, weights, families and
+//! subnets for weighted choice (path-spec §2.2, §5.1); [`select`] chooses paths (path-spec
+//! §2.2), entry guards (guard-spec §4) and vanguards (proposal 333).
+//!
 //! Parsed documents borrow from their text. Signed documents come out of the
 //! parser as `Unverified*` types; only verification (or an explicit
 //! `assume_verified`) yields the usable type:
@@ -32,10 +36,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod guard;
 pub mod netview;
-pub mod path;
-pub mod vanguards;
+pub mod select;
 
 pub mod authcert;
 pub mod ccparams;

@@ -23,15 +23,15 @@
 //! constructors in this crate's document modules).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use rand_core::CryptoRngCore;
 
-use crate::consensus::{Consensus, RouterStatus};
+use crate::consensus::{BandwidthWeights, Consensus, RouterStatus};
 use crate::ids::{Ed25519Identity, MdDigest};
 pub use crate::ids::{RelayFlags, RsaIdentity};
 use crate::microdesc::Microdesc;
-use crate::policy::{AddrPattern, ExitPolicy, PolicySummary, PortRange};
+use crate::policy::{PortSet, RelayPolicy};
 use crate::routerdesc::RouterDesc;
 
 /// The most relays a view accepts. Ten times today's network is about 70,000; this bound
@@ -52,231 +52,6 @@ const _: () = assert!(MAX_FAMILY_ENTRIES <= u16::MAX as usize);
 
 /// The most exit policy rules kept per relay in full-descriptor mode.
 pub const MAX_POLICY_RULES: usize = 4096;
-
-/// A set of ports as sorted, disjoint, non-adjacent inclusive ranges.
-///
-/// This is the form of a microdescriptor's `p`/`p6` policy summary (dir-spec §3.3 "p"), after
-/// turning a `reject` list into the complementary `accept` list.
-#[derive(Clone, PartialEq, Eq, Default, Debug)]
-pub struct PortSet {
-    ranges: Vec<(u16, u16)>,
-}
-
-impl PortSet {
-    /// No port.
-    pub fn none() -> Self {
-        Self { ranges: Vec::new() }
-    }
-
-    /// Every port 1-65535.
-    pub fn all() -> Self {
-        Self {
-            ranges: vec![(1, 65535)],
-        }
-    }
-
-    /// The set made of the given inclusive ranges (in any order, possibly overlapping; a range
-    /// with `lo > hi` is ignored).
-    pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
-        let mut v: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
-        v.sort_unstable();
-        let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
-        for (lo, hi) in v {
-            match out.last_mut() {
-                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => {
-                    last.1 = last.1.max(hi);
-                }
-                _ => out.push((lo, hi)),
-            }
-        }
-        Self { ranges: out }
-    }
-
-    /// The ports of a policy summary: `accept` lists the allowed ports, `reject` the refused
-    /// ones (dir-spec §3.3 "p": the summary says what the relay does for "most addresses").
-    pub fn from_summary(accept: bool, ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
-        let listed = Self::from_ranges(ranges);
-        if accept {
-            listed
-        } else {
-            listed.complement()
-        }
-    }
-
-    /// The ports a parsed consensus or microdescriptor summary allows.
-    pub fn from_policy_summary(s: &PolicySummary) -> Self {
-        Self::from_summary(s.accept, s.ranges.iter().map(|r| (r.lo, r.hi)))
-    }
-
-    /// The ports in 1-65535 that are not in this set.
-    #[must_use]
-    pub fn complement(&self) -> Self {
-        let mut out = Vec::with_capacity(self.ranges.len() + 1);
-        let mut next: u32 = 1;
-        for &(lo, hi) in &self.ranges {
-            if u32::from(lo) > next {
-                out.push((next as u16, lo - 1));
-            }
-            next = u32::from(hi) + 1;
-        }
-        if next <= 65535 {
-            out.push((next as u16, 65535));
-        }
-        Self { ranges: out }
-    }
-
-    /// Whether `port` is in the set.
-    pub fn contains(&self, port: u16) -> bool {
-        let i = self.ranges.partition_point(|&(_, hi)| hi < port);
-        self.ranges.get(i).is_some_and(|&(lo, _)| lo <= port)
-    }
-
-    /// Whether the set is empty (the relay exits to no port).
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    /// The ranges, sorted and disjoint.
-    pub fn ranges(&self) -> &[(u16, u16)] {
-        &self.ranges
-    }
-}
-
-/// Whether an address pattern covers every address of one family (`v6` or IPv4).
-fn covers_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
-    match p {
-        AddrPattern::Any => !v6_only || v6,
-        AddrPattern::Any4 => !v6,
-        AddrPattern::Any6 => v6,
-        AddrPattern::V4(_, bits) => !v6 && *bits == 0,
-        AddrPattern::V6(_, bits) => v6 && *bits == 0,
-    }
-}
-
-/// Whether an address pattern covers some address of one family.
-fn touches_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
-    match p {
-        AddrPattern::Any => !v6_only || v6,
-        AddrPattern::Any4 | AddrPattern::V4(..) => !v6,
-        AddrPattern::Any6 | AddrPattern::V6(..) => v6,
-    }
-}
-
-/// What a relay lets a client exit to.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum RelayPolicy {
-    /// The microdescriptor summaries (dir-spec §3.3 "p" and "p6"): the ports the relay allows
-    /// to "most addresses", for IPv4 and IPv6. A missing `p6` is an empty set.
-    Summary {
-        /// Ports allowed to most IPv4 addresses.
-        v4: PortSet,
-        /// Ports allowed to most IPv6 addresses.
-        v6: PortSet,
-    },
-    /// A full policy from a server descriptor (dir-spec §2.1.3), first matching rule wins.
-    /// Needed on private networks whose exits allow only `127.0.0.0/8`, which a summary
-    /// cannot express. `ipv6_policy` is the descriptor's `ipv6-policy` summary, if any.
-    Full {
-        /// The descriptor's `accept`/`reject` rules, in order.
-        rules: ExitPolicy,
-        /// Ports allowed to most IPv6 addresses (dir-spec §2.1.1 "ipv6-policy").
-        ipv6_policy: PortSet,
-    },
-}
-
-impl Default for RelayPolicy {
-    fn default() -> Self {
-        RelayPolicy::Summary {
-            v4: PortSet::none(),
-            v6: PortSet::none(),
-        }
-    }
-}
-
-/// Where a client wants to exit to (path-spec §2.2.1).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ExitTarget {
-    /// A port at an address not yet known (a hostname): the relay must "might support" it.
-    Port(u16),
-    /// A known address and port.
-    Addr(IpAddr, u16),
-}
-
-impl RelayPolicy {
-    /// Whether the policy allows exiting to some port at all (path-spec §1.1: exits avoid
-    /// relays whose policy is "reject *:*").
-    pub fn allows_some_port(&self) -> bool {
-        match self {
-            RelayPolicy::Summary { v4, v6 } => !v4.is_empty() || !v6.is_empty(),
-            RelayPolicy::Full { rules, ipv6_policy } => {
-                if !ipv6_policy.is_empty() {
-                    return true;
-                }
-                for r in &rules.rules {
-                    if r.accept && touches_family(&r.addr, r.v6_only, false) {
-                        return true;
-                    }
-                    if !r.accept
-                        && covers_family(&r.addr, r.v6_only, false)
-                        && r.ports == PortRange::ALL
-                    {
-                        return false;
-                    }
-                }
-                // No rule matched everything: the implicit default accepts (dir-spec §2.1.3).
-                true
-            }
-        }
-    }
-
-    /// Whether the relay allows (or, for an unknown address, "might support") `target`
-    /// (path-spec §2.2.1).
-    pub fn allows(&self, target: ExitTarget) -> bool {
-        match (self, target) {
-            (RelayPolicy::Summary { v4, .. }, ExitTarget::Port(p)) => v4.contains(p),
-            (RelayPolicy::Summary { v4, v6 }, ExitTarget::Addr(a, p)) => {
-                if a.is_ipv6() {
-                    v6.contains(p)
-                } else {
-                    v4.contains(p)
-                }
-            }
-            (RelayPolicy::Full { rules, .. }, ExitTarget::Port(p)) => might_support(rules, p),
-            (RelayPolicy::Full { rules, ipv6_policy }, ExitTarget::Addr(a, p)) => {
-                if a.is_ipv6()
-                    && !rules
-                        .rules
-                        .iter()
-                        .any(|r| touches_family(&r.addr, r.v6_only, true))
-                {
-                    return ipv6_policy.contains(p);
-                }
-                rules.allows(a, p)
-            }
-        }
-    }
-}
-
-/// path-spec §2.2.1: with an unknown address, a relay "might support" a port if a clause that
-/// accepts some connections to that port precedes every clause rejecting all of them. With no
-/// matching clause the policy's implicit default is to accept (dir-spec §2.1.3).
-fn might_support(rules: &ExitPolicy, port: u16) -> bool {
-    if port == 0 {
-        return false;
-    }
-    for r in &rules.rules {
-        if !r.ports.contains(port) || !touches_family(&r.addr, r.v6_only, false) {
-            continue;
-        }
-        if r.accept {
-            return true;
-        }
-        if covers_family(&r.addr, r.v6_only, false) {
-            return false;
-        }
-    }
-    true
-}
 
 /// One relay as path selection sees it: identities, addresses, flags, consensus weight,
 /// declared family and exit policy.
@@ -333,124 +108,7 @@ impl Default for RelayRecord {
     }
 }
 
-/// The `bandwidth-weights` of a consensus (dir-spec §3.4.1 footer, path-spec §2.2), with the
-/// `bwweightscale` they are expressed in.
-///
-/// Missing or malformed weights take the value 10000 (path-spec §2.2); negative ones are
-/// treated as 0.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[allow(missing_docs)] // the field names are the spec's keywords, documented on the type.
-pub struct BandwidthWeights {
-    pub wgg: u32,
-    pub wgm: u32,
-    pub wgd: u32,
-    pub wmg: u32,
-    pub wmm: u32,
-    pub wme: u32,
-    pub wmd: u32,
-    pub weg: u32,
-    pub wem: u32,
-    pub wee: u32,
-    pub wed: u32,
-    pub wgb: u32,
-    pub wmb: u32,
-    pub web: u32,
-    pub wdb: u32,
-    pub wbg: u32,
-    pub wbm: u32,
-    pub wbe: u32,
-    pub wbd: u32,
-    /// The `bwweightscale` consensus parameter (param-spec; default 10000, at least 1).
-    pub scale: u32,
-}
-
-impl Default for BandwidthWeights {
-    fn default() -> Self {
-        Self::uniform(10000)
-    }
-}
-
 impl BandwidthWeights {
-    /// Every weight equal to `scale`: plain bandwidth weighting.
-    pub fn uniform(scale: u32) -> Self {
-        let w = scale.max(1);
-        Self {
-            wgg: w,
-            wgm: w,
-            wgd: w,
-            wmg: w,
-            wmm: w,
-            wme: w,
-            wmd: w,
-            weg: w,
-            wem: w,
-            wee: w,
-            wed: w,
-            wgb: w,
-            wmb: w,
-            web: w,
-            wdb: w,
-            wbg: w,
-            wbm: w,
-            wbe: w,
-            wbd: w,
-            scale: w,
-        }
-    }
-
-    /// Build from the `Key=Value` pairs of a `bandwidth-weights` line and the `bwweightscale`
-    /// parameter (`None` for the default 10000). Unknown keys are ignored.
-    pub fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, i64)>,
-        bwweightscale: Option<i64>,
-    ) -> Self {
-        let scale = bwweightscale
-            .filter(|s| (1..=i64::from(i32::MAX)).contains(s))
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(10000);
-        let mut w = Self::uniform(10000);
-        w.scale = scale;
-        for (k, v) in pairs {
-            let v = u32::try_from(v.clamp(0, i64::from(i32::MAX))).unwrap_or(0);
-            let slot = match k {
-                "Wgg" => &mut w.wgg,
-                "Wgm" => &mut w.wgm,
-                "Wgd" => &mut w.wgd,
-                "Wmg" => &mut w.wmg,
-                "Wmm" => &mut w.wmm,
-                "Wme" => &mut w.wme,
-                "Wmd" => &mut w.wmd,
-                "Weg" => &mut w.weg,
-                "Wem" => &mut w.wem,
-                "Wee" => &mut w.wee,
-                "Wed" => &mut w.wed,
-                "Wgb" => &mut w.wgb,
-                "Wmb" => &mut w.wmb,
-                "Web" => &mut w.web,
-                "Wdb" => &mut w.wdb,
-                "Wbg" => &mut w.wbg,
-                "Wbm" => &mut w.wbm,
-                "Wbe" => &mut w.wbe,
-                "Wbd" => &mut w.wbd,
-                _ => continue,
-            };
-            *slot = v;
-        }
-        w
-    }
-
-    /// Parse the text after `bandwidth-weights` (`Wbd=0 Wbe=0 ...`). Malformed pairs are
-    /// skipped, so their weights keep the default (path-spec §2.2).
-    pub fn parse_line(line: &str, bwweightscale: Option<i64>) -> Self {
-        Self::from_pairs(
-            line.split_ascii_whitespace().filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k, v.parse::<i64>().ok()?))
-            }),
-            bwweightscale,
-        )
-    }
-
     /// The weighted bandwidth of a relay with `flags` and `bandwidth` in `role`, following
     /// path-spec §2.2 and dir-spec §3.8.3: the weight class is Guard+Exit (`d`), Guard (`g`),
     /// Exit (`e`) or neither (`m`), where a `BadExit` relay counts as no exit; for middle and
@@ -974,17 +632,6 @@ impl NetView {
     }
 }
 
-/// The consensus `bandwidth-weights` and `bwweightscale` (dir-spec §3.4.1, param-spec).
-pub fn consensus_weights(cons: &Consensus<'_>) -> BandwidthWeights {
-    BandwidthWeights::from_pairs(
-        cons.bandwidth_weights
-            .entries
-            .iter()
-            .map(|(k, v)| (*k, i64::from(*v))),
-        cons.params.get("bwweightscale").map(i64::from),
-    )
-}
-
 /// The fingerprint members of a `family` line (dir-spec §2.1.1: `$HEX`, `$HEX=nick`,
 /// `$HEX~nick`; bare nicknames are ignored, as C tor does for path selection), at most
 /// one more than [`MAX_FAMILY_ENTRIES`] so that an overlong list is refused. Decoded here
@@ -1193,7 +840,7 @@ impl NetView {
                 ))
             })
             .collect();
-        Self::from_records(records, consensus_weights(cons))
+        Self::from_records(records, cons.weights())
     }
 
     /// The full-descriptor view: an `ns`-flavour consensus and the server descriptors we hold
@@ -1246,7 +893,7 @@ impl NetView {
                 ))
             })
             .collect();
-        Self::from_records(records, consensus_weights(cons))
+        Self::from_records(records, cons.weights())
     }
 
     /// A view of every relay of a consensus alone, without descriptors: no keys, no family,
@@ -1270,7 +917,7 @@ impl NetView {
                 r
             })
             .collect();
-        Self::from_records(records, consensus_weights(cons))
+        Self::from_records(records, cons.weights())
     }
 }
 
@@ -1288,60 +935,6 @@ fn role_eligible(role: WeightRole, h: &Hot) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn portset_summary_complement() {
-        let s = PortSet::from_summary(false, [(22, 25), (80, 80)]);
-        assert!(s.contains(1));
-        assert!(s.contains(21));
-        assert!(!s.contains(22));
-        assert!(!s.contains(25));
-        assert!(s.contains(26));
-        assert!(!s.contains(80));
-        assert!(s.contains(65535));
-        assert_eq!(s.ranges(), &[(1, 21), (26, 79), (81, 65535)]);
-        assert!(PortSet::from_summary(false, [(1, 65535)]).is_empty());
-        assert_eq!(
-            PortSet::from_ranges([(5, 9), (1, 4), (9, 12)]).ranges(),
-            &[(1, 12)]
-        );
-    }
-
-    #[test]
-    fn full_policy_might_support() {
-        let rules = |lines: &[(&str, &str)]| ExitPolicy {
-            rules: lines
-                .iter()
-                .map(|(k, v)| crate::policy::PolicyRule::parse(k, v).unwrap())
-                .collect(),
-        };
-        let p = RelayPolicy::Full {
-            rules: rules(&[("accept", "127.0.0.0/8:*"), ("reject", "*:*")]),
-            ipv6_policy: PortSet::none(),
-        };
-        assert!(p.allows_some_port());
-        assert!(p.allows(ExitTarget::Port(80)));
-        assert!(p.allows(ExitTarget::Addr("127.0.0.1".parse().unwrap(), 80)));
-        assert!(!p.allows(ExitTarget::Addr("8.8.8.8".parse().unwrap(), 80)));
-        assert!(!p.allows(ExitTarget::Addr("::1".parse().unwrap(), 80)));
-        let reject_all = RelayPolicy::Full {
-            rules: rules(&[("reject", "*:*")]),
-            ipv6_policy: PortSet::none(),
-        };
-        assert!(!reject_all.allows_some_port());
-        assert!(!reject_all.allows(ExitTarget::Port(443)));
-        let partial = RelayPolicy::Full {
-            rules: rules(&[
-                ("reject", "10.0.0.0/8:*"),
-                ("accept", "*:443"),
-                ("reject", "*:*"),
-            ]),
-            ipv6_policy: PortSet::none(),
-        };
-        assert!(partial.allows(ExitTarget::Port(443)));
-        assert!(!partial.allows(ExitTarget::Port(80)));
-        assert!(!partial.allows(ExitTarget::Addr("10.1.1.1".parse().unwrap(), 443)));
-    }
 
     #[test]
     fn family_line_members() {

@@ -105,30 +105,12 @@ impl PolicySummary {
 
     /// Does the summary allow exiting to `port` (at some address)?
     pub fn allows_port(&self, port: u16) -> bool {
-        port != 0 && self.ranges.iter().any(|r| r.contains(port)) == self.accept
+        PortSet::from_policy_summary(self).contains(port)
     }
 
     /// Does the summary allow any port at all?
     pub fn allows_some_port(&self) -> bool {
-        if self.accept {
-            !self.ranges.is_empty()
-        } else {
-            // A 65,536-bit set on the stack, filled a word at a time: no allocation and
-            // at most 1,024 word writes per range, whatever order the ranges come in.
-            let mut covered = [0u64; 1024];
-            covered[0] = 1; // port 0 is not a port
-            for r in &self.ranges {
-                let (lo, hi) = (usize::from(r.lo), usize::from(r.hi));
-                for w in lo / 64..=hi / 64 {
-                    let start = if w == lo / 64 { lo % 64 } else { 0 };
-                    let end = if w == hi / 64 { hi % 64 } else { 63 };
-                    if let Some(c) = covered.get_mut(w) {
-                        *c |= (u64::MAX >> (63 - (end - start))) << start;
-                    }
-                }
-            }
-            covered.iter().any(|w| *w != u64::MAX)
-        }
+        !PortSet::from_policy_summary(self).is_empty()
     }
 }
 
@@ -322,21 +304,24 @@ impl ExitPolicy {
             .map_or(true, |r| r.accept)
     }
 
-    /// Could the policy allow `port` to *some* address? Used when the
-    /// destination address is not yet known (path-spec §2.2: exits are chosen
-    /// by port before the name is resolved). A rule that rejects only part of the
-    /// address space does not settle the question.
+    /// Could the policy allow `port` to *some* IPv4 address? Used when the destination
+    /// address is not yet known (a hostname): path-spec §2.2.1 says a relay "might support"
+    /// a port if a clause that accepts some connections to that port precedes every clause
+    /// rejecting all of them. A rule that rejects only part of the address space does not
+    /// settle the question; with no matching clause the implicit default accepts
+    /// (dir-spec §2.1.3).
     pub fn allows_port(&self, port: u16) -> bool {
         if port == 0 {
             return false;
         }
-        for r in self.rules.iter().filter(|r| r.ports.contains(port)) {
+        for r in &self.rules {
+            if !r.ports.contains(port) || !touches_family(&r.addr, r.v6_only, false) {
+                continue;
+            }
             if r.accept {
                 return true;
             }
-            if matches!(r.addr, AddrPattern::Any)
-                || matches!(r.addr, AddrPattern::V4(_, 0)) && !r.v6_only
-            {
+            if covers_family(&r.addr, r.v6_only, false) {
                 return false;
             }
         }
@@ -364,10 +349,293 @@ impl fmt::Display for ExitPolicy {
     }
 }
 
+/// A set of ports as sorted, disjoint, non-adjacent inclusive ranges.
+///
+/// This is the form of a microdescriptor's `p`/`p6` policy summary (dir-spec §3.3 "p"), after
+/// turning a `reject` list into the complementary `accept` list.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    /// No port.
+    pub fn none() -> Self {
+        Self { ranges: Vec::new() }
+    }
+
+    /// Every port 1-65535.
+    pub fn all() -> Self {
+        Self {
+            ranges: vec![(1, 65535)],
+        }
+    }
+
+    /// The set made of the given inclusive ranges (in any order, possibly overlapping; a range
+    /// with `lo > hi` is ignored).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        let mut v: Vec<(u16, u16)> = ranges.into_iter().filter(|(lo, hi)| lo <= hi).collect();
+        v.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
+        for (lo, hi) in v {
+            match out.last_mut() {
+                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => {
+                    last.1 = last.1.max(hi);
+                }
+                _ => out.push((lo, hi)),
+            }
+        }
+        Self { ranges: out }
+    }
+
+    /// The ports of a policy summary: `accept` lists the allowed ports, `reject` the refused
+    /// ones (dir-spec §3.3 "p": the summary says what the relay does for "most addresses").
+    pub fn from_summary(accept: bool, ranges: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        let listed = Self::from_ranges(ranges);
+        if accept {
+            listed
+        } else {
+            listed.complement()
+        }
+    }
+
+    /// The ports a parsed consensus or microdescriptor summary allows.
+    pub fn from_policy_summary(s: &PolicySummary) -> Self {
+        Self::from_summary(s.accept, s.ranges.iter().map(|r| (r.lo, r.hi)))
+    }
+
+    /// The ports in 1-65535 that are not in this set.
+    #[must_use]
+    pub fn complement(&self) -> Self {
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        let mut next: u32 = 1;
+        for &(lo, hi) in &self.ranges {
+            if u32::from(lo) > next {
+                out.push((next as u16, lo - 1));
+            }
+            next = u32::from(hi) + 1;
+        }
+        if next <= 65535 {
+            out.push((next as u16, 65535));
+        }
+        Self { ranges: out }
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        let i = self.ranges.partition_point(|&(_, hi)| hi < port);
+        self.ranges.get(i).is_some_and(|&(lo, _)| lo <= port)
+    }
+
+    /// Whether the set is empty (the relay exits to no port).
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+}
+
+/// Whether an address pattern covers every address of one family (`v6` or IPv4).
+fn covers_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
+    match p {
+        AddrPattern::Any => !v6_only || v6,
+        AddrPattern::Any4 => !v6,
+        AddrPattern::Any6 => v6,
+        AddrPattern::V4(_, bits) => !v6 && *bits == 0,
+        AddrPattern::V6(_, bits) => v6 && *bits == 0,
+    }
+}
+
+/// Whether an address pattern covers some address of one family.
+fn touches_family(p: &AddrPattern, v6_only: bool, v6: bool) -> bool {
+    match p {
+        AddrPattern::Any => !v6_only || v6,
+        AddrPattern::Any4 | AddrPattern::V4(..) => !v6,
+        AddrPattern::Any6 | AddrPattern::V6(..) => v6,
+    }
+}
+
+/// What a relay lets a client exit to.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RelayPolicy {
+    /// The microdescriptor summaries (dir-spec §3.3 "p" and "p6"): the ports the relay allows
+    /// to "most addresses", for IPv4 and IPv6. A missing `p6` is an empty set.
+    Summary {
+        /// Ports allowed to most IPv4 addresses.
+        v4: PortSet,
+        /// Ports allowed to most IPv6 addresses.
+        v6: PortSet,
+    },
+    /// A full policy from a server descriptor (dir-spec §2.1.3), first matching rule wins.
+    /// Needed on private networks whose exits allow only `127.0.0.0/8`, which a summary
+    /// cannot express. `ipv6_policy` is the descriptor's `ipv6-policy` summary, if any.
+    Full {
+        /// The descriptor's `accept`/`reject` rules, in order.
+        rules: ExitPolicy,
+        /// Ports allowed to most IPv6 addresses (dir-spec §2.1.1 "ipv6-policy").
+        ipv6_policy: PortSet,
+    },
+}
+
+impl Default for RelayPolicy {
+    fn default() -> Self {
+        RelayPolicy::Summary {
+            v4: PortSet::none(),
+            v6: PortSet::none(),
+        }
+    }
+}
+
+/// Where a client wants to exit to (path-spec §2.2.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExitTarget {
+    /// A port at an address not yet known (a hostname): the relay must "might support" it.
+    Port(u16),
+    /// A known address and port.
+    Addr(IpAddr, u16),
+}
+
+impl RelayPolicy {
+    /// Whether the policy allows exiting to some port at all (path-spec §1.1: exits avoid
+    /// relays whose policy is "reject *:*").
+    pub fn allows_some_port(&self) -> bool {
+        match self {
+            RelayPolicy::Summary { v4, v6 } => !v4.is_empty() || !v6.is_empty(),
+            RelayPolicy::Full { rules, ipv6_policy } => {
+                if !ipv6_policy.is_empty() {
+                    return true;
+                }
+                for r in &rules.rules {
+                    if r.accept && touches_family(&r.addr, r.v6_only, false) {
+                        return true;
+                    }
+                    if !r.accept
+                        && covers_family(&r.addr, r.v6_only, false)
+                        && r.ports == PortRange::ALL
+                    {
+                        return false;
+                    }
+                }
+                // No rule matched everything: the implicit default accepts (dir-spec §2.1.3).
+                true
+            }
+        }
+    }
+
+    /// Whether the relay allows (or, for an unknown address, "might support") `target`
+    /// (path-spec §2.2.1).
+    pub fn allows(&self, target: ExitTarget) -> bool {
+        match (self, target) {
+            (RelayPolicy::Summary { v4, .. }, ExitTarget::Port(p)) => v4.contains(p),
+            (RelayPolicy::Summary { v4, v6 }, ExitTarget::Addr(a, p)) => {
+                if a.is_ipv6() {
+                    v6.contains(p)
+                } else {
+                    v4.contains(p)
+                }
+            }
+            (RelayPolicy::Full { rules, .. }, ExitTarget::Port(p)) => rules.allows_port(p),
+            (RelayPolicy::Full { rules, ipv6_policy }, ExitTarget::Addr(a, p)) => {
+                if a.is_ipv6()
+                    && !rules
+                        .rules
+                        .iter()
+                        .any(|r| touches_family(&r.addr, r.v6_only, true))
+                {
+                    return ipv6_policy.contains(p);
+                }
+                rules.allows(a, p)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn portset_summary_complement() {
+        let s = PortSet::from_summary(false, [(22, 25), (80, 80)]);
+        assert!(s.contains(1));
+        assert!(s.contains(21));
+        assert!(!s.contains(22));
+        assert!(!s.contains(25));
+        assert!(s.contains(26));
+        assert!(!s.contains(80));
+        assert!(s.contains(65535));
+        assert_eq!(s.ranges(), &[(1, 21), (26, 79), (81, 65535)]);
+        assert!(PortSet::from_summary(false, [(1, 65535)]).is_empty());
+        assert_eq!(
+            PortSet::from_ranges([(5, 9), (1, 4), (9, 12)]).ranges(),
+            &[(1, 12)]
+        );
+    }
+
+    #[test]
+    fn full_policy_might_support() {
+        let rules = |lines: &[(&str, &str)]| ExitPolicy {
+            rules: lines
+                .iter()
+                .map(|(k, v)| PolicyRule::parse(k, v).unwrap())
+                .collect(),
+        };
+        let p = RelayPolicy::Full {
+            rules: rules(&[("accept", "127.0.0.0/8:*"), ("reject", "*:*")]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(p.allows_some_port());
+        assert!(p.allows(ExitTarget::Port(80)));
+        assert!(p.allows(ExitTarget::Addr("127.0.0.1".parse().unwrap(), 80)));
+        assert!(!p.allows(ExitTarget::Addr("8.8.8.8".parse().unwrap(), 80)));
+        assert!(!p.allows(ExitTarget::Addr("::1".parse().unwrap(), 80)));
+        let reject_all = RelayPolicy::Full {
+            rules: rules(&[("reject", "*:*")]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(!reject_all.allows_some_port());
+        assert!(!reject_all.allows(ExitTarget::Port(443)));
+        let partial = RelayPolicy::Full {
+            rules: rules(&[
+                ("reject", "10.0.0.0/8:*"),
+                ("accept", "*:443"),
+                ("reject", "*:*"),
+            ]),
+            ipv6_policy: PortSet::none(),
+        };
+        assert!(partial.allows(ExitTarget::Port(443)));
+        assert!(!partial.allows(ExitTarget::Port(80)));
+        assert!(!partial.allows(ExitTarget::Addr("10.1.1.1".parse().unwrap(), 443)));
+    }
+
+    #[test]
+    fn unknown_address_port_check_is_the_ipv4_might_support_rule() {
+        let rules = |lines: &[(&str, &str)]| ExitPolicy {
+            rules: lines
+                .iter()
+                .map(|(k, v)| PolicyRule::parse(k, v).unwrap())
+                .collect(),
+        };
+        // `reject *4:*` refuses every IPv4 address: no port "might" be supported for a name
+        // that resolves to IPv4 (path-spec §2.2.1).
+        let v4_closed = rules(&[("reject", "*4:*"), ("accept", "*:*")]);
+        assert!(!v4_closed.allows_port(80));
+        // An IPv6-only accept does not make an IPv4 exit.
+        let v6_only = rules(&[("accept6", "[::]/0:80"), ("reject", "*:*")]);
+        assert!(!v6_only.allows_port(80));
+        // The full-policy and path-selection views give the same answer.
+        for p in [&v4_closed, &v6_only] {
+            let full = RelayPolicy::Full {
+                rules: p.clone(),
+                ipv6_policy: PortSet::none(),
+            };
+            assert_eq!(full.allows(ExitTarget::Port(80)), p.allows_port(80));
+        }
+    }
 
     #[test]
     fn summary() {

@@ -3,14 +3,14 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use onion_dir::guard::state::{format_time, parse_time};
-use onion_dir::guard::{
+use onion_dir::consensus::BandwidthWeights;
+use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::policy::{PortSet, RelayPolicy};
+use onion_dir::select::guard::state::{format_time, parse_time};
+use onion_dir::select::guard::{
     CircState, GuardError, GuardEvent, GuardMgr, GuardParams, GuardUsage, Reachable,
 };
-use onion_dir::netview::{
-    BandwidthWeights, NetView, PortSet, RelayFlags, RelayIdx, RelayPolicy, RelayRecord, RsaIdentity,
-};
-use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

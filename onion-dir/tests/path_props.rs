@@ -4,11 +4,10 @@
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use onion_dir::netview::{
-    BandwidthWeights, ExitTarget, NetView, PortSet, RelayFlags, RelayIdx, RelayPolicy, RelayRecord,
-    RsaIdentity,
-};
-use onion_dir::path::{
+use onion_dir::consensus::BandwidthWeights;
+use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::policy::{ExitTarget, PortSet, RelayPolicy};
+use onion_dir::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
     LONG_LIVED_PORTS,
 };

@@ -426,11 +426,11 @@ fn report_cc(client: &Client, circ: usize, what: &str) {
 fn explicit_exit_circuit(
     client: &mut Client,
     dir: &Directory,
-    config: &onion_dir::path::PathConfig,
+    config: &onion_dir::select::path::PathConfig,
     exit: &str,
     deadline: onion_circuit::Instant,
 ) -> Result<(usize, Vec<String>), String> {
-    use onion_dir::path::{PathOptions, PathSelector};
+    use onion_dir::select::path::{PathOptions, PathSelector};
     let by_fp = onion_dir::RsaIdentity::from_hex(exit.trim_start_matches('$'))
         .ok()
         .and_then(|id| dir.view.by_rsa_id(&id));

@@ -10,8 +10,9 @@
 
 use std::net::IpAddr;
 
-use onion_dir::netview::{ExitTarget, NetView, RelayRecord};
-use onion_dir::path::{ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::policy::ExitTarget;
+use onion_dir::netview::{NetView, RelayRecord};
+use onion_dir::select::path::{ExitRequest, PathConfig, PathOptions, PathSelector};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::{json, Value};

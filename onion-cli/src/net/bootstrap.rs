@@ -29,7 +29,7 @@ use onion_client::dir::{
     self, Authority, Cached, DirConfig, DirEvent, DirMachine, DocKind, Failure, Fallback, Request,
 };
 use onion_crypto::keys::NtorOnionKey;
-use onion_dir::path::{PathConfig, PathSelector};
+use onion_dir::select::path::{PathConfig, PathSelector};
 use onion_dir::{RsaIdentity, Timestamp};
 use rand_core::OsRng;
 use std::net::SocketAddr;

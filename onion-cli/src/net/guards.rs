@@ -12,15 +12,15 @@
 //! as the process.
 //!
 //! Next to the guard manager it keeps the process's vanguards-lite layer-2 set (Tor proposal
-//! 333, [`onion_dir::vanguards`]): the second hop of every onion-service circuit comes from
+//! 333, [`onion_dir::select::vanguards`]): the second hop of every onion-service circuit comes from
 //! these few relays, which rotate over days and, as in C tor, are never written to disk.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use onion_dir::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
+use onion_dir::select::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
 use onion_dir::netview::RelayIdx;
-use onion_dir::path::{Exclusions, ExitRequest, Path, PathOptions, PathSelector};
-use onion_dir::vanguards::{self, Layer2Guards, VanguardParams, VanguardShape};
+use onion_dir::select::path::{Exclusions, ExitRequest, Path, PathOptions, PathSelector};
+use onion_dir::select::vanguards::{self, Layer2Guards, VanguardParams, VanguardShape};
 use rand_core::OsRng;
 
 use super::bootstrap::Directory;
@@ -186,7 +186,7 @@ impl Guards {
     /// An onion-service path of `shape` (proposal 333 §1: `G -> L2 -> last` for the client's
     /// rendezvous circuit, `G -> L2 -> M -> last` for the others) ending at `target` (or at a
     /// random relay), with its guard from the guard manager and its second hop from the
-    /// layer-2 set ([`onion_dir::vanguards::vanguard_path`]).
+    /// layer-2 set ([`onion_dir::select::vanguards::vanguard_path`]).
     ///
     /// As C tor does for vanguard circuits, the guard is asked for with no restriction from
     /// the last hop: a rendezvous point or introduction point chosen by someone else must
@@ -379,8 +379,9 @@ fn merged_state(old: &str, guards: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onion_dir::netview::{ExitTarget, NetView};
-    use onion_dir::path::PathConfig;
+    use onion_dir::policy::ExitTarget;
+    use onion_dir::netview::NetView;
+    use onion_dir::select::path::PathConfig;
     use onion_dir::{consensus, microdesc, synth};
 
     /// A 300-relay synthetic network as a verified directory.

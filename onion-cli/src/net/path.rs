@@ -1,7 +1,7 @@
 //! Building a 3-hop exit circuit from a verified [`Directory`] (path-spec §2).
 //!
 //! The path (exit first, then guard and middle, with weights, flags, family and /16 rules)
-//! comes from `onion_dir::path`; this module only turns it into a channel to the first hop
+//! comes from `onion_dir::select::path`; this module only turns it into a channel to the first hop
 //! and a circuit extended hop by hop with ntor (tor-spec §5.1.4).
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,8 +10,9 @@ use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::HopTarget;
 use onion_circuit::Instant;
 use onion_crypto::keys::NtorOnionKey;
-use onion_dir::netview::{ExitTarget, RelayRecord};
-use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::policy::ExitTarget;
+use onion_dir::netview::RelayRecord;
+use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use onion_dir::RsaIdentity;
 
 use super::authority::DirAuthority;

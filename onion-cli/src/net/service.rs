@@ -50,7 +50,7 @@ use onion_circuit::circuit::CircEvent;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use onion_dir::netview::RelayIdx;
-use onion_dir::path::PathConfig;
+use onion_dir::select::path::PathConfig;
 use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::cellmsg::{body_of, to_relay_msg};
 use onion_hs::linkspec::LS_RSA_ID;

@@ -10,7 +10,7 @@ use onion_cell::CircId;
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::stream::StreamId;
-use onion_dir::netview::ExitTarget;
+use onion_dir::policy::ExitTarget;
 use onion_dir::RsaIdentity;
 
 use super::config::Isolation;

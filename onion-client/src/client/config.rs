@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use onion_dir::path::PathConfig;
+use onion_dir::select::path::PathConfig;
 
 use crate::dir::{Cached, DirConfig};
 

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use onion_cell::relaymsg::{BeginFlags, EndReason, RelayMsg};
 use onion_circuit::stream::StreamId;
-use onion_dir::path::PathOptions;
-use onion_dir::vanguards::VanguardShape;
+use onion_dir::select::path::PathOptions;
+use onion_dir::select::vanguards::VanguardShape;
 use onion_dir::Timestamp;
 
 use super::circ::{CircPhase, Purpose};

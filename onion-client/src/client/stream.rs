@@ -8,8 +8,8 @@ use bytes::Bytes;
 use onion_cell::relaymsg::{BeginFlags, EndReason, ResolvedAnswer, ResolvedValue};
 use onion_circuit::stream::StreamId;
 use onion_dir::http::MAX_HEAD_BYTES as MAX_HEAD;
-use onion_dir::netview::ExitTarget;
-use onion_dir::path::{Exclusions, ExitRequest, PathOptions};
+use onion_dir::policy::ExitTarget;
+use onion_dir::select::path::{Exclusions, ExitRequest, PathOptions};
 use onion_dir::RsaIdentity;
 
 use super::circ::{Circ, CircPhase, Purpose};

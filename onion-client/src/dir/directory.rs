@@ -9,10 +9,10 @@ use onion_circuit::cc::CcConfig;
 use onion_dir::authcert::{self, AuthCert};
 use onion_dir::ccparams::{CcParams, CcPath};
 use onion_dir::consensus::{self, Consensus, Flavor, Freshness, NetParams};
-use onion_dir::guard::guard_flags;
 use onion_dir::microdesc;
 use onion_dir::netview::NetView;
 use onion_dir::routerdesc::{self, RouterDesc};
+use onion_dir::select::guard::guard_flags;
 use onion_dir::{MdDigest, Protocols, RelayFlags, RsaIdentity, Timestamp};
 
 use crate::error::Error;

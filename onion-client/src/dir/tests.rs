@@ -881,7 +881,7 @@ fn a_refreshing_machine_asks_guards_then_authorities() {
 /// consensus itself (guard-spec §4.10 IS_LISTED), so guards need not re-parse it.
 #[test]
 fn listed_guards_update_the_guard_manager_as_the_consensus_does() {
-    use onion_dir::guard::{GuardMgr, GuardParams};
+    use onion_dir::select::guard::{GuardMgr, GuardParams};
     let (m, _, _) = bootstrap(DirMode::Micro);
     let d = m.directory().unwrap();
     let text = consensus_text(DirMode::Micro);

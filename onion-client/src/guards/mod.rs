@@ -29,8 +29,8 @@
 //! use onion_client::guards::{Blame, Built, Guards, GuardsConfig, GuardsEvent, LastHop};
 //! use onion_client::Timestamp;
 //! use onion_dir::netview::{ExitTarget, NetView};
-//! use onion_dir::path::{ExitRequest, PathOptions};
-//! use onion_dir::vanguards::HsCircuitKind;
+//! use onion_dir::select::path::{ExitRequest, PathOptions};
+//! use onion_dir::select::vanguards::HsCircuitKind;
 //!
 //! # fn main() -> Result<(), onion_client::Error> {
 //! # let net = onion_dir::synth::network(200, 1);
@@ -94,14 +94,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use onion_circuit::circuit::HopTarget;
 use onion_crypto::keys::NtorOnionKey;
-use onion_dir::guard::state::GuardStateError;
-use onion_dir::guard::{
+use onion_dir::netview::{RelayIdx, RelayRecord};
+use onion_dir::select::guard::state::GuardStateError;
+use onion_dir::select::guard::{
     CircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage, Reachable,
     RetrySchedule,
 };
-use onion_dir::netview::{RelayIdx, RelayRecord};
-use onion_dir::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
-use onion_dir::vanguards::{self, Layer2Guard, Layer2Guards, VanguardParams, VanguardShape};
+use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::select::vanguards::{
+    self, Layer2Guard, Layer2Guards, VanguardParams, VanguardShape,
+};
 use onion_dir::{RsaIdentity, Timestamp};
 use rand_core::CryptoRngCore;
 
@@ -492,7 +494,7 @@ impl Guards {
         rng: &mut impl CryptoRngCore,
     ) -> Result<PlannedPath, Error> {
         self.check_room()?;
-        if len == 0 || len > onion_dir::path::MAX_PATH_LEN {
+        if len == 0 || len > onion_dir::select::path::MAX_PATH_LEN {
             return Err(Error::NoPath(format!("internal path of {len} hops")));
         }
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
@@ -658,7 +660,7 @@ impl Guards {
 
     /// An onion-service path of `shape` (proposal 333 §1: `G -> L2 -> last` for a client's
     /// rendezvous circuit, `G -> L2 -> M -> last` for every other; see
-    /// [`onion_dir::vanguards::HsCircuitKind::shape`]), its guard from the guard manager and
+    /// [`onion_dir::select::vanguards::HsCircuitKind::shape`]), its guard from the guard manager and
     /// its second hop from the layer-2 set.
     ///
     /// As C tor does for vanguard circuits, the guard is chosen with no restriction from the
@@ -1143,7 +1145,7 @@ fn retry_time(sched: &RetrySchedule, since: u64, last: u64) -> u64 {
 }
 
 /// A path-selection error as the crate's.
-fn no_path(e: onion_dir::path::PathError) -> Error {
+fn no_path(e: onion_dir::select::path::PathError) -> Error {
     Error::NoPath(e.to_string())
 }
 

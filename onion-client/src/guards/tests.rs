@@ -4,9 +4,10 @@
 
 use std::collections::HashSet;
 
-use onion_dir::netview::{ExitTarget, NetView};
-use onion_dir::path::{ExitRequest, PathConfig, PathOptions};
-use onion_dir::vanguards::VanguardShape;
+use onion_dir::netview::NetView;
+use onion_dir::policy::ExitTarget;
+use onion_dir::select::path::{ExitRequest, PathConfig, PathOptions};
+use onion_dir::select::vanguards::VanguardShape;
 use onion_dir::{consensus, microdesc, synth, RsaIdentity, Timestamp};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;

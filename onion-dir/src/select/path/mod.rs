@@ -28,9 +28,8 @@
 
 use rand_core::CryptoRngCore;
 
-use crate::netview::{
-    ExitTarget, NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity, WeightRole,
-};
+use crate::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity, WeightRole};
+use crate::policy::ExitTarget;
 
 /// How many weighted draws are rejected before falling back to the exact linear pass.
 pub const REJECTION_TRIES: usize = 32;
@@ -105,7 +104,7 @@ impl Exclusions {
     }
 
     /// These exclusions plus `more` (vanguard paths exclude the hops already chosen by
-    /// identity only, see [`crate::vanguards`]).
+    /// identity only, see [`crate::select::vanguards`]).
     pub fn with(&self, more: impl IntoIterator<Item = RelayIdx>) -> Self {
         Self::from_indices(self.sorted.iter().map(|&i| RelayIdx(i)).chain(more))
     }
@@ -180,7 +179,7 @@ pub struct Path {
 
 impl Path {
     /// A path of these hops, guard first, for the other path builders of this crate
-    /// ([`crate::vanguards`]), which check the rules themselves.
+    /// ([`crate::select::vanguards`]), which check the rules themselves.
     pub(crate) fn from_hops(hops: Vec<RelayIdx>) -> Self {
         Self { hops }
     }
@@ -378,7 +377,7 @@ impl<'v> PathSelector<'v> {
     }
 
     /// Choose a guard (first hop) compatible with `chosen`, weighted by `Wg?` (path-spec §5).
-    /// A client with a guard manager asks it instead (see [`crate::guard`]).
+    /// A client with a guard manager asks it instead (see [`crate::select::guard`]).
     pub fn choose_guard(
         &self,
         opts: &PathOptions<'_>,

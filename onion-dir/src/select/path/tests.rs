@@ -6,7 +6,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::*;
-use crate::netview::{BandwidthWeights, PortSet, RelayPolicy};
+use crate::consensus::BandwidthWeights;
+use crate::policy::{PortSet, RelayPolicy};
 
 fn relay(n: u8, ip: [u8; 4], flags: RelayFlags, bw: u32, exit_ports: &[(u16, u16)]) -> RelayRecord {
     RelayRecord {

@@ -25,7 +25,7 @@ use rand_core::CryptoRngCore;
 
 use crate::consensus::Consensus;
 use crate::netview::{uniform_below, NetView, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
-use crate::path::{
+use crate::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
 };
 

@@ -35,7 +35,7 @@
 //!   middle-position weights (`Wm?`), among running, valid relays whose descriptor it holds,
 //!   with the `Stable` flag (`Fast` is not required; Arti asks for both). Like every C tor
 //!   random pick, `Stable` is dropped when no relay has it
-//!   ([`crate::path::PathConfig::relax_capacity_flags`]).
+//!   ([`crate::select::path::PathConfig::relax_capacity_flags`]).
 //! * *Diversity.* The only rule between members is that a relay is not in the set twice. C tor
 //!   deliberately allows two members of one family (and, by extension, one subnet).
 //! * *Removal.* A member leaves the set when its lifetime has run out (at `now >= expiry`) or
@@ -80,7 +80,7 @@
 //! A random last hop (the client's rendezvous point, or a pre-built circuit) is drawn like a
 //! middle (C tor: `router_choose_random_node` with the circuit's flags); the `M` hop too, with
 //! the middle weights and the circuit's flags. Everything else (flags, weights, exclusions,
-//! relaxing `Fast`/`Stable`) is [`crate::path`]'s.
+//! relaxing `Fast`/`Stable`) is [`crate::select::path`]'s.
 //!
 //! Like the rest of this crate the type is sans-IO: time (`now`, Unix seconds) and randomness
 //! are parameters, memory is bounded by [`MAX_L2_COUNT`], and nothing panics.
@@ -88,7 +88,7 @@
 use rand_core::CryptoRngCore;
 
 use crate::netview::{uniform_below, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
-use crate::path::{Exclusions, Path, PathError, PathOptions, PathSelector};
+use crate::select::path::{Exclusions, Path, PathError, PathOptions, PathSelector};
 
 /// Default size of the layer-2 set (`NUM_LAYER2_GUARDS`, proposal 333 §1).
 pub const DEFAULT_L2_COUNT: usize = 4;
@@ -281,7 +281,7 @@ impl Layer2Guards {
     /// lifetime has run out or that left the view, then draw new members until the set has
     /// [`VanguardParams::l2_count`] of them (or no eligible relay is left). New members are
     /// drawn like C tor's: middle-weighted, `Stable` (relaxed if no relay has it and
-    /// [`crate::path::PathConfig::relax_capacity_flags`] is on), not in `exclude`, not
+    /// [`crate::select::path::PathConfig::relax_capacity_flags`] is on), not in `exclude`, not
     /// already members; families are allowed to repeat.
     pub fn update(
         &mut self,
@@ -331,7 +331,7 @@ impl Layer2Guards {
     /// The second hop of a circuit whose hops so far (guard, and the last hop when it is
     /// chosen first) are `chosen`: a member drawn uniformly among those in `sel`'s view that
     /// are running and valid, have the circuit's `Fast`/`Stable` flags (dropped, as in
-    /// [`crate::path`], when no member has them and the configuration relaxes them), are not
+    /// [`crate::select::path`], when no member has them and the configuration relaxes them), are not
     /// in `opts.exclude` and are not in `chosen`. No family or subnet rule applies (see the
     /// module documentation).
     pub fn pick(
@@ -517,8 +517,9 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
-    use crate::netview::{BandwidthWeights, NetView, RelayRecord};
-    use crate::path::PathConfig;
+    use crate::consensus::BandwidthWeights;
+    use crate::netview::{NetView, RelayRecord};
+    use crate::select::path::PathConfig;
 
     fn base() -> RelayFlags {
         RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::FAST | RelayFlags::STABLE
