@@ -112,8 +112,9 @@ pub struct Limits {
     pub circuit_queue_cells: usize,
     /// All queued bytes together (C tor's `MaxMemInQueues`): circuit cell queues, channel
     /// input and output buffers, exit stream buffers. Reaction (dos-spec "Responding to low
-    /// memory"): circuits are closed, DESTROY (RESOURCELIMIT) both ways, the one holding
-    /// the most queued bytes first, until the total is below 90% of this.
+    /// memory", C tor's `circuits_handle_oom`): circuits are closed, DESTROY
+    /// (RESOURCELIMIT) both ways, the one whose oldest queued data has waited longest
+    /// first, until the total is below 90% of this.
     pub max_queued_bytes: usize,
     /// Bytes an exit stream buffers in each direction. Toward the target: beyond it the
     /// circuit's cells are held (no stream SENDME, or XOFF under congestion control,

@@ -167,4 +167,87 @@ mod tests {
             assert_eq!(t.create(other, &strict, now), CreateVerdict::Allow);
         }
     }
+
+    #[test]
+    fn queue_age_follows_the_front_of_the_queue() {
+        let t = |s| Instant::ZERO + Duration::from_secs(s);
+        let mut q = QueueAge::default();
+        assert_eq!(q.oldest(), None);
+        q.sync(3, t(1));
+        q.sync(5, t(2));
+        assert_eq!(q.oldest(), Some(t(1)));
+        q.pop(2);
+        assert_eq!(q.oldest(), Some(t(1)));
+        q.pop(1);
+        assert_eq!(q.oldest(), Some(t(2)));
+        // Taken without being seen one by one: the length says how many.
+        q.sync(1, t(3));
+        assert_eq!(q.oldest(), Some(t(2)));
+        q.sync(0, t(3));
+        assert_eq!(q.oldest(), None);
+        // Bounded: the newest kept time stands for later batches.
+        for s in 0..100 {
+            q.sync(s as usize + 1, t(10 + s));
+        }
+        assert_eq!(q.oldest(), Some(t(10)));
+        assert!(q.marks.len() <= AGE_MARKS);
+        q.pop(99);
+        assert!(q.oldest().is_some());
+        q.pop(1);
+        assert_eq!(q.oldest(), None);
+    }
+}
+
+/// How many insertion times one [`QueueAge`] keeps. Beyond it, new items share the newest
+/// kept time (they count as older than they are), so the state stays bounded.
+const AGE_MARKS: usize = 16;
+
+/// When the items of one FIFO queue (cells, or bytes of a stream buffer) were queued, for
+/// the out-of-memory handler: C tor stamps every queued cell and buffer chunk and closes
+/// the circuits whose oldest queued data is oldest first (`circuits_handle_oom`, dos-spec
+/// "Responding to low memory").
+///
+/// The queue is seen only through its length: [`QueueAge::sync`] after items were added
+/// (they are stamped `now`) and [`QueueAge::pop`] for each item taken from the front.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueAge {
+    /// `(total pushed after this batch, when)`, oldest first.
+    marks: std::collections::VecDeque<(u64, Instant)>,
+    pushed: u64,
+    popped: u64,
+}
+
+impl QueueAge {
+    /// Items taken from the front.
+    pub(crate) fn pop(&mut self, n: u64) {
+        self.popped = self.popped.saturating_add(n).min(self.pushed);
+        while self.marks.front().is_some_and(|m| m.0 <= self.popped) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The queue holds `len` items now: more than we know of were added at `now`; fewer
+    /// were taken from the front.
+    pub(crate) fn sync(&mut self, len: usize, now: Instant) {
+        let len = len as u64;
+        let held = self.pushed - self.popped;
+        if len < held {
+            self.pop(held - len);
+            return;
+        }
+        if len == held {
+            return;
+        }
+        self.pushed += len - held;
+        let full = self.marks.len() >= AGE_MARKS;
+        match self.marks.back_mut() {
+            Some(m) if m.1 >= now || full => m.0 = self.pushed,
+            _ => self.marks.push_back((self.pushed, now)),
+        }
+    }
+
+    /// When the oldest item still queued was added; `None` when empty.
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        self.marks.front().map(|m| m.1)
+    }
 }

@@ -27,7 +27,7 @@
 //!   documents the embedder gives ([`Relay::set_directory_documents`], [`dir`]).
 //! * **Limits** ([`Limits`], dos-spec): connections per address, circuit-creation rate per
 //!   address, circuits per channel, per-circuit cell queues, channel buffers, and an
-//!   out-of-memory handler that closes the circuits holding the most queued data.
+//!   out-of-memory handler that closes the circuits whose queued data is oldest first.
 //!
 //! Nothing here reads a clock, opens a socket or draws from a global RNG: `now` (monotonic,
 //! [`Instant`]) comes with every input and the wall clock with [`Relay::new`] and

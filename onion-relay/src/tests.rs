@@ -1582,3 +1582,42 @@ mod props {
         }
     }
 }
+
+#[test]
+fn out_of_memory_closes_the_circuit_with_the_oldest_queued_data_first() {
+    let (mut net, a, conn) = stalled_fetch(29, |l| l.max_queued_bytes = 200_000);
+    let c = net.circs[a].chan;
+    let b = net.build(c, &[0, 1, 2], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(b), 3);
+    net.reply = pattern(50_000);
+    let sa = net.begin(a, "example.com", 80);
+    net.reply = pattern(160_000);
+    let sb = net.begin(b, "example.com", 80);
+    net.relays[0].set_blocked(conn, true);
+    // A stops draining first, with a little: about 100 cells wait at the guard.
+    net.send(a, sa, b"GET / HTTP/1.0\r\n\r\n");
+    net.run();
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.relays[0].stats().circuits_killed_oom, 0);
+    assert!(net.relays[0].queued_bytes() > 50_000);
+    // B queues three times as much, later: together above the limit.
+    net.send(b, sb, b"GET / HTTP/1.0\r\n\r\n");
+    net.run();
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.relays[0].stats().circuits_killed_oom, 1);
+    assert!(net.relays[0].queued_bytes() <= 180_000);
+    assert_eq!(net.relays[0].n_circuits(), 1);
+    net.relays[0].set_blocked(conn, false);
+    net.run();
+    assert_eq!(
+        net.circs[a].closed,
+        Some(Some(DestroyReason::RESOURCELIMIT))
+    );
+    assert_eq!(net.circs[b].closed, None);
+    let got = net.circs[b]
+        .data
+        .get(&sb.get())
+        .cloned()
+        .unwrap_or_default();
+    assert!(got == pattern(160_000), "{}", got.len());
+}

@@ -24,7 +24,7 @@ use rand_core::CryptoRngCore;
 
 use crate::config::RelayConfig;
 use crate::dir::{DirCache, DirDocuments};
-use crate::dos::{AddrTable, CreateVerdict};
+use crate::dos::{AddrTable, CreateVerdict, QueueAge};
 use crate::event::{is_internal, ConnId, Error, Event, StreamHandle};
 use crate::tls::TlsLinkCert;
 
@@ -140,6 +140,11 @@ struct Circ {
     held: bool,
     /// Exit and directory streams of this circuit.
     streams: BTreeSet<StreamHandle>,
+    /// When the queued cells (each way) and stream bytes were queued, for the
+    /// out-of-memory handler.
+    age_to_client: QueueAge,
+    age_to_next: QueueAge,
+    age_streams: QueueAge,
 }
 
 /// A Tor relay as a sans-IO state machine: guard (accepting client channels), middle
@@ -943,6 +948,9 @@ impl Relay {
                         waiting_on: None,
                         held: false,
                         streams: BTreeSet::new(),
+                        age_to_client: QueueAge::default(),
+                        age_to_next: QueueAge::default(),
+                        age_streams: QueueAge::default(),
                     },
                 );
                 self.by_in.insert((conn, id), k);
@@ -1086,6 +1094,7 @@ impl Relay {
     /// Move circuit `k`'s cells to its channels, handle its events, free it once closed.
     fn step_circ(&mut self, k: u64) {
         let limit = self.cfg.limits.channel_outbound;
+        self.note_ages(k);
         loop {
             let Some(c) = self.circs.get_mut(&k) else {
                 return;
@@ -1110,6 +1119,7 @@ impl Relay {
                             break;
                         };
                         moved = true;
+                        c.age_to_next.pop(1);
                         let destroy = matches!(m, ChanMsg::Destroy(_));
                         if let Some(chan) = ch.chan.as_mut() {
                             let _ = chan.send(nid, &m);
@@ -1148,6 +1158,7 @@ impl Relay {
                             break;
                         };
                         moved = true;
+                        c.age_to_client.pop(1);
                         let destroy = matches!(m, ChanMsg::Destroy(_));
                         if let Some(chan) = x.chan.as_mut() {
                             let _ = chan.send(cid, &m);
@@ -1186,9 +1197,46 @@ impl Relay {
                 c.rc.is_closed() && c.rc.queued_to_client() == 0 && c.rc.queued_to_next() == 0;
             if done {
                 self.free_circ(k);
+            } else {
+                self.note_ages(k);
             }
             return;
         }
+    }
+
+    /// Stamp what circuit `k` queued since it was last seen with the current time.
+    fn note_ages(&mut self, k: u64) {
+        let streams = self.streams_queued(k);
+        let now = self.now;
+        if let Some(c) = self.circs.get_mut(&k) {
+            c.age_to_client.sync(c.rc.queued_to_client(), now);
+            c.age_to_next.sync(c.rc.queued_to_next(), now);
+            c.age_streams.sync(streams, now);
+        }
+    }
+
+    /// Bytes buffered in circuit `k`'s exit and directory streams.
+    fn streams_queued(&self, k: u64) -> usize {
+        self.circs.get(&k).map_or(0, |c| {
+            c.streams
+                .iter()
+                .filter_map(|h| self.streams.get(h))
+                .map(Exit::queued)
+                .sum()
+        })
+    }
+
+    /// How long circuit `k`'s oldest queued cell or stream byte has waited (C tor's
+    /// `circuit_max_queued_item_age`: both cell queues and the streams' buffers).
+    fn queued_age(&self, k: u64) -> Duration {
+        let Some(c) = self.circs.get(&k) else {
+            return Duration::ZERO;
+        };
+        [&c.age_to_client, &c.age_to_next, &c.age_streams]
+            .into_iter()
+            .filter_map(QueueAge::oldest)
+            .min()
+            .map_or(Duration::ZERO, |t| self.now - t)
     }
 
     fn circ_event(&mut self, k: u64, ev: RelayEvent) {
@@ -1278,18 +1326,15 @@ impl Relay {
             return 0;
         };
         let cells = (c.rc.queued_to_client() + c.rc.queued_to_next()) * CELL_BYTES;
-        let streams: usize = c
-            .streams
-            .iter()
-            .filter_map(|h| self.streams.get(h))
-            .map(Exit::queued)
-            .sum();
-        cells + streams
+        cells + self.streams_queued(k)
     }
 
-    /// The out-of-memory handler (dos-spec "Responding to low memory"): above
-    /// [`crate::Limits::max_queued_bytes`], close the circuits holding the most queued
-    /// bytes until the total is below 90% of it.
+    /// The out-of-memory handler (dos-spec "Responding to low memory", C tor's
+    /// `circuits_handle_oom`): above [`crate::Limits::max_queued_bytes`], close circuits
+    /// until the total is below 90% of it, the one whose oldest queued cell or stream byte
+    /// has waited longest first (a circuit that stopped draining long ago, not merely a
+    /// busy one); equal ages, the one holding more first. Circuits holding nothing are
+    /// left alone: closing them frees no queue (C tor would go on to them).
     fn check_memory(&mut self) {
         let max = self.cfg.limits.max_queued_bytes;
         let mut total = self.queued_bytes();
@@ -1297,14 +1342,15 @@ impl Relay {
             return;
         }
         let goal = max / 10 * 9;
-        let mut by_size: Vec<(usize, u64)> = self
+        let mut by_age: Vec<(Duration, usize, u64)> = self
             .circs
             .keys()
-            .map(|k| (self.circ_queued(*k), *k))
+            .map(|k| (self.queued_age(*k), self.circ_queued(*k), *k))
+            .filter(|(_, bytes, _)| *bytes > 0)
             .collect();
-        by_size.sort_unstable_by(|a, b| b.cmp(a));
-        for (bytes, k) in by_size {
-            if total <= goal || bytes == 0 {
+        by_age.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, bytes, k) in by_age {
+            if total <= goal {
                 break;
             }
             self.kill_circ(k, DestroyReason::RESOURCELIMIT);
