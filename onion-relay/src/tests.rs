@@ -1583,6 +1583,79 @@ mod props {
     }
 }
 
+/// Extend every circuit in `circs` to `t` at once (a client looping on a doomed hop).
+fn extend_all(net: &mut Net, circs: &[usize], t: &HopTarget) {
+    let now = net.now;
+    for &i in circs {
+        net.circs[i]
+            .circ
+            .extend(t, now, &mut net.rng)
+            .expect("extend");
+    }
+    net.run();
+}
+
+#[test]
+fn a_burst_of_failed_extends_frees_every_circuit() {
+    let mut net = Net::new(27);
+    net.add_relay(|_| {});
+    net.add_relay(|c| c.limits.circuits_per_channel = 10);
+    net.add_relay(|_| {});
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 17)))
+        .expect("connect");
+    let one_hop = |net: &mut Net, n: usize| -> Vec<usize> {
+        (0..n)
+            .map(|_| net.build(c, &[0], HandshakeKind::CreateFast))
+            .collect()
+    };
+    // Nothing listens there: the embedder reports each connection closed.
+    let mut dead = net.target(1);
+    dead.addrs = vec![SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)),
+        9001,
+    )];
+    let circs = one_hop(&mut net, 60);
+    extend_all(&mut net, &circs, &dead);
+    assert_eq!(net.relays[0].n_circuits(), 0);
+    assert!(circs.iter().all(|&i| net.circs[i].closed.is_some()));
+    // Connections that never complete: the connect timeout frees the waiting circuits.
+    net.ignore_connects = true;
+    let circs = one_hop(&mut net, 60);
+    let t = net.target(1);
+    extend_all(&mut net, &circs, &t);
+    assert_eq!(net.relays[0].n_circuits(), 60);
+    net.advance(Duration::from_secs(11));
+    assert_eq!(net.relays[0].n_circuits(), 0);
+    net.ignore_connects = false;
+    // The client gives up while the extension waits for the connection.
+    net.ignore_connects = true;
+    let circs = one_hop(&mut net, 30);
+    let t = net.target(2);
+    extend_all(&mut net, &circs, &t);
+    for &i in &circs {
+        net.circs[i].circ.destroy();
+    }
+    net.run();
+    assert_eq!(net.relays[0].n_circuits(), 0);
+    net.advance(Duration::from_secs(11));
+    net.ignore_connects = false;
+    // The next relay refuses most CREATE2 cells (its per-channel limit).
+    let circs = one_hop(&mut net, 60);
+    let t = net.target(1);
+    extend_all(&mut net, &circs, &t);
+    let built = circs.iter().filter(|&&i| net.hops(i) == 2).count();
+    assert_eq!(built, 10);
+    assert_eq!(net.relays[0].n_circuits(), built);
+    assert_eq!(net.relays[1].n_circuits(), built);
+    // The next channel closes under the extended ones.
+    let (mid, _) = net.relay_link(0, 1).expect("link");
+    net.cut(0, mid);
+    assert_eq!(net.relays[0].n_circuits(), 0);
+    assert_eq!(net.relays[1].n_circuits(), 0);
+    assert!(circs.iter().all(|&i| net.circs[i].closed.is_some()));
+}
+
 #[test]
 fn out_of_memory_closes_the_circuit_with_the_oldest_queued_data_first() {
     let (mut net, a, conn) = stalled_fetch(29, |l| l.max_queued_bytes = 200_000);

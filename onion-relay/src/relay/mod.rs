@@ -1047,7 +1047,10 @@ impl Relay {
             self.dirty.insert(k);
             return;
         };
+        // No channel to send on: the extension fails rather than waiting for nothing.
         let Some(ch) = c.chan.as_mut() else {
+            circ.rc.extend_failed(DestroyReason::CONNECTFAILED);
+            self.dirty.insert(k);
             return;
         };
         let sent = match ch.new_circ_id(&mut self.rng) {
