@@ -27,11 +27,15 @@
 //! (bytes per second = `kbps_ewma` × 1000, 0 meaning unlimited) becomes both the rate and the
 //! burst of a token bucket that bounds how fast it packages the stream.
 //!
-//! Two differences from C tor, neither visible on the wire: C tor stops measuring while its
+//! XOFF is not sent the moment the buffer passes its limit: as C tor 0.4.9 does, the first
+//! arrival over the limit starts a grace period of [`XOFF_GRACE_PERIOD`] (5 ms), so that an
+//! edge that received a burst of cells in one go gets a chance to write them out; XOFF goes
+//! out at the first arrival after the grace period that still finds the buffer over the
+//! limit, and a buffer back under the limit ends the grace period.
+//!
+//! One difference from C tor, not visible on the wire: C tor stops measuring while its
 //! process-wide "monotonic clock unreliable" flag is set; here time only moves forward by
-//! contract, so a zero-length interval simply gives no sample. And C tor 0.4.9 waits a short
-//! grace period once the buffer passes the XOFF limit before sending XOFF; here XOFF goes out
-//! as soon as the limit is passed (as C tor 0.4.8 did), which never lets more through.
+//! contract, so a zero-length interval simply gives no sample.
 
 use core::time::Duration;
 
@@ -45,6 +49,11 @@ const CELL_BYTES: u64 = 498;
 /// More than this many cells buffered means the buffer is not draining between writes
 /// (C tor's `MAX_EXPECTED_CELL_BURST`): the XON decision is then taken on arrival too.
 const MAX_EXPECTED_CELL_BURST: u64 = 32;
+
+/// How long the buffer may stay over the XOFF limit before XOFF is sent (C tor 0.4.9's
+/// `XOFF_GRACE_PERIOD_USEC`): XOFF goes out at the first arrival *more* than this after the
+/// arrival that first found the buffer over the limit.
+pub const XOFF_GRACE_PERIOD: Duration = Duration::from_millis(5);
 
 /// The consensus parameters of stream flow control (proposal 324 §6.5.5;
 /// `onion_dir::ccparams` reads them). [`Default`] is C tor 0.4.9's defaults. Counts are in
@@ -114,6 +123,9 @@ pub struct DrainRate {
     drain_start: Option<Instant>,
     ewma_drain_rate: u32,
     ewma_rate_last_sent: u32,
+    /// When an arrival first found the buffer over the XOFF limit (C tor's
+    /// `xoff_grace_period_start_usec`); `None` while under it or once XOFF went out.
+    xoff_grace_start: Option<Instant>,
 }
 
 impl DrainRate {
@@ -128,8 +140,9 @@ impl DrainRate {
     }
 
     /// Data arrived for the stream and `buffered` bytes of it now wait to be written out
-    /// (C tor `flow_control_decide_xoff`): XOFF once past `limit` bytes, else possibly an
-    /// advisory XON when the buffer is not draining.
+    /// (C tor `flow_control_decide_xoff`): XOFF once the buffer has stayed past `limit`
+    /// bytes for longer than [`XOFF_GRACE_PERIOD`], else possibly an advisory XON when the
+    /// buffer is not draining.
     pub fn on_buffered(
         &mut self,
         p: &FlowCtrlParams,
@@ -138,19 +151,31 @@ impl DrainRate {
         limit: u64,
         xoff_sent: &mut bool,
     ) -> Option<FlowSignal> {
-        if buffered > limit && !*xoff_sent {
-            *xoff_sent = true;
-            // The rate was wrong if the buffer filled up.
-            self.ewma_drain_rate = 0;
-            // C tor goes on to the XON decision below, which cannot send with an XOFF
-            // outstanding and a non-empty buffer; it only starts the drain clock.
-            let _ = self.on_drained(p, now, 0, buffered, xoff_sent);
-            return Some(FlowSignal::Xoff);
+        let mut out = None;
+        if buffered > limit {
+            if !*xoff_sent {
+                match self.xoff_grace_start {
+                    None => self.xoff_grace_start = Some(now),
+                    Some(start) if now > start + XOFF_GRACE_PERIOD => {
+                        *xoff_sent = true;
+                        // The rate was wrong if the buffer filled up.
+                        self.ewma_drain_rate = 0;
+                        self.xoff_grace_start = None;
+                        out = Some(FlowSignal::Xoff);
+                    }
+                    Some(_) => {}
+                }
+            }
+        } else {
+            self.xoff_grace_start = None;
         }
         if buffered > MAX_EXPECTED_CELL_BURST * CELL_BYTES {
-            return self.on_drained(p, now, 0, buffered, xoff_sent);
+            // After an XOFF this cannot send (an XOFF is outstanding and the buffer is not
+            // empty): it only starts the drain clock.
+            let xon = self.on_drained(p, now, 0, buffered, xoff_sent);
+            out = out.or(xon);
         }
-        None
+        out
     }
 
     /// `written` bytes of the stream were written out and `buffered` still wait (C tor
@@ -370,8 +395,9 @@ mod tests {
 
     const CELL: u64 = CELL_BYTES;
 
-    /// A reader draining 500 kB/s behind a full buffer: XOFF at 500 cells, the rate measured
-    /// over `cc_xon_rate` cells, and the XON that ends the XOFF carries it.
+    /// A reader draining 498 kB/s behind a full buffer: XOFF once the buffer has stayed
+    /// over 500 cells for more than the grace period, the rate measured over `cc_xon_rate`
+    /// cells, and the XON that ends the XOFF carries it.
     #[test]
     fn xoff_then_xon_with_measured_rate() {
         let p = FlowCtrlParams::default();
@@ -379,29 +405,77 @@ mod tests {
         let mut xoff = false;
         let limit = p.xoff_client_bytes();
         assert_eq!(d.on_buffered(&p, at(0), 100 * CELL, limit, &mut xoff), None);
+        // Over the limit at 1 ms: the grace period starts, no XOFF yet.
+        assert_eq!(d.on_buffered(&p, at(1), 501 * CELL, limit, &mut xoff), None);
+        assert!(!xoff);
+        // 6 ms is exactly the grace period later: still nothing (C tor's test is "later
+        // than"); 7 ms is past it.
+        assert_eq!(d.on_buffered(&p, at(6), 550 * CELL, limit, &mut xoff), None);
         assert_eq!(
-            d.on_buffered(&p, at(1), 501 * CELL, limit, &mut xoff),
+            d.on_buffered(&p, at(7), 600 * CELL, limit, &mut xoff),
             Some(FlowSignal::Xoff)
         );
         assert!(xoff);
-        // A second arrival over the limit sends nothing more.
-        assert_eq!(d.on_buffered(&p, at(2), 600 * CELL, limit, &mut xoff), None);
-        // Drain 498 bytes per ms (498 kB/s) from t = 1 ms; the buffer holds 600 cells.
+        // A later arrival over the limit sends nothing more.
+        assert_eq!(
+            d.on_buffered(&p, at(20), 600 * CELL, limit, &mut xoff),
+            None
+        );
+        // Drain 498 bytes per ms from t = 8 ms; the buffer holds 600 cells.
         let mut buffered = 600 * CELL;
         let mut out = Vec::new();
-        for ms in 2..=601 {
+        for ms in 8..=607 {
             buffered -= CELL;
             if let Some(s) = d.on_drained(&p, at(ms), CELL, buffered, &mut xoff) {
                 out.push((ms, s));
             }
         }
-        // The first sample, at 502 ms: 501 cells drained over the 502 ms since buffering
-        // began (t = 0: the first arrival already held more than 32 cells) →
-        // 501 × 498 × 1000 / 502,000 µs = 497 kB/s.
-        assert_eq!(d.ewma_kbps(), 497);
-        assert_eq!(out, vec![(601, FlowSignal::Xon { kbps_ewma: 497 })]);
+        // The first sample, at 508 ms (the 501st cell): 501 cells drained over the 508 ms
+        // since buffering began (t = 0: the first arrival already held more than 32 cells)
+        // → 501 × 498 × 1000 / 508,000 µs = 491 kB/s.
+        assert_eq!(d.ewma_kbps(), 491);
+        assert_eq!(out, vec![(607, FlowSignal::Xon { kbps_ewma: 491 })]);
         assert!(!xoff);
-        assert_eq!(d.last_sent_kbps(), 497);
+        assert_eq!(d.last_sent_kbps(), 491);
+    }
+
+    /// The XOFF grace period (C tor 0.4.9 `flow_control_decide_xoff`): a buffer that passes
+    /// the limit and is back under it within 5 ms draws no XOFF, and the next crossing starts
+    /// a new grace period; with no arrival after the grace period, no XOFF either.
+    #[test]
+    fn xoff_grace_period() {
+        let p = FlowCtrlParams::default();
+        let limit = p.xoff_exit_bytes();
+        let mut d = DrainRate::default();
+        let mut xoff = false;
+        let us = |u: u64| Instant::ZERO + Duration::from_micros(u);
+        // Over at 0: grace starts. Under at 3 ms (the edge wrote most of it out): it ends.
+        assert_eq!(d.on_buffered(&p, us(0), 501 * CELL, limit, &mut xoff), None);
+        assert_eq!(
+            d.on_buffered(&p, us(3_000), 10 * CELL, limit, &mut xoff),
+            None
+        );
+        // Over again at 6 ms, more than 5 ms after the first crossing: a new grace period,
+        // not an XOFF.
+        assert_eq!(
+            d.on_buffered(&p, us(6_000), 501 * CELL, limit, &mut xoff),
+            None
+        );
+        assert_eq!(
+            d.on_buffered(&p, us(11_000), 520 * CELL, limit, &mut xoff),
+            None
+        );
+        assert!(!xoff);
+        // 5.001 ms after the new crossing and still over: XOFF, once.
+        assert_eq!(
+            d.on_buffered(&p, us(11_001), 530 * CELL, limit, &mut xoff),
+            Some(FlowSignal::Xoff)
+        );
+        assert!(xoff);
+        assert_eq!(
+            d.on_buffered(&p, us(30_000), 600 * CELL, limit, &mut xoff),
+            None
+        );
     }
 
     /// C tor's quirk: later samples divide the previous measurement's bytes by the current

@@ -278,17 +278,20 @@ fn xoff_when_the_destination_is_slow_then_xon_with_its_rate() {
     r.note_stream_buffer(at(0), es, 0, 400 * cell).unwrap();
     pump(&mut c, &mut r, &mut rng, at(0));
     assert_eq!(r.stats().xoff_sent, 0);
-    // Past cc_xoff_exit (500 cells): one XOFF, and the client stops.
+    // Past cc_xoff_exit (500 cells) for more than the 5 ms grace period: one XOFF, and the
+    // client stops.
     r.note_stream_buffer(at(1), es, 0, 501 * cell).unwrap();
-    r.note_stream_buffer(at(2), es, 0, 520 * cell).unwrap();
-    pump(&mut c, &mut r, &mut rng, at(2));
+    pump(&mut c, &mut r, &mut rng, at(1));
+    assert_eq!(r.stats().xoff_sent, 0, "within the grace period");
+    r.note_stream_buffer(at(7), es, 0, 520 * cell).unwrap();
+    pump(&mut c, &mut r, &mut rng, at(7));
     assert_eq!((r.stats().xoff_sent, c.stats().xoff_received), (1, 1));
     assert_eq!(c.send_capacity(id), 0);
     assert_eq!(c.send(id, b"wait").unwrap(), 0);
     // The destination drains 10 cells per ms: after 501 cells (the first rate sample) and
     // then to empty, XON with the measured rate.
     let mut buffered = 520 * cell;
-    let mut t = 2;
+    let mut t = 7;
     while buffered > 0 {
         t += 1;
         let w = buffered.min(10 * cell);
@@ -297,8 +300,8 @@ fn xoff_when_the_destination_is_slow_then_xon_with_its_rate() {
     }
     pump(&mut c, &mut r, &mut rng, at(t));
     assert_eq!((r.stats().xon_sent, c.stats().xon_received), (1, 1));
-    // 510 cells over the 51 ms since buffering began (t = 0) = 4980 kB/s.
-    let rate = 4980u64;
+    // 510 cells over the 58 ms since buffering began (t = 0) = 4378 kB/s.
+    let rate = 4378u64;
     assert_eq!(r.stats().xoff_received, 0);
     // The client paces the stream: at most one second's worth at once, then by time.
     let burst = (rate * 1000) as usize;
@@ -317,11 +320,13 @@ fn an_xon_rate_paces_the_exit() {
     // 50 ms: the first rate sample, 501 cells over 25.05 s, is 9 kB/s, and the XON that
     // ends the XOFF when the buffer is empty advises it.
     let cell = MAX_RELAY_DATA_LEN;
+    // (XOFF at the first report more than the 5 ms grace period after the first one over.)
     c.note_stream_buffer(at(0), id, 0, 600 * cell);
-    pump(&mut c, &mut r, &mut rng, at(0));
+    c.note_stream_buffer(at(6), id, 0, 600 * cell);
+    pump(&mut c, &mut r, &mut rng, at(6));
     assert_eq!(r.stats().xoff_received, 1);
     assert_eq!(r.send_capacity(es), 0);
-    let mut t = 0;
+    let mut t = 6;
     for left in (0..600).rev() {
         t += 50;
         c.note_stream_buffer(at(t), id, cell, left * cell);
