@@ -17,6 +17,7 @@
 //! | §3.3 microdescriptors | [`microdesc`] |
 //! | §3.4.1, §3.9 consensus (ns and microdesc), quorum, §5.1 freshness | [`consensus`] |
 //! | §4.3, §5, §6 directory HTTP requests and responses | [`http`] |
+//! | §4.5 consensus diffs: apply, make | [`consdiff`], [`consdiff_gen`] |
 //! | proposal 324 §6.5 congestion-control parameters of `params` | [`ccparams`] |
 //!
 //! Relay choice (path-spec, guard-spec): [`netview`] prepares relays, weights, families and
@@ -42,6 +43,7 @@ pub mod select;
 pub mod authcert;
 pub mod ccparams;
 pub mod consdiff;
+pub mod consdiff_gen;
 pub mod consensus;
 mod encode;
 pub mod error;
