@@ -11,7 +11,10 @@ use onion_sim::cc::{self, Experiment};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("one") {
-        // `one MiB RTT_MS QUEUE_KIB CC(0|1) [TRACE_EVERY [SECOND_AFTER_MS]]`: one run, with its trace.
+        // `one MiB RTT_MS QUEUE_KIB CC(0|1) [TRACE_EVERY [SECOND_AFTER_MS [SSCAP SS_MAX
+        // CWND_INC CWND_INIT]]]`: one run, with its trace; the last four replace C tor's
+        // default `cc_sscap_exit`, `cc_ss_max`, `cc_cwnd_inc` and `cc_cwnd_init` (0 keeps
+        // the default).
         let n = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
         let cfg = Experiment {
             transfer: n(2, 50) << 20,
@@ -20,6 +23,18 @@ fn main() {
             congestion_control: n(5, 1) == 1,
             second_after: (n(7, 0) > 0).then(|| Duration::from_millis(n(7, 0))),
             ..Experiment::default()
+        };
+        let d = cfg.vegas;
+        let or = |v: u64, d: u32| if v == 0 { d } else { v as u32 };
+        let cfg = Experiment {
+            vegas: onion_circuit::cc::CcConfig {
+                ss_cwnd_cap: or(n(8, 0), d.ss_cwnd_cap),
+                ss_cwnd_max: or(n(9, 0), d.ss_cwnd_max),
+                cwnd_inc: or(n(10, 0), d.cwnd_inc),
+                cwnd_init: or(n(11, 0), d.cwnd_init),
+                ..d
+            },
+            ..cfg
         };
         let every = n(6, 0) as usize;
         match cc::run(cfg) {

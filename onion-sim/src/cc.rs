@@ -50,9 +50,14 @@ pub struct Experiment {
     pub fast: u64,
     /// Bytes each client downloads.
     pub transfer: u64,
-    /// Negotiate congestion control (Tor Vegas with C tor's defaults, `sendme_inc` 31); else
-    /// fixed windows.
+    /// Negotiate congestion control (Tor Vegas with [`Experiment::vegas`]); else fixed
+    /// windows.
     pub congestion_control: bool,
+    /// The Vegas parameters of both ends: C tor 0.4.9's defaults for an exit circuit
+    /// (`sendme_inc` 31, `cc_cwnd_init` 124, `cc_sscap_exit` 600, `cc_ss_max` 5000,
+    /// `cc_cwnd_inc` 1 at `cc_cwnd_inc_rate` 31) unless an experiment asks for the values a
+    /// consensus could set instead.
+    pub vegas: VegasConfig,
     /// Start a second client on the same path this long after the first.
     pub second_after: Option<Duration>,
     /// Interval of the trace's samples.
@@ -71,6 +76,7 @@ impl Default for Experiment {
             fast: 1_000_000_000 / 8,
             transfer: 50 << 20,
             congestion_control: true,
+            vegas: VegasConfig::default(),
             second_after: None,
             sample_every: Duration::from_millis(10),
         }
@@ -186,6 +192,41 @@ impl CcReport {
         (d.bytes - s.received[0]) as f64 / t / self.config.bottleneck as f64
     }
 
+    /// The first download's throughput from the end of slow start (the first trace sample
+    /// with Vegas out of slow start) to its last byte, as a fraction of the bottleneck; 0
+    /// with fixed windows or if slow start did not end before the download did.
+    pub fn after_slow_start_utilization(&self) -> f64 {
+        let Some(d) = self.downloads.first() else {
+            return 0.0;
+        };
+        let Some(s) = self.trace.iter().find(|s| s.cwnd > 0 && !s.slow_start) else {
+            return 0.0;
+        };
+        let t = d.end.saturating_sub(s.at).as_secs_f64();
+        if t <= 0.0 || s.received[0] >= d.bytes {
+            return 0.0;
+        }
+        (d.bytes - s.received[0]) as f64 / t / self.config.bottleneck as f64
+    }
+
+    /// The first download's congestion window when slow start ended (cells); 0 if it did
+    /// not end.
+    pub fn slow_start_exit_cwnd(&self) -> u64 {
+        self.trace
+            .iter()
+            .find(|s| s.cwnd > 0 && !s.slow_start)
+            .map_or(0, |s| s.cwnd)
+    }
+
+    /// Jain's fairness index of the two circuits' rates while both ran
+    /// ([`CcReport::overlap`]): `(a + b)² / (2 (a² + b²))`, 1 for equal shares, 0.5 when one
+    /// gets everything.
+    pub fn jain(&self) -> Option<f64> {
+        let [a, b] = self.overlap?;
+        let sq = a * a + b * b;
+        (sq > 0.0).then(|| (a + b) * (a + b) / (2.0 * sq))
+    }
+
     /// Cells the first download delivered per round trip.
     pub fn cells_per_rtt(&self) -> f64 {
         self.downloads.first().map_or(0.0, |d| {
@@ -222,8 +263,10 @@ impl CcReport {
             );
         }
         out += &format!(
-            "  second half of download 1: {:.1} % of the bottleneck; {:.0} cells per RTT overall\n",
+            "  second half of download 1: {:.1} % of the bottleneck; after slow start (left at cwnd {}): {:.1} %; {:.0} cells per RTT overall\n",
             100.0 * self.steady_utilization(),
+            self.slow_start_exit_cwnd(),
+            100.0 * self.after_slow_start_utilization(),
             self.cells_per_rtt()
         );
         out += &format!(
@@ -242,6 +285,9 @@ impl CcReport {
                 100.0 * a / c.bottleneck as f64,
                 100.0 * b / c.bottleneck as f64,
             );
+            if let Some(j) = self.jain() {
+                out += &format!("  Jain's fairness index while both ran: {j:.3}\n");
+            }
         }
         out
     }
@@ -262,6 +308,8 @@ struct Fetch {
     done: bool,
     stats: onion_circuit::flow::FlowStats,
     negotiated: bool,
+    /// Why the stream ended (its END reason, or DESTROY when the circuit went away).
+    end_reason: Option<onion_cell::relaymsg::EndReason>,
 }
 
 /// The clients of the experiment.
@@ -347,16 +395,25 @@ impl Driver for Clients {
                     net.fail_party(at.party, "response head too long");
                 }
             }
-            CircEvent::StreamEnded { .. } => {
+            CircEvent::StreamEnded { reason, .. } => {
                 let f = &mut self.fetches[i];
+                f.end_reason = Some(reason);
                 if let Some(c) = net.circuit_mut(at) {
                     f.stats = c.stats();
                     c.destroy();
                 }
                 f.done = true;
             }
-            CircEvent::Closed { .. } if !self.fetches[i].done => {
-                net.fail_party(at.party, "circuit closed before the download ended");
+            CircEvent::Closed {
+                remote_reason,
+                error,
+            } if self.fetches[i].body < self.transfer => {
+                net.fail_party(
+                    at.party,
+                    format!(
+                        "circuit closed before the download ended (DESTROY {remote_reason:?}, error {error:?})"
+                    ),
+                );
             }
             _ => {}
         }
@@ -420,7 +477,7 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
             ..fast
         },
     );
-    let vegas = VegasConfig::default();
+    let vegas = cfg.vegas;
     net.set_relay_config(
         exit,
         RelayConfig {
@@ -551,11 +608,12 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
     for (k, f) in clients.fetches.iter().enumerate() {
         if f.corrupt || f.body != clients.transfer {
             return Err(SimError::Circuit(format!(
-                "download {} received {} of {} bytes{}",
+                "download {} received {} of {} bytes{}; stream ended: {:?}",
                 k + 1,
                 f.body,
                 clients.transfer,
-                if f.corrupt { ", corrupted" } else { "" }
+                if f.corrupt { ", corrupted" } else { "" },
+                f.end_reason,
             )));
         }
         let t = |x: Option<Instant>| x.map_or(Duration::ZERO, |x| x - Instant::ZERO);

@@ -187,3 +187,26 @@ fn reference_50_mib() {
         println!("{}", r.summary());
     }
 }
+
+/// A window larger than a channel's send buffer (4 MiB, `ChanConfig::max_outbound_bytes`):
+/// with `cc_cwnd_init` at C tor's largest allowed value (10,000 cells, 5 MB), the exit's
+/// first burst is more than the channels along the path buffer. The relays hold what does
+/// not fit in their circuit queues and lose no cell: the download arrives intact (a lost
+/// cell would break the relay-crypto digest chain and the client would close the circuit).
+#[test]
+fn a_burst_larger_than_a_channel_buffer_loses_no_cell() {
+    let r = cc::run(Experiment {
+        rtt: Duration::from_millis(100),
+        transfer: 8 << 20,
+        vegas: onion_circuit::cc::CcConfig {
+            cwnd_init: 10_000,
+            ss_cwnd_max: 20_000,
+            ..onion_circuit::cc::CcConfig::default()
+        },
+        ..Experiment::default()
+    })
+    .expect("the download completes intact");
+    assert!(r.downloads[0].max_cwnd >= 10_000, "{}", r.summary());
+    assert!(r.max_queue > 2 << 20, "the burst queued: {}", r.summary());
+    assert!(r.max_link_queue <= r.config.queue_limit as u64);
+}

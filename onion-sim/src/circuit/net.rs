@@ -396,6 +396,9 @@ struct Link {
     /// `ends[i]` held cells back because the direction away from it was full; it is woken
     /// when that direction has half drained.
     blocked: [bool; 2],
+    /// The most bytes either end's channel buffers for sending
+    /// ([`ChanConfig::max_outbound_bytes`]): a channel refuses cells beyond it.
+    chan_max: usize,
 }
 
 impl Link {
@@ -567,20 +570,25 @@ pub(crate) fn wall(now: Instant) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_780_000_000) + Duration::from_nanos(now.as_nanos())
 }
 
-/// How many cells a relay may move onto channel `slot` now: unlimited on a link without a
-/// queue bound; else a round-robin share of the whole cells that still fit under the bound
-/// (the link's untransmitted bytes plus the channel's buffer), or none once not one more
-/// cell fits: the link is then marked blocked until it has half drained. A full link
-/// holds: the relay drops nothing, the cells wait in its circuit queues (the circuits'
-/// windows bound those), as a TCP socket that refuses a write makes C tor's cells wait.
+/// How many cells a relay may move onto channel `slot` now. On a link without a queue
+/// bound: as many whole cells as the channel's own buffer still takes
+/// ([`ChanConfig::max_outbound_bytes`]; it is emptied onto the link at the end of every
+/// pump pass). On a bounded link: a round-robin share of the whole cells that still fit
+/// under the bound (the link's untransmitted bytes plus the channel's buffer), or none
+/// once not one more cell fits: the link is then marked blocked until it has half
+/// drained. Either way a full link or buffer holds: the relay drops nothing, the cells wait
+/// in its circuit queues (the circuits' windows bound those), as a TCP socket that refuses
+/// a write makes C tor's cells wait. (A cell handed to a full channel would be refused,
+/// and lost.)
 fn allowance(links: &mut [Link], slot: &ChanSlot, now: Instant) -> usize {
     let (li, side) = slot.link;
     let Some(l) = links.get_mut(li) else {
         return usize::MAX;
     };
+    let room = l.chan_max.saturating_sub(slot.chan.outbound_len()) as u64 / CELL_WIRE_LEN;
     let limit = l.params.queue_limit as u64;
     if limit == 0 {
-        return usize::MAX;
+        return usize::try_from(room).unwrap_or(usize::MAX);
     }
     if l.blocked[side] {
         return 0;
@@ -968,9 +976,11 @@ impl Net {
         let mut rcfg = ChanConfig::default();
         rcfg.peer_addr = Some(from_addr);
         rcfg.my_addrs = vec![to_addr.ip()];
+        let resp_max = rcfg.max_outbound_bytes;
         let responder = Channel::responder(rcfg, &certs, self.now, wall(self.now), &mut self.rng);
         let mut icfg = ChanConfig::default();
         icfg.peer_addr = Some(to_addr.ip());
+        let chan_max = icfg.max_outbound_bytes.min(resp_max);
         let initiator = Channel::initiator(icfg, expected, Some(digest), self.now, wall(self.now));
         let to_name = self.relays[to].name.clone();
         let from_chans = match from {
@@ -1018,6 +1028,7 @@ impl Net {
             burst: [0; 2],
             params,
             blocked: [false; 2],
+            chan_max,
         });
         Ok(ic)
     }
