@@ -603,3 +603,123 @@ fn a_connection_the_embedder_reports_closed_is_not_disconnected_again() {
         Some(Some(Error::StreamEnded(EndReason::DESTROY)))
     );
 }
+
+/// The relay index of `id`.
+fn relay_of(net: &Net, id: RsaIdentity) -> usize {
+    net.relays.iter().position(|r| r.keys.rsa_id == id).unwrap()
+}
+
+#[test]
+fn a_named_exit_ends_the_path_whatever_its_policy_and_keeps_its_circuits_to_itself() {
+    let mut net = Net::new(8, 19);
+    // Relay 5 allows no port in its policy summary: only a named exit reaches it.
+    net.relays[5].exit_ports = onion_dir::policy::PortSet::none();
+    let named = net.relays[5].keys.rsa_id;
+    let mut c = client_on(&mut net, config());
+    let a = c
+        .connect_via("echo", 80, Isolation::NONE, named, net.now)
+        .unwrap();
+    let plain = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, a) && opened(&net, plain));
+    let va = c.stream_circuit(a).unwrap();
+    let ids: Vec<RsaIdentity> = va.hops.iter().map(|h| h.rsa_id).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[2], named, "the path ends at the named exit");
+    assert!(ids[..2].iter().all(|h| *h != named));
+    // One BEGIN reached relay 5: the named stream's (the other went to an exit whose policy
+    // allows port 80).
+    assert_eq!(net.begins.iter().filter(|b| b.0 == 5).count(), 1);
+    // A stream naming no exit does not share the named exit's circuit (and its exit is one
+    // whose policy allows the port).
+    let vp = c.stream_circuit(plain).unwrap();
+    assert_ne!(vp.circuit, va.circuit);
+    assert_ne!(vp.hops.last().unwrap().rsa_id, named);
+    // Another stream naming the same exit shares its circuit; one naming another does not.
+    let b = c
+        .connect_via("echo", 443, Isolation::NONE, named, net.now)
+        .unwrap();
+    let other = net.relays[6].keys.rsa_id;
+    let d = c
+        .connect_via("echo", 80, Isolation::NONE, other, net.now)
+        .unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, b) && opened(&net, d));
+    assert_eq!(c.stream_circuit(b).unwrap().circuit, va.circuit);
+    let vd = c.stream_circuit(d).unwrap();
+    assert_ne!(vd.circuit, va.circuit);
+    assert_eq!(vd.hops.last().unwrap().rsa_id, other);
+    // Data flows through it.
+    c.write(a, b"via", net.now).unwrap();
+    net.run(&mut c);
+    assert_eq!(read_all(&mut c, &net, a).0, b"via");
+    // An onion service is not reached through an exit.
+    let e = c
+        .connect_via("abc.onion", 80, Isolation::NONE, named, net.now)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Misuse);
+}
+
+#[test]
+fn a_named_exit_is_kept_on_retries_and_its_circuit_lost_brings_a_new_one_to_it() {
+    let mut net = Net::new(8, 20);
+    let named = net.relays[3].keys.rsa_id;
+    let mut c = client_on(&mut net, config());
+    // The exit refuses: the stream is tried again, always at the exit it named.
+    let s = c
+        .connect_via("refuse", 80, Isolation::NONE, named, net.now)
+        .unwrap();
+    net.run_until(&mut c, Duration::from_secs(120), |n| closed(n, s).is_some());
+    assert_eq!(
+        closed(&net, s),
+        Some(Some(Error::StreamEnded(EndReason::EXITPOLICY)))
+    );
+    let tried: Vec<usize> = net
+        .begins
+        .iter()
+        .filter(|b| b.1 == "refuse")
+        .map(|b| b.0)
+        .collect();
+    assert!(tried.len() >= 2, "{tried:?}");
+    assert!(tried.iter().all(|r| *r == 3), "{tried:?}");
+    // Its circuit's middle dies while a stream waits for CONNECTED: the stream is retried
+    // on a new circuit to the same exit.
+    let w = c
+        .connect_via("silent", 80, Isolation(9), named, net.now)
+        .unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, w));
+    let first = c.stream_circuit(w).unwrap();
+    let middle = relay_of(&net, first.hops[1].rsa_id);
+    net.kill_relay(&mut c, middle);
+    net.run(&mut c);
+    let again = c
+        .connect_via("echo", 80, Isolation(9), named, net.now)
+        .unwrap();
+    let ok = net.run_until(&mut c, Duration::from_secs(120), |n| opened(n, again));
+    assert!(ok, "{:?}", closed(&net, again));
+    let v = c.stream_circuit(again).unwrap();
+    assert_ne!(v.circuit, first.circuit);
+    assert_eq!(v.hops.last().unwrap().rsa_id, named);
+    assert!(v.hops.iter().all(|h| h.rsa_id != first.hops[1].rsa_id));
+}
+
+#[test]
+fn close_ends_the_stream_with_misc_as_c_tor_does_on_client_circuits() {
+    let mut net = Net::new(6, 21);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    c.close(s, net.now);
+    net.run(&mut c);
+    // tor-spec §6.3: an OP sends no reason but MISC for its own streams (C tor's
+    // connection_edge_end rewrites DONE to MISC on client circuits).
+    assert_eq!(net.ends.len(), 1, "{:?}", net.ends);
+    assert_eq!(net.ends[0].1, EndReason::MISC);
+    assert!(closed(&net, s).is_none(), "no event follows close()");
+    assert!(matches!(
+        c.read(s, &mut [0; 4], net.now),
+        Err(Error::Misuse(_))
+    ));
+}

@@ -203,3 +203,27 @@ fn data_bytes_keeps_the_payload() {
     let body = data_body(5, &[9u8; MAX_RELAY_DATA_LEN]);
     assert_eq!(data_bytes(body, 600).len(), MAX_RELAY_DATA_LEN);
 }
+
+#[test]
+fn close_says_misc_unless_told_another_reason() {
+    for (reason, close_with) in [
+        (EndReason::MISC, None),
+        (EndReason::DONE, Some(EndReason::DONE)),
+    ] {
+        let (mut c, mut r, mut rng) = one_hop(true);
+        let id = c.begin_dir(Instant::ZERO).expect("begin_dir");
+        let es = begun(&pump(&mut c, &mut r, &mut rng, false));
+        r.connected(es, None).expect("connected");
+        pump(&mut c, &mut r, &mut rng, false);
+        match close_with {
+            None => c.close_stream(id).expect("close"),
+            Some(why) => c.close_stream_with(id, why).expect("close"),
+        }
+        let evs = pump(&mut c, &mut r, &mut rng, false);
+        let got = evs.iter().find_map(|e| match e {
+            RelayEvent::StreamEnded { stream, reason } if *stream == es => Some(*reason),
+            _ => None,
+        });
+        assert_eq!(got, Some(reason));
+    }
+}

@@ -1046,6 +1046,17 @@ impl Circuit {
     /// reused. The window starts at the latest `now` the circuit was given (this call takes
     /// none; the embedding's loop gives one with every cell and timeout).
     pub fn close_stream(&mut self, stream: StreamId) -> Result<(), CircError> {
+        self.close_stream_with(stream, EndReason::MISC)
+    }
+
+    /// [`Circuit::close_stream`] with another END reason: for the edge of a stream this side
+    /// did not originate (an onion service's stream, which C tor ends with DONE when its
+    /// application closes it normally). An OP's own streams say MISC (tor-spec §6.3).
+    pub fn close_stream_with(
+        &mut self,
+        stream: StreamId,
+        reason: EndReason,
+    ) -> Result<(), CircError> {
         self.check_open()?;
         let s = self
             .streams
@@ -1059,11 +1070,7 @@ impl Circuit {
             return Ok(());
         }
         s.half_close(Some(self.last_now + self.config.half_closed_timeout));
-        let body = encode_body(
-            stream.get(),
-            &RelayMsg::End(End::new(EndReason::MISC)),
-            "END",
-        )?;
+        let body = encode_body(stream.get(), &RelayMsg::End(End::new(reason)), "END")?;
         self.queue_relay(hop, body);
         Ok(())
     }

@@ -139,6 +139,9 @@ pub(crate) struct Circ {
     pub idle_since: Instant,
     /// Stream id on the circuit → stream handle number.
     pub streams: BTreeMap<u16, u64>,
+    /// Built to an exit the application named (path-spec §2.2.2): only streams naming this
+    /// exit use it, and a stream naming none never does.
+    pub named_exit: Option<RsaIdentity>,
 }
 
 impl Circ {
@@ -288,6 +291,7 @@ impl super::Client {
                 dirty_since: None,
                 idle_since: now,
                 streams: BTreeMap::new(),
+                named_exit: None,
             },
         );
         let open = match self.chans.get_mut(&conn) {

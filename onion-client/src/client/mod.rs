@@ -386,6 +386,45 @@ impl Client {
         isolation: Isolation,
         now: Instant,
     ) -> Result<StreamHandle, Error> {
+        self.connect_inner(host, port, isolation, None, now)
+    }
+
+    /// Open a stream to `host:port` through the exit `exit` (path-spec §2.2.2, as C tor's
+    /// `ExitNodes` with one relay and `StrictNodes`): its circuit ends at that relay whatever
+    /// the relay's exit policy (summary) says, since only the exit itself decides; the guard
+    /// and middle avoid the exit, its family and its /16. Circuits to a named exit carry
+    /// only streams of `isolation` that name the same exit, and streams that name none never
+    /// use them. A stream retried after a failure keeps its exit (only guard and middle
+    /// change). Otherwise as [`Client::connect`].
+    ///
+    /// Errors as [`Client::connect`], and [`Error::Misuse`] for a `.onion` host (an onion
+    /// service is not reached through an exit). An exit the directory does not list (with
+    /// the Running and Valid flags) ends the stream with [`Error::NoPath`]
+    /// ([`Event::StreamClosed`]).
+    pub fn connect_via(
+        &mut self,
+        host: &str,
+        port: u16,
+        isolation: Isolation,
+        exit: onion_dir::RsaIdentity,
+        now: Instant,
+    ) -> Result<StreamHandle, Error> {
+        if crate::hs::is_onion(host) {
+            return Err(Error::Misuse(
+                "an onion service is not reached through a named exit",
+            ));
+        }
+        self.connect_inner(host, port, isolation, Some(exit), now)
+    }
+
+    fn connect_inner(
+        &mut self,
+        host: &str,
+        port: u16,
+        isolation: Isolation,
+        exit: Option<onion_dir::RsaIdentity>,
+        now: Instant,
+    ) -> Result<StreamHandle, Error> {
         self.see(now);
         if host.is_empty() || host.len() > 255 || host.contains('\0') || port == 0 {
             return Err(Error::Misuse(
@@ -397,6 +436,9 @@ impl Client {
             port,
         };
         let h = self.new_stream(target, isolation)?;
+        if let Some(s) = self.streams.get_mut(&h.0) {
+            s.exit = exit;
+        }
         self.settle();
         Ok(h)
     }
@@ -525,9 +567,14 @@ impl Client {
         Ok(())
     }
 
-    /// Close the stream: RELAY_END (reason MISC, tor-spec §6.3) if it is open or
-    /// connecting, and forget it and what was not read. No event follows. An unknown handle
-    /// is ignored.
+    /// Close the stream: RELAY_END if it is open or connecting, and forget it and what was
+    /// not read. No event follows. An unknown handle is ignored.
+    ///
+    /// The END's reason is MISC for a stream this client opened (tor-spec §6.3: an OP sends
+    /// no other reason for its own streams; C tor rewrites even its normal-close DONE to
+    /// MISC on client circuits) and DONE for a hosted onion service's incoming stream (the
+    /// service is its stream's edge, and C tor's service ends a stream closed normally with
+    /// DONE).
     pub fn close(&mut self, s: StreamHandle, now: Instant) {
         self.see(now);
         self.drop_stream(s.0, true);

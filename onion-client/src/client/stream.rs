@@ -17,6 +17,7 @@ use super::config::Isolation;
 use super::event::{Event, StreamHandle};
 use super::{end_error, STREAM_ATTEMPTS};
 use crate::dir::{decode_response, Failure, RequestId};
+use crate::guards::LastHop;
 use crate::{Error, Instant};
 
 /// What a stream is for.
@@ -59,6 +60,10 @@ pub(crate) struct Stream {
     /// circuit being built that it waits for.
     pub circ: Option<u64>,
     pub id: Option<StreamId>,
+    /// The exit the application named ([`crate::Client::connect_via`], path-spec §2.2.2):
+    /// its circuits end there, whatever the relay's policy says, and carry only streams that
+    /// name the same exit.
+    pub exit: Option<RsaIdentity>,
     /// Circuit attempts that failed for it, and relays to leave out of its next paths.
     pub failures: u8,
     pub avoid: Vec<RsaIdentity>,
@@ -87,6 +92,7 @@ impl Stream {
             phase: Phase::Waiting { deadline },
             circ: None,
             id: None,
+            exit: None,
             failures: 0,
             avoid: Vec::new(),
             recv: VecDeque::new(),
@@ -249,6 +255,20 @@ impl super::Client {
         {
             return false;
         }
+        // A named exit's circuits are for the streams naming it (path-spec §2.2.2), and
+        // only for them: its policy is not consulted, the application chose it.
+        if c.named_exit != s.exit {
+            return false;
+        }
+        if c.named_exit.is_some() {
+            let port = s.port().unwrap_or(0);
+            return c.fits(s.isolation, port, None, self.now, dirty, max)
+                || (c.purpose == Purpose::General
+                    && c.isolation.map_or(true, |i| i == s.isolation)
+                    && c.streams.len() < max
+                    && c.dirty_since
+                        .map_or(true, |d| self.now.saturating_duration_since(d) < dirty));
+        }
         match s.port() {
             Some(port) => c.fits(s.isolation, port, dir, self.now, dirty, max),
             // A resolve goes to any exit circuit of its isolation.
@@ -277,20 +297,33 @@ impl super::Client {
             None => ExitRequest::Any,
         };
         let isolation = s.isolation;
-        let exclude = Exclusions::from_ids(&dir.view, s.avoid.iter());
+        let named = s.exit;
+        let exclude =
+            Exclusions::from_ids(&dir.view, s.avoid.iter().filter(|a| Some(**a) != named));
         let opts = PathOptions {
             exclude: &exclude,
             ..PathOptions::default()
         };
         let wall = self.wall_now();
-        let planned = self
-            .guards
-            .exit_path(&dir, request, 3, &opts, wall, &mut self.rng)
-            .and_then(|p| self.launch(p.hops, Some(p.ticket), Purpose::General, false));
+        let path = match named {
+            // path-spec §2.2.2: the path ends at the named relay whatever its policy
+            // (summary) says, as C tor's ExitNodes with one relay; guard and middle are
+            // chosen as for an internal path to it, so they avoid its family and /16.
+            Some(exit) => {
+                self.guards
+                    .internal_path(&dir, 3, LastHop::Relay(exit), &opts, wall, &mut self.rng)
+            }
+            None => self
+                .guards
+                .exit_path(&dir, request, 3, &opts, wall, &mut self.rng),
+        };
+        let planned =
+            path.and_then(|p| self.launch(p.hops, Some(p.ticket), Purpose::General, false));
         match planned {
             Ok(key) => {
                 if let Some(c) = self.circs.get_mut(&key) {
                     c.isolation = Some(isolation);
+                    c.named_exit = named;
                 }
                 if let Some(s) = self.streams.get_mut(&h) {
                     s.circ = Some(key);
@@ -512,7 +545,8 @@ impl super::Client {
             self.end_stream(h, Some(e));
             return;
         }
-        if let Some(a) = avoid {
+        // A named exit is kept on retries: only the rest of the path changes.
+        if let Some(a) = avoid.filter(|a| Some(*a) != s.exit) {
             if s.avoid.len() < usize::from(STREAM_ATTEMPTS) {
                 s.avoid.push(a);
             }
@@ -583,8 +617,15 @@ impl super::Client {
             if c.streams.is_empty() {
                 c.idle_since = self.now;
             }
+            // tor-spec §6.3: an OP tells the exit nothing about why its own stream ends
+            // (MISC, as C tor rewrites every reason on client circuits); the edge of a hosted
+            // onion service's stream ends it as C tor's service does, DONE.
+            let reason = match c.purpose {
+                Purpose::ServiceRend => EndReason::DONE,
+                _ => EndReason::MISC,
+            };
             if let (true, Some(m)) = (send_end, c.circ.as_mut()) {
-                let _ = m.close_stream(id);
+                let _ = m.close_stream_with(id, reason);
             }
         }
     }

@@ -30,8 +30,8 @@ use onion_client::dir::{DirMode, Directory};
 use onion_client::{Client, ConnId, Event, Instant, Timestamp};
 use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
 use onion_dir::consensus::BandwidthWeights;
-use onion_dir::policy::{PortSet, RelayPolicy};
 use onion_dir::netview::{NetView, RelayRecord};
+use onion_dir::policy::{PortSet, RelayPolicy};
 use onion_dir::{RelayFlags, RsaIdentity};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -67,6 +67,10 @@ pub struct Relay {
     pub blackhole: bool,
     /// Documents served over BEGIN_DIR, by path prefix.
     pub docs: Vec<(String, String)>,
+    /// The ports its exit policy summary allows (all by default; [`PortSet::none`] makes it a
+    /// non-exit in the directory). Its circuits still serve BEGINs: only the client's choice
+    /// is tested.
+    pub exit_ports: PortSet,
 }
 
 /// Where a relay circuit's cells toward the client go.
@@ -115,6 +119,10 @@ pub struct Net {
     pub stalled: Option<ConnId>,
     /// Relays answer a request for congestion control (proposal 324) with C tor's defaults.
     pub congestion_control: bool,
+    /// Every BEGIN a relay received: the relay's index and the host asked for.
+    pub begins: Vec<(usize, String)>,
+    /// Every RELAY_END a relay received from the client: the relay's index and the reason.
+    pub ends: Vec<(usize, EndReason)>,
 }
 
 /// Standard base64 without padding (dir-spec §1.2's identity encoding in `r` lines).
@@ -161,6 +169,7 @@ impl Net {
                 down: false,
                 blackhole: false,
                 docs: Vec::new(),
+                exit_ports: PortSet::all(),
             });
         }
         Net {
@@ -176,6 +185,8 @@ impl Net {
             connects: 0,
             stalled: None,
             congestion_control: false,
+            begins: Vec::new(),
+            ends: Vec::new(),
         }
     }
 
@@ -201,12 +212,16 @@ impl Net {
                             | RelayFlags::FAST.0
                             | RelayFlags::STABLE.0
                             | RelayFlags::GUARD.0
-                            | RelayFlags::EXIT.0
-                            | RelayFlags::V2DIR.0,
+                            | RelayFlags::V2DIR.0
+                            | if r.exit_ports == PortSet::none() {
+                                0
+                            } else {
+                                RelayFlags::EXIT.0
+                            },
                     ),
                     bandwidth: 1000,
                     policy: RelayPolicy::Summary {
-                        v4: PortSet::all(),
+                        v4: r.exit_ports.clone(),
                         v6: PortSet::none(),
                     },
                     ..RelayRecord::default()
@@ -575,6 +590,7 @@ impl Net {
                 }
             }
             RelayEvent::Begin { stream, host, .. } => {
+                self.begins.push((rc.relay, host.to_string()));
                 if host == "refuse" {
                     let _ = rc.circ.end_stream(stream, EndReason::EXITPOLICY);
                     return;
@@ -647,7 +663,11 @@ impl Net {
                     Service::Silent => {}
                 }
             }
-            RelayEvent::StreamEnded { stream, .. } => {
+            RelayEvent::StreamEnded { stream, reason } => {
+                // DESTROY is the relay's own report of its circuit closing, not a cell.
+                if reason != EndReason::DESTROY {
+                    self.ends.push((rc.relay, reason));
+                }
                 self.outbox.remove(&(i, stream.get()));
             }
             RelayEvent::Closed { .. } => {
