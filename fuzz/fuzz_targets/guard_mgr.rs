@@ -9,6 +9,7 @@ use onion_dir::consensus::BandwidthWeights;
 use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
 use onion_dir::select::guard::{GuardCircId, GuardMgr, GuardParams, GuardUsage};
 use onion_dir::select::path::{Exclusions, PathConfig};
+use onion_dir::Timestamp;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -46,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let mut v = view(0);
     let mut now: u64 = 1_800_000_000;
     let mut circs: Vec<GuardCircId> = Vec::new();
-    mgr.update_consensus(&v, now, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(now), &v, &mut rng);
     for chunk in data.chunks(3).take(500) {
         let (op, a, b) = (
             chunk[0],
@@ -74,12 +75,12 @@ fuzz_target!(|data: &[u8]| {
                     Exclusions::from_indices(excluded)
                 };
                 let picked = mgr.select_excluding(
+                    Timestamp::from_unix(now),
                     &v,
                     usage,
                     avoid,
                     &exclude,
                     &PathConfig::default(),
-                    now,
                     &mut rng,
                 );
                 if let Ok(p) = picked {
@@ -90,29 +91,29 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 if let Some(&c) = circs.get(usize::from(a)) {
-                    let _ = mgr.circuit_succeeded(c, now, &mut rng);
+                    let _ = mgr.circuit_succeeded(Timestamp::from_unix(now), c, &mut rng);
                 }
             }
             3 => {
                 if !circs.is_empty() {
                     let c = circs.remove(usize::from(a) % circs.len());
-                    let _ = mgr.circuit_failed(c, now);
+                    let _ = mgr.circuit_failed(Timestamp::from_unix(now), c);
                 }
             }
             4 => {
                 if !circs.is_empty() {
                     let c = circs.remove(usize::from(a) % circs.len());
-                    let _ = mgr.circuit_closed(c, now);
+                    let _ = mgr.circuit_closed(Timestamp::from_unix(now), c);
                 }
             }
             5 => {
                 now += u64::from(a) * u64::from(b) * 60;
-                mgr.handle_timeout(now);
+                mgr.handle_timeout(Timestamp::from_unix(now));
             }
             6 => {
                 now += u64::from(a) * 86_400;
                 v = view(u64::from(b) * 0x0101_0101 & 0xff_ffff_ffff);
-                mgr.update_consensus(&v, now, &mut rng);
+                mgr.update_consensus(Timestamp::from_unix(now), &v, &mut rng);
             }
             _ => {
                 let text = mgr.to_state_string();

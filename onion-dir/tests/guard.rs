@@ -11,6 +11,7 @@ use onion_dir::select::guard::{
     CircState, GuardError, GuardEvent, GuardMgr, GuardParams, GuardUsage, Reachable,
 };
 use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::Timestamp;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -70,7 +71,7 @@ fn sampling_primary_and_confirmation() {
     let view = network(100, &[]);
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_consensus(&view, T0, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     // MIN_FILTERED_SAMPLE guards sampled, all usable; 3 primaries in sample order.
     assert_eq!(mgr.sampled().len(), 20);
     assert!(mgr
@@ -85,30 +86,30 @@ fn sampling_primary_and_confirmation() {
     // A data circuit uses the first primary (NUM_USABLE_PRIMARY_GUARDS = 1).
     let pick = mgr
         .select(
+            Timestamp::from_unix(T0),
             &view,
             GuardUsage::Data,
             &[],
             &PathConfig::default(),
-            T0,
             &mut rng,
         )
         .unwrap();
     assert_eq!(pick.guard, prim[0]);
     assert_eq!(pick.state, CircState::UsableOnCompletion);
     assert_eq!(
-        mgr.circuit_succeeded(pick.circ, T0 + 1, &mut rng),
+        mgr.circuit_succeeded(Timestamp::from_unix(T0 + 1), pick.circ, &mut rng),
         Ok(CircState::Complete)
     );
     assert_eq!(mgr.confirmed(), &[prim[0]]);
     assert_eq!(reach(&mgr, &prim[0]), Reachable::Yes);
     // Reporting twice is an error.
     assert_eq!(
-        mgr.circuit_failed(pick.circ, T0 + 2),
+        mgr.circuit_failed(Timestamp::from_unix(T0 + 2), pick.circ),
         Ok(()),
         "the circuit is still tracked until closed"
     );
     assert_eq!(
-        mgr.circuit_failed(pick.circ, T0 + 2),
+        mgr.circuit_failed(Timestamp::from_unix(T0 + 2), pick.circ),
         Err(GuardError::UnknownCircuit(pick.circ))
     );
 
@@ -117,16 +118,17 @@ fn sampling_primary_and_confirmation() {
     for _ in 0..60 {
         let p = mgr
             .select(
+                Timestamp::from_unix(T0 + 3),
                 &view,
                 GuardUsage::Dir,
                 &[],
                 &PathConfig::default(),
-                T0 + 3,
                 &mut rng,
             )
             .unwrap();
         seen.insert(p.guard);
-        mgr.circuit_closed(p.circ, T0 + 3).unwrap();
+        mgr.circuit_closed(Timestamp::from_unix(T0 + 3), p.circ)
+            .unwrap();
     }
     // prim[0] failed above, so only primaries 1 and 2 are reachable now.
     assert_eq!(seen.len(), 2);
@@ -138,26 +140,42 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
     let view = network(100, &[]);
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_consensus(&view, T0, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     let prim: Vec<RsaIdentity> = mgr.primary().to_vec();
     let cfg = PathConfig::default();
     // A first success: we are on the internet, and the first primary is confirmed.
     let p = mgr
-        .select(&view, GuardUsage::Data, &[], &cfg, T0, &mut rng)
+        .select(
+            Timestamp::from_unix(T0),
+            &view,
+            GuardUsage::Data,
+            &[],
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     assert_eq!(
-        mgr.circuit_succeeded(p.circ, T0, &mut rng),
+        mgr.circuit_succeeded(Timestamp::from_unix(T0), p.circ, &mut rng),
         Ok(CircState::Complete)
     );
-    mgr.circuit_closed(p.circ, T0).unwrap();
+    mgr.circuit_closed(Timestamp::from_unix(T0), p.circ)
+        .unwrap();
     // Every primary fails in turn.
     let mut now = T0 + 10;
     for expected in &prim {
         let p = mgr
-            .select(&view, GuardUsage::Data, &[], &cfg, now, &mut rng)
+            .select(
+                Timestamp::from_unix(now),
+                &view,
+                GuardUsage::Data,
+                &[],
+                &cfg,
+                &mut rng,
+            )
             .unwrap();
         assert_eq!(&p.guard, expected);
-        mgr.circuit_failed(p.circ, now).unwrap();
+        mgr.circuit_failed(Timestamp::from_unix(now), p.circ)
+            .unwrap();
         now += 1;
     }
     assert!(prim.iter().all(|id| reach(&mgr, id) == Reachable::No));
@@ -165,20 +183,34 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
     let s3 = mgr.sampled()[3].rsa_id;
     let s4 = mgr.sampled()[4].rsa_id;
     let c3 = mgr
-        .select(&view, GuardUsage::Data, &[], &cfg, now, &mut rng)
+        .select(
+            Timestamp::from_unix(now),
+            &view,
+            GuardUsage::Data,
+            &[],
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     assert_eq!(c3.state, CircState::UsableIfNoBetterGuard);
     assert_eq!(c3.guard, s3);
     assert!(mgr.sampled()[3].pending);
     let c4 = mgr
-        .select(&view, GuardUsage::Data, &[], &cfg, now, &mut rng)
+        .select(
+            Timestamp::from_unix(now),
+            &view,
+            GuardUsage::Data,
+            &[],
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     assert_eq!(c4.guard, s4);
     // The second finishes first. Its guard is confirmed (so it ranks above the pending
     // one and becomes primary after the confirmed first primary); the primaries before it
     // are down, so the circuit is usable at once.
     assert_eq!(
-        mgr.circuit_succeeded(c4.circ, now + 5, &mut rng),
+        mgr.circuit_succeeded(Timestamp::from_unix(now + 5), c4.circ, &mut rng),
         Ok(CircState::Complete)
     );
     assert_eq!(mgr.poll_event(), Some(GuardEvent::CircuitUsable(c4.circ)));
@@ -186,26 +218,29 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
     assert_eq!(mgr.primary(), &[prim[0], s4, prim[1]]);
     // The first one succeeds later: a better guard (s4) works, so it waits...
     assert_eq!(
-        mgr.circuit_succeeded(c3.circ, now + 6, &mut rng),
+        mgr.circuit_succeeded(Timestamp::from_unix(now + 6), c3.circ, &mut rng),
         Ok(CircState::WaitingForBetterGuard)
     );
     assert_eq!(mgr.poll_event(), None);
     // Retry schedule: the first primary failed at T0 + 10 and is retried 10 minutes later.
     let failed_at = T0 + 10;
-    mgr.handle_timeout(failed_at + 599);
+    mgr.handle_timeout(Timestamp::from_unix(failed_at + 599));
     assert_eq!(reach(&mgr, &prim[0]), Reachable::No);
-    assert_eq!(mgr.next_timeout(), Some(failed_at + 600));
-    mgr.handle_timeout(failed_at + 600);
+    assert_eq!(
+        mgr.poll_timeout(),
+        Some(Timestamp::from_unix(failed_at + 600))
+    );
+    mgr.handle_timeout(Timestamp::from_unix(failed_at + 600));
     assert_eq!(reach(&mgr, &prim[0]), Reachable::Maybe);
     // The waiting circuit expires after NONPRIMARY_GUARD_IDLE_TIMEOUT (600 s).
-    mgr.handle_timeout(now + 6 + 600);
+    mgr.handle_timeout(Timestamp::from_unix(now + 6 + 600));
     assert_eq!(mgr.poll_event(), None);
-    mgr.handle_timeout(now + 6 + 601);
+    mgr.handle_timeout(Timestamp::from_unix(now + 6 + 601));
     assert_eq!(mgr.poll_event(), Some(GuardEvent::CircuitExpired(c3.circ)));
     // prim[2] is no longer primary: the non-primary schedule (hourly) applies to it.
-    mgr.handle_timeout(failed_at + 2 + 1200);
+    mgr.handle_timeout(Timestamp::from_unix(failed_at + 2 + 1200));
     assert_eq!(reach(&mgr, &prim[2]), Reachable::No);
-    mgr.handle_timeout(failed_at + 2 + 3600);
+    mgr.handle_timeout(Timestamp::from_unix(failed_at + 2 + 3600));
     assert_eq!(reach(&mgr, &prim[2]), Reachable::Maybe);
 }
 
@@ -214,7 +249,7 @@ fn restrictions_and_path_integration() {
     let view = network(30, &[]);
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_consensus(&view, T0, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     let prim0 = mgr.primary()[0];
     let cfg = PathConfig::default();
     let sel = PathSelector::with_config(&view, cfg.clone());
@@ -222,7 +257,14 @@ fn restrictions_and_path_integration() {
     // Exit first, then a guard that does not conflict with it, then the middle.
     let exit = sel.choose_exit(None, &opts, &[], &mut rng).unwrap();
     let pick = mgr
-        .select(&view, GuardUsage::Data, &[exit], &cfg, T0, &mut rng)
+        .select(
+            Timestamp::from_unix(T0),
+            &view,
+            GuardUsage::Data,
+            &[exit],
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     let path = sel
         .exit_path(
@@ -238,30 +280,54 @@ fn restrictions_and_path_integration() {
     // Avoiding the first primary itself (e.g. it is the chosen exit) moves to the next one.
     let p0_idx = view.by_rsa_id(&prim0).unwrap();
     let pick = mgr
-        .select(&view, GuardUsage::Data, &[p0_idx], &cfg, T0, &mut rng)
+        .select(
+            Timestamp::from_unix(T0),
+            &view,
+            GuardUsage::Data,
+            &[p0_idx],
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     assert_ne!(pick.guard, prim0);
     assert_eq!(pick.guard, mgr.primary()[1]);
     // The one-call form: exit, then a guard from the manager, then the middle.
     for _ in 0..50 {
         let (path, pick) = mgr
-            .exit_path(&sel, ExitRequest::Any, 3, &opts, T0, &mut rng)
+            .exit_path(
+                Timestamp::from_unix(T0),
+                &sel,
+                ExitRequest::Any,
+                3,
+                &opts,
+                &mut rng,
+            )
             .unwrap();
         assert_eq!(path.hops()[0], pick.idx);
         assert!(mgr.primary().contains(&pick.guard));
         let exit = path.hops()[2];
         assert!(!view.same_subnet(exit, pick.idx) && !view.same_family(exit, pick.idx));
-        mgr.circuit_closed(pick.circ, T0).unwrap();
+        mgr.circuit_closed(Timestamp::from_unix(T0), pick.circ)
+            .unwrap();
     }
     // A circuit that must not use the first primary (its caller saw it fail) gets the next
     // primary, through which it is usable at once; the first stays primary for the others.
     let exclude = Exclusions::from_indices([p0_idx]);
     let pick = mgr
-        .select_excluding(&view, GuardUsage::Data, &[], &exclude, &cfg, T0, &mut rng)
+        .select_excluding(
+            Timestamp::from_unix(T0),
+            &view,
+            GuardUsage::Data,
+            &[],
+            &exclude,
+            &cfg,
+            &mut rng,
+        )
         .unwrap();
     assert_eq!(pick.guard, mgr.primary()[1]);
     assert_eq!(pick.state, CircState::UsableOnCompletion);
-    mgr.circuit_closed(pick.circ, T0).unwrap();
+    mgr.circuit_closed(Timestamp::from_unix(T0), pick.circ)
+        .unwrap();
     assert_eq!(mgr.primary()[0], prim0);
     let opts_ex = PathOptions {
         exclude: &exclude,
@@ -269,11 +335,19 @@ fn restrictions_and_path_integration() {
     };
     for _ in 0..20 {
         let (path, pick) = mgr
-            .exit_path(&sel, ExitRequest::Any, 3, &opts_ex, T0, &mut rng)
+            .exit_path(
+                Timestamp::from_unix(T0),
+                &sel,
+                ExitRequest::Any,
+                3,
+                &opts_ex,
+                &mut rng,
+            )
             .unwrap();
         assert!(!path.hops().contains(&p0_idx));
         assert_ne!(pick.guard, prim0);
-        mgr.circuit_closed(pick.circ, T0).unwrap();
+        mgr.circuit_closed(Timestamp::from_unix(T0), pick.circ)
+            .unwrap();
     }
     // Excluding by configuration removes it from the filtered set and the primaries.
     mgr.set_excluded(vec![prim0]);
@@ -285,18 +359,18 @@ fn unlisted_and_old_guards_expire() {
     let view = network(100, &[]);
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_consensus(&view, T0, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     let first = mgr.sampled()[0].rsa_id;
     // The first guard leaves the consensus.
     let view2 = network(100, &[first.0[0]]);
-    mgr.update_consensus(&view2, T0 + DAY, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0 + DAY), &view2, &mut rng);
     let g = mgr.sampled().iter().find(|g| g.rsa_id == first).unwrap();
     assert!(!g.listed);
     let since = g.unlisted_since.unwrap();
     assert!((T0 + DAY - 4 * DAY..=T0 + DAY).contains(&since));
     assert!(!mgr.primary().contains(&first));
     // 21 days later it is removed (REMOVE_UNLISTED_GUARDS_AFTER = 20 days).
-    mgr.update_consensus(&view2, T0 + 22 * DAY, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0 + 22 * DAY), &view2, &mut rng);
     assert!(mgr.sampled().iter().all(|g| g.rsa_id != first));
     // After GUARD_LIFETIME every unconfirmed guard of the first sample has been replaced.
     let old: Vec<RsaIdentity> = mgr
@@ -306,7 +380,7 @@ fn unlisted_and_old_guards_expire() {
         .map(|g| g.rsa_id)
         .collect();
     assert_eq!(old.len(), 19);
-    mgr.update_consensus(&view2, T0 + 121 * DAY, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0 + 121 * DAY), &view2, &mut rng);
     // (A relay may be sampled again, with a new date.)
     assert!(mgr.sampled().iter().all(|g| g.sampled_on > T0 + DAY));
     assert_eq!(mgr.sampled().len(), 20);
@@ -317,18 +391,34 @@ fn state_round_trip_keeps_unknown_fields_and_order() {
     let view = network(100, &[]);
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_consensus(&view, T0, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     let cfg = PathConfig::default();
     // Confirm two guards: the first primary, then (after it fails) the second.
     for _ in 0..2 {
         let p = mgr
-            .select(&view, GuardUsage::Data, &[], &cfg, T0, &mut rng)
+            .select(
+                Timestamp::from_unix(T0),
+                &view,
+                GuardUsage::Data,
+                &[],
+                &cfg,
+                &mut rng,
+            )
             .unwrap();
-        mgr.circuit_succeeded(p.circ, T0, &mut rng).unwrap();
+        mgr.circuit_succeeded(Timestamp::from_unix(T0), p.circ, &mut rng)
+            .unwrap();
         let q = mgr
-            .select(&view, GuardUsage::Data, &[], &cfg, T0, &mut rng)
+            .select(
+                Timestamp::from_unix(T0),
+                &view,
+                GuardUsage::Data,
+                &[],
+                &cfg,
+                &mut rng,
+            )
             .unwrap();
-        mgr.circuit_failed(q.circ, T0).unwrap();
+        mgr.circuit_failed(Timestamp::from_unix(T0), q.circ)
+            .unwrap();
     }
     assert_eq!(mgr.confirmed().len(), 2);
     let text = mgr.to_state_string();
@@ -370,7 +460,7 @@ fn state_round_trip_keeps_unknown_fields_and_order() {
     }
     // After a consensus the restored manager has the same primaries.
     let mut restored = restored;
-    restored.update_consensus(&view, T0, &mut rng);
+    restored.update_consensus(Timestamp::from_unix(T0), &view, &mut rng);
     assert_eq!(&restored.primary()[..2], mgr.confirmed());
 }
 
@@ -498,7 +588,7 @@ fn real_consensus_missing_descriptor_keeps_guard_listed() {
     let view = NetView::from_microdescs(&cons, &mds).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(6);
     let mut mgr = GuardMgr::new(GuardParams::default());
-    mgr.update_from_consensus(&cons, &view, T0, &mut rng);
+    mgr.update_from_consensus(Timestamp::from_unix(T0), &cons, &view, &mut rng);
     assert_eq!(mgr.sampled().len(), 20);
     assert!(mgr.missing_descriptors(&view).is_empty());
     let p0 = mgr.primary()[0];
@@ -513,22 +603,22 @@ fn real_consensus_missing_descriptor_keeps_guard_listed() {
     let view2 = NetView::from_microdescs(&cons, &fewer).unwrap();
     assert_eq!(view2.len() + 1, view.len());
     let mut with_cons = mgr.clone();
-    with_cons.update_from_consensus(&cons, &view2, T0 + 60, &mut rng);
+    with_cons.update_from_consensus(Timestamp::from_unix(T0 + 60), &cons, &view2, &mut rng);
     assert_eq!(with_cons.primary()[0], p0);
     assert_eq!(with_cons.missing_descriptors(&view2), vec![p0]);
     // It cannot carry a circuit without its descriptor: the next primary is used.
     let pick = with_cons
         .select(
+            Timestamp::from_unix(T0 + 60),
             &view2,
             GuardUsage::Data,
             &[],
             &PathConfig::default(),
-            T0 + 60,
             &mut rng,
         )
         .unwrap();
     assert_ne!(pick.guard, p0);
     // Judged from the view alone, it looks unlisted.
-    mgr.update_consensus(&view2, T0 + 60, &mut rng);
+    mgr.update_consensus(Timestamp::from_unix(T0 + 60), &view2, &mut rng);
     assert!(!mgr.primary().contains(&p0));
 }

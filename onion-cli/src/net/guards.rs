@@ -17,8 +17,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use onion_dir::select::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
 use onion_dir::netview::RelayIdx;
+use onion_dir::select::guard::{CircState, GuardMgr, GuardParams, GuardPick, GuardUsage};
 use onion_dir::select::path::{Exclusions, ExitRequest, Path, PathOptions, PathSelector};
 use onion_dir::select::vanguards::{self, Layer2Guards, VanguardParams, VanguardShape};
 use rand_core::OsRng;
@@ -97,8 +97,12 @@ impl Guards {
         self.mgr.set_params(params);
         let listed: std::collections::HashSet<onion_dir::RsaIdentity> =
             dir.listed_guards.iter().copied().collect();
-        self.mgr
-            .update_listed_ids(&dir.view, &listed, now, &mut OsRng);
+        self.mgr.update_listed_ids(
+            onion_dir::Timestamp::from_unix(now),
+            &dir.view,
+            &listed,
+            &mut OsRng,
+        );
         self.l2
             .set_params(VanguardParams::from_consensus_params(dir.param_entries()));
         self.update_l2(&PathSelector::new(&dir.view), now);
@@ -111,7 +115,12 @@ impl Guards {
         if !self.l2.params().enabled {
             return;
         }
-        let report = self.l2.update(sel, &Exclusions::none(), now, &mut OsRng);
+        let report = self.l2.update(
+            onion_dir::Timestamp::from_unix(now),
+            sel,
+            &Exclusions::none(),
+            &mut OsRng,
+        );
         if report.changed() {
             let names: Vec<String> = self
                 .l2
@@ -144,7 +153,14 @@ impl Guards {
             tries += 1;
             let (path, pick) = self
                 .mgr
-                .exit_path(sel, request, 3, opts, unix_now(), &mut OsRng)
+                .exit_path(
+                    onion_dir::Timestamp::from_unix(unix_now()),
+                    sel,
+                    request,
+                    3,
+                    opts,
+                    &mut OsRng,
+                )
                 .map_err(|e| e.to_string())?;
             let avoid: Vec<RelayIdx> = path.hops().last().copied().into_iter().collect();
             if let Some(ticket) = self.ticket(sel, pick, &avoid, opts, tries < REPICKS) {
@@ -244,12 +260,12 @@ impl Guards {
         let pick = self
             .mgr
             .select_excluding(
+                onion_dir::Timestamp::from_unix(unix_now()),
                 sel.view(),
                 usage,
                 avoid,
                 opts.exclude,
                 sel.config(),
-                unix_now(),
                 &mut OsRng,
             )
             .map_err(|e| e.to_string())?;
@@ -266,7 +282,10 @@ impl Guards {
         match path {
             Ok(path) => Ok((path, ticket)),
             Err(e) => {
-                let _ = self.mgr.circuit_closed(ticket.pick.circ, unix_now());
+                let _ = self.mgr.circuit_closed(
+                    onion_dir::Timestamp::from_unix(unix_now()),
+                    ticket.pick.circ,
+                );
                 Err(e.to_string())
             }
         }
@@ -300,7 +319,9 @@ impl Guards {
                 .is_some_and(|idx| !opts.exclude.contains(idx) && sel.compatible(idx, avoid))
         });
         if primary_fits && redraw {
-            let _ = self.mgr.circuit_closed(pick.circ, unix_now());
+            let _ = self
+                .mgr
+                .circuit_closed(onion_dir::Timestamp::from_unix(unix_now()), pick.circ);
             return None;
         }
         Some(GuardTicket {
@@ -319,12 +340,18 @@ impl Guards {
     pub fn built(&mut self, ticket: &GuardTicket) -> bool {
         let now = unix_now();
         let circ = ticket.pick.circ;
-        let usable = match self.mgr.circuit_succeeded(circ, now, &mut OsRng) {
-            Ok(CircState::Complete) => true,
-            Ok(_) => ticket.nothing_better,
-            Err(_) => false,
-        };
-        let _ = self.mgr.circuit_closed(circ, now);
+        let usable =
+            match self
+                .mgr
+                .circuit_succeeded(onion_dir::Timestamp::from_unix(now), circ, &mut OsRng)
+            {
+                Ok(CircState::Complete) => true,
+                Ok(_) => ticket.nothing_better,
+                Err(_) => false,
+            };
+        let _ = self
+            .mgr
+            .circuit_closed(onion_dir::Timestamp::from_unix(now), circ);
         self.save();
         usable
     }
@@ -335,9 +362,11 @@ impl Guards {
         let circ = ticket.pick.circ;
         let now = unix_now();
         let _ = if guard_failed {
-            self.mgr.circuit_failed(circ, now)
+            self.mgr
+                .circuit_failed(onion_dir::Timestamp::from_unix(now), circ)
         } else {
-            self.mgr.circuit_closed(circ, now)
+            self.mgr
+                .circuit_closed(onion_dir::Timestamp::from_unix(now), circ)
         };
         self.save();
     }
@@ -379,8 +408,8 @@ fn merged_state(old: &str, guards: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onion_dir::policy::ExitTarget;
     use onion_dir::netview::NetView;
+    use onion_dir::policy::ExitTarget;
     use onion_dir::select::path::PathConfig;
     use onion_dir::{consensus, microdesc, synth};
 

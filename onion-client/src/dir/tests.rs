@@ -893,12 +893,12 @@ fn listed_guards_update_the_guard_manager_as_the_consensus_does() {
         .collect();
     let v3: Vec<RsaIdentity> = authorities().iter().map(|a| a.v3ident).collect();
     let cons = cons.verify(&v3, &certs, WALL).unwrap();
-    let now = WALL.0;
+    let now = WALL;
     let mut a = GuardMgr::new(GuardParams::default());
-    a.update_from_consensus(&cons, &d.view, now, &mut rng());
+    a.update_from_consensus(now, &cons, &d.view, &mut rng());
     let mut b = GuardMgr::new(GuardParams::default());
     let listed = d.listed_guards.iter().copied().collect();
-    b.update_listed_ids(&d.view, &listed, now, &mut rng());
+    b.update_listed_ids(now, &d.view, &listed, &mut rng());
     let ids = |g: &GuardMgr| -> Vec<(RsaIdentity, bool)> {
         g.sampled().iter().map(|s| (s.rsa_id, s.listed)).collect()
     };

@@ -412,7 +412,7 @@ impl Guards {
         self.mgr.set_params(params);
         let listed: std::collections::HashSet<RsaIdentity> =
             dir.listed_guards.iter().copied().collect();
-        self.mgr.update_listed_ids(&dir.view, &listed, now.0, rng);
+        self.mgr.update_listed_ids(now, &dir.view, &listed, rng);
         self.l2
             .set_params(VanguardParams::from_consensus_params(dir.param_entries()));
         self.update_l2(dir, now, rng);
@@ -755,13 +755,13 @@ impl Guards {
         };
         // The guard may become confirmed (guard-spec §4.8), which the state keeps.
         self.dirty = true;
-        let state = self.mgr.circuit_succeeded(circ, now.0, rng);
+        let state = self.mgr.circuit_succeeded(now, circ, rng);
         let built = match state {
             Ok(CircState::Complete) => Built::Usable,
             Ok(_) if nothing_better => {
                 // No better guard can serve this circuit: the manager must not keep it
                 // waiting (nor time it out later).
-                let _ = self.mgr.circuit_closed(circ, now.0);
+                let _ = self.mgr.circuit_closed(now, circ);
                 if let Some(o) = self.open.get_mut(&ticket) {
                     o.circ = None;
                 }
@@ -806,8 +806,8 @@ impl Guards {
         }
         if let Some(circ) = open.circ {
             let _ = match blame {
-                Blame::Guard => self.mgr.circuit_failed(circ, now.0),
-                _ => self.mgr.circuit_closed(circ, now.0),
+                Blame::Guard => self.mgr.circuit_failed(now, circ),
+                _ => self.mgr.circuit_closed(now, circ),
             };
         }
         self.drain_mgr();
@@ -884,7 +884,7 @@ impl Guards {
     /// and the expiry of failure exclusions.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.handled = Some(self.handled.map_or(now.0, |h| h.max(now.0)));
-        self.mgr.handle_timeout(now.0);
+        self.mgr.handle_timeout(now);
         self.avoided.retain(|(_, until)| *until > now.0);
         self.drain_mgr();
     }
@@ -922,7 +922,7 @@ impl Guards {
             return;
         }
         let sel = PathSelector::with_config(&dir.view, self.config.path.clone());
-        let _ = self.l2.update(&sel, &Exclusions::none(), now.0, rng);
+        let _ = self.l2.update(now, &sel, &Exclusions::none(), rng);
     }
 
     /// The relays of `dir` avoided after failures at `now`, but for the caller's own choice
@@ -1014,12 +1014,12 @@ impl Guards {
         let pick = self
             .mgr
             .select_excluding(
+                now,
                 sel.view(),
                 usage,
                 avoid,
                 opts.exclude,
                 sel.config(),
-                now.0,
                 rng,
             )
             .map_err(|e| Error::NoPath(e.to_string()))?;
@@ -1036,7 +1036,7 @@ impl Guards {
                 .is_some_and(|idx| !opts.exclude.contains(idx) && sel.compatible(idx, avoid))
         });
         if primary_fits && redraw {
-            let _ = self.mgr.circuit_closed(pick.circ, now.0);
+            let _ = self.mgr.circuit_closed(now, pick.circ);
             return Ok(None);
         }
         Ok(Some((pick, !primary_fits)))
@@ -1078,7 +1078,7 @@ impl Guards {
         let (hops, names) = match targets {
             Ok(t) => t,
             Err(e) => {
-                let _ = self.mgr.circuit_closed(pick.circ, now.0);
+                let _ = self.mgr.circuit_closed(now, pick.circ);
                 self.drain_mgr();
                 return Err(e);
             }

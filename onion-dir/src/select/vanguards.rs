@@ -89,6 +89,7 @@ use rand_core::CryptoRngCore;
 
 use crate::netview::{uniform_below, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
 use crate::select::path::{Exclusions, Path, PathError, PathOptions, PathSelector};
+use crate::time::Timestamp;
 
 /// Default size of the layer-2 set (`NUM_LAYER2_GUARDS`, proposal 333 §1).
 pub const DEFAULT_L2_COUNT: usize = 4;
@@ -265,10 +266,14 @@ impl Layer2Guards {
         self.guards.iter().any(|g| &g.id == id)
     }
 
-    /// When the next member expires, if any: the caller's next update is due then at the
-    /// latest.
-    pub fn next_expiry(&self) -> Option<u64> {
-        self.guards.iter().map(|g| g.expires_at).min()
+    /// When the next member expires, if any: the caller's next
+    /// [`Layer2Guards::update`] is due then at the latest.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.guards
+            .iter()
+            .map(|g| g.expires_at)
+            .min()
+            .map(Timestamp::from_unix)
     }
 
     /// Forget every member (C tor does so on `SIGNAL NEWNYM`); the next update draws a new
@@ -285,11 +290,12 @@ impl Layer2Guards {
     /// already members; families are allowed to repeat.
     pub fn update(
         &mut self,
+        now: Timestamp,
         sel: &PathSelector<'_>,
         exclude: &Exclusions,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Layer2Update {
+        let now = now.unix();
         let view = sel.view();
         let mut report = Layer2Update::default();
         self.guards.retain(|g| {
@@ -652,7 +658,12 @@ mod tests {
         for seed in 0..50 {
             let mut l2 = Layer2Guards::default();
             let now = 1_700_000_000;
-            let rep = l2.update(&sel, &Exclusions::none(), now, &mut rng(seed));
+            let rep = l2.update(
+                Timestamp::from_unix(now),
+                &sel,
+                &Exclusions::none(),
+                &mut rng(seed),
+            );
             assert_eq!(l2.len(), DEFAULT_L2_COUNT);
             assert_eq!(rep.added.len(), 4);
             assert_eq!(rep.missing, 0);
@@ -667,7 +678,12 @@ mod tests {
                 assert!(g.expires_at >= now + 86_400 && g.expires_at <= now + 1_036_800);
             }
             // Nothing to do right after.
-            let again = l2.update(&sel, &Exclusions::none(), now + 1, &mut rng(seed));
+            let again = l2.update(
+                Timestamp::from_unix(now + 1),
+                &sel,
+                &Exclusions::none(),
+                &mut rng(seed),
+            );
             assert!(!again.changed());
         }
     }
@@ -680,7 +696,12 @@ mod tests {
                 .collect(),
         );
         let mut l2 = Layer2Guards::default();
-        l2.update(&PathSelector::new(&v), &Exclusions::none(), 0, &mut rng(1));
+        l2.update(
+            Timestamp::from_unix(0),
+            &PathSelector::new(&v),
+            &Exclusions::none(),
+            &mut rng(1),
+        );
         assert_eq!(
             l2.len(),
             4,
@@ -694,7 +715,12 @@ mod tests {
             },
         );
         let mut l2 = Layer2Guards::default();
-        let rep = l2.update(&strict, &Exclusions::none(), 0, &mut rng(1));
+        let rep = l2.update(
+            Timestamp::from_unix(0),
+            &strict,
+            &Exclusions::none(),
+            &mut rng(1),
+        );
         assert!(l2.is_empty());
         assert_eq!(rep.missing, 4);
         assert_eq!(
@@ -713,14 +739,29 @@ mod tests {
             ..VanguardParams::default()
         };
         let mut l2 = Layer2Guards::new(p);
-        l2.update(&sel, &Exclusions::none(), 5_000, &mut rng(2));
+        l2.update(
+            Timestamp::from_unix(5_000),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(2),
+        );
         assert!(l2.guards().iter().all(|g| g.expires_at == 6_000));
-        assert_eq!(l2.next_expiry(), Some(6_000));
+        assert_eq!(l2.poll_timeout(), Some(Timestamp::from_unix(6_000)));
         let before: Vec<_> = l2.guards().to_vec();
-        let rep = l2.update(&sel, &Exclusions::none(), 5_999, &mut rng(2));
+        let rep = l2.update(
+            Timestamp::from_unix(5_999),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(2),
+        );
         assert!(!rep.changed());
         assert_eq!(l2.guards(), before.as_slice());
-        let rep = l2.update(&sel, &Exclusions::none(), 6_000, &mut rng(2));
+        let rep = l2.update(
+            Timestamp::from_unix(6_000),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(2),
+        );
         assert_eq!(rep.expired.len(), 4);
         assert_eq!(rep.added.len(), 4);
         assert!(l2.guards().iter().all(|g| g.added_at == 6_000));
@@ -731,7 +772,12 @@ mod tests {
     fn members_that_leave_the_consensus_are_replaced() {
         let v = uniform_net(10);
         let mut l2 = Layer2Guards::default();
-        l2.update(&PathSelector::new(&v), &Exclusions::none(), 0, &mut rng(4));
+        l2.update(
+            Timestamp::from_unix(0),
+            &PathSelector::new(&v),
+            &Exclusions::none(),
+            &mut rng(4),
+        );
         let gone = l2.guards()[1].id;
         let kept: Vec<RsaIdentity> = l2
             .guards()
@@ -746,9 +792,9 @@ mod tests {
                 .collect(),
         );
         let rep = l2.update(
+            Timestamp::from_unix(10),
             &PathSelector::new(&v2),
             &Exclusions::none(),
-            10,
             &mut rng(4),
         );
         assert_eq!(rep.unlisted, vec![gone]);
@@ -762,7 +808,12 @@ mod tests {
     fn a_member_that_loses_stable_stays_but_is_skipped_by_stable_circuits() {
         let v = uniform_net(10);
         let mut l2 = Layer2Guards::default();
-        l2.update(&PathSelector::new(&v), &Exclusions::none(), 0, &mut rng(5));
+        l2.update(
+            Timestamp::from_unix(0),
+            &PathSelector::new(&v),
+            &Exclusions::none(),
+            &mut rng(5),
+        );
         let weak = l2.guards()[0].id;
         let v2 = view(
             (1..=10)
@@ -776,7 +827,12 @@ mod tests {
                 .collect(),
         );
         let sel = PathSelector::new(&v2);
-        let rep = l2.update(&sel, &Exclusions::none(), 10, &mut rng(5));
+        let rep = l2.update(
+            Timestamp::from_unix(10),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(5),
+        );
         assert!(!rep.changed());
         assert!(l2.contains(&weak));
         let weak_idx = idx_of(&v2, &weak);
@@ -804,7 +860,12 @@ mod tests {
         let v = view(recs);
         assert!(v.same_family(RelayIdx(0), RelayIdx(3)));
         let mut l2 = Layer2Guards::default();
-        l2.update(&PathSelector::new(&v), &Exclusions::none(), 0, &mut rng(7));
+        l2.update(
+            Timestamp::from_unix(0),
+            &PathSelector::new(&v),
+            &Exclusions::none(),
+            &mut rng(7),
+        );
         assert_eq!(l2.len(), 4);
     }
 
@@ -813,19 +874,34 @@ mod tests {
         let v = uniform_net(20);
         let sel = PathSelector::new(&v);
         let mut l2 = Layer2Guards::default();
-        l2.update(&sel, &Exclusions::none(), 0, &mut rng(8));
+        l2.update(
+            Timestamp::from_unix(0),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(8),
+        );
         l2.set_params(VanguardParams::from_consensus_params([(
             "guard-hs-l2-number",
             2,
         )]));
-        let rep = l2.update(&sel, &Exclusions::none(), 1, &mut rng(8));
+        let rep = l2.update(
+            Timestamp::from_unix(1),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(8),
+        );
         assert!(!rep.changed());
         assert_eq!(l2.len(), 4);
         l2.set_params(VanguardParams::from_consensus_params([(
             "guard-hs-l2-number",
             30,
         )]));
-        let rep = l2.update(&sel, &Exclusions::none(), 2, &mut rng(8));
+        let rep = l2.update(
+            Timestamp::from_unix(2),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(8),
+        );
         assert_eq!(l2.len(), MAX_L2_COUNT);
         assert_eq!(rep.added.len(), MAX_L2_COUNT - 4);
         l2.clear();
@@ -837,7 +913,12 @@ mod tests {
         let v = uniform_net(8);
         let ex = Exclusions::from_indices((0..4).map(RelayIdx));
         let mut l2 = Layer2Guards::default();
-        l2.update(&PathSelector::new(&v), &ex, 0, &mut rng(9));
+        l2.update(
+            Timestamp::from_unix(0),
+            &PathSelector::new(&v),
+            &ex,
+            &mut rng(9),
+        );
         assert_eq!(l2.len(), 4);
         assert!(l2.guards().iter().all(|g| !ex.contains(idx_of(&v, &g.id))));
     }
@@ -852,7 +933,12 @@ mod tests {
         );
         let sel = PathSelector::new(&v);
         let mut l2 = Layer2Guards::default();
-        l2.update(&sel, &Exclusions::none(), 0, &mut rng(10));
+        l2.update(
+            Timestamp::from_unix(0),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(10),
+        );
         assert_eq!(l2.len(), 4);
         let (g, last) = (RelayIdx(3), RelayIdx(0));
         let mut counts = [0u32; 4];
@@ -910,7 +996,12 @@ mod tests {
             )
             .is_err());
         let mut l2 = Layer2Guards::default();
-        l2.update(&sel, &Exclusions::none(), 0, &mut rng(12));
+        l2.update(
+            Timestamp::from_unix(0),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(12),
+        );
         let mut r = rng(13);
         for _ in 0..200 {
             let p = vanguard_path(
@@ -952,7 +1043,12 @@ mod tests {
         let v = uniform_net(8);
         let sel = PathSelector::new(&v);
         let mut l2 = Layer2Guards::default();
-        l2.update(&sel, &Exclusions::none(), 0, &mut rng(14));
+        l2.update(
+            Timestamp::from_unix(0),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(14),
+        );
         let g = RelayIdx(5);
         // Allowed as the 4th hop (C tor does not steer the guard away from the target) ...
         let p = vanguard_path(
@@ -1005,7 +1101,12 @@ mod tests {
             ),
             Err(VanguardError::EmptySet)
         );
-        l2.update(&sel, &Exclusions::none(), 0, &mut rng(16));
+        l2.update(
+            Timestamp::from_unix(0),
+            &sel,
+            &Exclusions::none(),
+            &mut rng(16),
+        );
         assert_eq!(
             vanguard_path(
                 &sel,
@@ -1115,7 +1216,7 @@ mod tests {
             ]);
             let mut l2 = Layer2Guards::new(params.clone());
             let mut r = rng(seed);
-            l2.update(&sel, &Exclusions::none(), now, &mut r);
+            l2.update(Timestamp::from_unix(now), &sel, &Exclusions::none(), &mut r);
             let eligible = (0..v.len() as u32)
                 .filter(|&i| v.eligible(RelayIdx(i), WeightRole::Middle))
                 .count();
@@ -1142,7 +1243,7 @@ mod tests {
                 .collect();
             let v2 = view(kept);
             let before = l2.guards().to_vec();
-            let rep = l2.update(&PathSelector::new(&v2), &Exclusions::none(), later, &mut r);
+            let rep = l2.update(Timestamp::from_unix(later), &PathSelector::new(&v2), &Exclusions::none(), &mut r);
             for g in &before {
                 let expired = later >= g.expires_at;
                 let gone = v2.by_rsa_id(&g.id).is_none();
@@ -1167,7 +1268,7 @@ mod tests {
             let sel = PathSelector::new(&v);
             let mut l2 = Layer2Guards::default();
             let mut r = rng(seed);
-            l2.update(&sel, &Exclusions::none(), 0, &mut r);
+            l2.update(Timestamp::from_unix(0), &sel, &Exclusions::none(), &mut r);
             let shape = if long { VanguardShape::Long } else { VanguardShape::Short };
             let opts = PathOptions { need_stable: stable, ..PathOptions::default() };
             let target = given.then_some(t);

@@ -6,12 +6,11 @@
 //! the network comes in as a [`NetView`]. The embedding drives it like this:
 //!
 //! ```text
-//! on each new consensus:      mgr.update_consensus(&view, now, rng)
-//! to build a circuit:         let pick = mgr.select(&view, usage, &avoid, now, rng)?;
+//! on each new consensus:      mgr.update_consensus(now, &view, rng)
+//! to build a circuit:         let pick = mgr.select(now, &view, usage, &avoid, &config, rng)?;
 //!                             (build through pick.guard)
-//! circuit built / failed:     mgr.circuit_succeeded(pick.circ, now) / mgr.circuit_failed(pick.circ, now)
-//! periodically or at          mgr.handle_timeout(now)
-//!   mgr.next_timeout():
+//! circuit built / failed:     mgr.circuit_succeeded(now, pick.circ, rng) / mgr.circuit_failed(now, pick.circ)
+//! at mgr.poll_timeout():      mgr.handle_timeout(now)
 //! then drain:                 while let Some(ev) = mgr.poll_event() { .. }
 //! persist:                    mgr.to_state_string(); restore: GuardMgr::from_state_str(..)
 //! ```
@@ -28,6 +27,7 @@ use crate::netview::{uniform_below, NetView, RelayFlags, RelayIdx, RsaIdentity, 
 use crate::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
 };
+use crate::time::Timestamp;
 
 const DAY: u64 = 86_400;
 const HOUR: u64 = 3_600;
@@ -490,7 +490,13 @@ impl GuardMgr {
     /// listed when the view has it with the {GUARDS} flags; since a view holds only relays
     /// with descriptors, prefer [`GuardMgr::update_from_consensus`] when the consensus is at
     /// hand (guard-spec §4.12: a missing descriptor does not unlist a guard).
-    pub fn update_consensus(&mut self, view: &NetView, now: u64, rng: &mut impl CryptoRngCore) {
+    pub fn update_consensus(
+        &mut self,
+        now: Timestamp,
+        view: &NetView,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        let now = now.unix();
         self.update_listed(
             view,
             |id| {
@@ -507,11 +513,12 @@ impl GuardMgr {
     /// hold the guard's descriptor; new guards are sampled from `view` (relays we can use).
     pub fn update_from_consensus(
         &mut self,
+        now: Timestamp,
         cons: &Consensus<'_>,
         view: &NetView,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) {
+        let now = now.unix();
         let listed: std::collections::HashSet<RsaIdentity> = cons
             .relays
             .iter()
@@ -528,12 +535,12 @@ impl GuardMgr {
     /// [`GuardMgr::update_from_consensus`] computes it from the consensus itself.
     pub fn update_listed_ids(
         &mut self,
+        now: Timestamp,
         view: &NetView,
         listed: &std::collections::HashSet<RsaIdentity>,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) {
-        self.update_listed(view, |id| listed.contains(id), now, rng);
+        self.update_listed(view, |id| listed.contains(id), now.unix(), rng);
     }
 
     /// The primary guards whose descriptor `view` lacks: fetch them first (guard-spec §4.12).
@@ -701,14 +708,14 @@ impl GuardMgr {
     /// guards before building circuits: see [`GuardMgr::missing_descriptors`].
     pub fn select(
         &mut self,
+        now: Timestamp,
         view: &NetView,
         usage: GuardUsage,
         avoid: &[RelayIdx],
         config: &PathConfig,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<GuardPick, GuardError> {
-        self.select_excluding(view, usage, avoid, &Exclusions::none(), config, now, rng)
+        self.select_excluding(now, view, usage, avoid, &Exclusions::none(), config, rng)
     }
 
     /// [`GuardMgr::select`] for a circuit that must also not go through the relays of
@@ -719,14 +726,15 @@ impl GuardMgr {
     #[allow(clippy::too_many_arguments)]
     pub fn select_excluding(
         &mut self,
+        now: Timestamp,
         view: &NetView,
         usage: GuardUsage,
         avoid: &[RelayIdx],
         exclude: &Exclusions,
         config: &PathConfig,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<GuardPick, GuardError> {
+        let now = now.unix();
         self.retry_due(now);
         if self
             .sampled
@@ -842,11 +850,11 @@ impl GuardMgr {
     #[allow(clippy::too_many_arguments)]
     pub fn exit_path(
         &mut self,
+        now: Timestamp,
         sel: &PathSelector<'_>,
         request: ExitRequest,
         len: usize,
         opts: &PathOptions<'_>,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Path, GuardPick), GuardPathError> {
         let (exit, target) = match request {
@@ -855,12 +863,12 @@ impl GuardMgr {
             ExitRequest::Any => (sel.choose_exit(None, opts, &[], rng)?, None),
         };
         let pick = self.select_excluding(
+            now,
             sel.view(),
             GuardUsage::Data,
             &[exit],
             opts.exclude,
             sel.config(),
-            now,
             rng,
         )?;
         match sel.exit_path(
@@ -872,7 +880,7 @@ impl GuardMgr {
         ) {
             Ok(path) => Ok((path, pick)),
             Err(e) => {
-                let _ = self.circuit_closed(pick.circ, now);
+                let _ = self.circuit_closed(now, pick.circ);
                 Err(e.into())
             }
         }
@@ -887,10 +895,11 @@ impl GuardMgr {
     /// Returns the circuit's new state.
     pub fn circuit_succeeded(
         &mut self,
+        now: Timestamp,
         circ: GuardCircId,
-        now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<CircState, GuardError> {
+        let now = now.unix();
         let pos = self
             .circuits
             .iter()
@@ -946,7 +955,8 @@ impl GuardMgr {
     }
 
     /// guard-spec §4.7: the circuit failed in a way that blames its guard.
-    pub fn circuit_failed(&mut self, circ: GuardCircId, now: u64) -> Result<(), GuardError> {
+    pub fn circuit_failed(&mut self, now: Timestamp, circ: GuardCircId) -> Result<(), GuardError> {
+        let now = now.unix();
         let pos = self
             .circuits
             .iter()
@@ -965,7 +975,8 @@ impl GuardMgr {
     }
 
     /// The circuit was closed for a reason that says nothing about its guard: forget it.
-    pub fn circuit_closed(&mut self, circ: GuardCircId, now: u64) -> Result<(), GuardError> {
+    pub fn circuit_closed(&mut self, now: Timestamp, circ: GuardCircId) -> Result<(), GuardError> {
+        let now = now.unix();
         let pos = self
             .circuits
             .iter()
@@ -1049,7 +1060,8 @@ impl GuardMgr {
 
     /// Run the time-driven rules: retries (§4.5), idle waiting circuits (§4.9), and
     /// upgrades that became possible because connect timeouts passed.
-    pub fn handle_timeout(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let now = now.unix();
         self.retry_due(now);
         let idle = self.params.nonprimary_idle_timeout;
         let mut expired = Vec::new();
@@ -1068,7 +1080,7 @@ impl GuardMgr {
     }
 
     /// The next time [`GuardMgr::handle_timeout`] has something to do, if any.
-    pub fn next_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
         let retries = self
             .sampled
             .iter()
@@ -1096,7 +1108,7 @@ impl GuardMgr {
             ),
             _ => None,
         });
-        retries.chain(circs).min()
+        retries.chain(circs).min().map(Timestamp::from_unix)
     }
 
     /// The next event for the embedding, if any.
