@@ -7,7 +7,12 @@
 //!
 //! * `/tor/status-vote/current/consensus` and `.../consensus-microdesc`, with or without the
 //!   `/<fp>+<fp>...` authority suffix (dir-spec §5.1; the suffix is not checked: the cache
-//!   serves the one consensus it holds, which the client verifies);
+//!   serves the one consensus it holds, which the client verifies); a request carrying
+//!   `X-Or-Diff-From-Consensus: HASH, ...` (dir-spec §4.5.2) naming the signed-part digest
+//!   of a previous consensus the cache was given gets the diff from it instead
+//!   ([`onion_dir::consdiff_gen`]), and anything else the full consensus;
+//! * `/tor/status-vote/current/consensus[-microdesc]/diff/<HASH>/<FPRLIST>` (dir-spec
+//!   §4.5.2): that diff, or 404;
 //! * `/tor/micro/d/<D1>-<D2>...` (dir-spec §5.2, at most 92 digests), the ones held;
 //! * `/tor/server/fp/<F1>+<F2>...`, `/tor/server/d/<D1>+<D2>...`, `/tor/server/all`
 //!   (dir-spec appendix B), the ones held.
@@ -28,6 +33,11 @@ use sha2::{Digest as _, Sha256};
 pub const MAX_MICRODESCS_PER_REQUEST: usize = 92;
 /// Most server descriptors one request may name (C tor's `DIR_MAX_...` batch of 96).
 pub const MAX_DESCRIPTORS_PER_REQUEST: usize = 96;
+/// Most previous consensuses of one flavour diffs are made from. Beyond it the newest (the
+/// last given) are kept: clients holding older ones get the full consensus.
+pub const MAX_DIFF_BASES: usize = 8;
+/// Most digests of an `X-Or-Diff-From-Consensus` header looked at (the rest are ignored).
+const MAX_DIFF_FROM: usize = 16;
 
 /// A server descriptor the cache holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +61,12 @@ pub struct DirDocuments {
     pub microdescs: Vec<Vec<u8>>,
     /// Server descriptors.
     pub server_descriptors: Vec<ServerDescriptor>,
+    /// Previous `ns` consensuses, oldest first: diffs from each to `consensus` are served
+    /// (dir-spec §4.5; at most [`MAX_DIFF_BASES`], the newest, are used).
+    pub previous_consensuses: Vec<Vec<u8>>,
+    /// Previous microdescriptor consensuses, oldest first, for diffs to
+    /// `consensus_microdesc`.
+    pub previous_consensuses_microdesc: Vec<Vec<u8>>,
 }
 
 /// A document as held: the text and its deflated form, made once.
@@ -82,6 +98,10 @@ impl Doc {
 pub(crate) struct DirCache {
     consensus: Option<Doc>,
     consensus_md: Option<Doc>,
+    /// Diffs to `consensus`, by the SHA3-256 of their base's signed part.
+    diffs: HashMap<[u8; 32], Doc>,
+    /// Diffs to `consensus_md`.
+    diffs_md: HashMap<[u8; 32], Doc>,
     micro: HashMap<[u8; 32], Arc<[u8]>>,
     by_fp: HashMap<[u8; 20], Arc<[u8]>>,
     by_digest: HashMap<[u8; 20], Arc<[u8]>>,
@@ -147,10 +167,48 @@ pub(crate) fn head_end(req: &[u8]) -> Option<usize> {
     req.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
+/// Diffs from each of `bases` (the newest [`MAX_DIFF_BASES`]) to `current`, by the
+/// SHA3-256 of the base's signed part. A base that is not UTF-8, is unsigned, or gives no
+/// diff has none: its holders get the full consensus.
+fn make_diffs(current: Option<&[u8]>, bases: &[Vec<u8>]) -> HashMap<[u8; 32], Doc> {
+    let mut out = HashMap::new();
+    let Some(Ok(target)) = current.map(core::str::from_utf8) else {
+        return out;
+    };
+    let skip = bases.len().saturating_sub(MAX_DIFF_BASES);
+    for base in &bases[skip..] {
+        let Ok(base) = core::str::from_utf8(base) else {
+            continue;
+        };
+        let Some(digest) = onion_dir::consdiff::signed_part_digest(base) else {
+            continue;
+        };
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(&digest, &mut key).is_err() {
+            continue;
+        }
+        if let Ok(d) = onion_dir::consdiff_gen::generate(base, target) {
+            out.insert(key, Doc::new(d.into_bytes()));
+        }
+    }
+    out
+}
+
 impl DirCache {
     pub(crate) fn new(docs: DirDocuments) -> Self {
         let mut c = DirCache::default();
         let mut bytes = 0usize;
+        c.diffs = make_diffs(docs.consensus.as_deref(), &docs.previous_consensuses);
+        c.diffs_md = make_diffs(
+            docs.consensus_microdesc.as_deref(),
+            &docs.previous_consensuses_microdesc,
+        );
+        bytes += c
+            .diffs
+            .values()
+            .chain(c.diffs_md.values())
+            .map(|d| d.plain.len() + d.deflated.len())
+            .sum::<usize>();
         if let Some(t) = docs.consensus {
             bytes += t.len();
             c.consensus = Some(Doc::new(t));
@@ -192,18 +250,28 @@ impl DirCache {
         if method != "GET" {
             return Answer::status("405 Method not allowed");
         }
-        let offers_deflate = lines.any(|l| {
-            l.split_once(':').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("accept-encoding")
-                    && v.split(',')
-                        .any(|e| e.trim().eq_ignore_ascii_case("deflate"))
-            })
-        });
+        let mut offers_deflate = false;
+        let mut diff_from: Vec<[u8; 32]> = Vec::new();
+        for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("accept-encoding") {
+                offers_deflate |= v
+                    .split(',')
+                    .any(|e| e.trim().eq_ignore_ascii_case("deflate"));
+            } else if k.eq_ignore_ascii_case("x-or-diff-from-consensus") {
+                for h in v.split(',').take(MAX_DIFF_FROM) {
+                    let mut d = [0u8; 32];
+                    if hex::decode_to_slice(h.trim(), &mut d).is_ok() {
+                        diff_from.push(d);
+                    }
+                }
+            }
+        }
         let (path, z) = match path.strip_suffix(".z") {
             Some(p) => (p, true),
             None => (path, offers_deflate),
         };
-        let body = match self.lookup(path) {
+        let body = match self.lookup(path, &diff_from) {
             Ok(b) => b,
             Err(a) => return a,
         };
@@ -230,16 +298,25 @@ impl DirCache {
         Answer::new("200 OK", compressed, pieces)
     }
 
-    fn lookup(&self, path: &str) -> Result<Body<'_>, Answer> {
+    fn lookup(&self, path: &str, diff_from: &[[u8; 32]]) -> Result<Body<'_>, Answer> {
         let not_found = || Answer::status("404 Not found");
         let bad = || Answer::status("400 Malformed request");
         if let Some(rest) = path.strip_prefix("/tor/status-vote/current/consensus") {
-            let (doc, rest) = match rest.strip_prefix("-microdesc") {
-                Some(r) => (&self.consensus_md, r),
-                None => (&self.consensus, rest),
+            let (doc, diffs, rest) = match rest.strip_prefix("-microdesc") {
+                Some(r) => (&self.consensus_md, &self.diffs_md, r),
+                None => (&self.consensus, &self.diffs, rest),
             };
+            if let Some(d) = rest.strip_prefix("/diff/") {
+                let hash = d.split('/').next().unwrap_or("");
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(hash, &mut key).map_err(|_| bad())?;
+                return diffs.get(&key).map(Body::Doc).ok_or_else(not_found);
+            }
             if !(rest.is_empty() || rest.starts_with('/')) {
                 return Err(not_found());
+            }
+            if let Some(d) = diff_from.iter().find_map(|k| diffs.get(k)) {
+                return Ok(Body::Doc(d));
             }
             return doc.as_ref().map(Body::Doc).ok_or_else(not_found);
         }
@@ -313,7 +390,65 @@ mod tests {
                 digest: [9; 20],
                 text: b"router x\n".to_vec(),
             }],
+            ..DirDocuments::default()
         })
+    }
+
+    fn signed(body: &str, sig: &str) -> String {
+        format!(
+            "network-status-version 3 microdesc\n{body}directory-footer\n\
+             directory-signature AA BB\n-----BEGIN SIGNATURE-----\n{sig}\n\
+             -----END SIGNATURE-----\n"
+        )
+    }
+
+    #[test]
+    fn serves_consensus_diffs_to_clients_that_hold_a_previous_one() {
+        let old = signed("r a AAA x\ns Running\nr b BBB x\ns Running\n", "YQ==");
+        let older = signed("r a AAA x\ns Fast\n", "Yg==");
+        let new = signed("r a AAA x\ns Running Valid\nr c CCC x\ns Exit\n", "Yw==");
+        let c = DirCache::new(DirDocuments {
+            consensus_microdesc: Some(new.clone().into_bytes()),
+            previous_consensuses_microdesc: vec![older.into_bytes(), old.clone().into_bytes()],
+            ..DirDocuments::default()
+        });
+        let from = onion_dir::consdiff::signed_part_digest(&old).unwrap();
+        let path = "/tor/status-vote/current/consensus-microdesc";
+        // X-Or-Diff-From-Consensus naming `old` (among unknown digests): the diff.
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nX-Or-Diff-From-Consensus: {}, {from}\r\n\r\n",
+            "ab".repeat(32)
+        );
+        let (st, body) = get(&c, req.as_bytes(), 1 << 20);
+        assert_eq!(st, 200);
+        let body = String::from_utf8(body).unwrap();
+        assert!(onion_dir::consdiff::is_diff(&body), "{body}");
+        assert_eq!(onion_dir::consdiff::apply(&old, &body).unwrap(), new);
+        // Compressed (.z) too.
+        let req = format!("GET {path}.z HTTP/1.0\r\nX-Or-Diff-From-Consensus: {from}\r\n\r\n");
+        let (_, body) = get(&c, req.as_bytes(), 1 << 20);
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(onion_dir::consdiff::apply(&old, &body).unwrap(), new);
+        // Only unknown digests, or none: the full consensus.
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nX-Or-Diff-From-Consensus: {}\r\n\r\n",
+            "cd".repeat(32)
+        );
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).1, new.as_bytes());
+        // The diff URI of dir-spec §4.5.2: the diff, 404 for an unknown base, 400 for junk.
+        let req = format!("GET {path}/diff/{from}/AAAA HTTP/1.0\r\n\r\n");
+        let (st, body) = get(&c, req.as_bytes(), 1 << 20);
+        assert_eq!(st, 200);
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(onion_dir::consdiff::apply(&old, &body).unwrap(), new);
+        let req = format!("GET {path}/diff/{}/AAAA HTTP/1.0\r\n\r\n", "ef".repeat(32));
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 404);
+        let req = format!("GET {path}/diff/zz/AAAA HTTP/1.0\r\n\r\n");
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 400);
+        // The ns flavour has no previous consensus: no diff.
+        let req =
+            format!("GET /tor/status-vote/current/consensus/diff/{from}/AAAA HTTP/1.0\r\n\r\n");
+        assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 404);
     }
 
     fn get(c: &DirCache, req: &[u8], max: usize) -> (u16, Vec<u8>) {
