@@ -1,0 +1,152 @@
+//! Congestion control at our exit as a C tor client meets it (proposal 324 §4.1, proposal
+//! 332): the bytes of the handshake, not our own client's interpretation of them.
+//!
+//! A C tor 0.4.9 client that picks an exit advertising `FlowCtrl=2` sends CREATE2 of type
+//! ntor-v3 whose encrypted client message is the extension list `01 01 00` (one field,
+//! `CC_FIELD_REQUEST` = 1, empty). It accepts the circuit only if the relay's encrypted
+//! server message holds `CC_FIELD_RESPONSE` (2) with one byte, `sendme_inc`, within one of
+//! its consensus `cc_sendme_inc` (C tor `congestion_control_parse_ext_response`); an empty
+//! list (`00`) means the exit runs fixed windows. The relay here is driven through its
+//! public API only, over a real channel, and the ntor-v3 client side is onion-crypto's.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use onion_cell::chancell::{ChanMsg, Create2, HandshakeType};
+use onion_circuit::cc::CcConfig;
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel};
+use onion_circuit::Instant;
+use onion_crypto::ntor_v3::{NtorV3Client, CIRCUIT_EXTEND_VERIFICATION};
+use onion_crypto::relay_keyset::RelayKeySet;
+use onion_relay::{ConnId, Relay, RelayConfig, TlsLinkCert};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
+}
+
+/// Move bytes both ways until nothing moves; the client channel's events are returned.
+fn pump(relay: &mut Relay, chan: &mut Channel) -> Vec<ChanEvent> {
+    let now = Instant::ZERO;
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        let mut moved = false;
+        while chan.poll_transmit(&mut out).is_some() {
+            relay.handle_input(ConnId(1), now, &out);
+            out.clear();
+            moved = true;
+        }
+        while relay.poll_event().is_some() {}
+        while relay.poll_transmit(now, &mut out).is_some() {
+            let mut off = 0;
+            while off < out.len() {
+                off += chan.handle_input(now, &out[off..]).expect("client input");
+                while let Some(ev) = chan.poll_event() {
+                    events.push(ev);
+                }
+            }
+            out.clear();
+            moved = true;
+        }
+        if !moved {
+            return events;
+        }
+    }
+}
+
+/// A relay configured with `cc` (None: as a relay that does not implement congestion
+/// control) answers one ntor-v3 CREATE2 carrying `client_msg`; returns the decrypted server
+/// message of its CREATED2 and the relay's circuit count.
+fn server_message(cc: Option<CcConfig>, client_msg: &[u8]) -> (Vec<u8>, usize) {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let mut cfg = RelayConfig::new(vec![ip]);
+    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
+    cfg.circuits.congestion_control = cc;
+    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall(), &mut rng).expect("relay");
+    let now = Instant::ZERO;
+    relay
+        .handle_accepted(
+            ConnId(1),
+            now,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
+        )
+        .expect("accept");
+    let mut chan = Channel::initiator(
+        ChanConfig::default(),
+        relay.identities(),
+        Some(relay.link_cert().sha256()),
+        now,
+        wall(),
+    );
+    pump(&mut relay, &mut chan);
+    assert!(chan.is_open());
+    let ed = relay.keys().ed_identity();
+    let onion_key = *relay.keys().ntor_key().public();
+    let (pending, hdata) = NtorV3Client::start(
+        &mut rng,
+        &ed,
+        &onion_key,
+        client_msg,
+        CIRCUIT_EXTEND_VERIFICATION,
+    );
+    let id = chan.new_circ_id(&mut rng).expect("circuit id");
+    chan.send(
+        id,
+        &ChanMsg::Create2(Create2 {
+            handshake_type: HandshakeType::NTOR_V3,
+            hdata: hdata.into(),
+        }),
+    )
+    .expect("CREATE2");
+    let created = pump(&mut relay, &mut chan)
+        .into_iter()
+        .find_map(|ev| match ev {
+            ChanEvent::CircuitCell {
+                circ_id,
+                msg: ChanMsg::Created2(c),
+            } if circ_id == id => Some(c.hdata.into_owned()),
+            _ => None,
+        })
+        .expect("CREATED2");
+    let (msg, _) = pending.finish(&created).expect("the ntor-v3 reply checks");
+    (msg, relay.n_circuits())
+}
+
+/// C tor's request gets C tor's response: one `CC_FIELD_RESPONSE` carrying the relay's
+/// `sendme_inc` (the consensus `cc_sendme_inc`, 31 by default, or whatever the consensus
+/// says), which a C tor client accepts (within one of its own consensus value).
+#[test]
+fn a_c_tor_client_request_gets_the_cc_response() {
+    let (msg, n) = server_message(Some(CcConfig::default()), &[1, 1, 0]);
+    assert_eq!(msg, [1, 2, 1, 31]);
+    assert_eq!(n, 1);
+    let cfg = CcConfig {
+        sendme_inc: 32,
+        ..CcConfig::default()
+    };
+    let (msg, _) = server_message(Some(cfg), &[1, 1, 0]);
+    assert_eq!(msg, [1, 2, 1, 32]);
+    // C tor's acceptance rule, applied to what we sent: within one of its consensus value.
+    assert!(CcConfig::default().sendme_inc_acceptable(msg[3]));
+}
+
+/// A C tor client that does not ask (congestion control off in its consensus, `cc_alg=0`)
+/// sends an empty extension list; so does an ntor-v3 request with unknown extensions only.
+/// Either gets an empty list back: the circuit runs fixed windows. A relay configured
+/// without congestion control answers a request with an empty list too, which C tor's
+/// client takes as "fixed windows" and keeps the circuit.
+#[test]
+fn no_request_or_no_support_gets_an_empty_list() {
+    for client_msg in [&[0u8][..], &[1, 9, 2, 0xaa, 0xbb][..]] {
+        let (msg, n) = server_message(Some(CcConfig::default()), client_msg);
+        assert_eq!(msg, [0], "{client_msg:?}");
+        assert_eq!(n, 1);
+    }
+    let (msg, n) = server_message(None, &[1, 1, 0]);
+    assert_eq!(msg, [0]);
+    assert_eq!(n, 1);
+}
