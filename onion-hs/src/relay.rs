@@ -1,15 +1,18 @@
-//! The relay side of the introduction and rendezvous protocols (rend-spec-v3 §3.1, §3.2,
-//! §4.1, §4.2): what an introduction point and a rendezvous point keep, per circuit.
+//! The relay side of the onion-service protocols: what an introduction point (rend-spec-v3
+//! §3.1, §3.2), a rendezvous point (§4.1, §4.2) and an HSDir (§2.2, the v3 descriptor store)
+//! keep.
 //!
 //! Circuits are named by the embedder's own key type `C` (e.g. a channel and circuit id):
-//! this module only decides which message goes to which circuit.
+//! this module only decides which message goes to which circuit. Time is a parameter: whole
+//! seconds of a monotonic clock for the INTRODUCE2 rate limit, Unix seconds for descriptors.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 
+use crate::desc::{DescError, OuterDescriptor, MAX_DESCRIPTOR_LEN};
 use crate::msg::{
-    EstablishIntro, IntroEstablished, Introduce, IntroduceAck, MsgError, Rendezvous1,
-    REND_COOKIE_LEN,
+    EstablishIntro, IntroEstablished, Introduce, IntroduceAck, MsgError, REND_COOKIE_LEN,
 };
 
 /// INTRODUCE_ACK status: success.
@@ -18,9 +21,15 @@ pub const ACK_SUCCESS: u16 = 0;
 pub const ACK_UNKNOWN_SERVICE: u16 = 1;
 /// INTRODUCE_ACK status: bad message format.
 pub const ACK_BAD_FORMAT: u16 = 2;
+/// INTRODUCE_ACK status: can't relay the cell to the service.
+pub const ACK_CANT_RELAY: u16 = 3;
 
 /// Bound on registered introduction or rendezvous circuits per relay (memory bound).
 pub const MAX_REGISTRATIONS: usize = 65_536;
+
+/// Largest value of the INTRODUCE2 rate and burst (param-spec
+/// `HiddenServiceEnableIntroDoS*PerSec`, rend-spec-v3 §3.1.1.1: INT32_MAX).
+pub const INTRO_DOS_MAX: u32 = i32::MAX as u32;
 
 /// Errors of the relay-side roles; the circuit that sent the message should be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +47,109 @@ pub enum RelayRoleError {
     /// Too many registrations.
     #[error("too many registrations")]
     Full,
+    /// RENDEZVOUS1 names a cookie no circuit registered (or one that was already used).
+    #[error("RENDEZVOUS1 for an unknown rendezvous cookie")]
+    UnknownCookie,
+}
+
+/// The network-wide INTRODUCE2 defence of an introduction point (param-spec
+/// `HiddenServiceEnableIntroDoSDefense`, `...RatePerSec`, `...BurstPerSec`): the values
+/// every introduction circuit uses unless its ESTABLISH_INTRO carried the DoS extension
+/// (rend-spec-v3 §3.1.1.1), which takes precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntroDosParams {
+    /// Whether the defence applies (consensus default 0: off).
+    pub enabled: bool,
+    /// Tokens added per second (default 25).
+    pub rate_per_sec: u32,
+    /// Bucket size (default 200).
+    pub burst_per_sec: u32,
+}
+
+impl Default for IntroDosParams {
+    fn default() -> Self {
+        IntroDosParams {
+            enabled: false,
+            rate_per_sec: 25,
+            burst_per_sec: 200,
+        }
+    }
+}
+
+impl IntroDosParams {
+    /// The values from consensus parameters (`None` where the consensus has none), clamped
+    /// to their bounds as C tor's `networkstatus_get_param` clamps them: enabled 0..=1,
+    /// rate and burst 0..=INT32_MAX.
+    pub fn from_consensus(enabled: Option<i64>, rate: Option<i64>, burst: Option<i64>) -> Self {
+        let d = IntroDosParams::default();
+        let clamp = |v: Option<i64>, def: u32| {
+            v.map_or(def, |v| {
+                u32::try_from(v.clamp(0, i64::from(INTRO_DOS_MAX))).unwrap_or(def)
+            })
+        };
+        IntroDosParams {
+            enabled: enabled.map_or(d.enabled, |v| v.clamp(0, 1) == 1),
+            rate_per_sec: clamp(rate, d.rate_per_sec),
+            burst_per_sec: clamp(burst, d.burst_per_sec),
+        }
+    }
+}
+
+/// A token bucket counted in whole seconds, as C tor's `token_bucket_ctr`: full at start,
+/// `rate` tokens added per elapsed second up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    rate: u32,
+    burst: u32,
+    tokens: u32,
+    last: u64,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32, now: u64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn adjust(&mut self, rate: u32, burst: u32) {
+        self.rate = rate;
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
+    fn refill(&mut self, now: u64) {
+        let elapsed = now.saturating_sub(self.last);
+        if elapsed == 0 {
+            return;
+        }
+        let add = u64::from(self.rate).saturating_mul(elapsed);
+        let t = u64::from(self.tokens).saturating_add(add);
+        self.tokens = u32::try_from(t.min(u64::from(self.burst))).unwrap_or(self.burst);
+        self.last = now;
+    }
+
+    /// One INTRODUCE1 arrived: refill, take a token if any, and allow while tokens remain
+    /// (C tor's `hs_dos_can_send_intro2`; a bucket of `burst` lets `burst - 1` through at
+    /// once).
+    fn allow(&mut self, now: u64) -> bool {
+        self.refill(now);
+        self.tokens = self.tokens.saturating_sub(1);
+        self.tokens > 0
+    }
+}
+
+/// The INTRODUCE2 defence of one introduction circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IntroCirc {
+    auth_key: [u8; 32],
+    /// Set by the ESTABLISH_INTRO DoS extension: consensus changes do not apply.
+    explicit: bool,
+    enabled: bool,
+    bucket: Bucket,
 }
 
 /// What an introduction point does with an INTRODUCE1.
@@ -47,77 +159,226 @@ pub struct IntroduceRouting<C> {
     pub to_service: Option<(C, Vec<u8>)>,
     /// Send this INTRODUCE_ACK body back to the client.
     pub ack: Vec<u8>,
+    /// The status in `ack`.
+    pub status: u16,
+    /// The service's INTRODUCE2 rate limit refused it.
+    pub rate_limited: bool,
 }
 
-/// An introduction point: auth keys registered by services (ESTABLISH_INTRO).
+/// What an accepted ESTABLISH_INTRO did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Established<C> {
+    /// The INTRO_ESTABLISHED body to send back.
+    pub reply: Vec<u8>,
+    /// The circuit that held this auth key before (it stays open but gets no more
+    /// INTRODUCE2, as in C tor's circuit map).
+    pub replaced: Option<C>,
+    /// The INTRODUCE2 rate and burst applied to this circuit, `None` when the defence is off.
+    pub dos: Option<(u32, u32)>,
+    /// The DoS extension was present and set this circuit's defence.
+    pub dos_explicit: bool,
+}
+
+/// An introduction point: auth keys registered by services (ESTABLISH_INTRO), each with its
+/// INTRODUCE2 rate limit.
 #[derive(Debug, Clone)]
 pub struct IntroPoint<C> {
     by_key: HashMap<[u8; 32], C>,
+    circs: HashMap<C, IntroCirc>,
+    defaults: IntroDosParams,
+    max: usize,
+    rate_limited: u64,
 }
 
 impl<C: Copy + Eq + Hash> Default for IntroPoint<C> {
     fn default() -> Self {
-        IntroPoint {
-            by_key: HashMap::new(),
-        }
+        Self::new(IntroDosParams::default(), MAX_REGISTRATIONS)
     }
 }
 
 impl<C: Copy + Eq + Hash> IntroPoint<C> {
-    /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`.
-    /// Returns the INTRO_ESTABLISHED body.
+    /// An introduction point applying `defaults` (until [`IntroPoint::set_dos_defaults`])
+    /// and holding at most `max` introduction circuits.
+    pub fn new(defaults: IntroDosParams, max: usize) -> Self {
+        IntroPoint {
+            by_key: HashMap::new(),
+            circs: HashMap::new(),
+            defaults,
+            max,
+            rate_limited: 0,
+        }
+    }
+
+    /// New network-wide defaults (a new consensus): applied to every circuit whose
+    /// ESTABLISH_INTRO did not set its own, as C tor's `hs_dos_consensus_has_changed`.
+    pub fn set_dos_defaults(&mut self, d: IntroDosParams) {
+        self.defaults = d;
+        for c in self.circs.values_mut().filter(|c| !c.explicit) {
+            c.enabled = d.enabled;
+            c.bucket.adjust(d.rate_per_sec, d.burst_per_sec);
+        }
+    }
+
+    /// The network-wide defaults in force.
+    pub fn dos_defaults(&self) -> IntroDosParams {
+        self.defaults
+    }
+
+    /// Introduction circuits registered.
+    pub fn len(&self) -> usize {
+        self.circs.len()
+    }
+
+    /// Whether no introduction circuit is registered.
+    pub fn is_empty(&self) -> bool {
+        self.circs.is_empty()
+    }
+
+    /// Whether `circ` is a registered introduction circuit.
+    pub fn is_intro_circuit(&self, circ: C) -> bool {
+        self.circs.contains_key(&circ)
+    }
+
+    /// INTRODUCE1 cells refused by the rate limit so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited
+    }
+
+    /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`
+    /// (rate-limit clock at 0). Returns the INTRO_ESTABLISHED body.
     pub fn handle_establish_intro(
         &mut self,
         circ: C,
         circuit_kh: &[u8],
         body: &[u8],
     ) -> Result<Vec<u8>, RelayRoleError> {
-        let m = EstablishIntro::parse(body)?;
-        m.verify(circuit_kh)?;
-        if self.by_key.values().any(|c| *c == circ) {
-            return Err(RelayRoleError::CircuitBusy);
-        }
-        if self.by_key.contains_key(&m.auth_key) {
-            return Err(RelayRoleError::InUse);
-        }
-        if self.by_key.len() >= MAX_REGISTRATIONS {
-            return Err(RelayRoleError::Full);
-        }
-        self.by_key.insert(m.auth_key, circ);
-        Ok(IntroEstablished::default().encode()?)
+        Ok(self.establish_intro(circ, circuit_kh, body, 0)?.reply)
     }
 
-    /// Handle INTRODUCE1 from a client: route it, unchanged, to the service as INTRODUCE2.
-    pub fn handle_introduce1(&self, body: &[u8]) -> IntroduceRouting<C> {
-        let ack = |status| {
-            IntroduceAck {
-                status,
-                extensions: vec![],
-            }
-            .encode()
-            .unwrap_or_default()
+    /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`, at
+    /// `now_secs` (rend-spec-v3 §3.1.1): the auth key's signature and the MAC over `KH` are
+    /// checked; a circuit that already is an introduction circuit is refused; an auth key
+    /// registered on another circuit moves to this one (C tor's behaviour; the spec's
+    /// "reject" would let a dead circuit hold the key). The DoS extension (§3.1.1.1) sets the
+    /// circuit's INTRODUCE2 limit as C tor does: a zero rate or burst, a value above
+    /// INT32_MAX or a burst below the rate turn the defence off for this circuit; an
+    /// extension that does not parse leaves the network defaults.
+    pub fn establish_intro(
+        &mut self,
+        circ: C,
+        circuit_kh: &[u8],
+        body: &[u8],
+        now_secs: u64,
+    ) -> Result<Established<C>, RelayRoleError> {
+        let m = EstablishIntro::parse(body)?;
+        m.verify(circuit_kh)?;
+        if self.circs.contains_key(&circ) {
+            return Err(RelayRoleError::CircuitBusy);
+        }
+        let replaced = self.by_key.get(&m.auth_key).copied();
+        if replaced.is_none() && self.circs.len() >= self.max {
+            return Err(RelayRoleError::Full);
+        }
+        let d = self.defaults;
+        let mut ic = IntroCirc {
+            auth_key: m.auth_key,
+            explicit: false,
+            enabled: d.enabled,
+            bucket: Bucket::new(d.rate_per_sec, d.burst_per_sec, now_secs),
         };
+        match m.dos_params() {
+            Some(Ok(p)) => {
+                ic.explicit = true;
+                let rate = p.rate_per_sec.unwrap_or(0);
+                let burst = p.burst_per_sec.unwrap_or(0);
+                let valid = rate > 0 && burst > 0 && burst >= rate;
+                match (u32::try_from(rate), u32::try_from(burst)) {
+                    (Ok(r), Ok(b)) if valid && r <= INTRO_DOS_MAX && b <= INTRO_DOS_MAX => {
+                        ic.enabled = true;
+                        ic.bucket = Bucket::new(r, b, now_secs);
+                    }
+                    _ => ic.enabled = false,
+                }
+            }
+            // Values above INT32_MAX: the extension parsed, its values are unusable.
+            Some(Err(MsgError::Unsupported {
+                field: "PARAM_VALUE",
+                ..
+            })) => {
+                ic.explicit = true;
+                ic.enabled = false;
+            }
+            Some(Err(_)) | None => {}
+        }
+        let reply = IntroEstablished::default().encode()?;
+        if let Some(old) = replaced {
+            self.circs.remove(&old);
+        }
+        self.by_key.insert(m.auth_key, circ);
+        self.circs.insert(circ, ic);
+        Ok(Established {
+            reply,
+            replaced,
+            dos: ic.enabled.then_some((ic.bucket.rate, ic.bucket.burst)),
+            dos_explicit: ic.explicit,
+        })
+    }
+
+    /// Handle INTRODUCE1 from a client without a rate limit: route it, unchanged, to the
+    /// service as INTRODUCE2.
+    pub fn handle_introduce1(&self, body: &[u8]) -> IntroduceRouting<C> {
         match Introduce::parse(body) {
-            Err(_) => IntroduceRouting {
-                to_service: None,
-                ack: ack(ACK_BAD_FORMAT),
-            },
+            Err(_) => routing(None, ACK_BAD_FORMAT, false),
             Ok(m) => match self.by_key.get(&m.auth_key) {
-                Some(c) => IntroduceRouting {
-                    to_service: Some((*c, body.to_vec())),
-                    ack: ack(ACK_SUCCESS),
-                },
-                None => IntroduceRouting {
-                    to_service: None,
-                    ack: ack(ACK_UNKNOWN_SERVICE),
-                },
+                Some(c) => routing(Some((*c, body.to_vec())), ACK_SUCCESS, false),
+                None => routing(None, ACK_UNKNOWN_SERVICE, false),
             },
         }
+    }
+
+    /// Handle INTRODUCE1 from a client at `now_secs` (rend-spec-v3 §3.2): a body that does
+    /// not parse gets BAD_FORMAT; an auth key no circuit registered gets UNKNOWN_ID; the
+    /// service circuit's INTRODUCE2 bucket is then charged, and an empty bucket also gets
+    /// UNKNOWN_ID (C tor's answer, so that clients move on to another introduction point);
+    /// otherwise the body goes unchanged to the service as INTRODUCE2 with SUCCESS.
+    pub fn introduce1(&mut self, body: &[u8], now_secs: u64) -> IntroduceRouting<C> {
+        let m = match Introduce::parse(body) {
+            Ok(m) => m,
+            Err(_) => return routing(None, ACK_BAD_FORMAT, false),
+        };
+        let Some(&svc) = self.by_key.get(&m.auth_key) else {
+            return routing(None, ACK_UNKNOWN_SERVICE, false);
+        };
+        if let Some(ic) = self.circs.get_mut(&svc) {
+            if ic.enabled && !ic.bucket.allow(now_secs) {
+                self.rate_limited = self.rate_limited.saturating_add(1);
+                return routing(None, ACK_UNKNOWN_SERVICE, true);
+            }
+        }
+        routing(Some((svc, body.to_vec())), ACK_SUCCESS, false)
     }
 
     /// Forget a circuit (it closed).
     pub fn circuit_closed(&mut self, circ: C) {
-        self.by_key.retain(|_, c| *c != circ);
+        if let Some(ic) = self.circs.remove(&circ) {
+            if self.by_key.get(&ic.auth_key) == Some(&circ) {
+                self.by_key.remove(&ic.auth_key);
+            }
+        }
+    }
+}
+
+fn routing<C>(to_service: Option<(C, Vec<u8>)>, status: u16, limited: bool) -> IntroduceRouting<C> {
+    IntroduceRouting {
+        to_service,
+        ack: IntroduceAck {
+            status,
+            extensions: vec![],
+        }
+        .encode()
+        .unwrap_or_default(),
+        status,
+        rate_limited: limited,
     }
 }
 
@@ -125,13 +386,13 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
 #[derive(Debug, Clone)]
 pub struct RendPoint<C> {
     by_cookie: HashMap<[u8; REND_COOKIE_LEN], C>,
+    by_circ: HashMap<C, [u8; REND_COOKIE_LEN]>,
+    max: usize,
 }
 
 impl<C: Copy + Eq + Hash> Default for RendPoint<C> {
     fn default() -> Self {
-        RendPoint {
-            by_cookie: HashMap::new(),
-        }
+        Self::new(MAX_REGISTRATIONS)
     }
 }
 
@@ -147,45 +408,282 @@ pub struct Joined<C> {
 }
 
 impl<C: Copy + Eq + Hash> RendPoint<C> {
-    /// Handle ESTABLISH_RENDEZVOUS on `circ`; the reply RENDEZVOUS_ESTABLISHED has an empty body.
+    /// A rendezvous point holding at most `max` pending cookies.
+    pub fn new(max: usize) -> Self {
+        RendPoint {
+            by_cookie: HashMap::new(),
+            by_circ: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Cookies waiting for their RENDEZVOUS1.
+    pub fn pending(&self) -> usize {
+        self.by_cookie.len()
+    }
+
+    /// Whether `circ` waits with a cookie.
+    pub fn is_waiting(&self, circ: C) -> bool {
+        self.by_circ.contains_key(&circ)
+    }
+
+    /// Handle ESTABLISH_RENDEZVOUS on `circ` (rend-spec-v3 §4.1): a 20-byte cookie not in
+    /// use. Beyond `max` pending cookies it is refused ([`RelayRoleError::Full`]). The reply
+    /// RENDEZVOUS_ESTABLISHED has an empty body.
     pub fn handle_establish_rendezvous(
         &mut self,
         circ: C,
         body: &[u8],
     ) -> Result<(), RelayRoleError> {
         let cookie = crate::msg::parse_establish_rendezvous(body)?;
-        if self.by_cookie.values().any(|c| *c == circ) {
+        if self.by_circ.contains_key(&circ) {
             return Err(RelayRoleError::CircuitBusy);
         }
         if self.by_cookie.contains_key(&cookie) {
             return Err(RelayRoleError::InUse);
         }
-        if self.by_cookie.len() >= MAX_REGISTRATIONS {
+        if self.by_cookie.len() >= self.max {
             return Err(RelayRoleError::Full);
         }
         self.by_cookie.insert(cookie, circ);
+        self.by_circ.insert(circ, cookie);
         Ok(())
     }
 
-    /// Handle RENDEZVOUS1 from the service on `circ`: join it to the client's circuit.
+    /// Handle RENDEZVOUS1 from the service on `circ` (rend-spec-v3 §4.2): the cookie's
+    /// circuit gets everything after the cookie as RENDEZVOUS2 (as C tor copies it), and the
+    /// cookie is used up.
     pub fn handle_rendezvous1(
         &mut self,
         circ: C,
         body: &[u8],
     ) -> Result<Joined<C>, RelayRoleError> {
-        let m = Rendezvous1::parse(body)?;
+        let (Some(cookie), Some(rest)) = (body.get(..REND_COOKIE_LEN), body.get(REND_COOKIE_LEN..))
+        else {
+            return Err(MsgError::Truncated {
+                msg: "RENDEZVOUS1",
+                field: "RENDEZVOUS_COOKIE",
+            }
+            .into());
+        };
+        let mut c = [0u8; REND_COOKIE_LEN];
+        c.copy_from_slice(cookie);
         let client = self
             .by_cookie
-            .remove(&m.rend_cookie)
-            .ok_or(RelayRoleError::Msg(MsgError::Unsupported {
-                msg: "RENDEZVOUS1",
-                field: "RENDEZVOUS_COOKIE (unknown)",
-                value: 0,
-            }))?;
+            .remove(&c)
+            .ok_or(RelayRoleError::UnknownCookie)?;
+        self.by_circ.remove(&client);
         Ok(Joined {
             client,
-            rendezvous2: m.handshake_info.to_vec(),
+            rendezvous2: rest.to_vec(),
             service: circ,
         })
+    }
+
+    /// Forget a circuit (it closed): its cookie is no longer pending.
+    pub fn circuit_closed(&mut self, circ: C) {
+        if let Some(cookie) = self.by_circ.remove(&circ) {
+            self.by_cookie.remove(&cookie);
+        }
+    }
+}
+
+/// Why an HSDir refused a descriptor (the answer is 400, as C tor's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Larger than the store's descriptor size limit (`HSV3MaxDescriptorSize`).
+    #[error("descriptor is {0} bytes, more than allowed")]
+    TooLarge(usize),
+    /// It does not parse, or its certificate or signature fails.
+    #[error("descriptor refused: {0}")]
+    Desc(#[from] DescError),
+    /// Not newer than the one held for the same blinded key (rend-spec-v3 §2.4
+    /// `revision-counter`: only a greater counter replaces).
+    #[error("revision counter {got} is not above the {have} held")]
+    NotNewer {
+        /// The held descriptor's counter.
+        have: u64,
+        /// The offered one's.
+        got: u64,
+    },
+}
+
+/// What a stored descriptor did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The descriptor's blinded key.
+    pub blinded_key: [u8; 32],
+    /// Its revision counter.
+    pub revision_counter: u64,
+    /// It replaced an older revision.
+    pub replaced: bool,
+    /// Descriptors evicted (oldest first) to make room.
+    pub evicted: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    text: Arc<str>,
+    revision: u64,
+    stored_at: u64,
+    expires: u64,
+}
+
+/// The bounds of an [`HsDirStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HsDirLimits {
+    /// Largest descriptor accepted (param-spec `HSV3MaxDescriptorSize`, default 50 000).
+    pub max_descriptor: usize,
+    /// Descriptors held at once.
+    pub max_entries: usize,
+    /// Descriptor bytes held at once.
+    pub max_bytes: usize,
+}
+
+impl Default for HsDirLimits {
+    fn default() -> Self {
+        HsDirLimits {
+            max_descriptor: MAX_DESCRIPTOR_LEN,
+            max_entries: 16_384,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// An HSDir's v3 descriptor store (rend-spec-v3 §2.2: `POST /tor/hs/3/publish`,
+/// `GET /tor/hs/3/<z>`), keyed by blinded key.
+///
+/// A descriptor is stored when its outer layer parses, its signing-key certificate is signed
+/// by the blinded key and unexpired, its signature is good (§2.4), and its revision counter
+/// is above the one held for that key. It is dropped `descriptor-lifetime` after it was
+/// stored, as C tor's `cache_clean_v3_as_dir`. Like C tor, the store takes any valid
+/// descriptor, whether or not this relay is one of the key's responsible HSDirs (clients and
+/// services choose by the hash ring, §2.2.3). Full (count or bytes): the descriptors stored
+/// earliest are evicted first, as C tor's out-of-memory handler cleans its HSDir cache by
+/// age.
+#[derive(Debug, Clone, Default)]
+pub struct HsDirStore {
+    entries: HashMap<[u8; 32], Entry>,
+    bytes: usize,
+    limits: HsDirLimits,
+}
+
+impl HsDirStore {
+    /// An empty store with `limits`.
+    pub fn new(limits: HsDirLimits) -> Self {
+        HsDirStore {
+            entries: HashMap::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    /// Descriptors held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The store's bounds.
+    pub fn limits(&self) -> HsDirLimits {
+        self.limits
+    }
+
+    /// Descriptor bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Store a POSTed descriptor at `now_unix` (see the type's documentation).
+    pub fn publish(&mut self, body: &[u8], now_unix: u64) -> Result<Stored, StoreError> {
+        if body.len() > self.limits.max_descriptor {
+            return Err(StoreError::TooLarge(body.len()));
+        }
+        let text = core::str::from_utf8(body).map_err(|_| DescError::NotText("descriptor"))?;
+        let outer = OuterDescriptor::parse(text)?;
+        let lifetime = u64::from(outer.lifetime_minutes) * 60;
+        let revision = outer.revision_counter;
+        let verified = outer.verify(None, now_unix)?;
+        let key = *verified.blinded_key().as_bytes();
+        let replaced = match self.entries.get(&key) {
+            Some(e) if e.revision >= revision => {
+                return Err(StoreError::NotNewer {
+                    have: e.revision,
+                    got: revision,
+                })
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if let Some(old) = self.entries.remove(&key) {
+            self.bytes -= old.text.len();
+        }
+        let mut evicted = 0;
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.limits.max_entries
+                || self.bytes + text.len() > self.limits.max_bytes)
+        {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(k, e)| (e.stored_at, **k))
+                .map(|(k, _)| *k);
+            let Some(k) = oldest else { break };
+            if let Some(e) = self.entries.remove(&k) {
+                self.bytes -= e.text.len();
+                evicted += 1;
+            }
+        }
+        self.bytes += text.len();
+        self.entries.insert(
+            key,
+            Entry {
+                text: text.into(),
+                revision,
+                stored_at: now_unix,
+                expires: now_unix.saturating_add(lifetime),
+            },
+        );
+        Ok(Stored {
+            blinded_key: key,
+            revision_counter: revision,
+            replaced,
+            evicted,
+        })
+    }
+
+    /// The descriptor for the blinded key `query` (base64, with or without padding, as in
+    /// `GET /tor/hs/3/<query>`), if held and not expired at `now_unix`.
+    pub fn get(&self, query: &str, now_unix: u64) -> Option<Arc<str>> {
+        let key = crate::util::b64_decode_array::<32>(query)?;
+        self.entries
+            .get(&key)
+            .filter(|e| e.expires > now_unix)
+            .map(|e| e.text.clone())
+    }
+
+    /// Drop descriptors whose lifetime ended by `now_unix`; returns how many.
+    pub fn expire(&mut self, now_unix: u64) -> usize {
+        let before = self.entries.len();
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.expires > now_unix;
+            if !keep {
+                freed += e.text.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+        before - self.entries.len()
+    }
+
+    /// When the next descriptor expires (Unix seconds).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.entries.values().map(|e| e.expires).min()
     }
 }

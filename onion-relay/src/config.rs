@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
 use onion_dir::policy::ExitPolicy;
+use onion_hs::relay::{HsDirLimits, IntroDosParams};
 
 use crate::tls::TlsLinkCert;
 
@@ -30,6 +31,17 @@ pub struct RelayConfig {
     /// Answer BEGIN_DIR as a directory cache from [`crate::Relay::set_directory_documents`]
     /// (tor-spec §6.2.1). Off: BEGIN_DIR is answered with END NOTDIRECTORY.
     pub dir_cache: bool,
+    /// Store and serve v3 onion-service descriptors over BEGIN_DIR (rend-spec-v3 §2.2,
+    /// `POST /tor/hs/3/publish`, `GET /tor/hs/3/<blinded key>`); needs
+    /// [`RelayConfig::dir_cache`], as C tor's HSDir role needs `DirCache`. Off: those
+    /// requests get 404 like any document the cache does not hold.
+    pub hs_dir: bool,
+    /// Act as an introduction point (rend-spec-v3 §3: ESTABLISH_INTRO, INTRODUCE1 relayed as
+    /// INTRODUCE2). Off: those messages close their circuit (TORPROTOCOL).
+    pub intro_point: bool,
+    /// Act as a rendezvous point (rend-spec-v3 §4: ESTABLISH_RENDEZVOUS, RENDEZVOUS1 joining
+    /// two circuits). Off: those messages close their circuit (TORPROTOCOL).
+    pub rend_point: bool,
     /// What circuits ending here offer (congestion control, proposal 324).
     pub circuits: CircRelayConfig,
     /// The TLS certificate and key the embedder's TLS server presents. `None`: a fresh
@@ -59,6 +71,9 @@ impl RelayConfig {
             exit_reject_private: true,
             extend_allow_private: false,
             dir_cache: false,
+            hs_dir: false,
+            intro_point: true,
+            rend_point: true,
             circuits: CircRelayConfig::default(),
             link_cert: None,
             verify_initiator_auth: true,
@@ -124,7 +139,8 @@ pub struct Limits {
     /// Exit and directory streams at once over all circuits. Reaction: BEGIN, BEGIN_DIR
     /// and RESOLVE beyond it are answered with END (RESOURCELIMIT).
     pub max_streams: usize,
-    /// Bytes of one directory request. Reaction: the stream ends (RESOURCELIMIT).
+    /// Bytes of one directory request. Reaction: the stream ends (RESOURCELIMIT). An HSDir
+    /// takes up to [`HsDirLimits::max_descriptor`] more for a descriptor upload.
     pub max_dir_request: usize,
     /// Bytes of one directory answer. Reaction: 503 (the request asked for too much).
     pub max_dir_response: usize,
@@ -141,6 +157,25 @@ pub struct Limits {
     /// How long a name resolution may take. Reaction: END (RESOLVEFAILED) / a transient
     /// RESOLVED error.
     pub resolve_timeout: Duration,
+    /// The HSDir's store: descriptor size (param-spec `HSV3MaxDescriptorSize`, 50 000),
+    /// descriptors and bytes held. Reactions: a larger descriptor is refused with 400; when
+    /// the store is full the descriptors stored earliest are evicted to make room (as C
+    /// tor's out-of-memory handler cleans its HSDir cache oldest first).
+    pub hsdir: HsDirLimits,
+    /// Introduction circuits registered at once (ESTABLISH_INTRO). Reaction: a further
+    /// ESTABLISH_INTRO (for a new auth key) closes its circuit with DESTROY (RESOURCELIMIT).
+    pub max_intro_circuits: usize,
+    /// Rendezvous cookies waiting for their RENDEZVOUS1. Reaction: a further
+    /// ESTABLISH_RENDEZVOUS closes its circuit with DESTROY (RESOURCELIMIT).
+    pub max_rend_cookies: usize,
+    /// The network-wide INTRODUCE2 rate limit of introduction circuits (param-spec
+    /// `HiddenServiceEnableIntroDoS*`; default off, 25 per second, burst 200), until
+    /// [`crate::Relay::set_intro_dos_params`] gives the consensus's. Reaction: an INTRODUCE1
+    /// beyond it is answered with INTRODUCE_ACK status 1, as C tor answers.
+    pub intro_dos: IntroDosParams,
+    /// Silently drop ESTABLISH_RENDEZVOUS from clients connected directly to us (dos-spec
+    /// `DoSRefuseSingleHopClientRendezvous`, default 0: off).
+    pub refuse_single_hop_rendezvous: bool,
 }
 
 impl Default for Limits {
@@ -165,6 +200,11 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             target_connect_timeout: Duration::from_secs(60),
             resolve_timeout: Duration::from_secs(30),
+            hsdir: HsDirLimits::default(),
+            max_intro_circuits: 16_384,
+            max_rend_cookies: 16_384,
+            intro_dos: IntroDosParams::default(),
+            refuse_single_hop_rendezvous: false,
         }
     }
 }

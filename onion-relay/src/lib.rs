@@ -34,8 +34,13 @@
 //! [`Relay::handle_timeout`]; the rng given to [`Relay::new`] seeds the relay's own
 //! ChaCha20 generator, so a seeded run is deterministic.
 //!
-//! Not served: onion-service roles (introduction and rendezvous points, HSDir), TAP
-//! CREATE cells, descriptors and their upload (the embedder builds and posts them).
+//! * **Onion services** (rend-spec-v3): HSDir (descriptors stored from and served over
+//!   BEGIN_DIR, [`RelayConfig::hs_dir`]), introduction point (ESTABLISH_INTRO with the DoS
+//!   extension's INTRODUCE2 rate limit, INTRODUCE1 relayed as INTRODUCE2) and rendezvous
+//!   point (RENDEZVOUS1 joins two circuits), on `onion_hs::relay`'s state.
+//!
+//! Not served: TAP CREATE cells, descriptors and their upload (the embedder builds and
+//! posts them).
 //!
 //! # Run loop
 //!

@@ -274,8 +274,10 @@ impl Relay {
         let Some(&h) = self.by_stream.get(&skey(k, id)) else {
             return;
         };
-        let max_req = self.cfg.limits.max_dir_request;
+        let max_req = self.cfg.limits.max_dir_request + self.hs_post_allowance();
         let max_resp = self.cfg.limits.max_dir_response;
+        let (hs_on, anonymous, wall) =
+            (self.cfg.hs_dir, !self.comes_from_client(k), self.wall_now());
         let buf_limit = self.cfg.limits.stream_buffer;
         let xoff = self.cfg.circuits.flow_control.xoff_exit_bytes();
         let now = self.now;
@@ -294,7 +296,15 @@ impl Relay {
                 }
                 request.extend_from_slice(&data);
                 if let Some(end) = head_end(request) {
-                    *answer = Some(self.dir.answer(&request[..end], max_resp));
+                    let hs = &mut self.hs;
+                    let stats = &mut self.stats;
+                    match super::hs::dir_request(hs, hs_on, request, end, anonymous, wall, stats) {
+                        super::hs::DirVerdict::NeedBody => return,
+                        super::hs::DirVerdict::Answer(a) => *answer = Some(a),
+                        super::hs::DirVerdict::NotOurs => {
+                            *answer = Some(self.dir.answer(&request[..end], max_resp));
+                        }
+                    }
                     *request = Vec::new();
                     self.dirty.insert(k);
                 }

@@ -1,7 +1,10 @@
 //! The relay machine: connections, channels and circuits. Exit and directory streams are in
-//! [`exit`].
+//! [`exit`], the onion-service roles (HSDir, introduction and rendezvous point) in [`hs`].
 
 mod exit;
+mod hs;
+#[cfg(test)]
+mod hs_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +32,7 @@ use crate::event::{is_internal, ConnId, Error, Event, StreamHandle};
 use crate::tls::TlsLinkCert;
 
 use self::exit::Exit;
+use self::hs::{HsPurpose, HsRoles};
 
 /// Bytes of one cell on a link-protocol-4+ channel, for memory accounting.
 const CELL_BYTES: usize = 514;
@@ -55,6 +59,30 @@ pub struct RelayStats {
     pub channels_opened: u64,
     /// EXTEND2 requests served on an existing channel.
     pub channels_reused: u64,
+    /// Onion-service descriptors stored by the HSDir (`POST /tor/hs/3/publish`).
+    pub hs_descriptors_stored: u64,
+    /// Descriptor uploads refused (invalid, too large, not newer).
+    pub hs_descriptors_refused: u64,
+    /// Descriptors served (`GET /tor/hs/3/...` answered with 200).
+    pub hs_descriptors_served: u64,
+    /// Introduction circuits established (ESTABLISH_INTRO accepted).
+    pub intro_established: u64,
+    /// INTRODUCE1 cells relayed to a service as INTRODUCE2.
+    pub introduce2_relayed: u64,
+    /// INTRODUCE1 cells answered with a failure status.
+    pub introduce1_nacked: u64,
+    /// INTRODUCE1 cells refused by the INTRODUCE2 rate limit.
+    pub introduce1_rate_limited: u64,
+    /// Rendezvous cookies registered (ESTABLISH_RENDEZVOUS accepted).
+    pub rend_established: u64,
+    /// Circuit pairs joined at this rendezvous point (RENDEZVOUS1 matched).
+    pub rend_joined: u64,
+    /// Cells passed between joined circuits.
+    pub rend_cells_spliced: u64,
+    /// ESTABLISH_RENDEZVOUS dropped from single-hop clients.
+    pub rend_refused_single_hop: u64,
+    /// Circuits closed for an onion-service protocol violation or limit.
+    pub hs_circuits_closed: u64,
 }
 
 /// One connection and its channel.
@@ -145,6 +173,10 @@ struct Circ {
     age_to_client: QueueAge,
     age_to_next: QueueAge,
     age_streams: QueueAge,
+    /// The onion-service role.
+    hs: HsPurpose,
+    /// An INTRODUCE1 came on it (only one may).
+    introduced: bool,
 }
 
 /// A Tor relay as a sans-IO state machine: guard (accepting client channels), middle
@@ -181,6 +213,7 @@ pub struct Relay {
     addrs: AddrTable,
     relay_addrs: HashSet<IpAddr>,
     dir: DirCache,
+    hs: HsRoles,
     stats: RelayStats,
     /// Input bytes since the last memory check.
     unchecked_bytes: usize,
@@ -263,6 +296,7 @@ impl Relay {
             addrs: AddrTable::default(),
             relay_addrs: HashSet::new(),
             dir: DirCache::default(),
+            hs: HsRoles::new(&cfg),
             stats: RelayStats::default(),
             unchecked_bytes: 0,
             cfg,
@@ -595,6 +629,7 @@ impl Relay {
             }
         }
         self.stream_timeouts();
+        self.hs_expire();
         self.addrs.expire(now);
         self.unchecked_bytes = usize::MAX;
         self.settle();
@@ -631,6 +666,7 @@ impl Relay {
         for s in self.streams.values() {
             min(s.deadline);
         }
+        min(self.hs_timeout());
         t
     }
 
@@ -951,6 +987,8 @@ impl Relay {
                         age_to_client: QueueAge::default(),
                         age_to_next: QueueAge::default(),
                         age_streams: QueueAge::default(),
+                        hs: HsPurpose::Or,
+                        introduced: false,
                     },
                 );
                 self.by_in.insert((conn, id), k);
@@ -1177,6 +1215,20 @@ impl Relay {
                     }
                 }
             }
+            // Cells for the circuit joined to this one at the rendezvous point.
+            if let HsPurpose::Joined(o) = c.hs {
+                let mut joined = Vec::new();
+                while let Some(b) = c.rc.poll_spliced() {
+                    joined.push(b);
+                }
+                if !joined.is_empty() {
+                    moved = true;
+                    self.splice_to(k, o, joined);
+                }
+            }
+            let Some(c) = self.circs.get_mut(&k) else {
+                return;
+            };
             // Exit streams waiting for window.
             if !c.streams.is_empty() {
                 let hs: Vec<StreamHandle> = c.streams.iter().copied().collect();
@@ -1253,8 +1305,7 @@ impl Relay {
             RelayEvent::Data { stream, data } => self.stream_data(k, stream, data),
             RelayEvent::StreamEnded { stream, .. } => self.client_ended(k, stream),
             RelayEvent::Closed { .. } => self.drop_streams(k),
-            // Onion-service messages (INTRODUCE1, ESTABLISH_RENDEZVOUS, ...) are not served
-            // by this relay: it does not advertise HSIntro or HSRend.
+            RelayEvent::Msg { stream, msg } => self.hs_msg(k, stream, *msg),
             _ => {}
         }
     }
@@ -1301,6 +1352,7 @@ impl Relay {
         for h in c.streams {
             self.forget_stream(h, true);
         }
+        self.hs_circ_gone(k, c.hs);
     }
 
     /// Close circuit `k` now with DESTROY (`reason`) both ways (tor-spec §5.4), dropping

@@ -1,0 +1,487 @@
+//! The onion-service roles of the relay, on `onion_hs::relay`'s state:
+//!
+//! * **HSDir** (rend-spec-v3 §2.2): `POST /tor/hs/3/publish` and `GET /tor/hs/3/<z>` on
+//!   BEGIN_DIR streams, answered from an [`HsDirStore`] (descriptor checked, revision counter
+//!   only increasing, expired after its lifetime, bounded). As in C tor, both are refused
+//!   with 503 on circuits that come straight from a client (not anonymous).
+//! * **Introduction point** (§3.1, §3.2): ESTABLISH_INTRO verified against the circuit's `KH`,
+//!   with the DoS extension's INTRODUCE2 rate limit; INTRODUCE1 relayed unchanged as
+//!   INTRODUCE2 on the service's circuit and answered with INTRODUCE_ACK.
+//! * **Rendezvous point** (§4.1, §4.2): ESTABLISH_RENDEZVOUS registers a cookie; RENDEZVOUS1
+//!   sends RENDEZVOUS2 to the cookie's circuit and joins the two: relay cells then pass
+//!   between them with only this hop's layer removed and added (the end-to-end layer stays
+//!   closed to us), and when one side goes the other is torn down.
+//!
+//! The checks that close a circuit follow C tor (`hs_intropoint.c`, `rendmid.c`): these
+//! messages are accepted only on a circuit that ends here and has no onion-service role yet;
+//! INTRODUCE1 at most once per circuit and never from a client connected directly to us.
+
+use std::sync::Arc;
+
+use onion_cell::chancell::DestroyReason;
+use onion_cell::{RelayCmd, RelayMsg};
+use onion_circuit::Instant;
+use onion_hs::cellmsg;
+use onion_hs::relay::{
+    HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint, ACK_CANT_RELAY,
+};
+
+use super::{Relay, RelayStats};
+use crate::config::RelayConfig;
+use crate::dir::Answer;
+
+/// What a circuit is to the onion-service roles (C tor's circuit purposes `OR`,
+/// `INTRO_POINT`, `REND_POINT_WAITING`, `REND_ESTABLISHED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum HsPurpose {
+    /// An ordinary circuit.
+    #[default]
+    Or,
+    /// A service's introduction circuit.
+    Intro,
+    /// A client's rendezvous circuit waiting for RENDEZVOUS1.
+    RendWaiting,
+    /// Joined to this circuit at the rendezvous point.
+    Joined(u64),
+}
+
+/// The relay's onion-service state.
+#[derive(Debug)]
+pub(super) struct HsRoles {
+    pub(super) intro: IntroPoint<u64>,
+    pub(super) rend: RendPoint<u64>,
+    pub(super) hsdir: HsDirStore,
+}
+
+impl HsRoles {
+    pub(super) fn new(cfg: &RelayConfig) -> Self {
+        HsRoles {
+            intro: IntroPoint::new(cfg.limits.intro_dos, cfg.limits.max_intro_circuits),
+            rend: RendPoint::new(cfg.limits.max_rend_cookies),
+            hsdir: HsDirStore::new(cfg.limits.hsdir),
+        }
+    }
+}
+
+/// Most bytes of an HTTP head before a descriptor upload's body.
+pub(super) const MAX_POST_HEAD: usize = 4096;
+
+fn unix(wall: std::time::SystemTime) -> u64 {
+    wall.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn short(status: &str) -> Answer {
+    let head = format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
+    Answer {
+        pieces: vec![head.into_bytes().into()],
+        piece: 0,
+        offset: 0,
+    }
+}
+
+/// What [`dir_request`] made of a directory request.
+pub(super) enum DirVerdict {
+    /// Not an onion-service request: the directory cache answers it.
+    NotOurs,
+    /// A descriptor upload whose body has not all arrived.
+    NeedBody,
+    /// The answer.
+    Answer(Answer),
+}
+
+/// An HSDir request on a BEGIN_DIR stream (rend-spec-v3 §2.2.6, dir-spec appendix B): the
+/// request so far is `req`, its head ends at `head_end`. `anonymous`: the circuit did not
+/// come straight from a client.
+pub(super) fn dir_request(
+    hs: &mut HsRoles,
+    on: bool,
+    req: &[u8],
+    head_end: usize,
+    anonymous: bool,
+    wall: std::time::SystemTime,
+    stats: &mut RelayStats,
+) -> DirVerdict {
+    let Some(head) = req
+        .get(..head_end)
+        .and_then(|h| core::str::from_utf8(h).ok())
+    else {
+        return DirVerdict::NotOurs;
+    };
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return DirVerdict::NotOurs;
+    };
+    // An absolute URL names the same path (C tor's parse_http_url).
+    let path = path
+        .strip_prefix("http://")
+        .and_then(|p| p.find('/').map(|i| &p[i..]))
+        .unwrap_or(path);
+    if !on || !path.starts_with("/tor/hs/") {
+        return DirVerdict::NotOurs;
+    }
+    let now = unix(wall);
+    match method {
+        "GET" => {
+            if !anonymous {
+                return DirVerdict::Answer(short(
+                    "503 Rejecting single hop HS v3 descriptor request",
+                ));
+            }
+            let Some(query) = path.strip_prefix("/tor/hs/3/") else {
+                return DirVerdict::Answer(short("404 Not found"));
+            };
+            match hs.hsdir.get(query, now) {
+                Some(text) => {
+                    stats.hs_descriptors_served += 1;
+                    let head = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: identity\r\nContent-Length: {}\r\n\r\n",
+                        text.len()
+                    );
+                    let body: Arc<[u8]> = Arc::from(text.as_bytes());
+                    DirVerdict::Answer(Answer {
+                        pieces: vec![head.into_bytes().into(), body],
+                        piece: 0,
+                        offset: 0,
+                    })
+                }
+                None => DirVerdict::Answer(short("404 Not found")),
+            }
+        }
+        "POST" => {
+            let len = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            let Some(len) = len else {
+                return DirVerdict::Answer(short("400 Bad request"));
+            };
+            if head_end > MAX_POST_HEAD {
+                return DirVerdict::Answer(short("400 Bad request"));
+            }
+            if len > hs.hsdir_limit() {
+                stats.hs_descriptors_refused += 1;
+                return DirVerdict::Answer(short("400 Invalid HS descriptor. Rejected."));
+            }
+            let body = &req[head_end..];
+            if body.len() < len {
+                return DirVerdict::NeedBody;
+            }
+            if !anonymous {
+                return DirVerdict::Answer(short("503 Rejecting single hop HS descriptor post"));
+            }
+            if path != onion_hs::service::UPLOAD_PATH {
+                stats.hs_descriptors_refused += 1;
+                return DirVerdict::Answer(short("400 Invalid HS descriptor. Rejected."));
+            }
+            match hs.hsdir.publish(&body[..len], now) {
+                Ok(_) => {
+                    stats.hs_descriptors_stored += 1;
+                    DirVerdict::Answer(short("200 HS descriptor stored successfully."))
+                }
+                Err(_) => {
+                    stats.hs_descriptors_refused += 1;
+                    DirVerdict::Answer(short("400 Invalid HS descriptor. Rejected."))
+                }
+            }
+        }
+        _ => DirVerdict::Answer(short("405 Method not allowed")),
+    }
+}
+
+impl HsRoles {
+    fn hsdir_limit(&self) -> usize {
+        self.hsdir.limits().max_descriptor
+    }
+}
+
+impl Relay {
+    /// The consensus's INTRODUCE2 defence parameters (param-spec
+    /// `HiddenServiceEnableIntroDoS*`): applied to every introduction circuit whose
+    /// ESTABLISH_INTRO did not set its own.
+    pub fn set_intro_dos_params(&mut self, p: IntroDosParams) {
+        self.hs.intro.set_dos_defaults(p);
+    }
+
+    /// Bytes a directory request may have beyond [`crate::Limits::max_dir_request`]: room
+    /// for a descriptor upload when we are an HSDir.
+    pub(super) fn hs_post_allowance(&self) -> usize {
+        if self.cfg.hs_dir {
+            self.hs.hsdir.limits().max_descriptor + MAX_POST_HEAD
+        } else {
+            0
+        }
+    }
+
+    /// Onion-service descriptors the HSDir holds.
+    pub fn n_hs_descriptors(&self) -> usize {
+        self.hs.hsdir.len()
+    }
+
+    /// Whole seconds of the monotonic clock (the INTRODUCE2 bucket's unit).
+    fn secs(&self) -> u64 {
+        (self.now - Instant::ZERO).as_secs()
+    }
+
+    /// Whether circuit `k` came straight from a client (its previous hop did not
+    /// authenticate as a relay): C tor's `channel_is_client`.
+    pub(super) fn comes_from_client(&self, k: u64) -> bool {
+        self.circs
+            .get(&k)
+            .and_then(|c| self.conns.get(&c.client.0))
+            .map_or(true, |x| x.proven.is_empty())
+    }
+
+    /// A recognised relay message the circuit does not handle itself (stream 0 for the
+    /// onion-service messages). Others are dropped, as C tor drops what it does not expect.
+    pub(super) fn hs_msg(&mut self, k: u64, stream: u16, msg: RelayMsg<'static>) {
+        let cmd = msg.cmd();
+        let ours = [
+            RelayCmd::ESTABLISH_INTRO,
+            RelayCmd::INTRODUCE1,
+            RelayCmd::ESTABLISH_RENDEZVOUS,
+            RelayCmd::RENDEZVOUS1,
+        ];
+        if !ours.contains(&cmd) {
+            return;
+        }
+        if stream != 0 {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        let Ok(body) = cellmsg::body_of(&msg) else {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        };
+        let (purpose, edge) = match self.circs.get(&k) {
+            Some(c) => (c.hs, c.next.is_none() && c.waiting_on.is_none()),
+            None => return,
+        };
+        // Every one of these needs an ordinary circuit that ends here.
+        if purpose != HsPurpose::Or {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        if cmd == RelayCmd::ESTABLISH_RENDEZVOUS
+            && self.cfg.limits.refuse_single_hop_rendezvous
+            && self.comes_from_client(k)
+        {
+            // Silent drop: the client times out before it moves on (C tor).
+            self.stats.rend_refused_single_hop += 1;
+            return;
+        }
+        if !edge {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        match cmd {
+            RelayCmd::ESTABLISH_INTRO => self.establish_intro(k, &body),
+            RelayCmd::INTRODUCE1 => self.introduce1(k, &body),
+            RelayCmd::ESTABLISH_RENDEZVOUS => self.establish_rendezvous(k, &body),
+            _ => self.rendezvous1(k, &body),
+        }
+    }
+
+    /// Close circuit `k` now (DESTROY both ways).
+    fn hs_close(&mut self, k: u64, reason: DestroyReason) {
+        self.stats.hs_circuits_closed += 1;
+        self.kill_circ(k, reason);
+    }
+
+    /// Send an onion-service message toward the origin of circuit `k`.
+    fn hs_send(&mut self, k: u64, cmd: RelayCmd, body: &[u8]) -> bool {
+        let Ok(m) = cellmsg::to_relay_msg(cmd, body) else {
+            return false;
+        };
+        let limit = self.cfg.limits.circuit_queue_cells;
+        let Some(c) = self.circs.get_mut(&k) else {
+            return false;
+        };
+        if c.rc.send_msg(0, &m).is_err() {
+            return false;
+        }
+        self.dirty.insert(k);
+        if c.rc.queued_to_client() > limit {
+            self.stats.circuits_killed_queue += 1;
+            self.kill_circ(k, DestroyReason::RESOURCELIMIT);
+            return false;
+        }
+        true
+    }
+
+    fn establish_intro(&mut self, k: u64, body: &[u8]) {
+        if !self.cfg.intro_point {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        let Some(kh) = self.circs.get(&k).map(|c| *c.rc.kh()) else {
+            return;
+        };
+        let now = self.secs();
+        match self.hs.intro.establish_intro(k, &kh, body, now) {
+            Ok(est) => {
+                if let Some(c) = self.circs.get_mut(&k) {
+                    c.hs = HsPurpose::Intro;
+                }
+                self.stats.intro_established += 1;
+                self.hs_send(k, RelayCmd::INTRO_ESTABLISHED, &est.reply);
+            }
+            Err(RelayRoleError::Full) => self.hs_close(k, DestroyReason::RESOURCELIMIT),
+            Err(_) => self.hs_close(k, DestroyReason::PROTOCOL),
+        }
+    }
+
+    fn introduce1(&mut self, k: u64, body: &[u8]) {
+        if !self.cfg.intro_point {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        // rend-spec-v3 §3.2.1: LEGACY_KEY_ID at least; one INTRODUCE1 per circuit; never
+        // from a single-hop client circuit (C tor's circuit_is_suitable_for_introduce1).
+        let once = self.circs.get(&k).is_some_and(|c| !c.introduced);
+        if body.len() < 20 || !once || self.comes_from_client(k) {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        if let Some(c) = self.circs.get_mut(&k) {
+            c.introduced = true;
+        }
+        let now = self.secs();
+        let mut r = self.hs.intro.introduce1(body, now);
+        if r.rate_limited {
+            self.stats.introduce1_rate_limited += 1;
+        }
+        if let Some((svc, b2)) = r.to_service.take() {
+            let ok = self
+                .circs
+                .get(&svc)
+                .is_some_and(|c| c.hs == HsPurpose::Intro)
+                && self.hs_send(svc, RelayCmd::INTRODUCE2, &b2);
+            if ok {
+                self.stats.introduce2_relayed += 1;
+            } else {
+                r.status = ACK_CANT_RELAY;
+                r.ack = onion_hs::msg::IntroduceAck {
+                    status: ACK_CANT_RELAY,
+                    extensions: vec![],
+                }
+                .encode()
+                .unwrap_or_default();
+            }
+        }
+        if r.status != onion_hs::relay::ACK_SUCCESS {
+            self.stats.introduce1_nacked += 1;
+        }
+        self.hs_send(k, RelayCmd::INTRODUCE_ACK, &r.ack);
+    }
+
+    fn establish_rendezvous(&mut self, k: u64, body: &[u8]) {
+        if !self.cfg.rend_point {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        match self.hs.rend.handle_establish_rendezvous(k, body) {
+            Ok(()) => {
+                if let Some(c) = self.circs.get_mut(&k) {
+                    c.hs = HsPurpose::RendWaiting;
+                }
+                self.stats.rend_established += 1;
+                self.hs_send(k, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]);
+            }
+            Err(RelayRoleError::Full) => self.hs_close(k, DestroyReason::RESOURCELIMIT),
+            Err(_) => self.hs_close(k, DestroyReason::PROTOCOL),
+        }
+    }
+
+    fn rendezvous1(&mut self, k: u64, body: &[u8]) {
+        if !self.cfg.rend_point {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        let j = match self.hs.rend.handle_rendezvous1(k, body) {
+            Ok(j) => j,
+            Err(_) => return self.hs_close(k, DestroyReason::PROTOCOL),
+        };
+        let client = j.client;
+        let joinable = |r: &Self, x: u64| {
+            r.circs
+                .get(&x)
+                .is_some_and(|c| !c.rc.is_closed() && c.next.is_none() && !c.rc.is_spliced())
+        };
+        if client == k || !joinable(self, client) || !joinable(self, k) {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        // RENDEZVOUS2 is queued before the join, so it is the client's next cell.
+        if !self.hs_send(client, RelayCmd::RENDEZVOUS2, &j.rendezvous2) {
+            return self.hs_close(k, DestroyReason::PROTOCOL);
+        }
+        for (a, b) in [(client, k), (k, client)] {
+            if let Some(c) = self.circs.get_mut(&a) {
+                let _ = c.rc.splice();
+                c.hs = HsPurpose::Joined(b);
+            }
+        }
+        self.stats.rend_joined += 1;
+        self.dirty.insert(client);
+        self.dirty.insert(k);
+    }
+
+    /// Cells circuit `from` handed over for its joined circuit `to`: add `to`'s layer and
+    /// queue them toward its origin. A queue beyond [`crate::Limits::circuit_queue_cells`]
+    /// closes both.
+    pub(super) fn splice_to(
+        &mut self,
+        from: u64,
+        to: u64,
+        cells: impl IntoIterator<Item = Box<onion_crypto::tor1::CellBody>>,
+    ) {
+        let limit = self.cfg.limits.circuit_queue_cells;
+        let Some(c) = self.circs.get_mut(&to) else {
+            return;
+        };
+        let mut n = 0u64;
+        for b in cells {
+            if c.rc.splice_in(b).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        self.stats.rend_cells_spliced += n;
+        self.dirty.insert(to);
+        if c.rc.queued_to_client() > limit {
+            self.stats.circuits_killed_queue += 1;
+            self.kill_circ(to, DestroyReason::RESOURCELIMIT);
+            self.kill_circ(from, DestroyReason::RESOURCELIMIT);
+        }
+    }
+
+    /// Circuit `k` (with onion-service purpose `purpose`) is gone: forget its registration;
+    /// a joined circuit is torn down too (its partner is, to it, its next hop: a DESTROY
+    /// from there travels on toward its origin, tor-spec §5.4).
+    pub(super) fn hs_circ_gone(&mut self, k: u64, purpose: HsPurpose) {
+        match purpose {
+            HsPurpose::Or => {}
+            HsPurpose::Intro => self.hs.intro.circuit_closed(k),
+            HsPurpose::RendWaiting => self.hs.rend.circuit_closed(k),
+            HsPurpose::Joined(o) => {
+                let now = self.now;
+                if let Some(c) = self.circs.get_mut(&o) {
+                    if c.hs == HsPurpose::Joined(k) {
+                        c.hs = HsPurpose::Or;
+                        let _ = c.rc.handle_from_next(
+                            now,
+                            onion_cell::chancell::ChanMsg::Destroy(DestroyReason::FINISHED),
+                        );
+                        self.dirty.insert(o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop the HSDir's expired descriptors.
+    pub(super) fn hs_expire(&mut self) {
+        let now = unix(self.wall_now());
+        self.hs.hsdir.expire(now);
+    }
+
+    /// When the next descriptor expires, on the monotonic clock.
+    pub(super) fn hs_timeout(&self) -> Option<Instant> {
+        let at = self.hs.hsdir.next_expiry()?;
+        let wall = unix(self.wall_now());
+        self.now
+            .checked_add(core::time::Duration::from_secs(at.saturating_sub(wall)))
+    }
+}
