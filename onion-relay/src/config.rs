@@ -32,9 +32,10 @@ pub struct RelayConfig {
     /// (tor-spec §6.2.1). Off: BEGIN_DIR is answered with END NOTDIRECTORY.
     pub dir_cache: bool,
     /// Store and serve v3 onion-service descriptors over BEGIN_DIR (rend-spec-v3 §2.2,
-    /// `POST /tor/hs/3/publish`, `GET /tor/hs/3/<blinded key>`); needs
-    /// [`RelayConfig::dir_cache`], as C tor's HSDir role needs `DirCache`. Off: those
-    /// requests get 404 like any document the cache does not hold.
+    /// `POST /tor/hs/3/publish`, `GET /tor/hs/3/<blinded key>`). BEGIN_DIR is then accepted
+    /// even without [`RelayConfig::dir_cache`]; other documents are answered 404 unless
+    /// the cache holds them. Off: the onion-service requests get 404 like any document the
+    /// cache does not hold.
     pub hs_dir: bool,
     /// Act as an introduction point (rend-spec-v3 §3: ESTABLISH_INTRO, INTRODUCE1 relayed as
     /// INTRODUCE2). Off: those messages close their circuit (TORPROTOCOL).

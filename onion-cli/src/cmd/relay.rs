@@ -83,6 +83,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let relay_keys = duplicate(&keys, &mut OsRng, unix)?;
     let mut cfg = RelayConfig::new(vec![IpAddr::V4(address)]);
     cfg.exit_policy = exit_policy.clone();
+    cfg.hs_dir = true;
     if args.testing_network {
         cfg.extend_allow_private = true;
         cfg.exit_reject_private = false;

@@ -84,7 +84,7 @@ pub fn build(
         extra_info: Some(extra.digests),
         family: Vec::new(),
         hibernating: false,
-        hidden_service_dir: false,
+        hidden_service_dir: true,
         contact: t.contact.clone(),
         exit_policy: t.exit_policy.clone(),
         ipv6_policy: PolicySummary::reject_all(),

@@ -598,6 +598,22 @@ impl Loop {
             st.connections_refused,
             st.creates_refused_dos
         );
+        let line = format!(
+            "{line} hs_descriptors {} hsdir_stored/served/refused {}/{}/{} intro_established {} \
+             introduce2 {} introduce1_nacked {} rate_limited {} rend_established {} \
+             rend_joined {} rend_cells_spliced {}",
+            self.relay.n_hs_descriptors(),
+            st.hs_descriptors_stored,
+            st.hs_descriptors_served,
+            st.hs_descriptors_refused,
+            st.intro_established,
+            st.introduce2_relayed,
+            st.introduce1_nacked,
+            st.introduce1_rate_limited,
+            st.rend_established,
+            st.rend_joined,
+            st.rend_cells_spliced
+        );
         if line != self.last_stats {
             eprintln!("onion relay: stats: {line}");
             self.last_stats = line;

@@ -210,7 +210,7 @@ impl Relay {
 
     /// BEGIN_DIR (tor-spec §6.2.1): the directory cache answers, or END NOTDIRECTORY.
     pub(super) fn begin_dir(&mut self, k: u64, id: StreamId) {
-        if !self.cfg.dir_cache {
+        if !self.cfg.dir_cache && !self.cfg.hs_dir {
             return self.end(k, id, EndReason::NOTDIRECTORY);
         }
         if self.streams_full() {
