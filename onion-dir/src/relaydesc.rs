@@ -63,7 +63,8 @@ pub const ED_SIGNATURE_PREFIX: &[u8] = b"Tor router descriptor signature v1";
 ///   over IPv6 is the embedder's choice).
 ///
 /// Left out until they exist: `DirCache` (a directory cache answering BEGIN_DIR,
-/// consensus diffs for `2`), `Padding`, `Conflux`. An embedder that implements one adds it: the descriptor builder takes any
+/// consensus diffs for `2`), `Padding`, `Conflux`. An embedder that implements one adds
+/// it: the descriptor builder takes any
 /// [`Protocols`].
 pub const ONION_RELAY_PROTOCOLS: &str =
     "Cons=1-2 Desc=1-2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=1-2 Link=3-5 LinkAuth=3 Microdesc=1-2 Relay=2,4";
@@ -459,6 +460,32 @@ pub enum ConsensusListing {
     },
 }
 
+impl ConsensusListing {
+    /// What `consensus` says of the relay `identity` at `now` (C tor's
+    /// `mark_my_descriptor_dirty_if_too_old` looks at the *live* consensus: one whose
+    /// valid-after has come and whose valid-until has not passed, dir-spec §3.4.1 / §5.1).
+    /// A consensus that is not live is [`ConsensusListing::NoConsensus`]; the relay's
+    /// entry absent, [`ConsensusListing::NotListed`]; present, its StaleDesc flag (dir-spec
+    /// §3.4.1: the authorities' descriptor of it is over 18 hours old) and the consensus's
+    /// valid-after. The caller verifies the consensus's signatures first.
+    pub fn of(
+        consensus: &crate::consensus::Consensus<'_>,
+        identity: &crate::RsaIdentity,
+        now: Timestamp,
+    ) -> ConsensusListing {
+        if now < consensus.valid_after || now > consensus.valid_until {
+            return ConsensusListing::NoConsensus;
+        }
+        match consensus.relay(identity) {
+            None => ConsensusListing::NotListed,
+            Some(rs) => ConsensusListing::Listed {
+                stale_desc: rs.flags.contains(crate::ids::RelayFlags::STALE_DESC),
+                valid_after: consensus.valid_after,
+            },
+        }
+    }
+}
+
 /// When a relay builds and uploads a new descriptor and extra-info document, as C tor 0.4.9
 /// decides it (dir-spec §2.1 "Uploading server descriptors"; C tor's
 /// `mark_my_descriptor_dirty_if_too_old`, `check_descriptor_bandwidth_changed`), sans-IO:
@@ -664,6 +691,85 @@ mod tests {
             valid_after: at(4 * fast),
         };
         assert_eq!(s.check(at(5 * fast), up, 100, false, fine), None);
+    }
+
+    #[test]
+    fn listing_from_a_consensus_drives_the_schedule() {
+        let net = crate::synth::network(20, 9);
+        let first_r = net
+            .consensus
+            .lines()
+            .find(|l| l.starts_with("r "))
+            .unwrap()
+            .to_string();
+        // The first relay's entry gains StaleDesc.
+        let stale_text = {
+            let mut out = String::new();
+            let mut in_first = false;
+            for l in net.consensus.split_inclusive('\n') {
+                if l.starts_with("r ") {
+                    in_first = l.trim_end() == first_r;
+                }
+                if in_first && l.starts_with("s ") {
+                    out.push_str(&format!("{} StaleDesc\n", l.trim_end()));
+                } else {
+                    out.push_str(l);
+                }
+            }
+            out
+        };
+        let c = crate::consensus::parse(&net.consensus)
+            .unwrap()
+            .assume_verified();
+        let stale = crate::consensus::parse(&stale_text)
+            .unwrap()
+            .assume_verified();
+        let id = c.relays[0].identity;
+        let other = crate::RsaIdentity([0xEE; 20]);
+        let live = Timestamp::from_unix(c.valid_after.unix() + 60);
+        assert_eq!(
+            ConsensusListing::of(&c, &id, live),
+            ConsensusListing::Listed {
+                stale_desc: false,
+                valid_after: c.valid_after
+            }
+        );
+        assert_eq!(
+            ConsensusListing::of(&stale, &id, live),
+            ConsensusListing::Listed {
+                stale_desc: true,
+                valid_after: c.valid_after
+            }
+        );
+        assert_eq!(
+            ConsensusListing::of(&c, &other, live),
+            ConsensusListing::NotListed
+        );
+        let expired = Timestamp::from_unix(c.valid_until.unix() + 1);
+        assert_eq!(
+            ConsensusListing::of(&c, &other, expired),
+            ConsensusListing::NoConsensus
+        );
+        // The decisions: published just before the consensus; 90 minutes later a relay the
+        // consensus misses, or lists as stale, publishes again; a listed one does not, and
+        // without a live consensus nothing but the 18-hour rule applies.
+        let published = Timestamp::from_unix(c.valid_after.unix() - 10);
+        let later = Timestamp::from_unix(published.unix() + DescriptorSchedule::FAST_RETRY + 1);
+        let run = |listing| {
+            let mut s = DescriptorSchedule::new(false);
+            s.published(published, 1000);
+            s.check(later, 2 * 86_400, 1000, false, listing)
+        };
+        assert_eq!(
+            run(ConsensusListing::of(&c, &other, live)),
+            Some("not listed in consensus")
+        );
+        assert_eq!(
+            run(ConsensusListing::of(&stale, &id, live)),
+            Some("listed as stale in consensus")
+        );
+        assert_eq!(run(ConsensusListing::of(&c, &id, live)), None);
+        assert_eq!(run(ConsensusListing::of(&c, &other, expired)), None);
     }
 
     #[test]
