@@ -599,9 +599,9 @@ impl Loop {
             st.creates_refused_dos
         );
         let line = format!(
-            "{line} hs_descriptors {} hsdir_stored/served/refused {}/{}/{} intro_established {} \
-             introduce2 {} introduce1_nacked {} rate_limited {} rend_established {} \
-             rend_joined {} rend_cells_spliced {}",
+            "{line} hs_descriptors {} hsdir_stored {} hsdir_served {} hsdir_refused {} \
+             intro_established {} introduce2 {} introduce1_nacked {} rate_limited {} \
+             rend_established {} rend_joined {} rend_cells_spliced {}",
             self.relay.n_hs_descriptors(),
             st.hs_descriptors_stored,
             st.hs_descriptors_served,
