@@ -7,6 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use onion_dir::Timestamp;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::linkspec::LinkSpec;
 use onion_hs::publish::{
@@ -22,7 +23,7 @@ const T0: u64 = 1_795_428_000;
 
 fn view(valid_after: u64, day: u8, n_hsdirs: u8, n_intro: u8) -> ConsensusView {
     ConsensusView {
-        valid_after,
+        valid_after: Timestamp::from_unix(valid_after),
         periods: TimePeriodConfig::default(),
         shared_random: SharedRandom {
             current: Some([day; 32]),
@@ -48,7 +49,10 @@ fn view(valid_after: u64, day: u8, n_hsdirs: u8, n_intro: u8) -> ConsensusView {
 
 fuzz_target!(|data: &[u8]| {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let hs = HsService::new(ExpandedKeypair::from_seed(&[3; 32]), HsServiceConfig::default());
+    let hs = HsService::new(
+        ExpandedKeypair::from_seed(&[3; 32]),
+        HsServiceConfig::default(),
+    );
     let config = PublisherConfig {
         intro_points: 1 + usize::from(data.first().copied().unwrap_or(0) % 5),
         ..PublisherConfig::default()
@@ -56,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let max_intro = config.intro_points;
     let mut p = Publisher::new(hs, config);
     let mut now = T0;
-    p.set_consensus(&mut rng, view(now, 1, 12, 6), now);
+    p.set_consensus(Timestamp::from_unix(now), view(now, 1, 12, 6), &mut rng);
     let mut intros: Vec<IntroId> = Vec::new();
     let mut uploads: Vec<UploadId> = Vec::new();
     for op in data.chunks(3).skip(1).take(400) {
@@ -80,32 +84,40 @@ fuzz_target!(|data: &[u8]| {
                 let _ = p.intro_circuit_built(pick_intro(a), &[b; 20]);
             }
             1 => {
-                let _ = p.intro_established(&mut rng, pick_intro(a), now);
+                let _ = p.intro_established(Timestamp::from_unix(now), pick_intro(a), &mut rng);
             }
             2 => {
-                let _ = p.intro_circuit_closed(&mut rng, pick_intro(a), now);
+                let _ = p.intro_circuit_closed(Timestamp::from_unix(now), pick_intro(a), &mut rng);
             }
             3 if !uploads.is_empty() => {
                 let u = uploads.swap_remove(usize::from(a) % uploads.len());
-                p.upload_result(&mut rng, u, b & 1 == 0, now);
+                p.upload_result(Timestamp::from_unix(now), u, b & 1 == 0, &mut rng);
             }
             4 => {
                 let body = op.to_vec();
-                let _ = p.handle_introduce2(&mut rng, pick_intro(a), &body, now);
+                let _ =
+                    p.handle_introduce2(Timestamp::from_unix(now), pick_intro(a), &body, &mut rng);
             }
             5 => {
                 let day = 1 + (now - T0) / 86_400;
-                p.set_consensus(&mut rng, view(now, day as u8, 4 + a % 16, b % 8), now);
+                p.set_consensus(
+                    Timestamp::from_unix(now),
+                    view(now, day as u8, 4 + a % 16, b % 8),
+                    &mut rng,
+                );
             }
             _ => {
                 now += u64::from(a) * u64::from(b) * 7 + 1;
             }
         }
-        if let Some(t) = p.poll_timeout() {
+        if let Some(t) = p.poll_timeout().map(Timestamp::unix) {
             if t <= now {
-                p.handle_timeout(&mut rng, now);
-                if let Some(t2) = p.poll_timeout() {
-                    assert!(t2 > now, "timer {t2} still due at {now} after handle_timeout");
+                p.handle_timeout(Timestamp::from_unix(now), &mut rng);
+                if let Some(t2) = p.poll_timeout().map(Timestamp::unix) {
+                    assert!(
+                        t2 > now,
+                        "timer {t2} still due at {now} after handle_timeout"
+                    );
                 }
             }
         }

@@ -6,19 +6,20 @@
 //! was asked to do (intro circuits built, established or closed; uploads done or failed;
 //! INTRODUCE2 cells), and the time; it drains [`PublishAction`]s with
 //! [`Publisher::poll_action`] and calls [`Publisher::handle_timeout`] at
-//! [`Publisher::poll_timeout`]. Time is Unix seconds and randomness a parameter.
+//! [`Publisher::poll_timeout`]. Time (`now`, a wall-clock [`Timestamp`]) comes first in every
+//! input, the caller's RNG after it.
 //!
 //! ```text
 //! let mut p = Publisher::new(HsService::new(id, HsServiceConfig::default()), PublisherConfig::default());
-//! p.set_consensus(rng, view, now);                    // on every new consensus
+//! p.set_consensus(now, view, rng);                    // on every new consensus
 //! while let Some(a) = p.poll_action() { match a {
 //!     BuildIntroCircuit { intro, relay } => /* 3-hop circuit ending at relay; then */
 //!         send(p.intro_circuit_built(intro, &kh)?),  // the ESTABLISH_INTRO body
-//!     Upload { upload, hsdir, descriptor, .. } => /* POST it; then */ p.upload_result(rng, upload, ok, now),
+//!     Upload { upload, hsdir, descriptor, .. } => /* POST it; then */ p.upload_result(now, upload, ok, rng),
 //!     CloseIntroCircuit { intro } => /* close it */,
 //! }}
-//! // INTRO_ESTABLISHED → p.intro_established(rng, intro, now); circuit gone → p.intro_circuit_closed(..)
-//! // INTRODUCE2 → p.handle_introduce2(rng, intro, body, now)
+//! // INTRO_ESTABLISHED → p.intro_established(now, intro, rng); circuit gone → p.intro_circuit_closed(..)
+//! // INTRODUCE2 → p.handle_introduce2(now, intro, body, rng)
 //! ```
 //!
 //! What it implements:
@@ -44,6 +45,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use onion_dir::Timestamp;
 use rand_core::CryptoRngCore;
 
 use crate::linkspec::LinkSpec;
@@ -129,8 +131,8 @@ pub struct IntroCandidate {
 /// What the publisher needs from a consensus.
 #[derive(Debug, Clone)]
 pub struct ConsensusView {
-    /// `valid-after` (Unix seconds): selects the upload slots (§2.2.4.2).
-    pub valid_after: u64,
+    /// `valid-after`: selects the upload slots (§2.2.4.2).
+    pub valid_after: Timestamp,
     /// Time period length and offset (§2.2.1).
     pub periods: TimePeriodConfig,
     /// `shared-rand-current-value` / `shared-rand-previous-value`.
@@ -388,10 +390,16 @@ impl Publisher {
     /// A new consensus: recompute the upload slots (§2.2.4.2) and their responsible HSDirs
     /// (§2.2.3). A slot whose period is new, or whose SRV or HSDirs changed, is rebuilt and
     /// uploaded; intro points whose relay left the candidates are rotated out.
-    pub fn set_consensus(&mut self, rng: &mut impl CryptoRngCore, view: ConsensusView, now: u64) {
+    pub fn set_consensus(
+        &mut self,
+        now: Timestamp,
+        view: ConsensusView,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        let now = now.unix();
         let selectors = view
             .shared_random
-            .service_upload(&view.periods, view.valid_after);
+            .service_upload(&view.periods, view.valid_after.unix());
         let mut old = std::mem::take(&mut self.slots);
         for sel in selectors {
             let hsdirs: Vec<RelayId> = self
@@ -462,10 +470,11 @@ impl Publisher {
     /// INTRO_ESTABLISHED arrived for `intro` (§3.1.3).
     pub fn intro_established(
         &mut self,
-        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
         intro: IntroId,
-        now: u64,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<(), PublishError> {
+        let now = now.unix();
         let k = self.find(intro)?;
         if self.intros[k].state != IntroState::Establishing {
             return Err(PublishError::UnexpectedReport(intro));
@@ -483,10 +492,11 @@ impl Publisher {
     /// and another relay picked. A report for a retired point removes it.
     pub fn intro_circuit_closed(
         &mut self,
-        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
         intro: IntroId,
-        now: u64,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<(), PublishError> {
+        let now = now.unix();
         let k = self.find(intro)?;
         let ip = &mut self.intros[k];
         if matches!(ip.state, IntroState::Waiting { .. }) {
@@ -515,11 +525,12 @@ impl Publisher {
     /// [`HsService::handle_introduce2`] (replay check, decryption, hs-ntor; §3.3).
     pub fn handle_introduce2(
         &mut self,
-        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
         intro: IntroId,
         body: &[u8],
-        now: u64,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<RendezvousRequest, PublishError> {
+        let now = now.unix();
         let k = self.find(intro)?;
         self.intros[k].introduce2 = self.intros[k].introduce2.saturating_add(1);
         let index = self.intros[k].index;
@@ -532,11 +543,12 @@ impl Publisher {
     /// [`PublisherConfig::upload_attempts`]); reports for superseded descriptors are ignored.
     pub fn upload_result(
         &mut self,
-        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
         upload: UploadId,
         ok: bool,
-        now: u64,
+        rng: &mut impl CryptoRngCore,
     ) {
+        let now = now.unix();
         if let Some(pos) = self.in_flight.iter().position(|u| u.0 == upload) {
             let (_, period, hsdir) = self.in_flight.swap_remove(pos);
             let cfg = &self.config;
@@ -571,8 +583,8 @@ impl Publisher {
         self.step(rng, now);
     }
 
-    /// When [`Publisher::handle_timeout`] should be called next (Unix seconds), if ever.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    /// When [`Publisher::handle_timeout`] should be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
         let launch_free = self.launch_free_at();
@@ -604,12 +616,12 @@ impl Publisher {
                 at(t);
             }
         }
-        t
+        t.map(Timestamp::from_unix)
     }
 
     /// Time passed: rotate, relaunch, rebuild, re-upload as due.
-    pub fn handle_timeout(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
-        self.step(rng, now);
+    pub fn handle_timeout(&mut self, now: Timestamp, rng: &mut impl CryptoRngCore) {
+        self.step(rng, now.unix());
     }
 
     fn find(&self, intro: IntroId) -> Result<usize, PublishError> {

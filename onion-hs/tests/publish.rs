@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use onion_dir::Timestamp;
 use onion_hs::client::{HsClient, EXT_CC_REQUEST};
 use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
@@ -71,7 +72,7 @@ fn relay(ed: u8, rsa: u8, hsdir: bool) -> HsDirRelay {
 
 fn view(valid_after: u64, srv: SharedRandom, n_hsdirs: u8, n_intro: u8) -> ConsensusView {
     ConsensusView {
-        valid_after,
+        valid_after: Timestamp::from_unix(valid_after),
         periods: TimePeriodConfig::default(),
         shared_random: srv,
         params: HsDirParams::default(),
@@ -125,7 +126,8 @@ impl Harness {
 
     fn consensus(&mut self, v: ConsensusView) {
         self.view = v.clone();
-        self.p.set_consensus(&mut self.rng, v, self.now);
+        self.p
+            .set_consensus(Timestamp::from_unix(self.now), v, &mut self.rng);
         self.pump();
         self.no_spin();
     }
@@ -141,7 +143,11 @@ impl Harness {
                     self.launches.push((self.now, intro, relay));
                     if self.bad_relays.contains(&relay) {
                         self.p
-                            .intro_circuit_closed(&mut self.rng, intro, self.now)
+                            .intro_circuit_closed(
+                                Timestamp::from_unix(self.now),
+                                intro,
+                                &mut self.rng,
+                            )
                             .unwrap();
                         continue;
                     }
@@ -156,7 +162,7 @@ impl Harness {
                     self.relay_of.insert(intro, relay);
                     self.open.insert(intro);
                     self.p
-                        .intro_established(&mut self.rng, intro, self.now)
+                        .intro_established(Timestamp::from_unix(self.now), intro, &mut self.rng)
                         .unwrap();
                 }
                 PublishAction::CloseIntroCircuit { intro } => {
@@ -190,7 +196,12 @@ impl Harness {
                     if self.hold_uploads {
                         self.held.push((upload, hsdir));
                     } else {
-                        self.p.upload_result(&mut self.rng, upload, ok, self.now);
+                        self.p.upload_result(
+                            Timestamp::from_unix(self.now),
+                            upload,
+                            ok,
+                            &mut self.rng,
+                        );
                     }
                 }
             }
@@ -234,7 +245,8 @@ impl Harness {
     /// Answer the held uploads (success).
     fn release(&mut self) {
         for (id, _) in std::mem::take(&mut self.held) {
-            self.p.upload_result(&mut self.rng, id, true, self.now);
+            self.p
+                .upload_result(Timestamp::from_unix(self.now), id, true, &mut self.rng);
         }
         self.pump();
     }
@@ -242,10 +254,11 @@ impl Harness {
     /// Run virtual time forward to `until`, firing every timeout on the way.
     fn advance_to(&mut self, until: u64) {
         for _ in 0..100_000 {
-            match self.p.poll_timeout() {
+            match self.p.poll_timeout().map(Timestamp::unix) {
                 Some(t) if t <= until => {
                     self.now = self.now.max(t);
-                    self.p.handle_timeout(&mut self.rng, self.now);
+                    self.p
+                        .handle_timeout(Timestamp::from_unix(self.now), &mut self.rng);
                     self.pump();
                     self.no_spin();
                 }
@@ -253,14 +266,15 @@ impl Harness {
             }
         }
         self.now = until;
-        self.p.handle_timeout(&mut self.rng, self.now);
+        self.p
+            .handle_timeout(Timestamp::from_unix(self.now), &mut self.rng);
         self.pump();
         self.no_spin();
     }
 
     /// Once everything due was done, the next timeout is in the future (no busy loop).
     fn no_spin(&self) {
-        if let Some(t) = self.p.poll_timeout() {
+        if let Some(t) = self.p.poll_timeout().map(Timestamp::unix) {
             assert!(t > self.now, "timeout {t} not after now {}", self.now);
         }
     }
@@ -308,7 +322,7 @@ fn first_consensus_publishes_both_slots_to_their_hsdirs() {
     }
     assert!(h.uploads.iter().all(|u| u.intro_keys.len() == 3 && u.ok));
     // Nothing more until the periodic re-upload, 60–120 min later.
-    let t = h.p.poll_timeout().unwrap();
+    let t = h.p.poll_timeout().unwrap().unix();
     assert!((T0 + HOUR..=T0 + 2 * HOUR).contains(&t), "{}", t - T0);
     // Intro point rotation parameters were drawn from param-spec's default ranges.
     for ip in h.p.intro_points() {
@@ -441,7 +455,8 @@ fn closed_intro_circuit_is_rebuilt_to_the_same_relay_without_reupload() {
     let ip = h.p.intro_points()[1].clone();
     h.now += 600;
     h.open.remove(&ip.id);
-    h.p.intro_circuit_closed(&mut h.rng, ip.id, h.now).unwrap();
+    h.p.intro_circuit_closed(Timestamp::from_unix(h.now), ip.id, &mut h.rng)
+        .unwrap();
     h.pump();
     assert!(matches!(
         h.p.intro_points()[1].state,
@@ -500,7 +515,12 @@ fn rotation_by_introduce2_count_keeps_the_old_point_until_uploaded() {
         // Junk bodies still count: rotation bounds what one intro point sees.
         assert!(h
             .p
-            .handle_introduce2(&mut h.rng, old.id, &[k as u8; 10], h.now)
+            .handle_introduce2(
+                Timestamp::from_unix(h.now),
+                old.id,
+                &[k as u8; 10],
+                &mut h.rng
+            )
             .is_err());
         h.pump();
     }
@@ -524,7 +544,7 @@ fn rotation_by_introduce2_count_keeps_the_old_point_until_uploaded() {
     assert!(h.p.intro_points().iter().all(|i| i.id != old.id));
     assert!(h
         .p
-        .handle_introduce2(&mut h.rng, old.id, &[0; 10], h.now)
+        .handle_introduce2(Timestamp::from_unix(h.now), old.id, &[0; 10], &mut h.rng)
         .is_err());
 }
 
@@ -608,12 +628,18 @@ fn random_failures_never_break_the_invariants() {
             for ip in h.p.intro_points() {
                 if ip.state == IntroState::Established && ev.next_u32() % 4 == 0 {
                     for _ in 0..(ev.next_u32() % 10) {
-                        let _ = h.p.handle_introduce2(&mut h.rng, ip.id, &[1, 2, 3], h.now);
+                        let _ = h.p.handle_introduce2(
+                            Timestamp::from_unix(h.now),
+                            ip.id,
+                            &[1, 2, 3],
+                            &mut h.rng,
+                        );
                     }
                 }
                 if ip.state == IntroState::Established && ev.next_u32() % 8 == 0 {
                     h.open.remove(&ip.id);
-                    h.p.intro_circuit_closed(&mut h.rng, ip.id, h.now).unwrap();
+                    h.p.intro_circuit_closed(Timestamp::from_unix(h.now), ip.id, &mut h.rng)
+                        .unwrap();
                 }
             }
             h.pump();
@@ -643,7 +669,8 @@ fn with_every_intro_relay_failing_nothing_is_published_and_nothing_spins() {
     h.now += 60;
     for ip in h.p.intro_points() {
         h.open.remove(&ip.id);
-        h.p.intro_circuit_closed(&mut h.rng, ip.id, h.now).unwrap();
+        h.p.intro_circuit_closed(Timestamp::from_unix(h.now), ip.id, &mut h.rng)
+            .unwrap();
         h.pump();
     }
     // Past the periodic re-upload time: nothing to publish with, and no busy timer (the
@@ -711,7 +738,7 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after);
+        .client_fetch(&h.view.periods, h.view.valid_after.unix());
     let old = h
         .uploads
         .iter()
@@ -727,7 +754,7 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
         let (intro, body) = routed.expect("routed to the service");
         first.get_or_insert((relay, intro));
         let req =
-            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+            h.p.handle_introduce2(Timestamp::from_unix(h.now), intro, &body, &mut h.rng)
                 .unwrap();
         assert_eq!(req.link_specifiers, vec![LinkSpec::rsa_id([9; 20])]);
         h.pump();
@@ -743,7 +770,10 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
     let (_, routed) = introduce(&mut h, &old.text, sel.period);
     let (i3, body) = routed.unwrap();
     assert_eq!(i3, intro);
-    assert!(h.p.handle_introduce2(&mut h.rng, i3, &body, h.now).is_ok());
+    assert!(h
+        .p
+        .handle_introduce2(Timestamp::from_unix(h.now), i3, &body, &mut h.rng)
+        .is_ok());
     // The new descriptor lists three points, not the rotated one.
     let new = h
         .uploads
@@ -765,7 +795,10 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
     let (_, routed) = introduce(&mut h, &new.text, sel.period);
     let (i4, body) = routed.unwrap();
     assert_ne!(i4, intro);
-    assert!(h.p.handle_introduce2(&mut h.rng, i4, &body, h.now).is_ok());
+    assert!(h
+        .p
+        .handle_introduce2(Timestamp::from_unix(h.now), i4, &body, &mut h.rng)
+        .is_ok());
 }
 
 /// A client asks for congestion control in INTRODUCE1 only when its own rendezvous circuit
@@ -779,7 +812,7 @@ fn introduce2_carries_no_congestion_control_request() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after);
+        .client_fetch(&h.view.periods, h.view.valid_after.unix());
     let desc = h
         .uploads
         .iter()
@@ -791,7 +824,7 @@ fn introduce2_carries_no_congestion_control_request() {
         let (_, routed) = introduce_cc(&mut h, &desc.text, sel.period, cc);
         let (intro, body) = routed.expect("routed to the service");
         let req =
-            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+            h.p.handle_introduce2(Timestamp::from_unix(h.now), intro, &body, &mut h.rng)
                 .unwrap();
         assert!(
             req.extensions.iter().all(|e| e.ty != EXT_CC_REQUEST),
@@ -842,7 +875,7 @@ fn introduce2_carries_no_congestion_control_request() {
         .to_service
         .expect("routed");
     let req =
-        h.p.handle_introduce2(&mut h.rng, IntroId(c), &body, h.now)
+        h.p.handle_introduce2(Timestamp::from_unix(h.now), IntroId(c), &body, &mut h.rng)
             .unwrap();
     assert!(req.asks_congestion_control());
 }
@@ -897,7 +930,7 @@ fn replay_cache_is_per_introduction_point() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after);
+        .client_fetch(&h.view.periods, h.view.valid_after.unix());
     let desc = h
         .uploads
         .iter()
@@ -905,22 +938,32 @@ fn replay_cache_is_per_introduction_point() {
         .unwrap()
         .clone();
     let (a, first) = introduce_via(&mut h, &desc.text, sel.period, 0);
-    assert!(h.p.handle_introduce2(&mut h.rng, a, &first, h.now).is_ok());
+    assert!(h
+        .p
+        .handle_introduce2(Timestamp::from_unix(h.now), a, &first, &mut h.rng)
+        .is_ok());
     for _ in 0..12 {
         let (b, body) = introduce_via(&mut h, &desc.text, sel.period, 1);
         assert_ne!(a, b);
-        assert!(h.p.handle_introduce2(&mut h.rng, b, &body, h.now).is_ok());
+        assert!(h
+            .p
+            .handle_introduce2(Timestamp::from_unix(h.now), b, &body, &mut h.rng)
+            .is_ok());
     }
-    let err = h.p.handle_introduce2(&mut h.rng, a, &first, h.now);
+    let err =
+        h.p.handle_introduce2(Timestamp::from_unix(h.now), a, &first, &mut h.rng);
     assert!(
         err.is_err(),
         "the replay through the first point was accepted"
     );
     // The same INTRODUCE2 replayed through the point that carried it, right away, too.
     let (b, body) = introduce_via(&mut h, &desc.text, sel.period, 1);
-    assert!(h.p.handle_introduce2(&mut h.rng, b, &body, h.now).is_ok());
+    assert!(h
+        .p
+        .handle_introduce2(Timestamp::from_unix(h.now), b, &body, &mut h.rng)
+        .is_ok());
     assert!(matches!(
-        h.p.handle_introduce2(&mut h.rng, b, &body, h.now),
+        h.p.handle_introduce2(Timestamp::from_unix(h.now), b, &body, &mut h.rng),
         Err(PublishError::Service(ServiceError::Replay))
     ));
 }
@@ -941,7 +984,7 @@ fn flow_control_service_advertises_and_is_asked() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after);
+        .client_fetch(&h.view.periods, h.view.valid_after.unix());
     let desc = h
         .uploads
         .iter()
@@ -961,7 +1004,7 @@ fn flow_control_service_advertises_and_is_asked() {
         let (_, routed) = introduce_cc(&mut h, &desc.text, sel.period, cc);
         let (intro, body) = routed.expect("routed to the service");
         let req =
-            h.p.handle_introduce2(&mut h.rng, intro, &body, h.now)
+            h.p.handle_introduce2(Timestamp::from_unix(h.now), intro, &body, &mut h.rng)
                 .unwrap();
         assert_eq!(req.asks_congestion_control(), cc, "cc={cc}");
         h.pump();

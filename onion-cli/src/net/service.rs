@@ -432,7 +432,7 @@ impl Service {
             })
             .collect();
         Ok(ConsensusView {
-            valid_after: hp.valid_after,
+            valid_after: onion_dir::Timestamp::from_unix(hp.valid_after),
             periods: hp.periods,
             shared_random: hp.shared_random,
             params: hp.params,
@@ -465,9 +465,11 @@ impl Service {
                     Ok(circ) => self.intro_builds.push(IntroBuild { intro, name, circ }),
                     Err(e) => {
                         eprintln!("onion: introduction point {name}: {e}");
-                        let _ = self
-                            .publisher
-                            .intro_circuit_closed(&mut OsRng, intro, unix_now());
+                        let _ = self.publisher.intro_circuit_closed(
+                            onion_dir::Timestamp::from_unix(unix_now()),
+                            intro,
+                            &mut OsRng,
+                        );
                     }
                 }
             }
@@ -544,9 +546,11 @@ impl Service {
                 Ok(()) => eprintln!("onion: introduction circuit to {} built", b.name),
                 Err(e) => {
                     eprintln!("onion: introduction point {}: {e}", b.name);
-                    let _ = self
-                        .publisher
-                        .intro_circuit_closed(&mut OsRng, b.intro, unix_now());
+                    let _ = self.publisher.intro_circuit_closed(
+                        onion_dir::Timestamp::from_unix(unix_now()),
+                        b.intro,
+                        &mut OsRng,
+                    );
                 }
             }
         }
@@ -600,8 +604,12 @@ impl Service {
     /// An upload ended: reported to the publisher; once none is under way, one log line
     /// for the batch (and the first success announces the service).
     fn upload_done(&mut self, upload: UploadId, name: &str, r: Result<(), String>) {
-        self.publisher
-            .upload_result(&mut OsRng, upload, r.is_ok(), unix_now());
+        self.publisher.upload_result(
+            onion_dir::Timestamp::from_unix(unix_now()),
+            upload,
+            r.is_ok(),
+            &mut OsRng,
+        );
         match r {
             Ok(()) => self.batch_ok += 1,
             Err(e) => self.batch_failed.push(format!("{name}: {e}")),
@@ -634,12 +642,20 @@ impl Service {
         refresh: &dyn Fn(&mut Client, &Directory) -> Result<Directory, String>,
     ) -> Result<(), String> {
         let view = self.consensus_view()?;
-        self.publisher.set_consensus(&mut OsRng, view, unix_now());
+        self.publisher.set_consensus(
+            onion_dir::Timestamp::from_unix(unix_now()),
+            view,
+            &mut OsRng,
+        );
         let mut next_refresh = client.deadline(self.dir.refresh_delay());
         loop {
             self.do_actions(client);
             let mut wake = next_refresh;
-            if let Some(t) = self.publisher.poll_timeout() {
+            if let Some(t) = self
+                .publisher
+                .poll_timeout()
+                .map(onion_dir::Timestamp::unix)
+            {
                 let now = unix_now();
                 wake = wake.min(client.deadline(Duration::from_secs(t.saturating_sub(now))));
             }
@@ -660,7 +676,11 @@ impl Service {
                     self.consensus_view()
                 }) {
                     Ok(view) => {
-                        self.publisher.set_consensus(&mut OsRng, view, unix_now());
+                        self.publisher.set_consensus(
+                            onion_dir::Timestamp::from_unix(unix_now()),
+                            view,
+                            &mut OsRng,
+                        );
                         self.dir.refresh_delay()
                     }
                     Err(e) => {
@@ -677,9 +697,10 @@ impl Service {
             if self
                 .publisher
                 .poll_timeout()
-                .is_some_and(|t| t <= unix_now())
+                .is_some_and(|t| t.unix() <= unix_now())
             {
-                self.publisher.handle_timeout(&mut OsRng, unix_now());
+                self.publisher
+                    .handle_timeout(onion_dir::Timestamp::from_unix(unix_now()), &mut OsRng);
             }
         }
     }
@@ -717,9 +738,11 @@ impl Service {
                     RelayMsg::IntroEstablished(_) if !self.intro_circs[k].established => {
                         self.intro_circs[k].established = true;
                         eprintln!("onion: introduction point established");
-                        let _ = self
-                            .publisher
-                            .intro_established(&mut OsRng, intro, unix_now());
+                        let _ = self.publisher.intro_established(
+                            onion_dir::Timestamp::from_unix(unix_now()),
+                            intro,
+                            &mut OsRng,
+                        );
                     }
                     RelayMsg::Introduce2(_) => {
                         if let Err(e) = self.introduce2(client, intro, &msg) {
@@ -740,9 +763,11 @@ impl Service {
                 eprintln!("onion: introduction circuit gone: {why}");
                 client.destroy(c);
                 self.intro_circs.remove(k);
-                let _ = self
-                    .publisher
-                    .intro_circuit_closed(&mut OsRng, intro, unix_now());
+                let _ = self.publisher.intro_circuit_closed(
+                    onion_dir::Timestamp::from_unix(unix_now()),
+                    intro,
+                    &mut OsRng,
+                );
                 continue;
             }
             k += 1;
@@ -776,7 +801,12 @@ impl Service {
         let body = body_of(msg).map_err(|e| e.to_string())?;
         let req = self
             .publisher
-            .handle_introduce2(&mut OsRng, intro, &body, unix_now())
+            .handle_introduce2(
+                onion_dir::Timestamp::from_unix(unix_now()),
+                intro,
+                &body,
+                &mut OsRng,
+            )
             .map_err(|e| e.to_string())?;
         let cc = rendezvous_cc(self.cc, req.asks_congestion_control())?;
         let rp_id = req

@@ -40,7 +40,7 @@ use onion_cell::relaymsg::EndReason;
 use onion_cell::RelayCmd;
 use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::HopTarget;
-use onion_dir::RelayFlags;
+use onion_dir::{RelayFlags, Timestamp};
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::publish::{
@@ -263,7 +263,7 @@ fn consensus_view(net: &HsNet) -> ConsensusView {
         })
         .collect();
     ConsensusView {
-        valid_after: net.valid_after,
+        valid_after: Timestamp::from_unix(net.valid_after),
         periods: net.periods,
         shared_random: net.shared_random,
         params: net.params,
@@ -364,7 +364,7 @@ impl Host {
             let view = consensus_view(net);
             let wall = sh.clock.wall(now);
             let k = self.services.len() - 1;
-            self.services[k].publisher.set_consensus(rng, view, wall);
+            self.services[k].publisher.set_consensus(Timestamp::from_unix(wall), view, rng);
             self.drain(sh, k, now, rng);
         }
         Ok(id)
@@ -397,7 +397,7 @@ impl Host {
         for k in 0..self.services.len() {
             self.services[k]
                 .publisher
-                .set_consensus(rng, view.clone(), wall);
+                .set_consensus(Timestamp::from_unix(wall), view.clone(), rng);
             self.drain(sh, k, now, rng);
         }
     }
@@ -450,7 +450,7 @@ impl Host {
                         None => {
                             let _ = self.services[k]
                                 .publisher
-                                .intro_circuit_closed(rng, intro, wall);
+                                .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
                         }
                     }
                 }
@@ -500,7 +500,7 @@ impl Host {
                             self.services[k].stats.uploads_failed += 1;
                             self.services[k]
                                 .publisher
-                                .upload_result(rng, upload, false, wall);
+                                .upload_result(Timestamp::from_unix(wall), upload, false, rng);
                         }
                     }
                 }
@@ -544,7 +544,7 @@ impl Host {
                 }
                 Err(_) => {
                     sh.push(HsAction::CloseCircuit { circ });
-                    let _ = s.publisher.intro_circuit_closed(rng, intro, wall);
+                    let _ = s.publisher.intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
                 }
             },
             Role::UploadBuilding { upload, request } => {
@@ -607,11 +607,11 @@ impl Host {
             Role::IntroBuilding(intro)
             | Role::IntroEstablishing { intro, .. }
             | Role::IntroEstablished(intro) => {
-                let _ = s.publisher.intro_circuit_closed(rng, intro, wall);
+                let _ = s.publisher.intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
             }
             Role::UploadBuilding { upload, .. } | Role::Uploading { upload, .. } => {
                 s.stats.uploads_failed += 1;
-                s.publisher.upload_result(rng, upload, false, wall);
+                s.publisher.upload_result(Timestamp::from_unix(wall), upload, false, rng);
             }
             Role::RendBuilding(p) => {
                 s.building = s.building.saturating_sub(1);
@@ -684,7 +684,7 @@ impl Host {
         match (cmd, intro) {
             (RelayCmd::INTRO_ESTABLISHED, (intro, false)) => {
                 s.circs.insert(circ, Role::IntroEstablished(intro));
-                let _ = s.publisher.intro_established(rng, intro, wall);
+                let _ = s.publisher.intro_established(Timestamp::from_unix(wall), intro, rng);
             }
             (RelayCmd::INTRODUCE2, (intro, true)) => {
                 self.introduce2(k, intro, body, now, wall, rng);
@@ -719,7 +719,7 @@ impl Host {
             s.stats.dropped_rate += 1;
             return;
         }
-        let req = match s.publisher.handle_introduce2(rng, intro, body, wall) {
+        let req = match s.publisher.handle_introduce2(Timestamp::from_unix(wall), intro, body, rng) {
             Ok(r) => r,
             Err(PublishError::Service(ServiceError::Replay)) => {
                 s.stats.replays += 1;
@@ -777,7 +777,7 @@ impl Host {
         } else {
             s.stats.uploads_failed += 1;
         }
-        s.publisher.upload_result(rng, upload, ok, wall);
+        s.publisher.upload_result(Timestamp::from_unix(wall), upload, ok, rng);
         self.drain(sh, k, now, rng);
     }
 
@@ -822,8 +822,8 @@ impl Host {
             let before = s.queue.len();
             s.queue.retain(|p| p.attempts > 0 || now < p.since + half);
             s.stats.stale += (before - s.queue.len()) as u64;
-            if s.publisher.poll_timeout().is_some_and(|t| t <= wall) {
-                s.publisher.handle_timeout(rng, wall);
+            if s.publisher.poll_timeout().is_some_and(|t| t.unix() <= wall) {
+                s.publisher.handle_timeout(Timestamp::from_unix(wall), rng);
             }
             self.start_rendezvous(sh, k, now);
             self.drain(sh, k, now, rng);
@@ -835,7 +835,7 @@ impl Host {
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         for s in &self.services {
             if let Some(u) = s.publisher.poll_timeout() {
-                at(sh.clock.instant_of(u));
+                at(sh.clock.instant_of(u.unix()));
             }
             for r in s.circs.values() {
                 match r {
