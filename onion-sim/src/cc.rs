@@ -234,6 +234,38 @@ impl CcReport {
         })
     }
 
+    /// The trace in at most `lines` lines for people (evenly spaced samples from the first
+    /// with a congestion window to the end of the first download): time, cwnd, inflight,
+    /// smoothed and minimum RTT, slow start, bottleneck queue, bytes received.
+    pub fn trace_summary(&self, lines: usize) -> String {
+        let live: Vec<&TraceSample> = self.trace.iter().filter(|s| s.cwnd > 0).collect();
+        let mut out = String::new();
+        if live.is_empty() || lines == 0 {
+            return out;
+        }
+        out +=
+            "      time   cwnd  inflight   RTT ms   min ms  slow start  queue KiB  received MiB\n";
+        let step = live.len().div_ceil(lines).max(1);
+        let last = live.len() - 1;
+        for (i, s) in live.iter().enumerate() {
+            if i % step != 0 && i != last {
+                continue;
+            }
+            out += &format!(
+                "  {:>7.3} s {:>6} {:>9} {:>8.2} {:>8.2} {:>11} {:>10} {:>13.1}\n",
+                s.at.as_secs_f64(),
+                s.cwnd,
+                s.inflight,
+                s.rtt_ms,
+                s.min_rtt_ms,
+                if s.slow_start { "yes" } else { "no" },
+                s.queue / 1024,
+                s.received[0] as f64 / f64::from(1u32 << 20),
+            );
+        }
+        out
+    }
+
     /// A few lines for people.
     pub fn summary(&self) -> String {
         let c = &self.config;
@@ -262,11 +294,18 @@ impl CcReport {
                 d.stream_sendmes,
             );
         }
+        let after_ss = if c.congestion_control {
+            format!(
+                "; after slow start (left at cwnd {}): {:.1} %",
+                self.slow_start_exit_cwnd(),
+                100.0 * self.after_slow_start_utilization(),
+            )
+        } else {
+            String::new()
+        };
         out += &format!(
-            "  second half of download 1: {:.1} % of the bottleneck; after slow start (left at cwnd {}): {:.1} %; {:.0} cells per RTT overall\n",
+            "  second half of download 1: {:.1} % of the bottleneck{after_ss}; {:.0} cells per RTT overall\n",
             100.0 * self.steady_utilization(),
-            self.slow_start_exit_cwnd(),
-            100.0 * self.after_slow_start_utilization(),
             self.cells_per_rtt()
         );
         out += &format!(

@@ -1,5 +1,6 @@
 //! `onion sim --bottleneck`: congestion control (proposal 324) against fixed windows on a
-//! path with a bottleneck, from `onion_sim::cc`.
+//! path with a bottleneck, and two congestion-controlled circuits sharing it, from
+//! `onion_sim::cc`.
 
 use std::time::Duration;
 
@@ -41,11 +42,22 @@ fn report_json(r: &CcReport) -> serde_json::Value {
             })
         })
         .collect();
+    let overlap = r.overlap.map(|[a, b]| {
+        serde_json::json!({
+            "first_MBps": a / 1e6,
+            "second_MBps": b / 1e6,
+            "jain_index": r.jain(),
+        })
+    });
     serde_json::json!({
         "utilization": r.utilization(),
         "second_half_utilization": r.steady_utilization(),
+        "after_slow_start_utilization": r.after_slow_start_utilization(),
+        "slow_start_exit_cwnd": r.slow_start_exit_cwnd(),
         "cells_per_rtt": r.cells_per_rtt(),
         "max_queue_bytes": r.max_queue,
+        "max_link_queue_bytes": r.max_link_queue,
+        "while_both_ran": overlap,
         "mean_queue_bytes": r.mean_queue,
         "downloads": downloads,
         "trace": trace,
@@ -53,7 +65,9 @@ fn report_json(r: &CcReport) -> serde_json::Value {
     })
 }
 
-/// Run the experiment with and without congestion control and print both.
+/// Run the experiment with and without congestion control, and with a second
+/// congestion-controlled circuit starting ten round trips after the first, and print all
+/// three (the first with its trace).
 pub fn run(args: &Args) -> Result<(), String> {
     let base = Experiment::default();
     let cfg = Experiment {
@@ -65,14 +79,16 @@ pub fn run(args: &Args) -> Result<(), String> {
         transfer: args.bytes.unwrap_or(base.transfer),
         ..base
     };
-    let run = |congestion_control: bool| {
+    let run = |congestion_control: bool, second_after: Option<Duration>| {
         cc::run(Experiment {
             congestion_control,
+            second_after,
             ..cfg.clone()
         })
         .map_err(|e| format!("simulation failed: {e}"))
     };
-    let (with, without) = (run(true)?, run(false)?);
+    let (with, without) = (run(true, None)?, run(false, None)?);
+    let shared = run(true, Some(cfg.rtt * 10))?;
     if args.json {
         let out = serde_json::json!({
             "seed": cfg.seed,
@@ -82,6 +98,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             "bytes": cfg.transfer,
             "congestion_control": report_json(&with),
             "fixed_windows": report_json(&without),
+            "two_circuits": report_json(&shared),
         });
         println!(
             "{}",
@@ -90,7 +107,14 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Ok(());
     }
     print!("{}", with.summary());
+    print!("{}", with.trace_summary(20));
     println!();
     print!("{}", without.summary());
+    println!();
+    println!(
+        "a second circuit starting {} ms after the first:",
+        (cfg.rtt * 10).as_millis()
+    );
+    print!("{}", shared.summary());
     Ok(())
 }
