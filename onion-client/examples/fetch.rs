@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use onion_client::dir::{c_tor_fallbacks, Authority, DirConfig, DirMode};
+use onion_client::dir::{authorities, c_tor_fallbacks, DirConfig, DirMode};
 use onion_client::{Client, ClientConfig, ConnId, Event, Instant, Isolation, State, Timestamp};
 use rustls::client::danger::{HandshakeSignatureValid as Valid, ServerCertVerified};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
@@ -31,7 +31,7 @@ enum Input {
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (auths, url) = match &args[..] {
-        [url] => (authority::PUBLIC_AUTHORITIES.to_string(), url),
+        [url] => (authorities::PUBLIC_AUTHORITIES.to_string(), url),
         [flag, file, url] if flag == "--authorities" => (std::fs::read_to_string(file)?, url),
         _ => return Err("usage: fetch [--authorities FILE] http://HOST[:PORT]/PATH".into()),
     };
@@ -141,32 +141,17 @@ fn relay(conn: ConnId, addr: SocketAddr, tls: Arc<TlsConfig>, tx: mpsc::SyncSend
     let _ = tx.send(Input::Closed(conn));
 }
 
-/// onion-cli's reader of C tor's `DirAuthority` lines, and the public network's list.
-#[allow(dead_code)]
-#[path = "../../onion-cli/src/net/authority.rs"]
-mod authority;
-
 /// Authorities all on loopback make a testing network (C tor's `TestingTorNetwork`): no
 /// fallbacks, relays share a /16, full descriptors (exits accept only 127.0.0.0/8).
 fn client_config(text: &str) -> Res<ClientConfig> {
-    let list = authority::parse_list(text)?;
+    let list = authorities::parse_list(text)?;
     let testing = list.iter().all(|a| a.dir_addr.ip().is_loopback());
-    let auths = list.iter().filter_map(|a| {
-        let (id, v3ident) = (onion_dir::RsaIdentity, a.v3ident?);
-        let (name, rsa_id, v3ident, or_addr) =
-            (a.name(), id(a.fingerprint), id(v3ident), a.or_addr());
-        Some(Authority {
-            name,
-            rsa_id,
-            v3ident,
-            or_addr,
-        })
-    });
+    let auths = authorities::v3_authorities(&list);
     let (fallbacks, mode) = match testing {
         true => (vec![], DirMode::Full),
         false => (c_tor_fallbacks(), DirMode::Micro),
     };
-    let mut config = ClientConfig::new(DirConfig::new(auths.collect(), fallbacks, mode));
+    let mut config = ClientConfig::new(DirConfig::new(auths, fallbacks, mode));
     config.path.enforce_distinct_subnets = !testing;
     Ok(config)
 }

@@ -9,11 +9,11 @@
 //! us use. The primary guards every circuit would enter through (guard-spec §4.6) are drawn
 //! from the new directory and the data directory's `state` file, which keeps them.
 
-use onion_client::guards::{Guards, GuardsConfig};
+use onion_client::dir::authorities;
+use onion_client::guards::{self, Guards, GuardsConfig};
 
 use crate::cmd::get::NetArgs;
 use crate::net::driver::{self, Driver};
-use crate::net::path;
 
 /// `onion bootstrap` (see the module documentation).
 #[derive(clap::Args)]
@@ -25,7 +25,7 @@ pub struct Args {
 /// Run the subcommand.
 pub fn run(args: Args) -> Result<(), String> {
     let opts = args.net.open()?;
-    let cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
+    let cfg = opts.client_config()?;
     let mut d = Driver::new(cfg, opts.cache.clone())?;
     let dir = d.bootstrap(d.deadline(opts.timeout))?;
     let exits = dir
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<(), String> {
     // guard-spec §4.6: the guards every circuit would enter through, from the state the data
     // directory keeps (the client's own, if it wrote one), kept there.
     let config = GuardsConfig {
-        path: path::path_config(&opts.auths),
+        path: guards::path_config(&authorities::v3_authorities(&opts.auths)),
         ..GuardsConfig::default()
     };
     let state = opts.cache.as_ref().and_then(|c| c.guards());

@@ -6,25 +6,26 @@
 //! circuit whose exit allows the destination, opens a stream and sends one HTTP/1.0 GET.
 //! Progress goes to stderr. Every network wait is bounded by `--timeout` (default 120 s).
 //! `--dir-mode micro|full` forces microdescriptors or full descriptors (the default: full on a
-//! testing network, micro otherwise; see `net/bootstrap.rs`). `--exit RELAY` (fingerprint or
-//! nickname) is an explicit exit choice (path-spec §2.2.2): the path ends at that relay
-//! whatever its descriptor's policy says, and only the exit itself decides. It is how a
-//! microdescriptor client reaches a private network's exits, whose 127.0.0.0/8 policy no
-//! summary can express.
+//! testing network, micro otherwise). `--exit RELAY` (fingerprint or nickname) is an explicit
+//! exit choice (path-spec §2.2.2, [`onion_client::Client::connect_via`]): the path ends at
+//! that relay whatever its descriptor's policy says, and only the exit itself decides. It is
+//! how a microdescriptor client reaches a private network's exits, whose 127.0.0.0/8 policy
+//! no summary can express.
+//!
+//! Everything runs on [`onion_client::Client`] ([`Driver`]).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::net::authority::{self, DirAuthority};
-use crate::net::bootstrap::{self, DirMode, Directory, Source};
+use onion_client::dir::authorities::{self, DirAuthority};
+use onion_client::dir::DirMode;
+use onion_client::{ClientConfig, Isolation};
+use onion_hs::x25519_dalek;
+
 use crate::net::cache::Cache;
-use crate::net::client::{Client, ClientCc, Retry, Target};
 use crate::net::driver::{self, Driver};
 use crate::net::http::{self, Url};
-use crate::net::path;
-use onion_client::Isolation;
-use onion_hs::x25519_dalek;
 
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]
@@ -62,7 +63,7 @@ pub struct NetArgs {
     timeout: u64,
     /// Microdescriptors or full server descriptors (default: full on a private network,
     /// micro otherwise).
-    #[arg(long, value_name = "micro|full", value_parser = DirMode::parse)]
+    #[arg(long, value_name = "micro|full", value_parser = parse_dir_mode)]
     dir_mode: Option<DirMode>,
 }
 
@@ -89,7 +90,7 @@ pub struct NetOptions {
     pub cache: Option<Cache>,
     /// Overall time limit of one operation.
     pub timeout: Duration,
-    /// Microdescriptors or full descriptors (`--dir-mode`, else [`DirMode::default_for`]).
+    /// Microdescriptors or full descriptors (`--dir-mode`, else full on a testing network).
     pub dir_mode: DirMode,
 }
 
@@ -106,9 +107,9 @@ impl NetOptions {
             Some(f) => {
                 let text = std::fs::read_to_string(f)
                     .map_err(|e| format!("--authorities {}: {e}", f.display()))?;
-                authority::parse_list(&text).map_err(|e| format!("{}: {e}", f.display()))?
+                authorities::parse_list(&text).map_err(|e| format!("{}: {e}", f.display()))?
             }
-            None => authority::parse_list(authority::PUBLIC_AUTHORITIES)
+            None => authorities::parse_list(authorities::PUBLIC_AUTHORITIES)
                 .map_err(|e| format!("built-in authority list: {e}"))?,
         };
         let cache = match &data_dir {
@@ -117,7 +118,7 @@ impl NetOptions {
             }
             None => None,
         };
-        let dir_mode = dir_mode.unwrap_or_else(|| DirMode::default_for(&auths));
+        let dir_mode = dir_mode.unwrap_or_else(|| default_dir_mode(&auths));
         Ok(NetOptions {
             auths,
             cache,
@@ -126,54 +127,28 @@ impl NetOptions {
         })
     }
 
-    /// Bootstrap a client.
-    /// A verified directory at start-up (reused from the data directory while live, else
-    /// fetched), handed to the client's guards, whose state is kept in the data directory
-    /// if there is one.
-    pub fn bootstrap(&self, client: &mut Client) -> Result<Directory, String> {
-        self.directory(client, Source::CacheOrAuthorities)
+    /// The client's configuration for these options ([`driver::client_config`]).
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        driver::client_config(&self.auths, self.dir_mode)
     }
+}
 
-    /// A newly fetched directory, to replace `current` when its refresh time has come
-    /// ([`Directory::refresh_delay`]): from a directory guard, or from the authorities if
-    /// that fails; stored in the data directory.
-    pub fn refresh(&self, client: &mut Client, current: &Directory) -> Result<Directory, String> {
-        // Timestamps in one fixed format ("YYYY-MM-DD HH:MM:SS") compare as strings.
-        let newer = |d: &Directory| d.summary.valid_after > current.summary.valid_after;
-        let why = match self.directory(
-            client,
-            Source::Refresh {
-                current,
-                guard: true,
-            },
-        ) {
-            Ok(d) if newer(&d) => return Ok(d),
-            Ok(d) => format!("it has no consensus newer than {}", d.summary.valid_after),
-            Err(e) => e,
-        };
-        eprintln!("onion: directory refresh from a directory guard: {why}; asking the authorities");
-        self.directory(
-            client,
-            Source::Refresh {
-                current,
-                guard: false,
-            },
-        )
+/// `--dir-mode`: `micro` or `full`.
+fn parse_dir_mode(s: &str) -> Result<DirMode, String> {
+    match s {
+        "micro" => Ok(DirMode::Micro),
+        "full" => Ok(DirMode::Full),
+        _ => Err(format!("--dir-mode {s:?}: expected micro or full")),
     }
+}
 
-    fn directory(&self, client: &mut Client, from: Source<'_>) -> Result<Directory, String> {
-        let deadline = client.deadline(self.timeout);
-        let dir = bootstrap::bootstrap(
-            client,
-            &self.auths,
-            self.dir_mode,
-            self.cache.as_ref(),
-            from,
-            deadline,
-        )?;
-        client.guards.attach(self.cache.as_ref());
-        client.guards.on_directory(&dir);
-        Ok(dir)
+/// The default directory mode for a network: full descriptors on a testing network (every
+/// authority on a loopback or private address; its exits' 127.0.0.0/8 policies need them),
+/// microdescriptors otherwise.
+fn default_dir_mode(auths: &[DirAuthority]) -> DirMode {
+    match onion_client::guards::is_testing_network(&authorities::v3_authorities(auths)) {
+        true => DirMode::Full,
+        false => DirMode::Micro,
     }
 }
 
@@ -210,95 +185,29 @@ pub fn run(args: Args) -> Result<(), String> {
             Some(sk)
         }
     };
-    // Everything runs on the Client but an explicit exit (`--exit`, path-spec §2.2.2),
-    // which the Client does not take yet: that keeps the older blocking client below.
-    let Some(exit) = exit else {
-        let auth = onion.zip(client_key);
-        return get_via_client(&opts, &url, auth, congestion_control);
-    };
-    if onion.is_some() {
-        return Err(
-            "--exit names an exit relay: an onion service is not reached through one".into(),
-        );
-    }
-    let exit = Some(exit);
-    let mut client = Client::new();
-    let dir = opts.bootstrap(&mut client)?;
-    if congestion_control {
-        client.congestion_control = client_cc(&dir);
-    }
-    let config = path::path_config(&opts.auths);
-    let deadline = client.deadline(opts.timeout);
-    let mut avoid = Vec::new();
-    let mut attempt = 0;
-    let (circ, hops, stream) = loop {
-        attempt += 1;
-        let (circ, hops) = match &exit {
-            Some(exit) => {
-                let c = explicit_exit_circuit(&mut client, &dir, &config, exit, deadline)?;
-                eprintln!("onion: circuit built: {}", c.1.join(" -> "));
-                c
-            }
-            None => path::exit_circuit_retrying(
-                &mut client,
-                &dir,
-                &config,
-                &url.host,
-                url.port,
-                &mut avoid,
-                deadline,
-            )?,
-        };
-        let refused = match client.begin(circ, Target::Exit(&url.host, url.port), deadline) {
-            Ok(stream) => break (circ, hops, stream),
-            Err(e) => e,
-        };
-        let via = hops.join(" -> ");
-        let retry = match refused.retry() {
-            // A named exit is kept: only the rest of the path changes.
-            Retry::OtherExit if exit.is_some() => Retry::NewCircuit,
-            r => r,
-        };
-        if attempt >= path::ATTEMPTS || retry == Retry::No {
-            return Err(format!("{}:{} via {via}: {refused}", url.host, url.port));
+    let exit = match exit {
+        None => None,
+        Some(_) if onion.is_some() => {
+            return Err(
+                "--exit names an exit relay: an onion service is not reached through one".into(),
+            )
         }
-        eprintln!(
-            "onion: {}:{}: {refused} (via {via}); trying a new circuit",
-            url.host, url.port
-        );
-        client.destroy(circ);
-        if retry == Retry::OtherExit {
-            if let Some(exit) = hops.last().and_then(|n| dir.view.by_nickname(n)) {
-                avoid.extend(dir.view.relay(exit).map(|r| r.rsa_id));
-            }
-        }
-        // A refusal such as MISC ("unknown relay") can be an exit whose consensus lags
-        // behind ours; a short pause gives it time, as C tor's retry after a new circuit does.
-        std::thread::sleep(Duration::from_secs(attempt as u64));
+        Some(e) => Some(e),
     };
-    eprintln!("onion: stream open to {}:{}", url.host, url.port);
-    if client.congestion_control.is_some() {
-        report_cc(&client, circ, "negotiated");
-    }
-    fetch_and_print(
-        &mut client,
-        circ,
-        stream,
-        &url,
-        deadline,
-        &hops.join(" -> "),
-    )
+    let auth = onion.zip(client_key);
+    get_via_client(&opts, &url, auth, exit.as_deref(), congestion_control)
 }
 
-/// `onion get` of an exit URL through [`onion_client::Client`] ([`Driver`]): bootstrap,
-/// one stream, one HTTP/1.0 GET.
+/// `onion get` through [`onion_client::Client`] ([`Driver`]): bootstrap, one stream (through
+/// the relay `exit` names, if any), one HTTP/1.0 GET.
 fn get_via_client(
     opts: &NetOptions,
     url: &Url,
     client_key: Option<(onion_hs::OnionAddress, x25519_dalek::StaticSecret)>,
+    exit: Option<&str>,
     congestion_control: bool,
 ) -> Result<(), String> {
-    let mut cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
+    let mut cfg = opts.client_config()?;
     cfg.congestion_control = congestion_control;
     let mut d = Driver::new(cfg, opts.cache.clone())?;
     if let Some((addr, key)) = client_key {
@@ -307,12 +216,18 @@ fn get_via_client(
             .map_err(|e| format!("--client-key: {e}"))?;
     }
     let deadline = d.deadline(opts.timeout);
-    d.bootstrap(deadline)?;
+    let dir = d.bootstrap(deadline)?;
     let target = format!("{}:{}", url.host, url.port);
-    let stream = d
-        .client
-        .connect(&url.host, url.port, Isolation::NONE, d.now())
-        .map_err(|e| driver::open_error(&target, &e))?;
+    let now = d.now();
+    let stream = match exit {
+        Some(exit) => {
+            let id = exit_relay(&dir, exit)?;
+            d.client
+                .connect_via(&url.host, url.port, Isolation::NONE, id, now)
+        }
+        None => d.client.connect(&url.host, url.port, Isolation::NONE, now),
+    }
+    .map_err(|e| driver::open_error(&target, &e))?;
     d.wait_open(stream, &target, deadline)?;
     // A stream opens on a rendezvous circuit only once the rendezvous is complete.
     let view = d.client.stream_circuit(stream);
@@ -373,111 +288,41 @@ fn print_response(raw: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("stdout: {e}"))
 }
 
-/// Congestion control for exit circuits from the verified consensus: its `cc_*` parameters
-/// for exit paths (proposal 324 §6.5) and the relays listing `FlowCtrl=2` and `Relay=4`.
-/// `None`, with a note, when the consensus runs fixed windows (`cc_alg=0`).
-pub(crate) fn client_cc(dir: &Directory) -> Option<ClientCc> {
-    let Some(config) = dir.congestion_control(onion_dir::ccparams::CcPath::Exit) else {
-        eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
-        return None;
-    };
-    let exits = dir
-        .relays_supporting(|p| p.supports("FlowCtrl", 2) && p.supports("Relay", 4))
-        .collect();
-    Some(ClientCc { config, exits })
-}
-
-/// Congestion control for the rendezvous circuits of a hosted onion service, from the
-/// verified consensus (proposal 324 §6.5): the `_onion` Vegas parameters, as C tor's
-/// `hs_circ_setup_congestion_control`. `None`, with a note, when the consensus runs fixed
-/// windows (`cc_alg=0`).
-pub(crate) fn onion_cc(dir: &Directory) -> Option<onion_circuit::cc::CcConfig> {
-    let config = dir.congestion_control(onion_dir::ccparams::CcPath::Onion);
-    if config.is_none() {
-        eprintln!("onion: the consensus disables congestion control (cc_alg=0)");
-    }
-    config
-}
-
-/// One line on the exit hop's congestion control: whether it was negotiated and its state.
-fn report_cc(client: &Client, circ: usize, what: &str) {
-    let Some(c) = client.circs.get(circ) else {
-        return;
-    };
-    let last = c.circ.n_hops().saturating_sub(1);
-    match c.circ.congestion_control(last) {
-        Some(cc) => eprintln!(
-            "onion: congestion control {what}: sendme_inc {}, cwnd {}, inflight {}, \
-             slow start {}, rtt ewma {} ms min {} ms",
-            cc.config().sendme_inc,
-            cc.cwnd(),
-            cc.inflight(),
-            cc.in_slow_start(),
-            cc.rtt().ewma_usec / 1000,
-            cc.rtt().min_usec / 1000,
-        ),
-        None => eprintln!("onion: congestion control not negotiated with the exit"),
-    }
-}
-
-/// A 3-hop circuit ending at the exit the user named (fingerprint or nickname): guard and
-/// middle are chosen as for an internal path to that relay (path-spec §2.2.2, §1.1), so
-/// they avoid its family and subnet; its exit policy is not consulted.
-fn explicit_exit_circuit(
-    client: &mut Client,
-    dir: &Directory,
-    config: &onion_dir::select::path::PathConfig,
+/// The relay `--exit` names (a fingerprint, with or without `$`, or a nickname) in the
+/// directory: path-spec §2.2.2's explicit exit, whose policy is not consulted.
+fn exit_relay(
+    dir: &onion_client::dir::Directory,
     exit: &str,
-    deadline: onion_circuit::Instant,
-) -> Result<(usize, Vec<String>), String> {
-    use onion_dir::select::path::{PathOptions, PathSelector};
+) -> Result<onion_dir::RsaIdentity, String> {
     let by_fp = onion_dir::RsaIdentity::from_hex(exit.trim_start_matches('$'))
         .ok()
         .and_then(|id| dir.view.by_rsa_id(&id));
     let idx = by_fp
         .or_else(|| dir.view.by_nickname(exit))
         .ok_or_else(|| format!("--exit {exit}: no such relay with a descriptor"))?;
-    let selector = PathSelector::with_config(&dir.view, config.clone());
-    let (path, guard) = client
-        .guards
-        .internal_path(&selector, 3, Some(idx), &PathOptions::default())
-        .map_err(|e| format!("--exit {exit}: no path: {e}"))?;
-    let hops: Vec<_> = path.records(&dir.view).collect();
-    path::build_guarded(client, &hops, guard, deadline)
+    dir.view
+        .relay(idx)
+        .map(|r| r.rsa_id)
+        .ok_or_else(|| format!("--exit {exit}: no such relay with a descriptor"))
 }
 
-/// GET the URL's path on an open stream and print the body on stdout.
-fn fetch_and_print(
-    client: &mut Client,
-    circ: usize,
-    stream: onion_circuit::stream::StreamId,
-    url: &Url,
-    deadline: onion_circuit::Instant,
-    via: &str,
-) -> Result<(), String> {
-    let mut next_report = 1 << 20;
-    let raw = client
-        .fetch(
-            circ,
-            stream,
-            &http::get_request(&url.host_header(), &url.path),
-            MAX_RESPONSE,
-            deadline,
-            |n| {
-                if n >= next_report {
-                    eprintln!("onion: received {} KiB", n >> 10);
-                    next_report += 1 << 20;
-                }
-            },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_mode_parse_and_defaults() {
+        assert_eq!(parse_dir_mode("micro"), Ok(DirMode::Micro));
+        assert_eq!(parse_dir_mode("full"), Ok(DirMode::Full));
+        assert!(parse_dir_mode("ns").unwrap_err().contains("micro or full"));
+        let public = authorities::parse_list(authorities::PUBLIC_AUTHORITIES).unwrap();
+        assert_eq!(default_dir_mode(&public), DirMode::Micro);
+        let private = authorities::parse_list(
+            "DirAuthority auth0 orport=5000 no-v2 \
+             v3ident=0123456789ABCDEF0123456789ABCDEF01234567 127.0.0.1:7000 \
+             89ABCDEF0123456789ABCDEF0123456789ABCDEF\n",
         )
-        .map_err(|e| format!("fetching {}: {e} ({via})", url.path))?;
-    let cc_ran = client.circs.get(circ).is_some_and(|c| {
-        let last = c.circ.n_hops().saturating_sub(1);
-        c.circ.congestion_control(last).is_some()
-    });
-    if client.congestion_control.is_some() || cc_ran {
-        report_cc(client, circ, "at the end");
+        .unwrap();
+        assert_eq!(default_dir_mode(&private), DirMode::Full);
     }
-    client.destroy(circ);
-    print_response(&raw)
 }

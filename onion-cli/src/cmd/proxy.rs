@@ -107,7 +107,7 @@ pub fn run(
     extended_errors: bool,
     congestion_control: bool,
 ) -> Result<(), String> {
-    let mut cfg = driver::client_config(&opts.auths, opts.dir_mode.client())?;
+    let mut cfg = opts.client_config()?;
     cfg.congestion_control = congestion_control;
     let mut d = Driver::new(cfg, opts.cache.clone())?;
     d.bootstrap(d.deadline(opts.timeout))?;
@@ -506,7 +506,7 @@ fn error_code(e: &Error, extended: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::authority;
+    use onion_client::dir::authorities as authority;
     use std::io::{Read, Write};
     use std::net::TcpStream;
 

@@ -3,9 +3,9 @@
 //!
 //! Keys live in `DATA_DIR/keys` in C tor's formats (generated at the first start, loaded
 //! after); the descriptor and extra-info document are uploaded to every authority at start
-//! and on C tor's schedule (dir-spec §2.1). The reachability self-test of C tor is not
-//! run: the descriptor is published at once, as C tor does with `AssumeReachable 1` (set
-//! in testing networks).
+//! and on C tor's schedule (dir-spec §2.1), once the reachability self-test has built a
+//! circuit to the relay's own ORPort (`--assume-reachable` skips it, as C tor's
+//! `AssumeReachable`).
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -18,10 +18,10 @@ use onion_dir::policy::ExitPolicy;
 use onion_relay::{Relay, RelayConfig};
 use rand_core::OsRng;
 
-use crate::net::authority;
 use crate::relay::keys::{duplicate, KeyDir};
 use crate::relay::publish::{parse_exit_policy, DescriptorTemplate};
 use crate::relay::server::{run as serve, Setup};
+use onion_client::dir::authorities as authority;
 
 /// Run a relay.
 #[derive(ClapArgs, Debug)]
@@ -52,6 +52,15 @@ pub struct Args {
     /// addresses, and republish on bandwidth changes at once.
     #[arg(long)]
     testing_network: bool,
+    /// Seconds between replacements of the TLS link certificate (default 7200, C tor's
+    /// period; shorter values are for tests).
+    #[arg(long, value_name = "SECS", default_value_t = 7200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    link_cert_lifetime: u64,
+    /// Publish without the reachability self-test (C tor's `AssumeReachable`, as testing
+    /// networks set).
+    #[arg(long)]
+    assume_reachable: bool,
 }
 
 /// Runs `onion relay`.
@@ -94,13 +103,17 @@ pub fn run(args: Args) -> Result<(), String> {
     let relay =
         Relay::new(cfg, relay_keys, clock.now(), wall, &mut OsRng).map_err(|e| e.to_string())?;
     eprintln!(
-        "onion relay: ORPort listening on {} ({}); reachability self-test skipped \
-         (published at once, as C tor's AssumeReachable)",
+        "onion relay: ORPort listening on {} ({}); {}",
         args.or_port,
         if exit_policy.is_some() {
             "exit"
         } else {
             "not an exit"
+        },
+        if args.assume_reachable {
+            "reachability self-test skipped (published at once, as C tor's AssumeReachable)"
+        } else {
+            "publishing once the reachability self-test succeeds"
         }
     );
     let template = DescriptorTemplate {
@@ -122,5 +135,7 @@ pub fn run(args: Args) -> Result<(), String> {
         template,
         authorities,
         testing_network: args.testing_network,
+        link_cert_rotation: std::time::Duration::from_secs(args.link_cert_lifetime),
+        self_test: (!args.assume_reachable).then_some(args.or_port),
     })
 }

@@ -11,11 +11,30 @@
 //!
 //! The identity key is read from, or created in, DIR in C tor's formats
 //! (`hs_ed25519_secret_key`, `hs_ed25519_public_key`, `hostname`), so a C tor service
-//! directory can be served by onion and back. The address is the first line on stdout;
-//! progress goes to stderr ("service published" once the first descriptor reached an HSDir).
-//! The target must accept connections at startup. Runs until killed: introduction points
-//! that fail are rebuilt or replaced, rotated, and descriptors re-uploaded as
-//! `onion_hs::publish::Publisher` decides.
+//! directory can be served by onion and back; it is the state an embedder keeps for
+//! [`Client::host_onion_service`] to host the same service after a restart. The address is
+//! the first line on stdout; progress goes to stderr ("service published" once the first
+//! descriptor reached an HSDir). The target must accept connections at startup. Runs until
+//! killed.
+//!
+//! Everything Tor runs on [`onion_client::Client`] ([`Driver`]): publication, introduction
+//! points and their rotation, INTRODUCE2 admission (25/s, bursts of 200, at most 64
+//! waiting: `onion_client::hs::HostConfig`), rendezvous circuits, and the directory
+//! refreshes. This module connects each stream the client hands over
+//! ([`Event::IncomingStream`]) to the target and moves bytes both ways with a bound on
+//! each:
+//!
+//! - **Client to target.** Bytes are read from the stream only while the target socket's
+//!   output queue is under [`OUT_HIGH`](crate::net::pipe::OUT_HIGH) (then until it drains
+//!   to [`OUT_LOW`]); meanwhile the stream's receive buffer in the client fills and the
+//!   client holds that stream only (no stream SENDME, tor-spec §7.4, or XOFF under
+//!   congestion control), so a target that stops reading stops its own client.
+//! - **Target to client.** The target is read only as far as [`Client::write`] takes its
+//!   bytes ([`READ_AHEAD`] ahead at most): when the stream's windows are full, TCP holds the
+//!   target back until [`Event::StreamWritable`].
+//! - At most [`MAX_TARGETS`] target connections are open; a stream beyond that is closed
+//!   at once. The target is connected on a thread of its own (within
+//!   [`TARGET_CONNECT_TIMEOUT`]), so the loop never waits for it.
 //!
 //! `--congestion-control` runs congestion control (proposal 324) as C tor 0.4.9 does when
 //! its consensus enables it (cc_alg != 0): the descriptor advertises
@@ -23,28 +42,27 @@
 //! it in INTRODUCE2 runs Tor Vegas on the client's virtual hop ("rendezvous with a client
 //! (congestion control, ...)" on stderr); a client that does not ask gets fixed windows.
 //! Without the flag, or when the consensus disables it, the descriptor has no
-//! `flow-control` line and an introduction that asks anyway is refused and logged.
-//! Introductions are rate-limited (25/s, bursts of 200) and at most 64 wait for a
-//! rendezvous circuit; at most 256 target connections are open; what is buffered per
-//! stream is bounded both ways (see `net::service`).
+//! `flow-control` line and an introduction that asks anyway is dropped.
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
-use onion_hs::desc::ClientAuthConfig;
-use onion_hs::publish::{Publisher, PublisherConfig};
-use onion_hs::service::{HsService, HsServiceConfig};
+use onion_circuit::Instant;
+use onion_client::hs::{HostConfig, ServiceStats};
+use onion_client::{Client, Event, ServiceHandle, StreamHandle};
 use onion_hs::x25519_dalek::PublicKey as XPublic;
 use onion_hs::ExpandedKeypair;
 use rand_core::OsRng;
 
 use super::get::NetArgs;
-use crate::net::client::Client;
-use crate::net::path;
+use crate::net::driver::{self, Driver, Happening};
+use crate::net::event::{self, Input};
+use crate::net::pipe::{next_blocked, read_grant, Pipe, OUT_LOW, READ_AHEAD};
 use crate::net::private::{self, DirKind};
-use crate::net::service::Service;
 
 /// `onion serve` (see the module documentation).
 #[derive(clap::Args)]
@@ -101,41 +119,367 @@ pub fn run(args: Args) -> Result<(), String> {
     // A target that is not listening is almost surely a typo: say so now, not per stream.
     TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("--target {target}: {e}"))?;
-    let n_clients = clients.len();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", identity.id_key().address())
         .and_then(|_| out.flush())
         .map_err(|e| format!("stdout: {e}"))?;
     drop(out);
 
-    let mut client = Client::new();
-    let dir = opts.bootstrap(&mut client)?;
-    // The consensus decides both the descriptor's line and the circuits' parameters.
-    let cc = match congestion_control {
-        true => crate::cmd::get::onion_cc(&dir),
-        false => None,
-    };
-    let hs_config = HsServiceConfig {
-        client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
-        flow_control_sendme_inc: cc.map(|c| c.sendme_inc),
-        ..HsServiceConfig::default()
-    };
-    let hs = HsService::new(identity, hs_config);
-    if let Some(c) = &cc {
+    let mut cfg = opts.client_config()?;
+    cfg.congestion_control = congestion_control;
+    let mut d = Driver::new(cfg, opts.cache.clone())?;
+    let dir = d.bootstrap(d.deadline(opts.timeout))?;
+    // The consensus decides both the descriptor's line and the circuits' parameters; the
+    // client reads them itself, this is what it will offer.
+    if congestion_control {
+        match dir.congestion_control(onion_dir::ccparams::CcPath::Onion) {
+            Some(c) => eprintln!(
+                "onion: congestion control offered (flow-control 1-2 {})",
+                c.sendme_inc
+            ),
+            None => eprintln!("onion: the consensus disables congestion control (cc_alg=0)"),
+        }
+    }
+    if !clients.is_empty() {
         eprintln!(
-            "onion: congestion control offered (flow-control 1-2 {})",
-            c.sendme_inc
+            "onion: client authorization: {} authorized client(s)",
+            clients.len()
         );
     }
-    let testing = path::is_testing_network(&opts.auths);
-    let config = path::path_config(&opts.auths);
-    if n_clients > 0 {
-        eprintln!("onion: client authorization: {n_clients} authorized client(s)");
+    let mut config = HostConfig::new(identity, vec![port]);
+    config.authorized_clients = clients;
+    let service = d
+        .client
+        .host_onion_service(config, d.now())
+        .map_err(|e| format!("hosting the service: {e}"))?;
+    let (connected_tx, connected_rx) = channel();
+    let mut s = Serve {
+        service,
+        target,
+        port,
+        targets: HashMap::new(),
+        by_stream: HashMap::new(),
+        connected_tx,
+        connected_rx,
+        stats: ServiceStats::default(),
+        announced: BTreeSet::new(),
+    };
+    loop {
+        // The service's counters are looked at once a second at least: publication and
+        // introductions happen inside the client without an event for the application.
+        let wake = d.deadline(STATS_INTERVAL);
+        match d.next(Some(wake)) {
+            None => {}
+            Some(Happening::App(input)) => s.input(&mut d, input),
+            Some(Happening::Client(ev)) => s.event(&mut d, ev),
+        }
+        s.report(&d.client);
     }
-    let publisher = Publisher::new(hs, PublisherConfig::default());
-    let mut service = Service::new(publisher, dir, config, testing, target, port);
-    service.set_congestion_control(cc);
-    service.run(&mut client, &|c, current| opts.refresh(c, current))
+}
+
+/// How often the service's counters are reported, at most.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Target connections open (or being opened) at once, at most: each costs a socket and two
+/// threads ([`Pipe`]). A stream beyond it is closed at once.
+pub const MAX_TARGETS: usize = 256;
+
+/// How long connecting to the target may take.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Circuits remembered as announced: far more than the rendezvous circuits open at once.
+const MAX_ANNOUNCED: usize = 1024;
+
+/// One client stream and its target connection.
+enum Target {
+    /// The target is being connected; the stream's bytes wait in the client.
+    Connecting(StreamHandle),
+    /// Connected: bytes move both ways.
+    Open {
+        stream: StreamHandle,
+        pipe: Pipe,
+        /// The target's bytes the stream has not taken yet.
+        up: Vec<u8>,
+        /// Read credit granted and not yet arrived.
+        in_flight: usize,
+        /// The target closed its side.
+        eof: bool,
+        /// The target's output queue is full: the stream is not read.
+        blocked: bool,
+    },
+}
+
+/// The service's state besides the client.
+struct Serve {
+    service: ServiceHandle,
+    target: SocketAddr,
+    port: u16,
+    /// Target connections by inbox id.
+    targets: HashMap<event::ConnId, Target>,
+    by_stream: HashMap<StreamHandle, event::ConnId>,
+    /// Finished target connects (each also wakes the loop under its inbox id).
+    connected_tx: Sender<(event::ConnId, std::io::Result<TcpStream>)>,
+    connected_rx: Receiver<(event::ConnId, std::io::Result<TcpStream>)>,
+    /// The counters last reported.
+    stats: ServiceStats,
+    /// The rendezvous circuits already announced, at most [`MAX_ANNOUNCED`].
+    announced: BTreeSet<u64>,
+}
+
+impl Serve {
+    fn event(&mut self, d: &mut Driver, ev: Event) {
+        let now = d.now();
+        let (stream, closed) = match ev {
+            Event::IncomingStream { stream, port, .. } => {
+                return self.incoming(d, stream, port);
+            }
+            Event::StreamReadable { stream } | Event::StreamWritable { stream } => (stream, false),
+            Event::StreamClosed { stream, .. } => (stream, true),
+            Event::Bootstrap { percent, what } => return driver::progress(percent, &what),
+            Event::DirectoryFailed(e) => {
+                return eprintln!("onion: directory refresh failed: {e}; retrying later")
+            }
+            _ => return,
+        };
+        let Some(&id) = self.by_stream.get(&stream) else {
+            return;
+        };
+        if let Some(Target::Connecting(_)) = self.targets.get(&id) {
+            // Ended before the target was reached: the connect's result will be dropped.
+            if closed {
+                self.by_stream.remove(&stream);
+                self.targets.remove(&id);
+                d.client.close(stream, now);
+            }
+            return;
+        }
+        self.pump(&mut d.client, id, now);
+    }
+
+    /// A client opened a stream to the service: announce its circuit once, and connect the
+    /// target on a thread of its own.
+    fn incoming(&mut self, d: &mut Driver, stream: StreamHandle, port: u16) {
+        let now = d.now();
+        if let Some(view) = d.client.stream_circuit(stream) {
+            if self.announced.insert(view.circuit) {
+                while self.announced.len() > MAX_ANNOUNCED {
+                    self.announced.pop_first();
+                }
+                match view.congestion_control {
+                    Some(cc) => eprintln!(
+                        "onion: rendezvous with a client (congestion control, sendme_inc {})",
+                        cc.sendme_inc
+                    ),
+                    None => eprintln!("onion: rendezvous with a client"),
+                }
+            }
+        }
+        if port != self.port || self.targets.len() >= MAX_TARGETS {
+            if port == self.port {
+                eprintln!("onion: {MAX_TARGETS} target connections open: stream refused");
+            }
+            return d.client.close(stream, now);
+        }
+        let (id, wake) = d.app_sender();
+        let tx = self.connected_tx.clone();
+        let target = self.target;
+        let spawned = std::thread::Builder::new()
+            .name(format!("connect-{id}"))
+            .spawn(move || {
+                let r = TcpStream::connect_timeout(&target, TARGET_CONNECT_TIMEOUT);
+                if tx.send((id, r)).is_ok() {
+                    // Wake the loop; the result waits in the channel.
+                    let _ = wake.send(Input::Bytes(id, Vec::new()));
+                }
+            });
+        if spawned.is_err() {
+            return d.client.close(stream, now);
+        }
+        self.targets.insert(id, Target::Connecting(stream));
+        self.by_stream.insert(stream, id);
+    }
+
+    fn input(&mut self, d: &mut Driver, input: Input) {
+        let now = d.now();
+        while let Ok((id, r)) = self.connected_rx.try_recv() {
+            self.connected(d, id, r);
+        }
+        match input {
+            Input::Bytes(id, data) => {
+                if let Some(Target::Open { up, in_flight, .. }) = self.targets.get_mut(&id) {
+                    *in_flight = in_flight.saturating_sub(data.len());
+                    up.extend_from_slice(&data);
+                }
+                self.pump(&mut d.client, id, now);
+            }
+            // End of the target's output (a failed write is reported the same way): the
+            // stream ends once what was read is sent.
+            Input::Closed(id, _) => {
+                if let Some(Target::Open { eof, .. }) = self.targets.get_mut(&id) {
+                    *eof = true;
+                }
+                self.pump(&mut d.client, id, now);
+            }
+            Input::Accepted(_) => {}
+        }
+    }
+
+    /// A target connect finished: start moving bytes, or close the stream.
+    fn connected(&mut self, d: &mut Driver, id: event::ConnId, r: std::io::Result<TcpStream>) {
+        let Some(Target::Connecting(stream)) = self.targets.get(&id) else {
+            // The stream ended meanwhile: the socket is just dropped.
+            return;
+        };
+        let stream = *stream;
+        let (_, tx) = d.app_sender();
+        let pipe = r.and_then(|sock| {
+            let _ = sock.set_nodelay(true);
+            Pipe::start(sock, id, tx)
+        });
+        match pipe {
+            Ok(pipe) => {
+                let t = Target::Open {
+                    stream,
+                    pipe,
+                    up: Vec::new(),
+                    in_flight: 0,
+                    eof: false,
+                    blocked: false,
+                };
+                self.targets.insert(id, t);
+                let now = d.now();
+                self.pump(&mut d.client, id, now);
+            }
+            Err(e) => {
+                eprintln!("onion: target {}: {e}", self.target);
+                self.targets.remove(&id);
+                self.by_stream.remove(&stream);
+                d.client.close(stream, d.now());
+            }
+        }
+    }
+
+    /// Move bytes both ways for target connection `id` as far as the stream and the socket
+    /// allow; end it when either side ended.
+    fn pump(&mut self, client: &mut Client, id: event::ConnId, now: Instant) {
+        let Some(Target::Open {
+            stream,
+            pipe,
+            up,
+            in_flight,
+            eof,
+            blocked,
+        }) = self.targets.get_mut(&id)
+        else {
+            return;
+        };
+        let stream = *stream;
+        while !up.is_empty() {
+            match client.write(stream, up, now) {
+                Ok(0) => break,
+                Ok(n) => {
+                    up.drain(..n);
+                }
+                Err(_) => {
+                    up.clear();
+                    break;
+                }
+            }
+        }
+        let mut ended = *eof && up.is_empty();
+        // The queue may have drained since the stream was last read (the writer's wake-up).
+        *blocked = next_blocked(*blocked, pipe.queued());
+        let mut buf = [0u8; 16 * 1024];
+        while !*blocked && !ended {
+            match client.read(stream, &mut buf, now) {
+                Ok(None) => break,
+                Ok(Some(0)) => ended = true,
+                Ok(Some(n)) => {
+                    pipe.push(&buf[..n]);
+                    *blocked = next_blocked(false, pipe.queued());
+                }
+                Err(e) => {
+                    debug(&format!("stream {}: {e}", stream.get()));
+                    ended = true;
+                }
+            }
+        }
+        if ended {
+            // As C tor: either side's end ends the stream; what the target still has to
+            // receive is flushed first.
+            client.close(stream, now);
+            self.by_stream.remove(&stream);
+            if let Some(Target::Open { pipe, .. }) = self.targets.remove(&id) {
+                pipe.finish();
+            }
+            return;
+        }
+        if *blocked {
+            pipe.wake_below(OUT_LOW);
+        }
+        let g = read_grant(READ_AHEAD, up.len(), *in_flight);
+        pipe.grant(g);
+        *in_flight += g;
+    }
+
+    /// Log what changed in the service's counters: the first descriptor upload ("service
+    /// published"), later uploads, and introductions that were dropped.
+    fn report(&mut self, client: &Client) {
+        let Some(now) = client.onion_service_stats(self.service) else {
+            return;
+        };
+        let was = std::mem::replace(&mut self.stats, now);
+        if now == was {
+            return;
+        }
+        if now.uploads_ok > was.uploads_ok {
+            if was.uploads_ok == 0 {
+                eprintln!(
+                    "onion: service published; forwarding port {} to {}",
+                    self.port, self.target
+                );
+            }
+            eprintln!(
+                "onion: descriptor uploads: {} done, {} failed",
+                now.uploads_ok, now.uploads_failed
+            );
+        } else if now.uploads_failed > was.uploads_failed {
+            eprintln!(
+                "onion: descriptor upload to an HSDir failed ({} done, {} failed)",
+                now.uploads_ok, now.uploads_failed
+            );
+        }
+        let dropped = |s: &ServiceStats| {
+            [
+                s.dropped_rate,
+                s.dropped_queue_full,
+                s.replays,
+                s.invalid,
+                s.stale,
+            ]
+        };
+        if dropped(&now) != dropped(&was) {
+            eprintln!(
+                "onion: introductions dropped: {} over the rate limit, {} with the queue full, \
+                 {} replays, {} invalid, {} waited too long",
+                now.dropped_rate, now.dropped_queue_full, now.replays, now.invalid, now.stale
+            );
+        }
+        if now.rendezvous_failed > was.rendezvous_failed {
+            eprintln!(
+                "onion: rendezvous given up: {} of {}",
+                now.rendezvous_failed,
+                now.rendezvous + now.rendezvous_failed
+            );
+        }
+    }
+}
+
+/// A line for whoever debugs the service (`ONION_DEBUG=1`).
+fn debug(what: &str) {
+    if std::env::var_os("ONION_DEBUG").is_some() {
+        eprintln!("onion: debug: {what}");
+    }
 }
 
 /// The largest `.auth` file read: one is a single `descriptor:x25519:<52 base32 chars>` line

@@ -39,18 +39,18 @@ use std::time::{Duration, SystemTime};
 
 use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
-use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
+use onion_client::dir::authorities::{self, DirAuthority};
+use onion_client::dir::{DirConfig, DirMode, Directory};
 use onion_client::{
     CcView, CircuitView, Client, ClientConfig, ConnId, Event, Persist, Purpose, State, StreamHandle,
 };
-use onion_dir::{RsaIdentity, Timestamp};
+use onion_dir::Timestamp;
 
-use super::authority::DirAuthority;
 use super::cache::{Cache, BUILD_TIMES_FILE};
 use super::event::{self, Inbox, Input};
 use super::pipe::Pipe;
 use super::tls::{TlsError, TlsLink, TlsSession};
-use super::{path, Clock};
+use super::Clock;
 
 /// Bytes a relay socket may read ahead of the client (its reader thread's credit).
 pub const RELAY_READ: usize = 128 * 1024;
@@ -117,30 +117,22 @@ pub struct Driver {
 
 /// The client's configuration for the authorities `auths` in `mode`: the fallback
 /// directories of C tor on the public network, none on a testing network (whose path rules
-/// are relaxed as C tor relaxes them, [`path::path_config`]).
+/// are relaxed as C tor relaxes them, [`onion_client::guards::path_config`]).
 pub fn client_config(auths: &[DirAuthority], mode: DirMode) -> Result<ClientConfig, String> {
-    let authorities: Vec<Authority> = auths
-        .iter()
-        .filter_map(|a| {
-            Some(Authority {
-                name: a.name(),
-                rsa_id: RsaIdentity(a.fingerprint),
-                v3ident: RsaIdentity(a.v3ident?),
-                or_addr: a.or_addr(),
-            })
-        })
-        .collect();
+    let authorities = authorities::v3_authorities(auths);
     if !authorities.iter().any(|a| a.or_addr.is_some()) {
         return Err("no authority with an ORPort (`orport=`) in the list".into());
     }
-    let fallbacks = match path::is_testing_network(auths) {
+    let testing = onion_client::guards::is_testing_network(&authorities);
+    let fallbacks = match testing {
         true => Vec::new(),
         false => onion_client::dir::c_tor_fallbacks(),
     };
+    let path = onion_client::guards::path_config(&authorities);
     let mut dir = DirConfig::new(authorities, fallbacks, mode);
     dir.request_timeout = DIR_REQUEST_TIMEOUT;
     let mut cfg = ClientConfig::new(dir);
-    cfg.path = path::path_config(auths);
+    cfg.path = path;
     Ok(cfg)
 }
 
@@ -640,7 +632,7 @@ fn debug(what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::authority;
+    use onion_client::dir::authorities as authority;
 
     /// An authority whose port is closed: the connects fail, the client is told each time
     /// (`handle_closed`), and bootstrap ends at its deadline with an error that says no

@@ -6,7 +6,7 @@
 //! sockets. The queue is bounded: a reader that gets ahead of the loop blocks, so a fast
 //! peer cannot make us buffer without limit.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::TcpStream;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
@@ -27,8 +27,6 @@ pub enum Input {
 
 /// How many inputs may wait in the queue before readers block.
 const QUEUE: usize = 256;
-/// Size of one read.
-const READ_SIZE: usize = 16 * 1024;
 
 /// The loop's single source of inputs.
 pub struct Inbox {
@@ -42,29 +40,6 @@ impl Inbox {
     pub fn new() -> Inbox {
         let (tx, rx) = sync_channel(QUEUE);
         Inbox { tx, rx, next_id: 1 }
-    }
-
-    /// Start reading `sock` on its own thread; its inputs carry the returned id.
-    pub fn watch(&mut self, mut sock: TcpStream) -> ConnId {
-        let id = self.next_id;
-        self.next_id += 1;
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; READ_SIZE];
-            loop {
-                let input = match sock.read(&mut buf) {
-                    Ok(0) => Input::Closed(id, None),
-                    Ok(n) => Input::Bytes(id, buf[..n].to_vec()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => Input::Closed(id, Some(e)),
-                };
-                let last = matches!(input, Input::Closed(..));
-                if tx.send(input).is_err() || last {
-                    return;
-                }
-            }
-        });
-        id
     }
 
     /// A fresh id and a sender into this inbox, for a socket the embedding reads on its own
@@ -97,23 +72,24 @@ impl Default for Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::net::TcpListener;
 
+    /// Inputs from senders arrive in order under their ids; an empty inbox times out.
     #[test]
-    fn reads_and_eof_arrive_in_order() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
+    fn inputs_arrive_in_order_under_their_ids() {
         let mut inbox = Inbox::new();
-        let id = inbox.watch(s);
-        c.write_all(b"hello").unwrap();
-        drop(c);
+        let (a, tx_a) = inbox.sender();
+        let (b, tx_b) = inbox.sender();
+        assert_ne!(a, b);
+        std::thread::spawn(move || {
+            tx_a.send(Input::Bytes(a, b"hel".to_vec())).unwrap();
+            tx_a.send(Input::Bytes(a, b"lo".to_vec())).unwrap();
+            tx_b.send(Input::Closed(b, None)).unwrap();
+        });
         let mut got = Vec::new();
         loop {
             match inbox.wait(Some(Duration::from_secs(5))) {
-                Some(Input::Bytes(i, b)) if i == id => got.extend(b),
-                Some(Input::Closed(i, None)) if i == id => break,
+                Some(Input::Bytes(i, data)) if i == a => got.extend(data),
+                Some(Input::Closed(i, None)) if i == b => break,
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -25,20 +25,13 @@
 //! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
 //! - [`text`]: text received from the network, escaped before it is printed.
 
-pub mod authority;
-pub mod bootstrap;
+pub use onion_client::dir::authorities as authority;
 pub mod cache;
-pub mod client;
 pub mod driver;
 pub mod event;
-pub mod guards;
-pub mod hsnet;
 pub mod http;
-pub mod link;
-pub mod path;
 pub mod pipe;
 pub mod private;
-pub mod service;
 pub mod socks;
 pub mod text;
 pub mod tls;

@@ -182,11 +182,6 @@ impl TlsLink {
         })
     }
 
-    /// The relay's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// SHA-256 of the relay's TLS certificate (DER): what the CERTS cell must certify.
     pub fn cert_sha256(&self) -> [u8; 32] {
         self.cert_sha256

@@ -40,6 +40,7 @@
 //! are worth keeping; the embedder gives them back to [`DirMachine::new`] ([`Cached`]), where
 //! they are verified again like any document from the network.
 
+pub mod authorities;
 mod directory;
 mod sources;
 

@@ -9,10 +9,18 @@
 //! digits or as ten space-separated groups of four, as in C tor's built-in list. The
 //! `DirAuthority` keyword is optional, `#` starts a comment and blank lines are ignored, so a
 //! private network's `torrc` lines and the public network's list (shipped as
-//! `public-authorities.txt`, the default of `onion get`) are read by the same code.
+//! `public-authorities.txt`, [`PUBLIC_AUTHORITIES`]) are read by the same code.
+//!
+//! [`DirAuthority::authority`] turns a v3 authority's line into the [`Authority`] a
+//! [`super::DirConfig`] bootstraps from (dir-spec §3: the consensus is signed by the v3
+//! identities, fetched from the ORPort over BEGIN_DIR).
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use onion_dir::RsaIdentity;
+
+use super::Authority;
 
 /// The public Tor network's directory authorities, in the same format (from C tor 0.4.9).
 pub const PUBLIC_AUTHORITIES: &str = include_str!("public-authorities.txt");
@@ -49,6 +57,22 @@ impl DirAuthority {
             None => hex::encode_upper(self.fingerprint),
         }
     }
+
+    /// The authority to bootstrap from, or `None` for one without a v3 identity (a bridge
+    /// authority signs no consensus).
+    pub fn authority(&self) -> Option<Authority> {
+        Some(Authority {
+            name: self.name(),
+            rsa_id: RsaIdentity(self.fingerprint),
+            v3ident: RsaIdentity(self.v3ident?),
+            or_addr: self.or_addr(),
+        })
+    }
+}
+
+/// The v3 authorities of a list, to bootstrap from ([`DirAuthority::authority`]).
+pub fn v3_authorities(list: &[DirAuthority]) -> Vec<Authority> {
+    list.iter().filter_map(DirAuthority::authority).collect()
 }
 
 /// A line of an authority list that cannot be read.
@@ -201,6 +225,21 @@ mod tests {
             "A07048407BC479AA3FDD636ABF78594D2378FAF6"
         );
         assert!(!a.bridge);
+    }
+
+    /// The v3 authorities become the directory machine's authorities; a bridge authority
+    /// (no v3 identity) does not.
+    #[test]
+    fn v3_lines_become_authorities() {
+        let mut list = parse_list(PRIVATE).unwrap();
+        list[2].v3ident = None;
+        let auths = v3_authorities(&list);
+        assert_eq!(auths.len(), 2);
+        assert_eq!(auths[0].name, "auth0");
+        assert_eq!(auths[0].rsa_id, RsaIdentity(list[0].fingerprint));
+        assert_eq!(auths[0].v3ident, RsaIdentity(list[0].v3ident.unwrap()));
+        assert_eq!(auths[0].or_addr, list[0].or_addr());
+        assert!(list[2].authority().is_none());
     }
 
     #[test]
