@@ -54,7 +54,7 @@ pub struct Args {
     testing_network: bool,
     /// Seconds between replacements of the TLS link certificate (default 7200, C tor's
     /// period; shorter values are for tests).
-    #[arg(long, value_name = "SECS", default_value_t = 7200,
+    #[arg(long, value_name = "SECS", default_value_t = crate::relay::server::LINK_CERT_ROTATION.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     link_cert_lifetime: u64,
     /// Publish without the reachability self-test (C tor's `AssumeReachable`, as testing

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 
-use onion_relay::{ConnId, ResolveError, StreamHandle, TargetError};
+use onion_relay::{ConnId, ResolveError, StreamHandle, TargetError, TlsLinkCert};
 
 /// Messages in the loop's inbox.
 pub const INBOX: usize = 256;
@@ -55,6 +55,12 @@ pub enum Msg {
     TargetUp(StreamHandle, TcpStream, SocketAddr),
     /// An exit stream's TCP connection failed.
     TargetFailed(StreamHandle, TargetError),
+    /// A new TLS link certificate was made (its rotation is due).
+    LinkCert(Box<TlsLinkCert>),
+    /// A consensus fetched from an authority: its text, or why the fetch failed.
+    Consensus(Result<String, String>),
+    /// The reachability self-test ended: how long it took, or why it failed.
+    SelfTest(Result<std::time::Duration, String>),
 }
 
 #[derive(Default)]

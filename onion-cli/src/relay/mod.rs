@@ -4,4 +4,6 @@
 pub mod io;
 pub mod keys;
 pub mod publish;
+pub mod selftest;
 pub mod server;
+pub mod view;

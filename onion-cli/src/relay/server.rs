@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,7 @@ use onion_crypto::cert::UnixTime;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
 use onion_dir::relaydesc::{ConsensusListing, DescriptorSchedule};
 use onion_dir::Timestamp;
-use onion_relay::{ConnId, Event, Relay, ResolveError, StreamHandle, TargetError};
+use onion_relay::{ConnId, Event, Relay, ResolveError, StreamHandle, TargetError, TlsLinkCert};
 use rand_core::OsRng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
@@ -29,13 +29,20 @@ use crate::net::Clock;
 
 /// How often the descriptor schedule and the keys are checked (C tor: every 60 s).
 const PERIODIC: Duration = Duration::from_secs(60);
-/// How often the counters are logged (when they changed).
-const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often the counters are logged (when they changed): often enough that a test (or an
+/// operator) sees a closed circuit's resources freed within a second.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Bandwidth is measured over windows this long; the best window is the observed rate
 /// (C tor's `rep_hist_bandwidth_assess` takes the best 10-second mean of a day).
 const BW_WINDOW: Duration = Duration::from_secs(10);
 /// How long an outbound TCP connect may take (the relay's own deadline also applies).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the TLS link certificate is replaced (C tor replaces its TLS context, and with
+/// it the link certificate and the ed25519 Signing->Link certificate of CERTS, every
+/// `MAX_SSL_KEY_LIFETIME_INTERNAL`, 2 hours).
+pub const LINK_CERT_ROTATION: Duration = Duration::from_secs(2 * 3600);
+/// Time between reachability self-tests until one succeeds.
+const SELF_TEST_RETRY: Duration = Duration::from_secs(20);
 
 /// Everything the loop needs at start.
 pub struct Setup {
@@ -53,6 +60,11 @@ pub struct Setup {
     pub authorities: Vec<DirAuthority>,
     /// `TestingTorNetwork`-like schedule.
     pub testing_network: bool,
+    /// How often the TLS link certificate is replaced ([`LINK_CERT_ROTATION`] by default).
+    pub link_cert_rotation: Duration,
+    /// The ORPort address published, which the self-test connects to; `None`: no
+    /// self-test, the descriptor is published at once (C tor's `AssumeReachable`).
+    pub self_test: Option<SocketAddr>,
 }
 
 struct TlsConn {
@@ -96,6 +108,30 @@ struct Loop {
     last_stats: String,
     /// Exit TCP connections opened (for the log).
     targets_opened: u64,
+    /// Period of the link certificate's replacement.
+    link_cert_rotation: Duration,
+    /// When the next one is due (`None`: one is being made).
+    next_link_cert: Option<std::time::Instant>,
+    /// The latest verified consensus (`ns`), and the ones before it (oldest first, at
+    /// most [`onion_relay::dir::MAX_DIFF_BASES`]: the cache makes diffs from them).
+    consensus: Option<String>,
+    previous_consensuses: std::collections::VecDeque<String>,
+    /// A fetch is under way.
+    fetching: bool,
+    /// Which authority the next fetch asks (round robin).
+    fetch_from: usize,
+    /// The listing last logged.
+    last_listing: Option<ConsensusListing>,
+    /// The ORPort address the self-test connects to (`None`: assumed reachable).
+    self_test: Option<SocketAddr>,
+    /// The self-test succeeded (or is skipped): descriptors may be published.
+    reachable: bool,
+    /// A self-test is under way.
+    self_testing: bool,
+    /// When the next self-test may start.
+    next_self_test: std::time::Instant,
+    /// Name resolutions asked of the system resolver (for the log).
+    resolves: u64,
 }
 
 fn server_config(relay: &Relay) -> Result<Arc<ServerConfig>, String> {
@@ -151,7 +187,20 @@ pub fn run(setup: Setup) -> Result<(), String> {
         observed: 0,
         last_stats: String::new(),
         targets_opened: 0,
+        resolves: 0,
+        link_cert_rotation: setup.link_cert_rotation,
+        consensus: None,
+        previous_consensuses: std::collections::VecDeque::new(),
+        fetching: false,
+        fetch_from: 0,
+        last_listing: None,
+        next_link_cert: Some(std::time::Instant::now() + setup.link_cert_rotation),
+        self_test: setup.self_test,
+        reachable: setup.self_test.is_none(),
+        self_testing: false,
+        next_self_test: std::time::Instant::now(),
     };
+    l.maybe_self_test();
     l.periodic();
     l.main(rx)
 }
@@ -161,9 +210,11 @@ impl Loop {
         let mut next_periodic = std::time::Instant::now() + PERIODIC;
         let mut next_stats = std::time::Instant::now() + STATS_EVERY;
         loop {
-            let mut wait = next_periodic
-                .min(next_stats)
-                .saturating_duration_since(std::time::Instant::now());
+            let mut wake = next_periodic.min(next_stats);
+            if let Some(t) = self.next_link_cert {
+                wake = wake.min(t);
+            }
+            let mut wait = wake.saturating_duration_since(std::time::Instant::now());
             if let Some(t) = self.relay.poll_timeout() {
                 wait = wait.min(self.clock.until(t));
             }
@@ -190,6 +241,14 @@ impl Loop {
             if std::time::Instant::now() >= next_periodic {
                 next_periodic = std::time::Instant::now() + PERIODIC;
                 self.periodic();
+            }
+            self.maybe_self_test();
+            if self
+                .next_link_cert
+                .is_some_and(|t| std::time::Instant::now() >= t)
+            {
+                self.next_link_cert = None;
+                self.make_link_cert();
             }
             if std::time::Instant::now() >= next_stats {
                 next_stats = std::time::Instant::now() + STATS_EVERY;
@@ -299,7 +358,177 @@ impl Loop {
                 self.relay.handle_target_connected(s, now, addr);
             }
             Msg::TargetFailed(s, e) => self.relay.handle_target_failed(s, now, e),
+            Msg::LinkCert(cert) => self.install_link_cert(*cert),
+            Msg::Consensus(r) => self.new_consensus(r),
+            Msg::SelfTest(r) => self.self_test_done(r),
         }
+    }
+
+    /// Starts the reachability self-test ([`super::selftest`]) in a thread, until it has
+    /// succeeded once, at most every [`SELF_TEST_RETRY`].
+    fn maybe_self_test(&mut self) {
+        let Some(addr) = self.self_test else {
+            return;
+        };
+        if self.reachable || self.self_testing || std::time::Instant::now() < self.next_self_test {
+            return;
+        }
+        self.self_testing = true;
+        self.next_self_test = std::time::Instant::now() + SELF_TEST_RETRY;
+        let target = super::selftest::Target::new(addr, &self.keys);
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Msg::SelfTest(super::selftest::run(&target)));
+        });
+    }
+
+    fn self_test_done(&mut self, r: Result<Duration, String>) {
+        self.self_testing = false;
+        match r {
+            Ok(took) => {
+                self.reachable = true;
+                eprintln!(
+                    "onion relay: self-test: ORPort {} is reachable (circuit to ourselves in \
+                     {} ms); publishing",
+                    self.self_test.map(|a| a.to_string()).unwrap_or_default(),
+                    took.as_millis()
+                );
+                self.check_schedule();
+            }
+            Err(e) => eprintln!(
+                "onion relay: self-test failed ({e}); not publishing, trying again in {}s",
+                SELF_TEST_RETRY.as_secs()
+            ),
+        }
+    }
+
+    /// Fetches the consensus in a thread when none is held or the held one is no longer
+    /// fresh (dir-spec §5.1), from the authorities in turn.
+    fn maybe_fetch_consensus(&mut self, now: Timestamp) {
+        if self.fetching {
+            return;
+        }
+        let fresh = self.consensus.as_deref().is_some_and(|t| {
+            onion_dir::consensus::parse(t).is_ok_and(|c| c.peek().fresh_until > now)
+        });
+        if fresh {
+            return;
+        }
+        let auths: Vec<_> = self.authorities.iter().filter(|a| !a.bridge).collect();
+        if auths.is_empty() {
+            return;
+        }
+        let a = auths[self.fetch_from % auths.len()];
+        self.fetch_from += 1;
+        let addr = SocketAddr::V4(a.dir_addr);
+        let v3: Vec<onion_dir::RsaIdentity> = self
+            .authorities
+            .iter()
+            .filter_map(|a| a.v3ident.map(onion_dir::RsaIdentity))
+            .collect();
+        let tx = self.tx.clone();
+        self.fetching = true;
+        std::thread::spawn(move || {
+            let r = super::view::fetch_consensus(addr, &v3, now)
+                .map_err(|e| format!("from {addr}: {e}"));
+            let _ = tx.send(Msg::Consensus(r));
+        });
+    }
+
+    /// A consensus fetch ended: keep a new consensus (the previous one goes to the diff
+    /// bases), give it to the directory cache, and take its relays' addresses as known
+    /// relays (exempt from the per-address limits).
+    fn new_consensus(&mut self, r: Result<String, String>) {
+        self.fetching = false;
+        let text = match r {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("onion relay: consensus fetch failed: {e}");
+                return;
+            }
+        };
+        if self.consensus.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let Ok(parsed) = onion_dir::consensus::parse(&text) else {
+            return;
+        };
+        let c = parsed.peek();
+        let addrs: Vec<std::net::IpAddr> = c
+            .relays
+            .iter()
+            .map(|r| std::net::IpAddr::V4(r.address))
+            .collect();
+        let (n, va) = (c.relays.len(), c.valid_after);
+        self.relay.set_relay_addresses(addrs);
+        if let Some(old) = self.consensus.take() {
+            self.previous_consensuses.push_back(old);
+            while self.previous_consensuses.len() > onion_relay::dir::MAX_DIFF_BASES {
+                self.previous_consensuses.pop_front();
+            }
+        }
+        self.relay
+            .set_directory_documents(onion_relay::DirDocuments {
+                consensus: Some(text.clone().into_bytes()),
+                previous_consensuses: self
+                    .previous_consensuses
+                    .iter()
+                    .map(|t| t.clone().into_bytes())
+                    .collect(),
+                ..onion_relay::DirDocuments::default()
+            });
+        self.consensus = Some(text);
+        eprintln!("onion relay: consensus valid-after {va}: {n} relays");
+        // A new view may change the descriptor schedule's decision at once.
+        self.check_schedule();
+    }
+
+    /// What the held consensus says of this relay (NoConsensus without one).
+    fn listing(&self, now: Timestamp) -> ConsensusListing {
+        let Some(text) = self.consensus.as_deref() else {
+            return ConsensusListing::NoConsensus;
+        };
+        let Ok(parsed) = onion_dir::consensus::parse(text) else {
+            return ConsensusListing::NoConsensus;
+        };
+        let id = self.keys.rsa_identity().public().identity();
+        ConsensusListing::of(parsed.peek(), &id, now)
+    }
+
+    /// Makes the next link certificate in a thread (an RSA-2048 key generation takes long
+    /// enough to stall every connection if the loop did it).
+    fn make_link_cert(&mut self) {
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let unix = UnixTime::from(SystemTime::now());
+            match TlsLinkCert::generate(&mut OsRng, unix) {
+                Ok(c) => {
+                    let _ = tx.send(Msg::LinkCert(Box::new(c)));
+                }
+                Err(e) => eprintln!("onion relay: new TLS link certificate: {e}"),
+            }
+        });
+    }
+
+    /// Connections accepted from now on present `cert` (the TLS server configuration is
+    /// replaced, and the relay certifies the new certificate in CERTS); connections already
+    /// open keep their TLS session and channel.
+    fn install_link_cert(&mut self, cert: TlsLinkCert) {
+        let now = self.clock.now();
+        let sha = hex::encode(cert.sha256());
+        let r = self
+            .relay
+            .set_link_cert(cert, now)
+            .map_err(|e| e.to_string())
+            .and_then(|()| server_config(&self.relay));
+        match r {
+            Ok(cfg) => {
+                self.server = cfg;
+                eprintln!("onion relay: TLS link certificate rotated: sha256 {sha}");
+            }
+            Err(e) => eprintln!("onion relay: TLS link certificate not rotated: {e}"),
+        }
+        self.next_link_cert = Some(std::time::Instant::now() + self.link_cert_rotation);
     }
 
     fn add_conn(&mut self, conn: ConnId, sock: TcpStream, tls: Connection, outbound: bool) {
@@ -532,6 +761,7 @@ impl Loop {
                 }
             }
             Event::Resolve { request, name } => {
+                self.resolves += 1;
                 std::thread::spawn(move || {
                     let r = match (name.as_str(), 0u16).to_socket_addrs() {
                         Ok(a) => {
@@ -587,14 +817,16 @@ impl Loop {
     fn log_stats(&mut self) {
         let st = self.relay.stats();
         let line = format!(
-            "connections {} circuits {} streams {} circuits_created {} channels_opened {} \
-             exit_connections {} refused {}/{}",
+            "connections {} circuits {} streams {} queued_bytes {} circuits_created {} \
+             channels_opened {} exit_connections {} resolves {} refused {}/{}",
             self.relay.n_connections(),
             self.relay.n_circuits(),
             self.relay.n_streams(),
+            self.relay.queued_bytes(),
             st.circuits_created,
             st.channels_opened,
             self.targets_opened,
+            self.resolves,
             st.connections_refused,
             st.creates_refused_dos
         );
@@ -663,18 +895,33 @@ impl Loop {
             }
         }
         let now = Timestamp::from_unix(unix.0);
+        self.maybe_fetch_consensus(now);
+        self.check_schedule();
+    }
+
+    /// The descriptor schedule (dir-spec §2.1), fed the relay's view of the consensus:
+    /// build and upload when it says so.
+    fn check_schedule(&mut self) {
+        if !self.reachable {
+            // C tor publishes only once its ORPort is known reachable.
+            return;
+        }
+        let wall = SystemTime::now();
+        let unix = UnixTime::from(wall);
+        let now = Timestamp::from_unix(unix.0);
         let uptime = wall
             .duration_since(self.started)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        // No consensus is fetched: the schedule runs on its time and bandwidth rules.
-        if let Some(reason) = self.schedule.check(
-            now,
-            uptime,
-            self.observed,
-            false,
-            ConsensusListing::NoConsensus,
-        ) {
+        let listing = self.listing(now);
+        if self.last_listing != Some(listing) {
+            self.last_listing = Some(listing);
+            eprintln!("onion relay: consensus listing: {listing:?}");
+        }
+        if let Some(reason) = self
+            .schedule
+            .check(now, uptime, self.observed, false, listing)
+        {
             match build(
                 &self.template,
                 &self.keys,

@@ -75,6 +75,7 @@ pub struct TorNet {
 }
 
 static NET: OnceLock<Result<TorNet, String>> = OnceLock::new();
+static NET_ANY_EXIT: OnceLock<Result<TorNet, String>> = OnceLock::new();
 
 /// True if `tor` and `tor-gencert` are on PATH.
 pub fn tor_installed() -> bool {
@@ -100,9 +101,28 @@ pub fn network() -> Option<&'static TorNet> {
     }
 }
 
+/// As [`network`], but the network is started with `tornet start --any-exit`: its
+/// authorities vote the Exit flag for any relay (relays of ours that join it can be exits).
+/// A test binary uses either this or [`network`].
+pub fn network_any_exit() -> Option<&'static TorNet> {
+    if !tor_installed() {
+        eprintln!("SKIPPED: `tor`/`tor-gencert` not installed (apt-get install tor); interop test not run");
+        return None;
+    }
+    match NET_ANY_EXIT.get_or_init(|| TorNet::start_with(true)) {
+        Ok(n) => Some(n),
+        Err(e) => panic!("private tor network failed: {e}"),
+    }
+}
+
 impl TorNet {
     /// Start a new network in a fresh temporary directory and wait until it is usable.
     pub fn start() -> Result<TorNet, String> {
+        Self::start_with(false)
+    }
+
+    /// [`TorNet::start`]; `any_exit`: `tornet start --any-exit`.
+    pub fn start_with(any_exit: bool) -> Result<TorNet, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -112,7 +132,13 @@ impl TorNet {
         let watchdog = spawn_watchdog(&dir, keep)?;
         let t0 = Instant::now();
         eprintln!("tornet: starting a private network in {}", dir.display());
-        let (st, _, err) = run_bounded(Command::new(TORNET).arg("start").arg(&dir), START_TIMEOUT)?;
+        let (st, _, err) = run_bounded(
+            Command::new(TORNET)
+                .arg("start")
+                .arg(&dir)
+                .args(any_exit.then_some("--any-exit")),
+            START_TIMEOUT,
+        )?;
         if !st.success() {
             return Err(format!("`tornet start` failed: {}", last_lines(&err, 15)));
         }

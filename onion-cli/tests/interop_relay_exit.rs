@@ -1,0 +1,308 @@
+//! Interop tests of `onion relay` as an exit, in a private C tor network whose authorities
+//! vote the Exit flag for any relay (`tornet start --any-exit`; in its own test binary so
+//! that the other interop tests keep their network, where only C tor's exits are exits).
+//!
+//! Three of our relays join, each with an exit policy allowing 127.0.0.0/8 except one
+//! port (C tor's `ExitPolicyRejectPrivate 0`, as testing networks need). A C tor client
+//! pinned to them (`EntryNodes` / `MiddleNodes` / `ExitNodes`, `StrictNodes 1`) fetches
+//! through all-onion circuits, resolves through our exit, and is refused by policy; then
+//! one of our exits is killed mid-transfer, the client recovers on a new circuit, and our
+//! relay that carried the broken circuit frees what it held.
+
+mod relay_support;
+mod support;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use relay_support::{
+    fresh_dir, last_stats, sha256_hex, start_relay_with, stat, wait_accepted, wait_listed,
+    wait_stats, TorClient,
+};
+use support::{network_any_exit, Daemon};
+
+/// Test body of `len` bytes (not compressible, so nothing on the path shrinks it).
+fn body(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
+/// `tor-resolve NAME 127.0.0.1:PORT` (SOCKS RESOLVE through the client): its output.
+fn tor_resolve(socks_port: u16, name: &str) -> (bool, String, String) {
+    let (st, out, err) = support::run_bounded(
+        Command::new("tor-resolve")
+            .arg("-5")
+            .arg(name)
+            .arg(format!("127.0.0.1:{socks_port}")),
+        Duration::from_secs(60),
+    )
+    .expect("tor-resolve");
+    (st.success(), out.trim().to_string(), err)
+}
+
+fn client_log(c: &TorClient) -> String {
+    std::fs::read_to_string(c.dir.join("notice.log")).unwrap_or_default()
+}
+
+/// Steps in order, on one network: (1) three relays of ours with exit policies join and
+/// are listed Running, Valid and Exit; (2) a C tor client pinned to them for every hop
+/// fetches 5 MiB, sha256 equal, our exit opening the TCP connection; (3) RESOLVE through
+/// our exit; (4) a port our policy refuses gives the client END EXITPOLICY; (5) one of our
+/// exits killed mid-transfer: the client fetches again on a new circuit, and our guard
+/// frees the circuit (counters back to their baseline).
+#[test]
+fn onion_exits_carry_c_tor_clients() {
+    let Some(net) = network_any_exit() else {
+        return;
+    };
+    let n_auth = net.dirauthority_lines.len();
+    let auth_consensus = net
+        .relays
+        .iter()
+        .find(|r| r.role == "authority")
+        .map(|r| r.datadir.join("cached-consensus"))
+        .expect("an authority");
+
+    // A port with a listener that the exit policy refuses: a refusal there is the policy's,
+    // not a failed connection.
+    let refused_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = refused_listener.local_addr().unwrap().port();
+    let policy = format!("reject 127.0.0.1:{refused_port}, accept 127.0.0.0/8:*, reject *:*");
+
+    // (1) Three relays, all exits.
+    let mut relays: Vec<(Daemon, String)> = Vec::new();
+    for name in ["onionExitA", "onionExitB", "onionExitC"] {
+        let dir = fresh_dir(net, name);
+        let port = support::free_port();
+        relays.push(start_relay_with(
+            net,
+            name,
+            &dir,
+            port,
+            &["--exit-policy", &policy],
+        ));
+    }
+    for (d, _) in &relays {
+        for l in wait_accepted(d, n_auth, Duration::from_secs(60)) {
+            eprintln!("{l}");
+        }
+    }
+    let fps: Vec<&str> = relays.iter().map(|(_, fp)| fp.as_str()).collect();
+    let mut paths = vec![auth_consensus];
+    paths.extend(
+        net.relays
+            .iter()
+            .filter(|r| r.role != "authority")
+            .map(|r| r.datadir.join("cached-consensus")),
+    );
+    let flags = wait_listed(&paths, &fps, Duration::from_secs(180));
+    for (f, name) in flags.iter().zip(["A", "B", "C"]) {
+        eprintln!("consensus flags of onionExit{name}: {f:?}");
+        for want in ["Running", "Valid", "Exit", "Guard", "Fast"] {
+            assert!(
+                f.iter().any(|x| x == want),
+                "onionExit{name}: no {want}: {f:?}"
+            );
+        }
+    }
+    let (fp_a, fp_b, fp_c) = (fps[0].to_string(), fps[1].to_string(), fps[2].to_string());
+
+    // (2) Every hop ours: A guard, B middle, C exit.
+    let payload = body(5 << 20);
+    std::fs::write(net.http_root.join("exit5m.bin"), &payload).unwrap();
+    let client = TorClient::start(
+        net,
+        "tor-client-all-onion",
+        &format!("EntryNodes {fp_a}\nMiddleNodes {fp_b}\nExitNodes {fp_c}\nStrictNodes 1\n"),
+    );
+    client.wait_bootstrapped(Duration::from_secs(150));
+    let url = format!("{}exit5m.bin", net.http_url);
+    let ((st, got, err), failed) = support::curl_socks_retrying(client.socks_port, &url, 90, 4);
+    assert!(
+        st.success() && got.len() == payload.len(),
+        "fetch through A-B-C failed ({failed} retries): {err}\nclient log:\n{}\nexit C:\n{}",
+        support::last_lines(&client_log(&client), 25),
+        support::last_lines(&relays[2].0.stderr(), 25)
+    );
+    assert_eq!(sha256_hex(&got), sha256_hex(&payload));
+    eprintln!(
+        "fetched 5 MiB through onionExitA -> onionExitB -> onionExitC: sha256 {} ({failed} retries)",
+        sha256_hex(&got)
+    );
+    let c_stats = wait_stats(
+        &relays[2].0,
+        "exit C opened a connection",
+        Duration::from_secs(5),
+        |m| m.get("exit_connections").copied().unwrap_or(0) > 0,
+    );
+    eprintln!("exit C: {c_stats:?}");
+    assert!(stat(&relays[0].0, "circuits_created") > 0);
+    assert!(stat(&relays[1].0, "circuits_created") > 0);
+
+    // (3) RESOLVE (tor-spec §6.4) through our exit C: its system resolver answers.
+    let resolves_before = stat(&relays[2].0, "resolves");
+    let (ok, out, err) = tor_resolve(client.socks_port, "localhost");
+    assert!(
+        ok,
+        "tor-resolve localhost failed: {out} {err}\n{}",
+        client_log(&client)
+    );
+    assert_eq!(out, "127.0.0.1", "tor-resolve answered {out:?} ({err})");
+    wait_stats(
+        &relays[2].0,
+        "exit C resolved",
+        Duration::from_secs(5),
+        |m| m.get("resolves").copied().unwrap_or(0) > resolves_before,
+    );
+    eprintln!("RESOLVE localhost through onionExitC: {out}");
+
+    // (4) A port the policy refuses for 127.0.0.1: asked by name, the client cannot know
+    // (the policy allows the port elsewhere in 127.0.0.0/8), so the stream reaches our exit,
+    // which resolves the name and answers END EXITPOLICY.
+    let resolves_before = stat(&relays[2].0, "resolves");
+    let conns_before = stat(&relays[2].0, "exit_connections");
+    let refused_url = format!("http://localhost:{refused_port}/");
+    let (st, out, err) = support::curl_socks(client.socks_port, &refused_url, 60);
+    let log = client_log(&client);
+    eprintln!(
+        "refused port {refused_port}: curl {st}: {} bytes, {}\nclient log:\n{}",
+        out.len(),
+        err.trim(),
+        support::last_lines(&log, 8)
+    );
+    assert!(!st.success(), "the refused port answered");
+    assert!(
+        stat(&relays[2].0, "resolves") > resolves_before,
+        "the stream did not reach exit C"
+    );
+    assert_eq!(
+        stat(&relays[2].0, "exit_connections"),
+        conns_before,
+        "exit C connected to a refused port"
+    );
+    // C tor's client reports the exit's refusal (relay.c: an EXITPOLICY end on a stream
+    // that the exit's published policy looked like allowing), and curl the SOCKS5 reply
+    // "connection not allowed by ruleset" (2).
+    assert!(
+        log.contains("more restrictive than its exit policy")
+            || log.contains("exit policy")
+            || err.contains("(2)")
+            || err.contains("not allowed"),
+        "no exit-policy refusal reported: {err}\n{}",
+        support::last_lines(&log, 15)
+    );
+    drop(client);
+
+    // (5) Kill an exit mid-transfer. A is the only guard; B and C the possible exits.
+    wait_stats(
+        &relays[0].0,
+        "guard A idle after the first client",
+        Duration::from_secs(30),
+        |m| m.get("queued_bytes") == Some(&0) && m.get("streams") == Some(&0),
+    );
+    let base_a = last_stats(&relays[0].0).unwrap();
+    eprintln!("guard A baseline: {base_a:?}");
+    let big = body(48 << 20);
+    std::fs::write(net.http_root.join("exit48m.bin"), &big).unwrap();
+    let client = TorClient::start(
+        net,
+        "tor-client-kill",
+        &format!("EntryNodes {fp_a}\nExitNodes {fp_b},{fp_c}\nStrictNodes 1\n"),
+    );
+    client.wait_bootstrapped(Duration::from_secs(150));
+    let big_url = format!("{}exit48m.bin", net.http_url);
+    let (tx, rx) = mpsc::channel();
+    let socks = client.socks_port;
+    let u2 = big_url.clone();
+    std::thread::spawn(move || {
+        // Slow reader: the transfer lasts (48 MiB at 2 MiB/s), and cells queue on the path.
+        let r = support::run_bounded_bytes(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "120", "--limit-rate", "2M"])
+                .args(["--socks5-hostname", &format!("127.0.0.1:{socks}")])
+                .arg(&u2),
+            Duration::from_secs(130),
+        );
+        let _ = tx.send(r);
+    });
+    // Which exit carries it: the one with an open exit stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        if let Some(i) = (1..3).find(|&i| stat(&relays[i].0, "streams") > 0) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit stream on B or C:\n{}",
+            support::last_lines(&client_log(&client), 15)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let during = last_stats(&relays[0].0).unwrap();
+    eprintln!(
+        "transfer through exit {}; guard A during it: {during:?}",
+        ["A", "B", "C"][victim]
+    );
+    let t_kill = Instant::now();
+    let (victim_daemon, _) = relays.remove(victim);
+    drop(victim_daemon); // SIGKILL
+    let (guard, _) = &relays[0];
+    // Our guard frees the broken circuit: the channel to the killed relay, or the C tor
+    // middle's DESTROY, closes it; its queued cells go with it.
+    let after = wait_stats(
+        guard,
+        "guard A frees the circuit",
+        Duration::from_secs(30),
+        |m| {
+            m.get("queued_bytes") == Some(&0)
+                && m.get("circuits").copied().unwrap_or(0) < during["circuits"]
+        },
+    );
+    eprintln!(
+        "guard A {:.1}s after the kill: {after:?}",
+        t_kill.elapsed().as_secs_f64()
+    );
+    let first = rx
+        .recv_timeout(Duration::from_secs(140))
+        .expect("curl thread");
+    let (st, partial, err) = first.expect("curl");
+    assert!(
+        !st.success() && partial.len() < big.len(),
+        "the transfer survived the kill ({} bytes): {err}",
+        partial.len()
+    );
+    eprintln!(
+        "first transfer broke after {} bytes: {}",
+        partial.len(),
+        err.trim()
+    );
+    // The client recovers: a new circuit through the other exit.
+    let ((st, got, err), failed) =
+        support::curl_socks_retrying(client.socks_port, &big_url, 120, 4);
+    assert!(
+        st.success() && got.len() == big.len(),
+        "no recovery ({failed} retries): {err}\n{}",
+        support::last_lines(&client_log(&client), 20)
+    );
+    assert_eq!(sha256_hex(&got), sha256_hex(&big));
+    eprintln!("recovered: 48 MiB fetched again on a new circuit ({failed} retries)");
+    // Without the client, our guard is back to its baseline: no circuit, stream or queued
+    // byte left of the client's.
+    drop(client);
+    let end = wait_stats(
+        guard,
+        "guard A back to baseline",
+        Duration::from_secs(60),
+        |m| {
+            m.get("circuits").copied().unwrap_or(u64::MAX) <= base_a["circuits"]
+                && m.get("streams") == Some(&0)
+                && m.get("queued_bytes") == Some(&0)
+        },
+    );
+    eprintln!("guard A at the end: {end:?}");
+    drop(refused_listener);
+}

@@ -1,0 +1,272 @@
+//! Helpers of the `onion relay` interop tests: starting our relays in a private C tor
+//! network, waiting for the authorities to list them, reading their counters, and a C tor
+//! client with its own torrc lines.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{self, Daemon, TorNet};
+
+/// A fresh private directory under the network's directory.
+pub fn fresh_dir(net: &TorNet, name: &str) -> PathBuf {
+    let d = net.dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Starts `onion relay` and waits for its key line; returns the daemon and the fingerprint.
+pub fn start_relay(net: &TorNet, nickname: &str, data_dir: &Path, port: u16) -> (Daemon, String) {
+    start_relay_with(net, nickname, data_dir, port, &[])
+}
+
+/// [`start_relay`] with more arguments.
+pub fn start_relay_with(
+    net: &TorNet,
+    nickname: &str,
+    data_dir: &Path,
+    port: u16,
+    more: &[&str],
+) -> (Daemon, String) {
+    let or_port = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "relay",
+        "--or-port",
+        &or_port,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--authorities",
+        net.authorities_file.to_str().unwrap(),
+        "--nickname",
+        nickname,
+        "--contact",
+        "onion-test@tornet.invalid",
+        "--testing-network",
+    ];
+    args.extend_from_slice(more);
+    let mut d = Daemon::start(&args);
+    let line = d.wait_for("fingerprint", Duration::from_secs(60));
+    let fp = line
+        .split("fingerprint ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fp.len(), 40, "{line}");
+    (d, fp)
+}
+
+/// Waits until every authority answered the upload with 200; returns those lines.
+pub fn wait_accepted(d: &Daemon, n_auth: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let err = d.stderr();
+        let ups: Vec<String> = err
+            .lines()
+            .filter(|l| l.contains("descriptor upload to"))
+            .map(str::to_string)
+            .collect();
+        if ups.len() >= n_auth {
+            assert!(
+                ups.iter().all(|l| l.contains(": accepted")),
+                "an authority refused the descriptor:\n{err}"
+            );
+            return ups;
+        }
+        assert!(Instant::now() < deadline, "uploads not answered:\n{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Unpadded standard base64 (the consensus `r` line's identity form).
+pub fn base64_unpadded(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The flags (`s` line) of the relay `fp` in the consensus at `path`, if listed.
+pub fn consensus_flags(path: &Path, fp: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let id = hex::decode(fp).ok()?;
+    let b64 = base64_unpadded(&id);
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.starts_with("r ") && l.split(' ').nth(2) == Some(b64.as_str()) {
+            for l2 in lines.by_ref() {
+                if let Some(flags) = l2.strip_prefix("s ") {
+                    return Some(flags.split(' ').map(str::to_string).collect());
+                }
+                if l2.starts_with("r ") {
+                    return Some(Vec::new());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Waits until the consensus at every path lists every relay of `fps` with Running and
+/// Valid; returns the flags of each relay in the first path's consensus.
+pub fn wait_listed(paths: &[PathBuf], fps: &[&str], timeout: Duration) -> Vec<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all: Option<Vec<Vec<String>>> = paths
+            .iter()
+            .flat_map(|p| fps.iter().map(move |fp| consensus_flags(p, fp)))
+            .collect();
+        if let Some(all) = all {
+            if all
+                .iter()
+                .all(|f| f.iter().any(|x| x == "Running") && f.iter().any(|x| x == "Valid"))
+            {
+                return all[..fps.len()].to_vec();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listed Running+Valid within {timeout:?}: {:?}",
+            paths
+                .iter()
+                .map(|p| fps
+                    .iter()
+                    .map(|fp| consensus_flags(p, fp))
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A C tor client of the network with `extra` torrc lines; killed on drop.
+pub struct TorClient {
+    child: Child,
+    /// Its data directory (`notice.log` is there).
+    pub dir: PathBuf,
+    /// Its SOCKS port.
+    pub socks_port: u16,
+}
+
+impl TorClient {
+    pub fn start(net: &TorNet, name: &str, extra: &str) -> TorClient {
+        let dir = fresh_dir(net, name);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let socks_port = support::free_port();
+        let torrc = format!(
+            "TestingTorNetwork 1\nDataDirectory {d}\nRunAsDaemon 0\nSandbox 0\n\
+             Log notice file {d}/notice.log\nSafeLogging 0\nSocksPort 127.0.0.1:{socks_port}\n\
+             Address 127.0.0.1\nAddressDisableIPv6 1\nClientUseIPv6 0\n\
+             PathsNeededToBuildCircuits 0.67\nUseMicrodescriptors 0\n{auth}\n{extra}\n",
+            d = dir.display(),
+            auth = net.dirauthority_lines.join("\n"),
+        );
+        let torrc_path = dir.join("torrc");
+        std::fs::write(&torrc_path, torrc).unwrap();
+        let empty = dir.join("torrc-defaults");
+        std::fs::write(&empty, "").unwrap();
+        let child = Command::new("tor")
+            .arg("-f")
+            .arg(&torrc_path)
+            .arg("--defaults-torrc")
+            .arg(&empty)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tor");
+        TorClient {
+            child,
+            dir,
+            socks_port,
+        }
+    }
+
+    pub fn wait_bootstrapped(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("notice.log")).unwrap_or_default();
+            if log.contains("Bootstrapped 100%") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "C tor client not bootstrapped:\n{}",
+                support::last_lines(&log, 20)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for TorClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// The counters of the relay's latest `stats:` line (`name value` pairs; `refused a/b` is
+/// left out).
+pub fn last_stats(d: &Daemon) -> Option<std::collections::HashMap<String, u64>> {
+    let err = d.stderr();
+    let line = err.lines().rfind(|l| l.contains("onion relay: stats:"))?;
+    let words: Vec<&str> = line.split("stats:").nth(1)?.split_whitespace().collect();
+    Some(
+        words
+            .chunks(2)
+            .filter_map(|p| Some((p.first()?.to_string(), p.get(1)?.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// One counter of the relay's latest stats line (0 when absent).
+pub fn stat(d: &Daemon, name: &str) -> u64 {
+    last_stats(d)
+        .and_then(|m| m.get(name).copied())
+        .unwrap_or(0)
+}
+
+/// Waits until `ok` holds for the relay's latest counters; returns them (panics after
+/// `timeout`, showing the relay's last lines).
+pub fn wait_stats(
+    d: &Daemon,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&std::collections::HashMap<String, u64>) -> bool,
+) -> std::collections::HashMap<String, u64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(m) = last_stats(d).filter(|m| ok(m)) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}:\n{}",
+            support::last_lines(&d.stderr(), 15)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
