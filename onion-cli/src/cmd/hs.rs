@@ -245,7 +245,7 @@ fn to_json(addr: &OnionAddress, period: TimePeriod, hs: &HsDescriptor) -> Value 
                         v["address"] = json!(a.ip().to_string());
                         v["port"] = json!(a.port());
                     } else if let Some(id) = l.as_rsa_id() {
-                        v["rsa_id_hex"] = json!(hex::encode_upper(id));
+                        v["rsa_id_hex"] = json!(hex::encode_upper(id.0));
                     }
                     v
                 })
