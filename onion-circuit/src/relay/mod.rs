@@ -1081,6 +1081,13 @@ impl RelayCircuit {
     /// ([`RelayCircuit::set_half_closed_timeout`], counted from the latest `now` given, run
     /// by [`RelayCircuit::handle_timeout`]).
     pub fn end_stream(&mut self, stream: StreamId, reason: EndReason) -> Result<(), RelayError> {
+        self.end_stream_with(stream, End::new(reason))
+    }
+
+    /// [`RelayCircuit::end_stream`] with a whole END body: EXITPOLICY with the refused
+    /// address and its TTL (tor-spec §6.3), so that the client learns which address the
+    /// exit refused.
+    pub fn end_stream_with(&mut self, stream: StreamId, end: End) -> Result<(), RelayError> {
         if self.closed {
             return Err(RelayError::Closed);
         }
@@ -1090,7 +1097,7 @@ impl RelayCircuit {
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
         s.half_close(Some(self.last_now + self.half_closed_timeout));
-        self.originate(stream.get(), &RelayMsg::End(End::new(reason)))
+        self.originate(stream.get(), &RelayMsg::End(end))
     }
 
     /// Answer a RESOLVE (tor-spec §6.4).

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
+use onion_cell::relaymsg::{End, EndReason, ExitPolicyAddr, ResolvedAnswer, ResolvedValue};
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 
@@ -135,6 +135,25 @@ impl Relay {
         }
     }
 
+    /// END EXITPOLICY naming the refused address `ip` and its TTL (tor-spec §6.3). Without
+    /// the address a C tor client takes the refusal as "this exit's policy is stricter than
+    /// it published" and stops using the exit for every stream (relay.c,
+    /// `adjust_exit_policy_from_exitpolicy_failure`); with it, only that address is
+    /// remembered as refused.
+    fn end_policy(&mut self, k: u64, id: StreamId, ip: IpAddr) {
+        if let Some(c) = self.circs.get_mut(&k) {
+            let end = End {
+                reason: EndReason::EXITPOLICY,
+                exit_policy: Some(ExitPolicyAddr {
+                    addr: ip,
+                    ttl: ANSWER_TTL,
+                }),
+            };
+            let _ = c.rc.end_stream_with(id, end);
+            self.dirty.insert(k);
+        }
+    }
+
     /// Forget a stream; `tell`: the embedder holds a target connection to close.
     pub(super) fn forget_stream(&mut self, h: StreamHandle, tell: bool) {
         let Some(e) = self.streams.remove(&h) else {
@@ -179,7 +198,7 @@ impl Relay {
         match literal(&host) {
             Some(ip) => {
                 if !self.allowed(ip, port) {
-                    return self.end(k, id, EndReason::EXITPOLICY);
+                    return self.end_policy(k, id, ip);
                 }
                 let h = self.new_handle(k, id, ExitState::Connecting);
                 self.events.push_back(Event::OpenTarget {
@@ -490,7 +509,12 @@ impl Relay {
                 };
                 let Some(ip) = addrs.iter().copied().find(|ip| self.allowed(*ip, port)) else {
                     self.forget_stream(h, false);
-                    return self.end(k, id, EndReason::EXITPOLICY);
+                    // The address a client would have used: the first IPv4 one, as C tor
+                    // connects to the first answer of its resolver (IPv4 preferred).
+                    return match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+                        Some(&refused) => self.end_policy(k, id, refused),
+                        None => self.end(k, id, EndReason::EXITPOLICY),
+                    };
                 };
                 let deadline = self.now.checked_add(self.cfg.limits.target_connect_timeout);
                 if let Some(e) = self.streams.get_mut(&h) {
