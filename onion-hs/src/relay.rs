@@ -687,3 +687,277 @@ impl HsDirStore {
         self.entries.values().map(|e| e.expires).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::ExpandedKeypair;
+    use crate::msg::DosParams;
+    use proptest::prelude::*;
+
+    fn keypair(seed: u8) -> ExpandedKeypair {
+        use rand_core::SeedableRng as _;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([seed; 32]);
+        ExpandedKeypair::generate(&mut rng)
+    }
+
+    fn establish(auth: &ExpandedKeypair, kh: &[u8], dos: Option<DosParams>) -> Vec<u8> {
+        let ext = dos.map(|d| vec![d.to_extension()]).unwrap_or_default();
+        EstablishIntro::build(auth, ext, kh).expect("build").1
+    }
+
+    fn introduce1(key: &[u8; 32]) -> Vec<u8> {
+        let mut b = vec![0u8; 20];
+        b.push(2);
+        b.extend_from_slice(&32u16.to_be_bytes());
+        b.extend_from_slice(key);
+        b.push(0);
+        b.extend_from_slice(&[7u8; 104]);
+        b
+    }
+
+    /// The registrations agree both ways and stay within the bound.
+    fn consistent<C: Copy + Eq + Hash + core::fmt::Debug>(ip: &IntroPoint<C>) {
+        assert!(ip.circs.len() <= ip.max);
+        assert_eq!(ip.by_key.len(), ip.circs.len());
+        for (k, c) in &ip.by_key {
+            assert_eq!(ip.circs.get(c).map(|x| x.auth_key), Some(*k));
+        }
+    }
+
+    #[test]
+    fn dos_extension_values_as_c_tor_reads_them() {
+        let kh = [5u8; 20];
+        type Case = (Option<u64>, Option<u64>, Option<(u32, u32)>);
+        let cases: [Case; 7] = [
+            (Some(10), Some(20), Some((10, 20))),
+            (Some(10), Some(10), Some((10, 10))),
+            (Some(10), Some(5), None),
+            (Some(0), Some(5), None),
+            (Some(5), None, None),
+            (None, None, None),
+            (
+                Some(0x7fff_ffff),
+                Some(0x7fff_ffff),
+                Some((0x7fff_ffff, 0x7fff_ffff)),
+            ),
+        ];
+        for (i, (rate, burst, want)) in cases.into_iter().enumerate() {
+            let mut ip: IntroPoint<u8> = IntroPoint::new(
+                IntroDosParams {
+                    enabled: true,
+                    rate_per_sec: 1,
+                    burst_per_sec: 1,
+                },
+                8,
+            );
+            let auth = keypair(i as u8);
+            let body = establish(
+                &auth,
+                &kh,
+                Some(DosParams {
+                    rate_per_sec: rate,
+                    burst_per_sec: burst,
+                }),
+            );
+            let e = ip.establish_intro(1, &kh, &body, 0).expect("accepted");
+            assert_eq!(e.dos, want, "{rate:?} {burst:?}");
+            assert!(e.dos_explicit);
+        }
+        // Without the extension: the defaults.
+        let mut ip: IntroPoint<u8> = IntroPoint::default();
+        let e = ip
+            .establish_intro(1, &kh, &establish(&keypair(9), &kh, None), 0)
+            .expect("accepted");
+        assert_eq!(e.dos, None);
+        assert!(!e.dos_explicit);
+    }
+
+    /// A signed descriptor of a fresh service (revision `rev` of the same service for the
+    /// same seed).
+    fn descriptor(seed: u8, now: u64) -> String {
+        use crate::service::{HsService, HsServiceConfig};
+        use rand_core::SeedableRng as _;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([seed; 32]);
+        let mut svc = HsService::new(
+            ExpandedKeypair::generate(&mut rng),
+            HsServiceConfig::default(),
+        );
+        let ip = svc.add_intro_point(
+            &mut rng,
+            vec![crate::linkspec::RawLinkSpec::ed25519_id([1; 32])],
+            [2; 32],
+        );
+        svc.handle_intro_established(ip).expect("established");
+        let period = crate::time::TimePeriodConfig::testing_network(20)
+            .expect("config")
+            .period_at(now);
+        svc.build_descriptor(&mut rng, period, now)
+            .expect("descriptor")
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_oldest_and_expiry_frees_bytes() {
+        let now = 1_780_000_000;
+        let mut s = HsDirStore::new(HsDirLimits {
+            max_entries: 2,
+            ..HsDirLimits::default()
+        });
+        let (a, b, c) = (descriptor(1, now), descriptor(2, now), descriptor(3, now));
+        let ka = s.publish(a.as_bytes(), now).expect("a").blinded_key;
+        let kb = s.publish(b.as_bytes(), now + 1).expect("b").blinded_key;
+        let st = s.publish(c.as_bytes(), now + 2).expect("c");
+        assert_eq!(st.evicted, 1);
+        let b64 = |k: &[u8; 32]| crate::util::b64_pad(k);
+        assert!(s.get(&b64(&ka), now + 2).is_none(), "the oldest went");
+        assert_eq!(s.get(&b64(&kb), now + 2).as_deref(), Some(b.as_str()));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.bytes(), b.len() + c.len());
+        // Bytes bound: room for one only.
+        let mut small = HsDirStore::new(HsDirLimits {
+            max_bytes: a.len().max(b.len()) + 10,
+            ..HsDirLimits::default()
+        });
+        small.publish(a.as_bytes(), now).expect("a");
+        assert_eq!(small.publish(b.as_bytes(), now).expect("b").evicted, 1);
+        assert_eq!(small.len(), 1);
+        // Too large for the size limit: refused.
+        let mut tiny = HsDirStore::new(HsDirLimits {
+            max_descriptor: 100,
+            ..HsDirLimits::default()
+        });
+        assert!(matches!(
+            tiny.publish(a.as_bytes(), now),
+            Err(StoreError::TooLarge(_))
+        ));
+        // Expiry after descriptor-lifetime (180 minutes).
+        assert_eq!(s.next_expiry(), Some(now + 1 + 180 * 60));
+        assert_eq!(s.expire(now + 1 + 180 * 60), 1);
+        assert_eq!(s.bytes(), c.len());
+    }
+
+    #[test]
+    fn consensus_values_are_clamped() {
+        let p = IntroDosParams::from_consensus(Some(7), Some(-3), Some(i64::MAX));
+        assert!(p.enabled);
+        assert_eq!(p.rate_per_sec, 0);
+        assert_eq!(p.burst_per_sec, INTRO_DOS_MAX);
+        assert_eq!(
+            IntroDosParams::from_consensus(None, None, None),
+            IntroDosParams::default()
+        );
+    }
+
+    proptest! {
+        /// The bucket lets through what C tor's token_bucket_ctr would: with the tokens
+        /// refilled by `rate` per whole second up to `burst`, one taken per INTRODUCE1, and
+        /// the INTRODUCE1 allowed while any remain.
+        #[test]
+        fn bucket_matches_its_model(
+            rate in 0u32..50,
+            burst in 0u32..50,
+            steps in proptest::collection::vec((0u64..3, 1usize..5), 1..40),
+        ) {
+            let mut b = Bucket::new(rate, burst, 100);
+            let (mut tokens, mut last, mut now) = (u64::from(burst), 100u64, 100u64);
+            for (dt, n) in steps {
+                now += dt;
+                for _ in 0..n {
+                    if now > last {
+                        tokens = (tokens + u64::from(rate) * (now - last)).min(u64::from(burst));
+                        last = now;
+                    }
+                    tokens = tokens.saturating_sub(1);
+                    prop_assert_eq!(b.allow(now), tokens > 0);
+                }
+            }
+        }
+
+        /// Arbitrary bodies and orders never panic, and the registrations stay consistent
+        /// and bounded.
+        #[test]
+        fn intro_point_never_panics(
+            ops in proptest::collection::vec(
+                (0u8..5, 0u8..4, proptest::collection::vec(any::<u8>(), 0..200)),
+                1..40,
+            ),
+        ) {
+            let kh = [3u8; 20];
+            let auths = [keypair(1), keypair(2)];
+            let mut ip: IntroPoint<u8> = IntroPoint::new(IntroDosParams::default(), 2);
+            let mut now = 0;
+            for (op, circ, bytes) in ops {
+                match op {
+                    0 => {
+                        let _ = ip.establish_intro(circ, &kh, &bytes, now);
+                    }
+                    1 => {
+                        let a = &auths[usize::from(circ % 2)];
+                        let _ = ip.establish_intro(circ, &kh, &establish(a, &kh, None), now);
+                    }
+                    2 => {
+                        let r = ip.introduce1(&bytes, now);
+                        prop_assert!(r.to_service.is_none() || r.status == ACK_SUCCESS);
+                        let a = &auths[usize::from(circ % 2)];
+                        let r = ip.introduce1(&introduce1(a.public_bytes()), now);
+                        prop_assert_eq!(r.to_service.is_some(), r.status == ACK_SUCCESS);
+                    }
+                    3 => ip.circuit_closed(circ),
+                    _ => {
+                        now += u64::from(circ);
+                        ip.set_dos_defaults(IntroDosParams {
+                            enabled: bytes.first().is_some_and(|b| b & 1 == 1),
+                            rate_per_sec: u32::from(circ),
+                            burst_per_sec: bytes.len() as u32,
+                        });
+                    }
+                }
+                consistent(&ip);
+            }
+        }
+
+        /// Arbitrary bodies never panic; pending cookies stay bounded and a closed circuit's
+        /// cookie is gone.
+        #[test]
+        fn rend_point_never_panics(
+            ops in proptest::collection::vec(
+                (0u8..3, 0u8..6, proptest::collection::vec(0u8..3, 0..90)),
+                1..40,
+            ),
+        ) {
+            let mut rp: RendPoint<u8> = RendPoint::new(3);
+            for (op, circ, bytes) in ops {
+                match op {
+                    0 => {
+                        let _ = rp.handle_establish_rendezvous(circ, &bytes);
+                    }
+                    1 => {
+                        if let Ok(j) = rp.handle_rendezvous1(circ, &bytes) {
+                            prop_assert_eq!(&j.rendezvous2[..], &bytes[20..]);
+                            prop_assert!(!rp.is_waiting(j.client));
+                        }
+                    }
+                    _ => {
+                        rp.circuit_closed(circ);
+                        prop_assert!(!rp.is_waiting(circ));
+                    }
+                }
+                prop_assert!(rp.pending() <= 3);
+                prop_assert_eq!(rp.by_circ.len(), rp.by_cookie.len());
+            }
+        }
+
+        /// Arbitrary uploads and queries never panic and nothing is stored.
+        #[test]
+        fn hsdir_store_never_panics(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            query in "[A-Za-z0-9+/=]{0,60}",
+        ) {
+            let mut s = HsDirStore::default();
+            prop_assert!(s.publish(&body, 1_780_000_000).is_err());
+            prop_assert!(s.get(&query, 1_780_000_000).is_none());
+            prop_assert!(s.is_empty());
+            prop_assert_eq!(s.bytes(), 0);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_hs::cellmsg;
 use onion_hs::client::HsClient;
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec as LinkSpec;
 use onion_hs::msg::{DosParams, EstablishIntro, IntroduceAck};
 use onion_hs::relay::{IntroDosParams, ACK_BAD_FORMAT, ACK_SUCCESS, ACK_UNKNOWN_SERVICE};
 use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
@@ -52,6 +52,8 @@ fn unix_now(net: &Net) -> u64 {
         .as_secs()
 }
 
+/// The relay's address and ed25519 identity as link specifiers (the test's service does not
+/// extend by them), and its ntor key.
 fn link_specs(net: &Net, r: usize) -> (Vec<LinkSpec>, [u8; 32]) {
     let t = net.target(r);
     let SocketAddr::V4(a) = t.addrs[0] else {
@@ -59,7 +61,6 @@ fn link_specs(net: &Net, r: usize) -> (Vec<LinkSpec>, [u8; 32]) {
     };
     let specs = vec![
         LinkSpec::ipv4(a),
-        LinkSpec::rsa_id(t.rsa_id.0),
         LinkSpec::ed25519_id(t.ed_id.expect("ed").0),
     ];
     (specs, t.ntor_key.0)
@@ -598,4 +599,87 @@ fn hsdir_refuses_bad_uploads_single_hop_requests_and_expires_descriptors() {
     let (svc2, _) = net.connect_client(MID, ip(4)).expect("connect");
     let i = net.build(svc2, &[MID, HSDIR], HandshakeKind::Ntor);
     assert_eq!(http(&mut net, i, &get(&path)).0, 404);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cmd(i: u8) -> RelayCmd {
+        [
+            RelayCmd::ESTABLISH_INTRO,
+            RelayCmd::INTRODUCE1,
+            RelayCmd::ESTABLISH_RENDEZVOUS,
+            RelayCmd::RENDEZVOUS1,
+            RelayCmd::INTRODUCE2,
+        ][usize::from(i % 5)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+        /// Arbitrary onion-service messages (raw bodies, any order, on fresh or reused
+        /// circuits) and arbitrary HSDir requests never panic a relay; once every client
+        /// circuit is gone, the relays hold no circuit and no registration.
+        #[test]
+        fn onion_service_inputs_never_panic_and_leave_nothing(
+            ops in proptest::collection::vec(
+                (0u8..3, any::<u8>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)),
+                1..12,
+            ),
+        ) {
+            let mut net = network(45, |_| {});
+            let (c, _) = net.connect_client(MID, ip(5)).expect("connect");
+            let mut circs: Vec<usize> = Vec::new();
+            for (to, which, reuse, body) in ops {
+                let r = [INTRO, REND, HSDIR][usize::from(to)];
+                let i = match circs.last() {
+                    Some(&i) if reuse && net.circs[i].closed.is_none() => i,
+                    _ => {
+                        let i = net.build(c, &[MID, r], HandshakeKind::Ntor);
+                        circs.push(i);
+                        i
+                    }
+                };
+                if net.circs[i].closed.is_some() || net.hops(i) != 2 {
+                    continue;
+                }
+                if r == HSDIR {
+                    let now = net.now;
+                    if let Ok(s) = net.circs[i].circ.begin_dir(now) {
+                        net.run();
+                        let mut req = if which % 2 == 0 {
+                            format!("POST {UPLOAD_PATH} HTTP/1.0\r\nContent-Length: {}\r\n\r\n", body.len())
+                        } else {
+                            "GET /tor/hs/3/".to_string()
+                        }
+                        .into_bytes();
+                        req.extend_from_slice(&body);
+                        req.extend_from_slice(b" HTTP/1.0\r\n\r\n");
+                        let _ = net.circs[i].circ.send(s, &req);
+                        net.run();
+                    }
+                } else {
+                    let mut raw = Box::new([0u8; 509]);
+                    raw[0] = cmd(which).0;
+                    let n = body.len().min(498);
+                    raw[9..11].copy_from_slice(&(n as u16).to_be_bytes());
+                    raw[11..11 + n].copy_from_slice(&body[..n]);
+                    let _ = net.circs[i].circ.send_raw(1, raw, false);
+                    net.run();
+                }
+                net.advance(Duration::from_millis(300));
+            }
+            for i in circs {
+                net.circs[i].circ.destroy();
+            }
+            net.run();
+            for r in [INTRO, REND, HSDIR] {
+                prop_assert_eq!(net.relays[r].n_circuits(), 0);
+            }
+            prop_assert!(net.relays[INTRO].hs.intro.is_empty());
+            prop_assert_eq!(net.relays[REND].hs.rend.pending(), 0);
+            prop_assert_eq!(net.relays[HSDIR].n_hs_descriptors(), 0);
+        }
+    }
 }
