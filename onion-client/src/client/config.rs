@@ -97,7 +97,9 @@ pub struct ClientConfig {
     /// Path selection (testing-network relaxations and the like).
     pub path: PathConfig,
     /// Negotiate congestion control (proposal 324) with exits that offer `FlowCtrl=2`, with
-    /// the consensus's parameters.
+    /// the consensus's parameters. On by default, as in C tor 0.4.9: it then takes effect
+    /// only while the consensus enables it (`cc_alg` not 0); `false` keeps fixed windows
+    /// whatever the consensus says.
     pub congestion_control: bool,
     /// The circuit build deadline when build-timeout learning is off (consensus
     /// `cbtdisabled`); otherwise the learned timeout applies ([`crate::timeout`], path-spec
@@ -114,13 +116,13 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A configuration with C tor's defaults around `dir`: path selection for the public
-    /// network, congestion control off, a 60 s build timeout, 10 minutes dirtiness, 60 s stream
-    /// timeout, default [`Limits`].
+    /// network, congestion control on when the consensus enables it, a 60 s build timeout,
+    /// 10 minutes dirtiness, 60 s stream timeout, default [`Limits`].
     pub fn new(dir: DirConfig) -> Self {
         ClientConfig {
             dir,
             path: PathConfig::default(),
-            congestion_control: false,
+            congestion_control: true,
             build_timeout: Duration::from_secs(60),
             max_circuit_dirtiness: Duration::from_secs(600),
             stream_timeout: Duration::from_secs(60),
