@@ -18,9 +18,11 @@
 //! }
 //! ```
 //!
-//! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, the public
-//!   network's list included.
-//! - [`cache`]: directory documents kept in the data directory while fresh.
+//! - [`driver`]: the loop around one `onion_client::Client` that every network command
+//!   (`get`, `socks`, `serve`, `bootstrap`) runs on.
+//! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, read by the
+//!   library (`onion_client::dir::authorities`); named here for `onion relay`'s modules.
+//! - [`cache`]: directory documents, guard state and build times kept in the data directory.
 //! - [`private`]: the data and key directories and their files, private to the user.
 //! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
 //! - [`text`]: text received from the network, escaped before it is printed.
