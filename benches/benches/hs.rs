@@ -10,7 +10,7 @@ use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::scalar::Scalar;
 use onion_hs::desc::{self, BuildIntroPoint, DescriptorBuilder};
 use onion_hs::keys::{ExpandedKeypair, Subcredential};
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::ntor::{self, HsNtorClient};
 use onion_hs::time::TimePeriod;
 use onion_hs::OnionAddress;
@@ -102,9 +102,9 @@ fn builder<'a>(
             rng.fill_bytes(&mut k);
             BuildIntroPoint {
                 link_specifiers: vec![
-                    LinkSpec::ipv4(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), 9000 + i)),
-                    LinkSpec::rsa_id([i as u8; 20]),
-                    LinkSpec::ed25519_id(k),
+                    RawLinkSpec::ipv4(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), 9000 + i)),
+                    RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([i as u8; 20])),
+                    RawLinkSpec::ed25519_id(k),
                 ],
                 onion_key_ntor: k,
                 auth_key: *ExpandedKeypair::generate(rng).public_bytes(),

@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use onion_dir::Timestamp;
+use onion_dir::{RsaIdentity, Timestamp};
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::publish::{
     ConsensusView, IntroCandidate, IntroId, PublishAction, Publisher, PublisherConfig, UploadId,
 };
@@ -33,14 +33,16 @@ fn view(valid_after: u64, day: u8, n_hsdirs: u8, n_intro: u8) -> ConsensusView {
         hsdirs: (0..n_hsdirs)
             .map(|i| HsDirRelay {
                 ed25519_id: [i; 32],
-                rsa_id: [i; 20],
+                rsa_id: RsaIdentity([i; 20]),
                 is_hsdir: i % 4 != 3,
             })
             .collect(),
         intro_candidates: (0..n_intro)
             .map(|i| IntroCandidate {
-                rsa_id: [100u8.wrapping_add(i); 20],
-                link_specifiers: vec![LinkSpec::rsa_id([100u8.wrapping_add(i); 20])],
+                rsa_id: RsaIdentity([100u8.wrapping_add(i); 20]),
+                link_specifiers: vec![RawLinkSpec::rsa_id(RsaIdentity(
+                    [100u8.wrapping_add(i); 20],
+                ))],
                 onion_key: [i; 32],
             })
             .collect(),

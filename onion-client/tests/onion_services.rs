@@ -19,7 +19,7 @@ use onion_dir::policy::{PortSet, RelayPolicy};
 use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::service::{HsService, HsServiceConfig};
 use onion_hs::x25519_dalek::{PublicKey as XPublic, StaticSecret};
 use rand_chacha::ChaCha20Rng;
@@ -105,9 +105,9 @@ fn publish(net: &mut Net, dir: &Arc<Directory>, clients: Vec<XPublic>) -> String
             unreachable!()
         };
         let specs = vec![
-            LinkSpec::ipv4(v4),
-            LinkSpec::rsa_id(r.keys.rsa_id.0),
-            LinkSpec::ed25519_id(r.keys.ed_id.0),
+            RawLinkSpec::ipv4(v4),
+            RawLinkSpec::rsa_id(r.keys.rsa_id),
+            RawLinkSpec::ed25519_id(r.keys.ed_id.0),
         ];
         let i = hs.add_intro_point(&mut rng, specs, r.ntor.0);
         hs.handle_intro_established(i).unwrap();

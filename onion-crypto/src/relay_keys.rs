@@ -1,7 +1,7 @@
 //! A relay's link-authentication keys, the certificates of its CERTS cells, and the
 //! certificate-chain check of a peer's CERTS cell (tor-spec 4.2 "CERTS cells", cert-spec).
 //!
-//! [`RelayKeys`] holds the long-term keys (RSA-1024 identity, ed25519 identity, ed25519
+//! [`LinkKeys`] holds the long-term keys (RSA-1024 identity, ed25519 identity, ed25519
 //! signing key) and the long-lived certificates made from them, with C tor 0.4.9's
 //! lifetimes; it makes the four certificates a responder sends ([`ResponderCerts`], types
 //! 2, 4, 5, 7) and those an authenticating initiator sends ([`InitiatorCredentials`],
@@ -56,7 +56,7 @@ pub const CERTS_ED_SIGNING_AUTH: u8 = CertType::SIGNING_V_LINK_AUTH.0;
 /// CertType of the RSA->Ed25519 cross-certificate.
 pub const CERTS_RSA_ED_CROSSCERT: u8 = 7;
 
-/// How long the certificates made by [`RelayKeys`] last, as C tor's defaults: the
+/// How long the certificates made by [`LinkKeys`] last, as C tor's defaults: the
 /// Id->Signing certificate 30 days, the Signing->Link and Signing->Auth certificates 2
 /// days, the cross-certificate 6 months (C tor: until the RSA certificate's expiry).
 const SIGNING_CERT_LIFETIME: u64 = 30 * 24 * 3600;
@@ -68,7 +68,7 @@ const CROSSCERT_LIFETIME: u64 = 183 * 24 * 3600;
 /// and the ed25519 signing key with its Id->Signing certificate, and the RSA->Ed25519
 /// cross-certificate (tor-spec 4.2, cert-spec). Secrets are zeroized on drop by the key
 /// types.
-pub struct RelayKeys {
+pub struct LinkKeys {
     rsa_identity: RsaKeypair,
     ed_identity: Ed25519Identity,
     signing: ExpandedEd25519Keypair,
@@ -77,16 +77,16 @@ pub struct RelayKeys {
     crosscert: Vec<u8>,
 }
 
-impl core::fmt::Debug for RelayKeys {
+impl core::fmt::Debug for LinkKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("RelayKeys")
+        f.debug_struct("LinkKeys")
             .field("rsa_identity", &self.rsa_identity.public().identity())
             .field("ed_identity", &self.ed_identity)
             .finish_non_exhaustive()
     }
 }
 
-impl RelayKeys {
+impl LinkKeys {
     /// Generates fresh keys (RSA-1024 identity, ed25519 identity, ed25519 signing key) and
     /// certificates valid from `now`. Includes an RSA-1024 key generation: slow.
     pub fn generate(
@@ -178,7 +178,7 @@ impl RelayKeys {
             hours_after(now, CROSSCERT_LIFETIME),
         )?;
         let rsa_id_cert = RsaX509Cert::create_identity(rng, &rsa_identity, now)?;
-        Ok(RelayKeys {
+        Ok(LinkKeys {
             rsa_identity,
             ed_identity,
             signing,
@@ -303,7 +303,7 @@ fn hours_after(now: UnixTime, secs: u64) -> u32 {
 /// (type 2), the Ed25519 Id->Signing certificate (type 4), the Signing->Link certificate
 /// for this TLS certificate (type 5) and the RSA->Ed25519 cross-certificate (type 7).
 ///
-/// Make them with [`RelayKeys::responder_certs`], or from certificates loaded from a
+/// Make them with [`LinkKeys::responder_certs`], or from certificates loaded from a
 /// relay's key directory with [`ResponderCerts::from_encoded`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponderCerts {
@@ -379,7 +379,7 @@ impl ResponderCerts {
 /// What a relay needs to authenticate itself when it opens a channel to another relay
 /// (tor-spec 4.4, link authentication type 3, Ed25519-SHA256-RFC5705): its CERTS cell
 /// (types 2, 4, 6 and 7) and the ed25519 authentication key certified by the type-6
-/// certificate. Make it with [`RelayKeys::initiator_credentials`].
+/// certificate. Make it with [`LinkKeys::initiator_credentials`].
 #[derive(Clone, Debug)]
 pub struct InitiatorCredentials {
     rsa_id: Vec<u8>,

@@ -10,7 +10,7 @@
 //! * the ed25519 signing key (`KP_relaysign_ed`) and its Id->Signing certificate (cert type
 //!   04), valid 30 days (C tor's `SigningKeyLifetime`), replaced when it has less than a
 //!   day left (`TestingSigningKeySlop`) if the master secret is online;
-//! * the link-authentication material of [`RelayKeys`] (X.509 identity certificate,
+//! * the link-authentication material of [`LinkKeys`] (X.509 identity certificate,
 //!   RSA->Ed25519 cross-certificate valid six months and renewed 30 days before it
 //!   expires, as C tor does);
 //! * the ntor onion key (`KP_ntor`) and the previous one. Every `onion-key-rotation-days`
@@ -43,7 +43,7 @@ use crate::keyfile;
 use crate::keys::{
     Ed25519Identity, Ed25519Keypair, Ed25519Signer, ExpandedEd25519Keypair, NtorSecretKey,
 };
-use crate::relay_keys::RelayKeys;
+use crate::relay_keys::LinkKeys;
 use crate::rsa::RsaKeypair;
 
 const DAY: u64 = 24 * 60 * 60;
@@ -278,7 +278,7 @@ impl Rotation {
 
 /// A relay's keys: identities, signing key, onion keys (see the module documentation).
 pub struct RelayKeySet {
-    link: RelayKeys,
+    link: LinkKeys,
     master: Option<ExpandedEd25519Keypair>,
     signing_cert_expiry: UnixTime,
     /// The current ntor key first, then the previous one during its grace period.
@@ -362,7 +362,7 @@ impl RelayKeySet {
     ) -> Result<Self, KeySetError> {
         let (signing, cert) = new_signing_key(rng, &master, now)?;
         let signing_cert_expiry = cert_expiry(&cert);
-        let link = RelayKeys::from_signing_cert(rng, rsa, signing, cert, now)
+        let link = LinkKeys::from_signing_cert(rng, rsa, signing, cert, now)
             .map_err(cert_err(keyfile::ED25519_SIGNING_CERT))?;
         Ok(RelayKeySet {
             link,
@@ -529,7 +529,7 @@ impl RelayKeySet {
             }
         };
         let signing_cert_expiry = cert_expiry(&cert);
-        let link = RelayKeys::from_signing_cert(rng, rsa, signing, cert, now)
+        let link = LinkKeys::from_signing_cert(rng, rsa, signing, cert, now)
             .map_err(cert_err(ED25519_SIGNING_CERT))?;
         Ok((
             RelayKeySet {
@@ -614,7 +614,7 @@ impl RelayKeySet {
                 Some(master) => {
                     let (k, c) = new_signing_key(rng, master, now)?;
                     self.signing_cert_expiry = cert_expiry(&c);
-                    self.link = RelayKeys::from_signing_cert(
+                    self.link = LinkKeys::from_signing_cert(
                         rng,
                         self.link.rsa_identity().clone(),
                         k,
@@ -635,7 +635,7 @@ impl RelayKeySet {
         }
         // Cross-certificate.
         if !r.link_certs && soon(self.link.crosscert_expiry(), CROSSCERT_RENEW_BEFORE) {
-            self.link = RelayKeys::from_signing_cert(
+            self.link = LinkKeys::from_signing_cert(
                 rng,
                 self.link.rsa_identity().clone(),
                 self.link.signing_keypair().clone(),
@@ -700,7 +700,7 @@ impl RelayKeySet {
     }
 
     /// The link-authentication keys and certificates (CERTS cells).
-    pub fn link_keys(&self) -> &RelayKeys {
+    pub fn link_keys(&self) -> &LinkKeys {
         &self.link
     }
 

@@ -9,7 +9,7 @@ use onion_crypto::cert::{
 use onion_crypto::keys::{
     Ed25519Identity, Ed25519Keypair, Ed25519Signer, NtorOnionKey, NtorSecretKey, RsaIdentity,
 };
-use onion_crypto::relay_keys::{verify_cert_chain, CertChain, RelayKeys, ResponderCerts};
+use onion_crypto::relay_keys::{verify_cert_chain, CertChain, LinkKeys, ResponderCerts};
 use onion_crypto::rsa::RsaPublicKey;
 use onion_crypto::rsa_crosscert::RsaCrosscert;
 use onion_crypto::tor1::{
@@ -27,9 +27,9 @@ fn rng(seed: u64) -> ChaCha20Rng {
 }
 
 /// RSA-1024 key generation is slow: one relay key set for the whole test binary.
-fn relay_keys() -> &'static RelayKeys {
-    static K: OnceLock<RelayKeys> = OnceLock::new();
-    K.get_or_init(|| RelayKeys::generate(&mut rng(99), NOW).expect("keygen"))
+fn relay_keys() -> &'static LinkKeys {
+    static K: OnceLock<LinkKeys> = OnceLock::new();
+    K.get_or_init(|| LinkKeys::generate(&mut rng(99), NOW).expect("keygen"))
 }
 
 const NOW: UnixTime = UnixTime(1_795_418_141);

@@ -85,9 +85,10 @@ impl<'a> NetParams<'a> {
     }
 }
 
-/// A shared random value (dir-spec §3.4.1, `shared-rand-*-value`).
+/// One `shared-rand-current-value` or `shared-rand-previous-value` line (dir-spec §3.4.1):
+/// the value and how many reveals made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SharedRandom {
+pub struct SharedRandValue {
     /// Number of reveals that contributed.
     pub num_reveals: u32,
     /// The 32-byte value.
@@ -222,9 +223,9 @@ pub struct Consensus<'a> {
     /// `params` (param-spec).
     pub params: NetParams<'a>,
     /// `shared-rand-previous-value`.
-    pub shared_rand_previous: Option<SharedRandom>,
+    pub shared_rand_previous: Option<SharedRandValue>,
     /// `shared-rand-current-value`.
-    pub shared_rand_current: Option<SharedRandom>,
+    pub shared_rand_current: Option<SharedRandValue>,
     /// Authority sections.
     pub authorities: Vec<DirSource<'a>>,
     /// Router status entries, in document order (ascending identity).
@@ -504,12 +505,12 @@ fn parse_protocols(it: Option<&Item<'_>>) -> Result<Protocols, ParseError> {
     }
 }
 
-fn parse_sr(it: Option<&Item<'_>>) -> Result<Option<SharedRandom>, ParseError> {
+fn parse_sr(it: Option<&Item<'_>>) -> Result<Option<SharedRandValue>, ParseError> {
     let Some(it) = it else { return Ok(None) };
     let num_reveals = parse_u32(it, it.arg(0, "NumReveals")?, "NumReveals")?;
     let value = base64_fixed(it.arg(1, "Value")?)
         .ok_or_else(|| it.err(ErrorKind::BadArgument("base64 32-byte value")))?;
-    Ok(Some(SharedRandom { num_reveals, value }))
+    Ok(Some(SharedRandValue { num_reveals, value }))
 }
 
 /// Parse a consensus of either flavour.

@@ -8,7 +8,7 @@ use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity
 use onion_dir::policy::{PortSet, RelayPolicy};
 use onion_dir::select::guard::state::{format_time, parse_time};
 use onion_dir::select::guard::{
-    CircState, GuardError, GuardEvent, GuardMgr, GuardParams, GuardUsage, Reachable,
+    GuardCircState, GuardError, GuardEvent, GuardMgr, GuardParams, GuardUsage, Reachable,
 };
 use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use onion_dir::Timestamp;
@@ -95,10 +95,10 @@ fn sampling_primary_and_confirmation() {
         )
         .unwrap();
     assert_eq!(pick.guard, prim[0]);
-    assert_eq!(pick.state, CircState::UsableOnCompletion);
+    assert_eq!(pick.state, GuardCircState::UsableOnCompletion);
     assert_eq!(
         mgr.circuit_succeeded(Timestamp::from_unix(T0 + 1), pick.circ, &mut rng),
-        Ok(CircState::Complete)
+        Ok(GuardCircState::Complete)
     );
     assert_eq!(mgr.confirmed(), &[prim[0]]);
     assert_eq!(reach(&mgr, &prim[0]), Reachable::Yes);
@@ -156,7 +156,7 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
         .unwrap();
     assert_eq!(
         mgr.circuit_succeeded(Timestamp::from_unix(T0), p.circ, &mut rng),
-        Ok(CircState::Complete)
+        Ok(GuardCircState::Complete)
     );
     mgr.circuit_closed(Timestamp::from_unix(T0), p.circ)
         .unwrap();
@@ -192,7 +192,7 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
             &mut rng,
         )
         .unwrap();
-    assert_eq!(c3.state, CircState::UsableIfNoBetterGuard);
+    assert_eq!(c3.state, GuardCircState::UsableIfNoBetterGuard);
     assert_eq!(c3.guard, s3);
     assert!(mgr.sampled()[3].pending);
     let c4 = mgr
@@ -211,7 +211,7 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
     // are down, so the circuit is usable at once.
     assert_eq!(
         mgr.circuit_succeeded(Timestamp::from_unix(now + 5), c4.circ, &mut rng),
-        Ok(CircState::Complete)
+        Ok(GuardCircState::Complete)
     );
     assert_eq!(mgr.poll_event(), Some(GuardEvent::CircuitUsable(c4.circ)));
     assert_eq!(mgr.confirmed(), &[prim[0], s4]);
@@ -219,7 +219,7 @@ fn failover_to_nonprimary_waits_then_completes_and_retry_schedule() {
     // The first one succeeds later: a better guard (s4) works, so it waits...
     assert_eq!(
         mgr.circuit_succeeded(Timestamp::from_unix(now + 6), c3.circ, &mut rng),
-        Ok(CircState::WaitingForBetterGuard)
+        Ok(GuardCircState::WaitingForBetterGuard)
     );
     assert_eq!(mgr.poll_event(), None);
     // Retry schedule: the first primary failed at T0 + 10 and is retried 10 minutes later.
@@ -325,7 +325,7 @@ fn restrictions_and_path_integration() {
         )
         .unwrap();
     assert_eq!(pick.guard, mgr.primary()[1]);
-    assert_eq!(pick.state, CircState::UsableOnCompletion);
+    assert_eq!(pick.state, GuardCircState::UsableOnCompletion);
     mgr.circuit_closed(Timestamp::from_unix(T0), pick.circ)
         .unwrap();
     assert_eq!(mgr.primary()[0], prim0);

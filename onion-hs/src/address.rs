@@ -10,7 +10,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::keys::{HsIdKey, KeyError};
+use crate::keys::{HsIdKey, HsKeyError};
 
 /// Number of base32 characters of a v3 address, without the `.onion` suffix.
 pub const ADDRESS_LEN: usize = 56;
@@ -276,7 +276,7 @@ impl OnionAddress {
     }
 
     /// The identity key as a validated ed25519 point (on the curve, no torsion component).
-    pub fn identity_key(&self) -> Result<HsIdKey, KeyError> {
+    pub fn identity_key(&self) -> Result<HsIdKey, HsKeyError> {
         HsIdKey::from_bytes(&self.key)
     }
 

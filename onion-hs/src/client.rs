@@ -23,8 +23,8 @@ use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
 use crate::desc::{DescError, HsDescriptor, IntroPointDesc};
-use crate::keys::{HsBlindedKey, HsIdKey, KeyError, Subcredential};
-use crate::linkspec::LinkSpec;
+use crate::keys::{HsBlindedKey, HsIdKey, HsKeyError, Subcredential};
+use crate::linkspec::RawLinkSpec;
 use crate::msg::{
     Extension, Introduce, IntroduceAck, IntroducePlaintext, MsgError, ONION_KEY_TYPE_NTOR,
     REND_COOKIE_LEN,
@@ -40,7 +40,7 @@ use crate::OnionAddress;
 pub enum ClientError {
     /// The address's key is not a usable point.
     #[error("onion address key: {0}")]
-    Key(#[from] KeyError),
+    Key(#[from] HsKeyError),
     /// The descriptor failed.
     #[error("descriptor: {0}")]
     Desc(#[from] DescError),
@@ -263,7 +263,7 @@ impl HsClient {
         &mut self,
         rng: &mut impl CryptoRngCore,
         rp_onion_key: &[u8; 32],
-        rp_link_specs: Vec<LinkSpec>,
+        rp_link_specs: Vec<RawLinkSpec>,
     ) -> Result<(IntroPointDesc, Vec<u8>), ClientError> {
         if self.stage != Stage::RendReady && self.stage != Stage::Introduced {
             return Err(ClientError::WrongState("introduce"));

@@ -27,7 +27,7 @@ const BASEPOINT_STR: &[u8] = b"(151122213495354007725011514095885315114540126930
 /// Errors about key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum KeyError {
+pub enum HsKeyError {
     /// 32 bytes that are not the encoding of a curve point.
     #[error("ed25519 public key is not a valid curve point")]
     NotOnCurve,
@@ -42,12 +42,12 @@ pub enum KeyError {
     Mismatch,
 }
 
-fn decompress_checked(bytes: &[u8; 32]) -> Result<(EdwardsPoint, VerifyingKey), KeyError> {
+fn decompress_checked(bytes: &[u8; 32]) -> Result<(EdwardsPoint, VerifyingKey), HsKeyError> {
     let p = CompressedEdwardsY(*bytes)
         .decompress()
-        .ok_or(KeyError::NotOnCurve)?;
+        .ok_or(HsKeyError::NotOnCurve)?;
     if p.is_small_order() || !p.is_torsion_free() {
-        return Err(KeyError::Torsion);
+        return Err(HsKeyError::Torsion);
     }
     Ok((p, VerifyingKey::from(p)))
 }
@@ -66,14 +66,14 @@ impl core::fmt::Debug for HsIdKey {
 
 impl HsIdKey {
     /// Decode and validate (on curve, torsion free) a 32-byte identity key.
-    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, HsKeyError> {
         let (_, vk) = decompress_checked(bytes)?;
         Ok(HsIdKey { vk })
     }
 
     /// Read C tor's `hs_ed25519_public_key` file (32-byte header `== ed25519v1-public: type0 ==`
     /// then the key).
-    pub fn from_tor_file(data: &[u8]) -> Result<Self, KeyError> {
+    pub fn from_tor_file(data: &[u8]) -> Result<Self, HsKeyError> {
         let key = parse_tor_key_file(data, b"== ed25519v1-public: type0 ==", 32)?;
         let mut k = [0u8; 32];
         k.copy_from_slice(key);
@@ -155,14 +155,14 @@ fn parse_tor_key_file<'a>(
     data: &'a [u8],
     header: &[u8],
     key_len: usize,
-) -> Result<&'a [u8], KeyError> {
+) -> Result<&'a [u8], HsKeyError> {
     if data.len() != 32 + key_len {
-        return Err(KeyError::BadKeyFile("unexpected length"));
+        return Err(HsKeyError::BadKeyFile("unexpected length"));
     }
     let (h, key) = data.split_at(32);
     let hlen = header.len();
     if &h[..hlen] != header || h[hlen..].iter().any(|&b| b != 0) {
-        return Err(KeyError::BadKeyFile("unexpected header"));
+        return Err(HsKeyError::BadKeyFile("unexpected header"));
     }
     Ok(key)
 }
@@ -205,7 +205,7 @@ impl ExpandedKeypair {
 
     /// Read C tor's `hs_ed25519_secret_key` file (header `== ed25519v1-secret: type0 ==`, then
     /// the 64-byte expanded key).
-    pub fn from_tor_file(data: &[u8]) -> Result<Self, KeyError> {
+    pub fn from_tor_file(data: &[u8]) -> Result<Self, HsKeyError> {
         let key = parse_tor_key_file(data, b"== ed25519v1-secret: type0 ==", 64)?;
         let mut k = [0u8; 64];
         k.copy_from_slice(key);
@@ -287,8 +287,8 @@ impl core::fmt::Debug for HsBlindedKey {
 
 impl HsBlindedKey {
     /// Decode a blinded key (from a certificate or descriptor); must be a valid point.
-    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        let vk = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::NotOnCurve)?;
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, HsKeyError> {
+        let vk = VerifyingKey::from_bytes(bytes).map_err(|_| HsKeyError::NotOnCurve)?;
         Ok(HsBlindedKey { vk })
     }
 
@@ -354,18 +354,18 @@ impl core::fmt::Debug for Subcredential {
 /// a service's `authorized_clients/<name>.auth`: `descriptor:x25519:<base32 key>` (rend-spec-v3
 /// §1.9.1 \[CLIENT-AUTH\]; the key is 52 base32 characters, either case). Surrounding
 /// whitespace is ignored.
-pub fn parse_authorized_client(text: &str) -> Result<x25519_dalek::PublicKey, KeyError> {
+pub fn parse_authorized_client(text: &str) -> Result<x25519_dalek::PublicKey, HsKeyError> {
     let key = text
         .trim()
         .strip_prefix("descriptor:x25519:")
-        .ok_or(KeyError::BadKeyFile(
+        .ok_or(HsKeyError::BadKeyFile(
             "expected descriptor:x25519:<base32 key>",
         ))?;
     let bytes: [u8; 32] = (key.len() == 52)
         .then(|| data_encoding::BASE32_NOPAD.decode(key.to_ascii_uppercase().as_bytes()))
         .and_then(Result::ok)
         .and_then(|v| v.try_into().ok())
-        .ok_or(KeyError::BadKeyFile(
+        .ok_or(HsKeyError::BadKeyFile(
             "authorized client key is not 32 bytes of base32",
         ))?;
     Ok(x25519_dalek::PublicKey::from(bytes))
@@ -377,19 +377,19 @@ pub fn parse_authorized_client(text: &str) -> Result<x25519_dalek::PublicKey, Ke
 /// file form, the address it is for.
 pub fn parse_client_auth_key(
     text: &str,
-) -> Result<(x25519_dalek::StaticSecret, Option<crate::OnionAddress>), KeyError> {
+) -> Result<(x25519_dalek::StaticSecret, Option<crate::OnionAddress>), HsKeyError> {
     let text = text.trim();
     let (addr, key) = match text.rsplit_once(':') {
         Some((head, key)) => {
             let mut parts = head.split(':');
             let addr = parts.next().unwrap_or("");
             if parts.next() != Some("descriptor") || parts.next() != Some("x25519") {
-                return Err(KeyError::BadKeyFile(
+                return Err(HsKeyError::BadKeyFile(
                     "expected <address>:descriptor:x25519:<key>",
                 ));
             }
             let a = crate::OnionAddress::parse(addr)
-                .map_err(|_| KeyError::BadKeyFile("bad onion address in client key file"))?;
+                .map_err(|_| HsKeyError::BadKeyFile("bad onion address in client key file"))?;
             (Some(a), key)
         }
         None => (None, text),
@@ -409,7 +409,7 @@ pub fn parse_client_auth_key(
         43 | 44 => crate::util::b64_decode_array::<32>(key),
         _ => None,
     };
-    let mut bytes = bytes.ok_or(KeyError::BadKeyFile(
+    let mut bytes = bytes.ok_or(HsKeyError::BadKeyFile(
         "client key is not 32 bytes of base32, hex or base64",
     ))?;
     let sk = x25519_dalek::StaticSecret::from(bytes);

@@ -7,6 +7,7 @@
 //! descriptors and the client/service machines carry, convertible both ways.
 
 use onion_cell::linkspec::LinkSpec as L;
+use onion_crypto::RsaIdentity;
 use std::net::{SocketAddrV4, SocketAddrV6};
 
 /// LSTYPE 00: TLS-over-TCP, IPv4 address and port.
@@ -29,16 +30,18 @@ pub enum LinkSpecError {
     Wire(#[from] onion_cell::Error),
 }
 
-/// One link specifier: its type and body, exactly as received.
+/// One link specifier kept as its raw type and body, exactly as received: unlike onion-cell's
+/// typed [`onion_cell::linkspec::LinkSpec`], a known type with a body of the wrong length is
+/// carried, not refused (rend-spec-v3 §0.4: forward link specifiers verbatim).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LinkSpec {
+pub struct RawLinkSpec {
     /// LSTYPE.
     pub ty: u8,
     /// LSPEC (at most 255 bytes).
     pub body: Vec<u8>,
 }
 
-impl LinkSpec {
+impl RawLinkSpec {
     /// IPv4 address and OR port.
     pub fn ipv4(addr: SocketAddrV4) -> Self {
         L::OrPortV4(addr).into()
@@ -48,8 +51,8 @@ impl LinkSpec {
         L::OrPortV6(addr).into()
     }
     /// RSA identity.
-    pub fn rsa_id(id: [u8; 20]) -> Self {
-        L::RsaId(id).into()
+    pub fn rsa_id(id: RsaIdentity) -> Self {
+        L::RsaId(id.0).into()
     }
     /// Ed25519 identity.
     pub fn ed25519_id(id: [u8; 32]) -> Self {
@@ -78,9 +81,9 @@ impl LinkSpec {
         }
     }
     /// The RSA identity, if this is type 02.
-    pub fn as_rsa_id(&self) -> Option<[u8; 20]> {
+    pub fn as_rsa_id(&self) -> Option<RsaIdentity> {
         match self.typed()? {
-            L::RsaId(id) => Some(id),
+            L::RsaId(id) => Some(RsaIdentity(id)),
             _ => None,
         }
     }
@@ -93,7 +96,7 @@ impl LinkSpec {
     }
 }
 
-impl From<L<'_>> for LinkSpec {
+impl From<L<'_>> for RawLinkSpec {
     fn from(l: L<'_>) -> Self {
         let ty = l.ls_type().0;
         let body = match l {
@@ -105,11 +108,11 @@ impl From<L<'_>> for LinkSpec {
                 v.split_off(v.len().min(2))
             }
         };
-        LinkSpec { ty, body }
+        RawLinkSpec { ty, body }
     }
 }
 
-impl LinkSpec {
+impl RawLinkSpec {
     /// This specifier as onion-cell's, byte for byte (kept raw, so even a body whose length
     /// does not fit its type is forwarded verbatim).
     pub fn to_cell(&self) -> L<'_> {
@@ -122,16 +125,16 @@ impl LinkSpec {
 
 /// Parse a complete link specifier block (`NSPEC` then the specifiers, nothing after) with
 /// onion-cell's decoder (a known type with the wrong length is refused, unknown types kept).
-pub fn parse_list(b: &[u8]) -> Result<Vec<LinkSpec>, LinkSpecError> {
+pub fn parse_list(b: &[u8]) -> Result<Vec<RawLinkSpec>, LinkSpecError> {
     let mut r = onion_cell::reader::Reader::new(b);
     let v = onion_cell::linkspec::decode_list(&mut r)?;
     r.expect_end("link specifier list")?;
-    Ok(v.into_iter().map(LinkSpec::from).collect())
+    Ok(v.into_iter().map(RawLinkSpec::from).collect())
 }
 
 /// Append the encoded block (`NSPEC` then the specifiers) to `out` (onion-cell's encoder).
-pub fn encode_list(specs: &[LinkSpec], out: &mut Vec<u8>) -> Result<(), LinkSpecError> {
-    let cells: Vec<_> = specs.iter().map(LinkSpec::to_cell).collect();
+pub fn encode_list(specs: &[RawLinkSpec], out: &mut Vec<u8>) -> Result<(), LinkSpecError> {
+    let cells: Vec<_> = specs.iter().map(RawLinkSpec::to_cell).collect();
     Ok(onion_cell::linkspec::encode_list(&cells, out)?)
 }
 
@@ -144,11 +147,11 @@ mod tests {
         let v4 = SocketAddrV4::new([192, 0, 2, 7].into(), 9001);
         let v6 = SocketAddrV6::new([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1].into(), 443, 0, 0);
         let specs = vec![
-            LinkSpec::ipv4(v4),
-            LinkSpec::ipv6(v6),
-            LinkSpec::rsa_id([2; 20]),
-            LinkSpec::ed25519_id([3; 32]),
-            LinkSpec {
+            RawLinkSpec::ipv4(v4),
+            RawLinkSpec::ipv6(v6),
+            RawLinkSpec::rsa_id(RsaIdentity([2; 20])),
+            RawLinkSpec::ed25519_id([3; 32]),
+            RawLinkSpec {
                 ty: 9,
                 body: vec![1, 2, 3],
             },
@@ -156,7 +159,7 @@ mod tests {
         assert_eq!(specs[0].body, [192, 0, 2, 7, 0x23, 0x29]);
         assert_eq!(specs[0].as_ipv4(), Some(v4));
         assert_eq!(specs[1].as_ipv6(), Some(v6));
-        assert_eq!(specs[2].as_rsa_id(), Some([2; 20]));
+        assert_eq!(specs[2].as_rsa_id(), Some(RsaIdentity([2; 20])));
         assert_eq!(specs[3].as_ed25519_id(), Some([3; 32]));
         assert_eq!(specs[3].as_rsa_id(), None);
         assert_eq!(specs[4].typed().map(|l| l.ls_type().0), Some(9));
@@ -164,7 +167,7 @@ mod tests {
         encode_list(&specs, &mut enc).unwrap();
         assert_eq!(parse_list(&enc).unwrap(), specs);
         // A known type with the wrong length has no typed form and is refused on parse.
-        let bad = LinkSpec {
+        let bad = RawLinkSpec {
             ty: LS_IPV4,
             body: vec![1, 2, 3],
         };

@@ -16,7 +16,7 @@ use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
 use crate::keys::{ExpandedKeypair, Subcredential};
-use crate::linkspec::LinkSpec;
+use crate::linkspec::RawLinkSpec;
 use crate::ntor::{self, HsNtorClient, IntroKeys, NtorError};
 use crate::ops::{aes256_ctr_xor, ct_eq, hs_mac};
 
@@ -413,7 +413,7 @@ pub struct IntroducePlaintext {
     /// ONION_KEY of the rendezvous point.
     pub onion_key: Vec<u8>,
     /// The rendezvous point's link specifiers.
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
 }
 
 impl IntroducePlaintext {
@@ -427,7 +427,7 @@ impl IntroducePlaintext {
             extensions: to_ext_list(&self.extensions),
             onion_key_type: wire::OnionKeyType(self.onion_key_type),
             onion_key: Cow::Borrowed(&self.onion_key),
-            link_specs: self.link_specifiers.iter().map(LinkSpec::to_cell).collect(),
+            link_specs: self.link_specifiers.iter().map(RawLinkSpec::to_cell).collect(),
         }
         .encode(&mut v)
         .map_err(wire_err(Self::M))?;
@@ -451,7 +451,7 @@ impl IntroducePlaintext {
             extensions: from_ext_list(&cell.extensions),
             onion_key_type: cell.onion_key_type.0,
             onion_key: cell.onion_key.into_owned(),
-            link_specifiers: cell.link_specs.into_iter().map(LinkSpec::from).collect(),
+            link_specifiers: cell.link_specs.into_iter().map(RawLinkSpec::from).collect(),
         })
     }
 }

@@ -45,16 +45,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use onion_crypto::RsaIdentity;
 use onion_dir::Timestamp;
 use rand_core::CryptoRngCore;
 
-use crate::linkspec::LinkSpec;
+use crate::linkspec::RawLinkSpec;
 use crate::ring::{HsDirParams, HsDirRelay, RingSelector, SharedRandom};
 use crate::service::{HsService, RendezvousRequest, ServiceError};
 use crate::time::{TimePeriod, TimePeriodConfig};
-
-/// A relay, by its RSA identity fingerprint (how the embedder finds it in its consensus).
-pub type RelayId = [u8; 20];
 
 /// Hard cap on introduction points (C tor's `HiddenServiceNumIntroductionPoints` maximum).
 pub const MAX_INTRO_POINTS: usize = 20;
@@ -121,9 +119,9 @@ impl Default for PublisherConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntroCandidate {
     /// RSA identity.
-    pub rsa_id: RelayId,
+    pub rsa_id: RsaIdentity,
     /// Link specifiers published in descriptors (§2.5.2.2 `introduction-point`).
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
     /// ntor onion key (`onion-key ntor`).
     pub onion_key: [u8; 32],
 }
@@ -163,7 +161,7 @@ pub enum PublishAction {
         /// Which intro point.
         intro: IntroId,
         /// Its relay.
-        relay: RelayId,
+        relay: RsaIdentity,
     },
     /// Close the circuit of this intro point (rotated out, or given up); no report expected.
     CloseIntroCircuit {
@@ -176,7 +174,7 @@ pub enum PublishAction {
         /// Which upload (for the report).
         upload: UploadId,
         /// The HSDir.
-        hsdir: RelayId,
+        hsdir: RsaIdentity,
         /// The time period the descriptor is for.
         period: TimePeriod,
         /// Its revision counter.
@@ -223,7 +221,7 @@ pub struct IntroInfo {
     /// Its id.
     pub id: IntroId,
     /// Its relay.
-    pub relay: RelayId,
+    pub relay: RsaIdentity,
     /// Its circuit's state.
     pub state: IntroState,
     /// Rotated out: no longer in new descriptors, closed once those are uploaded.
@@ -240,7 +238,7 @@ struct Intro {
     id: IntroId,
     /// Index in [`HsService`].
     index: usize,
-    relay: RelayId,
+    relay: RsaIdentity,
     state: IntroState,
     /// Consecutive circuit failures.
     failures: u32,
@@ -280,7 +278,7 @@ impl UploadState {
 struct Slot {
     selector: RingSelector,
     /// Responsible HSDirs and how the upload to each stands.
-    hsdirs: Vec<(RelayId, UploadState)>,
+    hsdirs: Vec<(RsaIdentity, UploadState)>,
     /// The descriptor last built for this slot.
     text: Option<Arc<str>>,
     revision: u64,
@@ -307,9 +305,9 @@ pub struct Publisher {
     /// Launch times within the current rate-limit window.
     launches: VecDeque<u64>,
     /// Relays recently given up on, and until when they are avoided.
-    failed_relays: Vec<(RelayId, u64)>,
+    failed_relays: Vec<(RsaIdentity, u64)>,
     /// Uploads in flight: id → (slot period, HSDir).
-    in_flight: Vec<(UploadId, TimePeriod, RelayId)>,
+    in_flight: Vec<(UploadId, TimePeriod, RsaIdentity)>,
     /// Since when a descriptor is wanted but not all intro points are established.
     waiting_since: Option<u64>,
     /// The time of the last step: timers already past then wait for something else (intro
@@ -402,7 +400,7 @@ impl Publisher {
             .service_upload(&view.periods, view.valid_after.unix());
         let mut old = std::mem::take(&mut self.slots);
         for sel in selectors {
-            let hsdirs: Vec<RelayId> = self
+            let hsdirs: Vec<RsaIdentity> = self
                 .hs
                 .hsdirs_to_upload(&view.hsdirs, &sel, &view.params)
                 .into_iter()
@@ -411,7 +409,7 @@ impl Publisher {
             let slot = match old.iter().position(|s| s.selector.period == sel.period) {
                 Some(i) => {
                     let mut s = old.swap_remove(i);
-                    let mut a: Vec<RelayId> = s.hsdirs.iter().map(|h| h.0).collect();
+                    let mut a: Vec<RsaIdentity> = s.hsdirs.iter().map(|h| h.0).collect();
                     let mut b = hsdirs.clone();
                     a.sort_unstable();
                     b.sort_unstable();

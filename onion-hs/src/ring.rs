@@ -4,6 +4,8 @@
 //! The ring takes relays as plain [`HsDirRelay`] values (identities and the HSDir flag) so that
 //! it does not depend on any particular consensus type.
 
+use onion_crypto::RsaIdentity;
+
 use crate::keys::HsBlindedKey;
 use crate::ops::sha3_256;
 use crate::time::{TimePeriod, TimePeriodConfig};
@@ -53,7 +55,7 @@ pub struct HsDirRelay {
     /// Ed25519 identity (`node_identity` of the spec).
     pub ed25519_id: [u8; 32],
     /// RSA identity fingerprint (carried along to identify the relay; not hashed).
-    pub rsa_id: [u8; 20],
+    pub rsa_id: RsaIdentity,
     /// Whether the consensus gives it the HSDir flag; relays without it are not on the ring.
     pub is_hsdir: bool,
 }

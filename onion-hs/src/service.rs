@@ -24,7 +24,7 @@ use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
 use crate::desc::{BuildIntroPoint, ClientAuthConfig, DescError, DescriptorBuilder};
 use crate::keys::{ExpandedKeypair, Subcredential};
-use crate::linkspec::LinkSpec;
+use crate::linkspec::RawLinkSpec;
 use crate::msg::{EstablishIntro, Extension, Introduce, MsgError, Rendezvous1, REND_COOKIE_LEN};
 use crate::ntor::{self, HsRendKeys, NtorError};
 use crate::ops::sha3_256;
@@ -114,7 +114,7 @@ impl Default for HsServiceConfig {
 /// One of the service's introduction points.
 pub struct ServiceIntroPoint {
     /// The intro relay's link specifiers (published in the descriptor).
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
     /// The intro relay's ntor onion key.
     pub onion_key: [u8; 32],
     auth: ExpandedKeypair,
@@ -183,7 +183,7 @@ impl ServiceIntroPoint {
 /// A client's request, decrypted from INTRODUCE2: where to meet it, and what to send.
 pub struct RendezvousRequest {
     /// Link specifiers of the rendezvous point (extend to it verbatim).
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
     /// Its ntor onion key.
     pub onion_key: [u8; 32],
     /// The RENDEZVOUS1 body to send on the circuit to it.
@@ -248,7 +248,7 @@ impl HsService {
     pub fn add_intro_point(
         &mut self,
         rng: &mut impl CryptoRngCore,
-        link_specifiers: Vec<LinkSpec>,
+        link_specifiers: Vec<RawLinkSpec>,
         onion_key: [u8; 32],
     ) -> usize {
         let auth = ExpandedKeypair::generate(rng);

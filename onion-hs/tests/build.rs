@@ -3,7 +3,7 @@
 
 use onion_hs::desc::{self, BuildIntroPoint, ClientAuthConfig, DescError, DescriptorBuilder};
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::time::TimePeriod;
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -24,9 +24,9 @@ fn intro_point(rng: &mut ChaCha20Rng, port: u16) -> BuildIntroPoint {
     let enc = StaticSecret::random_from_rng(&mut *rng);
     BuildIntroPoint {
         link_specifiers: vec![
-            LinkSpec::ipv4(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port)),
-            LinkSpec::rsa_id(rsa),
-            LinkSpec::ed25519_id(ed),
+            RawLinkSpec::ipv4(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port)),
+            RawLinkSpec::rsa_id(onion_crypto::RsaIdentity(rsa)),
+            RawLinkSpec::ed25519_id(ed),
         ],
         onion_key_ntor: onion,
         auth_key: *auth.public_bytes(),
@@ -272,8 +272,8 @@ proptest! {
         let blinded = id.blind(period);
         let signing = ExpandedKeypair::generate(&mut rng);
         let mut ip = intro_point(&mut rng, 443);
-        ip.link_specifiers.push(LinkSpec::ipv6(std::net::SocketAddrV6::new(v6.into(), 9001, 0, 0)));
-        ip.link_specifiers.push(LinkSpec { ty: odd_ty, body: odd_body });
+        ip.link_specifiers.push(RawLinkSpec::ipv6(std::net::SocketAddrV6::new(v6.into(), 9001, 0, 0)));
+        ip.link_specifiers.push(RawLinkSpec { ty: odd_ty, body: odd_body });
         let b = DescriptorBuilder {
             blinded: &blinded,
             credential: id.id_key().credential(),
@@ -395,8 +395,12 @@ fn congestion_control_request_needs_both_sides() {
         c.handle_descriptor(&b.text, b.period, None, NOW).unwrap();
         c.establish_rendezvous(&mut rng).unwrap();
         c.handle_rendezvous_established().unwrap();
-        c.introduce(&mut rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
-            .unwrap();
+        c.introduce(
+            &mut rng,
+            &[9; 32],
+            vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([9; 20]))],
+        )
+        .unwrap();
         assert_eq!(c.congestion_control_requested(), want, "cc={cc}");
     }
 }

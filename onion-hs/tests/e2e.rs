@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use onion_crypto::tor1::{CellBody, ClientLayer};
+use onion_crypto::RsaIdentity;
 use onion_hs::client::{ClientError, HsClient};
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::relay::{IntroPoint, RendPoint};
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::service::{HsService, HsServiceConfig, ServiceError};
@@ -24,7 +25,7 @@ type Circ = u32;
 struct Relay {
     hs: HsDirRelay,
     onion_key: [u8; 32],
-    link_specs: Vec<LinkSpec>,
+    link_specs: Vec<RawLinkSpec>,
 }
 
 fn relays(rng: &mut ChaCha20Rng, n: usize) -> Vec<Relay> {
@@ -39,17 +40,17 @@ fn relays(rng: &mut ChaCha20Rng, n: usize) -> Vec<Relay> {
             Relay {
                 hs: HsDirRelay {
                     ed25519_id: ed,
-                    rsa_id: rsa,
+                    rsa_id: RsaIdentity(rsa),
                     is_hsdir: true,
                 },
                 onion_key: onion,
                 link_specs: vec![
-                    LinkSpec::ipv4(std::net::SocketAddrV4::new(
+                    RawLinkSpec::ipv4(std::net::SocketAddrV4::new(
                         [127, 0, 0, 1].into(),
                         5000 + i as u16,
                     )),
-                    LinkSpec::rsa_id(rsa),
-                    LinkSpec::ed25519_id(ed),
+                    RawLinkSpec::rsa_id(RsaIdentity(rsa)),
+                    RawLinkSpec::ed25519_id(ed),
                 ],
             }
         })
@@ -231,7 +232,11 @@ fn refused_introduction_is_reported_and_next_point_tried() {
         HsServiceConfig::default(),
     );
     for _ in 0..2 {
-        let ip = service.add_intro_point(&mut rng, vec![LinkSpec::rsa_id([1; 20])], [2; 32]);
+        let ip = service.add_intro_point(
+            &mut rng,
+            vec![RawLinkSpec::rsa_id(RsaIdentity([1; 20]))],
+            [2; 32],
+        );
         service.handle_intro_established(ip).unwrap();
     }
     let period = TimePeriodConfig::testing_network(20)

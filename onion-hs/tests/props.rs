@@ -4,7 +4,7 @@
 use onion_hs::cert::Ed25519Cert;
 use onion_hs::desc::{self, FirstLayer, OuterDescriptor, SecondLayer};
 use onion_hs::keys::{ExpandedKeypair, HsIdKey, Subcredential};
-use onion_hs::linkspec::{self, LinkSpec};
+use onion_hs::linkspec::{self, RawLinkSpec};
 use onion_hs::msg::{
     DosParams, EstablishIntro, Extension, IntroEstablished, Introduce, IntroduceAck,
     IntroducePlaintext, Rendezvous1,
@@ -39,16 +39,16 @@ fn real_id() -> HsIdKey {
     .unwrap()
 }
 
-fn arb_linkspec() -> impl Strategy<Value = LinkSpec> {
+fn arb_linkspec() -> impl Strategy<Value = RawLinkSpec> {
     prop_oneof![
         (any::<[u8; 4]>(), any::<u16>())
-            .prop_map(|(ip, p)| LinkSpec::ipv4(std::net::SocketAddrV4::new(ip.into(), p))),
+            .prop_map(|(ip, p)| RawLinkSpec::ipv4(std::net::SocketAddrV4::new(ip.into(), p))),
         (any::<[u8; 16]>(), any::<u16>())
-            .prop_map(|(ip, p)| LinkSpec::ipv6(std::net::SocketAddrV6::new(ip.into(), p, 0, 0))),
-        any::<[u8; 20]>().prop_map(LinkSpec::rsa_id),
-        any::<[u8; 32]>().prop_map(LinkSpec::ed25519_id),
+            .prop_map(|(ip, p)| RawLinkSpec::ipv6(std::net::SocketAddrV6::new(ip.into(), p, 0, 0))),
+        any::<[u8; 20]>().prop_map(|id| RawLinkSpec::rsa_id(onion_crypto::RsaIdentity(id))),
+        any::<[u8; 32]>().prop_map(RawLinkSpec::ed25519_id),
         (4u8.., proptest::collection::vec(any::<u8>(), 0..40))
-            .prop_map(|(ty, body)| LinkSpec { ty, body }),
+            .prop_map(|(ty, body)| RawLinkSpec { ty, body }),
     ]
 }
 
@@ -241,7 +241,7 @@ proptest! {
         let relays: Vec<HsDirRelay> = (0..n).map(|i| {
             let mut ed = [0u8; 32];
             rng.fill_bytes(&mut ed);
-            HsDirRelay { ed25519_id: ed, rsa_id: [i as u8; 20], is_hsdir: i % 5 != 4 }
+            HsDirRelay { ed25519_id: ed, rsa_id: onion_crypto::RsaIdentity([i as u8; 20]), is_hsdir: i % 5 != 4 }
         }).collect();
         let period = TimePeriod::new(1000, 1440, 720);
         let ring = HashRing::new(&relays, &[3; 32], period);
@@ -335,7 +335,7 @@ proptest! {
         use onion_hs::service::{HsService, HsServiceConfig};
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut service = HsService::new(ExpandedKeypair::generate(&mut rng), HsServiceConfig::default());
-        let ip = service.add_intro_point(&mut rng, vec![LinkSpec::rsa_id([1; 20])], [2; 32]);
+        let ip = service.add_intro_point(&mut rng, vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([1; 20]))], [2; 32]);
         service.handle_intro_established(ip).unwrap();
         let period = TimePeriod::new(3_740_454, 8, 4);
         let text = service.build_descriptor(&mut rng, period, NOW).unwrap();

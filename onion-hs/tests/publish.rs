@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use onion_dir::Timestamp;
+use onion_dir::{RsaIdentity, Timestamp};
 use onion_hs::client::{HsClient, EXT_CC_REQUEST};
 use onion_hs::desc;
 use onion_hs::keys::{ExpandedKeypair, HsIdKey};
-use onion_hs::linkspec::{LinkSpec, LS_RSA_ID};
+use onion_hs::linkspec::{RawLinkSpec, LS_RSA_ID};
 use onion_hs::msg::{Extension, Introduce, IntroducePlaintext, ONION_KEY_TYPE_NTOR};
 use onion_hs::publish::{
     ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, PublishError, Publisher,
-    PublisherConfig, RelayId, UploadId,
+    PublisherConfig, UploadId,
 };
 use onion_hs::relay::IntroPoint;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
@@ -29,7 +29,7 @@ const HOUR: u64 = 3600;
 #[derive(Debug, Clone)]
 struct Uploaded {
     at: u64,
-    hsdir: RelayId,
+    hsdir: RsaIdentity,
     period: TimePeriod,
     revision: u64,
     intro_keys: Vec<[u8; 32]>,
@@ -44,28 +44,28 @@ struct Harness {
     now: u64,
     view: ConsensusView,
     /// Circuits to these relays fail.
-    bad_relays: HashSet<RelayId>,
+    bad_relays: HashSet<RsaIdentity>,
     /// Make the first relay ever picked bad.
     first_pick_bad: bool,
     /// Uploads to these HSDirs fail; the count is how many more times (u32::MAX: always).
-    bad_hsdirs: BTreeMap<RelayId, u32>,
+    bad_hsdirs: BTreeMap<RsaIdentity, u32>,
     /// Keep uploads pending instead of answering them.
     hold_uploads: bool,
-    held: Vec<(UploadId, RelayId)>,
+    held: Vec<(UploadId, RsaIdentity)>,
     uploads: Vec<Uploaded>,
-    launches: Vec<(u64, IntroId, RelayId)>,
+    launches: Vec<(u64, IntroId, RsaIdentity)>,
     closed: Vec<(u64, IntroId)>,
     /// Intro points whose circuits are open (for the embedder).
     open: HashSet<IntroId>,
     /// The intro relays' side: ESTABLISH_INTRO registrations, by relay (circuit = intro id).
-    roles: BTreeMap<RelayId, IntroPoint<u64>>,
-    relay_of: BTreeMap<IntroId, RelayId>,
+    roles: BTreeMap<RsaIdentity, IntroPoint<u64>>,
+    relay_of: BTreeMap<IntroId, RsaIdentity>,
 }
 
 fn relay(ed: u8, rsa: u8, hsdir: bool) -> HsDirRelay {
     HsDirRelay {
         ed25519_id: [ed; 32],
-        rsa_id: [rsa; 20],
+        rsa_id: RsaIdentity([rsa; 20]),
         is_hsdir: hsdir,
     }
 }
@@ -79,8 +79,8 @@ fn view(valid_after: u64, srv: SharedRandom, n_hsdirs: u8, n_intro: u8) -> Conse
         hsdirs: (0..n_hsdirs).map(|i| relay(i, i, true)).collect(),
         intro_candidates: (0..n_intro)
             .map(|i| IntroCandidate {
-                rsa_id: [100 + i; 20],
-                link_specifiers: vec![LinkSpec::rsa_id([100 + i; 20])],
+                rsa_id: RsaIdentity([100 + i; 20]),
+                link_specifiers: vec![RawLinkSpec::rsa_id(RsaIdentity([100 + i; 20]))],
                 onion_key: [i; 32],
             })
             .collect(),
@@ -210,7 +210,7 @@ impl Harness {
 
     fn record(
         &mut self,
-        hsdir: RelayId,
+        hsdir: RsaIdentity,
         period: TimePeriod,
         revision: u64,
         text: &Arc<str>,
@@ -311,7 +311,7 @@ fn first_consensus_publishes_both_slots_to_their_hsdirs() {
     assert_eq!(slots, vec![cur, cur.next()]);
     // 2 replicas × spread_store 4 per slot, each HSDir once per slot.
     for p in [cur, cur.next()] {
-        let to: HashSet<RelayId> = h
+        let to: HashSet<RsaIdentity> = h
             .uploads
             .iter()
             .filter(|u| u.period == p)
@@ -484,7 +484,7 @@ fn failed_uploads_are_retried_with_backoff_and_given_up() {
     let v = h.view.clone();
     h.consensus(v);
     h.advance_to(T0 + 50 * 60);
-    let times = |hsdir: RelayId| -> Vec<(u64, bool)> {
+    let times = |hsdir: RsaIdentity| -> Vec<(u64, bool)> {
         h.uploads
             .iter()
             .filter(|u| u.hsdir == hsdir && u.period == probe.uploads[0].period)
@@ -620,10 +620,12 @@ fn random_failures_never_break_the_invariants() {
             let n_intro = 4 + (ev.next_u32() % 6) as u8;
             h.bad_relays.clear();
             if ev.next_u32() % 3 == 0 {
-                h.bad_relays.insert([100 + (ev.next_u32() % 10) as u8; 20]);
+                h.bad_relays
+                    .insert(RsaIdentity([100 + (ev.next_u32() % 10) as u8; 20]));
             }
             h.bad_hsdirs.clear();
-            h.bad_hsdirs.insert([(ev.next_u32() % 30) as u8; 20], 2);
+            h.bad_hsdirs
+                .insert(RsaIdentity([(ev.next_u32() % 30) as u8; 20]), 2);
             h.consensus(view(t, srv(day), n_hsdir, n_intro));
             for ip in h.p.intro_points() {
                 if ip.state == IntroState::Established && ev.next_u32() % 4 == 0 {
@@ -665,7 +667,7 @@ fn with_every_intro_relay_failing_nothing_is_published_and_nothing_spins() {
     h.consensus(v);
     let n0 = h.uploads.len();
     // Every relay fails from now on; the open circuits close.
-    h.bad_relays = (0..10u8).map(|i| [100 + i; 20]).collect();
+    h.bad_relays = (0..10u8).map(|i| RsaIdentity([100 + i; 20])).collect();
     h.now += 60;
     for ip in h.p.intro_points() {
         h.open.remove(&ip.id);
@@ -694,7 +696,7 @@ fn introduce(
     h: &mut Harness,
     text: &str,
     period: TimePeriod,
-) -> (RelayId, Option<(IntroId, Vec<u8>)>) {
+) -> (RsaIdentity, Option<(IntroId, Vec<u8>)>) {
     introduce_cc(h, text, period, false)
 }
 
@@ -705,7 +707,7 @@ fn introduce_cc(
     text: &str,
     period: TimePeriod,
     cc: bool,
-) -> (RelayId, Option<(IntroId, Vec<u8>)>) {
+) -> (RsaIdentity, Option<(IntroId, Vec<u8>)>) {
     let mut client = HsClient::new(h.id.address()).unwrap();
     client.set_congestion_control(cc);
     client.handle_descriptor(text, period, None, h.now).unwrap();
@@ -713,13 +715,17 @@ fn introduce_cc(
     assert!(!est.is_empty());
     client.handle_rendezvous_established().unwrap();
     let (ip, intro1) = client
-        .introduce(&mut h.rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
+        .introduce(
+            &mut h.rng,
+            &[9; 32],
+            vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
+        )
         .unwrap();
-    let relay: RelayId = ip
+    let relay: RsaIdentity = ip
         .link_specifiers
         .iter()
         .find(|l| l.ty == LS_RSA_ID)
-        .and_then(|l| l.body.as_slice().try_into().ok())
+        .and_then(|l| l.as_rsa_id())
         .unwrap();
     let routing = h.roles[&relay].handle_introduce1(&intro1);
     (relay, routing.to_service.map(|(c, b)| (IntroId(c), b)))
@@ -756,7 +762,10 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
         let req =
             h.p.handle_introduce2(Timestamp::from_unix(h.now), intro, &body, &mut h.rng)
                 .unwrap();
-        assert_eq!(req.link_specifiers, vec![LinkSpec::rsa_id([9; 20])]);
+        assert_eq!(
+            req.link_specifiers,
+            vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))]
+        );
         h.pump();
     }
     let (relay, intro) = first.unwrap();
@@ -853,7 +862,7 @@ fn introduce2_carries_no_congestion_control_request() {
         }],
         onion_key_type: ONION_KEY_TYPE_NTOR,
         onion_key: vec![9; 32],
-        link_specifiers: vec![LinkSpec::rsa_id([9; 20])],
+        link_specifiers: vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
     };
     let (intro1, _) = Introduce::build_client(
         &mut h.rng,
@@ -864,11 +873,11 @@ fn introduce2_carries_no_congestion_control_request() {
         &pt,
     )
     .unwrap();
-    let relay: RelayId = ip
+    let relay: RsaIdentity = ip
         .link_specifiers
         .iter()
         .find(|l| l.ty == LS_RSA_ID)
-        .and_then(|l| l.body.as_slice().try_into().ok())
+        .and_then(|l| l.as_rsa_id())
         .unwrap();
     let (c, body) = h.roles[&relay]
         .handle_introduce1(&intro1)
@@ -896,16 +905,20 @@ fn introduce_via(
     for _ in 0..=nth {
         last = Some(
             client
-                .introduce(&mut h.rng, &[9; 32], vec![LinkSpec::rsa_id([9; 20])])
+                .introduce(
+                    &mut h.rng,
+                    &[9; 32],
+                    vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
+                )
                 .unwrap(),
         );
     }
     let (ip, intro1) = last.unwrap();
-    let relay: RelayId = ip
+    let relay: RsaIdentity = ip
         .link_specifiers
         .iter()
         .find(|l| l.ty == LS_RSA_ID)
-        .and_then(|l| l.body.as_slice().try_into().ok())
+        .and_then(|l| l.as_rsa_id())
         .unwrap();
     let (c, b) = h.roles[&relay]
         .handle_introduce1(&intro1)

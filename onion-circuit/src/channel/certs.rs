@@ -24,7 +24,7 @@ use onion_cell::chancell::{CertEntry, Certs};
 use onion_crypto::cert::UnixTime;
 use onion_crypto::keys::{Ed25519Keypair, Ed25519Signer};
 use onion_crypto::relay_keys::{
-    verify_cert_chain, CertChain, RelayKeys, VerifiedCerts, CERTS_ED_ID_SIGNING,
+    verify_cert_chain, CertChain, LinkKeys, VerifiedCerts, CERTS_ED_ID_SIGNING,
     CERTS_ED_SIGNING_AUTH, CERTS_ED_SIGNING_LINK, CERTS_RSA_ED_CROSSCERT, CERTS_RSA_ID,
 };
 use onion_crypto::rsa::RsaKeypair;
@@ -151,25 +151,25 @@ pub(crate) fn initiator_certs_cell(creds: &InitiatorCredentials) -> Certs<'_> {
 /// this is now the protocol.)
 pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER FOR TOR TLS CLIENT BINDING AUTH0003";
 
-/// A relay's link-authentication keys ([`onion_crypto::relay_keys::RelayKeys`]) seen from
+/// A relay's link-authentication keys ([`onion_crypto::relay_keys::LinkKeys`]) seen from
 /// the channel: the identities they prove as [`PeerIds`]. Everything else forwards to the
 /// crypto type.
 #[derive(Debug)]
-pub struct RelayLinkKeys(RelayKeys);
+pub struct RelayLinkKeys(LinkKeys);
 
-impl From<RelayKeys> for RelayLinkKeys {
-    fn from(k: RelayKeys) -> Self {
+impl From<LinkKeys> for RelayLinkKeys {
+    fn from(k: LinkKeys) -> Self {
         RelayLinkKeys(k)
     }
 }
 
 impl RelayLinkKeys {
-    /// [`RelayKeys::generate`]: fresh keys and certificates valid from `now`.
+    /// [`LinkKeys::generate`]: fresh keys and certificates valid from `now`.
     pub fn generate(rng: &mut impl CryptoRngCore, now: SystemTime) -> Result<Self, CertError> {
-        RelayKeys::generate(rng, now).map(Self)
+        LinkKeys::generate(rng, now).map(Self)
     }
 
-    /// [`RelayKeys::from_keys`]: certifies existing keys.
+    /// [`LinkKeys::from_keys`]: certifies existing keys.
     pub fn from_keys(
         rng: &mut impl CryptoRngCore,
         rsa_identity: RsaKeypair,
@@ -177,7 +177,7 @@ impl RelayLinkKeys {
         signing: Ed25519Keypair,
         now: SystemTime,
     ) -> Result<Self, CertError> {
-        RelayKeys::from_keys(rng, rsa_identity, identity, signing, now).map(Self)
+        LinkKeys::from_keys(rng, rsa_identity, identity, signing, now).map(Self)
     }
 
     /// The identities these keys prove.
@@ -189,7 +189,7 @@ impl RelayLinkKeys {
     }
 
     /// The keys themselves.
-    pub fn keys(&self) -> &RelayKeys {
+    pub fn keys(&self) -> &LinkKeys {
         &self.0
     }
 
@@ -198,7 +198,7 @@ impl RelayLinkKeys {
         self.0.rsa_identity()
     }
 
-    /// [`RelayKeys::initiator_credentials`].
+    /// [`LinkKeys::initiator_credentials`].
     pub fn initiator_credentials(
         &self,
         rng: &mut impl CryptoRngCore,
@@ -207,7 +207,7 @@ impl RelayLinkKeys {
         self.0.initiator_credentials(rng, now)
     }
 
-    /// [`RelayKeys::responder_certs`].
+    /// [`LinkKeys::responder_certs`].
     pub fn responder_certs(
         &self,
         tls_cert_sha256: &[u8; 32],

@@ -97,7 +97,7 @@ use onion_crypto::keys::NtorOnionKey;
 use onion_dir::netview::{RelayIdx, RelayRecord};
 use onion_dir::select::guard::state::GuardStateError;
 use onion_dir::select::guard::{
-    CircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage, Reachable,
+    GuardCircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage, Reachable,
     RetrySchedule,
 };
 use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
@@ -757,7 +757,7 @@ impl Guards {
         self.dirty = true;
         let state = self.mgr.circuit_succeeded(now, circ, rng);
         let built = match state {
-            Ok(CircState::Complete) => Built::Usable,
+            Ok(GuardCircState::Complete) => Built::Usable,
             Ok(_) if nothing_better => {
                 // No better guard can serve this circuit: the manager must not keep it
                 // waiting (nor time it out later).
@@ -855,19 +855,19 @@ impl Guards {
                 let since = g.failing_since.unwrap_or(0);
                 retry_time(sched, since, g.last_tried.or(g.failing_since).unwrap_or(0))
             });
-        let states: Vec<(CircState, &Open)> = self
+        let states: Vec<(GuardCircState, &Open)> = self
             .open
             .values()
             .filter_map(|o| Some((self.mgr.circuit_state(o.circ?)?, o)))
             .collect();
         let any_waiting = states
             .iter()
-            .any(|(s, _)| *s == CircState::WaitingForBetterGuard);
+            .any(|(s, _)| *s == GuardCircState::WaitingForBetterGuard);
         let circuits = states.iter().filter_map(|(state, o)| match state {
-            CircState::WaitingForBetterGuard => {
+            GuardCircState::WaitingForBetterGuard => {
                 Some(o.built_at.saturating_add(p.nonprimary_idle_timeout + 1))
             }
-            CircState::UsableIfNoBetterGuard if any_waiting => {
+            GuardCircState::UsableIfNoBetterGuard if any_waiting => {
                 Some(o.picked_at.saturating_add(p.nonprimary_connect_timeout + 1))
             }
             _ => None,
@@ -1027,7 +1027,7 @@ impl Guards {
         if self.mgr.sampled().len() != sampled {
             self.dirty = true;
         }
-        if pick.state == CircState::UsableOnCompletion {
+        if pick.state == GuardCircState::UsableOnCompletion {
             return Ok(Some((pick, false)));
         }
         let view = sel.view();
@@ -1100,7 +1100,7 @@ impl Guards {
             ticket,
             hops,
             names,
-            usable_on_completion: pick.state == CircState::UsableOnCompletion || nothing_better,
+            usable_on_completion: pick.state == GuardCircState::UsableOnCompletion || nothing_better,
         })
     }
 

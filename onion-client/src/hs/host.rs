@@ -256,7 +256,7 @@ fn consensus_view(net: &HsNet) -> ConsensusView {
         .filter_map(|r| {
             let t = hop_target(r)?;
             Some(IntroCandidate {
-                rsa_id: r.rsa_id.0,
+                rsa_id: r.rsa_id,
                 onion_key: r.ntor_onion_key?,
                 link_specifiers: super::link_specs_of(&t),
             })

@@ -52,7 +52,7 @@ use onion_crypto::keys::NtorOnionKey;
 use onion_crypto::{Ed25519Identity, RsaIdentity};
 use onion_dir::netview::RelayRecord;
 use onion_dir::RelayFlags;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::ntor::HsRendKeys;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::TimePeriodConfig;
@@ -410,7 +410,7 @@ impl HsNet {
             if let Some(ed) = r.ed_id {
                 ring.push(HsDirRelay {
                     ed25519_id: ed,
-                    rsa_id: r.rsa_id.0,
+                    rsa_id: r.rsa_id,
                     is_hsdir: r.flags.contains(RelayFlags::HSDIR),
                 });
                 ring_relays.push(i);
@@ -438,8 +438,8 @@ impl HsNet {
     }
 
     /// A relay by RSA identity.
-    pub fn relay_by_rsa(&self, id: [u8; 20]) -> Option<&RelayRecord> {
-        let idx = self.dir.view.by_rsa_id(&RsaIdentity(id))?;
+    pub fn relay_by_rsa(&self, id: RsaIdentity) -> Option<&RelayRecord> {
+        let idx = self.dir.view.by_rsa_id(&id)?;
         self.dir.view.relay(idx)
     }
 }
@@ -465,14 +465,14 @@ pub fn hop_target(r: &RelayRecord) -> Option<HopTarget> {
 /// A relay named by link specifiers and an ntor onion key (an introduction point from a
 /// descriptor, rend-spec-v3 §2.5.2.2; a rendezvous point from INTRODUCE2, §3.3) as a
 /// circuit's last hop. `None` without an RSA identity, which EXTEND2 needs.
-pub fn hop_target_from_link_specs(specs: &[LinkSpec], onion_key: [u8; 32]) -> Option<HopTarget> {
-    let rsa = specs.iter().find_map(LinkSpec::as_rsa_id)?;
-    let ed = specs.iter().find_map(LinkSpec::as_ed25519_id);
+pub fn hop_target_from_link_specs(specs: &[RawLinkSpec], onion_key: [u8; 32]) -> Option<HopTarget> {
+    let rsa = specs.iter().find_map(RawLinkSpec::as_rsa_id)?;
+    let ed = specs.iter().find_map(RawLinkSpec::as_ed25519_id);
     let mut addrs: Vec<SocketAddr> = Vec::new();
     addrs.extend(specs.iter().filter_map(|l| l.as_ipv4()).map(SocketAddr::V4));
     addrs.extend(specs.iter().filter_map(|l| l.as_ipv6()).map(SocketAddr::V6));
     Some(HopTarget {
-        rsa_id: RsaIdentity(rsa),
+        rsa_id: rsa,
         ed_id: ed.map(Ed25519Identity),
         ntor_key: NtorOnionKey(onion_key),
         addrs,
@@ -482,14 +482,14 @@ pub fn hop_target_from_link_specs(specs: &[LinkSpec], onion_key: [u8; 32]) -> Op
 
 /// The link specifiers that name a relay in onion-service messages and descriptors
 /// (rend-spec-v3 §2.5.2.2, §3.3): its IPv4 ORPort, RSA and ed25519 identities.
-pub fn link_specs_of(t: &HopTarget) -> Vec<LinkSpec> {
+pub fn link_specs_of(t: &HopTarget) -> Vec<RawLinkSpec> {
     let mut v = Vec::new();
     if let Some(SocketAddr::V4(a)) = t.addrs.iter().find(|a| a.is_ipv4()) {
-        v.push(LinkSpec::ipv4(*a));
+        v.push(RawLinkSpec::ipv4(*a));
     }
-    v.push(LinkSpec::rsa_id(t.rsa_id.0));
+    v.push(RawLinkSpec::rsa_id(t.rsa_id));
     if let Some(ed) = &t.ed_id {
-        v.push(LinkSpec::ed25519_id(ed.0));
+        v.push(RawLinkSpec::ed25519_id(ed.0));
     }
     v
 }

@@ -623,7 +623,7 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
             &pt,
         )
         .unwrap();
-        let routing = net.relays[&rsa].intro.handle_introduce1(&body);
+        let routing = net.relays[&rsa.0].intro.handle_introduce1(&body);
         let ((side, circ), b2) = routing.to_service.unwrap();
         assert_eq!(side, Side::Host);
         out.push((circ, b2));

@@ -8,7 +8,7 @@ use crate::cert::{
     Ed25519Cert, CERT_TYPE_HS_DESC_SIGNING, CERT_TYPE_HS_INTRO_AUTH, CERT_TYPE_HS_NTOR_ENC,
 };
 use crate::keys::{Credential, ExpandedKeypair, HsBlindedKeypair};
-use crate::linkspec::LinkSpec;
+use crate::linkspec::RawLinkSpec;
 use crate::ops::{aes256_ctr_xor, sha3_256};
 
 use super::crypt::{self, Layer, COOKIE_LEN, SALT_LEN};
@@ -23,7 +23,7 @@ pub const AUTH_CLIENT_MULTIPLE: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildIntroPoint {
     /// The intro relay's link specifiers.
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
     /// The intro relay's ntor onion key.
     pub onion_key_ntor: [u8; 32],
     /// `KP_hs_ipt_sid`, the service's authentication key at this intro point.

@@ -2,7 +2,7 @@
 //! client authorization) and §2.5.2.2 (second layer plaintext: introduction points).
 
 use crate::cert::{Ed25519Cert, CERT_TYPE_HS_INTRO_AUTH, CERT_TYPE_HS_NTOR_ENC};
-use crate::linkspec::{self, LinkSpec};
+use crate::linkspec::{self, RawLinkSpec};
 use crate::util::{b64_decode, b64_decode_array, b64_nopad, b64_pad};
 
 use super::netdoc::{tokenize, write_object, Item};
@@ -135,7 +135,7 @@ impl FirstLayer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntroPointDesc {
     /// Link specifiers, verbatim and in order.
-    pub link_specifiers: Vec<LinkSpec>,
+    pub link_specifiers: Vec<RawLinkSpec>,
     /// `onion-key ntor`: the intro point relay's ntor onion key.
     pub onion_key_ntor: [u8; 32],
     /// `auth-key` certificate (type 09); its certified key is `KP_hs_ipt_sid`.
@@ -308,7 +308,7 @@ fn parse_intro_point(
         .and_then(b64_decode)
         .ok_or(DescError::syntax(head.line, head.kw_static(), "bad base64"))?;
     let link_specifiers =
-        linkspec::parse_list(&ls_bytes).map_err(|err| DescError::LinkSpec { index, err })?;
+        linkspec::parse_list(&ls_bytes).map_err(|err| DescError::RawLinkSpec { index, err })?;
     let ntor_of = |kw: &'static str| -> Result<[u8; 32], DescError> {
         let mut found = None;
         for i in section.iter().filter(|i| i.kw == kw) {

@@ -20,7 +20,7 @@ pub use inner::{AuthClient, FirstLayer, IntroPointDesc, SecondLayer};
 pub use outer::{decode, OuterDescriptor, VerifiedOuter};
 
 use crate::cert::CertError;
-use crate::keys::KeyError;
+use crate::keys::HsKeyError;
 use crate::linkspec::LinkSpecError;
 
 /// Maximum descriptor size HSDirs accept (rend-spec-v3 §2.4); larger input is refused.
@@ -82,7 +82,7 @@ pub enum DescError {
         /// Which key.
         field: &'static str,
         /// Why.
-        err: KeyError,
+        err: HsKeyError,
     },
     /// The descriptor's blinded key is not the one of the expected service and period.
     #[error("descriptor is for another onion address or time period (blinded key mismatch)")]
@@ -113,7 +113,7 @@ pub enum DescError {
     ClientNotAuthorized,
     /// A link specifier block is malformed.
     #[error("introduction point {index}: {err}")]
-    LinkSpec {
+    RawLinkSpec {
         /// Introduction point (0-based).
         index: usize,
         /// Why.

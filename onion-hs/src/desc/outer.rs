@@ -163,7 +163,7 @@ impl OuterDescriptor {
         let vk = VerifyingKey::from_bytes(&self.signing_cert.certified_key).map_err(|_| {
             DescError::Key {
                 field: "descriptor signing key",
-                err: crate::keys::KeyError::NotOnCurve,
+                err: crate::keys::HsKeyError::NotOnCurve,
             }
         })?;
         let mut msg = Vec::with_capacity(SIG_PREFIX.len() + self.signed_text.len());

@@ -52,7 +52,7 @@ use onion_circuit::flow::FlowStats;
 use onion_hs::client::HsClient;
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
 use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
 use onion_hs::time::TimePeriodConfig;
@@ -219,7 +219,7 @@ pub fn run(cfg: &HsSimConfig) -> Result<HsReport, HsSimError> {
             let (rsa, ed) = w.net.relay_ids(r);
             HsDirRelay {
                 ed25519_id: ed.0,
-                rsa_id: rsa.0,
+                rsa_id: rsa,
                 is_hsdir: w.is_hsdir(r),
             }
         })
@@ -352,7 +352,7 @@ pub fn run(cfg: &HsSimConfig) -> Result<HsReport, HsSimError> {
     if !fetched {
         return Err(fail("fetch", "no HSDir had a usable descriptor"));
     }
-    let desc_ips: Vec<Vec<LinkSpec>> = client
+    let desc_ips: Vec<Vec<RawLinkSpec>> = client
         .descriptor()
         .map(|d| {
             d.second_layer

@@ -10,7 +10,7 @@ use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use onion_hs::cellmsg;
-use onion_hs::linkspec::LinkSpec;
+use onion_hs::linkspec::RawLinkSpec;
 
 use super::hsdir::HsDir;
 use super::roles::HsRoles;
@@ -165,25 +165,25 @@ impl World {
 
     /// Relay `r`'s link specifiers (IPv4, RSA and ed25519 identities), as a descriptor or
     /// INTRODUCE1 names it.
-    pub(crate) fn specs(&self, r: usize) -> Vec<LinkSpec> {
+    pub(crate) fn specs(&self, r: usize) -> Vec<RawLinkSpec> {
         let (rsa, ed) = self.net.relay_ids(r);
         let addr = match self.net.relay_addr(r) {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         };
         vec![
-            LinkSpec::ipv4(addr),
-            LinkSpec::rsa_id(rsa.0),
-            LinkSpec::ed25519_id(ed.0),
+            RawLinkSpec::ipv4(addr),
+            RawLinkSpec::rsa_id(rsa),
+            RawLinkSpec::ed25519_id(ed.0),
         ]
     }
 
     /// The relay named by link specifiers (by RSA identity).
-    pub(crate) fn relay_by_specs(&self, specs: &[LinkSpec]) -> Option<usize> {
+    pub(crate) fn relay_by_specs(&self, specs: &[RawLinkSpec]) -> Option<usize> {
         specs
             .iter()
-            .find_map(LinkSpec::as_rsa_id)
-            .and_then(|id| self.net.relay_by_rsa(&id))
+            .find_map(RawLinkSpec::as_rsa_id)
+            .and_then(|id| self.net.relay_by_rsa(&id.0))
     }
 
     /// Unix time now: the consensus's valid-after plus virtual time.

@@ -297,7 +297,7 @@ pub enum GuardUsage {
 
 /// The state of a circuit with respect to its guard (guard-spec §4.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CircState {
+pub enum GuardCircState {
     /// Through a primary guard: usable as soon as built.
     UsableOnCompletion,
     /// Through a non-primary guard: usable only if no better guard turns out to work.
@@ -322,7 +322,7 @@ pub struct GuardPick {
     /// Its index in the view it was chosen from.
     pub idx: RelayIdx,
     /// The circuit's initial state.
-    pub state: CircState,
+    pub state: GuardCircState,
 }
 
 /// Something the embedding must act on.
@@ -363,7 +363,7 @@ pub enum GuardPathError {
 struct TrackedCirc {
     id: GuardCircId,
     guard: RsaIdentity,
-    state: CircState,
+    state: GuardCircState,
     /// When it entered its current state.
     since: u64,
     /// Sampled guards this circuit could not use (its restrictions, guard-spec §4.6).
@@ -782,7 +782,13 @@ impl GuardMgr {
             if !prim.is_empty() {
                 let k = uniform_below(rng, prim.len() as u64) as usize;
                 if let Some(&(id, idx)) = prim.get(k) {
-                    return Ok(self.track(id, idx, CircState::UsableOnCompletion, disallowed, now));
+                    return Ok(self.track(
+                        id,
+                        idx,
+                        GuardCircState::UsableOnCompletion,
+                        disallowed,
+                        now,
+                    ));
                 }
             }
             // 2. Confirmed and usable, first non-pending (or the first).
@@ -795,7 +801,13 @@ impl GuardMgr {
             let not_pending =
                 |(id, _): &&(RsaIdentity, RelayIdx)| self.get(id).is_some_and(|g| !g.pending);
             if let Some(&(id, idx)) = confirmed.iter().find(not_pending).or(confirmed.first()) {
-                return Ok(self.track(id, idx, CircState::UsableIfNoBetterGuard, disallowed, now));
+                return Ok(self.track(
+                    id,
+                    idx,
+                    GuardCircState::UsableIfNoBetterGuard,
+                    disallowed,
+                    now,
+                ));
             }
             // 3. Usable filtered guards in sample order.
             let usable: Vec<(RsaIdentity, RelayIdx)> = self
@@ -805,7 +817,13 @@ impl GuardMgr {
                 .filter_map(|g| allowed(&g.rsa_id).map(|idx| (g.rsa_id, idx)))
                 .collect();
             if let Some(&(id, idx)) = usable.iter().find(not_pending).or(usable.first()) {
-                return Ok(self.track(id, idx, CircState::UsableIfNoBetterGuard, disallowed, now));
+                return Ok(self.track(
+                    id,
+                    idx,
+                    GuardCircState::UsableIfNoBetterGuard,
+                    disallowed,
+                    now,
+                ));
             }
         }
         Err(GuardError::NoUsableGuard)
@@ -815,13 +833,13 @@ impl GuardMgr {
         &mut self,
         id: RsaIdentity,
         idx: RelayIdx,
-        state: CircState,
+        state: GuardCircState,
         disallowed: Vec<RsaIdentity>,
         now: u64,
     ) -> GuardPick {
         if let Some(g) = self.get_mut(&id) {
             g.last_tried = Some(now);
-            if state == CircState::UsableIfNoBetterGuard {
+            if state == GuardCircState::UsableIfNoBetterGuard {
                 g.pending = true;
             }
         }
@@ -887,7 +905,7 @@ impl GuardMgr {
     }
 
     /// The state of a tracked circuit.
-    pub fn circuit_state(&self, circ: GuardCircId) -> Option<CircState> {
+    pub fn circuit_state(&self, circ: GuardCircId) -> Option<GuardCircState> {
         self.circuits.iter().find(|c| c.id == circ).map(|c| c.state)
     }
 
@@ -898,7 +916,7 @@ impl GuardMgr {
         now: Timestamp,
         circ: GuardCircId,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<CircState, GuardError> {
+    ) -> Result<GuardCircState, GuardError> {
         let now = now.unix();
         let pos = self
             .circuits
@@ -927,9 +945,11 @@ impl GuardMgr {
             }
         }
         let new_state = match self.circuits[pos].state {
-            CircState::UsableOnCompletion | CircState::Complete => CircState::Complete,
-            CircState::UsableIfNoBetterGuard | CircState::WaitingForBetterGuard => {
-                CircState::WaitingForBetterGuard
+            GuardCircState::UsableOnCompletion | GuardCircState::Complete => {
+                GuardCircState::Complete
+            }
+            GuardCircState::UsableIfNoBetterGuard | GuardCircState::WaitingForBetterGuard => {
+                GuardCircState::WaitingForBetterGuard
             }
         };
         if let Some(c) = self.circuits.get_mut(pos) {
@@ -942,7 +962,7 @@ impl GuardMgr {
             t.saturating_add(self.params.internet_likely_down) < now
         });
         self.last_time_on_internet = Some(now);
-        if new_state == CircState::WaitingForBetterGuard && internet_was_down {
+        if new_state == GuardCircState::WaitingForBetterGuard && internet_was_down {
             for id in self.primary.clone() {
                 if let Some(g) = self.get_mut(&id) {
                     g.reachable = Reachable::Maybe;
@@ -1001,7 +1021,7 @@ impl GuardMgr {
         for c1 in self
             .circuits
             .iter()
-            .filter(|c| c.state == CircState::WaitingForBetterGuard)
+            .filter(|c| c.state == GuardCircState::WaitingForBetterGuard)
         {
             let better_primaries_down = self
                 .primary
@@ -1017,11 +1037,11 @@ impl GuardMgr {
                     && !c1.disallowed.contains(&c2.guard)
                     && self.priority_key(&c2.guard) < p1
                     && match c2.state {
-                        CircState::Complete | CircState::WaitingForBetterGuard => true,
-                        CircState::UsableIfNoBetterGuard => {
+                        GuardCircState::Complete | GuardCircState::WaitingForBetterGuard => true,
+                        GuardCircState::UsableIfNoBetterGuard => {
                             now.saturating_sub(c2.since) <= self.params.nonprimary_connect_timeout
                         }
-                        CircState::UsableOnCompletion => false,
+                        GuardCircState::UsableOnCompletion => false,
                     }
             });
             if !blocked {
@@ -1030,7 +1050,7 @@ impl GuardMgr {
         }
         for id in upgrade {
             if let Some(c) = self.circuits.iter_mut().find(|c| c.id == id) {
-                c.state = CircState::Complete;
+                c.state = GuardCircState::Complete;
                 c.since = now;
                 self.events.push_back(GuardEvent::CircuitUsable(id));
             }
@@ -1066,7 +1086,7 @@ impl GuardMgr {
         let idle = self.params.nonprimary_idle_timeout;
         let mut expired = Vec::new();
         self.circuits.retain(|c| {
-            let keep = !(c.state == CircState::WaitingForBetterGuard
+            let keep = !(c.state == GuardCircState::WaitingForBetterGuard
                 && now.saturating_sub(c.since) > idle);
             if !keep {
                 expired.push(c.id);
@@ -1098,11 +1118,11 @@ impl GuardMgr {
                 )
             });
         let circs = self.circuits.iter().filter_map(|c| match c.state {
-            CircState::WaitingForBetterGuard => Some(
+            GuardCircState::WaitingForBetterGuard => Some(
                 c.since
                     .saturating_add(self.params.nonprimary_idle_timeout + 1),
             ),
-            CircState::UsableIfNoBetterGuard => Some(
+            GuardCircState::UsableIfNoBetterGuard => Some(
                 c.since
                     .saturating_add(self.params.nonprimary_connect_timeout + 1),
             ),
