@@ -429,50 +429,57 @@ impl Serve {
             return;
         };
         let was = std::mem::replace(&mut self.stats, now);
-        if now == was {
-            return;
-        }
-        if now.uploads_ok > was.uploads_ok {
-            if was.uploads_ok == 0 {
-                eprintln!(
-                    "onion: service published; forwarding port {} to {}",
-                    self.port, self.target
-                );
-            }
-            eprintln!(
-                "onion: descriptor uploads: {} done, {} failed",
-                now.uploads_ok, now.uploads_failed
-            );
-        } else if now.uploads_failed > was.uploads_failed {
-            eprintln!(
-                "onion: descriptor upload to an HSDir failed ({} done, {} failed)",
-                now.uploads_ok, now.uploads_failed
-            );
-        }
-        let dropped = |s: &ServiceStats| {
-            [
-                s.dropped_rate,
-                s.dropped_queue_full,
-                s.replays,
-                s.invalid,
-                s.stale,
-            ]
-        };
-        if dropped(&now) != dropped(&was) {
-            eprintln!(
-                "onion: introductions dropped: {} over the rate limit, {} with the queue full, \
-                 {} replays, {} invalid, {} waited too long",
-                now.dropped_rate, now.dropped_queue_full, now.replays, now.invalid, now.stale
-            );
-        }
-        if now.rendezvous_failed > was.rendezvous_failed {
-            eprintln!(
-                "onion: rendezvous given up: {} of {}",
-                now.rendezvous_failed,
-                now.rendezvous + now.rendezvous_failed
-            );
+        let published = format!("port {} to {}", self.port, self.target);
+        for line in stats_lines(&was, &now, &published) {
+            eprintln!("onion: {line}");
         }
     }
+}
+
+/// The log lines for the service's counters going from `was` to `now`: "service published;
+/// forwarding `forwarding`" at the first successful upload (what the tests and users wait
+/// for), then upload totals, and a line whenever introductions were dropped (rate limit,
+/// full queue, replays, invalid, stale) or a rendezvous was given up.
+fn stats_lines(was: &ServiceStats, now: &ServiceStats, forwarding: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if now.uploads_ok > was.uploads_ok {
+        if was.uploads_ok == 0 {
+            out.push(format!("service published; forwarding {forwarding}"));
+        }
+        out.push(format!(
+            "descriptor uploads: {} done, {} failed",
+            now.uploads_ok, now.uploads_failed
+        ));
+    } else if now.uploads_failed > was.uploads_failed {
+        out.push(format!(
+            "descriptor upload to an HSDir failed ({} done, {} failed)",
+            now.uploads_ok, now.uploads_failed
+        ));
+    }
+    let dropped = |s: &ServiceStats| {
+        [
+            s.dropped_rate,
+            s.dropped_queue_full,
+            s.replays,
+            s.invalid,
+            s.stale,
+        ]
+    };
+    if dropped(now) != dropped(was) {
+        out.push(format!(
+            "introductions dropped: {} over the rate limit, {} with the queue full, {} \
+             replays, {} invalid, {} waited too long",
+            now.dropped_rate, now.dropped_queue_full, now.replays, now.invalid, now.stale
+        ));
+    }
+    if now.rendezvous_failed > was.rendezvous_failed {
+        out.push(format!(
+            "rendezvous given up: {} of {}",
+            now.rendezvous_failed,
+            now.rendezvous + now.rendezvous_failed
+        ));
+    }
+    out
 }
 
 /// A line for whoever debugs the service (`ONION_DEBUG=1`).
@@ -526,7 +533,7 @@ fn read_client_auth(path: &Path) -> Result<Vec<XPublic>, String> {
         .map(|f| {
             let text = read_bounded_text(f, MAX_CLIENT_AUTH_FILE)
                 .map_err(|e| format!("--client-auth {}: {e}", f.display()))?;
-            onion_hs::keys::parse_authorized_client(&text)
+            onion_hs::keyfile::parse_authorized_client(&text)
                 .map_err(|e| format!("--client-auth {}: {e}", f.display()))
         })
         .collect()
@@ -604,6 +611,61 @@ mod tests {
         let d = std::env::temp_dir().join(format!("onion-serve-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// "service published" comes once, at the first successful upload; later uploads and
+    /// failures give totals; dropped introductions and lost rendezvous are each reported;
+    /// nothing changed, nothing logged.
+    #[test]
+    fn service_counters_become_log_lines() {
+        let zero = ServiceStats::default();
+        let fwd = "port 80 to 127.0.0.1:8080";
+        assert!(stats_lines(&zero, &zero, fwd).is_empty());
+        let one = ServiceStats {
+            uploads_ok: 1,
+            ..zero
+        };
+        let lines = stats_lines(&zero, &one, fwd);
+        assert_eq!(
+            lines,
+            [
+                "service published; forwarding port 80 to 127.0.0.1:8080",
+                "descriptor uploads: 1 done, 0 failed"
+            ]
+        );
+        let more = ServiceStats {
+            uploads_ok: 3,
+            uploads_failed: 1,
+            ..one
+        };
+        let lines = stats_lines(&one, &more, fwd);
+        assert_eq!(lines, ["descriptor uploads: 3 done, 1 failed"]);
+        let failed = ServiceStats {
+            uploads_failed: 2,
+            ..more
+        };
+        assert_eq!(
+            stats_lines(&more, &failed, fwd),
+            ["descriptor upload to an HSDir failed (3 done, 2 failed)"]
+        );
+        let flood = ServiceStats {
+            dropped_rate: 7,
+            dropped_queue_full: 2,
+            rendezvous: 4,
+            rendezvous_failed: 1,
+            ..failed
+        };
+        let lines = stats_lines(&failed, &flood, fwd);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("7 over the rate limit, 2 with the queue full"));
+        assert_eq!(lines[1], "rendezvous given up: 1 of 5");
+        // Rendezvous that succeed and introductions taken are not logged per client here.
+        let busy = ServiceStats {
+            introductions: 9,
+            rendezvous: 9,
+            ..flood
+        };
+        assert!(stats_lines(&flood, &busy, fwd).is_empty());
     }
 
     #[test]
