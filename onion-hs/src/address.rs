@@ -10,8 +10,6 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::keys::{HsIdKey, HsKeyError};
-
 /// Number of base32 characters of a v3 address, without the `.onion` suffix.
 pub const ADDRESS_LEN: usize = 56;
 /// The only onion address version this crate knows (rend-spec-v3 §6).
@@ -265,7 +263,7 @@ fn has_empty_label(subdomains: &[u8]) -> bool {
 }
 
 impl OnionAddress {
-    /// The address of an identity public key (any 32 bytes; see [`OnionAddress::identity_key`]).
+    /// The address of an identity public key (any 32 bytes: the address module checks no curve point; [`OnionAddress::identity_key`] in [`crate::keys`] does).
     pub fn from_public_key(key: [u8; 32]) -> Self {
         OnionAddress { key }
     }
@@ -273,11 +271,6 @@ impl OnionAddress {
     /// The raw 32-byte identity public key `KP_hs_id`.
     pub fn public_key_bytes(&self) -> &[u8; 32] {
         &self.key
-    }
-
-    /// The identity key as a validated ed25519 point (on the curve, no torsion component).
-    pub fn identity_key(&self) -> Result<HsIdKey, HsKeyError> {
-        HsIdKey::from_bytes(&self.key)
     }
 
     /// Parse an address: 56 base32 characters, optionally followed by `.onion`, optionally
@@ -632,6 +625,17 @@ mod tests {
         assert_eq!(checksum(&checksum_input_from_key(&k)), [0xb5, 0x10]);
         let a = "aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dyp3kead";
         assert_eq!(OnionAddress::parse(a), Ok(OnionAddress::from_public_key(k)));
+    }
+
+    #[test]
+    fn an_address_is_any_32_bytes_and_the_key_module_checks_the_point() {
+        // y = 2 is not the encoding of a curve point: the address encodes and parses it
+        // (rend-spec-v3 §6 checks only the checksum and version), the key module refuses it.
+        let mut raw = [0u8; 32];
+        raw[0] = 2;
+        let a = OnionAddress::from_public_key(raw);
+        assert_eq!(OnionAddress::parse(&a.encode()).unwrap(), a);
+        assert!(a.identity_key().is_err());
     }
 
     #[test]

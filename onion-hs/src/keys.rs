@@ -16,6 +16,7 @@ use onion_crypto::keys::{Ed25519Keypair, Ed25519Signer, ExpandedEd25519Keypair};
 use sha2::{Digest as _, Sha512};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::address::OnionAddress;
 use crate::ops::sha3_256;
 use crate::time::TimePeriod;
 
@@ -69,15 +70,6 @@ impl HsIdKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, HsKeyError> {
         let (_, vk) = decompress_checked(bytes)?;
         Ok(HsIdKey { vk })
-    }
-
-    /// Read C tor's `hs_ed25519_public_key` file (32-byte header `== ed25519v1-public: type0 ==`
-    /// then the key).
-    pub fn from_tor_file(data: &[u8]) -> Result<Self, HsKeyError> {
-        let key = parse_tor_key_file(data, b"== ed25519v1-public: type0 ==", 32)?;
-        let mut k = [0u8; 32];
-        k.copy_from_slice(key);
-        Self::from_bytes(&k)
     }
 
     /// The 32-byte encoding.
@@ -151,22 +143,6 @@ fn clamped_scalar(param: &[u8; 32]) -> Scalar {
     s
 }
 
-fn parse_tor_key_file<'a>(
-    data: &'a [u8],
-    header: &[u8],
-    key_len: usize,
-) -> Result<&'a [u8], HsKeyError> {
-    if data.len() != 32 + key_len {
-        return Err(HsKeyError::BadKeyFile("unexpected length"));
-    }
-    let (h, key) = data.split_at(32);
-    let hlen = header.len();
-    if &h[..hlen] != header || h[hlen..].iter().any(|&b| b != 0) {
-        return Err(HsKeyError::BadKeyFile("unexpected header"));
-    }
-    Ok(key)
-}
-
 /// An ed25519 key pair in expanded form (scalar `a` and hash prefix `RH`), as C tor stores it.
 ///
 /// Used for the service identity key and for blinded keys. The key itself is onion-crypto's
@@ -201,17 +177,6 @@ impl ExpandedKeypair {
         let kp = Self::from_seed(&seed);
         seed.zeroize();
         kp
-    }
-
-    /// Read C tor's `hs_ed25519_secret_key` file (header `== ed25519v1-secret: type0 ==`, then
-    /// the 64-byte expanded key).
-    pub fn from_tor_file(data: &[u8]) -> Result<Self, HsKeyError> {
-        let key = parse_tor_key_file(data, b"== ed25519v1-secret: type0 ==", 64)?;
-        let mut k = [0u8; 64];
-        k.copy_from_slice(key);
-        let kp = Self::from_expanded_bytes(&k);
-        k.zeroize();
-        Ok(kp)
     }
 
     /// The 64-byte expanded secret key `a | RH`.
@@ -350,69 +315,10 @@ impl core::fmt::Debug for Subcredential {
     }
 }
 
-/// Parse an authorized client's public key (`KP_hsc_desc_enc`, x25519) as C tor stores it in
-/// a service's `authorized_clients/<name>.auth`: `descriptor:x25519:<base32 key>` (rend-spec-v3
-/// §1.9.1 \[CLIENT-AUTH\]; the key is 52 base32 characters, either case). Surrounding
-/// whitespace is ignored.
-pub fn parse_authorized_client(text: &str) -> Result<x25519_dalek::PublicKey, HsKeyError> {
-    let key = text
-        .trim()
-        .strip_prefix("descriptor:x25519:")
-        .ok_or(HsKeyError::BadKeyFile(
-            "expected descriptor:x25519:<base32 key>",
-        ))?;
-    let bytes: [u8; 32] = (key.len() == 52)
-        .then(|| data_encoding::BASE32_NOPAD.decode(key.to_ascii_uppercase().as_bytes()))
-        .and_then(Result::ok)
-        .and_then(|v| v.try_into().ok())
-        .ok_or(HsKeyError::BadKeyFile(
-            "authorized client key is not 32 bytes of base32",
-        ))?;
-    Ok(x25519_dalek::PublicKey::from(bytes))
-}
-
-/// Parse a client authorization secret key (`KS_hsc_desc_enc`, x25519) as C tor stores it in
-/// `ClientOnionAuthDir/*.auth_private`: `<address>:descriptor:x25519:<base32 key>`, or the
-/// bare base32 (52 characters), hex (64) or base64 (43/44) key. Returns the key and, for the
-/// file form, the address it is for.
-pub fn parse_client_auth_key(
-    text: &str,
-) -> Result<(x25519_dalek::StaticSecret, Option<crate::OnionAddress>), HsKeyError> {
-    let text = text.trim();
-    let (addr, key) = match text.rsplit_once(':') {
-        Some((head, key)) => {
-            let mut parts = head.split(':');
-            let addr = parts.next().unwrap_or("");
-            if parts.next() != Some("descriptor") || parts.next() != Some("x25519") {
-                return Err(HsKeyError::BadKeyFile(
-                    "expected <address>:descriptor:x25519:<key>",
-                ));
-            }
-            let a = crate::OnionAddress::parse(addr)
-                .map_err(|_| HsKeyError::BadKeyFile("bad onion address in client key file"))?;
-            (Some(a), key)
-        }
-        None => (None, text),
-    };
-    let bytes: Option<[u8; 32]> = match key.len() {
-        52 => data_encoding::BASE32_NOPAD
-            .decode(key.to_ascii_uppercase().as_bytes())
-            .ok()
-            .and_then(|v| v.try_into().ok()),
-        64 => (0..32)
-            .map(|i| {
-                key.get(2 * i..2 * i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .and_then(|v| v.try_into().ok()),
-        43 | 44 => crate::util::b64_decode_array::<32>(key),
-        _ => None,
-    };
-    let mut bytes = bytes.ok_or(HsKeyError::BadKeyFile(
-        "client key is not 32 bytes of base32, hex or base64",
-    ))?;
-    let sk = x25519_dalek::StaticSecret::from(bytes);
-    bytes.zeroize();
-    Ok((sk, addr))
+impl OnionAddress {
+    /// The identity key of the address as a validated ed25519 point (on the curve, no
+    /// torsion component; rend-spec-v3 §6 \[ONIONADDRESS\] carries the raw 32 bytes).
+    pub fn identity_key(&self) -> Result<HsIdKey, HsKeyError> {
+        HsIdKey::from_bytes(self.public_key_bytes())
+    }
 }

@@ -10,6 +10,7 @@
 //! | §0.4 link specifiers | [`linkspec`] |
 //! | §6 \[ONIONADDRESS\] | [`address`] |
 //! | §2.1 \[SUBCRED\], App. A.2 \[KEYBLIND\] | [`keys`] |
+//! | C tor's key files, §1.9.1 \[CLIENT-AUTH\] key formats | [`keyfile`] |
 //! | §2.2.1 \[TIME-PERIODS\] | [`time`] |
 //! | §2.2.3 \[HASHRING\], §2.2.4 \[FETCHUPLOADDESC\], §2.3.1 | [`ring`] |
 //! | cert-spec §2.1 (types 08, 09, 0B) | [`cert`] |
@@ -30,6 +31,7 @@ pub mod cert;
 pub mod client;
 pub mod desc;
 mod keccak;
+pub mod keyfile;
 pub mod keys;
 pub mod linkspec;
 pub mod msg;

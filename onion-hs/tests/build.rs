@@ -345,10 +345,10 @@ fn tor_client_auth_files_pair_up() {
         "descriptor:x25519:{}\n",
         b32(XPublic::from(&alice).as_bytes())
     );
-    let public = onion_hs::keys::parse_authorized_client(&auth).unwrap();
+    let public = onion_hs::keyfile::parse_authorized_client(&auth).unwrap();
     assert_eq!(public, XPublic::from(&alice));
     assert_eq!(
-        onion_hs::keys::parse_authorized_client(&auth.to_lowercase()).unwrap(),
+        onion_hs::keyfile::parse_authorized_client(&auth.to_lowercase()).unwrap(),
         public
     );
     let b = build(3, 1, 9, &[public]);
@@ -357,7 +357,7 @@ fn tor_client_auth_files_pair_up() {
         b.id.id_key().address().encode(),
         b32(&alice.to_bytes())
     );
-    let (sk, addr) = onion_hs::keys::parse_client_auth_key(&private).unwrap();
+    let (sk, addr) = onion_hs::keyfile::parse_client_auth_key(&private).unwrap();
     assert_eq!(addr, Some(b.id.id_key().address()));
     check_round_trip(&b, Some(&sk));
     for bad in [
@@ -367,7 +367,7 @@ fn tor_client_auth_files_pair_up() {
         &format!("descriptor:x25519:{}1", &b32(&[0; 32])[..51]),
     ] {
         assert!(
-            onion_hs::keys::parse_authorized_client(bad).is_err(),
+            onion_hs::keyfile::parse_authorized_client(bad).is_err(),
             "{bad}"
         );
     }

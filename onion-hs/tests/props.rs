@@ -76,8 +76,8 @@ proptest! {
         let _ = IntroducePlaintext::parse(&b);
         let _ = Rendezvous1::parse(&b);
         let _ = DosParams::from_extension_body(&b);
-        let _ = onion_hs::keys::parse_client_auth_key(&s);
-        let _ = onion_hs::keys::parse_authorized_client(&s);
+        let _ = onion_hs::keyfile::parse_client_auth_key(&s);
+        let _ = onion_hs::keyfile::parse_authorized_client(&s);
         let _ = HsIdKey::from_tor_file(&b);
         if let Ok(i) = Introduce::parse(&b) {
             let _ = i.decrypt(&StaticSecret::from([1u8; 32]), &Subcredential([0; 32]));
@@ -145,11 +145,11 @@ proptest! {
         };
         let sk = StaticSecret::from(secret);
         let pk = XPublic::from(&sk);
-        let parsed = onion_hs::keys::parse_authorized_client(&format!("descriptor:x25519:{}\n", b32(pk.as_bytes()))).unwrap();
+        let parsed = onion_hs::keyfile::parse_authorized_client(&format!("descriptor:x25519:{}\n", b32(pk.as_bytes()))).unwrap();
         prop_assert_eq!(parsed.as_bytes(), pk.as_bytes());
         let addr = OnionAddress::from_public_key(key);
         let text = format!("{}:descriptor:x25519:{}", addr.to_string().trim_end_matches(".onion"), b32(&secret));
-        let (back, for_addr) = onion_hs::keys::parse_client_auth_key(&text).unwrap();
+        let (back, for_addr) = onion_hs::keyfile::parse_client_auth_key(&text).unwrap();
         prop_assert_eq!(back.to_bytes(), secret);
         prop_assert_eq!(for_addr, Some(addr));
     }

@@ -175,7 +175,7 @@ pub fn run(args: Args) -> Result<(), String> {
         (Some(path), None) => return Err(format!("--client-key {path}: only for .onion URLs")),
         (Some(path), Some(addr)) => {
             let t = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-            let (sk, for_addr) = onion_hs::keys::parse_client_auth_key(&t)
+            let (sk, for_addr) = onion_hs::keyfile::parse_client_auth_key(&t)
                 .map_err(|e| format!("--client-key {path}: {e}"))?;
             if for_addr.is_some_and(|a| a != *addr) {
                 return Err(format!(
