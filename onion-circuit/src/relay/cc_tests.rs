@@ -453,3 +453,23 @@ proptest! {
         }
     }
 }
+
+/// XOFF/XON that do not apply (no congestion control on the circuit, or stream 0) are
+/// dropped by the client, as C tor's client drops them: the circuit and the stream go on,
+/// and the stream's window is untouched.
+#[test]
+fn the_client_drops_xon_xoff_that_do_not_apply() {
+    let (mut c, mut r, mut rng) = one_hop(false, &RelayConfig::default());
+    assert!(c.congestion_control(0).is_none());
+    let (id, es) = dir_stream(&mut c, &mut r, &mut rng);
+    let before = c.send_capacity(id);
+    r.send_msg(es.get(), &RelayMsg::Xoff).unwrap();
+    r.send_msg(0, &RelayMsg::Xoff).unwrap();
+    r.send_msg(es.get(), &RelayMsg::Xon(Xon { kbps_ewma: 1 }))
+        .unwrap();
+    pump(&mut c, &mut r, &mut rng, at(1));
+    assert!(!c.is_closed());
+    assert_eq!(c.stats().xoff_received + c.stats().xon_received, 0);
+    assert_eq!(c.send_capacity(id), before);
+    assert_eq!(c.send(id, b"still open").unwrap(), 10);
+}
