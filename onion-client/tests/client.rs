@@ -33,7 +33,10 @@ fn config() -> ClientConfig {
     // The adopted directory's refresh fails (the relays serve no consensus); it is not
     // tried again during a test.
     dir.retry_delay = Duration::from_secs(7200);
-    ClientConfig::new(dir)
+    let mut cfg = ClientConfig::new(dir);
+    // Circuits are counted: none is built ahead of need unless a test asks.
+    cfg.preemptive_circuits = false;
+    cfg
 }
 
 /// A client that uses the network's directory.
@@ -543,7 +546,13 @@ fn circuits_on_one_channel_take_turns() {
     cfg.limits.channel_outbound = 4 * 514;
     let mut c = client_on(&mut net, cfg);
     let a = c.connect("echo", 80, Isolation(1), net.now).unwrap();
-    let b = c.connect("echo", 80, Isolation(2), net.now).unwrap();
+    net.run(&mut c);
+    // The second circuit ends at the first's exit, so that its guard (which avoids its exit)
+    // is the same first primary guard whatever exits are drawn.
+    let exit = c.stream_circuit(a).unwrap().hops[2].rsa_id;
+    let b = c
+        .connect_via("echo", 80, Isolation(2), exit, net.now)
+        .unwrap();
     net.run(&mut c);
     assert!(opened(&net, a) && opened(&net, b));
     assert_eq!(net.multi_hop_circuits(), 2);
@@ -722,4 +731,182 @@ fn close_ends_the_stream_with_misc_as_c_tor_does_on_client_circuits() {
         c.read(s, &mut [0; 4], net.now),
         Err(Error::Misuse(_))
     ));
+}
+
+/// A client that builds circuits ahead of need, on a network without build-timeout learning
+/// (no test circuits: only predictions launch circuits).
+fn predicting(net: &mut Net) -> Client {
+    net.params = "cbtdisabled=1".into();
+    let mut cfg = config();
+    cfg.preemptive_circuits = true;
+    client_on(net, cfg)
+}
+
+/// Run `secs` seconds of virtual time.
+fn pass(net: &mut Net, c: &mut Client, secs: u64) {
+    let end = net.now + Duration::from_secs(secs);
+    net.run_until(c, Duration::from_secs(secs), |n| n.now >= end);
+}
+
+#[test]
+fn predicted_ports_get_circuits_built_ahead_and_a_new_stream_finds_one() {
+    let mut net = Net::new(10, 22);
+    // Relays 0-4 exit to 443 only, 5-9 to 8080 only.
+    for (i, r) in net.relays.iter_mut().enumerate() {
+        r.exit_ports = match i < 5 {
+            true => onion_dir::policy::PortSet::from_ranges([(443, 443)]),
+            false => onion_dir::policy::PortSet::from_ranges([(8080, 8080)]),
+        };
+    }
+    let mut c = predicting(&mut net);
+    // At start 443 is predicted (C tor 0.4.9), and onion-service use for one window: two
+    // exit circuits for 443 and three internal ones are built with no stream asking.
+    pass(&mut net, &mut c, 5);
+    let built = net.multi_hop_circuits();
+    assert_eq!(built, 5, "2 exit + 3 internal circuits ahead of need");
+    let connects = net.connects;
+    let s = c.connect("echo", 443, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    assert_eq!(
+        net.multi_hop_circuits(),
+        built,
+        "the stream took a circuit built ahead"
+    );
+    let exit = c.stream_circuit(s).unwrap().hops[2].rsa_id;
+    assert!(relay_of(&net, exit) < 5);
+    // A stream to 8080 has no circuit ready: it gets one on demand, and from then on 8080 is
+    // predicted, so two clean circuits for it are built within a second or two (and one for
+    // 443, whose circuit the first stream took: a circuit tied to an isolation token does
+    // not count, as in C tor's circuit_stream_is_being_handled).
+    let a = c.connect("echo", 8080, Isolation(1), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, a));
+    let after_a = net.multi_hop_circuits();
+    assert_eq!(after_a, built + 1);
+    pass(&mut net, &mut c, 3);
+    assert_eq!(
+        net.multi_hop_circuits(),
+        after_a + 3,
+        "two clean circuits for 8080, one for 443"
+    );
+    // Another 8080 stream (another isolation token) takes one of them: nothing is built for
+    // it, and nothing is connected.
+    let before = (net.multi_hop_circuits(), net.connects);
+    let b = c.connect("echo", 8080, Isolation(2), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, b));
+    assert_eq!((net.multi_hop_circuits(), net.connects), before);
+    let vb = c.stream_circuit(b).unwrap();
+    assert!(relay_of(&net, vb.hops[2].rsa_id) >= 5);
+    assert!(net.connects >= connects);
+}
+
+#[test]
+fn predictions_expire_and_circuits_built_ahead_close() {
+    let mut net = Net::new(8, 23);
+    let mut c = predicting(&mut net);
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    c.close(s, net.now);
+    pass(&mut net, &mut c, 5);
+    assert!(c.counts().1 >= 3, "circuits built ahead: {:?}", c.counts());
+    // Nothing used for 100 minutes: predictions (30 to 60 minutes, C tor's
+    // CircuitsAvailableTimeout from nf_conntimeout_clients) are over, the clean circuits
+    // closed after them, and no new one is built. (The adopted directory's refresh is
+    // retried after two hours: before that nothing else builds circuits.)
+    pass(&mut net, &mut c, 6000);
+    assert_eq!(c.counts(), (0, 0, 0), "all closed");
+    let connects = net.connects;
+    pass(&mut net, &mut c, 600);
+    assert_eq!(
+        net.connects, connects,
+        "nothing built once predictions ended"
+    );
+    // Nothing wakes the client every second any more.
+    assert!(c
+        .poll_timeout()
+        .map_or(true, |t| t > net.now + Duration::from_secs(60)));
+}
+
+#[test]
+fn circuits_built_ahead_are_bounded() {
+    let mut net = Net::new(8, 24);
+    let mut c = predicting(&mut net);
+    // Forty ports used by streams of one circuit (tied to its isolation token, so no port
+    // is handled by a clean circuit): each asks for two circuits, but at most 14 clean
+    // circuits are kept (C tor's MAX_UNUSED_OPEN_CIRCUITS).
+    for port in 1000..1040 {
+        c.connect("silent", port, Isolation::NONE, net.now).unwrap();
+    }
+    net.run(&mut c);
+    pass(&mut net, &mut c, 30);
+    let (_, circuits, _) = c.counts();
+    assert!(circuits > 2, "{circuits}");
+    assert!(
+        circuits <= 1 + onion_client::predict::MAX_UNUSED_OPEN_CIRCUITS,
+        "{circuits} circuits"
+    );
+}
+
+/// PADDING cells relays receive from a client holding one idle stream for `secs`, with
+/// consensus parameters `params`; and on how many connections.
+fn idle_padding(params: &str, secs: u64, open_stream: bool) -> (u64, usize) {
+    let mut net = Net::new(6, 25);
+    net.params = params.into();
+    let mut c = client_on(&mut net, config());
+    if open_stream {
+        let s = c.connect("silent", 80, Isolation::NONE, net.now).unwrap();
+        net.run(&mut c);
+        assert!(opened(&net, s));
+    }
+    let before = net.padding_received();
+    pass(&mut net, &mut c, secs);
+    let per_conn = net.padding_by_conn();
+    (
+        net.padding_received() - before,
+        per_conn.iter().filter(|n| **n > 0).count(),
+    )
+}
+
+#[test]
+fn idle_channels_of_multi_hop_circuits_are_padded_as_the_consensus_says() {
+    // C tor's defaults (padding-spec §2.2, §2.6): a PADDING cell after 1.5 to 9.5 s of
+    // idleness, max(X, X) distributed (mean about 6.8 s one-sided).
+    let (n, padded) = idle_padding("cbtdisabled=1", 300, true);
+    // The guard's channel only (not the one-hop directory channel).
+    assert_eq!(padded, 1, "channels padded");
+    assert!(
+        (300 / 10..=300 * 2 / 3).contains(&n),
+        "{n} PADDING cells in 300 s"
+    );
+    assert!((30..=70).contains(&n), "{n}: about 300 / 6.8");
+    // A fixed interval from the consensus: one every 5 s.
+    let (n, _) = idle_padding("cbtdisabled=1 nf_ito_high=5000 nf_ito_low=5000", 300, true);
+    assert!((59..=60).contains(&n), "{n}");
+    // Turned off by the consensus: none (the 5-minute keepalive aside).
+    let (n, _) = idle_padding("cbtdisabled=1 nf_ito_high=0 nf_ito_low=0", 290, true);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn busy_channels_and_channels_without_circuits_are_not_padded() {
+    // No multi-hop circuit: nothing to pad.
+    let (n, _) = idle_padding("cbtdisabled=1", 120, false);
+    assert_eq!(n, 0);
+    // A stream that keeps the channel busy more often than every 1.5 s: no padding.
+    let mut net = Net::new(6, 26);
+    net.params = "cbtdisabled=1".into();
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    let before = net.padding_received();
+    for _ in 0..100 {
+        c.write(s, b"ping", net.now).unwrap();
+        pass(&mut net, &mut c, 1);
+        assert_eq!(read_all(&mut c, &net, s).0, b"ping");
+    }
+    assert_eq!(net.padding_received(), before);
 }

@@ -34,6 +34,8 @@ fn client_heap(n: usize) -> (isize, Client) {
     dir.retry_delay = std::time::Duration::from_secs(7200);
     let mut cfg = ClientConfig::new(dir);
     cfg.limits.max_streams_per_circuit = 1000;
+    // One circuit is measured: none is built ahead of need.
+    cfg.preemptive_circuits = false;
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
     c.adopt_directory(net.directory(), net.now).unwrap();

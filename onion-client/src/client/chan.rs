@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use onion_cell::chancell::ChanMsg;
+use onion_cell::CircId;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use rand_core::RngCore;
 
@@ -13,6 +15,72 @@ use crate::{Error, Instant};
 /// C tor's `KeepalivePeriod`: an open channel on which nothing was sent for this long sends
 /// a PADDING cell (tor-spec §3), so that NATs and idle timers keep the connection.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(300);
+
+/// The link protocol version from which both ends pad idle channels (tor-spec §4.1: link
+/// protocol 5 adds link padding; C tor's `MIN_LINK_PROTO_FOR_CHANNEL_PADDING`).
+const MIN_LINK_FOR_PADDING: u16 = 5;
+
+/// Channel padding as the consensus sets it (padding-spec §2.6), read as C tor's
+/// `channelpadding_new_consensus_params` reads it: `nf_ito_low` (default 1500 ms, 0 to
+/// 60000), `nf_ito_high` (default 9500 ms, `nf_ito_low` to 60000), `nf_pad_before_usage`
+/// (default 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PaddingParams {
+    pub low_ms: u32,
+    pub high_ms: u32,
+    pub before_usage: bool,
+}
+
+impl Default for PaddingParams {
+    fn default() -> Self {
+        PaddingParams {
+            low_ms: 1500,
+            high_ms: 9500,
+            before_usage: true,
+        }
+    }
+}
+
+impl PaddingParams {
+    /// The parameters in consensus `(name, value)` pairs (the last of a name counts).
+    pub fn from_entries<'a>(params: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+        let mut low = 1500i64;
+        let mut high = 9500i64;
+        let mut before = 1i64;
+        for (k, v) in params {
+            match k {
+                "nf_ito_low" => low = v,
+                "nf_ito_high" => high = v,
+                "nf_pad_before_usage" => before = v,
+                _ => {}
+            }
+        }
+        let low = low.clamp(0, 60_000);
+        let high = high.clamp(low, 60_000);
+        PaddingParams {
+            low_ms: low as u32,
+            high_ms: high as u32,
+            before_usage: before.clamp(0, 1) == 1,
+        }
+    }
+
+    /// Whether the consensus turns padding off (`nf_ito_low` = `nf_ito_high` = 0).
+    fn disabled(&self) -> bool {
+        self.low_ms == 0 && self.high_ms == 0
+    }
+
+    /// How long an idle channel waits before its PADDING cell: `low + max(X, X)` with `X`
+    /// uniform in `[0, high - low)` (padding-spec §2.3; the `max` makes the rate of the two
+    /// ends' padding together close to the range's middle).
+    fn sample(&self, rng: &mut impl RngCore) -> Duration {
+        let range = u64::from(self.high_ms.saturating_sub(self.low_ms));
+        let extra = match range {
+            0 => 0,
+            r => (rng.next_u64() % r).max(rng.next_u64() % r),
+        };
+        Duration::from_millis(u64::from(self.low_ms) + extra)
+    }
+}
 
 /// One connection the client asked for and the channel over it.
 #[derive(Debug)]
@@ -38,6 +106,17 @@ pub(crate) struct Chan {
     pub blocked: bool,
     /// The embedder reported the connection closed: no Disconnect is owed for it.
     pub peer_closed: bool,
+    /// A circuit of more than one hop went through it (C tor's `CHANNEL_USED_FOR_FULL_CIRCS`:
+    /// traffic that wants anonymity, so the channel is padded, padding-spec §2.2).
+    pub full_circs: bool,
+    /// A RELAY cell of such a circuit went out on it (`CHANNEL_USED_FOR_USER_TRAFFIC`).
+    pub user_traffic: bool,
+    /// When a cell last went out or came in (C tor's `timestamp_xfer`).
+    pub last_xfer: Instant,
+    /// When to send a PADDING cell if nothing moves before (padding-spec §2.2).
+    pub pad_at: Option<Instant>,
+    /// PADDING cells sent for idleness.
+    pub padding_sent: u64,
 }
 
 impl Chan {
@@ -54,7 +133,26 @@ impl Chan {
             idle_close: None,
             blocked: false,
             peer_closed: false,
+            full_circs: false,
+            user_traffic: false,
+            last_xfer: deadline,
+            pad_at: None,
+            padding_sent: 0,
         }
+    }
+
+    /// Whether the channel is padded when idle (padding-spec §2.2 and C tor's
+    /// `channelpadding_decide_to_pad_channel` for a client): it is open, its link protocol
+    /// pads (5 or more: the relay pads it too), it carries multi-hop circuits (or user
+    /// traffic when `nf_pad_before_usage` is 0), and the consensus does not turn padding off.
+    /// One-hop (directory) channels are not padded. No PADDING_NEGOTIATE is ever sent: a
+    /// client negotiates only to change the defaults, which this client does not.
+    fn pads(&self, p: &PaddingParams) -> bool {
+        let link = self.channel.as_ref().and_then(Channel::link_version);
+        self.open
+            && link.is_some_and(|v| v >= MIN_LINK_FOR_PADDING)
+            && (self.user_traffic || (self.full_circs && p.before_usage))
+            && !p.disabled()
     }
 
     /// Start the link handshake over the TLS connection that just opened (tor-spec §4:
@@ -145,6 +243,58 @@ impl super::Client {
             self.build_times.network_live(self.now);
         }
         self.pump_chan(conn);
+        if !bytes.is_empty() {
+            self.chan_xfer(conn);
+        }
+    }
+
+    /// Cells moved on `conn` now: its padding timer starts again (C tor resets it on every
+    /// cell sent or received, `channel_timestamp_xmit` / `_recv`).
+    pub(super) fn chan_xfer(&mut self, conn: ConnId) {
+        let now = self.now;
+        if let Some(c) = self.chans.get_mut(&conn) {
+            c.last_xfer = now;
+            c.pad_at = None;
+        }
+        self.pad_schedule(conn);
+    }
+
+    /// Draw the padding time of `conn` if it is padded and has none.
+    pub(super) fn pad_schedule(&mut self, conn: ConnId) {
+        let p = self.padding;
+        let Some(c) = self.chans.get_mut(&conn) else {
+            return;
+        };
+        if !c.pads(&p) {
+            c.pad_at = None;
+        } else if c.pad_at.is_none() {
+            c.pad_at = Some(c.last_xfer + p.sample(&mut self.rng));
+        }
+    }
+
+    /// Send the PADDING cell of an idle channel whose time came (padding-spec §2.2): only
+    /// when nothing waits to go out on it (its own queue, or the embedder's socket).
+    fn pad_if_idle(&mut self, conn: ConnId) {
+        let now = self.now;
+        let Some(c) = self.chans.get_mut(&conn) else {
+            return;
+        };
+        if !c.pad_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        c.pad_at = None;
+        let Some(ch) = c.channel.as_mut() else {
+            return;
+        };
+        if c.blocked || ch.outbound_len() > 0 {
+            // Busy: the transfer resets the timer.
+            return;
+        }
+        if ch.send(CircId::ZERO, &ChanMsg::Padding).is_ok() {
+            c.padding_sent += 1;
+        }
+        c.last_xfer = now;
+        self.pad_schedule(conn);
     }
 
     /// Hand the buffered input to the channel until it takes no more, handling its events
@@ -329,6 +479,9 @@ impl super::Client {
             match m.poll_cell(&mut self.rng) {
                 Some(cell) => {
                     idle_rounds = 0;
+                    if matches!(cell, ChanMsg::Relay(_)) && circ.path.len() > 1 {
+                        c.user_traffic = true;
+                    }
                     // Only fails on a channel that is closing; its Closed event follows.
                     let _ = ch.send(id, &cell);
                 }
@@ -365,6 +518,8 @@ impl super::Client {
                 ch.handle_timeout(now);
             }
             self.chan_events(conn);
+            self.pad_schedule(conn);
+            self.pad_if_idle(conn);
         }
     }
 }

@@ -142,6 +142,11 @@ pub(crate) struct Circ {
     /// Built to an exit the application named (path-spec §2.2.2): only streams naming this
     /// exit use it, and a stream naming none never does.
     pub named_exit: Option<RsaIdentity>,
+    /// A preemptive internal circuit (path-spec §2.1.1, vanguards-lite shape `G -> L2 -> M`)
+    /// kept for an onion-service rendezvous: no exit stream uses it.
+    pub internal: bool,
+    /// How long it may stay built and unused before it closes.
+    pub clean_idle: Duration,
 }
 
 impl Circ {
@@ -169,6 +174,7 @@ impl Circ {
         max_streams: usize,
     ) -> bool {
         if self.purpose != Purpose::General
+            || self.internal
             || self.isolation.is_some_and(|i| i != isolation)
             || self.streams.len() >= max_streams
             || self
@@ -209,7 +215,7 @@ pub(crate) fn offers_cc(dir: &Directory, id: &RsaIdentity) -> bool {
 
 impl super::Client {
     /// Builds in flight (waiting for their channel or adding hops).
-    fn building(&self) -> usize {
+    pub(super) fn building(&self) -> usize {
         self.circs
             .values()
             .filter(|c| matches!(c.phase, CircPhase::AwaitChannel | CircPhase::Building))
@@ -273,6 +279,7 @@ impl super::Client {
         self.next_circ += 1;
         let now = self.now;
         self.build_times.note_launched(now);
+        let multi_hop = hops.len() > 1;
         self.circs.insert(
             key,
             Circ {
@@ -292,16 +299,21 @@ impl super::Client {
                 idle_since: now,
                 streams: BTreeMap::new(),
                 named_exit: None,
+                internal: false,
+                clean_idle: CLEAN_CIRCUIT_IDLE,
             },
         );
         let open = match self.chans.get_mut(&conn) {
             Some(c) => {
                 c.circs.push(key);
                 c.idle_close = None;
+                // A channel that carries multi-hop circuits is padded (padding-spec §2.2).
+                c.full_circs |= multi_hop;
                 c.open
             }
             None => false,
         };
+        self.pad_schedule(conn);
         if open {
             self.start_create(key);
         }
@@ -445,7 +457,7 @@ impl super::Client {
             return;
         };
         if let Some(next) = c.path.get(hops) {
-            let r = match hops + 1 == c.path.len() && c.purpose == Purpose::General {
+            let r = match hops + 1 == c.path.len() && c.purpose == Purpose::General && !c.internal {
                 true => m.extend_exit(next, now, &mut self.rng),
                 false => m.extend(next, now, &mut self.rng),
             };
@@ -598,7 +610,7 @@ impl super::Client {
             CircPhase::Waiting | CircPhase::Open => Some(match (c.purpose, c.dirty_since) {
                 (Purpose::Dir, _) => c.idle_since + DIR_CIRCUIT_IDLE,
                 (_, Some(d)) => (d + self.cfg.max_circuit_dirtiness).max(c.idle_since),
-                (_, None) => c.idle_since + CLEAN_CIRCUIT_IDLE,
+                (_, None) => c.idle_since + c.clean_idle,
             }),
         }
     }

@@ -110,6 +110,11 @@ pub struct ClientConfig {
     pub max_circuit_dirtiness: Duration,
     /// How long a BEGIN, BEGIN_DIR or RESOLVE may wait for its answer.
     pub stream_timeout: Duration,
+    /// Keep clean circuits built ahead of need for the exit ports streams used recently
+    /// (path-spec §2.1.1, C tor's predicted ports: [`crate::predict`]), for onion-service
+    /// rendezvous, and while the build timeout is learned (test circuits, path-spec §2.4.2).
+    /// On by default, as in C tor; `false` builds circuits only for streams waiting.
+    pub preemptive_circuits: bool,
     /// Every queue's bound.
     pub limits: Limits,
 }
@@ -126,6 +131,7 @@ impl ClientConfig {
             build_timeout: Duration::from_secs(60),
             max_circuit_dirtiness: Duration::from_secs(600),
             stream_timeout: Duration::from_secs(60),
+            preemptive_circuits: true,
             limits: Limits::default(),
         }
     }

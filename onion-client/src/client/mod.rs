@@ -15,6 +15,7 @@ mod config;
 mod dirconn;
 mod event;
 mod onion;
+mod preempt;
 mod stream;
 mod view;
 
@@ -29,6 +30,7 @@ use rand_core::{CryptoRngCore, SeedableRng};
 
 use crate::dir::{DirMachine, Directory};
 use crate::guards::{Guards, GuardsConfig, GuardsEvent};
+use crate::predict::PredictedPorts;
 use crate::timeout::BuildTimes;
 use crate::{Error, Instant, Timestamp};
 
@@ -94,6 +96,13 @@ pub struct Client {
     input_held: bool,
     /// Onion services: the client and host sub-machines and their links (`onion.rs`).
     hs: onion::HsLinks,
+    /// The ports and onion-service use predicted from recent streams, for circuits built
+    /// ahead of need (path-spec §2.1.1, `preempt.rs`).
+    predict: PredictedPorts,
+    /// When predictions are looked at next.
+    predict_at: Instant,
+    /// Channel padding from the consensus (padding-spec §2.6).
+    padding: chan::PaddingParams,
 }
 
 impl std::fmt::Debug for Client {
@@ -159,6 +168,7 @@ impl Client {
             None => BuildTimes::new(no_params),
         };
         let hs = onion::HsLinks::new(&config, now, wall);
+        let predict = PredictedPorts::new(now, &mut rng);
         let mut c = Client {
             cfg: config,
             rng,
@@ -180,6 +190,9 @@ impl Client {
             tx_last: None,
             input_held: false,
             hs,
+            predict,
+            predict_at: now,
+            padding: chan::PaddingParams::default(),
         };
         c.drive_dir();
         Ok(c)
@@ -226,6 +239,8 @@ impl Client {
     fn new_directory(&mut self, d: &Arc<Directory>) {
         self.cc = d.congestion_control(onion_dir::ccparams::CcPath::Exit);
         self.build_times.set_params(d.param_entries());
+        self.predict.set_params(d.param_entries());
+        self.padding = chan::PaddingParams::from_entries(d.param_entries());
         let wall = self.wall_now();
         self.guards.on_directory(d, wall, &mut self.rng);
     }
@@ -252,6 +267,7 @@ impl Client {
         self.drive_dir();
         self.attach_streams();
         self.drive_dir();
+        self.preempt();
         self.tell_writable();
         self.guard_events();
         if let Some(text) = self.build_times.take_changed() {
@@ -439,6 +455,10 @@ impl Client {
         if let Some(s) = self.streams.get_mut(&h.0) {
             s.exit = exit;
         }
+        match crate::hs::is_onion(host) {
+            true => self.predict_internal(),
+            false => self.predict_port(port),
+        }
         self.settle();
         Ok(h)
     }
@@ -457,6 +477,7 @@ impl Client {
             return Err(Error::Misuse("name must be 1 to 255 bytes without NUL"));
         }
         let h = self.new_stream(Target::Resolve { name: name.into() }, isolation)?;
+        self.predict_resolve();
         self.settle();
         Ok(h)
     }
@@ -618,6 +639,7 @@ impl Client {
                     out.append(&mut fresh);
                 }
                 self.tx_last = Some(conn);
+                self.chan_xfer(conn);
                 return Some(conn);
             }
         }
@@ -652,9 +674,11 @@ impl Client {
         for c in self.chans.values() {
             at(c.deadline);
             at(c.idle_close);
+            at(c.pad_at);
             at(c.channel.as_ref().and_then(|ch| ch.poll_timeout()));
         }
         at(self.hs_poll_timeout());
+        at(self.predict_timeout());
         for c in self.circs.values() {
             at(c.circ.as_ref().and_then(|x| x.poll_timeout()));
             at(self.circ_deadline(c));

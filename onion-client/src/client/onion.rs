@@ -360,6 +360,19 @@ impl super::Client {
                 purpose,
                 last_hop,
             } => {
+                // A client's rendezvous point is any relay: a preemptive internal circuit
+                // (`preempt.rs`, already `G -> L2 -> M`) is taken as it is, as C tor
+                // cannibalizes one.
+                if purpose == HsPurpose::ClientRend && last_hop.is_none() {
+                    if let Some(key) = self.take_internal() {
+                        if let Some(c) = self.circs.get_mut(&key) {
+                            c.purpose = Purpose::ClientRend;
+                        }
+                        self.hs.circs.insert(circ, (key, false));
+                        self.hs.keys.insert(key, circ);
+                        return;
+                    }
+                }
                 let launched = self
                     .dir
                     .directory()

@@ -275,6 +275,7 @@ impl super::Client {
             None => {
                 c.fits(s.isolation, 0, None, self.now, dirty, max) || {
                     c.purpose == Purpose::General
+                        && !c.internal
                         && c.isolation.map_or(true, |i| i == s.isolation)
                         && c.streams.len() < max
                         && c.dirty_since

@@ -123,6 +123,9 @@ pub struct Net {
     pub begins: Vec<(usize, String)>,
     /// Every RELAY_END a relay received from the client: the relay's index and the reason.
     pub ends: Vec<(usize, EndReason)>,
+    /// Consensus parameters for [`Net::directory`] (`name=value`, space-separated; empty for
+    /// none, the test network's own).
+    pub params: String,
 }
 
 /// Standard base64 without padding (dir-spec §1.2's identity encoding in `r` lines).
@@ -187,6 +190,7 @@ impl Net {
             congestion_control: false,
             begins: Vec::new(),
             ends: Vec::new(),
+            params: String::new(),
         }
     }
 
@@ -235,6 +239,10 @@ impl Net {
         let first = tornet.find("\nr ").unwrap() + 1;
         let footer = tornet.find("directory-footer").unwrap();
         let mut text = tornet[..first].to_owned();
+        if !self.params.is_empty() {
+            let at = text.find("shared-rand-current-value").unwrap();
+            text.insert_str(at, &format!("params {}\n", self.params));
+        }
         let mut sorted: Vec<&Relay> = self.relays.iter().collect();
         sorted.sort_by_key(|r| r.keys.rsa_id);
         for r in sorted {
@@ -770,6 +778,19 @@ impl Net {
             }
         }
         false
+    }
+
+    /// PADDING cells the relays received on the client's connections alive now.
+    pub fn padding_received(&self) -> u64 {
+        self.padding_by_conn().iter().sum()
+    }
+
+    /// PADDING cells the relays received, per client connection alive now.
+    pub fn padding_by_conn(&self) -> Vec<u64> {
+        self.conns
+            .values()
+            .map(|(_, ch)| ch.padding_cells())
+            .collect()
     }
 
     /// Client connections (relay side) alive now.
