@@ -13,6 +13,49 @@
 //! | tor-spec §7.3, §7.3.1, §7.4 circuit and stream windows, authenticated SENDME v1 | [`flow`] |
 //! | proposal 324 §2.1, §3.3 congestion control: RTT, Tor Vegas | [`cc`] |
 //!
+//! # Run loop
+//!
+//! Every machine takes inputs carrying `now` (`handle_*`), then has its outputs drained
+//! (`poll_*`) before the embedder sleeps until the earliest `poll_timeout`. A client circuit
+//! on its channel, one turn:
+//!
+//! ```
+//! use onion_circuit::channel::{ChanEvent, Channel};
+//! use onion_circuit::circuit::{CircError, Circuit};
+//! use onion_circuit::Instant;
+//! use onion_cell::CircId;
+//!
+//! /// One turn: feed what arrived, then drain every output before sleeping until the
+//! /// earliest `poll_timeout`.
+//! fn turn(
+//!     chan: &mut Channel,
+//!     circ: &mut Circuit,
+//!     circ_id: CircId,
+//!     now: Instant,
+//!     from_tls: &[u8],
+//!     to_tls: &mut Vec<u8>,
+//!     rng: &mut impl rand_core::CryptoRngCore,
+//! ) -> Result<Option<Instant>, CircError> {
+//!     let _ = chan.handle_input(now, from_tls);
+//!     chan.handle_timeout(now);
+//!     circ.handle_timeout(now)?;
+//!     while let Some(ev) = chan.poll_event() {
+//!         if let ChanEvent::CircuitCell { circ_id: id, msg } = ev {
+//!             if id == circ_id {
+//!                 circ.handle_cell(now, msg)?; // CREATED2, RELAY, DESTROY, ...
+//!             }
+//!         }
+//!     }
+//!     // User commands go here: circ.begin(..), circ.send(..), circ.extend(..).
+//!     while let Some(msg) = circ.poll_cell(rng) {
+//!         let _ = chan.send(circ_id, &msg);
+//!     }
+//!     while let Some(_ev) = circ.poll_event() { /* streams opened, data, ends */ }
+//!     while chan.poll_transmit(to_tls).is_some() {}
+//!     Ok([chan.poll_timeout(), circ.poll_timeout()].into_iter().flatten().min())
+//! }
+//! ```
+//!
 //! Secrets: the circuit machines hold no key bytes of their own. Handshake states, key
 //! generators and tor1 layers are onion-crypto types, which zeroize on drop.
 

@@ -9,20 +9,10 @@
 //! recognises them.
 //!
 //! The machine does no I/O, reads no clock and owns no RNG. The embedding (normally through a
-//! channel, which adds the circuit id) runs this loop:
-//!
-//! ```text
-//! loop {
-//!     // inputs, in any order, each with the current time:
-//!     circ.handle_cell(now, msg_from_channel)?;   // CREATED2, RELAY, DESTROY, ...
-//!     circ.handle_timeout(now);                   // when poll_timeout() is reached
-//!     circ.begin(..) / circ.send(..) / circ.extend(..)  // user commands
-//!     // then drain every output before sleeping:
-//!     while let Some(msg) = circ.poll_cell(&mut rng) { channel.queue(circ_id, msg) }
-//!     while let Some(ev) = circ.poll_event() { handle(ev) }
-//!     sleep_until(circ.poll_timeout());
-//! }
-//! ```
+//! channel, which adds the circuit id) runs the loop shown in the [crate documentation](crate):
+//! inputs with `now` ([`Circuit::handle_cell`], [`Circuit::handle_timeout`], user commands),
+//! then every output drained ([`Circuit::poll_cell`], [`Circuit::poll_event`]) before sleeping
+//! until [`Circuit::poll_timeout`].
 //!
 //! Timers ([`Circuit::poll_timeout`]): the build timeout, stream connect/resolve timeouts, the
 //! end of a half-closed stream's window ([`CircConfig::half_closed_timeout`]), and the idle
