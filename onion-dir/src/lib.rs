@@ -36,6 +36,45 @@
 //! assert!(c.freshness(now) != consensus::Freshness::Expired);
 //! # Ok(()) }
 //! ```
+//!
+//! # Run loop
+//!
+//! The guard manager is driven like every machine of the stack: inputs carry `now` first and
+//! the caller's RNG last, outputs are drained with `poll_event`, and the embedder wakes it at
+//! `poll_timeout`:
+//!
+//! ```
+//! use onion_dir::netview::NetView;
+//! use onion_dir::select::guard::{GuardEvent, GuardMgr, GuardParams, GuardUsage};
+//! use onion_dir::select::path::PathConfig;
+//! use onion_dir::Timestamp;
+//!
+//! fn turn(
+//!     mgr: &mut GuardMgr,
+//!     view: &NetView,
+//!     now: Timestamp,
+//!     rng: &mut impl rand_core::CryptoRngCore,
+//! ) -> Option<Timestamp> {
+//!     mgr.update_consensus(now, view, rng); // on each new consensus
+//!     if let Ok(pick) = mgr.select(now, view, GuardUsage::Data, &[], &PathConfig::default(), rng) {
+//!         // Build the circuit through `pick.guard`, then report how it went:
+//!         let _ = mgr.circuit_succeeded(now, pick.circ, rng);
+//!     }
+//!     mgr.handle_timeout(now);
+//!     while let Some(ev) = mgr.poll_event() {
+//!         match ev {
+//!             GuardEvent::CircuitUsable(_circ) => { /* attach streams */ }
+//!             GuardEvent::CircuitExpired(_circ) => { /* close it */ }
+//!         }
+//!     }
+//!     mgr.poll_timeout() // sleep until then, or until the next input
+//! }
+//! let mut mgr = GuardMgr::new(GuardParams::default());
+//! let view = NetView::from_records(Vec::new(), Default::default()).unwrap();
+//! # use rand_core::SeedableRng;
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // the caller's CSPRNG
+//! assert_eq!(turn(&mut mgr, &view, Timestamp::from_unix(1_700_000_000), &mut rng), None);
+//! ```
 
 pub mod netview;
 pub mod select;

@@ -24,7 +24,7 @@
 //! changes the speed. All randomness comes from the caller's RNG: a seeded RNG reproduces a
 //! path.
 //!
-//! [`BandwidthWeights::relay_weight`]: crate::netview::BandwidthWeights::relay_weight
+//! [`BandwidthWeights::relay_weight`]: crate::consensus::BandwidthWeights::relay_weight
 
 use rand_core::CryptoRngCore;
 
