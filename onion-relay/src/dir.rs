@@ -15,7 +15,14 @@
 //!   §4.5.2): that diff, or 404;
 //! * `/tor/micro/d/<D1>-<D2>...` (dir-spec §5.2, at most 92 digests), the ones held;
 //! * `/tor/server/fp/<F1>+<F2>...`, `/tor/server/d/<D1>+<D2>...`, `/tor/server/all`
-//!   (dir-spec appendix B), the ones held.
+//!   (dir-spec appendix B), the ones held;
+//! * authority key certificates (dir-spec §3.1), which a client needs to check the
+//!   consensus signatures: `/tor/keys/all`, `/tor/keys/fp/<F1>+<F2>...` (by authority
+//!   identity), `/tor/keys/sk/<S1>+...` (by signing-key digest) and
+//!   `/tor/keys/fp-sk/<F1>-<S1>+...` (dir-spec appendix B), the ones held.
+//!
+//! Every answered request is reported to the embedder as [`DirAnswered`]
+//! ([`crate::Event::DirAnswered`]).
 //!
 //! Anything else is 400 (malformed) or 404 (not held, or nothing of what was asked);
 //! an answer larger than [`crate::Limits::max_dir_response`] is 503. Answers share the
@@ -38,6 +45,11 @@ pub const MAX_DESCRIPTORS_PER_REQUEST: usize = 96;
 pub const MAX_DIFF_BASES: usize = 8;
 /// Most digests of an `X-Or-Diff-From-Consensus` header looked at (the rest are ignored).
 const MAX_DIFF_FROM: usize = 16;
+/// Most authority key certificates one `/tor/keys/` request may name (as many as server
+/// descriptors; there are 9 authorities today).
+pub const MAX_CERTS_PER_REQUEST: usize = MAX_DESCRIPTORS_PER_REQUEST;
+/// Longest request path a [`DirAnswered`] report carries; a longer one is cut there.
+pub const MAX_REPORTED_PATH: usize = 512;
 
 /// A server descriptor the cache holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +79,77 @@ pub struct DirDocuments {
     /// Previous microdescriptor consensuses, oldest first, for diffs to
     /// `consensus_microdesc`.
     pub previous_consensuses_microdesc: Vec<Vec<u8>>,
+    /// Authority key certificates (dir-spec §3.1), each one's text, served under
+    /// `/tor/keys/`. Each is indexed by the authority identity and signing-key digest its
+    /// text names; a text that does not parse as one certificate is not served. The
+    /// certificates are not verified here: the client verifies what it fetches.
+    pub authority_certs: Vec<Vec<u8>>,
+}
+
+/// One directory request the cache answered (method, path, status, whether a consensus
+/// diff was served, body length), for the embedder's logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirAnswered {
+    /// The request's method (`GET`, or `POST` for an onion-service descriptor upload);
+    /// empty if the request line was malformed.
+    pub method: String,
+    /// The path asked for, as written (at most [`MAX_REPORTED_PATH`] bytes).
+    pub path: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// Whether the body is a consensus diff (dir-spec §4.5.2).
+    pub diff: bool,
+    /// Whether the body is deflate-compressed (dir-spec §6.1).
+    pub compressed: bool,
+    /// Body bytes sent (compressed ones if `compressed`).
+    pub len: usize,
+}
+
+impl DirAnswered {
+    /// The report of `answer` to the request whose head is `head`.
+    pub(crate) fn of(head: &[u8], answer: &Answer, diff: bool) -> Self {
+        let line = head
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or(&[]);
+        let line = String::from_utf8_lossy(line);
+        let mut parts = line.split(' ');
+        let method = parts.next().unwrap_or("");
+        let (method, path) = match parts.next() {
+            Some(p) => (method, p),
+            None => ("", ""),
+        };
+        let mut end = path.len().min(MAX_REPORTED_PATH);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let first = answer.pieces.first().map_or(&[][..], |p| &p[..]);
+        let status = first
+            .get(9..12)
+            .and_then(|s| core::str::from_utf8(s).ok()?.parse().ok())
+            .unwrap_or(0);
+        let compressed = first
+            .windows(b"Content-Encoding: deflate".len())
+            .any(|w| w == b"Content-Encoding: deflate");
+        DirAnswered {
+            method: method.to_owned(),
+            path: path[..end].to_owned(),
+            status,
+            diff,
+            compressed,
+            len: answer.pieces.iter().skip(1).map(|p| p.len()).sum(),
+        }
+    }
+}
+
+/// An authority key certificate as held.
+#[derive(Debug, Clone)]
+struct Cert {
+    /// The authority's v3 identity.
+    identity: [u8; 20],
+    /// SHA-1 of its signing key.
+    signing: [u8; 20],
+    text: Arc<[u8]>,
 }
 
 /// A document as held: the text and its deflated form, made once.
@@ -105,6 +188,8 @@ pub(crate) struct DirCache {
     micro: HashMap<[u8; 32], Arc<[u8]>>,
     by_fp: HashMap<[u8; 20], Arc<[u8]>>,
     by_digest: HashMap<[u8; 20], Arc<[u8]>>,
+    /// Authority key certificates, in the order given.
+    certs: Vec<Cert>,
     /// Bytes held (for the relay's accounting; directory documents are not counted in
     /// `MaxMemInQueues`, as in C tor).
     pub(crate) bytes: usize,
@@ -228,12 +313,48 @@ impl DirCache {
             c.by_fp.insert(s.identity.0, text.clone());
             c.by_digest.insert(s.digest, text);
         }
+        for t in docs.authority_certs {
+            let Ok(text) = core::str::from_utf8(&t) else {
+                continue;
+            };
+            let Ok(cert) = onion_dir::authcert::UnverifiedAuthCert::parse(text) else {
+                continue;
+            };
+            let (identity, signing) = (
+                cert.peek().fingerprint.0,
+                cert.peek().signing_key_digest().0,
+            );
+            bytes += t.len();
+            c.certs.push(Cert {
+                identity,
+                signing,
+                text: t.into(),
+            });
+        }
         c.bytes = bytes;
         c
     }
 
+    /// The answer to a complete request head and its report ([`DirAnswered`]).
+    pub(crate) fn answer_reported(
+        &self,
+        head: &[u8],
+        max_response: usize,
+    ) -> (Answer, DirAnswered) {
+        let mut diff = false;
+        let a = self.answer_inner(head, max_response, &mut diff);
+        let report = DirAnswered::of(head, &a, diff);
+        (a, report)
+    }
+
     /// The answer to a complete request head (`GET <path> HTTP/1.x` and headers).
+    #[cfg(test)]
     pub(crate) fn answer(&self, head: &[u8], max_response: usize) -> Answer {
+        self.answer_inner(head, max_response, &mut false)
+    }
+
+    /// The answer; `diff` is set if its body is a consensus diff.
+    fn answer_inner(&self, head: &[u8], max_response: usize, diff: &mut bool) -> Answer {
         let Ok(text) = core::str::from_utf8(head) else {
             return Answer::status("400 Malformed request");
         };
@@ -275,9 +396,12 @@ impl DirCache {
             Ok(b) => b,
             Err(a) => return a,
         };
+        if matches!(body, Body::Diff(_)) {
+            *diff = true;
+        }
         let (pieces, compressed) = match body {
-            Body::Doc(d) if z => (vec![d.deflated.clone()], true),
-            Body::Doc(d) => (vec![d.plain.clone()], false),
+            Body::Doc(d) | Body::Diff(d) if z => (vec![d.deflated.clone()], true),
+            Body::Doc(d) | Body::Diff(d) => (vec![d.plain.clone()], false),
             Body::List(list) if z => {
                 let total: usize = list.iter().map(|p| p.len()).sum();
                 if total > max_response {
@@ -310,13 +434,13 @@ impl DirCache {
                 let hash = d.split('/').next().unwrap_or("");
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(hash, &mut key).map_err(|_| bad())?;
-                return diffs.get(&key).map(Body::Doc).ok_or_else(not_found);
+                return diffs.get(&key).map(Body::Diff).ok_or_else(not_found);
             }
             if !(rest.is_empty() || rest.starts_with('/')) {
                 return Err(not_found());
             }
             if let Some(d) = diff_from.iter().find_map(|k| diffs.get(k)) {
-                return Ok(Body::Doc(d));
+                return Ok(Body::Diff(d));
             }
             return doc.as_ref().map(Body::Doc).ok_or_else(not_found);
         }
@@ -336,6 +460,9 @@ impl DirCache {
             } else {
                 Ok(Body::List(out))
             };
+        }
+        if let Some(rest) = path.strip_prefix("/tor/keys/") {
+            return self.keys(rest);
         }
         if path == "/tor/server/all" {
             let mut all: Vec<_> = self.by_fp.iter().collect();
@@ -370,8 +497,74 @@ impl DirCache {
     }
 }
 
+impl DirCache {
+    /// Authority key certificates (dir-spec appendix B): `rest` is what follows
+    /// `/tor/keys/`. Each certificate is sent once, in the order asked (`all`: as given).
+    /// `authority` is 404: a cache is no authority.
+    fn keys(&self, rest: &str) -> Result<Body<'_>, Answer> {
+        let not_found = || Answer::status("404 Not found");
+        let bad = || Answer::status("400 Malformed request");
+        let id = |h: &str| {
+            let mut k = [0u8; 20];
+            hex::decode_to_slice(h, &mut k)
+                .map(|()| k)
+                .map_err(|_| bad())
+        };
+        let mut out: Vec<usize> = Vec::new();
+        if rest == "all" {
+            out.extend(0..self.certs.len());
+        } else {
+            let (list, kind) = if let Some(l) = rest.strip_prefix("fp/") {
+                (l, 0)
+            } else if let Some(l) = rest.strip_prefix("sk/") {
+                (l, 1)
+            } else if let Some(l) = rest.strip_prefix("fp-sk/") {
+                (l, 2)
+            } else {
+                return Err(not_found());
+            };
+            for (i, item) in list.split('+').enumerate() {
+                if i >= MAX_CERTS_PER_REQUEST {
+                    return Err(bad());
+                }
+                let found = match kind {
+                    0 => {
+                        let f = id(item)?;
+                        self.certs.iter().position(|c| c.identity == f)
+                    }
+                    1 => {
+                        let s = id(item)?;
+                        self.certs.iter().position(|c| c.signing == s)
+                    }
+                    _ => {
+                        let (f, s) = item.split_once('-').ok_or_else(bad)?;
+                        let (f, s) = (id(f)?, id(s)?);
+                        self.certs
+                            .iter()
+                            .position(|c| c.identity == f && c.signing == s)
+                    }
+                };
+                if let Some(k) = found.filter(|k| !out.contains(k)) {
+                    out.push(k);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(not_found());
+        }
+        Ok(Body::List(
+            out.into_iter()
+                .filter_map(|k| self.certs.get(k))
+                .map(|c| c.text.clone())
+                .collect(),
+        ))
+    }
+}
+
 enum Body<'a> {
     Doc(&'a Doc),
+    /// A consensus diff (served like a document, reported as a diff).
+    Diff(&'a Doc),
     List(Vec<Arc<[u8]>>),
 }
 
@@ -505,6 +698,179 @@ mod tests {
             hex::encode([9u8; 20])
         );
         assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 200);
+    }
+
+    const CERTS: [&str; 3] = [
+        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth0"),
+        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth1"),
+        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth2"),
+    ];
+
+    /// Each certificate's authority identity and signing-key digest.
+    fn cert_ids() -> Vec<(RsaIdentity, RsaIdentity)> {
+        CERTS
+            .iter()
+            .map(|t| {
+                let c = onion_dir::authcert::UnverifiedAuthCert::parse(t).expect("cert");
+                (c.peek().fingerprint, c.peek().signing_key_digest())
+            })
+            .collect()
+    }
+
+    fn with_certs() -> DirCache {
+        let mut authority_certs: Vec<Vec<u8>> =
+            CERTS.iter().map(|t| t.as_bytes().to_vec()).collect();
+        authority_certs.push(b"not a certificate\n".to_vec());
+        DirCache::new(DirDocuments {
+            authority_certs,
+            ..DirDocuments::default()
+        })
+    }
+
+    #[test]
+    fn serves_authority_key_certificates() {
+        let c = with_certs();
+        let ids = cert_ids();
+        let fetch = |path: &str| {
+            get(
+                &c,
+                format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+                1 << 20,
+            )
+        };
+        // All of them, in the order given (the text that is no certificate is not served),
+        // each as its authority signed it.
+        let (st, body) = fetch("/tor/keys/all");
+        assert_eq!((st, body.as_slice()), (200, CERTS.concat().as_bytes()));
+        let parsed = onion_dir::authcert::parse_many(core::str::from_utf8(&body).unwrap())
+            .expect("certificates");
+        assert_eq!(parsed.len(), 3);
+        for p in &parsed {
+            p.verify_signatures().expect("signed");
+        }
+        // By authority identity, as a client asks (onion_dir's request), and compressed.
+        // (The request names them sorted; the answer follows the request's order.)
+        let req = &DirRequest::authority_certs(&[ids[2].0, ids[0].0])[0];
+        let (st, body) = get(&c, &req.to_bytes(), 1 << 20);
+        let mut want = [
+            (ids[2].0.to_string(), CERTS[2]),
+            (ids[0].0.to_string(), CERTS[0]),
+        ];
+        want.sort();
+        assert_eq!(st, 200);
+        assert!(body == [want[0].1, want[1].1].concat().as_bytes(), "fp");
+        let path = format!("/tor/keys/fp/{}.z", hex::encode(ids[1].0 .0));
+        assert_eq!(fetch(&path), (200, CERTS[1].as_bytes().to_vec()));
+        // Asked twice: sent once.
+        let path = format!("/tor/keys/fp/{}+{}", ids[1].0, ids[1].0);
+        assert_eq!(fetch(&path), (200, CERTS[1].as_bytes().to_vec()));
+        // By signing-key digest, and by the pair.
+        let path = format!("/tor/keys/sk/{}", ids[2].1);
+        assert_eq!(fetch(&path), (200, CERTS[2].as_bytes().to_vec()));
+        let path = format!(
+            "/tor/keys/fp-sk/{}-{}+{}-{}",
+            ids[0].0, ids[0].1, ids[1].0, ids[1].1
+        );
+        assert_eq!(
+            fetch(&path),
+            (200, [CERTS[0], CERTS[1]].concat().into_bytes())
+        );
+        // A pair that does not match, an unknown authority: 404; junk: 400.
+        let path = format!("/tor/keys/fp-sk/{}-{}", ids[0].0, ids[1].1);
+        assert_eq!(fetch(&path).0, 404);
+        assert_eq!(fetch(&format!("/tor/keys/fp/{}", "AB".repeat(20))).0, 404);
+        assert_eq!(fetch("/tor/keys/authority").0, 404);
+        assert_eq!(fetch("/tor/keys/fp/XYZ").0, 400);
+        assert_eq!(fetch(&format!("/tor/keys/fp-sk/{}", ids[0].0)).0, 400);
+        let many = vec![ids[0].0.to_string(); MAX_CERTS_PER_REQUEST + 1].join("+");
+        assert_eq!(fetch(&format!("/tor/keys/fp/{many}")).0, 400);
+        // A cache given no certificates has none.
+        let empty = DirCache::default();
+        let (st, _) = get(&empty, b"GET /tor/keys/all HTTP/1.0\r\n\r\n", 1 << 20);
+        assert_eq!(st, 404);
+    }
+
+    #[test]
+    fn answers_are_reported_with_status_diff_and_length() {
+        let old = signed("r a AAA x\ns Running\n", "YQ==");
+        let new = signed("r a AAA x\ns Running Valid\n", "Yw==");
+        let c = DirCache::new(DirDocuments {
+            consensus_microdesc: Some(new.clone().into_bytes()),
+            previous_consensuses_microdesc: vec![old.clone().into_bytes()],
+            ..DirDocuments::default()
+        });
+        let path = "/tor/status-vote/current/consensus-microdesc";
+        let (_, r) = c.answer_reported(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(), 1 << 20);
+        let want = DirAnswered {
+            method: "GET".into(),
+            path: path.into(),
+            status: 200,
+            diff: false,
+            compressed: false,
+            len: new.len(),
+        };
+        assert_eq!(r, want);
+        let from = onion_dir::consdiff::signed_part_digest(&old).unwrap();
+        let head = format!("GET {path} HTTP/1.0\r\nX-Or-Diff-From-Consensus: {from}\r\n\r\n");
+        let (a, r) = c.answer_reported(head.as_bytes(), 1 << 20);
+        let sent: usize = a.pieces.iter().skip(1).map(|p| p.len()).sum();
+        assert!(r.diff && r.status == 200 && !r.compressed);
+        assert_eq!(r.len, sent);
+        assert!(sent < new.len() + 200 && sent > 0);
+        let head = format!("GET {path}/diff/{from}/AA.z HTTP/1.0\r\n\r\n");
+        let (_, r) = c.answer_reported(head.as_bytes(), 1 << 20);
+        assert!(r.diff && r.compressed && r.status == 200, "{r:?}");
+        let (_, r) = c.answer_reported(b"GET /tor/nothing HTTP/1.0\r\n\r\n", 1 << 20);
+        assert_eq!(
+            (r.status, r.diff, r.len, r.path.as_str()),
+            (404, false, 0, "/tor/nothing")
+        );
+        let (_, r) = c.answer_reported(b"GET\r\n\r\n", 1 << 20);
+        assert_eq!(
+            (r.status, r.method.as_str(), r.path.as_str()),
+            (400, "", "")
+        );
+        let long = format!("GET /{} HTTP/1.0\r\n\r\n", "é".repeat(MAX_REPORTED_PATH));
+        let (_, r) = c.answer_reported(long.as_bytes(), 1 << 20);
+        assert!(r.path.len() <= MAX_REPORTED_PATH && r.path.starts_with("/é"));
+    }
+
+    /// The relay reports each BEGIN_DIR request it answers as [`crate::Event::DirAnswered`],
+    /// key certificates included.
+    #[test]
+    fn the_relay_reports_the_directory_requests_it_answers() {
+        use crate::tests::Net;
+        use onion_circuit::circuit::HandshakeKind;
+        use std::net::{IpAddr, Ipv4Addr};
+        let mut net = Net::new(21);
+        let r = net.add_relay(|c| c.dir_cache = true);
+        net.relays[r].set_directory_documents(DirDocuments {
+            authority_certs: CERTS.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            ..DirDocuments::default()
+        });
+        let (c, _) = net
+            .connect_client(r, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3)))
+            .expect("connect");
+        let i = net.build(c, &[r], HandshakeKind::CreateFast);
+        for path in ["/tor/keys/all", "/tor/micro/d/AAAA"] {
+            let now = net.now;
+            let s = net.circs[i].circ.begin_dir(now).expect("begin_dir");
+            net.run();
+            net.send(i, s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+            net.run();
+        }
+        let got: Vec<_> = net
+            .dir_answered
+            .iter()
+            .map(|(x, a)| (*x, a.path.as_str(), a.status, a.len))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (r, "/tor/keys/all", 200, CERTS.concat().len()),
+                (r, "/tor/micro/d/AAAA", 400, 0)
+            ]
+        );
     }
 
     #[test]

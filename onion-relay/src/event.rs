@@ -143,6 +143,9 @@ pub enum Event {
         /// The stream.
         stream: StreamHandle,
     },
+    /// A directory request on a BEGIN_DIR stream was answered (directory cache or HSDir):
+    /// for the embedder's logs and counters; nothing to do.
+    DirAnswered(crate::dir::DirAnswered),
 }
 
 /// What went wrong.

@@ -89,6 +89,8 @@ pub(crate) struct Net {
     pub(crate) targets_read: bool,
     /// The configuration of client circuits.
     pub(crate) circ_config: CircConfig,
+    /// The directory requests each relay reported answering ([`Event::DirAnswered`]).
+    pub(crate) dir_answered: Vec<(usize, crate::dir::DirAnswered)>,
 }
 
 pub(crate) fn policy(text: &str) -> ExitPolicy {
@@ -119,6 +121,7 @@ impl Net {
             ignore_connects: false,
             targets_read: true,
             circ_config: CircConfig::default(),
+            dir_answered: Vec::new(),
         }
     }
 
@@ -510,6 +513,7 @@ impl Net {
                 }
             }
             Event::ResumeTarget { .. } => {}
+            Event::DirAnswered(a) => self.dir_answered.push((r, a)),
             Event::CloseTarget { stream } => {
                 if let Some(t) = self.targets.get_mut(&(r, stream)) {
                     t.closed_by_relay = true;

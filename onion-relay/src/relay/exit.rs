@@ -138,8 +138,10 @@ impl Relay {
     /// END EXITPOLICY naming the refused address `ip` and its TTL (tor-spec §6.3). Without
     /// the address a C tor client takes the refusal as "this exit's policy is stricter than
     /// it published" and stops using the exit for every stream (relay.c,
-    /// `adjust_exit_policy_from_exitpolicy_failure`); with it, only that address is
-    /// remembered as refused.
+    /// `adjust_exit_policy_from_exitpolicy_failure`: an unspecified address means reject
+    /// all); with it, a client that knows the exit's policy only as a summary
+    /// (microdescriptors) adds just that address to the circuit's refused ones, and one that
+    /// asked by name learns what the name resolved to.
     fn end_policy(&mut self, k: u64, id: StreamId, ip: IpAddr) {
         if let Some(c) = self.circs.get_mut(&k) {
             let end = End {
@@ -317,15 +319,24 @@ impl Relay {
                 if let Some(end) = head_end(request) {
                     let hs = &mut self.hs;
                     let stats = &mut self.stats;
-                    match super::hs::dir_request(hs, hs_on, request, end, anonymous, wall, stats) {
+                    let report = match super::hs::dir_request(
+                        hs, hs_on, request, end, anonymous, wall, stats,
+                    ) {
                         super::hs::DirVerdict::NeedBody => return,
-                        super::hs::DirVerdict::Answer(a) => *answer = Some(a),
-                        super::hs::DirVerdict::NotOurs => {
-                            *answer = Some(self.dir.answer(&request[..end], max_resp));
+                        super::hs::DirVerdict::Answer(a) => {
+                            let r = crate::dir::DirAnswered::of(&request[..end], &a, false);
+                            *answer = Some(a);
+                            r
                         }
-                    }
+                        super::hs::DirVerdict::NotOurs => {
+                            let (a, r) = self.dir.answer_reported(&request[..end], max_resp);
+                            *answer = Some(a);
+                            r
+                        }
+                    };
                     *request = Vec::new();
                     self.dirty.insert(k);
+                    self.events.push_back(Event::DirAnswered(report));
                 }
             }
             ExitState::Resolve => {}
