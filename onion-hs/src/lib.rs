@@ -1,7 +1,7 @@
 //! Tor v3 onion services (rend-spec-v3).
 //!
 //! Part of onion, a sans-IO Tor stack: nothing here opens a socket, reads a clock or draws from
-//! a global random number generator. Time (Unix seconds) and randomness
+//! a global random number generator. Time and randomness
 //! (`&mut impl rand_core::CryptoRngCore`) are parameters.
 //!
 //! | rend-spec-v3 section | module |
@@ -24,6 +24,49 @@
 //!
 //! The client and service machines work on message bodies; the embedder owns the circuits
 //! (`onion-circuit`), sends what they return and feeds back what arrives.
+//!
+//! # Run loop
+//!
+//! The service's [`publish::Publisher`] is driven like every machine of the stack: inputs
+//! carry the wall-clock `now` first and the caller's RNG last, what to do comes out of
+//! `poll_action`, and the embedder wakes it at `poll_timeout`:
+//!
+//! ```
+//! use onion_dir::Timestamp;
+//! use onion_hs::publish::{ConsensusView, PublishAction, Publisher, PublisherConfig};
+//! use onion_hs::service::{HsService, HsServiceConfig};
+//! use onion_hs::ExpandedKeypair;
+//!
+//! fn turn(
+//!     p: &mut Publisher,
+//!     now: Timestamp,
+//!     consensus: Option<ConsensusView>,
+//!     rng: &mut impl rand_core::CryptoRngCore,
+//! ) -> Option<Timestamp> {
+//!     if let Some(view) = consensus {
+//!         p.set_consensus(now, view, rng);
+//!     }
+//!     if p.poll_timeout().is_some_and(|t| t <= now) {
+//!         p.handle_timeout(now, rng);
+//!     }
+//!     while let Some(action) = p.poll_action() {
+//!         match action {
+//!             // Build a circuit to `relay`; when built, send p.intro_circuit_built(intro, kh)
+//!             // and report INTRO_ESTABLISHED with p.intro_established(now, intro, rng).
+//!             PublishAction::BuildIntroCircuit { intro: _, relay: _ } => {}
+//!             PublishAction::CloseIntroCircuit { intro: _ } => {}
+//!             // POST the descriptor to the HSDir, then p.upload_result(now, upload, ok, rng).
+//!             PublishAction::Upload { upload, .. } => p.upload_result(now, upload, true, rng),
+//!         }
+//!     }
+//!     p.poll_timeout()
+//! }
+//! let hs = HsService::new(ExpandedKeypair::from_seed(&[7; 32]), HsServiceConfig::default());
+//! let mut p = Publisher::new(hs, PublisherConfig::default());
+//! # use rand_core::SeedableRng;
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // the caller's CSPRNG
+//! assert_eq!(turn(&mut p, Timestamp::from_unix(1_700_000_000), None, &mut rng), None);
+//! ```
 
 pub mod address;
 pub mod cellmsg;
