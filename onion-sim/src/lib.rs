@@ -19,6 +19,26 @@
 //! end-to-end circuit benchmark (benches), the `circuit_relay` fuzz target, and the tests in
 //! this crate's `tests/`.
 //!
+//! # Run loop
+//!
+//! A simulation is driven like the machines it runs, with virtual time: every party's inputs
+//! are handled, every output drained, then the clock jumps to the earliest timer or link
+//! delivery. [`circuit::Sim::run_to_end`] runs that loop until the client is done and the
+//! network is quiet; the same seed gives the same run:
+//!
+//! ```
+//! use onion_sim::circuit::{Sim, SimConfig};
+//!
+//! # fn main() -> Result<(), onion_sim::circuit::SimError> {
+//! let cfg = SimConfig { seed: 7, ..SimConfig::default() };
+//! let mut sim = Sim::new(cfg.clone())?;
+//! sim.run_to_end()?; // pump every party, then advance to the next event, until quiet
+//! let report = sim.report();
+//! assert_eq!(report.body, report.expected_body);
+//! assert_eq!(onion_sim::circuit::run(cfg)?.story, report.story);
+//! # Ok(()) }
+//! ```
+//!
 //! This crate lives apart from the library crates so that an embedder's build compiles none
 //! of it. [`circuit`] and [`hs`] drive the circuit and onion-service machines directly;
 //! [`client`] runs the embedder's layer (`onion_client::Client`) as over sockets, so that
