@@ -1,7 +1,7 @@
 //! Benchmarks of onion-cell's hot paths: decoding a 514-byte RELAY channel cell, encoding a
 //! full (498-byte) DATA relay message, CREATE2 encode/decode.
 //!
-//! Targets (issue 2): decode a RELAY channel cell <= 50 ns, encode a full DATA message
+//! Targets: decode a RELAY channel cell <= 50 ns, encode a full DATA message
 //! <= 60 ns.
 
 // criterion_group! generates an undocumented public function.

@@ -1,6 +1,6 @@
 //! Heap cost of an idle 3-hop client circuit and of an idle stream, measured with a counting
 //! global allocator: the bytes freed when the machine is dropped are the bytes it held.
-//! Targets (issue "onion-circuit"): <= 4 KiB per idle 3-hop circuit, <= 512 B per idle stream.
+//! Targets: <= 4 KiB per idle 3-hop circuit, <= 512 B per idle stream.
 //! The stream target holds; the circuit's is dominated by onion-crypto's per-hop state (see
 //! the assertion), so what is asserted here is the circuit machine's own share.
 
@@ -211,7 +211,7 @@ fn idle_circuit_and_stream_heap() {
         3 * hop,
         circ_heap - 3 * hop
     );
-    // Issue 4's targets: an idle 3-hop circuit <= 4 KiB, an idle stream <= 512 B.
+    // The targets: an idle 3-hop circuit <= 4 KiB, an idle stream <= 512 B.
     assert!(circ_heap <= 4096, "idle 3-hop circuit holds {circ_heap} B");
     assert!(stream_heap <= 512, "idle stream holds {stream_heap} B");
     // While active, the six expanded AES key schedules make most of the difference (the

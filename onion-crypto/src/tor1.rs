@@ -628,7 +628,7 @@ mod tests {
         }
     }
 
-    /// Per-hop state sizes (issue 4: an idle circuit's heap is mostly these). The AES key
+    /// Per-hop state sizes (an idle circuit's heap is mostly these). The AES key
     /// schedule is the aes crate's runtime-dispatched encrypt-only one, whose size is that
     /// of its software (fixsliced) fallback: 704 bytes for AES-128 on 64-bit targets. It is
     /// boxed, so a hop's own size is what it keeps while compacted (raw keys, positions,

@@ -65,7 +65,7 @@ pub struct Experiment {
 }
 
 impl Default for Experiment {
-    /// The reference: 100 ms RTT, 200 Mbit/s bottleneck with a 256 KiB queue (about
+    /// The reference experiment: 100 ms RTT, 200 Mbit/s bottleneck with a 256 KiB queue (about
     /// 10 ms of it), 1 Gbit/s elsewhere, 50 MiB with congestion control.
     fn default() -> Self {
         Experiment {

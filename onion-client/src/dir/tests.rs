@@ -205,7 +205,7 @@ fn bootstrap_to_a_verified_directory_in_both_modes() {
             d.valid_after,
             Timestamp::parse_str("2026-11-23 07:20:00").unwrap()
         );
-        // Facts consumers used to re-parse the consensus for.
+        // Facts the directory keeps so that consumers need not parse the consensus again.
         assert!(d.shared_rand_current.is_some());
         assert!(!d.listed_guards.is_empty());
         assert!(d.listed_guards.iter().all(|g| d.is_listed_guard(g)));
