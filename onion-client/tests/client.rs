@@ -910,3 +910,91 @@ fn busy_channels_and_channels_without_circuits_are_not_padded() {
     }
     assert_eq!(net.padding_received(), before);
 }
+
+#[test]
+fn a_stream_error_arrives_through_read_after_the_buffered_bytes() {
+    let mut net = Net::new(6, 27);
+    let mut c = client_on(&mut net, config());
+    let s = c.connect("echo", 80, Isolation::NONE, net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    c.write(s, b"hello", net.now).unwrap();
+    net.run(&mut c);
+    // The echo is buffered, unread; then every relay but the guard dies.
+    let guard = c.stream_circuit(s).unwrap().hops[0].rsa_id;
+    for r in 0..net.relays.len() {
+        if net.relays[r].keys.rsa_id != guard {
+            net.kill_relay(&mut c, r);
+        }
+    }
+    net.run(&mut c);
+    let e = closed(&net, s).unwrap().unwrap();
+    assert_eq!(e, Error::StreamEnded(EndReason::DESTROY));
+    // Writes fail with the same error; reads give the bytes, then the error, once.
+    assert_eq!(c.write(s, b"more", net.now), Err(e.clone()));
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        c.read(s, &mut [], net.now),
+        Ok(Some(0)),
+        "an empty read changes nothing"
+    );
+    assert_eq!(c.read(s, &mut buf, net.now), Ok(Some(5)));
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(c.read(s, &mut buf, net.now), Err(e));
+    assert!(matches!(
+        c.read(s, &mut buf, net.now),
+        Err(Error::Misuse(_))
+    ));
+    // A stream refused before it opened: the same error through read, with no bytes.
+    let r = c.connect("refuse", 80, Isolation::NONE, net.now).unwrap();
+    for r in &mut net.relays {
+        r.down = false;
+    }
+    net.run_until(&mut c, Duration::from_secs(120), |n| closed(n, r).is_some());
+    let e = closed(&net, r).unwrap().unwrap();
+    assert_eq!(c.read(r, &mut buf, net.now), Err(e));
+}
+
+#[test]
+fn a_full_window_arriving_at_a_held_stream_is_kept() {
+    let mut net = Net::new(6, 28);
+    let mut cfg = config();
+    // Held after its first cells: the exit's whole window is still in flight.
+    cfg.limits.stream_recv_buffer = 1000;
+    let mut c = client_on(&mut net, cfg);
+    let total = 400_000;
+    let s = c
+        .connect(&format!("big{total}"), 80, Isolation::NONE, net.now)
+        .unwrap();
+    net.run(&mut c);
+    net.run_until(&mut c, Duration::from_secs(5), |_| false);
+    assert!(opened(&net, s));
+    // Nothing read: exactly one stream window (500 cells) arrived, no SENDME went out, and
+    // the stream neither lost bytes nor ended.
+    assert!(closed(&net, s).is_none(), "{:?}", closed(&net, s));
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    match c.read(s, &mut buf, net.now) {
+        Ok(Some(n)) => all.extend_from_slice(&buf[..n]),
+        other => panic!("{other:?}"),
+    }
+    // 500 cells (the exit's chunks do not fill every cell): far past the 1000 bytes the
+    // stream was held at, within one window.
+    assert!(
+        all.len() > 400 * 498 && all.len() <= 500 * 498,
+        "{}",
+        all.len()
+    );
+    // Reading releases it; the rest follows, in full.
+    for _ in 0..1000 {
+        net.run(&mut c);
+        match c.read(s, &mut buf, net.now) {
+            Ok(Some(0)) => break,
+            Ok(Some(n)) => all.extend_from_slice(&buf[..n]),
+            Ok(None) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(all.len(), total);
+    assert!(all.iter().all(|b| *b == b'x'));
+}

@@ -44,10 +44,14 @@ pub struct Limits {
     /// Application streams (and resolves) at once; [`crate::Client::connect`] beyond it fails
     /// with kind [`crate::ErrorKind::Resource`]. Default 4096.
     pub max_streams: usize,
-    /// Bytes held per stream for the application to [`crate::Client::read`]. When they reach
-    /// it the stream is held (`Circuit::hold_stream`): its SENDMEs (or XON) stop and the exit
-    /// stops sending on it; reading below half of it releases it. Default 256 KiB (more than
-    /// one stream window of 500 cells × 498 bytes, so a held stream never loses data).
+    /// Bytes held per stream for the application to [`crate::Client::read`] before the
+    /// stream is held (`Circuit::hold_stream`): its SENDMEs stop (or RELAY_XOFF goes out) and
+    /// the exit stops sending on it; reading below half of it releases it. A soft bound: what
+    /// the exit legitimately had in flight still arrives and is kept (never dropped), so a
+    /// stream may hold this plus one stream window and one SENDME increment (550 cells of 498
+    /// bytes, tor-spec §7.4), or on a congestion-controlled circuit its congestion window
+    /// plus one increment. Beyond that hard bound the peer ignored the windows or XOFF: the
+    /// stream ends with [`crate::Error::Violation`]. Default 256 KiB.
     pub stream_recv_buffer: usize,
     /// Bytes a channel may hold for the embedder's `poll_transmit` before circuits on it stop
     /// being polled for cells (backpressure). Default 64 KiB (about 120 cells).

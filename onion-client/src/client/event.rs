@@ -68,10 +68,13 @@ pub enum Event {
         /// The stream.
         stream: StreamHandle,
     },
-    /// The stream is gone: `None` after a clean end (the exit's END with reason DONE, or
-    /// [`crate::Client::close`]), else why. The handle is dead after this event, except
-    /// that bytes already received stay readable until [`crate::Client::read`] gives
-    /// `Some(0)` or [`crate::Client::close`] is called.
+    /// The stream ended from the other side or by a failure: `None` for a clean end (the
+    /// exit's END with reason DONE), else why. Not sent after [`crate::Client::close`].
+    ///
+    /// The ending is also what [`crate::Client::read`] gives once the bytes received before
+    /// it are read: `Ok(Some(0))` for a clean end, `Err(error)` (the same error) otherwise.
+    /// That read forgets the handle, as [`crate::Client::close`] does; until then writes
+    /// fail with the same error. An application may therefore rely on `read` alone.
     StreamClosed {
         /// The stream.
         stream: StreamHandle,

@@ -529,9 +529,13 @@ impl Client {
     }
 
     /// Take received bytes: `Ok(Some(n))` bytes copied, `Ok(Some(0))` the clean end of the
-    /// stream (or an empty `buf`), `Ok(None)` nothing yet (wait for
-    /// [`Event::StreamReadable`]). Once the bytes of a stream that ended with an error are
-    /// read, the error is returned. After the end or the error the handle is forgotten.
+    /// stream, `Ok(None)` nothing yet (wait for [`Event::StreamReadable`]). A stream that
+    /// ended with an error gives its bytes received before the end first, then `Err` with
+    /// the error its [`Event::StreamClosed`] carried (an END reason as
+    /// [`Error::StreamEnded`], a lost circuit as `StreamEnded(DESTROY)`, and so on): the
+    /// ending always arrives through `read`, whether or not the event was looked at. After
+    /// the end or the error the handle is forgotten (later calls: [`Error::Misuse`]). An
+    /// empty `buf` gives `Ok(Some(0))` and changes nothing.
     ///
     /// Reading below half of [`Limits::stream_recv_buffer`] releases a stream held because
     /// its buffer was full (its SENDMEs or XON go out).

@@ -20,6 +20,24 @@ use crate::dir::{decode_response, Failure, RequestId};
 use crate::guards::LastHop;
 use crate::{Error, Instant};
 
+/// The most bytes a peer may legitimately have in flight toward a stream we just held, beyond
+/// what we hold it at: one stream window plus one SENDME increment of full DATA cells
+/// (tor-spec §7.4: 500 + 50 cells of 498 bytes; the increment covers a SENDME that crossed
+/// the hold), or on a congestion-controlled circuit, which has no stream windows, its
+/// congestion window `cc_cwnd` (cells) plus one increment (proposal 324 §4.1.1: RELAY_XOFF
+/// stops the other edge, and what it already sent is within the window).
+pub(crate) fn in_flight_allowance(cc_cwnd: Option<u64>) -> usize {
+    use onion_cell::relaymsg::MAX_RELAY_DATA_LEN;
+    use onion_circuit::flow::{STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START};
+    let window = usize::from(STREAM_WINDOW_START + STREAM_WINDOW_INCREMENT);
+    let cc = cc_cwnd.map_or(0, |w| {
+        usize::try_from(w)
+            .unwrap_or(usize::MAX)
+            .saturating_add(usize::from(STREAM_WINDOW_INCREMENT))
+    });
+    window.max(cc).saturating_mul(MAX_RELAY_DATA_LEN)
+}
+
 /// What a stream is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -438,6 +456,26 @@ impl super::Client {
                 m.hold_stream(id, true);
             }
         }
+        // The hard bound: a held stream takes what the peer may have in flight when it was
+        // held, and nothing beyond (a peer past it ignores the windows or XOFF).
+        let cwnd = self
+            .circs
+            .get(&key)
+            .and_then(|c| c.circ.as_ref())
+            .and_then(|m| m.congestion_control(m.n_hops().checked_sub(1)?))
+            .map(|cc| cc.cwnd());
+        let cap = limit.saturating_add(in_flight_allowance(cwnd));
+        if self.streams.get(&h).is_some_and(|s| s.buffered() > cap) {
+            if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
+                let _ = m.close_stream(id);
+            }
+            self.end_stream(
+                h,
+                Some(Error::Violation(
+                    "more data on a held stream than its window or XOFF allow",
+                )),
+            );
+        }
     }
 
     /// RELAY_END (or a local end: TIMEOUT, DESTROY) for a stream.
@@ -677,6 +715,16 @@ impl super::Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_stream_takes_a_window_and_an_increment_in_flight() {
+        // Fixed windows: 550 cells of 498 bytes, whatever the congestion window.
+        assert_eq!(in_flight_allowance(None), 550 * 498);
+        assert_eq!(in_flight_allowance(Some(100)), 550 * 498);
+        // Congestion control: the congestion window plus one increment, when larger.
+        assert_eq!(in_flight_allowance(Some(2000)), 2050 * 498);
+        assert_eq!(in_flight_allowance(Some(u64::MAX)), usize::MAX);
+    }
 
     #[test]
     fn receive_buffer_reads_across_chunks() {
