@@ -266,15 +266,13 @@ impl DataDir {
             (until > now).then(|| std::fs::read_to_string(self.dir.join(name)).ok())?
         };
         let mut state = State::default();
-        state.directory = {
-            let mut c = Cached::default();
-            c.consensus = doc(DocKind::Consensus);
-            c.certificates = doc(DocKind::Certificates);
-            c.descriptors = doc(match self.mode {
+        state.directory = Cached {
+            consensus: doc(DocKind::Consensus),
+            certificates: doc(DocKind::Certificates),
+            descriptors: doc(match self.mode {
                 DirMode::Micro => DocKind::Microdescs,
                 _ => DocKind::ServerDescs,
-            });
-            c
+            }),
         };
         state.guards = std::fs::read_to_string(self.dir.join("guards")).ok();
         state.build_times = std::fs::read_to_string(self.dir.join("build-times")).ok();

@@ -1,6 +1,6 @@
 //! The driver's decision logic, free of any runtime: what to do with each of the client's
 //! outputs and with each input from a transport or an application handle. The tokio task
-//! ([`crate::runtime`]) only moves bytes between sockets and this [`Engine`], and sleeps
+//! (`runtime.rs`) only moves bytes between sockets and this [`Engine`], and sleeps
 //! until its next deadline; tests drive the same [`Engine`] with a fake [`Transport`].
 //!
 //! Shared with the application's handles are one [`StreamShared`] per stream (its bounded
@@ -96,7 +96,7 @@ fn wake(w: &mut Option<Waker>) {
 
 /// Where a stream stands.
 #[derive(Debug, Clone)]
-pub(crate) enum Open {
+pub(crate) enum Phase {
     /// BEGIN sent, waiting for CONNECTED.
     Opening,
     /// Open.
@@ -117,7 +117,7 @@ pub(crate) enum Shutdown {
 /// One stream's state shared by its handle and the driver.
 #[derive(Debug)]
 pub(crate) struct StreamState {
-    pub(crate) open: Open,
+    pub(crate) open: Phase,
     pub(crate) open_waker: Option<Waker>,
     /// Received bytes for the application (at most [`STREAM_READ_BUFFER`]).
     pub(crate) rx: VecDeque<u8>,
@@ -148,7 +148,7 @@ pub struct StreamShared {
 }
 
 impl StreamShared {
-    fn new(handle: StreamHandle, open: Open, signal: Arc<Signal>) -> Arc<StreamShared> {
+    fn new(handle: StreamHandle, open: Phase, signal: Arc<Signal>) -> Arc<StreamShared> {
         Arc::new(StreamShared {
             handle,
             state: Mutex::new(StreamState {
@@ -326,8 +326,8 @@ impl Engine {
             Event::StreamOpened { stream } => {
                 if let Some(s) = self.streams.get(&stream) {
                     let mut st = s.lock();
-                    if matches!(st.open, Open::Opening) {
-                        st.open = Open::Open;
+                    if matches!(st.open, Phase::Opening) {
+                        st.open = Phase::Open;
                     }
                     wake(&mut st.open_waker);
                 }
@@ -340,8 +340,8 @@ impl Engine {
                 if let Some(s) = self.streams.get(&stream) {
                     let mut st = s.lock();
                     match st.open {
-                        Open::Opening => {
-                            st.open = Open::Failed(match error {
+                        Phase::Opening => {
+                            st.open = Phase::Failed(match error {
                                 Some(e) => e.into(),
                                 None => Error::local(
                                     ErrorKind::Network,
@@ -399,7 +399,7 @@ impl Engine {
     /// A client opened a stream to a hosted service: queue it for the application, or close
     /// it when the queue is full or the service is gone.
     fn incoming(&mut self, service: ServiceHandle, stream: StreamHandle, port: u16, now: Instant) {
-        let shared = StreamShared::new(stream, Open::Open, self.signal.clone());
+        let shared = StreamShared::new(stream, Phase::Open, self.signal.clone());
         let queued = self.services.get(&service).is_some_and(|svc| {
             let mut st = svc.lock();
             if st.ended || st.stop || st.queue.len() >= MAX_PENDING_INCOMING {
@@ -418,7 +418,7 @@ impl Engine {
     }
 
     /// Open a stream to `host:port` (`.onion` hosts too); the handle's state turns
-    /// [`Open::Open`] or [`Open::Failed`] later.
+    /// open or failed later (the stream handle waits for it).
     pub fn connect(
         &mut self,
         host: &str,
@@ -427,7 +427,7 @@ impl Engine {
         now: Instant,
     ) -> Result<Arc<StreamShared>, Error> {
         let h = self.client.connect(host, port, isolation, now)?;
-        let shared = StreamShared::new(h, Open::Opening, self.signal.clone());
+        let shared = StreamShared::new(h, Phase::Opening, self.signal.clone());
         self.streams.insert(h, shared.clone());
         Ok(shared)
     }
@@ -490,7 +490,7 @@ impl Engine {
         let mut st = shared.lock();
         st.queued = false;
         if st.dropped {
-            if matches!(st.open, Open::Open) && st.write_err.is_none() && !st.tx.is_empty() {
+            if matches!(st.open, Phase::Open) && st.write_err.is_none() && !st.tx.is_empty() {
                 // Last bytes of a handle dropped without a flush: what the windows take.
                 let _ = self.client.write(h, &st.tx, now);
             }
@@ -499,7 +499,7 @@ impl Engine {
             self.streams.remove(&h);
             return;
         }
-        if !matches!(st.open, Open::Open) {
+        if !matches!(st.open, Phase::Open) {
             return;
         }
         if !st.tx.is_empty() && st.write_err.is_none() {
@@ -575,14 +575,14 @@ impl Engine {
     }
 
     /// Shut down: every stream ends (RELAY_END) and its handle sees
-    /// [`Error::shutdown`]; every service stops; every connection is closed after what is
+    /// an error of kind `Misuse` ("shut down"); every service stops; every connection is closed after what is
     /// queued on it is sent.
     pub fn shutdown(&mut self, now: Instant, t: &mut impl Transport) {
         for (h, s) in std::mem::take(&mut self.streams) {
             self.client.close(h, now);
             let mut st = s.lock();
-            if matches!(st.open, Open::Opening) {
-                st.open = Open::Failed(Error::shutdown());
+            if matches!(st.open, Phase::Opening) {
+                st.open = Phase::Failed(Error::shutdown());
             }
             st.end.get_or_insert(Err(Error::shutdown()));
             st.write_err.get_or_insert(Error::shutdown());

@@ -130,7 +130,7 @@ fn open(net: &mut Net, eng: &mut Engine, host: &str) -> DataStream {
     let shared = eng.connect(host, 80, Isolation::NONE, net.now).unwrap();
     pump(net, eng);
     assert!(
-        matches!(shared.lock().open, Open::Open),
+        matches!(shared.lock().open, Phase::Open),
         "{host} did not open"
     );
     DataStream::new(shared, handle())
@@ -326,7 +326,7 @@ fn refused_and_dropped_streams() {
     let shared = eng.connect("refuse", 80, Isolation::NONE, net.now).unwrap();
     pump(&mut net, &mut eng);
     match &shared.lock().open {
-        Open::Failed(e) => assert_eq!(e.kind(), ErrorKind::Network, "{e}"),
+        Phase::Failed(e) => assert_eq!(e.kind(), ErrorKind::Network, "{e}"),
         o => panic!("{o:?}"),
     };
     let echo = open(&mut net, &mut eng, "echo");

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::engine::{Open, Shutdown, StreamShared, STREAM_READ_BUFFER, STREAM_WRITE_BUFFER};
+use crate::engine::{Phase, Shutdown, StreamShared, STREAM_READ_BUFFER, STREAM_WRITE_BUFFER};
 use crate::error::Error;
 use crate::Handle;
 
@@ -54,9 +54,9 @@ impl DataStream {
         poll_fn(|cx| {
             let mut st = self.shared.lock();
             match &st.open {
-                Open::Open => Poll::Ready(Ok(())),
-                Open::Failed(e) => Poll::Ready(Err(e.clone())),
-                Open::Opening => {
+                Phase::Open => Poll::Ready(Ok(())),
+                Phase::Failed(e) => Poll::Ready(Err(e.clone())),
+                Phase::Opening => {
                     st.open_waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
