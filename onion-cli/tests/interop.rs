@@ -890,6 +890,7 @@ fn c_tor_client_fetches_1_mib_from_onion_serve() {
         &target,
         "--key-dir",
         keys.to_str().unwrap(),
+        "--no-congestion-control",
         "--authorities",
         net.authorities_file.to_str().unwrap(),
     ]);
@@ -1266,9 +1267,10 @@ fn get_10_mib_with_congestion_control() {
             .arg("--data-dir")
             .arg(&dd)
             .args(["--timeout", "120"]);
-        if cc {
-            cmd.arg("--congestion-control");
-        }
+        cmd.arg(match cc {
+            true => "--congestion-control",
+            false => "--no-congestion-control",
+        });
         let t = std::time::Instant::now();
         let (st, out, err) =
             support::run_bounded_bytes(&mut cmd, Duration::from_secs(150)).unwrap();

@@ -39,13 +39,30 @@ pub struct Args {
     /// Client-authorization key for the onion service (C tor's `.auth_private` file).
     #[arg(long, value_name = "FILE")]
     client_key: Option<String>,
-    /// Negotiate congestion control (proposal 324, Tor Vegas) with the exit when it
-    /// advertises FlowCtrl=2 and ntor-v3 and the consensus enables it (cc_alg != 0); for a
-    /// .onion URL, with the service when its descriptor advertises flow-control.
-    #[arg(long)]
-    congestion_control: bool,
+    #[command(flatten)]
+    cc: CcArgs,
     #[command(flatten)]
     net: NetArgs,
+}
+
+/// Congestion control (proposal 324, Tor Vegas): on by default, as in C tor 0.4.9. It is
+/// negotiated with an exit that advertises FlowCtrl=2 and ntor-v3, with an onion service whose
+/// descriptor advertises flow-control, and only while the consensus enables it (cc_alg != 0).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct CcArgs {
+    /// Negotiate congestion control where it is offered (the default).
+    #[arg(long, overrides_with = "no_congestion_control")]
+    congestion_control: bool,
+    /// Use fixed windows (tor-spec §7.3-7.4) instead of congestion control.
+    #[arg(long, overrides_with = "congestion_control")]
+    no_congestion_control: bool,
+}
+
+impl CcArgs {
+    /// Whether congestion control is to be negotiated.
+    pub fn enabled(self) -> bool {
+        !self.no_congestion_control
+    }
 }
 
 /// The options every network command takes (`get`, `socks`, `serve`, `bootstrap`).
@@ -158,9 +175,10 @@ pub fn run(args: Args) -> Result<(), String> {
         url,
         exit,
         client_key,
-        congestion_control,
+        cc,
         net,
     } = args;
+    let congestion_control = cc.enabled();
     let opts = net.open()?;
     let url = Url::parse(&url)?;
     let onion = match url.is_onion() {
@@ -309,6 +327,27 @@ fn exit_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn congestion_control_is_on_unless_turned_off() {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            cc: CcArgs,
+        }
+        let parse = |args: &[&str]| {
+            <T as clap::Parser>::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+                .unwrap()
+                .cc
+                .enabled()
+        };
+        assert!(parse(&[]));
+        assert!(parse(&["--congestion-control"]));
+        assert!(!parse(&["--no-congestion-control"]));
+        // The last one given wins, as for any pair of opposite flags.
+        assert!(parse(&["--no-congestion-control", "--congestion-control"]));
+        assert!(!parse(&["--congestion-control", "--no-congestion-control"]));
+    }
 
     #[test]
     fn dir_mode_parse_and_defaults() {

@@ -36,12 +36,12 @@
 //!   at once. The target is connected on a thread of its own (within
 //!   [`TARGET_CONNECT_TIMEOUT`]), so the loop never waits for it.
 //!
-//! `--congestion-control` runs congestion control (proposal 324) as C tor 0.4.9 does when
+//! Congestion control (proposal 324) runs by default, as C tor 0.4.9 does when
 //! its consensus enables it (cc_alg != 0): the descriptor advertises
 //! `flow-control 1-2 <cc_sendme_inc>`, and the rendezvous circuit of a client that asks for
 //! it in INTRODUCE2 runs Tor Vegas on the client's virtual hop ("rendezvous with a client
 //! (congestion control, ...)" on stderr); a client that does not ask gets fixed windows.
-//! Without the flag, or when the consensus disables it, the descriptor has no
+//! With `--no-congestion-control`, or when the consensus disables it, the descriptor has no
 //! `flow-control` line and an introduction that asks anyway is dropped.
 
 use std::collections::{BTreeSet, HashMap};
@@ -80,10 +80,10 @@ pub struct Args {
     /// Authorized clients: a `<name>.auth` file or a directory of them (repeatable).
     #[arg(long, value_name = "FILE|DIR")]
     client_auth: Vec<PathBuf>,
-    /// Offer congestion control (proposal 324) to clients when the consensus enables it:
-    /// the descriptor advertises flow-control, and clients that ask get it.
-    #[arg(long)]
-    congestion_control: bool,
+    /// Congestion control offered to clients: the descriptor advertises flow-control, and
+    /// clients that ask get it.
+    #[command(flatten)]
+    cc: super::get::CcArgs,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -107,9 +107,10 @@ pub fn run(args: Args) -> Result<(), String> {
         key_dir,
         port,
         client_auth,
-        congestion_control,
+        cc,
         net,
     } = args;
+    let congestion_control = cc.enabled();
     let mut clients: Vec<XPublic> = Vec::new();
     for path in &client_auth {
         clients.extend(read_client_auth(path)?);

@@ -69,11 +69,10 @@ pub struct Args {
     /// services, as C tor's `ExtendedErrors` SocksPort flag.
     #[arg(long)]
     extended_errors: bool,
-    /// Negotiate congestion control (proposal 324) with exits that support it, and with
-    /// onion services whose descriptor advertises flow-control; a client that stops reading
-    /// then gets its stream stopped by XOFF instead of stream windows.
-    #[arg(long)]
-    congestion_control: bool,
+    /// Congestion control: a client that stops reading gets its stream stopped by XOFF
+    /// where it runs, by stream windows where it does not.
+    #[command(flatten)]
+    cc: super::get::CcArgs,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -212,9 +211,10 @@ pub fn run(args: Args) -> Result<(), String> {
         handshake_timeout,
         allow_non_loopback,
         extended_errors,
-        congestion_control,
+        cc,
         net,
     } = args;
+    let congestion_control = cc.enabled();
     let handshake_timeout = Duration::from_secs(handshake_timeout);
     let warning = check_listen(listen, allow_non_loopback)?;
     let opts = net.open()?;
