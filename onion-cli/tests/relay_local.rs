@@ -225,6 +225,14 @@ fn link_certificate_rotates_and_old_connections_keep_working() {
     // certificate, and the channel handshake over it succeeds (CERTS certifies it).
     link_handshake(&mut old, rsa, old_cert).expect("handshake on the old connection");
     eprintln!("channel on the connection from before the rotation: open");
+    // The descriptor was built only after the self-test's circuit to ourselves.
+    relay.wait_for("publishing descriptor", Duration::from_secs(10));
+    let err = relay.stderr();
+    let pos = |needle: &str| err.lines().position(|l| l.contains(needle)).unwrap();
+    assert!(
+        pos("self-test: ORPort") < pos("publishing descriptor"),
+        "{err}"
+    );
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }

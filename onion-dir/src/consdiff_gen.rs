@@ -105,12 +105,12 @@ fn sections(lines: &[&str]) -> Sections {
 /// The router entries between `range`: (start, end, identity field of the `r` line).
 fn entries<'a>(lines: &[&'a str], range: (usize, usize)) -> Vec<(usize, usize, &'a str)> {
     let mut out: Vec<(usize, usize, &'a str)> = Vec::new();
-    for i in range.0..range.1 {
-        if lines[i].starts_with("r ") {
+    for (i, line) in lines.iter().enumerate().take(range.1).skip(range.0) {
+        if line.starts_with("r ") {
             if let Some(last) = out.last_mut() {
                 last.1 = i;
             }
-            let id = lines[i].split(' ').nth(2).unwrap_or("");
+            let id = line.split(' ').nth(2).unwrap_or("");
             out.push((i, range.1, id));
         }
     }

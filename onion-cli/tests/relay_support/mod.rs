@@ -270,3 +270,16 @@ pub fn wait_stats(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Asserts that the relay published only after its reachability self-test succeeded (the
+/// self-test line comes before the first "publishing descriptor" line).
+pub fn assert_published_after_self_test(d: &Daemon) {
+    let err = d.stderr();
+    let pos = |needle: &str| err.lines().position(|l| l.contains(needle));
+    let reachable = pos("self-test: ORPort").expect("no successful self-test");
+    let published = pos("publishing descriptor").expect("no descriptor published");
+    assert!(
+        reachable < published,
+        "published before the self-test:\n{err}"
+    );
+}
