@@ -574,9 +574,9 @@ impl Engine {
         self.client.handle_timeout(now, wall);
     }
 
-    /// Shut down: every stream ends (RELAY_END) and its handle sees
-    /// an error of kind `Misuse` ("shut down"); every service stops; every connection is closed after what is
-    /// queued on it is sent.
+    /// Shut down: every stream ends (RELAY_END) and its handle sees an error of kind
+    /// `Misuse` ("shut down"); every service stops; every connection is closed after what
+    /// is queued on it is sent.
     pub fn shutdown(&mut self, now: Instant, t: &mut impl Transport) {
         for (h, s) in std::mem::take(&mut self.streams) {
             self.client.close(h, now);

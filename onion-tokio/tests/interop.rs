@@ -35,7 +35,15 @@ fn on_one_thread<T>(limit: Duration, f: impl Future<Output = T>) -> T {
 }
 
 async fn client(net: &TorNet) -> TorClient {
-    let cfg = TorClientConfig::builder()
+    client_in(net, None).await
+}
+
+async fn client_in(net: &TorNet, data_dir: Option<&std::path::Path>) -> TorClient {
+    let mut cfg = TorClientConfig::builder();
+    if let Some(d) = data_dir {
+        cfg = cfg.data_directory(d);
+    }
+    let cfg = cfg
         .authorities_file(&net.authorities_file)
         .bootstrap_timeout(Duration::from_secs(120))
         .build()
@@ -95,12 +103,14 @@ async fn hyper_get(stream: DataStream, host: &str, path: &str) -> (u16, Vec<u8>)
 const FIVE_MIB: usize = 5 << 20;
 
 /// hyper's HTTP/1.1 client over a Tor stream through a C tor exit: 5 MiB arrive intact.
+/// The client keeps its state in a data directory: private files, written by the shutdown.
 #[test]
 fn hyper_get_of_5_mib_through_an_exit() {
     let Some(net) = tornet::network() else { return };
     let digest = big_file(net, "five-mib-hyper", FIVE_MIB);
+    let dd = net.dir.join("onion-tokio-data");
     on_one_thread(Duration::from_secs(400), async {
-        let tor = client(net).await;
+        let tor = client_in(net, Some(&dd)).await;
         let stream = connect_http(&tor, net).await;
         let t = Instant::now();
         let (status, body) = hyper_get(stream, "127.0.0.1", "/five-mib-hyper").await;
