@@ -228,8 +228,8 @@ pub struct IntroInfo {
     pub retired: bool,
     /// INTRODUCE2 cells received.
     pub introduce2: u32,
-    /// When it rotates out by age (Unix seconds).
-    pub expires_at: u64,
+    /// When it rotates out by age.
+    pub expires_at: Timestamp,
     /// How many INTRODUCE2 cells rotate it out.
     pub max_introduce2: u32,
 }
@@ -365,7 +365,7 @@ impl Publisher {
                 state: i.state,
                 retired: i.retired_gen.is_some(),
                 introduce2: i.introduce2,
-                expires_at: i.expires_at,
+                expires_at: Timestamp::from_unix(i.expires_at),
                 max_introduce2: i.max_introduce2,
             })
             .collect()

@@ -169,10 +169,10 @@ pub fn sample_lifetime(params: &VanguardParams, rng: &mut impl CryptoRngCore) ->
 pub struct Layer2Guard {
     /// The relay (kept by identity: relay indices change with each [`crate::netview::NetView`]).
     pub id: RsaIdentity,
-    /// When it joined the set (Unix seconds).
-    pub added_at: u64,
-    /// When it leaves the set (Unix seconds): it is removed once `now >= expires_at`.
-    pub expires_at: u64,
+    /// When it joined the set.
+    pub added_at: Timestamp,
+    /// When it leaves the set: it is removed once `now >= expires_at`.
+    pub expires_at: Timestamp,
 }
 
 /// What one [`Layer2Guards::update`] changed.
@@ -269,11 +269,7 @@ impl Layer2Guards {
     /// When the next member expires, if any: the caller's next
     /// [`Layer2Guards::update`] is due then at the latest.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.guards
-            .iter()
-            .map(|g| g.expires_at)
-            .min()
-            .map(Timestamp::from_unix)
+        self.guards.iter().map(|g| g.expires_at).min()
     }
 
     /// Forget every member (C tor does so on `SIGNAL NEWNYM`); the next update draws a new
@@ -299,7 +295,7 @@ impl Layer2Guards {
         let view = sel.view();
         let mut report = Layer2Update::default();
         self.guards.retain(|g| {
-            if now >= g.expires_at {
+            if now >= g.expires_at.unix() {
                 report.expired.push(g.id);
                 false
             } else if view.by_rsa_id(&g.id).is_none() {
@@ -325,8 +321,8 @@ impl Layer2Guards {
             let lifetime = sample_lifetime(&self.params, rng);
             self.guards.push(Layer2Guard {
                 id: rec.rsa_id,
-                added_at: now,
-                expires_at: now.saturating_add(lifetime),
+                added_at: Timestamp::from_unix(now),
+                expires_at: Timestamp::from_unix(now.saturating_add(lifetime)),
             });
             report.added.push(rec.rsa_id);
         }
@@ -674,8 +670,10 @@ mod tests {
             assert_eq!(ids.len(), 4, "a relay is never in the set twice");
             for g in l2.guards() {
                 assert!(v.flags(idx_of(&v, &g.id)).contains(RelayFlags::STABLE));
-                assert_eq!(g.added_at, now);
-                assert!(g.expires_at >= now + 86_400 && g.expires_at <= now + 1_036_800);
+                assert_eq!(g.added_at.unix(), now);
+                assert!(
+                    g.expires_at.unix() >= now + 86_400 && g.expires_at.unix() <= now + 1_036_800
+                );
             }
             // Nothing to do right after.
             let again = l2.update(
@@ -745,7 +743,7 @@ mod tests {
             &Exclusions::none(),
             &mut rng(2),
         );
-        assert!(l2.guards().iter().all(|g| g.expires_at == 6_000));
+        assert!(l2.guards().iter().all(|g| g.expires_at.unix() == 6_000));
         assert_eq!(l2.poll_timeout(), Some(Timestamp::from_unix(6_000)));
         let before: Vec<_> = l2.guards().to_vec();
         let rep = l2.update(
@@ -764,8 +762,8 @@ mod tests {
         );
         assert_eq!(rep.expired.len(), 4);
         assert_eq!(rep.added.len(), 4);
-        assert!(l2.guards().iter().all(|g| g.added_at == 6_000));
-        assert!(l2.guards().iter().all(|g| g.expires_at == 7_000));
+        assert!(l2.guards().iter().all(|g| g.added_at.unix() == 6_000));
+        assert!(l2.guards().iter().all(|g| g.expires_at.unix() == 7_000));
     }
 
     #[test]
@@ -1229,7 +1227,7 @@ mod tests {
             for g in l2.guards() {
                 let i = v.by_rsa_id(&g.id).unwrap();
                 prop_assert!(v.eligible(i, WeightRole::Middle));
-                let life = g.expires_at - g.added_at;
+                let life = g.expires_at.unix() - g.added_at.unix();
                 let longest = params.l2_lifetime_max.max(params.l2_lifetime_min);
                 prop_assert!(life >= params.l2_lifetime_min && life <= longest);
             }
@@ -1245,7 +1243,7 @@ mod tests {
             let before = l2.guards().to_vec();
             let rep = l2.update(Timestamp::from_unix(later), &PathSelector::new(&v2), &Exclusions::none(), &mut r);
             for g in &before {
-                let expired = later >= g.expires_at;
+                let expired = later >= g.expires_at.unix();
                 let gone = v2.by_rsa_id(&g.id).is_none();
                 prop_assert_eq!(rep.expired.contains(&g.id), expired);
                 prop_assert_eq!(rep.unlisted.contains(&g.id), !expired && gone);
