@@ -32,7 +32,8 @@
 //! - A circuit still building passes [`BuildTimes::timeout`] (scaled for its kind with
 //!   [`BuildTimes::timeout_for`]): if [`BuildTimes::enough_to_compute`], call
 //!   [`BuildTimes::record_timeout`] once, stop offering it to streams and let it keep
-//!   building as a measurement circuit; otherwise close it. When no circuit at all is open,
+//!   building as a measurement circuit; otherwise close it (`record_timeout` may be called
+//!   for it too: while learning it counts nothing, as C tor counts nothing then). When no circuit at all is open,
 //!   C tor "relaxes" instead: it calls `record_timeout` once and waits up to
 //!   `close_timeout()` before closing.
 //! - A measurement circuit passes [`BuildTimes::close_timeout`] without completing:
@@ -651,7 +652,9 @@ impl BuildTimes {
         let ms = duration_to_ms(elapsed);
         let mut timed_out = timed_out;
         if !timed_out && ms > self.timeout_ms {
-            self.record_timeout(true);
+            // C tor's `circuit_build_times_handle_completed_hop`: a hop completed past the
+            // timeout marks the circuit a measurement and counts the timeout, learning or not.
+            self.count_timeout(true);
             timed_out = true;
         }
         if ms > 2.0 * self.close_ms + 1000.0 {
@@ -678,10 +681,31 @@ impl BuildTimes {
     /// `cbtmaxtimeouts` of the last `cbtrecentcount` outcomes are timeouts, the history is
     /// discarded and the timeout goes back to `cbtinitialtimeout` (doubled if it was already
     /// at least that) (path-spec §2.4.5). Returns whether that reset happened.
+    ///
+    /// While the timeout is being learned (fewer than `cbtmincircs` times) nothing is
+    /// counted: C tor's `circuit_expire_building` counts a timeout
+    /// (`circuit_build_times_count_timeout`, which feeds `network_timeout` and the recent
+    /// window) only for a circuit it keeps as a measurement, which needs
+    /// [`BuildTimes::enough_to_compute`], or one it "relaxes" while no circuit is open, which
+    /// needs a close timeout beyond the timeout (while learning both are
+    /// `cbtinitialtimeout`). Other expired circuits are closed uncounted, so the timeouts of
+    /// a slow start cannot reset a history that is still being gathered.
     pub fn record_timeout(&mut self, first_hop_done: bool) -> bool {
         if self.disabled() {
             self.timeout_ms = f64::from(self.params.initial_timeout_ms);
             self.close_ms = self.timeout_ms;
+            return false;
+        }
+        if !self.enough_to_compute() && self.close_ms <= self.timeout_ms {
+            return false;
+        }
+        self.count_timeout(first_hop_done)
+    }
+
+    /// C tor's `circuit_build_times_count_timeout`: count a timeout and check the recent
+    /// window.
+    fn count_timeout(&mut self, first_hop_done: bool) -> bool {
+        if self.disabled() {
             return false;
         }
         self.counts.timeouts = self.counts.timeouts.saturating_add(1);
@@ -1205,8 +1229,12 @@ mod tests {
 
     #[test]
     fn too_many_recent_timeouts_reset_and_double() {
-        let mut bt = BuildTimes::new([]);
-        feed(&mut bt, 500, 50);
+        // A learned timeout at least the initial one (a slow network).
+        let mut bt = BuildTimes::new([("cbtmincircs", 10), ("cbtinitialtimeout", 1000)]);
+        feed(&mut bt, 1000, 10);
+        assert!(bt.enough_to_compute());
+        let (timeout, close) = (bt.timeout(), bt.close_timeout());
+        assert!(timeout >= ms(1000), "{timeout:?}");
         // Timeouts before the first hop completed do not count in the window.
         for _ in 0..30 {
             assert!(!bt.record_timeout(false));
@@ -1214,20 +1242,40 @@ mod tests {
         for _ in 0..17 {
             assert!(!bt.record_timeout(true));
         }
-        assert_eq!(bt.total(), 50);
+        assert_eq!(bt.total(), 10);
         // The 18th of the last 20 resets the history; the timeout was at least the initial
-        // 60 s, so it doubles (path-spec §2.4.5).
+        // one, so it doubles (path-spec §2.4.5).
         assert!(bt.record_timeout(true));
         assert_eq!(bt.total(), 0);
-        assert_eq!(bt.timeout(), Duration::from_secs(120));
-        assert_eq!(bt.close_timeout(), Duration::from_secs(120));
+        assert_eq!(bt.timeout(), timeout * 2);
+        assert_eq!(bt.close_timeout(), close * 2);
         assert!(bt.is_changed());
-        // The window was cleared: 17 more do not reset again, the 18th does.
-        for _ in 0..17 {
+        assert_eq!(bt.counts().timeouts, 0, "the counts start again");
+    }
+
+    #[test]
+    fn timeouts_while_learning_are_not_counted() {
+        // C tor closes a circuit that passes the initial timeout while it learns, without
+        // counting it (circuit_expire_building counts only measurement or relaxed
+        // circuits): a slow start cannot reset the history it is gathering.
+        let mut bt = BuildTimes::new([]);
+        feed(&mut bt, 500, 50);
+        for _ in 0..100 {
             assert!(!bt.record_timeout(true));
         }
-        assert!(bt.record_timeout(true));
-        assert_eq!(bt.timeout(), Duration::from_secs(240));
+        assert_eq!(bt.total(), 50);
+        assert_eq!(bt.counts().timeouts, 0);
+        assert_eq!(bt.timeout(), Duration::from_secs(60));
+        // A hop completed past the timeout is counted, learning or not
+        // (circuit_build_times_handle_completed_hop), and its time kept.
+        assert!(bt.record_success(Duration::from_secs(61), false));
+        assert_eq!(bt.counts().timeouts, 1);
+        assert_eq!(bt.total(), 51);
+        // Once enough times are known, timeouts count.
+        feed(&mut bt, 500, 49);
+        assert!(bt.enough_to_compute());
+        assert!(!bt.record_timeout(true));
+        assert_eq!(bt.counts().timeouts, 2);
     }
 
     #[test]
@@ -1369,12 +1417,19 @@ mod tests {
 
     #[test]
     fn recent_window_resizes() {
-        let mut bt = BuildTimes::new([]);
+        // One build time (of a circuit already counted as a timeout: no outcome in the
+        // window), so that timeouts count.
+        let mut bt = BuildTimes::new([("cbtmincircs", 1)]);
+        bt.record_success(ms(500), true);
         for _ in 0..10 {
             bt.record_timeout(true);
         }
         // Shrinking to 8 keeps 8 timeouts: with cbtmaxtimeouts 8, the next timeout resets.
-        bt.set_params([("cbtrecentcount", 8), ("cbtmaxtimeouts", 8)]);
+        bt.set_params([
+            ("cbtrecentcount", 8),
+            ("cbtmaxtimeouts", 8),
+            ("cbtmincircs", 1),
+        ]);
         assert!(bt.record_timeout(true));
     }
 
