@@ -6,10 +6,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
 use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::netview::{NetView, RelayIdx, RelayRecord};
 use onion_dir::select::guard::{GuardCircId, GuardMgr, GuardParams, GuardUsage};
 use onion_dir::select::path::{Exclusions, PathConfig};
 use onion_dir::Timestamp;
+use onion_dir::{RelayFlags, RsaIdentity};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 

@@ -29,7 +29,7 @@ use rand_core::CryptoRngCore;
 
 use crate::consensus::{BandwidthWeights, Consensus, RouterStatus};
 use crate::ids::{Ed25519Identity, MdDigest};
-pub use crate::ids::{RelayFlags, RsaIdentity};
+use crate::ids::{RelayFlags, RsaIdentity};
 use crate::microdesc::Microdesc;
 use crate::policy::{PortSet, RelayPolicy};
 use crate::routerdesc::RouterDesc;

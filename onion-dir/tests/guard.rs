@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::netview::{NetView, RelayIdx, RelayRecord};
 use onion_dir::policy::{PortSet, RelayPolicy};
 use onion_dir::select::guard::state::{format_time, parse_time};
 use onion_dir::select::guard::{
@@ -12,6 +12,7 @@ use onion_dir::select::guard::{
 };
 use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use onion_dir::Timestamp;
+use onion_dir::{RelayFlags, RsaIdentity};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

@@ -5,12 +5,13 @@ use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::netview::{NetView, RelayIdx, RelayRecord};
 use onion_dir::policy::{ExitTarget, PortSet, RelayPolicy};
 use onion_dir::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
     LONG_LIVED_PORTS,
 };
+use onion_dir::{RelayFlags, RsaIdentity};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

@@ -12,9 +12,10 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity};
+use onion_dir::netview::{NetView, RelayIdx, RelayRecord};
 use onion_dir::policy::{ExitTarget, PortSet, RelayPolicy};
 use onion_dir::select::path::{ExitRequest, PathConfig, PathOptions, PathSelector};
+use onion_dir::{RelayFlags, RsaIdentity};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 

@@ -2,9 +2,10 @@
 //! 127.0.0.1 and the exits allow only 127.0.0.0/8, so this needs the full-descriptor view
 //! and `enforce_distinct_subnets = false` (C tor's `EnforceDistinctSubnets 0`).
 
-use onion_dir::netview::{NetView, RelayFlags};
+use onion_dir::netview::NetView;
 use onion_dir::policy::ExitTarget;
 use onion_dir::select::path::{ExitRequest, PathConfig, PathError, PathOptions, PathSelector};
+use onion_dir::RelayFlags;
 use onion_dir::Timestamp;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

@@ -87,7 +87,8 @@
 
 use rand_core::CryptoRngCore;
 
-use crate::netview::{uniform_below, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
+use crate::ids::{RelayFlags, RsaIdentity};
+use crate::netview::{uniform_below, RelayIdx, WeightRole};
 use crate::select::path::{Exclusions, Path, PathError, PathOptions, PathSelector};
 use crate::time::Timestamp;
 

@@ -23,7 +23,8 @@ pub mod state;
 use rand_core::CryptoRngCore;
 
 use crate::consensus::Consensus;
-use crate::netview::{uniform_below, NetView, RelayFlags, RelayIdx, RsaIdentity, WeightRole};
+use crate::ids::{RelayFlags, RsaIdentity};
+use crate::netview::{uniform_below, NetView, RelayIdx, WeightRole};
 use crate::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
 };

@@ -12,7 +12,7 @@
 //! are skipped (a tor `state` file has many).
 
 use super::{GuardMgr, GuardParams, SampledGuard};
-use crate::netview::RsaIdentity;
+use crate::ids::RsaIdentity;
 
 /// The most `Guard` lines a state may hold (tor's sample is at most 60 per instance).
 pub const MAX_STATE_GUARDS: usize = 4096;

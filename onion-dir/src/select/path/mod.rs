@@ -28,7 +28,8 @@
 
 use rand_core::CryptoRngCore;
 
-use crate::netview::{NetView, RelayFlags, RelayIdx, RelayRecord, RsaIdentity, WeightRole};
+use crate::ids::{RelayFlags, RsaIdentity};
+use crate::netview::{NetView, RelayIdx, RelayRecord, WeightRole};
 use crate::policy::ExitTarget;
 
 /// How many weighted draws are rejected before falling back to the exact linear pass.
