@@ -25,7 +25,7 @@ fn benches(c: &mut Criterion) {
 
     // A RELAY channel cell carrying a full DATA message.
     let body = RelayCell::new(
-        StreamId(3),
+        StreamId::new(3),
         RelayMsg::Data(Data::new(&payload).expect("fits")),
     )
     .encode(&mut rng)
@@ -52,7 +52,7 @@ fn benches(c: &mut Criterion) {
         let mut out = [0u8; 509];
         b.iter(|| {
             let msg = RelayMsg::Data(Data::new(black_box(&payload)).expect("fits"));
-            RelayCell::new(StreamId(3), msg)
+            RelayCell::new(StreamId::new(3), msg)
                 .encode_into(&mut out, &mut rng)
                 .expect("encodes");
             black_box(&out);
@@ -61,7 +61,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("encode_full_data_relay_msg_by_value", |b| {
         b.iter(|| {
             let msg = RelayMsg::Data(Data::new(black_box(&payload)).expect("fits"));
-            let body = RelayCell::new(StreamId(3), msg)
+            let body = RelayCell::new(StreamId::new(3), msg)
                 .encode(&mut rng)
                 .expect("encodes");
             black_box(&body);

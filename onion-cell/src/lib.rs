@@ -39,7 +39,7 @@
 //! let mut rng = rand_core::OsRng; // any RngCore; tests use a seeded ChaCha
 //! # let mut rng = ZeroRng;
 //! // A DATA message on stream 7, as a plaintext relay body with spec padding.
-//! let body = RelayCell::new(StreamId(7), RelayMsg::Data(Data::new(b"hello")?)).encode(&mut rng)?;
+//! let body = RelayCell::new(StreamId::new(7), RelayMsg::Data(Data::new(b"hello")?)).encode(&mut rng)?;
 //! // (A circuit would now set the digest and encrypt `body` in place.)
 //! let cell = ChanCell::new(CircId::new(0x8000_0001), ChanMsg::Relay(body.0.into()));
 //! let format = CellFormat::for_version(5)?;

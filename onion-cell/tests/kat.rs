@@ -340,7 +340,7 @@ fn relay_cell_header_and_padding() {
     // "hello", then four zero bytes, then random bytes.
     let msg = RelayMsg::Data(Data::new(b"hello").unwrap());
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-    let body = RelayCell::new(StreamId(7), msg.clone())
+    let body = RelayCell::new(StreamId::new(7), msg.clone())
         .encode(&mut rng)
         .unwrap();
     let mut expect = h("02 0000 0007 00000000 0005 68656c6c6f 00000000");
@@ -349,21 +349,21 @@ fn relay_cell_header_and_padding() {
     expect.extend(random);
     assert_eq!(hex::encode(body.as_bytes()), hex::encode(&expect));
     assert_eq!(body.cmd(), RelayCmd::DATA);
-    assert_eq!(body.stream_id(), StreamId(7));
+    assert_eq!(body.stream_id(), StreamId::new(7));
     assert_eq!(body.length(), 5);
     assert_eq!(body.data().unwrap(), b"hello");
     let dec = body.decode().unwrap();
     assert_eq!(dec.msg, msg);
     // A full DATA message leaves no room for padding.
     let full = [0xee; 498];
-    let b = RelayCell::new(StreamId(1), RelayMsg::Data(Data::new(&full).unwrap()))
+    let b = RelayCell::new(StreamId::new(1), RelayMsg::Data(Data::new(&full).unwrap()))
         .encode(&mut rng)
         .unwrap();
     assert_eq!(&b.as_bytes()[11..], &full[..]);
     assert!(Data::new(&[0; 499]).is_err());
     // 496 bytes of data: two bytes of padding, both zero.
     let b = RelayCell::new(
-        StreamId(1),
+        StreamId::new(1),
         RelayMsg::Data(Data::new(&full[..496]).unwrap()),
     )
     .encode(&mut rng)

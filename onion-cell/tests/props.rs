@@ -347,7 +347,7 @@ proptest! {
         prop_assert_eq!(&got, &msg);
         if body.len() <= MAX_RELAY_DATA_LEN {
             let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-            let cell = RelayCell::new(StreamId(sid), msg.clone());
+            let cell = RelayCell::new(StreamId::new(sid), msg.clone());
             let b = cell.encode(&mut rng).unwrap();
             prop_assert_eq!(b.decode().unwrap(), cell);
         }

@@ -9,27 +9,9 @@
 use crate::flow::{FlowError, StreamRecvWindow, StreamSendWindow, WindowKind, STREAM_WINDOW_START};
 use crate::Instant;
 
-/// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of zero").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId(core::num::NonZeroU16);
-
-impl StreamId {
-    /// The id `v`, or `None` for zero (reserved for circuit-level cells).
-    pub fn new(v: u16) -> Option<Self> {
-        core::num::NonZeroU16::new(v).map(StreamId)
-    }
-
-    /// The id as carried in the relay header.
-    pub fn get(self) -> u16 {
-        self.0.get()
-    }
-}
-
-impl core::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+/// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of
+/// zero"); the one type of `onion-cell`, re-exported where streams live.
+pub use onion_cell::relay::StreamId;
 
 /// Where a stream is in its life (tor-spec §6.2, §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

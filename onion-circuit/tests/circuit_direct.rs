@@ -542,7 +542,7 @@ fn sendme_with_wrong_digest_closes_the_circuit() {
     let forged = onion_cell::relaymsg::RelayMsg::Sendme(onion_cell::relaymsg::Sendme {
         tag: Some([0xAB; 20]),
     });
-    net.hops[0].send_msg(0, &forged).expect("send_msg");
+    net.hops[0].send_msg(None, &forged).expect("send_msg");
     net.run();
     let err = closed_error(&net.take_client_events());
     assert_eq!(
@@ -560,7 +560,7 @@ fn sendme_nobody_asked_for() {
     net.build();
     let forged =
         onion_cell::relaymsg::RelayMsg::Sendme(onion_cell::relaymsg::Sendme { tag: Some([0; 20]) });
-    net.hops[0].send_msg(0, &forged).expect("send_msg");
+    net.hops[0].send_msg(None, &forged).expect("send_msg");
     net.run();
     assert!(matches!(
         closed_error(&net.take_client_events()),
@@ -599,7 +599,7 @@ fn window_overrun_closes_the_circuit() {
     // Emulate an exit that ignores its window: grant it 50 more cells behind the client's
     // back (a stream SENDME the client's window accounting does not know about).
     let grant = onion_cell::relaymsg::RelayMsg::Sendme(Default::default());
-    net.client.send_msg(0, cs.get(), &grant).expect("send_msg");
+    net.client.send_msg(0, Some(cs), &grant).expect("send_msg");
     while let Some(m) = net.client.poll_cell(&mut net.rng) {
         let _ = net.hops[0].handle_from_client(net.now, m);
     }
@@ -827,7 +827,7 @@ fn relay_rejects_extend_outside_relay_early_and_begin_at_first_hop() {
 /// tor-spec §5.6: relays reject EXTEND2 not carried in RELAY_EARLY.
 #[test]
 fn extend2_outside_relay_early_is_refused() {
-    use onion_cell::relay::{RelayCell, StreamId as CellStreamId};
+    use onion_cell::relay::RelayCell;
     use onion_cell::relaymsg::{Extend2, RelayMsg};
     let mut net = Net::new(23, HandshakeKind::Ntor, false, 2);
     net.run();
@@ -837,7 +837,7 @@ fn extend2_outside_relay_early_is_refused() {
         handshake_type: onion_cell::chancell::HandshakeType::NTOR,
         hdata: vec![0u8; 84].into(),
     });
-    let body = RelayCell::new(CellStreamId(0), msg)
+    let body = RelayCell::new(None, msg)
         .encode(&mut net.rng)
         .expect("encode");
     net.client
@@ -952,7 +952,7 @@ fn relay_closes_the_circuit_after_eight_relay_early() {
     let mut net = Net::new(33, HandshakeKind::Ntor, false, 1);
     net.build();
     for i in 0..9 {
-        net.client.send_msg(0, 0, &RelayMsg::Drop).expect("drop");
+        net.client.send_msg(0, None, &RelayMsg::Drop).expect("drop");
         let Some(ChanMsg::Relay(p)) = net.client.poll_cell(&mut net.rng) else {
             panic!("a RELAY cell")
         };

@@ -218,7 +218,7 @@ fn splice_only_joins_circuits_that_end_here() {
     let msg = RelayMsg::decode(RelayCmd::ESTABLISH_RENDEZVOUS, &[9; 20]).expect("msg");
     net.circuit_mut(b)
         .expect("b")
-        .send_msg(0, 0, &msg)
+        .send_msg(0, None, &msg)
         .expect("send");
     assert!(net.run_quiet(&mut Queue, limit()));
     assert!(net.story().iter().any(|l| l.party == "r0"

@@ -25,7 +25,7 @@ fn kh_matches_client_and_splice_forwards() {
     b.hops[1].splice().unwrap();
     assert!(a.hops[1].is_spliced());
     // Recognised at the joining hop: handled there, not forwarded.
-    a.client.send_msg(1, 0, &RelayMsg::Drop).unwrap();
+    a.client.send_msg(1, None, &RelayMsg::Drop).unwrap();
     a.run();
     assert!(a.hops[1].poll_spliced().is_none());
     // Unrecognised (random plaintext at hop 1): forwarded.

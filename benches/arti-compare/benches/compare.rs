@@ -82,7 +82,7 @@ fn fixture(name: &str) -> String {
 fn relay_wire() -> [u8; 514] {
     let format = CellFormat::for_version(5).expect("v5");
     let body = RelayCell::new(
-        StreamId(STREAM),
+        StreamId::new(STREAM),
         RelayMsg::Data(Data::new(&PAYLOAD).expect("fits")),
     )
     .encode(&mut ChaCha20Rng::seed_from_u64(1))
@@ -182,7 +182,10 @@ fn row_relay_decode_owned(wire: [u8; 514]) -> Row {
         let RelayMsg::Data(d) = rc.msg.into_owned() else {
             panic!()
         };
-        assert_eq!((rc.stream_id.0, &d.data[..]), (STREAM, &PAYLOAD[..]));
+        assert_eq!(
+            (StreamId::to_field(rc.stream_id), &d.data[..]),
+            (STREAM, &PAYLOAD[..])
+        );
 
         let mut buf = BytesMut::from(&wire[..]);
         let (cell, _) = ChannelCodec::new(5)
@@ -243,7 +246,7 @@ fn row_data_encode_fresh() -> Row {
     let owned = RelayMsg::Data(Data {
         data: Cow::Owned(PAYLOAD.to_vec()),
     });
-    RelayCell::new(StreamId(STREAM), owned)
+    RelayCell::new(StreamId::new(STREAM), owned)
         .encode_into(&mut check, &mut ChaCha20Rng::seed_from_u64(0))
         .expect("encodes");
     assert_eq!(&check[..], &wire[5..]);
@@ -251,7 +254,7 @@ fn row_data_encode_fresh() -> Row {
     let onion = move |n: u64| {
         for _ in 0..n {
             let msg = RelayMsg::Data(Data::new(black_box(&PAYLOAD)).expect("fits"));
-            let body = RelayCell::new(StreamId(STREAM), msg)
+            let body = RelayCell::new(StreamId::new(STREAM), msg)
                 .encode(&mut rng)
                 .expect("encodes");
             black_box(&body);
@@ -264,7 +267,7 @@ fn row_data_encode_fresh() -> Row {
                 data: Cow::Owned(black_box(&PAYLOAD).to_vec()),
             });
             let mut out = Box::new([0u8; 509]);
-            RelayCell::new(StreamId(STREAM), msg)
+            RelayCell::new(StreamId::new(STREAM), msg)
                 .encode_into(&mut out, &mut rng2)
                 .expect("encodes");
             black_box(out);
@@ -297,14 +300,14 @@ fn row_data_encode_reused() -> Row {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let mut out = [0u8; 509];
     let msg = RelayMsg::Data(Data::new(&PAYLOAD).expect("fits"));
-    RelayCell::new(StreamId(STREAM), msg)
+    RelayCell::new(StreamId::new(STREAM), msg)
         .encode_into(&mut out, &mut rng)
         .expect("encodes");
     assert_eq!(&out[..], &wire[5..]);
     let onion = move |n: u64| {
         for _ in 0..n {
             let msg = RelayMsg::Data(Data::new(black_box(&PAYLOAD)).expect("fits"));
-            RelayCell::new(StreamId(STREAM), msg)
+            RelayCell::new(StreamId::new(STREAM), msg)
                 .encode_into(&mut out, &mut rng)
                 .expect("encodes");
             black_box(&out);

@@ -196,11 +196,14 @@ fn data_for_a_never_opened_stream_is_dropped_but_counted() {
 fn data_bytes_keeps_the_payload() {
     for len in [0usize, 1, 100, 248, 249, 497, MAX_RELAY_DATA_LEN] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let body = data_body(5, &payload);
+        let body = data_body(StreamId::new(5).expect("nonzero"), &payload);
         assert_eq!(&data_bytes(body, len)[..], &payload[..], "len {len}");
     }
     // A length field beyond the maximum is clamped (the callers refuse it first).
-    let body = data_body(5, &[9u8; MAX_RELAY_DATA_LEN]);
+    let body = data_body(
+        StreamId::new(5).expect("nonzero"),
+        &[9u8; MAX_RELAY_DATA_LEN],
+    );
     assert_eq!(data_bytes(body, 600).len(), MAX_RELAY_DATA_LEN);
 }
 

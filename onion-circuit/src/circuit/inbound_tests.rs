@@ -116,7 +116,7 @@ pub(super) fn from_relay(
     body: &[u8],
 ) {
     r.send_msg(
-        stream,
+        StreamId::new(stream),
         &RelayMsg::Unknown {
             cmd,
             body: body.to_vec().into(),

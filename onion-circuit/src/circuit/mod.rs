@@ -47,7 +47,7 @@ use bytes::Bytes;
 use onion_cell::chancell::{ChanMsg, Create2, DestroyReason, HandshakeType, RelayPayload};
 use onion_cell::extension::{CcResponse, ExtList};
 use onion_cell::linkspec::LinkSpec;
-use onion_cell::relay::{RelayCell, StreamId as CellStreamId, RELAY_HEADER_LEN};
+use onion_cell::relay::{RelayCell, RELAY_HEADER_LEN};
 use onion_cell::relaymsg::{
     Begin, BeginFlags, End, EndReason, Extend2, RelayCmd, RelayMsg, Resolve, ResolvedAnswer,
     Sendme, Xon, MAX_RELAY_DATA_LEN,
@@ -228,8 +228,8 @@ pub enum CircEvent {
     Msg {
         /// The hop that sent it.
         hop: usize,
-        /// Its stream id (0 for circuit-level messages).
-        stream: u16,
+        /// Its stream id (`None` for circuit-level messages).
+        stream: Option<StreamId>,
         /// The message (boxed: it is rare and large, and events should stay small).
         msg: Box<RelayMsg<'static>>,
     },
@@ -414,14 +414,15 @@ impl rand_core::RngCore for ZeroPad {
     }
 }
 
-/// Encode `msg` on `stream` into a fresh plaintext body (padding left zero).
+/// Encode `msg` on `stream` (`None`: a circuit-level message) into a fresh plaintext body
+/// (padding left zero).
 pub(crate) fn encode_body(
-    stream: u16,
+    stream: Option<StreamId>,
     msg: &RelayMsg<'_>,
     what: &'static str,
 ) -> Result<Box<CellBody>, CircError> {
     let mut body = Box::new([0u8; tor1::CELL_BODY_LEN]);
-    RelayCell::new(CellStreamId(stream), msg.clone())
+    RelayCell::new(stream, msg.clone())
         .encode_into(&mut body, &mut ZeroPad)
         .map_err(|err| CircError::Encode { what, err })?;
     Ok(body)
@@ -429,28 +430,21 @@ pub(crate) fn encode_body(
 
 /// A DATA body for `stream` carrying `data` (at most 498 bytes), without going through
 /// [`RelayMsg`] (no intermediate copy).
-pub(crate) fn data_body(stream: u16, data: &[u8]) -> Box<CellBody> {
+pub(crate) fn data_body(stream: StreamId, data: &[u8]) -> Box<CellBody> {
     let mut body = Box::new([0u8; tor1::CELL_BODY_LEN]);
-    let n = data.len().min(MAX_RELAY_DATA_LEN);
-    body[0] = RelayCmd::DATA.0;
-    body[3..5].copy_from_slice(&stream.to_be_bytes());
-    body[9..11].copy_from_slice(&(n as u16).to_be_bytes());
-    body[RELAY_HEADER_LEN..RELAY_HEADER_LEN + n].copy_from_slice(&data[..n]);
+    onion_cell::relay::encode_data_into(&mut body, Some(stream), data);
     body
 }
 
-/// The stream id and data length of a decrypted RELAY_DATA cell, read from its header
-/// without decoding the message (both ends hand DATA over in the cell's own buffer, see
-/// [`data_bytes`]); a length beyond the cell is malformed.
+/// The stream id (0 for none) and data length of a decrypted RELAY_DATA cell, read from
+/// its header without decoding the message (both ends hand DATA over in the cell's own
+/// buffer, see [`data_bytes`]); a length beyond the cell is malformed.
 pub(crate) fn data_cell_header(body: &CellBody) -> Result<(u16, usize), onion_cell::Error> {
-    let len = usize::from(u16::from_be_bytes([body[9], body[10]]));
-    if len > MAX_RELAY_DATA_LEN {
-        return Err(onion_cell::Error::BadLength {
-            field: "relay Length",
-            len,
-        });
-    }
-    Ok((u16::from_be_bytes([body[3], body[4]]), len))
+    let len = onion_cell::relay::read_data_len(body)?;
+    Ok((
+        StreamId::to_field(onion_cell::relay::read_stream_id(body)),
+        len,
+    ))
 }
 
 /// The `len` data bytes of a decrypted DATA cell as [`Bytes`]. A cell at least half full
@@ -474,13 +468,7 @@ pub(crate) fn data_bytes(body: Box<CellBody>, len: usize) -> Bytes {
 
 /// Fill the padding of a plaintext body (tor-spec §6.1: four zero bytes, then random bytes).
 pub(crate) fn pad_body(body: &mut CellBody, rng: &mut impl CryptoRngCore) {
-    let len = usize::from(u16::from_be_bytes([body[9], body[10]])).min(MAX_RELAY_DATA_LEN);
-    let start = RELAY_HEADER_LEN + len;
-    let zeros_end = (start + 4).min(tor1::CELL_BODY_LEN);
-    body[start..zeros_end].fill(0);
-    if zeros_end < tor1::CELL_BODY_LEN {
-        rng.fill_bytes(&mut body[zeros_end..]);
-    }
+    onion_cell::relay::pad_after_data(body, rng);
 }
 
 fn hop_from_keys(keys: &KeyGenerator) -> Result<Tor1ClientHop, CircError> {
@@ -636,7 +624,7 @@ impl Circuit {
             // it has no resources for (tor-spec §6.3, END reason RESOURCELIMIT). No event: the
             // embedder must not open a connection for a stream nobody tracks.
             let body = encode_body(
-                stream,
+                Some(id),
                 &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)),
                 "END",
             )?;
@@ -668,7 +656,7 @@ impl Circuit {
             .ok_or(CircError::NoSuchStream(stream))?
             .hop;
         let body = encode_body(
-            stream.get(),
+            Some(stream),
             &RelayMsg::Connected(onion_cell::relaymsg::Connected { addr: None }),
             "CONNECTED",
         )?;
@@ -684,7 +672,7 @@ impl Circuit {
             .streams
             .remove(stream)
             .ok_or(CircError::NoSuchStream(stream))?;
-        let body = encode_body(stream.get(), &RelayMsg::End(End::new(reason)), "END")?;
+        let body = encode_body(Some(stream), &RelayMsg::End(End::new(reason)), "END")?;
         self.queue_relay(usize::from(s.hop), body);
         Ok(())
     }
@@ -794,7 +782,7 @@ impl Circuit {
             handshake_type: htype,
             hdata: hdata.into(),
         });
-        let body = encode_body(0, &msg, "EXTEND2")?;
+        let body = encode_body(None, &msg, "EXTEND2")?;
         self.relay_early_left -= 1;
         self.relay_out.push_back(Queued {
             hop: last as u8,
@@ -909,7 +897,7 @@ impl Circuit {
             .checked_sub(1)
             .ok_or(CircError::NoSuchHop { hop: 0, hops: 0 })?;
         let id = self.streams.alloc_id().ok_or(CircError::TooManyStreams)?;
-        let body = encode_body(id.get(), &msg, "stream request")?;
+        let body = encode_body(Some(id), &msg, "stream request")?;
         let deadline = Some(now + self.config.stream_timeout);
         let state = if resolve {
             StreamState::Resolving { deadline }
@@ -1017,7 +1005,7 @@ impl Circuit {
                 early: false,
                 sendme_trigger: trigger,
                 raw: false,
-                body: data_body(stream.get(), chunk),
+                body: data_body(stream, chunk),
             });
             taken += chunk.len();
             budget = budget.saturating_sub(chunk.len() as u64);
@@ -1060,7 +1048,7 @@ impl Circuit {
             return Ok(());
         }
         s.half_close(Some(self.last_now + self.config.half_closed_timeout));
-        let body = encode_body(stream.get(), &RelayMsg::End(End::new(reason)), "END")?;
+        let body = encode_body(Some(stream), &RelayMsg::End(End::new(reason)), "END")?;
         self.queue_relay(hop, body);
         Ok(())
     }
@@ -1070,7 +1058,7 @@ impl Circuit {
     pub fn send_msg(
         &mut self,
         hop: usize,
-        stream: u16,
+        stream: Option<StreamId>,
         msg: &RelayMsg<'_>,
     ) -> Result<(), CircError> {
         self.check_open()?;
@@ -1133,7 +1121,7 @@ impl Circuit {
                 hops: self.hops.len(),
             });
         }
-        let body = encode_body(0, &RelayMsg::Truncate, "TRUNCATE")?;
+        let body = encode_body(None, &RelayMsg::Truncate, "TRUNCATE")?;
         self.queue_relay(hop, body);
         Ok(())
     }
@@ -1386,7 +1374,7 @@ impl Circuit {
             Ok(c) => c,
             Err(err) => return self.fail(CircError::Malformed { hop, err }),
         };
-        let stream = cell.stream_id.0;
+        let stream = StreamId::to_field(cell.stream_id);
         let r = self.dispatch(hop, stream, cell.msg);
         match r {
             Ok(()) => Ok(()),
@@ -1529,7 +1517,7 @@ impl Circuit {
             other => {
                 self.events.push_back(CircEvent::Msg {
                     hop,
-                    stream,
+                    stream: StreamId::new(stream),
                     msg: Box::new(other.into_owned()),
                 });
                 Ok(())
@@ -1609,7 +1597,7 @@ impl Circuit {
     /// just received (tor-spec §7.3.1).
     fn queue_circ_sendme(&mut self, hop: usize) -> Result<(), CircError> {
         let tag = sendme_tag(self.crypto.last_received_digest(hop).unwrap_or_default());
-        let body = encode_body(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }), "SENDME")?;
+        let body = encode_body(None, &RelayMsg::Sendme(Sendme { tag: Some(tag) }), "SENDME")?;
         self.stats.circ_sendmes_sent += 1;
         self.queue_relay(hop, body);
         Ok(())
@@ -1882,7 +1870,7 @@ impl Circuit {
             FlowSignal::Xoff => RelayMsg::Xoff,
             FlowSignal::Xon { kbps_ewma } => RelayMsg::Xon(Xon { kbps_ewma }),
         };
-        if let Ok(body) = encode_body(stream.get(), &msg, "XON/XOFF") {
+        if let Ok(body) = encode_body(Some(stream), &msg, "XON/XOFF") {
             match sig {
                 FlowSignal::Xoff => self.stats.xoff_sent += 1,
                 FlowSignal::Xon { .. } => self.stats.xon_sent += 1,
@@ -1903,7 +1891,7 @@ impl Circuit {
     fn queue_stream_sendmes(&mut self, stream: StreamId, hop: usize, n: u16) {
         for _ in 0..n {
             if let Ok(body) = encode_body(
-                stream.get(),
+                Some(stream),
                 &RelayMsg::Sendme(Sendme { tag: None }),
                 "SENDME",
             ) {

@@ -78,7 +78,7 @@ fn vhop(cc: Option<CcConfig>) -> Vhop {
 impl Vhop {
     /// A relay message from the far end of the virtual hop to the circuit.
     fn deliver_from_far(&mut self, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
-        let mut body = encode_body(stream, &msg, "test").unwrap();
+        let mut body = encode_body(StreamId::new(stream), &msg, "test").unwrap();
         self.far.originate_inbound(&mut body);
         self.r0.encrypt_inbound(&mut body);
         self.c
@@ -99,7 +99,7 @@ impl Vhop {
             let cell = RelayCell::decode(&body).unwrap();
             let mut d = [0u8; SENDME_DIGEST_LEN];
             d.copy_from_slice(&self.far.last_received_digest()[..SENDME_DIGEST_LEN]);
-            out.push((cell.msg.cmd(), cell.stream_id.0, d));
+            out.push((cell.msg.cmd(), StreamId::to_field(cell.stream_id), d));
         }
         out
     }

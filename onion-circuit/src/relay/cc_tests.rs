@@ -251,17 +251,14 @@ fn a_stream_sendme_or_an_unexpected_circuit_sendme_closes() {
     let (mut c, mut r, mut rng) = one_hop(true, &cc_relay(31));
     let (_, es) = dir_stream(&mut c, &mut r, &mut rng);
     let m = RelayMsg::Sendme(Sendme { tag: None });
-    let cell = RelayCell::new(onion_cell::StreamId(es.get()), m);
+    let cell = RelayCell::new(Some(es), m);
     assert!(matches!(
         r.handle_recognized(cell, false),
         Err(RelayError::Stream(_))
     ));
     // A circuit SENDME with nothing in flight.
     let (_, mut r2, _) = one_hop(true, &cc_relay(31));
-    let cell = RelayCell::new(
-        onion_cell::StreamId(0),
-        RelayMsg::Sendme(Sendme { tag: Some([0; 20]) }),
-    );
+    let cell = RelayCell::new(None, RelayMsg::Sendme(Sendme { tag: Some([0; 20]) }));
     assert!(matches!(
         r2.handle_recognized(cell, false),
         Err(RelayError::Flow(FlowError::UnexpectedSendme(_)))
@@ -348,7 +345,7 @@ fn an_xon_rate_paces_the_exit() {
 fn xon_xoff_without_congestion_control_are_dropped() {
     let (mut c, mut r, mut rng) = one_hop(true, &RelayConfig::default());
     let (_, es) = dir_stream(&mut c, &mut r, &mut rng);
-    let cell = RelayCell::new(onion_cell::StreamId(es.get()), RelayMsg::Xoff);
+    let cell = RelayCell::new(Some(es), RelayMsg::Xoff);
     assert!(r.handle_recognized(cell, false).is_ok());
     assert!(r.poll_event().is_none());
     assert_eq!(r.stats().xoff_received, 0);
@@ -463,9 +460,9 @@ fn the_client_drops_xon_xoff_that_do_not_apply() {
     assert!(c.congestion_control(0).is_none());
     let (id, es) = dir_stream(&mut c, &mut r, &mut rng);
     let before = c.send_capacity(id);
-    r.send_msg(es.get(), &RelayMsg::Xoff).unwrap();
-    r.send_msg(0, &RelayMsg::Xoff).unwrap();
-    r.send_msg(es.get(), &RelayMsg::Xon(Xon { kbps_ewma: 1 }))
+    r.send_msg(Some(es), &RelayMsg::Xoff).unwrap();
+    r.send_msg(None, &RelayMsg::Xoff).unwrap();
+    r.send_msg(Some(es), &RelayMsg::Xon(Xon { kbps_ewma: 1 }))
         .unwrap();
     pump(&mut c, &mut r, &mut rng, at(1));
     assert!(!c.is_closed());

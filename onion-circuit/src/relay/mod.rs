@@ -238,8 +238,8 @@ pub enum RelayEvent {
     },
     /// A recognised message the circuit does not handle itself (onion-service messages).
     Msg {
-        /// Stream id (0 for circuit-level).
-        stream: u16,
+        /// Stream id (`None` for circuit-level).
+        stream: Option<StreamId>,
         /// The message (boxed: rare and large).
         msg: Box<RelayMsg<'static>>,
     },
@@ -727,7 +727,7 @@ impl RelayCircuit {
             ChanMsg::Created2(c) if self.next == Next::Extending => {
                 self.next = Next::Open;
                 let m = RelayMsg::Extended2(Extended2 { hdata: c.hdata });
-                self.originate(0, &m)
+                self.originate(None, &m)
             }
             ChanMsg::Relay(p) if self.next == Next::Open => {
                 let mut body = p.into_box();
@@ -765,7 +765,11 @@ impl RelayCircuit {
         self.events.push_back(RelayEvent::Closed { error: None });
     }
 
-    fn originate(&mut self, stream: u16, msg: &RelayMsg<'_>) -> Result<(), RelayError> {
+    fn originate(
+        &mut self,
+        stream: Option<StreamId>,
+        msg: &RelayMsg<'_>,
+    ) -> Result<(), RelayError> {
         let body = encode_body(stream, msg, "relay message")?;
         self.to_client.push_back(Inbound::Originated {
             body,
@@ -775,7 +779,7 @@ impl RelayCircuit {
     }
 
     fn handle_recognized(&mut self, cell: RelayCell<'_>, early: bool) -> Result<(), RelayError> {
-        let stream = cell.stream_id.0;
+        let stream = StreamId::to_field(cell.stream_id);
         let sid = StreamId::new(stream);
         match cell.msg {
             RelayMsg::Extend2(ext) => {
@@ -825,7 +829,7 @@ impl RelayCircuit {
                         .push_back(ChanMsg::Destroy(DestroyReason::REQUESTED));
                     self.next = Next::None;
                 }
-                self.originate(0, &RelayMsg::Truncated(DestroyReason::REQUESTED))
+                self.originate(None, &RelayMsg::Truncated(DestroyReason::REQUESTED))
             }
             RelayMsg::Begin(b) => {
                 let id = sid.ok_or(RelayError::Protocol("BEGIN on stream 0"))?;
@@ -922,7 +926,7 @@ impl RelayCircuit {
             | RelayMsg::Extend(_)) => Err(RelayError::UnexpectedMsg(m.cmd())),
             other => {
                 self.events.push_back(RelayEvent::Msg {
-                    stream,
+                    stream: StreamId::new(stream),
                     msg: Box::new(other.into_owned()),
                 });
                 Ok(())
@@ -938,7 +942,7 @@ impl RelayCircuit {
         if self.recv.take()? {
             let tag = sendme_tag(self.crypto.last_received_digest());
             self.stats.circ_sendmes_sent += 1;
-            self.originate(0, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
+            self.originate(None, &RelayMsg::Sendme(Sendme { tag: Some(tag) }))?;
         }
         let id = StreamId::new(stream).ok_or(RelayError::Protocol("DATA on stream 0"))?;
         let Some(s) = self.streams.get_mut(id) else {
@@ -1035,7 +1039,7 @@ impl RelayCircuit {
                     RelayMsg::Xon(Xon { kbps_ewma })
                 }
             };
-            self.originate(stream.get(), &msg)?;
+            self.originate(Some(stream), &msg)?;
         }
         Ok(())
     }
@@ -1053,7 +1057,7 @@ impl RelayCircuit {
         // Proposal 324 §4: no stream windows on a congestion-controlled circuit.
         st.windowless = self.cc.is_some();
         if !self.streams.insert(st) {
-            self.originate(id.get(), &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)))?;
+            self.originate(Some(id), &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)))?;
             return Ok(false);
         }
         Ok(true)
@@ -1072,7 +1076,7 @@ impl RelayCircuit {
         if self.streams.get(stream).is_none() {
             return Err(RelayError::NoSuchStream(stream));
         }
-        self.originate(stream.get(), &RelayMsg::Connected(Connected { addr }))
+        self.originate(Some(stream), &RelayMsg::Connected(Connected { addr }))
     }
 
     /// End an exit stream with `reason` (refused by policy, connection failed, or done),
@@ -1097,7 +1101,7 @@ impl RelayCircuit {
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
         s.half_close(Some(self.last_now + self.half_closed_timeout));
-        self.originate(stream.get(), &RelayMsg::End(end))
+        self.originate(Some(stream), &RelayMsg::End(end))
     }
 
     /// Answer a RESOLVE (tor-spec §6.4).
@@ -1109,11 +1113,15 @@ impl RelayCircuit {
         if self.closed {
             return Err(RelayError::Closed);
         }
-        self.originate(stream.get(), &RelayMsg::Resolved(Resolved { answers }))
+        self.originate(Some(stream), &RelayMsg::Resolved(Resolved { answers }))
     }
 
     /// Send a recognised message toward the client (onion-service replies and the like).
-    pub fn send_msg(&mut self, stream: u16, msg: &RelayMsg<'_>) -> Result<(), RelayError> {
+    pub fn send_msg(
+        &mut self,
+        stream: Option<StreamId>,
+        msg: &RelayMsg<'_>,
+    ) -> Result<(), RelayError> {
         if self.closed {
             return Err(RelayError::Closed);
         }
@@ -1204,7 +1212,7 @@ impl RelayCircuit {
                 budget -= n as u64;
                 self.stats.data_cells_sent += 1;
                 self.to_client.push_back(Inbound::Originated {
-                    body: data_body(stream.get(), &data[taken..taken + n]),
+                    body: data_body(stream, &data[taken..taken + n]),
                     trigger,
                 });
                 taken += n;
@@ -1227,7 +1235,7 @@ impl RelayCircuit {
             s.send.take();
             self.stats.data_cells_sent += 1;
             self.to_client.push_back(Inbound::Originated {
-                body: data_body(stream.get(), chunk),
+                body: data_body(stream, chunk),
                 trigger,
             });
             taken += chunk.len();
@@ -1283,7 +1291,7 @@ impl RelayCircuit {
             let n = self.streams.get_mut(id).map_or(0, Stream::on_delivered);
             for _ in 0..n {
                 self.stats.stream_sendmes_sent += 1;
-                let _ = self.originate(id.get(), &RelayMsg::Sendme(Sendme { tag: None }));
+                let _ = self.originate(Some(id), &RelayMsg::Sendme(Sendme { tag: None }));
             }
         }
         e

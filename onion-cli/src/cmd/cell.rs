@@ -243,7 +243,7 @@ fn relay_json(body: &RelayCellBody) -> Result<Value, Error> {
         "command": name,
         "command_value": value,
         "recognized": body.recognized(),
-        "stream_id": body.stream_id().0,
+        "stream_id": onion_cell::relay::StreamId::to_field(body.stream_id()),
         "digest": hx(&body.digest()),
         "length": body.length(),
         "data": hx(body.data()?),

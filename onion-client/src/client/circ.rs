@@ -409,7 +409,9 @@ impl super::Client {
                     hop, stream, msg, ..
                 } => {
                     let n = m.n_hops();
-                    if let Verdict::Violation(why) = msg_verdict(c.purpose, hop, n, stream, &msg) {
+                    if let Verdict::Violation(why) =
+                        msg_verdict(c.purpose, hop, n, StreamId::to_field(stream), &msg)
+                    {
                         m.destroy_with_reason(DestroyReason::PROTOCOL);
                         self.fail_circ(key, Error::Violation(why), true);
                         return;

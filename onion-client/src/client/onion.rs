@@ -409,7 +409,7 @@ impl super::Client {
                     let m = self.circs.get_mut(&key)?.circ.as_mut()?;
                     let msg = onion_hs::cellmsg::to_relay_msg(cmd, &body).ok()?;
                     let last = m.n_hops().checked_sub(1)?;
-                    m.send_msg(last, 0, &msg).ok()
+                    m.send_msg(last, None, &msg).ok()
                 });
                 if sent.is_none() {
                     self.hs_close(circ);

@@ -23,7 +23,7 @@
 //! while let Some(a) = hs.poll_action() { match a {
 //!     BuildCircuit { circ, purpose, last_hop } => /* path per purpose; then */
 //!         hs.circuit_built(circ, &last_hop, &kh, now, rng) /* or */ hs.circuit_closed(circ, why, now, rng),
-//!     SendMessage { circ, cmd, body } => circuit.send_msg(last, 0, &RelayMsg::decode(cmd, &body)?),
+//!     SendMessage { circ, cmd, body } => circuit.send_msg(last, None, &RelayMsg::decode(cmd, &body)?),
 //!     DirRequest { circ, request, max_body } => /* BEGIN_DIR, send, read to END; then */
 //!         hs.dir_answer(circ, decode_response(&raw, max_body), now, rng),
 //!     AddVirtualHop { circ, hop } => circuit.add_virtual_hop(_cc)(Box::new(hop.layer()?), ..),

@@ -70,7 +70,7 @@ fn link_specs(net: &Net, r: usize) -> (Vec<LinkSpec>, [u8; 32]) {
 fn send(net: &mut Net, i: usize, cmd: RelayCmd, body: &[u8]) {
     let hop = net.hops(i) - 1;
     let m = cellmsg::to_relay_msg(cmd, body).expect("message");
-    net.circs[i].circ.send_msg(hop, 0, &m).expect("send");
+    net.circs[i].circ.send_msg(hop, None, &m).expect("send");
     net.run();
 }
 
@@ -385,7 +385,7 @@ fn introduction_point_checks_and_ack_statuses() {
     assert_eq!(net.hops(through), 3);
     let body = introduce1(auth.public_bytes());
     let m = cellmsg::to_relay_msg(RelayCmd::INTRODUCE1, &body).expect("msg");
-    net.circs[through].circ.send_msg(1, 0, &m).expect("send");
+    net.circs[through].circ.send_msg(1, None, &m).expect("send");
     net.run();
     closed_by(&net, through, INTRO, closed);
 

@@ -1305,7 +1305,7 @@ impl Relay {
             RelayEvent::Data { stream, data } => self.stream_data(k, stream, data),
             RelayEvent::StreamEnded { stream, .. } => self.client_ended(k, stream),
             RelayEvent::Closed { .. } => self.drop_streams(k),
-            RelayEvent::Msg { stream, msg } => self.hs_msg(k, stream, *msg),
+            RelayEvent::Msg { stream, msg } => self.hs_msg(k, StreamId::to_field(stream), *msg),
             _ => {}
         }
     }

@@ -23,7 +23,7 @@ pub struct HsRoles {
 fn send(cx: &mut RelayCx<'_>, circ: usize, cmd: RelayCmd, body: &[u8]) {
     let r = match cellmsg::to_relay_msg(cmd, body) {
         Ok(m) => match cx.circ(circ) {
-            Some(c) => c.send_msg(0, &m).map_err(|e| e.to_string()),
+            Some(c) => c.send_msg(None, &m).map_err(|e| e.to_string()),
             None => Err("circuit closed".to_owned()),
         },
         Err(e) => Err(e.to_string()),
@@ -101,7 +101,7 @@ impl Edge for HsRoles {
                     RelayCmd::ESTABLISH_RENDEZVOUS,
                     RelayCmd::RENDEZVOUS1,
                 ];
-                if stream != 0 || !ours.contains(&cmd) {
+                if stream.is_some() || !ours.contains(&cmd) {
                     return Some(RelayEvent::Msg { stream, msg });
                 }
                 match cellmsg::body_of(&msg) {

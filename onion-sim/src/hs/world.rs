@@ -239,7 +239,7 @@ impl World {
         let m = cellmsg::to_relay_msg(cmd, body).map_err(|e| fail("encode", e))?;
         let c = self.net.circuit_mut(at).ok_or(fail("send", "no circuit"))?;
         let last = c.n_hops().checked_sub(1).ok_or(fail("send", "no hop"))?;
-        c.send_msg(last, 0, &m).map_err(|e| fail("send", e))
+        c.send_msg(last, None, &m).map_err(|e| fail("send", e))
     }
 
     /// Take the first message of `cmd` that circuit `at` received.
