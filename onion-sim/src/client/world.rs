@@ -1615,7 +1615,7 @@ impl World {
                     });
                 }
             }
-            RelayEvent::Msg { stream: 0, msg } => {
+            RelayEvent::Msg { stream: None, msg } => {
                 let cmd = msg.cmd();
                 match cellmsg::body_of(&msg) {
                     Ok(body) => self.onion_msg(r, i, cmd, &body),
@@ -1645,7 +1645,7 @@ impl World {
         let sent = cellmsg::to_relay_msg(cmd, body)
             .map_err(|e| e.to_string())
             .and_then(|m| match self.rcirc(r, i) {
-                Some(c) => c.send_msg(0, &m).map_err(|e| e.to_string()),
+                Some(c) => c.send_msg(None, &m).map_err(|e| e.to_string()),
                 None => Err("circuit closed".into()),
             });
         if let Err(e) = sent {
