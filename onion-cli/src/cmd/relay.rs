@@ -7,17 +7,19 @@
 //! circuit to the relay's own ORPort (`--assume-reachable` skips it, as C tor's
 //! `AssumeReachable`).
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use clap::Args as ClapArgs;
 use onion_crypto::cert::UnixTime;
 use onion_crypto::relay_keyset::OnionKeyParams;
+use onion_dir::consensus::NetParams;
 use onion_dir::policy::ExitPolicy;
 use onion_relay::{Relay, RelayConfig};
 use rand_core::OsRng;
 
+use crate::relay::circparams::circuit_config;
 use crate::relay::keys::{duplicate, KeyDir};
 use crate::relay::publish::{parse_exit_policy, DescriptorTemplate};
 use crate::relay::server::{run as serve, Setup};
@@ -63,6 +65,23 @@ pub struct Args {
     assume_reachable: bool,
 }
 
+/// The relay's configuration: a guard and middle, an exit when `exit_policy` is given, a
+/// directory cache and HSDir answering BEGIN_DIR (tor-spec §6.2.1), and congestion control
+/// on the circuits ending here since the descriptor advertises `FlowCtrl=2` (proposal 324
+/// §4.1), with C tor's default parameters until the relay has a consensus.
+fn relay_config(address: Ipv4Addr, exit_policy: Option<ExitPolicy>, testing: bool) -> RelayConfig {
+    let mut cfg = RelayConfig::new(vec![IpAddr::V4(address)]);
+    cfg.exit_policy = exit_policy;
+    cfg.dir_cache = true;
+    cfg.hs_dir = true;
+    cfg.circuits = circuit_config(&NetParams::default());
+    if testing {
+        cfg.extend_allow_private = true;
+        cfg.exit_reject_private = false;
+    }
+    cfg
+}
+
 /// Runs `onion relay`.
 pub fn run(args: Args) -> Result<(), String> {
     let IpAddr::V4(address) = args.or_port.ip() else {
@@ -90,13 +109,8 @@ pub fn run(args: Args) -> Result<(), String> {
         keys.ed_identity()
     );
     let relay_keys = duplicate(&keys, &mut OsRng, unix)?;
-    let mut cfg = RelayConfig::new(vec![IpAddr::V4(address)]);
-    cfg.exit_policy = exit_policy.clone();
-    cfg.hs_dir = true;
-    if args.testing_network {
-        cfg.extend_allow_private = true;
-        cfg.exit_reject_private = false;
-    }
+    let cfg = relay_config(address, exit_policy.clone(), args.testing_network);
+    let dir_cache = cfg.dir_cache || cfg.hs_dir;
     let listener =
         TcpListener::bind(args.or_port).map_err(|e| format!("--or-port {}: {e}", args.or_port))?;
     let clock = crate::net::Clock::new();
@@ -126,6 +140,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 .ok_or("reject *:* does not parse")?],
         }),
         rate: args.bandwidth,
+        tunnelled_dir_server: dir_cache,
     };
     serve(Setup {
         listener,
@@ -138,4 +153,27 @@ pub fn run(args: Args) -> Result<(), String> {
         link_cert_rotation: std::time::Duration::from_secs(args.link_cert_lifetime),
         self_test: (!args.assume_reachable).then_some(args.or_port),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptor advertises `FlowCtrl=1-2`: a relay built by `onion relay` answers a
+    /// congestion-control request with `sendme_inc` (C tor's default 31) instead of running
+    /// fixed windows.
+    #[test]
+    fn relay_runs_what_its_descriptor_advertises() {
+        assert!(onion_dir::relaydesc::ONION_RELAY_PROTOCOLS.contains("FlowCtrl=1-2"));
+        let cfg = relay_config(Ipv4Addr::new(127, 0, 0, 1), None, true);
+        let cc = cfg
+            .circuits
+            .congestion_control
+            .expect("congestion control on");
+        assert_eq!(cc.sendme_inc, 31);
+        assert!(cfg.dir_cache && cfg.hs_dir);
+        assert!(cfg.extend_allow_private && !cfg.exit_reject_private);
+        let cfg = relay_config(Ipv4Addr::new(127, 0, 0, 1), None, false);
+        assert!(!cfg.extend_allow_private && cfg.exit_reject_private);
+    }
 }

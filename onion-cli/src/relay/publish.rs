@@ -33,6 +33,10 @@ pub struct DescriptorTemplate {
     pub exit_policy: ExitPolicy,
     /// Bandwidth rate and burst, bytes per second.
     pub rate: u64,
+    /// The relay answers BEGIN_DIR (tor-spec §6.2.1): the descriptor says
+    /// `tunnelled-dir-server` (dir-spec §2.1.1), so authorities can vote V2Dir. Never set
+    /// for a relay that answers BEGIN_DIR with END NOTDIRECTORY.
+    pub tunnelled_dir_server: bool,
 }
 
 /// The two signed documents of one publication.
@@ -88,7 +92,7 @@ pub fn build(
         contact: t.contact.clone(),
         exit_policy: t.exit_policy.clone(),
         ipv6_policy: PolicySummary::reject_all(),
-        tunnelled_dir_server: false,
+        tunnelled_dir_server: t.tunnelled_dir_server,
         caches_extra_info: false,
     }
     .encode(keys, params, rng)
@@ -188,5 +192,34 @@ mod tests {
         assert!(parse_exit_policy("accept6 [::1]:80").is_err());
         assert!(parse_exit_policy("accept").is_err());
         assert!(parse_exit_policy("").unwrap().rules.is_empty());
+    }
+
+    /// `tunnelled-dir-server` (dir-spec §2.1.1) appears exactly when the relay answers
+    /// BEGIN_DIR, and the descriptor still parses.
+    #[test]
+    fn tunnelled_dir_server_follows_the_template() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+        let keys = RelayKeySet::generate(&mut rng, now, false).unwrap();
+        let params = OnionKeyParams::new(None, None);
+        let published = Timestamp::from_unix(1_780_000_000);
+        for on in [false, true] {
+            let t = DescriptorTemplate {
+                nickname: "t".into(),
+                address: std::net::Ipv4Addr::new(127, 0, 0, 1),
+                or_port: 9001,
+                contact: None,
+                exit_policy: parse_exit_policy("reject *:*").unwrap(),
+                rate: 1 << 20,
+                tunnelled_dir_server: on,
+            };
+            let d = build(&t, &keys, &params, published, 0, 0, &mut rng).unwrap();
+            assert_eq!(
+                d.descriptor.lines().any(|l| l == "tunnelled-dir-server"),
+                on
+            );
+            assert!(onion_dir::routerdesc::UnverifiedRouterDesc::parse(&d.descriptor).is_ok());
+        }
     }
 }
