@@ -998,3 +998,69 @@ fn a_full_window_arriving_at_a_held_stream_is_kept() {
     assert_eq!(all.len(), total);
     assert!(all.iter().all(|b| *b == b'x'));
 }
+
+#[test]
+fn a_hanging_build_blocks_nothing_else_and_its_stream_moves_on_after_the_timeout() {
+    let mut net = Net::new(8, 29);
+    // Relay 4 takes circuits but never answers an EXTEND toward it.
+    net.relays[4].mute = true;
+    let mut c = client_on(&mut net, config());
+    // Ten isolation tokens: ten circuits building at once, some through relay 4.
+    let streams: Vec<StreamHandle> = (0..10)
+        .map(|i| c.connect("echo", 80, Isolation(i + 1), net.now).unwrap())
+        .collect();
+    net.run(&mut c);
+    let open_now = streams.iter().filter(|s| opened(&net, **s)).count();
+    assert!(
+        (1..10).contains(&open_now),
+        "{open_now} opened at once (the others hang at relay 4)"
+    );
+    // The others move to new paths once their build times out (60 s while learning) and
+    // open; none ends.
+    let ok = net.run_until(&mut c, Duration::from_secs(200), |n| {
+        streams.iter().all(|s| opened(n, *s))
+    });
+    assert!(
+        ok,
+        "{:?}",
+        streams.iter().map(|s| closed(&net, *s)).collect::<Vec<_>>()
+    );
+    assert!(net.now >= Instant::ZERO + Duration::from_secs(60));
+    let mute = net.relays[4].keys.rsa_id;
+    for s in &streams {
+        let v = c.stream_circuit(*s).unwrap();
+        assert!(v.hops.iter().all(|h| h.rsa_id != mute));
+    }
+}
+
+#[test]
+fn the_build_timeout_is_learned_from_build_times() {
+    let mut net = Net::new(8, 31);
+    // Ten build times suffice here (C tor: cbtmincircs, 100 by default).
+    net.params = "cbtmincircs=10".into();
+    let mut c = client_on(&mut net, config());
+    let first: Vec<StreamHandle> = (0..12)
+        .map(|i| c.connect("echo", 80, Isolation(i + 1), net.now).unwrap())
+        .collect();
+    net.run(&mut c);
+    assert!(first.iter().all(|s| opened(&net, *s)));
+    // Builds on this network take no time: the learned timeout is far below the initial
+    // 60 s, so a build that hangs is given up within seconds and its stream moves on.
+    net.relays[4].mute = true;
+    let start = net.now;
+    let streams: Vec<StreamHandle> = (0..10)
+        .map(|i| c.connect("echo", 80, Isolation(100 + i), net.now).unwrap())
+        .collect();
+    net.run(&mut c);
+    let open_now = streams.iter().filter(|s| opened(&net, **s)).count();
+    assert!(open_now < 10, "some builds hang at relay 4");
+    let ok = net.run_until(&mut c, Duration::from_secs(200), |n| {
+        streams.iter().all(|s| opened(n, *s))
+    });
+    assert!(ok);
+    let took = net.now.saturating_duration_since(start);
+    assert!(
+        took > Duration::ZERO && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}

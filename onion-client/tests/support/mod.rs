@@ -67,6 +67,8 @@ pub struct Relay {
     pub blackhole: bool,
     /// Documents served over BEGIN_DIR, by path prefix.
     pub docs: Vec<(String, String)>,
+    /// EXTEND2 cells toward it are never answered (a relay that hangs mid-build).
+    pub mute: bool,
     /// The ports its exit policy summary allows (all by default; [`PortSet::none`] makes it a
     /// non-exit in the directory). Its circuits still serve BEGINs: only the client's choice
     /// is tested.
@@ -173,6 +175,7 @@ impl Net {
                 blackhole: false,
                 docs: Vec::new(),
                 exit_ports: PortSet::all(),
+                mute: false,
             });
         }
         Net {
@@ -563,6 +566,13 @@ impl Net {
         };
         match ev {
             RelayEvent::Extend(req) => {
+                if self
+                    .relays
+                    .iter()
+                    .any(|r| r.mute && r.keys.rsa_id == req.rsa_id)
+                {
+                    return;
+                }
                 let to = self.relays.iter().position(|r| {
                     r.keys.rsa_id == req.rsa_id && req.addrs.first() == Some(&r.addr) && !r.down
                 });
