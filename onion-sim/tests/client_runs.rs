@@ -125,7 +125,8 @@ fn restart_from_persisted_state() {
 }
 
 /// Streams of different isolation tokens never share a circuit: two groups of streams
-/// need at least two circuits at the exits.
+/// need at least two circuits at the exits (the second group may take a clean circuit
+/// built while the first ran, so the count is over both batches).
 #[test]
 fn isolated_streams_use_separate_circuits() {
     let (mut sim, _) = runs::bootstrapped(cfg(8)).expect("bootstrap");
@@ -134,7 +135,8 @@ fn isolated_streams_use_separate_circuits() {
     let b = runs::streams(&mut sim, 5, 10_000, Isolation(2), Duration::from_secs(120))
         .expect("streams");
     assert_eq!((a.ok, b.ok), (5, 5), "{a:?} {b:?}");
-    assert!(a.exit_circuits >= 1 && b.exit_circuits >= 1, "{a:?} {b:?}");
+    assert!(a.exit_circuits >= 1, "{a:?}");
+    assert!(a.exit_circuits + b.exit_circuits >= 2, "{a:?} {b:?}");
 }
 
 /// The benchmark run: 100 parallel 1 MiB streams; throughput in virtual time and CPU time

@@ -313,7 +313,7 @@ fn three_hop_fetch_from_the_web_server() {
         took > Duration::from_millis(100) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    // A port the exit policy does not accept is refused.
+    // A port the exit policy does not accept is refused as C tor does (tor-spec §6.3).
     let now = w.now();
     let s = raw
         .circ()
@@ -322,7 +322,7 @@ fn three_hop_fetch_from_the_web_server() {
     raw.run(&mut w, |r| r.stream_result(s).is_some());
     assert_eq!(
         raw.stream_result(s).expect("ended").1,
-        EndReason::CONNECTREFUSED
+        EndReason::EXITPOLICY
     );
 }
 
@@ -406,7 +406,8 @@ fn oversized_directory_request_ends_the_stream() {
             .any(|e| matches!(e, CircEvent::StreamConnected { stream, .. } if *stream == s))
     });
     let mut req = b"GET /tor/".to_vec();
-    req.resize(onion_sim::client::world::MAX_DIR_REQUEST + 10, b'a');
+    // Beyond the bound and the allowance an HSDir adds for a descriptor upload.
+    req.resize(2 * onion_sim::client::world::MAX_DIR_REQUEST + 10, b'a');
     let mut sent = 0;
     while sent < req.len() {
         let n = raw.circ().send(s, &req[sent..]).expect("send");

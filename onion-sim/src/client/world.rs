@@ -2,27 +2,28 @@
 //! guard, middle and exit relays, a web server behind the exits, and the connections
 //! between them, in virtual time with one seeded RNG.
 //!
-//! Every relay runs the real relay side of onion-circuit: a responder
-//! [`Channel`] per accepted connection (VERSIONS, CERTS with real link certificates bound to
-//! the connection's TLS-certificate digest, AUTH_CHALLENGE, NETINFO: tor-spec §4), a
-//! [`RelayCircuit`] per CREATE2 (ntor, ntor-v3), EXTEND2 over an initiator channel to the
-//! next relay (tor-spec §5.3), exit streams to the web server (tor-spec §6.2), RESOLVE
-//! (§6.4) and BEGIN_DIR streams answered from the authorities' signed documents (dir-spec
-//! §4, §6); every relay is also an HSDir (descriptor uploads and fetches, rend-spec-v3
-//! §2.2.6), an introduction point and a rendezvous point that joins circuits (§3.1, §4.2),
-//! on onion-hs's relay roles. Only TCP and TLS are simulated: a connection is two byte pipes that delay what
-//! they carry by the sum of the two ends' access latencies plus the time the slower end's
-//! bandwidth needs, and a connection's TLS certificate is a random digest.
+//! Every relay is an [`onion_relay::Relay`], the machine `onion relay` runs over TCP and
+//! TLS: the responder handshake (VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO: tor-spec §4),
+//! circuits (ntor, ntor-v3, CREATE_FAST), EXTEND2 over authenticated channels to the next
+//! relay (tor-spec §5.3), exit streams under an exit policy (tor-spec §6.2), RESOLVE (§6.4),
+//! the directory cache (BEGIN_DIR answered from the authorities' signed documents, key
+//! certificates and consensus diffs: dir-spec §4, appendix B), and the onion-service roles
+//! (HSDir, introduction and rendezvous point: rend-spec-v3 §2.2.6, §3.1, §4.2). The world
+//! plays what `onion relay`'s embedder plays: TCP and TLS (a connection is two byte pipes
+//! that delay what they carry by the sum of the two ends' access latencies plus the time
+//! the slower end's bandwidth needs; a relay's link certificate is a random DER blob whose
+//! SHA-256 the connection's initiator is handed, and the TLS exporter value a random
+//! digest both ends share), the resolver (only [`WEB_HOST`] resolves) and the exits' TCP
+//! connections to the web server.
 //!
 //! The client side is raw: [`World::connect`] opens a connection to an address (or fails),
 //! [`World::send`] writes bytes, and [`World::poll_event`] gives what arrived
 //! ([`NetEvent`]), so that anything speaking Tor's link protocol, such as
 //! `onion_client::Client` through [`super::driver`], can be the client.
 //!
-//! Backpressure: a relay moves a circuit's cells onto its channels only while those
-//! channels' outbound queues are under [`CHAN_HIGH`], and a channel's bytes onto the
-//! connection only while less than [`SEND_BUFFER`] bytes wait to be sent there (a TCP
-//! send buffer); nothing is dropped.
+//! Backpressure: a relay's bytes move onto a connection only while less than
+//! [`SEND_BUFFER`] bytes wait to be sent there (a TCP send buffer); the relay holds the
+//! rest within its own limits ([`onion_relay::Limits`]). Nothing is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -32,35 +33,28 @@ use std::time::Duration;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use onion_cell::chancell::{ChanMsg, DestroyReason};
-use onion_cell::relaymsg::{EndReason, ResolvedAnswer, ResolvedValue};
-use onion_cell::CircId;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds, RelayLinkKeys};
-use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys, RelayOutput};
-use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
-use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
-use onion_dir::{RsaIdentity, Timestamp};
-
-use onion_cell::RelayCmd;
-use onion_hs::cellmsg;
-use onion_hs::relay::{IntroPoint, RendPoint};
+use onion_crypto::keys::NtorOnionKey;
+use onion_crypto::relay_keyset::RelayKeySet;
+use onion_dir::{Ed25519Identity, RsaIdentity, Timestamp};
+use onion_relay::{
+    ConnId, DirDocuments, Event as RelayEvent, ResolveError, StreamHandle, TargetError, TlsLinkCert,
+};
 
 use super::authority::{self, AuthoritySource, DirAuthority, Publication, RelayEntry};
 use crate::circuit::web::{self, WebConn};
 use crate::circuit::{SimError, StoryLine, WEB_ADDR, WEB_HOST};
-use crate::hs::hsdir::HsDir;
 
 /// The wall-clock time at virtual time zero (2026-05-28 20:26:40 UTC), as the circuit
 /// simulator's certificates use.
 pub const WALL_BASE: u64 = 1_780_000_000;
 
-/// A channel's outbound queue above which a relay stops moving circuit cells onto it.
-pub const CHAN_HIGH: usize = 64 * 1024;
 /// Bytes a connection end lets wait for the link (a TCP send buffer) before it stops
 /// taking more from its channel.
 pub const SEND_BUFFER: usize = 128 * 1024;
-/// Largest directory request a relay buffers; a longer one ends the stream (RESOURCELIMIT).
+/// Largest directory request head a relay buffers (an HSDir also allows an onion-service
+/// descriptor's size for an upload, [`onion_relay::Limits::max_dir_request`]); a longer
+/// one ends the stream (RESOURCELIMIT).
 pub const MAX_DIR_REQUEST: usize = 64 * 1024;
 /// Older consensuses the authorities keep to serve diffs from (dir-spec §4.5.2).
 pub const KEEP_OLD_CONSENSUSES: usize = 8;
@@ -234,8 +228,14 @@ impl Pipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Client,
-    Relay { r: usize, chan: usize },
+    Relay { r: usize, conn: ConnId },
 }
+
+/// The end of a connection that is gone (its relay died or closed it).
+const GONE: End = End::Relay {
+    r: usize::MAX,
+    conn: ConnId(u64::MAX),
+};
 
 /// A TCP+TLS connection: `ends[0]` opened it, `ends[1]` (a relay) accepted it;
 /// `pipes[i]` carries bytes toward `ends[i]`.
@@ -247,49 +247,23 @@ struct Conn {
     bandwidth: u64,
     /// When TCP and TLS are done: no bytes move before.
     open_at: Instant,
-    /// The client was told it is open.
+    /// The opener was told it is open.
     announced: bool,
     /// When each end learns that the connection is gone (then it is forgotten there).
     close_at: [Option<Instant>; 2],
-    digest: [u8; 32],
+    /// The TLS exporter value both ends share (tor-spec §4.4.2).
+    exporter: [u8; 32],
 }
 
-struct RChan {
-    chan: Channel,
-    conn: usize,
-    /// Whom we connected to (initiator side), to reuse for extends.
-    to: Option<usize>,
-    /// Circuits waiting for this (initiator) channel to open to send their CREATE2.
-    waiting: Vec<(usize, ChanMsg<'static>)>,
-}
-
-struct RCirc {
-    circ: RelayCircuit,
-    client: (usize, CircId),
-    next: Option<(usize, CircId)>,
-    /// The circuit of this relay it is joined to (rendezvous point, rend-spec-v3 §4.2).
-    spliced: Option<usize>,
-}
-
-/// An exit's connection to the web server for one stream.
-struct ExitConn {
-    circ: usize,
-    stream: StreamId,
+/// An exit's TCP connection to the web server for one exit stream.
+struct Target {
     web: WebConn,
+    /// When the TCP connect completes.
     connect_at: Option<Instant>,
     /// The client's bytes on their way to the web server.
     to_web: VecDeque<(Instant, Vec<u8>)>,
-    /// Response bytes the circuit has not taken yet.
+    /// Response bytes the relay has not taken yet.
     pending: Vec<u8>,
-    done: bool,
-}
-
-/// A BEGIN_DIR stream.
-struct DirConn {
-    circ: usize,
-    stream: StreamId,
-    request: Vec<u8>,
-    response: Option<(Vec<u8>, usize)>,
 }
 
 /// Counters of one relay.
@@ -306,28 +280,23 @@ pub struct RelayStats {
     /// Directory requests answered.
     pub dir_requests: u64,
 }
-
-/// A relay of the world.
+/// A relay of the world: an [`onion_relay::Relay`] and what its embedder keeps.
 pub struct Relay {
     name: String,
     role: Role,
     addr: SocketAddr,
     link: LinkSpec,
-    link_keys: RelayLinkKeys,
-    keys: RelayKeys,
+    /// The seed its keys are made from (the same keys again when it comes back).
+    key_seed: u64,
+    machine: onion_relay::Relay,
+    rsa_id: RsaIdentity,
+    ed_id: Ed25519Identity,
     ntor_public: NtorOnionKey,
+    /// SHA-256 of its link certificate (what TLS would show an initiator).
+    cert_sha256: [u8; 32],
     up: bool,
-    chans: Vec<Option<RChan>>,
-    circs: Vec<Option<RCirc>>,
-    by_client: HashMap<(usize, CircId), usize>,
-    by_next: HashMap<(usize, CircId), usize>,
-    exits: Vec<ExitConn>,
-    dirs: Vec<DirConn>,
-    /// Introduction-point and rendezvous-point state (rend-spec-v3 §3.1, §4.1), by circuit.
-    intro: IntroPoint<usize>,
-    rend: RendPoint<usize>,
-    /// The onion-service descriptors this relay stores as an HSDir (rend-spec-v3 §2.2.6).
-    hsdir: HsDir,
+    next_conn: u64,
+    targets: HashMap<StreamHandle, Target>,
     stats: RelayStats,
 }
 
@@ -399,10 +368,6 @@ fn setup(e: impl core::fmt::Display) -> SimError {
     SimError::Setup(e.to_string())
 }
 
-fn short(id: &[u8]) -> String {
-    id.iter().take(4).map(|b| format!("{b:02X}")).collect()
-}
-
 impl World {
     /// A world as `cfg` says, with a first consensus published (valid from the hour that
     /// contains virtual time zero).
@@ -422,14 +387,12 @@ impl World {
                 // One /16 per relay, so that path selection's subnet rule never binds.
                 let ip = Ipv4Addr::new(10, (k * 50 + i + 1).min(255) as u8, 0, 1);
                 let name = format!("{prefix}{i}");
-                let link_keys =
-                    RelayLinkKeys::generate(&mut rng, system_time(Instant::ZERO)).map_err(setup)?;
-                let ids = link_keys.ids();
-                let (Some(rsa_id), Some(ed_id)) = (ids.rsa, ids.ed25519) else {
-                    return Err(setup("relay keys without identities"));
-                };
-                let ntor = NtorSecretKey::generate(&mut rng);
-                let ntor_public = *ntor.public();
+                let key_seed = rng.next_u64();
+                let machine = make_relay(role, ip, key_seed, &cfg, Instant::ZERO, &mut rng)?;
+                let keys = machine.keys();
+                let (rsa_id, ed_id) = (keys.rsa_identity().public().identity(), keys.ed_identity());
+                let ntor_public = *keys.ntor_key().public();
+                let cert_sha256 = machine.link_cert().sha256();
                 if role == Role::Authority {
                     authorities.push((DirAuthority::generate(&name, &mut rng)?, relays.len()));
                 }
@@ -438,26 +401,22 @@ impl World {
                     role,
                     addr: SocketAddr::new(IpAddr::V4(ip), 9001),
                     link: cfg.relay_link,
-                    link_keys,
-                    keys: RelayKeys {
-                        rsa_id,
-                        ed_id,
-                        ntor_keys: vec![ntor],
-                    },
+                    key_seed,
+                    machine,
+                    rsa_id,
+                    ed_id,
                     ntor_public,
+                    cert_sha256,
                     up: true,
-                    chans: Vec::new(),
-                    circs: Vec::new(),
-                    by_client: HashMap::new(),
-                    by_next: HashMap::new(),
-                    exits: Vec::new(),
-                    dirs: Vec::new(),
-                    intro: IntroPoint::default(),
-                    rend: RendPoint::default(),
-                    hsdir: HsDir::default(),
+                    next_conn: 0,
+                    targets: HashMap::new(),
                     stats: RelayStats::default(),
                 });
             }
+        }
+        let relay_ips: Vec<IpAddr> = relays.iter().map(|r| r.addr.ip()).collect();
+        for r in &mut relays {
+            r.machine.set_relay_addresses(relay_ips.iter().copied());
         }
         let wall0 = wall_at(Instant::ZERO);
         let va = Timestamp(wall0.0 - wall0.0 % 3600);
@@ -494,7 +453,48 @@ impl World {
             cfg,
         };
         w.docs.current = w.make_publication(va)?;
+        w.give_documents();
         Ok(w)
+    }
+
+    /// Hand every relay's directory cache the documents as they are now: the current
+    /// consensus, the older ones as diff bases, every microdescriptor published and the
+    /// authorities' key certificates.
+    fn give_documents(&mut self) {
+        let docs = self.documents();
+        for r in &mut self.relays {
+            r.machine.set_directory_documents(docs.clone());
+        }
+    }
+
+    fn documents(&self) -> DirDocuments {
+        let mut microdescs: Vec<Vec<u8>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for p in std::iter::once(&self.docs.current).chain(self.docs.older.iter()) {
+            for (d, md) in &p.microdescs {
+                if seen.insert(d.0) {
+                    microdescs.push(md.clone().into_bytes());
+                }
+            }
+        }
+        DirDocuments {
+            consensus_microdesc: Some(self.docs.current.consensus.clone().into_bytes()),
+            previous_consensuses_microdesc: self
+                .docs
+                .older
+                .iter()
+                .rev()
+                .map(|p| p.consensus.clone().into_bytes())
+                .collect(),
+            microdescs,
+            authority_certs: self
+                .docs
+                .certs
+                .iter()
+                .map(|(_, t)| t.clone().into_bytes())
+                .collect(),
+            ..DirDocuments::default()
+        }
     }
 
     fn make_publication(&mut self, valid_after: Timestamp) -> Result<Publication, SimError> {
@@ -518,6 +518,7 @@ impl World {
         let old = std::mem::replace(&mut self.docs.current, p);
         self.docs.older.push_front(old);
         self.docs.older.truncate(KEEP_OLD_CONSENSUSES);
+        self.give_documents();
         self.log(
             "authorities",
             format!("published the consensus valid after {va}"),
@@ -533,6 +534,7 @@ impl World {
         match c.find("\nw Bandwidth=") {
             Some(i) => {
                 c.insert(i + "\nw Bandwidth=".len(), '9');
+                self.give_documents();
                 true
             }
             None => false,
@@ -550,7 +552,7 @@ impl World {
             .iter()
             .map(|(a, r)| onion_client::dir::Authority {
                 name: a.name.clone(),
-                rsa_id: self.relays[*r].keys.rsa_id,
+                rsa_id: self.relays[*r].rsa_id,
                 v3ident: a.v3ident(),
                 or_addr: Some(self.relays[*r].addr),
             })
@@ -579,7 +581,7 @@ impl World {
 
     /// Relay `r`'s RSA identity.
     pub fn relay_rsa_id(&self, r: usize) -> RsaIdentity {
-        self.relays[r].keys.rsa_id
+        self.relays[r].rsa_id
     }
 
     /// What a client knows of relay `r` from its microdescriptor, to build a circuit
@@ -587,8 +589,8 @@ impl World {
     pub fn relay_target(&self, r: usize) -> onion_circuit::circuit::HopTarget {
         let relay = &self.relays[r];
         onion_circuit::circuit::HopTarget {
-            rsa_id: relay.keys.rsa_id,
-            ed_id: Some(relay.keys.ed_id),
+            rsa_id: relay.rsa_id,
+            ed_id: Some(relay.ed_id),
             ntor_key: relay.ntor_public,
             addrs: vec![relay.addr],
             ntor_v3: true,
@@ -624,7 +626,7 @@ impl World {
     /// The exits with a stream to the web server open now.
     pub fn exits_streaming(&self) -> Vec<usize> {
         (0..self.relays.len())
-            .filter(|&r| self.relays[r].up && !self.relays[r].exits.is_empty())
+            .filter(|&r| self.relays[r].up && !self.relays[r].targets.is_empty())
             .collect()
     }
 
@@ -635,12 +637,16 @@ impl World {
 
     /// Relay `r`'s counters.
     pub fn relay_stats(&self, r: usize) -> RelayStats {
-        self.relays[r].stats
+        let relay = &self.relays[r];
+        RelayStats {
+            circuits: relay.stats.circuits + relay.machine.stats().circuits_created,
+            ..relay.stats
+        }
     }
 
     /// Relay `r`'s open circuits.
     pub fn relay_circuits(&self, r: usize) -> usize {
-        self.relays[r].circs.iter().flatten().count()
+        self.relays[r].machine.n_circuits()
     }
 
     /// Whether relay `r` is up.
@@ -729,8 +735,7 @@ impl World {
         }
         self.log_relay(r, || "dies: every connection reset".to_owned());
         let now = self.now;
-        for ci in 0..self.conns.len() {
-            let c = &mut self.conns[ci];
+        for c in &mut self.conns {
             let side = c
                 .ends
                 .iter()
@@ -742,22 +747,25 @@ impl World {
             if c.close_at[other].is_none() {
                 c.close_at[other] = Some(now + c.latency);
             }
-            // Mark this side closed for good.
-            c.ends[side] = End::Relay {
-                r: usize::MAX,
-                chan: usize::MAX,
-            };
+            c.ends[side] = GONE;
         }
+        // Everything it held is gone: it comes back as a fresh machine with its keys.
+        let relay = &self.relays[r];
+        let (role, seed) = (relay.role, relay.key_seed);
+        let IpAddr::V4(ip) = relay.addr.ip() else {
+            return;
+        };
+        let cfg = self.cfg.clone();
+        let Ok(mut machine) = make_relay(role, ip, seed, &cfg, now, &mut self.rng) else {
+            return;
+        };
+        machine.set_relay_addresses(self.relays.iter().map(|x| x.addr.ip()));
+        machine.set_directory_documents(self.documents());
         let relay = &mut self.relays[r];
+        relay.stats.circuits += relay.machine.stats().circuits_created;
+        relay.machine = machine;
         relay.up = false;
-        relay.chans.clear();
-        relay.circs.clear();
-        relay.by_client.clear();
-        relay.by_next.clear();
-        relay.exits.clear();
-        relay.dirs.clear();
-        relay.intro = IntroPoint::default();
-        relay.rend = RendPoint::default();
+        relay.targets.clear();
     }
 
     /// Relay `r` comes back (same keys) and accepts connections again.
@@ -780,8 +788,8 @@ impl World {
         let lat = self.cfg.client_link.latency
             + target.map_or(self.cfg.relay_link.latency, |r| self.relays[r].link.latency);
         let ci = self.conns.len();
-        let mut digest = [0u8; 32];
-        self.rng.fill_bytes(&mut digest);
+        let mut exporter = [0u8; 32];
+        self.rng.fill_bytes(&mut exporter);
         let mut conn = Conn {
             ends: [End::Client, End::Client],
             pipes: [Pipe::default(), Pipe::default()],
@@ -790,14 +798,14 @@ impl World {
             open_at: self.now + lat * 4,
             announced: false,
             close_at: [None, None],
-            digest,
+            exporter,
         };
         match target {
             Some(r) => {
                 let from = IpAddr::V4(crate::circuit::CLIENT_ADDR);
-                match self.accept(r, ci, from, &digest) {
-                    Ok(chan) => {
-                        conn.ends[1] = End::Relay { r, chan };
+                match self.accept(r, from) {
+                    Ok(rc) => {
+                        conn.ends[1] = End::Relay { r, conn: rc };
                         conn.bandwidth = bw_min(
                             self.cfg.client_link.bandwidth,
                             self.relays[r].link.bandwidth,
@@ -901,14 +909,8 @@ impl World {
                 if !self.relays[r].up {
                     continue;
                 }
-                for c in 0..self.relays[r].chans.len() {
-                    moved |= self.chan_events(r, c);
-                }
-                for i in 0..self.relays[r].circs.len() {
-                    moved |= self.circ_step(r, i);
-                }
+                moved |= self.relay_events(r);
                 moved |= self.exit_step(r);
-                moved |= self.dir_step(r);
             }
             moved |= self.flush();
             any |= moved;
@@ -920,7 +922,7 @@ impl World {
     }
 
     /// The next time something is due in the network (a delivery, a connection opening or
-    /// closing, a link draining, a web server's answer, a relay circuit's timer).
+    /// closing, a link draining, a web server's answer, a relay's timer).
     pub fn next_time(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut consider = |x: Option<Instant>| {
@@ -934,7 +936,7 @@ impl World {
             }
             for (side, at) in c.close_at.iter().enumerate() {
                 if let Some(at) = at {
-                    if !matches!(c.ends[side], End::Relay { r: usize::MAX, .. }) {
+                    if c.ends[side] != GONE {
                         consider(Some(*at));
                     }
                 }
@@ -942,33 +944,23 @@ impl World {
             if c.open_at > self.now && c.close_at[0].is_none() {
                 consider(Some(c.open_at));
             }
-        }
-        for (ci, c) in self.conns.iter().enumerate() {
+            // A relay end whose send buffer is full: when it drains.
             for side in 0..2 {
-                if let End::Relay { r, chan } = c.ends[side] {
-                    let blocked = self
-                        .relays
-                        .get(r)
-                        .and_then(|x| x.chans.get(chan)?.as_ref())
-                        .is_some_and(|s| s.conn == ci && s.chan.outbound_len() > 0);
-                    if blocked {
-                        consider(
-                            c.pipes[1 - side]
-                                .drains_to(SEND_BUFFER, c.bandwidth)
-                                .filter(|&d| d > self.now),
-                        );
-                    }
+                if matches!(c.ends[side], End::Relay { r, .. } if r != usize::MAX) {
+                    consider(
+                        c.pipes[1 - side]
+                            .drains_to(SEND_BUFFER, c.bandwidth)
+                            .filter(|&d| d > self.now),
+                    );
                 }
             }
         }
         for r in self.relays.iter().filter(|r| r.up) {
-            for e in &r.exits {
+            for e in r.targets.values() {
                 consider(e.connect_at);
                 consider(e.to_web.front().map(|(t, _)| *t));
             }
-            for rc in r.circs.iter().flatten() {
-                consider(rc.circ.poll_timeout());
-            }
+            consider(r.machine.poll_timeout());
         }
         t
     }
@@ -982,13 +974,28 @@ impl World {
             let c = &mut self.conns[ci];
             if !c.announced && c.open_at <= now && c.close_at[0].is_none() {
                 c.announced = true;
-                if c.ends[0] == End::Client {
-                    let link = self.client_link_of(ci);
-                    let digest = self.conns[ci].digest;
-                    self.events.push_back(NetEvent::Connected {
-                        link,
-                        cert_sha256: digest,
-                    });
+                match (c.ends[0], c.ends[1]) {
+                    (End::Client, _) => {
+                        let link = self.client_link_of(ci);
+                        let cert_sha256 = match self.conns[ci].ends[1] {
+                            End::Relay { r, .. } if r != usize::MAX => self.relays[r].cert_sha256,
+                            _ => [0; 32],
+                        };
+                        self.events
+                            .push_back(NetEvent::Connected { link, cert_sha256 });
+                    }
+                    (End::Relay { r, conn }, End::Relay { r: t, .. })
+                        if r != usize::MAX && t != usize::MAX =>
+                    {
+                        let (sha, exporter) = (self.relays[t].cert_sha256, c.exporter);
+                        self.relays[r]
+                            .machine
+                            .handle_connected(conn, now, sha, exporter);
+                    }
+                    (End::Relay { r, conn }, _) if r != usize::MAX => {
+                        self.relays[r].machine.handle_closed(conn, now);
+                    }
+                    _ => {}
                 }
             }
             for side in 0..2 {
@@ -999,7 +1006,10 @@ impl World {
                             let link = self.client_link_of(ci);
                             self.events.push_back(NetEvent::Data { link, bytes });
                         }
-                        End::Relay { r, chan } => self.feed(r, chan, &bytes),
+                        End::Relay { r, conn } if r != usize::MAX => {
+                            self.relays[r].machine.handle_input(conn, now, &bytes);
+                        }
+                        End::Relay { .. } => {}
                     }
                 }
                 if self.conns[ci].close_at[side].is_some_and(|at| at <= now) {
@@ -1007,40 +1017,25 @@ impl World {
                         End::Client => {
                             let link = self.client_link_of(ci);
                             self.events.push_back(NetEvent::Closed { link });
-                            self.conns[ci].ends[0] = End::Relay {
-                                r: usize::MAX,
-                                chan: usize::MAX,
-                            };
                         }
-                        End::Relay { r, chan } if r != usize::MAX => {
-                            if let Some(Some(s)) = self.relays[r].chans.get_mut(chan) {
-                                s.chan.handle_connection_closed();
-                            }
-                            self.chan_events(r, chan);
-                            self.conns[ci].ends[side] = End::Relay {
-                                r: usize::MAX,
-                                chan: usize::MAX,
-                            };
+                        End::Relay { r, conn } if r != usize::MAX => {
+                            self.relays[r].machine.handle_closed(conn, now);
                         }
                         End::Relay { .. } => {}
                     }
+                    self.conns[ci].ends[side] = GONE;
                     self.conns[ci].pipes[side] = Pipe::default();
                 }
             }
         }
+        let wall = system_time(now);
         for r in 0..self.relays.len() {
             if !self.relays[r].up {
                 continue;
             }
-            for s in self.relays[r].chans.iter_mut().flatten() {
-                if s.chan.poll_timeout().is_some_and(|t| t <= now) {
-                    s.chan.handle_timeout(now);
-                }
-            }
-            for rc in self.relays[r].circs.iter_mut().flatten() {
-                if rc.circ.poll_timeout().is_some_and(|t| t <= now) {
-                    rc.circ.handle_timeout(now);
-                }
+            let relay = &mut self.relays[r];
+            if relay.machine.poll_timeout().is_some_and(|t| t <= now) {
+                relay.machine.handle_timeout(now, wall);
             }
             self.exit_deliver(r);
         }
@@ -1056,172 +1051,184 @@ impl World {
     }
 
     // ------------------------------------------------------------------------------------
-    // Relays: channels.
+    // Relays: what the embedder of `onion relay` does, in memory.
 
-    /// Relay `r` accepts connection `ci` from `from`: a responder channel whose link
-    /// certificate certifies `digest`. Returns the channel's index.
-    fn accept(
-        &mut self,
-        r: usize,
-        ci: usize,
-        from: IpAddr,
-        digest: &[u8; 32],
-    ) -> Result<usize, SimError> {
+    /// Relay `r` accepts a connection from `from`; its id there.
+    fn accept(&mut self, r: usize, from: IpAddr) -> Result<ConnId, SimError> {
         let now = self.now;
         let relay = &mut self.relays[r];
-        let certs = relay
-            .link_keys
-            .responder_certs(digest, system_time(now))
-            .map_err(setup)?;
-        let mut cfg = ChanConfig::default();
-        cfg.peer_addr = Some(from);
-        cfg.my_addrs = vec![relay.addr.ip()];
-        let chan = Channel::responder(cfg, &certs, now, system_time(now), &mut self.rng);
-        relay.chans.push(Some(RChan {
-            chan,
-            conn: ci,
-            to: None,
-            waiting: Vec::new(),
-        }));
-        relay.stats.connections += 1;
-        Ok(relay.chans.len() - 1)
-    }
-
-    fn feed(&mut self, r: usize, c: usize, bytes: &[u8]) {
-        let now = self.now;
-        let mut off = 0;
-        while off < bytes.len() {
-            let Some(Some(s)) = self.relays[r].chans.get_mut(c) else {
-                return;
-            };
-            let n = match s.chan.handle_input(now, &bytes[off..]) {
-                Ok(n) => n,
-                Err(_) => {
-                    self.chan_events(r, c);
-                    return;
-                }
-            };
-            off += n;
-            let had = self.chan_events(r, c);
-            if n == 0 && !had {
-                return;
-            }
+        if !relay.up {
+            return Err(SimError::Setup(format!("{} is down", relay.name)));
         }
-        self.chan_events(r, c);
+        let conn = ConnId(relay.next_conn);
+        relay.next_conn += 1;
+        relay
+            .machine
+            .handle_accepted(conn, now, SocketAddr::new(from, 40000))
+            .map_err(setup)?;
+        relay.stats.connections += 1;
+        Ok(conn)
     }
 
-    fn chan_events(&mut self, r: usize, c: usize) -> bool {
+    /// The connection and side where relay `r` has `conn`.
+    fn conn_of(&self, r: usize, conn: ConnId) -> Option<(usize, usize)> {
+        let want = End::Relay { r, conn };
+        self.conns
+            .iter()
+            .enumerate()
+            .find_map(|(ci, c)| c.ends.iter().position(|e| *e == want).map(|s| (ci, s)))
+    }
+
+    /// Act on relay `r`'s events; whether there were any.
+    fn relay_events(&mut self, r: usize) -> bool {
         let mut any = false;
-        loop {
-            let Some(Some(s)) = self.relays[r].chans.get_mut(c) else {
-                return any;
-            };
-            let Some(ev) = s.chan.poll_event() else {
-                return any;
-            };
+        while let Some(ev) = self.relays[r].machine.poll_event() {
             any = true;
-            match ev {
-                ChanEvent::Open(_) => {
-                    let waiting = std::mem::take(&mut s.waiting);
-                    for (i, create) in waiting {
-                        self.send_create(r, c, i, create);
+            self.relay_event(r, ev);
+        }
+        any
+    }
+
+    fn relay_event(&mut self, r: usize, ev: RelayEvent) {
+        let now = self.now;
+        match ev {
+            RelayEvent::Connect { conn, addr, .. } => self.relay_connect(r, conn, addr),
+            RelayEvent::Disconnect { conn } => {
+                // Flush what it still has for the peer, then close.
+                if let Some((ci, side)) = self.conn_of(r, conn) {
+                    let mut out = Vec::new();
+                    while self.relays[r]
+                        .machine
+                        .poll_transmit_to(conn, now, &mut out, usize::MAX)
+                        > 0
+                    {}
+                    let c = &mut self.conns[ci];
+                    let other = 1 - side;
+                    let (lat, bw) = (c.latency, c.bandwidth);
+                    if !out.is_empty() && c.close_at[other].is_none() && now >= c.open_at {
+                        c.pipes[other].push(now, out, lat, bw);
+                    }
+                    c.ends[side] = GONE;
+                    if c.close_at[other].is_none() {
+                        let last = c.pipes[other].q.back().map_or(now, |(t, _)| *t);
+                        c.close_at[other] = Some((now + lat).max(last));
                     }
                 }
-                ChanEvent::CircuitCell { circ_id, msg } => self.circ_cell(r, c, circ_id, msg),
-                ChanEvent::CircuitKilled { circ_id, .. } => {
-                    self.chan_lost_circ(r, c, circ_id);
-                }
-                ChanEvent::Closed(e) => {
-                    self.log_relay(r, || format!("channel closed: {e}"));
-                    self.chan_closed(r, c);
-                    return any;
-                }
-                #[allow(unreachable_patterns)]
-                _ => {}
+                self.relays[r].machine.handle_closed(conn, now);
             }
+            RelayEvent::TlsExporter { conn, .. } => {
+                let exporter = self.conn_of(r, conn).map(|(ci, _)| self.conns[ci].exporter);
+                match exporter {
+                    Some(e) => self.relays[r].machine.provide_tls_exporter(conn, now, e),
+                    None => self.relays[r].machine.handle_closed(conn, now),
+                }
+            }
+            RelayEvent::Resolve { request, name } => {
+                let answer = if name.eq_ignore_ascii_case(WEB_HOST) {
+                    Ok(vec![IpAddr::V4(WEB_ADDR)])
+                } else {
+                    Err(ResolveError::NotFound)
+                };
+                self.relays[r].machine.handle_resolved(request, now, answer);
+            }
+            RelayEvent::OpenTarget { stream, addr } => {
+                if addr != SocketAddr::new(IpAddr::V4(WEB_ADDR), 80) {
+                    self.log_relay(r, || format!("connect to {addr}: refused"));
+                    self.relays[r]
+                        .machine
+                        .handle_target_failed(stream, now, TargetError::Refused);
+                    return;
+                }
+                let wl = self.cfg.web_latency;
+                let web = WebConn::with_pattern(self.pattern.clone());
+                self.relays[r].targets.insert(
+                    stream,
+                    Target {
+                        web,
+                        connect_at: Some(now + wl * 2),
+                        to_web: VecDeque::new(),
+                        pending: Vec::new(),
+                    },
+                );
+                self.log_relay(r, || {
+                    format!("exit stream {}: connecting to {addr}", stream.get())
+                });
+            }
+            RelayEvent::TargetData { stream } => {
+                let wl = self.cfg.web_latency;
+                let mut buf = Vec::new();
+                while self.relays[r]
+                    .machine
+                    .target_transmit(stream, now, &mut buf, 64 * 1024)
+                    > 0
+                {}
+                if let Some(t) = self.relays[r].targets.get_mut(&stream) {
+                    if !buf.is_empty() {
+                        t.to_web.push_back((now + wl, buf));
+                    }
+                }
+            }
+            RelayEvent::CloseTarget { stream } => {
+                self.relays[r].targets.remove(&stream);
+            }
+            RelayEvent::DirAnswered(a) => {
+                self.relays[r].stats.dir_requests += 1;
+                let name = self.relays[r].name.clone();
+                self.log(
+                    &name,
+                    format!(
+                        "directory request {} {}: {}{}, {} bytes",
+                        a.method,
+                        a.path,
+                        a.status,
+                        if a.diff { " (consensus diff)" } else { "" },
+                        a.len
+                    ),
+                );
+                self.dir_log.push(DirLog {
+                    at: now - Instant::ZERO,
+                    relay: name,
+                    path: a.path,
+                    status: a.status,
+                    diff: a.diff,
+                    len: a.len,
+                });
+            }
+            // ResumeTarget: the exit takes the web server's bytes again; `exit_step`
+            // offers them at every pump.
+            _ => {}
         }
     }
 
-    /// A channel is gone: circuits on it are destroyed toward their other side.
-    fn chan_closed(&mut self, r: usize, c: usize) {
+    /// Relay `r` opens a connection to `addr` for an EXTEND2 (Event::Connect): accepted
+    /// at once by the relay there, TLS done two latencies later.
+    fn relay_connect(&mut self, r: usize, conn: ConnId, addr: SocketAddr) {
         let now = self.now;
-        let Some(Some(slot)) = self.relays[r].chans.get_mut(c) else {
+        let target = self.relay_at(addr).filter(|&t| self.relays[t].up && t != r);
+        let from = self.relays[r].addr.ip();
+        let accepted = target.map(|t| (t, self.accept(t, from)));
+        let Some((t, Ok(tc))) = accepted else {
+            self.log_relay(r, || format!("connect to {addr}: refused"));
+            self.relays[r].machine.handle_closed(conn, now);
             return;
         };
-        let waiting = std::mem::take(&mut slot.waiting);
-        let ci = slot.conn;
-        self.relays[r].chans[c] = None;
-        // Close the connection too (the peer learns it one latency later).
-        if let Some(conn) = self.conns.get_mut(ci) {
-            let side = conn
-                .ends
-                .iter()
-                .position(|e| *e == End::Relay { r, chan: c });
-            if let Some(side) = side {
-                let other = 1 - side;
-                conn.ends[side] = End::Relay {
-                    r: usize::MAX,
-                    chan: usize::MAX,
-                };
-                if conn.close_at[other].is_none() {
-                    conn.close_at[other] = Some(now + conn.latency);
-                }
-            }
-        }
-        let relay = &mut self.relays[r];
-        for (i, _) in waiting {
-            if let Some(rc) = relay.circs.get_mut(i).and_then(Option::as_mut) {
-                rc.circ.extend_failed(DestroyReason::CONNECTFAILED);
-            }
-        }
-        for i in 0..relay.circs.len() {
-            let Some(rc) = relay.circs[i].as_mut() else {
-                continue;
-            };
-            if rc.client.0 == c {
-                relay.by_client.remove(&rc.client);
-                let _ = rc
-                    .circ
-                    .handle_from_client(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
-            } else if rc.next.is_some_and(|n| n.0 == c) {
-                if let Some(n) = rc.next.take() {
-                    relay.by_next.remove(&n);
-                }
-                let _ = rc
-                    .circ
-                    .handle_from_next(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
-            }
-        }
+        let lat = self.relays[r].link.latency + self.relays[t].link.latency;
+        let bw = bw_min(self.relays[r].link.bandwidth, self.relays[t].link.bandwidth);
+        let mut exporter = [0u8; 32];
+        self.rng.fill_bytes(&mut exporter);
+        self.conns.push(Conn {
+            ends: [End::Relay { r, conn }, End::Relay { r: t, conn: tc }],
+            pipes: [Pipe::default(), Pipe::default()],
+            latency: lat,
+            bandwidth: bw,
+            open_at: now + lat * 2,
+            announced: false,
+            close_at: [None, None],
+            exporter,
+        });
     }
 
-    fn chan_lost_circ(&mut self, r: usize, c: usize, id: CircId) {
-        let now = self.now;
-        let relay = &mut self.relays[r];
-        if let Some(i) = relay.by_client.remove(&(c, id)) {
-            if let Some(rc) = relay.circs[i].as_mut() {
-                let _ = rc
-                    .circ
-                    .handle_from_client(now, ChanMsg::Destroy(DestroyReason::PROTOCOL));
-            }
-        } else if let Some(i) = relay.by_next.remove(&(c, id)) {
-            if let Some(rc) = relay.circs[i].as_mut() {
-                rc.next = None;
-                let _ = rc
-                    .circ
-                    .handle_from_next(now, ChanMsg::Destroy(DestroyReason::PROTOCOL));
-            }
-        }
-    }
-
-    fn chan(&mut self, r: usize, c: usize) -> Option<&mut Channel> {
-        self.relays[r]
-            .chans
-            .get_mut(c)
-            .and_then(Option::as_mut)
-            .map(|s| &mut s.chan)
-    }
-
-    /// Move channels' bytes onto their connections, within the send buffer.
+    /// Move relays' bytes onto their connections, within the send buffer.
     fn flush(&mut self) -> bool {
         let now = self.now;
         let mut moved = false;
@@ -1230,26 +1237,27 @@ impl World {
                 continue;
             }
             for side in 0..2 {
-                let End::Relay { r, chan } = self.conns[ci].ends[side] else {
+                let End::Relay { r, conn } = self.conns[ci].ends[side] else {
                     continue;
                 };
                 if r == usize::MAX || self.conns[ci].close_at[side].is_some() {
                     continue;
                 }
                 let (lat, bw) = (self.conns[ci].latency, self.conns[ci].bandwidth);
-                if self.conns[ci].pipes[1 - side].backlog(now, bw) >= SEND_BUFFER {
+                let backlog = self.conns[ci].pipes[1 - side].backlog(now, bw);
+                if backlog >= SEND_BUFFER {
                     continue;
                 }
-                let Some(ch) = self.chan(r, chan) else {
-                    continue;
-                };
-                if ch.outbound_len() == 0 {
-                    continue;
-                }
-                let mut out = Vec::with_capacity(ch.outbound_len().min(1 << 20));
-                if ch.poll_transmit(&mut out).is_some() && !out.is_empty() {
+                let mut out = Vec::new();
+                let n = self.relays[r].machine.poll_transmit_to(
+                    conn,
+                    now,
+                    &mut out,
+                    SEND_BUFFER - backlog,
+                );
+                if n > 0 {
                     moved = true;
-                    // A client that closed its end reads nothing more.
+                    // A peer that closed its end reads nothing more.
                     if self.conns[ci].close_at[1 - side].is_none() {
                         self.conns[ci].pipes[1 - side].push(now, out, lat, bw);
                     }
@@ -1260,675 +1268,112 @@ impl World {
     }
 
     // ------------------------------------------------------------------------------------
-    // Relays: circuits.
+    // Relays: the exits' connections to the web server.
 
-    fn circ_cell(&mut self, r: usize, c: usize, id: CircId, msg: ChanMsg<'static>) {
-        let now = self.now;
-        let relay = &mut self.relays[r];
-        if let Some(&i) = relay.by_client.get(&(c, id)) {
-            if matches!(msg, ChanMsg::Destroy(_)) {
-                relay.by_client.remove(&(c, id));
-            }
-            if let Some(rc) = relay.circs[i].as_mut() {
-                let _ = rc.circ.handle_from_client(now, msg);
-            }
-            return;
-        }
-        if let Some(&i) = relay.by_next.get(&(c, id)) {
-            if matches!(msg, ChanMsg::Destroy(_)) {
-                relay.by_next.remove(&(c, id));
-                if let Some(rc) = relay.circs[i].as_mut() {
-                    rc.next = None;
-                }
-            }
-            if let Some(rc) = relay.circs[i].as_mut() {
-                let _ = rc.circ.handle_from_next(now, msg);
-            }
-            return;
-        }
-        if !matches!(msg, ChanMsg::Create2(_) | ChanMsg::CreateFast(_)) {
-            return;
-        }
-        let mut rcfg = RelayConfig::default();
-        if self.cfg.congestion_control {
-            rcfg.congestion_control = Some(onion_circuit::cc::CcConfig::default());
-        }
-        match RelayCircuit::accept_with(&relay.keys, &rcfg, &msg, now, &mut self.rng) {
-            Ok((circ, reply)) => {
-                let Some(Some(s)) = relay.chans.get_mut(c) else {
-                    return;
-                };
-                if s.chan.send(id, &reply).is_err() {
-                    return;
-                }
-                let i = match relay.circs.iter().position(Option::is_none) {
-                    Some(i) => i,
-                    None => {
-                        relay.circs.push(None);
-                        relay.circs.len() - 1
-                    }
-                };
-                relay.circs[i] = Some(RCirc {
-                    circ,
-                    client: (c, id),
-                    next: None,
-                    spliced: None,
-                });
-                relay.by_client.insert((c, id), i);
-                relay.stats.circuits += 1;
-                self.log_relay(r, || format!("circuit {:#010x} created", id.get()));
-            }
-            Err(e) => {
-                let reason = e.destroy_reason();
-                if let Some(Some(s)) = relay.chans.get_mut(c) {
-                    let _ = s.chan.send(id, &ChanMsg::Destroy(reason));
-                }
-                self.log_relay(r, || format!("CREATE refused: {e}"));
-            }
-        }
-    }
-
-    /// Whether relay `r`'s circuit `i` may put cells on its channels now.
-    fn has_room(&self, r: usize, rc: &RCirc) -> bool {
-        let relay = &self.relays[r];
-        let room = |c: usize| {
-            relay
-                .chans
-                .get(c)
-                .and_then(Option::as_ref)
-                .map_or(true, |s| s.chan.outbound_len() < CHAN_HIGH)
-        };
-        room(rc.client.0) && rc.next.map_or(true, |n| room(n.0))
-    }
-
-    fn circ_step(&mut self, r: usize, i: usize) -> bool {
-        let mut moved = false;
-        for _ in 0..10_000 {
-            let Some(rc) = self.relays[r].circs[i].as_ref() else {
-                return moved;
-            };
-            let room = self.has_room(r, rc);
-            let relay = &mut self.relays[r];
-            let Some(rc) = relay.circs[i].as_mut() else {
-                return moved;
-            };
-            let (client, next) = (rc.client, rc.next);
-            let mut sent = false;
-            if room {
-                while let Some(out) = rc.circ.poll_cell(&mut self.rng) {
-                    sent = true;
-                    match out {
-                        RelayOutput::ToClient(m) => {
-                            if let Some(Some(s)) = relay.chans.get_mut(client.0) {
-                                let _ = s.chan.send(client.1, &m);
-                            }
-                            if matches!(m, ChanMsg::Destroy(_)) {
-                                relay.by_client.remove(&client);
-                            }
-                        }
-                        RelayOutput::ToNext(m) => {
-                            if let Some(n) = next {
-                                if let Some(Some(s)) = relay.chans.get_mut(n.0) {
-                                    let _ = s.chan.send(n.1, &m);
-                                }
-                                if matches!(m, ChanMsg::Destroy(_)) {
-                                    relay.by_next.remove(&n);
-                                    rc.next = None;
-                                }
-                            } else if matches!(m, ChanMsg::Destroy(_)) {
-                                for s in relay.chans.iter_mut().flatten() {
-                                    s.waiting.retain(|(w, _)| *w != i);
-                                }
-                            }
-                        }
-                    }
-                    let full = |c: usize| {
-                        relay
-                            .chans
-                            .get(c)
-                            .and_then(Option::as_ref)
-                            .is_some_and(|s| s.chan.outbound_len() >= CHAN_HIGH)
-                    };
-                    if full(client.0) || next.is_some_and(|n| full(n.0)) {
-                        break;
-                    }
-                }
-            }
-            // A joined circuit's cells go to its partner (rend-spec-v3 §4.2).
-            let mut joined = Vec::new();
-            if rc.spliced.is_some() {
-                while let Some(b) = rc.circ.poll_spliced() {
-                    joined.push(b);
-                }
-            }
-            let partner = rc.spliced;
-            let ev = rc.circ.poll_event();
-            let closed = rc.circ.is_closed();
-            if let Some(j) = partner {
-                if !joined.is_empty() {
-                    sent = true;
-                    if let Some(other) = relay.circs.get_mut(j).and_then(Option::as_mut) {
-                        for b in joined {
-                            let _ = other.circ.splice_in(b);
-                        }
-                    }
-                }
-            }
-            if ev.is_none() {
-                if closed && !sent {
-                    let now = self.now;
-                    if let Some(rc) = relay.circs[i].take() {
-                        relay.by_client.remove(&rc.client);
-                        if let Some(n) = rc.next {
-                            relay.by_next.remove(&n);
-                        }
-                        // The joined circuit goes down with it: to that circuit, its partner
-                        // is its next hop (tor-spec §5.4).
-                        if let Some(other) =
-                            rc.spliced.and_then(|j| relay.circs.get_mut(j)?.as_mut())
-                        {
-                            other.spliced = None;
-                            let _ = other
-                                .circ
-                                .handle_from_next(now, ChanMsg::Destroy(DestroyReason::FINISHED));
-                        }
-                    }
-                    relay.exits.retain(|e| e.circ != i);
-                    relay.dirs.retain(|d| d.circ != i);
-                    relay.intro.circuit_closed(i);
-                    return true;
-                }
-                return moved || sent;
-            }
-            moved = true;
-            if let Some(ev) = ev {
-                self.relay_event(r, i, ev);
-            }
-        }
-        moved
-    }
-
-    fn rcirc(&mut self, r: usize, i: usize) -> Option<&mut RelayCircuit> {
-        self.relays[r]
-            .circs
-            .get_mut(i)?
-            .as_mut()
-            .map(|rc| &mut rc.circ)
-    }
-
-    fn relay_event(&mut self, r: usize, i: usize, ev: RelayEvent) {
-        let now = self.now;
-        let role = self.relays[r].role;
-        match ev {
-            RelayEvent::Extend(req) => self.extend(r, i, req),
-            RelayEvent::Begin {
-                stream, host, port, ..
-            } => {
-                let ip = if host.eq_ignore_ascii_case(WEB_HOST) {
-                    Some(IpAddr::V4(WEB_ADDR))
-                } else {
-                    host.parse::<IpAddr>().ok()
-                };
-                let verdict = if role != Role::Exit {
-                    Some(EndReason::EXITPOLICY)
-                } else if ip.is_none() {
-                    Some(EndReason::RESOLVEFAILED)
-                } else if ip != Some(IpAddr::V4(WEB_ADDR)) || port != 80 {
-                    Some(EndReason::CONNECTREFUSED)
-                } else {
-                    None
-                };
-                if let Some(reason) = verdict {
-                    if let Some(c) = self.rcirc(r, i) {
-                        let _ = c.end_stream(stream, reason);
-                    }
-                    self.log_relay(r, || format!("BEGIN {host}:{port} refused ({reason:?})"));
-                    return;
-                }
-                let wl = self.cfg.web_latency;
-                let web = WebConn::with_pattern(self.pattern.clone());
-                self.relays[r].exits.push(ExitConn {
-                    circ: i,
-                    stream,
-                    web,
-                    connect_at: Some(now + wl * 2),
-                    to_web: VecDeque::new(),
-                    pending: Vec::new(),
-                    done: false,
-                });
-                self.log_relay(r, || {
-                    format!("stream {stream}: BEGIN {host}:{port}, connecting")
-                });
-            }
-            RelayEvent::BeginDir { stream } => {
-                if let Some(c) = self.rcirc(r, i) {
-                    if c.connected(stream, None).is_ok() {
-                        self.relays[r].dirs.push(DirConn {
-                            circ: i,
-                            stream,
-                            request: Vec::new(),
-                            response: None,
-                        });
-                    }
-                }
-            }
-            RelayEvent::Resolve { stream, query } => {
-                let value = if role == Role::Exit && query.eq_ignore_ascii_case(WEB_HOST) {
-                    ResolvedValue::Ip(IpAddr::V4(WEB_ADDR))
-                } else {
-                    ResolvedValue::NontransientError(b"Error resolving hostname".to_vec().into())
-                };
-                if let Some(c) = self.rcirc(r, i) {
-                    let _ = c.resolved(stream, vec![ResolvedAnswer { value, ttl: 300 }]);
-                }
-            }
-            RelayEvent::Data { stream, data } => {
-                let wl = self.cfg.web_latency;
-                let relay = &mut self.relays[r];
-                if let Some(e) = relay
-                    .exits
-                    .iter_mut()
-                    .find(|e| e.circ == i && e.stream == stream && !e.done)
-                {
-                    e.to_web.push_back((now + wl, data.to_vec()));
-                    return;
-                }
-                let Some(d) = relay
-                    .dirs
-                    .iter_mut()
-                    .find(|d| d.circ == i && d.stream == stream)
-                else {
-                    return;
-                };
-                if d.response.is_some() {
-                    return;
-                }
-                if d.request.len() + data.len() > MAX_DIR_REQUEST {
-                    relay.dirs.retain(|d| !(d.circ == i && d.stream == stream));
-                    if let Some(c) = self.rcirc(r, i) {
-                        let _ = c.end_stream(stream, EndReason::RESOURCELIMIT);
-                    }
-                    return;
-                }
-                d.request.extend_from_slice(&data);
-                let onion =
-                    d.request.starts_with(b"POST ") || d.request.starts_with(b"GET /tor/hs/");
-                if onion {
-                    if let Some((resp, what)) = relay.hsdir.answer(&d.request) {
-                        let status = resp
-                            .get(9..12)
-                            .and_then(|s| core::str::from_utf8(s).ok()?.parse().ok())
-                            .unwrap_or(0);
-                        let line = String::from_utf8_lossy(&d.request[..d.request.len().min(60)])
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                            .to_owned();
-                        d.response = Some((resp, 0));
-                        relay.stats.dir_requests += 1;
-                        let name = relay.name.clone();
-                        self.log(&name, what);
-                        self.dir_log.push(DirLog {
-                            at: now - Instant::ZERO,
-                            relay: name,
-                            path: line,
-                            status,
-                            diff: false,
-                            len: 0,
-                        });
-                    }
-                    return;
-                }
-                if memchr(&d.request, b"\r\n\r\n") {
-                    let request = std::mem::take(&mut d.request);
-                    let (status, body, path, diff) = answer(&self.docs, &request);
-                    let len = body.len();
-                    let head = match status {
-                        200 => "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_owned(),
-                        s => format!("HTTP/1.0 {s} Not found\r\n\r\n"),
-                    };
-                    let mut resp = head.into_bytes();
-                    resp.extend_from_slice(&body);
-                    if let Some(d) = self.relays[r]
-                        .dirs
-                        .iter_mut()
-                        .find(|d| d.circ == i && d.stream == stream)
-                    {
-                        d.response = Some((resp, 0));
-                    }
-                    self.relays[r].stats.dir_requests += 1;
-                    let name = self.relays[r].name.clone();
-                    self.log(
-                        &name,
-                        format!(
-                            "directory request {path}: {status}{}, {len} bytes",
-                            if diff { " (consensus diff)" } else { "" }
-                        ),
-                    );
-                    self.dir_log.push(DirLog {
-                        at: now - Instant::ZERO,
-                        relay: name,
-                        path,
-                        status,
-                        diff,
-                        len,
-                    });
-                }
-            }
-            RelayEvent::Msg { stream: None, msg } => {
-                let cmd = msg.cmd();
-                match cellmsg::body_of(&msg) {
-                    Ok(body) => self.onion_msg(r, i, cmd, &body),
-                    Err(e) => self.log_relay(r, || format!("{cmd} dropped: {e}")),
-                }
-            }
-            RelayEvent::StreamEnded { stream, .. } => {
-                let relay = &mut self.relays[r];
-                relay.exits.retain(|e| !(e.circ == i && e.stream == stream));
-                relay.dirs.retain(|d| !(d.circ == i && d.stream == stream));
-            }
-            RelayEvent::Closed { error } => {
-                self.log_relay(r, || match &error {
-                    None => format!("circuit {i} closed"),
-                    Some(e) => format!("circuit {i} closed: {e}"),
-                });
-                let relay = &mut self.relays[r];
-                relay.exits.retain(|e| e.circ != i);
-                relay.dirs.retain(|d| d.circ != i);
-            }
-            _ => {}
-        }
-    }
-
-    /// Send an onion-service message on circuit `i` of relay `r`, toward its client.
-    fn send_onion(&mut self, r: usize, i: usize, cmd: RelayCmd, body: &[u8]) {
-        let sent = cellmsg::to_relay_msg(cmd, body)
-            .map_err(|e| e.to_string())
-            .and_then(|m| match self.rcirc(r, i) {
-                Some(c) => c.send_msg(None, &m).map_err(|e| e.to_string()),
-                None => Err("circuit closed".into()),
-            });
-        if let Err(e) = sent {
-            self.log_relay(r, || format!("cannot send {cmd}: {e}"));
-        }
-    }
-
-    /// An onion-service message on circuit `i` of relay `r`: the introduction point
-    /// (ESTABLISH_INTRO checked against the circuit's `KH`, INTRODUCE1 forwarded as
-    /// INTRODUCE2 and acknowledged, rend-spec-v3 §3.1, §3.2) and the rendezvous point
-    /// (ESTABLISH_RENDEZVOUS, RENDEZVOUS1 answered with RENDEZVOUS2 and the two circuits
-    /// joined, §4.1, §4.2). Other messages are dropped.
-    fn onion_msg(&mut self, r: usize, i: usize, cmd: RelayCmd, body: &[u8]) {
-        if cmd == RelayCmd::ESTABLISH_INTRO {
-            let Some(kh) = self.rcirc(r, i).map(|c| *c.kh()) else {
-                return;
-            };
-            match self.relays[r].intro.handle_establish_intro(i, &kh, body) {
-                Ok(reply) => {
-                    self.send_onion(r, i, RelayCmd::INTRO_ESTABLISHED, &reply);
-                    self.log_relay(r, || "introduction point established".into());
-                }
-                Err(e) => self.log_relay(r, || format!("ESTABLISH_INTRO refused: {e}")),
-            }
-        } else if cmd == RelayCmd::INTRODUCE1 {
-            let routing = self.relays[r].intro.handle_introduce1(body);
-            if let Some((svc, b2)) = &routing.to_service {
-                self.send_onion(r, *svc, RelayCmd::INTRODUCE2, b2);
-                self.log_relay(r, || "INTRODUCE1 forwarded as INTRODUCE2".into());
-            }
-            self.send_onion(r, i, RelayCmd::INTRODUCE_ACK, &routing.ack);
-        } else if cmd == RelayCmd::ESTABLISH_RENDEZVOUS {
-            match self.relays[r].rend.handle_establish_rendezvous(i, body) {
-                Ok(()) => self.send_onion(r, i, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]),
-                Err(e) => self.log_relay(r, || format!("ESTABLISH_RENDEZVOUS refused: {e}")),
-            }
-        } else if cmd == RelayCmd::RENDEZVOUS1 {
-            match self.relays[r].rend.handle_rendezvous1(i, body) {
-                Ok(j) => {
-                    // RENDEZVOUS2 is queued before the join: the client's next cell.
-                    self.send_onion(r, j.client, RelayCmd::RENDEZVOUS2, &j.rendezvous2);
-                    let joined = self.splice(r, j.client, j.service);
-                    self.log_relay(r, || format!("rendezvous: circuits joined: {joined}"));
-                }
-                Err(e) => self.log_relay(r, || format!("RENDEZVOUS1 refused: {e}")),
-            }
-        }
-    }
-
-    /// Join circuits `a` and `b` of relay `r`; false if either cannot be.
-    fn splice(&mut self, r: usize, a: usize, b: usize) -> bool {
-        let relay = &mut self.relays[r];
-        let joinable = |relay: &mut Relay, i: usize| {
-            relay
-                .circs
-                .get(i)
-                .and_then(Option::as_ref)
-                .is_some_and(|rc| {
-                    !rc.circ.is_closed() && !rc.circ.has_next() && !rc.circ.is_spliced()
-                })
-        };
-        if a == b || !joinable(relay, a) || !joinable(relay, b) {
-            return false;
-        }
-        for (x, y) in [(a, b), (b, a)] {
-            if let Some(rc) = relay.circs.get_mut(x).and_then(Option::as_mut) {
-                if rc.circ.splice().is_err() {
-                    return false;
-                }
-                rc.spliced = Some(y);
-            }
-        }
-        true
-    }
-
-    fn extend(&mut self, r: usize, i: usize, req: onion_circuit::relay::ExtendRequest) {
-        let target = req
-            .addrs
-            .iter()
-            .find_map(|a| self.relay_at(*a))
-            .filter(|&t| self.relays[t].up && self.relays[t].keys.rsa_id == req.rsa_id);
-        let Some(t) = target else {
-            if let Some(c) = self.rcirc(r, i) {
-                c.extend_failed(DestroyReason::CONNECTFAILED);
-            }
-            self.log_relay(r, || {
-                format!(
-                    "EXTEND2 to {}... failed: no such relay up",
-                    short(&req.rsa_id.0)
-                )
-            });
-            return;
-        };
-        // Reuse a channel we opened to that relay (tor-spec §5.3.1).
-        let existing = self.relays[r].chans.iter().position(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.to == Some(t) && !s.chan.is_closed())
-        });
-        let c = match existing {
-            Some(c) => c,
-            None => {
-                let now = self.now;
-                let lat = self.relays[r].link.latency + self.relays[t].link.latency;
-                let bw = bw_min(self.relays[r].link.bandwidth, self.relays[t].link.bandwidth);
-                let mut digest = [0u8; 32];
-                self.rng.fill_bytes(&mut digest);
-                let ci = self.conns.len();
-                let from = self.relays[r].addr.ip();
-                let Ok(tc) = self.accept(t, ci, from, &digest) else {
-                    if let Some(c) = self.rcirc(r, i) {
-                        c.extend_failed(DestroyReason::INTERNAL);
-                    }
-                    return;
-                };
-                let mut cfg = ChanConfig::default();
-                cfg.peer_addr = Some(self.relays[t].addr.ip());
-                cfg.my_addrs = vec![from];
-                let expected = PeerIds {
-                    rsa: Some(req.rsa_id),
-                    ed25519: req.ed_id,
-                };
-                let chan = Channel::initiator(cfg, expected, Some(digest), now, system_time(now));
-                let relay = &mut self.relays[r];
-                relay.chans.push(Some(RChan {
-                    chan,
-                    conn: ci,
-                    to: Some(t),
-                    waiting: Vec::new(),
-                }));
-                let c = relay.chans.len() - 1;
-                self.conns.push(Conn {
-                    ends: [End::Relay { r, chan: c }, End::Relay { r: t, chan: tc }],
-                    pipes: [Pipe::default(), Pipe::default()],
-                    latency: lat,
-                    bandwidth: bw,
-                    open_at: now + lat * 2,
-                    announced: true,
-                    close_at: [None, None],
-                    digest,
-                });
-                c
-            }
-        };
-        let open = self.relays[r].chans[c]
-            .as_ref()
-            .is_some_and(|s| s.chan.is_open());
-        if open {
-            self.send_create(r, c, i, req.create);
-        } else if let Some(Some(s)) = self.relays[r].chans.get_mut(c) {
-            s.waiting.push((i, req.create));
-        }
-    }
-
-    fn send_create(&mut self, r: usize, c: usize, i: usize, create: ChanMsg<'static>) {
-        let relay = &mut self.relays[r];
-        let Some(Some(s)) = relay.chans.get_mut(c) else {
-            return;
-        };
-        let id = match s.chan.new_circ_id(&mut self.rng) {
-            Ok(id) => id,
-            Err(_) => {
-                if let Some(rc) = relay.circs.get_mut(i).and_then(Option::as_mut) {
-                    rc.circ.extend_failed(DestroyReason::RESOURCELIMIT);
-                }
-                return;
-            }
-        };
-        if s.chan.send(id, &create).is_err() {
-            if let Some(rc) = relay.circs.get_mut(i).and_then(Option::as_mut) {
-                rc.circ.extend_failed(DestroyReason::CONNECTFAILED);
-            }
-            return;
-        }
-        match relay.circs.get_mut(i).and_then(Option::as_mut) {
-            Some(rc) => {
-                rc.next = Some((c, id));
-                relay.by_next.insert((c, id), i);
-            }
-            None => {
-                let _ = s.chan.send(id, &ChanMsg::Destroy(DestroyReason::FINISHED));
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------------------------
-    // Relays: exit and directory streams.
-
+    /// Connects that completed and the client's bytes that reached the web server.
     fn exit_deliver(&mut self, r: usize) {
         let now = self.now;
-        for k in 0..self.relays[r].exits.len() {
-            let e = &mut self.relays[r].exits[k];
-            if e.connect_at.is_some_and(|t| t <= now) {
-                e.connect_at = None;
-                let (i, stream) = (e.circ, e.stream);
-                let ok = self.rcirc(r, i).is_some_and(|c| {
-                    c.connected(stream, Some((IpAddr::V4(WEB_ADDR), 300)))
-                        .is_ok()
-                });
-                if ok {
-                    self.relays[r].stats.exit_streams += 1;
-                } else {
-                    self.relays[r].exits[k].done = true;
-                }
+        let mut connected = Vec::new();
+        for (h, t) in &mut self.relays[r].targets {
+            if t.connect_at.is_some_and(|at| at <= now) {
+                t.connect_at = None;
+                connected.push(*h);
             }
-            let e = &mut self.relays[r].exits[k];
-            while e.to_web.front().is_some_and(|(t, _)| *t <= now) {
-                if let Some((_, bytes)) = e.to_web.pop_front() {
-                    e.web.handle_input(&bytes);
+            while t.to_web.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, bytes)) = t.to_web.pop_front() {
+                    t.web.handle_input(&bytes);
                 }
             }
         }
+        connected.sort_unstable();
+        for h in connected {
+            let addr = SocketAddr::new(IpAddr::V4(WEB_ADDR), 80);
+            self.relays[r].stats.exit_streams += 1;
+            self.relays[r].machine.handle_target_connected(h, now, addr);
+        }
     }
 
+    /// The web server's bytes to the exit, as far as it takes them.
     fn exit_step(&mut self, r: usize) -> bool {
+        let now = self.now;
         let mut moved = false;
         let relay = &mut self.relays[r];
-        for e in &mut relay.exits {
-            if e.done || e.connect_at.is_some() {
-                continue;
-            }
-            let Some(c) = relay.circs.get_mut(e.circ).and_then(Option::as_mut) else {
-                e.done = true;
+        let mut done = Vec::new();
+        let mut handles: Vec<StreamHandle> = relay.targets.keys().copied().collect();
+        handles.sort_unstable();
+        for h in handles {
+            let Some(t) = relay.targets.get_mut(&h) else {
                 continue;
             };
-            let c = &mut c.circ;
-            if !e.pending.is_empty() {
-                let n = c.send(e.stream, &e.pending).unwrap_or(0);
-                if n > 0 {
-                    moved = true;
-                    relay.stats.exit_bytes += n as u64;
-                    e.pending.drain(..n);
-                }
+            if t.connect_at.is_some() {
+                continue;
             }
-            if e.pending.is_empty() {
-                let room = c.send_capacity(e.stream);
-                if room > 0 {
-                    let got = e.web.poll_output_into(room.min(64 * 1024), &mut e.pending);
-                    if got > 0 {
-                        moved = true;
-                        let n = c.send(e.stream, &e.pending).unwrap_or(0);
-                        relay.stats.exit_bytes += n as u64;
-                        e.pending.drain(..n);
-                    }
+            loop {
+                if t.pending.is_empty() {
+                    t.web.poll_output_into(64 * 1024, &mut t.pending);
                 }
-            }
-            if e.web.is_done() && e.pending.is_empty() {
-                e.done = true;
+                if t.pending.is_empty() {
+                    break;
+                }
+                let n = relay.machine.handle_target_data(h, now, &t.pending);
+                if n == 0 {
+                    break;
+                }
                 moved = true;
-                let _ = c.end_stream(e.stream, EndReason::DONE);
+                relay.stats.exit_bytes += n as u64;
+                t.pending.drain(..n);
+            }
+            if t.web.is_done() && t.pending.is_empty() {
+                done.push(h);
             }
         }
-        relay.exits.retain(|e| !e.done);
+        for h in done {
+            relay.targets.remove(&h);
+            relay.machine.handle_target_closed(h, now);
+            moved = true;
+        }
         moved
     }
+}
 
-    fn dir_step(&mut self, r: usize) -> bool {
-        let mut moved = false;
-        let relay = &mut self.relays[r];
-        for d in &mut relay.dirs {
-            let Some((resp, sent)) = &mut d.response else {
-                continue;
-            };
-            let Some(c) = relay.circs.get_mut(d.circ).and_then(Option::as_mut) else {
-                d.response = None;
-                continue;
-            };
-            if *sent < resp.len() {
-                let n = c.circ.send(d.stream, &resp[*sent..]).unwrap_or(0);
-                if n > 0 {
-                    moved = true;
-                    *sent += n;
-                }
-            }
-            if *sent >= resp.len() {
-                let _ = c.circ.end_stream(d.stream, EndReason::DONE);
-                moved = true;
-                d.response = None;
-                d.circ = usize::MAX;
-            }
-        }
-        relay.dirs.retain(|d| d.circ != usize::MAX);
-        moved
+/// A relay machine for a relay of `role` at `ip`, its keys made from `key_seed` (so that a
+/// relay that comes back has the same identity): a directory cache and HSDir, an exit
+/// (`accept *:80, accept *:443`) if `role` says so, congestion control if `cfg` says so.
+fn make_relay(
+    role: Role,
+    ip: Ipv4Addr,
+    key_seed: u64,
+    cfg: &WorldConfig,
+    now: Instant,
+    rng: &mut ChaCha20Rng,
+) -> Result<onion_relay::Relay, SimError> {
+    let mut key_rng = ChaCha20Rng::seed_from_u64(key_seed);
+    let wall0 = system_time(Instant::ZERO);
+    let keys = RelayKeySet::generate(&mut key_rng, wall0, false).map_err(setup)?;
+    let mut c = onion_relay::RelayConfig::new(vec![IpAddr::V4(ip)]);
+    c.extend_allow_private = true;
+    c.dir_cache = true;
+    c.hs_dir = true;
+    c.limits.max_dir_request = MAX_DIR_REQUEST;
+    if role == Role::Exit {
+        let rules = [("accept", "*:80"), ("accept", "*:443"), ("reject", "*:*")]
+            .iter()
+            .filter_map(|(k, p)| onion_dir::policy::PolicyRule::parse(k, p))
+            .collect();
+        c.exit_policy = Some(onion_dir::policy::ExitPolicy { rules });
     }
+    c.circuits.congestion_control = cfg
+        .congestion_control
+        .then(onion_circuit::cc::CcConfig::default);
+    // TLS is simulated: the link certificate is an opaque blob whose digest the
+    // connection's initiator is handed.
+    let mut der = vec![0u8; 64];
+    key_rng.fill_bytes(&mut der);
+    c.link_cert = Some(TlsLinkCert::from_der(
+        der,
+        zeroize::Zeroizing::new(Vec::new()),
+    ));
+    onion_relay::Relay::new(c, keys, now, system_time(now), rng).map_err(setup)
 }
 
 fn bw_min(a: u64, b: u64) -> u64 {
@@ -1945,10 +1390,6 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-fn memchr(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// What the consensus says of relay `r` as it is now (a dead relay is not Running).
 fn entry_of(r: &Relay) -> RelayEntry {
     let mut flags = vec!["Fast", "Stable", "Valid", "V2Dir", "HSDir"];
@@ -1963,8 +1404,8 @@ fn entry_of(r: &Relay) -> RelayEntry {
     }
     RelayEntry {
         nickname: r.name.clone(),
-        rsa_id: r.keys.rsa_id,
-        ed_id: r.keys.ed_id,
+        rsa_id: r.rsa_id,
+        ed_id: r.ed_id,
         ntor_key: r.ntor_public.0,
         addr: v4(r.addr),
         flags,
@@ -1974,93 +1415,4 @@ fn entry_of(r: &Relay) -> RelayEntry {
             _ => 5000,
         },
     }
-}
-
-/// A directory cache's answer to one HTTP request (dir-spec §4, §6): status, body, the
-/// path, and whether the body is a consensus diff.
-fn answer(docs: &DirDocs, request: &[u8]) -> (u16, Vec<u8>, String, bool) {
-    let text = String::from_utf8_lossy(request);
-    let mut lines = text.split("\r\n");
-    let first = lines.next().unwrap_or("");
-    let mut parts = first.split(' ');
-    let (method, path) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or("").to_owned(),
-    );
-    let mut diff_from: Vec<String> = Vec::new();
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("X-Or-Diff-From-Consensus") {
-                diff_from.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()));
-            }
-        }
-    }
-    let not_found = |path: String| (404, Vec::new(), path, false);
-    if method != "GET" {
-        return not_found(path);
-    }
-    if path.starts_with("/tor/status-vote/current/consensus-microdesc") {
-        for old in &docs.older {
-            if old.digest().is_some_and(|d| diff_from.contains(&d)) {
-                if let Some(d) = authority::diff(&old.consensus, &docs.current.consensus) {
-                    return (200, d.into_bytes(), path, true);
-                }
-            }
-        }
-        return (
-            200,
-            docs.current.consensus.clone().into_bytes(),
-            path,
-            false,
-        );
-    }
-    if let Some(rest) = path.strip_prefix("/tor/keys/") {
-        let wanted: Option<Vec<String>> = if rest == "all" {
-            None
-        } else if let Some(fps) = rest.strip_prefix("fp/") {
-            Some(fps.split('+').map(str::to_ascii_uppercase).collect())
-        } else if let Some(pairs) = rest.strip_prefix("fp-sk/") {
-            Some(
-                pairs
-                    .split('+')
-                    .map(|p| p.split('-').next().unwrap_or("").to_ascii_uppercase())
-                    .collect(),
-            )
-        } else {
-            return not_found(path);
-        };
-        let body: String = docs
-            .certs
-            .iter()
-            .filter(|(id, _)| {
-                wanted
-                    .as_ref()
-                    .map_or(true, |w| w.contains(&id.to_string().to_ascii_uppercase()))
-            })
-            .map(|(_, t)| t.as_str())
-            .collect();
-        if body.is_empty() {
-            return not_found(path);
-        }
-        return (200, body.into_bytes(), path, false);
-    }
-    if let Some(list) = path.strip_prefix("/tor/micro/d/") {
-        let mut body = String::new();
-        for d in list.split('-') {
-            let Some(d) = onion_dir::MdDigest::from_base64(d) else {
-                continue;
-            };
-            let found = std::iter::once(&docs.current)
-                .chain(docs.older.iter())
-                .find_map(|p| p.microdescs.iter().find(|(x, _)| *x == d));
-            if let Some((_, md)) = found {
-                body.push_str(md);
-            }
-        }
-        if body.is_empty() {
-            return not_found(path);
-        }
-        return (200, body.into_bytes(), path, false);
-    }
-    not_found(path)
 }
