@@ -193,6 +193,43 @@ fn c_tor_fetches_from_an_onion_service_hosted_here() {
     });
 }
 
+/// A `.onion` host works as any other: a stream to the C tor onion service of the network
+/// (its descriptor may still be on its way to the HSDirs at first).
+#[test]
+fn connect_to_a_c_tor_onion_service() {
+    let Some(net) = tornet::network() else { return };
+    on_one_thread(Duration::from_secs(400), async {
+        let tor = client(net).await;
+        let t = Instant::now();
+        let mut last = None;
+        while t.elapsed() < Duration::from_secs(240) {
+            match tor.connect((net.onion_hostname.as_str(), 80)).await {
+                Ok(mut s) => {
+                    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut resp = Vec::new();
+                    s.read_to_end(&mut resp).await.unwrap();
+                    let text = String::from_utf8_lossy(&resp);
+                    assert!(text.ends_with(&net.http_body), "{text}");
+                    eprintln!(
+                        "onion service answered after {:.1}s",
+                        t.elapsed().as_secs_f64()
+                    );
+                    tor.shutdown().await;
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("not yet: {e} ({:?})", e.kind());
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+            }
+        }
+        panic!("the onion service never answered: {last:?}");
+    });
+}
+
 /// 50 tasks, each with its own stream and HTTP/1.0 request, at once, on one thread.
 #[test]
 fn fifty_concurrent_streams_from_fifty_tasks() {

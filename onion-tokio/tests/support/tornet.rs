@@ -25,6 +25,8 @@ pub struct TorNet {
     pub http_port: u16,
     pub http_root: PathBuf,
     pub http_body: String,
+    /// The C tor onion service's hostname (`....onion`), in front of the HTTP server.
+    pub onion_hostname: String,
     /// Data directories of every relay and of the C tor client.
     datadirs: Vec<PathBuf>,
     relays: usize,
@@ -116,7 +118,12 @@ impl TorNet {
             .unwrap_or_default();
         let authorities_file = dir.join("authorities.txt");
         std::fs::write(&authorities_file, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+        let hs = PathBuf::from(s(&nodes["hs"]["datadir"])).join("hidden_service/hostname");
+        let onion_hostname = std::fs::read_to_string(&hs)
+            .map(|h| h.trim().to_string())
+            .map_err(|e| format!("{}: {e}", hs.display()))?;
         let net = TorNet {
+            onion_hostname,
             authorities_file,
             socks_port: port(&nodes["client"]["socksport"]),
             http_port: port(&st["http"]["port"]),
