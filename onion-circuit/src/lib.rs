@@ -62,9 +62,11 @@
 pub mod cc;
 pub mod channel;
 pub mod circuit;
+pub mod error;
 pub mod flow;
 pub mod relay;
 pub mod stream;
 pub mod time;
 
+pub use error::ErrorKind;
 pub use time::Instant;

@@ -6,6 +6,8 @@
 //! (tor-spec §4.2).
 
 use onion_cell::CircId;
+
+use crate::error::ErrorKind;
 use onion_crypto::{Ed25519Identity, RsaIdentity};
 
 /// Why a channel closed. Every variant is fatal for the channel.
@@ -128,4 +130,39 @@ pub enum SendError {
     /// The message could not be encoded (body too long for a cell).
     #[error("cannot encode cell: {0}")]
     Encode(onion_cell::Error),
+}
+
+impl ChanError {
+    /// Who is to blame: the peer ([`ErrorKind::PeerProtocol`]), a deadline, or a channel
+    /// closed by either end ([`ErrorKind::Closed`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ChanError::HandshakeTimeout => ErrorKind::Timeout,
+            ChanError::ConnectionClosed | ChanError::ClosedLocally => ErrorKind::Closed,
+            ChanError::NoCommonVersion { .. } => ErrorKind::Unsupported,
+            ChanError::MalformedCell { .. }
+            | ChanError::UnexpectedCell { .. }
+            | ChanError::DuplicateCell { .. }
+            | ChanError::Certs(_)
+            | ChanError::IdentityMismatch { .. }
+            | ChanError::CircuitCellOnIdZero { .. }
+            | ChanError::AuthenticateRejected { .. } => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
+impl SendError {
+    /// Who is to blame: a refused send is the caller's ([`ErrorKind::Misuse`]), a bound
+    /// ([`ErrorKind::Resource`]) or a closed channel; never the peer's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SendError::Closed => ErrorKind::Closed,
+            SendError::CircIdsExhausted | SendError::QueueFull => ErrorKind::Resource,
+            SendError::NotOpen
+            | SendError::NotACircuitMessage { .. }
+            | SendError::UnknownCircuit(_)
+            | SendError::WrongCircuitState { .. }
+            | SendError::Encode(_) => ErrorKind::Misuse,
+        }
+    }
 }

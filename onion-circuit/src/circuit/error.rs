@@ -3,6 +3,7 @@
 use onion_cell::chancell::ChanCmd;
 use onion_cell::relaymsg::RelayCmd;
 
+use crate::error::ErrorKind;
 use crate::flow::FlowError;
 use crate::stream::{StreamError, StreamId};
 
@@ -96,6 +97,31 @@ pub enum CircError {
         /// The error.
         err: onion_cell::Error,
     },
+}
+
+impl CircError {
+    /// Who is to blame: the hop ([`ErrorKind::PeerProtocol`]), the caller
+    /// ([`ErrorKind::Misuse`]), a deadline, a missing feature, a bound, or a closed circuit.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CircError::Closed => ErrorKind::Closed,
+            CircError::ExtendInProgress
+            | CircError::NoSuchHop { .. }
+            | CircError::RelayEarlyExhausted
+            | CircError::NoSuchStream(_)
+            | CircError::Encode { .. } => ErrorKind::Misuse,
+            CircError::HandshakeUnsupported(_) => ErrorKind::Unsupported,
+            CircError::BuildTimeout { .. } => ErrorKind::Timeout,
+            CircError::TooManyStreams => ErrorKind::Resource,
+            CircError::Handshake { .. }
+            | CircError::NotRecognized
+            | CircError::Malformed { .. }
+            | CircError::Unexpected(_)
+            | CircError::Flow { .. }
+            | CircError::CongestionControl { .. }
+            | CircError::Stream(_) => ErrorKind::PeerProtocol,
+        }
+    }
 }
 
 /// What arrived unexpectedly (see [`CircError::Unexpected`]).

@@ -47,7 +47,10 @@ use bytes::Bytes;
 use onion_cell::chancell::{ChanMsg, Create2, DestroyReason, HandshakeType, RelayPayload};
 use onion_cell::extension::{CcResponse, ExtList};
 use onion_cell::linkspec::LinkSpec;
-use onion_cell::relay::{RelayCell, RELAY_HEADER_LEN};
+use onion_cell::relay::{
+    RelayCell, CMD_OFFSET, DIGEST_OFFSET, LENGTH_OFFSET, RECOGNIZED_OFFSET, RELAY_HEADER_LEN,
+    STREAM_ID_OFFSET,
+};
 use onion_cell::relaymsg::{
     Begin, BeginFlags, End, EndReason, Extend2, RelayCmd, RelayMsg, Resolve, ResolvedAnswer,
     Sendme, Xon, MAX_RELAY_DATA_LEN,
@@ -1099,8 +1102,9 @@ impl Circuit {
             }
             self.relay_early_left -= 1;
         }
-        body[1..3].fill(0);
-        body[5..9].fill(0);
+        // 'Recognized' and the digest are the relay crypto's to set (tor-spec §6.1).
+        body[RECOGNIZED_OFFSET..STREAM_ID_OFFSET].fill(0);
+        body[DIGEST_OFFSET..LENGTH_OFFSET].fill(0);
         self.relay_out.push_back(Queued {
             hop: hop as u8,
             early,
@@ -1358,7 +1362,7 @@ impl Circuit {
             Ok(h) => h,
             Err(_) => return self.fail(CircError::NotRecognized),
         };
-        if body[0] == RelayCmd::DATA.0 {
+        if body[CMD_OFFSET] == RelayCmd::DATA.0 {
             // The bulk of the traffic: handed to the embedding in the cell's own buffer, with
             // no copy (see `data_bytes`).
             let (stream, len) = match data_cell_header(&body) {

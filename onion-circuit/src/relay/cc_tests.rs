@@ -470,3 +470,35 @@ fn the_client_drops_xon_xoff_that_do_not_apply() {
     assert_eq!(c.send_capacity(id), before);
     assert_eq!(c.send(id, b"still open").unwrap(), 10);
 }
+
+/// A caller's mistake (ending a stream that does not exist) is `Misuse`, whose DESTROY
+/// reason would be INTERNAL, and leaves the circuit as it was; the client's violation
+/// (DATA on stream 0) closes the circuit with DESTROY PROTOCOL (tor-spec §5.4).
+#[test]
+fn a_local_no_such_stream_is_misuse_and_a_peer_violation_destroys_with_protocol() {
+    let (mut c, mut r, mut rng) = one_hop(false, &RelayConfig::default());
+    let (id, es) = dir_stream(&mut c, &mut r, &mut rng);
+    let gone = StreamId::new(es.get().wrapping_add(100)).expect("nonzero");
+    let err = r.end_stream(gone, EndReason::DONE).unwrap_err();
+    assert_eq!(err, RelayError::NoSuchStream(gone));
+    assert_eq!(err.kind(), crate::ErrorKind::Misuse);
+    assert_eq!(err.destroy_reason(), DestroyReason::INTERNAL);
+    assert_eq!(r.send(es, b"still open").unwrap(), 10);
+    pump(&mut c, &mut r, &mut rng, at(0));
+    assert!(client_events(&mut c)
+        .iter()
+        .any(|e| matches!(e, CircEvent::Data { stream, .. } if *stream == id)));
+    // DATA on stream 0 from the client: a violation, DESTROY PROTOCOL toward it.
+    let mut body = crate::circuit::encode_body(None, &RelayMsg::Drop, "test").unwrap();
+    body[onion_cell::relay::CMD_OFFSET] = RelayCmd::DATA.0;
+    c.send_raw(0, body, false).unwrap();
+    let m = c.poll_cell(&mut rng).expect("the cell");
+    let err = r.handle_from_client(at(0), m).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::PeerProtocol);
+    assert!(matches!(
+        r.poll_cell(&mut rng),
+        Some(RelayOutput::ToClient(ChanMsg::Destroy(
+            DestroyReason::PROTOCOL
+        )))
+    ));
+}

@@ -61,6 +61,7 @@ use rand_core::CryptoRngCore;
 use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
+use crate::error::ErrorKind;
 use crate::flow::{
     check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag,
     SENDME_DIGEST_LEN,
@@ -106,9 +107,18 @@ pub enum RelayError {
     /// The client's handshake did not verify (wrong key id, bad MAC, wrong length...).
     #[error("handshake failed: {0}")]
     Handshake(#[from] onion_crypto::HandshakeError),
-    /// A cell not valid in the circuit's state or direction.
+    /// A cell not valid in the circuit's state or direction (the client side's fault).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
+    /// A call the circuit's state rules out (the caller's fault; the circuit is unchanged).
+    #[error("misuse: {0}")]
+    Misuse(&'static str),
+    /// A bounded queue is full: the circuit closes rather than grow it.
+    #[error("queue full: {0}")]
+    QueueFull(&'static str),
+    /// A failure of our own (a message we build did not encode).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// An unexpected channel cell.
     #[error("unexpected {0:?} cell")]
     UnexpectedCell(ChanCmd),
@@ -150,18 +160,37 @@ impl From<crate::circuit::CircError> for RelayError {
     fn from(e: crate::circuit::CircError) -> Self {
         match e {
             crate::circuit::CircError::Encode { what, err } => RelayError::Encode { what, err },
-            _ => RelayError::Protocol("internal encoding"),
+            _ => RelayError::Internal("encoding a relay message"),
         }
     }
 }
 
 impl RelayError {
-    /// The DESTROY reason to send toward the client for this error (tor-spec §5.4).
-    pub fn destroy_reason(&self) -> DestroyReason {
+    /// Who is to blame: the client side ([`ErrorKind::PeerProtocol`]), the caller
+    /// ([`ErrorKind::Misuse`]), a missing feature, a full queue, or ourselves.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RelayError::Closed => DestroyReason::DESTROYED,
-            _ => DestroyReason::PROTOCOL,
+            RelayError::UnsupportedCreate(_) => ErrorKind::Unsupported,
+            RelayError::Handshake(_)
+            | RelayError::Protocol(_)
+            | RelayError::UnexpectedCell(_)
+            | RelayError::UnexpectedMsg(_)
+            | RelayError::Malformed(_)
+            | RelayError::BadExtensions(_)
+            | RelayError::Flow(_)
+            | RelayError::Cc(_)
+            | RelayError::Stream(_) => ErrorKind::PeerProtocol,
+            RelayError::Misuse(_) | RelayError::NoSuchStream(_) => ErrorKind::Misuse,
+            RelayError::QueueFull(_) => ErrorKind::Resource,
+            RelayError::Closed => ErrorKind::Closed,
+            RelayError::Internal(_) | RelayError::Encode { .. } => ErrorKind::Internal,
         }
+    }
+
+    /// The DESTROY reason to send toward the client for this error (tor-spec §5.4),
+    /// from its [`RelayError::kind`]: PROTOCOL only for the client side's violations.
+    pub fn destroy_reason(&self) -> DestroyReason {
+        self.kind().destroy_reason()
     }
 }
 
@@ -674,7 +703,7 @@ impl RelayCircuit {
         // The channel hands over an owned body: decrypt it in place and forward the same box.
         let mut body = payload.into_box();
         if self.crypto.decrypt_outbound(&mut body) {
-            if body[0] == RelayCmd::DATA.0 {
+            if body[onion_cell::relay::CMD_OFFSET] == RelayCmd::DATA.0 {
                 // The bulk of an upload: handed to the embedding in the cell's own buffer.
                 let r = match data_cell_header(&body) {
                     Ok((stream, len)) => self.on_data(stream, move || data_bytes(body, len)),
@@ -697,7 +726,7 @@ impl RelayCircuit {
         if self.hs.is_spliced() {
             // Joined at a rendezvous point (rend-spec-v3 §4.2): for the other circuit.
             if !self.hs.push(body) {
-                return self.fail(RelayError::Protocol("joined circuit queue full"));
+                return self.fail(RelayError::QueueFull("joined circuit queue"));
             }
             return Ok(());
         }

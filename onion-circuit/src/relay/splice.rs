@@ -86,7 +86,7 @@ impl RelayCircuit {
             return Err(RelayError::Closed);
         }
         if self.next != Next::None {
-            return Err(RelayError::Protocol("splice of a circuit that continues"));
+            return Err(RelayError::Misuse("splice of a circuit that continues"));
         }
         self.hs.spliced = true;
         Ok(())
@@ -108,9 +108,7 @@ impl RelayCircuit {
             return Err(RelayError::Closed);
         }
         if !self.hs.spliced {
-            return Err(RelayError::Protocol(
-                "cell for a circuit that is not joined",
-            ));
+            return Err(RelayError::Misuse("cell for a circuit that is not joined"));
         }
         self.crypto.encrypt_inbound(&mut body);
         self.to_client
