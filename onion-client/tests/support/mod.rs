@@ -726,9 +726,14 @@ impl Net {
                 if cap == 0 {
                     break;
                 }
-                let chunk: Vec<u8> = ob.data.drain(..cap).collect();
+                let chunk: Vec<u8> = ob.data.iter().take(cap).copied().collect();
+                // Only what the circuit took leaves the outbox: the rest waits for the
+                // next pump, as a real exit keeps unsent bytes in its socket buffer.
                 match rc.circ.send(stream, &chunk) {
-                    Ok(n) if n == chunk.len() => moved = true,
+                    Ok(n) if n > 0 => {
+                        ob.data.drain(..n);
+                        moved = true;
+                    }
                     _ => break,
                 }
             }
