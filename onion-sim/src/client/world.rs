@@ -264,6 +264,9 @@ struct Target {
     to_web: VecDeque<(Instant, Vec<u8>)>,
     /// Response bytes the relay has not taken yet.
     pending: Vec<u8>,
+    /// The relay took less than offered: nothing more is offered until it says
+    /// [`RelayEvent::ResumeTarget`] (a socket the embedder stops reading).
+    paused: bool,
 }
 
 /// Counters of one relay.
@@ -1148,6 +1151,7 @@ impl World {
                         connect_at: Some(now + wl * 2),
                         to_web: VecDeque::new(),
                         pending: Vec::new(),
+                        paused: false,
                     },
                 );
                 self.log_relay(r, || {
@@ -1194,8 +1198,11 @@ impl World {
                     len: a.len,
                 });
             }
-            // ResumeTarget: the exit takes the web server's bytes again; `exit_step`
-            // offers them at every pump.
+            RelayEvent::ResumeTarget { stream } => {
+                if let Some(t) = self.relays[r].targets.get_mut(&stream) {
+                    t.paused = false;
+                }
+            }
             _ => {}
         }
     }
@@ -1305,7 +1312,7 @@ impl World {
             let Some(t) = relay.targets.get_mut(&h) else {
                 continue;
             };
-            if t.connect_at.is_some() {
+            if t.connect_at.is_some() || t.paused {
                 continue;
             }
             loop {
@@ -1316,12 +1323,16 @@ impl World {
                     break;
                 }
                 let n = relay.machine.handle_target_data(h, now, &t.pending);
-                if n == 0 {
+                if n > 0 {
+                    moved = true;
+                    relay.stats.exit_bytes += n as u64;
+                }
+                if n < t.pending.len() {
+                    t.pending.drain(..n);
+                    t.paused = true;
                     break;
                 }
-                moved = true;
-                relay.stats.exit_bytes += n as u64;
-                t.pending.drain(..n);
+                t.pending.clear();
             }
             if t.web.is_done() && t.pending.is_empty() {
                 done.push(h);
