@@ -290,6 +290,31 @@ impl Relay {
         }
     }
 
+    /// Circuit `k` is held by a full stream buffer while cells still arrive on it: each such
+    /// step decides XOFF again for every full stream, as C tor decides at every arrival
+    /// (`flow_control_decide_xoff`), so that the grace period (proposal 324 §4.1.1, 5 ms in
+    /// C tor 0.4.9) ends in an XOFF although the held cells never reach the buffer.
+    /// Without it the client, never told to stop, would keep filling the circuit's queue.
+    pub(super) fn recheck_full_streams(&mut self, k: u64) {
+        let buf_limit = self.cfg.limits.stream_buffer;
+        let xoff = usize::try_from(self.cfg.circuits.flow_control.xoff_exit_bytes())
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let now = self.now;
+        let Some(c) = self.circs.get_mut(&k) else {
+            return;
+        };
+        for h in &c.streams {
+            let Some(e) = self.streams.get(h) else {
+                continue;
+            };
+            if e.to_target_len >= buf_limit {
+                let _ =
+                    c.rc.note_stream_buffer(now, e.id, 0, e.to_target_len.max(xoff));
+            }
+        }
+    }
+
     /// DATA from the client on stream `id`.
     pub(super) fn stream_data(&mut self, k: u64, id: StreamId, data: Bytes) {
         let Some(&h) = self.by_stream.get(&skey(k, id)) else {

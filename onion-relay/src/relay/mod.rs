@@ -1136,6 +1136,9 @@ impl Relay {
     fn step_circ(&mut self, k: u64) {
         let limit = self.cfg.limits.channel_outbound;
         self.note_ages(k);
+        if self.circs.get(&k).is_some_and(|c| c.held) {
+            self.recheck_full_streams(k);
+        }
         loop {
             let Some(c) = self.circs.get_mut(&k) else {
                 return;
