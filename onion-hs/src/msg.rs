@@ -427,7 +427,11 @@ impl IntroducePlaintext {
             extensions: to_ext_list(&self.extensions),
             onion_key_type: wire::OnionKeyType(self.onion_key_type),
             onion_key: Cow::Borrowed(&self.onion_key),
-            link_specs: self.link_specifiers.iter().map(RawLinkSpec::to_cell).collect(),
+            link_specs: self
+                .link_specifiers
+                .iter()
+                .map(RawLinkSpec::to_cell)
+                .collect(),
         }
         .encode(&mut v)
         .map_err(wire_err(Self::M))?;
