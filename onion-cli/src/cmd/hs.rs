@@ -15,9 +15,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use onion_hs::desc::{HsDescriptor, OuterDescriptor};
-use onion_hs::{keyfile::parse_client_auth_key, keys::HsIdKey};
 use onion_hs::time::{TimePeriod, TimePeriodConfig};
 use onion_hs::OnionAddress;
+use onion_hs::{keyfile::parse_client_auth_key, keys::HsIdKey};
 use serde_json::{json, Value};
 
 /// `onion hs` (see the module documentation).

@@ -10,8 +10,8 @@
 
 use std::net::IpAddr;
 
-use onion_dir::policy::ExitTarget;
 use onion_dir::netview::{NetView, RelayRecord};
+use onion_dir::policy::ExitTarget;
 use onion_dir::select::path::{ExitRequest, PathConfig, PathOptions, PathSelector};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

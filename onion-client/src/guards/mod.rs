@@ -97,8 +97,8 @@ use onion_crypto::keys::NtorOnionKey;
 use onion_dir::netview::{RelayIdx, RelayRecord};
 use onion_dir::select::guard::state::GuardStateError;
 use onion_dir::select::guard::{
-    GuardCircState, GuardCircId, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage, Reachable,
-    RetrySchedule,
+    GuardCircId, GuardCircState, GuardEvent, GuardMgr, GuardParams, GuardPick, GuardUsage,
+    Reachable, RetrySchedule,
 };
 use onion_dir::select::path::{Exclusions, ExitRequest, PathConfig, PathOptions, PathSelector};
 use onion_dir::select::vanguards::{
@@ -1100,7 +1100,8 @@ impl Guards {
             ticket,
             hops,
             names,
-            usable_on_completion: pick.state == GuardCircState::UsableOnCompletion || nothing_better,
+            usable_on_completion: pick.state == GuardCircState::UsableOnCompletion
+                || nothing_better,
         })
     }
 

@@ -364,7 +364,9 @@ impl Host {
             let view = consensus_view(net);
             let wall = sh.clock.wall(now);
             let k = self.services.len() - 1;
-            self.services[k].publisher.set_consensus(Timestamp::from_unix(wall), view, rng);
+            self.services[k]
+                .publisher
+                .set_consensus(Timestamp::from_unix(wall), view, rng);
             self.drain(sh, k, now, rng);
         }
         Ok(id)
@@ -448,9 +450,11 @@ impl Host {
                             t,
                         ),
                         None => {
-                            let _ = self.services[k]
-                                .publisher
-                                .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
+                            let _ = self.services[k].publisher.intro_circuit_closed(
+                                Timestamp::from_unix(wall),
+                                intro,
+                                rng,
+                            );
                         }
                     }
                 }
@@ -498,9 +502,12 @@ impl Host {
                         ),
                         None => {
                             self.services[k].stats.uploads_failed += 1;
-                            self.services[k]
-                                .publisher
-                                .upload_result(Timestamp::from_unix(wall), upload, false, rng);
+                            self.services[k].publisher.upload_result(
+                                Timestamp::from_unix(wall),
+                                upload,
+                                false,
+                                rng,
+                            );
                         }
                     }
                 }
@@ -544,7 +551,9 @@ impl Host {
                 }
                 Err(_) => {
                     sh.push(HsAction::CloseCircuit { circ });
-                    let _ = s.publisher.intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
+                    let _ =
+                        s.publisher
+                            .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
                 }
             },
             Role::UploadBuilding { upload, request } => {
@@ -607,11 +616,14 @@ impl Host {
             Role::IntroBuilding(intro)
             | Role::IntroEstablishing { intro, .. }
             | Role::IntroEstablished(intro) => {
-                let _ = s.publisher.intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
+                let _ = s
+                    .publisher
+                    .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
             }
             Role::UploadBuilding { upload, .. } | Role::Uploading { upload, .. } => {
                 s.stats.uploads_failed += 1;
-                s.publisher.upload_result(Timestamp::from_unix(wall), upload, false, rng);
+                s.publisher
+                    .upload_result(Timestamp::from_unix(wall), upload, false, rng);
             }
             Role::RendBuilding(p) => {
                 s.building = s.building.saturating_sub(1);
@@ -684,7 +696,9 @@ impl Host {
         match (cmd, intro) {
             (RelayCmd::INTRO_ESTABLISHED, (intro, false)) => {
                 s.circs.insert(circ, Role::IntroEstablished(intro));
-                let _ = s.publisher.intro_established(Timestamp::from_unix(wall), intro, rng);
+                let _ = s
+                    .publisher
+                    .intro_established(Timestamp::from_unix(wall), intro, rng);
             }
             (RelayCmd::INTRODUCE2, (intro, true)) => {
                 self.introduce2(k, intro, body, now, wall, rng);
@@ -719,7 +733,10 @@ impl Host {
             s.stats.dropped_rate += 1;
             return;
         }
-        let req = match s.publisher.handle_introduce2(Timestamp::from_unix(wall), intro, body, rng) {
+        let req = match s
+            .publisher
+            .handle_introduce2(Timestamp::from_unix(wall), intro, body, rng)
+        {
             Ok(r) => r,
             Err(PublishError::Service(ServiceError::Replay)) => {
                 s.stats.replays += 1;
@@ -777,7 +794,8 @@ impl Host {
         } else {
             s.stats.uploads_failed += 1;
         }
-        s.publisher.upload_result(Timestamp::from_unix(wall), upload, ok, rng);
+        s.publisher
+            .upload_result(Timestamp::from_unix(wall), upload, ok, rng);
         self.drain(sh, k, now, rng);
     }
 
