@@ -85,6 +85,11 @@ fn onion_relays_join_and_carry_a_c_tor_circuit() {
         "consensus flags: onionRelayA {:?}, onionRelayB {:?}",
         flags[0], flags[1]
     );
+    // Our relays answer BEGIN_DIR and say `tunnelled-dir-server` (dir-spec §2.1.1): the
+    // authorities vote them V2Dir.
+    for (f, name) in flags.iter().zip(["onionRelayA", "onionRelayB"]) {
+        assert!(f.iter().any(|x| x == "V2Dir"), "{name}: no V2Dir: {f:?}");
+    }
 
     // (3) A C tor client with our relay A as its only possible middle hop.
     let body: Vec<u8> = (0..5u32 << 20)

@@ -147,7 +147,7 @@ fn onion_exits_carry_c_tor_clients() {
     let flags = wait_listed(&paths, &fps, Duration::from_secs(180));
     for (f, name) in flags.iter().zip(["A", "B", "C"]) {
         eprintln!("consensus flags of onionExit{name}: {f:?}");
-        for want in ["Running", "Valid", "Exit", "Guard", "Fast"] {
+        for want in ["Running", "Valid", "Exit", "Guard", "Fast", "V2Dir"] {
             assert!(
                 f.iter().any(|x| x == want),
                 "onionExit{name}: no {want}: {f:?}"
@@ -169,9 +169,9 @@ fn onion_exits_carry_c_tor_clients() {
     }
 
     // (2) B middle, C exit. The guard is C tor's: a C tor client takes as guard only a
-    // relay listed Stable and V2Dir (entrynodes.c, `node_is_possible_guard`), and ours is not
-    // a directory cache (no `tunnelled-dir-server`), so `EntryNodes` of ours leaves it no
-    // guard at all. Conflux is off: our exits do not offer it (no `Conflux` protocol), and
+    // relay listed Stable and V2Dir (entrynodes.c, `node_is_possible_guard`); ours are V2Dir
+    // but not Stable (the authorities' MTBF has not seen them long enough), so `EntryNodes`
+    // of ours leaves it no guard at all. Conflux is off: our exits do not offer it (no `Conflux` protocol), and
     // C tor's conflux sets then fail to find an exit before it falls back.
     let payload = body(5 << 20);
     let client = TorClient::start(
