@@ -8,7 +8,6 @@
 //! the relay answers with an empty extension list and runs fixed windows (tor-spec §7.3).
 
 use onion_circuit::cc::flowctl::FlowCtrlParams;
-use onion_circuit::cc::CcConfig;
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
 use onion_dir::ccparams::{CcParams, CcPath};
 use onion_dir::consensus::NetParams;
@@ -17,31 +16,7 @@ use onion_dir::consensus::NetParams;
 /// before the relay holds a consensus: C tor's defaults, as C tor's relay uses then).
 pub fn circuit_config(params: &NetParams<'_>) -> CircRelayConfig {
     let p = CcParams::from_net_params(params);
-    let congestion_control = p.enabled().then(|| {
-        let v = p.vegas(CcPath::Exit);
-        CcConfig {
-            sendme_inc: p.sendme_inc,
-            cwnd_init: p.cwnd_init,
-            cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
-            cwnd_inc: p.cwnd_inc,
-            cwnd_inc_rate: p.cwnd_inc_rate,
-            cwnd_min: p.cwnd_min,
-            cwnd_max: p.cwnd_max,
-            rtt_reset_pct: p.rtt_reset_pct,
-            ewma_cwnd_pct: p.ewma_cwnd_pct,
-            ewma_max: p.ewma_max,
-            ewma_ss: p.ewma_ss,
-            alpha: v.alpha,
-            beta: v.beta,
-            gamma: v.gamma,
-            delta: v.delta,
-            ss_cwnd_cap: v.ss_cwnd_cap,
-            ss_cwnd_max: v.ss_cwnd_max,
-            cwnd_full_gap: v.cwnd_full_gap,
-            cwnd_full_minpct: v.cwnd_full_minpct,
-            cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-        }
-    });
+    let congestion_control = onion_client::dir::cc_config(&p, CcPath::Exit);
     CircRelayConfig {
         congestion_control,
         flow_control: FlowCtrlParams {

@@ -269,33 +269,7 @@ impl Directory {
     /// consensus runs fixed windows (`cc_alg=0`). The one mapping from consensus values to
     /// the circuit's configuration, for exit, onion-service and CLI circuits alike.
     pub fn congestion_control(&self, path: CcPath) -> Option<CcConfig> {
-        let p = CcParams::from_net_params(&self.net_params());
-        if !p.enabled() {
-            return None;
-        }
-        let v = p.vegas(path);
-        Some(CcConfig {
-            sendme_inc: p.sendme_inc,
-            cwnd_init: p.cwnd_init,
-            cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
-            cwnd_inc: p.cwnd_inc,
-            cwnd_inc_rate: p.cwnd_inc_rate,
-            cwnd_min: p.cwnd_min,
-            cwnd_max: p.cwnd_max,
-            rtt_reset_pct: p.rtt_reset_pct,
-            ewma_cwnd_pct: p.ewma_cwnd_pct,
-            ewma_max: p.ewma_max,
-            ewma_ss: p.ewma_ss,
-            alpha: v.alpha,
-            beta: v.beta,
-            gamma: v.gamma,
-            delta: v.delta,
-            ss_cwnd_cap: v.ss_cwnd_cap,
-            ss_cwnd_max: v.ss_cwnd_max,
-            cwnd_full_gap: v.cwnd_full_gap,
-            cwnd_full_minpct: v.cwnd_full_minpct,
-            cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
-        })
+        cc_config(&CcParams::from_net_params(&self.net_params()), path)
     }
 
     /// The subprotocols the consensus lists for relay `id` (its `pr` line).
@@ -638,4 +612,37 @@ fn split<'h, D: Copy + Eq + std::hash::Hash>(
         }
     }
     (kept, n, missing)
+}
+
+/// Congestion control (proposal 324 §6.5) for circuits on paths of kind `path` from the
+/// consensus's `cc_*` values `p` (the Vegas values of that path kind); `None` when the
+/// consensus runs fixed windows (`cc_alg=0`). The one mapping from consensus values to the
+/// circuit's configuration: client, onion-service and relay circuits all use it.
+pub fn cc_config(p: &CcParams, path: CcPath) -> Option<CcConfig> {
+    if !p.enabled() {
+        return None;
+    }
+    let v = p.vegas(path);
+    Some(CcConfig {
+        sendme_inc: p.sendme_inc,
+        cwnd_init: p.cwnd_init,
+        cwnd_inc_pct_ss: p.cwnd_inc_pct_ss,
+        cwnd_inc: p.cwnd_inc,
+        cwnd_inc_rate: p.cwnd_inc_rate,
+        cwnd_min: p.cwnd_min,
+        cwnd_max: p.cwnd_max,
+        rtt_reset_pct: p.rtt_reset_pct,
+        ewma_cwnd_pct: p.ewma_cwnd_pct,
+        ewma_max: p.ewma_max,
+        ewma_ss: p.ewma_ss,
+        alpha: v.alpha,
+        beta: v.beta,
+        gamma: v.gamma,
+        delta: v.delta,
+        ss_cwnd_cap: v.ss_cwnd_cap,
+        ss_cwnd_max: v.ss_cwnd_max,
+        cwnd_full_gap: v.cwnd_full_gap,
+        cwnd_full_minpct: v.cwnd_full_minpct,
+        cwnd_full_per_cwnd: v.cwnd_full_per_cwnd,
+    })
 }

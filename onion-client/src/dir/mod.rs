@@ -56,7 +56,7 @@ use rand_core::CryptoRngCore;
 
 use crate::error::{escape, Error};
 
-pub use directory::{DirMode, Directory, DocKind};
+pub use directory::{cc_config, DirMode, Directory, DocKind};
 pub use sources::{
     c_tor_fallbacks, parse_fallbacks, Authority, Fallback, FallbackError, C_TOR_FALLBACKS,
     MAX_FALLBACKS,
