@@ -28,7 +28,8 @@
 //! use onion_client::dir::{DirMode, Directory};
 //! use onion_client::guards::{Blame, Built, Guards, GuardsConfig, GuardsEvent, LastHop};
 //! use onion_client::Timestamp;
-//! use onion_dir::netview::{ExitTarget, NetView};
+//! use onion_dir::netview::NetView;
+//! use onion_dir::policy::ExitTarget;
 //! use onion_dir::select::path::{ExitRequest, PathOptions};
 //! use onion_dir::select::vanguards::HsCircuitKind;
 //!
