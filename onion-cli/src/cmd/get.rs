@@ -30,7 +30,7 @@ use crate::net::http::{self, Url};
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The http:// URL to fetch (http://ADDRESS.onion/... for an onion service).
+    /// The `http://` URL to fetch (`http://ADDRESS.onion/...` for an onion service).
     #[arg(value_name = "URL")]
     url: String,
     /// Use this relay as the exit (fingerprint or nickname), whatever its policy says.
