@@ -1208,12 +1208,53 @@ fn congestion_controlled_exit_streams_both_ways() {
     // client stops with what it sent until then (the test's clock moves 1 ms per round and
     // each round sends a congestion window), not with the whole upload.
     assert!(off < upload.len(), "{off}");
-    assert!(net.relays[1].queued_bytes() <= 8192 + 498);
+    let held = net.relays[1].queued_bytes();
+    assert!(held > 8192 && held <= off, "{held} of {off}");
     // Stopped means stopped: more time and more tries send nothing.
     assert_eq!(net.upload_until_blocked(i, s, &upload, off), off);
     net.upload_rest(i, s, &upload, off);
     let rec = net.target_received(1);
     assert!(rec[5..] == upload, "{} of {}", rec.len(), upload.len());
+}
+
+/// Data a client sends into an exit stream whose target stopped reading waits in the held
+/// circuit until XOFF stops the client; it counts toward the relay's memory limit, so a
+/// client that sends faster than the XOFF can act (or ignores it) meets the out-of-memory
+/// handler instead of growing the relay without bound.
+#[test]
+fn data_held_behind_a_full_stream_counts_toward_the_memory_limit() {
+    let mut net = Net::new(31);
+    net.circ_config.congestion_control = Some(Box::default());
+    net.add_relay(|_| {});
+    net.add_relay(|c| {
+        c.exit_policy = Some(policy("accept *:80"));
+        c.circuits.congestion_control = Some(onion_circuit::cc::CcConfig::default());
+        c.limits.stream_buffer = 8192;
+        c.limits.max_queued_bytes = 300_000;
+    });
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 16)))
+        .expect("connect");
+    let i = net.build(c, &[0, 1], HandshakeKind::NtorV3);
+    net.reply = Vec::new();
+    let s = net.begin(i, "example.com", 80);
+    net.targets_read = false;
+    let upload = pattern(2_000_000);
+    let mut off = 0;
+    let mut most = 0;
+    while off < upload.len() && net.circs[i].closed.is_none() {
+        let n = net.circs[i].circ.send(s, &upload[off..]).unwrap_or(0);
+        off += n;
+        net.advance(Duration::from_millis(1));
+        most = most.max(net.relays[1].queued_bytes());
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(net.relays[1].stats().circuits_killed_oom, 1, "sent {off}");
+    assert_eq!(net.relays[1].queued_bytes(), 0);
+    // Bounded by the limit plus what one step can bring (one round of the test's clock).
+    assert!(most <= 300_000 + off / 2, "{most} of {off}");
 }
 
 #[test]
@@ -1331,7 +1372,10 @@ fn a_target_that_stops_reading_stops_the_client() {
     let off = net.upload_until_blocked(i, s, &upload, 0);
     // The stream window (500 cells) plus the exit's buffer: no more got out of the client.
     assert!(off <= 500 * 498 + 4096 + 498, "{off}");
-    assert!(net.relays[1].queued_bytes() <= 4096 + 498);
+    // What the exit holds (its buffer and the cells held in the circuit behind it) is what
+    // the window let through, counted in full for the out-of-memory handler.
+    let held = net.relays[1].queued_bytes();
+    assert!(held > 4096 && held <= 500 * 498 + 4096 + 498, "{held}");
     // The target reads again: everything arrives, in order.
     net.upload_rest(i, s, &upload, off);
     assert!(net.target_received(1) == upload);

@@ -327,6 +327,8 @@ pub struct RelayCircuit {
     to_client: VecDeque<Inbound>,
     to_next: VecDeque<ChanMsg<'static>>,
     events: VecDeque<RelayEvent>,
+    /// Bytes of the [`RelayEvent::Data`] in `events` (the embedding's memory accounting).
+    event_data_bytes: usize,
     relay_early_seen: u8,
     closed: bool,
     our_rsa_id: RsaIdentity,
@@ -508,6 +510,7 @@ impl RelayCircuit {
             to_client: VecDeque::new(),
             to_next: VecDeque::new(),
             events: VecDeque::new(),
+            event_data_bytes: 0,
             relay_early_seen: 0,
             closed: false,
             our_rsa_id: keys.rsa_id,
@@ -550,6 +553,14 @@ impl RelayCircuit {
     /// Cells waiting in this circuit for the channel toward the next hop.
     pub fn queued_to_next(&self) -> usize {
         self.to_next.len()
+    }
+
+    /// Bytes of stream data received from the client that wait in this circuit's events
+    /// ([`RelayEvent::Data`] not yet taken by [`RelayCircuit::poll_event`]). An embedding that
+    /// holds the circuit's events (its stream buffer is full) counts them with its other
+    /// queues, so that a client that goes on sending is bounded by its out-of-memory handler.
+    pub fn queued_event_bytes(&self) -> usize {
+        self.event_data_bytes
     }
 
     /// Whether the circuit is closed.
@@ -979,10 +990,9 @@ impl RelayCircuit {
         };
         if s.on_data()? == Admit::Process {
             self.stats.data_cells_received += 1;
-            self.events.push_back(RelayEvent::Data {
-                stream: id,
-                data: data(),
-            });
+            let data = data();
+            self.event_data_bytes += data.len();
+            self.events.push_back(RelayEvent::Data { stream: id, data });
         }
         Ok(())
     }
@@ -1315,7 +1325,8 @@ impl RelayCircuit {
     /// embedding taking the bytes (stream SENDMEs are queued then, tor-spec §7.4).
     pub fn poll_event(&mut self) -> Option<RelayEvent> {
         let e = self.events.pop_front();
-        if let Some(RelayEvent::Data { stream, .. }) = &e {
+        if let Some(RelayEvent::Data { stream, data }) = &e {
+            self.event_data_bytes = self.event_data_bytes.saturating_sub(data.len());
             let id = *stream;
             let n = self.streams.get_mut(id).map_or(0, Stream::on_delivered);
             for _ in 0..n {

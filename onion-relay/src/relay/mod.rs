@@ -1384,7 +1384,7 @@ impl Relay {
             return 0;
         };
         let cells = (c.rc.queued_to_client() + c.rc.queued_to_next()) * CELL_BYTES;
-        cells + self.streams_queued(k)
+        cells + c.rc.queued_event_bytes() + self.streams_queued(k)
     }
 
     /// The out-of-memory handler (dos-spec "Responding to low memory", C tor's
