@@ -26,21 +26,7 @@ use crate::keys::{
     Ed25519Signer, NtorOnionKey, NtorSecretKey,
 };
 
-/// A wall-clock time in seconds since the Unix epoch, passed in by the caller (the crate
-/// reads no clock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UnixTime(pub u64);
-
-#[cfg(feature = "std")]
-impl From<std::time::SystemTime> for UnixTime {
-    fn from(t: std::time::SystemTime) -> Self {
-        UnixTime(
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-    }
-}
+pub use crate::time::Timestamp;
 
 /// Certificate types (cert-spec A.1 "CERT_TYPE").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,8 +106,8 @@ impl Ed25519CertBody {
         self.expiration_hours
     }
     /// The expiry as a Unix time (valid up to and including this second).
-    pub fn expiry(&self) -> UnixTime {
-        UnixTime(u64::from(self.expiration_hours) * 3600)
+    pub fn expiry(&self) -> Timestamp {
+        Timestamp(u64::from(self.expiration_hours) * 3600)
     }
     /// CERT_KEY_TYPE.
     pub fn key_type(&self) -> CertKeyType {
@@ -296,7 +282,7 @@ impl UncheckedEd25519Cert {
     pub fn verify(
         self,
         signing_key: Option<&Ed25519PublicKey>,
-        now: UnixTime,
+        now: Timestamp,
     ) -> Result<Ed25519Cert, CertError> {
         self.check_signature(signing_key)?;
         self.check_valid_at(now)?;
@@ -325,7 +311,7 @@ impl UncheckedEd25519Cert {
     }
 
     /// Check only the expiry.
-    pub fn check_valid_at(&self, now: UnixTime) -> Result<(), CertError> {
+    pub fn check_valid_at(&self, now: Timestamp) -> Result<(), CertError> {
         let exp = self.0.expiry();
         if now > exp {
             return Err(CertError::Expired {
@@ -391,7 +377,7 @@ impl Ed25519CertBuilder {
     }
 
     /// The expiry rounded up to the next whole hour from a Unix time.
-    pub fn hours_from_unix(t: UnixTime) -> u32 {
+    pub fn hours_from_unix(t: Timestamp) -> u32 {
         u32::try_from(t.0.div_ceil(3600)).unwrap_or(u32::MAX)
     }
 
@@ -452,7 +438,7 @@ pub fn verify_ntor_onion_key_crosscert(
     ntor_key: &NtorOnionKey,
     sign_bit: u8,
     identity: &Ed25519Identity,
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<Ed25519Cert, CertError> {
     let c = UncheckedEd25519Cert::decode(cert)?.expect_type(CertType::NTOR_CC_IDENTITY)?;
     if c.key_type() != CertKeyType::ED25519 || c.certified_key() != identity.as_bytes() {

@@ -237,14 +237,14 @@ fn relay0_real_ntor_key() {
 
 mod certs {
     use super::*;
-    use crate::cert::{CertType, UncheckedEd25519Cert, UnixTime};
+    use crate::cert::{CertType, Timestamp, UncheckedEd25519Cert};
     use crate::rsa::{pem_decode, RsaPublicKey};
     use crate::rsa_crosscert::{verify_onion_key_crosscert, RsaCrosscert};
 
     /// 2020-09-25T02:13:20Z, the `valid_at_utc` of certs.json.
-    const VECTOR_TIME: UnixTime = UnixTime(1_601_000_000);
+    const VECTOR_TIME: Timestamp = Timestamp(1_601_000_000);
     /// relay0's descriptor `published` time, 2026-11-23 07:15:41 UTC.
-    const RELAY0_PUBLISHED: UnixTime = UnixTime(1_795_418_141);
+    const RELAY0_PUBLISHED: Timestamp = Timestamp(1_795_418_141);
 
     #[test]
     fn certs_json() {
@@ -272,7 +272,7 @@ mod certs {
                     let ok = cert.clone().verify(None, t).unwrap();
                     assert_eq!(ok.cert_type(), CertType::IDENTITY_V_SIGNING);
                     // Expired one second after the expiry hour.
-                    let late = UnixTime(cert.expiry().0 + 1);
+                    let late = Timestamp(cert.expiry().0 + 1);
                     assert!(matches!(
                         cert.clone().verify(None, late),
                         Err(crate::CertError::Expired { .. })
@@ -296,7 +296,7 @@ mod certs {
                     assert_eq!(cc.ed25519_key().as_bytes()[..], h(&p["ed25519_key"])[..]);
                     assert_eq!(cc.signed_digest()[..], h(&p["signed_digest"])[..]);
                     cc.verify(&key, t).unwrap();
-                    let late = UnixTime(u64::from(cc.expiration_hours()) * 3600 + 1);
+                    let late = Timestamp(u64::from(cc.expiration_hours()) * 3600 + 1);
                     assert!(cc.verify(&key, late).is_err());
                     seen += 1;
                 }
@@ -484,7 +484,7 @@ fn ed25519_ref_vectors() {
 /// independent encoder for our X.509 decoder and signature check.
 #[test]
 fn x509_from_openssl() {
-    use crate::cert::UnixTime;
+    use crate::cert::Timestamp;
     use crate::x509::{check_identity_cert, RsaX509Cert, X509SigAlg};
     let der = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -494,10 +494,10 @@ fn x509_from_openssl() {
     let c = RsaX509Cert::decode(&der).unwrap();
     assert_eq!(c.sig_alg(), X509SigAlg::Sha256WithRsa);
     assert!(c.is_self_issued());
-    assert_eq!(c.not_before(), UnixTime(1_767_225_600));
-    assert_eq!(c.not_after(), UnixTime(1_798_761_600));
+    assert_eq!(c.not_before(), Timestamp(1_767_225_600));
+    assert_eq!(c.not_after(), Timestamp(1_798_761_600));
     c.verify_signature(c.subject_key()).unwrap();
-    let (key, id) = check_identity_cert(&der, UnixTime(1_795_418_141)).unwrap();
+    let (key, id) = check_identity_cert(&der, Timestamp(1_795_418_141)).unwrap();
     assert_eq!(key.identity(), id);
     assert_eq!(key.bits(), 1024);
     let mut bad = der.clone();

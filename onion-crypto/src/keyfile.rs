@@ -266,7 +266,7 @@ pub fn decode_rsa_secret_key(file: &[u8]) -> Result<RsaKeypair, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::{CertType, UnixTime};
+    use crate::cert::{CertType, Timestamp};
     use crate::keys::Ed25519Signer;
     use alloc::vec;
 
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(cert.signing_key(), Some(&master_id));
         let checked = cert
             .clone()
-            .verify(None, UnixTime(1_797_000_000))
+            .verify(None, Timestamp(1_797_000_000))
             .expect("signed by the master key");
         assert_eq!(
             checked.certified_public_key().expect("key"),

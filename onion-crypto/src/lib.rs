@@ -24,6 +24,7 @@
 //! | C tor's key files (`secret_id_key`, `ed25519_*`, `secret_onion_key_ntor`) as bytes | [`keyfile`] |
 //! | a relay's whole key set: identities, signing key and certificate, ntor and TAP onion keys, their rotation (C tor's schedule and consensus parameters) | [`relay_keyset`] |
 //! | tor-spec 0.3 RSA identity, PKCS#1 v1.5 signatures (prefixed and Tor's unprefixed form) | [`rsa`] |
+//! | wall-clock time (seconds since the Unix epoch) and its dir-spec text form | [`time`] |
 //! | errors of all of the above | [`error`] |
 //!
 //! # Example: an ntor handshake and one relay cell
@@ -67,13 +68,14 @@ pub mod relay_keys;
 pub mod relay_keyset;
 pub mod rsa;
 pub mod rsa_crosscert;
+pub mod time;
 pub mod tor1;
 pub mod x509;
 
-pub use cert::UnixTime;
 pub use error::{CertError, Error, HandshakeError, KdfError, KeyError, Tor1Error};
 pub use kdf::{KeyGenerator, SecretBytes};
 pub use keys::{Ed25519Identity, RsaIdentity};
+pub use time::Timestamp;
 
 #[cfg(test)]
 extern crate std;

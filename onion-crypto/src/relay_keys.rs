@@ -35,7 +35,7 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::cert::{CertKeyType, CertType, Ed25519CertBuilder, UncheckedEd25519Cert, UnixTime};
+use crate::cert::{CertKeyType, CertType, Ed25519CertBuilder, Timestamp, UncheckedEd25519Cert};
 use crate::error::CertError;
 use crate::keys::{
     Ed25519Identity, Ed25519Keypair, Ed25519PublicKey, Ed25519Signer, ExpandedEd25519Keypair,
@@ -91,7 +91,7 @@ impl LinkKeys {
     /// certificates valid from `now`. Includes an RSA-1024 key generation: slow.
     pub fn generate(
         rng: &mut impl CryptoRngCore,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
     ) -> Result<Self, CertError> {
         let rsa = RsaKeypair::generate_1024(rng)?;
         let identity = Ed25519Keypair::generate(rng);
@@ -107,7 +107,7 @@ impl LinkKeys {
         rsa_identity: RsaKeypair,
         identity: &dyn Ed25519Signer,
         signing: Ed25519Keypair,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
     ) -> Result<Self, CertError> {
         let now = now.into();
         let ed_identity = identity.identity();
@@ -140,7 +140,7 @@ impl LinkKeys {
         rsa_identity: RsaKeypair,
         signing: ExpandedEd25519Keypair,
         id_signing_cert: Vec<u8>,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
     ) -> Result<Self, CertError> {
         let now = now.into();
         let cert = UncheckedEd25519Cert::decode(&id_signing_cert)?
@@ -169,7 +169,7 @@ impl LinkKeys {
         ed_identity: Ed25519Identity,
         signing: ExpandedEd25519Keypair,
         id_signing_cert: Vec<u8>,
-        now: UnixTime,
+        now: Timestamp,
     ) -> Result<Self, CertError> {
         let crosscert = RsaCrosscert::create(
             rng,
@@ -206,10 +206,10 @@ impl LinkKeys {
     }
 
     /// When the RSA->Ed25519 cross-certificate expires (Unix seconds).
-    pub fn crosscert_expiry(&self) -> UnixTime {
+    pub fn crosscert_expiry(&self) -> Timestamp {
         RsaCrosscert::decode(&self.crosscert)
-            .map(|c| UnixTime(u64::from(c.expiration_hours()) * 3600))
-            .unwrap_or(UnixTime(0))
+            .map(|c| Timestamp(u64::from(c.expiration_hours()) * 3600))
+            .unwrap_or(Timestamp(0))
     }
 
     /// The RSA identity key pair (also signs the relay's descriptors).
@@ -233,7 +233,7 @@ impl LinkKeys {
     pub fn initiator_credentials(
         &self,
         rng: &mut impl CryptoRngCore,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
     ) -> Result<InitiatorCredentials, CertError> {
         let auth_key = Ed25519Keypair::generate(rng);
         let signing_auth = self.leaf_cert(
@@ -259,7 +259,7 @@ impl LinkKeys {
     pub fn responder_certs(
         &self,
         tls_cert_sha256: &[u8; 32],
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
     ) -> Result<ResponderCerts, CertError> {
         let link = self.leaf_cert(
             CertType::SIGNING_V_TLS_CERT,
@@ -282,7 +282,7 @@ impl LinkKeys {
         cert_type: CertType,
         key_type: CertKeyType,
         key: [u8; 32],
-        now: UnixTime,
+        now: Timestamp,
     ) -> Result<Vec<u8>, CertError> {
         Ed25519CertBuilder::new(
             cert_type,
@@ -295,8 +295,8 @@ impl LinkKeys {
 }
 
 /// The ed25519 certificate expiration (hours) `secs` after `now`.
-fn hours_after(now: UnixTime, secs: u64) -> u32 {
-    Ed25519CertBuilder::hours_from_unix(UnixTime(now.0.saturating_add(secs)))
+fn hours_after(now: Timestamp, secs: u64) -> u32 {
+    Ed25519CertBuilder::hours_from_unix(Timestamp(now.0.saturating_add(secs)))
 }
 
 /// The certificates a responder sends in its CERTS cell: the RSA identity certificate
@@ -517,7 +517,7 @@ fn cert_err(cert_type: u8) -> impl Fn(CertError) -> CertsError {
 pub fn verify_cert_chain(
     chain: &CertChain<'_>,
     leaf_type: u8,
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<VerifiedCerts, CertsError> {
     // Id->Signing: self-identifying, signed by the ed25519 identity.
     let id_signing = UncheckedEd25519Cert::decode(chain.id_signing)

@@ -37,7 +37,7 @@ use alloc::vec::Vec;
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
-use crate::cert::{CertKeyType, CertType, Ed25519CertBuilder, UncheckedEd25519Cert, UnixTime};
+use crate::cert::{CertKeyType, CertType, Ed25519CertBuilder, Timestamp, UncheckedEd25519Cert};
 use crate::error::{CertError, KeyError};
 use crate::keyfile;
 use crate::keys::{
@@ -280,12 +280,12 @@ impl Rotation {
 pub struct RelayKeySet {
     link: LinkKeys,
     master: Option<ExpandedEd25519Keypair>,
-    signing_cert_expiry: UnixTime,
+    signing_cert_expiry: Timestamp,
     /// The current ntor key first, then the previous one during its grace period.
     ntor: Vec<NtorSecretKey>,
     tap: Option<RsaKeypair>,
     tap_previous: Option<RsaKeypair>,
-    onion_key_set_at: UnixTime,
+    onion_key_set_at: Timestamp,
 }
 
 impl core::fmt::Debug for RelayKeySet {
@@ -309,14 +309,14 @@ impl core::fmt::Debug for RelayKeySet {
 fn new_signing_key(
     rng: &mut impl CryptoRngCore,
     master: &ExpandedEd25519Keypair,
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<(ExpandedEd25519Keypair, Vec<u8>), KeySetError> {
     let signing = Ed25519Keypair::generate(rng).to_expanded();
     let cert = Ed25519CertBuilder::new(
         CertType::IDENTITY_V_SIGNING,
         CertKeyType::ED25519,
         *signing.identity().as_bytes(),
-        Ed25519CertBuilder::hours_from_unix(UnixTime(now.0.saturating_add(SIGNING_KEY_LIFETIME))),
+        Ed25519CertBuilder::hours_from_unix(Timestamp(now.0.saturating_add(SIGNING_KEY_LIFETIME))),
     )
     .include_signing_key(true)
     .sign(master)
@@ -324,10 +324,10 @@ fn new_signing_key(
     Ok((signing, cert))
 }
 
-fn cert_expiry(cert: &[u8]) -> UnixTime {
+fn cert_expiry(cert: &[u8]) -> Timestamp {
     UncheckedEd25519Cert::decode(cert)
         .map(|c| c.expiry())
-        .unwrap_or(UnixTime(0))
+        .unwrap_or(Timestamp(0))
 }
 
 impl RelayKeySet {
@@ -337,7 +337,7 @@ impl RelayKeySet {
     /// documentation). Includes one or two RSA-1024 key generations: slow.
     pub fn generate(
         rng: &mut impl CryptoRngCore,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
         with_tap: bool,
     ) -> Result<Self, KeySetError> {
         let now = now.into();
@@ -358,7 +358,7 @@ impl RelayKeySet {
         master: ExpandedEd25519Keypair,
         ntor: NtorSecretKey,
         tap: Option<RsaKeypair>,
-        now: UnixTime,
+        now: Timestamp,
     ) -> Result<Self, KeySetError> {
         let (signing, cert) = new_signing_key(rng, &master, now)?;
         let signing_cert_expiry = cert_expiry(&cert);
@@ -394,9 +394,9 @@ impl RelayKeySet {
     /// [`Rotation`] says what was generated (so that the files are written back).
     pub fn from_files(
         rng: &mut impl CryptoRngCore,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
         files: &KeyFiles,
-        onion_key_set_at: Option<UnixTime>,
+        onion_key_set_at: Option<Timestamp>,
     ) -> Result<(Self, Rotation), KeySetError> {
         use keyfile::*;
         let now = now.into();
@@ -601,12 +601,12 @@ impl RelayKeySet {
     pub fn rotate(
         &mut self,
         rng: &mut impl CryptoRngCore,
-        now: impl Into<UnixTime>,
+        now: impl Into<Timestamp>,
         params: &OnionKeyParams,
     ) -> Result<Rotation, KeySetError> {
         let now = now.into();
         let mut r = Rotation::default();
-        let soon = |t: UnixTime, within: u64| t.0 < now.0.saturating_add(within);
+        let soon = |t: Timestamp, within: u64| t.0 < now.0.saturating_add(within);
 
         // Signing key.
         if soon(self.signing_cert_expiry, SIGNING_KEY_SLOP) {
@@ -677,7 +677,7 @@ impl RelayKeySet {
     /// `now`: the earliest of the onion-key rotation, the previous keys' expiry, the signing
     /// key's replacement (offline: the warning, then once `now` has passed it, the expiry)
     /// and the cross-certificate's renewal.
-    pub fn next_event(&self, now: impl Into<UnixTime>, params: &OnionKeyParams) -> UnixTime {
+    pub fn next_event(&self, now: impl Into<Timestamp>, params: &OnionKeyParams) -> Timestamp {
         let now = now.into();
         // "Expires within d" is C tor's `expiry < now + d`: first true at `expiry - d + 1`.
         let due = |expiry: u64, within: u64| expiry.saturating_sub(within).saturating_add(1);
@@ -696,7 +696,7 @@ impl RelayKeySet {
             renew
         });
         t = t.min(due(self.link.crosscert_expiry().0, CROSSCERT_RENEW_BEFORE));
-        UnixTime(t)
+        Timestamp(t)
     }
 
     /// The link-authentication keys and certificates (CERTS cells).
@@ -731,7 +731,7 @@ impl RelayKeySet {
     }
 
     /// When the signing certificate expires.
-    pub fn signing_cert_expiry(&self) -> UnixTime {
+    pub fn signing_cert_expiry(&self) -> Timestamp {
         self.signing_cert_expiry
     }
 
@@ -754,7 +754,7 @@ impl RelayKeySet {
     }
 
     /// When the onion keys were last rotated (to keep, like C tor's `LastRotatedOnionKey`).
-    pub fn onion_key_set_at(&self) -> UnixTime {
+    pub fn onion_key_set_at(&self) -> Timestamp {
         self.onion_key_set_at
     }
 }
@@ -795,7 +795,7 @@ mod tests {
     fn loads_c_tor_key_directory_and_writes_it_back_unchanged() {
         let files = keygen0();
         let (set, changes) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0 + 60), &files, Some(UnixTime(T0)))
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0 + 60), &files, Some(Timestamp(T0)))
                 .expect("load");
         assert_eq!(changes, Rotation::default());
         assert!(set.master_online());
@@ -816,7 +816,7 @@ mod tests {
         // The link certificates it makes verify as a peer checks them.
         let certs = set
             .link_keys()
-            .responder_certs(&[7; 32], UnixTime(T0 + 60))
+            .responder_certs(&[7; 32], Timestamp(T0 + 60))
             .expect("certs");
         let chain = CertChain {
             rsa_id: certs.get(2).expect("2"),
@@ -824,7 +824,7 @@ mod tests {
             leaf: certs.get(5).expect("5"),
             crosscert: certs.get(7).expect("7"),
         };
-        let v = verify_cert_chain(&chain, CERTS_ED_SIGNING_LINK, UnixTime(T0 + 60)).expect("ok");
+        let v = verify_cert_chain(&chain, CERTS_ED_SIGNING_LINK, Timestamp(T0 + 60)).expect("ok");
         assert_eq!(v.ed, set.ed_identity());
     }
 
@@ -833,7 +833,7 @@ mod tests {
         let mut files = keygen0();
         files.ed25519_master_id_secret_key = None;
         let (mut set, changes) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &files, None).expect("load");
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &files, None).expect("load");
         assert!(!set.master_online());
         assert_eq!(changes, Rotation::default());
         assert!(set
@@ -847,39 +847,39 @@ mod tests {
         let params = OnionKeyParams::new(Some(90), None);
         // The warning is due a day before expiry, then the expiry itself.
         let warn = expiry - SIGNING_KEY_SLOP + 1;
-        assert_eq!(set.next_event(UnixTime(T0), &params).0, warn);
+        assert_eq!(set.next_event(Timestamp(T0), &params).0, warn);
         let r = set
-            .rotate(&mut rng(), UnixTime(warn - 1), &params)
+            .rotate(&mut rng(), Timestamp(warn - 1), &params)
             .expect("still valid");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), UnixTime(warn), &params)
+            .rotate(&mut rng(), Timestamp(warn), &params)
             .expect("still valid");
         assert!(r.signing_cert_expires_soon && !r.signing_key);
-        assert_eq!(set.next_event(UnixTime(warn), &params).0, expiry + 1);
+        assert_eq!(set.next_event(Timestamp(warn), &params).0, expiry + 1);
         let r = set
-            .rotate(&mut rng(), UnixTime(expiry), &params)
+            .rotate(&mut rng(), Timestamp(expiry), &params)
             .expect("valid through its last second");
         assert!(r.signing_cert_expires_soon);
         assert_eq!(
-            set.rotate(&mut rng(), UnixTime(expiry + 1), &params).err(),
+            set.rotate(&mut rng(), Timestamp(expiry + 1), &params).err(),
             Some(KeySetError::SigningCertExpired { expired_at: expiry })
         );
         // Loading with an expired certificate and no master key fails the same way; with
         // one that expires within a day it loads and warns.
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(expiry + 1), &files, None).err(),
+            RelayKeySet::from_files(&mut rng(), Timestamp(expiry + 1), &files, None).err(),
             Some(KeySetError::SigningCertExpired { expired_at: expiry })
         );
-        let (_, r) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(expiry - 60), &files, None).expect("load");
+        let (_, r) = RelayKeySet::from_files(&mut rng(), Timestamp(expiry - 60), &files, None)
+            .expect("load");
         assert!(r.signing_cert_expires_soon);
         // Without master secret key, master public key or signing key nothing can sign.
         let mut none = files.clone();
         none.ed25519_signing_cert = None;
         none.ed25519_signing_secret_key = None;
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &none, None).err(),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &none, None).err(),
             Some(KeySetError::Missing(keyfile::ED25519_MASTER_ID_SECRET_KEY))
         );
     }
@@ -887,18 +887,18 @@ mod tests {
     #[test]
     fn signing_key_renewed_a_day_before_expiry_with_master_online() {
         let (mut set, _) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &keygen0(), None).expect("load");
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &keygen0(), None).expect("load");
         let old_signing = set.signing_keypair().identity();
         let expiry = set.signing_cert_expiry().0;
         let params = OnionKeyParams::new(Some(90), None);
         let now = expiry - SIGNING_KEY_SLOP + 1;
-        assert_eq!(set.next_event(UnixTime(T0), &params).0, now);
+        assert_eq!(set.next_event(Timestamp(T0), &params).0, now);
         let before = set
-            .rotate(&mut rng(), UnixTime(now - 1), &params)
+            .rotate(&mut rng(), Timestamp(now - 1), &params)
             .expect("nothing");
         assert_eq!(before, Rotation::default());
         let r = set
-            .rotate(&mut rng(), UnixTime(now), &params)
+            .rotate(&mut rng(), Timestamp(now), &params)
             .expect("renew");
         assert!(r.signing_key && r.link_certs && r.descriptor_changed() && r.files_changed());
         assert_ne!(set.signing_keypair().identity(), old_signing);
@@ -911,7 +911,7 @@ mod tests {
         assert_eq!(cert.signing_key(), Some(&set.ed_identity()));
         let files = set.to_files().expect("enc");
         let (again, r) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(now), &files, None).expect("load");
+            RelayKeySet::from_files(&mut rng(), Timestamp(now), &files, None).expect("load");
         assert_eq!(r, Rotation::default());
         assert_eq!(
             again.signing_keypair().identity(),
@@ -922,43 +922,43 @@ mod tests {
     #[test]
     fn onion_keys_rotate_and_previous_expires_on_schedule() {
         let (mut set, _) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &keygen0(), Some(UnixTime(T0)))
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &keygen0(), Some(Timestamp(T0)))
                 .expect("load");
         // Keep the signing key out of the way: a schedule shorter than its 30 days.
         let params = OnionKeyParams::new(Some(3), Some(1));
         let first = set.ntor_key().public().0;
         let tap_first = set.tap_key().expect("tap").public().clone();
         let rotation = T0 + 3 * DAY;
-        assert_eq!(set.next_event(UnixTime(T0), &params).0, rotation);
+        assert_eq!(set.next_event(Timestamp(T0), &params).0, rotation);
         let r = set
-            .rotate(&mut rng(), UnixTime(rotation - 1), &params)
+            .rotate(&mut rng(), Timestamp(rotation - 1), &params)
             .expect("early");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), UnixTime(rotation), &params)
+            .rotate(&mut rng(), Timestamp(rotation), &params)
             .expect("rotate");
         assert!(r.onion_keys && !r.previous_onion_keys_expired && r.descriptor_changed());
         assert_eq!(set.ntor_keys().len(), 2);
         assert_ne!(set.ntor_key().public().0, first);
         assert_eq!(set.ntor_keys()[1].public().0, first);
         assert_ne!(set.tap_key().expect("tap").public(), &tap_first);
-        assert_eq!(set.onion_key_set_at(), UnixTime(rotation));
+        assert_eq!(set.onion_key_set_at(), Timestamp(rotation));
         let files = set.to_files().expect("enc");
         assert!(files.secret_onion_key_ntor_old.is_some() && files.secret_onion_key_old.is_some());
         // The previous keys last the grace period after the rotation.
-        assert_eq!(set.next_event(UnixTime(T0), &params).0, rotation + DAY);
+        assert_eq!(set.next_event(Timestamp(T0), &params).0, rotation + DAY);
         let r = set
-            .rotate(&mut rng(), UnixTime(rotation + DAY - 1), &params)
+            .rotate(&mut rng(), Timestamp(rotation + DAY - 1), &params)
             .expect("kept");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), UnixTime(rotation + DAY), &params)
+            .rotate(&mut rng(), Timestamp(rotation + DAY), &params)
             .expect("expire");
         assert!(r.previous_onion_keys_expired && !r.descriptor_changed() && r.files_changed());
         assert_eq!(set.ntor_keys().len(), 1);
         let files = set.to_files().expect("enc");
         assert!(files.secret_onion_key_ntor_old.is_none() && files.secret_onion_key_old.is_none());
-        assert_eq!(set.next_event(UnixTime(T0), &params).0, rotation + 3 * DAY);
+        assert_eq!(set.next_event(Timestamp(T0), &params).0, rotation + 3 * DAY);
     }
 
     #[test]
@@ -986,11 +986,11 @@ mod tests {
             &stranger.identity(),
         )));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &f, None),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
             Err(KeySetError::Mismatch(_))
         ));
         // A signing certificate made by another master key.
-        let (k, c) = new_signing_key(&mut r, &stranger, UnixTime(T0)).expect("cert");
+        let (k, c) = new_signing_key(&mut r, &stranger, Timestamp(T0)).expect("cert");
         let mut f = base.clone();
         f.ed25519_signing_secret_key =
             Some(keyfile::encode_ed25519_secret_key(&k, keyfile::TAG_SIGNING).expect("enc"));
@@ -998,7 +998,7 @@ mod tests {
             keyfile::encode_ed25519_cert(&c).expect("enc"),
         ));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &f, None),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
             Err(KeySetError::Mismatch(_))
         ));
         // A certificate of the master for another signing key.
@@ -1006,24 +1006,24 @@ mod tests {
         f.ed25519_signing_secret_key =
             Some(keyfile::encode_ed25519_secret_key(&stranger, keyfile::TAG_SIGNING).expect("enc"));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &f, None),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
             Err(KeySetError::Mismatch(_))
         ));
         // Half of the signing pair.
         let mut f = base.clone();
         f.ed25519_signing_cert = None;
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &f, None).err(),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None).err(),
             Some(KeySetError::Missing(keyfile::ED25519_SIGNING_CERT))
         );
         // No identity at all; a corrupt one.
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &other, None).err(),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &other, None).err(),
             Some(KeySetError::Missing(keyfile::SECRET_ID_KEY))
         );
         other.set(keyfile::SECRET_ID_KEY, b"junk".to_vec());
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &other, None),
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &other, None),
             Err(KeySetError::Key {
                 file: keyfile::SECRET_ID_KEY,
                 ..
@@ -1038,15 +1038,15 @@ mod tests {
             secret_id_key: keygen0().secret_id_key,
             ..KeyFiles::default()
         };
-        let (set, r) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &f, Some(UnixTime(1))).expect("load");
+        let (set, r) = RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, Some(Timestamp(1)))
+            .expect("load");
         assert!(r.generated && r.descriptor_changed());
         assert!(set.master_online() && set.tap_key().is_none());
         // Fresh onion keys count from now, not from a stale state file.
-        assert_eq!(set.onion_key_set_at(), UnixTime(T0));
+        assert_eq!(set.onion_key_set_at(), Timestamp(T0));
         let files = set.to_files().expect("enc");
         let (again, r) =
-            RelayKeySet::from_files(&mut rng(), UnixTime(T0), &files, None).expect("reload");
+            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &files, None).expect("reload");
         assert_eq!(r, Rotation::default());
         assert_eq!(again.ed_identity(), set.ed_identity());
         assert_eq!(again.ntor_key().public(), set.ntor_key().public());

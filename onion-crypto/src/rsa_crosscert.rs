@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 
-use crate::cert::UnixTime;
+use crate::cert::Timestamp;
 use crate::error::{CertError, KeyError};
 use crate::keys::{Ed25519Identity, RsaIdentity};
 use crate::rsa::{RsaKeypair, RsaPublicKey};
@@ -92,7 +92,7 @@ impl RsaCrosscert {
 
     /// Verify the signature with the relay's RSA identity key and check the expiry
     /// (valid while `now <= EXPIRATION_DATE * 3600`).
-    pub fn verify(&self, rsa_identity: &RsaPublicKey, now: UnixTime) -> Result<(), CertError> {
+    pub fn verify(&self, rsa_identity: &RsaPublicKey, now: Timestamp) -> Result<(), CertError> {
         rsa_identity
             .verify_unprefixed(&self.signed_digest(), &self.signature)
             .map_err(|_| CertError::BadSignature {

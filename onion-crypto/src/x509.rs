@@ -32,7 +32,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
 
-use crate::cert::UnixTime;
+use crate::cert::Timestamp;
 use crate::error::CertError;
 use crate::keys::RsaIdentity;
 use crate::rsa::{RsaKeypair, RsaPublicKey};
@@ -71,8 +71,8 @@ pub struct RsaX509Cert {
     subject_key: RsaPublicKey,
     sig_alg: X509SigAlg,
     signature: Vec<u8>,
-    not_before: UnixTime,
-    not_after: UnixTime,
+    not_before: Timestamp,
+    not_after: Timestamp,
     self_issued: bool,
 }
 
@@ -150,8 +150,8 @@ impl RsaX509Cert {
             subject_key,
             sig_alg,
             signature,
-            not_before: UnixTime(tbs.validity.not_before.to_unix_duration().as_secs()),
-            not_after: UnixTime(tbs.validity.not_after.to_unix_duration().as_secs()),
+            not_before: Timestamp(tbs.validity.not_before.to_unix_duration().as_secs()),
+            not_after: Timestamp(tbs.validity.not_after.to_unix_duration().as_secs()),
             self_issued: tbs.issuer == tbs.subject,
         })
     }
@@ -165,11 +165,11 @@ impl RsaX509Cert {
         self.sig_alg
     }
     /// notBefore.
-    pub fn not_before(&self) -> UnixTime {
+    pub fn not_before(&self) -> Timestamp {
         self.not_before
     }
     /// notAfter.
-    pub fn not_after(&self) -> UnixTime {
+    pub fn not_after(&self) -> Timestamp {
         self.not_after
     }
     /// Whether issuer and subject names are equal.
@@ -201,7 +201,7 @@ impl RsaX509Cert {
     }
 
     /// Check that `now` lies within `[notBefore, notAfter]`.
-    pub fn check_valid_at(&self, now: UnixTime) -> Result<(), CertError> {
+    pub fn check_valid_at(&self, now: Timestamp) -> Result<(), CertError> {
         if now < self.not_before {
             return Err(CertError::NotYetValid {
                 not_before: self.not_before.0,
@@ -220,7 +220,7 @@ impl RsaX509Cert {
     /// Check validity with C tor's clock-skew tolerances (`tor_tls_cert_is_valid`): still
     /// accepted up to [`PAST_SLOP_SECS`] after notAfter and from [`FUTURE_SLOP_SECS`]
     /// before notBefore.
-    pub fn check_valid_at_with_slop(&self, now: UnixTime) -> Result<(), CertError> {
+    pub fn check_valid_at_with_slop(&self, now: Timestamp) -> Result<(), CertError> {
         if now.0.saturating_add(FUTURE_SLOP_SECS) < self.not_before.0 {
             return Err(CertError::NotYetValid {
                 not_before: self.not_before.0,
@@ -240,7 +240,7 @@ impl RsaX509Cert {
     /// the key size (callers check that, see [`check_identity_cert`]): the signature
     /// verifies with the certificate's own key, and `now` lies within the validity period
     /// widened by C tor's tolerances ([`Self::check_valid_at_with_slop`]).
-    pub fn verify_self_signed(&self, now: UnixTime) -> Result<(), CertError> {
+    pub fn verify_self_signed(&self, now: Timestamp) -> Result<(), CertError> {
         self.verify_signature(&self.subject_key)?;
         self.check_valid_at_with_slop(now)
     }
@@ -255,8 +255,8 @@ impl RsaX509Cert {
         subject_cn: &str,
         issuer: &RsaKeypair,
         issuer_cn: &str,
-        not_before: UnixTime,
-        not_after: UnixTime,
+        not_before: Timestamp,
+        not_after: Timestamp,
     ) -> Result<Vec<u8>, CertError> {
         let alg = AlgorithmIdentifierOwned {
             oid: SHA256_WITH_RSA,
@@ -316,7 +316,7 @@ impl RsaX509Cert {
     pub fn create_identity(
         rng: &mut impl CryptoRngCore,
         key: &RsaKeypair,
-        now: UnixTime,
+        now: Timestamp,
     ) -> Result<Vec<u8>, CertError> {
         const DAY: u64 = 24 * 60 * 60;
         let start = now.0.saturating_sub(u64::from(rng.next_u32()) % (2 * DAY));
@@ -328,8 +328,8 @@ impl RsaX509Cert {
             &cn,
             key,
             &cn,
-            UnixTime(start),
-            UnixTime(start.saturating_add(IDENTITY_CERT_LIFETIME_SECS)),
+            Timestamp(start),
+            Timestamp(start.saturating_add(IDENTITY_CERT_LIFETIME_SECS)),
         )
     }
 }
@@ -347,7 +347,7 @@ fn random_hostname(rng: &mut impl CryptoRngCore) -> String {
     s
 }
 
-fn x509_time(t: UnixTime) -> Result<Time, CertError> {
+fn x509_time(t: Timestamp) -> Result<Time, CertError> {
     let d = Duration::from_secs(t.0);
     match UtcTime::from_unix_duration(d) {
         Ok(u) => Ok(Time::UtcTime(u)),
@@ -362,7 +362,7 @@ fn x509_time(t: UnixTime) -> Result<Time, CertError> {
 /// identity key and its RSA identity digest.
 pub fn check_identity_cert(
     der: &[u8],
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<(RsaPublicKey, RsaIdentity), CertError> {
     let c = RsaX509Cert::decode(der)?;
     c.subject_key().check_relay_key()?;
@@ -378,7 +378,7 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use std::sync::OnceLock;
 
-    const NOW: UnixTime = UnixTime(1_780_000_000);
+    const NOW: Timestamp = Timestamp(1_780_000_000);
 
     fn key() -> &'static RsaKeypair {
         static K: OnceLock<RsaKeypair> = OnceLock::new();
@@ -390,7 +390,7 @@ mod tests {
 
     fn check(der: &[u8], now: u64) -> Result<RsaPublicKey, CertError> {
         let c = RsaX509Cert::decode(der)?;
-        c.verify_self_signed(UnixTime(now))?;
+        c.verify_self_signed(Timestamp(now))?;
         Ok(c.subject_key)
     }
 

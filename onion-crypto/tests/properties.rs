@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use onion_crypto::cert::{
-    CertExtension, CertKeyType, CertType, Ed25519CertBuilder, UncheckedEd25519Cert, UnixTime,
+    CertExtension, CertKeyType, CertType, Ed25519CertBuilder, Timestamp, UncheckedEd25519Cert,
 };
 use onion_crypto::keys::{
     Ed25519Identity, Ed25519Keypair, Ed25519Signer, NtorOnionKey, NtorSecretKey, RsaIdentity,
@@ -32,7 +32,7 @@ fn relay_keys() -> &'static LinkKeys {
     K.get_or_init(|| LinkKeys::generate(&mut rng(99), NOW).expect("keygen"))
 }
 
-const NOW: UnixTime = UnixTime(1_795_418_141);
+const NOW: Timestamp = Timestamp(1_795_418_141);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
@@ -175,7 +175,7 @@ proptest! {
         prop_assert_eq!(c.extensions().len(), usize::from(with_key) + usize::from(ext.is_some()));
         prop_assert_eq!(c.as_bytes(), &enc[..]);
         let pk = signer.public_key();
-        let v = c.verify(Some(&pk), UnixTime(u64::from(exp) * 3600)).unwrap();
+        let v = c.verify(Some(&pk), Timestamp(u64::from(exp) * 3600)).unwrap();
         prop_assert_eq!(v.as_bytes(), &enc[..]);
     }
 
@@ -186,8 +186,8 @@ proptest! {
         let cc = RsaCrosscert::decode(&enc).unwrap();
         prop_assert_eq!(cc.ed25519_key(), &Ed25519Identity(ed));
         prop_assert_eq!(cc.expiration_hours(), exp);
-        cc.verify(k.rsa_identity().public(), UnixTime(u64::from(exp) * 3600)).unwrap();
-        prop_assert!(cc.verify(k.rsa_identity().public(), UnixTime(u64::from(exp) * 3600 + 1)).is_err());
+        cc.verify(k.rsa_identity().public(), Timestamp(u64::from(exp) * 3600)).unwrap();
+        prop_assert!(cc.verify(k.rsa_identity().public(), Timestamp(u64::from(exp) * 3600 + 1)).is_err());
     }
 
     /// Our X25519 (Edwards lift when on the curve, ladder on the twist) equals
@@ -296,7 +296,7 @@ proptest! {
 fn verify_responder(
     certs: &ResponderCerts,
     tls_cert: &[u8],
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<onion_crypto::relay_keys::VerifiedCerts, String> {
     let [(_, rsa_id), (_, id_signing), (_, leaf), (_, crosscert)] = certs.entries();
     let chain = CertChain {
@@ -334,9 +334,9 @@ fn responder_certs_verify_and_tamper() {
 
     // Wrong TLS cert, expired, or any tampered cert: rejected.
     assert!(verify_responder(&certs, b"another cert", NOW).is_err());
-    assert!(verify_responder(&certs, &tls_cert, UnixTime(NOW.0 + 86_400 * 40)).is_err());
+    assert!(verify_responder(&certs, &tls_cert, Timestamp(NOW.0 + 86_400 * 40)).is_err());
     // Expired ed25519 certs are not tolerated even inside the X.509 slop.
-    assert!(verify_responder(&certs, &tls_cert, UnixTime(NOW.0 + 86_400 * 31)).is_err());
+    assert!(verify_responder(&certs, &tls_cert, Timestamp(NOW.0 + 86_400 * 31)).is_err());
     for which in [2u8, 4, 5, 7] {
         let mut c = certs.clone();
         let mut v = c.get(which).unwrap().to_vec();
@@ -360,24 +360,24 @@ fn responder_certs_verify_and_tamper() {
         k.rsa_identity(),
         "www.example.com",
         NOW,
-        UnixTime(NOW.0 + 3600),
+        Timestamp(NOW.0 + 3600),
     )
     .unwrap();
     let link = RsaX509Cert::decode(&link).unwrap();
     assert!(!link.is_self_issued());
     link.verify_signature(k.rsa_identity().public()).unwrap();
     link.check_valid_at(NOW).unwrap();
-    assert!(link.check_valid_at(UnixTime(NOW.0 - 1)).is_err());
+    assert!(link.check_valid_at(Timestamp(NOW.0 - 1)).is_err());
     // C tor's tolerances: 30 days early, 2 days late.
-    link.check_valid_at_with_slop(UnixTime(NOW.0 - 29 * 86_400))
+    link.check_valid_at_with_slop(Timestamp(NOW.0 - 29 * 86_400))
         .unwrap();
     assert!(link
-        .check_valid_at_with_slop(UnixTime(NOW.0 - 31 * 86_400))
+        .check_valid_at_with_slop(Timestamp(NOW.0 - 31 * 86_400))
         .is_err());
-    link.check_valid_at_with_slop(UnixTime(NOW.0 + 3600 + 86_400))
+    link.check_valid_at_with_slop(Timestamp(NOW.0 + 3600 + 86_400))
         .unwrap();
     assert!(link
-        .check_valid_at_with_slop(UnixTime(NOW.0 + 3600 + 3 * 86_400))
+        .check_valid_at_with_slop(Timestamp(NOW.0 + 3600 + 3 * 86_400))
         .is_err());
 }
 

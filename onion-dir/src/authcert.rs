@@ -14,7 +14,7 @@ use crate::netdoc::{
     is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
 };
 use crate::sig::RsaKey;
-use crate::time::Timestamp;
+use crate::Timestamp;
 
 /// A verified authority key certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

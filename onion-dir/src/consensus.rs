@@ -22,7 +22,7 @@ use crate::netdoc::{
     is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
 };
 use crate::policy::PolicySummary;
-use crate::time::Timestamp;
+use crate::Timestamp;
 
 /// The two consensus flavours a client meets (dir-spec §3.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,14 +19,13 @@
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
 
-use onion_crypto::cert::{CertType, UncheckedEd25519Cert, UnixTime};
+use onion_crypto::cert::{CertType, Timestamp, UncheckedEd25519Cert};
 
 use crate::encode::base64_fixed;
 use crate::error::{ErrorKind, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, RsaIdentity};
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::sig::RsaKey;
-use crate::time::Timestamp;
 
 /// An extra-info document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +144,7 @@ impl<'a> UnverifiedExtraInfo<'a> {
                     .map_err(|_| VerifyError::BadKey("ed25519"))?;
                 cert.check_signature(Some(&master_pk))
                     .map_err(|_| VerifyError::BadSignature("ed25519 certificate"))?;
-                cert.check_valid_at(UnixTime(now.unix()))
+                cert.check_valid_at(Timestamp(now.unix()))
                     .map_err(|_| VerifyError::Expired("ed25519 certificate"))?;
                 let (Some(digest), Some(sig)) = (self.ed_signed_digest, self.ed_signature) else {
                     return Err(VerifyError::Inconsistent(

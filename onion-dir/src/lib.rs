@@ -96,8 +96,7 @@ pub mod relaydesc;
 pub mod routerdesc;
 pub mod sig;
 pub mod synth;
-pub mod time;
 
 pub use error::{Error, ErrorKind, HttpError, ParseError, VerifyError};
 pub use ids::{Ed25519Identity, MdDigest, Protocols, RelayFlags, RsaIdentity};
-pub use time::Timestamp;
+pub use onion_crypto::Timestamp;

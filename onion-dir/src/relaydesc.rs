@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV6};
 
-use onion_crypto::cert::{create_ntor_onion_key_crosscert, Ed25519CertBuilder, UnixTime};
+use onion_crypto::cert::{create_ntor_onion_key_crosscert, Ed25519CertBuilder, Timestamp};
 use onion_crypto::keys::Ed25519Signer;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
 use onion_crypto::rsa_crosscert::create_onion_key_crosscert;
@@ -38,7 +38,6 @@ use crate::encode::base64_unpadded;
 use crate::ids::Protocols;
 use crate::policy::{AddrPattern, ExitPolicy, PolicySummary};
 use crate::routerdesc::Bandwidth;
-use crate::time::Timestamp;
 
 /// The prefix of the ed25519 descriptor signatures (dir-spec §2.1.1 `router-sig-ed25519`).
 pub const ED_SIGNATURE_PREFIX: &[u8] = b"Tor router descriptor signature v1";
@@ -350,7 +349,7 @@ impl ServerDescriptor {
             s.push_str("onion-key-crosscert\n");
             push_object(&mut s, "CROSSCERT", &cc);
         }
-        let expiry = Ed25519CertBuilder::hours_from_unix(UnixTime(
+        let expiry = Ed25519CertBuilder::hours_from_unix(Timestamp(
             self.published.unix().saturating_add(params.rotation_secs()),
         ));
         let (cc, bit) = create_ntor_onion_key_crosscert(keys.ntor_key(), &master, expiry)

@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddrV6};
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
 
-use onion_crypto::cert::{CertType, UncheckedEd25519Cert, UnixTime};
+use onion_crypto::cert::{CertType, Timestamp, UncheckedEd25519Cert};
 
 use crate::encode::{base64_fixed, hex_fixed};
 use crate::error::{ErrorKind, ParseError, VerifyError};
@@ -31,7 +31,6 @@ use crate::microdesc::Family;
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::policy::{ExitPolicy, PolicyRule, PolicySummary};
 use crate::sig::RsaKey;
-use crate::time::Timestamp;
 
 /// `bandwidth bandwidth-avg bandwidth-burst bandwidth-observed` (bytes per second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,7 +216,7 @@ impl<'a> UnverifiedRouterDesc<'a> {
                 .map_err(|_| VerifyError::BadKey("ed25519"))?;
             cert.check_signature(Some(&master_pk))
                 .map_err(|_| VerifyError::BadSignature("ed25519 certificate"))?;
-            cert.check_valid_at(UnixTime(now.unix()))
+            cert.check_valid_at(Timestamp(now.unix()))
                 .map_err(|_| VerifyError::Expired("ed25519 certificate"))?;
             let (Some(digest), Some(sig)) = (self.ed_signed_digest, self.ed_signature) else {
                 return Err(VerifyError::Inconsistent(
@@ -248,7 +247,7 @@ impl<'a> UnverifiedRouterDesc<'a> {
                 &onion_crypto::keys::NtorOnionKey(d.ntor_onion_key),
                 d.ntor_sign_bit,
                 &Ed25519Identity(master),
-                UnixTime(now.unix()),
+                Timestamp(now.unix()),
             )
             .map_err(|_| VerifyError::BadSignature("ntor-onion-key-crosscert"))?;
         }

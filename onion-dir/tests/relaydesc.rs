@@ -8,7 +8,6 @@ use std::net::{Ipv4Addr, SocketAddrV6};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use onion_crypto::cert::UnixTime;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
 use onion_dir::extrainfo::{self, UnverifiedExtraInfo};
 use onion_dir::microdesc::FamilyMember;
@@ -32,7 +31,7 @@ fn keys(tap: bool) -> &'static RelayKeySet {
     static WITHOUT: OnceLock<RelayKeySet> = OnceLock::new();
     let (cell, seed) = if tap { (&WITH, 1) } else { (&WITHOUT, 2) };
     cell.get_or_init(|| {
-        RelayKeySet::generate(&mut ChaCha20Rng::seed_from_u64(seed), UnixTime(T0), tap)
+        RelayKeySet::generate(&mut ChaCha20Rng::seed_from_u64(seed), Timestamp(T0), tap)
             .expect("keys")
     })
 }

@@ -9,7 +9,7 @@
 
 use onion_crypto::cert::{CertKeyType, CertType, Ed25519CertBuilder, UncheckedEd25519Cert};
 use onion_crypto::keys::{Ed25519PublicKey, Ed25519Signature};
-use onion_crypto::UnixTime;
+use onion_crypto::Timestamp;
 
 /// Something that can make ed25519 signatures (onion-crypto's trait; implemented here for this
 /// crate's expanded and blinded keypairs).
@@ -119,7 +119,7 @@ impl Ed25519Cert {
                 got: self.cert_type,
             });
         }
-        self.unchecked.check_valid_at(UnixTime(now_unix))?;
+        self.unchecked.check_valid_at(Timestamp(now_unix))?;
         let signer = self.signing_key.ok_or(CertError::MissingSigningKey)?;
         if let Some(e) = expected_signer {
             if !crate::ops::ct_eq(e, &signer) {

@@ -1131,7 +1131,7 @@ fn a_generated_link_certificate_serves_tls_and_the_handshake() {
         .with_single_cert(vec![cert], key);
     assert!(server.is_ok(), "{:?}", server.err());
     let x = onion_crypto::x509::RsaX509Cert::decode(tls.cert_der()).expect("x509");
-    x.verify_self_signed(onion_crypto::cert::UnixTime::from(wall0()))
+    x.verify_self_signed(onion_crypto::cert::Timestamp::from(wall0()))
         .expect("self-signed and valid now");
     // An initiator checking that certificate's digest completes the handshake.
     let now = onion_circuit::Instant::ZERO;

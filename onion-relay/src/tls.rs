@@ -7,7 +7,7 @@
 //! works; it is made like C tor's (RSA key, random `www.<base32>.net` names, issued a day
 //! back). The key is RSA-2048 because rustls with ring does not sign with smaller RSA keys.
 
-use onion_crypto::cert::UnixTime;
+use onion_crypto::cert::Timestamp;
 use onion_crypto::rsa::RsaKeypair;
 use onion_crypto::x509::RsaX509Cert;
 use rand_core::CryptoRngCore;
@@ -40,13 +40,13 @@ impl core::fmt::Debug for TlsLinkCert {
 impl TlsLinkCert {
     /// A fresh RSA-2048 key and self-signed certificate valid from a day before `now` for
     /// [`LINK_CERT_LIFETIME_SECS`]. Slow (an RSA-2048 key generation).
-    pub fn generate(rng: &mut impl CryptoRngCore, now: UnixTime) -> Result<Self, Error> {
+    pub fn generate(rng: &mut impl CryptoRngCore, now: Timestamp) -> Result<Self, Error> {
         let key = RsaKeypair::generate(rng, 2048).map_err(|e| Error::Keys(e.to_string()))?;
         let mut name = [0u8; 10];
         rng.fill_bytes(&mut name);
         let cn = format!("www.{}.net", hex::encode(name));
-        let start = UnixTime(now.0.saturating_sub(24 * 3600));
-        let end = UnixTime(now.0.saturating_add(LINK_CERT_LIFETIME_SECS));
+        let start = Timestamp(now.0.saturating_sub(24 * 3600));
+        let end = Timestamp(now.0.saturating_add(LINK_CERT_LIFETIME_SECS));
         let cert = RsaX509Cert::create(rng, key.public(), &cn, &key, &cn, start, end)
             .map_err(|e| Error::Keys(e.to_string()))?;
         let der = key.to_pkcs1_der().map_err(|e| Error::Keys(e.to_string()))?;

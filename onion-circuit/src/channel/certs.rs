@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use onion_cell::chancell::{CertEntry, Certs};
-use onion_crypto::cert::UnixTime;
+use onion_crypto::cert::Timestamp;
 use onion_crypto::keys::{Ed25519Keypair, Ed25519Signer};
 use onion_crypto::relay_keys::{
     verify_cert_chain, CertChain, LinkKeys, VerifiedCerts, CERTS_ED_ID_SIGNING,
@@ -117,7 +117,7 @@ fn verify_certs(certs: &Certs<'_>, leaf_type: u8, now: u64) -> Result<CertsProof
         rsa_id: find(&slots, CERTS_RSA_ID)?,
         crosscert: find(&slots, CERTS_RSA_ED_CROSSCERT)?,
     };
-    verify_cert_chain(&chain, leaf_type, UnixTime(now))
+    verify_cert_chain(&chain, leaf_type, Timestamp(now))
 }
 
 /// A CERTS cell body from (CertType, body) entries.
@@ -240,7 +240,7 @@ mod tests {
     }
 
     fn check(certs: &Certs<'_>) -> Result<(RsaIdentity, Ed25519Identity), CertsError> {
-        verify_responder_certs(certs, Some(&TLS), UnixTime::from(wall()).0).map(|p| (p.rsa, p.ed))
+        verify_responder_certs(certs, Some(&TLS), Timestamp::from(wall()).0).map(|p| (p.rsa, p.ed))
     }
 
     #[test]
@@ -300,7 +300,7 @@ mod tests {
             CertType::IDENTITY_V_SIGNING,
             CertKeyType::ED25519,
             [5; 32],
-            Ed25519CertBuilder::hours_from_unix(UnixTime(1_790_000_000)),
+            Ed25519CertBuilder::hours_from_unix(Timestamp(1_790_000_000)),
         )
         .sign(&identity)
         .expect("sign");

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use clap::Args as ClapArgs;
-use onion_crypto::cert::UnixTime;
+use onion_crypto::cert::Timestamp;
 use onion_crypto::relay_keyset::OnionKeyParams;
 use onion_dir::consensus::NetParams;
 use onion_dir::policy::ExitPolicy;
@@ -96,7 +96,7 @@ pub fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let wall = SystemTime::now();
-    let unix = UnixTime::from(wall);
+    let unix = Timestamp::from(wall);
     let params = OnionKeyParams::new(None, None);
     let key_dir = KeyDir::open(&args.data_dir).map_err(|e| e.to_string())?;
     let (keys, generated) = key_dir.load_or_generate(&mut OsRng, unix, &params)?;

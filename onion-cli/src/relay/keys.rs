@@ -9,7 +9,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use onion_crypto::cert::UnixTime;
 use onion_crypto::keyfile;
 use onion_crypto::relay_keyset::{KeyFiles, OnionKeyParams, RelayKeySet, Rotation};
 use onion_dir::Timestamp;
@@ -107,7 +106,7 @@ impl KeyDir {
 
     /// The onion-key rotation time from the state file (`None` when absent; an unreadable
     /// line is an error naming the file).
-    fn read_rotation_time(&self) -> io::Result<Option<UnixTime>> {
+    fn read_rotation_time(&self) -> io::Result<Option<Timestamp>> {
         let path = self.data_dir.join(STATE_FILE);
         let text = match private::read_secret(&path, MAX_KEY_FILE) {
             Ok(t) => t,
@@ -118,7 +117,7 @@ impl KeyDir {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix(STATE_KEYWORD) {
                 return Timestamp::parse_str(rest.trim())
-                    .map(|t| Some(UnixTime(t.unix())))
+                    .map(|t| Some(Timestamp(t.unix())))
                     .ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -137,7 +136,7 @@ impl KeyDir {
     pub fn load_or_generate(
         &self,
         rng: &mut impl CryptoRngCore,
-        now: UnixTime,
+        now: Timestamp,
         params: &OnionKeyParams,
     ) -> Result<(RelayKeySet, bool), String> {
         let shown = self.keys_dir.display();
@@ -172,7 +171,7 @@ impl KeyDir {
 pub fn duplicate(
     keys: &RelayKeySet,
     rng: &mut impl CryptoRngCore,
-    now: UnixTime,
+    now: Timestamp,
 ) -> Result<RelayKeySet, String> {
     let files = keys.to_files().map_err(|e| e.to_string())?;
     RelayKeySet::from_files(rng, now, &files, Some(keys.onion_key_set_at()))
@@ -191,7 +190,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("onion-relay-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-        let now = UnixTime(1_796_000_000);
+        let now = Timestamp(1_796_000_000);
         let params = OnionKeyParams::new(None, None);
         let kd = KeyDir::open(&dir).unwrap();
         let (a, generated) = kd.load_or_generate(&mut rng, now, &params).unwrap();
@@ -202,7 +201,7 @@ mod tests {
         assert_eq!(mode(&kd.keys_dir().join(keyfile::SECRET_ID_KEY)), 0o600);
         assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
         // Loaded again a day later: the same identities, nothing regenerated.
-        let later = UnixTime(now.0 + 86_400);
+        let later = Timestamp(now.0 + 86_400);
         let (b, generated) = kd.load_or_generate(&mut rng, later, &params).unwrap();
         assert!(!generated);
         assert_eq!(
@@ -212,7 +211,7 @@ mod tests {
         assert_eq!(a.ed_identity(), b.ed_identity());
         assert_eq!(b.onion_key_set_at(), now);
         // After the rotation period the onion key rotates, the old one kept and written.
-        let rotated = UnixTime(now.0 + params.rotation_secs() + 1);
+        let rotated = Timestamp(now.0 + params.rotation_secs() + 1);
         let (c, _) = kd.load_or_generate(&mut rng, rotated, &params).unwrap();
         assert_eq!(c.onion_key_set_at(), rotated);
         assert_eq!(c.ntor_keys().len(), 2);

@@ -11,7 +11,6 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use onion_crypto::cert::UnixTime;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet};
 use onion_dir::relaydesc::{ConsensusListing, DescriptorSchedule};
 use onion_dir::Timestamp;
@@ -500,7 +499,7 @@ impl Loop {
     fn make_link_cert(&mut self) {
         let tx = self.tx.clone();
         std::thread::spawn(move || {
-            let unix = UnixTime::from(SystemTime::now());
+            let unix = Timestamp::from(SystemTime::now());
             match TlsLinkCert::generate(&mut OsRng, unix) {
                 Ok(c) => {
                     let _ = tx.send(Msg::LinkCert(Box::new(c)));
@@ -862,7 +861,7 @@ impl Loop {
             self.bw_window_start = std::time::Instant::now();
         }
         let wall = SystemTime::now();
-        let unix = UnixTime::from(wall);
+        let unix = Timestamp::from(wall);
         if self.keys.next_event(unix, &self.params) <= unix {
             match self.keys.rotate(&mut OsRng, unix, &self.params) {
                 Ok(r) => {
@@ -907,7 +906,7 @@ impl Loop {
             return;
         }
         let wall = SystemTime::now();
-        let unix = UnixTime::from(wall);
+        let unix = Timestamp::from(wall);
         let now = Timestamp::from_unix(unix.0);
         let uptime = wall
             .duration_since(self.started)

@@ -90,7 +90,7 @@ use rand_core::CryptoRngCore;
 use crate::ids::{RelayFlags, RsaIdentity};
 use crate::netview::{uniform_below, RelayIdx, WeightRole};
 use crate::select::path::{Exclusions, Path, PathError, PathOptions, PathSelector};
-use crate::time::Timestamp;
+use crate::Timestamp;
 
 /// Default size of the layer-2 set (`NUM_LAYER2_GUARDS`, proposal 333 §1).
 pub const DEFAULT_L2_COUNT: usize = 4;

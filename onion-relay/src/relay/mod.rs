@@ -19,7 +19,7 @@ use onion_circuit::channel::{
 use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as CircKeys};
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
-use onion_crypto::cert::UnixTime;
+use onion_crypto::cert::Timestamp;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet, Rotation};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -260,7 +260,7 @@ impl Relay {
         let mut cfg = config;
         let tls = match cfg.link_cert.take() {
             Some(t) => t,
-            None => TlsLinkCert::generate(&mut rng, UnixTime::from(wall))?,
+            None => TlsLinkCert::generate(&mut rng, Timestamp::from(wall))?,
         };
         let certs = keys
             .link_keys()

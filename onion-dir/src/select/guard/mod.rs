@@ -28,7 +28,7 @@ use crate::netview::{uniform_below, NetView, RelayIdx, WeightRole};
 use crate::select::path::{
     Exclusions, ExitRequest, Path, PathConfig, PathError, PathOptions, PathSelector,
 };
-use crate::time::Timestamp;
+use crate::Timestamp;
 
 const DAY: u64 = 86_400;
 const HOUR: u64 = 3_600;

@@ -1,10 +1,12 @@
-//! Wall-clock time as the documents write it (`YYYY-MM-DD HH:MM:SS`, UTC).
+//! Wall-clock time: the one type the whole stack uses for it, in seconds since the Unix
+//! epoch (UTC), with the text form directory documents write (`YYYY-MM-DD HH:MM:SS`).
 //!
-//! The library never reads a clock: callers pass a [`Timestamp`] (convertible
-//! from [`std::time::SystemTime`]) to every validity check.
+//! No crate of the stack reads a clock: callers pass a [`Timestamp`] (convertible from
+//! `std::time::SystemTime` with the `std` feature) to every certificate expiry, document
+//! validity and schedule check. Monotonic time, for timers, is a different type
+//! (`onion_circuit::Instant`): a wall clock may jump, a timer must not.
 
-use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use core::fmt;
 
 /// Seconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -119,21 +121,27 @@ impl fmt::Display for Timestamp {
     }
 }
 
-impl From<SystemTime> for Timestamp {
-    fn from(t: SystemTime) -> Self {
-        Timestamp(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+#[cfg(feature = "std")]
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(t: std::time::SystemTime) -> Self {
+        Timestamp(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
     }
 }
 
-impl From<Timestamp> for SystemTime {
+#[cfg(feature = "std")]
+impl From<Timestamp> for std::time::SystemTime {
     fn from(t: Timestamp) -> Self {
-        UNIX_EPOCH + Duration::from_secs(t.0)
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
     use proptest::prelude::*;
 
     #[test]
