@@ -123,9 +123,85 @@ impl Default for CcParams {
     }
 }
 
-/// `networkstatus_get_param`: the value clamped into `[min, max]`, or `default`.
-fn get(p: &NetParams<'_>, name: &str, default: i32, min: i32, max: i32) -> i32 {
-    p.get_clamped(name, default, min, max)
+/// One congestion-control consensus parameter as C tor 0.4.9 reads it: its name, the value
+/// used when the consensus names none, and the range a value is clamped into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CcParamSpec {
+    /// The `params` keyword, e.g. `cc_sscap_exit`.
+    pub name: &'static str,
+    /// C tor's default.
+    pub default: i32,
+    /// The smallest value C tor keeps.
+    pub min: i32,
+    /// The largest value C tor keeps.
+    pub max: i32,
+}
+
+const fn spec(name: &'static str, default: i32, min: i32, max: i32) -> CcParamSpec {
+    CcParamSpec {
+        name,
+        default,
+        min,
+        max,
+    }
+}
+
+const T: i32 = TLS_RECORD_MAX_CELLS;
+const O: i32 = OUTBUF_CELLS;
+const MAX: i32 = i32::MAX;
+
+/// Every `cc_*` parameter C tor 0.4.9 reads, with its default and range: the one table
+/// [`CcParams::from_net_params`] clamps with, and that tools setting values check against.
+pub const CC_PARAMS: &[CcParamSpec] = &[
+    spec("cc_alg", 2, 0, 3),
+    spec("cc_sendme_inc", T, 1, 254),
+    spec("cc_cwnd_init", 4 * T, T, 10_000),
+    spec("cc_cwnd_inc_pct_ss", 100, 1, 500),
+    spec("cc_cwnd_inc", 1, 1, 1000),
+    spec("cc_cwnd_inc_rate", T, 1, 250),
+    spec("cc_cwnd_min", 4 * T, T, 1000),
+    spec("cc_cwnd_max", MAX, 500, MAX),
+    spec("cc_rtt_reset_pct", 100, 0, 100),
+    spec("cc_bwe_min", 5, 2, 20),
+    spec("cc_ewma_cwnd_pct", 50, 1, 255),
+    spec("cc_ewma_max", 10, 2, MAX),
+    spec("cc_ewma_ss", 2, 2, MAX),
+    spec("cc_cwnd_full_minpct", 25, 0, 100),
+    spec("cc_cwnd_full_gap", 4, 0, i16::MAX as i32),
+    spec("cc_cwnd_full_per_cwnd", 1, 0, 1),
+    spec("cc_ss_max", 5000, 500, MAX),
+    spec("cc_vegas_alpha_exit", 3 * O, 0, 1000),
+    spec("cc_vegas_beta_exit", 4 * O, 0, 1000),
+    spec("cc_vegas_gamma_exit", 3 * O, 0, 1000),
+    spec("cc_vegas_delta_exit", 5 * O, 0, MAX),
+    spec("cc_sscap_exit", 600, 100, MAX),
+    spec("cc_vegas_alpha_onion", 3 * O, 0, 1000),
+    spec("cc_vegas_beta_onion", 6 * O, 0, 1000),
+    spec("cc_vegas_gamma_onion", 4 * O, 0, 1000),
+    spec("cc_vegas_delta_onion", 7 * O, 0, MAX),
+    spec("cc_sscap_onion", 475, 100, MAX),
+    spec("cc_vegas_alpha_sbws", 2 * O - T, 0, 1000),
+    spec("cc_vegas_beta_sbws", 2 * O + T, 0, 1000),
+    spec("cc_vegas_gamma_sbws", 2 * O, 0, 1000),
+    spec("cc_vegas_delta_sbws", 4 * O, 0, MAX),
+    spec("cc_sscap_sbws", 400, 100, MAX),
+    spec("cc_xoff_client", 500, 1, 10_000),
+    spec("cc_xoff_exit", 500, 1, 10_000),
+    spec("cc_xon_change_pct", 25, 1, 99),
+    spec("cc_xon_rate", 500, 1, 5000),
+    spec("cc_xon_ewma_cnt", 2, 2, 100),
+];
+
+/// The default and range of the `cc_*` parameter `name`; `None` if C tor reads no such
+/// congestion-control parameter.
+pub fn cc_param_spec(name: &str) -> Option<&'static CcParamSpec> {
+    CC_PARAMS.iter().find(|s| s.name == name)
+}
+
+/// `networkstatus_get_param` with `name`'s entry of [`CC_PARAMS`]: the value clamped into
+/// its range, or its default (0 for a name not in the table, which the tests rule out).
+fn get(p: &NetParams<'_>, name: &str) -> i32 {
+    cc_param_spec(name).map_or(0, |s| p.get_clamped(name, s.default, s.min, s.max))
 }
 
 /// A value already known to lie in `[0, i32::MAX]` as `u32`.
@@ -141,56 +217,48 @@ impl CcParams {
 
     /// The parameters of a `params` line (param-spec), each clamped or defaulted as C tor does.
     pub fn from_net_params(p: &NetParams<'_>) -> Self {
-        let alg = match get(p, "cc_alg", 2, 0, 3) {
+        let alg = match get(p, "cc_alg") {
             0 => CC_ALG_SENDME,
             _ => CC_ALG_VEGAS,
         };
-        let sendme_inc = get(p, "cc_sendme_inc", TLS_RECORD_MAX_CELLS, 1, 254);
-        let full_minpct = nonneg(get(p, "cc_cwnd_full_minpct", 25, 0, 100));
-        let full_gap = nonneg(get(p, "cc_cwnd_full_gap", 4, 0, i32::from(i16::MAX)));
-        let full_per_cwnd = get(p, "cc_cwnd_full_per_cwnd", 1, 0, 1) == 1;
-        let ss_max = nonneg(get(p, "cc_ss_max", 5000, 500, i32::MAX));
-        let vegas = |suffix: &str, d: [i32; 5]| VegasParams {
-            alpha: nonneg(get(p, &format!("cc_vegas_alpha_{suffix}"), d[0], 0, 1000)),
-            beta: nonneg(get(p, &format!("cc_vegas_beta_{suffix}"), d[1], 0, 1000)),
-            gamma: nonneg(get(p, &format!("cc_vegas_gamma_{suffix}"), d[2], 0, 1000)),
-            delta: nonneg(get(
-                p,
-                &format!("cc_vegas_delta_{suffix}"),
-                d[3],
-                0,
-                i32::MAX,
-            )),
-            ss_cwnd_cap: nonneg(get(p, &format!("cc_sscap_{suffix}"), d[4], 100, i32::MAX)),
+        let sendme_inc = get(p, "cc_sendme_inc");
+        let full_minpct = nonneg(get(p, "cc_cwnd_full_minpct"));
+        let full_gap = nonneg(get(p, "cc_cwnd_full_gap"));
+        let full_per_cwnd = get(p, "cc_cwnd_full_per_cwnd") == 1;
+        let ss_max = nonneg(get(p, "cc_ss_max"));
+        let vegas = |suffix: &str| VegasParams {
+            alpha: nonneg(get(p, &format!("cc_vegas_alpha_{suffix}"))),
+            beta: nonneg(get(p, &format!("cc_vegas_beta_{suffix}"))),
+            gamma: nonneg(get(p, &format!("cc_vegas_gamma_{suffix}"))),
+            delta: nonneg(get(p, &format!("cc_vegas_delta_{suffix}"))),
+            ss_cwnd_cap: nonneg(get(p, &format!("cc_sscap_{suffix}"))),
             ss_cwnd_max: ss_max,
             cwnd_full_gap: full_gap,
             cwnd_full_minpct: full_minpct,
             cwnd_full_per_cwnd: full_per_cwnd,
         };
-        let o = OUTBUF_CELLS;
-        let t = TLS_RECORD_MAX_CELLS;
         CcParams {
             alg,
             sendme_inc: u8::try_from(sendme_inc).unwrap_or(31),
-            cwnd_init: nonneg(get(p, "cc_cwnd_init", 4 * t, t, 10_000)),
-            cwnd_inc_pct_ss: nonneg(get(p, "cc_cwnd_inc_pct_ss", 100, 1, 500)),
-            cwnd_inc: nonneg(get(p, "cc_cwnd_inc", 1, 1, 1000)),
-            cwnd_inc_rate: nonneg(get(p, "cc_cwnd_inc_rate", t, 1, 250)),
-            cwnd_min: nonneg(get(p, "cc_cwnd_min", 4 * t, t, 1000)),
-            cwnd_max: nonneg(get(p, "cc_cwnd_max", i32::MAX, 500, i32::MAX)),
-            rtt_reset_pct: low_byte(get(p, "cc_rtt_reset_pct", 100, 0, 100)),
-            bwe_min: low_byte(get(p, "cc_bwe_min", 5, 2, 20)),
-            ewma_cwnd_pct: low_byte(get(p, "cc_ewma_cwnd_pct", 50, 1, 255)),
-            ewma_max: low_byte(get(p, "cc_ewma_max", 10, 2, i32::MAX)),
-            ewma_ss: low_byte(get(p, "cc_ewma_ss", 2, 2, i32::MAX)),
-            vegas_exit: vegas("exit", [3 * o, 4 * o, 3 * o, 5 * o, 600]),
-            vegas_onion: vegas("onion", [3 * o, 6 * o, 4 * o, 7 * o, 475]),
-            vegas_sbws: vegas("sbws", [2 * o - t, 2 * o + t, 2 * o, 4 * o, 400]),
-            xoff_client: nonneg(get(p, "cc_xoff_client", 500, 1, 10_000)),
-            xoff_exit: nonneg(get(p, "cc_xoff_exit", 500, 1, 10_000)),
-            xon_change_pct: nonneg(get(p, "cc_xon_change_pct", 25, 1, 99)),
-            xon_rate: nonneg(get(p, "cc_xon_rate", 500, 1, 5000)),
-            xon_ewma_cnt: nonneg(get(p, "cc_xon_ewma_cnt", 2, 2, 100)),
+            cwnd_init: nonneg(get(p, "cc_cwnd_init")),
+            cwnd_inc_pct_ss: nonneg(get(p, "cc_cwnd_inc_pct_ss")),
+            cwnd_inc: nonneg(get(p, "cc_cwnd_inc")),
+            cwnd_inc_rate: nonneg(get(p, "cc_cwnd_inc_rate")),
+            cwnd_min: nonneg(get(p, "cc_cwnd_min")),
+            cwnd_max: nonneg(get(p, "cc_cwnd_max")),
+            rtt_reset_pct: low_byte(get(p, "cc_rtt_reset_pct")),
+            bwe_min: low_byte(get(p, "cc_bwe_min")),
+            ewma_cwnd_pct: low_byte(get(p, "cc_ewma_cwnd_pct")),
+            ewma_max: low_byte(get(p, "cc_ewma_max")),
+            ewma_ss: low_byte(get(p, "cc_ewma_ss")),
+            vegas_exit: vegas("exit"),
+            vegas_onion: vegas("onion"),
+            vegas_sbws: vegas("sbws"),
+            xoff_client: nonneg(get(p, "cc_xoff_client")),
+            xoff_exit: nonneg(get(p, "cc_xoff_exit")),
+            xon_change_pct: nonneg(get(p, "cc_xon_change_pct")),
+            xon_rate: nonneg(get(p, "cc_xon_rate")),
+            xon_ewma_cnt: nonneg(get(p, "cc_xon_ewma_cnt")),
         }
     }
 
@@ -325,6 +393,21 @@ mod tests {
         assert_eq!(p.bwe_min, 2);
         // The onion set is untouched by the exit names.
         assert_eq!(p.vegas(CcPath::Onion).alpha, 186);
+    }
+
+    #[test]
+    fn the_table_names_each_parameter_once_with_its_default_in_range() {
+        for (i, s) in CC_PARAMS.iter().enumerate() {
+            assert!(s.min <= s.default && s.default <= s.max, "{}", s.name);
+            assert!(
+                CC_PARAMS[i + 1..].iter().all(|t| t.name != s.name),
+                "{}",
+                s.name
+            );
+            assert_eq!(cc_param_spec(s.name), Some(s));
+        }
+        assert_eq!(cc_param_spec("cc_sscap_exit").map(|s| s.min), Some(100));
+        assert!(cc_param_spec("cc_nonesuch").is_none());
     }
 
     #[test]
