@@ -151,6 +151,14 @@ pub enum HttpError {
     /// The body is not UTF-8 text.
     #[error("body is not UTF-8")]
     NotUtf8,
+    /// The stream ended before the body had its `Content-Length` (RFC 9112 §6.3).
+    #[error("body truncated: {got} of {expected} bytes")]
+    Truncated {
+        /// `Content-Length`.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
     /// A request argument is invalid (too many items, empty list).
     #[error("invalid request: {0}")]
     BadRequest(&'static str),

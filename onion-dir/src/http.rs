@@ -263,6 +263,16 @@ pub struct Response {
     pub body: String,
 }
 
+/// A response as received, whatever its status: what a general HTTP client (`onion get`)
+/// shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    /// Status and headers (the reason phrase as received: escape it before display).
+    pub head: ResponseHead,
+    /// The body, decompressed as its `Content-Encoding` says, any bytes.
+    pub body: Vec<u8>,
+}
+
 /// Accumulates a response's bytes; decodes at end of stream.
 #[derive(Debug, Clone)]
 pub struct ResponseReader {
@@ -295,20 +305,55 @@ impl ResponseReader {
         Ok(parse_head(&self.buf)?.map(|(h, _)| h))
     }
 
-    /// End of stream: decode the response. Non-200 statuses are errors.
+    /// End of stream: decode the response. Non-200 statuses are errors, and so is a body
+    /// that is not UTF-8 text (every directory document is, dir-spec §1.2).
     pub fn finish(self) -> Result<Response, HttpError> {
-        let (head, off) = parse_head(&self.buf)?.ok_or(HttpError::Incomplete)?;
-        if head.status != 200 {
-            return Err(HttpError::Status { code: head.status });
+        if let Some((head, _)) = parse_head(&self.buf)? {
+            if head.status != 200 {
+                return Err(HttpError::Status { code: head.status });
+            }
         }
-        let raw = self.buf.get(off..).unwrap_or(&[]);
+        let RawResponse { head, body } = self.finish_any()?;
+        let body = String::from_utf8(body).map_err(|_| HttpError::NotUtf8)?;
+        Ok(Response { head, body })
+    }
+
+    /// End of stream: the response whatever its status, its body decoded. With a
+    /// `Content-Length` (RFC 9112 §6.3), a body that ended short is [`HttpError::Truncated`]
+    /// and bytes after that length are dropped; without one, the body is everything up to
+    /// the end of the stream (HTTP/1.0).
+    pub fn finish_any(self) -> Result<RawResponse, HttpError> {
+        let (head, off) = parse_head(&self.buf)?.ok_or(HttpError::Incomplete)?;
+        let mut raw = self.buf.get(off..).unwrap_or(&[]);
+        if let Some(len) = head.header("Content-Length") {
+            let expected: usize = len
+                .parse()
+                .map_err(|_| HttpError::BadHeader(content_length_line(&head)))?;
+            match raw.get(..expected) {
+                Some(body) => raw = body,
+                None => {
+                    return Err(HttpError::Truncated {
+                        expected,
+                        got: raw.len(),
+                    })
+                }
+            }
+        }
         if raw.len() > self.limit {
             return Err(HttpError::TooLarge { limit: self.limit });
         }
         let body = decode_body(head.encoding()?, raw, self.limit)?;
-        let body = String::from_utf8(body).map_err(|_| HttpError::NotUtf8)?;
-        Ok(Response { head, body })
+        Ok(RawResponse { head, body })
     }
+}
+
+/// The line number of the `Content-Length` header in a response head (the status line is 1).
+fn content_length_line(head: &ResponseHead) -> usize {
+    let i = head
+        .headers
+        .iter()
+        .position(|(n, _)| n.eq_ignore_ascii_case("Content-Length"));
+    i.map_or(0, |i| i + 2)
 }
 
 /// Decompress `raw` with `enc`, producing at most `limit` bytes.
@@ -720,6 +765,53 @@ mod tests {
         assert!(ResponseReader::new(10).handle_bytes(&[0; 20000]).is_err());
     }
 
+    /// A response read whatever its status, as `onion get` shows it: the reason phrase,
+    /// any bytes of body, `Content-Length` honoured, the body decompressed.
+    #[test]
+    fn responses_of_any_status() {
+        let read = |bytes: &[u8], limit| {
+            let mut r = ResponseReader::new(limit);
+            r.handle_bytes(bytes)?;
+            r.finish_any()
+        };
+        let r = read(b"HTTP/1.0 404 Not Found\r\nX-A: b\r\n\r\n\xff\x00gone", 100).unwrap();
+        assert_eq!((r.head.status, r.head.reason.as_str()), (404, "Not Found"));
+        assert_eq!(
+            (r.head.header("x-a"), &r.body[..]),
+            (Some("b"), &b"\xff\x00gone"[..])
+        );
+        // Content-Length: the bytes after it are not the body; fewer is a truncation.
+        let r = read(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef", 100).unwrap();
+        assert_eq!(r.body, b"abc");
+        assert_eq!(
+            read(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nab", 100),
+            Err(HttpError::Truncated {
+                expected: 5,
+                got: 2
+            })
+        );
+        assert_eq!(
+            read(
+                b"HTTP/1.0 200 OK\r\nA: b\r\nContent-Length: x\r\n\r\nab",
+                100
+            ),
+            Err(HttpError::BadHeader(3))
+        );
+        // The directory reader checks the same length.
+        let mut r = ResponseReader::new(100);
+        r.handle_bytes(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nab")
+            .unwrap();
+        assert!(matches!(r.finish(), Err(HttpError::Truncated { .. })));
+        // Compressed, and over the limit once decompressed.
+        let mut m = b"HTTP/1.0 500 Oops\r\nContent-Encoding: deflate\r\n\r\n".to_vec();
+        m.extend(zlib(&[7u8; 5000]));
+        assert_eq!(read(&m, 10_000).unwrap().body, vec![7u8; 5000]);
+        assert!(matches!(read(&m, 1000), Err(HttpError::TooLarge { .. })));
+        // A head that never ended.
+        assert_eq!(read(b"HTTP/1.0 200", 100), Err(HttpError::Incomplete));
+        assert_eq!(read(b"SSH-2.0\r\n\r\n", 100), Err(HttpError::BadStatusLine));
+    }
+
     proptest! {
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -729,6 +821,7 @@ mod tests {
             let mut r = ResponseReader::new(1 << 16);
             let _ = r.handle_bytes(b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n");
             let _ = r.handle_bytes(&data);
+            let _ = r.clone().finish_any();
             let _ = r.finish();
         }
 
