@@ -9,66 +9,20 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use onion_crypto::RsaIdentity;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 use support::Daemon;
-
-/// Accepts any certificate: the channel handshake checks it against CERTS (tor-spec §2).
-#[derive(Debug)]
-struct AnyCert;
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 /// A TLS connection to `addr`, handshake done; returns it and the certificate's SHA-256.
 fn tls_connect(addr: SocketAddr) -> (rustls::StreamOwned<ClientConnection, TcpStream>, [u8; 32]) {
-    let cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth();
+    // Tor's certificate rules (tor-spec §2), as the `onion` command connects.
+    let cfg = onion_io::tls::client_config();
     let name = ServerName::try_from("www.example.com").unwrap().to_owned();
-    let mut conn = ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut conn = ClientConnection::new(cfg, name).unwrap();
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -76,7 +30,7 @@ fn tls_connect(addr: SocketAddr) -> (rustls::StreamOwned<ClientConnection, TcpSt
         conn.complete_io(&mut sock).unwrap();
     }
     let cert = conn.peer_certificates().unwrap()[0].clone();
-    let sha: [u8; 32] = Sha256::digest(cert.as_ref()).into();
+    let sha = onion_io::tls::cert_sha256(cert.as_ref());
     (rustls::StreamOwned::new(conn, sock), sha)
 }
 

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use onion_client::dir::{authorities, Authority, Cached, DirConfig, DirMode, DocKind};
+use onion_client::dir::{authorities, Authority, DirConfig, DirMode, DocKind};
 use onion_client::{ClientConfig, Persist, State};
+use onion_io::cache::Cache;
 
 use crate::error::{Error, ErrorKind};
 
@@ -202,119 +203,41 @@ pub fn parse_authorities(text: &str) -> Result<Vec<Authority>, Error> {
     Ok(out)
 }
 
-/// The data directory: one file per kind of persisted state, replaced atomically (written
-/// to a temporary file with mode 0600, then renamed), in a directory of mode 0700. A
-/// directory document's file has a companion `.keep-until` file with its expiry (seconds
-/// since the epoch); an expired document is not handed back.
+/// The data directory ([`onion_io::cache`]: C tor's rules for a private directory, files of
+/// mode 0600 replaced atomically, the same files as the `onion` command's `--data-dir`) and
+/// the directory mode of the client whose state it keeps.
 #[derive(Debug, Clone)]
 pub(crate) struct DataDir {
-    dir: PathBuf,
+    cache: Cache,
     mode: DirMode,
 }
 
 impl DataDir {
-    /// Open `dir`, creating it (mode 0700) if missing, and making it private if it is not.
-    /// Blocking: call from `spawn_blocking`.
+    /// Open `dir`, creating it (mode 0700) if missing; refused (kind `Misuse`) if it is not
+    /// private to this user (another user's, writable by others, a symbolic link), made
+    /// private with a warning on stderr if others could only read it. Blocking: call from
+    /// `spawn_blocking`.
     pub(crate) fn open(dir: &Path, mode: DirMode) -> Result<DataDir, Error> {
-        let err = |e: std::io::Error| {
+        let cache = Cache::open(dir).map_err(|e| {
             Error::local(
                 ErrorKind::Misuse,
                 format!("data directory {}: {e}", dir.display()),
             )
-        };
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            b.mode(0o700);
+        })?;
+        if let Some(fixed) = cache.mode_fixed() {
+            eprintln!("onion-tokio: warning: {fixed}");
         }
-        b.create(dir).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-        }
-        Ok(DataDir {
-            dir: dir.to_path_buf(),
-            mode,
-        })
-    }
-
-    fn doc_name(kind: DocKind, mode: DirMode) -> &'static str {
-        match kind {
-            DocKind::Consensus if mode == DirMode::Micro => "microdesc-consensus",
-            DocKind::Consensus => "consensus",
-            DocKind::Certificates => "authority-certificates",
-            DocKind::Microdescs => "microdescs",
-            DocKind::ServerDescs => "server-descriptors",
-        }
+        Ok(DataDir { cache, mode })
     }
 
     /// What an earlier run kept (expired documents left out). Blocking.
     pub(crate) fn load(&self, now: SystemTime) -> State {
-        let now = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let doc = |kind| {
-            let name = Self::doc_name(kind, self.mode);
-            let until: u64 = std::fs::read_to_string(self.dir.join(format!("{name}.keep-until")))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            (until > now).then(|| std::fs::read_to_string(self.dir.join(name)).ok())?
-        };
-        let mut state = State::default();
-        state.directory = Cached {
-            consensus: doc(DocKind::Consensus),
-            certificates: doc(DocKind::Certificates),
-            descriptors: doc(match self.mode {
-                DirMode::Micro => DocKind::Microdescs,
-                _ => DocKind::ServerDescs,
-            }),
-        };
-        state.guards = std::fs::read_to_string(self.dir.join("guards")).ok();
-        state.build_times = std::fs::read_to_string(self.dir.join("build-times")).ok();
-        state
+        self.cache.load(self.mode, now)
     }
 
     /// Write what the client handed over. Blocking.
     pub(crate) fn store(&self, p: &Persist) -> std::io::Result<()> {
-        match p {
-            Persist::Directory {
-                kind,
-                text,
-                keep_until,
-            } => {
-                let name = Self::doc_name(*kind, self.mode);
-                self.write(name, text.as_bytes())?;
-                self.write(
-                    &format!("{name}.keep-until"),
-                    keep_until.0.to_string().as_bytes(),
-                )
-            }
-            Persist::Guards(t) => self.write("guards", t.as_bytes()),
-            Persist::BuildTimes(t) => self.write("build-times", t.as_bytes()),
-            _ => Ok(()),
-        }
-    }
-
-    fn write(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        let mut f = o.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, self.dir.join(name))
+        self.cache.store(self.mode, p)
     }
 }
 
@@ -393,38 +316,29 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
     }
 
-    /// State goes to private files and comes back; expired documents do not.
+    /// State goes to the data directory and comes back; a directory other users can write
+    /// is refused as a misuse (onion-io's tests check the rest of the rules).
     #[test]
-    fn data_directory_round_trip_and_modes() {
+    fn data_directory_round_trip_and_refusal() {
         let dir = std::env::temp_dir().join(format!("onion-tokio-dd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let d = DataDir::open(&dir.join("sub"), DirMode::Micro).unwrap();
-        let later = onion_client::Timestamp(4_000_000_000);
-        let past = onion_client::Timestamp(1_000);
-        d.store(&Persist::Guards("g\n".into())).unwrap();
         d.store(&Persist::Directory {
             kind: DocKind::Consensus,
             text: "cons".into(),
-            keep_until: later,
-        })
-        .unwrap();
-        d.store(&Persist::Directory {
-            kind: DocKind::Microdescs,
-            text: "mds".into(),
-            keep_until: past,
+            keep_until: onion_client::Timestamp(4_000_000_000),
         })
         .unwrap();
         let st = d.load(SystemTime::now());
-        assert_eq!(st.guards.as_deref(), Some("g\n"));
         assert_eq!(st.directory.consensus.as_deref(), Some("cons"));
-        assert_eq!(st.directory.descriptors, None);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let m = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(m(&dir.join("sub")), 0o700);
-            assert_eq!(m(&dir.join("sub/guards")), 0o600);
-            assert_eq!(m(&dir.join("sub/microdesc-consensus")), 0o600);
+            let sub = dir.join("sub");
+            std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let e = DataDir::open(&sub, DirMode::Micro).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Misuse);
+            assert!(e.to_string().contains("other users can write"), "{e}");
         }
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -64,7 +64,6 @@ pub mod engine;
 mod error;
 mod runtime;
 mod stream;
-mod tls;
 
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};

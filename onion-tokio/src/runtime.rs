@@ -156,7 +156,7 @@ impl ConnTask {
         let open = tokio::time::timeout(self.timeout, async {
             let tcp = TcpStream::connect(self.addr).await?;
             let _ = tcp.set_nodelay(true);
-            // The name is not checked (see `tls`); relays ignore SNI.
+            // The name is not checked (see `onion_io::tls`); relays ignore SNI.
             let name = rustls::pki_types::ServerName::try_from("www.example.com")
                 .map_err(std::io::Error::other)?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -167,7 +167,7 @@ impl ConnTask {
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .map(|c| crate::tls::cert_digest(c.as_ref()))
+                .map(|c| onion_io::tls::cert_sha256(c.as_ref()))
                 .ok_or_else(|| std::io::Error::other("the relay sent no certificate"))?;
             Ok::<_, std::io::Error>((tls, cert))
         })
@@ -253,10 +253,7 @@ pub(crate) struct Driver {
 impl Driver {
     /// Run until shut down, or until every handle is gone.
     pub(crate) async fn run(mut self) {
-        let tls = match crate::tls::client_config() {
-            Ok(t) => t,
-            Err(_) => return,
-        };
+        let tls = onion_io::tls::client_config();
         let (to_driver, mut from_conns) = mpsc::channel(CONN_MSGS);
         let mut t = TokioTransport {
             conns: HashMap::new(),

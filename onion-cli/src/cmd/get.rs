@@ -131,7 +131,11 @@ impl NetOptions {
         };
         let cache = match &data_dir {
             Some(d) => {
-                Some(Cache::open(d).map_err(|e| format!("--data-dir {}: {e}", d.display()))?)
+                let c = Cache::open(d).map_err(|e| format!("--data-dir {}: {e}", d.display()))?;
+                if let Some(fixed) = c.mode_fixed() {
+                    eprintln!("onion: warning: {fixed}");
+                }
+                Some(c)
             }
             None => None,
         };

@@ -5,10 +5,11 @@
 //! The relay must prove the given identities: a mismatch is an error (exit status 1).
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use onion_circuit::channel::{ChanConfig, ChanEvent, ChanOpen, Channel, PeerIds};
+use onion_circuit::Instant;
 use onion_crypto::{Ed25519Identity, RsaIdentity};
 
 use crate::net::tls::TlsLink;
@@ -70,73 +71,164 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 /// TLS to `addr`, then the link handshake (tor-spec §4: VERSIONS, CERTS, AUTH_CHALLENGE,
-/// NETINFO) as the initiator expecting `expected`, all within `timeout`. One relay and
-/// nothing else to do, so this blocks on the socket: the channel's own timers and the overall
-/// deadline bound every read.
+/// NETINFO) as the initiator expecting `expected`, all within `timeout`.
 fn open_channel(
     addr: SocketAddr,
     expected: PeerIds,
     timeout: Duration,
 ) -> Result<(TlsLink, ChanOpen), String> {
-    let clock = Clock::new();
-    let deadline = clock.now() + timeout;
-    let mut tls = TlsLink::connect(addr, timeout).map_err(|e| e.to_string())?;
-    let mut config = ChanConfig::default();
-    config.handshake_timeout = timeout;
-    config.peer_addr = Some(addr.ip());
-    let cert = tls.cert_sha256();
-    let mut chan = Channel::initiator(config, expected, Some(cert), clock.now(), SystemTime::now());
-    let mut sock = tls.reader().map_err(|e| format!("{addr}: {e}"))?;
-    let mut plain = tls.feed(&[]).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut link = LinkChannel::connect(addr, expected, timeout)?;
+    let deadline = link.clock.now() + timeout;
     loop {
-        if !plain.is_empty() {
-            // A protocol error also arrives as ChanEvent::Closed.
-            let used = chan
-                .handle_input(clock.now(), &plain)
-                .unwrap_or(plain.len());
-            plain.drain(..used.min(plain.len()));
-        }
-        while let Some(ev) = chan.poll_event() {
+        while let Some(ev) = link.chan.poll_event() {
             match ev {
-                ChanEvent::Open(open) => return Ok((tls, open)),
+                ChanEvent::Open(open) => return Ok((link.tls, open)),
                 ChanEvent::Closed(e) => return Err(format!("{addr}: channel: {e}")),
                 _ => {}
             }
         }
-        while chan.poll_transmit(&mut out).is_some() {
-            let sent = tls.send(&out, timeout);
-            out.clear();
+        match link.pump(deadline)? {
+            Pumped::Input => {}
+            Pumped::Deadline => {
+                return Err(format!(
+                    "{addr}: link handshake timed out after {timeout:?}"
+                ))
+            }
+            Pumped::Eof => {
+                link.chan.handle_connection_closed();
+                return Err(match link.chan.poll_event() {
+                    Some(ChanEvent::Closed(e)) => format!("{addr}: channel: {e}"),
+                    _ => format!("{addr}: connection closed during the handshake"),
+                });
+            }
+        }
+    }
+}
+
+/// What [`LinkChannel::pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// The channel got input or a timer fired: poll its events.
+    Input,
+    /// The deadline passed.
+    Deadline,
+    /// The relay closed the connection.
+    Eof,
+}
+
+/// A channel (tor-spec §4, as the initiator) to one relay over a blocking TLS link, for the
+/// commands that talk to that relay and nothing else (`onion handshake`, the relay's
+/// reachability self-test): no event loop, the channel's own timers and the caller's
+/// deadline bound every read. Drive it as
+/// `loop { drain link.chan.poll_event(); link.pump(deadline)? }`.
+pub struct LinkChannel {
+    /// The channel: poll its events, send cells on it.
+    pub chan: Channel,
+    /// The clock the channel runs on.
+    pub clock: Clock,
+    tls: TlsLink,
+    addr: SocketAddr,
+    sock: TcpStream,
+    /// Plaintext received and not yet consumed by the channel (it stops early when its
+    /// event queue is full; at most what one read brought).
+    plain: Vec<u8>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl LinkChannel {
+    /// TCP and TLS to `addr` within `timeout`, and a channel expecting `expected` that has
+    /// started its handshake (handshake timeout `timeout`).
+    pub fn connect(
+        addr: SocketAddr,
+        expected: PeerIds,
+        timeout: Duration,
+    ) -> Result<LinkChannel, String> {
+        let clock = Clock::new();
+        let mut tls = TlsLink::connect(addr, timeout).map_err(|e| e.to_string())?;
+        let mut config = ChanConfig::default();
+        config.handshake_timeout = timeout;
+        config.peer_addr = Some(addr.ip());
+        let cert = tls.cert_sha256();
+        let chan = Channel::initiator(config, expected, Some(cert), clock.now(), SystemTime::now());
+        let sock = tls.reader().map_err(|e| format!("{addr}: {e}"))?;
+        let plain = tls.feed(&[]).map_err(|e| e.to_string())?;
+        let mut link = LinkChannel {
+            chan,
+            clock,
+            tls,
+            addr,
+            sock,
+            plain,
+            out: Vec::new(),
+            buf: vec![0u8; 16 * 1024],
+        };
+        link.feed_channel();
+        Ok(link)
+    }
+
+    /// Give the channel the plaintext it has not consumed yet.
+    fn feed_channel(&mut self) {
+        if !self.plain.is_empty() {
+            // A protocol error also arrives as ChanEvent::Closed.
+            let used = self
+                .chan
+                .handle_input(self.clock.now(), &self.plain)
+                .unwrap_or(self.plain.len());
+            self.plain.drain(..used.min(self.plain.len()));
+        }
+    }
+
+    /// Send what the channel has to send, then wait for the relay until `deadline` or the
+    /// channel's next timer, and give the channel what came (or the timer). Call it after
+    /// draining the channel's events.
+    pub fn pump(&mut self, deadline: Instant) -> Result<Pumped, String> {
+        let addr = self.addr;
+        if !self.plain.is_empty() {
+            // Input held back by a full event queue, which the caller has drained since.
+            self.feed_channel();
+            return Ok(Pumped::Input);
+        }
+        while self.chan.poll_transmit(&mut self.out).is_some() {
+            let left = self.clock.until(deadline).max(Duration::from_millis(1));
+            let sent = self.tls.send(&self.out, left);
+            self.out.clear();
             sent.map_err(|e| e.to_string())?;
         }
-        let now = clock.now();
-        if now >= deadline {
-            return Err(format!(
-                "{addr}: link handshake timed out after {timeout:?}"
-            ));
+        if self.clock.now() >= deadline {
+            return Ok(Pumped::Deadline);
         }
-        let wake = chan.poll_timeout().map_or(deadline, |t| t.min(deadline));
-        let wait = clock.until(wake).max(Duration::from_millis(1));
-        sock.set_read_timeout(Some(wait))
+        let wake = self
+            .chan
+            .poll_timeout()
+            .map_or(deadline, |t| t.min(deadline));
+        let wait = self.clock.until(wake).max(Duration::from_millis(1));
+        self.sock
+            .set_read_timeout(Some(wait))
             .map_err(|e| format!("{addr}: {e}"))?;
-        match sock.read(&mut buf) {
-            Ok(0) => {
-                chan.handle_connection_closed();
-                if chan.poll_event().is_none() {
-                    return Err(format!("{addr}: connection closed during the handshake"));
-                }
+        match self.sock.read(&mut self.buf) {
+            Ok(0) => Ok(Pumped::Eof),
+            Ok(n) => {
+                let plain = self.tls.feed(&self.buf[..n]).map_err(|e| e.to_string())?;
+                self.plain.extend(plain);
+                self.feed_channel();
+                Ok(Pumped::Input)
             }
-            Ok(n) => plain.extend(tls.feed(&buf[..n]).map_err(|e| e.to_string())?),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                chan.handle_timeout(clock.now())
+                self.chan.handle_timeout(self.clock.now());
+                Ok(Pumped::Input)
             }
-            Err(e) => return Err(format!("{addr}: {e}")),
+            Err(e) => Err(format!("{addr}: {e}")),
         }
+    }
+
+    /// Close the TLS connection (best effort).
+    pub fn close(&mut self) {
+        self.tls.close();
     }
 }

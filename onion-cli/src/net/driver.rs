@@ -32,7 +32,6 @@
 //! the next call sends what that produced.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,7 +45,7 @@ use onion_client::{
 };
 use onion_dir::Timestamp;
 
-use super::cache::{Cache, BUILD_TIMES_FILE};
+use super::cache::Cache;
 use super::event::{self, Inbox, Input};
 use super::pipe::Pipe;
 use super::tls::{TlsError, TlsLink, TlsSession};
@@ -140,13 +139,7 @@ pub fn client_config(auths: &[DirAuthority], mode: DirMode) -> Result<ClientConf
 /// directory documents, the guard state and the circuit build times. The client checks all
 /// of it again.
 pub fn load_state(cache: Option<&Cache>, mode: DirMode) -> State {
-    let mut state = State::default();
-    if let Some(c) = cache {
-        state.directory = c.documents(mode, SystemTime::now());
-        state.guards = c.guards();
-        state.build_times = c.read(BUILD_TIMES_FILE);
-    }
-    state
+    cache.map_or_else(State::default, |c| c.load(mode, SystemTime::now()))
 }
 
 /// The wall clock, for the client.
@@ -441,17 +434,7 @@ impl Driver {
     /// failed write is reported and the run goes on: the client still has it in memory.
     fn persist(&mut self, p: Persist) {
         let Some(cache) = &self.cache else { return };
-        let r: io::Result<()> = match &p {
-            Persist::Directory {
-                kind,
-                text,
-                keep_until,
-            } => cache.put_document(self.mode, *kind, text, SystemTime::from(*keep_until)),
-            Persist::Guards(text) => cache.put_guards(text),
-            Persist::BuildTimes(text) => cache.write(BUILD_TIMES_FILE, text.as_bytes()),
-            _ => Ok(()),
-        };
-        if let Err(e) = r {
+        if let Err(e) = cache.store(self.mode, &p) {
             eprintln!("onion: warning: cannot write the data directory: {e}");
         }
     }
@@ -664,7 +647,7 @@ mod tests {
         let c = Cache::open(&dir).unwrap();
         assert!(load_state(Some(&c), DirMode::Micro).guards.is_none());
         c.put_guards("Guard in=default rsa_id=AA\n").unwrap();
-        c.write(BUILD_TIMES_FILE, b"times").unwrap();
+        c.write(crate::net::cache::BUILD_TIMES_FILE, b"times").unwrap();
         let later = SystemTime::now() + Duration::from_secs(600);
         c.put_document(
             DirMode::Micro,

@@ -22,13 +22,14 @@
 //!   (`get`, `socks`, `serve`, `bootstrap`) runs on.
 //! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, read by the
 //!   library (`onion_client::dir::authorities`); named here for `onion relay`'s modules.
-//! - [`cache`]: directory documents, guard state and build times kept in the data directory.
-//! - [`private`]: the data and key directories and their files, private to the user.
+//! - [`cache`]: directory documents, guard state and build times kept in the data directory,
+//!   and [`private`]: the data and key directories and their files, private to the user
+//!   (both shared with onion-tokio in `onion_io`, as are the TLS rules of [`tls`]).
 //! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
 //! - [`text`]: text received from the network, escaped before it is printed.
 
 pub use onion_client::dir::authorities as authority;
-pub mod cache;
+pub use onion_io::cache;
 pub mod driver;
 pub mod event;
 pub mod http;

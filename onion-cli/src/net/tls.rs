@@ -4,15 +4,10 @@
 //! no certificate authority vouches for it, and none is expected to. The relay's identity is
 //! proven inside the channel instead, by the CERTS cell, whose link certificate (ed25519 cert
 //! type 5, or the RSA link certificate) commits to the SHA-256 digest of exactly this TLS
-//! certificate (tor-spec §4.2). So the verifier here:
-//!
-//! - accepts any certificate chain (no CA, no name, no validity check), but
-//! - still verifies the TLS handshake signature with the certificate's key, so that whoever
-//!   answered really holds that key, and
-//! - hands the certificate's SHA-256 digest to the caller, who passes it to the channel.
-//!
-//! C tor 0.4.9 negotiates TLS 1.3 with a 2048-bit RSA link key (RSA-PSS signatures), which
-//! ring verifies; no separate RSA code is needed.
+//! certificate (tor-spec §4.2). The rustls configuration with that rule is
+//! [`client_config`] (from `onion_io::tls`, shared with onion-tokio): any certificate, the
+//! handshake signature still verified; [`TlsLink::cert_sha256`] is the digest to hand to the
+//! channel.
 //!
 //! Reading and writing are split so that the event loop (`net::event`) can read the socket on
 //! its own thread while all protocol state stays in the loop's thread: [`TlsLink::feed`] takes
@@ -20,14 +15,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+
+pub use onion_io::tls::client_config;
 
 /// Why a TLS connection to a relay failed.
 #[derive(Debug)]
@@ -55,84 +48,13 @@ impl std::fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// Accepts Tor's self-signed link certificates; still checks handshake signatures.
-#[derive(Debug)]
-struct TorLinkVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for TorLinkVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // tor-spec §2: the certificate proves nothing by itself; the CERTS cell binds its
-        // digest to the relay's identity keys, and the channel checks that binding.
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The rustls client configuration for relay connections (ring provider, TLS 1.2 and 1.3).
-pub fn client_config() -> Arc<ClientConfig> {
-    let provider = rustls::crypto::ring::default_provider();
-    let verifier = TorLinkVerifier {
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
-        });
-    match config {
-        Ok(c) => Arc::new(c),
-        // The ring provider always supports the default versions; keep a plain fallback
-        // rather than a panic if that ever changes.
-        Err(_) => Arc::new(
-            ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TorLinkVerifier {
-                    algorithms: rustls::crypto::ring::default_provider()
-                        .signature_verification_algorithms,
-                }))
-                .with_no_client_auth(),
-        ),
-    }
-}
-
 /// An established TLS connection to a relay, with its plaintext side exposed as byte slices.
 pub struct TlsLink {
-    addr: SocketAddr,
-    conn: ClientConnection,
+    session: TlsSession,
     sock: TcpStream,
     cert_sha256: [u8; 32],
+    /// Records on their way to the socket.
+    wire: Vec<u8>,
 }
 
 impl TlsLink {
@@ -172,13 +94,13 @@ impl TlsLink {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or(TlsError::NoCertificate(addr))?;
-        let cert_sha256 = Sha256::digest(cert.as_ref()).into();
+        let cert_sha256 = onion_io::tls::cert_sha256(cert.as_ref());
         sock.set_read_timeout(None).map_err(io)?;
         Ok(TlsLink {
-            addr,
-            conn,
+            session: TlsSession { addr, conn },
             sock,
             cert_sha256,
+            wire: Vec::new(),
         })
     }
 
@@ -196,70 +118,36 @@ impl TlsLink {
     ///
     /// Also returns plaintext the handshake already buffered, so call it once with `&[]`
     /// right after [`TlsLink::connect`].
-    pub fn feed(&mut self, mut raw: &[u8]) -> Result<Vec<u8>, TlsError> {
-        let mut plain = Vec::new();
-        loop {
-            if !raw.is_empty() {
-                self.conn
-                    .read_tls(&mut raw)
-                    .map_err(|e| TlsError::Io(self.addr, e))?;
-            }
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(|e| TlsError::Tls(self.addr, e))?;
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let start = plain.len();
-                plain.resize(start + n, 0);
-                self.conn
-                    .reader()
-                    .read_exact(&mut plain[start..])
-                    .map_err(|e| TlsError::Io(self.addr, e))?;
-            }
-            // Key updates and alerts may need answers.
-            self.flush()?;
-            if raw.is_empty() {
-                return Ok(plain);
-            }
-        }
+    pub fn feed(&mut self, raw: &[u8]) -> Result<Vec<u8>, TlsError> {
+        let plain = self.session.feed(raw, &mut self.wire)?;
+        // Key updates and alerts may need answers.
+        self.flush()?;
+        Ok(plain)
     }
 
     /// Encrypt `plain` and write it to the socket (blocking, bounded by `write_timeout`).
     pub fn send(&mut self, plain: &[u8], write_timeout: Duration) -> Result<(), TlsError> {
         self.sock
             .set_write_timeout(Some(write_timeout))
-            .map_err(|e| TlsError::Io(self.addr, e))?;
-        // rustls buffers at most 64 KiB of plaintext: write it out whenever that is full.
-        let mut rest = plain;
-        while !rest.is_empty() {
-            let n = self
-                .conn
-                .writer()
-                .write(rest)
-                .map_err(|e| TlsError::Io(self.addr, e))?;
-            if n == 0 {
-                self.flush()?;
-            }
-            rest = &rest[n..];
-        }
+            .map_err(|e| TlsError::Io(self.session.addr, e))?;
+        self.session.encrypt(plain, &mut self.wire)?;
         self.flush()
     }
 
+    /// Write out the records waiting in `wire`.
     fn flush(&mut self) -> Result<(), TlsError> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut self.sock) {
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return Err(TlsError::Timeout(self.addr)),
-                Err(e) => return Err(TlsError::Io(self.addr, e)),
-            }
+        let written = self.sock.write_all(&self.wire);
+        self.wire.clear();
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if is_timeout(&e) => Err(TlsError::Timeout(self.session.addr)),
+            Err(e) => Err(TlsError::Io(self.session.addr, e)),
         }
-        Ok(())
     }
 
     /// Send a TLS close_notify and shut the socket down (best effort).
     pub fn close(&mut self) {
-        self.conn.send_close_notify();
+        self.session.close(&mut self.wire);
         let _ = self.flush();
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
@@ -276,7 +164,9 @@ pub struct TlsSession {
 
 impl std::fmt::Debug for TlsLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsLink").field("addr", &self.addr).finish()
+        f.debug_struct("TlsLink")
+            .field("addr", &self.session.addr)
+            .finish()
     }
 }
 
@@ -284,11 +174,7 @@ impl TlsLink {
     /// Split into the session (kept by the loop) and the socket (read and written by threads
     /// of its own), with the certificate digest.
     pub fn into_session(self) -> (TlsSession, TcpStream, [u8; 32]) {
-        let session = TlsSession {
-            addr: self.addr,
-            conn: self.conn,
-        };
-        (session, self.sock, self.cert_sha256)
+        (self.session, self.sock, self.cert_sha256)
     }
 }
 
@@ -367,16 +253,6 @@ fn is_timeout(e: &io::Error) -> bool {
 mod tests {
     use super::*;
     use std::net::TcpListener;
-
-    #[test]
-    fn verifier_offers_rsa_pss_for_tor_link_keys() {
-        let v = TorLinkVerifier {
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        };
-        let schemes = v.supported_verify_schemes();
-        assert!(schemes.contains(&SignatureScheme::RSA_PSS_SHA256));
-        assert!(schemes.contains(&SignatureScheme::RSA_PKCS1_SHA256));
-    }
 
     #[test]
     fn connect_to_a_silent_server_times_out() {

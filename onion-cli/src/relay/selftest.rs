@@ -11,17 +11,15 @@
 //!
 //! Bounds: the whole test runs in its own thread under one deadline ([`TIMEOUT`]).
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::channel::{ChanEvent, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_crypto::relay_keyset::RelayKeySet;
 use rand_core::OsRng;
 
-use crate::net::tls::TlsLink;
-use crate::net::Clock;
+use crate::cmd::handshake::{LinkChannel, Pumped};
 
 /// Deadline of one self-test.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,32 +51,18 @@ impl Target {
 
 /// Runs the self-test; returns how long it took, or why it failed.
 pub fn run(t: &Target) -> Result<Duration, String> {
-    let clock = Clock::new();
-    let deadline = clock.now() + TIMEOUT;
     let addr = t.addr;
-    let mut tls = TlsLink::connect(addr, TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-    let mut config = ChanConfig::default();
-    config.handshake_timeout = TIMEOUT;
-    config.peer_addr = Some(addr.ip());
     let expected = PeerIds {
         rsa: Some(t.hop.rsa_id),
         ed25519: t.hop.ed_id,
     };
-    let cert = tls.cert_sha256();
-    let mut chan = Channel::initiator(config, expected, Some(cert), clock.now(), SystemTime::now());
-    let mut sock = tls.reader().map_err(|e| format!("{addr}: {e}"))?;
-    let mut plain = tls.feed(&[]).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut link =
+        LinkChannel::connect(addr, expected, TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
+    let clock = link.clock;
+    let deadline = clock.now() + TIMEOUT;
     let mut circ: Option<(onion_cell::CircId, Circuit)> = None;
     let result = loop {
-        if !plain.is_empty() {
-            let used = chan
-                .handle_input(clock.now(), &plain)
-                .unwrap_or(plain.len());
-            plain.drain(..used.min(plain.len()));
-        }
-        while let Some(ev) = chan.poll_event() {
+        while let Some(ev) = link.chan.poll_event() {
             match ev {
                 ChanEvent::Open(_) if circ.is_none() => {
                     let (c, create) = Circuit::create(
@@ -89,10 +73,12 @@ pub fn run(t: &Target) -> Result<Duration, String> {
                         &mut OsRng,
                     )
                     .map_err(|e| format!("CREATE2: {e}"))?;
-                    let id = chan
+                    let id = link
+                        .chan
                         .new_circ_id(&mut OsRng)
                         .map_err(|e| format!("circuit id: {e:?}"))?;
-                    chan.send(id, &create)
+                    link.chan
+                        .send(id, &create)
                         .map_err(|e| format!("CREATE2: {e:?}"))?;
                     circ = Some((id, c));
                 }
@@ -116,33 +102,13 @@ pub fn run(t: &Target) -> Result<Duration, String> {
                 break Err(format!("{addr}: the circuit to ourselves was refused"));
             }
         }
-        while chan.poll_transmit(&mut out).is_some() {
-            let sent = tls.send(&out, TIMEOUT);
-            out.clear();
-            sent.map_err(|e| e.to_string())?;
-        }
-        let now = clock.now();
-        if now >= deadline {
-            break Err(format!("{addr}: no circuit within {TIMEOUT:?}"));
-        }
-        let wake = chan.poll_timeout().map_or(deadline, |t| t.min(deadline));
-        let wait = clock.until(wake).max(Duration::from_millis(1));
-        sock.set_read_timeout(Some(wait))
-            .map_err(|e| format!("{addr}: {e}"))?;
-        match sock.read(&mut buf) {
-            Ok(0) => break Err(format!("{addr}: connection closed")),
-            Ok(n) => plain.extend(tls.feed(&buf[..n]).map_err(|e| e.to_string())?),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                chan.handle_timeout(clock.now())
-            }
-            Err(e) => break Err(format!("{addr}: {e}")),
+        match link.pump(deadline) {
+            Ok(Pumped::Input) => {}
+            Ok(Pumped::Deadline) => break Err(format!("{addr}: no circuit within {TIMEOUT:?}")),
+            Ok(Pumped::Eof) => break Err(format!("{addr}: connection closed")),
+            Err(e) => break Err(e),
         }
     };
-    tls.close();
+    link.close();
     result.map(|left| TIMEOUT.saturating_sub(left))
 }

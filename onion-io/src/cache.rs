@@ -7,16 +7,21 @@
 //! is private to the user (mode 0700, checked and created by [`private::check_private_dir`]
 //! as C tor checks its `DataDirectory`), and files are written by [`private::write_atomic`]
 //! (mode 0600, a new temporary file renamed into place), so an interrupted run never leaves
-//! a half-written document behind. Reading a cached document does not trust it: the caller
+//! a half-written document behind. Reading a cached document does not trust it: the client
 //! verifies it exactly as a freshly fetched one.
+//!
+//! The file names are C tor's (`cached-consensus`, `cached-microdescs`, `state` with its
+//! `Guard` lines, ...). A front end gives what [`onion_client::Event::Persist`] hands over to
+//! [`Cache::store`], and starts the next client from [`Cache::load`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use onion_client::dir::{Cached, DirMode, DocKind};
+use onion_client::{Persist, State};
 
-use super::private::{self, DirKind};
+use crate::private::{self, DirKind, ModeFixed};
 
 /// Upper bound on a cached document (the public ns consensus is ~3 MB, server descriptors
 /// ~10 MB; the microdesc consensus and microdescriptors, kept under C tor's names
@@ -27,17 +32,30 @@ const MAX_DOC: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    mode_fixed: Option<ModeFixed>,
 }
 
 impl Cache {
     /// Use `dir`, created (mode 0700) if needed; refused if it is not private to this user
     /// (see [`private::check_private_dir`]: another user's, writable by others, or a
-    /// symbolic link), fixed to 0700 if others could only read it.
+    /// symbolic link), fixed to 0700 if others could only read it ([`Cache::mode_fixed`]).
     pub fn open(dir: &Path) -> io::Result<Cache> {
-        private::check_private_dir(dir, DirKind::Data)?;
+        let mode_fixed = private::check_private_dir(dir, DirKind::Data)?;
         Ok(Cache {
             dir: dir.to_path_buf(),
+            mode_fixed,
         })
+    }
+
+    /// Whether [`Cache::open`] had to make the directory private (others could read it):
+    /// worth a warning to the user.
+    pub fn mode_fixed(&self) -> Option<&ModeFixed> {
+        self.mode_fixed.as_ref()
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 
     /// The document `name`, if stored and still reusable at `now`.
@@ -148,6 +166,33 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// What an earlier run kept for a client in `mode`: the directory documents still live
+    /// at `now`, the guard state and the circuit build times. The client checks all of it
+    /// again.
+    pub fn load(&self, mode: DirMode, now: SystemTime) -> State {
+        let mut state = State::default();
+        state.directory = self.documents(mode, now);
+        state.guards = self.guards();
+        state.build_times = self.read(BUILD_TIMES_FILE);
+        state
+    }
+
+    /// Keep what a client in `mode` handed over to persist.
+    pub fn store(&self, mode: DirMode, p: &Persist) -> io::Result<()> {
+        match p {
+            Persist::Directory {
+                kind,
+                text,
+                keep_until,
+            } => self.put_document(mode, *kind, text, SystemTime::from(*keep_until)),
+            Persist::Guards(text) => self.put_guards(text),
+            Persist::BuildTimes(text) => self.write(BUILD_TIMES_FILE, text.as_bytes()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The state file `old` with its `Guard` lines replaced by `guards`, its other lines kept.
 fn merged_state(old: &str, guards: &str) -> String {
     let mut out: String = old
@@ -168,7 +213,7 @@ mod tests {
 
     #[test]
     fn live_then_expired() {
-        let dir = std::env::temp_dir().join(format!("onion-cache-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("onion-io-cache-test-{}", std::process::id()));
         let c = Cache::open(&dir).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(c.get_live("doc", t0), None);
@@ -187,7 +232,7 @@ mod tests {
     fn directory_and_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let dir = std::env::temp_dir().join(format!("onion-cache-modes-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("onion-io-cache-modes-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let c = Cache::open(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
@@ -201,7 +246,8 @@ mod tests {
         let e = Cache::open(&dir).unwrap_err().to_string();
         assert!(e.contains("other users can write"), "{e}");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Cache::open(&dir).unwrap();
+        let c = Cache::open(&dir).unwrap();
+        assert_eq!(c.mode_fixed().map(|f| f.was), Some(0o755));
         assert_eq!(mode(&dir), 0o700);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -209,7 +255,8 @@ mod tests {
     /// The state file keeps lines that are not guards; guards read back are those written.
     #[test]
     fn guard_lines_replace_only_guard_lines() {
-        let dir = std::env::temp_dir().join(format!("onion-cache-guards-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("onion-io-cache-guards-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let c = Cache::open(&dir).unwrap();
         assert_eq!(c.guards(), None);
@@ -237,6 +284,61 @@ mod tests {
         assert_eq!(docs.descriptors.as_deref(), Some("md"));
         assert_eq!(docs.consensus, None);
         assert_eq!(c.documents(DirMode::Full, t0).descriptors, None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What a client hands over comes back at the next start, in files of mode 0600 in a
+    /// new 0700 directory; expired documents do not come back.
+    #[test]
+    fn persisted_state_round_trip() {
+        let dir = std::env::temp_dir().join(format!("onion-io-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Cache::open(&dir.join("sub")).unwrap();
+        assert_eq!(c.mode_fixed(), None);
+        let later = onion_client::Timestamp(4_000_000_000);
+        let past = onion_client::Timestamp(1_000);
+        let mode = DirMode::Micro;
+        c.store(mode, &Persist::Guards("Guard in=default rsa_id=A\n".into()))
+            .unwrap();
+        c.store(mode, &Persist::BuildTimes("times\n".into()))
+            .unwrap();
+        c.store(
+            mode,
+            &Persist::Directory {
+                kind: DocKind::Consensus,
+                text: "cons".into(),
+                keep_until: later,
+            },
+        )
+        .unwrap();
+        c.store(
+            mode,
+            &Persist::Directory {
+                kind: DocKind::Microdescs,
+                text: "mds".into(),
+                keep_until: past,
+            },
+        )
+        .unwrap();
+        let st = c.load(mode, SystemTime::now());
+        assert_eq!(st.guards.as_deref(), Some("Guard in=default rsa_id=A\n"));
+        assert_eq!(st.build_times.as_deref(), Some("times\n"));
+        assert_eq!(st.directory.consensus.as_deref(), Some("cons"));
+        assert_eq!(st.directory.descriptors, None);
+        // The full-descriptor mode keeps its documents under other names.
+        assert_eq!(
+            c.load(DirMode::Full, SystemTime::now()).directory.consensus,
+            None
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m(&dir.join("sub")), 0o700);
+            for f in [STATE_FILE, BUILD_TIMES_FILE, "cached-microdesc-consensus"] {
+                assert_eq!(m(&dir.join("sub").join(f)), 0o600, "{f}");
+            }
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
