@@ -54,6 +54,40 @@ fn main() {
         }
         return;
     }
+    if args.get(1).map(String::as_str) == Some("params") {
+        // `params MiB RTT_MS [SECOND_AFTER_MS] [NAME=VALUE ...]`: one Vegas run under those
+        // consensus values (C tor's names and ranges), its summary and wall-clock time.
+        let n = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+        let second = n(4, 0);
+        let first_param = if args.get(4).is_some_and(|a| a.contains('=')) {
+            4
+        } else {
+            5
+        };
+        let params: Result<Vec<_>, _> = args
+            .iter()
+            .skip(first_param)
+            .map(|a| cc::parse_cc_param(a))
+            .collect();
+        let cfg = params.and_then(|p| {
+            Experiment {
+                transfer: n(2, 50) << 20,
+                rtt: Duration::from_millis(n(3, 100)),
+                second_after: (first_param == 5 && second > 0)
+                    .then(|| Duration::from_millis(second)),
+                ..Experiment::default()
+            }
+            .with_consensus(&p)
+        });
+        let t = Instant::now();
+        match cfg.map(cc::run) {
+            Ok(Ok(r)) => print!("{}", r.summary()),
+            Ok(Err(e)) => println!("failed: {e}"),
+            Err(e) => println!("bad parameter: {e}"),
+        }
+        println!("  (wall clock {:.2} s)", t.elapsed().as_secs_f64());
+        return;
+    }
     let mib: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

@@ -17,6 +17,13 @@
 //! flight over time ([`CcReport::trace`]); with [`Experiment::second_after`] a second client
 //! starts the same download later over the same path, and the report gives the share of the
 //! bottleneck each got while both ran ([`CcReport::overlap`]).
+//!
+//! The Vegas parameters are C tor 0.4.9's defaults unless the experiment runs under other
+//! consensus values ([`Experiment::with_consensus`], `onion sim --bottleneck --cc-param`),
+//! as a network's authorities may set them: names and ranges are those C tor reads
+//! (onion-dir's [`onion_dir::ccparams::CC_PARAMS`]), mapped to the circuit's configuration
+//! by the same function the client and `onion relay` use
+//! ([`onion_client::dir::cc_config`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
@@ -28,6 +35,8 @@ use onion_circuit::circuit::{CircConfig, CircEvent, HandshakeKind};
 use onion_circuit::relay::RelayConfig;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
+use onion_dir::ccparams::{cc_param_spec, CcParams, CcPath};
+use onion_dir::consensus::NetParams;
 
 use crate::circuit::exit::Exit;
 use crate::circuit::net::{CircRef, Driver, LinkParams, Net, NetConfig, Node};
@@ -58,6 +67,9 @@ pub struct Experiment {
     /// `cc_cwnd_inc` 1 at `cc_cwnd_inc_rate` 31) unless an experiment asks for the values a
     /// consensus could set instead.
     pub vegas: VegasConfig,
+    /// The consensus values [`Experiment::vegas`] was made from
+    /// ([`Experiment::with_consensus`]), in the order given; empty for C tor's defaults.
+    pub consensus: Vec<(String, i32)>,
     /// Start a second client on the same path this long after the first.
     pub second_after: Option<Duration>,
     /// Interval of the trace's samples.
@@ -77,9 +89,115 @@ impl Default for Experiment {
             transfer: 50 << 20,
             congestion_control: true,
             vegas: VegasConfig::default(),
+            consensus: Vec::new(),
             second_after: None,
             sample_every: Duration::from_millis(10),
         }
+    }
+}
+
+/// Why a consensus parameter cannot be set for the experiment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CcParamError {
+    /// Not of the form `NAME=VALUE` with an Int32 value (param-spec).
+    #[error("{0:?} is not NAME=VALUE with an Int32 VALUE")]
+    Syntax(String),
+    /// C tor reads no congestion-control parameter of this name.
+    #[error("{0} is not a congestion-control consensus parameter C tor reads (cc_sscap_exit, cc_ss_max, cc_cwnd_inc, ...)")]
+    Unknown(String),
+    /// A parameter C tor reads, but not for an exit circuit's Tor Vegas.
+    #[error("{name} does not act on this experiment's exit circuit: {why}")]
+    NotUsed {
+        /// The parameter.
+        name: String,
+        /// What it is for instead.
+        why: &'static str,
+    },
+    /// The value lies outside C tor's range for the parameter (a consensus carrying it
+    /// would be clamped into the range).
+    #[error("{name}={value} is outside C tor's range [{min}, {max}] for it")]
+    OutOfRange {
+        /// The parameter.
+        name: String,
+        /// The value given.
+        value: i32,
+        /// The smallest value C tor keeps.
+        min: i32,
+        /// The largest value C tor keeps.
+        max: i32,
+    },
+    /// The same parameter twice.
+    #[error("{0} is given twice")]
+    Repeated(String),
+    /// `cc_alg=0`: fixed windows, which the experiment runs beside Vegas anyway.
+    #[error("cc_alg=0 turns congestion control off; the experiment already runs fixed windows beside Tor Vegas")]
+    Disabled,
+}
+
+/// One `NAME=VALUE` consensus parameter (param-spec's `Keyword=Int32`).
+pub fn parse_cc_param(s: &str) -> Result<(String, i32), CcParamError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| CcParamError::Syntax(s.to_owned()))?;
+    let v: i32 = v.parse().map_err(|_| CcParamError::Syntax(s.to_owned()))?;
+    if k.is_empty() {
+        return Err(CcParamError::Syntax(s.to_owned()));
+    }
+    Ok((k.to_owned(), v))
+}
+
+/// What a `cc_*` parameter C tor reads is for, if not for an exit circuit's Tor Vegas.
+fn not_for_exit_vegas(name: &str) -> Option<&'static str> {
+    if name.ends_with("_onion") {
+        Some("it sets Tor Vegas on onion-service circuits")
+    } else if name.ends_with("_sbws") {
+        Some("it sets Tor Vegas on bandwidth-scanner circuits")
+    } else if name == "cc_bwe_min" {
+        Some("C tor reads it, but Tor Vegas does not use it")
+    } else if name.starts_with("cc_xon") || name.starts_with("cc_xoff") {
+        Some("it sets stream flow control (XON/XOFF), which this download does not exercise")
+    } else {
+        None
+    }
+}
+
+impl Experiment {
+    /// The experiment with Tor Vegas as a consensus carrying `params` (`cc_*` names and values
+    /// as C tor reads them) sets it for exit circuits, at both ends; every other parameter
+    /// keeps C tor's default. Each value must lie in C tor's range for it (proposal 324
+    /// §6.5, param-spec), each name may appear once, and only parameters that act on an
+    /// exit circuit's Vegas are taken.
+    pub fn with_consensus(self, params: &[(String, i32)]) -> Result<Self, CcParamError> {
+        for (i, (name, value)) in params.iter().enumerate() {
+            let spec = cc_param_spec(name).ok_or_else(|| CcParamError::Unknown(name.clone()))?;
+            if let Some(why) = not_for_exit_vegas(name) {
+                return Err(CcParamError::NotUsed {
+                    name: name.clone(),
+                    why,
+                });
+            }
+            if !(spec.min..=spec.max).contains(value) {
+                return Err(CcParamError::OutOfRange {
+                    name: name.clone(),
+                    value: *value,
+                    min: spec.min,
+                    max: spec.max,
+                });
+            }
+            if params[..i].iter().any(|(n, _)| n == name) {
+                return Err(CcParamError::Repeated(name.clone()));
+            }
+        }
+        let net = NetParams {
+            entries: params.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        };
+        let vegas = onion_client::dir::cc_config(&CcParams::from_net_params(&net), CcPath::Exit)
+            .ok_or(CcParamError::Disabled)?;
+        Ok(Experiment {
+            vegas,
+            consensus: params.to_vec(),
+            ..self
+        })
     }
 }
 
@@ -281,6 +399,21 @@ impl CcReport {
             c.queue_limit / 1024,
             c.transfer as f64 / f64::from(1u32 << 20),
         );
+        if c.congestion_control {
+            let params: Vec<String> = c
+                .consensus
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out += &format!(
+                "  consensus parameters: {}\n",
+                if params.is_empty() {
+                    "C tor 0.4.9's defaults".to_owned()
+                } else {
+                    format!("{} (the rest C tor 0.4.9's defaults)", params.join(" "))
+                }
+            );
+        }
         for (i, d) in self.downloads.iter().enumerate() {
             out += &format!(
                 "  download {}: {} bytes in {:.3} s: {:.2} MB/s ({:.1} % of the bottleneck), max cwnd {} cells, {} circuit / {} stream SENDMEs\n",

@@ -231,3 +231,129 @@ fn a_burst_larger_than_a_channel_buffer_loses_no_cell() {
     assert!(r.max_queue > 2 << 20, "the burst queued: {}", r.summary());
     assert!(r.max_link_queue <= r.config.queue_limit as u64);
 }
+
+/// Consensus values, within C tor's ranges, with which Vegas fills a 100 ms path where C tor's
+/// defaults cannot (see the README's congestion-control section): a large first window
+/// (`cc_cwnd_init` 10,000, the largest allowed), slow start growing sixfold per round trip
+/// without RFC 3742's cap (`cc_cwnd_inc_pct_ss` 500, `cc_sscap_exit` and `cc_ss_max` out of
+/// reach), Vegas' queue thresholds at their maxima so that the burst of a large window does
+/// not end slow start early nor cut the window, and fewer, larger SENDMEs.
+const FILLING: [(&str, i32); 10] = [
+    ("cc_cwnd_init", 10_000),
+    ("cc_cwnd_inc_pct_ss", 500),
+    ("cc_sscap_exit", 100_000),
+    ("cc_ss_max", 100_000),
+    ("cc_vegas_alpha_exit", 800),
+    ("cc_vegas_beta_exit", 1000),
+    ("cc_vegas_gamma_exit", 1000),
+    ("cc_vegas_delta_exit", 100_000),
+    ("cc_cwnd_inc", 10),
+    ("cc_sendme_inc", 62),
+];
+
+fn filling() -> Vec<(String, i32)> {
+    FILLING.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+#[test]
+fn consensus_values_in_range_fill_a_100ms_bottleneck_that_defaults_cannot() {
+    // 20 MiB instead of the reference 50 (which reaches 91 % in the README): enough for the
+    // window to be at the bandwidth-delay product for most of the transfer.
+    let base = Experiment {
+        rtt: Duration::from_millis(100),
+        transfer: 20 << 20,
+        ..Experiment::default()
+    };
+    let tuned = cc::run(
+        base.clone()
+            .with_consensus(&filling())
+            .expect("values in range"),
+    )
+    .expect("the download completes intact");
+    let d = tuned.downloads[0];
+    assert!(d.negotiated, "{}", tuned.summary());
+    assert!(
+        tuned.utilization() >= 0.80,
+        "{:.3} of the bottleneck\n{}",
+        tuned.utilization(),
+        tuned.summary()
+    );
+    // The window went past the path's bandwidth-delay product (4,864 cells at 100 ms), which
+    // C tor's cc_ss_max (5,000) and 31 cells per round trip afterwards keep it near.
+    assert!(d.max_cwnd > 6000, "{}", tuned.summary());
+    assert_eq!(d.stream_sendmes, 0);
+    // One circuit SENDME per 62 cells (20 MiB is at least 42,109 cells; a few are not full),
+    // half as many as at C tor's 31.
+    let cells = (20u64 << 20).div_ceil(498);
+    assert!(
+        d.circ_sendmes >= cells / 62 - 1 && d.circ_sendmes <= cells / 62 * 21 / 20,
+        "{} SENDMEs for {cells} cells",
+        d.circ_sendmes
+    );
+    // The link's queue keeps its bound; what waits in the middle relay's circuit queue is
+    // bounded by the window.
+    assert!(tuned.max_link_queue <= tuned.config.queue_limit as u64);
+    assert!(tuned.max_queue <= tuned.config.queue_limit as u64 + d.max_cwnd * 514);
+    let default = cc::run(base).expect("the download completes intact");
+    assert!(
+        default.utilization() < 0.6,
+        "C tor's defaults: {:.3}\n{}",
+        default.utilization(),
+        default.summary()
+    );
+}
+
+#[test]
+fn consensus_values_are_checked_against_c_tor_s_names_and_ranges() {
+    use onion_sim::cc::CcParamError;
+    let with = |p: &[(&str, i32)]| {
+        let p: Vec<(String, i32)> = p.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        Experiment::default().with_consensus(&p)
+    };
+    let e = with(&[("cc_sscap_exit", 99)]).unwrap_err();
+    assert_eq!(
+        e,
+        CcParamError::OutOfRange {
+            name: "cc_sscap_exit".into(),
+            value: 99,
+            min: 100,
+            max: i32::MAX
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "cc_sscap_exit=99 is outside C tor's range [100, 2147483647] for it"
+    );
+    assert!(matches!(
+        with(&[("cc_cwnd_init", 10_001)]),
+        Err(CcParamError::OutOfRange { max: 10_000, .. })
+    ));
+    assert!(matches!(
+        with(&[("cc_sscap_exitt", 1000)]),
+        Err(CcParamError::Unknown(n)) if n == "cc_sscap_exitt"
+    ));
+    assert!(matches!(
+        with(&[("cc_vegas_gamma_onion", 300)]),
+        Err(CcParamError::NotUsed { .. })
+    ));
+    assert!(matches!(
+        with(&[("cc_ss_max", 600), ("cc_ss_max", 700)]),
+        Err(CcParamError::Repeated(n)) if n == "cc_ss_max"
+    ));
+    assert_eq!(with(&[("cc_alg", 0)]).unwrap_err(), CcParamError::Disabled);
+    assert!(matches!(
+        cc::parse_cc_param("cc_ss_max=5e3"),
+        Err(CcParamError::Syntax(_))
+    ));
+    assert_eq!(
+        cc::parse_cc_param("cc_ss_max=-3"),
+        Ok(("cc_ss_max".to_owned(), -3))
+    );
+    // Values are applied as a consensus carrying them: the rest keep C tor's defaults.
+    let x = with(&[("cc_ss_max", 20_000), ("cc_sendme_inc", 62)]).unwrap();
+    assert_eq!((x.vegas.ss_cwnd_max, x.vegas.sendme_inc), (20_000, 62));
+    assert_eq!(x.vegas.ss_cwnd_cap, 600);
+    assert_eq!(x.consensus.len(), 2);
+    // No values: exactly the defaults the experiment uses otherwise.
+    assert_eq!(with(&[]).unwrap().vegas, Experiment::default().vegas);
+}

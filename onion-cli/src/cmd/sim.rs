@@ -71,6 +71,11 @@ pub struct Args {
     /// With --bottleneck: the path's round-trip time (default 100).
     #[arg(long, value_name = "N", requires = "bottleneck")]
     rtt_ms: Option<u64>,
+    /// With --bottleneck: run Tor Vegas as a consensus carrying NAME=VALUE would set it for
+    /// exit circuits (C tor's names and ranges, e.g. cc_sscap_exit=10000); repeatable, the
+    /// other parameters keep C tor's defaults.
+    #[arg(long = "cc-param", value_name = "NAME=VALUE", requires = "bottleneck", value_parser = parse_cc_param)]
+    cc_params: Vec<(String, i32)>,
     /// With --onion: the number of relays.
     #[arg(long, value_name = "N", requires = "onion")]
     relays: Option<usize>,
@@ -86,6 +91,11 @@ fn parse_bytes(v: &str) -> Result<u64, String> {
         return Err(format!("at most {}", sim::web::MAX_BODY));
     }
     Ok(n)
+}
+
+/// `--cc-param NAME=VALUE`: the syntax here, the name and range when the experiment is set up.
+fn parse_cc_param(v: &str) -> Result<(String, i32), String> {
+    onion_sim::cc::parse_cc_param(v).map_err(|e| e.to_string())
 }
 
 fn parse_first_hop(v: &str) -> Result<HandshakeKind, String> {

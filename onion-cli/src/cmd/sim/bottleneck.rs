@@ -78,7 +78,9 @@ pub fn run(args: &Args) -> Result<(), String> {
             .map_or(base.bottleneck, |b| b.saturating_mul(125_000).max(1)),
         transfer: args.bytes.unwrap_or(base.transfer),
         ..base
-    };
+    }
+    .with_consensus(&args.cc_params)
+    .map_err(|e| format!("--cc-param: {e}"))?;
     let run = |congestion_control: bool, second_after: Option<Duration>| {
         cc::run(Experiment {
             congestion_control,
@@ -96,6 +98,11 @@ pub fn run(args: &Args) -> Result<(), String> {
             "bottleneck_Mbps": cfg.bottleneck as f64 * 8.0 / 1e6,
             "queue_limit_bytes": cfg.queue_limit,
             "bytes": cfg.transfer,
+            "consensus_params": cfg
+                .consensus
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
             "congestion_control": report_json(&with),
             "fixed_windows": report_json(&without),
             "two_circuits": report_json(&shared),
