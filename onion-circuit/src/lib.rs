@@ -16,17 +16,25 @@
 //! # Run loop
 //!
 //! Every machine takes inputs carrying `now` (`handle_*`), then has its outputs drained
-//! (`poll_*`) before the embedder sleeps until the earliest `poll_timeout`. A client circuit
-//! on its channel, one turn:
+//! (`poll_*`) before the embedder sleeps until the earliest `poll_timeout`.
+//!
+//! Errors follow one contract. An input (`handle_cell`, `handle_timeout`,
+//! `handle_from_client`, ...) is never the caller's mistake, so it returns nothing: a peer's
+//! fault found there closes the circuit (DESTROY queued) and arrives once, as the circuit's
+//! `Closed` event carrying the typed error. A command (`begin`, `send`, `extend`, ...)
+//! returns an `Err` for what the caller must act on (a stream that does not exist, a bound,
+//! a closed circuit) and leaves the machine as it was. Every error type has a `kind()`
+//! ([`ErrorKind`]) telling apart the peer's fault, the caller's, a timeout and the rest. A
+//! client circuit on its channel, one turn:
 //!
 //! ```
 //! use onion_circuit::channel::{ChanEvent, Channel};
-//! use onion_circuit::circuit::{CircError, Circuit};
+//! use onion_circuit::circuit::{CircError, CircEvent, Circuit};
 //! use onion_circuit::Instant;
 //! use onion_cell::CircId;
 //!
 //! /// One turn: feed what arrived, then drain every output before sleeping until the
-//! /// earliest `poll_timeout`.
+//! /// earliest `poll_timeout`. `Err` once the circuit has closed on an error.
 //! fn turn(
 //!     chan: &mut Channel,
 //!     circ: &mut Circuit,
@@ -38,11 +46,11 @@
 //! ) -> Result<Option<Instant>, CircError> {
 //!     let _ = chan.handle_input(now, from_tls);
 //!     chan.handle_timeout(now);
-//!     circ.handle_timeout(now)?;
+//!     circ.handle_timeout(now);
 //!     while let Some(ev) = chan.poll_event() {
 //!         if let ChanEvent::CircuitCell { circ_id: id, msg } = ev {
 //!             if id == circ_id {
-//!                 circ.handle_cell(now, msg)?; // CREATED2, RELAY, DESTROY, ...
+//!                 circ.handle_cell(now, msg); // CREATED2, RELAY, DESTROY, ...
 //!             }
 //!         }
 //!     }
@@ -50,9 +58,20 @@
 //!     while let Some(msg) = circ.poll_cell(rng) {
 //!         let _ = chan.send(circ_id, &msg);
 //!     }
-//!     while let Some(_ev) = circ.poll_event() { /* streams opened, data, ends */ }
+//!     let mut closed = None;
+//!     while let Some(ev) = circ.poll_event() {
+//!         match ev {
+//!             // The one report of a fatal error (its DESTROY was sent above).
+//!             CircEvent::Closed { error, .. } => closed = Some(error),
+//!             _ => { /* hops added, streams opened, data, ends */ }
+//!         }
+//!     }
 //!     while chan.poll_transmit(to_tls).is_some() {}
-//!     Ok([chan.poll_timeout(), circ.poll_timeout()].into_iter().flatten().min())
+//!     match closed {
+//!         Some(Some(e)) => Err(e),
+//!         Some(None) => Ok(None),
+//!         None => Ok([chan.poll_timeout(), circ.poll_timeout()].into_iter().flatten().min()),
+//!     }
 //! }
 //! ```
 //!

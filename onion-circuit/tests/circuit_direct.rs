@@ -102,15 +102,15 @@ impl Net {
             }
             return;
         }
-        let _ = self.hops[i].handle_from_client(self.now, msg);
+        self.hops[i].handle_from_client(self.now, msg);
     }
 
     /// A cell from hop `i` (or, for `i == 0`, to the client) going toward the client.
     fn deliver_backward(&mut self, i: usize, msg: ChanMsg<'static>) {
         if i == 0 {
-            let _ = self.client.handle_cell(self.now, msg);
+            self.client.handle_cell(self.now, msg);
         } else {
-            let _ = self.hops[i - 1].handle_from_next(self.now, msg);
+            self.hops[i - 1].handle_from_next(self.now, msg);
         }
     }
 
@@ -413,6 +413,11 @@ fn truncate_then_extend_again() {
 // ---------------------------------------------------------------------------------------
 // Fault tests.
 
+/// The events waiting on the client circuit.
+fn drain(c: &mut Circuit) -> Vec<CircEvent> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
 fn closed_error(events: &[CircEvent]) -> Option<CircError> {
     events.iter().find_map(|e| match e {
         CircEvent::Closed { error, .. } => error.clone(),
@@ -427,24 +432,32 @@ fn garbage_from_the_guard_closes_the_circuit() {
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let mut junk = [0u8; 509];
     rand_chacha::rand_core::RngCore::fill_bytes(&mut rng, &mut junk);
-    let r = net
-        .client
+    net.client
         .handle_cell(net.now, ChanMsg::Relay(RelayPayload::Owned(Box::new(junk))));
-    assert_eq!(r, Err(CircError::NotRecognized));
     assert!(net.client.is_closed());
     // It queued a DESTROY with reason NONE.
     assert_eq!(
         net.client.poll_cell(&mut net.rng),
         Some(ChanMsg::Destroy(DestroyReason::NONE))
     );
-    let ev: Vec<CircEvent> = std::iter::from_fn(|| net.client.poll_event()).collect();
+    // The error is reported once, as the Closed event, with its kind.
+    let ev = drain(&mut net.client);
     assert_eq!(closed_error(&ev), Some(CircError::NotRecognized));
-    // Further input is ignored, commands refused.
     assert_eq!(
-        net.client
-            .handle_cell(net.now, ChanMsg::Destroy(DestroyReason::NONE)),
-        Ok(())
+        ev.iter()
+            .filter(|e| matches!(e, CircEvent::Closed { .. }))
+            .count(),
+        1
     );
+    assert_eq!(
+        CircError::NotRecognized.kind(),
+        onion_circuit::ErrorKind::PeerProtocol
+    );
+    // Further input is ignored (no second report), commands refused.
+    net.client
+        .handle_cell(net.now, ChanMsg::Destroy(DestroyReason::NONE));
+    assert_eq!(net.client.poll_event(), None);
+    assert_eq!(net.client.poll_cell(&mut net.rng), None);
     assert_eq!(
         net.client.begin("x", 1, BeginFlags::default(), net.now),
         Err(CircError::Closed)
@@ -457,7 +470,7 @@ fn garbage_at_a_relay_destroys_both_ways() {
     net.build();
     let junk = ChanMsg::Relay(RelayPayload::Owned(Box::new([0x5a; 509])));
     // The guard cannot recognise it and forwards it; the exit can't either: it destroys.
-    let _ = net.hops[0].handle_from_client(net.now, junk);
+    net.hops[0].handle_from_client(net.now, junk);
     net.run();
     assert!(net.hops[2].is_closed());
     assert!(net.client.is_closed());
@@ -475,17 +488,18 @@ fn garbage_at_a_relay_destroys_both_ways() {
 fn unexpected_channel_cell_and_inbound_relay_early() {
     let mut net = Net::new(12, HandshakeKind::Ntor, false, 2);
     net.build();
-    let r = net.client.handle_cell(
+    net.client.handle_cell(
         net.now,
         ChanMsg::RelayEarly(RelayPayload::Owned(Box::new([0; 509]))),
     );
-    assert!(matches!(r, Err(CircError::Unexpected(_))));
+    let r = closed_error(&drain(&mut net.client));
+    assert!(matches!(r, Some(CircError::Unexpected(_))), "{r:?}");
     let mut net = Net::new(13, HandshakeKind::Ntor, false, 2);
     net.build();
-    let r = net
-        .client
+    net.client
         .handle_cell(net.now, ChanMsg::CreateFast([0; 20]));
-    assert!(matches!(r, Err(CircError::Unexpected(_))));
+    let r = closed_error(&drain(&mut net.client));
+    assert!(matches!(r, Some(CircError::Unexpected(_))), "{r:?}");
 }
 
 /// A relay answering EXTEND2 with a corrupted handshake: the client closes with a handshake
@@ -512,7 +526,7 @@ fn extended2_with_bad_handshake_reply() {
     let bogus = ChanMsg::Created2(onion_cell::chancell::Created2 {
         hdata: vec![7u8; 64].into(),
     });
-    let _ = net.hops[0].handle_from_next(net.now, bogus);
+    net.hops[0].handle_from_next(net.now, bogus);
     net.run();
     let err = closed_error(&net.take_client_events());
     assert!(
@@ -591,9 +605,8 @@ fn window_overrun_closes_the_circuit() {
     assert_eq!(net.hops[0].send(es, &big).expect("send"), full);
     while let Some(out) = net.hops[0].poll_cell(&mut net.rng) {
         if let RelayOutput::ToClient(m) = out {
-            net.client
-                .handle_cell(net.now, m)
-                .expect("within the window");
+            net.client.handle_cell(net.now, m);
+            assert!(!net.client.is_closed(), "within the window");
         }
     }
     // Emulate an exit that ignores its window: grant it 50 more cells behind the client's
@@ -601,22 +614,22 @@ fn window_overrun_closes_the_circuit() {
     let grant = onion_cell::relaymsg::RelayMsg::Sendme(Default::default());
     net.client.send_msg(0, Some(cs), &grant).expect("send_msg");
     while let Some(m) = net.client.poll_cell(&mut net.rng) {
-        let _ = net.hops[0].handle_from_client(net.now, m);
+        net.hops[0].handle_from_client(net.now, m);
     }
     assert_eq!(
         net.hops[0].send(es, &big).expect("send"),
         50 * 498 - onion_circuit::flow::SENDME_UNPREDICTABLE_GAP
     );
-    let mut result = Ok(());
     while let Some(out) = net.hops[0].poll_cell(&mut net.rng) {
         if let RelayOutput::ToClient(m) = out {
-            result = result.and(net.client.handle_cell(net.now, m));
+            net.client.handle_cell(net.now, m);
         }
     }
+    let result = closed_error(&drain(&mut net.client));
     assert!(
         matches!(
             result,
-            Err(CircError::Stream(
+            Some(CircError::Stream(
                 onion_circuit::stream::StreamError::Flow {
                     err: FlowError::WindowOverrun(onion_circuit::flow::WindowKind::Stream),
                     ..
@@ -722,7 +735,7 @@ fn destroy_mid_stream_ends_streams() {
     net.run();
     net.take_client_events();
     // The middle's next side dies: it destroys toward the client.
-    let _ = net.hops[1].handle_from_next(net.now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
+    net.hops[1].handle_from_next(net.now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
     net.run();
     let ev = net.take_client_events();
     assert!(ev.contains(&CircEvent::StreamEnded {
@@ -755,22 +768,19 @@ fn relay_that_never_answers_times_out() {
     let build_deadline = net.now + Duration::from_secs(60);
     let mut deadline = net.client.poll_timeout().expect("a timer armed");
     while deadline < build_deadline {
-        assert_eq!(net.client.handle_timeout(deadline), Ok(()));
+        net.client.handle_timeout(deadline);
         assert!(!net.client.is_closed());
         deadline = net.client.poll_timeout().expect("build timeout armed");
     }
     assert_eq!(deadline, build_deadline);
-    assert_eq!(
-        net.client.handle_timeout(net.now + Duration::from_secs(59)),
-        Ok(())
-    );
+    net.client.handle_timeout(net.now + Duration::from_secs(59));
     assert!(!net.client.is_closed());
     net.now = deadline;
-    assert_eq!(
-        net.client.handle_timeout(net.now),
-        Err(CircError::BuildTimeout { hop: 1 })
-    );
+    net.client.handle_timeout(net.now);
     assert!(net.client.is_closed());
+    let e = closed_error(&drain(&mut net.client));
+    assert_eq!(e, Some(CircError::BuildTimeout { hop: 1 }));
+    assert_eq!(e.map(|e| e.kind()), Some(onion_circuit::ErrorKind::Timeout));
     net.run();
     assert!(net.hops[0].is_closed(), "the DESTROY reached the guard");
 }
@@ -788,7 +798,8 @@ fn stream_connect_timeout() {
     let ended = loop {
         let t = net.client.poll_timeout().expect("stream timeout armed");
         net.now = t;
-        net.client.handle_timeout(t).expect("not fatal");
+        net.client.handle_timeout(t);
+        assert!(!net.client.is_closed(), "not fatal");
         if let Some(e) = net.client.poll_event() {
             break e;
         }
@@ -804,7 +815,8 @@ fn stream_connect_timeout() {
     // Only the idle check is left, and it stops once the circuit is compacted.
     for _ in 0..2 {
         if let Some(t) = net.client.poll_timeout() {
-            net.client.handle_timeout(t).expect("not fatal");
+            net.client.handle_timeout(t);
+            assert!(!net.client.is_closed(), "not fatal");
         }
     }
     assert!(net.client.is_compact());
@@ -874,7 +886,7 @@ fn raw_data_beyond_the_window_at_the_exit() {
         let _ = net.client.send_raw(0, body, false);
     }
     while let Some(m) = net.client.poll_cell(&mut net.rng) {
-        let _ = net.hops[0].handle_from_client(net.now, m);
+        net.hops[0].handle_from_client(net.now, m);
     }
     assert!(net.hops[0].is_closed(), "stream window overrun at the exit");
 }
@@ -956,15 +968,32 @@ fn relay_closes_the_circuit_after_eight_relay_early() {
         let Some(ChanMsg::Relay(p)) = net.client.poll_cell(&mut net.rng) else {
             panic!("a RELAY cell")
         };
-        let r = net.hops[0].handle_from_client(net.now, ChanMsg::RelayEarly(p));
+        net.hops[0].handle_from_client(net.now, ChanMsg::RelayEarly(p));
         if i < 8 {
-            assert_eq!(r, Ok(()), "RELAY_EARLY {i}");
-            assert!(!net.hops[0].is_closed());
+            assert!(!net.hops[0].is_closed(), "RELAY_EARLY {i}");
         } else {
-            assert!(r.is_err());
             assert!(net.hops[0].is_closed());
         }
     }
+    // The client side's violation: DESTROY PROTOCOL toward it (tor-spec §5.4), and the
+    // error reported once, as the Closed event.
+    assert_eq!(
+        net.hops[0].poll_cell(&mut net.rng),
+        Some(RelayOutput::ToClient(ChanMsg::Destroy(
+            DestroyReason::PROTOCOL
+        )))
+    );
+    let closed: Vec<RelayEvent> = std::iter::from_fn(|| net.hops[0].poll_event())
+        .filter(|e| matches!(e, RelayEvent::Closed { .. }))
+        .collect();
+    assert!(
+        matches!(
+            &closed[..],
+            [RelayEvent::Closed { error: Some(e) }] if e.kind() == onion_circuit::ErrorKind::PeerProtocol
+        ),
+        "{closed:?}"
+    );
+    net.deliver_backward(0, ChanMsg::Destroy(DestroyReason::PROTOCOL));
     // The relay sent DESTROY toward the client.
     net.run();
     assert!(net.client.is_closed());
@@ -991,9 +1020,8 @@ fn exit_half_closed_stream_expires_by_timer() {
         .end_stream(es, EndReason::DONE)
         .expect("end_stream");
     while let Some(m) = net.client.poll_cell(&mut net.rng) {
-        net.hops[0]
-            .handle_from_client(net.now, m)
-            .expect("late DATA absorbed");
+        net.hops[0].handle_from_client(net.now, m);
+        assert!(!net.hops[0].is_closed(), "late DATA absorbed");
     }
     net.run();
     assert!(!net
@@ -1034,7 +1062,7 @@ fn destroy_with_reason_sends_that_reason_and_only_once() {
         Some(ChanMsg::Destroy(DestroyReason::PROTOCOL))
     );
     assert_eq!(net.client.poll_cell(&mut net.rng), None);
-    let ev: Vec<CircEvent> = std::iter::from_fn(|| net.client.poll_event()).collect();
+    let ev = drain(&mut net.client);
     assert!(ev.contains(&CircEvent::Closed {
         remote_reason: None,
         error: None

@@ -225,7 +225,8 @@ fn transfer(
                         id = Some(c);
                     }
                     ChanEvent::CircuitCell { msg, .. } => {
-                        circ.handle_cell(now(t0), msg).expect("cell");
+                        circ.handle_cell(now(t0), msg);
+                        assert!(!circ.is_closed(), "cell");
                     }
                     ChanEvent::Closed(e) => panic!("channel closed: {e:?}"),
                     _ => {}

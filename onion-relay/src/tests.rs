@@ -253,7 +253,7 @@ impl Net {
             r.handle_timeout(self.now, wall);
         }
         for c in &mut self.circs {
-            let _ = c.circ.handle_timeout(self.now);
+            c.circ.handle_timeout(self.now);
         }
         self.run();
     }
@@ -334,7 +334,7 @@ impl Net {
                 ChanEvent::CircuitCell { circ_id, msg } => {
                     if let Some(&i) = self.clients[c].circs.get(&circ_id.get()) {
                         let now = self.now;
-                        let _ = self.circs[i].circ.handle_cell(now, msg);
+                        self.circs[i].circ.handle_cell(now, msg);
                     }
                 }
                 ChanEvent::Closed(_) => {

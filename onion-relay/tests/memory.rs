@@ -43,7 +43,8 @@ fn pump(relay: &mut Relay, chan: &mut Channel, circs: &mut [Circuit], ids: &[u32
                 while let Some(ev) = chan.poll_event() {
                     if let ChanEvent::CircuitCell { circ_id, msg } = ev {
                         if let Some(i) = ids.iter().position(|x| *x == circ_id.get()) {
-                            circs[i].handle_cell(now, msg).expect("cell");
+                            circs[i].handle_cell(now, msg);
+                            assert!(!circs[i].is_closed(), "cell");
                         }
                     }
                 }

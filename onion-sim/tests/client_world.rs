@@ -103,7 +103,7 @@ impl Raw {
                 }
                 ChanEvent::CircuitCell { msg, .. } => {
                     if let Some((_, c)) = &mut self.circ {
-                        let _ = c.handle_cell(now, msg);
+                        c.handle_cell(now, msg);
                     }
                 }
                 ChanEvent::Closed(_) => self.closed = true,

@@ -73,7 +73,7 @@ fn negotiate(
     let (r, reply) =
         RelayCircuit::accept_with_server_msg(&keys, &create, Instant::ZERO, &mut rng, server_msg)
             .unwrap();
-    let res = c.handle_cell(Instant::ZERO, reply);
+    let res = c.try_cell(Instant::ZERO, reply);
     while c.poll_event().is_some() {}
     (res, hlen, c, r, rng)
 }
@@ -166,12 +166,12 @@ fn pump(
 ) -> Vec<RelayEvent> {
     while let Some(m) = c.poll_cell(rng) {
         if deliver {
-            r.handle_from_client(Instant::ZERO, m).expect("relay input");
+            r.try_from_client(Instant::ZERO, m).expect("relay input");
         }
     }
     while let Some(out) = r.poll_cell(rng) {
         if let RelayOutput::ToClient(m) = out {
-            c.handle_cell(c.last_now, m).expect("client input");
+            c.try_cell(c.last_now, m).expect("client input");
         }
     }
     std::iter::from_fn(|| r.poll_event()).collect()
@@ -260,7 +260,7 @@ fn sending_is_limited_by_cwnd_and_a_sendme_takes_an_rtt_sample() {
 
     // The right digest, 50 ms after the cells were queued: one RTT sample of 50 ms,
     // slow start adds 31 (the window was full), 31 cells acknowledged.
-    c.handle_timeout(Instant::ZERO + Duration::from_millis(50))
+    c.try_timeout(Instant::ZERO + Duration::from_millis(50))
         .unwrap();
     let mut good = vec![1u8, 0, 20];
     good.extend_from_slice(&expected[0]);
@@ -337,7 +337,7 @@ fn xoff_from_the_exit_stops_the_stream_until_xon() {
         wake <= Instant::ZERO + Duration::from_millis(60),
         "{wake:?}"
     );
-    c.handle_timeout(wake).unwrap();
+    c.try_timeout(wake).unwrap();
     assert!(c.send(id, &[7u8; 498]).unwrap() > 0);
     // XON with rate 0 lifts the limit.
     from_relay(

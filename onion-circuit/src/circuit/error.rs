@@ -9,9 +9,11 @@ use crate::stream::{StreamError, StreamId};
 
 /// Why a client circuit operation failed or why the circuit closed.
 ///
-/// Errors returned by [`super::Circuit::handle_cell`] and [`super::Circuit::handle_timeout`]
-/// are fatal: the circuit has queued a DESTROY and is closed. Errors from user commands
-/// (`begin`, `send`, `extend`, ...) leave the circuit as it was.
+/// Two ways to meet one: a command (`begin`, `send`, `extend`, ...) returns it, and then the
+/// circuit is as it was (the caller's mistake, a bound, a closed circuit); or a fault of a
+/// hop found while handling an input ([`super::Circuit::handle_cell`],
+/// [`super::Circuit::handle_timeout`], which return nothing) closes the circuit, and the
+/// error arrives once, in [`super::CircEvent::Closed`]. [`CircError::kind`] tells them apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CircError {

@@ -47,7 +47,7 @@ fn ntor_kh_is_the_digest_after_the_tor1_keys() {
     };
     let (reply, gen) =
         onion_crypto::ntor::server(&mut rng, &keys.rsa_id, &keys.ntor_keys, &c2.hdata).unwrap();
-    c.handle_cell(
+    c.try_cell(
         Instant::ZERO,
         ChanMsg::Created2(Created2 {
             hdata: reply.to_vec().into(),
@@ -79,7 +79,7 @@ fn create_fast_kh_is_the_reply_kh() {
     y.copy_from_slice(&reply[..20]);
     let mut kh = [0u8; 20];
     kh.copy_from_slice(&reply[20..]);
-    c.handle_cell(Instant::ZERO, ChanMsg::CreatedFast { y, kh })
+    c.try_cell(Instant::ZERO, ChanMsg::CreatedFast { y, kh })
         .unwrap();
     assert_eq!(c.hop_kh(0), Some(&kh));
 }
@@ -101,7 +101,7 @@ pub(super) fn one_hop(accept: bool) -> (Circuit, RelayCircuit, ChaCha20Rng) {
     )
     .unwrap();
     let (r, reply) = RelayCircuit::accept(&keys, &create, Instant::ZERO, &mut rng).unwrap();
-    c.handle_cell(Instant::ZERO, reply).unwrap();
+    c.try_cell(Instant::ZERO, reply).unwrap();
     while c.poll_event().is_some() {}
     (c, r, rng)
 }
@@ -125,7 +125,7 @@ pub(super) fn from_relay(
     .unwrap();
     while let Some(out) = r.poll_cell(rng) {
         if let RelayOutput::ToClient(m) = out {
-            let _ = c.handle_cell(Instant::ZERO, m);
+            c.handle_cell(Instant::ZERO, m);
         }
     }
 }
@@ -173,10 +173,10 @@ fn begin_with_empty_host_is_an_incoming_stream() {
     // The relay recognises what the circuit sent: END for stream 6, then CONNECTED (which a
     // rendezvous point would forward, and a plain relay refuses).
     let end = c.poll_cell(&mut rng).unwrap();
-    r.handle_from_client(Instant::ZERO, end).unwrap();
+    r.try_from_client(Instant::ZERO, end).unwrap();
     let connected = c.poll_cell(&mut rng).unwrap();
     assert_eq!(
-        r.handle_from_client(Instant::ZERO, connected).unwrap_err(),
+        r.try_from_client(Instant::ZERO, connected).unwrap_err(),
         crate::relay::RelayError::UnexpectedMsg(RelayCmd::CONNECTED)
     );
     // The stream is open for data.
@@ -239,7 +239,7 @@ fn begin_past_the_stream_cap_is_refused_without_an_event() {
     // Exactly one cell went out for it (the END), and the relay reads it as a valid cell.
     let end = c.poll_cell(&mut rng).expect("END RESOURCELIMIT");
     assert!(c.poll_cell(&mut rng).is_none());
-    r.handle_from_client(Instant::ZERO, end).unwrap();
+    r.try_from_client(Instant::ZERO, end).unwrap();
     // Once a stream is gone, a new BEGIN is accepted again.
     c.reject_stream(StreamId::new(1).unwrap(), EndReason::DONE)
         .unwrap();

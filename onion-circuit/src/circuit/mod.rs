@@ -24,10 +24,14 @@
 //! [`RELAY_EARLY_RESERVED_FOR_EXTEND`] for later extensions; never more than
 //! [`MAX_RELAY_EARLY`] in all.
 //!
-//! Fatal protocol errors (a cell recognised by no hop, a bad SENDME digest, a window overrun,
-//! a bad handshake reply, a build timeout) close the circuit: a DESTROY (reason NONE, as an OP
-//! must use, tor-spec §5.4) is queued, every stream ends, and [`CircEvent::Closed`] reports the
-//! error. Nothing here panics on peer input.
+//! Errors: a command (`begin`, `send`, `extend`, ...) returns an `Err` only for what the
+//! caller can act on (a stream or hop that does not exist, a bound, a closed circuit), and
+//! leaves the circuit as it was. Inputs ([`Circuit::handle_cell`],
+//! [`Circuit::handle_timeout`]) return nothing: a hop's fault (a cell recognised by no hop, a
+//! bad SENDME digest, a window overrun, a bad handshake reply) or a build timeout closes the
+//! circuit: a DESTROY (reason NONE, as an OP must use, tor-spec §5.4) is queued, every stream
+//! ends, and [`CircEvent::Closed`] reports the error, once. Nothing here panics on peer
+//! input.
 
 #[cfg(test)]
 mod cc_tests;
@@ -255,8 +259,10 @@ pub enum CircEvent {
         /// The requested port.
         port: u16,
     },
-    /// The circuit is closed. `error` is `None` when the peer sent DESTROY or the user
-    /// closed it, and says what went wrong otherwise.
+    /// The circuit is closed; the last event of the circuit. `error` is `None` when the
+    /// peer sent DESTROY or the user closed it, and says what went wrong otherwise: this is
+    /// the one place a fatal error is reported ([`CircError::kind`] tells a hop's violation
+    /// from a timeout).
     Closed {
         /// The DESTROY reason received, if the peer destroyed it.
         remote_reason: Option<DestroyReason>,
@@ -1196,22 +1202,35 @@ impl Circuit {
         });
     }
 
-    fn fail(&mut self, err: CircError) -> Result<(), CircError> {
+    /// Close the circuit on a fatal error found while handling an input: DESTROY queued,
+    /// streams ended, and the error reported once, in [`CircEvent::Closed`].
+    fn fail(&mut self, err: CircError) {
         if !self.closed {
-            self.close(None, Some(err.clone()));
+            self.close(None, Some(err));
         }
-        Err(err)
     }
 
     /// Handle a cell the channel delivered for this circuit.
     ///
-    /// An error is fatal: the circuit is closed (DESTROY queued, [`CircEvent::Closed`]).
-    pub fn handle_cell(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), CircError> {
+    /// Nothing is returned: a cell is never the caller's mistake. A cell that breaks the
+    /// protocol (unrecognised by every hop, malformed, out of place, a window overrun, a
+    /// handshake reply that does not verify) closes the circuit (tor-spec §5.4, §5.5.3):
+    /// DESTROY is queued for [`Circuit::poll_cell`] and the error arrives once, as
+    /// [`CircEvent::Closed`] from [`Circuit::poll_event`]. A cell for a closed circuit is
+    /// ignored.
+    pub fn handle_cell(&mut self, now: Instant, msg: ChanMsg<'_>) {
         self.see(now);
         if self.closed {
             // tor-spec §5.4: after DESTROY, ignore everything for the circuit.
-            return Ok(());
+            return;
         }
+        if let Err(e) = self.on_cell(msg) {
+            self.fail(e);
+        }
+    }
+
+    /// [`Circuit::handle_cell`] on an open circuit; an error is fatal.
+    fn on_cell(&mut self, msg: ChanMsg<'_>) -> Result<(), CircError> {
         match msg {
             ChanMsg::Created2(c) => self.handle_created(&c.hdata, false),
             ChanMsg::CreatedFast { y, kh } => {
@@ -1224,15 +1243,13 @@ impl Circuit {
                 self.mark_used();
                 self.handle_relay(p)
             }
-            ChanMsg::RelayEarly(_) => {
-                self.fail(CircError::Unexpected(Unexpected::InboundRelayEarly))
-            }
+            ChanMsg::RelayEarly(_) => Err(CircError::Unexpected(Unexpected::InboundRelayEarly)),
             ChanMsg::Destroy(reason) => {
                 self.close(Some(reason), None);
                 Ok(())
             }
             ChanMsg::Padding | ChanMsg::Vpadding { .. } => Ok(()),
-            other => self.fail(CircError::Unexpected(Unexpected::ChanCell(other.cmd()))),
+            other => Err(CircError::Unexpected(Unexpected::ChanCell(other.cmd()))),
         }
     }
 
@@ -1243,7 +1260,7 @@ impl Circuit {
             onion_cell::ChanCmd::CREATED2
         };
         if !self.hops.is_empty() {
-            return self.fail(CircError::Unexpected(Unexpected::ChanCell(cmd)));
+            return Err(CircError::Unexpected(Unexpected::ChanCell(cmd)));
         }
         match &self.pending {
             Some(Pending {
@@ -1254,7 +1271,7 @@ impl Circuit {
                 handshake: PendingHandshake::Ntor(_) | PendingHandshake::NtorV3(_),
                 ..
             }) if !fast => {}
-            _ => return self.fail(CircError::Unexpected(Unexpected::ChanCell(cmd))),
+            _ => return Err(CircError::Unexpected(Unexpected::ChanCell(cmd))),
         }
         self.finish_handshake(reply)
     }
@@ -1263,7 +1280,7 @@ impl Circuit {
     fn finish_handshake(&mut self, reply: &[u8]) -> Result<(), CircError> {
         let hop = self.hops.len();
         let Some(pending) = self.pending.take() else {
-            return self.fail(CircError::Unexpected(Unexpected::RelayMsg(
+            return Err(CircError::Unexpected(Unexpected::RelayMsg(
                 RelayCmd::EXTENDED2,
             )));
         };
@@ -1279,28 +1296,25 @@ impl Circuit {
         };
         let keys = match keys {
             Ok(k) => k,
-            Err(err) => return self.fail(CircError::Handshake { hop, err }),
+            Err(err) => return Err(CircError::Handshake { hop, err }),
         };
         let cc = match self.negotiated_cc(pending.cc_requested, server_msg.as_deref()) {
             Ok(cc) => cc,
-            Err(err) => return self.fail(CircError::CongestionControl { hop, err }),
+            Err(err) => return Err(CircError::CongestionControl { hop, err }),
         };
-        let layer = match hop_from_keys(&keys) {
-            Ok(l) => l,
-            Err(e) => return self.fail(e),
-        };
+        let layer = hop_from_keys(&keys)?;
         let mut kh = HopKh([0; KH_LEN]);
         if fast {
             // CREATED_FAST carries KH itself (tor-spec §5.1.5: Y | KH).
             match reply.get(20..20 + KH_LEN) {
                 Some(k) => kh.0.copy_from_slice(k),
-                None => return self.fail(CircError::HandshakeUnsupported("CREATED_FAST length")),
+                None => return Err(CircError::HandshakeUnsupported("CREATED_FAST length")),
             }
         } else {
             match keys.expand(tor1::TOR1_KEY_LEN + KH_LEN) {
                 Ok(m) => kh.0.copy_from_slice(&m[tor1::TOR1_KEY_LEN..]),
                 Err(e) => {
-                    return self.fail(CircError::Handshake {
+                    return Err(CircError::Handshake {
                         hop,
                         err: onion_crypto::HandshakeError::Kdf(e),
                     })
@@ -1360,30 +1374,23 @@ impl Circuit {
         let mut body = payload.into_box();
         let hop = match self.crypto.decrypt_inbound(&mut body) {
             Ok(h) => h,
-            Err(_) => return self.fail(CircError::NotRecognized),
+            Err(_) => return Err(CircError::NotRecognized),
         };
         if body[CMD_OFFSET] == RelayCmd::DATA.0 {
             // The bulk of the traffic: handed to the embedding in the cell's own buffer, with
             // no copy (see `data_bytes`).
             let (stream, len) = match data_cell_header(&body) {
                 Ok(h) => h,
-                Err(err) => return self.fail(CircError::Malformed { hop, err }),
+                Err(err) => return Err(CircError::Malformed { hop, err }),
             };
-            return match self.on_data(hop, stream, move || data_bytes(body, len)) {
-                Ok(()) => Ok(()),
-                Err(e) => self.fail(e),
-            };
+            return self.on_data(hop, stream, move || data_bytes(body, len));
         }
         let cell = match RelayCell::decode(&body) {
             Ok(c) => c,
-            Err(err) => return self.fail(CircError::Malformed { hop, err }),
+            Err(err) => return Err(CircError::Malformed { hop, err }),
         };
         let stream = StreamId::to_field(cell.stream_id);
-        let r = self.dispatch(hop, stream, cell.msg);
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(e),
-        }
+        self.dispatch(hop, stream, cell.msg)
     }
 
     fn dispatch(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
@@ -1607,13 +1614,17 @@ impl Circuit {
         Ok(())
     }
 
-    /// Handle the passing of time: build timeout and stream connect/resolve timeouts.
+    /// Handle the passing of time: the build timeout, stream connect/resolve timeouts,
+    /// half-closed windows, XON pacing and the idle check.
     ///
-    /// Returns the error when the build timeout closed the circuit.
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), CircError> {
+    /// Nothing is returned, as for [`Circuit::handle_cell`]: a hop that does not answer
+    /// CREATE2/EXTEND2 in time ([`CircConfig::build_timeout`]) closes the circuit and the
+    /// [`CircError::BuildTimeout`] arrives once, as [`CircEvent::Closed`]; a stream whose
+    /// BEGIN or RESOLVE went unanswered ends with [`CircEvent::StreamEnded`] (TIMEOUT).
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.see(now);
         if self.closed {
-            return Ok(());
+            return;
         }
         if let Some(p) = &self.pending {
             if p.deadline <= now {
@@ -1655,7 +1666,6 @@ impl Circuit {
                 self.compact();
             }
         }
-        Ok(())
     }
 
     /// When [`Circuit::handle_timeout`] must next be called: the build timeout, a stream's
@@ -1902,6 +1912,40 @@ impl Circuit {
                 self.stats.stream_sendmes_sent += 1;
                 self.queue_relay(hop, body);
             }
+        }
+    }
+}
+
+/// Inputs with the error they closed the circuit with, for the crate's tests: what an
+/// embedding learns from the [`CircEvent::Closed`] the input queued (the event stays queued).
+#[cfg(test)]
+impl Circuit {
+    /// [`Circuit::handle_cell`], then `Err` with the error if this cell closed the circuit.
+    pub(crate) fn try_cell(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), CircError> {
+        let was_closed = self.closed;
+        self.handle_cell(now, msg);
+        self.close_error(was_closed)
+    }
+
+    /// [`Circuit::handle_timeout`], then `Err` with the error if the timeout closed it.
+    pub(crate) fn try_timeout(&mut self, now: Instant) -> Result<(), CircError> {
+        let was_closed = self.closed;
+        self.handle_timeout(now);
+        self.close_error(was_closed)
+    }
+
+    fn close_error(&self, was_closed: bool) -> Result<(), CircError> {
+        if was_closed || !self.closed {
+            return Ok(());
+        }
+        let closed = self.events.iter().rev().find_map(|e| match e {
+            CircEvent::Closed { error, .. } => Some(error.clone()),
+            _ => None,
+        });
+        match closed {
+            Some(Some(e)) => Err(e),
+            Some(None) => Ok(()),
+            None => panic!("closed without a Closed event"),
         }
     }
 }

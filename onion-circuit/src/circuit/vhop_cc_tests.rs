@@ -55,7 +55,7 @@ fn vhop(cc: Option<CcConfig>) -> Vhop {
     };
     let (reply, gen) =
         onion_crypto::ntor::server(&mut rng, &keys.rsa_id, &keys.ntor_keys, &c2.hdata).unwrap();
-    c.handle_cell(
+    c.try_cell(
         Instant::ZERO,
         ChanMsg::Created2(Created2 {
             hdata: reply.to_vec().into(),
@@ -82,7 +82,7 @@ impl Vhop {
         self.far.originate_inbound(&mut body);
         self.r0.encrypt_inbound(&mut body);
         self.c
-            .handle_cell(self.c.last_now, ChanMsg::Relay(RelayPayload::Owned(body)))
+            .try_cell(self.c.last_now, ChanMsg::Relay(RelayPayload::Owned(body)))
     }
 
     /// The circuit's queued cells as the far end reads them, with the far end's received
@@ -166,8 +166,7 @@ fn a_congestion_controlled_virtual_hop_sends_up_to_cwnd_and_takes_sendmes() {
     assert_eq!(v.c.congestion_control(1).unwrap().inflight(), 124);
     // The SENDME for the first 31 cells echoes the digest of the 31st cell (tor-spec §7.3.1).
     let tag = cells[30].2;
-    let _ =
-        v.c.handle_timeout(Instant::ZERO + Duration::from_millis(80));
+    v.c.handle_timeout(Instant::ZERO + Duration::from_millis(80));
     v.deliver_from_far(
         0,
         RelayMsg::Sendme(onion_cell::relaymsg::Sendme { tag: Some(tag) }),

@@ -63,7 +63,7 @@ fn one_hop(request: bool, config: &RelayConfig) -> (Circuit, RelayCircuit, ChaCh
         Circuit::create(cfg, &target, HandshakeKind::NtorV3, at(0), &mut rng).unwrap()
     };
     let (r, reply) = RelayCircuit::accept_with(&keys, config, &create, at(0), &mut rng).unwrap();
-    c.handle_cell(at(0), reply)
+    c.try_cell(at(0), reply)
         .expect("the client accepts the answer");
     while c.poll_event().is_some() {}
     (c, r, rng)
@@ -81,12 +81,12 @@ fn pump(
         let mut moved = false;
         while let Some(m) = c.poll_cell(rng) {
             moved = true;
-            r.handle_from_client(now, m).expect("relay input");
+            r.try_from_client(now, m).expect("relay input");
         }
         while let Some(out) = r.poll_cell(rng) {
             moved = true;
             if let RelayOutput::ToClient(m) = out {
-                c.handle_cell(now, m).expect("client input");
+                c.try_cell(now, m).expect("client input");
             }
         }
         while let Some(e) = r.poll_event() {
@@ -370,7 +370,7 @@ fn once_extended_it_only_forwards() {
     c.extend(&next, at(0), &mut rng).unwrap();
     let evs = pump(&mut c, &mut r, &mut rng, at(0));
     assert!(matches!(evs.as_slice(), [RelayEvent::Extend(_)]), "{evs:?}");
-    r.handle_from_next(
+    r.try_from_next(
         at(1),
         ChanMsg::Created2(Created2 {
             hdata: vec![0; 64].into(),
@@ -387,12 +387,12 @@ fn once_extended_it_only_forwards() {
         let mut body = Box::new([0u8; 509]);
         body[..4].copy_from_slice(&i.to_be_bytes());
         body[4] = 0xff;
-        r.handle_from_client(
+        r.try_from_client(
             at(2),
             ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body.clone())),
         )
         .unwrap();
-        r.handle_from_next(
+        r.try_from_next(
             at(2),
             ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body)),
         )
@@ -436,11 +436,11 @@ proptest! {
             }
             if deliver {
                 while let Some(m) = to_client.pop_front() {
-                    c.handle_cell(at(now), m).unwrap();
+                    c.try_cell(at(now), m).unwrap();
                 }
                 while c.poll_event().is_some() {}
                 while let Some(m) = c.poll_cell(&mut rng) {
-                    r.handle_from_client(at(now), m).unwrap();
+                    r.try_from_client(at(now), m).unwrap();
                 }
             }
             let cc = r.congestion_control().unwrap();
@@ -493,7 +493,7 @@ fn a_local_no_such_stream_is_misuse_and_a_peer_violation_destroys_with_protocol(
     body[onion_cell::relay::CMD_OFFSET] = RelayCmd::DATA.0;
     c.send_raw(0, body, false).unwrap();
     let m = c.poll_cell(&mut rng).expect("the cell");
-    let err = r.handle_from_client(at(0), m).unwrap_err();
+    let err = r.try_from_client(at(0), m).unwrap_err();
     assert_eq!(err.kind(), crate::ErrorKind::PeerProtocol);
     assert!(matches!(
         r.poll_cell(&mut rng),

@@ -19,8 +19,57 @@
 //! * BEGIN_DIR → [`RelayEvent::BeginDir`], answered by the embedding's directory service.
 //! * RESOLVE → [`RelayEvent::Resolve`], answered with [`RelayCircuit::resolved`].
 //!
-//! Run loop, as for the client circuit: after every input drain [`RelayCircuit::poll_cell`]
-//! (each output says which side it goes to) and [`RelayCircuit::poll_event`].
+//! Run loop, as for the client circuit: inputs with `now` ([`RelayCircuit::handle_from_client`],
+//! [`RelayCircuit::handle_from_next`], [`RelayCircuit::handle_timeout`], which return
+//! nothing), then drain [`RelayCircuit::poll_cell`] (each output says which side it goes to)
+//! and [`RelayCircuit::poll_event`] before sleeping until [`RelayCircuit::poll_timeout`]. A
+//! cell that breaks the protocol closes the circuit: DESTROY goes toward the client with the
+//! reason its error's kind gives ([`RelayError::destroy_reason`], tor-spec §5.4) and the error
+//! arrives once, as [`RelayEvent::Closed`]. Commands (`send`, `connected`, `end_stream`, ...)
+//! return an `Err` only for the caller's mistakes and leave the circuit as it was.
+//!
+//! ```
+//! use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayOutput};
+//! use onion_circuit::Instant;
+//! use onion_cell::chancell::ChanMsg;
+//!
+//! /// One turn of an exit's circuit: a cell from the client side, then every output.
+//! fn turn(
+//!     rc: &mut RelayCircuit,
+//!     now: Instant,
+//!     from_client: Option<ChanMsg<'_>>,
+//!     to_client: &mut Vec<ChanMsg<'static>>,
+//!     to_next: &mut Vec<ChanMsg<'static>>,
+//!     rng: &mut impl rand_core::CryptoRngCore,
+//! ) -> Option<Instant> {
+//!     if let Some(msg) = from_client {
+//!         rc.handle_from_client(now, msg);
+//!     }
+//!     if rc.poll_timeout().is_some_and(|t| t <= now) {
+//!         rc.handle_timeout(now);
+//!     }
+//!     while let Some(out) = rc.poll_cell(rng) {
+//!         match out {
+//!             RelayOutput::ToClient(m) => to_client.push(m),
+//!             RelayOutput::ToNext(m) => to_next.push(m),
+//!         }
+//!     }
+//!     while let Some(ev) = rc.poll_event() {
+//!         match ev {
+//!             // The one report of a fatal error; its DESTROY is already in `to_client`.
+//!             RelayEvent::Closed { error } => {
+//!                 if let Some(e) = error {
+//!                     eprintln!("circuit closed ({}): {e}", e.kind());
+//!                 }
+//!                 return None;
+//!             }
+//!             // Extend, Begin, BeginDir, Resolve, Data, StreamEnded, Msg: act on them.
+//!             _ => {}
+//!         }
+//!     }
+//!     rc.poll_timeout()
+//! }
+//! ```
 //!
 //! Congestion control (proposal 324): a relay configured to support it
 //! ([`RelayConfig::congestion_control`], advertised as `FlowCtrl=2`) answers an ntor-v3
@@ -272,9 +321,10 @@ pub enum RelayEvent {
         /// The message (boxed: rare and large).
         msg: Box<RelayMsg<'static>>,
     },
-    /// The circuit is closed; every exit stream is gone.
+    /// The circuit is closed; every exit stream is gone. The last event of the circuit.
     Closed {
-        /// The error that closed it, if we did.
+        /// The error that closed it, if we did (none after a DESTROY or
+        /// [`RelayCircuit::extend_failed`]): the one place a fatal error is reported.
         error: Option<RelayError>,
     },
 }
@@ -684,23 +734,40 @@ impl RelayCircuit {
         self.streams = StreamMap::new();
     }
 
-    fn fail(&mut self, e: RelayError) -> Result<(), RelayError> {
-        self.close(Some(e.clone()), true, true);
-        Err(e)
+    /// Close the circuit on a fatal error found while handling a cell: DESTROY both ways
+    /// (toward the client with the reason the error's kind gives,
+    /// [`RelayError::destroy_reason`]), and the error reported once, in
+    /// [`RelayEvent::Closed`].
+    fn fail(&mut self, e: RelayError) {
+        self.close(Some(e), true, true);
     }
 
-    /// Handle a cell from the client side. Errors are fatal: DESTROY goes both ways.
-    pub fn handle_from_client(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
+    /// Handle a cell from the client side.
+    ///
+    /// Nothing is returned: a cell is never the caller's mistake. A cell that breaks the
+    /// protocol closes the circuit: DESTROY goes toward the client with the reason the
+    /// error's [`RelayError::kind`] gives (PROTOCOL for the client side's violations,
+    /// RESOURCELIMIT for a full queue, tor-spec §5.4) and toward the next hop with
+    /// DESTROYED, and the error arrives once, as [`RelayEvent::Closed`]. A DESTROY closes
+    /// it without an error. A cell for a closed circuit is ignored.
+    pub fn handle_from_client(&mut self, now: Instant, msg: ChanMsg<'_>) {
         self.last_now = self.last_now.max(now);
         if self.closed {
-            return Ok(());
+            return;
         }
+        if let Err(e) = self.on_from_client(msg) {
+            self.fail(e);
+        }
+    }
+
+    /// [`RelayCircuit::handle_from_client`] on an open circuit; an error is fatal.
+    fn on_from_client(&mut self, msg: ChanMsg<'_>) -> Result<(), RelayError> {
         let (payload, early) = match msg {
             ChanMsg::Relay(p) => (p, false),
             ChanMsg::RelayEarly(p) => {
                 self.relay_early_seen = self.relay_early_seen.saturating_add(1);
                 if self.relay_early_seen > MAX_RELAY_EARLY_IN {
-                    return self.fail(RelayError::Protocol("more than 8 RELAY_EARLY cells"));
+                    return Err(RelayError::Protocol("more than 8 RELAY_EARLY cells"));
                 }
                 (p, true)
             }
@@ -709,35 +776,23 @@ impl RelayCircuit {
                 return Ok(());
             }
             ChanMsg::Padding | ChanMsg::Vpadding { .. } => return Ok(()),
-            other => return self.fail(RelayError::UnexpectedCell(other.cmd())),
+            other => return Err(RelayError::UnexpectedCell(other.cmd())),
         };
         // The channel hands over an owned body: decrypt it in place and forward the same box.
         let mut body = payload.into_box();
         if self.crypto.decrypt_outbound(&mut body) {
             if body[onion_cell::relay::CMD_OFFSET] == RelayCmd::DATA.0 {
                 // The bulk of an upload: handed to the embedding in the cell's own buffer.
-                let r = match data_cell_header(&body) {
-                    Ok((stream, len)) => self.on_data(stream, move || data_bytes(body, len)),
-                    Err(e) => Err(RelayError::Malformed(e)),
-                };
-                return match r {
-                    Ok(()) => Ok(()),
-                    Err(e) => self.fail(e),
-                };
+                let (stream, len) = data_cell_header(&body).map_err(RelayError::Malformed)?;
+                return self.on_data(stream, move || data_bytes(body, len));
             }
-            let r = match RelayCell::decode(&body) {
-                Ok(cell) => self.handle_recognized(cell, early),
-                Err(e) => Err(RelayError::Malformed(e)),
-            };
-            return match r {
-                Ok(()) => Ok(()),
-                Err(e) => self.fail(e),
-            };
+            let cell = RelayCell::decode(&body).map_err(RelayError::Malformed)?;
+            return self.handle_recognized(cell, early);
         }
         if self.hs.is_spliced() {
             // Joined at a rendezvous point (rend-spec-v3 §4.2): for the other circuit.
             if !self.hs.push(body) {
-                return self.fail(RelayError::QueueFull("joined circuit queue"));
+                return Err(RelayError::QueueFull("joined circuit queue"));
             }
             return Ok(());
         }
@@ -751,18 +806,27 @@ impl RelayCircuit {
             Ok(())
         } else {
             // tor-spec §5.5.2.2: unrecognised at the end of the circuit is an error.
-            self.fail(RelayError::Protocol(
+            Err(RelayError::Protocol(
                 "unrecognised relay cell at the end of the circuit",
             ))
         }
     }
 
-    /// Handle a cell from the next hop's side.
-    pub fn handle_from_next(&mut self, now: Instant, msg: ChanMsg<'_>) -> Result<(), RelayError> {
+    /// Handle a cell from the next hop's side, as [`RelayCircuit::handle_from_client`]
+    /// does: nothing is returned, a violation closes the circuit and arrives once, as
+    /// [`RelayEvent::Closed`]; a DESTROY from the next hop travels on toward the client.
+    pub fn handle_from_next(&mut self, now: Instant, msg: ChanMsg<'_>) {
         self.last_now = self.last_now.max(now);
         if self.closed {
-            return Ok(());
+            return;
         }
+        if let Err(e) = self.on_from_next(msg) {
+            self.fail(e);
+        }
+    }
+
+    /// [`RelayCircuit::handle_from_next`] on an open circuit; an error is fatal.
+    fn on_from_next(&mut self, msg: ChanMsg<'_>) -> Result<(), RelayError> {
         match msg {
             ChanMsg::Created2(c) if self.next == Next::Extending => {
                 self.next = Next::Open;
@@ -777,7 +841,7 @@ impl RelayCircuit {
                 )));
                 Ok(())
             }
-            ChanMsg::RelayEarly(_) => self.fail(RelayError::Protocol("inbound RELAY_EARLY cell")),
+            ChanMsg::RelayEarly(_) => Err(RelayError::Protocol("inbound RELAY_EARLY cell")),
             ChanMsg::Destroy(_) => {
                 // Since 0.4.5.13 relays propagate DESTROY toward the client too (tor-spec §5.4).
                 self.next = Next::None;
@@ -785,7 +849,7 @@ impl RelayCircuit {
                 Ok(())
             }
             ChanMsg::Padding | ChanMsg::Vpadding { .. } => Ok(()),
-            other => self.fail(RelayError::UnexpectedCell(other.cmd())),
+            other => Err(RelayError::UnexpectedCell(other.cmd())),
         }
     }
 
@@ -1335,5 +1399,49 @@ impl RelayCircuit {
             }
         }
         e
+    }
+}
+
+/// Inputs with the error they closed the circuit with, for the crate's tests: what an
+/// embedding learns from the [`RelayEvent::Closed`] the input queued (the event stays
+/// queued).
+#[cfg(test)]
+impl RelayCircuit {
+    /// [`RelayCircuit::handle_from_client`], then `Err` with the error if this cell closed
+    /// the circuit.
+    pub(crate) fn try_from_client(
+        &mut self,
+        now: Instant,
+        msg: ChanMsg<'_>,
+    ) -> Result<(), RelayError> {
+        let was_closed = self.closed;
+        self.handle_from_client(now, msg);
+        self.close_error(was_closed)
+    }
+
+    /// [`RelayCircuit::handle_from_next`], then `Err` as [`RelayCircuit::try_from_client`].
+    pub(crate) fn try_from_next(
+        &mut self,
+        now: Instant,
+        msg: ChanMsg<'_>,
+    ) -> Result<(), RelayError> {
+        let was_closed = self.closed;
+        self.handle_from_next(now, msg);
+        self.close_error(was_closed)
+    }
+
+    fn close_error(&self, was_closed: bool) -> Result<(), RelayError> {
+        if was_closed || !self.closed {
+            return Ok(());
+        }
+        let closed = self.events.iter().rev().find_map(|e| match e {
+            RelayEvent::Closed { error } => Some(error.clone()),
+            _ => None,
+        });
+        match closed {
+            Some(Some(e)) => Err(e),
+            Some(None) => Ok(()),
+            None => panic!("closed without a Closed event"),
+        }
     }
 }

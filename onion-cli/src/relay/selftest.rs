@@ -85,8 +85,7 @@ pub fn run(t: &Target) -> Result<Duration, String> {
                 ChanEvent::CircuitCell { circ_id, msg } => {
                     if let Some((id, c)) = circ.as_mut() {
                         if *id == circ_id {
-                            c.handle_cell(clock.now(), msg)
-                                .map_err(|e| format!("circuit: {e}"))?;
+                            c.handle_cell(clock.now(), msg);
                         }
                     }
                 }
@@ -95,8 +94,12 @@ pub fn run(t: &Target) -> Result<Duration, String> {
             }
         }
         if let Some((_, c)) = circ.as_mut() {
-            if let Some(CircEvent::HopAdded { .. }) = c.poll_event() {
-                break Ok(clock.until(deadline));
+            match c.poll_event() {
+                Some(CircEvent::HopAdded { .. }) => break Ok(clock.until(deadline)),
+                Some(CircEvent::Closed { error: Some(e), .. }) => {
+                    break Err(format!("{addr}: circuit: {e}"))
+                }
+                _ => {}
             }
             if c.is_closed() {
                 break Err(format!("{addr}: the circuit to ourselves was refused"));

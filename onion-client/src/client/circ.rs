@@ -379,8 +379,8 @@ impl super::Client {
     pub(super) fn circ_cell(&mut self, key: u64, msg: ChanMsg<'static>) {
         let now = self.now;
         if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
-            // An error closes the circuit; its Closed event says why.
-            let _ = m.handle_cell(now, msg);
+            // A hop's violation closes the circuit; its Closed event says why.
+            m.handle_cell(now, msg);
         }
         self.circ_events(key);
     }
@@ -626,7 +626,7 @@ impl super::Client {
                 continue;
             };
             if let Some(m) = c.circ.as_mut() {
-                let _ = m.handle_timeout(now);
+                m.handle_timeout(now);
             }
             self.circ_events(key);
             let Some(c) = self.circs.get(&key) else {

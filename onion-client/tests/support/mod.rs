@@ -437,8 +437,7 @@ impl Net {
             let now = self.now;
             if let Some(prev) = self.rcs.get_mut(j).and_then(Option::as_mut) {
                 prev.next = None;
-                let _ = prev
-                    .circ
+                prev.circ
                     .handle_from_next(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
             }
         }
@@ -481,7 +480,7 @@ impl Net {
                 self.by_client.remove(&(conn, circ_id));
             }
             if let Some(rc) = self.rcs[i].as_mut() {
-                let _ = rc.circ.handle_from_client(now, msg);
+                rc.circ.handle_from_client(now, msg);
             }
             return;
         }
@@ -534,13 +533,13 @@ impl Net {
                             }
                             Up::Relay(j) => {
                                 if let Some(prev) = self.rcs[j].as_mut() {
-                                    let _ = prev.circ.handle_from_next(now, m);
+                                    prev.circ.handle_from_next(now, m);
                                 }
                             }
                         },
                         RelayOutput::ToNext(m) => {
                             if let Some(nx) = next.and_then(|n| self.rcs[n].as_mut()) {
-                                let _ = nx.circ.handle_from_client(now, m);
+                                nx.circ.handle_from_client(now, m);
                             }
                         }
                     }
@@ -599,7 +598,7 @@ impl Net {
                         let n = self.rcs.len() - 1;
                         let rc = self.rcs[i].as_mut().unwrap();
                         rc.next = Some(n);
-                        let _ = rc.circ.handle_from_next(now, reply);
+                        rc.circ.handle_from_next(now, reply);
                     }
                     None => {
                         let rc = self.rcs[i].as_mut().unwrap();

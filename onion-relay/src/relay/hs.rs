@@ -460,7 +460,7 @@ impl Relay {
                 if let Some(c) = self.circs.get_mut(&o) {
                     if c.hs == HsPurpose::Joined(k) {
                         c.hs = HsPurpose::Or;
-                        let _ = c.rc.handle_from_next(
+                        c.rc.handle_from_next(
                             now,
                             onion_cell::chancell::ChanMsg::Destroy(DestroyReason::FINISHED),
                         );

@@ -870,16 +870,14 @@ impl Relay {
             };
             if circ.client.0 == conn {
                 self.by_in.remove(&circ.client);
-                let _ = circ
-                    .rc
+                circ.rc
                     .handle_from_client(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
                 self.dirty.insert(k);
             }
             if let Some(n) = circ.next.filter(|n| n.0 == conn) {
                 self.by_out.remove(&n);
                 circ.next = None;
-                let _ = circ
-                    .rc
+                circ.rc
                     .handle_from_next(now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
                 self.dirty.insert(k);
             }
@@ -902,7 +900,7 @@ impl Relay {
                 self.by_in.remove(&(conn, id));
             }
             if let Some(c) = self.circs.get_mut(&k) {
-                let _ = c.rc.handle_from_client(now, msg);
+                c.rc.handle_from_client(now, msg);
                 if c.rc.queued_to_next() > limit || c.rc.queued_to_client() > limit {
                     self.stats.circuits_killed_queue += 1;
                     self.kill_circ(k, DestroyReason::RESOURCELIMIT);
@@ -920,7 +918,7 @@ impl Relay {
                 }
             }
             if let Some(c) = self.circs.get_mut(&k) {
-                let _ = c.rc.handle_from_next(now, msg);
+                c.rc.handle_from_next(now, msg);
                 if c.rc.queued_to_client() > limit {
                     self.stats.circuits_killed_queue += 1;
                     self.kill_circ(k, DestroyReason::RESOURCELIMIT);

@@ -1269,7 +1269,7 @@ impl Net {
         for party in &mut self.parties {
             for c in party.circs.iter_mut().filter_map(|c| c.circ.as_mut()) {
                 if c.poll_timeout().is_some_and(|t| t <= now) {
-                    let _ = c.handle_timeout(now);
+                    c.handle_timeout(now);
                 }
             }
         }
@@ -1436,7 +1436,7 @@ impl Net {
                     .find(|x| x.chan == c && x.id == Some(circ_id))
                 {
                     if let Some(circ) = &mut pc.circ {
-                        let _ = circ.handle_cell(now, msg);
+                        circ.handle_cell(now, msg);
                     }
                 }
             }
@@ -1718,7 +1718,7 @@ impl Net {
                 );
             }
             if let Some(rc) = self.relays[r].circs[i].as_mut() {
-                let _ = rc.circ.handle_from_client(now, msg);
+                rc.circ.handle_from_client(now, msg);
             }
             return;
         }
@@ -1739,7 +1739,7 @@ impl Net {
                 _ => {}
             }
             if let Some(rc) = self.relays[r].circs[i].as_mut() {
-                let _ = rc.circ.handle_from_next(now, msg);
+                rc.circ.handle_from_next(now, msg);
             }
             return;
         }
@@ -1859,7 +1859,7 @@ impl Net {
                         let partner = rc.spliced.and_then(|j| relay.circs.get_mut(j)?.as_mut());
                         if let Some(other) = partner {
                             other.spliced = None;
-                            let _ = other
+                            other
                                 .circ
                                 .handle_from_next(now, ChanMsg::Destroy(DestroyReason::FINISHED));
                             self.log_relay(

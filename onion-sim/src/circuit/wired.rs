@@ -12,7 +12,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
-use onion_circuit::relay::{RelayCircuit, RelayError, RelayEvent, RelayKeys, RelayOutput};
+use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
 use onion_circuit::Instant;
 
 /// A client circuit and its hops, passing cells by hand.
@@ -33,7 +33,8 @@ pub struct Wired {
     pub client_events: Vec<CircEvent>,
     /// Relay events seen by [`Wired::run`] (EXTEND2 requests are acted on, and kept).
     pub relay_events: Vec<(usize, RelayEvent)>,
-    /// Errors returned by the machines while cells were passed.
+    /// Errors the machines closed a circuit with while cells were passed (from their
+    /// `Closed` events), and handshakes refused.
     pub errors: Vec<String>,
 }
 
@@ -106,12 +107,6 @@ impl Wired {
         Ok(())
     }
 
-    fn note<E: core::fmt::Display>(&mut self, r: Result<(), E>) {
-        if let Err(e) = r {
-            self.errors.push(e.to_string());
-        }
-    }
-
     /// A cell arriving at hop `i` from its client side.
     pub fn forward(&mut self, i: usize, msg: ChanMsg<'static>) {
         if i == self.hops.len() {
@@ -127,19 +122,16 @@ impl Wired {
             return;
         }
         if let Some(h) = self.hops.get_mut(i) {
-            let r: Result<(), RelayError> = h.handle_from_client(self.now, msg);
-            self.note(r);
+            h.handle_from_client(self.now, msg);
         }
     }
 
     /// A cell from hop `i` toward the client (`i == 0`: to the client itself).
     pub fn backward(&mut self, i: usize, msg: ChanMsg<'static>) {
         if i == 0 {
-            let r = self.client.handle_cell(self.now, msg);
-            self.note(r);
+            self.client.handle_cell(self.now, msg);
         } else if let Some(h) = self.hops.get_mut(i - 1) {
-            let r = h.handle_from_next(self.now, msg);
-            self.note(r);
+            h.handle_from_next(self.now, msg);
         }
     }
 
@@ -153,6 +145,12 @@ impl Wired {
             }
             while let Some(e) = self.client.poll_event() {
                 moved = true;
+                if let CircEvent::Closed {
+                    error: Some(err), ..
+                } = &e
+                {
+                    self.errors.push(err.to_string());
+                }
                 self.client_events.push(e);
             }
             for i in 0..self.hops.len() {
@@ -165,6 +163,9 @@ impl Wired {
                 }
                 while let Some(e) = self.hops[i].poll_event() {
                     moved = true;
+                    if let RelayEvent::Closed { error: Some(err) } = &e {
+                        self.errors.push(err.to_string());
+                    }
                     if let RelayEvent::Extend(req) = &e {
                         let create = req.create.clone();
                         self.relay_events.push((i, e));
