@@ -16,15 +16,14 @@
 //! [`ExtraInfo::sha1`] and [`ExtraInfo::sha256`] are the two digests a descriptor's
 //! `extra-info-digest` names.
 
-use sha1::{Digest, Sha1};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
-use onion_crypto::cert::{CertType, Timestamp, UncheckedEd25519Cert};
+use onion_crypto::cert::{Timestamp, UncheckedEd25519Cert};
 
-use crate::encode::base64_fixed;
 use crate::error::{ErrorKind, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, RsaIdentity};
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
+use crate::routerdesc::{exactly_one, identity_cert, nickname, verify_ed25519, Signed};
 use crate::sig::RsaKey;
 
 /// An extra-info document.
@@ -80,18 +79,7 @@ pub fn parse_many(text: &str) -> Result<Vec<UnverifiedExtraInfo<'_>>, ParseError
 impl<'a> UnverifiedExtraInfo<'a> {
     /// Parse exactly one document.
     pub fn parse(text: &'a str) -> Result<Self, ParseError> {
-        let mut v = parse_many(text)?;
-        match v.len() {
-            1 => v
-                .pop()
-                .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated)),
-            0 => Err(ParseError::new(
-                0,
-                "extra-info",
-                ErrorKind::MissingItem("extra-info"),
-            )),
-            _ => Err(ParseError::new(0, "extra-info", ErrorKind::DuplicateItem)),
-        }
+        exactly_one(parse_many(text)?, "extra-info")
     }
 
     /// The parsed, unauthenticated contents.
@@ -129,33 +117,7 @@ impl<'a> UnverifiedExtraInfo<'a> {
                 ))
             }
             (Some(cert), Some(master)) => {
-                if cert.cert_type() != CertType::IDENTITY_V_SIGNING {
-                    return Err(VerifyError::Inconsistent(
-                        "identity-ed25519 has the wrong certificate type",
-                    ));
-                }
-                if cert.signing_key() != Some(master) {
-                    return Err(VerifyError::Inconsistent(
-                        "identity-ed25519 is not signed by the relay's master key",
-                    ));
-                }
-                let master_pk = master
-                    .to_public_key()
-                    .map_err(|_| VerifyError::BadKey("ed25519"))?;
-                cert.check_signature(Some(&master_pk))
-                    .map_err(|_| VerifyError::BadSignature("ed25519 certificate"))?;
-                cert.check_valid_at(Timestamp(now.unix()))
-                    .map_err(|_| VerifyError::Expired("ed25519 certificate"))?;
-                let (Some(digest), Some(sig)) = (self.ed_signed_digest, self.ed_signature) else {
-                    return Err(VerifyError::Inconsistent(
-                        "identity-ed25519 without router-sig-ed25519",
-                    ));
-                };
-                Ed25519Identity(*cert.certified_key())
-                    .to_public_key()
-                    .map_err(|_| VerifyError::BadKey("ed25519"))?
-                    .verify_strict(&digest, &ed25519_dalek::Signature::from_bytes(&sig))
-                    .map_err(|_| VerifyError::BadSignature("ed25519"))?;
+                verify_ed25519(cert, master, now, self.ed_signed_digest, self.ed_signature)?
             }
         }
         Ok(self.info)
@@ -168,68 +130,28 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedExtraInfo<'a>
     };
     let sec = Section::check(items, RULES, first.line, first.keyword)?;
     let e = first;
-    let nickname = e.arg(0, "nickname")?;
-    if nickname.is_empty()
-        || nickname.len() > 19
-        || !nickname.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return Err(e.err(ErrorKind::BadArgument("nickname")));
-    }
+    let nickname = nickname(&e)?;
     let fingerprint = RsaIdentity::from_hex(e.arg(1, "fingerprint")?)
         .map_err(|_| e.err(ErrorKind::BadArgument("fingerprint (40 hex digits)")))?;
     let p = sec.required("published")?;
     let published = Timestamp::parse(p.arg(0, "date")?, p.arg(1, "time")?)
         .ok_or_else(|| p.err(ErrorKind::BadArgument("YYYY-MM-DD HH:MM:SS")))?;
-    let identity_cert = match sec.get("identity-ed25519") {
-        Some(it) => Some(
-            UncheckedEd25519Cert::decode(&it.object_bytes("ED25519 CERT")?)
-                .map_err(|_| it.err(ErrorKind::BadObject))?,
-        ),
-        None => None,
-    };
+    let identity_cert = identity_cert(&sec)?;
 
-    // Signed parts (dir-spec §1.3, §2.1.1).
-    let sig_line_end = doc
-        .get(last.start..)
-        .and_then(|s| s.find('\n'))
-        .map(|n| last.start + n + 1)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
-    let signed = doc
-        .get(e.start..sig_line_end)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
-    let sha1: [u8; 20] = Sha1::digest(signed.as_bytes()).into();
-    let whole = doc
-        .get(e.start..last.end)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
-    let sha256: [u8; 32] = Sha256::digest(whole.as_bytes()).into();
-    let router_signature = last.object_bytes("SIGNATURE")?;
-    let (ed_signed_digest, ed_signature) = match sec.get("router-sig-ed25519") {
-        Some(it) => {
-            let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?)
-                .ok_or_else(|| it.err(ErrorKind::BadArgument("ed25519 signature (base64)")))?;
-            let end = it.start + "router-sig-ed25519 ".len();
-            let part = doc
-                .get(e.start..end)
-                .ok_or_else(|| it.err(ErrorKind::Truncated))?;
-            let mut h = Sha256::new();
-            h.update(crate::relaydesc::ED_SIGNATURE_PREFIX);
-            h.update(part.as_bytes());
-            (Some(h.finalize().into()), Some(sig))
-        }
-        None => (None, None),
-    };
+    let signed = Signed::parse(doc, &e, &last, &sec)?;
+    let sha256: [u8; 32] = Sha256::digest(signed.text.as_bytes()).into();
     Ok(UnverifiedExtraInfo {
         info: ExtraInfo {
-            text: whole,
+            text: signed.text,
             nickname,
             fingerprint,
             published,
             identity_cert,
-            sha1,
+            sha1: signed.sha1,
             sha256,
         },
-        router_signature,
-        ed_signed_digest,
-        ed_signature,
+        router_signature: signed.router_signature,
+        ed_signed_digest: signed.ed_signed_digest,
+        ed_signature: signed.ed_signature,
     })
 }

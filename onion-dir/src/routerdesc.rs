@@ -171,18 +171,7 @@ pub fn parse_many(text: &str) -> Result<Vec<UnverifiedRouterDesc<'_>>, ParseErro
 impl<'a> UnverifiedRouterDesc<'a> {
     /// Parse exactly one descriptor.
     pub fn parse(text: &'a str) -> Result<Self, ParseError> {
-        let mut v = parse_many(text)?;
-        match v.len() {
-            1 => v
-                .pop()
-                .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated)),
-            0 => Err(ParseError::new(
-                0,
-                "router",
-                ErrorKind::MissingItem("router"),
-            )),
-            _ => Err(ParseError::new(0, "router", ErrorKind::DuplicateItem)),
-        }
+        exactly_one(parse_many(text)?, "router")
     }
 
     /// The parsed, unauthenticated contents.
@@ -201,35 +190,13 @@ impl<'a> UnverifiedRouterDesc<'a> {
             let master = master.ok_or(VerifyError::Inconsistent(
                 "identity-ed25519 without master-key-ed25519",
             ))?;
-            if cert.cert_type() != CertType::IDENTITY_V_SIGNING {
-                return Err(VerifyError::Inconsistent(
-                    "identity-ed25519 has the wrong certificate type",
-                ));
-            }
-            if cert.signing_key().map(|k| k.0) != Some(master) {
-                return Err(VerifyError::Inconsistent(
-                    "master-key-ed25519 differs from the certificate's signer",
-                ));
-            }
-            let master_pk = Ed25519Identity(master)
-                .to_public_key()
-                .map_err(|_| VerifyError::BadKey("ed25519"))?;
-            cert.check_signature(Some(&master_pk))
-                .map_err(|_| VerifyError::BadSignature("ed25519 certificate"))?;
-            cert.check_valid_at(Timestamp(now.unix()))
-                .map_err(|_| VerifyError::Expired("ed25519 certificate"))?;
-            let (Some(digest), Some(sig)) = (self.ed_signed_digest, self.ed_signature) else {
-                return Err(VerifyError::Inconsistent(
-                    "identity-ed25519 without router-sig-ed25519",
-                ));
-            };
-            // router-sig-ed25519: strict ed25519 (rejecting small-order keys) by the
-            // certified signing key (dir-spec §2.1.1).
-            Ed25519Identity(*cert.certified_key())
-                .to_public_key()
-                .map_err(|_| VerifyError::BadKey("ed25519"))?
-                .verify_strict(&digest, &ed25519_dalek::Signature::from_bytes(&sig))
-                .map_err(|_| VerifyError::BadSignature("ed25519"))?;
+            verify_ed25519(
+                cert,
+                &Ed25519Identity(master),
+                now,
+                self.ed_signed_digest,
+                self.ed_signature,
+            )?;
             // ntor-onion-key-crosscert: the ntor key (as ed25519) certifies the master key.
             let cc = self
                 .ntor_crosscert
@@ -288,13 +255,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     };
     let sec = Section::check(items, RULES, first.line, first.keyword)?;
     let r = first;
-    let nickname = r.arg(0, "nickname")?;
-    if nickname.is_empty()
-        || nickname.len() > 19
-        || !nickname.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return Err(r.err(ErrorKind::BadArgument("nickname")));
-    }
+    let nickname = nickname(&r)?;
     let address = r
         .arg(1, "address")?
         .parse()
@@ -313,13 +274,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
             )));
         }
     }
-    let identity_cert = match sec.get("identity-ed25519") {
-        Some(it) => Some(
-            UncheckedEd25519Cert::decode(&it.object_bytes("ED25519 CERT")?)
-                .map_err(|_| it.err(ErrorKind::BadObject))?,
-        ),
-        None => None,
-    };
+    let identity_cert = identity_cert(&sec)?;
     let master_key = match sec.get("master-key-ed25519") {
         Some(it) => Some(
             Ed25519Identity::from_base64(it.arg(0, "key")?)
@@ -409,35 +364,10 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
         None => None,
     };
 
-    // Signed parts (dir-spec §1.3 and §2.1.1).
-    let sig_line_end = doc
-        .get(last.start..)
-        .and_then(|s| s.find('\n'))
-        .map(|n| last.start + n + 1)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
-    let signed = doc
-        .get(r.start..sig_line_end)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
-    let digest: [u8; 20] = Sha1::digest(signed.as_bytes()).into();
-    let router_signature = last.object_bytes("SIGNATURE")?;
-    let (ed_signed_digest, ed_signature) = match sec.get("router-sig-ed25519") {
-        Some(it) => {
-            let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?)
-                .ok_or_else(|| it.err(ErrorKind::BadArgument("ed25519 signature (base64)")))?;
-            let end = it.start + "router-sig-ed25519 ".len();
-            let part = doc
-                .get(r.start..end)
-                .ok_or_else(|| it.err(ErrorKind::Truncated))?;
-            let mut h = Sha256::new();
-            h.update(b"Tor router descriptor signature v1");
-            h.update(part.as_bytes());
-            (Some(h.finalize().into()), Some(sig))
-        }
-        None => (None, None),
-    };
+    let signed = Signed::parse(doc, &r, &last, &sec)?;
     let desc = RouterDesc {
-        text: doc.get(r.start..last.end).unwrap_or(""),
-        digest,
+        text: signed.text,
+        digest: signed.sha1,
         nickname,
         address,
         or_port,
@@ -467,10 +397,151 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     };
     Ok(UnverifiedRouterDesc {
         desc,
-        router_signature,
-        ed_signed_digest,
-        ed_signature,
+        router_signature: signed.router_signature,
+        ed_signed_digest: signed.ed_signed_digest,
+        ed_signature: signed.ed_signature,
         onion_crosscert,
         ntor_crosscert,
     })
+}
+
+/// Exactly one document of `v`, whose first item is `keyword`.
+pub(crate) fn exactly_one<T>(mut v: Vec<T>, keyword: &'static str) -> Result<T, ParseError> {
+    match v.len() {
+        1 => v
+            .pop()
+            .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated)),
+        0 => Err(ParseError::new(0, keyword, ErrorKind::MissingItem(keyword))),
+        _ => Err(ParseError::new(0, keyword, ErrorKind::DuplicateItem)),
+    }
+}
+
+/// The nickname, first argument of a relay document's first item (`router`, `extra-info`;
+/// dir-spec §2.1.1: 1 to 19 alphanumeric characters).
+pub(crate) fn nickname<'a>(first: &Item<'a>) -> Result<&'a str, ParseError> {
+    let nickname = first.arg(0, "nickname")?;
+    if nickname.is_empty()
+        || nickname.len() > 19
+        || !nickname.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(first.err(ErrorKind::BadArgument("nickname")));
+    }
+    Ok(nickname)
+}
+
+/// A relay document's `identity-ed25519` certificate, decoded and not yet checked.
+pub(crate) fn identity_cert(
+    sec: &Section<'_, '_>,
+) -> Result<Option<UncheckedEd25519Cert>, ParseError> {
+    match sec.get("identity-ed25519") {
+        Some(it) => Ok(Some(
+            UncheckedEd25519Cert::decode(&it.object_bytes("ED25519 CERT")?)
+                .map_err(|_| it.err(ErrorKind::BadObject))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The signed parts of a relay document, server descriptor or extra-info (dir-spec §1.3,
+/// §2.1.1, §2.1.2): what `router-signature` and `router-sig-ed25519` sign, and the
+/// signatures.
+pub(crate) struct Signed<'a> {
+    /// The document, first item to the end of the `router-signature` object.
+    pub(crate) text: &'a str,
+    /// SHA-1 of the first item through the `router-signature` line and its newline: what
+    /// the RSA identity key signs.
+    pub(crate) sha1: [u8; 20],
+    /// The `router-signature` object.
+    pub(crate) router_signature: Vec<u8>,
+    /// SHA-256 of "Tor router descriptor signature v1" and the document through
+    /// `router-sig-ed25519 `: what the ed25519 signing key signs, when present.
+    pub(crate) ed_signed_digest: Option<[u8; 32]>,
+    /// The `router-sig-ed25519` signature, when present.
+    pub(crate) ed_signature: Option<[u8; 64]>,
+}
+
+impl<'a> Signed<'a> {
+    /// The signed parts of the document `doc` whose items run from `first` to `last` (its
+    /// `router-signature`), with its section `sec`.
+    pub(crate) fn parse(
+        doc: &'a str,
+        first: &Item<'a>,
+        last: &Item<'a>,
+        sec: &Section<'a, '_>,
+    ) -> Result<Signed<'a>, ParseError> {
+        let sig_line_end = doc
+            .get(last.start..)
+            .and_then(|s| s.find('\n'))
+            .map(|n| last.start + n + 1)
+            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+        let signed = doc
+            .get(first.start..sig_line_end)
+            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+        let text = doc
+            .get(first.start..last.end)
+            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+        let (ed_signed_digest, ed_signature) = match sec.get("router-sig-ed25519") {
+            Some(it) => {
+                let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?)
+                    .ok_or_else(|| it.err(ErrorKind::BadArgument("ed25519 signature (base64)")))?;
+                let end = it.start + "router-sig-ed25519 ".len();
+                let part = doc
+                    .get(first.start..end)
+                    .ok_or_else(|| it.err(ErrorKind::Truncated))?;
+                let mut h = Sha256::new();
+                h.update(crate::relaydesc::ED_SIGNATURE_PREFIX);
+                h.update(part.as_bytes());
+                (Some(h.finalize().into()), Some(sig))
+            }
+            None => (None, None),
+        };
+        Ok(Signed {
+            text,
+            sha1: Sha1::digest(signed.as_bytes()).into(),
+            router_signature: last.object_bytes("SIGNATURE")?,
+            ed_signed_digest,
+            ed_signature,
+        })
+    }
+}
+
+/// Check a relay document's ed25519 signatures (dir-spec §2.1.1): `identity-ed25519`
+/// (`cert`) certifies the signing key, is signed by the relay's master key `master` and
+/// valid at `now`; `router-sig-ed25519` (`ed_signed_digest`, `ed_signature`) is a strict
+/// ed25519 signature (small-order keys refused) by that signing key.
+pub(crate) fn verify_ed25519(
+    cert: &UncheckedEd25519Cert,
+    master: &Ed25519Identity,
+    now: Timestamp,
+    ed_signed_digest: Option<[u8; 32]>,
+    ed_signature: Option<[u8; 64]>,
+) -> Result<(), VerifyError> {
+    if cert.cert_type() != CertType::IDENTITY_V_SIGNING {
+        return Err(VerifyError::Inconsistent(
+            "identity-ed25519 has the wrong certificate type",
+        ));
+    }
+    if cert.signing_key() != Some(master) {
+        return Err(VerifyError::Inconsistent(
+            "identity-ed25519 is not signed by the relay's master key",
+        ));
+    }
+    let master_pk = master
+        .to_public_key()
+        .map_err(|_| VerifyError::BadKey("ed25519"))?;
+    cert.check_signature(Some(&master_pk))
+        .map_err(|_| VerifyError::BadSignature("ed25519 certificate"))?;
+    cert.check_valid_at(Timestamp(now.unix()))
+        .map_err(|_| VerifyError::Expired("ed25519 certificate"))?;
+    let (Some(digest), Some(sig)) = (ed_signed_digest, ed_signature) else {
+        return Err(VerifyError::Inconsistent(
+            "identity-ed25519 without router-sig-ed25519",
+        ));
+    };
+    Ed25519Identity(*cert.certified_key())
+        .to_public_key()
+        .map_err(|_| VerifyError::BadKey("ed25519"))?
+        .verify_strict(&digest, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| VerifyError::BadSignature("ed25519"))?;
+    Ok(())
 }
