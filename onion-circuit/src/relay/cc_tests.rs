@@ -502,3 +502,42 @@ fn a_local_no_such_stream_is_misuse_and_a_peer_violation_destroys_with_protocol(
         )))
     ));
 }
+
+/// A bound reached at this relay (the queue of a joined circuit, rend-spec-v3 §4.2, that the
+/// embedding does not drain) is a local resource limit, not the client's violation: the
+/// circuit closes with DESTROY RESOURCELIMIT toward the client, DESTROYED toward nobody
+/// else, and the error arrives once, as the Closed event (tor-spec §5.4).
+#[test]
+fn a_full_joined_circuit_queue_destroys_with_resourcelimit() {
+    let (_c, mut r, mut rng) = one_hop(false, &RelayConfig::default());
+    r.splice().unwrap();
+    // Cells this hop does not recognise: for the joined circuit.
+    let cell = || {
+        ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(Box::new(
+            [0x5a; 509],
+        )))
+    };
+    for _ in 0..MAX_SPLICE_QUEUE {
+        r.handle_from_client(at(0), cell());
+    }
+    assert!(!r.is_closed());
+    r.handle_from_client(at(0), cell());
+    assert!(r.is_closed());
+    assert_eq!(
+        r.poll_cell(&mut rng),
+        Some(RelayOutput::ToClient(ChanMsg::Destroy(
+            DestroyReason::RESOURCELIMIT
+        )))
+    );
+    assert_eq!(r.poll_cell(&mut rng), None);
+    let closed: Vec<RelayEvent> = std::iter::from_fn(|| r.poll_event()).collect();
+    assert_eq!(
+        closed,
+        vec![RelayEvent::Closed {
+            error: Some(RelayError::QueueFull("joined circuit queue"))
+        }]
+    );
+    // Later cells are ignored: no second report.
+    r.handle_from_client(at(0), cell());
+    assert_eq!(r.poll_event(), None);
+}
