@@ -94,6 +94,7 @@ mod error;
 pub mod guards;
 pub mod hs;
 pub mod predict;
+pub mod socks;
 pub mod timeout;
 
 pub use client::{

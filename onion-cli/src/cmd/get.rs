@@ -12,20 +12,25 @@
 //! how a microdescriptor client reaches a private network's exits, whose 127.0.0.0/8 policy
 //! no summary can express.
 //!
-//! Everything runs on [`onion_client::Client`] ([`Driver`]).
+//! Everything runs on [`onion_client::Client`] ([`Driver`]). The response is read by
+//! onion-dir's [`ResponseReader`], the parser of every directory response too: any status,
+//! `Content-Length` honoured, a `deflate` or `gzip` body decompressed.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use onion_cell::relaymsg::EndReason;
+use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
 use onion_client::dir::DirMode;
-use onion_client::{ClientConfig, Isolation};
+use onion_client::{Client, ClientConfig, Event, Isolation, StreamHandle};
+use onion_dir::http::{RawResponse, ResponseReader};
 use onion_hs::x25519_dalek;
 
 use crate::net::cache::Cache;
-use crate::net::driver::{self, Driver};
-use crate::net::http::{self, Url};
+use crate::net::driver::{self, Driver, Happening};
+use crate::net::text;
 
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]
@@ -96,7 +101,7 @@ impl NetArgs {
     }
 }
 
-/// The largest response `onion get` keeps.
+/// The largest response body `onion get` keeps (as received, and decompressed).
 const MAX_RESPONSE: usize = 256 << 20;
 
 /// Options shared by the network commands (`get`, `socks`).
@@ -250,7 +255,7 @@ fn get_via_client(
         None => d.client.connect(&url.host, url.port, Isolation::NONE, now),
     }
     .map_err(|e| driver::open_error(&target, &e))?;
-    d.wait_open(stream, &target, deadline)?;
+    wait_open(&mut d, stream, &target, deadline)?;
     // A stream opens on a rendezvous circuit only once the rendezvous is complete.
     let view = d.client.stream_circuit(stream);
     if let Some(v) = &view {
@@ -265,49 +270,199 @@ fn get_via_client(
     // The last congestion-control state seen while the stream existed (it is forgotten
     // once its end is read).
     let mut last_cc = None;
-    let raw = d
-        .exchange(
-            stream,
-            &http::get_request(&url.host_header(), &url.path),
-            MAX_RESPONSE,
-            deadline,
-            |n, client| {
-                if congestion_control {
-                    if let Some(cc) = client
-                        .stream_circuit(stream)
-                        .and_then(|v| v.congestion_control)
-                    {
-                        last_cc = Some(cc);
-                    }
-                }
-                if n >= next_report {
-                    eprintln!("onion: received {} KiB", n >> 10);
-                    next_report += 1 << 20;
-                }
-            },
-        )
-        .map_err(|e| format!("fetching {}: {e}", url.path))?;
+    let mut reader = ResponseReader::new(MAX_RESPONSE);
+    let request = get_request(&url.host_header(), &url.path);
+    exchange(&mut d, stream, &request, deadline, |data, n, client| {
+        if congestion_control {
+            if let Some(cc) = client
+                .stream_circuit(stream)
+                .and_then(|v| v.congestion_control)
+            {
+                last_cc = Some(cc);
+            }
+        }
+        if n >= next_report {
+            eprintln!("onion: received {} KiB", n >> 10);
+            next_report += 1 << 20;
+        }
+        reader.handle_bytes(data).map_err(|e| e.to_string())
+    })
+    .map_err(|e| format!("fetching {}: {e}", url.path))?;
     if congestion_control {
         eprintln!("onion: {}", driver::cc_line("at the end", last_cc.as_ref()));
     }
-    print_response(&raw)
+    let resp = reader
+        .finish_any()
+        .map_err(|e| format!("fetching {}: {}", url.path, text::escape(&e.to_string())))?;
+    print_response(&resp)
 }
 
 /// Print an HTTP response's body on stdout, or fail with its status if not 2xx.
-fn print_response(raw: &[u8]) -> Result<(), String> {
-    let resp = http::parse_response(raw, true).map_err(|e| e.to_string())?;
-    eprintln!(
-        "onion: HTTP {}, {} bytes",
-        resp.status_text(),
-        resp.body.len()
-    );
-    if !(200..300).contains(&resp.status) {
-        return Err(format!("HTTP {}", resp.status_text()));
+fn print_response(resp: &RawResponse) -> Result<(), String> {
+    let status = format!("{} {}", resp.head.status, text::escape(&resp.head.reason));
+    eprintln!("onion: HTTP {status}, {} bytes", resp.body.len());
+    if !(200..300).contains(&resp.head.status) {
+        return Err(format!("HTTP {status}"));
     }
     let mut out = std::io::stdout().lock();
     out.write_all(&resp.body)
         .and_then(|_| out.flush())
         .map_err(|e| format!("stdout: {e}"))
+}
+
+/// Wait until stream `s` to `target` (`host:port`, for messages) is open (CONNECTED), at most
+/// until `deadline`. Other happenings meanwhile are dropped.
+fn wait_open(
+    d: &mut Driver,
+    s: StreamHandle,
+    target: &str,
+    deadline: Instant,
+) -> Result<(), String> {
+    loop {
+        match d.next(Some(deadline)) {
+            None => return Err(format!("{target}: timed out waiting for the stream")),
+            Some(Happening::Client(Event::StreamOpened { stream })) if stream == s => return Ok(()),
+            Some(Happening::Client(Event::StreamClosed { stream, error })) if stream == s => {
+                return Err(match error {
+                    Some(e) => driver::open_error(target, &e),
+                    None => format!("{target}: the stream closed before it opened"),
+                });
+            }
+            Some(Happening::Client(Event::Bootstrap { percent, what })) => {
+                driver::progress(percent, &what)
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Send `request` on the open stream `s` and read until the stream ends or `deadline`
+/// passes; `on_data` gets each piece with the byte count so far and the client (to look at
+/// the stream's circuit while the stream still exists), and may stop the exchange with an
+/// error. Other happenings meanwhile are dropped.
+fn exchange(
+    d: &mut Driver,
+    s: StreamHandle,
+    request: &[u8],
+    deadline: Instant,
+    mut on_data: impl FnMut(&[u8], usize, &Client) -> Result<(), String>,
+) -> Result<(), String> {
+    let (mut sent, mut got) = (0, 0);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let now = d.now();
+        while sent < request.len() {
+            match d.client.write(s, &request[sent..], now) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        loop {
+            match d.client.read(s, &mut buf, now) {
+                Ok(Some(0)) => return Ok(()),
+                Ok(Some(n)) => {
+                    got += n;
+                    if let Err(e) = on_data(&buf[..n], got, &d.client) {
+                        d.client.close(s, now);
+                        return Err(e);
+                    }
+                }
+                Ok(None) => break,
+                // END with reason DONE or MISC ends a response: exits and onion services
+                // (C tor's and `onion serve`) end a finished one so.
+                Err(onion_client::Error::StreamEnded(EndReason::DONE | EndReason::MISC)) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if d.next(Some(deadline)).is_none() {
+            d.client.close(s, d.now());
+            return Err(format!("timed out after {got} bytes"));
+        }
+    }
+}
+
+/// An `http://` URL, as `onion get` accepts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Url {
+    /// Host name or address literal (IPv6 without brackets), lower-cased.
+    host: String,
+    /// Port (80 by default).
+    port: u16,
+    /// Path and query, starting with `/`.
+    path: String,
+}
+
+impl Url {
+    /// Parse `http://host[:port][/path]`. Only `http` is supported: over Tor, TLS to the
+    /// destination would be the application's business, and onion services need none.
+    fn parse(s: &str) -> Result<Url, String> {
+        let bad = |what: String| format!("malformed URL {s:?}: {what}");
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("only http:// URLs are supported".into()))?;
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = path.split('#').next().unwrap_or("/");
+        let path = match path.starts_with('/') {
+            true => path.to_string(),
+            false => format!("/{path}"),
+        };
+        if authority.contains('@') {
+            return Err(bad("user info is not supported".into()));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| bad("unclosed `[`".into()))?;
+                (h, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port.map(|p| (p, p.parse::<u16>())) {
+            None => 80,
+            Some((_, Ok(p))) if p != 0 => p,
+            Some((p, _)) => return Err(bad(format!("bad port {p:?}"))),
+        };
+        let host_ok = |b: u8| b.is_ascii_alphanumeric() || b"-._:".contains(&b);
+        if host.is_empty() || host.len() > 255 || !host.bytes().all(host_ok) {
+            return Err(bad(format!("bad host {host:?}")));
+        }
+        let host = host.to_ascii_lowercase();
+        Ok(Url { host, port, path })
+    }
+
+    /// True for `*.onion` hosts, which go through the onion-service client.
+    fn is_onion(&self) -> bool {
+        self.host.ends_with(".onion")
+    }
+
+    /// The `Host:` header value.
+    fn host_header(&self) -> String {
+        let h = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        match self.port {
+            80 => h,
+            p => format!("{h}:{p}"),
+        }
+    }
+}
+
+/// An HTTP/1.0 GET for `path` on `host` (RFC 1945), with `Connection: close`: the response
+/// ends when the stream does.
+fn get_request(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: onion\r\n\r\n")
+        .into_bytes()
 }
 
 /// The relay `--exit` names (a fingerprint, with or without `$`, or a nickname) in the
@@ -331,6 +486,66 @@ fn exit_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("http://127.0.0.1:8080/a/b?c=d#frag").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/a/b?c=d")
+        );
+        let u = Url::parse("http://Example.ONION").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("example.onion", 80, "/")
+        );
+        assert!(u.is_onion());
+        let u = Url::parse("http://[::1]:81/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 81));
+        assert_eq!(u.host_header(), "[::1]:81");
+        for bad in [
+            "https://x/",
+            "ftp://x",
+            "http://",
+            "http://:80/",
+            "http://x:0/",
+            "http://x:99999/",
+            "http://x:y/",
+            "http://a b/",
+            "http://u@x/",
+            "http://[::1/",
+            "not a url",
+        ] {
+            let e = Url::parse(bad).unwrap_err();
+            assert!(e.starts_with("malformed URL"), "{bad}: {e}");
+        }
+        assert_eq!(
+            get_request("h", "/p"),
+            b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\nUser-Agent: onion\r\n\r\n"
+        );
+    }
+
+    /// A reason phrase with terminal escapes reaches messages without any control character.
+    #[test]
+    fn peer_text_in_messages_is_escaped() {
+        let mut r = ResponseReader::new(100);
+        r.handle_bytes(b"HTTP/1.0 403 Forbidden\x1b]0;pwned\x07\x1b[2K\rHTTP 200 OK\r\n\r\n")
+            .unwrap();
+        let e = print_response(&r.finish_any().unwrap()).unwrap_err();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert_eq!(
+            e,
+            "HTTP 403 Forbidden\\u{1b}]0;pwned\\u{7}\\u{1b}[2K\\rHTTP 200 OK"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn urls_never_panic(s in "\\PC{0,60}") {
+            let _ = Url::parse(&s);
+            let _ = Url::parse(&format!("http://{s}"));
+        }
+    }
 
     #[test]
     fn congestion_control_is_on_unless_turned_off() {

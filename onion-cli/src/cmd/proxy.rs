@@ -14,10 +14,14 @@
 //!   stream only (no SENDME, or XOFF under congestion control), so a reader that stops
 //!   stalls nobody but itself.
 //!
+//! **SOCKS** is [`onion_client::socks`]: SOCKS4, SOCKS4a and SOCKS5 as C tor's SocksPort
+//! speaks them, and C tor's reply for each failure.
+//!
 //! **Isolation** (path-spec §2.2, C tor's `IsolateSOCKSAuth`, on by default): a client that
 //! offers username/password authentication (RFC 1929) is asked for it, any pair is accepted,
-//! and each distinct pair is its own [`Isolation`] token, so its streams never share a
-//! circuit with another pair's. Clients without authentication share [`Isolation::NONE`].
+//! and each distinct pair is its own [`Isolation`] token ([`IsolationKey`]), so its streams
+//! never share a circuit with another pair's. Clients without authentication share
+//! [`Isolation::NONE`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -26,27 +30,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use onion_circuit::Instant;
-use onion_client::{Client, Error, Event, Isolation, StreamHandle};
+use onion_client::socks::{
+    self, destination, reply, reply_code, Destination, Handshake, IsolationKey, ReplyCode, Step,
+    Version,
+};
+use onion_client::{Client, Event, Isolation, StreamHandle};
 
 use super::get::NetOptions;
-use super::socks::{accept_loop, socks_code, Slot, HANDSHAKE_READ, MAX_CONNS};
+use super::socks::{accept_loop, Slot, HANDSHAKE_READ, MAX_CONNS};
 use crate::net::driver::{self, Driver, Happening};
 use crate::net::event::Input;
 use crate::net::pipe::{next_blocked, read_grant, Pipe, OUT_LOW, READ_AHEAD};
-use crate::net::socks::{self, Destination, Method};
 
 /// Where one SOCKS connection stands.
 enum Phase {
-    /// Waiting for the greeting.
-    Greeting,
-    /// Waiting for the RFC 1929 username/password.
-    Auth,
-    /// Waiting for the request.
-    Request,
-    /// The stream is opening.
+    /// Waiting for the greeting, authentication and request.
+    Handshake(Handshake),
+    /// The stream is opening; its reply is in `version`.
     Connecting {
         stream: StreamHandle,
         target: String,
+        version: Version,
     },
     /// The stream is open.
     Open { stream: StreamHandle },
@@ -86,8 +90,8 @@ struct Proxy {
     conns: HashMap<u64, Conn>,
     /// The connection of each stream.
     by_stream: HashMap<StreamHandle, u64>,
-    /// Isolation tokens by username and password.
-    tokens: HashMap<socks::Credentials, Isolation>,
+    /// Isolation tokens from usernames and passwords.
+    isolation: IsolationKey,
     handshake_timeout: Duration,
     extended_errors: bool,
     live: Arc<AtomicUsize>,
@@ -131,7 +135,7 @@ pub fn run(
     let mut p = Proxy {
         conns: HashMap::new(),
         by_stream: HashMap::new(),
-        tokens: HashMap::new(),
+        isolation: isolation_key(),
         handshake_timeout,
         extended_errors,
         live,
@@ -152,7 +156,7 @@ impl Proxy {
     fn next_wake(&self) -> Option<Instant> {
         self.conns
             .values()
-            .filter(|c| matches!(c.phase, Phase::Greeting | Phase::Auth | Phase::Request))
+            .filter(|c| matches!(c.phase, Phase::Handshake(_)))
             .map(|c| c.accepted + self.handshake_timeout)
             .min()
     }
@@ -164,8 +168,7 @@ impl Proxy {
             .conns
             .iter()
             .filter(|(_, c)| {
-                matches!(c.phase, Phase::Greeting | Phase::Auth | Phase::Request)
-                    && c.accepted + self.handshake_timeout <= now
+                matches!(c.phase, Phase::Handshake(_)) && c.accepted + self.handshake_timeout <= now
             })
             .map(|(id, _)| *id)
             .collect();
@@ -193,7 +196,7 @@ impl Proxy {
                             buf: Vec::new(),
                             up: Vec::new(),
                             in_flight: 0,
-                            phase: Phase::Greeting,
+                            phase: Phase::Handshake(Handshake::new()),
                             eof: false,
                             blocked: false,
                             accepted: now,
@@ -214,7 +217,7 @@ impl Proxy {
                 };
                 c.in_flight = c.in_flight.saturating_sub(data.len());
                 match c.phase {
-                    Phase::Greeting | Phase::Auth | Phase::Request => {
+                    Phase::Handshake(_) => {
                         c.buf.extend_from_slice(&data);
                         if let Err(e) = self.handshake(&mut d.client, id, now) {
                             eprintln!("onion: SOCKS client: {e}");
@@ -259,12 +262,18 @@ impl Proxy {
             Event::StreamOpened { .. } => {
                 self.announce(&d.client, stream);
                 if let Some(c) = self.conns.get_mut(&id) {
+                    if let Phase::Connecting { version, .. } = c.phase {
+                        c.pipe.push(&reply(version, ReplyCode::SUCCEEDED));
+                    }
                     c.phase = Phase::Open { stream };
-                    c.pipe.push(&socks::reply(0));
                 }
             }
             Event::StreamClosed { error, .. } => {
-                let Some(Phase::Connecting { target, .. }) = self.conns.get(&id).map(|c| &c.phase)
+                let Some(&Phase::Connecting {
+                    ref target,
+                    version,
+                    ..
+                }) = self.conns.get(&id).map(|c| &c.phase)
                 else {
                     // Open: what was received is read out first (`pump`), then it closes.
                     return self.pump(&mut d.client, id, now);
@@ -272,13 +281,13 @@ impl Proxy {
                 let code = match &error {
                     Some(e) => {
                         eprintln!("onion: SOCKS stream: {target}: {e}");
-                        error_code(e, self.extended_errors)
+                        reply_code(e, self.extended_errors)
                     }
                     // Ended cleanly before CONNECTED: an onion service ends a stream to a port
                     // it does not serve so.
-                    None => socks_code(onion_cell::relaymsg::EndReason::DONE),
+                    None => socks::end_reason_code(onion_cell::relaymsg::EndReason::DONE),
                 };
-                return self.fail(&mut d.client, id, code, now);
+                return self.fail(&mut d.client, id, &reply(version, code), now);
             }
             _ => {}
         }
@@ -307,78 +316,52 @@ impl Proxy {
         let Some(c) = self.conns.get_mut(&id) else {
             return Ok(());
         };
-        if let Phase::Greeting = c.phase {
-            match socks::parse_greeting_method(&c.buf) {
-                Ok(None) => return Ok(()),
-                Ok(Some((n, method))) => {
-                    c.buf.drain(..n);
-                    match method {
-                        Method::NoAuth => {
-                            c.pipe.push(&socks::NO_AUTH);
-                            c.phase = Phase::Request;
-                        }
-                        Method::UserPass => {
-                            c.pipe.push(&socks::USER_PASS);
-                            c.phase = Phase::Auth;
-                        }
-                    }
+        let Phase::Handshake(h) = &mut c.phase else {
+            return Ok(());
+        };
+        let (n, request) = loop {
+            match h.handle_input(&c.buf) {
+                Ok(Step::NeedMore) => return Ok(()),
+                Ok(Step::Reply { consumed, reply }) => {
+                    c.buf.drain(..consumed);
+                    c.pipe.push(&reply);
                 }
+                Ok(Step::Request { consumed, request }) => break (consumed, request),
                 Err(e) => {
-                    c.pipe.push(&socks::NO_METHOD);
-                    self.finish(client, id, now);
+                    self.fail(client, id, &e.reply().unwrap_or_default(), now);
                     return Err(e.to_string());
                 }
-            }
-        }
-        if let Phase::Auth = c.phase {
-            match socks::parse_user_pass(&c.buf) {
-                Ok(None) => return Ok(()),
-                Ok(Some((n, creds))) => {
-                    c.buf.drain(..n);
-                    let next = Isolation(self.tokens.len() as u64 + 1);
-                    c.isolation = *self.tokens.entry(creds).or_insert(next);
-                    c.pipe.push(&socks::AUTH_OK);
-                    c.phase = Phase::Request;
-                }
-                Err(e) => {
-                    c.pipe.push(&[1, 1]);
-                    self.finish(client, id, now);
-                    return Err(e.to_string());
-                }
-            }
-        }
-        let (n, target) = match socks::parse_request(&c.buf) {
-            Ok(None) => return Ok(()),
-            Ok(Some(r)) => r,
-            Err(e) => {
-                self.fail(client, id, e.reply.unwrap_or(1), now);
-                return Err(e.to_string());
             }
         };
+        let version = request.version;
         // Tor's special names are decided here, before anything goes to the network.
-        let host = match socks::destination(&target.host) {
+        let host = match destination(&request.host) {
             Ok(Destination::Exit(host)) => host,
             Ok(Destination::Onion(addr)) => addr.to_string(),
             Err(refused) => {
-                self.fail(client, id, refused.reply(self.extended_errors), now);
-                return Err(format!("{}: {refused}", target.host));
+                let code = refused.reply_code(self.extended_errors);
+                self.fail(client, id, &reply(version, code), now);
+                return Err(format!("{}: {refused}", request.host));
             }
         };
         c.buf.drain(..n);
         c.up = std::mem::take(&mut c.buf);
-        let shown = format!("{}:{}", target.host, target.port);
-        match client.connect(&host, target.port, c.isolation, now) {
+        let shown = format!("{}:{}", request.host, request.port);
+        let isolation = self.isolation.isolation(&request.credentials);
+        c.isolation = isolation;
+        match client.connect(&host, request.port, isolation, now) {
             Ok(stream) => {
                 c.phase = Phase::Connecting {
                     stream,
                     target: shown,
+                    version,
                 };
                 self.by_stream.insert(stream, id);
                 Ok(())
             }
             Err(e) => {
-                let code = error_code(&e, self.extended_errors);
-                self.fail(client, id, code, now);
+                let code = reply_code(&e, self.extended_errors);
+                self.fail(client, id, &reply(version, code), now);
                 Err(format!("{shown}: {e}"))
             }
         }
@@ -458,10 +441,10 @@ impl Proxy {
         }
     }
 
-    /// Send the failure reply `code` to connection `id`, then close it.
-    fn fail(&mut self, client: &mut Client, id: u64, code: u8, now: Instant) {
+    /// Send the failure reply `bytes` (if any) to connection `id`, then close it.
+    fn fail(&mut self, client: &mut Client, id: u64, bytes: &[u8], now: Instant) {
         if let Some(c) = self.take(client, id, now) {
-            c.pipe.push(&socks::reply(code));
+            c.pipe.push(bytes);
             c.pipe.finish();
         }
     }
@@ -480,27 +463,11 @@ fn stream_loss(e: &onion_client::Error) -> String {
     }
 }
 
-/// The SOCKS reply for a stream the client could not open: C tor's for the END reason that
-/// refused it ([`socks_code`]); for an onion service, 4 (host unreachable) when no
-/// descriptor was found or usable or no introduction succeeded, as C tor closes those with
-/// END reason RESOLVEFAILED, or with `extended` (`--extended-errors`) the proposal 304 code
-/// of the step that failed ([`onion_client::hs::HsError::socks5_reply`]); 6 (TTL expired)
-/// for a timeout; 1 (general failure) otherwise.
-fn error_code(e: &Error, extended: bool) -> u8 {
-    use onion_client::hs::HsError;
-    match e {
-        Error::StreamEnded(reason) => socks_code(*reason),
-        Error::OnionService(h) if extended => h.socks5_reply(),
-        Error::OnionService(
-            HsError::DescriptorNotFound { .. }
-            | HsError::DescriptorInvalid(_)
-            | HsError::IntroFailed { .. }
-            | HsError::IntroTimedOut,
-        ) => 4,
-        Error::OnionService(_) => socks::GENERAL_FAILURE,
-        e if e.kind() == onion_client::ErrorKind::Timeout => 6,
-        _ => socks::GENERAL_FAILURE,
-    }
+/// The key of this run's isolation tokens, drawn from the OS.
+fn isolation_key() -> IsolationKey {
+    let mut key = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+    IsolationKey::new(key)
 }
 
 #[cfg(test)]
@@ -525,7 +492,7 @@ mod tests {
         let p = Proxy {
             conns: HashMap::new(),
             by_stream: HashMap::new(),
-            tokens: HashMap::new(),
+            isolation: isolation_key(),
             handshake_timeout: Duration::from_secs(30),
             extended_errors: false,
             live: Arc::new(AtomicUsize::new(0)),
@@ -607,29 +574,5 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, a2);
         assert_eq!(p.by_stream.len(), 5);
-    }
-
-    /// Onion-service failures get C tor's replies: 4 for a descriptor or introduction that
-    /// failed, 1 for the rest; with extended errors, the codes of proposal 304.
-    #[test]
-    fn onion_failures_map_to_c_tors_socks_replies() {
-        use onion_client::hs::HsError;
-        let not_found = Error::OnionService(HsError::DescriptorNotFound {
-            tried: 6,
-            last: "404".into(),
-        });
-        assert_eq!(error_code(&not_found, false), 4);
-        assert_eq!(error_code(&not_found, true), socks::ext::HS_DESC_NOT_FOUND);
-        let rend = Error::OnionService(HsError::RendezvousFailed("x".into()));
-        assert_eq!(error_code(&rend, false), 1);
-        assert_eq!(error_code(&rend, true), socks::ext::HS_REND_FAILED);
-        let auth = Error::OnionService(HsError::ClientAuthMissing);
-        assert_eq!(error_code(&auth, false), 1);
-        assert_eq!(error_code(&auth, true), socks::ext::HS_MISSING_CLIENT_AUTH);
-        let timeout = Error::OnionService(HsError::IntroTimedOut);
-        assert_eq!(error_code(&timeout, false), 4);
-        assert_eq!(error_code(&timeout, true), socks::ext::HS_INTRO_TIMEDOUT);
-        let refused = Error::StreamEnded(onion_cell::relaymsg::EndReason::EXITPOLICY);
-        assert_eq!(error_code(&refused, true), 2);
     }
 }

@@ -1,9 +1,10 @@
 //! `onion socks --listen 127.0.0.1:PORT [--authorities FILE] [--data-dir DIR] [--timeout SECS]
 //! [--dir-mode micro|full] [--allow-non-loopback] [--extended-errors]`:
-//! a SOCKS5 proxy over the stack, as C tor's SocksPort (CONNECT with a host name or an
-//! address; names are resolved by the exit), for curl (`--socks5-hostname`) and browsers.
+//! a SOCKS proxy over the stack, as C tor's SocksPort (SOCKS4, SOCKS4a and SOCKS5 CONNECT with a
+//! host name or an address; names are resolved by the exit), for curl (`--socks5-hostname`)
+//! and browsers.
 //!
-//! **Names** ([`destination`](crate::net::socks::destination), address-spec §2–3, as C tor's
+//! **Names** ([`destination`](onion_client::socks::destination), address-spec §2–3, as C tor's
 //! `parse_extended_hostname`). ASCII case is ignored and one trailing dot is dropped
 //! (`x.onion.` is `x.onion`: C tor 0.4.9 does not drop it, and sends `x.onion.` to an exit).
 //! - `<addr>.onion` and `<anything>.<addr>.onion` go to the onion service `<addr>`
@@ -21,7 +22,7 @@
 //!   unreachable, when no descriptor was found or every introduction point failed; 1
 //!   otherwise. With `--extended-errors` (C tor's SocksPort flag `ExtendedErrors`, which Tor
 //!   Browser sets) these, and a malformed address, get the codes of proposal 304 instead
-//!   ([`ext`](crate::net::socks::ext), 0xF0–0xF7). They are off by default, as in C tor: RFC 1928 leaves the
+//!   ([`ReplyCode`](onion_client::socks::ReplyCode), 0xF0–0xF7). They are off by default, as in C tor: RFC 1928 leaves the
 //!   values unassigned, and a client that does not expect them may misreport them.
 //!
 //! **Where it listens, and how many.** `--listen` must be a loopback address unless
@@ -46,11 +47,8 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onion_cell::relaymsg::EndReason;
-
 use crate::cmd::get::NetArgs;
 use crate::net::event::Input;
-use crate::net::socks;
 
 /// `onion socks` (see the module documentation).
 #[derive(clap::Args)]
@@ -90,7 +88,7 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How many bytes a client may send before its stream is open (greeting, request and
-/// optimistic data; a request is at most 262 bytes).
+/// optimistic data; no message is longer than [`onion_client::socks::MAX_MESSAGE`]).
 pub(super) const HANDSHAKE_READ: usize = 1024;
 /// How long a client may take from connecting to sending a complete greeting and request
 /// (`--handshake-timeout`): one that connects and sends nothing, or stops halfway, would
@@ -232,42 +230,9 @@ pub fn run(args: Args) -> Result<(), String> {
     )
 }
 
-/// RFC 1928 reply code for the RELAY_END reason (tor-spec §6.3) that finally refused a
-/// stream: the one C tor's SocksPort sends (`stream_end_reason_to_socks5_response`).
-pub(super) fn socks_code(reason: EndReason) -> u8 {
-    match reason {
-        // "connection not allowed by ruleset"
-        EndReason::EXITPOLICY => 2,
-        // "Host unreachable": the name did not resolve, or the exit has no route to it.
-        EndReason::RESOLVEFAILED | EndReason::NOROUTE => 4,
-        // "Connection refused": refused, reset, or closed before CONNECTED (an onion
-        // service ends a stream to a port it does not serve with DONE).
-        EndReason::CONNECTREFUSED | EndReason::DONE | EndReason::CONNRESET => 5,
-        // "TTL expired": the exit (or we) gave up waiting.
-        EndReason::TIMEOUT => 6,
-        // "general SOCKS server failure"
-        _ => socks::GENERAL_FAILURE,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn final_reply_codes() {
-        assert_eq!(socks_code(EndReason::EXITPOLICY), 2);
-        assert_eq!(socks_code(EndReason::NOROUTE), 4);
-        assert_eq!(socks_code(EndReason::DONE), 5);
-        assert_eq!(socks_code(EndReason::CONNRESET), 5);
-        assert_eq!(socks_code(EndReason::TORPROTOCOL), 1);
-        assert_eq!(socks_code(EndReason::RESOLVEFAILED), 4);
-        assert_eq!(socks_code(EndReason::CONNECTREFUSED), 5);
-        assert_eq!(socks_code(EndReason::TIMEOUT), 6);
-        assert_eq!(socks_code(EndReason::MISC), 1);
-        assert_eq!(socks_code(EndReason::DESTROY), 1);
-        assert_eq!(socks_code(EndReason::RESOURCELIMIT), 1);
-    }
 
     #[test]
     fn listens_on_loopback_unless_told_otherwise() {
@@ -429,6 +394,6 @@ mod tests {
 
     #[test]
     fn bounds_are_consistent() {
-        const { assert!(HANDSHAKE_READ >= 2 + 255 + 4 + 1 + 255 + 2) };
+        const { assert!(HANDSHAKE_READ >= onion_client::socks::MAX_MESSAGE) };
     }
 }

@@ -36,12 +36,11 @@ use std::sync::mpsc::{channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
 use onion_client::dir::{DirConfig, DirMode, Directory};
 use onion_client::{
-    CcView, CircuitView, Client, ClientConfig, ConnId, Event, Persist, Purpose, State, StreamHandle,
+    CcView, CircuitView, Client, ClientConfig, ConnId, Event, Persist, Purpose, State,
 };
 use onion_dir::Timestamp;
 
@@ -464,90 +463,6 @@ impl Driver {
             return Err("no relay with a valid descriptor in the consensus".into());
         }
         Ok(dir)
-    }
-}
-
-impl Driver {
-    /// Wait until stream `s` to `target` (`host:port`, for messages) is open (CONNECTED), at
-    /// most until `deadline`. Other happenings meanwhile are dropped: for commands with one
-    /// stream and no sockets of their own.
-    pub fn wait_open(
-        &mut self,
-        s: StreamHandle,
-        target: &str,
-        deadline: Instant,
-    ) -> Result<(), String> {
-        loop {
-            match self.next(Some(deadline)) {
-                None => return Err(format!("{target}: timed out waiting for the stream")),
-                Some(Happening::Client(Event::StreamOpened { stream })) if stream == s => {
-                    return Ok(())
-                }
-                Some(Happening::Client(Event::StreamClosed { stream, error })) if stream == s => {
-                    return Err(match error {
-                        Some(e) => open_error(target, &e),
-                        None => format!("{target}: the stream closed before it opened"),
-                    });
-                }
-                Some(Happening::Client(Event::Bootstrap { percent, what })) => {
-                    progress(percent, &what)
-                }
-                Some(_) => {}
-            }
-        }
-    }
-
-    /// Send `request` on the open stream `s` and read until the stream ends (at most
-    /// `max` bytes, until `deadline`); `progress` sees the byte count as it grows, and the
-    /// client (to look at the stream's circuit while the stream still exists). Other
-    /// happenings meanwhile are dropped, as in [`Driver::wait_open`].
-    pub fn exchange(
-        &mut self,
-        s: StreamHandle,
-        request: &[u8],
-        max: usize,
-        deadline: Instant,
-        mut progress: impl FnMut(usize, &Client),
-    ) -> Result<Vec<u8>, String> {
-        let mut sent = 0;
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let now = self.clock.now();
-            while sent < request.len() {
-                match self.client.write(s, &request[sent..], now) {
-                    Ok(0) => break,
-                    Ok(n) => sent += n,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            loop {
-                match self.client.read(s, &mut buf, now) {
-                    Ok(Some(0)) => return Ok(got),
-                    Ok(Some(n)) => {
-                        if got.len() + n > max {
-                            self.client.close(s, now);
-                            return Err(format!("response larger than {max} bytes"));
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                        progress(got.len(), &self.client);
-                    }
-                    Ok(None) => break,
-                    // END with reason DONE or MISC ends a response: exits and onion
-                    // services (C tor's and `onion serve`) end a finished one so.
-                    Err(onion_client::Error::StreamEnded(r))
-                        if r == EndReason::DONE || r == EndReason::MISC =>
-                    {
-                        return Ok(got)
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            if self.next(Some(deadline)).is_none() {
-                self.client.close(s, self.clock.now());
-                return Err(format!("timed out after {} bytes", got.len()));
-            }
-        }
     }
 }
 

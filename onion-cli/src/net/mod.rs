@@ -25,17 +25,14 @@
 //! - [`cache`]: directory documents, guard state and build times kept in the data directory,
 //!   and [`private`]: the data and key directories and their files, private to the user
 //!   (both shared with onion-tokio in `onion_io`, as are the TLS rules of [`tls`]).
-//! - [`http`], [`socks`]: the small amount of HTTP/1.0 and SOCKS5 the commands need.
 //! - [`text`]: text received from the network, escaped before it is printed.
 
 pub use onion_client::dir::authorities as authority;
 pub use onion_io::cache;
 pub mod driver;
 pub mod event;
-pub mod http;
 pub mod pipe;
 pub mod private;
-pub mod socks;
 pub mod text;
 pub mod tls;
 
