@@ -65,11 +65,7 @@ impl Cache {
         if now >= until {
             return None;
         }
-        let path = self.dir.join(name);
-        if std::fs::metadata(&path).ok()?.len() > MAX_DOC {
-            return None;
-        }
-        std::fs::read_to_string(path).ok()
+        self.read(name)
     }
 
     /// Store `text` as `name`, reusable until `until`.
