@@ -1591,3 +1591,132 @@ fn onion_cc_socks_fetches_from_a_c_tor_onion_service() {
     let warns = cc_warnings(&logs);
     assert!(warns.is_empty(), "C tor warnings: {warns:#?}");
 }
+
+/// `onion socks` with `ONION_DEBUG=1` (its transport's debug lines, among them the client's
+/// link padding counts), killed when dropped; its stderr lines are collected.
+struct DebugDaemon {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DebugDaemon {
+    fn start(args: &[&str]) -> DebugDaemon {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = onion()
+            .args(args)
+            .env("ONION_DEBUG", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start onion");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        DebugDaemon { child, lines }
+    }
+
+    /// The last stderr line containing `needle`, waiting for one at most `timeout`.
+    fn last_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|l| l.contains(needle))
+                .cloned();
+            if found.is_some() || std::time::Instant::now() > until {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for DebugDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The numbers of a `link padding: P of C channels padded, S PADDING cells sent, R received
+/// on them` line: (P, C, S, R).
+fn padding_counts(line: &str) -> (u64, u64, u64, u64) {
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n[..] {
+        [p, c, s, r] => (p, c, s, r),
+        _ => panic!("not a padding line: {line}"),
+    }
+}
+
+/// Link padding with C tor's defaults (padding-spec §2): our client and the C tor guard
+/// negotiate link protocol 5 (from which both ends pad, tor-spec §4.1; no PADDING_NEGOTIATE
+/// is needed to keep the defaults, and C tor's client sends none either), and once the guard
+/// channel has carried a 3-hop circuit and is left idle, the guard sends PADDING cells (C tor
+/// pads an idle client channel after 1.5 to 9.5 s) and so does our client. The counts are
+/// the client's own ([`onion_client::Client::padding_stats`], printed by `ONION_DEBUG`).
+#[test]
+fn idle_guard_channel_is_padded_both_ways() {
+    use std::io::Read;
+    let Some(net) = network() else { return };
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let auths = net.authorities_file.to_str().unwrap();
+    let d = DebugDaemon::start(&["socks", "--listen", &listen, "--authorities", auths]);
+    let ready = d.last_line("SOCKS5 proxy listening", Duration::from_secs(120));
+    assert!(ready.is_some(), "proxy not up:\n{}", d.stderr());
+    // One fetch through a 3-hop circuit: the guard channel now carries full circuits.
+    let mut s = socks_get(&listen, &net.http_url, "");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(
+        String::from_utf8_lossy(&got).ends_with(&net.http_body),
+        "{}",
+        d.stderr()
+    );
+    drop(s);
+    // Idle: each end sends a PADDING cell after 1.5 to 9.5 s without a cell either way, and
+    // starts again at every cell, so which end pads is a draw each time (about even): 90 s
+    // leave about 13 draws for our client to win one.
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    let (mut line, mut counts) = (String::new(), (0, 0, 0, 0));
+    while std::time::Instant::now() < until && (counts.2 == 0 || counts.3 == 0) {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(l) = d.last_line("link padding:", Duration::ZERO) {
+            counts = padding_counts(&l);
+            line = l;
+        }
+    }
+    let (padded, channels, sent, received) = counts;
+    eprintln!("{line}");
+    assert!(padded >= 1 && padded <= channels, "{line}");
+    assert!(
+        sent >= 1,
+        "our client sent no PADDING: {line}\n{}",
+        d.stderr()
+    );
+    assert!(
+        received >= 1,
+        "the C tor guard sent no PADDING: {line}\n{}",
+        d.stderr()
+    );
+}

@@ -99,7 +99,7 @@ pub mod timeout;
 
 pub use client::{
     msg_verdict, CcView, CircuitView, Client, ClientConfig, ConnId, Event, HopView, Isolation,
-    Limits, Persist, Purpose, ServiceHandle, State, StreamHandle, Verdict,
+    Limits, PaddingStats, Persist, Purpose, ServiceHandle, State, StreamHandle, Verdict,
 };
 pub use error::{Error, ErrorKind};
 pub use onion_circuit::Instant;

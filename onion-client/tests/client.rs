@@ -851,7 +851,8 @@ fn circuits_built_ahead_are_bounded() {
 }
 
 /// PADDING cells relays receive from a client holding one idle stream for `secs`, with
-/// consensus parameters `params`; and on how many connections.
+/// consensus parameters `params`; and on how many connections. The client's own count
+/// ([`onion_client::Client::padding_stats`]) agrees.
 fn idle_padding(params: &str, secs: u64, open_stream: bool) -> (u64, usize) {
     let mut net = Net::new(6, 25);
     net.params = params.into();
@@ -864,6 +865,12 @@ fn idle_padding(params: &str, secs: u64, open_stream: bool) -> (u64, usize) {
     let before = net.padding_received();
     pass(&mut net, &mut c, secs);
     let per_conn = net.padding_by_conn();
+    let stats = c.padding_stats();
+    let on_padded = match stats.padded {
+        0 => 0,
+        _ => net.padding_received(),
+    };
+    assert_eq!(stats.sent, on_padded, "{stats:?}");
     (
         net.padding_received() - before,
         per_conn.iter().filter(|n| **n > 0).count(),

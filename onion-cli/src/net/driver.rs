@@ -40,7 +40,7 @@ use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
 use onion_client::dir::{DirConfig, DirMode, Directory};
 use onion_client::{
-    CcView, CircuitView, Client, ClientConfig, ConnId, Event, Persist, Purpose, State,
+    CcView, CircuitView, Client, ClientConfig, ConnId, Event, PaddingStats, Persist, Purpose, State,
 };
 use onion_dir::Timestamp;
 
@@ -111,6 +111,8 @@ pub struct Driver {
     fired: Option<Instant>,
     plain: Vec<u8>,
     wire: Vec<u8>,
+    /// Link padding as last reported (`ONION_DEBUG`).
+    padding: PaddingStats,
 }
 
 /// The client's configuration for the authorities `auths` in `mode`: the fallback
@@ -176,6 +178,7 @@ impl Driver {
             fired: None,
             plain: Vec::new(),
             wire: Vec::new(),
+            padding: PaddingStats::default(),
         })
     }
 
@@ -348,6 +351,24 @@ impl Driver {
 
     /// Send what the client has to send and act on its events, until it has neither.
     fn flush(&mut self) {
+        self.flush_once();
+        let padding = self.client.padding_stats();
+        if padding != self.padding {
+            self.padding = padding;
+            let PaddingStats {
+                channels,
+                padded,
+                sent,
+                received,
+            } = padding;
+            debug(&format!(
+                "link padding: {padded} of {channels} channels padded, {sent} PADDING cells \
+                 sent, {received} received on them"
+            ));
+        }
+    }
+
+    fn flush_once(&mut self) {
         loop {
             let mut busy = false;
             let now = self.clock.now();
@@ -562,7 +583,8 @@ mod tests {
         let c = Cache::open(&dir).unwrap();
         assert!(load_state(Some(&c), DirMode::Micro).guards.is_none());
         c.put_guards("Guard in=default rsa_id=AA\n").unwrap();
-        c.write(crate::net::cache::BUILD_TIMES_FILE, b"times").unwrap();
+        c.write(crate::net::cache::BUILD_TIMES_FILE, b"times")
+            .unwrap();
         let later = SystemTime::now() + Duration::from_secs(600);
         c.put_document(
             DirMode::Micro,

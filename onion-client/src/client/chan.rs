@@ -82,6 +82,37 @@ impl PaddingParams {
     }
 }
 
+/// Link padding on the client's open channels (padding-spec §2): what an embedder reports,
+/// and how a test sees that both ends of a channel pad it when idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PaddingStats {
+    /// Channels open now.
+    pub channels: usize,
+    /// Of those, the channels padded when idle: link protocol 5 or later, multi-hop circuits
+    /// through them, padding not turned off by the consensus.
+    pub padded: usize,
+    /// PADDING cells this client sent for idleness on the padded channels.
+    pub sent: u64,
+    /// PADDING and VPADDING cells the relays sent on the padded channels.
+    pub received: u64,
+}
+
+impl super::Client {
+    /// Link padding on the channels open now ([`PaddingStats`]).
+    pub fn padding_stats(&self) -> PaddingStats {
+        let mut s = PaddingStats::default();
+        for c in self.chans.values().filter(|c| c.open) {
+            s.channels += 1;
+            if c.pads(&self.padding) {
+                s.padded += 1;
+                s.sent += c.padding_sent;
+                s.received += c.channel.as_ref().map_or(0, Channel::padding_cells);
+            }
+        }
+        s
+    }
+}
+
 /// One connection the client asked for and the channel over it.
 #[derive(Debug)]
 pub(crate) struct Chan {

@@ -34,6 +34,7 @@ use crate::predict::PredictedPorts;
 use crate::timeout::BuildTimes;
 use crate::{Error, Instant, Timestamp};
 
+pub use chan::PaddingStats;
 pub use circ::{msg_verdict, Purpose, Verdict};
 pub use config::{ClientConfig, Isolation, Limits, State};
 pub use event::{ConnId, Event, Persist, ServiceHandle, StreamHandle};
