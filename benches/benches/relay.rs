@@ -40,7 +40,7 @@ fn relay(rng: &mut ChaCha20Rng, ip: IpAddr) -> Relay {
     let mut fake = vec![0u8; 64];
     rng.fill_bytes(&mut fake);
     cfg.link_cert = Some(TlsLinkCert::from_der(fake, Default::default()));
-    Relay::new(cfg, keys, Instant::ZERO, wall(), rng).expect("relay")
+    Relay::new(cfg, keys, Instant::ZERO, wall().into(), rng).expect("relay")
 }
 
 fn target(r: &Relay, addr: SocketAddr) -> HopTarget {

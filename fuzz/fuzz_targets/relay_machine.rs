@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     cfg.limits.stream_buffer = 4096;
     cfg.limits.max_streams = 16;
     cfg.limits.max_queued_bytes = 1 << 20;
-    let Ok(mut relay) = Relay::new(cfg, keys, Instant::ZERO, wall(), &mut rng) else {
+    let Ok(mut relay) = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng) else {
         return;
     };
     let mut now = Instant::ZERO;
@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             (2, _) => relay.handle_closed(conn, now),
             (3, _) => {
                 now = now + Duration::from_millis(u64::from(sel) * 100);
-                relay.handle_timeout(now, wall() + (now - Instant::ZERO));
+                relay.handle_timeout(now, (wall() + (now - Instant::ZERO)).into());
             }
             (4, _) => {
                 let mut v = [0u8; 32];

@@ -5,6 +5,7 @@ use core::time::Duration;
 use std::net::IpAddr;
 
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
+use onion_dir::consensus::NetParams;
 use onion_dir::policy::ExitPolicy;
 use onion_hs::relay::{HsDirLimits, IntroDosParams};
 
@@ -59,6 +60,11 @@ pub struct RelayConfig {
     /// Send a PADDING cell on a channel idle this long (tor-spec §3; C tor's
     /// `KeepalivePeriod`, 5 minutes).
     pub keepalive: Option<Duration>,
+    /// Free the expanded AES key schedules (2 × 704 bytes a circuit) of circuits no cell
+    /// went through for this long (one to two such periods: one sweep of all circuits per
+    /// period); the next cell rebuilds them (about 50 ns each). Default 5 seconds, as the
+    /// client's circuits (`CircConfig::idle_after`). `None`: never.
+    pub compact_idle: Option<Duration>,
     /// Bounds and rates.
     pub limits: Limits,
 }
@@ -79,6 +85,7 @@ impl RelayConfig {
             link_cert: None,
             verify_initiator_auth: true,
             keepalive: Some(Duration::from_secs(300)),
+            compact_idle: Some(Duration::from_secs(5)),
             limits: Limits::default(),
         }
     }
@@ -206,6 +213,36 @@ impl Default for Limits {
             max_rend_cookies: 16_384,
             intro_dos: IntroDosParams::default(),
             refuse_single_hop_rendezvous: false,
+        }
+    }
+}
+
+/// What a relay takes from each new consensus ([`crate::Relay::set_consensus_params`]), as a
+/// C tor relay re-reads its consensus parameters on every new consensus (param-spec).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsensusParams {
+    /// What circuits created from now on offer: congestion control and stream flow control
+    /// from the `cc_*` values (proposal 324 §6.5, §4). The embedder maps them (the same
+    /// mapping its client side uses), so that both ends of a circuit agree.
+    pub circuits: CircRelayConfig,
+    /// `circ_max_cell_queue_size` (param-spec: default 50 000, clamped to 1 000 ..=
+    /// `INT32_MAX`): replaces [`Limits::circuit_queue_cells`] for every circuit.
+    pub circuit_queue_cells: usize,
+}
+
+/// param-spec's `circ_max_cell_queue_size`: default, smallest and largest value.
+pub const CIRC_MAX_CELL_QUEUE_SIZE: (i32, i32, i32) = (50_000, 1_000, i32::MAX);
+
+impl ConsensusParams {
+    /// The values of a consensus whose `params` line is `params`; `circuits` is what the
+    /// embedder made of its `cc_*` values.
+    pub fn new(circuits: CircRelayConfig, params: &NetParams<'_>) -> Self {
+        let (default, min, max) = CIRC_MAX_CELL_QUEUE_SIZE;
+        let q = params.get_clamped("circ_max_cell_queue_size", default, min, max);
+        ConsensusParams {
+            circuits,
+            circuit_queue_cells: usize::try_from(q).unwrap_or(50_000),
         }
     }
 }

@@ -15,7 +15,8 @@
 //!   §4.5.2): that diff, or 404;
 //! * `/tor/micro/d/<D1>-<D2>...` (dir-spec §5.2, at most 92 digests), the ones held;
 //! * `/tor/server/fp/<F1>+<F2>...`, `/tor/server/d/<D1>+<D2>...`, `/tor/server/all`
-//!   (dir-spec appendix B), the ones held;
+//!   (dir-spec appendix B), the ones held, and `/tor/server/authority` (the relay's own
+//!   descriptor, [`DirDocuments::own_descriptor`]);
 //! * authority key certificates (dir-spec §3.1), which a client needs to check the
 //!   consensus signatures: `/tor/keys/all`, `/tor/keys/fp/<F1>+<F2>...` (by authority
 //!   identity), `/tor/keys/sk/<S1>+...` (by signing-key digest) and
@@ -84,6 +85,9 @@ pub struct DirDocuments {
     /// text names; a text that does not parse as one certificate is not served. The
     /// certificates are not verified here: the client verifies what it fetches.
     pub authority_certs: Vec<Vec<u8>>,
+    /// The relay's own server descriptor as published, served as `/tor/server/authority`
+    /// (dir-spec appendix B: "the server's own descriptor").
+    pub own_descriptor: Option<Vec<u8>>,
 }
 
 /// One directory request the cache answered (method, path, status, whether a consensus
@@ -188,6 +192,7 @@ pub(crate) struct DirCache {
     micro: HashMap<[u8; 32], Arc<[u8]>>,
     by_fp: HashMap<[u8; 20], Arc<[u8]>>,
     by_digest: HashMap<[u8; 20], Arc<[u8]>>,
+    own: Option<Arc<[u8]>>,
     /// Authority key certificates, in the order given.
     certs: Vec<Cert>,
     /// Bytes held (for the relay's accounting; directory documents are not counted in
@@ -312,6 +317,10 @@ impl DirCache {
             let text: Arc<[u8]> = s.text.into();
             c.by_fp.insert(s.identity.0, text.clone());
             c.by_digest.insert(s.digest, text);
+        }
+        if let Some(t) = docs.own_descriptor {
+            bytes += t.len();
+            c.own = Some(t.into());
         }
         for t in docs.authority_certs {
             let Ok(text) = core::str::from_utf8(&t) else {
@@ -466,10 +475,20 @@ impl DirCache {
         }
         if path == "/tor/server/all" {
             let mut all: Vec<_> = self.by_fp.iter().collect();
+            if all.is_empty() {
+                return Err(not_found());
+            }
             all.sort_by_key(|(k, _)| **k);
             return Ok(Body::List(
                 all.into_iter().map(|(_, v)| v.clone()).collect(),
             ));
+        }
+        if path == "/tor/server/authority" {
+            return self
+                .own
+                .as_ref()
+                .map(|t| Body::List(vec![t.clone()]))
+                .ok_or_else(not_found);
         }
         let (list, map) = if let Some(l) = path.strip_prefix("/tor/server/fp/") {
             (l, &self.by_fp)
@@ -871,6 +890,57 @@ mod tests {
                 (r, "/tor/micro/d/AAAA", 400, 0)
             ]
         );
+    }
+
+    #[test]
+    fn own_descriptor_and_unknown_digests() {
+        let fetch = |c: &DirCache, path: &str| {
+            get(
+                c,
+                format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+                1 << 20,
+            )
+        };
+        let mut docs = DirDocuments {
+            own_descriptor: Some(b"router me\n".to_vec()),
+            ..DirDocuments::default()
+        };
+        let c = DirCache::new(docs.clone());
+        assert_eq!(
+            fetch(&c, "/tor/server/authority"),
+            (200, b"router me\n".to_vec())
+        );
+        assert_eq!(
+            fetch(&c, "/tor/server/authority.z"),
+            (200, b"router me\n".to_vec())
+        );
+        // No other descriptor held: all of them is nothing (404, as C tor answers).
+        assert_eq!(fetch(&c, "/tor/server/all").0, 404);
+        docs.own_descriptor = None;
+        assert_eq!(fetch(&DirCache::new(docs), "/tor/server/authority").0, 404);
+        // Digests the cache does not hold: 404; some held: only those.
+        let c = cache();
+        let absent = MdDigest([1; 32]).to_base64();
+        assert_eq!(fetch(&c, &format!("/tor/micro/d/{absent}")).0, 404);
+        assert_eq!(
+            fetch(&c, &format!("/tor/server/d/{}", "AB".repeat(20))).0,
+            404
+        );
+        assert_eq!(
+            fetch(&c, &format!("/tor/server/fp/{}", "AB".repeat(20))).0,
+            404
+        );
+        let held = MdDigest(Sha256::digest(b"onion-key\nA\n").into()).to_base64();
+        assert_eq!(
+            fetch(&c, &format!("/tor/micro/d/{absent}-{held}.z")),
+            (200, b"onion-key\nA\n".to_vec())
+        );
+        let both = format!("{}+{}", "AB".repeat(20), hex::encode([9u8; 20]));
+        assert_eq!(
+            fetch(&c, &format!("/tor/server/d/{both}")),
+            (200, b"router x\n".to_vec())
+        );
+        assert_eq!(fetch(&c, "/tor/server/all"), (200, b"router x\n".to_vec()));
     }
 
     #[test]

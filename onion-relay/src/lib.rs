@@ -73,14 +73,17 @@ pub mod dir;
 mod dos;
 pub mod event;
 mod relay;
+pub mod store;
 pub mod tls;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{Limits, RelayConfig};
+pub use config::{ConsensusParams, Limits, RelayConfig};
 pub use dir::{DirDocuments, ServerDescriptor};
 pub use event::{ConnId, Error, Event, ResolveError, StreamHandle, TargetError};
 pub use onion_circuit::Instant;
+pub use onion_crypto::Timestamp;
 pub use relay::{Relay, RelayStats};
+pub use store::DescriptorStore;
 pub use tls::TlsLinkCert;

@@ -136,7 +136,7 @@ impl Net {
         cfg.link_cert = Some(TlsLinkCert::from_der(fake, Zeroizing::new(Vec::new())));
         f(&mut cfg);
         let keys = RelayKeySet::generate(&mut self.rng, wall0(), false).expect("keys");
-        let relay = Relay::new(cfg, keys, self.now, wall0(), &mut self.rng).expect("relay");
+        let relay = Relay::new(cfg, keys, self.now, wall0().into(), &mut self.rng).expect("relay");
         self.relays.push(relay);
         self.addrs.push(SocketAddr::new(ip, 9001));
         n
@@ -250,7 +250,7 @@ impl Net {
         self.now = self.now + d;
         let wall = wall0() + (self.now - onion_circuit::Instant::ZERO);
         for r in &mut self.relays {
-            r.handle_timeout(self.now, wall);
+            r.handle_timeout(self.now, wall.into());
         }
         for c in &mut self.circs {
             c.circ.handle_timeout(self.now);
@@ -566,6 +566,46 @@ pub(crate) fn three_relays(seed: u64) -> (Net, usize) {
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Circuits no cell went through for one to two idle periods have their key schedules
+/// freed at every relay; the next cells rebuild them and the data arrives intact.
+#[test]
+fn idle_circuits_are_compacted_and_work_after() {
+    let (mut net, c) = three_relays(31);
+    net.reply = pattern(100_000);
+    let i = net.build(c, &[0, 1, 2], HandshakeKind::NtorV3);
+    assert_eq!(net.hops(i), 3);
+    // One period: the build used the circuit.
+    net.advance(Duration::from_secs(5));
+    for r in 0..3 {
+        assert_eq!(net.relays[r].n_compacted_circuits(), 0, "relay {r}");
+    }
+    // A second period without a cell: compacted.
+    net.advance(Duration::from_secs(5));
+    for r in 0..3 {
+        assert_eq!(net.relays[r].n_compacted_circuits(), 1, "relay {r}");
+        assert!(net.relays[r].poll_timeout().is_some());
+    }
+    let s = net.begin(i, "example.com", 80);
+    net.send(i, s, b"GET / HTTP/1.0\r\n\r\n");
+    net.run();
+    for r in 0..3 {
+        assert_eq!(net.relays[r].n_compacted_circuits(), 0, "relay {r}");
+    }
+    assert_eq!(net.target_received(2), b"GET / HTTP/1.0\r\n\r\n");
+    let got = net.circs[i].data.get(&s.get()).cloned().unwrap_or_default();
+    assert!(got == pattern(100_000));
+    // Off: never compacted.
+    let mut net = Net::new(32);
+    net.add_relay(|c| c.compact_idle = None);
+    let (c, _) = net
+        .connect_client(0, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)))
+        .expect("connect");
+    let i = net.build(c, &[0], HandshakeKind::CreateFast);
+    assert_eq!(net.hops(i), 1);
+    net.advance(Duration::from_secs(30));
+    assert_eq!(net.relays[0].n_compacted_circuits(), 0);
 }
 
 #[test]
@@ -967,6 +1007,37 @@ fn a_circuit_holding_too_many_cells_is_closed() {
     );
 }
 
+/// The queue bound a new consensus sets (`circ_max_cell_queue_size`) holds for circuits
+/// already open: the same stalled fetch, under the default bound (50 000 cells) until the
+/// consensus lowers it, is closed then.
+#[test]
+fn the_consensus_queue_bound_applies_to_open_circuits() {
+    let (mut net, i, conn) = stalled_fetch(13, |_| {});
+    net.reply = pattern(400_000);
+    let s = net.begin(i, "example.com", 80);
+    net.relays[0].set_blocked(conn, true);
+    net.send(i, s, b"GET / HTTP/1.0\r\n\r\n");
+    net.run();
+    assert_eq!(net.relays[0].stats().circuits_killed_queue, 0);
+    assert_eq!(net.relays[0].n_circuits(), 1);
+    let now = net.now;
+    let p = crate::ConsensusParams {
+        circuits: onion_circuit::relay::RelayConfig::default(),
+        circuit_queue_cells: 100,
+    };
+    net.relays[0].set_consensus_params(p, now);
+    net.run();
+    assert_eq!(net.relays[0].stats().circuits_killed_queue, 1);
+    assert_eq!(net.relays[0].n_circuits(), 0);
+    assert_eq!(net.relays[2].n_circuits(), 0);
+    net.relays[0].set_blocked(conn, false);
+    net.run();
+    assert_eq!(
+        net.circs[i].closed,
+        Some(Some(DestroyReason::RESOURCELIMIT))
+    );
+}
+
 #[test]
 fn out_of_memory_closes_the_circuit_holding_the_most() {
     let (mut net, i, conn) = stalled_fetch(14, |l| l.max_queued_bytes = 200_000);
@@ -1115,7 +1186,7 @@ fn a_generated_link_certificate_serves_tls_and_the_handshake() {
         RelayConfig::new(vec![ip]),
         keys,
         onion_circuit::Instant::ZERO,
-        wall0(),
+        wall0().into(),
         &mut rng,
     )
     .expect("relay");
@@ -1607,7 +1678,7 @@ mod props {
                     Op::Closed(c) => relay.handle_closed(ConnId(u64::from(c % 4)), now),
                     Op::Timeout(ms) => {
                         now = now + Duration::from_millis(u64::from(ms) * 10);
-                        relay.handle_timeout(now, wall0());
+                        relay.handle_timeout(now, wall0().into());
                     }
                     Op::Exporter(c) => relay.provide_tls_exporter(ConnId(u64::from(c % 4)), now, [c; 32]),
                     Op::Resolved(s, ok) => relay.handle_resolved(

@@ -18,7 +18,7 @@ use onion_circuit::channel::{ChanConfig, ChanEvent, Channel};
 use onion_circuit::Instant;
 use onion_crypto::ntor_v3::{NtorV3Client, CIRCUIT_EXTEND_VERIFICATION};
 use onion_crypto::relay_keyset::RelayKeySet;
-use onion_relay::{ConnId, Relay, RelayConfig, TlsLinkCert};
+use onion_relay::{ConnId, ConsensusParams, Relay, RelayConfig, TlsLinkCert};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -66,7 +66,7 @@ fn server_message(cc: Option<CcConfig>, client_msg: &[u8]) -> (Vec<u8>, usize) {
     let mut cfg = RelayConfig::new(vec![ip]);
     cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
     cfg.circuits.congestion_control = cc;
-    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall(), &mut rng).expect("relay");
+    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
     let now = Instant::ZERO;
     relay
         .handle_accepted(
@@ -149,4 +149,89 @@ fn no_request_or_no_support_gets_an_empty_list() {
     let (msg, n) = server_message(None, &[1, 1, 0]);
     assert_eq!(msg, [0]);
     assert_eq!(n, 1);
+}
+
+/// A new consensus's values reach circuits made after it: the relay answers the same C tor
+/// request with the `sendme_inc` of the consensus it was last given
+/// ([`Relay::set_consensus_params`]), while the circuit made before keeps its own.
+#[test]
+fn a_new_consensus_sets_what_new_circuits_negotiate() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let mut cfg = RelayConfig::new(vec![ip]);
+    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
+    cfg.circuits.congestion_control = Some(CcConfig::default());
+    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
+    let now = Instant::ZERO;
+    relay
+        .handle_accepted(
+            ConnId(1),
+            now,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
+        )
+        .expect("accept");
+    let mut chan = Channel::initiator(
+        ChanConfig::default(),
+        relay.identities(),
+        Some(relay.link_cert().sha256()),
+        now,
+        wall(),
+    );
+    pump(&mut relay, &mut chan);
+    assert!(chan.is_open());
+    let mut create = |relay: &mut Relay, chan: &mut Channel| {
+        let ed = relay.keys().ed_identity();
+        let onion_key = *relay.keys().ntor_key().public();
+        let (pending, hdata) = NtorV3Client::start(
+            &mut rng,
+            &ed,
+            &onion_key,
+            &[1, 1, 0],
+            CIRCUIT_EXTEND_VERIFICATION,
+        );
+        let id = chan.new_circ_id(&mut rng).expect("circuit id");
+        let create2 = Create2 {
+            handshake_type: HandshakeType::NTOR_V3,
+            hdata: hdata.into(),
+        };
+        chan.send(id, &ChanMsg::Create2(create2)).expect("CREATE2");
+        let created = pump(relay, chan)
+            .into_iter()
+            .find_map(|ev| match ev {
+                ChanEvent::CircuitCell {
+                    circ_id,
+                    msg: ChanMsg::Created2(c),
+                } if circ_id == id => Some(c.hdata.into_owned()),
+                _ => None,
+            })
+            .expect("CREATED2");
+        pending
+            .finish(&created)
+            .expect("the ntor-v3 reply checks")
+            .0
+    };
+    assert_eq!(create(&mut relay, &mut chan), [1, 2, 1, 31]);
+    // The network moves to cc_sendme_inc=33 and a smaller queue bound.
+    let params = onion_dir::consensus::NetParams {
+        entries: vec![("cc_sendme_inc", 33), ("circ_max_cell_queue_size", 10)],
+    };
+    let mut circuits = onion_circuit::relay::RelayConfig::default();
+    circuits.congestion_control = Some(CcConfig {
+        sendme_inc: 33,
+        ..CcConfig::default()
+    });
+    let p = ConsensusParams::new(circuits, &params);
+    // Below param-spec's minimum: clamped to 1000.
+    assert_eq!(p.circuit_queue_cells, 1000);
+    relay.set_consensus_params(p, now);
+    assert_eq!(create(&mut relay, &mut chan), [1, 2, 1, 33]);
+    // Turned off (cc_alg=0): fixed windows for the next circuit.
+    let off = onion_circuit::relay::RelayConfig {
+        congestion_control: None,
+        ..Default::default()
+    };
+    relay.set_consensus_params(ConsensusParams::new(off, &params), now);
+    assert_eq!(create(&mut relay, &mut chan), [0]);
+    assert_eq!(relay.n_circuits(), 3);
 }

@@ -1,6 +1,7 @@
 //! Heap held by a relay per circuit: a client opens one channel and many one-hop circuits
 //! (CREATE_FAST and ntor-v3), and the relay's allocations that stay live are counted with a
-//! counting global allocator.
+//! counting global allocator, busy and after the idle sweep freed the circuits' key
+//! schedules (`RelayConfig::compact_idle`).
 
 use std::alloc::System;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,14 +59,15 @@ fn pump(relay: &mut Relay, chan: &mut Channel, circs: &mut [Circuit], ids: &[u32
     }
 }
 
-/// Bytes the relay frees when dropped after `n` circuits of `kind` were created on it.
-fn relay_bytes(kind: HandshakeKind, n: usize) -> usize {
+/// Bytes the relay frees when dropped after `n` circuits of `kind` were created on it
+/// (`idle`: and then left without a cell for two idle periods).
+fn relay_bytes(kind: HandshakeKind, n: usize, idle: bool) -> usize {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let mut cfg = RelayConfig::new(vec![ip]);
     cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
-    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall(), &mut rng).expect("relay");
+    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
     let target = HopTarget {
         rsa_id: relay.keys().rsa_identity().public().identity(),
         ed_id: Some(relay.keys().ed_identity()),
@@ -103,22 +105,41 @@ fn relay_bytes(kind: HandshakeKind, n: usize) -> usize {
     }
     assert_eq!(relay.n_circuits(), n);
     assert!(circs.iter().all(|c| c.n_hops() == 1));
+    if idle {
+        let mut now = now;
+        while relay.n_compacted_circuits() < n {
+            let next = relay.poll_timeout().expect("the idle sweep is due");
+            assert!(next <= Instant::ZERO + Duration::from_secs(11), "{next:?}");
+            now = now.max(next);
+            relay.handle_timeout(now, wall().into());
+        }
+        assert_eq!(relay.n_circuits(), n);
+    }
     let region = Region::new(GLOBAL);
     drop(relay);
     region.change().bytes_deallocated
 }
 
-fn per_circuit(kind: HandshakeKind) -> usize {
-    (relay_bytes(kind, N) - relay_bytes(kind, 0)) / N
+fn per_circuit(kind: HandshakeKind, idle: bool) -> usize {
+    (relay_bytes(kind, N, idle) - relay_bytes(kind, 0, idle)) / N
 }
 
 #[test]
 fn heap_per_relay_circuit() {
-    let fast = per_circuit(HandshakeKind::CreateFast);
-    let ntor = per_circuit(HandshakeKind::NtorV3);
-    eprintln!("relay heap per circuit: CREATE_FAST {fast} B, ntor-v3 {ntor} B");
+    let fast = per_circuit(HandshakeKind::CreateFast, false);
+    let ntor = per_circuit(HandshakeKind::NtorV3, false);
+    let fast_idle = per_circuit(HandshakeKind::CreateFast, true);
+    let ntor_idle = per_circuit(HandshakeKind::NtorV3, true);
+    eprintln!(
+        "relay heap per circuit: CREATE_FAST {fast} B, ntor-v3 {ntor} B; idle (key schedules \
+         freed): CREATE_FAST {fast_idle} B, ntor-v3 {ntor_idle} B"
+    );
     // Crypto state (two AES-CTR states and running digests), the circuit machine, the
     // channel's circuit map entry and the relay's indexes.
     assert!(fast < 4096, "{fast}");
     assert!(ntor < 4096, "{ntor}");
+    // The idle sweep frees the two expanded AES-128 key schedules (2 x 704 bytes, less
+    // whatever the allocator rounding gives back).
+    assert!(fast_idle + 1000 < fast, "{fast_idle} vs {fast}");
+    assert!(ntor_idle + 1000 < ntor, "{ntor_idle} vs {ntor}");
 }

@@ -115,7 +115,7 @@ pub fn run(args: Args) -> Result<(), String> {
         TcpListener::bind(args.or_port).map_err(|e| format!("--or-port {}: {e}", args.or_port))?;
     let clock = crate::net::Clock::new();
     let relay =
-        Relay::new(cfg, relay_keys, clock.now(), wall, &mut OsRng).map_err(|e| e.to_string())?;
+        Relay::new(cfg, relay_keys, clock.now(), unix, &mut OsRng).map_err(|e| e.to_string())?;
     eprintln!(
         "onion relay: ORPort listening on {} ({}); {}",
         args.or_port,

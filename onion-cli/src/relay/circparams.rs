@@ -29,6 +29,13 @@ pub fn circuit_config(params: &NetParams<'_>) -> CircRelayConfig {
     }
 }
 
+/// What `onion relay` takes from a new consensus whose `params` line is `params`: the
+/// circuit configuration above and the per-circuit queue bound
+/// (`circ_max_cell_queue_size`), for `onion_relay::Relay::set_consensus_params`.
+pub fn consensus_params(params: &NetParams<'_>) -> onion_relay::ConsensusParams {
+    onion_relay::ConsensusParams::new(circuit_config(params), params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +70,18 @@ mod tests {
         assert_eq!(cc.sendme_inc, 33);
         assert_eq!(cc.alpha, 100);
         assert_eq!(c.flow_control.xoff_exit, 250);
+    }
+
+    #[test]
+    fn a_consensus_sets_circuits_and_the_queue_bound() {
+        let p = NetParams {
+            entries: vec![("cc_sendme_inc", 40), ("circ_max_cell_queue_size", 2000)],
+        };
+        let c = consensus_params(&p);
+        assert_eq!(c.circuits.congestion_control.expect("on").sendme_inc, 40);
+        assert_eq!(c.circuit_queue_cells, 2000);
+        let c = consensus_params(&NetParams::default());
+        assert_eq!(c.circuit_queue_cells, 50_000);
     }
 
     #[test]

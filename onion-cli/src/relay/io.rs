@@ -57,8 +57,12 @@ pub enum Msg {
     TargetFailed(StreamHandle, TargetError),
     /// A new TLS link certificate was made (its rotation is due).
     LinkCert(Box<TlsLinkCert>),
-    /// A consensus fetched from an authority: its text, or why the fetch failed.
-    Consensus(Result<String, String>),
+    /// The consensuses fetched from an authority, or why the fetch failed.
+    Consensus(Result<Box<super::view::Fetched>, String>),
+    /// A batch of descriptors fetched for the directory cache.
+    Descriptors(super::view::Batch),
+    /// The descriptor fetch ended; the errors of its failed requests.
+    DescriptorsDone(Vec<String>),
     /// The reachability self-test ended: how long it took, or why it failed.
     SelfTest(Result<std::time::Duration, String>),
 }

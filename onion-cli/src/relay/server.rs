@@ -115,6 +115,15 @@ struct Loop {
     /// most [`onion_relay::dir::MAX_DIFF_BASES`]: the cache makes diffs from them).
     consensus: Option<String>,
     previous_consensuses: std::collections::VecDeque<String>,
+    /// The same for the microdescriptor consensus.
+    consensus_md: Option<String>,
+    previous_consensuses_md: std::collections::VecDeque<String>,
+    /// The microdescriptors and server descriptors the consensuses list, as fetched.
+    store: onion_relay::DescriptorStore,
+    /// Our descriptor as last published (`/tor/server/authority`).
+    own_descriptor: Option<String>,
+    /// A descriptor fetch is under way.
+    fetching_descriptors: bool,
     /// A fetch is under way.
     fetching: bool,
     /// Which authority the next fetch asks (round robin).
@@ -190,6 +199,11 @@ pub fn run(setup: Setup) -> Result<(), String> {
         link_cert_rotation: setup.link_cert_rotation,
         consensus: None,
         previous_consensuses: std::collections::VecDeque::new(),
+        consensus_md: None,
+        previous_consensuses_md: std::collections::VecDeque::new(),
+        store: onion_relay::DescriptorStore::default(),
+        own_descriptor: None,
+        fetching_descriptors: false,
         fetching: false,
         fetch_from: 0,
         last_listing: None,
@@ -235,7 +249,8 @@ impl Loop {
             }
             let now = self.clock.now();
             if self.relay.poll_timeout().is_some_and(|t| t <= now) {
-                self.relay.handle_timeout(now, SystemTime::now());
+                self.relay
+                    .handle_timeout(now, Timestamp::from(SystemTime::now()));
             }
             if std::time::Instant::now() >= next_periodic {
                 next_periodic = std::time::Instant::now() + PERIODIC;
@@ -359,6 +374,31 @@ impl Loop {
             Msg::TargetFailed(s, e) => self.relay.handle_target_failed(s, now, e),
             Msg::LinkCert(cert) => self.install_link_cert(*cert),
             Msg::Consensus(r) => self.new_consensus(r),
+            Msg::Descriptors(b) => {
+                let a = match b {
+                    super::view::Batch::Micro(t) => self.store.add_microdescs(&t),
+                    super::view::Batch::Server(t) => self.store.add_server_descriptors(&t),
+                };
+                if a.unlisted > 0 || a.over_limit > 0 || a.malformed {
+                    eprintln!("onion relay: descriptors not kept: {a:?}");
+                }
+            }
+            Msg::DescriptorsDone(errors) => {
+                self.fetching_descriptors = false;
+                for e in errors.iter().take(3) {
+                    eprintln!("onion relay: descriptor fetch: {e}");
+                }
+                eprintln!(
+                    "onion relay: directory cache holds {} microdescriptors ({} missing), {} \
+                     server descriptors ({} missing), {} bytes",
+                    self.store.n_microdescs(),
+                    self.store.missing_microdescs().len(),
+                    self.store.n_server_descriptors(),
+                    self.store.missing_server_descriptors().len(),
+                    self.store.bytes()
+                );
+                self.publish_documents();
+            }
             Msg::SelfTest(r) => self.self_test_done(r),
         }
     }
@@ -429,57 +469,113 @@ impl Loop {
         self.fetching = true;
         std::thread::spawn(move || {
             let r = super::view::fetch_consensus(addr, &v3, now)
+                .map(Box::new)
                 .map_err(|e| format!("from {addr}: {e}"));
             let _ = tx.send(Msg::Consensus(r));
         });
     }
 
-    /// A consensus fetch ended: keep a new consensus (the previous one goes to the diff
-    /// bases), give it to the directory cache, and take its relays' addresses as known
-    /// relays (exempt from the per-address limits).
-    fn new_consensus(&mut self, r: Result<String, String>) {
+    /// A consensus fetch ended: keep the new consensuses (the previous ones go to the diff
+    /// bases), take the `ns` one's relays' addresses as known relays (exempt from the
+    /// per-address limits) and its parameters for new circuits, and fetch the descriptors
+    /// they list that the cache lacks.
+    fn new_consensus(&mut self, r: Result<Box<super::view::Fetched>, String>) {
         self.fetching = false;
-        let text = match r {
-            Ok(t) => t,
+        let fetched = match r {
+            Ok(t) => *t,
             Err(e) => {
                 eprintln!("onion relay: consensus fetch failed: {e}");
                 return;
             }
         };
-        if self.consensus.as_deref() == Some(text.as_str()) {
-            return;
-        }
-        let Ok(parsed) = onion_dir::consensus::parse(&text) else {
-            return;
+        let md = match fetched.md {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("onion relay: microdescriptor consensus fetch failed: {e}");
+                None
+            }
         };
-        let c = parsed.peek();
-        let addrs: Vec<std::net::IpAddr> = c
-            .relays
-            .iter()
-            .map(|r| std::net::IpAddr::V4(r.address))
-            .collect();
-        let (n, va) = (c.relays.len(), c.valid_after);
-        self.relay.set_relay_addresses(addrs);
-        if let Some(old) = self.consensus.take() {
-            self.previous_consensuses.push_back(old);
-            while self.previous_consensuses.len() > onion_relay::dir::MAX_DIFF_BASES {
-                self.previous_consensuses.pop_front();
+        let mut changed = false;
+        if let Some(md) = md {
+            if self.consensus_md.as_deref() != Some(md.as_str()) {
+                if let Ok(parsed) = onion_dir::consensus::parse(&md) {
+                    self.store.set_consensus(parsed.peek());
+                    if let Some(old) = self.consensus_md.replace(md) {
+                        push_bounded(&mut self.previous_consensuses_md, old);
+                    }
+                    changed = true;
+                }
             }
         }
-        self.relay
-            .set_directory_documents(onion_relay::DirDocuments {
-                consensus: Some(text.clone().into_bytes()),
-                previous_consensuses: self
-                    .previous_consensuses
+        let text = fetched.ns;
+        if self.consensus.as_deref() != Some(text.as_str()) {
+            if let Ok(parsed) = onion_dir::consensus::parse(&text) {
+                let c = parsed.peek();
+                let addrs: Vec<std::net::IpAddr> = c
+                    .relays
                     .iter()
-                    .map(|t| t.clone().into_bytes())
-                    .collect(),
-                ..onion_relay::DirDocuments::default()
-            });
-        self.consensus = Some(text);
-        eprintln!("onion relay: consensus valid-after {va}: {n} relays");
+                    .map(|r| std::net::IpAddr::V4(r.address))
+                    .collect();
+                let (n, va) = (c.relays.len(), c.valid_after);
+                self.relay.set_relay_addresses(addrs);
+                self.relay.set_consensus_params(
+                    super::circparams::consensus_params(&c.params),
+                    self.clock.now(),
+                );
+                self.store.set_consensus(c);
+                if let Some(old) = self.consensus.replace(text) {
+                    push_bounded(&mut self.previous_consensuses, old);
+                }
+                eprintln!("onion relay: consensus valid-after {va}: {n} relays");
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        self.publish_documents();
+        self.fetch_descriptors(fetched.from);
         // A new view may change the descriptor schedule's decision at once.
         self.check_schedule();
+    }
+
+    /// Gives the directory cache what the relay holds: both consensuses with their diff
+    /// bases, the descriptors fetched, our own descriptor.
+    fn publish_documents(&mut self) {
+        let bytes = |v: &std::collections::VecDeque<String>| -> Vec<Vec<u8>> {
+            v.iter().map(|t| t.clone().into_bytes()).collect()
+        };
+        let mut docs = onion_relay::DirDocuments {
+            consensus: self.consensus.clone().map(String::into_bytes),
+            previous_consensuses: bytes(&self.previous_consensuses),
+            consensus_microdesc: self.consensus_md.clone().map(String::into_bytes),
+            previous_consensuses_microdesc: bytes(&self.previous_consensuses_md),
+            own_descriptor: self.own_descriptor.clone().map(String::into_bytes),
+            ..onion_relay::DirDocuments::default()
+        };
+        self.store.fill(&mut docs);
+        self.relay.set_directory_documents(docs);
+    }
+
+    /// Fetches from `from` (an authority's DirPort) the microdescriptors and server
+    /// descriptors the consensuses list and the cache lacks, in a thread (dir-spec §5.2).
+    fn fetch_descriptors(&mut self, from: SocketAddr) {
+        if self.fetching_descriptors {
+            return;
+        }
+        let micro = self.store.missing_microdescs();
+        let server = self.store.missing_server_descriptors();
+        if micro.is_empty() && server.is_empty() {
+            return;
+        }
+        self.fetching_descriptors = true;
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let errors = super::view::fetch_descriptors(from, &micro, &server, |b| {
+                let _ = tx.send(Msg::Descriptors(b));
+            });
+            let _ = tx.send(Msg::DescriptorsDone(errors));
+        });
     }
 
     /// What the held consensus says of this relay (NoConsensus without one).
@@ -937,10 +1033,20 @@ impl Loop {
                     );
                     upload_all(&self.authorities, &docs, reason);
                     self.schedule.published(now, self.observed);
+                    self.own_descriptor = Some(docs.descriptor.clone());
+                    self.publish_documents();
                 }
                 Err(e) => eprintln!("onion relay: cannot build the descriptor: {e}"),
             }
         }
+    }
+}
+
+/// Appends `old` to the diff bases, keeping the newest [`onion_relay::dir::MAX_DIFF_BASES`].
+fn push_bounded(v: &mut std::collections::VecDeque<String>, old: String) {
+    v.push_back(old);
+    while v.len() > onion_relay::dir::MAX_DIFF_BASES {
+        v.pop_front();
     }
 }
 

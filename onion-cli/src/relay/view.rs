@@ -1,12 +1,16 @@
-//! The relay's view of the network: the `ns` consensus, fetched from an authority's DirPort
-//! (dir-spec §4.2 / §5.1 by plain HTTP, as a relay without a directory guard does) with the
-//! authorities' key certificates, and accepted only when a majority of the configured v3
-//! authorities signed it (dir-spec §3.4.1). The descriptor schedule reads from it whether
-//! the network lists the relay (`onion_dir::relaydesc::ConsensusListing::of`), and the
-//! directory cache serves it, with diffs from the ones held before.
+//! The relay's view of the network: the `ns` and microdescriptor consensuses, fetched from
+//! an authority's DirPort (dir-spec §4.2 / §5.1 by plain HTTP, as a relay without a
+//! directory guard does) with the authorities' key certificates, and accepted only when a
+//! majority of the configured v3 authorities signed them (dir-spec §3.4.1). The descriptor
+//! schedule reads from the `ns` one whether the network lists the relay
+//! (`onion_dir::relaydesc::ConsensusListing::of`); the directory cache serves both, with
+//! diffs from the ones held before, and the microdescriptors and server descriptors they
+//! list, fetched from the same authority ([`fetch_descriptors`], dir-spec §5.2: a cache
+//! fetches every descriptor the consensus lists) and kept only when their digests match
+//! (`onion_relay::DescriptorStore`).
 //!
-//! Bounds: each fetch is one thread with a 30 s socket deadline; an answer larger than
-//! [`onion_dir::consdiff::MAX_BYTES`] is refused.
+//! Bounds: each fetch is one thread with a 30 s socket deadline per request; an answer
+//! larger than [`onion_dir::consdiff::MAX_BYTES`] is refused.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +20,7 @@ use onion_crypto::RsaIdentity;
 use onion_dir::authcert::{self, AuthCert};
 use onion_dir::consensus::{self, Flavor};
 use onion_dir::http::{DirRequest, ResponseReader};
-use onion_dir::Timestamp;
+use onion_dir::{MdDigest, Timestamp};
 
 /// Socket deadline of one fetch.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,24 +53,53 @@ fn get(addr: SocketAddr, req: &DirRequest) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", req.path))
 }
 
-/// Fetches the `ns` consensus and the key certificates from the authority at `addr` and
-/// returns the consensus text if a majority of `v3` (the v3 identities of the configured
+/// What one consensus fetch brought.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The authority asked (the descriptors are fetched from it too).
+    pub from: SocketAddr,
+    /// The verified `ns` consensus.
+    pub ns: String,
+    /// The verified microdescriptor consensus, or why there is none.
+    pub md: Result<String, String>,
+}
+
+/// Fetches the key certificates and both consensus flavours from the authority at `addr`;
+/// each consensus is returned if a majority of `v3` (the v3 identities of the configured
 /// authorities) signed it with certificates valid at `now`.
 pub fn fetch_consensus(
     addr: SocketAddr,
     v3: &[RsaIdentity],
     now: Timestamp,
-) -> Result<String, String> {
+) -> Result<Fetched, String> {
     let certs_text = get(addr, &DirRequest::all_authority_certs())?;
     let certs: Vec<AuthCert> = authcert::parse_many(&certs_text)
         .map_err(|e| format!("key certificates: {e}"))?
         .into_iter()
         .filter_map(|c| c.verify(now).ok())
         .collect();
-    let text = get(addr, &DirRequest::consensus(Flavor::Ns, &[], 3))?;
-    let report = consensus::parse(&text)
-        .map_err(|e| format!("consensus: {e}"))?
-        .check_signatures(v3, &certs, now);
+    let ns = fetch_flavor(addr, Flavor::Ns, v3, &certs, now)?;
+    let md = fetch_flavor(addr, Flavor::Microdesc, v3, &certs, now);
+    Ok(Fetched { from: addr, ns, md })
+}
+
+/// One consensus flavour from `addr`, verified against `certs`.
+fn fetch_flavor(
+    addr: SocketAddr,
+    flavor: Flavor,
+    v3: &[RsaIdentity],
+    certs: &[AuthCert],
+    now: Timestamp,
+) -> Result<String, String> {
+    let text = get(addr, &DirRequest::consensus(flavor, &[], 3))?;
+    let parsed = consensus::parse(&text).map_err(|e| format!("consensus: {e}"))?;
+    if parsed.peek().flavor != flavor {
+        return Err(format!(
+            "asked for the {} consensus, got another",
+            flavor.name()
+        ));
+    }
+    let report = parsed.check_signatures(v3, certs, now);
     if !report.quorum() {
         return Err(format!(
             "consensus signed by {} of the {} authorities ({} needed)",
@@ -76,4 +109,39 @@ pub fn fetch_consensus(
         ));
     }
     Ok(text)
+}
+
+/// A batch of fetched descriptors.
+#[derive(Debug)]
+pub enum Batch {
+    /// A `/tor/micro/d/` answer.
+    Micro(String),
+    /// A `/tor/server/d/` answer.
+    Server(String),
+}
+
+/// Fetches the microdescriptors `micro` and the server descriptors `server` from the
+/// authority at `addr` (dir-spec §5.2, §5.3: 92 microdescriptors or 96 descriptors a
+/// request), handing each answer to `got`; returns the failed requests' errors. The
+/// caller checks every document against the consensus.
+pub fn fetch_descriptors(
+    addr: SocketAddr,
+    micro: &[MdDigest],
+    server: &[[u8; 20]],
+    mut got: impl FnMut(Batch),
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for req in DirRequest::microdescs(micro) {
+        match get(addr, &req) {
+            Ok(t) => got(Batch::Micro(t)),
+            Err(e) => errors.push(e),
+        }
+    }
+    for req in DirRequest::server_descriptors(server) {
+        match get(addr, &req) {
+            Ok(t) => got(Batch::Server(t)),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
 }

@@ -8,7 +8,7 @@ mod hs_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::CircId;
@@ -25,7 +25,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_core::CryptoRngCore;
 
-use crate::config::RelayConfig;
+use crate::config::{ConsensusParams, RelayConfig};
 use crate::dir::{DirCache, DirDocuments};
 use crate::dos::{AddrTable, CreateVerdict, QueueAge};
 use crate::event::{is_internal, ConnId, Error, Event, StreamHandle};
@@ -177,6 +177,10 @@ struct Circ {
     hs: HsPurpose,
     /// An INTRODUCE1 came on it (only one may).
     introduced: bool,
+    /// A cell went through it since the last idle sweep ([`RelayConfig::compact_idle`]).
+    used: bool,
+    /// Its key schedules are freed ([`RelayCircuit::compact`]) and no cell came since.
+    compacted: bool,
 }
 
 /// A Tor relay as a sans-IO state machine: guard (accepting client channels), middle
@@ -195,7 +199,8 @@ pub struct Relay {
     certs_at: Instant,
     rng: ChaCha20Rng,
     now: Instant,
-    wall: SystemTime,
+    /// The wall clock as last given, and the monotonic time it was given at.
+    wall: Timestamp,
     wall_at: Instant,
     conns: BTreeMap<ConnId, Conn>,
     next_out: u64,
@@ -217,6 +222,8 @@ pub struct Relay {
     stats: RelayStats,
     /// Input bytes since the last memory check.
     unchecked_bytes: usize,
+    /// When idle circuits are next looked for ([`RelayConfig::compact_idle`]).
+    next_idle_sweep: Option<Instant>,
 }
 
 impl core::fmt::Debug for Relay {
@@ -238,6 +245,11 @@ fn circ_keys(keys: &RelayKeySet) -> CircKeys {
     }
 }
 
+/// `t` as `std`'s wall-clock type.
+fn system_time(t: Timestamp) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.0)
+}
+
 fn key_err(e: impl core::fmt::Display) -> Error {
     Error::Keys(e.to_string())
 }
@@ -245,13 +257,13 @@ fn key_err(e: impl core::fmt::Display) -> Error {
 impl Relay {
     /// A relay with `keys` (the embedder loads or generates them, `onion_crypto`'s
     /// [`RelayKeySet`]). `now` is the monotonic clock and `wall` the wall clock (certificate
-    /// validity, NETINFO); `rng` seeds the relay's own ChaCha20 generator, used for every
+    /// validity, NETINFO: the stack's [`Timestamp`]); `rng` seeds the relay's own ChaCha20 generator, used for every
     /// later draw (handshakes, circuit ids, padding).
     pub fn new(
         config: RelayConfig,
         keys: RelayKeySet,
         now: Instant,
-        wall: SystemTime,
+        wall: Timestamp,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Relay, Error> {
         let mut seed = [0u8; 32];
@@ -260,15 +272,15 @@ impl Relay {
         let mut cfg = config;
         let tls = match cfg.link_cert.take() {
             Some(t) => t,
-            None => TlsLinkCert::generate(&mut rng, Timestamp::from(wall))?,
+            None => TlsLinkCert::generate(&mut rng, wall)?,
         };
         let certs = keys
             .link_keys()
-            .responder_certs(&tls.sha256(), wall)
+            .responder_certs(&tls.sha256(), system_time(wall))
             .map_err(key_err)?;
         let creds = keys
             .link_keys()
-            .initiator_credentials(&mut rng, wall)
+            .initiator_credentials(&mut rng, system_time(wall))
             .map_err(key_err)?;
         Ok(Relay {
             circ_keys: circ_keys(&keys),
@@ -299,6 +311,7 @@ impl Relay {
             hs: HsRoles::new(&cfg),
             stats: RelayStats::default(),
             unchecked_bytes: 0,
+            next_idle_sweep: cfg.compact_idle.map(|d| now + d),
             cfg,
         })
     }
@@ -426,6 +439,32 @@ impl Relay {
         self.relay_addrs = addrs.into_iter().collect();
     }
 
+    /// A new consensus's parameters ([`ConsensusParams`]): circuits created from now on
+    /// negotiate and run congestion control with its values (circuits already open keep
+    /// the ones they negotiated: a circuit's `sendme_inc` is fixed by its handshake,
+    /// proposal 324 §4.1); the exit streams' XOFF thresholds (§4) and the per-circuit
+    /// queue bound (`circ_max_cell_queue_size`) apply to every circuit at once: a circuit
+    /// already holding more cells than a lowered bound is closed, DESTROY
+    /// (RESOURCELIMIT) both ways.
+    pub fn set_consensus_params(&mut self, params: ConsensusParams, now: Instant) {
+        self.see(now);
+        self.cfg.circuits = params.circuits;
+        let limit = params.circuit_queue_cells;
+        self.cfg.limits.circuit_queue_cells = limit;
+        // Queues already beyond a lowered bound: closed now, as the next cell would.
+        let over: Vec<u64> = self
+            .circs
+            .iter()
+            .filter(|(_, c)| c.rc.queued_to_next() > limit || c.rc.queued_to_client() > limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in over {
+            self.stats.circuits_killed_queue += 1;
+            self.kill_circ(k, DestroyReason::RESOURCELIMIT);
+        }
+        self.settle();
+    }
+
     /// The documents the directory cache serves (replacing the previous ones).
     pub fn set_directory_documents(&mut self, docs: DirDocuments) {
         self.dir = DirCache::new(docs);
@@ -435,8 +474,10 @@ impl Relay {
         self.now = self.now.max(now);
     }
 
+    /// The wall clock now, extrapolated from the last one given on the monotonic clock
+    /// (as `std`'s type for the channel and certificate code, which takes it).
     fn wall_now(&self) -> SystemTime {
-        self.wall + (self.now - self.wall_at)
+        system_time(self.wall) + (self.now - self.wall_at)
     }
 
     fn chan_config(&self, peer: Option<IpAddr>, outbound: bool) -> ChanConfig {
@@ -589,7 +630,7 @@ impl Relay {
     /// Time passed: handshake and connect deadlines, keepalives, half-closed streams,
     /// target connect and resolve deadlines, certificate refresh. `wall` is the wall
     /// clock now.
-    pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+    pub fn handle_timeout(&mut self, now: Instant, wall: Timestamp) {
         self.see(now);
         self.wall = wall;
         self.wall_at = self.now;
@@ -627,6 +668,9 @@ impl Relay {
                 c.rc.handle_timeout(now);
                 self.dirty.insert(k);
             }
+        }
+        if self.next_idle_sweep.is_some_and(|t| t <= now) {
+            self.compact_idle_circuits();
         }
         self.stream_timeouts();
         self.hs_expire();
@@ -667,7 +711,35 @@ impl Relay {
             min(s.deadline);
         }
         min(self.hs_timeout());
+        if !self.circs.is_empty() {
+            min(self.next_idle_sweep);
+        }
         t
+    }
+
+    /// The idle sweep ([`RelayConfig::compact_idle`]): a circuit no cell went through since
+    /// the last sweep has its expanded AES key schedules freed ([`RelayCircuit::compact`]);
+    /// its next cell rebuilds them. A circuit is so compacted after one to two periods
+    /// without a cell.
+    fn compact_idle_circuits(&mut self) {
+        let Some(period) = self.cfg.compact_idle else {
+            self.next_idle_sweep = None;
+            return;
+        };
+        for c in self.circs.values_mut() {
+            if !c.used && !c.compacted {
+                c.rc.compact();
+                c.compacted = true;
+            }
+            c.used = false;
+        }
+        self.next_idle_sweep = Some(self.now + period);
+    }
+
+    /// Circuits whose key schedules are freed by the idle sweep
+    /// ([`RelayConfig::compact_idle`]).
+    pub fn n_compacted_circuits(&self) -> usize {
+        self.circs.values().filter(|c| c.compacted).count()
     }
 
     /// Appends bytes for one connection to `out` and names it; `None` when nothing waits.
@@ -900,6 +972,8 @@ impl Relay {
                 self.by_in.remove(&(conn, id));
             }
             if let Some(c) = self.circs.get_mut(&k) {
+                c.used = true;
+                c.compacted = false;
                 c.rc.handle_from_client(now, msg);
                 if c.rc.queued_to_next() > limit || c.rc.queued_to_client() > limit {
                     self.stats.circuits_killed_queue += 1;
@@ -918,6 +992,8 @@ impl Relay {
                 }
             }
             if let Some(c) = self.circs.get_mut(&k) {
+                c.used = true;
+                c.compacted = false;
                 c.rc.handle_from_next(now, msg);
                 if c.rc.queued_to_client() > limit {
                     self.stats.circuits_killed_queue += 1;
@@ -987,6 +1063,8 @@ impl Relay {
                         age_streams: QueueAge::default(),
                         hs: HsPurpose::Or,
                         introduced: false,
+                        used: true,
+                        compacted: false,
                     },
                 );
                 self.by_in.insert((conn, id), k);
@@ -1247,6 +1325,8 @@ impl Relay {
                 }
             }
             if moved {
+                c.used = true;
+                c.compacted = false;
                 continue;
             }
             let done =
@@ -1306,7 +1386,7 @@ impl Relay {
             RelayEvent::Data { stream, data } => self.stream_data(k, stream, data),
             RelayEvent::StreamEnded { stream, .. } => self.client_ended(k, stream),
             RelayEvent::Closed { .. } => self.drop_streams(k),
-            RelayEvent::Msg { stream, msg } => self.hs_msg(k, StreamId::to_field(stream), *msg),
+            RelayEvent::Msg { stream, msg } => self.hs_msg(k, stream, *msg),
             _ => {}
         }
     }

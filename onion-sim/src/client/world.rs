@@ -1031,7 +1031,7 @@ impl World {
                 }
             }
         }
-        let wall = system_time(now);
+        let wall = wall_at(now);
         for r in 0..self.relays.len() {
             if !self.relays[r].up {
                 continue;
@@ -1384,7 +1384,7 @@ fn make_relay(
         der,
         zeroize::Zeroizing::new(Vec::new()),
     ));
-    onion_relay::Relay::new(c, keys, now, system_time(now), rng).map_err(setup)
+    onion_relay::Relay::new(c, keys, now, wall_at(now), rng).map_err(setup)
 }
 
 fn bw_min(a: u64, b: u64) -> u64 {
