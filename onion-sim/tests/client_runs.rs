@@ -301,3 +301,28 @@ fn hundred_streams_in_ten_isolation_groups() {
         "{circuits:?}"
     );
 }
+
+/// `onion sim --onion`: a public service and one with client authorization, both on
+/// `onion_relay::Relay` relays; the page arrives intact, through relays that stored the
+/// descriptor, held introduction circuits and joined the rendezvous.
+#[test]
+fn onion_fetch_with_and_without_client_authorization() {
+    use onion_sim::client::runs::onion_fetch;
+    for auth in [false, true] {
+        let r = onion_fetch(WorldConfig::default(), 300_000, auth).expect("run");
+        assert_eq!(r.outcome, Outcome::Ok, "auth {auth}: {r:?}");
+        assert_eq!(r.body_len, 300_000);
+        assert_eq!(r.served, r.incoming);
+        match (&r.without_key, auth) {
+            (None, false) => {}
+            (Some(Outcome::Failed(_)), true) => {}
+            (o, _) => panic!("auth {auth}: without the key {o:?}"),
+        }
+        assert!(!r.hsdirs_stored.is_empty() && !r.hsdirs_served.is_empty());
+        assert!(r.hsdirs_served.is_subset(&r.hsdirs_stored));
+        assert!(!r.intro_points.is_empty());
+        assert!(r.introduced_at.is_subset(&r.intro_points));
+        assert_eq!(r.rendezvous_points.len(), 1, "{r:?}");
+        assert!(r.story.iter().any(|l| l.text.starts_with("page complete")));
+    }
+}

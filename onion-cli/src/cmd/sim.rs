@@ -46,8 +46,8 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Run the onion-service scenario instead (client, service, HSDirs, introduction and
-    /// rendezvous points).
+    /// Run the onion-service scenario instead: onion_client::Client as client and as
+    /// service host, onion_relay::Relay as HSDirs, introduction and rendezvous points.
     #[arg(long, conflicts_with_all = ["hops", "latency_ms", "bandwidth_mbit", "first_hop", "quiet"])]
     onion: bool,
     /// Run the embedder's client (onion_client::Client) instead, on a simulated network

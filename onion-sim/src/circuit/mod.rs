@@ -18,8 +18,8 @@
 //! flow-control counters, and the addresses each party saw, so that tests can check that each
 //! relay knows only its neighbours.
 //!
-//! The network is built from parts that other scenarios reuse ([`crate::hs`] runs its
-//! onion-service story on them):
+//! The network is built from parts that other scenarios reuse ([`crate::cc`] runs its
+//! congestion-control experiment on them):
 //!
 //! * [`net`]: the network itself ([`net::Net`]): relays with their channels and relay
 //!   circuits, client parties with their channels and circuits, in-memory links, virtual time,

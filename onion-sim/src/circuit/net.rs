@@ -26,7 +26,7 @@
 //! virtual clock to the next delivery or relay-circuit timer (a half-closed exit stream's
 //! window, tor-spec §6.2.1) and fires what is due. The driver either acts on events as they
 //! come (the client in [`super::Sim`]) or lets them queue ([`Queue`]) and reads them
-//! between calls, step by step (the onion-service story of [`crate::hs`]).
+//! between calls, step by step.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -11,7 +11,9 @@
 //! | [`refresh_by_diff`] | the authorities publish a new consensus; the client refreshes with a consensus diff |
 //! | [`restart`] | a client restarted from what it persisted is usable without fetching the consensus again |
 //! | [`onion_service`] | a second client hosts an onion service with client authorization; the client fails to reach it without its key and fetches from it with it |
+//! | [`onion_fetch`] | `onion sim --onion`: the same with or without client authorization, with the story and the relays in each onion-service role |
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use onion_client::{Event, Isolation};
@@ -354,32 +356,155 @@ pub struct OnionReport {
 /// (rend-spec-v3 §2.5.1.2). The client fetches `size` bytes from it first without its key,
 /// then with it.
 pub fn onion_service(cfg: WorldConfig, size: u64) -> Result<OnionReport, SimError> {
+    let r = onion_fetch(cfg, size, true)?;
+    Ok(OnionReport {
+        address: r.address,
+        without_key: r.without_key.unwrap_or(Outcome::Running),
+        with_key: r.outcome,
+        time: r.time,
+        incoming: r.incoming,
+        served: r.served,
+        hsdir_requests: r.hsdir_requests,
+    })
+}
+
+/// What [`onion_fetch`] did.
+#[derive(Debug, Clone)]
+pub struct OnionFetchReport {
+    /// The service's address.
+    pub address: String,
+    /// With client authorization: how the fetch without the key ended.
+    pub without_key: Option<Outcome>,
+    /// How the fetch (with the key, if one is needed) ended: [`Outcome::Ok`] when the
+    /// whole page arrived with the web server's SHA-256.
+    pub outcome: Outcome,
+    /// Page bytes received by that fetch.
+    pub body_len: u64,
+    /// Virtual time from the start until the descriptor was first uploaded.
+    pub published: Duration,
+    /// Virtual time of the fetch (descriptor, introduction, rendezvous, body).
+    pub time: Duration,
+    /// Streams the service saw.
+    pub incoming: usize,
+    /// Responses the service finished writing.
+    pub served: usize,
+    /// Descriptor uploads and fetches the HSDirs answered.
+    pub hsdir_requests: usize,
+    /// Relays that stored the service's descriptor (HSDirs).
+    pub hsdirs_stored: BTreeSet<String>,
+    /// Relays that served it to the client.
+    pub hsdirs_served: BTreeSet<String>,
+    /// Relays that accepted the service's introduction circuits.
+    pub intro_points: BTreeSet<String>,
+    /// Relays that relayed an INTRODUCE2 to the service.
+    pub introduced_at: BTreeSet<String>,
+    /// Relays that joined a rendezvous.
+    pub rendezvous_points: BTreeSet<String>,
+    /// The story: connections, directory requests and the run's steps, in virtual time.
+    pub story: Vec<crate::circuit::StoryLine>,
+}
+
+/// `onion sim --onion`: bootstrap a client and a second client hosting an onion service on
+/// `onion_relay::Relay` relays (HSDirs, introduction and rendezvous points all run the
+/// relay's own code); the client fetches `size` bytes from the service (rend-spec-v3
+/// §2–§4). With `client_auth` the service admits only one key (rend-spec-v3 §2.5.1.2): the
+/// client first tries without it, then with it.
+pub fn onion_fetch(
+    mut cfg: WorldConfig,
+    size: u64,
+    client_auth: bool,
+) -> Result<OnionFetchReport, SimError> {
     use onion_hs::x25519_dalek::{PublicKey, StaticSecret};
+    cfg.story = true;
     let (mut sim, _) = bootstrapped(cfg)?;
+    let start = sim.now();
     let identity = onion_hs::keys::ExpandedKeypair::generate(sim.world.rng());
     let key = StaticSecret::random_from_rng(&mut *sim.world.rng());
-    let svc = sim.host_service(identity, vec![PublicKey::from(&key)])?;
+    let authorized = if client_auth {
+        vec![PublicKey::from(&key)]
+    } else {
+        Vec::new()
+    };
+    let svc = sim.host_service(identity, authorized)?;
+    let address = sim.services[svc].address.clone();
+    sim.world.log(
+        "service",
+        format!(
+            "hosts {address} on port 80{}",
+            if client_auth {
+                " (client authorization: one key)"
+            } else {
+                ""
+            }
+        ),
+    );
     let limit = Duration::from_secs(600);
-    // Published: every HSDir of its ring has the descriptor uploaded.
+    // Published: an HSDir of its ring has the descriptor.
     sim.run_until(limit, |s| {
         let c = &s.services[svc].client;
         c.onion_service_stats(s.services[svc].handle)
             .is_some_and(|st| st.uploads_ok > 0)
     })?;
-    let address = sim.services[svc].address.clone();
-    sim.fetch_from(&address, size, Isolation(1))?;
-    sim.run_until(limit, |s| s.fetches.all[0].outcome != Outcome::Running)?;
-    sim.client
-        .set_onion_client_auth(&address, Some(key))
-        .map_err(|e| SimError::Setup(e.to_string()))?;
-    let start = sim.now();
+    let published = sim.now() - start;
+    sim.world.log("service", "descriptor uploaded to an HSDir");
+    let mut without_key = None;
+    if client_auth {
+        sim.world.log(
+            "client",
+            format!("fetches /{size} from {address} without the key"),
+        );
+        sim.fetch_from(&address, size, Isolation(1))?;
+        let i = sim.fetches.all.len() - 1;
+        sim.run_until(limit, |s| s.fetches.all[i].outcome != Outcome::Running)?;
+        let o = sim.fetches.all[i].outcome.clone();
+        sim.world.log("client", format!("without the key: {o:?}"));
+        without_key = Some(o);
+        sim.client
+            .set_onion_client_auth(&address, Some(key))
+            .map_err(|e| SimError::Setup(e.to_string()))?;
+    }
+    let fetch_start = sim.now();
+    sim.world
+        .log("client", format!("fetches /{size} from {address}"));
     sim.fetch_from(&address, size, Isolation(2))?;
-    sim.run_until(limit, |s| s.fetches.all[1].outcome != Outcome::Running)?;
-    Ok(OnionReport {
+    let i = sim.fetches.all.len() - 1;
+    sim.run_until(limit, |s| s.fetches.all[i].outcome != Outcome::Running)?;
+    let f = sim.fetches.all[i].clone();
+    sim.world.log(
+        "client",
+        match &f.outcome {
+            Outcome::Ok => format!(
+                "page complete: {} bytes, SHA-256 the web server's",
+                f.body_len
+            ),
+            o => format!("page failed: {o:?}"),
+        },
+    );
+    let (mut hsdirs_stored, mut hsdirs_served) = (BTreeSet::new(), BTreeSet::new());
+    let (mut intro_points, mut introduced_at, mut rendezvous_points) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for r in 0..sim.world.n_relays() {
+        let st = sim.world.relay_machine_stats(r);
+        let name = sim.world.relay_name(r).to_owned();
+        for (n, set) in [
+            (st.hs_descriptors_stored, &mut hsdirs_stored),
+            (st.hs_descriptors_served, &mut hsdirs_served),
+            (st.intro_established, &mut intro_points),
+            (st.introduce2_relayed, &mut introduced_at),
+            (st.rend_joined, &mut rendezvous_points),
+        ] {
+            if n > 0 {
+                set.insert(name.clone());
+            }
+        }
+    }
+    Ok(OnionFetchReport {
         address,
-        without_key: sim.fetches.all[0].outcome.clone(),
-        with_key: sim.fetches.all[1].outcome.clone(),
-        time: sim.fetches.all[1].ended.unwrap_or(start) - start,
+        without_key,
+        outcome: f.outcome,
+        body_len: f.body_len,
+        published,
+        time: f.ended.unwrap_or(fetch_start) - fetch_start,
         incoming: sim.services[svc].incoming,
         served: sim.services[svc].served,
         hsdir_requests: sim
@@ -388,5 +513,11 @@ pub fn onion_service(cfg: WorldConfig, size: u64) -> Result<OnionReport, SimErro
             .iter()
             .filter(|l| l.path.starts_with("POST") || l.path.contains("/tor/hs/"))
             .count(),
+        hsdirs_stored,
+        hsdirs_served,
+        intro_points,
+        introduced_at,
+        rendezvous_points,
+        story: sim.world.story().to_vec(),
     })
 }

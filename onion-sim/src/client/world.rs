@@ -647,6 +647,12 @@ impl World {
         }
     }
 
+    /// The counters of relay `r`'s machine (onion-service roles among them: descriptors
+    /// stored and served, introduction and rendezvous points).
+    pub fn relay_machine_stats(&self, r: usize) -> onion_relay::RelayStats {
+        self.relays[r].machine.stats()
+    }
+
     /// Relay `r`'s open circuits.
     pub fn relay_circuits(&self, r: usize) -> usize {
         self.relays[r].machine.n_circuits()

@@ -1,86 +1,105 @@
-//! `onion sim --onion`: the onion-service scenario of the in-memory network
-//! (`onion_sim::hs`): a service publishes its descriptor to HSDirs and keeps introduction
-//! points; a client fetches the descriptor, meets the service at a rendezvous point and
-//! fetches a page over the joined circuit (rend-spec-v3 §2–§4). Every party and relay talks
-//! over channels (link handshake, cells as bytes on in-memory links). One line per
-//! significant event, then each relay's channel peers, what each side learned of the other's
-//! relays and the page's SHA-256.
+//! `onion sim --onion`: the onion-service scenario on the client world
+//! (`onion_sim::client::runs::onion_fetch`): a second `onion_client::Client` hosts an onion
+//! service, publishes its descriptor to HSDirs and keeps introduction points; the client
+//! fetches the descriptor, meets the service at a rendezvous point and fetches a page over
+//! the joined circuit (rend-spec-v3 §2–§4). Every relay is an `onion_relay::Relay`, the
+//! machine `onion relay` runs. One line per significant event, then which relays held each
+//! onion-service role, and the page's SHA-256.
 
-use onion_sim::hs::{self as sim, HsSimConfig};
+use std::collections::BTreeSet;
 
-use super::{list, print_json, print_outcome, print_sets, print_story, sets_json, story_json};
+use onion_sim::client::driver::Outcome;
+use onion_sim::client::runs;
+use onion_sim::client::world::WorldConfig;
+use sha2::{Digest, Sha256};
 
-/// Entry point of `onion sim --onion`: a service, a client and `--relays` relays (HSDirs,
-/// introduction and rendezvous points) in memory, all over channels; the client fetches
+use super::{print_json, print_sets, print_story, sets_json, story_json};
+
+/// Entry point of `onion sim --onion`: a client and a service host on `--relays` relays
+/// (default 9: guards, middles and exits in thirds, every one an HSDir); the client fetches
 /// `--bytes` (default 300000) from the service end to end.
 pub fn run(args: &super::Args) -> Result<(), String> {
-    let mut cfg = HsSimConfig::default();
+    let mut cfg = WorldConfig::default();
     cfg.seed = args.seed.unwrap_or(cfg.seed);
-    cfg.page_len = args.bytes.unwrap_or(cfg.page_len);
-    cfg.relays = args.relays.unwrap_or(cfg.relays);
-    cfg.client_auth = args.client_auth;
-    let json = args.json;
-    let r = sim::run(&cfg).map_err(|e| format!("onion-service simulation failed: {e}"))?;
-    let intact = r.body == r.expected_body;
-    if json {
+    if let Some(n) = args.relays {
+        if !(6..=60).contains(&n) {
+            return Err(format!("--relays {n}: takes 6 to 60"));
+        }
+        cfg.guards = n / 3;
+        cfg.exits = n / 3;
+        cfg.middles = n - 2 * (n / 3);
+    }
+    let size = args.bytes.unwrap_or(300_000);
+    let relays = cfg.guards + cfg.middles + cfg.exits;
+    let r = runs::onion_fetch(cfg.clone(), size, args.client_auth)
+        .map_err(|e| format!("onion-service simulation failed: {e}"))?;
+    let intact = r.outcome == Outcome::Ok;
+    let digest = intact.then(|| {
+        hex::encode(Sha256::digest(onion_sim::circuit::web::expected_body(
+            cfg.seed, size,
+        )))
+    });
+    let sets: Vec<(String, BTreeSet<String>)> = vec![
+        (
+            "HSDirs that stored the descriptor:".into(),
+            r.hsdirs_stored.clone(),
+        ),
+        ("HSDirs that served it:".into(), r.hsdirs_served.clone()),
+        ("introduction points:".into(), r.intro_points.clone()),
+        ("INTRODUCE2 relayed by:".into(), r.introduced_at.clone()),
+        ("rendezvous point:".into(), r.rendezvous_points.clone()),
+    ];
+    if args.json {
         let out = serde_json::json!({
             "seed": cfg.seed,
             "address": r.address,
-            "status": r.status_line,
-            "bytes": r.body.len(),
-            "sha256": r.digest_hex(),
+            "client_auth": args.client_auth,
+            "without_key": r.without_key.as_ref().map(|o| format!("{o:?}")),
+            "outcome": format!("{:?}", r.outcome),
+            "bytes": r.body_len,
+            "sha256": digest,
             "intact": intact,
-            "intro_points": r.intro_points,
-            "rendezvous_point": r.rend_point,
-            "client_path": r.client_path,
-            "service_path": r.service_path,
-            "client_learned": r.client_learned,
-            "service_learned": r.service_learned,
-            "hsdirs": r.hsdirs,
-            "channel_peers": sets_json(&r.neighbours),
-            "link_bytes": r.link_bytes,
-            "client_circuit_sendmes": r.client_stats.circ_sendmes_sent,
-            "client_stream_sendmes": r.client_stats.stream_sendmes_sent,
+            "published_virtual_s": r.published.as_secs_f64(),
+            "fetch_virtual_s": r.time.as_secs_f64(),
+            "hsdir_requests": r.hsdir_requests,
+            "roles": sets_json(&sets),
             "story": story_json(&r.story),
         });
         return print_json(&out, intact, "the page");
     }
     let title = format!(
-        "onion sim --onion: client -> onion service over {} relays, {} bytes, seed {}{} (virtual time, in-memory channel links: {} ms one way, {} Mbit/s)",
-        cfg.relays,
-        cfg.page_len,
+        "onion sim --onion: client -> onion service over {relays} onion_relay::Relay relays, {size} bytes, seed {}{} (virtual time)",
         cfg.seed,
-        if cfg.client_auth {
+        if args.client_auth {
             ", client authorization"
         } else {
             ""
         },
-        sim::LATENCY.as_millis(),
-        sim::BANDWIDTH / 125_000,
     );
     print_story(&title, &r.story);
-    print_sets(
-        "channels: whom each relay had a channel with (its neighbours on circuits):",
-        &r.neighbours,
-    );
-    println!("client built circuits through:  {}", list(&r.client_path));
-    println!("service built circuits through: {}", list(&r.service_path));
+    print_sets("which relays held each onion-service role:", &sets);
+    if let Some(o) = &r.without_key {
+        println!("without the key: {o:?}");
+    }
     println!(
-        "client learned of the service:  {} (introduction points, from the descriptor)",
-        list(&r.client_learned)
-    );
-    println!(
-        "service learned of the client:  {} (rendezvous point, from INTRODUCE2)",
-        list(&r.service_learned)
+        "published:   after {:.3} s; {} HSDir requests (uploads and fetches)",
+        r.published.as_secs_f64(),
+        r.hsdir_requests
     );
     println!(
-        "flow:        {} circuit and {} stream SENDMEs from the client, end to end through the rendezvous point",
-        r.client_stats.circ_sendmes_sent, r.client_stats.stream_sendmes_sent
+        "received:    {} bytes in {:.3} s, {}",
+        r.body_len,
+        r.time.as_secs_f64(),
+        if intact {
+            "identical to what the service sent".to_owned()
+        } else {
+            format!("FAILED: {:?}", r.outcome)
+        }
     );
-    println!(
-        "links:       {} bytes of cells crossed the channel links in {:.3} s of virtual time",
-        r.link_bytes,
-        r.total_time.as_secs_f64()
-    );
-    print_outcome(&r.status_line, &r.body, intact, "service")
+    if let Some(d) = digest {
+        println!("sha256:      {d}");
+        Ok(())
+    } else {
+        Err(format!("the page did not arrive intact: {:?}", r.outcome))
+    }
 }
