@@ -24,7 +24,9 @@ use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
 use onion_client::dir::DirMode;
-use onion_client::{Client, ClientConfig, Event, Isolation, StreamHandle};
+use onion_client::{
+    CcView, CircuitView, Client, ClientConfig, Event, Isolation, Purpose, StreamHandle,
+};
 use onion_dir::http::{RawResponse, ResponseReader};
 use onion_hs::x25519_dalek;
 
@@ -254,17 +256,17 @@ fn get_via_client(
         }
         None => d.client.connect(&url.host, url.port, Isolation::NONE, now),
     }
-    .map_err(|e| driver::open_error(&target, &e))?;
+    .map_err(|e| open_error(&target, &e))?;
     wait_open(&mut d, stream, &target, deadline)?;
     // A stream opens on a rendezvous circuit only once the rendezvous is complete.
     let view = d.client.stream_circuit(stream);
     if let Some(v) = &view {
-        eprintln!("onion: {}", driver::circuit_line(v));
+        eprintln!("onion: {}", circuit_line(v));
     }
     eprintln!("onion: stream open to {target}");
     if congestion_control {
         let cc = view.as_ref().and_then(|v| v.congestion_control);
-        eprintln!("onion: {}", driver::cc_line("negotiated", cc.as_ref()));
+        eprintln!("onion: {}", cc_line("negotiated", cc.as_ref()));
     }
     let mut next_report = 1 << 20;
     // The last congestion-control state seen while the stream existed (it is forgotten
@@ -289,7 +291,7 @@ fn get_via_client(
     })
     .map_err(|e| format!("fetching {}: {e}", url.path))?;
     if congestion_control {
-        eprintln!("onion: {}", driver::cc_line("at the end", last_cc.as_ref()));
+        eprintln!("onion: {}", cc_line("at the end", last_cc.as_ref()));
     }
     let resp = reader
         .finish_any()
@@ -324,7 +326,7 @@ fn wait_open(
             Some(Happening::Client(Event::StreamOpened { stream })) if stream == s => return Ok(()),
             Some(Happening::Client(Event::StreamClosed { stream, error })) if stream == s => {
                 return Err(match error {
-                    Some(e) => driver::open_error(target, &e),
+                    Some(e) => open_error(target, &e),
                     None => format!("{target}: the stream closed before it opened"),
                 });
             }
@@ -463,6 +465,55 @@ impl Url {
 fn get_request(host: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: onion\r\n\r\n")
         .into_bytes()
+}
+
+/// Why a stream to `target` (`host:port`) did not open, for a one-line message.
+pub(super) fn open_error(target: &str, e: &onion_client::Error) -> String {
+    use onion_client::hs::HsError;
+    match e {
+        onion_client::Error::OnionService(
+            h @ (HsError::ClientAuthMissing | HsError::ClientAuthWrong),
+        ) => format!("{target}: no onion-service descriptor this client can read: {h}"),
+        onion_client::Error::NoPath(why) => format!("no path to {target}: {why}"),
+        e => format!("{target}: {e}"),
+    }
+}
+
+/// The line announcing the circuit a newly opened stream runs on, or `None` when the
+/// stream is unknown. Exit circuits: `circuit built: A -> B -> C`, with ` (congestion
+/// control)` when the exit negotiated it; rendezvous circuits: `rendezvous complete`, with
+/// ` (congestion control, sendme_inc N)` when the service's virtual hop runs it.
+pub(super) fn circuit_line(view: &CircuitView) -> String {
+    match (view.purpose, &view.congestion_control) {
+        (Purpose::ClientRend, Some(cc)) => format!(
+            "rendezvous complete (congestion control, sendme_inc {})",
+            cc.sendme_inc
+        ),
+        (Purpose::ClientRend, None) => "rendezvous complete".into(),
+        (_, cc) => format!(
+            "circuit built: {}{}",
+            view.path_string(),
+            cc.map_or("", |_| " (congestion control)")
+        ),
+    }
+}
+
+/// One line on a congestion-control state (proposal 324 §4: Tor Vegas), `what` saying when
+/// it was taken.
+pub(super) fn cc_line(what: &str, cc: Option<&CcView>) -> String {
+    match cc {
+        Some(cc) => format!(
+            "congestion control {what}: sendme_inc {}, cwnd {}, inflight {}, slow start {}, \
+             rtt ewma {} ms min {} ms",
+            cc.sendme_inc,
+            cc.cwnd,
+            cc.inflight,
+            cc.slow_start,
+            cc.rtt_ewma_usec / 1000,
+            cc.rtt_min_usec / 1000,
+        ),
+        None => "congestion control not negotiated with the exit".into(),
+    }
 }
 
 /// The relay `--exit` names (a fingerprint, with or without `$`, or a nickname) in the

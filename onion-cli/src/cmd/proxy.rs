@@ -308,7 +308,7 @@ impl Proxy {
         while self.announced.len() > MAX_ANNOUNCED {
             self.announced.pop_first();
         }
-        eprintln!("onion: {}", driver::circuit_line(&view));
+        eprintln!("onion: {}", super::get::circuit_line(&view));
     }
 
     /// Parse the greeting, authentication and request of connection `id`; start the stream.

@@ -14,11 +14,12 @@
 //!   given to [`Client::handle_input`], then granted again. A relay that sends faster than
 //!   the client consumes is held back by TCP.
 //! - **Writing.** What [`Client::poll_transmit`] gives is encrypted here and queued on the
-//!   socket's writer thread. A socket whose queue reaches [`RELAY_HIGH`] (a relay that reads
-//!   slowly, or not at all) is reported blocked ([`Client::set_blocked`]): the client gives
-//!   nothing more for it, its circuits hold their cells, and the other connections go on;
-//!   once the writer has drained it to [`RELAY_LOW`] it is unblocked. So the queue never
-//!   holds much more than [`RELAY_HIGH`] plus one transmit.
+//!   socket's writer thread. A socket whose queue reaches
+//!   [`OUT_HIGH`](super::pipe::OUT_HIGH) (a relay that reads slowly, or not at all) is
+//!   reported blocked ([`Client::set_blocked`]): the client gives nothing more for it, its
+//!   circuits hold their cells, and the other connections go on; once the writer has drained
+//!   it to [`OUT_LOW`] it is unblocked ([`next_blocked`], the rule of every socket the loop
+//!   writes). So the queue never holds much more than `OUT_HIGH` plus one transmit.
 //! - **Time.** [`Client::poll_timeout`] bounds every wait; [`Client::handle_timeout`] gets
 //!   the monotonic clock ([`Clock`]) and the wall clock.
 //! - **Persistence.** [`Event::Persist`] is written to the data directory at once
@@ -39,26 +40,17 @@ use std::time::{Duration, SystemTime};
 use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
 use onion_client::dir::{DirConfig, DirMode, Directory};
-use onion_client::{
-    CcView, CircuitView, Client, ClientConfig, ConnId, Event, PaddingStats, Persist, Purpose, State,
-};
+use onion_client::{Client, ClientConfig, ConnId, Event, PaddingStats, Persist, State};
 use onion_dir::Timestamp;
 
 use super::cache::Cache;
 use super::event::{self, Inbox, Input};
-use super::pipe::Pipe;
+use super::pipe::{next_blocked, Pipe, OUT_LOW};
 use super::tls::{TlsError, TlsLink, TlsSession};
 use super::Clock;
 
 /// Bytes a relay socket may read ahead of the client (its reader thread's credit).
 pub const RELAY_READ: usize = 128 * 1024;
-/// Bytes queued for one relay socket at which the client is told it is blocked
-/// ([`Client::set_blocked`]): it then gives nothing more for that connection, and its
-/// circuits keep their cells (bounded by their windows), until the queue drains to
-/// [`RELAY_LOW`]. Other connections go on meanwhile.
-pub const RELAY_HIGH: usize = 256 * 1024;
-/// The queue level at which a blocked relay socket is unblocked.
-pub const RELAY_LOW: usize = 64 * 1024;
 /// How long one directory request may take (circuit, stream and response), at most.
 pub const DIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -257,11 +249,11 @@ impl Driver {
             // The writer drained below the mark it was asked to report: unblock.
             Input::Bytes(_, data) if data.is_empty() => {
                 if let Some(Relay::Open { pipe, blocked, .. }) = self.relays.get_mut(&conn) {
-                    if *blocked && pipe.queued() <= RELAY_LOW {
+                    if *blocked && !next_blocked(true, pipe.queued()) {
                         *blocked = false;
                         self.client.set_blocked(conn, false);
                     } else if *blocked {
-                        pipe.wake_below(RELAY_LOW);
+                        pipe.wake_below(OUT_LOW);
                     }
                 }
             }
@@ -403,9 +395,9 @@ impl Driver {
             return self.fail(conn, &e.to_string());
         }
         pipe.push(&self.wire);
-        if !*blocked && pipe.queued() >= RELAY_HIGH {
+        if !*blocked && next_blocked(false, pipe.queued()) {
             *blocked = true;
-            pipe.wake_below(RELAY_LOW);
+            pipe.wake_below(OUT_LOW);
             self.client.set_blocked(conn, true);
         }
     }
@@ -484,55 +476,6 @@ impl Driver {
             return Err("no relay with a valid descriptor in the consensus".into());
         }
         Ok(dir)
-    }
-}
-
-/// Why a stream to `target` (`host:port`) did not open, for a one-line message.
-pub fn open_error(target: &str, e: &onion_client::Error) -> String {
-    use onion_client::hs::HsError;
-    match e {
-        onion_client::Error::OnionService(
-            h @ (HsError::ClientAuthMissing | HsError::ClientAuthWrong),
-        ) => format!("{target}: no onion-service descriptor this client can read: {h}"),
-        onion_client::Error::NoPath(why) => format!("no path to {target}: {why}"),
-        e => format!("{target}: {e}"),
-    }
-}
-
-/// The line announcing the circuit a newly opened stream runs on, or `None` when the
-/// stream is unknown. Exit circuits: `circuit built: A -> B -> C`, with ` (congestion
-/// control)` when the exit negotiated it; rendezvous circuits: `rendezvous complete`, with
-/// ` (congestion control, sendme_inc N)` when the service's virtual hop runs it.
-pub fn circuit_line(view: &CircuitView) -> String {
-    match (view.purpose, &view.congestion_control) {
-        (Purpose::ClientRend, Some(cc)) => format!(
-            "rendezvous complete (congestion control, sendme_inc {})",
-            cc.sendme_inc
-        ),
-        (Purpose::ClientRend, None) => "rendezvous complete".into(),
-        (_, cc) => format!(
-            "circuit built: {}{}",
-            view.path_string(),
-            cc.map_or("", |_| " (congestion control)")
-        ),
-    }
-}
-
-/// One line on a congestion-control state (proposal 324 §4: Tor Vegas), `what` saying when
-/// it was taken.
-pub fn cc_line(what: &str, cc: Option<&CcView>) -> String {
-    match cc {
-        Some(cc) => format!(
-            "congestion control {what}: sendme_inc {}, cwnd {}, inflight {}, slow start {}, \
-             rtt ewma {} ms min {} ms",
-            cc.sendme_inc,
-            cc.cwnd,
-            cc.inflight,
-            cc.slow_start,
-            cc.rtt_ewma_usec / 1000,
-            cc.rtt_min_usec / 1000,
-        ),
-        None => "congestion control not negotiated with the exit".into(),
     }
 }
 

@@ -29,12 +29,13 @@ use super::event::{ConnId, Input};
 /// Largest single read or write.
 const CHUNK: usize = 16 * 1024;
 
-/// Bytes queued for a local socket (a SOCKS client, an onion service's target) at which its
-/// Tor stream is held ([`onion_circuit::circuit::Circuit::hold_stream`]: no stream SENDME
-/// goes out, so the far end stops after one stream window, tor-spec §7.4). About one stream
-/// window (500 cells of 498 bytes), so a reader that keeps up is never held.
+/// Bytes queued for a socket at which what feeds it is held: for a local socket (a SOCKS
+/// client, an onion service's target), its Tor stream (no stream SENDME goes out, so the far
+/// end stops after one stream window, tor-spec §7.4); for a relay's socket, the client's
+/// output to it ([`onion_client::Client::set_blocked`]). About one stream window (500 cells
+/// of 498 bytes), so a reader that keeps up is never held.
 pub const OUT_HIGH: usize = 256 * 1024;
-/// The level at which a held stream is released.
+/// The level at which what was held is released.
 pub const OUT_LOW: usize = 64 * 1024;
 /// How many bytes of a local socket's input may be read ahead of what the stream and circuit
 /// package windows can send (tor-spec §7.3-7.4), at most (the windows usually allow less):
@@ -48,9 +49,9 @@ pub fn read_grant(want: usize, buffered: usize, in_flight: usize) -> usize {
     want.saturating_sub(buffered.saturating_add(in_flight))
 }
 
-/// Whether a local socket's output is blocked now: it becomes so at [`OUT_HIGH`] queued
-/// bytes and stays so until the queue drains to [`OUT_LOW`] (hysteresis, so that a stream is
-/// not held and released on every cell).
+/// Whether a socket's output is blocked now: it becomes so at [`OUT_HIGH`] queued bytes and
+/// stays so until the queue drains to [`OUT_LOW`] (hysteresis, so that what feeds it is not
+/// held and released on every cell).
 pub fn next_blocked(blocked: bool, queued: usize) -> bool {
     if blocked {
         queued > OUT_LOW
