@@ -3,8 +3,6 @@
 use std::fmt;
 
 use onion_cell::relaymsg::EndReason;
-use onion_circuit::channel::ChanError;
-use onion_circuit::circuit::CircError;
 
 use crate::dir::DocKind;
 
@@ -30,6 +28,27 @@ pub enum ErrorKind {
     /// A bound of [`crate::Limits`] is reached (too many streams, channels, circuits): the
     /// caller may retry once others closed.
     Resource,
+    /// A failure of the library's own making that neither a peer nor the caller caused.
+    Internal,
+}
+
+/// The one mapping from the kinds of the channel and circuit layers
+/// ([`onion_circuit::ErrorKind`], given by `ChanError::kind`, `CircError::kind`) to this
+/// crate's: a channel or circuit closed under the client is a network failure, the rest keep
+/// their meaning.
+impl From<onion_circuit::ErrorKind> for ErrorKind {
+    fn from(k: onion_circuit::ErrorKind) -> Self {
+        use onion_circuit::ErrorKind as K;
+        match k {
+            K::PeerProtocol => ErrorKind::PeerProtocol,
+            K::Misuse => ErrorKind::Misuse,
+            K::Timeout => ErrorKind::Timeout,
+            K::Unsupported => ErrorKind::Unsupported,
+            K::Resource => ErrorKind::Resource,
+            K::Closed => ErrorKind::Network,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// An error of `onion-client`. [`Error::kind`] gives its stable classification; the
@@ -177,21 +196,8 @@ impl Error {
                 EndReason::RESOURCELIMIT => ErrorKind::Resource,
                 _ => ErrorKind::Network,
             },
-            Error::Channel(e) => match e {
-                ChanError::HandshakeTimeout => ErrorKind::Timeout,
-                ChanError::ConnectionClosed | ChanError::ClosedLocally => ErrorKind::Network,
-                _ => ErrorKind::PeerProtocol,
-            },
-            Error::Circuit(e) => match e {
-                CircError::BuildTimeout { .. } => ErrorKind::Timeout,
-                CircError::Closed => ErrorKind::Network,
-                CircError::TooManyStreams => ErrorKind::Resource,
-                CircError::HandshakeUnsupported(_) => ErrorKind::Unsupported,
-                CircError::NoSuchStream(_)
-                | CircError::ExtendInProgress
-                | CircError::NoSuchHop { .. } => ErrorKind::Misuse,
-                _ => ErrorKind::PeerProtocol,
-            },
+            Error::Channel(e) => e.kind().into(),
+            Error::Circuit(e) => e.kind().into(),
         }
     }
 }
@@ -205,6 +211,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Misuse => "caller misuse",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Resource => "resource limit reached",
+            ErrorKind::Internal => "internal error",
         })
     }
 }
@@ -230,6 +237,65 @@ pub(crate) fn escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{Error, ErrorKind};
+    use onion_circuit::channel::ChanError;
+    use onion_circuit::circuit::CircError;
+
+    /// Channel and circuit errors are classified by their own crate's `kind()`, through one
+    /// mapping: a caller's misuse is never reported as the peer's fault.
+    #[test]
+    fn channel_and_circuit_errors_keep_their_layers_kind() {
+        let cases = [
+            (
+                Error::Circuit(CircError::RelayEarlyExhausted),
+                ErrorKind::Misuse,
+            ),
+            (
+                Error::Circuit(CircError::Encode {
+                    what: "BEGIN",
+                    err: onion_cell::Error::TooLong {
+                        field: "host",
+                        len: 600,
+                        max: 498,
+                    },
+                }),
+                ErrorKind::Misuse,
+            ),
+            (
+                Error::Circuit(CircError::NotRecognized),
+                ErrorKind::PeerProtocol,
+            ),
+            (
+                Error::Circuit(CircError::BuildTimeout { hop: 1 }),
+                ErrorKind::Timeout,
+            ),
+            (Error::Circuit(CircError::Closed), ErrorKind::Network),
+            (
+                Error::Circuit(CircError::TooManyStreams),
+                ErrorKind::Resource,
+            ),
+            (
+                Error::Channel(ChanError::NoCommonVersion { offered: vec![2] }),
+                ErrorKind::Unsupported,
+            ),
+            (
+                Error::Channel(ChanError::HandshakeTimeout),
+                ErrorKind::Timeout,
+            ),
+            (
+                Error::Channel(ChanError::ConnectionClosed),
+                ErrorKind::Network,
+            ),
+            (
+                Error::Channel(ChanError::DuplicateCell { cmd: "CERTS" }),
+                ErrorKind::PeerProtocol,
+            ),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+
     #[test]
     fn escape_leaves_one_printable_line() {
         assert_eq!(super::escape("Busy\x1b[2J\r\n"), "Busy\\u{1b}[2J\\r\\n");

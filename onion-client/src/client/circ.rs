@@ -61,13 +61,14 @@ pub enum Verdict {
 }
 
 /// Whether a circuit of `purpose` may receive `msg` from hop `hop` (0-based) of its `n_hops`
-/// hops on stream `stream`: onion-service messages only from the last hop, on stream 0, and
-/// only those the purpose expects (rend-spec-v3 §3.1.2, §3.2.2, §3.3, §4.2).
+/// hops on `stream` (`None`: the circuit itself, stream id 0): onion-service messages only
+/// from the last hop, never on a stream, and only those the purpose expects (rend-spec-v3
+/// §3.1.2, §3.2.2, §3.3, §4.2).
 pub fn msg_verdict(
     purpose: Purpose,
     hop: usize,
     n_hops: usize,
-    stream: u16,
+    stream: Option<StreamId>,
     msg: &RelayMsg<'_>,
 ) -> Verdict {
     use RelayMsg as M;
@@ -85,7 +86,7 @@ pub fn msg_verdict(
         Verdict::Violation("an onion-service message this circuit's purpose does not expect")
     } else if hop + 1 != n_hops {
         Verdict::Violation("an onion-service message from a hop other than the last")
-    } else if stream != 0 {
+    } else if stream.is_some() {
         Verdict::Violation("an onion-service message on a stream")
     } else {
         Verdict::Accept
@@ -409,9 +410,7 @@ impl super::Client {
                     hop, stream, msg, ..
                 } => {
                     let n = m.n_hops();
-                    if let Verdict::Violation(why) =
-                        msg_verdict(c.purpose, hop, n, StreamId::to_field(stream), &msg)
-                    {
+                    if let Verdict::Violation(why) = msg_verdict(c.purpose, hop, n, stream, &msg) {
                         m.destroy_with_reason(DestroyReason::PROTOCOL);
                         self.fail_circ(key, Error::Violation(why), true);
                         return;
@@ -652,23 +651,23 @@ mod tests {
     fn onion_service_messages_only_where_expected() {
         let m = RelayMsg::RendezvousEstablished;
         assert_eq!(
-            msg_verdict(Purpose::ClientRend, 2, 3, 0, &m),
+            msg_verdict(Purpose::ClientRend, 2, 3, None, &m),
             Verdict::Accept
         );
         assert!(matches!(
-            msg_verdict(Purpose::General, 2, 3, 0, &m),
+            msg_verdict(Purpose::General, 2, 3, None, &m),
             Verdict::Violation(_)
         ));
         assert!(matches!(
-            msg_verdict(Purpose::ClientRend, 1, 3, 0, &m),
+            msg_verdict(Purpose::ClientRend, 1, 3, None, &m),
             Verdict::Violation(_)
         ));
         assert!(matches!(
-            msg_verdict(Purpose::ClientRend, 2, 3, 5, &m),
+            msg_verdict(Purpose::ClientRend, 2, 3, StreamId::new(5), &m),
             Verdict::Violation(_)
         ));
         assert_eq!(
-            msg_verdict(Purpose::General, 2, 3, 0, &RelayMsg::Drop),
+            msg_verdict(Purpose::General, 2, 3, None, &RelayMsg::Drop),
             Verdict::Ignore
         );
     }

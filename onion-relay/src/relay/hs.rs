@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use onion_cell::chancell::DestroyReason;
 use onion_cell::{RelayCmd, RelayMsg};
-use onion_circuit::Instant;
+use onion_circuit::stream::StreamId;
+use onion_circuit::{ErrorKind, Instant};
 use onion_hs::cellmsg;
 use onion_hs::relay::{
     HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint, ACK_CANT_RELAY,
@@ -233,9 +234,10 @@ impl Relay {
             .map_or(true, |x| x.proven.is_empty())
     }
 
-    /// A recognised relay message the circuit does not handle itself (stream 0 for the
-    /// onion-service messages). Others are dropped, as C tor drops what it does not expect.
-    pub(super) fn hs_msg(&mut self, k: u64, stream: u16, msg: RelayMsg<'static>) {
+    /// A recognised relay message the circuit does not handle itself (the onion-service
+    /// messages, on the circuit itself: `stream` `None`). Others are dropped, as C tor drops
+    /// what it does not expect.
+    pub(super) fn hs_msg(&mut self, k: u64, stream: Option<StreamId>, msg: RelayMsg<'static>) {
         let cmd = msg.cmd();
         let ours = [
             RelayCmd::ESTABLISH_INTRO,
@@ -246,11 +248,12 @@ impl Relay {
         if !ours.contains(&cmd) {
             return;
         }
-        if stream != 0 {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+        if stream.is_some() {
+            return self.hs_close(k, ErrorKind::PeerProtocol);
         }
         let Ok(body) = cellmsg::body_of(&msg) else {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            // A message that decoded and does not encode again: ours to fix, not the peer's.
+            return self.hs_close(k, ErrorKind::Internal);
         };
         let (purpose, edge) = match self.circs.get(&k) {
             Some(c) => (c.hs, c.next.is_none() && c.waiting_on.is_none()),
@@ -258,7 +261,7 @@ impl Relay {
         };
         // Every one of these needs an ordinary circuit that ends here.
         if purpose != HsPurpose::Or {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::PeerProtocol);
         }
         if cmd == RelayCmd::ESTABLISH_RENDEZVOUS
             && self.cfg.limits.refuse_single_hop_rendezvous
@@ -269,7 +272,7 @@ impl Relay {
             return;
         }
         if !edge {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::PeerProtocol);
         }
         match cmd {
             RelayCmd::ESTABLISH_INTRO => self.establish_intro(k, &body),
@@ -279,10 +282,13 @@ impl Relay {
         }
     }
 
-    /// Close circuit `k` now (DESTROY both ways).
-    fn hs_close(&mut self, k: u64, reason: DestroyReason) {
+    /// Close circuit `k` now (DESTROY both ways) for a failure of kind `kind`: the reason
+    /// toward its origin follows from it (tor-spec §5.4: PROTOCOL for the origin's
+    /// violations and for a role we do not offer, RESOURCELIMIT for a bound reached here,
+    /// INTERNAL for our own failures).
+    fn hs_close(&mut self, k: u64, kind: ErrorKind) {
         self.stats.hs_circuits_closed += 1;
-        self.kill_circ(k, reason);
+        self.kill_circ(k, kind.destroy_reason());
     }
 
     /// Send an onion-service message toward the origin of circuit `k`.
@@ -308,7 +314,7 @@ impl Relay {
 
     fn establish_intro(&mut self, k: u64, body: &[u8]) {
         if !self.cfg.intro_point {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::Unsupported);
         }
         let Some(kh) = self.circs.get(&k).map(|c| *c.rc.kh()) else {
             return;
@@ -322,20 +328,19 @@ impl Relay {
                 self.stats.intro_established += 1;
                 self.hs_send(k, RelayCmd::INTRO_ESTABLISHED, &est.reply);
             }
-            Err(RelayRoleError::Full) => self.hs_close(k, DestroyReason::RESOURCELIMIT),
-            Err(_) => self.hs_close(k, DestroyReason::PROTOCOL),
+            Err(e) => self.hs_close(k, role_error_kind(&e)),
         }
     }
 
     fn introduce1(&mut self, k: u64, body: &[u8]) {
         if !self.cfg.intro_point {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::Unsupported);
         }
         // rend-spec-v3 §3.2.1: LEGACY_KEY_ID at least; one INTRODUCE1 per circuit; never
         // from a single-hop client circuit (C tor's circuit_is_suitable_for_introduce1).
         let once = self.circs.get(&k).is_some_and(|c| !c.introduced);
         if body.len() < 20 || !once || self.comes_from_client(k) {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::PeerProtocol);
         }
         if let Some(c) = self.circs.get_mut(&k) {
             c.introduced = true;
@@ -371,7 +376,7 @@ impl Relay {
 
     fn establish_rendezvous(&mut self, k: u64, body: &[u8]) {
         if !self.cfg.rend_point {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::Unsupported);
         }
         match self.hs.rend.handle_establish_rendezvous(k, body) {
             Ok(()) => {
@@ -381,18 +386,17 @@ impl Relay {
                 self.stats.rend_established += 1;
                 self.hs_send(k, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]);
             }
-            Err(RelayRoleError::Full) => self.hs_close(k, DestroyReason::RESOURCELIMIT),
-            Err(_) => self.hs_close(k, DestroyReason::PROTOCOL),
+            Err(e) => self.hs_close(k, role_error_kind(&e)),
         }
     }
 
     fn rendezvous1(&mut self, k: u64, body: &[u8]) {
         if !self.cfg.rend_point {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::Unsupported);
         }
         let j = match self.hs.rend.handle_rendezvous1(k, body) {
             Ok(j) => j,
-            Err(_) => return self.hs_close(k, DestroyReason::PROTOCOL),
+            Err(e) => return self.hs_close(k, role_error_kind(&e)),
         };
         let client = j.client;
         let joinable = |r: &Self, x: u64| {
@@ -401,11 +405,13 @@ impl Relay {
                 .is_some_and(|c| !c.rc.is_closed() && c.next.is_none() && !c.rc.is_spliced())
         };
         if client == k || !joinable(self, client) || !joinable(self, k) {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::PeerProtocol);
         }
-        // RENDEZVOUS2 is queued before the join, so it is the client's next cell.
+        // RENDEZVOUS2 is queued before the join, so it is the client's next cell. It fails
+        // when the client's circuit went over its queue bound (and was closed for it): the
+        // join cannot happen, through no fault of the service.
         if !self.hs_send(client, RelayCmd::RENDEZVOUS2, &j.rendezvous2) {
-            return self.hs_close(k, DestroyReason::PROTOCOL);
+            return self.hs_close(k, ErrorKind::Resource);
         }
         for (a, b) in [(client, k), (k, client)] {
             if let Some(c) = self.circs.get_mut(&a) {
@@ -483,5 +489,43 @@ impl Relay {
         let wall = unix(self.wall_now());
         self.now
             .checked_add(core::time::Duration::from_secs(at.saturating_sub(wall)))
+    }
+}
+
+/// Whose fault a refused ESTABLISH_INTRO, ESTABLISH_RENDEZVOUS or RENDEZVOUS1 is: a full
+/// registry is a bound reached here (DESTROY RESOURCELIMIT); a malformed or unauthentic
+/// body, a key or cookie in use, a circuit that already has a role or an unknown cookie is
+/// the origin's violation (PROTOCOL, as C tor closes with TORPROTOCOL).
+fn role_error_kind(e: &RelayRoleError) -> ErrorKind {
+    match e {
+        RelayRoleError::Full => ErrorKind::Resource,
+        _ => ErrorKind::PeerProtocol,
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn a_role_refusal_destroys_with_the_reason_of_its_kind() {
+        let cases = [
+            (RelayRoleError::Full, DestroyReason::RESOURCELIMIT),
+            (RelayRoleError::InUse, DestroyReason::PROTOCOL),
+            (RelayRoleError::CircuitBusy, DestroyReason::PROTOCOL),
+            (RelayRoleError::UnknownCookie, DestroyReason::PROTOCOL),
+        ];
+        for (e, reason) in cases {
+            assert_eq!(role_error_kind(&e).destroy_reason(), reason, "{e}");
+        }
+        // Not offering a role is not a bound nor our failure; our own failure is INTERNAL.
+        assert_eq!(
+            ErrorKind::Unsupported.destroy_reason(),
+            DestroyReason::PROTOCOL
+        );
+        assert_eq!(
+            ErrorKind::Internal.destroy_reason(),
+            DestroyReason::INTERNAL
+        );
     }
 }
