@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::hs::HostConfig;
 use onion_client::{
@@ -133,8 +134,13 @@ pub(crate) struct StreamState {
     pub(crate) write_err: Option<Error>,
     /// The writer (poll_write, poll_flush, poll_shutdown) waiting for room or progress.
     pub(crate) write_waker: Option<Waker>,
-    /// The handle is gone: close the stream.
+    /// The handle is gone: close the stream (an undecided incoming stream is refused).
     pub(crate) dropped: bool,
+    /// A hosted service's incoming stream the application has not accepted yet (the client
+    /// has sent the other end nothing: `Client::accept_stream` is still to come).
+    pub(crate) undecided: bool,
+    /// The application accepted the undecided stream: the driver accepts it in the client.
+    pub(crate) accept: bool,
     /// Marked in the signal and not serviced yet.
     queued: bool,
 }
@@ -163,6 +169,8 @@ impl StreamShared {
                 write_err: None,
                 write_waker: None,
                 dropped: false,
+                undecided: false,
+                accept: false,
                 queued: false,
             }),
             signal,
@@ -396,10 +404,12 @@ impl Engine {
         }
     }
 
-    /// A client opened a stream to a hosted service: queue it for the application, or close
-    /// it when the queue is full or the service is gone.
+    /// A client opened a stream to a hosted service: queue it for the application, which
+    /// accepts or rejects it ([`crate::IncomingRequest`]), or refuse it (END RESOURCELIMIT)
+    /// when the queue is full or the service is gone.
     fn incoming(&mut self, service: ServiceHandle, stream: StreamHandle, port: u16, now: Instant) {
-        let shared = StreamShared::new(stream, Phase::Open, self.signal.clone());
+        let shared = StreamShared::new(stream, Phase::Opening, self.signal.clone());
+        shared.lock().undecided = true;
         let queued = self.services.get(&service).is_some_and(|svc| {
             let mut st = svc.lock();
             if st.ended || st.stop || st.queue.len() >= MAX_PENDING_INCOMING {
@@ -412,7 +422,11 @@ impl Engine {
         if queued {
             self.streams.insert(stream, shared);
             self.service(stream, now);
-        } else {
+        } else if self
+            .client
+            .reject_stream(stream, EndReason::RESOURCELIMIT, now)
+            .is_err()
+        {
             self.client.close(stream, now);
         }
     }
@@ -489,6 +503,36 @@ impl Engine {
         };
         let mut st = shared.lock();
         st.queued = false;
+        if st.dropped && st.undecided && !st.accept {
+            // Rejected (or dropped) before it was accepted: END CONNECTREFUSED, as C tor's
+            // service answers when its target refuses; one that ended meanwhile is forgotten.
+            drop(st);
+            if self
+                .client
+                .reject_stream(h, EndReason::CONNECTREFUSED, now)
+                .is_err()
+            {
+                self.client.close(h, now);
+            }
+            self.streams.remove(&h);
+            return;
+        }
+        if st.undecided && st.accept {
+            st.undecided = false;
+            match self.client.accept_stream(h, now) {
+                Ok(()) => {
+                    if matches!(st.open, Phase::Opening) {
+                        st.open = Phase::Open;
+                    }
+                }
+                Err(e) => {
+                    if matches!(st.open, Phase::Opening) {
+                        st.open = Phase::Failed(e.into());
+                    }
+                }
+            }
+            wake(&mut st.open_waker);
+        }
         if st.dropped {
             if matches!(st.open, Phase::Open) && st.write_err.is_none() && !st.tx.is_empty() {
                 // Last bytes of a handle dropped without a flush: what the windows take.

@@ -452,7 +452,11 @@ impl IncomingRequests {
 }
 
 /// A stream a client opened to a hosted service: accept it into a [`DataStream`] or reject
-/// it (dropping it rejects it).
+/// it (dropping it rejects it). The client is told nothing until then: accept once the
+/// service can serve the stream (e.g. its backend connection is up), so that a client is
+/// not told CONNECTED for a stream that then ends at once. A request neither accepted nor
+/// rejected within `onion_client::hs::HostConfig::undecided_timeout` (10 s) is refused
+/// with END TIMEOUT, and its stream then fails.
 #[derive(Debug)]
 pub struct IncomingRequest {
     stream: Arc<StreamShared>,
@@ -467,13 +471,21 @@ impl IncomingRequest {
         self.port
     }
 
-    /// Take the stream.
+    /// Take the stream: RELAY_CONNECTED goes to the client, and the [`DataStream`] opens
+    /// (its reads and writes wait until then).
     pub fn accept(mut self) -> DataStream {
         self.accepted = true;
+        {
+            let mut st = self.stream.lock();
+            st.accept = true;
+            self.stream.mark(&mut st);
+        }
         DataStream::new(self.stream.clone(), self.client.clone())
     }
 
-    /// Refuse the stream (RELAY_END).
+    /// Refuse the stream: RELAY_END with reason CONNECTREFUSED, as C tor's onion service
+    /// answers when its target refuses the connection (a C tor client reports "connection
+    /// refused" to its SOCKS application).
     pub fn reject(self) {}
 }
 

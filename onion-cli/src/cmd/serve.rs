@@ -32,8 +32,14 @@
 //! - **Target to client.** The target is read only as far as [`Client::write`] takes its
 //!   bytes ([`READ_AHEAD`] ahead at most): when the stream's windows are full, TCP holds the
 //!   target back until [`Event::StreamWritable`].
-//! - At most [`MAX_TARGETS`] target connections are open; a stream beyond that is closed
-//!   at once. The target is connected on a thread of its own (within
+//! - A stream is answered only once its target connection is made, as C tor's service
+//!   does: the client gets RELAY_CONNECTED ([`Client::accept_stream`]) when the target
+//!   accepted, and RELAY_END ([`Client::reject_stream`]) with the reason C tor's service
+//!   sends for the same failure ([`end_reason_for`]: CONNECTREFUSED for a refused
+//!   connection, so a C tor client's SOCKS application sees "connection refused" at once
+//!   instead of an empty reply).
+//! - At most [`MAX_TARGETS`] target connections are open; a stream beyond that is refused
+//!   at once (END RESOURCELIMIT). The target is connected on a thread of its own (within
 //!   [`TARGET_CONNECT_TIMEOUT`]), so the loop never waits for it.
 //!
 //! Congestion control (proposal 324) runs by default, as C tor 0.4.9 does when
@@ -51,6 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
+use onion_cell::relaymsg::EndReason;
 use onion_circuit::Instant;
 use onion_client::hs::{HostConfig, ServiceStats};
 use onion_client::{Client, Event, ServiceHandle, StreamHandle};
@@ -185,8 +192,10 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// threads ([`Pipe`]). A stream beyond it is closed at once.
 pub const MAX_TARGETS: usize = 256;
 
-/// How long connecting to the target may take.
-pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the target may take: less than the client's bound on an
+/// undecided stream (`HostConfig::undecided_timeout`, 10 s), so that the stream is answered
+/// with the connect's own outcome.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Circuits remembered as announced: far more than the rendezvous circuits open at once.
 const MAX_ANNOUNCED: usize = 1024;
@@ -276,10 +285,14 @@ impl Serve {
             }
         }
         if port != self.port || self.targets.len() >= MAX_TARGETS {
-            if port == self.port {
+            // The client refuses other ports itself; this is a second line.
+            let reason = if port == self.port {
                 eprintln!("onion: {MAX_TARGETS} target connections open: stream refused");
-            }
-            return d.client.close(stream, now);
+                EndReason::RESOURCELIMIT
+            } else {
+                EndReason::DONE
+            };
+            return refuse(&mut d.client, stream, reason, now);
         }
         let (id, wake) = d.app_sender();
         let tx = self.connected_tx.clone();
@@ -294,7 +307,7 @@ impl Serve {
                 }
             });
         if spawned.is_err() {
-            return d.client.close(stream, now);
+            return refuse(&mut d.client, stream, EndReason::RESOURCELIMIT, now);
         }
         self.targets.insert(id, Target::Connecting(stream));
         self.by_stream.insert(stream, id);
@@ -325,7 +338,8 @@ impl Serve {
         }
     }
 
-    /// A target connect finished: start moving bytes, or close the stream.
+    /// A target connect finished: accept the stream and start moving bytes, or refuse it
+    /// with the reason for the failure.
     fn connected(&mut self, d: &mut Driver, id: event::ConnId, r: std::io::Result<TcpStream>) {
         let Some(Target::Connecting(stream)) = self.targets.get(&id) else {
             // The stream ended meanwhile: the socket is just dropped.
@@ -337,8 +351,18 @@ impl Serve {
             let _ = sock.set_nodelay(true);
             Pipe::start(sock, id, tx)
         });
+        let now = d.now();
         match pipe {
             Ok(pipe) => {
+                if let Err(e) = d.client.accept_stream(stream, now) {
+                    // The client gave up or timed the stream out meanwhile.
+                    debug(&format!("stream {}: {e}", stream.get()));
+                    self.targets.remove(&id);
+                    self.by_stream.remove(&stream);
+                    d.client.close(stream, now);
+                    pipe.finish();
+                    return;
+                }
                 let t = Target::Open {
                     stream,
                     pipe,
@@ -348,14 +372,17 @@ impl Serve {
                     blocked: false,
                 };
                 self.targets.insert(id, t);
-                let now = d.now();
                 self.pump(&mut d.client, id, now);
             }
             Err(e) => {
-                eprintln!("onion: target {}: {e}", self.target);
+                let reason = end_reason_for(&e);
+                eprintln!(
+                    "onion: target {}: {e}: stream refused ({reason:?})",
+                    self.target
+                );
                 self.targets.remove(&id);
                 self.by_stream.remove(&stream);
-                d.client.close(stream, d.now());
+                refuse(&mut d.client, stream, reason, now);
             }
         }
     }
@@ -481,6 +508,30 @@ fn stats_lines(was: &ServiceStats, now: &ServiceStats, forwarding: &str) -> Vec<
         ));
     }
     out
+}
+
+/// Refuse the undecided stream `stream` with `reason`; one the client ended meanwhile is
+/// just forgotten.
+fn refuse(client: &mut Client, stream: StreamHandle, reason: EndReason, now: Instant) {
+    if client.reject_stream(stream, reason, now).is_err() {
+        client.close(stream, now);
+    }
+}
+
+/// The END reason for a failed connection to the target, as C tor's service sends it
+/// (`errno_to_stream_end_reason`, tor-spec §6.3): refused → CONNECTREFUSED, reset →
+/// CONNRESET, timed out → TIMEOUT, unreachable network or host or not permitted →
+/// NOROUTE, out of sockets or addresses → RESOURCELIMIT, anything else → MISC.
+fn end_reason_for(e: &std::io::Error) -> EndReason {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => EndReason::CONNECTREFUSED,
+        K::ConnectionReset => EndReason::CONNRESET,
+        K::TimedOut => EndReason::TIMEOUT,
+        K::NetworkUnreachable | K::HostUnreachable | K::PermissionDenied => EndReason::NOROUTE,
+        K::AddrInUse | K::AddrNotAvailable | K::OutOfMemory => EndReason::RESOURCELIMIT,
+        _ => EndReason::MISC,
+    }
 }
 
 /// A line for whoever debugs the service (`ONION_DEBUG=1`).
@@ -667,6 +718,26 @@ mod tests {
             ..flood
         };
         assert!(stats_lines(&flood, &busy, fwd).is_empty());
+    }
+
+    /// A target's connect failures become the END reasons C tor's service sends for them.
+    #[test]
+    fn target_failures_become_c_tor_end_reasons() {
+        use std::io::{Error, ErrorKind as K};
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(end_reason_for(&refused), EndReason::CONNECTREFUSED);
+        for (kind, reason) in [
+            (K::TimedOut, EndReason::TIMEOUT),
+            (K::ConnectionReset, EndReason::CONNRESET),
+            (K::HostUnreachable, EndReason::NOROUTE),
+            (K::AddrNotAvailable, EndReason::RESOURCELIMIT),
+            (K::Other, EndReason::MISC),
+        ] {
+            assert_eq!(end_reason_for(&Error::from(kind)), reason, "{kind:?}");
+        }
     }
 
     #[test]

@@ -88,11 +88,18 @@ pub enum Event {
         /// The addresses, or why there are none.
         answers: Result<Vec<IpAddr>, Error>,
     },
-    /// A client opened a stream to a hosted onion service.
+    /// A client opened a stream to a hosted onion service (RELAY_BEGIN, rend-spec-v3 §4.2).
+    /// It is undecided: the client has no answer yet. Connect to the service's target,
+    /// then [`crate::Client::accept_stream`] (RELAY_CONNECTED; read and write it as any
+    /// other stream from then on) or [`crate::Client::reject_stream`] with the reason
+    /// (RELAY_END, e.g. CONNECTREFUSED when the target refused, as C tor's service sends).
+    /// Undecided streams are bounded per rendezvous circuit and per service, and one left
+    /// undecided for [`crate::hs::HostConfig::undecided_timeout`] is refused with END
+    /// TIMEOUT and reported by [`Event::StreamClosed`].
     IncomingStream {
         /// The service.
         service: ServiceHandle,
-        /// The new stream (already accepted; read and write it as any other).
+        /// The new stream, waiting for the application's decision.
         stream: StreamHandle,
         /// The virtual port asked for.
         port: u16,

@@ -17,8 +17,10 @@
 //!   host on the rendezvous circuit (rend-spec-v3 §4.2); a failure ends them with
 //!   [`Error::OnionService`] (proposal 304 classes). A stream that loses its rendezvous
 //!   circuit asks again, as any stream is retried on another circuit.
-//! - A hosted service's streams are accepted on its rendezvous circuits for its ports and
-//!   handed to the application ([`Event::IncomingStream`]).
+//! - A hosted service's streams on its rendezvous circuits for its ports are handed to the
+//!   application undecided ([`Event::IncomingStream`]); it accepts or rejects each
+//!   ([`super::Client::accept_stream`], [`super::Client::reject_stream`]) within the
+//!   bounds and the time [`crate::hs::host`] keeps.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,7 +39,7 @@ use crate::dir::{Directory, Failure, RequestId};
 use crate::guards::LastHop;
 use crate::hs::{
     is_onion, ConnectConfig, HostConfig, HsAction, HsCircRef, HsConfig, HsPurpose, HsRequest,
-    IncomingDecision, OnionServices, ServiceId, ServiceStats,
+    IncomingDecision, IncomingRef, OnionServices, ServiceId, ServiceStats,
 };
 use crate::{Error, Instant};
 
@@ -55,6 +57,8 @@ pub(crate) struct HsLinks {
     requests: HashMap<HsRequest, Vec<u64>>,
     /// Streams with a request in flight.
     asked: HashSet<u64>,
+    /// Hosted services' incoming streams not accepted or rejected yet.
+    undecided: HashSet<u64>,
     /// The directory last given to the machines.
     dir: Option<Arc<Directory>>,
 }
@@ -83,6 +87,7 @@ impl HsLinks {
             next_dir_req: u64::MAX,
             requests: HashMap::new(),
             asked: HashSet::new(),
+            undecided: HashSet::new(),
             dir: None,
         }
     }
@@ -209,13 +214,20 @@ impl super::Client {
         }
     }
 
-    /// The last hop of circuit `key` asks to open stream `id` to `port`: accepted for a
-    /// hosted service's port on its rendezvous circuit (the application is told), refused
-    /// otherwise (C tor drops BEGIN on client circuits; an END answers it here).
+    /// The last hop of circuit `key` asks to open stream `id` to `port`: offered to the
+    /// application for a hosted service's port on its rendezvous circuit (undecided until
+    /// [`super::Client::accept_stream`] or [`super::Client::reject_stream`]), refused
+    /// otherwise (C tor drops BEGIN on client circuits; an END answers it here), and refused
+    /// with RESOURCELIMIT beyond the undecided bounds or [`super::Limits::max_streams`].
     pub(super) fn hs_incoming(&mut self, key: u64, id: StreamId, port: u16) {
-        let decision = match self.hs.keys.get(&key) {
-            Some(r) => self.hs.hs.incoming_stream(*r, port),
-            None => IncomingDecision::Reject(EndReason::MISC),
+        let h = self.next_stream;
+        let open = self.circs.get(&key).is_some_and(|c| c.circ.is_some());
+        let decision = match (self.hs.keys.get(&key), open) {
+            (Some(r), true) => self
+                .hs
+                .hs
+                .incoming_stream(*r, port, IncomingRef(h), self.now),
+            _ => IncomingDecision::Reject(EndReason::MISC),
         };
         let full = self.streams.len() >= self.cfg.limits.max_streams;
         let Some(c) = self.circs.get_mut(&key) else {
@@ -225,21 +237,18 @@ impl super::Client {
             return;
         };
         let service = match decision {
-            IncomingDecision::Accept { .. } if full => {
+            IncomingDecision::Offer { .. } if full => {
+                self.hs.hs.incoming_decided(IncomingRef(h));
                 let _ = m.reject_stream(id, EndReason::RESOURCELIMIT);
                 return;
             }
-            IncomingDecision::Accept { service } => service,
+            IncomingDecision::Offer { service } => service,
             IncomingDecision::Reject(reason) => {
                 let _ = m.reject_stream(id, reason);
                 return;
             }
         };
-        if m.accept_stream(id).is_err() {
-            return;
-        }
         let now = self.now;
-        let h = self.next_stream;
         self.next_stream += 1;
         let mut s = Stream::new(
             Target::Exit {
@@ -249,11 +258,12 @@ impl super::Client {
             Isolation::NONE,
             now,
         );
-        s.phase = Phase::Open;
+        s.phase = Phase::Incoming;
         s.circ = Some(key);
         s.id = Some(id);
         c.attach(id, h, Isolation::NONE, now);
         self.streams.insert(h, s);
+        self.hs.undecided.insert(h);
         self.emit(Event::IncomingStream {
             service: ServiceHandle(service.0),
             stream: StreamHandle(h),
@@ -261,10 +271,116 @@ impl super::Client {
         });
     }
 
+    /// Accept the incoming stream `stream` of a hosted onion service
+    /// ([`Event::IncomingStream`]): RELAY_CONNECTED goes to the client (tor-spec §6.2; empty,
+    /// as C tor's service sends it), and the stream is read and written as any other from
+    /// now on. Accept once the service's target is connected, so that a client is not told
+    /// CONNECTED for a stream that then ends at once.
+    ///
+    /// Errors: [`Error::Misuse`] for a handle that is not an undecided incoming stream
+    /// (unknown, decided already, or ended: the client gave up, its circuit closed, or
+    /// [`crate::hs::HostConfig::undecided_timeout`] passed; [`Event::StreamClosed`] said so).
+    pub fn accept_stream(&mut self, stream: StreamHandle, now: Instant) -> Result<(), Error> {
+        self.see(now);
+        let (key, id) = self.undecided_stream(stream)?;
+        let m = self
+            .circs
+            .get_mut(&key)
+            .and_then(|c| c.circ.as_mut())
+            .ok_or(Error::Misuse("the stream's circuit is gone"))?;
+        m.accept_stream(id).map_err(Error::Circuit)?;
+        if let Some(s) = self.streams.get_mut(&stream.0) {
+            s.phase = Phase::Open;
+        }
+        self.hs.undecided.remove(&stream.0);
+        self.hs.hs.incoming_decided(IncomingRef(stream.0));
+        self.settle();
+        Ok(())
+    }
+
+    /// Reject the incoming stream `stream` of a hosted onion service
+    /// ([`Event::IncomingStream`]): RELAY_END with `reason` goes to the client (tor-spec
+    /// §6.3), and the handle is forgotten (no event follows). C tor's service answers
+    /// CONNECTREFUSED when its target refused the connection (its errno mapping:
+    /// ECONNREFUSED), TIMEOUT when the connect timed out, NOROUTE when the target is
+    /// unreachable, RESOURCELIMIT when it is out of sockets; a C tor client turns these
+    /// into its SOCKS error (CONNECTREFUSED: "connection refused").
+    ///
+    /// Errors: [`Error::Misuse`] as for [`Client::accept_stream`](super::Client::accept_stream).
+    pub fn reject_stream(
+        &mut self,
+        stream: StreamHandle,
+        reason: EndReason,
+        now: Instant,
+    ) -> Result<(), Error> {
+        self.see(now);
+        let (key, id) = self.undecided_stream(stream)?;
+        self.streams.remove(&stream.0);
+        self.hs.undecided.remove(&stream.0);
+        self.hs.hs.incoming_decided(IncomingRef(stream.0));
+        if let Some(c) = self.circs.get_mut(&key) {
+            c.streams.remove(&id.get());
+            if c.streams.is_empty() {
+                c.idle_since = self.now;
+            }
+            if let Some(m) = c.circ.as_mut() {
+                m.reject_stream(id, reason).map_err(Error::Circuit)?;
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// The circuit and stream id of `stream` if it is an undecided incoming stream.
+    fn undecided_stream(&self, stream: StreamHandle) -> Result<(u64, StreamId), Error> {
+        let s = self
+            .streams
+            .get(&stream.0)
+            .ok_or(Error::Misuse("no such stream"))?;
+        match (s.phase, s.circ, s.id) {
+            (Phase::Incoming, Some(key), Some(id)) => Ok((key, id)),
+            _ => Err(Error::Misuse(
+                "not an incoming stream waiting for accept or reject",
+            )),
+        }
+    }
+
+    /// Incoming streams that left the undecided phase by another way (closed by the
+    /// application, ended by the client, their circuit lost) no longer count against the
+    /// service's bounds.
+    fn hs_reconcile_undecided(&mut self) {
+        let streams = &self.streams;
+        let gone: Vec<u64> = self
+            .hs
+            .undecided
+            .iter()
+            .filter(|h| !streams.get(h).is_some_and(|s| s.phase == Phase::Incoming))
+            .copied()
+            .collect();
+        for h in gone {
+            self.hs.undecided.remove(&h);
+            self.hs.hs.incoming_decided(IncomingRef(h));
+        }
+    }
+
+    /// The application left incoming stream `h` undecided too long: END TIMEOUT to the
+    /// client, and [`Event::StreamClosed`] with the same reason to the application.
+    fn hs_incoming_timed_out(&mut self, h: u64) {
+        self.hs.undecided.remove(&h);
+        let Ok((key, id)) = self.undecided_stream(StreamHandle(h)) else {
+            return;
+        };
+        if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
+            let _ = m.reject_stream(id, EndReason::TIMEOUT);
+        }
+        self.end_stream(h, Some(Error::StreamEnded(EndReason::TIMEOUT)));
+    }
+
     /// Carry out what the onion-service machines ask, and tell them what happened to their
     /// circuits and waiting streams. Called after every input.
     pub(super) fn drive_hs(&mut self) {
         self.hs_directory();
+        self.hs_reconcile_undecided();
         // Streams to a `.onion` host that wait for a rendezvous circuit and have not asked
         // (before bootstrap they wait, as exit streams do).
         let bootstrapped = self.hs.dir.is_some();
@@ -481,6 +597,7 @@ impl super::Client {
                     self.end_stream(h, Some(Error::OnionService(error.clone())));
                 }
             }
+            HsAction::IncomingTimedOut { stream } => self.hs_incoming_timed_out(stream.0),
             HsAction::Published { .. } => {}
         }
     }

@@ -62,6 +62,10 @@ pub(crate) enum Phase {
     Waiting { deadline: Instant },
     /// BEGIN / BEGIN_DIR / RESOLVE sent on its circuit.
     Connecting,
+    /// A hosted onion service's incoming stream (RELAY_BEGIN from the client) that the
+    /// application has not accepted or rejected yet (`onion.rs`): no CONNECTED sent,
+    /// writes refused; bytes the client sent early are kept for reading.
+    Incoming,
     /// CONNECTED: data flows.
     Open,
     /// Ended by the other edge or a failure: only the buffered bytes and the ending remain.
@@ -565,7 +569,9 @@ impl super::Client {
             (_, Phase::Waiting { .. } | Phase::Connecting) => {
                 self.retry_stream(h, failed_hop, Some(why.clone()))
             }
-            (_, Phase::Open) => self.end_stream(h, Some(Error::StreamEnded(EndReason::DESTROY))),
+            (_, Phase::Open | Phase::Incoming) => {
+                self.end_stream(h, Some(Error::StreamEnded(EndReason::DESTROY)))
+            }
             (_, Phase::Ended) => {}
         }
     }

@@ -29,9 +29,19 @@
 //!   virtual hop ([`super::HsAction::AddVirtualHop`], streams accepted), with congestion
 //!   control when the service runs it and the client asks for it; a client that asks for
 //!   it from a service that does not run it is refused (the descriptor did not offer it).
-//! - Streams the client opens on a joined rendezvous circuit are accepted for the
-//!   service's ports and refused (END EXITPOLICY) for the others
-//!   ([`super::OnionServices::incoming_stream`]).
+//! - Streams the client opens on a joined rendezvous circuit (RELAY_BEGIN, rend-spec-v3
+//!   §4.2, tor-spec §6.2) to one of the service's ports are offered to the application,
+//!   which accepts (RELAY_CONNECTED) or rejects (RELAY_END with its reason, as C tor's
+//!   service sends CONNECTREFUSED when its target refuses) each of them
+//!   ([`super::OnionServices::incoming_stream`]); a port the service does not serve is
+//!   refused at once. Undecided streams are bounded: at most
+//!   [`HostConfig::max_undecided_per_circuit`] per rendezvous circuit and
+//!   [`HostConfig::max_undecided`] per service; a BEGIN beyond either is refused with END
+//!   RESOURCELIMIT (tor-spec §6.3: "the OR has no resources to fulfill the request")
+//!   without troubling the application. One the application has not decided within
+//!   [`HostConfig::undecided_timeout`] is refused with END TIMEOUT
+//!   ([`super::HsAction::IncomingTimedOut`]), as C tor's service ends a stream whose
+//!   target's connect timed out.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -94,6 +104,18 @@ pub struct HostConfig {
     pub rend_attempts: u32,
     /// How long INTRO_ESTABLISHED or an HSDir's answer to an upload may take (60 s).
     pub step_timeout: Duration,
+    /// Incoming streams the application has not accepted or rejected yet, at most, on one
+    /// rendezvous circuit (32: a browser opens about six streams at once to one host, and
+    /// the application's decision takes one local connect). Beyond it: END RESOURCELIMIT.
+    pub max_undecided_per_circuit: usize,
+    /// Undecided incoming streams, at most, over all rendezvous circuits of the service
+    /// (256). Beyond it: END RESOURCELIMIT.
+    pub max_undecided: usize,
+    /// How long the application may take to accept or reject an incoming stream (10 s: C
+    /// tor's client gives up on a rendezvous stream that is not connected within 10 s,
+    /// `compute_retry_timeout`, so a later answer serves nobody). Then: END TIMEOUT, and
+    /// the application is told the stream closed.
+    pub undecided_timeout: Duration,
 }
 
 impl HostConfig {
@@ -111,19 +133,37 @@ impl HostConfig {
             rend_timeout: Duration::from_secs(30),
             rend_attempts: 2,
             step_timeout: Duration::from_secs(60),
+            max_undecided_per_circuit: DEFAULT_MAX_UNDECIDED_PER_CIRCUIT,
+            max_undecided: DEFAULT_MAX_UNDECIDED,
+            undecided_timeout: DEFAULT_UNDECIDED_TIMEOUT,
         }
     }
 }
 
+/// [`HostConfig::max_undecided_per_circuit`] by default.
+pub const DEFAULT_MAX_UNDECIDED_PER_CIRCUIT: usize = 32;
+/// [`HostConfig::max_undecided`] by default.
+pub const DEFAULT_MAX_UNDECIDED: usize = 256;
+/// [`HostConfig::undecided_timeout`] by default.
+pub const DEFAULT_UNDECIDED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An incoming stream of a hosted service, named by the core when it reports the stream
+/// ([`super::OnionServices::incoming_stream`]); the core's own stream handle does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IncomingRef(pub u64);
+
 /// What to do with a stream a client opens on a rendezvous circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncomingDecision {
-    /// Accept it (`Circuit::accept_stream`) and hand it to the application for `service`.
-    Accept {
+    /// Hand it to the application for `service`, undecided: the application accepts it
+    /// (`Circuit::accept_stream`, RELAY_CONNECTED) or rejects it (`Circuit::reject_stream`)
+    /// later; until then it counts against the undecided bounds, and the core reports the
+    /// decision with [`super::OnionServices::incoming_decided`].
+    Offer {
         /// The service.
         service: ServiceId,
     },
-    /// Refuse it (`Circuit::reject_stream`) with this reason.
+    /// Refuse it now (`Circuit::reject_stream`) with this reason.
     Reject(EndReason),
 }
 
@@ -144,6 +184,12 @@ pub struct ServiceStats {
     pub stale: u64,
     /// Rendezvous circuits joined.
     pub rendezvous: u64,
+    /// Incoming streams offered to the application.
+    pub streams_offered: u64,
+    /// Incoming streams refused because too many were undecided (END RESOURCELIMIT).
+    pub streams_refused_full: u64,
+    /// Incoming streams the application did not decide in time (END TIMEOUT).
+    pub streams_timed_out: u64,
     /// Rendezvous given up.
     pub rendezvous_failed: u64,
     /// Descriptor uploads that succeeded.
@@ -222,6 +268,9 @@ struct Hosted {
     building: usize,
     stats: ServiceStats,
     published: bool,
+    /// Incoming streams offered to the application and not decided yet: their rendezvous
+    /// circuit and deadline.
+    undecided: HashMap<IncomingRef, (HsCircRef, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +282,9 @@ struct HostLimits {
     rend_timeout: Duration,
     rend_attempts: u32,
     step_timeout: Duration,
+    max_undecided_per_circuit: usize,
+    max_undecided: usize,
+    undecided_timeout: Duration,
 }
 
 /// The host side. See the module documentation.
@@ -352,7 +404,11 @@ impl Host {
                 rend_timeout: config.rend_timeout,
                 rend_attempts: config.rend_attempts.max(1),
                 step_timeout: config.step_timeout,
+                max_undecided_per_circuit: config.max_undecided_per_circuit,
+                max_undecided: config.max_undecided,
+                undecided_timeout: config.undecided_timeout,
             },
+            undecided: HashMap::new(),
             circs: HashMap::new(),
             bucket: None,
             queue: VecDeque::new(),
@@ -630,7 +686,10 @@ impl Host {
                 self.rend_failed(k, *p, now);
                 self.start_rendezvous(sh, k, now);
             }
-            Role::RendJoined => {}
+            Role::RendJoined => {
+                // Its streams end with it (the core ends them): nothing waits any more.
+                s.undecided.retain(|_, (c, _)| *c != circ);
+            }
         }
         self.drain(sh, k, now, rng);
     }
@@ -799,16 +858,50 @@ impl Host {
         self.drain(sh, k, now, rng);
     }
 
-    pub(crate) fn incoming_stream(&self, circ: HsCircRef, port: u16) -> IncomingDecision {
-        for s in &self.services {
-            if let Some(Role::RendJoined) = s.circs.get(&circ) {
-                return match s.ports.contains(&port) {
-                    true => IncomingDecision::Accept { service: s.id },
-                    false => IncomingDecision::Reject(REJECT_PORT),
-                };
-            }
+    pub(crate) fn incoming_stream(
+        &mut self,
+        circ: HsCircRef,
+        port: u16,
+        stream: IncomingRef,
+        now: Instant,
+    ) -> IncomingDecision {
+        let Some(s) = self
+            .services
+            .iter_mut()
+            .find(|s| matches!(s.circs.get(&circ), Some(Role::RendJoined)))
+        else {
+            return IncomingDecision::Reject(EndReason::MISC);
+        };
+        if !s.ports.contains(&port) {
+            return IncomingDecision::Reject(REJECT_PORT);
         }
-        IncomingDecision::Reject(EndReason::MISC)
+        let on_circ = s.undecided.values().filter(|(c, _)| *c == circ).count();
+        if s.undecided.contains_key(&stream)
+            || on_circ >= s.config.max_undecided_per_circuit
+            || s.undecided.len() >= s.config.max_undecided
+        {
+            s.stats.streams_refused_full += 1;
+            return IncomingDecision::Reject(EndReason::RESOURCELIMIT);
+        }
+        s.undecided
+            .insert(stream, (circ, now + s.config.undecided_timeout));
+        s.stats.streams_offered += 1;
+        IncomingDecision::Offer { service: s.id }
+    }
+
+    /// The application decided about `stream` (or it ended): it no longer counts.
+    pub(crate) fn incoming_decided(&mut self, stream: IncomingRef) {
+        for s in &mut self.services {
+            s.undecided.remove(&stream);
+        }
+    }
+
+    /// Undecided incoming streams of `service`.
+    pub(crate) fn undecided(&self, service: ServiceId) -> usize {
+        self.services
+            .iter()
+            .find(|s| s.id == service)
+            .map_or(0, |s| s.undecided.len())
     }
 
     pub(crate) fn handle_timeout(
@@ -836,6 +929,18 @@ impl Host {
                 self.circuit_closed(sh, circ, now, rng);
             }
             let s = &mut self.services[k];
+            let mut late: Vec<IncomingRef> = s
+                .undecided
+                .iter()
+                .filter(|(_, (_, deadline))| now >= *deadline)
+                .map(|(r, _)| *r)
+                .collect();
+            late.sort();
+            for stream in late {
+                s.undecided.remove(&stream);
+                s.stats.streams_timed_out += 1;
+                sh.push(HsAction::IncomingTimedOut { stream });
+            }
             let half = s.config.rend_timeout / 2;
             let before = s.queue.len();
             s.queue.retain(|p| p.attempts > 0 || now < p.since + half);
@@ -863,6 +968,9 @@ impl Host {
                     Role::RendBuilding(p) => at(p.since + s.config.rend_timeout),
                     _ => {}
                 }
+            }
+            for (_, deadline) in s.undecided.values() {
+                at(*deadline);
             }
             if let Some(p) = s.queue.front() {
                 if p.attempts == 0 {

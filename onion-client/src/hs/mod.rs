@@ -67,7 +67,7 @@ pub mod host;
 mod tests;
 
 pub use connect::{ConnectConfig, HsRequest};
-pub use host::{HostConfig, IncomingDecision, ServiceId, ServiceStats};
+pub use host::{HostConfig, IncomingDecision, IncomingRef, ServiceId, ServiceStats};
 
 /// An onion-service circuit, named by this machine when it asks for it
 /// ([`HsAction::BuildCircuit`]). Never reused within one run.
@@ -231,6 +231,13 @@ pub enum HsAction {
         request: HsRequest,
         /// Why.
         error: HsError,
+    },
+    /// The application did not accept or reject the incoming stream `stream` within
+    /// [`HostConfig::undecided_timeout`]: refuse it with END TIMEOUT and tell the
+    /// application it closed. It no longer counts as undecided.
+    IncomingTimedOut {
+        /// The stream, as the core named it to [`OnionServices::incoming_stream`].
+        stream: IncomingRef,
     },
     /// A hosted service's descriptor reached at least one HSDir for the first time: clients
     /// can find it now.
@@ -814,10 +821,32 @@ impl OnionServices {
     }
 
     /// A client asked for a stream to `port` on the rendezvous circuit `circ`
-    /// (`CircEvent::IncomingStream`): accept it for a service (then emit
-    /// `Event::IncomingStream`) or reject it with a reason.
-    pub fn incoming_stream(&mut self, circ: HsCircRef, port: u16) -> IncomingDecision {
-        self.host.incoming_stream(circ, port)
+    /// (`CircEvent::IncomingStream`), which the core names `stream`: offer it to the
+    /// application of a service (then emit `Event::IncomingStream`; it stays undecided
+    /// until [`OnionServices::incoming_decided`] or [`HsAction::IncomingTimedOut`]) or
+    /// reject it now with a reason: a port the service does not serve, a circuit that is
+    /// no service's rendezvous circuit, or the undecided bounds
+    /// ([`HostConfig::max_undecided_per_circuit`], [`HostConfig::max_undecided`]: END
+    /// RESOURCELIMIT). A `stream` that is undecided already is refused the same way.
+    pub fn incoming_stream(
+        &mut self,
+        circ: HsCircRef,
+        port: u16,
+        stream: IncomingRef,
+        now: Instant,
+    ) -> IncomingDecision {
+        self.host.incoming_stream(circ, port, stream, now)
+    }
+
+    /// The application accepted or rejected the incoming stream `stream`, or it ended
+    /// before: it no longer counts as undecided. An unknown one is ignored.
+    pub fn incoming_decided(&mut self, stream: IncomingRef) {
+        self.host.incoming_decided(stream);
+    }
+
+    /// How many incoming streams of `service` wait for the application's decision.
+    pub fn undecided_streams(&self, service: ServiceId) -> usize {
+        self.host.undecided(service)
     }
 
     /// Time passed: deadlines, retries, the publishers' schedules.

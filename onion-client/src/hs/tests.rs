@@ -87,6 +87,8 @@ struct Net {
     ready: Vec<(HsRequest, HsCircRef)>,
     failed: Vec<(HsRequest, HsError)>,
     published: Vec<ServiceId>,
+    /// Incoming streams the host timed out ([`HsAction::IncomingTimedOut`]).
+    timed_out: Vec<IncomingRef>,
 }
 
 impl Net {
@@ -127,6 +129,7 @@ impl Net {
             ready: Vec::new(),
             failed: Vec::new(),
             published: Vec::new(),
+            timed_out: Vec::new(),
         }
     }
 
@@ -139,9 +142,14 @@ impl Net {
 
     /// Host a service on port 80 and run until it is published.
     fn publish(&mut self, clients: Vec<XPublic>) -> (ServiceId, String) {
+        self.publish_with(|cfg| cfg.authorized_clients = clients)
+    }
+
+    /// Host a service on port 80, configured by `f`, and run until it is published.
+    fn publish_with(&mut self, f: impl FnOnce(&mut HostConfig)) -> (ServiceId, String) {
         let id = ExpandedKeypair::generate(&mut self.rng);
         let mut cfg = HostConfig::new(id, vec![80]);
-        cfg.authorized_clients = clients;
+        f(&mut cfg);
         let (now, rng) = (self.now, &mut self.rng);
         let svc = self.host.host(cfg, now, rng).unwrap();
         self.pump();
@@ -366,6 +374,7 @@ impl Net {
             HsAction::Ready { request, circ } => self.ready.push((request, circ)),
             HsAction::Failed { request, error } => self.failed.push((request, error)),
             HsAction::Published { service } => self.published.push(service),
+            HsAction::IncomingTimedOut { stream } => self.timed_out.push(stream),
         }
         let _ = self.m(side);
     }
@@ -412,14 +421,23 @@ fn client_meets_hosted_service_through_real_descriptor_intro_and_rendezvous() {
         1,
         "only the rendezvous circuit is left"
     );
-    // Streams: port 80 accepted for the service, others refused.
+    // Streams: port 80 offered to the service's application, others refused.
+    let now = net.now;
     assert_eq!(
-        net.host.incoming_stream(host_circ[0], 80),
-        IncomingDecision::Accept { service: svc }
+        net.host
+            .incoming_stream(host_circ[0], 80, IncomingRef(1), now),
+        IncomingDecision::Offer { service: svc }
     );
     assert_eq!(
-        net.host.incoming_stream(host_circ[0], 81),
-        IncomingDecision::Reject(EndReason::EXITPOLICY)
+        net.host
+            .incoming_stream(host_circ[0], 81, IncomingRef(2), now),
+        IncomingDecision::Reject(REJECT_PORT)
+    );
+    // Only the host's rendezvous circuits take streams.
+    assert_eq!(
+        net.host
+            .incoming_stream(HsCircRef(u64::MAX), 80, IncomingRef(3), now),
+        IncomingDecision::Reject(EndReason::MISC)
     );
     assert_eq!(net.host.service_stats(svc).unwrap().rendezvous, 1);
 
@@ -889,4 +907,120 @@ fn error_classes() {
     assert_eq!(HsError::BadAddress(String::new()).kind(), ErrorKind::Misuse);
     assert_eq!(HsError::Resource("x").kind(), ErrorKind::Resource);
     assert_eq!(HsError::Resource("x").socks5_reply(), 0x01);
+}
+
+/// The service's joined rendezvous circuits after `n` clients (isolation tokens) met it.
+fn met_by(net: &mut Net, addr: &str, n: u64) -> Vec<HsCircRef> {
+    for i in 0..n {
+        net.connect(addr, i);
+    }
+    assert!(net.failed.is_empty(), "{:?}", net.failed);
+    let mut v = net.host_rend_circs();
+    v.sort();
+    assert_eq!(v.len() as u64, n);
+    v
+}
+
+fn offer(net: &mut Net, circ: HsCircRef, r: u64) -> IncomingDecision {
+    let now = net.now;
+    net.host.incoming_stream(circ, 80, IncomingRef(r), now)
+}
+
+#[test]
+fn undecided_incoming_streams_are_bounded_per_circuit() {
+    let mut net = Net::new(31);
+    let (svc, addr) = net.publish(vec![]);
+    let circ = met_by(&mut net, &addr, 1)[0];
+    let n = host::DEFAULT_MAX_UNDECIDED_PER_CIRCUIT as u64;
+    for r in 1..=n {
+        assert_eq!(
+            offer(&mut net, circ, r),
+            IncomingDecision::Offer { service: svc }
+        );
+    }
+    assert_eq!(net.host.undecided_streams(svc), n as usize);
+    // One more on the same circuit is refused as C tor's edge refuses what it has no
+    // resources for; the application is not asked.
+    assert_eq!(
+        offer(&mut net, circ, n + 1),
+        IncomingDecision::Reject(EndReason::RESOURCELIMIT)
+    );
+    // A reference already waiting is not taken twice.
+    assert_eq!(
+        offer(&mut net, circ, 1),
+        IncomingDecision::Reject(EndReason::RESOURCELIMIT)
+    );
+    // A decision makes room for one.
+    net.host.incoming_decided(IncomingRef(5));
+    assert_eq!(
+        offer(&mut net, circ, n + 2),
+        IncomingDecision::Offer { service: svc }
+    );
+    assert_eq!(
+        offer(&mut net, circ, n + 3),
+        IncomingDecision::Reject(EndReason::RESOURCELIMIT)
+    );
+    let st = net.host.service_stats(svc).unwrap();
+    assert_eq!((st.streams_offered, st.streams_refused_full), (n + 1, 3));
+    // Unknown references are ignored.
+    net.host.incoming_decided(IncomingRef(10_000));
+    assert_eq!(net.host.undecided_streams(svc), n as usize);
+}
+
+#[test]
+fn undecided_incoming_streams_are_bounded_per_service() {
+    let mut net = Net::new(32);
+    let (svc, addr) = net.publish_with(|c| {
+        c.max_undecided_per_circuit = 3;
+        c.max_undecided = 4;
+    });
+    let circs = met_by(&mut net, &addr, 2);
+    let (a, b) = (circs[0], circs[1]);
+    let ok = IncomingDecision::Offer { service: svc };
+    let full = IncomingDecision::Reject(EndReason::RESOURCELIMIT);
+    assert_eq!(
+        [1, 2, 3, 4].map(|r| offer(&mut net, a, r)),
+        [ok, ok, ok, full]
+    );
+    // The other circuit has room of its own, but the service as a whole has one left.
+    assert_eq!([5, 6].map(|r| offer(&mut net, b, r)), [ok, full]);
+    net.host.incoming_decided(IncomingRef(2));
+    assert_eq!([7, 8].map(|r| offer(&mut net, b, r)), [ok, full]);
+    assert_eq!(net.host.undecided_streams(svc), 4);
+    // Closing a rendezvous circuit takes its undecided streams with it.
+    let (now, rng) = (net.now, &mut net.rng);
+    net.host.circuit_closed(a, "DESTROY", now, rng);
+    assert_eq!(net.host.undecided_streams(svc), 2);
+    assert_eq!(offer(&mut net, b, 9), ok);
+}
+
+#[test]
+fn undecided_incoming_streams_time_out() {
+    let mut net = Net::new(33);
+    let (svc, addr) = net.publish(vec![]);
+    let circ = met_by(&mut net, &addr, 1)[0];
+    let t0 = net.now;
+    let ok = IncomingDecision::Offer { service: svc };
+    assert_eq!(offer(&mut net, circ, 1), ok);
+    assert_eq!(offer(&mut net, circ, 2), ok);
+    net.host.incoming_decided(IncomingRef(2));
+    assert!(net
+        .host
+        .poll_timeout()
+        .is_some_and(|t| t <= t0 + host::DEFAULT_UNDECIDED_TIMEOUT));
+    net.advance(Duration::from_secs(5));
+    assert_eq!(offer(&mut net, circ, 3), ok);
+    net.advance(Duration::from_secs(4));
+    assert!(net.timed_out.is_empty(), "not before the timeout");
+    // 10 s after the offer: stream 1 times out (stream 2 was decided).
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.timed_out, [IncomingRef(1)]);
+    assert_eq!(net.host.undecided_streams(svc), 1);
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.timed_out, [IncomingRef(1), IncomingRef(3)]);
+    assert_eq!(net.host.undecided_streams(svc), 0);
+    assert_eq!(net.host.service_stats(svc).unwrap().streams_timed_out, 2);
+    // Reported once: nothing more later.
+    net.advance(Duration::from_secs(60));
+    assert_eq!(net.timed_out.len(), 2);
 }

@@ -252,6 +252,9 @@ pub struct Service {
     pub incoming: usize,
     /// Responses it finished writing.
     pub served: usize,
+    /// Refuse incoming streams with this END reason instead of accepting them
+    /// ([`Client::reject_stream`]), as a service whose target is down does.
+    pub refuse: Option<onion_cell::relaymsg::EndReason>,
 }
 
 impl core::fmt::Debug for Service {
@@ -310,9 +313,14 @@ impl Service {
             }
             Event::Persist(p) => self.persisted.store(p),
             Event::IncomingStream { stream, .. } => {
+                // The web server is in the world: the stream is accepted at once.
                 self.incoming += 1;
-                self.streams
-                    .insert(stream, (world.web_conn(), Vec::new(), false));
+                if let Some(reason) = self.refuse {
+                    let _ = self.client.reject_stream(stream, reason, now);
+                } else if self.client.accept_stream(stream, now).is_ok() {
+                    self.streams
+                        .insert(stream, (world.web_conn(), Vec::new(), false));
+                }
             }
             Event::StreamReadable { stream } => {
                 let mut buf = [0u8; 4096];
@@ -521,6 +529,7 @@ impl Sim {
             streams: HashMap::new(),
             incoming: 0,
             served: 0,
+            refuse: None,
         });
         self.step();
         Ok(self.services.len() - 1)
