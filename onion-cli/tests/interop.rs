@@ -1720,3 +1720,100 @@ fn idle_guard_channel_is_padded_both_ways() {
         d.stderr()
     );
 }
+
+/// What a SOCKS port answers to `msgs`, sent one at a time: the bytes received after each
+/// (until 400 ms pass without more, at most 5 s), and whether the port then closed the
+/// connection (within 3 s).
+fn socks_exchange(port: u16, msgs: &[&[u8]]) -> (Vec<Vec<u8>>, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut replies = Vec::new();
+    let mut closed = false;
+    let mut buf = [0u8; 4096];
+    for m in msgs {
+        if closed || s.write_all(m).is_err() {
+            closed = true;
+            break;
+        }
+        let mut got = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let mut quiet = Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            s.set_read_timeout(Some(quiet)).unwrap();
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) if !got.is_empty() || quiet < Duration::from_secs(5) => break,
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    quiet = Duration::from_millis(400);
+                }
+                Err(_) => break,
+            }
+        }
+        replies.push(got);
+    }
+    if !closed {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    }
+    (replies, closed)
+}
+
+/// `onion socks` answers handshakes it refuses as C tor's SocksPort does (the codec is
+/// `onion_client::socks`): the same reply bytes, or none, and a closed connection, for
+/// unknown versions, greetings without methods or acceptable ones, commands other than
+/// CONNECT, unknown address types, a reserved byte, port 0, bad host names, `.exit` names,
+/// Tor's extended SOCKS parameters in formats C tor refuses, SOCKS4 requests it refuses, and
+/// an HTTP request (whose status line is C tor's). Asked of the network's C tor client.
+#[test]
+fn socks_refusals_match_c_tors_socks_port() {
+    let Some(net) = network() else { return };
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let auths = net.authorities_file.to_str().unwrap();
+    let mut d = support::Daemon::start(&["socks", "--listen", &listen, "--authorities", auths]);
+    d.wait_for("SOCKS5 proxy listening", Duration::from_secs(120));
+    let req = |cmd: u8, rsv: u8, atyp: u8, rest: &[u8]| [&[5, cmd, rsv, atyp][..], rest].concat();
+    let name =
+        |n: &str, port: u16| [&[n.len() as u8][..], n.as_bytes(), &port.to_be_bytes()].concat();
+    let auth = |u: &[u8], p: &[u8]| [&[1, u.len() as u8][..], u, &[p.len() as u8], p].concat();
+    let probes: Vec<Vec<Vec<u8>>> = vec![
+        vec![vec![6, 1, 0]],
+        vec![vec![5, 0]],
+        vec![vec![5, 1, 1]],
+        vec![vec![5, 1, 0], req(2, 0, 3, &name("example.com", 80))],
+        vec![vec![5, 1, 0], req(3, 0, 3, &name("example.com", 80))],
+        vec![vec![5, 1, 0], req(1, 0, 9, &[1, 2, 3, 4, 0, 80])],
+        vec![vec![5, 1, 0], req(1, 1, 3, &name("example.com", 80))],
+        vec![vec![5, 1, 0], req(1, 0, 3, &name("example.com", 0))],
+        vec![vec![5, 1, 0], req(1, 0, 3, &name("a b", 80))],
+        vec![vec![5, 1, 0], req(1, 0, 3, &name("example.com.exit", 80))],
+        vec![vec![5, 1, 2], auth(b"<torS0X>1", b"x")],
+        vec![vec![5, 1, 2], auth(b"<torS0X>0x", b"x")],
+        vec![vec![5, 1, 2], auth(b"<torS0X>", b"")],
+        vec![[&[4, 2, 0, 80, 0, 0, 0, 1][..], b"u\0example.com\0"].concat()],
+        vec![vec![4, 1, 0, 80, 0, 0, 0, 0, 0]],
+    ];
+    for msgs in &probes {
+        let msgs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let ours = socks_exchange(port, &msgs);
+        let theirs = socks_exchange(net.socks_port, &msgs);
+        assert_eq!(ours, theirs, "{msgs:?}: ours, then C tor's\n{}", d.stderr());
+        assert!(ours.1, "{msgs:?}: not closed");
+    }
+    // Not vacuous: C tor answers a greeting without an acceptable method with 05 FF.
+    let no_method = socks_exchange(port, &[&[5, 1, 1]]);
+    assert_eq!(no_method, (vec![vec![5, 0xFF]], true));
+    // An HTTP request: C tor's status line (the page that follows is each one's own).
+    let get: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+    let status = |(r, _): (Vec<Vec<u8>>, bool)| {
+        let text = String::from_utf8_lossy(&r[0]).into_owned();
+        text.lines().next().unwrap_or("").to_string()
+    };
+    let ours = status(socks_exchange(port, &[get]));
+    assert_eq!(ours, status(socks_exchange(net.socks_port, &[get])));
+    assert_eq!(ours, "HTTP/1.0 501 Tor is not an HTTP Proxy");
+}
