@@ -92,9 +92,10 @@ fn publish(net: &mut Net, dir: &Arc<Directory>, clients: Vec<XPublic>) -> String
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let testing = onion_client::guards::is_testing_network(&config().dir.authorities);
     let hsnet = HsNet::from_directory(dir.clone(), testing).unwrap();
-    let sel = hsnet
-        .shared_random
-        .client_fetch(&hsnet.periods, hsnet.valid_after);
+    let sel = hsnet.shared_random.client_fetch(
+        &hsnet.periods,
+        onion_dir::Timestamp::from_unix(hsnet.valid_after),
+    );
     let cfg = HsServiceConfig {
         client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
         ..HsServiceConfig::default()
@@ -109,10 +110,10 @@ fn publish(net: &mut Net, dir: &Arc<Directory>, clients: Vec<XPublic>) -> String
             RawLinkSpec::rsa_id(r.keys.rsa_id),
             RawLinkSpec::ed25519_id(r.keys.ed_id.0),
         ];
-        let i = hs.add_intro_point(&mut rng, specs, r.ntor.0);
+        let i = hs.add_intro_point(specs, r.ntor.0, &mut rng);
         hs.handle_intro_established(i).unwrap();
     }
-    let text = hs.build_descriptor(&mut rng, sel.period, WALL.0).unwrap();
+    let text = hs.build_descriptor(WALL, sel.period, &mut rng).unwrap();
     for r in &mut net.relays {
         r.docs.push(("/tor/hs/3/".into(), text.clone()));
     }

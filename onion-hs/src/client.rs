@@ -1,24 +1,65 @@
 //! The client side of an onion-service connection (rend-spec-v3 §2.2.4.1, §3.2, §4), as a
-//! sans-IO state machine over message bodies.
+//! sans-IO typestate machine over onion-cell's message types.
 //!
-//! The embedder owns the circuits (`onion-circuit`) and the HSDir fetches; this machine tells
-//! it what to fetch from whom, what to send, and checks what comes back:
+//! Each stage is its own type, and a step consumes the stage it leaves (as `snow` does for
+//! its handshakes), so a call out of order does not compile: there is no INTRODUCE1 without
+//! an established rendezvous point, and no RENDEZVOUS2 to finish without the INTRODUCE1 that
+//! started the handshake.
 //!
-//! ```text
-//! let mut c = HsClient::new(addr)?;
-//! let sel = shared_random.client_fetch(&cfg, consensus_valid_after);
-//! for hsdir in c.hsdirs_to_fetch(&relays, &sel, &params) {      // try in order until one works
-//!     let text = fetch(hsdir, c.blinded_key(sel.period))?;      // GET /tor/hs/3/<blinded b64>
-//!     if c.handle_descriptor(&text, sel.period, client_key, now).is_ok() { break; }
-//! }
-//! let est = c.establish_rendezvous(rng)?;          // send ESTABLISH_RENDEZVOUS on a rend circuit
-//! c.handle_rendezvous_established()?;              // on RENDEZVOUS_ESTABLISHED
-//! let (ip, body) = c.introduce(rng, rp_onion_key, rp_link_specs)?; // INTRODUCE1 via intro point `ip`
-//! c.handle_introduce_ack(&ack)?;                   // on INTRODUCE_ACK (error: try the next one)
-//! let keys = c.handle_rendezvous2(&body)?;         // on RENDEZVOUS2: add keys.client_layer()
+//! | stage | made by | next step |
+//! |---|---|---|
+//! | [`HsClient`] (address, HSDirs) | [`HsClient::new`] | [`HsClient::handle_descriptor`] |
+//! | [`Described`] (verified descriptor) | a descriptor | [`Described::establish_rendezvous`] |
+//! | [`RendPending`] (cookie sent) | ESTABLISH_RENDEZVOUS | [`RendPending::handle_rendezvous_established`] |
+//! | [`RendReady`] (rendezvous point waits) | RENDEZVOUS_ESTABLISHED | [`RendReady::introduce`] |
+//! | [`Introduction`] (hs-ntor half done) | INTRODUCE1 | [`Introduction::handle_rendezvous2`] |
+//!
+//! The embedder owns the circuits (`onion-circuit`) and the HSDir fetches; the stages tell it
+//! what to fetch from whom, what to send, and check what comes back:
+//!
+//! ```
+//! # use onion_hs::client::{ClientError, HsClient, Introduction};
+//! # use onion_hs::{time::TimePeriod, OnionAddress};
+//! # use onion_cell::hs::{IntroduceAck, Rendezvous2};
+//! # use onion_dir::Timestamp;
+//! # fn connect(
+//! #     addr: OnionAddress, period: TimePeriod, now: Timestamp,
+//! #     fetch: impl Fn(&str) -> String, rng: &mut impl rand_core::CryptoRngCore,
+//! #     ack: &IntroduceAck<'_>, rendezvous2: &Rendezvous2<'_>,
+//! # ) -> Result<(), ClientError> {
+//! let lookup = HsClient::new(addr)?;
+//! // GET /tor/hs/3/<blinded key> from an HSDir of lookup.hsdirs_to_fetch(..)
+//! let text = fetch(&lookup.fetch_path(period));
+//! let described = lookup.handle_descriptor(now, &text, period, None)?;
+//! let (pending, est) = described.establish_rendezvous(rng); // ESTABLISH_RENDEZVOUS body
+//! let ready = pending.handle_rendezvous_established();         // on RENDEZVOUS_ESTABLISHED
+//! let (intro, body) = ready.introduce(rng, 0, &[9; 32], vec![])?; // INTRODUCE1 via point 0
+//! intro.handle_introduce_ack(ack)?;        // refused: ready.introduce(rng, 1, ..) instead
+//! let keys = intro.handle_rendezvous2(rendezvous2)?; // add keys.client_layer() as last hop
+//! # let _ = (est, body, keys);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Calls out of order are type errors. INTRODUCE1 before RENDEZVOUS_ESTABLISHED:
+//!
+//! ```compile_fail,E0599
+//! # fn f(pending: onion_hs::client::RendPending, rng: &mut impl rand_core::CryptoRngCore) {
+//! let _ = pending.introduce(rng, 0, &[9; 32], vec![]); // only RendReady introduces
+//! # }
+//! ```
+//!
+//! A second RENDEZVOUS2 for one handshake:
+//!
+//! ```compile_fail,E0382
+//! # fn f(intro: onion_hs::client::Introduction, m: &onion_cell::hs::Rendezvous2<'_>) {
+//! let _ = intro.handle_rendezvous2(m);
+//! let _ = intro.handle_rendezvous2(m); // the first call consumed the handshake
+//! # }
 //! ```
 
-use onion_dir::Protocols;
+use onion_cell::hs as wire;
+use onion_dir::{Protocols, Timestamp};
 use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
@@ -26,8 +67,7 @@ use crate::desc::{DescError, HsDescriptor, IntroPointDesc};
 use crate::keys::{HsBlindedKey, HsIdKey, HsKeyError, Subcredential};
 use crate::linkspec::RawLinkSpec;
 use crate::msg::{
-    Extension, Introduce, IntroduceAck, IntroducePlaintext, MsgError, ONION_KEY_TYPE_NTOR,
-    REND_COOKIE_LEN,
+    Extension, Introduce, IntroducePlaintext, MsgError, ONION_KEY_TYPE_NTOR, REND_COOKIE_LEN,
 };
 use crate::ntor::{HsNtorClient, HsRendKeys, NtorError};
 use crate::ring::{HashRing, HsDirParams, HsDirRelay, RingSelector};
@@ -50,42 +90,15 @@ pub enum ClientError {
     /// hs-ntor failed (e.g. the service's AUTH does not match).
     #[error(transparent)]
     Ntor(#[from] NtorError),
-    /// A call that does not fit the current state.
-    #[error("{0} in the wrong state")]
-    WrongState(&'static str),
-    /// The descriptor lists no usable introduction point.
-    #[error("no introduction point left to try")]
+    /// The descriptor lists no introduction point.
+    #[error("the descriptor lists no introduction point")]
     NoIntroPoints,
+    /// [`RendReady::introduce`] named an introduction point the descriptor does not list.
+    #[error("no introduction point {0} in the descriptor")]
+    NoSuchIntroPoint(usize),
     /// INTRODUCE_ACK reported a failure.
     #[error("introduction point refused: status {0}")]
     IntroduceRefused(u16),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    NeedDescriptor,
-    HaveDescriptor,
-    RendPending,
-    RendReady,
-    Introduced,
-    Done,
-}
-
-/// One connection attempt to one onion service.
-pub struct HsClient {
-    addr: OnionAddress,
-    id: HsIdKey,
-    stage: Stage,
-    desc: Option<HsDescriptor>,
-    subcred: Option<Subcredential>,
-    /// Introduction points not yet tried, in descriptor order.
-    untried: Vec<usize>,
-    current_ip: Option<usize>,
-    cookie: [u8; REND_COOKIE_LEN],
-    ntor: Option<HsNtorClient>,
-    /// The rendezvous circuit will run congestion control (proposal 324), so INTRODUCE1 may
-    /// ask the service for it.
-    congestion_control: bool,
 }
 
 /// The INTRODUCE1 extension type that asks the service to run congestion control on the
@@ -128,46 +141,22 @@ fn parse_flow_control(line: &str) -> Option<u8> {
     (has_2 && inc > 0).then_some(inc)
 }
 
+/// The first stage: an address to look up. It says which HSDirs hold the descriptor and
+/// where, and turns a fetched descriptor into the next stage; it stays usable for another
+/// HSDir when a descriptor fails.
+#[derive(Debug, Clone)]
+pub struct HsClient {
+    addr: OnionAddress,
+    id: HsIdKey,
+}
+
 impl HsClient {
-    /// Start a connection to `addr`.
+    /// Look up `addr`; fails if its key is not a usable point.
     pub fn new(addr: OnionAddress) -> Result<Self, ClientError> {
         Ok(HsClient {
             id: addr.identity_key()?,
             addr,
-            stage: Stage::NeedDescriptor,
-            desc: None,
-            subcred: None,
-            untried: Vec::new(),
-            current_ip: None,
-            cookie: [0; REND_COOKIE_LEN],
-            ntor: None,
-            congestion_control: false,
         })
-    }
-
-    /// Declare that the rendezvous circuit will run congestion control (proposal 324).
-    ///
-    /// Off by default: a service asked for congestion control turns it on for the rendezvous
-    /// circuit and then treats stream-level SENDMEs as a protocol violation (C tor closes the
-    /// circuit), so the request must never be sent by a client whose circuit does not run it.
-    /// When on, INTRODUCE1 carries the request only if the descriptor advertises
-    /// `flow-control` ([`advertises_flow_control`]), as C tor's client does; ask
-    /// [`HsClient::congestion_control_requested`] after [`HsClient::introduce`].
-    pub fn set_congestion_control(&mut self, enabled: bool) {
-        self.congestion_control = enabled;
-    }
-
-    /// Whether the INTRODUCE1 built by [`HsClient::introduce`] asks for congestion control,
-    /// i.e. whether the rendezvous circuit must run it once joined.
-    pub fn congestion_control_requested(&self) -> bool {
-        self.congestion_control && self.desc.as_ref().is_some_and(advertises_flow_control)
-    }
-
-    /// The `sendme_inc` the service advertises in its descriptor's `flow-control` line
-    /// ([`flow_control_sendme_inc`]): the value a congestion-controlled rendezvous circuit
-    /// runs with (C tor's client, `hs_circ_setup_congestion_control`).
-    pub fn descriptor_sendme_inc(&self) -> Option<u8> {
-        self.desc.as_ref().and_then(flow_control_sendme_inc)
     }
 
     /// The address.
@@ -205,84 +194,164 @@ impl HsClient {
         )
     }
 
-    /// A descriptor fetched for `period`: verify, decrypt, keep.
+    /// A descriptor fetched for `period` at wall-clock `now`: verify it (signatures and
+    /// certificates valid at `now`, rend-spec-v3 §2.4), decrypt both layers (with
+    /// `client_key` if the service restricts access, §2.5.1.2) and go on with it.
     pub fn handle_descriptor(
-        &mut self,
+        &self,
+        now: Timestamp,
         text: &str,
         period: TimePeriod,
         client_key: Option<&StaticSecret>,
-        now_unix: u64,
-    ) -> Result<(), ClientError> {
-        if self.stage != Stage::NeedDescriptor {
-            return Err(ClientError::WrongState("handle_descriptor"));
-        }
-        let d = crate::desc::decode(text, &self.id, Some(period), client_key, now_unix)?;
+    ) -> Result<Described, ClientError> {
+        let d = crate::desc::decode(text, &self.id, Some(period), client_key, now.unix())?;
         if d.second_layer.intro_points.is_empty() {
             return Err(ClientError::NoIntroPoints);
         }
-        let blinded = self.blinded_key(period);
-        self.subcred = Some(blinded.subcredential(&self.id.credential()));
-        self.untried = (0..d.second_layer.intro_points.len()).collect();
-        self.desc = Some(d);
-        self.stage = Stage::HaveDescriptor;
-        Ok(())
+        let subcred = self
+            .blinded_key(period)
+            .subcredential(&self.id.credential());
+        Ok(Described {
+            addr: self.addr,
+            desc: d,
+            subcred,
+            congestion_control: false,
+        })
+    }
+}
+
+/// A verified, decrypted descriptor: the service's introduction points and the
+/// subcredential that binds INTRODUCE1 to this time period.
+#[derive(Clone)]
+pub struct Described {
+    addr: OnionAddress,
+    desc: HsDescriptor,
+    subcred: Subcredential,
+    /// The rendezvous circuit will run congestion control (proposal 324), so INTRODUCE1 may
+    /// ask the service for it.
+    congestion_control: bool,
+}
+
+impl core::fmt::Debug for Described {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Described")
+            .field("addr", &self.addr)
+            .field("intro_points", &self.intro_points().len())
+            .field("congestion_control", &self.congestion_control)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Described {
+    /// The address.
+    pub fn address(&self) -> &OnionAddress {
+        &self.addr
     }
 
-    /// The decoded descriptor, once fetched.
-    pub fn descriptor(&self) -> Option<&HsDescriptor> {
-        self.desc.as_ref()
+    /// The decoded descriptor.
+    pub fn descriptor(&self) -> &HsDescriptor {
+        &self.desc
     }
 
-    /// Pick a fresh rendezvous cookie: the ESTABLISH_RENDEZVOUS body to send to the
-    /// rendezvous point of the embedder's choice.
-    pub fn establish_rendezvous(
-        &mut self,
-        rng: &mut impl CryptoRngCore,
-    ) -> Result<Vec<u8>, ClientError> {
-        if self.stage != Stage::HaveDescriptor {
-            return Err(ClientError::WrongState("establish_rendezvous"));
+    /// The introduction points, in descriptor order ([`RendReady::introduce`] takes an
+    /// index into this list).
+    pub fn intro_points(&self) -> &[IntroPointDesc] {
+        &self.desc.second_layer.intro_points
+    }
+
+    /// Declare that the rendezvous circuit will run congestion control (proposal 324).
+    ///
+    /// Off by default: a service asked for congestion control turns it on for the rendezvous
+    /// circuit and then treats stream-level SENDMEs as a protocol violation (C tor closes the
+    /// circuit), so the request must never be sent by a client whose circuit does not run it.
+    /// When on, INTRODUCE1 carries the request only if the descriptor advertises
+    /// `flow-control` ([`advertises_flow_control`]), as C tor's client does; the
+    /// [`Introduction`] says whether it was asked.
+    pub fn set_congestion_control(&mut self, enabled: bool) {
+        self.congestion_control = enabled;
+    }
+
+    /// Whether INTRODUCE1 built from this stage asks for congestion control, i.e. whether
+    /// the rendezvous circuit must run it once joined.
+    pub fn congestion_control_requested(&self) -> bool {
+        self.congestion_control && advertises_flow_control(&self.desc)
+    }
+
+    /// The `sendme_inc` the service advertises in its descriptor's `flow-control` line
+    /// ([`flow_control_sendme_inc`]): the value a congestion-controlled rendezvous circuit
+    /// runs with (C tor's client, `hs_circ_setup_congestion_control`).
+    pub fn descriptor_sendme_inc(&self) -> Option<u8> {
+        flow_control_sendme_inc(&self.desc)
+    }
+
+    /// Pick a fresh rendezvous cookie (rend-spec-v3 §3.2.1): the next stage, and the
+    /// ESTABLISH_RENDEZVOUS body to send to the rendezvous point of the embedder's choice.
+    /// A failed rendezvous circuit starts again from a clone of this stage, with a new cookie.
+    pub fn establish_rendezvous(self, rng: &mut impl CryptoRngCore) -> (RendPending, Vec<u8>) {
+        let mut cookie = [0u8; REND_COOKIE_LEN];
+        rng.fill_bytes(&mut cookie);
+        let mut body = Vec::with_capacity(REND_COOKIE_LEN);
+        // A fixed-size field: encoding into a Vec cannot fail.
+        let _ = wire::EstablishRendezvous { cookie }.encode(&mut body);
+        (RendPending { svc: self, cookie }, body)
+    }
+}
+
+/// ESTABLISH_RENDEZVOUS was sent; waiting for RENDEZVOUS_ESTABLISHED.
+#[derive(Debug)]
+pub struct RendPending {
+    svc: Described,
+    cookie: [u8; REND_COOKIE_LEN],
+}
+
+impl RendPending {
+    /// The descriptor stage this rendezvous belongs to.
+    pub fn service(&self) -> &Described {
+        &self.svc
+    }
+
+    /// RENDEZVOUS_ESTABLISHED arrived (rend-spec-v3 §4.1; its body carries nothing the
+    /// client checks): introductions may go out.
+    pub fn handle_rendezvous_established(self) -> RendReady {
+        RendReady {
+            svc: self.svc,
+            cookie: self.cookie,
         }
-        rng.fill_bytes(&mut self.cookie);
-        self.stage = Stage::RendPending;
-        Ok(self.cookie.to_vec())
+    }
+}
+
+/// The rendezvous point waits with our cookie: INTRODUCE1 may be sent, through one
+/// introduction point after another, each [`Introduction`] on its own.
+#[derive(Debug)]
+pub struct RendReady {
+    svc: Described,
+    cookie: [u8; REND_COOKIE_LEN],
+}
+
+impl RendReady {
+    /// The descriptor stage this rendezvous belongs to.
+    pub fn service(&self) -> &Described {
+        &self.svc
     }
 
-    /// RENDEZVOUS_ESTABLISHED arrived.
-    pub fn handle_rendezvous_established(&mut self) -> Result<(), ClientError> {
-        if self.stage != Stage::RendPending {
-            return Err(ClientError::WrongState("handle_rendezvous_established"));
-        }
-        self.stage = Stage::RendReady;
-        Ok(())
-    }
-
-    /// Build INTRODUCE1 for the next untried introduction point. `rp_onion_key` and
-    /// `rp_link_specs` describe the rendezvous point. Returns the introduction point to build
-    /// a circuit to, and the body to send there.
+    /// Build INTRODUCE1 (rend-spec-v3 §3.2.1, §3.3) for introduction point `ip` (an index
+    /// into [`Described::intro_points`]). `rp_onion_key` and `rp_link_specs` describe the
+    /// rendezvous point. Returns the handshake to finish on RENDEZVOUS2, and the body to send
+    /// on a circuit to that introduction point.
     pub fn introduce(
-        &mut self,
+        &self,
         rng: &mut impl CryptoRngCore,
+        ip: usize,
         rp_onion_key: &[u8; 32],
         rp_link_specs: Vec<RawLinkSpec>,
-    ) -> Result<(IntroPointDesc, Vec<u8>), ClientError> {
-        if self.stage != Stage::RendReady && self.stage != Stage::Introduced {
-            return Err(ClientError::WrongState("introduce"));
-        }
-        let (desc, subcred) = match (&self.desc, &self.subcred) {
-            (Some(d), Some(s)) => (d, s),
-            _ => return Err(ClientError::WrongState("introduce")),
-        };
-        if self.untried.is_empty() {
-            return Err(ClientError::NoIntroPoints);
-        }
-        let idx = self.untried.remove(0);
-        let ip = desc
-            .second_layer
-            .intro_points
-            .get(idx)
-            .ok_or(ClientError::NoIntroPoints)?
-            .clone();
-        let extensions = if self.congestion_control_requested() {
+    ) -> Result<(Introduction, Vec<u8>), ClientError> {
+        let point = self
+            .svc
+            .intro_points()
+            .get(ip)
+            .ok_or(ClientError::NoSuchIntroPoint(ip))?;
+        let cc_requested = self.svc.congestion_control_requested();
+        let extensions = if cc_requested {
             vec![Extension {
                 ty: EXT_CC_REQUEST,
                 body: vec![],
@@ -297,41 +366,78 @@ impl HsClient {
             onion_key: rp_onion_key.to_vec(),
             link_specifiers: rp_link_specs,
         };
-        let (body, ntor) =
-            Introduce::build_client(rng, ip.auth_key(), &ip.enc_key_ntor, subcred, &[], &pt)?;
-        self.ntor = Some(ntor);
-        self.current_ip = Some(idx);
-        self.stage = Stage::Introduced;
-        Ok((ip, body))
+        let (body, ntor) = Introduce::build_client(
+            rng,
+            point.auth_key(),
+            &point.enc_key_ntor,
+            &self.svc.subcred,
+            &[],
+            &pt,
+        )?;
+        Ok((
+            Introduction {
+                ip,
+                ntor,
+                cc_requested,
+            },
+            body,
+        ))
+    }
+}
+
+/// INTRODUCE1 went out through one introduction point: the client's half of hs-ntor,
+/// finished by the RENDEZVOUS2 the service's answer produces.
+pub struct Introduction {
+    ip: usize,
+    ntor: HsNtorClient,
+    cc_requested: bool,
+}
+
+impl core::fmt::Debug for Introduction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Introduction")
+            .field("ip", &self.ip)
+            .field("cc_requested", &self.cc_requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Introduction {
+    /// The introduction point (index into [`Described::intro_points`]).
+    pub fn intro_point(&self) -> usize {
+        self.ip
     }
 
-    /// INTRODUCE_ACK from the introduction point. On failure, call [`HsClient::introduce`]
-    /// again for the next introduction point.
-    pub fn handle_introduce_ack(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        if self.stage != Stage::Introduced {
-            return Err(ClientError::WrongState("handle_introduce_ack"));
-        }
-        let ack = IntroduceAck::parse(body)?;
-        if ack.status != 0 {
-            return Err(ClientError::IntroduceRefused(ack.status));
+    /// Whether this INTRODUCE1 asked for congestion control: the rendezvous circuit must
+    /// run it once joined (proposal 324 §4.2).
+    pub fn congestion_control_requested(&self) -> bool {
+        self.cc_requested
+    }
+
+    /// INTRODUCE_ACK from the introduction point (rend-spec-v3 §3.2.2). A refusal means
+    /// this introduction point failed: introduce through another one.
+    pub fn handle_introduce_ack(&self, ack: &wire::IntroduceAck<'_>) -> Result<(), ClientError> {
+        if ack.status != wire::IntroduceAckStatus::SUCCESS {
+            return Err(ClientError::IntroduceRefused(ack.status.0));
         }
         Ok(())
     }
 
-    /// RENDEZVOUS2 on the rendezvous circuit: finish hs-ntor and return the keys of the
-    /// virtual hop ([`HsRendKeys::client_layer`]).
-    pub fn handle_rendezvous2(&mut self, body: &[u8]) -> Result<HsRendKeys, ClientError> {
-        if self.stage != Stage::Introduced {
-            return Err(ClientError::WrongState("handle_rendezvous2"));
-        }
-        let info = crate::msg::parse_rendezvous2(body)?;
-        let ntor = self
-            .ntor
-            .as_ref()
-            .ok_or(ClientError::WrongState("handle_rendezvous2"))?;
-        let keys = ntor.finish(&info)?;
-        self.ntor = None;
-        self.stage = Stage::Done;
-        Ok(keys)
+    /// RENDEZVOUS2 on the rendezvous circuit (rend-spec-v3 §4.2): finish hs-ntor and return
+    /// the keys of the virtual hop ([`HsRendKeys::client_layer`]). Extra bytes after the
+    /// 64-byte HANDSHAKE_INFO are ignored.
+    pub fn handle_rendezvous2(
+        self,
+        msg: &wire::Rendezvous2<'_>,
+    ) -> Result<HsRendKeys, ClientError> {
+        let info: [u8; 64] = msg
+            .handshake_info
+            .get(..64)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(MsgError::Truncated {
+                msg: "RENDEZVOUS2",
+                field: "HANDSHAKE_INFO",
+            })?;
+        Ok(self.ntor.finish(&info)?)
     }
 }

@@ -397,7 +397,7 @@ impl Publisher {
         let now = now.unix();
         let selectors = view
             .shared_random
-            .service_upload(&view.periods, view.valid_after.unix());
+            .service_upload(&view.periods, view.valid_after);
         let mut old = std::mem::take(&mut self.slots);
         for sel in selectors {
             let hsdirs: Vec<RsaIdentity> = self
@@ -446,7 +446,7 @@ impl Publisher {
         // Intro points on relays that left the consensus (or no longer qualify) rotate out.
         self.retire_where(|ip| !view.intro_candidates.iter().any(|c| c.rsa_id == ip.relay));
         self.view = Some(view);
-        self.step(rng, now);
+        self.step(now, rng);
     }
 
     /// The circuit for `intro` is built; `circuit_kh` is its last hop's `KH` (tor-spec §5.2).
@@ -480,7 +480,7 @@ impl Publisher {
         self.hs.handle_intro_established(self.intros[k].index)?;
         self.intros[k].state = IntroState::Established;
         self.intros[k].failures = 0;
-        self.step(rng, now);
+        self.step(now, rng);
         Ok(())
     }
 
@@ -515,7 +515,7 @@ impl Publisher {
                 retry_at: now.saturating_add(delay),
             };
         }
-        self.step(rng, now);
+        self.step(now, rng);
         Ok(())
     }
 
@@ -532,8 +532,8 @@ impl Publisher {
         let k = self.find(intro)?;
         self.intros[k].introduce2 = self.intros[k].introduce2.saturating_add(1);
         let index = self.intros[k].index;
-        let r = self.hs.handle_introduce2(rng, index, body);
-        self.step(rng, now);
+        let r = self.hs.handle_introduce2(index, body, rng);
+        self.step(now, rng);
         Ok(r?)
     }
 
@@ -578,7 +578,7 @@ impl Publisher {
                 }
             }
         }
-        self.step(rng, now);
+        self.step(now, rng);
     }
 
     /// When [`Publisher::handle_timeout`] should be called next, if ever.
@@ -619,7 +619,7 @@ impl Publisher {
 
     /// Time passed: rotate, relaunch, rebuild, re-upload as due.
     pub fn handle_timeout(&mut self, now: Timestamp, rng: &mut impl CryptoRngCore) {
-        self.step(rng, now.unix());
+        self.step(now.unix(), rng);
     }
 
     fn find(&self, intro: IntroId) -> Result<usize, PublishError> {
@@ -720,7 +720,7 @@ impl Publisher {
         pool.get(i).map(|c| (*c).clone())
     }
 
-    fn step(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+    fn step(&mut self, now: u64, rng: &mut impl CryptoRngCore) {
         if self.view.is_none() {
             return;
         }
@@ -751,7 +751,7 @@ impl Publisher {
             let Some(c) = self.pick(rng) else { break };
             let index = self
                 .hs
-                .add_intro_point(rng, c.link_specifiers.clone(), c.onion_key);
+                .add_intro_point(c.link_specifiers.clone(), c.onion_key, rng);
             let id = IntroId(self.next_id);
             self.next_id += 1;
             let lifetime = rand_between(rng, self.config.intro_lifetime_secs);
@@ -805,7 +805,10 @@ impl Publisher {
                 }
                 let period = s.selector.period;
                 // A failure here is a local bug (e.g. no intro points); try again later.
-                let Ok(text) = self.hs.build_descriptor(rng, period, now) else {
+                let Ok(text) = self
+                    .hs
+                    .build_descriptor(Timestamp::from_unix(now), period, rng)
+                else {
                     continue;
                 };
                 self.generation += 1;

@@ -784,15 +784,16 @@ mod tests {
             HsServiceConfig::default(),
         );
         let ip = svc.add_intro_point(
-            &mut rng,
             vec![crate::linkspec::RawLinkSpec::ed25519_id([1; 32])],
             [2; 32],
+            &mut rng,
         );
         svc.handle_intro_established(ip).expect("established");
+        let now = onion_dir::Timestamp::from_unix(now);
         let period = crate::time::TimePeriodConfig::testing_network(20)
             .expect("config")
             .period_at(now);
-        svc.build_descriptor(&mut rng, period, now)
+        svc.build_descriptor(now, period, &mut rng)
             .expect("descriptor")
     }
 

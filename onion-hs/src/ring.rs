@@ -5,6 +5,7 @@
 //! it does not depend on any particular consensus type.
 
 use onion_crypto::RsaIdentity;
+use onion_dir::Timestamp;
 
 use crate::keys::HsBlindedKey;
 use crate::ops::sha3_256;
@@ -190,7 +191,7 @@ impl SharedRandom {
 
     /// What a client fetches with (§2.2.4.1 \[CLIENTFETCH\]): the current period, and the current
     /// SRV between a new period and a new SRV, else the previous SRV.
-    pub fn client_fetch(&self, cfg: &TimePeriodConfig, valid_after: u64) -> RingSelector {
+    pub fn client_fetch(&self, cfg: &TimePeriodConfig, valid_after: Timestamp) -> RingSelector {
         let period = cfg.period_at(valid_after);
         let srv = if cfg.between_tp_and_srv(valid_after) {
             self.current_or_disaster(period)
@@ -202,7 +203,11 @@ impl SharedRandom {
 
     /// What a service uploads its first and second descriptors with (§2.2.4.2.1–2
     /// \[FIRSTDESCUPLOAD\], \[SECONDDESCUPLOAD\]).
-    pub fn service_upload(&self, cfg: &TimePeriodConfig, valid_after: u64) -> [RingSelector; 2] {
+    pub fn service_upload(
+        &self,
+        cfg: &TimePeriodConfig,
+        valid_after: Timestamp,
+    ) -> [RingSelector; 2] {
         let cur = cfg.period_at(valid_after);
         if cfg.between_tp_and_srv(valid_after) {
             let prev = cur.prev();

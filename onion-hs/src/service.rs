@@ -5,20 +5,21 @@
 //!
 //! ```text
 //! let mut s = HsService::new(identity, HsServiceConfig::default());
-//! let ip = s.add_intro_point(rng, relay_link_specs, relay_onion_key)?;  // build a circuit to it
+//! let ip = s.add_intro_point(relay_link_specs, relay_onion_key, rng);  // build a circuit to it
 //! let body = s.establish_intro(ip, &circuit_kh)?;         // ESTABLISH_INTRO on that circuit
 //! s.handle_intro_established(ip)?;                        // INTRO_ESTABLISHED
 //! for slot in shared_random.service_upload(&cfg, valid_after) {  // on each new consensus
-//!     let text = s.build_descriptor(rng, slot.period, now)?;
+//!     let text = s.build_descriptor(now, slot.period, rng)?;
 //!     for hsdir in s.hsdirs_to_upload(&relays, &slot, &params) { upload(hsdir, &text) }
 //! }
-//! let req = s.handle_introduce2(rng, ip, &body)?;  // INTRODUCE2: replay-checked, decrypted
+//! let req = s.handle_introduce2(ip, &body, rng)?;  // INTRODUCE2: replay-checked, decrypted
 //! // build a circuit to req.link_specifiers / req.onion_key, send req.rendezvous1 there,
 //! // then add req.keys.service_layer() as its last hop and serve streams.
 //! ```
 
 use std::collections::{HashSet, VecDeque};
 
+use onion_dir::Timestamp;
 use rand_core::CryptoRngCore;
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
@@ -247,9 +248,9 @@ impl HsService {
     /// Choose a relay as introduction point: fresh auth and encryption keys for it.
     pub fn add_intro_point(
         &mut self,
-        rng: &mut impl CryptoRngCore,
         link_specifiers: Vec<RawLinkSpec>,
         onion_key: [u8; 32],
+        rng: &mut impl CryptoRngCore,
     ) -> usize {
         let auth = ExpandedKeypair::generate(rng);
         let mut e = [0u8; 32];
@@ -326,13 +327,15 @@ impl HsService {
     }
 
     /// Build the descriptor for `period` with the established introduction points that are
-    /// not retired, with a fresh descriptor signing key and a revision counter that only grows.
+    /// not retired, with a fresh descriptor signing key and a revision counter that only grows,
+    /// at wall-clock `now` (certificates expire `cert_lifetime_hours` after it).
     pub fn build_descriptor(
         &mut self,
-        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
         period: TimePeriod,
-        now_unix: u64,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<String, ServiceError> {
+        let now_unix = now.unix();
         let blinded = self.identity.blind(period);
         let cred = self.identity.id_key().credential();
         let subcred = blinded.public().subcredential(&cred);
@@ -406,9 +409,9 @@ impl HsService {
     /// of the published periods' subcredentials, and complete hs-ntor.
     pub fn handle_introduce2(
         &mut self,
-        rng: &mut impl CryptoRngCore,
         i: usize,
         body: &[u8],
+        rng: &mut impl CryptoRngCore,
     ) -> Result<RendezvousRequest, ServiceError> {
         let ip = self.ip(i)?;
         if !ip.established {

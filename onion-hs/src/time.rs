@@ -5,7 +5,10 @@
 //! comes from the consensus parameter `hsdir_interval` (default 1440 minutes); the rotation
 //! offset is 12 voting intervals. A test network (`TestingTorNetwork 1`) instead uses one
 //! shared-random protocol run, 24 × the voting interval, as the period length. Both derivations
-//! are constructors of [`TimePeriodConfig`]. All times are Unix seconds given by the caller.
+//! are constructors of [`TimePeriodConfig`]. All times are the stack's wall-clock
+//! [`Timestamp`], given by the caller.
+
+use onion_dir::Timestamp;
 
 /// Default period length (minutes), rend-spec-v3 §2.2.1.
 pub const DEFAULT_PERIOD_LENGTH_MINUTES: u32 = 1440;
@@ -110,9 +113,9 @@ impl TimePeriodConfig {
         self.rotation_offset_minutes
     }
 
-    /// The period containing `unix_secs`.
-    pub fn period_at(&self, unix_secs: u64) -> TimePeriod {
-        let minutes = (unix_secs / 60).saturating_sub(u64::from(self.rotation_offset_minutes));
+    /// The period containing `t`.
+    pub fn period_at(&self, t: Timestamp) -> TimePeriod {
+        let minutes = (t.unix() / 60).saturating_sub(u64::from(self.rotation_offset_minutes));
         TimePeriod {
             num: minutes / u64::from(self.length_minutes),
             length_minutes: self.length_minutes,
@@ -120,19 +123,20 @@ impl TimePeriodConfig {
         }
     }
 
-    /// Start (Unix seconds) of the shared-random protocol run containing `unix_secs`; runs
-    /// are 24 voting intervals long and aligned to the epoch.
-    pub fn srv_run_start(&self, unix_secs: u64) -> u64 {
+    /// Start of the shared-random protocol run containing `t`; runs are 24 voting intervals
+    /// long and aligned to the epoch.
+    pub fn srv_run_start(&self, t: Timestamp) -> Timestamp {
         let run = u64::from(self.voting_interval_secs) * u64::from(SR_ROUNDS_PER_RUN);
-        unix_secs - unix_secs % run
+        // `run` is nonzero: every constructor rejects a zero voting interval.
+        Timestamp::from_unix(t.unix() - t.unix() % run.max(1))
     }
 
     /// Whether `valid_after` (of the live consensus) lies between the start of a time period
     /// and the next SRV (the `-` segments of §2.2.4's diagram). C tor's
     /// `hs_in_period_between_tp_and_srv`.
-    pub fn between_tp_and_srv(&self, valid_after: u64) -> bool {
+    pub fn between_tp_and_srv(&self, valid_after: Timestamp) -> bool {
         let srv_start = self.srv_run_start(valid_after);
-        let tp_start = self.period_at(srv_start).next().start_unix();
+        let tp_start = self.period_at(srv_start).next().start();
         !(valid_after >= srv_start && valid_after < tp_start)
     }
 }
@@ -156,7 +160,7 @@ pub struct TimePeriod {
 
 impl TimePeriod {
     /// A period from its number and length (minutes); the offset is used only by
-    /// [`TimePeriod::start_unix`].
+    /// [`TimePeriod::start`].
     pub fn new(num: u64, length_minutes: u32, rotation_offset_minutes: u32) -> Self {
         TimePeriod {
             num,
@@ -175,17 +179,19 @@ impl TimePeriod {
         self.length_minutes
     }
 
-    /// First second of the period (Unix time).
-    pub fn start_unix(&self) -> u64 {
-        self.num
-            .saturating_mul(u64::from(self.length_minutes))
-            .saturating_add(u64::from(self.rotation_offset_minutes))
-            .saturating_mul(60)
+    /// First second of the period.
+    pub fn start(&self) -> Timestamp {
+        Timestamp::from_unix(
+            self.num
+                .saturating_mul(u64::from(self.length_minutes))
+                .saturating_add(u64::from(self.rotation_offset_minutes))
+                .saturating_mul(60),
+        )
     }
 
     /// First second after the period.
-    pub fn end_unix(&self) -> u64 {
-        self.next().start_unix()
+    pub fn end(&self) -> Timestamp {
+        self.next().start()
     }
 
     /// The following period.

@@ -390,18 +390,30 @@ fn congestion_control_request_needs_both_sides() {
     assert!(!advertises_flow_control(&plain));
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     for (cc, want) in [(false, false), (true, true)] {
-        let mut c = HsClient::new(b.id.id_key().address()).unwrap();
-        c.set_congestion_control(cc);
-        c.handle_descriptor(&b.text, b.period, None, NOW).unwrap();
-        c.establish_rendezvous(&mut rng).unwrap();
-        c.handle_rendezvous_established().unwrap();
-        c.introduce(
-            &mut rng,
-            &[9; 32],
-            vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([9; 20]))],
-        )
-        .unwrap();
-        assert_eq!(c.congestion_control_requested(), want, "cc={cc}");
+        let c = HsClient::new(b.id.id_key().address()).unwrap();
+        let mut d = c
+            .handle_descriptor(
+                onion_dir::Timestamp::from_unix(NOW),
+                &b.text,
+                b.period,
+                None,
+            )
+            .unwrap();
+        d.set_congestion_control(cc);
+        assert_eq!(d.congestion_control_requested(), want, "cc={cc}");
+        let ready = d
+            .establish_rendezvous(&mut rng)
+            .0
+            .handle_rendezvous_established();
+        let (intro, _) = ready
+            .introduce(
+                &mut rng,
+                0,
+                &[9; 32],
+                vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([9; 20]))],
+            )
+            .unwrap();
+        assert_eq!(intro.congestion_control_requested(), want, "cc={cc}");
     }
 }
 

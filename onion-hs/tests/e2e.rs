@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 
+use onion_cell::hs::{IntroduceAck, Rendezvous2};
 use onion_crypto::tor1::{CellBody, ClientLayer};
 use onion_crypto::RsaIdentity;
+use onion_dir::Timestamp;
 use onion_hs::client::{ClientError, HsClient};
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
@@ -19,7 +21,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
-const VALID_AFTER: u64 = 1_795_418_400; // 2026-11-23 07:20:00, a test-network consensus
+const VALID_AFTER: Timestamp = Timestamp::from_unix(1_795_418_400); // 2026-11-23 07:20:00, a test-network consensus
 type Circ = u32;
 
 struct Relay {
@@ -67,7 +69,7 @@ fn run(client_auth: bool, seed: u64) {
         current: Some([0xcc; 32]),
         previous: Some([0xbb; 32]),
     };
-    let now = VALID_AFTER + 9;
+    let now = VALID_AFTER.add_secs(9);
     let client_secret = StaticSecret::from([0x42; 32]);
 
     // Service: three intro points on relays 0..3.
@@ -81,7 +83,7 @@ fn run(client_auth: bool, seed: u64) {
     let mut intro_relays: HashMap<usize, IntroPoint<Circ>> = HashMap::new();
     let mut svc_circ_of_ip = HashMap::new();
     for (r, relay) in net.iter().enumerate().take(3) {
-        let ip = service.add_intro_point(&mut rng, relay.link_specs.clone(), relay.onion_key);
+        let ip = service.add_intro_point(relay.link_specs.clone(), relay.onion_key, &mut rng);
         let circ: Circ = 100 + r as u32;
         let mut kh = [0u8; 20];
         rng.fill_bytes(&mut kh);
@@ -100,7 +102,7 @@ fn run(client_auth: bool, seed: u64) {
     let mut hsdir_store: HashMap<usize, HashMap<[u8; 32], String>> = HashMap::new();
     for slot in sr.service_upload(&cfg, VALID_AFTER) {
         let text = service
-            .build_descriptor(&mut rng, slot.period, now)
+            .build_descriptor(now, slot.period, &mut rng)
             .unwrap();
         let blinded = *service_blinded(&service, slot.period).as_bytes();
         let dirs = service.hsdirs_to_upload(&ring_relays, &slot, &params);
@@ -114,79 +116,79 @@ fn run(client_auth: bool, seed: u64) {
     }
 
     // Client: fetch from the responsible HSDirs.
-    let mut client = HsClient::new(service.address()).unwrap();
+    let client = HsClient::new(service.address()).unwrap();
     let sel = sr.client_fetch(&cfg, VALID_AFTER);
     let want = *client.blinded_key(sel.period).as_bytes();
     assert!(client.fetch_path(sel.period).starts_with("/tor/hs/3/"));
     assert_eq!(client.fetch_path(sel.period).len(), "/tor/hs/3/".len() + 44);
     let dirs = client.hsdirs_to_fetch(&ring_relays, &sel, &params);
     assert_eq!(dirs.len(), 6);
-    let mut fetched = false;
+    let mut fetched = None;
     for d in dirs {
         if let Some(text) = hsdir_store.get(&d).and_then(|m| m.get(&want)) {
             let key = client_auth.then_some(&client_secret);
             if client_auth {
                 // Without the key the client is told it needs one.
-                let mut probe = HsClient::new(service.address()).unwrap();
+                let probe = HsClient::new(service.address()).unwrap();
                 assert!(matches!(
-                    probe.handle_descriptor(text, sel.period, None, now),
+                    probe.handle_descriptor(now, text, sel.period, None),
                     Err(ClientError::Desc(
                         onion_hs::desc::DescError::ClientAuthRequired
                     ))
                 ));
             }
-            client
-                .handle_descriptor(text, sel.period, key, now)
-                .unwrap();
-            fetched = true;
+            fetched = Some(
+                client
+                    .handle_descriptor(now, text, sel.period, key)
+                    .unwrap(),
+            );
             break;
         }
     }
-    assert!(
-        fetched,
-        "client found the descriptor on a responsible HSDir"
-    );
-    assert_eq!(
-        client.descriptor().unwrap().second_layer.intro_points.len(),
-        3
-    );
+    let described = fetched.expect("client found the descriptor on a responsible HSDir");
+    assert_eq!(described.descriptor().second_layer.intro_points.len(), 3);
 
     // Rendezvous point: relay 7.
     let mut rend: RendPoint<Circ> = RendPoint::default();
     let client_rend_circ: Circ = 7;
-    let est = client.establish_rendezvous(&mut rng).unwrap();
+    let (pending, est) = described.establish_rendezvous(&mut rng);
     rend.handle_establish_rendezvous(client_rend_circ, &est)
         .unwrap();
-    client.handle_rendezvous_established().unwrap();
+    let ready = pending.handle_rendezvous_established();
 
     // Introduce through the first intro point.
-    let (ip_desc, intro1) = client
-        .introduce(&mut rng, &net[7].onion_key, net[7].link_specs.clone())
+    let (intro, intro1) = ready
+        .introduce(&mut rng, 0, &net[7].onion_key, net[7].link_specs.clone())
         .unwrap();
+    let ip_desc = &ready.service().intro_points()[intro.intro_point()];
     let ip_relay = net
         .iter()
         .position(|r| r.link_specs == ip_desc.link_specifiers)
         .unwrap();
     let routing = intro_relays[&ip_relay].handle_introduce1(&intro1);
-    client.handle_introduce_ack(&routing.ack).unwrap();
+    intro
+        .handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap())
+        .unwrap();
     let (svc_circ, intro2) = routing.to_service.unwrap();
     let ip_index = svc_circ_of_ip[&svc_circ];
     let req = service
-        .handle_introduce2(&mut rng, ip_index, &intro2)
+        .handle_introduce2(ip_index, &intro2, &mut rng)
         .unwrap();
     // The service learns the rendezvous point the client chose, nothing else.
     assert_eq!(req.link_specifiers, net[7].link_specs);
     assert_eq!(req.onion_key, net[7].onion_key);
     // A replayed INTRODUCE2 is dropped.
     assert!(matches!(
-        service.handle_introduce2(&mut rng, ip_index, &intro2),
+        service.handle_introduce2(ip_index, &intro2, &mut rng),
         Err(ServiceError::Replay)
     ));
 
     // The service joins the rendezvous point.
     let joined = rend.handle_rendezvous1(900, &req.rendezvous1).unwrap();
     assert_eq!(joined.client, client_rend_circ);
-    let ckeys = client.handle_rendezvous2(&joined.rendezvous2).unwrap();
+    let ckeys = intro
+        .handle_rendezvous2(&Rendezvous2::decode(&joined.rendezvous2).unwrap())
+        .unwrap();
 
     // End to end through the virtual hop.
     let mut c_layer = ckeys.client_layer().unwrap();
@@ -233,9 +235,9 @@ fn refused_introduction_is_reported_and_next_point_tried() {
     );
     for _ in 0..2 {
         let ip = service.add_intro_point(
-            &mut rng,
             vec![RawLinkSpec::rsa_id(RsaIdentity([1; 20]))],
             [2; 32],
+            &mut rng,
         );
         service.handle_intro_established(ip).unwrap();
     }
@@ -243,32 +245,33 @@ fn refused_introduction_is_reported_and_next_point_tried() {
         .unwrap()
         .period_at(VALID_AFTER);
     let text = service
-        .build_descriptor(&mut rng, period, VALID_AFTER)
+        .build_descriptor(VALID_AFTER, period, &mut rng)
         .unwrap();
-    let mut client = HsClient::new(service.address()).unwrap();
-    client
-        .handle_descriptor(&text, period, None, VALID_AFTER)
+    let client = HsClient::new(service.address()).unwrap();
+    let described = client
+        .handle_descriptor(VALID_AFTER, &text, period, None)
         .unwrap();
-    client.establish_rendezvous(&mut rng).unwrap();
-    client.handle_rendezvous_established().unwrap();
-    let (_, body) = client.introduce(&mut rng, &[3; 32], vec![]).unwrap();
+    // The lookup stage stays usable (another HSDir's copy decodes the same).
+    assert!(client
+        .handle_descriptor(VALID_AFTER, &text, period, None)
+        .is_ok());
+    let (pending, _) = described.establish_rendezvous(&mut rng);
+    let ready = pending.handle_rendezvous_established();
+    let (first, body) = ready.introduce(&mut rng, 0, &[3; 32], vec![]).unwrap();
+    assert_eq!(first.intro_point(), 0);
     // An intro point that does not know the service.
     let empty: IntroPoint<Circ> = IntroPoint::default();
     let routing = empty.handle_introduce1(&body);
     assert!(routing.to_service.is_none());
     assert_eq!(
-        client.handle_introduce_ack(&routing.ack),
+        first.handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap()),
         Err(ClientError::IntroduceRefused(1))
     );
-    // Second intro point, then none left.
-    client.introduce(&mut rng, &[3; 32], vec![]).unwrap();
+    // The second intro point, then one the descriptor does not list.
+    let (second, _) = ready.introduce(&mut rng, 1, &[3; 32], vec![]).unwrap();
+    assert_eq!(second.intro_point(), 1);
     assert_eq!(
-        client.introduce(&mut rng, &[3; 32], vec![]).err(),
-        Some(ClientError::NoIntroPoints)
+        ready.introduce(&mut rng, 2, &[3; 32], vec![]).err(),
+        Some(ClientError::NoSuchIntroPoint(2))
     );
-    // Out-of-order calls are refused.
-    assert!(matches!(
-        client.handle_descriptor(&text, period, None, VALID_AFTER),
-        Err(ClientError::WrongState(_))
-    ));
 }

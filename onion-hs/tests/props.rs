@@ -284,35 +284,36 @@ fn srv_selection_follows_spec_diagram() {
     // Public network: 1 h voting, 1440-minute periods, SRV at 00:00, TP at 12:00.
     let cfg = TimePeriodConfig::from_consensus(None, 3600).unwrap();
     let day = 1_460_505_600u64; // 2016-04-13 00:00 UTC
+    let at = |secs: u64| onion_dir::Timestamp::from_unix(day + secs);
     let sr = SharedRandom {
         current: Some([2; 32]),
         previous: Some([1; 32]),
     };
     // 13:00: between TP and SRV: current SRV, current TP.
-    let c1 = sr.client_fetch(&cfg, day + 13 * 3600);
-    assert!(cfg.between_tp_and_srv(day + 13 * 3600));
+    let c1 = sr.client_fetch(&cfg, at(13 * 3600));
+    assert!(cfg.between_tp_and_srv(at(13 * 3600)));
     assert_eq!(c1.srv, [2; 32]);
-    assert_eq!(c1.period, cfg.period_at(day + 13 * 3600));
+    assert_eq!(c1.period, cfg.period_at(at(13 * 3600)));
     // 01:00: between SRV and TP: previous SRV, and still the period that began yesterday 12:00.
-    let c2 = sr.client_fetch(&cfg, day + 3600);
-    assert!(!cfg.between_tp_and_srv(day + 3600));
+    let c2 = sr.client_fetch(&cfg, at(3600));
+    assert!(!cfg.between_tp_and_srv(at(3600)));
     assert_eq!(c2.srv, [1; 32]);
-    assert_eq!(c2.period.start_unix(), day - 12 * 3600);
+    assert_eq!(c2.period.start().unix(), day - 12 * 3600);
     // Service at 01:00 uploads (TP#1, SRV#1) and (TP#2, SRV#2).
-    let [first, second] = sr.service_upload(&cfg, day + 3600);
+    let [first, second] = sr.service_upload(&cfg, at(3600));
     assert_eq!((first.period, first.srv), (c2.period, [1; 32]));
     assert_eq!((second.period, second.srv), (c2.period.next(), [2; 32]));
     // Service at 13:00 uploads (TP#0, SRV#0) and (TP#1, SRV#1).
-    let [first, second] = sr.service_upload(&cfg, day + 13 * 3600);
+    let [first, second] = sr.service_upload(&cfg, at(13 * 3600));
     assert_eq!((first.period, first.srv), (c1.period.prev(), [1; 32]));
     assert_eq!((second.period, second.srv), (c1.period, [2; 32]));
     // Without SRVs, the disaster value of the wanted period is used.
     let none = SharedRandom::default();
-    let d = none.client_fetch(&cfg, day + 13 * 3600);
+    let d = none.client_fetch(&cfg, at(13 * 3600));
     assert_eq!(d.srv, onion_hs::ring::disaster_srv(d.period));
     // Test network: 20 s voting.
     let t = TimePeriodConfig::testing_network(20).unwrap();
-    assert!(!t.between_tp_and_srv(NOW - 9)); // 07:20:00 is an SRV boundary, TP at 07:24
+    assert!(!t.between_tp_and_srv(onion_dir::Timestamp::from_unix(NOW - 9))); // 07:20:00 is an SRV boundary, TP at 07:24
     assert!(TimePeriodConfig::from_consensus(Some(10), 3600).is_err());
     assert_eq!(
         TimePeriodConfig::from_consensus(Some(60), 3600)
@@ -330,31 +331,62 @@ proptest! {
     #[test]
     fn machines_never_panic(seed in any::<u64>(), inputs in proptest::collection::vec(
         (0u8..7, proptest::collection::vec(any::<u8>(), 0..300)), 0..12)) {
-        use onion_hs::client::HsClient;
+        use onion_cell::hs::{IntroduceAck, Rendezvous2};
+        use onion_hs::client::{Described, HsClient, Introduction, RendPending, RendReady};
         use onion_hs::relay::{IntroPoint, RendPoint};
         use onion_hs::service::{HsService, HsServiceConfig};
+        enum Stage {
+            Lookup,
+            Described(Described),
+            Pending(RendPending),
+            Ready(RendReady, Option<Introduction>),
+        }
+        let now = onion_dir::Timestamp::from_unix(NOW);
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut service = HsService::new(ExpandedKeypair::generate(&mut rng), HsServiceConfig::default());
-        let ip = service.add_intro_point(&mut rng, vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([1; 20]))], [2; 32]);
+        let ip = service.add_intro_point(vec![RawLinkSpec::rsa_id(onion_crypto::RsaIdentity([1; 20]))], [2; 32], &mut rng);
         service.handle_intro_established(ip).unwrap();
         let period = TimePeriod::new(3_740_454, 8, 4);
-        let text = service.build_descriptor(&mut rng, period, NOW).unwrap();
-        let mut client = HsClient::new(service.address()).unwrap();
+        let text = service.build_descriptor(now, period, &mut rng).unwrap();
+        let client = HsClient::new(service.address()).unwrap();
+        let mut stage = Stage::Lookup;
         let mut intro: IntroPoint<u8> = IntroPoint::default();
         let mut rend: RendPoint<u8> = RendPoint::default();
         for (kind, body) in inputs {
             match kind {
-                0 => { let _ = service.handle_introduce2(&mut rng, ip, &body); }
-                1 => { let _ = client.handle_introduce_ack(&body); }
-                2 => { let _ = client.handle_rendezvous2(&body); }
+                0 => { let _ = service.handle_introduce2(ip, &body, &mut rng); }
+                1 => {
+                    if let (Stage::Ready(_, Some(i)), Ok(ack)) = (&stage, IntroduceAck::decode(&body)) {
+                        let _ = i.handle_introduce_ack(&ack);
+                    }
+                }
+                2 => {
+                    if let (Stage::Ready(_, i), Ok(m)) = (&mut stage, Rendezvous2::decode(&body)) {
+                        if let Some(i) = i.take() {
+                            let _ = i.handle_rendezvous2(&m);
+                        }
+                    }
+                }
                 3 => { let _ = intro.handle_establish_intro(1, &[0; 20], &body); let _ = intro.handle_introduce1(&body); }
                 4 => { let _ = rend.handle_establish_rendezvous(2, &body); let _ = rend.handle_rendezvous1(3, &body); }
                 5 => {
-                    let _ = client.handle_descriptor(&text, period, None, NOW);
-                    let _ = client.establish_rendezvous(&mut rng);
-                    let _ = client.handle_rendezvous_established();
+                    stage = match std::mem::replace(&mut stage, Stage::Lookup) {
+                        Stage::Lookup => match client.handle_descriptor(now, &text, period, None) {
+                            Ok(d) => Stage::Described(d),
+                            Err(_) => Stage::Lookup,
+                        },
+                        Stage::Described(d) => Stage::Pending(d.establish_rendezvous(&mut rng).0),
+                        Stage::Pending(p) => Stage::Ready(p.handle_rendezvous_established(), None),
+                        s => s,
+                    };
                 }
-                _ => { let _ = client.introduce(&mut rng, &[3; 32], vec![]); }
+                _ => {
+                    if let Stage::Ready(r, i) = &mut stage {
+                        if let Ok((n, _)) = r.introduce(&mut rng, body.len() % 3, &[3; 32], vec![]) {
+                            *i = Some(n);
+                        }
+                    }
+                }
             }
         }
     }

@@ -305,7 +305,7 @@ fn first_consensus_publishes_both_slots_to_their_hsdirs() {
     assert_eq!(h.launches.len(), 3);
     assert_eq!(h.established(), 3);
     let cfg = TimePeriodConfig::default();
-    let cur = cfg.period_at(T0);
+    let cur = cfg.period_at(Timestamp::from_unix(T0));
     let slots: Vec<TimePeriod> = h.p.slots().iter().map(|s| s.0).collect();
     // Between the SRV and the new period (§2.2.4.2): current and next period.
     assert_eq!(slots, vec![cur, cur.next()]);
@@ -336,7 +336,7 @@ fn new_srv_brings_an_upload_for_the_new_period_only() {
     let mut h = Harness::new(2, PublisherConfig::default());
     let v = h.view.clone();
     h.consensus(v);
-    let cur = TimePeriodConfig::default().period_at(T0);
+    let cur = TimePeriodConfig::default().period_at(Timestamp::from_unix(T0));
     // 12:00: the period starts; the slots are the same (period, SRV) pairs: no upload.
     h.advance_to(T0 + 2 * HOUR);
     let n0 = h.uploads.len();
@@ -708,20 +708,23 @@ fn introduce_cc(
     period: TimePeriod,
     cc: bool,
 ) -> (RsaIdentity, Option<(IntroId, Vec<u8>)>) {
-    let mut client = HsClient::new(h.id.address()).unwrap();
-    client.set_congestion_control(cc);
-    client.handle_descriptor(text, period, None, h.now).unwrap();
-    let est = client.establish_rendezvous(&mut h.rng).unwrap();
+    let client = HsClient::new(h.id.address()).unwrap();
+    let mut d = client
+        .handle_descriptor(Timestamp::from_unix(h.now), text, period, None)
+        .unwrap();
+    d.set_congestion_control(cc);
+    let (pending, est) = d.establish_rendezvous(&mut h.rng);
     assert!(!est.is_empty());
-    client.handle_rendezvous_established().unwrap();
-    let (ip, intro1) = client
+    let ready = pending.handle_rendezvous_established();
+    let (intro, intro1) = ready
         .introduce(
             &mut h.rng,
+            0,
             &[9; 32],
             vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
         )
         .unwrap();
-    let relay: RsaIdentity = ip
+    let relay: RsaIdentity = ready.service().intro_points()[intro.intro_point()]
         .link_specifiers
         .iter()
         .find(|l| l.ty == LS_RSA_ID)
@@ -744,7 +747,7 @@ fn clients_reach_the_service_through_published_and_rotated_intro_points() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after.unix());
+        .client_fetch(&h.view.periods, h.view.valid_after);
     let old = h
         .uploads
         .iter()
@@ -821,7 +824,7 @@ fn introduce2_carries_no_congestion_control_request() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after.unix());
+        .client_fetch(&h.view.periods, h.view.valid_after);
     let desc = h
         .uploads
         .iter()
@@ -846,11 +849,12 @@ fn introduce2_carries_no_congestion_control_request() {
     // A client that asks anyway (its own INTRODUCE1, with the request in the encrypted
     // part) is recognised as asking, so that a service without congestion control can
     // refuse it.
-    let mut client = HsClient::new(h.id.address()).unwrap();
-    client
-        .handle_descriptor(&desc.text, sel.period, None, h.now)
-        .unwrap();
-    let d = client.descriptor().unwrap().clone();
+    let client = HsClient::new(h.id.address()).unwrap();
+    let d = client
+        .handle_descriptor(Timestamp::from_unix(h.now), &desc.text, sel.period, None)
+        .unwrap()
+        .descriptor()
+        .clone();
     let ip = &d.second_layer.intro_points[0];
     let id = h.id;
     let subcred = id.blind(sel.period).subcredential(&id.credential());
@@ -897,24 +901,22 @@ fn introduce_via(
     period: TimePeriod,
     nth: usize,
 ) -> (IntroId, Vec<u8>) {
-    let mut client = HsClient::new(h.id.address()).unwrap();
-    client.handle_descriptor(text, period, None, h.now).unwrap();
-    client.establish_rendezvous(&mut h.rng).unwrap();
-    client.handle_rendezvous_established().unwrap();
-    let mut last = None;
-    for _ in 0..=nth {
-        last = Some(
-            client
-                .introduce(
-                    &mut h.rng,
-                    &[9; 32],
-                    vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
-                )
-                .unwrap(),
-        );
-    }
-    let (ip, intro1) = last.unwrap();
-    let relay: RsaIdentity = ip
+    let client = HsClient::new(h.id.address()).unwrap();
+    let ready = client
+        .handle_descriptor(Timestamp::from_unix(h.now), text, period, None)
+        .unwrap()
+        .establish_rendezvous(&mut h.rng)
+        .0
+        .handle_rendezvous_established();
+    let (_, intro1) = ready
+        .introduce(
+            &mut h.rng,
+            nth,
+            &[9; 32],
+            vec![RawLinkSpec::rsa_id(RsaIdentity([9; 20]))],
+        )
+        .unwrap();
+    let relay: RsaIdentity = ready.service().intro_points()[nth]
         .link_specifiers
         .iter()
         .find(|l| l.ty == LS_RSA_ID)
@@ -943,7 +945,7 @@ fn replay_cache_is_per_introduction_point() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after.unix());
+        .client_fetch(&h.view.periods, h.view.valid_after);
     let desc = h
         .uploads
         .iter()
@@ -997,22 +999,22 @@ fn flow_control_service_advertises_and_is_asked() {
     let sel = h
         .view
         .shared_random
-        .client_fetch(&h.view.periods, h.view.valid_after.unix());
+        .client_fetch(&h.view.periods, h.view.valid_after);
     let desc = h
         .uploads
         .iter()
         .find(|u| u.period == sel.period)
         .unwrap()
         .clone();
-    let mut client = HsClient::new(h.id.address()).unwrap();
-    client
-        .handle_descriptor(&desc.text, sel.period, None, h.now)
+    let client = HsClient::new(h.id.address()).unwrap();
+    let described = client
+        .handle_descriptor(Timestamp::from_unix(h.now), &desc.text, sel.period, None)
         .unwrap();
     assert_eq!(
-        client.descriptor().unwrap().second_layer.other_lines,
+        described.descriptor().second_layer.other_lines,
         vec!["flow-control 1-2 33"]
     );
-    assert_eq!(client.descriptor_sendme_inc(), Some(33));
+    assert_eq!(described.descriptor_sendme_inc(), Some(33));
     for cc in [false, true] {
         let (_, routed) = introduce_cc(&mut h, &desc.text, sel.period, cc);
         let (intro, body) = routed.expect("routed to the service");

@@ -49,10 +49,10 @@ fn testing_network_time_periods() {
     let cfg = TimePeriodConfig::testing_network(20).unwrap();
     assert_eq!(cfg.length_minutes(), 8);
     assert_eq!(cfg.rotation_offset_minutes(), 4);
-    let p = cfg.period_at(HARVEST_UNIX);
+    let p = cfg.period_at(onion_dir::Timestamp::from_unix(HARVEST_UNIX));
     assert_eq!(p.num(), 3_740_454);
     // stem: period 3740454 starts 2026-11-23 07:16:00.
-    assert_eq!(p.start_unix(), HARVEST_UNIX - 4 * 60 - 9);
+    assert_eq!(p.start().unix(), HARVEST_UNIX - 4 * 60 - 9);
     let s = stem();
     for (file, d) in s["onion_service"]["descriptors"].as_object().unwrap() {
         let period = TimePeriod::new(d["time_period_num"].as_u64().unwrap(), 8, 4);

@@ -75,10 +75,12 @@ fn time_periods() {
         let off = c["rotation_offset_minutes"].as_u64().unwrap() as u32;
         let cfg = TimePeriodConfig::new(len, off, 3600).unwrap();
         assert_eq!(cfg, TimePeriodConfig::default());
-        let p = cfg.period_at(c["unix_time"].as_u64().unwrap());
+        let p = cfg.period_at(onion_dir::Timestamp::from_unix(
+            c["unix_time"].as_u64().unwrap(),
+        ));
         assert_eq!(p.num(), c["time_period_num"].as_u64().unwrap());
         assert_eq!(
-            p.end_unix(),
+            p.end().unix(),
             c["start_of_next_time_period_unix"].as_u64().unwrap()
         );
     }

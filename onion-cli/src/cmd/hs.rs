@@ -177,7 +177,7 @@ fn decrypt_json(args: &DecryptArgs) -> Result<Value, String> {
         Some(n) => n..=n,
         None => {
             let cfg = TimePeriodConfig::new(period_len, 0, 3600).map_err(|e| e.to_string())?;
-            let here = cfg.period_at(now).num();
+            let here = cfg.period_at(onion_dir::Timestamp::from_unix(now)).num();
             here.saturating_sub(PERIOD_SEARCH)..=here.saturating_add(PERIOD_SEARCH)
         }
     };
@@ -424,7 +424,11 @@ mod tests {
         let a = ExpandedKeypair::generate(&mut rng);
         let b = ExpandedKeypair::generate(&mut rng);
         let cfg = TimePeriodConfig::new(1440, 0, 3600).unwrap();
-        let period = TimePeriod::new(cfg.period_at(NOW).num(), 1440, 0);
+        let period = TimePeriod::new(
+            cfg.period_at(onion_dir::Timestamp::from_unix(NOW)).num(),
+            1440,
+            0,
+        );
         let now = NOW.to_string();
         let (addr_a, addr_b) = (
             a.id_key().address().to_string(),

@@ -1,5 +1,7 @@
 //! The client side: from a `.onion` address to a rendezvous circuit that carries streams to
-//! the service (rend-spec-v3 §2.2.4.1, §3.2, §4), driving `onion_hs::client::HsClient`.
+//! the service (rend-spec-v3 §2.2.4.1, §3.2, §4), driving the stages of `onion_hs::client`
+//! (`HsClient`, then `Described`, `RendPending`, `RendReady` and one `Introduction` per
+//! introduction point tried).
 //!
 //! 1. Descriptor: the time period and shared random value of the consensus select the hash
 //!    ring (§2.2.4.1 \[CLIENTFETCH\], §2.2.3); the responsible HSDirs
@@ -32,10 +34,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use onion_cell::RelayCmd;
+use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::HopTarget;
-use onion_hs::client::{ClientError, HsClient};
+use onion_dir::Timestamp;
+use onion_hs::client::{ClientError, Described, HsClient, Introduction, RendPending, RendReady};
 use onion_hs::desc::DescError;
 use onion_hs::time::TimePeriod;
 use onion_hs::x25519_dalek::StaticSecret;
@@ -132,11 +135,32 @@ struct Fetch {
     last: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The rendezvous circuit, and the client's stage that goes with it.
 enum RendState {
-    Building,
-    Establishing { deadline: Instant, rp: HopTarget },
-    Established { rp: HopTarget },
+    Building(Described),
+    Establishing {
+        deadline: Instant,
+        rp: HopTarget,
+        hs: RendPending,
+    },
+    Established {
+        rp: HopTarget,
+        hs: RendReady,
+    },
+    /// Only inside a step, while the stage moves on (it consumes the one it leaves).
+    Moving,
+}
+
+impl RendState {
+    /// The descriptor stage.
+    fn service(&self) -> Option<&Described> {
+        match self {
+            RendState::Building(d) => Some(d),
+            RendState::Establishing { hs, .. } => Some(hs.service()),
+            RendState::Established { hs, .. } => Some(hs.service()),
+            RendState::Moving => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,14 +171,13 @@ enum IntroCircState {
 }
 
 struct Intro {
-    hs: HsClient,
     cc: Option<CcConfig>,
     rend: HsCircRef,
     rend_state: RendState,
     /// The introduction point whose circuit is current (descriptor order).
     ip_next: usize,
-    /// [`HsClient::introduce`] calls made (it walks the points in descriptor order).
-    consumed: usize,
+    /// The hs-ntor handshake of the last INTRODUCE1 sent, finished by RENDEZVOUS2.
+    handshake: Option<Introduction>,
     intro: Option<(HsCircRef, IntroCircState)>,
     acked: bool,
     tried: usize,
@@ -378,7 +401,7 @@ impl Connector {
         };
         let sel = net
             .shared_random
-            .client_fetch(&net.periods, net.valid_after);
+            .client_fetch(&net.periods, Timestamp::from_unix(net.valid_after));
         let Some(at) = self.attempts.get(&id) else {
             return Outcome::Continue;
         };
@@ -392,16 +415,17 @@ impl Connector {
                 .map(|d| (d.text.clone(), d.period));
             if let Some((text, period)) = cached {
                 let key = self.auth.get(&addr_id);
-                let mut hs = match HsClient::new(addr) {
+                let hs = match HsClient::new(addr) {
                     Ok(h) => h,
                     Err(e) => return Outcome::Fail(HsError::BadAddress(e.to_string())),
                 };
-                if hs.handle_descriptor(&text, period, key, wall).is_ok() {
+                if let Ok(d) = hs.handle_descriptor(Timestamp::from_unix(wall), &text, period, key)
+                {
                     if let Some(at) = self.attempts.get_mut(&id) {
                         at.from_cache = true;
                         at.desc = Some((text, period));
                     }
-                    return self.begin_intro(sh, id, hs, now);
+                    return self.begin_intro(sh, id, d, now);
                 }
                 self.forget_cached(&addr_id);
             }
@@ -477,14 +501,15 @@ impl Connector {
         &mut self,
         sh: &mut Shared,
         id: u64,
-        mut hs: HsClient,
+        mut hs: Described,
         _now: Instant,
     ) -> Outcome {
-        let cc = match (sh.net.as_ref().and_then(|n| n.cc), hs.descriptor()) {
-            (Some(cc), Some(d)) => hs
+        let single = hs.descriptor().second_layer.single_onion_service;
+        let cc = match sh.net.as_ref().and_then(|n| n.cc) {
+            Some(cc) => hs
                 .descriptor_sendme_inc()
-                .and_then(|inc| cc.for_descriptor(inc, d.second_layer.single_onion_service)),
-            _ => None,
+                .and_then(|inc| cc.for_descriptor(inc, single)),
+            None => None,
         };
         hs.set_congestion_control(cc.is_some());
         let rend = self.new_circ(sh, id);
@@ -497,12 +522,11 @@ impl Connector {
             return Outcome::Continue;
         };
         at.phase = Phase::Intro(Box::new(Intro {
-            hs,
             cc,
             rend,
-            rend_state: RendState::Building,
+            rend_state: RendState::Building(hs),
             ip_next: 0,
-            consumed: 0,
+            handshake: None,
             intro: None,
             acked: false,
             tried: 0,
@@ -521,9 +545,9 @@ impl Connector {
             return Outcome::Continue;
         };
         let ips = it
-            .hs
-            .descriptor()
-            .map(|d| d.second_layer.intro_points.clone())
+            .rend_state
+            .service()
+            .map(|d| d.intro_points().to_vec())
             .unwrap_or_default();
         loop {
             let Some(ip) = ips.get(it.ip_next) else {
@@ -573,53 +597,32 @@ impl Connector {
         let Phase::Intro(it) = &mut at.phase else {
             return Outcome::Continue;
         };
-        let RendState::Established { rp } = &it.rend_state else {
+        let RendState::Established { rp, hs } = &it.rend_state else {
             return Outcome::Continue;
         };
         let Some((ic, IntroCircState::Built)) = it.intro else {
             return Outcome::Continue;
         };
-        let want = it
-            .hs
-            .descriptor()
-            .and_then(|d| d.second_layer.intro_points.get(it.ip_next))
-            .map(|ip| *ip.auth_key());
-        let rp_key = rp.ntor_key.0;
-        let rp_specs = link_specs_of(rp);
-        // `introduce` walks the points in descriptor order: skip those whose circuits failed
-        // before their INTRODUCE1 was built.
-        loop {
-            if it.consumed > it.ip_next {
-                return Outcome::Fail(HsError::IntroFailed {
-                    tried: it.tried,
-                    last: "introduction points out of order".into(),
+        match hs.introduce(rng, it.ip_next, &rp.ntor_key.0, link_specs_of(rp)) {
+            Ok((handshake, body)) => {
+                it.handshake = Some(handshake);
+                sh.push(HsAction::SendMessage {
+                    circ: ic,
+                    cmd: RelayCmd::INTRODUCE1,
+                    body,
                 });
+                it.intro = Some((
+                    ic,
+                    IntroCircState::Sent {
+                        deadline: now + timeout,
+                    },
+                ));
+                Outcome::Continue
             }
-            match it.hs.introduce(rng, &rp_key, rp_specs.clone()) {
-                Ok((ip, body)) => {
-                    it.consumed += 1;
-                    if Some(*ip.auth_key()) == want && it.consumed == it.ip_next + 1 {
-                        sh.push(HsAction::SendMessage {
-                            circ: ic,
-                            cmd: RelayCmd::INTRODUCE1,
-                            body,
-                        });
-                        it.intro = Some((
-                            ic,
-                            IntroCircState::Sent {
-                                deadline: now + timeout,
-                            },
-                        ));
-                        return Outcome::Continue;
-                    }
-                }
-                Err(e) => {
-                    return Outcome::Fail(HsError::IntroFailed {
-                        tried: it.tried,
-                        last: e.to_string(),
-                    })
-                }
-            }
+            Err(e) => Outcome::Fail(HsError::IntroFailed {
+                tried: it.tried,
+                last: e.to_string(),
+            }),
         }
     }
 
@@ -669,17 +672,17 @@ impl Connector {
         let Some((text, period)) = desc else {
             return Outcome::Fail(HsError::RendezvousFailed(why.to_string()));
         };
-        let mut hs = match HsClient::new(addr) {
+        let hs = match HsClient::new(addr) {
             Ok(h) => h,
             Err(e) => return Outcome::Fail(HsError::BadAddress(e.to_string())),
         };
-        let wall = sh.clock.wall(now);
-        if let Err(e) = hs.handle_descriptor(&text, period, key.as_ref(), wall) {
-            return Outcome::Fail(HsError::RendezvousFailed(format!(
+        let wall = Timestamp::from_unix(sh.clock.wall(now));
+        match hs.handle_descriptor(wall, &text, period, key.as_ref()) {
+            Ok(d) => self.begin_intro(sh, id, d, now),
+            Err(e) => Outcome::Fail(HsError::RendezvousFailed(format!(
                 "{why}; descriptor no longer usable: {e}"
-            )));
+            ))),
         }
-        self.begin_intro(sh, id, hs, now)
     }
 
     /// Carry out what a step decided.
@@ -795,9 +798,12 @@ impl Connector {
                 });
                 Outcome::Continue
             }
-            Phase::Intro(it) if it.rend == circ && it.rend_state == RendState::Building => {
-                match it.hs.establish_rendezvous(rng) {
-                    Ok(body) => {
+            Phase::Intro(it)
+                if it.rend == circ && matches!(it.rend_state, RendState::Building(_)) =>
+            {
+                match std::mem::replace(&mut it.rend_state, RendState::Moving) {
+                    RendState::Building(d) => {
+                        let (hs, body) = d.establish_rendezvous(rng);
                         sh.push(HsAction::SendMessage {
                             circ,
                             cmd: RelayCmd::ESTABLISH_RENDEZVOUS,
@@ -806,11 +812,12 @@ impl Connector {
                         it.rend_state = RendState::Establishing {
                             deadline: now + rend_timeout,
                             rp: last_hop.clone(),
+                            hs,
                         };
-                        Outcome::Continue
                     }
-                    Err(e) => Outcome::Fail(HsError::RendezvousFailed(e.to_string())),
+                    other => it.rend_state = other,
                 }
+                Outcome::Continue
             }
             Phase::Intro(it) if it.intro == Some((circ, IntroCircState::Building)) => {
                 it.intro = Some((circ, IntroCircState::Built));
@@ -897,7 +904,7 @@ impl Connector {
                 return self.finish(sh, id, o, now, rng);
             }
         };
-        let mut hs = match HsClient::new(addr) {
+        let hs = match HsClient::new(addr) {
             Ok(h) => h,
             Err(e) => {
                 return self.finish(
@@ -909,9 +916,10 @@ impl Connector {
                 )
             }
         };
-        let o = match hs.handle_descriptor(&text, period, key.as_ref(), wall) {
-            Ok(()) => {
-                let lifetime = hs.descriptor().map_or(0, |d| u64::from(d.lifetime_minutes));
+        let o = match hs.handle_descriptor(Timestamp::from_unix(wall), &text, period, key.as_ref())
+        {
+            Ok(d) => {
+                let lifetime = u64::from(d.descriptor().lifetime_minutes);
                 let addr_id = *addr.public_key_bytes();
                 self.cache_put(
                     addr_id,
@@ -924,7 +932,7 @@ impl Connector {
                 if let Some(at) = self.attempts.get_mut(&id) {
                     at.desc = Some((text, period));
                 }
-                self.begin_intro(sh, id, hs, now)
+                self.begin_intro(sh, id, d, now)
             }
             // Every HSDir holds the same descriptor: a key that cannot open it here cannot
             // open it anywhere (rend-spec-v3 §2.5.1.2).
@@ -946,8 +954,7 @@ impl Connector {
         &mut self,
         sh: &mut Shared,
         circ: HsCircRef,
-        cmd: RelayCmd,
-        body: &[u8],
+        msg: &RelayMsg<'_>,
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
@@ -961,49 +968,60 @@ impl Connector {
             return;
         };
         let o = if circ == it.rend {
-            match cmd {
-                RelayCmd::RENDEZVOUS_ESTABLISHED => {
-                    match (&it.rend_state, it.hs.handle_rendezvous_established()) {
-                        (RendState::Establishing { rp, .. }, Ok(())) => {
-                            it.rend_state = RendState::Established { rp: rp.clone() };
+            match msg {
+                RelayMsg::RendezvousEstablished => {
+                    match std::mem::replace(&mut it.rend_state, RendState::Moving) {
+                        RendState::Establishing { rp, hs, .. } => {
+                            it.rend_state = RendState::Established {
+                                rp,
+                                hs: hs.handle_rendezvous_established(),
+                            };
                             self.try_introduce(sh, id, now, rng)
                         }
-                        _ => self.rend_failed(sh, id, "unexpected RENDEZVOUS_ESTABLISHED", now),
+                        other => {
+                            it.rend_state = other;
+                            self.rend_failed(sh, id, "unexpected RENDEZVOUS_ESTABLISHED", now)
+                        }
                     }
                 }
-                RelayCmd::RENDEZVOUS2 => match it.hs.handle_rendezvous2(body) {
-                    Ok(keys) => {
-                        let cc = it.cc.filter(|_| it.hs.congestion_control_requested());
-                        sh.push(HsAction::AddVirtualHop {
-                            circ,
-                            hop: VirtualHop {
-                                keys,
-                                side: VirtualHopSide::Client,
-                                cc,
-                            },
-                        });
-                        Outcome::Ready(circ)
+                RelayMsg::Rendezvous2(m) => match it.handshake.take() {
+                    Some(h) => {
+                        let asked = h.congestion_control_requested();
+                        match h.handle_rendezvous2(m) {
+                            Ok(keys) => {
+                                let cc = it.cc.filter(|_| asked);
+                                sh.push(HsAction::AddVirtualHop {
+                                    circ,
+                                    hop: VirtualHop {
+                                        keys,
+                                        side: VirtualHopSide::Client,
+                                        cc,
+                                    },
+                                });
+                                Outcome::Ready(circ)
+                            }
+                            Err(e) => self.rend_failed(sh, id, &format!("RENDEZVOUS2: {e}"), now),
+                        }
                     }
-                    Err(e) => self.rend_failed(sh, id, &format!("RENDEZVOUS2: {e}"), now),
+                    None => self.rend_failed(sh, id, "RENDEZVOUS2 before INTRODUCE1", now),
                 },
                 _ => self.rend_failed(sh, id, "unexpected message on the rendezvous circuit", now),
             }
         } else if it.intro.is_some_and(|(c, _)| c == circ) {
-            match cmd {
-                RelayCmd::INTRODUCE_ACK => match it.hs.handle_introduce_ack(body) {
-                    Ok(()) => {
-                        it.acked = true;
-                        it.intro = None;
-                        self.close(sh, circ);
-                        Outcome::Continue
-                    }
-                    Err(e) => self.intro_failed(sh, id, e.to_string()),
-                },
-                _ => self.intro_failed(
-                    sh,
-                    id,
-                    "unexpected message on the introduction circuit".into(),
-                ),
+            let acked = match (msg, &it.handshake) {
+                (RelayMsg::IntroduceAck(ack), Some(h)) => {
+                    h.handle_introduce_ack(ack).map_err(|e| e.to_string())
+                }
+                _ => Err("unexpected message on the introduction circuit".into()),
+            };
+            match acked {
+                Ok(()) => {
+                    it.acked = true;
+                    it.intro = None;
+                    self.close(sh, circ);
+                    Outcome::Continue
+                }
+                Err(e) => self.intro_failed(sh, id, e),
             }
         } else {
             Outcome::Continue

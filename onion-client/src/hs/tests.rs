@@ -598,21 +598,15 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
     let hsnet = net.client.net().unwrap().clone();
     let sel = hsnet
         .shared_random
-        .client_fetch(&hsnet.periods, hsnet.valid_after);
-    let text = net
+        .client_fetch(&hsnet.periods, Timestamp::from_unix(hsnet.valid_after));
+    let c = HsClient::new(a).unwrap();
+    let d = net
         .relays
         .values()
         .flat_map(|r| r.store.iter())
-        .find(|d| {
-            let mut c = HsClient::new(a).unwrap();
-            c.handle_descriptor(d, sel.period, None, WALL.0).is_ok()
-        })
-        .unwrap()
-        .clone();
-    let mut c = HsClient::new(a).unwrap();
-    c.handle_descriptor(&text, sel.period, None, WALL.0)
+        .find_map(|d| c.handle_descriptor(WALL, d, sel.period, None).ok())
         .unwrap();
-    let ip = c.descriptor().unwrap().second_layer.intro_points[0].clone();
+    let ip = d.intro_points()[0].clone();
     let id = a.identity_key().unwrap();
     let subcred = id.blind(sel.period).subcredential(&id.credential());
     let rp = net.rendezvous_point();

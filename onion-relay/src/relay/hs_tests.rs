@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use onion_cell::chancell::DestroyReason;
+use onion_cell::hs::IntroduceAck as IntroduceAckCell;
 use onion_cell::relaymsg::EndReason;
 use onion_cell::RelayCmd;
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
+use onion_dir::Timestamp;
 use onion_hs::cellmsg;
 use onion_hs::client::HsClient;
 use onion_hs::keys::ExpandedKeypair;
@@ -149,7 +151,7 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
         HsServiceConfig::default(),
     );
     let (intro_specs, intro_key) = link_specs(&net, INTRO);
-    let ipx = service.add_intro_point(&mut rng, intro_specs, intro_key);
+    let ipx = service.add_intro_point(intro_specs, intro_key, &mut rng);
     let svc_intro = net.build(svc_chan, &[MID, INTRO], HandshakeKind::Ntor);
     assert_eq!(net.hops(svc_intro), 2);
     let kh = *net.circs[svc_intro].circ.hop_kh(1).expect("kh");
@@ -166,9 +168,9 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     let now = unix_now(&net);
     let period = TimePeriodConfig::testing_network(20)
         .expect("config")
-        .period_at(now);
+        .period_at(Timestamp::from_unix(now));
     let text = service
-        .build_descriptor(&mut rng, period, now)
+        .build_descriptor(Timestamp::from_unix(now), period, &mut rng)
         .expect("descriptor");
     let svc_dir = net.build(svc_chan, &[MID, HSDIR], HandshakeKind::Ntor);
     assert_eq!(http(&mut net, svc_dir, &post(&text)).0, 200);
@@ -180,37 +182,39 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     assert_eq!(net.relays[HSDIR].stats().hs_descriptors_refused, 1);
 
     // The client fetches it.
-    let mut client = HsClient::new(service.address()).expect("client");
+    let client = HsClient::new(service.address()).expect("client");
     let cli_dir = net.build(cli_chan, &[MID, HSDIR], HandshakeKind::Ntor);
     let (status, fetched) = http(&mut net, cli_dir, &get(&client.fetch_path(period)));
     assert_eq!(status, 200);
     assert_eq!(fetched, text.as_bytes());
     let fetched = String::from_utf8(fetched).expect("text");
-    client
-        .handle_descriptor(&fetched, period, None, now)
+    let described = client
+        .handle_descriptor(Timestamp::from_unix(now), &fetched, period, None)
         .expect("descriptor verifies");
     assert_eq!(net.relays[HSDIR].stats().hs_descriptors_served, 1);
 
     // Rendezvous point.
     let cli_rend = net.build(cli_chan, &[MID, REND], HandshakeKind::Ntor);
-    let est = client.establish_rendezvous(&mut rng).expect("cookie");
+    let (pending, est) = described.establish_rendezvous(&mut rng);
     send(&mut net, cli_rend, RelayCmd::ESTABLISH_RENDEZVOUS, &est);
     assert_eq!(
         received(&net, cli_rend, RelayCmd::RENDEZVOUS_ESTABLISHED).len(),
         1
     );
-    client.handle_rendezvous_established().expect("established");
+    let ready = pending.handle_rendezvous_established();
 
     // Introduction.
     let (rend_specs, rend_key) = link_specs(&net, REND);
-    let (_, intro1) = client
-        .introduce(&mut rng, &rend_key, rend_specs.clone())
+    let (introduction, intro1) = ready
+        .introduce(&mut rng, 0, &rend_key, rend_specs.clone())
         .expect("introduce");
     let cli_intro = net.build(cli_chan, &[MID, INTRO], HandshakeKind::Ntor);
     send(&mut net, cli_intro, RelayCmd::INTRODUCE1, &intro1);
     let acks = received(&net, cli_intro, RelayCmd::INTRODUCE_ACK);
     assert_eq!(acks.len(), 1);
-    client.handle_introduce_ack(&acks[0]).expect("ack success");
+    introduction
+        .handle_introduce_ack(&IntroduceAckCell::decode(&acks[0]).expect("ack"))
+        .expect("ack success");
     let intro2 = received(&net, svc_intro, RelayCmd::INTRODUCE2);
     assert_eq!(
         intro2,
@@ -219,7 +223,7 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     );
     assert_eq!(net.relays[INTRO].stats().introduce2_relayed, 1);
     let req = service
-        .handle_introduce2(&mut rng, ipx, &intro2[0])
+        .handle_introduce2(ipx, &intro2[0], &mut rng)
         .expect("introduce2");
     assert_eq!(req.link_specifiers, rend_specs);
 
@@ -228,7 +232,9 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     send(&mut net, svc_rend, RelayCmd::RENDEZVOUS1, &req.rendezvous1);
     let r2 = received(&net, cli_rend, RelayCmd::RENDEZVOUS2);
     assert_eq!(r2.len(), 1);
-    let keys = client.handle_rendezvous2(&r2[0]).expect("hs-ntor");
+    let keys = introduction
+        .handle_rendezvous2(&onion_cell::hs::Rendezvous2::decode(&r2[0]).expect("r2"))
+        .expect("hs-ntor");
     assert_eq!(net.relays[REND].stats().rend_joined, 1);
     net.circs[cli_rend]
         .circ
@@ -544,14 +550,14 @@ fn hsdir_refuses_bad_uploads_single_hop_requests_and_expires_descriptors() {
     };
     let mut service = HsService::new(ExpandedKeypair::generate(&mut rng), cfg);
     let (specs, key) = link_specs(&net, INTRO);
-    let ipx = service.add_intro_point(&mut rng, specs, key);
+    let ipx = service.add_intro_point(specs, key, &mut rng);
     service.handle_intro_established(ipx).expect("established");
     let now = unix_now(&net);
     let period = TimePeriodConfig::testing_network(20)
         .expect("config")
-        .period_at(now);
+        .period_at(Timestamp::from_unix(now));
     let text = service
-        .build_descriptor(&mut rng, period, now)
+        .build_descriptor(Timestamp::from_unix(now), period, &mut rng)
         .expect("descriptor");
     let path = HsClient::new(service.address())
         .expect("client")
@@ -584,7 +590,7 @@ fn hsdir_refuses_bad_uploads_single_hop_requests_and_expires_descriptors() {
     assert_eq!(http(&mut net, i, &post(&text)).0, 200);
     // A newer revision replaces it.
     let newer = service
-        .build_descriptor(&mut rng, period, now)
+        .build_descriptor(Timestamp::from_unix(now), period, &mut rng)
         .expect("descriptor");
     assert_ne!(newer, text);
     let i = net.build(svc, &[MID, HSDIR], HandshakeKind::Ntor);
