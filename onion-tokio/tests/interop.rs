@@ -168,10 +168,11 @@ fn c_tor_fetches_from_an_onion_service_hosted_here() {
         let mut last = String::new();
         while t.elapsed() < Duration::from_secs(300) {
             let u = url.clone();
-            let (ok, body, err) =
+            let (status, body, err) =
                 tokio::task::spawn_blocking(move || tornet::curl_socks(socks, &u, 60))
                     .await
                     .unwrap();
+            let ok = status.success();
             if ok && body == marker.as_bytes() {
                 eprintln!(
                     "C tor fetched the page after {:.1}s",
