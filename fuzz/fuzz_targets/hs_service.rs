@@ -17,30 +17,30 @@ fuzz_target!(|data: &[u8]| {
         HsServiceConfig::default(),
     );
     let ip = service.add_intro_point(
-        &mut rng,
         vec![RawLinkSpec::rsa_id(onion_dir::RsaIdentity([1; 20]))],
         [2; 32],
+        &mut rng,
     );
     let _ = service.handle_intro_established(ip);
     let period = onion_hs::TimePeriod::new(100, 1440, 720);
-    let Ok(text) = service.build_descriptor(&mut rng, period, 1_795_418_409) else {
+    let now = onion_dir::Timestamp::from_unix(1_795_418_409);
+    let Ok(text) = service.build_descriptor(now, period, &mut rng) else {
         return;
     };
     for chunk in data.split(|&b| b == 0xff).take(8) {
-        let _ = service.handle_introduce2(&mut rng, ip, chunk);
+        let _ = service.handle_introduce2(ip, chunk, &mut rng);
     }
     // A genuine introduction whose rendezvous fields come from the fuzzer.
-    let Ok(mut client) = onion_hs::client::HsClient::new(service.address()) else {
+    let Ok(client) = onion_hs::client::HsClient::new(service.address()) else {
         return;
     };
-    if client
-        .handle_descriptor(&text, period, None, 1_795_418_409)
-        .is_err()
-    {
+    let Ok(described) = client.handle_descriptor(now, &text, period, None) else {
         return;
-    }
-    let _ = client.establish_rendezvous(&mut rng);
-    let _ = client.handle_rendezvous_established();
+    };
+    let ready = described
+        .establish_rendezvous(&mut rng)
+        .0
+        .handle_rendezvous_established();
     let specs: Vec<RawLinkSpec> = data
         .chunks(20)
         .take(4)
@@ -49,12 +49,15 @@ fuzz_target!(|data: &[u8]| {
             body: c.to_vec(),
         })
         .collect();
-    if let Ok((_, body)) = client.introduce(&mut rng, &[3; 32], specs) {
-        if let Ok(req) = service.handle_introduce2(&mut rng, ip, &body) {
-            let _ = client.handle_rendezvous2(&req.rendezvous1[20..]);
+    if let Ok((intro, body)) = ready.introduce(&mut rng, 0, &[3; 32], specs) {
+        if let Ok(req) = service.handle_introduce2(ip, &body, &mut rng) {
+            let r2 = onion_cell::hs::Rendezvous2 {
+                handshake_info: req.rendezvous1[20..].into(),
+            };
+            let _ = intro.handle_rendezvous2(&r2);
         }
         assert!(
-            service.handle_introduce2(&mut rng, ip, &body).is_err(),
+            service.handle_introduce2(ip, &body, &mut rng).is_err(),
             "replay accepted"
         );
     }
