@@ -103,7 +103,8 @@ impl Net {
                 if conn == CLIENT {
                     let mut off = 0;
                     while off < out.len() {
-                        off += self.chan.handle_input(now, &out[off..]).expect("input");
+                        off += self.chan.handle_input(now, &out[off..]);
+                        assert_eq!(self.chan.close_error(), None, "input");
                         while let Some(ev) = self.chan.poll_event() {
                             if let ChanEvent::CircuitCell { msg, .. } = ev {
                                 self.circ.handle_cell(now, msg);

@@ -212,7 +212,7 @@ fuzz_target!(|data: &[u8]| {
                             .find(|c| c.id == id)
                             .and_then(|c| c.chan.as_mut())
                         {
-                            let _ = ch.handle_input(now, &out);
+                            ch.handle_input(now, &out);
                         }
                         out.clear();
                     }

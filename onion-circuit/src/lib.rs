@@ -44,7 +44,7 @@
 //!     to_tls: &mut Vec<u8>,
 //!     rng: &mut impl rand_core::CryptoRngCore,
 //! ) -> Result<Option<Instant>, CircError> {
-//!     let _ = chan.handle_input(now, from_tls);
+//!     chan.handle_input(now, from_tls); // a broken channel: ChanEvent::Closed
 //!     chan.handle_timeout(now);
 //!     circ.handle_timeout(now);
 //!     while let Some(ev) = chan.poll_event() {

@@ -12,7 +12,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 mod channel_common;
-use channel_common::{initiator, keys, wall, TLS_DIGEST};
+use channel_common::{initiator, keys, wall, Input, TLS_DIGEST};
 
 fn responder(rng: &mut ChaCha20Rng) -> Channel {
     Channel::responder(
@@ -54,7 +54,7 @@ fn pump(a: &mut Channel, b: &mut Channel, now: Instant) -> (Vec<ChanEvent>, Vec<
 fn feed(c: &mut Channel, now: Instant, data: &[u8]) {
     let mut off = 0;
     while off < data.len() {
-        match c.handle_input(now, &data[off..]) {
+        match c.input(now, &data[off..]) {
             Ok(n) => off += n,
             Err(_) => return,
         }
@@ -435,7 +435,7 @@ fn open_responder(v: &[u16], link: u16) -> Channel {
     let mut r = responder(&mut rng);
     let mut input = versions(v);
     input.extend(netinfo(link, 0));
-    assert_eq!(r.handle_input(Instant::ZERO, &input), Ok(input.len()));
+    assert_eq!(r.input(Instant::ZERO, &input), Ok(input.len()));
     let ev = events(&mut r);
     assert!(
         matches!(&ev[..], [ChanEvent::Open(o)] if o.link_version == link && o.our_addr_seen_by_peer == Some([10, 0, 0, 1].into())),
@@ -469,7 +469,7 @@ fn first_cell_must_be_versions() {
     let mut rng = ChaCha20Rng::seed_from_u64(12);
     // A fixed-length PADDING cell is refused as soon as its command byte arrives.
     let mut r = responder(&mut rng);
-    let e = r.handle_input(Instant::ZERO, &[0, 0, 0]).unwrap_err();
+    let e = r.input(Instant::ZERO, &[0, 0, 0]).unwrap_err();
     assert_eq!(
         e,
         ChanError::UnexpectedCell {
@@ -478,12 +478,12 @@ fn first_cell_must_be_versions() {
         }
     );
     assert_eq!(closed_with(&mut r), e);
-    assert_eq!(r.handle_input(Instant::ZERO, &[1, 2, 3]), Err(e));
+    assert_eq!(r.input(Instant::ZERO, &[1, 2, 3]), Err(e));
     assert_eq!(drain(&mut r), Vec::<u8>::new());
     // HTTP instead of Tor.
     let mut i = initiator(ChanConfig::default());
     let e = i
-        .handle_input(Instant::ZERO, b"HTTP/1.0 400 Bad Request\r\n")
+        .input(Instant::ZERO, b"HTTP/1.0 400 Bad Request\r\n")
         .unwrap_err();
     assert!(matches!(e, ChanError::UnexpectedCell { .. }), "{e:?}");
     // VPADDING and AUTHORIZE may come first.
@@ -491,7 +491,7 @@ fn first_cell_must_be_versions() {
     let mut input = raw(0, 0, ChanMsg::Vpadding { len: 3 });
     input.extend(raw(0, 0, ChanMsg::Authorize(vec![1, 2].into())));
     input.extend(versions(&[4, 5]));
-    assert_eq!(r.handle_input(Instant::ZERO, &input), Ok(input.len()));
+    assert_eq!(r.input(Instant::ZERO, &input), Ok(input.len()));
     assert_eq!(r.link_version(), Some(5));
 }
 
@@ -500,7 +500,7 @@ fn bad_versions_cells() {
     let mut rng = ChaCha20Rng::seed_from_u64(13);
     let mut r = responder(&mut rng);
     let e = r
-        .handle_input(Instant::ZERO, &[0, 0, 7, 0, 3, 0, 4, 0])
+        .input(Instant::ZERO, &[0, 0, 7, 0, 3, 0, 4, 0])
         .unwrap_err();
     assert!(
         matches!(
@@ -513,9 +513,7 @@ fn bad_versions_cells() {
         "{e:?}"
     );
     let mut r = responder(&mut rng);
-    let e = r
-        .handle_input(Instant::ZERO, &versions(&[1, 2, 6]))
-        .unwrap_err();
+    let e = r.input(Instant::ZERO, &versions(&[1, 2, 6])).unwrap_err();
     assert_eq!(
         e,
         ChanError::NoCommonVersion {
@@ -530,7 +528,7 @@ fn bad_versions_cells() {
         Instant::ZERO,
         wall(),
     );
-    let e = i.handle_input(Instant::ZERO, &versions(&[2])).unwrap_err();
+    let e = i.input(Instant::ZERO, &versions(&[2])).unwrap_err();
     assert_eq!(e, ChanError::NoCommonVersion { offered: vec![2] });
 }
 
@@ -539,7 +537,7 @@ fn link_protocol_3_uses_two_byte_ids() {
     let r0 = {
         let mut rng = ChaCha20Rng::seed_from_u64(14);
         let mut r = responder(&mut rng);
-        r.handle_input(Instant::ZERO, &versions(&[3])).unwrap();
+        r.input(Instant::ZERO, &versions(&[3])).unwrap();
         drain(&mut r)
     };
     // VERSIONS reply, then CERTS with a 2-byte circuit id (command at offset 2).
@@ -554,7 +552,7 @@ fn link_protocol_3_uses_two_byte_ids() {
     // An inbound CREATE2 with a 2-byte id is accepted whatever its top bit.
     let cell = raw(3, 0x0123, create2());
     assert_eq!(cell.len(), 512);
-    r.handle_input(Instant::ZERO, &cell).unwrap();
+    r.input(Instant::ZERO, &cell).unwrap();
     assert!(
         matches!(&events(&mut r)[..], [ChanEvent::CircuitCell { circ_id, .. }] if circ_id.get() == 0x0123)
     );
@@ -564,7 +562,7 @@ fn link_protocol_3_uses_two_byte_ids() {
 fn inbound_create_rules() {
     let mut r = open_responder(&[3, 4, 5], 5);
     // Initiator's ids have the top bit set: accepted.
-    r.handle_input(Instant::ZERO, &raw(5, 0x8000_0001, create2()))
+    r.input(Instant::ZERO, &raw(5, 0x8000_0001, create2()))
         .unwrap();
     assert!(matches!(
         &events(&mut r)[..],
@@ -578,12 +576,12 @@ fn inbound_create_rules() {
         Some((CircOrigin::Remote, CircState::Pending))
     );
     // A second CREATE on the same id is dropped.
-    r.handle_input(Instant::ZERO, &raw(5, 0x8000_0001, create2()))
+    r.input(Instant::ZERO, &raw(5, 0x8000_0001, create2()))
         .unwrap();
     assert!(events(&mut r).is_empty());
     assert_eq!(r.dropped_cells(), 1);
     // Wrong half of the id space: refused with DESTROY (PROTOCOL), channel stays open.
-    r.handle_input(Instant::ZERO, &raw(5, 0x0000_0005, create2()))
+    r.input(Instant::ZERO, &raw(5, 0x0000_0005, create2()))
         .unwrap();
     assert!(events(&mut r).is_empty());
     assert_eq!(
@@ -593,14 +591,14 @@ fn inbound_create_rules() {
     // A malformed CREATE2 (HLEN beyond the cell) is refused the same way.
     let mut bad = raw(5, 0x8000_0009, create2());
     bad[7..9].copy_from_slice(&600u16.to_be_bytes());
-    r.handle_input(Instant::ZERO, &bad).unwrap();
+    r.input(Instant::ZERO, &bad).unwrap();
     assert_eq!(
         drain(&mut r),
         raw(5, 0x8000_0009, ChanMsg::Destroy(DestroyReason::PROTOCOL))
     );
     assert!(r.is_open());
     // RELAY before we answered CREATED: the circuit is killed.
-    r.handle_input(Instant::ZERO, &raw(5, 0x8000_0001, relay(1)))
+    r.input(Instant::ZERO, &raw(5, 0x8000_0001, relay(1)))
         .unwrap();
     assert!(matches!(
         &events(&mut r)[..],
@@ -615,9 +613,7 @@ fn inbound_create_rules() {
     );
     assert_eq!(r.n_circuits(), 0);
     // Circuit id 0 is reserved: a circuit cell on it closes the channel.
-    let e = r
-        .handle_input(Instant::ZERO, &raw(5, 0, create2()))
-        .unwrap_err();
+    let e = r.input(Instant::ZERO, &raw(5, 0, create2())).unwrap_err();
     assert_eq!(e, ChanError::CircuitCellOnIdZero { cmd: "CREATE2" });
 }
 
@@ -626,8 +622,7 @@ fn client_refuses_create_and_drops_unknown_circuits() {
     let mut rng = ChaCha20Rng::seed_from_u64(16);
     let (mut i, _r, _, _) = open_pair(&mut rng);
     drain(&mut i);
-    i.handle_input(Instant::ZERO, &raw(5, 0x11, create2()))
-        .unwrap();
+    i.input(Instant::ZERO, &raw(5, 0x11, create2())).unwrap();
     assert!(events(&mut i).is_empty());
     assert_eq!(
         drain(&mut i),
@@ -641,7 +636,7 @@ fn client_refuses_create_and_drops_unknown_circuits() {
             hdata: vec![0; 64].into(),
         }),
     ] {
-        i.handle_input(Instant::ZERO, &raw(5, 0x22, msg)).unwrap();
+        i.input(Instant::ZERO, &raw(5, 0x22, msg)).unwrap();
     }
     assert!(events(&mut i).is_empty());
     assert_eq!(i.dropped_cells(), 3);
@@ -652,14 +647,13 @@ fn client_refuses_create_and_drops_unknown_circuits() {
     let mut r = responder(&mut rng);
     let mut i = initiator(cfg);
     pump(&mut i, &mut r, Instant::ZERO);
-    i.handle_input(Instant::ZERO, &raw(5, 0x8000_0011, create2()))
+    i.input(Instant::ZERO, &raw(5, 0x8000_0011, create2()))
         .unwrap();
     assert_eq!(
         drain(&mut i),
         raw(5, 0x8000_0011, ChanMsg::Destroy(DestroyReason::PROTOCOL))
     );
-    i.handle_input(Instant::ZERO, &raw(5, 0x11, create2()))
-        .unwrap();
+    i.input(Instant::ZERO, &raw(5, 0x11, create2())).unwrap();
     assert!(matches!(
         &events(&mut i)[..],
         [ChanEvent::CircuitCell { .. }]
@@ -675,8 +669,7 @@ fn created_and_relay_state_checks() {
     // RELAY before CREATED2 on our own circuit: killed.
     i.send(id, &create2()).unwrap();
     drain(&mut i);
-    i.handle_input(Instant::ZERO, &raw(5, id.get(), relay(3)))
-        .unwrap();
+    i.input(Instant::ZERO, &raw(5, id.get(), relay(3))).unwrap();
     assert!(
         matches!(&events(&mut i)[..], [ChanEvent::CircuitKilled { circ_id, .. }] if *circ_id == id)
     );
@@ -694,12 +687,12 @@ fn created_and_relay_state_checks() {
             hdata: vec![1; 64].into(),
         }),
     );
-    i.handle_input(Instant::ZERO, &created).unwrap();
+    i.input(Instant::ZERO, &created).unwrap();
     assert!(matches!(
         &events(&mut i)[..],
         [ChanEvent::CircuitCell { .. }]
     ));
-    i.handle_input(Instant::ZERO, &created).unwrap();
+    i.input(Instant::ZERO, &created).unwrap();
     assert!(matches!(
         &events(&mut i)[..],
         [ChanEvent::CircuitKilled { .. }]
@@ -741,7 +734,7 @@ fn padding_and_unknown_commands_are_ignored() {
     // Late handshake cells are ignored too, as C tor does.
     input.extend(raw(5, 0, ChanMsg::Versions(Versions { versions: vec![5] })));
     input.extend(netinfo(5, 1));
-    assert_eq!(r.handle_input(Instant::ZERO, &input), Ok(input.len()));
+    assert_eq!(r.input(Instant::ZERO, &input), Ok(input.len()));
     assert!(events(&mut r).is_empty());
     assert_eq!(r.padding_cells(), 2);
     assert_eq!(r.dropped_cells(), 5);
@@ -753,8 +746,7 @@ fn handshake_rules_for_the_initiator() {
     let mut rng = ChaCha20Rng::seed_from_u64(18);
     // Bytes of a real responder, split into cells.
     let mut r = responder(&mut rng);
-    r.handle_input(Instant::ZERO, &versions(&[3, 4, 5]))
-        .unwrap();
+    r.input(Instant::ZERO, &versions(&[3, 4, 5])).unwrap();
     let resp = drain(&mut r);
     let v = &resp[..11];
     let certs_len = 7 + usize::from(u16::from_be_bytes([resp[16], resp[17]]));
@@ -794,12 +786,12 @@ fn handshake_rules_for_the_initiator() {
         ),
     ];
     for (what, input, want) in cases {
-        let e = new().handle_input(Instant::ZERO, &input).unwrap_err();
+        let e = new().input(Instant::ZERO, &input).unwrap_err();
         assert_eq!(e, want, "{what}");
     }
     // No AUTH_CHALLENGE at all is fine.
     let mut i = new();
-    i.handle_input(Instant::ZERO, &[v, certs_cell, ni].concat())
+    i.input(Instant::ZERO, &[v, certs_cell, ni].concat())
         .unwrap();
     assert!(i.is_open());
 }
@@ -824,7 +816,7 @@ fn handshake_timeout_and_close() {
     let mut rng = ChaCha20Rng::seed_from_u64(19);
     let mut r = responder(&mut rng);
     assert_eq!(
-        r.handle_input(deadline, &versions(&[5])),
+        r.input(deadline, &versions(&[5])),
         Err(ChanError::HandshakeTimeout)
     );
     // Once open, no timeout; closing is reported once.
@@ -938,7 +930,7 @@ fn input_stops_when_the_event_queue_is_full() {
     let mut got = Vec::new();
     let mut rounds = 0;
     while off < input.len() {
-        let n = i.handle_input(Instant::ZERO, &input[off..]).unwrap();
+        let n = i.input(Instant::ZERO, &input[off..]).unwrap();
         off += n;
         let ev = events(&mut i);
         assert!(ev.len() <= 2);
@@ -953,7 +945,7 @@ fn input_stops_when_the_event_queue_is_full() {
         );
     }
     // The partial cell completes with the next input.
-    i.handle_input(Instant::ZERO, &raw(5, id.get(), relay(10))[300..])
+    i.input(Instant::ZERO, &raw(5, id.get(), relay(10))[300..])
         .unwrap();
     assert!(
         matches!(&events(&mut i)[..], [ChanEvent::CircuitCell { msg: ChanMsg::Relay(p), .. }] if p.as_bytes()[0] == 10)
@@ -998,7 +990,7 @@ fn keepalive_padding_when_idle() {
     i.handle_timeout(t(600));
     let pad = drain(&mut i);
     assert_eq!(pad, raw(5, 0, ChanMsg::Padding));
-    r.handle_input(t(600), &pad).unwrap();
+    r.input(t(600), &pad).unwrap();
     assert_eq!(r.padding_cells(), 1);
     // Traffic during the period suppresses it.
     i.send(CircId::ZERO, &ChanMsg::Vpadding { len: 4 }).unwrap();
@@ -1032,11 +1024,11 @@ fn authenticating_initiator_sends_a_valid_authenticate() {
         &mut rng,
     );
     let versions_out = drain(&mut i);
-    r.handle_input(Instant::ZERO, &versions_out).unwrap();
+    r.input(Instant::ZERO, &versions_out).unwrap();
     let resp = drain(&mut r);
     // The responder's bytes up to and including AUTH_CHALLENGE (everything but NETINFO).
     let slog_bytes = &resp[..resp.len() - 514];
-    i.handle_input(Instant::ZERO, &resp).unwrap();
+    i.input(Instant::ZERO, &resp).unwrap();
     let ev = events(&mut i);
     assert!(
         matches!(&ev[..], [ChanEvent::Open(o)] if o.we_authenticated && o.peer == keys().ids()),
@@ -1101,7 +1093,7 @@ fn authenticating_initiator_sends_a_valid_authenticate() {
     assert_eq!(ni[4], 8);
     assert_ne!(&ni[5..9], &[0, 0, 0, 0]);
     // The responder accepts it (and, not verifying AUTHENTICATE, calls the peer unauthenticated).
-    r.handle_input(Instant::ZERO, &sent).unwrap();
+    r.input(Instant::ZERO, &sent).unwrap();
     assert!(
         matches!(&events(&mut r)[..], [ChanEvent::Open(o)] if o.peer == PeerIds::default() && o.clock_skew_secs == Some(0))
     );
@@ -1136,21 +1128,21 @@ fn auth_pair(
         wall(),
         &mut rng,
     );
-    r.handle_input(Instant::ZERO, &drain(&mut i)).unwrap();
-    i.handle_input(Instant::ZERO, &drain(&mut r)).unwrap();
+    r.input(Instant::ZERO, &drain(&mut i)).unwrap();
+    i.input(Instant::ZERO, &drain(&mut r)).unwrap();
     let mut second = drain(&mut i);
     tamper(&mut second);
     let mut off = 0;
     let mut er = Vec::new();
     while off < second.len() {
-        match r.handle_input(Instant::ZERO, &second[off..]) {
+        match r.input(Instant::ZERO, &second[off..]) {
             Ok(n) => off += n,
             Err(_) => break,
         }
         er.extend(events(&mut r));
         if let Some(c) = r.tls_exporter_needed() {
             assert_eq!(c, context);
-            let _ = r.provide_tls_exporter(exporter_r);
+            r.provide_tls_exporter(exporter_r);
         }
         if r.is_closed() {
             break;
@@ -1230,4 +1222,30 @@ fn verifying_responder_still_accepts_clients() {
     let (_, er) = pump(&mut i, &mut r, Instant::ZERO);
     assert!(matches!(&er[..], [ChanEvent::Open(o)] if o.peer == PeerIds::default()));
     assert_eq!(r.tls_exporter_needed(), None);
+}
+
+/// The one contract of the stack's inputs: a peer's violation closes the channel and is
+/// reported once, as the last event ([`ChanEvent::Closed`]), not also by `handle_input`,
+/// which reports the whole input consumed; a closed channel swallows later input silently,
+/// so that an embedder's feeding loop ends.
+#[test]
+fn a_violation_is_reported_once_as_the_closed_event() {
+    let mut rng = ChaCha20Rng::seed_from_u64(40);
+    let mut r = responder(&mut rng);
+    let data = [0u8, 0, 0, 1, 2, 3];
+    assert_eq!(r.handle_input(Instant::ZERO, &data), data.len());
+    assert!(r.is_closed());
+    let ev = events(&mut r);
+    assert!(
+        matches!(&ev[..], [ChanEvent::Closed(e)] if e.kind() == onion_circuit::ErrorKind::PeerProtocol),
+        "{ev:?}"
+    );
+    assert_eq!(r.handle_input(Instant::ZERO, &[1, 2, 3]), 3);
+    r.handle_timeout(Instant::ZERO + std::time::Duration::from_secs(3600));
+    r.provide_tls_exporter([1; 32]);
+    assert!(events(&mut r).is_empty());
+    assert!(matches!(
+        r.close_error(),
+        Some(ChanError::UnexpectedCell { .. })
+    ));
 }

@@ -10,7 +10,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 mod channel_common;
-use channel_common::{keys, wall, TLS_DIGEST};
+use channel_common::{keys, wall, Input, TLS_DIGEST};
 
 fn certs() -> &'static ResponderCerts {
     static C: OnceLock<ResponderCerts> = OnceLock::new();
@@ -52,7 +52,7 @@ fn feed_chunks(c: &mut Channel, data: &[u8], sizes: &[usize]) -> Vec<ChanEvent> 
             .max(1);
         k += 1;
         let end = (off + size).min(data.len());
-        match c.handle_input(Instant::ZERO, &data[off..end]) {
+        match c.input(Instant::ZERO, &data[off..end]) {
             Ok(n) => {
                 off += n;
                 stalls = if n == 0 { stalls + 1 } else { 0 };
@@ -73,7 +73,7 @@ fn responder_bytes() -> &'static Vec<u8> {
     B.get_or_init(|| {
         let mut i = initiator();
         let mut r = responder(1);
-        r.handle_input(Instant::ZERO, &drain(&mut i)).unwrap();
+        r.input(Instant::ZERO, &drain(&mut i)).unwrap();
         drain(&mut r)
     })
 }
@@ -82,9 +82,9 @@ fn responder_bytes() -> &'static Vec<u8> {
 fn open_pair() -> (Channel, Channel) {
     let mut i = initiator();
     let mut r = responder(2);
-    r.handle_input(Instant::ZERO, &drain(&mut i)).unwrap();
-    i.handle_input(Instant::ZERO, &drain(&mut r)).unwrap();
-    r.handle_input(Instant::ZERO, &drain(&mut i)).unwrap();
+    r.input(Instant::ZERO, &drain(&mut i)).unwrap();
+    i.input(Instant::ZERO, &drain(&mut r)).unwrap();
+    r.input(Instant::ZERO, &drain(&mut i)).unwrap();
     assert!(i.is_open() && r.is_open());
     while i.poll_event().is_some() {}
     while r.poll_event().is_some() {}
@@ -104,8 +104,8 @@ proptest! {
         let mut r = responder(3);
         let mut i2 = initiator();
         let mut client = drain(&mut i2);
-        let _ = r.handle_input(Instant::ZERO, &[]);
-        i2.handle_input(Instant::ZERO, &{ let mut r0 = responder(4); r0.handle_input(Instant::ZERO, &client).unwrap(); drain(&mut r0) }).unwrap();
+        r.handle_input(Instant::ZERO, &[]);
+        i2.input(Instant::ZERO, &{ let mut r0 = responder(4); r0.input(Instant::ZERO, &client).unwrap(); drain(&mut r0) }).unwrap();
         client.extend(drain(&mut i2));
         let ev = feed_chunks(&mut r, &client, &sizes);
         prop_assert!(matches!(&ev[..], [ChanEvent::Open(o)] if o.link_version == 5), "{:?}", ev);

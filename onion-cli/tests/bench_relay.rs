@@ -214,9 +214,8 @@ fn transfer(
         // Input.
         let mut off = 0;
         while off < plain.len() {
-            off += chan
-                .handle_input(now(t0), &plain[off..])
-                .expect("channel input");
+            off += chan.handle_input(now(t0), &plain[off..]);
+            assert_eq!(chan.close_error(), None, "channel input");
             while let Some(ev) = chan.poll_event() {
                 match ev {
                     ChanEvent::Open(_) if id.is_none() => {

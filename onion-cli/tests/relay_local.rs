@@ -59,7 +59,7 @@ fn link_handshake(
     let mut plain: Vec<u8> = Vec::new();
     loop {
         if !plain.is_empty() {
-            let used = chan.handle_input(now(t0), &plain).unwrap_or(plain.len());
+            let used = chan.handle_input(now(t0), &plain);
             plain.drain(..used.min(plain.len()));
         }
         while let Some(ev) = chan.poll_event() {

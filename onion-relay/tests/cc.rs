@@ -42,7 +42,8 @@ fn pump(relay: &mut Relay, chan: &mut Channel) -> Vec<ChanEvent> {
         while relay.poll_transmit(now, &mut out).is_some() {
             let mut off = 0;
             while off < out.len() {
-                off += chan.handle_input(now, &out[off..]).expect("client input");
+                off += chan.handle_input(now, &out[off..]);
+                assert_eq!(chan.close_error(), None, "client input");
                 while let Some(ev) = chan.poll_event() {
                     events.push(ev);
                 }

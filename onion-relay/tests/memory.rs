@@ -40,7 +40,8 @@ fn pump(relay: &mut Relay, chan: &mut Channel, circs: &mut [Circuit], ids: &[u32
         while relay.poll_transmit(now, &mut out).is_some() {
             let mut off = 0;
             while off < out.len() {
-                off += chan.handle_input(now, &out[off..]).expect("client input");
+                off += chan.handle_input(now, &out[off..]);
+                assert_eq!(chan.close_error(), None, "client input");
                 while let Some(ev) = chan.poll_event() {
                     if let ChanEvent::CircuitCell { circ_id, msg } = ev {
                         if let Some(i) = ids.iter().position(|x| *x == circ_id.get()) {

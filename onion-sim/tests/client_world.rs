@@ -71,10 +71,11 @@ impl Raw {
                     if let Some(c) = &mut self.chan {
                         let mut off = 0;
                         while off < bytes.len() {
-                            match c.handle_input(now, &bytes[off..]) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => off += n,
+                            let n = c.handle_input(now, &bytes[off..]);
+                            if n == 0 || c.is_closed() {
+                                break;
                             }
+                            off += n;
                         }
                     }
                 }

@@ -49,6 +49,12 @@
 //! [`ChanConfig::verify_initiator_auth`] also stops until [`Channel::tls_exporter_needed`]
 //! is answered with [`Channel::provide_tls_exporter`]). `now` must not go backwards.
 //!
+//! Errors: inputs (`handle_input`, `handle_timeout`, `provide_tls_exporter`,
+//! `handle_connection_closed`) return no error; a peer's violation or a timeout closes the
+//! channel and its [`ChanError`] arrives once, as [`ChanEvent::Closed`], the last event.
+//! Commands (`send`, `new_circ_id`) return a [`SendError`] for the caller's mistakes and
+//! bounds, and leave the channel as it was.
+//!
 //! ```no_run
 //! # use onion_circuit::channel::*; use onion_circuit::Instant;
 //! # fn tls_read(_: &mut [u8]) -> usize { 0 } fn tls_write(_: &[u8]) {} fn clock() -> Instant { Instant::ZERO }
@@ -57,14 +63,17 @@
 //! loop {
 //!     while chan.poll_transmit(&mut out).is_some() { tls_write(&out); out.clear(); }
 //!     while let Some(ev) = chan.poll_event() {
+//!         // The one report of a fatal error.
 //!         match ev { ChanEvent::Closed(e) => return Err(e), other => println!("{other:?}") }
 //!     }
 //!     let n = tls_read(&mut buf); // with a timeout at chan.poll_timeout()
 //!     if n == 0 { chan.handle_timeout(clock()); continue; }
 //!     let mut off = 0;
 //!     while off < n {
-//!         off += chan.handle_input(clock(), &buf[off..n])?;
-//!         while let Some(ev) = chan.poll_event() { println!("{ev:?}") }
+//!         off += chan.handle_input(clock(), &buf[off..n]); // all of it once closed
+//!         while let Some(ev) = chan.poll_event() {
+//!             match ev { ChanEvent::Closed(e) => return Err(e), other => println!("{other:?}") }
+//!         }
 //!         while chan.poll_transmit(&mut out).is_some() { tls_write(&out); out.clear(); }
 //!     }
 //! }
@@ -439,6 +448,13 @@ impl Channel {
         matches!(self.state, State::Closed)
     }
 
+    /// Why the channel closed (the error its [`ChanEvent::Closed`] carried), `None` while it
+    /// is open: state to read, as [`Channel::is_closed`], for an embedder that tears the
+    /// connection down later than it took the event.
+    pub fn close_error(&self) -> Option<&ChanError> {
+        self.closed.as_ref()
+    }
+
     /// The negotiated link protocol version, once VERSIONS cells have been exchanged.
     pub fn link_version(&self) -> Option<u16> {
         self.format.version()
@@ -484,22 +500,25 @@ impl Channel {
 
     /// Feeds bytes received from TLS. Returns how many were consumed: fewer than
     /// `data.len()` only when the event queue or the outbound buffer is full (drain them and
-    /// offer the rest again). A protocol violation closes the channel: the error is
-    /// returned and also queued as [`ChanEvent::Closed`]. After closing, every call returns
-    /// the closing error.
-    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<usize, ChanError> {
-        if let Some(e) = &self.closed {
-            return Err(e.clone());
+    /// offer the rest again).
+    ///
+    /// Nothing else is returned: bytes from TLS are never the caller's mistake. A protocol
+    /// violation by the peer (or a handshake past its deadline) closes the channel, and its
+    /// [`ChanError`] arrives once, as [`ChanEvent::Closed`]. A closed channel consumes and
+    /// drops all input (the whole of `data` is reported consumed), so a feeding loop ends.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
+        if self.closed.is_some() {
+            return data.len();
         }
         if self.deadline_passed(now) {
             self.close_with(ChanError::HandshakeTimeout);
-            return Err(ChanError::HandshakeTimeout);
+            return data.len();
         }
         match self.consume(now, data) {
-            Ok(n) => Ok(n),
+            Ok(n) => n,
             Err(e) => {
-                self.close_with(e.clone());
-                Err(e)
+                self.close_with(e);
+                data.len()
             }
         }
     }
@@ -895,25 +914,22 @@ impl Channel {
     /// Gives a responder the TLS exporter value asked for by
     /// [`Channel::tls_exporter_needed`]: the RFC 5705 exporter of this TLS connection with
     /// label [`TLS_EXPORTER_LABEL`], that context, and length 32. A pending
-    /// AUTHENTICATE cell is then checked; if it is wrong the channel closes with
-    /// [`ChanError::AuthenticateRejected`] (returned and queued as [`ChanEvent::Closed`]).
-    pub fn provide_tls_exporter(&mut self, exporter: [u8; 32]) -> Result<(), ChanError> {
-        if let Some(e) = &self.closed {
-            return Err(e.clone());
+    /// AUTHENTICATE cell is then checked; if it is wrong the channel closes and
+    /// [`ChanError::AuthenticateRejected`] arrives once, as [`ChanEvent::Closed`]. A value
+    /// nobody asked for, or given to a closed channel, is ignored.
+    pub fn provide_tls_exporter(&mut self, exporter: [u8; 32]) {
+        if self.closed.is_some() {
+            return;
         }
         let Some(r) = self.resp_auth.as_mut() else {
-            return Ok(());
+            return;
         };
         r.exporter = Some(exporter);
         let Some(body) = r.pending.take() else {
-            return Ok(());
+            return;
         };
-        match self.check_authenticate(&body) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.close_with(e.clone());
-                Err(e)
-            }
+        if let Err(e) = self.check_authenticate(&body) {
+            self.close_with(e);
         }
     }
 

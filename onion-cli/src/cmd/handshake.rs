@@ -170,11 +170,9 @@ impl LinkChannel {
     /// Give the channel the plaintext it has not consumed yet.
     fn feed_channel(&mut self) {
         if !self.plain.is_empty() {
-            // A protocol error also arrives as ChanEvent::Closed.
-            let used = self
-                .chan
-                .handle_input(self.clock.now(), &self.plain)
-                .unwrap_or(self.plain.len());
+            // A protocol error closes the channel (all input consumed) and arrives as
+            // ChanEvent::Closed.
+            let used = self.chan.handle_input(self.clock.now(), &self.plain);
             self.plain.drain(..used.min(self.plain.len()));
         }
     }

@@ -344,11 +344,8 @@ impl super::Client {
             let Some(ch) = c.channel.as_mut() else {
                 return;
             };
-            let used = match ch.handle_input(now, &c.inbuf) {
-                Ok(n) => n,
-                // The error is queued as ChanEvent::Closed too.
-                Err(_) => c.inbuf.len(),
-            };
+            // A violation closes the channel (all of it consumed); ChanEvent::Closed says why.
+            let used = ch.handle_input(now, &c.inbuf);
             c.inbuf.drain(..used);
             if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {
                 c.inbuf = Vec::new();

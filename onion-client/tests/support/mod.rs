@@ -453,7 +453,7 @@ impl Net {
             let Some((_, ch)) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let n = ch.handle_input(now, &data).unwrap_or(data.len());
+            let n = ch.handle_input(now, &data);
             data.drain(..n);
             let mut evs = Vec::new();
             while let Some(e) = ch.poll_event() {

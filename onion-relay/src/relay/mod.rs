@@ -582,7 +582,7 @@ impl Relay {
         let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.chan.as_mut()) else {
             return;
         };
-        let _ = ch.provide_tls_exporter(value);
+        ch.provide_tls_exporter(value);
         self.pump_conn(conn);
         self.settle();
     }
@@ -837,10 +837,7 @@ impl Relay {
             let used = if c.inbuf.is_empty() {
                 0
             } else {
-                match ch.handle_input(now, &c.inbuf) {
-                    Ok(n) => n,
-                    Err(_) => c.inbuf.len(),
-                }
+                ch.handle_input(now, &c.inbuf)
             };
             c.inbuf.drain(..used);
             if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {

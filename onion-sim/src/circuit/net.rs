@@ -1312,14 +1312,12 @@ impl Net {
         let mut off = 0;
         while off < bytes.len() {
             let now = self.now;
-            let r = self.slot(ep).chan.handle_input(now, &bytes[off..]);
-            let n = match r {
-                Ok(n) => n,
-                Err(_) => {
-                    self.chan_events(ep, d);
-                    return;
-                }
-            };
+            let n = self.slot(ep).chan.handle_input(now, &bytes[off..]);
+            if self.slot(ep).chan.is_closed() {
+                // The violation arrives as ChanEvent::Closed.
+                self.chan_events(ep, d);
+                return;
+            }
             off += n;
             let had = self.chan_events(ep, d);
             if n == 0 && !had {
