@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use onion_circuit::Instant;
 use onion_client::dir::authorities::{self, DirAuthority};
-use onion_client::dir::{DirConfig, DirMode, Directory};
+use onion_client::dir::{DirMode, Directory};
 use onion_client::{Client, ClientConfig, ConnId, Event, PaddingStats, Persist, State};
 use onion_dir::Timestamp;
 
@@ -107,24 +107,16 @@ pub struct Driver {
     padding: PaddingStats,
 }
 
-/// The client's configuration for the authorities `auths` in `mode`: the fallback
-/// directories of C tor on the public network, none on a testing network (whose path rules
-/// are relaxed as C tor relaxes them, [`onion_client::guards::path_config`]).
+/// The client's configuration for the authorities `auths` in `mode`
+/// ([`ClientConfig::for_network`]: C tor's fallbacks on the public network, none and relaxed
+/// path rules on a testing network), with [`DIR_REQUEST_TIMEOUT`].
 pub fn client_config(auths: &[DirAuthority], mode: DirMode) -> Result<ClientConfig, String> {
     let authorities = authorities::v3_authorities(auths);
     if !authorities.iter().any(|a| a.or_addr.is_some()) {
         return Err("no authority with an ORPort (`orport=`) in the list".into());
     }
-    let testing = onion_client::guards::is_testing_network(&authorities);
-    let fallbacks = match testing {
-        true => Vec::new(),
-        false => onion_client::dir::c_tor_fallbacks(),
-    };
-    let path = onion_client::guards::path_config(&authorities);
-    let mut dir = DirConfig::new(authorities, fallbacks, mode);
-    dir.request_timeout = DIR_REQUEST_TIMEOUT;
-    let mut cfg = ClientConfig::new(dir);
-    cfg.path = path;
+    let mut cfg = ClientConfig::for_network(authorities, mode);
+    cfg.dir.request_timeout = DIR_REQUEST_TIMEOUT;
     Ok(cfg)
 }
 

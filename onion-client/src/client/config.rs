@@ -139,6 +139,23 @@ impl ClientConfig {
             limits: Limits::default(),
         }
     }
+
+    /// The configuration for the network whose directory authorities are `authorities`,
+    /// reading `mode` documents, as C tor sets itself up for it: on the public network, C
+    /// tor's fallback directories and path-spec §2.2's path rules; on a testing network
+    /// (every authority on a loopback or private address,
+    /// [`crate::guards::is_testing_network`]), no fallbacks and the path rules C tor relaxes
+    /// there ([`crate::guards::path_config`]). The rest as [`ClientConfig::new`].
+    pub fn for_network(authorities: Vec<crate::dir::Authority>, mode: crate::dir::DirMode) -> Self {
+        let fallbacks = match crate::guards::is_testing_network(&authorities) {
+            true => Vec::new(),
+            false => crate::dir::c_tor_fallbacks(),
+        };
+        let path = crate::guards::path_config(&authorities);
+        let mut cfg = ClientConfig::new(DirConfig::new(authorities, fallbacks, mode));
+        cfg.path = path;
+        cfg
+    }
 }
 
 /// What the embedder kept from an earlier run ([`crate::Event::Persist`]) and gives back to
@@ -152,4 +169,36 @@ pub struct State {
     pub guards: Option<String>,
     /// Circuit build times (path-spec §2.4), from [`crate::Persist::BuildTimes`].
     pub build_times: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dir::{Authority, DirMode};
+
+    fn authority(addr: &str) -> Authority {
+        Authority {
+            name: "auth0".into(),
+            rsa_id: onion_dir::RsaIdentity([1; 20]),
+            v3ident: onion_dir::RsaIdentity([2; 20]),
+            or_addr: Some(addr.parse().unwrap()),
+        }
+    }
+
+    /// A testing network (authorities on private addresses) gets no fallbacks and C tor's
+    /// relaxed path rules; the public network gets C tor's fallbacks and path-spec's rules.
+    #[test]
+    fn for_network_tells_testing_networks_apart() {
+        let testing = vec![authority("127.0.0.1:5000")];
+        let cfg = ClientConfig::for_network(testing.clone(), DirMode::Full);
+        assert!(cfg.dir.fallbacks.is_empty());
+        assert_eq!(cfg.path, crate::guards::path_config(&testing));
+        assert_ne!(cfg.path, PathConfig::default());
+        assert_eq!(cfg.dir.mode, DirMode::Full);
+        let public = vec![authority("128.31.0.39:9101")];
+        let cfg = ClientConfig::for_network(public, DirMode::Micro);
+        assert_eq!(cfg.dir.fallbacks, crate::dir::c_tor_fallbacks());
+        assert!(!cfg.dir.fallbacks.is_empty());
+        assert_eq!(cfg.path, PathConfig::default());
+    }
 }
