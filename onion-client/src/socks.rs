@@ -16,6 +16,47 @@
 //!   of proposal 304 on a port with `ExtendedErrors`).
 //! - [`destination`] tells Tor's special names apart (address-spec §2-3): `.onion`, `.exit`.
 //!
+//! A server reads what the application sent, answers each step, and opens the stream once
+//! the request is complete (here the greeting and the request came in one read):
+//!
+//! ```
+//! use onion_client::socks::{self, Destination, Handshake, IsolationKey, ReplyCode, Step};
+//!
+//! let key = IsolationKey::new([7; 32]); // drawn once from the embedder's RNG
+//! let mut buf = vec![5, 1, 0]; // what the socket gave: the greeting ("no authentication")
+//! buf.extend_from_slice(&[5, 1, 0, 3, 11]); // and CONNECT to a host name of 11 bytes
+//! buf.extend_from_slice(b"example.com");
+//! buf.extend_from_slice(&80u16.to_be_bytes());
+//! let mut to_app = Vec::new();
+//! let mut h = Handshake::new();
+//! let request = loop {
+//!     match h.handle_input(&buf) {
+//!         Ok(Step::NeedMore) => unreachable!("read more from the socket, then call again"),
+//!         Ok(Step::Reply { consumed, reply }) => {
+//!             buf.drain(..consumed);
+//!             to_app.extend_from_slice(&reply);
+//!         }
+//!         Ok(Step::Request { consumed, request }) => {
+//!             buf.drain(..consumed); // what is left is optimistic data for the stream
+//!             break request;
+//!         }
+//!         Err(e) => {
+//!             to_app.extend_from_slice(&e.reply().unwrap_or_default());
+//!             unreachable!("send the reply, then close: {e}");
+//!         }
+//!     }
+//! };
+//! assert_eq!(to_app, socks::NO_AUTH);
+//! let isolation = key.isolation(&request.credentials);
+//! let Ok(Destination::Exit(host)) = socks::destination(&request.host) else {
+//!     unreachable!("an onion service, or a name refused with its reply_code")
+//! };
+//! // `client.connect(&host, request.port, isolation, now)`; on `Event::StreamOpened`:
+//! let opened = socks::reply(request.version, ReplyCode::SUCCEEDED);
+//! assert_eq!((host.as_str(), request.port, opened[1]), ("example.com", 80, 0));
+//! assert_eq!(isolation, onion_client::Isolation::NONE);
+//! ```
+//!
 //! What C tor does that this does not: the RESOLVE and RESOLVE_PTR commands
 //! (socks-extensions §2) are refused as unsupported commands (reply 7), as are BIND and UDP
 //! ASSOCIATE in C tor; `SafeSocks` and `PreferSOCKSNoAuth` are not offered.
