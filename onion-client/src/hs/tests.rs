@@ -1018,3 +1018,84 @@ fn undecided_incoming_streams_time_out() {
     net.advance(Duration::from_secs(60));
     assert_eq!(net.timed_out.len(), 2);
 }
+
+/// Close the host's introduction circuit `circ` as a DESTROY from the network would.
+fn kill_host_circuit(net: &mut Net, circ: HsCircRef) {
+    net.circs.remove(&(Side::Host, circ));
+    for r in net.relays.values_mut() {
+        r.intro.circuit_closed((Side::Host, circ));
+    }
+    let (now, rng) = (net.now, &mut net.rng);
+    net.host.circuit_closed(circ, "DESTROY", now, rng);
+    net.pump();
+}
+
+/// The host's open introduction circuits and their relays.
+fn intro_circuits(net: &Net) -> Vec<(HsCircRef, [u8; 20])> {
+    let mut v: Vec<(HsCircRef, [u8; 20])> = net
+        .circs
+        .iter()
+        .filter(|((s, _), c)| *s == Side::Host && c.purpose == HsPurpose::ServiceIntro)
+        .map(|((_, r), c)| (*r, c.last.rsa_id.0))
+        .collect();
+    v.sort();
+    v
+}
+
+/// rend-spec-v3 §3.1, §2.2.2: an introduction circuit that dies is built again to the same
+/// relay and established anew (the point and its keys are the same, so the descriptor
+/// still holds and nothing is uploaded); a relay that keeps failing is replaced by another,
+/// and a new descriptor naming it is uploaded to the HSDirs, which clients then introduce
+/// through.
+#[test]
+fn a_dead_intro_point_is_reestablished_then_replaced_and_republished() {
+    let mut net = Net::new(34);
+    let (svc, addr) = net.publish(vec![]);
+    let uploads = |net: &Net| net.host.service_stats(svc).unwrap().uploads_ok;
+    let before = uploads(&net);
+    let intros = intro_circuits(&net);
+    assert_eq!(intros.len(), 3);
+    let (circ, dead) = intros[0];
+
+    kill_host_circuit(&mut net, circ);
+    assert_eq!(intro_circuits(&net).len(), 2);
+    net.advance(Duration::from_secs(5));
+    let now: Vec<[u8; 20]> = intro_circuits(&net).iter().map(|c| c.1).collect();
+    assert_eq!(now.len(), 3, "re-established");
+    assert!(now.contains(&dead), "to the same relay");
+    net.advance(Duration::from_secs(120));
+    assert_eq!(uploads(&net), before, "the descriptor still holds");
+
+    // Its circuit dies again and the rebuilds fail: after 3 failures in a row the point is
+    // replaced by another relay.
+    net.fail_builds.insert(HsPurpose::ServiceIntro, 2);
+    let circ = intro_circuits(&net)
+        .into_iter()
+        .find(|c| c.1 == dead)
+        .unwrap()
+        .0;
+    kill_host_circuit(&mut net, circ);
+    for _ in 0..12 {
+        net.advance(Duration::from_secs(5));
+    }
+    let now: Vec<[u8; 20]> = intro_circuits(&net).iter().map(|c| c.1).collect();
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(!now.contains(&dead), "replaced");
+    assert!(
+        uploads(&net) >= before + 8,
+        "republished: {} -> {}",
+        before,
+        uploads(&net)
+    );
+    // A client that fetches the descriptor now introduces through a live point.
+    net.connect(&addr, 0);
+    assert!(net.failed.is_empty(), "{:?}", net.failed);
+    let intro = net
+        .builds
+        .iter()
+        .rev()
+        .find(|b| b.0 == Side::Client && b.1 == HsPurpose::ClientIntro)
+        .unwrap();
+    assert!(now.contains(&intro.2));
+    assert_eq!(net.ready.len(), 1);
+}
