@@ -217,11 +217,13 @@ fn a_new_consensus_sets_what_new_circuits_negotiate() {
     let params = onion_dir::consensus::NetParams {
         entries: vec![("cc_sendme_inc", 33), ("circ_max_cell_queue_size", 10)],
     };
-    let mut circuits = onion_circuit::relay::RelayConfig::default();
-    circuits.congestion_control = Some(CcConfig {
-        sendme_inc: 33,
-        ..CcConfig::default()
-    });
+    let circuits = onion_circuit::relay::RelayConfig {
+        congestion_control: Some(CcConfig {
+            sendme_inc: 33,
+            ..CcConfig::default()
+        }),
+        ..Default::default()
+    };
     let p = ConsensusParams::new(circuits, &params);
     // Below param-spec's minimum: clamped to 1000.
     assert_eq!(p.circuit_queue_cells, 1000);
