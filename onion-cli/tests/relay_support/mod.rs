@@ -283,3 +283,137 @@ pub fn assert_published_after_self_test(d: &Daemon) {
         "published before the self-test:\n{err}"
     );
 }
+
+/// The torrc lines giving a C tor client a control port on 127.0.0.1 (no authentication:
+/// a private test network on loopback).
+pub fn control_port_lines(port: u16) -> String {
+    format!("ControlPort 127.0.0.1:{port}\nCookieAuthentication 0\n")
+}
+
+/// Asynchronous events (control-spec §4.1) of a C tor client's control port, recorded by a
+/// thread until the client exits (at most [`Events::MAX_LINES`] lines are kept).
+pub struct Events {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    /// Lines kept; later ones are dropped.
+    pub const MAX_LINES: usize = 200_000;
+
+    /// Connects to the control port on 127.0.0.1:`port` and subscribes to `names`
+    /// (`SETEVENTS`, e.g. `CIRC CIRC_BW`). Panics if the port does not answer within 30 s.
+    pub fn subscribe(port: u16, names: &str) -> Events {
+        use std::io::{BufRead, Write};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "control port {port}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        let mut w = s.try_clone().unwrap();
+        w.write_all(format!("AUTHENTICATE \"\"\r\nSETEVENTS {names}\r\n").as_bytes())
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                let mut v = l2.lock().unwrap();
+                if v.len() < Events::MAX_LINES {
+                    v.push(line);
+                }
+            }
+        });
+        Events { lines }
+    }
+
+    /// The event lines (`650 ...`) received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("650 "))
+            .cloned()
+            .collect()
+    }
+}
+
+/// `GETINFO key` on the control port at 127.0.0.1:`port` (control-spec §3.9): the reply's
+/// data lines.
+pub fn getinfo(port: u16, key: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("control port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("AUTHENTICATE \"\"\r\nGETINFO {key}\r\nQUIT\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    // A one-line value comes as `250-key=value`, a longer one as `250+key=`, its lines and
+    // a lone `.`.
+    out.lines()
+        .filter_map(|l| match l.strip_prefix("250-") {
+            Some(kv) => kv.split_once('=').map(|(_, v)| v.to_string()),
+            None => (!l.starts_with("250") && l != ".").then(|| l.to_string()),
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The ids of the client's built circuits whose last hop is the relay `fp` (from
+/// `GETINFO circuit-status`: `ID BUILT $FP~name,...,$FP~name ...`).
+pub fn circuits_ending_at(port: u16, fp: &str) -> Vec<String> {
+    getinfo(port, "circuit-status")
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let id = w.next()?;
+            if w.next()? != "BUILT" {
+                return None;
+            }
+            let last = w.next()?.rsplit(',').next()?;
+            last.trim_start_matches('$')
+                .starts_with(fp)
+                .then(|| id.to_string())
+        })
+        .collect()
+}
+
+/// The ids of the client's built circuits with the relay `fp` on their path.
+pub fn circuits_through(port: u16, fp: &str) -> Vec<String> {
+    getinfo(port, "circuit-status")
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let id = w.next()?;
+            if w.next()? != "BUILT" {
+                return None;
+            }
+            w.next()?
+                .split(',')
+                .any(|hop| hop.trim_start_matches('$').starts_with(fp))
+                .then(|| id.to_string())
+        })
+        .collect()
+}
+
+/// `CLOSECIRCUIT id` on the control port at 127.0.0.1:`port` (control-spec §3.18): the
+/// client sends DESTROY for that circuit. Panics unless the client answers `250`.
+pub fn close_circuit(port: u16, id: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("control port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("AUTHENTICATE \"\"\r\nCLOSECIRCUIT {id}\r\nQUIT\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let replies: Vec<&str> = out.lines().collect();
+    assert!(
+        replies.len() >= 2 && replies[1].starts_with("250"),
+        "CLOSECIRCUIT {id}: {out}"
+    );
+}
