@@ -47,6 +47,10 @@ pub const ED_SIGNATURE_PREFIX: &[u8] = b"Tor router descriptor signature v1";
 ///
 /// * `Cons=1-2`, `Microdesc=1-2`: both consensus flavours and microdescriptors with
 ///   ed25519 identities are parsed and verified (consensus method 21 and earlier);
+/// * `DirCache=2`: the directory cache answers BEGIN_DIR requests for the consensus
+///   (and diffs from the previous ones it was given, `X-Or-Diff-From-Consensus`, dir-spec
+///   §4.5.2), descriptors, microdescriptors and authority certificates (onion-relay's
+///   `dir`). C tor's authorities list `DirCache=2` among the required relay protocols;
 /// * `Desc=1-2`: descriptors with ed25519 identities and onion-key cross-certificates are
 ///   produced and verified;
 /// * `FlowCtrl=1-2`: authenticated circuit SENDMEs and congestion control at exits
@@ -61,12 +65,11 @@ pub const ED_SIGNATURE_PREFIX: &[u8] = b"Tor router descriptor signature v1";
 /// * `Relay=2,4`: CREATE2/EXTEND2 with ntor and ntor-v3. Not 1 (no TAP), not 3 (extending
 ///   over IPv6 is the embedder's choice).
 ///
-/// Left out until they exist: `DirCache` (a directory cache answering BEGIN_DIR,
-/// consensus diffs for `2`), `Padding`, `Conflux`. An embedder that implements one adds
-/// it: the descriptor builder takes any
-/// [`Protocols`].
+/// Left out until they exist: `Padding`, `Conflux` (a C tor client then builds no conflux
+/// sets ending at the relay). An embedder that implements one adds it: the descriptor
+/// builder takes any [`Protocols`].
 pub const ONION_RELAY_PROTOCOLS: &str =
-    "Cons=1-2 Desc=1-2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=1-2 Link=3-5 LinkAuth=3 Microdesc=1-2 Relay=2,4";
+    "Cons=1-2 Desc=1-2 DirCache=2 FlowCtrl=1-2 HSDir=2 HSIntro=4-5 HSRend=1-2 Link=3-5 LinkAuth=3 Microdesc=1-2 Relay=2,4";
 
 /// A field of a document to encode is not representable (the caller's mistake), or
 /// signing failed.

@@ -532,7 +532,8 @@ fn stem_accepts() {
     assert_eq!(
         v["protocols"],
         serde_json::json!({
-            "Cons": [1, 2], "Desc": [1, 2], "FlowCtrl": [1, 2], "HSDir": [2], "HSIntro": [4, 5],
+            "Cons": [1, 2], "Desc": [1, 2], "DirCache": [2], "FlowCtrl": [1, 2], "HSDir": [2],
+            "HSIntro": [4, 5],
             "HSRend": [1, 2], "Link": [3, 4, 5], "LinkAuth": [3], "Microdesc": [1, 2],
             "Relay": [2, 4]
         })
