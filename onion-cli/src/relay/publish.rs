@@ -222,4 +222,37 @@ mod tests {
             assert!(onion_dir::routerdesc::UnverifiedRouterDesc::parse(&d.descriptor).is_ok());
         }
     }
+
+    /// The descriptor's `uptime` (dir-spec §2.1.1) is the uptime the relay gives, verified
+    /// with the signatures. Authorities vote Stable on it (C tor's voteflags.c: while they
+    /// hold under 4 hours of stability history, a relay is Stable when its uptime plus the
+    /// time since `published` reaches the median of the active relays'), so an uptime
+    /// reported short, or reset at each publication, would keep the relay from Stable.
+    #[test]
+    fn descriptor_states_the_uptime_it_is_given() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+        let keys = RelayKeySet::generate(&mut rng, now, false).unwrap();
+        let params = OnionKeyParams::new(None, None);
+        let published = Timestamp::from_unix(1_780_000_000);
+        let t = DescriptorTemplate {
+            nickname: "t".into(),
+            address: std::net::Ipv4Addr::new(127, 0, 0, 1),
+            or_port: 9001,
+            contact: None,
+            exit_policy: parse_exit_policy("reject *:*").unwrap(),
+            rate: 1 << 20,
+            tunnelled_dir_server: true,
+        };
+        for uptime in [0, 59, 86_400 * 30 + 7] {
+            let d = build(&t, &keys, &params, published, uptime, 0, &mut rng).unwrap();
+            let desc = onion_dir::routerdesc::UnverifiedRouterDesc::parse(&d.descriptor)
+                .unwrap()
+                .verify(published)
+                .unwrap();
+            assert_eq!(desc.uptime, Some(uptime));
+            assert_eq!(desc.published, published);
+        }
+    }
 }
