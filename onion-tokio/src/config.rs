@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use onion_client::dir::{authorities, Authority, DirConfig, DirMode, DocKind};
+use onion_client::dir::{authorities, Authority, DirMode, DocKind};
 use onion_client::{ClientConfig, Persist, State};
 use onion_io::cache::Cache;
 
@@ -160,29 +160,20 @@ fn read_bounded(p: &Path) -> Result<String, Error> {
     Ok(text)
 }
 
-/// onion-client's configuration for `auths`: C tor's fallbacks and microdescriptors on the
-/// public network; no fallbacks and full descriptors on a testing network, whose path rules
-/// are relaxed as C tor relaxes them
-/// ([`onion_client::guards::path_config`]).
+/// onion-client's configuration for `auths` ([`ClientConfig::for_network`]: C tor's fallbacks
+/// on the public network; none and relaxed path rules on a testing network), with
+/// microdescriptors on the public network and full descriptors on a testing network.
 fn client_config(auths: Vec<Authority>) -> ClientConfig {
-    let testing = onion_client::guards::is_testing_network(&auths);
-    let fallbacks = match testing {
-        true => Vec::new(),
-        false => onion_client::dir::c_tor_fallbacks(),
-    };
-    let path = onion_client::guards::path_config(&auths);
     // A testing network's exits accept only its own addresses (127.0.0.0/8), which no
     // microdescriptor policy summary can express (dir-spec §3.3 `p` lines summarize the
     // ports open to most addresses): there full descriptors are used, as `onion get` does.
-    let mode = if testing {
+    let mode = if onion_client::guards::is_testing_network(&auths) {
         DirMode::Full
     } else {
         DirMode::Micro
     };
-    let mut dir = DirConfig::new(auths, fallbacks, mode);
-    dir.request_timeout = DIR_REQUEST_TIMEOUT;
-    let mut cfg = ClientConfig::new(dir);
-    cfg.path = path;
+    let mut cfg = ClientConfig::for_network(auths, mode);
+    cfg.dir.request_timeout = DIR_REQUEST_TIMEOUT;
     cfg
 }
 
