@@ -18,7 +18,6 @@
 //! RSA-only once ed25519 certificates are present.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
 
 use onion_cell::chancell::{CertEntry, Certs};
 use onion_crypto::cert::Timestamp;
@@ -165,7 +164,10 @@ impl From<LinkKeys> for RelayLinkKeys {
 
 impl RelayLinkKeys {
     /// [`LinkKeys::generate`]: fresh keys and certificates valid from `now`.
-    pub fn generate(rng: &mut impl CryptoRngCore, now: SystemTime) -> Result<Self, CertError> {
+    pub fn generate(
+        rng: &mut impl CryptoRngCore,
+        now: impl Into<Timestamp>,
+    ) -> Result<Self, CertError> {
         LinkKeys::generate(rng, now).map(Self)
     }
 
@@ -175,7 +177,7 @@ impl RelayLinkKeys {
         rsa_identity: RsaKeypair,
         identity: &dyn Ed25519Signer,
         signing: Ed25519Keypair,
-        now: SystemTime,
+        now: impl Into<Timestamp>,
     ) -> Result<Self, CertError> {
         LinkKeys::from_keys(rng, rsa_identity, identity, signing, now).map(Self)
     }
@@ -202,7 +204,7 @@ impl RelayLinkKeys {
     pub fn initiator_credentials(
         &self,
         rng: &mut impl CryptoRngCore,
-        now: SystemTime,
+        now: impl Into<Timestamp>,
     ) -> Result<InitiatorCredentials, CertError> {
         self.0.initiator_credentials(rng, now)
     }
@@ -211,7 +213,7 @@ impl RelayLinkKeys {
     pub fn responder_certs(
         &self,
         tls_cert_sha256: &[u8; 32],
-        now: SystemTime,
+        now: impl Into<Timestamp>,
     ) -> Result<ResponderCerts, CertError> {
         self.0.responder_certs(tls_cert_sha256, now)
     }
@@ -224,7 +226,7 @@ mod tests {
     use onion_crypto::{Ed25519Identity, RsaIdentity};
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     const TLS: [u8; 32] = [3; 32];
 

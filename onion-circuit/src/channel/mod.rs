@@ -86,9 +86,9 @@ mod config;
 mod error;
 mod event;
 
+use onion_crypto::Timestamp;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use onion_cell::chancell::{
     AuthChallenge, ChanCell, ChanCmd, ChanMsg, DestroyReason, Netinfo, NetinfoAddr, Versions,
@@ -258,13 +258,6 @@ const AUTH_TYPE_3: &[u8; 8] = b"AUTH0003";
 /// The length of TYPE through RAND: 8 + 8 * 32 + 24.
 const AUTH3_SIGNED_LEN: usize = 288;
 
-/// Seconds since the Unix epoch of `t` (0 before the epoch).
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn cmd_name(cmd: ChanCmd) -> &'static str {
     cmd.name().unwrap_or("unknown-command")
 }
@@ -309,7 +302,7 @@ fn netinfo_addr(a: Option<IpAddr>) -> NetinfoAddr<'static> {
 }
 
 impl Channel {
-    fn new(role: Role, config: ChanConfig, now: Instant, wallclock: SystemTime) -> Self {
+    fn new(role: Role, config: ChanConfig, now: Instant, wallclock: Timestamp) -> Self {
         let deadline = now.checked_add(config.handshake_timeout);
         let max_circuits = config.max_circuits;
         Channel {
@@ -318,7 +311,7 @@ impl Channel {
             state: State::AwaitVersions,
             format: CellFormat::UNNEGOTIATED,
             created: now,
-            wall_at_created: unix_secs(wallclock),
+            wall_at_created: wallclock.unix(),
             deadline,
             keepalive_at: None,
             sent_since_keepalive: false,
@@ -359,9 +352,9 @@ impl Channel {
         expected: PeerIds,
         tls_cert_sha256: Option<[u8; 32]>,
         now: Instant,
-        wallclock: SystemTime,
+        wallclock: impl Into<Timestamp>,
     ) -> Self {
-        let mut c = Channel::new(Role::Initiator, config, now, wallclock);
+        let mut c = Channel::new(Role::Initiator, config, now, wallclock.into());
         c.expected = expected;
         c.tls_cert_sha256 = tls_cert_sha256;
         c.queue_versions();
@@ -382,10 +375,10 @@ impl Channel {
         tls_cert_sha256: [u8; 32],
         auth: InitiatorAuth,
         now: Instant,
-        wallclock: SystemTime,
+        wallclock: impl Into<Timestamp>,
         rng: &mut impl CryptoRngCore,
     ) -> Self {
-        let mut c = Channel::new(Role::Initiator, config, now, wallclock);
+        let mut c = Channel::new(Role::Initiator, config, now, wallclock.into());
         c.expected = expected;
         c.tls_cert_sha256 = Some(tls_cert_sha256);
         let mut rand = [0u8; 24];
@@ -412,13 +405,13 @@ impl Channel {
         config: ChanConfig,
         certs: &ResponderCerts,
         now: Instant,
-        wallclock: SystemTime,
+        wallclock: impl Into<Timestamp>,
         rng: &mut impl CryptoRngCore,
     ) -> Self {
         let mut challenge = [0u8; 32];
         rng.fill_bytes(&mut challenge);
         let verify = config.verify_initiator_auth;
-        let mut c = Channel::new(Role::Responder, config, now, wallclock);
+        let mut c = Channel::new(Role::Responder, config, now, wallclock.into());
         if verify {
             c.resp_auth = Some(Box::new(RespAuthState {
                 slog: Sha256::new(),

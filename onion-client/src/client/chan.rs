@@ -10,7 +10,7 @@ use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use rand_core::RngCore;
 
 use super::event::{ConnId, Event};
-use crate::{Error, Instant};
+use crate::{Error, Instant, Timestamp};
 
 /// C tor's `KeepalivePeriod`: an open channel on which nothing was sent for this long sends
 /// a PADDING cell (tor-spec §3), so that NATs and idle timers keep the connection.
@@ -189,7 +189,7 @@ impl Chan {
     /// Start the link handshake over the TLS connection that just opened (tor-spec §4:
     /// VERSIONS is queued). `cert` is SHA-256 of the relay's TLS certificate; `wall` the
     /// wall clock for certificate validity and the NETINFO time.
-    pub fn start(&mut self, now: Instant, wall: std::time::SystemTime, cert: [u8; 32]) {
+    pub fn start(&mut self, now: Instant, wall: Timestamp, cert: [u8; 32]) {
         let mut config = ChanConfig::default();
         let left = self.deadline.map_or(Duration::from_secs(30), |d| {
             d.saturating_duration_since(now)

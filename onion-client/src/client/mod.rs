@@ -320,7 +320,7 @@ impl Client {
     /// ignored.
     pub fn handle_connected(&mut self, conn: ConnId, now: Instant, peer_cert_sha256: [u8; 32]) {
         self.see(now);
-        let wall = std::time::SystemTime::from(self.wall_now());
+        let wall = self.wall_now();
         if let Some(c) = self.chans.get_mut(&conn) {
             if c.channel.is_none() {
                 c.start(self.now, wall, peer_cert_sha256);
