@@ -6,7 +6,12 @@
 //! bytes: no buffer is kept here (data is handed to the embedding as events as soon as it
 //! arrives, and outgoing data is packaged straight into cells).
 
-use crate::flow::{FlowError, StreamRecvWindow, StreamSendWindow, WindowKind, STREAM_WINDOW_START};
+use onion_cell::relaymsg::{RelayMsg, Xon, MAX_RELAY_DATA_LEN};
+
+use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
+use crate::flow::{
+    FlowError, FlowStats, StreamRecvWindow, StreamSendWindow, WindowKind, STREAM_WINDOW_START,
+};
 use crate::Instant;
 
 /// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of
@@ -254,6 +259,116 @@ impl Stream {
     }
 }
 
+/// The stream side of congestion control and XON/XOFF (proposal 324 §4.1.1), the same at
+/// both edges of a circuit: a client's [`crate::circuit::Circuit`] and a relay's exit
+/// streams ([`crate::relay::RelayCircuit`]) keep their streams' flow through these.
+impl Stream {
+    /// Bytes a stream on a congestion-controlled circuit may send now: `window_cells` cells
+    /// of the congestion window (`cwnd - inflight`), none after the other edge's XOFF, and no
+    /// more than the rate its last XON advised allows at `now`.
+    pub(crate) fn cc_send_capacity(&self, window_cells: u64, now: Instant) -> usize {
+        if self.xoff_received {
+            return 0;
+        }
+        let cells = usize::try_from(window_cells).unwrap_or(usize::MAX);
+        let bytes = cells.saturating_mul(MAX_RELAY_DATA_LEN);
+        match &self.flowctl {
+            Some(fc) => {
+                let tokens = fc.limit.clone().available(now);
+                bytes.min(usize::try_from(tokens).unwrap_or(usize::MAX))
+            }
+            None => bytes,
+        }
+    }
+
+    /// XOFF or XON from the other edge at `now`: XOFF stops our sending on the stream until
+    /// XON; an XON's advisory rate paces it from then on (rate 0: unlimited), as C tor
+    /// adjusts the edge's token bucket. Counted in `stats`. Dropped, as C tor drops them
+    /// (nothing closes), on a stream without congestion control or a half-closed one.
+    pub(crate) fn on_xon_xoff(&mut self, msg: &RelayMsg<'_>, now: Instant, stats: &mut FlowStats) {
+        if !self.windowless || self.is_half_closed() {
+            return;
+        }
+        match msg {
+            RelayMsg::Xoff => {
+                self.xoff_received = true;
+                stats.xoff_received += 1;
+            }
+            RelayMsg::Xon(x) => {
+                self.xoff_received = false;
+                stats.xon_received += 1;
+                let fc = self.flowctl.get_or_insert_with(Default::default);
+                fc.limit.on_xon(now, x.kbps_ewma);
+                fc.starved = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// The embedding wrote `written` bytes of the stream to its destination and still holds
+    /// `buffered`: the XOFF / XON to send to the other edge, if any (XOFF once more than
+    /// `xoff_bytes` wait, XON once drained, advisory XONs when the drain rate changes; C
+    /// tor's `flow_control_decide_xoff` / `flow_control_decide_xon`).
+    pub(crate) fn note_buffer(
+        &mut self,
+        p: &FlowCtrlParams,
+        now: Instant,
+        written: usize,
+        buffered: usize,
+        xoff_bytes: u64,
+    ) -> [Option<FlowSignal>; 2] {
+        let fc = self.flowctl.get_or_insert_with(Default::default);
+        let (written, buffered) = (written as u64, buffered as u64);
+        let mut signals = [None, None];
+        if written > 0 {
+            signals[0] = fc
+                .drain
+                .on_drained(p, now, written, buffered, &mut self.xoff_sent);
+        }
+        signals[1] = fc
+            .drain
+            .on_buffered(p, now, buffered, xoff_bytes, &mut self.xoff_sent);
+        signals
+    }
+
+    /// When a stream that the advised rate held back (its data refused for lack of tokens)
+    /// may send a cell again: the embedding's timer, after which it offers the data again.
+    pub(crate) fn paced_until(&self) -> Option<Instant> {
+        let fc = self.flowctl.as_deref().filter(|fc| fc.starved)?;
+        fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64)
+    }
+
+    /// Time passed to `now`: a stream held back by the advised rate is ready once a cell's
+    /// worth of tokens has come.
+    pub(crate) fn unpace(&mut self, now: Instant) {
+        if let Some(fc) = self.flowctl.as_deref_mut() {
+            if fc.starved
+                && fc
+                    .limit
+                    .ready_at(MAX_RELAY_DATA_LEN as u64)
+                    .map_or(true, |t| t <= now)
+            {
+                fc.starved = false;
+            }
+        }
+    }
+}
+
+/// The relay message carrying `sig` (RELAY_XOFF, or RELAY_XON with its advisory rate),
+/// counted in `stats` as sent.
+pub(crate) fn flow_signal_msg(sig: FlowSignal, stats: &mut FlowStats) -> RelayMsg<'static> {
+    match sig {
+        FlowSignal::Xoff => {
+            stats.xoff_sent += 1;
+            RelayMsg::Xoff
+        }
+        FlowSignal::Xon { kbps_ewma } => {
+            stats.xon_sent += 1;
+            RelayMsg::Xon(Xon { kbps_ewma })
+        }
+    }
+}
+
 /// The streams of one circuit, in a small vector (circuits rarely carry more than a handful;
 /// a linear scan beats hashing at that size and costs no heap when empty).
 #[derive(Debug, Clone, Default)]
@@ -372,6 +487,42 @@ mod tests {
 
     fn sid(v: u16) -> StreamId {
         StreamId::new(v).expect("nonzero")
+    }
+
+    /// The stream side of XON/XOFF that both edges use (proposal 324 §4.1.1): XOFF stops
+    /// the stream, XON with a rate paces it (the capacity is the rate's tokens, then none
+    /// until they refill), and a stream without congestion control ignores both.
+    #[test]
+    fn xon_xoff_stop_and_pace_a_windowless_stream() {
+        let now = Instant::ZERO + core::time::Duration::from_secs(1);
+        let mut stats = FlowStats::default();
+        let mut s = Stream::new(sid(1), 0, StreamState::Open);
+        s.on_xon_xoff(&RelayMsg::Xoff, now, &mut stats);
+        assert!(!s.xoff_received, "a windowed stream ignores XOFF");
+        s.windowless = true;
+        assert_eq!(s.cc_send_capacity(10, now), 10 * MAX_RELAY_DATA_LEN);
+        s.on_xon_xoff(&RelayMsg::Xoff, now, &mut stats);
+        assert_eq!(s.cc_send_capacity(10, now), 0);
+        // XON at 1 kB/s: one second's worth of tokens, then paced.
+        s.on_xon_xoff(&RelayMsg::Xon(Xon { kbps_ewma: 1 }), now, &mut stats);
+        assert_eq!(s.cc_send_capacity(10, now), 1000);
+        let fc = s.flowctl.as_deref_mut().expect("rate kept");
+        fc.limit.take(1000);
+        fc.starved = true;
+        assert_eq!(s.cc_send_capacity(10, now), 0);
+        let ready = s.paced_until().expect("waits for tokens");
+        assert!(ready > now);
+        s.unpace(now);
+        assert!(s.paced_until().is_some(), "not before its time");
+        s.unpace(ready);
+        assert_eq!(s.paced_until(), None);
+        assert_eq!((stats.xoff_received, stats.xon_received), (1, 1));
+        // What goes out is counted too.
+        assert_eq!(
+            flow_signal_msg(FlowSignal::Xoff, &mut stats),
+            RelayMsg::Xoff
+        );
+        assert_eq!(stats.xoff_sent, 1);
     }
 
     #[test]

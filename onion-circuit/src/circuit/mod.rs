@@ -57,7 +57,7 @@ use onion_cell::relay::{
 };
 use onion_cell::relaymsg::{
     Begin, BeginFlags, End, EndReason, Extend2, RelayCmd, RelayMsg, Resolve, ResolvedAnswer,
-    Sendme, Xon, MAX_RELAY_DATA_LEN,
+    Sendme, MAX_RELAY_DATA_LEN,
 };
 use onion_crypto::fast::{FastClient, FastClientPending};
 use onion_crypto::keys::NtorOnionKey;
@@ -74,7 +74,7 @@ use crate::flow::{
     check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag,
     SENDME_DIGEST_LEN,
 };
-use crate::stream::{Admit, Stream, StreamId, StreamMap, StreamState};
+use crate::stream::{flow_signal_msg, Admit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
 /// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
@@ -934,19 +934,8 @@ impl Circuit {
         };
         if let Some(c) = &h.cc {
             // No stream window under congestion control (proposal 324 §4), but the other
-            // edge's XOFF stops the stream.
-            if s.xoff_received {
-                return 0;
-            }
-            let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
-            let bytes = cells.saturating_mul(MAX_RELAY_DATA_LEN);
-            return match &s.flowctl {
-                Some(fc) => {
-                    let tokens = fc.limit.clone().available(self.last_now);
-                    bytes.min(usize::try_from(tokens).unwrap_or(usize::MAX))
-                }
-                None => bytes,
-            };
+            // edge's XOFF and XON rate.
+            return s.cc_send_capacity(c.cc.send_window(), self.last_now);
         }
         usize::from(h.send.available().min(s.send.available())) * MAX_RELAY_DATA_LEN
     }
@@ -1544,23 +1533,13 @@ impl Circuit {
     /// nothing). An XON's advisory rate paces our sending on the stream from then on, as C
     /// tor adjusts the edge's token bucket (rate 0: unlimited).
     fn on_xon_xoff(&mut self, hop: usize, stream: u16, msg: RelayMsg<'_>) -> Result<(), CircError> {
-        let Some(s) = StreamId::new(stream).and_then(|id| self.streams.get_mut(id)) else {
-            return Ok(());
-        };
-        if !s.windowless || usize::from(s.hop) != hop {
-            return Ok(());
-        }
-        if !s.is_half_closed() {
-            s.xoff_received = matches!(msg, RelayMsg::Xoff);
-            match &msg {
-                RelayMsg::Xoff => self.stats.xoff_received += 1,
-                _ => self.stats.xon_received += 1,
-            }
-            if let RelayMsg::Xon(x) = msg {
-                let fc = s.flowctl.get_or_insert_with(Default::default);
-                fc.limit.on_xon(self.last_now, x.kbps_ewma);
-                fc.starved = false;
-            }
+        let now = self.last_now;
+        let own_hop = |s: &&mut Stream| usize::from(s.hop) == hop;
+        if let Some(s) = StreamId::new(stream)
+            .and_then(|id| self.streams.get_mut(id))
+            .filter(own_hop)
+        {
+            s.on_xon_xoff(&msg, now, &mut self.stats);
         }
         Ok(())
     }
@@ -1634,12 +1613,7 @@ impl Circuit {
         }
         // A stream paced by an XON's rate may send again: the embedding offers its data.
         for s in self.streams.iter_mut() {
-            if let Some(fc) = s.flowctl.as_deref_mut() {
-                let ready = fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64);
-                if fc.starved && ready.map_or(true, |t| t <= now) {
-                    fc.starved = false;
-                }
-            }
+            s.unpace(now);
         }
         let mut gone = false;
         for s in self.streams.expire(now) {
@@ -1675,13 +1649,7 @@ impl Circuit {
         if self.closed {
             return None;
         }
-        let paced = self
-            .streams
-            .iter()
-            .filter_map(|s| s.flowctl.as_deref())
-            .filter(|fc| fc.starved)
-            .filter_map(|fc| fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64))
-            .min();
+        let paced = self.streams.iter().filter_map(Stream::paced_until).min();
         [
             self.pending.as_ref().map(|p| p.deadline),
             self.streams.next_deadline(),
@@ -1862,17 +1830,7 @@ impl Circuit {
             return;
         };
         let hop = usize::from(s.hop);
-        let fc = s.flowctl.get_or_insert_with(Default::default);
-        let (written, buffered) = (written as u64, buffered as u64);
-        let mut signals = [None, None];
-        if written > 0 {
-            signals[0] = fc
-                .drain
-                .on_drained(&p, now, written, buffered, &mut s.xoff_sent);
-        }
-        signals[1] =
-            fc.drain
-                .on_buffered(&p, now, buffered, p.xoff_client_bytes(), &mut s.xoff_sent);
+        let signals = s.note_buffer(&p, now, written, buffered, p.xoff_client_bytes());
         for sig in signals.into_iter().flatten() {
             self.queue_flow_signal(stream, hop, sig);
         }
@@ -1880,15 +1838,8 @@ impl Circuit {
 
     /// Queue RELAY_XOFF or RELAY_XON on `stream` toward `hop`.
     fn queue_flow_signal(&mut self, stream: StreamId, hop: usize, sig: FlowSignal) {
-        let msg = match sig {
-            FlowSignal::Xoff => RelayMsg::Xoff,
-            FlowSignal::Xon { kbps_ewma } => RelayMsg::Xon(Xon { kbps_ewma }),
-        };
+        let msg = flow_signal_msg(sig, &mut self.stats);
         if let Ok(body) = encode_body(Some(stream), &msg, "XON/XOFF") {
-            match sig {
-                FlowSignal::Xoff => self.stats.xoff_sent += 1,
-                FlowSignal::Xon { .. } => self.stats.xon_sent += 1,
-            }
             self.queue_relay(hop, body);
         }
     }

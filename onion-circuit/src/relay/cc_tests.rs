@@ -15,6 +15,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_cell::relaymsg::Xon;
 
 fn relay(rng: &mut ChaCha20Rng) -> (RelayKeys, HopTarget) {
     let ntor = NtorSecretKey::generate(rng);

@@ -99,7 +99,7 @@ use onion_cell::reader::Reader;
 use onion_cell::relay::RelayCell;
 use onion_cell::relaymsg::{
     BeginFlags, Connected, End, EndReason, Extended2, RelayCmd, RelayMsg, Resolved, ResolvedAnswer,
-    Sendme, Xon, MAX_RELAY_DATA_LEN,
+    Sendme, MAX_RELAY_DATA_LEN,
 };
 use onion_crypto::keys::NtorSecretKey;
 use onion_crypto::ntor_v3::{NtorV3Server, CIRCUIT_EXTEND_VERIFICATION};
@@ -107,7 +107,7 @@ use onion_crypto::tor1::{self, CellBody, Tor1RelayCrypto};
 use onion_crypto::{fast, ntor, Ed25519Identity, KeyGenerator, RsaIdentity};
 use rand_core::CryptoRngCore;
 
-use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
+use crate::cc::flowctl::FlowCtrlParams;
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
 use crate::error::ErrorKind;
@@ -115,7 +115,9 @@ use crate::flow::{
     check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag,
     SENDME_DIGEST_LEN,
 };
-use crate::stream::{Admit, Stream, StreamError, StreamId, StreamMap, StreamState};
+use crate::stream::{
+    flow_signal_msg, Admit, Stream, StreamError, StreamId, StreamMap, StreamState,
+};
 use crate::Instant;
 
 /// Most RELAY_EARLY cells accepted from the client side (tor-spec §5.6: "more than 8 …
@@ -647,13 +649,7 @@ impl RelayCircuit {
         if self.closed {
             return None;
         }
-        let paced = self
-            .streams
-            .iter()
-            .filter_map(|s| s.flowctl.as_deref())
-            .filter(|fc| fc.starved)
-            .filter_map(|fc| fc.limit.ready_at(MAX_RELAY_DATA_LEN as u64))
-            .min();
+        let paced = self.streams.iter().filter_map(Stream::paced_until).min();
         match (self.streams.next_deadline(), paced) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -669,15 +665,7 @@ impl RelayCircuit {
             return;
         }
         for s in self.streams.iter_mut() {
-            if let Some(fc) = s.flowctl.as_deref_mut() {
-                if fc
-                    .limit
-                    .ready_at(MAX_RELAY_DATA_LEN as u64)
-                    .map_or(true, |t| t <= now)
-                {
-                    fc.starved = false;
-                }
-            }
+            s.unpace(now);
         }
         if !self.streams.expire(now).is_empty() {
             self.streams.shrink();
@@ -1068,25 +1056,8 @@ impl RelayCircuit {
     /// they are dropped, as C tor drops them (it closes nothing).
     fn on_xon_xoff(&mut self, sid: Option<StreamId>, msg: &RelayMsg<'_>) {
         let now = self.last_now;
-        let Some(s) = sid.and_then(|id| self.streams.get_mut(id)) else {
-            return;
-        };
-        if !s.windowless || s.is_half_closed() {
-            return;
-        }
-        match msg {
-            RelayMsg::Xoff => {
-                s.xoff_received = true;
-                self.stats.xoff_received += 1;
-            }
-            RelayMsg::Xon(x) => {
-                s.xoff_received = false;
-                self.stats.xon_received += 1;
-                let fc = s.flowctl.get_or_insert_with(Default::default);
-                fc.limit.on_xon(now, x.kbps_ewma);
-                fc.starved = false;
-            }
-            _ => {}
+        if let Some(s) = sid.and_then(|id| self.streams.get_mut(id)) {
+            s.on_xon_xoff(msg, now, &mut self.stats);
         }
     }
 
@@ -1120,28 +1091,9 @@ impl RelayCircuit {
         else {
             return Err(RelayError::NoSuchStream(stream));
         };
-        let fc = s.flowctl.get_or_insert_with(Default::default);
-        let (written, buffered) = (written as u64, buffered as u64);
-        let mut signals = [None, None];
-        if written > 0 {
-            signals[0] = fc
-                .drain
-                .on_drained(&p, now, written, buffered, &mut s.xoff_sent);
-        }
-        signals[1] = fc
-            .drain
-            .on_buffered(&p, now, buffered, p.xoff_exit_bytes(), &mut s.xoff_sent);
+        let signals = s.note_buffer(&p, now, written, buffered, p.xoff_exit_bytes());
         for sig in signals.into_iter().flatten() {
-            let msg = match sig {
-                FlowSignal::Xoff => {
-                    self.stats.xoff_sent += 1;
-                    RelayMsg::Xoff
-                }
-                FlowSignal::Xon { kbps_ewma } => {
-                    self.stats.xon_sent += 1;
-                    RelayMsg::Xon(Xon { kbps_ewma })
-                }
-            };
+            let msg = flow_signal_msg(sig, &mut self.stats);
             self.originate(Some(stream), &msg)?;
         }
         Ok(())
@@ -1240,21 +1192,7 @@ impl RelayCircuit {
     pub fn send_capacity(&self, stream: StreamId) -> usize {
         match self.streams.get(stream) {
             Some(s) if !s.is_half_closed() && !self.closed => match &self.cc {
-                Some(c) => {
-                    if s.xoff_received {
-                        return 0;
-                    }
-                    let cells = usize::try_from(c.cc.send_window()).unwrap_or(usize::MAX);
-                    let bytes = cells.saturating_mul(MAX_RELAY_DATA_LEN);
-                    match &s.flowctl {
-                        Some(fc) => {
-                            let mut limit = fc.limit.clone();
-                            let tokens = limit.available(self.last_now);
-                            bytes.min(usize::try_from(tokens).unwrap_or(usize::MAX))
-                        }
-                        None => bytes,
-                    }
-                }
+                Some(c) => s.cc_send_capacity(c.cc.send_window(), self.last_now),
                 None => {
                     usize::from(s.send.available().min(self.send.available())) * MAX_RELAY_DATA_LEN
                 }
