@@ -78,7 +78,7 @@ fn sampling_primary_and_confirmation() {
     assert!(mgr
         .sampled()
         .iter()
-        .all(|g| g.sampled_on <= T0 && g.sampled_on >= T0 - 12 * DAY));
+        .all(|g| g.sampled_on.unix() <= T0 && g.sampled_on.unix() >= T0 - 12 * DAY));
     let prim: Vec<RsaIdentity> = mgr.primary().to_vec();
     assert_eq!(prim.len(), 3);
     let first3: Vec<RsaIdentity> = mgr.sampled().iter().take(3).map(|g| g.rsa_id).collect();
@@ -367,7 +367,7 @@ fn unlisted_and_old_guards_expire() {
     mgr.update_consensus(Timestamp::from_unix(T0 + DAY), &view2, &mut rng);
     let g = mgr.sampled().iter().find(|g| g.rsa_id == first).unwrap();
     assert!(!g.listed);
-    let since = g.unlisted_since.unwrap();
+    let since = g.unlisted_since.unwrap().unix();
     assert!((T0 + DAY - 4 * DAY..=T0 + DAY).contains(&since));
     assert!(!mgr.primary().contains(&first));
     // 21 days later it is removed (REMOVE_UNLISTED_GUARDS_AFTER = 20 days).
@@ -377,13 +377,13 @@ fn unlisted_and_old_guards_expire() {
     let old: Vec<RsaIdentity> = mgr
         .sampled()
         .iter()
-        .filter(|g| g.sampled_on <= T0)
+        .filter(|g| g.sampled_on.unix() <= T0)
         .map(|g| g.rsa_id)
         .collect();
     assert_eq!(old.len(), 19);
     mgr.update_consensus(Timestamp::from_unix(T0 + 121 * DAY), &view2, &mut rng);
     // (A relay may be sampled again, with a new date.)
-    assert!(mgr.sampled().iter().all(|g| g.sampled_on > T0 + DAY));
+    assert!(mgr.sampled().iter().all(|g| g.sampled_on.unix() > T0 + DAY));
     assert_eq!(mgr.sampled().len(), 20);
 }
 
@@ -494,6 +494,7 @@ proptest! {
 
     #[test]
     fn time_round_trip(t in 0u64..253_402_300_799) {
+        let t = Timestamp::from_unix(t);
         prop_assert_eq!(parse_time(&format_time(t)), Some(t));
     }
 
@@ -514,13 +515,13 @@ proptest! {
             }
             text.push_str(&format!(
                 "Guard in=default rsa_id={} nickname={nick} sampled_on={} listed={}",
-                hex::encode(id), format_time(*sampled), u8::from(*listed)
+                hex::encode(id), format_time(Timestamp::from_unix(*sampled)), u8::from(*listed)
             ));
             if let Some(u) = unlisted {
-                text.push_str(&format!(" unlisted_since={}", format_time(*u)));
+                text.push_str(&format!(" unlisted_since={}", format_time(Timestamp::from_unix(*u))));
             }
             if let Some(c) = confirmed {
-                text.push_str(&format!(" confirmed_on={} confirmed_idx={idx}", format_time(*c)));
+                text.push_str(&format!(" confirmed_on={} confirmed_idx={idx}", format_time(Timestamp::from_unix(*c))));
                 idx += 1;
             }
             let mut keys = std::collections::HashSet::new();

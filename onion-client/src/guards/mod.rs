@@ -853,8 +853,9 @@ impl Guards {
                     true => &p.primary_retry,
                     false => &p.nonprimary_retry,
                 };
-                let since = g.failing_since.unwrap_or(0);
-                retry_time(sched, since, g.last_tried.or(g.failing_since).unwrap_or(0))
+                let since = g.failing_since.map_or(0, |t| t.unix());
+                let last = g.last_tried.or(g.failing_since).map_or(0, |t| t.unix());
+                retry_time(sched, since, last)
             });
         let states: Vec<(GuardCircState, &Open)> = self
             .open

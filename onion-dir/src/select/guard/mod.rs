@@ -247,29 +247,29 @@ pub struct SampledGuard {
     /// Its nickname when sampled.
     pub nickname: Option<String>,
     /// `ADDED_ON_DATE`, randomised into the past.
-    pub sampled_on: u64,
+    pub sampled_on: Timestamp,
     /// `ADDED_BY_VERSION`.
     pub sampled_by: Option<String>,
     /// `IS_LISTED`: a usable guard in the latest consensus.
     pub listed: bool,
     /// `FIRST_UNLISTED_AT`, randomised into the past.
-    pub unlisted_since: Option<u64>,
+    pub unlisted_since: Option<Timestamp>,
     /// `CONFIRMED_ON_DATE`, randomised into the past.
-    pub confirmed_on: Option<u64>,
+    pub confirmed_on: Option<Timestamp>,
     /// Unknown `K=V` entries of the persisted line, kept (guard-spec A.5).
     pub extra: Vec<(String, String)>,
     /// `is_reachable` (not persisted).
     pub reachable: Reachable,
     /// `failing_since` (not persisted).
-    pub failing_since: Option<u64>,
+    pub failing_since: Option<Timestamp>,
     /// `last_tried_connect` (not persisted).
-    pub last_tried: Option<u64>,
+    pub last_tried: Option<Timestamp>,
     /// `is_pending` (not persisted).
     pub pending: bool,
 }
 
 impl SampledGuard {
-    fn new(rsa_id: RsaIdentity, sampled_on: u64) -> Self {
+    fn new(rsa_id: RsaIdentity, sampled_on: Timestamp) -> Self {
         Self {
             rsa_id,
             nickname: None,
@@ -574,7 +574,7 @@ impl GuardMgr {
                 g.unlisted_since = None;
             } else if g.listed || g.unlisted_since.is_none() {
                 g.listed = false;
-                g.unlisted_since = Some(fuzzed.max(g.sampled_on));
+                g.unlisted_since = Some(Timestamp::from_unix(fuzzed).max(g.sampled_on));
             }
         }
         self.remove_expired(now);
@@ -589,10 +589,11 @@ impl GuardMgr {
         let expired = |g: &SampledGuard| {
             let unlisted_too_long = !g.listed
                 && g.unlisted_since
-                    .is_some_and(|t| t.saturating_add(p.remove_unlisted_after) < now);
-            let too_old = g.sampled_on.saturating_add(p.guard_lifetime) < now
-                && g.confirmed_on
-                    .map_or(true, |c| c.saturating_add(p.confirmed_min_lifetime) < now);
+                    .is_some_and(|t| t.unix().saturating_add(p.remove_unlisted_after) < now);
+            let too_old = g.sampled_on.unix().saturating_add(p.guard_lifetime) < now
+                && g.confirmed_on.map_or(true, |c| {
+                    c.unix().saturating_add(p.confirmed_min_lifetime) < now
+                });
             unlisted_too_long || too_old
         };
         let gone: Vec<RsaIdentity> = self
@@ -652,7 +653,7 @@ impl GuardMgr {
             };
             let mut g = SampledGuard::new(
                 rec.rsa_id,
-                rand_past(now, self.params.guard_lifetime / 10, rng),
+                Timestamp::from_unix(rand_past(now, self.params.guard_lifetime / 10, rng)),
             );
             g.nickname = Some(rec.nickname.clone());
             g.sampled_by = Some(self.params.version.clone());
@@ -695,7 +696,7 @@ impl GuardMgr {
             return (0, pos, 0);
         }
         match self.get(id) {
-            Some(g) if g.pending => (1, 0, g.last_tried.unwrap_or(0)),
+            Some(g) if g.pending => (1, 0, g.last_tried.map_or(0, Timestamp::unix)),
             _ => (2, 0, 0),
         }
     }
@@ -839,7 +840,7 @@ impl GuardMgr {
         now: u64,
     ) -> GuardPick {
         if let Some(g) = self.get_mut(&id) {
-            g.last_tried = Some(now);
+            g.last_tried = Some(Timestamp::from_unix(now));
             if state == GuardCircState::UsableIfNoBetterGuard {
                 g.pending = true;
             }
@@ -932,7 +933,7 @@ impl GuardMgr {
             g.failing_since = None;
             g.pending = false;
             if g.confirmed_on.is_none() {
-                g.confirmed_on = Some(confirm_on);
+                g.confirmed_on = Some(Timestamp::from_unix(confirm_on));
             }
         }
         if self.get(&guard).is_some() && !self.confirmed.contains(&guard) {
@@ -988,7 +989,7 @@ impl GuardMgr {
             g.reachable = Reachable::No;
             g.pending = false;
             if g.failing_since.is_none() {
-                g.failing_since = Some(now);
+                g.failing_since = Some(Timestamp::from_unix(now));
             }
         }
         self.update_waiting(now);
@@ -1071,8 +1072,9 @@ impl GuardMgr {
             } else {
                 &p.nonprimary_retry
             };
-            let failing_for = now.saturating_sub(g.failing_since.unwrap_or(now));
-            let last = g.last_tried.or(g.failing_since).unwrap_or(0);
+            let failing = g.failing_since.map(Timestamp::unix);
+            let failing_for = now.saturating_sub(failing.unwrap_or(now));
+            let last = g.last_tried.map(Timestamp::unix).or(failing).unwrap_or(0);
             if now >= last.saturating_add(sched.interval(failing_for)) {
                 g.reachable = Reachable::Maybe;
             }
@@ -1112,11 +1114,10 @@ impl GuardMgr {
                 } else {
                     &self.params.nonprimary_retry
                 };
-                let last = g.last_tried.or(g.failing_since).unwrap_or(0);
+                let failing = g.failing_since.map(Timestamp::unix);
+                let last = g.last_tried.map(Timestamp::unix).or(failing).unwrap_or(0);
                 // The interval can only grow with time; the current one is a lower bound.
-                last.saturating_add(
-                    sched.interval(last.saturating_sub(g.failing_since.unwrap_or(last))),
-                )
+                last.saturating_add(sched.interval(last.saturating_sub(failing.unwrap_or(last))))
             });
         let circs = self.circuits.iter().filter_map(|c| match c.state {
             GuardCircState::WaitingForBetterGuard => Some(

@@ -13,6 +13,7 @@
 
 use super::{GuardMgr, GuardParams, SampledGuard};
 use crate::ids::RsaIdentity;
+use crate::Timestamp;
 
 /// The most `Guard` lines a state may hold (tor's sample is at most 60 per instance).
 pub const MAX_STATE_GUARDS: usize = 4096;
@@ -98,12 +99,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// The latest time the text format can hold (9999-12-31T23:59:59).
-pub const MAX_STATE_TIME: u64 = 253_402_300_799;
+pub const MAX_STATE_TIME: Timestamp = Timestamp::from_unix(253_402_300_799);
 
-/// Format seconds since the epoch as `YYYY-MM-DDTHH:MM:SS` (guard-spec A.5). Times past
-/// [`MAX_STATE_TIME`] are clamped to it.
-pub fn format_time(t: u64) -> String {
-    let t = t.min(MAX_STATE_TIME);
+/// Format a time as `YYYY-MM-DDTHH:MM:SS` (guard-spec A.5). Times past [`MAX_STATE_TIME`]
+/// are clamped to it.
+pub fn format_time(t: Timestamp) -> String {
+    let t = t.min(MAX_STATE_TIME).unix();
     let days = (t / 86400) as i64;
     let secs = t % 86400;
     let (y, m, d) = civil_from_days(days);
@@ -116,7 +117,7 @@ pub fn format_time(t: u64) -> String {
 }
 
 /// Parse `YYYY-MM-DDTHH:MM:SS` (years 1970-9999).
-pub fn parse_time(s: &str) -> Option<u64> {
+pub fn parse_time(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
     if b.len() != 19
         || b.get(4) != Some(&b'-')
@@ -150,7 +151,9 @@ pub fn parse_time(s: &str) -> Option<u64> {
         return None;
     }
     let days = u64::try_from(days_from_civil(i64::from(y), mo, d)).ok()?;
-    Some(days * 86400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(se))
+    Some(Timestamp::from_unix(
+        days * 86400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(se),
+    ))
 }
 
 /// A value in the state format is any run of non-space characters; `=` is allowed only in
@@ -218,7 +221,7 @@ impl GuardMgr {
     /// persist; the primary list is recomputed on the next consensus.
     pub fn from_state_str(params: GuardParams, text: &str) -> Result<Self, GuardStateError> {
         let mut mgr = GuardMgr::new(params);
-        let mut confirmed: Vec<(u64, u64, RsaIdentity)> = Vec::new();
+        let mut confirmed: Vec<(u64, Timestamp, RsaIdentity)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line_no = n + 1;
             let Some(rest) = line.strip_prefix("Guard ") else {
@@ -282,7 +285,7 @@ impl GuardMgr {
                     })
                 }
             };
-            let time_opt = |key: &str| -> Result<Option<u64>, GuardStateError> {
+            let time_opt = |key: &str| -> Result<Option<Timestamp>, GuardStateError> {
                 get(key)
                     .map(|v| parse_time(v).ok_or_else(|| bad(key)))
                     .transpose()
@@ -345,10 +348,10 @@ mod tests {
 
     #[test]
     fn time_known_answers() {
-        assert_eq!(format_time(0), "1970-01-01T00:00:00");
-        assert_eq!(parse_time("2016-11-29T19:39:31"), Some(1_480_448_371));
-        assert_eq!(format_time(1_480_448_371), "2016-11-29T19:39:31");
-        assert_eq!(parse_time("2024-02-29T00:00:00"), Some(1_709_164_800));
+        assert_eq!(format_time(Timestamp(0)), "1970-01-01T00:00:00");
+        assert_eq!(parse_time("2016-11-29T19:39:31"), Some(Timestamp(1_480_448_371)));
+        assert_eq!(format_time(Timestamp(1_480_448_371)), "2016-11-29T19:39:31");
+        assert_eq!(parse_time("2024-02-29T00:00:00"), Some(Timestamp(1_709_164_800)));
         assert_eq!(parse_time("2023-02-29T00:00:00"), None);
         assert_eq!(parse_time("2016-11-29 19:39:31"), None);
         assert_eq!(parse_time("+016-11-29T19:39:31"), None);
