@@ -3,9 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use onion_hs::msg::{
-    EstablishIntro, IntroEstablished, Introduce, IntroduceAck, IntroducePlaintext, Rendezvous1,
-};
+use onion_cell::hs as wire;
+use onion_hs::msg::{EstablishIntro, Introduce, IntroducePlaintext, Rendezvous1};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, b)) = data.split_first() else {
@@ -17,11 +16,19 @@ fuzz_target!(|data: &[u8]| {
                 let _ = m.verify(&[0u8; 20]);
                 let _ = m.dos_params();
             }
+            // What an introduction point gets: onion-cell's decoding, then onion-hs's checks.
+            if let Ok(c) = wire::EstablishIntro::decode(b) {
+                if let Ok(m) = EstablishIntro::from_cell(&c) {
+                    let _ = m.verify(&[0u8; 20]);
+                }
+            }
         }
         1 => {
-            if let Ok(m) = Introduce::parse(b) {
-                let sk = onion_hs::x25519_dalek::StaticSecret::from([3u8; 32]);
-                let _ = m.decrypt(&sk, &onion_hs::keys::Subcredential([0; 32]));
+            if let Ok(c) = wire::Introduce::decode(b) {
+                if let Ok(m) = Introduce::from_cell(&c) {
+                    let sk = onion_hs::x25519_dalek::StaticSecret::from([3u8; 32]);
+                    let _ = m.decrypt(&sk, &onion_hs::keys::Subcredential([0; 32]));
+                }
             }
         }
         2 => {
@@ -31,10 +38,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         3 => {
-            if let Ok(a) = IntroduceAck::parse(b) {
-                let _ = a.encode();
+            if let Ok(a) = wire::IntroduceAck::decode(b) {
+                let mut e = Vec::new();
+                a.encode(&mut e).expect("re-encode");
+                assert_eq!(wire::IntroduceAck::decode(&e).ok(), Some(a));
             }
-            let _ = IntroEstablished::parse(b);
+            let _ = wire::IntroEstablished::decode(b);
             let _ = Rendezvous1::parse(b);
         }
         4 => {

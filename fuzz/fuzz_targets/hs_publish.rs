@@ -96,9 +96,10 @@ fuzz_target!(|data: &[u8]| {
                 p.upload_result(Timestamp::from_unix(now), u, b & 1 == 0, &mut rng);
             }
             4 => {
-                let body = op.to_vec();
-                let _ =
-                    p.handle_introduce2(Timestamp::from_unix(now), pick_intro(a), &body, &mut rng);
+                if let Ok(m) = onion_cell::hs::Introduce::decode(op) {
+                    let now = Timestamp::from_unix(now);
+                    let _ = p.handle_introduce2(now, pick_intro(a), &m, &mut rng);
+                }
             }
             5 => {
                 let day = 1 + (now - T0) / 86_400;

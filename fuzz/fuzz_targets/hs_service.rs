@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for chunk in data.split(|&b| b == 0xff).take(8) {
-        let _ = service.handle_introduce2(ip, chunk, &mut rng);
+        // What the service's intro circuit hands over: onion-cell's decoding.
+        if let Ok(m) = onion_cell::hs::Introduce::decode(chunk) {
+            let _ = service.handle_introduce2(ip, &m, &mut rng);
+        }
     }
     // A genuine introduction whose rendezvous fields come from the fuzzer.
     let Ok(client) = onion_hs::client::HsClient::new(service.address()) else {
@@ -50,14 +53,17 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     if let Ok((intro, body)) = ready.introduce(&mut rng, 0, &[3; 32], specs) {
-        if let Ok(req) = service.handle_introduce2(ip, &body, &mut rng) {
+        let Ok(m) = onion_cell::hs::Introduce::decode(&body) else {
+            panic!("the client's INTRODUCE1 does not decode");
+        };
+        if let Ok(req) = service.handle_introduce2(ip, &m, &mut rng) {
             let r2 = onion_cell::hs::Rendezvous2 {
                 handshake_info: req.rendezvous1[20..].into(),
             };
             let _ = intro.handle_rendezvous2(&r2);
         }
         assert!(
-            service.handle_introduce2(ip, &body, &mut rng).is_err(),
+            service.handle_introduce2(ip, &m, &mut rng).is_err(),
             "replay accepted"
         );
     }

@@ -16,7 +16,7 @@
 //! | cert-spec §2.1 (types 08, 09, 0B) | [`cert`] |
 //! | §2.4 \[DESC-OUTER\], §2.5 \[HS-DESC-ENC\], client auth | [`desc`] |
 //! | §3.3.2 \[NTOR-WITH-EXTRA-DATA\], §4.2.1 key expansion | [`ntor`] |
-//! | §3.1–§4.2 message bodies | [`msg`] (and [`cellmsg`] to onion-cell's `RelayMsg`) |
+//! | §3.1–§4.2 messages: what onion services require of onion-cell's (`onion_cell::hs`), and their MACs, signatures and encryption | [`msg`] |
 //! | §3.1, §3.2, §4.1, §4.2 at the relays (intro point, rendezvous point) | [`relay`] |
 //! | client: §2.2.4.1, §3.2, §4 | [`client`] |
 //! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
@@ -69,7 +69,6 @@
 //! ```
 
 pub mod address;
-pub mod cellmsg;
 pub mod cert;
 pub mod client;
 pub mod desc;

@@ -1,12 +1,15 @@
-//! Bodies of the onion-service relay messages, rend-spec-v3 §3 and §4: ESTABLISH_INTRO (with
-//! its MAC, signature and DoS extension), INTRO_ESTABLISHED, INTRODUCE1/INTRODUCE2 (including
-//! the hs-ntor encrypted section and its plaintext), INTRODUCE_ACK, ESTABLISH_RENDEZVOUS,
-//! RENDEZVOUS1 and RENDEZVOUS2.
+//! What onion services require of the onion-service relay messages, rend-spec-v3 §3 and §4,
+//! and the cryptography bound to them: ESTABLISH_INTRO (its MAC over the circuit's `KH`, its
+//! signature, the DoS extension), INTRODUCE1/INTRODUCE2 (the hs-ntor encrypted section and
+//! its plaintext, the MAC) and RENDEZVOUS1.
 //!
-//! The wire formats are `onion-cell`'s ([`onion_cell::hs`], [`onion_cell::extension`]); this
-//! module owns what onion services require of them (ed25519 auth keys, 64-byte signatures, v3
-//! INTRODUCE only) and the cryptography bound to them: which key MACs or signs which bytes, and
-//! the encrypted part of INTRODUCE1/2. Its owned structs convert to and from onion-cell's.
+//! There is one codec for these messages: onion-cell's ([`onion_cell::hs`],
+//! [`onion_cell::extension`]), which decodes them without copying inside `RelayMsg`. This
+//! module takes them as decoded there (`from_cell`) and adds what the onion-service protocol
+//! asks beyond the wire format: an ed25519 AUTH_KEY, a 64-byte signature, the v3 INTRODUCE
+//! (LEGACY_KEY_ID all zero), which key MACs or signs which bytes, and the encryption of the
+//! INTRODUCE plaintext. Messages without cryptography (INTRO_ESTABLISHED, INTRODUCE_ACK,
+//! ESTABLISH_RENDEZVOUS, RENDEZVOUS2) are onion-cell's alone.
 
 use std::borrow::Cow;
 
@@ -54,14 +57,6 @@ pub enum MsgError {
         field: &'static str,
         /// Value found.
         value: u64,
-    },
-    /// Bytes after the last field where none may follow.
-    #[error("{msg}: {n} trailing bytes")]
-    TrailingBytes {
-        /// Message.
-        msg: &'static str,
-        /// How many.
-        n: usize,
     },
     /// ESTABLISH_INTRO's HANDSHAKE_AUTH does not match the circuit's KH.
     #[error("ESTABLISH_INTRO: HANDSHAKE_AUTH mismatch")]
@@ -278,8 +273,18 @@ impl EstablishIntro {
 
     /// Parse (the introduction point's side); then call [`EstablishIntro::verify`].
     pub fn parse(body: &[u8]) -> Result<Self, MsgError> {
+        let (cell, _) =
+            wire::EstablishIntro::decode_with_ranges(body).map_err(wire_err(Self::M))?;
+        Self::from_cell(&cell)
+    }
+
+    /// The message as onion-cell decoded it (from a `RelayMsg::EstablishIntro`): check what
+    /// onion services require of it (an ed25519 AUTH_KEY, a 64-byte SIG) and keep the bytes
+    /// HANDSHAKE_AUTH and SIG cover. Every length in the covered prefix is derived from the
+    /// field it counts, so its encoding is the one received, byte for byte. Bytes after SIG
+    /// are ignored, as C tor's parser ignores them. Then call [`EstablishIntro::verify`].
+    pub fn from_cell(cell: &wire::EstablishIntro<'_>) -> Result<Self, MsgError> {
         let m = Self::M;
-        let (cell, ranges) = wire::EstablishIntro::decode_with_ranges(body).map_err(wire_err(m))?;
         let auth_key = ed25519_auth_key(m, cell.auth_key_type, &cell.auth_key)?;
         let signature: [u8; 64] =
             cell.sig
@@ -290,20 +295,15 @@ impl EstablishIntro {
                     field: "SIG_LEN",
                     value: cell.sig.len() as u64,
                 })?;
-        // SIG_LEN (2) and SIG end the body.
-        let end = ranges.sig_input.end.saturating_add(2 + 64);
-        if body.len() > end {
-            return Err(MsgError::TrailingBytes {
-                msg: m,
-                n: body.len() - end,
-            });
-        }
+        let mut mac_covered = Vec::with_capacity(64);
+        cell.encode_mac_input(&mut mac_covered)
+            .map_err(wire_err(m))?;
         Ok(EstablishIntro {
             auth_key,
             extensions: from_ext_list(&cell.extensions),
             handshake_auth: cell.handshake_auth,
             signature,
-            mac_covered: body.get(ranges.mac_input).unwrap_or(&[]).to_vec(),
+            mac_covered,
         })
     }
 
@@ -336,68 +336,6 @@ impl EstablishIntro {
             .iter()
             .find(|e| e.ty == EXT_DOS_PARAMS)
             .map(|e| DosParams::from_extension_body(&e.body))
-    }
-}
-
-/// INTRO_ESTABLISHED (§3.1.3): only extensions.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct IntroEstablished {
-    /// Extensions.
-    pub extensions: Vec<Extension>,
-}
-
-impl IntroEstablished {
-    const M: &'static str = "INTRO_ESTABLISHED";
-
-    /// Encode.
-    pub fn encode(&self) -> Result<Vec<u8>, MsgError> {
-        let mut v = Vec::new();
-        wire::IntroEstablished {
-            extensions: to_ext_list(&self.extensions),
-        }
-        .encode(&mut v)
-        .map_err(wire_err(Self::M))?;
-        Ok(v)
-    }
-    /// Parse; an empty body (legacy) is accepted as no extensions. Trailing bytes are ignored.
-    pub fn parse(b: &[u8]) -> Result<Self, MsgError> {
-        let cell = wire::IntroEstablished::decode(b).map_err(wire_err(Self::M))?;
-        Ok(IntroEstablished {
-            extensions: from_ext_list(&cell.extensions),
-        })
-    }
-}
-
-/// INTRODUCE_ACK (§3.2.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IntroduceAck {
-    /// STATUS: 0 success, 1 service ID not recognized, 2 bad format, 3 cannot relay.
-    pub status: u16,
-    /// Extensions.
-    pub extensions: Vec<Extension>,
-}
-
-impl IntroduceAck {
-    const M: &'static str = "INTRODUCE_ACK";
-
-    /// Encode.
-    pub fn encode(&self) -> Result<Vec<u8>, MsgError> {
-        let mut v = Vec::new();
-        wire::IntroduceAck {
-            status: wire::IntroduceAckStatus(self.status),
-            extensions: to_ext_list(&self.extensions),
-        }
-        .encode(&mut v)
-        .map_err(wire_err(Self::M))?;
-        Ok(v)
-    }
-    /// Parse (trailing bytes ignored).
-    pub fn parse(b: &[u8]) -> Result<Self, MsgError> {
-        let cell = wire::IntroduceAck::decode(b).map_err(wire_err(Self::M))?;
-        Ok(IntroduceAck {
-            status: cell.status.0,
-            extensions: from_ext_list(&cell.extensions),
-        })
     }
 }
 
@@ -482,8 +420,16 @@ impl Introduce {
 
     /// Parse an INTRODUCE1/INTRODUCE2 body (only the v3 format: LEGACY_KEY_ID all zero).
     pub fn parse(body: &[u8]) -> Result<Self, MsgError> {
+        let cell = wire::Introduce::decode(body).map_err(wire_err(Self::M))?;
+        Self::from_cell(&cell)
+    }
+
+    /// The message as onion-cell decoded it (from a `RelayMsg::Introduce1` or
+    /// `Introduce2`): check that it is the v3 format with an ed25519 AUTH_KEY, and keep the
+    /// bytes the MAC covers (every length in them is derived from its field, so their
+    /// encoding is the one received).
+    pub fn from_cell(cell: &wire::Introduce<'_>) -> Result<Self, MsgError> {
         let m = Self::M;
-        let (cell, mac_input) = wire::Introduce::decode_with_ranges(body).map_err(wire_err(m))?;
         if cell.legacy_key_id.iter().any(|&b| b != 0) {
             return Err(MsgError::Unsupported {
                 msg: m,
@@ -491,13 +437,16 @@ impl Introduce {
                 value: 0,
             });
         }
+        let mut mac_covered = Vec::with_capacity(cell.encrypted_data.len() + 128);
+        cell.encode_mac_input(&mut mac_covered)
+            .map_err(wire_err(m))?;
         Ok(Introduce {
             auth_key: ed25519_auth_key(m, cell.auth_key_type, &cell.auth_key)?,
             extensions: from_ext_list(&cell.extensions),
             client_pk: cell.client_pk,
-            encrypted: cell.encrypted_data.into_owned(),
+            encrypted: cell.encrypted_data.to_vec(),
             mac: cell.mac,
-            mac_covered: body.get(mac_input).unwrap_or(&[]).to_vec(),
+            mac_covered,
         })
     }
 
@@ -571,12 +520,6 @@ impl Introduce {
     }
 }
 
-/// ESTABLISH_RENDEZVOUS (§4.1): a 20-byte cookie; extra bytes are ignored.
-pub fn parse_establish_rendezvous(b: &[u8]) -> Result<[u8; REND_COOKIE_LEN], MsgError> {
-    let cell = wire::EstablishRendezvous::decode(b).map_err(wire_err("ESTABLISH_RENDEZVOUS"))?;
-    Ok(cell.cookie)
-}
-
 /// RENDEZVOUS1 (§4.2): cookie and HANDSHAKE_INFO (`Y | AUTH`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous1 {
@@ -614,11 +557,4 @@ impl Rendezvous1 {
             handshake_info: ntor_handshake_info(M, &cell.handshake_info)?,
         })
     }
-}
-
-/// RENDEZVOUS2 (§4.2): HANDSHAKE_INFO only (extra bytes ignored).
-pub fn parse_rendezvous2(b: &[u8]) -> Result<[u8; 64], MsgError> {
-    const M: &str = "RENDEZVOUS2";
-    let cell = wire::Rendezvous2::decode(b).map_err(wire_err(M))?;
-    ntor_handshake_info(M, &cell.handshake_info)
 }

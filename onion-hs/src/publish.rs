@@ -525,14 +525,14 @@ impl Publisher {
         &mut self,
         now: Timestamp,
         intro: IntroId,
-        body: &[u8],
+        msg: &onion_cell::hs::Introduce<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<RendezvousRequest, PublishError> {
         let now = now.unix();
         let k = self.find(intro)?;
         self.intros[k].introduce2 = self.intros[k].introduce2.saturating_add(1);
         let index = self.intros[k].index;
-        let r = self.hs.handle_introduce2(index, body, rng);
+        let r = self.hs.handle_introduce2(index, msg, rng);
         self.step(now, rng);
         Ok(r?)
     }

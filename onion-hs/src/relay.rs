@@ -11,9 +11,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::desc::{DescError, OuterDescriptor, MAX_DESCRIPTOR_LEN};
-use crate::msg::{
-    EstablishIntro, IntroEstablished, Introduce, IntroduceAck, MsgError, REND_COOKIE_LEN,
-};
+use crate::msg::{EstablishIntro, Introduce, MsgError, REND_COOKIE_LEN};
+use onion_cell::hs as wire;
 
 /// INTRODUCE_ACK status: success.
 pub const ACK_SUCCESS: u16 = 0;
@@ -155,8 +154,9 @@ struct IntroCirc {
 /// What an introduction point does with an INTRODUCE1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntroduceRouting<C> {
-    /// Forward this INTRODUCE2 body to the service's circuit (`None` if no service).
-    pub to_service: Option<(C, Vec<u8>)>,
+    /// Forward this INTRODUCE2, the INTRODUCE1 unchanged, to the service's circuit (`None`
+    /// if no service).
+    pub to_service: Option<(C, wire::Introduce<'static>)>,
     /// Send this INTRODUCE_ACK body back to the client.
     pub ack: Vec<u8>,
     /// The status in `ack`.
@@ -250,9 +250,9 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         &mut self,
         circ: C,
         circuit_kh: &[u8],
-        body: &[u8],
+        msg: &wire::EstablishIntro<'_>,
     ) -> Result<Vec<u8>, RelayRoleError> {
-        Ok(self.establish_intro(circ, circuit_kh, body, 0)?.reply)
+        Ok(self.establish_intro(circ, circuit_kh, msg, 0)?.reply)
     }
 
     /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`, at
@@ -267,10 +267,10 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         &mut self,
         circ: C,
         circuit_kh: &[u8],
-        body: &[u8],
+        msg: &wire::EstablishIntro<'_>,
         now_secs: u64,
     ) -> Result<Established<C>, RelayRoleError> {
-        let m = EstablishIntro::parse(body)?;
+        let m = EstablishIntro::from_cell(msg)?;
         m.verify(circuit_kh)?;
         if self.circs.contains_key(&circ) {
             return Err(RelayRoleError::CircuitBusy);
@@ -310,7 +310,13 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
             }
             Some(Err(_)) | None => {}
         }
-        let reply = IntroEstablished::default().encode()?;
+        let mut reply = Vec::new();
+        wire::IntroEstablished::default()
+            .encode(&mut reply)
+            .map_err(|err| MsgError::Wire {
+                msg: "INTRO_ESTABLISHED",
+                err,
+            })?;
         if let Some(old) = replaced {
             self.circs.remove(&old);
         }
@@ -326,23 +332,23 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
 
     /// Handle INTRODUCE1 from a client without a rate limit: route it, unchanged, to the
     /// service as INTRODUCE2.
-    pub fn handle_introduce1(&self, body: &[u8]) -> IntroduceRouting<C> {
-        match Introduce::parse(body) {
+    pub fn handle_introduce1(&self, msg: &wire::Introduce<'_>) -> IntroduceRouting<C> {
+        match Introduce::from_cell(msg) {
             Err(_) => routing(None, ACK_BAD_FORMAT, false),
             Ok(m) => match self.by_key.get(&m.auth_key) {
-                Some(c) => routing(Some((*c, body.to_vec())), ACK_SUCCESS, false),
+                Some(c) => routing(Some((*c, msg.clone().into_owned())), ACK_SUCCESS, false),
                 None => routing(None, ACK_UNKNOWN_SERVICE, false),
             },
         }
     }
 
-    /// Handle INTRODUCE1 from a client at `now_secs` (rend-spec-v3 §3.2): a body that does
-    /// not parse gets BAD_FORMAT; an auth key no circuit registered gets UNKNOWN_ID; the
+    /// Handle INTRODUCE1 from a client at `now_secs` (rend-spec-v3 §3.2): a message that is
+    /// not a v3 INTRODUCE1 with an ed25519 auth key gets BAD_FORMAT; an auth key no circuit registered gets UNKNOWN_ID; the
     /// service circuit's INTRODUCE2 bucket is then charged, and an empty bucket also gets
     /// UNKNOWN_ID (C tor's answer, so that clients move on to another introduction point);
     /// otherwise the body goes unchanged to the service as INTRODUCE2 with SUCCESS.
-    pub fn introduce1(&mut self, body: &[u8], now_secs: u64) -> IntroduceRouting<C> {
-        let m = match Introduce::parse(body) {
+    pub fn introduce1(&mut self, msg: &wire::Introduce<'_>, now_secs: u64) -> IntroduceRouting<C> {
+        let m = match Introduce::from_cell(msg) {
             Ok(m) => m,
             Err(_) => return routing(None, ACK_BAD_FORMAT, false),
         };
@@ -355,7 +361,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
                 return routing(None, ACK_UNKNOWN_SERVICE, true);
             }
         }
-        routing(Some((svc, body.to_vec())), ACK_SUCCESS, false)
+        routing(Some((svc, msg.clone().into_owned())), ACK_SUCCESS, false)
     }
 
     /// Forget a circuit (it closed).
@@ -368,15 +374,21 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
     }
 }
 
-fn routing<C>(to_service: Option<(C, Vec<u8>)>, status: u16, limited: bool) -> IntroduceRouting<C> {
+fn routing<C>(
+    to_service: Option<(C, wire::Introduce<'static>)>,
+    status: u16,
+    limited: bool,
+) -> IntroduceRouting<C> {
+    let mut ack = Vec::with_capacity(3);
+    // STATUS and an empty extension list: encoding into a Vec cannot fail.
+    let _ = wire::IntroduceAck {
+        status: wire::IntroduceAckStatus(status),
+        extensions: Default::default(),
+    }
+    .encode(&mut ack);
     IntroduceRouting {
         to_service,
-        ack: IntroduceAck {
-            status,
-            extensions: vec![],
-        }
-        .encode()
-        .unwrap_or_default(),
+        ack,
         status,
         rate_limited: limited,
     }
@@ -433,9 +445,9 @@ impl<C: Copy + Eq + Hash> RendPoint<C> {
     pub fn handle_establish_rendezvous(
         &mut self,
         circ: C,
-        body: &[u8],
+        msg: &wire::EstablishRendezvous,
     ) -> Result<(), RelayRoleError> {
-        let cookie = crate::msg::parse_establish_rendezvous(body)?;
+        let cookie = msg.cookie;
         if self.by_circ.contains_key(&circ) {
             return Err(RelayRoleError::CircuitBusy);
         }
@@ -456,26 +468,16 @@ impl<C: Copy + Eq + Hash> RendPoint<C> {
     pub fn handle_rendezvous1(
         &mut self,
         circ: C,
-        body: &[u8],
+        msg: &wire::Rendezvous1<'_>,
     ) -> Result<Joined<C>, RelayRoleError> {
-        let (Some(cookie), Some(rest)) = (body.get(..REND_COOKIE_LEN), body.get(REND_COOKIE_LEN..))
-        else {
-            return Err(MsgError::Truncated {
-                msg: "RENDEZVOUS1",
-                field: "RENDEZVOUS_COOKIE",
-            }
-            .into());
-        };
-        let mut c = [0u8; REND_COOKIE_LEN];
-        c.copy_from_slice(cookie);
         let client = self
             .by_cookie
-            .remove(&c)
+            .remove(&msg.cookie)
             .ok_or(RelayRoleError::UnknownCookie)?;
         self.by_circ.remove(&client);
         Ok(Joined {
             client,
-            rendezvous2: rest.to_vec(),
+            rendezvous2: msg.handshake_info.to_vec(),
             service: circ,
         })
     }
@@ -706,6 +708,11 @@ mod tests {
         EstablishIntro::build(auth, ext, kh).expect("build").1
     }
 
+    /// A valid ESTABLISH_INTRO body as onion-cell decodes it.
+    fn ei(body: &[u8]) -> wire::EstablishIntro<'_> {
+        wire::EstablishIntro::decode(body).expect("valid")
+    }
+
     fn introduce1(key: &[u8; 32]) -> Vec<u8> {
         let mut b = vec![0u8; 20];
         b.push(2);
@@ -760,14 +767,14 @@ mod tests {
                     burst_per_sec: burst,
                 }),
             );
-            let e = ip.establish_intro(1, &kh, &body, 0).expect("accepted");
+            let e = ip.establish_intro(1, &kh, &ei(&body), 0).expect("accepted");
             assert_eq!(e.dos, want, "{rate:?} {burst:?}");
             assert!(e.dos_explicit);
         }
         // Without the extension: the defaults.
         let mut ip: IntroPoint<u8> = IntroPoint::default();
         let e = ip
-            .establish_intro(1, &kh, &establish(&keypair(9), &kh, None), 0)
+            .establish_intro(1, &kh, &ei(&establish(&keypair(9), &kh, None)), 0)
             .expect("accepted");
         assert_eq!(e.dos, None);
         assert!(!e.dos_explicit);
@@ -890,17 +897,22 @@ mod tests {
             for (op, circ, bytes) in ops {
                 match op {
                     0 => {
-                        let _ = ip.establish_intro(circ, &kh, &bytes, now);
+                        if let Ok(m) = wire::EstablishIntro::decode(&bytes) {
+                            let _ = ip.establish_intro(circ, &kh, &m, now);
+                        }
                     }
                     1 => {
                         let a = &auths[usize::from(circ % 2)];
-                        let _ = ip.establish_intro(circ, &kh, &establish(a, &kh, None), now);
+                        let _ = ip.establish_intro(circ, &kh, &ei(&establish(a, &kh, None)), now);
                     }
                     2 => {
-                        let r = ip.introduce1(&bytes, now);
-                        prop_assert!(r.to_service.is_none() || r.status == ACK_SUCCESS);
+                        if let Ok(m) = wire::Introduce::decode(&bytes) {
+                            let r = ip.introduce1(&m, now);
+                            prop_assert!(r.to_service.is_none() || r.status == ACK_SUCCESS);
+                        }
                         let a = &auths[usize::from(circ % 2)];
-                        let r = ip.introduce1(&introduce1(a.public_bytes()), now);
+                        let body = introduce1(a.public_bytes());
+                        let r = ip.introduce1(&wire::Introduce::decode(&body).expect("valid"), now);
                         prop_assert_eq!(r.to_service.is_some(), r.status == ACK_SUCCESS);
                     }
                     3 => ip.circuit_closed(circ),
@@ -930,10 +942,15 @@ mod tests {
             for (op, circ, bytes) in ops {
                 match op {
                     0 => {
-                        let _ = rp.handle_establish_rendezvous(circ, &bytes);
+                        if let Ok(m) = wire::EstablishRendezvous::decode(&bytes) {
+                            let _ = rp.handle_establish_rendezvous(circ, &m);
+                        }
                     }
                     1 => {
-                        if let Ok(j) = rp.handle_rendezvous1(circ, &bytes) {
+                        let joined = wire::Rendezvous1::decode(&bytes)
+                            .ok()
+                            .and_then(|m| rp.handle_rendezvous1(circ, &m).ok());
+                        if let Some(j) = joined {
                             prop_assert_eq!(&j.rendezvous2[..], &bytes[20..]);
                             prop_assert!(!rp.is_waiting(j.client));
                         }

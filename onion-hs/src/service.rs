@@ -12,7 +12,7 @@
 //!     let text = s.build_descriptor(now, slot.period, rng)?;
 //!     for hsdir in s.hsdirs_to_upload(&relays, &slot, &params) { upload(hsdir, &text) }
 //! }
-//! let req = s.handle_introduce2(ip, &body, rng)?;  // INTRODUCE2: replay-checked, decrypted
+//! let req = s.handle_introduce2(ip, &introduce2, rng)?; // RelayMsg::Introduce2: checked, decrypted
 //! // build a circuit to req.link_specifiers / req.onion_key, send req.rendezvous1 there,
 //! // then add req.keys.service_layer() as its last hop and serve streams.
 //! ```
@@ -410,14 +410,14 @@ impl HsService {
     pub fn handle_introduce2(
         &mut self,
         i: usize,
-        body: &[u8],
+        msg: &onion_cell::hs::Introduce<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<RendezvousRequest, ServiceError> {
         let ip = self.ip(i)?;
         if !ip.established {
             return Err(ServiceError::NotEstablished(i));
         }
-        let m = Introduce::parse(body)?;
+        let m = Introduce::from_cell(msg)?;
         if !crate::ops::ct_eq(&m.auth_key, ip.auth.public_bytes()) {
             return Err(ServiceError::WrongIntroPoint);
         }

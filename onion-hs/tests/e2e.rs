@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use onion_cell::hs::{IntroduceAck, Rendezvous2};
+use onion_cell::hs::{
+    EstablishIntro, EstablishRendezvous, Introduce, IntroduceAck, Rendezvous1, Rendezvous2,
+};
 use onion_crypto::tor1::{CellBody, ClientLayer};
 use onion_crypto::RsaIdentity;
 use onion_dir::Timestamp;
@@ -91,9 +93,10 @@ fn run(client_auth: bool, seed: u64) {
         let role = intro_relays.entry(r).or_default();
         // Wrong KH: refused.
         assert!(role
-            .handle_establish_intro(circ, &[0u8; 20], &body)
+            .handle_establish_intro(circ, &[0u8; 20], &EstablishIntro::decode(&body).unwrap())
             .is_err());
-        role.handle_establish_intro(circ, &kh, &body).unwrap();
+        role.handle_establish_intro(circ, &kh, &EstablishIntro::decode(&body).unwrap())
+            .unwrap();
         service.handle_intro_established(ip).unwrap();
         svc_circ_of_ip.insert(circ, ip);
     }
@@ -152,8 +155,11 @@ fn run(client_auth: bool, seed: u64) {
     let mut rend: RendPoint<Circ> = RendPoint::default();
     let client_rend_circ: Circ = 7;
     let (pending, est) = described.establish_rendezvous(&mut rng);
-    rend.handle_establish_rendezvous(client_rend_circ, &est)
-        .unwrap();
+    rend.handle_establish_rendezvous(
+        client_rend_circ,
+        &EstablishRendezvous::decode(&est).unwrap(),
+    )
+    .unwrap();
     let ready = pending.handle_rendezvous_established();
 
     // Introduce through the first intro point.
@@ -165,7 +171,7 @@ fn run(client_auth: bool, seed: u64) {
         .iter()
         .position(|r| r.link_specs == ip_desc.link_specifiers)
         .unwrap();
-    let routing = intro_relays[&ip_relay].handle_introduce1(&intro1);
+    let routing = intro_relays[&ip_relay].handle_introduce1(&Introduce::decode(&intro1).unwrap());
     intro
         .handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap())
         .unwrap();
@@ -184,7 +190,9 @@ fn run(client_auth: bool, seed: u64) {
     ));
 
     // The service joins the rendezvous point.
-    let joined = rend.handle_rendezvous1(900, &req.rendezvous1).unwrap();
+    let joined = rend
+        .handle_rendezvous1(900, &Rendezvous1::decode(&req.rendezvous1).unwrap())
+        .unwrap();
     assert_eq!(joined.client, client_rend_circ);
     let ckeys = intro
         .handle_rendezvous2(&Rendezvous2::decode(&joined.rendezvous2).unwrap())
@@ -261,7 +269,7 @@ fn refused_introduction_is_reported_and_next_point_tried() {
     assert_eq!(first.intro_point(), 0);
     // An intro point that does not know the service.
     let empty: IntroPoint<Circ> = IntroPoint::default();
-    let routing = empty.handle_introduce1(&body);
+    let routing = empty.handle_introduce1(&Introduce::decode(&body).unwrap());
     assert!(routing.to_service.is_none());
     assert_eq!(
         first.handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap()),

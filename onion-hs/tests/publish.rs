@@ -26,6 +26,27 @@ use rand_chacha::ChaCha20Rng;
 const T0: u64 = 1_795_428_000 - 1_795_428_000 % 86_400 + 10 * 3600;
 const HOUR: u64 = 3600;
 
+/// An INTRODUCE2 as the service's circuit hands it over, decoded by onion-cell.
+type Introduce2 = onion_cell::hs::Introduce<'static>;
+
+/// A body the client built, as onion-cell decodes it on arrival.
+fn cell(body: &[u8]) -> onion_cell::hs::Introduce<'_> {
+    onion_cell::hs::Introduce::decode(body).unwrap()
+}
+
+/// A well-formed INTRODUCE2 that no introduction point issued (its auth key is `[k; 32]`).
+fn junk(k: u8) -> Introduce2 {
+    onion_cell::hs::Introduce {
+        legacy_key_id: [0; 20],
+        auth_key_type: onion_cell::hs::AuthKeyType::ED25519_SHA3_256,
+        auth_key: vec![k; 32].into(),
+        extensions: Default::default(),
+        client_pk: [k; 32],
+        encrypted_data: vec![k; 10].into(),
+        mac: [k; 32],
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Uploaded {
     at: u64,
@@ -157,8 +178,12 @@ impl Harness {
                     // A rebuilt circuit replaces the old one (its id is the intro id here).
                     let role = self.roles.entry(relay).or_default();
                     role.circuit_closed(intro.0);
-                    role.handle_establish_intro(intro.0, &kh, &body)
-                        .expect("the intro relay accepts ESTABLISH_INTRO");
+                    role.handle_establish_intro(
+                        intro.0,
+                        &kh,
+                        &onion_cell::hs::EstablishIntro::decode(&body).unwrap(),
+                    )
+                    .expect("the intro relay accepts ESTABLISH_INTRO");
                     self.relay_of.insert(intro, relay);
                     self.open.insert(intro);
                     self.p
@@ -518,7 +543,7 @@ fn rotation_by_introduce2_count_keeps_the_old_point_until_uploaded() {
             .handle_introduce2(
                 Timestamp::from_unix(h.now),
                 old.id,
-                &[k as u8; 10],
+                &junk(k as u8),
                 &mut h.rng
             )
             .is_err());
@@ -544,7 +569,7 @@ fn rotation_by_introduce2_count_keeps_the_old_point_until_uploaded() {
     assert!(h.p.intro_points().iter().all(|i| i.id != old.id));
     assert!(h
         .p
-        .handle_introduce2(Timestamp::from_unix(h.now), old.id, &[0; 10], &mut h.rng)
+        .handle_introduce2(Timestamp::from_unix(h.now), old.id, &junk(0), &mut h.rng)
         .is_err());
 }
 
@@ -633,7 +658,7 @@ fn random_failures_never_break_the_invariants() {
                         let _ = h.p.handle_introduce2(
                             Timestamp::from_unix(h.now),
                             ip.id,
-                            &[1, 2, 3],
+                            &junk(3),
                             &mut h.rng,
                         );
                     }
@@ -696,7 +721,7 @@ fn introduce(
     h: &mut Harness,
     text: &str,
     period: TimePeriod,
-) -> (RsaIdentity, Option<(IntroId, Vec<u8>)>) {
+) -> (RsaIdentity, Option<(IntroId, Introduce2)>) {
     introduce_cc(h, text, period, false)
 }
 
@@ -707,7 +732,7 @@ fn introduce_cc(
     text: &str,
     period: TimePeriod,
     cc: bool,
-) -> (RsaIdentity, Option<(IntroId, Vec<u8>)>) {
+) -> (RsaIdentity, Option<(IntroId, Introduce2)>) {
     let client = HsClient::new(h.id.address()).unwrap();
     let mut d = client
         .handle_descriptor(Timestamp::from_unix(h.now), text, period, None)
@@ -730,7 +755,7 @@ fn introduce_cc(
         .find(|l| l.ty == LS_RSA_ID)
         .and_then(|l| l.as_rsa_id())
         .unwrap();
-    let routing = h.roles[&relay].handle_introduce1(&intro1);
+    let routing = h.roles[&relay].handle_introduce1(&cell(&intro1));
     (relay, routing.to_service.map(|(c, b)| (IntroId(c), b)))
 }
 
@@ -884,7 +909,7 @@ fn introduce2_carries_no_congestion_control_request() {
         .and_then(|l| l.as_rsa_id())
         .unwrap();
     let (c, body) = h.roles[&relay]
-        .handle_introduce1(&intro1)
+        .handle_introduce1(&cell(&intro1))
         .to_service
         .expect("routed");
     let req =
@@ -900,7 +925,7 @@ fn introduce_via(
     text: &str,
     period: TimePeriod,
     nth: usize,
-) -> (IntroId, Vec<u8>) {
+) -> (IntroId, Introduce2) {
     let client = HsClient::new(h.id.address()).unwrap();
     let ready = client
         .handle_descriptor(Timestamp::from_unix(h.now), text, period, None)
@@ -923,7 +948,7 @@ fn introduce_via(
         .and_then(|l| l.as_rsa_id())
         .unwrap();
     let (c, b) = h.roles[&relay]
-        .handle_introduce1(&intro1)
+        .handle_introduce1(&cell(&intro1))
         .to_service
         .expect("routed");
     (IntroId(c), b)

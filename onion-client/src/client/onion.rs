@@ -523,7 +523,7 @@ impl super::Client {
             HsAction::SendMessage { circ, cmd, body } => {
                 let sent = self.hs_key(circ).and_then(|key| {
                     let m = self.circs.get_mut(&key)?.circ.as_mut()?;
-                    let msg = onion_hs::cellmsg::to_relay_msg(cmd, &body).ok()?;
+                    let msg = onion_cell::RelayMsg::decode(cmd, &body).ok()?;
                     let last = m.n_hops().checked_sub(1)?;
                     m.send_msg(last, None, &msg).ok()
                 });

@@ -47,7 +47,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use onion_cell::relaymsg::EndReason;
-use onion_cell::RelayCmd;
+use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::HopTarget;
 use onion_dir::{RelayFlags, Timestamp};
@@ -737,8 +737,7 @@ impl Host {
         &mut self,
         sh: &mut Shared,
         circ: HsCircRef,
-        cmd: RelayCmd,
-        body: &[u8],
+        msg: &RelayMsg<'_>,
         now: Instant,
         rng: &mut impl CryptoRngCore,
     ) {
@@ -752,15 +751,15 @@ impl Host {
             Some(Role::IntroEstablished(intro)) => (*intro, true),
             _ => return,
         };
-        match (cmd, intro) {
-            (RelayCmd::INTRO_ESTABLISHED, (intro, false)) => {
+        match (msg, intro) {
+            (RelayMsg::IntroEstablished(_), (intro, false)) => {
                 s.circs.insert(circ, Role::IntroEstablished(intro));
                 let _ = s
                     .publisher
                     .intro_established(Timestamp::from_unix(wall), intro, rng);
             }
-            (RelayCmd::INTRODUCE2, (intro, true)) => {
-                self.introduce2(k, intro, body, now, wall, rng);
+            (RelayMsg::Introduce2(m), (intro, true)) => {
+                self.introduce2(k, intro, m, now, wall, rng);
                 self.start_rendezvous(sh, k, now);
             }
             _ => {}
@@ -774,7 +773,7 @@ impl Host {
         &mut self,
         k: usize,
         intro: IntroId,
-        body: &[u8],
+        msg: &onion_cell::hs::Introduce<'_>,
         now: Instant,
         wall: u64,
         rng: &mut impl CryptoRngCore,
@@ -794,7 +793,7 @@ impl Host {
         }
         let req = match s
             .publisher
-            .handle_introduce2(Timestamp::from_unix(wall), intro, body, rng)
+            .handle_introduce2(Timestamp::from_unix(wall), intro, msg, rng)
         {
             Ok(r) => r,
             Err(PublishError::Service(ServiceError::Replay)) => {

@@ -769,13 +769,7 @@ impl OnionServices {
         }
         match self.owners.get(&circ) {
             Some(Owner::Client) => self.client.message(&mut self.shared, circ, msg, now, rng),
-            Some(Owner::Host) => {
-                let Ok(body) = onion_hs::cellmsg::body_of(msg) else {
-                    return;
-                };
-                self.host
-                    .message(&mut self.shared, circ, cmd, &body, now, rng)
-            }
+            Some(Owner::Host) => self.host.message(&mut self.shared, circ, msg, now, rng),
             None => {}
         }
         self.collect_owners();

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use onion_dir::netview::NetView;
 use onion_dir::{consensus, microdesc, synth};
-use onion_hs::cellmsg::to_relay_msg;
 use onion_hs::client::HsClient;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::relay::{IntroPoint, RendPoint};
@@ -201,7 +200,7 @@ impl Net {
     }
 
     fn deliver(&mut self, side: Side, circ: HsCircRef, cmd: RelayCmd, body: &[u8]) {
-        let msg = to_relay_msg(cmd, body).unwrap();
+        let msg = RelayMsg::decode(cmd, body).unwrap();
         let (now, rng) = (self.now, &mut self.rng);
         match side {
             Side::Client => self.client.message(circ, &msg, now, rng),
@@ -266,7 +265,7 @@ impl Net {
                         assert_eq!(c.purpose, HsPurpose::ServiceIntro);
                         let reply = relay
                             .intro
-                            .handle_establish_intro((side, circ), &kh, &body)
+                            .handle_establish_intro((side, circ), &kh, &decoded(cmd, &body))
                             .unwrap();
                         self.deliver(side, circ, RelayCmd::INTRO_ESTABLISHED, &reply);
                     }
@@ -274,25 +273,21 @@ impl Net {
                         assert_eq!(c.purpose, HsPurpose::ClientRend);
                         relay
                             .rend
-                            .handle_establish_rendezvous((side, circ), &body)
+                            .handle_establish_rendezvous((side, circ), &decoded(cmd, &body))
                             .unwrap();
                         self.deliver(side, circ, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]);
                     }
                     RelayCmd::INTRODUCE1 => {
                         assert_eq!(c.purpose, HsPurpose::ClientIntro);
-                        let routing = relay.intro.handle_introduce1(&body);
+                        let routing = relay.intro.handle_introduce1(&decoded(cmd, &body));
                         if self.refuse_intro > 0 {
                             self.refuse_intro -= 1;
-                            let ack = onion_hs::msg::IntroduceAck {
-                                status: onion_hs::relay::ACK_UNKNOWN_SERVICE,
-                                extensions: vec![],
-                            }
-                            .encode()
-                            .unwrap();
+                            let ack = [0, onion_hs::relay::ACK_UNKNOWN_SERVICE as u8, 0];
                             self.deliver(side, circ, RelayCmd::INTRODUCE_ACK, &ack);
                             return;
                         }
-                        if let Some(((s2, c2), b2)) = routing.to_service {
+                        if let Some(((s2, c2), m2)) = routing.to_service {
+                            let b2 = wire(&RelayMsg::Introduce2(m2));
                             if self.capture_intro2 {
                                 self.captured.push((c2, b2));
                             } else {
@@ -303,7 +298,10 @@ impl Net {
                     }
                     RelayCmd::RENDEZVOUS1 => {
                         assert_eq!(c.purpose, HsPurpose::ServiceRend);
-                        if let Ok(j) = relay.rend.handle_rendezvous1((side, circ), &body) {
+                        let joined = relay
+                            .rend
+                            .handle_rendezvous1((side, circ), &decoded(cmd, &body));
+                        if let Ok(j) = joined {
                             self.deliver(
                                 j.client.0,
                                 j.client.1,
@@ -635,10 +633,11 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
             &pt,
         )
         .unwrap();
-        let routing = net.relays[&rsa.0].intro.handle_introduce1(&body);
-        let ((side, circ), b2) = routing.to_service.unwrap();
+        let m = decoded(RelayCmd::INTRODUCE1, &body);
+        let routing = net.relays[&rsa.0].intro.handle_introduce1(&m);
+        let ((side, circ), m2) = routing.to_service.unwrap();
         assert_eq!(side, Side::Host);
-        out.push((circ, b2));
+        out.push((circ, wire(&RelayMsg::Introduce2(m2))));
     }
     out
 }
@@ -1098,4 +1097,57 @@ fn a_dead_intro_point_is_reestablished_then_replaced_and_republished() {
         .unwrap();
     assert!(now.contains(&intro.2));
     assert_eq!(net.ready.len(), 1);
+}
+
+/// A message body as onion-cell decodes it on arrival, unwrapped to the variant's content.
+fn decoded<'a, T: FromRelayMsg<'a>>(cmd: RelayCmd, body: &'a [u8]) -> T {
+    T::from_msg(RelayMsg::decode(cmd, body).unwrap()).expect("the expected message")
+}
+
+/// The body the network carries for `m`.
+fn wire(m: &RelayMsg<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    m.encode_body(&mut v).unwrap();
+    v
+}
+
+/// The content of one onion-service `RelayMsg` variant.
+trait FromRelayMsg<'a>: Sized {
+    fn from_msg(m: RelayMsg<'a>) -> Option<Self>;
+}
+
+impl<'a> FromRelayMsg<'a> for onion_cell::hs::EstablishIntro<'a> {
+    fn from_msg(m: RelayMsg<'a>) -> Option<Self> {
+        match m {
+            RelayMsg::EstablishIntro(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> FromRelayMsg<'a> for onion_cell::hs::EstablishRendezvous {
+    fn from_msg(m: RelayMsg<'a>) -> Option<Self> {
+        match m {
+            RelayMsg::EstablishRendezvous(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> FromRelayMsg<'a> for onion_cell::hs::Introduce<'a> {
+    fn from_msg(m: RelayMsg<'a>) -> Option<Self> {
+        match m {
+            RelayMsg::Introduce1(x) | RelayMsg::Introduce2(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> FromRelayMsg<'a> for onion_cell::hs::Rendezvous1<'a> {
+    fn from_msg(m: RelayMsg<'a>) -> Option<Self> {
+        match m {
+            RelayMsg::Rendezvous1(x) => Some(x),
+            _ => None,
+        }
+    }
 }

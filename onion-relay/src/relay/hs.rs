@@ -22,7 +22,6 @@ use onion_cell::chancell::DestroyReason;
 use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::stream::StreamId;
 use onion_circuit::{ErrorKind, Instant};
-use onion_hs::cellmsg;
 use onion_hs::relay::{
     HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint, ACK_CANT_RELAY,
 };
@@ -251,10 +250,6 @@ impl Relay {
         if stream.is_some() {
             return self.hs_close(k, ErrorKind::PeerProtocol);
         }
-        let Ok(body) = cellmsg::body_of(&msg) else {
-            // A message that decoded and does not encode again: ours to fix, not the peer's.
-            return self.hs_close(k, ErrorKind::Internal);
-        };
         let (purpose, edge) = match self.circs.get(&k) {
             Some(c) => (c.hs, c.next.is_none() && c.waiting_on.is_none()),
             None => return,
@@ -274,11 +269,12 @@ impl Relay {
         if !edge {
             return self.hs_close(k, ErrorKind::PeerProtocol);
         }
-        match cmd {
-            RelayCmd::ESTABLISH_INTRO => self.establish_intro(k, &body),
-            RelayCmd::INTRODUCE1 => self.introduce1(k, &body),
-            RelayCmd::ESTABLISH_RENDEZVOUS => self.establish_rendezvous(k, &body),
-            _ => self.rendezvous1(k, &body),
+        match &msg {
+            RelayMsg::EstablishIntro(m) => self.establish_intro(k, m),
+            RelayMsg::Introduce1(m) => self.introduce1(k, m),
+            RelayMsg::EstablishRendezvous(m) => self.establish_rendezvous(k, m),
+            RelayMsg::Rendezvous1(m) => self.rendezvous1(k, m),
+            _ => {}
         }
     }
 
@@ -293,9 +289,14 @@ impl Relay {
 
     /// Send an onion-service message toward the origin of circuit `k`.
     fn hs_send(&mut self, k: u64, cmd: RelayCmd, body: &[u8]) -> bool {
-        let Ok(m) = cellmsg::to_relay_msg(cmd, body) else {
+        let Ok(m) = RelayMsg::decode(cmd, body) else {
             return false;
         };
+        self.hs_send_msg(k, &m)
+    }
+
+    /// Send an onion-service message toward the origin of circuit `k`.
+    fn hs_send_msg(&mut self, k: u64, m: &RelayMsg<'_>) -> bool {
         let limit = self.cfg.limits.circuit_queue_cells;
         let Some(c) = self.circs.get_mut(&k) else {
             return false;
@@ -312,7 +313,7 @@ impl Relay {
         true
     }
 
-    fn establish_intro(&mut self, k: u64, body: &[u8]) {
+    fn establish_intro(&mut self, k: u64, msg: &onion_cell::hs::EstablishIntro<'_>) {
         if !self.cfg.intro_point {
             return self.hs_close(k, ErrorKind::Unsupported);
         }
@@ -320,7 +321,7 @@ impl Relay {
             return;
         };
         let now = self.secs();
-        match self.hs.intro.establish_intro(k, &kh, body, now) {
+        match self.hs.intro.establish_intro(k, &kh, msg, now) {
             Ok(est) => {
                 if let Some(c) = self.circs.get_mut(&k) {
                     c.hs = HsPurpose::Intro;
@@ -332,21 +333,21 @@ impl Relay {
         }
     }
 
-    fn introduce1(&mut self, k: u64, body: &[u8]) {
+    fn introduce1(&mut self, k: u64, msg: &onion_cell::hs::Introduce<'_>) {
         if !self.cfg.intro_point {
             return self.hs_close(k, ErrorKind::Unsupported);
         }
         // rend-spec-v3 §3.2.1: LEGACY_KEY_ID at least; one INTRODUCE1 per circuit; never
         // from a single-hop client circuit (C tor's circuit_is_suitable_for_introduce1).
         let once = self.circs.get(&k).is_some_and(|c| !c.introduced);
-        if body.len() < 20 || !once || self.comes_from_client(k) {
+        if !once || self.comes_from_client(k) {
             return self.hs_close(k, ErrorKind::PeerProtocol);
         }
         if let Some(c) = self.circs.get_mut(&k) {
             c.introduced = true;
         }
         let now = self.secs();
-        let mut r = self.hs.intro.introduce1(body, now);
+        let mut r = self.hs.intro.introduce1(msg, now);
         if r.rate_limited {
             self.stats.introduce1_rate_limited += 1;
         }
@@ -355,17 +356,18 @@ impl Relay {
                 .circs
                 .get(&svc)
                 .is_some_and(|c| c.hs == HsPurpose::Intro)
-                && self.hs_send(svc, RelayCmd::INTRODUCE2, &b2);
+                && self.hs_send_msg(svc, &RelayMsg::Introduce2(b2));
             if ok {
                 self.stats.introduce2_relayed += 1;
             } else {
                 r.status = ACK_CANT_RELAY;
-                r.ack = onion_hs::msg::IntroduceAck {
-                    status: ACK_CANT_RELAY,
-                    extensions: vec![],
+                r.ack.clear();
+                // STATUS and no extensions: encoding into a Vec cannot fail.
+                let _ = onion_cell::hs::IntroduceAck {
+                    status: onion_cell::hs::IntroduceAckStatus(ACK_CANT_RELAY),
+                    extensions: Default::default(),
                 }
-                .encode()
-                .unwrap_or_default();
+                .encode(&mut r.ack);
             }
         }
         if r.status != onion_hs::relay::ACK_SUCCESS {
@@ -374,11 +376,11 @@ impl Relay {
         self.hs_send(k, RelayCmd::INTRODUCE_ACK, &r.ack);
     }
 
-    fn establish_rendezvous(&mut self, k: u64, body: &[u8]) {
+    fn establish_rendezvous(&mut self, k: u64, msg: &onion_cell::hs::EstablishRendezvous) {
         if !self.cfg.rend_point {
             return self.hs_close(k, ErrorKind::Unsupported);
         }
-        match self.hs.rend.handle_establish_rendezvous(k, body) {
+        match self.hs.rend.handle_establish_rendezvous(k, msg) {
             Ok(()) => {
                 if let Some(c) = self.circs.get_mut(&k) {
                     c.hs = HsPurpose::RendWaiting;
@@ -390,11 +392,11 @@ impl Relay {
         }
     }
 
-    fn rendezvous1(&mut self, k: u64, body: &[u8]) {
+    fn rendezvous1(&mut self, k: u64, msg: &onion_cell::hs::Rendezvous1<'_>) {
         if !self.cfg.rend_point {
             return self.hs_close(k, ErrorKind::Unsupported);
         }
-        let j = match self.hs.rend.handle_rendezvous1(k, body) {
+        let j = match self.hs.rend.handle_rendezvous1(k, msg) {
             Ok(j) => j,
             Err(e) => return self.hs_close(k, role_error_kind(&e)),
         };

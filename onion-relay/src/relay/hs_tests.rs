@@ -8,14 +8,13 @@ use std::time::Duration;
 use onion_cell::chancell::DestroyReason;
 use onion_cell::hs::IntroduceAck as IntroduceAckCell;
 use onion_cell::relaymsg::EndReason;
-use onion_cell::RelayCmd;
+use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_dir::Timestamp;
-use onion_hs::cellmsg;
 use onion_hs::client::HsClient;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::linkspec::RawLinkSpec as LinkSpec;
-use onion_hs::msg::{DosParams, EstablishIntro, IntroduceAck};
+use onion_hs::msg::{DosParams, EstablishIntro};
 use onion_hs::relay::{IntroDosParams, ACK_BAD_FORMAT, ACK_SUCCESS, ACK_UNKNOWN_SERVICE};
 use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
 use onion_hs::time::TimePeriodConfig;
@@ -71,7 +70,7 @@ fn link_specs(net: &Net, r: usize) -> (Vec<LinkSpec>, [u8; 32]) {
 /// Send an onion-service message to the last hop of circuit `i`.
 fn send(net: &mut Net, i: usize, cmd: RelayCmd, body: &[u8]) {
     let hop = net.hops(i) - 1;
-    let m = cellmsg::to_relay_msg(cmd, body).expect("message");
+    let m = RelayMsg::decode(cmd, body).expect("message");
     net.circs[i].circ.send_msg(hop, None, &m).expect("send");
     net.run();
 }
@@ -82,7 +81,11 @@ fn received(net: &Net, i: usize, cmd: RelayCmd) -> Vec<Vec<u8>> {
         .events
         .iter()
         .filter_map(|e| match e {
-            CircEvent::Msg { msg, .. } if msg.cmd() == cmd => cellmsg::body_of(msg).ok(),
+            CircEvent::Msg { msg, .. } if msg.cmd() == cmd => {
+                // The bytes the relay sent: the body's encoding.
+                let mut body = Vec::new();
+                msg.encode_body(&mut body).ok().map(|()| body)
+            }
             _ => None,
         })
         .collect()
@@ -223,7 +226,11 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     );
     assert_eq!(net.relays[INTRO].stats().introduce2_relayed, 1);
     let req = service
-        .handle_introduce2(ipx, &intro2[0], &mut rng)
+        .handle_introduce2(
+            ipx,
+            &onion_cell::hs::Introduce::decode(&intro2[0]).expect("INTRODUCE2"),
+            &mut rng,
+        )
         .expect("introduce2");
     assert_eq!(req.link_specifiers, rend_specs);
 
@@ -308,8 +315,8 @@ fn introduce1(auth_key: &[u8; 32]) -> Vec<u8> {
 fn ack_status(net: &Net, i: usize) -> Option<u16> {
     received(net, i, RelayCmd::INTRODUCE_ACK)
         .first()
-        .and_then(|b| IntroduceAck::parse(b).ok())
-        .map(|a| a.status)
+        .and_then(|b| IntroduceAckCell::decode(b).ok())
+        .map(|a| a.status.0)
 }
 
 #[test]
@@ -390,7 +397,7 @@ fn introduction_point_checks_and_ack_statuses() {
     let through = net.build(cli, &[MID, INTRO, REND], HandshakeKind::Ntor);
     assert_eq!(net.hops(through), 3);
     let body = introduce1(auth.public_bytes());
-    let m = cellmsg::to_relay_msg(RelayCmd::INTRODUCE1, &body).expect("msg");
+    let m = RelayMsg::decode(RelayCmd::INTRODUCE1, &body).expect("msg");
     net.circs[through].circ.send_msg(1, None, &m).expect("send");
     net.run();
     closed_by(&net, through, INTRO, closed);
