@@ -301,7 +301,7 @@ impl Relay {
         let Some(c) = self.circs.get_mut(&k) else {
             return false;
         };
-        if c.rc.send_msg(None, &m).is_err() {
+        if c.rc.send_msg(None, m).is_err() {
             return false;
         }
         self.dirty.insert(k);
