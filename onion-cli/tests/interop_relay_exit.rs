@@ -183,16 +183,19 @@ fn onion_exits_carry_c_tor_clients() {
 
     // (2) B middle, C exit. The guard is C tor's: a C tor client takes as guard only a
     // relay listed Stable and V2Dir (entrynodes.c, `node_is_possible_guard`); ours are V2Dir
-    // but not Stable (the authorities' MTBF has not seen them long enough), so `EntryNodes`
-    // of ours leaves it no guard at all. Conflux is off: our exits do not offer it (no `Conflux` protocol), and
-    // C tor's conflux sets then fail to find an exit before it falls back.
+    // but not Stable (authorities with under 4 hours of stability history vote Stable only
+    // for relays whose uptime reaches the median of the active relays', and ours joined
+    // after the C tor relays), so `EntryNodes` of ours leaves it no guard at all. Conflux
+    // stays on (C tor's default): the client launches conflux sets, whose legs need an exit
+    // offering `Conflux`; ours do not, so those legs fail path selection and the streams
+    // go on ordinary circuits.
     let payload = body(5 << 20);
     let control = support::free_port();
     let client = TorClient::start(
         net,
         "tor-client-all-onion",
         &format!(
-            "MiddleNodes {fp_b}\nExitNodes {fp_c}\nStrictNodes 1\nConfluxEnabled 0\n\
+            "MiddleNodes {fp_b}\nExitNodes {fp_c}\nStrictNodes 1\n\
              Log info file {}/info.log\n{}",
             net.dir.join("tor-client-all-onion").display(),
             control_port_lines(control)
@@ -312,7 +315,7 @@ fn onion_exits_carry_c_tor_clients() {
         net,
         "tor-client-kill",
         &format!(
-            "MiddleNodes {fp_a}\nExitNodes {fp_b},{fp_c}\nStrictNodes 1\nConfluxEnabled 0\n{}",
+            "MiddleNodes {fp_a}\nExitNodes {fp_b},{fp_c}\nStrictNodes 1\n{}",
             control_port_lines(control_kill)
         ),
     );
