@@ -141,7 +141,16 @@ fn descriptors(c: &mut Criterion) {
     let (id, period, text) = build_desc(&mut rng);
     let idk = id.id_key();
     c.bench_function("hs/desc_decrypt_parse_3ip", |bch| {
-        bch.iter(|| desc::decode(black_box(&text), &idk, Some(period), None, NOW).unwrap())
+        bch.iter(|| {
+            desc::decode(
+                black_box(&text),
+                &idk,
+                Some(period),
+                None,
+                onion_dir::Timestamp::from_unix(NOW),
+            )
+            .unwrap()
+        })
     });
 }
 

@@ -16,8 +16,8 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(outer) = OuterDescriptor::parse(&text) {
                 let _ = outer.claimed_blinded_key();
                 let id = onion_hs::keys::ExpandedKeypair::from_seed(&[1; 32]).id_key();
-                if let Ok(v) = outer.verify(None, 1_795_418_409) {
-                    let _ = v.decrypt(&id, None, 1_795_418_409);
+                if let Ok(v) = outer.verify(None, onion_dir::Timestamp::from_unix(1_795_418_409)) {
+                    let _ = v.decrypt(&id, None, onion_dir::Timestamp::from_unix(1_795_418_409));
                 }
             }
         }

@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         }
         5 => {
             if let Ok(c) = onion_hs::cert::Ed25519Cert::parse(b) {
-                let _ = c.verify(c.cert_type, None, 0);
+                let _ = c.verify(c.cert_type, None, onion_dir::Timestamp::from_unix(0));
             }
         }
         _ => {

@@ -104,14 +104,14 @@ impl Ed25519Cert {
         self.unchecked.as_bytes().to_vec()
     }
 
-    /// Check type, expiry (at `now_unix`, valid through EXPIRATION_DATE × 3600 as in C tor), the
+    /// Check type, expiry (at `now`, valid through EXPIRATION_DATE × 3600 as in C tor), the
     /// signing-key extension (present, and equal to `expected_signer` if given) and the
     /// signature. Returns the signing key.
     pub fn verify(
         &self,
         expected_type: u8,
         expected_signer: Option<&[u8; 32]>,
-        now_unix: u64,
+        now: Timestamp,
     ) -> Result<[u8; 32], CertError> {
         if self.cert_type != expected_type {
             return Err(CertError::WrongCertType {
@@ -119,7 +119,7 @@ impl Ed25519Cert {
                 got: self.cert_type,
             });
         }
-        self.unchecked.check_valid_at(Timestamp(now_unix))?;
+        self.unchecked.check_valid_at(now)?;
         let signer = self.signing_key.ok_or(CertError::MissingSigningKey)?;
         if let Some(e) = expected_signer {
             if !crate::ops::ct_eq(e, &signer) {
@@ -143,7 +143,7 @@ mod tests {
         let parsed = Ed25519Cert::parse(&c.encode()).unwrap();
         assert_eq!(parsed, c);
         assert_eq!(parsed.signing_key, Some(*signer.public_bytes()));
-        let now = 500_000 * 3600;
+        let now = Timestamp::from_unix(500_000 * 3600);
         assert_eq!(
             parsed.verify(CERT_TYPE_HS_INTRO_AUTH, Some(signer.public_bytes()), now),
             Ok(*signer.public_bytes())
@@ -157,7 +157,7 @@ mod tests {
             Err(CertError::WrongSigningKey)
         );
         assert!(matches!(
-            parsed.verify(CERT_TYPE_HS_INTRO_AUTH, None, now + 1),
+            parsed.verify(CERT_TYPE_HS_INTRO_AUTH, None, now.add_secs(1)),
             Err(CertError::Expired { .. })
         ));
         let mut bad = c.encode();

@@ -204,7 +204,7 @@ impl HsClient {
         period: TimePeriod,
         client_key: Option<&StaticSecret>,
     ) -> Result<Described, ClientError> {
-        let d = crate::desc::decode(text, &self.id, Some(period), client_key, now.unix())?;
+        let d = crate::desc::decode(text, &self.id, Some(period), client_key, now)?;
         if d.second_layer.intro_points.is_empty() {
             return Err(ClientError::NoIntroPoints);
         }

@@ -4,7 +4,8 @@
 //!
 //! Circuits are named by the embedder's own key type `C` (e.g. a channel and circuit id):
 //! this module only decides which message goes to which circuit. Time is a parameter: whole
-//! seconds of a monotonic clock for the INTRODUCE2 rate limit, Unix seconds for descriptors.
+//! seconds of a monotonic clock for the INTRODUCE2 rate limit, the wall clock ([`Timestamp`])
+//! for descriptors.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crate::desc::{DescError, OuterDescriptor, MAX_DESCRIPTOR_LEN};
 use crate::msg::{EstablishIntro, Introduce, MsgError, REND_COOKIE_LEN};
 use onion_cell::hs as wire;
+use onion_dir::Timestamp;
 
 /// INTRODUCE_ACK status: success.
 pub const ACK_SUCCESS: u16 = 0;
@@ -528,8 +530,8 @@ pub struct Stored {
 struct Entry {
     text: Arc<str>,
     revision: u64,
-    stored_at: u64,
-    expires: u64,
+    stored_at: Timestamp,
+    expires: Timestamp,
 }
 
 /// The bounds of an [`HsDirStore`].
@@ -601,8 +603,8 @@ impl HsDirStore {
         self.bytes
     }
 
-    /// Store a POSTed descriptor at `now_unix` (see the type's documentation).
-    pub fn publish(&mut self, body: &[u8], now_unix: u64) -> Result<Stored, StoreError> {
+    /// Store a POSTed descriptor at wall-clock `now` (see the type's documentation).
+    pub fn publish(&mut self, body: &[u8], now: Timestamp) -> Result<Stored, StoreError> {
         if body.len() > self.limits.max_descriptor {
             return Err(StoreError::TooLarge(body.len()));
         }
@@ -610,7 +612,7 @@ impl HsDirStore {
         let outer = OuterDescriptor::parse(text)?;
         let lifetime = u64::from(outer.lifetime_minutes) * 60;
         let revision = outer.revision_counter;
-        let verified = outer.verify(None, now_unix)?;
+        let verified = outer.verify(None, now)?;
         let key = *verified.blinded_key().as_bytes();
         let replaced = match self.entries.get(&key) {
             Some(e) if e.revision >= revision => {
@@ -647,8 +649,8 @@ impl HsDirStore {
             Entry {
                 text: text.into(),
                 revision,
-                stored_at: now_unix,
-                expires: now_unix.saturating_add(lifetime),
+                stored_at: now,
+                expires: now.add_secs(lifetime),
             },
         );
         Ok(Stored {
@@ -660,21 +662,21 @@ impl HsDirStore {
     }
 
     /// The descriptor for the blinded key `query` (base64, with or without padding, as in
-    /// `GET /tor/hs/3/<query>`), if held and not expired at `now_unix`.
-    pub fn get(&self, query: &str, now_unix: u64) -> Option<Arc<str>> {
+    /// `GET /tor/hs/3/<query>`), if held and not expired at `now`.
+    pub fn get(&self, query: &str, now: Timestamp) -> Option<Arc<str>> {
         let key = crate::util::b64_decode_array::<32>(query)?;
         self.entries
             .get(&key)
-            .filter(|e| e.expires > now_unix)
+            .filter(|e| e.expires > now)
             .map(|e| e.text.clone())
     }
 
-    /// Drop descriptors whose lifetime ended by `now_unix`; returns how many.
-    pub fn expire(&mut self, now_unix: u64) -> usize {
+    /// Drop descriptors whose lifetime ended by `now`; returns how many.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
         let before = self.entries.len();
         let mut freed = 0;
         self.entries.retain(|_, e| {
-            let keep = e.expires > now_unix;
+            let keep = e.expires > now;
             if !keep {
                 freed += e.text.len();
             }
@@ -684,8 +686,8 @@ impl HsDirStore {
         before - self.entries.len()
     }
 
-    /// When the next descriptor expires (Unix seconds).
-    pub fn next_expiry(&self) -> Option<u64> {
+    /// When the next descriptor expires.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
         self.entries.values().map(|e| e.expires).min()
     }
 }
@@ -782,7 +784,7 @@ mod tests {
 
     /// A signed descriptor of a fresh service (revision `rev` of the same service for the
     /// same seed).
-    fn descriptor(seed: u8, now: u64) -> String {
+    fn descriptor(seed: u8, now: Timestamp) -> String {
         use crate::service::{HsService, HsServiceConfig};
         use rand_core::SeedableRng as _;
         let mut rng = rand_chacha::ChaCha20Rng::from_seed([seed; 32]);
@@ -796,7 +798,6 @@ mod tests {
             &mut rng,
         );
         svc.handle_intro_established(ip).expect("established");
-        let now = onion_dir::Timestamp::from_unix(now);
         let period = crate::time::TimePeriodConfig::testing_network(20)
             .expect("config")
             .period_at(now);
@@ -806,19 +807,28 @@ mod tests {
 
     #[test]
     fn a_full_store_evicts_the_oldest_and_expiry_frees_bytes() {
-        let now = 1_780_000_000;
+        let now = Timestamp::from_unix(1_780_000_000);
         let mut s = HsDirStore::new(HsDirLimits {
             max_entries: 2,
             ..HsDirLimits::default()
         });
         let (a, b, c) = (descriptor(1, now), descriptor(2, now), descriptor(3, now));
         let ka = s.publish(a.as_bytes(), now).expect("a").blinded_key;
-        let kb = s.publish(b.as_bytes(), now + 1).expect("b").blinded_key;
-        let st = s.publish(c.as_bytes(), now + 2).expect("c");
+        let kb = s
+            .publish(b.as_bytes(), now.add_secs(1))
+            .expect("b")
+            .blinded_key;
+        let st = s.publish(c.as_bytes(), now.add_secs(2)).expect("c");
         assert_eq!(st.evicted, 1);
         let b64 = |k: &[u8; 32]| crate::util::b64_pad(k);
-        assert!(s.get(&b64(&ka), now + 2).is_none(), "the oldest went");
-        assert_eq!(s.get(&b64(&kb), now + 2).as_deref(), Some(b.as_str()));
+        assert!(
+            s.get(&b64(&ka), now.add_secs(2)).is_none(),
+            "the oldest went"
+        );
+        assert_eq!(
+            s.get(&b64(&kb), now.add_secs(2)).as_deref(),
+            Some(b.as_str())
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s.bytes(), b.len() + c.len());
         // Bytes bound: room for one only.
@@ -839,8 +849,8 @@ mod tests {
             Err(StoreError::TooLarge(_))
         ));
         // Expiry after descriptor-lifetime (180 minutes).
-        assert_eq!(s.next_expiry(), Some(now + 1 + 180 * 60));
-        assert_eq!(s.expire(now + 1 + 180 * 60), 1);
+        assert_eq!(s.next_expiry(), Some(now.add_secs(1 + 180 * 60)));
+        assert_eq!(s.expire(now.add_secs(1 + 180 * 60)), 1);
         assert_eq!(s.bytes(), c.len());
     }
 
@@ -972,8 +982,8 @@ mod tests {
             query in "[A-Za-z0-9+/=]{0,60}",
         ) {
             let mut s = HsDirStore::default();
-            prop_assert!(s.publish(&body, 1_780_000_000).is_err());
-            prop_assert!(s.get(&query, 1_780_000_000).is_none());
+            prop_assert!(s.publish(&body, Timestamp::from_unix(1_780_000_000)).is_err());
+            prop_assert!(s.get(&query, Timestamp::from_unix(1_780_000_000)).is_none());
             prop_assert!(s.is_empty());
             prop_assert_eq!(s.bytes(), 0);
         }

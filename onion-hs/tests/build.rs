@@ -1,6 +1,7 @@
 //! Descriptors we build: round trip through our parser, client authorization on and off, clear
 //! failures, and decryption by stem (an independent implementation) when it is installed.
 
+use onion_dir::Timestamp;
 use onion_hs::desc::{self, BuildIntroPoint, ClientAuthConfig, DescError, DescriptorBuilder};
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::linkspec::RawLinkSpec;
@@ -79,7 +80,14 @@ fn build(seed: u64, n_ips: usize, revision: u64, clients: &[XPublic]) -> Built {
 
 fn check_round_trip(b: &Built, client: Option<&StaticSecret>) {
     let id = b.id.id_key();
-    let hs = desc::decode(&b.text, &id, Some(b.period), client, NOW).unwrap();
+    let hs = desc::decode(
+        &b.text,
+        &id,
+        Some(b.period),
+        client,
+        Timestamp::from_unix(NOW),
+    )
+    .unwrap();
     assert_eq!(hs.revision_counter, b.revision);
     assert_eq!(hs.blinded_key, *b.id.blind(b.period).public().as_bytes());
     assert_eq!(hs.second_layer.create2_formats, vec![2]);
@@ -117,11 +125,25 @@ fn client_authorization() {
     check_round_trip(&b, Some(&bob));
     let id = b.id.id_key();
     assert_eq!(
-        desc::decode(&b.text, &id, Some(b.period), Some(&eve), NOW).unwrap_err(),
+        desc::decode(
+            &b.text,
+            &id,
+            Some(b.period),
+            Some(&eve),
+            Timestamp::from_unix(NOW)
+        )
+        .unwrap_err(),
         DescError::ClientNotAuthorized
     );
     assert_eq!(
-        desc::decode(&b.text, &id, Some(b.period), None, NOW).unwrap_err(),
+        desc::decode(
+            &b.text,
+            &id,
+            Some(b.period),
+            None,
+            Timestamp::from_unix(NOW)
+        )
+        .unwrap_err(),
         DescError::ClientAuthRequired
     );
 }
@@ -137,7 +159,7 @@ fn seventeen_clients_give_32_lines() {
         &b.id.id_key(),
         Some(b.period),
         Some(&StaticSecret::from([26u8; 32])),
-        NOW,
+        Timestamp::from_unix(NOW),
     )
     .unwrap();
     assert_eq!(hs.first_layer.auth_clients.len(), 32);
@@ -236,7 +258,7 @@ proptest! {
             check_round_trip(&b, Some(s));
             let outsider = StaticSecret::from([0xeeu8; 32]);
             prop_assert_eq!(
-                desc::decode(&b.text, &b.id.id_key(), Some(b.period), Some(&outsider), NOW).unwrap_err(),
+                desc::decode(&b.text, &b.id.id_key(), Some(b.period), Some(&outsider), Timestamp::from_unix(NOW)).unwrap_err(),
                 DescError::ClientNotAuthorized
             );
         } else {
@@ -245,11 +267,11 @@ proptest! {
         if wrong {
             let other = ExpandedKeypair::from_seed(&[0x55; 32]).id_key();
             prop_assert_eq!(
-                desc::decode(&b.text, &other, Some(b.period), None, NOW).unwrap_err(),
+                desc::decode(&b.text, &other, Some(b.period), None, Timestamp::from_unix(NOW)).unwrap_err(),
                 DescError::WrongBlindedKey
             );
             let is_bad_mac = matches!(
-                desc::decode(&b.text, &other, None, None, NOW),
+                desc::decode(&b.text, &other, None, None, Timestamp::from_unix(NOW)),
                 Err(DescError::BadMac { layer: "superencrypted" })
             );
             prop_assert!(is_bad_mac);
@@ -289,7 +311,7 @@ proptest! {
             client_auth: None,
         };
         let text = b.build(&mut rng).unwrap();
-        let hs = desc::decode(&text, &id.id_key(), Some(period), None, NOW).unwrap();
+        let hs = desc::decode(&text, &id.id_key(), Some(period), None, Timestamp::from_unix(NOW)).unwrap();
         prop_assert_eq!(hs.lifetime_minutes, 30 + (seed % 691) as u16);
         prop_assert_eq!(&hs.second_layer.create2_formats, &formats);
         prop_assert_eq!(&hs.second_layer.intro_auth_required, &auth_req);
@@ -380,7 +402,14 @@ fn tor_client_auth_files_pair_up() {
 fn congestion_control_request_needs_both_sides() {
     use onion_hs::client::{advertises_flow_control, HsClient};
     let b = build(3, 2, 1, &[]);
-    let hs = desc::decode(&b.text, &b.id.id_key(), Some(b.period), None, NOW).unwrap();
+    let hs = desc::decode(
+        &b.text,
+        &b.id.id_key(),
+        Some(b.period),
+        None,
+        Timestamp::from_unix(NOW),
+    )
+    .unwrap();
     assert!(advertises_flow_control(&hs));
     let mut plain = hs.clone();
     plain.second_layer.other_lines.clear();
@@ -392,12 +421,7 @@ fn congestion_control_request_needs_both_sides() {
     for (cc, want) in [(false, false), (true, true)] {
         let c = HsClient::new(b.id.id_key().address()).unwrap();
         let mut d = c
-            .handle_descriptor(
-                onion_dir::Timestamp::from_unix(NOW),
-                &b.text,
-                b.period,
-                None,
-            )
+            .handle_descriptor(Timestamp::from_unix(NOW), &b.text, b.period, None)
             .unwrap();
         d.set_congestion_control(cc);
         assert_eq!(d.congestion_control_requested(), want, "cc={cc}");
@@ -425,7 +449,14 @@ fn flow_control_line_versions_and_sendme_inc() {
     use onion_hs::client::{advertises_flow_control, flow_control_sendme_inc};
     use onion_hs::service::flow_control_line;
     let b = build(3, 2, 1, &[]);
-    let mut hs = desc::decode(&b.text, &b.id.id_key(), Some(b.period), None, NOW).unwrap();
+    let mut hs = desc::decode(
+        &b.text,
+        &b.id.id_key(),
+        Some(b.period),
+        None,
+        Timestamp::from_unix(NOW),
+    )
+    .unwrap();
     assert_eq!(flow_control_line(31), "flow-control 1-2 31");
     for (line, want) in [
         ("flow-control 1-2 31", Some(31)),

@@ -130,7 +130,7 @@ proptest! {
         let mut b = real_desc().into_bytes();
         if cut { b.truncate(pos); } else if let Some(x) = b.get_mut(pos) { *x = byte; }
         let s = String::from_utf8_lossy(&b);
-        let _ = desc::decode(&s, &real_id(), None, None, NOW);
+        let _ = desc::decode(&s, &real_id(), None, None, onion_dir::Timestamp::from_unix(NOW));
     }
 
     #[test]

@@ -241,8 +241,14 @@ impl Harness {
         text: &Arc<str>,
         ok: bool,
     ) {
-        let d = desc::decode(text, &self.id, Some(period), None, self.now)
-            .expect("uploaded descriptor decodes");
+        let d = desc::decode(
+            text,
+            &self.id,
+            Some(period),
+            None,
+            Timestamp::from_unix(self.now),
+        )
+        .expect("uploaded descriptor decodes");
         assert_eq!(d.revision_counter, revision);
         let n = self.p.config().intro_points;
         assert!(

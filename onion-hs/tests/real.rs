@@ -70,7 +70,14 @@ fn check_against_stem(file: &str) {
     let d = &s["onion_service"]["descriptors"][file];
     let period = TimePeriod::new(d["time_period_num"].as_u64().unwrap(), 8, 4);
     let text = String::from_utf8(read(file)).unwrap();
-    let hs = desc::decode(&text, &id_key(), Some(period), None, HARVEST_UNIX).unwrap();
+    let hs = desc::decode(
+        &text,
+        &id_key(),
+        Some(period),
+        None,
+        onion_dir::Timestamp::from_unix(HARVEST_UNIX),
+    )
+    .unwrap();
     assert_eq!(hs.revision_counter, d["revision_counter"].as_u64().unwrap());
     assert_eq!(
         u64::from(hs.lifetime_minutes),
@@ -155,7 +162,14 @@ fn service_descriptor_matches_stem() {
 #[test]
 fn decrypted_layers_equal_stem_plaintexts() {
     let text = String::from_utf8(read("hs-descriptor.client-fetched")).unwrap();
-    let hs = desc::decode(&text, &id_key(), None, None, HARVEST_UNIX).unwrap();
+    let hs = desc::decode(
+        &text,
+        &id_key(),
+        None,
+        None,
+        onion_dir::Timestamp::from_unix(HARVEST_UNIX),
+    )
+    .unwrap();
     let l1 = String::from_utf8(read("hs-descriptor.layer1-plaintext")).unwrap();
     let l2 = String::from_utf8(read("hs-descriptor.layer2-plaintext")).unwrap();
     // Our encoders reproduce C tor's layout byte for byte.
@@ -172,24 +186,52 @@ fn wrong_address_or_period_fails_clearly() {
     // With the period, the blinded key gives it away before any decryption.
     let p = TimePeriod::new(3_740_454, 8, 4);
     assert_eq!(
-        desc::decode(&text, &other, Some(p), None, HARVEST_UNIX).unwrap_err(),
+        desc::decode(
+            &text,
+            &other,
+            Some(p),
+            None,
+            onion_dir::Timestamp::from_unix(HARVEST_UNIX)
+        )
+        .unwrap_err(),
         DescError::WrongBlindedKey
     );
     // The right key with the neighbouring period is also refused.
     assert_eq!(
-        desc::decode(&text, &id_key(), Some(p.next()), None, HARVEST_UNIX).unwrap_err(),
+        desc::decode(
+            &text,
+            &id_key(),
+            Some(p.next()),
+            None,
+            onion_dir::Timestamp::from_unix(HARVEST_UNIX)
+        )
+        .unwrap_err(),
         DescError::WrongBlindedKey
     );
     // Without a period, the first layer's MAC fails.
     assert!(matches!(
-        desc::decode(&text, &other, None, None, HARVEST_UNIX).unwrap_err(),
+        desc::decode(
+            &text,
+            &other,
+            None,
+            None,
+            onion_dir::Timestamp::from_unix(HARVEST_UNIX)
+        )
+        .unwrap_err(),
         DescError::BadMac {
             layer: "superencrypted"
         }
     ));
     // After the certificate expiry (2026-11-25 14:00) it is refused.
     assert!(matches!(
-        desc::decode(&text, &id_key(), Some(p), None, HARVEST_UNIX + 3 * 86400).unwrap_err(),
+        desc::decode(
+            &text,
+            &id_key(),
+            Some(p),
+            None,
+            onion_dir::Timestamp::from_unix(HARVEST_UNIX + 3 * 86400)
+        )
+        .unwrap_err(),
         DescError::Cert {
             field: "descriptor-signing-key-cert",
             ..
@@ -200,7 +242,7 @@ fn wrong_address_or_period_fails_clearly() {
     assert_eq!(
         OuterDescriptor::parse(&tampered)
             .unwrap()
-            .verify(None, HARVEST_UNIX)
+            .verify(None, onion_dir::Timestamp::from_unix(HARVEST_UNIX))
             .unwrap_err(),
         DescError::BadSignature
     );

@@ -160,13 +160,13 @@ fn decrypt_json(args: &DecryptArgs) -> Result<Value, String> {
         }
         None => None,
     };
-    let now = match now {
+    let now = onion_dir::Timestamp::from_unix(match now {
         Some(n) => n,
         None => SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| e.to_string())?
             .as_secs(),
-    };
+    });
     let outer = OuterDescriptor::parse(&text).map_err(|e| format!("{file}: {e}"))?;
     let claimed = outer
         .claimed_blinded_key()
@@ -177,7 +177,7 @@ fn decrypt_json(args: &DecryptArgs) -> Result<Value, String> {
         Some(n) => n..=n,
         None => {
             let cfg = TimePeriodConfig::new(period_len, 0, 3600).map_err(|e| e.to_string())?;
-            let here = cfg.period_at(onion_dir::Timestamp::from_unix(now)).num();
+            let here = cfg.period_at(now).num();
             here.saturating_sub(PERIOD_SEARCH)..=here.saturating_add(PERIOD_SEARCH)
         }
     };
@@ -445,8 +445,9 @@ mod tests {
         // The forgery is well made: decrypted with the blinded key it names, it reads.
         let outer = OuterDescriptor::parse(&std::fs::read_to_string(&forgery).unwrap()).unwrap();
         let claimed = outer.claimed_blinded_key().unwrap();
-        let verified = outer.verify(Some(&claimed), NOW).unwrap();
-        assert!(verified.decrypt(&b.id_key(), None, NOW).is_ok());
+        let at = onion_dir::Timestamp::from_unix(NOW);
+        let verified = outer.verify(Some(&claimed), at).unwrap();
+        assert!(verified.decrypt(&b.id_key(), None, at).is_ok());
         for extra in [&[][..], &["--period", &period.num().to_string()][..]] {
             let mut args = vec!["--address", &addr_b, &forgery, "--now", &now];
             args.extend_from_slice(extra);

@@ -1,6 +1,8 @@
 //! The two decrypted layers of a descriptor: rend-spec-v3 §2.5.1.2 (first layer plaintext:
 //! client authorization) and §2.5.2.2 (second layer plaintext: introduction points).
 
+use onion_dir::Timestamp;
+
 use crate::cert::{Ed25519Cert, CERT_TYPE_HS_INTRO_AUTH, CERT_TYPE_HS_NTOR_ENC};
 use crate::linkspec::{self, RawLinkSpec};
 use crate::util::{b64_decode, b64_decode_array, b64_nopad, b64_pad};
@@ -152,17 +154,17 @@ impl IntroPointDesc {
         &self.auth_key_cert.certified_key
     }
 
-    /// Check both certificates against the descriptor signing key at `now_unix`, and that the
+    /// Check both certificates against the descriptor signing key at `now`, and that the
     /// enc-key certificate certifies this `enc-key` (as ed25519, sign bit 0, prop228 A).
-    pub fn verify(&self, signing_key: &[u8; 32], now_unix: u64) -> Result<(), DescError> {
+    pub fn verify(&self, signing_key: &[u8; 32], now: Timestamp) -> Result<(), DescError> {
         self.auth_key_cert
-            .verify(CERT_TYPE_HS_INTRO_AUTH, Some(signing_key), now_unix)
+            .verify(CERT_TYPE_HS_INTRO_AUTH, Some(signing_key), now)
             .map_err(|err| DescError::Cert {
                 field: "auth-key",
                 err,
             })?;
         self.enc_key_cert
-            .verify(CERT_TYPE_HS_NTOR_ENC, Some(signing_key), now_unix)
+            .verify(CERT_TYPE_HS_NTOR_ENC, Some(signing_key), now)
             .map_err(|err| DescError::Cert {
                 field: "enc-key-cert",
                 err,

@@ -1,6 +1,7 @@
 //! The outer document, rend-spec-v3 §2.4 \[DESC-OUTER\], and decryption of its layers.
 
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use onion_dir::Timestamp;
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 use zeroize::Zeroize;
 
@@ -137,12 +138,12 @@ impl OuterDescriptor {
     }
 
     /// Check the signing-key certificate (type 08, signed by the blinded key, unexpired at
-    /// `now_unix`) and the descriptor signature. If `expected` is given, the blinded key must
+    /// `now`) and the descriptor signature. If `expected` is given, the blinded key must
     /// equal it (a client passes the key it derived from the address and period).
     pub fn verify(
         self,
         expected: Option<&HsBlindedKey>,
-        now_unix: u64,
+        now: Timestamp,
     ) -> Result<VerifiedOuter, DescError> {
         let blinded = self.claimed_blinded_key()?;
         if let Some(e) = expected {
@@ -151,11 +152,7 @@ impl OuterDescriptor {
             }
         }
         self.signing_cert
-            .verify(
-                CERT_TYPE_HS_DESC_SIGNING,
-                Some(blinded.as_bytes()),
-                now_unix,
-            )
+            .verify(CERT_TYPE_HS_DESC_SIGNING, Some(blinded.as_bytes()), now)
             .map_err(|err| DescError::Cert {
                 field: "descriptor-signing-key-cert",
                 err,
@@ -191,12 +188,12 @@ impl VerifiedOuter {
 
     /// Decrypt both layers with the service identity `id` (giving the subcredential) and, for
     /// services with client authorization, the client's x25519 secret key. Introduction point
-    /// certificates are checked against the descriptor signing key at `now_unix`.
+    /// certificates are checked against the descriptor signing key at `now`.
     pub fn decrypt(
         &self,
         id: &HsIdKey,
         client_key: Option<&StaticSecret>,
-        now_unix: u64,
+        now: Timestamp,
     ) -> Result<HsDescriptor, DescError> {
         let subcred = self.blinded.subcredential(&id.credential());
         let o = &self.outer;
@@ -248,7 +245,7 @@ impl VerifiedOuter {
         let second = SecondLayer::parse(layer_text(&pt2, "second layer")?)?;
         let signing_key = o.signing_cert.certified_key;
         for ip in &second.intro_points {
-            ip.verify(&signing_key, now_unix)?;
+            ip.verify(&signing_key, now)?;
         }
         Ok(HsDescriptor {
             lifetime_minutes: o.lifetime_minutes,
@@ -264,17 +261,17 @@ impl VerifiedOuter {
 
 /// A client's whole path: parse, check that the descriptor is the one of `id` for `period`
 /// (when given; otherwise the blinded key in the certificate is trusted), verify signatures at
-/// `now_unix`, and decrypt.
+/// `now`, and decrypt.
 pub fn decode(
     text: &str,
     id: &HsIdKey,
     period: Option<TimePeriod>,
     client_key: Option<&StaticSecret>,
-    now_unix: u64,
+    now: Timestamp,
 ) -> Result<HsDescriptor, DescError> {
     let outer = OuterDescriptor::parse(text)?;
     let expected = period.map(|p| id.blind(p));
     outer
-        .verify(expected.as_ref(), now_unix)?
-        .decrypt(id, client_key, now_unix)
+        .verify(expected.as_ref(), now)?
+        .decrypt(id, client_key, now)
 }

@@ -66,9 +66,12 @@ impl HsRoles {
 /// Most bytes of an HTTP head before a descriptor upload's body.
 pub(super) const MAX_POST_HEAD: usize = 4096;
 
-fn unix(wall: std::time::SystemTime) -> u64 {
-    wall.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// The wall clock as onion-hs takes it.
+fn unix(wall: std::time::SystemTime) -> onion_dir::Timestamp {
+    onion_dir::Timestamp::from_unix(
+        wall.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
 }
 
 fn short(status: &str) -> Answer {
@@ -489,8 +492,9 @@ impl Relay {
     pub(super) fn hs_timeout(&self) -> Option<Instant> {
         let at = self.hs.hsdir.next_expiry()?;
         let wall = unix(self.wall_now());
-        self.now
-            .checked_add(core::time::Duration::from_secs(at.saturating_sub(wall)))
+        self.now.checked_add(core::time::Duration::from_secs(
+            at.unix().saturating_sub(wall.unix()),
+        ))
     }
 }
 
