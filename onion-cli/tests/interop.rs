@@ -716,6 +716,93 @@ fn c_tor_client_fetches_from_onion_serve() {
     );
 }
 
+/// A one-page HTTP server on `listener` for the test's target: answers every request with
+/// `body`, until the listener is dropped with the thread (it runs for the test's life).
+fn serve_page(listener: std::net::TcpListener, body: &'static [u8]) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = c
+                .write_all(reply.as_bytes())
+                .and_then(|_| c.write_all(body));
+        }
+    });
+}
+
+/// `onion serve` whose target is down answers a C tor client's stream with END
+/// CONNECTREFUSED (as C tor's own service does, errno ECONNREFUSED) instead of CONNECTED
+/// and then END: C tor's client gives its SOCKS application reply 5 ("connection
+/// refused"), so curl exits at once with its SOCKS error (97, "(5)") rather than an empty
+/// reply (52). Once the target listens again, the same service serves the page.
+#[test]
+fn c_tor_client_is_refused_by_onion_serve_whose_target_is_down() {
+    let Some(net) = network() else { return };
+    let keys = data_dir(net, "onion-serve-down-keys");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let auths = net.authorities_file.to_str().unwrap();
+    let mut d = support::Daemon::start(&[
+        "serve",
+        "--target",
+        &target.to_string(),
+        "--key-dir",
+        keys.to_str().unwrap(),
+        "--authorities",
+        auths,
+    ]);
+    d.wait_for("service published", Duration::from_secs(150));
+    // The target goes down after the service started (it is checked at startup).
+    drop(listener);
+    let host = std::fs::read_to_string(keys.join("hostname")).unwrap();
+    let url = format!("http://{}/", host.trim());
+    // The first attempts may fail before the rendezvous (the descriptor reaching the
+    // client's HSDirs); once the service is reached, its refusal is what curl reports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (st, got, err) = support::curl_socks(net.socks_port, &url, 60);
+        assert!(got.is_empty(), "a body from a service whose target is down");
+        if d.stderr().contains("stream refused (CONNECTREFUSED(3))") {
+            assert_eq!(st.code(), Some(97), "curl: {err}\nonion:\n{}", d.stderr());
+            assert!(err.contains("(5)"), "curl: {err}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service was never reached after {attempt} attempts; curl: {err}\nonion:\n{}",
+            support::last_lines(&d.stderr(), 30)
+        );
+        eprintln!("attempt {attempt}: curl: {}", err.trim());
+        let _ = newnym(net);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // Again on the rendezvous circuit C tor keeps: refused promptly.
+    let t = std::time::Instant::now();
+    let (st, got, err) = support::curl_socks(net.socks_port, &url, 60);
+    let took = t.elapsed();
+    assert!(got.is_empty());
+    assert_eq!(st.code(), Some(97), "curl: {err}");
+    assert!(err.contains("(5)"), "curl: {err}");
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    eprintln!("C tor client refused by onion serve in {took:?}");
+    // The target is back on the same port: the page is served.
+    const PAGE: &[u8] = b"the target is back\n";
+    serve_page(std::net::TcpListener::bind(target).unwrap(), PAGE);
+    c_tor_fetches(net, &url, PAGE, 60, &d);
+    assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
+}
+
 /// RFC 4648 base32 without padding, lower case (as C tor writes client-auth keys).
 fn base32(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
