@@ -10,6 +10,7 @@
 mod cmd;
 mod net;
 mod relay;
+mod text;
 
 use std::process::ExitCode;
 

@@ -25,7 +25,6 @@
 //! - [`cache`]: directory documents, guard state and build times kept in the data directory,
 //!   and [`private`]: the data and key directories and their files, private to the user
 //!   (both shared with onion-tokio in `onion_io`, as are the TLS rules of [`tls`]).
-//! - [`text`]: text received from the network, escaped before it is printed.
 
 pub use onion_client::dir::authorities as authority;
 pub use onion_io::cache;
@@ -33,7 +32,6 @@ pub mod driver;
 pub mod event;
 pub mod pipe;
 pub mod private;
-pub mod text;
 pub mod tls;
 
 use std::time::Duration;
