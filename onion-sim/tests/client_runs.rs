@@ -219,14 +219,14 @@ fn onion_service_with_client_authorization() {
 /// the default links is faster. The same seed gives the same run.
 #[test]
 fn link_bandwidth_bounds_throughput_and_runs_repeat() {
-    use onion_sim::client::world::{LinkSpec, Role};
+    use onion_sim::client::world::{AccessLink, Role};
     let run = |slow: bool| {
         let (mut sim, _) = runs::bootstrapped(cfg(12)).expect("bootstrap");
         if slow {
             for r in sim.world.relays_of(Role::Exit) {
                 sim.world.set_relay_link(
                     r,
-                    LinkSpec {
+                    AccessLink {
                         latency: Duration::from_millis(10),
                         bandwidth: 1_000_000,
                     },

@@ -70,7 +70,7 @@ fn system_time(now: Instant) -> std::time::SystemTime {
 
 /// One end's access link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkSpec {
+pub struct AccessLink {
     /// One-way delay to the network's core.
     pub latency: Duration,
     /// Bytes per second (0 = unlimited).
@@ -104,9 +104,9 @@ pub struct WorldConfig {
     /// Number of exits.
     pub exits: usize,
     /// Every relay's access link.
-    pub relay_link: LinkSpec,
+    pub relay_link: AccessLink,
     /// The client's access link.
-    pub client_link: LinkSpec,
+    pub client_link: AccessLink,
     /// One-way delay between an exit and the web server.
     pub web_latency: Duration,
     /// Whether relays answer a congestion-control request (proposal 324: Tor Vegas with
@@ -125,11 +125,11 @@ impl Default for WorldConfig {
             guards: 3,
             middles: 3,
             exits: 3,
-            relay_link: LinkSpec {
+            relay_link: AccessLink {
                 latency: Duration::from_millis(10),
                 bandwidth: 12_500_000,
             },
-            client_link: LinkSpec {
+            client_link: AccessLink {
                 latency: Duration::from_millis(20),
                 bandwidth: 12_500_000,
             },
@@ -288,7 +288,7 @@ pub struct Relay {
     name: String,
     role: Role,
     addr: SocketAddr,
-    link: LinkSpec,
+    link: AccessLink,
     /// The seed its keys are made from (the same keys again when it comes back).
     key_seed: u64,
     machine: onion_relay::Relay,
@@ -664,7 +664,7 @@ impl World {
     }
 
     /// Set relay `r`'s access link.
-    pub fn set_relay_link(&mut self, r: usize, link: LinkSpec) {
+    pub fn set_relay_link(&mut self, r: usize, link: AccessLink) {
         self.relays[r].link = link;
     }
 
