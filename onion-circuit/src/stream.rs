@@ -9,8 +9,10 @@
 use onion_cell::relaymsg::{RelayMsg, Xon, MAX_RELAY_DATA_LEN};
 
 use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
+use crate::cc::CongestionControl;
 use crate::flow::{
-    FlowError, FlowStats, StreamRecvWindow, StreamSendWindow, WindowKind, STREAM_WINDOW_START,
+    CircSendWindow, FlowError, FlowStats, StreamRecvWindow, StreamSendWindow, WindowKind,
+    STREAM_WINDOW_START,
 };
 use crate::Instant;
 
@@ -351,6 +353,76 @@ impl Stream {
                 fc.starved = false;
             }
         }
+    }
+}
+
+/// What bounds a stream's DATA cells: the congestion window of its circuit (proposal 324
+/// §4: no stream window), or the circuit's package window (tor-spec §7.3) with the stream's
+/// own (§7.4).
+pub(crate) enum SendLimit<'a> {
+    /// Congestion control: `cwnd - inflight`, and the send time of each SENDME-eliciting
+    /// cell is the time it is packaged, as C tor notes it.
+    Cc(&'a mut CongestionControl),
+    /// Fixed windows: the circuit's package window.
+    Window(&'a mut CircSendWindow),
+}
+
+impl Stream {
+    /// Cut `data` into this stream's DATA cells at `now`, as many as `limit`, the other
+    /// edge's XOFF and its XON rate allow; `cell(chunk, trigger)` receives each cell's bytes
+    /// (at most 498) and whether its digest is the one the next circuit SENDME must echo
+    /// (tor-spec §7.3.1). Returns the bytes taken. A stream the rate holds back is marked to
+    /// wait for [`Stream::paced_until`].
+    pub(crate) fn package(
+        &mut self,
+        limit: SendLimit<'_>,
+        now: Instant,
+        data: &[u8],
+        mut cell: impl FnMut(&[u8], bool),
+    ) -> usize {
+        if self.xoff_received {
+            // Proposal 324 §4.1.1: the other edge asked us to stop reading this stream.
+            return 0;
+        }
+        let mut taken = 0;
+        match limit {
+            SendLimit::Cc(cc) => {
+                let mut budget = match self.flowctl.as_deref_mut() {
+                    Some(fc) => fc.limit.available(now),
+                    None => u64::MAX,
+                };
+                while taken < data.len() {
+                    let n = (data.len() - taken).min(cc.next_data_len());
+                    if (n as u64) > budget {
+                        if let Some(fc) = self.flowctl.as_deref_mut() {
+                            fc.starved = true;
+                        }
+                        break;
+                    }
+                    let Some(trigger) = cc.on_data_sent(now) else {
+                        break;
+                    };
+                    cell(&data[taken..taken + n], trigger);
+                    taken += n;
+                    budget -= n as u64;
+                }
+                if let Some(fc) = self.flowctl.as_deref_mut() {
+                    fc.limit.take(taken as u64);
+                }
+            }
+            SendLimit::Window(circ) => {
+                while taken < data.len() && self.send.available() > 0 {
+                    let n = (data.len() - taken).min(circ.next_data_len());
+                    let Some(trigger) = circ.take() else {
+                        break;
+                    };
+                    self.send.take();
+                    cell(&data[taken..taken + n], trigger);
+                    taken += n;
+                }
+            }
+        }
+        taken
     }
 }
 

@@ -74,7 +74,7 @@ use crate::flow::{
     check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag,
     SENDME_DIGEST_LEN,
 };
-use crate::stream::{flow_signal_msg, Admit, Stream, StreamId, StreamMap, StreamState};
+use crate::stream::{flow_signal_msg, Admit, SendLimit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
 /// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
@@ -327,15 +327,6 @@ struct CcHop {
     /// SENDMEs (tor-spec §7.3.1). One per timestamp the congestion control keeps, so bounded
     /// by `cwnd / sendme_inc + 1`.
     expected: VecDeque<[u8; SENDME_DIGEST_LEN]>,
-}
-
-impl CcHop {
-    /// Payload bytes for the next DATA cell: the first cell of every `sendme_inc` is cut
-    /// short so that its padding is random, which keeps the digest the SENDME echoes
-    /// unpredictable (tor-spec §7.3), as [`CircSendWindow::next_data_len`] does per 100 cells.
-    fn next_data_len(&self) -> usize {
-        self.cc.next_data_len()
-    }
 }
 
 /// A hop's `KH`, zeroized on drop and never printed.
@@ -954,63 +945,21 @@ impl Circuit {
         let Some(flow) = self.hops.get_mut(hop) else {
             return Err(CircError::NoSuchStream(stream));
         };
-        let now = self.last_now;
-        if s.xoff_received {
-            // Proposal 324 §4.1.1: the other edge asked us to stop reading this stream.
-            return Ok(0);
-        }
-        // The other edge's XON rate, if it gave one (proposal 324 §4.1.1).
-        let mut budget = match s.flowctl.as_deref_mut() {
-            Some(fc) => fc.limit.available(now),
-            None => u64::MAX,
+        let limit = match flow.cc.as_deref_mut() {
+            Some(c) => SendLimit::Cc(&mut c.cc),
+            None => SendLimit::Window(&mut flow.send),
         };
-        let mut taken = 0;
-        while taken < data.len() {
-            let (max_len, trigger) = match flow.cc.as_deref_mut() {
-                // Congestion control: the window is cwnd - inflight, no stream window; the
-                // send time of each SENDME-eliciting cell is the queueing time, as C tor
-                // notes it when the cell is packaged.
-                Some(c) => {
-                    let len = c.next_data_len();
-                    if (len.min(data.len() - taken) as u64) > budget {
-                        if let Some(fc) = s.flowctl.as_deref_mut() {
-                            fc.starved = true;
-                        }
-                        break;
-                    }
-                    let Some(trigger) = c.cc.on_data_sent(now) else {
-                        break;
-                    };
-                    (len, trigger)
-                }
-                None => {
-                    if s.send.available() == 0 {
-                        break;
-                    }
-                    let len = flow.send.next_data_len();
-                    let Some(trigger) = flow.send.take() else {
-                        break;
-                    };
-                    s.send.take();
-                    (len, trigger)
-                }
-            };
-            let n = (data.len() - taken).min(max_len);
-            let chunk = &data[taken..taken + n];
-            self.stats.data_cells_sent += 1;
-            self.relay_out.push_back(Queued {
+        let (relay_out, stats) = (&mut self.relay_out, &mut self.stats);
+        let taken = s.package(limit, self.last_now, data, |chunk, trigger| {
+            stats.data_cells_sent += 1;
+            relay_out.push_back(Queued {
                 hop: hop as u8,
                 early: false,
                 sendme_trigger: trigger,
                 raw: false,
                 body: data_body(stream, chunk),
             });
-            taken += chunk.len();
-            budget = budget.saturating_sub(chunk.len() as u64);
-        }
-        if let Some(fc) = s.flowctl.as_deref_mut() {
-            fc.limit.take(taken as u64);
-        }
+        });
         Ok(taken)
     }
 

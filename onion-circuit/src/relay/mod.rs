@@ -116,7 +116,7 @@ use crate::flow::{
     SENDME_DIGEST_LEN,
 };
 use crate::stream::{
-    flow_signal_msg, Admit, Stream, StreamError, StreamId, StreamMap, StreamState,
+    flow_signal_msg, Admit, SendLimit, Stream, StreamError, StreamId, StreamMap, StreamState,
 };
 use crate::Instant;
 
@@ -1228,59 +1228,19 @@ impl RelayCircuit {
             .get_mut(stream)
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
-        if let Some(c) = self.cc.as_deref_mut() {
-            let now = self.last_now;
-            if s.xoff_received {
-                return Ok(0);
-            }
-            let mut budget = match s.flowctl.as_deref_mut() {
-                Some(fc) => fc.limit.available(now),
-                None => u64::MAX,
-            };
-            let mut taken = 0;
-            while taken < data.len() {
-                let n = (data.len() - taken).min(c.cc.next_data_len());
-                if (n as u64) > budget {
-                    // Paced by the client's advisory rate: wait for a cell's worth.
-                    if let Some(fc) = s.flowctl.as_deref_mut() {
-                        fc.starved = true;
-                    }
-                    break;
-                }
-                let Some(trigger) = c.cc.on_data_sent(now) else {
-                    break;
-                };
-                budget -= n as u64;
-                self.stats.data_cells_sent += 1;
-                self.to_client.push_back(Inbound::Originated {
-                    body: data_body(stream, &data[taken..taken + n]),
-                    trigger,
-                });
-                taken += n;
-            }
-            if let Some(fc) = s.flowctl.as_deref_mut() {
-                fc.limit.take(taken as u64);
-            }
-            return Ok(taken);
-        }
-        let mut taken = 0;
-        while taken < data.len() {
-            if s.send.available() == 0 {
-                break;
-            }
-            let n = (data.len() - taken).min(self.send.next_data_len());
-            let chunk = &data[taken..taken + n];
-            let Some(trigger) = self.send.take() else {
-                break;
-            };
-            s.send.take();
-            self.stats.data_cells_sent += 1;
-            self.to_client.push_back(Inbound::Originated {
+        let now = self.last_now;
+        let limit = match self.cc.as_deref_mut() {
+            Some(c) => SendLimit::Cc(&mut c.cc),
+            None => SendLimit::Window(&mut self.send),
+        };
+        let (to_client, stats) = (&mut self.to_client, &mut self.stats);
+        let taken = s.package(limit, now, data, |chunk, trigger| {
+            stats.data_cells_sent += 1;
+            to_client.push_back(Inbound::Originated {
                 body: data_body(stream, chunk),
                 trigger,
             });
-            taken += chunk.len();
-        }
+        });
         Ok(taken)
     }
 
