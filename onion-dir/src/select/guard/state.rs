@@ -349,9 +349,15 @@ mod tests {
     #[test]
     fn time_known_answers() {
         assert_eq!(format_time(Timestamp(0)), "1970-01-01T00:00:00");
-        assert_eq!(parse_time("2016-11-29T19:39:31"), Some(Timestamp(1_480_448_371)));
+        assert_eq!(
+            parse_time("2016-11-29T19:39:31"),
+            Some(Timestamp(1_480_448_371))
+        );
         assert_eq!(format_time(Timestamp(1_480_448_371)), "2016-11-29T19:39:31");
-        assert_eq!(parse_time("2024-02-29T00:00:00"), Some(Timestamp(1_709_164_800)));
+        assert_eq!(
+            parse_time("2024-02-29T00:00:00"),
+            Some(Timestamp(1_709_164_800))
+        );
         assert_eq!(parse_time("2023-02-29T00:00:00"), None);
         assert_eq!(parse_time("2016-11-29 19:39:31"), None);
         assert_eq!(parse_time("+016-11-29T19:39:31"), None);
