@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use onion_cell::relaymsg::EndReason;
-use onion_client::Isolation;
+use onion_client::{Error, Event, Isolation};
 use onion_sim::client::driver::{Outcome, Sim};
 use onion_sim::client::runs;
 use onion_sim::client::world::WorldConfig;
@@ -82,4 +82,41 @@ fn a_refused_stream_ends_with_the_services_reason_and_an_accepted_one_is_served(
     let svc = &sim.services[0];
     let st = svc.client.onion_service_stats(svc.handle).unwrap();
     assert_eq!((st.streams_offered, st.rendezvous), (3, 1));
+}
+
+/// A port the service does not serve is refused with END DONE, as C tor's service refuses
+/// it (no hint for a port scanner), without asking the application; the visitor reports it
+/// as a refusal (`StreamEnded(DONE)`), not as a clean end of a stream that never opened,
+/// and the rendezvous circuit goes on serving the service's port.
+#[test]
+fn a_port_the_service_does_not_serve_is_refused_with_done() {
+    let mut sim = published(42);
+    let address = sim.services[0].address.clone();
+    let now = sim.now();
+    let s = sim
+        .client
+        .connect(&address, 81, Isolation(1), now)
+        .expect("connect");
+    let closed = |sim: &Sim| {
+        sim.events.iter().find_map(|(_, e)| match e {
+            Event::StreamClosed { stream, error } if *stream == s => Some(error.clone()),
+            _ => None,
+        })
+    };
+    sim.run_until(Duration::from_secs(600), |sim| closed(sim).is_some())
+        .expect("the stream ends");
+    assert_eq!(
+        closed(&sim),
+        Some(Some(Error::StreamEnded(EndReason::DONE)))
+    );
+    assert!(!sim
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::StreamOpened { stream } if *stream == s)));
+    assert_eq!(sim.services[0].incoming, 0, "the application was not asked");
+    let (outcome, _) = fetch(&mut sim, 1);
+    assert_eq!(outcome, Outcome::Ok);
+    let svc = &sim.services[0];
+    let st = svc.client.onion_service_stats(svc.handle).unwrap();
+    assert_eq!((st.streams_offered, st.rendezvous), (1, 1));
 }

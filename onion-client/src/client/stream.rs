@@ -515,6 +515,13 @@ impl super::Client {
             self.retry_stream(h, exit, end_error(reason));
             return;
         }
+        // DONE before CONNECTED is a refusal, not a clean end (C tor's client answers its
+        // SOCKS application "connection refused", `stream_end_reason_to_socks5_response`):
+        // an onion service sends it for a port it does not serve.
+        if s.phase == Phase::Connecting && reason == EndReason::DONE {
+            self.end_stream(h, Some(Error::StreamEnded(reason)));
+            return;
+        }
         self.end_stream(h, end_error(reason));
     }
 

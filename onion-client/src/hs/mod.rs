@@ -883,5 +883,8 @@ pub fn is_onion(host: &str) -> bool {
     b.len() > 6 && b[b.len() - 6..].eq_ignore_ascii_case(b".onion")
 }
 
-/// The END reason for a stream a hosted service does not take.
-pub(crate) const REJECT_PORT: EndReason = EndReason::EXITPOLICY;
+/// The END reason for a stream to a port a hosted service does not serve: DONE, as C tor's
+/// service sends it (`handle_hs_exit_conn`: not EXITPOLICY, which would tell a port scanner
+/// that the port is closed), keeping the circuit. A C tor client reports DONE before
+/// CONNECTED to its application as "connection refused".
+pub(crate) const REJECT_PORT: EndReason = EndReason::DONE;
