@@ -253,3 +253,30 @@ fn an_onion_stream_that_runs_out_of_time_ends_with_the_typed_timeout() {
     assert_eq!(e, Error::OnionService(HsError::IntroTimedOut));
     assert_eq!(net.now - start, Duration::from_secs(20));
 }
+
+/// A hosted service's circuits are launched at once even while unrelated builds fill
+/// `Limits::max_building`: they have bounds of their own (the publisher's launch rate, and
+/// `HostConfig::max_rend_builds` for the rendezvous circuits a visitor waits on).
+#[test]
+fn hosted_service_circuits_do_not_wait_behind_other_builds() {
+    let mut net = Net::new(8, 17);
+    let dir = directory(&net);
+    let mut cfg = config();
+    cfg.limits.max_building = 2;
+    cfg.preemptive_circuits = false;
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
+    c.adopt_directory(dir, net.now).unwrap();
+    net.run(&mut c);
+    let before = net.multi_hop_circuits();
+    // Two exit streams whose circuits fill the build limit (nothing has run yet).
+    for i in 1..=2 {
+        c.connect("example.com", 80, Isolation(i), net.now).unwrap();
+    }
+    let id = ExpandedKeypair::from_seed(&[4; 32]);
+    c.host_onion_service(HostConfig::new(id, vec![80]), net.now)
+        .unwrap();
+    net.run(&mut c);
+    // Both exit circuits and the three introduction circuits, without waiting.
+    assert_eq!(net.multi_hop_circuits(), before + 2 + 3);
+}

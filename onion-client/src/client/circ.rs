@@ -227,7 +227,10 @@ impl super::Client {
     /// `fast`, else ntor), sharing the channel to its first hop. Returns its key. Errors with
     /// [`Error::Resource`] at [`crate::Limits::max_circuits`] circuits or
     /// [`crate::Limits::max_building`] builds, or when no channel can be opened; the path's
-    /// ticket is then closed.
+    /// ticket is then closed. A hosted onion service's introduction and rendezvous circuits
+    /// do not wait behind other builds (a visitor waits on the rendezvous, which C tor builds
+    /// at once on INTRODUCE2): they have bounds of their own (the publisher's launch rate,
+    /// `hs::HostConfig::max_rend_builds` at once) and still count against `max_circuits`.
     pub(super) fn launch(
         &mut self,
         mut hops: Vec<HopTarget>,
@@ -239,7 +242,9 @@ impl super::Client {
         let l = &self.cfg.limits;
         let room = if self.circs.len() >= l.max_circuits {
             Err(Error::Resource("too many circuits (Limits::max_circuits)"))
-        } else if self.building() >= l.max_building {
+        } else if self.building() >= l.max_building
+            && !matches!(purpose, Purpose::ServiceIntro | Purpose::ServiceRend)
+        {
             Err(Error::Resource(
                 "too many circuit builds (Limits::max_building)",
             ))
