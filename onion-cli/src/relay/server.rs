@@ -122,6 +122,11 @@ struct Loop {
     store: onion_relay::DescriptorStore,
     /// Our descriptor as last published (`/tor/server/authority`).
     own_descriptor: Option<String>,
+    /// The authorities' key certificates as last fetched, each one's text.
+    authority_certs: Vec<String>,
+    /// Directory requests answered with 200, by kind (consensus, microdescriptors, server
+    /// descriptors, key certificates), and those answered otherwise (for the stats log).
+    dir_served: [u64; 5],
     /// A descriptor fetch is under way.
     fetching_descriptors: bool,
     /// A fetch is under way.
@@ -203,6 +208,8 @@ pub fn run(setup: Setup) -> Result<(), String> {
         previous_consensuses_md: std::collections::VecDeque::new(),
         store: onion_relay::DescriptorStore::default(),
         own_descriptor: None,
+        authority_certs: Vec::new(),
+        dir_served: [0; 5],
         fetching_descriptors: false,
         fetching: false,
         fetch_from: 0,
@@ -495,6 +502,9 @@ impl Loop {
                 None
             }
         };
+        if !fetched.certs.is_empty() {
+            self.authority_certs = fetched.certs;
+        }
         let mut changed = false;
         if let Some(md) = md {
             if self.consensus_md.as_deref() != Some(md.as_str()) {
@@ -551,6 +561,11 @@ impl Loop {
             consensus_microdesc: self.consensus_md.clone().map(String::into_bytes),
             previous_consensuses_microdesc: bytes(&self.previous_consensuses_md),
             own_descriptor: self.own_descriptor.clone().map(String::into_bytes),
+            authority_certs: self
+                .authority_certs
+                .iter()
+                .map(|t| t.clone().into_bytes())
+                .collect(),
             ..onion_relay::DirDocuments::default()
         };
         self.store.fill(&mut docs);
@@ -904,6 +919,22 @@ impl Loop {
                     t.pause.set(false);
                 }
             }
+            Event::DirAnswered(a) => {
+                let kind = if a.status != 200 {
+                    4
+                } else if a.path.starts_with("/tor/status-vote/") {
+                    0
+                } else if a.path.starts_with("/tor/micro/") {
+                    1
+                } else if a.path.starts_with("/tor/server/") {
+                    2
+                } else if a.path.starts_with("/tor/keys/") {
+                    3
+                } else {
+                    return;
+                };
+                self.dir_served[kind] += 1;
+            }
             _ => {}
         }
     }
@@ -940,6 +971,12 @@ impl Loop {
             st.rend_established,
             st.rend_joined,
             st.rend_cells_spliced
+        );
+        let d = self.dir_served;
+        let line = format!(
+            "{line} dir_consensus {} dir_microdescs {} dir_descriptors {} dir_keys {} \
+             dir_not_ok {}",
+            d[0], d[1], d[2], d[3], d[4]
         );
         if line != self.last_stats {
             eprintln!("onion relay: stats: {line}");

@@ -62,6 +62,9 @@ pub struct Fetched {
     pub ns: String,
     /// The verified microdescriptor consensus, or why there is none.
     pub md: Result<String, String>,
+    /// The authorities' key certificates that verified, each one's text (the cache serves
+    /// them: a client checks the consensus signatures with them).
+    pub certs: Vec<String>,
 }
 
 /// Fetches the key certificates and both consensus flavours from the authority at `addr`;
@@ -73,14 +76,25 @@ pub fn fetch_consensus(
     now: Timestamp,
 ) -> Result<Fetched, String> {
     let certs_text = get(addr, &DirRequest::all_authority_certs())?;
+    let mut texts = Vec::new();
     let certs: Vec<AuthCert> = authcert::parse_many(&certs_text)
         .map_err(|e| format!("key certificates: {e}"))?
         .into_iter()
-        .filter_map(|c| c.verify(now).ok())
+        .filter_map(|c| {
+            let text = c.text.to_owned();
+            let cert = c.verify(now).ok()?;
+            texts.push(text);
+            Some(cert)
+        })
         .collect();
     let ns = fetch_flavor(addr, Flavor::Ns, v3, &certs, now)?;
     let md = fetch_flavor(addr, Flavor::Microdesc, v3, &certs, now);
-    Ok(Fetched { from: addr, ns, md })
+    Ok(Fetched {
+        from: addr,
+        ns,
+        md,
+        certs: texts,
+    })
 }
 
 /// One consensus flavour from `addr`, verified against `certs`.
