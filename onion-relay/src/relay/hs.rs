@@ -66,14 +66,6 @@ impl HsRoles {
 /// Most bytes of an HTTP head before a descriptor upload's body.
 pub(super) const MAX_POST_HEAD: usize = 4096;
 
-/// The wall clock as onion-hs takes it.
-fn unix(wall: std::time::SystemTime) -> onion_dir::Timestamp {
-    onion_dir::Timestamp::from_unix(
-        wall.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
-}
-
 fn short(status: &str) -> Answer {
     let head = format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
     Answer {
@@ -102,7 +94,7 @@ pub(super) fn dir_request(
     req: &[u8],
     head_end: usize,
     anonymous: bool,
-    wall: std::time::SystemTime,
+    wall: onion_dir::Timestamp,
     stats: &mut RelayStats,
 ) -> DirVerdict {
     let Some(head) = req
@@ -124,7 +116,7 @@ pub(super) fn dir_request(
     if !on || !path.starts_with("/tor/hs/") {
         return DirVerdict::NotOurs;
     }
-    let now = unix(wall);
+    let now = wall;
     match method {
         "GET" => {
             if !anonymous {
@@ -484,14 +476,14 @@ impl Relay {
 
     /// Drop the HSDir's expired descriptors.
     pub(super) fn hs_expire(&mut self) {
-        let now = unix(self.wall_now());
+        let now = self.wall_now();
         self.hs.hsdir.expire(now);
     }
 
     /// When the next descriptor expires, on the monotonic clock.
     pub(super) fn hs_timeout(&self) -> Option<Instant> {
         let at = self.hs.hsdir.next_expiry()?;
-        let wall = unix(self.wall_now());
+        let wall = self.wall_now();
         self.now.checked_add(core::time::Duration::from_secs(
             at.unix().saturating_sub(wall.unix()),
         ))

@@ -8,7 +8,7 @@ mod hs_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::CircId;
@@ -245,11 +245,6 @@ fn circ_keys(keys: &RelayKeySet) -> CircKeys {
     }
 }
 
-/// `t` as `std`'s wall-clock type.
-fn system_time(t: Timestamp) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.0)
-}
-
 fn key_err(e: impl core::fmt::Display) -> Error {
     Error::Keys(e.to_string())
 }
@@ -276,11 +271,11 @@ impl Relay {
         };
         let certs = keys
             .link_keys()
-            .responder_certs(&tls.sha256(), system_time(wall))
+            .responder_certs(&tls.sha256(), wall)
             .map_err(key_err)?;
         let creds = keys
             .link_keys()
-            .initiator_credentials(&mut rng, system_time(wall))
+            .initiator_credentials(&mut rng, wall)
             .map_err(key_err)?;
         Ok(Relay {
             circ_keys: circ_keys(&keys),
@@ -474,10 +469,9 @@ impl Relay {
         self.now = self.now.max(now);
     }
 
-    /// The wall clock now, extrapolated from the last one given on the monotonic clock
-    /// (as `std`'s type for the channel and certificate code, which takes it).
-    fn wall_now(&self) -> SystemTime {
-        system_time(self.wall) + (self.now - self.wall_at)
+    /// The wall clock now, extrapolated from the last one given on the monotonic clock.
+    fn wall_now(&self) -> Timestamp {
+        self.wall.add_secs((self.now - self.wall_at).as_secs())
     }
 
     fn chan_config(&self, peer: Option<IpAddr>, outbound: bool) -> ChanConfig {
