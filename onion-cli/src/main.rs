@@ -10,7 +10,6 @@
 mod cmd;
 mod net;
 mod relay;
-mod text;
 
 use std::process::ExitCode;
 

@@ -216,25 +216,6 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// `s` with every control character (C0, DEL, C1), every Unicode format or separator
-/// character (bidirectional overrides, zero-width characters, line separators) and the
-/// backslash written as a Rust escape (`\u{1b}`, `\n`, `\\`), at most 256 characters of
-/// it: text from a peer (an HTTP reason phrase) is then one line that cannot move a
-/// terminal's cursor, reorder what is shown or forge log lines. The rule of onion-cli's
-/// `text::escape`.
-pub(crate) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(256));
-    for c in s.chars().take(256) {
-        match c {
-            '"' | '\'' => out.push(c),
-            // `char::escape_debug` keeps printable characters and escapes the rest (the Cc,
-            // Cf, Zl and Zp categories).
-            _ => out.extend(c.escape_debug()),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::{Error, ErrorKind};
@@ -294,15 +275,5 @@ mod tests {
         for (e, kind) in cases {
             assert_eq!(e.kind(), kind, "{e}");
         }
-    }
-
-    #[test]
-    fn escape_leaves_one_printable_line() {
-        assert_eq!(super::escape("Busy\x1b[2J\r\n"), "Busy\\u{1b}[2J\\r\\n");
-        assert_eq!(
-            super::escape("a\u{202e}b\u{2028}c\\\"'"),
-            "a\\u{202e}b\\u{2028}c\\\\\"'"
-        );
-        assert_eq!(super::escape(&"x".repeat(300)).len(), 256);
     }
 }

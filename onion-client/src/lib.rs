@@ -95,6 +95,7 @@ pub mod guards;
 pub mod hs;
 pub mod predict;
 pub mod socks;
+pub mod text;
 pub mod timeout;
 
 pub use client::{

@@ -32,7 +32,7 @@ use onion_hs::x25519_dalek;
 
 use crate::net::cache::Cache;
 use crate::net::driver::{self, Driver, Happening};
-use crate::text;
+use onion_client::text;
 
 /// `onion get` (see the module documentation).
 #[derive(clap::Args)]

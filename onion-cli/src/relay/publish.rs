@@ -16,7 +16,7 @@ use onion_dir::{Protocols, Timestamp};
 use rand_core::CryptoRngCore;
 
 use crate::net::authority::DirAuthority;
-use crate::text::escape;
+use onion_client::text::escape;
 
 /// What the operator said about the relay (command line), fixed for the run.
 #[derive(Debug, Clone)]

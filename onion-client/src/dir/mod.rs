@@ -54,7 +54,8 @@ use onion_dir::http::{DirRequest, Encoding, ResponseReader};
 use onion_dir::{RsaIdentity, Timestamp};
 use rand_core::CryptoRngCore;
 
-use crate::error::{escape, Error};
+use crate::error::Error;
+use crate::text::escape;
 
 pub use directory::{cc_config, DirMode, Directory, DocKind};
 pub use sources::{

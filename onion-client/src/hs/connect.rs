@@ -1113,7 +1113,7 @@ pub(crate) fn failure_text(f: &Failure) -> String {
         Failure::Network(e) => e.clone(),
         Failure::Timeout => "timed out".into(),
         Failure::Http { status, reason } => {
-            format!("HTTP {status} {}", crate::error::escape(reason))
+            format!("HTTP {status} {}", crate::text::escape(reason))
         }
         other => format!("{other:?}"),
     }

@@ -2,7 +2,8 @@
 //! text), made safe to print: a peer must not be able to move the cursor, rewrite earlier
 //! lines, retitle the window or inject a fake log line on the user's terminal, nor flood it.
 //!
-//! [`escape`] is the one function every printing site of such text goes through.
+//! [`escape`] is the one function every printing site of such text goes through: this
+//! crate's errors that quote a peer, and any front end that prints such text.
 
 /// At most this many characters of a peer's text are shown; the rest is summarised.
 pub const MAX_SHOWN: usize = 200;
