@@ -561,6 +561,48 @@ fn guard_params_from_consensus() {
     let _ = RelayIdx(0);
 }
 
+/// Every guard parameter of param-spec §11 lands in its field, in its unit, and a value
+/// outside its range leaves the default.
+#[test]
+fn guard_params_every_name_and_range() {
+    let max = i64::from(i32::MAX);
+    let p = GuardParams::default().with_consensus_params([
+        ("guard-lifetime-days", 3650),
+        ("guard-confirmed-min-lifetime-days", 1),
+        ("guard-internet-likely-down-interval", max),
+        ("guard-max-sample-size", 7),
+        ("guard-max-sample-threshold-percent", 100),
+        ("guard-min-filtered-sample-size", 9),
+        ("guard-n-primary-guards", 4),
+        ("guard-n-primary-guards-to-use", 2),
+        ("guard-n-primary-dir-guards-to-use", 5),
+        ("guard-nonprimary-guard-connect-timeout", 30),
+        ("guard-nonprimary-guard-idle-timeout", 1200),
+        ("guard-remove-unlisted-guards-after-days", 3),
+    ]);
+    assert_eq!(p.guard_lifetime, 3650 * DAY);
+    assert_eq!(p.confirmed_min_lifetime, DAY);
+    assert_eq!(p.internet_likely_down, 2_147_483_647);
+    assert_eq!(p.max_sample_size, 7);
+    assert_eq!(p.max_sample_threshold_percent, 100);
+    assert_eq!(p.min_filtered_sample, 9);
+    assert_eq!(p.n_primary, 4);
+    assert_eq!(p.n_usable_primary, 2);
+    assert_eq!(p.n_usable_primary_dir, 5);
+    assert_eq!(p.nonprimary_connect_timeout, 30);
+    assert_eq!(p.nonprimary_idle_timeout, 1200);
+    assert_eq!(p.remove_unlisted_after, 3 * DAY);
+    let d = GuardParams::default();
+    let out = GuardParams::default().with_consensus_params([
+        ("guard-lifetime-days", 3651),
+        ("guard-internet-likely-down-interval", max + 1),
+        ("guard-max-sample-threshold-percent", 101),
+        ("guard-n-primary-guards", 0),
+        ("guard-nonprimary-guard-idle-timeout", -5),
+    ]);
+    assert_eq!(out, d);
+}
+
 fn gunzip(path: &str) -> String {
     use std::io::Read;
     let f = std::fs::File::open(path).unwrap();

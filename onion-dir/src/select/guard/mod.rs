@@ -1,18 +1,56 @@
 //! Entry guard selection (guard-spec §4): a sampled set, filtered and primary guards,
 //! confirmation on use, retries on a schedule, and a persistent state.
 //!
-//! [`GuardMgr`] is a sans-IO state machine. Time is a parameter (`now`, seconds since the
-//! Unix epoch: the persistent dates are wall-clock dates), randomness is the caller's RNG, and
-//! the network comes in as a [`NetView`]. The embedding drives it like this:
+//! [`GuardMgr`] is a sans-IO state machine. Time is a parameter (`now`, a wall-clock
+//! [`Timestamp`]: the persistent dates are wall-clock dates), randomness is the caller's RNG
+//! (after `now`), and the network comes in as a [`NetView`]. The embedding drives it like
+//! this, and persists [`GuardMgr::to_state_string`] (restored by
+//! [`GuardMgr::from_state_str`]):
 //!
-//! ```text
-//! on each new consensus:      mgr.update_consensus(now, &view, rng)
-//! to build a circuit:         let pick = mgr.select(now, &view, usage, &avoid, &config, rng)?;
-//!                             (build through pick.guard)
-//! circuit built / failed:     mgr.circuit_succeeded(now, pick.circ, rng) / mgr.circuit_failed(now, pick.circ)
-//! at mgr.poll_timeout():      mgr.handle_timeout(now)
-//! then drain:                 while let Some(ev) = mgr.poll_event() { .. }
-//! persist:                    mgr.to_state_string(); restore: GuardMgr::from_state_str(..)
+//! ```
+//! use onion_dir::netview::NetView;
+//! use onion_dir::select::guard::{GuardEvent, GuardMgr, GuardParams, GuardUsage};
+//! use onion_dir::select::path::PathConfig;
+//! use onion_dir::Timestamp;
+//! # use rand_core::SeedableRng;
+//!
+//! fn turn(
+//!     mgr: &mut GuardMgr,
+//!     view: &NetView,
+//!     now: Timestamp,
+//!     built: bool,
+//!     rng: &mut impl rand_core::CryptoRngCore,
+//! ) -> Option<Timestamp> {
+//!     mgr.update_consensus(now, view, rng); // on each new consensus
+//!     let config = PathConfig::default();
+//!     if let Ok(pick) = mgr.select(now, view, GuardUsage::Data, &[], &config, rng) {
+//!         // Build the circuit through `pick.guard`, then report how it went.
+//!         let _ = match built {
+//!             true => mgr.circuit_succeeded(now, pick.circ, rng).map(drop),
+//!             false => mgr.circuit_failed(now, pick.circ),
+//!         };
+//!     }
+//!     if mgr.poll_timeout().is_some_and(|t| t <= now) {
+//!         mgr.handle_timeout(now);
+//!     }
+//!     while let Some(ev) = mgr.poll_event() {
+//!         match ev {
+//!             GuardEvent::CircuitUsable(_circ) => { /* attach streams */ }
+//!             GuardEvent::CircuitExpired(_circ) => { /* close it */ }
+//!         }
+//!     }
+//!     mgr.poll_timeout() // sleep until then, or until the next input
+//! }
+//!
+//! let mut mgr = GuardMgr::new(GuardParams::default());
+//! let view = NetView::from_records(Vec::new(), Default::default()).unwrap();
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // the caller's CSPRNG
+//! let now = Timestamp::from_unix(1_700_000_000);
+//! assert_eq!(turn(&mut mgr, &view, now, true, &mut rng), None);
+//! // Persist, and restore at the next start.
+//! let text = mgr.to_state_string();
+//! let restored = GuardMgr::from_state_str(GuardParams::default(), &text).unwrap();
+//! assert_eq!(restored.to_state_string(), text);
 //! ```
 //!
 //! Events tell the embedding when a circuit that was waiting for a better guard may be used
@@ -146,82 +184,60 @@ impl GuardParams {
         mut self,
         params: impl IntoIterator<Item = (&'a str, i64)>,
     ) -> Self {
+        /// Where a parameter goes, and in what unit.
+        enum Slot<'s> {
+            /// A time, counted in `unit` seconds.
+            Secs(&'s mut u64, u64),
+            /// A count.
+            Count(&'s mut usize),
+            /// A percentage.
+            Percent(&'s mut u32),
+        }
         let max = i64::from(i32::MAX);
-        let count = |v: i64, lo: i64, hi: i64| -> Option<usize> {
-            (lo..=hi)
-                .contains(&v)
-                .then(|| usize::try_from(v).ok())
-                .flatten()
-        };
-        let secs = |v: i64, lo: i64, hi: i64, unit: u64| -> Option<u64> {
-            (lo..=hi)
-                .contains(&v)
-                .then(|| u64::try_from(v).ok().map(|v| v * unit))
-                .flatten()
-        };
         for (k, v) in params {
-            match k {
-                "guard-lifetime-days" => {
-                    if let Some(s) = secs(v, 1, 3650, DAY) {
-                        self.guard_lifetime = s;
-                    }
-                }
+            let (lo, hi, slot) = match k {
+                "guard-lifetime-days" => (1, 3650, Slot::Secs(&mut self.guard_lifetime, DAY)),
                 "guard-confirmed-min-lifetime-days" => {
-                    if let Some(s) = secs(v, 1, 3650, DAY) {
-                        self.confirmed_min_lifetime = s;
-                    }
+                    (1, 3650, Slot::Secs(&mut self.confirmed_min_lifetime, DAY))
                 }
                 "guard-internet-likely-down-interval" => {
-                    if let Some(s) = secs(v, 1, max, 1) {
-                        self.internet_likely_down = s;
-                    }
+                    (1, max, Slot::Secs(&mut self.internet_likely_down, 1))
                 }
-                "guard-max-sample-size" => {
-                    if let Some(c) = count(v, 1, max) {
-                        self.max_sample_size = c;
-                    }
-                }
-                "guard-max-sample-threshold-percent" => {
-                    if let Some(c) = count(v, 1, 100) {
-                        self.max_sample_threshold_percent = c as u32;
-                    }
-                }
+                "guard-max-sample-size" => (1, max, Slot::Count(&mut self.max_sample_size)),
+                "guard-max-sample-threshold-percent" => (
+                    1,
+                    100,
+                    Slot::Percent(&mut self.max_sample_threshold_percent),
+                ),
                 "guard-min-filtered-sample-size" => {
-                    if let Some(c) = count(v, 1, max) {
-                        self.min_filtered_sample = c;
-                    }
+                    (1, max, Slot::Count(&mut self.min_filtered_sample))
                 }
-                "guard-n-primary-guards" => {
-                    if let Some(c) = count(v, 1, max) {
-                        self.n_primary = c;
-                    }
-                }
+                "guard-n-primary-guards" => (1, max, Slot::Count(&mut self.n_primary)),
                 "guard-n-primary-guards-to-use" => {
-                    if let Some(c) = count(v, 1, max) {
-                        self.n_usable_primary = c;
-                    }
+                    (1, max, Slot::Count(&mut self.n_usable_primary))
                 }
                 "guard-n-primary-dir-guards-to-use" => {
-                    if let Some(c) = count(v, 1, max) {
-                        self.n_usable_primary_dir = c;
-                    }
+                    (1, max, Slot::Count(&mut self.n_usable_primary_dir))
                 }
                 "guard-nonprimary-guard-connect-timeout" => {
-                    if let Some(s) = secs(v, 1, max, 1) {
-                        self.nonprimary_connect_timeout = s;
-                    }
+                    (1, max, Slot::Secs(&mut self.nonprimary_connect_timeout, 1))
                 }
                 "guard-nonprimary-guard-idle-timeout" => {
-                    if let Some(s) = secs(v, 1, max, 1) {
-                        self.nonprimary_idle_timeout = s;
-                    }
+                    (1, max, Slot::Secs(&mut self.nonprimary_idle_timeout, 1))
                 }
                 "guard-remove-unlisted-guards-after-days" => {
-                    if let Some(s) = secs(v, 1, 3650, DAY) {
-                        self.remove_unlisted_after = s;
-                    }
+                    (1, 3650, Slot::Secs(&mut self.remove_unlisted_after, DAY))
                 }
-                _ => {}
+                _ => continue,
+            };
+            if !(lo..=hi).contains(&v) {
+                continue;
+            }
+            // In range, so positive and at most `i32::MAX`: every conversion succeeds.
+            match slot {
+                Slot::Secs(s, unit) => *s = u64::try_from(v).unwrap_or(0).saturating_mul(unit),
+                Slot::Count(c) => *c = usize::try_from(v).unwrap_or(0),
+                Slot::Percent(p) => *p = u32::try_from(v).unwrap_or(0),
             }
         }
         self
