@@ -24,7 +24,8 @@
 //!   with the reason of §6.3 (EXITPOLICY, RESOLVEFAILED, CONNECTREFUSED, TIMEOUT, NOROUTE,
 //!   CONNRESET, DONE, RESOURCELIMIT). RESOLVE answered with RESOLVED (§6.4).
 //! * **Directory cache** (§6.2.1, dir-spec §4): BEGIN_DIR streams answered from the
-//!   documents the embedder gives ([`Relay::set_directory_documents`], [`dir`]).
+//!   documents the embedder gives ([`Relay::set_directory_documents`], [`dir`]), which it
+//!   keeps between runs through [`dir_saved`] (verified again when taken back).
 //! * **Limits** ([`Limits`], dos-spec): connections per address, circuit-creation rate per
 //!   address, circuits per channel, per-circuit cell queues, channel buffers, and an
 //!   out-of-memory handler that closes the circuits whose queued data is oldest first.
@@ -70,6 +71,7 @@
 
 pub mod config;
 pub mod dir;
+pub mod dir_saved;
 mod dos;
 pub mod event;
 mod relay;

@@ -230,6 +230,28 @@ impl DescriptorStore {
         a
     }
 
+    /// The microdescriptors held, one after the other in digest order (as a
+    /// `/tor/micro/d/` answer, and as C tor's `cached-microdescs` without its annotations):
+    /// what [`DescriptorStore::add_microdescs`] takes back.
+    pub fn microdescs_text(&self) -> String {
+        let mut md: Vec<(&[u8; 32], &Vec<u8>)> = self.micro.iter().collect();
+        md.sort_unstable_by_key(|(d, _)| **d);
+        md.into_iter()
+            .map(|(_, t)| String::from_utf8_lossy(t))
+            .collect()
+    }
+
+    /// The server descriptors held, one after the other in digest order (as C tor's
+    /// `cached-descriptors` without its annotations): what
+    /// [`DescriptorStore::add_server_descriptors`] takes back.
+    pub fn server_descriptors_text(&self) -> String {
+        let mut sd: Vec<&ServerDescriptor> = self.descs.values().collect();
+        sd.sort_unstable_by_key(|s| s.digest);
+        sd.into_iter()
+            .map(|s| String::from_utf8_lossy(&s.text))
+            .collect()
+    }
+
     /// Puts the held documents into `docs` (replacing its microdescriptors and server
     /// descriptors), in digest order.
     pub fn fill(&self, docs: &mut DirDocuments) {

@@ -41,6 +41,11 @@ impl KeyDir {
         })
     }
 
+    /// The data directory (private, mode 0700).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The key directory.
     pub fn keys_dir(&self) -> &Path {
         &self.keys_dir

@@ -2,6 +2,7 @@
 //! `onion_relay::Relay` (the protocol lives there and in `onion_dir::relaydesc`).
 
 pub mod circparams;
+pub mod dircache;
 pub mod io;
 pub mod keys;
 pub mod publish;

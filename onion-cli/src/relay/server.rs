@@ -120,6 +120,9 @@ struct Loop {
     previous_consensuses_md: std::collections::VecDeque<String>,
     /// The microdescriptors and server descriptors the consensuses list, as fetched.
     store: onion_relay::DescriptorStore,
+    /// The directory cache's files in the data directory (written when the documents
+    /// change, read back at start).
+    cache_files: super::dircache::CacheFiles,
     /// Our descriptor as last published (`/tor/server/authority`).
     own_descriptor: Option<String>,
     /// The authorities' key certificates as last fetched, each one's text.
@@ -180,6 +183,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         }
     });
     let server = server_config(&setup.relay)?;
+    let cache_files = super::dircache::CacheFiles::new(setup.key_dir.data_dir());
     let mut l = Loop {
         relay: setup.relay,
         keys: setup.keys,
@@ -207,6 +211,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         consensus_md: None,
         previous_consensuses_md: std::collections::VecDeque::new(),
         store: onion_relay::DescriptorStore::default(),
+        cache_files,
         own_descriptor: None,
         authority_certs: Vec::new(),
         dir_served: [0; 5],
@@ -220,6 +225,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         self_testing: false,
         next_self_test: std::time::Instant::now(),
     };
+    l.restore_cache();
     l.maybe_self_test();
     l.periodic();
     l.main(rx)
@@ -467,11 +473,7 @@ impl Loop {
         let a = auths[self.fetch_from % auths.len()];
         self.fetch_from += 1;
         let addr = SocketAddr::V4(a.dir_addr);
-        let v3: Vec<onion_dir::RsaIdentity> = self
-            .authorities
-            .iter()
-            .filter_map(|a| a.v3ident.map(onion_dir::RsaIdentity))
-            .collect();
+        let v3 = self.v3_authorities();
         let tx = self.tx.clone();
         self.fetching = true;
         std::thread::spawn(move || {
@@ -521,17 +523,8 @@ impl Loop {
         if self.consensus.as_deref() != Some(text.as_str()) {
             if let Ok(parsed) = onion_dir::consensus::parse(&text) {
                 let c = parsed.peek();
-                let addrs: Vec<std::net::IpAddr> = c
-                    .relays
-                    .iter()
-                    .map(|r| std::net::IpAddr::V4(r.address))
-                    .collect();
                 let (n, va) = (c.relays.len(), c.valid_after);
-                self.relay.set_relay_addresses(addrs);
-                self.relay.set_consensus_params(
-                    super::circparams::consensus_params(&c.params),
-                    self.clock.now(),
-                );
+                self.take_network(c);
                 self.store.set_consensus(c);
                 if let Some(old) = self.consensus.replace(text) {
                     push_bounded(&mut self.previous_consensuses, old);
@@ -549,8 +542,111 @@ impl Loop {
         self.check_schedule();
     }
 
+    /// Takes from a verified `ns` consensus its relays' addresses as known relays (exempt
+    /// from the per-address limits) and its parameters for new circuits.
+    fn take_network(&mut self, c: &onion_dir::consensus::Consensus<'_>) {
+        let addrs: Vec<std::net::IpAddr> = c
+            .relays
+            .iter()
+            .map(|r| std::net::IpAddr::V4(r.address))
+            .collect();
+        self.relay.set_relay_addresses(addrs);
+        self.relay.set_consensus_params(
+            super::circparams::consensus_params(&c.params),
+            self.clock.now(),
+        );
+    }
+
+    /// The v3 identities of the configured authorities (whose signatures a consensus needs).
+    fn v3_authorities(&self) -> Vec<onion_dir::RsaIdentity> {
+        self.authorities
+            .iter()
+            .filter_map(|a| a.v3ident.map(onion_dir::RsaIdentity))
+            .collect()
+    }
+
+    /// At start: takes back the directory documents kept in the data directory
+    /// ([`super::dircache`]), verified again ([`onion_relay::dir_saved::restore`]), and
+    /// serves them at once; what does not verify is reported and not served. Descriptors
+    /// the restored consensuses list and the files lack are fetched.
+    fn restore_cache(&mut self) {
+        let max = self.store.max_bytes();
+        let (saved, problems) = self.cache_files.load(max);
+        for p in problems {
+            eprintln!("onion relay: directory cache file ignored: {p}");
+        }
+        let now = Timestamp::from(SystemTime::now());
+        let r = onion_relay::dir_saved::restore(&saved, &self.v3_authorities(), now, max);
+        for (doc, why) in &r.rejected {
+            eprintln!(
+                "onion relay: directory cache file {}: {why}; not served",
+                self.cache_files.path(*doc).display()
+            );
+        }
+        if r.consensus.is_none() && r.consensus_md.is_none() {
+            return;
+        }
+        self.authority_certs = r.certs;
+        self.store = r.store;
+        self.consensus_md = r.consensus_md;
+        let mut listed = String::new();
+        if let Some(text) = r.consensus {
+            if let Ok(parsed) = onion_dir::consensus::parse(&text) {
+                let c = parsed.peek();
+                listed = format!(
+                    "consensus valid-after {} ({} relays), ",
+                    c.valid_after,
+                    c.relays.len()
+                );
+                self.take_network(c);
+            }
+            self.consensus = Some(text);
+        }
+        eprintln!(
+            "onion relay: directory cache restored from {}: {listed}microdescriptor consensus \
+             {}, {} microdescriptors, {} server descriptors, {} key certificates",
+            self.cache_files
+                .path(onion_relay::dir_saved::CacheDoc::Certs)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            if self.consensus_md.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            self.store.n_microdescs(),
+            self.store.n_server_descriptors(),
+            self.authority_certs.len()
+        );
+        self.publish_documents();
+        if let Some(a) = self.authorities.iter().find(|a| !a.bridge) {
+            self.fetch_descriptors(SocketAddr::V4(a.dir_addr));
+        }
+    }
+
+    /// Writes the directory documents that changed to the data directory
+    /// ([`super::dircache`]); a failure is reported and the relay goes on (it only costs
+    /// a fetch at the next start).
+    fn save_cache(&mut self) {
+        let saved = onion_relay::dir_saved::saved(
+            &self.authority_certs,
+            self.consensus.as_deref(),
+            self.consensus_md.as_deref(),
+            &self.store,
+        );
+        match self.cache_files.save(&saved) {
+            Ok(w) if !w.is_empty() => {
+                eprintln!("onion relay: directory cache saved: {}", w.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("onion relay: directory cache not saved: {e}"),
+        }
+    }
+
     /// Gives the directory cache what the relay holds: both consensuses with their diff
-    /// bases, the descriptors fetched, our own descriptor.
+    /// bases, the descriptors fetched, our own descriptor; and keeps the documents in the
+    /// data directory.
     fn publish_documents(&mut self) {
         let bytes = |v: &std::collections::VecDeque<String>| -> Vec<Vec<u8>> {
             v.iter().map(|t| t.clone().into_bytes()).collect()
@@ -570,6 +666,7 @@ impl Loop {
         };
         self.store.fill(&mut docs);
         self.relay.set_directory_documents(docs);
+        self.save_cache();
     }
 
     /// Fetches from `from` (an authority's DirPort) the microdescriptors and server
