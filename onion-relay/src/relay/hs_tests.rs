@@ -427,6 +427,50 @@ fn introduce_n(net: &mut Net, cli: usize, key: &[u8; 32], n: usize) -> Vec<Optio
 }
 
 #[test]
+fn the_roles_answers_carry_the_bytes_c_tor_sends() {
+    let mut rng = ChaCha20Rng::seed_from_u64(44);
+    let mut net = network(44, |_| {});
+    let (svc, _) = net.connect_client(MID, ip(1)).expect("connect");
+    let (cli, _) = net.connect_client(MID, ip(2)).expect("connect");
+    // INTRO_ESTABLISHED: N_EXTENSIONS 0 (rend-spec-v3 §3.1.3).
+    let auth = ExpandedKeypair::generate(&mut rng);
+    let s = intro_circuit(&mut net, &mut rng, svc, &auth, None);
+    assert_eq!(
+        received(&net, s, RelayCmd::INTRO_ESTABLISHED),
+        vec![vec![0]]
+    );
+    // INTRODUCE_ACK: STATUS (2 bytes) and N_EXTENSIONS 0 (§3.2.2); INTRODUCE2 is the
+    // INTRODUCE1 body unchanged.
+    let c = net.build(cli, &[MID, INTRO], HandshakeKind::Ntor);
+    let intro1 = introduce1(auth.public_bytes());
+    send(&mut net, c, RelayCmd::INTRODUCE1, &intro1);
+    assert_eq!(
+        received(&net, c, RelayCmd::INTRODUCE_ACK),
+        vec![vec![0, 0, 0]]
+    );
+    assert_eq!(received(&net, s, RelayCmd::INTRODUCE2), vec![intro1]);
+    let c = net.build(cli, &[MID, INTRO], HandshakeKind::Ntor);
+    send(&mut net, c, RelayCmd::INTRODUCE1, &introduce1(&[9; 32]));
+    assert_eq!(
+        received(&net, c, RelayCmd::INTRODUCE_ACK),
+        vec![vec![0, 1, 0]]
+    );
+    // RENDEZVOUS_ESTABLISHED: empty (§4.1); RENDEZVOUS2: RENDEZVOUS1 after its cookie (§4.2).
+    let r = net.build(cli, &[MID, REND], HandshakeKind::Ntor);
+    send(&mut net, r, RelayCmd::ESTABLISH_RENDEZVOUS, &[5; 20]);
+    assert_eq!(
+        received(&net, r, RelayCmd::RENDEZVOUS_ESTABLISHED),
+        vec![Vec::<u8>::new()]
+    );
+    let info: Vec<u8> = (0..64).collect();
+    let mut r1 = vec![5; 20];
+    r1.extend_from_slice(&info);
+    let j = net.build(svc, &[MID, REND], HandshakeKind::Ntor);
+    send(&mut net, j, RelayCmd::RENDEZVOUS1, &r1);
+    assert_eq!(received(&net, r, RelayCmd::RENDEZVOUS2), vec![info]);
+}
+
+#[test]
 fn the_dos_extension_and_the_consensus_limit_introduce2() {
     let mut rng = ChaCha20Rng::seed_from_u64(42);
     let mut net = network(42, |_| {});
