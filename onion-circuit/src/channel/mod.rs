@@ -85,6 +85,7 @@ mod circmap;
 mod config;
 mod error;
 mod event;
+mod input;
 
 use onion_crypto::Timestamp;
 use std::collections::VecDeque;
@@ -106,6 +107,7 @@ pub use circmap::{CircOrigin, CircState};
 pub use config::{ChanConfig, PeerIds};
 pub use error::{CertsError, ChanError, SendError};
 pub use event::{ChanEvent, ChanOpen, CircViolation};
+pub use input::{Fed, InputBuffer, InputFull};
 
 use circmap::CircMap;
 

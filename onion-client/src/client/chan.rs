@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use onion_cell::chancell::ChanMsg;
 use onion_cell::CircId;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
 use rand_core::RngCore;
 
 use super::event::{ConnId, Event};
@@ -126,7 +126,7 @@ pub(crate) struct Chan {
     pub deadline: Option<Instant>,
     /// Input the channel has not consumed yet (it takes less only while its own queues are
     /// full), at most [`crate::Limits::channel_inbound`] bytes.
-    pub inbuf: Vec<u8>,
+    pub inbuf: InputBuffer,
     /// Circuits on it (keys into the client's circuits), in round-robin order, the next to
     /// serve at `rr`.
     pub circs: Vec<u64>,
@@ -158,7 +158,7 @@ impl Chan {
             channel: None,
             open: false,
             deadline: Some(deadline),
-            inbuf: Vec::new(),
+            inbuf: InputBuffer::new(),
             circs: Vec::new(),
             rr: 0,
             idle_close: None,
@@ -262,14 +262,13 @@ impl super::Client {
         if c.channel.is_none() {
             return;
         }
-        if c.inbuf.len().saturating_add(bytes.len()) > limit {
+        if c.inbuf.push(bytes, limit).is_err() {
             self.close_chan(
                 conn,
                 Error::Resource("channel input beyond Limits::channel_inbound"),
             );
             return;
         }
-        c.inbuf.extend_from_slice(bytes);
         if !bytes.is_empty() {
             self.build_times.network_live(self.now);
         }
@@ -345,14 +344,9 @@ impl super::Client {
                 return;
             };
             // A violation closes the channel (all of it consumed); ChanEvent::Closed says why.
-            let used = ch.handle_input(now, &c.inbuf);
-            c.inbuf.drain(..used);
-            if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {
-                c.inbuf = Vec::new();
-            }
-            let more = !c.inbuf.is_empty();
+            let fed = c.inbuf.feed(ch, now);
             let evented = self.chan_events(conn);
-            if !more || (used == 0 && !evented) {
+            if !fed.again(evented) {
                 return;
             }
         }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::CircId;
 use onion_circuit::channel::{
-    ChanConfig, ChanError, ChanEvent, Channel, InitiatorAuth, InitiatorCredentials, PeerIds,
-    ResponderCerts,
+    ChanConfig, ChanError, ChanEvent, Channel, InitiatorAuth, InitiatorCredentials, InputBuffer,
+    PeerIds, ResponderCerts,
 };
 use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as CircKeys};
 use onion_circuit::stream::StreamId;
@@ -100,7 +100,7 @@ struct Conn {
     /// Identities the peer proved once open.
     proven: PeerIds,
     open: bool,
-    inbuf: Vec<u8>,
+    inbuf: InputBuffer,
     /// CREATE2 cells of circuits waiting for this channel to open.
     waiting: Vec<(u64, ChanMsg<'static>)>,
     /// Circuits that stopped because this channel's output was full.
@@ -130,7 +130,7 @@ impl Conn {
             expected: PeerIds::default(),
             proven: PeerIds::default(),
             open: false,
-            inbuf: Vec::new(),
+            inbuf: InputBuffer::new(),
             waiting: Vec::new(),
             blocked: BTreeSet::new(),
             circs: BTreeSet::new(),
@@ -592,12 +592,11 @@ impl Relay {
         if c.chan.is_none() {
             return;
         }
-        if c.inbuf.len().saturating_add(bytes.len()) > limit {
+        if c.inbuf.push(bytes, limit).is_err() {
             self.close_conn(conn, true);
             self.settle();
             return;
         }
-        c.inbuf.extend_from_slice(bytes);
         self.unchecked_bytes = self.unchecked_bytes.saturating_add(bytes.len());
         self.pump_conn(conn);
         self.settle();
@@ -828,16 +827,7 @@ impl Relay {
             let Some(ch) = c.chan.as_mut() else {
                 return;
             };
-            let used = if c.inbuf.is_empty() {
-                0
-            } else {
-                ch.handle_input(now, &c.inbuf)
-            };
-            c.inbuf.drain(..used);
-            if c.inbuf.is_empty() && c.inbuf.capacity() > 64 << 10 {
-                c.inbuf = Vec::new();
-            }
-            let more = !c.inbuf.is_empty();
+            let fed = c.inbuf.feed(ch, now);
             let evented = self.chan_events(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 if let Some(ctx) = c.chan.as_ref().and_then(Channel::tls_exporter_needed) {
@@ -848,7 +838,7 @@ impl Relay {
                     }
                 }
             }
-            if !more || (used == 0 && !evented) {
+            if !fed.again(evented) {
                 return;
             }
         }
