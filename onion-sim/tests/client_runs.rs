@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use onion_circuit::circuit::HandshakeKind;
 use onion_client::Isolation;
 use onion_sim::client::driver::Outcome;
 use onion_sim::client::runs;
@@ -325,4 +326,50 @@ fn onion_fetch_with_and_without_client_authorization() {
         assert_eq!(r.rendezvous_points.len(), 1, "{r:?}");
         assert!(r.story.iter().any(|l| l.text.starts_with("page complete")));
     }
+}
+
+/// `onion sim`'s run: bootstrap, one circuit, one document. The circuit view the story
+/// reports is the client's own: three hops of the world added with CREATE2 ntor, then
+/// EXTEND2 (ntor-v3 to an exit the client negotiates congestion control with), and the
+/// flow-control counters of the whole transfer (every DATA cell of the body, a circuit SENDME
+/// per `sendme_inc` cells, no stream SENDMEs under congestion control).
+#[test]
+fn one_document_through_one_circuit_told_step_by_step() {
+    let size = 400_000;
+    let fixed = runs::fetch_document(cfg(3), size).expect("fixed windows");
+    assert_eq!(fixed.outcome, Outcome::Ok, "{:?}", fixed.story);
+    assert_eq!(fixed.status_line, "HTTP/1.0 200 OK");
+    assert_eq!(fixed.body_len, size);
+    let v = fixed.circuit_end.as_ref().expect("view at the end");
+    assert_eq!(v.hops.len(), 3);
+    let kinds: Vec<HandshakeKind> = v.hops.iter().map(|h| h.handshake).collect();
+    assert_eq!(kinds, [HandshakeKind::Ntor; 3]);
+    let cells = v.flow.data_cells_received;
+    assert!(
+        cells >= size / 498 && cells <= size / 498 + 5,
+        "{:?}",
+        v.flow
+    );
+    assert_eq!(v.flow.circ_sendmes_sent, cells / 100, "{:?}", v.flow);
+    assert_eq!(v.flow.stream_sendmes_sent, cells / 50, "{:?}", v.flow);
+    assert!(v.congestion_control.is_none());
+    let told = |s: &str| fixed.story.iter().any(|l| l.text.contains(s));
+    assert!(told("bootstrap 100%"));
+    assert!(told("circuit 1 built: "));
+    assert!(told("CONNECTED"));
+    assert!(told(" DATA cells received"));
+
+    let mut c = cfg(3);
+    c.congestion_control = true;
+    let cc = runs::fetch_document(c, size).expect("congestion control");
+    assert_eq!(cc.outcome, Outcome::Ok);
+    let v = cc.circuit_end.as_ref().expect("view at the end");
+    assert_eq!(v.hops[0].handshake, HandshakeKind::Ntor);
+    assert_eq!(v.hops[2].handshake, HandshakeKind::NtorV3);
+    let inc = u64::from(v.congestion_control.expect("negotiated").sendme_inc);
+    assert_eq!(v.flow.circ_sendmes_sent, v.flow.data_cells_received / inc);
+    assert_eq!(v.flow.stream_sendmes_sent, 0);
+    // The same seed, the same story.
+    let again = runs::fetch_document(cfg(3), size).expect("again");
+    assert_eq!(again.story, fixed.story);
 }

@@ -1,24 +1,29 @@
 //! `onion sim`: run the in-memory Tor network and tell its story.
 //!
-//! A client, a guard, a middle and an exit relay and a web server run in this process, on
-//! the real onion state machines (link handshakes with certificates, ntor-v3 circuit
-//! handshakes, tor1 relay crypto, SENDME flow control), with virtual time and a seeded RNG.
-//! The client fetches a document through a 3-hop circuit. We print one line per significant
-//! event of each party, what each relay saw, the SHA-256 of the fetched body, and the
-//! throughput (in virtual network time, and in wall-clock CPU time for all the parties).
-
+//! By default the embedder's client, `onion_client::Client` (the code `onion get` runs),
+//! starts with nothing stored in a simulated network of directory authorities, guard, middle
+//! and exit relays (every one an `onion_relay::Relay`, the machine `onion relay` runs) and a
+//! web server: it bootstraps from the authorities, builds a circuit and fetches a document
+//! through it, with virtual time and a seeded RNG. We print one line per significant step,
+//! the SHA-256 of the fetched body and the throughput (in virtual network time, and in
+//! wall-clock CPU time for all the parties). `--circuit` tells the same fetch cell by cell from
+//! a bare onion-circuit client; `--client`, `--onion` and `--bottleneck` run the other
+//! scenarios.
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use onion_circuit::circuit::HandshakeKind;
-use onion_sim::circuit::{self as sim, SimConfig, StoryLine};
+use onion_sim::circuit::{self as sim, web, SimConfig, StoryLine};
+use onion_sim::client::driver::Outcome;
+use onion_sim::client::runs;
+use onion_sim::client::world::WorldConfig;
 use sha2::{Digest, Sha256};
 
 mod bottleneck;
 mod onion;
 
-/// `onion sim`: a client, guard, middle and exit relay and a web server run in memory; the
-/// client fetches N bytes over HTTP through a circuit, and each step is printed.
+/// `onion sim`: onion_client::Client bootstraps from simulated authorities and fetches N
+/// bytes over HTTP through a circuit of onion_relay::Relay relays, and each step is printed.
 #[derive(clap::Args)]
 pub struct Args {
     /// Seed of every random choice (the same seed gives the same run).
@@ -28,8 +33,9 @@ pub struct Args {
     /// --client, each stream's, default 1048576).
     #[arg(long, value_name = "N", value_parser = parse_bytes)]
     bytes: Option<u64>,
-    /// Number of relays in the circuit (1-8).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=8))]
+    /// With --circuit: the number of relays in the circuit (1-8). (The client of the
+    /// default run chooses its paths itself: three hops, path-spec §2.)
+    #[arg(long, value_name = "N", requires = "circuit", value_parser = clap::value_parser!(u64).range(1..=8))]
     hops: Option<u64>,
     /// One-way latency of every simulated link.
     #[arg(long, value_name = "N")]
@@ -37,8 +43,9 @@ pub struct Args {
     /// Bandwidth of every simulated link.
     #[arg(long, value_name = "N")]
     bandwidth_mbit: Option<u64>,
-    /// Handshake of the first hop.
-    #[arg(long, value_name = "ntor|ntor-v3|fast", value_parser = parse_first_hop)]
+    /// With --circuit: the handshake of the first hop. (The client of the default run
+    /// chooses as C tor does: ntor, ntor-v3 with an exit it negotiates congestion control with.)
+    #[arg(long, value_name = "ntor|ntor-v3|fast", requires = "circuit", value_parser = parse_first_hop)]
     first_hop: Option<HandshakeKind>,
     /// Print only the outcome, not the story.
     #[arg(long, short)]
@@ -58,10 +65,15 @@ pub struct Args {
     /// With --client: the number of parallel streams.
     #[arg(long, value_name = "N", requires = "client", value_parser = clap::value_parser!(u64).range(1..=1000))]
     streams: Option<u64>,
-    /// With --client: relays offer congestion control (proposal 324) and the client
-    /// negotiates it with the exits.
-    #[arg(long, requires = "client")]
+    /// Relays offer congestion control (proposal 324) and the client negotiates it with the
+    /// exits (the default run and --client).
+    #[arg(long, conflicts_with_all = ["onion", "circuit", "bottleneck"])]
     congestion_control: bool,
+    /// Tell the fetch cell by cell instead: a bare onion-circuit client (one channel, one
+    /// circuit through --hops relays, no directory) fetches --bytes from the web server
+    /// through onion_relay::Relay relays.
+    #[arg(long, conflicts_with_all = ["onion", "client", "bottleneck"])]
+    circuit: bool,
     /// Run the congestion-control experiment instead (proposal 324): a --bytes download
     /// (default 50 MiB) through guard, middle and exit whose guard-middle link is a
     /// --bandwidth-mbit bottleneck (default 200) with a bounded queue, with Tor Vegas and
@@ -208,6 +220,14 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.bottleneck {
         return bottleneck::run(&args);
     }
+    if args.circuit {
+        return run_circuit(&args);
+    }
+    run_document(&args)
+}
+
+/// `onion sim --circuit`: the cell-level story of one fetch.
+fn run_circuit(args: &Args) -> Result<(), String> {
     let mut cfg = SimConfig::default();
     cfg.seed = args.seed.unwrap_or(cfg.seed);
     cfg.response_len = args.bytes.unwrap_or(cfg.response_len);
@@ -261,7 +281,7 @@ pub fn run(args: Args) -> Result<(), String> {
         return print_json(&out, intact, "the fetched body");
     }
     let title = format!(
-        "onion sim: client -> {} -> web server, {} bytes, seed {} (virtual time, in-memory links: {} ms one way, {} Mbit/s)",
+        "onion sim --circuit: client -> {} -> web server, {} bytes, seed {} (virtual time, in-memory links: {} ms one way, {} Mbit/s)",
         match cfg.hops {
             1 => "exit".to_owned(),
             3 => "guard -> middle -> exit".to_owned(),
@@ -292,10 +312,9 @@ pub fn run(args: Args) -> Result<(), String> {
     outcome
 }
 
-/// `onion sim --client`: bootstrap the embedder's client from the simulated authorities,
-/// then run the parallel streams and print a summary.
-fn run_client(args: &Args) -> Result<(), String> {
-    use onion_sim::client::{runs, world::WorldConfig};
+/// The client world as the options say: seed, every access link's latency and bandwidth,
+/// congestion control.
+fn world_config(args: &Args) -> WorldConfig {
     let mut cfg = WorldConfig::default();
     cfg.seed = args.seed.unwrap_or(cfg.seed);
     if let Some(ms) = args.latency_ms {
@@ -307,6 +326,147 @@ fn run_client(args: &Args) -> Result<(), String> {
         cfg.client_link.bandwidth = b.saturating_mul(125_000);
     }
     cfg.congestion_control = args.congestion_control;
+    cfg
+}
+
+/// The default `onion sim`: onion_client::Client bootstraps from the simulated authorities
+/// and fetches one document through a circuit of onion_relay::Relay relays, told step by
+/// step.
+fn run_document(args: &Args) -> Result<(), String> {
+    let cfg = world_config(args);
+    let size = args.bytes.unwrap_or(1_500_000);
+    let started = Instant::now();
+    let r =
+        runs::fetch_document(cfg.clone(), size).map_err(|e| format!("simulation failed: {e}"))?;
+    let wall = started.elapsed();
+    let intact = r.outcome == Outcome::Ok;
+    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
+    let mb = r.body_len as f64 / 1e6;
+    let virt_rate = mb / secs(r.transfer_time);
+    let flow = r.circuit_end.as_ref().map(|v| v.flow).unwrap_or_default();
+    let expected = hex::encode(Sha256::digest(web::expected_body(cfg.seed, size)));
+    if args.json {
+        let circuit = r.circuit.as_ref().map(|v| {
+            serde_json::json!({
+                "path": v.hops.iter().map(|h| h.nickname.clone()).collect::<Vec<_>>(),
+                "handshakes": v.hops.iter().map(|h| handshake_name(h.handshake)).collect::<Vec<_>>(),
+                "purpose": format!("{:?}", v.purpose),
+            })
+        });
+        let cc = |v: Option<&onion_client::CircuitView>| {
+            v.and_then(|v| v.congestion_control).map(|c| {
+                serde_json::json!({
+                    "sendme_inc": c.sendme_inc, "cwnd": c.cwnd, "inflight": c.inflight,
+                    "slow_start": c.slow_start, "rtt_min_ms": c.rtt_min_usec as f64 / 1e3,
+                    "rtt_ewma_ms": c.rtt_ewma_usec as f64 / 1e3,
+                })
+            })
+        };
+        let out = serde_json::json!({
+            "seed": cfg.seed,
+            "relays": r.relays,
+            "status": r.status_line,
+            "outcome": format!("{:?}", r.outcome),
+            "bytes": r.body_len,
+            "sha256": intact.then_some(expected),
+            "intact": intact,
+            "bootstrap_virtual_s": r.bootstrap.time.as_secs_f64(),
+            "bootstrap_requests": r.bootstrap.requests.len(),
+            "bootstrap_progress": r.bootstrap.progress,
+            "relays_usable": r.bootstrap.relays_usable,
+            "circuit": circuit,
+            "congestion_control": cc(r.circuit.as_ref()),
+            "congestion_control_end": cc(r.circuit_end.as_ref()),
+            "open_virtual_s": r.open_time.as_secs_f64(),
+            "transfer_virtual_s": r.transfer_time.as_secs_f64(),
+            "throughput_virtual_MBps": virt_rate,
+            "total_virtual_s": r.total_time.as_secs_f64(),
+            "wall_s": wall.as_secs_f64(),
+            "throughput_wall_MBps": mb / secs(wall),
+            "link_bytes": r.link_bytes,
+            "client_flow": {
+                "data_cells_received": flow.data_cells_received,
+                "data_cells_sent": flow.data_cells_sent,
+                "circuit_sendmes_sent": flow.circ_sendmes_sent,
+                "stream_sendmes_sent": flow.stream_sendmes_sent,
+                "xoff_received": flow.xoff_received,
+                "xon_received": flow.xon_received,
+            },
+            "story": if args.quiet { Vec::new() } else { story_json(&r.story) },
+        });
+        return print_json(&out, intact, "the fetched body");
+    }
+    let title = format!(
+        "onion sim: onion_client::Client -> {} onion_relay::Relay relays ({} authorities) -> web server, {size} bytes, seed {} (virtual time; access links {} ms one way, {} Mbit/s; {})",
+        r.relays,
+        cfg.authorities,
+        cfg.seed,
+        cfg.relay_link.latency.as_millis(),
+        cfg.relay_link.bandwidth / 125_000,
+        if cfg.congestion_control {
+            "relays offer congestion control"
+        } else {
+            "fixed SENDME windows"
+        }
+    );
+    if args.quiet {
+        println!("{title}");
+    } else {
+        print_story(&title, &r.story);
+    }
+    println!();
+    println!(
+        "bootstrap:   {} relays usable after {:.3} s virtual ({} directory requests)",
+        r.bootstrap.relays_usable,
+        r.bootstrap.time.as_secs_f64(),
+        r.bootstrap.requests.len()
+    );
+    if let Some(v) = &r.circuit {
+        println!("circuit:     {}", v.path_string());
+    }
+    println!("status:      {}", r.status_line);
+    println!(
+        "received:    {} bytes, {}",
+        r.body_len,
+        if intact {
+            "identical to what the server sent (SHA-256 checked)".to_owned()
+        } else {
+            format!("FAILED: {:?}", r.outcome)
+        }
+    );
+    if intact {
+        println!("sha256:      {expected}");
+    }
+    println!("flow:        {}", onion_sim::client::runs::flow_text(&flow));
+    println!(
+        "throughput:  {virt_rate:.2} MB/s in virtual network time ({:.3} s for the body after {:.3} s to open the stream)",
+        r.transfer_time.as_secs_f64(),
+        r.open_time.as_secs_f64()
+    );
+    println!(
+        "             {:.2} MB/s of wall-clock CPU, all parties on one core ({:.3} s for everything: keys, bootstrap, circuit, transfer)",
+        mb / secs(wall),
+        wall.as_secs_f64()
+    );
+    if intact {
+        Ok(())
+    } else {
+        Err(format!("the fetch failed: {:?}", r.outcome))
+    }
+}
+
+fn handshake_name(k: HandshakeKind) -> &'static str {
+    match k {
+        HandshakeKind::Ntor => "ntor",
+        HandshakeKind::NtorV3 => "ntor-v3",
+        HandshakeKind::CreateFast => "CREATE_FAST",
+    }
+}
+
+/// `onion sim --client`: bootstrap the embedder's client from the simulated authorities,
+/// then run the parallel streams and print a summary.
+fn run_client(args: &Args) -> Result<(), String> {
+    let cfg = world_config(args);
     let streams = args.streams.unwrap_or(100) as usize;
     let bytes = args.bytes.unwrap_or(1 << 20);
     let started = Instant::now();

@@ -3,6 +3,8 @@
 //! which relays it runs through, what it is for, and whether its last hop runs congestion
 //! control (proposal 324).
 
+use onion_circuit::circuit::HandshakeKind;
+use onion_circuit::flow::FlowStats;
 use onion_dir::RsaIdentity;
 
 use super::circ::{CircPhase, Purpose};
@@ -18,6 +20,10 @@ pub struct HopView {
     /// list (an authority or fallback directory reached before bootstrap, or one that left
     /// the consensus since).
     pub nickname: Option<String>,
+    /// The handshake that added it (tor-spec §5.1): CREATE2 with ntor or CREATE_FAST for the
+    /// first hop, EXTEND2 with ntor-v3 for later hops whose microdescriptor offers it, else
+    /// ntor.
+    pub handshake: HandshakeKind,
 }
 
 /// Congestion control on a circuit's last hop (proposal 324 §4: Tor Vegas, negotiated in
@@ -54,6 +60,9 @@ pub struct CircuitView {
     /// Congestion control on the last hop (the exit, or an onion service's virtual hop),
     /// `None` when it was not negotiated: fixed SENDME windows (tor-spec §7.3) apply.
     pub congestion_control: Option<CcView>,
+    /// The circuit's flow-control counters so far (DATA cells, circuit and stream SENDMEs,
+    /// XON/XOFF: tor-spec §7.3, §7.4, proposal 324 §4.1.1); zero before the first hop.
+    pub flow: FlowStats,
 }
 
 impl CircuitView {
@@ -89,8 +98,14 @@ impl Client {
         let hops = circ
             .path
             .iter()
-            .map(|h| HopView {
+            .enumerate()
+            .map(|(i, h)| HopView {
                 rsa_id: h.rsa_id,
+                handshake: match (i, circ.fast, h.ntor_v3) {
+                    (0, true, _) => HandshakeKind::CreateFast,
+                    (0, false, _) | (_, _, false) => HandshakeKind::Ntor,
+                    (_, _, true) => HandshakeKind::NtorV3,
+                },
                 nickname: dir.and_then(|d| {
                     let idx = d.view.by_rsa_id(&h.rsa_id)?;
                     d.view.relay(idx).map(|r| r.nickname.clone())
@@ -114,6 +129,7 @@ impl Client {
             purpose: circ.purpose,
             built: matches!(circ.phase, CircPhase::Open | CircPhase::Waiting),
             congestion_control,
+            flow: circ.circ.as_ref().map(|c| c.stats()).unwrap_or_default(),
         })
     }
 }

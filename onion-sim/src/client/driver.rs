@@ -109,6 +109,13 @@ pub struct Fetch {
     pub ended: Option<Instant>,
     /// How it ended.
     pub outcome: Outcome,
+    /// The circuit carrying it when it opened ([`Client::stream_circuit`]: path, handshakes,
+    /// congestion control).
+    pub circuit_opened: Option<onion_client::CircuitView>,
+    /// The same when it ended, before it was read out ([`Sim::watch_circuits`] keeps the
+    /// view of the last read): the circuit's flow-control counters and congestion window at
+    /// the end of the transfer.
+    pub circuit_ended: Option<onion_client::CircuitView>,
 }
 
 /// The application side: fetches in progress and done, and the events it saw.
@@ -187,6 +194,21 @@ impl Fetches {
 }
 
 impl Fetch {
+    /// The response's status line (empty until the head arrived).
+    pub fn status_line(&self) -> String {
+        let end = self
+            .head
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(if self.head_done { self.head.len() } else { 0 });
+        String::from_utf8_lossy(&self.head[..end]).into_owned()
+    }
+
+    /// Whether the response's head arrived.
+    pub fn head_done(&self) -> bool {
+        self.head_done
+    }
+
     fn take(&mut self, mut bytes: &[u8]) {
         if !self.head_done {
             let room = 16 * 1024usize.saturating_sub(self.head.len());
@@ -413,6 +435,11 @@ pub struct Sim {
     blocked: Vec<ConnId>,
     /// How many times a connection was reported blocked.
     pub blocked_count: u64,
+    /// Record each fetch's circuit view ([`Fetch::circuit_ended`]) whenever its stream has
+    /// bytes to read, so that the view before the end of the stream is kept (the client
+    /// forgets a stream once it is read out). Off by default: it costs an allocation per
+    /// readable event.
+    pub watch_circuits: bool,
     out: Vec<u8>,
 }
 
@@ -466,6 +493,7 @@ impl Sim {
             bytes: (0, 0),
             blocked: Vec::new(),
             blocked_count: 0,
+            watch_circuits: false,
             out: Vec::new(),
         };
         sim.step();
@@ -582,6 +610,8 @@ impl Sim {
             opened: None,
             ended: None,
             outcome: Outcome::Running,
+            circuit_opened: None,
+            circuit_ended: None,
         });
         self.step();
         Ok(stream)
@@ -606,8 +636,10 @@ impl Sim {
             }
             Event::Persist(p) => self.persisted.store(p),
             Event::StreamOpened { stream } => {
+                let view = self.client.stream_circuit(stream);
                 if let Some(f) = self.fetches.get(stream) {
                     f.opened = Some(now);
+                    f.circuit_opened = view;
                     Fetches::write_more(&mut self.client, f, now);
                 } else {
                     self.events.push_back((now, Event::StreamOpened { stream }));
@@ -620,6 +652,12 @@ impl Sim {
             }
             Event::StreamReadable { stream } => {
                 if self.fetches.by_stream.contains_key(&stream) {
+                    if self.watch_circuits {
+                        let view = self.client.stream_circuit(stream);
+                        if let Some(f) = self.fetches.get(stream) {
+                            f.circuit_ended = view.or(f.circuit_ended.take());
+                        }
+                    }
                     self.fetches.read_all(&mut self.client, stream, now);
                 } else {
                     self.events
@@ -628,6 +666,10 @@ impl Sim {
             }
             Event::StreamClosed { stream, error } => {
                 if self.fetches.by_stream.contains_key(&stream) {
+                    let view = self.client.stream_circuit(stream);
+                    if let Some(f) = self.fetches.get(stream) {
+                        f.circuit_ended = view.or(f.circuit_ended.take());
+                    }
                     // Bytes received before the end stay readable.
                     self.fetches.read_all(&mut self.client, stream, now);
                     let expected = self.fetches.expected.clone();
@@ -703,6 +745,15 @@ impl Sim {
                 match nev {
                     NetEvent::Connected { link, cert_sha256 } => {
                         if let Some(&conn) = self.conns.get(&link) {
+                            if self.world.config().story {
+                                let to = self.world.link_relay(link).map_or("?".to_owned(), |r| {
+                                    self.world.relay_name(r).to_owned()
+                                });
+                                self.world.log(
+                                    "client",
+                                    format!("TCP and TLS up with {to}: link handshake (VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO) starts"),
+                                );
+                            }
                             self.client.handle_connected(conn, now, cert_sha256);
                         }
                     }

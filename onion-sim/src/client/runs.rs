@@ -4,6 +4,7 @@
 //!
 //! | run | what it shows |
 //! |---|---|
+//! | [`fetch_document`] | `onion sim`: bootstrap, one circuit, one document fetched through it, told step by step |
 //! | [`bootstrap`] | from nothing to a verified directory fetched from the simulated authorities |
 //! | [`streams`] | many concurrent streams sharing circuits, every body's SHA-256 checked |
 //! | [`relay_dies`] | the exit dies mid-transfer: the stream ends with its reason, the next stream gets a new circuit through another exit |
@@ -519,5 +520,296 @@ pub fn onion_fetch(
         introduced_at,
         rendezvous_points,
         story: sim.world.story().to_vec(),
+    })
+}
+
+/// What [`fetch_document`] did.
+#[derive(Debug, Clone)]
+pub struct DocumentReport {
+    /// Relays in the world (authorities included).
+    pub relays: usize,
+    /// The bootstrap.
+    pub bootstrap: BootstrapReport,
+    /// How the fetch ended: [`Outcome::Ok`] when the whole body arrived with the web
+    /// server's SHA-256.
+    pub outcome: Outcome,
+    /// The response's status line.
+    pub status_line: String,
+    /// Body bytes received.
+    pub body_len: u64,
+    /// The circuit when the stream opened (path, handshakes, congestion control).
+    pub circuit: Option<onion_client::CircuitView>,
+    /// The same circuit when the stream ended (flow-control counters, final window).
+    pub circuit_end: Option<onion_client::CircuitView>,
+    /// Virtual time from `connect` to the stream's CONNECTED (circuit build included).
+    pub open_time: Duration,
+    /// Virtual time from CONNECTED to the end of the stream (request and body).
+    pub transfer_time: Duration,
+    /// Virtual time of the whole run.
+    pub total_time: Duration,
+    /// Bytes delivered over all connections.
+    pub link_bytes: u64,
+    /// The story: bootstrap, connections, directory requests, circuit, stream, progress.
+    pub story: Vec<crate::circuit::StoryLine>,
+}
+
+/// Tells what the client did between two looks: new events (bootstrap progress, directory),
+/// the circuit chosen and built for the stream, the stream opening, and the body's progress.
+#[derive(Default)]
+struct Narrator {
+    events_seen: usize,
+    stream: Option<onion_client::StreamHandle>,
+    circuit_told: Option<(u64, bool)>,
+    opened_told: bool,
+    head_told: bool,
+    quarters: u64,
+}
+
+fn hops_text(v: &onion_client::CircuitView) -> String {
+    use onion_circuit::circuit::HandshakeKind;
+    v.hops
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = h.nickname.clone().unwrap_or_else(|| "?".into());
+            let kind = match h.handshake {
+                HandshakeKind::CreateFast => "CREATE_FAST",
+                HandshakeKind::Ntor => "ntor",
+                HandshakeKind::NtorV3 => "ntor-v3",
+            };
+            let cell = if i == 0 { "CREATE2" } else { "EXTEND2" };
+            match h.handshake {
+                HandshakeKind::CreateFast => format!("{name} ({kind})"),
+                _ => format!("{name} ({cell} {kind})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cc_text(cc: &onion_client::CcView) -> String {
+    format!(
+        "sendme_inc {}, cwnd {} cells, {} in flight, {}, RTT min {:.1} ms, smoothed {:.1} ms",
+        cc.sendme_inc,
+        cc.cwnd,
+        cc.inflight,
+        if cc.slow_start {
+            "slow start"
+        } else {
+            "past slow start"
+        },
+        cc.rtt_min_usec as f64 / 1e3,
+        cc.rtt_ewma_usec as f64 / 1e3
+    )
+}
+
+/// The flow-control counters as one line.
+pub fn flow_text(f: &onion_circuit::flow::FlowStats) -> String {
+    format!(
+        "{} DATA cells received, {} sent; {} circuit SENDMEs and {} stream SENDMEs sent; {} XOFF / {} XON sent, {} XOFF / {} XON received",
+        f.data_cells_received,
+        f.data_cells_sent,
+        f.circ_sendmes_sent,
+        f.stream_sendmes_sent,
+        f.xoff_sent,
+        f.xon_sent,
+        f.xoff_received,
+        f.xon_received
+    )
+}
+
+impl Narrator {
+    fn look(&mut self, sim: &mut Sim) {
+        while let Some((_, ev)) = sim.events.get(self.events_seen) {
+            self.events_seen += 1;
+            let line = match ev {
+                Event::Bootstrap { percent, what } => Some(format!("bootstrap {percent}%: {what}")),
+                Event::DirectoryChanged(d) => Some(format!(
+                    "directory: consensus valid after {}, {} relays usable",
+                    d.valid_after,
+                    d.view.len()
+                )),
+                Event::DirectoryFailed(e) => Some(format!("directory request failed: {e}")),
+                _ => None,
+            };
+            if let Some(l) = line {
+                sim.world.log("client", l);
+            }
+        }
+        let Some(s) = self.stream else { return };
+        if let Some(v) = sim.client.stream_circuit(s) {
+            if self.circuit_told != Some((v.circuit, v.built)) {
+                self.circuit_told = Some((v.circuit, v.built));
+                let text = if v.built {
+                    format!(
+                        "circuit {} built: {} ({:?})",
+                        v.circuit,
+                        hops_text(&v),
+                        v.purpose
+                    )
+                } else {
+                    format!(
+                        "circuit {} chosen for the stream, building: {}",
+                        v.circuit,
+                        v.path_string()
+                    )
+                };
+                sim.world.log("client", text);
+                if v.built {
+                    let exit = v
+                        .hops
+                        .last()
+                        .and_then(|h| h.nickname.clone())
+                        .unwrap_or_default();
+                    sim.world.log(
+                        "client",
+                        match &v.congestion_control {
+                            Some(cc) => format!(
+                                "congestion control (proposal 324, Tor Vegas) negotiated with {exit}: {}",
+                                cc_text(cc)
+                            ),
+                            None => format!(
+                                "no congestion control with {exit}: fixed SENDME windows (1000 cells per circuit, 500 per stream)"
+                            ),
+                        },
+                    );
+                }
+            }
+        }
+        let Some(f) = sim.fetches.all.iter().find(|f| f.stream == s) else {
+            return;
+        };
+        let (opened, head, body_len, size, started) =
+            (f.opened, f.head_done(), f.body_len, f.size, f.started);
+        let status = f.status_line();
+        if let (Some(at), false) = (opened, self.opened_told) {
+            self.opened_told = true;
+            sim.world.log(
+                "client",
+                format!(
+                    "stream {}: CONNECTED {:.3} s after connect; request \"GET /{size}\" written",
+                    s.get(),
+                    (at - started).as_secs_f64()
+                ),
+            );
+        }
+        if head && !self.head_told {
+            self.head_told = true;
+            sim.world.log(
+                "client",
+                format!("stream {}: response head \"{status}\"", s.get()),
+            );
+        }
+        let q = if size == 0 { 0 } else { body_len * 4 / size };
+        if q > self.quarters && q < 4 {
+            self.quarters = q;
+            let since = opened.map_or(Duration::ZERO, |o| sim.now() - o);
+            sim.world.log(
+                "client",
+                format!(
+                    "stream {}: {body_len} body bytes (past {}%), {:.2} MB/s since CONNECTED",
+                    s.get(),
+                    q * 25,
+                    body_len as f64 / 1e6 / since.as_secs_f64().max(1e-9)
+                ),
+            );
+        }
+    }
+}
+
+/// `onion sim`: a client with nothing stored bootstraps from the world's authorities, then
+/// fetches `GET /<size>` from the web server through a circuit it builds (path-spec §2), the
+/// embedder's way: every relay an [`onion_relay::Relay`], the client `onion_client::Client`
+/// as `onion get` runs it. The story tells bootstrap progress, connections and link
+/// handshakes, directory requests, the circuit (path, handshake per hop, congestion control),
+/// the stream, the body's progress and the flow-control counters; `cfg.story` is set.
+pub fn fetch_document(mut cfg: WorldConfig, size: u64) -> Result<DocumentReport, SimError> {
+    cfg.story = true;
+    let mut sim = Sim::new(cfg, None)?;
+    sim.watch_circuits = true;
+    let mut nar = Narrator::default();
+    nar.look(&mut sim);
+    let time = sim.run_until(Duration::from_secs(300), |s| {
+        nar.look(s);
+        s.client.is_bootstrapped()
+    })?;
+    let bootstrap = BootstrapReport {
+        time,
+        relays_usable: sim.client.directory().map_or(0, |d| d.view.len()),
+        progress: sim
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Bootstrap { percent, .. } => Some(*percent),
+                _ => None,
+            })
+            .collect(),
+        requests: sim.world.dir_log().to_vec(),
+        connects: sim.connects,
+    };
+    let s = sim.fetch(size, Isolation::NONE)?;
+    sim.world.log(
+        "client",
+        format!(
+            "stream {}: connect to {}:80 (the exit resolves the name)",
+            s.get(),
+            crate::circuit::WEB_HOST
+        ),
+    );
+    nar.stream = Some(s);
+    nar.look(&mut sim);
+    let i = sim.fetches.all.len() - 1;
+    sim.run_until(Duration::from_secs(3600), |s| {
+        nar.look(s);
+        s.fetches.all[i].outcome != Outcome::Running
+    })?;
+    let f = sim.fetches.all[i].clone();
+    let end = f.ended.unwrap_or(sim.now());
+    let transfer_time = f.opened.map_or(Duration::ZERO, |o| end - o);
+    let rate = f.body_len as f64 / 1e6 / transfer_time.as_secs_f64().max(1e-9);
+    sim.world.log(
+        "client",
+        match &f.outcome {
+            Outcome::Ok => format!(
+                "stream {}: ended by the exit (END DONE): {} body bytes in {:.3} s, {rate:.2} MB/s, SHA-256 the web server's",
+                s.get(),
+                f.body_len,
+                transfer_time.as_secs_f64()
+            ),
+            o => format!("stream {}: {o:?} after {} body bytes", s.get(), f.body_len),
+        },
+    );
+    if let Some(v) = &f.circuit_ended {
+        sim.world.log(
+            "client",
+            format!("circuit {} flow control: {}", v.circuit, flow_text(&v.flow)),
+        );
+        if let Some(cc) = &v.congestion_control {
+            sim.world
+                .log("client", format!("circuit {} congestion control at the end (the client's own sending window; the exit's paces the download): {}", v.circuit, cc_text(cc)));
+        }
+    }
+    Ok(DocumentReport {
+        relays: sim.world.n_relays(),
+        bootstrap,
+        status_line: f.status_line(),
+        outcome: f.outcome.clone(),
+        body_len: f.body_len,
+        circuit: f.circuit_opened.clone(),
+        circuit_end: f.circuit_ended.clone(),
+        open_time: f.opened.map_or(Duration::ZERO, |o| o - f.started),
+        transfer_time,
+        total_time: sim.now() - onion_circuit::Instant::ZERO,
+        link_bytes: sim.world.link_bytes(),
+        story: std::iter::once(crate::circuit::StoryLine {
+            at: Duration::ZERO,
+            party: "client".into(),
+            text: format!(
+                "starts with nothing stored; {} directory authorities configured",
+                sim.world.authorities().len()
+            ),
+        })
+        .chain(sim.world.story().iter().cloned())
+        .collect(),
     })
 }

@@ -59,6 +59,15 @@ pub const MAX_DIR_REQUEST: usize = 64 * 1024;
 /// Older consensuses the authorities keep to serve diffs from (dir-spec §4.5.2).
 pub const KEEP_OLD_CONSENSUSES: usize = 8;
 
+/// A directory request's path for the story: up to 72 characters, then how much was cut
+/// (a request for many digests is long).
+fn short_path(path: &str) -> String {
+    match path.char_indices().nth(72) {
+        Some((i, _)) => format!("{}... ({} characters)", &path[..i], path.len()),
+        None => path.to_owned(),
+    }
+}
+
 /// The wall clock at virtual time `now`.
 pub fn wall_at(now: Instant) -> Timestamp {
     Timestamp(WALL_BASE + now.as_nanos() / 1_000_000_000)
@@ -1189,7 +1198,7 @@ impl World {
                     format!(
                         "directory request {} {}: {}{}, {} bytes",
                         a.method,
-                        a.path,
+                        short_path(&a.path),
                         a.status,
                         if a.diff { " (consensus diff)" } else { "" },
                         a.len
