@@ -84,6 +84,7 @@ pub mod circuit;
 pub mod error;
 pub mod flow;
 pub mod relay;
+mod sendme;
 pub mod stream;
 pub mod time;
 

@@ -248,12 +248,12 @@ fn sending_is_limited_by_cwnd_and_a_sendme_takes_an_rtt_sample() {
     assert_eq!(c.send(id, b"more").unwrap(), 0);
     // Encrypt and send them (not delivered): the SENDME-eliciting cells' digests are kept.
     while c.poll_cell(&mut rng).is_some() {}
-    let expected = c.hops[0].cc.as_ref().unwrap().expected.clone();
+    let expected = c.hops[0].send.expected_digests().unwrap().clone();
     assert_eq!(expected.len(), 4);
     assert_eq!(c.congestion_control(0).unwrap().inflight(), 124);
 
     // A SENDME with a wrong digest closes the circuit, as with fixed windows.
-    let mut bad = c.hops[0].cc.as_ref().unwrap().expected[0];
+    let mut bad = c.hops[0].send.expected_digests().unwrap()[0];
     bad[0] ^= 1;
     let mut body = vec![1u8, 0, 20];
     body.extend_from_slice(&bad);

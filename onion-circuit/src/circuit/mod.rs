@@ -70,11 +70,9 @@ use rand_core::CryptoRngCore;
 pub use self::error::{CircError, Unexpected};
 use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
 use crate::cc::{CcConfig, CcError, CongestionControl};
-use crate::flow::{
-    check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowStats, SendmeTag,
-    SENDME_DIGEST_LEN,
-};
-use crate::stream::{flow_signal_msg, Admit, SendLimit, Stream, StreamId, StreamMap, StreamState};
+use crate::flow::{sendme_tag, CircRecvWindow, FlowStats, SendmeTag};
+use crate::sendme::{CircSender, SendmeError};
+use crate::stream::{flow_signal_msg, Admit, Stream, StreamId, StreamMap, StreamState};
 use crate::Instant;
 
 /// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
@@ -287,46 +285,27 @@ struct Pending {
 /// Per-hop flow-control state (the crypto lives in [`ClientCircuitCrypto`]).
 #[derive(Debug)]
 struct HopFlow {
-    send: CircSendWindow,
+    /// Our sending end toward the hop: the package window, or the congestion window if the
+    /// hop negotiated congestion control.
+    send: CircSender,
+    /// Asks for a SENDME every 100 cells, or every `sendme_inc` under congestion control.
     recv: CircRecvWindow,
     /// The hop's `KH` (tor-spec §5.2.2: the DIGEST_LEN bytes after the tor1 keys; for
     /// CREATE_FAST the KH of its reply), `None` for a virtual hop.
     kh: Option<HopKh>,
-    /// Congestion control, if this hop negotiated it: then `send` is unused, the congestion
-    /// window limits what is sent, and `recv` asks for a SENDME every `sendme_inc` cells.
-    cc: Option<Box<CcHop>>,
 }
 
 impl HopFlow {
     /// A new hop's flow control: full windows, or under congestion control `cc` a SENDME
     /// asked for every negotiated `sendme_inc` cells received.
     fn new(accept_sendme_v0: bool, kh: Option<HopKh>, cc: Option<CongestionControl>) -> Self {
-        let recv = match &cc {
-            Some(c) => CircRecvWindow::with_increment(c.config().sendme_inc),
-            None => CircRecvWindow::default(),
-        };
+        let send = CircSender::new(accept_sendme_v0, cc);
         HopFlow {
-            send: CircSendWindow::new(accept_sendme_v0),
-            recv,
+            recv: send.deliver_window(),
+            send,
             kh,
-            cc: cc.map(|cc| {
-                Box::new(CcHop {
-                    cc,
-                    expected: VecDeque::new(),
-                })
-            }),
         }
     }
-}
-
-/// The sending side of a congestion-controlled hop (proposal 324).
-#[derive(Debug)]
-struct CcHop {
-    cc: CongestionControl,
-    /// Digests of the SENDME-eliciting cells sent, oldest first, for the authenticated
-    /// SENDMEs (tor-spec §7.3.1). One per timestamp the congestion control keeps, so bounded
-    /// by `cwnd / sendme_inc + 1`.
-    expected: VecDeque<[u8; SENDME_DIGEST_LEN]>,
 }
 
 /// A hop's `KH`, zeroized on drop and never printed.
@@ -618,7 +597,10 @@ impl Circuit {
             return Ok(());
         }
         let mut st = Stream::new(id, hop as u8, StreamState::Open);
-        st.windowless = self.hops.get(hop).is_some_and(|h| h.cc.is_some());
+        st.windowless = self
+            .hops
+            .get(hop)
+            .is_some_and(|h| h.send.congestion_control().is_some());
         if !self.streams.insert(st) {
             // Past MAX_STREAMS_PER_CIRCUIT: refuse at once, as C tor's exit refuses a stream
             // it has no resources for (tor-spec §6.3, END reason RESOURCELIMIT). No event: the
@@ -727,7 +709,7 @@ impl Circuit {
 
     /// The congestion control of hop `hop`, if it negotiated it.
     pub fn congestion_control(&self, hop: usize) -> Option<&CongestionControl> {
-        self.hops.get(hop)?.cc.as_ref().map(|c| &c.cc)
+        self.hops.get(hop)?.send.congestion_control()
     }
 
     fn extend_inner(
@@ -905,7 +887,10 @@ impl Circuit {
             StreamState::Connecting { deadline }
         };
         let mut st = Stream::new(id, hop as u8, state);
-        st.windowless = self.hops.get(hop).is_some_and(|h| h.cc.is_some());
+        st.windowless = self
+            .hops
+            .get(hop)
+            .is_some_and(|h| h.send.congestion_control().is_some());
         self.streams.insert(st);
         self.queue_relay(hop, body);
         Ok(id)
@@ -923,12 +908,7 @@ impl Circuit {
         let Some(h) = self.hops.get(usize::from(s.hop)) else {
             return 0;
         };
-        if let Some(c) = &h.cc {
-            // No stream window under congestion control (proposal 324 §4), but the other
-            // edge's XOFF and XON rate.
-            return s.cc_send_capacity(c.cc.send_window(), self.last_now);
-        }
-        usize::from(h.send.available().min(s.send.available())) * MAX_RELAY_DATA_LEN
+        h.send.capacity(s, self.last_now)
     }
 
     /// Queue `data` on an open stream as RELAY_DATA cells of up to 498 bytes. Returns how many
@@ -945,12 +925,8 @@ impl Circuit {
         let Some(flow) = self.hops.get_mut(hop) else {
             return Err(CircError::NoSuchStream(stream));
         };
-        let limit = match flow.cc.as_deref_mut() {
-            Some(c) => SendLimit::Cc(&mut c.cc),
-            None => SendLimit::Window(&mut flow.send),
-        };
         let (relay_out, stats) = (&mut self.relay_out, &mut self.stats);
-        let taken = s.package(limit, self.last_now, data, |chunk, trigger| {
+        let taken = s.package(flow.send.limit(), self.last_now, data, |chunk, trigger| {
             stats.data_cells_sent += 1;
             relay_out.push_back(Queued {
                 hop: hop as u8,
@@ -1342,22 +1318,12 @@ impl Circuit {
                         Some(t) => SendmeTag::V1(t),
                         None => SendmeTag::V0,
                     };
-                    match flow.cc.as_deref_mut() {
-                        Some(c) => {
-                            check_sendme_tag(
-                                c.expected.pop_front(),
-                                tag,
-                                self.config.accept_sendme_v0,
-                            )
-                            .map_err(|err| CircError::Flow { hop, err })?;
-                            c.cc.on_sendme(self.last_now, false, 0)
-                                .map_err(|err| CircError::CongestionControl { hop, err })?;
-                        }
-                        None => flow
-                            .send
-                            .handle_sendme(tag)
-                            .map_err(|err| CircError::Flow { hop, err })?,
-                    }
+                    flow.send
+                        .on_sendme(tag, self.last_now, 0)
+                        .map_err(|e| match e {
+                            SendmeError::Flow(err) => CircError::Flow { hop, err },
+                            SendmeError::Cc(err) => CircError::CongestionControl { hop, err },
+                        })?;
                     self.stats.circ_sendmes_received += 1;
                     Ok(())
                 } else {
@@ -1682,10 +1648,7 @@ impl Circuit {
             if let (Some(d), Some(flow)) =
                 (self.crypto.last_sent_digest(hop), self.hops.get_mut(hop))
             {
-                match flow.cc.as_deref_mut() {
-                    Some(c) => c.expected.push_back(sendme_tag(d)),
-                    None => flow.send.record_digest(sendme_tag(d)),
-                }
+                flow.send.record_digest(d);
             }
         }
         let payload = RelayPayload::Owned(q.body);

@@ -9,6 +9,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
+use crate::flow::SENDME_DIGEST_LEN;
 use crate::relay::RelayKeys;
 
 /// Both ends of a two-hop circuit whose second hop is virtual: the client circuit, the

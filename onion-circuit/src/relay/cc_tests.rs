@@ -15,7 +15,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
-use onion_cell::relaymsg::Xon;
+use onion_cell::relaymsg::{Xon, MAX_RELAY_DATA_LEN};
 
 fn relay(rng: &mut ChaCha20Rng) -> (RelayKeys, HopTarget) {
     let ntor = NtorSecretKey::generate(rng);

@@ -99,7 +99,7 @@ use onion_cell::reader::Reader;
 use onion_cell::relay::RelayCell;
 use onion_cell::relaymsg::{
     BeginFlags, Connected, End, EndReason, Extended2, RelayCmd, RelayMsg, Resolved, ResolvedAnswer,
-    Sendme, MAX_RELAY_DATA_LEN,
+    Sendme,
 };
 use onion_crypto::keys::NtorSecretKey;
 use onion_crypto::ntor_v3::{NtorV3Server, CIRCUIT_EXTEND_VERIFICATION};
@@ -111,12 +111,10 @@ use crate::cc::flowctl::FlowCtrlParams;
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
 use crate::error::ErrorKind;
-use crate::flow::{
-    check_sendme_tag, sendme_tag, CircRecvWindow, CircSendWindow, FlowError, FlowStats, SendmeTag,
-    SENDME_DIGEST_LEN,
-};
+use crate::flow::{sendme_tag, CircRecvWindow, FlowError, FlowStats, SendmeTag};
+use crate::sendme::{CircSender, SendmeError};
 use crate::stream::{
-    flow_signal_msg, Admit, SendLimit, Stream, StreamError, StreamId, StreamMap, StreamState,
+    flow_signal_msg, Admit, Stream, StreamError, StreamId, StreamMap, StreamState,
 };
 use crate::Instant;
 
@@ -354,26 +352,16 @@ enum Inbound {
     Ready(ChanMsg<'static>),
 }
 
-/// The sending side of a congestion-controlled circuit that ends here (proposal 324).
-#[derive(Debug)]
-struct RelayCc {
-    cc: CongestionControl,
-    /// Digests of the SENDME-eliciting cells sent, oldest first, for the authenticated
-    /// SENDMEs (tor-spec §7.3.1); one per timestamp the congestion control keeps, so bounded
-    /// by `cwnd / sendme_inc + 1`.
-    expected: VecDeque<[u8; SENDME_DIGEST_LEN]>,
-    flow: FlowCtrlParams,
-    /// The channel toward the client refuses more cells (C tor's "blocked on channel").
-    chan_blocked: bool,
-}
-
 /// One relay's state for one circuit.
 pub struct RelayCircuit {
     crypto: Tor1RelayCrypto,
     next: Next,
     /// Created with CREATE_FAST: we are surely the first hop (tor-spec §5.4).
     first_hop: bool,
-    send: CircSendWindow,
+    /// Our sending end toward the client: the package window, or the congestion window if
+    /// negotiated at CREATE2.
+    send: CircSender,
+    /// Asks for a SENDME every 100 cells, or every `sendme_inc` under congestion control.
     recv: CircRecvWindow,
     streams: StreamMap,
     to_client: VecDeque<Inbound>,
@@ -391,8 +379,9 @@ pub struct RelayCircuit {
     last_now: Instant,
     /// How long a stream we ended stays half-closed.
     half_closed_timeout: core::time::Duration,
-    /// Congestion control, if negotiated at CREATE2.
-    cc: Option<Box<RelayCc>>,
+    /// Stream flow-control parameters (XON/XOFF, proposal 324 §4.1.1), in force when
+    /// congestion control was negotiated.
+    flow_control: FlowCtrlParams,
 }
 
 impl core::fmt::Debug for RelayCircuit {
@@ -548,16 +537,13 @@ impl RelayCircuit {
             ChanMsg::Create(_) => return Err(RelayError::UnsupportedCreate("TAP CREATE")),
             other => return Err(RelayError::UnexpectedCell(other.cmd())),
         };
-        let recv = match &cc {
-            Some(c) => CircRecvWindow::with_increment(c.sendme_inc),
-            None => CircRecvWindow::default(),
-        };
+        let send = CircSender::new(false, cc.map(CongestionControl::new));
         let circ = RelayCircuit {
             crypto: relay_crypto(&kg)?,
             next: Next::None,
             first_hop,
-            send: CircSendWindow::default(),
-            recv,
+            recv: send.deliver_window(),
+            send,
             streams: StreamMap::new(),
             to_client: VecDeque::new(),
             to_next: VecDeque::new(),
@@ -570,30 +556,21 @@ impl RelayCircuit {
             stats: FlowStats::default(),
             last_now: now,
             half_closed_timeout: DEFAULT_HALF_CLOSED_TIMEOUT,
-            cc: cc.map(|cfg| {
-                Box::new(RelayCc {
-                    cc: CongestionControl::new(cfg),
-                    expected: VecDeque::new(),
-                    flow: config.flow_control,
-                    chan_blocked: false,
-                })
-            }),
+            flow_control: config.flow_control,
         };
         Ok((circ, reply))
     }
 
     /// The congestion control of this circuit, if negotiated (window, inflight, RTT).
     pub fn congestion_control(&self) -> Option<&CongestionControl> {
-        self.cc.as_ref().map(|c| &c.cc)
+        self.send.congestion_control()
     }
 
     /// Tell the circuit whether the channel toward the client accepts more cells now:
     /// congestion control treats a blocked channel as congestion (C tor's "blocked on
     /// channel" signal to Vegas). Without congestion control this changes nothing.
     pub fn set_client_channel_blocked(&mut self, blocked: bool) {
-        if let Some(c) = self.cc.as_deref_mut() {
-            c.chan_blocked = blocked;
-        }
+        self.send.set_chan_blocked(blocked);
     }
 
     /// Cells waiting in this circuit for the channel toward the client
@@ -968,16 +945,13 @@ impl RelayCircuit {
                         Some(t) => SendmeTag::V1(t),
                         None => SendmeTag::V0,
                     };
-                    match self.cc.as_deref_mut() {
-                        // Proposal 324 §2.2: each SENDME acknowledges `sendme_inc` cells and
-                        // gives an RTT sample; its tag is checked as with fixed windows.
-                        Some(c) => {
-                            check_sendme_tag(c.expected.pop_front(), tag, false)?;
-                            let queued = self.to_client.len() as u64;
-                            c.cc.on_sendme(self.last_now, c.chan_blocked, queued)?;
-                        }
-                        None => self.send.handle_sendme(tag)?,
-                    }
+                    let queued = self.to_client.len() as u64;
+                    self.send
+                        .on_sendme(tag, self.last_now, queued)
+                        .map_err(|e| match e {
+                            SendmeError::Flow(e) => RelayError::Flow(e),
+                            SendmeError::Cc(e) => RelayError::Cc(e),
+                        })?;
                     self.stats.circ_sendmes_received += 1;
                     Ok(())
                 }
@@ -1080,10 +1054,10 @@ impl RelayCircuit {
         if self.closed {
             return Err(RelayError::Closed);
         }
-        let Some(c) = self.cc.as_deref() else {
+        if self.send.congestion_control().is_none() {
             return Ok(());
-        };
-        let p = c.flow;
+        }
+        let p = self.flow_control;
         let Some(s) = self
             .streams
             .get_mut(stream)
@@ -1110,7 +1084,7 @@ impl RelayCircuit {
         // side: the embedding queues data until its connection completes.
         let mut st = Stream::new(id, 0, StreamState::Open);
         // Proposal 324 §4: no stream windows on a congestion-controlled circuit.
-        st.windowless = self.cc.is_some();
+        st.windowless = self.send.congestion_control().is_some();
         if !self.streams.insert(st) {
             self.originate(Some(id), &RelayMsg::End(End::new(EndReason::RESOURCELIMIT)))?;
             return Ok(false);
@@ -1191,12 +1165,7 @@ impl RelayCircuit {
     /// none after the client's XOFF, and no more than an XON's advisory rate allows.
     pub fn send_capacity(&self, stream: StreamId) -> usize {
         match self.streams.get(stream) {
-            Some(s) if !s.is_half_closed() && !self.closed => match &self.cc {
-                Some(c) => s.cc_send_capacity(c.cc.send_window(), self.last_now),
-                None => {
-                    usize::from(s.send.available().min(self.send.available())) * MAX_RELAY_DATA_LEN
-                }
-            },
+            Some(s) if !s.is_half_closed() && !self.closed => self.send.capacity(s, self.last_now),
             _ => 0,
         }
     }
@@ -1229,12 +1198,8 @@ impl RelayCircuit {
             .filter(|s| !s.is_half_closed())
             .ok_or(RelayError::NoSuchStream(stream))?;
         let now = self.last_now;
-        let limit = match self.cc.as_deref_mut() {
-            Some(c) => SendLimit::Cc(&mut c.cc),
-            None => SendLimit::Window(&mut self.send),
-        };
         let (to_client, stats) = (&mut self.to_client, &mut self.stats);
-        let taken = s.package(limit, now, data, |chunk, trigger| {
+        let taken = s.package(self.send.limit(), now, data, |chunk, trigger| {
             stats.data_cells_sent += 1;
             to_client.push_back(Inbound::Originated {
                 body: data_body(stream, chunk),
@@ -1272,11 +1237,7 @@ impl RelayCircuit {
                 pad_body(&mut body, rng);
                 self.crypto.originate_inbound(&mut body);
                 if trigger {
-                    let tag = sendme_tag(self.crypto.last_sent_digest());
-                    match self.cc.as_deref_mut() {
-                        Some(c) => c.expected.push_back(tag),
-                        None => self.send.record_digest(tag),
-                    }
+                    self.send.record_digest(self.crypto.last_sent_digest());
                 }
                 ChanMsg::Relay(onion_cell::chancell::RelayPayload::Owned(body))
             }
