@@ -19,7 +19,9 @@ use support::network;
 /// list (its log says none is missing); (2) a C tor client with our relay as its only
 /// bridge, using microdescriptors, bootstraps to 100% from it alone, and our relay counts
 /// the consensus, key-certificate, microdescriptor and descriptor (its own) requests it
-/// answered, none refused.
+/// answered, none refused; (3) restarted with no authority to fetch from, it serves the
+/// documents it kept in its data directory (0600 files under C tor's names): a new C tor
+/// bridge client takes from it the very consensus it kept.
 #[test]
 fn c_tor_bridge_clients_bootstrap_from_our_directory_cache() {
     let Some(net) = network() else { return };
@@ -82,6 +84,109 @@ fn c_tor_bridge_clients_bootstrap_from_our_directory_cache() {
         !log.contains("Received http status code 404"),
         "{}",
         support::last_lines(&log, 30)
+    );
+    drop(client);
+
+    // (3) Restarted, our relay serves what it kept in its data directory before it fetches
+    // anything: it is restarted with authorities whose DirPorts nobody listens on, so every
+    // document it serves comes from its files (verified again at start). A new C tor
+    // bridge client takes from it the consensus our relay kept, byte for byte.
+    drop(relay);
+    let kept = std::fs::read(dir.join("cached-microdesc-consensus")).expect("kept consensus");
+    for f in [
+        "cached-certs",
+        "cached-consensus",
+        "cached-microdesc-consensus",
+        "cached-microdescs",
+        "cached-descriptors",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o600, "{f}");
+    }
+    let dead = support::free_port();
+    let lines: Vec<String> = net
+        .dirauthority_lines
+        .iter()
+        .map(|l| {
+            let mut w: Vec<String> = l.split_whitespace().map(str::to_string).collect();
+            let i = w.len() - 2;
+            w[i] = format!("127.0.0.1:{dead}");
+            w.join(" ")
+        })
+        .collect();
+    let unreachable = dir.with_file_name("authorities-unreachable.txt");
+    std::fs::write(&unreachable, lines.join("\n") + "\n").unwrap();
+    let or_port = format!("127.0.0.1:{port}");
+    let mut relay = support::Daemon::start(&[
+        "relay",
+        "--or-port",
+        &or_port,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--authorities",
+        unreachable.to_str().unwrap(),
+        "--nickname",
+        "onionRelayDir",
+        "--testing-network",
+        "--assume-reachable",
+    ]);
+    let restored = relay.wait_for("directory cache restored", Duration::from_secs(30));
+    eprintln!("{restored}");
+    assert!(
+        restored.contains("microdescriptor consensus yes")
+            && !restored.contains(" 0 microdescriptors"),
+        "{restored}"
+    );
+    let client = TorClient::start(
+        net,
+        "tor-client-bridge-restarted",
+        &format!("{bridge}UseMicrodescriptors 1\n"),
+    );
+    let stats = wait_stats(
+        &relay,
+        "consensus served after the restart",
+        Duration::from_secs(60),
+        |s| s.get("dir_consensus").copied().unwrap_or(0) > 0,
+    );
+    eprintln!("after the restart: {stats:?}");
+    assert_eq!(stats.get("dir_not_ok"), Some(&0), "{stats:?}");
+    let err = relay.stderr();
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("onion relay: consensus valid-after")),
+        "our relay fetched a consensus:\n{err}"
+    );
+    // The C tor client keeps what it took (verified: `cached-`; waiting for certificates:
+    // `unverified-`): the consensus our relay kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = [
+            "cached-microdesc-consensus",
+            "unverified-microdesc-consensus",
+        ]
+        .iter()
+        .find_map(|f| std::fs::read(client.dir.join(f)).ok());
+        if let Some(g) = got {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the C tor client kept no consensus:\n{}",
+            support::last_lines(
+                &std::fs::read_to_string(client.dir.join("notice.log")).unwrap_or_default(),
+                30
+            )
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        relay_support::sha256_hex(&got),
+        relay_support::sha256_hex(&kept),
+        "the C tor client took another consensus than the one our relay kept"
     );
     drop(client);
     drop(relay);
