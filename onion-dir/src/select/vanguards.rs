@@ -488,10 +488,7 @@ pub fn vanguard_path(
                 VanguardShape::Short => opts.exclude.with([guard]),
                 VanguardShape::Long => opts.exclude.clone(),
             };
-            let o = PathOptions {
-                exclude: &excl,
-                ..*opts
-            };
+            let o = opts.excluding(&excl);
             sel.choose_middle(&o, &[], rng)?
         }
     };
@@ -500,10 +497,7 @@ pub fn vanguard_path(
         VanguardShape::Short => vec![guard, layer2, last],
         VanguardShape::Long => {
             let excl = opts.exclude.with([guard, layer2, last]);
-            let o = PathOptions {
-                exclude: &excl,
-                ..*opts
-            };
+            let o = opts.excluding(&excl);
             let middle = sel.choose_middle(&o, &[], rng)?;
             vec![guard, layer2, middle, last]
         }

@@ -135,6 +135,18 @@ impl Default for PathOptions<'_> {
     }
 }
 
+impl PathOptions<'_> {
+    /// The same requirements with `exclude` as the relays not to use (typically the
+    /// caller's exclusions widened with [`Exclusions::with`] for one hop).
+    pub fn excluding<'b>(&self, exclude: &'b Exclusions) -> PathOptions<'b> {
+        PathOptions {
+            need_fast: self.need_fast,
+            need_stable: self.need_stable,
+            exclude,
+        }
+    }
+}
+
 /// What the exit of a path must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitRequest {

@@ -266,3 +266,18 @@ fn young_network_without_fast_falls_back_like_c_tor() {
         Err(PathError::NoCandidates(_))
     ));
 }
+
+#[test]
+fn excluding_keeps_the_requirements_and_swaps_the_exclusions() {
+    let first = Exclusions::from_indices([RelayIdx(1)]);
+    let o = PathOptions {
+        need_fast: false,
+        need_stable: true,
+        exclude: &first,
+    };
+    let wider = o.exclude.with([RelayIdx(4)]);
+    let w = o.excluding(&wider);
+    assert!(!w.need_fast && w.need_stable);
+    assert!(w.exclude.contains(RelayIdx(1)) && w.exclude.contains(RelayIdx(4)));
+    assert!(!o.exclude.contains(RelayIdx(4)));
+}
