@@ -9,52 +9,57 @@
 //! list (`00`) means the exit runs fixed windows. The relay here is driven through its
 //! public API only, over a real channel, and the ntor-v3 client side is onion-crypto's.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod support;
 
 use onion_cell::chancell::{ChanMsg, Create2, HandshakeType};
 use onion_circuit::cc::CcConfig;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel};
-use onion_circuit::Instant;
+use onion_circuit::channel::{ChanEvent, Channel};
 use onion_crypto::ntor_v3::{NtorV3Client, CIRCUIT_EXTEND_VERIFICATION};
-use onion_crypto::relay_keyset::RelayKeySet;
-use onion_relay::{ConnId, ConsensusParams, Relay, RelayConfig, TlsLinkCert};
+use onion_relay::{ConsensusParams, Relay};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use support::{open_channel, pump, relay};
 
-fn wall() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
-}
-
-/// Move bytes both ways until nothing moves; the client channel's events are returned.
-fn pump(relay: &mut Relay, chan: &mut Channel) -> Vec<ChanEvent> {
-    let now = Instant::ZERO;
-    let mut out = Vec::new();
-    let mut events = Vec::new();
-    loop {
-        let mut moved = false;
-        while chan.poll_transmit(&mut out).is_some() {
-            relay.handle_input(ConnId(1), now, &out);
-            out.clear();
-            moved = true;
-        }
-        while relay.poll_event().is_some() {}
-        while relay.poll_transmit(now, &mut out).is_some() {
-            let mut off = 0;
-            while off < out.len() {
-                off += chan.handle_input(now, &out[off..]);
-                assert_eq!(chan.close_error(), None, "client input");
-                while let Some(ev) = chan.poll_event() {
-                    events.push(ev);
-                }
+/// A C tor client's ntor-v3 CREATE2 carrying `client_msg` on `chan`; returns the decrypted
+/// server message of the relay's CREATED2.
+fn ntor_v3_create(
+    relay: &mut Relay,
+    chan: &mut Channel,
+    rng: &mut ChaCha20Rng,
+    client_msg: &[u8],
+) -> Vec<u8> {
+    let ed = relay.keys().ed_identity();
+    let onion_key = *relay.keys().ntor_key().public();
+    let (pending, hdata) = NtorV3Client::start(
+        rng,
+        &ed,
+        &onion_key,
+        client_msg,
+        CIRCUIT_EXTEND_VERIFICATION,
+    );
+    let id = chan.new_circ_id(rng).expect("circuit id");
+    let create2 = Create2 {
+        handshake_type: HandshakeType::NTOR_V3,
+        hdata: hdata.into(),
+    };
+    chan.send(id, &ChanMsg::Create2(create2)).expect("CREATE2");
+    let mut created = None;
+    pump(relay, chan, |ev| {
+        if let ChanEvent::CircuitCell {
+            circ_id,
+            msg: ChanMsg::Created2(c),
+        } = ev
+        {
+            if circ_id == id {
+                created = Some(c.hdata.into_owned());
             }
-            out.clear();
-            moved = true;
         }
-        if !moved {
-            return events;
-        }
-    }
+    });
+    let created = created.expect("CREATED2");
+    pending
+        .finish(&created)
+        .expect("the ntor-v3 reply checks")
+        .0
 }
 
 /// A relay configured with `cc` (None: as a relay that does not implement congestion
@@ -62,58 +67,9 @@ fn pump(relay: &mut Relay, chan: &mut Channel) -> Vec<ChanEvent> {
 /// message of its CREATED2 and the relay's circuit count.
 fn server_message(cc: Option<CcConfig>, client_msg: &[u8]) -> (Vec<u8>, usize) {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-    let mut cfg = RelayConfig::new(vec![ip]);
-    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
-    cfg.circuits.congestion_control = cc;
-    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
-    let now = Instant::ZERO;
-    relay
-        .handle_accepted(
-            ConnId(1),
-            now,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
-        )
-        .expect("accept");
-    let mut chan = Channel::initiator(
-        ChanConfig::default(),
-        relay.identities(),
-        Some(relay.link_cert().sha256()),
-        now,
-        wall(),
-    );
-    pump(&mut relay, &mut chan);
-    assert!(chan.is_open());
-    let ed = relay.keys().ed_identity();
-    let onion_key = *relay.keys().ntor_key().public();
-    let (pending, hdata) = NtorV3Client::start(
-        &mut rng,
-        &ed,
-        &onion_key,
-        client_msg,
-        CIRCUIT_EXTEND_VERIFICATION,
-    );
-    let id = chan.new_circ_id(&mut rng).expect("circuit id");
-    chan.send(
-        id,
-        &ChanMsg::Create2(Create2 {
-            handshake_type: HandshakeType::NTOR_V3,
-            hdata: hdata.into(),
-        }),
-    )
-    .expect("CREATE2");
-    let created = pump(&mut relay, &mut chan)
-        .into_iter()
-        .find_map(|ev| match ev {
-            ChanEvent::CircuitCell {
-                circ_id,
-                msg: ChanMsg::Created2(c),
-            } if circ_id == id => Some(c.hdata.into_owned()),
-            _ => None,
-        })
-        .expect("CREATED2");
-    let (msg, _) = pending.finish(&created).expect("the ntor-v3 reply checks");
+    let mut relay = relay(&mut rng, |cfg| cfg.circuits.congestion_control = cc);
+    let mut chan = open_channel(&mut relay);
+    let msg = ntor_v3_create(&mut relay, &mut chan, &mut rng, client_msg);
     (msg, relay.n_circuits())
 }
 
@@ -158,60 +114,13 @@ fn no_request_or_no_support_gets_an_empty_list() {
 #[test]
 fn a_new_consensus_sets_what_new_circuits_negotiate() {
     let mut rng = ChaCha20Rng::seed_from_u64(8);
-    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-    let mut cfg = RelayConfig::new(vec![ip]);
-    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
-    cfg.circuits.congestion_control = Some(CcConfig::default());
-    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
-    let now = Instant::ZERO;
-    relay
-        .handle_accepted(
-            ConnId(1),
-            now,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
-        )
-        .expect("accept");
-    let mut chan = Channel::initiator(
-        ChanConfig::default(),
-        relay.identities(),
-        Some(relay.link_cert().sha256()),
-        now,
-        wall(),
-    );
-    pump(&mut relay, &mut chan);
-    assert!(chan.is_open());
-    let mut create = |relay: &mut Relay, chan: &mut Channel| {
-        let ed = relay.keys().ed_identity();
-        let onion_key = *relay.keys().ntor_key().public();
-        let (pending, hdata) = NtorV3Client::start(
-            &mut rng,
-            &ed,
-            &onion_key,
-            &[1, 1, 0],
-            CIRCUIT_EXTEND_VERIFICATION,
-        );
-        let id = chan.new_circ_id(&mut rng).expect("circuit id");
-        let create2 = Create2 {
-            handshake_type: HandshakeType::NTOR_V3,
-            hdata: hdata.into(),
-        };
-        chan.send(id, &ChanMsg::Create2(create2)).expect("CREATE2");
-        let created = pump(relay, chan)
-            .into_iter()
-            .find_map(|ev| match ev {
-                ChanEvent::CircuitCell {
-                    circ_id,
-                    msg: ChanMsg::Created2(c),
-                } if circ_id == id => Some(c.hdata.into_owned()),
-                _ => None,
-            })
-            .expect("CREATED2");
-        pending
-            .finish(&created)
-            .expect("the ntor-v3 reply checks")
-            .0
-    };
+    let mut relay = relay(&mut rng, |cfg| {
+        cfg.circuits.congestion_control = Some(CcConfig::default())
+    });
+    let mut chan = open_channel(&mut relay);
+    let now = onion_circuit::Instant::ZERO;
+    let mut create =
+        |relay: &mut Relay, chan: &mut Channel| ntor_v3_create(relay, chan, &mut rng, &[1, 1, 0]);
     assert_eq!(create(&mut relay, &mut chan), [1, 2, 1, 31]);
     // The network moves to cc_sendme_inc=33 and a smaller queue bound.
     let params = onion_dir::consensus::NetParams {

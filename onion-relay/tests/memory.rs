@@ -3,96 +3,53 @@
 //! counting global allocator, busy and after the idle sweep freed the circuits' key
 //! schedules (`RelayConfig::compact_idle`).
 
-use std::alloc::System;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod support;
 
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel};
+use std::alloc::System;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use onion_circuit::channel::{ChanEvent, Channel};
 use onion_circuit::circuit::{CircConfig, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::Instant;
-use onion_crypto::relay_keyset::RelayKeySet;
-use onion_relay::{ConnId, Relay, RelayConfig, TlsLinkCert};
+use onion_relay::Relay;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use support::{open_channel, relay, wall, RELAY_IP};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const N: usize = 500;
 
-fn wall() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
-}
-
 /// Move bytes both ways until nothing moves; client-side cells go to `circs`.
 fn pump(relay: &mut Relay, chan: &mut Channel, circs: &mut [Circuit], ids: &[u32]) {
     let now = Instant::ZERO;
-    let mut out = Vec::new();
-    loop {
-        let mut moved = false;
-        while chan.poll_transmit(&mut out).is_some() {
-            relay.handle_input(ConnId(1), now, &out);
-            out.clear();
-            moved = true;
-        }
-        while relay.poll_event().is_some() {}
-        while relay.poll_transmit(now, &mut out).is_some() {
-            let mut off = 0;
-            while off < out.len() {
-                off += chan.handle_input(now, &out[off..]);
-                assert_eq!(chan.close_error(), None, "client input");
-                while let Some(ev) = chan.poll_event() {
-                    if let ChanEvent::CircuitCell { circ_id, msg } = ev {
-                        if let Some(i) = ids.iter().position(|x| *x == circ_id.get()) {
-                            circs[i].handle_cell(now, msg);
-                            assert!(!circs[i].is_closed(), "cell");
-                        }
-                    }
-                }
+    support::pump(relay, chan, |ev| {
+        if let ChanEvent::CircuitCell { circ_id, msg } = ev {
+            if let Some(i) = ids.iter().position(|x| *x == circ_id.get()) {
+                circs[i].handle_cell(now, msg);
+                assert!(!circs[i].is_closed(), "cell");
             }
-            out.clear();
-            moved = true;
         }
-        if !moved {
-            return;
-        }
-    }
+    });
 }
 
 /// Bytes the relay frees when dropped after `n` circuits of `kind` were created on it
 /// (`idle`: and then left without a cell for two idle periods).
 fn relay_bytes(kind: HandshakeKind, n: usize, idle: bool) -> usize {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let keys = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-    let mut cfg = RelayConfig::new(vec![ip]);
-    cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
-    let mut relay = Relay::new(cfg, keys, Instant::ZERO, wall().into(), &mut rng).expect("relay");
+    let mut relay = relay(&mut rng, |_| {});
     let target = HopTarget {
         rsa_id: relay.keys().rsa_identity().public().identity(),
         ed_id: Some(relay.keys().ed_identity()),
         ntor_key: *relay.keys().ntor_key().public(),
-        addrs: vec![SocketAddr::new(ip, 9001)],
+        addrs: vec![SocketAddr::new(RELAY_IP, 9001)],
         ntor_v3: true,
     };
     let now = Instant::ZERO;
-    relay
-        .handle_accepted(
-            ConnId(1),
-            now,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9),
-        )
-        .expect("accept");
-    let mut chan = Channel::initiator(
-        ChanConfig::default(),
-        relay.identities(),
-        Some(relay.link_cert().sha256()),
-        now,
-        wall(),
-    );
-    pump(&mut relay, &mut chan, &mut [], &[]);
-    assert!(chan.is_open());
+    let mut chan = open_channel(&mut relay);
     let mut circs = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..n {
