@@ -1461,7 +1461,12 @@ fn socks_client_that_stops_reading_is_stopped_by_xoff() {
         .position(|w| w == b"\r\n\r\n")
         .expect("HTTP header")
         + 4;
-    assert_eq!(got.len() - start, body.len());
+    assert_eq!(
+        got.len() - start,
+        body.len(),
+        "body cut short; onion socks said:\n{}",
+        support::last_lines(&d.stderr(), 30)
+    );
     assert_eq!(sha256_hex(&got[start..]), want, "body differs");
     eprintln!(
         "onion socks RSS: {rss0} KiB before, {rss1} KiB after 15 s of a client not reading \

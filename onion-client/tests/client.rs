@@ -14,26 +14,10 @@ use onion_client::{
 use onion_dir::RsaIdentity;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use support::{testdata, Net, WALL};
-
-/// An authority that cannot be reached (no ORPort): refreshes of an adopted directory fail
-/// at once and stay out of the way.
-fn unreachable_authority() -> Authority {
-    Authority {
-        name: "nowhere".into(),
-        rsa_id: RsaIdentity([1; 20]),
-        v3ident: RsaIdentity([2; 20]),
-        or_addr: None,
-    }
-}
+use support::{closed, opened, quiet_config, testdata, Net, WALL};
 
 fn config() -> ClientConfig {
-    let mut dir = DirConfig::new(vec![unreachable_authority()], vec![], DirMode::Micro);
-    dir.refresh_from_guards = false;
-    // The adopted directory's refresh fails (the relays serve no consensus); it is not
-    // tried again during a test.
-    dir.retry_delay = Duration::from_secs(7200);
-    let mut cfg = ClientConfig::new(dir);
+    let mut cfg = quiet_config();
     // Circuits are counted: none is built ahead of need unless a test asks.
     cfg.preemptive_circuits = false;
     cfg
@@ -46,19 +30,6 @@ fn client_on(net: &mut Net, cfg: ClientConfig) -> Client {
     c.adopt_directory(net.directory(), net.now).unwrap();
     net.run(&mut c);
     c
-}
-
-fn opened(net: &Net, s: StreamHandle) -> bool {
-    net.events
-        .iter()
-        .any(|e| matches!(e, Event::StreamOpened { stream } if *stream == s))
-}
-
-fn closed(net: &Net, s: StreamHandle) -> Option<Option<Error>> {
-    net.events.iter().find_map(|e| match e {
-        Event::StreamClosed { stream, error } if *stream == s => Some(error.clone()),
-        _ => None,
-    })
 }
 
 /// Read everything `s` has now.
@@ -1070,4 +1041,46 @@ fn the_build_timeout_is_learned_from_build_times() {
         took > Duration::ZERO && took < Duration::from_secs(5),
         "{took:?}"
     );
+}
+
+/// A reader that stops while a congestion-controlled exit has a large window in flight
+/// (proposal 324 §4.1.1): the cells the exit sent before our RELAY_XOFF reached it are more
+/// than our own congestion window toward the exit (which carries almost nothing from us and
+/// stays at `cc_cwnd_init`), and they are legitimate: the stream keeps them and ends whole.
+#[test]
+fn a_held_stream_keeps_what_a_congestion_controlled_exit_had_in_flight() {
+    let mut net = Net::new(6, 41);
+    net.congestion_control = true;
+    // An exit whose window grew to 1,500 cells (750 KB in flight).
+    net.relay_cwnd_init = Some(1500);
+    let mut cfg = config();
+    cfg.congestion_control = true;
+    cfg.limits.stream_recv_buffer = 1000;
+    let mut c = client_on(&mut net, cfg);
+    let total = 3_000_000;
+    let s = c
+        .connect(&format!("big{total}"), 80, Isolation::NONE, net.now)
+        .unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, s));
+    assert!(closed(&net, s).is_none(), "{:?}", closed(&net, s));
+    assert_eq!(net.cc_circuits(), 1);
+    net.run_until(&mut c, Duration::from_secs(5), |_| false);
+    assert!(closed(&net, s).is_none(), "{:?}", closed(&net, s));
+    let mut got = Vec::new();
+    let (data, end) = read_all(&mut c, &net, s);
+    assert!(end.is_none(), "{end:?}");
+    // Far past the 1000 bytes it was held at: the exit's window, which our XOFF stopped.
+    assert!(data.len() > 500_000 && data.len() < total, "{}", data.len());
+    got.extend_from_slice(&data);
+    for _ in 0..100_000 {
+        let (data, end) = read_all(&mut c, &net, s);
+        got.extend_from_slice(&data);
+        match end {
+            Some(Ok(())) => break,
+            Some(Err(e)) => panic!("stream ended after {} bytes: {e}", got.len()),
+            None => net.run(&mut c),
+        }
+    }
+    assert_eq!(got.len(), total);
 }

@@ -49,10 +49,19 @@ pub struct Limits {
     /// the exit stops sending on it; reading below half of it releases it. A soft bound: what
     /// the exit legitimately had in flight still arrives and is kept (never dropped), so a
     /// stream may hold this plus one stream window and one SENDME increment (550 cells of 498
-    /// bytes, tor-spec §7.4), or on a congestion-controlled circuit its congestion window
-    /// plus one increment. Beyond that hard bound the peer ignored the windows or XOFF: the
-    /// stream ends with [`crate::Error::Violation`]. Default 256 KiB.
+    /// bytes, tor-spec §7.4), or on a congestion-controlled circuit
+    /// [`Limits::xoff_in_flight`]. Beyond that hard bound the peer ignored the windows or
+    /// XOFF: the stream ends with [`crate::Error::Violation`]. Default 256 KiB.
     pub stream_recv_buffer: usize,
+    /// Bytes a congestion-controlled exit may still deliver to a held stream after its
+    /// RELAY_XOFF went out (proposal 324 §4.1.1). A congestion-controlled circuit has no
+    /// stream windows: the exit stops when the XOFF reaches it, and what it sent before is
+    /// bounded only by its own congestion window, which the consensus caps at 2^31 cells
+    /// (`cc_cwnd_max`) and which Tor Vegas holds near the path's bandwidth-delay product —
+    /// not by our window toward the exit, which carries almost nothing and stays small.
+    /// Default 8 MiB: the bandwidth-delay product of a 200 Mbit/s path with a 300 ms round
+    /// trip, the largest the congestion-control experiment (`onion sim --bottleneck`) runs.
+    pub xoff_in_flight: usize,
     /// Bytes a channel may hold for the embedder's `poll_transmit` before circuits on it stop
     /// being polled for cells (backpressure). Default 64 KiB (about 120 cells).
     pub channel_outbound: usize,
@@ -84,6 +93,7 @@ impl Default for Limits {
             max_streams_per_circuit: 256,
             max_streams: 4096,
             stream_recv_buffer: 256 << 10,
+            xoff_in_flight: 8 << 20,
             channel_outbound: 64 << 10,
             channel_inbound: 1 << 20,
             channel_idle: Duration::from_secs(180),

@@ -20,22 +20,21 @@ use crate::dir::{decode_response, Failure, RequestId};
 use crate::guards::LastHop;
 use crate::{Error, Instant};
 
-/// The most bytes a peer may legitimately have in flight toward a stream we just held, beyond
-/// what we hold it at: one stream window plus one SENDME increment of full DATA cells
+/// The most bytes a peer may legitimately have in flight toward a stream we just held,
+/// beyond what we hold it at: one stream window plus one SENDME increment of full DATA cells
 /// (tor-spec §7.4: 500 + 50 cells of 498 bytes; the increment covers a SENDME that crossed
-/// the hold), or on a congestion-controlled circuit, which has no stream windows, its
-/// congestion window `cc_cwnd` (cells) plus one increment (proposal 324 §4.1.1: RELAY_XOFF
-/// stops the other edge, and what it already sent is within the window).
-pub(crate) fn in_flight_allowance(cc_cwnd: Option<u64>) -> usize {
+/// the hold), or on a congestion-controlled circuit, which has no stream windows,
+/// `xoff_in_flight` ([`crate::Limits::xoff_in_flight`]: the exit's own congestion window,
+/// proposal 324 §4.1.1, which our window toward it says nothing about), at least as much.
+pub(crate) fn in_flight_allowance(congestion_controlled: bool, xoff_in_flight: usize) -> usize {
     use onion_cell::relaymsg::MAX_RELAY_DATA_LEN;
     use onion_circuit::flow::{STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START};
-    let window = usize::from(STREAM_WINDOW_START + STREAM_WINDOW_INCREMENT);
-    let cc = cc_cwnd.map_or(0, |w| {
-        usize::try_from(w)
-            .unwrap_or(usize::MAX)
-            .saturating_add(usize::from(STREAM_WINDOW_INCREMENT))
-    });
-    window.max(cc).saturating_mul(MAX_RELAY_DATA_LEN)
+    let window = usize::from(STREAM_WINDOW_START + STREAM_WINDOW_INCREMENT)
+        .saturating_mul(MAX_RELAY_DATA_LEN);
+    match congestion_controlled {
+        true => window.max(xoff_in_flight),
+        false => window,
+    }
 }
 
 /// What a stream is for.
@@ -462,13 +461,13 @@ impl super::Client {
         }
         // The hard bound: a held stream takes what the peer may have in flight when it was
         // held, and nothing beyond (a peer past it ignores the windows or XOFF).
-        let cwnd = self
+        let cc = self
             .circs
             .get(&key)
             .and_then(|c| c.circ.as_ref())
             .and_then(|m| m.congestion_control(m.n_hops().checked_sub(1)?))
-            .map(|cc| cc.cwnd());
-        let cap = limit.saturating_add(in_flight_allowance(cwnd));
+            .is_some();
+        let cap = limit.saturating_add(in_flight_allowance(cc, self.cfg.limits.xoff_in_flight));
         if self.streams.get(&h).is_some_and(|s| s.buffered() > cap) {
             if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
                 let _ = m.close_stream(id);
@@ -499,9 +498,12 @@ impl super::Client {
         s.id = None;
         // A stream the exit refused before CONNECTED for a reason another exit may not
         // have is tried elsewhere (C tor retries EXITPOLICY, RESOLVEFAILED excepted, on new
-        // circuits).
+        // circuits). A stream to an onion service is not: its other end is the service
+        // itself, whatever circuit carries it, and C tor's client ends it with the service's
+        // reason (`connection_ap_process_end_not_open` retries only when
+        // `!connection_edge_is_rendezvous_stream`).
         let retry = s.phase == Phase::Connecting
-            && matches!(s.target, Target::Exit { .. })
+            && matches!(&s.target, Target::Exit { host, .. } if !crate::hs::is_onion(host))
             && matches!(
                 reason,
                 EndReason::EXITPOLICY
@@ -731,12 +733,11 @@ mod tests {
 
     #[test]
     fn a_held_stream_takes_a_window_and_an_increment_in_flight() {
-        // Fixed windows: 550 cells of 498 bytes, whatever the congestion window.
-        assert_eq!(in_flight_allowance(None), 550 * 498);
-        assert_eq!(in_flight_allowance(Some(100)), 550 * 498);
-        // Congestion control: the congestion window plus one increment, when larger.
-        assert_eq!(in_flight_allowance(Some(2000)), 2050 * 498);
-        assert_eq!(in_flight_allowance(Some(u64::MAX)), usize::MAX);
+        // Fixed windows: 550 cells of 498 bytes, whatever the configured XOFF allowance.
+        assert_eq!(in_flight_allowance(false, 8 << 20), 550 * 498);
+        // Congestion control: the exit's window, bounded by the limit, never below a window.
+        assert_eq!(in_flight_allowance(true, 8 << 20), 8 << 20);
+        assert_eq!(in_flight_allowance(true, 0), 550 * 498);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use onion_circuit::cc::CcConfig;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, RelayLinkKeys};
 use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys, RelayOutput};
 use onion_circuit::stream::StreamId;
-use onion_client::dir::{DirMode, Directory};
-use onion_client::{Client, ConnId, Event, Instant, Timestamp};
+use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
+use onion_client::{Client, ClientConfig, ConnId, Error, Event, Instant, StreamHandle, Timestamp};
 use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
 use onion_dir::consensus::BandwidthWeights;
 use onion_dir::netview::{NetView, RelayRecord};
@@ -43,6 +43,42 @@ pub const WALL: Timestamp = Timestamp(1_795_418_410);
 
 pub fn testdata(name: &str) -> String {
     std::fs::read_to_string(format!("{TORNET}/{name}")).unwrap()
+}
+
+/// An authority that cannot be reached (no ORPort): refreshes of an adopted directory fail
+/// at once and stay out of the way.
+pub fn unreachable_authority() -> Authority {
+    Authority {
+        name: "nowhere".into(),
+        rsa_id: RsaIdentity([1; 20]),
+        v3ident: RsaIdentity([2; 20]),
+        or_addr: None,
+    }
+}
+
+/// A client configuration on [`unreachable_authority`] whose own directory refreshes go
+/// nowhere: the adopted directory's refresh fails (the relays serve no consensus) and is
+/// not tried again during a test.
+pub fn quiet_config() -> ClientConfig {
+    let mut dir = DirConfig::new(vec![unreachable_authority()], vec![], DirMode::Micro);
+    dir.refresh_from_guards = false;
+    dir.retry_delay = Duration::from_secs(7200);
+    ClientConfig::new(dir)
+}
+
+/// Whether stream `s` opened.
+pub fn opened(net: &Net, s: StreamHandle) -> bool {
+    net.events
+        .iter()
+        .any(|e| matches!(e, Event::StreamOpened { stream } if *stream == s))
+}
+
+/// Whether stream `s` closed, and its error if it did.
+pub fn closed(net: &Net, s: StreamHandle) -> Option<Option<Error>> {
+    net.events.iter().find_map(|e| match e {
+        Event::StreamClosed { stream, error } if *stream == s => Some(error.clone()),
+        _ => None,
+    })
 }
 
 /// The wall clock at virtual time `now` (the run starts at [`WALL`]).
@@ -121,6 +157,9 @@ pub struct Net {
     pub stalled: Option<ConnId>,
     /// Relays answer a request for congestion control (proposal 324) with C tor's defaults.
     pub congestion_control: bool,
+    /// The relays' initial congestion window (cells) instead of C tor's default: an exit
+    /// whose window has grown, with that much in flight at once.
+    pub relay_cwnd_init: Option<u32>,
     /// Every BEGIN a relay received: the relay's index and the host asked for.
     pub begins: Vec<(usize, String)>,
     /// Every RELAY_END a relay received from the client: the relay's index and the reason.
@@ -191,21 +230,26 @@ impl Net {
             connects: 0,
             stalled: None,
             congestion_control: false,
+            relay_cwnd_init: None,
             begins: Vec::new(),
             ends: Vec::new(),
             params: String::new(),
         }
     }
 
-    /// A directory listing the relays (microdescriptor mode, over the test network's real
-    /// consensus for its times and parameters), for [`Client::adopt_directory`].
-    pub fn directory(&self) -> Arc<Directory> {
-        let records: Vec<RelayRecord> = self
-            .relays
+    /// The relays as directory records: every one a Guard, V2Dir, Stable and Fast relay, an
+    /// Exit unless its exit ports are none, with the `extra` flags.
+    fn records(&self, extra: RelayFlags) -> Vec<RelayRecord> {
+        self.relays
             .iter()
             .map(|r| {
                 let SocketAddr::V4(v4) = r.addr else {
                     unreachable!()
+                };
+                let exit = if r.exit_ports == PortSet::none() {
+                    0
+                } else {
+                    RelayFlags::EXIT.0
                 };
                 RelayRecord {
                     nickname: r.name.clone(),
@@ -220,11 +264,8 @@ impl Net {
                             | RelayFlags::STABLE.0
                             | RelayFlags::GUARD.0
                             | RelayFlags::V2DIR.0
-                            | if r.exit_ports == PortSet::none() {
-                                0
-                            } else {
-                                RelayFlags::EXIT.0
-                            },
+                            | exit
+                            | extra.0,
                     ),
                     bandwidth: 1000,
                     policy: RelayPolicy::Summary {
@@ -234,8 +275,31 @@ impl Net {
                     ..RelayRecord::default()
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// A directory of `records` over the consensus `text` (its times and parameters), every
+    /// relay a listed guard.
+    fn directory_of(&self, text: &str, records: Vec<RelayRecord>) -> Arc<Directory> {
         let view = NetView::from_records(records, BandwidthWeights::uniform(10000)).unwrap();
+        let cons = onion_dir::consensus::parse(text).unwrap().assume_verified();
+        let mut d = Directory::from_consensus(
+            &cons,
+            view,
+            DirMode::Micro,
+            self.relays.len(),
+            String::new(),
+        );
+        let mut ids: Vec<RsaIdentity> = self.relays.iter().map(|r| r.keys.rsa_id).collect();
+        ids.sort();
+        d.listed_guards = ids;
+        Arc::new(d)
+    }
+
+    /// A directory listing the relays (microdescriptor mode, over the test network's real
+    /// consensus for its times and parameters), for [`Client::adopt_directory`].
+    pub fn directory(&self) -> Arc<Directory> {
+        let records = self.records(RelayFlags(0));
         // The test network's consensus with its relay entries replaced by ours (and their `pr`
         // lines: FlowCtrl=2 and Relay=4 offer congestion control).
         let tornet = testdata("cached-microdesc-consensus");
@@ -265,20 +329,14 @@ impl Net {
             ));
         }
         text.push_str(&tornet[footer..]);
-        let cons = onion_dir::consensus::parse(&text)
-            .unwrap()
-            .assume_verified();
-        let mut d = Directory::from_consensus(
-            &cons,
-            view,
-            DirMode::Micro,
-            self.relays.len(),
-            String::new(),
-        );
-        let mut ids: Vec<RsaIdentity> = self.relays.iter().map(|r| r.keys.rsa_id).collect();
-        ids.sort();
-        d.listed_guards = ids;
-        Arc::new(d)
+        self.directory_of(&text, records)
+    }
+
+    /// [`Net::directory`] with every relay also an HSDir, over the test network's consensus
+    /// unchanged (for onion-service tests: the hash ring is of these relays).
+    pub fn hsdir_directory(&self) -> Arc<Directory> {
+        let text = testdata("cached-microdesc-consensus");
+        self.directory_of(&text, self.records(RelayFlags::HSDIR))
     }
 
     /// Run until nothing moves at the current time.
@@ -747,7 +805,12 @@ impl Net {
 
     fn relay_config(&self) -> RelayConfig {
         RelayConfig {
-            congestion_control: self.congestion_control.then(CcConfig::default),
+            congestion_control: self.congestion_control.then(|| CcConfig {
+                cwnd_init: self
+                    .relay_cwnd_init
+                    .unwrap_or(CcConfig::default().cwnd_init),
+                ..CcConfig::default()
+            }),
             ..RelayConfig::default()
         }
     }
