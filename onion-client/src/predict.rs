@@ -154,6 +154,20 @@ pub enum Launch {
     },
 }
 
+/// What a client's onion-service circuits cost (C tor's cannibalization, path-spec §2.3):
+/// a circuit taken from the pre-built internal ones needs at most one EXTEND2 once the need
+/// arises (none for a client's rendezvous point), one built from scratch a CREATE2 and an
+/// EXTEND2 per further hop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HsCircuitStats {
+    /// Onion-service circuits taken from pre-built internal circuits.
+    pub cannibalized: u64,
+    /// Onion-service circuits built from scratch (no pre-built circuit fitted).
+    pub launched: u64,
+    /// EXTEND2 cells sent for onion-service circuits after they were asked for.
+    pub extends: u64,
+}
+
 /// One remembered port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Predicted {

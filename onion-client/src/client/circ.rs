@@ -148,6 +148,13 @@ pub(crate) struct Circ {
     pub internal: bool,
     /// How long it may stay built and unused before it closes.
     pub clean_idle: Duration,
+    /// Its relays were chosen with the Stable flag (C tor's `need_uptime`): a preemptive
+    /// internal circuit that may be cannibalized for a purpose that needs stability.
+    pub stable: bool,
+    /// A built internal circuit taken for an onion-service purpose and extended by one hop
+    /// to a relay named by someone else (path-spec §2.3, [`super::preempt`]): its guard was
+    /// reported built already, and the extension is not a build-time measurement.
+    pub cannibalized: bool,
 }
 
 impl Circ {
@@ -193,6 +200,12 @@ impl Circ {
         self.isolation.get_or_insert(isolation);
         self.dirty_since.get_or_insert(now);
     }
+}
+
+/// Whether circuits of `purpose` are onion-service circuits (rend-spec-v3 §3): the ones a
+/// pre-built internal circuit may be cannibalized for.
+pub(crate) fn is_onion_purpose(purpose: Purpose) -> bool {
+    !matches!(purpose, Purpose::General | Purpose::Dir)
 }
 
 /// Whether the relay `exit` allows exiting to `port` in `dir` (path-spec §2.2.1 "might
@@ -307,6 +320,8 @@ impl super::Client {
                 named_exit: None,
                 internal: false,
                 clean_idle: CLEAN_CIRCUIT_IDLE,
+                stable: false,
+                cannibalized: false,
             },
         );
         let open = match self.chans.get_mut(&conn) {
@@ -467,9 +482,18 @@ impl super::Client {
                 true => m.extend_exit(next, now, &mut self.rng),
                 false => m.extend(next, now, &mut self.rng),
             };
-            if let Err(e) = r {
-                self.fail_circ(key, Error::Circuit(e), true);
+            match r {
+                Err(e) => self.fail_circ(key, Error::Circuit(e), true),
+                Ok(()) if is_onion_purpose(c.purpose) => self.hs_note_extend(),
+                Ok(()) => {}
             }
+            return;
+        }
+        if c.cannibalized {
+            // One hop added to a circuit built and reported before: no build time to
+            // learn, no guard to confirm again.
+            c.phase = CircPhase::Open;
+            c.idle_since = now;
             return;
         }
         if c.path.len() >= 3 {
@@ -490,7 +514,7 @@ impl super::Client {
 
     /// The build deadline of a new circuit: the learned timeout (path-spec §2.4), or
     /// [`crate::ClientConfig::build_timeout`] when learning is off.
-    fn build_timeout(&self, purpose: Purpose) -> Duration {
+    pub(super) fn build_timeout(&self, purpose: Purpose) -> Duration {
         if self.build_times.disabled() {
             return self.cfg.build_timeout;
         }
@@ -511,6 +535,15 @@ impl super::Client {
             return;
         };
         let hops = c.circ.as_ref().map_or(0, Circuit::n_hops);
+        if c.cannibalized {
+            // Its extension is no build-time measurement (`hop_added`): given up at once.
+            self.fail_circ(
+                key,
+                Error::Circuit(CircError::BuildTimeout { hop: hops }),
+                true,
+            );
+            return;
+        }
         if !c.timed_out && c.path.len() >= 3 && self.build_times.enough_to_compute() {
             self.build_times.record_timeout(hops > 0);
             c.timed_out = true;
@@ -552,6 +585,16 @@ impl super::Client {
         let hops = c.circ.as_ref().map_or(0, Circuit::n_hops);
         if let Some(t) = c.ticket {
             match c.phase {
+                // The extension of a cannibalized circuit failed: its guard and its first
+                // hops worked (the guard was reported built); the relay it was extended to
+                // is avoided as a fresh build's failed hop would be, unless we timed out.
+                CircPhase::AwaitChannel | CircPhase::Building if c.cannibalized => {
+                    let timeout = matches!(why, Error::Circuit(CircError::BuildTimeout { .. }));
+                    if let (false, Some(h)) = (timeout, c.path.get(hops)) {
+                        self.guards.avoid(h.rsa_id, wall);
+                    }
+                    self.guards.closed(t, wall);
+                }
                 CircPhase::AwaitChannel | CircPhase::Building => {
                     let blame = match (&why, hops) {
                         (Error::Circuit(CircError::BuildTimeout { .. }), _) => Blame::Other,

@@ -61,6 +61,10 @@ pub(crate) struct HsLinks {
     undecided: HashSet<u64>,
     /// The directory last given to the machines.
     dir: Option<Arc<Directory>>,
+    /// Services hosted now (stable internal circuits are then built ahead, `preempt.rs`).
+    pub(super) hosted: usize,
+    /// What the onion-service circuits cost (`preempt.rs`).
+    pub(super) circ_stats: crate::predict::HsCircuitStats,
 }
 
 impl HsLinks {
@@ -89,6 +93,8 @@ impl HsLinks {
             asked: HashSet::new(),
             undecided: HashSet::new(),
             dir: None,
+            hosted: 0,
+            circ_stats: Default::default(),
         }
     }
 }
@@ -124,6 +130,7 @@ impl super::Client {
             .hs
             .host(config, self.now, &mut self.rng)
             .map_err(Error::OnionService)?;
+        self.hs.hosted += 1;
         self.settle();
         Ok(ServiceHandle(id.0))
     }
@@ -139,6 +146,7 @@ impl super::Client {
             .hs
             .stop_hosting(ServiceId(service.0))
             .map_err(Error::OnionService)?;
+        self.hs.hosted = self.hs.hosted.saturating_sub(1);
         self.settle();
         Ok(())
     }
@@ -476,40 +484,8 @@ impl super::Client {
                 purpose,
                 last_hop,
             } => {
-                // A client's rendezvous point is any relay: a preemptive internal circuit
-                // (`preempt.rs`, already `G -> L2 -> M`) is taken as it is, as C tor
-                // cannibalizes one.
-                if purpose == HsPurpose::ClientRend && last_hop.is_none() {
-                    if let Some(key) = self.take_internal() {
-                        if let Some(c) = self.circs.get_mut(&key) {
-                            c.purpose = Purpose::ClientRend;
-                        }
-                        self.hs.circs.insert(circ, (key, false));
-                        self.hs.keys.insert(key, circ);
-                        return;
-                    }
-                }
-                let launched = self
-                    .dir
-                    .directory()
-                    .cloned()
-                    .ok_or_else(|| Error::NoPath("no directory".into()))
-                    .and_then(|dir| {
-                        let shape = match purpose {
-                            HsPurpose::ClientRend => VanguardShape::Short,
-                            _ => VanguardShape::Long,
-                        };
-                        let last = last_hop.map_or(LastHop::Random, LastHop::External);
-                        let opts = PathOptions {
-                            need_stable: true,
-                            ..PathOptions::default()
-                        };
-                        let wall = self.wall_now();
-                        self.guards
-                            .vanguard_path(&dir, shape, last, &opts, wall, &mut self.rng)
-                    })
-                    .and_then(|p| self.launch(p.hops, Some(p.ticket), purpose_of(purpose), false));
-                match launched {
+                let key = self.hs_circuit(purpose, last_hop);
+                match key {
                     Ok(key) => {
                         self.hs.circs.insert(circ, (key, false));
                         self.hs.keys.insert(key, circ);
@@ -600,6 +576,53 @@ impl super::Client {
             HsAction::IncomingTimedOut { stream } => self.hs_incoming_timed_out(stream.0),
             HsAction::Published { .. } => {}
         }
+    }
+
+    /// A circuit for the onion-service `purpose` ending at `last_hop` (or at a relay of our
+    /// choice): a pre-built internal circuit when one fits (`preempt.rs`: taken as it is for
+    /// a client's rendezvous point, extended by one hop otherwise, as C tor cannibalizes),
+    /// else a vanguards-lite path built from scratch (proposal 333 §1). Stable relays only
+    /// for a hosted service's introduction circuits (C tor's `CIRCLAUNCH_NEED_UPTIME` in
+    /// `hs_circ_launch_intro_point`; its other onion-service circuits ask for uptime only for
+    /// `LongLivedPorts`).
+    fn hs_circuit(
+        &mut self,
+        purpose: HsPurpose,
+        last_hop: Option<onion_circuit::circuit::HopTarget>,
+    ) -> Result<u64, Error> {
+        let need_stable = purpose == HsPurpose::ServiceIntro;
+        let taken = match (&last_hop, purpose) {
+            (None, HsPurpose::ClientRend) => self.take_internal(),
+            (Some(t), _) => self.cannibalize(purpose_of(purpose), t, need_stable),
+            (None, _) => None,
+        };
+        if let Some(key) = taken {
+            if let Some(c) = self.circs.get_mut(&key) {
+                c.purpose = purpose_of(purpose);
+            }
+            return Ok(key);
+        }
+        let dir = self
+            .dir
+            .directory()
+            .cloned()
+            .ok_or_else(|| Error::NoPath("no directory".into()))?;
+        let shape = match purpose {
+            HsPurpose::ClientRend => VanguardShape::Short,
+            _ => VanguardShape::Long,
+        };
+        let last = last_hop.map_or(LastHop::Random, LastHop::External);
+        let opts = PathOptions {
+            need_stable,
+            ..PathOptions::default()
+        };
+        let wall = self.wall_now();
+        let p = self
+            .guards
+            .vanguard_path(&dir, shape, last, &opts, wall, &mut self.rng)?;
+        let key = self.launch(p.hops, Some(p.ticket), purpose_of(purpose), false)?;
+        self.hs_note_launched();
+        Ok(key)
     }
 
     /// Close an onion-service circuit the machines gave up.

@@ -7,15 +7,21 @@
 //! - exit circuits for the predicted ports fewer than two usable circuits handle, and
 //!   build-time test circuits while the timeout is learned (path-spec §2.4.2);
 //! - internal circuits (`G -> L2 -> M`, vanguards-lite) while onion services were used
-//!   recently, which a rendezvous circuit then takes as it is (C tor's cannibalization of a
-//!   preemptive internal circuit for a client rendezvous point, `onion.rs`);
+//!   recently, and stable ones while this client hosts an onion service;
 //! - never more than [`crate::predict::MAX_UNUSED_OPEN_CIRCUITS`] clean circuits, never more
 //!   than half of [`crate::Limits::max_building`] builds in flight (on-demand circuits keep
 //!   the other half), and never past [`crate::Limits::max_circuits`].
 //!
-//! A hosted onion service's stable internal circuits are not built ahead (its introduction
-//! and rendezvous circuits end at relays named by others, which would need a built circuit
-//! to be extended; they are built on demand).
+//! The internal circuits are then cannibalized (path-spec §2.3; C tor's
+//! `circuit_launch_by_extend_info` → `circuit_find_to_cannibalize` →
+//! `circuit_extend_to_new_exit`): a client's rendezvous circuit takes one as it is, its last
+//! hop becoming the rendezvous point (`G -> L2 -> RP`, proposal 333 §1); every other
+//! onion-service circuit — a hosted service's introduction and rendezvous circuits, a
+//! client's introduction circuit, HSDir fetches and uploads — takes one and extends it by
+//! one hop to the relay it must reach (`G -> L2 -> M -> target`), so the need is met after
+//! one EXTEND2 instead of a whole build ([`super::Client::cannibalize`]). Which circuit
+//! may be taken follows C tor's rules (see [`super::Client::find_to_cannibalize`]); when
+//! none fits, the circuit is built from scratch.
 
 use std::time::Duration;
 
@@ -24,10 +30,15 @@ use onion_dir::select::path::{ExitRequest, PathOptions};
 use onion_dir::select::vanguards::VanguardShape;
 use onion_dir::{RelayFlags, RsaIdentity};
 
+use onion_circuit::circuit::HopTarget;
+
 use super::circ::{exit_allows, CircPhase, Purpose};
+use super::CLEAN_CIRCUIT_IDLE;
 use crate::dir::Directory;
 use crate::guards::LastHop;
-use crate::predict::{CircuitPool, Clean, ConsensusPath, Launch, MIN_CIRCUITS_HANDLING_STREAM};
+use crate::predict::{
+    CircuitPool, Clean, ConsensusPath, HsCircuitStats, Launch, MIN_CIRCUITS_HANDLING_STREAM,
+};
 use crate::{Error, Instant};
 
 /// How often predictions are looked at while they are in force (C tor decides once a
@@ -58,6 +69,18 @@ impl Pool<'_> {
                 .is_some_and(|i| dir.view.flags(i).contains(RelayFlags::STABLE))
         })
     }
+}
+
+/// Whether every hop of `c` has the Stable flag in `dir`.
+fn path_stable(dir: Option<&std::sync::Arc<Directory>>, c: &super::circ::Circ) -> bool {
+    let Some(dir) = dir else {
+        return false;
+    };
+    c.path.iter().all(|h| {
+        dir.view
+            .by_rsa_id(&h.rsa_id)
+            .is_some_and(|i| dir.view.flags(i).contains(RelayFlags::STABLE))
+    })
 }
 
 impl CircuitPool for Pool<'_> {
@@ -191,10 +214,10 @@ impl super::Client {
                 now,
                 dir: Some(&dir),
             };
-            // A hosted service's circuits are built on demand (module documentation).
+            let hosting = self.hs_hosting();
             let want =
                 self.predict
-                    .wanted(now, &pool, path, false, &self.build_times, &mut self.rng);
+                    .wanted(now, &pool, path, hosting, &self.build_times, &mut self.rng);
             let Some(want) = want else {
                 return;
             };
@@ -213,6 +236,10 @@ impl super::Client {
     ) -> Result<(), Error> {
         let wall = self.wall_now();
         let learning = self.build_times.learning_idle_timeout();
+        let stable = match &want {
+            Launch::Exit { stable, .. } | Launch::Internal { stable, .. } => *stable,
+            Launch::Test { .. } => false,
+        };
         let (planned, internal) = match want {
             Launch::Exit { ports, stable } => {
                 let opts = PathOptions {
@@ -277,6 +304,7 @@ impl super::Client {
         if let Some(c) = self.circs.get_mut(&key) {
             c.internal = internal;
             c.clean_idle = idle;
+            c.stable = stable;
             if internal {
                 // No congestion control with a relay that is no exit for us (proposal 324 is
                 // negotiated with an exit).
@@ -311,17 +339,160 @@ impl super::Client {
         Ok((p, true))
     }
 
-    /// A preemptive internal circuit, built and clean, for a rendezvous circuit to take.
+    /// A preemptive internal circuit, built and clean, for a client's rendezvous circuit to
+    /// take as it is (its last hop becomes the rendezvous point; C tor cannibalizes for
+    /// `CIRCUIT_PURPOSE_C_ESTABLISH_REND` without extending). It is no longer internal.
     pub(super) fn take_internal(&mut self) -> Option<u64> {
-        let key = self
-            .circs
-            .iter()
-            .find(|(_, c)| {
-                c.internal && c.phase == CircPhase::Open && c.streams.is_empty() && !c.timed_out
-            })
-            .map(|(k, _)| *k)?;
+        let key = self.find_to_cannibalize(None, false)?;
         let c = self.circs.get_mut(&key)?;
         c.internal = false;
+        c.idle_since = self.now;
+        self.hs_note_cannibalized();
         Some(key)
+    }
+
+    /// A clean internal circuit that may be extended to `target` (or, with `None`, used as
+    /// it is), following C tor's `circuit_find_to_cannibalize`: built and open, never used
+    /// (not dirty, no stream, no isolation, no named exit), of the internal shape (3 hops:
+    /// `G -> L2 -> M`), not being extended, and stable when `need_stable`; `target` is none
+    /// of its relays (by RSA or Ed25519 identity) and in the family of none
+    /// ([`onion_dir::netview::NetView::same_family`]). When stability is not needed an
+    /// unstable circuit is preferred, keeping the stable ones for those that need them.
+    ///
+    /// vanguards-lite (proposal 333 §1): its second hop must still be one of the layer-2
+    /// guards, whose lifetime may have ended since the circuit was built (C tor does not
+    /// look; a circuit through a rotated-out L2 would keep it in use beyond its lifetime).
+    pub(super) fn find_to_cannibalize(
+        &self,
+        target: Option<&HopTarget>,
+        need_stable: bool,
+    ) -> Option<u64> {
+        let dir = self.dir.directory();
+        let wall = self.wall_now();
+        let l2 = self.guards.layer2();
+        let in_l2 = |id: &onion_dir::RsaIdentity| {
+            l2.is_empty() || l2.iter().any(|g| g.id == *id && g.expires_at > wall)
+        };
+        let conflicts = |hop: &HopTarget, t: &HopTarget| {
+            if hop.rsa_id == t.rsa_id || (hop.ed_id.is_some() && hop.ed_id == t.ed_id) {
+                return true;
+            }
+            let Some(d) = dir else {
+                return false;
+            };
+            match (d.view.by_rsa_id(&hop.rsa_id), d.view.by_rsa_id(&t.rsa_id)) {
+                (Some(a), Some(b)) => d.view.same_family(a, b),
+                _ => false,
+            }
+        };
+        let mut best: Option<(u64, bool)> = None;
+        for (k, c) in &self.circs {
+            let usable = c.internal
+                && !c.cannibalized
+                && c.purpose == Purpose::General
+                && c.phase == CircPhase::Open
+                && !c.timed_out
+                && c.dirty_since.is_none()
+                && c.isolation.is_none()
+                && c.named_exit.is_none()
+                && c.streams.is_empty()
+                && c.path.len() == 3
+                && c.circ
+                    .as_ref()
+                    .is_some_and(|m| m.n_hops() == 3 && !m.is_closed() && !m.is_extending())
+                && c.path.get(1).is_some_and(|h| in_l2(&h.rsa_id));
+            if !usable {
+                continue;
+            }
+            // Built from relays chosen Stable, or made of Stable relays only (path-spec
+            // §1.1: a "stable" circuit), as the prediction rules count them.
+            let stable = c.stable || path_stable(dir, c);
+            if need_stable && !stable {
+                continue;
+            }
+            if let Some(t) = target {
+                if c.path.iter().any(|h| conflicts(h, t)) {
+                    continue;
+                }
+            }
+            // C tor keeps the first fit, unless it is stable and stability is not needed.
+            if best.map_or(true, |(_, s)| s && !need_stable && !stable) {
+                best = Some((*k, stable));
+            }
+        }
+        best.map(|(k, _)| k)
+    }
+
+    /// Take a clean internal circuit for the onion-service `purpose` and extend it by one
+    /// hop to `target` (EXTEND2, tor-spec §5.1.2; C tor's `circuit_extend_to_new_exit`).
+    /// Returns its key, or `None` when no circuit fits ([`super::Client::find_to_cannibalize`])
+    /// or the EXTEND2 could not be sent (that circuit is then closed, not offered again):
+    /// the caller builds one from scratch. The circuit's build deadline starts again now.
+    pub(super) fn cannibalize(
+        &mut self,
+        purpose: Purpose,
+        target: &HopTarget,
+        need_stable: bool,
+    ) -> Option<u64> {
+        let key = self.find_to_cannibalize(Some(target), need_stable)?;
+        let now = self.now;
+        let deadline = now + self.build_timeout(purpose);
+        let c = self.circs.get_mut(&key)?;
+        let m = c.circ.as_mut()?;
+        let mut hop = target.clone();
+        // No congestion control is negotiated with an onion-service circuit's last relay
+        // (proposal 324 §4: with an exit or an onion service's virtual hop only).
+        hop.ntor_v3 = false;
+        match m.extend(&hop, now, &mut self.rng) {
+            Ok(()) => {
+                c.internal = false;
+                c.cannibalized = true;
+                c.purpose = purpose;
+                c.path.push(hop);
+                c.phase = CircPhase::Building;
+                c.started = now;
+                c.deadline = deadline;
+                c.idle_since = now;
+                c.clean_idle = CLEAN_CIRCUIT_IDLE;
+                self.hs_note_cannibalized();
+                self.hs_note_extend();
+                Some(key)
+            }
+            Err(e) => {
+                self.fail_circ(key, Error::Circuit(e), true);
+                None
+            }
+        }
+    }
+
+    /// What this client's onion-service circuits cost (see [`HsCircuitStats`]): how many
+    /// were cannibalized from pre-built internal circuits or built from scratch, and the
+    /// EXTEND2 cells they needed once the need arose.
+    pub fn onion_circuit_stats(&self) -> HsCircuitStats {
+        self.hs.circ_stats
+    }
+
+    /// Whether this client hosts an onion service: then stable internal circuits are built
+    /// ahead ([`crate::predict::PredictedPorts::wanted`]).
+    fn hs_hosting(&self) -> bool {
+        self.hs.hosted > 0
+    }
+
+    /// An onion-service circuit was cannibalized.
+    fn hs_note_cannibalized(&mut self) {
+        let s = &mut self.hs.circ_stats;
+        s.cannibalized = s.cannibalized.saturating_add(1);
+    }
+
+    /// An onion-service circuit was built from scratch.
+    pub(super) fn hs_note_launched(&mut self) {
+        let s = &mut self.hs.circ_stats;
+        s.launched = s.launched.saturating_add(1);
+    }
+
+    /// An EXTEND2 went out for an onion-service circuit.
+    pub(super) fn hs_note_extend(&mut self) {
+        let s = &mut self.hs.circ_stats;
+        s.extends = s.extends.saturating_add(1);
     }
 }

@@ -182,8 +182,14 @@ pub struct ServiceStats {
     pub invalid: u64,
     /// Queued introductions dropped because they waited too long.
     pub stale: u64,
-    /// Rendezvous circuits joined.
+    /// Rendezvous circuits joined (RENDEZVOUS1 sent).
     pub rendezvous: u64,
+    /// The time from an INTRODUCE2 to its RENDEZVOUS1, added up over `rendezvous`: mostly
+    /// the rendezvous circuit's build (one EXTEND2 when a pre-built internal circuit was
+    /// cannibalized, a whole build otherwise).
+    pub rendezvous_delay_total: Duration,
+    /// The same for the last rendezvous.
+    pub rendezvous_delay_last: Duration,
     /// Incoming streams offered to the application.
     pub streams_offered: u64,
     /// Incoming streams refused because too many were undecided (END RESOURCELIMIT).
@@ -642,6 +648,10 @@ impl Host {
                 });
                 s.circs.insert(circ, Role::RendJoined);
                 s.stats.rendezvous += 1;
+                let delay = now.saturating_duration_since(p.since);
+                s.stats.rendezvous_delay_last = delay;
+                s.stats.rendezvous_delay_total =
+                    s.stats.rendezvous_delay_total.saturating_add(delay);
                 s.building = s.building.saturating_sub(1);
                 self.start_rendezvous(sh, k, now);
             }
