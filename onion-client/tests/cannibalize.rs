@@ -8,87 +8,23 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
 use onion_client::hs::HostConfig;
 use onion_client::predict::HsCircuitStats;
 use onion_client::{Client, ClientConfig, State};
-use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayRecord};
-use onion_dir::policy::{PortSet, RelayPolicy};
-use onion_dir::{RelayFlags, RsaIdentity};
 use onion_hs::keys::ExpandedKeypair;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use support::{testdata, Net, WALL};
+use support::{quiet_config, Net, WALL};
 
 fn config(preemptive: bool) -> ClientConfig {
-    let nowhere = Authority {
-        name: "nowhere".into(),
-        rsa_id: RsaIdentity([1; 20]),
-        v3ident: RsaIdentity([2; 20]),
-        or_addr: None,
-    };
-    let mut dir = DirConfig::new(vec![nowhere], vec![], DirMode::Micro);
-    dir.refresh_from_guards = false;
-    dir.retry_delay = Duration::from_secs(7200);
-    let mut cfg = ClientConfig::new(dir);
+    let mut cfg = quiet_config();
     cfg.preemptive_circuits = preemptive;
     cfg
 }
 
-/// The network's relays as a directory of Stable relays, every one also an HSDir.
-fn directory(net: &Net) -> Arc<Directory> {
-    let records: Vec<RelayRecord> = net
-        .relays
-        .iter()
-        .map(|r| {
-            let std::net::SocketAddr::V4(v4) = r.addr else {
-                unreachable!()
-            };
-            RelayRecord {
-                nickname: r.name.clone(),
-                rsa_id: r.keys.rsa_id,
-                ed_id: Some(r.keys.ed_id.0),
-                ntor_onion_key: Some(r.ntor.0),
-                ipv4: Some(v4),
-                flags: RelayFlags(
-                    RelayFlags::RUNNING.0
-                        | RelayFlags::VALID.0
-                        | RelayFlags::FAST.0
-                        | RelayFlags::STABLE.0
-                        | RelayFlags::GUARD.0
-                        | RelayFlags::EXIT.0
-                        | RelayFlags::V2DIR.0
-                        | RelayFlags::HSDIR.0,
-                ),
-                bandwidth: 1000,
-                policy: RelayPolicy::Summary {
-                    v4: PortSet::all(),
-                    v6: PortSet::none(),
-                },
-                ..RelayRecord::default()
-            }
-        })
-        .collect();
-    let view = NetView::from_records(records, BandwidthWeights::uniform(10000)).unwrap();
-    let text = testdata("cached-microdesc-consensus");
-    let cons = onion_dir::consensus::parse(&text)
-        .unwrap()
-        .assume_verified();
-    let mut d =
-        Directory::from_consensus(&cons, view, DirMode::Micro, net.relays.len(), String::new());
-    let mut ids: Vec<RsaIdentity> = net.relays.iter().map(|r| r.keys.rsa_id).collect();
-    ids.sort();
-    d.listed_guards = ids;
-    Arc::new(d)
-}
-
 /// A bootstrapped client on `net`, its preemptive circuits (if any) built.
 fn client(net: &mut Net, preemptive: bool) -> Client {
-    let dir = directory(net);
+    let dir = net.hsdir_directory();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let mut c = Client::new(
         config(preemptive),

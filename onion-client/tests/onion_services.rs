@@ -10,13 +10,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
+use onion_client::dir::Directory;
 use onion_client::hs::{HostConfig, HsError, HsNet};
-use onion_client::{Client, ClientConfig, Error, ErrorKind, Event, Isolation, State, StreamHandle};
-use onion_dir::consensus::BandwidthWeights;
-use onion_dir::netview::{NetView, RelayRecord};
-use onion_dir::policy::{PortSet, RelayPolicy};
-use onion_dir::{RelayFlags, RsaIdentity};
+use onion_client::{Client, ClientConfig, Error, ErrorKind, Isolation, State, StreamHandle};
 use onion_hs::desc::ClientAuthConfig;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::linkspec::RawLinkSpec;
@@ -24,66 +20,10 @@ use onion_hs::service::{HsService, HsServiceConfig};
 use onion_hs::x25519_dalek::{PublicKey as XPublic, StaticSecret};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use support::{testdata, Net, WALL};
+use support::{closed, quiet_config, Net, WALL};
 
 fn config() -> ClientConfig {
-    let nowhere = Authority {
-        name: "nowhere".into(),
-        rsa_id: RsaIdentity([1; 20]),
-        v3ident: RsaIdentity([2; 20]),
-        or_addr: None,
-    };
-    let mut dir = DirConfig::new(vec![nowhere], vec![], DirMode::Micro);
-    dir.refresh_from_guards = false;
-    dir.retry_delay = Duration::from_secs(7200);
-    ClientConfig::new(dir)
-}
-
-/// The network's relays as a directory in which every relay is also an HSDir.
-fn directory(net: &Net) -> Arc<Directory> {
-    let records: Vec<RelayRecord> = net
-        .relays
-        .iter()
-        .map(|r| {
-            let std::net::SocketAddr::V4(v4) = r.addr else {
-                unreachable!()
-            };
-            RelayRecord {
-                nickname: r.name.clone(),
-                rsa_id: r.keys.rsa_id,
-                ed_id: Some(r.keys.ed_id.0),
-                ntor_onion_key: Some(r.ntor.0),
-                ipv4: Some(v4),
-                flags: RelayFlags(
-                    RelayFlags::RUNNING.0
-                        | RelayFlags::VALID.0
-                        | RelayFlags::FAST.0
-                        | RelayFlags::STABLE.0
-                        | RelayFlags::GUARD.0
-                        | RelayFlags::EXIT.0
-                        | RelayFlags::V2DIR.0
-                        | RelayFlags::HSDIR.0,
-                ),
-                bandwidth: 1000,
-                policy: RelayPolicy::Summary {
-                    v4: PortSet::all(),
-                    v6: PortSet::none(),
-                },
-                ..RelayRecord::default()
-            }
-        })
-        .collect();
-    let view = NetView::from_records(records, BandwidthWeights::uniform(10000)).unwrap();
-    let text = testdata("cached-microdesc-consensus");
-    let cons = onion_dir::consensus::parse(&text)
-        .unwrap()
-        .assume_verified();
-    let mut d =
-        Directory::from_consensus(&cons, view, DirMode::Micro, net.relays.len(), String::new());
-    let mut ids: Vec<RsaIdentity> = net.relays.iter().map(|r| r.keys.rsa_id).collect();
-    ids.sort();
-    d.listed_guards = ids;
-    Arc::new(d)
+    quiet_config()
 }
 
 /// A service whose descriptor (for the period a client of `dir` fetches) names relays 1
@@ -94,7 +34,7 @@ fn publish(net: &mut Net, dir: &Arc<Directory>, clients: Vec<XPublic>) -> String
     let hsnet = HsNet::from_directory(dir.clone(), testing).unwrap();
     let sel = hsnet.shared_random.client_fetch(
         &hsnet.periods,
-        onion_dir::Timestamp::from_unix(hsnet.valid_after),
+        hsnet.valid_after,
     );
     let cfg = HsServiceConfig {
         client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
@@ -128,13 +68,6 @@ fn client_on(net: &mut Net, dir: Arc<Directory>) -> Client {
     c
 }
 
-fn closed(net: &Net, s: StreamHandle) -> Option<Option<Error>> {
-    net.events.iter().find_map(|e| match e {
-        Event::StreamClosed { stream, error } if *stream == s => Some(error.clone()),
-        _ => None,
-    })
-}
-
 /// Run until stream `s` closed; its error.
 fn close_error(net: &mut Net, c: &mut Client, s: StreamHandle) -> Error {
     assert!(net.run_until(c, Duration::from_secs(300), |n| closed(n, s).is_some()));
@@ -144,7 +77,7 @@ fn close_error(net: &mut Net, c: &mut Client, s: StreamHandle) -> Error {
 #[test]
 fn onion_stream_fetches_the_descriptor_then_meets_no_rendezvous_point() {
     let mut net = Net::new(8, 11);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let addr = publish(&mut net, &dir, vec![]);
     let mut c = client_on(&mut net, dir);
     let s = c.connect(&addr, 80, Isolation::NONE, net.now).unwrap();
@@ -162,7 +95,7 @@ fn onion_stream_fetches_the_descriptor_then_meets_no_rendezvous_point() {
 #[test]
 fn onion_stream_with_client_authorization() {
     let mut net = Net::new(8, 12);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let key = StaticSecret::from([5u8; 32]);
     let addr = publish(&mut net, &dir, vec![XPublic::from(&key)]);
     let mut c = client_on(&mut net, dir);
@@ -182,7 +115,7 @@ fn onion_stream_with_client_authorization() {
 #[test]
 fn unknown_onion_service_is_descriptor_not_found() {
     let mut net = Net::new(8, 13);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let mut c = client_on(&mut net, dir);
     let addr = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
     let s = c.connect(addr, 80, Isolation::NONE, net.now).unwrap();
@@ -200,7 +133,7 @@ fn unknown_onion_service_is_descriptor_not_found() {
 #[test]
 fn hosted_service_builds_its_introduction_circuits() {
     let mut net = Net::new(8, 14);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     // No pre-built internal circuits to cannibalize (tests/cannibalize.rs): built here.
     let mut cfg = config();
     cfg.preemptive_circuits = false;
@@ -225,7 +158,7 @@ fn hosted_service_builds_its_introduction_circuits() {
 #[test]
 fn onion_stream_before_bootstrap_waits_for_the_directory() {
     let mut net = Net::new(8, 15);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let mut c = Client::new(config(), State::default(), net.now, WALL, &mut rng).unwrap();
     let addr = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
@@ -243,7 +176,7 @@ fn onion_stream_before_bootstrap_waits_for_the_directory() {
 #[test]
 fn an_onion_stream_that_runs_out_of_time_ends_with_the_typed_timeout() {
     let mut net = Net::new(8, 16);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let addr = publish(&mut net, &dir, vec![]);
     let mut cfg = config();
     cfg.stream_timeout = Duration::from_secs(10);
@@ -266,7 +199,7 @@ fn an_onion_stream_that_runs_out_of_time_ends_with_the_typed_timeout() {
 #[test]
 fn hosted_service_circuits_do_not_wait_behind_other_builds() {
     let mut net = Net::new(8, 17);
-    let dir = directory(&net);
+    let dir = net.hsdir_directory();
     let mut cfg = config();
     cfg.limits.max_building = 2;
     cfg.preemptive_circuits = false;

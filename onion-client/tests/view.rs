@@ -3,39 +3,20 @@
 
 mod support;
 
-use std::time::Duration;
-
-use onion_client::dir::{Authority, DirConfig, DirMode};
-use onion_client::{Client, ClientConfig, Event, Isolation, Purpose, State, StreamHandle};
-use onion_dir::RsaIdentity;
+use onion_client::{Client, Isolation, Purpose, State};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use support::{Net, WALL};
+use support::{opened, quiet_config, Net, WALL};
 
 /// A client on `net`'s directory whose own refreshes go nowhere (no authority ORPort).
 fn client_on(net: &mut Net, congestion_control: bool) -> Client {
-    let nowhere = Authority {
-        name: "nowhere".into(),
-        rsa_id: RsaIdentity([1; 20]),
-        v3ident: RsaIdentity([2; 20]),
-        or_addr: None,
-    };
-    let mut dir = DirConfig::new(vec![nowhere], vec![], DirMode::Micro);
-    dir.refresh_from_guards = false;
-    dir.retry_delay = Duration::from_secs(7200);
-    let mut cfg = ClientConfig::new(dir);
+    let mut cfg = quiet_config();
     cfg.congestion_control = congestion_control;
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let mut c = Client::new(cfg, State::default(), net.now, WALL, &mut rng).unwrap();
     c.adopt_directory(net.directory(), net.now).unwrap();
     net.run(&mut c);
     c
-}
-
-fn opened(net: &Net, s: StreamHandle) -> bool {
-    net.events
-        .iter()
-        .any(|e| matches!(e, Event::StreamOpened { stream } if *stream == s))
 }
 
 #[test]

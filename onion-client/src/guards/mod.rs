@@ -439,10 +439,7 @@ impl Guards {
         };
         let avoided = self.avoided_indices(dir, now, named);
         let avoid = opts.exclude.with(avoided.iter().copied());
-        let hop_opts = PathOptions {
-            exclude: &avoid,
-            ..*opts
-        };
+        let hop_opts = opts.excluding(&avoid);
         let mut tries = 0;
         loop {
             tries += 1;
@@ -466,10 +463,7 @@ impl Guards {
                 continue;
             };
             let excl = except(opts.exclude, &avoided, pick.idx);
-            let o = PathOptions {
-                exclude: &excl,
-                ..*opts
-            };
+            let o = opts.excluding(&excl);
             let path = sel
                 .exit_path(
                     ExitRequest::Named(exit, target),
@@ -517,10 +511,7 @@ impl Guards {
         // An external last hop the directory lists is not used for another hop.
         avoided.extend(external_idx);
         let avoid = opts.exclude.with(avoided.iter().copied());
-        let hop_opts = PathOptions {
-            exclude: &avoid,
-            ..*opts
-        };
+        let hop_opts = opts.excluding(&avoid);
         // An external last hop is appended to a path one hop shorter.
         let drawn_len = if external.is_some() { len - 1 } else { len };
         let mut tries = 0;
@@ -543,10 +534,7 @@ impl Guards {
                 continue;
             };
             let excl = except(opts.exclude, &avoided, pick.idx);
-            let o = PathOptions {
-                exclude: &excl,
-                ..*opts
-            };
+            let o = opts.excluding(&excl);
             let path = if drawn_len == 1 {
                 // The guard alone (then the external hop, if any): the random last hop only
                 // served to draw the guard.
@@ -589,10 +577,7 @@ impl Guards {
             .guard(&sel, GuardUsage::Data, &[], opts, now, rng, false)?
             .ok_or_else(|| Error::NoPath("no guard".into()))?;
         let excl = except(opts.exclude, &avoided, pick.idx);
-        let o = PathOptions {
-            exclude: &excl,
-            ..*opts
-        };
+        let o = opts.excluding(&excl);
         // With an external last hop a random one is drawn in its place, then replaced: the
         // hops before it keep the shape's rules. `G -> L2 -> G` would ask L2 to extend back
         // to its predecessor, which relays refuse.
