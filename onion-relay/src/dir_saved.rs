@@ -115,8 +115,9 @@ impl SavedCache {
 }
 
 /// What a cache holds, as texts to keep: the key certificates (each one's text, as
-/// fetched), both consensuses as signed, and the descriptors of `store` (in digest order).
-/// A document of which nothing is held is `None`.
+/// fetched, in text order so that the same set gives the same file whatever order the
+/// authority sent them in), both consensuses as signed, and the descriptors of `store`
+/// (in digest order). A document of which nothing is held is `None`.
 pub fn saved(
     certs: &[String],
     consensus: Option<&str>,
@@ -125,6 +126,8 @@ pub fn saved(
 ) -> SavedCache {
     let mut s = SavedCache::default();
     let nonempty = |t: String| (!t.is_empty()).then_some(t);
+    let mut certs: Vec<&str> = certs.iter().map(String::as_str).collect();
+    certs.sort_unstable();
     s.set(CacheDoc::Certs, nonempty(certs.concat()));
     s.set(CacheDoc::Consensus, consensus.map(str::to_owned));
     s.set(
@@ -318,10 +321,12 @@ mod tests {
         let (certs, store) = full();
         let s = saved(&certs, Some(NS), Some(MD), &store);
         assert_eq!(s.get(CacheDoc::Consensus), Some(NS));
-        assert_eq!(s.get(CacheDoc::Certs), Some(CERTS.concat().as_str()));
+        let mut sorted = certs.clone();
+        sorted.sort();
+        assert_eq!(s.get(CacheDoc::Certs), Some(sorted.concat().as_str()));
         let r = restore(&s, &v3(), now(), store.max_bytes());
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
-        assert_eq!(r.certs, certs);
+        assert_eq!(r.certs, sorted);
         assert_eq!(
             (r.consensus.as_deref(), r.consensus_md.as_deref()),
             (Some(NS), Some(MD))
@@ -330,6 +335,10 @@ mod tests {
         assert_eq!(r.store.n_server_descriptors(), 8);
         assert!(r.store.missing_microdescs().is_empty());
         assert!(r.store.missing_server_descriptors().is_empty());
+        // The certificates in another order: the same file.
+        let mut reversed = certs.clone();
+        reversed.reverse();
+        assert_eq!(saved(&reversed, Some(NS), Some(MD), &store), s);
         // Saved again, the same texts: nothing was lost or added on the way.
         assert_eq!(
             saved(

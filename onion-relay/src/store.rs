@@ -264,6 +264,18 @@ impl DescriptorStore {
     }
 }
 
+/// When a directory cache holding `consensus` fetches the next one (dir-spec §4.1): at a
+/// random time in the first half-interval after it stops being fresh, the interval being
+/// fresh-until minus valid-after; `random` picks the point (any value: it is reduced to
+/// the half-interval). A cache that fetches later serves an older consensus than the
+/// network has, in which its own latest descriptor may not be listed yet.
+pub fn next_consensus_fetch(consensus: &Consensus<'_>, random: u64) -> onion_crypto::Timestamp {
+    let fu = consensus.fresh_until.unix();
+    let half = fu.saturating_sub(consensus.valid_after.unix()) / 2;
+    let offset = if half == 0 { 0 } else { random % (half + 1) };
+    onion_crypto::Timestamp::from_unix(fu.saturating_add(offset))
+}
+
 /// The descriptors of a batch, each from its `router` line to the next one (or the end).
 fn split_descriptors(text: &str) -> impl Iterator<Item = &str> {
     let mut starts: Vec<usize> = text
@@ -364,6 +376,21 @@ mod tests {
         assert!(a.malformed && a.kept == 0);
         assert!(s.add_microdescs("@x\nnot a microdescriptor\n").malformed);
         assert_eq!(s.missing_server_descriptors().len(), 8);
+    }
+
+    #[test]
+    fn the_next_consensus_is_fetched_in_the_half_interval_after_fresh_until() {
+        let c = onion_dir::consensus::parse(NS).expect("ns");
+        let c = c.peek();
+        // The test network's consensus: valid-after 07:20:00, fresh-until 07:20:20.
+        let fu = c.fresh_until.unix();
+        assert_eq!(fu - c.valid_after.unix(), 20);
+        let times: Vec<u64> = [0u64, 3, 10, 11, 25, u64::MAX]
+            .iter()
+            .map(|&r| next_consensus_fetch(c, r).unix() - fu)
+            .collect();
+        assert_eq!(times, vec![0, 3, 10, 0, 3, u64::MAX % 11]);
+        assert!(times.iter().all(|&t| t <= 10));
     }
 
     #[test]

@@ -42,6 +42,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LINK_CERT_ROTATION: Duration = Duration::from_secs(2 * 3600);
 /// Time between reachability self-tests until one succeeds.
 const SELF_TEST_RETRY: Duration = Duration::from_secs(20);
+/// Time before asking again after a consensus fetch that failed or brought nothing newer.
+const CONSENSUS_RETRY: u64 = 15;
 
 /// Everything the loop needs at start.
 pub struct Setup {
@@ -134,6 +136,8 @@ struct Loop {
     fetching_descriptors: bool,
     /// A fetch is under way.
     fetching: bool,
+    /// When the next consensus fetch is due (dir-spec §4.1; `None`: at once).
+    next_consensus_fetch: Option<Timestamp>,
     /// Which authority the next fetch asks (round robin).
     fetch_from: usize,
     /// The listing last logged.
@@ -217,6 +221,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         dir_served: [0; 5],
         fetching_descriptors: false,
         fetching: false,
+        next_consensus_fetch: None,
         fetch_from: 0,
         last_listing: None,
         next_link_cert: Some(std::time::Instant::now() + setup.link_cert_rotation),
@@ -239,6 +244,11 @@ impl Loop {
             let mut wake = next_periodic.min(next_stats);
             if let Some(t) = self.next_link_cert {
                 wake = wake.min(t);
+            }
+            if let Some(t) = self.next_consensus_fetch.filter(|_| !self.fetching) {
+                let wall = Timestamp::from(SystemTime::now()).unix();
+                let secs = t.unix().saturating_sub(wall);
+                wake = wake.min(std::time::Instant::now() + Duration::from_secs(secs));
             }
             let mut wait = wake.saturating_duration_since(std::time::Instant::now());
             if let Some(t) = self.relay.poll_timeout() {
@@ -270,6 +280,7 @@ impl Loop {
                 self.periodic();
             }
             self.maybe_self_test();
+            self.maybe_fetch_consensus(Timestamp::from(SystemTime::now()));
             if self
                 .next_link_cert
                 .is_some_and(|t| std::time::Instant::now() >= t)
@@ -454,16 +465,11 @@ impl Loop {
         }
     }
 
-    /// Fetches the consensus in a thread when none is held or the held one is no longer
-    /// fresh (dir-spec §5.1), from the authorities in turn.
+    /// Fetches the consensus in a thread when none is held or when the time chosen for the
+    /// next one has come (dir-spec §4.1, [`onion_relay::store::next_consensus_fetch`]), from
+    /// the authorities in turn.
     fn maybe_fetch_consensus(&mut self, now: Timestamp) {
-        if self.fetching {
-            return;
-        }
-        let fresh = self.consensus.as_deref().is_some_and(|t| {
-            onion_dir::consensus::parse(t).is_ok_and(|c| c.peek().fresh_until > now)
-        });
-        if fresh {
+        if self.fetching || self.next_consensus_fetch.is_some_and(|t| now < t) {
             return;
         }
         let auths: Vec<_> = self.authorities.iter().filter(|a| !a.bridge).collect();
@@ -490,6 +496,9 @@ impl Loop {
     /// they list that the cache lacks.
     fn new_consensus(&mut self, r: Result<Box<super::view::Fetched>, String>) {
         self.fetching = false;
+        // Until a newer consensus sets the time by its own validity (below).
+        let wall = Timestamp::from(SystemTime::now()).unix();
+        self.next_consensus_fetch = Some(Timestamp::from_unix(wall + CONSENSUS_RETRY));
         let fetched = match r {
             Ok(t) => *t,
             Err(e) => {
@@ -526,6 +535,7 @@ impl Loop {
                 let (n, va) = (c.relays.len(), c.valid_after);
                 self.take_network(c);
                 self.store.set_consensus(c);
+                self.schedule_consensus_fetch(c);
                 if let Some(old) = self.consensus.replace(text) {
                     push_bounded(&mut self.previous_consensuses, old);
                 }
@@ -555,6 +565,14 @@ impl Loop {
             super::circparams::consensus_params(&c.params),
             self.clock.now(),
         );
+    }
+
+    /// The next consensus fetch is due in the first half-interval after `c` stops being
+    /// fresh (dir-spec §4.1); at once if that time has passed.
+    fn schedule_consensus_fetch(&mut self, c: &onion_dir::consensus::Consensus<'_>) {
+        use rand_core::RngCore;
+        let t = onion_relay::store::next_consensus_fetch(c, OsRng.next_u64());
+        self.next_consensus_fetch = Some(t);
     }
 
     /// The v3 identities of the configured authorities (whose signatures a consensus needs).
@@ -599,6 +617,7 @@ impl Loop {
                     c.relays.len()
                 );
                 self.take_network(c);
+                self.schedule_consensus_fetch(c);
             }
             self.consensus = Some(text);
         }
