@@ -16,6 +16,35 @@ const fn b64_table() -> [u8; 256] {
 static B64: [u8; 256] = b64_table();
 const ALPHA: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// Base64 decoding one character at a time: six bits in, a byte out whenever eight have
+/// gathered; `bits` (under 8) are left over in `acc`.
+#[derive(Default)]
+struct Sextets {
+    acc: u32,
+    bits: u32,
+}
+
+impl Sextets {
+    /// Takes character `c`: `None` if it is outside the alphabet, else the byte it
+    /// completes, if any.
+    #[inline]
+    fn push(&mut self, c: u8) -> Option<Option<u8>> {
+        let v = B64[usize::from(c)];
+        if v == 0xFF {
+            return None;
+        }
+        self.acc = (self.acc << 6) | u32::from(v);
+        self.bits += 6;
+        if self.bits < 8 {
+            return Some(None);
+        }
+        self.bits -= 8;
+        let byte = (self.acc >> self.bits) as u8;
+        self.acc &= (1 << self.bits) - 1;
+        Some(Some(byte))
+    }
+}
+
 /// Decode base64 (padding optional, no whitespace) into exactly `N` bytes.
 pub fn base64_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.trim_end_matches('=');
@@ -48,25 +77,16 @@ pub fn base64_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
     if bad != 0 {
         return None;
     }
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
+    let mut tail = Sextets::default();
     let mut o = 3 * groups;
     for &c in bytes.get(4 * groups..)? {
-        let v = B64[c as usize];
-        if v == 0xFF {
-            return None;
-        }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(o)? = (acc >> bits) as u8;
+        if let Some(byte) = tail.push(c)? {
+            *out.get_mut(o)? = byte;
             o += 1;
-            acc &= (1 << bits) - 1;
         }
     }
     // Non-canonical trailing bits are rejected.
-    if o != N || acc != 0 {
+    if o != N || tail.acc != 0 {
         return None;
     }
     Some(out)
@@ -76,8 +96,7 @@ pub fn base64_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// padding optional.
 pub fn base64_decode_lines(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() / 4 * 3 + 3);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
+    let mut sextets = Sextets::default();
     let mut pad = false;
     for &c in s.as_bytes() {
         if c == b'\n' {
@@ -90,19 +109,11 @@ pub fn base64_decode_lines(s: &str) -> Option<Vec<u8>> {
         if pad {
             return None;
         }
-        let v = B64[c as usize];
-        if v == 0xFF {
-            return None;
-        }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
+        if let Some(byte) = sextets.push(c)? {
+            out.push(byte);
         }
     }
-    if bits >= 6 {
+    if sextets.bits >= 6 {
         return None;
     }
     Some(out)
@@ -174,6 +185,22 @@ mod tests {
         assert_eq!(base64_fixed::<1>("AB"), None);
         assert_eq!(base64_decode_lines("AA\nEC\n"), Some(vec![0, 1, 2]));
         assert_eq!(base64_unpadded(&[0xff]), "/w");
+    }
+
+    #[test]
+    fn partial_groups_and_bad_characters() {
+        assert_eq!(base64_fixed::<2>("AAE"), Some([0, 1]));
+        // Trailing bits that are not zero: not the canonical encoding.
+        assert_eq!(base64_fixed::<2>("AAF"), None);
+        assert_eq!(base64_fixed::<2>("AA*"), None);
+        assert_eq!(base64_fixed::<4>("AAECAw*"), None);
+        assert_eq!(base64_fixed::<4>("AAECAw"), Some([0, 1, 2, 3]));
+        // The line form does not judge the trailing bits, only a lone sixth.
+        assert_eq!(base64_decode_lines("AAF"), Some(vec![0, 1]));
+        assert_eq!(base64_decode_lines("A"), None);
+        assert_eq!(base64_decode_lines("AA*A"), None);
+        assert_eq!(base64_decode_lines("AA=A"), None);
+        assert_eq!(base64_decode_lines("AAE=\n"), Some(vec![0, 1]));
     }
 
     proptest! {
