@@ -144,3 +144,51 @@ fn onion_sim_options_of_the_circuit_story_need_circuit() {
     let (ok, _) = onion(&["sim", "--circuit", "--congestion-control"]);
     assert!(!ok);
 }
+
+/// `onion sim --circuit`: the same fetch cell by cell from a bare onion-circuit client
+/// through onion_relay::Relay relays: the link handshake, CREATE2 and EXTEND2 with the
+/// chosen handshake, BEGIN, CONNECTED, RELAY_END, DESTROY, every relay freeing the circuit,
+/// and what each relay saw (its neighbours only).
+#[test]
+fn onion_sim_circuit_tells_the_cells() {
+    let (ok, text) = onion(&[
+        "sim",
+        "--circuit",
+        "--bytes",
+        "120000",
+        "--first-hop",
+        "fast",
+        "--hops",
+        "4",
+    ]);
+    assert!(ok, "{text}");
+    for needle in [
+        "onion sim --circuit: client -> 4 relays -> web server",
+        "TCP and TLS up with guard0",
+        "channel to guard0 open (link protocol 5",
+        "CREATE_FAST (CREATE_FAST) on circuit",
+        "hop 1 (guard0) added (CREATED_FAST); EXTEND2 (ntor-v3) to middle0",
+        "guard0  opening a connection to middle0",
+        "hop 3 (middle1) added (EXTENDED2); EXTEND2 (ntor-v3) to exit0",
+        "circuit guard0 -> middle0 -> middle1 -> exit0 built",
+        "BEGIN www.example.com:80",
+        "exit0   exit stream 0: connecting to 203.0.113.80:80",
+        "RELAY_END from the exit, reason DONE",
+        "tearing the circuit down (DESTROY)",
+        "every relay of the path freed the circuit",
+        "what each party saw",
+        "received:    120000 bytes, identical to what the server sent",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let seen = |who: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(who) && l.contains(", "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(seen("guard0").contains("198.51.100.7"), "{text}");
+    assert!(!seen("middle0").contains("198.51.100.7"), "{text}");
+    assert!(seen("exit0").contains("203.0.113.80:80"), "{text}");
+    assert!(!seen("exit0").contains("198.51.100.7"), "{text}");
+}

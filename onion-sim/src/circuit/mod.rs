@@ -1,35 +1,23 @@
-//! A deterministic, in-memory Tor network: a client, relays (guard, middle, exit) and a
-//! destination web server in one process, with virtual time and a seeded RNG.
+//! The circuit-level story: one fetch through a circuit, told cell by cell, on the relays
+//! `onion relay` runs, in virtual time with one seeded RNG.
 //!
-//! Every party runs the real state machines of onion-circuit: [`Channel`](onion_circuit::channel::Channel)s (link handshake with
-//! real certificates, cells encoded to bytes), client [`Circuit`](onion_circuit::circuit::Circuit)s and
-//! [`RelayCircuit`](onion_circuit::relay::RelayCircuit)s (real
-//! ntor / ntor-v3 handshakes, tor1 layers, SENDME flow control). Only the transport is
-//! simulated: the bytes a channel writes travel on an in-memory link (no TLS; the TLS
-//! certificate digest the link certificates bind to is a per-link random value) that delays
-//! them by a latency plus the time the link's bandwidth needs to carry them.
+//! A bare client made of one onion-circuit [`Channel`] and one client [`Circuit`] (no
+//! directory, no guard logic: the path is given) connects over the simulated network of
+//! [`crate::client::world`] to its first relay, whose every relay is an
+//! [`onion_relay::Relay`], the machine `onion relay` runs: the link handshake (VERSIONS,
+//! CERTS, AUTH_CHALLENGE, NETINFO: tor-spec §4) with real link certificates, then the circuit
+//! hop by hop (CREATE2 or CREATE_FAST, then EXTEND2 in RELAY_EARLY cells: tor-spec §5.1,
+//! §5.3, §5.6), a stream to `www.example.com:80` through the exit (BEGIN, CONNECTED: §6.2),
+//! an HTTP request, the response (large enough that circuit and stream SENDMEs flow: §7.3,
+//! §7.4), the web server's close (RELAY_END DONE), after which the client tears the circuit
+//! down (DESTROY) and every relay frees it. The exit's streams go to the world's web server
+//! ([`web`]); BEGIN_DIR is answered by the relays' directory caches.
 //!
-//! [`run`] plays the main scenario: the client opens a channel to the guard, builds a circuit
-//! hop by hop (CREATE2, then EXTEND2 through the guard and the middle), opens a stream to
-//! `www.example.com:80` through the exit, sends an HTTP request, receives the response (large
-//! enough that circuit and stream SENDMEs flow), and the web server closes the connection
-//! (RELAY_END DONE), after which the client tears the circuit down (DESTROY). The [`Report`]
-//! holds a story line for every significant step of every party, the body received, the
-//! flow-control counters, and the addresses each party saw, so that tests can check that each
-//! relay knows only its neighbours.
-//!
-//! The network is built from parts that other scenarios reuse ([`crate::cc`] runs its
-//! congestion-control experiment on them):
-//!
-//! * [`net`]: the network itself ([`net::Net`]): relays with their channels and relay
-//!   circuits, client parties with their channels and circuits, in-memory links, virtual time,
-//!   one seeded RNG, the story; relays get their edge behaviour from [`net::Edge`] handlers;
-//! * [`exit`]: the exit handler (BEGIN to the web server over simulated TCP, RESOLVE);
-//! * [`dir`]: the BEGIN_DIR handler, answering with a pluggable [`dir::DirService`];
-//! * [`web`]: the web server; [`wired`]: circuits wired cell by cell without channels.
-//!
-//! [`Sim`] is the scenario above: a [`net::Net`] with one party (the client, whose
-//! [`net::Driver`] acts on its circuit's events) and one [`exit::Exit`].
+//! [`run`] plays it; the [`Report`] holds a story line for every significant step of the
+//! client and the relays, the body received, the client's flow-control counters, and the
+//! addresses each relay saw, so that tests can check that each relay knows only its
+//! neighbours. [`wired`] wires a client circuit to relay circuits cell by cell without
+//! channels, for tests, fuzz targets and benchmarks.
 
 pub mod dir;
 pub mod exit;
@@ -38,18 +26,21 @@ pub mod web;
 pub mod wired;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use onion_cell::relaymsg::BeginFlags;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
-use onion_circuit::circuit::{CircEvent, HandshakeKind};
+use onion_cell::relaymsg::BeginFlags;
+use onion_cell::CircId;
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowStats;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 
-use self::exit::{Exit, WEB};
-use self::net::{CircRef, Driver, Net, NetConfig};
+use crate::client::world::{AccessLink, LinkId, NetEvent, Role, World, WorldConfig};
 
 /// The destination's hostname, resolved by the exit's (simulated) DNS.
 pub const WEB_HOST: &str = "www.example.com";
@@ -57,6 +48,8 @@ pub const WEB_HOST: &str = "www.example.com";
 pub const WEB_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
 /// The client's address (what its guard sees).
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// The web server's name in [`Report::seen`].
+pub const WEB: &str = "web";
 
 /// Settings of a simulated run.
 #[derive(Debug, Clone)]
@@ -67,7 +60,7 @@ pub struct SimConfig {
     pub hops: usize,
     /// Size of the HTTP response body the client asks for.
     pub response_len: u64,
-    /// One-way delay of every link.
+    /// One-way delay of every link (half of it on each end's access link).
     pub latency: Duration,
     /// Bytes per second each link direction carries (0 = unlimited).
     pub bandwidth: u64,
@@ -96,7 +89,7 @@ impl Default for SimConfig {
 pub struct StoryLine {
     /// Virtual time since the start.
     pub at: Duration,
-    /// The party ("client", "guard", "middle", "exit", "web", or "relayN").
+    /// The party ("client", a relay's name such as "guard0", "authorities", "service").
     pub party: String,
     /// What happened.
     pub text: String,
@@ -115,15 +108,16 @@ pub struct Report {
     pub expected_body: Vec<u8>,
     /// Virtual time from the request leaving the client to the last body byte arriving.
     pub transfer_time: Duration,
-    /// Virtual time of the whole run (channel set-up to the last DESTROY).
+    /// Virtual time of the whole run (connection to the last relay freeing the circuit).
     pub total_time: Duration,
     /// The client's flow-control counters.
     pub client_stats: FlowStats,
-    /// The exit's flow-control counters.
-    pub exit_stats: FlowStats,
-    /// For each party, the network addresses (and hostnames) it saw.
+    /// The relays of the circuit, first hop first: name and address.
+    pub path: Vec<(String, SocketAddr)>,
+    /// For each relay of the circuit and the web server, the network addresses (and
+    /// hostnames) it saw.
     pub seen: Vec<(String, BTreeSet<String>)>,
-    /// Bytes that crossed the channel links, in both directions, for the record.
+    /// Bytes that crossed the connections, in both directions, for the record.
     pub link_bytes: u64,
 }
 
@@ -164,123 +158,188 @@ pub fn run(cfg: SimConfig) -> Result<Report, SimError> {
     Ok(sim.report())
 }
 
-/// The client of the main scenario: what it does with its circuit's events.
-#[derive(Debug, Default)]
+fn kind_name(k: HandshakeKind) -> &'static str {
+    match k {
+        HandshakeKind::Ntor => "ntor",
+        HandshakeKind::NtorV3 => "ntor-v3",
+        HandshakeKind::CreateFast => "CREATE_FAST",
+    }
+}
+
+/// The bare client: one channel to the first hop, one circuit through the path, one
+/// stream; what it does with their events.
 struct Client {
+    link: Option<LinkId>,
+    path: Vec<HopTarget>,
+    names: Vec<String>,
+    first_hop: HandshakeKind,
+    chan: Option<Channel>,
+    circ: Option<(CircId, Circuit)>,
+    rng: ChaCha20Rng,
     response_len: u64,
-    circ: Option<CircRef>,
     stream: Option<StreamId>,
     request_sent: Option<Instant>,
     last_byte: Option<Instant>,
     response: Vec<u8>,
     head_len: Option<usize>,
-    content_len: Option<u64>,
     status_line: String,
     stats: FlowStats,
-    done: bool,
+    done: Option<Instant>,
+    failure: Option<String>,
+    out: Vec<u8>,
 }
 
-/// The main scenario's network: a client party, `hops` relays (the last one an exit) and the
-/// web server behind the exit.
+/// The main scenario: a bare client, `hops` [`onion_relay::Relay`] relays (the last one an
+/// exit) and the web server behind the exit, on a [`World`].
 pub struct Sim {
     cfg: SimConfig,
-    net: Net,
-    party: usize,
+    world: World,
     path: Vec<usize>,
     client: Client,
+    /// When the last relay of the path freed the circuit.
+    freed: Option<Instant>,
 }
 
 impl core::fmt::Debug for Sim {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Sim")
-            .field("net", &self.net)
-            .field("client", &self.client)
+            .field("world", &self.world)
+            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-fn relay_name(i: usize, n: usize) -> String {
-    match (i, n) {
-        (0, 1) => "exit".into(),
-        (0, _) => "guard".into(),
-        (i, n) if i + 1 == n => "exit".into(),
-        (1, 3) => "middle".into(),
-        (i, _) => format!("relay{}", i + 1),
-    }
-}
-
 impl Sim {
-    /// Create the parties (keys, certificates, addresses) without starting anything.
+    /// Create the parties (keys, certificates, addresses) without starting anything: one
+    /// directory authority (the world's relays need a consensus to serve; the client does
+    /// not use it), a guard, `hops - 2` middles and an exit.
     pub fn new(cfg: SimConfig) -> Result<Sim, SimError> {
         let n = cfg.hops.max(1);
-        let mut net = Net::new(NetConfig {
-            seed: cfg.seed,
-            latency: cfg.latency,
+        let access = AccessLink {
+            latency: cfg.latency / 2,
             bandwidth: cfg.bandwidth,
+        };
+        let mut world = World::new(WorldConfig {
+            seed: cfg.seed,
+            authorities: 1,
+            guards: usize::from(n > 1),
+            middles: n.saturating_sub(2),
+            exits: 1,
+            relay_link: access,
+            client_link: access,
+            web_latency: cfg.latency,
+            congestion_control: false,
             story: cfg.story,
-        });
-        let mut path = Vec::with_capacity(n);
-        for i in 0..n {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 9001);
-            path.push(net.add_relay(&relay_name(i, n), addr)?);
-        }
-        let exit = path[n - 1];
-        net.add_edge(exit, Box::new(Exit::new(cfg.seed)));
-        let party = net.add_party("client", IpAddr::V4(CLIENT_ADDR));
+        })?;
+        let path: Vec<usize> = [Role::Guard, Role::Middle, Role::Exit]
+            .into_iter()
+            .flat_map(|role| world.relays_of(role))
+            .collect();
+        let rng = ChaCha20Rng::seed_from_u64(world.rng().next_u64());
+        let client = Client {
+            link: None,
+            path: path.iter().map(|&r| world.relay_target(r)).collect(),
+            names: path
+                .iter()
+                .map(|&r| world.relay_name(r).to_owned())
+                .collect(),
+            first_hop: cfg.first_hop,
+            chan: None,
+            circ: None,
+            rng,
+            response_len: cfg.response_len,
+            stream: None,
+            request_sent: None,
+            last_byte: None,
+            response: Vec::new(),
+            head_len: None,
+            status_line: String::new(),
+            stats: FlowStats::default(),
+            done: None,
+            failure: None,
+            out: Vec::new(),
+        };
         Ok(Sim {
-            client: Client {
-                response_len: cfg.response_len,
-                ..Client::default()
-            },
             cfg,
-            net,
-            party,
+            world,
             path,
+            client,
+            freed: None,
         })
     }
 
     /// The network, for a closer look.
-    pub fn net(&self) -> &Net {
-        &self.net
+    pub fn world(&self) -> &World {
+        &self.world
     }
 
-    /// Start: the client connects to its guard and will build its circuit when the channel
-    /// is open.
+    /// Start: the client connects to its first hop and will build its circuit when the
+    /// channel is open.
     pub fn start(&mut self) -> Result<(), SimError> {
-        let at = self
-            .net
-            .build_circuit(self.party, &self.path, self.cfg.first_hop)?;
-        self.client.circ = Some(at);
+        if self.client.link.is_none() {
+            let addr = self.world.relay_addr(self.path[0]);
+            self.client.link = Some(self.world.connect(addr));
+        }
         Ok(())
     }
 
-    /// Run until the client has finished and the network is quiet.
+    /// Move everything that can move without time passing.
+    fn pump(&mut self) {
+        for _ in 0..1_000_000 {
+            let mut moved = self.world.pump();
+            moved |= self.client.step(&mut self.world);
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Whether every relay of the path has freed the circuit.
+    fn all_freed(&self) -> bool {
+        self.path.iter().all(|&r| self.world.relay_circuits(r) == 0)
+    }
+
+    /// Run until the client has finished and every relay of the path freed the circuit.
     pub fn run_to_end(&mut self) -> Result<(), SimError> {
         self.start()?;
         let limit = Instant::ZERO + Duration::from_secs(3600);
         loop {
-            self.net.pump(&mut self.client);
-            if let Some(f) = self.net.party_failure(self.party) {
-                return Err(SimError::Circuit(f.to_owned()));
+            self.pump();
+            if let Some(f) = &self.client.failure {
+                return Err(SimError::Circuit(f.clone()));
             }
-            let next = self.net.next_time(&self.client);
-            if self.client.done && next.is_none() {
-                return Ok(());
+            if let Some(done) = self.client.done {
+                if self.all_freed() {
+                    self.freed = Some(self.world.now());
+                    self.world
+                        .log("client", "every relay of the path freed the circuit");
+                    return Ok(());
+                }
+                if self.world.now() > done + Duration::from_secs(60) {
+                    return Err(SimError::Stalled {
+                        at: self.world.now() - Instant::ZERO,
+                        what: "relays still hold the circuit a minute after DESTROY".into(),
+                    });
+                }
             }
+            let next = [self.world.next_time(), self.client.next_time()]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(next) = next else {
-                let circ = self.client.circ.and_then(|c| self.net.circuit(c));
                 return Err(SimError::Stalled {
-                    at: self.net.elapsed(),
+                    at: self.world.now() - Instant::ZERO,
                     what: format!(
-                        "client has {} of the response, circuit {circ:?}",
-                        self.client.response.len(),
+                        "client has {} bytes of the response",
+                        self.client.response.len()
                     ),
                 });
             };
             if next > limit {
                 return Err(SimError::TimeLimit);
             }
-            self.net.advance_to(next, &mut self.client);
+            self.world.advance_to(next);
+            self.client.handle_timeout(self.world.now());
         }
     }
 
@@ -291,20 +350,26 @@ impl Sim {
             .head_len
             .map(|h| c.response[h.min(c.response.len())..].to_vec())
             .unwrap_or_default();
-        let mut seen = Vec::new();
-        for r in 0..self.net.n_relays() {
-            seen.push((
-                self.net.relay_name(r).to_owned(),
-                self.net.relay_seen(r).clone(),
-            ));
-        }
-        seen.push((
-            WEB.to_owned(),
-            self.net.other_seen(WEB).cloned().unwrap_or_default(),
-        ));
-        let exit = self.path[self.path.len() - 1];
+        let mut seen: Vec<(String, BTreeSet<String>)> = self
+            .path
+            .iter()
+            .map(|&r| {
+                (
+                    self.world.relay_name(r).to_owned(),
+                    self.world.relay_seen(r).clone(),
+                )
+            })
+            .collect();
+        // The web server sees the exits that opened a connection to it.
+        let web: BTreeSet<String> = self
+            .path
+            .iter()
+            .filter(|&&r| self.world.relay_stats(r).exit_streams > 0)
+            .map(|&r| self.world.relay_addr(r).ip().to_string())
+            .collect();
+        seen.push((WEB.to_owned(), web));
         Report {
-            story: self.net.story().to_vec(),
+            story: self.world.story().to_vec(),
             status_line: c.status_line.clone(),
             expected_body: web::expected_body(self.cfg.seed, self.cfg.response_len),
             body,
@@ -312,70 +377,264 @@ impl Sim {
                 (Some(a), Some(b)) => b - a,
                 _ => Duration::ZERO,
             },
-            total_time: self.net.elapsed(),
-            client_stats: c
-                .circ
-                .and_then(|at| self.net.circuit(at))
-                .map_or(c.stats, |circ| circ.stats()),
-            exit_stats: self.net.relay_stats(exit).unwrap_or_default(),
+            total_time: self.freed.unwrap_or(self.world.now()) - Instant::ZERO,
+            client_stats: c.circ.as_ref().map_or(c.stats, |(_, circ)| circ.stats()),
+            path: self
+                .path
+                .iter()
+                .map(|&r| {
+                    (
+                        self.world.relay_name(r).to_owned(),
+                        self.world.relay_addr(r),
+                    )
+                })
+                .collect(),
             seen,
-            link_bytes: self.net.link_bytes(),
+            link_bytes: self.world.link_bytes(),
         }
     }
 }
 
 impl Client {
-    fn body_len(&self) -> usize {
-        self.head_len
-            .map_or(0, |h| self.response.len().saturating_sub(h))
+    fn log(&self, world: &mut World, text: impl FnOnce() -> String) {
+        if world.config().story {
+            world.log("client", text());
+        }
     }
-}
 
-impl Driver for Client {
-    fn circ_event(&mut self, net: &mut Net, at: CircRef, ev: CircEvent) {
-        let now = net.now();
-        match ev {
-            CircEvent::HopAdded { .. } => {
-                // Built: open the stream to the web server through the exit.
-                let r = net
-                    .circuit_mut(at)
-                    .map(|c| c.begin(WEB_HOST, 80, BeginFlags::default(), now));
-                match r {
-                    Some(Ok(s)) => {
-                        self.stream = Some(s);
-                        net.log_party(
-                            at.party,
-                            format!("stream {s}: BEGIN {WEB_HOST}:80 to the exit"),
-                        );
+    fn fail(&mut self, why: impl Into<String>) {
+        if self.failure.is_none() {
+            self.failure = Some(why.into());
+        }
+    }
+
+    /// The channel's and the circuit's next timer, while the client is not done.
+    fn next_time(&self) -> Option<Instant> {
+        if self.done.is_some() {
+            return None;
+        }
+        let chan = self.chan.as_ref().and_then(Channel::poll_timeout);
+        let circ = self.circ.as_ref().and_then(|(_, c)| c.poll_timeout());
+        [chan, circ].into_iter().flatten().min()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.done.is_some() {
+            return;
+        }
+        if let Some(c) = &mut self.chan {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        if let Some((_, c)) = &mut self.circ {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Move what can move: the world's events for our connection, the channel's events, the
+    /// circuit's cells and events, our bytes onto the connection. Whether anything moved.
+    fn step(&mut self, world: &mut World) -> bool {
+        let now = world.now();
+        let mut moved = false;
+        while let Some(ev) = world.poll_event() {
+            moved = true;
+            match ev {
+                NetEvent::Connected { link, cert_sha256 } if Some(link) == self.link => {
+                    let first = &self.path[0];
+                    self.chan = Some(Channel::initiator(
+                        ChanConfig::default(),
+                        PeerIds {
+                            rsa: Some(first.rsa_id),
+                            ed25519: first.ed_id,
+                        },
+                        Some(cert_sha256),
+                        now,
+                        world.wall(),
+                    ));
+                    let name = &self.names[0];
+                    self.log(world, || {
+                        format!("TCP and TLS up with {name}: VERSIONS sent (link handshake, tor-spec §4)")
+                    });
+                }
+                NetEvent::Data { link, bytes } if Some(link) == self.link => {
+                    if let Some(c) = &mut self.chan {
+                        let mut off = 0;
+                        while off < bytes.len() && !c.is_closed() {
+                            let n = c.handle_input(now, &bytes[off..]);
+                            if n == 0 {
+                                break;
+                            }
+                            off += n;
+                        }
                     }
-                    Some(Err(e)) => net.fail_party(at.party, e.to_string()),
-                    None => {}
+                }
+                NetEvent::Closed { link } if Some(link) == self.link => {
+                    if self.done.is_none() {
+                        self.fail("the connection to the first hop closed");
+                    }
+                }
+                _ => {}
+            }
+        }
+        moved |= self.chan_events(world, now);
+        moved |= self.circ_step(world, now);
+        if let (Some(chan), Some(link)) = (&mut self.chan, self.link) {
+            self.out.clear();
+            while chan.poll_transmit(&mut self.out).is_some() {}
+            if !self.out.is_empty() {
+                moved = true;
+                world.send(link, std::mem::take(&mut self.out));
+            }
+        }
+        moved
+    }
+
+    fn chan_events(&mut self, world: &mut World, now: Instant) -> bool {
+        let mut moved = false;
+        loop {
+            let Some(chan) = &mut self.chan else {
+                return moved;
+            };
+            let Some(ev) = chan.poll_event() else {
+                return moved;
+            };
+            moved = true;
+            match ev {
+                ChanEvent::Open(o) => {
+                    let kind = self.first_hop;
+                    let created = Circuit::create(
+                        CircConfig::default(),
+                        &self.path[0],
+                        kind,
+                        now,
+                        &mut self.rng,
+                    );
+                    let (circ, create) = match created {
+                        Ok(x) => x,
+                        Err(e) => {
+                            return {
+                                self.fail(format!("create: {e}"));
+                                true
+                            }
+                        }
+                    };
+                    let id = match chan.new_circ_id(&mut self.rng) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            self.fail(format!("circuit id: {e}"));
+                            return true;
+                        }
+                    };
+                    if let Err(e) = chan.send(id, &create) {
+                        self.fail(format!("send CREATE: {e}"));
+                        return true;
+                    }
+                    self.circ = Some((id, circ));
+                    let name = &self.names[0];
+                    self.log(world, || {
+                        format!(
+                            "channel to {name} open (link protocol {}, its RSA and Ed25519 identities proved by CERTS); {} ({}) on circuit {:#x}",
+                            o.link_version,
+                            if kind == HandshakeKind::CreateFast { "CREATE_FAST" } else { "CREATE2" },
+                            kind_name(kind),
+                            id.get()
+                        )
+                    });
+                }
+                ChanEvent::CircuitCell { msg, .. } => {
+                    if let Some((_, c)) = &mut self.circ {
+                        c.handle_cell(now, msg);
+                    }
+                }
+                ChanEvent::CircuitKilled { reason, .. } => {
+                    self.fail(format!("the channel killed the circuit: {reason}"))
+                }
+                ChanEvent::Closed(e) => {
+                    if self.done.is_none() {
+                        self.fail(format!("channel closed: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn circ_step(&mut self, world: &mut World, now: Instant) -> bool {
+        let mut moved = false;
+        loop {
+            let (Some(chan), Some((id, circ))) = (&mut self.chan, &mut self.circ) else {
+                return moved;
+            };
+            let id = *id;
+            while let Some(m) = circ.poll_cell(&mut self.rng) {
+                moved = true;
+                if let Err(e) = chan.send(id, &m) {
+                    self.failure
+                        .get_or_insert_with(|| format!("send on the channel: {e}"));
+                }
+            }
+            let Some(ev) = circ.poll_event() else {
+                return moved;
+            };
+            moved = true;
+            self.circ_event(world, now, ev);
+        }
+    }
+
+    fn circ_event(&mut self, world: &mut World, now: Instant, ev: CircEvent) {
+        let n = self.path.len();
+        let Some((_, circ)) = &mut self.circ else {
+            return;
+        };
+        match ev {
+            CircEvent::HopAdded { hops } if hops < n => {
+                let next = &self.path[hops];
+                if let Err(e) = circ.extend(next, now, &mut self.rng) {
+                    self.fail(format!("extend: {e}"));
+                    return;
+                }
+                let (added, to) = (&self.names[hops - 1], &self.names[hops]);
+                let how = match (hops, self.first_hop) {
+                    (1, HandshakeKind::CreateFast) => "CREATED_FAST",
+                    (1, _) => "CREATED2",
+                    _ => "EXTENDED2",
+                };
+                let kind = if next.ntor_v3 { "ntor-v3" } else { "ntor" };
+                self.log(world, || {
+                    format!("hop {hops} ({added}) added ({how}); EXTEND2 ({kind}) to {to} in a RELAY_EARLY cell")
+                });
+            }
+            CircEvent::HopAdded { hops } => {
+                let r = circ.begin(WEB_HOST, 80, BeginFlags::default(), now);
+                let (last, path) = (&self.names[hops - 1], self.names.join(" -> "));
+                match r {
+                    Ok(s) => {
+                        self.stream = Some(s);
+                        self.log(world, || {
+                            format!("hop {hops} ({last}) added: circuit {path} built; stream {s}: BEGIN {WEB_HOST}:80 to the exit")
+                        });
+                    }
+                    Err(e) => self.fail(format!("begin: {e}")),
                 }
             }
             CircEvent::StreamConnected { stream, addr } => {
                 let a = addr.map_or("?".to_owned(), |(ip, _)| ip.to_string());
-                net.log_party(
-                    at.party,
-                    format!("stream {stream}: CONNECTED (exit reached {a})"),
-                );
                 let req = format!(
                     "GET /{} HTTP/1.0\r\nHost: {WEB_HOST}\r\nUser-Agent: onion-sim\r\n\r\n",
                     self.response_len
                 );
-                if let Some(c) = net.circuit_mut(at) {
-                    match c.send(stream, req.as_bytes()) {
-                        Ok(_) => {
-                            self.request_sent = Some(now);
-                            net.log_party(
-                                at.party,
-                                format!(
-                                    "stream {stream}: sent HTTP request \"GET /{}\"",
-                                    self.response_len
-                                ),
-                            );
-                        }
-                        Err(e) => net.fail_party(at.party, e.to_string()),
+                match circ.send(stream, req.as_bytes()) {
+                    Ok(_) => {
+                        self.request_sent = Some(now);
+                        let len = self.response_len;
+                        self.log(world, || {
+                            format!("stream {stream}: CONNECTED (the exit reached {a}); sent HTTP request \"GET /{len}\"")
+                        });
                     }
+                    Err(e) => self.fail(format!("send: {e}")),
                 }
             }
             CircEvent::Data { data, .. } => {
@@ -386,124 +645,52 @@ impl Driver for Client {
                         let head = String::from_utf8_lossy(&self.response[..p]).into_owned();
                         self.head_len = Some(p + 4);
                         self.status_line = head.lines().next().unwrap_or("").to_owned();
-                        self.content_len = head.lines().find_map(|l| {
-                            l.strip_prefix("Content-Length: ")
-                                .and_then(|v| v.trim().parse().ok())
+                        let announced: u64 = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("Content-Length: ")
+                                    .and_then(|v| v.trim().parse().ok())
+                            })
+                            .unwrap_or(0);
+                        self.response
+                            .reserve(usize::try_from(announced.min(web::MAX_BODY)).unwrap_or(0));
+                        let status = self.status_line.clone();
+                        self.log(world, || {
+                            format!("response head: \"{status}\", {announced} body bytes announced")
                         });
-                        if let Some(n) = self.content_len {
-                            let n = usize::try_from(n.min(web::MAX_BODY)).unwrap_or(0);
-                            self.response.reserve(n);
-                        }
-                        net.log_party(
-                            at.party,
-                            format!(
-                                "response head: \"{}\", {} body bytes announced",
-                                self.status_line,
-                                self.content_len.unwrap_or(0)
-                            ),
-                        );
                     }
                 }
             }
             CircEvent::StreamEnded { stream, reason } => {
-                let got = self.body_len();
-                net.log_party(
-                    at.party,
-                    format!("stream {stream}: RELAY_END from the exit, reason {reason:?}; {got} body bytes received"),
-                );
-                if let Some(c) = net.circuit_mut(at) {
-                    c.destroy();
-                    self.stats = c.stats();
-                }
+                let got = self
+                    .head_len
+                    .map_or(0, |h| self.response.len().saturating_sub(h));
+                circ.destroy();
+                self.stats = circ.stats();
                 let stats = self.stats;
-                net.log_party(
-                    at.party,
+                self.done = Some(now);
+                self.log(world, || {
+                    format!("stream {stream}: RELAY_END from the exit, reason {reason:?}; {got} body bytes received")
+                });
+                self.log(world, || {
                     format!(
                         "tearing the circuit down (DESTROY). Flow control: {} DATA cells received, {} circuit SENDMEs (v1, authenticated) and {} stream SENDMEs sent",
                         stats.data_cells_received, stats.circ_sendmes_sent, stats.stream_sendmes_sent
-                    ),
-                );
-                self.done = true;
+                    )
+                });
             }
             CircEvent::Closed {
                 remote_reason,
                 error,
-            } if !self.done => {
-                net.fail_party(
-                    at.party,
-                    format!("circuit closed: remote {remote_reason:?}, error {error:?}"),
-                );
+            } if self.done.is_none() => {
+                self.fail(format!(
+                    "circuit closed: remote {remote_reason:?}, error {error:?}"
+                ));
             }
             CircEvent::Truncated { hops, reason } => {
-                net.fail_party(at.party, format!("truncated to {hops} hops: {reason:?}"));
+                self.fail(format!("truncated to {hops} hops: {reason:?}"));
             }
             _ => {}
         }
-    }
-
-    fn chan_closed(&mut self, net: &mut Net, party: usize, error: String) {
-        if !self.done {
-            net.fail_party(party, format!("channel closed: {error}"));
-        }
-    }
-
-    /// While the client is not done, its channel and circuit timers count.
-    fn next_time(&self, net: &Net) -> Option<Instant> {
-        if self.done {
-            None
-        } else {
-            self.circ.and_then(|at| net.party_timeout(at.party))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::net::{Endpoint, Who};
-    use super::*;
-    use onion_cell::chancell::{ChanMsg, DestroyReason, RelayPayload};
-    use onion_cell::CircId;
-    use rand_chacha::rand_core::RngCore;
-
-    fn finished() -> Sim {
-        let mut sim = Sim::new(SimConfig {
-            response_len: 1000,
-            story: false,
-            ..SimConfig::default()
-        })
-        .expect("setup");
-        sim.run_to_end().expect("run");
-        sim
-    }
-
-    /// tor-spec §5.5.1: a RELAY cell for a circuit the relay does not know is dropped.
-    #[test]
-    fn cell_for_an_unknown_circuit_is_dropped() {
-        let mut sim = finished();
-        let before = sim.net.relays[0].circs.iter().flatten().count();
-        let id = CircId::new(0x1234_5678);
-        let junk = ChanMsg::Relay(RelayPayload::Owned(Box::new([7; 509])));
-        sim.net.relay_circ_cell(0, 0, id, junk);
-        sim.net
-            .relay_circ_cell(0, 0, id, ChanMsg::Destroy(DestroyReason::NONE));
-        sim.net.pump(&mut sim.client);
-        assert_eq!(sim.net.relays[0].circs.iter().flatten().count(), before);
-        assert!(sim.net.relays[0].by_client.is_empty());
-    }
-
-    /// A peer sending garbage bytes on an open channel: nothing panics and no circuit
-    /// appears (the channel drops or refuses what it cannot use).
-    #[test]
-    fn garbage_on_a_channel() {
-        let mut sim = finished();
-        let ep = Endpoint {
-            who: Who::Relay(0),
-            chan: 0,
-        };
-        let mut junk = vec![0u8; 5140];
-        sim.net.rng.fill_bytes(&mut junk);
-        sim.net.feed(ep, &junk, &mut sim.client);
-        sim.net.pump(&mut sim.client);
-        assert!(sim.net.relays[0].circs.iter().flatten().next().is_none());
     }
 }
