@@ -2,15 +2,21 @@
 //! circuit whose middle → guard link is a bottleneck with a bounded queue, with Tor Vegas
 //! negotiated between the client and the exit or with fixed windows (tor-spec §7.3–7.4).
 //!
-//! The path is client — guard — middle — exit — web server. Every link has a third of the
-//! round-trip time as its one-way latency; the client–guard and middle–exit links are fast
-//! (1 Gbit/s by default), the guard–middle link carries [`Experiment::bottleneck`] bytes per
-//! second with a queue of [`Experiment::queue_limit`] bytes, so cells the middle relay cannot
-//! hand to it wait in its circuit queues: what congestion control keeps small. The exit
-//! negotiates congestion control because its relay is configured to offer it
-//! ([`RelayConfig::congestion_control`], `FlowCtrl=2`) and the client asks
-//! ([`CircConfig::congestion_control`]); everything on the way is the real code of
-//! onion-circuit, cell by cell, with its cryptography.
+//! The network is the [`crate::client::world`]: guard, middle and exit are each an
+//! [`onion_relay::Relay`], the machine `onion relay` runs, and a web server stands next to
+//! the exit. Every link has a third of the round-trip time as its one-way latency; the
+//! client–guard and middle–exit links are fast (1 Gbit/s by default), the guard–middle link
+//! carries [`Experiment::bottleneck`] bytes per second and the middle relay lets at most
+//! [`Experiment::queue_limit`] bytes wait for it (its send buffer,
+//! [`crate::client::world::PairLink`]); what does not fit waits in the middle relay's
+//! channel and circuit queues, where its circuit scheduler decides whose cells go next:
+//! what congestion control keeps small. The exit offers congestion control with the
+//! experiment's values as `onion relay` takes them from a consensus
+//! ([`onion_relay::Relay::set_consensus_params`], `FlowCtrl=2`), and each client asks for it
+//! ([`CircConfig::congestion_control`]). A client is an onion-circuit channel and circuit
+//! driven directly over its own connection to the guard, not `onion_client::Client`: the
+//! experiment needs one fixed path and no directory, and this keeps its CPU time on the
+//! cells. Everything on the way is the real code, cell by cell, with its cryptography.
 //!
 //! [`run`] reports each download's throughput, the bottleneck queue's largest and mean
 //! size, and a trace of the exit's congestion window, smoothed and minimum RTT and cells in
@@ -25,23 +31,30 @@
 //! by the same function the client and `onion relay` use
 //! ([`onion_client::dir::cc_config`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
 use onion_cell::relaymsg::BeginFlags;
+use onion_cell::CircId;
+use onion_circuit::cc::flowctl::FlowCtrlParams;
 use onion_circuit::cc::CcConfig as VegasConfig;
-use onion_circuit::circuit::{CircConfig, CircEvent, HandshakeKind};
-use onion_circuit::relay::RelayConfig;
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::relay::RelayConfig as CircRelayConfig;
 use onion_circuit::stream::StreamId;
 use onion_circuit::Instant;
 use onion_dir::ccparams::{cc_param_spec, CcParams, CcPath};
 use onion_dir::consensus::NetParams;
+use onion_relay::ConsensusParams;
 
-use crate::circuit::exit::Exit;
-use crate::circuit::net::{CircRef, Driver, LinkParams, Net, NetConfig, Node};
 use crate::circuit::web::{self, PATTERN_LEN};
 use crate::circuit::{SimError, WEB_HOST};
+use crate::client::world::{
+    wall_at, AccessLink, LinkId, NetEvent, PairLink, Role, World, WorldConfig, SEND_BUFFER,
+};
 
 /// Settings of one experiment.
 #[derive(Debug, Clone)]
@@ -201,7 +214,8 @@ impl Experiment {
     }
 }
 
-/// The largest TLS record's payload: links carry bursts in pieces of this size.
+/// The largest TLS record's payload: the relays' links deliver their writes in pieces of
+/// this size.
 const TLS_RECORD: usize = 16 * 1024;
 
 /// At most this many trace samples are kept (later ones are counted, not kept).
@@ -223,7 +237,8 @@ pub struct TraceSample {
     pub min_rtt_ms: f64,
     /// Whether Vegas is still in slow start.
     pub slow_start: bool,
-    /// Bytes waiting at the bottleneck (link queue, channel and circuit queues).
+    /// Bytes waiting at the bottleneck: the link's queue and everything the middle relay
+    /// holds (channel and circuit queues).
     pub queue: u64,
     /// Body bytes each client has received so far.
     pub received: [u64; 2],
@@ -269,9 +284,9 @@ pub struct CcReport {
     pub downloads: Vec<Download>,
     /// The largest bottleneck queue seen (bytes).
     pub max_queue: u64,
-    /// The largest backlog of the bottleneck link itself (bytes on the link not yet
-    /// transmitted plus the middle relay's channel buffer): the bounded queue, never above
-    /// [`Experiment::queue_limit`].
+    /// The largest backlog of the bottleneck link itself: bytes the middle relay wrote
+    /// toward the guard that the link has not transmitted yet (its bounded queue, never
+    /// above [`Experiment::queue_limit`]).
     pub max_link_queue: u64,
     /// The bottleneck queue's mean over the first download (bytes, sampled).
     pub mean_queue: u64,
@@ -465,12 +480,15 @@ impl CcReport {
     }
 }
 
-/// One client's download state.
-#[derive(Debug, Default)]
-struct Fetch {
-    circ: Option<CircRef>,
+/// One client: its own connection and channel to the guard, one circuit through guard,
+/// middle and exit, one stream fetching the body.
+struct Client {
+    link: Option<LinkId>,
+    chan: Option<Channel>,
+    circ: Option<(CircId, Circuit)>,
+    rng: ChaCha20Rng,
+    start_at: Instant,
     stream: Option<StreamId>,
-    start_at: Option<Instant>,
     request_sent: Option<Instant>,
     head: Vec<u8>,
     body_started: bool,
@@ -480,212 +498,365 @@ struct Fetch {
     done: bool,
     stats: onion_circuit::flow::FlowStats,
     negotiated: bool,
-    /// Why the stream ended (its END reason, or DESTROY when the circuit went away).
+    /// Why the stream ended (its END reason).
     end_reason: Option<onion_cell::relaymsg::EndReason>,
+    /// Why the download failed.
+    failed: Option<String>,
 }
 
-/// The clients of the experiment.
-struct Clients {
+/// What every client shares: the path, the settings of its circuit, the web server's
+/// content.
+struct Common {
+    path: Vec<HopTarget>,
+    circ_config: CircConfig,
     transfer: u64,
     pattern: Rc<[u8]>,
-    fetches: Vec<Fetch>,
 }
 
-impl Clients {
-    fn find(&self, at: CircRef) -> Option<usize> {
-        self.fetches.iter().position(|f| f.circ == Some(at))
+impl Client {
+    fn new(start_at: Instant, seed: u64) -> Client {
+        Client {
+            link: None,
+            chan: None,
+            circ: None,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            start_at,
+            stream: None,
+            request_sent: None,
+            head: Vec::new(),
+            body_started: false,
+            body: 0,
+            last_byte: None,
+            corrupt: false,
+            done: false,
+            stats: onion_circuit::flow::FlowStats::default(),
+            negotiated: false,
+            end_reason: None,
+            failed: None,
+        }
     }
 
-    fn done(&self) -> bool {
-        self.fetches.iter().all(|f| f.done)
+    fn fail(&mut self, why: impl Into<String>) {
+        if !self.done && self.failed.is_none() {
+            self.failed = Some(why.into());
+        }
     }
 
-    /// Body bytes `data` at body offset `f.body`: counted and compared with the server's.
-    fn take_body(pattern: &[u8], f: &mut Fetch, data: &[u8]) {
-        let off = (f.body % PATTERN_LEN as u64) as usize;
+    /// Body bytes `data` at body offset `*body`: counted and compared with the server's.
+    fn take_body(body: &mut u64, corrupt: &mut bool, pattern: &[u8], data: &[u8]) {
+        let off = (*body % PATTERN_LEN as u64) as usize;
         if pattern.get(off..off + data.len()) != Some(data) {
-            f.corrupt = true;
+            *corrupt = true;
         }
-        f.body += data.len() as u64;
+        *body += data.len() as u64;
+    }
+
+    /// What the connection brought.
+    fn net_event(&mut self, now: Instant, ev: NetEvent, expected: PeerIds) {
+        match ev {
+            NetEvent::Connected { cert_sha256, .. } => {
+                self.chan = Some(Channel::initiator(
+                    ChanConfig::default(),
+                    expected,
+                    Some(cert_sha256),
+                    now,
+                    wall_at(now),
+                ));
+            }
+            NetEvent::Data { bytes, .. } => {
+                if let Some(c) = &mut self.chan {
+                    let mut off = 0;
+                    while off < bytes.len() && !c.is_closed() {
+                        let n = c.handle_input(now, &bytes[off..]);
+                        if n == 0 {
+                            break;
+                        }
+                        off += n;
+                    }
+                }
+            }
+            NetEvent::Closed { .. } => self.fail("the connection to the guard closed"),
+        }
+    }
+
+    /// Move what can move now (channel events, the circuit's cells and events, output
+    /// onto the connection); whether anything did.
+    fn step(&mut self, w: &mut World, common: &Common) -> bool {
+        let now = w.now();
+        let (Some(link), Some(chan)) = (self.link, self.chan.as_mut()) else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(ev) = chan.poll_event() {
+            moved = true;
+            match ev {
+                ChanEvent::Open(_) => {
+                    let created = Circuit::create(
+                        common.circ_config.clone(),
+                        &common.path[0],
+                        HandshakeKind::NtorV3,
+                        now,
+                        &mut self.rng,
+                    );
+                    let id = chan.new_circ_id(&mut self.rng);
+                    match (created, id) {
+                        (Ok((circ, create)), Ok(id)) => {
+                            if let Err(e) = chan.send(id, &create) {
+                                self.failed = Some(format!("CREATE2: {e}"));
+                            }
+                            self.circ = Some((id, circ));
+                        }
+                        (Err(e), _) => self.failed = Some(format!("CREATE2: {e}")),
+                        (_, Err(e)) => self.failed = Some(format!("circuit id: {e}")),
+                    }
+                }
+                ChanEvent::CircuitCell { msg, .. } => {
+                    if let Some((_, c)) = &mut self.circ {
+                        c.handle_cell(now, msg);
+                    }
+                }
+                ChanEvent::Closed(e) if !self.done => {
+                    self.failed = Some(format!("channel closed: {e}"));
+                }
+                _ => {}
+            }
+        }
+        if let Some((id, circ)) = &mut self.circ {
+            loop {
+                while let Some(m) = circ.poll_cell(&mut self.rng) {
+                    moved = true;
+                    let _ = chan.send(*id, &m);
+                }
+                let Some(ev) = circ.poll_event() else { break };
+                moved = true;
+                match ev {
+                    CircEvent::HopAdded { hops } if hops + 1 < common.path.len() => {
+                        if let Err(e) = circ.extend(&common.path[hops], now, &mut self.rng) {
+                            self.failed = Some(format!("EXTEND2: {e}"));
+                        }
+                    }
+                    CircEvent::HopAdded { hops } if hops + 1 == common.path.len() => {
+                        // The exit: asked for congestion control if the client runs it.
+                        if let Err(e) = circ.extend_exit(&common.path[hops], now, &mut self.rng) {
+                            self.failed = Some(format!("EXTEND2: {e}"));
+                        }
+                    }
+                    CircEvent::HopAdded { .. } => {
+                        self.negotiated = circ.congestion_control(common.path.len() - 1).is_some();
+                        match circ.begin(WEB_HOST, 80, BeginFlags::default(), now) {
+                            Ok(s) => self.stream = Some(s),
+                            Err(e) => self.failed = Some(format!("BEGIN: {e}")),
+                        }
+                    }
+                    CircEvent::StreamConnected { stream, .. } => {
+                        let req = format!(
+                            "GET /{} HTTP/1.0\r\nHost: {WEB_HOST}\r\n\r\n",
+                            common.transfer
+                        );
+                        match circ.send(stream, req.as_bytes()) {
+                            Ok(_) => self.request_sent = Some(now),
+                            Err(e) => self.failed = Some(format!("request: {e}")),
+                        }
+                    }
+                    CircEvent::Data { data, .. } => {
+                        self.last_byte = Some(now);
+                        if self.body_started {
+                            Self::take_body(
+                                &mut self.body,
+                                &mut self.corrupt,
+                                &common.pattern,
+                                &data,
+                            );
+                            continue;
+                        }
+                        // The response head, bounded; the body follows its blank line.
+                        let room = web::MAX_REQUEST.saturating_sub(self.head.len());
+                        let before = self.head.len();
+                        self.head.extend_from_slice(&data[..data.len().min(room)]);
+                        if let Some(p) = self.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            self.body_started = true;
+                            let rest = (p + 4).saturating_sub(before);
+                            self.corrupt |= !self.head.starts_with(b"HTTP/1.0 200 ");
+                            if rest < data.len() {
+                                Self::take_body(
+                                    &mut self.body,
+                                    &mut self.corrupt,
+                                    &common.pattern,
+                                    &data[rest..],
+                                );
+                            }
+                        } else if self.head.len() >= web::MAX_REQUEST {
+                            self.failed = Some("response head too long".into());
+                        }
+                    }
+                    CircEvent::StreamEnded { reason, .. } => {
+                        self.end_reason = Some(reason);
+                        self.stats = circ.stats();
+                        self.done = true;
+                        circ.destroy();
+                    }
+                    CircEvent::Closed {
+                        remote_reason,
+                        error,
+                    } if !self.done => {
+                        self.failed = Some(format!(
+                            "circuit closed before the download ended (DESTROY {remote_reason:?}, error {error:?})"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if chan.poll_transmit(&mut out).is_some() && !out.is_empty() {
+            moved = true;
+            w.send(link, out);
+        }
+        moved
+    }
+
+    /// When the channel or the circuit next needs the time.
+    fn next_time(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        if self.link.is_none() {
+            return Some(self.start_at);
+        }
+        [
+            self.chan.as_ref().and_then(Channel::poll_timeout),
+            self.circ.as_ref().and_then(|(_, c)| c.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(c) = &mut self.chan {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        if let Some((_, c)) = &mut self.circ {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
     }
 }
 
-impl Driver for Clients {
-    fn circ_event(&mut self, net: &mut Net, at: CircRef, ev: CircEvent) {
-        let now = net.now();
-        let Some(i) = self.find(at) else {
-            return;
-        };
-        match ev {
-            CircEvent::HopAdded { .. } => {
-                let f = &mut self.fetches[i];
-                f.negotiated = net
-                    .circuit(at)
-                    .and_then(|c| c.congestion_control(2))
-                    .is_some();
-                match net
-                    .circuit_mut(at)
-                    .map(|c| c.begin(WEB_HOST, 80, BeginFlags::default(), now))
-                {
-                    Some(Ok(s)) => self.fetches[i].stream = Some(s),
-                    Some(Err(e)) => net.fail_party(at.party, e.to_string()),
-                    None => {}
-                }
-            }
-            CircEvent::StreamConnected { stream, .. } => {
-                let req = format!(
-                    "GET /{} HTTP/1.0\r\nHost: {WEB_HOST}\r\n\r\n",
-                    self.transfer
-                );
-                if let Some(c) = net.circuit_mut(at) {
-                    match c.send(stream, req.as_bytes()) {
-                        Ok(_) => self.fetches[i].request_sent = Some(now),
-                        Err(e) => net.fail_party(at.party, e.to_string()),
-                    }
-                }
-            }
-            CircEvent::Data { data, .. } => {
-                let f = &mut self.fetches[i];
-                f.last_byte = Some(now);
-                if f.body_started {
-                    Self::take_body(&self.pattern, f, &data);
-                    return;
-                }
-                // The response head, bounded; the body follows its blank line.
-                let room = web::MAX_REQUEST.saturating_sub(f.head.len());
-                let before = f.head.len();
-                f.head.extend_from_slice(&data[..data.len().min(room)]);
-                if let Some(p) = f.head.windows(4).position(|w| w == b"\r\n\r\n") {
-                    f.body_started = true;
-                    let rest = (p + 4).saturating_sub(before);
-                    let head_ok = f.head.starts_with(b"HTTP/1.0 200 ");
-                    f.corrupt |= !head_ok;
-                    if rest < data.len() {
-                        Self::take_body(&self.pattern, f, &data[rest..]);
-                    }
-                } else if f.head.len() >= web::MAX_REQUEST {
-                    net.fail_party(at.party, "response head too long");
-                }
-            }
-            CircEvent::StreamEnded { reason, .. } => {
-                let f = &mut self.fetches[i];
-                f.end_reason = Some(reason);
-                if let Some(c) = net.circuit_mut(at) {
-                    f.stats = c.stats();
-                    c.destroy();
-                }
-                f.done = true;
-            }
-            CircEvent::Closed {
-                remote_reason,
-                error,
-            } if self.fetches[i].body < self.transfer => {
-                net.fail_party(
-                    at.party,
-                    format!(
-                        "circuit closed before the download ended (DESTROY {remote_reason:?}, error {error:?})"
-                    ),
-                );
-            }
-            _ => {}
-        }
-    }
+/// Relays of the experiment's world, by role.
+struct Path {
+    guard: usize,
+    middle: usize,
+    exit: usize,
+}
 
-    fn chan_closed(&mut self, net: &mut Net, party: usize, error: String) {
-        if !self.done() {
-            net.fail_party(party, format!("channel closed: {error}"));
-        }
-    }
-
-    fn next_time(&self, net: &Net) -> Option<Instant> {
-        let mut t: Option<Instant> = None;
-        for f in &self.fetches {
-            if f.done {
-                continue;
-            }
-            let next = match (f.circ, f.start_at) {
-                (Some(at), _) => net.party_timeout(at.party),
-                (None, s) => s,
-            };
-            if let Some(x) = next {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
-        }
-        t
-    }
+/// The world of the experiment: one guard, one middle, one exit, each an
+/// [`onion_relay::Relay`]; the client–guard, guard–middle and middle–exit links each a third
+/// of the round trip; the guard–middle link the bottleneck with its bounded queue.
+fn world(cfg: &Experiment) -> Result<(World, Path), SimError> {
+    let one_way = cfg.rtt / 6;
+    let mut w = World::new(WorldConfig {
+        seed: cfg.seed,
+        // The consensus' signers: nothing here reads it.
+        authorities: 1,
+        guards: 1,
+        middles: 1,
+        exits: 1,
+        // The client–guard link: its latency is the client's plus the guard's (0).
+        relay_link: AccessLink {
+            latency: Duration::ZERO,
+            bandwidth: cfg.fast,
+        },
+        client_link: AccessLink {
+            latency: one_way,
+            bandwidth: cfg.fast,
+        },
+        // The web server is next to the exit.
+        web_latency: Duration::from_micros(250),
+        congestion_control: false,
+        story: false,
+    })?;
+    let one = |role| w.relays_of(role).first().copied();
+    let (Some(guard), Some(middle), Some(exit)) =
+        (one(Role::Guard), one(Role::Middle), one(Role::Exit))
+    else {
+        return Err(SimError::Setup(
+            "the world lacks a guard, middle or exit".into(),
+        ));
+    };
+    w.set_relay_pair_link(
+        guard,
+        middle,
+        PairLink {
+            latency: one_way,
+            bandwidth: cfg.bottleneck,
+            send_buffer: cfg.queue_limit,
+            record: TLS_RECORD,
+        },
+    );
+    w.set_relay_pair_link(
+        middle,
+        exit,
+        PairLink {
+            latency: one_way,
+            bandwidth: cfg.fast,
+            send_buffer: SEND_BUFFER,
+            record: TLS_RECORD,
+        },
+    );
+    // The exit offers congestion control with the experiment's values, as `onion relay`
+    // takes them from a consensus carrying them.
+    let net = NetParams {
+        entries: cfg
+            .consensus
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect(),
+    };
+    let circuits = CircRelayConfig {
+        congestion_control: Some(cfg.vegas),
+        flow_control: FlowCtrlParams::default(),
+    };
+    let now = w.now();
+    w.relay_machine_mut(exit)
+        .set_consensus_params(ConsensusParams::new(circuits, &net), now);
+    Ok((
+        w,
+        Path {
+            guard,
+            middle,
+            exit,
+        },
+    ))
 }
 
 /// Run one experiment.
 pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
-    let one_way = cfg.rtt / 6;
-    let mut net = Net::new(NetConfig {
-        seed: cfg.seed,
-        latency: one_way,
-        bandwidth: cfg.fast,
-        story: false,
-    });
-    let mut path = Vec::new();
-    for (i, name) in ["guard", "middle", "exit"].iter().enumerate() {
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 9001);
-        path.push(net.add_relay(name, addr)?);
-    }
-    let (guard, middle, exit) = (path[0], path[1], path[2]);
-    net.add_edge(exit, Box::new(Exit::new(cfg.seed)));
-    // The web server is next to the exit.
-    net.set_edge_link(exit, Duration::from_micros(500), 0);
-    let fast = LinkParams {
-        latency: one_way,
-        bandwidth: cfg.fast,
-        queue_limit: 0,
-        record_size: TLS_RECORD,
-    };
-    net.set_link(Node::Relay(middle), Node::Relay(exit), fast);
-    net.set_link(
-        Node::Relay(guard),
-        Node::Relay(middle),
-        LinkParams {
-            bandwidth: cfg.bottleneck,
-            queue_limit: cfg.queue_limit,
-            ..fast
+    let (mut w, p) = world(&cfg)?;
+    let common = Common {
+        path: [p.guard, p.middle, p.exit]
+            .iter()
+            .map(|&r| w.relay_target(r))
+            .collect(),
+        circ_config: CircConfig {
+            congestion_control: cfg.congestion_control.then(|| Box::new(cfg.vegas)),
+            ..CircConfig::default()
         },
-    );
-    let vegas = cfg.vegas;
-    net.set_relay_config(
-        exit,
-        RelayConfig {
-            congestion_control: Some(vegas),
-            ..RelayConfig::default()
-        },
-    );
-    let circ_config = CircConfig {
-        congestion_control: cfg.congestion_control.then(|| Box::new(vegas)),
-        ..CircConfig::default()
-    };
-    let n_clients = if cfg.second_after.is_some() { 2 } else { 1 };
-    let mut parties = Vec::new();
-    let mut fetches = Vec::new();
-    for k in 0..n_clients {
-        let p = net.add_party(
-            &format!("client{}", k + 1),
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7 + k as u8)),
-        );
-        net.set_circ_config(p, circ_config.clone());
-        net.set_link(Node::Party(p), Node::Relay(guard), fast);
-        parties.push(p);
-        let start = match k {
-            0 => Instant::ZERO,
-            _ => Instant::ZERO + cfg.second_after.unwrap_or_default(),
-        };
-        fetches.push(Fetch {
-            start_at: Some(start),
-            ..Fetch::default()
-        });
-    }
-    let mut clients = Clients {
         transfer: cfg.transfer.min(web::MAX_BODY),
         pattern: web::pattern(cfg.seed),
-        fetches,
     };
+    let expected = PeerIds {
+        rsa: Some(common.path[0].rsa_id),
+        ed25519: common.path[0].ed_id,
+    };
+    let guard_addr = w.relay_addr(p.guard);
+    let mut clients = vec![Client::new(Instant::ZERO, cfg.seed ^ 0x5eed)];
+    if let Some(after) = cfg.second_after {
+        clients.push(Client::new(Instant::ZERO + after, cfg.seed ^ 0x5eed ^ 1));
+    }
     let limit = Instant::ZERO + Duration::from_secs(3600);
     let mut trace = Vec::new();
     let mut dropped = 0;
@@ -694,43 +865,61 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
     let mut max_link_queue = 0u64;
     let mut max_cwnd = [0u64; 2];
     // The exit's circuits in the order they appeared: the first client's, then the second's.
-    let mut exit_circs: Vec<usize> = Vec::new();
+    let mut exit_circs: Vec<u64> = Vec::new();
     loop {
-        let now = net.now();
-        for (k, f) in clients.fetches.iter_mut().enumerate() {
-            if f.circ.is_none() && f.start_at.is_some_and(|t| t <= now) {
-                f.circ = Some(net.build_circuit(parties[k], &path, HandshakeKind::NtorV3)?);
+        let now = w.now();
+        for c in clients.iter_mut() {
+            if c.link.is_none() && c.start_at <= now {
+                c.link = Some(w.connect(guard_addr));
             }
         }
-        net.pump(&mut clients);
-        for &p in &parties {
-            if let Some(why) = net.party_failure(p) {
-                return Err(SimError::Circuit(why.to_owned()));
+        // Everything that can happen now.
+        loop {
+            let mut moved = w.pump();
+            while let Some(ev) = w.poll_event() {
+                moved = true;
+                let link = match &ev {
+                    NetEvent::Connected { link, .. }
+                    | NetEvent::Data { link, .. }
+                    | NetEvent::Closed { link } => *link,
+                };
+                if let Some(c) = clients.iter_mut().find(|c| c.link == Some(link)) {
+                    c.net_event(now, ev, expected);
+                }
+            }
+            for c in clients.iter_mut() {
+                moved |= c.step(&mut w, &common);
+            }
+            if !moved {
+                break;
             }
         }
-        let lq = net.queue_toward(middle, Node::Relay(guard));
-        let queue = lq.total();
+        if let Some(why) = clients.iter().find_map(|c| c.failed.clone()) {
+            return Err(SimError::Circuit(why));
+        }
+        let link_queue = w.relay_link_backlog(p.middle, p.guard) as u64;
+        let queue = link_queue + w.relay_machine(p.middle).queued_bytes() as u64;
         max_queue = max_queue.max(queue);
-        max_link_queue = max_link_queue.max(lq.link + lq.channel);
+        max_link_queue = max_link_queue.max(link_queue);
         let mut first = None;
-        for (i, c) in net.relay_circuits(exit) {
-            let k = match exit_circs.iter().position(|&x| x == i) {
+        for (id, cc) in w.relay_machine(p.exit).circuit_congestion() {
+            let k = match exit_circs.iter().position(|&x| x == id) {
                 Some(k) => k,
                 None => {
-                    exit_circs.push(i);
+                    exit_circs.push(id);
                     exit_circs.len() - 1
                 }
             };
-            if let (Some(cc), Some(m)) = (c.congestion_control(), max_cwnd.get_mut(k)) {
+            if let Some(m) = max_cwnd.get_mut(k) {
                 *m = (*m).max(cc.cwnd());
-                if k == 0 {
-                    first = Some(cc.clone());
-                }
+            }
+            if k == 0 {
+                first = Some(cc.clone());
             }
         }
         if now >= next_sample {
             next_sample = now + cfg.sample_every;
-            if !clients.fetches[0].done {
+            if !clients[0].done {
                 queue_sum += u128::from(queue);
                 queue_n += 1;
             }
@@ -744,19 +933,20 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
                     min_rtt_ms: cc.map_or(0.0, |c| c.rtt().min_usec as f64 / 1e3),
                     slow_start: cc.is_some_and(|c| c.in_slow_start()),
                     queue,
-                    received: [
-                        clients.fetches[0].body,
-                        clients.fetches.get(1).map_or(0, |f| f.body),
-                    ],
+                    received: [clients[0].body, clients.get(1).map_or(0, |c| c.body)],
                 });
             } else {
                 dropped += 1;
             }
         }
-        if clients.done() {
+        if clients.iter().all(|c| c.done) {
             break;
         }
-        let next = net.next_time(&clients);
+        let next = clients
+            .iter()
+            .filter_map(Client::next_time)
+            .chain(w.next_time())
+            .min();
         let next = match (next, (now < next_sample).then_some(next_sample)) {
             // Sample on time while something is in flight.
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -764,39 +954,42 @@ pub fn run(cfg: Experiment) -> Result<CcReport, SimError> {
         };
         let Some(next) = next else {
             return Err(SimError::Stalled {
-                at: net.elapsed(),
+                at: now - Instant::ZERO,
                 what: format!(
                     "downloads at {:?} bytes",
-                    clients.fetches.iter().map(|f| f.body).collect::<Vec<_>>()
+                    clients.iter().map(|c| c.body).collect::<Vec<_>>()
                 ),
             });
         };
         if next > limit {
             return Err(SimError::TimeLimit);
         }
-        net.advance_to(next, &mut clients);
+        w.advance_to(next);
+        for c in clients.iter_mut() {
+            c.handle_timeout(next);
+        }
     }
     let mut downloads = Vec::new();
-    for (k, f) in clients.fetches.iter().enumerate() {
-        if f.corrupt || f.body != clients.transfer {
+    for (k, c) in clients.iter().enumerate() {
+        if c.corrupt || c.body != common.transfer {
             return Err(SimError::Circuit(format!(
                 "download {} received {} of {} bytes{}; stream ended: {:?}",
                 k + 1,
-                f.body,
-                clients.transfer,
-                if f.corrupt { ", corrupted" } else { "" },
-                f.end_reason,
+                c.body,
+                common.transfer,
+                if c.corrupt { ", corrupted" } else { "" },
+                c.end_reason,
             )));
         }
         let t = |x: Option<Instant>| x.map_or(Duration::ZERO, |x| x - Instant::ZERO);
         downloads.push(Download {
-            bytes: f.body,
-            start: t(f.request_sent),
-            end: t(f.last_byte),
-            negotiated: f.negotiated,
+            bytes: c.body,
+            start: t(c.request_sent),
+            end: t(c.last_byte),
+            negotiated: c.negotiated,
             max_cwnd: max_cwnd[k],
-            circ_sendmes: f.stats.circ_sendmes_sent,
-            stream_sendmes: f.stats.stream_sendmes_sent,
+            circ_sendmes: c.stats.circ_sendmes_sent,
+            stream_sendmes: c.stats.stream_sendmes_sent,
         });
     }
     let overlap = overlap(&trace, &downloads, cfg.rtt);

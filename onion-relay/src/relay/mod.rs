@@ -357,6 +357,17 @@ impl Relay {
         self.conns.get(&conn).filter(|c| c.open).map(|c| c.proven)
     }
 
+    /// The congestion control (proposal 324) of each circuit held that negotiated it and
+    /// ends here (window, inflight, RTT: what C tor's exit would report), with a number
+    /// naming the circuit within this relay, in the order the circuits were created.
+    pub fn circuit_congestion(
+        &self,
+    ) -> impl Iterator<Item = (u64, &onion_circuit::cc::CongestionControl)> + '_ {
+        self.circs
+            .iter()
+            .filter_map(|(k, c)| c.rc.congestion_control().map(|cc| (*k, cc)))
+    }
+
     /// Exit, directory and resolve streams held.
     pub fn n_streams(&self) -> usize {
         self.streams.len()

@@ -86,6 +86,25 @@ pub struct AccessLink {
     pub bandwidth: u64,
 }
 
+/// The connection between two relays when it is not what their access links make
+/// ([`World::set_relay_pair_link`]): a bottleneck, or a link of its own latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairLink {
+    /// One-way delay.
+    pub latency: Duration,
+    /// Bytes per second (0 = unlimited).
+    pub bandwidth: u64,
+    /// Bytes each end lets wait for the link before it stops taking more from its channel
+    /// (the link's bounded queue, a TCP send buffer; [`SEND_BUFFER`] otherwise). Whatever
+    /// does not fit waits in the relay, within its own limits.
+    pub send_buffer: usize,
+    /// Largest piece a write is cut into (a TLS record's payload, 16 KiB), each delivered
+    /// once its last byte is through the link, so that a large write does not arrive all
+    /// at once when its whole transmission is over; 0: whole writes. A full send buffer
+    /// takes more once a record's room is free.
+    pub record: usize,
+}
+
 /// What a relay does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -254,6 +273,10 @@ struct Conn {
     pipes: [Pipe; 2],
     latency: Duration,
     bandwidth: u64,
+    /// Bytes an end lets wait for the link ([`SEND_BUFFER`] unless a [`PairLink`] says).
+    send_buffer: usize,
+    /// Pieces relays' writes are delivered in ([`PairLink::record`]; 0: whole).
+    record: usize,
     /// When TCP and TLS are done: no bytes move before.
     open_at: Instant,
     /// The opener was told it is open.
@@ -310,9 +333,6 @@ pub struct Relay {
     next_conn: u64,
     targets: HashMap<StreamHandle, Target>,
     stats: RelayStats,
-    /// The addresses and names it learned: its peers' addresses, exit targets, names it
-    /// resolved (what a relay knows of who talks to whom).
-    seen: std::collections::BTreeSet<String>,
 }
 
 impl core::fmt::Debug for Relay {
@@ -367,6 +387,8 @@ pub struct World {
     story: Vec<StoryLine>,
     dir_log: Vec<DirLog>,
     link_bytes: u64,
+    /// Links between two relays set apart from their access links (smaller index first).
+    pair_links: HashMap<(usize, usize), PairLink>,
 }
 
 impl core::fmt::Debug for World {
@@ -426,7 +448,6 @@ impl World {
                     next_conn: 0,
                     targets: HashMap::new(),
                     stats: RelayStats::default(),
-                    seen: Default::default(),
                 });
             }
         }
@@ -466,6 +487,7 @@ impl World {
             story: Vec::new(),
             dir_log: Vec::new(),
             link_bytes: 0,
+            pair_links: HashMap::new(),
             cfg,
         };
         w.docs.current = w.make_publication(va)?;
@@ -666,12 +688,6 @@ impl World {
         self.relays[r].machine.stats()
     }
 
-    /// What relay `r` learned of the network: its peers' addresses (a client's as an IP,
-    /// relays it connected to as IP and port), its exit targets, the names it resolved.
-    pub fn relay_seen(&self, r: usize) -> &std::collections::BTreeSet<String> {
-        &self.relays[r].seen
-    }
-
     /// Relay `r`'s open circuits.
     pub fn relay_circuits(&self, r: usize) -> usize {
         self.relays[r].machine.n_circuits()
@@ -685,6 +701,43 @@ impl World {
     /// Set relay `r`'s access link.
     pub fn set_relay_link(&mut self, r: usize, link: AccessLink) {
         self.relays[r].link = link;
+    }
+
+    /// Connections opened from now on between relays `a` and `b` (either way) are `link`
+    /// instead of what their access links make.
+    pub fn set_relay_pair_link(&mut self, a: usize, b: usize, link: PairLink) {
+        self.pair_links.insert((a.min(b), a.max(b)), link);
+    }
+
+    /// Bytes relay `from` has written toward relay `to` that their links have not sent yet
+    /// (the link's queue, at most its send buffer), over all connections between them.
+    pub fn relay_link_backlog(&self, from: usize, to: usize) -> usize {
+        let now = self.now;
+        self.conns
+            .iter()
+            .map(|c| {
+                let side = |r: usize| {
+                    c.ends
+                        .iter()
+                        .position(|e| matches!(e, End::Relay { r: x, .. } if *x == r))
+                };
+                match (side(from), side(to)) {
+                    // Bytes toward `to` travel on the pipe of `to`'s side.
+                    (Some(_), Some(t)) => c.pipes[t].backlog(now, c.bandwidth),
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
+    /// Relay `r`'s machine, to look at its state (its circuits' congestion control).
+    pub fn relay_machine(&self, r: usize) -> &onion_relay::Relay {
+        &self.relays[r].machine
+    }
+
+    /// Relay `r`'s machine, to hand it what its embedder would (a consensus's parameters).
+    pub fn relay_machine_mut(&mut self, r: usize) -> &mut onion_relay::Relay {
+        &mut self.relays[r].machine
     }
 
     /// The directory requests answered so far.
@@ -823,6 +876,8 @@ impl World {
             pipes: [Pipe::default(), Pipe::default()],
             latency: lat,
             bandwidth: 0,
+            send_buffer: SEND_BUFFER,
+            record: 0,
             open_at: self.now + lat * 4,
             announced: false,
             close_at: [None, None],
@@ -977,7 +1032,7 @@ impl World {
                 if matches!(c.ends[side], End::Relay { r, .. } if r != usize::MAX) {
                     consider(
                         c.pipes[1 - side]
-                            .drains_to(SEND_BUFFER, c.bandwidth)
+                            .drains_to(c.send_buffer - c.record.min(c.send_buffer), c.bandwidth)
                             .filter(|&d| d > self.now),
                     );
                 }
@@ -1095,7 +1150,6 @@ impl World {
             .handle_accepted(conn, now, SocketAddr::new(from, 40000))
             .map_err(setup)?;
         relay.stats.connections += 1;
-        relay.seen.insert(from.to_string());
         Ok(conn)
     }
 
@@ -1153,7 +1207,6 @@ impl World {
                 }
             }
             RelayEvent::Resolve { request, name } => {
-                self.relays[r].seen.insert(name.clone());
                 let answer = if name.eq_ignore_ascii_case(WEB_HOST) {
                     Ok(vec![IpAddr::V4(WEB_ADDR)])
                 } else {
@@ -1162,7 +1215,6 @@ impl World {
                 self.relays[r].machine.handle_resolved(request, now, answer);
             }
             RelayEvent::OpenTarget { stream, addr } => {
-                self.relays[r].seen.insert(addr.to_string());
                 if addr != SocketAddr::new(IpAddr::V4(WEB_ADDR), 80) {
                     self.log_relay(r, || format!("connect to {addr}: refused"));
                     self.relays[r]
@@ -1247,15 +1299,15 @@ impl World {
             self.relays[r].machine.handle_closed(conn, now);
             return;
         };
-        self.relays[r].seen.insert(addr.to_string());
-        if self.cfg.story {
-            let to = self.relays[t].name.clone();
-            self.log_relay(r, || {
-                format!("opening a connection to {to} at {addr} (for an EXTEND2)")
-            });
-        }
-        let lat = self.relays[r].link.latency + self.relays[t].link.latency;
-        let bw = bw_min(self.relays[r].link.bandwidth, self.relays[t].link.bandwidth);
+        let (lat, bw, send_buffer, record) = match self.pair_links.get(&(r.min(t), r.max(t))) {
+            Some(p) => (p.latency, p.bandwidth, p.send_buffer, p.record),
+            None => (
+                self.relays[r].link.latency + self.relays[t].link.latency,
+                bw_min(self.relays[r].link.bandwidth, self.relays[t].link.bandwidth),
+                SEND_BUFFER,
+                0,
+            ),
+        };
         let mut exporter = [0u8; 32];
         self.rng.fill_bytes(&mut exporter);
         self.conns.push(Conn {
@@ -1263,6 +1315,8 @@ impl World {
             pipes: [Pipe::default(), Pipe::default()],
             latency: lat,
             bandwidth: bw,
+            send_buffer,
+            record,
             open_at: now + lat * 2,
             announced: false,
             close_at: [None, None],
@@ -1286,22 +1340,31 @@ impl World {
                     continue;
                 }
                 let (lat, bw) = (self.conns[ci].latency, self.conns[ci].bandwidth);
+                let buffer = self.conns[ci].send_buffer;
                 let backlog = self.conns[ci].pipes[1 - side].backlog(now, bw);
-                if backlog >= SEND_BUFFER {
+                // A link cut into records is written a record at a time (not byte by byte
+                // as it drains).
+                if backlog >= buffer || buffer - backlog < self.conns[ci].record.min(buffer) {
                     continue;
                 }
                 let mut out = Vec::new();
-                let n = self.relays[r].machine.poll_transmit_to(
-                    conn,
-                    now,
-                    &mut out,
-                    SEND_BUFFER - backlog,
-                );
+                let n =
+                    self.relays[r]
+                        .machine
+                        .poll_transmit_to(conn, now, &mut out, buffer - backlog);
                 if n > 0 {
                     moved = true;
                     // A peer that closed its end reads nothing more.
                     if self.conns[ci].close_at[1 - side].is_none() {
-                        self.conns[ci].pipes[1 - side].push(now, out, lat, bw);
+                        let record = self.conns[ci].record;
+                        let pipe = &mut self.conns[ci].pipes[1 - side];
+                        if record > 0 && out.len() > record {
+                            for piece in out.chunks(record) {
+                                pipe.push(now, piece.to_vec(), lat, bw);
+                            }
+                        } else {
+                            pipe.push(now, out, lat, bw);
+                        }
                     }
                 }
             }
