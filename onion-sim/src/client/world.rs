@@ -333,6 +333,9 @@ pub struct Relay {
     next_conn: u64,
     targets: HashMap<StreamHandle, Target>,
     stats: RelayStats,
+    /// The addresses and names it learned: its peers' addresses, exit targets, names it
+    /// resolved (what a relay knows of who talks to whom).
+    seen: std::collections::BTreeSet<String>,
 }
 
 impl core::fmt::Debug for Relay {
@@ -448,6 +451,7 @@ impl World {
                     next_conn: 0,
                     targets: HashMap::new(),
                     stats: RelayStats::default(),
+                    seen: Default::default(),
                 });
             }
         }
@@ -686,6 +690,12 @@ impl World {
     /// stored and served, introduction and rendezvous points).
     pub fn relay_machine_stats(&self, r: usize) -> onion_relay::RelayStats {
         self.relays[r].machine.stats()
+    }
+
+    /// What relay `r` learned of the network: its peers' addresses (a client's as an IP,
+    /// relays it connected to as IP and port), its exit targets, the names it resolved.
+    pub fn relay_seen(&self, r: usize) -> &std::collections::BTreeSet<String> {
+        &self.relays[r].seen
     }
 
     /// Relay `r`'s open circuits.
@@ -1150,6 +1160,7 @@ impl World {
             .handle_accepted(conn, now, SocketAddr::new(from, 40000))
             .map_err(setup)?;
         relay.stats.connections += 1;
+        relay.seen.insert(from.to_string());
         Ok(conn)
     }
 
@@ -1207,6 +1218,7 @@ impl World {
                 }
             }
             RelayEvent::Resolve { request, name } => {
+                self.relays[r].seen.insert(name.clone());
                 let answer = if name.eq_ignore_ascii_case(WEB_HOST) {
                     Ok(vec![IpAddr::V4(WEB_ADDR)])
                 } else {
@@ -1215,6 +1227,7 @@ impl World {
                 self.relays[r].machine.handle_resolved(request, now, answer);
             }
             RelayEvent::OpenTarget { stream, addr } => {
+                self.relays[r].seen.insert(addr.to_string());
                 if addr != SocketAddr::new(IpAddr::V4(WEB_ADDR), 80) {
                     self.log_relay(r, || format!("connect to {addr}: refused"));
                     self.relays[r]
@@ -1299,6 +1312,13 @@ impl World {
             self.relays[r].machine.handle_closed(conn, now);
             return;
         };
+        self.relays[r].seen.insert(addr.to_string());
+        if self.cfg.story {
+            let to = self.relays[t].name.clone();
+            self.log_relay(r, || {
+                format!("opening a connection to {to} at {addr} (for an EXTEND2)")
+            });
+        }
         let (lat, bw, send_buffer, record) = match self.pair_links.get(&(r.min(t), r.max(t))) {
             Some(p) => (p.latency, p.bandwidth, p.send_buffer, p.record),
             None => (
