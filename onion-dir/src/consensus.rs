@@ -286,14 +286,7 @@ impl Consensus<'_> {
     /// do not all ask at once. For a malformed consensus whose times are out of order,
     /// `start` is clamped to `valid-until` and the window is empty.
     pub fn refresh_window(&self) -> (Timestamp, Timestamp) {
-        let interval = self.fresh_until.0.saturating_sub(self.valid_after.0);
-        let start = self
-            .fresh_until
-            .0
-            .saturating_add(interval - interval / 4)
-            .min(self.valid_until.0);
-        let end = start + self.valid_until.0.saturating_sub(start).saturating_mul(7) / 8;
-        (Timestamp(start), Timestamp(end))
+        refresh_window(self.valid_after, self.fresh_until, self.valid_until)
     }
 
     /// Is `now` before `fresh-until` (no newer consensus expected yet)?
@@ -473,6 +466,23 @@ const FOOTER_RULES: &[Rule] = &[
     rule("directory-footer", Once, ObjRule::Forbidden),
     rule("bandwidth-weights", AtMostOnce, ObjRule::Forbidden),
 ];
+
+/// [`Consensus::refresh_window`] for a consensus valid from `valid_after`, fresh until
+/// `fresh_until` and valid until `valid_until` (dir-spec §5.1), for holders of those times
+/// without the parsed document.
+pub fn refresh_window(
+    valid_after: Timestamp,
+    fresh_until: Timestamp,
+    valid_until: Timestamp,
+) -> (Timestamp, Timestamp) {
+    let interval = fresh_until.0.saturating_sub(valid_after.0);
+    let start = fresh_until
+        .0
+        .saturating_add(interval - interval / 4)
+        .min(valid_until.0);
+    let end = start + valid_until.0.saturating_sub(start).saturating_mul(7) / 8;
+    (Timestamp(start), Timestamp(end))
+}
 
 /// Most authority sections accepted (there are 9 authorities today).
 const MAX_AUTHORITIES: usize = 64;

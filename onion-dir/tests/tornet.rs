@@ -312,6 +312,14 @@ fn freshness() {
     // dir-spec §5.1: fetch the next one between 3/4 of an interval (20 s) after fresh-until
     // and 7/8 of the way from there to valid-until.
     assert_eq!(c.refresh_window(), (va.add_secs(35), va.add_secs(39)));
+    // The same from the three times alone; times out of order give an empty window at
+    // valid-until.
+    assert_eq!(
+        consensus::refresh_window(va, c.fresh_until, c.valid_until),
+        c.refresh_window()
+    );
+    let vu = va.add_secs(10);
+    assert_eq!(consensus::refresh_window(va, va.add_secs(20), vu), (vu, vu));
 }
 
 #[test]
