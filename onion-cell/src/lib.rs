@@ -26,7 +26,7 @@
 //! a cell or message to keep it after the input buffer is gone. Encoders write into a
 //! caller's `Vec<u8>` or `&mut [u8]` ([`writer::Writer`]).
 //!
-//! # Example
+//! # Example: encode, and the receive loop
 //!
 //! ```
 //! use onion_cell::chancell::{ChanCell, ChanMsg, RelayPayload};
@@ -47,12 +47,16 @@
 //! encode_cell(format, &cell, &mut wire)?;
 //! assert_eq!(wire.len(), 514);
 //!
-//! // Receive it in two arbitrary chunks.
+//! // The receive loop: push what TLS delivered (in any chunks), then take every whole cell.
 //! let mut dec = CellDecoder::new(format);
-//! dec.push(&wire[..100]);
-//! assert!(dec.next_cell()?.is_none()); // need more
-//! dec.push(&wire[100..]);
-//! let got = dec.next_cell()?.expect("a complete cell");
+//! let mut cells = Vec::new();
+//! for chunk in wire.chunks(100) {
+//!     dec.push(chunk);
+//!     while let Some(cell) = dec.next_cell()? {
+//!         cells.push(cell.into_owned());
+//!     }
+//! }
+//! let [got] = &cells[..] else { panic!("one cell") };
 //! let ChanMsg::Relay(payload) = &got.msg else { unreachable!() };
 //! let relay = RelayCell::decode(payload.as_bytes())?;
 //! assert_eq!(relay.msg, RelayMsg::Data(Data::new(b"hello")?));
