@@ -320,14 +320,7 @@ impl Directory {
     /// When to fetch the next consensus (dir-spec §5.1): the window `[start, end)` the time
     /// is drawn from, as [`Consensus::refresh_window`] computes it.
     pub fn refresh_window(&self) -> (Timestamp, Timestamp) {
-        let interval = self.voting_interval();
-        let start = self
-            .fresh_until
-            .0
-            .saturating_add(interval - interval / 4)
-            .min(self.valid_until.0);
-        let end = start + self.valid_until.0.saturating_sub(start).saturating_mul(7) / 8;
-        (Timestamp(start), Timestamp(end))
+        onion_dir::consensus::refresh_window(self.valid_after, self.fresh_until, self.valid_until)
     }
 
     /// How long from `wall` until the next consensus fetch: a time drawn uniformly from
