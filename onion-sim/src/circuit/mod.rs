@@ -19,9 +19,6 @@
 //! neighbours. [`wired`] wires a client circuit to relay circuits cell by cell without
 //! channels, for tests, fuzz targets and benchmarks.
 
-pub mod dir;
-pub mod exit;
-pub mod net;
 pub mod web;
 pub mod wired;
 
@@ -471,10 +468,8 @@ impl Client {
                         }
                     }
                 }
-                NetEvent::Closed { link } if Some(link) == self.link => {
-                    if self.done.is_none() {
-                        self.fail("the connection to the first hop closed");
-                    }
+                NetEvent::Closed { link } if Some(link) == self.link && self.done.is_none() => {
+                    self.fail("the connection to the first hop closed");
                 }
                 _ => {}
             }
@@ -552,10 +547,8 @@ impl Client {
                 ChanEvent::CircuitKilled { reason, .. } => {
                     self.fail(format!("the channel killed the circuit: {reason}"))
                 }
-                ChanEvent::Closed(e) => {
-                    if self.done.is_none() {
-                        self.fail(format!("channel closed: {e}"));
-                    }
+                ChanEvent::Closed(e) if self.done.is_none() => {
+                    self.fail(format!("channel closed: {e}"));
                 }
                 _ => {}
             }

@@ -700,7 +700,7 @@ impl Narrator {
                 format!("stream {}: response head \"{status}\"", s.get()),
             );
         }
-        let q = if size == 0 { 0 } else { body_len * 4 / size };
+        let q = (body_len * 4).checked_div(size).unwrap_or(0);
         if q > self.quarters && q < 4 {
             self.quarters = q;
             let since = opened.map_or(Duration::ZERO, |o| sim.now() - o);
