@@ -5,6 +5,7 @@ mod exit;
 mod hs;
 #[cfg(test)]
 mod hs_tests;
+mod mux;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,7 @@ use crate::tls::TlsLinkCert;
 
 use self::exit::Exit;
 use self::hs::{HsPurpose, HsRoles};
+use self::mux::{CircMux, Side};
 
 /// Bytes of one cell on a link-protocol-4+ channel, for memory accounting.
 const CELL_BYTES: usize = 514;
@@ -103,8 +105,10 @@ struct Conn {
     inbuf: InputBuffer,
     /// CREATE2 cells of circuits waiting for this channel to open.
     waiting: Vec<(u64, ChanMsg<'static>)>,
-    /// Circuits that stopped because this channel's output was full.
-    blocked: BTreeSet<u64>,
+    /// Which circuit sends next when several wait for this channel's output (C tor's
+    /// EWMA circuit scheduling): the circuits that stopped because it was full, or because
+    /// others were waiting before them.
+    mux: CircMux,
     /// Circuits with a side on this channel (may hold stale entries).
     circs: BTreeSet<u64>,
     /// Connect deadline of an outbound connection not yet handed to a channel.
@@ -132,7 +136,7 @@ impl Conn {
             open: false,
             inbuf: InputBuffer::new(),
             waiting: Vec::new(),
-            blocked: BTreeSet::new(),
+            mux: CircMux::default(),
             circs: BTreeSet::new(),
             deadline: None,
             embedder_blocked: false,
@@ -211,6 +215,8 @@ pub struct Relay {
     by_in: HashMap<(ConnId, CircId), u64>,
     by_out: HashMap<(ConnId, CircId), u64>,
     dirty: BTreeSet<u64>,
+    /// Channels with room and circuits waiting for it ([`Relay::mux_fill`]).
+    to_fill: BTreeSet<ConnId>,
     streams: BTreeMap<StreamHandle, Exit>,
     by_stream: HashMap<(u64, u16), StreamHandle>,
     next_stream: u64,
@@ -296,6 +302,7 @@ impl Relay {
             by_in: HashMap::new(),
             by_out: HashMap::new(),
             dirty: BTreeSet::new(),
+            to_fill: BTreeSet::new(),
             streams: BTreeMap::new(),
             by_stream: HashMap::new(),
             next_stream: 0,
@@ -811,9 +818,8 @@ impl Relay {
             c.pending = Vec::new();
             c.pending_off = 0;
         }
-        if !c.blocked.is_empty() && c.out_len() < self.cfg.limits.channel_outbound {
-            let b = core::mem::take(&mut c.blocked);
-            self.dirty.extend(b);
+        if c.mux.has_waiting() && c.out_len() < self.cfg.limits.channel_outbound {
+            self.to_fill.insert(id);
             self.settle();
         }
         n
@@ -1184,12 +1190,18 @@ impl Relay {
     /// Run dirty circuits until nothing moves, then check memory.
     fn settle(&mut self) {
         let mut rounds = 0usize;
-        while let Some(k) = self.dirty.pop_first() {
-            self.step_circ(k);
-            rounds += 1;
-            if rounds > 1_000_000 {
-                break;
+        'settle: loop {
+            while let Some(k) = self.dirty.pop_first() {
+                self.step_circ(k);
+                rounds += 1;
+                if rounds > 1_000_000 {
+                    break 'settle;
+                }
             }
+            let Some(conn) = self.to_fill.pop_first() else {
+                break;
+            };
+            self.mux_fill(conn);
         }
         if self.unchecked_bytes >= 64 << 10 {
             self.unchecked_bytes = 0;
@@ -1203,6 +1215,7 @@ impl Relay {
     /// Move circuit `k`'s cells to its channels, handle its events, free it once closed.
     fn step_circ(&mut self, k: u64) {
         let limit = self.cfg.limits.channel_outbound;
+        let now = self.now;
         self.note_ages(k);
         if self.circs.get(&k).is_some_and(|c| c.held) {
             self.recheck_full_streams(k);
@@ -1220,17 +1233,22 @@ impl Relay {
                             c.next = None;
                             continue;
                         };
-                        if ch.chan.is_none() {
+                        if ch.chan.is_none() || c.rc.queued_to_next() == 0 {
                             break;
                         }
-                        if ch.out_len() >= limit {
-                            ch.blocked.insert(k);
+                        // Full, or others wait before it: the scheduler decides.
+                        if ch.out_len() >= limit || ch.mux.has_waiting() {
+                            ch.mux.wait(k, Side::ToNext, now);
+                            if ch.out_len() < limit {
+                                self.to_fill.insert(nc);
+                            }
                             break;
                         }
                         let Some(m) = c.rc.poll_to_next() else {
                             break;
                         };
                         moved = true;
+                        ch.mux.sent(k, Side::ToNext, now);
                         c.age_to_next.pop(1);
                         let destroy = matches!(m, ChanMsg::Destroy(_));
                         if let Some(chan) = ch.chan.as_mut() {
@@ -1261,15 +1279,20 @@ impl Relay {
             match self.conns.get_mut(&cc) {
                 Some(x) if x.chan.is_some() && self.by_in.contains_key(&(cc, cid)) => {
                     c.rc.set_client_channel_blocked(x.out_len() >= limit);
-                    loop {
-                        if x.out_len() >= limit {
-                            x.blocked.insert(k);
+                    while c.rc.queued_to_client() > 0 {
+                        // Full, or others wait before it: the scheduler decides.
+                        if x.out_len() >= limit || x.mux.has_waiting() {
+                            x.mux.wait(k, Side::ToClient, now);
+                            if x.out_len() < limit {
+                                self.to_fill.insert(cc);
+                            }
                             break;
                         }
                         let Some(m) = c.rc.poll_to_client(&mut self.rng) else {
                             break;
                         };
                         moved = true;
+                        x.mux.sent(k, Side::ToClient, now);
                         c.age_to_client.pop(1);
                         let destroy = matches!(m, ChanMsg::Destroy(_));
                         if let Some(chan) = x.chan.as_mut() {
@@ -1329,6 +1352,73 @@ impl Relay {
                 self.note_ages(k);
             }
             return;
+        }
+    }
+
+    /// Give channel `conn`'s room to the circuits waiting for it, one cell at a time, the
+    /// one with the fewest recently sent cells first ([`CircMux`], C tor's EWMA circuit
+    /// scheduling), until it is full or none waits. The circuits that sent are stepped
+    /// again afterwards (their events, their streams' data).
+    fn mux_fill(&mut self, conn: ConnId) {
+        let limit = self.cfg.limits.channel_outbound;
+        let now = self.now;
+        loop {
+            let Some(x) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if x.out_len() >= limit {
+                return;
+            }
+            let Some((k, side)) = x.mux.first() else {
+                return;
+            };
+            let Some(c) = self.circs.get_mut(&k) else {
+                x.mux.remove(k);
+                continue;
+            };
+            let msg = match side {
+                Side::ToNext => match c.next {
+                    Some((nc, nid)) if nc == conn => c.rc.poll_to_next().map(|m| (nid, m)),
+                    _ => None,
+                },
+                Side::ToClient => {
+                    if c.client.0 == conn && self.by_in.contains_key(&c.client) {
+                        c.rc.poll_to_client(&mut self.rng).map(|m| (c.client.1, m))
+                    } else {
+                        None
+                    }
+                }
+            };
+            self.dirty.insert(k);
+            let Some((id, m)) = msg else {
+                x.mux.unwait(k, side);
+                continue;
+            };
+            let destroy = matches!(m, ChanMsg::Destroy(_));
+            if let Some(chan) = x.chan.as_mut() {
+                let _ = chan.send(id, &m);
+            }
+            x.mux.sent(k, side, now);
+            let left = match side {
+                Side::ToNext => {
+                    c.age_to_next.pop(1);
+                    if destroy {
+                        self.by_out.remove(&(conn, id));
+                        c.next = None;
+                    }
+                    c.rc.queued_to_next()
+                }
+                Side::ToClient => {
+                    c.age_to_client.pop(1);
+                    if destroy {
+                        self.by_in.remove(&(conn, id));
+                    }
+                    c.rc.queued_to_client()
+                }
+            };
+            if left == 0 || destroy {
+                x.mux.unwait(k, side);
+            }
         }
     }
 
@@ -1407,7 +1497,7 @@ impl Relay {
         {
             if let Some(x) = self.conns.get_mut(&conn) {
                 x.circs.remove(&k);
-                x.blocked.remove(&k);
+                x.mux.remove(k);
                 // Forget circuits that no longer use this channel; none left: idle.
                 let circs = &self.circs;
                 x.circs.retain(|j| {
