@@ -86,7 +86,8 @@ pub mod flow;
 pub mod relay;
 mod sendme;
 pub mod stream;
-pub mod time;
 
 pub use error::ErrorKind;
-pub use time::Instant;
+/// The stack's monotonic time, [`onion_crypto::time::Instant`] (the same type, re-exported):
+/// every input of these machines carries one as `now`.
+pub use onion_crypto::time::Instant;

@@ -75,7 +75,7 @@ pub mod x509;
 pub use error::{CertError, Error, HandshakeError, KdfError, KeyError, Tor1Error};
 pub use kdf::{KeyGenerator, SecretBytes};
 pub use keys::{Ed25519Identity, RsaIdentity};
-pub use time::Timestamp;
+pub use time::{Instant, Timestamp};
 
 #[cfg(test)]
 extern crate std;

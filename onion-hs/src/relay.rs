@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::desc::{DescError, OuterDescriptor, MAX_DESCRIPTOR_LEN};
 use crate::msg::{EstablishIntro, Introduce, MsgError, REND_COOKIE_LEN};
 use onion_cell::hs as wire;
+use onion_crypto::Instant;
 use onion_dir::Timestamp;
 
 /// INTRODUCE_ACK status: success.
@@ -96,23 +97,30 @@ impl IntroDosParams {
     }
 }
 
-/// A token bucket counted in whole seconds, as C tor's `token_bucket_ctr`: full at start,
-/// `rate` tokens added per elapsed second up to `burst`.
+/// A token bucket counted in whole seconds of the monotonic clock, as C tor's
+/// `token_bucket_ctr` (on its coarse monotonic seconds): full at start, `rate` tokens added
+/// per second boundary passed, up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Bucket {
     rate: u32,
     burst: u32,
     tokens: u32,
+    /// The whole second (of the clock's origin) of the last refill.
     last: u64,
 }
 
+/// Whole seconds of `now` since the monotonic clock's origin: the bucket's unit.
+fn whole_secs(now: Instant) -> u64 {
+    (now - Instant::ZERO).as_secs()
+}
+
 impl Bucket {
-    fn new(rate: u32, burst: u32, now: u64) -> Self {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
         Bucket {
             rate,
             burst,
             tokens: burst,
-            last: now,
+            last: whole_secs(now),
         }
     }
 
@@ -122,7 +130,8 @@ impl Bucket {
         self.tokens = self.tokens.min(burst);
     }
 
-    fn refill(&mut self, now: u64) {
+    fn refill(&mut self, now: Instant) {
+        let now = whole_secs(now);
         let elapsed = now.saturating_sub(self.last);
         if elapsed == 0 {
             return;
@@ -136,7 +145,7 @@ impl Bucket {
     /// One INTRODUCE1 arrived: refill, take a token if any, and allow while tokens remain
     /// (C tor's `hs_dos_can_send_intro2`; a bucket of `burst` lets `burst - 1` through at
     /// once).
-    fn allow(&mut self, now: u64) -> bool {
+    fn allow(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens = self.tokens.saturating_sub(1);
         self.tokens > 0
@@ -254,11 +263,13 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         circuit_kh: &[u8],
         msg: &wire::EstablishIntro<'_>,
     ) -> Result<Vec<u8>, RelayRoleError> {
-        Ok(self.establish_intro(circ, circuit_kh, msg, 0)?.reply)
+        Ok(self
+            .establish_intro(circ, circuit_kh, msg, Instant::ZERO)?
+            .reply)
     }
 
     /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`, at
-    /// `now_secs` (rend-spec-v3 §3.1.1): the auth key's signature and the MAC over `KH` are
+    /// `now` (rend-spec-v3 §3.1.1): the auth key's signature and the MAC over `KH` are
     /// checked; a circuit that already is an introduction circuit is refused; an auth key
     /// registered on another circuit moves to this one (C tor's behaviour; the spec's
     /// "reject" would let a dead circuit hold the key). The DoS extension (§3.1.1.1) sets the
@@ -270,7 +281,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         circ: C,
         circuit_kh: &[u8],
         msg: &wire::EstablishIntro<'_>,
-        now_secs: u64,
+        now: Instant,
     ) -> Result<Established<C>, RelayRoleError> {
         let m = EstablishIntro::from_cell(msg)?;
         m.verify(circuit_kh)?;
@@ -286,7 +297,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
             auth_key: m.auth_key,
             explicit: false,
             enabled: d.enabled,
-            bucket: Bucket::new(d.rate_per_sec, d.burst_per_sec, now_secs),
+            bucket: Bucket::new(d.rate_per_sec, d.burst_per_sec, now),
         };
         match m.dos_params() {
             Some(Ok(p)) => {
@@ -297,7 +308,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
                 match (u32::try_from(rate), u32::try_from(burst)) {
                     (Ok(r), Ok(b)) if valid && r <= INTRO_DOS_MAX && b <= INTRO_DOS_MAX => {
                         ic.enabled = true;
-                        ic.bucket = Bucket::new(r, b, now_secs);
+                        ic.bucket = Bucket::new(r, b, now);
                     }
                     _ => ic.enabled = false,
                 }
@@ -344,12 +355,12 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         }
     }
 
-    /// Handle INTRODUCE1 from a client at `now_secs` (rend-spec-v3 §3.2): a message that is
+    /// Handle INTRODUCE1 from a client at `now` (rend-spec-v3 §3.2): a message that is
     /// not a v3 INTRODUCE1 with an ed25519 auth key gets BAD_FORMAT; an auth key no circuit registered gets UNKNOWN_ID; the
     /// service circuit's INTRODUCE2 bucket is then charged, and an empty bucket also gets
     /// UNKNOWN_ID (C tor's answer, so that clients move on to another introduction point);
     /// otherwise the body goes unchanged to the service as INTRODUCE2 with SUCCESS.
-    pub fn introduce1(&mut self, msg: &wire::Introduce<'_>, now_secs: u64) -> IntroduceRouting<C> {
+    pub fn introduce1(&mut self, msg: &wire::Introduce<'_>, now: Instant) -> IntroduceRouting<C> {
         let m = match Introduce::from_cell(msg) {
             Ok(m) => m,
             Err(_) => return routing(None, ACK_BAD_FORMAT, false),
@@ -358,7 +369,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
             return routing(None, ACK_UNKNOWN_SERVICE, false);
         };
         if let Some(ic) = self.circs.get_mut(&svc) {
-            if ic.enabled && !ic.bucket.allow(now_secs) {
+            if ic.enabled && !ic.bucket.allow(now) {
                 self.rate_limited = self.rate_limited.saturating_add(1);
                 return routing(None, ACK_UNKNOWN_SERVICE, true);
             }
@@ -769,14 +780,21 @@ mod tests {
                     burst_per_sec: burst,
                 }),
             );
-            let e = ip.establish_intro(1, &kh, &ei(&body), 0).expect("accepted");
+            let e = ip
+                .establish_intro(1, &kh, &ei(&body), Instant::ZERO)
+                .expect("accepted");
             assert_eq!(e.dos, want, "{rate:?} {burst:?}");
             assert!(e.dos_explicit);
         }
         // Without the extension: the defaults.
         let mut ip: IntroPoint<u8> = IntroPoint::default();
         let e = ip
-            .establish_intro(1, &kh, &ei(&establish(&keypair(9), &kh, None)), 0)
+            .establish_intro(
+                1,
+                &kh,
+                &ei(&establish(&keypair(9), &kh, None)),
+                Instant::ZERO,
+            )
             .expect("accepted");
         assert_eq!(e.dos, None);
         assert!(!e.dos_explicit);
@@ -869,16 +887,18 @@ mod tests {
     proptest! {
         /// The bucket lets through what C tor's token_bucket_ctr would: with the tokens
         /// refilled by `rate` per whole second up to `burst`, one taken per INTRODUCE1, and
-        /// the INTRODUCE1 allowed while any remain.
+        /// the INTRODUCE1 allowed while any remain. Seconds are whole seconds of the
+        /// monotonic clock: where in its second an INTRODUCE1 falls changes nothing.
         #[test]
         fn bucket_matches_its_model(
             rate in 0u32..50,
             burst in 0u32..50,
-            steps in proptest::collection::vec((0u64..3, 1usize..5), 1..40),
+            steps in proptest::collection::vec((0u64..3, 1usize..5, 0u64..1_000_000_000), 1..40),
         ) {
-            let mut b = Bucket::new(rate, burst, 100);
+            let at = |secs: u64, nanos: u64| Instant::from_nanos(secs * 1_000_000_000 + nanos);
+            let mut b = Bucket::new(rate, burst, at(100, 999_999_999));
             let (mut tokens, mut last, mut now) = (u64::from(burst), 100u64, 100u64);
-            for (dt, n) in steps {
+            for (dt, n, sub) in steps {
                 now += dt;
                 for _ in 0..n {
                     if now > last {
@@ -886,7 +906,7 @@ mod tests {
                         last = now;
                     }
                     tokens = tokens.saturating_sub(1);
-                    prop_assert_eq!(b.allow(now), tokens > 0);
+                    prop_assert_eq!(b.allow(at(now, sub)), tokens > 0);
                 }
             }
         }
@@ -903,7 +923,7 @@ mod tests {
             let kh = [3u8; 20];
             let auths = [keypair(1), keypair(2)];
             let mut ip: IntroPoint<u8> = IntroPoint::new(IntroDosParams::default(), 2);
-            let mut now = 0;
+            let mut now = Instant::ZERO;
             for (op, circ, bytes) in ops {
                 match op {
                     0 => {
@@ -927,7 +947,7 @@ mod tests {
                     }
                     3 => ip.circuit_closed(circ),
                     _ => {
-                        now += u64::from(circ);
+                        now = now + core::time::Duration::from_secs(u64::from(circ));
                         ip.set_dos_defaults(IntroDosParams {
                             enabled: bytes.first().is_some_and(|b| b & 1 == 1),
                             rate_per_sec: u32::from(circ),

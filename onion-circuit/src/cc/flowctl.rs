@@ -40,7 +40,7 @@
 use core::time::Duration;
 
 use super::rtt::n_count_ewma;
-use crate::time::Instant;
+use crate::Instant;
 
 /// Payload bytes of one full RELAY_DATA cell: the unit of the `cc_xoff_*` and `cc_xon_rate`
 /// parameters (C tor multiplies them by `RELAY_PAYLOAD_SIZE`).

@@ -30,7 +30,7 @@ pub mod vegas;
 
 use std::collections::VecDeque;
 
-use crate::time::Instant;
+use crate::Instant;
 
 pub use vegas::Vegas;
 

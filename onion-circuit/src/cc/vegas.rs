@@ -21,7 +21,7 @@
 
 use super::rtt::RttEstimator;
 use super::CcConfig;
-use crate::time::Instant;
+use crate::Instant;
 
 /// The Vegas state of one circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]

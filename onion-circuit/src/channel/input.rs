@@ -34,7 +34,7 @@
 //! ```
 
 use super::Channel;
-use crate::time::Instant;
+use crate::Instant;
 
 /// A buffer of this capacity or more is freed once empty, so that a burst leaves no
 /// standing allocation behind on an idle channel.

@@ -100,7 +100,7 @@ use onion_crypto::Ed25519Identity;
 use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 
-use crate::time::Instant;
+use crate::Instant;
 
 pub use certs::{InitiatorCredentials, RelayLinkKeys, ResponderCerts, TLS_EXPORTER_LABEL};
 pub use circmap::{CircOrigin, CircState};

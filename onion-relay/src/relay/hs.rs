@@ -214,11 +214,6 @@ impl Relay {
         self.hs.hsdir.len()
     }
 
-    /// Whole seconds of the monotonic clock (the INTRODUCE2 bucket's unit).
-    fn secs(&self) -> u64 {
-        (self.now - Instant::ZERO).as_secs()
-    }
-
     /// Whether circuit `k` came straight from a client (its previous hop did not
     /// authenticate as a relay): C tor's `channel_is_client`.
     pub(super) fn comes_from_client(&self, k: u64) -> bool {
@@ -315,7 +310,7 @@ impl Relay {
         let Some(kh) = self.circs.get(&k).map(|c| *c.rc.kh()) else {
             return;
         };
-        let now = self.secs();
+        let now = self.now;
         match self.hs.intro.establish_intro(k, &kh, msg, now) {
             Ok(est) => {
                 if let Some(c) = self.circs.get_mut(&k) {
@@ -341,7 +336,7 @@ impl Relay {
         if let Some(c) = self.circs.get_mut(&k) {
             c.introduced = true;
         }
-        let now = self.secs();
+        let now = self.now;
         let mut r = self.hs.intro.introduce1(msg, now);
         if r.rate_limited {
             self.stats.introduce1_rate_limited += 1;
