@@ -113,6 +113,14 @@ fn sampling_primary_and_confirmation() {
         mgr.circuit_failed(Timestamp::from_unix(T0 + 2), pick.circ),
         Err(GuardError::UnknownCircuit(pick.circ))
     );
+    assert_eq!(
+        mgr.circuit_closed(Timestamp::from_unix(T0 + 2), pick.circ),
+        Err(GuardError::UnknownCircuit(pick.circ))
+    );
+    assert_eq!(
+        mgr.circuit_succeeded(Timestamp::from_unix(T0 + 2), pick.circ, &mut rng),
+        Err(GuardError::UnknownCircuit(pick.circ))
+    );
 
     // Directory fetches may use any of the first three primaries.
     let mut seen = std::collections::BTreeSet::new();

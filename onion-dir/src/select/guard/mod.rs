@@ -922,6 +922,14 @@ impl GuardMgr {
         }
     }
 
+    /// Where tracked circuit `circ` is in `self.circuits`.
+    fn circuit_pos(&self, circ: GuardCircId) -> Result<usize, GuardError> {
+        self.circuits
+            .iter()
+            .position(|c| c.id == circ)
+            .ok_or(GuardError::UnknownCircuit(circ))
+    }
+
     /// The state of a tracked circuit.
     pub fn circuit_state(&self, circ: GuardCircId) -> Option<GuardCircState> {
         self.circuits.iter().find(|c| c.id == circ).map(|c| c.state)
@@ -936,11 +944,7 @@ impl GuardMgr {
         rng: &mut impl CryptoRngCore,
     ) -> Result<GuardCircState, GuardError> {
         let now = now.unix();
-        let pos = self
-            .circuits
-            .iter()
-            .position(|c| c.id == circ)
-            .ok_or(GuardError::UnknownCircuit(circ))?;
+        let pos = self.circuit_pos(circ)?;
         let guard = self.circuits[pos].guard;
         let confirm_on = rand_past(now, self.params.guard_lifetime / 10, rng);
         let mut newly_confirmed = false;
@@ -995,11 +999,7 @@ impl GuardMgr {
     /// guard-spec §4.7: the circuit failed in a way that blames its guard.
     pub fn circuit_failed(&mut self, now: Timestamp, circ: GuardCircId) -> Result<(), GuardError> {
         let now = now.unix();
-        let pos = self
-            .circuits
-            .iter()
-            .position(|c| c.id == circ)
-            .ok_or(GuardError::UnknownCircuit(circ))?;
+        let pos = self.circuit_pos(circ)?;
         let c = self.circuits.remove(pos);
         if let Some(g) = self.get_mut(&c.guard) {
             g.reachable = Reachable::No;
@@ -1015,11 +1015,7 @@ impl GuardMgr {
     /// The circuit was closed for a reason that says nothing about its guard: forget it.
     pub fn circuit_closed(&mut self, now: Timestamp, circ: GuardCircId) -> Result<(), GuardError> {
         let now = now.unix();
-        let pos = self
-            .circuits
-            .iter()
-            .position(|c| c.id == circ)
-            .ok_or(GuardError::UnknownCircuit(circ))?;
+        let pos = self.circuit_pos(circ)?;
         let c = self.circuits.remove(pos);
         if let Some(g) = self.get_mut(&c.guard) {
             g.pending = false;
