@@ -82,6 +82,17 @@ pub struct Stream {
     pub flowctl: Option<Box<crate::cc::flowctl::StreamFlowCtl>>,
 }
 
+/// One more cell of a kind a half-closed stream may still receive, `left` of them: dropped
+/// quietly, or `refused` once none is left (tor-spec §6.3: "SHOULD kill the circuit if it
+/// receives more than permitted").
+fn absorb(left: &mut u16, refused: StreamError) -> Result<Admit, StreamError> {
+    if *left == 0 {
+        return Err(refused);
+    }
+    *left -= 1;
+    Ok(Admit::DropQuietly)
+}
+
 /// What to do with a cell that arrived for a stream in some state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -168,11 +179,7 @@ impl Stream {
     pub fn on_data(&mut self) -> Result<Admit, StreamError> {
         match &mut self.state {
             StreamState::HalfClosed { data_left, .. } => {
-                if *data_left == 0 {
-                    return Err(StreamError::DataAfterEnd(self.id));
-                }
-                *data_left -= 1;
-                Ok(Admit::DropQuietly)
+                absorb(data_left, StreamError::DataAfterEnd(self.id))
             }
             StreamState::Connecting { .. } | StreamState::Resolving { .. } => {
                 Err(StreamError::DataBeforeConnected(self.id))
@@ -213,11 +220,7 @@ impl Stream {
     pub fn on_sendme(&mut self) -> Result<Admit, StreamError> {
         match &mut self.state {
             StreamState::HalfClosed { sendmes_left, .. } => {
-                if *sendmes_left == 0 {
-                    return Err(StreamError::SendmeAfterEnd(self.id));
-                }
-                *sendmes_left -= 1;
-                Ok(Admit::DropQuietly)
+                absorb(sendmes_left, StreamError::SendmeAfterEnd(self.id))
             }
             // C tor closes a congestion-controlled circuit on a stream SENDME.
             _ if self.windowless => Err(StreamError::Flow {
@@ -505,6 +508,11 @@ impl StreamMap {
     /// The stream `id`, mutably.
     pub fn get_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
         self.streams.iter_mut().find(|s| s.id == id)
+    }
+
+    /// The stream `id` if it is live (not half-closed: we have not sent its END), mutably.
+    pub fn live_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
+        self.get_mut(id).filter(|s| !s.is_half_closed())
     }
 
     /// Forget the stream `id`, returning it.

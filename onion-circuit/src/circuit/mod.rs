@@ -961,8 +961,7 @@ impl Circuit {
         self.check_open()?;
         let s = self
             .streams
-            .get_mut(stream)
-            .filter(|s| !s.is_half_closed())
+            .live_mut(stream)
             .ok_or(CircError::NoSuchStream(stream))?;
         let hop = usize::from(s.hop);
         if matches!(s.state, StreamState::Resolving { .. }) {
@@ -984,13 +983,7 @@ impl Circuit {
         stream: Option<StreamId>,
         msg: &RelayMsg<'_>,
     ) -> Result<(), CircError> {
-        self.check_open()?;
-        if hop >= self.hops.len() {
-            return Err(CircError::NoSuchHop {
-                hop,
-                hops: self.hops.len(),
-            });
-        }
+        self.check_hop(hop)?;
         if msg.cmd() == RelayCmd::DATA {
             return Err(CircError::Unexpected(Unexpected::RelayMsg(RelayCmd::DATA)));
         }
@@ -1009,13 +1002,7 @@ impl Circuit {
         mut body: Box<CellBody>,
         early: bool,
     ) -> Result<(), CircError> {
-        self.check_open()?;
-        if hop >= self.hops.len() {
-            return Err(CircError::NoSuchHop {
-                hop,
-                hops: self.hops.len(),
-            });
-        }
+        self.check_hop(hop)?;
         if early {
             if self.relay_early_left == 0 {
                 return Err(CircError::RelayEarlyExhausted);
@@ -1038,13 +1025,7 @@ impl Circuit {
     /// Ask hop `hop` to cut the circuit after itself (RELAY_TRUNCATE, tor-spec §5.4). Hops
     /// beyond it are dropped when RELAY_TRUNCATED arrives.
     pub fn truncate(&mut self, hop: usize) -> Result<(), CircError> {
-        self.check_open()?;
-        if hop >= self.hops.len() {
-            return Err(CircError::NoSuchHop {
-                hop,
-                hops: self.hops.len(),
-            });
-        }
+        self.check_hop(hop)?;
         let body = encode_body(None, &RelayMsg::Truncate, "TRUNCATE")?;
         self.queue_relay(hop, body);
         Ok(())
@@ -1072,6 +1053,18 @@ impl Circuit {
         } else {
             Ok(())
         }
+    }
+
+    /// The circuit is open and has a hop `hop` (0-based) to send to.
+    fn check_hop(&self, hop: usize) -> Result<(), CircError> {
+        self.check_open()?;
+        if hop >= self.hops.len() {
+            return Err(CircError::NoSuchHop {
+                hop,
+                hops: self.hops.len(),
+            });
+        }
+        Ok(())
     }
 
     fn queue_relay(&mut self, hop: usize, body: Box<CellBody>) {

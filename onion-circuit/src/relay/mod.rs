@@ -716,11 +716,17 @@ impl RelayCircuit {
     /// DESTROYED, and the error arrives once, as [`RelayEvent::Closed`]. A DESTROY closes
     /// it without an error. A cell for a closed circuit is ignored.
     pub fn handle_from_client(&mut self, now: Instant, msg: ChanMsg<'_>) {
+        self.handle_input(now, |c| c.on_from_client(msg));
+    }
+
+    /// Run `on` for an input at `now` on an open circuit (a closed one ignores its inputs):
+    /// its error closes the circuit ([`RelayCircuit::fail`]).
+    fn handle_input(&mut self, now: Instant, on: impl FnOnce(&mut Self) -> Result<(), RelayError>) {
         self.last_now = self.last_now.max(now);
         if self.closed {
             return;
         }
-        if let Err(e) = self.on_from_client(msg) {
+        if let Err(e) = on(self) {
             self.fail(e);
         }
     }
@@ -781,13 +787,7 @@ impl RelayCircuit {
     /// does: nothing is returned, a violation closes the circuit and arrives once, as
     /// [`RelayEvent::Closed`]; a DESTROY from the next hop travels on toward the client.
     pub fn handle_from_next(&mut self, now: Instant, msg: ChanMsg<'_>) {
-        self.last_now = self.last_now.max(now);
-        if self.closed {
-            return;
-        }
-        if let Err(e) = self.on_from_next(msg) {
-            self.fail(e);
-        }
+        self.handle_input(now, |c| c.on_from_next(msg));
     }
 
     /// [`RelayCircuit::handle_from_next`] on an open circuit; an error is fatal.
@@ -1073,6 +1073,21 @@ impl RelayCircuit {
         Ok(())
     }
 
+    /// The live (not half-closed) stream `stream` of `streams`, on a circuit not `closed`
+    /// (fields, not `self`, so that the other fields stay usable beside the stream).
+    fn live_stream(
+        streams: &mut StreamMap,
+        closed: bool,
+        stream: StreamId,
+    ) -> Result<&mut Stream, RelayError> {
+        if closed {
+            return Err(RelayError::Closed);
+        }
+        streams
+            .live_mut(stream)
+            .ok_or(RelayError::NoSuchStream(stream))
+    }
+
     /// Track a new exit stream; `Ok(false)` if the circuit already carries
     /// [`MAX_STREAMS_PER_CIRCUIT`](crate::stream::MAX_STREAMS_PER_CIRCUIT) streams, in which
     /// case RELAY_END RESOURCELIMIT has been sent (tor-spec §6.3) and no event is raised.
@@ -1121,14 +1136,7 @@ impl RelayCircuit {
     /// address and its TTL (tor-spec §6.3), so that the client learns which address the
     /// exit refused.
     pub fn end_stream_with(&mut self, stream: StreamId, end: End) -> Result<(), RelayError> {
-        if self.closed {
-            return Err(RelayError::Closed);
-        }
-        let s = self
-            .streams
-            .get_mut(stream)
-            .filter(|s| !s.is_half_closed())
-            .ok_or(RelayError::NoSuchStream(stream))?;
+        let s = Self::live_stream(&mut self.streams, self.closed, stream)?;
         s.half_close(Some(self.last_now + self.half_closed_timeout));
         self.originate(Some(stream), &RelayMsg::End(end))
     }
@@ -1189,14 +1197,7 @@ impl RelayCircuit {
     /// the client's XOFF and XON rate, proposal 324 §3, §4). Returns the bytes taken. The
     /// time is the latest `now` an input carried (see [`RelayCircuit::send_at`]).
     pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, RelayError> {
-        if self.closed {
-            return Err(RelayError::Closed);
-        }
-        let s = self
-            .streams
-            .get_mut(stream)
-            .filter(|s| !s.is_half_closed())
-            .ok_or(RelayError::NoSuchStream(stream))?;
+        let s = Self::live_stream(&mut self.streams, self.closed, stream)?;
         let now = self.last_now;
         let (to_client, stats) = (&mut self.to_client, &mut self.stats);
         let taken = s.package(self.send.limit(), now, data, |chunk, trigger| {
