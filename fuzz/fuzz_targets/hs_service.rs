@@ -52,13 +52,17 @@ fuzz_target!(|data: &[u8]| {
             body: c.to_vec(),
         })
         .collect();
-    if let Ok((intro, body)) = ready.introduce(&mut rng, 0, &[3; 32], specs) {
+    if let Ok((intro, intro1)) = ready.introduce(&mut rng, 0, &[3; 32], specs) {
+        let mut body = Vec::new();
+        if intro1.encode(&mut body).is_err() {
+            panic!("the client's INTRODUCE1 does not encode");
+        }
         let Ok(m) = onion_cell::hs::Introduce::decode(&body) else {
             panic!("the client's INTRODUCE1 does not decode");
         };
         if let Ok(req) = service.handle_introduce2(ip, &m, &mut rng) {
             let r2 = onion_cell::hs::Rendezvous2 {
-                handshake_info: req.rendezvous1[20..].into(),
+                handshake_info: req.rendezvous1.handshake_info.clone(),
             };
             let _ = intro.handle_rendezvous2(&r2);
         }

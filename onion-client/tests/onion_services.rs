@@ -32,10 +32,9 @@ fn publish(net: &mut Net, dir: &Arc<Directory>, clients: Vec<XPublic>) -> String
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let testing = onion_client::guards::is_testing_network(&config().dir.authorities);
     let hsnet = HsNet::from_directory(dir.clone(), testing).unwrap();
-    let sel = hsnet.shared_random.client_fetch(
-        &hsnet.periods,
-        hsnet.valid_after,
-    );
+    let sel = hsnet
+        .shared_random
+        .client_fetch(&hsnet.periods, hsnet.valid_after);
     let cfg = HsServiceConfig {
         client_auth: (!clients.is_empty()).then_some(ClientAuthConfig { clients }),
         ..HsServiceConfig::default()

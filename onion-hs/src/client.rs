@@ -31,12 +31,12 @@
 //! // GET /tor/hs/3/<blinded key> from an HSDir of lookup.hsdirs_to_fetch(..)
 //! let text = fetch(&lookup.fetch_path(period));
 //! let described = lookup.handle_descriptor(now, &text, period, None)?;
-//! let (pending, est) = described.establish_rendezvous(rng); // ESTABLISH_RENDEZVOUS body
+//! let (pending, est) = described.establish_rendezvous(rng); // send ESTABLISH_RENDEZVOUS
 //! let ready = pending.handle_rendezvous_established();         // on RENDEZVOUS_ESTABLISHED
-//! let (intro, body) = ready.introduce(rng, 0, &[9; 32], vec![])?; // INTRODUCE1 via point 0
+//! let (intro, intro1) = ready.introduce(rng, 0, &[9; 32], vec![])?; // INTRODUCE1 via point 0
 //! intro.handle_introduce_ack(ack)?;        // refused: ready.introduce(rng, 1, ..) instead
 //! let keys = intro.handle_rendezvous2(rendezvous2)?; // add keys.client_layer() as last hop
-//! # let _ = (est, body, keys);
+//! # let _ = (est, intro1, keys);
 //! # Ok(())
 //! # }
 //! ```
@@ -285,15 +285,19 @@ impl Described {
     }
 
     /// Pick a fresh rendezvous cookie (rend-spec-v3 §3.2.1): the next stage, and the
-    /// ESTABLISH_RENDEZVOUS body to send to the rendezvous point of the embedder's choice.
-    /// A failed rendezvous circuit starts again from a clone of this stage, with a new cookie.
-    pub fn establish_rendezvous(self, rng: &mut impl CryptoRngCore) -> (RendPending, Vec<u8>) {
+    /// ESTABLISH_RENDEZVOUS to send (`RelayMsg::EstablishRendezvous`) to the rendezvous point
+    /// of the embedder's choice. A failed rendezvous circuit starts again from a clone of
+    /// this stage, with a new cookie.
+    pub fn establish_rendezvous(
+        self,
+        rng: &mut impl CryptoRngCore,
+    ) -> (RendPending, wire::EstablishRendezvous) {
         let mut cookie = [0u8; REND_COOKIE_LEN];
         rng.fill_bytes(&mut cookie);
-        let mut body = Vec::with_capacity(REND_COOKIE_LEN);
-        // A fixed-size field: encoding into a Vec cannot fail.
-        let _ = wire::EstablishRendezvous { cookie }.encode(&mut body);
-        (RendPending { svc: self, cookie }, body)
+        (
+            RendPending { svc: self, cookie },
+            wire::EstablishRendezvous { cookie },
+        )
     }
 }
 
@@ -336,15 +340,15 @@ impl RendReady {
 
     /// Build INTRODUCE1 (rend-spec-v3 §3.2.1, §3.3) for introduction point `ip` (an index
     /// into [`Described::intro_points`]). `rp_onion_key` and `rp_link_specs` describe the
-    /// rendezvous point. Returns the handshake to finish on RENDEZVOUS2, and the body to send
-    /// on a circuit to that introduction point.
+    /// rendezvous point. Returns the handshake to finish on RENDEZVOUS2, and the INTRODUCE1
+    /// to send (`RelayMsg::Introduce1`) on a circuit to that introduction point.
     pub fn introduce(
         &self,
         rng: &mut impl CryptoRngCore,
         ip: usize,
         rp_onion_key: &[u8; 32],
         rp_link_specs: Vec<RawLinkSpec>,
-    ) -> Result<(Introduction, Vec<u8>), ClientError> {
+    ) -> Result<(Introduction, wire::Introduce<'static>), ClientError> {
         let point = self
             .svc
             .intro_points()
@@ -366,7 +370,7 @@ impl RendReady {
             onion_key: rp_onion_key.to_vec(),
             link_specifiers: rp_link_specs,
         };
-        let (body, ntor) = Introduce::build_client(
+        let (intro1, ntor) = Introduce::build_client(
             rng,
             point.auth_key(),
             &point.enc_key_ntor,
@@ -380,7 +384,7 @@ impl RendReady {
                 ntor,
                 cc_requested,
             },
-            body,
+            intro1,
         ))
     }
 }

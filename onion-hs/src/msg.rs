@@ -233,32 +233,31 @@ impl EstablishIntro {
 
     /// Build and sign: `circuit_kh` is the circuit's `KH` from the circuit extension handshake.
     /// HANDSHAKE_AUTH is `MAC(KH, fields before it)`, SIG is by the auth key over the prefix
-    /// string and every field before SIG_LEN (§3.1.1).
+    /// string and every field before SIG_LEN (§3.1.1). Returns the checked form and the
+    /// message to send (`RelayMsg::EstablishIntro`): its encoding is the one the MAC and
+    /// signature cover, since onion-cell derives every length from its field.
     pub fn build(
         auth_keypair: &ExpandedKeypair,
         extensions: Vec<Extension>,
         circuit_kh: &[u8],
-    ) -> Result<(Self, Vec<u8>), MsgError> {
+    ) -> Result<(Self, wire::EstablishIntro<'static>), MsgError> {
         let err = wire_err(Self::M);
         let mut mac_covered = Vec::with_capacity(64);
-        let mut b = Vec::with_capacity(160);
-        let (handshake_auth, signature) = {
-            let mut cell = wire::EstablishIntro {
-                auth_key_type: wire::AuthKeyType::ED25519_SHA3_256,
-                auth_key: Cow::Borrowed(auth_keypair.public_bytes()),
-                extensions: to_ext_list(&extensions),
-                handshake_auth: [0; 32],
-                sig: Cow::Borrowed(&[]),
-            };
-            cell.encode_mac_input(&mut mac_covered).map_err(&err)?;
-            cell.handshake_auth = hs_mac(circuit_kh, &[&mac_covered]);
-            let mut signed = ESTABLISH_INTRO_SIG_PREFIX.to_vec();
-            cell.encode_sig_input(&mut signed).map_err(&err)?;
-            let signature = auth_keypair.sign(&signed).to_bytes();
-            cell.sig = Cow::Owned(signature.to_vec());
-            cell.encode(&mut b).map_err(&err)?;
-            (cell.handshake_auth, signature)
+        let mut cell = wire::EstablishIntro {
+            auth_key_type: wire::AuthKeyType::ED25519_SHA3_256,
+            auth_key: Cow::Borrowed(auth_keypair.public_bytes()),
+            extensions: to_ext_list(&extensions),
+            handshake_auth: [0; 32],
+            sig: Cow::Borrowed(&[]),
         };
+        cell.encode_mac_input(&mut mac_covered).map_err(&err)?;
+        cell.handshake_auth = hs_mac(circuit_kh, &[&mac_covered]);
+        let mut signed = ESTABLISH_INTRO_SIG_PREFIX.to_vec();
+        cell.encode_sig_input(&mut signed).map_err(&err)?;
+        let signature = auth_keypair.sign(&signed).to_bytes();
+        cell.sig = Cow::Owned(signature.to_vec());
+        let handshake_auth = cell.handshake_auth;
+        let cell = cell.into_owned();
         Ok((
             EstablishIntro {
                 auth_key: *auth_keypair.public_bytes(),
@@ -267,7 +266,7 @@ impl EstablishIntro {
                 signature,
                 mac_covered,
             },
-            b,
+            cell,
         ))
     }
 
@@ -451,8 +450,8 @@ impl Introduce {
     }
 
     /// Client: build INTRODUCE1 for the intro point (`auth_key`, service enc key `enc_key`),
-    /// encrypting `plaintext` (padded with zeros as C tor does). Returns the body and the
-    /// handshake state to finish on RENDEZVOUS2.
+    /// encrypting `plaintext` (padded with zeros as C tor does). Returns the message to send
+    /// (`RelayMsg::Introduce1`) and the handshake state to finish on RENDEZVOUS2.
     pub fn build_client(
         rng: &mut impl CryptoRngCore,
         auth_key: &[u8; 32],
@@ -460,22 +459,22 @@ impl Introduce {
         subcred: &Subcredential,
         extensions: &[Extension],
         plaintext: &IntroducePlaintext,
-    ) -> Result<(Vec<u8>, HsNtorClient), MsgError> {
+    ) -> Result<(wire::Introduce<'static>, HsNtorClient), MsgError> {
         let (client, keys) = HsNtorClient::new(rng, auth_key, enc_key, subcred)?;
-        let body =
-            Self::encode_with_keys(auth_key, extensions, client.public_key(), &keys, plaintext)?;
-        Ok((body, client))
+        let cell = Self::with_keys(auth_key, extensions, client.public_key(), &keys, plaintext)?;
+        Ok((cell, client))
     }
 
-    /// Build an INTRODUCE1 body from given keys (the deterministic core of
-    /// [`Introduce::build_client`]).
-    pub fn encode_with_keys(
+    /// Build INTRODUCE1 from given keys (the deterministic core of
+    /// [`Introduce::build_client`]): the MAC covers the encoding of every field before it,
+    /// which is the encoding the returned message will have on the wire.
+    pub fn with_keys(
         auth_key: &[u8; 32],
         extensions: &[Extension],
         client_pk: &[u8; 32],
         keys: &IntroKeys,
         plaintext: &IntroducePlaintext,
-    ) -> Result<Vec<u8>, MsgError> {
+    ) -> Result<wire::Introduce<'static>, MsgError> {
         let err = wire_err(Self::M);
         let mut cell = wire::Introduce {
             legacy_key_id: [0; 20],
@@ -487,9 +486,9 @@ impl Introduce {
             mac: [0; 32],
         };
         // C tor pads so that the fields before CLIENT_PK plus the plaintext reach the minimum.
-        let mut body = Vec::with_capacity(INTRODUCE1_MIN_SIZE + 64);
-        cell.encode_mac_input(&mut body).map_err(&err)?;
-        let before_client_pk = body.len().saturating_sub(32);
+        let mut covered = Vec::with_capacity(INTRODUCE1_MIN_SIZE + 64);
+        cell.encode_mac_input(&mut covered).map_err(&err)?;
+        let before_client_pk = covered.len().saturating_sub(32);
         let mut pt = plaintext.encode()?;
         let min = INTRODUCE1_MIN_SIZE.saturating_sub(before_client_pk);
         if pt.len() < min {
@@ -497,11 +496,10 @@ impl Introduce {
         }
         aes256_ctr_xor(&keys.enc_key, &[0u8; 16], &mut pt);
         cell.encrypted_data = Cow::Owned(pt);
-        body.clear();
-        cell.encode_mac_input(&mut body).map_err(&err)?;
-        let mac = hs_mac(&keys.mac_key, &[&body]);
-        body.extend_from_slice(&mac);
-        Ok(body)
+        covered.clear();
+        cell.encode_mac_input(&mut covered).map_err(&err)?;
+        cell.mac = hs_mac(&keys.mac_key, &[&covered]);
+        Ok(cell.into_owned())
     }
 
     /// Service: check the MAC with the intro point's encryption secret key `b` and decrypt.
@@ -537,17 +535,14 @@ fn ntor_handshake_info(msg: &'static str, info: &[u8]) -> Result<[u8; 64], MsgEr
 }
 
 impl Rendezvous1 {
-    /// Encode.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(REND_COOKIE_LEN + 64);
-        let cell = wire::Rendezvous1 {
+    /// The message to send (`RelayMsg::Rendezvous1`).
+    pub fn to_cell(&self) -> wire::Rendezvous1<'static> {
+        wire::Rendezvous1 {
             cookie: self.rend_cookie,
-            handshake_info: Cow::Borrowed(&self.handshake_info),
-        };
-        // Fixed-size fields only: encoding into a Vec cannot fail.
-        let _ = cell.encode(&mut v);
-        v
+            handshake_info: Cow::Owned(self.handshake_info.to_vec()),
+        }
     }
+
     /// Parse (extra bytes ignored, as older padding rules allowed them).
     pub fn parse(b: &[u8]) -> Result<Self, MsgError> {
         const M: &str = "RENDEZVOUS1";

@@ -14,7 +14,7 @@
 //! p.set_consensus(now, view, rng);                    // on every new consensus
 //! while let Some(a) = p.poll_action() { match a {
 //!     BuildIntroCircuit { intro, relay } => /* 3-hop circuit ending at relay; then */
-//!         send(p.intro_circuit_built(intro, &kh)?),  // the ESTABLISH_INTRO body
+//!         send(p.intro_circuit_built(intro, &kh)?),  // RelayMsg::EstablishIntro
 //!     Upload { upload, hsdir, descriptor, .. } => /* POST it; then */ p.upload_result(now, upload, ok, rng),
 //!     CloseIntroCircuit { intro } => /* close it */,
 //! }}
@@ -450,19 +450,19 @@ impl Publisher {
     }
 
     /// The circuit for `intro` is built; `circuit_kh` is its last hop's `KH` (tor-spec §5.2).
-    /// Returns the ESTABLISH_INTRO body to send on it (§3.1.1).
+    /// Returns the ESTABLISH_INTRO to send on it (§3.1.1; `RelayMsg::EstablishIntro`).
     pub fn intro_circuit_built(
         &mut self,
         intro: IntroId,
         circuit_kh: &[u8],
-    ) -> Result<Vec<u8>, PublishError> {
+    ) -> Result<onion_cell::hs::EstablishIntro<'static>, PublishError> {
         let k = self.find(intro)?;
         if self.intros[k].state != IntroState::Building {
             return Err(PublishError::UnexpectedReport(intro));
         }
-        let body = self.hs.establish_intro(self.intros[k].index, circuit_kh)?;
+        let msg = self.hs.establish_intro(self.intros[k].index, circuit_kh)?;
         self.intros[k].state = IntroState::Establishing;
-        Ok(body)
+        Ok(msg)
     }
 
     /// INTRO_ESTABLISHED arrived for `intro` (§3.1.3).

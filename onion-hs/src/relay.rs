@@ -168,19 +168,34 @@ pub struct IntroduceRouting<C> {
     /// Forward this INTRODUCE2, the INTRODUCE1 unchanged, to the service's circuit (`None`
     /// if no service).
     pub to_service: Option<(C, wire::Introduce<'static>)>,
-    /// Send this INTRODUCE_ACK body back to the client.
-    pub ack: Vec<u8>,
-    /// The status in `ack`.
-    pub status: u16,
+    /// Send this INTRODUCE_ACK back to the client (`RelayMsg::IntroduceAck`).
+    pub ack: wire::IntroduceAck<'static>,
     /// The service's INTRODUCE2 rate limit refused it.
     pub rate_limited: bool,
+}
+
+impl<C> IntroduceRouting<C> {
+    /// The status in [`IntroduceRouting::ack`] (`ACK_*`).
+    pub fn status(&self) -> u16 {
+        self.ack.status.0
+    }
+}
+
+/// The INTRODUCE_ACK an introduction point answers with `status` (rend-spec-v3 §3.2.2): no
+/// extensions, as C tor sends it.
+pub fn introduce_ack(status: u16) -> wire::IntroduceAck<'static> {
+    wire::IntroduceAck {
+        status: wire::IntroduceAckStatus(status),
+        extensions: Default::default(),
+    }
 }
 
 /// What an accepted ESTABLISH_INTRO did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Established<C> {
-    /// The INTRO_ESTABLISHED body to send back.
-    pub reply: Vec<u8>,
+    /// The INTRO_ESTABLISHED to send back (`RelayMsg::IntroEstablished`; no extensions, as
+    /// C tor sends it).
+    pub reply: wire::IntroEstablished<'static>,
     /// The circuit that held this auth key before (it stays open but gets no more
     /// INTRODUCE2, as in C tor's circuit map).
     pub replaced: Option<C>,
@@ -256,13 +271,13 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
     }
 
     /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`
-    /// (rate-limit clock at 0). Returns the INTRO_ESTABLISHED body.
+    /// (rate-limit clock at 0). Returns the INTRO_ESTABLISHED to send back.
     pub fn handle_establish_intro(
         &mut self,
         circ: C,
         circuit_kh: &[u8],
         msg: &wire::EstablishIntro<'_>,
-    ) -> Result<Vec<u8>, RelayRoleError> {
+    ) -> Result<wire::IntroEstablished<'static>, RelayRoleError> {
         Ok(self
             .establish_intro(circ, circuit_kh, msg, Instant::ZERO)?
             .reply)
@@ -323,20 +338,13 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
             }
             Some(Err(_)) | None => {}
         }
-        let mut reply = Vec::new();
-        wire::IntroEstablished::default()
-            .encode(&mut reply)
-            .map_err(|err| MsgError::Wire {
-                msg: "INTRO_ESTABLISHED",
-                err,
-            })?;
         if let Some(old) = replaced {
             self.circs.remove(&old);
         }
         self.by_key.insert(m.auth_key, circ);
         self.circs.insert(circ, ic);
         Ok(Established {
-            reply,
+            reply: wire::IntroEstablished::default(),
             replaced,
             dos: ic.enabled.then_some((ic.bucket.rate, ic.bucket.burst)),
             dos_explicit: ic.explicit,
@@ -392,17 +400,9 @@ fn routing<C>(
     status: u16,
     limited: bool,
 ) -> IntroduceRouting<C> {
-    let mut ack = Vec::with_capacity(3);
-    // STATUS and an empty extension list: encoding into a Vec cannot fail.
-    let _ = wire::IntroduceAck {
-        status: wire::IntroduceAckStatus(status),
-        extensions: Default::default(),
-    }
-    .encode(&mut ack);
     IntroduceRouting {
         to_service,
-        ack,
-        status,
+        ack: introduce_ack(status),
         rate_limited: limited,
     }
 }
@@ -426,8 +426,8 @@ impl<C: Copy + Eq + Hash> Default for RendPoint<C> {
 pub struct Joined<C> {
     /// The client's circuit, which gets the RENDEZVOUS2 body.
     pub client: C,
-    /// RENDEZVOUS2 body for the client.
-    pub rendezvous2: Vec<u8>,
+    /// The RENDEZVOUS2 for the client (`RelayMsg::Rendezvous2`).
+    pub rendezvous2: wire::Rendezvous2<'static>,
     /// The service's circuit; from now on relay cells pass between the two unchanged.
     pub service: C,
 }
@@ -490,7 +490,9 @@ impl<C: Copy + Eq + Hash> RendPoint<C> {
         self.by_circ.remove(&client);
         Ok(Joined {
             client,
-            rendezvous2: msg.handshake_info.to_vec(),
+            rendezvous2: wire::Rendezvous2 {
+                handshake_info: msg.handshake_info.clone().into_owned().into(),
+            },
             service: circ,
         })
     }
@@ -718,7 +720,10 @@ mod tests {
 
     fn establish(auth: &ExpandedKeypair, kh: &[u8], dos: Option<DosParams>) -> Vec<u8> {
         let ext = dos.map(|d| vec![d.to_extension()]).unwrap_or_default();
-        EstablishIntro::build(auth, ext, kh).expect("build").1
+        let mut body = Vec::new();
+        let (_, m) = EstablishIntro::build(auth, ext, kh).expect("build");
+        m.encode(&mut body).expect("encode");
+        body
     }
 
     /// A valid ESTABLISH_INTRO body as onion-cell decodes it.
@@ -938,12 +943,12 @@ mod tests {
                     2 => {
                         if let Ok(m) = wire::Introduce::decode(&bytes) {
                             let r = ip.introduce1(&m, now);
-                            prop_assert!(r.to_service.is_none() || r.status == ACK_SUCCESS);
+                            prop_assert!(r.to_service.is_none() || r.status() == ACK_SUCCESS);
                         }
                         let a = &auths[usize::from(circ % 2)];
                         let body = introduce1(a.public_bytes());
                         let r = ip.introduce1(&wire::Introduce::decode(&body).expect("valid"), now);
-                        prop_assert_eq!(r.to_service.is_some(), r.status == ACK_SUCCESS);
+                        prop_assert_eq!(r.to_service.is_some(), r.status() == ACK_SUCCESS);
                     }
                     3 => ip.circuit_closed(circ),
                     _ => {
@@ -981,7 +986,7 @@ mod tests {
                             .ok()
                             .and_then(|m| rp.handle_rendezvous1(circ, &m).ok());
                         if let Some(j) = joined {
-                            prop_assert_eq!(&j.rendezvous2[..], &bytes[20..]);
+                            prop_assert_eq!(&j.rendezvous2.handshake_info[..], &bytes[20..]);
                             prop_assert!(!rp.is_waiting(j.client));
                         }
                     }

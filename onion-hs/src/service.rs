@@ -6,7 +6,7 @@
 //! ```text
 //! let mut s = HsService::new(identity, HsServiceConfig::default());
 //! let ip = s.add_intro_point(relay_link_specs, relay_onion_key, rng);  // build a circuit to it
-//! let body = s.establish_intro(ip, &circuit_kh)?;         // ESTABLISH_INTRO on that circuit
+//! let est = s.establish_intro(ip, &circuit_kh)?;          // ESTABLISH_INTRO on that circuit
 //! s.handle_intro_established(ip)?;                        // INTRO_ESTABLISHED
 //! for slot in shared_random.service_upload(&cfg, valid_after) {  // on each new consensus
 //!     let text = s.build_descriptor(now, slot.period, rng)?;
@@ -187,8 +187,8 @@ pub struct RendezvousRequest {
     pub link_specifiers: Vec<RawLinkSpec>,
     /// Its ntor onion key.
     pub onion_key: [u8; 32],
-    /// The RENDEZVOUS1 body to send on the circuit to it.
-    pub rendezvous1: Vec<u8>,
+    /// The RENDEZVOUS1 to send (`RelayMsg::Rendezvous1`) on the circuit to it.
+    pub rendezvous1: onion_cell::hs::Rendezvous1<'static>,
     /// Keys of the virtual hop ([`HsRendKeys::service_layer`]).
     pub keys: HsRendKeys,
     /// The extensions the client sent (e.g. congestion control request).
@@ -314,8 +314,13 @@ impl HsService {
         Ok(())
     }
 
-    /// ESTABLISH_INTRO for intro point `i` on a circuit with handshake key `circuit_kh`.
-    pub fn establish_intro(&self, i: usize, circuit_kh: &[u8]) -> Result<Vec<u8>, ServiceError> {
+    /// ESTABLISH_INTRO (`RelayMsg::EstablishIntro`) for intro point `i` on a circuit with
+    /// handshake key `circuit_kh`.
+    pub fn establish_intro(
+        &self,
+        i: usize,
+        circuit_kh: &[u8],
+    ) -> Result<onion_cell::hs::EstablishIntro<'static>, ServiceError> {
         let ip = self.ip(i)?;
         Ok(EstablishIntro::build(&ip.auth, vec![], circuit_kh)?.1)
     }
@@ -462,7 +467,7 @@ impl HsService {
                 rend_cookie,
                 handshake_info: info,
             }
-            .encode(),
+            .to_cell(),
             keys,
             extensions: pt.extensions,
         })

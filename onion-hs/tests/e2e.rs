@@ -5,9 +5,6 @@
 
 use std::collections::HashMap;
 
-use onion_cell::hs::{
-    EstablishIntro, EstablishRendezvous, Introduce, IntroduceAck, Rendezvous1, Rendezvous2,
-};
 use onion_crypto::tor1::{CellBody, ClientLayer};
 use onion_crypto::RsaIdentity;
 use onion_dir::Timestamp;
@@ -93,10 +90,9 @@ fn run(client_auth: bool, seed: u64) {
         let role = intro_relays.entry(r).or_default();
         // Wrong KH: refused.
         assert!(role
-            .handle_establish_intro(circ, &[0u8; 20], &EstablishIntro::decode(&body).unwrap())
+            .handle_establish_intro(circ, &[0u8; 20], &body)
             .is_err());
-        role.handle_establish_intro(circ, &kh, &EstablishIntro::decode(&body).unwrap())
-            .unwrap();
+        role.handle_establish_intro(circ, &kh, &body).unwrap();
         service.handle_intro_established(ip).unwrap();
         svc_circ_of_ip.insert(circ, ip);
     }
@@ -155,11 +151,8 @@ fn run(client_auth: bool, seed: u64) {
     let mut rend: RendPoint<Circ> = RendPoint::default();
     let client_rend_circ: Circ = 7;
     let (pending, est) = described.establish_rendezvous(&mut rng);
-    rend.handle_establish_rendezvous(
-        client_rend_circ,
-        &EstablishRendezvous::decode(&est).unwrap(),
-    )
-    .unwrap();
+    rend.handle_establish_rendezvous(client_rend_circ, &est)
+        .unwrap();
     let ready = pending.handle_rendezvous_established();
 
     // Introduce through the first intro point.
@@ -171,10 +164,8 @@ fn run(client_auth: bool, seed: u64) {
         .iter()
         .position(|r| r.link_specs == ip_desc.link_specifiers)
         .unwrap();
-    let routing = intro_relays[&ip_relay].handle_introduce1(&Introduce::decode(&intro1).unwrap());
-    intro
-        .handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap())
-        .unwrap();
+    let routing = intro_relays[&ip_relay].handle_introduce1(&intro1);
+    intro.handle_introduce_ack(&routing.ack).unwrap();
     let (svc_circ, intro2) = routing.to_service.unwrap();
     let ip_index = svc_circ_of_ip[&svc_circ];
     let req = service
@@ -190,13 +181,9 @@ fn run(client_auth: bool, seed: u64) {
     ));
 
     // The service joins the rendezvous point.
-    let joined = rend
-        .handle_rendezvous1(900, &Rendezvous1::decode(&req.rendezvous1).unwrap())
-        .unwrap();
+    let joined = rend.handle_rendezvous1(900, &req.rendezvous1).unwrap();
     assert_eq!(joined.client, client_rend_circ);
-    let ckeys = intro
-        .handle_rendezvous2(&Rendezvous2::decode(&joined.rendezvous2).unwrap())
-        .unwrap();
+    let ckeys = intro.handle_rendezvous2(&joined.rendezvous2).unwrap();
 
     // End to end through the virtual hop.
     let mut c_layer = ckeys.client_layer().unwrap();
@@ -269,10 +256,10 @@ fn refused_introduction_is_reported_and_next_point_tried() {
     assert_eq!(first.intro_point(), 0);
     // An intro point that does not know the service.
     let empty: IntroPoint<Circ> = IntroPoint::default();
-    let routing = empty.handle_introduce1(&Introduce::decode(&body).unwrap());
+    let routing = empty.handle_introduce1(&body);
     assert!(routing.to_service.is_none());
     assert_eq!(
-        first.handle_introduce_ack(&IntroduceAck::decode(&routing.ack).unwrap()),
+        first.handle_introduce_ack(&routing.ack),
         Err(ClientError::IntroduceRefused(1))
     );
     // The second intro point, then one the descriptor does not list.

@@ -29,9 +29,13 @@ const HOUR: u64 = 3600;
 /// An INTRODUCE2 as the service's circuit hands it over, decoded by onion-cell.
 type Introduce2 = onion_cell::hs::Introduce<'static>;
 
-/// A body the client built, as onion-cell decodes it on arrival.
-fn cell(body: &[u8]) -> onion_cell::hs::Introduce<'_> {
-    onion_cell::hs::Introduce::decode(body).unwrap()
+/// An INTRODUCE1 the client built, as onion-cell decodes it on arrival.
+fn cell(m: &onion_cell::hs::Introduce<'_>) -> onion_cell::hs::Introduce<'static> {
+    let mut body = Vec::new();
+    m.encode(&mut body).unwrap();
+    onion_cell::hs::Introduce::decode(&body)
+        .unwrap()
+        .into_owned()
 }
 
 /// A well-formed INTRODUCE2 that no introduction point issued (its auth key is `[k; 32]`).
@@ -174,16 +178,12 @@ impl Harness {
                     }
                     let mut kh = [0u8; 20];
                     self.rng.fill_bytes(&mut kh);
-                    let body = self.p.intro_circuit_built(intro, &kh).unwrap();
+                    let est = self.p.intro_circuit_built(intro, &kh).unwrap();
                     // A rebuilt circuit replaces the old one (its id is the intro id here).
                     let role = self.roles.entry(relay).or_default();
                     role.circuit_closed(intro.0);
-                    role.handle_establish_intro(
-                        intro.0,
-                        &kh,
-                        &onion_cell::hs::EstablishIntro::decode(&body).unwrap(),
-                    )
-                    .expect("the intro relay accepts ESTABLISH_INTRO");
+                    role.handle_establish_intro(intro.0, &kh, &est)
+                        .expect("the intro relay accepts ESTABLISH_INTRO");
                     self.relay_of.insert(intro, relay);
                     self.open.insert(intro);
                     self.p
@@ -745,7 +745,9 @@ fn introduce_cc(
         .unwrap();
     d.set_congestion_control(cc);
     let (pending, est) = d.establish_rendezvous(&mut h.rng);
-    assert!(!est.is_empty());
+    let mut body = Vec::new();
+    est.encode(&mut body).unwrap();
+    assert!(!body.is_empty());
     let ready = pending.handle_rendezvous_established();
     let (intro, intro1) = ready
         .introduce(

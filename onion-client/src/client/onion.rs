@@ -496,10 +496,9 @@ impl super::Client {
                         .circuit_closed(circ, &e.to_string(), now, &mut self.rng),
                 }
             }
-            HsAction::SendMessage { circ, cmd, body } => {
+            HsAction::SendMessage { circ, msg } => {
                 let sent = self.hs_key(circ).and_then(|key| {
                     let m = self.circs.get_mut(&key)?.circ.as_mut()?;
-                    let msg = onion_cell::RelayMsg::decode(cmd, &body).ok()?;
                     let last = m.n_hops().checked_sub(1)?;
                     m.send_msg(last, None, &msg).ok()
                 });

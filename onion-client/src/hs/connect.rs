@@ -34,7 +34,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use onion_cell::{RelayCmd, RelayMsg};
+use onion_cell::RelayMsg;
 use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::HopTarget;
 use onion_dir::Timestamp;
@@ -109,8 +109,8 @@ impl Default for ConnectConfig {
 struct CachedDesc {
     text: String,
     period: TimePeriod,
-    /// Unix seconds after which it is not used (fetch time + `descriptor-lifetime`).
-    expires: u64,
+    /// When it stops being used (fetch time + `descriptor-lifetime`).
+    expires: Timestamp,
 }
 
 /// The key of a connection: the service's identity key and the isolation token.
@@ -401,7 +401,7 @@ impl Connector {
         };
         let sel = net
             .shared_random
-            .client_fetch(&net.periods, Timestamp::from_unix(net.valid_after));
+            .client_fetch(&net.periods, net.valid_after);
         let Some(at) = self.attempts.get(&id) else {
             return Outcome::Continue;
         };
@@ -419,8 +419,7 @@ impl Connector {
                     Ok(h) => h,
                     Err(e) => return Outcome::Fail(HsError::BadAddress(e.to_string())),
                 };
-                if let Ok(d) = hs.handle_descriptor(Timestamp::from_unix(wall), &text, period, key)
-                {
+                if let Ok(d) = hs.handle_descriptor(wall, &text, period, key) {
                     if let Some(at) = self.attempts.get_mut(&id) {
                         at.from_cache = true;
                         at.desc = Some((text, period));
@@ -604,12 +603,11 @@ impl Connector {
             return Outcome::Continue;
         };
         match hs.introduce(rng, it.ip_next, &rp.ntor_key.0, link_specs_of(rp)) {
-            Ok((handshake, body)) => {
+            Ok((handshake, intro1)) => {
                 it.handshake = Some(handshake);
                 sh.push(HsAction::SendMessage {
                     circ: ic,
-                    cmd: RelayCmd::INTRODUCE1,
-                    body,
+                    msg: RelayMsg::Introduce1(intro1),
                 });
                 it.intro = Some((
                     ic,
@@ -676,7 +674,7 @@ impl Connector {
             Ok(h) => h,
             Err(e) => return Outcome::Fail(HsError::BadAddress(e.to_string())),
         };
-        let wall = Timestamp::from_unix(sh.clock.wall(now));
+        let wall = sh.clock.wall(now);
         match hs.handle_descriptor(wall, &text, period, key.as_ref()) {
             Ok(d) => self.begin_intro(sh, id, d, now),
             Err(e) => Outcome::Fail(HsError::RendezvousFailed(format!(
@@ -803,11 +801,10 @@ impl Connector {
             {
                 match std::mem::replace(&mut it.rend_state, RendState::Moving) {
                     RendState::Building(d) => {
-                        let (hs, body) = d.establish_rendezvous(rng);
+                        let (hs, est) = d.establish_rendezvous(rng);
                         sh.push(HsAction::SendMessage {
                             circ,
-                            cmd: RelayCmd::ESTABLISH_RENDEZVOUS,
-                            body,
+                            msg: RelayMsg::EstablishRendezvous(est),
                         });
                         it.rend_state = RendState::Establishing {
                             deadline: now + rend_timeout,
@@ -916,8 +913,7 @@ impl Connector {
                 )
             }
         };
-        let o = match hs.handle_descriptor(Timestamp::from_unix(wall), &text, period, key.as_ref())
-        {
+        let o = match hs.handle_descriptor(wall, &text, period, key.as_ref()) {
             Ok(d) => {
                 let lifetime = u64::from(d.descriptor().lifetime_minutes);
                 let addr_id = *addr.public_key_bytes();
@@ -926,7 +922,7 @@ impl Connector {
                     CachedDesc {
                         text: text.clone(),
                         period,
-                        expires: wall.saturating_add(lifetime * 60),
+                        expires: wall.add_secs(lifetime * 60),
                     },
                 );
                 if let Some(at) = self.attempts.get_mut(&id) {

@@ -47,7 +47,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use onion_cell::relaymsg::EndReason;
-use onion_cell::{RelayCmd, RelayMsg};
+use onion_cell::RelayMsg;
 use onion_circuit::cc::CcConfig;
 use onion_circuit::circuit::HopTarget;
 use onion_dir::{RelayFlags, Timestamp};
@@ -321,7 +321,7 @@ fn consensus_view(net: &HsNet) -> ConsensusView {
         })
         .collect();
     ConsensusView {
-        valid_after: Timestamp::from_unix(net.valid_after),
+        valid_after: net.valid_after,
         periods: net.periods,
         shared_random: net.shared_random,
         params: net.params,
@@ -426,9 +426,7 @@ impl Host {
             let view = consensus_view(net);
             let wall = sh.clock.wall(now);
             let k = self.services.len() - 1;
-            self.services[k]
-                .publisher
-                .set_consensus(Timestamp::from_unix(wall), view, rng);
+            self.services[k].publisher.set_consensus(wall, view, rng);
             self.drain(sh, k, now, rng);
         }
         Ok(id)
@@ -461,7 +459,7 @@ impl Host {
         for k in 0..self.services.len() {
             self.services[k]
                 .publisher
-                .set_consensus(Timestamp::from_unix(wall), view.clone(), rng);
+                .set_consensus(wall, view.clone(), rng);
             self.drain(sh, k, now, rng);
         }
     }
@@ -512,11 +510,9 @@ impl Host {
                             t,
                         ),
                         None => {
-                            let _ = self.services[k].publisher.intro_circuit_closed(
-                                Timestamp::from_unix(wall),
-                                intro,
-                                rng,
-                            );
+                            let _ = self.services[k]
+                                .publisher
+                                .intro_circuit_closed(wall, intro, rng);
                         }
                     }
                 }
@@ -564,12 +560,9 @@ impl Host {
                         ),
                         None => {
                             self.services[k].stats.uploads_failed += 1;
-                            self.services[k].publisher.upload_result(
-                                Timestamp::from_unix(wall),
-                                upload,
-                                false,
-                                rng,
-                            );
+                            self.services[k]
+                                .publisher
+                                .upload_result(wall, upload, false, rng);
                         }
                     }
                 }
@@ -597,11 +590,10 @@ impl Host {
         };
         match role {
             Role::IntroBuilding(intro) => match s.publisher.intro_circuit_built(intro, kh) {
-                Ok(body) => {
+                Ok(est) => {
                     sh.push(HsAction::SendMessage {
                         circ,
-                        cmd: RelayCmd::ESTABLISH_INTRO,
-                        body,
+                        msg: RelayMsg::EstablishIntro(est),
                     });
                     s.circs.insert(
                         circ,
@@ -613,9 +605,7 @@ impl Host {
                 }
                 Err(_) => {
                     sh.push(HsAction::CloseCircuit { circ });
-                    let _ =
-                        s.publisher
-                            .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
+                    let _ = s.publisher.intro_circuit_closed(wall, intro, rng);
                 }
             },
             Role::UploadBuilding { upload, request } => {
@@ -635,8 +625,7 @@ impl Host {
             Role::RendBuilding(p) => {
                 sh.push(HsAction::SendMessage {
                     circ,
-                    cmd: RelayCmd::RENDEZVOUS1,
-                    body: p.req.rendezvous1.clone(),
+                    msg: RelayMsg::Rendezvous1(p.req.rendezvous1.clone()),
                 });
                 sh.push(HsAction::AddVirtualHop {
                     circ,
@@ -682,14 +671,11 @@ impl Host {
             Role::IntroBuilding(intro)
             | Role::IntroEstablishing { intro, .. }
             | Role::IntroEstablished(intro) => {
-                let _ = s
-                    .publisher
-                    .intro_circuit_closed(Timestamp::from_unix(wall), intro, rng);
+                let _ = s.publisher.intro_circuit_closed(wall, intro, rng);
             }
             Role::UploadBuilding { upload, .. } | Role::Uploading { upload, .. } => {
                 s.stats.uploads_failed += 1;
-                s.publisher
-                    .upload_result(Timestamp::from_unix(wall), upload, false, rng);
+                s.publisher.upload_result(wall, upload, false, rng);
             }
             Role::RendBuilding(p) => {
                 s.building = s.building.saturating_sub(1);
@@ -764,9 +750,7 @@ impl Host {
         match (msg, intro) {
             (RelayMsg::IntroEstablished(_), (intro, false)) => {
                 s.circs.insert(circ, Role::IntroEstablished(intro));
-                let _ = s
-                    .publisher
-                    .intro_established(Timestamp::from_unix(wall), intro, rng);
+                let _ = s.publisher.intro_established(wall, intro, rng);
             }
             (RelayMsg::Introduce2(m), (intro, true)) => {
                 self.introduce2(k, intro, m, now, wall, rng);
@@ -785,7 +769,7 @@ impl Host {
         intro: IntroId,
         msg: &onion_cell::hs::Introduce<'_>,
         now: Instant,
-        wall: u64,
+        wall: Timestamp,
         rng: &mut impl CryptoRngCore,
     ) {
         let s = &mut self.services[k];
@@ -801,10 +785,7 @@ impl Host {
             s.stats.dropped_rate += 1;
             return;
         }
-        let req = match s
-            .publisher
-            .handle_introduce2(Timestamp::from_unix(wall), intro, msg, rng)
-        {
+        let req = match s.publisher.handle_introduce2(wall, intro, msg, rng) {
             Ok(r) => r,
             Err(PublishError::Service(ServiceError::Replay)) => {
                 s.stats.replays += 1;
@@ -862,55 +843,8 @@ impl Host {
         } else {
             s.stats.uploads_failed += 1;
         }
-        s.publisher
-            .upload_result(Timestamp::from_unix(wall), upload, ok, rng);
+        s.publisher.upload_result(wall, upload, ok, rng);
         self.drain(sh, k, now, rng);
-    }
-
-    pub(crate) fn incoming_stream(
-        &mut self,
-        circ: HsCircRef,
-        port: u16,
-        stream: IncomingRef,
-        now: Instant,
-    ) -> IncomingDecision {
-        let Some(s) = self
-            .services
-            .iter_mut()
-            .find(|s| matches!(s.circs.get(&circ), Some(Role::RendJoined)))
-        else {
-            return IncomingDecision::Reject(EndReason::MISC);
-        };
-        if !s.ports.contains(&port) {
-            return IncomingDecision::Reject(REJECT_PORT);
-        }
-        let on_circ = s.undecided.values().filter(|(c, _)| *c == circ).count();
-        if s.undecided.contains_key(&stream)
-            || on_circ >= s.config.max_undecided_per_circuit
-            || s.undecided.len() >= s.config.max_undecided
-        {
-            s.stats.streams_refused_full += 1;
-            return IncomingDecision::Reject(EndReason::RESOURCELIMIT);
-        }
-        s.undecided
-            .insert(stream, (circ, now + s.config.undecided_timeout));
-        s.stats.streams_offered += 1;
-        IncomingDecision::Offer { service: s.id }
-    }
-
-    /// The application decided about `stream` (or it ended): it no longer counts.
-    pub(crate) fn incoming_decided(&mut self, stream: IncomingRef) {
-        for s in &mut self.services {
-            s.undecided.remove(&stream);
-        }
-    }
-
-    /// Undecided incoming streams of `service`.
-    pub(crate) fn undecided(&self, service: ServiceId) -> usize {
-        self.services
-            .iter()
-            .find(|s| s.id == service)
-            .map_or(0, |s| s.undecided.len())
     }
 
     pub(crate) fn handle_timeout(
@@ -954,8 +888,8 @@ impl Host {
             let before = s.queue.len();
             s.queue.retain(|p| p.attempts > 0 || now < p.since + half);
             s.stats.stale += (before - s.queue.len()) as u64;
-            if s.publisher.poll_timeout().is_some_and(|t| t.unix() <= wall) {
-                s.publisher.handle_timeout(Timestamp::from_unix(wall), rng);
+            if s.publisher.poll_timeout().is_some_and(|t| t <= wall) {
+                s.publisher.handle_timeout(wall, rng);
             }
             self.start_rendezvous(sh, k, now);
             self.drain(sh, k, now, rng);
@@ -967,7 +901,7 @@ impl Host {
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         for s in &self.services {
             if let Some(u) = s.publisher.poll_timeout() {
-                at(sh.clock.instant_of(u.unix()));
+                at(sh.clock.instant_of(u));
             }
             for r in s.circs.values() {
                 match r {
@@ -988,6 +922,67 @@ impl Host {
             }
         }
         t
+    }
+}
+
+/// A hosted service's incoming streams, decided by the application (rend-spec-v3 §4.2: the
+/// client's BEGIN on the rendezvous circuit).
+impl super::OnionServices {
+    /// A client asked for a stream to `port` on the rendezvous circuit `circ`
+    /// (`CircEvent::IncomingStream`), which the core names `stream`: offer it to the
+    /// application of a service (then emit `Event::IncomingStream`; it stays undecided
+    /// until [`super::OnionServices::incoming_decided`] or [`HsAction::IncomingTimedOut`]) or
+    /// reject it now with a reason: a port the service does not serve, a circuit that is
+    /// no service's rendezvous circuit, or the undecided bounds
+    /// ([`HostConfig::max_undecided_per_circuit`], [`HostConfig::max_undecided`]: END
+    /// RESOURCELIMIT). A `stream` that is undecided already is refused the same way.
+    pub fn incoming_stream(
+        &mut self,
+        circ: HsCircRef,
+        port: u16,
+        stream: IncomingRef,
+        now: Instant,
+    ) -> IncomingDecision {
+        let Some(s) = self
+            .host
+            .services
+            .iter_mut()
+            .find(|s| matches!(s.circs.get(&circ), Some(Role::RendJoined)))
+        else {
+            return IncomingDecision::Reject(EndReason::MISC);
+        };
+        if !s.ports.contains(&port) {
+            return IncomingDecision::Reject(REJECT_PORT);
+        }
+        let on_circ = s.undecided.values().filter(|(c, _)| *c == circ).count();
+        if s.undecided.contains_key(&stream)
+            || on_circ >= s.config.max_undecided_per_circuit
+            || s.undecided.len() >= s.config.max_undecided
+        {
+            s.stats.streams_refused_full += 1;
+            return IncomingDecision::Reject(EndReason::RESOURCELIMIT);
+        }
+        s.undecided
+            .insert(stream, (circ, now + s.config.undecided_timeout));
+        s.stats.streams_offered += 1;
+        IncomingDecision::Offer { service: s.id }
+    }
+
+    /// The application accepted or rejected the incoming stream `stream`, or it ended
+    /// before: it no longer counts as undecided. An unknown one is ignored.
+    pub fn incoming_decided(&mut self, stream: IncomingRef) {
+        for s in &mut self.host.services {
+            s.undecided.remove(&stream);
+        }
+    }
+
+    /// How many incoming streams of `service` wait for the application's decision.
+    pub fn undecided_streams(&self, service: ServiceId) -> usize {
+        self.host
+            .services
+            .iter()
+            .find(|s| s.id == service)
+            .map_or(0, |s| s.undecided.len())
     }
 }
 

@@ -14,28 +14,119 @@
 //! and reports every event of such a circuit under its reference. Circuit crypto stays
 //! with the core: the virtual hop's keys come in [`HsAction::AddVirtualHop`].
 //!
-//! The run loop of the core, for this part:
+//! The run loop of the core, for this part (the client's `client/onion.rs` is the real one):
 //!
-//! ```text
-//! hs.set_directory(&dir, now, wall, rng);          // every new verified directory
-//! let req = hs.connect("xyz.onion", isolation, now, rng)?;  // a stream to a .onion
-//! let svc = hs.host(HostConfig { .. }, now, rng)?;        // host a service
-//! while let Some(a) = hs.poll_action() { match a {
-//!     BuildCircuit { circ, purpose, last_hop } => /* path per purpose; then */
-//!         hs.circuit_built(circ, &last_hop, &kh, now, rng) /* or */ hs.circuit_closed(circ, why, now, rng),
-//!     SendMessage { circ, cmd, body } => circuit.send_msg(last, None, &RelayMsg::decode(cmd, &body)?),
-//!     DirRequest { circ, request, max_body } => /* BEGIN_DIR, send, read to END; then */
-//!         hs.dir_answer(circ, decode_response(&raw, max_body), now, rng),
-//!     AddVirtualHop { circ, hop } => circuit.add_virtual_hop(_cc)(Box::new(hop.layer()?), ..),
-//!     CloseCircuit { circ } => circuit.destroy(),
-//!     Ready { request, circ } => /* open the waiting streams on circ: BEGIN with host "" */,
-//!     Failed { request, error } => /* fail the waiting streams with error */,
-//!     Published { .. } => /* log */,
-//! }}
-//! // CircEvent::Msg on an onion-service circuit   => hs.message(circ, &msg, now, rng)
-//! // CircEvent::IncomingStream on one             => hs.incoming_stream(circ, port)
-//! // the circuit closed (DESTROY, failure, timeout) => hs.circuit_closed(circ, why, now, rng)
-//! // at hs.poll_timeout()                          => hs.handle_timeout(now, wall, rng)
+//! ```
+//! use std::collections::HashMap;
+//!
+//! use onion_circuit::circuit::{CircEvent, Circuit, HopTarget};
+//! use onion_client::hs::{
+//!     HsAction, HsCircRef, HsConfig, HsPurpose, IncomingDecision, IncomingRef, OnionServices,
+//! };
+//! use onion_client::{Instant, Timestamp};
+//! use rand_core::{CryptoRngCore, SeedableRng};
+//!
+//! /// The core's side: its built onion-service circuits by reference, and its work lists.
+//! #[derive(Default)]
+//! struct Core {
+//!     circuits: HashMap<HsCircRef, Circuit>,
+//!     /// To build (a path of the purpose's shape); then `hs.circuit_built(circ, &last,
+//!     /// last_hop_kh, now, rng)`, or `hs.circuit_closed(circ, why, now, rng)`.
+//!     builds: Vec<(HsCircRef, HsPurpose, Option<HopTarget>)>,
+//!     /// To carry over BEGIN_DIR; then `hs.dir_answer(circ, dir::decode_response(&raw,
+//!     /// max_body), now, rng)`.
+//!     dir_requests: Vec<(HsCircRef, Vec<u8>, usize)>,
+//!     next_stream: u64,
+//! }
+//!
+//! impl Core {
+//!     /// Carry out what the machines ask until they ask nothing more.
+//!     fn drive(&mut self, hs: &mut OnionServices, now: Instant, rng: &mut impl CryptoRngCore) {
+//!         while let Some(action) = hs.poll_action() {
+//!             match action {
+//!                 HsAction::BuildCircuit { circ, purpose, last_hop } => {
+//!                     self.builds.push((circ, purpose, last_hop));
+//!                 }
+//!                 HsAction::SendMessage { circ, msg } => {
+//!                     // Encoded once, into the relay cell for the last hop.
+//!                     let sent = self.circuits.get_mut(&circ).and_then(|c| {
+//!                         let last = c.n_hops().checked_sub(1)?;
+//!                         c.send_msg(last, None, &msg).ok()
+//!                     });
+//!                     if sent.is_none() {
+//!                         hs.circuit_closed(circ, "message not sent", now, rng);
+//!                     }
+//!                 }
+//!                 HsAction::DirRequest { circ, request, max_body } => {
+//!                     self.dir_requests.push((circ, request, max_body));
+//!                 }
+//!                 HsAction::AddVirtualHop { circ, hop } => {
+//!                     let c = self.circuits.get_mut(&circ);
+//!                     let added = c.zip(hop.layer().ok()).map(|(c, layer)| {
+//!                         c.set_accept_inbound_streams(hop.accepts_streams());
+//!                         match hop.congestion_control() {
+//!                             Some(cc) => c.add_virtual_hop_cc(Box::new(layer), cc),
+//!                             None => c.add_virtual_hop(Box::new(layer)),
+//!                         }
+//!                     });
+//!                     if !matches!(added, Some(Ok(()))) {
+//!                         hs.circuit_closed(circ, "virtual hop refused", now, rng);
+//!                     }
+//!                 }
+//!                 HsAction::CloseCircuit { circ } => {
+//!                     if let Some(mut c) = self.circuits.remove(&circ) {
+//!                         c.destroy();
+//!                     }
+//!                 }
+//!                 HsAction::Ready { .. } => { /* BEGIN (host "") for its streams on circ */ }
+//!                 HsAction::Failed { .. } => { /* end the request's streams with error */ }
+//!                 HsAction::IncomingTimedOut { .. } => { /* END TIMEOUT on that stream */ }
+//!                 HsAction::Published { .. } => { /* clients can find the service now */ }
+//!                 _ => {}
+//!             }
+//!         }
+//!     }
+//!
+//!     /// An event of the onion-service circuit `circ`. When it closes (DESTROY, a failure,
+//!     /// a timeout), the core says `hs.circuit_closed(circ, why, now, rng)` instead.
+//!     fn on_event(
+//!         &mut self,
+//!         hs: &mut OnionServices,
+//!         circ: HsCircRef,
+//!         event: &CircEvent,
+//!         now: Instant,
+//!         rng: &mut impl CryptoRngCore,
+//!     ) {
+//!         match event {
+//!             CircEvent::Msg { msg, .. } => hs.message(circ, msg, now, rng),
+//!             CircEvent::IncomingStream { port, .. } => {
+//!                 self.next_stream += 1;
+//!                 match hs.incoming_stream(circ, *port, IncomingRef(self.next_stream), now) {
+//!                     IncomingDecision::Offer { .. } => { /* ask the application */ }
+//!                     IncomingDecision::Reject(_reason) => { /* Circuit::reject_stream */ }
+//!                 }
+//!             }
+//!             _ => {}
+//!         }
+//!         self.drive(hs, now, rng);
+//!     }
+//! }
+//!
+//! let (now, wall) = (Instant::ZERO, Timestamp::from_unix(1_700_000_000));
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+//! let mut hs = OnionServices::new(HsConfig::default(), now, wall);
+//! let mut core = Core::default();
+//! // With a verified directory (`hs.set_directory(&dir, now, wall, &mut rng)?`, again for
+//! // every new one), `hs.connect("<56 base32>.onion", isolation, now, &mut rng)?` asks for a
+//! // rendezvous and `hs.host(HostConfig::new(identity, ports), now, &mut rng)?` hosts a
+//! // service; here the machine has no directory and a bad address is refused at once.
+//! assert!(hs.connect("nowhere.onion", 0, now, &mut rng).is_err());
+//! core.drive(&mut hs, now, &mut rng);
+//! assert!(core.builds.is_empty() && core.dir_requests.is_empty());
+//! if let Some(at) = hs.poll_timeout() {
+//!     hs.handle_timeout(at, wall, &mut rng);
+//!     core.drive(&mut hs, at, &mut rng);
+//! }
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -181,15 +272,13 @@ pub enum HsAction {
         /// Its last relay, if this machine chose it.
         last_hop: Option<HopTarget>,
     },
-    /// Send the onion-service message `cmd` with `body` to the last hop of `circ`, stream 0
-    /// (`RelayMsg::decode(cmd, &body)` then `Circuit::send_msg`).
+    /// Send the onion-service message `msg` to the last hop of `circ`, stream 0
+    /// (`Circuit::send_msg`, which encodes it into the cell).
     SendMessage {
         /// The circuit.
         circ: HsCircRef,
-        /// The relay command.
-        cmd: RelayCmd,
-        /// The message body.
-        body: Vec<u8>,
+        /// The message (ESTABLISH_INTRO, ESTABLISH_RENDEZVOUS, INTRODUCE1 or RENDEZVOUS1).
+        msg: RelayMsg<'static>,
     },
     /// Open a BEGIN_DIR stream on `circ` (tor-spec §6.2.1; rend-spec-v3 §2.2.6), send
     /// `request` (a complete HTTP/1.0 request), read the response until the stream ends
@@ -382,8 +471,8 @@ impl OnionCc {
 pub struct HsNet {
     /// The directory.
     pub dir: Arc<Directory>,
-    /// `valid-after`, Unix seconds.
-    pub valid_after: u64,
+    /// The consensus's `valid-after`.
+    pub valid_after: Timestamp,
     /// Time periods: from `hsdir_interval`, or 24 voting intervals on a testing network, as
     /// C tor's `TestingTorNetwork`.
     pub periods: TimePeriodConfig,
@@ -424,7 +513,7 @@ impl HsNet {
             }
         }
         Ok(HsNet {
-            valid_after: dir.valid_after.0,
+            valid_after: dir.valid_after,
             periods,
             shared_random: SharedRandom {
                 current: dir.shared_rand_current,
@@ -506,20 +595,20 @@ pub fn link_specs_of(t: &HopTarget) -> Vec<RawLinkSpec> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     at: Instant,
-    wall: u64,
+    wall: Timestamp,
 }
 
 impl Clock {
-    /// The wall clock at `now`, Unix seconds.
-    pub(crate) fn wall(&self, now: Instant) -> u64 {
+    /// The wall clock at `now`.
+    pub(crate) fn wall(&self, now: Instant) -> Timestamp {
         self.wall
-            .saturating_add(now.saturating_duration_since(self.at).as_secs())
+            .add_secs(now.saturating_duration_since(self.at).as_secs())
     }
 
-    /// The monotonic instant at which the wall clock reads `unix` (the last instant given,
+    /// The monotonic instant at which the wall clock reads `wall` (the last instant given,
     /// if that time is past).
-    pub(crate) fn instant_of(&self, unix: u64) -> Instant {
-        let delta = unix.saturating_sub(self.wall);
+    pub(crate) fn instant_of(&self, wall: Timestamp) -> Instant {
+        let delta = wall.unix().saturating_sub(self.wall.unix());
         self.at
             .checked_add(Duration::from_secs(delta))
             .unwrap_or(self.at)
@@ -527,7 +616,7 @@ impl Clock {
 
     fn set(&mut self, now: Instant, wall: Timestamp) {
         self.at = now;
-        self.wall = wall.0;
+        self.wall = wall;
     }
 }
 
@@ -590,10 +679,7 @@ impl OnionServices {
             config,
             shared: Shared {
                 net: None,
-                clock: Clock {
-                    at: now,
-                    wall: wall.0,
-                },
+                clock: Clock { at: now, wall },
                 next_ref: 0,
                 actions: VecDeque::new(),
             },
@@ -810,35 +896,6 @@ impl OnionServices {
             None => {}
         }
         self.collect_owners();
-    }
-
-    /// A client asked for a stream to `port` on the rendezvous circuit `circ`
-    /// (`CircEvent::IncomingStream`), which the core names `stream`: offer it to the
-    /// application of a service (then emit `Event::IncomingStream`; it stays undecided
-    /// until [`OnionServices::incoming_decided`] or [`HsAction::IncomingTimedOut`]) or
-    /// reject it now with a reason: a port the service does not serve, a circuit that is
-    /// no service's rendezvous circuit, or the undecided bounds
-    /// ([`HostConfig::max_undecided_per_circuit`], [`HostConfig::max_undecided`]: END
-    /// RESOURCELIMIT). A `stream` that is undecided already is refused the same way.
-    pub fn incoming_stream(
-        &mut self,
-        circ: HsCircRef,
-        port: u16,
-        stream: IncomingRef,
-        now: Instant,
-    ) -> IncomingDecision {
-        self.host.incoming_stream(circ, port, stream, now)
-    }
-
-    /// The application accepted or rejected the incoming stream `stream`, or it ended
-    /// before: it no longer counts as undecided. An unknown one is ignored.
-    pub fn incoming_decided(&mut self, stream: IncomingRef) {
-        self.host.incoming_decided(stream);
-    }
-
-    /// How many incoming streams of `service` wait for the application's decision.
-    pub fn undecided_streams(&self, service: ServiceId) -> usize {
-        self.host.undecided(service)
     }
 
     /// Time passed: deadlines, retries, the publishers' schedules.

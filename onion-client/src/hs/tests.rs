@@ -258,7 +258,9 @@ impl Net {
                     Side::Host => self.host.circuit_built(circ, &last, &kh, now, rng),
                 }
             }
-            HsAction::SendMessage { circ, cmd, body } => {
+            HsAction::SendMessage { circ, msg } => {
+                // The network carries what the circuit's cell would: the message encoded once.
+                let (cmd, body) = (msg.cmd(), wire(&msg));
                 self.wire_log.push((side, cmd, body.clone()));
                 let c = self
                     .circs
@@ -273,6 +275,7 @@ impl Net {
                             .intro
                             .handle_establish_intro((side, circ), &kh, &decoded(cmd, &body))
                             .unwrap();
+                        let reply = wire(&RelayMsg::IntroEstablished(reply));
                         self.deliver(side, circ, RelayCmd::INTRO_ESTABLISHED, &reply);
                     }
                     RelayCmd::ESTABLISH_RENDEZVOUS => {
@@ -300,7 +303,8 @@ impl Net {
                                 self.deliver(s2, c2, RelayCmd::INTRODUCE2, &b2);
                             }
                         }
-                        self.deliver(side, circ, RelayCmd::INTRODUCE_ACK, &routing.ack);
+                        let ack = wire(&RelayMsg::IntroduceAck(routing.ack));
+                        self.deliver(side, circ, RelayCmd::INTRODUCE_ACK, &ack);
                     }
                     RelayCmd::RENDEZVOUS1 => {
                         assert_eq!(c.purpose, HsPurpose::ServiceRend);
@@ -308,12 +312,8 @@ impl Net {
                             .rend
                             .handle_rendezvous1((side, circ), &decoded(cmd, &body));
                         if let Ok(j) = joined {
-                            self.deliver(
-                                j.client.0,
-                                j.client.1,
-                                RelayCmd::RENDEZVOUS2,
-                                &j.rendezvous2,
-                            );
+                            let r2 = wire(&RelayMsg::Rendezvous2(j.rendezvous2));
+                            self.deliver(j.client.0, j.client.1, RelayCmd::RENDEZVOUS2, &r2);
                         }
                     }
                     other => panic!("unexpected {other:?}"),
@@ -636,7 +636,7 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
     let hsnet = net.client.net().unwrap().clone();
     let sel = hsnet
         .shared_random
-        .client_fetch(&hsnet.periods, Timestamp::from_unix(hsnet.valid_after));
+        .client_fetch(&hsnet.periods, hsnet.valid_after);
     let c = HsClient::new(a).unwrap();
     let d = net
         .relays
@@ -673,6 +673,7 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
             &pt,
         )
         .unwrap();
+        let body = wire(&RelayMsg::Introduce1(body));
         let m = decoded(RelayCmd::INTRODUCE1, &body);
         let routing = net.relays[&rsa.0].intro.handle_introduce1(&m);
         let ((side, circ), m2) = routing.to_service.unwrap();

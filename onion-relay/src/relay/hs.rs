@@ -23,7 +23,8 @@ use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::stream::StreamId;
 use onion_circuit::{ErrorKind, Instant};
 use onion_hs::relay::{
-    HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint, ACK_CANT_RELAY,
+    introduce_ack, HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint,
+    ACK_CANT_RELAY,
 };
 
 use super::{Relay, RelayStats};
@@ -277,16 +278,10 @@ impl Relay {
         self.kill_circ(k, kind.destroy_reason());
     }
 
-    /// Send an onion-service message toward the origin of circuit `k`.
-    fn hs_send(&mut self, k: u64, cmd: RelayCmd, body: &[u8]) -> bool {
-        let Ok(m) = RelayMsg::decode(cmd, body) else {
-            return false;
-        };
-        self.hs_send_msg(k, &m)
-    }
-
-    /// Send an onion-service message toward the origin of circuit `k`.
-    fn hs_send_msg(&mut self, k: u64, m: &RelayMsg<'_>) -> bool {
+    /// Send an onion-service message toward the origin of circuit `k` (encoded once, into
+    /// the cell). False when the circuit is gone or went over its queue bound (and was
+    /// closed for it).
+    fn hs_send(&mut self, k: u64, m: &RelayMsg<'_>) -> bool {
         let limit = self.cfg.limits.circuit_queue_cells;
         let Some(c) = self.circs.get_mut(&k) else {
             return false;
@@ -317,7 +312,7 @@ impl Relay {
                     c.hs = HsPurpose::Intro;
                 }
                 self.stats.intro_established += 1;
-                self.hs_send(k, RelayCmd::INTRO_ESTABLISHED, &est.reply);
+                self.hs_send(k, &RelayMsg::IntroEstablished(est.reply));
             }
             Err(e) => self.hs_close(k, role_error_kind(&e)),
         }
@@ -346,24 +341,17 @@ impl Relay {
                 .circs
                 .get(&svc)
                 .is_some_and(|c| c.hs == HsPurpose::Intro)
-                && self.hs_send_msg(svc, &RelayMsg::Introduce2(b2));
+                && self.hs_send(svc, &RelayMsg::Introduce2(b2));
             if ok {
                 self.stats.introduce2_relayed += 1;
             } else {
-                r.status = ACK_CANT_RELAY;
-                r.ack.clear();
-                // STATUS and no extensions: encoding into a Vec cannot fail.
-                let _ = onion_cell::hs::IntroduceAck {
-                    status: onion_cell::hs::IntroduceAckStatus(ACK_CANT_RELAY),
-                    extensions: Default::default(),
-                }
-                .encode(&mut r.ack);
+                r.ack = introduce_ack(ACK_CANT_RELAY);
             }
         }
-        if r.status != onion_hs::relay::ACK_SUCCESS {
+        if r.status() != onion_hs::relay::ACK_SUCCESS {
             self.stats.introduce1_nacked += 1;
         }
-        self.hs_send(k, RelayCmd::INTRODUCE_ACK, &r.ack);
+        self.hs_send(k, &RelayMsg::IntroduceAck(r.ack));
     }
 
     fn establish_rendezvous(&mut self, k: u64, msg: &onion_cell::hs::EstablishRendezvous) {
@@ -376,7 +364,7 @@ impl Relay {
                     c.hs = HsPurpose::RendWaiting;
                 }
                 self.stats.rend_established += 1;
-                self.hs_send(k, RelayCmd::RENDEZVOUS_ESTABLISHED, &[]);
+                self.hs_send(k, &RelayMsg::RendezvousEstablished);
             }
             Err(e) => self.hs_close(k, role_error_kind(&e)),
         }
@@ -402,7 +390,7 @@ impl Relay {
         // RENDEZVOUS2 is queued before the join, so it is the client's next cell. It fails
         // when the client's circuit went over its queue bound (and was closed for it): the
         // join cannot happen, through no fault of the service.
-        if !self.hs_send(client, RelayCmd::RENDEZVOUS2, &j.rendezvous2) {
+        if !self.hs_send(client, &RelayMsg::Rendezvous2(j.rendezvous2)) {
             return self.hs_close(k, ErrorKind::Resource);
         }
         for (a, b) in [(client, k), (k, client)] {

@@ -67,11 +67,15 @@ fn link_specs(net: &Net, r: usize) -> (Vec<LinkSpec>, [u8; 32]) {
     (specs, t.ntor_key.0)
 }
 
-/// Send an onion-service message to the last hop of circuit `i`.
+/// Send the onion-service message `cmd` with `body` to the last hop of circuit `i`.
 fn send(net: &mut Net, i: usize, cmd: RelayCmd, body: &[u8]) {
+    send_msg(net, i, &RelayMsg::decode(cmd, body).expect("message"));
+}
+
+/// Send an onion-service message to the last hop of circuit `i`.
+fn send_msg(net: &mut Net, i: usize, m: &RelayMsg<'_>) {
     let hop = net.hops(i) - 1;
-    let m = RelayMsg::decode(cmd, body).expect("message");
-    net.circs[i].circ.send_msg(hop, None, &m).expect("send");
+    net.circs[i].circ.send_msg(hop, None, m).expect("send");
     net.run();
 }
 
@@ -159,7 +163,7 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     assert_eq!(net.hops(svc_intro), 2);
     let kh = *net.circs[svc_intro].circ.hop_kh(1).expect("kh");
     let body = service.establish_intro(ipx, &kh).expect("establish");
-    send(&mut net, svc_intro, RelayCmd::ESTABLISH_INTRO, &body);
+    send_msg(&mut net, svc_intro, &RelayMsg::EstablishIntro(body));
     assert_eq!(
         received(&net, svc_intro, RelayCmd::INTRO_ESTABLISHED).len(),
         1
@@ -199,7 +203,7 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     // Rendezvous point.
     let cli_rend = net.build(cli_chan, &[MID, REND], HandshakeKind::Ntor);
     let (pending, est) = described.establish_rendezvous(&mut rng);
-    send(&mut net, cli_rend, RelayCmd::ESTABLISH_RENDEZVOUS, &est);
+    send_msg(&mut net, cli_rend, &RelayMsg::EstablishRendezvous(est));
     assert_eq!(
         received(&net, cli_rend, RelayCmd::RENDEZVOUS_ESTABLISHED).len(),
         1
@@ -212,7 +216,10 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
         .introduce(&mut rng, 0, &rend_key, rend_specs.clone())
         .expect("introduce");
     let cli_intro = net.build(cli_chan, &[MID, INTRO], HandshakeKind::Ntor);
-    send(&mut net, cli_intro, RelayCmd::INTRODUCE1, &intro1);
+    let intro1 = RelayMsg::Introduce1(intro1);
+    send_msg(&mut net, cli_intro, &intro1);
+    let mut intro1_body = Vec::new();
+    intro1.encode_body(&mut intro1_body).expect("encode");
     let acks = received(&net, cli_intro, RelayCmd::INTRODUCE_ACK);
     assert_eq!(acks.len(), 1);
     introduction
@@ -221,7 +228,7 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
     let intro2 = received(&net, svc_intro, RelayCmd::INTRODUCE2);
     assert_eq!(
         intro2,
-        vec![intro1.clone()],
+        vec![intro1_body],
         "INTRODUCE2 is INTRODUCE1 unchanged"
     );
     assert_eq!(net.relays[INTRO].stats().introduce2_relayed, 1);
@@ -236,7 +243,11 @@ fn a_client_reaches_a_service_through_our_hsdir_intro_and_rendezvous_points() {
 
     // The service joins the rendezvous point.
     let svc_rend = net.build(svc_chan, &[MID, REND], HandshakeKind::Ntor);
-    send(&mut net, svc_rend, RelayCmd::RENDEZVOUS1, &req.rendezvous1);
+    send_msg(
+        &mut net,
+        svc_rend,
+        &RelayMsg::Rendezvous1(req.rendezvous1.clone()),
+    );
     let r2 = received(&net, cli_rend, RelayCmd::RENDEZVOUS2);
     assert_eq!(r2.len(), 1);
     let keys = introduction
@@ -296,7 +307,7 @@ fn intro_circuit(
     let kh = *net.circs[i].circ.hop_kh(1).expect("kh");
     let ext = dos.map(|d| vec![d.to_extension()]).unwrap_or_default();
     let (_, body) = EstablishIntro::build(auth, ext, &kh).expect("build");
-    send(net, i, RelayCmd::ESTABLISH_INTRO, &body);
+    send_msg(net, i, &RelayMsg::EstablishIntro(body));
     let _ = rng;
     i
 }
@@ -332,7 +343,7 @@ fn introduction_point_checks_and_ack_statuses() {
     let bad = net.build(svc, &[MID, INTRO], HandshakeKind::Ntor);
     let other_kh = *net.circs[bad].circ.hop_kh(0).expect("kh");
     let (_, body) = EstablishIntro::build(&auth, vec![], &other_kh).expect("build");
-    send(&mut net, bad, RelayCmd::ESTABLISH_INTRO, &body);
+    send_msg(&mut net, bad, &RelayMsg::EstablishIntro(body));
     assert!(received(&net, bad, RelayCmd::INTRO_ESTABLISHED).is_empty());
     closed = closed_by(&net, bad, INTRO, closed);
 
@@ -342,7 +353,7 @@ fn introduction_point_checks_and_ack_statuses() {
     let kh = *net.circs[first].circ.hop_kh(1).expect("kh");
     let other = ExpandedKeypair::generate(&mut rng);
     let (_, body) = EstablishIntro::build(&other, vec![], &kh).expect("build");
-    send(&mut net, first, RelayCmd::ESTABLISH_INTRO, &body);
+    send_msg(&mut net, first, &RelayMsg::EstablishIntro(body));
     closed = closed_by(&net, first, INTRO, closed);
 
     // The key again on a new circuit, then once more: the newest circuit gets INTRODUCE2.
