@@ -1,37 +1,5 @@
 //! The bytes TLS delivered that a [`Channel`] has not consumed yet, as every embedder of a
 //! channel keeps them.
-//!
-//! [`Channel::handle_input`] takes less than it is offered only while its event queue or
-//! outbound buffer is full (or a responder waits for the TLS exporter): the embedder keeps
-//! the rest, offers it again once it has drained the channel's events, and bounds what it
-//! keeps, since a peer that sends faster than the channel's events are handled would
-//! otherwise grow it without end. [`InputBuffer`] is that store, with its limit;
-//! [`Fed::again`] is the rule for when to offer the rest again.
-//!
-//! ```
-//! # use onion_circuit::channel::{ChanConfig, Channel, InputBuffer, PeerIds};
-//! # use onion_circuit::Instant;
-//! # let now = Instant::ZERO;
-//! # let mut chan = Channel::initiator(ChanConfig::default(), PeerIds::default(), None, now,
-//! #     onion_crypto::Timestamp::from_unix(1_700_000_000));
-//! let mut input = InputBuffer::new();
-//! let limit = 1 << 20; // what the embedder keeps at most per channel
-//! // Bytes arrive from TLS:
-//! if input.push(&[0, 0, 7, 0, 2, 0, 3], limit).is_err() {
-//!     // Over the limit: the peer floods; close the connection.
-//! }
-//! loop {
-//!     let fed = input.feed(&mut chan, now);
-//!     let mut evented = false;
-//!     while let Some(_ev) = chan.poll_event() {
-//!         evented = true; // handle it
-//!     }
-//!     if !fed.again(evented) {
-//!         break;
-//!     }
-//! }
-//! assert!(input.is_empty());
-//! ```
 
 use super::Channel;
 use crate::Instant;
@@ -40,7 +8,39 @@ use crate::Instant;
 /// standing allocation behind on an idle channel.
 const SHRINK_ABOVE: usize = 64 << 10;
 
-/// Input a [`Channel`] has not consumed yet (see the [module documentation](self)).
+/// Input a [`Channel`] has not consumed yet.
+///
+/// [`Channel::handle_input`] takes less than it is offered only while its event queue or
+/// outbound buffer is full (or a responder waits for the TLS exporter): the embedder keeps
+/// the rest, offers it again once it has drained the channel's events, and bounds what it
+/// keeps, since a peer that sends faster than the channel's events are handled would
+/// otherwise grow it without end. This is that store, with its limit;
+/// [`Fed::again`] is the rule for when to offer the rest again.
+///
+/// ```
+/// # use onion_circuit::channel::{ChanConfig, Channel, InputBuffer, PeerIds};
+/// # use onion_circuit::Instant;
+/// # let now = Instant::ZERO;
+/// # let mut chan = Channel::initiator(ChanConfig::default(), PeerIds::default(), None, now,
+/// #     onion_crypto::Timestamp::from_unix(1_700_000_000));
+/// let mut input = InputBuffer::new();
+/// let limit = 1 << 20; // what the embedder keeps at most per channel
+/// // Bytes arrive from TLS:
+/// if input.push(&[0, 0, 7, 0, 2, 0, 3], limit).is_err() {
+///     // Over the limit: the peer floods; close the connection.
+/// }
+/// loop {
+///     let fed = input.feed(&mut chan, now);
+///     let mut evented = false;
+///     while let Some(_ev) = chan.poll_event() {
+///         evented = true; // handle it
+///     }
+///     if !fed.again(evented) {
+///         break;
+///     }
+/// }
+/// assert!(input.is_empty());
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct InputBuffer {
     buf: Vec<u8>,
