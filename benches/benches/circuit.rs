@@ -4,9 +4,12 @@
 //!   exit to the client through three hops (exit originates, middle and guard add a layer,
 //!   the client removes three and recognises the cell): the most the four parties could
 //!   carry on one core if they did nothing but crypto.
-//! * `circuit/e2e_3hop`: the in-memory network of onion-sim (`onion_sim::circuit`): client,
-//!   guard, middle, exit and web server on real channels (cells encoded to bytes and parsed
-//!   back), circuits and streams with SENDME flow control, fetching 4 MB. Key generation is
+//! * `circuit/e2e_3hop`: the circuit-level story of onion-sim (`onion_sim::circuit`): a bare
+//!   client (one onion-circuit channel and circuit) and guard, middle and exit, each an
+//!   `onion_relay::Relay` (the machine `onion relay` runs), on the simulated network's
+//!   connections (cells encoded to bytes and parsed back), with the web server behind the
+//!   exit: circuits and streams with SENDME flow control, fetching 4 MB, until every relay
+//!   freed the circuit. Key generation (and the one directory authority the relays need) is
 //!   outside the timing; link and circuit handshakes are inside.
 //!
 //! After criterion's runs, a short summary prints the end-to-end rate as a share of the
