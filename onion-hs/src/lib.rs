@@ -22,8 +22,9 @@
 //! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
 //! | service publishing: §2.2.2, §2.2.4.2, §2.2.5, §3.1, intro point rotation | [`publish`] |
 //!
-//! The client and service machines work on message bodies; the embedder owns the circuits
-//! (`onion-circuit`), sends what they return and feeds back what arrives.
+//! The client and service machines work on onion-cell's relay messages; the embedder owns
+//! the circuits (`onion-circuit`), sends what they return (encoded once, into the cell) and
+//! feeds back what arrives.
 //!
 //! # Run loop
 //!

@@ -1,7 +1,7 @@
 //! The service's publishing state machine: keep introduction points, build descriptors for
 //! both upload slots and upload them to the responsible HSDirs, all sans-IO.
 //!
-//! [`HsService`] works on message bodies; [`Publisher`] decides *when* and *where*. The
+//! [`HsService`] works on the messages; [`Publisher`] decides *when* and *where*. The
 //! embedder feeds it consensus views ([`Publisher::set_consensus`]), the outcome of what it
 //! was asked to do (intro circuits built, established or closed; uploads done or failed;
 //! INTRODUCE2 cells), and the time; it drains [`PublishAction`]s with

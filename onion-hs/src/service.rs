@@ -1,5 +1,5 @@
 //! The service side (rend-spec-v3 §2.2.4.2, §3.1, §3.3, §4.2), as a sans-IO state machine over
-//! message bodies: introduction points and their keys, ESTABLISH_INTRO, descriptors for the
+//! onion-cell's relay messages: introduction points and their keys, ESTABLISH_INTRO, descriptors for the
 //! two upload slots and the HSDirs to upload them to, INTRODUCE2 with a replay cache, and the
 //! RENDEZVOUS1 reply with the keys of the virtual hop.
 //!
