@@ -809,32 +809,29 @@ impl GuardMgr {
                     ));
                 }
             }
-            // 2. Confirmed and usable, first non-pending (or the first).
+            // 2. Confirmed and usable guards in confirmation order, else 3. usable filtered
+            // guards in sample order: in each, the first not pending (or the first).
+            let not_pending =
+                |(id, _): &&(RsaIdentity, RelayIdx)| self.get(id).is_some_and(|g| !g.pending);
+            let first = |list: &[(RsaIdentity, RelayIdx)]| {
+                list.iter().find(not_pending).or(list.first()).copied()
+            };
             let confirmed: Vec<(RsaIdentity, RelayIdx)> = self
                 .confirmed
                 .iter()
                 .filter(|id| self.get(id).is_some_and(|g| self.usable_filtered(g)))
                 .filter_map(|id| allowed(id).map(|idx| (*id, idx)))
                 .collect();
-            let not_pending =
-                |(id, _): &&(RsaIdentity, RelayIdx)| self.get(id).is_some_and(|g| !g.pending);
-            if let Some(&(id, idx)) = confirmed.iter().find(not_pending).or(confirmed.first()) {
-                return Ok(self.track(
-                    id,
-                    idx,
-                    GuardCircState::UsableIfNoBetterGuard,
-                    disallowed,
-                    now,
-                ));
-            }
-            // 3. Usable filtered guards in sample order.
-            let usable: Vec<(RsaIdentity, RelayIdx)> = self
-                .sampled
-                .iter()
-                .filter(|g| self.usable_filtered(g))
-                .filter_map(|g| allowed(&g.rsa_id).map(|idx| (g.rsa_id, idx)))
-                .collect();
-            if let Some(&(id, idx)) = usable.iter().find(not_pending).or(usable.first()) {
+            let chosen = first(&confirmed).or_else(|| {
+                let usable: Vec<(RsaIdentity, RelayIdx)> = self
+                    .sampled
+                    .iter()
+                    .filter(|g| self.usable_filtered(g))
+                    .filter_map(|g| allowed(&g.rsa_id).map(|idx| (g.rsa_id, idx)))
+                    .collect();
+                first(&usable)
+            });
+            if let Some((id, idx)) = chosen {
                 return Ok(self.track(
                     id,
                     idx,
