@@ -257,7 +257,7 @@ fn filling() -> Vec<(String, i32)> {
 
 #[test]
 fn consensus_values_in_range_fill_a_100ms_bottleneck_that_defaults_cannot() {
-    // 20 MiB instead of the reference 50 (which reaches 91 % in the README): enough for the
+    // 20 MiB instead of the reference 50 (which reaches 92.5 % in the README): enough for the
     // window to be at the bandwidth-delay product for most of the transfer.
     let base = Experiment {
         rtt: Duration::from_millis(100),
