@@ -14,17 +14,9 @@ use std::sync::Arc;
 use crate::desc::{DescError, OuterDescriptor, MAX_DESCRIPTOR_LEN};
 use crate::msg::{EstablishIntro, Introduce, MsgError, REND_COOKIE_LEN};
 use onion_cell::hs as wire;
+use onion_cell::hs::IntroduceAckStatus;
 use onion_crypto::Instant;
 use onion_dir::Timestamp;
-
-/// INTRODUCE_ACK status: success.
-pub const ACK_SUCCESS: u16 = 0;
-/// INTRODUCE_ACK status: service ID not recognized.
-pub const ACK_UNKNOWN_SERVICE: u16 = 1;
-/// INTRODUCE_ACK status: bad message format.
-pub const ACK_BAD_FORMAT: u16 = 2;
-/// INTRODUCE_ACK status: can't relay the cell to the service.
-pub const ACK_CANT_RELAY: u16 = 3;
 
 /// Bound on registered introduction or rendezvous circuits per relay (memory bound).
 pub const MAX_REGISTRATIONS: usize = 65_536;
@@ -175,17 +167,17 @@ pub struct IntroduceRouting<C> {
 }
 
 impl<C> IntroduceRouting<C> {
-    /// The status in [`IntroduceRouting::ack`] (`ACK_*`).
-    pub fn status(&self) -> u16 {
-        self.ack.status.0
+    /// The status in [`IntroduceRouting::ack`].
+    pub fn status(&self) -> IntroduceAckStatus {
+        self.ack.status
     }
 }
 
 /// The INTRODUCE_ACK an introduction point answers with `status` (rend-spec-v3 §3.2.2): no
 /// extensions, as C tor sends it.
-pub fn introduce_ack(status: u16) -> wire::IntroduceAck<'static> {
+pub fn introduce_ack(status: IntroduceAckStatus) -> wire::IntroduceAck<'static> {
     wire::IntroduceAck {
-        status: wire::IntroduceAckStatus(status),
+        status,
         extensions: Default::default(),
     }
 }
@@ -355,10 +347,14 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
     /// service as INTRODUCE2.
     pub fn handle_introduce1(&self, msg: &wire::Introduce<'_>) -> IntroduceRouting<C> {
         match Introduce::from_cell(msg) {
-            Err(_) => routing(None, ACK_BAD_FORMAT, false),
+            Err(_) => routing(None, IntroduceAckStatus::BAD_FORMAT, false),
             Ok(m) => match self.by_key.get(&m.auth_key) {
-                Some(c) => routing(Some((*c, msg.clone().into_owned())), ACK_SUCCESS, false),
-                None => routing(None, ACK_UNKNOWN_SERVICE, false),
+                Some(c) => routing(
+                    Some((*c, msg.clone().into_owned())),
+                    IntroduceAckStatus::SUCCESS,
+                    false,
+                ),
+                None => routing(None, IntroduceAckStatus::UNKNOWN_SERVICE, false),
             },
         }
     }
@@ -371,18 +367,22 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
     pub fn introduce1(&mut self, msg: &wire::Introduce<'_>, now: Instant) -> IntroduceRouting<C> {
         let m = match Introduce::from_cell(msg) {
             Ok(m) => m,
-            Err(_) => return routing(None, ACK_BAD_FORMAT, false),
+            Err(_) => return routing(None, IntroduceAckStatus::BAD_FORMAT, false),
         };
         let Some(&svc) = self.by_key.get(&m.auth_key) else {
-            return routing(None, ACK_UNKNOWN_SERVICE, false);
+            return routing(None, IntroduceAckStatus::UNKNOWN_SERVICE, false);
         };
         if let Some(ic) = self.circs.get_mut(&svc) {
             if ic.enabled && !ic.bucket.allow(now) {
                 self.rate_limited = self.rate_limited.saturating_add(1);
-                return routing(None, ACK_UNKNOWN_SERVICE, true);
+                return routing(None, IntroduceAckStatus::UNKNOWN_SERVICE, true);
             }
         }
-        routing(Some((svc, msg.clone().into_owned())), ACK_SUCCESS, false)
+        routing(
+            Some((svc, msg.clone().into_owned())),
+            IntroduceAckStatus::SUCCESS,
+            false,
+        )
     }
 
     /// Forget a circuit (it closed).
@@ -397,7 +397,7 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
 
 fn routing<C>(
     to_service: Option<(C, wire::Introduce<'static>)>,
-    status: u16,
+    status: IntroduceAckStatus,
     limited: bool,
 ) -> IntroduceRouting<C> {
     IntroduceRouting {
@@ -943,12 +943,12 @@ mod tests {
                     2 => {
                         if let Ok(m) = wire::Introduce::decode(&bytes) {
                             let r = ip.introduce1(&m, now);
-                            prop_assert!(r.to_service.is_none() || r.status() == ACK_SUCCESS);
+                            prop_assert!(r.to_service.is_none() || r.status() == IntroduceAckStatus::SUCCESS);
                         }
                         let a = &auths[usize::from(circ % 2)];
                         let body = introduce1(a.public_bytes());
                         let r = ip.introduce1(&wire::Introduce::decode(&body).expect("valid"), now);
-                        prop_assert_eq!(r.to_service.is_some(), r.status() == ACK_SUCCESS);
+                        prop_assert_eq!(r.to_service.is_some(), r.status() == IntroduceAckStatus::SUCCESS);
                     }
                     3 => ip.circuit_closed(circ),
                     _ => {

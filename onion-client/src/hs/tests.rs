@@ -291,7 +291,10 @@ impl Net {
                         let routing = relay.intro.handle_introduce1(&decoded(cmd, &body));
                         if self.refuse_intro > 0 {
                             self.refuse_intro -= 1;
-                            let ack = [0, onion_hs::relay::ACK_UNKNOWN_SERVICE as u8, 0];
+                            let [hi, lo] = onion_cell::hs::IntroduceAckStatus::UNKNOWN_SERVICE
+                                .0
+                                .to_be_bytes();
+                            let ack = [hi, lo, 0];
                             self.deliver(side, circ, RelayCmd::INTRODUCE_ACK, &ack);
                             return;
                         }

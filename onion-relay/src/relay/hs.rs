@@ -19,12 +19,12 @@
 use std::sync::Arc;
 
 use onion_cell::chancell::DestroyReason;
+use onion_cell::hs::IntroduceAckStatus;
 use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::stream::StreamId;
 use onion_circuit::{ErrorKind, Instant};
 use onion_hs::relay::{
     introduce_ack, HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint,
-    ACK_CANT_RELAY,
 };
 
 use super::{Relay, RelayStats};
@@ -345,10 +345,10 @@ impl Relay {
             if ok {
                 self.stats.introduce2_relayed += 1;
             } else {
-                r.ack = introduce_ack(ACK_CANT_RELAY);
+                r.ack = introduce_ack(IntroduceAckStatus::CANT_RELAY);
             }
         }
-        if r.status() != onion_hs::relay::ACK_SUCCESS {
+        if r.status() != IntroduceAckStatus::SUCCESS {
             self.stats.introduce1_nacked += 1;
         }
         self.hs_send(k, &RelayMsg::IntroduceAck(r.ack));

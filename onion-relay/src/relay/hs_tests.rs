@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use onion_cell::chancell::DestroyReason;
 use onion_cell::hs::IntroduceAck as IntroduceAckCell;
+use onion_cell::hs::IntroduceAckStatus;
 use onion_cell::relaymsg::EndReason;
 use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
@@ -15,7 +16,7 @@ use onion_hs::client::HsClient;
 use onion_hs::keys::ExpandedKeypair;
 use onion_hs::linkspec::RawLinkSpec as LinkSpec;
 use onion_hs::msg::{DosParams, EstablishIntro};
-use onion_hs::relay::{IntroDosParams, ACK_BAD_FORMAT, ACK_SUCCESS, ACK_UNKNOWN_SERVICE};
+use onion_hs::relay::IntroDosParams;
 use onion_hs::service::{HsService, HsServiceConfig, UPLOAD_PATH};
 use onion_hs::time::TimePeriodConfig;
 use rand_chacha::rand_core::SeedableRng;
@@ -323,11 +324,11 @@ fn introduce1(auth_key: &[u8; 32]) -> Vec<u8> {
     b
 }
 
-fn ack_status(net: &Net, i: usize) -> Option<u16> {
+fn ack_status(net: &Net, i: usize) -> Option<IntroduceAckStatus> {
     received(net, i, RelayCmd::INTRODUCE_ACK)
         .first()
         .and_then(|b| IntroduceAckCell::decode(b).ok())
-        .map(|a| a.status.0)
+        .map(|a| a.status)
 }
 
 #[test]
@@ -367,7 +368,7 @@ fn introduction_point_checks_and_ack_statuses() {
         RelayCmd::INTRODUCE1,
         &introduce1(auth.public_bytes()),
     );
-    assert_eq!(ack_status(&net, c1), Some(ACK_SUCCESS));
+    assert_eq!(ack_status(&net, c1), Some(IntroduceAckStatus::SUCCESS));
     assert_eq!(received(&net, b, RelayCmd::INTRODUCE2).len(), 1);
     assert!(received(&net, a, RelayCmd::INTRODUCE2).is_empty());
     // A second INTRODUCE1 on the same circuit closes it.
@@ -383,12 +384,15 @@ fn introduction_point_checks_and_ack_statuses() {
     // Unknown auth key: status 1; malformed: status 2.
     let c2 = net.build(cli, &[MID, INTRO], HandshakeKind::Ntor);
     send(&mut net, c2, RelayCmd::INTRODUCE1, &introduce1(&[9; 32]));
-    assert_eq!(ack_status(&net, c2), Some(ACK_UNKNOWN_SERVICE));
+    assert_eq!(
+        ack_status(&net, c2),
+        Some(IntroduceAckStatus::UNKNOWN_SERVICE)
+    );
     let c3 = net.build(cli, &[MID, INTRO], HandshakeKind::Ntor);
     let mut bad_type = introduce1(auth.public_bytes());
     bad_type[20] = 1;
     send(&mut net, c3, RelayCmd::INTRODUCE1, &bad_type);
-    assert_eq!(ack_status(&net, c3), Some(ACK_BAD_FORMAT));
+    assert_eq!(ack_status(&net, c3), Some(IntroduceAckStatus::BAD_FORMAT));
     assert_eq!(net.relays[INTRO].stats().introduce1_nacked, 2);
 
     // From a client connected straight to the introduction point: closed, nothing relayed.
@@ -423,11 +427,19 @@ fn introduction_point_checks_and_ack_statuses() {
         RelayCmd::INTRODUCE1,
         &introduce1(auth.public_bytes()),
     );
-    assert_eq!(ack_status(&net, c4), Some(ACK_UNKNOWN_SERVICE));
+    assert_eq!(
+        ack_status(&net, c4),
+        Some(IntroduceAckStatus::UNKNOWN_SERVICE)
+    );
 }
 
 /// INTRODUCE1 from `n` fresh client circuits; the statuses.
-fn introduce_n(net: &mut Net, cli: usize, key: &[u8; 32], n: usize) -> Vec<Option<u16>> {
+fn introduce_n(
+    net: &mut Net,
+    cli: usize,
+    key: &[u8; 32],
+    n: usize,
+) -> Vec<Option<IntroduceAckStatus>> {
     (0..n)
         .map(|_| {
             let c = net.build(cli, &[MID, INTRO], HandshakeKind::Ntor);
@@ -487,8 +499,8 @@ fn the_dos_extension_and_the_consensus_limit_introduce2() {
     let mut net = network(42, |_| {});
     let (svc, _) = net.connect_client(MID, ip(1)).expect("connect");
     let (cli, _) = net.connect_client(MID, ip(2)).expect("connect");
-    let ok = Some(ACK_SUCCESS);
-    let limited = Some(ACK_UNKNOWN_SERVICE);
+    let ok = Some(IntroduceAckStatus::SUCCESS);
+    let limited = Some(IntroduceAckStatus::UNKNOWN_SERVICE);
 
     // Extension: rate 1, burst 3: two at once (C tor's bucket keeps one token), then one
     // per second.
