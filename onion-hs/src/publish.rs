@@ -9,17 +9,105 @@
 //! [`Publisher::poll_timeout`]. Time (`now`, a wall-clock [`Timestamp`]) comes first in every
 //! input, the caller's RNG after it.
 //!
-//! ```text
-//! let mut p = Publisher::new(HsService::new(id, HsServiceConfig::default()), PublisherConfig::default());
-//! p.set_consensus(now, view, rng);                    // on every new consensus
-//! while let Some(a) = p.poll_action() { match a {
-//!     BuildIntroCircuit { intro, relay } => /* 3-hop circuit ending at relay; then */
-//!         send(p.intro_circuit_built(intro, &kh)?),  // RelayMsg::EstablishIntro
-//!     Upload { upload, hsdir, descriptor, .. } => /* POST it; then */ p.upload_result(now, upload, ok, rng),
-//!     CloseIntroCircuit { intro } => /* close it */,
-//! }}
-//! // INTRO_ESTABLISHED → p.intro_established(now, intro, rng); circuit gone → p.intro_circuit_closed(..)
-//! // INTRODUCE2 → p.handle_introduce2(now, intro, body, rng)
+//! A run loop, with the embedder's circuits and HSDir uploads stood in by an introduction
+//! point of [`crate::relay`] answering ESTABLISH_INTRO and by uploads that all succeed:
+//!
+//! ```
+//! use onion_cell::RelayMsg;
+//! use onion_crypto::RsaIdentity;
+//! use onion_dir::Timestamp;
+//! use onion_hs::linkspec::RawLinkSpec;
+//! use onion_hs::publish::{
+//!     ConsensusView, IntroCandidate, IntroId, IntroState, PublishAction, PublishError, Publisher,
+//!     PublisherConfig,
+//! };
+//! use onion_hs::relay::IntroPoint;
+//! use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
+//! use onion_hs::service::{HsService, HsServiceConfig};
+//! use onion_hs::{ExpandedKeypair, TimePeriodConfig};
+//! use rand_core::{CryptoRngCore, SeedableRng};
+//!
+//! /// A message that arrived on the circuit of introduction point `intro`.
+//! fn on_intro_msg(
+//!     p: &mut Publisher,
+//!     now: Timestamp,
+//!     intro: IntroId,
+//!     msg: &RelayMsg<'_>,
+//!     rng: &mut impl CryptoRngCore,
+//! ) -> Result<(), PublishError> {
+//!     match msg {
+//!         RelayMsg::IntroEstablished(_) => p.intro_established(now, intro, rng),
+//!         RelayMsg::Introduce2(m) => {
+//!             let req = p.handle_introduce2(now, intro, m, rng)?;
+//!             // Build a circuit to req.link_specifiers / req.onion_key, send
+//!             // RelayMsg::Rendezvous1(req.rendezvous1) on it, then add
+//!             // req.keys.service_layer() as its last hop and serve streams.
+//!             let _ = req;
+//!             Ok(())
+//!         }
+//!         _ => Ok(()), // anything else: the embedder closes the circuit
+//!     }
+//! }
+//!
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7); // the caller's CSPRNG
+//! let hs = HsService::new(ExpandedKeypair::generate(&mut rng), HsServiceConfig::default());
+//! let mut p = Publisher::new(hs, PublisherConfig::default());
+//! let mut now = Timestamp::from_unix(1_795_428_000); // the wall clock
+//! let end = now.add_secs(4 * 3600);
+//! let id = |i: u8| RsaIdentity([i; 20]);
+//! let view = ConsensusView {
+//!     valid_after: now,
+//!     periods: TimePeriodConfig::default(),
+//!     shared_random: SharedRandom { current: Some([1; 32]), previous: Some([0; 32]) },
+//!     params: HsDirParams::default(),
+//!     hsdirs: (0..20)
+//!         .map(|i| HsDirRelay { ed25519_id: [i; 32], rsa_id: id(i), is_hsdir: true })
+//!         .collect(),
+//!     intro_candidates: (100..110)
+//!         .map(|i| IntroCandidate {
+//!             rsa_id: id(i),
+//!             link_specifiers: vec![RawLinkSpec::rsa_id(id(i))],
+//!             onion_key: [i; 32],
+//!         })
+//!         .collect(),
+//! };
+//! // The introduction points' side (one for all relays here; circuits named by IntroId).
+//! let mut intro_relays = IntroPoint::default();
+//! let mut uploads = 0;
+//! p.set_consensus(now, view, &mut rng); // on every new consensus
+//! loop {
+//!     while let Some(action) = p.poll_action() {
+//!         match action {
+//!             PublishAction::BuildIntroCircuit { intro, relay: _ } => {
+//!                 // A 3-hop circuit ending at the relay; its last hop's KH (tor-spec §5.2):
+//!                 let kh = [7; 20];
+//!                 let est = p.intro_circuit_built(intro, &kh)?; // RelayMsg::EstablishIntro
+//!                 let reply = intro_relays.handle_establish_intro(intro, &kh, &est)?;
+//!                 let msg = RelayMsg::IntroEstablished(reply);
+//!                 on_intro_msg(&mut p, now, intro, &msg, &mut rng)?;
+//!             }
+//!             PublishAction::CloseIntroCircuit { intro } => intro_relays.circuit_closed(intro),
+//!             PublishAction::Upload { upload, descriptor, .. } => {
+//!                 // POST `descriptor` to the HSDir (service::UPLOAD_PATH) over a circuit.
+//!                 assert!(descriptor.starts_with("hs-descriptor 3\n"));
+//!                 uploads += 1;
+//!                 p.upload_result(now, upload, true, &mut rng);
+//!             }
+//!         }
+//!     }
+//!     match p.poll_timeout() {
+//!         Some(t) if t <= end => {
+//!             now = now.max(t);
+//!             p.handle_timeout(now, &mut rng);
+//!         }
+//!         _ => break,
+//!     }
+//! }
+//! let intros = p.intro_points();
+//! assert_eq!(intros.len(), 3);
+//! assert!(intros.iter().all(|i| i.state == IntroState::Established));
+//! assert!(uploads >= 2 * 8); // both descriptors, each to its responsible HSDirs, re-uploaded
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! What it implements:

@@ -3,18 +3,102 @@
 //! two upload slots and the HSDirs to upload them to, INTRODUCE2 with a replay cache, and the
 //! RENDEZVOUS1 reply with the keys of the virtual hop.
 //!
-//! ```text
-//! let mut s = HsService::new(identity, HsServiceConfig::default());
-//! let ip = s.add_intro_point(relay_link_specs, relay_onion_key, rng);  // build a circuit to it
-//! let est = s.establish_intro(ip, &circuit_kh)?;          // ESTABLISH_INTRO on that circuit
-//! s.handle_intro_established(ip)?;                        // INTRO_ESTABLISHED
-//! for slot in shared_random.service_upload(&cfg, valid_after) {  // on each new consensus
-//!     let text = s.build_descriptor(now, slot.period, rng)?;
-//!     for hsdir in s.hsdirs_to_upload(&relays, &slot, &params) { upload(hsdir, &text) }
+//! One introduction, run in memory: the relays' roles come from [`crate::relay`], the client
+//! is [`crate::client`], and what would cross circuits are onion-cell's relay messages.
+//!
+//! ```
+//! use onion_cell::RelayMsg;
+//! use onion_crypto::{tor1::ClientLayer, RsaIdentity};
+//! use onion_dir::Timestamp;
+//! use onion_hs::client::HsClient;
+//! use onion_hs::linkspec::RawLinkSpec;
+//! use onion_hs::relay::{IntroPoint, RendPoint};
+//! use onion_hs::ring::{HsDirParams, HsDirRelay, SharedRandom};
+//! use onion_hs::service::{HsService, HsServiceConfig, RendezvousRequest, ServiceError};
+//! use onion_hs::{ExpandedKeypair, TimePeriodConfig};
+//! use rand_core::{CryptoRngCore, SeedableRng};
+//!
+//! /// A message that arrived on the circuit of introduction point `ip`.
+//! fn on_intro_msg(
+//!     s: &mut HsService,
+//!     ip: usize,
+//!     msg: &RelayMsg<'_>,
+//!     rng: &mut impl CryptoRngCore,
+//! ) -> Result<Option<RendezvousRequest>, ServiceError> {
+//!     match msg {
+//!         RelayMsg::IntroEstablished(_) => s.handle_intro_established(ip).map(|()| None),
+//!         // Checked against the replay cache, decrypted, hs-ntor completed.
+//!         RelayMsg::Introduce2(m) => s.handle_introduce2(ip, m, rng).map(Some),
+//!         _ => Ok(None), // anything else: the embedder closes the circuit
+//!     }
 //! }
-//! let req = s.handle_introduce2(ip, &introduce2, rng)?; // RelayMsg::Introduce2: checked, decrypted
-//! // build a circuit to req.link_specifiers / req.onion_key, send req.rendezvous1 there,
-//! // then add req.keys.service_layer() as its last hop and serve streams.
+//!
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1); // the caller's CSPRNG
+//! let now = Timestamp::from_unix(1_795_428_000); // the wall clock; a consensus valid-after
+//! let (periods, params) = (TimePeriodConfig::default(), HsDirParams::default());
+//! let shared_random = SharedRandom { current: Some([1; 32]), previous: Some([0; 32]) };
+//! let relay = |i: u8| RsaIdentity([i; 20]);
+//! let relays: Vec<HsDirRelay> = (0..20)
+//!     .map(|i| HsDirRelay { ed25519_id: [i; 32], rsa_id: relay(i), is_hsdir: true })
+//!     .collect();
+//! let mut s = HsService::new(ExpandedKeypair::generate(&mut rng), HsServiceConfig::default());
+//!
+//! // An introduction point on relay 3: build a circuit to it (circuit 1 at the relay) and
+//! // send ESTABLISH_INTRO; the relay answers INTRO_ESTABLISHED.
+//! let mut intro_relay: IntroPoint<u32> = IntroPoint::default();
+//! let ip = s.add_intro_point(vec![RawLinkSpec::rsa_id(relay(3))], [3; 32], &mut rng);
+//! let circuit_kh = [9; 20]; // the circuit's last hop's KH (tor-spec §5.2)
+//! let est = s.establish_intro(ip, &circuit_kh)?; // RelayMsg::EstablishIntro
+//! let reply = intro_relay.handle_establish_intro(1, &circuit_kh, &est)?;
+//! on_intro_msg(&mut s, ip, &RelayMsg::IntroEstablished(reply), &mut rng)?;
+//!
+//! // On each new consensus: both descriptors, each POSTed to its HSDirs (UPLOAD_PATH).
+//! let mut uploaded = Vec::new(); // (HSDir, period, descriptor)
+//! for slot in shared_random.service_upload(&periods, now) {
+//!     let text = s.build_descriptor(now, slot.period, &mut rng)?;
+//!     for hsdir in s.hsdirs_to_upload(&relays, &slot, &params) {
+//!         uploaded.push((hsdir, slot.period, text.clone()));
+//!     }
+//! }
+//!
+//! // A client fetches the descriptor, sets up a rendezvous point (relay 7, circuit 2 there)
+//! // and introduces itself.
+//! let lookup = HsClient::new(s.address())?;
+//! let sel = shared_random.client_fetch(&periods, now);
+//! let text = lookup
+//!     .hsdirs_to_fetch(&relays, &sel, &params)
+//!     .into_iter()
+//!     .find_map(|d| uploaded.iter().find(|u| u.0 == d && u.1 == sel.period))
+//!     .map(|u| u.2.clone())
+//!     .expect("on a responsible HSDir");
+//! let described = lookup.handle_descriptor(now, &text, sel.period, None)?;
+//! let mut rend_relay: RendPoint<u32> = RendPoint::default();
+//! let (pending, est_rend) = described.establish_rendezvous(&mut rng);
+//! rend_relay.handle_establish_rendezvous(2, &est_rend)?;
+//! let ready = pending.handle_rendezvous_established();
+//! let rp = vec![RawLinkSpec::rsa_id(relay(7))];
+//! let (intro, intro1) = ready.introduce(&mut rng, 0, &[7; 32], rp.clone())?;
+//! let routing = intro_relay.handle_introduce1(&intro1);
+//! intro.handle_introduce_ack(&routing.ack)?;
+//! let (circuit, intro2) = routing.to_service.expect("relayed to the service");
+//! assert_eq!(circuit, 1);
+//!
+//! // INTRODUCE2 reaches the service: it builds a circuit to the rendezvous point (circuit 4
+//! // there) and sends RENDEZVOUS1; the client gets RENDEZVOUS2.
+//! let req = on_intro_msg(&mut s, ip, &RelayMsg::Introduce2(intro2), &mut rng)?;
+//! let req = req.expect("a rendezvous request");
+//! assert_eq!((req.link_specifiers.clone(), req.onion_key), (rp, [7; 32]));
+//! let joined = rend_relay.handle_rendezvous1(4, &req.rendezvous1)?;
+//! let client_keys = intro.handle_rendezvous2(&joined.rendezvous2)?;
+//!
+//! // Both ends now share the virtual hop's keys.
+//! let (mut c, mut v) = (client_keys.client_layer()?, req.keys.service_layer()?);
+//! let mut cell: onion_crypto::tor1::CellBody = [0; 509];
+//! cell[11..16].copy_from_slice(b"hello");
+//! c.originate(&mut cell);
+//! assert!(v.decrypt(&mut cell));
+//! assert_eq!(&cell[11..16], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::{HashSet, VecDeque};
