@@ -296,10 +296,10 @@ pub enum IntroState {
     Establishing,
     /// INTRO_ESTABLISHED arrived.
     Established,
-    /// The circuit failed or closed; rebuilt at `retry_at` (Unix seconds).
+    /// The circuit failed or closed; rebuilt at `retry_at`.
     Waiting {
         /// When the next circuit is launched.
-        retry_at: u64,
+        retry_at: Timestamp,
     },
 }
 
@@ -330,7 +330,7 @@ struct Intro {
     state: IntroState,
     /// Consecutive circuit failures.
     failures: u32,
-    expires_at: u64,
+    expires_at: Timestamp,
     max_introduce2: u32,
     introduce2: u32,
     /// Descriptor generation current when it was retired; `None` while active.
@@ -341,7 +341,7 @@ struct Intro {
 enum UploadState {
     /// To be sent at `at`; `attempts` already failed.
     Pending {
-        at: u64,
+        at: Timestamp,
         attempts: u32,
     },
     InFlight {
@@ -377,7 +377,7 @@ struct Slot {
     /// Rebuild needed regardless of intro points (new HSDirs, new SRV).
     dirty: bool,
     /// When the periodic re-upload is due (§2.2.2).
-    next_reupload: u64,
+    next_reupload: Timestamp,
 }
 
 /// The publishing state machine. See the module documentation.
@@ -391,16 +391,16 @@ pub struct Publisher {
     next_id: u64,
     generation: u64,
     /// Launch times within the current rate-limit window.
-    launches: VecDeque<u64>,
+    launches: VecDeque<Timestamp>,
     /// Relays recently given up on, and until when they are avoided.
-    failed_relays: Vec<(RsaIdentity, u64)>,
+    failed_relays: Vec<(RsaIdentity, Timestamp)>,
     /// Uploads in flight: id → (slot period, HSDir).
     in_flight: Vec<(UploadId, TimePeriod, RsaIdentity)>,
     /// Since when a descriptor is wanted but not all intro points are established.
-    waiting_since: Option<u64>,
+    waiting_since: Option<Timestamp>,
     /// The time of the last step: timers already past then wait for something else (intro
     /// points), so [`Publisher::poll_timeout`] leaves them out instead of asking for a spin.
-    last_now: u64,
+    last_now: Timestamp,
 }
 
 fn rand_between(rng: &mut impl CryptoRngCore, (lo, hi): (u64, u64)) -> u64 {
@@ -429,7 +429,7 @@ impl Publisher {
             failed_relays: Vec::new(),
             in_flight: Vec::new(),
             waiting_since: None,
-            last_now: 0,
+            last_now: Timestamp::from_unix(0),
         }
     }
 
@@ -453,7 +453,7 @@ impl Publisher {
                 state: i.state,
                 retired: i.retired_gen.is_some(),
                 introduce2: i.introduce2,
-                expires_at: Timestamp::from_unix(i.expires_at),
+                expires_at: i.expires_at,
                 max_introduce2: i.max_introduce2,
             })
             .collect()
@@ -482,7 +482,6 @@ impl Publisher {
         view: ConsensusView,
         rng: &mut impl CryptoRngCore,
     ) {
-        let now = now.unix();
         let selectors = view
             .shared_random
             .service_upload(&view.periods, view.valid_after);
@@ -560,7 +559,6 @@ impl Publisher {
         intro: IntroId,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), PublishError> {
-        let now = now.unix();
         let k = self.find(intro)?;
         if self.intros[k].state != IntroState::Establishing {
             return Err(PublishError::UnexpectedReport(intro));
@@ -582,7 +580,6 @@ impl Publisher {
         intro: IntroId,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), PublishError> {
-        let now = now.unix();
         let k = self.find(intro)?;
         let ip = &mut self.intros[k];
         if matches!(ip.state, IntroState::Waiting { .. }) {
@@ -592,7 +589,7 @@ impl Publisher {
         ip.failures = ip.failures.saturating_add(1);
         if ip.retired_gen.is_some() || ip.failures >= self.config.intro_circuit_retries {
             if ip.retired_gen.is_none() {
-                let until = now.saturating_add(self.config.failed_relay_exclusion_secs);
+                let until = now.add_secs(self.config.failed_relay_exclusion_secs);
                 self.failed_relays.push((ip.relay, until));
             }
             self.remove(k, false);
@@ -600,7 +597,7 @@ impl Publisher {
             let shift = ip.failures.saturating_sub(1).min(16);
             let delay = self.config.intro_retry_base_secs.saturating_mul(1 << shift);
             ip.state = IntroState::Waiting {
-                retry_at: now.saturating_add(delay),
+                retry_at: now.add_secs(delay),
             };
         }
         self.step(now, rng);
@@ -616,7 +613,6 @@ impl Publisher {
         msg: &onion_cell::hs::Introduce<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<RendezvousRequest, PublishError> {
-        let now = now.unix();
         let k = self.find(intro)?;
         self.intros[k].introduce2 = self.intros[k].introduce2.saturating_add(1);
         let index = self.intros[k].index;
@@ -634,7 +630,6 @@ impl Publisher {
         ok: bool,
         rng: &mut impl CryptoRngCore,
     ) {
-        let now = now.unix();
         if let Some(pos) = self.in_flight.iter().position(|u| u.0 == upload) {
             let (_, period, hsdir) = self.in_flight.swap_remove(pos);
             let cfg = &self.config;
@@ -658,7 +653,7 @@ impl Publisher {
                                 .saturating_mul(1 << shift)
                                 .min(cfg.upload_retry_max_secs);
                             UploadState::Pending {
-                                at: now.saturating_add(delay),
+                                at: now.add_secs(delay),
                                 attempts: attempts + 1,
                             }
                         };
@@ -671,8 +666,8 @@ impl Publisher {
 
     /// When [`Publisher::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut t: Option<u64> = None;
-        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        let mut t: Option<Timestamp> = None;
+        let mut at = |x: Timestamp| t = Some(t.map_or(x, |t| t.min(x)));
         let launch_free = self.launch_free_at();
         for ip in &self.intros {
             if ip.retired_gen.is_none() {
@@ -697,17 +692,17 @@ impl Publisher {
             }
         }
         if let Some(w) = self.waiting_since {
-            let t = w.saturating_add(self.config.publish_grace_secs);
+            let t = w.add_secs(self.config.publish_grace_secs);
             if t > last {
                 at(t);
             }
         }
-        t.map(Timestamp::from_unix)
+        t
     }
 
     /// Time passed: rotate, relaunch, rebuild, re-upload as due.
     pub fn handle_timeout(&mut self, now: Timestamp, rng: &mut impl CryptoRngCore) {
-        self.step(now.unix(), rng);
+        self.step(now, rng);
     }
 
     fn find(&self, intro: IntroId) -> Result<usize, PublishError> {
@@ -726,13 +721,13 @@ impl Publisher {
     }
 
     /// When the launch rate limit next allows a launch.
-    fn launch_free_at(&self) -> u64 {
+    fn launch_free_at(&self) -> Timestamp {
         let limit = usize::try_from(self.config.intro_launches_per_window).unwrap_or(usize::MAX);
         if self.launches.len() < limit.max(1) {
-            return 0;
+            return Timestamp::from_unix(0);
         }
-        self.launches.front().map_or(0, |t| {
-            t.saturating_add(self.config.intro_launch_window_secs)
+        self.launches.front().map_or(Timestamp::from_unix(0), |t| {
+            t.add_secs(self.config.intro_launch_window_secs)
         })
     }
 
@@ -744,7 +739,7 @@ impl Publisher {
         })
     }
 
-    fn launch(&mut self, k: usize, now: u64) {
+    fn launch(&mut self, k: usize, now: Timestamp) {
         self.launches.push_back(now);
         let ip = &mut self.intros[k];
         ip.state = IntroState::Building;
@@ -808,7 +803,7 @@ impl Publisher {
         pool.get(i).map(|c| (*c).clone())
     }
 
-    fn step(&mut self, now: u64, rng: &mut impl CryptoRngCore) {
+    fn step(&mut self, now: Timestamp, rng: &mut impl CryptoRngCore) {
         if self.view.is_none() {
             return;
         }
@@ -817,7 +812,7 @@ impl Publisher {
         while self
             .launches
             .front()
-            .is_some_and(|&t| t.saturating_add(window) <= now)
+            .is_some_and(|&t| t.add_secs(window) <= now)
         {
             self.launches.pop_front();
         }
@@ -852,7 +847,7 @@ impl Publisher {
                 relay: c.rsa_id,
                 state: IntroState::Building,
                 failures: 0,
-                expires_at: now.saturating_add(lifetime),
+                expires_at: now.add_secs(lifetime),
                 max_introduce2,
                 introduce2: 0,
                 retired_gen: None,
@@ -879,7 +874,7 @@ impl Publisher {
         }
         let grace_over = self
             .waiting_since
-            .is_some_and(|w| now >= w.saturating_add(self.config.publish_grace_secs));
+            .is_some_and(|w| now >= w.add_secs(self.config.publish_grace_secs));
         let ready = !in_desc.is_empty() && (all || grace_over);
         if ready {
             for si in 0..self.slots.len() {
@@ -893,10 +888,7 @@ impl Publisher {
                 }
                 let period = s.selector.period;
                 // A failure here is a local bug (e.g. no intro points); try again later.
-                let Ok(text) = self
-                    .hs
-                    .build_descriptor(Timestamp::from_unix(now), period, rng)
-                else {
+                let Ok(text) = self.hs.build_descriptor(now, period, rng) else {
                     continue;
                 };
                 self.generation += 1;
@@ -907,7 +899,7 @@ impl Publisher {
                 s.built_gen = self.generation;
                 s.built_intros = in_desc.clone();
                 s.dirty = false;
-                s.next_reupload = now.saturating_add(reupload);
+                s.next_reupload = now.add_secs(reupload);
                 for (_, st) in &mut s.hsdirs {
                     *st = UploadState::Pending {
                         at: now,

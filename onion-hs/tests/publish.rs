@@ -491,7 +491,7 @@ fn closed_intro_circuit_is_rebuilt_to_the_same_relay_without_reupload() {
     h.pump();
     assert!(matches!(
         h.p.intro_points()[1].state,
-        IntroState::Waiting { retry_at } if retry_at == h.now + 5
+        IntroState::Waiting { retry_at } if retry_at == Timestamp::from_unix(h.now + 5)
     ));
     h.advance_to(h.now + 10);
     let again = h.launches.last().unwrap();
