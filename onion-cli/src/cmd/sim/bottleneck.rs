@@ -1,6 +1,7 @@
 //! `onion sim --bottleneck`: congestion control (proposal 324) against fixed windows on a
 //! path with a bottleneck, and two congestion-controlled circuits sharing it, from
-//! `onion_sim::cc`.
+//! `onion_sim::cc`: guard, middle and exit are `onion_relay::Relay` machines, the ones
+//! `onion relay` runs, so the middle relay's circuit scheduling decides the shares.
 
 use std::time::Duration;
 
