@@ -36,8 +36,10 @@ fn total(relays: &[Daemon], name: &str) -> u64 {
 /// circuits that need capacity take Fast relays: the test waits until ours are Fast.
 ///
 /// * The service keeps its guards and second hops on the C tor middles (it excludes the
-///   authorities and exits) and asks for as many introduction points as there are C tor
-///   middles plus three: once the Stable middles are taken, the rest are ours.
+///   authorities and exits; `HSLayer2Nodes` names the middles, as C tor otherwise picks
+///   its sticky second hops once at start, possibly before it has every descriptor) and
+///   asks for as many introduction points as there are C tor middles plus three: once the
+///   Stable middles are taken, the rest are ours.
 /// * The client enters through the third C tor middle as its bridge (a bridge is never
 ///   picked for another position: `router_can_choose_node` takes only general-purpose
 ///   descriptors there) and excludes every other C tor relay: it introduces itself
@@ -114,9 +116,10 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
     };
     let n_intro = middles.len() + 3;
     let service_config = format!(
-        "EntryNodes {}\nExcludeNodes {}\nStrictNodes 0\nConfluxEnabled 0\n\
-         HiddenServiceNumIntroductionPoints {n_intro}\n",
+        "EntryNodes {}\nHSLayer2Nodes {}\nExcludeNodes {}\nStrictNodes 0\n\
+         ConfluxEnabled 0\nHiddenServiceNumIntroductionPoints {n_intro}\n",
         ids(&mut middles[..2].iter().copied()),
+        ids(&mut middles.iter().copied()),
         ids(&mut net.relays.iter().filter(|r| r.role != "middle")),
     );
     assert!(middles.len() >= 3);
