@@ -7,17 +7,12 @@
 //! - [`tls`]: TLS to relays with Tor's certificate rules (self-signed link certificates; the
 //!   relay's identity is proven by the CERTS cell over the certificate's SHA-256 digest).
 //! - [`event`]: one event loop thread owns every state machine; one small thread per socket
-//!   only reads, and sends what it read to the loop over a channel. The loop is:
-//!
-//! ```text
-//! loop {
-//!     feed every input that arrived (bytes, EOF, a new SOCKS client) into the machines
-//!     drain each machine's poll_transmit / poll_event until None; write, act on events
-//!     wait for the next input, at most until the earliest poll_timeout(); on timeout,
-//!     call handle_timeout(now)
-//! }
-//! ```
-//!
+//!   only reads, and sends what it read to the loop over a channel. Each turn of the loop
+//!   feeds the inputs that arrived (bytes, EOF, a new SOCKS client) into the machines, drains
+//!   their `poll_transmit` and `poll_event` until empty, then waits for the next input at
+//!   most until the earliest `poll_timeout` (then `handle_timeout`): the code is
+//!   [`driver::Driver`]'s loop, and the library crates' top-level docs show the same loop as
+//!   compiled doc tests.
 //! - [`driver`]: the loop around one `onion_client::Client` that every network command
 //!   (`get`, `socks`, `serve`, `bootstrap`) runs on.
 //! - [`authority`]: directory authority lists in C tor's `DirAuthority` format, read by the
