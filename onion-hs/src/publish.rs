@@ -132,6 +132,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use onion_crypto::RsaIdentity;
 use onion_dir::Timestamp;
@@ -146,58 +147,62 @@ use crate::time::{TimePeriod, TimePeriodConfig};
 pub const MAX_INTRO_POINTS: usize = 20;
 
 /// Tunables; the defaults are rend-spec-v3's and param-spec's (or C tor's where the spec is
-/// silent). Ranges are inclusive, drawn uniformly with the caller's RNG.
+/// silent). Ranges are inclusive, drawn uniformly with the caller's RNG. Durations count in
+/// whole seconds: the publisher's clock is the wall clock ([`Timestamp`]), which has no finer
+/// resolution, so any sub-second part is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherConfig {
     /// Introduction points to keep (default 3, at most [`MAX_INTRO_POINTS`]).
     pub intro_points: usize,
-    /// Intro point lifetime, seconds (`hs_intro_min_lifetime`..`hs_intro_max_lifetime`:
-    /// 18 h..24 h).
-    pub intro_lifetime_secs: (u64, u64),
+    /// Intro point lifetime (`hs_intro_min_lifetime`..`hs_intro_max_lifetime`: 18 h..24 h).
+    pub intro_lifetime: (Duration, Duration),
     /// INTRODUCE2 cells before rotation (`hs_intro_min_introduce2`..`hs_intro_max_introduce2`:
     /// 16384..32768).
     pub intro_max_introduce2: (u32, u32),
-    /// Periodic re-upload timer, seconds (§2.2.2: 60..120 minutes).
-    pub reupload_secs: (u64, u64),
+    /// Periodic re-upload timer (§2.2.2: 60..120 minutes).
+    pub reupload: (Duration, Duration),
     /// Consecutive circuit failures to one intro relay before it is replaced (C tor: 3).
     pub intro_circuit_retries: u32,
     /// First delay before rebuilding a failed intro circuit; doubles per failure.
-    pub intro_retry_base_secs: u64,
-    /// Intro circuit launches allowed per [`Self::intro_launch_window_secs`] (default 10 per
+    pub intro_retry_base: Duration,
+    /// Intro circuit launches allowed per [`Self::intro_launch_window`] (default 10 per
     /// 300 s, C tor's figures), so that a broken network does not make the service build
     /// circuits without end.
     pub intro_launches_per_window: u32,
-    /// Length of the launch rate-limit window, seconds.
-    pub intro_launch_window_secs: u64,
-    /// How long a replaced (failed) relay is not picked again, seconds.
-    pub failed_relay_exclusion_secs: u64,
+    /// Length of the launch rate-limit window.
+    pub intro_launch_window: Duration,
+    /// How long a replaced (failed) relay is not picked again.
+    pub failed_relay_exclusion: Duration,
     /// Upload attempts per HSDir and descriptor before giving up until the next rebuild.
     pub upload_attempts: u32,
     /// First delay before retrying a failed upload; doubles per failure, up to
-    /// [`Self::upload_retry_max_secs`].
-    pub upload_retry_base_secs: u64,
+    /// [`Self::upload_retry_max`].
+    pub upload_retry_base: Duration,
     /// Upper bound of the upload retry delay.
-    pub upload_retry_max_secs: u64,
+    pub upload_retry_max: Duration,
     /// How long to wait for all intro points before publishing with those established.
-    pub publish_grace_secs: u64,
+    pub publish_grace: Duration,
 }
 
 impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             intro_points: 3,
-            intro_lifetime_secs: (18 * 3600, 24 * 3600),
+            intro_lifetime: (
+                Duration::from_secs(18 * 3600),
+                Duration::from_secs(24 * 3600),
+            ),
             intro_max_introduce2: (16_384, 32_768),
-            reupload_secs: (60 * 60, 120 * 60),
+            reupload: (Duration::from_secs(60 * 60), Duration::from_secs(120 * 60)),
             intro_circuit_retries: 3,
-            intro_retry_base_secs: 5,
+            intro_retry_base: Duration::from_secs(5),
             intro_launches_per_window: 10,
-            intro_launch_window_secs: 300,
-            failed_relay_exclusion_secs: 3600,
+            intro_launch_window: Duration::from_secs(300),
+            failed_relay_exclusion: Duration::from_secs(3600),
             upload_attempts: 5,
-            upload_retry_base_secs: 30,
-            upload_retry_max_secs: 30 * 60,
-            publish_grace_secs: 60,
+            upload_retry_base: Duration::from_secs(30),
+            upload_retry_max: Duration::from_secs(30 * 60),
+            publish_grace: Duration::from_secs(60),
         }
     }
 }
@@ -403,6 +408,16 @@ pub struct Publisher {
     last_now: Timestamp,
 }
 
+/// `t + d` on the wall clock, whole seconds, saturating.
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.add_secs(d.as_secs())
+}
+
+/// A duration drawn uniformly from the inclusive range `(lo, hi)`, in whole seconds.
+fn rand_duration(rng: &mut impl CryptoRngCore, (lo, hi): (Duration, Duration)) -> Duration {
+    Duration::from_secs(rand_between(rng, (lo.as_secs(), hi.as_secs())))
+}
+
 fn rand_between(rng: &mut impl CryptoRngCore, (lo, hi): (u64, u64)) -> u64 {
     let (lo, hi) = (lo.min(hi), lo.max(hi));
     match (hi - lo).checked_add(1) {
@@ -589,15 +604,15 @@ impl Publisher {
         ip.failures = ip.failures.saturating_add(1);
         if ip.retired_gen.is_some() || ip.failures >= self.config.intro_circuit_retries {
             if ip.retired_gen.is_none() {
-                let until = now.add_secs(self.config.failed_relay_exclusion_secs);
+                let until = after(now, self.config.failed_relay_exclusion);
                 self.failed_relays.push((ip.relay, until));
             }
             self.remove(k, false);
         } else {
             let shift = ip.failures.saturating_sub(1).min(16);
-            let delay = self.config.intro_retry_base_secs.saturating_mul(1 << shift);
+            let delay = self.config.intro_retry_base.saturating_mul(1 << shift);
             ip.state = IntroState::Waiting {
-                retry_at: now.add_secs(delay),
+                retry_at: after(now, delay),
             };
         }
         self.step(now, rng);
@@ -649,11 +664,11 @@ impl Publisher {
                         } else {
                             let shift = attempts.min(16);
                             let delay = cfg
-                                .upload_retry_base_secs
+                                .upload_retry_base
                                 .saturating_mul(1 << shift)
-                                .min(cfg.upload_retry_max_secs);
+                                .min(cfg.upload_retry_max);
                             UploadState::Pending {
-                                at: now.add_secs(delay),
+                                at: after(now, delay),
                                 attempts: attempts + 1,
                             }
                         };
@@ -692,7 +707,7 @@ impl Publisher {
             }
         }
         if let Some(w) = self.waiting_since {
-            let t = w.add_secs(self.config.publish_grace_secs);
+            let t = after(w, self.config.publish_grace);
             if t > last {
                 at(t);
             }
@@ -727,7 +742,7 @@ impl Publisher {
             return Timestamp::from_unix(0);
         }
         self.launches.front().map_or(Timestamp::from_unix(0), |t| {
-            t.add_secs(self.config.intro_launch_window_secs)
+            after(*t, self.config.intro_launch_window)
         })
     }
 
@@ -808,11 +823,11 @@ impl Publisher {
             return;
         }
         self.last_now = self.last_now.max(now);
-        let window = self.config.intro_launch_window_secs;
+        let window = self.config.intro_launch_window;
         while self
             .launches
             .front()
-            .is_some_and(|&t| t.add_secs(window) <= now)
+            .is_some_and(|&t| after(t, window) <= now)
         {
             self.launches.pop_front();
         }
@@ -837,7 +852,7 @@ impl Publisher {
                 .add_intro_point(c.link_specifiers.clone(), c.onion_key, rng);
             let id = IntroId(self.next_id);
             self.next_id += 1;
-            let lifetime = rand_between(rng, self.config.intro_lifetime_secs);
+            let lifetime = rand_duration(rng, self.config.intro_lifetime);
             let (lo, hi) = self.config.intro_max_introduce2;
             let max_introduce2 =
                 u32::try_from(rand_between(rng, (u64::from(lo), u64::from(hi)))).unwrap_or(hi);
@@ -847,7 +862,7 @@ impl Publisher {
                 relay: c.rsa_id,
                 state: IntroState::Building,
                 failures: 0,
-                expires_at: now.add_secs(lifetime),
+                expires_at: after(now, lifetime),
                 max_introduce2,
                 introduce2: 0,
                 retired_gen: None,
@@ -874,7 +889,7 @@ impl Publisher {
         }
         let grace_over = self
             .waiting_since
-            .is_some_and(|w| now >= w.add_secs(self.config.publish_grace_secs));
+            .is_some_and(|w| now >= after(w, self.config.publish_grace));
         let ready = !in_desc.is_empty() && (all || grace_over);
         if ready {
             for si in 0..self.slots.len() {
@@ -892,14 +907,14 @@ impl Publisher {
                     continue;
                 };
                 self.generation += 1;
-                let reupload = rand_between(rng, self.config.reupload_secs);
+                let reupload = rand_duration(rng, self.config.reupload);
                 let s = &mut self.slots[si];
                 s.text = Some(Arc::from(text));
                 s.revision = self.hs.revision();
                 s.built_gen = self.generation;
                 s.built_intros = in_desc.clone();
                 s.dirty = false;
-                s.next_reupload = now.add_secs(reupload);
+                s.next_reupload = after(now, reupload);
                 for (_, st) in &mut s.hsdirs {
                     *st = UploadState::Pending {
                         at: now,

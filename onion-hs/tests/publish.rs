@@ -634,7 +634,10 @@ fn random_failures_never_break_the_invariants() {
     for seed in 0..6u64 {
         let config = PublisherConfig {
             intro_max_introduce2: (5, 30),
-            intro_lifetime_secs: (2 * HOUR, 5 * HOUR),
+            intro_lifetime: (
+                std::time::Duration::from_secs(2 * HOUR),
+                std::time::Duration::from_secs(5 * HOUR),
+            ),
             ..PublisherConfig::default()
         };
         let mut h = Harness::new(100 + seed, config);
