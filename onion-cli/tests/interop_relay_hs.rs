@@ -179,28 +179,90 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         total(&relays, "intro_established") >= 1
     });
 
-    // The client: one fetch, through our introduction point and our rendezvous point.
-    let url = format!("http://{host}/");
-    let client = TorClient::start(net, "hs-client", &client_config);
-    client.wait_bootstrapped(Duration::from_secs(120));
-    let mut got = Vec::new();
-    for attempt in 0..6 {
-        let (st, out, err) = support::curl_socks(client.socks_port, &url, 60);
-        if st.success() {
-            got = out;
+    // The client bootstraps from its bridge's cached microdescriptor consensus, which may
+    // be older than the authorities' latest: until it lists our relays Fast (and the first
+    // one Exit), the client, excluding every other relay, has no exit for the circuit it
+    // builds to bootstrap ("Failed to choose an exit server") nor a relay for some
+    // positions, and waits for the bridge's next consensus. Start it only once the
+    // bridge's consensus gives our relays the flags the client needs.
+    let bridge_consensus = client_guard.datadir.join("cached-microdesc-consensus");
+    let bridge_wait = Instant::now();
+    let deadline = bridge_wait + Duration::from_secs(120);
+    loop {
+        let ready = fps.iter().enumerate().all(|(i, fp)| {
+            relay_support::consensus_flags(&bridge_consensus, fp).is_some_and(|f| {
+                ["Fast", "Running", "Valid"]
+                    .iter()
+                    .chain(if i == 0 { &["Exit"][..] } else { &[][..] })
+                    .all(|need| f.iter().any(|x| x == need))
+            })
+        });
+        if ready {
+            eprintln!(
+                "the bridge's consensus lists our relays Fast after {:.0?}",
+                bridge_wait.elapsed()
+            );
             break;
         }
-        eprintln!("attempt {attempt}: {}", err.trim());
-        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            Instant::now() < deadline,
+            "the bridge's consensus does not list our relays Fast"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // The client. C tor's bridge client sometimes never builds a circuit ("Failed to find
+    // node for hop #1": its bridge's descriptor not usable yet when it first builds, and
+    // then a long retry schedule), and its choices of introduction point and paths are
+    // random: a client that does not bootstrap or fetch in time is replaced by a fresh
+    // one (fresh data directory, fresh choices), a bounded number of times within a
+    // bounded time.
+    let url = format!("http://{host}/");
+    let client_deadline = Instant::now() + Duration::from_secs(200);
+    let mut got = Vec::new();
+    let mut client_log = String::new();
+    for client_attempt in 0..4 {
+        if Instant::now() >= client_deadline {
+            break;
+        }
+        let client = TorClient::start(net, &format!("hs-client{client_attempt}"), &client_config);
+        let log = || std::fs::read_to_string(client.dir.join("notice.log")).unwrap_or_default();
+        let boot_deadline = (Instant::now() + Duration::from_secs(45)).min(client_deadline);
+        while !log().contains("Bootstrapped 100%") && Instant::now() < boot_deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        client_log = log();
+        if !client_log.contains("Bootstrapped 100%") {
+            eprintln!(
+                "client {client_attempt} not bootstrapped within 45 s:\n{}",
+                support::last_lines(&client_log, 6)
+            );
+            continue;
+        }
+        for attempt in 0..3 {
+            let left = client_deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_secs(5) {
+                break;
+            }
+            let (st, out, err) =
+                support::curl_socks(client.socks_port, &url, left.as_secs().min(45));
+            if st.success() {
+                got = out;
+                break;
+            }
+            eprintln!("client {client_attempt}, fetch {attempt}: {}", err.trim());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        client_log = log();
+        if !got.is_empty() {
+            break;
+        }
     }
     assert_eq!(
         sha256_hex(&got),
         sha256_hex(net.http_body.as_bytes()),
         "client log:\n{}",
-        support::last_lines(
-            &std::fs::read_to_string(client.dir.join("notice.log")).unwrap_or_default(),
-            20
-        )
+        support::last_lines(&client_log, 20)
     );
     wait("the rendezvous joined by our relays", &|| {
         total(&relays, "rend_joined") >= 1
