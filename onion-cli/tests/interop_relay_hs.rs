@@ -61,7 +61,6 @@ fn total(relays: &[Daemon], name: &str) -> u64 {
 /// HSDirs storing the descriptor depends on the hash ring (our three among eleven HSDirs,
 /// up to eight responsible): it is reported, not asserted.
 #[test]
-#[ignore = "not yet deterministic: of 4 runs of this configuration 2 passed (our relay the rendezvous point), and C tor's client found no first hop through its bridge once (\"Failed to find node for hop #1\"); run it with --ignored"]
 fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
     let Some(net) = network_any_exit() else {
         return;
