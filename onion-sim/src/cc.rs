@@ -41,7 +41,7 @@ use onion_cell::relaymsg::BeginFlags;
 use onion_cell::CircId;
 use onion_circuit::cc::flowctl::FlowCtrlParams;
 use onion_circuit::cc::CcConfig as VegasConfig;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
 use onion_circuit::stream::StreamId;
@@ -480,11 +480,18 @@ impl CcReport {
     }
 }
 
+/// The most bytes from the guard held for a client's channel (as onion-client's default
+/// `Limits::channel_inbound`); beyond it the download fails.
+const INBOUND_LIMIT: usize = 1 << 20;
+
 /// One client: its own connection and channel to the guard, one circuit through guard,
 /// middle and exit, one stream fetching the body.
 struct Client {
     link: Option<LinkId>,
     chan: Option<Channel>,
+    /// Bytes from the guard the channel has not taken yet (it takes less while its event
+    /// queue is full); fed again on the next step.
+    inbuf: InputBuffer,
     circ: Option<(CircId, Circuit)>,
     rng: ChaCha20Rng,
     start_at: Instant,
@@ -518,6 +525,7 @@ impl Client {
         Client {
             link: None,
             chan: None,
+            inbuf: InputBuffer::new(),
             circ: None,
             rng: ChaCha20Rng::seed_from_u64(seed),
             start_at,
@@ -564,15 +572,8 @@ impl Client {
                 ));
             }
             NetEvent::Data { bytes, .. } => {
-                if let Some(c) = &mut self.chan {
-                    let mut off = 0;
-                    while off < bytes.len() && !c.is_closed() {
-                        let n = c.handle_input(now, &bytes[off..]);
-                        if n == 0 {
-                            break;
-                        }
-                        off += n;
-                    }
+                if self.inbuf.push(&bytes, INBOUND_LIMIT).is_err() {
+                    self.fail("the guard sent more than the channel's input bound");
                 }
             }
             NetEvent::Closed { .. } => self.fail("the connection to the guard closed"),
@@ -586,7 +587,7 @@ impl Client {
         let (Some(link), Some(chan)) = (self.link, self.chan.as_mut()) else {
             return false;
         };
-        let mut moved = false;
+        let mut moved = self.inbuf.feed(chan, now).used > 0;
         while let Some(ev) = chan.poll_event() {
             moved = true;
             match ev {

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha20Rng;
 
 use onion_cell::relaymsg::BeginFlags;
 use onion_cell::CircId;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
+use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowStats;
 use onion_circuit::stream::StreamId;
@@ -163,6 +163,10 @@ fn kind_name(k: HandshakeKind) -> &'static str {
     }
 }
 
+/// The most bytes from the first hop held for the channel (as onion-client's default
+/// `Limits::channel_inbound`); beyond it the run fails.
+const INBOUND_LIMIT: usize = 1 << 20;
+
 /// The bare client: one channel to the first hop, one circuit through the path, one
 /// stream; what it does with their events.
 struct Client {
@@ -171,6 +175,9 @@ struct Client {
     names: Vec<String>,
     first_hop: HandshakeKind,
     chan: Option<Channel>,
+    /// Bytes from the first hop the channel has not taken yet (it takes less while its
+    /// event queue is full); fed again on the next step.
+    inbuf: InputBuffer,
     circ: Option<(CircId, Circuit)>,
     rng: ChaCha20Rng,
     response_len: u64,
@@ -242,6 +249,7 @@ impl Sim {
                 .collect(),
             first_hop: cfg.first_hop,
             chan: None,
+            inbuf: InputBuffer::new(),
             circ: None,
             rng,
             response_len: cfg.response_len,
@@ -457,15 +465,8 @@ impl Client {
                     });
                 }
                 NetEvent::Data { link, bytes } if Some(link) == self.link => {
-                    if let Some(c) = &mut self.chan {
-                        let mut off = 0;
-                        while off < bytes.len() && !c.is_closed() {
-                            let n = c.handle_input(now, &bytes[off..]);
-                            if n == 0 {
-                                break;
-                            }
-                            off += n;
-                        }
+                    if let Err(e) = self.inbuf.push(&bytes, INBOUND_LIMIT) {
+                        self.fail(format!("the first hop's bytes: {e}"));
                     }
                 }
                 NetEvent::Closed { link } if Some(link) == self.link && self.done.is_none() => {
@@ -473,6 +474,9 @@ impl Client {
                 }
                 _ => {}
             }
+        }
+        if let Some(chan) = &mut self.chan {
+            moved |= self.inbuf.feed(chan, now).used > 0;
         }
         moved |= self.chan_events(world, now);
         moved |= self.circ_step(world, now);
