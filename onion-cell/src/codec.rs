@@ -98,6 +98,18 @@ pub enum DecodeError {
     Malformed(#[from] Error),
 }
 
+impl DecodeError {
+    /// Who is to blame: a malformed cell is the peer's fault, as its [`Error::kind`] says;
+    /// `NeedMore` is not a failure while the connection is open, and a connection that ends
+    /// there cut a cell short, which is the peer's fault too.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            DecodeError::NeedMore { .. } => crate::error::ErrorKind::PeerProtocol,
+            DecodeError::Malformed(e) => e.kind(),
+        }
+    }
+}
+
 /// Decodes one cell from the front of `buf`.
 ///
 /// On success returns the cell, borrowing its payload from `buf`, and the number of bytes

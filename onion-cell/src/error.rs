@@ -5,6 +5,81 @@
 //! where a peer's bytes went wrong. The streaming channel decoder separates "the bytes
 //! seen so far are a valid prefix, wait for more" ([`crate::codec::DecodeError::NeedMore`])
 //! from "these bytes are malformed" ([`Error`]).
+//!
+//! [`ErrorKind`] is the one classification of failures for the whole stack: every crate's
+//! error types have a `kind()` returning it (onion-circuit, onion-client and onion-tokio
+//! re-export it as their own `ErrorKind`). It lives here because every crate of the stack
+//! can depend on this one, which depends on none of them.
+
+use crate::chancell::DestroyReason;
+
+/// Who or what is to blame for a failure, so that an embedder decides what to do (drop or
+/// report a peer, fix its own call, retry later) without matching on the variants of each
+/// crate's errors, and a relay picks the DESTROY reason it sends (tor-spec §5.4) with
+/// [`ErrorKind::destroy_reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A peer (a relay, a client at a relay, a directory, an onion service) sent something
+    /// the protocol does not allow: a malformed cell or document, a message out of place, a
+    /// signature or handshake that does not verify, more bytes than allowed.
+    PeerProtocol,
+    /// The network failed: a connection, channel or circuit broke under the caller, no
+    /// relay could be reached, or a directory answered with an error status.
+    Network,
+    /// Something did not happen within its deadline (circuit build, channel handshake, a
+    /// request).
+    Timeout,
+    /// The caller asked for something the state or the documentation rules out (a stream or
+    /// hop that does not exist, a value too long to encode, a bad key or configuration
+    /// given to the library).
+    Misuse,
+    /// Something this implementation or the peer does not do (a handshake type, a format
+    /// version, a key type).
+    Unsupported,
+    /// A bound was reached (stream or circuit ids, a queue's limit, a byte budget): the
+    /// caller may retry once others have finished.
+    Resource,
+    /// The object used (a circuit, channel or stream) is already closed, by us or by the
+    /// peer.
+    Closed,
+    /// A failure of our own making that neither peer nor caller caused (a message that
+    /// should always encode did not).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The DESTROY reason a relay sends toward the client when a circuit closes on an error
+    /// of this kind (tor-spec §5.4): PROTOCOL only for the peer's violations (and what it
+    /// asked for that is not done); a caller's misuse or our own failure is INTERNAL, a
+    /// reached bound RESOURCELIMIT, a deadline TIMEOUT, a broken connection CHANNEL_CLOSED,
+    /// and a circuit already closed DESTROYED.
+    pub fn destroy_reason(self) -> DestroyReason {
+        match self {
+            ErrorKind::PeerProtocol | ErrorKind::Unsupported => DestroyReason::PROTOCOL,
+            ErrorKind::Misuse | ErrorKind::Internal => DestroyReason::INTERNAL,
+            ErrorKind::Timeout => DestroyReason::TIMEOUT,
+            ErrorKind::Resource => DestroyReason::RESOURCELIMIT,
+            ErrorKind::Network => DestroyReason::CHANNEL_CLOSED,
+            ErrorKind::Closed => DestroyReason::DESTROYED,
+        }
+    }
+}
+
+impl core::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::PeerProtocol => "peer protocol violation",
+            ErrorKind::Network => "network failure",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Misuse => "misuse by the caller",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Resource => "resource limit reached",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Internal => "internal error",
+        })
+    }
+}
 
 /// A malformed, truncated or unencodable cell or message.
 #[non_exhaustive]
@@ -89,7 +164,92 @@ impl Error {
     pub fn is_decode_error(&self) -> bool {
         !matches!(self, Error::TooLong { .. } | Error::BufferTooSmall { .. })
     }
+
+    /// Who is to blame: received bytes that do not decode are the peer's fault
+    /// ([`ErrorKind::PeerProtocol`]), a feature this crate does not implement is
+    /// [`ErrorKind::Unsupported`], and a value or buffer given to an encoder that does not
+    /// fit is the caller's ([`ErrorKind::Misuse`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Truncated { .. }
+            | Error::BadLength { .. }
+            | Error::BadValue { .. }
+            | Error::BadString { .. }
+            | Error::TrailingBytes { .. } => ErrorKind::PeerProtocol,
+            Error::TooLong { .. } | Error::BufferTooSmall { .. } => ErrorKind::Misuse,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+        }
+    }
 }
 
 /// Result type of this crate.
 pub type Result<T> = core::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DecodeError;
+
+    #[test]
+    fn received_bytes_are_the_peers_fault_and_encoder_inputs_the_callers() {
+        let cases = [
+            (
+                Error::Truncated {
+                    field: "CREATE2 HLEN",
+                    need: 2,
+                },
+                ErrorKind::PeerProtocol,
+            ),
+            (
+                Error::BadValue {
+                    field: "END reason",
+                    value: 300,
+                },
+                ErrorKind::PeerProtocol,
+            ),
+            (
+                Error::TrailingBytes { field: "NETINFO" },
+                ErrorKind::PeerProtocol,
+            ),
+            (
+                Error::TooLong {
+                    field: "host",
+                    len: 600,
+                    max: 498,
+                },
+                ErrorKind::Misuse,
+            ),
+            (Error::BufferTooSmall { need: 514 }, ErrorKind::Misuse),
+            (Error::Unsupported { what: "TAP" }, ErrorKind::Unsupported),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.is_decode_error(), kind != ErrorKind::Misuse, "{e}");
+        }
+        let malformed = DecodeError::Malformed(Error::BadString { field: "VERSIONS" });
+        assert_eq!(malformed.kind(), ErrorKind::PeerProtocol);
+        assert_eq!(
+            DecodeError::NeedMore { need: 3 }.kind(),
+            ErrorKind::PeerProtocol
+        );
+    }
+
+    #[test]
+    fn a_relay_answers_protocol_only_for_the_peers_faults() {
+        assert_eq!(
+            ErrorKind::PeerProtocol.destroy_reason(),
+            DestroyReason::PROTOCOL
+        );
+        assert_eq!(ErrorKind::Misuse.destroy_reason(), DestroyReason::INTERNAL);
+        assert_eq!(
+            ErrorKind::Network.destroy_reason(),
+            DestroyReason::CHANNEL_CLOSED
+        );
+        assert_eq!(
+            ErrorKind::Resource.destroy_reason(),
+            DestroyReason::RESOURCELIMIT
+        );
+        assert_eq!(ErrorKind::Timeout.destroy_reason(), DestroyReason::TIMEOUT);
+        assert_eq!(ErrorKind::Closed.destroy_reason(), DestroyReason::DESTROYED);
+    }
+}

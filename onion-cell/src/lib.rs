@@ -86,6 +86,6 @@ pub mod writer;
 pub use chancell::{ChanCell, ChanCmd, ChanMsg};
 pub use circid::CircId;
 pub use codec::{CellDecoder, CellFormat};
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use relay::{RelayCell, RelayCellBody, StreamId};
 pub use relaymsg::{RelayCmd, RelayMsg};

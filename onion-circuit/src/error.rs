@@ -2,62 +2,37 @@
 //!
 //! Every error type of the crate ([`crate::circuit::CircError`],
 //! [`crate::relay::RelayError`], [`crate::channel::ChanError`],
-//! [`crate::channel::SendError`]) has a `kind()` giving one [`ErrorKind`], so that an
+//! [`crate::channel::SendError`], and the violations they carry: [`crate::flow::FlowError`],
+//! [`crate::stream::StreamError`], [`crate::cc::CcError`]) has a `kind()` giving one
+//! [`ErrorKind`], so that an
 //! embedder decides what to do (drop a peer, fix its own call, retry later) without matching
 //! on variants, and a relay picks the DESTROY reason it sends (tor-spec §5.4) from it.
 
-use onion_cell::chancell::DestroyReason;
+/// The stack's one classification of failures, defined in onion-cell so that every crate
+/// shares it; [`ErrorKind::destroy_reason`] maps it to a DESTROY reason.
+pub use onion_cell::ErrorKind;
 
-/// Who or what is to blame for an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The peer (a relay, or at a relay the client side) sent something the protocol does
-    /// not allow: a malformed cell, a message out of place, a broken window or handshake.
-    PeerProtocol,
-    /// The caller asked for something the machine's state or documentation rules out (a
-    /// stream or hop that does not exist, an extension while another runs).
-    Misuse,
-    /// Something did not happen within its deadline (circuit build, channel handshake).
-    Timeout,
-    /// Something this implementation or the peer does not do (a handshake type, a key).
-    Unsupported,
-    /// A bound was reached (stream ids, a queue's limit): the caller may retry later.
-    Resource,
-    /// The circuit or channel is already closed, by us or by the peer.
-    Closed,
-    /// A failure of our own making that neither peer nor caller caused (a message that
-    /// should always encode did not).
-    Internal,
-}
-
-impl ErrorKind {
-    /// The DESTROY reason a relay sends toward the client when a circuit closes on an error
-    /// of this kind (tor-spec §5.4): PROTOCOL only for the peer's violations; a caller's
-    /// misuse or our own failure is INTERNAL, a reached bound RESOURCELIMIT, a deadline
-    /// TIMEOUT, and a circuit already closed DESTROYED.
-    pub fn destroy_reason(self) -> DestroyReason {
-        match self {
-            ErrorKind::PeerProtocol | ErrorKind::Unsupported => DestroyReason::PROTOCOL,
-            ErrorKind::Misuse | ErrorKind::Internal => DestroyReason::INTERNAL,
-            ErrorKind::Timeout => DestroyReason::TIMEOUT,
-            ErrorKind::Resource => DestroyReason::RESOURCELIMIT,
-            ErrorKind::Closed => DestroyReason::DESTROYED,
-        }
+impl crate::flow::FlowError {
+    /// Always [`ErrorKind::PeerProtocol`]: a window overrun or a wrong SENDME is the peer's
+    /// violation of tor-spec §7.3-7.4.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::PeerProtocol
     }
 }
 
-impl core::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            ErrorKind::PeerProtocol => "peer protocol violation",
-            ErrorKind::Misuse => "misuse by the caller",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Resource => "resource limit",
-            ErrorKind::Closed => "closed",
-            ErrorKind::Internal => "internal error",
-        })
+impl crate::stream::StreamError {
+    /// Always [`ErrorKind::PeerProtocol`]: a cell the peer was not allowed to send on a
+    /// stream (tor-spec §6.3).
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::PeerProtocol
+    }
+}
+
+impl crate::cc::CcError {
+    /// Always [`ErrorKind::PeerProtocol`]: a hop violated or misnegotiated congestion
+    /// control (proposal 324).
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::PeerProtocol
     }
 }
 
@@ -68,6 +43,7 @@ mod tests {
     use crate::circuit::{CircError, Unexpected};
     use crate::relay::RelayError;
     use crate::stream::StreamId;
+    use onion_cell::chancell::DestroyReason;
     use onion_cell::relaymsg::RelayCmd;
 
     fn sid() -> StreamId {
@@ -143,6 +119,22 @@ mod tests {
         for (e, kind) in cases {
             assert_eq!(e.kind(), kind, "{e}");
         }
+    }
+
+    #[test]
+    fn the_violations_circuits_carry_are_the_peers() {
+        use crate::cc::CcError;
+        use crate::flow::{FlowError, WindowKind};
+        use crate::stream::StreamError;
+        let flow = FlowError::WindowOverrun(WindowKind::Stream);
+        assert_eq!(flow.kind(), ErrorKind::PeerProtocol);
+        assert_eq!(
+            StreamError::DataBeforeConnected(sid()).kind(),
+            ErrorKind::PeerProtocol
+        );
+        assert_eq!(CcError::UnrequestedResponse.kind(), ErrorKind::PeerProtocol);
+        let circ = CircError::Flow { hop: 1, err: flow };
+        assert_eq!(circ.kind(), ErrorKind::PeerProtocol);
     }
 
     #[test]

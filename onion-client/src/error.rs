@@ -1,53 +1,21 @@
 //! The crate's one error type and its stable classification.
 
-use std::fmt;
-
 use onion_cell::relaymsg::EndReason;
 
 use crate::dir::DocKind;
 
-/// What went wrong, told apart by who is to blame, so that an embedder can decide what to do
-/// (report a peer, retry later, fix its own call) without matching on messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// A peer (a directory authority or cache) sent something the protocol does not allow: a
-    /// document that does not parse or verify, a diff nobody asked for, more bytes than
-    /// allowed.
-    PeerProtocol,
-    /// The network failed: a connection or stream broke, or a directory answered with an
-    /// error status.
-    Network,
-    /// Something took longer than its deadline.
-    Timeout,
-    /// The embedder called the library in a way its documentation rules out (an empty
-    /// authority list, a bad configuration value).
-    Misuse,
-    /// Something this implementation does not do.
-    Unsupported,
-    /// A bound of [`crate::Limits`] is reached (too many streams, channels, circuits): the
-    /// caller may retry once others closed.
-    Resource,
-    /// A failure of the library's own making that neither a peer nor the caller caused.
-    Internal,
-}
+/// The stack's one classification of failures (defined in onion-cell; the same type as
+/// `onion_circuit::ErrorKind`), so that an embedder can decide what to do (report a peer,
+/// retry later, fix its own call) without matching on messages.
+pub use onion_cell::ErrorKind;
 
-/// The one mapping from the kinds of the channel and circuit layers
-/// ([`onion_circuit::ErrorKind`], given by `ChanError::kind`, `CircError::kind`) to this
-/// crate's: a channel or circuit closed under the client is a network failure, the rest keep
-/// their meaning.
-impl From<onion_circuit::ErrorKind> for ErrorKind {
-    fn from(k: onion_circuit::ErrorKind) -> Self {
-        use onion_circuit::ErrorKind as K;
-        match k {
-            K::PeerProtocol => ErrorKind::PeerProtocol,
-            K::Misuse => ErrorKind::Misuse,
-            K::Timeout => ErrorKind::Timeout,
-            K::Unsupported => ErrorKind::Unsupported,
-            K::Resource => ErrorKind::Resource,
-            K::Closed => ErrorKind::Network,
-            _ => ErrorKind::Internal,
-        }
+/// The kind of a channel's or circuit's error as the client reports it: the same, except
+/// that a channel or circuit closed under the client ([`ErrorKind::Closed`] at that layer)
+/// is a network failure for the stream or request that needed it.
+fn under_client(k: ErrorKind) -> ErrorKind {
+    match k {
+        ErrorKind::Closed => ErrorKind::Network,
+        k => k,
     }
 }
 
@@ -196,23 +164,9 @@ impl Error {
                 EndReason::RESOURCELIMIT => ErrorKind::Resource,
                 _ => ErrorKind::Network,
             },
-            Error::Channel(e) => e.kind().into(),
-            Error::Circuit(e) => e.kind().into(),
+            Error::Channel(e) => under_client(e.kind()),
+            Error::Circuit(e) => under_client(e.kind()),
         }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ErrorKind::PeerProtocol => "peer protocol violation",
-            ErrorKind::Network => "network failure",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Misuse => "caller misuse",
-            ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Resource => "resource limit reached",
-            ErrorKind::Internal => "internal error",
-        })
     }
 }
 

@@ -4,8 +4,19 @@
 //! `#[non_exhaustive]`, plus the umbrella [`enum@Error`] that wraps them. Every variant names
 //! the field or check that failed so that a caller can act on it (close a circuit, reject a
 //! descriptor, log a precise reason).
+//!
+//! Each of them has a `kind()` giving the stack's one classification, [`ErrorKind`] (from
+//! onion-cell): what a peer sent that does not verify (a handshake reply, a certificate, a
+//! key in a certificate) is [`ErrorKind::PeerProtocol`]; what the caller gave that cannot be
+//! used (a key file, key material of the wrong length, an impossible KDF output) is
+//! [`ErrorKind::Misuse`].
 
 use thiserror::Error;
+
+pub use onion_cell::ErrorKind;
+
+use crate::relay_keys::CertsError;
+use crate::relay_keyset::KeySetError;
 
 /// A circuit handshake (ntor, ntor-v3, CREATE_FAST) failed.
 ///
@@ -231,4 +242,217 @@ pub enum Error {
     /// See [`KdfError`].
     #[error(transparent)]
     Kdf(#[from] KdfError),
+}
+
+impl HandshakeError {
+    /// [`ErrorKind::PeerProtocol`] for a handshake message that is malformed or does not
+    /// authenticate (tor-spec §5.1.4, §5.1.5, proposal 332), [`ErrorKind::Misuse`] for a
+    /// server side given no onion keys or a KDF asked for too much.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HandshakeError::BadLength { .. }
+            | HandshakeError::BadAuth { .. }
+            | HandshakeError::BadClientMac
+            | HandshakeError::DegenerateKey { .. }
+            | HandshakeError::UnknownOnionKey
+            | HandshakeError::WrongRelayId => ErrorKind::PeerProtocol,
+            HandshakeError::NoOnionKeys => ErrorKind::Misuse,
+            HandshakeError::Kdf(e) => e.kind(),
+        }
+    }
+}
+
+impl KdfError {
+    /// Always [`ErrorKind::Misuse`]: the caller asked for more key material than the KDF
+    /// can produce.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Misuse
+    }
+}
+
+impl CertError {
+    /// Certificates come from peers (CERTS cells, descriptors): a certificate that does not
+    /// decode or verify is [`ErrorKind::PeerProtocol`], one of a version or with a critical
+    /// extension this implementation does not know is [`ErrorKind::Unsupported`]
+    /// (cert-spec §2.1, §2.2.1), and a key inside it has its [`KeyError::kind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CertError::BadVersion(_) | CertError::UnknownCriticalExtension(_) => {
+                ErrorKind::Unsupported
+            }
+            CertError::Key(e) => e.kind(),
+            CertError::Truncated { .. }
+            | CertError::TrailingBytes { .. }
+            | CertError::BadField { .. }
+            | CertError::DuplicateExtension(_)
+            | CertError::MissingSigningKey
+            | CertError::WrongSigningKey
+            | CertError::WrongCertType { .. }
+            | CertError::BadSignature { .. }
+            | CertError::Expired { .. }
+            | CertError::NotYetValid { .. }
+            | CertError::Der { .. } => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
+impl KeyError {
+    /// A key or signature decoded from what a peer sent that is not valid is
+    /// [`ErrorKind::PeerProtocol`]; a key file (the caller's own) that does not decode is
+    /// [`ErrorKind::Misuse`], and a failed RSA operation on a valid key
+    /// [`ErrorKind::Internal`]. Where the key is known to be the caller's
+    /// ([`KeySetError`]), the wrapping error says [`ErrorKind::Misuse`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            KeyError::BadEd25519Key
+            | KeyError::BadCurve25519Length(_)
+            | KeyError::BadRsaDer
+            | KeyError::BadRsaKey(_)
+            | KeyError::BadRsaSignature
+            | KeyError::BadEncoding { .. } => ErrorKind::PeerProtocol,
+            KeyError::BadKeyFile(_) => ErrorKind::Misuse,
+            KeyError::RsaOperation(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Tor1Error {
+    /// [`ErrorKind::PeerProtocol`] for an inbound cell no hop recognises (tor-spec §5.5.3);
+    /// [`ErrorKind::Misuse`] for key material of the wrong length or a hop the circuit does
+    /// not have.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Tor1Error::NotRecognized => ErrorKind::PeerProtocol,
+            Tor1Error::BadKeyLength { .. } | Tor1Error::NoSuchHop { .. } => ErrorKind::Misuse,
+        }
+    }
+}
+
+impl CertsError {
+    /// Always the peer's: a CERTS cell that does not authenticate its sender is
+    /// [`ErrorKind::PeerProtocol`] (tor-spec §4.2), except a certificate inside it of a kind
+    /// this implementation does not support ([`CertError::kind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CertsError::Cert { error, .. } => error.kind(),
+            _ => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
+impl KeySetError {
+    /// The key files and certificates of a relay's key set are the caller's: anything
+    /// wrong with them is [`ErrorKind::Misuse`], except an RSA operation that failed on
+    /// valid keys ([`ErrorKind::Internal`]).
+    pub fn kind(&self) -> ErrorKind {
+        let inner = match self {
+            KeySetError::Key { error, .. } | KeySetError::BadIdentity(error) => error.kind(),
+            KeySetError::Cert { error, .. } => error.kind(),
+            _ => ErrorKind::Misuse,
+        };
+        match inner {
+            ErrorKind::Internal => ErrorKind::Internal,
+            _ => ErrorKind::Misuse,
+        }
+    }
+}
+
+impl Error {
+    /// Who is to blame: the kind of the error inside.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Handshake(e) => e.kind(),
+            Error::Cert(e) => e.kind(),
+            Error::Key(e) => e.kind(),
+            Error::Tor1(e) => e.kind(),
+            Error::Kdf(e) => e.kind(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_bad_reply_or_certificate_is_its_fault_and_a_bad_call_the_callers() {
+        let cases: [(Error, ErrorKind); 10] = [
+            (
+                HandshakeError::BadAuth { field: "AUTH" }.into(),
+                ErrorKind::PeerProtocol,
+            ),
+            (HandshakeError::NoOnionKeys.into(), ErrorKind::Misuse),
+            (
+                KdfError::OutputTooLong {
+                    requested: 9000,
+                    max: 8160,
+                }
+                .into(),
+                ErrorKind::Misuse,
+            ),
+            (
+                CertError::BadSignature {
+                    what: "Id->Signing",
+                }
+                .into(),
+                ErrorKind::PeerProtocol,
+            ),
+            (CertError::BadVersion(2).into(), ErrorKind::Unsupported),
+            (
+                CertError::Expired {
+                    expired_at: 1,
+                    now: 2,
+                }
+                .into(),
+                ErrorKind::PeerProtocol,
+            ),
+            (KeyError::BadKeyFile("header").into(), ErrorKind::Misuse),
+            (KeyError::RsaOperation("sign").into(), ErrorKind::Internal),
+            (Tor1Error::NotRecognized.into(), ErrorKind::PeerProtocol),
+            (
+                Tor1Error::BadKeyLength {
+                    expected: 72,
+                    got: 3,
+                }
+                .into(),
+                ErrorKind::Misuse,
+            ),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+
+    #[test]
+    fn the_same_bad_key_is_the_peers_in_a_certificate_and_the_callers_in_a_key_set() {
+        let in_cert = CertError::Key(KeyError::BadEd25519Key);
+        assert_eq!(in_cert.kind(), ErrorKind::PeerProtocol);
+        let in_certs = CertsError::Cert {
+            cert_type: 4,
+            error: in_cert,
+        };
+        assert_eq!(in_certs.kind(), ErrorKind::PeerProtocol);
+        assert_eq!(
+            CertsError::Cert {
+                cert_type: 4,
+                error: CertError::UnknownCriticalExtension(9),
+            }
+            .kind(),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(CertsError::TlsCertMismatch.kind(), ErrorKind::PeerProtocol);
+        let in_key_set = KeySetError::Key {
+            file: "ed25519_master_id_public_key",
+            error: KeyError::BadEd25519Key,
+        };
+        assert_eq!(in_key_set.kind(), ErrorKind::Misuse);
+        assert_eq!(
+            KeySetError::BadIdentity(KeyError::RsaOperation("generate")).kind(),
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            KeySetError::Missing("secret_id_key").kind(),
+            ErrorKind::Misuse
+        );
+    }
 }

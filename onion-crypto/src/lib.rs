@@ -72,7 +72,7 @@ pub mod time;
 pub mod tor1;
 pub mod x509;
 
-pub use error::{CertError, Error, HandshakeError, KdfError, KeyError, Tor1Error};
+pub use error::{CertError, Error, ErrorKind, HandshakeError, KdfError, KeyError, Tor1Error};
 pub use kdf::{KeyGenerator, SecretBytes};
 pub use keys::{Ed25519Identity, RsaIdentity};
 pub use time::{Instant, Timestamp};

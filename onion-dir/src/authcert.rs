@@ -8,7 +8,7 @@
 
 use sha1::{Digest, Sha1};
 
-use crate::error::{ErrorKind, ParseError, VerifyError};
+use crate::error::{ParseProblem, ParseError, VerifyError};
 use crate::ids::RsaIdentity;
 use crate::netdoc::{
     is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
@@ -114,12 +114,12 @@ const RULES: &[Rule] = &[
 
 fn time(it: &Item<'_>) -> Result<Timestamp, ParseError> {
     Timestamp::parse(it.arg(0, "date")?, it.arg(1, "time")?)
-        .ok_or_else(|| it.err(ErrorKind::BadArgument("YYYY-MM-DD HH:MM:SS")))
+        .ok_or_else(|| it.err(ParseProblem::BadArgument("YYYY-MM-DD HH:MM:SS")))
 }
 
 fn rsa_key(it: &Item<'_>) -> Result<RsaKey, ParseError> {
     let der = it.object_bytes("RSA PUBLIC KEY")?;
-    RsaKey::from_der(&der).map_err(|_| it.err(ErrorKind::BadObject))
+    RsaKey::from_der(&der).map_err(|_| it.err(ParseProblem::BadObject))
 }
 
 /// Most certificates accepted in one batch (9 authorities today).
@@ -133,11 +133,11 @@ impl<'a> UnverifiedAuthCert<'a> {
             return Err(ParseError::new(
                 0,
                 "dir-key-certificate-version",
-                ErrorKind::UnexpectedItem,
+                ParseProblem::UnexpectedItem,
             ));
         }
         all.pop()
-            .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated))
+            .ok_or_else(|| ParseError::new(0, "", ParseProblem::Truncated))
     }
 }
 
@@ -156,7 +156,7 @@ pub fn parse_many(text: &str) -> Result<Vec<UnverifiedAuthCert<'_>>, ParseError>
     for it in tok {
         let it = it?;
         if cur.is_empty() && it.keyword != "dir-key-certificate-version" {
-            return Err(it.err(ErrorKind::MissingItem("dir-key-certificate-version")));
+            return Err(it.err(ParseProblem::MissingItem("dir-key-certificate-version")));
         }
         let last = it.keyword == "dir-key-certification";
         if is_known(RULES, it.keyword) {
@@ -164,42 +164,42 @@ pub fn parse_many(text: &str) -> Result<Vec<UnverifiedAuthCert<'_>>, ParseError>
         }
         if last {
             if out.len() >= MAX_CERTS {
-                return Err(it.err(ErrorKind::TooManyItems { limit: MAX_CERTS }));
+                return Err(it.err(ParseProblem::TooManyItems { limit: MAX_CERTS }));
             }
             out.push(one(text, std::mem::take(&mut cur))?);
         }
     }
     if let Some(it) = cur.first() {
-        return Err(it.err(ErrorKind::MissingItem("dir-key-certification")));
+        return Err(it.err(ParseProblem::MissingItem("dir-key-certification")));
     }
     if out.is_empty() {
-        return Err(ParseError::new(0, "", ErrorKind::Truncated));
+        return Err(ParseError::new(0, "", ParseProblem::Truncated));
     }
     Ok(out)
 }
 
 fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedAuthCert<'a>, ParseError> {
     let (Some(first), Some(last)) = (items.first().copied(), items.last().copied()) else {
-        return Err(ParseError::new(0, "", ErrorKind::Truncated));
+        return Err(ParseError::new(0, "", ParseProblem::Truncated));
     };
     let sec = Section::check(items, RULES, first.line, first.keyword)?;
     if first.arg(0, "version")? != "3" {
-        return Err(first.err(ErrorKind::Unsupported(
+        return Err(first.err(ParseProblem::Unsupported(
             "key certificate version other than 3",
         )));
     }
     let fp = sec.required("fingerprint")?;
     let fingerprint = RsaIdentity::from_hex(fp.arg(0, "fingerprint")?)
-        .map_err(|_| fp.err(ErrorKind::BadArgument("fingerprint (hex)")))?;
+        .map_err(|_| fp.err(ParseProblem::BadArgument("fingerprint (hex)")))?;
     let idk = sec.required("dir-identity-key")?;
     let identity_key = rsa_key(idk)?;
     if identity_key.bits() < 1024 {
-        return Err(idk.err(ErrorKind::BadArgument(
+        return Err(idk.err(ParseProblem::BadArgument(
             "identity key shorter than 1024 bits",
         )));
     }
     if identity_key.digest() != fingerprint {
-        return Err(fp.err(ErrorKind::BadArgument(
+        return Err(fp.err(ParseProblem::BadArgument(
             "fingerprint does not match dir-identity-key",
         )));
     }
@@ -207,10 +207,10 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedAuthCert<'a>,
     let cc = sec.required("dir-key-crosscert")?;
     let crosscert = match cc.object {
         Some(o) if o.tag == "ID SIGNATURE" || o.tag == "SIGNATURE" => {
-            o.decode().ok_or_else(|| cc.err(ErrorKind::BadObject))?
+            o.decode().ok_or_else(|| cc.err(ParseProblem::BadObject))?
         }
-        Some(_) => return Err(cc.err(ErrorKind::WrongObjectTag("ID SIGNATURE"))),
-        None => return Err(cc.err(ErrorKind::MissingObject("ID SIGNATURE"))),
+        Some(_) => return Err(cc.err(ParseProblem::WrongObjectTag("ID SIGNATURE"))),
+        None => return Err(cc.err(ParseProblem::MissingObject("ID SIGNATURE"))),
     };
     let certification = last.object_bytes("SIGNATURE")?;
     // dir-spec §1.3: from the initial item through the newline after the
@@ -219,10 +219,10 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedAuthCert<'a>,
         .get(last.start..)
         .and_then(|s| s.find('\n'))
         .map(|n| last.start + n + 1)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+        .ok_or_else(|| last.err(ParseProblem::Truncated))?;
     let signed = doc
         .get(first.start..kw_line_end)
-        .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+        .ok_or_else(|| last.err(ParseProblem::Truncated))?;
     let certification_digest: [u8; 20] = Sha1::digest(signed.as_bytes()).into();
     let text = doc.get(first.start..last.end).unwrap_or("");
     let dir_address = sec.get("dir-address").map(|i| i.args.to_owned());

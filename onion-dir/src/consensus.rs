@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use crate::authcert::AuthCert;
 use crate::encode::{base64_fixed, hex_fixed};
-use crate::error::{ErrorKind, ParseError, VerifyError};
+use crate::error::{ParseProblem, ParseError, VerifyError};
 use crate::ids::{MdDigest, ProtoCache, Protocols, RelayFlags, RsaIdentity};
 use crate::netdoc::{
     is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
@@ -57,12 +57,12 @@ impl<'a> NetParams<'a> {
         for a in it.args() {
             let (k, v) = a
                 .split_once('=')
-                .ok_or_else(|| it.err(ErrorKind::BadArgument("Keyword=Int32")))?;
+                .ok_or_else(|| it.err(ParseProblem::BadArgument("Keyword=Int32")))?;
             let v: i32 = v
                 .parse()
-                .map_err(|_| it.err(ErrorKind::BadArgument("Int32 value")))?;
+                .map_err(|_| it.err(ParseProblem::BadArgument("Int32 value")))?;
             if k.is_empty() {
-                return Err(it.err(ErrorKind::BadArgument("empty keyword")));
+                return Err(it.err(ParseProblem::BadArgument("empty keyword")));
             }
             entries.push((k, v));
         }
@@ -491,26 +491,26 @@ const MAX_SIGNATURES: usize = 128;
 
 fn parse_u32(it: &Item<'_>, s: &str, what: &'static str) -> Result<u32, ParseError> {
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(it.err(ErrorKind::BadArgument(what)));
+        return Err(it.err(ParseProblem::BadArgument(what)));
     }
-    s.parse().map_err(|_| it.err(ErrorKind::BadArgument(what)))
+    s.parse().map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn parse_u16(it: &Item<'_>, s: &str, what: &'static str) -> Result<u16, ParseError> {
-    u16::try_from(parse_u32(it, s, what)?).map_err(|_| it.err(ErrorKind::BadArgument(what)))
+    u16::try_from(parse_u32(it, s, what)?).map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn parse_time(it: &Item<'_>, first: usize) -> Result<Timestamp, ParseError> {
     let d = it.arg(first, "date")?;
     let t = it.arg(first + 1, "time")?;
-    Timestamp::parse(d, t).ok_or_else(|| it.err(ErrorKind::BadArgument("YYYY-MM-DD HH:MM:SS")))
+    Timestamp::parse(d, t).ok_or_else(|| it.err(ParseProblem::BadArgument("YYYY-MM-DD HH:MM:SS")))
 }
 
 fn parse_protocols(it: Option<&Item<'_>>) -> Result<Protocols, ParseError> {
     match it {
         None => Ok(Protocols::default()),
         Some(it) => {
-            Protocols::parse(it.args).ok_or_else(|| it.err(ErrorKind::BadArgument("protocol list")))
+            Protocols::parse(it.args).ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))
         }
     }
 }
@@ -519,7 +519,7 @@ fn parse_sr(it: Option<&Item<'_>>) -> Result<Option<SharedRandValue>, ParseError
     let Some(it) = it else { return Ok(None) };
     let num_reveals = parse_u32(it, it.arg(0, "NumReveals")?, "NumReveals")?;
     let value = base64_fixed(it.arg(1, "Value")?)
-        .ok_or_else(|| it.err(ErrorKind::BadArgument("base64 32-byte value")))?;
+        .ok_or_else(|| it.err(ParseProblem::BadArgument("base64 32-byte value")))?;
     Ok(Some(SharedRandValue { num_reveals, value }))
 }
 
@@ -565,19 +565,19 @@ impl<'a> Parser<'a> {
         // ---- preamble
         let first = self
             .next()?
-            .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated))?;
+            .ok_or_else(|| ParseError::new(0, "", ParseProblem::Truncated))?;
         if first.keyword != "network-status-version" {
-            return Err(first.err(ErrorKind::MissingItem("network-status-version")));
+            return Err(first.err(ParseProblem::MissingItem("network-status-version")));
         }
         let mut pre = vec![first];
         let mut pending = loop {
             let it = self.next()?.ok_or_else(|| {
-                ParseError::new(self.tok_line(), "", ErrorKind::MissingItem("dir-source"))
+                ParseError::new(self.tok_line(), "", ParseProblem::MissingItem("dir-source"))
             })?;
             match it.keyword {
                 "dir-source" => break it,
                 "r" | "directory-footer" | "directory-signature" | "contact" | "vote-digest" => {
-                    return Err(it.err(ErrorKind::UnexpectedItem))
+                    return Err(it.err(ParseProblem::UnexpectedItem))
                 }
                 k if is_known(PREAMBLE_RULES, k) => pre.push(it),
                 _ => {}
@@ -593,7 +593,7 @@ impl<'a> Parser<'a> {
                 ParseError::new(
                     self.tok_line(),
                     "",
-                    ErrorKind::MissingItem("directory-signature"),
+                    ParseProblem::MissingItem("directory-signature"),
                 )
             })?;
             match it.keyword {
@@ -601,7 +601,7 @@ impl<'a> Parser<'a> {
                     let items = std::mem::take(&mut auth_items);
                     c.authorities.push(Self::authority(items)?);
                     if c.authorities.len() > MAX_AUTHORITIES {
-                        return Err(it.err(ErrorKind::TooManyItems {
+                        return Err(it.err(ParseProblem::TooManyItems {
                             limit: MAX_AUTHORITIES,
                         }));
                     }
@@ -613,7 +613,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 k if PREAMBLE_RULES.iter().any(|r| r.keyword == k) => {
-                    return Err(it.err(ErrorKind::UnexpectedItem))
+                    return Err(it.err(ParseProblem::UnexpectedItem))
                 }
                 k if is_known(AUTH_RULES, k) => auth_items.push(it),
                 _ => {}
@@ -632,7 +632,7 @@ impl<'a> Parser<'a> {
                 ParseError::new(
                     self.tok_line(),
                     "",
-                    ErrorKind::MissingItem("directory-signature"),
+                    ParseProblem::MissingItem("directory-signature"),
                 )
             })?;
         }
@@ -645,13 +645,13 @@ impl<'a> Parser<'a> {
                     ParseError::new(
                         self.tok_line(),
                         "",
-                        ErrorKind::MissingItem("directory-signature"),
+                        ParseProblem::MissingItem("directory-signature"),
                     )
                 })?;
                 match it.keyword {
                     "directory-signature" => break it,
                     "r" | "dir-source" | "directory-footer" => {
-                        return Err(it.err(ErrorKind::UnexpectedItem))
+                        return Err(it.err(ParseProblem::UnexpectedItem))
                     }
                     k if is_known(FOOTER_RULES, k) => items.push(it),
                     _ => {}
@@ -665,7 +665,7 @@ impl<'a> Parser<'a> {
 
         // ---- signatures
         if pending.keyword != "directory-signature" {
-            return Err(pending.err(ErrorKind::UnexpectedItem));
+            return Err(pending.err(ParseProblem::UnexpectedItem));
         }
         c.signed_len = pending.start + "directory-signature ".len();
         if text
@@ -673,15 +673,15 @@ impl<'a> Parser<'a> {
             .get(pending.start + "directory-signature".len())
             != Some(&b' ')
         {
-            return Err(pending.err(ErrorKind::MalformedLine));
+            return Err(pending.err(ParseProblem::MalformedLine));
         }
         let mut sig_item = Some(pending);
         while let Some(it) = sig_item {
             if it.keyword != "directory-signature" {
-                return Err(it.err(ErrorKind::UnexpectedItem));
+                return Err(it.err(ParseProblem::UnexpectedItem));
             }
             if c.signatures.len() >= MAX_SIGNATURES {
-                return Err(it.err(ErrorKind::TooManyItems {
+                return Err(it.err(ParseProblem::TooManyItems {
                     limit: MAX_SIGNATURES,
                 }));
             }
@@ -704,18 +704,18 @@ impl<'a> Parser<'a> {
     ) -> Result<Consensus<'a>, ParseError> {
         let v = pre.required("network-status-version")?;
         if v.arg(0, "version")? != "3" {
-            return Err(v.err(ErrorKind::Unsupported(
+            return Err(v.err(ParseProblem::Unsupported(
                 "network-status-version other than 3",
             )));
         }
         self.flavor = match v.args().nth(1) {
             None | Some("ns") => Flavor::Ns,
             Some("microdesc") => Flavor::Microdesc,
-            Some(_) => return Err(v.err(ErrorKind::Unsupported("consensus flavour"))),
+            Some(_) => return Err(v.err(ParseProblem::Unsupported("consensus flavour"))),
         };
         let vs = pre.required("vote-status")?;
         if vs.arg(0, "status")? != "consensus" {
-            return Err(vs.err(ErrorKind::Unsupported(
+            return Err(vs.err(ParseProblem::Unsupported(
                 "votes (only consensuses are parsed)",
             )));
         }
@@ -730,10 +730,10 @@ impl<'a> Parser<'a> {
         let fresh_until = parse_time(fu, 0)?;
         let valid_until = parse_time(vu, 0)?;
         if fresh_until < valid_after {
-            return Err(fu.err(ErrorKind::BadArgument("fresh-until before valid-after")));
+            return Err(fu.err(ParseProblem::BadArgument("fresh-until before valid-after")));
         }
         if valid_until < fresh_until {
-            return Err(vu.err(ErrorKind::BadArgument("valid-until before fresh-until")));
+            return Err(vu.err(ParseProblem::BadArgument("valid-until before fresh-until")));
         }
         let vd = pre.required("voting-delay")?;
         let voting_delay = (
@@ -772,7 +772,7 @@ impl<'a> Parser<'a> {
 
     fn authority(items: Vec<Item<'a>>) -> Result<DirSource<'a>, ParseError> {
         let ds = *items.first().ok_or_else(|| {
-            ParseError::new(0, "dir-source", ErrorKind::MissingItem("dir-source"))
+            ParseError::new(0, "dir-source", ParseProblem::MissingItem("dir-source"))
         })?;
         let nickname = ds.arg(0, "nickname")?;
         let rules = if nickname.ends_with("-legacy") {
@@ -782,18 +782,18 @@ impl<'a> Parser<'a> {
         };
         let sec = Section::check(items, rules, ds.line, ds.keyword)?;
         let identity = RsaIdentity::from_hex(ds.arg(1, "identity")?)
-            .map_err(|_| ds.err(ErrorKind::BadArgument("identity (hex)")))?;
+            .map_err(|_| ds.err(ParseProblem::BadArgument("identity (hex)")))?;
         let hostname = ds.arg(2, "address")?;
         let address = ds
             .arg(3, "IP")?
             .parse()
-            .map_err(|_| ds.err(ErrorKind::BadArgument("IP")))?;
+            .map_err(|_| ds.err(ParseProblem::BadArgument("IP")))?;
         let dir_port = parse_u16(&ds, ds.arg(4, "dirport")?, "dirport")?;
         let or_port = parse_u16(&ds, ds.arg(5, "orport")?, "orport")?;
         let vote_digest = match sec.get("vote-digest") {
             Some(it) => Some(
                 hex_fixed(it.arg(0, "digest")?)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("digest (hex)")))?,
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("digest (hex)")))?,
             ),
             None => None,
         };
@@ -820,30 +820,30 @@ impl<'a> Parser<'a> {
         let mut args = r.args();
         let mut a = |what| {
             args.next()
-                .ok_or_else(|| r.err(ErrorKind::MissingArgument(what)))
+                .ok_or_else(|| r.err(ParseProblem::MissingArgument(what)))
         };
         let nickname = a("nickname")?;
         if nickname.is_empty()
             || nickname.len() > 19
             || !nickname.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            return Err(r.err(ErrorKind::BadArgument("nickname")));
+            return Err(r.err(ParseProblem::BadArgument("nickname")));
         }
         let identity = base64_fixed(a("identity")?)
             .map(RsaIdentity)
-            .ok_or_else(|| r.err(ErrorKind::BadArgument("identity (base64)")))?;
+            .ok_or_else(|| r.err(ParseProblem::BadArgument("identity (base64)")))?;
         let descriptor_digest = match self.flavor {
             Flavor::Ns => Some(
                 base64_fixed::<20>(a("digest")?)
-                    .ok_or_else(|| r.err(ErrorKind::BadArgument("digest (base64)")))?,
+                    .ok_or_else(|| r.err(ParseProblem::BadArgument("digest (base64)")))?,
             ),
             Flavor::Microdesc => None,
         };
         let (d, t) = (a("publication date")?, a("publication time")?);
         let published =
-            Timestamp::parse(d, t).ok_or_else(|| r.err(ErrorKind::BadArgument("publication")))?;
+            Timestamp::parse(d, t).ok_or_else(|| r.err(ParseProblem::BadArgument("publication")))?;
         let address = crate::encode::parse_ipv4(a("IP")?)
-            .ok_or_else(|| r.err(ErrorKind::BadArgument("IP")))?;
+            .ok_or_else(|| r.err(ParseProblem::BadArgument("IP")))?;
         let or_port = parse_u16(&r, a("ORPort")?, "ORPort")?;
         let dir_port = parse_u16(&r, a("DirPort")?, "DirPort")?;
         let mut rs = RouterStatus {
@@ -867,7 +867,7 @@ impl<'a> Parser<'a> {
         let mut seen = 0u8;
         let once = |seen: &mut u8, bit: u8, it: &Item<'_>| -> Result<(), ParseError> {
             if *seen & bit != 0 {
-                return Err(it.err(ErrorKind::DuplicateItem));
+                return Err(it.err(ParseProblem::DuplicateItem));
             }
             *seen |= bit;
             it.no_object()
@@ -882,7 +882,7 @@ impl<'a> Parser<'a> {
                     if s.starts_with('[') {
                         let sa: SocketAddrV6 = s
                             .parse()
-                            .map_err(|_| it.err(ErrorKind::BadArgument("[IPv6]:port")))?;
+                            .map_err(|_| it.err(ParseProblem::BadArgument("[IPv6]:port")))?;
                         if rs.ipv6.is_none() {
                             rs.ipv6 = Some(sa);
                         }
@@ -904,7 +904,7 @@ impl<'a> Parser<'a> {
                     once(&mut seen, SEEN_PR, &it)?;
                     rs.protocols = last_pr
                         .get(it.args)
-                        .ok_or_else(|| it.err(ErrorKind::BadArgument("protocol list")))?;
+                        .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
                 }
                 "w" => {
                     once(&mut seen, SEEN_W, &it)?;
@@ -921,14 +921,14 @@ impl<'a> Parser<'a> {
                         }
                     }
                     if rs.bandwidth.is_none() {
-                        return Err(it.err(ErrorKind::MissingArgument("Bandwidth=")));
+                        return Err(it.err(ParseProblem::MissingArgument("Bandwidth=")));
                     }
                 }
                 "p" => {
                     once(&mut seen, SEEN_P, &it)?;
                     rs.policy = Some(
                         PolicySummary::parse(it.args)
-                            .ok_or_else(|| it.err(ErrorKind::BadArgument("policy summary")))?,
+                            .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?,
                     );
                 }
                 "m" => {
@@ -936,29 +936,29 @@ impl<'a> Parser<'a> {
                     if self.flavor == Flavor::Microdesc {
                         rs.md_digest =
                             Some(MdDigest::from_base64(it.arg(0, "digest")?).ok_or_else(|| {
-                                it.err(ErrorKind::BadArgument("digest (base64)"))
+                                it.err(ParseProblem::BadArgument("digest (base64)"))
                             })?);
                     }
                 }
                 "dir-source" | "contact" | "vote-digest" | "bandwidth-weights" => {
-                    return Err(it.err(ErrorKind::UnexpectedItem))
+                    return Err(it.err(ParseProblem::UnexpectedItem))
                 }
                 k if PREAMBLE_RULES.iter().any(|r| r.keyword == k) => {
-                    return Err(it.err(ErrorKind::UnexpectedItem))
+                    return Err(it.err(ParseProblem::UnexpectedItem))
                 }
                 _ => {}
             }
         };
         if seen & SEEN_S == 0 {
-            return Err(r.err(ErrorKind::MissingItem("s")));
+            return Err(r.err(ParseProblem::MissingItem("s")));
         }
         if self.flavor == Flavor::Microdesc && rs.md_digest.is_none() {
-            return Err(r.err(ErrorKind::MissingItem("m")));
+            return Err(r.err(ParseProblem::MissingItem("m")));
         }
         // dir-spec §3.4.1: entries are sorted in ascending order by identity
         // (which also rules out duplicates and lets [`Consensus::relay`] search).
         if out.last().is_some_and(|prev| prev.identity >= rs.identity) {
-            return Err(r.err(ErrorKind::BadArgument("identity not in ascending order")));
+            return Err(r.err(ParseProblem::BadArgument("identity not in ascending order")));
         }
         out.push(rs);
         Ok(next)
@@ -981,7 +981,7 @@ impl<'a> Parser<'a> {
         let (id, key) = match rest.unwrap_or(&[]) {
             [id, key, ..] => (*id, *key),
             _ if algorithm == DigestAlgorithm::Unknown => return Ok(None),
-            _ => return Err(it.err(ErrorKind::MissingArgument("identity signing-key-digest"))),
+            _ => return Err(it.err(ParseProblem::MissingArgument("identity signing-key-digest"))),
         };
         let parsed = (
             RsaIdentity::from_hex(id).ok(),
@@ -998,8 +998,8 @@ impl<'a> Parser<'a> {
                 }))
             }
             (DigestAlgorithm::Unknown, _) => Ok(None),
-            (_, (None, _, _)) => Err(it.err(ErrorKind::BadArgument("identity (hex)"))),
-            (_, (_, None, _)) => Err(it.err(ErrorKind::BadArgument("signing-key-digest (hex)"))),
+            (_, (None, _, _)) => Err(it.err(ParseProblem::BadArgument("identity (hex)"))),
+            (_, (_, None, _)) => Err(it.err(ParseProblem::BadArgument("signing-key-digest (hex)"))),
             (_, (_, _, Err(e))) => Err(e),
         }
     }

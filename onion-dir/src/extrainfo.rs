@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use onion_crypto::cert::{Timestamp, UncheckedEd25519Cert};
 
-use crate::error::{ErrorKind, ParseError, VerifyError};
+use crate::error::{ParseProblem, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, RsaIdentity};
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::routerdesc::{exactly_one, identity_cert, nickname, verify_ed25519, Signed};
@@ -126,16 +126,16 @@ impl<'a> UnverifiedExtraInfo<'a> {
 
 fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedExtraInfo<'a>, ParseError> {
     let (Some(first), Some(last)) = (items.first().copied(), items.last().copied()) else {
-        return Err(ParseError::new(0, "", ErrorKind::Truncated));
+        return Err(ParseError::new(0, "", ParseProblem::Truncated));
     };
     let sec = Section::check(items, RULES, first.line, first.keyword)?;
     let e = first;
     let nickname = nickname(&e)?;
     let fingerprint = RsaIdentity::from_hex(e.arg(1, "fingerprint")?)
-        .map_err(|_| e.err(ErrorKind::BadArgument("fingerprint (40 hex digits)")))?;
+        .map_err(|_| e.err(ParseProblem::BadArgument("fingerprint (40 hex digits)")))?;
     let p = sec.required("published")?;
     let published = Timestamp::parse(p.arg(0, "date")?, p.arg(1, "time")?)
-        .ok_or_else(|| p.err(ErrorKind::BadArgument("YYYY-MM-DD HH:MM:SS")))?;
+        .ok_or_else(|| p.err(ParseProblem::BadArgument("YYYY-MM-DD HH:MM:SS")))?;
     let identity_cert = identity_cert(&sec)?;
 
     let signed = Signed::parse(doc, &e, &last, &sec)?;

@@ -97,6 +97,6 @@ pub mod routerdesc;
 pub mod sig;
 pub mod synth;
 
-pub use error::{Error, ErrorKind, HttpError, ParseError, VerifyError};
+pub use error::{Error, ErrorKind, HttpError, ParseError, ParseProblem, VerifyError};
 pub use ids::{Ed25519Identity, MdDigest, Protocols, RelayFlags, RsaIdentity};
 pub use onion_crypto::Timestamp;

@@ -13,7 +13,7 @@ use std::net::SocketAddrV6;
 use sha2::{Digest, Sha256};
 
 use crate::encode::base64_fixed;
-use crate::error::{ErrorKind, ParseError};
+use crate::error::{ParseProblem, ParseError};
 use crate::ids::{Ed25519Identity, MdDigest, ProtoCache, Protocols, RsaIdentity};
 use crate::netdoc::{Item, Limits, Tokenizer};
 use crate::policy::PolicySummary;
@@ -156,11 +156,11 @@ pub fn parse_one(text: &str) -> Result<Microdesc<'_>, ParseError> {
         return Err(ParseError::new(
             line,
             "onion-key",
-            ErrorKind::UnexpectedItem,
+            ParseProblem::UnexpectedItem,
         ));
     }
     v.pop()
-        .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated))
+        .ok_or_else(|| ParseError::new(0, "", ParseProblem::Truncated))
 }
 
 /// Parse a batch of concatenated microdescriptors (with optional `@`
@@ -184,7 +184,7 @@ pub fn parse_many(text: &str) -> Result<Vec<Microdesc<'_>>, ParseError> {
         if boundary {
             if let Some((first, end)) = span.take() {
                 if out.len() >= MAX_MICRODESCS {
-                    return Err(it.err(ErrorKind::TooManyItems {
+                    return Err(it.err(ParseProblem::TooManyItems {
                         limit: MAX_MICRODESCS,
                     }));
                 }
@@ -259,7 +259,7 @@ fn one<'a>(
     let mut seen = 0u16;
     let once = |seen: &mut u16, bit: u16, it: &Item<'_>| -> Result<(), ParseError> {
         if *seen & bit != 0 {
-            return Err(it.err(ErrorKind::DuplicateItem));
+            return Err(it.err(ParseProblem::DuplicateItem));
         }
         *seen |= bit;
         Ok(())
@@ -271,7 +271,7 @@ fn one<'a>(
         match it.keyword {
             "onion-key" => {
                 if i != 0 || it.start != first.start {
-                    return Err(it.err(ErrorKind::UnexpectedItem));
+                    return Err(it.err(ParseProblem::UnexpectedItem));
                 }
                 once(&mut seen, SEEN_ONION, it)?;
                 md.tap_onion_key = Some(it.object_tagged("RSA PUBLIC KEY")?.body);
@@ -279,7 +279,7 @@ fn one<'a>(
             "ntor-onion-key" => {
                 once(&mut seen, SEEN_NTOR, it)?;
                 md.ntor_onion_key = base64_fixed(it.arg(0, "key")?)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("curve25519 key (base64)")))?;
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("curve25519 key (base64)")))?;
             }
             "family" => {
                 once(&mut seen, SEEN_FAMILY, it)?;
@@ -292,19 +292,19 @@ fn one<'a>(
             "p" => {
                 once(&mut seen, SEEN_P, it)?;
                 md.ipv4_policy = PolicySummary::parse(it.args)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("policy summary")))?;
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
             }
             "p6" => {
                 once(&mut seen, SEEN_P6, it)?;
                 md.ipv6_policy = PolicySummary::parse(it.args)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("policy summary")))?;
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
             }
             "id" => match it.arg(0, "keytype")? {
                 "ed25519" => {
                     once(&mut seen, SEEN_ID_ED, it)?;
                     md.ed25519_id = Some(
                         Ed25519Identity::from_base64(it.arg(1, "key")?)
-                            .map_err(|_| it.err(ErrorKind::BadArgument("ed25519 key (base64)")))?,
+                            .map_err(|_| it.err(ParseProblem::BadArgument("ed25519 key (base64)")))?,
                     );
                 }
                 "rsa1024" => once(&mut seen, SEEN_ID_RSA, it)?,
@@ -314,14 +314,14 @@ fn one<'a>(
                 once(&mut seen, SEEN_PR, it)?;
                 md.protocols = last_pr
                     .get(it.args)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("protocol list")))?;
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
             }
             "a" => {
                 let s = it.arg(0, "address:port")?;
                 if md.ipv6.is_none() && s.starts_with('[') {
                     md.ipv6 = Some(
                         s.parse()
-                            .map_err(|_| it.err(ErrorKind::BadArgument("[IPv6]:port")))?,
+                            .map_err(|_| it.err(ParseProblem::BadArgument("[IPv6]:port")))?,
                     );
                 }
             }
@@ -329,7 +329,7 @@ fn one<'a>(
         }
     }
     if seen & SEEN_NTOR == 0 {
-        return Err(first.err(ErrorKind::MissingItem("ntor-onion-key")));
+        return Err(first.err(ParseProblem::MissingItem("ntor-onion-key")));
     }
     Ok(md)
 }
@@ -383,8 +383,8 @@ mod tests {
         let twice = md("family-ids ed25519:a\nfamily-ids ed25519:b\n");
         let e = parse_one(&twice).unwrap_err();
         assert_eq!(
-            (e.kind, e.keyword.as_str()),
-            (ErrorKind::DuplicateItem, "family-ids")
+            (e.problem, e.keyword.as_str()),
+            (ParseProblem::DuplicateItem, "family-ids")
         );
         let with_object = md("family-ids ed25519:a\n-----BEGIN X-----\nAAAA\n-----END X-----\n");
         assert!(parse_one(&with_object).is_err());

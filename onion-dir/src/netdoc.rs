@@ -9,7 +9,7 @@
 //! Bounds: the document size and the number of items are limited by the caller
 //! ([`Limits`]) so that no input can make a parser loop or allocate without bound.
 
-use crate::error::{ErrorKind, ParseError};
+use crate::error::{ParseProblem, ParseError};
 
 /// Limits applied to one document (dir-spec gives none; these are ours, chosen
 /// at ten times the size of today's public network documents).
@@ -76,22 +76,22 @@ impl<'a> Item<'a> {
     }
 
     /// An error about this item.
-    pub fn err(&self, kind: ErrorKind) -> ParseError {
-        ParseError::new(self.line, self.keyword, kind)
+    pub fn err(&self, problem: ParseProblem) -> ParseError {
+        ParseError::new(self.line, self.keyword, problem)
     }
 
     /// The `n`-th argument, or an error naming `what` if it is missing.
     pub fn arg(&self, n: usize, what: &'static str) -> Result<&'a str, ParseError> {
         self.args()
             .nth(n)
-            .ok_or_else(|| self.err(ErrorKind::MissingArgument(what)))
+            .ok_or_else(|| self.err(ParseProblem::MissingArgument(what)))
     }
 
     /// The object, which must be present and carry `tag`.
     pub fn object_tagged(&self, tag: &'static str) -> Result<Object<'a>, ParseError> {
         match self.object {
-            None => Err(self.err(ErrorKind::MissingObject(tag))),
-            Some(o) if o.tag != tag => Err(self.err(ErrorKind::WrongObjectTag(tag))),
+            None => Err(self.err(ParseProblem::MissingObject(tag))),
+            Some(o) if o.tag != tag => Err(self.err(ParseProblem::WrongObjectTag(tag))),
             Some(o) => Ok(o),
         }
     }
@@ -100,13 +100,13 @@ impl<'a> Item<'a> {
     pub fn object_bytes(&self, tag: &'static str) -> Result<Vec<u8>, ParseError> {
         self.object_tagged(tag)?
             .decode()
-            .ok_or_else(|| self.err(ErrorKind::BadObject))
+            .ok_or_else(|| self.err(ParseProblem::BadObject))
     }
 
     /// Fail if the item carries an object (for items that must not have one).
     pub fn no_object(&self) -> Result<(), ParseError> {
         match self.object {
-            Some(_) => Err(self.err(ErrorKind::UnexpectedObject)),
+            Some(_) => Err(self.err(ParseProblem::UnexpectedObject)),
             None => Ok(()),
         }
     }
@@ -132,7 +132,7 @@ impl<'a> Tokenizer<'a> {
             return Err(ParseError::new(
                 0,
                 "",
-                ErrorKind::TooLarge {
+                ParseProblem::TooLarge {
                     limit: limits.max_bytes,
                 },
             ));
@@ -196,7 +196,7 @@ impl<'a> Tokenizer<'a> {
             return Some(Err(ParseError::new(
                 lineno,
                 "",
-                ErrorKind::TooManyItems {
+                ParseProblem::TooManyItems {
                     limit: self.max_items,
                 },
             )));
@@ -209,14 +209,14 @@ impl<'a> Tokenizer<'a> {
             return Some(Err(ParseError::new(
                 lineno,
                 truncate(keyword),
-                ErrorKind::MalformedLine,
+                ParseProblem::MalformedLine,
             )));
         }
         if !printable(args.as_bytes()) {
             return Some(Err(ParseError::new(
                 lineno,
                 keyword,
-                ErrorKind::MalformedLine,
+                ParseProblem::MalformedLine,
             )));
         }
         let mut object = None;
@@ -228,7 +228,7 @@ impl<'a> Tokenizer<'a> {
         {
             match self.parse_object() {
                 Ok(o) => object = Some(o),
-                Err(kind) => return Some(Err(ParseError::new(lineno, keyword, kind))),
+                Err(problem) => return Some(Err(ParseError::new(lineno, keyword, problem))),
             }
         }
         Some(Ok(Item {
@@ -241,34 +241,34 @@ impl<'a> Tokenizer<'a> {
         }))
     }
 
-    fn parse_object(&mut self) -> Result<Object<'a>, ErrorKind> {
-        let (_, begin) = self.next_line().ok_or(ErrorKind::BadObject)?;
+    fn parse_object(&mut self) -> Result<Object<'a>, ParseProblem> {
+        let (_, begin) = self.next_line().ok_or(ParseProblem::BadObject)?;
         let tag = begin
             .strip_prefix("-----BEGIN ")
             .and_then(|t| t.strip_suffix("-----"))
-            .ok_or(ErrorKind::BadObject)?;
+            .ok_or(ParseProblem::BadObject)?;
         if tag.is_empty()
             || !tag
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-')
         {
-            return Err(ErrorKind::BadObject);
+            return Err(ParseProblem::BadObject);
         }
         let body_start = self.pos;
         loop {
-            let (lstart, l) = self.next_line().ok_or(ErrorKind::UnterminatedObject)?;
+            let (lstart, l) = self.next_line().ok_or(ParseProblem::UnterminatedObject)?;
             if let Some(end) = l.strip_prefix("-----END ") {
                 if end.strip_suffix("-----") != Some(tag) {
-                    return Err(ErrorKind::BadObject);
+                    return Err(ParseProblem::BadObject);
                 }
                 let body = self
                     .doc
                     .get(body_start..lstart)
-                    .ok_or(ErrorKind::BadObject)?;
+                    .ok_or(ParseProblem::BadObject)?;
                 return Ok(Object { tag, body });
             }
             if l.starts_with("-----") {
-                return Err(ErrorKind::BadObject);
+                return Err(ParseProblem::BadObject);
             }
         }
     }
@@ -405,12 +405,12 @@ pub fn split_signed_documents<'a, T>(
         let it = it?;
         if it.keyword.starts_with('@') {
             if let Some(f) = cur.first() {
-                return Err(f.err(ErrorKind::MissingItem("router-signature")));
+                return Err(f.err(ParseProblem::MissingItem("router-signature")));
             }
             continue;
         }
         if cur.is_empty() && it.keyword != first {
-            return Err(it.err(ErrorKind::MissingItem(first)));
+            return Err(it.err(ParseProblem::MissingItem(first)));
         }
         let last = it.keyword == "router-signature";
         if is_known(rules, it.keyword) {
@@ -418,13 +418,13 @@ pub fn split_signed_documents<'a, T>(
         }
         if last {
             if out.len() >= max {
-                return Err(it.err(ErrorKind::TooManyItems { limit: max }));
+                return Err(it.err(ParseProblem::TooManyItems { limit: max }));
             }
             out.push(one(text, std::mem::take(&mut cur))?);
         }
     }
     if let Some(f) = cur.first() {
-        return Err(f.err(ErrorKind::MissingItem("router-signature")));
+        return Err(f.err(ParseProblem::MissingItem("router-signature")));
     }
     Ok(out)
 }
@@ -460,7 +460,7 @@ impl<'a, 'r> Section<'a, 'r> {
                     rule.multiplicity,
                     Multiplicity::Once | Multiplicity::AtMostOnce
                 ) {
-                    return Err(it.err(ErrorKind::DuplicateItem));
+                    return Err(it.err(ParseProblem::DuplicateItem));
                 }
                 match rule.object {
                     ObjRule::Required(tag) => {
@@ -481,7 +481,7 @@ impl<'a, 'r> Section<'a, 'r> {
                 return Err(ParseError::new(
                     ctx_line,
                     ctx_kw,
-                    ErrorKind::MissingItem(rule.keyword),
+                    ParseProblem::MissingItem(rule.keyword),
                 ));
             }
         }
@@ -501,7 +501,7 @@ impl<'a, 'r> Section<'a, 'r> {
     /// The occurrence of a required `kw` (checked present by [`Section::check`]).
     pub fn required(&self, kw: &'static str) -> Result<&Item<'a>, ParseError> {
         self.get(kw)
-            .ok_or_else(|| ParseError::new(0, kw, ErrorKind::MissingItem(kw)))
+            .ok_or_else(|| ParseError::new(0, kw, ParseProblem::MissingItem(kw)))
     }
 
     /// Every occurrence of `kw`, in order.
@@ -548,7 +548,7 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
         assert_eq!(e.line, 2);
-        assert!(matches!(e.kind, ErrorKind::MalformedLine));
+        assert!(matches!(e.problem, ParseProblem::MalformedLine));
         let doc = "a\n-----BEGIN X-----\nAA\n-----END Y-----\n";
         let e = Tokenizer::new(doc, Limits::SMALL)
             .unwrap()
@@ -560,7 +560,7 @@ mod tests {
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::UnterminatedObject));
+        assert!(matches!(e.problem, ParseProblem::UnterminatedObject));
     }
 
     #[test]
@@ -574,7 +574,7 @@ mod tests {
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::TooManyItems { .. }));
+        assert!(matches!(e.problem, ParseProblem::TooManyItems { .. }));
     }
 
     #[test]
@@ -597,6 +597,6 @@ mod tests {
         let e = Section::check(items("a\nb\nb\n"), RULES, 0, "").unwrap_err();
         assert_eq!((e.line, e.keyword.as_str()), (3, "b"));
         let e = Section::check(items("c\n"), RULES, 7, "x").unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::MissingItem("a")));
+        assert!(matches!(e.problem, ParseProblem::MissingItem("a")));
     }
 }

@@ -25,7 +25,7 @@ use sha2::Sha256;
 use onion_crypto::cert::{CertType, Timestamp, UncheckedEd25519Cert};
 
 use crate::encode::{base64_fixed, hex_fixed};
-use crate::error::{ErrorKind, ParseError, VerifyError};
+use crate::error::{ParseProblem, ParseError, VerifyError};
 use crate::ids::{Ed25519Identity, Protocols, RsaIdentity};
 use crate::microdesc::Family;
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
@@ -236,22 +236,22 @@ impl<'a> UnverifiedRouterDesc<'a> {
 fn u64_arg(it: &Item<'_>, n: usize, what: &'static str) -> Result<u64, ParseError> {
     let s = it.arg(n, what)?;
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(it.err(ErrorKind::BadArgument(what)));
+        return Err(it.err(ParseProblem::BadArgument(what)));
     }
-    s.parse().map_err(|_| it.err(ErrorKind::BadArgument(what)))
+    s.parse().map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn u16_arg(it: &Item<'_>, n: usize, what: &'static str) -> Result<u16, ParseError> {
-    u16::try_from(u64_arg(it, n, what)?).map_err(|_| it.err(ErrorKind::BadArgument(what)))
+    u16::try_from(u64_arg(it, n, what)?).map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn rsa(it: &Item<'_>) -> Result<RsaKey, ParseError> {
-    RsaKey::from_der(&it.object_bytes("RSA PUBLIC KEY")?).map_err(|_| it.err(ErrorKind::BadObject))
+    RsaKey::from_der(&it.object_bytes("RSA PUBLIC KEY")?).map_err(|_| it.err(ParseProblem::BadObject))
 }
 
 fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a>, ParseError> {
     let (Some(first), Some(last)) = (items.first().copied(), items.last().copied()) else {
-        return Err(ParseError::new(0, "", ErrorKind::Truncated));
+        return Err(ParseError::new(0, "", ParseProblem::Truncated));
     };
     let sec = Section::check(items, RULES, first.line, first.keyword)?;
     let r = first;
@@ -259,7 +259,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     let address = r
         .arg(1, "address")?
         .parse()
-        .map_err(|_| r.err(ErrorKind::BadArgument("address")))?;
+        .map_err(|_| r.err(ParseProblem::BadArgument("address")))?;
     let or_port = u16_arg(&r, 2, "ORPort")?;
     let _socks = u16_arg(&r, 3, "SOCKSPort")?;
     let dir_port = u16_arg(&r, 4, "DirPort")?;
@@ -269,7 +269,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     if let Some(fp) = sec.get("fingerprint") {
         let hex: String = fp.args().collect();
         if RsaIdentity::from_hex(&hex).ok() != Some(fingerprint) {
-            return Err(fp.err(ErrorKind::BadArgument(
+            return Err(fp.err(ParseProblem::BadArgument(
                 "fingerprint does not match signing-key",
             )));
         }
@@ -278,7 +278,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     let master_key = match sec.get("master-key-ed25519") {
         Some(it) => Some(
             Ed25519Identity::from_base64(it.arg(0, "key")?)
-                .map_err(|_| it.err(ErrorKind::BadArgument("ed25519 key (base64)")))?,
+                .map_err(|_| it.err(ParseProblem::BadArgument("ed25519 key (base64)")))?,
         ),
         None => None,
     };
@@ -290,24 +290,24 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     };
     let p = sec.required("published")?;
     let published = Timestamp::parse(p.arg(0, "date")?, p.arg(1, "time")?)
-        .ok_or_else(|| p.err(ErrorKind::BadArgument("YYYY-MM-DD HH:MM:SS")))?;
+        .ok_or_else(|| p.err(ParseProblem::BadArgument("YYYY-MM-DD HH:MM:SS")))?;
     let protocols = match sec.get("proto") {
         Some(it) => Protocols::parse(it.args)
-            .ok_or_else(|| it.err(ErrorKind::BadArgument("protocol list")))?,
+            .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?,
         None => Protocols::default(),
     };
     let ntor = sec.required("ntor-onion-key")?;
     let ntor_onion_key = base64_fixed(ntor.arg(0, "key")?)
-        .ok_or_else(|| ntor.err(ErrorKind::BadArgument("curve25519 key (base64)")))?;
+        .ok_or_else(|| ntor.err(ParseProblem::BadArgument("curve25519 key (base64)")))?;
     let (ntor_crosscert, ntor_sign_bit) = match sec.get("ntor-onion-key-crosscert") {
         Some(it) => {
             let bit = match it.arg(0, "Bit")? {
                 "0" => 0,
                 "1" => 1,
-                _ => return Err(it.err(ErrorKind::BadArgument("Bit"))),
+                _ => return Err(it.err(ParseProblem::BadArgument("Bit"))),
             };
             let c = UncheckedEd25519Cert::decode(&it.object_bytes("ED25519 CERT")?)
-                .map_err(|_| it.err(ErrorKind::BadObject))?;
+                .map_err(|_| it.err(ParseProblem::BadObject))?;
             (Some(c), bit)
         }
         None => (None, 0),
@@ -326,13 +326,13 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
         match it.keyword {
             "accept" | "reject" | "accept6" | "reject6" => {
                 if rules.len() >= MAX_POLICY_RULES {
-                    return Err(it.err(ErrorKind::TooManyItems {
+                    return Err(it.err(ParseProblem::TooManyItems {
                         limit: MAX_POLICY_RULES,
                     }));
                 }
                 rules.push(
                     PolicyRule::parse(it.keyword, it.arg(0, "exitpattern")?)
-                        .ok_or_else(|| it.err(ErrorKind::BadArgument("exitpattern")))?,
+                        .ok_or_else(|| it.err(ParseProblem::BadArgument("exitpattern")))?,
                 );
             }
             "or-address" if ipv6.is_none() => {
@@ -340,7 +340,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
                 if s.starts_with('[') {
                     ipv6 = Some(
                         s.parse()
-                            .map_err(|_| it.err(ErrorKind::BadArgument("[IPv6]:port")))?,
+                            .map_err(|_| it.err(ParseProblem::BadArgument("[IPv6]:port")))?,
                     );
                 }
             }
@@ -349,13 +349,13 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
     }
     let ipv6_policy = match sec.get("ipv6-policy") {
         Some(it) => PolicySummary::parse(it.args)
-            .ok_or_else(|| it.err(ErrorKind::BadArgument("policy summary")))?,
+            .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?,
         None => PolicySummary::reject_all(),
     };
     let extra_info_digest = match sec.get("extra-info-digest") {
         Some(it) => Some(
             hex_fixed(it.arg(0, "digest")?)
-                .ok_or_else(|| it.err(ErrorKind::BadArgument("digest (hex)")))?,
+                .ok_or_else(|| it.err(ParseProblem::BadArgument("digest (hex)")))?,
         ),
         None => None,
     };
@@ -410,9 +410,9 @@ pub(crate) fn exactly_one<T>(mut v: Vec<T>, keyword: &'static str) -> Result<T, 
     match v.len() {
         1 => v
             .pop()
-            .ok_or_else(|| ParseError::new(0, "", ErrorKind::Truncated)),
-        0 => Err(ParseError::new(0, keyword, ErrorKind::MissingItem(keyword))),
-        _ => Err(ParseError::new(0, keyword, ErrorKind::DuplicateItem)),
+            .ok_or_else(|| ParseError::new(0, "", ParseProblem::Truncated)),
+        0 => Err(ParseError::new(0, keyword, ParseProblem::MissingItem(keyword))),
+        _ => Err(ParseError::new(0, keyword, ParseProblem::DuplicateItem)),
     }
 }
 
@@ -424,7 +424,7 @@ pub(crate) fn nickname<'a>(first: &Item<'a>) -> Result<&'a str, ParseError> {
         || nickname.len() > 19
         || !nickname.bytes().all(|b| b.is_ascii_alphanumeric())
     {
-        return Err(first.err(ErrorKind::BadArgument("nickname")));
+        return Err(first.err(ParseProblem::BadArgument("nickname")));
     }
     Ok(nickname)
 }
@@ -436,7 +436,7 @@ pub(crate) fn identity_cert(
     match sec.get("identity-ed25519") {
         Some(it) => Ok(Some(
             UncheckedEd25519Cert::decode(&it.object_bytes("ED25519 CERT")?)
-                .map_err(|_| it.err(ErrorKind::BadObject))?,
+                .map_err(|_| it.err(ParseProblem::BadObject))?,
         )),
         None => Ok(None),
     }
@@ -473,21 +473,21 @@ impl<'a> Signed<'a> {
             .get(last.start..)
             .and_then(|s| s.find('\n'))
             .map(|n| last.start + n + 1)
-            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+            .ok_or_else(|| last.err(ParseProblem::Truncated))?;
         let signed = doc
             .get(first.start..sig_line_end)
-            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+            .ok_or_else(|| last.err(ParseProblem::Truncated))?;
         let text = doc
             .get(first.start..last.end)
-            .ok_or_else(|| last.err(ErrorKind::Truncated))?;
+            .ok_or_else(|| last.err(ParseProblem::Truncated))?;
         let (ed_signed_digest, ed_signature) = match sec.get("router-sig-ed25519") {
             Some(it) => {
                 let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?)
-                    .ok_or_else(|| it.err(ErrorKind::BadArgument("ed25519 signature (base64)")))?;
+                    .ok_or_else(|| it.err(ParseProblem::BadArgument("ed25519 signature (base64)")))?;
                 let end = it.start + "router-sig-ed25519 ".len();
                 let part = doc
                     .get(first.start..end)
-                    .ok_or_else(|| it.err(ErrorKind::Truncated))?;
+                    .ok_or_else(|| it.err(ParseProblem::Truncated))?;
                 let mut h = Sha256::new();
                 h.update(crate::relaydesc::ED_SIGNATURE_PREFIX);
                 h.update(part.as_bytes());

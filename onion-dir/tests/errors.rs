@@ -1,7 +1,7 @@
 //! Structure rules of dir-spec §1.2 and §3.4.1: errors name the line and the
 //! keyword; unknown keywords are skipped; ordering and multiplicity enforced.
 
-use onion_dir::{authcert, consensus, microdesc, routerdesc, ErrorKind, ParseError};
+use onion_dir::{authcert, consensus, microdesc, routerdesc, ParseProblem, ParseError};
 
 fn read(name: &str) -> String {
     let p = format!("{}/testdata/tornet/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -43,8 +43,8 @@ fn multiplicity_enforced() {
     let bad = doc.replacen("\ns ", "\ns Fast\ns ", 1);
     let e = err(&bad);
     assert_eq!(
-        (e.line, e.keyword.as_str(), &e.kind),
-        (s_line + 1, "s", &ErrorKind::DuplicateItem)
+        (e.line, e.keyword.as_str(), &e.problem),
+        (s_line + 1, "s", &ParseProblem::DuplicateItem)
     );
     assert!(e.to_string().contains(&format!("line {}", s_line + 1)));
     // A second valid-after.
@@ -55,8 +55,8 @@ fn multiplicity_enforced() {
     );
     let e = err(&bad);
     assert_eq!(
-        (e.keyword.as_str(), e.kind),
-        ("valid-after", ErrorKind::DuplicateItem)
+        (e.keyword.as_str(), e.problem),
+        ("valid-after", ParseProblem::DuplicateItem)
     );
     // A missing known-flags.
     let bad: String = doc
@@ -64,14 +64,14 @@ fn multiplicity_enforced() {
         .filter(|l| !l.starts_with("known-flags"))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_eq!(err(&bad).kind, ErrorKind::MissingItem("known-flags"));
+    assert_eq!(err(&bad).problem, ParseProblem::MissingItem("known-flags"));
     // A router entry without `m` in the microdesc flavour.
     let r_line = line_of(&doc, "r ");
     let bad = doc.replacen("\nm ", "\nx-m ", 1);
     let e = err(&bad);
     assert_eq!(
-        (e.line, e.keyword.as_str(), e.kind),
-        (r_line, "r", ErrorKind::MissingItem("m"))
+        (e.line, e.keyword.as_str(), e.problem),
+        (r_line, "r", ParseProblem::MissingItem("m"))
     );
 }
 
@@ -80,7 +80,7 @@ fn ordering_enforced() {
     let doc = read("cached-microdesc-consensus");
     // Preamble item inside the router section.
     let bad = doc.replacen("\nw ", "\nvalid-until 2026-11-23 07:20:40\nw ", 1);
-    assert_eq!(err(&bad).kind, ErrorKind::UnexpectedItem);
+    assert_eq!(err(&bad).problem, ParseProblem::UnexpectedItem);
     // A router entry after the footer.
     let bad = doc.replacen(
         "bandwidth-weights",
@@ -90,16 +90,16 @@ fn ordering_enforced() {
     assert_eq!(err(&bad).keyword, "r");
     // Something after the signatures.
     let bad = format!("{doc}s Fast\n");
-    assert_eq!(err(&bad).kind, ErrorKind::UnexpectedItem);
+    assert_eq!(err(&bad).problem, ParseProblem::UnexpectedItem);
     // Not starting with network-status-version.
     let bad = format!("vote-status consensus\n{doc}");
     assert_eq!(
-        err(&bad).kind,
-        ErrorKind::MissingItem("network-status-version")
+        err(&bad).problem,
+        ParseProblem::MissingItem("network-status-version")
     );
     // A vote is not a consensus.
     let bad = doc.replacen("vote-status consensus", "vote-status vote", 1);
-    assert!(matches!(err(&bad).kind, ErrorKind::Unsupported(_)));
+    assert!(matches!(err(&bad).problem, ParseProblem::Unsupported(_)));
 }
 
 #[test]
@@ -108,11 +108,11 @@ fn bad_arguments_named() {
     let bad = doc.replacen("127.0.0.1 53337", "127.0.0.300 53337", 1);
     let e = err(&bad);
     assert_eq!(
-        (e.keyword.as_str(), e.kind),
-        ("r", ErrorKind::BadArgument("IP"))
+        (e.keyword.as_str(), e.problem),
+        ("r", ParseProblem::BadArgument("IP"))
     );
     let bad = doc.replacen("w Bandwidth=81", "w Bandwidth=eighty", 1);
-    assert_eq!(err(&bad).kind, ErrorKind::BadArgument("Bandwidth"));
+    assert_eq!(err(&bad).problem, ParseProblem::BadArgument("Bandwidth"));
     let bad = doc.replacen(
         "valid-after 2026-11-23 07:20:00",
         "valid-after 2026-13-23 07:20:00",
@@ -127,10 +127,10 @@ fn bad_arguments_named() {
     assert_eq!(err(&bad).keyword, "fresh-until");
     let bad = doc.replacen("-----END SIGNATURE-----\n", "", 1);
     assert!(matches!(
-        err(&bad).kind,
-        ErrorKind::BadObject | ErrorKind::UnterminatedObject
+        err(&bad).problem,
+        ParseProblem::BadObject | ParseProblem::UnterminatedObject
     ));
-    assert_eq!(err("").kind, ErrorKind::Truncated);
+    assert_eq!(err("").problem, ParseProblem::Truncated);
 }
 
 #[test]
@@ -148,8 +148,8 @@ fn other_documents() {
         1,
     );
     assert_eq!(
-        microdesc::parse_many(&bad).unwrap_err().kind,
-        ErrorKind::DuplicateItem
+        microdesc::parse_many(&bad).unwrap_err().problem,
+        ParseProblem::DuplicateItem
     );
 
     let d = read("relay0.server-descriptor");
@@ -157,15 +157,15 @@ fn other_documents() {
     assert_eq!(
         routerdesc::UnverifiedRouterDesc::parse(&bad)
             .unwrap_err()
-            .kind,
-        ErrorKind::DuplicateItem
+            .problem,
+        ParseProblem::DuplicateItem
     );
     let bad = d.replacen("published", "x-published", 1);
     assert_eq!(
         routerdesc::UnverifiedRouterDesc::parse(&bad)
             .unwrap_err()
-            .kind,
-        ErrorKind::MissingItem("published")
+            .problem,
+        ParseProblem::MissingItem("published")
     );
     let bad = d.replacen("fingerprint F8A6", "fingerprint F8A7", 1);
     assert_eq!(
@@ -189,8 +189,8 @@ fn other_documents() {
         1,
     );
     assert!(matches!(
-        authcert::UnverifiedAuthCert::parse(&bad).unwrap_err().kind,
-        ErrorKind::Unsupported(_)
+        authcert::UnverifiedAuthCert::parse(&bad).unwrap_err().problem,
+        ParseProblem::Unsupported(_)
     ));
 }
 
@@ -231,7 +231,7 @@ fn unknown_signature_algorithms_ignored() {
         "directory-signature sha256 Z332",
         1,
     );
-    assert_eq!(err(&bad).kind, ErrorKind::BadArgument("identity (hex)"));
+    assert_eq!(err(&bad).problem, ParseProblem::BadArgument("identity (hex)"));
 }
 
 #[test]
@@ -250,10 +250,10 @@ fn entries_sorted_by_identity() {
     let bad = swapped.join("\nr ");
     let e = err(&bad);
     assert_eq!(
-        (e.keyword.as_str(), e.kind),
+        (e.keyword.as_str(), e.problem),
         (
             "r",
-            ErrorKind::BadArgument("identity not in ascending order")
+            ParseProblem::BadArgument("identity not in ascending order")
         )
     );
 }
