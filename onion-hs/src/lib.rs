@@ -21,6 +21,7 @@
 //! | client: §2.2.4.1, §3.2, §4 | [`client`] |
 //! | service: §2.2.4.2, §3.1, §3.3, §4.2 | [`service`] |
 //! | service publishing: §2.2.2, §2.2.4.2, §2.2.5, §3.1, intro point rotation | [`publish`] |
+//! | errors: one [`enum@Error`] that every module's error converts into, classified by [`ErrorKind`] | [`error`] |
 //!
 //! The client and service machines work on onion-cell's relay messages; the embedder owns
 //! the circuits (`onion-circuit`), sends what they return (encoded once, into the cell) and
@@ -73,6 +74,7 @@ pub mod address;
 pub mod cert;
 pub mod client;
 pub mod desc;
+pub mod error;
 mod keccak;
 pub mod keyfile;
 pub mod keys;
@@ -88,6 +90,7 @@ pub mod time;
 mod util;
 
 pub use address::{AddressError, OnionAddress};
+pub use error::{Error, ErrorKind};
 pub use keys::{
     Credential, ExpandedKeypair, HsBlindedKey, HsBlindedKeypair, HsIdKey, Subcredential,
 };
