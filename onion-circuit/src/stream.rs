@@ -6,7 +6,8 @@
 //! bytes: no buffer is kept here (data is handed to the embedding as events as soon as it
 //! arrives, and outgoing data is packaged straight into cells).
 
-use onion_cell::relaymsg::{RelayMsg, Xon, MAX_RELAY_DATA_LEN};
+use bytes::Bytes;
+use onion_cell::relaymsg::{EndReason, RelayMsg, Xon, MAX_RELAY_DATA_LEN};
 
 use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
 use crate::cc::CongestionControl;
@@ -19,6 +20,42 @@ use crate::Instant;
 /// A stream identifier on one circuit (tor-spec §6.1: "No stream may have a StreamID of
 /// zero"); the one type of `onion-cell`, re-exported where streams live.
 pub use onion_cell::relay::StreamId;
+
+/// What the other edge of a stream did, reported the same way at both ends of a circuit:
+/// by the client's [`Circuit`](crate::circuit::Circuit) as
+/// [`CircEvent::Stream`](crate::circuit::CircEvent::Stream) and by a relay's
+/// [`RelayCircuit`](crate::relay::RelayCircuit) as
+/// [`RelayEvent::Stream`](crate::relay::RelayEvent::Stream). Handing out a
+/// [`StreamEvent::Data`] from `poll_event` counts as the embedding taking the bytes: that is
+/// when the stream's SENDMEs are queued (tor-spec §7.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Bytes arrived on a stream: one RELAY_DATA cell's worth (tor-spec §6.2).
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The stream ended: RELAY_END from the other edge (tor-spec §6.3), or a local cause:
+    /// DESTROY when the circuit goes away (or, at the client, is truncated before the
+    /// stream's hop), TIMEOUT for a BEGIN or RESOLVE the client's exit left unanswered.
+    Ended {
+        /// The stream.
+        stream: StreamId,
+        /// Why: the other edge's reason, or the local cause.
+        reason: EndReason,
+    },
+}
+
+impl StreamEvent {
+    /// The stream this event is about.
+    pub fn stream(&self) -> StreamId {
+        match self {
+            StreamEvent::Data { stream, .. } | StreamEvent::Ended { stream, .. } => *stream,
+        }
+    }
+}
 
 /// Where a stream is in its life (tor-spec §6.2, §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

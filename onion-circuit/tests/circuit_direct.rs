@@ -9,7 +9,7 @@ use onion_cell::relaymsg::{BeginFlags, EndReason};
 use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowError;
 use onion_circuit::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 use onion_crypto::keys::NtorSecretKey;
 use onion_crypto::{Ed25519Identity, RsaIdentity};
@@ -257,7 +257,7 @@ fn stream_round_trip_with_sendmes() {
         }
         net.run();
         for e in net.take_client_events() {
-            if let CircEvent::Data { stream, data } = e {
+            if let CircEvent::Stream(StreamEvent::Data { stream, data }) = e {
                 assert_eq!(stream, cs);
                 got.extend_from_slice(&data);
             }
@@ -278,7 +278,7 @@ fn stream_round_trip_with_sendmes() {
         }
         net.run();
         for (_, e) in net.relay_events.drain(..) {
-            if let RelayEvent::Data { data, .. } = e {
+            if let RelayEvent::Stream(StreamEvent::Data { data, .. }) = e {
                 got.extend_from_slice(&data);
             }
         }
@@ -291,16 +291,76 @@ fn stream_round_trip_with_sendmes() {
     // Close from the client; the exit sees END, then answers END; no stream left.
     net.client.close_stream(cs).expect("close");
     net.run();
-    assert!(net
-        .relay_events
-        .iter()
-        .any(|(_, e)| matches!(e, RelayEvent::StreamEnded { stream, .. } if *stream == es)));
+    assert!(net.relay_events.iter().any(
+        |(_, e)| matches!(e, RelayEvent::Stream(StreamEvent::Ended { stream, .. }) if *stream == es)
+    ));
     assert_eq!(net.hops[2].n_streams(), 0);
     assert_eq!(
         net.client.n_streams(),
         1,
         "half-closed until the exit's END"
     );
+}
+
+fn client_stream_events(net: &mut Net) -> Vec<StreamEvent> {
+    net.take_client_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            CircEvent::Stream(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both ends of a circuit report what the other edge did on a stream as the one
+/// [`StreamEvent`]: bytes sent at one edge arrive as the same `Data` at the other, and an END
+/// as the same `Ended`, whichever way they travel.
+#[test]
+fn both_edges_report_stream_data_and_ends_as_one_event_type() {
+    let mut net = Net::new(16, HandshakeKind::NtorV3, true, 3);
+    net.build();
+    let cs = net
+        .client
+        .begin("example.com", 80, BeginFlags::default(), net.now)
+        .expect("begin");
+    net.run();
+    let es = sid(&net.relay_events);
+    net.hops[2].connected(es, None).expect("connected");
+    net.run();
+    net.relay_events.clear();
+    net.take_client_events();
+
+    net.client.send(cs, b"ping").expect("send");
+    net.hops[2].send(es, b"pong").expect("send");
+    net.run();
+    let at_exit: Vec<StreamEvent> = net
+        .relay_events
+        .drain(..)
+        .filter_map(|(_, e)| match e {
+            RelayEvent::Stream(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let at_client = client_stream_events(&mut net);
+    let data = |stream, b: &'static [u8]| StreamEvent::Data {
+        stream,
+        data: bytes::Bytes::from_static(b),
+    };
+    assert_eq!(at_exit, vec![data(es, b"ping")]);
+    assert_eq!(at_client, vec![data(cs, b"pong")]);
+
+    // The exit ends the stream: the client sees the exit's reason.
+    net.hops[2].end_stream(es, EndReason::DONE).expect("end");
+    net.run();
+    let ended = client_stream_events(&mut net);
+    assert_eq!(
+        ended,
+        vec![StreamEvent::Ended {
+            stream: cs,
+            reason: EndReason::DONE
+        }]
+    );
+    assert_eq!(ended[0].stream(), cs);
 }
 
 #[test]
@@ -365,10 +425,12 @@ fn resolve_and_refused_begin() {
         .end_stream(es, EndReason::EXITPOLICY)
         .expect("end");
     net.run();
-    assert!(net.take_client_events().contains(&CircEvent::StreamEnded {
-        stream: s,
-        reason: EndReason::EXITPOLICY
-    }));
+    assert!(net
+        .take_client_events()
+        .contains(&CircEvent::Stream(StreamEvent::Ended {
+            stream: s,
+            reason: EndReason::EXITPOLICY
+        })));
 
     // A BEGIN without a host (what a client sends an onion service) names no destination:
     // the exit ends it itself, without asking the embedding to connect anywhere.
@@ -381,10 +443,12 @@ fn resolve_and_refused_begin() {
     assert!(!net.relay_events[before..]
         .iter()
         .any(|(_, e)| matches!(e, RelayEvent::Begin { .. })));
-    assert!(net.take_client_events().contains(&CircEvent::StreamEnded {
-        stream: s,
-        reason: EndReason::RESOLVEFAILED
-    }));
+    assert!(net
+        .take_client_events()
+        .contains(&CircEvent::Stream(StreamEvent::Ended {
+            stream: s,
+            reason: EndReason::RESOLVEFAILED
+        })));
 }
 
 #[test]
@@ -669,7 +733,7 @@ fn held_stream_stops_at_its_window_while_another_flows() {
         }
         net.run();
         for e in net.take_client_events() {
-            if let CircEvent::Data { stream, data } = e {
+            if let CircEvent::Stream(StreamEvent::Data { stream, data }) = e {
                 got[usize::from(stream == fast)] += data.len();
             }
         }
@@ -707,7 +771,7 @@ fn reading_application_gets_everything() {
         }
         net.run();
         for e in net.take_client_events() {
-            if let CircEvent::Data { data, .. } = e {
+            if let CircEvent::Stream(StreamEvent::Data { data, .. }) = e {
                 got += data.len();
             }
         }
@@ -738,10 +802,10 @@ fn destroy_mid_stream_ends_streams() {
     net.hops[1].handle_from_next(net.now, ChanMsg::Destroy(DestroyReason::CHANNEL_CLOSED));
     net.run();
     let ev = net.take_client_events();
-    assert!(ev.contains(&CircEvent::StreamEnded {
+    assert!(ev.contains(&CircEvent::Stream(StreamEvent::Ended {
         stream: cs,
         reason: EndReason::DESTROY
-    }));
+    })));
     assert!(ev.contains(&CircEvent::Closed {
         remote_reason: Some(DestroyReason::DESTROYED),
         error: None
@@ -806,10 +870,10 @@ fn stream_connect_timeout() {
     };
     assert_eq!(
         ended,
-        CircEvent::StreamEnded {
+        CircEvent::Stream(StreamEvent::Ended {
             stream: cs,
             reason: EndReason::TIMEOUT
-        }
+        })
     );
     assert_eq!(net.now, start + Duration::from_secs(60));
     // Only the idle check is left, and it stops once the circuit is compacted.
@@ -926,7 +990,7 @@ fn client_relay_early_budget() {
         .relay_events
         .iter()
         .filter_map(|(_, e)| match e {
-            RelayEvent::Data { data, .. } => Some(data.len()),
+            RelayEvent::Stream(StreamEvent::Data { data, .. }) => Some(data.len()),
             _ => None,
         })
         .sum();
@@ -1027,7 +1091,7 @@ fn exit_half_closed_stream_expires_by_timer() {
     assert!(!net
         .relay_events
         .iter()
-        .any(|(_, e)| matches!(e, RelayEvent::Data { .. })));
+        .any(|(_, e)| matches!(e, RelayEvent::Stream(StreamEvent::Data { .. }))));
     assert_eq!(net.hops[0].n_streams(), 1, "half-closed");
     let expiry = net.now + Duration::from_secs(30);
     assert_eq!(net.hops[0].poll_timeout(), Some(expiry));
@@ -1047,7 +1111,7 @@ fn exit_half_closed_stream_expires_by_timer() {
     assert!(!net
         .relay_events
         .iter()
-        .any(|(_, e)| matches!(e, RelayEvent::Data { .. })));
+        .any(|(_, e)| matches!(e, RelayEvent::Stream(StreamEvent::Data { .. }))));
 }
 
 #[test]

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant as StdInstant};
 use onion_cell::relaymsg::BeginFlags;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::stream::StreamEvent;
 use onion_circuit::Instant;
 use onion_crypto::keyfile;
 use onion_crypto::RsaIdentity;
@@ -254,8 +255,8 @@ fn transfer(
                         .expect("request");
                     started = Some((StdInstant::now(), cpu_time(pid)));
                 }
-                CircEvent::Data { data, .. } => got += data.len() as u64,
-                CircEvent::StreamEnded { .. } => ended = true,
+                CircEvent::Stream(StreamEvent::Data { data, .. }) => got += data.len() as u64,
+                CircEvent::Stream(StreamEvent::Ended { .. }) => ended = true,
                 CircEvent::Closed { .. } => panic!("circuit closed after {got} bytes"),
                 _ => {}
             }

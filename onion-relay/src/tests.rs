@@ -11,7 +11,7 @@ use onion_cell::chancell::DestroyReason;
 use onion_cell::relaymsg::{BeginFlags, EndReason, ResolvedValue};
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_crypto::relay_keyset::RelayKeySet;
 use onion_dir::policy::ExitPolicy;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -429,13 +429,13 @@ impl Net {
                     };
                     r.expect("extend");
                 }
-                CircEvent::Data { stream, data } => {
+                CircEvent::Stream(StreamEvent::Data { stream, data }) => {
                     cc.data
                         .entry(stream.get())
                         .or_default()
                         .extend_from_slice(data);
                 }
-                CircEvent::StreamEnded { stream, reason } => {
+                CircEvent::Stream(StreamEvent::Ended { stream, reason }) => {
                     cc.ended.insert(stream.get(), *reason);
                 }
                 CircEvent::Closed { remote_reason, .. } => cc.closed = Some(*remote_reason),
@@ -1024,6 +1024,7 @@ fn the_consensus_queue_bound_applies_to_open_circuits() {
     let p = crate::ConsensusParams {
         circuits: onion_circuit::relay::RelayConfig::default(),
         circuit_queue_cells: 100,
+        circuit_priority_halflife: std::time::Duration::from_secs(30),
     };
     net.relays[0].set_consensus_params(p, now);
     net.run();

@@ -44,7 +44,7 @@ use onion_circuit::cc::CcConfig as VegasConfig;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 use onion_dir::ccparams::{cc_param_spec, CcParams, CcPath};
 use onion_dir::consensus::NetParams;
@@ -659,7 +659,7 @@ impl Client {
                             Err(e) => self.failed = Some(format!("request: {e}")),
                         }
                     }
-                    CircEvent::Data { data, .. } => {
+                    CircEvent::Stream(StreamEvent::Data { data, .. }) => {
                         self.last_byte = Some(now);
                         if self.body_started {
                             Self::take_body(
@@ -690,7 +690,7 @@ impl Client {
                             self.failed = Some("response head too long".into());
                         }
                     }
-                    CircEvent::StreamEnded { reason, .. } => {
+                    CircEvent::Stream(StreamEvent::Ended { reason, .. }) => {
                         self.end_reason = Some(reason);
                         self.stats = circ.stats();
                         self.done = true;

@@ -5,6 +5,7 @@ use onion_cell::chancell::{ChanMsg, DestroyReason, RelayPayload};
 use onion_cell::relaymsg::BeginFlags;
 use onion_circuit::circuit::{CircEvent, HandshakeKind};
 use onion_circuit::relay::RelayEvent;
+use onion_circuit::stream::StreamEvent;
 use onion_sim::circuit::wired::Wired;
 use proptest::prelude::*;
 
@@ -79,7 +80,7 @@ proptest! {
         }
         w.run();
         let got: Vec<u8> = w.relay_events.iter().filter_map(|(_, e)| match e {
-            RelayEvent::Data { data, .. } => Some(data.to_vec()), _ => None }).flatten().collect();
+            RelayEvent::Stream(StreamEvent::Data { data, .. }) => Some(data.to_vec()), _ => None }).flatten().collect();
         prop_assert_eq!(got, expect);
         let closed = w.client_events.iter().any(|e| matches!(e, CircEvent::Closed { .. }));
         prop_assert!(!closed, "the circuit closed");

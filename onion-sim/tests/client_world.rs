@@ -9,7 +9,7 @@ use onion_cell::relaymsg::{BeginFlags, EndReason};
 use onion_cell::CircId;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 use onion_sim::client::world::{LinkId, NetEvent, Role, World, WorldConfig, WALL_BASE};
 use rand_chacha::rand_core::SeedableRng;
@@ -178,12 +178,14 @@ impl Raw {
     /// The bytes received on `s` and how it ended, once it ended.
     fn stream_result(&self, s: StreamId) -> Option<(Vec<u8>, EndReason)> {
         let end = self.events.iter().find_map(|e| match e {
-            CircEvent::StreamEnded { stream, reason } if *stream == s => Some(*reason),
+            CircEvent::Stream(StreamEvent::Ended { stream, reason }) if *stream == s => {
+                Some(*reason)
+            }
             _ => None,
         })?;
         let mut body = Vec::new();
         for e in &self.events {
-            if let CircEvent::Data { stream, data } = e {
+            if let CircEvent::Stream(StreamEvent::Data { stream, data }) = e {
                 if *stream == s {
                     body.extend_from_slice(data);
                 }
@@ -355,7 +357,7 @@ fn relay_dying_mid_transfer_ends_the_circuit() {
     raw.run(&mut w, |r| {
         r.events
             .iter()
-            .filter(|e| matches!(e, CircEvent::Data { .. }))
+            .filter(|e| matches!(e, CircEvent::Stream(StreamEvent::Data { .. })))
             .count()
             > 200
     });
@@ -367,7 +369,7 @@ fn relay_dying_mid_transfer_ends_the_circuit() {
         .events
         .iter()
         .map(|e| match e {
-            CircEvent::Data { data, .. } => data.len(),
+            CircEvent::Stream(StreamEvent::Data { data, .. }) => data.len(),
             _ => 0,
         })
         .sum();

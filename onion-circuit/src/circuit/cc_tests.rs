@@ -14,6 +14,7 @@ use super::inbound_tests::{events, from_relay};
 use super::*;
 use crate::flow::SENDME_UNPREDICTABLE_GAP;
 use crate::relay::{RelayCircuit, RelayEvent, RelayKeys, RelayOutput};
+use crate::stream::StreamEvent;
 
 fn relay(rng: &mut ChaCha20Rng) -> (RelayKeys, HopTarget) {
     let ntor = NtorSecretKey::generate(rng);
@@ -208,7 +209,7 @@ fn receiving_sends_a_circuit_sendme_every_sendme_inc_cells_and_no_stream_sendme(
     pump(&mut c, &mut r, &mut rng, false);
     let data = events(&mut c)
         .iter()
-        .filter(|e| matches!(e, CircEvent::Data { .. }))
+        .filter(|e| matches!(e, CircEvent::Stream(StreamEvent::Data { .. })))
         .count();
     // 101 cells: the hop cuts the first of every 31 cells 32 bytes short.
     assert_eq!(data, 101);

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha20Rng;
 use super::inbound_tests::{events, from_relay, one_hop};
 use super::*;
 use crate::relay::{RelayCircuit, RelayEvent, RelayOutput};
+use crate::stream::StreamEvent;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -224,7 +225,9 @@ fn close_says_misc_unless_told_another_reason() {
         }
         let evs = pump(&mut c, &mut r, &mut rng, false);
         let got = evs.iter().find_map(|e| match e {
-            RelayEvent::StreamEnded { stream, reason } if *stream == es => Some(*reason),
+            RelayEvent::Stream(StreamEvent::Ended { stream, reason }) if *stream == es => {
+                Some(*reason)
+            }
             _ => None,
         });
         assert_eq!(got, Some(reason));

@@ -72,7 +72,9 @@ use crate::cc::flowctl::{FlowCtrlParams, FlowSignal};
 use crate::cc::{CcConfig, CcError, CongestionControl};
 use crate::flow::{sendme_tag, CircRecvWindow, FlowStats, SendmeTag};
 use crate::sendme::{CircSender, SendmeError};
-use crate::stream::{flow_signal_msg, Admit, Stream, StreamId, StreamMap, StreamState};
+use crate::stream::{
+    flow_signal_msg, Admit, Stream, StreamEvent, StreamId, StreamMap, StreamState,
+};
 use crate::Instant;
 
 /// Most RELAY_EARLY cells a client sends on one circuit (tor-spec §5.6).
@@ -206,21 +208,8 @@ pub enum CircEvent {
         /// The address the exit connected to and its TTL, if it said.
         addr: Option<(IpAddr, u32)>,
     },
-    /// Bytes arrived on a stream (one RELAY_DATA cell's worth).
-    Data {
-        /// The stream.
-        stream: StreamId,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// The stream ended: RELAY_END from the other edge, our connect timeout, or the circuit
-    /// going away (reason DESTROY).
-    StreamEnded {
-        /// The stream.
-        stream: StreamId,
-        /// Why (the peer's reason, or TIMEOUT / DESTROY for local causes).
-        reason: EndReason,
-    },
+    /// Data or an end on a stream, as a relay's circuit end reports them too.
+    Stream(StreamEvent),
     /// The answers to a RESOLVE (RELAY_RESOLVED, tor-spec §6.4).
     Resolved {
         /// The stream id the RESOLVE used.
@@ -1097,10 +1086,10 @@ impl Circuit {
             .map(|s| s.id)
             .collect();
         for stream in ids {
-            self.events.push_back(CircEvent::StreamEnded {
+            self.events.push_back(CircEvent::Stream(StreamEvent::Ended {
                 stream,
                 reason: EndReason::DESTROY,
-            });
+            }));
         }
         self.streams = StreamMap::new();
         self.events.push_back(CircEvent::Closed {
@@ -1351,10 +1340,10 @@ impl Circuit {
                 };
                 if let Some(s) = self.streams.remove(id) {
                     if !s.is_half_closed() {
-                        self.events.push_back(CircEvent::StreamEnded {
+                        self.events.push_back(CircEvent::Stream(StreamEvent::Ended {
                             stream: id,
                             reason: end.reason,
-                        });
+                        }));
                     }
                     self.streams.shrink();
                 }
@@ -1399,10 +1388,10 @@ impl Circuit {
                 for id in gone {
                     if let Some(s) = self.streams.remove(id) {
                         if !s.is_half_closed() {
-                            self.events.push_back(CircEvent::StreamEnded {
+                            self.events.push_back(CircEvent::Stream(StreamEvent::Ended {
                                 stream: id,
                                 reason: EndReason::DESTROY,
-                            });
+                            }));
                         }
                     }
                 }
@@ -1483,10 +1472,10 @@ impl Circuit {
         };
         if s.on_data()? == Admit::Process {
             self.stats.data_cells_received += 1;
-            self.events.push_back(CircEvent::Data {
+            self.events.push_back(CircEvent::Stream(StreamEvent::Data {
                 stream: id,
                 data: data(),
-            });
+            }));
         }
         Ok(())
     }
@@ -1507,7 +1496,7 @@ impl Circuit {
     /// Nothing is returned, as for [`Circuit::handle_cell`]: a hop that does not answer
     /// CREATE2/EXTEND2 in time ([`CircConfig::build_timeout`]) closes the circuit and the
     /// [`CircError::BuildTimeout`] arrives once, as [`CircEvent::Closed`]; a stream whose
-    /// BEGIN or RESOLVE went unanswered ends with [`CircEvent::StreamEnded`] (TIMEOUT).
+    /// BEGIN or RESOLVE went unanswered ends with [`StreamEvent::Ended`] (TIMEOUT).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.see(now);
         if self.closed {
@@ -1529,10 +1518,10 @@ impl Circuit {
             // A half-closed stream's window ran out: forget it quietly (the embedding
             // closed it itself). A connect or resolve attempt timed out: tell.
             if !s.is_half_closed() {
-                self.events.push_back(CircEvent::StreamEnded {
+                self.events.push_back(CircEvent::Stream(StreamEvent::Ended {
                     stream: s.id,
                     reason: EndReason::TIMEOUT,
-                });
+                }));
             }
         }
         if gone {
@@ -1659,13 +1648,13 @@ impl Circuit {
 
     /// The next event for the embedding.
     ///
-    /// Handing out a [`CircEvent::Data`] counts as the application taking the bytes: that is
+    /// Handing out a [`StreamEvent::Data`] counts as the application taking the bytes: that is
     /// when stream SENDMEs are queued (tor-spec §7.4), so an embedding that stops polling
     /// stops the exit's stream after 500 cells.
     pub fn poll_event(&mut self) -> Option<CircEvent> {
         let e = self.events.pop_front();
         match &e {
-            Some(CircEvent::Data { stream, .. }) => self.delivered(*stream),
+            Some(CircEvent::Stream(StreamEvent::Data { stream, .. })) => self.delivered(*stream),
             None if self.events.capacity() > 64 => self.events.shrink_to_fit(),
             _ => {}
         }

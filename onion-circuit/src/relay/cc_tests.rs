@@ -15,6 +15,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use crate::stream::StreamEvent;
 use onion_cell::relaymsg::{Xon, MAX_RELAY_DATA_LEN};
 
 fn relay(rng: &mut ChaCha20Rng) -> (RelayKeys, HopTarget) {
@@ -240,7 +241,7 @@ fn the_exit_sends_within_cwnd_and_sendmes_open_it() {
     let got: usize = client_events(&mut c)
         .iter()
         .map(|e| match e {
-            CircEvent::Data { data, .. } => data.len(),
+            CircEvent::Stream(StreamEvent::Data { data, .. }) => data.len(),
             _ => 0,
         })
         .sum();
@@ -486,9 +487,9 @@ fn a_local_no_such_stream_is_misuse_and_a_peer_violation_destroys_with_protocol(
     assert_eq!(err.destroy_reason(), DestroyReason::INTERNAL);
     assert_eq!(r.send(es, b"still open").unwrap(), 10);
     pump(&mut c, &mut r, &mut rng, at(0));
-    assert!(client_events(&mut c)
-        .iter()
-        .any(|e| matches!(e, CircEvent::Data { stream, .. } if *stream == id)));
+    assert!(client_events(&mut c).iter().any(
+        |e| matches!(e, CircEvent::Stream(StreamEvent::Data { stream, .. }) if *stream == id)
+    ));
     // DATA on stream 0 from the client: a violation, DESTROY PROTOCOL toward it.
     let mut body = crate::circuit::encode_body(None, &RelayMsg::Drop, "test").unwrap();
     body[onion_cell::relay::CMD_OFFSET] = RelayCmd::DATA.0;

@@ -15,7 +15,7 @@
 //!   [`RelayCircuit::extend_failed`].
 //! * BEGIN → [`RelayEvent::Begin`]: apply the exit policy, connect, then
 //!   [`RelayCircuit::connected`] or [`RelayCircuit::end_stream`]. DATA then flows with
-//!   [`RelayEvent::Data`] and [`RelayCircuit::send`].
+//!   [`StreamEvent::Data`] and [`RelayCircuit::send`].
 //! * BEGIN_DIR → [`RelayEvent::BeginDir`], answered by the embedding's directory service.
 //! * RESOLVE → [`RelayEvent::Resolve`], answered with [`RelayCircuit::resolved`].
 //!
@@ -114,7 +114,7 @@ use crate::error::ErrorKind;
 use crate::flow::{sendme_tag, CircRecvWindow, FlowError, FlowStats, SendmeTag};
 use crate::sendme::{CircSender, SendmeError};
 use crate::stream::{
-    flow_signal_msg, Admit, Stream, StreamError, StreamId, StreamMap, StreamState,
+    flow_signal_msg, Admit, Stream, StreamError, StreamEvent, StreamId, StreamMap, StreamState,
 };
 use crate::Instant;
 
@@ -300,20 +300,9 @@ pub enum RelayEvent {
         /// The name.
         query: String,
     },
-    /// DATA from the client on an exit stream.
-    Data {
-        /// The stream.
-        stream: StreamId,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// The client ended a stream (RELAY_END).
-    StreamEnded {
-        /// The stream.
-        stream: StreamId,
-        /// Its reason.
-        reason: EndReason,
-    },
+    /// DATA from the client on an exit stream, or the client ending one (RELAY_END), as the
+    /// client's circuit end reports them too.
+    Stream(StreamEvent),
     /// A recognised message the circuit does not handle itself (onion-service messages).
     Msg {
         /// Stream id (`None` for circuit-level).
@@ -367,7 +356,7 @@ pub struct RelayCircuit {
     to_client: VecDeque<Inbound>,
     to_next: VecDeque<ChanMsg<'static>>,
     events: VecDeque<RelayEvent>,
-    /// Bytes of the [`RelayEvent::Data`] in `events` (the embedding's memory accounting).
+    /// Bytes of the [`StreamEvent::Data`] in `events` (the embedding's memory accounting).
     event_data_bytes: usize,
     relay_early_seen: u8,
     closed: bool,
@@ -585,7 +574,7 @@ impl RelayCircuit {
     }
 
     /// Bytes of stream data received from the client that wait in this circuit's events
-    /// ([`RelayEvent::Data`] not yet taken by [`RelayCircuit::poll_event`]). An embedding that
+    /// ([`StreamEvent::Data`] not yet taken by [`RelayCircuit::poll_event`]). An embedding that
     /// holds the circuit's events (its stream buffer is full) counts them with its other
     /// queues, so that a client that goes on sending is bounded by its out-of-memory handler.
     pub fn queued_event_bytes(&self) -> usize {
@@ -691,10 +680,11 @@ impl RelayCircuit {
             .map(|s| s.id)
             .collect();
         for stream in ids {
-            self.events.push_back(RelayEvent::StreamEnded {
-                stream,
-                reason: EndReason::DESTROY,
-            });
+            self.events
+                .push_back(RelayEvent::Stream(StreamEvent::Ended {
+                    stream,
+                    reason: EndReason::DESTROY,
+                }));
         }
         self.streams = StreamMap::new();
     }
@@ -968,10 +958,11 @@ impl RelayCircuit {
                 let id = sid.ok_or(RelayError::Protocol("END on stream 0"))?;
                 if let Some(s) = self.streams.remove(id) {
                     if !s.is_half_closed() {
-                        self.events.push_back(RelayEvent::StreamEnded {
-                            stream: id,
-                            reason: end.reason,
-                        });
+                        self.events
+                            .push_back(RelayEvent::Stream(StreamEvent::Ended {
+                                stream: id,
+                                reason: end.reason,
+                            }));
                     }
                     self.streams.shrink();
                 }
@@ -1018,7 +1009,8 @@ impl RelayCircuit {
             self.stats.data_cells_received += 1;
             let data = data();
             self.event_data_bytes += data.len();
-            self.events.push_back(RelayEvent::Data { stream: id, data });
+            self.events
+                .push_back(RelayEvent::Stream(StreamEvent::Data { stream: id, data }));
         }
         Ok(())
     }
@@ -1245,11 +1237,11 @@ impl RelayCircuit {
         })
     }
 
-    /// The next event for the embedding. Handing out [`RelayEvent::Data`] counts as the
+    /// The next event for the embedding. Handing out [`StreamEvent::Data`] counts as the
     /// embedding taking the bytes (stream SENDMEs are queued then, tor-spec §7.4).
     pub fn poll_event(&mut self) -> Option<RelayEvent> {
         let e = self.events.pop_front();
-        if let Some(RelayEvent::Data { stream, data }) = &e {
+        if let Some(RelayEvent::Stream(StreamEvent::Data { stream, data })) = &e {
             self.event_data_bytes = self.event_data_bytes.saturating_sub(data.len());
             let id = *stream;
             let n = self.streams.get_mut(id).map_or(0, Stream::on_delivered);

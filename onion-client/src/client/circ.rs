@@ -9,7 +9,7 @@ use onion_cell::relaymsg::RelayMsg;
 use onion_cell::CircId;
 use onion_circuit::channel::PeerIds;
 use onion_circuit::circuit::{CircConfig, CircError, CircEvent, Circuit, HandshakeKind, HopTarget};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_dir::policy::ExitTarget;
 use onion_dir::RsaIdentity;
 
@@ -421,8 +421,12 @@ impl super::Client {
             match ev {
                 CircEvent::HopAdded { hops } => self.hop_added(key, hops),
                 CircEvent::StreamConnected { stream, .. } => self.stream_connected(key, stream),
-                CircEvent::Data { stream, data } => self.stream_data(key, stream, data),
-                CircEvent::StreamEnded { stream, reason } => self.stream_ended(key, stream, reason),
+                CircEvent::Stream(StreamEvent::Data { stream, data }) => {
+                    self.stream_data(key, stream, data)
+                }
+                CircEvent::Stream(StreamEvent::Ended { stream, reason }) => {
+                    self.stream_ended(key, stream, reason)
+                }
                 CircEvent::Resolved { stream, answers } => {
                     self.stream_resolved(key, stream, answers)
                 }

@@ -25,7 +25,7 @@ use onion_cell::CircId;
 use onion_circuit::cc::CcConfig;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, RelayLinkKeys};
 use onion_circuit::relay::{RelayCircuit, RelayConfig, RelayEvent, RelayKeys, RelayOutput};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_client::dir::{Authority, DirConfig, DirMode, Directory};
 use onion_client::{Client, ClientConfig, ConnId, Error, Event, Instant, StreamHandle, Timestamp};
 use onion_crypto::keys::{NtorOnionKey, NtorSecretKey};
@@ -710,7 +710,7 @@ impl Net {
                     .circ
                     .resolved(stream, vec![ResolvedAnswer { value, ttl: 60 }]);
             }
-            RelayEvent::Data { stream, data } => {
+            RelayEvent::Stream(StreamEvent::Data { stream, data }) => {
                 let relay = rc.relay;
                 let Some(ob) = self.outbox.get_mut(&(i, stream.get())) else {
                     return;
@@ -738,7 +738,7 @@ impl Net {
                     Service::Silent => {}
                 }
             }
-            RelayEvent::StreamEnded { stream, reason } => {
+            RelayEvent::Stream(StreamEvent::Ended { stream, reason }) => {
                 // DESTROY is the relay's own report of its circuit closing, not a cell.
                 if reason != EndReason::DESTROY {
                     self.ends.push((rc.relay, reason));

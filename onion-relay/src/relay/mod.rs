@@ -18,7 +18,7 @@ use onion_circuit::channel::{
     PeerIds, ResponderCerts,
 };
 use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as CircKeys};
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 use onion_crypto::cert::Timestamp;
 use onion_crypto::relay_keyset::{OnionKeyParams, RelayKeySet, Rotation};
@@ -1465,8 +1465,10 @@ impl Relay {
             } => self.begin(k, stream, host, port),
             RelayEvent::BeginDir { stream } => self.begin_dir(k, stream),
             RelayEvent::Resolve { stream, query } => self.resolve(k, stream, query),
-            RelayEvent::Data { stream, data } => self.stream_data(k, stream, data),
-            RelayEvent::StreamEnded { stream, .. } => self.client_ended(k, stream),
+            RelayEvent::Stream(StreamEvent::Data { stream, data }) => {
+                self.stream_data(k, stream, data)
+            }
+            RelayEvent::Stream(StreamEvent::Ended { stream, .. }) => self.client_ended(k, stream),
             RelayEvent::Closed { .. } => self.drop_streams(k),
             RelayEvent::Msg { stream, msg } => self.hs_msg(k, stream, *msg),
             _ => {}

@@ -34,7 +34,7 @@ use onion_cell::CircId;
 use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
 use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowStats;
-use onion_circuit::stream::StreamId;
+use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 
 use crate::client::world::{AccessLink, LinkId, NetEvent, Role, World, WorldConfig};
@@ -465,7 +465,15 @@ impl Client {
                     });
                 }
                 NetEvent::Data { link, bytes } if Some(link) == self.link => {
-                    if let Err(e) = self.inbuf.push(&bytes, INBOUND_LIMIT) {
+                    // Read in place while nothing waits before them.
+                    let r = match &mut self.chan {
+                        Some(chan) => self
+                            .inbuf
+                            .push_feed(chan, now, &bytes, INBOUND_LIMIT)
+                            .map(|_| ()),
+                        None => self.inbuf.push(&bytes, INBOUND_LIMIT),
+                    };
+                    if let Err(e) = r {
                         self.fail(format!("the first hop's bytes: {e}"));
                     }
                 }
@@ -634,7 +642,7 @@ impl Client {
                     Err(e) => self.fail(format!("send: {e}")),
                 }
             }
-            CircEvent::Data { data, .. } => {
+            CircEvent::Stream(StreamEvent::Data { data, .. }) => {
                 self.response.extend_from_slice(&data);
                 self.last_byte = Some(now);
                 if self.head_len.is_none() {
@@ -658,7 +666,7 @@ impl Client {
                     }
                 }
             }
-            CircEvent::StreamEnded { stream, reason } => {
+            CircEvent::Stream(StreamEvent::Ended { stream, reason }) => {
                 let got = self
                     .head_len
                     .map_or(0, |h| self.response.len().saturating_sub(h));
