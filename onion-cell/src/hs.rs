@@ -382,6 +382,21 @@ impl IntroduceAckStatus {
     pub const CANT_RELAY: IntroduceAckStatus = IntroduceAckStatus(3);
 }
 
+/// The status's meaning as rend-spec-v3 §3.2.2 gives it, and its number (a value the spec
+/// does not define is kept and shown as a number).
+impl core::fmt::Display for IntroduceAckStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = match *self {
+            Self::SUCCESS => "success",
+            Self::UNKNOWN_SERVICE => "service id not recognised",
+            Self::BAD_FORMAT => "bad message format",
+            Self::CANT_RELAY => "can't relay the cell to the service",
+            _ => "unknown status",
+        };
+        write!(f, "{name} ({})", self.0)
+    }
+}
+
 /// INTRODUCE_ACK (rend-spec-v3 §3.2.2): STATUS (2 bytes), extensions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct IntroduceAck<'a> {

@@ -96,9 +96,10 @@ pub enum ClientError {
     /// [`RendReady::introduce`] named an introduction point the descriptor does not list.
     #[error("no introduction point {0} in the descriptor")]
     NoSuchIntroPoint(usize),
-    /// INTRODUCE_ACK reported a failure.
-    #[error("introduction point refused: status {0}")]
-    IntroduceRefused(u16),
+    /// INTRODUCE_ACK reported a failure: its STATUS (rend-spec-v3 §3.2.2), an unknown value
+    /// kept as it came.
+    #[error("introduction point refused: {0}")]
+    IntroduceRefused(wire::IntroduceAckStatus),
 }
 
 /// The INTRODUCE1 extension type that asks the service to run congestion control on the
@@ -422,7 +423,7 @@ impl Introduction {
     /// this introduction point failed: introduce through another one.
     pub fn handle_introduce_ack(&self, ack: &wire::IntroduceAck<'_>) -> Result<(), ClientError> {
         if ack.status != wire::IntroduceAckStatus::SUCCESS {
-            return Err(ClientError::IntroduceRefused(ack.status.0));
+            return Err(ClientError::IntroduceRefused(ack.status));
         }
         Ok(())
     }

@@ -260,7 +260,20 @@ fn refused_introduction_is_reported_and_next_point_tried() {
     assert!(routing.to_service.is_none());
     assert_eq!(
         first.handle_introduce_ack(&routing.ack),
-        Err(ClientError::IntroduceRefused(1))
+        Err(ClientError::IntroduceRefused(
+            onion_cell::hs::IntroduceAckStatus::UNKNOWN_SERVICE
+        ))
+    );
+    // A status rend-spec-v3 §3.2.2 does not define is a refusal too, its value kept.
+    let odd = onion_cell::hs::IntroduceAck::decode(&[0x12, 0x34, 0]).unwrap();
+    let refused = first.handle_introduce_ack(&odd).unwrap_err();
+    assert_eq!(
+        refused,
+        ClientError::IntroduceRefused(onion_cell::hs::IntroduceAckStatus(0x1234))
+    );
+    assert_eq!(
+        refused.to_string(),
+        "introduction point refused: unknown status (4660)"
     );
     // The second intro point, then one the descriptor does not list.
     let (second, _) = ready.introduce(&mut rng, 1, &[3; 32], vec![]).unwrap();
