@@ -684,9 +684,9 @@ impl HsDirStore {
             .map(|e| e.text.clone())
     }
 
-    /// Drop descriptors whose lifetime ended by `now`; returns how many.
-    pub fn expire(&mut self, now: Timestamp) -> usize {
-        let before = self.entries.len();
+    /// Drop descriptors whose lifetime ended by `now` (the wake-up [`HsDirStore::poll_timeout`]
+    /// asked for, or any later time).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
         let mut freed = 0;
         self.entries.retain(|_, e| {
             let keep = e.expires > now;
@@ -696,11 +696,10 @@ impl HsDirStore {
             keep
         });
         self.bytes -= freed;
-        before - self.entries.len()
     }
 
-    /// When the next descriptor expires.
-    pub fn next_expiry(&self) -> Option<Timestamp> {
+    /// When the next descriptor expires: when to call [`HsDirStore::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.entries.values().map(|e| e.expires).min()
     }
 }
@@ -872,8 +871,10 @@ mod tests {
             Err(StoreError::TooLarge(_))
         ));
         // Expiry after descriptor-lifetime (180 minutes).
-        assert_eq!(s.next_expiry(), Some(now.add_secs(1 + 180 * 60)));
-        assert_eq!(s.expire(now.add_secs(1 + 180 * 60)), 1);
+        let expiry = now.add_secs(1 + 180 * 60);
+        assert_eq!(s.poll_timeout(), Some(expiry));
+        s.handle_timeout(expiry);
+        assert_eq!(s.len(), 1);
         assert_eq!(s.bytes(), c.len());
     }
 

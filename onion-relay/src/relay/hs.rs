@@ -460,12 +460,12 @@ impl Relay {
     /// Drop the HSDir's expired descriptors.
     pub(super) fn hs_expire(&mut self) {
         let now = self.wall_now();
-        self.hs.hsdir.expire(now);
+        self.hs.hsdir.handle_timeout(now);
     }
 
     /// When the next descriptor expires, on the monotonic clock.
     pub(super) fn hs_timeout(&self) -> Option<Instant> {
-        let at = self.hs.hsdir.next_expiry()?;
+        let at = self.hs.hsdir.poll_timeout()?;
         let wall = self.wall_now();
         self.now.checked_add(core::time::Duration::from_secs(
             at.unix().saturating_sub(wall.unix()),
