@@ -64,6 +64,18 @@ impl TargetError {
             TargetError::Other => EndReason::MISC,
         }
     }
+
+    /// [`ErrorKind::Timeout`] for a connect that timed out, else [`ErrorKind::Network`]:
+    /// the target's network failed, not a Tor peer and not the caller.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            TargetError::Timeout => ErrorKind::Timeout,
+            TargetError::Refused
+            | TargetError::Unreachable
+            | TargetError::Reset
+            | TargetError::Other => ErrorKind::Network,
+        }
+    }
 }
 
 /// Why a name resolution failed (tor-spec §6.4: transient and non-transient errors).
@@ -74,6 +86,14 @@ pub enum ResolveError {
     NotFound,
     /// The resolver failed or timed out: transient.
     Transient,
+}
+
+impl ResolveError {
+    /// Always [`ErrorKind::Network`]: the name cannot be reached through the resolver (for
+    /// a while, or at all); neither the client asking nor the caller broke a rule.
+    pub fn kind(self) -> ErrorKind {
+        ErrorKind::Network
+    }
 }
 
 /// Something the embedder must do. Drain with [`crate::Relay::poll_event`] after every
@@ -163,6 +183,23 @@ pub enum Error {
     Unknown,
 }
 
+/// The stack's one classification of failures (from onion-cell), given by every error of
+/// this crate's `kind()`.
+pub use onion_cell::ErrorKind;
+
+impl Error {
+    /// Who is to blame: a limit of [`crate::Limits`] is [`ErrorKind::Resource`], a
+    /// connection or stream that is gone [`ErrorKind::Closed`], and keys that could not make
+    /// the relay's certificates (keys already loaded and checked) [`ErrorKind::Internal`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Keys(_) => ErrorKind::Internal,
+            Error::Refused(_) => ErrorKind::Resource,
+            Error::Unknown => ErrorKind::Closed,
+        }
+    }
+}
+
 /// Whether `ip` is an address an exit or EXTEND2 must not reach without being told to
 /// (C tor's `tor_addr_is_internal`): private, loopback, link-local, unspecified, CGNAT,
 /// unique-local or multicast.
@@ -190,5 +227,23 @@ pub(crate) fn is_internal(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_or_resolver_failure_is_the_networks_and_a_limit_a_resource() {
+        assert_eq!(TargetError::Timeout.kind(), ErrorKind::Timeout);
+        assert_eq!(TargetError::Refused.kind(), ErrorKind::Network);
+        assert_eq!(TargetError::Reset.kind(), ErrorKind::Network);
+        assert_eq!(ResolveError::NotFound.kind(), ErrorKind::Network);
+        assert_eq!(ResolveError::Transient.kind(), ErrorKind::Network);
+        let refused = Error::Refused("Limits::max_connections");
+        assert_eq!(refused.kind(), ErrorKind::Resource);
+        assert_eq!(Error::Unknown.kind(), ErrorKind::Closed);
+        assert_eq!(Error::Keys("link cert".into()).kind(), ErrorKind::Internal);
     }
 }
