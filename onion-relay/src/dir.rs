@@ -590,6 +590,7 @@ enum Body<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_docs::CERTS;
     use onion_dir::http::{parse_head, DirRequest, ResponseReader};
 
     fn cache() -> DirCache {
@@ -718,12 +719,6 @@ mod tests {
         );
         assert_eq!(get(&c, req.as_bytes(), 1 << 20).0, 200);
     }
-
-    const CERTS: [&str; 3] = [
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth0"),
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth1"),
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth2"),
-    ];
 
     /// Each certificate's authority identity and signing-key digest.
     fn cert_ids() -> Vec<(RsaIdentity, RsaIdentity)> {

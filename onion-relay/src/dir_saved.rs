@@ -277,40 +277,12 @@ pub fn check_consensus(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NS: &str = include_str!("../../onion-dir/testdata/tornet/cached-consensus");
-    const MD: &str = include_str!("../../onion-dir/testdata/tornet/cached-microdesc-consensus");
-    const MICRO: &str = include_str!("../../onion-dir/testdata/tornet/cached-microdescs.new");
-    const DESCS: &str = include_str!("../../onion-dir/testdata/tornet/cached-descriptors.new");
-    const CERTS: [&str; 3] = [
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth0"),
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth1"),
-        include_str!("../../onion-dir/testdata/tornet/authority_certificate.auth2"),
-    ];
-
-    /// The network's v3 authorities (those whose certificates are given).
-    fn v3() -> Vec<RsaIdentity> {
-        CERTS
-            .iter()
-            .map(|t| {
-                authcert::UnverifiedAuthCert::parse(t)
-                    .expect("cert")
-                    .peek()
-                    .fingerprint
-            })
-            .collect()
-    }
-
-    /// A time at which the test consensuses are valid.
-    fn now() -> Timestamp {
-        consensus::parse(NS).expect("ns").peek().valid_after
-    }
+    use crate::test_docs::{listing_store, v3_authorities as v3, valid_time as now};
+    use crate::test_docs::{CERTS, DESCS, MD, MICRO, NS};
 
     /// A full cache as the relay holds it after fetching everything.
     fn full() -> (Vec<String>, DescriptorStore) {
-        let mut s = DescriptorStore::default();
-        s.set_consensus(consensus::parse(NS).expect("ns").peek());
-        s.set_consensus(consensus::parse(MD).expect("md").peek());
+        let mut s = listing_store(crate::store::DEFAULT_MAX_BYTES);
         s.add_microdescs(MICRO);
         s.add_server_descriptors(DESCS);
         (CERTS.iter().map(|t| t.to_string()).collect(), s)

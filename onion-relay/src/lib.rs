@@ -79,6 +79,8 @@ pub mod store;
 pub mod tls;
 
 #[cfg(test)]
+mod test_docs;
+#[cfg(test)]
 mod tests;
 
 pub use config::{ConsensusParams, Limits, RelayConfig};

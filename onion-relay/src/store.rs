@@ -294,19 +294,8 @@ fn split_descriptors(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_docs::{listing_store as store, DESCS, MD, MICRO, NS};
     use onion_dir::http::DirRequest;
-
-    const NS: &str = include_str!("../../onion-dir/testdata/tornet/cached-consensus");
-    const MD: &str = include_str!("../../onion-dir/testdata/tornet/cached-microdesc-consensus");
-    const MICRO: &str = include_str!("../../onion-dir/testdata/tornet/cached-microdescs.new");
-    const DESCS: &str = include_str!("../../onion-dir/testdata/tornet/cached-descriptors.new");
-
-    fn store(max: usize) -> DescriptorStore {
-        let mut s = DescriptorStore::new(max);
-        s.set_consensus(onion_dir::consensus::parse(NS).expect("ns").peek());
-        s.set_consensus(onion_dir::consensus::parse(MD).expect("md").peek());
-        s
-    }
 
     /// The decoded body of the cache's answer to `req`.
     fn body(cache: &crate::dir::DirCache, req: &DirRequest) -> String {
