@@ -65,6 +65,13 @@ pub struct RelayConfig {
     /// period); the next cell rebuilds them (about 50 ns each). Default 5 seconds, as the
     /// client's circuits (`CircConfig::idle_after`). `None`: never.
     pub compact_idle: Option<Duration>,
+    /// C tor's `CircuitPriorityHalflife` option, in seconds: the half-life of the cell
+    /// counts by which the circuits sharing a channel take turns (EWMA scheduling). Negative
+    /// (the default, -1): the consensus's `CircuitPriorityHalflifeMsec`
+    /// ([`ConsensusParams::circuit_priority_halflife`]), 30 s until one is given; under
+    /// 0.00001 (0 included): 30 s, as C tor treats a value too small to be a half-life.
+    /// See [`circuit_priority_halflife`].
+    pub circuit_priority_halflife: f64,
     /// Bounds and rates.
     pub limits: Limits,
 }
@@ -86,6 +93,7 @@ impl RelayConfig {
             verify_initiator_auth: true,
             keepalive: Some(Duration::from_secs(300)),
             compact_idle: Some(Duration::from_secs(5)),
+            circuit_priority_halflife: -1.0,
             limits: Limits::default(),
         }
     }
@@ -229,6 +237,29 @@ pub struct ConsensusParams {
     /// `circ_max_cell_queue_size` (param-spec: default 50 000, clamped to 1 000 ..=
     /// `INT32_MAX`): replaces [`Limits::circuit_queue_cells`] for every circuit.
     pub circuit_queue_cells: usize,
+    /// `CircuitPriorityHalflifeMsec` (param-spec §2: default 30 000, clamped to 1 ..=
+    /// `INT32_MAX` ms): the EWMA scheduler's half-life on every channel, unless
+    /// [`RelayConfig::circuit_priority_halflife`] sets one.
+    pub circuit_priority_halflife: Duration,
+}
+
+/// param-spec §2's `CircuitPriorityHalflifeMsec`: default, smallest and largest value.
+pub const CIRCUIT_PRIORITY_HALFLIFE_MSEC: (i32, i32, i32) = (30_000, 1, i32::MAX);
+
+/// The EWMA half-life a relay uses, as C tor's `get_circuit_priority_halflife` picks it:
+/// the `configured` option ([`RelayConfig::circuit_priority_halflife`], seconds) when it is
+/// not negative, else the consensus's value (`None` before any consensus: the default,
+/// 30 s); a configured value under 0.00001 s is taken as the default.
+pub fn circuit_priority_halflife(configured: f64, consensus: Option<Duration>) -> Duration {
+    const EPSILON: f64 = 0.00001;
+    let default = Duration::from_millis(CIRCUIT_PRIORITY_HALFLIFE_MSEC.0 as u64);
+    if configured >= -EPSILON {
+        if configured < EPSILON || !configured.is_finite() {
+            return default;
+        }
+        return Duration::try_from_secs_f64(configured).unwrap_or(default);
+    }
+    consensus.unwrap_or(default)
 }
 
 /// param-spec's `circ_max_cell_queue_size`: default, smallest and largest value.
@@ -240,9 +271,49 @@ impl ConsensusParams {
     pub fn new(circuits: CircRelayConfig, params: &NetParams<'_>) -> Self {
         let (default, min, max) = CIRC_MAX_CELL_QUEUE_SIZE;
         let q = params.get_clamped("circ_max_cell_queue_size", default, min, max);
+        let (default, min, max) = CIRCUIT_PRIORITY_HALFLIFE_MSEC;
+        let h = params.get_clamped("CircuitPriorityHalflifeMsec", default, min, max);
         ConsensusParams {
             circuits,
             circuit_queue_cells: usize::try_from(q).unwrap_or(50_000),
+            circuit_priority_halflife: Duration::from_millis(u64::try_from(h).unwrap_or(30_000)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_halflife_comes_from_the_consensus_unless_configured() {
+        let secs = Duration::from_secs;
+        let params = |v: i32| {
+            let p = NetParams {
+                entries: vec![("CircuitPriorityHalflifeMsec", v)],
+            };
+            ConsensusParams::new(CircRelayConfig::default(), &p).circuit_priority_halflife
+        };
+        // The consensus value, clamped to 1 ..= INT32_MAX ms; 30 s when absent.
+        assert_eq!(params(10_000), secs(10));
+        assert_eq!(params(0), Duration::from_millis(1));
+        assert_eq!(params(-5), Duration::from_millis(1));
+        assert_eq!(params(i32::MAX), Duration::from_millis(i32::MAX as u64));
+        let none = ConsensusParams::new(CircRelayConfig::default(), &NetParams::default());
+        assert_eq!(none.circuit_priority_halflife, secs(30));
+        // The option: -1 (the default) takes the consensus's, 30 s before there is one;
+        // 0 is the default half-life; a positive value (seconds, fractions allowed) wins.
+        let cfg = RelayConfig::new(vec![]);
+        assert_eq!(cfg.circuit_priority_halflife, -1.0);
+        assert_eq!(circuit_priority_halflife(-1.0, Some(secs(10))), secs(10));
+        assert_eq!(circuit_priority_halflife(-1.0, None), secs(30));
+        assert_eq!(circuit_priority_halflife(0.0, Some(secs(10))), secs(30));
+        assert_eq!(circuit_priority_halflife(1e-6, Some(secs(10))), secs(30));
+        assert_eq!(
+            circuit_priority_halflife(2.5, Some(secs(10))),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(circuit_priority_halflife(f64::NAN, None), secs(30));
+        assert_eq!(circuit_priority_halflife(f64::INFINITY, None), secs(30));
     }
 }

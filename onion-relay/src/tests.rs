@@ -1024,6 +1024,7 @@ fn the_consensus_queue_bound_applies_to_open_circuits() {
     let p = crate::ConsensusParams {
         circuits: onion_circuit::relay::RelayConfig::default(),
         circuit_queue_cells: 100,
+        circuit_priority_halflife: std::time::Duration::from_secs(30),
     };
     net.relays[0].set_consensus_params(p, now);
     net.run();

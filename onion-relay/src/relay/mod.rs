@@ -211,6 +211,8 @@ pub struct Relay {
     /// Where the last `poll_transmit` stopped (round-robin).
     tx_cursor: Option<ConnId>,
     circs: BTreeMap<u64, Circ>,
+    /// Every channel's EWMA half-life ([`crate::config::circuit_priority_halflife`]).
+    halflife: Duration,
     next_circ: u64,
     by_in: HashMap<(ConnId, CircId), u64>,
     by_out: HashMap<(ConnId, CircId), u64>,
@@ -298,6 +300,7 @@ impl Relay {
             next_out: 0,
             tx_cursor: None,
             circs: BTreeMap::new(),
+            halflife: crate::config::circuit_priority_halflife(cfg.circuit_priority_halflife, None),
             next_circ: 0,
             by_in: HashMap::new(),
             by_out: HashMap::new(),
@@ -464,6 +467,13 @@ impl Relay {
         self.cfg.circuits = params.circuits;
         let limit = params.circuit_queue_cells;
         self.cfg.limits.circuit_queue_cells = limit;
+        self.halflife = crate::config::circuit_priority_halflife(
+            self.cfg.circuit_priority_halflife,
+            Some(params.circuit_priority_halflife),
+        );
+        for c in self.conns.values_mut() {
+            c.mux.set_halflife(self.halflife);
+        }
         // Queues already beyond a lowered bound: closed now, as the next cell would.
         let over: Vec<u64> = self
             .circs
@@ -540,6 +550,7 @@ impl Relay {
         let cfg = self.chan_config(Some(ip), false);
         let chan = Channel::responder(cfg, &self.certs, self.now, self.wall_now(), &mut self.rng);
         let mut c = Conn::new(false);
+        c.mux.set_halflife(self.halflife);
         c.chan = Some(chan);
         c.peer_ip = Some(ip);
         self.conns.insert(conn, c);
@@ -1131,6 +1142,7 @@ impl Relay {
                     ed25519: req.ed_id,
                 };
                 let mut c = Conn::new(true);
+                c.mux.set_halflife(self.halflife);
                 c.addr = Some(addr);
                 c.expected = ids;
                 c.deadline = self.now.checked_add(self.cfg.limits.connect_timeout);

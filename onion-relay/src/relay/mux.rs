@@ -73,13 +73,28 @@ impl Default for CircMux {
 impl CircMux {
     /// A scheduler whose counts halve every `halflife`.
     pub(crate) fn new(halflife: Duration) -> Self {
-        let ticks = halflife.as_secs_f64().max(1e-3) / TICK.as_secs_f64();
         CircMux {
             counts: HashMap::new(),
             waiting: BTreeSet::new(),
             tick: 0,
-            factor: 0.5f64.powf(1.0 / ticks),
+            factor: Self::factor_of(halflife),
         }
+    }
+
+    /// The decay per tick for `halflife`, at least 1e-9: below that (a half-life under a
+    /// third of a second) a tick forgets everything anyway, and a zero factor would make a
+    /// cell sent into a tick weigh `0^-f`, infinite.
+    fn factor_of(halflife: Duration) -> f64 {
+        let ticks = halflife.as_secs_f64().max(1e-3) / TICK.as_secs_f64();
+        0.5f64.powf(1.0 / ticks).max(1e-9)
+    }
+
+    /// Counts halve every `halflife` from now on (a new consensus's
+    /// `CircuitPriorityHalflifeMsec`, param-spec §2): the counts kept stay, and decay at the
+    /// new rate from their tick on, as C tor changes its one scale factor under every
+    /// circuit's count.
+    pub(crate) fn set_halflife(&mut self, halflife: Duration) {
+        self.factor = Self::factor_of(halflife);
     }
 
     fn tick_of(now: Instant) -> (u64, f64) {
@@ -264,6 +279,40 @@ mod tests {
             m.sent(1, Side::ToClient, at(60_000));
         }
         assert_eq!(m.first(), Some((0, Side::ToClient)));
+    }
+
+    #[test]
+    fn a_new_halflife_changes_the_decay_of_counts_already_kept() {
+        // 1,000 cells at 0 s; 10 s (one tick) later: 1,000 × 0.5^(10/30) ≈ 794 under the
+        // default half-life, 1,000 × 0.5^(10/10) = 500 once it is 10 s.
+        let behind_by = |halflife: Option<Duration>| {
+            let mut m = CircMux::default();
+            for _ in 0..1000 {
+                m.sent(0, Side::ToClient, at(0));
+            }
+            if let Some(h) = halflife {
+                m.set_halflife(h);
+            }
+            m.wait(0, Side::ToClient, at(10_000));
+            m.wait(1, Side::ToClient, at(10_000));
+            // How many cells circuit 1 sends at 10 s before circuit 0 goes first.
+            let mut n = 0;
+            while m.first() == Some((1, Side::ToClient)) && n < 2000 {
+                m.sent(1, Side::ToClient, at(10_000));
+                n += 1;
+            }
+            n
+        };
+        assert!(
+            (790..=800).contains(&behind_by(None)),
+            "{}",
+            behind_by(None)
+        );
+        let n = behind_by(Some(Duration::from_secs(10)));
+        assert!((499..=501).contains(&n), "{n}");
+        // The smallest half-life (1 ms): a tick later nothing is remembered, and a cell's
+        // weight stays finite.
+        assert_eq!(behind_by(Some(Duration::from_millis(1))), 1);
     }
 
     #[test]
