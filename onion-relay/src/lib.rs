@@ -69,6 +69,7 @@
 //! # }
 //! ```
 
+pub mod bwhist;
 pub mod config;
 pub mod dir;
 pub mod dir_saved;

@@ -63,8 +63,8 @@ pub enum Msg {
     Descriptors(super::view::Batch),
     /// The descriptor fetch ended; the errors of its failed requests.
     DescriptorsDone(Vec<String>),
-    /// The reachability self-test ended: how long it took, or why it failed.
-    SelfTest(Result<std::time::Duration, String>),
+    /// The self-test ended: what it did, or why the ORPort is not reachable.
+    SelfTest(Result<super::selftest::Outcome, String>),
 }
 
 #[derive(Default)]

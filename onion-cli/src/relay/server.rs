@@ -31,9 +31,6 @@ const PERIODIC: Duration = Duration::from_secs(60);
 /// How often the counters are logged (when they changed): often enough that a test (or an
 /// operator) sees a closed circuit's resources freed within a second.
 const STATS_EVERY: Duration = Duration::from_secs(1);
-/// Bandwidth is measured over windows this long; the best window is the observed rate
-/// (C tor's `rep_hist_bandwidth_assess` takes the best 10-second mean of a day).
-const BW_WINDOW: Duration = Duration::from_secs(10);
 /// How long an outbound TCP connect may take (the relay's own deadline also applies).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the TLS link certificate is replaced (C tor replaces its TLS context, and with
@@ -103,9 +100,9 @@ struct Loop {
     targets: HashMap<StreamHandle, Target>,
     next_in: u64,
     started: SystemTime,
-    bw_bytes: u64,
-    bw_window_start: std::time::Instant,
-    observed: u64,
+    /// Bytes read and written on the ORPort's and outbound TLS connections (and by the
+    /// self-test), by second: the observed bandwidth ([`onion_relay::bwhist`]).
+    bw: onion_relay::bwhist::BandwidthHistory,
     last_stats: String,
     /// Exit TCP connections opened (for the log).
     targets_opened: u64,
@@ -203,9 +200,10 @@ pub fn run(setup: Setup) -> Result<(), String> {
         targets: HashMap::new(),
         next_in: 0,
         started: SystemTime::now(),
-        bw_bytes: 0,
-        bw_window_start: std::time::Instant::now(),
-        observed: 0,
+        bw: onion_relay::bwhist::BandwidthHistory::new(
+            Timestamp::from(SystemTime::now()).unix(),
+            setup.testing_network,
+        ),
         last_stats: String::new(),
         targets_opened: 0,
         resolves: 0,
@@ -438,24 +436,38 @@ impl Loop {
         }
         self.self_testing = true;
         self.next_self_test = std::time::Instant::now() + SELF_TEST_RETRY;
-        let target = super::selftest::Target::new(addr, &self.keys);
+        let target = super::selftest::Target::new(addr, &self.keys, self.template.rate);
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let _ = tx.send(Msg::SelfTest(super::selftest::run(&target)));
         });
     }
 
-    fn self_test_done(&mut self, r: Result<Duration, String>) {
+    fn self_test_done(&mut self, r: Result<super::selftest::Outcome, String>) {
         self.self_testing = false;
         match r {
-            Ok(took) => {
+            Ok(o) => {
                 self.reachable = true;
+                // The self-test's side of the connection is this relay's too: its bytes
+                // written count as C tor counts its testing circuits' (the ORPort side
+                // counted what it read as it came).
+                let now = unix_now();
+                self.bw.note_written(now, o.bytes_written);
+                let observed = self.bw.observed(now);
                 eprintln!(
                     "onion relay: self-test: ORPort {} is reachable (circuit to ourselves in \
                      {} ms); publishing",
                     self.self_test.map(|a| a.to_string()).unwrap_or_default(),
-                    took.as_millis()
+                    o.took.as_millis()
                 );
+                match &o.bandwidth_error {
+                    None => eprintln!(
+                        "onion relay: bandwidth self-test: {} DROP cells to ourselves; \
+                         observed bandwidth {observed} bytes/s",
+                        o.cells
+                    ),
+                    Some(e) => eprintln!("onion relay: bandwidth self-test failed: {e}"),
+                }
                 self.check_schedule();
             }
             Err(e) => eprintln!(
@@ -805,7 +817,7 @@ impl Loop {
                 break;
             }
         }
-        self.bw_bytes += wire.len() as u64;
+        self.bw.note_written(unix_now(), wire.len() as u64);
         if c.writer.push(wire) && !c.blocked {
             c.blocked = true;
             self.relay.set_blocked(conn, true);
@@ -814,6 +826,7 @@ impl Loop {
 
     fn conn_input(&mut self, conn: ConnId, bytes: &[u8]) {
         let now = self.clock.now();
+        self.bw.note_read(unix_now(), bytes.len() as u64);
         let mut rest = bytes;
         let mut plain = Vec::new();
         let mut failed = None;
@@ -950,7 +963,7 @@ impl Loop {
                 Ok(n) => rest = &rest[n..],
             }
         }
-        self.bw_bytes += wire.len() as u64;
+        self.bw.note_written(unix_now(), wire.len() as u64);
         if c.writer.push(wire) && !c.blocked {
             c.blocked = true;
             self.relay.set_blocked(conn, true);
@@ -1100,15 +1113,9 @@ impl Loop {
         }
     }
 
-    /// Every minute: bandwidth, key rotation, descriptor schedule.
+    /// Every minute: key rotation, the descriptor schedule (which reads the bandwidth
+    /// history: C tor checks its bandwidth for a new descriptor every minute too).
     fn periodic(&mut self) {
-        let elapsed = self.bw_window_start.elapsed();
-        if elapsed >= BW_WINDOW {
-            let rate = self.bw_bytes / elapsed.as_secs().max(1);
-            self.observed = self.observed.max(rate);
-            self.bw_bytes = 0;
-            self.bw_window_start = std::time::Instant::now();
-        }
         let wall = SystemTime::now();
         let unix = Timestamp::from(wall);
         if self.keys.next_event(unix, &self.params) <= unix {
@@ -1161,31 +1168,30 @@ impl Loop {
             .duration_since(self.started)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let observed = self.bw.observed(unix.unix());
         let listing = self.listing(now);
         if self.last_listing != Some(listing) {
             self.last_listing = Some(listing);
             eprintln!("onion relay: consensus listing: {listing:?}");
         }
-        if let Some(reason) = self
-            .schedule
-            .check(now, uptime, self.observed, false, listing)
-        {
+        if let Some(reason) = self.schedule.check(now, uptime, observed, false, listing) {
             match build(
                 &self.template,
                 &self.keys,
                 &self.params,
                 now,
                 uptime,
-                self.observed,
+                observed,
                 &mut OsRng,
             ) {
                 Ok(docs) => {
                     eprintln!(
-                        "onion relay: publishing descriptor ({reason}) to {} authorities",
+                        "onion relay: publishing descriptor ({reason}) to {} authorities: \
+                         bandwidth observed {observed} bytes/s",
                         self.authorities.len()
                     );
                     upload_all(&self.authorities, &docs, reason);
-                    self.schedule.published(now, self.observed);
+                    self.schedule.published(now, observed);
                     self.own_descriptor = Some(docs.descriptor.clone());
                     self.publish_documents();
                 }
@@ -1201,6 +1207,11 @@ fn push_bounded(v: &mut std::collections::VecDeque<String>, old: String) {
     while v.len() > onion_relay::dir::MAX_DIFF_BASES {
         v.pop_front();
     }
+}
+
+/// The wall clock in whole Unix seconds (the bandwidth history's time).
+fn unix_now() -> u64 {
+    Timestamp::from(SystemTime::now()).unix()
 }
 
 fn target_error(e: &std::io::Error) -> TargetError {

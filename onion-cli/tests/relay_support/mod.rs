@@ -121,6 +121,40 @@ pub fn consensus_flags(path: &Path, fp: &str) -> Option<Vec<String>> {
     None
 }
 
+/// The `Bandwidth=` weight (kilobytes per second, dir-spec §3.4.1 `w` line) of the relay
+/// `fp` in the consensus at `path`, if listed with one.
+pub fn consensus_bandwidth(path: &Path, fp: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let b64 = base64_unpadded(&hex::decode(fp).ok()?);
+    let mut lines = text.lines();
+    lines.find(|l| l.starts_with("r ") && l.split(' ').nth(2) == Some(b64.as_str()))?;
+    for l in lines {
+        if l.starts_with("r ") {
+            return None;
+        }
+        if let Some(w) = l.strip_prefix("w ") {
+            return w
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix("Bandwidth="))
+                .and_then(|v| v.parse().ok());
+        }
+    }
+    None
+}
+
+/// The bandwidth-observed value (bytes per second) of the relay's first published
+/// descriptor, from its "publishing descriptor ... bandwidth observed N bytes/s" line.
+pub fn first_published_bandwidth(d: &Daemon) -> Option<u64> {
+    let err = d.stderr();
+    let line = err.lines().find(|l| l.contains("publishing descriptor"))?;
+    line.split("bandwidth observed ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Waits until the consensus at every path lists every relay of `fps` with Running and
 /// Valid; returns the flags of each relay in the first path's consensus.
 pub fn wait_listed(paths: &[PathBuf], fps: &[&str], timeout: Duration) -> Vec<Vec<String>> {
@@ -156,7 +190,7 @@ pub fn wait_listed(paths: &[PathBuf], fps: &[&str], timeout: Duration) -> Vec<Ve
 /// A C tor client of the network with `extra` torrc lines; killed on drop.
 pub struct TorClient {
     child: Child,
-    /// Its data directory (`notice.log` is there).
+    /// Its data directory (`notice.log` and `info.log` are there).
     pub dir: PathBuf,
     /// Its SOCKS port.
     pub socks_port: u16,
@@ -173,7 +207,7 @@ impl TorClient {
         let socks_port = support::free_port();
         let torrc = format!(
             "TestingTorNetwork 1\nDataDirectory {d}\nRunAsDaemon 0\nSandbox 0\n\
-             Log notice file {d}/notice.log\nSafeLogging 0\nSocksPort 127.0.0.1:{socks_port}\n\
+             Log notice file {d}/notice.log\nLog info file {d}/info.log\nSafeLogging 0\nSocksPort 127.0.0.1:{socks_port}\n\
              Address 127.0.0.1\nAddressDisableIPv6 1\nClientUseIPv6 0\n\
              PathsNeededToBuildCircuits 0.67\nUseMicrodescriptors 0\n{auth}\n{extra}\n",
             d = dir.display(),
