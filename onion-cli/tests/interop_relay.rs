@@ -15,7 +15,8 @@ use support::network;
 
 /// Steps in order, on one network: (1) two relays start, generate keys (0600 files in a 0700
 /// directory) and keep them across a restart, and every C tor authority accepts their
-/// descriptors; (2) the authorities' consensus lists both with Running and Valid; (3) a C
+/// descriptors; (2) the authorities' consensus lists both with Running and Valid, and the
+/// fresh relay with the non-zero bandwidth its bandwidth self-test measured; (3) a C
 /// tor client pinned to one of them as middle (`MiddleNodes`, `StrictNodes 1`) fetches
 /// 5 MiB through it, sha256 equal, and our relay counts the circuit.
 #[test]
@@ -40,6 +41,16 @@ fn onion_relays_join_and_carry_a_c_tor_circuit() {
         first.stderr()
     );
     wait_accepted(&first, n_auth, Duration::from_secs(60));
+    // The authorities test a new relay's ORPort once, when its first descriptor arrives
+    // (C tor's `dirserv_should_launch_reachability_test`); the restarted relay's
+    // descriptor differs only cosmetically and brings no new test. Killed before those
+    // tests finish, the relay would stay without Running until the authorities' slow
+    // test cycle comes back to it: keep it until it is listed.
+    wait_listed(
+        std::slice::from_ref(&auth_consensus),
+        &[&fp_a],
+        Duration::from_secs(120),
+    );
     drop(first);
     {
         use std::os::unix::fs::PermissionsExt;
@@ -84,6 +95,27 @@ fn onion_relays_join_and_carry_a_c_tor_circuit() {
     eprintln!(
         "consensus flags: onionRelayA {:?}, onionRelayB {:?}",
         flags[0], flags[1]
+    );
+    // Relay B ran once: its first descriptor, published after the bandwidth self-test,
+    // states a non-zero observed bandwidth, and so does its first consensus entry (C tor
+    // does the same: an entry with Bandwidth=0 is never Fast and is rarely chosen).
+    let observed = relay_support::first_published_bandwidth(&relay_b);
+    assert!(
+        observed.is_some_and(|b| b > 0),
+        "first descriptor's observed bandwidth {observed:?}:\n{}",
+        relay_b.stderr()
+    );
+    let bw = relay_support::consensus_bandwidth(&paths[0], &fp_b);
+    assert!(
+        bw.is_some_and(|b| b > 0),
+        "onionRelayB's consensus weight {bw:?}"
+    );
+    eprintln!(
+        "onionRelayB: first descriptor's observed bandwidth {} bytes/s; consensus \
+         Bandwidth={} (flags {:?})",
+        observed.unwrap_or(0),
+        bw.unwrap_or(0),
+        flags[1]
     );
     // Our relays answer BEGIN_DIR and say `tunnelled-dir-server` (dir-spec §2.1.1): the
     // authorities vote them V2Dir.
