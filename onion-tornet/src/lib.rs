@@ -13,6 +13,22 @@
 //!   network at once.
 //! - Set `ONION_KEEP_TORNET=1` to keep the network's directory (logs) after the run. The
 //!   network lives under the temporary directory (`TMPDIR`).
+//!
+//! # A test's loop
+//!
+//! An interop test takes the shared network, runs what it checks against it (here C tor's
+//! own client, fetching the local page through an exit) and compares with what the network
+//! knows:
+//!
+//! ```no_run
+//! let Some(net) = onion_tornet::network() else {
+//!     return; // C tor is not installed: the test is skipped with a notice
+//! };
+//! let ((status, body, stderr), _retries) =
+//!     onion_tornet::curl_socks_retrying(net.socks_port, &net.url("/"), 30, 3);
+//! assert!(status.success(), "curl: {stderr}");
+//! assert_eq!(body, net.http_body.as_bytes());
+//! ```
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
