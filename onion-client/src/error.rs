@@ -170,6 +170,61 @@ impl Error {
     }
 }
 
+impl crate::dir::FallbackError {
+    /// Always [`ErrorKind::Misuse`]: the fallback list is the embedder's.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Misuse
+    }
+}
+
+impl crate::dir::authorities::AuthorityError {
+    /// Always [`ErrorKind::Misuse`]: the authority list is the embedder's.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Misuse
+    }
+}
+
+impl crate::timeout::StateError {
+    /// Always [`ErrorKind::Misuse`]: the saved build-time state is the embedder's to keep,
+    /// and no peer wrote it.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Misuse
+    }
+}
+
+impl crate::socks::RequestError {
+    /// The SOCKS client is the proxy's peer: a command or address type this proxy does not
+    /// serve is [`ErrorKind::Unsupported`], any other refused request
+    /// [`ErrorKind::PeerProtocol`] (RFC 1928).
+    pub fn kind(&self) -> ErrorKind {
+        use crate::socks::RequestError as R;
+        match self {
+            R::Command(_) | R::AddressType(_) => ErrorKind::Unsupported,
+            R::Version(_)
+            | R::Reserved(_)
+            | R::HostName
+            | R::ZeroPort
+            | R::ZeroAddress
+            | R::TooLong => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
+impl crate::socks::SocksError {
+    /// The SOCKS client is the proxy's peer: an authentication method or extended
+    /// authentication form this proxy does not accept is [`ErrorKind::Unsupported`], a
+    /// refused request has [`crate::socks::RequestError::kind`], and anything else that is
+    /// not SOCKS (an HTTP request, a bad version byte) is [`ErrorKind::PeerProtocol`].
+    pub fn kind(&self) -> ErrorKind {
+        use crate::socks::SocksError as S;
+        match self {
+            S::NoAcceptableMethod | S::ExtendedAuth => ErrorKind::Unsupported,
+            S::Request { error, .. } => error.kind(),
+            S::Version(_) | S::Http | S::NoMethods | S::AuthVersion(_) => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Error, ErrorKind};
@@ -229,5 +284,33 @@ mod tests {
         for (e, kind) in cases {
             assert_eq!(e.kind(), kind, "{e}");
         }
+    }
+
+    /// What the embedder gave (lists, saved state) is its own misuse; what a SOCKS client
+    /// sent is the peer's fault, or unsupported.
+    #[test]
+    fn list_state_and_socks_errors_have_kinds() {
+        use crate::socks::{RequestError, SocksError, Version};
+        let fallback = crate::dir::parse_fallbacks("not an address").unwrap_err();
+        assert_eq!(fallback.kind(), ErrorKind::Misuse);
+        let authority = crate::dir::authorities::parse_list("").unwrap_err();
+        assert_eq!(authority.kind(), ErrorKind::Misuse);
+        let state = crate::timeout::StateError::TooLong { len: 1 << 20 };
+        assert_eq!(state.kind(), ErrorKind::Misuse);
+        assert_eq!(SocksError::Http.kind(), ErrorKind::PeerProtocol);
+        assert_eq!(
+            SocksError::NoAcceptableMethod.kind(),
+            ErrorKind::Unsupported
+        );
+        let bind = SocksError::Request {
+            version: Version::Socks5,
+            error: RequestError::Command(2),
+        };
+        assert_eq!(bind.kind(), ErrorKind::Unsupported);
+        let port = SocksError::Request {
+            version: Version::Socks5,
+            error: RequestError::ZeroPort,
+        };
+        assert_eq!(port.kind(), ErrorKind::PeerProtocol);
     }
 }

@@ -1,4 +1,5 @@
-//! The crate's one error type, classified by onion-client's [`ErrorKind`].
+//! The crate's one error type, classified by the stack's one [`ErrorKind`] (defined in
+//! onion-cell, re-exported by onion-client and here).
 
 use std::fmt;
 use std::io;
@@ -8,7 +9,7 @@ pub use onion_client::ErrorKind;
 /// An error of `onion-tokio`: what onion-client reported (a stream's END reason, a circuit
 /// or channel failure, a refused onion service, a limit), or what went wrong around it (a
 /// configuration that does not parse, a data directory that cannot be written, a client that
-/// was shut down). [`Error::kind`] classifies all of them with onion-client's [`ErrorKind`].
+/// was shut down). [`Error::kind`] classifies all of them with the stack's [`ErrorKind`].
 #[derive(Debug, Clone)]
 pub struct Error {
     repr: Repr,
@@ -30,7 +31,8 @@ enum Repr {
 }
 
 impl Error {
-    /// The stable classification of the error (onion-client's).
+    /// The stable classification of the error: onion-client's for its errors, and a fixed
+    /// one for the adapter's own.
     pub fn kind(&self) -> ErrorKind {
         match &self.repr {
             Repr::Client(e) => e.kind(),
@@ -77,7 +79,9 @@ impl Error {
     pub(crate) fn into_io(self) -> io::Error {
         let kind = match self.kind() {
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
-            ErrorKind::Network | ErrorKind::PeerProtocol => io::ErrorKind::ConnectionReset,
+            ErrorKind::Network | ErrorKind::PeerProtocol | ErrorKind::Closed => {
+                io::ErrorKind::ConnectionReset
+            }
             ErrorKind::Misuse if matches!(self.repr, Repr::Shutdown) => io::ErrorKind::NotConnected,
             _ => io::ErrorKind::Other,
         };

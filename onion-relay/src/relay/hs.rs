@@ -314,7 +314,7 @@ impl Relay {
                 self.stats.intro_established += 1;
                 self.hs_send(k, &RelayMsg::IntroEstablished(est.reply));
             }
-            Err(e) => self.hs_close(k, role_error_kind(&e)),
+            Err(e) => self.hs_close(k, e.kind()),
         }
     }
 
@@ -366,7 +366,7 @@ impl Relay {
                 self.stats.rend_established += 1;
                 self.hs_send(k, &RelayMsg::RendezvousEstablished);
             }
-            Err(e) => self.hs_close(k, role_error_kind(&e)),
+            Err(e) => self.hs_close(k, e.kind()),
         }
     }
 
@@ -376,7 +376,7 @@ impl Relay {
         }
         let j = match self.hs.rend.handle_rendezvous1(k, msg) {
             Ok(j) => j,
-            Err(e) => return self.hs_close(k, role_error_kind(&e)),
+            Err(e) => return self.hs_close(k, e.kind()),
         };
         let client = j.client;
         let joinable = |r: &Self, x: u64| {
@@ -473,17 +473,6 @@ impl Relay {
     }
 }
 
-/// Whose fault a refused ESTABLISH_INTRO, ESTABLISH_RENDEZVOUS or RENDEZVOUS1 is: a full
-/// registry is a bound reached here (DESTROY RESOURCELIMIT); a malformed or unauthentic
-/// body, a key or cookie in use, a circuit that already has a role or an unknown cookie is
-/// the origin's violation (PROTOCOL, as C tor closes with TORPROTOCOL).
-fn role_error_kind(e: &RelayRoleError) -> ErrorKind {
-    match e {
-        RelayRoleError::Full => ErrorKind::Resource,
-        _ => ErrorKind::PeerProtocol,
-    }
-}
-
 #[cfg(test)]
 mod kind_tests {
     use super::*;
@@ -497,7 +486,7 @@ mod kind_tests {
             (RelayRoleError::UnknownCookie, DestroyReason::PROTOCOL),
         ];
         for (e, reason) in cases {
-            assert_eq!(role_error_kind(&e).destroy_reason(), reason, "{e}");
+            assert_eq!(e.kind().destroy_reason(), reason, "{e}");
         }
         // Not offering a role is not a bound nor our failure; our own failure is INTERNAL.
         assert_eq!(
