@@ -67,6 +67,8 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         return;
     };
     let n_auth = net.dirauthority_lines.len();
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("[{:5.1}s] {what}", t0.elapsed().as_secs_f64());
     let mut relays = Vec::new();
     let mut fps = Vec::new();
     for (name, exit) in [("onionHsA", true), ("onionHsB", false), ("onionHsC", false)] {
@@ -90,7 +92,9 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         .map(|r| r.datadir.join("cached-consensus"))
         .collect();
     let fp_refs: Vec<&str> = fps.iter().map(String::as_str).collect();
+    step("our relays' descriptors accepted");
     let flags = wait_listed(&auth_consensus, &fp_refs, Duration::from_secs(120));
+    step(&format!("listed: {flags:?}"));
     for f in &flags {
         assert!(f.iter().any(|x| x == "HSDir"), "HSDir flag: {f:?}");
         assert!(f.iter().any(|x| x == "Guard"), "Guard flag: {f:?}");
@@ -108,6 +112,16 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         }
         assert!(Instant::now() < deadline, "our relays are not Fast");
         std::thread::sleep(Duration::from_secs(1));
+    }
+    step("our relays Fast");
+    for d in &relays {
+        let err = d.stderr();
+        eprintln!(
+            "{}",
+            err.lines()
+                .find(|l| l.contains("publishing descriptor"))
+                .unwrap_or_default()
+        );
     }
 
     let middles: Vec<&support::Relay> = net.relays.iter().filter(|r| r.role == "middle").collect();
@@ -151,6 +165,7 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         ),
     );
     service.wait_bootstrapped(Duration::from_secs(120));
+    step("service bootstrapped");
     let deadline = Instant::now() + Duration::from_secs(120);
     let host = loop {
         if let Ok(h) = std::fs::read_to_string(hs_dir.join("hostname")) {
@@ -178,6 +193,7 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
     wait("introduction points on our relays", &|| {
         total(&relays, "intro_established") >= 1
     });
+    step("introduction point established on ours");
 
     // The client bootstraps from its bridge's cached microdescriptor consensus, which may
     // be older than the authorities' latest: until it lists our relays Fast (and the first
@@ -210,6 +226,26 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+    // A bridge client takes its microdescriptors from its bridge alone, and a relay without
+    // its microdescriptor is no candidate for any position. The bridge fetches those of a
+    // new consensus after it (its microdescriptor consensus may list our relays before it
+    // holds theirs): a client started then gets the others' only and, excluding every
+    // other relay, has no middle ("Failed to find node for hop #2 of our path") until it
+    // asks again, on a retry schedule longer than the test. Start it once the bridge holds
+    // our relays' microdescriptors.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let missing = relay_support::microdescs_missing(&client_guard.datadir, &fp_refs);
+        if missing.is_empty() {
+            step("the bridge holds our relays' microdescriptors");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridge lacks the microdescriptors of {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // The client. C tor's bridge client sometimes never builds a circuit ("Failed to find
     // node for hop #1": its bridge's descriptor not usable yet when it first builds, and
@@ -232,6 +268,7 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
             std::thread::sleep(Duration::from_millis(500));
         }
         client_log = log();
+        step(&format!("client {client_attempt} started and waited for"));
         if !client_log.contains("Bootstrapped 100%") {
             eprintln!(
                 "client {client_attempt} not bootstrapped within 45 s:\n{}",
@@ -255,6 +292,7 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         }
         client_log = log();
         if !got.is_empty() {
+            step(&format!("client {client_attempt} fetched the page"));
             break;
         }
     }

@@ -155,6 +155,59 @@ pub fn first_published_bandwidth(d: &Daemon) -> Option<u64> {
         .ok()
 }
 
+/// The relays of `fps` whose microdescriptor the C tor node with data directory `datadir`
+/// does not hold yet: those its microdescriptor consensus (`cached-microdesc-consensus`)
+/// does not list, or lists with an `m` digest (dir-spec §3.4.1: sha256 of the
+/// microdescriptor, from its `onion-key` line) that matches nothing in its microdescriptor
+/// cache (`cached-microdescs` and the journal `cached-microdescs.new`, where C tor appends
+/// each microdescriptor as it arrives).
+pub fn microdescs_missing<'a>(datadir: &Path, fps: &[&'a str]) -> Vec<&'a str> {
+    let consensus =
+        std::fs::read_to_string(datadir.join("cached-microdesc-consensus")).unwrap_or_default();
+    let mut held = std::collections::HashSet::new();
+    for f in ["cached-microdescs", "cached-microdescs.new"] {
+        let text = std::fs::read_to_string(datadir.join(f)).unwrap_or_default();
+        // Each microdescriptor runs from its `onion-key` line to the next annotation
+        // (`@...`) or `onion-key` line.
+        let mut cur: Option<String> = None;
+        for l in text.split_inclusive('\n') {
+            let starts = l.starts_with("onion-key");
+            if l.starts_with('@') || starts {
+                if let Some(md) = cur.take() {
+                    held.insert(base64_unpadded(&Sha256::digest(md.as_bytes())));
+                }
+                if starts {
+                    cur = Some(l.to_string());
+                }
+            } else if let Some(md) = cur.as_mut() {
+                md.push_str(l);
+            }
+        }
+        if let Some(md) = cur {
+            held.insert(base64_unpadded(&Sha256::digest(md.as_bytes())));
+        }
+    }
+    fps.iter()
+        .copied()
+        .filter(|fp| {
+            let Some(id) = hex::decode(fp).ok().map(|id| base64_unpadded(&id)) else {
+                return true;
+            };
+            let mut lines = consensus.lines();
+            if lines
+                .find(|l| l.starts_with("r ") && l.split(' ').nth(2) == Some(id.as_str()))
+                .is_none()
+            {
+                return true;
+            }
+            let digest = lines
+                .take_while(|l| !l.starts_with("r "))
+                .find_map(|l| l.strip_prefix("m "));
+            !digest.is_some_and(|d| held.contains(d.trim()))
+        })
+        .collect()
+}
+
 /// Waits until the consensus at every path lists every relay of `fps` with Running and
 /// Valid; returns the flags of each relay in the first path's consensus.
 pub fn wait_listed(paths: &[PathBuf], fps: &[&str], timeout: Duration) -> Vec<Vec<String>> {
