@@ -3,7 +3,8 @@
 //! Every error type of the crate ([`crate::circuit::CircError`],
 //! [`crate::relay::RelayError`], [`crate::channel::ChanError`],
 //! [`crate::channel::SendError`], and the violations they carry: [`crate::flow::FlowError`],
-//! [`crate::stream::StreamError`], [`crate::cc::CcError`]) has a `kind()` giving one
+//! [`crate::stream::StreamError`], [`crate::cc::CcError`], [`crate::channel::CircViolation`];
+//! [`crate::channel::InputFull`]) has a `kind()` giving one
 //! [`ErrorKind`], so that an
 //! embedder decides what to do (drop a peer, fix its own call, retry later) without matching
 //! on variants, and a relay picks the DESTROY reason it sends (tor-spec §5.4) from it.
@@ -25,6 +26,26 @@ impl crate::stream::StreamError {
     /// stream (tor-spec §6.3).
     pub fn kind(&self) -> ErrorKind {
         ErrorKind::PeerProtocol
+    }
+}
+
+impl crate::channel::CircViolation {
+    /// How a peer broke the protocol on one circuit: [`ErrorKind::PeerProtocol`], or
+    /// onion-cell's kind for a cell that does not decode (a feature not implemented is
+    /// [`ErrorKind::Unsupported`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            crate::channel::CircViolation::Malformed { error, .. } => error.kind(),
+            crate::channel::CircViolation::WrongState { .. } => ErrorKind::PeerProtocol,
+        }
+    }
+}
+
+impl crate::channel::InputFull {
+    /// Always [`ErrorKind::Resource`]: the input buffer is at its limit; feed the channel
+    /// and push the rest again.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Resource
     }
 }
 
@@ -152,5 +173,11 @@ mod tests {
         assert_eq!(SendError::NotOpen.kind(), ErrorKind::Misuse);
         assert_eq!(SendError::QueueFull.kind(), ErrorKind::Resource);
         assert_eq!(SendError::Closed.kind(), ErrorKind::Closed);
+        let violation = crate::channel::CircViolation::WrongState {
+            cmd: "CREATED2",
+            state: "open",
+        };
+        assert_eq!(violation.kind(), ErrorKind::PeerProtocol);
+        assert_eq!(crate::channel::InputFull.kind(), ErrorKind::Resource);
     }
 }
