@@ -33,7 +33,8 @@ fn total(relays: &[Daemon], name: &str) -> u64 {
 /// Stable relays (`pick_restricted_middle_node` has no fallback), and its random picks
 /// prefer Stable relays (`router_choose_random_node` falls back to others only when none
 /// is left); ours, younger than the network, are not Stable within a test's time. And
-/// circuits that need capacity take Fast relays: the test waits until ours are Fast.
+/// circuits that need capacity take Fast relays: the test waits until ours are Fast
+/// (at once: their first descriptors carry the bandwidth of their bandwidth self-test).
 ///
 /// * The service keeps its guards and second hops on the C tor middles (it excludes the
 ///   authorities and exits; `HSLayer2Nodes` names the middles, as C tor otherwise picks
@@ -52,7 +53,10 @@ fn total(relays: &[Daemon], name: &str) -> u64 {
 ///   rendezvous point too; with one of our young relays as its only guard, C tor 0.4.9
 ///   built no circuit: "Failed to find node for hop #1".) The client uses
 ///   microdescriptors: C tor 0.4.9 bridge clients with full descriptors stop at 75 % (see
-///   `interop_relay_dir`).
+///   `interop_relay_dir`). It starts once its bridge's consensus lists our relays with the
+///   flags it needs and the bridge holds their microdescriptors: a bridge client has no
+///   other source of them, and without them it has no middle for any circuit ("Failed to
+///   find node for hop #2 of our path") until it asks again, later than the test waits.
 ///
 /// The service uploads its descriptor to the responsible HSDirs; the client fetches the
 /// page, sha256 equal. Our relays' counters show ESTABLISH_INTRO accepted and one of
@@ -100,7 +104,8 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
         assert!(f.iter().any(|x| x == "Guard"), "Guard flag: {f:?}");
     }
 
-    // Fast (the authorities see traffic in a later descriptor of ours).
+    // Fast: our relays' first descriptors state the bandwidth their self-test measured, so
+    // the first consensus listing them normally says Fast already.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let fast = fps.iter().all(|fp| {

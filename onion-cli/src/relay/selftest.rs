@@ -99,11 +99,11 @@ impl Target {
 enum Stage {
     /// Waiting for the channel, then for CREATED2.
     Reachability,
-    /// The circuit is built after `took`; the DROP cells and the BEGIN_DIR (`stream`) are
-    /// sent, waiting for its answer.
+    /// The circuit is built after `took` (the ORPort is reachable); the DROP cells and the
+    /// BEGIN_DIR (`stream`, once sent) go out, then its answer is awaited.
     Bandwidth {
         took: Duration,
-        stream: onion_circuit::stream::StreamId,
+        stream: Option<onion_circuit::stream::StreamId>,
     },
 }
 
@@ -165,6 +165,7 @@ pub fn run(t: &Target) -> Result<Outcome, String> {
                     match (ev, waiting) {
                         (CircEvent::HopAdded { .. }, None) => {
                             let took = TIMEOUT.saturating_sub(clock.until(deadline));
+                            stage = Stage::Bandwidth { took, stream: None };
                             if t.drop_cells == 0 {
                                 return Ok(Some(Outcome {
                                     took,
@@ -182,12 +183,15 @@ pub fn run(t: &Target) -> Result<Outcome, String> {
                                 .begin_dir(clock.now())
                                 .map_err(|e| format!("BEGIN_DIR: {e}"))?;
                             written += send_cells(&mut link.chan, *id, c)?;
-                            stage = Stage::Bandwidth { took, stream };
+                            stage = Stage::Bandwidth {
+                                took,
+                                stream: Some(stream),
+                            };
                         }
                         (
                             CircEvent::StreamConnected { stream: s, .. }
                             | CircEvent::Stream(StreamEvent::Ended { stream: s, .. }),
-                            Some((took, stream)),
+                            Some((took, Some(stream))),
                         ) if s == stream => {
                             return Ok(Some(Outcome {
                                 took,
