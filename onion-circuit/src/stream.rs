@@ -589,6 +589,20 @@ impl StreamMap {
         gone
     }
 
+    /// The circuit went away: forget every stream and return what to report of them, one
+    /// [`StreamEvent::Ended`] with reason DESTROY for each stream the embedding still holds
+    /// (a half-closed one, which the embedding closed itself, goes silently).
+    pub fn destroy_all(&mut self) -> impl Iterator<Item = StreamEvent> {
+        core::mem::replace(self, StreamMap::new())
+            .streams
+            .into_iter()
+            .filter(|s| !s.is_half_closed())
+            .map(|s| StreamEvent::Ended {
+                stream: s.id,
+                reason: EndReason::DESTROY,
+            })
+    }
+
     /// Give memory back after many streams came and went.
     pub fn shrink(&mut self) {
         if self.streams.capacity() > 2 * self.streams.len() + 4 {
@@ -766,6 +780,31 @@ mod tests {
             m.insert(Stream::new(sid(7), 2, StreamState::Open)),
             "id free again"
         );
+    }
+
+    /// When the circuit goes away, each stream the embedding holds ends with DESTROY; a
+    /// half-closed one (the embedding closed it) is forgotten without an event.
+    #[test]
+    fn destroy_all_ends_the_held_streams_only() {
+        let mut m = StreamMap::new();
+        m.insert(Stream::new(sid(1), 0, StreamState::Open));
+        let mut closed = Stream::new(sid(2), 0, StreamState::Open);
+        closed.half_close(None);
+        m.insert(closed);
+        m.insert(Stream::new(
+            sid(3),
+            0,
+            StreamState::Connecting { deadline: None },
+        ));
+        let mut ended: Vec<StreamEvent> = m.destroy_all().collect();
+        ended.sort_by_key(StreamEvent::stream);
+        let destroyed = |n| StreamEvent::Ended {
+            stream: sid(n),
+            reason: EndReason::DESTROY,
+        };
+        assert_eq!(ended, vec![destroyed(1), destroyed(3)]);
+        assert!(m.is_empty());
+        assert_eq!(m.alloc_id(), Some(sid(1)), "ids start again");
     }
 
     proptest! {

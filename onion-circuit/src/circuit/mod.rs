@@ -1079,19 +1079,8 @@ impl Circuit {
         if remote_reason.is_none() {
             self.chan_out = Some(ChanMsg::Destroy(DestroyReason::NONE));
         }
-        let ids: Vec<StreamId> = self
-            .streams
-            .iter()
-            .filter(|s| !s.is_half_closed())
-            .map(|s| s.id)
-            .collect();
-        for stream in ids {
-            self.events.push_back(CircEvent::Stream(StreamEvent::Ended {
-                stream,
-                reason: EndReason::DESTROY,
-            }));
-        }
-        self.streams = StreamMap::new();
+        self.events
+            .extend(self.streams.destroy_all().map(CircEvent::Stream));
         self.events.push_back(CircEvent::Closed {
             remote_reason,
             error,

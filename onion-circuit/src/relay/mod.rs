@@ -673,20 +673,8 @@ impl RelayCircuit {
     /// Report every stream the embedding still holds as ended (half-closed ones it already
     /// closed itself) and forget them.
     fn end_all_streams(&mut self) {
-        let ids: Vec<StreamId> = self
-            .streams
-            .iter()
-            .filter(|s| !s.is_half_closed())
-            .map(|s| s.id)
-            .collect();
-        for stream in ids {
-            self.events
-                .push_back(RelayEvent::Stream(StreamEvent::Ended {
-                    stream,
-                    reason: EndReason::DESTROY,
-                }));
-        }
-        self.streams = StreamMap::new();
+        self.events
+            .extend(self.streams.destroy_all().map(RelayEvent::Stream));
     }
 
     /// Close the circuit on a fatal error found while handling a cell: DESTROY both ways
