@@ -27,7 +27,7 @@ use onion_crypto::{RsaIdentity, Timestamp};
 use onion_dir::authcert::{self, AuthCert};
 use onion_dir::consensus::{self, Flavor};
 
-use crate::store::DescriptorStore;
+use crate::store::{Added, DescriptorStore};
 
 /// How long after its valid-until a consensus may still be served (C tor's
 /// `REASONABLY_LIVE_TIME`, 24 hours).
@@ -223,22 +223,27 @@ pub fn restore(
             Err(e) => r.rejected.push((doc, e)),
         }
     }
-    if r.consensus_md.is_some() {
-        if let Some(t) = text(CacheDoc::Microdescs, &mut r.rejected) {
-            let a = r.store.add_microdescs(t);
-            if a.malformed || a.unlisted > 0 || a.over_limit > 0 {
-                r.rejected
-                    .push((CacheDoc::Microdescs, format!("not all kept: {a:?}")));
-            }
-        }
-    }
-    if r.consensus.is_some() {
-        if let Some(t) = text(CacheDoc::Descriptors, &mut r.rejected) {
-            let a = r.store.add_server_descriptors(t);
-            if a.malformed || a.unlisted > 0 || a.over_limit > 0 {
-                r.rejected
-                    .push((CacheDoc::Descriptors, format!("not all kept: {a:?}")));
-            }
+    // The descriptors, each kind only under the consensus that lists it.
+    type Add = fn(&mut DescriptorStore, &str) -> Added;
+    let kinds: [(CacheDoc, bool, Add); 2] = [
+        (
+            CacheDoc::Microdescs,
+            r.consensus_md.is_some(),
+            DescriptorStore::add_microdescs,
+        ),
+        (
+            CacheDoc::Descriptors,
+            r.consensus.is_some(),
+            DescriptorStore::add_server_descriptors,
+        ),
+    ];
+    for (doc, listed, add) in kinds {
+        let Some(t) = listed.then(|| text(doc, &mut r.rejected)).flatten() else {
+            continue;
+        };
+        let a = add(&mut r.store, t);
+        if a.malformed || a.unlisted > 0 || a.over_limit > 0 {
+            r.rejected.push((doc, format!("not all kept: {a:?}")));
         }
     }
     r

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use onion_crypto::RsaIdentity;
 use onion_dir::authcert::{self, AuthCert};
-use onion_dir::consensus::{self, Flavor};
+use onion_dir::consensus::Flavor;
 use onion_dir::http::{DirRequest, ResponseReader};
 use onion_dir::{MdDigest, Timestamp};
 
@@ -97,7 +97,9 @@ pub fn fetch_consensus(
     })
 }
 
-/// One consensus flavour from `addr`, verified against `certs`.
+/// One consensus flavour from `addr`, accepted as the relay accepts a saved one
+/// ([`onion_relay::dir_saved::check_consensus`]: that flavour, signed by a majority of `v3`
+/// with `certs`, reasonably live at `now`).
 fn fetch_flavor(
     addr: SocketAddr,
     flavor: Flavor,
@@ -106,22 +108,8 @@ fn fetch_flavor(
     now: Timestamp,
 ) -> Result<String, String> {
     let text = get(addr, &DirRequest::consensus(flavor, &[], 3))?;
-    let parsed = consensus::parse(&text).map_err(|e| format!("consensus: {e}"))?;
-    if parsed.peek().flavor != flavor {
-        return Err(format!(
-            "asked for the {} consensus, got another",
-            flavor.name()
-        ));
-    }
-    let report = parsed.check_signatures(v3, certs, now);
-    if !report.quorum() {
-        return Err(format!(
-            "consensus signed by {} of the {} authorities ({} needed)",
-            report.verified.len(),
-            v3.len(),
-            v3.len() / 2 + 1
-        ));
-    }
+    onion_relay::dir_saved::check_consensus(&text, flavor, v3, certs, now)
+        .map_err(|e| format!("the {} consensus: {e}", flavor.name()))?;
     Ok(text)
 }
 
@@ -158,4 +146,68 @@ pub fn fetch_descriptors(
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const TORNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../onion-dir/testdata/tornet/");
+
+    fn read(file: &str) -> String {
+        std::fs::read_to_string(format!("{TORNET}{file}")).expect("test document")
+    }
+
+    /// A DirPort that answers one request with `body` (HTTP/1.0 200, then closes).
+    fn serve_once(body: String) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut req = [0u8; 2048];
+                let _ = s.read(&mut req);
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(body.as_bytes());
+            }
+        });
+        addr
+    }
+
+    /// A fetched consensus is accepted by the same check as a saved one: the flavour asked
+    /// for, signed by a majority of the authorities, reasonably live.
+    #[test]
+    fn a_fetched_consensus_is_checked_as_a_saved_one() {
+        let ns = read("cached-consensus");
+        let now = onion_dir::consensus::parse(&ns)
+            .expect("ns")
+            .peek()
+            .valid_after;
+        let certs: Vec<AuthCert> = (0..3)
+            .map(|i| read(&format!("authority_certificate.auth{i}")))
+            .map(|t| {
+                authcert::UnverifiedAuthCert::parse(&t)
+                    .expect("cert")
+                    .verify(now)
+                    .expect("valid")
+            })
+            .collect();
+        let v3: Vec<RsaIdentity> = certs.iter().map(|c| c.fingerprint).collect();
+        let fetch = |flavor, now| fetch_flavor(serve_once(ns.clone()), flavor, &v3, &certs, now);
+        assert_eq!(fetch(Flavor::Ns, now), Ok(ns.clone()));
+        let e = fetch(Flavor::Microdesc, now).unwrap_err();
+        assert!(e.contains("not a microdesc consensus"), "{e}");
+        let e = fetch(Flavor::Ns, Timestamp::from_unix(now.unix() + 30 * 86_400)).unwrap_err();
+        assert!(e.contains("too old"), "{e}");
+        let e = fetch_flavor(
+            serve_once(ns.clone()),
+            Flavor::Ns,
+            &v3[..1],
+            &certs[..0],
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("signed by 0 of the 1 authorities"), "{e}");
+    }
 }
