@@ -101,10 +101,11 @@ pub enum DecodeError {
 impl DecodeError {
     /// Who is to blame: a malformed cell is the peer's fault, as its [`Error::kind`] says;
     /// `NeedMore` is not a failure while the connection is open, and a connection that ends
-    /// there cut a cell short, which is the peer's fault too.
+    /// there broke in the middle of a cell ([`ErrorKind::Network`](crate::ErrorKind::Network),
+    /// as a directory response cut short is).
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            DecodeError::NeedMore { .. } => crate::error::ErrorKind::PeerProtocol,
+            DecodeError::NeedMore { .. } => crate::error::ErrorKind::Network,
             DecodeError::Malformed(e) => e.kind(),
         }
     }

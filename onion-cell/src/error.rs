@@ -228,10 +228,7 @@ mod tests {
         }
         let malformed = DecodeError::Malformed(Error::BadString { field: "VERSIONS" });
         assert_eq!(malformed.kind(), ErrorKind::PeerProtocol);
-        assert_eq!(
-            DecodeError::NeedMore { need: 3 }.kind(),
-            ErrorKind::PeerProtocol
-        );
+        assert_eq!(DecodeError::NeedMore { need: 3 }.kind(), ErrorKind::Network);
     }
 
     #[test]
