@@ -82,8 +82,9 @@
 //!                 // A 3-hop circuit ending at the relay; its last hop's KH (tor-spec §5.2):
 //!                 let kh = [7; 20];
 //!                 let est = p.intro_circuit_built(intro, &kh)?; // RelayMsg::EstablishIntro
-//!                 let reply = intro_relays.handle_establish_intro(intro, &kh, &est)?;
-//!                 let msg = RelayMsg::IntroEstablished(reply);
+//!                 let at = onion_crypto::Instant::ZERO; // the relay's monotonic clock
+//!                 let est = intro_relays.handle_establish_intro(intro, at, &kh, &est)?;
+//!                 let msg = RelayMsg::IntroEstablished(est.reply);
 //!                 on_intro_msg(&mut p, now, intro, &msg, &mut rng)?;
 //!             }
 //!             PublishAction::CloseIntroCircuit { intro } => intro_relays.circuit_closed(intro),

@@ -262,19 +262,6 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         self.rate_limited
     }
 
-    /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`
-    /// (rate-limit clock at 0). Returns the INTRO_ESTABLISHED to send back.
-    pub fn handle_establish_intro(
-        &mut self,
-        circ: C,
-        circuit_kh: &[u8],
-        msg: &wire::EstablishIntro<'_>,
-    ) -> Result<wire::IntroEstablished<'static>, RelayRoleError> {
-        Ok(self
-            .establish_intro(circ, circuit_kh, msg, Instant::ZERO)?
-            .reply)
-    }
-
     /// Handle ESTABLISH_INTRO on `circ` whose circuit-handshake `KH` is `circuit_kh`, at
     /// `now` (rend-spec-v3 §3.1.1): the auth key's signature and the MAC over `KH` are
     /// checked; a circuit that already is an introduction circuit is refused; an auth key
@@ -283,12 +270,12 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
     /// circuit's INTRODUCE2 limit as C tor does: a zero rate or burst, a value above
     /// INT32_MAX or a burst below the rate turn the defence off for this circuit; an
     /// extension that does not parse leaves the network defaults.
-    pub fn establish_intro(
+    pub fn handle_establish_intro(
         &mut self,
         circ: C,
+        now: Instant,
         circuit_kh: &[u8],
         msg: &wire::EstablishIntro<'_>,
-        now: Instant,
     ) -> Result<Established<C>, RelayRoleError> {
         let m = EstablishIntro::from_cell(msg)?;
         m.verify(circuit_kh)?;
@@ -343,28 +330,16 @@ impl<C: Copy + Eq + Hash> IntroPoint<C> {
         })
     }
 
-    /// Handle INTRODUCE1 from a client without a rate limit: route it, unchanged, to the
-    /// service as INTRODUCE2.
-    pub fn handle_introduce1(&self, msg: &wire::Introduce<'_>) -> IntroduceRouting<C> {
-        match Introduce::from_cell(msg) {
-            Err(_) => routing(None, IntroduceAckStatus::BAD_FORMAT, false),
-            Ok(m) => match self.by_key.get(&m.auth_key) {
-                Some(c) => routing(
-                    Some((*c, msg.clone().into_owned())),
-                    IntroduceAckStatus::SUCCESS,
-                    false,
-                ),
-                None => routing(None, IntroduceAckStatus::UNKNOWN_SERVICE, false),
-            },
-        }
-    }
-
     /// Handle INTRODUCE1 from a client at `now` (rend-spec-v3 §3.2): a message that is
-    /// not a v3 INTRODUCE1 with an ed25519 auth key gets BAD_FORMAT; an auth key no circuit registered gets UNKNOWN_ID; the
-    /// service circuit's INTRODUCE2 bucket is then charged, and an empty bucket also gets
+    /// not a v3 INTRODUCE1 with an ed25519 auth key gets BAD_FORMAT; an auth key no circuit
+    /// registered gets UNKNOWN_ID; the service circuit's INTRODUCE2 bucket is then charged, and an empty bucket also gets
     /// UNKNOWN_ID (C tor's answer, so that clients move on to another introduction point);
     /// otherwise the body goes unchanged to the service as INTRODUCE2 with SUCCESS.
-    pub fn introduce1(&mut self, msg: &wire::Introduce<'_>, now: Instant) -> IntroduceRouting<C> {
+    pub fn handle_introduce1(
+        &mut self,
+        now: Instant,
+        msg: &wire::Introduce<'_>,
+    ) -> IntroduceRouting<C> {
         let m = match Introduce::from_cell(msg) {
             Ok(m) => m,
             Err(_) => return routing(None, IntroduceAckStatus::BAD_FORMAT, false),
@@ -785,7 +760,7 @@ mod tests {
                 }),
             );
             let e = ip
-                .establish_intro(1, &kh, &ei(&body), Instant::ZERO)
+                .handle_establish_intro(1, Instant::ZERO, &kh, &ei(&body))
                 .expect("accepted");
             assert_eq!(e.dos, want, "{rate:?} {burst:?}");
             assert!(e.dos_explicit);
@@ -793,11 +768,11 @@ mod tests {
         // Without the extension: the defaults.
         let mut ip: IntroPoint<u8> = IntroPoint::default();
         let e = ip
-            .establish_intro(
+            .handle_establish_intro(
                 1,
+                Instant::ZERO,
                 &kh,
                 &ei(&establish(&keypair(9), &kh, None)),
-                Instant::ZERO,
             )
             .expect("accepted");
         assert_eq!(e.dos, None);
@@ -934,21 +909,21 @@ mod tests {
                 match op {
                     0 => {
                         if let Ok(m) = wire::EstablishIntro::decode(&bytes) {
-                            let _ = ip.establish_intro(circ, &kh, &m, now);
+                            let _ = ip.handle_establish_intro(circ, now, &kh, &m);
                         }
                     }
                     1 => {
                         let a = &auths[usize::from(circ % 2)];
-                        let _ = ip.establish_intro(circ, &kh, &ei(&establish(a, &kh, None)), now);
+                        let _ = ip.handle_establish_intro(circ, now, &kh, &ei(&establish(a, &kh, None)));
                     }
                     2 => {
                         if let Ok(m) = wire::Introduce::decode(&bytes) {
-                            let r = ip.introduce1(&m, now);
+                            let r = ip.handle_introduce1(now, &m);
                             prop_assert!(r.to_service.is_none() || r.status() == IntroduceAckStatus::SUCCESS);
                         }
                         let a = &auths[usize::from(circ % 2)];
                         let body = introduce1(a.public_bytes());
-                        let r = ip.introduce1(&wire::Introduce::decode(&body).expect("valid"), now);
+                        let r = ip.handle_introduce1(now, &wire::Introduce::decode(&body).expect("valid"));
                         prop_assert_eq!(r.to_service.is_some(), r.status() == IntroduceAckStatus::SUCCESS);
                     }
                     3 => ip.circuit_closed(circ),

@@ -49,7 +49,8 @@
 //! let ip = s.add_intro_point(vec![RawLinkSpec::rsa_id(relay(3))], [3; 32], &mut rng);
 //! let circuit_kh = [9; 20]; // the circuit's last hop's KH (tor-spec §5.2)
 //! let est = s.establish_intro(ip, &circuit_kh)?; // RelayMsg::EstablishIntro
-//! let reply = intro_relay.handle_establish_intro(1, &circuit_kh, &est)?;
+//! let at = onion_crypto::Instant::ZERO; // the relay's monotonic clock
+//! let reply = intro_relay.handle_establish_intro(1, at, &circuit_kh, &est)?.reply;
 //! on_intro_msg(&mut s, ip, &RelayMsg::IntroEstablished(reply), &mut rng)?;
 //!
 //! // On each new consensus: both descriptors, each POSTed to its HSDirs (UPLOAD_PATH).
@@ -78,7 +79,7 @@
 //! let ready = pending.handle_rendezvous_established();
 //! let rp = vec![RawLinkSpec::rsa_id(relay(7))];
 //! let (intro, intro1) = ready.introduce(&mut rng, 0, &[7; 32], rp.clone())?;
-//! let routing = intro_relay.handle_introduce1(&intro1);
+//! let routing = intro_relay.handle_introduce1(at, &intro1);
 //! intro.handle_introduce_ack(&routing.ack)?;
 //! let (circuit, intro2) = routing.to_service.expect("relayed to the service");
 //! assert_eq!(circuit, 1);

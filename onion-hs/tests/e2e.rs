@@ -90,9 +90,10 @@ fn run(client_auth: bool, seed: u64) {
         let role = intro_relays.entry(r).or_default();
         // Wrong KH: refused.
         assert!(role
-            .handle_establish_intro(circ, &[0u8; 20], &body)
+            .handle_establish_intro(circ, onion_crypto::Instant::ZERO, &[0u8; 20], &body)
             .is_err());
-        role.handle_establish_intro(circ, &kh, &body).unwrap();
+        role.handle_establish_intro(circ, onion_crypto::Instant::ZERO, &kh, &body)
+            .unwrap();
         service.handle_intro_established(ip).unwrap();
         svc_circ_of_ip.insert(circ, ip);
     }
@@ -164,7 +165,10 @@ fn run(client_auth: bool, seed: u64) {
         .iter()
         .position(|r| r.link_specs == ip_desc.link_specifiers)
         .unwrap();
-    let routing = intro_relays[&ip_relay].handle_introduce1(&intro1);
+    let routing = intro_relays
+        .get_mut(&ip_relay)
+        .unwrap()
+        .handle_introduce1(onion_crypto::Instant::ZERO, &intro1);
     intro.handle_introduce_ack(&routing.ack).unwrap();
     let (svc_circ, intro2) = routing.to_service.unwrap();
     let ip_index = svc_circ_of_ip[&svc_circ];
@@ -255,8 +259,8 @@ fn refused_introduction_is_reported_and_next_point_tried() {
     let (first, body) = ready.introduce(&mut rng, 0, &[3; 32], vec![]).unwrap();
     assert_eq!(first.intro_point(), 0);
     // An intro point that does not know the service.
-    let empty: IntroPoint<Circ> = IntroPoint::default();
-    let routing = empty.handle_introduce1(&body);
+    let mut empty: IntroPoint<Circ> = IntroPoint::default();
+    let routing = empty.handle_introduce1(onion_crypto::Instant::ZERO, &body);
     assert!(routing.to_service.is_none());
     assert_eq!(
         first.handle_introduce_ack(&routing.ack),

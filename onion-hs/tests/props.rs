@@ -374,10 +374,10 @@ proptest! {
                 }
                 3 => {
                     if let Ok(m) = onion_cell::hs::EstablishIntro::decode(&body) {
-                        let _ = intro.handle_establish_intro(1, &[0; 20], &m);
+                        let _ = intro.handle_establish_intro(1, onion_crypto::Instant::ZERO, &[0; 20], &m);
                     }
                     if let Ok(m) = onion_cell::hs::Introduce::decode(&body) {
-                        let _ = intro.handle_introduce1(&m);
+                        let _ = intro.handle_introduce1(onion_crypto::Instant::ZERO, &m);
                     }
                 }
                 4 => {

@@ -182,7 +182,7 @@ impl Harness {
                     // A rebuilt circuit replaces the old one (its id is the intro id here).
                     let role = self.roles.entry(relay).or_default();
                     role.circuit_closed(intro.0);
-                    role.handle_establish_intro(intro.0, &kh, &est)
+                    role.handle_establish_intro(intro.0, onion_crypto::Instant::ZERO, &kh, &est)
                         .expect("the intro relay accepts ESTABLISH_INTRO");
                     self.relay_of.insert(intro, relay);
                     self.open.insert(intro);
@@ -766,7 +766,11 @@ fn introduce_cc(
         .find(|l| l.ty == LS_RSA_ID)
         .and_then(|l| l.as_rsa_id())
         .unwrap();
-    let routing = h.roles[&relay].handle_introduce1(&cell(&intro1));
+    let routing = h
+        .roles
+        .get_mut(&relay)
+        .unwrap()
+        .handle_introduce1(onion_crypto::Instant::ZERO, &cell(&intro1));
     (relay, routing.to_service.map(|(c, b)| (IntroId(c), b)))
 }
 
@@ -919,8 +923,11 @@ fn introduce2_carries_no_congestion_control_request() {
         .find(|l| l.ty == LS_RSA_ID)
         .and_then(|l| l.as_rsa_id())
         .unwrap();
-    let (c, body) = h.roles[&relay]
-        .handle_introduce1(&cell(&intro1))
+    let (c, body) = h
+        .roles
+        .get_mut(&relay)
+        .unwrap()
+        .handle_introduce1(onion_crypto::Instant::ZERO, &cell(&intro1))
         .to_service
         .expect("routed");
     let req =
@@ -958,8 +965,11 @@ fn introduce_via(
         .find(|l| l.ty == LS_RSA_ID)
         .and_then(|l| l.as_rsa_id())
         .unwrap();
-    let (c, b) = h.roles[&relay]
-        .handle_introduce1(&cell(&intro1))
+    let (c, b) = h
+        .roles
+        .get_mut(&relay)
+        .unwrap()
+        .handle_introduce1(onion_crypto::Instant::ZERO, &cell(&intro1))
         .to_service
         .expect("routed");
     (IntroId(c), b)

@@ -273,8 +273,14 @@ impl Net {
                         assert_eq!(c.purpose, HsPurpose::ServiceIntro);
                         let reply = relay
                             .intro
-                            .handle_establish_intro((side, circ), &kh, &decoded(cmd, &body))
-                            .unwrap();
+                            .handle_establish_intro(
+                                (side, circ),
+                                self.now,
+                                &kh,
+                                &decoded(cmd, &body),
+                            )
+                            .unwrap()
+                            .reply;
                         let reply = wire(&RelayMsg::IntroEstablished(reply));
                         self.deliver(side, circ, RelayCmd::INTRO_ESTABLISHED, &reply);
                     }
@@ -288,7 +294,9 @@ impl Net {
                     }
                     RelayCmd::INTRODUCE1 => {
                         assert_eq!(c.purpose, HsPurpose::ClientIntro);
-                        let routing = relay.intro.handle_introduce1(&decoded(cmd, &body));
+                        let routing = relay
+                            .intro
+                            .handle_introduce1(self.now, &decoded(cmd, &body));
                         if self.refuse_intro > 0 {
                             self.refuse_intro -= 1;
                             let [hi, lo] = onion_cell::hs::IntroduceAckStatus::UNKNOWN_SERVICE
@@ -683,7 +691,9 @@ fn introductions(net: &mut Net, addr: &str, n: usize) -> Vec<(HsCircRef, Vec<u8>
         .unwrap();
         let body = wire(&RelayMsg::Introduce1(body));
         let m = decoded(RelayCmd::INTRODUCE1, &body);
-        let routing = net.relays[&rsa.0].intro.handle_introduce1(&m);
+        let now = net.now;
+        let relay = net.relays.get_mut(&rsa.0).unwrap();
+        let routing = relay.intro.handle_introduce1(now, &m);
         let ((side, circ), m2) = routing.to_service.unwrap();
         assert_eq!(side, Side::Host);
         out.push((circ, wire(&RelayMsg::Introduce2(m2))));

@@ -306,7 +306,7 @@ impl Relay {
             return;
         };
         let now = self.now;
-        match self.hs.intro.establish_intro(k, &kh, msg, now) {
+        match self.hs.intro.handle_establish_intro(k, now, &kh, msg) {
             Ok(est) => {
                 if let Some(c) = self.circs.get_mut(&k) {
                     c.hs = HsPurpose::Intro;
@@ -332,7 +332,7 @@ impl Relay {
             c.introduced = true;
         }
         let now = self.now;
-        let mut r = self.hs.intro.introduce1(msg, now);
+        let mut r = self.hs.intro.handle_introduce1(now, msg);
         if r.rate_limited {
             self.stats.introduce1_rate_limited += 1;
         }
