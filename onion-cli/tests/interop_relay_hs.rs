@@ -36,15 +36,18 @@ fn total(relays: &[Daemon], name: &str) -> u64 {
 /// circuits that need capacity take Fast relays: the test waits until ours are Fast
 /// (at once: their first descriptors carry the bandwidth of their bandwidth self-test).
 ///
-/// * The service keeps its guards and second hops on the C tor middles (it excludes the
-///   authorities and exits; `HSLayer2Nodes` names the middles, as C tor otherwise picks
-///   its sticky second hops once at start, possibly before it has every descriptor) and
-///   asks for as many introduction points as there are C tor middles plus three: once the
-///   Stable middles are taken, the rest are ours. Its introduction circuits need a Stable
-///   and Fast second hop other than its guard, and the authorities do not always vote
-///   every C tor middle of a young network Stable and Fast: a service that does not
-///   bootstrap or introduce itself through ours in time is replaced, a bounded number of
-///   times.
+/// * The service keeps its guards on two C tor middles and its second hops on the C tor
+///   relays (it excludes the authorities; `HSLayer2Nodes` names the middles and exits, as
+///   C tor otherwise picks its sticky second hops once at start, possibly before it has
+///   every descriptor) and asks for as many introduction points as there are C tor relays
+///   plus three: once the Stable ones are taken, the rest are ours. Its introduction
+///   circuits need a second hop that is Stable and Fast and not its guard, and the
+///   authorities of a young network vote Stable on a median uptime the C tor relays,
+///   started together, sit around: with the middles alone as second hops, a run where
+///   only the service's guard among them was Stable failed every introduction circuit
+///   ("Failed to find node for hop #2 of our path") for minutes; the exits widen the
+///   choice. A service that still does not bootstrap or introduce itself through ours in
+///   time is replaced, a bounded number of times.
 /// * The client enters through the third C tor middle as its bridge (a bridge is never
 ///   picked for another position: `router_can_choose_node` takes only general-purpose
 ///   descriptors there) and excludes every other C tor relay: its rendezvous point
@@ -140,13 +143,18 @@ fn c_tor_service_and_client_use_our_hsdir_introduction_and_rendezvous_points() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let n_intro = middles.len() + 3;
+    let c_tor_relays: Vec<&support::Relay> = net
+        .relays
+        .iter()
+        .filter(|r| r.role != "authority")
+        .collect();
+    let n_intro = c_tor_relays.len() + 3;
     let service_config = format!(
         "EntryNodes {}\nHSLayer2Nodes {}\nExcludeNodes {}\nStrictNodes 0\n\
          ConfluxEnabled 0\nHiddenServiceNumIntroductionPoints {n_intro}\n",
         ids(&mut middles[..2].iter().copied()),
-        ids(&mut middles.iter().copied()),
-        ids(&mut net.relays.iter().filter(|r| r.role != "middle")),
+        ids(&mut c_tor_relays.iter().copied()),
+        ids(&mut net.relays.iter().filter(|r| r.role == "authority")),
     );
     assert!(middles.len() >= 3);
     let client_guard = middles[2];
