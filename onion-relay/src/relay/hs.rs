@@ -23,9 +23,7 @@ use onion_cell::hs::IntroduceAckStatus;
 use onion_cell::{RelayCmd, RelayMsg};
 use onion_circuit::stream::StreamId;
 use onion_circuit::{ErrorKind, Instant};
-use onion_hs::relay::{
-    introduce_ack, HsDirStore, IntroDosParams, IntroPoint, RelayRoleError, RendPoint,
-};
+use onion_hs::relay::{introduce_ack, HsDirStore, IntroDosParams, IntroPoint, RendPoint};
 
 use super::{Relay, RelayStats};
 use crate::config::RelayConfig;
@@ -476,6 +474,7 @@ impl Relay {
 #[cfg(test)]
 mod kind_tests {
     use super::*;
+    use onion_hs::relay::RelayRoleError;
 
     #[test]
     fn a_role_refusal_destroys_with_the_reason_of_its_kind() {
