@@ -202,7 +202,7 @@ impl super::Client {
     /// An onion-service message arrived on circuit `key` (its purpose allows it).
     pub(super) fn hs_message(&mut self, key: u64, msg: &RelayMsg<'_>) {
         if let Some(r) = self.hs.keys.get(&key).copied() {
-            self.hs.hs.message(r, msg, self.now, &mut self.rng);
+            self.hs.hs.handle_message(r, msg, self.now, &mut self.rng);
         }
     }
 
@@ -215,7 +215,9 @@ impl super::Client {
     ) -> Option<Result<Vec<u8>, Failure>> {
         match self.hs.dir_reqs.remove(&req) {
             Some(r) => {
-                self.hs.hs.dir_answer(r, answer, self.now, &mut self.rng);
+                self.hs
+                    .hs
+                    .handle_dir_answer(r, answer, self.now, &mut self.rng);
                 None
             }
             None => Some(answer),
@@ -438,7 +440,7 @@ impl super::Client {
             self.hs.dir_reqs.retain(|_, c| *c != r);
             self.hs
                 .hs
-                .circuit_closed(r, "the circuit closed", self.now, &mut self.rng);
+                .handle_circuit_closed(r, "the circuit closed", self.now, &mut self.rng);
         }
         for r in built {
             let Some((key, reported)) = self.hs.circs.get_mut(&r) else {
@@ -460,7 +462,7 @@ impl super::Client {
                 .unwrap_or([0; 20]);
             self.hs
                 .hs
-                .circuit_built(r, &last, &kh, self.now, &mut self.rng);
+                .handle_circuit_built(r, &last, &kh, self.now, &mut self.rng);
         }
         while let Some(a) = self.hs.hs.poll_action() {
             self.hs_apply(a);
@@ -490,10 +492,11 @@ impl super::Client {
                         self.hs.circs.insert(circ, (key, false));
                         self.hs.keys.insert(key, circ);
                     }
-                    Err(e) => self
-                        .hs
-                        .hs
-                        .circuit_closed(circ, &e.to_string(), now, &mut self.rng),
+                    Err(e) => {
+                        self.hs
+                            .hs
+                            .handle_circuit_closed(circ, &e.to_string(), now, &mut self.rng)
+                    }
                 }
             }
             HsAction::SendMessage { circ, msg } => {
@@ -517,7 +520,9 @@ impl super::Client {
                 let Some(key) = key.filter(|_| self.streams.len() < self.cfg.limits.max_streams)
                 else {
                     let e = Failure::Network("no room for the directory stream".into());
-                    self.hs.hs.dir_answer(circ, Err(e), now, &mut self.rng);
+                    self.hs
+                        .hs
+                        .handle_dir_answer(circ, Err(e), now, &mut self.rng);
                     return;
                 };
                 let deadline = now + self.cfg.stream_timeout;

@@ -30,10 +30,10 @@
 //! #[derive(Default)]
 //! struct Core {
 //!     circuits: HashMap<HsCircRef, Circuit>,
-//!     /// To build (a path of the purpose's shape); then `hs.circuit_built(circ, &last,
-//!     /// last_hop_kh, now, rng)`, or `hs.circuit_closed(circ, why, now, rng)`.
+//!     /// To build (a path of the purpose's shape); then `hs.handle_circuit_built(circ, &last,
+//!     /// last_hop_kh, now, rng)`, or `hs.handle_circuit_closed(circ, why, now, rng)`.
 //!     builds: Vec<(HsCircRef, HsPurpose, Option<HopTarget>)>,
-//!     /// To carry over BEGIN_DIR; then `hs.dir_answer(circ, dir::decode_response(&raw,
+//!     /// To carry over BEGIN_DIR; then `hs.handle_dir_answer(circ, dir::decode_response(&raw,
 //!     /// max_body), now, rng)`.
 //!     dir_requests: Vec<(HsCircRef, Vec<u8>, usize)>,
 //!     next_stream: u64,
@@ -54,7 +54,7 @@
 //!                         c.send_msg(last, None, &msg).ok()
 //!                     });
 //!                     if sent.is_none() {
-//!                         hs.circuit_closed(circ, "message not sent", now, rng);
+//!                         hs.handle_circuit_closed(circ, "message not sent", now, rng);
 //!                     }
 //!                 }
 //!                 HsAction::DirRequest { circ, request, max_body } => {
@@ -70,7 +70,7 @@
 //!                         }
 //!                     });
 //!                     if !matches!(added, Some(Ok(()))) {
-//!                         hs.circuit_closed(circ, "virtual hop refused", now, rng);
+//!                         hs.handle_circuit_closed(circ, "virtual hop refused", now, rng);
 //!                     }
 //!                 }
 //!                 HsAction::CloseCircuit { circ } => {
@@ -88,7 +88,7 @@
 //!     }
 //!
 //!     /// An event of the onion-service circuit `circ`. When it closes (DESTROY, a failure,
-//!     /// a timeout), the core says `hs.circuit_closed(circ, why, now, rng)` instead.
+//!     /// a timeout), the core says `hs.handle_circuit_closed(circ, why, now, rng)` instead.
 //!     fn on_event(
 //!         &mut self,
 //!         hs: &mut OnionServices,
@@ -98,7 +98,7 @@
 //!         rng: &mut impl CryptoRngCore,
 //!     ) {
 //!         match event {
-//!             CircEvent::Msg { msg, .. } => hs.message(circ, msg, now, rng),
+//!             CircEvent::Msg { msg, .. } => hs.handle_message(circ, msg, now, rng),
 //!             CircEvent::IncomingStream { port, .. } => {
 //!                 self.next_stream += 1;
 //!                 match hs.incoming_stream(circ, *port, IncomingRef(self.next_stream), now) {
@@ -263,7 +263,7 @@ pub enum HsAction {
     /// Build a circuit for `purpose` (its shape: [`HsPurpose`]) ending at `last_hop`, or at
     /// a rendezvous point of the core's choice when `last_hop` is `None`
     /// ([`HsPurpose::ClientRend`]). No relay on it is asked for congestion control. Report
-    /// [`OnionServices::circuit_built`] or [`OnionServices::circuit_closed`].
+    /// [`OnionServices::handle_circuit_built`] or [`OnionServices::handle_circuit_closed`].
     BuildCircuit {
         /// The reference to report it under.
         circ: HsCircRef,
@@ -283,8 +283,8 @@ pub enum HsAction {
     /// Open a BEGIN_DIR stream on `circ` (tor-spec §6.2.1; rend-spec-v3 §2.2.6), send
     /// `request` (a complete HTTP/1.0 request), read the response until the stream ends
     /// (its body at most `max_body` bytes: more is a failure), and report it with
-    /// [`OnionServices::dir_answer`] (decoded, as `dir::decode_response` does) or
-    /// [`OnionServices::dir_response`] (raw).
+    /// [`OnionServices::handle_dir_answer`] (decoded, as `dir::decode_response` does) or
+    /// [`OnionServices::handle_dir_response`] (raw).
     DirRequest {
         /// The circuit.
         circ: HsCircRef,
@@ -788,7 +788,7 @@ impl OnionServices {
     /// Circuit `circ` (asked for by [`HsAction::BuildCircuit`]) is built; `last_hop` is its
     /// last relay (for [`HsPurpose::ClientRend`], the rendezvous point the core chose) and
     /// `last_hop_kh` that hop's `KH` (tor-spec §5.2; ESTABLISH_INTRO is bound to it).
-    pub fn circuit_built(
+    pub fn handle_circuit_built(
         &mut self,
         circ: HsCircRef,
         last_hop: &HopTarget,
@@ -812,7 +812,7 @@ impl OnionServices {
 
     /// Circuit `circ` failed to build, or closed (DESTROY, TRUNCATED, a protocol error),
     /// or the core gave up on it; `why` is for the log and errors.
-    pub fn circuit_closed(
+    pub fn handle_circuit_closed(
         &mut self,
         circ: HsCircRef,
         why: &str,
@@ -833,7 +833,7 @@ impl OnionServices {
     /// An onion-service message arrived from the last hop of `circ` (`CircEvent::Msg`).
     /// Messages other than INTRO_ESTABLISHED, INTRODUCE2, INTRODUCE_ACK,
     /// RENDEZVOUS_ESTABLISHED and RENDEZVOUS2 are ignored.
-    pub fn message(
+    pub fn handle_message(
         &mut self,
         circ: HsCircRef,
         msg: &RelayMsg<'_>,
@@ -863,7 +863,7 @@ impl OnionServices {
 
     /// The answer to [`HsAction::DirRequest`] on `circ`, raw: the HTTP response bytes (head
     /// and body, as the stream carried them), or why the stream failed.
-    pub fn dir_response(
+    pub fn handle_dir_response(
         &mut self,
         circ: HsCircRef,
         response: Result<Vec<u8>, String>,
@@ -873,13 +873,13 @@ impl OnionServices {
         let answer = response
             .map_err(Failure::Network)
             .and_then(|raw| crate::dir::decode_response(&raw, connect::MAX_DESCRIPTOR_BODY));
-        self.dir_answer(circ, answer, now, rng);
+        self.handle_dir_answer(circ, answer, now, rng);
     }
 
     /// The answer to [`HsAction::DirRequest`] on `circ`, decoded: the body of a 200 response,
     /// or the failure (a network failure, a timeout, another status, a body too large). The
     /// core closes nothing: this machine says [`HsAction::CloseCircuit`].
-    pub fn dir_answer(
+    pub fn handle_dir_answer(
         &mut self,
         circ: HsCircRef,
         answer: Result<Vec<u8>, Failure>,

@@ -208,8 +208,8 @@ impl Net {
         let msg = RelayMsg::decode(cmd, body).unwrap();
         let (now, rng) = (self.now, &mut self.rng);
         match side {
-            Side::Client => self.client.message(circ, &msg, now, rng),
-            Side::Host => self.host.message(circ, &msg, now, rng),
+            Side::Client => self.client.handle_message(circ, &msg, now, rng),
+            Side::Host => self.host.handle_message(circ, &msg, now, rng),
         }
     }
 
@@ -232,8 +232,14 @@ impl Net {
                     *n -= 1;
                     let rng = &mut self.rng;
                     match side {
-                        Side::Client => self.client.circuit_closed(circ, "build failed", now, rng),
-                        Side::Host => self.host.circuit_closed(circ, "build failed", now, rng),
+                        Side::Client => {
+                            self.client
+                                .handle_circuit_closed(circ, "build failed", now, rng)
+                        }
+                        Side::Host => {
+                            self.host
+                                .handle_circuit_closed(circ, "build failed", now, rng)
+                        }
                     }
                     return;
                 }
@@ -254,8 +260,8 @@ impl Net {
                 );
                 let rng = &mut self.rng;
                 match side {
-                    Side::Client => self.client.circuit_built(circ, &last, &kh, now, rng),
-                    Side::Host => self.host.circuit_built(circ, &last, &kh, now, rng),
+                    Side::Client => self.client.handle_circuit_built(circ, &last, &kh, now, rng),
+                    Side::Host => self.host.handle_circuit_built(circ, &last, &kh, now, rng),
                 }
             }
             HsAction::SendMessage { circ, msg } => {
@@ -370,8 +376,8 @@ impl Net {
                 let rng = &mut self.rng;
                 let r = Ok(response.into_bytes());
                 match side {
-                    Side::Client => self.client.dir_response(circ, r, now, rng),
-                    Side::Host => self.host.dir_response(circ, r, now, rng),
+                    Side::Client => self.client.handle_dir_response(circ, r, now, rng),
+                    Side::Host => self.host.handle_dir_response(circ, r, now, rng),
                 }
             }
             HsAction::AddVirtualHop { circ, hop } => {
@@ -781,7 +787,7 @@ fn a_closed_intro_circuit_is_rebuilt_to_the_same_relay() {
         r.intro.circuit_closed((Side::Host, circ));
     }
     let (now, rng) = (net.now, &mut net.rng);
-    net.host.circuit_closed(circ, "DESTROY", now, rng);
+    net.host.handle_circuit_closed(circ, "DESTROY", now, rng);
     net.pump();
     assert_eq!(net.count(Side::Host, HsPurpose::ServiceIntro), 3);
     // After the publisher's backoff (5 s), the same relay again.
@@ -911,7 +917,7 @@ fn padding_on_onion_service_circuits_is_ignored() {
         },
     );
     let (now, rng) = (net.now, &mut net.rng);
-    net.client.circuit_built(circ, &last, &kh, now, rng);
+    net.client.handle_circuit_built(circ, &last, &kh, now, rng);
     net.pump();
     assert_eq!(net.ready.len(), 1, "{:?}", net.failed);
 }
@@ -1041,7 +1047,7 @@ fn undecided_incoming_streams_are_bounded_per_service() {
     assert_eq!(net.host.undecided_streams(svc), 4);
     // Closing a rendezvous circuit takes its undecided streams with it.
     let (now, rng) = (net.now, &mut net.rng);
-    net.host.circuit_closed(a, "DESTROY", now, rng);
+    net.host.handle_circuit_closed(a, "DESTROY", now, rng);
     assert_eq!(net.host.undecided_streams(svc), 2);
     assert_eq!(offer(&mut net, b, 9), ok);
 }
@@ -1084,7 +1090,7 @@ fn kill_host_circuit(net: &mut Net, circ: HsCircRef) {
         r.intro.circuit_closed((Side::Host, circ));
     }
     let (now, rng) = (net.now, &mut net.rng);
-    net.host.circuit_closed(circ, "DESTROY", now, rng);
+    net.host.handle_circuit_closed(circ, "DESTROY", now, rng);
     net.pump();
 }
 
