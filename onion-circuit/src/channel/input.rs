@@ -98,6 +98,36 @@ impl InputBuffer {
         Ok(())
     }
 
+    /// [`InputBuffer::push`] then [`InputBuffer::feed`] for bytes just received, without
+    /// the copy when nothing waits: the channel reads `bytes` where they are and only what
+    /// it leaves is kept. The limit applies as in [`InputBuffer::push`] (over it nothing is
+    /// kept or fed, and the caller closes the connection).
+    pub fn push_feed(
+        &mut self,
+        chan: &mut Channel,
+        now: Instant,
+        bytes: &[u8],
+        limit: usize,
+    ) -> Result<Fed, InputFull> {
+        if !self.buf.is_empty() {
+            self.push(bytes, limit)?;
+            return Ok(self.feed(chan, now));
+        }
+        if bytes.len() > limit {
+            return Err(InputFull);
+        }
+        let used = if bytes.is_empty() {
+            0
+        } else {
+            chan.handle_input(now, bytes).min(bytes.len())
+        };
+        self.buf.extend_from_slice(bytes.get(used..).unwrap_or(&[]));
+        Ok(Fed {
+            used,
+            left: self.buf.len(),
+        })
+    }
+
     /// Offer the waiting bytes to `chan` ([`Channel::handle_input`]) and drop those it
     /// consumed. With nothing waiting the channel is not called (its deadlines belong to
     /// [`Channel::handle_timeout`]).
@@ -176,6 +206,47 @@ mod tests {
             closed |= matches!(ev, ChanEvent::Closed(_));
         }
         assert!(closed);
+    }
+
+    #[test]
+    fn push_feed_is_push_then_feed() {
+        // A VERSIONS cell and the start of the next, in two deliveries: the same bytes are
+        // taken and kept whether they went through the buffer or not.
+        let bytes = [0u8, 0, 7, 0, 2, 0, 4, 0, 0];
+        for split in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            let (mut c1, mut c2) = (chan(16), chan(16));
+            let (mut b1, mut b2) = (InputBuffer::new(), InputBuffer::new());
+            let mut fed1 = Vec::new();
+            let mut fed2 = Vec::new();
+            for part in [a, b] {
+                b1.push(part, 1 << 10).unwrap();
+                fed1.push(b1.feed(&mut c1, Instant::ZERO));
+                fed2.push(b2.push_feed(&mut c2, Instant::ZERO, part, 1 << 10).unwrap());
+            }
+            assert_eq!(fed1, fed2, "split at {split}");
+            assert_eq!(b1.buf, b2.buf);
+            assert_eq!(
+                c1.poll_transmit(&mut Vec::new()),
+                c2.poll_transmit(&mut Vec::new())
+            );
+            assert_eq!(c1.is_closed(), c2.is_closed());
+        }
+    }
+
+    #[test]
+    fn push_feed_refuses_beyond_limit_and_feeds_nothing() {
+        let mut ch = chan(16);
+        let mut b = InputBuffer::new();
+        assert_eq!(
+            b.push_feed(&mut ch, Instant::ZERO, &[0; 17], 16),
+            Err(InputFull)
+        );
+        assert!(b.is_empty());
+        // Nothing reached the channel: a VERSIONS cell is still its first.
+        let fed = b.push_feed(&mut ch, Instant::ZERO, &[0, 0, 7, 0, 2, 0, 4], 16);
+        assert_eq!(fed, Ok(Fed { used: 7, left: 0 }));
+        assert!(!ch.is_closed());
     }
 
     #[test]

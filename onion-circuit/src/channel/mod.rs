@@ -86,6 +86,7 @@ mod config;
 mod error;
 mod event;
 mod input;
+mod pool;
 
 use onion_crypto::Timestamp;
 use std::collections::VecDeque;
@@ -108,6 +109,7 @@ pub use config::{ChanConfig, PeerIds};
 pub use error::{CertsError, ChanError, SendError};
 pub use event::{ChanEvent, ChanOpen, CircViolation};
 pub use input::{Fed, InputBuffer, InputFull};
+pub use pool::{BodyPool, CellBody};
 
 use circmap::CircMap;
 
@@ -201,6 +203,8 @@ pub struct Channel {
     // Counters (for tests and diagnostics).
     dropped_cells: u64,
     padding_cells: u64,
+    /// Spare bodies for the RELAY cells received ([`Channel::swap_body_pool`]).
+    bodies: BodyPool,
 }
 
 /// What an initiator relay needs to authenticate on one channel (tor-spec §4.4.2).
@@ -334,6 +338,7 @@ impl Channel {
             resp_auth: None,
             dropped_cells: 0,
             padding_cells: 0,
+            bodies: BodyPool::default(),
         }
     }
 
@@ -1084,10 +1089,23 @@ impl Channel {
     }
 
     fn push_circ_event(&mut self, circ_id: CircId, msg: ChanMsg<'_>) {
-        self.events.push_back(ChanEvent::CircuitCell {
-            circ_id,
-            msg: msg.into_owned(),
-        });
+        use onion_cell::chancell::RelayPayload::{Borrowed, Owned};
+        let msg = match msg {
+            ChanMsg::Relay(Borrowed(b)) => ChanMsg::Relay(Owned(self.bodies.copy_of(b))),
+            ChanMsg::RelayEarly(Borrowed(b)) => ChanMsg::RelayEarly(Owned(self.bodies.copy_of(b))),
+            m => m.into_owned(),
+        };
+        self.events
+            .push_back(ChanEvent::CircuitCell { circ_id, msg });
+    }
+
+    /// Exchange the channel's spare cell bodies with `pool`'s: the RELAY cells this
+    /// channel receives while it holds a pool are copied into its bodies before any fresh
+    /// allocation. A relay that forwards cells lends its pool around
+    /// [`Channel::handle_input`] and takes it back, and puts every body it has sent
+    /// ([`BodyPool::put_msg`]) into it. A channel holds none of its own.
+    pub fn swap_body_pool(&mut self, pool: &mut BodyPool) {
+        core::mem::swap(&mut self.bodies, pool);
     }
 
     fn kill_circuit(&mut self, id: CircId, reason: CircViolation) {

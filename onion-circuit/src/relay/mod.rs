@@ -109,6 +109,7 @@ use rand_core::CryptoRngCore;
 
 use crate::cc::flowctl::FlowCtrlParams;
 use crate::cc::{CcConfig, CcError, CongestionControl};
+use crate::channel::BodyPool;
 use crate::circuit::{data_body, data_bytes, data_cell_header, encode_body, pad_body};
 use crate::error::ErrorKind;
 use crate::flow::{sendme_tag, CircRecvWindow, FlowError, FlowStats, SendmeTag};
@@ -1177,15 +1178,44 @@ impl RelayCircuit {
     /// the client's XOFF and XON rate, proposal 324 §3, §4). Returns the bytes taken. The
     /// time is the latest `now` an input carried (see [`RelayCircuit::send_at`]).
     pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, RelayError> {
+        self.send_pooled(stream, data, &mut BodyPool::default())
+    }
+
+    /// [`RelayCircuit::send_at`] with the DATA cells written into bodies taken from
+    /// `bodies` while it has some (an exit that puts the bodies of the cells it sent back
+    /// into the pool, [`BodyPool::put_msg`], allocates none in the steady state).
+    pub fn send_at_pooled(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        data: &[u8],
+        bodies: &mut BodyPool,
+    ) -> Result<usize, RelayError> {
+        self.last_now = self.last_now.max(now);
+        self.send_pooled(stream, data, bodies)
+    }
+
+    fn send_pooled(
+        &mut self,
+        stream: StreamId,
+        data: &[u8],
+        bodies: &mut BodyPool,
+    ) -> Result<usize, RelayError> {
         let s = Self::live_stream(&mut self.streams, self.closed, stream)?;
         let now = self.last_now;
         let (to_client, stats) = (&mut self.to_client, &mut self.stats);
         let taken = s.package(self.send.limit(), now, data, |chunk, trigger| {
             stats.data_cells_sent += 1;
-            to_client.push_back(Inbound::Originated {
-                body: data_body(stream, chunk),
-                trigger,
-            });
+            // Header and data are written here and the rest is padding written when the
+            // cell leaves (`pad_body`): nothing of a reused body's earlier cell remains.
+            let body = match bodies.take() {
+                Some(mut b) => {
+                    onion_cell::relay::encode_data_into(&mut b, Some(stream), chunk);
+                    b
+                }
+                None => data_body(stream, chunk),
+            };
+            to_client.push_back(Inbound::Originated { body, trigger });
         });
         Ok(taken)
     }

@@ -433,7 +433,9 @@ impl Relay {
                 answer: Some(a), ..
             } => {
                 while let Some(chunk) = a.next_chunk() {
-                    let n = c.rc.send_at(now, e.id, chunk).unwrap_or(0);
+                    let n =
+                        c.rc.send_at_pooled(now, e.id, chunk, &mut self.bodies)
+                            .unwrap_or(0);
                     if n == 0 {
                         break;
                     }
@@ -448,7 +450,9 @@ impl Relay {
             }
             ExitState::Open => {
                 if !e.from_target.is_empty() {
-                    let n = c.rc.send_at(now, e.id, &e.from_target).unwrap_or(0);
+                    let n =
+                        c.rc.send_at_pooled(now, e.id, &e.from_target, &mut self.bodies)
+                            .unwrap_or(0);
                     if n > 0 {
                         moved = true;
                         e.from_target.drain(..n);

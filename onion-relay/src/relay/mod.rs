@@ -2,6 +2,8 @@
 //! [`exit`], the onion-service roles (HSDir, introduction and rendezvous point) in [`hs`].
 
 mod exit;
+#[cfg(test)]
+mod fwd_tests;
 mod hs;
 #[cfg(test)]
 mod hs_tests;
@@ -14,8 +16,8 @@ use std::time::Duration;
 use onion_cell::chancell::{ChanMsg, DestroyReason};
 use onion_cell::CircId;
 use onion_circuit::channel::{
-    ChanConfig, ChanError, ChanEvent, Channel, InitiatorAuth, InitiatorCredentials, InputBuffer,
-    PeerIds, ResponderCerts,
+    BodyPool, ChanConfig, ChanError, ChanEvent, Channel, InitiatorAuth, InitiatorCredentials,
+    InputBuffer, PeerIds, ResponderCerts,
 };
 use onion_circuit::relay::{ExtendRequest, RelayCircuit, RelayEvent, RelayKeys as CircKeys};
 use onion_circuit::stream::{StreamEvent, StreamId};
@@ -38,6 +40,11 @@ use self::mux::{CircMux, Side};
 
 /// Bytes of one cell on a link-protocol-4+ channel, for memory accounting.
 const CELL_BYTES: usize = 514;
+
+/// Relay-cell bodies kept for the cells received next once the cells they held were
+/// written out ([`BodyPool`]): 128 KiB, the cells of one full TCP send buffer's delivery,
+/// which a relay takes in before it forwards any of them.
+const SPARE_BODIES: usize = 256;
 
 /// How often the link certificates (Signing->Link, Signing->Auth, 2 days valid) are made
 /// anew.
@@ -232,6 +239,8 @@ pub struct Relay {
     unchecked_bytes: usize,
     /// When idle circuits are next looked for ([`RelayConfig::compact_idle`]).
     next_idle_sweep: Option<Instant>,
+    /// Bodies of forwarded cells, reused for the next cells received.
+    bodies: BodyPool,
 }
 
 impl core::fmt::Debug for Relay {
@@ -317,6 +326,7 @@ impl Relay {
             stats: RelayStats::default(),
             unchecked_bytes: 0,
             next_idle_sweep: cfg.compact_idle.map(|d| now + d),
+            bodies: BodyPool::new(SPARE_BODIES),
             cfg,
         })
     }
@@ -621,13 +631,13 @@ impl Relay {
         if c.chan.is_none() {
             return;
         }
-        if c.inbuf.push(bytes, limit).is_err() {
+        if c.inbuf.len().saturating_add(bytes.len()) > limit {
             self.close_conn(conn, true);
             self.settle();
             return;
         }
         self.unchecked_bytes = self.unchecked_bytes.saturating_add(bytes.len());
-        self.pump_conn(conn);
+        self.pump_conn_with(conn, bytes);
         self.settle();
     }
 
@@ -823,8 +833,20 @@ impl Relay {
         if n == 0 {
             return 0;
         }
-        out.extend_from_slice(&c.pending[c.pending_off..c.pending_off + n]);
-        c.pending_off += n;
+        if out.is_empty() && c.pending_off == 0 && n == avail {
+            // All of it, to an empty buffer: hand the bytes over instead of copying them,
+            // and keep a buffer as large for the channel's next output (allocated, not
+            // copied into), so that it does not grow again from nothing.
+            core::mem::swap(out, &mut c.pending);
+            if c.pending.capacity() < n {
+                c.pending = Vec::with_capacity(n.min(1 << 20));
+            }
+            c.pending.clear();
+            c.pending_off = 0;
+        } else {
+            out.extend_from_slice(&c.pending[c.pending_off..c.pending_off + n]);
+            c.pending_off += n;
+        }
         if c.pending_off >= c.pending.len() && c.pending.capacity() > 1 << 20 {
             c.pending = Vec::new();
             c.pending_off = 0;
@@ -847,6 +869,13 @@ impl Relay {
     /// Hand the buffered input to the channel until it takes no more, handling its events
     /// in between.
     fn pump_conn(&mut self, conn: ConnId) {
+        self.pump_conn_with(conn, &[]);
+    }
+
+    /// [`Relay::pump_conn`] with `fresh` bytes just received after the buffered ones (the
+    /// caller checked them against the input limit): read where they are, and only what
+    /// the channel leaves is copied into the buffer.
+    fn pump_conn_with(&mut self, conn: ConnId, mut fresh: &[u8]) {
         loop {
             let now = self.now;
             let Some(c) = self.conns.get_mut(&conn) else {
@@ -855,7 +884,14 @@ impl Relay {
             let Some(ch) = c.chan.as_mut() else {
                 return;
             };
-            let fed = c.inbuf.feed(ch, now);
+            ch.swap_body_pool(&mut self.bodies);
+            let fed = c
+                .inbuf
+                .push_feed(ch, now, core::mem::take(&mut fresh), usize::MAX);
+            ch.swap_body_pool(&mut self.bodies);
+            let Ok(fed) = fed else {
+                return;
+            };
             let evented = self.chan_events(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 if let Some(ctx) = c.chan.as_ref().and_then(Channel::tls_exporter_needed) {
@@ -976,7 +1012,23 @@ impl Relay {
     fn circ_cell(&mut self, conn: ConnId, id: CircId, msg: ChanMsg<'static>) {
         let now = self.now;
         let limit = self.cfg.limits.circuit_queue_cells;
-        if let Some(&k) = self.by_in.get(&(conn, id)) {
+        // A circuit id names one circuit side on a channel: ours (toward the next hop) and
+        // the peer's (toward the client) come from the two halves of the id space (tor-spec
+        // §5.1.1), so at most one table holds it. On a connection we opened, the bulk of the
+        // cells answer our own circuits: that table is asked first, saving a lookup.
+        let key = (conn, id);
+        let (from_client, from_next) = if conn.is_outbound() {
+            match self.by_out.get(&key) {
+                Some(&k) => (None, Some(k)),
+                None => (self.by_in.get(&key).copied(), None),
+            }
+        } else {
+            match self.by_in.get(&key) {
+                Some(&k) => (Some(k), None),
+                None => (None, self.by_out.get(&key).copied()),
+            }
+        };
+        if let Some(k) = from_client {
             if matches!(msg, ChanMsg::Destroy(_)) {
                 self.by_in.remove(&(conn, id));
             }
@@ -993,7 +1045,7 @@ impl Relay {
             }
             return;
         }
-        if let Some(&k) = self.by_out.get(&(conn, id)) {
+        if let Some(k) = from_next {
             if matches!(msg, ChanMsg::Destroy(_)) {
                 self.by_out.remove(&(conn, id));
                 if let Some(c) = self.circs.get_mut(&k) {
@@ -1266,6 +1318,7 @@ impl Relay {
                         if let Some(chan) = ch.chan.as_mut() {
                             let _ = chan.send(nid, &m);
                         }
+                        self.bodies.put_msg(m);
                         if destroy {
                             self.by_out.remove(&(nc, nid));
                             c.next = None;
@@ -1310,6 +1363,7 @@ impl Relay {
                         if let Some(chan) = x.chan.as_mut() {
                             let _ = chan.send(cid, &m);
                         }
+                        self.bodies.put_msg(m);
                         if destroy {
                             self.by_in.remove(&(cc, cid));
                         }
@@ -1410,6 +1464,7 @@ impl Relay {
             if let Some(chan) = x.chan.as_mut() {
                 let _ = chan.send(id, &m);
             }
+            self.bodies.put_msg(m);
             x.mux.sent(k, side, now);
             let left = match side {
                 Side::ToNext => {

@@ -18,6 +18,7 @@
 //! compare.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use onion_circuit::Instant;
@@ -49,12 +50,43 @@ struct Count {
     waiting: bool,
 }
 
+/// A multiplicative hash of a circuit side's key: the keys are the relay's own circuit
+/// numbers, handed out in sequence, never chosen by a peer, so a keyed hash's defence
+/// against chosen collisions buys nothing here, and SipHash on every cell sent costs.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads consecutive numbers over the high bits hashbrown uses.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// The EWMA scheduler of one channel: the counts of the circuit sides that use it and the
 /// ones waiting for room. It holds one entry per circuit side on the channel, removed with
 /// the circuit ([`CircMux::remove`]), so it is bounded by the channel's circuit limit.
 #[derive(Debug)]
 pub(crate) struct CircMux {
-    counts: HashMap<(u64, Side), Count>,
+    counts: HashMap<(u64, Side), Count, BuildHasherDefault<SeqHasher>>,
     /// The waiting circuit sides, smallest count first: (count's bits as of `tick`, circuit,
     /// side). A non-negative `f64`'s bits order as the number does.
     waiting: BTreeSet<(u64, u64, Side)>,
@@ -62,6 +94,10 @@ pub(crate) struct CircMux {
     tick: u64,
     /// The count's decay per tick: `0.5 ^ (TICK / HALFLIFE)`.
     factor: f64,
+    /// The weight of a cell sent at the instant kept, `factor ^ -f` ([`CircMux::sent`]):
+    /// every cell a channel sends while the clock stands still weighs the same, so the power
+    /// is computed once per instant rather than once per cell.
+    weight: Option<(Instant, f64)>,
 }
 
 impl Default for CircMux {
@@ -74,10 +110,11 @@ impl CircMux {
     /// A scheduler whose counts halve every `halflife`.
     pub(crate) fn new(halflife: Duration) -> Self {
         CircMux {
-            counts: HashMap::new(),
+            counts: HashMap::default(),
             waiting: BTreeSet::new(),
             tick: 0,
             factor: Self::factor_of(halflife),
+            weight: None,
         }
     }
 
@@ -95,6 +132,7 @@ impl CircMux {
     /// circuit's count.
     pub(crate) fn set_halflife(&mut self, halflife: Duration) {
         self.factor = Self::factor_of(halflife);
+        self.weight = None;
     }
 
     fn tick_of(now: Instant) -> (u64, f64) {
@@ -138,8 +176,15 @@ impl CircMux {
         self.advance(now);
         let (tick, frac) = Self::tick_of(now);
         let tick = tick.max(self.tick);
-        let inc = self.factor.powf(-frac);
         let factor = self.factor;
+        let inc = match self.weight {
+            Some((at, w)) if at == now => w,
+            _ => {
+                let w = factor.powf(-frac);
+                self.weight = Some((now, w));
+                w
+            }
+        };
         let c = self.counts.entry((k, side)).or_insert(Count {
             value: 0.0,
             tick,
@@ -313,6 +358,27 @@ mod tests {
         // The smallest half-life (1 ms): a tick later nothing is remembered, and a cell's
         // weight stays finite.
         assert_eq!(behind_by(Some(Duration::from_millis(1))), 1);
+    }
+
+    #[test]
+    fn cells_sent_at_one_instant_weigh_as_computed_each_time() {
+        // The weight of a cell is kept per instant: counts equal those of the formula,
+        // also across instants and after the half-life changes at an instant already seen.
+        let mut m = CircMux::default();
+        let t = at(4_321);
+        let frac = 4.321 / TICK.as_secs_f64();
+        for _ in 0..3 {
+            m.sent(0, Side::ToNext, t);
+        }
+        let w = m.factor.powf(-frac);
+        assert!((m.counts[&(0, Side::ToNext)].value - 3.0 * w).abs() < 1e-12);
+        m.set_halflife(Duration::from_secs(10));
+        m.sent(1, Side::ToNext, t);
+        let w10 = 0.5f64.powf(-frac);
+        assert!((m.counts[&(1, Side::ToNext)].value - w10).abs() < 1e-12);
+        m.sent(1, Side::ToNext, at(4_322));
+        let w10b = 0.5f64.powf(-4.322 / TICK.as_secs_f64());
+        assert!((m.counts[&(1, Side::ToNext)].value - (w10 + w10b)).abs() < 1e-12);
     }
 
     #[test]

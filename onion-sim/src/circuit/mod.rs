@@ -465,7 +465,15 @@ impl Client {
                     });
                 }
                 NetEvent::Data { link, bytes } if Some(link) == self.link => {
-                    if let Err(e) = self.inbuf.push(&bytes, INBOUND_LIMIT) {
+                    // Read in place while nothing waits before them.
+                    let r = match &mut self.chan {
+                        Some(chan) => self
+                            .inbuf
+                            .push_feed(chan, now, &bytes, INBOUND_LIMIT)
+                            .map(|_| ()),
+                        None => self.inbuf.push(&bytes, INBOUND_LIMIT),
+                    };
+                    if let Err(e) = r {
                         self.fail(format!("the first hop's bytes: {e}"));
                     }
                 }
