@@ -86,7 +86,7 @@ mod tests;
 
 pub use config::{ConsensusParams, Limits, RelayConfig};
 pub use dir::{DirDocuments, ServerDescriptor};
-pub use event::{ConnId, Error, Event, ResolveError, StreamHandle, TargetError};
+pub use event::{ConnId, Error, ErrorKind, Event, ResolveError, StreamHandle, TargetError};
 pub use onion_circuit::Instant;
 pub use onion_crypto::Timestamp;
 pub use relay::{Relay, RelayStats};
