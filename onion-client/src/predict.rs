@@ -255,6 +255,11 @@ impl PredictedPorts {
         self.long_lived = ports.iter().copied().take(MAX_PREDICTED_PORTS).collect();
     }
 
+    /// Whether streams to `port` ask for stable circuits (C tor's `LongLivedPorts`).
+    pub fn is_long_lived(&self, port: u16) -> bool {
+        self.long_lived.contains(&port)
+    }
+
     /// A stream to `port` was asked for at `now` (C tor's `rep_hist_note_used_port`). Port 0
     /// is ignored.
     pub fn record(&mut self, port: u16, now: Instant, rng: &mut impl RngCore) {

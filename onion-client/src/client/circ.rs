@@ -155,6 +155,11 @@ pub(crate) struct Circ {
     /// to a relay named by someone else (path-spec §2.3, [`super::preempt`]): its guard was
     /// reported built already, and the extension is not a build-time measurement.
     pub cannibalized: bool,
+    /// It takes no new stream (C tor's `mark_circuit_unusable_for_new_conns`): a stream on
+    /// it timed out waiting for CONNECTED, or its exit could not resolve or reach a
+    /// destination (END RESOLVEFAILED, MISC, NOROUTE). Its streams go on; it closes once
+    /// they are gone.
+    pub unusable: bool,
 }
 
 impl Circ {
@@ -183,6 +188,7 @@ impl Circ {
     ) -> bool {
         if self.purpose != Purpose::General
             || self.internal
+            || self.unusable
             || self.isolation.is_some_and(|i| i != isolation)
             || self.streams.len() >= max_streams
             || self
@@ -322,6 +328,7 @@ impl super::Client {
                 clean_idle: CLEAN_CIRCUIT_IDLE,
                 stable: false,
                 cannibalized: false,
+                unusable: false,
             },
         );
         let open = match self.chans.get_mut(&conn) {
@@ -360,7 +367,10 @@ impl super::Client {
                 .deadline
                 .saturating_duration_since(now)
                 .max(Duration::from_secs(1)),
-            stream_timeout: self.cfg.stream_timeout,
+            // The client ends a BEGIN or RESOLVE left unanswered itself, at
+            // `cfg.stream_timeout`, with END and a retry (`stream.rs`); the circuit's own
+            // expiry is only a backstop behind it.
+            stream_timeout: self.cfg.stream_timeout.saturating_mul(2),
             congestion_control: match c.purpose {
                 Purpose::General if self.cfg.congestion_control => self.cc.map(Box::new),
                 _ => None,
@@ -658,6 +668,8 @@ impl super::Client {
         match c.phase {
             CircPhase::AwaitChannel | CircPhase::Building => Some(c.deadline),
             _ if !c.streams.is_empty() => None,
+            // No stream will come: closed once its last stream is gone.
+            _ if c.unusable => Some(c.idle_since),
             // A hosted service's introduction circuit lives until its publisher closes it.
             _ if c.purpose == Purpose::ServiceIntro => None,
             CircPhase::Waiting | CircPhase::Open => Some(match (c.purpose, c.dirty_since) {

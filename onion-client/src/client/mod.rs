@@ -104,6 +104,9 @@ pub struct Client {
     predict_at: Instant,
     /// Channel padding from the consensus (padding-spec §2.6).
     padding: chan::PaddingParams,
+    /// Exits that refused every stream (END HIBERNATING or RESOURCELIMIT), oldest first, at
+    /// most [`stream::MAX_REFUSING_EXITS`]: no stream uses them any more.
+    refusing_exits: VecDeque<onion_dir::RsaIdentity>,
 }
 
 impl std::fmt::Debug for Client {
@@ -194,6 +197,7 @@ impl Client {
             predict,
             predict_at: now,
             padding: chan::PaddingParams::default(),
+            refusing_exits: VecDeque::new(),
         };
         c.drive_dir();
         Ok(c)
@@ -457,7 +461,7 @@ impl Client {
             s.exit = exit;
         }
         match crate::hs::is_onion(host) {
-            true => self.predict_internal(),
+            true => self.predict_internal(port),
             false => self.predict_port(port),
         }
         self.settle();
@@ -690,6 +694,11 @@ impl Client {
         }
         for s in self.streams.values() {
             if let Phase::Waiting { deadline } = s.phase {
+                at(Some(deadline));
+            }
+            if let (Phase::Connecting { deadline }, false) =
+                (s.phase, matches!(s.target, Target::Dir { .. }))
+            {
                 at(Some(deadline));
             }
             if let Target::Dir { deadline, .. } = s.target {

@@ -56,13 +56,16 @@ pub(crate) struct HsLinks {
     /// Connect requests and the streams waiting for each.
     requests: HashMap<HsRequest, Vec<u64>>,
     /// Streams with a request in flight.
-    asked: HashSet<u64>,
+    pub(super) asked: HashSet<u64>,
     /// Hosted services' incoming streams not accepted or rejected yet.
     undecided: HashSet<u64>,
     /// The directory last given to the machines.
     dir: Option<Arc<Directory>>,
     /// Services hosted now (stable internal circuits are then built ahead, `preempt.rs`).
     pub(super) hosted: usize,
+    /// The ports of the services hosted now (whether their rendezvous circuits need
+    /// Stable relays: [`super::Client::hs_needs_stable`]).
+    hosted_ports: HashMap<ServiceId, Vec<u16>>,
     /// What the onion-service circuits cost (`preempt.rs`).
     pub(super) circ_stats: crate::predict::HsCircuitStats,
 }
@@ -91,6 +94,7 @@ impl HsLinks {
             next_dir_req: u64::MAX,
             requests: HashMap::new(),
             asked: HashSet::new(),
+            hosted_ports: HashMap::new(),
             undecided: HashSet::new(),
             dir: None,
             hosted: 0,
@@ -125,12 +129,14 @@ impl super::Client {
         now: Instant,
     ) -> Result<ServiceHandle, Error> {
         self.see(now);
+        let ports = config.ports.clone();
         let id = self
             .hs
             .hs
             .host(config, self.now, &mut self.rng)
             .map_err(Error::OnionService)?;
         self.hs.hosted += 1;
+        self.hs.hosted_ports.insert(id, ports);
         self.settle();
         Ok(ServiceHandle(id.0))
     }
@@ -147,6 +153,7 @@ impl super::Client {
             .stop_hosting(ServiceId(service.0))
             .map_err(Error::OnionService)?;
         self.hs.hosted = self.hs.hosted.saturating_sub(1);
+        self.hs.hosted_ports.remove(&ServiceId(service.0));
         self.settle();
         Ok(())
     }
@@ -582,21 +589,49 @@ impl super::Client {
         }
     }
 
+    /// Whether an onion-service circuit for `purpose` needs Stable relays (C tor's
+    /// `CIRCLAUNCH_NEED_UPTIME`, which also limits the pre-built circuits it may cannibalize
+    /// to stable ones): always for a hosted service's introduction circuits
+    /// (`hs_circ_launch_intro_point`); for a hosted service's rendezvous circuits when one of
+    /// its ports is in `LongLivedPorts` (`hs_service_requires_uptime_circ`); for a client's
+    /// rendezvous and introduction circuits when the stream they are for goes to such a port
+    /// (`circuit_get_open_circ_or_launch`'s `need_uptime`). The machines do not say which
+    /// service or request a circuit is for: any hosted service with such a port, any stream
+    /// waiting for an onion service to such a port, asks for it.
+    pub(super) fn hs_needs_stable(&self, purpose: HsPurpose) -> bool {
+        let long_lived = |p: u16| self.predict.is_long_lived(p);
+        match purpose {
+            HsPurpose::ServiceIntro => true,
+            HsPurpose::ServiceRend => self
+                .hs
+                .hosted_ports
+                .values()
+                .flatten()
+                .any(|p| long_lived(*p)),
+            HsPurpose::ClientRend | HsPurpose::ClientIntro => self
+                .hs
+                .asked
+                .iter()
+                .filter_map(|h| self.streams.get(h))
+                .any(|s| s.port().is_some_and(long_lived)),
+            HsPurpose::HsDirFetch | HsPurpose::HsDirUpload => false,
+        }
+    }
+
     /// A circuit for the onion-service `purpose` ending at `last_hop` (or at a relay of our
     /// choice): a pre-built internal circuit when one fits (`preempt.rs`: taken as it is for
     /// a client's rendezvous point, extended by one hop otherwise, as C tor cannibalizes),
-    /// else a vanguards-lite path built from scratch (proposal 333 §1). Stable relays only
-    /// for a hosted service's introduction circuits (C tor's `CIRCLAUNCH_NEED_UPTIME` in
-    /// `hs_circ_launch_intro_point`; its other onion-service circuits ask for uptime only for
-    /// `LongLivedPorts`).
+    /// else a vanguards-lite path built from scratch (proposal 333 §1). Stable relays
+    /// ([`Client::hs_needs_stable`]) for a hosted service's introduction circuits, and for
+    /// rendezvous and introduction circuits whose streams go to a `LongLivedPorts` port.
     fn hs_circuit(
         &mut self,
         purpose: HsPurpose,
         last_hop: Option<onion_circuit::circuit::HopTarget>,
     ) -> Result<u64, Error> {
-        let need_stable = purpose == HsPurpose::ServiceIntro;
+        let need_stable = self.hs_needs_stable(purpose);
         let taken = match (&last_hop, purpose) {
-            (None, HsPurpose::ClientRend) => self.take_internal(),
+            (None, HsPurpose::ClientRend) => self.take_internal(need_stable),
             (Some(t), _) => self.cannibalize(purpose_of(purpose), t, need_stable),
             (None, _) => None,
         };
@@ -657,7 +692,9 @@ impl super::Client {
             Ok(id) => {
                 s.id = Some(id);
                 s.circ = Some(key);
-                s.phase = Phase::Connecting;
+                s.phase = Phase::Connecting {
+                    deadline: now + self.cfg.stream_timeout,
+                };
                 c.attach(id, h, s.isolation, now);
             }
             Err(e) => self.end_stream(h, Some(Error::Circuit(e))),

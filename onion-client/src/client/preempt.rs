@@ -172,10 +172,13 @@ impl super::Client {
         self.predict.record_resolve(now, &mut self.rng);
     }
 
-    /// An onion service was asked for: internal circuits are wanted for a while.
-    pub(super) fn predict_internal(&mut self) {
+    /// An onion service was asked for (`port` the stream's): internal circuits are wanted
+    /// for a while, stable ones if the port is long-lived (C tor's
+    /// `rep_hist_note_used_internal` with the stream's `need_uptime`).
+    pub(super) fn predict_internal(&mut self, port: u16) {
         let now = self.now;
-        self.predict.record_internal(now, false, &mut self.rng);
+        let stable = self.predict.is_long_lived(port);
+        self.predict.record_internal(now, stable, &mut self.rng);
     }
 
     /// When predictions should be looked at next, if they are in force.
@@ -341,9 +344,10 @@ impl super::Client {
 
     /// A preemptive internal circuit, built and clean, for a client's rendezvous circuit to
     /// take as it is (its last hop becomes the rendezvous point; C tor cannibalizes for
-    /// `CIRCUIT_PURPOSE_C_ESTABLISH_REND` without extending). It is no longer internal.
-    pub(super) fn take_internal(&mut self) -> Option<u64> {
-        let key = self.find_to_cannibalize(None, false)?;
+    /// `CIRCUIT_PURPOSE_C_ESTABLISH_REND` without extending), stable if `need_stable`. It is
+    /// no longer internal.
+    pub(super) fn take_internal(&mut self, need_stable: bool) -> Option<u64> {
+        let key = self.find_to_cannibalize(None, need_stable)?;
         let c = self.circs.get_mut(&key)?;
         c.internal = false;
         c.idle_since = self.now;
@@ -354,10 +358,16 @@ impl super::Client {
     /// A clean internal circuit that may be extended to `target` (or, with `None`, used as
     /// it is), following C tor's `circuit_find_to_cannibalize`: built and open, never used
     /// (not dirty, no stream, no isolation, no named exit), of the internal shape (3 hops:
-    /// `G -> L2 -> M`), not being extended, and stable when `need_stable`; `target` is none
-    /// of its relays (by RSA or Ed25519 identity) and in the family of none
-    /// ([`onion_dir::netview::NetView::same_family`]). When stability is not needed an
-    /// unstable circuit is preferred, keeping the stable ones for those that need them.
+    /// `G -> L2 -> M`), not being extended, not marked unusable for new streams, and stable
+    /// when `need_stable`; `target` is none of its relays (by RSA or Ed25519 identity) and in
+    /// the family of none ([`onion_dir::netview::NetView::same_family`]). When stability is
+    /// not needed an unstable circuit is preferred, keeping the stable ones for those that
+    /// need them.
+    ///
+    /// Its guard must still be usable (C tor's `entry_guard_could_succeed`): a circuit
+    /// holds a guard ticket and its first hop is still in the guard sample (a guard
+    /// dropped from the sample since, unlisted too long or past its lifetime, guard-spec
+    /// §4.1, is not used again through an old circuit).
     ///
     /// vanguards-lite (proposal 333 §1): its second hop must still be one of the layer-2
     /// guards, whose lifetime may have ended since the circuit was built (C tor does not
@@ -385,10 +395,18 @@ impl super::Client {
                 _ => false,
             }
         };
+        let sampled = self.guards.manager().sampled();
+        let guard_usable = |c: &super::circ::Circ| {
+            c.ticket.is_some()
+                && c.first()
+                    .is_some_and(|g| sampled.iter().any(|s| s.rsa_id == g))
+        };
         let mut best: Option<(u64, bool)> = None;
         for (k, c) in &self.circs {
             let usable = c.internal
                 && !c.cannibalized
+                && !c.unusable
+                && guard_usable(c)
                 && c.purpose == Purpose::General
                 && c.phase == CircPhase::Open
                 && !c.timed_out

@@ -37,6 +37,46 @@ pub(crate) fn in_flight_allowance(congestion_controlled: bool, xoff_in_flight: u
     }
 }
 
+/// The most exits remembered as refusing every stream ([`NotOpenEnd::RetryExitRefusesAll`]).
+pub(crate) const MAX_REFUSING_EXITS: usize = 64;
+
+/// What becomes of a stream the other edge ended before CONNECTED (or RESOLVED), by the END
+/// reason: C tor's `connection_ap_process_end_not_open` and `edge_reason_is_retriable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotOpenEnd {
+    /// TORPROTOCOL or DESTROY: the END may be an exit's answer to a cell tagged on the way
+    /// (C tor's path-bias reasoning), so the circuit is closed; every stream on it ends
+    /// with DESTROY.
+    CloseCircuit,
+    /// EXITPOLICY: tried on another circuit whose exit is not this one.
+    RetryAvoidingExit,
+    /// HIBERNATING, RESOURCELIMIT: the exit takes no stream at all; tried on another
+    /// circuit, and the exit is used for no stream any more.
+    RetryExitRefusesAll,
+    /// RESOLVEFAILED, MISC (or an END without a reason), NOROUTE: tried on another circuit,
+    /// and this one takes no new stream (C tor retries these while the address failed
+    /// fewer than three times: [`STREAM_ATTEMPTS`] here).
+    RetryCircuitUnusable,
+    /// Any other reason (DONE, CONNECTREFUSED, TIMEOUT, INTERNAL, ...), or any reason but
+    /// TORPROTOCOL and DESTROY on a stream that is not tried elsewhere (`retriable`
+    /// false: an onion service's stream, a directory request): the stream ends with it.
+    End,
+}
+
+/// The handling of an END received before CONNECTED (see [`NotOpenEnd`]).
+pub(crate) fn end_not_open(reason: EndReason, retriable: bool) -> NotOpenEnd {
+    match reason {
+        EndReason::TORPROTOCOL | EndReason::DESTROY => NotOpenEnd::CloseCircuit,
+        _ if !retriable => NotOpenEnd::End,
+        EndReason::EXITPOLICY => NotOpenEnd::RetryAvoidingExit,
+        EndReason::HIBERNATING | EndReason::RESOURCELIMIT => NotOpenEnd::RetryExitRefusesAll,
+        EndReason::RESOLVEFAILED | EndReason::MISC | EndReason::NOROUTE => {
+            NotOpenEnd::RetryCircuitUnusable
+        }
+        _ => NotOpenEnd::End,
+    }
+}
+
 /// What a stream is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -59,8 +99,10 @@ pub(crate) enum Target {
 pub(crate) enum Phase {
     /// Waiting for a circuit (until `deadline`).
     Waiting { deadline: Instant },
-    /// BEGIN / BEGIN_DIR / RESOLVE sent on its circuit.
-    Connecting,
+    /// BEGIN / BEGIN_DIR / RESOLVE sent on its circuit; unanswered at `deadline`
+    /// (`cfg.stream_timeout` after it was sent) it is given up
+    /// ([`super::Client::stream_timeouts`]; a directory request has its own deadline).
+    Connecting { deadline: Instant },
     /// A hosted onion service's incoming stream (RELAY_BEGIN from the client) that the
     /// application has not accepted or rejected yet (`onion.rs`): no CONNECTED sent,
     /// writes refused; bytes the client sent early are kept for reading.
@@ -270,10 +312,16 @@ impl super::Client {
         let dir = self.dir.directory().map(|d| &**d);
         let max = self.cfg.limits.max_streams_per_circuit;
         let dirty = self.cfg.max_circuit_dirtiness;
-        if s.avoid
-            .iter()
-            .any(|a| c.path.iter().any(|p| p.rsa_id == *a))
+        if c.unusable
+            || s.avoid
+                .iter()
+                .any(|a| c.path.iter().any(|p| p.rsa_id == *a))
         {
+            return false;
+        }
+        // An exit that refused every stream is used no more (a named one excepted: the
+        // application chose it).
+        if s.exit.is_none() && c.exit().is_some_and(|x| self.refusing_exits.contains(&x)) {
             return false;
         }
         // A named exit's circuits are for the streams naming it (path-spec §2.2.2), and
@@ -320,8 +368,20 @@ impl super::Client {
         };
         let isolation = s.isolation;
         let named = s.exit;
-        let exclude =
-            Exclusions::from_ids(&dir.view, s.avoid.iter().filter(|a| Some(**a) != named));
+        // Exits that refused every stream are left out, unless the application named the
+        // exit or the relay is a primary guard (exclusions hold for every position).
+        let primary = self.guards.primary();
+        let refusing = self
+            .refusing_exits
+            .iter()
+            .filter(|x| named.is_none() && !primary.contains(x));
+        let exclude = Exclusions::from_ids(
+            &dir.view,
+            s.avoid
+                .iter()
+                .filter(|a| Some(**a) != named)
+                .chain(refusing),
+        );
         let opts = PathOptions {
             exclude: &exclude,
             ..PathOptions::default()
@@ -375,7 +435,9 @@ impl super::Client {
             Ok(id) => {
                 s.id = Some(id);
                 s.circ = Some(key);
-                s.phase = Phase::Connecting;
+                s.phase = Phase::Connecting {
+                    deadline: now + self.cfg.stream_timeout,
+                };
                 c.attach(id, h, s.isolation, now);
             }
             Err(e) => {
@@ -398,7 +460,7 @@ impl super::Client {
         let Some(s) = self.streams.get_mut(&h) else {
             return;
         };
-        if s.phase != Phase::Connecting {
+        if !matches!(s.phase, Phase::Connecting { .. }) {
             return;
         }
         s.phase = Phase::Open;
@@ -481,7 +543,12 @@ impl super::Client {
         }
     }
 
-    /// RELAY_END (or a local end: TIMEOUT, DESTROY) for a stream.
+    /// RELAY_END for a stream (or the circuit's own end of it: DESTROY as its circuit goes,
+    /// TIMEOUT from its backstop expiry, both handled as C tor does).
+    ///
+    /// Before CONNECTED (or RESOLVED) the reason decides, as C tor's
+    /// `connection_ap_process_end_not_open` does ([`end_not_open`]): the circuit is closed,
+    /// or the stream is tried on another circuit, or it ends with the reason.
     pub(super) fn stream_ended(&mut self, key: u64, id: StreamId, reason: EndReason) {
         let Some(h) = self.stream_of(key, id) else {
             return;
@@ -496,35 +563,68 @@ impl super::Client {
             return;
         };
         s.id = None;
-        // A stream the exit refused before CONNECTED for a reason another exit may not
-        // have is tried elsewhere (C tor retries EXITPOLICY, RESOLVEFAILED excepted, on new
-        // circuits). A stream to an onion service is not: its other end is the service
-        // itself, whatever circuit carries it, and C tor's client ends it with the service's
-        // reason (`connection_ap_process_end_not_open` retries only when
-        // `!connection_edge_is_rendezvous_stream`).
-        let retry = s.phase == Phase::Connecting
-            && matches!(&s.target, Target::Exit { host, .. } if !crate::hs::is_onion(host))
-            && matches!(
-                reason,
-                EndReason::EXITPOLICY
-                    | EndReason::RESOURCELIMIT
-                    | EndReason::HIBERNATING
-                    | EndReason::TIMEOUT
-                    | EndReason::DESTROY
-            );
-        if retry {
-            let exit = self.circs.get(&key).and_then(Circ::exit);
-            self.retry_stream(h, exit, end_error(reason));
+        if !matches!(s.phase, Phase::Connecting { .. }) {
+            self.end_stream(h, end_error(reason));
             return;
         }
-        // DONE before CONNECTED is a refusal, not a clean end (C tor's client answers its
-        // SOCKS application "connection refused", `stream_end_reason_to_socks5_response`):
-        // an onion service sends it for a port it does not serve.
-        if s.phase == Phase::Connecting && reason == EndReason::DONE {
-            self.end_stream(h, Some(Error::StreamEnded(reason)));
+        // A stream to an onion service is never tried elsewhere: its other end is the
+        // service itself, whatever circuit carries it (C tor retries only when
+        // `!connection_edge_is_rendezvous_stream`); nor is a directory request, which the
+        // directory machine retries itself.
+        let retriable = match &s.target {
+            Target::Exit { host, .. } => !crate::hs::is_onion(host),
+            Target::Resolve { .. } => true,
+            Target::Dir { .. } => false,
+        };
+        let exit = self.circs.get(&key).and_then(Circ::exit);
+        match end_not_open(reason, retriable) {
+            NotOpenEnd::CloseCircuit => {
+                // The stream goes with its circuit, as every stream on it (C tor's
+                // `connection_edge_destroy`: DESTROY).
+                self.end_stream(h, Some(Error::StreamEnded(EndReason::DESTROY)));
+                if let Some(m) = self.circs.get_mut(&key).and_then(|c| c.circ.as_mut()) {
+                    m.destroy();
+                }
+                let why = Error::Violation("END TORPROTOCOL or DESTROY before CONNECTED");
+                self.fail_circ(key, why, true);
+            }
+            NotOpenEnd::RetryAvoidingExit => self.retry_stream(h, exit, end_error(reason)),
+            NotOpenEnd::RetryExitRefusesAll => {
+                if let Some(x) =
+                    exit.filter(|x| Some(*x) != self.streams.get(&h).and_then(|s| s.exit))
+                {
+                    self.note_refusing_exit(x);
+                }
+                self.retry_stream(h, exit, end_error(reason));
+            }
+            NotOpenEnd::RetryCircuitUnusable => {
+                if let Some(c) = self.circs.get_mut(&key) {
+                    c.unusable = true;
+                }
+                self.retry_stream(h, None, end_error(reason));
+            }
+            // DONE before CONNECTED is a refusal, not a clean end (C tor's client answers
+            // its SOCKS application "connection refused",
+            // `stream_end_reason_to_socks5_response`): an onion service sends it for a port
+            // it does not serve.
+            NotOpenEnd::End => self.end_stream(h, Some(Error::StreamEnded(reason))),
+        }
+    }
+
+    /// Remember that exit `x` refuses every stream (END HIBERNATING or RESOURCELIMIT): no
+    /// stream is attached to its circuits any more, as C tor marks the relay's exit policy
+    /// `reject *:*` for the rest of its run (`policies_set_node_exitpolicy_to_reject_all`).
+    /// New exit paths leave it out (`launch_for`), unless it is a primary guard: path
+    /// exclusions hold for every position, and a guard must stay one. At most
+    /// [`MAX_REFUSING_EXITS`] are kept, the oldest forgotten first.
+    fn note_refusing_exit(&mut self, x: RsaIdentity) {
+        if self.refusing_exits.contains(&x) {
             return;
         }
-        self.end_stream(h, end_error(reason));
+        if self.refusing_exits.len() >= MAX_REFUSING_EXITS {
+            self.refusing_exits.pop_front();
+        }
+        self.refusing_exits.push_back(x);
     }
 
     /// RELAY_RESOLVED for a resolve.
@@ -558,8 +658,9 @@ impl super::Client {
         });
     }
 
-    /// The circuit of stream `h` failed (`failed_hop` the relay blamed, if any): try
-    /// another circuit, or end the stream after [`STREAM_ATTEMPTS`].
+    /// The circuit of stream `h` failed (`failed_hop` the relay blamed, if any): a stream
+    /// waiting for it tries another circuit (or ends after [`STREAM_ATTEMPTS`]); a stream on
+    /// it ends with DESTROY.
     pub(super) fn stream_lost_circuit(
         &mut self,
         h: u64,
@@ -575,10 +676,12 @@ impl super::Client {
                 self.streams.remove(&h);
                 self.dir_answer(req, Err(Failure::Network(why.to_string())));
             }
-            (_, Phase::Waiting { .. } | Phase::Connecting) => {
-                self.retry_stream(h, failed_hop, Some(why.clone()))
-            }
-            (_, Phase::Open | Phase::Incoming) => {
+            // Not yet on it (waiting for it to be built): another circuit will do.
+            (_, Phase::Waiting { .. }) => self.retry_stream(h, failed_hop, Some(why.clone())),
+            // On it: the stream goes with it, before CONNECTED as after (C tor's
+            // `circuit_about_to_free` → `connection_edge_destroy` on every stream of an
+            // origin circuit: closed with DESTROY, not tried elsewhere).
+            (_, Phase::Connecting { .. } | Phase::Open | Phase::Incoming) => {
                 self.end_stream(h, Some(Error::StreamEnded(EndReason::DESTROY)))
             }
             (_, Phase::Ended) => {}
@@ -685,9 +788,48 @@ impl super::Client {
     }
 
     /// Directory requests past their deadline are dropped (the directory machine has
-    /// timed them out itself).
+    /// timed them out itself). A BEGIN or RESOLVE unanswered at its deadline is
+    /// given up as C tor's `connection_ap_expire_beginning` does: END to the exit (MISC, as
+    /// a client says for its own streams), its circuit takes no new stream, and the stream
+    /// is tried on another circuit (after [`STREAM_ATTEMPTS`] it ends with TIMEOUT); a
+    /// stream to an onion service ends with TIMEOUT.
     pub(super) fn stream_timeouts(&mut self) {
         let now = self.now;
+        let unanswered: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                !matches!(s.target, Target::Dir { .. })
+                    && matches!(s.phase, Phase::Connecting { deadline } if deadline <= now)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in unanswered {
+            let Some(s) = self.streams.get_mut(&h) else {
+                continue;
+            };
+            let (key, id) = (s.circ, s.id.take());
+            let onion = matches!(&s.target, Target::Exit { host, .. } if crate::hs::is_onion(host));
+            if let Some(c) = key.and_then(|k| self.circs.get_mut(&k)) {
+                if let Some(id) = id {
+                    c.streams.remove(&id.get());
+                    if let Some(m) = c.circ.as_mut() {
+                        let _ = m.close_stream(id);
+                    }
+                }
+                if c.streams.is_empty() {
+                    c.idle_since = now;
+                }
+                if !onion {
+                    c.unusable = true;
+                }
+            }
+            let e = Error::StreamEnded(EndReason::TIMEOUT);
+            match onion {
+                true => self.end_stream(h, Some(e)),
+                false => self.retry_stream(h, None, Some(e)),
+            }
+        }
         let late: Vec<(u64, RequestId)> = self
             .streams
             .iter()

@@ -9,6 +9,9 @@
 //! * `echo` — CONNECTED, then every byte received is sent back;
 //! * `big<N>` — CONNECTED, then N bytes of `b'x'`, then END (DONE);
 //! * `refuse` — END (EXITPOLICY) at once;
+//! * `end-<N>` — END with reason N at once;
+//! * `mute` — no answer at all;
+//! * `destroy` — the exit's circuit goes away (DESTROY toward the client);
 //! * `silent` — CONNECTED, then nothing;
 //! * anything else — CONNECTED and END (DONE).
 
@@ -337,6 +340,25 @@ impl Net {
     pub fn hsdir_directory(&self) -> Arc<Directory> {
         let text = testdata("cached-microdesc-consensus");
         self.directory_of(&text, self.records(RelayFlags::HSDIR))
+    }
+
+    /// [`Net::hsdir_directory`] with [`Net::params`], and with the relays `unguarded` neither
+    /// Guard-flagged nor in the consensus's guard list (no longer guards).
+    pub fn hsdir_directory_with(&self, unguarded: &[RsaIdentity]) -> Arc<Directory> {
+        let mut text = testdata("cached-microdesc-consensus");
+        if !self.params.is_empty() {
+            let at = text.find("shared-rand-current-value").unwrap();
+            text.insert_str(at, &format!("params {}\n", self.params));
+        }
+        let mut records = self.records(RelayFlags::HSDIR);
+        for r in records.iter_mut().filter(|r| unguarded.contains(&r.rsa_id)) {
+            r.flags = RelayFlags(r.flags.0 & !RelayFlags::GUARD.0);
+        }
+        let mut d = self.directory_of(&text, records);
+        if let Some(d) = Arc::get_mut(&mut d) {
+            d.listed_guards.retain(|id| !unguarded.contains(id));
+        }
+        d
     }
 
     /// Run until nothing moves at the current time.
@@ -669,6 +691,15 @@ impl Net {
                 if host == "refuse" {
                     let _ = rc.circ.end_stream(stream, EndReason::EXITPOLICY);
                     return;
+                }
+                if let Some(r) = host.strip_prefix("end-").and_then(|r| r.parse().ok()) {
+                    let _ = rc.circ.end_stream(stream, EndReason(r));
+                    return;
+                }
+                match host.as_str() {
+                    "mute" => return,
+                    "destroy" => return self.kill_rc(i),
+                    _ => {}
                 }
                 let _ = rc.circ.connected(
                     stream,
