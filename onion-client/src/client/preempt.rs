@@ -116,6 +116,7 @@ impl CircuitPool for Pool<'_> {
         for c in self.circs.values() {
             let usable = c.purpose == Purpose::General
                 && !c.internal
+                && !c.unusable
                 && !c.timed_out
                 && c.path.len() > 1
                 && c.isolation.is_none()
