@@ -38,11 +38,10 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use onion_cell::relaymsg::BeginFlags;
-use onion_cell::CircId;
 use onion_circuit::cc::flowctl::FlowCtrlParams;
 use onion_circuit::cc::CcConfig as VegasConfig;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
-use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::channel::{ChanEvent, PeerIds};
+use onion_circuit::circuit::{CircConfig, CircEvent, HandshakeKind, HopTarget};
 use onion_circuit::relay::RelayConfig as CircRelayConfig;
 use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
@@ -50,6 +49,7 @@ use onion_dir::ccparams::{cc_param_spec, CcParams, CcPath};
 use onion_dir::consensus::NetParams;
 use onion_relay::ConsensusParams;
 
+use crate::circuit::bare::BareCircuit;
 use crate::circuit::web::{self, PATTERN_LEN};
 use crate::circuit::{SimError, WEB_HOST};
 use crate::client::world::{
@@ -488,11 +488,8 @@ const INBOUND_LIMIT: usize = 1 << 20;
 /// middle and exit, one stream fetching the body.
 struct Client {
     link: Option<LinkId>,
-    chan: Option<Channel>,
-    /// Bytes from the guard the channel has not taken yet (it takes less while its event
-    /// queue is full); fed again on the next step.
-    inbuf: InputBuffer,
-    circ: Option<(CircId, Circuit)>,
+    /// The channel to the guard and the circuit on it.
+    bare: BareCircuit,
     rng: ChaCha20Rng,
     start_at: Instant,
     stream: Option<StreamId>,
@@ -524,9 +521,7 @@ impl Client {
     fn new(start_at: Instant, seed: u64) -> Client {
         Client {
             link: None,
-            chan: None,
-            inbuf: InputBuffer::new(),
-            circ: None,
+            bare: BareCircuit::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             start_at,
             stream: None,
@@ -563,16 +558,11 @@ impl Client {
     fn net_event(&mut self, now: Instant, ev: NetEvent, expected: PeerIds) {
         match ev {
             NetEvent::Connected { cert_sha256, .. } => {
-                self.chan = Some(Channel::initiator(
-                    ChanConfig::default(),
-                    expected,
-                    Some(cert_sha256),
-                    now,
-                    wall_at(now),
-                ));
+                self.bare
+                    .connected(now, wall_at(now), expected, cert_sha256);
             }
             NetEvent::Data { bytes, .. } => {
-                if self.inbuf.push(&bytes, INBOUND_LIMIT).is_err() {
+                if self.bare.received(now, &bytes, INBOUND_LIMIT).is_err() {
                     self.fail("the guard sent more than the channel's input bound");
                 }
             }
@@ -584,36 +574,26 @@ impl Client {
     /// onto the connection); whether anything did.
     fn step(&mut self, w: &mut World, common: &Common) -> bool {
         let now = w.now();
-        let (Some(link), Some(chan)) = (self.link, self.chan.as_mut()) else {
+        let Some(link) = self.link else {
             return false;
         };
-        let mut moved = self.inbuf.feed(chan, now).used > 0;
-        while let Some(ev) = chan.poll_event() {
+        if self.bare.chan.is_none() {
+            return false;
+        }
+        let mut moved = self.bare.feed(now);
+        while let Some(ev) = self.bare.poll_chan_event(now) {
             moved = true;
             match ev {
                 ChanEvent::Open(_) => {
-                    let created = Circuit::create(
+                    let created = self.bare.create(
                         common.circ_config.clone(),
                         &common.path[0],
                         HandshakeKind::NtorV3,
                         now,
                         &mut self.rng,
                     );
-                    let id = chan.new_circ_id(&mut self.rng);
-                    match (created, id) {
-                        (Ok((circ, create)), Ok(id)) => {
-                            if let Err(e) = chan.send(id, &create) {
-                                self.failed = Some(format!("CREATE2: {e}"));
-                            }
-                            self.circ = Some((id, circ));
-                        }
-                        (Err(e), _) => self.failed = Some(format!("CREATE2: {e}")),
-                        (_, Err(e)) => self.failed = Some(format!("circuit id: {e}")),
-                    }
-                }
-                ChanEvent::CircuitCell { msg, .. } => {
-                    if let Some((_, c)) = &mut self.circ {
-                        c.handle_cell(now, msg);
+                    if let Err(e) = created {
+                        self.failed = Some(e);
                     }
                 }
                 ChanEvent::Closed(e) if !self.done => {
@@ -622,12 +602,12 @@ impl Client {
                 _ => {}
             }
         }
-        if let Some((id, circ)) = &mut self.circ {
+        if self.bare.circ.is_some() {
             loop {
-                while let Some(m) = circ.poll_cell(&mut self.rng) {
-                    moved = true;
-                    let _ = chan.send(*id, &m);
-                }
+                moved |= self.bare.send_cells(&mut self.rng).0;
+                let Some((_, circ)) = &mut self.bare.circ else {
+                    break;
+                };
                 let Some(ev) = circ.poll_event() else { break };
                 moved = true;
                 match ev {
@@ -708,8 +688,7 @@ impl Client {
                 }
             }
         }
-        let mut out = Vec::new();
-        if chan.poll_transmit(&mut out).is_some() && !out.is_empty() {
+        if let Some(out) = self.bare.transmit() {
             moved = true;
             w.send(link, out);
         }
@@ -724,26 +703,11 @@ impl Client {
         if self.link.is_none() {
             return Some(self.start_at);
         }
-        [
-            self.chan.as_ref().and_then(Channel::poll_timeout),
-            self.circ.as_ref().and_then(|(_, c)| c.poll_timeout()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.bare.next_time()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if let Some(c) = &mut self.chan {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
-        if let Some((_, c)) = &mut self.circ {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
+        self.bare.handle_timeout(now);
     }
 }
 

@@ -19,6 +19,7 @@
 //! neighbours. [`wired`] wires a client circuit to relay circuits cell by cell without
 //! channels, for tests, fuzz targets and benchmarks.
 
+pub(crate) mod bare;
 pub mod web;
 pub mod wired;
 
@@ -30,13 +31,13 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use onion_cell::relaymsg::BeginFlags;
-use onion_cell::CircId;
-use onion_circuit::channel::{ChanConfig, ChanEvent, Channel, InputBuffer, PeerIds};
-use onion_circuit::circuit::{CircConfig, CircEvent, Circuit, HandshakeKind, HopTarget};
+use onion_circuit::channel::{ChanEvent, PeerIds};
+use onion_circuit::circuit::{CircConfig, CircEvent, HandshakeKind, HopTarget};
 use onion_circuit::flow::FlowStats;
 use onion_circuit::stream::{StreamEvent, StreamId};
 use onion_circuit::Instant;
 
+use self::bare::BareCircuit;
 use crate::client::world::{AccessLink, LinkId, NetEvent, Role, World, WorldConfig};
 
 /// The destination's hostname, resolved by the exit's (simulated) DNS.
@@ -174,11 +175,8 @@ struct Client {
     path: Vec<HopTarget>,
     names: Vec<String>,
     first_hop: HandshakeKind,
-    chan: Option<Channel>,
-    /// Bytes from the first hop the channel has not taken yet (it takes less while its
-    /// event queue is full); fed again on the next step.
-    inbuf: InputBuffer,
-    circ: Option<(CircId, Circuit)>,
+    /// The channel to the first hop and the circuit on it.
+    bare: BareCircuit,
     rng: ChaCha20Rng,
     response_len: u64,
     stream: Option<StreamId>,
@@ -190,7 +188,6 @@ struct Client {
     stats: FlowStats,
     done: Option<Instant>,
     failure: Option<String>,
-    out: Vec<u8>,
 }
 
 /// The main scenario: a bare client, `hops` [`onion_relay::Relay`] relays (the last one an
@@ -248,9 +245,7 @@ impl Sim {
                 .map(|&r| world.relay_name(r).to_owned())
                 .collect(),
             first_hop: cfg.first_hop,
-            chan: None,
-            inbuf: InputBuffer::new(),
-            circ: None,
+            bare: BareCircuit::default(),
             rng,
             response_len: cfg.response_len,
             stream: None,
@@ -262,7 +257,6 @@ impl Sim {
             stats: FlowStats::default(),
             done: None,
             failure: None,
-            out: Vec::new(),
         };
         Ok(Sim {
             cfg,
@@ -383,7 +377,11 @@ impl Sim {
                 _ => Duration::ZERO,
             },
             total_time: self.freed.unwrap_or(self.world.now()) - Instant::ZERO,
-            client_stats: c.circ.as_ref().map_or(c.stats, |(_, circ)| circ.stats()),
+            client_stats: c
+                .bare
+                .circ
+                .as_ref()
+                .map_or(c.stats, |(_, circ)| circ.stats()),
             path: self
                 .path
                 .iter()
@@ -418,24 +416,12 @@ impl Client {
         if self.done.is_some() {
             return None;
         }
-        let chan = self.chan.as_ref().and_then(Channel::poll_timeout);
-        let circ = self.circ.as_ref().and_then(|(_, c)| c.poll_timeout());
-        [chan, circ].into_iter().flatten().min()
+        self.bare.next_time()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if self.done.is_some() {
-            return;
-        }
-        if let Some(c) = &mut self.chan {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
-        if let Some((_, c)) = &mut self.circ {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
+        if self.done.is_none() {
+            self.bare.handle_timeout(now);
         }
     }
 
@@ -449,31 +435,19 @@ impl Client {
             match ev {
                 NetEvent::Connected { link, cert_sha256 } if Some(link) == self.link => {
                     let first = &self.path[0];
-                    self.chan = Some(Channel::initiator(
-                        ChanConfig::default(),
-                        PeerIds {
-                            rsa: Some(first.rsa_id),
-                            ed25519: first.ed_id,
-                        },
-                        Some(cert_sha256),
-                        now,
-                        world.wall(),
-                    ));
+                    let expected = PeerIds {
+                        rsa: Some(first.rsa_id),
+                        ed25519: first.ed_id,
+                    };
+                    self.bare
+                        .connected(now, world.wall(), expected, cert_sha256);
                     let name = &self.names[0];
                     self.log(world, || {
                         format!("TCP and TLS up with {name}: VERSIONS sent (link handshake, tor-spec §4)")
                     });
                 }
                 NetEvent::Data { link, bytes } if Some(link) == self.link => {
-                    // Read in place while nothing waits before them.
-                    let r = match &mut self.chan {
-                        Some(chan) => self
-                            .inbuf
-                            .push_feed(chan, now, &bytes, INBOUND_LIMIT)
-                            .map(|_| ()),
-                        None => self.inbuf.push(&bytes, INBOUND_LIMIT),
-                    };
-                    if let Err(e) = r {
+                    if let Err(e) = self.bare.received(now, &bytes, INBOUND_LIMIT) {
                         self.fail(format!("the first hop's bytes: {e}"));
                     }
                 }
@@ -483,17 +457,13 @@ impl Client {
                 _ => {}
             }
         }
-        if let Some(chan) = &mut self.chan {
-            moved |= self.inbuf.feed(chan, now).used > 0;
-        }
+        moved |= self.bare.feed(now);
         moved |= self.chan_events(world, now);
         moved |= self.circ_step(world, now);
-        if let (Some(chan), Some(link)) = (&mut self.chan, self.link) {
-            self.out.clear();
-            while chan.poll_transmit(&mut self.out).is_some() {}
-            if !self.out.is_empty() {
+        if let Some(link) = self.link {
+            if let Some(out) = self.bare.transmit() {
                 moved = true;
-                world.send(link, std::mem::take(&mut self.out));
+                world.send(link, out);
             }
         }
         moved
@@ -501,45 +471,25 @@ impl Client {
 
     fn chan_events(&mut self, world: &mut World, now: Instant) -> bool {
         let mut moved = false;
-        loop {
-            let Some(chan) = &mut self.chan else {
-                return moved;
-            };
-            let Some(ev) = chan.poll_event() else {
-                return moved;
-            };
+        while let Some(ev) = self.bare.poll_chan_event(now) {
             moved = true;
             match ev {
                 ChanEvent::Open(o) => {
                     let kind = self.first_hop;
-                    let created = Circuit::create(
+                    let created = self.bare.create(
                         CircConfig::default(),
                         &self.path[0],
                         kind,
                         now,
                         &mut self.rng,
                     );
-                    let (circ, create) = match created {
-                        Ok(x) => x,
-                        Err(e) => {
-                            return {
-                                self.fail(format!("create: {e}"));
-                                true
-                            }
-                        }
-                    };
-                    let id = match chan.new_circ_id(&mut self.rng) {
+                    let id = match created {
                         Ok(id) => id,
                         Err(e) => {
-                            self.fail(format!("circuit id: {e}"));
+                            self.fail(e);
                             return true;
                         }
                     };
-                    if let Err(e) = chan.send(id, &create) {
-                        self.fail(format!("send CREATE: {e}"));
-                        return true;
-                    }
-                    self.circ = Some((id, circ));
                     let name = &self.names[0];
                     self.log(world, || {
                         format!(
@@ -551,11 +501,6 @@ impl Client {
                         )
                     });
                 }
-                ChanEvent::CircuitCell { msg, .. } => {
-                    if let Some((_, c)) = &mut self.circ {
-                        c.handle_cell(now, msg);
-                    }
-                }
                 ChanEvent::CircuitKilled { reason, .. } => {
                     self.fail(format!("the channel killed the circuit: {reason}"))
                 }
@@ -565,23 +510,18 @@ impl Client {
                 _ => {}
             }
         }
+        moved
     }
 
     fn circ_step(&mut self, world: &mut World, now: Instant) -> bool {
         let mut moved = false;
         loop {
-            let (Some(chan), Some((id, circ))) = (&mut self.chan, &mut self.circ) else {
-                return moved;
-            };
-            let id = *id;
-            while let Some(m) = circ.poll_cell(&mut self.rng) {
-                moved = true;
-                if let Err(e) = chan.send(id, &m) {
-                    self.failure
-                        .get_or_insert_with(|| format!("send on the channel: {e}"));
-                }
+            let (sent, err) = self.bare.send_cells(&mut self.rng);
+            moved |= sent;
+            if let Some(e) = err {
+                self.fail(e);
             }
-            let Some(ev) = circ.poll_event() else {
+            let Some(ev) = self.bare.circ.as_mut().and_then(|(_, c)| c.poll_event()) else {
                 return moved;
             };
             moved = true;
@@ -591,7 +531,7 @@ impl Client {
 
     fn circ_event(&mut self, world: &mut World, now: Instant, ev: CircEvent) {
         let n = self.path.len();
-        let Some((_, circ)) = &mut self.circ else {
+        let Some((_, circ)) = &mut self.bare.circ else {
             return;
         };
         match ev {
