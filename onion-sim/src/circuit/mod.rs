@@ -1,8 +1,9 @@
 //! The circuit-level story: one fetch through a circuit, told cell by cell, on the relays
 //! `onion relay` runs, in virtual time with one seeded RNG.
 //!
-//! A bare client made of one onion-circuit [`Channel`] and one client [`Circuit`] (no
-//! directory, no guard logic: the path is given) connects over the simulated network of
+//! A bare client made of one onion-circuit [`Channel`](onion_circuit::channel::Channel) and
+//! one client [`Circuit`](onion_circuit::circuit::Circuit) (no directory, no guard logic: the
+//! path is given) connects over the simulated network of
 //! [`crate::client::world`] to its first relay, whose every relay is an
 //! [`onion_relay::Relay`], the machine `onion relay` runs: the link handshake (VERSIONS,
 //! CERTS, AUTH_CHALLENGE, NETINFO: tor-spec §4) with real link certificates, then the circuit
