@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use onion_cell::relaymsg::EndReason;
 use onion_client::{Client, ClientConfig, Error, Isolation, State, StreamHandle};
+use onion_dir::policy::PortSet;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use support::{closed, opened, quiet_config, Net, WALL};
@@ -177,4 +178,35 @@ fn a_begin_left_unanswered_gets_end_and_is_tried_on_other_circuits() {
     assert!(net.now >= onion_client::Instant::ZERO + Duration::from_secs(180));
     // The circuits it was tried on took no new stream: without one, they closed.
     assert!(c.counts().1 < ATTEMPTS, "{:?}", c.counts());
+}
+
+#[test]
+fn a_stream_to_a_long_lived_port_takes_only_a_stable_circuit() {
+    let mut net = Net::new(8, 74);
+    // Relays 0-2: stable guards, no exits; 3: a stable exit to port 22 only; 4-7: exits to
+    // 80 and 22 without the Stable flag.
+    for (i, r) in net.relays.iter_mut().enumerate() {
+        r.exit_ports = match i {
+            0..=2 => PortSet::none(),
+            3 => PortSet::from_ranges([(22, 22)]),
+            _ => PortSet::from_ranges([(22, 22), (80, 80)]),
+        };
+        r.unstable = i >= 4;
+    }
+    let mut c = client_on(&mut net);
+    let web = c.connect("silent", 80, Isolation(4), net.now).unwrap();
+    net.run(&mut c);
+    assert!(opened(&net, web));
+    let first = c.stream_circuit(web).unwrap();
+    // Its exit allows 22 too, and its isolation fits; but 22 is a long-lived port (C tor's
+    // default LongLivedPorts): the stream gets a circuit of Stable relays.
+    let ssh = c.connect("echo", 22, Isolation(4), net.now).unwrap();
+    assert!(net.run_until(&mut c, Duration::from_secs(60), |n| opened(n, ssh)));
+    let v = c.stream_circuit(ssh).unwrap();
+    assert_ne!(v.circuit, first.circuit);
+    assert_eq!(v.hops.last().unwrap().rsa_id, net.relays[3].keys.rsa_id);
+    // Another stream to 80 still takes the first circuit.
+    let web2 = c.connect("silent", 80, Isolation(4), net.now).unwrap();
+    net.run(&mut c);
+    assert_eq!(c.stream_circuit(web2).unwrap().circuit, first.circuit);
 }

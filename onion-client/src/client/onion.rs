@@ -599,7 +599,7 @@ impl super::Client {
     /// service or request a circuit is for: any hosted service with such a port, any stream
     /// waiting for an onion service to such a port, asks for it.
     pub(super) fn hs_needs_stable(&self, purpose: HsPurpose) -> bool {
-        let long_lived = |p: u16| self.predict.is_long_lived(p);
+        let long_lived = |p: u16| self.cfg.path.long_lived_ports.contains(&p);
         match purpose {
             HsPurpose::ServiceIntro => true,
             HsPurpose::ServiceRend => self

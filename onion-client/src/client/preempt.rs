@@ -72,7 +72,7 @@ impl Pool<'_> {
 }
 
 /// Whether every hop of `c` has the Stable flag in `dir`.
-fn path_stable(dir: Option<&std::sync::Arc<Directory>>, c: &super::circ::Circ) -> bool {
+pub(super) fn path_stable(dir: Option<&std::sync::Arc<Directory>>, c: &super::circ::Circ) -> bool {
     let Some(dir) = dir else {
         return false;
     };
@@ -178,7 +178,7 @@ impl super::Client {
     /// `rep_hist_note_used_internal` with the stream's `need_uptime`).
     pub(super) fn predict_internal(&mut self, port: u16) {
         let now = self.now;
-        let stable = self.predict.is_long_lived(port);
+        let stable = self.cfg.path.long_lived_ports.contains(&port);
         self.predict.record_internal(now, stable, &mut self.rng);
     }
 

@@ -324,6 +324,15 @@ impl super::Client {
         if s.exit.is_none() && c.exit().is_some_and(|x| self.refusing_exits.contains(&x)) {
             return false;
         }
+        // A stream to a long-lived port needs a stable circuit (path-spec §2.2; C tor's
+        // `circuit_is_acceptable` takes only circuits built with `need_uptime` for it): one
+        // built from Stable relays.
+        let long_lived = s
+            .port()
+            .is_some_and(|p| self.cfg.path.long_lived_ports.contains(&p));
+        if long_lived && !(c.stable || super::preempt::path_stable(self.dir.directory(), c)) {
+            return false;
+        }
         // A named exit's circuits are for the streams naming it (path-spec §2.2.2), and
         // only for them: its policy is not consulted, the application chose it.
         if c.named_exit != s.exit {

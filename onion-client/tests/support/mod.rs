@@ -112,6 +112,8 @@ pub struct Relay {
     /// non-exit in the directory). Its circuits still serve BEGINs: only the client's choice
     /// is tested.
     pub exit_ports: PortSet,
+    /// Without the Stable flag in the directory (never a guard then).
+    pub unstable: bool,
 }
 
 /// Where a relay circuit's cells toward the client go.
@@ -218,6 +220,7 @@ impl Net {
                 docs: Vec::new(),
                 exit_ports: PortSet::all(),
                 mute: false,
+                unstable: false,
             });
         }
         Net {
@@ -240,8 +243,9 @@ impl Net {
         }
     }
 
-    /// The relays as directory records: every one a Guard, V2Dir, Stable and Fast relay, an
-    /// Exit unless its exit ports are none, with the `extra` flags.
+    /// The relays as directory records: every one a Guard, V2Dir, Stable and Fast relay
+    /// (neither Guard nor Stable if `unstable`), an Exit unless its exit ports are none, with
+    /// the `extra` flags.
     fn records(&self, extra: RelayFlags) -> Vec<RelayRecord> {
         self.relays
             .iter()
@@ -264,8 +268,11 @@ impl Net {
                         RelayFlags::RUNNING.0
                             | RelayFlags::VALID.0
                             | RelayFlags::FAST.0
-                            | RelayFlags::STABLE.0
-                            | RelayFlags::GUARD.0
+                            | if r.unstable {
+                                0
+                            } else {
+                                RelayFlags::STABLE.0 | RelayFlags::GUARD.0
+                            }
                             | RelayFlags::V2DIR.0
                             | exit
                             | extra.0,
