@@ -29,7 +29,7 @@ fn out(c: &mut Channel) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let keys = RelayLinkKeys::generate(&mut rng, wall()).expect("keys");
+    let keys = RelayLinkKeys::generate(wall(), &mut rng).expect("keys");
     let certs = keys.responder_certs(&TLS, wall()).expect("certs");
     let handshake = |rng: &mut ChaCha20Rng| {
         let mut i = Channel::initiator(

@@ -34,7 +34,7 @@ fn wall() -> SystemTime {
 }
 
 fn relay(rng: &mut ChaCha20Rng, ip: IpAddr) -> Relay {
-    let keys = RelayKeySet::generate(rng, wall(), false).expect("keys");
+    let keys = RelayKeySet::generate(wall(), false, rng).expect("keys");
     let mut cfg = RelayConfig::new(vec![ip]);
     cfg.extend_allow_private = true;
     let mut fake = vec![0u8; 64];

@@ -26,7 +26,7 @@ fn keys() -> &'static (RelayLinkKeys, ResponderCerts) {
     static K: OnceLock<(RelayLinkKeys, ResponderCerts)> = OnceLock::new();
     K.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let k = RelayLinkKeys::generate(&mut rng, wall()).expect("keys");
+        let k = RelayLinkKeys::generate(wall(), &mut rng).expect("keys");
         let c = k.responder_certs(&TLS, wall()).expect("certs");
         (k, c)
     })
@@ -71,9 +71,9 @@ fn auth_states() -> &'static (Channel, Vec<u8>) {
     static S: OnceLock<(Channel, Vec<u8>)> = OnceLock::new();
     S.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let other = RelayLinkKeys::generate(&mut rng, wall()).expect("keys");
+        let other = RelayLinkKeys::generate(wall(), &mut rng).expect("keys");
         let creds = other
-            .initiator_credentials(&mut rng, wall())
+            .initiator_credentials(wall(), &mut rng)
             .expect("creds");
         let auth = InitiatorAuth {
             credentials: creds,

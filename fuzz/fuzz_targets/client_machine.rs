@@ -55,7 +55,7 @@ fn world() -> &'static World {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let (mut relays, mut records) = (Vec::new(), Vec::new());
         for i in 0..RELAYS {
-            let link = RelayLinkKeys::generate(&mut rng, system(Instant::ZERO)).expect("keys");
+            let link = RelayLinkKeys::generate(system(Instant::ZERO), &mut rng).expect("keys");
             let certs = link
                 .responder_certs(&TLS_DIGEST, system(Instant::ZERO))
                 .expect("certs");

@@ -32,14 +32,14 @@ fn files() -> &'static KeyFiles {
     static F: OnceLock<KeyFiles> = OnceLock::new();
     F.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let k = RelayKeySet::generate(&mut rng, wall(), false).expect("keys");
+        let k = RelayKeySet::generate(wall(), false, &mut rng).expect("keys");
         k.to_files().expect("files")
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let Ok((keys, _)) = RelayKeySet::from_files(&mut rng, wall(), files(), None) else {
+    let Ok((keys, _)) = RelayKeySet::from_files(wall(), files(), None, &mut rng) else {
         return;
     };
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));

@@ -155,7 +155,7 @@ fn keys2() -> &'static RelayLinkKeys {
     static KEYS: OnceLock<RelayLinkKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(1234);
-        RelayLinkKeys::generate(&mut rng, wall()).expect("keys")
+        RelayLinkKeys::generate(wall(), &mut rng).expect("keys")
     })
 }
 
@@ -1007,7 +1007,7 @@ fn authenticating_initiator_sends_a_valid_authenticate() {
     use sha2::{Digest, Sha256};
     let mut rng = ChaCha20Rng::seed_from_u64(24);
     let me = keys2();
-    let creds = me.initiator_credentials(&mut rng, wall()).unwrap();
+    let creds = me.initiator_credentials(wall(), &mut rng).unwrap();
     let exporter = [0xe7; 32];
     let auth = InitiatorAuth {
         credentials: creds.clone(),
@@ -1110,7 +1110,7 @@ fn auth_pair(
     tamper: impl Fn(&mut Vec<u8>),
 ) -> (Channel, Channel, Vec<ChanEvent>, Vec<ChanEvent>) {
     let mut rng = ChaCha20Rng::seed_from_u64(25);
-    let creds = keys2().initiator_credentials(&mut rng, wall()).unwrap();
+    let creds = keys2().initiator_credentials(wall(), &mut rng).unwrap();
     let context = creds.tls_exporter_context();
     let auth = InitiatorAuth {
         credentials: creds,

@@ -155,7 +155,7 @@ fn real_client_handshake_is_accepted() {
     use rand_chacha::rand_core::SeedableRng;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let wall = UNIX_EPOCH + Duration::from_secs(1_795_435_000);
-    let keys = RelayLinkKeys::generate(&mut rng, wall).expect("keys");
+    let keys = RelayLinkKeys::generate(wall, &mut rng).expect("keys");
     let certs = keys.responder_certs(&[1; 32], wall).expect("certs");
     for chunk in [1, 11, 525, 2000] {
         let mut r =

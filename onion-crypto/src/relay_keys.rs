@@ -90,24 +90,24 @@ impl LinkKeys {
     /// Generates fresh keys (RSA-1024 identity, ed25519 identity, ed25519 signing key) and
     /// certificates valid from `now`. Includes an RSA-1024 key generation: slow.
     pub fn generate(
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, CertError> {
         let rsa = RsaKeypair::generate_1024(rng)?;
         let identity = Ed25519Keypair::generate(rng);
         let signing = Ed25519Keypair::generate(rng);
-        Self::from_keys(rng, rsa, &identity, signing, now)
+        Self::from_keys(rsa, &identity, signing, now, rng)
     }
 
     /// Certifies existing keys: `identity` signs the Id->Signing certificate of `signing`
     /// (and is not kept: it may be an offline master key), `rsa_identity` signs its X.509
     /// certificate and the cross-certificate.
     pub fn from_keys(
-        rng: &mut impl CryptoRngCore,
         rsa_identity: RsaKeypair,
         identity: &dyn Ed25519Signer,
         signing: Ed25519Keypair,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, CertError> {
         let now = now.into();
         let ed_identity = identity.identity();
@@ -136,11 +136,11 @@ impl LinkKeys {
     /// valid signature by the named key and be unexpired at `now`; the RSA identity signs
     /// a fresh X.509 certificate and cross-certificate.
     pub fn from_signing_cert(
-        rng: &mut impl CryptoRngCore,
         rsa_identity: RsaKeypair,
         signing: ExpandedEd25519Keypair,
         id_signing_cert: Vec<u8>,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, CertError> {
         let now = now.into();
         let cert = UncheckedEd25519Cert::decode(&id_signing_cert)?
@@ -177,7 +177,7 @@ impl LinkKeys {
             &ed_identity,
             hours_after(now, CROSSCERT_LIFETIME),
         )?;
-        let rsa_id_cert = RsaX509Cert::create_identity(rng, &rsa_identity, now)?;
+        let rsa_id_cert = RsaX509Cert::create_identity(&rsa_identity, now, rng)?;
         Ok(LinkKeys {
             rsa_identity,
             ed_identity,
@@ -232,8 +232,8 @@ impl LinkKeys {
     /// 2 days from `now`), plus the long-lived certificates.
     pub fn initiator_credentials(
         &self,
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<InitiatorCredentials, CertError> {
         let auth_key = Ed25519Keypair::generate(rng);
         let signing_auth = self.leaf_cert(

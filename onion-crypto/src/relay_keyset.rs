@@ -336,9 +336,9 @@ impl RelayKeySet {
     /// key if `with_tap` (required by C tor 0.4.9.11 authorities: see the module
     /// documentation). Includes one or two RSA-1024 key generations: slow.
     pub fn generate(
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
         with_tap: bool,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, KeySetError> {
         let now = now.into();
         let rsa = RsaKeypair::generate_1024(rng).map_err(key_err(keyfile::SECRET_ID_KEY))?;
@@ -362,7 +362,7 @@ impl RelayKeySet {
     ) -> Result<Self, KeySetError> {
         let (signing, cert) = new_signing_key(rng, &master, now)?;
         let signing_cert_expiry = cert_expiry(&cert);
-        let link = LinkKeys::from_signing_cert(rng, rsa, signing, cert, now)
+        let link = LinkKeys::from_signing_cert(rsa, signing, cert, now, rng)
             .map_err(cert_err(keyfile::ED25519_SIGNING_CERT))?;
         Ok(RelayKeySet {
             link,
@@ -393,10 +393,10 @@ impl RelayKeySet {
     /// Nothing is rotated on schedule here: call [`RelayKeySet::rotate`] next. The returned
     /// [`Rotation`] says what was generated (so that the files are written back).
     pub fn from_files(
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
         files: &KeyFiles,
         onion_key_set_at: Option<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<(Self, Rotation), KeySetError> {
         use keyfile::*;
         let now = now.into();
@@ -529,7 +529,7 @@ impl RelayKeySet {
             }
         };
         let signing_cert_expiry = cert_expiry(&cert);
-        let link = LinkKeys::from_signing_cert(rng, rsa, signing, cert, now)
+        let link = LinkKeys::from_signing_cert(rsa, signing, cert, now, rng)
             .map_err(cert_err(ED25519_SIGNING_CERT))?;
         Ok((
             RelayKeySet {
@@ -600,9 +600,9 @@ impl RelayKeySet {
     ///   last rotation) are dropped.
     pub fn rotate(
         &mut self,
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
         params: &OnionKeyParams,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Rotation, KeySetError> {
         let now = now.into();
         let mut r = Rotation::default();
@@ -615,11 +615,11 @@ impl RelayKeySet {
                     let (k, c) = new_signing_key(rng, master, now)?;
                     self.signing_cert_expiry = cert_expiry(&c);
                     self.link = LinkKeys::from_signing_cert(
-                        rng,
                         self.link.rsa_identity().clone(),
                         k,
                         c,
                         now,
+                        rng,
                     )
                     .map_err(cert_err(keyfile::ED25519_SIGNING_CERT))?;
                     r.signing_key = true;
@@ -636,11 +636,11 @@ impl RelayKeySet {
         // Cross-certificate.
         if !r.link_certs && soon(self.link.crosscert_expiry(), CROSSCERT_RENEW_BEFORE) {
             self.link = LinkKeys::from_signing_cert(
-                rng,
                 self.link.rsa_identity().clone(),
                 self.link.signing_keypair().clone(),
                 self.link.id_signing_cert().to_vec(),
                 now,
+                rng,
             )
             .map_err(cert_err("RSA->Ed25519 cross-certificate"))?;
             r.link_certs = true;
@@ -795,7 +795,7 @@ mod tests {
     fn loads_c_tor_key_directory_and_writes_it_back_unchanged() {
         let files = keygen0();
         let (set, changes) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0 + 60), &files, Some(Timestamp(T0)))
+            RelayKeySet::from_files(Timestamp(T0 + 60), &files, Some(Timestamp(T0)), &mut rng())
                 .expect("load");
         assert_eq!(changes, Rotation::default());
         assert!(set.master_online());
@@ -833,7 +833,7 @@ mod tests {
         let mut files = keygen0();
         files.ed25519_master_id_secret_key = None;
         let (mut set, changes) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &files, None).expect("load");
+            RelayKeySet::from_files(Timestamp(T0), &files, None, &mut rng()).expect("load");
         assert!(!set.master_online());
         assert_eq!(changes, Rotation::default());
         assert!(set
@@ -849,29 +849,29 @@ mod tests {
         let warn = expiry - SIGNING_KEY_SLOP + 1;
         assert_eq!(set.next_event(Timestamp(T0), &params).0, warn);
         let r = set
-            .rotate(&mut rng(), Timestamp(warn - 1), &params)
+            .rotate(Timestamp(warn - 1), &params, &mut rng())
             .expect("still valid");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), Timestamp(warn), &params)
+            .rotate(Timestamp(warn), &params, &mut rng())
             .expect("still valid");
         assert!(r.signing_cert_expires_soon && !r.signing_key);
         assert_eq!(set.next_event(Timestamp(warn), &params).0, expiry + 1);
         let r = set
-            .rotate(&mut rng(), Timestamp(expiry), &params)
+            .rotate(Timestamp(expiry), &params, &mut rng())
             .expect("valid through its last second");
         assert!(r.signing_cert_expires_soon);
         assert_eq!(
-            set.rotate(&mut rng(), Timestamp(expiry + 1), &params).err(),
+            set.rotate(Timestamp(expiry + 1), &params, &mut rng()).err(),
             Some(KeySetError::SigningCertExpired { expired_at: expiry })
         );
         // Loading with an expired certificate and no master key fails the same way; with
         // one that expires within a day it loads and warns.
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(expiry + 1), &files, None).err(),
+            RelayKeySet::from_files(Timestamp(expiry + 1), &files, None, &mut rng()).err(),
             Some(KeySetError::SigningCertExpired { expired_at: expiry })
         );
-        let (_, r) = RelayKeySet::from_files(&mut rng(), Timestamp(expiry - 60), &files, None)
+        let (_, r) = RelayKeySet::from_files(Timestamp(expiry - 60), &files, None, &mut rng())
             .expect("load");
         assert!(r.signing_cert_expires_soon);
         // Without master secret key, master public key or signing key nothing can sign.
@@ -879,7 +879,7 @@ mod tests {
         none.ed25519_signing_cert = None;
         none.ed25519_signing_secret_key = None;
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &none, None).err(),
+            RelayKeySet::from_files(Timestamp(T0), &none, None, &mut rng()).err(),
             Some(KeySetError::Missing(keyfile::ED25519_MASTER_ID_SECRET_KEY))
         );
     }
@@ -887,18 +887,18 @@ mod tests {
     #[test]
     fn signing_key_renewed_a_day_before_expiry_with_master_online() {
         let (mut set, _) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &keygen0(), None).expect("load");
+            RelayKeySet::from_files(Timestamp(T0), &keygen0(), None, &mut rng()).expect("load");
         let old_signing = set.signing_keypair().identity();
         let expiry = set.signing_cert_expiry().0;
         let params = OnionKeyParams::new(Some(90), None);
         let now = expiry - SIGNING_KEY_SLOP + 1;
         assert_eq!(set.next_event(Timestamp(T0), &params).0, now);
         let before = set
-            .rotate(&mut rng(), Timestamp(now - 1), &params)
+            .rotate(Timestamp(now - 1), &params, &mut rng())
             .expect("nothing");
         assert_eq!(before, Rotation::default());
         let r = set
-            .rotate(&mut rng(), Timestamp(now), &params)
+            .rotate(Timestamp(now), &params, &mut rng())
             .expect("renew");
         assert!(r.signing_key && r.link_certs && r.descriptor_changed() && r.files_changed());
         assert_ne!(set.signing_keypair().identity(), old_signing);
@@ -911,7 +911,7 @@ mod tests {
         assert_eq!(cert.signing_key(), Some(&set.ed_identity()));
         let files = set.to_files().expect("enc");
         let (again, r) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(now), &files, None).expect("load");
+            RelayKeySet::from_files(Timestamp(now), &files, None, &mut rng()).expect("load");
         assert_eq!(r, Rotation::default());
         assert_eq!(
             again.signing_keypair().identity(),
@@ -922,7 +922,7 @@ mod tests {
     #[test]
     fn onion_keys_rotate_and_previous_expires_on_schedule() {
         let (mut set, _) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &keygen0(), Some(Timestamp(T0)))
+            RelayKeySet::from_files(Timestamp(T0), &keygen0(), Some(Timestamp(T0)), &mut rng())
                 .expect("load");
         // Keep the signing key out of the way: a schedule shorter than its 30 days.
         let params = OnionKeyParams::new(Some(3), Some(1));
@@ -931,11 +931,11 @@ mod tests {
         let rotation = T0 + 3 * DAY;
         assert_eq!(set.next_event(Timestamp(T0), &params).0, rotation);
         let r = set
-            .rotate(&mut rng(), Timestamp(rotation - 1), &params)
+            .rotate(Timestamp(rotation - 1), &params, &mut rng())
             .expect("early");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), Timestamp(rotation), &params)
+            .rotate(Timestamp(rotation), &params, &mut rng())
             .expect("rotate");
         assert!(r.onion_keys && !r.previous_onion_keys_expired && r.descriptor_changed());
         assert_eq!(set.ntor_keys().len(), 2);
@@ -948,11 +948,11 @@ mod tests {
         // The previous keys last the grace period after the rotation.
         assert_eq!(set.next_event(Timestamp(T0), &params).0, rotation + DAY);
         let r = set
-            .rotate(&mut rng(), Timestamp(rotation + DAY - 1), &params)
+            .rotate(Timestamp(rotation + DAY - 1), &params, &mut rng())
             .expect("kept");
         assert_eq!(r, Rotation::default());
         let r = set
-            .rotate(&mut rng(), Timestamp(rotation + DAY), &params)
+            .rotate(Timestamp(rotation + DAY), &params, &mut rng())
             .expect("expire");
         assert!(r.previous_onion_keys_expired && !r.descriptor_changed() && r.files_changed());
         assert_eq!(set.ntor_keys().len(), 1);
@@ -986,7 +986,7 @@ mod tests {
             &stranger.identity(),
         )));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
+            RelayKeySet::from_files(Timestamp(T0), &f, None, &mut rng()),
             Err(KeySetError::Mismatch(_))
         ));
         // A signing certificate made by another master key.
@@ -998,7 +998,7 @@ mod tests {
             keyfile::encode_ed25519_cert(&c).expect("enc"),
         ));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
+            RelayKeySet::from_files(Timestamp(T0), &f, None, &mut rng()),
             Err(KeySetError::Mismatch(_))
         ));
         // A certificate of the master for another signing key.
@@ -1006,24 +1006,24 @@ mod tests {
         f.ed25519_signing_secret_key =
             Some(keyfile::encode_ed25519_secret_key(&stranger, keyfile::TAG_SIGNING).expect("enc"));
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None),
+            RelayKeySet::from_files(Timestamp(T0), &f, None, &mut rng()),
             Err(KeySetError::Mismatch(_))
         ));
         // Half of the signing pair.
         let mut f = base.clone();
         f.ed25519_signing_cert = None;
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, None).err(),
+            RelayKeySet::from_files(Timestamp(T0), &f, None, &mut rng()).err(),
             Some(KeySetError::Missing(keyfile::ED25519_SIGNING_CERT))
         );
         // No identity at all; a corrupt one.
         assert_eq!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &other, None).err(),
+            RelayKeySet::from_files(Timestamp(T0), &other, None, &mut rng()).err(),
             Some(KeySetError::Missing(keyfile::SECRET_ID_KEY))
         );
         other.set(keyfile::SECRET_ID_KEY, b"junk".to_vec());
         assert!(matches!(
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &other, None),
+            RelayKeySet::from_files(Timestamp(T0), &other, None, &mut rng()),
             Err(KeySetError::Key {
                 file: keyfile::SECRET_ID_KEY,
                 ..
@@ -1038,7 +1038,7 @@ mod tests {
             secret_id_key: keygen0().secret_id_key,
             ..KeyFiles::default()
         };
-        let (set, r) = RelayKeySet::from_files(&mut rng(), Timestamp(T0), &f, Some(Timestamp(1)))
+        let (set, r) = RelayKeySet::from_files(Timestamp(T0), &f, Some(Timestamp(1)), &mut rng())
             .expect("load");
         assert!(r.generated && r.descriptor_changed());
         assert!(set.master_online() && set.tap_key().is_none());
@@ -1046,7 +1046,7 @@ mod tests {
         assert_eq!(set.onion_key_set_at(), Timestamp(T0));
         let files = set.to_files().expect("enc");
         let (again, r) =
-            RelayKeySet::from_files(&mut rng(), Timestamp(T0), &files, None).expect("reload");
+            RelayKeySet::from_files(Timestamp(T0), &files, None, &mut rng()).expect("reload");
         assert_eq!(r, Rotation::default());
         assert_eq!(again.ed_identity(), set.ed_identity());
         assert_eq!(again.ntor_key().public(), set.ntor_key().public());

@@ -314,9 +314,9 @@ impl RsaX509Cert {
     /// sha256WithRSAEncryption, valid for [`IDENTITY_CERT_LIFETIME_SECS`] from a random
     /// day boundary up to two days before `now`.
     pub fn create_identity(
-        rng: &mut impl CryptoRngCore,
         key: &RsaKeypair,
         now: Timestamp,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, CertError> {
         const DAY: u64 = 24 * 60 * 60;
         let start = now.0.saturating_sub(u64::from(rng.next_u32()) % (2 * DAY));
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn made_certificates_verify_with_c_tor_tolerances() {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let der = RsaX509Cert::create_identity(&mut rng, key(), NOW).expect("cert");
+        let der = RsaX509Cert::create_identity(key(), NOW, &mut rng).expect("cert");
         let c = RsaX509Cert::decode(&der).expect("der");
         let (nb, na) = (c.not_before().0, c.not_after().0);
         assert!(nb <= NOW.0 && nb % 86400 == 0 && na == nb + IDENTITY_CERT_LIFETIME_SECS);
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn garbage_and_tampering_are_refused() {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
-        let der = RsaX509Cert::create_identity(&mut rng, key(), NOW).expect("cert");
+        let der = RsaX509Cert::create_identity(key(), NOW, &mut rng).expect("cert");
         assert!(matches!(
             check(b"not a certificate", NOW.0),
             Err(CertError::Der { .. })

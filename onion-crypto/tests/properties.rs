@@ -29,7 +29,7 @@ fn rng(seed: u64) -> ChaCha20Rng {
 /// RSA-1024 key generation is slow: one relay key set for the whole test binary.
 fn relay_keys() -> &'static LinkKeys {
     static K: OnceLock<LinkKeys> = OnceLock::new();
-    K.get_or_init(|| LinkKeys::generate(&mut rng(99), NOW).expect("keygen"))
+    K.get_or_init(|| LinkKeys::generate(NOW, &mut rng(99)).expect("keygen"))
 }
 
 const NOW: Timestamp = Timestamp(1_795_418_141);

@@ -31,7 +31,7 @@ fn keys(tap: bool) -> &'static RelayKeySet {
     static WITHOUT: OnceLock<RelayKeySet> = OnceLock::new();
     let (cell, seed) = if tap { (&WITH, 1) } else { (&WITHOUT, 2) };
     cell.get_or_init(|| {
-        RelayKeySet::generate(&mut ChaCha20Rng::seed_from_u64(seed), Timestamp(T0), tap)
+        RelayKeySet::generate(Timestamp(T0), tap, &mut ChaCha20Rng::seed_from_u64(seed))
             .expect("keys")
     })
 }

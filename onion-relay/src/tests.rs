@@ -135,7 +135,7 @@ impl Net {
         self.rng.fill_bytes(&mut fake);
         cfg.link_cert = Some(TlsLinkCert::from_der(fake, Zeroizing::new(Vec::new())));
         f(&mut cfg);
-        let keys = RelayKeySet::generate(&mut self.rng, wall0(), false).expect("keys");
+        let keys = RelayKeySet::generate(wall0(), false, &mut self.rng).expect("keys");
         let relay = Relay::new(cfg, keys, self.now, wall0().into(), &mut self.rng).expect("relay");
         self.relays.push(relay);
         self.addrs.push(SocketAddr::new(ip, 9001));
@@ -1181,7 +1181,7 @@ fn extend2_failures_destroy_toward_the_client() {
 #[test]
 fn a_generated_link_certificate_serves_tls_and_the_handshake() {
     let mut rng = ChaCha20Rng::seed_from_u64(20);
-    let keys = RelayKeySet::generate(&mut rng, wall0(), false).expect("keys");
+    let keys = RelayKeySet::generate(wall0(), false, &mut rng).expect("keys");
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let mut relay = Relay::new(
         RelayConfig::new(vec![ip]),

@@ -40,7 +40,7 @@ impl core::fmt::Debug for TlsLinkCert {
 impl TlsLinkCert {
     /// A fresh RSA-2048 key and self-signed certificate valid from a day before `now` for
     /// [`LINK_CERT_LIFETIME_SECS`]. Slow (an RSA-2048 key generation).
-    pub fn generate(rng: &mut impl CryptoRngCore, now: Timestamp) -> Result<Self, Error> {
+    pub fn generate(now: Timestamp, rng: &mut impl CryptoRngCore) -> Result<Self, Error> {
         let key = RsaKeypair::generate(rng, 2048).map_err(|e| Error::Keys(e.to_string()))?;
         let mut name = [0u8; 10];
         rng.fill_bytes(&mut name);

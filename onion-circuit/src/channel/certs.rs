@@ -165,21 +165,21 @@ impl From<LinkKeys> for RelayLinkKeys {
 impl RelayLinkKeys {
     /// [`LinkKeys::generate`]: fresh keys and certificates valid from `now`.
     pub fn generate(
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, CertError> {
-        LinkKeys::generate(rng, now).map(Self)
+        LinkKeys::generate(now, rng).map(Self)
     }
 
     /// [`LinkKeys::from_keys`]: certifies existing keys.
     pub fn from_keys(
-        rng: &mut impl CryptoRngCore,
         rsa_identity: RsaKeypair,
         identity: &dyn Ed25519Signer,
         signing: Ed25519Keypair,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<Self, CertError> {
-        LinkKeys::from_keys(rng, rsa_identity, identity, signing, now).map(Self)
+        LinkKeys::from_keys(rsa_identity, identity, signing, now, rng).map(Self)
     }
 
     /// The identities these keys prove.
@@ -203,10 +203,10 @@ impl RelayLinkKeys {
     /// [`LinkKeys::initiator_credentials`].
     pub fn initiator_credentials(
         &self,
-        rng: &mut impl CryptoRngCore,
         now: impl Into<Timestamp>,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<InitiatorCredentials, CertError> {
-        self.0.initiator_credentials(rng, now)
+        self.0.initiator_credentials(now, rng)
     }
 
     /// [`LinkKeys::responder_certs`].
@@ -236,7 +236,7 @@ mod tests {
 
     fn set() -> (RelayLinkKeys, ResponderCerts) {
         let mut rng = ChaCha20Rng::seed_from_u64(8);
-        let k = RelayLinkKeys::generate(&mut rng, wall()).expect("keys");
+        let k = RelayLinkKeys::generate(wall(), &mut rng).expect("keys");
         let c = k.responder_certs(&TLS, wall()).expect("certs");
         (k, c)
     }
@@ -320,7 +320,7 @@ mod tests {
         let big = RsaKeypair::generate(&mut rng, 1536).expect("key");
         let identity = Ed25519Keypair::generate(&mut rng);
         let signing = Ed25519Keypair::generate(&mut rng);
-        let k = RelayLinkKeys::from_keys(&mut rng, big, &identity, signing, wall()).expect("keys");
+        let k = RelayLinkKeys::from_keys(big, &identity, signing, wall(), &mut rng).expect("keys");
         let c = k.responder_certs(&TLS, wall()).expect("certs");
         assert_eq!(
             check(&responder_certs_cell(&c)),

@@ -22,7 +22,7 @@ pub fn keys() -> &'static RelayLinkKeys {
     static KEYS: OnceLock<RelayLinkKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(99);
-        RelayLinkKeys::generate(&mut rng, wall()).expect("keys")
+        RelayLinkKeys::generate(wall(), &mut rng).expect("keys")
     })
 }
 

@@ -99,7 +99,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let unix = Timestamp::from(wall);
     let params = OnionKeyParams::new(None, None);
     let key_dir = KeyDir::open(&args.data_dir).map_err(|e| e.to_string())?;
-    let (keys, generated) = key_dir.load_or_generate(&mut OsRng, unix, &params)?;
+    let (keys, generated) = key_dir.load_or_generate(unix, &params, &mut OsRng)?;
     let fp = keys.rsa_identity().public().identity();
     eprintln!(
         "onion relay: {} keys in {}: fingerprint {} ed25519 {}",
@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<(), String> {
         hex::encode_upper(fp.as_bytes()),
         keys.ed_identity()
     );
-    let relay_keys = duplicate(&keys, &mut OsRng, unix)?;
+    let relay_keys = duplicate(&keys, unix, &mut OsRng)?;
     let cfg = relay_config(address, exit_policy.clone(), args.testing_network);
     let dir_cache = cfg.dir_cache || cfg.hs_dir;
     let listener =

@@ -140,19 +140,19 @@ impl KeyDir {
     /// they were generated.
     pub fn load_or_generate(
         &self,
-        rng: &mut impl CryptoRngCore,
         now: Timestamp,
         params: &OnionKeyParams,
+        rng: &mut impl CryptoRngCore,
     ) -> Result<(RelayKeySet, bool), String> {
         let shown = self.keys_dir.display();
         let (mut keys, loaded) = match self.read_files().map_err(|e| e.to_string())? {
             Some(files) => {
                 let at = self.read_rotation_time().map_err(|e| e.to_string())?;
-                RelayKeySet::from_files(rng, now, &files, at)
+                RelayKeySet::from_files(now, &files, at, rng)
                     .map_err(|e| format!("{shown}: {e}"))?
             }
             None => {
-                let keys = RelayKeySet::generate(rng, now, true)
+                let keys = RelayKeySet::generate(now, true, rng)
                     .map_err(|e| format!("generating relay keys: {e}"))?;
                 let r = Rotation {
                     generated: true,
@@ -162,7 +162,7 @@ impl KeyDir {
             }
         };
         let rotated = keys
-            .rotate(rng, now, params)
+            .rotate(now, params, rng)
             .map_err(|e| format!("{shown}: {e}"))?;
         if loaded.files_changed() || rotated.files_changed() {
             self.write(&keys).map_err(|e| format!("{shown}: {e}"))?;
@@ -175,11 +175,11 @@ impl KeyDir {
 /// descriptor builder and the rotation keep the other.
 pub fn duplicate(
     keys: &RelayKeySet,
-    rng: &mut impl CryptoRngCore,
     now: Timestamp,
+    rng: &mut impl CryptoRngCore,
 ) -> Result<RelayKeySet, String> {
     let files = keys.to_files().map_err(|e| e.to_string())?;
-    RelayKeySet::from_files(rng, now, &files, Some(keys.onion_key_set_at()))
+    RelayKeySet::from_files(now, &files, Some(keys.onion_key_set_at()), rng)
         .map(|(k, _)| k)
         .map_err(|e| e.to_string())
 }
@@ -198,7 +198,7 @@ mod tests {
         let now = Timestamp(1_796_000_000);
         let params = OnionKeyParams::new(None, None);
         let kd = KeyDir::open(&dir).unwrap();
-        let (a, generated) = kd.load_or_generate(&mut rng, now, &params).unwrap();
+        let (a, generated) = kd.load_or_generate(now, &params, &mut rng).unwrap();
         assert!(generated);
         assert!(a.tap_key().is_some());
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
         // Loaded again a day later: the same identities, nothing regenerated.
         let later = Timestamp(now.0 + 86_400);
-        let (b, generated) = kd.load_or_generate(&mut rng, later, &params).unwrap();
+        let (b, generated) = kd.load_or_generate(later, &params, &mut rng).unwrap();
         assert!(!generated);
         assert_eq!(
             a.rsa_identity().public().identity(),
@@ -217,14 +217,14 @@ mod tests {
         assert_eq!(b.onion_key_set_at(), now);
         // After the rotation period the onion key rotates, the old one kept and written.
         let rotated = Timestamp(now.0 + params.rotation_secs() + 1);
-        let (c, _) = kd.load_or_generate(&mut rng, rotated, &params).unwrap();
+        let (c, _) = kd.load_or_generate(rotated, &params, &mut rng).unwrap();
         assert_eq!(c.onion_key_set_at(), rotated);
         assert_eq!(c.ntor_keys().len(), 2);
         assert!(kd
             .keys_dir()
             .join(keyfile::SECRET_ONION_KEY_NTOR_OLD)
             .exists());
-        let d = duplicate(&c, &mut rng, rotated).unwrap();
+        let d = duplicate(&c, rotated, &mut rng).unwrap();
         assert_eq!(d.ed_identity(), c.ed_identity());
         let _ = std::fs::remove_dir_all(&dir);
     }

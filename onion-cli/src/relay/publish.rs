@@ -201,7 +201,7 @@ mod tests {
         use rand_chacha::rand_core::SeedableRng;
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
-        let keys = RelayKeySet::generate(&mut rng, now, false).unwrap();
+        let keys = RelayKeySet::generate(now, false, &mut rng).unwrap();
         let params = OnionKeyParams::new(None, None);
         let published = Timestamp::from_unix(1_780_000_000);
         for on in [false, true] {
@@ -233,7 +233,7 @@ mod tests {
         use rand_chacha::rand_core::SeedableRng;
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
-        let keys = RelayKeySet::generate(&mut rng, now, false).unwrap();
+        let keys = RelayKeySet::generate(now, false, &mut rng).unwrap();
         let params = OnionKeyParams::new(None, None);
         let published = Timestamp::from_unix(1_780_000_000);
         let t = DescriptorTemplate {

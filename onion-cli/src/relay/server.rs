@@ -739,7 +739,7 @@ impl Loop {
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let unix = Timestamp::from(SystemTime::now());
-            match TlsLinkCert::generate(&mut OsRng, unix) {
+            match TlsLinkCert::generate(unix, &mut OsRng) {
                 Ok(c) => {
                     let _ = tx.send(Msg::LinkCert(Box::new(c)));
                 }
@@ -1119,7 +1119,7 @@ impl Loop {
         let wall = SystemTime::now();
         let unix = Timestamp::from(wall);
         if self.keys.next_event(unix, &self.params) <= unix {
-            match self.keys.rotate(&mut OsRng, unix, &self.params) {
+            match self.keys.rotate(unix, &self.params, &mut OsRng) {
                 Ok(r) => {
                     if r.files_changed() {
                         if let Err(e) = self.key_dir.write(&self.keys) {
@@ -1127,7 +1127,7 @@ impl Loop {
                         }
                     }
                     if r.descriptor_changed() || r.link_certs {
-                        match duplicate(&self.keys, &mut OsRng, unix) {
+                        match duplicate(&self.keys, unix, &mut OsRng) {
                             Ok(k) => {
                                 if let Err(e) = self.relay.set_keys(k, self.clock.now()) {
                                     eprintln!("onion relay: new keys: {e}");

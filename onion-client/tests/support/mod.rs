@@ -198,7 +198,7 @@ impl Net {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut relays = Vec::new();
         for i in 0..n {
-            let link = RelayLinkKeys::generate(&mut rng, system(Instant::ZERO)).unwrap();
+            let link = RelayLinkKeys::generate(system(Instant::ZERO), &mut rng).unwrap();
             let ids = link.ids();
             let ntor = NtorSecretKey::generate(&mut rng);
             let ntor_pub = *ntor.public();

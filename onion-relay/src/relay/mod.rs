@@ -284,7 +284,7 @@ impl Relay {
         let mut cfg = config;
         let tls = match cfg.link_cert.take() {
             Some(t) => t,
-            None => TlsLinkCert::generate(&mut rng, wall)?,
+            None => TlsLinkCert::generate(wall, &mut rng)?,
         };
         let certs = keys
             .link_keys()
@@ -292,7 +292,7 @@ impl Relay {
             .map_err(key_err)?;
         let creds = keys
             .link_keys()
-            .initiator_credentials(&mut rng, wall)
+            .initiator_credentials(wall, &mut rng)
             .map_err(key_err)?;
         Ok(Relay {
             circ_keys: circ_keys(&keys),
@@ -412,7 +412,7 @@ impl Relay {
             .map_err(key_err)?;
         let creds = keys
             .link_keys()
-            .initiator_credentials(&mut self.rng, wall)
+            .initiator_credentials(wall, &mut self.rng)
             .map_err(key_err)?;
         self.circ_keys = circ_keys(&keys);
         self.keys = keys;
@@ -437,7 +437,7 @@ impl Relay {
         let wall = self.wall_now();
         let r = self
             .keys
-            .rotate(&mut self.rng, wall, params)
+            .rotate(wall, params, &mut self.rng)
             .map_err(key_err)?;
         self.circ_keys = circ_keys(&self.keys);
         if r.signing_key || r.link_certs {
@@ -717,7 +717,7 @@ impl Relay {
         if let Ok(c) = lk.responder_certs(&self.tls.sha256(), wall) {
             self.certs = c;
         }
-        if let Ok(c) = lk.initiator_credentials(&mut self.rng, wall) {
+        if let Ok(c) = lk.initiator_credentials(wall, &mut self.rng) {
             self.creds = c;
         }
         self.certs_at = self.now;

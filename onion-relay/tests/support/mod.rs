@@ -23,7 +23,7 @@ pub const RELAY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 /// A relay at [`RELAY_IP`] with fresh keys and a TLS link certificate, its configuration
 /// adjusted by `adjust` first.
 pub fn relay(rng: &mut ChaCha20Rng, adjust: impl FnOnce(&mut RelayConfig)) -> Relay {
-    let keys = RelayKeySet::generate(rng, wall(), false).expect("keys");
+    let keys = RelayKeySet::generate(wall(), false, rng).expect("keys");
     let mut cfg = RelayConfig::new(vec![RELAY_IP]);
     cfg.link_cert = Some(TlsLinkCert::from_der(vec![7; 32], Default::default()));
     adjust(&mut cfg);

@@ -1478,7 +1478,7 @@ fn make_relay(
 ) -> Result<onion_relay::Relay, SimError> {
     let mut key_rng = ChaCha20Rng::seed_from_u64(key_seed);
     let wall0 = system_time(Instant::ZERO);
-    let keys = RelayKeySet::generate(&mut key_rng, wall0, false).map_err(setup)?;
+    let keys = RelayKeySet::generate(wall0, false, &mut key_rng).map_err(setup)?;
     let mut c = onion_relay::RelayConfig::new(vec![IpAddr::V4(ip)]);
     c.extend_allow_private = true;
     c.dir_cache = true;
