@@ -230,6 +230,12 @@ pub fn guard_failure(cfg: WorldConfig, recovery: Duration) -> Result<GuardFailur
         .find(|&r| sim.world.relay_name(r) == first_guard)
         .ok_or_else(|| SimError::Setup("guard vanished".into()))?;
     sim.world.kill_relay(g);
+    // The reset reaches the client after one link latency; a stream started before that
+    // rides a circuit already lost and ends with DESTROY, as C tor's would
+    // (connection_edge_destroy does not retry an attached stream). The next stream is the
+    // one started once the death is known.
+    let noticed = sim.now() + Duration::from_secs(2);
+    sim.run_until(limit, |s| s.now() >= noticed)?;
     sim.fetch(50_000, Isolation(1))?;
     let mut guards_while_down = Vec::new();
     sim.run_until(limit, |s| {
