@@ -13,9 +13,15 @@
 //!   network, where it counts from its first second), so that a relay reports no
 //!   bandwidth learned from its first hours unless the network is a testing one.
 //!
-//! Sans-IO: the caller gives the time (whole Unix seconds) with every count and query.
-//! Memory is fixed: [`ROLLING_SECS`] per-second counts and [`PERIODS`] maxima per
-//! direction.
+//! Sans-IO: the caller gives the wall-clock time ([`Timestamp`], whole seconds) with every
+//! count and query. The wall clock rather than the monotonic [`Instant`](crate::Instant):
+//! the history is C tor's, which counts in `time_t` and saves its periods in its state
+//! file to be read back after a restart, where a monotonic origin means nothing; its
+//! periods span days, over which the two clocks drift apart anyway. A wall clock stepping
+//! back loses nothing (the bytes count in the second under way). Memory is fixed:
+//! [`ROLLING_SECS`] per-second counts and [`PERIODS`] maxima per direction.
+
+use onion_crypto::Timestamp;
 
 /// Length of the rolling window, seconds (C tor's `NUM_SECS_ROLLING_MEASURE`).
 pub const ROLLING_SECS: u64 = 10;
@@ -121,13 +127,13 @@ pub struct BandwidthHistory {
 }
 
 impl BandwidthHistory {
-    /// A history starting at `now` (Unix seconds). `testing_network`: the period under way
+    /// A history starting at `now`. `testing_network`: the period under way
     /// counts at once (C tor's testing networks set `TestingMinTimeToReportBandwidth` to 0);
     /// otherwise only after [`MIN_OBSERVATION_SECS`].
-    pub fn new(now: u64, testing_network: bool) -> BandwidthHistory {
+    pub fn new(now: Timestamp, testing_network: bool) -> BandwidthHistory {
         BandwidthHistory {
-            read: Direction::new(now),
-            written: Direction::new(now),
+            read: Direction::new(now.unix()),
+            written: Direction::new(now.unix()),
             min_observation: if testing_network {
                 0
             } else {
@@ -137,21 +143,21 @@ impl BandwidthHistory {
     }
 
     /// `n` bytes were read at `now`.
-    pub fn note_read(&mut self, now: u64, n: u64) {
-        self.read.add(now, n);
+    pub fn note_read(&mut self, now: Timestamp, n: u64) {
+        self.read.add(now.unix(), n);
     }
 
     /// `n` bytes were written at `now`.
-    pub fn note_written(&mut self, now: u64, n: u64) {
-        self.written.add(now, n);
+    pub fn note_written(&mut self, now: Timestamp, n: u64) {
+        self.written.add(now.unix(), n);
     }
 
     /// The observed bandwidth at `now`, bytes per second: the smaller of the best read and
     /// the best write window, each over [`ROLLING_SECS`] seconds (C tor's
     /// `bwhist_bandwidth_assess`).
-    pub fn observed(&mut self, now: u64) -> u64 {
-        self.read.advance_to(now);
-        self.written.advance_to(now);
+    pub fn observed(&mut self, now: Timestamp) -> u64 {
+        self.read.advance_to(now.unix());
+        self.written.advance_to(now.unix());
         let r = self.read.best(self.min_observation);
         let w = self.written.best(self.min_observation);
         r.min(w) / ROLLING_SECS
@@ -162,7 +168,7 @@ impl BandwidthHistory {
 mod tests {
     use super::*;
 
-    const T0: u64 = 1_780_000_000;
+    const T0: Timestamp = Timestamp::from_unix(1_780_000_000);
 
     /// The observed rate is the best 10-second sum divided by 10, not a mean over a longer
     /// span: a 10-second burst of 100 kB/s followed by 50 idle seconds reads 100 kB/s.
@@ -170,16 +176,16 @@ mod tests {
     fn best_ten_second_window() {
         let mut h = BandwidthHistory::new(T0, true);
         for s in 0..10 {
-            h.note_read(T0 + s, 100_000);
-            h.note_written(T0 + s, 100_000);
+            h.note_read(T0.add_secs(s), 100_000);
+            h.note_written(T0.add_secs(s), 100_000);
         }
-        assert_eq!(h.observed(T0 + 60), 100_000);
+        assert_eq!(h.observed(T0.add_secs(60)), 100_000);
         // A slower but longer stretch later does not lower it.
         for s in 100..200 {
-            h.note_read(T0 + s, 10_000);
-            h.note_written(T0 + s, 10_000);
+            h.note_read(T0.add_secs(s), 10_000);
+            h.note_written(T0.add_secs(s), 10_000);
         }
-        assert_eq!(h.observed(T0 + 300), 100_000);
+        assert_eq!(h.observed(T0.add_secs(300)), 100_000);
     }
 
     /// The window slides by the second: 500 kB in 5 seconds straddling two aligned
@@ -188,10 +194,10 @@ mod tests {
     fn window_slides_by_the_second() {
         let mut h = BandwidthHistory::new(T0, true);
         for s in 7..12 {
-            h.note_read(T0 + s, 100_000);
-            h.note_written(T0 + s, 100_000);
+            h.note_read(T0.add_secs(s), 100_000);
+            h.note_written(T0.add_secs(s), 100_000);
         }
-        assert_eq!(h.observed(T0 + 30), 50_000);
+        assert_eq!(h.observed(T0.add_secs(30)), 50_000);
     }
 
     /// Read and written are assessed separately and the smaller wins (a relay that only
@@ -199,13 +205,13 @@ mod tests {
     #[test]
     fn smaller_direction_wins() {
         let mut h = BandwidthHistory::new(T0, true);
-        h.note_read(T0 + 1, 1_000_000);
-        assert_eq!(h.observed(T0 + 20), 0);
-        h.note_written(T0 + 30, 200_000);
-        assert_eq!(h.observed(T0 + 31), 20_000);
+        h.note_read(T0.add_secs(1), 1_000_000);
+        assert_eq!(h.observed(T0.add_secs(20)), 0);
+        h.note_written(T0.add_secs(30), 200_000);
+        assert_eq!(h.observed(T0.add_secs(31)), 20_000);
         // The window under way counts before its second has passed.
-        h.note_written(T0 + 40, 10_000_000);
-        assert_eq!(h.observed(T0 + 40), 100_000);
+        h.note_written(T0.add_secs(40), 10_000_000);
+        assert_eq!(h.observed(T0.add_secs(40)), 100_000);
     }
 
     /// Outside a testing network the first day's windows do not count until the day has
@@ -213,14 +219,14 @@ mod tests {
     #[test]
     fn periods_and_minimum_observation() {
         let mut h = BandwidthHistory::new(T0, false);
-        h.note_read(T0 + 5, 50_000);
-        h.note_written(T0 + 5, 50_000);
-        assert_eq!(h.observed(T0 + 3600), 0);
+        h.note_read(T0.add_secs(5), 50_000);
+        h.note_written(T0.add_secs(5), 50_000);
+        assert_eq!(h.observed(T0.add_secs(3600)), 0);
         // The first period ends: its best window is remembered.
-        assert_eq!(h.observed(T0 + PERIOD_SECS + 1), 5_000);
-        assert_eq!(h.observed(T0 + 5 * PERIOD_SECS - 1), 5_000);
+        assert_eq!(h.observed(T0.add_secs(PERIOD_SECS + 1)), 5_000);
+        assert_eq!(h.observed(T0.add_secs(5 * PERIOD_SECS - 1)), 5_000);
         // Five periods later it is forgotten.
-        assert_eq!(h.observed(T0 + 6 * PERIOD_SECS + 1), 0);
+        assert_eq!(h.observed(T0.add_secs(6 * PERIOD_SECS + 1)), 0);
     }
 
     /// A testing network counts the period under way at once.
@@ -230,16 +236,16 @@ mod tests {
         h.note_read(T0, 514_000);
         h.note_written(T0, 514_000);
         assert_eq!(h.observed(T0), 51_400);
-        assert_eq!(h.observed(T0 + 2), 51_400);
+        assert_eq!(h.observed(T0.add_secs(2)), 51_400);
     }
 
     /// Counts given for an earlier second than the one under way (a clock stepping back)
     /// go to the current second instead of being lost or corrupting the window.
     #[test]
     fn clock_stepping_back() {
-        let mut h = BandwidthHistory::new(T0 + 100, true);
+        let mut h = BandwidthHistory::new(T0.add_secs(100), true);
         h.note_read(T0, 10_000);
         h.note_written(T0, 10_000);
-        assert_eq!(h.observed(T0 + 100), 1_000);
+        assert_eq!(h.observed(T0.add_secs(100)), 1_000);
     }
 }

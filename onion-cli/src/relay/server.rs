@@ -201,7 +201,7 @@ pub fn run(setup: Setup) -> Result<(), String> {
         next_in: 0,
         started: SystemTime::now(),
         bw: onion_relay::bwhist::BandwidthHistory::new(
-            Timestamp::from(SystemTime::now()).unix(),
+            Timestamp::from(SystemTime::now()),
             setup.testing_network,
         ),
         last_stats: String::new(),
@@ -1168,7 +1168,7 @@ impl Loop {
             .duration_since(self.started)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let observed = self.bw.observed(unix.unix());
+        let observed = self.bw.observed(unix);
         let listing = self.listing(now);
         if self.last_listing != Some(listing) {
             self.last_listing = Some(listing);
@@ -1210,8 +1210,8 @@ fn push_bounded(v: &mut std::collections::VecDeque<String>, old: String) {
 }
 
 /// The wall clock in whole Unix seconds (the bandwidth history's time).
-fn unix_now() -> u64 {
-    Timestamp::from(SystemTime::now()).unix()
+fn unix_now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
 }
 
 fn target_error(e: &std::io::Error) -> TargetError {
