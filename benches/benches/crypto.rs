@@ -4,7 +4,11 @@
 //!   AES-128-CTR pass), client 3-hop encryption and 3-hop decryption with recognition
 //!   (floor: three AES-128-CTR passes + one SHA-1 update over 509 bytes and a digest read);
 //! * handshakes: ntor and ntor-v3 (client + server) and CREATE_FAST (floor: the x25519
-//!   work, 2 key generations + 4 Diffie-Hellman operations).
+//!   work, 2 key generations + 4 Diffie-Hellman operations);
+//! * link authentication: one RSA-1024 signature verification, prefixed (X.509, SHA-256
+//!   DigestInfo) and unprefixed (cross-certificate form), parsing an RSA-1024 public key
+//!   from PKCS#1 DER, and the whole CERTS-cell chain check of a responder
+//!   (`relay_keys::verify_cert_chain`) on keys generated before the timing.
 //!
 //! Ratios are printed at the end of the run as `RATIO name = x`.
 
@@ -391,5 +395,55 @@ fn ratios(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, tor1, handshakes, ratios);
+fn link_auth(c: &mut Criterion) {
+    use onion_crypto::cert::Timestamp;
+    use onion_crypto::relay_keys::{verify_cert_chain, CertChain, LinkKeys};
+    use onion_crypto::rsa::RsaPublicKey;
+    use sha2::Sha256;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let now = Timestamp(1_795_418_141);
+    let keys = LinkKeys::generate(now, &mut rng).unwrap();
+    let rsa = keys.rsa_identity();
+    let public = rsa.public().clone();
+    let digest256: [u8; 32] = Sha256::digest(b"signed data").into();
+    let digest1: [u8; 20] = Sha1::digest(b"signed data").into();
+    let sig_prefixed = rsa.sign_prefixed::<Sha256>(&mut rng, &digest256).unwrap();
+    let sig_unprefixed = rsa.sign_unprefixed(&mut rng, &digest1).unwrap();
+    let der = public.to_pkcs1_der();
+    let certs = keys.responder_certs(&[9; 32], now).unwrap();
+    let [(_, rsa_id), (_, id_signing), (_, leaf), (_, crosscert)] = certs.entries();
+    let chain = CertChain {
+        rsa_id,
+        id_signing,
+        leaf,
+        crosscert,
+    };
+    let later = Timestamp(now.0 + 60);
+
+    let mut g = c.benchmark_group("link_auth");
+    g.bench_function("rsa1024_verify_prefixed_sha256", |b| {
+        b.iter(|| {
+            public
+                .verify_prefixed::<Sha256>(black_box(&digest256), black_box(&sig_prefixed))
+                .unwrap()
+        })
+    });
+    g.bench_function("rsa1024_verify_unprefixed_sha1", |b| {
+        b.iter(|| {
+            public
+                .verify_unprefixed(black_box(&digest1), black_box(&sig_unprefixed))
+                .unwrap()
+        })
+    });
+    g.bench_function("rsa1024_public_key_from_der", |b| {
+        b.iter(|| black_box(RsaPublicKey::from_pkcs1_der(black_box(&der)).unwrap()))
+    });
+    g.bench_function("verify_cert_chain_responder", |b| {
+        b.iter(|| black_box(verify_cert_chain(black_box(&chain), 5, later).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tor1, handshakes, link_auth, ratios);
 criterion_main!(benches);
