@@ -122,8 +122,14 @@ pub struct ClientConfig {
     /// How long a circuit takes new streams after its first one (C tor's
     /// `MaxCircuitDirtiness`, 10 minutes).
     pub max_circuit_dirtiness: Duration,
-    /// How long a BEGIN, BEGIN_DIR or RESOLVE may wait for its answer.
+    /// How long a BEGIN, BEGIN_DIR or RESOLVE may wait for its answer at most. An exit
+    /// stream's attempt is given up sooner, after [`Self::stream_attempt_timeout`].
     pub stream_timeout: Duration,
+    /// How long one attempt of an exit stream (BEGIN or RESOLVE) waits for its answer before
+    /// it is tried on another circuit: C tor's `CircuitStreamTimeout`. `None`, the default,
+    /// is C tor's `compute_retry_timeout`: 10 s for the first two attempts, 15 s after. Never
+    /// more than [`Self::stream_timeout`].
+    pub stream_attempt_timeout: Option<Duration>,
     /// Keep clean circuits built ahead of need for the exit ports streams used recently
     /// (path-spec §2.1.1, C tor's predicted ports: [`crate::predict`]), for onion-service
     /// rendezvous, and while the build timeout is learned (test circuits, path-spec §2.4.2).
@@ -136,7 +142,7 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A configuration with C tor's defaults around `dir`: path selection for the public
     /// network, congestion control on when the consensus enables it, a 60 s build timeout,
-    /// 10 minutes dirtiness, 60 s stream timeout, default [`Limits`].
+    /// 10 minutes dirtiness, 60 s stream timeout (an exit stream's attempt 10 s, then 15 s), default [`Limits`].
     pub fn new(dir: DirConfig) -> Self {
         ClientConfig {
             dir,
@@ -145,6 +151,7 @@ impl ClientConfig {
             build_timeout: Duration::from_secs(60),
             max_circuit_dirtiness: Duration::from_secs(600),
             stream_timeout: Duration::from_secs(60),
+            stream_attempt_timeout: None,
             preemptive_circuits: true,
             limits: Limits::default(),
         }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use onion_cell::relaymsg::{BeginFlags, EndReason, ResolvedAnswer, ResolvedValue};
@@ -440,12 +441,17 @@ impl super::Client {
             Target::Resolve { name } => m.resolve(name, now),
             Target::Dir { .. } => m.begin_dir(now),
         };
+        let wait = match &s.target {
+            Target::Exit { host, .. } if crate::hs::is_onion(host) => self.cfg.stream_timeout,
+            Target::Dir { .. } => self.cfg.stream_timeout,
+            _ => attempt_timeout(&self.cfg, s.failures),
+        };
         match r {
             Ok(id) => {
                 s.id = Some(id);
                 s.circ = Some(key);
                 s.phase = Phase::Connecting {
-                    deadline: now + self.cfg.stream_timeout,
+                    deadline: now + wait,
                 };
                 c.attach(id, h, s.isolation, now);
             }
@@ -909,4 +915,16 @@ mod tests {
         assert_eq!(s.take_all(), b"o world");
         assert_eq!(s.take(&mut buf), 0);
     }
+}
+
+/// How long attempt number `failures` (0 for the first) of an exit stream waits for CONNECTED
+/// or RESOLVED before it is given up and tried elsewhere: C tor's `compute_retry_timeout`
+/// (`CircuitStreamTimeout` when set, else 10 s for the first two attempts and 15 s after),
+/// never more than the whole stream timeout.
+pub(super) fn attempt_timeout(cfg: &super::ClientConfig, failures: u8) -> Duration {
+    let t = cfg.stream_attempt_timeout.unwrap_or(match failures {
+        0 | 1 => Duration::from_secs(10),
+        _ => Duration::from_secs(15),
+    });
+    t.min(cfg.stream_timeout)
 }
