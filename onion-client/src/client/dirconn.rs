@@ -14,7 +14,7 @@ use super::event::{Event, Persist};
 use super::stream::{Stream, Target};
 use crate::dir::{DirEvent, Failure, Request, RequestId, Source};
 use crate::guards::{Blame, Ticket};
-use crate::{Error, Isolation};
+use crate::{Error, Instant, Isolation};
 
 impl super::Client {
     /// Move the directory machine's events into the client's and carry its requests.
@@ -148,11 +148,27 @@ impl super::Client {
             None => self.launch(vec![hop], ticket, Purpose::Dir, fast)?,
         };
         let deadline = self.now + self.cfg.dir.request_timeout;
+        self.add_dir_stream(key, req.id, req.to_http(), req.max_body, deadline);
+        Ok(())
+    }
+
+    /// Add a BEGIN_DIR stream (tor-spec §6.2.1) sending `http` for `req` on circuit `key`
+    /// only, with an answer body of at most `max_body` bytes, given up at `deadline`. Used
+    /// for the directory machine's requests and the onion-service machine's HSDir requests;
+    /// the caller has checked [`super::Limits::max_streams`].
+    pub(super) fn add_dir_stream(
+        &mut self,
+        key: u64,
+        req: RequestId,
+        http: Vec<u8>,
+        max_body: usize,
+        deadline: Instant,
+    ) {
         let mut s = Stream::new(
             Target::Dir {
-                req: req.id,
-                http: req.to_http().into(),
-                max_body: req.max_body,
+                req,
+                http: http.into(),
+                max_body,
                 deadline,
             },
             Isolation::NONE,
@@ -162,6 +178,5 @@ impl super::Client {
         let h = self.next_stream;
         self.next_stream += 1;
         self.streams.insert(h, s);
-        Ok(())
     }
 }

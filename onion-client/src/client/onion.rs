@@ -533,20 +533,7 @@ impl super::Client {
                     return;
                 };
                 let deadline = now + self.cfg.stream_timeout;
-                let mut s = Stream::new(
-                    Target::Dir {
-                        req,
-                        http: request.into(),
-                        max_body,
-                        deadline,
-                    },
-                    Isolation::NONE,
-                    deadline,
-                );
-                s.circ = Some(key);
-                let h = self.next_stream;
-                self.next_stream += 1;
-                self.streams.insert(h, s);
+                self.add_dir_stream(key, req, request, max_body, deadline);
                 self.hs.dir_reqs.insert(req, circ);
             }
             HsAction::AddVirtualHop { circ, hop } => {
