@@ -16,10 +16,10 @@ use sha2::Sha256;
 
 use crate::authcert::AuthCert;
 use crate::encode::{base64_fixed, hex_fixed};
-use crate::error::{ParseProblem, ParseError, VerifyError};
+use crate::error::{ParseError, ParseProblem, VerifyError};
 use crate::ids::{MdDigest, ProtoCache, Protocols, RelayFlags, RsaIdentity};
 use crate::netdoc::{
-    is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,
+    is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, SeenItems, Tokenizer,
 };
 use crate::policy::PolicySummary;
 use crate::Timestamp;
@@ -493,7 +493,8 @@ fn parse_u32(it: &Item<'_>, s: &str, what: &'static str) -> Result<u32, ParseErr
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(it.err(ParseProblem::BadArgument(what)));
     }
-    s.parse().map_err(|_| it.err(ParseProblem::BadArgument(what)))
+    s.parse()
+        .map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn parse_u16(it: &Item<'_>, s: &str, what: &'static str) -> Result<u16, ParseError> {
@@ -509,9 +510,8 @@ fn parse_time(it: &Item<'_>, first: usize) -> Result<Timestamp, ParseError> {
 fn parse_protocols(it: Option<&Item<'_>>) -> Result<Protocols, ParseError> {
     match it {
         None => Ok(Protocols::default()),
-        Some(it) => {
-            Protocols::parse(it.args).ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))
-        }
+        Some(it) => Protocols::parse(it.args)
+            .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list"))),
     }
 }
 
@@ -541,12 +541,12 @@ struct Parser<'a> {
 }
 
 /// Per-entry "seen" bits for the router-entry multiplicity rules.
-const SEEN_S: u8 = 1;
-const SEEN_V: u8 = 2;
-const SEEN_PR: u8 = 4;
-const SEEN_W: u8 = 8;
-const SEEN_P: u8 = 16;
-const SEEN_M: u8 = 32;
+const SEEN_S: u16 = 1;
+const SEEN_V: u16 = 2;
+const SEEN_PR: u16 = 4;
+const SEEN_W: u16 = 8;
+const SEEN_P: u16 = 16;
+const SEEN_M: u16 = 32;
 
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Result<Self, ParseError> {
@@ -840,8 +840,8 @@ impl<'a> Parser<'a> {
             Flavor::Microdesc => None,
         };
         let (d, t) = (a("publication date")?, a("publication time")?);
-        let published =
-            Timestamp::parse(d, t).ok_or_else(|| r.err(ParseProblem::BadArgument("publication")))?;
+        let published = Timestamp::parse(d, t)
+            .ok_or_else(|| r.err(ParseProblem::BadArgument("publication")))?;
         let address = crate::encode::parse_ipv4(a("IP")?)
             .ok_or_else(|| r.err(ParseProblem::BadArgument("IP")))?;
         let or_port = parse_u16(&r, a("ORPort")?, "ORPort")?;
@@ -864,12 +864,9 @@ impl<'a> Parser<'a> {
             policy: None,
             md_digest: None,
         };
-        let mut seen = 0u8;
-        let once = |seen: &mut u8, bit: u8, it: &Item<'_>| -> Result<(), ParseError> {
-            if *seen & bit != 0 {
-                return Err(it.err(ParseProblem::DuplicateItem));
-            }
-            *seen |= bit;
+        let mut seen = SeenItems::default();
+        let once = |seen: &mut SeenItems, bit: u16, it: &Item<'_>| -> Result<(), ParseError> {
+            seen.once(bit, it)?;
             it.no_object()
         };
         let next = loop {
@@ -949,7 +946,7 @@ impl<'a> Parser<'a> {
                 _ => {}
             }
         };
-        if seen & SEEN_S == 0 {
+        if !seen.has(SEEN_S) {
             return Err(r.err(ParseProblem::MissingItem("s")));
         }
         if self.flavor == Flavor::Microdesc && rs.md_digest.is_none() {

@@ -13,9 +13,9 @@ use std::net::SocketAddrV6;
 use sha2::{Digest, Sha256};
 
 use crate::encode::base64_fixed;
-use crate::error::{ParseProblem, ParseError};
+use crate::error::{ParseError, ParseProblem};
 use crate::ids::{Ed25519Identity, MdDigest, ProtoCache, Protocols, RsaIdentity};
-use crate::netdoc::{Item, Limits, Tokenizer};
+use crate::netdoc::{Item, Limits, SeenItems, Tokenizer};
 use crate::policy::PolicySummary;
 
 /// A relay family as written on a `family` line (dir-spec §2.1.1).
@@ -256,14 +256,7 @@ fn one<'a>(
         protocols: Protocols::default(),
         ipv6: None,
     };
-    let mut seen = 0u16;
-    let once = |seen: &mut u16, bit: u16, it: &Item<'_>| -> Result<(), ParseError> {
-        if *seen & bit != 0 {
-            return Err(it.err(ParseProblem::DuplicateItem));
-        }
-        *seen |= bit;
-        Ok(())
-    };
+    let mut seen = SeenItems::default();
     for (i, it) in items.iter().enumerate() {
         if it.keyword != "onion-key" {
             it.no_object()?;
@@ -273,45 +266,46 @@ fn one<'a>(
                 if i != 0 || it.start != first.start {
                     return Err(it.err(ParseProblem::UnexpectedItem));
                 }
-                once(&mut seen, SEEN_ONION, it)?;
+                seen.once(SEEN_ONION, it)?;
                 md.tap_onion_key = Some(it.object_tagged("RSA PUBLIC KEY")?.body);
             }
             "ntor-onion-key" => {
-                once(&mut seen, SEEN_NTOR, it)?;
+                seen.once(SEEN_NTOR, it)?;
                 md.ntor_onion_key = base64_fixed(it.arg(0, "key")?)
                     .ok_or_else(|| it.err(ParseProblem::BadArgument("curve25519 key (base64)")))?;
             }
             "family" => {
-                once(&mut seen, SEEN_FAMILY, it)?;
+                seen.once(SEEN_FAMILY, it)?;
                 md.family = Family(it.args);
             }
             "family-ids" => {
-                once(&mut seen, SEEN_FAMILY_IDS, it)?;
+                seen.once(SEEN_FAMILY_IDS, it)?;
                 md.family_ids = FamilyIds(it.args);
             }
             "p" => {
-                once(&mut seen, SEEN_P, it)?;
+                seen.once(SEEN_P, it)?;
                 md.ipv4_policy = PolicySummary::parse(it.args)
                     .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
             }
             "p6" => {
-                once(&mut seen, SEEN_P6, it)?;
+                seen.once(SEEN_P6, it)?;
                 md.ipv6_policy = PolicySummary::parse(it.args)
                     .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
             }
             "id" => match it.arg(0, "keytype")? {
                 "ed25519" => {
-                    once(&mut seen, SEEN_ID_ED, it)?;
+                    seen.once(SEEN_ID_ED, it)?;
                     md.ed25519_id = Some(
-                        Ed25519Identity::from_base64(it.arg(1, "key")?)
-                            .map_err(|_| it.err(ParseProblem::BadArgument("ed25519 key (base64)")))?,
+                        Ed25519Identity::from_base64(it.arg(1, "key")?).map_err(|_| {
+                            it.err(ParseProblem::BadArgument("ed25519 key (base64)"))
+                        })?,
                     );
                 }
-                "rsa1024" => once(&mut seen, SEEN_ID_RSA, it)?,
+                "rsa1024" => seen.once(SEEN_ID_RSA, it)?,
                 _ => {}
             },
             "pr" => {
-                once(&mut seen, SEEN_PR, it)?;
+                seen.once(SEEN_PR, it)?;
                 md.protocols = last_pr
                     .get(it.args)
                     .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
@@ -328,7 +322,7 @@ fn one<'a>(
             _ => {}
         }
     }
-    if seen & SEEN_NTOR == 0 {
+    if !seen.has(SEEN_NTOR) {
         return Err(first.err(ParseProblem::MissingItem("ntor-onion-key")));
     }
     Ok(md)

@@ -9,7 +9,7 @@
 //! Bounds: the document size and the number of items are limited by the caller
 //! ([`Limits`]) so that no input can make a parser loop or allocate without bound.
 
-use crate::error::{ParseProblem, ParseError};
+use crate::error::{ParseError, ParseProblem};
 
 /// Limits applied to one document (dir-spec gives none; these are ours, chosen
 /// at ten times the size of today's public network documents).
@@ -427,6 +427,30 @@ pub fn split_signed_documents<'a, T>(
         return Err(f.err(ParseProblem::MissingItem("router-signature")));
     }
     Ok(out)
+}
+
+/// Which at-most-once items of one document entry have appeared, one bit an item: the
+/// multiplicity check (dir-spec §1.2) of entries parsed item by item rather than through a
+/// [`Section`] rule table, i.e. consensus router entries (§3.4.1) and microdescriptors
+/// (§3.3).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SeenItems(u16);
+
+impl SeenItems {
+    /// Records the item `bit` stands for; [`ParseProblem::DuplicateItem`] at `it` if it was
+    /// already seen.
+    pub(crate) fn once(&mut self, bit: u16, it: &Item<'_>) -> Result<(), ParseError> {
+        if self.0 & bit != 0 {
+            return Err(it.err(ParseProblem::DuplicateItem));
+        }
+        self.0 |= bit;
+        Ok(())
+    }
+
+    /// Whether the item `bit` stands for has appeared.
+    pub(crate) fn has(&self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
 }
 
 /// The items of one section, checked against a rule table. Unknown keywords are
