@@ -315,8 +315,8 @@ impl UncheckedEd25519Cert {
         let exp = self.0.expiry();
         if now > exp {
             return Err(CertError::Expired {
-                expired_at: exp.0,
-                now: now.0,
+                expired_at: exp,
+                now,
             });
         }
         Ok(())

@@ -13,6 +13,8 @@
 
 use thiserror::Error;
 
+use crate::time::Timestamp;
+
 pub use onion_cell::ErrorKind;
 
 use crate::relay_keys::CertsError;
@@ -136,20 +138,20 @@ pub enum CertError {
         what: &'static str,
     },
     /// The certificate expired before the given time.
-    #[error("certificate expired at {expired_at} (unix seconds), now {now}")]
+    #[error("certificate expired at {expired_at}, now {now}")]
     Expired {
-        /// Expiry time in seconds since the epoch.
-        expired_at: u64,
+        /// When it expired.
+        expired_at: Timestamp,
         /// The time it was checked against.
-        now: u64,
+        now: Timestamp,
     },
     /// The certificate is not yet valid (X.509 notBefore).
-    #[error("certificate not valid before {not_before} (unix seconds), now {now}")]
+    #[error("certificate not valid before {not_before}, now {now}")]
     NotYetValid {
         /// Start of validity.
-        not_before: u64,
+        not_before: Timestamp,
         /// The time it was checked against.
-        now: u64,
+        now: Timestamp,
     },
     /// DER decoding or encoding failed.
     #[error("DER error in {what}")]
@@ -400,8 +402,8 @@ mod tests {
             (CertError::BadVersion(2).into(), ErrorKind::Unsupported),
             (
                 CertError::Expired {
-                    expired_at: 1,
-                    now: 2,
+                    expired_at: Timestamp(1),
+                    now: Timestamp(2),
                 }
                 .into(),
                 ErrorKind::PeerProtocol,

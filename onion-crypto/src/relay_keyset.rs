@@ -229,10 +229,10 @@ pub enum KeySetError {
     /// The signing certificate has expired and the master secret key, which could sign a
     /// new one, is offline (supply a new `ed25519_signing_secret_key` and
     /// `ed25519_signing_cert`, as `tor --keygen` makes them).
-    #[error("the ed25519 signing certificate expired at {expired_at} (Unix time) and the master identity key is offline")]
+    #[error("the ed25519 signing certificate expired at {expired_at} and the master identity key is offline")]
     SigningCertExpired {
         /// When it expired.
-        expired_at: u64,
+        expired_at: Timestamp,
     },
 }
 
@@ -520,7 +520,7 @@ impl RelayKeySet {
             (None, None) => return Err(KeySetError::Missing(ED25519_MASTER_ID_SECRET_KEY)),
             (_, Some((_, cert))) if need_new => {
                 return Err(KeySetError::SigningCertExpired {
-                    expired_at: cert.expiry().0,
+                    expired_at: cert.expiry(),
                 })
             }
             (m, Some((k, c))) => {
@@ -627,7 +627,7 @@ impl RelayKeySet {
                 }
                 None if self.signing_cert_expiry < now => {
                     return Err(KeySetError::SigningCertExpired {
-                        expired_at: self.signing_cert_expiry.0,
+                        expired_at: self.signing_cert_expiry,
                     })
                 }
                 None => r.signing_cert_expires_soon = true,
@@ -863,13 +863,17 @@ mod tests {
         assert!(r.signing_cert_expires_soon);
         assert_eq!(
             set.rotate(Timestamp(expiry + 1), &params, &mut rng()).err(),
-            Some(KeySetError::SigningCertExpired { expired_at: expiry })
+            Some(KeySetError::SigningCertExpired {
+                expired_at: Timestamp(expiry)
+            })
         );
         // Loading with an expired certificate and no master key fails the same way; with
         // one that expires within a day it loads and warns.
         assert_eq!(
             RelayKeySet::from_files(Timestamp(expiry + 1), &files, None, &mut rng()).err(),
-            Some(KeySetError::SigningCertExpired { expired_at: expiry })
+            Some(KeySetError::SigningCertExpired {
+                expired_at: Timestamp(expiry)
+            })
         );
         let (_, r) = RelayKeySet::from_files(Timestamp(expiry - 60), &files, None, &mut rng())
             .expect("load");

@@ -101,8 +101,8 @@ impl RsaCrosscert {
         let exp = u64::from(self.expiration_hours) * 3600;
         if now.0 > exp {
             return Err(CertError::Expired {
-                expired_at: exp,
-                now: now.0,
+                expired_at: Timestamp(exp),
+                now,
             });
         }
         Ok(())

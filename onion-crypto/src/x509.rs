@@ -204,14 +204,14 @@ impl RsaX509Cert {
     pub fn check_valid_at(&self, now: Timestamp) -> Result<(), CertError> {
         if now < self.not_before {
             return Err(CertError::NotYetValid {
-                not_before: self.not_before.0,
-                now: now.0,
+                not_before: self.not_before,
+                now,
             });
         }
         if now > self.not_after {
             return Err(CertError::Expired {
-                expired_at: self.not_after.0,
-                now: now.0,
+                expired_at: self.not_after,
+                now,
             });
         }
         Ok(())
@@ -223,14 +223,14 @@ impl RsaX509Cert {
     pub fn check_valid_at_with_slop(&self, now: Timestamp) -> Result<(), CertError> {
         if now.0.saturating_add(FUTURE_SLOP_SECS) < self.not_before.0 {
             return Err(CertError::NotYetValid {
-                not_before: self.not_before.0,
-                now: now.0,
+                not_before: self.not_before,
+                now,
             });
         }
         if now.0 > self.not_after.0.saturating_add(PAST_SLOP_SECS) {
             return Err(CertError::Expired {
-                expired_at: self.not_after.0,
-                now: now.0,
+                expired_at: self.not_after,
+                now,
             });
         }
         Ok(())
@@ -409,8 +409,8 @@ mod tests {
         assert_eq!(
             check(&der, na + PAST_SLOP_SECS + 1).unwrap_err(),
             CertError::Expired {
-                expired_at: na,
-                now: na + PAST_SLOP_SECS + 1
+                expired_at: Timestamp(na),
+                now: Timestamp(na + PAST_SLOP_SECS + 1)
             }
         );
         // Up to 30 days before notBefore: accepted; earlier: not yet valid.
