@@ -208,6 +208,29 @@ struct ReadyCirc {
     since: Instant,
 }
 
+/// Ask the embedder for a circuit of `purpose` ending at `last_hop` (path-spec §2.2.2;
+/// `None`: any last hop) for attempt `attempt`, and record it as that attempt's. Takes
+/// [`Connector`]'s circuit fields apart from the attempts, so that a caller may hold the
+/// attempt it builds for.
+fn build_circ(
+    circs: &mut HashMap<HsCircRef, u64>,
+    new_circs: &mut Vec<HsCircRef>,
+    sh: &mut Shared,
+    attempt: u64,
+    purpose: HsPurpose,
+    last_hop: Option<HopTarget>,
+) -> HsCircRef {
+    let circ = sh.new_ref();
+    circs.insert(circ, attempt);
+    new_circs.push(circ);
+    sh.push(HsAction::BuildCircuit {
+        circ,
+        purpose,
+        last_hop,
+    });
+    circ
+}
+
 /// The client side. See the module documentation.
 pub(crate) struct Connector {
     config: ConnectConfig,
@@ -294,11 +317,21 @@ impl Connector {
         self.cache_order.push_back(id);
     }
 
-    fn new_circ(&mut self, sh: &mut Shared, attempt: u64) -> HsCircRef {
-        let c = sh.new_ref();
-        self.circs.insert(c, attempt);
-        self.new_circs.push(c);
-        c
+    fn new_circ(
+        &mut self,
+        sh: &mut Shared,
+        attempt: u64,
+        purpose: HsPurpose,
+        last_hop: Option<HopTarget>,
+    ) -> HsCircRef {
+        build_circ(
+            &mut self.circs,
+            &mut self.new_circs,
+            sh,
+            attempt,
+            purpose,
+            last_hop,
+        )
     }
 
     fn close(&mut self, sh: &mut Shared, circ: HsCircRef) {
@@ -483,15 +516,14 @@ impl Connector {
         };
         f.next += 1;
         f.step_deadline = None;
-        let c = sh.new_ref();
-        f.circ = Some(c);
-        self.circs.insert(c, id);
-        self.new_circs.push(c);
-        sh.push(HsAction::BuildCircuit {
-            circ: c,
-            purpose: HsPurpose::HsDirFetch,
-            last_hop: Some(target),
-        });
+        f.circ = Some(build_circ(
+            &mut self.circs,
+            &mut self.new_circs,
+            sh,
+            id,
+            HsPurpose::HsDirFetch,
+            Some(target),
+        ));
         Outcome::Continue
     }
 
@@ -511,12 +543,7 @@ impl Connector {
             None => None,
         };
         hs.set_congestion_control(cc.is_some());
-        let rend = self.new_circ(sh, id);
-        sh.push(HsAction::BuildCircuit {
-            circ: rend,
-            purpose: HsPurpose::ClientRend,
-            last_hop: None,
-        });
+        let rend = self.new_circ(sh, id, HsPurpose::ClientRend, None);
         let Some(at) = self.attempts.get_mut(&id) else {
             return Outcome::Continue;
         };
@@ -560,15 +587,15 @@ impl Connector {
             };
             match hop_target_from_link_specs(&ip.link_specifiers, ip.onion_key_ntor) {
                 Some(t) => {
-                    let c = sh.new_ref();
-                    self.circs.insert(c, id);
-                    self.new_circs.push(c);
+                    let c = build_circ(
+                        &mut self.circs,
+                        &mut self.new_circs,
+                        sh,
+                        id,
+                        HsPurpose::ClientIntro,
+                        Some(t),
+                    );
                     it.intro = Some((c, IntroCircState::Building));
-                    sh.push(HsAction::BuildCircuit {
-                        circ: c,
-                        purpose: HsPurpose::ClientIntro,
-                        last_hop: Some(t),
-                    });
                     return Outcome::Continue;
                 }
                 None => {
