@@ -899,9 +899,7 @@ impl<'a> Parser<'a> {
                 }
                 "pr" => {
                     once(&mut seen, SEEN_PR, &it)?;
-                    rs.protocols = last_pr
-                        .get(it.args)
-                        .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
+                    rs.protocols = last_pr.get(&it)?;
                 }
                 "w" => {
                     once(&mut seen, SEEN_W, &it)?;
@@ -923,10 +921,7 @@ impl<'a> Parser<'a> {
                 }
                 "p" => {
                     once(&mut seen, SEEN_P, &it)?;
-                    rs.policy = Some(
-                        PolicySummary::parse(it.args)
-                            .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?,
-                    );
+                    rs.policy = Some(PolicySummary::from_item(&it)?);
                 }
                 "m" => {
                     once(&mut seen, SEEN_M, &it)?;

@@ -5,6 +5,8 @@
 use std::fmt;
 
 use crate::encode::{base64_fixed, base64_unpadded};
+use crate::error::{ParseError, ParseProblem};
+use crate::netdoc::Item;
 
 /// Relay identities are onion-crypto's types (tor-spec §0.3), so a fingerprint parsed
 /// from a document is the same value the handshake and channel code check: upper-case
@@ -354,16 +356,19 @@ impl<'a> ProtoCache<'a> {
         }
     }
 
-    /// Parse `s`, or return the cached result of an identical earlier line.
-    pub(crate) fn get(&mut self, s: &'a str) -> Option<Protocols> {
+    /// Parse the `pr` line `it` (dir-spec §3.4.1, §3.3), or return the cached result of an
+    /// identical earlier line; a malformed list is an error at `it`.
+    pub(crate) fn get(&mut self, it: &Item<'a>) -> Result<Protocols, ParseError> {
+        let s = it.args;
         if let Some((_, p)) = self.entries.iter().find(|(t, _)| *t == s) {
-            return Some(*p);
+            return Ok(*p);
         }
-        let p = Protocols::parse(s)?;
+        let p = Protocols::parse(s)
+            .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
         if let Some(slot) = self.entries.get_mut(self.next % 8) {
             *slot = (s, p);
         }
         self.next = self.next.wrapping_add(1);
-        Some(p)
+        Ok(p)
     }
 }

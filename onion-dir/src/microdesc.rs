@@ -284,13 +284,11 @@ fn one<'a>(
             }
             "p" => {
                 seen.once(SEEN_P, it)?;
-                md.ipv4_policy = PolicySummary::parse(it.args)
-                    .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
+                md.ipv4_policy = PolicySummary::from_item(it)?;
             }
             "p6" => {
                 seen.once(SEEN_P6, it)?;
-                md.ipv6_policy = PolicySummary::parse(it.args)
-                    .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?;
+                md.ipv6_policy = PolicySummary::from_item(it)?;
             }
             "id" => match it.arg(0, "keytype")? {
                 "ed25519" => {
@@ -306,9 +304,7 @@ fn one<'a>(
             },
             "pr" => {
                 seen.once(SEEN_PR, it)?;
-                md.protocols = last_pr
-                    .get(it.args)
-                    .ok_or_else(|| it.err(ParseProblem::BadArgument("protocol list")))?;
+                md.protocols = last_pr.get(it)?;
             }
             "a" => {
                 let s = it.arg(0, "address:port")?;
@@ -391,5 +387,27 @@ mod tests {
         let v = parse_many(&batch).unwrap();
         assert_eq!(v.len(), 2);
         assert!(v[0].family_ids.contains("ed25519:a") && v[1].family_ids.contains("ed25519:b"));
+    }
+
+    /// A malformed `p`, `p6` or `pr` line (dir-spec §3.3) is an error naming that line and
+    /// what was wrong with it; a repeated `pr` line is read again from the cache.
+    #[test]
+    fn malformed_policy_or_protocol_lines_are_named() {
+        for (extra, kw, what) in [
+            ("p maybe 80\n", "p", "policy summary"),
+            ("p6 accept 5-1\n", "p6", "policy summary"),
+            ("pr Link=x\n", "pr", "protocol list"),
+        ] {
+            let e = parse_one(&md(extra)).unwrap_err();
+            assert_eq!(
+                (e.problem, e.keyword.as_str()),
+                (ParseProblem::BadArgument(what), kw),
+                "{extra}"
+            );
+        }
+        let batch = format!("{}{}", md("pr Link=1-5\n"), md("pr Link=1-5\n"));
+        let v = parse_many(&batch).unwrap();
+        assert_eq!(v[0].protocols, v[1].protocols);
+        assert_ne!(v[0].protocols, Protocols::default());
     }
 }

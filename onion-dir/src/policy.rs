@@ -7,6 +7,9 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::error::{ParseError, ParseProblem};
+use crate::netdoc::Item;
+
 /// Most port ranges accepted in one summary or rule list (a summary can name at
 /// most 65,535 distinct ports; real ones have a few dozen).
 const MAX_RANGES: usize = 65_536;
@@ -82,6 +85,13 @@ impl PolicySummary {
             accept: false,
             ranges: vec![PortRange::ALL],
         }
+    }
+
+    /// Parse the policy-summary item `it` (`p`/`p6` in consensus entries and
+    /// microdescriptors, `ipv6-policy` in router descriptors; dir-spec §3.4.1, §3.3, §2.1.1);
+    /// a malformed summary is an error at `it`.
+    pub(crate) fn from_item(it: &Item<'_>) -> Result<Self, ParseError> {
+        Self::parse(it.args).ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))
     }
 
     /// Parse the arguments of a `p`/`p6` line: `accept|reject PortList`.

@@ -25,7 +25,7 @@ use sha2::Sha256;
 use onion_crypto::cert::{CertType, Timestamp, UncheckedEd25519Cert};
 
 use crate::encode::{base64_fixed, hex_fixed};
-use crate::error::{ParseProblem, ParseError, VerifyError};
+use crate::error::{ParseError, ParseProblem, VerifyError};
 use crate::ids::{Ed25519Identity, Protocols, RsaIdentity};
 use crate::microdesc::Family;
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
@@ -238,7 +238,8 @@ fn u64_arg(it: &Item<'_>, n: usize, what: &'static str) -> Result<u64, ParseErro
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(it.err(ParseProblem::BadArgument(what)));
     }
-    s.parse().map_err(|_| it.err(ParseProblem::BadArgument(what)))
+    s.parse()
+        .map_err(|_| it.err(ParseProblem::BadArgument(what)))
 }
 
 fn u16_arg(it: &Item<'_>, n: usize, what: &'static str) -> Result<u16, ParseError> {
@@ -246,7 +247,8 @@ fn u16_arg(it: &Item<'_>, n: usize, what: &'static str) -> Result<u16, ParseErro
 }
 
 fn rsa(it: &Item<'_>) -> Result<RsaKey, ParseError> {
-    RsaKey::from_der(&it.object_bytes("RSA PUBLIC KEY")?).map_err(|_| it.err(ParseProblem::BadObject))
+    RsaKey::from_der(&it.object_bytes("RSA PUBLIC KEY")?)
+        .map_err(|_| it.err(ParseProblem::BadObject))
 }
 
 fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a>, ParseError> {
@@ -348,8 +350,7 @@ fn one<'a>(doc: &'a str, items: Vec<Item<'a>>) -> Result<UnverifiedRouterDesc<'a
         }
     }
     let ipv6_policy = match sec.get("ipv6-policy") {
-        Some(it) => PolicySummary::parse(it.args)
-            .ok_or_else(|| it.err(ParseProblem::BadArgument("policy summary")))?,
+        Some(it) => PolicySummary::from_item(it)?,
         None => PolicySummary::reject_all(),
     };
     let extra_info_digest = match sec.get("extra-info-digest") {
@@ -411,7 +412,11 @@ pub(crate) fn exactly_one<T>(mut v: Vec<T>, keyword: &'static str) -> Result<T, 
         1 => v
             .pop()
             .ok_or_else(|| ParseError::new(0, "", ParseProblem::Truncated)),
-        0 => Err(ParseError::new(0, keyword, ParseProblem::MissingItem(keyword))),
+        0 => Err(ParseError::new(
+            0,
+            keyword,
+            ParseProblem::MissingItem(keyword),
+        )),
         _ => Err(ParseError::new(0, keyword, ParseProblem::DuplicateItem)),
     }
 }
@@ -482,8 +487,9 @@ impl<'a> Signed<'a> {
             .ok_or_else(|| last.err(ParseProblem::Truncated))?;
         let (ed_signed_digest, ed_signature) = match sec.get("router-sig-ed25519") {
             Some(it) => {
-                let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?)
-                    .ok_or_else(|| it.err(ParseProblem::BadArgument("ed25519 signature (base64)")))?;
+                let sig: [u8; 64] = base64_fixed(it.arg(0, "signature")?).ok_or_else(|| {
+                    it.err(ParseProblem::BadArgument("ed25519 signature (base64)"))
+                })?;
                 let end = it.start + "router-sig-ed25519 ".len();
                 let part = doc
                     .get(first.start..end)
