@@ -884,6 +884,18 @@ impl super::Client {
     }
 }
 
+/// How long attempt number `failures` (0 for the first) of an exit stream waits for CONNECTED
+/// or RESOLVED before it is given up and tried elsewhere: C tor's `compute_retry_timeout`
+/// (`CircuitStreamTimeout` when set, else 10 s for the first two attempts and 15 s after),
+/// never more than the whole stream timeout.
+pub(super) fn attempt_timeout(cfg: &super::ClientConfig, failures: u8) -> Duration {
+    let t = cfg.stream_attempt_timeout.unwrap_or(match failures {
+        0 | 1 => Duration::from_secs(10),
+        _ => Duration::from_secs(15),
+    });
+    t.min(cfg.stream_timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -915,16 +927,4 @@ mod tests {
         assert_eq!(s.take_all(), b"o world");
         assert_eq!(s.take(&mut buf), 0);
     }
-}
-
-/// How long attempt number `failures` (0 for the first) of an exit stream waits for CONNECTED
-/// or RESOLVED before it is given up and tried elsewhere: C tor's `compute_retry_timeout`
-/// (`CircuitStreamTimeout` when set, else 10 s for the first two attempts and 15 s after),
-/// never more than the whole stream timeout.
-pub(super) fn attempt_timeout(cfg: &super::ClientConfig, failures: u8) -> Duration {
-    let t = cfg.stream_attempt_timeout.unwrap_or(match failures {
-        0 | 1 => Duration::from_secs(10),
-        _ => Duration::from_secs(15),
-    });
-    t.min(cfg.stream_timeout)
 }
