@@ -676,16 +676,14 @@ impl<'a> ChanMsg<'a> {
             },
             ChanCmd::CREATE2 => {
                 let handshake_type = HandshakeType(r.u16("CREATE2 HTYPE")?);
-                let hlen = r.u16("CREATE2 HLEN")? as usize;
-                let hdata = r.take(hlen, "CREATE2 HDATA")?;
+                let hdata = read_hdata(&mut r, "CREATE2 HLEN", "CREATE2 HDATA")?;
                 ChanMsg::Create2(Create2 {
                     handshake_type,
                     hdata: Cow::Borrowed(hdata),
                 })
             }
             ChanCmd::CREATED2 => {
-                let hlen = r.u16("CREATED2 HLEN")? as usize;
-                let hdata = r.take(hlen, "CREATED2 HDATA")?;
+                let hdata = read_hdata(&mut r, "CREATED2 HLEN", "CREATED2 HDATA")?;
                 ChanMsg::Created2(Created2 {
                     hdata: Cow::Borrowed(hdata),
                 })
@@ -769,12 +767,10 @@ impl<'a> ChanMsg<'a> {
             }
             ChanMsg::Create2(c) => {
                 w.write_u16(c.handshake_type.0);
-                w.write_u16(len_u16("CREATE2 HLEN", c.hdata.len())?);
-                w.write_all(&c.hdata);
+                write_hdata(w, "CREATE2 HLEN", &c.hdata)?;
             }
             ChanMsg::Created2(c) => {
-                w.write_u16(len_u16("CREATED2 HLEN", c.hdata.len())?);
-                w.write_all(&c.hdata);
+                write_hdata(w, "CREATED2 HLEN", &c.hdata)?;
             }
             ChanMsg::Destroy(r) => w.write_u8(r.0),
             ChanMsg::Relay(p) | ChanMsg::RelayEarly(p) => w.write_all(p.as_bytes()),
@@ -844,6 +840,30 @@ impl<'a> ChanMsg<'a> {
             },
         }
     }
+}
+
+/// Reads `HLEN HDATA`, the handshake data of CREATE2 and CREATED2 that EXTEND2 and
+/// EXTENDED2 carry in the same form (tor-spec §5.1, §5.1.2); `hlen` and `hdata` name the
+/// fields in errors.
+pub(crate) fn read_hdata<'a>(
+    r: &mut Reader<'a>,
+    hlen: &'static str,
+    hdata: &'static str,
+) -> Result<&'a [u8]> {
+    let n = r.u16(hlen)? as usize;
+    r.take(n, hdata)
+}
+
+/// Writes `HLEN HDATA` (see [`read_hdata`]); handshake data longer than `u16::MAX` is an
+/// error naming `hlen`.
+pub(crate) fn write_hdata<W: Writer + ?Sized>(
+    w: &mut W,
+    hlen: &'static str,
+    hdata: &[u8],
+) -> Result<()> {
+    w.write_u16(len_u16(hlen, hdata.len())?);
+    w.write_all(hdata);
+    Ok(())
 }
 
 fn check_len(field: &'static str, len: usize, want: usize) -> Result<()> {

@@ -9,7 +9,8 @@
 //! [`RelayMsg::Unknown`] with their bytes kept.
 
 use crate::chancell::{
-    named_u8, DestroyReason, HandshakeType, TAP_C_HANDSHAKE_LEN, TAP_S_HANDSHAKE_LEN,
+    named_u8, read_hdata, write_hdata, DestroyReason, HandshakeType, TAP_C_HANDSHAKE_LEN,
+    TAP_S_HANDSHAKE_LEN,
 };
 use crate::error::{Error, Result};
 use crate::extension::expect_value;
@@ -19,7 +20,7 @@ use crate::hs::{
 };
 use crate::linkspec::{self, LinkSpec};
 use crate::reader::Reader;
-use crate::writer::{len_u16, len_u8, Writer};
+use crate::writer::{len_u8, Writer};
 use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -801,20 +802,16 @@ impl<'a> RelayMsg<'a> {
             RelayCmd::EXTEND2 => {
                 let linkspecs = linkspec::decode_list(r)?;
                 let handshake_type = HandshakeType(r.u16("EXTEND2 HTYPE")?);
-                let hlen = r.u16("EXTEND2 HLEN")? as usize;
-                let hdata = r.take(hlen, "EXTEND2 HDATA")?;
+                let hdata = read_hdata(r, "EXTEND2 HLEN", "EXTEND2 HDATA")?;
                 RelayMsg::Extend2(Extend2 {
                     linkspecs,
                     handshake_type,
                     hdata: Cow::Borrowed(hdata),
                 })
             }
-            RelayCmd::EXTENDED2 => {
-                let hlen = r.u16("EXTENDED2 HLEN")? as usize;
-                RelayMsg::Extended2(Extended2 {
-                    hdata: Cow::Borrowed(r.take(hlen, "EXTENDED2 HDATA")?),
-                })
-            }
+            RelayCmd::EXTENDED2 => RelayMsg::Extended2(Extended2 {
+                hdata: Cow::Borrowed(read_hdata(r, "EXTENDED2 HLEN", "EXTENDED2 HDATA")?),
+            }),
             RelayCmd::ESTABLISH_INTRO => RelayMsg::EstablishIntro(EstablishIntro::decode(body)?),
             RelayCmd::ESTABLISH_RENDEZVOUS => {
                 RelayMsg::EstablishRendezvous(EstablishRendezvous::decode(body)?)
@@ -890,12 +887,10 @@ impl<'a> RelayMsg<'a> {
             RelayMsg::Extend2(e) => {
                 linkspec::encode_list(&e.linkspecs, w)?;
                 w.write_u16(e.handshake_type.0);
-                w.write_u16(len_u16("EXTEND2 HLEN", e.hdata.len())?);
-                w.write_all(&e.hdata);
+                write_hdata(w, "EXTEND2 HLEN", &e.hdata)?;
             }
             RelayMsg::Extended2(e) => {
-                w.write_u16(len_u16("EXTENDED2 HLEN", e.hdata.len())?);
-                w.write_all(&e.hdata);
+                write_hdata(w, "EXTENDED2 HLEN", &e.hdata)?;
             }
             RelayMsg::EstablishIntro(m) => m.encode(w)?,
             RelayMsg::EstablishRendezvous(m) => m.encode(w)?,
