@@ -8,7 +8,7 @@
 
 use sha1::{Digest, Sha1};
 
-use crate::error::{ParseProblem, ParseError, VerifyError};
+use crate::error::{ParseError, ParseProblem, VerifyError};
 use crate::ids::RsaIdentity;
 use crate::netdoc::{
     is_known, rule, Item, Limits, Multiplicity::*, ObjRule, Rule, Section, Tokenizer,

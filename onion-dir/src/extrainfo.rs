@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use onion_crypto::cert::{Timestamp, UncheckedEd25519Cert};
 
-use crate::error::{ParseProblem, ParseError, VerifyError};
+use crate::error::{ParseError, ParseProblem, VerifyError};
 use crate::ids::{Ed25519Identity, RsaIdentity};
 use crate::netdoc::{rule, split_signed_documents, Item, Multiplicity::*, ObjRule, Rule, Section};
 use crate::routerdesc::{exactly_one, identity_cert, nickname, verify_ed25519, Signed};

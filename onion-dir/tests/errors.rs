@@ -1,7 +1,7 @@
 //! Structure rules of dir-spec §1.2 and §3.4.1: errors name the line and the
 //! keyword; unknown keywords are skipped; ordering and multiplicity enforced.
 
-use onion_dir::{authcert, consensus, microdesc, routerdesc, ParseProblem, ParseError};
+use onion_dir::{authcert, consensus, microdesc, routerdesc, ParseError, ParseProblem};
 
 fn read(name: &str) -> String {
     let p = format!("{}/testdata/tornet/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -189,7 +189,9 @@ fn other_documents() {
         1,
     );
     assert!(matches!(
-        authcert::UnverifiedAuthCert::parse(&bad).unwrap_err().problem,
+        authcert::UnverifiedAuthCert::parse(&bad)
+            .unwrap_err()
+            .problem,
         ParseProblem::Unsupported(_)
     ));
 }
@@ -231,7 +233,10 @@ fn unknown_signature_algorithms_ignored() {
         "directory-signature sha256 Z332",
         1,
     );
-    assert_eq!(err(&bad).problem, ParseProblem::BadArgument("identity (hex)"));
+    assert_eq!(
+        err(&bad).problem,
+        ParseProblem::BadArgument("identity (hex)")
+    );
 }
 
 #[test]
