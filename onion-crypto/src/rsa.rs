@@ -36,7 +36,7 @@ use crate::keys::{RsaIdentity, B64_LENIENT};
 /// a hostile document can cause.
 pub const MAX_RSA_BITS: usize = 8192;
 
-/// An RSA public key, with what verification needs precomputed once ([`MontKey`]).
+/// An RSA public key, with what verification needs precomputed once (its Montgomery form).
 #[derive(Clone)]
 pub struct RsaPublicKey(::rsa::RsaPublicKey, MontKey);
 
