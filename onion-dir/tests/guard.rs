@@ -560,9 +560,9 @@ fn guard_params_from_consensus() {
         ("unrelated", 7),
     ]);
     assert_eq!(p.n_primary, 5);
-    assert_eq!(p.guard_lifetime, 120 * DAY);
+    assert_eq!(p.guard_lifetime.as_secs(), 120 * DAY);
     assert_eq!(p.n_usable_primary_dir, 2);
-    assert_eq!(p.remove_unlisted_after, 10 * DAY);
+    assert_eq!(p.remove_unlisted_after.as_secs(), 10 * DAY);
     assert_eq!(p.primary_retry.interval(0), 600);
     assert_eq!(p.primary_retry.interval(7 * 3600), 90 * 60);
     assert_eq!(p.nonprimary_retry.interval(400 * 3600), 36 * 3600);
@@ -588,18 +588,18 @@ fn guard_params_every_name_and_range() {
         ("guard-nonprimary-guard-idle-timeout", 1200),
         ("guard-remove-unlisted-guards-after-days", 3),
     ]);
-    assert_eq!(p.guard_lifetime, 3650 * DAY);
-    assert_eq!(p.confirmed_min_lifetime, DAY);
-    assert_eq!(p.internet_likely_down, 2_147_483_647);
+    assert_eq!(p.guard_lifetime.as_secs(), 3650 * DAY);
+    assert_eq!(p.confirmed_min_lifetime.as_secs(), DAY);
+    assert_eq!(p.internet_likely_down.as_secs(), 2_147_483_647);
     assert_eq!(p.max_sample_size, 7);
     assert_eq!(p.max_sample_threshold_percent, 100);
     assert_eq!(p.min_filtered_sample, 9);
     assert_eq!(p.n_primary, 4);
     assert_eq!(p.n_usable_primary, 2);
     assert_eq!(p.n_usable_primary_dir, 5);
-    assert_eq!(p.nonprimary_connect_timeout, 30);
-    assert_eq!(p.nonprimary_idle_timeout, 1200);
-    assert_eq!(p.remove_unlisted_after, 3 * DAY);
+    assert_eq!(p.nonprimary_connect_timeout.as_secs(), 30);
+    assert_eq!(p.nonprimary_idle_timeout.as_secs(), 1200);
+    assert_eq!(p.remove_unlisted_after.as_secs(), 3 * DAY);
     let d = GuardParams::default();
     let out = GuardParams::default().with_consensus_params([
         ("guard-lifetime-days", 3651),

@@ -851,12 +851,14 @@ impl Guards {
             .iter()
             .any(|(s, _)| *s == GuardCircState::WaitingForBetterGuard);
         let circuits = states.iter().filter_map(|(state, o)| match state {
-            GuardCircState::WaitingForBetterGuard => {
-                Some(o.built_at.saturating_add(p.nonprimary_idle_timeout + 1))
-            }
-            GuardCircState::UsableIfNoBetterGuard if any_waiting => {
-                Some(o.picked_at.saturating_add(p.nonprimary_connect_timeout + 1))
-            }
+            GuardCircState::WaitingForBetterGuard => Some(
+                o.built_at
+                    .saturating_add(p.nonprimary_idle_timeout.as_secs() + 1),
+            ),
+            GuardCircState::UsableIfNoBetterGuard if any_waiting => Some(
+                o.picked_at
+                    .saturating_add(p.nonprimary_connect_timeout.as_secs() + 1),
+            ),
             _ => None,
         });
         retries

@@ -198,7 +198,7 @@ fn a_circuit_through_a_non_primary_guard_waits_for_the_better_ones() {
         break p;
     };
     assert_eq!(g.built(p.ticket, T0, &mut r).unwrap(), Built::Wait);
-    let idle = g.manager().params().nonprimary_idle_timeout;
+    let idle = g.manager().params().nonprimary_idle_timeout.as_secs();
     let mut now = T0;
     let mut abandoned = false;
     for _ in 0..100 {
@@ -754,7 +754,7 @@ fn poll_timeout_never_names_a_handled_time() {
         g.built(non_primary[0].ticket, T0, &mut r).unwrap(),
         Built::Wait
     );
-    let connect = g.manager().params().nonprimary_connect_timeout;
+    let connect = g.manager().params().nonprimary_connect_timeout.as_secs();
     let mut handled = T0;
     let mut events = Vec::new();
     let mut wakeups = 0;

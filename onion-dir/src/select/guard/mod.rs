@@ -58,6 +58,8 @@
 
 pub mod state;
 
+use std::time::Duration;
+
 use rand_core::CryptoRngCore;
 
 use crate::consensus::Consensus;
@@ -119,7 +121,7 @@ impl RetrySchedule {
     }
 }
 
-/// The parameters of guard-spec A.1 (names as there), in seconds where they are times.
+/// The parameters of guard-spec A.1 (names as there); times are [`Duration`]s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuardParams {
     /// `MAX_SAMPLE_THRESHOLD`, percent of the guards in the consensus.
@@ -127,11 +129,11 @@ pub struct GuardParams {
     /// `MAX_SAMPLE_SIZE`.
     pub max_sample_size: usize,
     /// `GUARD_LIFETIME`.
-    pub guard_lifetime: u64,
+    pub guard_lifetime: Duration,
     /// `GUARD_CONFIRMED_MIN_LIFETIME`.
-    pub confirmed_min_lifetime: u64,
+    pub confirmed_min_lifetime: Duration,
     /// `REMOVE_UNLISTED_GUARDS_AFTER`.
-    pub remove_unlisted_after: u64,
+    pub remove_unlisted_after: Duration,
     /// `MIN_FILTERED_SAMPLE`.
     pub min_filtered_sample: usize,
     /// `N_PRIMARY_GUARDS`.
@@ -141,11 +143,11 @@ pub struct GuardParams {
     /// `NUM_USABLE_PRIMARY_DIRECTORY_GUARDS`.
     pub n_usable_primary_dir: usize,
     /// `INTERNET_LIKELY_DOWN_INTERVAL`.
-    pub internet_likely_down: u64,
+    pub internet_likely_down: Duration,
     /// `NONPRIMARY_GUARD_CONNECT_TIMEOUT`.
-    pub nonprimary_connect_timeout: u64,
+    pub nonprimary_connect_timeout: Duration,
     /// `NONPRIMARY_GUARD_IDLE_TIMEOUT`.
-    pub nonprimary_idle_timeout: u64,
+    pub nonprimary_idle_timeout: Duration,
     /// `PRIMARY_GUARDS_RETRY_SCHED`.
     pub primary_retry: RetrySchedule,
     /// `GUARDS_RETRY_SCHED`.
@@ -159,16 +161,16 @@ impl Default for GuardParams {
         Self {
             max_sample_threshold_percent: 20,
             max_sample_size: 60,
-            guard_lifetime: 120 * DAY,
-            confirmed_min_lifetime: 60 * DAY,
-            remove_unlisted_after: 20 * DAY,
+            guard_lifetime: Duration::from_secs(120 * DAY),
+            confirmed_min_lifetime: Duration::from_secs(60 * DAY),
+            remove_unlisted_after: Duration::from_secs(20 * DAY),
             min_filtered_sample: 20,
             n_primary: 3,
             n_usable_primary: 1,
             n_usable_primary_dir: 3,
-            internet_likely_down: 600,
-            nonprimary_connect_timeout: 15,
-            nonprimary_idle_timeout: 600,
+            internet_likely_down: Duration::from_secs(600),
+            nonprimary_connect_timeout: Duration::from_secs(15),
+            nonprimary_idle_timeout: Duration::from_secs(600),
             primary_retry: RetrySchedule::primary_default(),
             nonprimary_retry: RetrySchedule::nonprimary_default(),
             version: concat!("onion-", env!("CARGO_PKG_VERSION")).to_string(),
@@ -187,7 +189,7 @@ impl GuardParams {
         /// Where a parameter goes, and in what unit.
         enum Slot<'s> {
             /// A time, counted in `unit` seconds.
-            Secs(&'s mut u64, u64),
+            Secs(&'s mut Duration, u64),
             /// A count.
             Count(&'s mut usize),
             /// A percentage.
@@ -235,7 +237,9 @@ impl GuardParams {
             }
             // In range, so positive and at most `i32::MAX`: every conversion succeeds.
             match slot {
-                Slot::Secs(s, unit) => *s = u64::try_from(v).unwrap_or(0).saturating_mul(unit),
+                Slot::Secs(s, unit) => {
+                    *s = Duration::from_secs(u64::try_from(v).unwrap_or(0).saturating_mul(unit))
+                }
                 Slot::Count(c) => *c = usize::try_from(v).unwrap_or(0),
                 Slot::Percent(p) => *p = u32::try_from(v).unwrap_or(0),
             }
@@ -579,7 +583,7 @@ impl GuardMgr {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) {
-        let unlisted_fuzz = self.params.remove_unlisted_after / 5;
+        let unlisted_fuzz = self.params.remove_unlisted_after.as_secs() / 5;
         for i in 0..self.sampled.len() {
             let id = self.sampled[i].rsa_id;
             let listed = is_listed(&id);
@@ -604,11 +608,16 @@ impl GuardMgr {
         let p = &self.params;
         let expired = |g: &SampledGuard| {
             let unlisted_too_long = !g.listed
-                && g.unlisted_since
-                    .is_some_and(|t| t.unix().saturating_add(p.remove_unlisted_after) < now);
-            let too_old = g.sampled_on.unix().saturating_add(p.guard_lifetime) < now
+                && g.unlisted_since.is_some_and(|t| {
+                    t.unix().saturating_add(p.remove_unlisted_after.as_secs()) < now
+                });
+            let too_old = g
+                .sampled_on
+                .unix()
+                .saturating_add(p.guard_lifetime.as_secs())
+                < now
                 && g.confirmed_on.map_or(true, |c| {
-                    c.unix().saturating_add(p.confirmed_min_lifetime) < now
+                    c.unix().saturating_add(p.confirmed_min_lifetime.as_secs()) < now
                 });
             unlisted_too_long || too_old
         };
@@ -669,7 +678,11 @@ impl GuardMgr {
             };
             let mut g = SampledGuard::new(
                 rec.rsa_id,
-                Timestamp::from_unix(rand_past(now, self.params.guard_lifetime / 10, rng)),
+                Timestamp::from_unix(rand_past(
+                    now,
+                    self.params.guard_lifetime.as_secs() / 10,
+                    rng,
+                )),
             );
             g.nickname = Some(rec.nickname.clone());
             g.sampled_by = Some(self.params.version.clone());
@@ -943,7 +956,7 @@ impl GuardMgr {
         let now = now.unix();
         let pos = self.circuit_pos(circ)?;
         let guard = self.circuits[pos].guard;
-        let confirm_on = rand_past(now, self.params.guard_lifetime / 10, rng);
+        let confirm_on = rand_past(now, self.params.guard_lifetime.as_secs() / 10, rng);
         let mut newly_confirmed = false;
         if let Some(g) = self.get_mut(&guard) {
             g.reachable = Reachable::Yes;
@@ -978,7 +991,7 @@ impl GuardMgr {
             c.state = new_state;
         }
         let internet_was_down = self.last_time_on_internet.map_or(true, |t| {
-            t.saturating_add(self.params.internet_likely_down) < now
+            t.saturating_add(self.params.internet_likely_down.as_secs()) < now
         });
         self.last_time_on_internet = Some(now);
         if new_state == GuardCircState::WaitingForBetterGuard && internet_was_down {
@@ -1050,7 +1063,8 @@ impl GuardMgr {
                     && match c2.state {
                         GuardCircState::Complete | GuardCircState::WaitingForBetterGuard => true,
                         GuardCircState::UsableIfNoBetterGuard => {
-                            now.saturating_sub(c2.since) <= self.params.nonprimary_connect_timeout
+                            now.saturating_sub(c2.since)
+                                <= self.params.nonprimary_connect_timeout.as_secs()
                         }
                         GuardCircState::UsableOnCompletion => false,
                     }
@@ -1095,7 +1109,7 @@ impl GuardMgr {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let now = now.unix();
         self.retry_due(now);
-        let idle = self.params.nonprimary_idle_timeout;
+        let idle = self.params.nonprimary_idle_timeout.as_secs();
         let mut expired = Vec::new();
         self.circuits.retain(|c| {
             let keep = !(c.state == GuardCircState::WaitingForBetterGuard
@@ -1131,11 +1145,11 @@ impl GuardMgr {
         let circs = self.circuits.iter().filter_map(|c| match c.state {
             GuardCircState::WaitingForBetterGuard => Some(
                 c.since
-                    .saturating_add(self.params.nonprimary_idle_timeout + 1),
+                    .saturating_add(self.params.nonprimary_idle_timeout.as_secs() + 1),
             ),
             GuardCircState::UsableIfNoBetterGuard => Some(
                 c.since
-                    .saturating_add(self.params.nonprimary_connect_timeout + 1),
+                    .saturating_add(self.params.nonprimary_connect_timeout.as_secs() + 1),
             ),
             _ => None,
         });
