@@ -367,7 +367,7 @@ impl super::Client {
                 .deadline
                 .saturating_duration_since(now)
                 .max(Duration::from_secs(1)),
-            // The client ends a BEGIN or RESOLVE left unanswered itself, at
+            // The client ends a BEGIN or RESOLVE left unanswered itself, at the latest at
             // `cfg.stream_timeout`, with END and a retry (`stream.rs`); the circuit's own
             // expiry is only a backstop behind it.
             stream_timeout: self.cfg.stream_timeout.saturating_mul(2),

@@ -101,7 +101,8 @@ pub(crate) enum Phase {
     /// Waiting for a circuit (until `deadline`).
     Waiting { deadline: Instant },
     /// BEGIN / BEGIN_DIR / RESOLVE sent on its circuit; unanswered at `deadline`
-    /// (`cfg.stream_timeout` after it was sent) it is given up
+    /// (an exit stream's attempt: [`attempt_timeout`] after it was sent; a stream to an
+    /// onion service: `cfg.stream_timeout`) it is given up
     /// ([`super::Client::stream_timeouts`]; a directory request has its own deadline).
     Connecting { deadline: Instant },
     /// A hosted onion service's incoming stream (RELAY_BEGIN from the client) that the
