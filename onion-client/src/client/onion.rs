@@ -2,9 +2,9 @@
 //! ([`OnionServices`]) ask for circuits, messages, BEGIN_DIR requests and virtual hops
 //! ([`HsAction`]); this file carries them out with the client's own machinery and reports
 //! back. Everything it needs from the rest of the client is a handful of calls:
-//! [`Client::drive_hs`] after every input (from `settle`), [`Client::hs_message`] for an
-//! accepted onion-service message, [`Client::hs_incoming`] for a stream a peer opens,
-//! [`Client::hs_take_dir_answer`] in front of the directory machine's answers, and the
+//! [`super::Client::drive_hs`] after every input (from `settle`), [`super::Client::hs_message`] for an
+//! accepted onion-service message, [`super::Client::hs_incoming`] for a stream a peer opens,
+//! [`super::Client::hs_take_dir_answer`] in front of the directory machine's answers, and the
 //! directory and timeout hooks.
 //!
 //! - Circuits: vanguards-lite paths (proposal 333) from the guard module, `G -> L2 -> RP` for
@@ -609,7 +609,7 @@ impl super::Client {
     /// choice): a pre-built internal circuit when one fits (`preempt.rs`: taken as it is for
     /// a client's rendezvous point, extended by one hop otherwise, as C tor cannibalizes),
     /// else a vanguards-lite path built from scratch (proposal 333 §1). Stable relays
-    /// ([`Client::hs_needs_stable`]) for a hosted service's introduction circuits, and for
+    /// ([`super::Client::hs_needs_stable`]) for a hosted service's introduction circuits, and for
     /// rendezvous and introduction circuits whose streams go to a `LongLivedPorts` port.
     fn hs_circuit(
         &mut self,

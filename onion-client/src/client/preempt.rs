@@ -1,6 +1,6 @@
 //! Circuits built ahead of need (path-spec §2.1.1): the client remembers the ports its
 //! streams used ([`crate::predict::PredictedPorts`]) and, once a second while predictions are
-//! in force, launches what [`PredictedPorts::wanted`] asks for, so that a new stream usually
+//! in force, launches what [`crate::predict::PredictedPorts::wanted`] asks for, so that a new stream usually
 //! finds a built circuit.
 //!
 //! What is launched, and its bounds:
